@@ -1,0 +1,204 @@
+"""Paddle-side work, run in a child process: `python -m paddle2ort.convert._worker TASK IN.json OUT.json`.
+
+paddle2onnx and Paddle abort the whole process (SIGABRT) on C++ errors, so every call into them happens here;
+the parent reads OUT.json, or reports the crash with the tail of this process's log.
+Tasks: inspect (program, specs, operator support), reference (Paddle Inference outputs), export (paddle2onnx).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import traceback
+from collections import Counter
+
+os.environ.setdefault("GLOG_minloglevel", "2")
+os.environ["POLYGRAPHY_AUTOINSTALL_DEPS"] = "0"   # paddle2onnx must never pip-install at run time
+
+log = logging.getLogger("paddle2ort.worker")
+
+# paddle2onnx 2.1.0 maps PIR op names onto its mapper names before looking them up
+# (ModelExporter's convert_pir_op_name); mirrored here so the support check sees what the exporter sees.
+PIR_TO_MAPPER = {
+    "matmul": "matmul_v2", "batch_norm_": "batch_norm", "topk": "top_k_v2",
+    "repeat_interleave_with_tensor_index": "repeat_interleave", "expand": "expand_v2",
+    "assign_value_": "assign_value", "flatten": "flatten_contiguous_range", "unsqueeze": "unsqueeze2",
+    "arange": "range", "argmax": "arg_max", "floor_divide": "elementwise_floordiv",
+    "subtract": "elementwise_sub", "multiply": "elementwise_mul", "divide": "elementwise_div",
+    "remainder": "elementwise_mod", "minimum": "elementwise_min", "maximum": "elementwise_max",
+    "min": "reduce_min", "max": "reduce_max", "mean": "reduce_mean", "sum": "reduce_sum", "prod": "reduce_prod",
+    "any": "reduce_any", "all": "reduce_all", "numel": "size", "hardswish": "hard_swish",
+    "hardsigmoid": "hard_sigmoid", "add": "elementwise_add", "add_n": "sum", "grid_sample": "grid_sampler",
+    "nonzero": "where_index",
+}
+# Program plumbing and control flow the exporter handles itself (not through an op mapper).
+STRUCTURAL = {"pd_op.data", "pd_op.feed", "pd_op.fetch", "builtin.parameter", "builtin.shadow_output",
+              "builtin.constant", "builtin.set_parameter", "pd_op.if", "pd_op.while", "cf.yield",
+              "cf.tuple_push", "cf.tuple_pop", "cf.stack_create"}
+# Ops that keep an integer tensor's values, followed when looking for the embedding an id input feeds.
+PASS_THROUGH = {"pd_op.cast", "pd_op.reshape", "pd_op.unsqueeze", "pd_op.squeeze", "pd_op.assign"}
+
+
+def _mapper_name(op_name: str) -> str:
+    if op_name.startswith("pd_op."):
+        name = op_name[len("pd_op."):]
+    elif op_name.startswith("builtin."):
+        name = "builtin_" + op_name[len("builtin."):]
+    else:
+        name = op_name
+    return PIR_TO_MAPPER.get(name, name)
+
+
+def _walk_ops(block):
+    for op in block.ops:
+        yield op
+        for sub in op.blocks():
+            yield from _walk_ops(sub)
+
+
+def _dtype_name(dtype) -> str:
+    s = str(dtype).replace("paddle.", "").replace("VarType.", "").lower()
+    return {"fp32": "float32", "fp16": "float16", "fp64": "float64", "bf16": "bfloat16"}.get(s, s)
+
+
+def _load_program(model_file: str):
+    import paddle
+    paddle.enable_static()
+    exe = paddle.static.Executor(paddle.CPUPlace())
+    prefix = os.path.splitext(model_file)[0]
+    if model_file.endswith(".pdmodel"):
+        with paddle.pir_utils.OldIrGuard():
+            prog, _, _ = paddle.static.load_inference_model(prefix, exe)
+        return paddle.pir.translate_to_pir(prog.desc)
+    prog, _, _ = paddle.static.load_inference_model(prefix, exe)
+    return prog
+
+
+def _int_upper_bound(value, depth: int = 0) -> int | None:
+    """Largest valid id + 1 for an integer input: the row count of the embedding table it indexes."""
+    if depth > 3:
+        return None
+    for op in value.all_used_ops():
+        name = op.name()
+        if name == "pd_op.embedding" and op.operand_source(0).is_same(value):
+            return int(op.operand_source(1).shape[0])
+        if name in PASS_THROUGH:
+            bound = _int_upper_bound(op.result(0), depth + 1)
+            if bound is not None:
+                return bound
+    return None
+
+
+def task_inspect(args: dict) -> dict:
+    import paddle
+    import paddle2onnx
+    import paddle2onnx.paddle2onnx_cpp2py_export as p2o
+
+    # Loading through Paddle Inference checks that the params file matches the program (truncation, mismatch).
+    try:
+        _make_predictor(args["model_file"], args["params_file"])
+    except Exception as e:  # noqa: BLE001 - Paddle raises RuntimeError/ValueError/OSError variously
+        raise BadInput(f"Paddle cannot load the model: the params file {args['params_file']} is truncated, "
+                       f"corrupt or does not belong to {args['model_file']} ({str(e).strip().splitlines()[0]}); "
+                       "re-save or re-copy both files together") from e
+    prog = _load_program(args["model_file"])
+    supported = set(p2o.get_all_supported_operators_pir())
+    ops, unsupported = Counter(), Counter()
+    inputs, outputs = [], []
+    for op in _walk_ops(prog.global_block()):
+        name = op.name()
+        ops[name] += 1
+        if name not in STRUCTURAL and _mapper_name(name) not in supported:
+            unsupported[name] += 1
+        if name in ("pd_op.data", "pd_op.feed"):
+            v = op.result(0)
+            spec = {"name": op.attrs()["name"], "dtype": _dtype_name(v.dtype), "shape": [int(d) for d in v.shape]}
+            if "int" in spec["dtype"]:
+                spec["int_high"] = _int_upper_bound(v)
+            inputs.append(spec)
+        elif name == "pd_op.fetch":
+            v = op.operand_source(0)
+            outputs.append({"fetch_name": op.attrs()["name"], "col": op.attrs().get("col", len(outputs)),
+                            "dtype": _dtype_name(v.dtype), "shape": [int(d) for d in v.shape],
+                            "producer": v.get_defining_op().name()})
+    outputs.sort(key=lambda o: o["col"])
+    return {"paddle_version": paddle.__version__, "paddle2onnx_version": paddle2onnx.__version__,
+            "inputs": inputs, "outputs": outputs, "ops": dict(ops), "unsupported": dict(unsupported)}
+
+
+def _make_predictor(model_file: str, params_file: str):
+    import paddle.inference as pi
+    cfg = pi.Config(model_file, params_file)
+    cfg.disable_gpu()
+    cfg.switch_ir_optim(False)       # the reference is the program as written, not a fused rewrite of it
+    if hasattr(cfg, "disable_mkldnn"):
+        cfg.disable_mkldnn()
+    cfg.disable_glog_info()
+    return pi.create_predictor(cfg)
+
+
+def task_reference(args: dict) -> dict:
+    import numpy as np
+    pred = _make_predictor(args["model_file"], args["params_file"])
+    names_in = pred.get_input_names()
+    data = np.load(args["inputs_npz"])
+    n = int(args["num_samples"])
+    result = {}
+    for i in range(n):
+        for name in names_in:
+            key = f"{i}/{name}"
+            if key not in data:
+                raise BadInput(f"sample {i} has no input {name!r} (the model's inputs are {names_in})")
+            h = pred.get_input_handle(name)
+            arr = data[key]
+            h.reshape(list(arr.shape))
+            h.copy_from_cpu(np.ascontiguousarray(arr))
+        pred.run()
+        for j, name in enumerate(pred.get_output_names()):
+            result[f"{i}/{j}"] = pred.get_output_handle(name).copy_to_cpu()
+    tmp = args["outputs_npz"] + ".tmp.npz"
+    np.savez(tmp, **result)
+    os.replace(tmp, args["outputs_npz"])
+    return {"num_outputs": len(pred.get_output_names())}
+
+
+def task_export(args: dict) -> dict:
+    import paddle2onnx
+    paddle2onnx.export(
+        args["model_file"], args["params_file"], save_file=args["save_file"], opset_version=int(args["opset"]),
+        auto_upgrade_opset=True, enable_onnx_checker=True, enable_optimize=True,
+        optimize_tool="None",          # polygraphy folding would pip-install its deps at run time
+        verbose=bool(args.get("verbose")),
+    )
+    return {"save_file": args["save_file"]}
+
+
+class BadInput(Exception):
+    pass
+
+
+TASKS = {"inspect": task_inspect, "reference": task_reference, "export": task_export}
+
+
+def main(argv: list[str]) -> int:
+    task, in_path, out_path = argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    with open(in_path, encoding="utf-8") as f:
+        args = json.load(f)
+    try:
+        result = {"ok": True, **TASKS[task](args)}
+        code = 0
+    except BadInput as e:
+        result, code = {"ok": False, "kind": "bad_input", "message": str(e)}, 1
+    except Exception as e:  # noqa: BLE001 - reported to the parent as a typed error
+        traceback.print_exc()
+        result, code = {"ok": False, "kind": "error", "message": f"{type(e).__name__}: {e}"}, 1
+    with open(out_path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(result, f)
+    os.replace(out_path + ".tmp", out_path)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

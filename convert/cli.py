@@ -1,0 +1,162 @@
+"""The `paddle2ort` command: a thin argparse layer over the library calls of each part.
+
+Exit codes: 0 ok, 2 bad input or usage, 3 validation failed, 4 conversion failed, 1 unexpected error.
+Subcommands import their part lazily, so runtime-only commands never import Paddle.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from paddle2ort.runtime.errors import BadInputError, Paddle2OrtError
+
+log = logging.getLogger("paddle2ort")
+
+EPILOG = """exit codes: 0 ok, 2 bad input or usage, 3 validation failed (ONNX does not match Paddle),
+4 conversion failed (unsupported operators, paddle2onnx crash or unusable output), 1 unexpected error"""
+
+
+def _csv(s: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in s.split(",") if x.strip())
+
+
+def _shape_arg(s: str) -> tuple[str, tuple[int, ...]]:
+    name, _, dims = s.partition(":")
+    try:
+        shape = tuple(int(d) for d in dims.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--input-shape wants NAME:D0,D1,... with integers, got {s!r}") from None
+    if not name or not shape or any(d <= 0 for d in shape):
+        raise argparse.ArgumentTypeError(f"--input-shape wants NAME:D0,D1,... with positive dims, got {s!r}")
+    return name, shape
+
+
+def _threshold_arg(s: str) -> tuple[str, float]:
+    key, _, value = s.partition("=")
+    try:
+        return key, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--threshold wants PRECISION.METRIC=NUMBER, got {s!r}") from None
+
+
+def _add_threshold(p):
+    p.add_argument("--threshold", action="append", type=_threshold_arg, default=[], metavar="PREC.METRIC=V",
+                   help="override a validation threshold, e.g. fp16.min_cosine=0.995 "
+                        "(metrics: max_rel_diff, min_cosine, min_argmax_agreement); repeatable")
+
+
+def _cmd_convert(args) -> int:
+    from paddle2ort.convert import ConvertConfig, FP16Options, Int8Options, SampleConfig, convert
+    from paddle2ort.convert.validate import thresholds_with_overrides
+
+    cfg = ConvertConfig(
+        source=args.src, output=args.output, precisions=args.precision, opset=args.opset,
+        validate=not args.no_validate, overwrite=args.overwrite, inputs_npz=args.inputs,
+        samples=SampleConfig(seed=args.seed, input_shapes=dict(args.input_shape) or None),
+        output_names=args.output_names, thresholds=thresholds_with_overrides(dict(args.threshold)),
+        fp16=FP16Options(op_block_list=args.fp16_block_ops) if args.fp16_block_ops is not None else FP16Options(),
+        int8=Int8Options(per_channel=args.int8_per_channel, op_types=args.int8_op_types),
+        name=args.name, task=args.task, labels=args.labels,
+    )
+    result = convert(cfg)
+    m = result.manifest
+    print(f"bundle: {result.bundle}  (opset {m.opset})")
+    for prec, mf in m.models.items():
+        v = (m.validation or {}).get(prec)
+        gate = ("not validated" if v is None else
+                f"validated: max_rel_diff {v['max_rel_diff']:.2e}, cosine {v['min_cosine']:.6f}"
+                + (f", argmax {v['min_argmax_agreement']:.4f}" if v["min_argmax_agreement"] is not None else ""))
+        print(f"  {prec:5s} {mf.file:22s} {mf.size_bytes / 1e6:8.2f} MB  {gate}")
+    return 0
+
+
+def _cmd_validate(args) -> int:
+    from paddle2ort.convert import revalidate
+    from paddle2ort.convert.validate import summary, thresholds_with_overrides
+
+    reports = revalidate(args.bundle, args.source, thresholds_with_overrides(dict(args.threshold)))
+    for prec, rep in reports.items():
+        s = summary(rep)
+        print(f"{prec:5s} passed: max_rel_diff {s['max_rel_diff']:.2e}, cosine {s['min_cosine']:.6f}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="paddle2ort", description="Paddle models -> validated ONNX -> ONNX Runtime",
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    c = sub.add_parser("convert", help="Paddle inference model -> validated ONNX deploy bundle", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Convert a Paddle inference model (PIR *.json or legacy *.pdmodel, with "
+                                   "*.pdiparams) to ONNX, make the requested precision variants, prove each matches "
+                                   "Paddle on sample inputs, and write a bundle directory (atomically).")
+    c.add_argument("src", type=Path, help="model directory, program file (*.json / *.pdmodel) or path prefix")
+    c.add_argument("-o", "--output", type=Path, required=True, help="bundle directory to create")
+    c.add_argument("--precision", type=_csv, default=("fp32",), help="comma list of fp32,fp16,int8 (default fp32; "
+                   "fp32 is always included as the reference file)")
+    c.add_argument("--opset", type=int, default=17, help="ONNX opset to request (default 17; paddle2onnx may "
+                   "raise it, the manifest records the one written)")
+    c.add_argument("--inputs", type=Path, help="sample inputs .npz (arrays named after the inputs); default: "
+                   "generated from the input specs with --seed")
+    c.add_argument("--input-shape", type=_shape_arg, action="append", default=[], metavar="NAME:D0,D1,...",
+                   help="shape of a generated sample input (dynamic dims default to batch 2/1 and size 64/32)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the generated sample inputs (default 0)")
+    c.add_argument("--no-validate", action="store_true", help="skip the Paddle-vs-ONNX gate (not for release)")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing bundle (only once the new passed)")
+    c.add_argument("--output-names", type=_csv, help="comma list naming the outputs (default: after the op "
+                   "producing each, e.g. softmax)")
+    c.add_argument("--fp16-block-ops", type=_csv, help="ONNX op types kept in FP32 in the fp16 model, replacing "
+                   "the default list")
+    c.add_argument("--int8-per-channel", action="store_true", help="per-channel weight quantization")
+    c.add_argument("--int8-op-types", type=_csv, default=("MatMul", "Gemm"),
+                   help="ONNX op types to quantize (default MatMul,Gemm)")
+    c.add_argument("--name", help="model name for the manifest (default: the source directory's name)")
+    c.add_argument("--task", help="task recorded in the manifest, e.g. text-classification")
+    c.add_argument("--labels", type=_csv, help="comma list of class labels for the manifest")
+    _add_threshold(c)
+    c.set_defaults(func=_cmd_convert)
+
+    v = sub.add_parser("validate", help="re-run the Paddle-vs-ONNX gate on an existing bundle", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    v.add_argument("bundle", type=Path)
+    v.add_argument("--source", type=Path, required=True, help="the Paddle model the bundle was converted from")
+    _add_threshold(v)
+    v.set_defaults(func=_cmd_validate)
+    return p
+
+
+def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    # Libraries (onnxruntime.quantization logs on the root logger) stay at WARNING unless --verbose.
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s", force=True)
+    logging.getLogger("paddle2ort").setLevel(level)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:             # argparse: usage errors exit 2, --help exits 0
+        return int(e.code or 0)
+    setup_logging(args.verbose, args.quiet)
+    try:
+        return args.func(args)
+    except Paddle2OrtError as e:
+        log.error("%s", e)
+        return e.exit_code
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
+    except (OSError, UnicodeError) as e:
+        log.error("%s", BadInputError(str(e)))
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""Typed converter errors. Exit codes: 2 bad input, 3 validation failed, 4 conversion failed."""
+from __future__ import annotations
+
+from paddle2ort.runtime.errors import BadInputError, Paddle2OrtError
+
+__all__ = ["BadInputError", "ConversionError", "Paddle2OrtError", "UnsupportedOperatorsError", "ValidationError"]
+
+
+class ConversionError(Paddle2OrtError):
+    """paddle2onnx (or a precision pass) failed or produced an unusable model."""
+
+    exit_code = 4
+
+    def __init__(self, message: str, log_tail: str = ""):
+        self.log_tail = log_tail
+        if log_tail:
+            message = f"{message}\n--- last lines of the converter log ---\n{log_tail}"
+        super().__init__(message)
+
+
+class UnsupportedOperatorsError(ConversionError):
+    """The Paddle program uses operators paddle2onnx cannot convert; lists all of them with counts."""
+
+    def __init__(self, ops: dict[str, int], paddle2onnx_version: str = ""):
+        self.ops = dict(sorted(ops.items()))
+        listing = ", ".join(f"{name} (x{n})" for name, n in self.ops.items())
+        super().__init__(
+            f"{len(self.ops)} operator type(s) in the Paddle program are not supported by paddle2onnx "
+            f"{paddle2onnx_version}: {listing}. Rewrite those layers with supported ops before export "
+            "(e.g. replace fused ops by their primitive form), or register a custom op mapping.")
+
+
+class ValidationError(Paddle2OrtError):
+    """ONNX Runtime's outputs do not match Paddle's within the precision's thresholds."""
+
+    exit_code = 3
+
+    def __init__(self, precision: str, failures: list[dict]):
+        self.precision = precision
+        self.failures = failures
+        lines = [f"{precision}: ONNX output does not match Paddle:"]
+        for f in failures:
+            m = f["metrics"]
+            lines.append(
+                f"  output {f['output']!r} (sample {f['sample']}): {'; '.join(f['violations'])} "
+                f"[max_abs_diff={m['max_abs_diff']:.3g}, max_rel_diff={m['max_rel_diff']:.3g}, "
+                f"cosine={m['cosine']:.6f}, argmax_agreement={m['argmax_agreement']}]")
+        lines.append("Thresholds can be overridden (--threshold PRECISION.METRIC=VALUE) if this difference is expected.")
+        super().__init__("\n".join(lines))
+        self.report: dict | None = None
+
+    def with_report(self, report: dict) -> "ValidationError":
+        self.report = report
+        return self

@@ -1,0 +1,97 @@
+"""Stage 3: make the exported graph readable — meaningful output names and named dynamic dimensions."""
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+from paddle2ort.runtime.manifest import TensorSpec
+
+from .errors import BadInputError
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:/-]*$")
+
+
+def default_output_names(outputs: list[dict]) -> list[str]:
+    """Name each output after the operator that produces it (`softmax`, `sigmoid`, ...), numbered when repeated."""
+    base = [o["producer"].split(".")[-1].rstrip("_") or "output" for o in outputs]
+    counts, seen, names = Counter(base), Counter(), []
+    for b in base:
+        names.append(b if counts[b] == 1 else f"{b}_{seen[b]}")
+        seen[b] += 1
+    return names
+
+
+def dim_names(name: str, dtype: str, shape: list[int]) -> list[int | str]:
+    """Readable names for dynamic (-1) dims: batch, sequence (token ids), height/width (NCHW images)."""
+    out: list[int | str] = []
+    for axis, d in enumerate(shape):
+        if d >= 0:
+            out.append(int(d))
+        elif axis == 0:
+            out.append("batch")
+        elif len(shape) == 2 and axis == 1 and "int" in dtype:
+            out.append("sequence")
+        elif len(shape) == 4 and axis in (2, 3):
+            out.append("height" if axis == 2 else "width")
+        else:
+            out.append(f"{name}_dim{axis}")
+    return out
+
+
+def _set_shape(value_info, dims: list[int | str]):
+    shape = value_info.type.tensor_type.shape
+    del shape.dim[:]
+    for d in dims:
+        dim = shape.dim.add()
+        if isinstance(d, str):
+            dim.dim_param = d
+        else:
+            dim.dim_value = d
+
+
+def rename_and_annotate(model, inputs: list[dict], outputs: list[dict], output_names: list[str] | None):
+    """Rename graph outputs, name dynamic dims; returns (model, input specs, output specs). Mutates `model`."""
+    graph = model.graph
+    if len(graph.output) != len(outputs):
+        raise BadInputError(f"the ONNX graph has {len(graph.output)} outputs but the Paddle program fetches "
+                            f"{len(outputs)}; cannot name them")
+    names = list(output_names) if output_names else default_output_names(outputs)
+    if len(names) != len(outputs):
+        raise BadInputError(f"{len(names)} output name(s) given ({', '.join(names)}) but the model has "
+                            f"{len(outputs)} output(s)")
+    input_names = {i.name for i in graph.input}
+    for n in names:
+        if not _IDENT.match(n) or n in input_names:
+            raise BadInputError(f"output name {n!r} is not a valid, unique tensor name")
+    if len(set(names)) != len(names):
+        raise BadInputError(f"output names must be unique, got {names}")
+
+    # Rename every use of each old output name.
+    mapping = {o.name: new for o, new in zip(graph.output, names)}
+    for node in graph.node:
+        for i, t in enumerate(node.output):
+            if t in mapping:
+                node.output[i] = mapping[t]
+        for i, t in enumerate(node.input):
+            if t in mapping:
+                node.input[i] = mapping[t]
+    for vi in graph.value_info:
+        if vi.name in mapping:
+            vi.name = mapping[vi.name]
+
+    by_name = {i["name"]: i for i in inputs}
+    in_specs = []
+    for vi in graph.input:
+        spec = by_name.get(vi.name)
+        if spec is None:
+            continue
+        dims = dim_names(vi.name, spec["dtype"], spec["shape"])
+        _set_shape(vi, dims)
+        in_specs.append(TensorSpec(vi.name, spec["dtype"], tuple(dims)))
+    out_specs = []
+    for vi, spec, new in zip(graph.output, outputs, names):
+        vi.name = new
+        dims = dim_names(new, spec["dtype"], spec["shape"])
+        _set_shape(vi, dims)
+        out_specs.append(TensorSpec(new, spec["dtype"], tuple(dims)))
+    return model, in_specs, out_specs

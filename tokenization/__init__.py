@@ -1,0 +1,1 @@
+"""paddle2ort.tokenization: fast tokenizers behind one interface, parity-checked across backends."""
