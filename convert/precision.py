@@ -49,7 +49,10 @@ def to_fp16(src: Path, dst: Path, opts: FP16Options = FP16Options()) -> dict:
 
 
 def to_int8(src: Path, dst: Path, opts: Int8Options = Int8Options()) -> dict:
+    import onnxruntime
     from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    onnxruntime.set_default_logger_severity(3)   # pre-processing sessions warn about every unused initializer
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     with tempfile.TemporaryDirectory(prefix="p2o-int8-") as tmp:

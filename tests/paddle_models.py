@@ -1,0 +1,126 @@
+"""Tiny Paddle models built inline for the tests: `python tests/paddle_models.py KIND OUT_DIR`.
+
+Run as a child process so Paddle's static-mode switches never leak into the test process.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def _save(layer, out: Path, specs):
+    import paddle
+    layer.eval()
+    paddle.jit.save(layer, str(out / "model"), input_spec=specs)
+
+
+def build_mlp(out: Path):
+    import paddle
+
+    class MLP(paddle.nn.Layer):
+        def __init__(self):
+            super().__init__()
+            self.l1 = paddle.nn.Linear(16, 64)
+            self.l2 = paddle.nn.Linear(64, 5)
+
+        def forward(self, x):
+            return paddle.nn.functional.softmax(self.l2(paddle.nn.functional.gelu(self.l1(x))) * 4.0)
+
+    paddle.seed(1)
+    _save(MLP(), out, [paddle.static.InputSpec([None, 16], "float32", "x")])
+
+
+def build_encoder(out: Path):
+    import paddle
+
+    class Encoder(paddle.nn.Layer):
+        def __init__(self, vocab=50, d=32):
+            super().__init__()
+            self.emb = paddle.nn.Embedding(vocab, d)
+            layer = paddle.nn.TransformerEncoderLayer(d, nhead=4, dim_feedforward=64, dropout=0.0)
+            self.enc = paddle.nn.TransformerEncoder(layer, num_layers=2)
+            self.head = paddle.nn.Linear(d, 3)
+
+        def forward(self, input_ids):
+            h = self.enc(self.emb(input_ids))
+            return self.head(h.mean(axis=1))
+
+    paddle.seed(2)
+    _save(Encoder(), out, [paddle.static.InputSpec([None, None], "int64", "input_ids")])
+
+
+def build_ernie(out: Path):
+    import paddle
+    from paddlenlp.transformers import ErnieConfig, ErnieForSequenceClassification
+
+    paddle.seed(3)
+    cfg = ErnieConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                      intermediate_size=64, max_position_embeddings=128, type_vocab_size=2, num_labels=3,
+                      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = ErnieForSequenceClassification(cfg)
+
+    class Wrapper(paddle.nn.Layer):        # InputSpec names must equal forward's argument names
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, token_type_ids):
+            return self.m(input_ids=input_ids, token_type_ids=token_type_ids)
+
+    _save(Wrapper(model), out, [paddle.static.InputSpec([None, None], "int64", "input_ids"),
+                                paddle.static.InputSpec([None, None], "int64", "token_type_ids")])
+
+
+def build_legacy(out: Path):
+    """A legacy-IR program (*.pdmodel) saved through the old static API."""
+    import paddle
+    paddle.enable_static()
+    with paddle.pir_utils.OldIrGuard():
+        main, start = paddle.static.Program(), paddle.static.Program()
+        with paddle.static.program_guard(main, start):
+            x = paddle.static.data("x", [None, 12], "float32")
+            h = paddle.static.nn.fc(x, 32, activation="relu")
+            y = paddle.nn.functional.softmax(paddle.static.nn.fc(h, 4) * 3.0)
+        exe = paddle.static.Executor(paddle.CPUPlace())
+        exe.run(start)
+        paddle.static.save_inference_model(str(out / "model"), [x], [y], exe, program=main)
+
+
+def build_unsupported(out: Path):
+    """Uses two operators paddle2onnx 2.1.0 has no mapper for (lgamma twice, digamma once)."""
+    import paddle
+
+    class Odd(paddle.nn.Layer):
+        def __init__(self):
+            super().__init__()
+            self.l = paddle.nn.Linear(4, 4)
+
+        def forward(self, x):
+            y = self.l(x).abs() + 1.0
+            return paddle.lgamma(y) + paddle.lgamma(y * 2.0) + paddle.digamma(y)
+
+    _save(Odd(), out, [paddle.static.InputSpec([None, 4], "float32", "x")])
+
+
+BUILDERS = {"mlp": build_mlp, "encoder": build_encoder, "ernie": build_ernie, "legacy": build_legacy,
+            "unsupported": build_unsupported}
+
+
+def text_image(width: int, height: int, lines: list[str]) -> np.ndarray:
+    """A normalized NCHW float32 image of printed text (PP-OCR preprocessing: (x/255 - 0.5) / 0.5)."""
+    from PIL import Image, ImageDraw, ImageFont
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default(size=28)
+    for i, t in enumerate(lines):
+        draw.text((10, 10 + 40 * i), t, fill="black", font=font)
+    x = (np.asarray(img, np.float32) / 255.0 - 0.5) / 0.5
+    return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
+
+
+if __name__ == "__main__":
+    kind, out = sys.argv[1], Path(sys.argv[2])
+    out.mkdir(parents=True, exist_ok=True)
+    BUILDERS[kind](out)

@@ -1,0 +1,161 @@
+"""The gate bites: every failure is one clear error, the right exit code, and no output left behind."""
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from paddle2ort.convert import export as export_stage
+from paddle2ort.convert.cli import main
+from paddle2ort.convert.paddle_proc import run_worker
+from paddle2ort.convert.errors import ConversionError
+
+
+def _convert(src, out, *extra):
+    return main(["-q", "convert", str(src), "-o", str(out), *extra])
+
+
+def test_perturbed_weight_fails_validation_with_exit_3(tiny_models, tmp_path, capsys):
+    src, out = tiny_models("mlp"), tmp_path / "b"
+    assert _convert(src, out) == 0
+    path = out / "model.fp32.onnx"
+    model = onnx.load(str(path))
+    # paddle2onnx stores weights as initializers or as Constant nodes: take the largest weight either way
+    tensors = list(model.graph.initializer) + [a.t for n in model.graph.node if n.op_type == "Constant"
+                                               for a in n.attribute if a.name == "value"]
+    weight = max(tensors, key=lambda t: np.prod(t.dims))
+    w = numpy_helper.to_array(weight).copy()
+    w.flat[0] += 5.0                                                          # one weight, one value
+    weight.CopyFrom(numpy_helper.from_array(w, weight.name))
+    onnx.save(model, str(path))
+    capsys.readouterr()
+    assert main(["-q", "validate", str(out), "--source", str(src)]) == 3
+    msg = capsys.readouterr().err
+    assert "fp32" in msg and "'softmax'" in msg and "max_abs_diff=" in msg
+
+
+@pytest.mark.parametrize("payload", [b"", b"not a protobuf at all"], ids=["zero-byte", "garbage"])
+def test_silent_paddle2onnx_failure_is_exit_4(tiny_models, tmp_path, monkeypatch, capsys, payload):
+    def fake_export(source, save_file, opset, workdir):
+        save_file.write_bytes(payload)
+        log = workdir / "export.log"
+        log.write_text("paddle2onnx: pretend everything went fine\n")
+        return log
+
+    monkeypatch.setattr(export_stage, "run_paddle2onnx", fake_export)
+    out = tmp_path / "b"
+    assert _convert(tiny_models("mlp"), out) == 4
+    err = capsys.readouterr().err
+    assert ("empty (0-byte)" if not payload else "invalid ONNX file") in err
+    assert "pretend everything went fine" in err                     # the log tail is shown
+    assert not out.exists()
+
+
+def test_unsupported_operators_listed_with_counts(tiny_models, tmp_path, capsys):
+    out = tmp_path / "b"
+    assert _convert(tiny_models("unsupported"), out) == 4
+    err = capsys.readouterr().err
+    assert "pd_op.digamma (x1)" in err and "pd_op.lgamma (x2)" in err
+    assert not out.exists()
+
+
+def test_worker_crash_is_reported(tmp_path, monkeypatch):
+    """A SIGABRT in the child (what paddle2onnx does on C++ errors) becomes a ConversionError, not a dead parent."""
+    fake = tmp_path / "fakepkg"
+    fake.mkdir()
+    (fake / "abort_worker.py").write_text(textwrap.dedent("""
+        import os, sys
+        print("F1123 fatal: mapper exploded", flush=True)
+        os.abort()
+    """))
+    real_run = subprocess.run
+
+    def run(cmd, **kw):
+        return real_run([sys.executable, str(fake / "abort_worker.py")], **kw)
+
+    monkeypatch.setattr(subprocess, "run", run)
+    with pytest.raises(ConversionError) as e:
+        run_worker("export", {}, tmp_path / "work")
+    assert "SIGABRT" in str(e.value) and "mapper exploded" in str(e.value)
+
+
+# ---- bad input: exit 2, one clear message, no output directory ----
+
+def test_missing_params(tiny_models, tmp_path, capsys):
+    src = tmp_path / "m"
+    shutil.copytree(tiny_models("mlp"), src)
+    (src / "model.pdiparams").unlink()
+    assert _convert(src, tmp_path / "b") == 2
+    assert "model.pdiparams not found" in capsys.readouterr().err and not (tmp_path / "b").exists()
+
+
+def test_truncated_params(tiny_models, tmp_path, capsys):
+    src = tmp_path / "m"
+    shutil.copytree(tiny_models("mlp"), src)
+    p = src / "model.pdiparams"
+    p.write_bytes(p.read_bytes()[:100])
+    assert _convert(src, tmp_path / "b") == 2
+    assert "truncated" in capsys.readouterr().err and not (tmp_path / "b").exists()
+
+
+def test_directory_with_two_models(tiny_models, tmp_path, capsys):
+    src = tmp_path / "m"
+    shutil.copytree(tiny_models("mlp"), src)
+    shutil.copy(src / "model.json", src / "other.json")
+    shutil.copy(src / "model.pdiparams", src / "other.pdiparams")
+    assert _convert(src, tmp_path / "b") == 2
+    assert "holds 2 Paddle models" in capsys.readouterr().err and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("name,content", [("notes.txt", b"hello"), ("config.json", b'{"a": 1}')])
+def test_non_paddle_file(tmp_path, capsys, name, content):
+    f = tmp_path / name
+    f.write_bytes(content)
+    assert _convert(f, tmp_path / "b") == 2
+    assert "not a Paddle" in capsys.readouterr().err and not (tmp_path / "b").exists()
+
+
+def test_unwritable_output_path(tiny_models, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")                         # a file where a directory is needed (root ignores chmod)
+    assert _convert(tiny_models("mlp"), blocker / "sub" / "bundle") == 2
+    assert "not a writable directory" in capsys.readouterr().err
+
+
+def test_existing_bundle_needs_overwrite(tiny_models, tmp_path, capsys):
+    out = tmp_path / "b"
+    assert _convert(tiny_models("mlp"), out) == 0
+    before = (out / "manifest.json").read_bytes()
+    assert _convert(tiny_models("mlp"), out) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "manifest.json").read_bytes() == before
+    # a failing overwrite keeps the good bundle
+    assert _convert(tiny_models("mlp"), out, "--overwrite", "--threshold", "fp32.max_rel_diff=0") == 3
+    assert (out / "manifest.json").read_bytes() == before
+    assert _convert(tiny_models("mlp"), out, "--overwrite") == 0
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]   # no staging dirs left
+
+
+def test_usage_errors_exit_2(tmp_path):
+    assert main(["convert"]) == 2
+    assert main(["convert", str(tmp_path), "-o", str(tmp_path / "b"), "--precision", "int3"]) == 2
+    assert main(["convert", str(tmp_path), "-o", str(tmp_path / "b"), "--opset", "99"]) == 2
+    assert main(["convert", str(tmp_path), "-o", str(tmp_path / "b"), "--input-shape", "x:1,a"]) == 2
+
+
+def test_help_documents_exit_codes(capsys):
+    assert main(["convert", "--help"]) == 0
+    out = capsys.readouterr().out
+    for code in ("0 ok", "2 bad input", "3 validation failed", "4 conversion failed"):
+        assert code in out
+
+
+def test_runtime_never_imports_paddle():
+    code = ("import sys, paddle2ort.runtime, paddle2ort.convert.cli, paddle2ort.tokenization; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('paddle', 'paddle2onnx', 'paddlenlp')]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
