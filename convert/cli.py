@@ -51,6 +51,13 @@ def _cmd_convert(args) -> int:
     from paddle2ort.convert import ConvertConfig, FP16Options, Int8Options, SampleConfig, convert
     from paddle2ort.convert.validate import thresholds_with_overrides
 
+    tokenizer, extra_files = None, {}
+    if args.tokenizer:
+        from paddle2ort.tokenization import tokenizer_config
+        if not (args.tokenizer / "tokenizer.json").is_file() or not (args.tokenizer / "vocab.txt").is_file():
+            raise BadInputError(f"--tokenizer {args.tokenizer} must hold tokenizer.json and vocab.txt")
+        tokenizer = tokenizer_config(args.tokenizer, args.max_seq_length).to_json()
+        extra_files = {"tokenizer": args.tokenizer}
     cfg = ConvertConfig(
         source=args.src, output=args.output, precisions=args.precision, opset=args.opset,
         validate=not args.no_validate, overwrite=args.overwrite, inputs_npz=args.inputs,
@@ -58,7 +65,7 @@ def _cmd_convert(args) -> int:
         output_names=args.output_names, thresholds=thresholds_with_overrides(dict(args.threshold)),
         fp16=FP16Options(op_block_list=args.fp16_block_ops) if args.fp16_block_ops is not None else FP16Options(),
         int8=Int8Options(per_channel=args.int8_per_channel, op_types=args.int8_op_types),
-        name=args.name, task=args.task, labels=args.labels,
+        name=args.name, task=args.task, labels=args.labels, tokenizer=tokenizer, extra_files=extra_files,
     )
     result = convert(cfg)
     m = result.manifest
@@ -162,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--name", help="model name for the manifest (default: the source directory's name)")
     c.add_argument("--task", help="task recorded in the manifest, e.g. text-classification")
     c.add_argument("--labels", type=_csv, help="comma list of class labels for the manifest")
+    c.add_argument("--tokenizer", type=Path, help="directory with tokenizer.json + vocab.txt to carry in the bundle")
+    c.add_argument("--max-seq-length", type=int, default=128, help="tokenizer truncation length (default 128)")
     _add_threshold(c)
     c.set_defaults(func=_cmd_convert)
 

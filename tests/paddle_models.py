@@ -104,7 +104,21 @@ def build_unsupported(out: Path):
     _save(Odd(), out, [paddle.static.InputSpec([None, 4], "float32", "x")])
 
 
-BUILDERS = {"mlp": build_mlp, "encoder": build_encoder, "ernie": build_ernie, "legacy": build_legacy,
+def build_bert_classifier(out: Path):
+    """The zoo classifier's architecture (PaddleNLP BERT + masked mean pooling + head) at a tiny size, with
+    MiniLM's 30,522-token vocabulary so the real tokenizer files drive it."""
+    import paddle
+    from paddle2ort.convert.zoo.minilm_sentiment import make_model
+
+    paddle.seed(4)
+    cfg = {"vocab_size": 30522, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+           "intermediate_size": 32, "hidden_act": "gelu", "max_position_embeddings": 512, "type_vocab_size": 2,
+           "layer_norm_eps": 1e-12, "pad_token_id": 0}
+    _save(make_model(cfg, 3), out, [paddle.static.InputSpec([None, None], "int64", n)
+                                    for n in ("input_ids", "token_type_ids", "attention_mask")])
+
+
+BUILDERS = {"bert_classifier": build_bert_classifier, "mlp": build_mlp, "encoder": build_encoder, "ernie": build_ernie, "legacy": build_legacy,
             "unsupported": build_unsupported}
 
 

