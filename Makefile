@@ -3,7 +3,7 @@
 #   make test   set-up + the test suite
 PYTHON ?= python3
 # FastTokenizer (fast-tokenizer-python) has wheels for Python <= 3.10 only: its parity test runs in a 3.10 venv.
-PYTHON310 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.10.*/bin/python) python3.10)
+PYTHON310 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.10.*/bin/python /root/.pyenv/versions/3.10.*/bin/python /usr/bin/python3.10 /usr/local/bin/python3.10) python3.10)
 VENV310 := .venv310
 VENV   := .venv
 PY     := $(VENV)/bin/python
