@@ -2,7 +2,8 @@
 
 paddle2onnx and Paddle abort the whole process (SIGABRT) on C++ errors, so every call into them happens here;
 the parent reads OUT.json, or reports the crash with the tail of this process's log.
-Tasks: inspect (program, specs, operator support), reference (Paddle Inference outputs), export (paddle2onnx).
+Tasks: inspect (program, specs, operator support), reference (Paddle Inference outputs), export (paddle2onnx),
+bench (Paddle Inference CPU timing as a benchmark peer).
 """
 from __future__ import annotations
 
@@ -174,11 +175,58 @@ def task_export(args: dict) -> dict:
     return {"save_file": args["save_file"]}
 
 
+def task_bench(args: dict) -> dict:
+    """Paddle Inference on CPU as a benchmark peer: its deployment configuration (IR passes, oneDNN when the build
+    has it, the given thread count), timed over the same pre-tokenized batches the ONNX rows use."""
+    import time
+
+    import numpy as np
+    import paddle
+    import paddle.inference as pi
+    cfg = pi.Config(args["model_file"], args["params_file"])
+    cfg.disable_gpu()
+    cfg.switch_ir_optim(True)
+    cfg.set_cpu_math_library_num_threads(int(args["threads"]))
+    onednn = bool(args.get("onednn", True)) and paddle.base.core.is_compiled_with_mkldnn()
+    if onednn:
+        cfg.enable_mkldnn()
+    cfg.disable_glog_info()
+    pred = pi.create_predictor(cfg)
+    data = np.load(args["batches_npz"])
+    nb = int(args["num_batches"])
+    batches = [{n: data[f"{b}/{n}"] for n in pred.get_input_names()} for b in range(nb)]
+    out_name = pred.get_output_names()[int(args.get("output_index", 0))]
+
+    def run(feeds):
+        for name, arr in feeds.items():
+            h = pred.get_input_handle(name)
+            h.reshape(list(arr.shape))
+            h.copy_from_cpu(arr)
+        pred.run()
+        return pred.get_output_handle(out_name).copy_to_cpu()
+
+    for b in range(min(int(args["warmup"]), nb)):
+        run(batches[b])
+    times, outs = [], [None] * nb
+    for _ in range(int(args["repeats"])):
+        rep = []
+        for b, feeds in enumerate(batches):
+            t0 = time.perf_counter()
+            outs[b] = run(feeds)
+            rep.append(time.perf_counter() - t0)
+        times.append(rep)
+    tmp = args["outputs_npz"] + ".tmp.npz"
+    np.savez(tmp, **{str(b): o for b, o in enumerate(outs)})
+    os.replace(tmp, args["outputs_npz"])
+    return {"times": times, "paddle_version": paddle.__version__, "onednn": onednn, "ir_optim": True,
+            "threads": int(args["threads"])}
+
+
 class BadInput(Exception):
     pass
 
 
-TASKS = {"inspect": task_inspect, "reference": task_reference, "export": task_export}
+TASKS = {"inspect": task_inspect, "reference": task_reference, "export": task_export, "bench": task_bench}
 
 
 def main(argv: list[str]) -> int:

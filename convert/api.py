@@ -30,6 +30,15 @@ SAMPLES_NAME = "validation_inputs.npz"
 MIN_OPSET, MAX_OPSET = 7, 21
 
 
+def tokenizer_files(tokenizer_dir: Path, max_seq_length: int) -> tuple[dict, dict[str, Path]]:
+    """(manifest tokenizer section, extra_files) carrying a WordPiece tokenizer directory into the bundle."""
+    from paddle2ort.tokenization import tokenizer_config
+    tokenizer_dir = Path(tokenizer_dir)
+    if not (tokenizer_dir / "tokenizer.json").is_file() or not (tokenizer_dir / "vocab.txt").is_file():
+        raise BadInputError(f"tokenizer directory {tokenizer_dir} must hold tokenizer.json and vocab.txt")
+    return tokenizer_config(tokenizer_dir, max_seq_length).to_json(), {"tokenizer": tokenizer_dir}
+
+
 @dataclass(frozen=True)
 class ConvertConfig:
     source: Path

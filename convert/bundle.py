@@ -40,6 +40,7 @@ def staged_bundle(dest: Path, overwrite: bool):
         p = p.parent
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-", dir=dest.parent))
+    staging.chmod(0o755)                 # mkdtemp makes it 0700; a deploy bundle is read by other users
     try:
         yield staging
         old = None

@@ -51,13 +51,9 @@ def _cmd_convert(args) -> int:
     from paddle2ort.convert import ConvertConfig, FP16Options, Int8Options, SampleConfig, convert
     from paddle2ort.convert.validate import thresholds_with_overrides
 
-    tokenizer, extra_files = None, {}
-    if args.tokenizer:
-        from paddle2ort.tokenization import tokenizer_config
-        if not (args.tokenizer / "tokenizer.json").is_file() or not (args.tokenizer / "vocab.txt").is_file():
-            raise BadInputError(f"--tokenizer {args.tokenizer} must hold tokenizer.json and vocab.txt")
-        tokenizer = tokenizer_config(args.tokenizer, args.max_seq_length).to_json()
-        extra_files = {"tokenizer": args.tokenizer}
+    from paddle2ort.convert.api import tokenizer_files
+
+    tokenizer, extra_files = tokenizer_files(args.tokenizer, args.max_seq_length) if args.tokenizer else (None, {})
     cfg = ConvertConfig(
         source=args.src, output=args.output, precisions=args.precision, opset=args.opset,
         validate=not args.no_validate, overwrite=args.overwrite, inputs_npz=args.inputs,
@@ -134,6 +130,21 @@ def _cmd_classify(args) -> int:
     return 0
 
 
+def _cmd_bench(args) -> int:
+    from paddle2ort.benchmarks.classifier import BenchConfig, run_bench
+    from paddle2ort.benchmarks.report import markdown, write_results
+
+    cfg = BenchConfig(bundle=args.bundle, dataset_dir=args.dataset_dir, split=args.split, device=args.device,
+                      device_id=args.device_id, precisions=args.precision, batch_size=args.batch_size,
+                      warmup=args.warmup, repeats=args.repeats, threads=args.threads,
+                      paddle_model=args.paddle_model, limit=args.limit)
+    res = run_bench(cfg)
+    paths = write_results(res, args.output)
+    print(markdown(res))
+    log.info("results: %s", ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="paddle2ort", description="Paddle models -> validated ONNX -> ONNX Runtime",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -200,6 +211,23 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime default)")
     k.add_argument("--batch-size", type=int, default=32)
     k.set_defaults(func=_cmd_classify)
+
+    b = sub.add_parser("bench", help="accuracy/latency perf run of a classification bundle (JSON + Markdown + PNG)")
+    b.add_argument("bundle", type=Path)
+    b.add_argument("--dataset-dir", type=Path, required=True,
+                   help="label.txt + dev.txt/test.txt (text<TAB>label a line)")
+    b.add_argument("--split", default="dev", choices=["dev", "test"])
+    b.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
+    b.add_argument("--device-id", type=int, default=0)
+    b.add_argument("--precision", type=_csv, help="comma list (default: every model in the bundle; GPU: not int8)")
+    b.add_argument("--batch-size", type=int, default=32)
+    b.add_argument("--warmup", type=int, default=8, help="warm-up batches spread over the length range (default 8)")
+    b.add_argument("--repeats", type=int, default=3, help="timed passes over the split; median reported (default 3)")
+    b.add_argument("--threads", type=int, default=0, help="CPU threads for every system (default: all usable cores)")
+    b.add_argument("--paddle-model", type=Path, help="the bundle's Paddle source: adds the Paddle Inference CPU row")
+    b.add_argument("--limit", type=int, help="first N examples only (quick runs)")
+    b.add_argument("--output", type=Path, default=Path("bench-results"), help="results directory")
+    b.set_defaults(func=_cmd_bench)
     return p
 
 

