@@ -5,11 +5,11 @@ Stages, one module each: source (locate) -> export (paddle2onnx) -> graph (names
 """
 from .api import ConvertConfig, ConvertResult, convert, revalidate
 from .errors import BadInputError, ConversionError, Paddle2OrtError, UnsupportedOperatorsError, ValidationError
-from .precision import FP16Options, Int8Options
+from .precision import FP16Options, Int4Options, Int8Options
 from .validate import SampleConfig, Thresholds
 
 __all__ = [
-    "BadInputError", "ConversionError", "ConvertConfig", "ConvertResult", "FP16Options", "Int8Options",
+    "BadInputError", "ConversionError", "ConvertConfig", "ConvertResult", "FP16Options", "Int4Options", "Int8Options",
     "Paddle2OrtError", "SampleConfig", "Thresholds", "UnsupportedOperatorsError", "ValidationError",
     "convert", "revalidate",
 ]

@@ -222,11 +222,65 @@ def task_bench(args: dict) -> dict:
             "threads": int(args["threads"])}
 
 
+def task_export_llm(args: dict) -> dict:
+    """PaddleNLP causal LM (save_pretrained dir) -> static KV-cache decoder (jit.save) + recorded validation steps:
+    greedy prefill + decode steps of the Paddle wrapper itself, driven by the runtime's decode loop."""
+    import numpy as np
+    import paddle
+    import paddlenlp.transformers as T
+
+    from paddle2ort.convert.llm.families import family_for
+    from paddle2ort.convert.llm.wrapper import INPUT_NAMES, input_specs, make_wrapper
+    from paddle2ort.runtime.generation import GenerationConfig, generate
+
+    paddle.set_device("cpu")
+    with open(os.path.join(args["model_dir"], "config.json"), encoding="utf-8") as f:
+        cfg = json.load(f)
+    arch = (cfg.get("architectures") or [None])[0]
+    try:
+        fam = family_for(arch)
+    except KeyError as e:
+        raise BadInput(str(e)) from e
+    model = getattr(T, fam.model_class).from_pretrained(args["model_dir"], dtype="float32")
+    model.eval()
+    c = model.config
+    num_layers, kv_heads, head_dim = c.num_hidden_layers, fam.kv_heads(c), fam.head_dim(c)
+    feeds = []
+
+    class PaddleDecoder:
+        vocab_size, cache_dtype = c.vocab_size, np.float32
+
+        def __init__(self, layer):
+            self.layer, self.num_layers, self.kv_heads, self.head_dim = layer, num_layers, kv_heads, head_dim
+
+        def __call__(self, *arrays):
+            feeds.append(dict(zip(INPUT_NAMES, (np.array(a) for a in arrays))))
+            with paddle.no_grad():
+                logits, present = self.layer(*(paddle.to_tensor(np.ascontiguousarray(a)) for a in arrays))
+            return logits.numpy(), present.numpy()
+
+    with fam.patches():
+        wrapper = make_wrapper(model, fam)
+        wrapper.eval()
+        generated = generate(PaddleDecoder(wrapper), args["prompts"],
+                             GenerationConfig(max_new_tokens=int(args["decode_steps"]) + 1),
+                             pad_id=int(args["pad_id"]))
+        paddle.jit.save(wrapper, args["out_prefix"], input_spec=input_specs(num_layers, kv_heads, head_dim))
+    tmp = args["samples_npz"] + ".tmp.npz"
+    np.savez(tmp, **{f"{i}/{k}": v for i, f in enumerate(feeds) for k, v in f.items()})
+    os.replace(tmp, args["samples_npz"])
+    return {"family": fam.name, "architecture": arch, "num_layers": num_layers, "kv_heads": kv_heads,
+            "head_dim": head_dim, "vocab_size": c.vocab_size, "hidden_size": c.hidden_size,
+            "max_context": int(getattr(c, "max_position_embeddings", 2048)), "num_samples": len(feeds),
+            "generated": generated, "paddle_version": paddle.__version__}
+
+
 class BadInput(Exception):
     pass
 
 
-TASKS = {"inspect": task_inspect, "reference": task_reference, "export": task_export, "bench": task_bench}
+TASKS = {"inspect": task_inspect, "reference": task_reference, "export": task_export, "bench": task_bench,
+         "export_llm": task_export_llm}
 
 
 def main(argv: list[str]) -> int:

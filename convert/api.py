@@ -19,7 +19,7 @@ from .bundle import staged_bundle, write_json
 from .errors import BadInputError, UnsupportedOperatorsError, ValidationError
 from .graph import rename_and_annotate
 from .paddle_proc import run_worker
-from .precision import PRECISIONS, FP16Options, Int8Options, make_variant
+from .precision import PRECISIONS, FP16Options, Int4Options, Int8Options, make_variant
 from .source import ModelSource, locate
 from .validate import (DEFAULT_THRESHOLDS, SampleConfig, Thresholds, load_samples, make_samples, summary,
                        validate)
@@ -53,6 +53,7 @@ class ConvertConfig:
     thresholds: dict[str, Thresholds] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
     fp16: FP16Options = FP16Options()
     int8: Int8Options = Int8Options()
+    int4: Int4Options = Int4Options()
     name: str | None = None
     task: str | None = None
     labels: tuple[str, ...] | None = None
@@ -155,7 +156,8 @@ def convert(config: ConvertConfig) -> ConvertResult:
                 if prec != "fp32":
                     bar.set_postfix_str(prec)
                     files[prec] = stage / f"model.{prec}.onnx"
-                    options[prec] = make_variant(prec, files["fp32"], files[prec], config.fp16, config.int8)
+                    options[prec] = make_variant(prec, files["fp32"], files[prec], config.fp16, config.int8,
+                                                 config.int4)
                     export_stage.check_onnx_file(files[prec], producer=f"the {prec} pass")
                 bar.update()
                 if config.validate:

@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     z = sub.add_parser("zoo", help="build reproducible Paddle source models from installed assets")
     zsub = z.add_subparsers(dest="zoo_command", required=True, metavar="ZOO_COMMAND")
     zb = zsub.add_parser("build", help="build a zoo model (cached)")
-    zb.add_argument("name", choices=["minilm-sentiment"])
+    zb.add_argument("name", choices=["minilm-sentiment", "smollm2-135m"])
     zb.add_argument("-o", "--output", type=Path, required=True)
     zb.add_argument("--force", action="store_true", help="rebuild even if cached")
     zb.set_defaults(func=_cmd_zoo_build)

@@ -1,4 +1,5 @@
-"""Stage 4: precision variants of the FP32 ONNX model — FP16 (GPU) and INT8 dynamic quantization (CPU)."""
+"""Stage 4: precision variants of the FP32 ONNX model — FP16 (GPU), INT8 dynamic quantization (CPU encoders) and
+weight-only INT8 / INT4 (onnxruntime's MatMulNBits, for LLMs)."""
 from __future__ import annotations
 
 import logging
@@ -10,7 +11,7 @@ from .errors import ConversionError
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "int4")
 
 # Ops kept in FP32 on top of onnxruntime's own default block list: their FP16 results overflow or lose too much
 # (x**2 and sums of squares in decomposed layer norms exceed 65504; exp/log/sqrt of large values).
@@ -28,6 +29,56 @@ class Int8Options:
     per_channel: bool = False
     reduce_range: bool = False
     op_types: tuple[str, ...] = ("MatMul", "Gemm")  # dynamic quantization pays off on GEMMs
+    weight_only: bool = False                       # LLMs: MatMulNBits with 8-bit weights instead of dynamic INT8
+    block_size: int = 32                            # weight-only: quantization block along K
+
+
+@dataclass(frozen=True)
+class Int4Options:
+    block_size: int = 32                            # MatMulNBits block along K (16..256, power of two)
+    symmetric: bool = False                         # asymmetric (zero point) fits trained weight ranges better
+    accuracy_level: int | None = None               # onnxruntime's compute type for the CPU kernel (None: default)
+
+
+def constants_to_initializers(model) -> int:
+    """paddle2onnx stores weights as Constant nodes; quantizers and most tools look for initializers."""
+    from onnx import numpy_helper
+    g = model.graph
+    keep, moved = [], 0
+    for node in g.node:
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            t = numpy_helper.to_array(node.attribute[0].t)
+            g.initializer.append(numpy_helper.from_array(t, node.output[0]))
+            moved += 1
+        else:
+            keep.append(node)
+    del g.node[:]
+    g.node.extend(keep)
+    return moved
+
+
+def to_weight_only(src: Path, dst: Path, bits: int, block_size: int, symmetric: bool = True,
+                   accuracy_level: int | None = None) -> dict:
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    if block_size < 16 or block_size & (block_size - 1):
+        raise ConversionError(f"weight-only block size must be a power of two >= 16, got {block_size}")
+    model = onnx.load(str(src))
+    constants_to_initializers(model)
+    try:
+        q = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=symmetric,
+                                 accuracy_level=accuracy_level, op_types_to_quantize=("MatMul",))
+        q.process()
+        out = q.model.model
+    except Exception as e:  # noqa: BLE001
+        raise ConversionError(f"{bits}-bit weight-only quantization failed ({type(e).__name__}: {e})") from e
+    quantized = sum(1 for n in out.graph.node if n.op_type == "MatMulNBits")
+    if quantized == 0:
+        raise ConversionError(f"{bits}-bit weight-only quantization found no MatMul with a constant weight")
+    onnx.save(out, str(dst))
+    return {"method": "MatMulNBits", "bits": bits, "block_size": block_size, "symmetric": symmetric,
+            "accuracy_level": accuracy_level, "quantized_nodes": quantized}
 
 
 def to_fp16(src: Path, dst: Path, opts: FP16Options = FP16Options()) -> dict:
@@ -74,9 +125,14 @@ def to_int8(src: Path, dst: Path, opts: Int8Options = Int8Options()) -> dict:
             "op_types": list(opts.op_types), "quantized_nodes": quantized}
 
 
-def make_variant(precision: str, fp32_path: Path, dst: Path, fp16: FP16Options, int8: Int8Options) -> dict:
+def make_variant(precision: str, fp32_path: Path, dst: Path, fp16: FP16Options, int8: Int8Options,
+                 int4: Int4Options = Int4Options()) -> dict:
     if precision == "fp16":
         return to_fp16(fp32_path, dst, fp16)
+    if precision == "int8" and int8.weight_only:
+        return to_weight_only(fp32_path, dst, 8, int8.block_size)
     if precision == "int8":
         return to_int8(fp32_path, dst, int8)
+    if precision == "int4":
+        return to_weight_only(fp32_path, dst, 4, int4.block_size, int4.symmetric, int4.accuracy_level)
     raise ValueError(precision)

@@ -118,7 +118,49 @@ def build_bert_classifier(out: Path):
                                     for n in ("input_ids", "token_type_ids", "attention_mask")])
 
 
-BUILDERS = {"bert_classifier": build_bert_classifier, "mlp": build_mlp, "encoder": build_encoder, "ernie": build_ernie, "legacy": build_legacy,
+def build_llama(out: Path):
+    """A tiny LLaMA (GQA 4/2, random weights) with SmolLM2's 49,152-token vocabulary, saved with save_pretrained,
+    plus the SmolLM2 tokenizer built from the real GGUF in out/tokenizer."""
+    import paddle
+    from paddlenlp.transformers import LlamaConfig, LlamaForCausalLM
+    from paddle2ort.convert.zoo.smollm2 import gguf_path, read_gguf_tokenizer
+    from paddle2ort.tokenization.bpe import tokenizer_from_gguf_fields
+
+    paddle.seed(5)
+    cfg = LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, rope_theta=10000.0,
+                      rms_norm_eps=1e-5, use_flash_attention=False, use_fused_rms_norm=False, use_fused_rope=False,
+                      bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    model = LlamaForCausalLM(cfg)
+    with paddle.no_grad():      # random init is tiny; scale up so logits are not all ties
+        for p in model.parameters():
+            if len(p.shape) == 2:
+                p.set_value(paddle.randn(p.shape) * 0.5)
+    model.save_pretrained(str(out / "model"))
+    tokenizer_from_gguf_fields(read_gguf_tokenizer(gguf_path())).save(out / "tokenizer")
+
+
+def build_gpt(out: Path):
+    """A tiny GPT-2-style PaddleNLP GPTForCausalLM (random weights), the second export family."""
+    import paddle
+    from paddlenlp.transformers import GPTConfig, GPTForCausalLM
+    from paddle2ort.convert.zoo.smollm2 import gguf_path, read_gguf_tokenizer
+    from paddle2ort.tokenization.bpe import tokenizer_from_gguf_fields
+
+    paddle.seed(6)
+    cfg = GPTConfig(vocab_size=49152, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                    intermediate_size=64, max_position_embeddings=256, hidden_dropout_prob=0.0,
+                    attention_probs_dropout_prob=0.0, eos_token_id=2, pad_token_id=2, bos_token_id=1)
+    model = GPTForCausalLM(cfg)
+    with paddle.no_grad():
+        for p in model.parameters():
+            if len(p.shape) == 2:
+                p.set_value(paddle.randn(p.shape) * 0.5)
+    model.save_pretrained(str(out / "model"))
+    tokenizer_from_gguf_fields(read_gguf_tokenizer(gguf_path())).save(out / "tokenizer")
+
+
+BUILDERS = {"llama": build_llama, "gpt": build_gpt, "bert_classifier": build_bert_classifier, "mlp": build_mlp, "encoder": build_encoder, "ernie": build_ernie, "legacy": build_legacy,
             "unsupported": build_unsupported}
 
 

@@ -1,0 +1,92 @@
+"""PaddleNLP causal LM (save_pretrained dir) -> validated KV-cache decoder bundle.
+
+Stages: (worker) wrap the model with explicit cache inputs/outputs under its family's patches, record a greedy
+prefill + decode-step scenario of that wrapper, jit.save it -> the generic converter (paddle2onnx, gate against
+Paddle Inference on the recorded steps, precisions) -> bundle with the tokenizer and the decoder's geometry.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from paddle2ort.runtime.errors import BadInputError
+
+from ..api import ConvertConfig, ConvertResult, convert
+from ..paddle_proc import run_worker
+from ..precision import Int4Options, Int8Options
+from ..validate import LLM_THRESHOLDS, Thresholds
+from .wrapper import OUTPUT_NAMES
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROMPTS = ("The capital of France is", "def fibonacci(n):\n    ")
+
+
+@dataclass(frozen=True)
+class LLMConvertConfig:
+    source: Path                                   # PaddleNLP model dir: config.json + model_state.pdparams
+    output: Path
+    tokenizer: Path                                # tokenizer.json + tokenizer_config.json
+    precisions: tuple[str, ...] = ("fp32",)        # fp32, fp16, int8 (weight-only), int4 (weight-only)
+    opset: int = 17
+    block_size: int = 32                           # int8/int4 MatMulNBits block
+    validate: bool = True
+    overwrite: bool = False
+    name: str | None = None
+    prompts: tuple[str, ...] = DEFAULT_PROMPTS     # validation scenario: batch of left-padded prompts
+    decode_steps: int = 3                          # greedy steps recorded after the prefill
+    thresholds: dict[str, Thresholds] = field(default_factory=lambda: dict(LLM_THRESHOLDS))
+
+    def __post_init__(self):
+        object.__setattr__(self, "source", Path(self.source))
+        object.__setattr__(self, "tokenizer", Path(self.tokenizer))
+        if self.decode_steps < 1:
+            raise BadInputError("decode_steps must be >= 1 (validation covers prefill and decode steps)")
+
+
+def check_source(path: Path) -> dict:
+    if not (path / "config.json").is_file():
+        raise BadInputError(f"{path} is not a PaddleNLP model directory (no config.json); save the model with "
+                            "model.save_pretrained(DIR)")
+    if not any(path.glob("*.pdparams")) and not any(path.glob("*.safetensors")):
+        raise BadInputError(f"{path} has config.json but no weights (*.pdparams / *.safetensors)")
+    return json.loads((path / "config.json").read_text(encoding="utf-8"))
+
+
+def convert_llm(config: LLMConvertConfig) -> ConvertResult:
+    from paddle2ort.tokenization.bpe import BPETokenizer
+
+    check_source(config.source)
+    tok = BPETokenizer.load(config.tokenizer)
+    prompts = [tok.encode(p) for p in config.prompts]
+    work = Path(tempfile.mkdtemp(prefix="paddle2ort-llm-"))
+    try:
+        log.info("exporting %s with an explicit KV cache (Paddle worker)", config.source)
+        info = run_worker("export_llm", {
+            "model_dir": str(config.source), "out_prefix": str(work / "static" / "inference"),
+            "samples_npz": str(work / "steps.npz"), "prompts": prompts, "decode_steps": config.decode_steps,
+            "pad_id": tok.pad_token_id}, work)
+        log.info("%s (%s): %d layers, %d KV heads x %d; Paddle greedy on the validation prompts: %s",
+                 info["architecture"], info["family"], info["num_layers"], info["kv_heads"], info["head_dim"],
+                 [tok.decode(g) for g in info["generated"]])
+        llm = {k: info[k] for k in ("family", "architecture", "num_layers", "kv_heads", "head_dim", "vocab_size",
+                                    "hidden_size", "max_context")}
+        llm["cache_layout"] = "[time, layer, k|v, batch, kv_head, head_dim]; present holds the new positions only"
+        return convert(ConvertConfig(
+            source=work / "static", output=config.output, precisions=config.precisions, opset=config.opset,
+            validate=config.validate, overwrite=config.overwrite, inputs_npz=work / "steps.npz",
+            output_names=OUTPUT_NAMES, thresholds=config.thresholds,
+            int8=Int8Options(weight_only=True, block_size=config.block_size),
+            int4=Int4Options(block_size=config.block_size),
+            name=config.name or config.source.name, task="text-generation",
+            extra_files={"tokenizer": config.tokenizer},
+            tokenizer={"kind": "bpe", "files": "tokenizer/tokenizer.json, tokenizer/tokenizer_config.json",
+                       "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id},
+            extra={"llm": llm, "paddle_source": {"dir": config.source.name, "config": check_source(config.source)}},
+        ))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,131 @@
+"""Per-family adapters for exporting PaddleNLP causal LMs with an explicit KV cache (Paddle side: worker only).
+
+A family names its PaddleNLP class, how to reach embedding / decoder layers / final norm / LM head, how one decoder
+layer is called with a (key, value) past, and the patches its modeling code needs to trace into a static graph
+with dynamic batch / sequence / past lengths. Patches swap module attributes inside a context manager and are
+undone afterwards; the model code itself is never copied.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    model_class: str                         # paddlenlp.transformers class
+    parts: Callable                          # model -> (embed(ids, position_ids), layers, final_norm, lm_head)
+    layer_step: Callable                     # (layer, h, position_ids, mask4d, past_k, past_v) -> (h, k_all, v_all)
+    patches: Callable[[], contextlib.AbstractContextManager]
+    kv_heads: Callable                       # config -> number of K/V heads
+    head_dim: Callable                       # config -> per-head size
+
+
+@contextlib.contextmanager
+def _swap(obj, **attrs):
+    old = {k: getattr(obj, k) for k in attrs}
+    for k, v in attrs.items():
+        setattr(obj, k, v)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            setattr(obj, k, v)
+
+
+# ---------------------------------------------------------------- LLaMA (LlamaForCausalLM; also Qwen2-style GQA)
+def _llama_patches():
+    import paddle
+    import paddle.nn.functional as F
+    from paddlenlp.transformers.llama import modeling as M
+
+    def sdpa(query_states, config, key_states, value_states, attention_mask, output_attentions, alibi=None,
+             sequence_parallel=False, reshard_layer=None, npu_is_casual=False):
+        # replaces M.scaled_dot_product_attention: its shape checks and 4-D reshape with several -1 dims cannot
+        # trace with dynamic batch / sequence / past. Same math: softmax(q k^T / sqrt(d) + mask) v.
+        head_dim = query_states.shape[-1]
+        q = paddle.transpose(query_states, [0, 2, 1, 3])
+        k = paddle.transpose(key_states, [0, 2, 1, 3])
+        v = paddle.transpose(value_states, [0, 2, 1, 3])
+        w = paddle.matmul(q / math.sqrt(head_dim), k, transpose_y=True) + attention_mask
+        w = F.softmax(w.astype("float32"), axis=-1).astype(q.dtype)
+        out = paddle.matmul(w, v).transpose([0, 2, 1, 3])
+        return out.reshape([0, 0, -1])
+
+    def repeat_kv(hidden_states, n_rep):
+        # replaces M.repeat_kv (reshape with two -1 dims under dynamic shapes)
+        if n_rep == 1:
+            return hidden_states
+        _, _, kvh, d = hidden_states.shape
+        return hidden_states.unsqueeze(-2).tile([1, 1, 1, n_rep, 1]).reshape([0, 0, kvh * n_rep, d])
+
+    def swiglu(x, y=None):
+        # replaces the fused paddle.incubate swiglu (pd_op.swiglu has no paddle2onnx mapper)
+        if y is None:
+            x, y = paddle.chunk(x, chunks=2, axis=-1)
+        return F.silu(x) * y
+
+    def rotary_forward(self, x, seq_len=None):
+        # the whole cos/sin table: positions are gathered by position_ids afterwards, and slicing it by a traced
+        # length (-1 under dynamic shapes) would cut it wrongly
+        return self.cos_cached.cast(x.dtype), self.sin_cached.cast(x.dtype)
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(_swap(M, scaled_dot_product_attention=sdpa, repeat_kv=repeat_kv, swiglu=swiglu))
+    stack.enter_context(_swap(M.LlamaRotaryEmbedding, forward=rotary_forward))
+    return stack
+
+
+def _llama_parts(model):
+    body = model.llama
+    return (lambda ids, pos: body.embed_tokens(ids)), body.layers, body.norm, model.lm_head
+
+
+def _llama_step(layer, h, position_ids, mask, pk, pv):
+    h, (k, v) = layer(h, position_ids=position_ids, attention_mask=mask, past_key_value=(pk, pv), use_cache=True)
+    return h, k, v
+
+
+# ---------------------------------------------------------------- GPT-2 style (GPTForCausalLM)
+def _gpt_patches():
+    return contextlib.ExitStack()
+
+
+def _gpt_parts(model):
+    gpt = model.gpt
+    return ((lambda ids, pos: gpt.embeddings(input_ids=ids, position_ids=pos)), gpt.decoder.layers,
+            gpt.decoder.norm, lambda h: _gpt_logits(h, gpt.embeddings.word_embeddings.weight))
+
+
+def _gpt_logits(h, weight):
+    import paddle
+    return paddle.matmul(h, weight, transpose_y=True)
+
+
+def _gpt_step(layer, h, position_ids, mask, pk, pv):
+    import paddle
+    from paddlenlp.transformers.gpt.modeling import MultiHeadAttention
+    # PaddleNLP GPT caches are [b, heads, seq, d]; ours are [b, seq, heads, d]
+    cache = MultiHeadAttention.Cache(paddle.transpose(pk, [0, 2, 1, 3]), paddle.transpose(pv, [0, 2, 1, 3]))
+    out = layer(h, tgt_mask=mask, use_cache=True, cache=cache)
+    h, new = out[0], out[-1]
+    return h, paddle.transpose(new.k, [0, 2, 1, 3]), paddle.transpose(new.v, [0, 2, 1, 3])
+
+
+FAMILIES = {
+    "llama": Family("llama", "LlamaForCausalLM", _llama_parts, _llama_step, _llama_patches,
+                    kv_heads=lambda c: c.num_key_value_heads or c.num_attention_heads,
+                    head_dim=lambda c: c.hidden_size // c.num_attention_heads),
+    "gpt": Family("gpt", "GPTForCausalLM", _gpt_parts, _gpt_step, _gpt_patches,
+                  kv_heads=lambda c: c.num_attention_heads, head_dim=lambda c: c.hidden_size // c.num_attention_heads),
+}
+ARCHITECTURES = {"LlamaForCausalLM": "llama", "GPTForCausalLM": "gpt", "GPTLMHeadModel": "gpt"}
+
+
+def family_for(architecture: str) -> Family:
+    if architecture not in ARCHITECTURES:
+        raise KeyError(f"architecture {architecture!r} has no export adapter (supported: {sorted(ARCHITECTURES)})")
+    return FAMILIES[ARCHITECTURES[architecture]]
