@@ -259,7 +259,7 @@ def task_export_llm(args: dict) -> dict:
                 logits, present = self.layer(*(paddle.to_tensor(np.ascontiguousarray(a)) for a in arrays))
             return logits.numpy(), present.numpy()
 
-    with fam.patches():
+    with fam.patches(model):
         wrapper = make_wrapper(model, fam)
         wrapper.eval()
         generated = generate(PaddleDecoder(wrapper), args["prompts"],
@@ -275,12 +275,67 @@ def task_export_llm(args: dict) -> dict:
             "generated": generated, "paddle_version": paddle.__version__}
 
 
+def task_generate_llm(args: dict) -> dict:
+    """Paddle's own greedy generation as the reference: dygraph, full recompute each step (no KV cache, no
+    padding: one prompt at a time), so nothing of the exported wrapper or our loop is involved."""
+    import paddle
+    import paddlenlp.transformers as T
+
+    from paddle2ort.convert.llm.families import family_for
+
+    paddle.set_device("cpu")
+    with open(os.path.join(args["model_dir"], "config.json"), encoding="utf-8") as f:
+        arch = (json.load(f).get("architectures") or [None])[0]
+    model = getattr(T, family_for(arch).model_class).from_pretrained(args["model_dir"], dtype="float32")
+    model.eval()
+    outs = []
+    with paddle.no_grad():
+        for ids in args["prompts"]:
+            seq = list(ids)
+            for _ in range(int(args["max_new_tokens"])):
+                logits = model(paddle.to_tensor([seq]), return_dict=False)
+                logits = logits[0] if isinstance(logits, (tuple, list)) else logits
+                nxt = int(logits[0, -1].argmax())
+                seq.append(nxt)
+                if nxt in args.get("stop_ids", []):
+                    break
+            outs.append(seq[len(ids):])
+    return {"generated": outs}
+
+
+def task_logprobs_llm(args: dict) -> dict:
+    """Paddle's token log-likelihood of windows of ids (dygraph, full forward): the perplexity reference."""
+    import numpy as np
+    import paddle
+    import paddle.nn.functional as F
+    import paddlenlp.transformers as T
+
+    from paddle2ort.convert.llm.families import family_for
+
+    paddle.set_device("cpu")
+    with open(os.path.join(args["model_dir"], "config.json"), encoding="utf-8") as f:
+        arch = (json.load(f).get("architectures") or [None])[0]
+    model = getattr(T, family_for(arch).model_class).from_pretrained(args["model_dir"], dtype="float32")
+    model.eval()
+    nll, count = 0.0, 0
+    with paddle.no_grad():
+        for window in args["windows"]:
+            ids = paddle.to_tensor([window])
+            logits = model(ids, return_dict=False)
+            logits = logits[0] if isinstance(logits, (tuple, list)) else logits
+            lp = F.log_softmax(logits[0, :-1].astype("float64"), axis=-1).numpy()
+            tgt = np.array(window[1:])
+            nll -= float(lp[np.arange(len(tgt)), tgt].sum())
+            count += len(tgt)
+    return {"nll": nll, "tokens": count}
+
+
 class BadInput(Exception):
     pass
 
 
 TASKS = {"inspect": task_inspect, "reference": task_reference, "export": task_export, "bench": task_bench,
-         "export_llm": task_export_llm}
+         "export_llm": task_export_llm, "generate_llm": task_generate_llm, "logprobs_llm": task_logprobs_llm}
 
 
 def main(argv: list[str]) -> int:

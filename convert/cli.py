@@ -145,6 +145,62 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _cmd_convert_llm(args) -> int:
+    from paddle2ort.convert.llm import LLMConvertConfig, convert_llm
+    from paddle2ort.convert.validate import LLM_THRESHOLDS, thresholds_with_overrides
+
+    res = convert_llm(LLMConvertConfig(
+        source=args.src, output=args.output, tokenizer=args.tokenizer, precisions=args.precision,
+        opset=args.opset, block_size=args.block_size, validate=not args.no_validate, overwrite=args.overwrite,
+        name=args.name, thresholds=thresholds_with_overrides(dict(args.threshold), LLM_THRESHOLDS)))
+    print(f"bundle: {res.bundle}  (opset {res.manifest.opset})")
+    for prec, mf in res.manifest.models.items():
+        v = (res.manifest.validation or {}).get(prec)
+        gate = "not validated" if v is None else f"max_rel_diff {v['max_rel_diff']:.2e}, cosine {v['min_cosine']:.6f}"
+        print(f"  {prec:5s} {mf.file:22s} {mf.size_bytes / 1e6:8.2f} MB  {gate}")
+    return 0
+
+
+def _generation_config(args):
+    from paddle2ort.runtime.generation import GenerationConfig
+    sampling = any(v is not None for v in (args.top_k, args.top_p)) or (args.temperature or 0) > 0
+    return GenerationConfig(
+        max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens, do_sample=sampling,
+        temperature=1.0 if args.temperature is None else args.temperature, top_k=args.top_k or 0,
+        top_p=1.0 if args.top_p is None else args.top_p, repetition_penalty=args.repetition_penalty,
+        stop_strings=tuple(args.stop), seed=args.seed, num_beams=args.num_beams, length_penalty=args.length_penalty)
+
+
+def _cmd_generate(args) -> int:
+    from paddle2ort.runtime.llm import TextGenerator, run_jsonl_job
+    from paddle2ort.runtime.session import SessionOptions
+
+    if bool(args.prompt) == bool(args.data_file):
+        raise BadInputError("give --prompt (repeatable) or --data-file IN.jsonl --output-file OUT.jsonl")
+    if args.data_file and not args.output_file:
+        raise BadInputError("--data-file needs --output-file")
+    if args.max_new_tokens_job is not None:
+        args.max_new_tokens = args.max_new_tokens_job
+    cfg = _generation_config(args)
+    gen = TextGenerator(args.bundle, precision=args.precision,
+                        session=SessionOptions(device=args.device, device_id=args.device_id,
+                                               intra_op_threads=args.threads))
+    if args.data_file:
+        n = run_jsonl_job(gen, args.data_file, args.output_file, cfg, args.batch_size, args.src_length, args.chat)
+        log.info("%d prompts -> %s", n, args.output_file)
+        return 0
+    if args.stream:
+        for p in args.prompt:
+            for delta in gen.stream(p, cfg, chat=args.chat):
+                sys.stdout.write(delta)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+        return 0
+    for out in gen(args.prompt, cfg, chat=args.chat):
+        print(out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="paddle2ort", description="Paddle models -> validated ONNX -> ONNX Runtime",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -211,6 +267,49 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime default)")
     k.add_argument("--batch-size", type=int, default=32)
     k.set_defaults(func=_cmd_classify)
+
+    cl = sub.add_parser("convert-llm", help="PaddleNLP causal LM -> validated KV-cache decoder bundle",
+                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cl.add_argument("src", type=Path, help="PaddleNLP model directory (save_pretrained: config.json + weights)")
+    cl.add_argument("-o", "--output", type=Path, required=True)
+    cl.add_argument("--tokenizer", type=Path, required=True, help="directory with tokenizer.json + "
+                    "tokenizer_config.json (e.g. from `paddle2ort zoo build smollm2-135m`)")
+    cl.add_argument("--precision", type=_csv, default=("fp32",), help="comma list of fp32,fp16,int8,int4 "
+                    "(int8/int4: weight-only MatMulNBits)")
+    cl.add_argument("--block-size", type=int, default=32, help="int8/int4 quantization block (default 32)")
+    cl.add_argument("--opset", type=int, default=17)
+    cl.add_argument("--no-validate", action="store_true")
+    cl.add_argument("--overwrite", action="store_true")
+    cl.add_argument("--name")
+    _add_threshold(cl)
+    cl.set_defaults(func=_cmd_convert_llm)
+
+    g = sub.add_parser("generate", help="generate text with a text-generation bundle")
+    g.add_argument("bundle", type=Path)
+    g.add_argument("--prompt", action="append", default=[], help="prompt (repeatable: one batch)")
+    g.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    g.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--min-new-tokens", type=int, default=0)
+    g.add_argument("--temperature", type=float, help="sampling temperature; 0 means greedy (default: greedy)")
+    g.add_argument("--top-k", type=int, help="sample from the k most likely tokens")
+    g.add_argument("--top-p", type=float, help="nucleus sampling mass, in (0, 1]")
+    g.add_argument("--repetition-penalty", type=float, default=1.0)
+    g.add_argument("--num-beams", type=int, default=1)
+    g.add_argument("--length-penalty", type=float, default=1.0)
+    g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    g.add_argument("--seed", type=int, help="seed for reproducible sampling")
+    g.add_argument("--precision", default="fp32")
+    g.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
+    g.add_argument("--device-id", type=int, default=0)
+    g.add_argument("--threads", type=int, default=0)
+    g.add_argument("--data-file", type=Path, help="JSON lines in ({\"src\": ...} a line)")
+    g.add_argument("--output-file", type=Path, help="JSON lines out ({\"src\", \"output\"} a line)")
+    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--src-length", type=int, help="keep at most this many prompt tokens (the last ones)")
+    g.add_argument("--max-length", type=int, dest="max_new_tokens_job",
+                   help="with --data-file: new tokens per prompt (PaddleNLP predictor's name for --max-new-tokens)")
+    g.set_defaults(func=_cmd_generate)
 
     b = sub.add_parser("bench", help="accuracy/latency perf run of a classification bundle (JSON + Markdown + PNG)")
     b.add_argument("bundle", type=Path)

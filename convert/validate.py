@@ -45,9 +45,10 @@ LLM_THRESHOLDS = {
 METRICS = ("max_rel_diff", "min_cosine", "min_argmax_agreement")
 
 
-def thresholds_with_overrides(overrides: dict[str, float]) -> dict[str, Thresholds]:
+def thresholds_with_overrides(overrides: dict[str, float],
+                              defaults: dict[str, Thresholds] | None = None) -> dict[str, Thresholds]:
     """`{"fp16.min_cosine": 0.99}` -> defaults with that value replaced."""
-    out = dict(DEFAULT_THRESHOLDS)
+    out = dict(DEFAULT_THRESHOLDS if defaults is None else defaults)
     for key, value in overrides.items():
         prec, _, metric = key.partition(".")
         if prec not in out or metric not in METRICS:

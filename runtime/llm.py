@@ -85,3 +85,63 @@ class TextGenerator:
     def stream(self, prompt: str, cfg: GenerationConfig = GenerationConfig(), chat: bool = False) -> Iterator[str]:
         cfg = self.stop_ids(cfg)
         yield from stream_text(self.model, self.tokenizer, self.prompt_ids(prompt, chat), cfg, self.model.max_context)
+
+
+def read_jsonl_prompts(path: Path) -> list[str]:
+    """PaddleNLP predictor format: one JSON object a line with "src" (or "prompt"); errors name the line."""
+    import json
+    try:
+        raw = Path(path).read_bytes().decode("utf-8")
+    except OSError as e:
+        raise BadInputError(f"cannot read {path}: {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        raise BadInputError(f"{path} is not valid UTF-8 (byte {e.start}); re-encode it as UTF-8") from e
+    prompts = []
+    for no, line in enumerate(raw.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise BadInputError(f"{path}:{no} is not valid JSON ({e.msg}); one object a line, e.g. "
+                                '{"src": "your prompt"}') from e
+        text = obj.get("src", obj.get("prompt")) if isinstance(obj, dict) else None
+        if isinstance(text, list):
+            text = text[-1] if text else None
+        if not isinstance(text, str):
+            raise BadInputError(f"{path}:{no} has no string field \"src\" (or \"prompt\")")
+        if not text.strip():
+            raise BadInputError(f"{path}:{no} has an empty prompt; remove the line or give it text")
+        prompts.append(text)
+    if not prompts:
+        raise BadInputError(f"{path} has no prompts")
+    return prompts
+
+
+def run_jsonl_job(gen: TextGenerator, data_file: Path, output_file: Path, cfg: GenerationConfig,
+                  batch_size: int = 8, src_length: int | None = None, chat: bool = False) -> int:
+    """The predictor-style batch job: prompts in, {"src", "output"} lines out (written atomically)."""
+    import json
+
+    from tqdm.auto import tqdm
+    if batch_size < 1:
+        raise BadInputError(f"batch_size must be >= 1, got {batch_size}")
+    prompts = read_jsonl_prompts(data_file)
+    cfg = gen.stop_ids(cfg)
+    tmp = Path(output_file).with_name(Path(output_file).name + ".tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for s in tqdm(range(0, len(prompts), batch_size), desc="generate", unit="batch", disable=None):
+                chunk = prompts[s:s + batch_size]
+                ids = [gen.prompt_ids(p, chat) for p in chunk]
+                if src_length:
+                    ids = [i[-src_length:] for i in ids]          # keep the end: what the model continues from
+                outs = generate(gen.model, ids, cfg, gen.tokenizer.pad_token_id, gen.model.max_context,
+                                gen.tokenizer.decode)
+                for p, o in zip(chunk, outs):
+                    f.write(json.dumps({"src": p, "output": gen._cut(gen.tokenizer.decode(o), cfg)},
+                                       ensure_ascii=False) + "\n")
+        tmp.replace(output_file)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return len(prompts)

@@ -155,7 +155,7 @@ def build_gpt(out: Path):
     with paddle.no_grad():
         for p in model.parameters():
             if len(p.shape) == 2:
-                p.set_value(paddle.randn(p.shape) * 0.5)
+                p.set_value(paddle.randn(p.shape) * 0.15)
     model.save_pretrained(str(out / "model"))
     tokenizer_from_gguf_fields(read_gguf_tokenizer(gguf_path())).save(out / "tokenizer")
 

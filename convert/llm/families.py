@@ -19,7 +19,7 @@ class Family:
     model_class: str                         # paddlenlp.transformers class
     parts: Callable                          # model -> (embed(ids, position_ids), layers, final_norm, lm_head)
     layer_step: Callable                     # (layer, h, position_ids, mask4d, past_k, past_v) -> (h, k_all, v_all)
-    patches: Callable[[], contextlib.AbstractContextManager]
+    patches: Callable[[object], contextlib.AbstractContextManager]   # model -> context manager
     kv_heads: Callable                       # config -> number of K/V heads
     head_dim: Callable                       # config -> per-head size
 
@@ -37,7 +37,7 @@ def _swap(obj, **attrs):
 
 
 # ---------------------------------------------------------------- LLaMA (LlamaForCausalLM; also Qwen2-style GQA)
-def _llama_patches():
+def _llama_patches(model):
     import paddle
     import paddle.nn.functional as F
     from paddlenlp.transformers.llama import modeling as M
@@ -90,29 +90,32 @@ def _llama_step(layer, h, position_ids, mask, pk, pv):
 
 
 # ---------------------------------------------------------------- GPT-2 style (GPTForCausalLM)
-def _gpt_patches():
-    return contextlib.ExitStack()
+def _gpt_patches(model):
+    import paddle
+
+    def gelu_tanh(x, approximate=True):
+        # paddle2onnx 2.1.0 exports gelu(approximate=True) as the exact erf form (max rel diff 1.5e-4 on a tiny
+        # GPT, caught by the gate); spelled out, the tanh approximation exports exactly.
+        if not approximate:
+            return paddle.nn.functional.gelu(x)
+        return 0.5 * x * (1.0 + paddle.tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
+
+    stack = contextlib.ExitStack()
+    for layer in model.gpt.decoder.layers:
+        stack.enter_context(_swap(layer, activation=gelu_tanh))
+    return stack
 
 
 def _gpt_parts(model):
     gpt = model.gpt
     return ((lambda ids, pos: gpt.embeddings(input_ids=ids, position_ids=pos)), gpt.decoder.layers,
-            gpt.decoder.norm, lambda h: _gpt_logits(h, gpt.embeddings.word_embeddings.weight))
-
-
-def _gpt_logits(h, weight):
-    import paddle
-    return paddle.matmul(h, weight, transpose_y=True)
+            gpt.decoder.norm, model.lm_head)
 
 
 def _gpt_step(layer, h, position_ids, mask, pk, pv):
-    import paddle
-    from paddlenlp.transformers.gpt.modeling import MultiHeadAttention
-    # PaddleNLP GPT caches are [b, heads, seq, d]; ours are [b, seq, heads, d]
-    cache = MultiHeadAttention.Cache(paddle.transpose(pk, [0, 2, 1, 3]), paddle.transpose(pv, [0, 2, 1, 3]))
-    out = layer(h, tgt_mask=mask, use_cache=True, cache=cache)
-    h, new = out[0], out[-1]
-    return h, paddle.transpose(new.k, [0, 2, 1, 3]), paddle.transpose(new.v, [0, 2, 1, 3])
+    # PaddleNLP 2.8 GPT caches are (k, v) in [b, seq, heads, d], like LLaMA's; a given mask is used as is
+    h, (k, v) = layer(h, attention_mask=mask, use_cache=True, past_key_value=(pk, pv))
+    return h, k, v
 
 
 FAMILIES = {
