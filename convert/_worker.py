@@ -304,30 +304,78 @@ def task_generate_llm(args: dict) -> dict:
 
 
 def task_logprobs_llm(args: dict) -> dict:
-    """Paddle's token log-likelihood of windows of ids (dygraph, full forward): the perplexity reference."""
+    """Paddle's token log-likelihood of windows of ids (dygraph, full forward): the perplexity reference.
+    Log-softmax in NumPy float64: Paddle's CPU float64 log_softmax over a 49k vocabulary took minutes a window."""
+    import time
+
     import numpy as np
     import paddle
-    import paddle.nn.functional as F
+
+    model, _ = _load_llm(args["model_dir"])
+    nll, count = 0.0, 0
+    with paddle.no_grad():
+        for i, window in enumerate(args["windows"]):
+            t0 = time.perf_counter()
+            logits = model(paddle.to_tensor([window]), return_dict=False)
+            logits = logits[0] if isinstance(logits, (tuple, list)) else logits
+            x = logits.numpy()[0, :-1].astype(np.float64)
+            lse = x.max(-1) + np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1))
+            tgt = np.array(window[1:])
+            nll += float((lse - x[np.arange(len(tgt)), tgt]).sum())
+            count += len(tgt)
+            log.info("window %d: %.1f s", i, time.perf_counter() - t0)
+    return {"nll": nll, "tokens": count}
+
+
+def _load_llm(model_dir: str):
+    import paddle
     import paddlenlp.transformers as T
 
     from paddle2ort.convert.llm.families import family_for
-
     paddle.set_device("cpu")
-    with open(os.path.join(args["model_dir"], "config.json"), encoding="utf-8") as f:
+    with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
         arch = (json.load(f).get("architectures") or [None])[0]
-    model = getattr(T, family_for(arch).model_class).from_pretrained(args["model_dir"], dtype="float32")
+    fam = family_for(arch)
+    model = getattr(T, fam.model_class).from_pretrained(model_dir, dtype="float32")
     model.eval()
-    nll, count = 0.0, 0
-    with paddle.no_grad():
-        for window in args["windows"]:
-            ids = paddle.to_tensor([window])
-            logits = model(ids, return_dict=False)
-            logits = logits[0] if isinstance(logits, (tuple, list)) else logits
-            lp = F.log_softmax(logits[0, :-1].astype("float64"), axis=-1).numpy()
-            tgt = np.array(window[1:])
-            nll -= float(lp[np.arange(len(tgt)), tgt].sum())
-            count += len(tgt)
-    return {"nll": nll, "tokens": count}
+    return model, fam
+
+
+def task_bench_llm(args: dict) -> dict:
+    """Paddle dygraph generation timed like the onnxruntime rows: PaddleNLP's decoder layers with a KV cache
+    (the export wrapper, run eagerly) under the same decode loop."""
+    import resource
+
+    import numpy as np
+    import paddle
+
+    from paddle2ort.benchmarks.llm import time_generation
+    from paddle2ort.convert.llm.wrapper import make_wrapper
+
+    paddle.base.core.set_num_threads(int(args["threads"]))
+    model, fam = _load_llm(args["model_dir"])
+    c = model.config
+
+    class Eager:
+        vocab_size, cache_dtype = c.vocab_size, np.float32
+        num_layers, kv_heads, head_dim = c.num_hidden_layers, fam.kv_heads(c), fam.head_dim(c)
+
+        def __init__(self, layer):
+            self.layer = layer
+
+        def __call__(self, *arrays):
+            with paddle.no_grad():
+                logits, present = self.layer(*(paddle.to_tensor(np.ascontiguousarray(a)) for a in arrays))
+            return logits.numpy(), present.numpy()
+
+    with fam.patches(model):
+        dec = Eager(make_wrapper(model, fam))
+        prompts = args["prompts"]
+        time_generation(dec, [p[:16] for p in prompts], 4, int(args["pad_id"]))          # warm-up
+        r = time_generation(dec, prompts, int(args["new_tokens"]), int(args["pad_id"]))
+    r["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    r["paddle_version"] = paddle.__version__
+    return r
 
 
 class BadInput(Exception):
@@ -335,7 +383,8 @@ class BadInput(Exception):
 
 
 TASKS = {"inspect": task_inspect, "reference": task_reference, "export": task_export, "bench": task_bench,
-         "export_llm": task_export_llm, "generate_llm": task_generate_llm, "logprobs_llm": task_logprobs_llm}
+         "export_llm": task_export_llm, "generate_llm": task_generate_llm, "logprobs_llm": task_logprobs_llm,
+         "bench_llm": task_bench_llm}
 
 
 def main(argv: list[str]) -> int:

@@ -17,7 +17,7 @@ from paddle2ort.runtime.manifest import (MANIFEST_NAME, SCHEMA_VERSION, VALIDATI
 from . import export as export_stage
 from .bundle import staged_bundle, write_json
 from .errors import BadInputError, UnsupportedOperatorsError, ValidationError
-from .graph import rename_and_annotate
+from .graph import rename_and_annotate, share_duplicate_weights
 from .paddle_proc import run_worker
 from .precision import PRECISIONS, FP16Options, Int4Options, Int8Options, make_variant
 from .source import ModelSource, locate
@@ -139,6 +139,9 @@ def convert(config: ConvertConfig) -> ConvertResult:
             import onnx
             model, in_specs, out_specs = rename_and_annotate(onnx.load(str(raw)), info["inputs"], info["outputs"],
                                                              list(config.output_names) if config.output_names else None)
+            saved = share_duplicate_weights(model)
+            if saved:
+                log.info("shared %.1f MB of duplicated constant weights", saved / 1e6)
             files = {"fp32": stage / "model.fp32.onnx"}
             onnx.save(model, str(files["fp32"]))
             export_stage.check_onnx_file(files["fp32"], producer="output renaming")

@@ -201,6 +201,36 @@ def _cmd_generate(args) -> int:
     return 0
 
 
+def _write(out_dir: Path, stem: str, res: dict, md: str) -> None:
+    import json as _json
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for suffix, text in ((".json", _json.dumps(res, indent=2) + "\n"), (".md", md)):
+        tmp = out_dir / f"{stem}{suffix}.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(out_dir / f"{stem}{suffix}")
+
+
+def _cmd_perplexity(args) -> int:
+    from paddle2ort.benchmarks.perplexity import PerplexityConfig, markdown, run_perplexity
+    res = run_perplexity(PerplexityConfig(bundle=args.bundle, paddle_model=args.paddle_model,
+                                          precisions=args.precision, window=args.window, windows=args.windows))
+    md = markdown(res)
+    _write(args.output, "perplexity", res, md)
+    print(md)
+    return 0 if all(c["met"] for c in res["checks"]) else 3
+
+
+def _cmd_bench_llm(args) -> int:
+    from paddle2ort.benchmarks.llm import LLMBenchConfig, markdown, run_llm_bench
+    res = run_llm_bench(LLMBenchConfig(bundle=args.bundle, paddle_model=args.paddle_model, precisions=args.precision,
+                                       batch_sizes=tuple(int(b) for b in args.batch_sizes),
+                                       prompt_len=args.prompt_len, new_tokens=args.new_tokens, threads=args.threads))
+    md = markdown(res)
+    _write(args.output, "llm", res, md)
+    print(md)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="paddle2ort", description="Paddle models -> validated ONNX -> ONNX Runtime",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -310,6 +340,27 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-length", type=int, dest="max_new_tokens_job",
                    help="with --data-file: new tokens per prompt (PaddleNLP predictor's name for --max-new-tokens)")
     g.set_defaults(func=_cmd_generate)
+
+    pp = sub.add_parser("perplexity", help="perplexity of a text-generation bundle on Shakespeare vs Paddle "
+                        "(exit 3 when a budget is missed)")
+    pp.add_argument("bundle", type=Path)
+    pp.add_argument("--paddle-model", type=Path, help="the PaddleNLP model dir: adds the Paddle reference row")
+    pp.add_argument("--precision", type=_csv)
+    pp.add_argument("--window", type=int, default=256)
+    pp.add_argument("--windows", type=int, default=8)
+    pp.add_argument("--output", type=Path, default=Path("bench-results"))
+    pp.set_defaults(func=_cmd_perplexity)
+
+    bl = sub.add_parser("bench-llm", help="TTFT / tokens/s / peak RSS of a text-generation bundle vs Paddle")
+    bl.add_argument("bundle", type=Path)
+    bl.add_argument("--paddle-model", type=Path, help="the PaddleNLP model dir: adds the Paddle dygraph rows")
+    bl.add_argument("--precision", type=_csv)
+    bl.add_argument("--batch-sizes", type=_csv, default=("1", "8"))
+    bl.add_argument("--prompt-len", type=int, default=128)
+    bl.add_argument("--new-tokens", type=int, default=128)
+    bl.add_argument("--threads", type=int, default=0)
+    bl.add_argument("--output", type=Path, default=Path("bench-results"))
+    bl.set_defaults(func=_cmd_bench_llm)
 
     b = sub.add_parser("bench", help="accuracy/latency perf run of a classification bundle (JSON + Markdown + PNG)")
     b.add_argument("bundle", type=Path)

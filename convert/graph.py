@@ -95,3 +95,46 @@ def rename_and_annotate(model, inputs: list[dict], outputs: list[dict], output_n
         _set_shape(vi, dims)
         out_specs.append(TensorSpec(new, spec["dtype"], tuple(dims)))
     return model, in_specs, out_specs
+
+
+def share_duplicate_weights(model) -> int:
+    """Move Constant-node weights (paddle2onnx's form) into initializers and keep one copy of identical ones.
+
+    PaddleNLP's LLaMA gives every layer its own rotary cos/sin tables ([1, 8192, 1, 64] each); exported, they were
+    ~1/3 of SmolLM2's ONNX file. Returns the bytes saved. Mutates `model`."""
+    import hashlib
+
+    from onnx import numpy_helper
+
+    from .precision import constants_to_initializers
+    constants_to_initializers(model)
+    g = model.graph
+    first: dict[tuple, str] = {}
+    rename: dict[str, str] = {}
+    keep, saved = [], 0
+    for t in g.initializer:
+        arr = numpy_helper.to_array(t)
+        key = (t.data_type, tuple(t.dims), hashlib.sha256(arr.tobytes()).hexdigest())
+        if key in first:
+            rename[t.name] = first[key]
+            saved += arr.nbytes
+        else:
+            first[key] = t.name
+            keep.append(t)
+    if not rename:
+        return 0
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    for node in g.node:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+    for o in g.output:
+        if o.name in rename:          # a graph output that is a bare weight: route it through Identity
+            g.node.append(onnx_helper_identity(rename[o.name], o.name))
+    return saved
+
+
+def onnx_helper_identity(src: str, dst: str):
+    from onnx import helper
+    return helper.make_node("Identity", [src], [dst], name=f"share_{dst}")

@@ -40,13 +40,13 @@ class TextGenerator:
     def __init__(self, bundle_dir: str | Path, precision: str = "fp32", session: SessionOptions = SessionOptions()):
         from paddle2ort.tokenization.bpe import BPETokenizer
 
-        self.bundle = load_bundle(bundle_dir, verify=True)
+        self.bundle = load_bundle(bundle_dir)
         m = self.bundle.manifest
         if m.task != "text-generation" or "llm" not in m.extra:
             raise BundleError(f"bundle {bundle_dir} is not a text-generation bundle (task={m.task!r})")
         self.llm = m.extra["llm"]
         self.tokenizer = BPETokenizer.load(self.bundle.path / "tokenizer")
-        self.model = OrtDecoder(self.bundle.model_path(precision), self.llm, session)
+        self.model = OrtDecoder(self.bundle.model_path(precision, verify=True), self.llm, session)
 
     def stop_ids(self, cfg: GenerationConfig) -> GenerationConfig:
         from dataclasses import replace

@@ -103,12 +103,18 @@ class Bundle:
     path: Path
     manifest: Manifest
 
-    def model_path(self, precision: str) -> Path:
+    def model_path(self, precision: str, verify: bool = False) -> Path:
+        """Path of one precision's model; with verify, its sha256 is checked against the manifest first."""
         if precision not in self.manifest.models:
             raise BundleError(
                 f"bundle {self.path} has no {precision!r} model (it has: {', '.join(self.manifest.models)}); "
                 f"convert with --precision {precision}")
-        return self.path / self.manifest.models[precision].file
+        mf = self.manifest.models[precision]
+        path = self.path / mf.file
+        if verify and (not path.is_file() or sha256_file(path) != mf.sha256):
+            raise BundleError(f"bundle {self.path}: {mf.file} changed or is missing since conversion (sha256 "
+                              "differs from manifest.json); re-convert the model")
+        return path
 
     def verify_checksums(self) -> list[str]:
         """Return the files whose sha256 no longer matches the manifest (empty when intact)."""

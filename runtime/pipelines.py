@@ -37,7 +37,7 @@ class TextClassifier:
                  tokenizer_backend: str = "hf", max_seq_length: int | None = None, batch_size: int = 32):
         from paddle2ort.tokenization import load_tokenizer
 
-        self.bundle = load_bundle(bundle_dir, verify=True)
+        self.bundle = load_bundle(bundle_dir)
         m = self.bundle.manifest
         if m.task != "text-classification" or not m.labels:
             raise BundleError(f"bundle {bundle_dir} is not a text classifier (task={m.task!r}, labels={m.labels})")
@@ -48,7 +48,7 @@ class TextClassifier:
         self.max_seq_length = max_seq_length or self.tokenizer.cfg.max_seq_length
         self.batch_size = batch_size
         self.precision = precision
-        self.session = create_session(self.bundle.model_path(precision), session)
+        self.session = create_session(self.bundle.model_path(precision, verify=True), session)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_name = m.outputs[0].name
         self.runner = Runner(self.session, [self.output_name], session.device_id)

