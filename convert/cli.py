@@ -89,8 +89,9 @@ def _cmd_validate(args) -> int:
 def _cmd_zoo_build(args) -> int:
     from paddle2ort.convert.zoo import build
     out = build(args.name, args.output, force=args.force)
-    print(f"{args.name}: Paddle model in {out / 'model'}, tokenizer in {out / 'tokenizer'}, "
-          f"dataset in {out / 'dataset'}")
+    parts = [f"{what} in {out / sub}" for what, sub in (("Paddle model", "model"), ("tokenizer", "tokenizer"),
+                                                        ("dataset", "dataset")) if (out / sub).is_dir()]
+    print(f"{args.name}: " + ", ".join(parts))
     return 0
 
 

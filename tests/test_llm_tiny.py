@@ -55,7 +55,9 @@ def test_weight_only_models_are_quantized_and_run(llm_bundles):
     _, dest, m = llm_bundles["llama"]
     assert m.models["int4"].options["bits"] == 4 and m.models["int4"].options["quantized_nodes"] > 0
     assert m.models["int8"].options["bits"] == 8
-    assert m.models["int4"].size_bytes < m.models["int8"].size_bytes < m.models["fp32"].size_bytes
+    assert m.models["int4"].options["head"]["bits"] == 8          # the LM head keeps 8 bits in the int4 model
+    # (on this tiny model the 49k x 32 head dominates, so int4 and int8 files are about the same size)
+    assert max(m.models["int4"].size_bytes, m.models["int8"].size_bytes) < m.models["fp32"].size_bytes
     for prec in ("int8", "int4"):
         out = TextGenerator(dest, precision=prec)("Hello", GenerationConfig(max_new_tokens=4))
         assert isinstance(out[0], str)
