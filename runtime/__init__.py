@@ -4,9 +4,10 @@ Never imports Paddle: a deployment host has only onnxruntime(-gpu), numpy and to
 """
 from .errors import BadInputError, BundleError, DeviceError, Paddle2OrtError
 from .manifest import Bundle, Manifest, load_bundle
+from .generation import GenerationConfig, Generator, generate
 from .session import SessionOptions, create_session
 
 __all__ = [
-    "BadInputError", "Bundle", "BundleError", "DeviceError", "Manifest", "Paddle2OrtError",
-    "SessionOptions", "create_session", "load_bundle",
+    "BadInputError", "Bundle", "BundleError", "DeviceError", "GenerationConfig", "Generator", "Manifest",
+    "Paddle2OrtError", "SessionOptions", "create_session", "generate", "load_bundle",
 ]

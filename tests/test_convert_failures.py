@@ -155,7 +155,10 @@ def test_help_documents_exit_codes(capsys):
 
 
 def test_runtime_never_imports_paddle():
-    code = ("import sys, paddle2ort.runtime, paddle2ort.convert.cli, paddle2ort.tokenization; "
+    code = ("import sys, paddle2ort.runtime, paddle2ort.convert.cli, paddle2ort.tokenization, "
+            "paddle2ort.runtime.llm, paddle2ort.runtime.generation, paddle2ort.runtime.pipelines, "
+            "paddle2ort.tokenization.bpe, paddle2ort.benchmarks.classifier, paddle2ort.benchmarks.llm, "
+            "paddle2ort.benchmarks.perplexity, paddle2ort.convert.llm; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('paddle', 'paddle2onnx', 'paddlenlp')]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
