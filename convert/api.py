@@ -140,7 +140,7 @@ def convert(config: ConvertConfig) -> ConvertResult:
             model, in_specs, out_specs = rename_and_annotate(onnx.load(str(raw)), info["inputs"], info["outputs"],
                                                              list(config.output_names) if config.output_names else None)
             saved = share_duplicate_weights(model)
-            if saved:
+            if saved >= 1e6:
                 log.info("shared %.1f MB of duplicated constant weights", saved / 1e6)
             files = {"fp32": stage / "model.fp32.onnx"}
             onnx.save(model, str(files["fp32"]))
