@@ -31,13 +31,16 @@ class Int8Options:
     op_types: tuple[str, ...] = ("MatMul", "Gemm")  # dynamic quantization pays off on GEMMs
     weight_only: bool = False                       # LLMs: MatMulNBits with 8-bit weights instead of dynamic INT8
     block_size: int = 32                            # weight-only: quantization block along K
+    accuracy_level: int | None = 4                  # weight-only: int8 activations in the CPU kernel (see Int4Options)
 
 
 @dataclass(frozen=True)
 class Int4Options:
     block_size: int = 32                            # MatMulNBits block along K (16..256, power of two)
     symmetric: bool = False                         # asymmetric (zero point) fits trained weight ranges better
-    accuracy_level: int | None = None               # onnxruntime's compute type for the CPU kernel (None: default)
+    accuracy_level: int | None = 4                  # CPU kernel compute type; 4 = int8 activations. On an AVX2 CPU
+                                                    # SmolLM2 decodes 1.3x (int4) / 2x (int8) faster than FP32 with
+                                                    # it and 7-10x slower without it; perplexity +0.50% / +0.15%
     head_bits: int = 8                              # the LM head (MatMul feeding the first output) keeps 8 bits:
                                                     # 4-bit head cost +41% perplexity on SmolLM2, 8-bit ~0%
 
@@ -157,7 +160,7 @@ def make_variant(precision: str, fp32_path: Path, dst: Path, fp16: FP16Options, 
     if precision == "fp16":
         return to_fp16(fp32_path, dst, fp16)
     if precision == "int8" and int8.weight_only:
-        return to_weight_only(fp32_path, dst, 8, int8.block_size)
+        return to_weight_only(fp32_path, dst, 8, int8.block_size, True, int8.accuracy_level)
     if precision == "int8":
         return to_int8(fp32_path, dst, int8)
     if precision == "int4":
