@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from paddle2ort.runtime.errors import BadInputError
+from paddle2ort.runtime.generation import log_softmax
 from paddle2ort.runtime.llm import TextGenerator
 
 from .env import environment
@@ -50,10 +51,9 @@ def onnx_nll(model, windows: list[list[int]]) -> tuple[float, int]:
         mask = np.ones_like(ids)
         past = np.zeros((0, model.num_layers, 2, 1, model.kv_heads, model.head_dim), model.cache_dtype)
         logits, _ = model(ids, mask, np.arange(len(w), dtype=np.int64)[None], past)       # [1, S, V]
-        x = logits[0, :-1].astype(np.float64)
-        lse = x.max(-1) + np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1))
+        lp = log_softmax(logits[0, :-1])
         tgt = np.array(w[1:])
-        nll += float((lse - x[np.arange(len(tgt)), tgt]).sum())
+        nll -= float(lp[np.arange(len(tgt)), tgt].sum())
         n += len(tgt)
     return nll, n
 

@@ -227,50 +227,29 @@ def task_export_llm(args: dict) -> dict:
     greedy prefill + decode steps of the Paddle wrapper itself, driven by the runtime's decode loop."""
     import numpy as np
     import paddle
-    import paddlenlp.transformers as T
 
-    from paddle2ort.convert.llm.families import family_for
-    from paddle2ort.convert.llm.wrapper import INPUT_NAMES, input_specs, make_wrapper
+    from paddle2ort.convert.llm.eager import EagerDecoder, load_llm
+    from paddle2ort.convert.llm.wrapper import input_specs, make_wrapper
     from paddle2ort.runtime.generation import GenerationConfig, generate
 
-    paddle.set_device("cpu")
-    with open(os.path.join(args["model_dir"], "config.json"), encoding="utf-8") as f:
-        cfg = json.load(f)
-    arch = (cfg.get("architectures") or [None])[0]
     try:
-        fam = family_for(arch)
+        model, fam, arch = load_llm(args["model_dir"])
     except KeyError as e:
         raise BadInput(str(e)) from e
-    model = getattr(T, fam.model_class).from_pretrained(args["model_dir"], dtype="float32")
-    model.eval()
     c = model.config
-    num_layers, kv_heads, head_dim = c.num_hidden_layers, fam.kv_heads(c), fam.head_dim(c)
     feeds = []
-
-    class PaddleDecoder:
-        vocab_size, cache_dtype = c.vocab_size, np.float32
-
-        def __init__(self, layer):
-            self.layer, self.num_layers, self.kv_heads, self.head_dim = layer, num_layers, kv_heads, head_dim
-
-        def __call__(self, *arrays):
-            feeds.append(dict(zip(INPUT_NAMES, (np.array(a) for a in arrays))))
-            with paddle.no_grad():
-                logits, present = self.layer(*(paddle.to_tensor(np.ascontiguousarray(a)) for a in arrays))
-            return logits.numpy(), present.numpy()
-
     with fam.patches(model):
         wrapper = make_wrapper(model, fam)
         wrapper.eval()
-        generated = generate(PaddleDecoder(wrapper), args["prompts"],
-                             GenerationConfig(max_new_tokens=int(args["decode_steps"]) + 1),
+        dec = EagerDecoder(wrapper, c, fam, record=feeds)
+        generated = generate(dec, args["prompts"], GenerationConfig(max_new_tokens=int(args["decode_steps"]) + 1),
                              pad_id=int(args["pad_id"]))
-        paddle.jit.save(wrapper, args["out_prefix"], input_spec=input_specs(num_layers, kv_heads, head_dim))
+        paddle.jit.save(wrapper, args["out_prefix"], input_spec=input_specs(dec.num_layers, dec.kv_heads, dec.head_dim))
     tmp = args["samples_npz"] + ".tmp.npz"
     np.savez(tmp, **{f"{i}/{k}": v for i, f in enumerate(feeds) for k, v in f.items()})
     os.replace(tmp, args["samples_npz"])
-    return {"family": fam.name, "architecture": arch, "num_layers": num_layers, "kv_heads": kv_heads,
-            "head_dim": head_dim, "vocab_size": c.vocab_size, "hidden_size": c.hidden_size,
+    return {"family": fam.name, "architecture": arch, "num_layers": dec.num_layers, "kv_heads": dec.kv_heads,
+            "head_dim": dec.head_dim, "vocab_size": c.vocab_size, "hidden_size": c.hidden_size,
             "max_context": int(getattr(c, "max_position_embeddings", 2048)), "num_samples": len(feeds),
             "generated": generated, "paddle_version": paddle.__version__}
 
@@ -278,29 +257,11 @@ def task_export_llm(args: dict) -> dict:
 def task_generate_llm(args: dict) -> dict:
     """Paddle's own greedy generation as the reference: dygraph, full recompute each step (no KV cache, no
     padding: one prompt at a time), so nothing of the exported wrapper or our loop is involved."""
-    import paddle
-    import paddlenlp.transformers as T
+    from paddle2ort.convert.llm.eager import greedy, load_llm
 
-    from paddle2ort.convert.llm.families import family_for
-
-    paddle.set_device("cpu")
-    with open(os.path.join(args["model_dir"], "config.json"), encoding="utf-8") as f:
-        arch = (json.load(f).get("architectures") or [None])[0]
-    model = getattr(T, family_for(arch).model_class).from_pretrained(args["model_dir"], dtype="float32")
-    model.eval()
-    outs = []
-    with paddle.no_grad():
-        for ids in args["prompts"]:
-            seq = list(ids)
-            for _ in range(int(args["max_new_tokens"])):
-                logits = model(paddle.to_tensor([seq]), return_dict=False)
-                logits = logits[0] if isinstance(logits, (tuple, list)) else logits
-                nxt = int(logits[0, -1].argmax())
-                seq.append(nxt)
-                if nxt in args.get("stop_ids", []):
-                    break
-            outs.append(seq[len(ids):])
-    return {"generated": outs}
+    model, _, _ = load_llm(args["model_dir"])
+    stop = set(args.get("stop_ids", []))
+    return {"generated": [greedy(model, ids, int(args["max_new_tokens"]), stop) for ids in args["prompts"]]}
 
 
 def task_logprobs_llm(args: dict) -> dict:
@@ -311,34 +272,22 @@ def task_logprobs_llm(args: dict) -> dict:
     import numpy as np
     import paddle
 
-    model, _ = _load_llm(args["model_dir"])
+    from paddle2ort.convert.llm.eager import load_llm
+    from paddle2ort.runtime.generation import log_softmax
+
+    model, _, _ = load_llm(args["model_dir"])
     nll, count = 0.0, 0
     with paddle.no_grad():
         for i, window in enumerate(args["windows"]):
             t0 = time.perf_counter()
             logits = model(paddle.to_tensor([window]), return_dict=False)
             logits = logits[0] if isinstance(logits, (tuple, list)) else logits
-            x = logits.numpy()[0, :-1].astype(np.float64)
-            lse = x.max(-1) + np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1))
+            lp = log_softmax(logits.numpy()[0, :-1])
             tgt = np.array(window[1:])
-            nll += float((lse - x[np.arange(len(tgt)), tgt]).sum())
+            nll -= float(lp[np.arange(len(tgt)), tgt].sum())
             count += len(tgt)
             log.info("window %d: %.1f s", i, time.perf_counter() - t0)
     return {"nll": nll, "tokens": count}
-
-
-def _load_llm(model_dir: str):
-    import paddle
-    import paddlenlp.transformers as T
-
-    from paddle2ort.convert.llm.families import family_for
-    paddle.set_device("cpu")
-    with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
-        arch = (json.load(f).get("architectures") or [None])[0]
-    fam = family_for(arch)
-    model = getattr(T, fam.model_class).from_pretrained(model_dir, dtype="float32")
-    model.eval()
-    return model, fam
 
 
 def task_bench_llm(args: dict) -> dict:
@@ -346,30 +295,16 @@ def task_bench_llm(args: dict) -> dict:
     (the export wrapper, run eagerly) under the same decode loop."""
     import resource
 
-    import numpy as np
     import paddle
 
     from paddle2ort.benchmarks.llm import time_generation
+    from paddle2ort.convert.llm.eager import EagerDecoder, load_llm
     from paddle2ort.convert.llm.wrapper import make_wrapper
 
     paddle.base.core.set_num_threads(int(args["threads"]))
-    model, fam = _load_llm(args["model_dir"])
-    c = model.config
-
-    class Eager:
-        vocab_size, cache_dtype = c.vocab_size, np.float32
-        num_layers, kv_heads, head_dim = c.num_hidden_layers, fam.kv_heads(c), fam.head_dim(c)
-
-        def __init__(self, layer):
-            self.layer = layer
-
-        def __call__(self, *arrays):
-            with paddle.no_grad():
-                logits, present = self.layer(*(paddle.to_tensor(np.ascontiguousarray(a)) for a in arrays))
-            return logits.numpy(), present.numpy()
-
+    model, fam, _ = load_llm(args["model_dir"])
     with fam.patches(model):
-        dec = Eager(make_wrapper(model, fam))
+        dec = EagerDecoder(make_wrapper(model, fam), model.config, fam)
         prompts = args["prompts"]
         time_generation(dec, [p[:16] for p in prompts], 4, int(args["pad_id"]))          # warm-up
         r = time_generation(dec, prompts, int(args["new_tokens"]), int(args["pad_id"]))

@@ -204,11 +204,11 @@ def _cmd_generate(args) -> int:
 
 def _write(out_dir: Path, stem: str, res: dict, md: str) -> None:
     import json as _json
+
+    from paddle2ort.benchmarks.report import _atomic_write
     out_dir.mkdir(parents=True, exist_ok=True)
-    for suffix, text in ((".json", _json.dumps(res, indent=2) + "\n"), (".md", md)):
-        tmp = out_dir / f"{stem}{suffix}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(out_dir / f"{stem}{suffix}")
+    _atomic_write(out_dir / f"{stem}.json", _json.dumps(res, indent=2) + "\n")
+    _atomic_write(out_dir / f"{stem}.md", md)
 
 
 def _cmd_perplexity(args) -> int:

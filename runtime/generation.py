@@ -292,7 +292,8 @@ def stream_text(model, tokenizer, prompt_ids: Sequence[int], cfg: GenerationConf
 
 
 # ----------------------------------------------------------------------------- beam search
-def _log_softmax(x: np.ndarray) -> np.ndarray:
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    """float64 log-softmax over the last axis."""
     x = x.astype(np.float64)
     m = x.max(-1, keepdims=True)
     return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
@@ -316,7 +317,7 @@ def beam_search(model, prompt: Sequence[int], cfg: GenerationConfig, pad_id: int
     seen = np.zeros((nb, model.vocab_size), bool)
     seen[:, list(prompt)] = True
     for step in range(cfg.max_new_tokens):
-        lp = _log_softmax(apply_repetition_penalty(logits, seen, cfg.repetition_penalty))
+        lp = log_softmax(apply_repetition_penalty(logits, seen, cfg.repetition_penalty))
         if step < cfg.min_new_tokens and cfg.stop_token_ids:
             lp[:, list(cfg.stop_token_ids)] = -np.inf
         cand = (scores[:, None] + lp).reshape(-1)                                      # [nb * V]
@@ -353,5 +354,5 @@ def beam_search(model, prompt: Sequence[int], cfg: GenerationConfig, pad_id: int
 
 
 __all__ = ["GenerationConfig", "Generator", "KVCache", "apply_repetition_penalty", "beam_search", "decode_one_token",
-           "generate", "left_pad", "logits_to_probs", "next_tokens", "position_ids", "prefill", "sample",
+           "generate", "left_pad", "log_softmax", "logits_to_probs", "next_tokens", "position_ids", "prefill", "sample",
            "stream_text", "top_k_mask", "top_p_mask"]

@@ -8,6 +8,13 @@ from ..errors import BadInputError
 ZOO = ("minilm-sentiment", "smollm2-135m")
 
 
+def is_current(out: Path, build_key: str) -> bool:
+    """True when DIR/zoo.json records this build key: the model is built (cached)."""
+    import json
+    marker = Path(out) / "zoo.json"
+    return marker.is_file() and json.loads(marker.read_text()).get("build_key") == build_key
+
+
 def build(name: str, out: Path, force: bool = False) -> Path:
     if name == "minilm-sentiment":
         from .minilm_sentiment import build as b

