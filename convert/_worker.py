@@ -313,13 +313,34 @@ def task_bench_llm(args: dict) -> dict:
     return r
 
 
+def task_state_llm(args: dict) -> dict:
+    """A PaddleNLP causal LM's weights as float32 NumPy (npz, PaddleNLP names) + its config: the fused decoder's
+    input (convert.llm.fused builds the graph outside Paddle)."""
+    import numpy as np
+
+    from paddle2ort.convert.llm.eager import load_llm
+
+    try:
+        model, fam, arch = load_llm(args["model_dir"])
+    except KeyError as e:
+        raise BadInput(str(e)) from e
+    if fam.name != "llama":
+        raise BadInput(f"the fused decoder supports the LLaMA family (LlamaForCausalLM), not {arch}; "
+                       "use the generic export for this model")
+    state = {k: v.numpy().astype(np.float32) for k, v in model.state_dict().items()}
+    tmp = args["out_npz"] + ".tmp.npz"
+    np.savez(tmp, **state)
+    os.replace(tmp, args["out_npz"])
+    return {"architecture": arch, "config": model.config.to_dict()}
+
+
 class BadInput(Exception):
     pass
 
 
 TASKS = {"inspect": task_inspect, "reference": task_reference, "export": task_export, "bench": task_bench,
          "export_llm": task_export_llm, "generate_llm": task_generate_llm, "logprobs_llm": task_logprobs_llm,
-         "bench_llm": task_bench_llm}
+         "bench_llm": task_bench_llm, "state_llm": task_state_llm}
 
 
 def main(argv: list[str]) -> int:

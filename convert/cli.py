@@ -72,6 +72,10 @@ def _cmd_convert(args) -> int:
                 f"validated: max_rel_diff {v['max_rel_diff']:.2e}, cosine {v['min_cosine']:.6f}"
                 + (f", argmax {v['min_argmax_agreement']:.4f}" if v["min_argmax_agreement"] is not None else ""))
         print(f"  {prec:5s} {mf.file:22s} {mf.size_bytes / 1e6:8.2f} MB  {gate}")
+    for prec, e in (res.manifest.extra.get("fused") or {}).items():
+        v = e["validation"]
+        gate = "not validated" if v is None else f"max_rel_diff {v['max_rel_diff']:.2e}, cosine {v['min_cosine']:.6f}"
+        print(f"  {prec:5s} {e['file']:22s} {e['size_bytes'] / 1e6:8.2f} MB  {gate}")
     return 0
 
 
@@ -153,12 +157,17 @@ def _cmd_convert_llm(args) -> int:
     res = convert_llm(LLMConvertConfig(
         source=args.src, output=args.output, tokenizer=args.tokenizer, precisions=args.precision,
         opset=args.opset, block_size=args.block_size, validate=not args.no_validate, overwrite=args.overwrite,
-        name=args.name, thresholds=thresholds_with_overrides(dict(args.threshold), LLM_THRESHOLDS)))
+        name=args.name, thresholds=thresholds_with_overrides(dict(args.threshold), LLM_THRESHOLDS),
+        fused=args.fused))
     print(f"bundle: {res.bundle}  (opset {res.manifest.opset})")
     for prec, mf in res.manifest.models.items():
         v = (res.manifest.validation or {}).get(prec)
         gate = "not validated" if v is None else f"max_rel_diff {v['max_rel_diff']:.2e}, cosine {v['min_cosine']:.6f}"
         print(f"  {prec:5s} {mf.file:22s} {mf.size_bytes / 1e6:8.2f} MB  {gate}")
+    for prec, e in (res.manifest.extra.get("fused") or {}).items():
+        v = e["validation"]
+        gate = "not validated" if v is None else f"max_rel_diff {v['max_rel_diff']:.2e}, cosine {v['min_cosine']:.6f}"
+        print(f"  {prec:5s} {e['file']:22s} {e['size_bytes'] / 1e6:8.2f} MB  {gate}")
     return 0
 
 
@@ -185,7 +194,7 @@ def _cmd_generate(args) -> int:
     cfg = _generation_config(args)
     gen = TextGenerator(args.bundle, precision=args.precision,
                         session=SessionOptions(device=args.device, device_id=args.device_id,
-                                               intra_op_threads=args.threads))
+                                               intra_op_threads=args.threads), graph=args.graph)
     if args.data_file:
         n = run_jsonl_job(gen, args.data_file, args.output_file, cfg, args.batch_size, args.src_length, args.chat)
         log.info("%d prompts -> %s", n, args.output_file)
@@ -308,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--precision", type=_csv, default=("fp32",), help="comma list of fp32,fp16,int8,int4 "
                     "(int8/int4: weight-only MatMulNBits)")
     cl.add_argument("--block-size", type=int, default=32, help="int8/int4 quantization block (default 32)")
+    cl.add_argument("--fused", type=_csv, default=(), help="also build the fused decoder (GroupQueryAttention, "
+                    "MatMulNBits; LLaMA family) at these precisions: fp32 (CPU), fp16, int8, int4 (GPU), each "
+                    "gated against Paddle")
     cl.add_argument("--opset", type=int, default=17)
     cl.add_argument("--no-validate", action="store_true")
     cl.add_argument("--overwrite", action="store_true")
@@ -333,6 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--precision", default="fp32")
     g.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
     g.add_argument("--device-id", type=int, default=0)
+    g.add_argument("--graph", default="generic", choices=["generic", "fused"],
+                   help="generic: the paddle2onnx export (host loop); fused: the fused decoder with the on-device "
+                        "loop (CUDA graphs + sampler kernel on GPU)")
     g.add_argument("--threads", type=int, default=0)
     g.add_argument("--data-file", type=Path, help="JSON lines in ({\"src\": ...} a line)")
     g.add_argument("--output-file", type=Path, help="JSON lines out ({\"src\", \"output\"} a line)")

@@ -7,6 +7,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .errors import ConversionError
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,6 @@ class Int8Options:
 @dataclass(frozen=True)
 class Int4Options:
     block_size: int = 32                            # MatMulNBits block along K (16..256, power of two)
-    symmetric: bool = False                         # asymmetric (zero point) fits trained weight ranges better
     accuracy_level: int | None = 4                  # CPU kernel compute type; 4 = int8 activations. On an AVX2 CPU
                                                     # SmolLM2 decodes 1.3x (int4) / 2x (int8) faster than FP32 with
                                                     # it and 7-10x slower without it; perplexity +0.50% / +0.15%
@@ -78,35 +79,102 @@ def constants_to_initializers(model) -> int:
     return moved
 
 
-def to_weight_only(src: Path, dst: Path, bits: int, block_size: int, symmetric: bool = True,
-                   accuracy_level: int | None = None, head_bits: int | None = None) -> dict:
-    import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+def rtn_blocks(w: np.ndarray, bits: int, block: int):
+    """Round-to-nearest, asymmetric, per block of `block` rows of K, for one [K, N] weight.
+    -> (packed uint8 [N, k_blocks, block * bits / 8], scales [N, k_blocks], zero points).
+    4 bits: float zero points (min-max grid kept exactly: a model that already was 4-bit, like SmolLM2's Q4_1
+    GGUF, loses nothing); 8 bits: uint8 zero points (what onnxruntime's CPU kernel takes at 8 bits)."""
+    k, n = w.shape
+    kb = -(-k // block)
+    padded = np.zeros((kb * block, n), np.float32)
+    padded[:k] = w
+    x = padded.T.reshape(n, kb, block)
+    lo, hi = x.min(-1, keepdims=True), x.max(-1, keepdims=True)
+    levels = (1 << bits) - 1
+    scale = (hi - lo) / levels
+    scale = np.where(scale == 0, 1.0, scale).astype(np.float32)
+    if bits == 8:
+        zp = np.clip(np.rint(-lo / scale), 0, levels)
+        q = np.clip(np.rint(x / scale + zp), 0, levels).astype(np.uint8)
+        zp = zp[..., 0].astype(np.uint8)
+    else:
+        q = np.clip(np.rint((x - lo) / scale), 0, levels).astype(np.uint8)
+        zp = (-lo / scale)[..., 0]
+    packed = (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8) if bits == 4 else q
+    return packed, scale[..., 0], zp
 
+
+def quantize_matmuls(model, bits: int, block_size: int, accuracy_level: int | None,
+                     head: str | None = None, head_bits: int | None = None):
+    """Every MatMul with a constant weight -> com.microsoft MatMulNBits at `bits` (the MatMul named `head` at
+    `head_bits`). -> (model, number of quantized nodes). Written by hand rather than onnxruntime's
+    MatMulNBitsQuantizer: that one rounds zero points to integers, which shifts every 4-bit block (SmolLM2 logits
+    cosine 0.16 against FP32), and its include list cannot single out the head."""
+    from onnx import helper, numpy_helper
+
+    if bits not in (4, 8) or (head_bits or bits) not in (4, 8):
+        raise ConversionError(f"weight-only quantization supports 4 or 8 bits, got {bits}/{head_bits}")
     if block_size < 16 or block_size & (block_size - 1):
         raise ConversionError(f"weight-only block size must be a power of two >= 16, got {block_size}")
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    uses = {}
+    for node in g.node:
+        for i in node.input:
+            uses[i] = uses.get(i, 0) + 1
+    nodes, drop, quantized = [], set(), 0
+    for node in g.node:
+        w_name = node.input[1] if node.op_type == "MatMul" and len(node.input) == 2 else None
+        t = inits.get(w_name) if w_name else None
+        w = numpy_helper.to_array(t) if t is not None else None
+        if w is None or w.ndim != 2 or w.dtype not in (np.float32, np.float16):
+            nodes.append(node)
+            continue
+        b = head_bits if (head and node.name == head and head_bits) else bits
+        packed, scale, zp = rtn_blocks(w.astype(np.float32), b, block_size)
+        stem = f"{node.name or w_name}.q{b}"
+        g.initializer.extend([numpy_helper.from_array(packed, stem + ".weight"),
+                              numpy_helper.from_array(scale.astype(w.dtype), stem + ".scales"),
+                              numpy_helper.from_array(zp if zp.dtype == np.uint8 else zp.astype(w.dtype),
+                                                      stem + ".zero_points")])
+        if uses.get(w_name) == 1:
+            drop.add(w_name)
+        attrs = {"K": int(w.shape[0]), "N": int(w.shape[1]), "bits": b, "block_size": block_size}
+        if accuracy_level is not None:
+            attrs["accuracy_level"] = accuracy_level
+        nodes.append(helper.make_node("MatMulNBits", [node.input[0], stem + ".weight", stem + ".scales",
+                                                      stem + ".zero_points"], list(node.output),
+                                      name=f"{node.name}_Q{b}", domain="com.microsoft", **attrs))
+        quantized += 1
+    if quantized == 0:
+        raise ConversionError(f"{bits}-bit weight-only quantization found no MatMul with a constant weight")
+    keep = [t for t in g.initializer if t.name not in drop]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    del g.node[:]
+    g.node.extend(nodes)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return model, quantized
+
+
+def nbits_of(model) -> dict[str, int]:
+    """MatMulNBits node name -> its bits attribute (what the quantizer actually wrote)."""
+    return {n.name: next(a.i for a in n.attribute if a.name == "bits") for n in model.graph.node
+            if n.op_type == "MatMulNBits"}
+
+
+def to_weight_only(src: Path, dst: Path, bits: int, block_size: int, accuracy_level: int | None = None,
+                   head_bits: int | None = None) -> dict:
+    import onnx
+
     model = onnx.load(str(src))
     constants_to_initializers(model)
     head = output_matmul(model) if head_bits and head_bits != bits else None
-    try:
-        if head:       # first the head at head_bits, then everything else at bits
-            q = MatMulNBitsQuantizer(model, bits=head_bits, block_size=block_size, is_symmetric=symmetric,
-                                     accuracy_level=accuracy_level, nodes_to_include=[head],
-                                     op_types_to_quantize=("MatMul",))
-            q.process()
-            model = q.model.model
-        q = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=symmetric,
-                                 accuracy_level=accuracy_level, op_types_to_quantize=("MatMul",),
-                                 nodes_to_exclude=[head] if head else None)
-        q.process()
-        out = q.model.model
-    except Exception as e:  # noqa: BLE001
-        raise ConversionError(f"{bits}-bit weight-only quantization failed ({type(e).__name__}: {e})") from e
-    quantized = sum(1 for n in out.graph.node if n.op_type == "MatMulNBits")
-    if quantized == 0:
-        raise ConversionError(f"{bits}-bit weight-only quantization found no MatMul with a constant weight")
+    out, quantized = quantize_matmuls(model, bits, block_size, accuracy_level, head, head_bits)
     onnx.save(out, str(dst))
-    return {"method": "MatMulNBits", "bits": bits, "block_size": block_size, "symmetric": symmetric,
+    return {"method": "MatMulNBits (RTN, asymmetric)", "bits": bits, "block_size": block_size,
+            "zero_points": "float" if bits == 4 else "uint8",
             "accuracy_level": accuracy_level, "quantized_nodes": quantized,
             "head": {"node": head, "bits": head_bits} if head else None}
 
@@ -160,10 +228,10 @@ def make_variant(precision: str, fp32_path: Path, dst: Path, fp16: FP16Options, 
     if precision == "fp16":
         return to_fp16(fp32_path, dst, fp16)
     if precision == "int8" and int8.weight_only:
-        return to_weight_only(fp32_path, dst, 8, int8.block_size, True, int8.accuracy_level)
+        return to_weight_only(fp32_path, dst, 8, int8.block_size, int8.accuracy_level)
     if precision == "int8":
         return to_int8(fp32_path, dst, int8)
     if precision == "int4":
-        return to_weight_only(fp32_path, dst, 4, int4.block_size, int4.symmetric, int4.accuracy_level,
+        return to_weight_only(fp32_path, dst, 4, int4.block_size, int4.accuracy_level,
                               int4.head_bits)
     raise ValueError(precision)

@@ -37,7 +37,9 @@ class OrtDecoder:
 class TextGenerator:
     """Bundle-driven generation: tokenizer (with chat template) + decoder + the decode loop."""
 
-    def __init__(self, bundle_dir: str | Path, precision: str = "fp32", session: SessionOptions = SessionOptions()):
+    def __init__(self, bundle_dir: str | Path, precision: str = "fp32", session: SessionOptions = SessionOptions(),
+                 graph: str = "generic", max_length: int | None = None):
+        """graph: "generic" (the paddle2onnx export, host loop) or "fused" (the fused decoder, on-device loop)."""
         from paddle2ort.tokenization.bpe import BPETokenizer
 
         self.bundle = load_bundle(bundle_dir)
@@ -46,7 +48,23 @@ class TextGenerator:
             raise BundleError(f"bundle {bundle_dir} is not a text-generation bundle (task={m.task!r})")
         self.llm = m.extra["llm"]
         self.tokenizer = BPETokenizer.load(self.bundle.path / "tokenizer")
-        self.model = OrtDecoder(self.bundle.model_path(precision, verify=True), self.llm, session)
+        self.graph = graph
+        if graph == "fused":
+            from .fused import FusedDecoder
+            path, spec = fused_model(self.bundle, precision)
+            self.model = FusedDecoder(path, spec, device=session.device, device_id=session.device_id,
+                                      max_length=max_length, threads=session.intra_op_threads)
+        elif graph == "generic":
+            self.model = OrtDecoder(self.bundle.model_path(precision, verify=True), self.llm, session)
+        else:
+            raise BadInputError(f"graph must be 'generic' or 'fused', got {graph!r}")
+
+    def generate_token_ids(self, ids: Sequence[Sequence[int]], cfg: GenerationConfig) -> list[list[int]]:
+        if self.graph == "fused":
+            from . import fused
+            return fused.generate(self.model, ids, cfg, self.tokenizer.pad_token_id)
+        return generate(self.model, ids, cfg, self.tokenizer.pad_token_id, self.model.max_context,
+                        self.tokenizer.decode)
 
     def stop_ids(self, cfg: GenerationConfig) -> GenerationConfig:
         from dataclasses import replace
@@ -64,9 +82,7 @@ class TextGenerator:
 
     def generate_ids(self, prompts: Sequence[str], cfg: GenerationConfig, chat: bool = False) -> list[list[int]]:
         cfg = self.stop_ids(cfg)
-        ids = [self.prompt_ids(p, chat) for p in prompts]
-        return generate(self.model, ids, cfg, self.tokenizer.pad_token_id, self.model.max_context,
-                        self.tokenizer.decode)
+        return self.generate_token_ids([self.prompt_ids(p, chat) for p in prompts], cfg)
 
     def __call__(self, prompts: Sequence[str] | str, cfg: GenerationConfig = GenerationConfig(),
                  chat: bool = False) -> list[str]:
@@ -84,7 +100,42 @@ class TextGenerator:
 
     def stream(self, prompt: str, cfg: GenerationConfig = GenerationConfig(), chat: bool = False) -> Iterator[str]:
         cfg = self.stop_ids(cfg)
+        if self.graph == "fused":
+            yield from self._stream_fused(self.prompt_ids(prompt, chat), cfg)
+            return
         yield from stream_text(self.model, self.tokenizer, self.prompt_ids(prompt, chat), cfg, self.model.max_context)
+
+    def _stream_fused(self, ids: list[int], cfg: GenerationConfig) -> Iterator[str]:
+        from paddle2ort.tokenization.bpe import StreamDecoder
+
+        from .fused import FusedGenerator
+        gen = FusedGenerator(self.model, [ids], cfg, self.tokenizer.pad_token_id, check_every=1)
+        dec = StreamDecoder(self.tokenizer)
+        while True:
+            t = int(gen.last_tokens()[0])           # the one host copy a step: the new id
+            if t in cfg.stop_token_ids and gen.steps > cfg.min_new_tokens:
+                break
+            delta = dec.push(t)
+            if delta:
+                yield delta
+            if gen.done:
+                break
+            gen.step()
+
+
+def fused_model(bundle, precision: str) -> tuple[Path, dict]:
+    """Path (sha256-checked) and geometry of the bundle's fused decoder at `precision`."""
+    from .manifest import sha256_file
+    fused = bundle.manifest.extra.get("fused") or {}
+    if precision not in fused:
+        raise BundleError(f"bundle {bundle.path} has no fused {precision!r} decoder (it has: "
+                          f"{', '.join(fused) or 'none'}); convert with `paddle2ort convert-llm --fused {precision}`")
+    e = fused[precision]
+    path = bundle.path / e["file"]
+    if not path.is_file() or sha256_file(path) != e["sha256"]:
+        raise BundleError(f"bundle {bundle.path}: {e['file']} changed or is missing since conversion (sha256 "
+                          "differs from manifest.json); re-convert the model")
+    return path, e["options"]["spec"]
 
 
 def read_jsonl_prompts(path: Path) -> list[str]:
@@ -136,8 +187,7 @@ def run_jsonl_job(gen: TextGenerator, data_file: Path, output_file: Path, cfg: G
                 ids = [gen.prompt_ids(p, chat) for p in chunk]
                 if src_length:
                     ids = [i[-src_length:] for i in ids]          # keep the end: what the model continues from
-                outs = generate(gen.model, ids, cfg, gen.tokenizer.pad_token_id, gen.model.max_context,
-                                gen.tokenizer.decode)
+                outs = gen.generate_token_ids(ids, cfg)
                 for p, o in zip(chunk, outs):
                     f.write(json.dumps({"src": p, "output": gen._cut(gen.tokenizer.decode(o), cfg)},
                                        ensure_ascii=False) + "\n")

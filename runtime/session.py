@@ -57,7 +57,7 @@ def _providers_for(opts: SessionOptions) -> list:
         return list(opts.providers)
     if opts.device == "cpu":
         return [CPU]
-    cuda_opts = {"device_id": opts.device_id}
+    cuda_opts = {"device_id": opts.device_id, "use_tf32": "0"}     # full FP32 matmuls: GPU == CPU tokens
     if opts.enable_cuda_graph:
         cuda_opts["enable_cuda_graph"] = "1"
     return [(CUDA, cuda_opts), CPU]

@@ -127,7 +127,7 @@ def build_llama(out: Path):
     from paddle2ort.tokenization.bpe import tokenizer_from_gguf_fields
 
     paddle.seed(5)
-    cfg = LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    cfg = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, rope_theta=10000.0,
                       rms_norm_eps=1e-5, use_flash_attention=False, use_fused_rms_norm=False, use_fused_rope=False,
                       bos_token_id=1, eos_token_id=2, pad_token_id=2)

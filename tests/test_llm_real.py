@@ -22,7 +22,7 @@ def smol(tmp_path_factory):
     root = tmp_path_factory.mktemp("smol")
     assert main(["-q", "zoo", "build", "smollm2-135m", "-o", str(root / "zoo")]) == 0
     assert main(["-q", "convert-llm", str(root / "zoo" / "model"), "--tokenizer", str(root / "zoo" / "tokenizer"),
-                 "-o", str(root / "bundle"), "--precision", "fp32,int4"]) == 0
+                 "-o", str(root / "bundle"), "--precision", "fp32,int4", "--fused", "fp32,int4"]) == 0
     return root / "zoo", root / "bundle"
 
 
@@ -37,6 +37,17 @@ def test_greedy_matches_paddle_golden_outputs(smol):
     for r in rows[:5]:
         assert generate(gen.model, [r["prompt_ids"]], cfg, gen.tokenizer.pad_token_id)[0] == r["ids"]
         assert gen.tokenizer.decode(r["ids"]) == r["text"]
+
+
+def test_fused_decoder_matches_the_golden_outputs(smol):
+    """The fused FP32 decoder (GroupQueryAttention, right padding, on-device loop run with the NumPy twins) gives
+    the same 20 x 32 greedy tokens as Paddle; its gate and the int4 one passed at conversion."""
+    gen = TextGenerator(smol[1], graph="fused")
+    fused = gen.bundle.manifest.extra["fused"]
+    assert fused["fp32"]["validation"]["max_rel_diff"] <= 1e-4 and fused["int4"]["validation"]["min_cosine"] >= 0.95
+    rows = GOLDEN["rows"]
+    cfg = GenerationConfig(max_new_tokens=GOLDEN["max_new_tokens"])
+    assert gen.generate_token_ids([r["prompt_ids"] for r in rows], cfg) == [r["ids"] for r in rows]
 
 
 def test_answers(smol, capsys):

@@ -17,14 +17,14 @@ PROMPTS = ["The capital of France is", "def f(x):", "Once upon a time"]
 @pytest.fixture(scope="module")
 def llm_bundles(tiny_models, tmp_path_factory):
     out = {}
-    for kind, precs in (("llama", ("fp32", "int8", "int4")), ("gpt", ("fp32",))):
+    for kind, precs, fused in (("llama", ("fp32", "int8", "int4"), ("fp32", "fp16", "int4")), ("gpt", ("fp32",), ())):
         src = tiny_models(kind)
         dest = tmp_path_factory.mktemp(kind) / "bundle"
         # random weights x0.5: 4-bit noise is large against such logits, so the int4 gate is relaxed here; the
         # default gate (and perplexity budgets) are held on the real SmolLM2 model (test_llm_real.py)
         res = convert_llm(LLMConvertConfig(source=src / "model", tokenizer=src / "tokenizer", output=dest,
-                                           precisions=precs,
-                                           thresholds=thresholds_with_overrides({"int4.min_cosine": 0.8},
+                                           precisions=precs, fused=fused,
+                                           thresholds=thresholds_with_overrides({"int4.min_cosine": 0.6, "int8.min_cosine": 0.95},
                                                                                 LLM_THRESHOLDS)))
         out[kind] = (src, dest, res.manifest)
     return out
@@ -56,6 +56,12 @@ def test_weight_only_models_are_quantized_and_run(llm_bundles):
     assert m.models["int4"].options["bits"] == 4 and m.models["int4"].options["quantized_nodes"] > 0
     assert m.models["int8"].options["bits"] == 8
     assert m.models["int4"].options["head"]["bits"] == 8          # the LM head keeps 8 bits in the int4 model
+    import onnx
+    from paddle2ort.convert.precision import nbits_of
+    bits = nbits_of(onnx.load(str(dest / m.models["int4"].file)))     # what the quantizer actually wrote
+    head = m.models["int4"].options["head"]["node"]
+    assert bits.pop(f"{head}_Q8") == 8 and set(bits.values()) == {4}
+    assert set(nbits_of(onnx.load(str(dest / m.models["int8"].file))).values()) == {8}
     # (on this tiny model the 49k x 32 head dominates, so int4 and int8 files are about the same size)
     assert max(m.models["int4"].size_bytes, m.models["int8"].size_bytes) < m.models["fp32"].size_bytes
     for prec in ("int8", "int4"):

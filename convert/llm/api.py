@@ -40,10 +40,15 @@ class LLMConvertConfig:
     prompts: tuple[str, ...] = DEFAULT_PROMPTS     # validation scenario: batch of left-padded prompts
     decode_steps: int = 3                          # greedy steps recorded after the prefill
     thresholds: dict[str, Thresholds] = field(default_factory=lambda: dict(LLM_THRESHOLDS))
+    fused: tuple[str, ...] = ()                    # also build the fused decoder at these precisions (LLaMA family)
 
     def __post_init__(self):
         object.__setattr__(self, "source", Path(self.source))
         object.__setattr__(self, "tokenizer", Path(self.tokenizer))
+        from .fused import FUSED_PRECISIONS
+        bad = [p for p in self.fused if p not in FUSED_PRECISIONS]
+        if bad:
+            raise BadInputError(f"fused precision(s) {bad} unknown; choose from {FUSED_PRECISIONS}")
         if self.decode_steps < 1:
             raise BadInputError("decode_steps must be >= 1 (validation covers prefill and decode steps)")
 
@@ -83,6 +88,11 @@ def convert_llm(config: LLMConvertConfig) -> ConvertResult:
         llm = {k: info[k] for k in ("family", "architecture", "num_layers", "kv_heads", "head_dim", "vocab_size",
                                     "hidden_size", "max_context")}
         llm["cache_layout"] = "[time, layer, k|v, batch, kv_head, head_dim]; present holds the new positions only"
+        extra_files = {"tokenizer": config.tokenizer}
+        extra = {"llm": llm, "paddle_source": source_fingerprint(config.source)}
+        if config.fused:
+            extra["fused"] = build_fused(config, work, tok.pad_token_id)
+            extra_files["fused"] = work / "fused"
         return convert(ConvertConfig(
             source=work / "static", output=config.output, precisions=config.precisions, opset=config.opset,
             validate=config.validate, overwrite=config.overwrite, inputs_npz=work / "steps.npz",
@@ -90,10 +100,41 @@ def convert_llm(config: LLMConvertConfig) -> ConvertResult:
             int8=Int8Options(weight_only=True, block_size=config.block_size),
             int4=Int4Options(block_size=config.block_size),
             name=config.name or config.source.name, task="text-generation",
-            extra_files={"tokenizer": config.tokenizer},
+            extra_files=extra_files,
             tokenizer={"kind": "bpe", "files": "tokenizer/tokenizer.json, tokenizer/tokenizer_config.json",
                        "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id},
-            extra={"llm": llm, "paddle_source": source_fingerprint(config.source)},
+            extra=extra,
         ))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def build_fused(config: LLMConvertConfig, work: Path, pad_id: int) -> dict:
+    """Fused decoder files under work/fused, each gated against Paddle's logits on the recorded scenario.
+    -> manifest entries {precision: {file, sha256, size_bytes, options, validation}}."""
+    import numpy as np
+
+    from paddle2ort.runtime.manifest import sha256_file
+
+    from ..validate import DEFAULT_THRESHOLDS, summary
+    from .fused import DecoderSpec, build_variant, gate, load_steps
+
+    info = run_worker("state_llm", {"model_dir": str(config.source), "out_npz": str(work / "state.npz")}, work)
+    state = dict(np.load(work / "state.npz"))
+    spec = DecoderSpec.from_config(info["config"])
+    steps = load_steps(work / "steps.npz")
+    out, entries = work / "fused", {}
+    for prec in config.fused:
+        dst = out / f"decoder.{prec}.onnx"
+        log.info("fused decoder %s (GroupQueryAttention, SkipSimplifiedLayerNormalization%s)", prec,
+                 ", MatMulNBits" if prec in ("int8", "int4") else "")
+        opts = build_variant(spec, state, prec, dst, block_size=config.block_size)
+        thr = config.thresholds.get(prec, DEFAULT_THRESHOLDS.get(prec))
+        report = gate(prec, dst, spec, steps, pad_id, thr) if config.validate else None
+        if report:
+            s = summary(report)
+            log.info("fused %s passed: max_rel_diff=%.3g cosine=%.6f", prec, s["max_rel_diff"], s["min_cosine"])
+        entries[prec] = {"file": f"fused/{dst.name}", "sha256": sha256_file(dst), "size_bytes": dst.stat().st_size,
+                         "options": opts, "validation": summary(report) if report else None}
+    (work / "state.npz").unlink()
+    return entries

@@ -52,8 +52,8 @@ class EagerDecoder:
 
     def __call__(self, *arrays):
         import paddle
-        if self.record is not None:
-            self.record.append(dict(zip(self.names, (np.array(a) for a in arrays))))
         with paddle.no_grad():
             logits, present = self.wrapper(*(paddle.to_tensor(np.ascontiguousarray(a)) for a in arrays))
+        if self.record is not None:       # the inputs, and Paddle's logits as the fused decoder's reference
+            self.record.append({**dict(zip(self.names, (np.array(a) for a in arrays))), "ref_logits": logits.numpy()})
         return logits.numpy(), present.numpy()

@@ -1,0 +1,304 @@
+"""The fast decoder graph: a LLaMA-family decoder written directly in onnxruntime's fused operators.
+
+Beside the generic paddle2onnx export (convert.llm.api), this builds the decoder from the model's weights with
+GroupQueryAttention (rotary inside, a preallocated KV buffer shared between past and present),
+SimplifiedLayerNormalization / SkipSimplifiedLayerNormalization and, for weight-only int8/int4, MatMulNBits —
+the operators onnxruntime's CUDA kernels are fastest on. Written by hand because no library builds these graphs
+from Paddle weights (onnxruntime-genai's builder reads HF checkpoints through torch).
+
+Contract (runtime.fused drives it):
+  input_ids               int64  [B, S]
+  seqlens_k               int32  [B]          tokens in the cache after this call, minus one (per row)
+  total_sequence_length   int32  []           S for the prompt call; any upper bound (the capacity) for steps
+  past_key_values.{i}.key/value  T [B, KVH, C, D]   C = capacity; bound to the same buffer as present.{i}.*
+  -> logits T [B, S, V], present.{i}.key/value T [B, KVH, C, D]
+Prompts are right-padded: row b's tokens are 0..len_b-1, its next token is written at position len_b.
+
+Weights come as a PaddleNLP LlamaForCausalLM state dict (numpy, Linear weights [in, out]; optional q/k/v biases
+for Qwen2-style models); the Paddle side (worker) or a GGUF/HF reader produces it.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from paddle2ort.runtime.errors import BadInputError
+
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+FUSED_PRECISIONS = ("fp32", "fp16", "int8", "int4")   # int8/int4: weight-only MatMulNBits over fp16 (or fp32)
+INPUT_NAMES = ("input_ids", "seqlens_k", "total_sequence_length")
+
+
+@dataclass(frozen=True)
+class DecoderSpec:
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    rms_eps: float
+    rope_theta: float
+    max_positions: int
+    qkv_bias: bool = False
+
+    @classmethod
+    def from_config(cls, cfg: dict, qkv_bias: bool = False) -> "DecoderSpec":
+        """From a PaddleNLP / HF LLaMA-style config.json dict."""
+        for key in ("rope_scaling", "rope_scaling_type"):
+            if cfg.get(key):
+                raise BadInputError(f"config has {key}={cfg[key]!r}: scaled rotary is not supported by the fused "
+                                    "decoder; use the generic export (paddle2ort convert-llm)")
+        if cfg.get("fuse_attention_qkv") or cfg.get("fuse_attention_ffn"):
+            raise BadInputError("config has fused q/k/v or gate/up weights (fuse_attention_qkv/ffn); save the "
+                                "model unfused for the fused decoder")
+        heads = int(cfg["num_attention_heads"])
+        head_dim = int(cfg.get("head_dim") or int(cfg["hidden_size"]) // heads)
+        if head_dim % 16:
+            raise BadInputError(f"head size {head_dim} is not a multiple of 16, which onnxruntime's "
+                                "GroupQueryAttention requires; use the generic export for this model")
+        return cls(vocab_size=int(cfg["vocab_size"]), hidden_size=int(cfg["hidden_size"]),
+                   num_layers=int(cfg["num_hidden_layers"]), num_heads=heads,
+                   kv_heads=int(cfg.get("num_key_value_heads") or heads),
+                   head_dim=head_dim,
+                   intermediate_size=int(cfg["intermediate_size"]), rms_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+                   rope_theta=float(cfg.get("rope_theta", 10000.0)),
+                   max_positions=int(cfg.get("max_position_embeddings", 2048)), qkv_bias=qkv_bias)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def weight_bytes(self, bytes_per_param: float = 2.0) -> int:
+        """Bytes of weights one decode step reads (embedding row gathers excluded, LM head included)."""
+        h, kv = self.hidden_size, self.kv_heads * self.head_dim
+        per_layer = h * (h + 2 * kv) + h * h + 3 * h * self.intermediate_size
+        return int((self.num_layers * per_layer + h * self.vocab_size) * bytes_per_param)
+
+
+def _rotary_cache(spec: DecoderSpec, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """cos/sin [max_positions, D/2] for non-interleaved (rotate-half) rotary, as PaddleNLP's LLaMA computes it."""
+    inv = 1.0 / (spec.rope_theta ** (np.arange(0, spec.head_dim, 2, dtype=np.float32) / spec.head_dim))
+    freqs = np.outer(np.arange(spec.max_positions, dtype=np.float32), inv)
+    return np.cos(freqs).astype(dtype), np.sin(freqs).astype(dtype)
+
+
+def check_state(spec: DecoderSpec, state: dict[str, np.ndarray]) -> None:
+    """Every weight the graph needs, with the shape the spec implies; one error listing what is wrong."""
+    h, kv, i_sz = spec.hidden_size, spec.kv_heads * spec.head_dim, spec.intermediate_size
+    want = {"llama.embed_tokens.weight": (spec.vocab_size, h), "llama.norm.weight": (h,)}
+    for i in range(spec.num_layers):
+        p = f"llama.layers.{i}."
+        want.update({p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,),
+                     p + "self_attn.q_proj.weight": (h, spec.num_heads * spec.head_dim),
+                     p + "self_attn.k_proj.weight": (h, kv), p + "self_attn.v_proj.weight": (h, kv),
+                     p + "self_attn.o_proj.weight": (spec.num_heads * spec.head_dim, h),
+                     p + "mlp.gate_proj.weight": (h, i_sz), p + "mlp.up_proj.weight": (h, i_sz),
+                     p + "mlp.down_proj.weight": (i_sz, h)})
+        if spec.qkv_bias:
+            want.update({p + "self_attn.q_proj.bias": (spec.num_heads * spec.head_dim,),
+                         p + "self_attn.k_proj.bias": (kv,), p + "self_attn.v_proj.bias": (kv,)})
+    bad = [f"{k}: missing" if k not in state else f"{k}: shape {tuple(state[k].shape)} != {s}"
+           for k, s in want.items() if k not in state or tuple(state[k].shape) != s]
+    if bad:
+        raise BadInputError("weights do not match the decoder config: " + "; ".join(bad[:6])
+                            + (f" (+{len(bad) - 6} more)" if len(bad) > 6 else ""))
+
+
+def lm_head(spec: DecoderSpec, state: dict[str, np.ndarray]) -> np.ndarray:
+    """[H, V]; tied models (no lm_head.weight, or one shaped like the embedding) use the embedding transposed."""
+    w = state.get("lm_head.weight")
+    if w is None or tuple(w.shape) == (spec.vocab_size, spec.hidden_size) != (spec.hidden_size, spec.vocab_size):
+        w = (state["llama.embed_tokens.weight"] if w is None else w).T
+    if tuple(w.shape) != (spec.hidden_size, spec.vocab_size):
+        raise BadInputError(f"lm_head.weight has shape {tuple(w.shape)}, expected {(spec.hidden_size, spec.vocab_size)}")
+    return w
+
+
+def build_decoder(spec: DecoderSpec, state: dict[str, np.ndarray], dtype: str = "float16"):
+    """-> onnx.ModelProto of the fused decoder with float weights in `dtype` (float16 or float32)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    if dtype not in ("float16", "float32"):
+        raise BadInputError(f"fused decoder dtype must be float16 or float32, got {dtype!r}")
+    check_state(spec, state)
+    np_t = np.dtype(dtype)
+    elem = TensorProto.FLOAT16 if dtype == "float16" else TensorProto.FLOAT
+    inits, nodes = [], []
+
+    def w(name: str, arr: np.ndarray) -> str:
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(arr, dtype=np_t), name))
+        return name
+
+    def node(op, ins, outs, name, domain="", **attrs):
+        nodes.append(helper.make_node(op, ins, outs, name=name, domain=domain, **attrs))
+        return outs[0]
+
+    cos, sin = _rotary_cache(spec, np_t)
+    w("cos_cache", cos)
+    w("sin_cache", sin)
+    hidden = node("Gather", [w("embed_tokens", state["llama.embed_tokens.weight"]), "input_ids"], ["embeds"],
+                  "embed")
+    x = node("SimplifiedLayerNormalization", [hidden, w("layers.0.input_layernorm", state[
+        "llama.layers.0.input_layernorm.weight"])], ["layers.0.ln1"], "layers.0.ln1", axis=-1,
+             epsilon=spec.rms_eps, stash_type=1)
+    residual = hidden
+    for i in range(spec.num_layers):
+        p, q = f"llama.layers.{i}.", f"layers.{i}."
+        qkv_w = np.concatenate([state[p + f"self_attn.{n}_proj.weight"] for n in "qkv"], axis=1)   # [H, (N+2KVH)D]
+        qkv = node("MatMul", [x, w(q + "qkv_proj", qkv_w)], [q + "qkv"], q + "qkv_proj")
+        if spec.qkv_bias:
+            qkv_b = np.concatenate([state[p + f"self_attn.{n}_proj.bias"] for n in "qkv"])
+            qkv = node("Add", [qkv, w(q + "qkv_bias", qkv_b)], [q + "qkv_b"], q + "qkv_bias")
+        attn = node("GroupQueryAttention",
+                    [qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value", "seqlens_k",
+                     "total_sequence_length", "cos_cache", "sin_cache"],
+                    [q + "attn", f"present.{i}.key", f"present.{i}.value"], q + "gqa", domain="com.microsoft",
+                    num_heads=spec.num_heads, kv_num_heads=spec.kv_heads, do_rotary=1, rotary_interleaved=0,
+                    scale=float(1.0 / np.sqrt(spec.head_dim)), local_window_size=-1)
+        o = node("MatMul", [attn, w(q + "o_proj", state[p + "self_attn.o_proj.weight"])], [q + "o"], q + "o_proj")
+        x, _, _, residual = nodes_skip_norm(node, o, residual, w(q + "post_attention_layernorm",
+                                            state[p + "post_attention_layernorm.weight"]), q + "ln2", spec.rms_eps)
+        gu_w = np.concatenate([state[p + "mlp.gate_proj.weight"], state[p + "mlp.up_proj.weight"]], axis=1)
+        gu = node("MatMul", [x, w(q + "gate_up_proj", gu_w)], [q + "gate_up"], q + "gate_up_proj")
+        if i == 0:
+            inits.append(numpy_helper.from_array(np.array([spec.intermediate_size] * 2, np.int64), "split_sizes"))
+        node("Split", [gu, "split_sizes"], [q + "gate", q + "up"], q + "split", axis=-1)
+        sig = node("Sigmoid", [q + "gate"], [q + "sig"], q + "sigmoid")
+        silu = node("Mul", [q + "gate", sig], [q + "silu"], q + "silu")
+        act = node("Mul", [silu, q + "up"], [q + "act"], q + "swiglu")
+        down = node("MatMul", [act, w(q + "down_proj", state[p + "mlp.down_proj.weight"])], [q + "down"],
+                    q + "down_proj")
+        if i + 1 < spec.num_layers:
+            gamma = w(f"layers.{i + 1}.input_layernorm", state[f"llama.layers.{i + 1}.input_layernorm.weight"])
+            x, _, _, residual = nodes_skip_norm(node, down, residual, gamma, f"layers.{i + 1}.ln1", spec.rms_eps)
+        else:
+            x, _, _, _ = nodes_skip_norm(node, down, residual, w("norm", state["llama.norm.weight"]), "final_norm",
+                                         spec.rms_eps)
+    node("MatMul", [x, w("lm_head", lm_head(spec, state))], ["logits"], "lm_head")
+
+    kv_shape = ["batch", spec.kv_heads, "max_length", spec.head_dim]
+    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
+              helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, ["batch"]),
+              helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, [])]
+    outputs = [helper.make_tensor_value_info("logits", elem, ["batch", "sequence", spec.vocab_size])]
+    for i in range(spec.num_layers):
+        for kv in ("key", "value"):
+            inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kv}", elem, kv_shape))
+            outputs.append(helper.make_tensor_value_info(f"present.{i}.{kv}", elem, kv_shape))
+    graph = helper.make_graph(nodes, "paddle2ort_fused_decoder", inputs, outputs, inits)
+    model = helper.make_model(graph, producer_name="paddle2ort.fused",
+                              opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8
+    return model
+
+
+def nodes_skip_norm(node, x, residual, gamma, name, eps):
+    """SkipSimplifiedLayerNormalization: (norm(x + residual), -, -, x + residual)."""
+    outs = [name, name + ".mean", name + ".inv_std", name + ".sum"]
+    node("SkipSimplifiedLayerNormalization", [x, residual, gamma], outs, name, domain="com.microsoft", epsilon=eps)
+    return outs
+
+
+def save_model(model, path: Path) -> None:
+    """Atomic save; weights go to an external data file beside the model when the proto would pass 2 GB."""
+    import onnx
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    big = model.ByteSize() > 1_800_000_000 if hasattr(model, "ByteSize") else False
+    try:
+        if big:
+            data = path.name + ".data"
+            onnx.save(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True, location=data)
+        else:
+            onnx.save(model, str(tmp))
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def build_variant(spec: DecoderSpec, state: dict[str, np.ndarray], precision: str, dst: Path,
+                  block_size: int = 32, accuracy_level: int | None = 4, head_bits: int = 8,
+                  compute_dtype: str | None = None) -> dict:
+    """Write the fused decoder at one precision; returns the options recorded in the manifest.
+    fp32 (CPU) / fp16 (GPU) are float graphs; int8 / int4 quantize every MatMul weight with MatMulNBits
+    (the LM head keeps `head_bits`) over an fp16 graph unless compute_dtype says float32 (CPU)."""
+    if precision not in FUSED_PRECISIONS:
+        raise BadInputError(f"fused precision must be one of {FUSED_PRECISIONS}, got {precision!r}")
+    dtype = compute_dtype or ("float32" if precision == "fp32" else "float16")
+    model = build_decoder(spec, state, dtype)
+    opts = {"graph": "fused", "compute_dtype": dtype, "spec": spec.to_json()}
+    if precision in ("int8", "int4"):
+        model, q = quantize_weights(model, 8 if precision == "int8" else 4, block_size, accuracy_level, head_bits)
+        opts["weight_only"] = q
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    save_model(model, dst)
+    return opts
+
+
+def quantize_weights(model, bits: int, block_size: int, accuracy_level: int | None, head_bits: int):
+    from ..precision import quantize_matmuls
+    model, n = quantize_matmuls(model, bits, block_size, accuracy_level=accuracy_level, head="lm_head",
+                                head_bits=head_bits)
+    return model, {"method": "MatMulNBits (RTN, asymmetric)", "bits": bits, "block_size": block_size,
+                   "zero_points": "float" if bits == 4 else "uint8",
+                   "accuracy_level": accuracy_level, "quantized_nodes": n, "head_bits": head_bits}
+
+
+def load_steps(samples_npz: Path) -> list[dict[str, np.ndarray]]:
+    """The recorded validation scenario (prefill + greedy steps, left-padded) with Paddle's logits per call."""
+    data = dict(np.load(samples_npz, allow_pickle=False))
+    idx = sorted({int(k.split("/", 1)[0]) for k in data})
+    return [{k.split("/", 1)[1]: v for k, v in data.items() if k.startswith(f"{i}/")} for i in idx]
+
+
+def replay(decoder, steps: list[dict[str, np.ndarray]], pad_id: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Drive a runtime.fused.FusedDecoder through the recorded steps (right-padded, its own cache);
+    -> per call (Paddle logits, fused logits) over the valid positions only: [tokens, V]."""
+    first = steps[0]
+    mask = first["attention_mask"]
+    prompts = [row[m > 0].tolist() for row, m in zip(first["input_ids"], mask)]
+    st = decoder.state(len(prompts))
+    logits, _ = decoder.prefill(st, prompts, pad_id)
+    s = max(len(p) for p in prompts)
+    got = np.asarray(logits).reshape(len(prompts), s, -1)
+    ref = first["ref_logits"]
+    pairs = [(np.concatenate([ref[b, ref.shape[1] - len(p):] for b, p in enumerate(prompts)]),
+              np.concatenate([got[b, :len(p)] for b, p in enumerate(prompts)]).astype(np.float32))]
+    for step in steps[1:]:
+        st.seqlens += 1
+        st.ids[...] = step["input_ids"]
+        out = decoder.decode_one_token(st)
+        pairs.append((step["ref_logits"][:, -1], np.asarray(out)[:, -1].astype(np.float32)))
+    decoder.release()
+    return pairs
+
+
+def gate(precision: str, model_path: Path, spec: DecoderSpec, steps: list[dict], pad_id: int, thr) -> dict:
+    """The fused decoder's logits against Paddle's on the recorded scenario (CPU); ValidationError on failure."""
+    from paddle2ort.runtime.fused import FusedDecoder
+
+    from ..errors import ValidationError
+    from ..validate import compare, violations
+    longest = int(steps[0]["attention_mask"].sum(-1).max())
+    dec = FusedDecoder(model_path, spec.to_json(), device="cpu", max_length=longest + len(steps))
+    rows, failures = [], []
+    for i, (ref, got) in enumerate(replay(dec, steps, pad_id)):
+        m = compare(ref, got, class_axis=True)
+        v = violations(m, thr, exact=False)
+        row = {"output": "logits", "sample": i, "shape": list(ref.shape), "metrics": m, "violations": v}
+        rows.append(row)
+        if v:
+            failures.append(row)
+    report = {"precision": precision, "graph": "fused", "passed": not failures, "thresholds": asdict(thr),
+              "results": rows}
+    if failures:
+        raise ValidationError(f"fused-{precision}", failures).with_report(report)
+    return report

@@ -1,0 +1,28 @@
+"""Device kernels of the decode loop and the one place that routes to a kernel or its NumPy twin.
+
+CuPy arrays go to the CUDA kernel (kernels/cuda.py), NumPy arrays to the twin (kernels/reference.py); both update
+the loop state the same way, so the on-device loop runs unchanged on CPU hosts and in CI.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .reference import SamplerParams, philox_uniform
+
+__all__ = ["SamplerParams", "on_device", "philox_uniform", "sample_rows"]
+
+
+def on_device(arr) -> bool:
+    return not isinstance(arr, np.ndarray) and type(arr).__module__.startswith("cupy")
+
+
+def sample_rows(logits, rows, p: SamplerParams, next_ids, seen=None, stop_ids=None, tokens_out=None, seqlens=None,
+                finished=None, stream=None) -> None:
+    """Process one row of logits per batch row, choose the next tokens and advance the loop state in place."""
+    if on_device(logits):
+        from . import cuda
+        cuda.sample_rows(logits, rows, p, next_ids, seen, stop_ids, tokens_out, seqlens, finished, stream)
+    else:
+        from . import reference
+        reference.sample_rows(logits, rows, p, next_ids, seen,
+                              np.zeros(0, np.int32) if stop_ids is None else stop_ids, tokens_out, seqlens, finished)

@@ -1,0 +1,114 @@
+"""The fused decoder graph (GroupQueryAttention / SkipSimplifiedLayerNormalization / MatMulNBits) and the on-device
+loop, on CPU: parity with Paddle and with the generic paddle2onnx export; bad input. (GPU: tests/test_gpu.py.)"""
+import numpy as np
+import pytest
+
+from paddle2ort.convert.llm.fused import DecoderSpec, build_decoder
+from paddle2ort.convert.llm.reference import paddle_greedy
+from paddle2ort.runtime.errors import BadInputError, BundleError
+from paddle2ort.runtime.fused import FusedDecoder, FusedGenerator, generate
+from paddle2ort.runtime.generation import GenerationConfig, generate as host_generate
+from paddle2ort.runtime.llm import TextGenerator
+
+from test_llm_tiny import PROMPTS, llm_bundles  # noqa: F401  (module fixture shared with the generic export tests)
+
+
+@pytest.fixture(scope="module")
+def llama(llm_bundles):  # noqa: F811
+    src, dest, manifest = llm_bundles["llama"]
+    gen = TextGenerator(dest)
+    return src, dest, manifest, [gen.tokenizer.encode(p) for p in PROMPTS], gen
+
+
+def test_manifest_records_gated_fused_decoders(llama):
+    _, dest, m, _, _ = llama
+    fused = m.extra["fused"]
+    assert set(fused) == {"fp32", "fp16", "int4"}
+    for prec, e in fused.items():
+        assert (dest / e["file"]).is_file() and e["options"]["graph"] == "fused"
+        assert e["validation"]["passed"] and e["validation"]["samples"] == 4       # prefill + 3 decode steps
+    assert fused["fp32"]["validation"]["max_rel_diff"] <= 1e-4
+    assert fused["fp16"]["validation"]["min_cosine"] >= 0.999
+    assert fused["int4"]["options"]["weight_only"]["bits"] == 4
+    ops = __import__("onnx").load(str(dest / fused["int4"]["file"]), load_external_data=False).graph.node
+    kinds = {n.op_type for n in ops}
+    from paddle2ort.convert.precision import nbits_of
+    bits = nbits_of(__import__("onnx").load(str(dest / fused["int4"]["file"])))
+    assert bits.pop("lm_head_Q8") == 8 and set(bits.values()) == {4}
+    assert {"GroupQueryAttention", "SkipSimplifiedLayerNormalization", "MatMulNBits"} <= kinds and "MatMul" not in kinds
+
+
+def test_fused_greedy_is_token_identical_to_paddle_and_the_generic_export(llama):
+    src, dest, _, ids, gen = llama
+    want = paddle_greedy(src / "model", ids, 10)
+    cfg = GenerationConfig(max_new_tokens=10)
+    assert host_generate(gen.model, ids, cfg, gen.tokenizer.pad_token_id) == want
+    fused = TextGenerator(dest, graph="fused")
+    assert fused.generate_token_ids(ids, cfg) == want                                   # batched, right-padded
+    assert [fused.generate_token_ids([i], cfg)[0] for i in ids] == want                # one at a time
+
+
+def test_fused_prefill_logits_match_the_generic_export(llama):
+    _, dest, m, ids, gen = llama
+    from paddle2ort.runtime.llm import fused_model
+    path, spec = fused_model(gen.bundle, "fp32")
+    dec = FusedDecoder(path, spec, max_length=64)
+    st = dec.state(1)
+    for p in ids:
+        logits, rows = dec.prefill(st, [p], gen.tokenizer.pad_token_id)
+        mask = np.ones((1, len(p)), np.int64)
+        want, _ = gen.model(np.array([p]), mask, np.arange(len(p))[None], np.zeros((0, m.extra["llm"]["num_layers"],
+                            2, 1, spec["kv_heads"], spec["head_dim"]), np.float32))
+        np.testing.assert_allclose(logits, want[0], rtol=0, atol=1e-4 * max(1.0, np.abs(want).max()))
+
+
+def test_fused_loop_streams_stops_and_samples_reproducibly(llama):
+    _, dest, _, ids, gen = llama
+    fused = TextGenerator(dest, graph="fused")
+    greedy = fused.generate_token_ids(ids, GenerationConfig(max_new_tokens=10))
+    stop = greedy[0][3]
+    cut = fused.generate_token_ids(ids[:1], GenerationConfig(max_new_tokens=10, stop_token_ids=(stop,)))
+    assert cut == [greedy[0][:greedy[0].index(stop)]]
+    cfg = GenerationConfig(max_new_tokens=10, min_new_tokens=10, stop_token_ids=(stop,))
+    assert len(fused.generate_token_ids(ids[:1], cfg)[0]) == 10                   # stop suppressed below min_new
+    s = GenerationConfig(max_new_tokens=12, do_sample=True, temperature=0.9, top_k=50, top_p=0.9, seed=11,
+                         repetition_penalty=1.3)
+    a, b = fused.generate_token_ids(ids, s), fused.generate_token_ids(ids, s)
+    assert a == b and a != greedy and all(len(r) == 12 for r in a)
+    streamed: dict[int, list[int]] = {}
+    out = generate(fused.model, ids, GenerationConfig(max_new_tokens=6), gen.tokenizer.pad_token_id,
+                   streamer=lambda row, tok: streamed.setdefault(row, []).append(tok))
+    assert [streamed[i] for i in range(len(ids))] == out
+    text = "".join(fused.stream(PROMPTS[0], GenerationConfig(max_new_tokens=10)))
+    assert text == gen.tokenizer.decode(greedy[0])
+
+
+def test_fused_bad_input(llama, tmp_path):
+    _, dest, m, ids, _ = llama
+    fused = TextGenerator(dest, graph="fused", max_length=16)
+    with pytest.raises(BadInputError, match="exceeds the cache capacity"):
+        fused.generate_token_ids(ids, GenerationConfig(max_new_tokens=15))
+    with pytest.raises(BadInputError, match="beam search"):
+        FusedGenerator(fused.model, ids, GenerationConfig(num_beams=2), 2)
+    with pytest.raises(BundleError, match="no fused 'int8' decoder"):
+        TextGenerator(dest, precision="int8", graph="fused")
+    with pytest.raises(BadInputError, match="not a fused decoder"):
+        FusedDecoder(dest / m.models["fp32"].file, m.extra["fused"]["fp32"]["options"]["spec"])
+    from paddle2ort.runtime.errors import DeviceError
+    from paddle2ort.runtime.session import gpu_available
+    if not gpu_available():
+        with pytest.raises(DeviceError, match="use --device cpu"):
+            TextGenerator(dest, graph="fused", session=__import__("paddle2ort.runtime.session", fromlist=["x"])
+                          .SessionOptions(device="gpu"))
+
+
+def test_spec_and_weights_are_checked():
+    cfg = {"vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4,
+           "intermediate_size": 64}
+    with pytest.raises(BadInputError, match="multiple of 16"):
+        DecoderSpec.from_config(cfg)
+    with pytest.raises(BadInputError, match="scaled rotary"):
+        DecoderSpec.from_config({**cfg, "num_attention_heads": 2, "rope_scaling": {"type": "linear"}})
+    spec = DecoderSpec.from_config({**cfg, "num_attention_heads": 2})
+    with pytest.raises(BadInputError, match="missing"):
+        build_decoder(spec, {"llama.embed_tokens.weight": np.zeros((100, 32), np.float32)})
