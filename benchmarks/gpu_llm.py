@@ -427,7 +427,8 @@ def bench(args) -> dict:
         step_s = r["decode_s"] / steps
         ctx = args.prompt + args.new / 2
         sb = step_bytes(wbytes, spec_j, b, ctx)
-        rows.append({"system": system + (" (not compiled)" if r.get("compiled") is False else ""),
+        rows.append({"system": system + (" (did not compile)" if "compile" in system and r.get("compiled") is False
+                                         else ""),
                      "precision": prec, "batch": b, "ttft_ms": r["ttft_ms"],
                      "step_ms": 1e3 * step_s, "tok_s_per_seq": 1 / step_s, "tok_s_aggregate": b / step_s,
                      "bytes_per_step": sb, "pct_hbm_roofline": 100 * sb / step_s / bw})
