@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from paddle2ort.runtime.errors import BadInputError
+from paddle2ort.runtime.textio import read_utf8_lines
 
 SPLITS = ("dev", "test")
 
@@ -18,18 +19,7 @@ class LabelledSplit:
 
 
 def _read_lines(path: Path) -> list[str]:
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError as e:
-        raise BadInputError(f"{path} is missing: a dataset directory holds label.txt and dev.txt/test.txt "
-                            "(text<TAB>label a line)") from e
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        raise BadInputError(f"{path}:{line} is not valid UTF-8 (byte {e.start}: {raw[e.start:e.start + 4]!r}); "
-                            "re-encode the file as UTF-8") from e
-    return text.splitlines()
+    return read_utf8_lines(path, "a dataset directory holds label.txt and dev.txt/test.txt (text<TAB>label a line)")
 
 
 def read_labels(dataset_dir: Path) -> list[str]:

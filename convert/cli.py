@@ -72,10 +72,6 @@ def _cmd_convert(args) -> int:
                 f"validated: max_rel_diff {v['max_rel_diff']:.2e}, cosine {v['min_cosine']:.6f}"
                 + (f", argmax {v['min_argmax_agreement']:.4f}" if v["min_argmax_agreement"] is not None else ""))
         print(f"  {prec:5s} {mf.file:22s} {mf.size_bytes / 1e6:8.2f} MB  {gate}")
-    for prec, e in (res.manifest.extra.get("fused") or {}).items():
-        v = e["validation"]
-        gate = "not validated" if v is None else f"max_rel_diff {v['max_rel_diff']:.2e}, cosine {v['min_cosine']:.6f}"
-        print(f"  {prec:5s} {e['file']:22s} {e['size_bytes'] / 1e6:8.2f} MB  {gate}")
     return 0
 
 
@@ -100,16 +96,8 @@ def _cmd_zoo_build(args) -> int:
 
 
 def _read_texts(path: Path) -> list[str]:
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise BadInputError(f"cannot read input file {path}: {e.strerror}") from e
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise BadInputError(f"{path} is not valid UTF-8 (byte {e.start}: {raw[e.start:e.start + 4]!r}); "
-                            "re-encode it as UTF-8") from e
-    return [ln for ln in text.splitlines()]
+    from paddle2ort.runtime.textio import read_utf8_lines
+    return read_utf8_lines(path, "give a text file, one text a line")
 
 
 def _cmd_classify(args) -> int:

@@ -141,14 +141,10 @@ def fused_model(bundle, precision: str) -> tuple[Path, dict]:
 def read_jsonl_prompts(path: Path) -> list[str]:
     """PaddleNLP predictor format: one JSON object a line with "src" (or "prompt"); errors name the line."""
     import json
-    try:
-        raw = Path(path).read_bytes().decode("utf-8")
-    except OSError as e:
-        raise BadInputError(f"cannot read {path}: {e.strerror}") from e
-    except UnicodeDecodeError as e:
-        raise BadInputError(f"{path} is not valid UTF-8 (byte {e.start}); re-encode it as UTF-8") from e
+
+    from .textio import read_utf8_lines
     prompts = []
-    for no, line in enumerate(raw.splitlines(), 1):
+    for no, line in enumerate(read_utf8_lines(path, 'one JSON object a line, e.g. {"src": "your prompt"}'), 1):
         if not line.strip():
             continue
         try:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import BadInputError, BundleError
+from .generation import softmax
 from .manifest import load_bundle
 from .session import Runner, SessionOptions, create_session
 
@@ -19,11 +20,6 @@ class Prediction:
     label: str
     score: float
     label_id: int
-
-
-def softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
 
 
 class TextClassifier:
@@ -76,6 +72,6 @@ class TextClassifier:
     def __call__(self, texts: list[str] | str) -> list[Prediction]:
         if isinstance(texts, str):
             texts = [texts]
-        probs = softmax(self.predict_logits(list(texts)))
+        probs = softmax(self.predict_logits(list(texts))).astype(np.float32)
         ids = probs.argmax(-1)
         return [Prediction(self.labels[i], float(p[i]), int(i)) for i, p in zip(ids, probs)]
