@@ -146,7 +146,7 @@ def _cmd_convert_llm(args) -> int:
         source=args.src, output=args.output, tokenizer=args.tokenizer, precisions=args.precision,
         opset=args.opset, block_size=args.block_size, validate=not args.no_validate, overwrite=args.overwrite,
         name=args.name, thresholds=thresholds_with_overrides(dict(args.threshold), LLM_THRESHOLDS),
-        fused=args.fused))
+        fused=args.fused, fused_head_dtype=args.fused_head_dtype))
     print(f"bundle: {res.bundle}  (opset {res.manifest.opset})")
     for prec, mf in res.manifest.models.items():
         v = (res.manifest.validation or {}).get(prec)
@@ -308,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--fused", type=_csv, default=(), help="also build the fused decoder (GroupQueryAttention, "
                     "MatMulNBits; LLaMA family) at these precisions: fp32 (CPU), fp16, int8, int4 (GPU), each "
                     "gated against Paddle")
+    cl.add_argument("--fused-head-dtype", choices=["float32"], help="LM head and logits in float32 inside the "
+                    "fp16/int8/int4 fused graphs (fewer near-tie flips; reads the head at 4 bytes a weight)")
     cl.add_argument("--opset", type=int, default=17)
     cl.add_argument("--no-validate", action="store_true")
     cl.add_argument("--overwrite", action="store_true")

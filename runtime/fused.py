@@ -89,7 +89,8 @@ class FusedDecoder:
         types = {i.name: i.type for i in self.session.get_inputs()}
         if "past_key_values.0.key" not in types or "seqlens_k" not in types:
             raise BadInputError(f"{model_path} is not a fused decoder (inputs: {', '.join(types)})")
-        self.dtype = _ORT_TYPES[types["past_key_values.0.key"]]
+        self.dtype = _ORT_TYPES[types["past_key_values.0.key"]]                       # KV cache
+        self.logits_dtype = _ORT_TYPES[{o.name: o.type for o in self.session.get_outputs()}["logits"]]
         self.states: dict[int, DecodeState] = {}
         self._ort = ort
 
@@ -125,7 +126,7 @@ class FusedDecoder:
             shape = (batch, self.kv_heads, self.capacity, self.head_dim)
             st = DecodeState(batch=batch, kv=[xp.zeros(shape, self.dtype) for _ in range(2 * self.num_layers)],
                              ids=xp.zeros((batch, 1), np.int64), seqlens=xp.zeros(batch, np.int32),
-                             logits=xp.zeros((batch, 1, self.vocab_size), self.dtype),
+                             logits=xp.zeros((batch, 1, self.vocab_size), self.logits_dtype),
                              finished=xp.zeros(batch, np.uint8))
         except Exception as e:
             if _oom(e):
@@ -156,7 +157,7 @@ class FusedDecoder:
                 b.bind_input(f"past_key_values.{i}.{kv}", dev, self.device_id, self.dtype, list(buf.shape),
                              self._ptr(buf))
                 b.bind_output(f"present.{i}.{kv}", dev, self.device_id, self.dtype, list(buf.shape), self._ptr(buf))
-        b.bind_output("logits", dev, self.device_id, self.dtype, list(logits.shape), self._ptr(logits))
+        b.bind_output("logits", dev, self.device_id, self.logits_dtype, list(logits.shape), self._ptr(logits))
         return b
 
     def _run(self, binding, graph_id: int) -> None:
@@ -187,14 +188,14 @@ class FusedDecoder:
         ids_d = xp.asarray(ids)
         st.seqlens[...] = xp.asarray(lens - 1)
         total = np.array(s, np.int32)
-        it = np.dtype(self.dtype).itemsize
+        it = np.dtype(self.logits_dtype).itemsize
         if xp is not np:
             free, _ = xp.cuda.runtime.memGetInfo()
             if st.batch * s * self.vocab_size * it > free:
                 raise DeviceError(f"the prompt logits of batch {st.batch} x {s} tokens do not fit in GPU memory; "
                                   "use a smaller batch or shorter prompts")
         try:
-            logits = xp.empty((st.batch, s, self.vocab_size), self.dtype)
+            logits = xp.empty((st.batch, s, self.vocab_size), self.logits_dtype)
         except Exception as e:
             if _oom(e):
                 raise DeviceError(f"out of GPU memory for the prompt logits of batch {st.batch} x {s}: use a "

@@ -50,6 +50,23 @@ def test_fused_decoder_matches_the_golden_outputs(smol):
     assert gen.generate_token_ids([r["prompt_ids"] for r in rows], cfg) == [r["ids"] for r in rows]
 
 
+def test_fused_fp16_with_fp32_head_matches_the_golden_outputs(tmp_path):
+    """FP16 fused decoder built straight from the GGUF weights (no Paddle) with the LM head in float32: on CPU it
+    reproduces all 20 golden rows (with an FP16 head: 19/20 — near-ties rounded into exact ties)."""
+    from paddle2ort.convert.llm.fused import DecoderSpec, build_variant
+    from paddle2ort.convert.zoo.smollm2 import gguf_path, read_gguf, to_paddlenlp
+    from paddle2ort.runtime.fused import FusedDecoder, generate as fused_generate
+    cfg, tensors, _ = read_gguf(gguf_path())
+    spec = DecoderSpec.from_config(cfg)
+    opts = build_variant(spec, to_paddlenlp(cfg, tensors), "fp16", tmp_path / "d.onnx", head_dtype="float32")
+    assert opts["head_dtype"] == "float32"
+    dec = FusedDecoder(tmp_path / "d.onnx", spec.to_json(), max_length=128)
+    assert dec.dtype == np.float16 and dec.logits_dtype == np.float32
+    rows = GOLDEN["rows"]
+    got = fused_generate(dec, [r["prompt_ids"] for r in rows], GenerationConfig(max_new_tokens=GOLDEN["max_new_tokens"]), 2)
+    assert got == [r["ids"] for r in rows]
+
+
 def test_answers(smol, capsys):
     assert main(["-q", "generate", str(smol[1]), "--prompt", "The capital of France is",
                  "--max-new-tokens", "8"]) == 0

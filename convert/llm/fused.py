@@ -121,8 +121,11 @@ def lm_head(spec: DecoderSpec, state: dict[str, np.ndarray]) -> np.ndarray:
     return w
 
 
-def build_decoder(spec: DecoderSpec, state: dict[str, np.ndarray], dtype: str = "float16"):
-    """-> onnx.ModelProto of the fused decoder with float weights in `dtype` (float16 or float32)."""
+def build_decoder(spec: DecoderSpec, state: dict[str, np.ndarray], dtype: str = "float16",
+                  head_dtype: str | None = None):
+    """-> onnx.ModelProto of the fused decoder with float weights in `dtype` (float16 or float32).
+    head_dtype="float32" on a float16 graph computes the LM head and the logits in float32: float16 logits of
+    magnitude 16-32 are 1/64 apart, so near-ties become exact ties (SmolLM2 on CPU: 19/20 -> 20/20 golden rows)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -182,13 +185,22 @@ def build_decoder(spec: DecoderSpec, state: dict[str, np.ndarray], dtype: str = 
         else:
             x, _, _, _ = nodes_skip_norm(node, down, residual, w("norm", state["llama.norm.weight"]), "final_norm",
                                          spec.rms_eps)
-    node("MatMul", [x, w("lm_head", lm_head(spec, state))], ["logits"], "lm_head")
+    head_w = lm_head(spec, state)
+    if head_dtype and head_dtype != dtype:
+        if head_dtype != "float32":
+            raise BadInputError(f"head_dtype must be float32 (or the graph dtype), got {head_dtype!r}")
+        x = node("Cast", [x], ["final_norm.f32"], "final_norm.cast", to=TensorProto.FLOAT)
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(head_w, np.float32), "lm_head"))
+        node("MatMul", [x, "lm_head"], ["logits"], "lm_head")
+    else:
+        node("MatMul", [x, w("lm_head", head_w)], ["logits"], "lm_head")
+    logits_elem = TensorProto.FLOAT if head_dtype == "float32" else elem
 
     kv_shape = ["batch", spec.kv_heads, "max_length", spec.head_dim]
     inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
               helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, ["batch"]),
               helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, [])]
-    outputs = [helper.make_tensor_value_info("logits", elem, ["batch", "sequence", spec.vocab_size])]
+    outputs = [helper.make_tensor_value_info("logits", logits_elem, ["batch", "sequence", spec.vocab_size])]
     for i in range(spec.num_layers):
         for kv in ("key", "value"):
             inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kv}", elem, kv_shape))
@@ -226,15 +238,15 @@ def save_model(model, path: Path) -> None:
 
 def build_variant(spec: DecoderSpec, state: dict[str, np.ndarray], precision: str, dst: Path,
                   block_size: int = 32, accuracy_level: int | None = 4, head_bits: int = 8,
-                  compute_dtype: str | None = None) -> dict:
+                  compute_dtype: str | None = None, head_dtype: str | None = None) -> dict:
     """Write the fused decoder at one precision; returns the options recorded in the manifest.
     fp32 (CPU) / fp16 (GPU) are float graphs; int8 / int4 quantize every MatMul weight with MatMulNBits
     (the LM head keeps `head_bits`) over an fp16 graph unless compute_dtype says float32 (CPU)."""
     if precision not in FUSED_PRECISIONS:
         raise BadInputError(f"fused precision must be one of {FUSED_PRECISIONS}, got {precision!r}")
     dtype = compute_dtype or ("float32" if precision == "fp32" else "float16")
-    model = build_decoder(spec, state, dtype)
-    opts = {"graph": "fused", "compute_dtype": dtype, "spec": spec.to_json()}
+    model = build_decoder(spec, state, dtype, head_dtype)
+    opts = {"graph": "fused", "compute_dtype": dtype, "head_dtype": head_dtype or dtype, "spec": spec.to_json()}
     if precision in ("int8", "int4"):
         model, q = quantize_weights(model, 8 if precision == "int8" else 4, block_size, accuracy_level, head_bits)
         opts["weight_only"] = q
