@@ -314,8 +314,8 @@ def task_bench_llm(args: dict) -> dict:
 
 
 def task_state_llm(args: dict) -> dict:
-    """A PaddleNLP causal LM's weights as float32 NumPy (npz, PaddleNLP names) + its config: the fused decoder's
-    input (convert.llm.fused builds the graph outside Paddle)."""
+    """A PaddleNLP causal LM's weights as float32 NumPy (npz, PaddleNLP names) + its config and family: the fused
+    decoder's input (convert.llm.fused builds the graph outside Paddle)."""
     import numpy as np
 
     from paddle2ort.convert.llm.eager import load_llm
@@ -324,14 +324,11 @@ def task_state_llm(args: dict) -> dict:
         model, fam, arch = load_llm(args["model_dir"])
     except KeyError as e:
         raise BadInput(str(e)) from e
-    if fam.name != "llama":
-        raise BadInput(f"the fused decoder supports the LLaMA family (LlamaForCausalLM), not {arch}; "
-                       "use the generic export for this model")
     state = {k: v.numpy().astype(np.float32) for k, v in model.state_dict().items()}
     tmp = args["out_npz"] + ".tmp.npz"
     np.savez(tmp, **state)
     os.replace(tmp, args["out_npz"])
-    return {"architecture": arch, "config": model.config.to_dict()}
+    return {"architecture": arch, "family": fam.name, "config": model.config.to_dict()}
 
 
 class BadInput(Exception):

@@ -148,8 +148,8 @@ def build_gpt(out: Path):
     from paddle2ort.tokenization.bpe import tokenizer_from_gguf_fields
 
     paddle.seed(6)
-    cfg = GPTConfig(vocab_size=49152, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                    intermediate_size=64, max_position_embeddings=256, hidden_dropout_prob=0.0,
+    cfg = GPTConfig(vocab_size=49152, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                    intermediate_size=128, max_position_embeddings=256, hidden_dropout_prob=0.0,
                     attention_probs_dropout_prob=0.0, eos_token_id=2, pad_token_id=2, bos_token_id=1)
     model = GPTForCausalLM(cfg)
     with paddle.no_grad():

@@ -1,5 +1,5 @@
-"""The fused decoder graph (GroupQueryAttention / SkipSimplifiedLayerNormalization / MatMulNBits) and the on-device
-loop, on CPU: parity with Paddle and with the generic paddle2onnx export; bad input. (GPU: tests/test_gpu.py.)"""
+"""The fused decoder graphs (LLaMA and GPT-2; GroupQueryAttention, skip layer norms, MatMulNBits) and the on-device
+loop, on CPU: parity with Paddle and with the generic paddle2onnx export; bad input. (On the GPU: tests/test_kernels.py and `benchmarks/gpu_llm.py check`.)"""
 import numpy as np
 import pytest
 
@@ -112,3 +112,23 @@ def test_spec_and_weights_are_checked():
     spec = DecoderSpec.from_config({**cfg, "num_attention_heads": 2})
     with pytest.raises(BadInputError, match="missing"):
         build_decoder(spec, {"llama.embed_tokens.weight": np.zeros((100, 32), np.float32)})
+
+
+def test_fused_gpt2_matches_paddle_and_the_generic_export(llm_bundles):  # noqa: F811
+    """GPT-2 family: LayerNorm / SkipLayerNormalization with biases, learned positions from the cache state,
+    FastGelu, GroupQueryAttention without rotary; gated against Paddle, greedy identical to Paddle and the generic
+    export, batched (right padding) and one at a time."""
+    src, dest, m = llm_bundles["gpt"]
+    fused = m.extra["fused"]
+    assert set(fused) == {"fp32", "fp16"} and fused["fp32"]["options"]["spec"]["family"] == "gpt"
+    assert fused["fp32"]["validation"]["max_rel_diff"] <= 1e-4 and fused["fp16"]["validation"]["passed"]
+    gen = TextGenerator(dest)
+    ids = [gen.tokenizer.encode(p) for p in PROMPTS]
+    want = paddle_greedy(src / "model", ids, 10)
+    cfg = GenerationConfig(max_new_tokens=10)
+    assert host_generate(gen.model, ids, cfg, gen.tokenizer.pad_token_id) == want
+    g = TextGenerator(dest, graph="fused")
+    assert g.generate_token_ids(ids, cfg) == want
+    assert [g.generate_token_ids([i], cfg)[0] for i in ids] == want
+    ops = {n.op_type for n in __import__("onnx").load(str(dest / fused["fp32"]["file"])).graph.node}
+    assert {"GroupQueryAttention", "SkipLayerNormalization", "FastGelu"} <= ops

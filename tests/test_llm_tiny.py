@@ -17,7 +17,7 @@ PROMPTS = ["The capital of France is", "def f(x):", "Once upon a time"]
 @pytest.fixture(scope="module")
 def llm_bundles(tiny_models, tmp_path_factory):
     out = {}
-    for kind, precs, fused in (("llama", ("fp32", "int8", "int4"), ("fp32", "fp16", "int4")), ("gpt", ("fp32",), ())):
+    for kind, precs, fused in (("llama", ("fp32", "int8", "int4"), ("fp32", "fp16", "int4")), ("gpt", ("fp32",), ("fp32", "fp16"))):
         src = tiny_models(kind)
         dest = tmp_path_factory.mktemp(kind) / "bundle"
         # random weights x0.5: 4-bit noise is large against such logits, so the int4 gate is relaxed here; the

@@ -122,7 +122,7 @@ def build_fused(config: LLMConvertConfig, work: Path, pad_id: int) -> dict:
 
     info = run_worker("state_llm", {"model_dir": str(config.source), "out_npz": str(work / "state.npz")}, work)
     state = dict(np.load(work / "state.npz"))
-    spec = DecoderSpec.from_config(info["config"])
+    spec = DecoderSpec.from_config(info["config"], family=info["family"])
     steps = load_steps(work / "steps.npz")
     out, entries = work / "fused", {}
     for prec in config.fused:

@@ -1,4 +1,4 @@
-"""The fast decoder graph: a LLaMA-family decoder written directly in onnxruntime's fused operators.
+"""The fast decoder graph: LLaMA-family (and GPT-2) decoders written directly in onnxruntime's fused operators.
 
 Beside the generic paddle2onnx export (convert.llm.api), this builds the decoder from the model's weights with
 GroupQueryAttention (rotary inside, a preallocated KV buffer shared between past and present),
@@ -14,8 +14,9 @@ Contract (runtime.fused drives it):
   -> logits T [B, S, V], present.{i}.key/value T [B, KVH, C, D]
 Prompts are right-padded: row b's tokens are 0..len_b-1, its next token is written at position len_b.
 
-Weights come as a PaddleNLP LlamaForCausalLM state dict (numpy, Linear weights [in, out]; optional q/k/v biases
-for Qwen2-style models); the Paddle side (worker) or a GGUF/HF reader produces it.
+Weights come as a PaddleNLP state dict (numpy, Linear weights [in, out]): LlamaForCausalLM (optional q/k/v biases
+for Qwen2-style models) or GPTForCausalLM (GPT-2: LayerNorm, learned positions, GELU; positions are computed in the
+graph from the cache state); the Paddle side (worker) or a GGUF/HF reader produces it.
 """
 from __future__ import annotations
 
@@ -44,14 +45,19 @@ class DecoderSpec:
     kv_heads: int
     head_dim: int
     intermediate_size: int
-    rms_eps: float
+    norm_eps: float
     rope_theta: float
     max_positions: int
     qkv_bias: bool = False
+    family: str = "llama"            # "llama" (RMSNorm, rotary, SwiGLU) | "gpt" (LayerNorm, learned positions, GELU)
 
     @classmethod
-    def from_config(cls, cfg: dict, qkv_bias: bool = False) -> "DecoderSpec":
-        """From a PaddleNLP / HF LLaMA-style config.json dict."""
+    def from_config(cls, cfg: dict, qkv_bias: bool = False, family: str = "llama") -> "DecoderSpec":
+        """From a PaddleNLP / HF config.json dict (LLaMA / Qwen2 style, or PaddleNLP GPT with family="gpt")."""
+        if family not in ("llama", "gpt"):
+            raise BadInputError(f"fused decoder family must be llama or gpt, got {family!r}")
+        if family == "gpt" and not cfg.get("normalize_before", True):
+            raise BadInputError("the fused GPT decoder is pre-LayerNorm (GPT-2); this config is post-norm")
         for key in ("rope_scaling", "rope_scaling_type"):
             if cfg.get(key):
                 raise BadInputError(f"config has {key}={cfg[key]!r}: scaled rotary is not supported by the fused "
@@ -68,9 +74,11 @@ class DecoderSpec:
                    num_layers=int(cfg["num_hidden_layers"]), num_heads=heads,
                    kv_heads=int(cfg.get("num_key_value_heads") or heads),
                    head_dim=head_dim,
-                   intermediate_size=int(cfg["intermediate_size"]), rms_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+                   intermediate_size=int(cfg["intermediate_size"]),
+                   norm_eps=float(cfg.get("layer_norm_eps", 1e-5) if family == "gpt" else cfg.get("rms_norm_eps", 1e-6)),
                    rope_theta=float(cfg.get("rope_theta", 10000.0)),
-                   max_positions=int(cfg.get("max_position_embeddings", 2048)), qkv_bias=qkv_bias)
+                   max_positions=int(cfg.get("max_position_embeddings", 2048)),
+                   qkv_bias=qkv_bias or family == "gpt", family=family)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -89,23 +97,44 @@ def _rotary_cache(spec: DecoderSpec, dtype) -> tuple[np.ndarray, np.ndarray]:
     return np.cos(freqs).astype(dtype), np.sin(freqs).astype(dtype)
 
 
-def check_state(spec: DecoderSpec, state: dict[str, np.ndarray]) -> None:
-    """Every weight the graph needs, with the shape the spec implies; one error listing what is wrong."""
-    h, kv, i_sz = spec.hidden_size, spec.kv_heads * spec.head_dim, spec.intermediate_size
-    want = {"llama.embed_tokens.weight": (spec.vocab_size, h), "llama.norm.weight": (h,)}
+EMBED = {"llama": "llama.embed_tokens.weight", "gpt": "gpt.embeddings.word_embeddings.weight"}
+
+
+def expected_weights(spec: DecoderSpec) -> dict[str, tuple[int, ...]]:
+    """PaddleNLP state-dict name -> shape, for every weight the graph reads."""
+    h, kv, i_sz, qd = spec.hidden_size, spec.kv_heads * spec.head_dim, spec.intermediate_size, \
+        spec.num_heads * spec.head_dim
+    if spec.family == "gpt":
+        want = {EMBED["gpt"]: (spec.vocab_size, h), "gpt.embeddings.position_embeddings.weight": (spec.max_positions, h),
+                "gpt.decoder.norm.weight": (h,), "gpt.decoder.norm.bias": (h,)}
+        for i in range(spec.num_layers):
+            p = f"gpt.decoder.layers.{i}."
+            for n in ("norm1", "norm2"):
+                want.update({p + n + ".weight": (h,), p + n + ".bias": (h,)})
+            for n, shape in (("q", qd), ("k", kv), ("v", kv)):
+                want.update({p + f"self_attn.{n}_proj.weight": (h, shape), p + f"self_attn.{n}_proj.bias": (shape,)})
+            want.update({p + "self_attn.out_proj.weight": (qd, h), p + "self_attn.out_proj.bias": (h,),
+                         p + "linear1.weight": (h, i_sz), p + "linear1.bias": (i_sz,),
+                         p + "linear2.weight": (i_sz, h), p + "linear2.bias": (h,)})
+        return want
+    want = {EMBED["llama"]: (spec.vocab_size, h), "llama.norm.weight": (h,)}
     for i in range(spec.num_layers):
         p = f"llama.layers.{i}."
         want.update({p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,),
-                     p + "self_attn.q_proj.weight": (h, spec.num_heads * spec.head_dim),
-                     p + "self_attn.k_proj.weight": (h, kv), p + "self_attn.v_proj.weight": (h, kv),
-                     p + "self_attn.o_proj.weight": (spec.num_heads * spec.head_dim, h),
+                     p + "self_attn.q_proj.weight": (h, qd), p + "self_attn.k_proj.weight": (h, kv),
+                     p + "self_attn.v_proj.weight": (h, kv), p + "self_attn.o_proj.weight": (qd, h),
                      p + "mlp.gate_proj.weight": (h, i_sz), p + "mlp.up_proj.weight": (h, i_sz),
                      p + "mlp.down_proj.weight": (i_sz, h)})
         if spec.qkv_bias:
-            want.update({p + "self_attn.q_proj.bias": (spec.num_heads * spec.head_dim,),
-                         p + "self_attn.k_proj.bias": (kv,), p + "self_attn.v_proj.bias": (kv,)})
+            want.update({p + "self_attn.q_proj.bias": (qd,), p + "self_attn.k_proj.bias": (kv,),
+                         p + "self_attn.v_proj.bias": (kv,)})
+    return want
+
+
+def check_state(spec: DecoderSpec, state: dict[str, np.ndarray]) -> None:
+    """Every weight the graph needs, with the shape the spec implies; one error listing what is wrong."""
     bad = [f"{k}: missing" if k not in state else f"{k}: shape {tuple(state[k].shape)} != {s}"
-           for k, s in want.items() if k not in state or tuple(state[k].shape) != s]
+           for k, s in expected_weights(spec).items() if k not in state or tuple(state[k].shape) != s]
     if bad:
         raise BadInputError("weights do not match the decoder config: " + "; ".join(bad[:6])
                             + (f" (+{len(bad) - 6} more)" if len(bad) > 6 else ""))
@@ -115,7 +144,7 @@ def lm_head(spec: DecoderSpec, state: dict[str, np.ndarray]) -> np.ndarray:
     """[H, V]; tied models (no lm_head.weight, or one shaped like the embedding) use the embedding transposed."""
     w = state.get("lm_head.weight")
     if w is None or tuple(w.shape) == (spec.vocab_size, spec.hidden_size) != (spec.hidden_size, spec.vocab_size):
-        w = (state["llama.embed_tokens.weight"] if w is None else w).T
+        w = (state[EMBED[spec.family]] if w is None else w).T
     if tuple(w.shape) != (spec.hidden_size, spec.vocab_size):
         raise BadInputError(f"lm_head.weight has shape {tuple(w.shape)}, expected {(spec.hidden_size, spec.vocab_size)}")
     return w
@@ -139,52 +168,13 @@ def build_decoder(spec: DecoderSpec, state: dict[str, np.ndarray], dtype: str = 
     def w(name: str, arr: np.ndarray) -> str:
         inits.append(numpy_helper.from_array(np.ascontiguousarray(arr, dtype=np_t), name))
         return name
+    w.raw = inits.append                       # a non-float initializer, as is
 
     def node(op, ins, outs, name, domain="", **attrs):
         nodes.append(helper.make_node(op, ins, outs, name=name, domain=domain, **attrs))
         return outs[0]
 
-    cos, sin = _rotary_cache(spec, np_t)
-    w("cos_cache", cos)
-    w("sin_cache", sin)
-    hidden = node("Gather", [w("embed_tokens", state["llama.embed_tokens.weight"]), "input_ids"], ["embeds"],
-                  "embed")
-    x = node("SimplifiedLayerNormalization", [hidden, w("layers.0.input_layernorm", state[
-        "llama.layers.0.input_layernorm.weight"])], ["layers.0.ln1"], "layers.0.ln1", axis=-1,
-             epsilon=spec.rms_eps, stash_type=1)
-    residual = hidden
-    for i in range(spec.num_layers):
-        p, q = f"llama.layers.{i}.", f"layers.{i}."
-        qkv_w = np.concatenate([state[p + f"self_attn.{n}_proj.weight"] for n in "qkv"], axis=1)   # [H, (N+2KVH)D]
-        qkv = node("MatMul", [x, w(q + "qkv_proj", qkv_w)], [q + "qkv"], q + "qkv_proj")
-        if spec.qkv_bias:
-            qkv_b = np.concatenate([state[p + f"self_attn.{n}_proj.bias"] for n in "qkv"])
-            qkv = node("Add", [qkv, w(q + "qkv_bias", qkv_b)], [q + "qkv_b"], q + "qkv_bias")
-        attn = node("GroupQueryAttention",
-                    [qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value", "seqlens_k",
-                     "total_sequence_length", "cos_cache", "sin_cache"],
-                    [q + "attn", f"present.{i}.key", f"present.{i}.value"], q + "gqa", domain="com.microsoft",
-                    num_heads=spec.num_heads, kv_num_heads=spec.kv_heads, do_rotary=1, rotary_interleaved=0,
-                    scale=float(1.0 / np.sqrt(spec.head_dim)), local_window_size=-1)
-        o = node("MatMul", [attn, w(q + "o_proj", state[p + "self_attn.o_proj.weight"])], [q + "o"], q + "o_proj")
-        x, _, _, residual = nodes_skip_norm(node, o, residual, w(q + "post_attention_layernorm",
-                                            state[p + "post_attention_layernorm.weight"]), q + "ln2", spec.rms_eps)
-        gu_w = np.concatenate([state[p + "mlp.gate_proj.weight"], state[p + "mlp.up_proj.weight"]], axis=1)
-        gu = node("MatMul", [x, w(q + "gate_up_proj", gu_w)], [q + "gate_up"], q + "gate_up_proj")
-        if i == 0:
-            inits.append(numpy_helper.from_array(np.array([spec.intermediate_size] * 2, np.int64), "split_sizes"))
-        node("Split", [gu, "split_sizes"], [q + "gate", q + "up"], q + "split", axis=-1)
-        sig = node("Sigmoid", [q + "gate"], [q + "sig"], q + "sigmoid")
-        silu = node("Mul", [q + "gate", sig], [q + "silu"], q + "silu")
-        act = node("Mul", [silu, q + "up"], [q + "act"], q + "swiglu")
-        down = node("MatMul", [act, w(q + "down_proj", state[p + "mlp.down_proj.weight"])], [q + "down"],
-                    q + "down_proj")
-        if i + 1 < spec.num_layers:
-            gamma = w(f"layers.{i + 1}.input_layernorm", state[f"llama.layers.{i + 1}.input_layernorm.weight"])
-            x, _, _, residual = nodes_skip_norm(node, down, residual, gamma, f"layers.{i + 1}.ln1", spec.rms_eps)
-        else:
-            x, _, _, _ = nodes_skip_norm(node, down, residual, w("norm", state["llama.norm.weight"]), "final_norm",
-                                         spec.rms_eps)
+    x = (_gpt_layers if spec.family == "gpt" else _llama_layers)(spec, state, w, node, np_t)
     head_w = lm_head(spec, state)
     if head_dtype and head_dtype != dtype:
         if head_dtype != "float32":
@@ -210,6 +200,117 @@ def build_decoder(spec: DecoderSpec, state: dict[str, np.ndarray], dtype: str = 
                               opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)])
     model.ir_version = 8
     return model
+
+
+def _llama_layers(spec: DecoderSpec, state, w, node, np_t) -> str:
+    """RMSNorm -> packed QKV -> GQA (rotary inside) -> o -> SkipRMSNorm -> gate|up -> SwiGLU -> down, per layer."""
+    from onnx import numpy_helper
+    cos, sin = _rotary_cache(spec, np_t)
+    w("cos_cache", cos)
+    w("sin_cache", sin)
+    hidden = node("Gather", [w("embed_tokens", state["llama.embed_tokens.weight"]), "input_ids"], ["embeds"],
+                  "embed")
+    x = node("SimplifiedLayerNormalization", [hidden, w("layers.0.input_layernorm", state[
+        "llama.layers.0.input_layernorm.weight"])], ["layers.0.ln1"], "layers.0.ln1", axis=-1,
+             epsilon=spec.norm_eps, stash_type=1)
+    residual = hidden
+    for i in range(spec.num_layers):
+        p, q = f"llama.layers.{i}.", f"layers.{i}."
+        qkv_w = np.concatenate([state[p + f"self_attn.{n}_proj.weight"] for n in "qkv"], axis=1)   # [H, (N+2KVH)D]
+        qkv = node("MatMul", [x, w(q + "qkv_proj", qkv_w)], [q + "qkv"], q + "qkv_proj")
+        if spec.qkv_bias:
+            qkv_b = np.concatenate([state[p + f"self_attn.{n}_proj.bias"] for n in "qkv"])
+            qkv = node("Add", [qkv, w(q + "qkv_bias", qkv_b)], [q + "qkv_b"], q + "qkv_bias")
+        attn = node("GroupQueryAttention",
+                    [qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value", "seqlens_k",
+                     "total_sequence_length", "cos_cache", "sin_cache"],
+                    [q + "attn", f"present.{i}.key", f"present.{i}.value"], q + "gqa", domain="com.microsoft",
+                    num_heads=spec.num_heads, kv_num_heads=spec.kv_heads, do_rotary=1, rotary_interleaved=0,
+                    scale=float(1.0 / np.sqrt(spec.head_dim)), local_window_size=-1)
+        o = node("MatMul", [attn, w(q + "o_proj", state[p + "self_attn.o_proj.weight"])], [q + "o"], q + "o_proj")
+        x, _, _, residual = nodes_skip_norm(node, o, residual, w(q + "post_attention_layernorm",
+                                            state[p + "post_attention_layernorm.weight"]), q + "ln2", spec.norm_eps)
+        gu_w = np.concatenate([state[p + "mlp.gate_proj.weight"], state[p + "mlp.up_proj.weight"]], axis=1)
+        gu = node("MatMul", [x, w(q + "gate_up_proj", gu_w)], [q + "gate_up"], q + "gate_up_proj")
+        if i == 0:
+            w.raw(numpy_helper.from_array(np.array([spec.intermediate_size] * 2, np.int64), "split_sizes"))
+        node("Split", [gu, "split_sizes"], [q + "gate", q + "up"], q + "split", axis=-1)
+        sig = node("Sigmoid", [q + "gate"], [q + "sig"], q + "sigmoid")
+        silu = node("Mul", [q + "gate", sig], [q + "silu"], q + "silu")
+        act = node("Mul", [silu, q + "up"], [q + "act"], q + "swiglu")
+        down = node("MatMul", [act, w(q + "down_proj", state[p + "mlp.down_proj.weight"])], [q + "down"],
+                    q + "down_proj")
+        if i + 1 < spec.num_layers:
+            gamma = w(f"layers.{i + 1}.input_layernorm", state[f"llama.layers.{i + 1}.input_layernorm.weight"])
+            x, _, _, residual = nodes_skip_norm(node, down, residual, gamma, f"layers.{i + 1}.ln1", spec.norm_eps)
+        else:
+            x, _, _, _ = nodes_skip_norm(node, down, residual, w("norm", state["llama.norm.weight"]), "final_norm",
+                                         spec.norm_eps)
+    return x
+
+
+def _gpt_layers(spec: DecoderSpec, state, w, node, np_t) -> str:
+    """GPT-2: token + learned position embeddings, pre-LayerNorm, QKV with bias -> GQA (no rotary, as many K/V heads
+    as heads) -> out_proj -> SkipLayerNorm (bias folded) -> linear1 -> FastGelu (tanh, bias folded) -> linear2.
+    Positions come from the cache state: 0..S-1 for a prompt call, seqlens_k (the past length) for a step."""
+    from onnx import numpy_helper
+    w.raw(numpy_helper.from_array(np.array(1, np.int64), "one"))
+    w.raw(numpy_helper.from_array(np.array(0, np.int64), "zero"))
+    w.raw(numpy_helper.from_array(np.array([0], np.int64), "axis0"))
+    w.raw(numpy_helper.from_array(np.array([1], np.int64), "axis1"))
+    shape = node("Shape", ["input_ids"], ["ids_shape"], "pos.shape")
+    s_len = node("Gather", [shape, "one"], ["seq_len"], "pos.seq_len", axis=0)
+    step = node("Equal", [s_len, "one"], ["is_step"], "pos.is_step")
+    rng = node("Range", ["zero", s_len, "one"], ["pos.range"], "pos.range")
+    rng = node("Unsqueeze", [rng, "axis0"], ["pos.range2"], "pos.range2")
+    past = node("Cast", ["seqlens_k"], ["pos.past"], "pos.past", to=7)                      # int64
+    past = node("Unsqueeze", [past, "axis1"], ["pos.past2"], "pos.past2")
+    pos = node("Where", [step, past, rng], ["position_ids"], "pos.where")                    # [B, S]
+    tok = node("Gather", [w("wte", state[EMBED["gpt"]]), "input_ids"], ["tok_embeds"], "embed")
+    pe = node("Gather", [w("wpe", state["gpt.embeddings.position_embeddings.weight"]), pos], ["pos_embeds"],
+              "pos_embed")
+    residual = node("Add", [tok, pe], ["embeds"], "embeds")
+    g = lambda n: state[n]  # noqa: E731
+    x = node("LayerNormalization", [residual, w("layers.0.ln1.w", g("gpt.decoder.layers.0.norm1.weight")),
+                                    w("layers.0.ln1.b", g("gpt.decoder.layers.0.norm1.bias"))],
+             ["layers.0.ln1"], "layers.0.ln1", axis=-1, epsilon=spec.norm_eps)
+    for i in range(spec.num_layers):
+        p, q = f"gpt.decoder.layers.{i}.", f"layers.{i}."
+        qkv_w = np.concatenate([g(p + f"self_attn.{n}_proj.weight") for n in "qkv"], axis=1)
+        qkv_b = np.concatenate([g(p + f"self_attn.{n}_proj.bias") for n in "qkv"])
+        qkv = node("MatMul", [x, w(q + "qkv_proj", qkv_w)], [q + "qkv"], q + "qkv_proj")
+        qkv = node("Add", [qkv, w(q + "qkv_bias", qkv_b)], [q + "qkv_b"], q + "qkv_bias")
+        attn = node("GroupQueryAttention",
+                    [qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value", "seqlens_k",
+                     "total_sequence_length"],
+                    [q + "attn", f"present.{i}.key", f"present.{i}.value"], q + "gqa", domain="com.microsoft",
+                    num_heads=spec.num_heads, kv_num_heads=spec.kv_heads, do_rotary=0,
+                    scale=float(1.0 / np.sqrt(spec.head_dim)), local_window_size=-1)
+        o = node("MatMul", [attn, w(q + "out_proj", g(p + "self_attn.out_proj.weight"))], [q + "o"], q + "out_proj")
+        x, residual = _skip_layer_norm(node, o, residual, w(q + "ln2.w", g(p + "norm2.weight")),
+                                       w(q + "ln2.b", g(p + "norm2.bias")), w(q + "out_proj.b", g(p + "self_attn.out_proj.bias")),
+                                       q + "ln2", spec.norm_eps)
+        h1 = node("MatMul", [x, w(q + "linear1", g(p + "linear1.weight"))], [q + "fc1"], q + "linear1")
+        act = node("FastGelu", [h1, w(q + "linear1.b", g(p + "linear1.bias"))], [q + "gelu"], q + "gelu",
+                   domain="com.microsoft")
+        down = node("MatMul", [act, w(q + "linear2", g(p + "linear2.weight"))], [q + "fc2"], q + "linear2")
+        b2 = w(q + "linear2.b", g(p + "linear2.bias"))
+        if i + 1 < spec.num_layers:
+            n1 = f"gpt.decoder.layers.{i + 1}.norm1."
+            x, residual = _skip_layer_norm(node, down, residual, w(f"layers.{i + 1}.ln1.w", g(n1 + "weight")),
+                                           w(f"layers.{i + 1}.ln1.b", g(n1 + "bias")), b2, f"layers.{i + 1}.ln1",
+                                           spec.norm_eps)
+        else:
+            x, _ = _skip_layer_norm(node, down, residual, w("final_norm.w", g("gpt.decoder.norm.weight")),
+                                    w("final_norm.b", g("gpt.decoder.norm.bias")), b2, "final_norm", spec.norm_eps)
+    return x
+
+
+def _skip_layer_norm(node, x, residual, gamma, beta, bias, name, eps):
+    """SkipLayerNormalization: (LayerNorm(x + bias + residual), x + bias + residual)."""
+    outs = [name, name + ".mean", name + ".inv_std", name + ".sum"]
+    node("SkipLayerNormalization", [x, residual, gamma, beta, bias], outs, name, domain="com.microsoft", epsilon=eps)
+    return outs[0], outs[3]
 
 
 def nodes_skip_norm(node, x, residual, gamma, name, eps):
