@@ -267,6 +267,24 @@ def op_counts(path: Path) -> dict:
     return dict(collections.Counter(n.op_type for n in m.graph.node).most_common())
 
 
+def timed_generation(reps: int, first_token, rest, prepare=None) -> dict:
+    """One warm-up pass, then `reps` timed ones: first_token(prepare()) (prompt + first token, synchronized; the
+    untimed prepare() is omitted when None) -> state, then rest(state) to the last token.
+    -> median TTFT (ms) and decode seconds, and the last pass's state."""
+    ttft, dec_s = [], []
+    for r in range(reps + 1):
+        args = (prepare(),) if prepare else ()
+        t0 = time.perf_counter()
+        state = first_token(*args)
+        t1 = time.perf_counter()
+        rest(state)
+        t2 = time.perf_counter()
+        if r:
+            ttft.append(t1 - t0)
+            dec_s.append(t2 - t1)
+    return {"ttft_ms": 1e3 * _median(ttft), "decode_s": _median(dec_s), "state": state}
+
+
 def _median(xs):
     return float(np.median(xs))
 
@@ -277,22 +295,20 @@ def time_ours(path: Path, spec: dict, prompts: np.ndarray, new: int, reps: int, 
     dec = FusedDecoder(path, spec, device="gpu", max_length=prompts.shape[1] + new, cuda_graph=cuda_graph)
     cfg = GenerationConfig(max_new_tokens=new)
     rows = prompts.tolist()
-    ttft, dec_s = [], []
-    for r in range(reps + 1):                      # the first pass warms up and captures the CUDA graph
-        t0 = time.perf_counter()
+    def first_token():
         gen = FusedGenerator(dec, rows, cfg, pad_id=2)
         dec.synchronize()
-        t1 = time.perf_counter()
+        return gen
+
+    def rest(gen):
         while not gen.done:
             gen.step()
         dec.synchronize()
-        t2 = time.perf_counter()
-        if r:
-            ttft.append(t1 - t0)
-            dec_s.append(t2 - t1)
-    tokens = gen.results()
+
+    r = timed_generation(reps, first_token, rest)           # the warm-up pass also captures the CUDA graph
+    r["tokens"] = r.pop("state").results()
     dec.release()
-    return {"ttft_ms": 1e3 * _median(ttft), "decode_s": _median(dec_s), "tokens": tokens}
+    return r
 
 
 def profile_ours(path: Path, spec: dict, prompts: np.ndarray, steps: int = 32, cuda_graph: bool = True) -> dict:
@@ -331,25 +347,27 @@ def time_genai(model_dir: Path, prompts: np.ndarray, new: int, reps: int) -> dic
     import onnxruntime_genai as og
     model = og.Model(str(model_dir))
     b, p = prompts.shape
-    ttft, dec_s = [], []
-    for r in range(reps + 1):
+
+    def prepare():                                 # not timed: the generator object, as before the prompt
         params = og.GeneratorParams(model)
         params.set_search_options(max_length=p + new, min_length=p + new, batch_size=b, do_sample=False)
-        gen = og.Generator(model, params)
-        t0 = time.perf_counter()
+        return og.Generator(model, params)
+
+    def first_token(gen):
         gen.append_tokens(prompts.astype(np.int32))
         gen.generate_next_token()
         gen.get_next_tokens()
-        t1 = time.perf_counter()
+        return gen
+
+    def rest(gen):
         while not gen.is_done():
             gen.generate_next_token()
         gen.get_next_tokens()
-        t2 = time.perf_counter()
-        if r:
-            ttft.append(t1 - t0)
-            dec_s.append(t2 - t1)
-    seqs = [list(gen.get_sequence(i))[p:] for i in range(b)]
-    return {"ttft_ms": 1e3 * _median(ttft), "decode_s": _median(dec_s), "tokens": seqs}
+
+    r = timed_generation(reps, first_token, rest, prepare)
+    gen = r.pop("state")
+    r["tokens"] = [list(gen.get_sequence(i))[p:] for i in range(b)]
+    return r
 
 
 def time_hf(model, prompts: np.ndarray, new: int, reps: int, compiled: bool) -> dict:

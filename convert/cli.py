@@ -148,14 +148,11 @@ def _cmd_convert_llm(args) -> int:
         name=args.name, thresholds=thresholds_with_overrides(dict(args.threshold), LLM_THRESHOLDS),
         fused=args.fused, fused_head_dtype=args.fused_head_dtype))
     print(f"bundle: {res.bundle}  (opset {res.manifest.opset})")
-    for prec, mf in res.manifest.models.items():
-        v = (res.manifest.validation or {}).get(prec)
+    rows = [(p, mf.file, mf.size_bytes, (res.manifest.validation or {}).get(p)) for p, mf in res.manifest.models.items()]
+    rows += [(p, e["file"], e["size_bytes"], e["validation"]) for p, e in (res.manifest.extra.get("fused") or {}).items()]
+    for prec, file, size, v in rows:
         gate = "not validated" if v is None else f"max_rel_diff {v['max_rel_diff']:.2e}, cosine {v['min_cosine']:.6f}"
-        print(f"  {prec:5s} {mf.file:22s} {mf.size_bytes / 1e6:8.2f} MB  {gate}")
-    for prec, e in (res.manifest.extra.get("fused") or {}).items():
-        v = e["validation"]
-        gate = "not validated" if v is None else f"max_rel_diff {v['max_rel_diff']:.2e}, cosine {v['min_cosine']:.6f}"
-        print(f"  {prec:5s} {e['file']:22s} {e['size_bytes'] / 1e6:8.2f} MB  {gate}")
+        print(f"  {prec:5s} {file:22s} {size / 1e6:8.2f} MB  {gate}")
     return 0
 
 

@@ -39,9 +39,10 @@ class Int8Options:
 @dataclass(frozen=True)
 class Int4Options:
     block_size: int = 32                            # MatMulNBits block along K (16..256, power of two)
-    accuracy_level: int | None = 4                  # CPU kernel compute type; 4 = int8 activations. On an AVX2 CPU
-                                                    # SmolLM2 decodes 1.3x (int4) / 2x (int8) faster than FP32 with
-                                                    # it and 7-10x slower without it; perplexity +0.50% / +0.15%
+    accuracy_level: int | None = 4                  # CPU kernel compute type; 4 = int8 activations (int8 weights:
+                                                    # SmolLM2 decodes 1.5x faster than FP32 on an AVX2 CPU; int4's
+                                                    # float zero points have no such path: 0.38x). Perplexity vs
+                                                    # FP32: int8 +0.32%, int4 -0.07% (benchmarks/results/llm)
     head_bits: int = 8                              # the LM head (MatMul feeding the first output) keeps 8 bits:
                                                     # 4-bit head cost +41% perplexity on SmolLM2, 8-bit ~0%
 

@@ -13,7 +13,7 @@ Shapes: B batch rows, S prompt tokens (right-padded), C cache capacity, V vocabu
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -42,9 +42,9 @@ class DecodeState:
     seqlens: object                # int32 [B]
     logits: object                 # [B, 1, V]
     finished: object               # uint8 [B]
+    total: np.ndarray = None       # int32 scalar on the host: the capacity, the decode steps' total_sequence_length
     binding: object = None         # decode-step IO binding (built once)
     steps_run: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 class FusedDecoder:
@@ -134,8 +134,8 @@ class FusedDecoder:
                 raise DeviceError(f"out of GPU memory allocating batch {batch}: use a smaller batch or max_length") \
                     from e
             raise
-        st.extra["total_steps"] = np.array(self.capacity, np.int32)        # steps: the capacity bounds T
-        st.binding = self._binding(st, st.ids, st.extra["total_steps"], st.logits)
+        st.total = np.array(self.capacity, np.int32)
+        st.binding = self._binding(st, st.ids, st.total, st.logits)
         self.states[batch] = st
         return st
 

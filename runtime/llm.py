@@ -125,17 +125,12 @@ class TextGenerator:
 
 def fused_model(bundle, precision: str) -> tuple[Path, dict]:
     """Path (sha256-checked) and geometry of the bundle's fused decoder at `precision`."""
-    from .manifest import sha256_file
     fused = bundle.manifest.extra.get("fused") or {}
     if precision not in fused:
         raise BundleError(f"bundle {bundle.path} has no fused {precision!r} decoder (it has: "
                           f"{', '.join(fused) or 'none'}); convert with `paddle2ort convert-llm --fused {precision}`")
     e = fused[precision]
-    path = bundle.path / e["file"]
-    if not path.is_file() or sha256_file(path) != e["sha256"]:
-        raise BundleError(f"bundle {bundle.path}: {e['file']} changed or is missing since conversion (sha256 "
-                          "differs from manifest.json); re-convert the model")
-    return path, e["options"]["spec"]
+    return bundle.checked_path(e["file"], e["sha256"]), e["options"]["spec"]
 
 
 def read_jsonl_prompts(path: Path) -> list[str]:

@@ -110,9 +110,13 @@ class Bundle:
                 f"bundle {self.path} has no {precision!r} model (it has: {', '.join(self.manifest.models)}); "
                 f"convert with --precision {precision}")
         mf = self.manifest.models[precision]
-        path = self.path / mf.file
-        if verify and (not path.is_file() or sha256_file(path) != mf.sha256):
-            raise BundleError(f"bundle {self.path}: {mf.file} changed or is missing since conversion (sha256 "
+        return self.checked_path(mf.file, mf.sha256) if verify else self.path / mf.file
+
+    def checked_path(self, file: str, sha256: str) -> Path:
+        """Path of a bundle file after checking it against the sha256 the manifest records for it."""
+        path = self.path / file
+        if not path.is_file() or sha256_file(path) != sha256:
+            raise BundleError(f"bundle {self.path}: {file} changed or is missing since conversion (sha256 "
                               "differs from manifest.json); re-convert the model")
         return path
 

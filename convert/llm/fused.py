@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 OPSET = 17
 FUSED_PRECISIONS = ("fp32", "fp16", "int8", "int4")   # int8/int4: weight-only MatMulNBits over fp16 (or fp32)
 INPUT_NAMES = ("input_ids", "seqlens_k", "total_sequence_length")
+RMS, LN = "SkipSimplifiedLayerNormalization", "SkipLayerNormalization"
 
 
 @dataclass(frozen=True)
@@ -228,8 +229,8 @@ def _llama_layers(spec: DecoderSpec, state, w, node, np_t) -> str:
                     num_heads=spec.num_heads, kv_num_heads=spec.kv_heads, do_rotary=1, rotary_interleaved=0,
                     scale=float(1.0 / np.sqrt(spec.head_dim)), local_window_size=-1)
         o = node("MatMul", [attn, w(q + "o_proj", state[p + "self_attn.o_proj.weight"])], [q + "o"], q + "o_proj")
-        x, _, _, residual = nodes_skip_norm(node, o, residual, w(q + "post_attention_layernorm",
-                                            state[p + "post_attention_layernorm.weight"]), q + "ln2", spec.norm_eps)
+        x, residual = skip_norm(node, RMS, o, residual, [w(q + "post_attention_layernorm",
+                                state[p + "post_attention_layernorm.weight"])], q + "ln2", spec.norm_eps)
         gu_w = np.concatenate([state[p + "mlp.gate_proj.weight"], state[p + "mlp.up_proj.weight"]], axis=1)
         gu = node("MatMul", [x, w(q + "gate_up_proj", gu_w)], [q + "gate_up"], q + "gate_up_proj")
         if i == 0:
@@ -242,10 +243,10 @@ def _llama_layers(spec: DecoderSpec, state, w, node, np_t) -> str:
                     q + "down_proj")
         if i + 1 < spec.num_layers:
             gamma = w(f"layers.{i + 1}.input_layernorm", state[f"llama.layers.{i + 1}.input_layernorm.weight"])
-            x, _, _, residual = nodes_skip_norm(node, down, residual, gamma, f"layers.{i + 1}.ln1", spec.norm_eps)
+            x, residual = skip_norm(node, RMS, down, residual, [gamma], f"layers.{i + 1}.ln1", spec.norm_eps)
         else:
-            x, _, _, _ = nodes_skip_norm(node, down, residual, w("norm", state["llama.norm.weight"]), "final_norm",
-                                         spec.norm_eps)
+            x, _ = skip_norm(node, RMS, down, residual, [w("norm", state["llama.norm.weight"])], "final_norm",
+                             spec.norm_eps)
     return x
 
 
@@ -287,9 +288,9 @@ def _gpt_layers(spec: DecoderSpec, state, w, node, np_t) -> str:
                     num_heads=spec.num_heads, kv_num_heads=spec.kv_heads, do_rotary=0,
                     scale=float(1.0 / np.sqrt(spec.head_dim)), local_window_size=-1)
         o = node("MatMul", [attn, w(q + "out_proj", g(p + "self_attn.out_proj.weight"))], [q + "o"], q + "out_proj")
-        x, residual = _skip_layer_norm(node, o, residual, w(q + "ln2.w", g(p + "norm2.weight")),
-                                       w(q + "ln2.b", g(p + "norm2.bias")), w(q + "out_proj.b", g(p + "self_attn.out_proj.bias")),
-                                       q + "ln2", spec.norm_eps)
+        x, residual = skip_norm(node, LN, o, residual, [w(q + "ln2.w", g(p + "norm2.weight")),
+                                w(q + "ln2.b", g(p + "norm2.bias")), w(q + "out_proj.b", g(p + "self_attn.out_proj.bias"))],
+                                q + "ln2", spec.norm_eps)
         h1 = node("MatMul", [x, w(q + "linear1", g(p + "linear1.weight"))], [q + "fc1"], q + "linear1")
         act = node("FastGelu", [h1, w(q + "linear1.b", g(p + "linear1.bias"))], [q + "gelu"], q + "gelu",
                    domain="com.microsoft")
@@ -297,27 +298,21 @@ def _gpt_layers(spec: DecoderSpec, state, w, node, np_t) -> str:
         b2 = w(q + "linear2.b", g(p + "linear2.bias"))
         if i + 1 < spec.num_layers:
             n1 = f"gpt.decoder.layers.{i + 1}.norm1."
-            x, residual = _skip_layer_norm(node, down, residual, w(f"layers.{i + 1}.ln1.w", g(n1 + "weight")),
-                                           w(f"layers.{i + 1}.ln1.b", g(n1 + "bias")), b2, f"layers.{i + 1}.ln1",
-                                           spec.norm_eps)
+            x, residual = skip_norm(node, LN, down, residual, [w(f"layers.{i + 1}.ln1.w", g(n1 + "weight")),
+                                    w(f"layers.{i + 1}.ln1.b", g(n1 + "bias")), b2], f"layers.{i + 1}.ln1",
+                                    spec.norm_eps)
         else:
-            x, _ = _skip_layer_norm(node, down, residual, w("final_norm.w", g("gpt.decoder.norm.weight")),
-                                    w("final_norm.b", g("gpt.decoder.norm.bias")), b2, "final_norm", spec.norm_eps)
+            x, _ = skip_norm(node, LN, down, residual, [w("final_norm.w", g("gpt.decoder.norm.weight")),
+                             w("final_norm.b", g("gpt.decoder.norm.bias")), b2], "final_norm", spec.norm_eps)
     return x
 
 
-def _skip_layer_norm(node, x, residual, gamma, beta, bias, name, eps):
-    """SkipLayerNormalization: (LayerNorm(x + bias + residual), x + bias + residual)."""
+def skip_norm(node, op: str, x: str, residual: str, params: list[str], name: str, eps: float) -> tuple[str, str]:
+    """SkipSimplifiedLayerNormalization (params [gamma]) or SkipLayerNormalization (params [gamma, beta, bias]):
+    -> (norm(x + bias + residual), x + bias + residual)."""
     outs = [name, name + ".mean", name + ".inv_std", name + ".sum"]
-    node("SkipLayerNormalization", [x, residual, gamma, beta, bias], outs, name, domain="com.microsoft", epsilon=eps)
+    node(op, [x, residual, *params], outs, name, domain="com.microsoft", epsilon=eps)
     return outs[0], outs[3]
-
-
-def nodes_skip_norm(node, x, residual, gamma, name, eps):
-    """SkipSimplifiedLayerNormalization: (norm(x + residual), -, -, x + residual)."""
-    outs = [name, name + ".mean", name + ".inv_std", name + ".sum"]
-    node("SkipSimplifiedLayerNormalization", [x, residual, gamma], outs, name, domain="com.microsoft", epsilon=eps)
-    return outs
 
 
 def save_model(model, path: Path) -> None:
@@ -325,7 +320,7 @@ def save_model(model, path: Path) -> None:
     import onnx
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    big = model.ByteSize() > 1_800_000_000 if hasattr(model, "ByteSize") else False
+    big = model.ByteSize() > 1_800_000_000
     try:
         if big:
             data = path.name + ".data"
