@@ -107,19 +107,21 @@ def check(args) -> dict:
     state = to_paddlenlp(cfg, tensors)
     spec = DecoderSpec.from_config({**cfg, "tie_word_embeddings": True})
     work = Path(args.work)
-    for prec in ("fp16", "int4"):
-        path = work / f"smollm2.fused.{prec}.onnx"
-        build_variant(spec, state, prec, path)
+    paths = {}
+    for name in args.fused:
+        prec, head_dtype, layout = FUSED_VARIANTS[name]
+        path = paths[name] = work / f"smollm2.fused.{name}.onnx"
+        build_variant(spec, state, prec, path, head_dtype=head_dtype, weight_layout=layout)
         dec = FusedDecoder(path, spec.to_json(), device="gpu", max_length=256)
         t = time.perf_counter()
         b = generate(dec, prompts, greedy, pad_id=2)
         s = [generate(dec, [p], greedy, pad_id=2)[0] for p in prompts]
         first_div = [next((i for i, (x, y) in enumerate(zip(g, w)) if x != y), len(w)) for g, w in zip(b, want)]
-        res[f"{prec}_fused"] = {"batched": agreement(b, want), "single": agreement(s, want),
+        res[f"{name}_fused"] = {"batched": agreement(b, want), "single": agreement(s, want),
                                 "first_divergence": first_div, "teacher_forced": teacher_forced(dec, prompts, want),
                                 "seconds": time.perf_counter() - t}
-        log.info("%s fused: %s", prec, res[f"{prec}_fused"]["batched"])
-        if prec == "fp16":
+        log.info("%s fused: %s", name, res[f"{name}_fused"]["batched"])
+        if name == "fp16":
             samp = GenerationConfig(max_new_tokens=24, do_sample=True, temperature=0.8, top_k=40, top_p=0.9,
                                     seed=7, repetition_penalty=1.1)
             a, a2 = generate(dec, prompts[:4], samp, 2), generate(dec, prompts[:4], samp, 2)
@@ -137,7 +139,50 @@ def check(args) -> dict:
                 res["oom"]["second_message"] = str(e)
             res["oom"]["usable_after"] = generate(big, [prompts[0]], greedy, 2)[0] == b[0]
             log.info("oom: %s", res["oom"])
+        del dec
+    # 4. beam search on the device (beam kernel, cache reorder) vs the same loop on the CPU (the kernel's twin)
+    if "fp32" in paths:
+        beam = GenerationConfig(max_new_tokens=16, num_beams=4)
+        cpu = generate(FusedDecoder(paths["fp32"], spec.to_json(), device="cpu", max_length=256), prompts[:6], beam, 2)
+        res["beam_search"] = {"config": "4 beams, 16 new tokens, 6 prompts, CPU fused fp32 loop = reference"}
+        for name in ("fp32", "fp16"):
+            if name in paths:
+                dev = FusedDecoder(paths[name], spec.to_json(), device="gpu", max_length=256)
+                res["beam_search"][name] = agreement(generate(dev, prompts[:6], beam, 2), cpu)
+        log.info("beam search: %s", res["beam_search"])
+    # 5. the GPT-2 family (random weights, GPT-2 small geometry): GPU vs CPU, same fused graph
+    if args.gpt2:
+        res["gpt2"] = gpt2_check(work)
     return res
+
+
+FUSED_VARIANTS = {"fp32": ("fp32", None, "kn"), "fp16": ("fp16", None, "kn"),
+                  "fp16-head32": ("fp16", "float32", "kn"), "fp16-nk": ("fp16", None, "nk"),
+                  "int4": ("int4", None, "kn")}
+
+
+def gpt2_check(work: Path, prompts: int = 16, new: int = 32) -> dict:
+    """GPT-2 small geometry with seeded random weights: greedy on the GPU (fp32, fp16) vs the CPU loop (fp32)."""
+    from paddle2ort.convert.llm.fused import DecoderSpec, build_variant, random_state
+    from paddle2ort.runtime.fused import FusedDecoder, generate
+    from paddle2ort.runtime.generation import GenerationConfig
+    spec = DecoderSpec.from_config({"vocab_size": 50257, "hidden_size": 768, "num_hidden_layers": 12,
+                                    "num_attention_heads": 12, "intermediate_size": 3072,
+                                    "max_position_embeddings": 1024}, family="gpt")
+    state = random_state(spec, seed=0, std=0.1)
+    rows = np.random.default_rng(0).integers(3, spec.vocab_size, size=(prompts, 24)).tolist()
+    rows = [r[:8 + i] for i, r in enumerate(rows)]                                  # lengths 8..23: right padding
+    cfg = GenerationConfig(max_new_tokens=new)
+    out = {"geometry": "GPT-2 small (12 x 768, vocab 50257), random weights std 0.1", "prompts": prompts, "new": new}
+    for prec in ("fp32", "fp16"):
+        path = work / f"gpt2.fused.{prec}.onnx"
+        build_variant(spec, state, prec, path)
+        if prec == "fp32":
+            ref = generate(FusedDecoder(path, spec.to_json(), device="cpu", max_length=128), rows, cfg, 0)
+        got = generate(FusedDecoder(path, spec.to_json(), device="gpu", max_length=128), rows, cfg, 0)
+        out[prec] = agreement(got, ref)
+    log.info("gpt2: %s", out)
+    return out
 
 
 def teacher_forced(dec, prompts: list[list[int]], want: list[list[int]]) -> dict:
@@ -164,13 +209,14 @@ def check_markdown(r: dict) -> str:
              f"Golden: {r['golden']} (CPU loop = Paddle), {r['prompts']} prompts x {r['max_new_tokens']} greedy tokens.",
              "", "| model | loop | batched: token agreement | identical rows | one at a time: agreement | identical |",
              "|---|---|---:|---:|---:|---:|"]
-    for key, loop in (("fp32_generic", "host loop, CUDA EP + IO binding"), ("fp16_fused", "on-device (CUDA graph)"),
-                      ("int4_fused", "on-device (CUDA graph)")):
+    keys = [("fp32_generic", "host loop, CUDA EP + IO binding")] + [
+        (f"{v}_fused", "on-device (CUDA graph)") for v in FUSED_VARIANTS]
+    for key, loop in keys:
         if key in r:
             b, s = r[key]["batched"], r[key]["single"]
             lines.append(f"| {key} | {loop} | {100 * b['token_agreement']:.1f}% | {b['identical_rows']}/{b['rows']} | "
                          f"{100 * s['token_agreement']:.1f}% | {s['identical_rows']}/{s['rows']} |")
-    tf = {k: r[k]["teacher_forced"] for k in ("fp16_fused", "int4_fused") if k in r and "teacher_forced" in r[k]}
+    tf = {k: r[k]["teacher_forced"] for k, _ in keys if k in r and "teacher_forced" in r[k]}
     if tf:
         lines += ["", "Teacher-forced (each position fed the golden prefix, so one flipped near-tie does not change "
                   "the rest of the row): " + ", ".join(f"{k} {100 * v['token_agreement']:.1f}% of {v['tokens']} "
@@ -179,6 +225,17 @@ def check_markdown(r: dict) -> str:
         lines += ["", f"Out of memory: raised={r['oom']['raised']}; message: `{r['oom'].get('message', '')}`; "
                   f"second: `{r['oom'].get('second_message', '')}`; decoder usable afterwards: "
                   f"{r['oom'].get('usable_after')}"]
+    if "beam_search" in r:
+        bs = r["beam_search"]
+        lines += ["", f"Beam search ({bs['config']}): " + ", ".join(
+            f"GPU {k}: {100 * v['token_agreement']:.1f}% tokens, {v['identical_rows']}/{v['rows']} rows identical"
+            for k, v in bs.items() if k != "config")]
+    if "gpt2" in r:
+        g = r["gpt2"]
+        lines += ["", f"GPT-2 fused decoder ({g['geometry']}, {g['prompts']} prompts x {g['new']} greedy tokens) on "
+                  "the GPU vs the CPU loop (fp32): " + ", ".join(
+                      f"{k} {100 * g[k]['token_agreement']:.1f}% tokens, {g[k]['identical_rows']}/{g[k]['rows']} rows"
+                      for k in ("fp32", "fp16") if k in g)]
     lines += ["", f"Seeded sampling reproducible on the device: {r.get('fp16_sampling_reproducible')}",
               "", f"Versions: {d['versions']}", ""]
     return "\n".join(lines)
@@ -415,11 +472,12 @@ def bench(args) -> dict:
     spec = DecoderSpec.from_config({k: v for k, v in c.items() if k != "arch"}, qkv_bias=(arch == "qwen2"))
     state = paddlenlp_state(model)
     paths = {}
-    for prec in args.ours:
-        paths[prec] = work / f"fused.{prec}.onnx"
+    for name in args.ours:
+        prec, head_dtype, layout = FUSED_VARIANTS[name]
+        paths[name] = work / f"fused.{name}.onnx"
         t = time.perf_counter()
-        build_variant(spec, state, prec, paths[prec])
-        log.info("built ours %s in %.1f s", prec, time.perf_counter() - t)
+        build_variant(spec, state, prec, paths[name], head_dtype=head_dtype, weight_layout=layout)
+        log.info("built ours %s in %.1f s", name, time.perf_counter() - t)
     del state
     genai_error = None
     if "genai" in args.systems:
@@ -538,12 +596,15 @@ def main(argv=None) -> int:
     c.add_argument("--bundle", help="generic FP32 SmolLM2 bundle (token identity on the GPU); omit to skip")
     c.add_argument("--gguf", required=True)
     c.add_argument("--golden", required=True)
+    c.add_argument("--fused", type=lambda v: v.split(","), default=["fp32", "fp16", "fp16-head32", "int4"],
+                   help=f"fused variants, comma-separated, of {', '.join(FUSED_VARIANTS)}")
+    c.add_argument("--no-gpt2", dest="gpt2", action="store_false", help="skip the GPT-2 family check")
     c.add_argument("--work", default="/tmp/p2o-work")
     c.add_argument("--out", type=Path, required=True)
     b = sub.add_parser("bench")
     b.add_argument("--config", choices=sorted(CONFIGS), required=True)
     b.add_argument("--tokenizer", required=True, help="dir with tokenizer.json (saved into the HF model dir)")
-    b.add_argument("--ours", nargs="+", default=["fp16", "int4"])
+    b.add_argument("--ours", nargs="+", default=["fp16", "int4"], choices=sorted(FUSED_VARIANTS))
     b.add_argument("--systems", nargs="+", default=["genai", "hf-eager", "hf-compile"], help="peers ('none': ours only)")
     b.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     b.add_argument("--prompt", type=int, default=128)

@@ -12,6 +12,7 @@ Shapes: B batch rows, S prompt tokens (right-padded), C cache capacity, V vocabu
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,10 +49,12 @@ class DecodeState:
 
 
 class FusedDecoder:
-    """Session + per-batch device state for a fused decoder file. device: "cpu" or "gpu"."""
+    """Session + per-batch device state for a fused decoder file. device: "cpu" or "gpu"; cuda_options are extra
+    CUDA provider options (e.g. {"sdpa_kernel": 1} to pin an attention kernel)."""
 
     def __init__(self, model_path: str | Path, spec: dict, device: str = "cpu", device_id: int = 0,
-                 max_length: int | None = None, cuda_graph: bool = True, threads: int = 0):
+                 max_length: int | None = None, cuda_graph: bool = True, threads: int = 0,
+                 cuda_options: dict | None = None):
         import onnxruntime as ort
 
         from .session import CUDA, gpu_available
@@ -74,7 +77,8 @@ class FusedDecoder:
             cp.cuda.Device(device_id).use()
             self.stream = cp.cuda.Stream(non_blocking=True)
             opts = {"device_id": str(device_id), "user_compute_stream": str(self.stream.ptr),
-                    "has_user_compute_stream": "1"}
+                    "has_user_compute_stream": "1", "use_tf32": "0",        # fp32 graphs: full FP32 like the CPU
+                    **{k: str(v) for k, v in (cuda_options or {}).items()}}
             if cuda_graph:
                 opts["enable_cuda_graph"] = "1"
             providers = [(CUDA, opts)]
@@ -215,6 +219,19 @@ class FusedDecoder:
         if self.stream is not None:
             self.stream.synchronize()
 
+    def on_stream(self):
+        """Context in which CuPy work is queued on onnxruntime's stream (a no-op with NumPy)."""
+        return self.stream if self.stream is not None else contextlib.nullcontext()
+
+    def host(self, a) -> np.ndarray:
+        return a.get(stream=self.stream) if self.xp is not np else np.asarray(a)
+
+    def reorder(self, st: DecodeState, rows: np.ndarray, length: int) -> None:
+        """Beam search: batch row i takes the cache of row rows[i] (the first `length` positions)."""
+        idx = self.xp.asarray(rows)
+        for buf in st.kv:
+            buf[:, :, :length] = buf[idx, :, :length]
+
 
 # ---------------------------------------------------------------------- the loop
 def sampler_params(cfg: GenerationConfig, step: int, pad_id: int) -> kernels.SamplerParams:
@@ -230,8 +247,8 @@ class FusedGenerator:
     def __init__(self, decoder: FusedDecoder, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, pad_id: int,
                  check_every: int = 8):
         if cfg.num_beams > 1:
-            raise BadInputError("beam search runs in the CPU loop (runtime.generation.beam_search); the fused "
-                                "loop does greedy and sampling")
+            raise BadInputError("the step API does greedy and sampling; beam search is runtime.fused.beam_search "
+                                "(fused.generate routes num_beams > 1 there)")
         if cfg.stop_strings:
             raise BadInputError("stop strings need the host loop; the fused loop stops on token ids")
         if not prompts or any(len(p) == 0 for p in prompts):
@@ -240,6 +257,10 @@ class FusedGenerator:
         if longest + cfg.max_new_tokens > decoder.capacity:
             raise BadInputError(f"prompt ({longest} tokens) + max_new_tokens ({cfg.max_new_tokens}) exceeds the "
                                 f"cache capacity {decoder.capacity}; raise max_length or shorten the prompt")
+        with decoder.on_stream():
+            self._start(decoder, prompts, cfg, pad_id, check_every)
+
+    def _start(self, decoder: FusedDecoder, prompts, cfg: GenerationConfig, pad_id: int, check_every: int) -> None:
         xp, b = decoder.xp, len(prompts)
         self.dec, self.cfg, self.pad_id, self.check_every = decoder, cfg, pad_id, check_every
         self.st = decoder.state(b)
@@ -275,17 +296,16 @@ class FusedGenerator:
     def step(self) -> None:
         if self._done:
             raise BadInputError("generation is finished")
-        self._choose(self.dec.decode_one_token(self.st), None)
+        with self.dec.on_stream():
+            self._choose(self.dec.decode_one_token(self.st), None)
 
     def last_tokens(self) -> np.ndarray:
         """The ids chosen by the latest step, on the host [B] (the per-step copy that streaming needs)."""
-        ids = self.st.ids[:, 0]
-        return ids.get() if self.dec.xp is not np else ids.copy()
+        return self.dec.host(self.st.ids[:, 0]).copy()
 
     def results(self) -> list[list[int]]:
         """Generated ids per row, cut after the first stop token (which is not included)."""
-        toks = self.tokens[:, :self.steps]
-        toks = toks.get() if self.dec.xp is not np else toks
+        toks = self.dec.host(self.tokens[:, :self.steps])
         stops = set(self.cfg.stop_token_ids)
         out = []
         for row in toks.tolist():
@@ -296,7 +316,12 @@ class FusedGenerator:
 
 def generate(decoder: FusedDecoder, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, pad_id: int,
              streamer: Callable[[int, int], None] | None = None) -> list[list[int]]:
-    """Batched generation on the fused decoder; streamer(row, token) gets each row's new tokens as they come."""
+    """Batched generation on the fused decoder; streamer(row, token) gets each row's new tokens as they come
+    (greedy / sampling; beam search returns whole sequences)."""
+    if cfg.num_beams > 1:
+        if streamer is not None:
+            raise BadInputError("beam search cannot stream: the best beam is known only at the end")
+        return beam_search(decoder, prompts, cfg, pad_id)
     gen = FusedGenerator(decoder, prompts, cfg, pad_id)
     live = np.ones(len(prompts), bool)
     stops = set(cfg.stop_token_ids)
@@ -317,3 +342,102 @@ def generate(decoder: FusedDecoder, prompts: Sequence[Sequence[int]], cfg: Gener
             emit()
     decoder.synchronize()
     return gen.results()
+
+
+# ---------------------------------------------------------------------- beam search
+@dataclass
+class _Beams:
+    """Host bookkeeping of one prompt's beams (the hypotheses are tiny; the cache and logits stay on the device)."""
+    seqs: list                     # K token lists
+    scores: np.ndarray             # float32 [K] cumulative log-probabilities
+    done: list                     # (length-penalized score, tokens) of finished hypotheses
+    finished: bool = False
+
+
+def _advance(beams: _Beams, cand_s: np.ndarray, cand_i: np.ndarray, vocab: int, cfg: GenerationConfig,
+             step: int, stops: set) -> list[tuple[int, int, float]] | None:
+    """One prompt's step over its 2K best candidates (as runtime.generation.beam_search): a stop token closes a
+    hypothesis, the first K others continue. -> (source beam, token, score) x K, or None once finished."""
+    chosen = []
+    for s, c in zip(cand_s.tolist(), cand_i.tolist()):
+        if c < 0:
+            break
+        r, t = divmod(c, vocab)
+        if t in stops:
+            if step + 1 >= cfg.min_new_tokens:
+                beams.done.append((s / max(len(beams.seqs[r]) + 1, 1) ** cfg.length_penalty, beams.seqs[r] + [t]))
+            continue
+        chosen.append((r, t, s))
+        if len(chosen) == len(beams.seqs):
+            break
+    if cfg.early_stopping and len(beams.done) >= len(beams.seqs):
+        beams.finished = True
+        return None
+    while len(chosen) < len(beams.seqs):                       # fewer live candidates than beams: dead copies
+        chosen.append((chosen[0][0], chosen[0][1], -np.inf) if chosen else (0, 0, -np.inf))
+    beams.seqs = [beams.seqs[r] + [t] for r, t, _ in chosen]
+    beams.scores = np.array([s for _, _, s in chosen], np.float32)
+    return chosen
+
+
+def beam_search(decoder: FusedDecoder, prompts: Sequence[Sequence[int]], cfg: GenerationConfig,
+                pad_id: int) -> list[list[int]]:
+    """Beam search for a batch of prompts on the fused decoder: K = num_beams rows per prompt in one batch of
+    B * K rows. Per step: the beam kernel (log-softmax + top-2K over K x V, on the device) -> 2K candidates per
+    prompt to the host -> the cache rows reordered on the device where beams moved -> the next tokens into the
+    bound input_ids -> one decoder step (CUDA graph). Same scoring as runtime.generation.beam_search."""
+    k = cfg.num_beams
+    if cfg.stop_strings:
+        raise BadInputError("stop strings need the host loop; the fused loop stops on token ids")
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise BadInputError("every prompt needs at least one token")
+    longest = max(len(p) for p in prompts)
+    if longest + cfg.max_new_tokens > decoder.capacity:
+        raise BadInputError(f"prompt ({longest} tokens) + max_new_tokens ({cfg.max_new_tokens}) exceeds the "
+                            f"cache capacity {decoder.capacity}; raise max_length or shorten the prompt")
+    xp, vocab, stops = decoder.xp, decoder.vocab_size, set(cfg.stop_token_ids)
+    rows_prompts = [list(p) for p in prompts for _ in range(k)]
+    n = len(rows_prompts)
+    state = [_Beams([[] for _ in range(k)], np.array([0.0] + [-np.inf] * (k - 1), np.float32), []) for _ in prompts]
+    with decoder.on_stream():
+        st = decoder.state(n)
+        st.finished[...] = 0
+        stop_ids = xp.asarray(np.array(cfg.stop_token_ids, np.int32)) if stops else None
+        seen = None
+        if cfg.repetition_penalty != 1.0:
+            h = np.zeros((n, vocab), np.uint8)
+            for i, p in enumerate(rows_prompts):
+                h[i, p] = 1
+            seen = xp.asarray(h)
+        logits, rows = decoder.prefill(st, rows_prompts, pad_id)
+        for step in range(cfg.max_new_tokens):
+            scores = np.concatenate([b.scores if not b.finished else np.full(k, -np.inf, np.float32)
+                                     for b in state])
+            cand_s, cand_i = kernels.beam_topk(logits, rows, xp.asarray(scores), k, seen, stop_ids,
+                                               cfg.repetition_penalty, step < cfg.min_new_tokens, decoder.stream)
+            cand_s, cand_i = decoder.host(cand_s), decoder.host(cand_i)              # [B, 2K]: the per-step copy
+            src, toks = np.arange(n), np.full(n, pad_id, np.int64)
+            for b, beams in enumerate(state):
+                if beams.finished:
+                    continue
+                chosen = _advance(beams, cand_s[b], cand_i[b], vocab, cfg, step, stops)
+                if chosen is not None:
+                    src[b * k:(b + 1) * k] = [b * k + r for r, _, _ in chosen]
+                    toks[b * k:(b + 1) * k] = [t for _, t, _ in chosen]
+            if all(b.finished for b in state) or step + 1 == cfg.max_new_tokens:
+                break
+            if (src != np.arange(n)).any():
+                decoder.reorder(st, src, longest + step)
+                if seen is not None:
+                    seen[...] = seen[xp.asarray(src)]
+            if seen is not None:
+                seen[xp.arange(n), xp.asarray(toks)] = 1
+            st.ids[:, 0] = xp.asarray(toks)
+            st.seqlens += 1
+            logits, rows = decoder.decode_one_token(st), None
+    out = []
+    for beams in state:
+        hyps = beams.done + [(s / max(len(q), 1) ** cfg.length_penalty, q) for s, q in zip(beams.scores, beams.seqs)]
+        best = max(hyps, key=lambda x: x[0])[1]
+        out.append([t for t in best if t not in stops])
+    return out

@@ -149,3 +149,66 @@ def test_kernel_sampling_distribution():
     probs = G.logits_to_probs(row.astype(np.float64), **cfg)[0]
     assert set(np.nonzero(freq)[0]) <= set(np.nonzero(probs)[0])
     assert 0.5 * np.abs(freq - probs).sum() < 0.05
+
+
+def test_beam_topk_twin_orders_ties_and_skips_dead_beams():
+    """2 prompts x 2 beams over a 6-token vocabulary: best first, ties to the lower flat index, a -inf beam never
+    expands, suppressed stop tokens never chosen but still in the log-softmax's normalizer."""
+    logits = np.log(np.array([[1, 2, 2, 1, 1, 1], [9, 9, 9, 9, 9, 9],
+                              [1, 1, 1, 1, 1, 5], [5, 1, 1, 1, 1, 1]], np.float32))
+    scores = np.array([0.0, -np.inf, -1.0, -0.5], np.float32)
+    s, idx = R.beam_topk(logits, None, scores, beams=2, stop_ids=np.array([5], np.int32), suppress_stop=True)
+    lse0 = np.log(8.0)
+    np.testing.assert_allclose(s[0, :2], [np.log(2) - lse0] * 2, rtol=1e-6)
+    assert idx[0].tolist() == [1, 2, 0, 3]                          # ties in index order; beam 1 (-inf) unused
+    assert idx[1, 0] == 6 + 0 and 5 not in idx[1] and 6 + 5 != idx[1, 0]
+    s2, idx2 = R.beam_topk(logits[:2], None, np.array([0.0, -np.inf], np.float32), beams=2)
+    assert idx2.shape == (1, 4) and (idx2[0] < 6).all()
+    tiny = np.zeros((2, 1), np.float32)                              # 1-token vocabulary: only 1 live candidate
+    s3, idx3 = R.beam_topk(tiny, None, np.array([0.0, -np.inf], np.float32), beams=2)
+    assert idx3[0].tolist() == [0, -1, -1, -1] and np.isneginf(s3[0, 1:]).all()
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("beams", [1, 4, 8])
+def test_kernel_beam_topk_equals_twin(dtype, beams):
+    from paddle2ort.runtime.kernels import cuda as K
+    rng = np.random.default_rng(beams)
+    groups, vocab = 3, 49152 + 3
+    logits = (rng.normal(size=(groups * beams, vocab)) * 3).astype(dtype)
+    logits[0, [10, 20]] = logits[0].max() + 2                                         # exact tie in one row
+    scores = rng.normal(size=groups * beams).astype(np.float32) - 1
+    scores[1] = -np.inf if beams > 1 else scores[1]
+    seen = (rng.random((groups * beams, vocab)) < 0.01).astype(np.uint8)
+    stop = np.array([7, 11], np.int32)
+    kw = dict(penalty=1.2, suppress_stop=True)
+    hs, hi = R.beam_topk(logits, None, scores, beams, seen, stop, **kw)
+    ds, di = K.beam_topk(cp.asarray(logits), None, cp.asarray(scores), beams, cp.asarray(seen), cp.asarray(stop),
+                         **kw)
+    ds, di = ds.get(), di.get()
+    np.testing.assert_allclose(ds, hs, rtol=0, atol=2e-5)
+    # indices equal except where the scores are within float32 rounding of each other (tie-aware)
+    close = np.abs(np.diff(hs, axis=-1)) < 2e-5
+    amb = np.zeros_like(hi, bool)
+    amb[:, 1:] |= close
+    amb[:, :-1] |= close
+    assert (hi[~amb] == di[~amb]).all()
+    if beams > 1:
+        assert ((di[0] // vocab) != 1).all()                                          # the -inf beam
+    assert not np.isin(di % vocab, stop).any()
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("vocab", [151936, 49152 + 5])
+def test_kernel_plain_greedy_equals_twin(dtype, vocab):
+    """The unpenalized greedy path (16-byte loads on aligned rows, one by one on the others and the tail)."""
+    rng = np.random.default_rng(5)
+    logits = rng.normal(size=(8, vocab)).astype(dtype)
+    logits[1, [3, vocab - 1]] = logits[1].max() + 1                       # tie: lowest id wins
+    logits[2, vocab - 2] = logits[2].max() + 1                           # the maximum in the tail
+    h, d = _run_both(logits, SamplerParams())
+    for k in h:
+        np.testing.assert_array_equal(h[k], d[k], err_msg=k)
+    assert d["next_ids"][1, 0] == 3 and d["next_ids"][2, 0] == vocab - 2

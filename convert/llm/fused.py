@@ -132,6 +132,13 @@ def expected_weights(spec: DecoderSpec) -> dict[str, tuple[int, ...]]:
     return want
 
 
+def random_state(spec: DecoderSpec, seed: int = 0, std: float = 0.05) -> dict[str, np.ndarray]:
+    """Seeded random weights of the spec's shapes (norm gains around 1): speed runs and device parity checks."""
+    rng = np.random.default_rng(seed)
+    return {k: ((1.0 if len(s) == 1 and k.endswith(".weight") else 0.0) + rng.normal(0, std, s)).astype(np.float32)
+            for k, s in expected_weights(spec).items()}
+
+
 def check_state(spec: DecoderSpec, state: dict[str, np.ndarray]) -> None:
     """Every weight the graph needs, with the shape the spec implies; one error listing what is wrong."""
     bad = [f"{k}: missing" if k not in state else f"{k}: shape {tuple(state[k].shape)} != {s}"
@@ -151,16 +158,24 @@ def lm_head(spec: DecoderSpec, state: dict[str, np.ndarray]) -> np.ndarray:
     return w
 
 
+WEIGHT_LAYOUTS = ("kn", "nk")
+
+
 def build_decoder(spec: DecoderSpec, state: dict[str, np.ndarray], dtype: str = "float16",
-                  head_dtype: str | None = None):
+                  head_dtype: str | None = None, weight_layout: str = "kn"):
     """-> onnx.ModelProto of the fused decoder with float weights in `dtype` (float16 or float32).
     head_dtype="float32" on a float16 graph computes the LM head and the logits in float32: float16 logits of
-    magnitude 16-32 are 1/64 apart, so near-ties become exact ties (SmolLM2 on CPU: 19/20 -> 20/20 golden rows)."""
+    magnitude 16-32 are 1/64 apart, so near-ties become exact ties (SmolLM2 on CPU: 19/20 -> 20/20 golden rows).
+    weight_layout="nk" stores every projection as [out, in] and multiplies with FusedMatMul(transB=1), so a
+    one-token step is a row-dot GEMV (cuBLAS "T") instead of a column-axpy one that cuBLAS splits over K and
+    reduces in a second kernel; "kn" ([in, out] MatMul) is what the weight-only quantizer reads."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     if dtype not in ("float16", "float32"):
         raise BadInputError(f"fused decoder dtype must be float16 or float32, got {dtype!r}")
+    if weight_layout not in WEIGHT_LAYOUTS:
+        raise BadInputError(f"weight_layout must be one of {WEIGHT_LAYOUTS}, got {weight_layout!r}")
     check_state(spec, state)
     np_t = np.dtype(dtype)
     elem = TensorProto.FLOAT16 if dtype == "float16" else TensorProto.FLOAT
@@ -175,16 +190,23 @@ def build_decoder(spec: DecoderSpec, state: dict[str, np.ndarray], dtype: str = 
         nodes.append(helper.make_node(op, ins, outs, name=name, domain=domain, **attrs))
         return outs[0]
 
-    x = (_gpt_layers if spec.family == "gpt" else _llama_layers)(spec, state, w, node, np_t)
+    def linear(x: str, name: str, weight: np.ndarray, out: str | None = None, as_dtype=None) -> str:
+        """x @ weight ([in, out]) under the chosen layout; the weight initializer is `name`."""
+        arr = weight if weight_layout == "kn" else weight.T
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(arr, dtype=as_dtype or np_t), name))
+        if weight_layout == "kn":
+            return node("MatMul", [x, name], [out or name + ".out"], name)
+        return node("FusedMatMul", [x, name], [out or name + ".out"], name, domain="com.microsoft", transB=1)
+
+    x = (_gpt_layers if spec.family == "gpt" else _llama_layers)(spec, state, w, node, np_t, linear)
     head_w = lm_head(spec, state)
     if head_dtype and head_dtype != dtype:
         if head_dtype != "float32":
             raise BadInputError(f"head_dtype must be float32 (or the graph dtype), got {head_dtype!r}")
         x = node("Cast", [x], ["final_norm.f32"], "final_norm.cast", to=TensorProto.FLOAT)
-        inits.append(numpy_helper.from_array(np.ascontiguousarray(head_w, np.float32), "lm_head"))
-        node("MatMul", [x, "lm_head"], ["logits"], "lm_head")
+        linear(x, "lm_head", head_w, "logits", np.float32)
     else:
-        node("MatMul", [x, w("lm_head", head_w)], ["logits"], "lm_head")
+        linear(x, "lm_head", head_w, "logits")
     logits_elem = TensorProto.FLOAT if head_dtype == "float32" else elem
 
     kv_shape = ["batch", spec.kv_heads, "max_length", spec.head_dim]
@@ -203,7 +225,7 @@ def build_decoder(spec: DecoderSpec, state: dict[str, np.ndarray], dtype: str = 
     return model
 
 
-def _llama_layers(spec: DecoderSpec, state, w, node, np_t) -> str:
+def _llama_layers(spec: DecoderSpec, state, w, node, np_t, linear) -> str:
     """RMSNorm -> packed QKV -> GQA (rotary inside) -> o -> SkipRMSNorm -> gate|up -> SwiGLU -> down, per layer."""
     from onnx import numpy_helper
     cos, sin = _rotary_cache(spec, np_t)
@@ -218,7 +240,7 @@ def _llama_layers(spec: DecoderSpec, state, w, node, np_t) -> str:
     for i in range(spec.num_layers):
         p, q = f"llama.layers.{i}.", f"layers.{i}."
         qkv_w = np.concatenate([state[p + f"self_attn.{n}_proj.weight"] for n in "qkv"], axis=1)   # [H, (N+2KVH)D]
-        qkv = node("MatMul", [x, w(q + "qkv_proj", qkv_w)], [q + "qkv"], q + "qkv_proj")
+        qkv = linear(x, q + "qkv_proj", qkv_w)
         if spec.qkv_bias:
             qkv_b = np.concatenate([state[p + f"self_attn.{n}_proj.bias"] for n in "qkv"])
             qkv = node("Add", [qkv, w(q + "qkv_bias", qkv_b)], [q + "qkv_b"], q + "qkv_bias")
@@ -228,19 +250,18 @@ def _llama_layers(spec: DecoderSpec, state, w, node, np_t) -> str:
                     [q + "attn", f"present.{i}.key", f"present.{i}.value"], q + "gqa", domain="com.microsoft",
                     num_heads=spec.num_heads, kv_num_heads=spec.kv_heads, do_rotary=1, rotary_interleaved=0,
                     scale=float(1.0 / np.sqrt(spec.head_dim)), local_window_size=-1)
-        o = node("MatMul", [attn, w(q + "o_proj", state[p + "self_attn.o_proj.weight"])], [q + "o"], q + "o_proj")
+        o = linear(attn, q + "o_proj", state[p + "self_attn.o_proj.weight"])
         x, residual = skip_norm(node, RMS, o, residual, [w(q + "post_attention_layernorm",
                                 state[p + "post_attention_layernorm.weight"])], q + "ln2", spec.norm_eps)
         gu_w = np.concatenate([state[p + "mlp.gate_proj.weight"], state[p + "mlp.up_proj.weight"]], axis=1)
-        gu = node("MatMul", [x, w(q + "gate_up_proj", gu_w)], [q + "gate_up"], q + "gate_up_proj")
+        gu = linear(x, q + "gate_up_proj", gu_w)
         if i == 0:
             w.raw(numpy_helper.from_array(np.array([spec.intermediate_size] * 2, np.int64), "split_sizes"))
         node("Split", [gu, "split_sizes"], [q + "gate", q + "up"], q + "split", axis=-1)
         sig = node("Sigmoid", [q + "gate"], [q + "sig"], q + "sigmoid")
         silu = node("Mul", [q + "gate", sig], [q + "silu"], q + "silu")
         act = node("Mul", [silu, q + "up"], [q + "act"], q + "swiglu")
-        down = node("MatMul", [act, w(q + "down_proj", state[p + "mlp.down_proj.weight"])], [q + "down"],
-                    q + "down_proj")
+        down = linear(act, q + "down_proj", state[p + "mlp.down_proj.weight"])
         if i + 1 < spec.num_layers:
             gamma = w(f"layers.{i + 1}.input_layernorm", state[f"llama.layers.{i + 1}.input_layernorm.weight"])
             x, residual = skip_norm(node, RMS, down, residual, [gamma], f"layers.{i + 1}.ln1", spec.norm_eps)
@@ -250,7 +271,7 @@ def _llama_layers(spec: DecoderSpec, state, w, node, np_t) -> str:
     return x
 
 
-def _gpt_layers(spec: DecoderSpec, state, w, node, np_t) -> str:
+def _gpt_layers(spec: DecoderSpec, state, w, node, np_t, linear) -> str:
     """GPT-2: token + learned position embeddings, pre-LayerNorm, QKV with bias -> GQA (no rotary, as many K/V heads
     as heads) -> out_proj -> SkipLayerNorm (bias folded) -> linear1 -> FastGelu (tanh, bias folded) -> linear2.
     Positions come from the cache state: 0..S-1 for a prompt call, seqlens_k (the past length) for a step."""
@@ -279,7 +300,7 @@ def _gpt_layers(spec: DecoderSpec, state, w, node, np_t) -> str:
         p, q = f"gpt.decoder.layers.{i}.", f"layers.{i}."
         qkv_w = np.concatenate([g(p + f"self_attn.{n}_proj.weight") for n in "qkv"], axis=1)
         qkv_b = np.concatenate([g(p + f"self_attn.{n}_proj.bias") for n in "qkv"])
-        qkv = node("MatMul", [x, w(q + "qkv_proj", qkv_w)], [q + "qkv"], q + "qkv_proj")
+        qkv = linear(x, q + "qkv_proj", qkv_w)
         qkv = node("Add", [qkv, w(q + "qkv_bias", qkv_b)], [q + "qkv_b"], q + "qkv_bias")
         attn = node("GroupQueryAttention",
                     [qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value", "seqlens_k",
@@ -287,14 +308,14 @@ def _gpt_layers(spec: DecoderSpec, state, w, node, np_t) -> str:
                     [q + "attn", f"present.{i}.key", f"present.{i}.value"], q + "gqa", domain="com.microsoft",
                     num_heads=spec.num_heads, kv_num_heads=spec.kv_heads, do_rotary=0,
                     scale=float(1.0 / np.sqrt(spec.head_dim)), local_window_size=-1)
-        o = node("MatMul", [attn, w(q + "out_proj", g(p + "self_attn.out_proj.weight"))], [q + "o"], q + "out_proj")
+        o = linear(attn, q + "out_proj", g(p + "self_attn.out_proj.weight"))
         x, residual = skip_norm(node, LN, o, residual, [w(q + "ln2.w", g(p + "norm2.weight")),
                                 w(q + "ln2.b", g(p + "norm2.bias")), w(q + "out_proj.b", g(p + "self_attn.out_proj.bias"))],
                                 q + "ln2", spec.norm_eps)
-        h1 = node("MatMul", [x, w(q + "linear1", g(p + "linear1.weight"))], [q + "fc1"], q + "linear1")
+        h1 = linear(x, q + "linear1", g(p + "linear1.weight"))
         act = node("FastGelu", [h1, w(q + "linear1.b", g(p + "linear1.bias"))], [q + "gelu"], q + "gelu",
                    domain="com.microsoft")
-        down = node("MatMul", [act, w(q + "linear2", g(p + "linear2.weight"))], [q + "fc2"], q + "linear2")
+        down = linear(act, q + "linear2", g(p + "linear2.weight"))
         b2 = w(q + "linear2.b", g(p + "linear2.bias"))
         if i + 1 < spec.num_layers:
             n1 = f"gpt.decoder.layers.{i + 1}.norm1."
@@ -334,15 +355,21 @@ def save_model(model, path: Path) -> None:
 
 def build_variant(spec: DecoderSpec, state: dict[str, np.ndarray], precision: str, dst: Path,
                   block_size: int = 32, accuracy_level: int | None = 4, head_bits: int = 8,
-                  compute_dtype: str | None = None, head_dtype: str | None = None) -> dict:
+                  compute_dtype: str | None = None, head_dtype: str | None = None,
+                  weight_layout: str = "kn") -> dict:
     """Write the fused decoder at one precision; returns the options recorded in the manifest.
     fp32 (CPU) / fp16 (GPU) are float graphs; int8 / int4 quantize every MatMul weight with MatMulNBits
-    (the LM head keeps `head_bits`) over an fp16 graph unless compute_dtype says float32 (CPU)."""
+    (the LM head keeps `head_bits`) over an fp16 graph unless compute_dtype says float32 (CPU).
+    weight_layout "nk" (float graphs only; see build_decoder) is for the GPU: onnxruntime's CPU FusedMatMul is
+    float32 only."""
     if precision not in FUSED_PRECISIONS:
         raise BadInputError(f"fused precision must be one of {FUSED_PRECISIONS}, got {precision!r}")
+    if weight_layout != "kn" and precision in ("int8", "int4"):
+        raise BadInputError("weight_layout applies to fp32/fp16 graphs; MatMulNBits has its own layout")
     dtype = compute_dtype or ("float32" if precision == "fp32" else "float16")
-    model = build_decoder(spec, state, dtype, head_dtype)
-    opts = {"graph": "fused", "compute_dtype": dtype, "head_dtype": head_dtype or dtype, "spec": spec.to_json()}
+    model = build_decoder(spec, state, dtype, head_dtype, weight_layout)
+    opts = {"graph": "fused", "compute_dtype": dtype, "head_dtype": head_dtype or dtype, "spec": spec.to_json(),
+            "weight_layout": weight_layout}
     if precision in ("int8", "int4"):
         model, q = quantize_weights(model, 8 if precision == "int8" else 4, block_size, accuracy_level, head_bits)
         opts["weight_only"] = q

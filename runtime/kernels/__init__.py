@@ -9,7 +9,7 @@ import numpy as np
 
 from .reference import SamplerParams, philox_uniform
 
-__all__ = ["SamplerParams", "on_device", "philox_uniform", "sample_rows"]
+__all__ = ["SamplerParams", "beam_topk", "on_device", "philox_uniform", "sample_rows"]
 
 
 def on_device(arr) -> bool:
@@ -26,3 +26,14 @@ def sample_rows(logits, rows, p: SamplerParams, next_ids, seen=None, stop_ids=No
         from . import reference
         reference.sample_rows(logits, rows, p, next_ids, seen,
                               np.zeros(0, np.int32) if stop_ids is None else stop_ids, tokens_out, seqlens, finished)
+
+
+def beam_topk(logits, rows, beam_scores, beams: int, seen=None, stop_ids=None, penalty: float = 1.0,
+              suppress_stop: bool = False, stream=None):
+    """The 2K best (beam, token) continuations of each prompt's K beams -> (scores [G, 2K], flat index [G, 2K])."""
+    if on_device(logits):
+        from . import cuda
+        return cuda.beam_topk(logits, rows, beam_scores, beams, seen, stop_ids, penalty, suppress_stop, stream)
+    from . import reference
+    return reference.beam_topk(logits, rows, beam_scores, beams, seen,
+                               np.zeros(0, np.int32) if stop_ids is None else stop_ids, penalty, suppress_stop)

@@ -73,7 +73,26 @@ def run(vocabs=(49152, 151936), batches=(1, 8, 32)) -> dict:
                     rows.append({"kernel": "sample_rows", "mode": mode, "dtype": np.dtype(dtype).name, "batch": b,
                                  "vocab": v, "us": us, "gb_per_s": gbs, "pct_copy_bw": 100 * gbs * 1e9 / bw,
                                  "agreement_with_twin": valid})
+                rows.append(_beam_row(cp, K, bw, b, v, dtype))
     return {"device": name, "copy_bandwidth_gb_s": bw / 1e9, "rows": rows}
+
+
+def _beam_row(cp, K, bw: float, groups: int, vocab: int, dtype, beams: int = 4) -> dict:
+    """beam_topk over `groups` prompts x 4 beams: validated against the twin (same top-2K indices), then timed;
+    GB/s counts the three passes over the logits (max, sum, select + collect read them again from L2)."""
+    logits_h = (np.random.default_rng(groups).normal(size=(groups * beams, vocab)) * 3).astype(dtype)
+    scores_h = np.random.default_rng(1).normal(size=groups * beams).astype(np.float32) - 1
+    logits, scores = cp.asarray(logits_h), cp.asarray(scores_h)
+    _, want = R.beam_topk(logits_h, None, scores_h, beams)
+    _, got = K.beam_topk(logits, None, scores, beams)
+    valid = float(np.mean(got.get() == want))
+    us = time_kernel(cp, lambda: K.beam_topk(logits, None, scores, beams))
+    gbs = logits.nbytes / (us / 1e6) / 1e9
+    tag = f"beam top-8 of 4x{np.dtype(dtype).name}"
+    print(f"{tag:28s} {groups:3d} {vocab:7d} {us:9.1f} {gbs:8.1f} {100 * gbs * 1e9 / bw:8.1f}%  {valid:.3f}")
+    return {"kernel": "beam_topk", "mode": f"{beams} beams", "dtype": np.dtype(dtype).name, "batch": groups,
+            "vocab": vocab, "us": us, "gb_per_s": gbs, "pct_copy_bw": 100 * gbs * 1e9 / bw,
+            "agreement_with_twin": valid}
 
 
 def main(argv=None) -> int:

@@ -7,24 +7,9 @@
 // Philox4x32-10 uniform (seed, step, row). Thread 0 then advances the loop state: the chosen id goes straight into
 // the next step's bound input_ids, the token history, seqlens_k += 1, the finished flag and the seen bitmap.
 // NumPy twin: paddle2ort/runtime/kernels/reference.py (same algorithm, same uniforms).
-// No headers: NVRTC compiles it as is (fp16 is read as raw bits and converted with one PTX instruction).
+// No system headers: NVRTC compiles it as is (fp16 is read as raw bits and converted with one PTX instruction).
 
-#define THREADS 1024
-#define P2O_INF __int_as_float(0x7f800000)
-#define WARPS (THREADS / 32)
-
-__device__ __forceinline__ float load(const float* p, long long i) { return p[i]; }
-__device__ __forceinline__ float load(const unsigned short* p, long long i) {
-  float f;
-  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(p[i]));
-  return f;
-}
-
-// float -> unsigned key with the same order (larger float, larger key)
-__device__ __forceinline__ unsigned int order_key(float f) {
-  unsigned int b = __float_as_uint(f);
-  return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
-}
+#include "common.cuh"
 
 __device__ __forceinline__ void mulhilo(unsigned int a, unsigned int b, unsigned int* hi, unsigned int* lo) {
   unsigned long long p = (unsigned long long)a * (unsigned long long)b;
@@ -67,91 +52,7 @@ struct Params {
 template <typename T>
 __device__ __forceinline__ float processed(const T* row, const unsigned char* seen_row, const int* stop_ids,
                                            const Params& p, int i) {
-  float x = load(row, i);
-  if (seen_row != nullptr && p.penalty != 1.0f && seen_row[i]) x = x > 0.f ? x / p.penalty : x * p.penalty;
-  if (p.suppress_stop)
-    for (int s = 0; s < p.n_stop; ++s)
-      if (stop_ids[s] == i) x = -P2O_INF;
-  return x;
-}
-
-__device__ float block_sum(float v, float* red) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  __syncthreads();
-  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    v = threadIdx.x < WARPS ? red[threadIdx.x] : 0.f;
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    if (threadIdx.x == 0) red[0] = v;
-  }
-  __syncthreads();
-  return red[0];
-}
-
-// argmax with ties to the lowest index
-__device__ void block_argmax(float v, int idx, float* red_v, int* red_i, float* out_v, int* out_i) {
-  for (int o = 16; o > 0; o >>= 1) {
-    float ov = __shfl_xor_sync(0xffffffffu, v, o);
-    int oi = __shfl_xor_sync(0xffffffffu, idx, o);
-    if (ov > v || (ov == v && oi < idx)) { v = ov; idx = oi; }
-  }
-  __syncthreads();
-  if ((threadIdx.x & 31) == 0) { red_v[threadIdx.x >> 5] = v; red_i[threadIdx.x >> 5] = idx; }
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    v = threadIdx.x < WARPS ? red_v[threadIdx.x] : -P2O_INF;
-    idx = threadIdx.x < WARPS ? red_i[threadIdx.x] : 0x7fffffff;
-    for (int o = 16; o > 0; o >>= 1) {
-      float ov = __shfl_xor_sync(0xffffffffu, v, o);
-      int oi = __shfl_xor_sync(0xffffffffu, idx, o);
-      if (ov > v || (ov == v && oi < idx)) { v = ov; idx = oi; }
-    }
-    if (threadIdx.x == 0) { *out_v = v; *out_i = idx; }
-  }
-  __syncthreads();
-}
-
-// Largest key tau with W(x : key(x) >= tau, key(x) >= lower) >= target, where W counts (mass == false) or sums
-// exp(x - m) (mass == true). Four MSB-first passes over 8-bit digits with a shared histogram.
-template <typename T>
-__device__ unsigned int radix_select(const T* row, const unsigned char* seen_row, const int* stop_ids, const Params& p,
-                                     float inv_t, float m, unsigned int lower, bool mass, float target,
-                                     float* hist, unsigned int* shared_prefix, float* shared_above) {
-  unsigned int prefix = 0, prefix_mask = 0;
-  if (threadIdx.x == 0) *shared_above = 0.f;
-  for (int shift = 24; shift >= 0; shift -= 8) {
-    for (int d = threadIdx.x; d < 256; d += THREADS) hist[d] = 0.f;
-    __syncthreads();
-    for (int i = threadIdx.x; i < p.vocab; i += THREADS) {
-      float x = processed(row, seen_row, stop_ids, p, i) * inv_t;
-      unsigned int k = order_key(x);
-      if (k >= lower && (k & prefix_mask) == prefix && x > -P2O_INF)
-        atomicAdd(&hist[(k >> shift) & 255u], mass ? __expf(x - m) : 1.f);
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      float above = *shared_above;
-      int chosen = -1;
-      for (int d = 255; d >= 0; --d) {
-        if (above + hist[d] >= target) { chosen = d; break; }
-        above += hist[d];
-      }
-      if (chosen < 0) {               // rounding left the target unreachable: take the lowest non-empty bucket
-        above = *shared_above;
-        for (int d = 0; d < 256; ++d) if (hist[d] > 0.f) { chosen = d; break; }
-        if (chosen < 0) chosen = 0;
-        for (int d = 255; d > chosen; --d) above += hist[d];
-      }
-      *shared_above = above;
-      *shared_prefix = prefix | ((unsigned int)chosen << shift);
-    }
-    __syncthreads();
-    prefix = *shared_prefix;
-    prefix_mask |= 255u << shift;
-    __syncthreads();
-  }
-  return prefix;
+  return process_logit(row, seen_row, stop_ids, p.penalty, p.suppress_stop, p.n_stop, i);
 }
 
 template <typename T>
@@ -173,19 +74,39 @@ __device__ void sample_row(const T* logits, const int* rows, unsigned char* seen
   float best = -P2O_INF;
   int best_i = 0x7fffffff;
   const float inv_t = p.do_sample ? 1.0f / p.temperature : 1.0f;
-  for (int i = threadIdx.x; i < p.vocab; i += THREADS) {
-    float x = processed(row, seen_row, stop_ids, p, i) * inv_t;
-    if (x > best || (x == best && i < best_i)) { best = x; best_i = i; }
+  const bool plain = (seen_row == nullptr || p.penalty == 1.0f) && !p.suppress_stop;
+  if (plain && (reinterpret_cast<unsigned long long>(row) & 15ull) == 0) {
+    // raw logits, 16-byte aligned row: 16-byte loads (8 fp16 / 4 fp32 a load) keep enough bytes in flight for
+    // one block to stream a 152k-entry row; the tail past the last full vector is read one by one
+    const int per = 16 / (int)sizeof(T), nvec = p.vocab / per;
+    for (int j = threadIdx.x; j < nvec; j += THREADS) {
+      T v[16 / sizeof(T)];
+      *reinterpret_cast<uint4*>(v) = reinterpret_cast<const uint4*>(row)[j];
+      for (int e = 0; e < per; ++e) {
+        float x = load(v, e) * inv_t;
+        const int i = j * per + e;
+        if (x > best || (x == best && i < best_i)) { best = x; best_i = i; }
+      }
+    }
+    for (int i = nvec * per + threadIdx.x; i < p.vocab; i += THREADS) {
+      float x = load(row, i) * inv_t;
+      if (x > best || (x == best && i < best_i)) { best = x; best_i = i; }
+    }
+  } else {
+    for (int i = threadIdx.x; i < p.vocab; i += THREADS) {
+      float x = processed(row, seen_row, stop_ids, p, i) * inv_t;
+      if (x > best || (x == best && i < best_i)) { best = x; best_i = i; }
+    }
   }
   block_argmax(best, best_i, red_v, red_i, &s_val, &s_idx);
   int token = s_idx;
   if (p.do_sample) {
     const float m = s_val;
+    auto value = [&](int i) { return processed(row, seen_row, stop_ids, p, i) * inv_t; };
     // 2. top-k threshold (count), 3. top-p threshold (mass among the top-k), 4. inverse-CDF draw
     unsigned int lower = 0;
     if (p.top_k > 0 && p.top_k < p.vocab)
-      lower = radix_select(row, seen_row, stop_ids, p, inv_t, m, 0u, false, (float)p.top_k, hist, &s_prefix,
-                           &s_above);
+      lower = radix_select(p.vocab, value, m, 0u, false, (float)p.top_k, hist, &s_prefix, &s_above);
     if (p.top_p < 1.0f) {
       float z = 0.f;
       for (int i = threadIdx.x; i < p.vocab; i += THREADS) {
@@ -193,7 +114,7 @@ __device__ void sample_row(const T* logits, const int* rows, unsigned char* seen
         if (order_key(x) >= lower && x > -P2O_INF) z += __expf(x - m);
       }
       z = block_sum(z, red_v);
-      lower = radix_select(row, seen_row, stop_ids, p, inv_t, m, lower, true, p.top_p * z, hist, &s_prefix, &s_above);
+      lower = radix_select(p.vocab, value, m, lower, true, p.top_p * z, hist, &s_prefix, &s_above);
     }
     // contiguous chunk per thread so a block scan gives prefix sums in vocabulary order
     const int chunk = (p.vocab + THREADS - 1) / THREADS;
@@ -203,14 +124,7 @@ __device__ void sample_row(const T* logits, const int* rows, unsigned char* seen
       float x = processed(row, seen_row, stop_ids, p, i) * inv_t;
       if (order_key(x) >= lower && x > -P2O_INF) local += __expf(x - m);
     }
-    scan[threadIdx.x] = local;
-    __syncthreads();
-    for (int off = 1; off < THREADS; off <<= 1) {     // Hillis-Steele inclusive scan
-      float add = threadIdx.x >= off ? scan[threadIdx.x - off] : 0.f;
-      __syncthreads();
-      scan[threadIdx.x] += add;
-      __syncthreads();
-    }
+    block_inclusive_scan(local, scan);
     const float total = scan[THREADS - 1];
     const float target = philox_uniform(p.seed, (unsigned int)p.step, (unsigned int)b) * total;
     const float before = scan[threadIdx.x] - local;
