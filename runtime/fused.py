@@ -87,7 +87,14 @@ class FusedDecoder:
             providers = ["CPUExecutionProvider"]
             cuda_graph = False
         self.cuda_graph = cuda_graph
-        self.session = ort.InferenceSession(str(model_path), sess_options=so, providers=providers)
+        try:
+            self.session = ort.InferenceSession(str(model_path), sess_options=so, providers=providers)
+        except Exception as e:
+            if device == "gpu" and "graph capture" in str(e):
+                raise DeviceError(f"{Path(model_path).name} has nodes onnxruntime's CUDA provider does not run (its "
+                                  "GroupQueryAttention is float16/bfloat16 only, so a float32 fused decoder is a CPU "
+                                  "graph): use the fp16 or int4 fused decoder on the GPU") from e
+            raise
         if device == "gpu" and self.session.get_providers()[0] != CUDA:
             raise DeviceError(f"CUDA provider requested but the session runs on {self.session.get_providers()}")
         types = {i.name: i.type for i in self.session.get_inputs()}
@@ -383,9 +390,10 @@ def _advance(beams: _Beams, cand_s: np.ndarray, cand_i: np.ndarray, vocab: int, 
 def beam_search(decoder: FusedDecoder, prompts: Sequence[Sequence[int]], cfg: GenerationConfig,
                 pad_id: int) -> list[list[int]]:
     """Beam search for a batch of prompts on the fused decoder: K = num_beams rows per prompt in one batch of
-    B * K rows. Per step: the beam kernel (log-softmax + top-2K over K x V, on the device) -> 2K candidates per
-    prompt to the host -> the cache rows reordered on the device where beams moved -> the next tokens into the
-    bound input_ids -> one decoder step (CUDA graph). Same scoring as runtime.generation.beam_search."""
+    B * K rows. Per step: the beam kernel (log-softmax + top-2K of each row, on the device) -> K x 2K candidates
+    per prompt to the host (the per-step copy), merged to 2K -> the cache rows reordered on the device where beams
+    moved -> the next tokens into the bound input_ids -> one decoder step (CUDA graph). Same scoring as
+    runtime.generation.beam_search."""
     k = cfg.num_beams
     if cfg.stop_strings:
         raise BadInputError("stop strings need the host loop; the fused loop stops on token ids")
@@ -415,7 +423,7 @@ def beam_search(decoder: FusedDecoder, prompts: Sequence[Sequence[int]], cfg: Ge
                                      for b in state])
             cand_s, cand_i = kernels.beam_topk(logits, rows, xp.asarray(scores), k, seen, stop_ids,
                                                cfg.repetition_penalty, step < cfg.min_new_tokens, decoder.stream)
-            cand_s, cand_i = decoder.host(cand_s), decoder.host(cand_i)              # [B, 2K]: the per-step copy
+            cand_s, cand_i = kernels.merge_beams(decoder.host(cand_s), decoder.host(cand_i), k)   # [B, 2K]
             src, toks = np.arange(n), np.full(n, pad_id, np.int64)
             for b, beams in enumerate(state):
                 if beams.finished:

@@ -157,16 +157,32 @@ def test_beam_topk_twin_orders_ties_and_skips_dead_beams():
     logits = np.log(np.array([[1, 2, 2, 1, 1, 1], [9, 9, 9, 9, 9, 9],
                               [1, 1, 1, 1, 1, 5], [5, 1, 1, 1, 1, 1]], np.float32))
     scores = np.array([0.0, -np.inf, -1.0, -0.5], np.float32)
-    s, idx = R.beam_topk(logits, None, scores, beams=2, stop_ids=np.array([5], np.int32), suppress_stop=True)
-    lse0 = np.log(8.0)
-    np.testing.assert_allclose(s[0, :2], [np.log(2) - lse0] * 2, rtol=1e-6)
-    assert idx[0].tolist() == [1, 2, 0, 3]                          # ties in index order; beam 1 (-inf) unused
-    assert idx[1, 0] == 6 + 0 and 5 not in idx[1] and 6 + 5 != idx[1, 0]
-    s2, idx2 = R.beam_topk(logits[:2], None, np.array([0.0, -np.inf], np.float32), beams=2)
-    assert idx2.shape == (1, 4) and (idx2[0] < 6).all()
-    tiny = np.zeros((2, 1), np.float32)                              # 1-token vocabulary: only 1 live candidate
-    s3, idx3 = R.beam_topk(tiny, None, np.array([0.0, -np.inf], np.float32), beams=2)
+    rs, ri = R.beam_topk(logits, None, scores, beams=2, stop_ids=np.array([5], np.int32), suppress_stop=True)
+    assert rs.shape == ri.shape == (4, 4) and (ri[1] == -1).all() and np.isneginf(rs[1]).all()
+    assert ri[3].tolist() == [6, 7, 8, 9]                                      # row 1 of prompt 1: k * V + t
+    s, idx = R.merge_beams(rs, ri, beams=2)
+    np.testing.assert_allclose(s[0, :2], [np.log(2) - np.log(8.0)] * 2, rtol=1e-6)
+    assert idx[0].tolist() == [1, 2, 0, 3]                                     # ties in index order
+    assert idx[1, 0] == 6 and not np.isin(idx[1] % 6, [5]).any()
+    tiny = np.zeros((2, 1), np.float32)                                        # 1-token vocabulary
+    s3, idx3 = R.merge_beams(*R.beam_topk(tiny, None, np.array([0.0, -np.inf], np.float32), beams=2), beams=2)
     assert idx3[0].tolist() == [0, -1, -1, -1] and np.isneginf(s3[0, 1:]).all()
+
+
+def test_beam_rows_then_merge_equals_the_global_top_2k():
+    """Per-row 2K best, merged, = the 2K best of all K x V candidates (stable order), with ties planted."""
+    rng = np.random.default_rng(0)
+    beams, vocab = 4, 300
+    logits = rng.normal(size=(2 * beams, vocab)).astype(np.float32).round(1)   # many exact ties
+    scores = rng.normal(size=2 * beams).astype(np.float32).round(1)
+    s, idx = R.merge_beams(*R.beam_topk(logits, None, scores, beams), beams)
+    x = logits.astype(np.float32)
+    lse = x.max(-1, keepdims=True) + np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1, keepdims=True,
+                                                                                       dtype=np.float32))
+    cand = ((scores[:, None] + x) - lse).reshape(2, -1)
+    order = np.argsort(-cand, axis=-1, kind="stable")[:, :2 * beams]
+    assert (idx == order).all()
+    np.testing.assert_array_equal(s, np.take_along_axis(cand, order, -1))
 
 
 @gpu
@@ -181,6 +197,7 @@ def test_kernel_beam_topk_equals_twin(dtype, beams):
     scores = rng.normal(size=groups * beams).astype(np.float32) - 1
     scores[1] = -np.inf if beams > 1 else scores[1]
     seen = (rng.random((groups * beams, vocab)) < 0.01).astype(np.uint8)
+    seen[0, [10, 20]] = 0
     stop = np.array([7, 11], np.int32)
     kw = dict(penalty=1.2, suppress_stop=True)
     hs, hi = R.beam_topk(logits, None, scores, beams, seen, stop, **kw)
@@ -194,9 +211,10 @@ def test_kernel_beam_topk_equals_twin(dtype, beams):
     amb[:, 1:] |= close
     amb[:, :-1] |= close
     assert (hi[~amb] == di[~amb]).all()
+    assert di[0, 0] == 10 and di[0, 1] == 20                                         # the tie, lower id first
     if beams > 1:
-        assert ((di[0] // vocab) != 1).all()                                          # the -inf beam
-    assert not np.isin(di % vocab, stop).any()
+        assert (di[1] == -1).all()                                                   # the -inf beam
+    assert not np.isin(di[di >= 0] % vocab, stop).any()
 
 
 @gpu

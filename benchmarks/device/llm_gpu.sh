@@ -24,7 +24,7 @@ case "$1" in
       python3 -m paddle2ort.runtime.kernels.bench --json "$OUT/kernel_bench.json" 2>&1 | tee "$OUT/kernel_bench.txt" || true
     fi
     python3 -m paddle2ort.benchmarks.gpu_llm check "${BUNDLE_ARG[@]}" --gguf /tmp/smollm2.gguf \
-      --golden tests/golden/smollm2_greedy.json --out "$OUT" 2>&1 | tail -40
+      --golden tests/golden/smollm2_greedy.json --out "$OUT" "${@:2}" 2>&1 | tail -40
     ;;
   bench)
     python3 -m paddle2ort.benchmarks.gpu_llm bench --config "$2" --tokenizer .device/smol/meta/tokenizer \

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .reference import SamplerParams, philox_uniform
+from .reference import SamplerParams, merge_beams, philox_uniform
 
-__all__ = ["SamplerParams", "beam_topk", "on_device", "philox_uniform", "sample_rows"]
+__all__ = ["SamplerParams", "beam_topk", "merge_beams", "on_device", "philox_uniform", "sample_rows"]
 
 
 def on_device(arr) -> bool:
@@ -30,7 +30,8 @@ def sample_rows(logits, rows, p: SamplerParams, next_ids, seen=None, stop_ids=No
 
 def beam_topk(logits, rows, beam_scores, beams: int, seen=None, stop_ids=None, penalty: float = 1.0,
               suppress_stop: bool = False, stream=None):
-    """The 2K best (beam, token) continuations of each prompt's K beams -> (scores [G, 2K], flat index [G, 2K])."""
+    """Each beam row's 2K best (beam, token) continuations -> (scores [G*K, 2K], flat index k * V + t [G*K, 2K]);
+    merge_beams takes each prompt's 2K best of them."""
     if on_device(logits):
         from . import cuda
         return cuda.beam_topk(logits, rows, beam_scores, beams, seen, stop_ids, penalty, suppress_stop, stream)

@@ -57,20 +57,21 @@ def sample_rows(logits, rows, p: SamplerParams, next_ids, seen=None, stop_ids=No
 
 def beam_topk(logits, rows, beam_scores, beams: int, seen=None, stop_ids=None, penalty: float = 1.0,
               suppress_stop: bool = False, stream=None):
-    """Launch beam_topk_f16/f32 (one block per prompt) -> (scores float32 [G, 2K], flat index int32 [G, 2K])."""
+    """Launch beam_topk_f16/f32 (one block per beam row) -> each row's 2K best (scores float32 [G*K, 2K],
+    flat index int32 [G*K, 2K])."""
     cp = cupy()
     if logits.dtype not in (np.float16, np.float32):
         raise DeviceError(f"beam kernel reads float16/float32 logits, got {logits.dtype}")
     if not 1 <= beams <= MAX_BEAMS:
         raise DeviceError(f"the beam kernel handles 1..{MAX_BEAMS} beams, got {beams}")
-    vocab, groups = logits.shape[-1], beam_scores.shape[0] // beams
+    vocab, n_rows = logits.shape[-1], beam_scores.shape[0]
     n_stop = 0 if stop_ids is None else int(stop_ids.size)
     kern = module("beam.cu").get_function("beam_topk_f16" if logits.dtype == np.float16 else "beam_topk_f32")
     null = np.uint64(0)
     with (stream or cp.cuda.get_current_stream()):
-        scores = cp.empty((groups, 2 * beams), cp.float32)
-        index = cp.empty((groups, 2 * beams), cp.int32)
-        kern((groups,), (THREADS,), (logits, rows if rows is not None else null, seen if seen is not None else null,
+        scores = cp.empty((n_rows, 2 * beams), cp.float32)
+        index = cp.empty((n_rows, 2 * beams), cp.int32)
+        kern((n_rows,), (THREADS,), (logits, rows if rows is not None else null, seen if seen is not None else null,
                                      stop_ids if n_stop else null, beam_scores, scores, index, np.int32(vocab),
                                      np.int64(vocab), np.int32(beams), np.float32(penalty), np.int32(suppress_stop),
                                      np.int32(n_stop)))

@@ -116,13 +116,14 @@ def beam_topk(logits: np.ndarray, rows: np.ndarray | None, beam_scores: np.ndarr
               seen: np.ndarray | None = None, stop_ids: np.ndarray = np.zeros(0, np.int32), penalty: float = 1.0,
               suppress_stop: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Twin of beam_topk_f32/f16: logits [N, V] (rows picks one per beam row, else row i), beam_scores float32
-    [G * K] -> (scores float32 [G, 2K], flat index int32 [G, 2K] = r * V + t), best first, ties to the lower
-    index; candidate = (beam score + penalized logit) - logsumexp(penalized row), all in float32, stop tokens
-    -inf while suppressed; -inf never chosen, unfilled slots (-inf, -1)."""
-    n_rows = beam_scores.shape[0]
+    [G * K] -> each beam row's 2K best candidates (scores float32 [G * K, 2K], flat index int32 k * V + t within
+    its prompt), best first, ties to the lower index; candidate = (beam score + penalized logit) -
+    logsumexp(penalized row) in float32, stop tokens -inf while suppressed; -inf never chosen, unfilled (-inf, -1)."""
+    n_rows, want = beam_scores.shape[0], 2 * beams
     lg = logits.reshape(-1, logits.shape[-1])
     lg = lg[np.asarray(rows)] if rows is not None else lg[:n_rows]
     x = processed_logits(lg, seen, stop_ids, SamplerParams(penalty=penalty))
+    vocab = x.shape[-1]
     m = x.max(-1, keepdims=True)
     with np.errstate(divide="ignore", invalid="ignore"):
         lse = m + np.log(np.exp(x - m).sum(-1, keepdims=True, dtype=np.float32))
@@ -130,11 +131,19 @@ def beam_topk(logits: np.ndarray, rows: np.ndarray | None, beam_scores: np.ndarr
         cand = np.where(s == -np.inf, np.float32(-np.inf), (s + x) - lse).astype(np.float32)
     if suppress_stop and len(stop_ids):
         cand[:, stop_ids] = -np.inf                                                   # after the log-softmax
-    groups, want = n_rows // beams, 2 * beams
-    cand = cand.reshape(groups, -1)                                                   # [G, K * V]
-    if cand.shape[1] < want:                                                          # tiny vocabulary: pad
-        cand = np.concatenate([cand, np.full((groups, want - cand.shape[1]), -np.inf, np.float32)], axis=1)
+    if vocab < want:                                                                  # tiny vocabulary: pad
+        cand = np.concatenate([cand, np.full((n_rows, want - vocab), -np.inf, np.float32)], axis=1)
     order = np.argsort(-cand, axis=-1, kind="stable")[:, :want]
     scores = np.take_along_axis(cand, order, -1)
-    index = np.where(scores > -np.inf, order, -1).astype(np.int32)
-    return scores.astype(np.float32), index
+    flat = order + (np.arange(n_rows) % beams)[:, None] * vocab
+    return scores.astype(np.float32), np.where(scores > -np.inf, flat, -1).astype(np.int32)
+
+
+def merge_beams(scores: np.ndarray, index: np.ndarray, beams: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each prompt's 2K best of its K rows' lists ([G * K, 2K] -> [G, 2K]): the overall best are among the
+    rows' best; rows come in flat-index order, so a stable sort keeps ties at the lower index."""
+    want = 2 * beams
+    s = scores.reshape(-1, beams * want)
+    i = index.reshape(-1, beams * want)
+    order = np.argsort(-s, axis=-1, kind="stable")[:, :want]
+    return np.take_along_axis(s, order, -1), np.take_along_axis(i, order, -1)
