@@ -274,17 +274,20 @@ def _llama_layers(spec: DecoderSpec, state, w, node, np_t, linear) -> str:
 def _gpt_layers(spec: DecoderSpec, state, w, node, np_t, linear) -> str:
     """GPT-2: token + learned position embeddings, pre-LayerNorm, QKV with bias -> GQA (no rotary, as many K/V heads
     as heads) -> out_proj -> SkipLayerNorm (bias folded) -> linear1 -> FastGelu (tanh, bias folded) -> linear2.
-    Positions come from the cache state: 0..S-1 for a prompt call, seqlens_k (the past length) for a step."""
+    Positions come from the cache state: 0..S-1 for a prompt call, seqlens_k (the past length) for a step, computed
+    on the device without shape operators."""
     from onnx import numpy_helper
     w.raw(numpy_helper.from_array(np.array(1, np.int64), "one"))
     w.raw(numpy_helper.from_array(np.array(0, np.int64), "zero"))
-    w.raw(numpy_helper.from_array(np.array([0], np.int64), "axis0"))
     w.raw(numpy_helper.from_array(np.array([1], np.int64), "axis1"))
-    shape = node("Shape", ["input_ids"], ["ids_shape"], "pos.shape")
-    s_len = node("Gather", [shape, "one"], ["seq_len"], "pos.seq_len", axis=0)
+    # no Shape/Range (onnxruntime places shape arithmetic on the CPU, which rules out CUDA-graph capture):
+    # ones [B, S] -> CumSum - 1 = 0..S-1, ReduceSum = S per row
+    ones = node("Add", [node("Mul", ["input_ids", "zero"], ["pos.zeros"], "pos.zeros"), "one"], ["pos.ones"],
+                "pos.ones")
+    rng = node("Sub", [node("CumSum", [ones, "one"], ["pos.cumsum"], "pos.cumsum"), "one"], ["pos.range"],
+               "pos.range")
+    s_len = node("ReduceSum", [ones, "axis1"], ["pos.seq_len"], "pos.seq_len", keepdims=1)            # [B, 1]
     step = node("Equal", [s_len, "one"], ["is_step"], "pos.is_step")
-    rng = node("Range", ["zero", s_len, "one"], ["pos.range"], "pos.range")
-    rng = node("Unsqueeze", [rng, "axis0"], ["pos.range2"], "pos.range2")
     past = node("Cast", ["seqlens_k"], ["pos.past"], "pos.past", to=7)                      # int64
     past = node("Unsqueeze", [past, "axis1"], ["pos.past2"], "pos.past2")
     pos = node("Where", [step, past, rng], ["position_ids"], "pos.where")                    # [B, S]

@@ -19,7 +19,7 @@ __device__ void beam_row(const T* logits, const int* rows, const unsigned char* 
                          long long row_stride, int beams, float penalty, int suppress_stop, int n_stop) {
   __shared__ float red_v[WARPS];
   __shared__ int red_i[WARPS];
-  __shared__ float hist[256];
+  __shared__ float hist[WARPS * 256];             // radix_select: one histogram a warp
   __shared__ int scan[THREADS];
   __shared__ unsigned int s_prefix;
   __shared__ float s_above, s_val;

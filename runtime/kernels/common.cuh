@@ -73,20 +73,38 @@ __device__ void block_argmax(float v, int idx, float* red_v, int* red_i, float* 
 
 // Largest key tau with W(x : key(x) >= tau, key(x) >= lower) >= target over value(0..n-1), where W counts
 // (mass == false) or sums exp(x - m) (mass == true); -inf entries never count. Four MSB-first passes over 8-bit
-// digits with a shared histogram.
+// digits. Each warp fills its own histogram (whole rows often share their top digits, and one shared histogram
+// would serialize every atomic on one bin); counts are aggregated across the lanes holding the same digit first.
+// hist: WARPS * 256 floats of shared memory.
 template <typename F>
 __device__ unsigned int radix_select(int n, F value, float m, unsigned int lower, bool mass, float target,
                                      float* hist, unsigned int* shared_prefix, float* shared_above) {
   unsigned int prefix = 0, prefix_mask = 0;
+  float* mine = hist + (threadIdx.x >> 5) * 256;
+  const unsigned int lane = threadIdx.x & 31;
   if (threadIdx.x == 0) *shared_above = 0.f;
   for (int shift = 24; shift >= 0; shift -= 8) {
-    for (int d = threadIdx.x; d < 256; d += THREADS) hist[d] = 0.f;
+    for (int d = threadIdx.x; d < WARPS * 256; d += THREADS) hist[d] = 0.f;
     __syncthreads();
-    for (int i = threadIdx.x; i < n; i += THREADS) {
-      float x = value(i);
-      unsigned int k = order_key(x);
-      if (k >= lower && (k & prefix_mask) == prefix && x > -P2O_INF)
-        atomicAdd(&hist[(k >> shift) & 255u], mass ? __expf(x - m) : 1.f);
+    for (int base = 0; base < n; base += THREADS) {            // whole warps in step: match_any needs them
+      const int i = base + threadIdx.x;
+      float x = -P2O_INF;
+      if (i < n) x = value(i);
+      const unsigned int k = order_key(x);
+      const bool in = i < n && k >= lower && (k & prefix_mask) == prefix && x > -P2O_INF;
+      const unsigned int digit = in ? (k >> shift) & 255u : 256u;
+      if (mass) {
+        if (in) atomicAdd(&mine[digit], __expf(x - m));
+      } else {
+        const unsigned int peers = __match_any_sync(0xffffffffu, digit);
+        if (in && (__ffs(peers) - 1) == (int)lane) atomicAdd(&mine[digit], (float)__popc(peers));
+      }
+    }
+    __syncthreads();
+    for (int d = threadIdx.x; d < 256; d += THREADS) {         // fold the warps' histograms into warp 0's
+      float t = 0.f;
+      for (int w = 0; w < WARPS; ++w) t += hist[w * 256 + d];
+      hist[d] = t;
     }
     __syncthreads();
     if (threadIdx.x == 0) {

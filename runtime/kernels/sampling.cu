@@ -60,7 +60,7 @@ __device__ void sample_row(const T* logits, const int* rows, unsigned char* seen
                            long long* next_ids, int* tokens_out, int* seqlens, unsigned char* finished) {
   __shared__ float red_v[WARPS];
   __shared__ int red_i[WARPS];
-  __shared__ float hist[256];
+  __shared__ float hist[WARPS * 256];             // radix_select: one histogram a warp
   __shared__ float scan[THREADS];
   __shared__ unsigned int s_prefix;
   __shared__ float s_above, s_val;
