@@ -60,27 +60,36 @@ def dev_samples(zoo_dir: Path, path: Path, groups: int = 4, per_group: int = 16)
     return path
 
 
-def cached_bundle(dest: Path, source: Path, precisions: tuple[str, ...]):
-    """The bundle's manifest when it was validated from this very source (same checksums) in these precisions."""
-    from paddle2ort.convert.source import locate
-    from paddle2ort.runtime.manifest import load_bundle, sha256_file
+def cached_bundle(dest: Path, same_source):
+    """dest's manifest when it is a verified, validated bundle that `same_source(manifest)` accepts, else None."""
+    from paddle2ort.runtime.manifest import load_bundle
 
     if not (dest / "manifest.json").is_file():
         return None
     try:
-        src = locate(source)
         m = load_bundle(dest, verify=True).manifest
+        if not (m.validation and same_source(m)):
+            return None
     except Paddle2OrtError:
         return None
-    if (m.source.get("sha256") == {f.name: sha256_file(f) for f in (src.model_file, src.params_file)}
-            and set(m.models) == set(precisions) and m.validation):
-        log.info("%s is up to date (validated from the same source; cached)", dest)
-        return m
-    return None
+    log.info("%s is up to date (validated from the same source; cached)", dest)
+    return m
+
+
+def static_source(source: Path, precisions: tuple[str, ...]):
+    """Predicate: the manifest was converted from these very Paddle files (checksums) in these precisions."""
+    from paddle2ort.convert.source import locate
+    from paddle2ort.runtime.manifest import sha256_file
+
+    def same(m) -> bool:
+        src = locate(source)
+        return (m.source.get("sha256") == {f.name: sha256_file(f) for f in (src.model_file, src.params_file)}
+                and set(m.models) == set(precisions))
+    return same
 
 
 def classifier_bundle(zoo_dir: Path, dest: Path) -> Path:
-    if cached_bundle(dest, zoo_dir / "model", ("fp32", "fp16", "int8")):
+    if cached_bundle(dest, static_source(zoo_dir / "model", ("fp32", "fp16", "int8"))):
         return dest
     meta = json.loads((zoo_dir / "zoo.json").read_text())
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -101,16 +110,9 @@ def classifier_bundle(zoo_dir: Path, dest: Path) -> Path:
 def llm_bundle(zoo_dir: Path, dest: Path) -> Path:
     from paddle2ort.convert.llm import LLMConvertConfig, convert_llm
     from paddle2ort.convert.llm.api import source_fingerprint
-    from paddle2ort.runtime.manifest import load_bundle
 
-    if (dest / "manifest.json").is_file():
-        try:
-            m = load_bundle(dest).manifest
-            if m.extra.get("paddle_source") == source_fingerprint(zoo_dir / "model") and m.validation:
-                log.info("%s is up to date (validated from the same source; cached)", dest)
-                return dest
-        except Paddle2OrtError:
-            pass
+    if cached_bundle(dest, lambda m: m.extra.get("paddle_source") == source_fingerprint(zoo_dir / "model")):
+        return dest
     convert_llm(LLMConvertConfig(source=zoo_dir / "model", tokenizer=zoo_dir / "tokenizer", output=dest,
                                  precisions=("fp32",), overwrite=True, name=LLM))
     return dest
@@ -163,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name, (pkg, rel) in MODELS.items():
         dest = args.out / "bundles" / name
-        m = cached_bundle(dest, package_path(pkg, rel), ("fp32", "fp16", "int8"))
+        m = cached_bundle(dest, static_source(package_path(pkg, rel), ("fp32", "fp16", "int8")))
         try:
             m = m or convert(ConvertConfig(source=package_path(pkg, rel), output=dest,
                                            precisions=("fp32", "fp16", "int8"), overwrite=True, name=name)).manifest

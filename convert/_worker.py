@@ -178,8 +178,6 @@ def task_export(args: dict) -> dict:
 def task_bench(args: dict) -> dict:
     """Paddle Inference on CPU as a benchmark peer: its deployment configuration (IR passes, oneDNN when the build
     has it, the given thread count), timed over the same pre-tokenized batches the ONNX rows use."""
-    import time
-
     import numpy as np
     import paddle
     import paddle.inference as pi
@@ -205,16 +203,8 @@ def task_bench(args: dict) -> dict:
         pred.run()
         return pred.get_output_handle(out_name).copy_to_cpu()
 
-    for b in range(min(int(args["warmup"]), nb)):
-        run(batches[b])
-    times, outs = [], [None] * nb
-    for _ in range(int(args["repeats"])):
-        rep = []
-        for b, feeds in enumerate(batches):
-            t0 = time.perf_counter()
-            outs[b] = run(feeds)
-            rep.append(time.perf_counter() - t0)
-        times.append(rep)
+    from paddle2ort.benchmarks.classifier import time_passes      # the ONNX rows' warm-up and timing loop
+    times, outs = time_passes(run, batches, int(args["warmup"]), int(args["repeats"]))
     tmp = args["outputs_npz"] + ".tmp.npz"
     np.savez(tmp, **{str(b): o for b, o in enumerate(outs)})
     os.replace(tmp, args["outputs_npz"])

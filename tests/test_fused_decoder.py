@@ -29,6 +29,8 @@ def test_manifest_records_gated_fused_decoders(llama):
         assert e["validation"]["passed"] and e["validation"]["samples"] == 4       # prefill + 3 decode steps
     assert fused["fp32"]["validation"]["max_rel_diff"] <= 1e-4
     assert fused["fp16"]["validation"]["min_cosine"] >= 0.999
+    assert fused["fp16"]["options"]["head_dtype"] == "float32"                # the default: fp32 logits on fp16
+    assert fused["int4"]["options"]["head_dtype"] == "float16"
     assert fused["int4"]["options"]["weight_only"]["bits"] == 4
     ops = __import__("onnx").load(str(dest / fused["int4"]["file"]), load_external_data=False).graph.node
     kinds = {n.op_type for n in ops}
@@ -132,36 +134,6 @@ def test_fused_gpt2_matches_paddle_and_the_generic_export(llm_bundles):  # noqa:
     assert [g.generate_token_ids([i], cfg)[0] for i in ids] == want
     ops = {n.op_type for n in __import__("onnx").load(str(dest / fused["fp32"]["file"])).graph.node}
     assert {"GroupQueryAttention", "SkipLayerNormalization", "FastGelu"} <= ops
-
-
-@pytest.mark.parametrize("family", ["llama", "gpt"])
-def test_weight_layout_nk_gives_the_same_logits(family, tmp_path):
-    """[out, in] weights with FusedMatMul(transB=1) (the GPU layout option) = [in, out] MatMul, prompt and steps."""
-    from paddle2ort.convert.llm.fused import build_variant, random_state
-    cfg = {"vocab_size": 96, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-           "num_key_value_heads": 2 if family == "llama" else 4, "intermediate_size": 128,
-           "max_position_embeddings": 64}
-    spec = DecoderSpec.from_config(cfg, family=family)
-    state = random_state(spec, seed=3)
-    out = {}
-    for layout in ("kn", "nk"):
-        opts = build_variant(spec, state, "fp32", tmp_path / f"{layout}.onnx", weight_layout=layout)
-        assert opts["weight_layout"] == layout
-        ops = {n.op_type for n in __import__("onnx").load(str(tmp_path / f"{layout}.onnx")).graph.node}
-        assert ("FusedMatMul" in ops) == (layout == "nk") and ("MatMul" in ops) == (layout == "kn")
-        dec = FusedDecoder(tmp_path / f"{layout}.onnx", spec.to_json(), max_length=32)
-        st = dec.state(2)
-        logits, _ = dec.prefill(st, [[5, 6, 7], [9, 10]], pad_id=0)
-        steps = [np.asarray(logits).copy()]
-        for t in (11, 12):
-            st.seqlens += 1
-            st.ids[...] = t
-            steps.append(np.asarray(dec.decode_one_token(st)).copy())
-        out[layout] = steps
-    for a, b in zip(out["kn"], out["nk"]):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-    with pytest.raises(BadInputError, match="weight_layout"):
-        build_variant(spec, state, "int4", tmp_path / "q.onnx", weight_layout="nk")
 
 
 def test_fused_beam_search_equals_the_host_loop(llama):

@@ -41,7 +41,8 @@ class LLMConvertConfig:
     decode_steps: int = 3                          # greedy steps recorded after the prefill
     thresholds: dict[str, Thresholds] = field(default_factory=lambda: dict(LLM_THRESHOLDS))
     fused: tuple[str, ...] = ()                    # also build the fused decoder at these precisions (LLaMA family)
-    fused_head_dtype: str | None = None            # "float32": LM head + logits in fp32 in the fp16/int graphs
+    fused_head_dtype: str | None = None            # LM head + logits: None = float32 in the fp16 graph, the graph
+    #                                                dtype in int8/int4; "float32" / "float16" force it
 
     def __post_init__(self):
         object.__setattr__(self, "source", Path(self.source))
@@ -129,8 +130,9 @@ def build_fused(config: LLMConvertConfig, work: Path, pad_id: int) -> dict:
         dst = out / f"decoder.{prec}.onnx"
         log.info("fused decoder %s (GroupQueryAttention, SkipSimplifiedLayerNormalization%s)", prec,
                  ", MatMulNBits" if prec in ("int8", "int4") else "")
+        head = config.fused_head_dtype or ("float32" if prec == "fp16" else None)
         opts = build_variant(spec, state, prec, dst, block_size=config.block_size,
-                             head_dtype=config.fused_head_dtype if prec != "fp32" else None)
+                             head_dtype=head if prec != "fp32" else None)
         thr = config.thresholds.get(prec, DEFAULT_THRESHOLDS.get(prec))
         report = gate(prec, dst, spec, steps, pad_id, thr) if config.validate else None
         if report:

@@ -158,24 +158,17 @@ def lm_head(spec: DecoderSpec, state: dict[str, np.ndarray]) -> np.ndarray:
     return w
 
 
-WEIGHT_LAYOUTS = ("kn", "nk")
-
-
 def build_decoder(spec: DecoderSpec, state: dict[str, np.ndarray], dtype: str = "float16",
-                  head_dtype: str | None = None, weight_layout: str = "kn"):
+                  head_dtype: str | None = None):
     """-> onnx.ModelProto of the fused decoder with float weights in `dtype` (float16 or float32).
     head_dtype="float32" on a float16 graph computes the LM head and the logits in float32: float16 logits of
-    magnitude 16-32 are 1/64 apart, so near-ties become exact ties (SmolLM2 on CPU: 19/20 -> 20/20 golden rows).
-    weight_layout="nk" stores every projection as [out, in] and multiplies with FusedMatMul(transB=1), so a
-    one-token step is a row-dot GEMV (cuBLAS "T") instead of a column-axpy one that cuBLAS splits over K and
-    reduces in a second kernel; "kn" ([in, out] MatMul) is what the weight-only quantizer reads."""
+    magnitude 16-32 are 1/64 apart, so near-ties become exact ties (SmolLM2: CPU 19/20 -> 20/20 golden rows,
+    H100 16/20 -> 20/20)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     if dtype not in ("float16", "float32"):
         raise BadInputError(f"fused decoder dtype must be float16 or float32, got {dtype!r}")
-    if weight_layout not in WEIGHT_LAYOUTS:
-        raise BadInputError(f"weight_layout must be one of {WEIGHT_LAYOUTS}, got {weight_layout!r}")
     check_state(spec, state)
     np_t = np.dtype(dtype)
     elem = TensorProto.FLOAT16 if dtype == "float16" else TensorProto.FLOAT
@@ -191,12 +184,10 @@ def build_decoder(spec: DecoderSpec, state: dict[str, np.ndarray], dtype: str = 
         return outs[0]
 
     def linear(x: str, name: str, weight: np.ndarray, out: str | None = None, as_dtype=None) -> str:
-        """x @ weight ([in, out]) under the chosen layout; the weight initializer is `name`."""
-        arr = weight if weight_layout == "kn" else weight.T
-        inits.append(numpy_helper.from_array(np.ascontiguousarray(arr, dtype=as_dtype or np_t), name))
-        if weight_layout == "kn":
-            return node("MatMul", [x, name], [out or name + ".out"], name)
-        return node("FusedMatMul", [x, name], [out or name + ".out"], name, domain="com.microsoft", transB=1)
+        """x @ weight ([in, out]); the weight initializer and the node are both called `name` (the quantizer
+        finds the LM head by it)."""
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(weight, dtype=as_dtype or np_t), name))
+        return node("MatMul", [x, name], [out or name + ".out"], name)
 
     x = (_gpt_layers if spec.family == "gpt" else _llama_layers)(spec, state, w, node, np_t, linear)
     head_w = lm_head(spec, state)
@@ -358,21 +349,15 @@ def save_model(model, path: Path) -> None:
 
 def build_variant(spec: DecoderSpec, state: dict[str, np.ndarray], precision: str, dst: Path,
                   block_size: int = 32, accuracy_level: int | None = 4, head_bits: int = 8,
-                  compute_dtype: str | None = None, head_dtype: str | None = None,
-                  weight_layout: str = "kn") -> dict:
+                  compute_dtype: str | None = None, head_dtype: str | None = None) -> dict:
     """Write the fused decoder at one precision; returns the options recorded in the manifest.
     fp32 (CPU) / fp16 (GPU) are float graphs; int8 / int4 quantize every MatMul weight with MatMulNBits
-    (the LM head keeps `head_bits`) over an fp16 graph unless compute_dtype says float32 (CPU).
-    weight_layout "nk" (float graphs only; see build_decoder) is for the GPU: onnxruntime's CPU FusedMatMul is
-    float32 only."""
+    (the LM head keeps `head_bits`) over an fp16 graph unless compute_dtype says float32 (CPU)."""
     if precision not in FUSED_PRECISIONS:
         raise BadInputError(f"fused precision must be one of {FUSED_PRECISIONS}, got {precision!r}")
-    if weight_layout != "kn" and precision in ("int8", "int4"):
-        raise BadInputError("weight_layout applies to fp32/fp16 graphs; MatMulNBits has its own layout")
     dtype = compute_dtype or ("float32" if precision == "fp32" else "float16")
-    model = build_decoder(spec, state, dtype, head_dtype, weight_layout)
-    opts = {"graph": "fused", "compute_dtype": dtype, "head_dtype": head_dtype or dtype, "spec": spec.to_json(),
-            "weight_layout": weight_layout}
+    model = build_decoder(spec, state, dtype, head_dtype)
+    opts = {"graph": "fused", "compute_dtype": dtype, "head_dtype": head_dtype or dtype, "spec": spec.to_json()}
     if precision in ("int8", "int4"):
         model, q = quantize_weights(model, 8 if precision == "int8" else 4, block_size, accuracy_level, head_bits)
         opts["weight_only"] = q
