@@ -248,6 +248,19 @@ def sampler_params(cfg: GenerationConfig, step: int, pad_id: int) -> kernels.Sam
                                  seed=(cfg.seed or 0) & 0xFFFFFFFFFFFFFFFF, pad_id=pad_id)
 
 
+def check_request(decoder: FusedDecoder, prompts: Sequence[Sequence[int]], cfg: GenerationConfig) -> int:
+    """What the fused loop cannot do, as one clear error each. -> the longest prompt's length."""
+    if cfg.stop_strings:
+        raise BadInputError("stop strings need the host loop; the fused loop stops on token ids")
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise BadInputError("every prompt needs at least one token")
+    longest = max(len(p) for p in prompts)
+    if longest + cfg.max_new_tokens > decoder.capacity:
+        raise BadInputError(f"prompt ({longest} tokens) + max_new_tokens ({cfg.max_new_tokens}) exceeds the "
+                            f"cache capacity {decoder.capacity}; raise max_length or shorten the prompt")
+    return longest
+
+
 class FusedGenerator:
     """Step API over the on-device loop: prefill + first token on construction, then `step()` until `done`."""
 
@@ -256,14 +269,7 @@ class FusedGenerator:
         if cfg.num_beams > 1:
             raise BadInputError("the step API does greedy and sampling; beam search is runtime.fused.beam_search "
                                 "(fused.generate routes num_beams > 1 there)")
-        if cfg.stop_strings:
-            raise BadInputError("stop strings need the host loop; the fused loop stops on token ids")
-        if not prompts or any(len(p) == 0 for p in prompts):
-            raise BadInputError("every prompt needs at least one token")
-        longest = max(len(p) for p in prompts)
-        if longest + cfg.max_new_tokens > decoder.capacity:
-            raise BadInputError(f"prompt ({longest} tokens) + max_new_tokens ({cfg.max_new_tokens}) exceeds the "
-                                f"cache capacity {decoder.capacity}; raise max_length or shorten the prompt")
+        check_request(decoder, prompts, cfg)
         with decoder.on_stream():
             self._start(decoder, prompts, cfg, pad_id, check_every)
 
@@ -395,14 +401,7 @@ def beam_search(decoder: FusedDecoder, prompts: Sequence[Sequence[int]], cfg: Ge
     moved -> the next tokens into the bound input_ids -> one decoder step (CUDA graph). Same scoring as
     runtime.generation.beam_search."""
     k = cfg.num_beams
-    if cfg.stop_strings:
-        raise BadInputError("stop strings need the host loop; the fused loop stops on token ids")
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise BadInputError("every prompt needs at least one token")
-    longest = max(len(p) for p in prompts)
-    if longest + cfg.max_new_tokens > decoder.capacity:
-        raise BadInputError(f"prompt ({longest} tokens) + max_new_tokens ({cfg.max_new_tokens}) exceeds the "
-                            f"cache capacity {decoder.capacity}; raise max_length or shorten the prompt")
+    longest = check_request(decoder, prompts, cfg)
     xp, vocab, stops = decoder.xp, decoder.vocab_size, set(cfg.stop_token_ids)
     rows_prompts = [list(p) for p in prompts for _ in range(k)]
     n = len(rows_prompts)
