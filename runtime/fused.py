@@ -401,6 +401,9 @@ def beam_search(decoder: FusedDecoder, prompts: Sequence[Sequence[int]], cfg: Ge
     moved -> the next tokens into the bound input_ids -> one decoder step (CUDA graph). Same scoring as
     runtime.generation.beam_search."""
     k = cfg.num_beams
+    if k > kernels.MAX_BEAMS:
+        raise BadInputError(f"the fused loop's beam kernel handles up to {kernels.MAX_BEAMS} beams, got {k}; use "
+                            "fewer beams or the host loop (--graph generic)")
     longest = check_request(decoder, prompts, cfg)
     xp, vocab, stops = decoder.xp, decoder.vocab_size, set(cfg.stop_token_ids)
     rows_prompts = [list(p) for p in prompts for _ in range(k)]

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .reference import SamplerParams, merge_beams, philox_uniform
+from .reference import MAX_BEAMS, SamplerParams, merge_beams, philox_uniform
 
-__all__ = ["SamplerParams", "beam_topk", "merge_beams", "on_device", "philox_uniform", "sample_rows"]
+__all__ = ["MAX_BEAMS", "SamplerParams", "beam_topk", "merge_beams", "on_device", "philox_uniform", "sample_rows"]
 
 
 def on_device(arr) -> bool:

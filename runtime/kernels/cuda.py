@@ -9,13 +9,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DeviceError
-from .reference import SamplerParams
+from .reference import MAX_BEAMS, SamplerParams
 
 log = logging.getLogger(__name__)
 
 SOURCES = Path(__file__).parent
 THREADS = 1024                                   # common.cuh THREADS
-MAX_BEAMS = 32                                   # beam.cu MAX_BEAMS
 
 
 def cupy():

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+MAX_BEAMS = 32                                   # beam.cu MAX_BEAMS: its shared buffers hold 2 x 32 candidates
 _M0, _M1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
 _W0, _W1 = np.uint32(0x9E3779B9), np.uint32(0xBB67AE85)
 _LO = np.uint64(0xFFFFFFFF)
