@@ -39,13 +39,11 @@ CONFIGS = {
 # ------------------------------------------------------------------------------------------ shared pieces
 def device_info() -> dict:
     import cupy as cp
+
+    from .env import gpu_names
     props = cp.cuda.runtime.getDeviceProperties(0)
-    info = {"gpu": props["name"].decode(), "gpu_memory_gb": round(props["totalGlobalMem"] / 2**30, 1)}
-    try:
-        info["nvidia_smi"] = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version",
-                                             "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        pass
+    info = {"gpu": props["name"].decode(), "gpu_memory_gb": round(props["totalGlobalMem"] / 2**30, 1),
+            "nvidia_smi": "; ".join(gpu_names())}
     vers = {}
     for mod in ("onnxruntime", "onnxruntime_genai", "torch", "transformers", "cupy", "numpy"):
         try:
@@ -209,11 +207,7 @@ def gpt2_check(work: Path, prompts: int = 16, new: int = 32) -> dict:
     out["gpu_fp16_vs_cpu_fp32"] = agreement(toks["gpu_fp16"], toks["cpu_fp32"])
     out["cpu_fp16_vs_cpu_fp32"] = agreement(toks["cpu_fp16"], toks["cpu_fp32"])       # the noise floor of fp16
     # logits of every prompt position (no compounding): the graph's parity, not the near-ties' luck
-    logits = {}
-    for k, d in decs.items():
-        lg, _ = d.prefill(d.state(len(rows)), rows, 0)
-        lg = np.asarray(lg.get() if hasattr(lg, "get") else lg, np.float32).reshape(len(rows), -1, spec.vocab_size)
-        logits[k] = np.concatenate([lg[b, :len(r)] for b, r in enumerate(rows)])
+    logits = {k: np.concatenate(d.prompt_logits(d.state(len(rows)), rows, 0)) for k, d in decs.items()}
     for k in ("gpu_fp16", "cpu_fp16"):
         m = compare(logits["cpu_fp32"], logits[k], class_axis=True)
         out[f"prefill_logits_{k}_vs_cpu_fp32"] = {x: m[x] for x in ("max_rel_diff", "cosine", "argmax_agreement")}
@@ -225,15 +219,10 @@ def teacher_forced(dec, prompts: list[list[int]], want: list[list[int]]) -> dict
     """Per-token agreement without compounding: feed prompt + the golden continuation in one prompt call and
     compare the argmax at every position with the golden next token."""
     seqs = [p + w[:-1] for p, w in zip(prompts, want)]
-    st = dec.state(len(seqs))
-    logits, _ = dec.prefill(st, seqs, pad_id=2)
-    s = max(len(q) for q in seqs)
-    am = logits.reshape(len(seqs), s, -1).argmax(-1)
-    am = am.get() if hasattr(am, "get") else am
+    logits = dec.prompt_logits(dec.state(len(seqs)), seqs, pad_id=2)
     same = total = 0
-    for i, (p, w) in enumerate(zip(prompts, want)):
-        got = am[i, len(p) - 1:len(p) - 1 + len(w)]
-        same += int((got == np.array(w)).sum())
+    for lg, p, w in zip(logits, prompts, want):
+        same += int((lg[len(p) - 1:].argmax(-1) == np.array(w)).sum())
         total += len(w)
     dec.release()
     return {"token_agreement": same / total, "tokens": total}

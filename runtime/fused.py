@@ -16,7 +16,7 @@ import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -45,7 +45,6 @@ class DecodeState:
     finished: object               # uint8 [B]
     total: np.ndarray = None       # int32 scalar on the host: the capacity, the decode steps' total_sequence_length
     binding: object = None         # decode-step IO binding (built once)
-    steps_run: int = 0
 
 
 class FusedDecoder:
@@ -219,8 +218,13 @@ class FusedDecoder:
     def decode_one_token(self, st: DecodeState):
         """One token per row from st.ids (written by the sampler). -> logits [B, 1, V] (the bound buffer)."""
         self._run(st.binding, st.batch)
-        st.steps_run += 1
         return st.logits
+
+    def prompt_logits(self, st: DecodeState, prompts: Sequence[Sequence[int]], pad_id: int) -> list[np.ndarray]:
+        """prefill, then each prompt's logits on the host: float32 [len(prompt), V] per prompt."""
+        logits, _ = self.prefill(st, prompts, pad_id)
+        got = self.host(logits).reshape(len(prompts), max(len(p) for p in prompts), -1)
+        return [got[b, :len(p)].astype(np.float32) for b, p in enumerate(prompts)]
 
     def synchronize(self) -> None:
         if self.stream is not None:
@@ -312,6 +316,24 @@ class FusedGenerator:
         with self.dec.on_stream():
             self._choose(self.dec.decode_one_token(self.st), None)
 
+    def stream(self) -> Iterator[list[tuple[int, int]]]:
+        """Step to the end, yielding each step's new (row, token) pairs, the prompt's first token included; a row's
+        stop token (once min_new_tokens are out) ends that row and is not yielded. The host copy a step: the ids."""
+        live = np.ones(self.st.batch, bool)
+        stops = set(self.cfg.stop_token_ids)
+        while True:
+            new = []
+            for i, t in enumerate(self.last_tokens().tolist()):
+                if live[i] and t in stops and self.steps > self.cfg.min_new_tokens:
+                    live[i] = False
+                elif live[i]:
+                    new.append((i, t))
+            if new:
+                yield new
+            if self._done or not live.any():
+                return
+            self.step()
+
     def last_tokens(self) -> np.ndarray:
         """The ids chosen by the latest step, on the host [B] (the per-step copy that streaming needs)."""
         return self.dec.host(self.st.ids[:, 0]).copy()
@@ -336,23 +358,13 @@ def generate(decoder: FusedDecoder, prompts: Sequence[Sequence[int]], cfg: Gener
             raise BadInputError("beam search cannot stream: the best beam is known only at the end")
         return beam_search(decoder, prompts, cfg, pad_id)
     gen = FusedGenerator(decoder, prompts, cfg, pad_id)
-    live = np.ones(len(prompts), bool)
-    stops = set(cfg.stop_token_ids)
-
-    def emit():
-        for i, t in enumerate(gen.last_tokens()):
-            if live[i]:
-                if int(t) in stops and gen.steps > cfg.min_new_tokens:
-                    live[i] = False
-                else:
-                    streamer(i, int(t))
-
-    if streamer is not None:
-        emit()
-    while not gen.done:
-        gen.step()
-        if streamer is not None:
-            emit()
+    if streamer is None:
+        while not gen.done:
+            gen.step()
+    else:
+        for new in gen.stream():
+            for row, tok in new:
+                streamer(row, tok)
     decoder.synchronize()
     return gen.results()
 

@@ -111,16 +111,10 @@ class TextGenerator:
         from .fused import FusedGenerator
         gen = FusedGenerator(self.model, [ids], cfg, self.tokenizer.pad_token_id, check_every=1)
         dec = StreamDecoder(self.tokenizer)
-        while True:
-            t = int(gen.last_tokens()[0])           # the one host copy a step: the new id
-            if t in cfg.stop_token_ids and gen.steps > cfg.min_new_tokens:
-                break
-            delta = dec.push(t)
+        for new in gen.stream():
+            delta = dec.push(new[0][1])
             if delta:
                 yield delta
-            if gen.done:
-                break
-            gen.step()
 
 
 def fused_model(bundle, precision: str) -> tuple[Path, dict]:

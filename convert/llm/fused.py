@@ -174,8 +174,8 @@ def build_decoder(spec: DecoderSpec, state: dict[str, np.ndarray], dtype: str = 
     elem = TensorProto.FLOAT16 if dtype == "float16" else TensorProto.FLOAT
     inits, nodes = [], []
 
-    def w(name: str, arr: np.ndarray) -> str:
-        inits.append(numpy_helper.from_array(np.ascontiguousarray(arr, dtype=np_t), name))
+    def w(name: str, arr: np.ndarray, dtype=None) -> str:
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(arr, dtype=dtype or np_t), name))
         return name
     w.raw = inits.append                       # a non-float initializer, as is
 
@@ -186,8 +186,7 @@ def build_decoder(spec: DecoderSpec, state: dict[str, np.ndarray], dtype: str = 
     def linear(x: str, name: str, weight: np.ndarray, out: str | None = None, as_dtype=None) -> str:
         """x @ weight ([in, out]); the weight initializer and the node are both called `name` (the quantizer
         finds the LM head by it)."""
-        inits.append(numpy_helper.from_array(np.ascontiguousarray(weight, dtype=as_dtype or np_t), name))
-        return node("MatMul", [x, name], [out or name + ".out"], name)
+        return node("MatMul", [x, w(name, weight, as_dtype)], [out or name + ".out"], name)
 
     x = (_gpt_layers if spec.family == "gpt" else _llama_layers)(spec, state, w, node, np_t, linear)
     head_w = lm_head(spec, state)
@@ -389,12 +388,9 @@ def replay(decoder, steps: list[dict[str, np.ndarray]], pad_id: int) -> list[tup
     mask = first["attention_mask"]
     prompts = [row[m > 0].tolist() for row, m in zip(first["input_ids"], mask)]
     st = decoder.state(len(prompts))
-    logits, _ = decoder.prefill(st, prompts, pad_id)
-    s = max(len(p) for p in prompts)
-    got = np.asarray(logits).reshape(len(prompts), s, -1)
+    got = decoder.prompt_logits(st, prompts, pad_id)
     ref = first["ref_logits"]
-    pairs = [(np.concatenate([ref[b, ref.shape[1] - len(p):] for b, p in enumerate(prompts)]),
-              np.concatenate([got[b, :len(p)] for b, p in enumerate(prompts)]).astype(np.float32))]
+    pairs = [(np.concatenate([ref[b, ref.shape[1] - len(p):] for b, p in enumerate(prompts)]), np.concatenate(got))]
     for step in steps[1:]:
         st.seqlens += 1
         st.ids[...] = step["input_ids"]
