@@ -3,26 +3,26 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import math
 import shutil
-import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from paddle2ort.runtime.manifest import (MANIFEST_NAME, SCHEMA_VERSION, VALIDATION_NAME, Manifest, ModelFile,
-                                         load_bundle, sha256_file)
+                                         file_entries, load_bundle, sha256_file)
 
 from . import export as export_stage
 from .bundle import staged_bundle, write_json
 from .errors import BadInputError, UnsupportedOperatorsError, ValidationError
-from .graph import rename_and_annotate, share_duplicate_weights
-from .paddle_proc import run_worker
+from .graph import _IDENT, rename_and_annotate, share_duplicate_weights
+from .paddle_proc import make_workdir, run_worker, sigterm_as_interrupt
 from .precision import PRECISIONS, FP16Options, Int4Options, Int8Options, make_variant
 from .source import ModelSource, locate
-from .validate import (DEFAULT_THRESHOLDS, SampleConfig, Thresholds, load_samples, make_samples, summary,
-                       validate)
+from .validate import (DEFAULT_THRESHOLDS, SampleConfig, Thresholds, check_signal, load_samples, make_samples,
+                       summary, validate)
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +30,76 @@ SAMPLES_NAME = "validation_inputs.npz"
 MIN_OPSET, MAX_OPSET = 7, 21
 
 
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def _check_json_file(path: Path, what: str) -> dict:
+    import json
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BadInputError(f"{what} {path} is not a readable JSON file ({e}); give the tokenizer's original "
+                            "files") from e
+    if not isinstance(data, dict):
+        raise BadInputError(f"{what} {path} must hold a JSON object, got a JSON {type(data).__name__}")
+    return data
+
+
 def tokenizer_files(tokenizer_dir: Path, max_seq_length: int) -> tuple[dict, dict[str, Path]]:
-    """(manifest tokenizer section, extra_files) carrying a WordPiece tokenizer directory into the bundle."""
+    """(manifest tokenizer section, extra_files) carrying a WordPiece tokenizer's files (only those) into the bundle."""
+    from tokenizers import Tokenizer
+
     from paddle2ort.tokenization import tokenizer_config
     tokenizer_dir = Path(tokenizer_dir)
+    if not tokenizer_dir.is_dir():
+        raise BadInputError(f"tokenizer directory {tokenizer_dir} does not exist")
     if not (tokenizer_dir / "tokenizer.json").is_file() or not (tokenizer_dir / "vocab.txt").is_file():
         raise BadInputError(f"tokenizer directory {tokenizer_dir} must hold tokenizer.json and vocab.txt")
-    return tokenizer_config(tokenizer_dir, max_seq_length).to_json(), {"tokenizer": tokenizer_dir}
+    if isinstance(max_seq_length, bool) or not isinstance(max_seq_length, int) or not 2 <= max_seq_length <= 1 << 20:
+        raise BadInputError(f"max_seq_length must be an int >= 2 (room for [CLS] and [SEP]), got {max_seq_length}")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (tokenizer_dir / name).is_file():
+            _check_json_file(tokenizer_dir / name, "tokenizer file")
+    try:
+        Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
+    except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception on a bad file
+        raise BadInputError(f"tokenizer file {tokenizer_dir / 'tokenizer.json'} cannot be loaded by HF tokenizers "
+                            f"({e}); give the tokenizer's original tokenizer.json") from e
+    files = {f"tokenizer/{n}": tokenizer_dir / n for n in TOKENIZER_FILES if (tokenizer_dir / n).is_file()}
+    return tokenizer_config(tokenizer_dir, max_seq_length).to_json(), files
+
+
+def check_thresholds(thresholds: dict) -> None:
+    """NaN/inf or out-of-range gate figures would switch the gate off (NaN compares false) or fail every model."""
+    for prec, thr in thresholds.items():
+        for f in fields(thr):
+            v = getattr(thr, f.name)
+            if f.name == "allow_nonfinite" or v is None:
+                continue
+            key = f"{prec}.{f.name}"
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise BadInputError(f"threshold {key}={v!r} is not a finite number; give e.g. {prec}.{f.name}=0.99")
+            if f.name in ("min_cosine", "min_argmax_agreement") and not 0 <= v <= 1:
+                raise BadInputError(f"threshold {key}={v} is out of range: {f.name} lies in [0, 1]")
+            if f.name in ("max_rel_diff", "fp32_exact") and v < 0:
+                raise BadInputError(f"threshold {key}={v} is negative: {f.name} is a bound on a difference (>= 0)")
+
+
+def check_npz(path: Path) -> None:
+    """Cheap structural check of --inputs before any work: readable, no object arrays, no empty arrays."""
+    import zipfile
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise BadInputError(f"cannot read sample inputs {path} ({type(e).__name__}: {e}); pass an .npz written by "
+                            "numpy.savez") from e
+    if not arrays:
+        raise BadInputError(f"sample inputs {path} holds no arrays; save one array per model input")
+    for k, a in arrays.items():
+        if a.ndim == 0 or 0 in a.shape:
+            raise BadInputError(f"sample inputs {path}: array {k!r} has shape {list(a.shape)} (no rows/values); "
+                                "the gate needs at least one sample row")
 
 
 @dataclass(frozen=True)
@@ -67,13 +130,90 @@ class ConvertConfig:
         bad = [p for p in self.precisions if p not in PRECISIONS]
         if bad or not self.precisions:
             raise BadInputError(f"unknown precision(s) {bad or '(none)'}; choose from {', '.join(PRECISIONS)}")
-        if not MIN_OPSET <= self.opset <= MAX_OPSET:
+        if isinstance(self.opset, bool) or not isinstance(self.opset, int) or not MIN_OPSET <= self.opset <= MAX_OPSET:
             raise BadInputError(f"opset {self.opset} is out of range; paddle2onnx exports opsets "
                                 f"{MIN_OPSET}..{MAX_OPSET}")
-        if self.inputs_npz is not None and not Path(self.inputs_npz).is_file():
-            raise BadInputError(f"sample inputs file {self.inputs_npz} does not exist")
-        if self.labels is not None and len(set(self.labels)) != len(self.labels):
-            raise BadInputError("labels must be unique")
+        if self.inputs_npz is not None:
+            if not Path(self.inputs_npz).is_file():
+                raise BadInputError(f"sample inputs file {self.inputs_npz} does not exist")
+            check_npz(Path(self.inputs_npz))
+        if self.labels is not None:
+            if not self.labels or not all(isinstance(x, str) and x.strip() for x in self.labels):
+                raise BadInputError(f"labels must be non-empty strings, got {list(self.labels)}")
+            if len(set(self.labels)) != len(self.labels):
+                raise BadInputError("labels must be unique")
+        if self.output_names is not None:
+            names = list(self.output_names)
+            if not names or any(not isinstance(n, str) or not _IDENT.match(n) for n in names):
+                raise BadInputError(f"output names must be identifiers (letters, digits, _ . : / -), got {names}")
+            if len(set(names)) != len(names):
+                raise BadInputError(f"output names must be unique, got {names}")
+        for name, shape in (self.samples.input_shapes or {}).items():
+            if not shape or any(isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in shape):
+                raise BadInputError(f"input shape for {name!r} must be positive ints, got {shape}")
+        check_thresholds(self.thresholds)
+        for rel, src in self.extra_files.items():
+            if not Path(src).exists():
+                raise BadInputError(f"file to carry into the bundle {src} does not exist")
+        if self.name is not None and (not self.name.strip() or "\n" in self.name):
+            raise BadInputError(f"model name must be a non-empty single line, got {self.name!r}")
+
+    def user_paths(self) -> tuple[Path, ...]:
+        """Everything the user gave as input: never inside what --overwrite replaces."""
+        return (self.source, *([Path(self.inputs_npz)] if self.inputs_npz else []),
+                *(Path(p) for p in self.extra_files.values()))
+
+
+def check_against_specs(config: ConvertConfig, info: dict) -> list[dict[str, np.ndarray]]:
+    """After inspect (cheap), before paddle2onnx: options that name inputs/outputs/classes, and the samples."""
+    ins, outs = info["inputs"], info["outputs"]
+    if config.output_names and len(config.output_names) != len(outs):
+        raise BadInputError(f"{len(config.output_names)} output name(s) given ({', '.join(config.output_names)}) "
+                            f"but the model has {len(outs)} output(s); give exactly {len(outs)}")
+    if config.labels is not None:
+        shape = outs[0]["shape"] if outs else []
+        classes = shape[-1] if len(shape) >= 2 else None
+        if classes is not None and classes > 0 and classes != len(config.labels):
+            raise BadInputError(f"{len(config.labels)} labels given ({', '.join(config.labels)}) but the model's "
+                                f"first output has {classes} classes (shape {shape}); give {classes} labels")
+        if len(shape) < 2 and shape != [-1]:
+            raise BadInputError(f"labels given but the model's first output has shape {shape}, not [batch, classes]")
+    by_name = {i["name"]: i for i in ins}
+    for name, shape in (config.samples.input_shapes or {}).items():
+        if name not in by_name:
+            raise BadInputError(f"--input-shape names unknown input {name!r}; the model's inputs are {list(by_name)}")
+        _check_shape(f"--input-shape {name}", tuple(shape), by_name[name])
+    samples = (load_samples(config.inputs_npz, ins) if config.inputs_npz
+               else make_samples(ins, config.samples, _sample_tokenizer(config)))
+    for i, s in enumerate(samples):
+        for spec in ins:
+            _check_shape(f"sample {i} input {spec['name']!r}" + (f" in {config.inputs_npz}" if config.inputs_npz
+                                                                   else ""), s[spec["name"]].shape, spec)
+    return samples
+
+
+def _sample_tokenizer(config: ConvertConfig):
+    """The bundle's WordPiece tokenizer, so generated token ids are real sentences (None without one)."""
+    tok_dir = config.extra_files.get("tokenizer")
+    if not config.tokenizer or tok_dir is None or config.tokenizer.get("kind", "wordpiece") != "wordpiece":
+        return None
+    from paddle2ort.tokenization import load_tokenizer
+    from paddle2ort.tokenization.base import TokenizerConfig
+    return load_tokenizer(tok_dir, cfg=TokenizerConfig(**config.tokenizer))
+
+
+def _check_shape(what: str, shape: tuple, spec: dict) -> None:
+    want = spec["shape"]
+    shown = ["?" if d < 0 else d for d in want]
+    if len(shape) != len(want):
+        raise BadInputError(f"{what} has rank {len(shape)} {list(shape)} but the model expects rank {len(want)} "
+                            f"{shown}")
+    for axis, (got, d) in enumerate(zip(shape, want)):
+        if got == 0:
+            raise BadInputError(f"{what} has shape {list(shape)}: axis {axis} is empty (zero rows)")
+        if d >= 0 and got != d:
+            raise BadInputError(f"{what} has shape {list(shape)} but axis {axis} of the model's input is fixed at "
+                                f"{d} (expects {shown}); give arrays of that size")
 
 
 @dataclass(frozen=True)
@@ -115,17 +255,25 @@ def inspect(source: ModelSource, workdir: Path) -> dict:
     return info
 
 
-def convert(config: ConvertConfig) -> ConvertResult:
+def convert(config: ConvertConfig, sources: tuple[Path, ...] = ()) -> ConvertResult:
     """Convert, validate and bundle. Raises BadInputError / ConversionError / ValidationError; writes nothing
-    at `config.output` unless every requested precision passed its gate."""
+    at `config.output` unless every requested precision passed its gate. SIGTERM unwinds like Ctrl-C.
+    `sources`: more user paths that --overwrite must never remove (the config's own are always included)."""
+    with sigterm_as_interrupt():
+        return _convert(config, tuple(Path(p) for p in sources))
+
+
+def _convert(config: ConvertConfig, more_sources: tuple[Path, ...]) -> ConvertResult:
     source = locate(config.source)
-    work = Path(tempfile.mkdtemp(prefix="paddle2ort-"))
+    sources = (*config.user_paths(), *more_sources, source.model_file, source.params_file)
     steps = 4 + 2 * len(config.precisions)
-    bar = tqdm(total=steps, desc="convert", unit="step", leave=False, disable=None)  # None: off when not a TTY
-    try:
-        with staged_bundle(config.output, config.overwrite) as stage:
+    with staged_bundle(config.output, config.overwrite, sources) as stage:
+        work = make_workdir()
+        bar = tqdm(total=steps, desc="convert", unit="step", leave=False, disable=None)  # None: off when not a TTY
+        try:
             bar.set_postfix_str("inspect")
             info = inspect(source, work)
+            samples = check_against_specs(config, info)
             log.info("%s model %s: %d inputs, %d outputs, %d ops, all supported by paddle2onnx %s",
                      source.format, source.model_file.name, len(info["inputs"]), len(info["outputs"]),
                      sum(info["ops"].values()), info["paddle2onnx_version"])
@@ -148,9 +296,9 @@ def convert(config: ConvertConfig) -> ConvertResult:
             options = {"fp32": {}}
 
             bar.set_postfix_str("paddle reference")
-            samples = (load_samples(config.inputs_npz, info["inputs"]) if config.inputs_npz
-                       else make_samples(info["inputs"], config.samples))
             refs = paddle_reference(source, samples, work) if config.validate else None
+            if refs is not None:
+                check_signal(refs, out_specs, user_inputs=config.inputs_npz is not None)
             bar.update()
 
             reports: dict[str, dict] = {}
@@ -166,7 +314,8 @@ def convert(config: ConvertConfig) -> ConvertResult:
                 if config.validate:
                     bar.set_postfix_str(f"validate {prec}")
                     thr = config.thresholds.get(prec, DEFAULT_THRESHOLDS[prec])
-                    reports[prec] = validate(prec, files[prec], samples, refs, out_specs, thr)
+                    reports[prec] = validate(prec, files[prec], samples, refs, out_specs, thr,
+                                             user_inputs=config.inputs_npz is not None)
                     s = summary(reports[prec])
                     log.info("%s passed: max_rel_diff=%.3g cosine=%.6f argmax=%s", prec, s["max_rel_diff"],
                              s["min_cosine"], s["min_argmax_agreement"])
@@ -177,6 +326,7 @@ def convert(config: ConvertConfig) -> ConvertResult:
                 dst = stage / rel
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 (shutil.copytree if Path(src).is_dir() else shutil.copy2)(src, dst)
+            write_json(stage / VALIDATION_NAME, {"validated": config.validate, "reports": reports})
             manifest = Manifest(
                 schema_version=SCHEMA_VERSION,
                 name=config.name or source.model_file.parent.name or source.model_file.stem,
@@ -196,41 +346,42 @@ def convert(config: ConvertConfig) -> ConvertResult:
                 tokenizer=config.tokenizer,
                 extra=dict(config.extra),
                 created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                files=file_entries(stage),
             )
             write_json(stage / MANIFEST_NAME, manifest.to_json())
-            write_json(stage / VALIDATION_NAME, {"validated": config.validate, "reports": reports})
-        bar.close()
-        return ConvertResult(config.output, manifest, reports)
-    finally:
-        bar.close()
-        shutil.rmtree(work, ignore_errors=True)
+            load_bundle(stage, verify=True)              # what we wrote reads back and verifies
+        finally:
+            bar.close()
+            shutil.rmtree(work, ignore_errors=True)
+    return ConvertResult(config.output, manifest, reports)
 
 
 def revalidate(bundle_dir: Path, source_path: Path, thresholds: dict[str, Thresholds] | None = None) -> dict:
-    """Re-run the gate on an existing bundle against its Paddle source (release pipelines, tampering checks)."""
-    bundle = load_bundle(bundle_dir)
-    source = locate(source_path)
+    """Re-run the gate on an existing bundle against its Paddle source (release pipelines, tampering checks).
+    Every file's sha256 is checked first: a changed, missing or added file fails (BundleError, exit 2)."""
     thresholds = thresholds or dict(DEFAULT_THRESHOLDS)
-    work = Path(tempfile.mkdtemp(prefix="paddle2ort-"))
-    try:
-        info = inspect(source, work)
-        samples_path = bundle.path / SAMPLES_NAME
-        samples = (load_samples(samples_path, info["inputs"]) if samples_path.is_file()
-                   else make_samples(info["inputs"], SampleConfig()))
-        refs = paddle_reference(source, samples, work)
-        reports, failed = {}, []
-        for prec in bundle.manifest.models:
-            try:
-                reports[prec] = validate(prec, bundle.model_path(prec), samples, refs,
-                                         list(bundle.manifest.outputs), thresholds.get(prec, DEFAULT_THRESHOLDS[prec]))
-            except ValidationError as e:
-                reports[prec] = e.report
-                failed.append(e)
-        changed = bundle.verify_checksums()
-        if changed:
-            log.warning("files changed since conversion (sha256 differs from the manifest): %s", ", ".join(changed))
-        if failed:
-            raise failed[0]
-        return reports
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    check_thresholds(thresholds)
+    bundle = load_bundle(bundle_dir, verify=True)
+    source = locate(source_path)
+    with sigterm_as_interrupt():
+        work = make_workdir()
+        try:
+            info = inspect(source, work)
+            samples_path = bundle.path / SAMPLES_NAME
+            samples = (load_samples(samples_path, info["inputs"]) if samples_path.is_file()
+                       else make_samples(info["inputs"], SampleConfig()))
+            refs = paddle_reference(source, samples, work)
+            reports, failed = {}, []
+            for prec in bundle.manifest.models:
+                try:
+                    reports[prec] = validate(prec, bundle.model_path(prec), samples, refs,
+                                             list(bundle.manifest.outputs),
+                                             thresholds.get(prec, DEFAULT_THRESHOLDS[prec]))
+                except ValidationError as e:
+                    reports[prec] = e.report
+                    failed.append(e)
+            if failed:
+                raise failed[0]
+            return reports
+        finally:
+            shutil.rmtree(work, ignore_errors=True)

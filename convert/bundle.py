@@ -1,26 +1,96 @@
-"""Stage 6: write the deploy bundle atomically — staged in a temp dir beside the target, then renamed."""
+"""Stage 6: write the deploy bundle atomically — staged in a temp dir beside the target, then renamed.
+
+`--overwrite` replaces only a paddle2ort bundle (our manifest inside, no foreign files), and never the source
+model, a directory holding it, the working directory (or one above it), the home directory or `/`.
+Staging dirs carry the owner's pid (`.NAME.staging-PID-XXXX`): the next run sweeps those of killed runs.
+"""
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 
+from paddle2ort.runtime.manifest import MANIFEST_NAME, VALIDATION_NAME
+
 from .errors import BadInputError
+from .paddle_proc import sweep_stale
 
 log = logging.getLogger(__name__)
 
+# What a bundle of an older schema (no `files` listing) may hold besides its models.
+LEGACY_BUNDLE_ENTRIES = {MANIFEST_NAME, VALIDATION_NAME, "validation_inputs.npz", "tokenizer", "fused"}
 
-def check_destination(dest: Path, overwrite: bool) -> None:
-    """Fail before any work if the bundle cannot be written where asked."""
+
+def _real(p: Path) -> Path:
+    return Path(os.path.realpath(os.path.expanduser(str(p))))
+
+
+def foreign_entries(dest: Path) -> list[str] | None:
+    """None when dest is not a paddle2ort bundle; else what it holds that is not part of the bundle."""
+    mpath = dest / MANIFEST_NAME
+    try:
+        data = json.loads(mpath.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not (isinstance(data, dict) and isinstance(data.get("schema_version"), int)
+            and isinstance(data.get("models"), dict) and "inputs" in data and "opset" in data):
+        return None
+    files = data.get("files")
+    if isinstance(files, dict):
+        known = set(files) | {MANIFEST_NAME}
+        found = [p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file() or p.is_symlink()]
+        return sorted(f for f in found if f not in known)
+    model_files = {m.get("file") for m in data["models"].values() if isinstance(m, dict)}
+    return sorted(p.name for p in dest.iterdir() if p.name not in LEGACY_BUNDLE_ENTRIES | model_files)
+
+
+def check_overwrite(dest: Path, sources: tuple[Path, ...] = ()) -> None:
+    """Refuse to replace anything but a paddle2ort bundle that holds none of the user's inputs."""
+    real = _real(dest)
+    home = _real(Path.home())
+    cwd = _real(Path.cwd())
+    why = None
+    if real == Path(real.anchor):
+        why = "it is the root directory"
+    elif real == home:
+        why = "it is your home directory"
+    elif cwd == real or cwd.is_relative_to(real):
+        why = "it is the working directory" if cwd == real else f"it holds the working directory {cwd}"
+    else:
+        for src in sources:
+            s = _real(src)
+            if s == real or s.is_relative_to(real):
+                why = (f"it is the source model {src}" if s == real else
+                       f"it holds the source model {src}")
+                break
+    if why is None:
+        extra = foreign_entries(dest)
+        if extra is None:
+            why = f"it is not a paddle2ort bundle (no paddle2ort {MANIFEST_NAME} inside)"
+        elif extra:
+            shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
+            why = f"it holds files that are not part of the bundle ({shown})"
+    if why:
+        raise BadInputError(f"refusing to --overwrite {dest}: {why}. --overwrite only replaces a bundle that "
+                            "paddle2ort wrote; choose a new -o path (or move your files away first)")
+
+
+def check_destination(dest: Path, overwrite: bool, sources: tuple[Path, ...] = ()) -> None:
+    """Fail before any work if the bundle cannot be written where asked (or would replace what it must not)."""
     if dest.exists() and not dest.is_dir():
         raise BadInputError(f"output path {dest} exists and is not a directory; choose another -o path")
     if dest.exists() and not overwrite:
         raise BadInputError(f"output bundle {dest} already exists; pass --overwrite to replace it "
                             "(the old bundle is kept until the new one has passed validation)")
+    if dest.exists():
+        check_overwrite(dest, sources)
+    if not dest.name or dest.name in (".", ".."):
+        raise BadInputError(f"output path {dest} has no directory name; give the bundle directory, e.g. -o bundle")
     anchor = dest.parent
     while not anchor.exists():
         anchor = anchor.parent
@@ -29,17 +99,25 @@ def check_destination(dest: Path, overwrite: bool) -> None:
                             "choose an output path you can write to")
 
 
+def _staging_re(name: str) -> re.Pattern:
+    return re.compile(rf"\.{re.escape(name)}\.(?:staging|old)-(?P<pid>\d+)(?:-[A-Za-z0-9_]+)?")
+
+
 @contextlib.contextmanager
-def staged_bundle(dest: Path, overwrite: bool):
+def staged_bundle(dest: Path, overwrite: bool, sources: tuple[Path, ...] = ()):
     """Yield a staging directory; on success it replaces `dest`, on any error it disappears (as do new parents)."""
-    check_destination(dest, overwrite)
+    dest = Path(os.path.expanduser(str(dest)))
+    if dest.name in ("", ".", ".."):
+        dest = Path(os.path.abspath(dest))
+    check_destination(dest, overwrite, sources)
     created = []
     p = dest.parent
     while not p.exists():
         created.append(p)
         p = p.parent
     dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-", dir=dest.parent))
+    sweep_stale(dest.parent, _staging_re(dest.name))
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-{os.getpid()}-", dir=dest.parent))
     staging.chmod(0o755)                 # mkdtemp makes it 0700; a deploy bundle is read by other users
     try:
         yield staging
@@ -47,6 +125,7 @@ def staged_bundle(dest: Path, overwrite: bool):
         if dest.exists():
             if not overwrite:   # appeared while we worked
                 raise BadInputError(f"output bundle {dest} appeared during conversion; pass --overwrite")
+            check_overwrite(dest, sources)
             old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
             os.rename(dest, old)
         os.rename(staging, dest)

@@ -1,17 +1,110 @@
-"""Parent side of the Paddle worker: run one task in a child process and turn its fate into a typed result."""
+"""Parent side of the Paddle worker: run one task in a child process and turn its fate into a typed result.
+
+Also the process hygiene of a conversion: SIGTERM is handled like Ctrl-C (the same cleanup runs), the worker
+dies with its parent (Linux PR_SET_PDEATHSIG), and work directories carry their owner's pid so the next run
+sweeps those of runs that were killed (SIGKILL leaves no chance to clean up).
+"""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 from pathlib import Path
 
 from .errors import BadInputError, ConversionError
 
 log = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (CI timeouts, process managers) turned into the same unwinding as Ctrl-C."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(f"terminated by {signal.Signals(signum).name}")
+
+
+def install_sigterm_handler() -> None:
+    """Process-wide: SIGTERM raises Terminated (a KeyboardInterrupt), so every `finally` cleans up. Main thread only;
+    a handler the embedding application installed is kept."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """For the duration of a library call: SIGTERM unwinds like KeyboardInterrupt (then the old handler is back)."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:          # exists, owned by someone else
+        return True
+    return True
+
+
+def sweep_stale(parent: Path, pattern: re.Pattern) -> list[Path]:
+    """Remove directories in `parent` whose name matches `pattern` (group 'pid') and whose owner pid is dead."""
+    removed = []
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        m = pattern.fullmatch(p.name)
+        if not m or not p.is_dir() or p.is_symlink():
+            continue
+        pid = int(m.group("pid"))
+        if pid == os.getpid() or pid_alive(pid):
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        if not p.exists():
+            removed.append(p)
+            log.info("removed %s, left behind by a killed run (pid %d)", p, pid)
+    return removed
+
+
+WORKDIR_RE = re.compile(r"paddle2ort-(?:[a-z]+-)?(?P<pid>\d+)-[A-Za-z0-9_]{6,}")
+
+
+def make_workdir(kind: str = "") -> Path:
+    """A fresh temp dir `paddle2ort-[KIND-]PID-XXXXXX`; first sweeps those of dead runs."""
+    sweep_stale(Path(tempfile.gettempdir()), WORKDIR_RE)
+    prefix = f"paddle2ort-{kind + '-' if kind else ''}{os.getpid()}-"
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+def _die_with_parent(parent_pid: int):
+    """preexec_fn: the child gets SIGKILL when its parent dies (Linux); if the parent is already gone, exit."""
+    def preexec():
+        with contextlib.suppress(Exception):
+            import ctypes
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent_pid:
+            os._exit(1)
+    return preexec
 
 
 def log_tail(path: Path, lines: int = 25) -> str:
@@ -32,10 +125,12 @@ def run_worker(task: str, args: dict, workdir: Path, timeout_s: float = 3600) ->
     env = dict(os.environ, POLYGRAPHY_AUTOINSTALL_DEPS="0", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "paddle2ort.convert._worker", task, str(in_path), str(out_path)]
     log.debug("running %s", " ".join(cmd))
+    preexec = _die_with_parent(os.getpid()) if sys.platform.startswith("linux") else None
     with open(log_path, "w", encoding="utf-8") as logf:
         try:
+            # run() kills the child on any exception here (KeyboardInterrupt/Terminated included)
             proc = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, timeout=timeout_s,
-                                  stdin=subprocess.DEVNULL)
+                                  stdin=subprocess.DEVNULL, preexec_fn=preexec)
         except subprocess.TimeoutExpired as e:
             raise ConversionError(f"paddle worker task {task!r} timed out after {timeout_s:.0f}s",
                                   log_tail(log_path)) from e
@@ -43,12 +138,18 @@ def run_worker(task: str, args: dict, workdir: Path, timeout_s: float = 3600) ->
         sig = signal.Signals(-proc.returncode).name
         raise ConversionError(f"the Paddle/paddle2onnx process crashed ({sig}) during {task!r}", log_tail(log_path))
     if not out_path.is_file():
-        raise ConversionError(f"paddle worker task {task!r} exited with code {proc.returncode} and no result",
-                              log_tail(log_path))
+        tail = log_tail(log_path)
+        if "No module named 'paddle" in tail:
+            raise BadInputError("this command needs Paddle, which is not installed here (a runtime-only install); "
+                                "install the converter side: pip install 'paddle2ort[convert]'")
+        raise ConversionError(f"paddle worker task {task!r} exited with code {proc.returncode} and no result", tail)
     result = json.loads(out_path.read_text(encoding="utf-8"))
     if not result.get("ok"):
         if result.get("kind") == "bad_input":
             raise BadInputError(result["message"])
+        if "No module named 'paddle" in str(result.get("message")):
+            raise BadInputError("this command needs Paddle, which is not installed here (a runtime-only install); "
+                                "install the converter side: pip install 'paddle2ort[convert]'")
         raise ConversionError(f"{task} failed: {result.get('message')}", log_tail(log_path))
     result["log_path"] = str(log_path)
     return result

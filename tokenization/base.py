@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from paddle2ort.runtime.errors import BadInputError, BundleError
+from .errors import BadInputError, BundleError
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,11 @@ class HFTokenizer(Tokenizer):
         if not path.is_file():
             raise BundleError(f"tokenizer file {path} is missing; the bundle must carry its tokenizer "
                               "(convert with the tokenizer directory)")
-        self._tok = _T.from_file(str(path))
+        try:
+            self._tok = _T.from_file(str(path))
+        except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception on a bad file
+            raise BundleError(f"tokenizer file {path} cannot be loaded ({e}); re-convert with the original "
+                              "tokenizer files") from e
         self._tok.no_padding()
         self._tok.no_truncation()
         super().__init__(cfg, root)

@@ -8,7 +8,7 @@ import json
 import logging
 from pathlib import Path
 
-from paddle2ort.runtime.errors import BadInputError, BundleError
+from .errors import BadInputError, BundleError
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,17 @@ class BPETokenizer:
         path = Path(path)
         if not (path / "tokenizer.json").is_file() or not (path / "tokenizer_config.json").is_file():
             raise BundleError(f"{path} has no tokenizer.json + tokenizer_config.json; re-create the bundle")
-        return cls(Tokenizer.from_file(str(path / "tokenizer.json")),
-                   json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8")))
+        try:
+            hf = Tokenizer.from_file(str(path / "tokenizer.json"))
+            config = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
+        except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception on a bad file
+            raise BundleError(f"tokenizer in {path} cannot be loaded ({type(e).__name__}: {e}); "
+                              "give the model's original tokenizer.json and tokenizer_config.json") from e
+        if not isinstance(config, dict) or not all(isinstance(config.get(k), str)
+                                                   for k in ("bos_token", "eos_token", "pad_token")):
+            raise BundleError(f"{path / 'tokenizer_config.json'} must be a JSON object with bos_token, eos_token "
+                              "and pad_token strings")
+        return cls(hf, config)
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
@@ -104,11 +113,9 @@ class BPETokenizer:
         for m in messages:
             if not isinstance(m, dict) or not {"role", "content"} <= set(m):
                 raise BadInputError(f"chat messages need 'role' and 'content', got {m!r}")
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                                bos_token=self.config["bos_token"],
-                                                eos_token=self.config["eos_token"])
+        from .chat_template import render_chat_template
+        return render_chat_template(template, messages=messages, add_generation_prompt=add_generation_prompt,
+                                    bos_token=self.config["bos_token"], eos_token=self.config["eos_token"])
 
 
 class StreamDecoder:

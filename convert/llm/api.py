@@ -9,14 +9,14 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from paddle2ort.runtime.errors import BadInputError
 
-from ..api import ConvertConfig, ConvertResult, convert
-from ..paddle_proc import run_worker
+from ..api import MAX_OPSET, MIN_OPSET, ConvertConfig, ConvertResult, check_thresholds, convert
+from ..bundle import check_destination
+from ..paddle_proc import make_workdir, run_worker, sigterm_as_interrupt
 from ..precision import Int4Options, Int8Options
 from ..validate import LLM_THRESHOLDS, Thresholds
 from .wrapper import OUTPUT_NAMES
@@ -24,6 +24,8 @@ from .wrapper import OUTPUT_NAMES
 log = logging.getLogger(__name__)
 
 DEFAULT_PROMPTS = ("The capital of France is", "def fibonacci(n):\n    ")
+LLM_PRECISIONS = ("fp32", "fp16", "int8", "int4")
+MIN_BLOCK = 16                                     # MatMulNBits: block size a power of two >= 16
 
 
 @dataclass(frozen=True)
@@ -46,22 +48,55 @@ class LLMConvertConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "source", Path(self.source))
+        object.__setattr__(self, "output", Path(self.output))
         object.__setattr__(self, "tokenizer", Path(self.tokenizer))
         from .fused import FUSED_PRECISIONS
+        bad = [p for p in self.precisions if p not in LLM_PRECISIONS]
+        if bad or not self.precisions:
+            raise BadInputError(f"unknown precision(s) {bad or '(none)'}; choose from {', '.join(LLM_PRECISIONS)}")
         bad = [p for p in self.fused if p not in FUSED_PRECISIONS]
         if bad:
             raise BadInputError(f"fused precision(s) {bad} unknown; choose from {FUSED_PRECISIONS}")
-        if self.decode_steps < 1:
+        if isinstance(self.opset, bool) or not isinstance(self.opset, int) or not MIN_OPSET <= self.opset <= MAX_OPSET:
+            raise BadInputError(f"opset {self.opset} is out of range; paddle2onnx exports opsets "
+                                f"{MIN_OPSET}..{MAX_OPSET}")
+        b = self.block_size
+        if isinstance(b, bool) or not isinstance(b, int) or b < MIN_BLOCK or b & (b - 1):
+            raise BadInputError(f"block size {b} is not supported: MatMulNBits needs a power of two >= {MIN_BLOCK} "
+                                "(e.g. 32, 64, 128)")
+        if isinstance(self.decode_steps, bool) or not isinstance(self.decode_steps, int) or self.decode_steps < 1:
             raise BadInputError("decode_steps must be >= 1 (validation covers prefill and decode steps)")
+        if not self.prompts or not all(isinstance(p, str) and p.strip() for p in self.prompts):
+            raise BadInputError("validation prompts must be non-empty texts")
+        if self.fused_head_dtype not in (None, "float32", "float16"):
+            raise BadInputError(f"fused head dtype must be float32 or float16, got {self.fused_head_dtype!r}")
+        check_thresholds(self.thresholds)
 
 
 def check_source(path: Path) -> dict:
-    if not (path / "config.json").is_file():
+    """The PaddleNLP model directory: config.json (a JSON object naming the architecture) and weights."""
+    if not path.is_dir():
+        raise BadInputError(f"{path} is not a directory; pass a PaddleNLP model directory (model.save_pretrained)")
+    cfg_path = path / "config.json"
+    if not cfg_path.is_file():
         raise BadInputError(f"{path} is not a PaddleNLP model directory (no config.json); save the model with "
                             "model.save_pretrained(DIR)")
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BadInputError(f"{cfg_path} is not valid JSON ({e}); it is truncated or damaged: re-save the model "
+                            "with model.save_pretrained(DIR)") from e
+    if not isinstance(cfg, dict):
+        raise BadInputError(f"{cfg_path} must hold a JSON object, got a JSON {type(cfg).__name__}")
+    if not cfg.get("architectures") and not cfg.get("model_type"):
+        raise BadInputError(f"{cfg_path} names no architecture (no \"architectures\" or \"model_type\"); "
+                            "re-save the model with model.save_pretrained(DIR)")
     if not any(path.glob("*.pdparams")) and not any(path.glob("*.safetensors")):
         raise BadInputError(f"{path} has config.json but no weights (*.pdparams / *.safetensors)")
-    return json.loads((path / "config.json").read_text(encoding="utf-8"))
+    empty = [w.name for w in (*path.glob("*.pdparams"), *path.glob("*.safetensors")) if w.stat().st_size == 0]
+    if empty:
+        raise BadInputError(f"weight file(s) {', '.join(empty)} in {path} are empty (0 bytes); re-save the model")
+    return cfg
 
 
 def source_fingerprint(path: Path) -> dict:
@@ -72,12 +107,22 @@ def source_fingerprint(path: Path) -> dict:
 
 
 def convert_llm(config: LLMConvertConfig) -> ConvertResult:
+    """Every input is checked before the Paddle export; SIGTERM unwinds like Ctrl-C (the worker dies with us)."""
+    with sigterm_as_interrupt():
+        return _convert_llm(config)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def _convert_llm(config: LLMConvertConfig) -> ConvertResult:
     from paddle2ort.tokenization.bpe import BPETokenizer
 
     check_source(config.source)
+    check_destination(config.output, config.overwrite, (config.source, config.tokenizer))
     tok = BPETokenizer.load(config.tokenizer)
     prompts = [tok.encode(p) for p in config.prompts]
-    work = Path(tempfile.mkdtemp(prefix="paddle2ort-llm-"))
+    work = make_workdir("llm")
     try:
         log.info("exporting %s with an explicit KV cache (Paddle worker)", config.source)
         info = run_worker("export_llm", {
@@ -90,7 +135,7 @@ def convert_llm(config: LLMConvertConfig) -> ConvertResult:
         llm = {k: info[k] for k in ("family", "architecture", "num_layers", "kv_heads", "head_dim", "vocab_size",
                                     "hidden_size", "max_context")}
         llm["cache_layout"] = "[time, layer, k|v, batch, kv_head, head_dim]; present holds the new positions only"
-        extra_files = {"tokenizer": config.tokenizer}
+        extra_files = {f"tokenizer/{n}": config.tokenizer / n for n in TOKENIZER_FILES}
         extra = {"llm": llm, "paddle_source": source_fingerprint(config.source)}
         if config.fused:
             extra["fused"] = build_fused(config, work, tok.pad_token_id)
@@ -106,7 +151,7 @@ def convert_llm(config: LLMConvertConfig) -> ConvertResult:
             tokenizer={"kind": "bpe", "files": "tokenizer/tokenizer.json, tokenizer/tokenizer_config.json",
                        "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id},
             extra=extra,
-        ))
+        ), sources=(config.source, config.tokenizer))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
