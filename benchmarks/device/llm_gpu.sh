@@ -23,11 +23,11 @@ case "$1" in
       python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py 2>&1 | tee "$OUT/kernel_tests.txt" || true
       python3 -m paddle2ort.runtime.kernels.bench --json "$OUT/kernel_bench.json" 2>&1 | tee "$OUT/kernel_bench.txt" || true
     fi
-    python3 -m paddle2ort.benchmarks.gpu_llm check "${BUNDLE_ARG[@]}" --gguf /tmp/smollm2.gguf \
+    python3 -m paddle2ort.benchmarks.gpu check "${BUNDLE_ARG[@]}" --gguf /tmp/smollm2.gguf \
       --golden tests/golden/smollm2_greedy.json --out "$OUT" "${@:2}" 2>&1 | tail -40
     ;;
   bench)
-    python3 -m paddle2ort.benchmarks.gpu_llm bench --config "$2" --tokenizer .device/smol/meta/tokenizer \
+    python3 -m paddle2ort.benchmarks.gpu bench --config "$2" --tokenizer .device/smol/meta/tokenizer \
       --out "$OUT" "${@:3}" 2>&1 | grep -v "^\s*$" | tail -60
     ;;
   *) echo "usage: $0 check | bench CONFIG [options]" >&2; exit 2 ;;

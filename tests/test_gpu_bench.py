@@ -1,0 +1,139 @@
+"""The GPU bench's pure parts on a CPU: roofline accounting and Markdown reports recomputed from the committed
+results of benchmarks/results/llm-gpu/, prompts from the config's own vocabulary, pad ids from the config, the
+genai config patch, the one timing loop, and the int4 margin statistics."""
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from paddle2ort.benchmarks.gpu import common, genai_config, peer, report, roofline
+from paddle2ort.benchmarks.int4_margin import margin_stats
+
+RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "llm-gpu"
+BENCH = sorted(RESULTS.glob("run*/bench-*.json"))
+CHECK = sorted(RESULTS.glob("run*/check.json"))
+# check.md of run4 was written before the GPT-2 line took its present wording (its table rows still match)
+CHECK_OLD_WORDING = {"run4"}
+
+
+def _load(p: Path) -> dict:
+    return json.loads(p.read_text())
+
+
+def test_committed_results_are_present():
+    assert len(BENCH) >= 9 and len(CHECK) >= 6
+
+
+@pytest.mark.parametrize("path", BENCH, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_bench_markdown_regenerates_the_committed_file(path):
+    assert report.bench_markdown(_load(path)) == path.with_suffix(".md").read_text()
+
+
+@pytest.mark.parametrize("path", CHECK, ids=lambda p: p.parent.name)
+def test_check_markdown_regenerates_the_committed_file(path):
+    got, want = report.check_markdown(_load(path)), path.with_suffix(".md").read_text()
+    if path.parent.name in CHECK_OLD_WORDING:
+        table = [ln for ln in want.splitlines() if ln.startswith("|")]
+        assert table == [ln for ln in got.splitlines() if ln.startswith("|")]
+    else:
+        assert got == want
+
+
+@pytest.mark.parametrize("path", BENCH, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_roofline_rows_recompute_from_timings(path):
+    """Every row's bytes per step and % roofline follow from its timing, the weights and the spec."""
+    r = _load(path)
+    bw = r["copy_bandwidth_gb_s"] * 1e9
+    for row in r["rows"]:
+        decode_s = row["step_ms"] / 1e3 * (r["new_tokens"] - 1)
+        wb = roofline.row_weight_bytes(row["system"], row["precision"], r["weight_bytes"], r["spec"])
+        got = roofline.decode_row(row["system"], row["precision"], row["batch"], row["ttft_ms"], decode_s,
+                                  new_tokens=r["new_tokens"], prompt_tokens=r["prompt_tokens"], weight_bytes=wb,
+                                  spec=r["spec"], bandwidth=bw)
+        assert got["bytes_per_step"] == pytest.approx(row["bytes_per_step"], rel=1e-12), row["system"]
+        for k in ("pct_hbm_roofline", "tok_s_per_seq", "tok_s_aggregate"):
+            assert got[k] == pytest.approx(row[k], rel=1e-9), (row["system"], k)
+
+
+def test_spec_weight_bytes_equals_the_decoder_spec():
+    from paddle2ort.convert.llm.fused import DecoderSpec
+    for name, c in common.CONFIGS.items():
+        spec = DecoderSpec.from_config({k: v for k, v in c.items() if k != "arch"}, qkv_bias=c["arch"] == "qwen2")
+        assert roofline.spec_weight_bytes(spec.to_json(), 2) == spec.weight_bytes(2), name
+
+
+def test_step_bytes_grow_with_batch_and_context():
+    spec = {"num_layers": 2, "kv_heads": 2, "head_dim": 4}
+    base = roofline.step_bytes(1000, spec, 1, 10)
+    assert base == 1000 + 2 * 2 * 1 * 2 * 4 * 10 * 2
+    assert roofline.step_bytes(1000, spec, 2, 10) - 1000 == 2 * (base - 1000)
+    assert roofline.step_bytes(1000, spec, 1, 20) - 1000 == 2 * (base - 1000)
+
+
+def test_prompts_cover_the_configs_vocabulary_and_skip_special_ids():
+    c = common.CONFIGS["qwen2.5-0.5b"]
+    specials = common.special_ids(c)
+    a = common.random_prompts(np.random.default_rng(0), 8, 128, c["vocab_size"], specials)
+    assert a.shape == (8, 128) and a.dtype == np.int64
+    assert a.min() >= 0 and a.max() < c["vocab_size"]
+    assert a.max() > common.CONFIGS["smollm2-135m"]["vocab_size"]          # not capped at SmolLM2's 49,152
+    assert not np.isin(a, specials).any()
+    b = common.random_prompts(np.random.default_rng(0), 8, 128, c["vocab_size"], specials)
+    assert np.array_equal(a, b)
+
+
+def test_pad_id_comes_from_the_config():
+    assert common.pad_id({"pad_token_id": 7, "eos_token_id": 2}) == 7
+    assert common.pad_id(common.GPT2_CONFIG) == 50256                       # no pad: eos, as HF/PaddleNLP do
+    assert common.pad_id({"pad_token_id": None, "eos_token_id": [5, 6]}) == 5
+    with pytest.raises(ValueError, match="pad_token_id"):
+        common.pad_id({"vocab_size": 10})
+    assert common.special_ids({"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2}) == (1, 2)
+    assert common.gguf_special_ids({"ggml.bos_token_id": 1, "ggml.eos_token_id": 2}) == \
+        {"bos_token_id": 1, "eos_token_id": 2}
+
+
+def test_genai_config_gets_cuda_graphs_without_touching_the_original():
+    bare = {"model": {"decoder": {"filename": "model.onnx"}}}
+    with_cuda = {"model": {"decoder": {"session_options": {"provider_options": [{"cuda": {"x": "1"}}]}}}}
+    for cfg in (bare, with_cuda):
+        before = copy.deepcopy(cfg)
+        out = genai_config.with_cuda_graph(cfg)
+        provs = out["model"]["decoder"]["session_options"]["provider_options"]
+        assert [p["cuda"]["enable_cuda_graph"] for p in provs if "cuda" in p] == ["1"]
+        assert cfg == before
+    assert genai_config.with_cuda_graph(with_cuda)["model"]["decoder"]["session_options"]["provider_options"][0][
+        "cuda"]["x"] == "1"
+
+
+def test_timing_loop_times_only_the_passes_after_warmup():
+    calls = []
+
+    def first(arg=None):
+        calls.append(("first", arg))
+        return len(calls)
+
+    r = peer.timed_generation(3, first, lambda s: calls.append(("rest", s)), prepare=lambda: "p", warmup=2)
+    assert [c[0] for c in calls] == ["first", "rest"] * 5
+    assert all(c[1] == "p" for c in calls if c[0] == "first")
+    assert r["state"] == 9 and r["ttft_ms"] >= 0 and r["decode_s"] >= 0
+
+
+def test_agreement_counts_positions_and_rows():
+    got = common.agreement([[1, 2, 3], [4, 5, 6]], [[1, 2, 3], [4, 0, 6, 7]])
+    assert got == {"token_agreement": 5 / 7, "identical_rows": 1, "rows": 2}
+
+
+def test_margin_stats_flip_exactly_where_the_error_beats_the_margin():
+    rng = np.random.default_rng(0)
+    wide = rng.normal(0, 1, (200, 500))
+    wide[np.arange(200), rng.integers(0, 500, 200)] += 20                  # a clear winner per row
+    small = rng.normal(0, 0.05, wide.shape)
+    s = margin_stats(wide, wide + small)
+    assert s["top1_agreement"] == 1.0 and s["margin_below_error_std"] == 0.0
+    flat = rng.normal(0, 0.01, (200, 500))                                  # near-uniform logits: tiny margins
+    s = margin_stats(flat, flat + rng.normal(0, 1.0, flat.shape))
+    assert s["top1_agreement"] < 0.05 and s["margin_below_error_std"] > 0.95
+    assert s["positions"] == 200 and s["top1_margin"]["p50"] < s["int4_logit_error_std"]["p50"]
