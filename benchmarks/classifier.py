@@ -21,6 +21,7 @@ from paddle2ort.runtime.errors import BadInputError
 from paddle2ort.runtime.manifest import load_bundle
 from paddle2ort.runtime.pipelines import TextClassifier
 from paddle2ort.runtime.session import SessionOptions
+from paddle2ort.runtime.timing import time_passes
 
 from .dataset import LabelledSplit, load_split
 from .env import environment, usable_cores
@@ -78,26 +79,6 @@ def make_batches(clf: TextClassifier, data: LabelledSplit) -> tuple[list[np.ndar
     return idx, feeds
 
 
-def warmup_order(n_batches: int, warmup: int) -> list[int]:
-    if warmup <= 0 or n_batches == 0:
-        return []
-    return sorted({int(round(x)) for x in np.linspace(0, n_batches - 1, min(warmup, n_batches))})
-
-
-def time_passes(run, feeds: list, warmup: int, repeats: int) -> tuple[list[list[float]], list]:
-    for b in warmup_order(len(feeds), warmup):
-        run(feeds[b])
-    times, outs = [], [None] * len(feeds)
-    for _ in range(repeats):
-        rep = []
-        for b, f in enumerate(feeds):
-            t0 = time.perf_counter()
-            outs[b] = run(f)
-            rep.append(time.perf_counter() - t0)
-        times.append(rep)
-    return times, outs
-
-
 def _row(name, system, precision, device, data, idx, outs, times, tok_ms, n_labels) -> Row:
     logits = np.zeros((len(data.texts), n_labels), np.float32)
     for i, o in zip(idx, outs):
@@ -130,6 +111,10 @@ def run_bench(cfg: BenchConfig) -> dict:
     missing = [p for p in precisions if p not in m.models]
     if missing:
         raise BadInputError(f"bundle has no {missing} model(s); it has {sorted(m.models)}")
+    peer_src = None
+    if cfg.paddle_model is not None:        # checked (exists, is the bundle's source) before anything is timed
+        from paddle2ort.convert.peer import matching_source
+        peer_src = matching_source(cfg.paddle_model, m)
     threads = cfg.threads or usable_cores()
     suffix = cfg.device.upper()
     rows: list[Row] = []
@@ -158,9 +143,9 @@ def run_bench(cfg: BenchConfig) -> dict:
         rows.append(row)
         log.info("%s: accuracy %.4f, %.3f ms/sample", row.name, row.accuracy, row.ms_per_sample)
     peer_info = None
-    if cfg.paddle_model is not None:
-        from paddle2ort.convert.peer import matching_source, paddle_inference_bench
-        src = matching_source(cfg.paddle_model, m)
+    if peer_src is not None:
+        from paddle2ort.convert.peer import paddle_inference_bench
+        src = peer_src
         log.info("Paddle Inference CPU peer (%d threads) on the same batches", threads)
         peer_info, outs = paddle_inference_bench(src, feeds, cfg.warmup, cfg.repeats, threads)
         row = _row("Paddle-Inference-CPU", "paddle-inference", "fp32", "cpu", data, idx, outs, peer_info["times"],

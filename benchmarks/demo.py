@@ -13,7 +13,6 @@ python -m paddle2ort.benchmarks.demo --out out
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import sys
@@ -22,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from paddle2ort.convert import ConvertConfig, Paddle2OrtError, convert
-from paddle2ort.convert.cli import setup_logging
+from paddle2ort.runtime.files import asset_path
+from paddle2ort.runtime.logs import console, setup_logging
 
 log = logging.getLogger("paddle2ort.demo")
 
@@ -35,13 +35,6 @@ MODELS = {
 CLASSIFIER = "minilm-sentiment"
 LLM = "smollm2-135m"
 QUESTION = "What is the capital of France, and what is it famous for?"
-
-
-def package_path(package: str, rel: str) -> Path:
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit(f"asset package {package} is missing; run `make install`")
-    return Path(list(spec.submodule_search_locations)[0]) / rel
 
 
 def dev_samples(zoo_dir: Path, path: Path, groups: int = 4, per_group: int = 16) -> Path:
@@ -138,8 +131,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("out"))
     ap.add_argument("--repeats", type=int, default=1, help="timed passes of the perf run (committed results use 3)")
     ap.add_argument("--skip-ocr", action="store_true", help="only the classifier part")
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = ap.parse_args(argv)
-    setup_logging()
+    noise = args.out / "demo.log"
+    setup_logging(1 if args.verbose else 0, log_file=noise)
+    log.info("third-party output (Paddle, paddle2onnx, setuptools warnings) goes to %s", noise)
+    with console():
+        return run(args)
+
+
+def run(args) -> int:
     from paddle2ort.benchmarks.classifier import BenchConfig, run_bench
     from paddle2ort.benchmarks.report import markdown, write_results
     from paddle2ort.convert.zoo import build
@@ -165,9 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name, (pkg, rel) in MODELS.items():
         dest = args.out / "bundles" / name
-        m = cached_bundle(dest, static_source(package_path(pkg, rel), ("fp32", "fp16", "int8")))
+        m = cached_bundle(dest, static_source(asset_path(pkg, rel), ("fp32", "fp16", "int8")))
         try:
-            m = m or convert(ConvertConfig(source=package_path(pkg, rel), output=dest,
+            m = m or convert(ConvertConfig(source=asset_path(pkg, rel), output=dest,
                                            precisions=("fp32", "fp16", "int8"), overwrite=True, name=name)).manifest
         except Paddle2OrtError as e:
             log.error("%s: %s", name, e)

@@ -17,12 +17,12 @@ import resource
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 
 from paddle2ort.runtime.errors import BadInputError
+from paddle2ort.runtime.timing import time_generation
 
 from .env import environment, usable_cores
 
@@ -46,26 +46,6 @@ def bench_prompts(tokenizer, batch: int, prompt_len: int) -> list[list[int]]:
     if len(ids) < prompt_len * batch:
         raise BadInputError("not enough text for the prompts")
     return [ids[i * prompt_len:(i + 1) * prompt_len] for i in range(batch)]
-
-
-def time_generation(model, prompts: list[list[int]], new_tokens: int, pad_id: int) -> dict:
-    """TTFT = prefill + first token choice; decode = the remaining steps (one token per row each)."""
-    from paddle2ort.runtime.generation import GenerationConfig, Generator
-    cfg = GenerationConfig(max_new_tokens=new_tokens)
-    t0 = time.perf_counter()
-    gen = Generator(model, prompts, cfg, pad_id)
-    gen.step()                                     # token 1 chosen (and the step for token 2 run)
-    ttft = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    while not gen.done:
-        gen.step()
-    decode = time.perf_counter() - t1
-    steps = new_tokens - 1
-    b = len(prompts)
-    return {"batch": b, "ttft_ms": ttft * 1e3, "decode_ms_per_step": decode / max(steps, 1) * 1e3,
-            "tokens_per_s_per_sequence": steps / decode if decode else float("inf"),
-            "tokens_per_s_total": b * new_tokens / (ttft + decode), "decode_tokens_per_s_total": b * steps / decode,
-            "generated": [len(g) for g in gen.generated]}
 
 
 def run_one_onnx(bundle: Path, precision: str, batch: int, prompt_len: int, new_tokens: int, threads: int) -> dict:

@@ -7,20 +7,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
+from paddle2ort.runtime.files import atomic_path, atomic_write
+
 log = logging.getLogger(__name__)
-
-
-def _atomic_write(path: Path, data: bytes | str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    if isinstance(data, str):
-        tmp.write_text(data, encoding="utf-8")
-    else:
-        tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def machine_label(env: dict, device: str) -> str:
@@ -83,18 +75,17 @@ def plot(res_list: list[dict], path: Path) -> bool:
     ax.set_ylabel("ms / sample (model, batch %d)" % res_list[0]["config"]["batch_size"])
     ax.set_title(f"{res_list[0]['bundle']['name']}: latency (bars) and accuracy (labels)")
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
     return True
 
 
 def write_results(res: dict, out_dir: Path, stem: str = "results") -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / f"{stem}.json", "md": out_dir / f"{stem}.md", "png": out_dir / f"{stem}.png"}
-    _atomic_write(paths["json"], json.dumps(res, indent=2) + "\n")
-    _atomic_write(paths["md"], markdown(res))
+    atomic_write(paths["json"], json.dumps(res, indent=2) + "\n")
+    atomic_write(paths["md"], markdown(res))
     if not plot([res], paths["png"]):
         paths.pop("png")
     return paths
@@ -118,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-o", "--output", type=Path, required=True, help="Markdown file (a .png beside it)")
     args = ap.parse_args(argv)
     text, runs = merge(args.runs)
-    _atomic_write(args.output, text)
+    atomic_write(args.output, text)
     plot(runs, args.output.with_suffix(".png"))
     print(text)
     return 0

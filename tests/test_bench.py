@@ -7,7 +7,7 @@ import pytest
 from paddle2ort.benchmarks.classifier import BenchConfig, evaluate_targets, run_bench, warmup_order
 from paddle2ort.benchmarks.dataset import load_split
 from paddle2ort.benchmarks.report import merge, write_results
-from paddle2ort.convert.cli import main
+from paddle2ort.cli import main
 from paddle2ort.runtime.errors import BadInputError
 from paddle2ort.runtime.pipelines import TextClassifier
 

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from paddle2ort.convert.cli import main
+from paddle2ort.cli import main
 from paddle2ort.runtime.errors import BundleError, DeviceError
 from paddle2ort.runtime.pipelines import TextClassifier
 from paddle2ort.runtime.session import SessionOptions

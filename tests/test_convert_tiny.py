@@ -6,7 +6,7 @@ import onnx
 import pytest
 
 from paddle2ort.convert import ConvertConfig, convert
-from paddle2ort.convert.cli import main
+from paddle2ort.cli import main
 from paddle2ort.convert.validate import thresholds_with_overrides
 from paddle2ort.runtime import load_bundle
 from paddle2ort.runtime.session import create_session

@@ -1,0 +1,40 @@
+"""`paddle2ort bench-llm`: over paddle2ort.benchmarks.llm.run_llm_bench."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .common import (check_exists, check_output_dir, command, csv, csv_ints, nonneg_int, positive_int,
+                     require_convert_extra)
+from .perplexity import write_results
+
+
+def run(args) -> int:
+    check_output_dir(args.output, "--output")
+    if args.paddle_model is not None:
+        check_exists(args.paddle_model, "--paddle-model")
+        require_convert_extra("bench-llm --paddle-model", ("paddle", "paddlenlp"))
+    from paddle2ort.benchmarks.llm import LLMBenchConfig, markdown, run_llm_bench
+    res = run_llm_bench(LLMBenchConfig(bundle=args.bundle, paddle_model=args.paddle_model, precisions=args.precision,
+                                       batch_sizes=args.batch_sizes, prompt_len=args.prompt_len,
+                                       new_tokens=args.new_tokens, threads=args.threads))
+    md = markdown(res)
+    write_results(args.output, "llm", res, md)
+    print(md)
+    return 0
+
+
+def register(sub) -> None:
+    bl = command(sub, "bench-llm", "TTFT / tokens/s / peak RSS of a text-generation bundle vs Paddle",
+                 "paddle2ort bench-llm bundles/smollm2 --batch-sizes 1,8 --paddle-model zoo/smollm2/model",
+                 description="Time to first token, decode ms/step, tokens/s and peak RSS per precision and batch "
+                             "size, each configuration in a fresh process; --paddle-model adds PaddleNLP dygraph "
+                             "rows under the same loop (needs pip install 'paddle2ort[convert]').")
+    bl.add_argument("bundle", type=Path, help="the bundle directory")
+    bl.add_argument("--paddle-model", type=Path, help="the PaddleNLP model dir: adds the Paddle dygraph rows")
+    bl.add_argument("--precision", type=csv, help="comma list (default: every model in the bundle)")
+    bl.add_argument("--batch-sizes", type=csv_ints, default=(1, 8), help="comma list of batch sizes")
+    bl.add_argument("--prompt-len", type=positive_int, default=128, help="prompt tokens a row")
+    bl.add_argument("--new-tokens", type=positive_int, default=128, help="tokens generated a row")
+    bl.add_argument("--threads", type=nonneg_int, default=0, help="CPU threads (0: all usable cores)")
+    bl.add_argument("--output", type=Path, default=Path("bench-results"), help="results directory")
+    bl.set_defaults(func=run)

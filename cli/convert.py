@@ -1,0 +1,109 @@
+"""`paddle2ort convert` and `paddle2ort validate`: over paddle2ort.convert.convert / revalidate."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .common import (add_threshold, check_exists, command, csv, csv_of, nonneg_int, positive_int,
+                     require_convert_extra)
+
+PRECISIONS = ("fp32", "fp16", "int8")
+PADDLE_SIDE = ("paddle", "paddle2onnx", "onnx")
+
+
+def _shape_arg(s: str) -> tuple[str, tuple[int, ...]]:
+    name, _, dims = s.partition(":")
+    try:
+        shape = tuple(int(d) for d in dims.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"want NAME:D0,D1,... with integers, got {s!r}") from None
+    if not name or not shape or any(d <= 0 for d in shape):
+        raise argparse.ArgumentTypeError(f"want NAME:D0,D1,... with positive dims, got {s!r}")
+    return name, shape
+
+
+def run_convert(args) -> int:
+    require_convert_extra("convert", PADDLE_SIDE)
+    check_exists(args.inputs, "--inputs")
+    check_exists(args.tokenizer, "--tokenizer")
+    from paddle2ort.convert import ConvertConfig, FP16Options, Int8Options, SampleConfig, convert
+    from paddle2ort.convert.api import tokenizer_files
+    from paddle2ort.convert.validate import thresholds_with_overrides
+
+    tokenizer, extra_files = tokenizer_files(args.tokenizer, args.max_seq_length) if args.tokenizer else (None, {})
+    cfg = ConvertConfig(
+        source=args.src, output=args.output, precisions=args.precision, opset=args.opset,
+        validate=not args.no_validate, overwrite=args.overwrite, inputs_npz=args.inputs,
+        samples=SampleConfig(seed=args.seed, input_shapes=dict(args.input_shape) or None),
+        output_names=args.output_names, thresholds=thresholds_with_overrides(dict(args.threshold)),
+        fp16=FP16Options(op_block_list=args.fp16_block_ops) if args.fp16_block_ops is not None else FP16Options(),
+        int8=Int8Options(per_channel=args.int8_per_channel, op_types=args.int8_op_types),
+        name=args.name, task=args.task, labels=args.labels, tokenizer=tokenizer, extra_files=extra_files,
+    )
+    result = convert(cfg)
+    m = result.manifest
+    print(f"bundle: {result.bundle}  (opset {m.opset})")
+    for prec, mf in m.models.items():
+        v = (m.validation or {}).get(prec)
+        gate = ("not validated" if v is None else
+                f"validated: max_rel_diff {v['max_rel_diff']:.2e}, cosine {v['min_cosine']:.6f}"
+                + (f", argmax {v['min_argmax_agreement']:.4f}" if v["min_argmax_agreement"] is not None else ""))
+        print(f"  {prec:5s} {mf.file:22s} {mf.size_bytes / 1e6:8.2f} MB  {gate}")
+    return 0
+
+
+def run_validate(args) -> int:
+    require_convert_extra("validate", PADDLE_SIDE)
+    from paddle2ort.convert import revalidate
+    from paddle2ort.convert.validate import summary, thresholds_with_overrides
+
+    reports = revalidate(args.bundle, args.source, thresholds_with_overrides(dict(args.threshold)))
+    for prec, rep in reports.items():
+        s = summary(rep)
+        print(f"{prec:5s} passed: max_rel_diff {s['max_rel_diff']:.2e}, cosine {s['min_cosine']:.6f}")
+    return 0
+
+
+def register(sub) -> None:
+    c = command(sub, "convert", "Paddle inference model -> validated ONNX deploy bundle",
+                "paddle2ort convert inference/ -o bundle/ --precision fp32,fp16,int8 --inputs samples.npz",
+                description="Convert a Paddle inference model (PIR *.json or legacy *.pdmodel, with *.pdiparams) "
+                            "to ONNX, make the requested precision variants, prove each matches Paddle on sample "
+                            "inputs, and write a bundle directory (atomically). Needs " "the converter side: "
+                            "pip install 'paddle2ort[convert]'.")
+    c.add_argument("src", type=Path, help="model directory, program file (*.json / *.pdmodel) or path prefix")
+    c.add_argument("-o", "--output", type=Path, required=True, help="bundle directory to create")
+    c.add_argument("--precision", type=csv_of(PRECISIONS), default=("fp32",),
+                   help="comma list of fp32,fp16,int8 (fp32 is always included as the reference file)")
+    c.add_argument("--opset", type=positive_int, default=17,
+                   help="ONNX opset to request (paddle2onnx may raise it; the manifest records the one written)")
+    c.add_argument("--inputs", type=Path, help="sample inputs .npz (arrays named after the inputs); without it, "
+                   "samples are generated from the input specs with --seed")
+    c.add_argument("--input-shape", type=_shape_arg, action="append", default=[], metavar="NAME:D0,D1,...",
+                   help="shape of a generated sample input (dynamic dims: batch 2/1 and size 64/32); repeatable")
+    c.add_argument("--seed", type=nonneg_int, default=0, help="seed of the generated sample inputs")
+    c.add_argument("--no-validate", action="store_true", help="skip the Paddle-vs-ONNX gate (not for release)")
+    c.add_argument("--overwrite", action="store_true",
+                   help="replace an existing bundle (only a paddle2ort bundle, only once the new one passed)")
+    c.add_argument("--output-names", type=csv, help="comma list naming the outputs (without it: after the op "
+                   "producing each, e.g. softmax)")
+    c.add_argument("--fp16-block-ops", type=csv, help="ONNX op types kept in FP32 in the fp16 model, replacing "
+                   "the built-in list")
+    c.add_argument("--int8-per-channel", action="store_true", help="per-channel weight quantization")
+    c.add_argument("--int8-op-types", type=csv, default=("MatMul", "Gemm"), help="ONNX op types to quantize")
+    c.add_argument("--name", help="model name for the manifest (without it: the source directory's name)")
+    c.add_argument("--task", help="task recorded in the manifest, e.g. text-classification")
+    c.add_argument("--labels", type=csv, help="comma list of class labels for the manifest")
+    c.add_argument("--tokenizer", type=Path, help="directory with tokenizer.json + vocab.txt to carry in the bundle")
+    c.add_argument("--max-seq-length", type=positive_int, default=128, help="tokenizer truncation length")
+    add_threshold(c)
+    c.set_defaults(func=run_convert)
+
+    v = command(sub, "validate", "re-run the Paddle-vs-ONNX gate on an existing bundle",
+                "paddle2ort validate bundle/ --source inference/ --threshold fp16.min_cosine=0.995",
+                description="Re-run the Paddle-vs-ONNX gate on an existing bundle against its Paddle source (the "
+                            "bundle's checksums are verified first). Needs pip install 'paddle2ort[convert]'.")
+    v.add_argument("bundle", type=Path, help="the bundle directory")
+    v.add_argument("--source", type=Path, required=True, help="the Paddle model the bundle was converted from")
+    add_threshold(v)
+    v.set_defaults(func=run_validate)

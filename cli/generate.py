@@ -1,0 +1,115 @@
+"""`paddle2ort generate`: over paddle2ort.runtime.llm.TextGenerator (prompts, streaming, JSONL batch jobs)."""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from paddle2ort.runtime.errors import BadInputError
+
+from .common import (check_exists, check_output_file, command, finite_float, nonneg_float, nonneg_int, nonempty,
+                     positive_float, positive_int, probability, seed_int)
+
+log = logging.getLogger("paddle2ort.cli")
+
+DEFAULT_MAX_NEW_TOKENS = 64
+
+
+def new_tokens(args) -> int:
+    """--max-new-tokens, or PaddleNLP's name for it, --max-length; both at once is ambiguous."""
+    if args.max_new_tokens is not None and args.max_length is not None:
+        raise BadInputError("--max-length is PaddleNLP's name for --max-new-tokens: give one of them, not both")
+    for v in (args.max_new_tokens, args.max_length):
+        if v is not None:
+            return v
+    return DEFAULT_MAX_NEW_TOKENS
+
+
+def generation_config(args):
+    from paddle2ort.runtime.generation import GenerationConfig
+    sampling = any(v is not None for v in (args.top_k, args.top_p)) or (args.temperature or 0) > 0
+    return GenerationConfig(
+        max_new_tokens=new_tokens(args), min_new_tokens=args.min_new_tokens, do_sample=sampling,
+        temperature=1.0 if args.temperature is None else args.temperature, top_k=args.top_k or 0,
+        top_p=1.0 if args.top_p is None else args.top_p, repetition_penalty=args.repetition_penalty,
+        stop_strings=tuple(args.stop), seed=args.seed, num_beams=args.num_beams, length_penalty=args.length_penalty)
+
+
+def run(args) -> int:
+    from paddle2ort.runtime.llm import TextGenerator, run_jsonl_job
+    from paddle2ort.runtime.progress import busy
+    from paddle2ort.runtime.session import SessionOptions
+
+    if bool(args.prompt) == bool(args.data_file):
+        raise BadInputError("give --prompt (repeatable) or --data-file IN.jsonl --output-file OUT.jsonl")
+    if args.data_file and not args.output_file:
+        raise BadInputError("--data-file needs --output-file")
+    if args.output_file and not args.data_file:
+        raise BadInputError("--output-file goes with --data-file (prompts given with --prompt print to stdout)")
+    if args.src_length is not None and not args.data_file:
+        raise BadInputError("--src-length applies to --data-file jobs; shorten a --prompt yourself")
+    if args.stream and args.data_file:
+        raise BadInputError("--stream prints --prompt answers as they come; a --data-file job writes a file")
+    check_exists(args.data_file, "--data-file")
+    check_output_file(args.output_file, "--output-file")
+    cfg = generation_config(args)
+    gen = TextGenerator(args.bundle, precision=args.precision,
+                        session=SessionOptions(device=args.device, device_id=args.device_id,
+                                               intra_op_threads=args.threads), graph=args.graph)
+    if args.data_file:
+        n = run_jsonl_job(gen, args.data_file, args.output_file, cfg, args.batch_size, args.src_length, args.chat)
+        log.info("%d prompts -> %s", n, args.output_file)
+        return 0
+    if args.stream:
+        for p in args.prompt:
+            for delta in gen.stream(p, cfg, chat=args.chat):
+                sys.stdout.write(delta)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+        return 0
+    with busy(f"generate ({len(args.prompt)} prompt{'s' if len(args.prompt) > 1 else ''}, "
+              f"<= {cfg.max_new_tokens} tokens)"):
+        outs = gen(args.prompt, cfg, chat=args.chat)
+    for out in outs:
+        print(out)
+    return 0
+
+
+def register(sub) -> None:
+    g = command(sub, "generate", "generate text with a text-generation bundle",
+                'paddle2ort generate bundles/smollm2 --prompt "What is the capital of France?" --chat --stream\n'
+                "paddle2ort generate bundles/smollm2 --data-file in.jsonl --output-file out.jsonl --max-length 128",
+                description="Generate text with a text-generation bundle through paddle2ort's decode loop: "
+                            "greedy by default; sampling with --temperature/--top-k/--top-p; beam search with "
+                            "--num-beams. Runs without Paddle.")
+    g.add_argument("bundle", type=Path, help="the bundle directory")
+    g.add_argument("--prompt", action="append", default=[], help="prompt (repeatable: one batch)")
+    g.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    g.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+    g.add_argument("--max-new-tokens", type=positive_int,
+                   help=f"new tokens a prompt at most (default: {DEFAULT_MAX_NEW_TOKENS})")
+    g.add_argument("--max-length", type=positive_int, help="PaddleNLP predictor's name for --max-new-tokens "
+                   "(give one of the two; default: --max-new-tokens's)")
+    g.add_argument("--min-new-tokens", type=nonneg_int, default=0, help="stop tokens are ignored until this many")
+    g.add_argument("--temperature", type=nonneg_float, help="sampling temperature; 0 means greedy (default: greedy)")
+    g.add_argument("--top-k", type=nonneg_int, help="sample from the k most likely tokens (default: off)")
+    g.add_argument("--top-p", type=probability, help="nucleus sampling mass, in (0, 1] (default: off)")
+    g.add_argument("--repetition-penalty", type=positive_float, default=1.0, help="> 1 discourages repeats; 1 = off")
+    g.add_argument("--num-beams", type=positive_int, default=1, help="beam search with this many beams; 1 = off")
+    g.add_argument("--length-penalty", type=finite_float, default=1.0, help="beam score = log-prob / length^this")
+    g.add_argument("--stop", action="append", type=nonempty, default=[], help="stop string, not empty (repeatable)")
+    g.add_argument("--seed", type=seed_int, help="seed for reproducible sampling, >= 0 (default: fresh entropy)")
+    g.add_argument("--precision", help="which model of the bundle (fp32, fp16, int8, int4); default: the one "
+                   "`paddle2ort release` chose for --device, else fp32")
+    g.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="where onnxruntime runs")
+    g.add_argument("--device-id", type=nonneg_int, default=0, help="CUDA device with --device gpu")
+    g.add_argument("--graph", default="generic", choices=["generic", "fused"],
+                   help="generic: the paddle2onnx export (host loop); fused: the fused decoder with the on-device "
+                        "loop (CUDA graphs + sampler kernel on GPU)")
+    g.add_argument("--threads", type=nonneg_int, default=0, help="intra-op threads (0: onnxruntime's choice)")
+    g.add_argument("--data-file", type=Path, help='JSON lines in ({"src": ...} a line)')
+    g.add_argument("--output-file", type=Path, help='JSON lines out ({"src", "output"} a line), written atomically')
+    g.add_argument("--batch-size", type=positive_int, default=8, help="with --data-file: prompts a batch")
+    g.add_argument("--src-length", type=positive_int,
+                   help="with --data-file: keep at most this many prompt tokens, the last ones (default: all)")
+    g.set_defaults(func=run)

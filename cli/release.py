@@ -1,0 +1,112 @@
+"""`paddle2ort release`: the release gate, over paddle2ort.benchmarks.release.run_release."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .common import (add_threshold, check_exists, check_output_dir, command, csv, csv_of, nonneg_float, nonneg_int,
+                     positive_int, require_convert_extra)
+
+PRECISIONS = ("fp32", "fp16", "int8", "int4")
+EXAMPLE = """paddle2ort release inference/ -o bundle/ --dataset-dir data/ --budget 1.0 --tokenizer tok/ \\
+    --output-names logits || exit $?      # 0: released; 3: no precision within budget"""
+
+
+def is_llm_source(src: Path) -> bool:
+    """A PaddleNLP model directory (config.json + *.pdparams / *.safetensors), not a Paddle inference model."""
+    return (src.is_dir() and (src / "config.json").is_file() and not any(src.glob("*.pdiparams"))
+            and (any(src.glob("*.pdparams")) or any(src.glob("*.safetensors"))))
+
+
+def _conversion(args):
+    from paddle2ort.convert.validate import LLM_THRESHOLDS, thresholds_with_overrides
+    if is_llm_source(args.src):
+        from paddle2ort.convert.llm import LLMConvertConfig
+        if args.tokenizer is None:
+            from paddle2ort.runtime.errors import BadInputError
+            raise BadInputError("an LLM release needs --tokenizer DIR (tokenizer.json + tokenizer_config.json)")
+        return LLMConvertConfig(source=args.src, output=args.output, tokenizer=args.tokenizer,
+                                precisions=args.precision or ("fp32", "int8", "int4"), block_size=args.block_size,
+                                overwrite=args.overwrite, name=args.name,
+                                thresholds=thresholds_with_overrides(dict(args.threshold), LLM_THRESHOLDS))
+    from paddle2ort.convert import ConvertConfig, Int8Options
+    from paddle2ort.convert.api import tokenizer_files
+    tokenizer, extra_files = tokenizer_files(args.tokenizer, args.max_seq_length) if args.tokenizer else (None, {})
+    return ConvertConfig(source=args.src, output=args.output, precisions=args.precision or ("fp32", "fp16", "int8"),
+                         overwrite=args.overwrite, inputs_npz=args.inputs, output_names=args.output_names,
+                         thresholds=thresholds_with_overrides(dict(args.threshold)),
+                         int8=Int8Options(per_channel=args.int8_per_channel, op_types=args.int8_op_types),
+                         name=args.name, labels=args.labels, tokenizer=tokenizer, extra_files=extra_files)
+
+
+def run(args) -> int:
+    require_convert_extra("release", ("paddle", "paddle2onnx", "onnx"))
+    check_exists(args.src, "SRC")
+    check_exists(args.tokenizer, "--tokenizer")
+    check_exists(args.inputs, "--inputs")
+    if args.report_dir is not None:
+        check_output_dir(args.report_dir, "--report-dir")
+    from paddle2ort.benchmarks.release import NoPrecisionFitsError, ReleaseConfig, markdown, run_release
+
+    cfg = ReleaseConfig(conversion=_conversion(args), dataset_dir=args.dataset_dir, budget=args.budget,
+                        split=args.split, devices=args.device, tie_margin=args.tie_margin,
+                        report_dir=args.report_dir, batch_size=args.batch_size, warmup=args.warmup,
+                        repeats=args.repeats, limit=args.limit, threads=args.threads, window=args.window,
+                        windows=args.windows, new_tokens=args.new_tokens)
+    try:
+        res = run_release(cfg)
+    except NoPrecisionFitsError as e:
+        if "devices" in e.report:
+            print(markdown(e.report))
+        raise
+    print(markdown(res.report))
+    print("released: " + ", ".join(f"{d} -> {p}" for d, p in res.chosen.items()) + f"  ({res.bundle})")
+    return 0
+
+
+def register(sub) -> None:
+    r = command(sub, "release", "release gate: convert every precision, measure on your data, pick per device",
+                EXAMPLE,
+                description="Convert every precision (each gated against Paddle), measure quality and speed on "
+                            "your dataset on this host (CPU, and the GPU when onnxruntime sees one), pick per device "
+                            "the fastest precision whose quality loss vs FP32 is within --budget (accuracy points "
+                            "for text classifiers, perplexity % for LLMs), and write the bundle with the decision "
+                            "in its manifest (extra.release) and release/report.{json,md,png}. `classify` and "
+                            "`generate` then use the chosen precision unless --precision is given. Exit 3 (nothing "
+                            "written) when no precision fits. Needs pip install 'paddle2ort[convert]'.",
+                exit_note="  3  also: no precision within --budget on some device (the figures are printed)")
+    r.add_argument("src", type=Path, help="Paddle inference model (classifier) or PaddleNLP model directory (LLM)")
+    r.add_argument("-o", "--output", type=Path, required=True, help="bundle directory to create")
+    r.add_argument("--dataset-dir", type=Path, required=True,
+                   help="classifier: label.txt + <split>.txt (text<TAB>label a line); LLM: <split>.txt plain text")
+    r.add_argument("--budget", type=nonneg_float, default=1.0,
+                   help="quality FP32 may lose: accuracy points (classifier) or perplexity %% (LLM)")
+    r.add_argument("--split", default="dev", choices=["dev", "test"], help="which split to measure on")
+    r.add_argument("--precision", type=csv_of(PRECISIONS), help="candidate precisions (default: fp32,fp16,int8 "
+                   "for classifiers, fp32,int8,int4 for LLMs); fp32 is always converted and measured as the baseline")
+    r.add_argument("--device", type=csv_of(("cpu", "gpu")), help="devices to release for (default: cpu, and gpu "
+                   "when onnxruntime sees one)")
+    r.add_argument("--tie-margin", type=nonneg_float, default=0.05, help="a more exact precision within this "
+                   "fraction of the fastest one's speed is preferred")
+    r.add_argument("--report-dir", type=Path, help="also write report.{json,md,png} here, pass or fail (CI artifacts)")
+    r.add_argument("--overwrite", action="store_true",
+                   help="replace an existing bundle (only once the new one passed)")
+    r.add_argument("--name", help="model name for the manifest")
+    r.add_argument("--tokenizer", type=Path, help="classifier: tokenizer.json + vocab.txt; LLM: tokenizer.json + "
+                   "tokenizer_config.json")
+    r.add_argument("--max-seq-length", type=positive_int, default=128, help="classifier tokenizer truncation length")
+    r.add_argument("--labels", type=csv, help="class labels (default: the dataset's label.txt; must match it)")
+    r.add_argument("--output-names", type=csv, help="comma list naming the outputs")
+    r.add_argument("--inputs", type=Path, help="gate sample inputs .npz (classifier; real samples make INT8 fair)")
+    r.add_argument("--int8-per-channel", action="store_true", help="per-channel INT8 weight quantization")
+    r.add_argument("--int8-op-types", type=csv, default=("MatMul", "Gemm"), help="ONNX op types to quantize")
+    r.add_argument("--block-size", type=positive_int, default=32, help="LLM int8/int4 quantization block")
+    add_threshold(r)
+    r.add_argument("--batch-size", type=positive_int, default=32, help="classifier batch size for the timing")
+    r.add_argument("--warmup", type=nonneg_int, default=8, help="classifier warm-up batches")
+    r.add_argument("--repeats", type=positive_int, default=3, help="timed passes; median reported")
+    r.add_argument("--limit", type=positive_int, help="classifier: first N examples of the split only")
+    r.add_argument("--threads", type=nonneg_int, default=0, help="CPU threads (0: all usable cores)")
+    r.add_argument("--window", type=positive_int, default=128, help="LLM perplexity window in tokens")
+    r.add_argument("--windows", type=positive_int, default=8, help="LLM perplexity windows")
+    r.add_argument("--new-tokens", type=positive_int, default=32, help="LLM tokens generated per speed run")
+    r.set_defaults(func=run)
