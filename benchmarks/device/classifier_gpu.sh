@@ -11,7 +11,7 @@ cp .device/bundle/meta/tokenizer/* "$B/tokenizer/"
 cat /tmp/stage/fp32.part* > "$B/model.fp32.onnx"
 cp /tmp/stage/model.fp16.onnx /tmp/stage/model.int8.onnx "$B/"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-python3 -m paddle2ort.convert.cli bench "$B" --dataset-dir .device/bundle/dataset --split dev --device gpu \
+python3 -m paddle2ort.cli bench "$B" --dataset-dir .device/bundle/dataset --split dev --device gpu \
   --precision fp32,fp16 --repeats 5 --warmup 16 --output "$OUT/gpu"
-python3 -m paddle2ort.convert.cli bench "$B" --dataset-dir .device/bundle/dataset --split dev --device cpu \
+python3 -m paddle2ort.cli bench "$B" --dataset-dir .device/bundle/dataset --split dev --device cpu \
   --precision fp32,int8 --repeats 3 --output "$OUT/cpu"
