@@ -20,7 +20,7 @@ from .errors import BadInputError, UnsupportedOperatorsError, ValidationError
 from .graph import _IDENT, rename_and_annotate, share_duplicate_weights
 from .paddle_proc import make_workdir, run_worker, sigterm_as_interrupt
 from .precision import PRECISIONS, FP16Options, Int4Options, Int8Options, make_variant
-from .source import ModelSource, locate
+from .source import ModelSource, locate, prepare
 from .validate import (DEFAULT_THRESHOLDS, SampleConfig, Thresholds, check_signal, load_samples, make_samples,
                        summary, validate)
 
@@ -79,9 +79,9 @@ def check_thresholds(thresholds: dict) -> None:
             key = f"{prec}.{f.name}"
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise BadInputError(f"threshold {key}={v!r} is not a finite number; give e.g. {prec}.{f.name}=0.99")
-            if f.name in ("min_cosine", "min_argmax_agreement") and not 0 <= v <= 1:
-                raise BadInputError(f"threshold {key}={v} is out of range: {f.name} lies in [0, 1]")
-            if f.name in ("max_rel_diff", "fp32_exact") and v < 0:
+            if f.name.startswith("min_") and not 0 <= v <= 1:
+                raise BadInputError(f"threshold {key}={v} is out of range: {f.name} is a fraction in [0, 1]")
+            if v < 0:
                 raise BadInputError(f"threshold {key}={v} is negative: {f.name} is a bound on a difference (>= 0)")
 
 
@@ -265,13 +265,14 @@ def convert(config: ConvertConfig, sources: tuple[Path, ...] = ()) -> ConvertRes
 
 def _convert(config: ConvertConfig, more_sources: tuple[Path, ...]) -> ConvertResult:
     source = locate(config.source)
-    sources = (*config.user_paths(), *more_sources, source.model_file, source.params_file)
+    sources = (*config.user_paths(), *more_sources, *source.user_files)
     steps = 4 + 2 * len(config.precisions)
     with staged_bundle(config.output, config.overwrite, sources) as stage:
         work = make_workdir()
         bar = tqdm(total=steps, desc="convert", unit="step", leave=False, disable=None)  # None: off when not a TTY
         try:
             bar.set_postfix_str("inspect")
+            source = prepare(source, work)         # a Paddle 1.x directory is re-saved as a legacy model first
             info = inspect(source, work)
             samples = check_against_specs(config, info)
             log.info("%s model %s: %d inputs, %d outputs, %d ops, all supported by paddle2onnx %s",
@@ -336,11 +337,8 @@ def _convert(config: ConvertConfig, more_sources: tuple[Path, ...]) -> ConvertRe
                                      io_dtype="float32" if (p != "fp16" or config.fp16.keep_io_types) else "float16",
                                      options=options[p])
                         for p, f in files.items()},
-                source={"format": source.format, "model_file": source.model_file.name,
-                        "params_file": source.params_file.name,
-                        "sha256": {source.model_file.name: sha256_file(source.model_file),
-                                   source.params_file.name: sha256_file(source.params_file)},
-                        "opset_requested": config.opset, "operators": info["ops"]},
+                source={**source.describe(), "opset_requested": config.opset, "operators": info["ops"],
+                        "repairs": exp.repairs},
                 versions=_versions(info),
                 validation={p: summary(r) for p, r in reports.items()} if config.validate else None,
                 tokenizer=config.tokenizer,
@@ -366,6 +364,7 @@ def revalidate(bundle_dir: Path, source_path: Path, thresholds: dict[str, Thresh
     with sigterm_as_interrupt():
         work = make_workdir()
         try:
+            source = prepare(source, work)
             info = inspect(source, work)
             samples_path = bundle.path / SAMPLES_NAME
             samples = (load_samples(samples_path, info["inputs"]) if samples_path.is_file()

@@ -32,6 +32,8 @@ def _real(p: Path) -> Path:
 
 def foreign_entries(dest: Path) -> list[str] | None:
     """None when dest is not a paddle2ort bundle; else what it holds that is not part of the bundle."""
+    if dest.is_dir() and not any(dest.iterdir()):
+        return []                                   # an empty directory holds nothing to lose
     mpath = dest / MANIFEST_NAME
     try:
         data = json.loads(mpath.read_text(encoding="utf-8"))
@@ -49,8 +51,9 @@ def foreign_entries(dest: Path) -> list[str] | None:
     return sorted(p.name for p in dest.iterdir() if p.name not in LEGACY_BUNDLE_ENTRIES | model_files)
 
 
-def check_overwrite(dest: Path, sources: tuple[Path, ...] = ()) -> None:
-    """Refuse to replace anything but a paddle2ort bundle that holds none of the user's inputs."""
+def check_overwrite(dest: Path, sources: tuple[Path, ...] = (), owned=foreign_entries, kind: str = "bundle") -> None:
+    """Refuse to replace anything but a paddle2ort output (`owned(dest)` is not None) holding none of the user's
+    inputs and no foreign file (`owned(dest)` lists those)."""
     real = _real(dest)
     home = _real(Path.home())
     cwd = _real(Path.cwd())
@@ -69,18 +72,20 @@ def check_overwrite(dest: Path, sources: tuple[Path, ...] = ()) -> None:
                        f"it holds the source model {src}")
                 break
     if why is None:
-        extra = foreign_entries(dest)
+        extra = owned(dest)
         if extra is None:
-            why = f"it is not a paddle2ort bundle (no paddle2ort {MANIFEST_NAME} inside)"
+            why = (f"it is not a paddle2ort bundle (no paddle2ort {MANIFEST_NAME} inside)" if kind == "bundle" else
+                   f"it is not a paddle2ort {kind}")
         elif extra:
             shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
-            why = f"it holds files that are not part of the bundle ({shown})"
+            why = f"it holds files that are not part of the {kind} ({shown})"
     if why:
-        raise BadInputError(f"refusing to --overwrite {dest}: {why}. --overwrite only replaces a bundle that "
-                            "paddle2ort wrote; choose a new -o path (or move your files away first)")
+        raise BadInputError(f"refusing to replace {dest}: {why}. Only a {kind} that paddle2ort wrote is "
+                            "replaced; choose a new -o path (or move your files away first)")
 
 
-def check_destination(dest: Path, overwrite: bool, sources: tuple[Path, ...] = ()) -> None:
+def check_destination(dest: Path, overwrite: bool, sources: tuple[Path, ...] = (), owned=foreign_entries,
+                      kind: str = "bundle") -> None:
     """Fail before any work if the bundle cannot be written where asked (or would replace what it must not)."""
     if dest.exists() and not dest.is_dir():
         raise BadInputError(f"output path {dest} exists and is not a directory; choose another -o path")
@@ -88,7 +93,7 @@ def check_destination(dest: Path, overwrite: bool, sources: tuple[Path, ...] = (
         raise BadInputError(f"output bundle {dest} already exists; pass --overwrite to replace it "
                             "(the old bundle is kept until the new one has passed validation)")
     if dest.exists():
-        check_overwrite(dest, sources)
+        check_overwrite(dest, sources, owned, kind)
     if not dest.name or dest.name in (".", ".."):
         raise BadInputError(f"output path {dest} has no directory name; give the bundle directory, e.g. -o bundle")
     anchor = dest.parent
@@ -104,12 +109,14 @@ def _staging_re(name: str) -> re.Pattern:
 
 
 @contextlib.contextmanager
-def staged_bundle(dest: Path, overwrite: bool, sources: tuple[Path, ...] = ()):
-    """Yield a staging directory; on success it replaces `dest`, on any error it disappears (as do new parents)."""
+def staged_bundle(dest: Path, overwrite: bool, sources: tuple[Path, ...] = (), owned=foreign_entries,
+                  kind: str = "bundle"):
+    """Yield a staging directory; on success it replaces `dest`, on any error it disappears (as do new parents).
+    `owned(dest)`: None when an existing dest is not ours (refused), else the foreign files in it (refused if any)."""
     dest = Path(os.path.expanduser(str(dest)))
     if dest.name in ("", ".", ".."):
         dest = Path(os.path.abspath(dest))
-    check_destination(dest, overwrite, sources)
+    check_destination(dest, overwrite, sources, owned, kind)
     created = []
     p = dest.parent
     while not p.exists():
@@ -125,7 +132,7 @@ def staged_bundle(dest: Path, overwrite: bool, sources: tuple[Path, ...] = ()):
         if dest.exists():
             if not overwrite:   # appeared while we worked
                 raise BadInputError(f"output bundle {dest} appeared during conversion; pass --overwrite")
-            check_overwrite(dest, sources)
+            check_overwrite(dest, sources, owned, kind)
             old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
             os.rename(dest, old)
         os.rename(staging, dest)

@@ -22,8 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bundle import staged_bundle
-from . import is_current
+from . import is_current, staged_zoo
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +238,7 @@ def build(out: Path, force: bool = False) -> Path:
 
     paddle.set_device("cpu")
     paddle.seed(SEED)
-    with staged_bundle(out, overwrite=True) as stage:     # built aside, renamed into place when complete
+    with staged_zoo(out) as stage:     # built aside, renamed into place when complete
         cfg = json.loads((minilm_dir() / "config.json").read_text())
         hf = load_safetensors()
         model = make_model(cfg, len(LABELS))

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bundle import staged_bundle
-from . import is_current
+from . import is_current, staged_zoo
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +123,7 @@ def build(out: Path, force: bool = False) -> Path:
     from paddle2ort.tokenization.bpe import tokenizer_from_gguf_fields
 
     paddle.set_device("cpu")
-    with staged_bundle(out, overwrite=True) as stage:     # built aside, renamed into place when complete
+    with staged_zoo(out) as stage:     # built aside, renamed into place when complete
         src = gguf_path()
         cfg, tensors, tok = read_gguf(src)
         log.info("GGUF read and dequantized: %d tensors, %d layers, GQA %d/%d", len(tensors),

@@ -1,0 +1,177 @@
+"""JSONL generation jobs (PaddleNLP predictor format): `{"src": ...}` a line in, `{"src", "output"}` a line out.
+
+Every line is checked before the first batch runs (JSON, prompt field, chat template, length against the model's
+context), and errors name the line. Results are written atomically after every batch, each with its input line
+number and the sha256 of that line, so a failure keeps what finished and a rerun of the same command resumes:
+lines whose result is already in the output file (same line, same hash) are skipped.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import BadInputError, Paddle2OrtError
+
+log = logging.getLogger(__name__)
+
+FORMAT_HINT = 'one JSON object a line, e.g. {"src": "your prompt"}'
+
+
+@dataclass(frozen=True)
+class JobLine:
+    line: int                 # 1-based line number in the input file
+    text: str                 # the prompt
+    sha256: str               # of the raw input line (what a resumed run must match)
+
+
+def _line_hash(raw: str) -> str:
+    return hashlib.sha256(raw.strip().encode("utf-8")).hexdigest()
+
+
+def read_jsonl_lines(path: Path) -> list[JobLine]:
+    """Parse every line up front; blank lines are skipped; any problem names `path:LINE`."""
+    from .textio import read_utf8_lines
+    path = Path(path)
+    out = []
+    for no, line in enumerate(read_utf8_lines(path, FORMAT_HINT), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise BadInputError(f"{path}:{no} is not valid JSON ({e.msg}); {FORMAT_HINT}") from e
+        text = obj.get("src", obj.get("prompt")) if isinstance(obj, dict) else None
+        if isinstance(text, list):
+            text = text[-1] if text else None
+        if not isinstance(text, str):
+            raise BadInputError(f"{path}:{no} has no string field \"src\" (or \"prompt\")")
+        if not text.strip():
+            raise BadInputError(f"{path}:{no} has an empty prompt; remove the line or give it text")
+        out.append(JobLine(no, text, _line_hash(line)))
+    if not out:
+        raise BadInputError(f"{path} has no prompts; {FORMAT_HINT}")
+    return out
+
+
+def read_jsonl_prompts(path: Path) -> list[str]:
+    """The prompts of a JSONL file (see read_jsonl_lines)."""
+    return [j.text for j in read_jsonl_lines(path)]
+
+
+def _context_limit(gen) -> int | None:
+    model = gen.model
+    return getattr(model, "max_context", None) or getattr(model, "capacity", None)
+
+
+def prepare(gen, lines: list[JobLine], path: Path, cfg, src_length: int | None, chat: bool) -> list[list[int]]:
+    """Token ids of every line, each checked against the model's context; errors name the line."""
+    if src_length is not None and (isinstance(src_length, bool) or not isinstance(src_length, int) or src_length < 1):
+        raise BadInputError(f"src_length must be a positive number of tokens, got {src_length}")
+    limit = _context_limit(gen)
+    ids = []
+    for j in lines:
+        try:
+            t = gen.prompt_ids(j.text, chat)
+        except BadInputError as e:
+            raise BadInputError(f"{path}:{j.line}: {e}") from None
+        if src_length:
+            t = t[-src_length:]                 # keep the end: what the model continues from
+        if limit is not None and len(t) + cfg.max_new_tokens > limit:
+            raise BadInputError(f"{path}:{j.line}: prompt ({len(t)} tokens) + max_new_tokens ({cfg.max_new_tokens}) "
+                                f"exceeds the model's context of {limit} tokens; shorten the prompt, pass "
+                                "--src-length, or lower --max-new-tokens")
+        ids.append(t)
+    return ids
+
+
+def load_done(output_file: Path, lines: list[JobLine]) -> dict[int, dict]:
+    """Results a previous run of this job left in output_file: line -> record (only lines whose hash matches)."""
+    output_file = Path(output_file)
+    if not output_file.exists():
+        return {}
+    if not output_file.is_file():
+        raise BadInputError(f"output file {output_file} exists and is not a file; choose another --output-file")
+    by_line = {j.line: j for j in lines}
+    done, foreign = {}, 0
+    try:
+        text = output_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise BadInputError(f"output file {output_file} exists and cannot be read ({e}); move it away") from e
+    for raw in text.splitlines():
+        if not raw.strip():
+            continue
+        try:
+            rec = json.loads(raw)
+        except json.JSONDecodeError:
+            foreign += 1
+            continue
+        if not (isinstance(rec, dict) and isinstance(rec.get("line"), int) and "output" in rec
+                and isinstance(rec.get("input_sha256"), str)):
+            foreign += 1
+            continue
+        j = by_line.get(rec["line"])
+        if j is not None and j.sha256 == rec["input_sha256"]:
+            done[j.line] = rec
+    if foreign:
+        raise BadInputError(f"output file {output_file} exists and holds {foreign} line(s) that are not results of "
+                            "a paddle2ort job; it is not replaced: move it away or choose another --output-file")
+    return done
+
+
+def _write_atomic(path: Path, records: list[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for r in records:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def run_jsonl_job(gen, data_file: Path, output_file: Path, cfg, batch_size: int = 8, src_length: int | None = None,
+                  chat: bool = False) -> int:
+    """The predictor-style batch job. Returns the number of prompts now in output_file. A rerun resumes."""
+    from tqdm.auto import tqdm
+    data_file, output_file = Path(data_file), Path(output_file)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise BadInputError(f"batch_size must be >= 1, got {batch_size}")
+    if output_file.resolve() == data_file.resolve():
+        raise BadInputError(f"--output-file {output_file} is the input file; choose another path")
+    lines = read_jsonl_lines(data_file)
+    cfg = gen.stop_ids(cfg)
+    ids = prepare(gen, lines, data_file, cfg, src_length, chat)
+    done = load_done(output_file, lines)
+    if done:
+        log.info("resuming: %d of %d lines already in %s", len(done), len(lines), output_file)
+    todo = [(j, t) for j, t in zip(lines, ids) if j.line not in done]
+    for s in tqdm(range(0, len(todo), batch_size), desc="generate", unit="batch", disable=None):
+        chunk = todo[s:s + batch_size]
+        try:
+            outs = gen.generate_token_ids([t for _, t in chunk], cfg)
+        except BaseException as e:
+            where = (f"line {chunk[0][0].line}" if len(chunk) == 1 else
+                     f"lines {', '.join(str(j.line) for j, _ in chunk)}")
+            kept = f"{len(done)} finished result(s) kept in {output_file}" if done else "no results yet"
+            msg = f"{data_file}: generation failed on {where} ({type(e).__name__}: {e}); {kept}; " \
+                  "rerun the same command to resume"
+            if isinstance(e, Paddle2OrtError):
+                e.args = (msg,)
+                raise
+            if isinstance(e, KeyboardInterrupt):
+                log.error("%s", msg)
+                raise
+            raise Paddle2OrtError(msg) from e
+        for (j, _), o in zip(chunk, outs):
+            done[j.line] = {"src": j.text, "output": gen._cut(gen.tokenizer.decode(o), cfg), "line": j.line,
+                            "input_sha256": j.sha256}
+        _write_atomic(output_file, [done[k] for k in sorted(done)])
+    if not todo:
+        _write_atomic(output_file, [done[k] for k in sorted(done)])
+    return len(done)
