@@ -88,3 +88,31 @@ def bench_markdown(r: dict) -> str:
     lines += ["", f"Token agreement with HF eager, first 16 tokens: {r['agreement_first16_vs_hf_eager']}",
               "", f"Versions: {d['versions']}", ""]
     return "\n".join(lines)
+
+
+SUMMARY_SYSTEMS = (("ours-fp16-head32", "ours FP16, float32 head (default)"), ("ours-fp16", "ours FP16, float16 head"),
+                   ("ours-int4", "ours int4 (float zero points)"), ("onnxruntime-genai", "onnxruntime-genai FP16"),
+                   ("onnxruntime-genai (CUDA graph)", "onnxruntime-genai FP16 + CUDA graph"),
+                   ("hf-eager", "HF transformers eager"), ("hf-torch.compile", "HF transformers torch.compile"))
+
+
+def peer_summary(r: dict, batches: tuple[int, int] = (1, 8)) -> str:
+    """One line per system: batch-1 tok/s, TTFT and % roofline; batch-8 tok/s per sequence and aggregate
+    ("fails" where the run recorded an error for that system and batch, "—" where it did not run)."""
+    b1, b8 = batches
+    rows = {(x["system"], x["batch"]): x for x in r["rows"]}
+    errors = r.get("errors") or {}
+    lines = [f"| system | b{b1} tok/s | b{b1} TTFT ms | b{b1} % roofline | b{b8} tok/s/seq | b{b8} aggregate |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for system, label in SUMMARY_SYSTEMS:
+        one = rows.get((system, b1))
+        if one is None:
+            continue
+        eight = rows.get((system, b8))
+        if eight is not None:
+            tail = f"{eight['tok_s_per_seq']:,.0f} | {eight['tok_s_aggregate']:,.0f}"
+        else:
+            tail = "fails | —" if f"{system} b{b8}" in errors else "— | —"
+        lines.append(f"| {label} | {one['tok_s_per_seq']:,.0f} | {one['ttft_ms']:.1f} | {one['pct_hbm_roofline']:.1f}% "
+                     f"| {tail} |")
+    return "\n".join(lines)

@@ -1,0 +1,243 @@
+"""Acceptance verdicts computed from the committed results JSON: one table of targets per issue and benchmark ->
+met / missed with the measured value and the file it comes from, rendered into each results README between
+`<!-- verdicts:begin -->` and `<!-- verdicts:end -->`.
+
+    python -m paddle2ort.benchmarks.verdicts            # print every table
+    python -m paddle2ort.benchmarks.verdicts --write    # rewrite the tables in the results READMEs
+    python -m paddle2ort.benchmarks.verdicts --check    # exit 1 if a committed README disagrees with the JSON
+
+`tests/test_verdicts.py` runs the check, so a README whose verdicts differ from the JSON fails the tests.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import operator
+import sys
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable
+
+RESULTS = Path(__file__).resolve().parent / "results"
+BEGIN, END = "<!-- verdicts:begin -->", "<!-- verdicts:end -->"
+READMES = {"classifier": "classifier/RESULTS.md", "llm": "llm/README.md", "llm-gpu": "llm-gpu/README.md"}
+OPS = {">=": operator.ge, "<=": operator.le, "==": operator.eq}
+
+
+@dataclass(frozen=True)
+class Target:
+    issue: int
+    benchmark: str                       # a key of READMES
+    name: str
+    file: str                            # the results JSON, relative to benchmarks/results
+    op: str                              # ">=", "<=", "=="
+    value: float
+    unit: str                            # "x", "%", "pt", "" (a count or a yes/no)
+    measure: Callable[[dict], float]     # the loaded JSON -> the measured value
+
+    def wanted(self) -> str:
+        return f"{self.op} {_fmt(self.value, self.unit)}"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    target: Target
+    measured: float
+    met: bool
+
+
+def _fmt(v: float, unit: str) -> str:
+    if unit == "x":
+        return f"{v:.2f}x"
+    if unit == "pt":
+        return f"{v:.2f} pt"
+    if unit == "%":
+        return f"{v:.1f}%" if abs(v) >= 1 else f"{v:.2g}%"
+    if unit == "yes":
+        return "yes" if v else "no"
+    return f"{v:g}"
+
+
+# ------------------------------------------------------------------ readers of the results JSON
+def clf(res: dict, name: str) -> dict:
+    return next(r for r in res["rows"] if r["name"] == name)
+
+
+def gpu_row(res: dict, system: str, batch: int) -> dict:
+    return next(r for r in res["rows"] if r["system"] == system and r["batch"] == batch)
+
+
+def ppl(res: dict, system: str, precision: str) -> float:
+    return next(r["perplexity"] for r in res["rows"] if r["system"] == system and r["precision"] == precision)
+
+
+def ratio(system: str, peer: str, batch: int = 1, key: str = "tok_s_per_seq") -> Callable[[dict], float]:
+    return lambda r: gpu_row(r, system, batch)[key] / gpu_row(r, peer, batch)[key]
+
+
+def ppl_change(precision: str, ref: tuple[str, str]) -> Callable[[dict], float]:
+    """|perplexity / reference - 1| in percent."""
+    return lambda r: 100 * abs(ppl(r, "onnxruntime", precision) / ppl(r, *ref) - 1)
+
+
+OURS_FP16 = "ours-fp16-head32"           # the fused FP16 default: float16 graph, float32 LM head and logits
+GPU_05B, GPU_SMOL = "llm-gpu/run7/bench-qwen2.5-0.5b.json", "llm-gpu/run4/bench-smollm2-135m.json"
+
+TARGETS: tuple[Target, ...] = (
+    # issue 3: the text classifier
+    Target(3, "classifier", "INT8-CPU >= 1.5x faster than FP32-CPU (2-core AMD EPYC, AVX2)", "classifier/local-cpu.json",
+           ">=", 1.5, "x", lambda r: clf(r, "FP32-CPU")["ms_per_sample"] / clf(r, "INT8-CPU")["ms_per_sample"]),
+    Target(3, "classifier", "INT8-CPU >= 1.5x faster than FP32-CPU (16-core Xeon of the H100 host)",
+           "classifier/h100-cpu.json", ">=", 1.5, "x",
+           lambda r: clf(r, "FP32-CPU")["ms_per_sample"] / clf(r, "INT8-CPU")["ms_per_sample"]),
+    Target(3, "classifier", "INT8-CPU accuracy drop <= 1.0 pt (EPYC)", "classifier/local-cpu.json", "<=", 1.0, "pt",
+           lambda r: 100 * (clf(r, "FP32-CPU")["accuracy"] - clf(r, "INT8-CPU")["accuracy"])),
+    Target(3, "classifier", "INT8-CPU accuracy drop <= 1.0 pt (Xeon)", "classifier/h100-cpu.json", "<=", 1.0, "pt",
+           lambda r: 100 * (clf(r, "FP32-CPU")["accuracy"] - clf(r, "INT8-CPU")["accuracy"])),
+    Target(3, "classifier", "FP16-GPU accuracy within 0.2 pt of FP32-GPU (H100)", "classifier/h100-gpu.json", "<=",
+           0.2, "pt", lambda r: 100 * abs(clf(r, "FP16-GPU")["accuracy"] - clf(r, "FP32-GPU")["accuracy"])),
+    Target(3, "classifier", "our FP32-CPU no slower than Paddle Inference CPU (speed-up, EPYC)",
+           "classifier/local-cpu.json", ">=", 1.0, "x",
+           lambda r: clf(r, "Paddle-Inference-CPU")["ms_per_sample"] / clf(r, "FP32-CPU")["ms_per_sample"]),
+    # issue 4: the LLM on the CPU
+    Target(4, "llm", "ONNX FP32 perplexity = Paddle within 0.5% (Hamlet)", "llm/perplexity.json", "<=", 0.5, "%",
+           ppl_change("fp32", ("paddle-dygraph", "fp32"))),
+    Target(4, "llm", "int8 perplexity within 1% of FP32", "llm/perplexity.json", "<=", 1.0, "%",
+           ppl_change("int8", ("onnxruntime", "fp32"))),
+    Target(4, "llm", "int4 perplexity within 10% of FP32", "llm/perplexity.json", "<=", 10.0, "%",
+           ppl_change("int4", ("onnxruntime", "fp32"))),
+    # issue 5: GPU generation (H100)
+    Target(5, "llm-gpu", "GPU greedy = CPU golden rows, the bundle's FP32 graph (rows identical, batched and single)",
+           "llm-gpu/run6/check.json", "==", 20, "",
+           lambda r: min(r["fp32_generic"][m]["identical_rows"] for m in ("batched", "single"))),
+    Target(5, "llm-gpu", "FP16 fused (float32 head, the default) token agreement over 20 prompts",
+           "llm-gpu/run6/check.json", ">=", 95.0, "%",
+           lambda r: 100 * min(r["fp16-head32_fused"][m]["token_agreement"] for m in ("batched", "single"))),
+    Target(5, "llm-gpu", "sampler and beam kernels agree with their NumPy twins (worst row)",
+           "llm-gpu/run4/kernel_bench.json", ">=", 99.0, "%",
+           lambda r: 100 * min(x["agreement_with_twin"] for x in r["rows"])),
+    Target(5, "llm-gpu", "oversized batch: clear out-of-memory error, decoder usable afterwards",
+           "llm-gpu/run4/check.json", "==", 1, "yes", lambda r: int(r["oom"]["raised"] and r["oom"]["usable_after"])),
+    Target(5, "llm-gpu", "batch-1 decode >= 1.5x onnxruntime-genai as built, 0.5B", GPU_05B, ">=", 1.5, "x",
+           ratio(OURS_FP16, "onnxruntime-genai")),
+    Target(5, "llm-gpu", "batch-1 decode >= 1.5x onnxruntime-genai as built, SmolLM2", GPU_SMOL, ">=", 1.5, "x",
+           ratio(OURS_FP16, "onnxruntime-genai")),
+    Target(5, "llm-gpu", "batch-1 decode >= 1.5x onnxruntime-genai with CUDA graphs, 0.5B", GPU_05B, ">=", 1.5, "x",
+           ratio(OURS_FP16, "onnxruntime-genai (CUDA graph)")),
+    Target(5, "llm-gpu", "batch-1 decode >= 1.5x onnxruntime-genai with CUDA graphs, SmolLM2", GPU_SMOL, ">=", 1.5,
+           "x", ratio(OURS_FP16, "onnxruntime-genai (CUDA graph)")),
+    Target(5, "llm-gpu", ">= 50% of the HBM roofline, 0.5B FP16 batch 1 (float32 head)", GPU_05B, ">=", 50.0, "%",
+           lambda r: gpu_row(r, OURS_FP16, 1)["pct_hbm_roofline"]),
+    Target(5, "llm-gpu", ">= 50% of the HBM roofline, 0.5B FP16 batch 1 (float16 head)", GPU_05B, ">=", 50.0, "%",
+           lambda r: gpu_row(r, "ours-fp16", 1)["pct_hbm_roofline"]),
+    Target(5, "llm-gpu", "int4 >= 1.8x FP16 tokens/s, 0.5B batch 1 (vs the float32-head default)", GPU_05B, ">=",
+           1.8, "x", ratio("ours-int4", OURS_FP16)),
+    Target(5, "llm-gpu", "int4 >= 1.8x FP16 tokens/s, 0.5B batch 1 (vs the float16 head)", GPU_05B, ">=", 1.8, "x",
+           ratio("ours-int4", "ours-fp16")),
+    Target(5, "llm-gpu", "batch-8 aggregate >= 5x batch 1, 0.5B FP16", GPU_05B, ">=", 5.0, "x",
+           lambda r: gpu_row(r, OURS_FP16, 8)["tok_s_aggregate"] / gpu_row(r, OURS_FP16, 1)["tok_s_aggregate"]),
+    Target(5, "llm-gpu", "batch-8 aggregate >= 5x batch 1, SmolLM2 FP16", GPU_SMOL, ">=", 5.0, "x",
+           lambda r: gpu_row(r, OURS_FP16, 8)["tok_s_aggregate"] / gpu_row(r, OURS_FP16, 1)["tok_s_aggregate"]),
+)
+
+
+@lru_cache(maxsize=None)
+def _load(file: str, root: str) -> dict:
+    return json.loads((Path(root) / file).read_text(encoding="utf-8"))
+
+
+def evaluate(targets=TARGETS, root: Path | None = None) -> list[Verdict]:
+    root = root or RESULTS
+    out = []
+    for t in targets:
+        m = float(t.measure(_load(t.file, str(root))))
+        out.append(Verdict(t, m, bool(OPS[t.op](round(m, 9), t.value))))
+    return out
+
+
+def table(verdicts: list[Verdict]) -> str:
+    lines = ["| issue | target | wanted | measured | verdict | from |", "|---|---|---|---|---|---|"]
+    for v in verdicts:
+        t = v.target
+        lines.append(f"| {t.issue} | {t.name} | {t.wanted()} | {_fmt(v.measured, t.unit)} | "
+                     f"{'met' if v.met else '**missed**'} | `{t.file}` |")
+    return "\n".join(lines)
+
+
+def block(benchmark: str, verdicts: list[Verdict]) -> str:
+    rows = [v for v in verdicts if v.target.benchmark == benchmark]
+    return "\n".join([BEGIN, "<!-- generated by `python -m paddle2ort.benchmarks.verdicts --write` from the JSON "
+                      "named in the last column; do not edit by hand -->", "", table(rows), "", END])
+
+
+def _peer_table(file: str) -> Callable[[Path], str]:
+    def make(root: Path) -> str:
+        from .gpu.report import peer_summary
+        return peer_summary(_load(file, str(root)))
+    return make
+
+
+# generated tables of figures: README -> {name: JSON root -> Markdown}; markers <!-- table:NAME:begin/end -->
+TABLES: dict[str, dict[str, Callable[[Path], str]]] = {
+    "llm-gpu": {"run7-qwen2.5-0.5b": _peer_table("llm-gpu/run7/bench-qwen2.5-0.5b.json"),
+                "run4-smollm2-135m": _peer_table("llm-gpu/run4/bench-smollm2-135m.json")},
+}
+
+
+def _replace(text: str, begin: str, end: str, body: str, where: str) -> str:
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        raise ValueError(f"the {where} results README needs exactly one {begin} ... {end} block")
+    head, rest = text.split(begin)
+    return head + body + rest.split(end, 1)[1]
+
+
+def render(text: str, benchmark: str, verdicts: list[Verdict], root: Path | None = None) -> str:
+    """text with its verdicts block (and its generated tables of figures) replaced; missing markers are an error."""
+    text = _replace(text, BEGIN, END, block(benchmark, verdicts), benchmark)
+    for name, make in TABLES.get(benchmark, {}).items():
+        b, e = f"<!-- table:{name}:begin -->", f"<!-- table:{name}:end -->"
+        body = "\n".join([b, "<!-- generated by `python -m paddle2ort.benchmarks.verdicts --write`; do not edit -->",
+                          "", make(root or RESULTS), "", e])
+        text = _replace(text, b, e, body, benchmark)
+    return text
+
+
+def stale(root: Path | None = None) -> list[str]:
+    """READMEs whose verdict block differs from the one the JSON gives."""
+    root = root or RESULTS
+    verdicts = evaluate(root=root)
+    return [rel for bench, rel in READMES.items()
+            if render((root / rel).read_text(encoding="utf-8"), bench, verdicts, root) != (root / rel).read_text(
+                encoding="utf-8")]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--write", action="store_true", help="rewrite the verdict tables in the results READMEs")
+    g.add_argument("--check", action="store_true", help="exit 1 if a README's verdicts disagree with the JSON")
+    a = ap.parse_args(argv)
+    verdicts = evaluate()
+    if a.check:
+        bad = stale()
+        for rel in bad:
+            print(f"benchmarks/results/{rel}: verdicts differ from the JSON; run "
+                  "`python -m paddle2ort.benchmarks.verdicts --write`", file=sys.stderr)
+        return 1 if bad else 0
+    if a.write:
+        from paddle2ort.runtime.files import atomic_write
+        for bench, rel in READMES.items():
+            path = RESULTS / rel
+            text = path.read_text(encoding="utf-8")
+            new = render(text, bench, verdicts)
+            if new != text:
+                atomic_write(path, new)
+                print(f"wrote {path}")
+        return 0
+    print(table(verdicts))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
