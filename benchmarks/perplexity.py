@@ -60,7 +60,7 @@ def onnx_nll(model, windows: list[list[int]]) -> tuple[float, int]:
 
 def run_perplexity(cfg: PerplexityConfig) -> dict:
     from .texts import play_lines
-    first = TextGenerator(cfg.bundle)
+    first = TextGenerator(cfg.bundle, precision="fp32")     # the reference row, whatever a release chose
     precisions = cfg.precisions or tuple(first.bundle.manifest.models)
     windows = text_windows(first.tokenizer, play_lines(cfg.play), cfg.window, cfg.windows)
     rows = {}

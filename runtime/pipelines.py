@@ -10,6 +10,7 @@ import numpy as np
 from .errors import BadInputError, BundleError
 from .generation import softmax
 from .manifest import load_bundle
+from .selection import default_precision
 from .session import Runner, SessionOptions, create_session
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ class TextClassifier:
     texts longer than max_seq_length tokens are truncated (documented behaviour, no error).
     """
 
-    def __init__(self, bundle_dir: str | Path, precision: str = "fp32", session: SessionOptions = SessionOptions(),
+    def __init__(self, bundle_dir: str | Path, precision: str | None = None, session: SessionOptions = SessionOptions(),
                  tokenizer_backend: str = "hf", max_seq_length: int | None = None, batch_size: int = 32):
         from paddle2ort.tokenization import load_tokenizer
 
@@ -43,8 +44,8 @@ class TextClassifier:
         self.tokenizer = load_tokenizer(self.bundle.path, backend=tokenizer_backend)
         self.max_seq_length = max_seq_length or self.tokenizer.cfg.max_seq_length
         self.batch_size = batch_size
-        self.precision = precision
-        self.session = create_session(self.bundle.model_path(precision, verify=True), session)
+        self.precision = precision or default_precision(self.bundle, session.device)   # None: the released one
+        self.session = create_session(self.bundle.model_path(self.precision, verify=True), session)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_name = m.outputs[0].name
         self.runner = Runner(self.session, [self.output_name], session.device_id)

@@ -1,0 +1,431 @@
+"""The release gate: convert every precision, gate each against Paddle, measure quality and speed on the user's data
+on this host (CPU, and the GPU when there is one), pick per device the fastest precision within a quality budget,
+and record the decision with its evidence in the bundle (manifest `extra.release` + release/report.{json,md,png}).
+
+Quality budget, relative to FP32 on the same data and device:
+- text classifiers: accuracy drop in points, `(acc_fp32 - acc) * 100 <= budget`;
+- LLM bundles: perplexity increase in percent, `(ppl / ppl_fp32 - 1) * 100 <= budget`.
+A precision that fails the conversion gate is no candidate. Among the candidates within budget the fastest wins,
+except that a more exact precision (fp32 > fp16 > int8 > int4) within `tie_margin` of the fastest is preferred:
+timing noise never flips a release to a less exact model.
+
+No precision fits (or FP32 itself fails its gate) -> NoPrecisionFitsError (exit 3), nothing is written at the
+bundle path; the report still goes to `report_dir` when one is given (CI artifacts).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import math
+import os
+import shutil
+from dataclasses import dataclass, field, replace
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from paddle2ort.convert.api import ConvertConfig, ConvertResult, convert
+from paddle2ort.convert.bundle import check_destination, staged_bundle, write_json
+from paddle2ort.convert.errors import ValidationError
+from paddle2ort.runtime.errors import BadInputError, DeviceError, Paddle2OrtError
+from paddle2ort.runtime.files import atomic_path, atomic_write, module_available
+from paddle2ort.runtime.manifest import MANIFEST_NAME, Manifest, sha256_file
+from paddle2ort.runtime.session import gpu_available
+
+from .env import cpu_name, environment, gpu_names, usable_cores
+
+log = logging.getLogger(__name__)
+
+EXACTNESS = ("fp32", "fp16", "int8", "int4")          # most exact first: the tie rule's preference order
+REPORT_DIR = "release"                                 # bundle-relative folder of the report files
+DEVICES = ("cpu", "gpu")
+
+
+class NoPrecisionFitsError(Paddle2OrtError):
+    """No candidate precision passed its gate and stayed within the quality budget on some device (exit 3)."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, report: dict):
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass(frozen=True)
+class ReleaseConfig:
+    """`conversion` is the ConvertConfig (classifier) or LLMConvertConfig (causal LM) of the bundle to release;
+    its `precisions` are the candidates (FP32 is always converted and measured: it is the baseline)."""
+    conversion: object                         # ConvertConfig | paddle2ort.convert.llm.LLMConvertConfig
+    dataset_dir: Path
+    budget: float = 1.0                        # accuracy points (classifier) / perplexity % (LLM)
+    split: str = "dev"
+    devices: tuple[str, ...] | None = None     # None: cpu, plus gpu when onnxruntime sees one
+    tie_margin: float = 0.05                   # a more exact precision within 5% of the fastest is preferred
+    report_dir: Path | None = None             # also write the report here, pass or fail
+    # classifier measurement (benchmarks.classifier.run_bench)
+    batch_size: int = 32
+    warmup: int = 8
+    repeats: int = 3
+    limit: int | None = None
+    threads: int = 0
+    # LLM measurement (perplexity windows over the split's text; greedy decode speed)
+    window: int = 128
+    windows: int = 8
+    new_tokens: int = 32
+
+    def __post_init__(self):
+        object.__setattr__(self, "dataset_dir", Path(self.dataset_dir))
+        if not isinstance(self.budget, (int, float)) or not math.isfinite(self.budget) or self.budget < 0:
+            raise BadInputError(f"budget must be a finite number >= 0 ({self.unit} of quality FP32 may lose), "
+                                f"got {self.budget!r}")
+        if not math.isfinite(self.tie_margin) or not 0 <= self.tie_margin < 1:
+            raise BadInputError(f"tie margin must be in [0, 1), got {self.tie_margin!r}")
+        bad = [d for d in self.devices or () if d not in DEVICES]
+        if bad or (self.devices is not None and not self.devices):
+            raise BadInputError(f"devices must be a non-empty list of {DEVICES}, got {self.devices!r}")
+        for name in ("batch_size", "repeats", "window", "windows", "new_tokens"):
+            if getattr(self, name) < 1:
+                raise BadInputError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup < 0 or self.threads < 0 or (self.limit is not None and self.limit < 1):
+            raise BadInputError("warmup and threads must be >= 0 and limit >= 1")
+
+    @property
+    def is_llm(self) -> bool:
+        return not isinstance(self.conversion, ConvertConfig)
+
+    @property
+    def unit(self) -> str:
+        return "perplexity %" if self.is_llm else "accuracy points"
+
+
+@dataclass(frozen=True)
+class ReleaseReport:
+    bundle: Path
+    chosen: dict[str, str]                     # device -> precision
+    report: dict                               # everything (= release/report.json)
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------------------- decision
+def decide(candidates: list[dict], budget: float, tie_margin: float, speed_key: str, higher_is_faster: bool) -> str | None:
+    """The release rule on measured candidates ({precision, delta, <speed_key>, gate_passed}); marks
+    `within_budget` on each and returns the chosen precision (None: none fits)."""
+    fits = []
+    for c in candidates:
+        c["within_budget"] = bool(c["gate_passed"] and c.get("delta") is not None and c["delta"] <= budget + 1e-9)
+        if c["within_budget"]:
+            fits.append(c)
+    if not fits:
+        return None
+
+    def cost(c):  # time per unit of work: lower is faster
+        return 1.0 / c[speed_key] if higher_is_faster else c[speed_key]
+
+    best = min(cost(c) for c in fits)
+    near = [c for c in fits if cost(c) <= best * (1 + tie_margin)]
+    return min(near, key=lambda c: EXACTNESS.index(c["precision"]) if c["precision"] in EXACTNESS else 99)["precision"]
+
+
+# ---------------------------------------------------------------------------------------------------- input checks
+def _dataset_files(cfg: ReleaseConfig) -> dict[str, str]:
+    names = [f"{cfg.split}.txt"] if cfg.is_llm else ["label.txt", f"{cfg.split}.txt"]
+    return {n: sha256_file(cfg.dataset_dir / n) for n in names}
+
+
+def _check_classifier(cfg: ReleaseConfig) -> tuple[ConvertConfig, object]:
+    from paddle2ort.convert.source import locate
+
+    from .dataset import load_split
+    conv: ConvertConfig = cfg.conversion
+    data = load_split(cfg.dataset_dir, cfg.split)           # missing dir/split, bad or empty lines: exit 2
+    locate(conv.source)                                     # not a Paddle inference model: exit 2
+    if conv.task not in (None, "text-classification"):
+        raise BadInputError(f"the release gate measures accuracy of text classifiers; task {conv.task!r} is not one")
+    if conv.labels is not None and list(conv.labels) != data.label_names:
+        raise BadInputError(f"--labels {list(conv.labels)} differ from {cfg.dataset_dir}/label.txt "
+                            f"{data.label_names}; give the same names in the same order (or leave --labels out)")
+    if conv.tokenizer is None:
+        raise BadInputError("a text-classifier release needs the tokenizer (--tokenizer DIR with tokenizer.json "
+                            "and vocab.txt): accuracy is measured on the dataset's texts")
+    return replace(conv, task="text-classification", labels=tuple(data.label_names), validate=True), data
+
+
+def _check_llm(cfg: ReleaseConfig):
+    from paddle2ort.benchmarks.perplexity import text_windows
+    from paddle2ort.convert.llm.api import check_source
+    from paddle2ort.runtime.textio import read_utf8_lines
+    from paddle2ort.tokenization.bpe import BPETokenizer
+
+    conv = cfg.conversion
+    if not cfg.dataset_dir.is_dir():
+        raise BadInputError(f"dataset directory {cfg.dataset_dir} does not exist")
+    lines = [ln for ln in read_utf8_lines(cfg.dataset_dir / f"{cfg.split}.txt",
+                                          "an LLM release reads plain text from DATASET/<split>.txt")
+             if ln.strip()]
+    if not lines:
+        raise BadInputError(f"{cfg.dataset_dir}/{cfg.split}.txt has no text")
+    check_source(conv.source)
+    tok = BPETokenizer.load(conv.tokenizer)
+    windows = text_windows(tok, lines, cfg.window, cfg.windows)       # too little text: exit 2, before converting
+    return replace(conv, validate=True), windows
+
+
+# -------------------------------------------------------------------------------------------------------- conversion
+def convert_candidates(conversion, run) -> tuple[ConvertResult, dict[str, dict]]:
+    """Convert with every candidate precision; one that fails its gate is dropped (recorded with the figures) and
+    the rest converted again, since `convert` writes all precisions or none. FP32 failing is final (exit 3)."""
+    precisions = list(conversion.precisions)
+    gate: dict[str, dict] = {}
+    while True:
+        try:
+            res = run(replace(conversion, precisions=tuple(precisions) or ("fp32",)))
+        except ValidationError as e:
+            gate[e.precision] = {"passed": False, "error": str(e)}
+            if e.precision == "fp32" or e.precision not in precisions:
+                raise
+            log.warning("%s fails the conversion gate: not a release candidate", e.precision)
+            precisions.remove(e.precision)
+            continue
+        for prec, s in (res.manifest.validation or {}).items():
+            gate[prec] = {"passed": True, **s}
+        return res, gate
+
+
+# ------------------------------------------------------------------------------------------------------ measurement
+def measure_classifier(cfg: ReleaseConfig, bundle: Path, device: str, precisions: list[str]) -> tuple[dict, list]:
+    from .classifier import BenchConfig, run_bench
+    res = run_bench(BenchConfig(bundle=bundle, dataset_dir=cfg.dataset_dir, split=cfg.split, device=device,
+                                precisions=tuple(precisions), batch_size=cfg.batch_size, warmup=cfg.warmup,
+                                repeats=cfg.repeats, threads=cfg.threads, limit=cfg.limit))
+    base = next(r for r in res["rows"] if r["precision"] == "fp32")
+    rows = [{"precision": r["precision"], "accuracy": r["accuracy"],
+             "delta": (base["accuracy"] - r["accuracy"]) * 100, "ms_per_sample": r["ms_per_sample"],
+             "p90_batch_ms": r["p90_batch_ms"], "samples_per_s": r["throughput"],
+             "argmax_agreement_vs_fp32": r["argmax_agreement_vs_fp32"]} for r in res["rows"]]
+    return res, rows
+
+
+def measure_llm(cfg: ReleaseConfig, bundle: Path, device: str, precisions: list[str], windows) -> tuple[dict, list]:
+    import numpy as np
+
+    from paddle2ort.runtime.llm import TextGenerator
+    from paddle2ort.runtime.session import SessionOptions
+
+    from .llm import time_generation
+    from .perplexity import onnx_nll
+    threads = cfg.threads or usable_cores()
+    raw, rows = [], []
+    for prec in precisions:
+        gen = TextGenerator(bundle, precision=prec,
+                            session=SessionOptions(device=device, intra_op_threads=threads if device == "cpu" else 0))
+        nll, n = onnx_nll(gen.model, windows)
+        pad = gen.tokenizer.pad_token_id
+        prompt = [windows[0][:min(32, len(windows[0]))]]
+        time_generation(gen.model, prompt, 2, pad)                       # warm-up
+        runs = [time_generation(gen.model, prompt, cfg.new_tokens, pad) for _ in range(cfg.repeats)]
+        tps = float(np.median([r["decode_tokens_per_s_total"] for r in runs]))
+        raw.append({"precision": prec, "nll": nll, "tokens": n, "runs": runs})
+        rows.append({"precision": prec, "perplexity": float(np.exp(nll / n)), "tokens_per_s": tps,
+                     "ttft_ms": float(np.median([r["ttft_ms"] for r in runs]))})
+        log.info("%s %s: perplexity %.4f, %.1f tokens/s", device, prec, rows[-1]["perplexity"], tps)
+    base = next(r for r in rows if r["precision"] == "fp32")
+    for r in rows:
+        r["delta"] = (r["perplexity"] / base["perplexity"] - 1) * 100
+    return {"benchmark": "llm-release", "window": cfg.window, "windows": len(windows),
+            "new_tokens": cfg.new_tokens, "threads": threads, "rows": raw}, rows
+
+
+def _device_precisions(cfg: ReleaseConfig, device: str, passed: list[str]) -> tuple[list[str], dict[str, str]]:
+    """What runs on the device: FP32 (the baseline) + the candidates that passed their gate. Dynamic INT8 of a
+    classifier is not run on GPU (its quantize ops run on the CPU there), as in `paddle2ort bench`."""
+    skipped = {}
+    out = ["fp32"] + [p for p in passed if p != "fp32"]
+    if device == "gpu" and not cfg.is_llm and "int8" in out:
+        out.remove("int8")
+        skipped["int8"] = "dynamic INT8 is not a GPU configuration (its quantize ops run on the CPU)"
+    return out, skipped
+
+
+# ------------------------------------------------------------------------------------------------------------ report
+def _paddle2ort_version() -> str:
+    try:
+        return version("paddle2ort")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def markdown(report: dict) -> str:
+    llm = report["kind"] == "text-generation"
+    qual, speed = ("perplexity", "tokens/s") if llm else ("accuracy %", "ms/sample")
+    lines = [f"# Release gate: {report['bundle']} — {'PASSED' if report['passed'] else 'FAILED (exit 3)'}", "",
+             f"Budget: {report['budget']} {report['budget_unit']} vs FP32 on the same data and device; "
+             f"dataset `{report['dataset']['dir']}` split `{report['dataset']['split']}` "
+             f"({report['dataset']['samples']} {'tokens' if llm else 'samples'}); {report['date']}; "
+             f"paddle2ort {report['paddle2ort']}. Tie rule: a more exact precision within "
+             f"{report['tie_margin'] * 100:.0f}% of the fastest is preferred.", ""]
+    for dev, d in report["devices"].items():
+        lines += [f"## {dev.upper()}: {d['host']} — chosen: **{d['chosen'] or 'none'}**", "",
+                  f"| precision | gate | {qual} | delta ({report['budget_unit']}) | {speed} | within budget |",
+                  "|---|---|---|---|---|---|"]
+        for c in d["candidates"]:
+            q = c.get("perplexity") if llm else c.get("accuracy")
+            qs = "-" if q is None else (f"{q:.4f}" if llm else f"{q * 100:.2f}")
+            s = c.get("tokens_per_s") if llm else c.get("ms_per_sample")
+            ss = "-" if s is None else (f"{s:.1f}" if llm else f"{s:.3f}")
+            delta = "-" if c.get("delta") is None else f"{c['delta']:+.3f}"
+            gate = "passed" if c["gate_passed"] else "**failed**"
+            mark = "yes" if c["within_budget"] else ("no" if c.get("delta") is not None else
+                                                     f"no ({c.get('note', 'not measured')})")
+            name = f"**{c['precision']}**" if c["precision"] == d["chosen"] else c["precision"]
+            lines.append(f"| {name} | {gate} | {qs} | {delta} | {ss} | {mark} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(report: dict, path: Path) -> None:
+    """Speed per (device, precision) bar, quality delta on each bar, chosen bars highlighted (needs matplotlib)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    llm = report["kind"] == "text-generation"
+    key = "tokens_per_s" if llm else "ms_per_sample"
+    bars = [(f"{c['precision']}\n{dev}", c, c["precision"] == d["chosen"])
+            for dev, d in report["devices"].items() for c in d["candidates"] if c.get(key) is not None]
+    fig, ax = plt.subplots(figsize=(1.3 * len(bars) + 2, 4))
+    colors = ["#2a9d8f" if chosen else ("#8ab17d" if c["within_budget"] else "#e76f51") for _, c, chosen in bars]
+    rects = ax.bar([b[0] for b in bars], [b[1][key] for b in bars], color=colors)
+    for r, (_, c, _) in zip(rects, bars):
+        ax.annotate(f"{c['delta']:+.2f}", (r.get_x() + r.get_width() / 2, r.get_height()), ha="center",
+                    va="bottom", fontsize=8)
+    ax.set_ylabel("tokens / s (higher is faster)" if llm else "ms / sample (lower is faster)")
+    ax.set_title(f"{report['bundle']}: chosen (dark), within budget (green), over budget (red); "
+                 f"labels: delta in {report['budget_unit']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, format="png")
+    plt.close(fig)
+
+
+def write_report(report: dict, out_dir: Path) -> dict[str, Path]:
+    """report.json, .md, .png in out_dir (each written atomically)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / "report.json", "md": out_dir / "report.md", "png": out_dir / "report.png"}
+    write_json(paths["json"], report)
+    atomic_write(paths["md"], markdown(report))
+    if module_available("matplotlib"):
+        with atomic_path(paths["png"], suffix=".png") as tmp:
+            plot(report, tmp)
+    else:
+        log.warning("matplotlib is not installed: no plot written (pip install 'paddle2ort[bench]')")
+        paths.pop("png")
+    return paths
+
+
+def _record_in_manifest(bundle: Path, release: dict) -> None:
+    """Add `extra.release` and the report files' checksums to the staged bundle's manifest."""
+    import json
+
+    from paddle2ort.runtime.manifest import file_entries
+    m = Manifest.from_json(json.loads((bundle / MANIFEST_NAME).read_text(encoding="utf-8")))
+    files = {**m.files, **{f"{REPORT_DIR}/{rel}": e for rel, e in file_entries(bundle / REPORT_DIR).items()}}
+    m = replace(m, extra={**m.extra, "release": release}, files=files)
+    write_json(bundle / MANIFEST_NAME, m.to_json())
+
+
+# -------------------------------------------------------------------------------------------------------------- run
+def _user_paths(conversion) -> tuple[Path, ...]:
+    if isinstance(conversion, ConvertConfig):
+        return conversion.user_paths()
+    return (Path(conversion.source), Path(conversion.tokenizer))
+
+
+def run_release(cfg: ReleaseConfig) -> ReleaseReport:
+    """Check inputs (exit 2), convert + gate (3/4), measure, decide, write the bundle atomically with its decision.
+    Raises NoPrecisionFitsError (exit 3) when some device has no precision within budget."""
+    conversion, measured_on = (_check_llm(cfg) if cfg.is_llm else _check_classifier(cfg))
+    sources = (*_user_paths(conversion), cfg.dataset_dir)       # never inside what --overwrite replaces
+    check_destination(conversion.output, conversion.overwrite, sources)
+    devices = cfg.devices or (("cpu", "gpu") if gpu_available() else ("cpu",))
+    if "gpu" in devices and not gpu_available():
+        raise DeviceError("--device gpu: onnxruntime sees no CUDA device on this host; release for cpu only")
+    dataset = {"dir": str(cfg.dataset_dir), "split": cfg.split, "sha256": _dataset_files(cfg)}
+    candidates_asked = list(cfg.conversion.precisions)
+    if cfg.is_llm:
+        from paddle2ort.convert.llm import convert_llm as run_convert
+    else:
+        run_convert = convert
+
+    with staged_bundle(conversion.output, conversion.overwrite, sources) as stage:
+        inner = stage / "converted"
+        try:
+            res, gate = convert_candidates(replace(conversion, output=inner, overwrite=False),
+                                           lambda c: run_convert(c, sources) if not cfg.is_llm else run_convert(c))
+        except ValidationError as e:           # FP32 failed its gate: nothing can be released
+            raise NoPrecisionFitsError(f"no precision can be released: FP32 fails the conversion gate, so there "
+                                       f"is no baseline to judge the others against.\n{e}", {"gate": {
+                                           "fp32": {"passed": False, "error": str(e)}}}) from e
+        for entry in inner.iterdir():          # the converted bundle becomes the staged release bundle
+            os.rename(entry, stage / entry.name)
+        inner.rmdir()
+        passed = [p for p in candidates_asked + ["fp32"] if gate.get(p, {}).get("passed")]
+        env = environment()
+        date = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        base_info = {"budget": cfg.budget, "budget_unit": cfg.unit, "tie_margin": cfg.tie_margin,
+                     "dataset": dataset, "date": date, "paddle2ort": _paddle2ort_version()}
+        devices_out, raw = {}, {}
+        for dev in devices:
+            run_precs, skipped = _device_precisions(cfg, dev, passed)
+            if cfg.is_llm:
+                raw[dev], rows = measure_llm(cfg, stage, dev, run_precs, measured_on)
+            else:
+                raw[dev], rows = measure_classifier(cfg, stage, dev, run_precs)
+            by = {r["precision"]: r for r in rows}
+            cands = []
+            for p in dict.fromkeys(candidates_asked):
+                g = gate.get(p, {"passed": False, "error": "not converted"})
+                c = {"precision": p, "gate_passed": bool(g.get("passed")), **by.get(p, {"delta": None})}
+                c["gate"] = {k: v for k, v in g.items() if k != "passed"}
+                if not c["gate_passed"]:
+                    c["note"] = "failed the conversion gate"
+                elif p in skipped:
+                    c["note"] = skipped[p]
+                cands.append(c)
+            chosen = decide(cands, cfg.budget, cfg.tie_margin, *(("tokens_per_s", True) if cfg.is_llm
+                                                                 else ("ms_per_sample", False)))
+            host = (gpu_names() or ["GPU"])[0].split(",")[0] if dev == "gpu" else f"{cpu_name()} ({usable_cores()} cores)"
+            devices_out[dev] = {"chosen": chosen, "baseline": by["fp32"], "candidates": cands, "host": host,
+                                **base_info}
+            log.info("%s: chosen %s", dev, chosen or "none (no candidate within budget)")
+        samples = (sum(len(w) for w in measured_on) if cfg.is_llm
+                   else min(cfg.limit or len(measured_on.texts), len(measured_on.texts)))
+        report = {"kind": "text-generation" if cfg.is_llm else "text-classification",
+                  "bundle": res.manifest.name, "passed": all(d["chosen"] for d in devices_out.values()),
+                  **{k: v for k, v in base_info.items() if k != "dataset"},
+                  "dataset": {**dataset, "samples": samples}, "devices": devices_out,
+                  "measurements": raw, "environment": env}
+        extra_paths = write_report(report, cfg.report_dir) if cfg.report_dir else {}
+        if not report["passed"]:
+            raise NoPrecisionFitsError(_failure_message(report), report)
+        paths = write_report(report, stage / REPORT_DIR)
+        _record_in_manifest(stage, {dev: {k: v for k, v in d.items()} for dev, d in devices_out.items()})
+    final = {k: conversion.output / REPORT_DIR / p.name for k, p in paths.items()}
+    return ReleaseReport(bundle=conversion.output, chosen={d: v["chosen"] for d, v in devices_out.items()},
+                         report=report, files={**final, **{f"report_dir_{k}": p for k, p in extra_paths.items()}})
+
+
+def _failure_message(report: dict) -> str:
+    lines = [f"no precision fits the budget of {report['budget']} {report['budget_unit']} on "
+             + ", ".join(d for d, v in report["devices"].items() if not v["chosen"]) + ":"]
+    for dev, d in report["devices"].items():
+        if d["chosen"]:
+            continue
+        b = d["baseline"]
+        base = (f"perplexity {b['perplexity']:.4f}" if "perplexity" in b else f"accuracy {b['accuracy'] * 100:.2f}%")
+        lines.append(f"  {dev} (FP32 baseline {base}):")
+        for c in d["candidates"]:
+            if c.get("delta") is None:
+                lines.append(f"    {c['precision']}: {c.get('note', 'not measured')}")
+            else:
+                lines.append(f"    {c['precision']}: delta {c['delta']:+.3f} {report['budget_unit']} "
+                             f"(budget {report['budget']})")
+    lines.append("Raise --budget, add a more exact precision to --precision, or fix the model; nothing was written "
+                 "at the bundle path.")
+    return "\n".join(lines)
