@@ -36,10 +36,6 @@ def generation_config(args):
 
 
 def run(args) -> int:
-    from paddle2ort.runtime.llm import TextGenerator, run_jsonl_job
-    from paddle2ort.runtime.progress import busy
-    from paddle2ort.runtime.session import SessionOptions
-
     if bool(args.prompt) == bool(args.data_file):
         raise BadInputError("give --prompt (repeatable) or --data-file IN.jsonl --output-file OUT.jsonl")
     if args.data_file and not args.output_file:
@@ -53,6 +49,10 @@ def run(args) -> int:
     check_exists(args.data_file, "--data-file")
     check_output_file(args.output_file, "--output-file")
     cfg = generation_config(args)
+    from paddle2ort.runtime.llm import TextGenerator, run_jsonl_job
+    from paddle2ort.runtime.progress import busy
+    from paddle2ort.runtime.session import SessionOptions
+
     gen = TextGenerator(args.bundle, precision=args.precision,
                         session=SessionOptions(device=args.device, device_id=args.device_id,
                                                intra_op_threads=args.threads), graph=args.graph)

@@ -16,12 +16,13 @@ HERE = Path(__file__).parent
 # is not a unit test.
 PADDLE_FIXTURES = {"tiny_models", "clf_bundle", "llm_bundles"}
 # Modules of other parts whose every test is a unit test (files that say so themselves carry `pytestmark`).
-UNIT_MODULES = {"test_generation_unit.py", "test_validate_unit.py", "test_kernels.py", "test_hf_mapping.py"}
+UNIT_MODULES = {"test_generation_unit.py", "test_validate_unit.py", "test_kernels.py"}
 
 
+@pytest.hookimpl(tryfirst=True)             # before `-m` selects on the markers
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if item.path.name in UNIT_MODULES and not any(item.iter_markers(m) for m in ("slow", "gpu")):
+        if item.path.name in UNIT_MODULES and not any(item.get_closest_marker(m) for m in ("slow", "gpu")):
             item.add_marker(pytest.mark.unit)
         if item.get_closest_marker("unit") is not None:
             heavy = PADDLE_FIXTURES.intersection(getattr(item, "fixturenames", ()))

@@ -4,12 +4,13 @@ import json
 import numpy as np
 import pytest
 
-from paddle2ort.benchmarks.classifier import BenchConfig, evaluate_targets, run_bench, warmup_order
+from paddle2ort.benchmarks.classifier import BenchConfig, evaluate_targets, run_bench
 from paddle2ort.benchmarks.dataset import load_split
 from paddle2ort.benchmarks.report import merge, write_results
 from paddle2ort.cli import main
 from paddle2ort.runtime.errors import BadInputError
 from paddle2ort.runtime.pipelines import TextClassifier
+from paddle2ort.runtime.timing import warmup_order
 
 LABELS = ["negative", "neutral", "positive"]
 TEXTS = ["driverless cars scare me", "i love my new car", "the bus is late again", "",
@@ -62,6 +63,7 @@ def test_bench_cli_writes_results(clf_bundle, dataset, tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["results.json", "results.md", "results.png"]
 
 
+@pytest.mark.unit
 def test_targets_are_judged_on_measured_rows():
     rows = [{"name": "FP32-CPU", "ms_per_sample": 3.0, "accuracy": 0.80},
             {"name": "INT8-CPU", "ms_per_sample": 2.5, "accuracy": 0.785},
@@ -72,11 +74,19 @@ def test_targets_are_judged_on_measured_rows():
                    "FP16-GPU accuracy vs FP32-CPU": True, "FP32-CPU vs Paddle-Inference-CPU speed": False}
 
 
+@pytest.mark.unit
 def test_warmup_covers_the_length_range():
-    assert warmup_order(10, 3) == [0, 4, 9] or warmup_order(10, 3) == [0, 5, 9]
-    assert warmup_order(2, 8) == [0, 1] and warmup_order(5, 0) == []
+    for n, w in [(10, 3), (100, 8), (7, 7), (2, 8), (50, 1), (33, 5)]:
+        got = warmup_order(n, w)
+        assert got == sorted(set(got)) and len(got) == min(w, n)        # distinct batches, as many as asked/exist
+        assert got[0] == 0 and (w == 1 or got[-1] == n - 1)             # shortest and longest batches included
+        if len(got) > 2:
+            gaps = np.diff(got)
+            assert gaps.max() - gaps.min() <= 1                         # evenly spread over the length range
+    assert warmup_order(5, 0) == [] and warmup_order(0, 3) == []
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("content, message", [
     ("a text without tab\n", "has no TAB"),
     ("text\tsurprised\n", "not in label.txt"),
@@ -88,6 +98,7 @@ def test_dataset_bad_lines(dataset, content, message):
         load_split(dataset, "dev")
 
 
+@pytest.mark.unit
 def test_dataset_bad_files(dataset, tmp_path):
     (dataset / "dev.txt").write_bytes(b"good\tpositive\nbad \xff\tnegative\n")
     with pytest.raises(BadInputError, match=r"dev.txt:2 is not valid UTF-8"):

@@ -26,8 +26,16 @@ def test_pipeline_matches_direct_session_and_sorts_back(clf_bundle):
 
 def test_long_empty_and_odd_texts_are_documented_behaviour(clf_bundle):
     clf = TextClassifier(clf_bundle)
-    preds = clf(["", "   ", "x" * 100_000, "emoji 😀 \x00 control"])
-    assert len(preds) == 4 and all(0 <= p.score <= 1 for p in preds)
+    texts = ["", "   ", "good " * 20_000, "good " * 200, "emoji 😀 \x00 control", "emoji 😀 control"]
+    preds, logits = clf(texts), clf.predict_logits(texts)
+    assert np.array_equal(logits[0], logits[1])                   # empty and blank: both the sequence [CLS][SEP]
+    np.testing.assert_allclose(logits[2], logits[3], atol=1e-5)   # 100k characters: truncated like any long text
+    np.testing.assert_allclose(logits[4], logits[5], atol=1e-5)   # control characters dropped by the cleaning
+    assert not np.allclose(logits[0], logits[3], atol=1e-4)       # (and the model does tell texts apart)
+    z = np.exp(logits - logits.max(-1, keepdims=True))
+    probs = z / z.sum(-1, keepdims=True)
+    assert [p.label for p in preds] == [clf.labels[i] for i in probs.argmax(-1)]
+    np.testing.assert_allclose([p.score for p in preds], probs.max(-1), rtol=1e-5)   # score: the label's probability
 
 
 def test_cli_classify_text_and_files(clf_bundle, tmp_path, capsys):

@@ -1,0 +1,176 @@
+"""The CLI as a person meets it: help texts, option checks before any work, exit codes, -q/-v anywhere, and the
+runtime-only install. No Paddle, no assets: every case here fails (or prints help) before a model is touched."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import pytest
+
+from paddle2ort.cli import build_parser, main
+from paddle2ort.cli.common import HelpFormatter
+
+pytestmark = pytest.mark.unit
+
+
+def subcommands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()):
+    """(argv prefix, parser) of every leaf command (zoo build included)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                kids = list(subcommands(sub, prefix + (name,)))
+                yield from kids or [(prefix + (name,), sub)]
+
+
+COMMANDS = list(subcommands(build_parser()))
+NAMES = [" ".join(argv) for argv, _ in COMMANDS]
+
+
+def test_every_command_group_is_there():
+    for name in ("convert", "validate", "convert-llm", "zoo build", "classify", "generate", "bench", "bench-llm",
+                 "perplexity"):
+        assert name in NAMES
+
+
+@pytest.mark.parametrize("argv,parser", COMMANDS, ids=NAMES)
+def test_help_has_example_defaults_and_exit_codes(argv, parser, capsys):
+    assert main([*argv, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "example:" in out and f"paddle2ort {' '.join(argv)}" in out.split("example:")[1]
+    assert "exit codes:" in out
+    for code in ("0 ok", "2 bad input", "3 validation failed", "4 conversion failed", "1 unexpected"):
+        assert code in out
+    fmt = HelpFormatter(prog="x")
+    for action in parser._actions:
+        if not action.option_strings or action.help == argparse.SUPPRESS or isinstance(action, argparse._HelpAction):
+            continue
+        d = action.default
+        meaningful = d not in (None, False, argparse.SUPPRESS) and not (isinstance(d, (list, tuple)) and not d)
+        if meaningful:
+            assert "default" in fmt._get_help_string(action), f"{argv} {action.option_strings} hides its default"
+        # metavars are named after the option, never after an internal destination
+        if action.nargs != 0 and action.metavar is None and action.choices is None:
+            assert fmt._get_default_metavar_for_optional(action) == \
+                max(action.option_strings, key=len).lstrip("-").upper().replace("-", "_")
+
+
+def test_generate_help_names_max_length_after_itself(capsys):
+    main(["generate", "--help"])
+    out = capsys.readouterr().out
+    assert "--max-length MAX_LENGTH" in out and "MAX_NEW_TOKENS_JOB" not in out
+
+
+@pytest.mark.parametrize("argv", [
+    ["generate", "B", "--prompt", "x", "--temperature", "nan"],
+    ["generate", "B", "--prompt", "x", "--temperature", "inf"],
+    ["generate", "B", "--prompt", "x", "--temperature", "-1"],
+    ["generate", "B", "--prompt", "x", "--top-p", "nan"],
+    ["generate", "B", "--prompt", "x", "--top-p", "0"],
+    ["generate", "B", "--prompt", "x", "--repetition-penalty", "nan"],
+    ["generate", "B", "--prompt", "x", "--repetition-penalty", "0"],
+    ["generate", "B", "--prompt", "x", "--length-penalty", "-inf"],
+    ["generate", "B", "--prompt", "x", "--seed", "-1"],
+    ["generate", "B", "--prompt", "x", "--stop", ""],
+    ["generate", "B", "--prompt", "x", "--num-beams", "0"],
+    ["generate", "B", "--prompt", "x", "--max-new-tokens", "0"],
+    ["generate", "B", "--data-file", "in.jsonl", "--output-file", "o.jsonl", "--src-length", "0"],
+    ["generate", "B", "--data-file", "in.jsonl", "--output-file", "o.jsonl", "--src-length", "-1"],
+    ["generate", "B", "--data-file", "in.jsonl", "--output-file", "o.jsonl", "--batch-size", "0"],
+    ["convert", "M", "-o", "O", "--threshold", "fp32.max_rel_diff=nan"],
+    ["convert", "M", "-o", "O", "--threshold", "fp32.max_rel_diff=-1"],
+    ["convert", "M", "-o", "O", "--threshold", "fp16.min_cosine=inf"],
+    ["convert", "M", "-o", "O", "--threshold", "fp16.min_cosine=1.5"],
+    ["convert", "M", "-o", "O", "--threshold", "fp16.cosine=0.9"],
+    ["convert", "M", "-o", "O", "--precision", "fp8"],
+    ["convert", "M", "-o", "O", "--seed", "-3"],
+    ["convert-llm", "M", "-o", "O", "--tokenizer", "T", "--precision", "int3"],
+    ["convert-llm", "M", "-o", "O", "--tokenizer", "T", "--block-size", "7"],
+    ["validate", "B", "--source", "M", "--threshold", "int8.min_argmax_agreement=nan"],
+    ["classify", "B", "--text", "x", "--batch-size", "0"],
+    ["bench", "B", "--dataset-dir", "D", "--repeats", "0"],
+    ["bench", "B", "--dataset-dir", "D", "--warmup", "-1"],
+    ["bench-llm", "B", "--batch-sizes", "1,0"],
+    ["perplexity", "B", "--windows", "0"],
+    ["perplexity", "B", "--window", "1"],
+])
+def test_bad_option_values_are_refused_before_any_work(argv, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip()
+    assert not any(tmp_path.iterdir())                                   # nothing written
+
+
+def test_max_length_and_max_new_tokens_together_is_an_error(tmp_path, capsys):
+    assert main(["generate", str(tmp_path / "B"), "--prompt", "x", "--max-length", "3", "--max-new-tokens", "4"]) == 2
+    assert "--max-length" in capsys.readouterr().err
+
+
+def test_src_length_without_a_job_is_an_error(tmp_path, capsys):
+    assert main(["generate", str(tmp_path / "B"), "--prompt", "x", "--src-length", "4"]) == 2
+    assert "--data-file" in capsys.readouterr().err
+
+
+def test_classify_on_an_empty_file_says_there_are_no_texts(tmp_path, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    assert main(["classify", str(tmp_path / "bundle"), "--input", str(empty)]) == 2
+    assert "no texts" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,name", [
+    (["convert", "M", "-o", "O"], "convert"),
+    (["validate", "B", "--source", "M"], "validate"),
+    (["convert-llm", "M", "-o", "O", "--tokenizer", "T"], "convert-llm"),
+    (["zoo", "build", "minilm-sentiment", "-o", "Z"], "zoo build"),
+    (["bench", "B", "--dataset-dir", "D", "--paddle-model", "P"], "bench --paddle-model"),
+    (["perplexity", "B", "--paddle-model", "P"], "perplexity --paddle-model"),
+    (["bench-llm", "B", "--paddle-model", "P"], "bench-llm --paddle-model"),
+])
+def test_paddle_side_commands_name_the_convert_extra_on_a_runtime_only_install(argv, name, tmp_path, monkeypatch,
+                                                                                capsys):
+    monkeypatch.chdir(tmp_path)
+    for p in ("M", "T", "D", "P"):
+        (tmp_path / p).mkdir()
+    monkeypatch.setitem(sys.modules, "paddle", None)       # as on `pip install paddle2ort[cpu]`: no Paddle
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'paddle2ort[convert]'" in err and f"paddle2ort {name}" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["D", "M", "P", "T"]      # nothing started, nothing written
+
+
+def test_bench_checks_output_and_paddle_model_before_timing(tmp_path, capsys):
+    f = tmp_path / "file"
+    f.write_text("mine")
+    assert main(["bench", "B", "--dataset-dir", str(tmp_path), "--output", str(f)]) == 2
+    assert "is a file" in capsys.readouterr().err and f.read_text() == "mine"
+    assert main(["bench", "B", "--dataset-dir", str(tmp_path), "--paddle-model", str(tmp_path / "nope"),
+                 "--output", str(tmp_path / "out")]) == 2
+    assert "--paddle-model" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("argv", [["-q", "classify", "B", "--text", "x"], ["classify", "-q", "B", "--text", "x"],
+                                  ["classify", "B", "--text", "x", "-q"], ["-q", "zoo", "build", "N", "-o", "Z"],
+                                  ["zoo", "build", "N", "-o", "Z", "-q"]])
+def test_quiet_and_verbose_anywhere(argv):
+    args = build_parser().parse_args(argv)
+    assert args.quiet is True and args.verbose is False
+    args = build_parser().parse_args(["classify", "B", "--text", "x", "-v"])
+    assert args.verbose is True and args.quiet is False
+
+
+def test_verbosity_sets_our_log_level(tmp_path):
+    empty = tmp_path / "e.txt"
+    empty.write_text("")
+    main(["classify", "B", "--input", str(empty), "-v"])
+    assert logging.getLogger("paddle2ort").level == logging.DEBUG
+    main(["classify", "B", "--input", str(empty), "-q"])
+    assert logging.getLogger("paddle2ort").level == logging.WARNING
+
+
+def test_python_m_entry_point():
+    import subprocess
+    r = subprocess.run([sys.executable, "-m", "paddle2ort.cli", "generate", "B", "--seed", "-1"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "--seed" in r.stderr and "Traceback" not in r.stderr
