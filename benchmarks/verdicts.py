@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 RESULTS = Path(__file__).resolve().parent / "results"
+PROJECT_README = Path(__file__).resolve().parent.parent / "README.md"      # the checkout's README (headline block)
 BEGIN, END = "<!-- verdicts:begin -->", "<!-- verdicts:end -->"
 READMES = {"classifier": "classifier/RESULTS.md", "llm": "llm/README.md", "llm-gpu": "llm-gpu/README.md"}
 OPS = {">=": operator.ge, "<=": operator.le, "==": operator.eq}
@@ -185,6 +186,78 @@ TABLES: dict[str, dict[str, Callable[[Path], str]]] = {
 }
 
 
+@dataclass(frozen=True)
+class Headline:
+    figure: str
+    file: str                            # relative to benchmarks/results
+    run: str                             # which run / commit the file holds
+    value: Callable[[dict], str]         # the loaded JSON -> the figure as README prints it
+
+
+def _clf_speed(a: str, b: str) -> Callable[[dict], str]:
+    return lambda r: (f"{clf(r, a)['ms_per_sample'] / clf(r, b)['ms_per_sample']:.2f}x "
+                      f"({clf(r, b)['ms_per_sample']:.2f} vs {clf(r, a)['ms_per_sample']:.2f} ms/sample)")
+
+
+def _llm_speedups(r: dict) -> str:
+    s = {(x["precision"], x["batch"]): x["speedup_vs_paddle"] for x in r["rows"] if x["system"] == "onnxruntime"}
+    return (f"FP32 {s[('fp32', 1)]:.2f}x, int8 {s[('int8', 1)]:.2f}x at batch 1; FP32 {s[('fp32', 8)]:.2f}x, int8 "
+            f"{s[('int8', 8)]:.2f}x at batch 8")
+
+
+def _ppl(r: dict) -> str:
+    f32 = ppl(r, "onnxruntime", "fp32")
+    return (f"ONNX FP32 {f32:.4f} vs Paddle {ppl(r, 'paddle-dygraph', 'fp32'):.4f}; int8 "
+            f"{100 * (ppl(r, 'onnxruntime', 'int8') / f32 - 1):+.2f}%, int4 {100 * (ppl(r, 'onnxruntime', 'int4') / f32 - 1):+.2f}%")
+
+
+def _gpu_b1(r: dict) -> str:
+    ours = gpu_row(r, OURS_FP16, 1)["tok_s_per_seq"]
+    return (f"{ours:.0f} tok/s = {ratio(OURS_FP16, 'onnxruntime-genai')(r):.2f}x onnxruntime-genai as built, "
+            f"{ratio(OURS_FP16, 'onnxruntime-genai (CUDA graph)')(r):.2f}x genai with CUDA graphs; batch 8 "
+            f"{gpu_row(r, OURS_FP16, 8)['tok_s_aggregate']:,.0f} tok/s aggregate")
+
+
+def _golden(r: dict) -> str:
+    a = r["fp16-head32_fused"]["batched"]
+    return f"{100 * a['token_agreement']:.1f}% of tokens, {a['identical_rows']}/{a['rows']} rows"
+
+
+def _int4_margin(r: dict) -> str:
+    return (f"top-1 kept at {100 * r['random']['top1_agreement']:.1f}% of positions with random weights, "
+            f"{100 * r['real']['top1_agreement']:.1f}% with SmolLM2's")
+
+
+HEADLINES: tuple[Headline, ...] = (
+    Headline("classifier INT8-CPU speed-up over FP32-CPU, 2-core AMD EPYC", "classifier/local-cpu.json",
+             "commit fb8275b", _clf_speed("FP32-CPU", "INT8-CPU")),
+    Headline("classifier INT8-CPU speed-up over FP32-CPU, 16-core Xeon", "classifier/h100-cpu.json",
+             "tree of b434599", _clf_speed("FP32-CPU", "INT8-CPU")),
+    Headline("classifier FP32-CPU vs Paddle Inference CPU, same batches and threads", "classifier/local-cpu.json",
+             "commit fb8275b", _clf_speed("Paddle-Inference-CPU", "FP32-CPU")),
+    Headline("SmolLM2 perplexity on Hamlet", "llm/perplexity.json", "commit 9151576", _ppl),
+    Headline("SmolLM2 CPU decode speed-up over Paddle dygraph (2 cores)", "llm/llm.json", "commit 9151576",
+             _llm_speedups),
+    Headline("GPU, Qwen2.5-0.5B config FP16 (float32 head), batch 1, H100", "llm-gpu/run7/bench-qwen2.5-0.5b.json",
+             "run7, commit 9346098", _gpu_b1),
+    Headline("GPU, SmolLM2 fused FP16 greedy vs Paddle's golden rows, H100", "llm-gpu/run6/check.json",
+             "run6, commit 83e0c46", _golden),
+    Headline("int4 vs FP32 top-1 (teacher-forced, CPU): why random-weight int4 rows show 0% agreement",
+             "llm-gpu/int4-margin.json", "commit 009384f", _int4_margin),
+)
+
+
+def headline_table(root: Path) -> str:
+    lines = ["| figure | value | from |", "|---|---|---|"]
+    for h in HEADLINES:
+        lines.append(f"| {h.figure} | {h.value(_load(h.file, str(root)))} | "
+                     f"[`{h.file}`](benchmarks/results/{h.file}) ({h.run}) |")
+    lines.append("")
+    lines.append("Targets met / missed: " + ", ".join(f"[{b}](benchmarks/results/{rel})" for b, rel in READMES.items())
+                 + " (computed by `python -m paddle2ort.benchmarks.verdicts`).")
+    return "\n".join(lines)
+
+
 def _replace(text: str, begin: str, end: str, body: str, where: str) -> str:
     if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
         raise ValueError(f"the {where} results README needs exactly one {begin} ... {end} block")
@@ -203,13 +276,28 @@ def render(text: str, benchmark: str, verdicts: list[Verdict], root: Path | None
     return text
 
 
-def stale(root: Path | None = None) -> list[str]:
-    """READMEs whose verdict block differs from the one the JSON gives."""
+HEAD_BEGIN, HEAD_END = "<!-- headline:begin -->", "<!-- headline:end -->"
+
+
+def render_headline(text: str, root: Path | None = None) -> str:
+    """The project README with its headline block regenerated from the results JSON."""
+    body = "\n".join([HEAD_BEGIN, "<!-- generated by `python -m paddle2ort.benchmarks.verdicts --write`; do not edit -->",
+                      "", headline_table(root or RESULTS), "", HEAD_END])
+    return _replace(text, HEAD_BEGIN, HEAD_END, body, "project")
+
+
+def stale(root: Path | None = None, readme: Path | None = None) -> list[str]:
+    """READMEs whose generated blocks differ from what the JSON gives (the results READMEs under root; the
+    project README when given)."""
     root = root or RESULTS
     verdicts = evaluate(root=root)
-    return [rel for bench, rel in READMES.items()
-            if render((root / rel).read_text(encoding="utf-8"), bench, verdicts, root) != (root / rel).read_text(
-                encoding="utf-8")]
+    out = [rel for bench, rel in READMES.items()
+           if render((root / rel).read_text(encoding="utf-8"), bench, verdicts, root) != (root / rel).read_text(
+               encoding="utf-8")]
+    if readme is not None and render_headline(readme.read_text(encoding="utf-8"), root) != readme.read_text(
+            encoding="utf-8"):
+        out.append(str(readme))
+    return out
 
 
 def main(argv=None) -> int:
@@ -220,9 +308,9 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     verdicts = evaluate()
     if a.check:
-        bad = stale()
+        bad = stale(readme=PROJECT_README if PROJECT_README.is_file() else None)
         for rel in bad:
-            print(f"benchmarks/results/{rel}: verdicts differ from the JSON; run "
+            print(f"{rel}: verdicts differ from the JSON; run "
                   "`python -m paddle2ort.benchmarks.verdicts --write`", file=sys.stderr)
         return 1 if bad else 0
     if a.write:
@@ -234,6 +322,11 @@ def main(argv=None) -> int:
             if new != text:
                 atomic_write(path, new)
                 print(f"wrote {path}")
+        text = PROJECT_README.read_text(encoding="utf-8") if PROJECT_README.is_file() else ""
+        new = render_headline(text) if text else text           # an installed package has no project README
+        if new != text:
+            atomic_write(PROJECT_README, new)
+            print(f"wrote {PROJECT_README}")
         return 0
     print(table(verdicts))
     return 0
