@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from paddle2ort.runtime.errors import BadInputError
+from paddle2ort.runtime.progress import busy
 
 from ..api import MAX_OPSET, MIN_OPSET, ConvertConfig, ConvertResult, check_thresholds, convert
 from ..bundle import check_destination
@@ -125,10 +126,11 @@ def _convert_llm(config: LLMConvertConfig) -> ConvertResult:
     work = make_workdir("llm")
     try:
         log.info("exporting %s with an explicit KV cache (Paddle worker)", config.source)
-        info = run_worker("export_llm", {
-            "model_dir": str(config.source), "out_prefix": str(work / "static" / "inference"),
-            "samples_npz": str(work / "steps.npz"), "prompts": prompts, "decode_steps": config.decode_steps,
-            "pad_id": tok.pad_token_id}, work)
+        with busy("export with a KV cache (Paddle worker)"):
+            info = run_worker("export_llm", {
+                "model_dir": str(config.source), "out_prefix": str(work / "static" / "inference"),
+                "samples_npz": str(work / "steps.npz"), "prompts": prompts, "decode_steps": config.decode_steps,
+                "pad_id": tok.pad_token_id}, work)
         log.info("%s (%s): %d layers, %d KV heads x %d; Paddle greedy on the validation prompts: %s",
                  info["architecture"], info["family"], info["num_layers"], info["kv_heads"], info["head_dim"],
                  [tok.decode(g) for g in info["generated"]])
@@ -166,7 +168,8 @@ def build_fused(config: LLMConvertConfig, work: Path, pad_id: int) -> dict:
     from ..validate import DEFAULT_THRESHOLDS, summary
     from .fused import DecoderSpec, build_variant, gate, load_steps
 
-    info = run_worker("state_llm", {"model_dir": str(config.source), "out_npz": str(work / "state.npz")}, work)
+    with busy("weights for the fused decoder (Paddle worker)"):
+        info = run_worker("state_llm", {"model_dir": str(config.source), "out_npz": str(work / "state.npz")}, work)
     state = dict(np.load(work / "state.npz"))
     spec = DecoderSpec.from_config(info["config"], family=info["family"])
     steps = load_steps(work / "steps.npz")
