@@ -37,6 +37,8 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8
     with atomic_path(path) as tmp:
         with open(tmp, mode, encoding=None if "b" in mode else encoding) as f:
             yield f
+            f.flush()
+            os.fsync(f.fileno())        # on disk before the rename makes it visible
 
 
 def atomic_write(path: str | Path, data: bytes | str) -> Path:

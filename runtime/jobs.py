@@ -10,11 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import BadInputError, Paddle2OrtError
+from .files import atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -123,16 +123,9 @@ def load_done(output_file: Path, lines: list[JobLine]) -> dict[int, dict]:
 
 
 def _write_atomic(path: Path, records: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for r in records:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_open(path) as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
 def run_jsonl_job(gen, data_file: Path, output_file: Path, cfg, batch_size: int = 8, src_length: int | None = None,
