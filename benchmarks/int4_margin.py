@@ -4,7 +4,7 @@ top-1 margin of the FP32 logits against the error int4 adds to them, on the CPU,
     python -m paddle2ort.benchmarks.int4_margin --out benchmarks/results/llm-gpu/int4-margin.json [--work DIR]
 
 Both models are the SmolLM2-135M geometry written as the fused decoder (FP32 and int4 weight-only, FP32 compute,
-on the CPU): "random" has seeded Gaussian weights (std 0.05, as `benchmarks.gpu.peer` gives the HF model), "real"
+on the CPU): "random" has seeded Gaussian weights (std 0.05, as `benchmarks.gpu.peer` gives the HF model; prompts drawn as there), "real"
 the weights of the packaged SmolLM2 GGUF. Every position of every prompt is teacher-forced (one prefill), so one
 flipped token cannot compound.
 """
@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+from .gpu.common import random_prompts
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,7 @@ def margin_stats(ref: np.ndarray, quant: np.ndarray) -> dict:
 def position_logits(model_path: Path, spec: dict, seqs: list[list[int]]) -> np.ndarray:
     """Logits of every position of every sequence, one prefill on the CPU: [sum(len), V] float32."""
     from paddle2ort.runtime.fused import FusedDecoder
-    dec = FusedDecoder(model_path, spec, device="cpu", max_length=max(map(len, seqs)) + 1)
+    dec = FusedDecoder(model_path, spec, max_length=max(map(len, seqs)) + 1)
     out = [dec.prompt_logits(dec.state(1), [s], pad_id=0)[0] for s in seqs]     # one row each: no padding
     dec.release()
     return np.concatenate(out)
@@ -74,13 +76,6 @@ def measure(name: str, spec, state: dict, seqs: list[list[int]], work: Path) -> 
     return res
 
 
-def random_prompts(rng: np.random.Generator, rows: int, length: int, vocab_size: int,
-                   exclude: tuple[int, ...] = ()) -> list[list[int]]:
-    """Seeded prompt ids drawn uniformly from the model's own vocabulary, special ids left out."""
-    keep = np.setdiff1d(np.arange(vocab_size), np.asarray(exclude, dtype=np.int64))
-    return keep[rng.integers(0, len(keep), size=(rows, length))].tolist()
-
-
 def run(work: Path, rows: int, golden: Path) -> dict:
     from paddle2ort.convert.llm.fused import DecoderSpec, random_state
     from paddle2ort.convert.zoo.smollm2 import gguf_path, read_gguf, to_paddlenlp
@@ -91,7 +86,7 @@ def run(work: Path, rows: int, golden: Path) -> dict:
     g = json.loads(golden.read_text())
     real_seqs = [r["prompt_ids"] + r["ids"][:-1] for r in g["rows"][:rows]]          # prompt + golden continuation
     n_tok = sum(map(len, real_seqs))
-    rand_seqs = random_prompts(np.random.default_rng(0), rows, n_tok // rows, spec.vocab_size, special)
+    rand_seqs = random_prompts(np.random.default_rng(0), rows, n_tok // rows, spec.vocab_size, special).tolist()
     work.mkdir(parents=True, exist_ok=True)
     real = measure("smollm2", spec, to_paddlenlp(cfg, tensors), real_seqs, work)
     del tensors

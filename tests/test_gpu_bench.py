@@ -11,6 +11,8 @@ import pytest
 from paddle2ort.benchmarks.gpu import common, genai_config, peer, report, roofline
 from paddle2ort.benchmarks.int4_margin import margin_stats
 
+pytestmark = pytest.mark.unit              # no Paddle, no assets: the committed results only
+
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "llm-gpu"
 BENCH = sorted(RESULTS.glob("run*/bench-*.json"))
 CHECK = sorted(RESULTS.glob("run*/check.json"))

@@ -37,6 +37,7 @@ def hf_state(qkv_bias: bool, seed: int = 0) -> dict[str, np.ndarray]:
     return {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("qkv_bias", [False, True], ids=["llama", "qwen2"])
 def test_names_and_shapes_are_what_the_fused_builder_reads(qkv_bias):
     hf = hf_state(qkv_bias)
@@ -48,6 +49,7 @@ def test_names_and_shapes_are_what_the_fused_builder_reads(qkv_bias):
     assert pd["lm_head.weight"].shape == (CFG["hidden_size"], CFG["vocab_size"])
 
 
+@pytest.mark.unit
 def test_linear_weights_are_transposed_and_the_rest_kept():
     hf = hf_state(qkv_bias=True)
     pd = hf_to_paddlenlp(hf)
@@ -61,6 +63,7 @@ def test_linear_weights_are_transposed_and_the_rest_kept():
     assert all(a.flags.c_contiguous and a.dtype == np.float32 for a in pd.values())
 
 
+@pytest.mark.unit
 def test_rotary_buffers_are_dropped_and_foreign_names_refused_together():
     hf = hf_state(qkv_bias=False)
     hf["model.layers.0.self_attn.rotary_emb.inv_freq"] = np.ones(4, np.float32)
@@ -71,6 +74,7 @@ def test_rotary_buffers_are_dropped_and_foreign_names_refused_together():
         hf_to_paddlenlp(hf)
 
 
+@pytest.mark.unit
 def test_a_one_dimensional_linear_weight_is_refused():
     hf = hf_state(qkv_bias=False)
     hf["model.layers.0.mlp.up_proj.weight"] = np.ones(5, np.float32)

@@ -7,6 +7,9 @@ import pytest
 from paddle2ort.benchmarks import verdicts as V
 
 
+pytestmark = pytest.mark.unit              # no Paddle, no assets: the committed results only
+
+
 def test_every_committed_readme_agrees_with_the_json():
     assert V.stale(readme=V.PROJECT_README) == []
 
