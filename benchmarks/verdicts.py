@@ -179,10 +179,23 @@ def _peer_table(file: str) -> Callable[[Path], str]:
     return make
 
 
+def _int4_margin_table(root: Path) -> str:
+    r = _load("llm-gpu/int4-margin.json", str(root))
+    lines = ["| weights | positions | int4 keeps FP32's top-1 | median top-1 probability | median top-1 margin | "
+             "median logit std | median int4 error std | margin < int4 error std |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for key, label in (("real", "SmolLM2-135M (real)"), ("random", "random, std 0.05")):
+        x = r[key]
+        lines.append(f"| {label} | {x['positions']} | {100 * x['top1_agreement']:.1f}% | {x['top1_prob']['p50']:.4f} | "
+                     f"{x['top1_margin']['p50']:.2f} | {x['logit_std']['p50']:.2f} | "
+                     f"{x['int4_logit_error_std']['p50']:.3f} | {100 * x['margin_below_error_std']:.1f}% |")
+    return "\n".join(lines)
+
+
 # generated tables of figures: README -> {name: JSON root -> Markdown}; markers <!-- table:NAME:begin/end -->
 TABLES: dict[str, dict[str, Callable[[Path], str]]] = {
     "llm-gpu": {"run7-qwen2.5-0.5b": _peer_table("llm-gpu/run7/bench-qwen2.5-0.5b.json"),
-                "run4-smollm2-135m": _peer_table("llm-gpu/run4/bench-smollm2-135m.json")},
+                "run4-smollm2-135m": _peer_table("llm-gpu/run4/bench-smollm2-135m.json"),
+                "int4-margin": _int4_margin_table},
 }
 
 
