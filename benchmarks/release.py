@@ -297,8 +297,8 @@ def plot(report: dict, path: Path) -> None:
         ax.annotate(f"{c['delta']:+.2f}", (r.get_x() + r.get_width() / 2, r.get_height()), ha="center",
                     va="bottom", fontsize=8)
     ax.set_ylabel("tokens / s (higher is faster)" if llm else "ms / sample (lower is faster)")
-    ax.set_title(f"{report['bundle']}: chosen (dark), within budget (green), over budget (red); "
-                 f"labels: delta in {report['budget_unit']}", fontsize=9)
+    ax.set_title(f"{report['bundle']}: chosen (dark), within budget (green), over budget (red)\n"
+                 f"labels: quality delta vs FP32 in {report['budget_unit']} (budget {report['budget']})", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
@@ -340,12 +340,13 @@ def _user_paths(conversion) -> tuple[Path, ...]:
 def run_release(cfg: ReleaseConfig) -> ReleaseReport:
     """Check inputs (exit 2), convert + gate (3/4), measure, decide, write the bundle atomically with its decision.
     Raises NoPrecisionFitsError (exit 3) when some device has no precision within budget."""
+    devices = cfg.devices or (("cpu", "gpu") if gpu_available() else ("cpu",))
+    if "gpu" in devices and not gpu_available():
+        raise DeviceError("--device gpu: onnxruntime sees no CUDA device on this host; use --device cpu "
+                          "(or run the release on a GPU host with onnxruntime-gpu)")
     conversion, measured_on = (_check_llm(cfg) if cfg.is_llm else _check_classifier(cfg))
     sources = (*_user_paths(conversion), cfg.dataset_dir)       # never inside what --overwrite replaces
     check_destination(conversion.output, conversion.overwrite, sources)
-    devices = cfg.devices or (("cpu", "gpu") if gpu_available() else ("cpu",))
-    if "gpu" in devices and not gpu_available():
-        raise DeviceError("--device gpu: onnxruntime sees no CUDA device on this host; release for cpu only")
     dataset = {"dir": str(cfg.dataset_dir), "split": cfg.split, "sha256": _dataset_files(cfg)}
     candidates_asked = list(cfg.conversion.precisions)
     if cfg.is_llm:

@@ -23,13 +23,32 @@ TEXTS = ["driverless cars scare me", "i love my new car", "the bus is late again
          "my commute took two hours", "electric cars are quiet"]
 
 
-@pytest.fixture
-def dataset(tmp_path):
-    d = tmp_path / "data"
+def write_dataset(d):
     d.mkdir()
     (d / "label.txt").write_text("\n".join(LABELS) + "\n", encoding="utf-8")
     (d / "dev.txt").write_text("".join(f"{t}\t{LABELS[i % 3]}\n" for i, t in enumerate(TEXTS)), encoding="utf-8")
     return d
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    return write_dataset(tmp_path / "data")
+
+
+@pytest.fixture(scope="module")
+def released(tiny_models, tmp_path_factory):
+    """One release of the tiny BERT classifier: (exit code, stdout, bundle, dataset, --report-dir)."""
+    import contextlib
+    import io
+    root = tmp_path_factory.mktemp("release")
+    data, out, reports = write_dataset(root / "data"), root / "bundle", root / "ci-artifacts"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        # INT8 of random tiny weights may miss the default gate on some hosts; relaxed so all three are measured
+        code = main(release_args(tiny_models("bert_classifier"), out, data, "--budget", "1.0", "--int8-per-channel",
+                                 "--threshold", "int8.min_cosine=0", "--threshold", "int8.min_argmax_agreement=0",
+                                 "--report-dir", str(reports)))
+    return code, stdout.getvalue(), out, data, reports
 
 
 def release_args(src, out, dataset, *extra):
@@ -89,13 +108,9 @@ def test_a_precision_failing_its_gate_is_dropped_and_the_rest_converted(tmp_path
 
 
 # ------------------------------------------------------------------------------------------------ end to end
-def test_release_records_the_decision_and_its_evidence(tiny_models, dataset, tmp_path, capsys):
-    out, reports = tmp_path / "bundle", tmp_path / "ci-artifacts"
-    # INT8 of random tiny weights misses the default gate on some hosts; relaxed here so all three are measured
-    assert main(release_args(tiny_models("bert_classifier"), out, dataset, "--budget", "1.0", "--int8-per-channel",
-                             "--threshold", "int8.min_cosine=0", "--threshold", "int8.min_argmax_agreement=0",
-                             "--report-dir", str(reports))) == 0
-    printed = capsys.readouterr().out
+def test_release_records_the_decision_and_its_evidence(released, tiny_models, capsys):
+    code, printed, out, dataset, reports = released
+    assert code == 0
     bundle = load_bundle(out, verify=True)          # the report files carry checksums like every bundle file
     rel = bundle.manifest.extra["release"]
     assert set(rel) == {"cpu"}
@@ -137,9 +152,9 @@ def test_release_records_the_decision_and_its_evidence(tiny_models, dataset, tmp
     assert "already exists" in capsys.readouterr().err
 
 
-def test_pipelines_take_the_precision_the_manifest_records(clf_bundle, tmp_path):
+def test_pipelines_take_the_precision_the_manifest_records(released, tmp_path):
     b = tmp_path / "b"
-    shutil.copytree(clf_bundle, b)
+    shutil.copytree(released[2], b)
     m = json.loads((b / "manifest.json").read_text())
     m["extra"]["release"] = {"cpu": {"chosen": "int8", "candidates": []}}
     (b / "manifest.json").write_text(json.dumps(m))
@@ -182,7 +197,16 @@ def test_bad_sources_and_budgets(dataset, tmp_path, capsys):
     notpaddle.mkdir()
     (notpaddle / "model.txt").write_text("x")
     assert main(release_args(notpaddle, tmp_path / "o", dataset)) == 2
+    assert "no Paddle model" in capsys.readouterr().err
     assert "o" not in {p.name for p in tmp_path.iterdir()}
+    assert main(release_args(notpaddle, tmp_path / "o", dataset, "--budget", "inf")) == 2
+    assert "--budget" in capsys.readouterr().err
+    from paddle2ort.runtime.session import gpu_available
+    if not gpu_available():
+        args = release_args(notpaddle, tmp_path / "o", dataset)
+        args[args.index("--device") + 1] = "gpu"
+        assert main(args) == 2
+        assert "no CUDA device" in capsys.readouterr().err
     conv = ConvertConfig(source=notpaddle, output=tmp_path / "o")
     for bad in (float("nan"), -0.5, float("inf")):
         with pytest.raises(BadInputError, match="budget"):
