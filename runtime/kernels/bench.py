@@ -103,8 +103,8 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     res = run(a.vocab, a.batch)
     if a.json:
-        with open(a.json, "w", encoding="utf-8") as f:
-            json.dump(res, f, indent=2)
+        from ..files import atomic_write
+        atomic_write(a.json, json.dumps(res, indent=2))
     return 0 if all(r["agreement_with_twin"] >= 0.99 for r in res["rows"]) else 1
 
 
