@@ -58,6 +58,23 @@ def markdown(res: dict) -> str:
         rows_table([res]), "", "Targets:", "", targets_table(res["targets"]), ""])
 
 
+def headline(rows: list[tuple[dict, dict]]) -> str:
+    """The ratios a reader looks for, from the rows plotted: INT8 over FP32, and FP32 against the Paddle peer."""
+    by = {r["name"]: r for r, _ in rows}
+    parts = []
+    for name in by:
+        if name.startswith("INT8-") and f"FP32-{name[5:]}" in by:
+            parts.append(f"{name} {by[f'FP32-{name[5:]}']['ms_per_sample'] / by[name]['ms_per_sample']:.2f}x "
+                         f"faster than FP32")
+    peer = next((r for r, _ in rows if r["system"] != "onnxruntime"), None)
+    fp32 = next((r for r, _ in rows if r["system"] == "onnxruntime" and r["precision"] == "fp32"), None)
+    if peer and fp32:
+        ratio = peer["ms_per_sample"] / fp32["ms_per_sample"]
+        parts.append(f"{fp32['name']} {max(ratio, 1 / ratio):.2f}x {'faster' if ratio >= 1 else 'slower'} than "
+                     f"{peer['name']}")
+    return "; ".join(parts)
+
+
 def plot(res_list: list[dict], path: Path) -> bool:
     try:
         import matplotlib
@@ -66,14 +83,22 @@ def plot(res_list: list[dict], path: Path) -> bool:
     except ImportError:
         log.warning("matplotlib is not installed: no plot written (pip install 'paddle2ort[bench]')")
         return False
-    rows = [r for res in res_list for r in res["rows"]]
-    fig, ax = plt.subplots(figsize=(1.6 * len(rows) + 2, 4))
-    bars = ax.bar([r["name"] for r in rows], [r["ms_per_sample"] for r in rows], color="#4c72b0")
-    for b, r in zip(bars, rows):
-        ax.annotate(f"{r['accuracy'] * 100:.2f}%", (b.get_x() + b.get_width() / 2, b.get_height()),
-                    ha="center", va="bottom", fontsize=8)
-    ax.set_ylabel("ms / sample (model, batch %d)" % res_list[0]["config"]["batch_size"])
-    ax.set_title(f"{res_list[0]['bundle']['name']}: latency (bars) and accuracy (labels)")
+    rows = [(r, res) for res in res_list for r in res["rows"]]
+    peer = ["#4c72b0" if r["system"] == "onnxruntime" else "#dd8452" for r, _ in rows]   # peers in orange
+    fig, ax = plt.subplots(figsize=(1.6 * len(rows) + 2.5, 4.4))
+    bars = ax.bar([r["name"] for r, _ in rows], [r["ms_per_sample"] for r, _ in rows], color=peer)
+    for b, (r, _) in zip(bars, rows):
+        ax.annotate(f"{r['ms_per_sample']:.2f} ms\n{r['accuracy'] * 100:.2f}%",
+                    (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom", fontsize=8)
+    devices = sorted({machine_label(res["environment"], r["device"]) for r, res in rows})
+    ax.set_ylabel("ms / sample, lower is better (model, batch %d)" % res_list[0]["config"]["batch_size"])
+    ax.set_title(f"{res_list[0]['bundle']['name']} on {'; '.join(devices)}\n"
+                 f"{headline(rows) or 'latency (bars), accuracy (labels)'}", fontsize=9)
+    from matplotlib.patches import Patch
+    ax.legend(handles=[Patch(color="#4c72b0", label="paddle2ort (onnxruntime)"),
+                       Patch(color="#dd8452", label="peer (Paddle)")][:2 if "#dd8452" in peer else 1],
+              fontsize=8, loc="upper right")
+    ax.set_ylim(0, max(r["ms_per_sample"] for r, _ in rows) * 1.25)
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=110)

@@ -120,3 +120,14 @@ def test_bench_cli_bad_input(clf_bundle, tiny_models, dataset, capsys):
     assert main(["-q", "bench", str(clf_bundle), "--dataset-dir", str(dataset),
                  "--paddle-model", str(tiny_models("mlp"))]) == 2
     assert "not the model bundle" in capsys.readouterr().err
+
+
+@pytest.mark.unit
+def test_plot_headline_states_the_ratios_of_the_rows():
+    from paddle2ort.benchmarks.report import headline
+    rows = [({"name": "FP32-CPU", "system": "onnxruntime", "precision": "fp32", "ms_per_sample": 7.5}, {}),
+            ({"name": "INT8-CPU", "system": "onnxruntime", "precision": "int8", "ms_per_sample": 5.0}, {}),
+            ({"name": "Paddle-Inference-CPU", "system": "paddle-inference", "precision": "fp32",
+              "ms_per_sample": 6.0}, {})]
+    assert headline(rows) == "INT8-CPU 1.50x faster than FP32; FP32-CPU 1.25x slower than Paddle-Inference-CPU"
+    assert headline(rows[:1]) == ""
