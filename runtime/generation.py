@@ -1,23 +1,38 @@
-"""The decode loop: small pure functions in the manner of gpt-fast's generate.py, plus a step API (`Generator`).
+"""The decode loop: one step API (`Generator`, in the manner of onnxruntime-genai's) and one beam search over any
+`Decoder`, built from small pure functions in the manner of gpt-fast's generate.py.
 
-A decoder is any callable `model(input_ids, attention_mask, position_ids, past) -> (logits, present)` with the
-exported graph's contract (see paddle2ort.convert.llm.wrapper): past [P, L, 2, B, KVH, D] time-major,
-present [S, L, 2, B, KVH, D] holding only the new positions. The same loop drives onnxruntime (runtime.llm)
-and, in the converter's validation, Paddle itself.
+A decoder keeps one batch's KV cache and exposes four moves (the `Decoder` protocol below): `append` tokens
+(prefill, and any later turn), `step` (one token a row from its `next_ids` buffer), `reorder` cache rows (beam
+search) and `host` (a device array to NumPy). Two engines implement it:
+  - `CacheDecoder` (here) over any callable with the exported graph's contract `model(input_ids, attention_mask,
+    position_ids, past) -> (logits, present)` (past [P, L, 2, B, KVH, D] time-major, present holding the new
+    positions only): onnxruntime's generic export (runtime.llm.OrtDecoder) and, in the converter, Paddle itself.
+    Batches are left-padded; padding is masked.
+  - `runtime.fused.FusedDecoder`: the fused graph, right-padded, its cache, ids and logits on the device (CuPy) or
+    in NumPy on CPU hosts.
+Token choice is the same for both: `kernels.sample_rows` / `kernels.beam_topk` run the CUDA kernels on device
+arrays and their NumPy twins (kernels/reference.py, the one logits-processing module) on host arrays, so one seed
+draws the same Philox uniforms on every engine (counter = (turn step, batch row), key = seed).
 
 Shapes: B batch rows, S new tokens this call, P cached tokens, V vocabulary.
 """
 from __future__ import annotations
 
 import logging
+import math
+import os
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from . import kernels
 from .errors import BadInputError
+from .numeric import log_softmax  # noqa: F401  (re-exported: the scorers import it from here)
 
 log = logging.getLogger(__name__)
+
+MAX_SEED = 2 ** 64
 
 
 @dataclass(frozen=True)
@@ -31,12 +46,20 @@ class GenerationConfig:
     repetition_penalty: float = 1.0  # 1.0: off; CTRL-style, must be > 0
     stop_token_ids: tuple[int, ...] = ()
     stop_strings: tuple[str, ...] = ()
-    seed: int | None = None
+    seed: int | None = None          # Philox key: in [0, 2**64)
     num_beams: int = 1
     length_penalty: float = 1.0
     early_stopping: bool = True
 
     def __post_init__(self):
+        for name in ("max_new_tokens", "min_new_tokens", "top_k", "num_beams"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise BadInputError(f"{name} must be an integer, got {v!r}")
+        for name in ("temperature", "top_p", "repetition_penalty", "length_penalty"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) or not math.isfinite(v):
+                raise BadInputError(f"{name} must be a finite number, got {v!r}")
         if self.max_new_tokens <= 0:
             raise BadInputError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if not 0 <= self.min_new_tokens <= self.max_new_tokens:
@@ -53,78 +76,111 @@ class GenerationConfig:
             raise BadInputError(f"num_beams must be >= 1, got {self.num_beams}")
         if self.num_beams > 1 and self.sampling:
             raise BadInputError("beam search is deterministic: use num_beams > 1 without sampling options")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer))
+                                      or not 0 <= self.seed < MAX_SEED):
+            raise BadInputError(f"seed must be an integer in [0, 2**64), got {self.seed!r}")
+        for s in self.stop_strings:
+            if not isinstance(s, str) or not s:
+                raise BadInputError(f"stop strings must be non-empty text, got {s!r} (an empty stop string would "
+                                    "stop before the first token)")
+        for t in self.stop_token_ids:
+            if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < 0:
+                raise BadInputError(f"stop token ids must be integers >= 0, got {t!r}")
 
     @property
     def sampling(self) -> bool:
         return self.do_sample and self.temperature > 0 and self.top_k != 1
 
-
-# ----------------------------------------------------------------------------- logits processing (pure, [B, V])
-def apply_repetition_penalty(logits: np.ndarray, seen: np.ndarray, penalty: float) -> np.ndarray:
-    """CTRL penalty on tokens already in the row (prompt + generated): positive logits / p, negative * p.
-    seen: bool [B, V]."""
-    if penalty == 1.0:
-        return logits
-    pen = np.where(logits > 0, logits / penalty, logits * penalty)
-    return np.where(seen, pen, logits)
+    def sampler_params(self, step: int, pad_id: int) -> kernels.SamplerParams:
+        """The kernels' view of this config at `step` of a turn (the Philox counter and min_new_tokens)."""
+        return kernels.SamplerParams(do_sample=self.sampling, temperature=self.temperature if self.sampling else 1.0,
+                                     top_k=self.top_k, top_p=self.top_p, penalty=self.repetition_penalty,
+                                     suppress_stop=step < self.min_new_tokens, step=step, seed=self.seed or 0,
+                                     pad_id=pad_id)
 
 
-def top_k_mask(logits: np.ndarray, k: int) -> np.ndarray:
-    """Keep logits >= the k-th largest of the row (ties at the boundary are kept); others -inf."""
-    if k <= 0 or k >= logits.shape[-1]:
-        return logits
-    kth = np.partition(logits, -k, axis=-1)[:, -k][:, None]                       # [B, 1]
-    return np.where(logits >= kth, logits, -np.inf)
+# ----------------------------------------------------------------------------- the decoder protocol
+@runtime_checkable
+class Decoder(Protocol):
+    """What the loop needs from an engine. One generation at a time per decoder (it owns the batch's cache).
+
+    xp: numpy or cupy (where logits, next_ids and the loop state live); stream: the device stream or None.
+    After `start(batch)`: next_ids int64 [B, 1] is the next `step`'s input (the chooser writes it); seqlens is
+    int32 [B] of per-row positions that the chooser advances by one with each token (or None when `step` tracks
+    positions itself)."""
+
+    vocab_size: int
+    xp: Any
+    stream: Any
+    next_ids: Any
+    seqlens: Any
+
+    def start(self, batch: int) -> None:
+        """Begin a generation of `batch` rows with an empty cache."""
+
+    def append(self, chunks: Sequence[Sequence[int]], past: np.ndarray, room: int) -> tuple[Any, Any]:
+        """Feed chunk b (>= 1 token) to row b, whose cache holds past[b] real tokens; keep room for `room` more
+        tokens. -> (logits, rows): rows[b] picks the logits row of row b's last token (None: row b itself)."""
+
+    def step(self, real: np.ndarray | None) -> tuple[Any, Any]:
+        """Feed next_ids (one token a row); real[b] False marks row b's token as padding (None: all real)."""
+
+    def reorder(self, src: np.ndarray) -> None:
+        """Beam search: cache row i takes the history of row src[i]."""
+
+    def host(self, a) -> np.ndarray:
+        """A loop array on the host."""
+
+    def max_tokens(self) -> int | None:
+        """The most tokens a row can hold (context or cache capacity); None: unbounded."""
+
+    def bytes_needed(self, rows: int, prompt_len: int, new_tokens: int) -> int:
+        """Memory a generation of `rows` rows takes: KV cache, logits and loop state."""
+
+    def bytes_available(self) -> int:
+        """Memory free where the cache lives (RAM or the device)."""
 
 
-def top_p_mask(logits: np.ndarray, p: float) -> np.ndarray:
-    """Nucleus: keep the smallest set of most likely tokens whose probability reaches p (at least one)."""
-    if p >= 1.0:
-        return logits
-    order = np.argsort(-logits, axis=-1, kind="stable")                              # [B, V]
-    sorted_logits = np.take_along_axis(logits, order, -1)
-    probs = softmax(sorted_logits)
-    cum = np.cumsum(probs, axis=-1)
-    remove_sorted = (cum - probs) >= p                                               # mass before this token
-    remove = np.zeros_like(remove_sorted)
-    np.put_along_axis(remove, order, remove_sorted, -1)
-    return np.where(remove, -np.inf, logits)
+def host_bytes_available() -> int:
+    """Free physical RAM (os.sysconf pages)."""
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
-def softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    e = np.exp(x - x.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
+# ----------------------------------------------------------------------------- the generic engine
+@dataclass
+class KVCache:
+    """Preallocated time-major buffer [T_max, L, 2, B, KVH, D]; steps write new rows in place."""
+
+    buffer: np.ndarray
+    length: int = 0
+
+    @classmethod
+    def allocate(cls, max_tokens: int, layers: int, batch: int, kv_heads: int, head_dim: int,
+                 dtype=np.float32) -> "KVCache":
+        return cls(np.zeros((max_tokens, layers, 2, batch, kv_heads, head_dim), dtype))
+
+    def view(self) -> np.ndarray:
+        return self.buffer[:self.length]                                             # contiguous: time-major
+
+    def reserve(self, tokens: int) -> None:
+        """Room for `tokens` more positions (a later turn may outgrow the first allocation)."""
+        if self.length + tokens > self.buffer.shape[0]:
+            grown = np.zeros((self.length + tokens, *self.buffer.shape[1:]), self.buffer.dtype)
+            grown[:self.length] = self.view()
+            self.buffer = grown
+
+    def append(self, present: np.ndarray) -> None:
+        s = present.shape[0]
+        if self.length + s > self.buffer.shape[0]:
+            raise BadInputError(f"KV cache full ({self.buffer.shape[0]} tokens)")
+        self.buffer[self.length:self.length + s] = present
+        self.length += s
+
+    def reorder(self, rows: np.ndarray) -> None:
+        """Beam search: row i takes the history of row rows[i]."""
+        self.buffer[:self.length] = self.buffer[:self.length][:, :, :, rows]
 
 
-def logits_to_probs(logits: np.ndarray, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> np.ndarray:
-    logits = logits / max(temperature, 1e-5)                                         # [B, V]
-    logits = top_k_mask(logits, top_k)
-    logits = top_p_mask(logits, top_p)
-    return softmax(logits)
-
-
-def sample(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Inverse-CDF draw per row: one uniform per row, so a seed fixes the whole sequence. -> [B] int64."""
-    u = rng.random(probs.shape[0])[:, None]
-    cdf = np.cumsum(probs, axis=-1)
-    idx = (cdf < u * cdf[:, -1:]).sum(-1)
-    return np.minimum(idx, probs.shape[-1] - 1).astype(np.int64)
-
-
-def next_tokens(logits: np.ndarray, cfg: GenerationConfig, seen: np.ndarray, step: int,
-                rng: np.random.Generator) -> np.ndarray:
-    """One step of logits processing + choice. logits [B, V] -> ids [B]."""
-    logits = apply_repetition_penalty(logits.astype(np.float32), seen, cfg.repetition_penalty)
-    if step < cfg.min_new_tokens and cfg.stop_token_ids:
-        logits = logits.copy()
-        logits[:, list(cfg.stop_token_ids)] = -np.inf
-    if not cfg.sampling:
-        return logits.argmax(-1).astype(np.int64)
-    return sample(logits_to_probs(logits, cfg.temperature, cfg.top_k, cfg.top_p), rng)
-
-
-# ----------------------------------------------------------------------------- inputs and the KV cache
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     """-> input_ids [B, S], attention_mask [B, S] (0 on the left padding)."""
     if not prompts or any(len(p) == 0 for p in prompts):
@@ -143,216 +199,410 @@ def position_ids(mask: np.ndarray) -> np.ndarray:
     return np.maximum(np.cumsum(mask, axis=-1) - 1, 0).astype(np.int64)
 
 
-@dataclass
-class KVCache:
-    """Preallocated time-major buffer [T_max, L, 2, B, KVH, D]; steps write new rows in place."""
+class CacheDecoder:
+    """The Decoder protocol over `forward`, a callable with the exported graph's contract (module docstring).
+    Chunks are left-padded and padding is masked, so rows of any length continue one cache."""
 
-    buffer: np.ndarray
-    length: int = 0
+    xp, stream, seqlens, next_ids = np, None, None, None
+
+    def __init__(self, forward: Callable, num_layers: int, kv_heads: int, head_dim: int, vocab_size: int,
+                 cache_dtype=np.float32, max_context: int | None = None, pad_id: int = 0):
+        self.forward, self.pad_id = forward, pad_id
+        self.num_layers, self.kv_heads, self.head_dim = num_layers, kv_heads, head_dim
+        self.vocab_size, self.cache_dtype, self.context = vocab_size, np.dtype(cache_dtype), max_context
+        self.cache: KVCache | None = None
 
     @classmethod
-    def allocate(cls, max_tokens: int, layers: int, batch: int, kv_heads: int, head_dim: int,
-                 dtype=np.float32) -> "KVCache":
-        return cls(np.zeros((max_tokens, layers, 2, batch, kv_heads, head_dim), dtype))
+    def wrap(cls, model: Callable, pad_id: int = 0) -> "CacheDecoder":
+        """Over a callable that carries num_layers, kv_heads, head_dim, vocab_size, cache_dtype (max_context)."""
+        return cls(model, model.num_layers, model.kv_heads, model.head_dim, model.vocab_size, model.cache_dtype,
+                   getattr(model, "max_context", None), pad_id)
 
-    def view(self) -> np.ndarray:
-        return self.buffer[:self.length]                                             # contiguous: time-major
+    def start(self, batch: int) -> None:
+        self.cache = KVCache.allocate(0, self.num_layers, batch, self.kv_heads, self.head_dim, self.cache_dtype)
+        self.mask = np.zeros((batch, 0), np.int64)
+        self.next_ids = np.zeros((batch, 1), np.int64)
 
-    def append(self, present: np.ndarray) -> None:
-        s = present.shape[0]
-        if self.length + s > self.buffer.shape[0]:
-            raise BadInputError(f"KV cache full ({self.buffer.shape[0]} tokens)")
-        self.buffer[self.length:self.length + s] = present
-        self.length += s
+    def append(self, chunks, past, room):
+        ids, chunk_mask = left_pad(chunks, self.pad_id)
+        self.cache.reserve(ids.shape[1] + room)
+        self.mask = np.concatenate([self.mask, chunk_mask], axis=1)
+        pos = position_ids(self.mask)[:, -ids.shape[1]:]
+        logits, present = self.forward(ids, self.mask, pos, self.cache.view())      # [B, S, V], [S, L, 2, B, ..]
+        self.cache.append(present)
+        return np.ascontiguousarray(logits[:, -1]), None                            # left padding: last = real
 
-    def reorder(self, rows: np.ndarray) -> None:
-        """Beam search: row i takes the history of row rows[i]."""
-        self.buffer[:self.length] = self.buffer[:self.length][:, :, :, rows]
+    def step(self, real):
+        col = np.ones((self.mask.shape[0], 1), np.int64) if real is None else np.asarray(real, np.int64)[:, None]
+        self.mask = np.concatenate([self.mask, col], axis=1)
+        pos = (self.mask.sum(-1, keepdims=True) - 1).astype(np.int64)              # [B, 1]
+        logits, present = self.forward(self.next_ids, self.mask, pos, self.cache.view())
+        self.cache.append(present)
+        return logits[:, -1], None
+
+    def reorder(self, src):
+        self.cache.reorder(src)
+        self.mask = self.mask[src]
+
+    @staticmethod
+    def host(a) -> np.ndarray:
+        return np.asarray(a)
+
+    def max_tokens(self) -> int | None:
+        return self.context
+
+    def bytes_needed(self, rows: int, prompt_len: int, new_tokens: int) -> int:
+        # the cache buffer plus the graph's concatenation of past and present (one more copy) and the prompt logits
+        kv = (prompt_len + new_tokens) * self.num_layers * 2 * self.kv_heads * self.head_dim * \
+            self.cache_dtype.itemsize
+        return rows * (2 * kv + prompt_len * self.vocab_size * 4 + 2 * self.vocab_size)
+
+    @staticmethod
+    def bytes_available() -> int:
+        return host_bytes_available()
 
 
-# ----------------------------------------------------------------------------- the loop
-def prefill(model, cache: KVCache, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Run the prompt; fill the cache. -> last-position logits [B, V]."""
-    logits, present = model(input_ids, mask, position_ids(mask), cache.view())      # [B, S, V], [S, L, 2, B, ..]
-    cache.append(present)
-    return logits[:, -1]
+def as_decoder(model, pad_id: int = 0) -> Decoder:
+    """An engine implementing the protocol as is; a graph-contract callable wrapped in CacheDecoder."""
+    if isinstance(model, Decoder):
+        return model
+    if callable(model):
+        return CacheDecoder.wrap(model, pad_id)
+    raise BadInputError(f"{type(model).__name__} is neither a Decoder nor a graph-contract callable")
 
 
-def decode_one_token(model, cache: KVCache, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Feed one token per row. tokens [B]; mask [B, P+1] already includes it. -> logits [B, V]."""
-    pos = (mask.sum(-1, keepdims=True) - 1).astype(np.int64)                        # [B, 1]
-    logits, present = model(tokens[:, None], mask, pos, cache.view())               # [B, 1, V], [1, L, 2, B, ..]
-    cache.append(present)
-    return logits[:, -1]
+# ----------------------------------------------------------------------------- request checks (before model work)
+def check_tokens(rows: Sequence[Sequence[int]], vocab: int, what: str = "prompt") -> list[list[int]]:
+    if not rows or any(len(r) == 0 for r in rows):
+        raise BadInputError(f"every {what} needs at least one token (an empty {what} has nothing to continue)")
+    out = [[int(t) for t in r] for r in rows]
+    bad = sorted({t for r in out for t in r if not 0 <= t < vocab})
+    if bad:
+        raise BadInputError(f"{what} token ids {bad[:5]} are outside the vocabulary [0, {vocab})")
+    return out
 
 
-@dataclass
-class StepResult:
-    tokens: np.ndarray            # [B] chosen this step (pad for finished rows)
-    finished: np.ndarray          # [B] bool
+def check_memory(dec: Decoder, batch: int, beams: int, prompt_len: int, new_tokens: int) -> None:
+    """Refuse (before any allocation) a batch x beams that does not fit, naming the largest count that does."""
+    rows = batch * beams
+    need, free = dec.bytes_needed(rows, prompt_len, new_tokens), dec.bytes_available()
+    if need <= free:
+        return
+    fit = int(free // max(dec.bytes_needed(1, prompt_len, new_tokens), 1))
+    what = f"batch {batch} x {beams} beams = {rows} rows" if beams > 1 else f"batch {batch}"
+    fix = (f"use num_beams <= {max(fit // batch, 0)}" if beams > 1 else f"use a batch of at most {fit}")
+    raise BadInputError(f"{what} of {prompt_len} + {new_tokens} tokens need {need / 2**30:.2f} GiB for the KV cache "
+                        f"and logits, but {free / 2**30:.2f} GiB is available: at most {fit} rows fit; {fix}, fewer "
+                        "new tokens or a shorter prompt")
 
 
+def _check_room(dec: Decoder, longest: int, new_tokens: int, max_context: int | None) -> None:
+    limit = min(x for x in (dec.max_tokens(), max_context, 1 << 62) if x is not None)
+    if longest + new_tokens > limit:
+        what = getattr(dec, "limit_name", "the model's context")
+        raise BadInputError(f"prompt ({longest} tokens) + max_new_tokens ({new_tokens}) exceeds {what} of {limit} "
+                            "tokens; shorten the prompt or lower max_new_tokens")
+
+
+def _stop_array(dec: Decoder, cfg: GenerationConfig):
+    bad = [t for t in cfg.stop_token_ids if t >= dec.vocab_size]
+    if bad:
+        raise BadInputError(f"stop token ids {bad} are outside the vocabulary [0, {dec.vocab_size})")
+    return dec.xp.asarray(np.array(cfg.stop_token_ids, np.int32)) if cfg.stop_token_ids else None
+
+
+def _seen(dec: Decoder, cfg: GenerationConfig, rows: Sequence[Sequence[int]]):
+    """uint8 [B, V] bitmap of tokens in each row (repetition penalty), None when the penalty is off."""
+    if cfg.repetition_penalty == 1.0:
+        return None
+    seen = np.zeros((len(rows), dec.vocab_size), np.uint8)
+    for i, r in enumerate(rows):
+        seen[i, list(r)] = 1
+    return dec.xp.asarray(seen)
+
+
+def advance(dec: Decoder, tokens: np.ndarray) -> None:
+    """A chooser's state update outside the sampler kernel (beam search): tokens become the next input and the
+    decoder's positions move one on."""
+    dec.next_ids[:, 0] = dec.xp.asarray(tokens)
+    if dec.seqlens is not None:
+        dec.seqlens += 1
+
+
+# ----------------------------------------------------------------------------- the step API
 class Generator:
-    """Step API (like onnxruntime-genai's Generator): prefill on construction, then `step()` until `done`."""
+    """One generation over a Decoder, in onnxruntime-genai's manner:
 
-    def __init__(self, model, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, pad_id: int,
-                 max_context: int | None = None, decode: Callable[[list[int]], str] | None = None):
-        self.model, self.cfg, self.pad_id, self.decode = model, cfg, pad_id, decode
-        ids, self.mask = left_pad(prompts, pad_id)
-        b, s = ids.shape
-        if max_context is not None and s + cfg.max_new_tokens > max_context:
-            raise BadInputError(f"prompt ({s} tokens) + max_new_tokens ({cfg.max_new_tokens}) exceeds the model's "
-                                f"context of {max_context} tokens; shorten the prompt or lower max_new_tokens")
+        gen = Generator(decoder, cfg, pad_id)
+        gen.append_tokens(prompts)              # prefill: an explicit step
+        while not gen.is_done():
+            gen.generate_next_token()           # runs the model on the previous token (if any), then chooses
+            gen.get_next_tokens()               # [B] on the host (streaming)
+        gen.results()                           # this turn's tokens per row, without the stop token
+        gen.append_tokens(next_turn)            # multi-turn: the same cache continues (a new turn of max_new_tokens)
+
+    Per row: a stop token id (once min_new_tokens are out) or a stop string finishes the row; finished rows emit
+    pad. On a device decoder the finished flags are read every `check_every` steps (the only per-step host read
+    is the streamed ids)."""
+
+    def __init__(self, decoder, cfg: GenerationConfig, pad_id: int = 0, decode: Callable[[list[int]], str] | None = None,
+                 max_context: int | None = None, check_every: int | None = None):
+        if cfg.num_beams > 1:
+            raise BadInputError("the step API does greedy and sampling; beam search is generation.beam_search "
+                                "(generate routes num_beams > 1 there)")
         if cfg.stop_strings and decode is None:
             raise BadInputError("stop strings need a tokenizer to decode with")
-        self.cache = KVCache.allocate(s + cfg.max_new_tokens, model.num_layers, b, model.kv_heads, model.head_dim,
-                                      model.cache_dtype)
-        self.rng = np.random.default_rng(cfg.seed)
-        self.seen = np.zeros((b, model.vocab_size), bool)
-        for i, p in enumerate(prompts):
-            self.seen[i, list(p)] = True
-        self.generated: list[list[int]] = [[] for _ in range(b)]
-        self.finished = np.zeros(b, bool)
-        self.logits = prefill(model, self.cache, ids, self.mask)
+        self.dec, self.cfg, self.pad_id, self.decode = as_decoder(decoder, pad_id), cfg, pad_id, decode
+        self.max_context = max_context
+        self.on_device = self.dec.xp is not np
+        self.check_every = check_every or (8 if self.on_device else 1)
+        self.batch = 0
         self.steps = 0
+        self._logits = None
+        self._pending = False
 
-    @property
-    def done(self) -> bool:
-        return bool(self.finished.all()) or self.steps >= self.cfg.max_new_tokens
+    # ------------------------------------------------------------------ turns
+    def append_tokens(self, tokens: Sequence[Sequence[int]]) -> None:
+        """Feed tokens to every row: the prompts (first call: prefill, fixes the batch) or a later turn's text
+        (after the previous turn's tokens, which stay in the cache); the next generate_next_token chooses from the
+        last one. Checked before any model work: ids in the vocabulary, context, memory."""
+        dec, cfg = self.dec, self.cfg
+        rows = check_tokens(tokens, dec.vocab_size, "prompt" if not self.batch else "appended sequence")
+        if not self.batch:
+            stop_ids = _stop_array(dec, cfg)
+            longest = max(map(len, rows))
+            _check_room(dec, longest, cfg.max_new_tokens, self.max_context)
+            check_memory(dec, len(rows), 1, longest, cfg.max_new_tokens)
+            self.batch, self.stop_ids = len(rows), stop_ids
+            self.history: list[list[int]] = [[] for _ in rows]      # every real token of each row, in order
+            self.cached = np.zeros(len(rows), np.int64)              # how many of them the cache holds
+            with _on_stream(dec):
+                dec.start(self.batch)
+                self.seen = _seen(dec, cfg, rows)
+            chunks = rows
+        else:
+            if len(rows) != self.batch:
+                raise BadInputError(f"append_tokens got {len(rows)} rows for a batch of {self.batch}")
+            fed = max(self.steps - 1, 0)                             # the last chosen token is not in the cache yet
+            for b, g in enumerate(self._real_generated()):
+                self.history[b] += g
+                self.cached[b] += min(len(g), fed)
+            chunks = [self.history[b][self.cached[b]:] + r for b, r in enumerate(rows)]
+            _check_room(dec, max(len(h) + len(r) for h, r in zip(self.history, rows)), cfg.max_new_tokens,
+                        self.max_context)
+            if self.seen is not None:
+                with _on_stream(dec):
+                    for b, r in enumerate(rows):
+                        self.seen[b, dec.xp.asarray(np.array(r, np.int64))] = 1
+        for b, r in enumerate(rows):
+            self.history[b] += r
+        with _on_stream(dec):
+            self._logits = dec.append(chunks, self.cached.copy(), cfg.max_new_tokens)
+            self.finished = dec.xp.zeros(self.batch, np.uint8)
+            self.tokens = dec.xp.zeros((self.batch, cfg.max_new_tokens), np.int32)
+        self.cached += [len(c) for c in chunks]
+        self.steps, self._pending, self._done, self._real = 0, False, False, None
+        self._string_stop = np.full(self.batch, -1)                  # step at which a stop string ended the row
 
-    def step(self) -> StepResult:
-        if self.done:
-            raise BadInputError("generation is finished")
-        tok = next_tokens(self.logits, self.cfg, self.seen, self.steps, self.rng)
-        tok = np.where(self.finished, self.pad_id, tok)
-        newly = np.zeros_like(self.finished)
-        for i, t in enumerate(tok):
-            if self.finished[i]:
-                continue
-            self.generated[i].append(int(t))
-            self.seen[i, t] = True
-            if self.steps + 1 >= self.cfg.min_new_tokens and self._stops(i, int(t)):
-                newly[i] = True
-        self.finished |= newly
+    def generate_next_token(self) -> None:
+        """Run the model on the previous step's tokens (none after append_tokens), then choose the next ones."""
+        if self._logits is None:
+            raise BadInputError("append_tokens first: the prompt is the first step")
+        if self.is_done():
+            raise BadInputError("generation is finished (append_tokens to continue)")
+        dec = self.dec
+        with _on_stream(dec):
+            logits, rows = dec.step(self._real) if self._pending else self._logits
+            self._real = None if self.on_device else self.finished == 0             # before this choice
+            kernels.sample_rows(logits, rows, self.cfg.sampler_params(self.steps, self.pad_id), dec.next_ids,
+                                seen=self.seen, stop_ids=self.stop_ids, tokens_out=self.tokens, seqlens=dec.seqlens,
+                                finished=self.finished, stream=dec.stream)
         self.steps += 1
-        if not self.done:
-            self.mask = np.concatenate([self.mask, (~self.finished)[:, None].astype(np.int64)], axis=1)
-            self.logits = decode_one_token(self.model, self.cache, tok, self.mask)
-        return StepResult(tok, self.finished.copy())
-
-    def _stops(self, row: int, token: int) -> bool:
-        if token in self.cfg.stop_token_ids:
-            return True
+        self._pending = True
         if self.cfg.stop_strings:
-            text = self.decode(self.generated[row][-16:])
-            return any(s in text for s in self.cfg.stop_strings)
-        return False
+            self._check_strings()
+        if self.steps >= self.cfg.max_new_tokens:
+            self._done = True
+        elif (self.stop_ids is not None or self.cfg.stop_strings) and self.steps % self.check_every == 0:
+            self._done = bool(int(dec.host(self.finished).min()))        # the only host read (every few steps)
+
+    def is_done(self) -> bool:
+        return self._done
+
+    def get_next_tokens(self) -> np.ndarray:
+        """The ids chosen by the latest step, on the host [B] (pad for finished rows)."""
+        if not self.steps:
+            raise BadInputError("no token generated yet: call generate_next_token")
+        return self.dec.host(self.dec.next_ids[:, 0]).copy()
 
     def results(self) -> list[list[int]]:
-        """Generated ids per row, without the stop token / text after a stop string."""
+        """This turn's generated ids per row, cut before the first stop token (after a stop string's token)."""
         out = []
-        for g in self.generated:
-            g = list(g)
+        for g in self._real_generated():
             if g and g[-1] in self.cfg.stop_token_ids:
                 g = g[:-1]
             out.append(g)
         return out
 
+    def stream(self) -> Iterator[list[tuple[int, int]]]:
+        """Step to the end, yielding each step's new (row, token) pairs; a row's stop token (once min_new_tokens
+        are out) ends that row and is not yielded. The host copy a step: the ids."""
+        live = np.ones(self.batch, bool)
+        stops = set(self.cfg.stop_token_ids)
+        while not self.is_done() and live.any():
+            self.generate_next_token()
+            new = []
+            for i, t in enumerate(self.get_next_tokens().tolist()):
+                if not live[i]:
+                    continue
+                if t in stops and self.steps > self.cfg.min_new_tokens:
+                    live[i] = False
+                    continue
+                new.append((i, t))
+                if 0 <= self._string_stop[i]:
+                    live[i] = False
+            if new:
+                yield new
+
+    # ------------------------------------------------------------------ helpers
+    def _real_generated(self) -> list[list[int]]:
+        """Per row, this turn's tokens up to and including the one that finished it (pads dropped)."""
+        toks = self.dec.host(self.tokens[:, :self.steps]).tolist() if self.steps else [[] for _ in range(self.batch)]
+        stops = set(self.cfg.stop_token_ids)
+        out = []
+        for b, row in enumerate(toks):
+            end = next((i + 1 for i, t in enumerate(row) if t in stops and i >= self.cfg.min_new_tokens), len(row))
+            if self._string_stop[b] >= 0:
+                end = min(end, int(self._string_stop[b]) + 1)
+            out.append(row[:end])
+        return out
+
+    def _check_strings(self) -> None:
+        """Rows still live after this step whose recent text holds a stop string finish (host read a step)."""
+        fin = self.dec.host(self.finished).astype(bool)
+        toks = self.dec.host(self.tokens[:, max(0, self.steps - 16):self.steps])
+        for b in np.nonzero(~fin)[0]:
+            if any(s in self.decode(toks[b].tolist()) for s in self.cfg.stop_strings):
+                self._string_stop[b] = self.steps - 1
+                self.finished[b] = 1
+
+
+def _on_stream(dec: Decoder):
+    import contextlib
+    return dec.stream if dec.stream is not None else contextlib.nullcontext()
+
 
 def generate(model, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, pad_id: int,
              max_context: int | None = None, decode=None,
              streamer: Callable[[int, int], None] | None = None) -> list[list[int]]:
-    """Batched generation with left padding and per-row finish. streamer(row, token) is called per new token."""
+    """Batched generation (greedy, sampling or beam search) on any decoder; streamer(row, token) is called per
+    new token (stop tokens are not streamed)."""
     if cfg.num_beams > 1:
-        return [beam_search(model, p, cfg, pad_id, max_context) for p in prompts]
-    gen = Generator(model, prompts, cfg, pad_id, max_context, decode)
-    while not gen.done:
-        before = gen.finished.copy()
-        res = gen.step()
         if streamer is not None:
-            for i, t in enumerate(res.tokens):
-                if not before[i]:
-                    streamer(i, int(t))
+            raise BadInputError("beam search cannot stream: the best beam is known only at the end")
+        return beam_search(model, prompts, cfg, pad_id, max_context)
+    gen = Generator(model, cfg, pad_id, decode, max_context)
+    gen.append_tokens(prompts)
+    if streamer is None:
+        while not gen.is_done():
+            gen.generate_next_token()
+    else:
+        for new in gen.stream():
+            for row, tok in new:
+                streamer(row, tok)
     return gen.results()
 
 
-def stream_text(model, tokenizer, prompt_ids: Sequence[int], cfg: GenerationConfig,
-                max_context: int | None = None) -> Iterator[str]:
-    """Yield text deltas for one prompt as tokens are produced (stop tokens are not printed)."""
-    from paddle2ort.tokenization.bpe import StreamDecoder
-    gen = Generator(model, [prompt_ids], cfg, tokenizer.pad_token_id, max_context, tokenizer.decode)
-    dec = StreamDecoder(tokenizer)
-    while not gen.done:
-        t = int(gen.step().tokens[0])
-        if t in cfg.stop_token_ids:
-            break
-        delta = dec.push(t)
-        if delta:
-            yield delta
-
-
 # ----------------------------------------------------------------------------- beam search
-def log_softmax(x: np.ndarray) -> np.ndarray:
-    """float64 log-softmax over the last axis."""
-    x = x.astype(np.float64)
-    m = x.max(-1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+@dataclass
+class Beams:
+    """Host bookkeeping of one prompt's beams (the hypotheses are tiny; the cache and logits stay on the device)."""
+    seqs: list                     # K token lists
+    scores: np.ndarray             # float32 [K] cumulative log-probabilities
+    done: list                     # (length-penalized score, tokens) of finished hypotheses
+    finished: bool = False
+
+    def best(self, stops: set, length_penalty: float) -> list[int]:
+        hyps = self.done + [(s / max(len(q), 1) ** length_penalty, q) for s, q in zip(self.scores, self.seqs)]
+        return [t for t in max(hyps, key=lambda x: x[0])[1] if t not in stops]
 
 
-def beam_search(model, prompt: Sequence[int], cfg: GenerationConfig, pad_id: int,
-                max_context: int | None = None) -> list[int]:
-    """Beam search for one prompt: num_beams rows share the prompt; finished hypotheses are scored
-    sum(logprob) / len ** length_penalty; early_stopping ends once num_beams hypotheses are done."""
-    nb = cfg.num_beams
-    ids, mask = left_pad([prompt] * nb, pad_id)
-    if max_context is not None and ids.shape[1] + cfg.max_new_tokens > max_context:
-        raise BadInputError(f"prompt ({ids.shape[1]} tokens) + max_new_tokens exceeds the context of {max_context}")
-    cache = KVCache.allocate(ids.shape[1] + cfg.max_new_tokens, model.num_layers, nb, model.kv_heads,
-                             model.head_dim, model.cache_dtype)
-    logits = prefill(model, cache, ids, mask)
-    scores = np.zeros(nb)
-    scores[1:] = -np.inf                                  # all beams start identical: expand from the first only
-    seqs: list[list[int]] = [[] for _ in range(nb)]
-    done: list[tuple[float, list[int]]] = []
-    seen = np.zeros((nb, model.vocab_size), bool)
-    seen[:, list(prompt)] = True
-    for step in range(cfg.max_new_tokens):
-        lp = log_softmax(apply_repetition_penalty(logits, seen, cfg.repetition_penalty))
-        if step < cfg.min_new_tokens and cfg.stop_token_ids:
-            lp[:, list(cfg.stop_token_ids)] = -np.inf
-        cand = (scores[:, None] + lp).reshape(-1)                                      # [nb * V]
-        top = np.argsort(-cand, kind="stable")[:2 * nb]
-        rows, toks, new_scores = [], [], []
-        for c in top:
-            r, t = divmod(int(c), lp.shape[1])
-            if t in cfg.stop_token_ids:
-                if step + 1 >= cfg.min_new_tokens:
-                    done.append((cand[c] / max(len(seqs[r]) + 1, 1) ** cfg.length_penalty, seqs[r] + [t]))
-                continue
-            rows.append(r)
-            toks.append(t)
-            new_scores.append(cand[c])
-            if len(rows) == nb:
+def advance_beams(beams: Beams, cand_s: np.ndarray, cand_i: np.ndarray, vocab: int, cfg: GenerationConfig,
+                  step: int, stops: set) -> list[tuple[int, int, float]] | None:
+    """One prompt's step over its 2K best candidates (best first; -1 marks none): a stop token closes a
+    hypothesis (scored sum(logprob) / len ** length_penalty), the first K others continue; when fewer than K are
+    live the rest are dead copies (score -inf, never expanded). -> (source beam, token, score) x K, or None once
+    early stopping has K finished hypotheses."""
+    chosen = []
+    for s, c in zip(cand_s.tolist(), cand_i.tolist()):
+        if c < 0:
+            break
+        r, t = divmod(c, vocab)
+        if t in stops:
+            if step + 1 >= cfg.min_new_tokens:
+                beams.done.append((s / max(len(beams.seqs[r]) + 1, 1) ** cfg.length_penalty, beams.seqs[r] + [t]))
+            continue
+        chosen.append((r, t, s))
+        if len(chosen) == len(beams.seqs):
+            break
+    if cfg.early_stopping and len(beams.done) >= len(beams.seqs):
+        beams.finished = True
+        return None
+    while len(chosen) < len(beams.seqs):
+        chosen.append((chosen[0][0], chosen[0][1], -np.inf) if chosen else (0, 0, -np.inf))
+    beams.seqs = [beams.seqs[r] + [t] for r, t, _ in chosen]
+    beams.scores = np.array([s for _, _, s in chosen], np.float32)
+    return chosen
+
+
+def beam_search(model, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, pad_id: int,
+                max_context: int | None = None) -> list[list[int]]:
+    """Beam search for a batch of prompts on any decoder: K = num_beams rows per prompt in one batch of B * K.
+    Per step: the beam kernel (its twin on host arrays: log-softmax + each row's 2K best) -> K x 2K candidates per
+    prompt to the host, merged to 2K -> cache rows reordered where beams moved -> the next tokens -> one step."""
+    dec, k = as_decoder(model, pad_id), cfg.num_beams
+    if k > kernels.MAX_BEAMS:
+        raise BadInputError(f"beam search handles up to {kernels.MAX_BEAMS} beams (the beam kernel's limit), got {k}; "
+                            "use fewer beams")
+    prompts = check_tokens(prompts, dec.vocab_size)
+    stop_ids = _stop_array(dec, cfg)
+    longest = max(map(len, prompts))
+    _check_room(dec, longest, cfg.max_new_tokens, max_context)
+    check_memory(dec, len(prompts), k, longest, cfg.max_new_tokens)
+    xp, vocab, stops = dec.xp, dec.vocab_size, set(cfg.stop_token_ids)
+    rows = [p for p in prompts for _ in range(k)]
+    n = len(rows)
+    state = [Beams([[] for _ in range(k)], np.array([0.0] + [-np.inf] * (k - 1), np.float32), []) for _ in prompts]
+    with _on_stream(dec):
+        dec.start(n)
+        seen = _seen(dec, cfg, rows)
+        logits, ridx = dec.append(rows, np.zeros(n, np.int64), cfg.max_new_tokens)
+        for step in range(cfg.max_new_tokens):
+            scores = np.concatenate([b.scores if not b.finished else np.full(k, -np.inf, np.float32) for b in state])
+            cand_s, cand_i = kernels.beam_topk(logits, ridx, xp.asarray(scores), k, seen, stop_ids,
+                                               cfg.repetition_penalty, step < cfg.min_new_tokens, dec.stream)
+            cand_s, cand_i = kernels.merge_beams(dec.host(cand_s), dec.host(cand_i), k)     # [B, 2K]
+            src, toks = np.arange(n), np.full(n, pad_id, np.int64)
+            for b, beams in enumerate(state):
+                if beams.finished:
+                    continue
+                chosen = advance_beams(beams, cand_s[b], cand_i[b], vocab, cfg, step, stops)
+                if chosen is not None:
+                    src[b * k:(b + 1) * k] = [b * k + r for r, _, _ in chosen]
+                    toks[b * k:(b + 1) * k] = [t for _, t, _ in chosen]
+            if all(b.finished for b in state) or step + 1 == cfg.max_new_tokens:
                 break
-        if cfg.early_stopping and len(done) >= nb:
-            break
-        rows_a = np.array(rows)
-        cache.reorder(rows_a)
-        mask = mask[rows_a]
-        seqs = [seqs[r] + [t] for r, t in zip(rows, toks)]
-        seen = seen[rows_a]
-        seen[np.arange(nb), toks] = True
-        scores = np.array(new_scores)
-        if step + 1 == cfg.max_new_tokens:
-            break
-        mask = np.concatenate([mask, np.ones((nb, 1), np.int64)], axis=1)
-        logits = decode_one_token(model, cache, np.array(toks, np.int64), mask)
-    for s, q in zip(scores, seqs):
-        done.append((s / max(len(q), 1) ** cfg.length_penalty, q))
-    best = max(done, key=lambda x: x[0])[1]
-    return [t for t in best if t not in cfg.stop_token_ids]
+            if (src != np.arange(n)).any():
+                dec.reorder(src)
+                if seen is not None:
+                    seen[...] = seen[xp.asarray(src)]
+            if seen is not None:
+                seen[xp.arange(n), xp.asarray(toks)] = 1
+            advance(dec, toks)
+            logits, ridx = dec.step(None)
+    return [beams.best(stops, cfg.length_penalty) for beams in state]
 
 
-__all__ = ["GenerationConfig", "Generator", "KVCache", "apply_repetition_penalty", "beam_search", "decode_one_token",
-           "generate", "left_pad", "log_softmax", "logits_to_probs", "next_tokens", "position_ids", "prefill", "sample",
-           "stream_text", "top_k_mask", "top_p_mask"]
+__all__ = ["Beams", "CacheDecoder", "Decoder", "GenerationConfig", "Generator", "KVCache", "advance",
+           "advance_beams", "as_decoder", "beam_search", "check_memory", "check_tokens", "generate",
+           "host_bytes_available", "left_pad", "position_ids"]

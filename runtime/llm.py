@@ -8,24 +8,25 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from .errors import BadInputError, BundleError
-from .generation import GenerationConfig, generate, stream_text
+from .generation import CacheDecoder, GenerationConfig, Generator, generate
 from .manifest import load_bundle
 from .session import SessionOptions, create_session
 
 log = logging.getLogger(__name__)
 
 
-class OrtDecoder:
-    """`model(input_ids, attention_mask, position_ids, past) -> (logits, present)` over an exported decoder."""
+class OrtDecoder(CacheDecoder):
+    """The generic paddle2onnx export as a Decoder (left-padded batches, host KV cache); calling it runs the graph
+    once with the export's contract: `model(input_ids, attention_mask, position_ids, past) -> (logits, present)`."""
 
     def __init__(self, model_path: str | Path, llm: dict, session: SessionOptions = SessionOptions()):
         self.session = create_session(model_path, session)
-        self.num_layers, self.kv_heads, self.head_dim = llm["num_layers"], llm["kv_heads"], llm["head_dim"]
-        self.vocab_size, self.max_context = llm["vocab_size"], llm["max_context"]
-        self.cache_dtype = np.float32
         names = [i.name for i in self.session.get_inputs()]
         if names != ["input_ids", "attention_mask", "position_ids", "past_key_values"]:
             raise BundleError(f"decoder inputs are {names}, not the KV-cache contract this runtime drives")
+        super().__init__(self.__call__, llm["num_layers"], llm["kv_heads"], llm["head_dim"], llm["vocab_size"],
+                         np.float32, llm["max_context"])
+        self.max_context = llm["max_context"]
 
     def __call__(self, input_ids, attention_mask, position_ids, past):
         logits, present = self.session.run(["logits", "present_key_values"], {
@@ -34,12 +35,23 @@ class OrtDecoder:
         return logits, present
 
 
+def bundle_stop_ids(llm: dict, tokenizer) -> tuple[int, ...]:
+    """The bundle's stop tokens (`llm.stop_ids`, written by convert-llm from the tokenizer's end-of-sequence and
+    end-of-turn tokens); bundles without it: the tokenizer's eos."""
+    ids = llm.get("stop_ids")
+    if ids is None:
+        log.info("bundle has no llm.stop_ids (converted before they were recorded): stopping on eos only")
+        ids = [tokenizer.eos_token_id]
+    return tuple(sorted({int(i) for i in ids}))
+
+
 class TextGenerator:
     """Bundle-driven generation: tokenizer (with chat template) + decoder + the decode loop."""
 
     def __init__(self, bundle_dir: str | Path, precision: str = "fp32", session: SessionOptions = SessionOptions(),
                  graph: str = "generic", max_length: int | None = None):
-        """graph: "generic" (the paddle2onnx export, host loop) or "fused" (the fused decoder, on-device loop)."""
+        """graph: "generic" (the paddle2onnx export, host KV cache) or "fused" (the fused decoder, on the device
+        with --device gpu); both run the same decode loop (runtime.generation)."""
         from paddle2ort.tokenization.bpe import BPETokenizer
 
         self.bundle = load_bundle(bundle_dir)
@@ -52,25 +64,31 @@ class TextGenerator:
         if graph == "fused":
             from .fused import FusedDecoder
             path, spec = fused_model(self.bundle, precision)
-            self.model = FusedDecoder(path, spec, device=session.device, device_id=session.device_id,
-                                      max_length=max_length, threads=session.intra_op_threads)
+            self.model = FusedDecoder(path, spec, session, max_length=max_length)
         elif graph == "generic":
             self.model = OrtDecoder(self.bundle.model_path(precision, verify=True), self.llm, session)
         else:
             raise BadInputError(f"graph must be 'generic' or 'fused', got {graph!r}")
+        self.default_stop_ids = bundle_stop_ids(self.llm, self.tokenizer)
+
+    @property
+    def max_context(self) -> int:
+        return self.model.max_tokens()
 
     def generate_token_ids(self, ids: Sequence[Sequence[int]], cfg: GenerationConfig) -> list[list[int]]:
-        if self.graph == "fused":
-            from . import fused
-            return fused.generate(self.model, ids, cfg, self.tokenizer.pad_token_id)
-        return generate(self.model, ids, cfg, self.tokenizer.pad_token_id, self.model.max_context,
-                        self.tokenizer.decode)
+        return generate(self.model, ids, cfg, self.tokenizer.pad_token_id, self.max_context, self.tokenizer.decode)
 
     def stop_ids(self, cfg: GenerationConfig) -> GenerationConfig:
+        """cfg with the bundle's stop tokens when it names none."""
         from dataclasses import replace
         if cfg.stop_token_ids:
             return cfg
-        return replace(cfg, stop_token_ids=tuple(sorted({self.tokenizer.eos_token_id, *self.llm.get("stop_ids", [])})))
+        return replace(cfg, stop_token_ids=self.default_stop_ids)
+
+    def generator(self, cfg: GenerationConfig) -> Generator:
+        """A step-API Generator over this bundle's decoder (stop tokens from the bundle unless cfg names some)."""
+        return Generator(self.model, self.stop_ids(cfg), self.tokenizer.pad_token_id, self.tokenizer.decode,
+                         self.max_context)
 
     def prompt_ids(self, prompt: str, chat: bool = False, system: str | None = None) -> list[int]:
         if not isinstance(prompt, str) or not prompt.strip():
@@ -99,22 +117,25 @@ class TextGenerator:
         return text
 
     def stream(self, prompt: str, cfg: GenerationConfig = GenerationConfig(), chat: bool = False) -> Iterator[str]:
-        cfg = self.stop_ids(cfg)
-        if self.graph == "fused":
-            yield from self._stream_fused(self.prompt_ids(prompt, chat), cfg)
-            return
-        yield from stream_text(self.model, self.tokenizer, self.prompt_ids(prompt, chat), cfg, self.model.max_context)
-
-    def _stream_fused(self, ids: list[int], cfg: GenerationConfig) -> Iterator[str]:
+        """Text deltas for one prompt as tokens are produced (stop tokens are not printed; the text stops before
+        a stop string)."""
         from paddle2ort.tokenization.bpe import StreamDecoder
-
-        from .fused import FusedGenerator
-        gen = FusedGenerator(self.model, [ids], cfg, self.tokenizer.pad_token_id, check_every=1)
-        dec = StreamDecoder(self.tokenizer)
+        if cfg.num_beams > 1:
+            raise BadInputError("beam search cannot stream: the best beam is known only at the end")
+        gen = self.generator(cfg)
+        gen.append_tokens([self.prompt_ids(prompt, chat)])
+        dec, text, sent = StreamDecoder(self.tokenizer), "", 0
         for new in gen.stream():
-            delta = dec.push(new[0][1])
-            if delta:
-                yield delta
+            text += dec.push(new[0][1])
+            cut = self._cut(text, cfg)
+            hold = max((len(s) - 1 for s in cfg.stop_strings), default=0)    # a stop string may still be forming
+            end = len(cut) if len(cut) < len(text) else max(len(cut) - hold, sent)
+            if end > sent:
+                yield cut[sent:end]
+                sent = end
+        cut = self._cut(text, cfg)
+        if len(cut) > sent:
+            yield cut[sent:]
 
 
 def fused_model(bundle, precision: str) -> tuple[Path, dict]:
@@ -127,56 +148,5 @@ def fused_model(bundle, precision: str) -> tuple[Path, dict]:
     return bundle.checked_path(e["file"], e["sha256"]), e["options"]["spec"]
 
 
-def read_jsonl_prompts(path: Path) -> list[str]:
-    """PaddleNLP predictor format: one JSON object a line with "src" (or "prompt"); errors name the line."""
-    import json
-
-    from .textio import read_utf8_lines
-    prompts = []
-    for no, line in enumerate(read_utf8_lines(path, 'one JSON object a line, e.g. {"src": "your prompt"}'), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise BadInputError(f"{path}:{no} is not valid JSON ({e.msg}); one object a line, e.g. "
-                                '{"src": "your prompt"}') from e
-        text = obj.get("src", obj.get("prompt")) if isinstance(obj, dict) else None
-        if isinstance(text, list):
-            text = text[-1] if text else None
-        if not isinstance(text, str):
-            raise BadInputError(f"{path}:{no} has no string field \"src\" (or \"prompt\")")
-        if not text.strip():
-            raise BadInputError(f"{path}:{no} has an empty prompt; remove the line or give it text")
-        prompts.append(text)
-    if not prompts:
-        raise BadInputError(f"{path} has no prompts")
-    return prompts
-
-
-def run_jsonl_job(gen: TextGenerator, data_file: Path, output_file: Path, cfg: GenerationConfig,
-                  batch_size: int = 8, src_length: int | None = None, chat: bool = False) -> int:
-    """The predictor-style batch job: prompts in, {"src", "output"} lines out (written atomically)."""
-    import json
-
-    from tqdm.auto import tqdm
-    if batch_size < 1:
-        raise BadInputError(f"batch_size must be >= 1, got {batch_size}")
-    prompts = read_jsonl_prompts(data_file)
-    cfg = gen.stop_ids(cfg)
-    tmp = Path(output_file).with_name(Path(output_file).name + ".tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for s in tqdm(range(0, len(prompts), batch_size), desc="generate", unit="batch", disable=None):
-                chunk = prompts[s:s + batch_size]
-                ids = [gen.prompt_ids(p, chat) for p in chunk]
-                if src_length:
-                    ids = [i[-src_length:] for i in ids]          # keep the end: what the model continues from
-                outs = gen.generate_token_ids(ids, cfg)
-                for p, o in zip(chunk, outs):
-                    f.write(json.dumps({"src": p, "output": gen._cut(gen.tokenizer.decode(o), cfg)},
-                                       ensure_ascii=False) + "\n")
-        tmp.replace(output_file)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return len(prompts)
+# JSONL jobs live in .jobs (checked up front, resumable); re-exported here for existing callers.
+from .jobs import read_jsonl_prompts, run_jsonl_job  # noqa: E402,F401

@@ -37,16 +37,17 @@ def time_generation(model, prompts: list[list[int]], new_tokens: int, pad_id: in
     from .generation import GenerationConfig, Generator
     cfg = GenerationConfig(max_new_tokens=new_tokens)
     t0 = time.perf_counter()
-    gen = Generator(model, prompts, cfg, pad_id)
-    gen.step()                                     # token 1 chosen (and the step for token 2 run)
+    gen = Generator(model, cfg, pad_id)
+    gen.append_tokens(prompts)                     # prefill
+    gen.generate_next_token()                      # token 1 chosen
     ttft = time.perf_counter() - t0
     t1 = time.perf_counter()
-    while not gen.done:
-        gen.step()
+    while not gen.is_done():
+        gen.generate_next_token()                  # one decode step + one choice
     decode = time.perf_counter() - t1
     steps = new_tokens - 1
     b = len(prompts)
     return {"batch": b, "ttft_ms": ttft * 1e3, "decode_ms_per_step": decode / max(steps, 1) * 1e3,
             "tokens_per_s_per_sequence": steps / decode if decode else float("inf"),
             "tokens_per_s_total": b * new_tokens / (ttft + decode), "decode_tokens_per_s_total": b * steps / decode,
-            "generated": [len(g) for g in gen.generated]}
+            "generated": [len(g) for g in gen.results()]}

@@ -1,15 +1,20 @@
-"""The decode loop on a NumPy toy decoder: logits processors vs reference, sampling, batching, stops, beams."""
+"""The decode loop on NumPy toy decoders (no Paddle, no model files): the step API, batching, stops, multi-turn,
+beam search, request checks — and the same results from both engines (left-padded host cache / right-padded
+positional cache like the fused graph)."""
+import math
+
 import numpy as np
 import pytest
 
 from paddle2ort.runtime.errors import BadInputError
-from paddle2ort.runtime.generation import (GenerationConfig, Generator, KVCache, beam_search, generate, left_pad,
-                                           logits_to_probs, position_ids, sample, top_k_mask, top_p_mask)
+from paddle2ort.runtime.generation import (CacheDecoder, Decoder, GenerationConfig, Generator, KVCache, beam_search,
+                                           check_memory, generate, left_pad, position_ids)
 
 
 class ToyDecoder:
     """A bigram model with the exported graph's contract. The cache stores each token's embedding; logits at a
-    position are table[token] + a bonus read back from the cache (so a wrong cache or mask changes the output)."""
+    position are table[token] + a bonus from the mean of the real tokens so far (a wrong cache or mask changes the
+    output). Sums run over non-innermost axes (sequential order), so every engine computes bit-identical logits."""
 
     num_layers, kv_heads, head_dim, cache_dtype = 1, 1, 4, np.float32
 
@@ -21,6 +26,11 @@ class ToyDecoder:
         self.w = rng.normal(0, 1, (4, vocab)).astype(np.float32)
         self.calls = []
 
+    def head(self, tokens, ctx_sum, count):
+        """logits [N, V] of tokens [N] given the sum [N, 4] and count [N] of the context's embeddings."""
+        ctx = ctx_sum / np.maximum(count, 1).astype(np.float32)[:, None]
+        return self.table[tokens] + np.float32(0.5) * (ctx[:, :, None] * self.w[None]).sum(1)
+
     def __call__(self, ids, mask, pos, past):
         b, s = ids.shape
         p = past.shape[0]
@@ -28,78 +38,93 @@ class ToyDecoder:
         self.calls.append((b, s, p))
         new = self.emb[ids]                                           # [B, S, 4]
         hist = np.concatenate([past[:, 0, 0, :, 0, :].transpose(1, 0, 2), new], axis=1)   # [B, P+S, 4]
-        m = mask[:, :, None].astype(np.float32)
+        m = mask.astype(np.float32)
         logits = np.zeros((b, s, self.vocab_size), np.float32)
         for j in range(s):
             upto = p + j + 1
-            ctx = (hist[:, :upto] * m[:, :upto]).sum(1) / np.maximum(m[:, :upto].sum(1), 1)   # mean of real tokens
-            logits[:, j] = self.table[ids[:, j]] + 0.5 * ctx @ self.w
+            real = [hist[r, :upto][m[r, :upto] > 0] for r in range(b)]
+            sums = np.stack([x.sum(0) if len(x) else np.zeros(4, np.float32) for x in real])
+            logits[:, j] = self.head(ids[:, j], sums, np.array([len(x) for x in real]))
         present = new.transpose(1, 0, 2)[:, None, None, :, None, :]  # [S, 1, 1, B, 1, 4]
         return logits, np.ascontiguousarray(present)
 
 
-def ref_top_k(logits, k):
-    out = np.full_like(logits, -np.inf)
-    for r in range(logits.shape[0]):
-        kth = np.sort(logits[r])[::-1][k - 1]
-        keep = logits[r] >= kth
-        out[r, keep] = logits[r, keep]
-    return out
+class ToyFused:
+    """The same model as a Decoder with the fused graph's layout: a per-row positional cache [B, C, 4],
+    right-padded prompts, seqlens advanced by the chooser."""
+
+    xp, stream, next_ids, seqlens = np, None, None, None
+    limit_name = "the cache capacity"
+
+    def __init__(self, toy: ToyDecoder, capacity: int = 96):
+        self.t, self.vocab_size, self.capacity = toy, toy.vocab_size, capacity
+
+    def start(self, batch):
+        self.kv = np.zeros((batch, self.capacity, 4), np.float32)
+        self.next_ids, self.seqlens = np.zeros((batch, 1), np.int64), np.zeros(batch, np.int32)
+
+    def _at(self, rows, last):
+        sums = np.stack([self.kv[b, :last[i] + 1].sum(0) for i, b in enumerate(rows)])
+        toks = np.array([self.tok[b, last[i]] for i, b in enumerate(rows)])
+        return self.t.head(toks, sums, np.asarray(last) + 1)
+
+    def append(self, chunks, past, room):
+        assert max(p + len(c) for p, c in zip(past, chunks)) + room <= self.capacity
+        if not hasattr(self, "tok") or self.tok.shape[0] != len(chunks) or not np.any(past):
+            self.tok = np.zeros((len(chunks), self.capacity), np.int64)
+        for b, c in enumerate(chunks):
+            self.kv[b, past[b]:past[b] + len(c)] = self.t.emb[c]
+            self.tok[b, past[b]:past[b] + len(c)] = c
+            self.seqlens[b] = past[b] + len(c) - 1
+        return self._at(range(len(chunks)), self.seqlens.copy()), None
+
+    def step(self, real):
+        pos = self.seqlens.copy()
+        for b in range(len(pos)):
+            self.kv[b, pos[b]] = self.t.emb[self.next_ids[b, 0]]
+            self.tok[b, pos[b]] = self.next_ids[b, 0]
+        return self._at(range(len(pos)), pos), None
+
+    def reorder(self, src):
+        self.kv, self.tok = self.kv[src], self.tok[src]
+
+    def host(self, a):
+        return np.asarray(a)
+
+    def max_tokens(self):
+        return self.capacity
+
+    def bytes_needed(self, rows, prompt_len, new_tokens):
+        return rows * self.capacity * 4 * 4
+
+    def bytes_available(self):
+        return 1 << 30
 
 
-def ref_top_p(logits, p):
-    out = np.full_like(logits, -np.inf)
-    for r in range(logits.shape[0]):
-        probs = np.exp(logits[r] - logits[r].max())
-        probs /= probs.sum()
-        mass = 0.0
-        for i in sorted(range(len(probs)), key=lambda i: (-logits[r, i], i)):
-            out[r, i] = logits[r, i]
-            mass += probs[i]
-            if mass >= p:
-                break
-    return out
+def both(seed=0, vocab=12):
+    toy = ToyDecoder(vocab, seed)
+    return {"cache": CacheDecoder.wrap(toy), "fused": ToyFused(toy)}
 
 
-@pytest.mark.parametrize("k", [1, 2, 5, 12])
-def test_top_k_matches_reference_and_keeps_ties(k):
-    rng = np.random.default_rng(k)
-    logits = rng.normal(size=(4, 12)).astype(np.float32)
-    logits[0, :3] = 9.0                                               # a three-way tie at the top
-    got = top_k_mask(logits, k)
-    want = ref_top_k(logits, k)
-    assert np.array_equal(np.isinf(got), np.isinf(want))
-    assert (np.isfinite(got[0]).sum() >= 3)                           # ties at the boundary are all kept
-
-
-@pytest.mark.parametrize("p", [0.05, 0.3, 0.9, 0.999, 1.0])
-def test_top_p_matches_reference(p):
-    rng = np.random.default_rng(int(p * 1000))
-    logits = rng.normal(0, 2, size=(5, 30))
-    got, want = top_p_mask(logits, p), ref_top_p(logits, p)
-    assert np.array_equal(np.isinf(got), np.isinf(want))
-    assert (np.isfinite(got).sum(-1) >= 1).all()
-
-
-def test_sampling_distribution_and_seed():
-    probs = np.array([[0.5, 0.3, 0.15, 0.05]])
-    rng = np.random.default_rng(0)
-    draws = np.array([sample(probs, rng)[0] for _ in range(20000)])
-    freq = np.bincount(draws, minlength=4) / len(draws)
-    assert np.abs(freq - probs[0]).max() < 0.015
-    a = sample(np.repeat(probs, 8, 0), np.random.default_rng(42))
-    b = sample(np.repeat(probs, 8, 0), np.random.default_rng(42))
-    assert np.array_equal(a, b)
-    assert np.allclose(logits_to_probs(np.log(probs), 1.0, 0, 1.0), probs)
+def test_both_toys_are_decoders():
+    for dec in both().values():
+        assert isinstance(dec, Decoder)
 
 
 def test_generation_config_rejects_bad_values():
     for kw, msg in [({"max_new_tokens": 0}, "max_new_tokens"), ({"top_p": 0.0}, "top_p"), ({"top_p": 1.5}, "top_p"),
                     ({"temperature": -1}, "temperature"), ({"repetition_penalty": -1.0}, "repetition_penalty"),
                     ({"num_beams": 0}, "num_beams"), ({"min_new_tokens": 9, "max_new_tokens": 4}, "min_new_tokens"),
-                    ({"num_beams": 2, "do_sample": True}, "beam search")]:
+                    ({"num_beams": 2, "do_sample": True}, "beam search"), ({"seed": -1}, "seed"),
+                    ({"seed": 2 ** 64}, "seed"), ({"seed": 1.5}, "seed"), ({"stop_strings": ("",)}, "stop strings"),
+                    ({"stop_token_ids": (-3,)}, "stop token ids"), ({"max_new_tokens": 2.5}, "max_new_tokens")]:
         with pytest.raises(BadInputError, match=msg):
             GenerationConfig(**kw)
+    for name in ("temperature", "top_p", "repetition_penalty", "length_penalty"):
+        for bad in (math.nan, math.inf, -math.inf):
+            with pytest.raises(BadInputError, match=f"{name} must be a finite number"):
+                GenerationConfig(**{name: bad})
+    assert GenerationConfig(seed=2 ** 64 - 1).seed == 2 ** 64 - 1 and GenerationConfig(seed=0).seed == 0
     assert not GenerationConfig(do_sample=True, temperature=0).sampling          # temperature 0 means greedy
     assert not GenerationConfig(do_sample=True, top_k=1).sampling
 
@@ -108,10 +133,13 @@ def test_inputs_left_padding_and_empty_prompts():
     ids, mask = left_pad([[5, 6, 7], [8]], pad_id=0)
     assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
     assert position_ids(mask).tolist() == [[0, 1, 2], [0, 0, 0]]
-    with pytest.raises(BadInputError, match="at least one token"):
-        left_pad([[1, 2], []], 0)                                               # one empty prompt in a batch
-    with pytest.raises(BadInputError, match="at least one token"):
-        left_pad([], 0)
+    for bad in ([[1, 2], []], []):
+        with pytest.raises(BadInputError, match="at least one token"):
+            generate(ToyDecoder(), bad, GenerationConfig(), 0)
+    with pytest.raises(BadInputError, match="outside the vocabulary"):
+        generate(ToyDecoder(), [[1, 99]], GenerationConfig(), 0)
+    with pytest.raises(BadInputError, match="stop token ids"):
+        generate(ToyDecoder(), [[1]], GenerationConfig(stop_token_ids=(12,)), 0)
 
 
 def test_greedy_batched_equals_single_and_uses_the_cache():
@@ -121,10 +149,51 @@ def test_greedy_batched_equals_single_and_uses_the_cache():
     single = [generate(m, [p], cfg, pad_id=0)[0] for p in prompts]
     m.calls.clear()
     batched = generate(m, prompts, cfg, pad_id=0)
-    assert batched == single
-    # one prefill, then one token per step against a growing cache — never the whole sequence again
-    assert m.calls[0] == (3, 3, 0) and all(s == 1 for _, s, _ in m.calls[1:])
+    assert batched == single and all(len(r) == 6 for r in batched)
+    # one prefill, then one token per step against a growing cache (none after the last token is chosen)
+    assert m.calls[0] == (3, 3, 0) and all(s == 1 for _, s, _ in m.calls[1:]) and len(m.calls) == 6
     assert [p for _, _, p in m.calls[1:]] == list(range(3, 3 + len(m.calls) - 1))
+
+
+def test_step_api_in_the_manner_of_genai():
+    m = ToyDecoder()
+    gen = Generator(m, GenerationConfig(max_new_tokens=4), pad_id=0)
+    with pytest.raises(BadInputError, match="append_tokens first"):
+        gen.generate_next_token()
+    gen.append_tokens([[1, 2], [3]])
+    assert len(m.calls) == 1 and not gen.is_done()                  # the prefill is its own step
+    got = []
+    while not gen.is_done():
+        gen.generate_next_token()
+        got.append(gen.get_next_tokens().tolist())
+    assert np.array(got).T.tolist() == gen.results() == generate(m, [[1, 2], [3]], GenerationConfig(max_new_tokens=4), 0)
+    with pytest.raises(BadInputError, match="finished"):
+        gen.generate_next_token()
+
+
+@pytest.mark.parametrize("engine", ["cache", "fused"])
+def test_multi_turn_continues_the_cache(engine):
+    """Turn 2 after turn 1 (rows of different lengths, one finished early by a stop token) = one fresh generation
+    over the whole history."""
+    toy = ToyDecoder(seed=5)
+    prompts = [[1, 2, 3], [4]]
+    free = generate(toy, prompts, GenerationConfig(max_new_tokens=6), 0)
+    stop = free[1][1]                                                # row 1 stops after two tokens
+    cfg = GenerationConfig(max_new_tokens=6, stop_token_ids=(stop,))
+    dec = both(5)[engine]
+    gen = Generator(dec, cfg, 0)
+    gen.append_tokens(prompts)
+    while not gen.is_done():
+        gen.generate_next_token()
+    first = gen.results()
+    assert len(first[1]) < 6
+    turn2 = [[7, 8], [9, 10, 11]]
+    gen.append_tokens(turn2)
+    whole = [p + f + ([stop] if len(f) < 6 else []) + t for p, f, t in zip(prompts, first, turn2)]
+    assert gen.history == whole                                      # the stop token stays in the history
+    while not gen.is_done():
+        gen.generate_next_token()
+    assert gen.results() == [generate(toy, [w], cfg, 0)[0] for w in whole]
 
 
 def test_sampling_reproducible_and_top_k_1_is_greedy():
@@ -134,8 +203,22 @@ def test_sampling_reproducible_and_top_k_1_is_greedy():
     assert k1 == greedy
     s = lambda seed: generate(m, [[1, 2]], GenerationConfig(max_new_tokens=8, do_sample=True, temperature=1.5,  # noqa
                                                             top_p=0.9, seed=seed), 0)
-    assert s(7) == s(7)
+    assert s(7) == s(7) and s(2 ** 64 - 1) == s(2 ** 64 - 1)
     assert any(s(7) != s(x) for x in range(8, 14))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_same_seed_same_tokens_on_both_engines(seed):
+    """One RNG contract (Philox, counter = (step, row)): the left-padded host cache and the right-padded positional
+    cache draw the same tokens for the same seed — sampling with penalty, greedy with stops, beams."""
+    d = both(seed)
+    prompts = [[1, 2, 3], [4], [5, 6]]
+    cfgs = [GenerationConfig(max_new_tokens=10, do_sample=True, temperature=1.3, top_k=8, top_p=0.95, seed=seed,
+                             repetition_penalty=1.2),
+            GenerationConfig(max_new_tokens=10, stop_token_ids=(3, 7), min_new_tokens=2),
+            GenerationConfig(max_new_tokens=8, num_beams=3, repetition_penalty=1.1, stop_token_ids=(3,))]
+    for cfg in cfgs:
+        assert generate(d["cache"], prompts, cfg, 0) == generate(d["fused"], prompts, cfg, 0), cfg
 
 
 def test_stop_tokens_min_tokens_and_per_row_finish():
@@ -149,40 +232,87 @@ def test_stop_tokens_min_tokens_and_per_row_finish():
     assert len(late[0]) >= 6 and stop not in late[0][:6]
 
 
-def test_stop_strings_and_streamer():
+@pytest.mark.parametrize("engine", ["cache", "fused"])
+def test_stop_strings_and_streamer(engine):
     m = ToyDecoder()
     words = {i: f"w{i} " for i in range(12)}
     decode = lambda ids: "".join(words[i] for i in ids)  # noqa: E731
     free = generate(m, [[1]], GenerationConfig(max_new_tokens=8), 0)[0]
     target = words[free[3]].strip()
-    got = generate(m, [[1]], GenerationConfig(max_new_tokens=8, stop_strings=(target,)), 0, decode=decode)[0]
-    assert target in decode(got) and len(got) <= 4
+    got = generate(both()[engine], [[1]], GenerationConfig(max_new_tokens=8, stop_strings=(target,)), 0,
+                   decode=decode)[0]
+    assert got == free[:free.index(free[3]) + 1]                  # ends with the token that completed the string
     seen = []
-    generate(m, [[1], [2, 3]], GenerationConfig(max_new_tokens=5), 0, streamer=lambda r, t: seen.append((r, t)))
-    assert sum(1 for r, _ in seen if r == 0) == 5 and sum(1 for r, _ in seen if r == 1) == 5
+    out = generate(m, [[1], [2, 3]], GenerationConfig(max_new_tokens=5), 0, streamer=lambda r, t: seen.append((r, t)))
+    assert [[t for r, t in seen if r == row] for row in (0, 1)] == out
+    stop = out[0][2]
+    seen.clear()
+    out = generate(m, [[1], [2, 3]], GenerationConfig(max_new_tokens=5, stop_token_ids=(stop,)), 0,
+                   streamer=lambda r, t: seen.append((r, t)))
+    assert [[t for r, t in seen if r == row] for row in (0, 1)] == out     # stop tokens are not streamed
 
 
-def test_context_overflow_is_a_clear_error():
+def test_context_and_memory_bounds_are_checked_before_any_model_work():
+    m = ToyDecoder()
     with pytest.raises(BadInputError, match="exceeds the model's context"):
-        Generator(ToyDecoder(), [[1] * 10], GenerationConfig(max_new_tokens=8), 0, max_context=16)
+        Generator(m, GenerationConfig(max_new_tokens=8), 0, max_context=16).append_tokens([[1] * 10])
+    fused = ToyFused(m, capacity=12)
+    with pytest.raises(BadInputError, match="exceeds the cache capacity"):
+        generate(fused, [[1] * 10], GenerationConfig(max_new_tokens=8), 0)
+
+    class Small(CacheDecoder):
+        def bytes_available(self):
+            return 10 * self.bytes_needed(1, 4, 8) + 5                # room for exactly 10 rows
+    small = Small(m, 1, 1, 4, 12)
+    with pytest.raises(BadInputError, match=r"at most 10 rows fit; use num_beams <= 5"):
+        beam_search(small, [[1, 2, 3, 4]] * 2, GenerationConfig(max_new_tokens=8, num_beams=6), 0)
+    with pytest.raises(BadInputError, match=r"at most 10 rows fit; use a batch of at most 10"):
+        generate(small, [[1, 2, 3, 4]] * 11, GenerationConfig(max_new_tokens=8), 0)
+    with pytest.raises(BadInputError, match="up to 32 beams"):
+        beam_search(m, [[1]], GenerationConfig(num_beams=100000), 0)
+    assert m.calls == []                                              # nothing ran
+    real = CacheDecoder(m, 24, 8, 64, 49152)                           # SmolLM2-135M's dims on this host's RAM
+    with pytest.raises(BadInputError, match="GiB"):
+        check_memory(real, 1, 100000, 5, 32)
 
 
 def test_beam_search_one_beam_is_greedy_and_beams_score_higher():
     m = ToyDecoder(seed=3)
     greedy = generate(m, [[1, 2]], GenerationConfig(max_new_tokens=6), 0)[0]
-    assert beam_search(m, [1, 2], GenerationConfig(max_new_tokens=6, num_beams=1), 0) == greedy
+    assert beam_search(m, [[1, 2]], GenerationConfig(max_new_tokens=6, num_beams=1), 0) == [greedy]
 
     def logprob(seq):
         ids, total = [1, 2], 0.0
         for t in seq:
-            g = Generator(m, [ids], GenerationConfig(max_new_tokens=1), 0)
-            lp = g.logits[0] - np.log(np.exp(g.logits[0] - g.logits[0].max()).sum()) - g.logits[0].max()
-            total += lp[t]
+            logits, _ = m(np.array([ids]), np.ones((1, len(ids)), np.int64), np.arange(len(ids))[None],
+                          np.zeros((0, 1, 2, 1, 1, 4), np.float32))
+            x = logits[0, -1].astype(np.float64)
+            total += x[t] - x.max() - np.log(np.exp(x - x.max()).sum())
             ids = ids + [t]
         return total
 
-    beams = beam_search(m, [1, 2], GenerationConfig(max_new_tokens=6, num_beams=4, length_penalty=0.0), 0)
-    assert len(beams) == 6 and logprob(beams) >= logprob(greedy) - 1e-9
+    beams = beam_search(m, [[1, 2]], GenerationConfig(max_new_tokens=6, num_beams=4, length_penalty=0.0), 0)[0]
+    assert len(beams) == 6 and logprob(beams) >= logprob(greedy) - 1e-6
+
+
+def test_beam_search_never_crashes_when_stops_crowd_the_candidates():
+    """2 beams with the two likeliest first tokens as stop ids (once crashed with IndexError whenever fewer than
+    num_beams of the top 2K candidates were live): 120 seeded toy cases, both engines, same results."""
+    checked = 0
+    for seed in range(120):
+        toy = ToyDecoder(vocab=6 + seed % 7, seed=seed)
+        prompt = [int(t) for t in np.random.default_rng(seed).integers(0, toy.vocab_size, 1 + seed % 4)]
+        first, _ = toy(np.array([prompt]), np.ones((1, len(prompt)), np.int64), np.arange(len(prompt))[None],
+                       np.zeros((0, 1, 2, 1, 1, 4), np.float32))
+        stops = tuple(int(t) for t in np.argsort(-first[0, -1])[:2 + seed % 2])
+        cfg = GenerationConfig(max_new_tokens=5, num_beams=2 + seed % 3, stop_token_ids=stops,
+                               min_new_tokens=seed % 3, early_stopping=bool(seed % 2))
+        d = both(seed, toy.vocab_size)
+        a = beam_search(d["cache"], [prompt, prompt[:1]], cfg, 0)
+        assert a == beam_search(d["fused"], [prompt, prompt[:1]], cfg, 0)
+        assert all(not set(r) & set(stops) for r in a)
+        checked += 1
+    assert checked == 120
 
 
 def test_kv_cache_is_preallocated_and_written_in_place():
@@ -193,3 +323,14 @@ def test_kv_cache_is_preallocated_and_written_in_place():
     assert c.buffer is buf and c.length == 4 and c.view().base is buf
     with pytest.raises(BadInputError, match="KV cache full"):
         c.append(np.zeros((2, 1, 2, 2, 1, 4), np.float32))
+    c.reserve(3)                                                       # a later turn grows it, history kept
+    assert c.buffer.shape[0] == 7 and (c.view()[3] == 2).all() and (c.view()[:3] == 1).all()
+
+
+def test_bundle_stop_ids_fall_back_to_eos():
+    from types import SimpleNamespace
+
+    from paddle2ort.runtime.llm import bundle_stop_ids
+    tok = SimpleNamespace(eos_token_id=2)
+    assert bundle_stop_ids({"stop_ids": [7, 0, 2]}, tok) == (0, 2, 7)
+    assert bundle_stop_ids({}, tok) == (2,)                    # bundles converted before llm.stop_ids existed

@@ -1,6 +1,7 @@
 """LLM export on tiny random-weight LLaMA (GQA) and GPT-2 models: gate, token identity with Paddle, CLI, bad input."""
 import json
 
+import numpy as np
 import pytest
 
 from paddle2ort.cli import main
@@ -48,9 +49,33 @@ def test_weight_only_models_are_quantized_and_run(llm_bundles):
     assert set(nbits_of(onnx.load(str(dest / m.models["int8"].file))).values()) == {8}
     # (on this tiny model the 49k x 32 head dominates, so int4 and int8 files are about the same size)
     assert max(m.models["int4"].size_bytes, m.models["int8"].size_bytes) < m.models["fp32"].size_bytes
-    for prec in ("int8", "int4"):
-        out = TextGenerator(dest, precision=prec)("Hello", GenerationConfig(max_new_tokens=4))
-        assert isinstance(out[0], str)
+    # the quantized decoders run the same model: on a prompt outside the gate's scenario their next-token
+    # distribution stays close to fp32's (cosine of the logits at the gate's bounds), and generation through them
+    # yields max_new_tokens in-vocabulary ids whose text is what the pipeline returns
+    fp32 = TextGenerator(dest)
+    text = "A quick brown fox jumps over"
+    ids = fp32.tokenizer.encode(text)
+    feeds = (np.array([ids]), np.ones((1, len(ids)), np.int64), np.arange(len(ids))[None],
+             np.zeros((0, fp32.llm["num_layers"], 2, 1, fp32.llm["kv_heads"], fp32.llm["head_dim"]), np.float32))
+    ref = fp32.model(*feeds)[0][0, -1]
+    for prec, min_cos in (("int8", 0.95), ("int4", 0.6)):
+        gen = TextGenerator(dest, precision=prec)
+        got = gen.model(*feeds)[0][0, -1]
+        assert float(got @ ref / np.linalg.norm(got) / np.linalg.norm(ref)) >= min_cos, prec
+        out_ids = gen.generate_token_ids([ids], GenerationConfig(max_new_tokens=4))[0]
+        assert len(out_ids) == 4 and all(0 <= t < m.extra["llm"]["vocab_size"] for t in out_ids)
+        stop = next(t for t in range(10) if t not in out_ids)            # a stop id greedy never reaches here
+        assert gen([text], GenerationConfig(max_new_tokens=4, stop_token_ids=(stop,)))[0] == \
+            gen.tokenizer.decode(out_ids)
+
+
+def test_manifest_records_stop_ids_and_the_runtime_uses_them(llm_bundles):
+    _, dest, m = llm_bundles["llama"]
+    gen = TextGenerator(dest)
+    stops = m.extra["llm"]["stop_ids"]
+    assert gen.tokenizer.eos_token_id in stops and stops == sorted(set(stops))
+    assert gen.stop_ids(GenerationConfig()).stop_token_ids == tuple(stops)
+    assert gen.stop_ids(GenerationConfig(stop_token_ids=(5,))).stop_token_ids == (5,)     # the caller's win
 
 
 def test_cli_generate_stream_sampling_and_jsonl(llm_bundles, tmp_path, capsys):

@@ -19,8 +19,8 @@ log = logging.getLogger(__name__)
 def check(args) -> dict:
     from paddle2ort.convert.llm.fused import DecoderSpec, build_variant
     from paddle2ort.convert.zoo.smollm2 import read_gguf, to_paddlenlp
-    from paddle2ort.runtime.fused import FusedDecoder, generate
-    from paddle2ort.runtime.generation import GenerationConfig
+    from paddle2ort.runtime.fused import FusedDecoder
+    from paddle2ort.runtime.generation import GenerationConfig, generate
     from paddle2ort.runtime.llm import TextGenerator
     from paddle2ort.runtime.session import SessionOptions
 
@@ -68,16 +68,16 @@ def check(args) -> dict:
     # 4. beam search on the device (beam kernel, cache reorder) vs the same loop and graph on the CPU (kernel twin)
     if "fp16" in paths and "fp16_fused" in res:
         beam = GenerationConfig(max_new_tokens=16, num_beams=4)
-        cpu = generate(FusedDecoder(paths["fp16"], spec.to_json(), device="cpu", max_length=256), prompts[:6], beam,
+        cpu = generate(FusedDecoder(paths["fp16"], spec.to_json(), max_length=256), prompts[:6], beam,
                        pad)
-        dev = FusedDecoder(paths["fp16"], spec.to_json(), device="gpu", max_length=256)
+        dev = FusedDecoder(paths["fp16"], spec.to_json(), session=SessionOptions(device="gpu"), max_length=256)
         res["beam_search"] = {"config": "fp16 fused graph, 4 beams, 16 new tokens, 6 prompts; reference: the same "
                                         "graph and loop on the CPU",
                               "fp16": agreement(generate(dev, prompts[:6], beam, pad), cpu)}
         log.info("beam search: %s", res["beam_search"])
     if "fp32" in paths:                                            # the fp32 graph asked for on the GPU: clear error
         try:
-            FusedDecoder(paths["fp32"], spec.to_json(), device="gpu", max_length=256)
+            FusedDecoder(paths["fp32"], spec.to_json(), session=SessionOptions(device="gpu"), max_length=256)
             res["fp32_fused_on_gpu"] = "no error"
         except Exception as e:  # noqa: BLE001
             res["fp32_fused_on_gpu"] = f"{type(e).__name__}: {e}"
@@ -95,9 +95,10 @@ def fused_variant_check(res: dict, name: str, path: Path, spec, prompts, want, g
     """One fused variant on the GPU: greedy agreement with the golden rows (batched, one at a time,
     teacher-forced); for fp16 also seeded sampling and the out-of-memory path."""
     from paddle2ort.runtime.errors import DeviceError
-    from paddle2ort.runtime.fused import FusedDecoder, generate
-    from paddle2ort.runtime.generation import GenerationConfig
-    dec = FusedDecoder(path, spec.to_json(), device="gpu", max_length=256)
+    from paddle2ort.runtime.fused import FusedDecoder
+    from paddle2ort.runtime.generation import GenerationConfig, generate
+    from paddle2ort.runtime.session import SessionOptions
+    dec = FusedDecoder(path, spec.to_json(), session=SessionOptions(device="gpu"), max_length=256)
     t = time.perf_counter()
     b = generate(dec, prompts, greedy, pad_id=pad)
     s = [generate(dec, [p], greedy, pad_id=pad)[0] for p in prompts]
@@ -112,7 +113,7 @@ def fused_variant_check(res: dict, name: str, path: Path, spec, prompts, want, g
         a, a2 = generate(dec, prompts[:4], samp, pad), generate(dec, prompts[:4], samp, pad)
         res["fp16_sampling_reproducible"] = a == a2
         # 3. out of memory: a clear error naming a smaller batch, and the decoder still works afterwards
-        big = FusedDecoder(path, spec.to_json(), device="gpu", max_length=8192)
+        big = FusedDecoder(path, spec.to_json(), session=SessionOptions(device="gpu"), max_length=8192)
         try:
             big.state(1000)
             res["oom"] = {"raised": False}
@@ -131,8 +132,9 @@ def gpt2_check(work: Path, prompts: int = 16, new: int = 32) -> dict:
     the same fp16 graph and over the fp32 one."""
     from paddle2ort.convert.llm.fused import DecoderSpec, build_variant, random_state
     from paddle2ort.convert.validate import compare
-    from paddle2ort.runtime.fused import FusedDecoder, generate
-    from paddle2ort.runtime.generation import GenerationConfig
+    from paddle2ort.runtime.fused import FusedDecoder
+    from paddle2ort.runtime.generation import GenerationConfig, generate
+    from paddle2ort.runtime.session import SessionOptions
     spec = DecoderSpec.from_config(GPT2_CONFIG, family="gpt")
     pad = pad_id(GPT2_CONFIG)
     state = random_state(spec, seed=0, std=0.1)
@@ -144,9 +146,9 @@ def gpt2_check(work: Path, prompts: int = 16, new: int = 32) -> dict:
     for prec in ("fp32", "fp16"):
         paths[prec] = work / f"gpt2.fused.{prec}.onnx"
         build_variant(spec, state, prec, paths[prec])
-    decs = {"cpu_fp32": FusedDecoder(paths["fp32"], spec.to_json(), device="cpu", max_length=128),
-            "cpu_fp16": FusedDecoder(paths["fp16"], spec.to_json(), device="cpu", max_length=128),
-            "gpu_fp16": FusedDecoder(paths["fp16"], spec.to_json(), device="gpu", max_length=128)}
+    decs = {"cpu_fp32": FusedDecoder(paths["fp32"], spec.to_json(), max_length=128),
+            "cpu_fp16": FusedDecoder(paths["fp16"], spec.to_json(), max_length=128),
+            "gpu_fp16": FusedDecoder(paths["fp16"], spec.to_json(), session=SessionOptions(device="gpu"), max_length=128)}
     toks = {k: generate(d, rows, cfg, pad) for k, d in decs.items()}
     out["gpu_fp16_vs_cpu_fp16"] = agreement(toks["gpu_fp16"], toks["cpu_fp16"])
     out["gpu_fp16_vs_cpu_fp32"] = agreement(toks["gpu_fp16"], toks["cpu_fp32"])

@@ -77,20 +77,23 @@ def timed_generation(reps: int, first_token, rest, prepare=None, warmup: int = 1
 
 def time_ours(path: Path, spec: dict, prompts: np.ndarray, new: int, reps: int, pad: int,
               cuda_graph: bool = True) -> dict:
-    from paddle2ort.runtime.fused import FusedDecoder, FusedGenerator
-    from paddle2ort.runtime.generation import GenerationConfig
-    dec = FusedDecoder(path, spec, device="gpu", max_length=prompts.shape[1] + new, cuda_graph=cuda_graph)
+    from paddle2ort.runtime.fused import FusedDecoder
+    from paddle2ort.runtime.generation import GenerationConfig, Generator
+    from paddle2ort.runtime.session import SessionOptions
+    dec = FusedDecoder(path, spec, session=SessionOptions(device="gpu"), max_length=prompts.shape[1] + new, cuda_graph=cuda_graph)
     cfg = GenerationConfig(max_new_tokens=new)
     rows = prompts.tolist()
 
     def first_token():
-        gen = FusedGenerator(dec, rows, cfg, pad_id=pad)
+        gen = Generator(dec, cfg, pad)
+        gen.append_tokens(rows)                             # prefill
+        gen.generate_next_token()                           # token 1
         dec.synchronize()
         return gen
 
     def rest(gen):
-        while not gen.done:
-            gen.step()
+        while not gen.is_done():
+            gen.generate_next_token()
         dec.synchronize()
 
     r = timed_generation(reps, first_token, rest)           # the warm-up pass also captures the CUDA graph
@@ -105,18 +108,21 @@ def profile_ours(path: Path, spec: dict, prompts: np.ndarray, pad: int, steps: i
     kernels per step, GPU-busy time per step, the kernels that take it."""
     from torch.profiler import ProfilerActivity, profile
 
-    from paddle2ort.runtime.fused import FusedDecoder, FusedGenerator
-    from paddle2ort.runtime.generation import GenerationConfig
-    dec = FusedDecoder(path, spec, device="gpu", max_length=prompts.shape[1] + 2 * steps + 2, cuda_graph=cuda_graph)
+    from paddle2ort.runtime.fused import FusedDecoder
+    from paddle2ort.runtime.generation import GenerationConfig, Generator
+    from paddle2ort.runtime.session import SessionOptions
+    dec = FusedDecoder(path, spec, session=SessionOptions(device="gpu"), max_length=prompts.shape[1] + 2 * steps + 2, cuda_graph=cuda_graph)
     cfg = GenerationConfig(max_new_tokens=2 * steps + 1)
-    gen = FusedGenerator(dec, prompts.tolist(), cfg, pad_id=pad)
+    gen = Generator(dec, cfg, pad)
+    gen.append_tokens(prompts.tolist())
+    gen.generate_next_token()                             # prefill + token 1
     for _ in range(steps):                                # warm-up, graph capture
-        gen.step()
+        gen.generate_next_token()
     dec.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         t0 = time.perf_counter()
         for _ in range(steps):
-            gen.step()
+            gen.generate_next_token()
         dec.synchronize()
         wall = time.perf_counter() - t0
     kernels = {}

@@ -137,6 +137,7 @@ def _convert_llm(config: LLMConvertConfig) -> ConvertResult:
         llm = {k: info[k] for k in ("family", "architecture", "num_layers", "kv_heads", "head_dim", "vocab_size",
                                     "hidden_size", "max_context")}
         llm["cache_layout"] = "[time, layer, k|v, batch, kv_head, head_dim]; present holds the new positions only"
+        llm["stop_ids"] = stop_token_ids(tok, config.source)
         extra_files = {f"tokenizer/{n}": config.tokenizer / n for n in TOKENIZER_FILES}
         extra = {"llm": llm, "paddle_source": source_fingerprint(config.source)}
         if config.fused:
@@ -156,6 +157,32 @@ def _convert_llm(config: LLMConvertConfig) -> ConvertResult:
         ), sources=(config.source, config.tokenizer))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+# end-of-sequence / end-of-turn tokens of the common chat formats (ChatML, Llama 2/3, Gemma, Phi, GPT-2)
+END_TOKENS = ("</s>", "<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<end_of_turn>",
+              "<|end|>", "<eos>")
+
+
+def stop_token_ids(tok, source: Path) -> list[int]:
+    """The ids generation stops on (the manifest's llm.stop_ids): the tokenizer's eos, its special tokens that end
+    a sequence or a turn, and the model's generation_config.json eos_token_id (an id or a list)."""
+    ids = {tok.eos_token_id}
+    for t in END_TOKENS:
+        i = tok.hf.token_to_id(t)
+        if i is not None and i in tok.special_ids:
+            ids.add(i)
+    gen_cfg = source / "generation_config.json"
+    if gen_cfg.is_file():
+        try:
+            eos = json.loads(gen_cfg.read_text(encoding="utf-8")).get("eos_token_id")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            eos = None
+            log.warning("%s is not a JSON object: its eos_token_id is not used as a stop token", gen_cfg)
+        for i in (eos if isinstance(eos, list) else [eos]):
+            if isinstance(i, int) and 0 <= i < tok.vocab_size:
+                ids.add(i)
+    return sorted(ids)
 
 
 def build_fused(config: LLMConvertConfig, work: Path, pad_id: int) -> dict:

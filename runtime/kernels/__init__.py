@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .reference import MAX_BEAMS, SamplerParams, merge_beams, philox_uniform
+from .reference import MAX_BEAMS, SamplerParams, merge_beams, philox_uniform, sampling_probs
 
-__all__ = ["MAX_BEAMS", "SamplerParams", "beam_topk", "merge_beams", "on_device", "philox_uniform", "sample_rows"]
+__all__ = ["MAX_BEAMS", "SamplerParams", "beam_topk", "merge_beams", "on_device", "philox_uniform", "sample_rows",
+           "sampling_probs"]
 
 
 def on_device(arr) -> bool:

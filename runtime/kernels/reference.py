@@ -1,6 +1,8 @@
-"""NumPy twins of the CUDA kernels (sampling.cu): same algorithm, same Philox uniforms, same state updates.
+"""The one logits-processing module: NumPy twins of the CUDA kernels (sampling.cu, beam.cu) — same algorithm,
+same Philox uniforms, same state updates.
 
-They run the on-device loop on CPU hosts and in CI, and are what the device tests compare the kernels with.
+Every decode loop chooses tokens through these (host arrays) or the kernels (device arrays), via
+runtime.kernels; the device tests compare the kernels with them.
 """
 from __future__ import annotations
 
@@ -74,6 +76,15 @@ def keep_mask(x: np.ndarray, top_k: int, top_p: float) -> np.ndarray:
         tau = np.take_along_axis(np.take_along_axis(x, order, -1), first[:, None], -1)
         keep &= x >= tau
     return keep
+
+
+def sampling_probs(logits: np.ndarray, p: SamplerParams, seen: np.ndarray | None = None,
+                   stop_ids: np.ndarray = np.zeros(0, np.int32)) -> np.ndarray:
+    """The distribution sample_rows draws from (float64 [B, V]): processed, tempered, top-k/top-p kept."""
+    x = processed_logits(logits, seen, stop_ids, p) / np.float32(p.temperature)
+    keep = keep_mask(x, p.top_k, p.top_p)
+    e = np.where(keep, np.exp(x.astype(np.float64) - x.max(-1, keepdims=True)), 0.0)
+    return e / e.sum(-1, keepdims=True)
 
 
 def sample_rows(logits: np.ndarray, rows: np.ndarray | None, p: SamplerParams, next_ids: np.ndarray,
