@@ -66,21 +66,22 @@ def run_llm_bench(cfg: LLMBenchConfig) -> dict:
     precisions = cfg.precisions or tuple(bundle.manifest.models)
     threads = cfg.threads or usable_cores()
     rows = []
-    for prec in precisions:
-        for b in cfg.batch_sizes:
-            out = subprocess.run([sys.executable, "-m", "paddle2ort.benchmarks.llm", "--one", str(cfg.bundle), prec,
-                                  str(b), str(cfg.prompt_len), str(cfg.new_tokens), str(threads)],
-                                 capture_output=True, text=True)
-            if out.returncode != 0:
-                raise RuntimeError(f"onnxruntime {prec} batch {b} failed:\n{out.stderr[-2000:]}")
-            r = json.loads(out.stdout.strip().splitlines()[-1])
-            rows.append({"system": "onnxruntime", "precision": prec, **r})
-            log.info("onnxruntime %s b%d: TTFT %.0f ms, %.1f ms/step, %.1f tok/s total", prec, b, r["ttft_ms"],
-                     r["decode_ms_per_step"], r["decode_tokens_per_s_total"])
+    from tqdm.auto import tqdm
+    configs = [(prec, b) for prec in precisions for b in cfg.batch_sizes]
+    for prec, b in tqdm(configs, desc="bench-llm onnxruntime", unit="config", leave=False, disable=None):
+        out = subprocess.run([sys.executable, "-m", "paddle2ort.benchmarks.llm", "--one", str(cfg.bundle), prec,
+                              str(b), str(cfg.prompt_len), str(cfg.new_tokens), str(threads)],
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            raise RuntimeError(f"onnxruntime {prec} batch {b} failed:\n{out.stderr[-2000:]}")
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        rows.append({"system": "onnxruntime", "precision": prec, **r})
+        log.info("onnxruntime %s b%d: TTFT %.0f ms, %.1f ms/step, %.1f tok/s total", prec, b, r["ttft_ms"],
+                 r["decode_ms_per_step"], r["decode_tokens_per_s_total"])
     if cfg.paddle_model is not None:
         from paddle2ort.convert.paddle_proc import run_worker
         tok = BPETokenizer.load(bundle.path / "tokenizer")
-        for b in cfg.batch_sizes:
+        for b in tqdm(cfg.batch_sizes, desc="bench-llm paddle", unit="config", leave=False, disable=None):
             with tempfile.TemporaryDirectory(prefix="paddle2ort-llmbench-") as work:
                 r = run_worker("bench_llm", {"model_dir": str(cfg.paddle_model), "threads": threads,
                                              "prompts": bench_prompts(tok, b, cfg.prompt_len),

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from paddle2ort.runtime.errors import BadInputError
-from paddle2ort.runtime.generation import log_softmax
+from paddle2ort.runtime.numeric import log_softmax
 from paddle2ort.runtime.llm import TextGenerator
 
 from .env import environment
@@ -44,9 +44,10 @@ def text_windows(tokenizer, lines: list[str], window: int, count: int) -> list[l
     return [ids[i * window:(i + 1) * window] for i in range(count)]
 
 
-def onnx_nll(model, windows: list[list[int]]) -> tuple[float, int]:
+def onnx_nll(model, windows: list[list[int]], desc: str = "perplexity") -> tuple[float, int]:
+    from tqdm.auto import tqdm
     nll, n = 0.0, 0
-    for w in windows:
+    for w in tqdm(windows, desc=desc, unit="window", leave=False, disable=None):
         ids = np.array([w], np.int64)
         mask = np.ones_like(ids)
         past = np.zeros((0, model.num_layers, 2, 1, model.kv_heads, model.head_dim), model.cache_dtype)
@@ -66,13 +67,15 @@ def run_perplexity(cfg: PerplexityConfig) -> dict:
     rows = {}
     for prec in precisions:
         gen = first if prec == "fp32" else TextGenerator(cfg.bundle, precision=prec)
-        nll, n = onnx_nll(gen.model, windows)
+        nll, n = onnx_nll(gen.model, windows, desc=f"perplexity {prec}")
         rows[prec] = {"system": "onnxruntime", "precision": prec, "nll": nll, "tokens": n,
                       "perplexity": float(np.exp(nll / n))}
         log.info("onnxruntime %s: perplexity %.4f over %d tokens", prec, rows[prec]["perplexity"], n)
     if cfg.paddle_model is not None:
         from paddle2ort.convert.llm.reference import paddle_nll
-        nll, n = paddle_nll(cfg.paddle_model, windows)
+        from paddle2ort.runtime.progress import busy
+        with busy("perplexity paddle (Paddle worker)"):
+            nll, n = paddle_nll(cfg.paddle_model, windows)
         rows["paddle"] = {"system": "paddle-dygraph", "precision": "fp32", "nll": nll, "tokens": n,
                           "perplexity": float(np.exp(nll / n))}
         log.info("paddle: perplexity %.4f", rows["paddle"]["perplexity"])
