@@ -220,7 +220,7 @@ def measure_llm(cfg: ReleaseConfig, bundle: Path, device: str, precisions: list[
         nll, n = onnx_nll(gen.model, windows)
         pad = gen.tokenizer.pad_token_id
         prompt = [windows[0][:min(32, len(windows[0]))]]
-        time_generation(gen.model, prompt, 2, pad)                       # warm-up
+        time_generation(gen.model, prompt, cfg.new_tokens, pad)          # warm-up: the same shapes as timed
         runs = [time_generation(gen.model, prompt, cfg.new_tokens, pad) for _ in range(cfg.repeats)]
         tps = float(np.median([r["decode_tokens_per_s_total"] for r in runs]))
         raw.append({"precision": prec, "nll": nll, "tokens": n, "runs": runs})

@@ -53,7 +53,13 @@ def run(args) -> int:
     from paddle2ort.runtime.progress import busy
     from paddle2ort.runtime.session import SessionOptions
 
-    gen = TextGenerator(args.bundle, precision=args.precision,
+    precision = args.precision
+    if precision is None:   # what `paddle2ort release` chose for this device (generic graph), else fp32
+        from paddle2ort.runtime.manifest import load_bundle
+        from paddle2ort.runtime.selection import DEFAULT_PRECISION, default_precision
+        precision = (default_precision(load_bundle(args.bundle, verify=False), args.device)
+                     if args.graph == "generic" else DEFAULT_PRECISION)
+    gen = TextGenerator(args.bundle, precision=precision,
                         session=SessionOptions(device=args.device, device_id=args.device_id,
                                                intra_op_threads=args.threads), graph=args.graph)
     if args.data_file:

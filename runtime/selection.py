@@ -5,8 +5,12 @@ chosen precision when the caller names none.
 """
 from __future__ import annotations
 
+import logging
+
 from .errors import BundleError
 from .manifest import Bundle, Manifest
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PRECISION = "fp32"
 
@@ -29,4 +33,8 @@ def chosen_precision(manifest_or_bundle: Manifest | Bundle, device: str = "cpu")
 
 def default_precision(manifest_or_bundle: Manifest | Bundle, device: str = "cpu") -> str:
     """The released precision for `device`, else FP32."""
-    return chosen_precision(manifest_or_bundle, device) or DEFAULT_PRECISION
+    chosen = chosen_precision(manifest_or_bundle, device)
+    if chosen is not None:
+        log.info("using %s: the precision `paddle2ort release` chose for %s (give a precision to override)",
+                 chosen, device)
+    return chosen or DEFAULT_PRECISION

@@ -146,7 +146,8 @@ def test_release_records_the_decision_and_its_evidence(released, tiny_models, ca
     assert chosen_precision(bundle, "cpu") == cpu["chosen"] and chosen_precision(bundle, "gpu") is None
     assert TextClassifier(out).precision == cpu["chosen"]
     assert TextClassifier(out, precision="fp32").precision == "fp32"
-    assert main(["-q", "classify", str(out), "--text", "hello"]) == 0
+    assert main(["classify", str(out), "--text", "hello"]) == 0
+    assert f"using {cpu['chosen']}: the precision `paddle2ort release` chose for cpu" in capsys.readouterr().err
     # the output exists now: a second release without --overwrite is refused before any work
     assert main(release_args(tiny_models("bert_classifier"), out, dataset)) == 2
     assert "already exists" in capsys.readouterr().err
@@ -211,3 +212,29 @@ def test_bad_sources_and_budgets(dataset, tmp_path, capsys):
     for bad in (float("nan"), -0.5, float("inf")):
         with pytest.raises(BadInputError, match="budget"):
             ReleaseConfig(conversion=conv, dataset_dir=dataset, budget=bad)
+
+
+def test_llm_release_judges_perplexity_on_the_users_text(tiny_models, tmp_path, capsys):
+    from paddle2ort.benchmarks.texts import play_lines
+    src, data, out = tiny_models("llama"), tmp_path / "text", tmp_path / "llm"
+    data.mkdir()
+    (data / "dev.txt").write_text("\n".join(play_lines()[:120]), encoding="utf-8")
+    # random weights: int8's 8-bit noise is large against such logits, so its gate and the budget are loose here
+    args = ["-q", "release", str(src / "model"), "-o", str(out), "--dataset-dir", str(data), "--tokenizer",
+            str(src / "tokenizer"), "--precision", "fp32,int8", "--threshold", "int8.min_cosine=0.95",
+            "--device", "cpu", "--window", "24", "--windows", "3", "--new-tokens", "4", "--repeats", "1"]
+    assert main(args + ["--budget", "50"]) == 0
+    assert "released: cpu -> " in capsys.readouterr().out
+    rel = load_bundle(out).manifest.extra["release"]["cpu"]
+    assert rel["budget_unit"] == "perplexity %" and set(rel["dataset"]["sha256"]) == {"dev.txt"}
+    by = {c["precision"]: c for c in rel["candidates"]}
+    assert set(by) == {"fp32", "int8"} and by["fp32"]["delta"] == 0.0
+    assert by["int8"]["delta"] == pytest.approx((by["int8"]["perplexity"] / by["fp32"]["perplexity"] - 1) * 100)
+    assert all(c["tokens_per_s"] > 0 for c in by.values())
+    assert rel["chosen"] in by and by[rel["chosen"]]["within_budget"]
+    # generate without --precision runs the released model
+    assert main(["generate", str(out), "--prompt", "To be", "--max-new-tokens", "2"]) == 0
+    assert f"using {rel['chosen']}: the precision `paddle2ort release` chose for cpu" in capsys.readouterr().err
+    # too little text for the perplexity windows is refused before converting
+    assert main(args + ["--windows", "500", "--overwrite"]) == 2
+    assert "fewer than 500 windows" in capsys.readouterr().err
