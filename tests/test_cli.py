@@ -174,3 +174,44 @@ def test_python_m_entry_point():
     r = subprocess.run([sys.executable, "-m", "paddle2ort.cli", "generate", "B", "--seed", "-1"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "--seed" in r.stderr and "Traceback" not in r.stderr
+
+
+NOISY = '''
+import logging, os, subprocess, sys, warnings
+from paddle2ort.runtime.logs import console, setup_logging
+setup_logging(0, log_file=sys.argv[1])
+with console():
+    from tqdm import tqdm
+    for i in tqdm(range(3), desc="step", disable=False):
+        logging.getLogger("paddle2ort.demo").info("ours %d", i)
+    logging.getLogger("paddle").warning("third-party logger noise")
+    warnings.warn("setuptools-style noise")
+    os.write(2, b"glog noise on fd 2\\n")
+    subprocess.run([sys.executable, "-c", "import sys; sys.stderr.write('child noise')"])
+    print("RESULT TABLE")
+'''
+
+
+def test_third_party_noise_goes_to_the_log_file_ours_to_the_terminal(tmp_path):
+    import subprocess
+    log_file = tmp_path / "demo.log"
+    r = subprocess.run([sys.executable, "-c", NOISY, str(log_file)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "RESULT TABLE\n"
+    noise = ("third-party logger noise", "setuptools-style noise", "glog noise on fd 2", "child noise")
+    assert not any(n in r.stderr for n in noise)
+    assert all(f"ours {i}" in r.stderr for i in range(3)) and "step: 100%" in r.stderr
+    logged = log_file.read_text()
+    assert all(n in logged for n in noise) and "ours 2" in logged
+    # each log line starts on a cleared line (tqdm.write), never glued behind the bar's text
+    assert all(ln.rsplit("\r", 1)[-1].startswith("INFO paddle2ort.demo: ours") for ln in r.stderr.split("\n")
+               if "ours" in ln)
+
+
+def test_console_writes_our_lines_through_tqdm(capsys):
+    from paddle2ort.runtime.logs import console, setup_logging
+    setup_logging(0)
+    with console():
+        kinds = {type(h).__module__ for h in logging.getLogger().handlers}
+    assert "tqdm.contrib.logging" in kinds
+    assert "tqdm.contrib.logging" not in {type(h).__module__ for h in logging.getLogger().handlers}
