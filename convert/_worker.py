@@ -17,6 +17,8 @@ from collections import Counter
 os.environ.setdefault("GLOG_minloglevel", "2")
 os.environ["POLYGRAPHY_AUTOINSTALL_DEPS"] = "0"   # paddle2onnx must never pip-install at run time
 
+from paddle2ort.runtime.files import atomic_path, atomic_write  # noqa: E402  (after the env set-up)
+
 log = logging.getLogger("paddle2ort.worker")
 
 # paddle2onnx 2.1.0 maps PIR op names onto its mapper names before looking them up
@@ -96,6 +98,7 @@ def task_inspect(args: dict) -> dict:
     import paddle2onnx
     import paddle2onnx.paddle2onnx_cpp2py_export as p2o
 
+    _check_program_file(args["model_file"])
     # Loading through Paddle Inference checks that the params file matches the program (truncation, mismatch).
     try:
         _make_predictor(args["model_file"], args["params_file"])
@@ -128,6 +131,27 @@ def task_inspect(args: dict) -> dict:
             "inputs": inputs, "outputs": outputs, "ops": dict(ops), "unsupported": dict(unsupported)}
 
 
+def _check_program_file(model_file: str) -> None:
+    """A damaged program file is named as such (not blamed on the params file that Paddle loads next)."""
+    try:
+        if model_file.endswith(".json"):
+            with open(model_file, encoding="utf-8") as f:
+                program = json.load(f)
+            ok = isinstance(program, dict) and "program" in program
+        else:
+            from paddle.base.proto import framework_pb2
+            desc = framework_pb2.ProgramDesc()
+            with open(model_file, "rb") as f:
+                desc.ParseFromString(f.read())
+            ok = len(desc.blocks) > 0 and len(desc.blocks[0].ops) > 0
+        problem = "it holds no program"
+    except Exception as e:  # noqa: BLE001 - json/protobuf decode errors, UnicodeDecodeError
+        ok, problem = False, f"{type(e).__name__}: {str(e).strip()[:160]}"
+    if not ok:
+        raise BadInput(f"the program file {model_file} is damaged or not a Paddle program ({problem}); re-export "
+                       "or re-copy the model's program file (its params file was not read)")
+
+
 def _make_predictor(model_file: str, params_file: str):
     import paddle.inference as pi
     cfg = pi.Config(model_file, params_file)
@@ -158,21 +182,97 @@ def task_reference(args: dict) -> dict:
         pred.run()
         for j, name in enumerate(pred.get_output_names()):
             result[f"{i}/{j}"] = pred.get_output_handle(name).copy_to_cpu()
-    tmp = args["outputs_npz"] + ".tmp.npz"
-    np.savez(tmp, **result)
-    os.replace(tmp, args["outputs_npz"])
+    with atomic_path(args["outputs_npz"], suffix=".npz") as tmp:
+        np.savez(tmp, **result)
     return {"num_outputs": len(pred.get_output_names())}
 
 
+def _translate_to_pir(model_file: str, workdir: str) -> tuple[str, str]:
+    """A legacy program (*.pdmodel + *.pdiparams) as a PIR program (JSON + params) in `workdir`: what paddle2onnx
+    does internally (with its own helpers), done here so the program repairs can run on the JSON before export."""
+    import paddle
+    from paddle2onnx.convert import load_parameter, save_program
+    exe = paddle.static.Executor(paddle.CPUPlace())
+    with paddle.pir_utils.OldIrGuard():
+        prog, _, _ = paddle.static.load_inference_model(os.path.splitext(model_file)[0], exe)
+    program = paddle.pir.translate_to_pir(prog.desc)
+    load_parameter(program)
+    prefix = os.path.join(workdir, "program_pir")
+    save_program(program, prefix)
+    return prefix + ".json", prefix + ".pdiparams"
+
+
+def _export_failure(message: str, program: dict) -> str:
+    """paddle2onnx's C++ error -> what failed, why, and what to do next."""
+    from paddle2ort.convert.repair.f64_attrs import double_attrs
+    first = message.strip().splitlines()[0] if message.strip() else "(no message)"
+    if "MUST be ir::FloatAttribute" in message:
+        sites = Counter(f"{op}.{attr}" for op, attr in double_attrs(program))
+        listing = ", ".join(f"{k} (x{n})" for k, n in sorted(sites.items())) or "none found in the program"
+        return (f"paddle2onnx cannot read a float64 array attribute ({first}). Attributes stored as float64: "
+                f"{listing}. Cause: Paddle >= 3.3 writes these as float64 while paddle2onnx 2.1.0 reads float32 "
+                "(leaky_relu and *_interp attributes are repaired automatically). Next step: re-save the model with "
+                "paddlepaddle 3.2.x, or report the operator named above")
+    if "Cannot find" in message or "not supported" in message.lower() or "Unimplemented" in message:
+        return (f"paddle2onnx has no working mapping for an operator of this program ({first}). Next step: "
+                "rewrite that layer with supported operators before export, or convert with another "
+                "paddle2onnx version")
+    return (f"paddle2onnx failed ({first}). Next step: rerun with -v for the converter log and report the "
+            "operator it names")
+
+
+class ExportFailed(Exception):
+    pass
+
+
 def task_export(args: dict) -> dict:
-    import paddle2onnx
-    paddle2onnx.export(
-        args["model_file"], args["params_file"], save_file=args["save_file"], opset_version=int(args["opset"]),
-        auto_upgrade_opset=True, enable_onnx_checker=True, enable_optimize=True,
-        optimize_tool="None",          # polygraphy folding would pip-install its deps at run time
-        verbose=bool(args.get("verbose")),
-    )
-    return {"save_file": args["save_file"]}
+    import paddle2onnx.paddle2onnx_cpp2py_export as c_p2o
+
+    from paddle2ort.convert.repair import repair_program
+
+    save_file = args["save_file"]
+    workdir = os.path.dirname(os.path.abspath(save_file))
+    model_file, params_file = args["model_file"], args["params_file"]
+    if model_file.endswith(".pdmodel"):
+        model_file, params_file = _translate_to_pir(model_file, workdir)
+    with open(model_file, encoding="utf-8") as f:
+        program = json.load(f)
+    repairs = repair_program(program)
+    if repairs:
+        model_file = os.path.join(workdir, "program_repaired.json")
+        with open(model_file, "w", encoding="utf-8") as f:
+            json.dump(program, f, separators=(",", ":"))
+    try:
+        # paddle2onnx.export() logs C++ errors and goes on (then fails on an unbound name): call the exporter
+        # itself so its error reaches the parent. Same arguments as export(..., optimize_tool="None").
+        onnx_bytes = c_p2o.export(model_file, params_file, int(args["opset"]), True, bool(args.get("verbose")),
+                                  True, True, True, {}, "onnxruntime", "", "", False)
+    except Exception as e:  # noqa: BLE001 - pybind11 re-raises Paddle's enforce errors as RuntimeError/...
+        raise ExportFailed(_export_failure(str(e), program)) from e
+    atomic_write(save_file, onnx_bytes)
+    return {"save_file": save_file, "repairs": repairs}
+
+
+def task_resave_fluid(args: dict) -> dict:
+    """A Paddle 1.x inference directory (`__model__` + `__params__`, or `__model__` + one file per variable)
+    loaded with the old loader and saved as a modern inference model (PREFIX.pdmodel + PREFIX.pdiparams)."""
+    import paddle
+    paddle.enable_static()
+    exe = paddle.static.Executor(paddle.CPUPlace())
+    with paddle.pir_utils.OldIrGuard():
+        try:
+            prog, feeds, fetches = paddle.static.load_inference_model(
+                args["dir"], exe, model_filename=args["model_filename"], params_filename=args.get("params_filename"))
+        except Exception as e:  # noqa: BLE001 - Paddle raises RuntimeError/ValueError/OSError variously
+            what = (f"its weights ({args['params_filename']})" if args.get("params_filename")
+                    else "its per-variable weight files")
+            raise BadInput(f"Paddle cannot load the 1.x model in {args['dir']} ({args['model_filename']} with {what}): "
+                           f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}; re-copy "
+                           "the whole directory as saved by save_inference_model") from e
+        feed_vars = [prog.global_block().var(n) for n in feeds]
+        paddle.static.save_inference_model(args["out_prefix"], feed_vars, fetches, exe, program=prog)
+    return {"model_file": args["out_prefix"] + ".pdmodel", "params_file": args["out_prefix"] + ".pdiparams",
+            "feeds": list(feeds), "paddle_version": paddle.__version__}
 
 
 def task_bench(args: dict) -> dict:
@@ -203,11 +303,10 @@ def task_bench(args: dict) -> dict:
         pred.run()
         return pred.get_output_handle(out_name).copy_to_cpu()
 
-    from paddle2ort.benchmarks.classifier import time_passes      # the ONNX rows' warm-up and timing loop
+    from paddle2ort.runtime.timing import time_passes      # the ONNX rows' warm-up and timing loop
     times, outs = time_passes(run, batches, int(args["warmup"]), int(args["repeats"]))
-    tmp = args["outputs_npz"] + ".tmp.npz"
-    np.savez(tmp, **{str(b): o for b, o in enumerate(outs)})
-    os.replace(tmp, args["outputs_npz"])
+    with atomic_path(args["outputs_npz"], suffix=".npz") as tmp:
+        np.savez(tmp, **{str(b): o for b, o in enumerate(outs)})
     return {"times": times, "paddle_version": paddle.__version__, "onednn": onednn, "ir_optim": True,
             "threads": int(args["threads"])}
 
@@ -235,9 +334,8 @@ def task_export_llm(args: dict) -> dict:
         generated = generate(dec, args["prompts"], GenerationConfig(max_new_tokens=int(args["decode_steps"]) + 1),
                              pad_id=int(args["pad_id"]))
         paddle.jit.save(wrapper, args["out_prefix"], input_spec=input_specs(dec.num_layers, dec.kv_heads, dec.head_dim))
-    tmp = args["samples_npz"] + ".tmp.npz"
-    np.savez(tmp, **{f"{i}/{k}": v for i, f in enumerate(feeds) for k, v in f.items()})
-    os.replace(tmp, args["samples_npz"])
+    with atomic_path(args["samples_npz"], suffix=".npz") as tmp:
+        np.savez(tmp, **{f"{i}/{k}": v for i, f in enumerate(feeds) for k, v in f.items()})
     return {"family": fam.name, "architecture": arch, "num_layers": dec.num_layers, "kv_heads": dec.kv_heads,
             "head_dim": dec.head_dim, "vocab_size": c.vocab_size, "hidden_size": c.hidden_size,
             "max_context": int(getattr(c, "max_position_embeddings", 2048)), "num_samples": len(feeds),
@@ -287,7 +385,7 @@ def task_bench_llm(args: dict) -> dict:
 
     import paddle
 
-    from paddle2ort.benchmarks.llm import time_generation
+    from paddle2ort.runtime.timing import time_generation
     from paddle2ort.convert.llm.eager import EagerDecoder, load_llm
     from paddle2ort.convert.llm.wrapper import make_wrapper
 
@@ -315,9 +413,8 @@ def task_state_llm(args: dict) -> dict:
     except KeyError as e:
         raise BadInput(str(e)) from e
     state = {k: v.numpy().astype(np.float32) for k, v in model.state_dict().items()}
-    tmp = args["out_npz"] + ".tmp.npz"
-    np.savez(tmp, **state)
-    os.replace(tmp, args["out_npz"])
+    with atomic_path(args["out_npz"], suffix=".npz") as tmp:
+        np.savez(tmp, **state)
     return {"architecture": arch, "family": fam.name, "config": model.config.to_dict()}
 
 
@@ -326,6 +423,7 @@ class BadInput(Exception):
 
 
 TASKS = {"inspect": task_inspect, "reference": task_reference, "export": task_export, "bench": task_bench,
+         "resave_fluid": task_resave_fluid,
          "export_llm": task_export_llm, "generate_llm": task_generate_llm, "logprobs_llm": task_logprobs_llm,
          "bench_llm": task_bench_llm, "state_llm": task_state_llm}
 
@@ -343,9 +441,7 @@ def main(argv: list[str]) -> int:
     except Exception as e:  # noqa: BLE001 - reported to the parent as a typed error
         traceback.print_exc()
         result, code = {"ok": False, "kind": "error", "message": f"{type(e).__name__}: {e}"}, 1
-    with open(out_path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(result, f)
-    os.replace(out_path + ".tmp", out_path)
+    atomic_write(out_path, json.dumps(result))
     return code
 
 

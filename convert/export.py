@@ -1,8 +1,10 @@
-"""Stage 2: Paddle program -> ONNX with paddle2onnx (in a child process), then catch its silent failures."""
+"""Stage 2: Paddle program -> ONNX with paddle2onnx (in a child process), repair its known defects, then catch its
+silent failures (no file, a 0-byte file, a graph onnxruntime refuses)."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConversionError
@@ -18,19 +20,43 @@ class ExportResult:
     opset_requested: int
     opset_written: int
     log_path: Path
+    repairs: list[dict] = field(default_factory=list)     # [{name, count}]: program repairs, then ONNX repairs
 
 
-def run_paddle2onnx(source: ModelSource, save_file: Path, opset: int, workdir: Path) -> Path:
-    """Run paddle2onnx in a child process; return the path of its log. Replaceable in tests."""
+def run_paddle2onnx(source: ModelSource, save_file: Path, opset: int, workdir: Path) -> tuple[Path, list[dict]]:
+    """Run paddle2onnx in a child process; return (its log, the program repairs applied). Replaceable in tests."""
     res = run_worker("export", {"model_file": str(source.model_file), "params_file": str(source.params_file),
                                 "save_file": str(save_file), "opset": opset}, workdir)
-    return Path(res["log_path"])
+    return Path(res["log_path"]), list(res.get("repairs", []))
+
+
+_ORT_NODE = re.compile(r"Node \(([^)]*)\) Op \(([^)]*)\)")
+# onnxruntime load failures paddle2onnx is known to cause: (pattern, cause, next step)
+_KNOWN_LOAD_FAILURES = (
+    (re.compile(r"All inputs to Concat must have same rank|axis must be in \[-rank, rank-1\]"),
+     "paddle2onnx 2.x concatenated 0-d shape values without unsqueezing them, in a form the "
+     "concat_rank0_inputs repair did not recognize",
+     "convert with paddle2onnx 1.3.1 (it writes the Unsqueeze), or report the node named above"),
+)
+
+
+def _load_failure(producer: str, error: Exception) -> str:
+    text = str(error)
+    m = _ORT_NODE.search(text)
+    where = f"node {m.group(1)!r} ({m.group(2)})" if m else "a node"
+    for pattern, cause, step in _KNOWN_LOAD_FAILURES:
+        if pattern.search(text):
+            return (f"onnxruntime cannot load the model {producer} wrote: {where} is invalid. Cause: {cause}. "
+                    f"Next step: {step}. [{type(error).__name__}: {text.strip()}]")
+    return (f"onnxruntime cannot load the model {producer} wrote: {where} is invalid "
+            f"({type(error).__name__}: {text.strip()}). Next step: retry with another --opset, or report the node")
 
 
 def check_onnx_file(path: Path, log_path: Path | None = None, producer: str = "paddle2onnx"):
     """paddle2onnx can exit 0 and leave a 0-byte or unloadable file: load, check and open it in onnxruntime."""
     import onnx
-    import onnxruntime as ort
+
+    from paddle2ort.runtime.session import SessionOptions, create_session
 
     tail = log_tail(log_path) if log_path else ""
     if not path.is_file():
@@ -43,19 +69,34 @@ def check_onnx_file(path: Path, log_path: Path | None = None, producer: str = "p
     except Exception as e:  # noqa: BLE001 - onnx raises DecodeError/ValidationError/...
         raise ConversionError(f"{producer} wrote an invalid ONNX file ({type(e).__name__}: {e})", tail) from e
     try:
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
-    except Exception as e:  # noqa: BLE001
-        raise ConversionError(f"onnxruntime cannot load the model {producer} wrote ({type(e).__name__}: {e})", tail) from e
+        create_session(path, SessionOptions(device="cpu"))
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises Fail/InvalidGraph/...
+        raise ConversionError(_load_failure(producer, e), tail) from e
     return model
 
 
+def repair_file(path: Path) -> list[dict]:
+    """Apply the ONNX repairs (convert.repair) to the exported file; rewrite it only when one applied."""
+    import onnx
+
+    from .repair import repair_onnx
+    try:
+        model = onnx.load(str(path))
+    except Exception:  # noqa: BLE001 - an unreadable file is check_onnx_file's to report
+        return []
+    done = repair_onnx(model)
+    if done:
+        onnx.save(model, str(path))
+    return done
+
+
 def export(source: ModelSource, save_file: Path, opset: int, workdir: Path) -> ExportResult:
-    log_path = run_paddle2onnx(source, save_file, opset, workdir)
+    log_path, repairs = run_paddle2onnx(source, save_file, opset, workdir)
+    if save_file.is_file() and save_file.stat().st_size:
+        repairs = repairs + repair_file(save_file)
     model = check_onnx_file(save_file, log_path)
     written = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), opset)
     if written != opset:
         log.warning("paddle2onnx raised the opset from %d to %d (an operator needs it); recorded in the manifest",
                     opset, written)
-    return ExportResult(save_file, opset, written, log_path)
+    return ExportResult(save_file, opset, written, log_path, repairs)

@@ -7,6 +7,7 @@ from collections import Counter
 from paddle2ort.runtime.manifest import TensorSpec
 
 from .errors import BadInputError
+from .repair.output_shapes import PREFIX as DATA_DEPENDENT
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:/-]*$")
 
@@ -90,8 +91,11 @@ def rename_and_annotate(model, inputs: list[dict], outputs: list[dict], output_n
         in_specs.append(TensorSpec(vi.name, spec["dtype"], tuple(dims)))
     out_specs = []
     for vi, spec, new in zip(graph.output, outputs, names):
+        # a static Paddle dim that is only an upper bound (convert.repair.output_shapes) stays dynamic
+        bound = {a for a, d in enumerate(vi.type.tensor_type.shape.dim) if d.dim_param.startswith(DATA_DEPENDENT)}
         vi.name = new
-        dims = dim_names(new, spec["dtype"], spec["shape"])
+        dims = dim_names(new, spec["dtype"], [-1 if a in bound else d for a, d in enumerate(spec["shape"])])
+        dims = [f"{new}_dim{a}" if a in bound else d for a, d in enumerate(dims)]
         _set_shape(vi, dims)
         out_specs.append(TensorSpec(new, spec["dtype"], tuple(dims)))
     return model, in_specs, out_specs

@@ -1,4 +1,6 @@
-"""Stage 1: locate the Paddle inference model (PIR `*.json` or legacy `*.pdmodel`, each with `*.pdiparams`)."""
+"""Stage 1: locate the Paddle inference model: PIR `*.json` or legacy `*.pdmodel`, each with `*.pdiparams`, or a
+Paddle 1.x inference directory (`__model__` with `__params__` or with one file per variable), which `prepare`
+re-saves as a legacy model in the work directory (Paddle's own loader and saver, in the worker)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,17 +9,60 @@ from pathlib import Path
 from .errors import BadInputError
 
 PIR_MAGIC = b'"magic":"pir"'
+# Paddle 1.x inference directories: (program file, combined params file) as save_inference_model named them.
+FLUID_NAMES = (("__model__", "__params__"), ("model", "params"))
 
 
 @dataclass(frozen=True)
 class ModelSource:
-    format: str          # "pir" | "legacy"
+    format: str                  # "pir" | "legacy" | "fluid1" (Paddle 1.x directory)
     model_file: Path
-    params_file: Path
+    params_file: Path | None     # None: a 1.x directory with one file per variable (before `prepare`)
+    original: tuple[Path, ...] = ()   # the user's files when model_file/params_file are a re-saved copy
 
     @property
     def prefix(self) -> Path:
         return self.model_file.with_suffix("")
+
+    @property
+    def user_files(self) -> tuple[Path, ...]:
+        """The files the user gave (never written to; hashed into the manifest)."""
+        if self.original:
+            return self.original
+        if self.params_file is None:
+            return tuple(sorted(p for p in self.model_file.parent.iterdir() if p.is_file()))
+        return (self.model_file, self.params_file)
+
+    def describe(self) -> dict:
+        """The manifest's record of the source: format, file names and their sha256."""
+        from paddle2ort.runtime.manifest import sha256_file
+        files = self.user_files
+        return {"format": self.format, "model_file": files[0].name,
+                "params_file": files[1].name if len(files) == 2 else f"{len(files) - 1} per-variable files",
+                "sha256": {p.name: sha256_file(p) for p in files}}
+
+
+def _fluid_dir(path: Path) -> ModelSource | None:
+    """A Paddle 1.x inference directory, or None."""
+    for model_name, params_name in FLUID_NAMES:
+        model, params = path / model_name, path / params_name
+        if model_name == "__model__" and model.is_file():
+            return ModelSource("fluid1", model, params if params.is_file() else None)
+        if model.is_file() and params.is_file():
+            return ModelSource("fluid1", model, params)
+    return None
+
+
+def prepare(source: ModelSource, workdir: Path) -> ModelSource:
+    """A source the exporter reads: a 1.x directory is loaded and re-saved as PREFIX.pdmodel/.pdiparams in
+    `workdir`; the others are returned as they are."""
+    if source.format != "fluid1" or source.original:
+        return source
+    from .paddle_proc import run_worker
+    res = run_worker("resave_fluid", {"dir": str(source.model_file.parent), "model_filename": source.model_file.name,
+                                      "params_filename": source.params_file.name if source.params_file else None,
+                                      "out_prefix": str(workdir / "fluid1_resaved")}, workdir)
+    return ModelSource("fluid1", Path(res["model_file"]), Path(res["params_file"]), original=source.user_files)
 
 
 def _is_pir_json(path: Path) -> bool:
@@ -45,13 +90,18 @@ def _pair(model_file: Path) -> ModelSource:
 def locate(path: str | Path) -> ModelSource:
     """Find the model in `path` (a program file, a params file, a path prefix, or a directory)."""
     path = Path(path)
+    if path.is_dir() and _fluid_dir(path) is not None:
+        return _fluid_dir(path)
+    if path.is_file() and path.name in {m for m, _ in FLUID_NAMES} and _fluid_dir(path.parent) is not None:
+        return _fluid_dir(path.parent)
     if path.is_dir():
         candidates = sorted([p for p in path.glob("*.pdmodel")] + [p for p in path.glob("*.json") if _is_pir_json(p)])
         if not candidates:
             found = ", ".join(sorted(p.name for p in path.iterdir())[:20]) or "nothing"
             raise BadInputError(
                 f"no Paddle model in {path}: expected a PIR program (*.json) or a legacy program (*.pdmodel) with "
-                f"its *.pdiparams; found: {found}")
+                f"its *.pdiparams, or a Paddle 1.x directory (__model__ with __params__ or per-variable files); "
+                f"found: {found}")
         if len(candidates) > 1:
             raise BadInputError(
                 f"{path} holds {len(candidates)} Paddle models ({', '.join(p.name for p in candidates)}); "

@@ -1,0 +1,52 @@
+"""Repairs for paddle2onnx's known defects, one family a file, each applied only where its pattern is present.
+
+Two stages: `program` repairs rewrite the PIR program (JSON) handed to paddle2onnx, in the export worker; `onnx`
+repairs rewrite the exported graph before the load check. Each returns how many sites it changed; the converter
+records `[{name, count}]` in the manifest (source.repairs), and the validation gate proves the result against Paddle.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+from . import concat_rank, f64_attrs, output_shapes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Repair:
+    name: str
+    stage: str                      # "program" (PIR JSON dict) | "onnx" (onnx.ModelProto)
+    apply: Callable[[object], int]  # mutates its argument; returns the number of sites changed
+    defect: str                     # what paddle2onnx gets wrong, one line (logged when applied)
+
+
+REPAIRS = (
+    Repair(f64_attrs.NAME, "program", f64_attrs.apply, f64_attrs.DEFECT),
+    Repair(concat_rank.NAME, "onnx", concat_rank.apply, concat_rank.DEFECT),
+    Repair(output_shapes.NAME, "onnx", output_shapes.apply, output_shapes.DEFECT),
+)
+
+
+def _run(stage: str, target) -> list[dict]:
+    done = []
+    for r in REPAIRS:
+        if r.stage != stage:
+            continue
+        n = r.apply(target)
+        if n:
+            log.info("repair %s: %d site(s) (%s)", r.name, n, r.defect)
+            done.append({"name": r.name, "count": n})
+    return done
+
+
+def repair_program(program: dict) -> list[dict]:
+    """Apply the program repairs to a PIR program (the parsed JSON); returns [{name, count}] of those applied."""
+    return _run("program", program)
+
+
+def repair_onnx(model) -> list[dict]:
+    """Apply the ONNX repairs to an exported model in place; returns [{name, count}] of those applied."""
+    return _run("onnx", model)

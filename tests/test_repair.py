@@ -1,0 +1,177 @@
+"""The repair pass for paddle2onnx's known defects: each repair fixes its pattern (the graph loads and computes
+the right values afterwards), leaves graphs without it untouched, and the converter names what it applied."""
+import ast
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto as T
+from onnx import helper as h
+
+from paddle2ort.convert import export as export_stage
+from paddle2ort.convert._worker import _export_failure
+from paddle2ort.cli import main
+from paddle2ort.convert.errors import ConversionError
+from paddle2ort.convert.repair import concat_rank, f64_attrs, output_shapes, repair_onnx, repair_program
+
+
+def _session(model):
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def _reshape_by_scalar_concat(all_scalars: bool):
+    """x[N, 4] reshaped by a shape vector concatenated from 0-d shape values (paddle2onnx 2.x's form)."""
+    nodes = [h.make_node("Shape", ["x"], ["s"]),
+             h.make_node("Gather", ["s", "i0"], ["n"], axis=0),            # 0-d: rank 0
+             h.make_node("Gather", ["s", "i1"], ["c"], axis=0)]
+    if all_scalars:       # every input 0-d: onnxruntime says `axis must be in [-rank, rank-1]`
+        nodes.append(h.make_node("Concat", ["n", "c"], ["shape"], axis=0, name="Concat.0"))
+    else:                 # 0-d next to 1-D: `All inputs to Concat must have same rank`
+        nodes.append(h.make_node("Concat", ["n", "two", "half"], ["shape"], axis=0, name="Concat.0"))
+    nodes.append(h.make_node("Reshape", ["x", "shape"], ["y"]))
+    inits = [h.make_tensor("i0", T.INT64, [], [0]), h.make_tensor("i1", T.INT64, [], [1]),
+             h.make_tensor("two", T.INT64, [1], [2]), h.make_tensor("half", T.INT64, [1], [2])]
+    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, ["N", 4])],
+                     [h.make_tensor_value_info("y", T.FLOAT, [None] * (2 if all_scalars else 3))], inits)
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("all_scalars", [False, True], ids=["mixed-ranks", "all-0d"])
+def test_concat_rank0_inputs_repaired(all_scalars):
+    model = _reshape_by_scalar_concat(all_scalars)
+    with pytest.raises(Exception, match="same rank|axis must be in"):
+        _session(model)
+    assert repair_onnx(model) == [{"name": concat_rank.NAME, "count": 2 if all_scalars else 1}]
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    (y,) = _session(model).run(None, {"x": x})
+    np.testing.assert_array_equal(y, x.reshape(3, 4) if all_scalars else x.reshape(3, 2, 2))
+
+
+def test_repairs_leave_a_sound_graph_untouched():
+    g = h.make_graph([h.make_node("Shape", ["x"], ["s"]), h.make_node("Concat", ["s", "s"], ["y"], axis=0)], "g",
+                     [h.make_tensor_value_info("x", T.FLOAT, ["N", 4])], [h.make_tensor_value_info("y", T.INT64, [4])])
+    model = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    before = model.SerializeToString()
+    assert repair_onnx(model) == []
+    assert model.SerializeToString() == before
+
+
+def test_data_dependent_output_shape_no_longer_folded():
+    """A static upper bound declared on a NonZero/NMS output makes onnxruntime fold Shape() of it (PicoDet's count)."""
+    g = h.make_graph([h.make_node("NonZero", ["x"], ["idx"]), h.make_node("Shape", ["idx"], ["s"]),
+                      h.make_node("Gather", ["s", "one"], ["n"], axis=0)], "g",
+                     [h.make_tensor_value_info("x", T.FLOAT, [6])],
+                     [h.make_tensor_value_info("idx", T.INT64, [1, 6]), h.make_tensor_value_info("n", T.INT64, [])],
+                     [h.make_tensor("one", T.INT64, [], [1])])
+    model = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    x = {"x": np.array([0, 1, 0, 2, 0, 0], np.float32)}
+    assert int(_session(model).run(["n"], x)[0]) == 6          # the bound, not the count: the defect
+    assert repair_onnx(model) == [{"name": output_shapes.NAME, "count": 1}]
+    dims = model.graph.output[0].type.tensor_type.shape.dim
+    assert dims[0].dim_value == 1 and dims[1].dim_param == f"{output_shapes.PREFIX}1"   # the provable dim stays
+    idx, n = _session(model).run(None, x)
+    assert int(n) == 2 and idx.tolist() == [[1, 3]]
+
+
+def _pir_program():
+    def op(name, attrs):
+        return {"#": f"1.{name}", "A": attrs, "I": [], "O": []}
+
+    def attr(name, kind, value):
+        return {"AT": {"#": kind, "D": value}, "N": name}
+    ops = [op("leaky_relu", [attr("negative_slope", "0.a_f64", 0.2)]),
+           op("nearest_interp", [attr("scale", "0.a_array", [{"#": "0.a_f64", "D": 2.0}, {"#": "0.a_f64", "D": 2.0}]),
+                                 attr("out_h", "0.a_i32", -1)]),
+           op("bilinear_interp", [attr("scale", "0.a_array", [])]),
+           op("full", [attr("value", "0.a_f64", 0.5)])]           # float64 by design: left alone
+    return {"base_code": {"magic": "pir"}, "program": {"regions": [{"blocks": [{"ops": ops}]}]}}
+
+
+def test_paddle33_float64_attributes_repaired():
+    program = _pir_program()
+    assert repair_program(program) == [{"name": f64_attrs.NAME, "count": 2}]
+    kinds = {(o["#"], a["N"]): a["AT"] for o in f64_attrs.walk_ops(program) for a in o["A"]}
+    assert kinds[("1.leaky_relu", "negative_slope")]["#"] == "0.a_f32"
+    assert {e["#"] for e in kinds[("1.nearest_interp", "scale")]["D"]} == {"0.a_f32"}
+    assert kinds[("1.full", "value")]["#"] == "0.a_f64"
+    assert repair_program(program) == []                            # applied only where the pattern is present
+
+
+def test_float_attribute_abort_is_explained():
+    """paddle2onnx's C++ abort names no operator: the message lists the float64 attributes, the cause, the fix."""
+    program = _pir_program()
+    msg = _export_failure("(Unimplemented) the 0th elementwise MUST be ir::FloatAttribute\n  [Hint: ...]", program)
+    assert "nearest_interp.scale (x1)" in msg and "leaky_relu.negative_slope (x1)" in msg
+    assert "Paddle >= 3.3" in msg and "Next step" in msg
+
+
+def test_onnxruntime_load_failure_names_node_cause_and_next_step(tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(_reshape_by_scalar_concat(False), str(path))
+    with pytest.raises(ConversionError) as e:
+        export_stage.check_onnx_file(path)
+    msg = str(e.value)
+    assert "node 'Concat.0' (Concat)" in msg and "0-d shape values" in msg and "Next step:" in msg
+
+
+def test_repair_file_rewrites_only_when_applied(tmp_path):
+    path = tmp_path / "m.onnx"
+    model = _reshape_by_scalar_concat(False)
+    onnx.save(model, str(path))
+    assert export_stage.repair_file(path) == [{"name": concat_rank.NAME, "count": 1}]
+    export_stage.check_onnx_file(path)                               # now loads
+    stamp = path.stat().st_mtime_ns
+    assert export_stage.repair_file(path) == [] and path.stat().st_mtime_ns == stamp
+
+
+# ---- Paddle 1.x inference directories ----
+
+_FLUID = textwrap.dedent("""
+    import shutil, sys
+    from pathlib import Path
+    import paddle
+    src, out, layout = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+    out.mkdir(parents=True)
+    shutil.copy(src / "model.pdmodel", out / "__model__")            # a 1.x __model__ is the same ProgramDesc
+    if layout == "combined":
+        shutil.copy(src / "model.pdiparams", out / "__params__")     # save_combine format, as 1.x wrote it
+    else:                                                            # one file per variable (1.x default)
+        paddle.enable_static()
+        exe = paddle.static.Executor(paddle.CPUPlace())
+        with paddle.pir_utils.OldIrGuard():
+            prog, _, _ = paddle.static.load_inference_model(str(src / "model"), exe)
+            persist = [v for v in prog.list_vars() if v.persistable and v.name not in ("feed", "fetch")]
+            paddle.static.save_vars(exe, str(out), main_program=prog, vars=persist)
+    print(sorted(p.name for p in out.iterdir()))
+""")
+
+
+@pytest.mark.parametrize("layout", ["combined", "per-variable"])
+def test_paddle1_directory_is_resaved_and_converted(tiny_models, tmp_path, capsys, layout):
+    src = tmp_path / "fluid"
+    listing = subprocess.run([sys.executable, "-c", _FLUID, str(tiny_models("legacy")), str(src), layout],
+                             check=True, capture_output=True, text=True).stdout
+    assert "__model__" in listing and ("__params__" in listing) == (layout == "combined")
+    out = tmp_path / "b"
+    assert main(["-q", "convert", str(src), "-o", str(out)]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["source"]["format"] == "fluid1" and "__model__" in m["source"]["sha256"]
+    assert m["validation"]["fp32"]["passed"]
+    assert sorted(p.name for p in src.iterdir()) == sorted(ast.literal_eval(listing))   # the user's files stay
+
+
+def test_broken_program_file_is_not_blamed_on_the_params(tiny_models, tmp_path, capsys):
+    import shutil
+    src = tmp_path / "m"
+    shutil.copytree(tiny_models("mlp"), src)
+    prog = src / "model.json"
+    prog.write_bytes(prog.read_bytes()[: prog.stat().st_size // 2])    # truncated program, intact params
+    assert main(["-q", "convert", str(src), "-o", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "program file" in err and "model.json" in err and "params file was not read" in err
+    assert not (tmp_path / "b").exists()
