@@ -72,8 +72,9 @@ class GenerationConfig:
             raise BadInputError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
         if self.repetition_penalty <= 0:
             raise BadInputError(f"repetition_penalty must be > 0 (1.0 = off), got {self.repetition_penalty}")
-        if self.num_beams < 1:
-            raise BadInputError(f"num_beams must be >= 1, got {self.num_beams}")
+        if not 1 <= self.num_beams <= kernels.MAX_BEAMS:
+            raise BadInputError(f"num_beams must be in 1..{kernels.MAX_BEAMS} (the beam kernel's limit; memory may "
+                                f"bound it lower), got {self.num_beams}")
         if self.num_beams > 1 and self.sampling:
             raise BadInputError("beam search is deterministic: use num_beams > 1 without sampling options")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer))
@@ -345,8 +346,9 @@ class Generator:
     pad. On a device decoder the finished flags are read every `check_every` steps (the only per-step host read
     is the streamed ids)."""
 
-    def __init__(self, decoder, cfg: GenerationConfig, pad_id: int = 0, decode: Callable[[list[int]], str] | None = None,
-                 max_context: int | None = None, check_every: int | None = None):
+    def __init__(self, decoder, cfg: GenerationConfig, pad_id: int = 0,
+                 decode: Callable[[list[int]], str] | None = None, max_context: int | None = None,
+                 check_every: int | None = None):
         if cfg.num_beams > 1:
             raise BadInputError("the step API does greedy and sampling; beam search is generation.beam_search "
                                 "(generate routes num_beams > 1 there)")
@@ -390,16 +392,15 @@ class Generator:
             chunks = [self.history[b][self.cached[b]:] + r for b, r in enumerate(rows)]
             _check_room(dec, max(len(h) + len(r) for h, r in zip(self.history, rows)), cfg.max_new_tokens,
                         self.max_context)
-            if self.seen is not None:
-                with _on_stream(dec):
-                    for b, r in enumerate(rows):
-                        self.seen[b, dec.xp.asarray(np.array(r, np.int64))] = 1
-        for b, r in enumerate(rows):
-            self.history[b] += r
         with _on_stream(dec):
             self._logits = dec.append(chunks, self.cached.copy(), cfg.max_new_tokens)
+            if self.seen is not None and self.history[0]:             # later turns (the prompts are in already)
+                for b, r in enumerate(rows):
+                    self.seen[b, dec.xp.asarray(np.array(r, np.int64))] = 1
             self.finished = dec.xp.zeros(self.batch, np.uint8)
             self.tokens = dec.xp.zeros((self.batch, cfg.max_new_tokens), np.int32)
+        for b, r in enumerate(rows):
+            self.history[b] += r
         self.cached += [len(c) for c in chunks]
         self.steps, self._pending, self._done, self._real = 0, False, False, None
         self._string_stop = np.full(self.batch, -1)                  # step at which a stop string ended the row
@@ -561,9 +562,6 @@ def beam_search(model, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, 
     Per step: the beam kernel (its twin on host arrays: log-softmax + each row's 2K best) -> K x 2K candidates per
     prompt to the host, merged to 2K -> cache rows reordered where beams moved -> the next tokens -> one step."""
     dec, k = as_decoder(model, pad_id), cfg.num_beams
-    if k > kernels.MAX_BEAMS:
-        raise BadInputError(f"beam search handles up to {kernels.MAX_BEAMS} beams (the beam kernel's limit), got {k}; "
-                            "use fewer beams")
     prompts = check_tokens(prompts, dec.vocab_size)
     stop_ids = _stop_array(dec, cfg)
     longest = max(map(len, prompts))

@@ -152,7 +152,7 @@ def test_fused_beam_search_equals_the_host_loop(llama):
                                  early_stopping=False)):
         want = generate(gen.model, ids, cfg, gen.tokenizer.pad_token_id)
         assert fused.generate_token_ids(ids, cfg) == want, cfg
-    with pytest.raises(BadInputError, match="up to 32 beams"):
+    with pytest.raises(BadInputError, match="num_beams must be in 1..32"):
         fused.generate_token_ids(ids, GenerationConfig(max_new_tokens=4, num_beams=33))
     with pytest.raises(BadInputError, match="cannot stream"):
         generate(fused.model, ids, GenerationConfig(num_beams=2), 2, streamer=lambda r, t: None)

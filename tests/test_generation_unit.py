@@ -51,45 +51,46 @@ class ToyDecoder:
 
 class ToyFused:
     """The same model as a Decoder with the fused graph's layout: a per-row positional cache [B, C, 4],
-    right-padded prompts, seqlens advanced by the chooser."""
+    right-padded prompts, seqlens advanced by the chooser. With xp = cupy its loop state and logits live on the GPU
+    (the model itself is computed on the host), so the loop runs the CUDA kernels."""
 
-    xp, stream, next_ids, seqlens = np, None, None, None
+    stream, next_ids, seqlens = None, None, None
     limit_name = "the cache capacity"
 
-    def __init__(self, toy: ToyDecoder, capacity: int = 96):
-        self.t, self.vocab_size, self.capacity = toy, toy.vocab_size, capacity
+    def __init__(self, toy: ToyDecoder, capacity: int = 96, xp=np):
+        self.t, self.vocab_size, self.capacity, self.xp = toy, toy.vocab_size, capacity, xp
 
     def start(self, batch):
         self.kv = np.zeros((batch, self.capacity, 4), np.float32)
-        self.next_ids, self.seqlens = np.zeros((batch, 1), np.int64), np.zeros(batch, np.int32)
+        self.tok = np.zeros((batch, self.capacity), np.int64)
+        self.next_ids = self.xp.zeros((batch, 1), np.int64)
+        self.seqlens = self.xp.zeros(batch, np.int32)
 
-    def _at(self, rows, last):
-        sums = np.stack([self.kv[b, :last[i] + 1].sum(0) for i, b in enumerate(rows)])
-        toks = np.array([self.tok[b, last[i]] for i, b in enumerate(rows)])
-        return self.t.head(toks, sums, np.asarray(last) + 1)
+    def _at(self, last):
+        sums = np.stack([self.kv[b, :last[b] + 1].sum(0) for b in range(len(last))])
+        toks = np.array([self.tok[b, last[b]] for b in range(len(last))])
+        return self.xp.asarray(self.t.head(toks, sums, np.asarray(last) + 1))
 
     def append(self, chunks, past, room):
         assert max(p + len(c) for p, c in zip(past, chunks)) + room <= self.capacity
-        if not hasattr(self, "tok") or self.tok.shape[0] != len(chunks) or not np.any(past):
-            self.tok = np.zeros((len(chunks), self.capacity), np.int64)
+        last = np.array([p + len(c) - 1 for p, c in zip(past, chunks)], np.int32)
         for b, c in enumerate(chunks):
             self.kv[b, past[b]:past[b] + len(c)] = self.t.emb[c]
             self.tok[b, past[b]:past[b] + len(c)] = c
-            self.seqlens[b] = past[b] + len(c) - 1
-        return self._at(range(len(chunks)), self.seqlens.copy()), None
+        self.seqlens[...] = self.xp.asarray(last)
+        return self._at(last), None
 
     def step(self, real):
-        pos = self.seqlens.copy()
+        pos, ids = self.host(self.seqlens), self.host(self.next_ids)[:, 0]
         for b in range(len(pos)):
-            self.kv[b, pos[b]] = self.t.emb[self.next_ids[b, 0]]
-            self.tok[b, pos[b]] = self.next_ids[b, 0]
-        return self._at(range(len(pos)), pos), None
+            self.kv[b, pos[b]], self.tok[b, pos[b]] = self.t.emb[ids[b]], ids[b]
+        return self._at(pos), None
 
     def reorder(self, src):
         self.kv, self.tok = self.kv[src], self.tok[src]
 
     def host(self, a):
-        return np.asarray(a)
+        return a.get() if hasattr(a, "get") else np.asarray(a)
 
     def max_tokens(self):
         return self.capacity
@@ -166,7 +167,8 @@ def test_step_api_in_the_manner_of_genai():
     while not gen.is_done():
         gen.generate_next_token()
         got.append(gen.get_next_tokens().tolist())
-    assert np.array(got).T.tolist() == gen.results() == generate(m, [[1, 2], [3]], GenerationConfig(max_new_tokens=4), 0)
+    want = generate(m, [[1, 2], [3]], GenerationConfig(max_new_tokens=4), 0)
+    assert np.array(got).T.tolist() == gen.results() == want
     with pytest.raises(BadInputError, match="finished"):
         gen.generate_next_token()
 
@@ -179,7 +181,7 @@ def test_multi_turn_continues_the_cache(engine):
     prompts = [[1, 2, 3], [4]]
     free = generate(toy, prompts, GenerationConfig(max_new_tokens=6), 0)
     stop = free[1][1]                                                # row 1 stops after two tokens
-    cfg = GenerationConfig(max_new_tokens=6, stop_token_ids=(stop,))
+    cfg = GenerationConfig(max_new_tokens=6, stop_token_ids=(stop,), repetition_penalty=1.3)
     dec = both(5)[engine]
     gen = Generator(dec, cfg, 0)
     gen.append_tokens(prompts)
@@ -268,8 +270,8 @@ def test_context_and_memory_bounds_are_checked_before_any_model_work():
         beam_search(small, [[1, 2, 3, 4]] * 2, GenerationConfig(max_new_tokens=8, num_beams=6), 0)
     with pytest.raises(BadInputError, match=r"at most 10 rows fit; use a batch of at most 10"):
         generate(small, [[1, 2, 3, 4]] * 11, GenerationConfig(max_new_tokens=8), 0)
-    with pytest.raises(BadInputError, match="up to 32 beams"):
-        beam_search(m, [[1]], GenerationConfig(num_beams=100000), 0)
+    with pytest.raises(BadInputError, match=r"num_beams must be in 1..32"):
+        GenerationConfig(num_beams=100000)
     assert m.calls == []                                              # nothing ran
     real = CacheDecoder(m, 24, 8, 64, 49152)                           # SmolLM2-135M's dims on this host's RAM
     with pytest.raises(BadInputError, match="GiB"):
@@ -334,3 +336,44 @@ def test_bundle_stop_ids_fall_back_to_eos():
     tok = SimpleNamespace(eos_token_id=2)
     assert bundle_stop_ids({"stop_ids": [7, 0, 2]}, tok) == (0, 2, 7)
     assert bundle_stop_ids({}, tok) == (2,)                    # bundles converted before llm.stop_ids existed
+
+
+def _cupy():
+    try:
+        import cupy as cp
+        return cp if cp.cuda.runtime.getDeviceCount() > 0 else None
+    except Exception:  # noqa: BLE001 - no cupy or no driver: skip
+        return None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_cupy() is None, reason="needs CuPy and an NVIDIA GPU")
+def test_the_device_loop_is_the_same_loop():
+    """The loop state and logits on the GPU (CUDA kernels: sampler, beam top-k) vs on the host (their NumPy twins),
+    same toy model: greedy with stops and min_new_tokens identical; seeded sampling and beams agree except where
+    float32 rounding (fast exp/log in the kernels) flips a near-tie: aggregate rule, >= 90% of the sequences."""
+    cp = _cupy()
+    prompts = [[1, 2, 3], [4], [5, 6, 7, 8]]
+    greedy_cfg = GenerationConfig(max_new_tokens=12, stop_token_ids=(3, 7), min_new_tokens=2,
+                                  repetition_penalty=1.2)
+    same, total = 0, 0
+    for seed in range(8):
+        toy = ToyDecoder(vocab=64, seed=seed)
+        host, dev = CacheDecoder.wrap(toy), ToyFused(toy, xp=cp)
+        assert generate(dev, prompts, greedy_cfg, 0) == generate(host, prompts, greedy_cfg, 0)
+        for cfg in (GenerationConfig(max_new_tokens=10, do_sample=True, temperature=0.9, top_k=20, top_p=0.9,
+                                     seed=seed, repetition_penalty=1.1),
+                    GenerationConfig(max_new_tokens=8, num_beams=4, stop_token_ids=(3,))):
+            a, b = generate(dev, prompts, cfg, 0), generate(host, prompts, cfg, 0)
+            same += sum(x == y for x, y in zip(a, b))
+            total += len(a)
+    assert same / total >= 0.9, (same, total)
+    gen = Generator(ToyFused(ToyDecoder(vocab=64), xp=cp), GenerationConfig(max_new_tokens=4), 0)   # multi-turn
+    gen.append_tokens(prompts)
+    while not gen.is_done():
+        gen.generate_next_token()
+    gen.append_tokens([[9], [10, 11], [12]])
+    while not gen.is_done():
+        gen.generate_next_token()
+    assert gen.results() == [generate(ToyDecoder(vocab=64), [h], GenerationConfig(max_new_tokens=4), 0)[0]
+                             for h in gen.history]

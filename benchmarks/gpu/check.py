@@ -127,28 +127,32 @@ def fused_variant_check(res: dict, name: str, path: Path, spec, prompts, want, g
         log.info("oom: %s", res["oom"])
 
 
-def gpt2_check(work: Path, prompts: int = 16, new: int = 32) -> dict:
+def gpt2_check(work: Path, prompts: int = 16, new: int = 32, config: dict = GPT2_CONFIG,
+               device: str = "gpu") -> dict:
     """GPT-2 small geometry with seeded random weights: greedy of the fp16 graph on the GPU vs the CPU loop over
-    the same fp16 graph and over the fp32 one."""
+    the same fp16 graph and over the fp32 one (config and device="cpu": the same path on a tiny GPT, its test)."""
     from paddle2ort.convert.llm.fused import DecoderSpec, build_variant, random_state
     from paddle2ort.convert.validate import compare
     from paddle2ort.runtime.fused import FusedDecoder
     from paddle2ort.runtime.generation import GenerationConfig, generate
     from paddle2ort.runtime.session import SessionOptions
-    spec = DecoderSpec.from_config(GPT2_CONFIG, family="gpt")
-    pad = pad_id(GPT2_CONFIG)
+    spec = DecoderSpec.from_config(config, family="gpt")
+    pad = pad_id(config)
     state = random_state(spec, seed=0, std=0.1)
-    rows = random_prompts(np.random.default_rng(0), prompts, 24, spec.vocab_size, special_ids(GPT2_CONFIG)).tolist()
+    rows = random_prompts(np.random.default_rng(0), prompts, 24, spec.vocab_size, special_ids(config)).tolist()
     rows = [r[:8 + i] for i, r in enumerate(rows)]                                  # lengths 8..23: right padding
     cfg = GenerationConfig(max_new_tokens=new)
-    out = {"geometry": "GPT-2 small (12 x 768, vocab 50257), random weights std 0.1", "prompts": prompts, "new": new}
+    geometry = f"{config['num_hidden_layers']} x {config['hidden_size']}, vocab {config['vocab_size']}"
+    out = {"geometry": ("GPT-2 small" if config is GPT2_CONFIG else "GPT") + f" ({geometry}), random weights std 0.1",
+           "prompts": prompts, "new": new}
     paths = {}
     for prec in ("fp32", "fp16"):
         paths[prec] = work / f"gpt2.fused.{prec}.onnx"
         build_variant(spec, state, prec, paths[prec])
     decs = {"cpu_fp32": FusedDecoder(paths["fp32"], spec.to_json(), max_length=128),
             "cpu_fp16": FusedDecoder(paths["fp16"], spec.to_json(), max_length=128),
-            "gpu_fp16": FusedDecoder(paths["fp16"], spec.to_json(), session=SessionOptions(device="gpu"), max_length=128)}
+            "gpu_fp16": FusedDecoder(paths["fp16"], spec.to_json(), session=SessionOptions(device=device),
+                                     max_length=128)}
     toks = {k: generate(d, rows, cfg, pad) for k, d in decs.items()}
     out["gpu_fp16_vs_cpu_fp16"] = agreement(toks["gpu_fp16"], toks["cpu_fp16"])
     out["gpu_fp16_vs_cpu_fp32"] = agreement(toks["gpu_fp16"], toks["cpu_fp32"])

@@ -76,11 +76,13 @@ def timed_generation(reps: int, first_token, rest, prepare=None, warmup: int = 1
 
 
 def time_ours(path: Path, spec: dict, prompts: np.ndarray, new: int, reps: int, pad: int,
-              cuda_graph: bool = True) -> dict:
+              cuda_graph: bool = True, device: str = "gpu") -> dict:
+    """Our fused decoder + loop through the timing loop (device="cpu": the same path on the CPU, its test)."""
     from paddle2ort.runtime.fused import FusedDecoder
     from paddle2ort.runtime.generation import GenerationConfig, Generator
     from paddle2ort.runtime.session import SessionOptions
-    dec = FusedDecoder(path, spec, session=SessionOptions(device="gpu"), max_length=prompts.shape[1] + new, cuda_graph=cuda_graph)
+    dec = FusedDecoder(path, spec, session=SessionOptions(device=device), max_length=prompts.shape[1] + new,
+                       cuda_graph=cuda_graph)
     cfg = GenerationConfig(max_new_tokens=new)
     rows = prompts.tolist()
 
@@ -111,7 +113,8 @@ def profile_ours(path: Path, spec: dict, prompts: np.ndarray, pad: int, steps: i
     from paddle2ort.runtime.fused import FusedDecoder
     from paddle2ort.runtime.generation import GenerationConfig, Generator
     from paddle2ort.runtime.session import SessionOptions
-    dec = FusedDecoder(path, spec, session=SessionOptions(device="gpu"), max_length=prompts.shape[1] + 2 * steps + 2, cuda_graph=cuda_graph)
+    dec = FusedDecoder(path, spec, session=SessionOptions(device="gpu"),
+                       max_length=prompts.shape[1] + 2 * steps + 2, cuda_graph=cuda_graph)
     cfg = GenerationConfig(max_new_tokens=2 * steps + 1)
     gen = Generator(dec, cfg, pad)
     gen.append_tokens(prompts.tolist())
