@@ -137,7 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(1 if args.verbose else 0, log_file=noise)
     log.info("third-party output (Paddle, paddle2onnx, setuptools warnings) goes to %s", noise)
     with console():
-        return run(args)
+        code = run(args)
+    log.info("done (exit %d); third-party output is in %s", code, noise)
+    return code
 
 
 def run(args) -> int:

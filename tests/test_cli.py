@@ -215,3 +215,33 @@ def test_console_writes_our_lines_through_tqdm(capsys):
         kinds = {type(h).__module__ for h in logging.getLogger().handlers}
     assert "tqdm.contrib.logging" in kinds
     assert "tqdm.contrib.logging" not in {type(h).__module__ for h in logging.getLogger().handlers}
+
+
+def _required_argv(parser: argparse.ArgumentParser) -> list[str]:
+    argv = []
+    for a in parser._actions:
+        if not a.option_strings:
+            argv.append("X")
+        elif a.required:
+            argv += [a.option_strings[0], "X"]
+    return argv
+
+
+NUMERIC = [(argv, a) for argv, p in COMMANDS for a in p._actions
+           if a.option_strings and a.type is not None and getattr(a.type, "__name__", "") in
+           {"int", "float", "positive_int", "nonneg_int", "seed", "finite_float", "nonneg_float", "positive_float",
+            "probability", "csv_ints"}]
+
+
+def test_numeric_options_use_the_checked_types():
+    loose = [(argv, a.option_strings) for argv, a in NUMERIC if a.type in (int, float)]
+    assert not loose, f"options parsed with bare int/float (NaN, inf or negatives would pass): {loose}"
+    assert len(NUMERIC) > 30
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+@pytest.mark.parametrize("argv,action", NUMERIC, ids=[f"{' '.join(v)} {a.option_strings[-1]}" for v, a in NUMERIC])
+def test_no_numeric_option_takes_nan_or_inf(argv, action, value, capsys):
+    parser = dict(COMMANDS)[argv]
+    assert main([*argv, *_required_argv(parser), f"{action.option_strings[-1]}={value}"]) == 2
+    assert action.option_strings[-1] in capsys.readouterr().err
