@@ -168,10 +168,10 @@ def run(args) -> int:
     rows = []
     for name, (pkg, rel) in MODELS.items():
         dest = args.out / "bundles" / name
-        m = cached_bundle(dest, static_source(asset_path(pkg, rel), ("fp32", "fp16", "int8")))
         try:
-            m = m or convert(ConvertConfig(source=asset_path(pkg, rel), output=dest,
-                                           precisions=("fp32", "fp16", "int8"), overwrite=True, name=name)).manifest
+            src = asset_path(pkg, rel)
+            m = cached_bundle(dest, static_source(src, ("fp32", "fp16", "int8"))) or convert(ConvertConfig(
+                source=src, output=dest, precisions=("fp32", "fp16", "int8"), overwrite=True, name=name)).manifest
         except Paddle2OrtError as e:
             log.error("%s: %s", name, e)
             return e.exit_code
