@@ -7,7 +7,7 @@ from pathlib import Path
 from .common import (add_threshold, check_exists, command, csv, csv_of, nonneg_int, positive_int,
                      require_convert_extra)
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "int4")
 PADDLE_SIDE = ("paddle", "paddle2onnx", "onnx")
 
 
@@ -74,7 +74,8 @@ def register(sub) -> None:
     c.add_argument("src", type=Path, help="model directory, program file (*.json / *.pdmodel) or path prefix")
     c.add_argument("-o", "--output", type=Path, required=True, help="bundle directory to create")
     c.add_argument("--precision", type=csv_of(PRECISIONS), default=("fp32",),
-                   help="comma list of fp32,fp16,int8 (fp32 is always included as the reference file)")
+                   help="comma list of fp32,fp16,int8,int4 (int4: weight-only MatMulNBits; fp32 is always included "
+                        "as the reference file)")
     c.add_argument("--opset", type=positive_int, default=17,
                    help="ONNX opset to request (paddle2onnx may raise it; the manifest records the one written)")
     c.add_argument("--inputs", type=Path, help="sample inputs .npz (arrays named after the inputs); without it, "
