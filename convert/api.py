@@ -96,10 +96,13 @@ def check_npz(path: Path) -> None:
                             "numpy.savez") from e
     if not arrays:
         raise BadInputError(f"sample inputs {path} holds no arrays; save one array per model input")
-    for k, a in arrays.items():
-        if a.ndim == 0 or 0 in a.shape:
-            raise BadInputError(f"sample inputs {path}: array {k!r} has shape {list(a.shape)} (no rows/values); "
-                                "the gate needs at least one sample row")
+    scalars = [k for k, a in arrays.items() if a.ndim == 0]
+    if scalars:
+        raise BadInputError(f"sample inputs {path}: {scalars} are scalars (0-d); save one array per input, "
+                            "batch first")
+    if all(a.size == 0 for a in arrays.values()):
+        raise BadInputError(f"sample inputs {path}: every array is empty (zero rows: "
+                            f"{ {k: list(a.shape) for k, a in arrays.items()} }); the gate needs at least one row")
 
 
 @dataclass(frozen=True)
@@ -186,6 +189,9 @@ def check_against_specs(config: ConvertConfig, info: dict) -> list[dict[str, np.
     samples = (load_samples(config.inputs_npz, ins) if config.inputs_npz
                else make_samples(ins, config.samples, _sample_tokenizer(config)))
     for i, s in enumerate(samples):
+        if all(a.size == 0 for a in s.values()):
+            raise BadInputError(f"sample {i}" + (f" in {config.inputs_npz}" if config.inputs_npz else "")
+                                + " is empty (zero rows in every input); the gate needs at least one row")
         for spec in ins:
             _check_shape(f"sample {i} input {spec['name']!r}" + (f" in {config.inputs_npz}" if config.inputs_npz
                                                                    else ""), s[spec["name"]].shape, spec)
@@ -209,8 +215,6 @@ def _check_shape(what: str, shape: tuple, spec: dict) -> None:
         raise BadInputError(f"{what} has rank {len(shape)} {list(shape)} but the model expects rank {len(want)} "
                             f"{shown}")
     for axis, (got, d) in enumerate(zip(shape, want)):
-        if got == 0:
-            raise BadInputError(f"{what} has shape {list(shape)}: axis {axis} is empty (zero rows)")
         if d >= 0 and got != d:
             raise BadInputError(f"{what} has shape {list(shape)} but axis {axis} of the model's input is fixed at "
                                 f"{d} (expects {shown}); give arrays of that size")
@@ -316,7 +320,7 @@ def _convert(config: ConvertConfig, more_sources: tuple[Path, ...]) -> ConvertRe
                     bar.set_postfix_str(f"validate {prec}")
                     thr = config.thresholds.get(prec, DEFAULT_THRESHOLDS[prec])
                     reports[prec] = validate(prec, files[prec], samples, refs, out_specs, thr,
-                                             user_inputs=config.inputs_npz is not None)
+                                             user_inputs=config.inputs_npz is not None, fp32_model=files["fp32"])
                     s = summary(reports[prec])
                     log.info("%s passed: max_rel_diff=%.3g cosine=%.6f argmax=%s", prec, s["max_rel_diff"],
                              s["min_cosine"], s["min_argmax_agreement"])
@@ -375,7 +379,9 @@ def revalidate(bundle_dir: Path, source_path: Path, thresholds: dict[str, Thresh
                 try:
                     reports[prec] = validate(prec, bundle.model_path(prec), samples, refs,
                                              list(bundle.manifest.outputs),
-                                             thresholds.get(prec, DEFAULT_THRESHOLDS[prec]))
+                                             thresholds.get(prec, DEFAULT_THRESHOLDS[prec]),
+                                             fp32_model=bundle.model_path("fp32") if "fp32" in bundle.manifest.models
+                                             else None)
                 except ValidationError as e:
                     reports[prec] = e.report
                     failed.append(e)
