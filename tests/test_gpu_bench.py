@@ -139,3 +139,40 @@ def test_margin_stats_flip_exactly_where_the_error_beats_the_margin():
     s = margin_stats(flat, flat + rng.normal(0, 1.0, flat.shape))
     assert s["top1_agreement"] < 0.05 and s["margin_below_error_std"] > 0.95
     assert s["positions"] == 200 and s["top1_margin"]["p50"] < s["int4_logit_error_std"]["p50"]
+
+
+TINY_LLAMA = dict(vocab_size=96, hidden_size=64, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-6, rope_theta=10000.0,
+                  bos_token_id=1, eos_token_id=2, pad_token_id=2)
+TINY_GPT = dict(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                max_position_embeddings=128, bos_token_id=95, eos_token_id=95)
+
+
+def test_our_timed_path_runs_on_the_cpu_and_decodes_greedily(tmp_path):
+    """The bench's timed path (fused decoder + the one decode loop + the timing loop), on the CPU: the tokens it
+    times are the greedy tokens of the same graph and prompts."""
+    from paddle2ort.convert.llm.fused import DecoderSpec, build_variant, random_state
+    from paddle2ort.runtime.fused import FusedDecoder
+    from paddle2ort.runtime.generation import GenerationConfig, generate
+    spec = DecoderSpec.from_config(TINY_LLAMA)
+    path = tmp_path / "tiny.fused.fp32.onnx"
+    build_variant(spec, random_state(spec, seed=0, std=0.5), "fp32", path)
+    prompts = common.random_prompts(np.random.default_rng(0), 2, 8, spec.vocab_size, common.special_ids(TINY_LLAMA))
+    pad = common.pad_id(TINY_LLAMA)
+    r = peer.time_ours(path, spec.to_json(), prompts, new=6, reps=2, pad=pad, device="cpu")
+    assert r["ttft_ms"] > 0 and r["decode_s"] > 0
+    want = generate(FusedDecoder(path, spec.to_json(), max_length=14), prompts.tolist(),
+                    GenerationConfig(max_new_tokens=6), pad)
+    assert [list(t) for t in r["tokens"]] == [list(t) for t in want]
+
+
+def test_gpt2_check_runs_on_the_cpu(tmp_path):
+    """The device check's GPT-2 section on a tiny GPT with the CPU standing in for the GPU: the same fp16 graph on
+    the same device is deterministic (100%), and its prompt logits match the fp32 graph's."""
+    from paddle2ort.benchmarks.gpu.check import gpt2_check
+    out = gpt2_check(tmp_path, prompts=4, new=6, config=TINY_GPT, device="cpu")
+    assert out["gpu_fp16_vs_cpu_fp16"] == {"token_agreement": 1.0, "identical_rows": 4, "rows": 4}
+    assert out["prefill_logits_gpu_fp16_vs_cpu_fp32"]["cosine"] > 0.999
+    assert out["geometry"].startswith("GPT (2 x 32, vocab 96)")
+    assert "GPT-2 fused decoder" in report.check_markdown({"device": {"gpu": "cpu", "versions": {}}, "golden": "g",
+                                                           "prompts": 0, "max_new_tokens": 0, "gpt2": out})
