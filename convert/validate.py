@@ -1,8 +1,14 @@
-"""Stage 5: the validation gate — Paddle Inference vs onnxruntime on the same inputs, per output and precision."""
+"""Stage 5: the validation gate — Paddle Inference vs onnxruntime on the same inputs, per output and precision.
+
+Figures and thresholds live in .metrics, the inputs in .samples; this module runs the ONNX model, pools each
+output over all samples and judges it. Errors: a sample onnxruntime cannot run is the user's (exit 2) when it came
+from --inputs, ours (exit 4) when we generated it; a reference with no signal stops the gate (exit 2).
+"""
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, replace
+import re
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -10,202 +16,143 @@ import numpy as np
 from paddle2ort.runtime.manifest import TensorSpec
 from paddle2ort.runtime.session import SessionOptions, create_session
 
-from .errors import BadInputError, ValidationError
+from .errors import BadInputError, ConversionError, ValidationError
+from .lineage import check_lineage
+from .metrics import (DEFAULT_THRESHOLDS, LLM_THRESHOLDS, METRICS, Thresholds, compare, compare_pooled,  # noqa: F401
+                      thresholds_with_overrides, top2_margin, violations)
+from .samples import SampleConfig, load_samples, make_samples  # noqa: F401
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """A metric set to None is reported but not gated."""
-
-    max_rel_diff: float | None = None          # max |onnx - paddle| / max(1, max |paddle|): error relative to the
-                                               # output scale, floored at 1 so near-zero outputs get an absolute bound
-    min_cosine: float | None = None
-    min_argmax_agreement: float | None = None  # over outputs with a static class axis (last dim)
-    allow_nonfinite: bool = False              # NaN/Inf in the ONNX output where Paddle's is finite
-    fp32_exact: float = 1e-4                   # outputs this close (max_rel_diff) are as exact as FP32: cosine and
-                                               # argmax are not gated (both are noise on near-constant outputs)
-
-
-DEFAULT_THRESHOLDS = {
-    "fp32": Thresholds(max_rel_diff=1e-4),
-    "fp16": Thresholds(max_rel_diff=1e-1, min_cosine=0.999, min_argmax_agreement=0.95),
-    "int8": Thresholds(min_cosine=0.98, min_argmax_agreement=0.90),
-    "int4": Thresholds(min_cosine=0.95, min_argmax_agreement=0.80),
-}
-# Causal LMs: per-position argmax over a 50k vocabulary on a few prompt tokens is a noisy judge of weight-only
-# quantization (perplexity is the real one, see benchmarks.perplexity); the gate checks logits/cache cosine.
-LLM_THRESHOLDS = {
-    "fp32": Thresholds(max_rel_diff=1e-4),
-    "fp16": Thresholds(max_rel_diff=1e-1, min_cosine=0.999),
-    "int8": Thresholds(min_cosine=0.99),
-    "int4": Thresholds(min_cosine=0.95),
-}
-METRICS = ("max_rel_diff", "min_cosine", "min_argmax_agreement")
-
-
-def thresholds_with_overrides(overrides: dict[str, float],
-                              defaults: dict[str, Thresholds] | None = None) -> dict[str, Thresholds]:
-    """`{"fp16.min_cosine": 0.99}` -> defaults with that value replaced."""
-    out = dict(DEFAULT_THRESHOLDS if defaults is None else defaults)
-    for key, value in overrides.items():
-        prec, _, metric = key.partition(".")
-        if prec not in out or metric not in METRICS:
-            raise BadInputError(f"unknown threshold {key!r}: use PRECISION.METRIC with PRECISION in "
-                                f"{sorted(out)} and METRIC in {METRICS}")
-        out[prec] = replace(out[prec], **{metric: float(value)})
-    return out
-
-
-@dataclass(frozen=True)
-class SampleConfig:
-    seed: int = 0
-    batch_sizes: tuple[int, ...] = (2, 1)        # one sample per entry: the gate also exercises dynamic shapes
-    dynamic_sizes: tuple[int, ...] = (64, 32)    # value for the other dynamic dims, per sample
-    input_shapes: dict | None = None             # name -> fixed shape (overrides the two above)
-
-
-def make_samples(inputs: list[dict], cfg: SampleConfig) -> list[dict[str, np.ndarray]]:
-    """Inputs from the model's specs, seeded: floats ~ N(0,1), ids uniform below the embedding size."""
-    rng = np.random.default_rng(cfg.seed)
-    fixed = cfg.input_shapes or {}
-    unknown = set(fixed) - {i["name"] for i in inputs}
-    if unknown:
-        raise BadInputError(f"--input-shape names unknown input(s) {sorted(unknown)}; the model's inputs are "
-                            f"{[i['name'] for i in inputs]}")
-    samples = []
-    for batch, dyn in zip(cfg.batch_sizes, cfg.dynamic_sizes):
-        sample = {}
-        for spec in inputs:
-            if spec["name"] in fixed:
-                shape = tuple(fixed[spec["name"]])
-            else:
-                shape = tuple(batch if (d < 0 and a == 0) else (dyn if d < 0 else d)
-                              for a, d in enumerate(spec["shape"]))
-            dtype = np.dtype(spec["dtype"])
-            if dtype == np.bool_:
-                arr = rng.integers(0, 2, shape).astype(np.bool_)
-            elif np.issubdtype(dtype, np.integer):
-                arr = rng.integers(0, spec.get("int_high") or 2, shape).astype(dtype)
-            else:
-                arr = rng.standard_normal(shape).astype(dtype)
-            sample[spec["name"]] = arr
-        samples.append(sample)
-    return samples
-
-
-def load_samples(path: Path, inputs: list[dict]) -> list[dict[str, np.ndarray]]:
-    """User inputs: an .npz with one array per input name, or `I/NAME` keys for several samples."""
-    try:
-        data = dict(np.load(path, allow_pickle=False))
-    except Exception as e:  # noqa: BLE001
-        raise BadInputError(f"cannot read sample inputs {path} ({e}); pass an .npz written by numpy.savez") from e
-    names = [i["name"] for i in inputs]
-    if all(n in data for n in names):
-        groups = [{n: data[n] for n in names}]
-    else:
-        idx = sorted({k.split("/", 1)[0] for k in data if "/" in k})
-        groups = [{n: data.get(f"{i}/{n}") for n in names} for i in idx]
-    if not groups or any(v is None for g in groups for v in g.values()):
-        raise BadInputError(f"{path} must hold arrays named {names} (or '0/NAME', '1/NAME', ... for several "
-                            f"samples); it has {sorted(data)}")
-    for g in groups:
-        for spec in inputs:
-            a = g[spec["name"]]
-            if a.dtype != np.dtype(spec["dtype"]) or a.ndim != len(spec["shape"]):
-                raise BadInputError(f"{path}: input {spec['name']!r} is {a.dtype}{list(a.shape)} but the model "
-                                    f"expects {spec['dtype']} of rank {len(spec['shape'])} {spec['shape']}")
-    return groups
 
 
 def has_class_axis(spec: TensorSpec) -> bool:
     return len(spec.shape) >= 2 and isinstance(spec.shape[-1], int) and spec.shape[-1] >= 2
 
 
-def compare(ref: np.ndarray, got: np.ndarray, class_axis: bool) -> dict:
-    """Figures for one output: max abs/rel diff, cosine, argmax agreement, non-finite count."""
-    if ref.shape != got.shape:
-        return {"shape_ref": list(ref.shape), "shape_onnx": list(got.shape), "max_abs_diff": float("inf"),
-                "max_rel_diff": float("inf"), "cosine": 0.0, "argmax_agreement": None, "nonfinite": 0}
-    r = ref.astype(np.float64)
-    g = got.astype(np.float64)
-    finite_ref = np.isfinite(r)
-    nonfinite = int(np.sum(~np.isfinite(g) & finite_ref))
-    both = finite_ref & np.isfinite(g)
-    diff = np.abs(r - g)[both]
-    max_abs = float(diff.max()) if diff.size else 0.0
-    scale = float(np.abs(r[finite_ref]).max()) if finite_ref.any() else 0.0
-    max_rel = max_abs / max(scale, 1.0)
-    rv, gv = np.where(both, r, 0).ravel(), np.where(both, g, 0).ravel()
-    denom = np.linalg.norm(rv) * np.linalg.norm(gv)
-    cosine = float(rv @ gv / denom) if denom > 0 else (1.0 if np.array_equal(rv, gv) else 0.0)
-    agree = None
-    if class_axis and r.size:
-        agree = float(np.mean(np.argmax(r, axis=-1) == np.argmax(np.nan_to_num(g), axis=-1)))
-    return {"max_abs_diff": max_abs, "max_rel_diff": max_rel, "output_scale": scale, "cosine": cosine,
-            "argmax_agreement": agree, "nonfinite": nonfinite}
+def _describe(sample: dict[str, np.ndarray]) -> str:
+    return ", ".join(f"{k} {v.dtype}{list(v.shape)}" for k, v in sample.items())
 
 
-def violations(m: dict, thr: Thresholds, exact: bool) -> list[str]:
-    v = []
-    if "shape_ref" in m:
-        return [f"shape {m['shape_onnx']} != Paddle's {m['shape_ref']}"]
-    if m["nonfinite"] and not thr.allow_nonfinite:
-        v.append(f"{m['nonfinite']} NaN/Inf values where Paddle's output is finite")
-    if exact and m["max_abs_diff"] != 0:
-        v.append(f"integer output differs (max abs diff {m['max_abs_diff']:.3g})")
-    if thr.max_rel_diff is not None and m["max_rel_diff"] > thr.max_rel_diff:
-        v.append(f"max_rel_diff {m['max_rel_diff']:.3g} > {thr.max_rel_diff:g} "
-                 f"(max abs diff {m['max_abs_diff']:.3g} at output scale {m.get('output_scale', 0):.3g})")
-    if m["max_rel_diff"] <= thr.fp32_exact:
-        return v
-    if thr.min_cosine is not None and m["cosine"] < thr.min_cosine:
-        v.append(f"cosine {m['cosine']:.6f} < {thr.min_cosine:g}")
-    if (thr.min_argmax_agreement is not None and m["argmax_agreement"] is not None
-            and m["argmax_agreement"] < thr.min_argmax_agreement):
-        v.append(f"argmax agreement {m['argmax_agreement']:.4f} < {thr.min_argmax_agreement:g}")
-    return v
+def _ort_reason(e: Exception) -> str:
+    """onnxruntime's message, led by the node it names ("...while running Conv node. Name:'p2o.Conv.3' ...")."""
+    msg = str(e).strip().replace("\n", " ")
+    node = re.search(r"running (\w+) node\. Name:'([^']*)'", msg)
+    return (f"node {node.group(2)!r} ({node.group(1)}): " if node else "") + msg[:600]
 
 
-def run_onnx(model_path: Path, samples: list[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
-    sess = create_session(model_path, SessionOptions(device="cpu"))
+def run_onnx(model_path: Path, samples: list[dict[str, np.ndarray]], precision: str = "fp32",
+             user_inputs: bool = False) -> list[list[np.ndarray]]:
+    """Outputs per sample on the CPU. A sample onnxruntime rejects -> BadInputError (the user's --inputs) or
+    ConversionError (our generated samples: the converted model is at fault)."""
+    try:
+        sess = create_session(model_path, SessionOptions(device="cpu"))
+    except BadInputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any onnxruntime load failure of a model we wrote is ours
+        raise ConversionError(f"onnxruntime cannot load the converted {precision} model {model_path.name}: "
+                              f"{_ort_reason(e)}") from e
     names = [i.name for i in sess.get_inputs()]
-    return [sess.run(None, {n: s[n] for n in names}) for s in samples]
+    outs = []
+    for i, s in enumerate(samples):
+        try:
+            outs.append(sess.run(None, {n: s[n] for n in names}))
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own (pybind) exception types
+            reason = _ort_reason(e)
+            if user_inputs:
+                raise BadInputError(
+                    f"onnxruntime cannot run the converted {precision} model on your sample {i} "
+                    f"({_describe(s)}): {reason}. Paddle accepted it, so the exported graph fixes a size this "
+                    "input varies: give --inputs of the size the model was exported for, or re-export the Paddle "
+                    "model with that dimension dynamic (-1 in its InputSpec).") from e
+            raise ConversionError(
+                f"the converted {precision} model fails in onnxruntime on generated validation sample {i} "
+                f"({_describe(s)}) that Paddle ran: {reason}. Try --input-shape NAME:D0,D1,... with sizes the model "
+                "supports, or report the node above as a converter defect.") from e
+    return outs
+
+
+def check_signal(refs: list[list[np.ndarray]], outputs: list[TensorSpec], user_inputs: bool) -> None:
+    """Refuse samples on which some float output of the reference is flat: no broken model could be told from a
+    working one on them."""
+    for j, spec in enumerate(outputs):
+        rs = [r[j] for r in refs]
+        if not np.issubdtype(rs[0].dtype, np.floating):
+            continue
+        m = compare_pooled(rs, rs, class_axis=False)
+        if not m["signal"]:
+            whose = "your --inputs" if user_inputs else f"the {len(refs)} generated samples"
+            raise BadInputError(
+                f"Paddle's output {spec.name!r} is constant on {whose} (every value {rs[0].ravel()[0]:.3g}, spread "
+                f"{m['spread']:.3g}): the gate cannot tell a broken conversion from a good one on these inputs. "
+                "Pass real inputs with --inputs FILE.npz (arrays named after the model's inputs, e.g. a "
+                "preprocessed image or tokenized text).")
+
+
+def judge(precision: str, compared: list[dict], thr: Thresholds, samples: int, **extra) -> dict:
+    """Report over per-output figures ({output, shape, metrics, exact}); ValidationError naming each failure."""
+    rows, failures = [], []
+    pooled = f"0..{samples - 1} pooled" if samples > 1 else 0
+    for c in compared:
+        v = c["violations"] if "violations" in c else violations(c["metrics"], thr, c.get("exact", False))
+        row = {"output": c["output"], "sample": pooled, "shape": c.get("shape"), "metrics": c["metrics"],
+               "violations": v, **({"kind": c["kind"]} if "kind" in c else {})}
+        rows.append(row)
+        if v:
+            failures.append(row)
+    report = {"precision": precision, **extra, "passed": not failures, "samples": samples,
+              "thresholds": asdict(thr), "results": rows}
+    if failures:
+        raise ValidationError(precision, failures).with_report(report)
+    return report
+
+
+def lineage_row(precision: str, fp32_model: Path, model_path: Path) -> dict:
+    """The variant's weights and nodes against the FP32 model's (convert.lineage), as a gate row."""
+    lin = check_lineage(precision, fp32_model, model_path)
+    v = lin["violations"]
+    shown = v[:5] + ([f"... and {len(v) - 5} more"] if len(v) > 5 else [])
+    return {"output": "(weights and nodes vs the FP32 model)", "kind": "lineage", "shape": None,
+            "metrics": {"checked": lin["checked"], "max_abs_diff": lin["worst_abs"], "max_rel_diff": float("nan"),
+                        "cosine": float("nan"), "argmax_agreement": None},
+            "violations": shown}
 
 
 def validate(precision: str, model_path: Path, samples: list[dict], refs: list[list[np.ndarray]],
-             outputs: list[TensorSpec], thr: Thresholds) -> dict:
-    """Compare every output of every sample; raise ValidationError naming each failing output."""
-    got = run_onnx(model_path, samples)
-    rows, failures = [], []
+             outputs: list[TensorSpec], thr: Thresholds, user_inputs: bool = False,
+             fp32_model: Path | None = None) -> dict:
+    """Compare every output, pooled over all samples; for an fp16/int8 variant also its lineage from
+    `fp32_model`. Raise ValidationError naming each failing output."""
+    if not samples:
+        raise BadInputError("the gate needs at least one sample")
+    got = run_onnx(model_path, samples, precision, user_inputs)
     for i, (ref_list, got_list) in enumerate(zip(refs, got)):
         if len(ref_list) != len(got_list):
             raise ValidationError(precision, [{"output": "*", "sample": i, "violations": [
                 f"{len(got_list)} ONNX outputs vs {len(ref_list)} Paddle outputs"],
                 "metrics": {"max_abs_diff": float("inf"), "max_rel_diff": float("inf"), "cosine": 0.0,
                             "argmax_agreement": None}}])
-        for spec, r, g in zip(outputs, ref_list, got_list):
-            exact = not np.issubdtype(r.dtype, np.floating)
-            m = compare(r, g, has_class_axis(spec) and not exact)
-            v = violations(m, thr, exact)
-            row = {"output": spec.name, "sample": i, "shape": list(r.shape), "metrics": m, "violations": v}
-            rows.append(row)
-            if v:
-                failures.append(row)
-    report = {"precision": precision, "passed": not failures, "thresholds": asdict(thr), "results": rows}
-    if failures:
-        raise ValidationError(precision, failures).with_report(report)
-    return report
+    compared = []
+    for j, spec in enumerate(outputs):
+        rs, gs = [r[j] for r in refs], [g[j] for g in got]
+        exact = not np.issubdtype(rs[0].dtype, np.floating)
+        m = compare_pooled(rs, gs, has_class_axis(spec) and not exact, thr.tie_margin)
+        compared.append({"output": spec.name, "shape": list(rs[0].shape), "metrics": m, "exact": exact})
+    if fp32_model is not None and precision in ("fp16", "int8") and Path(fp32_model) != Path(model_path):
+        compared.append(lineage_row(precision, fp32_model, model_path))
+    return judge(precision, compared, thr, len(samples))
 
 
 def summary(report: dict) -> dict:
-    """The manifest's short form: the worst figure of each metric over all samples and outputs."""
-    ms = [r["metrics"] for r in report["results"]]
+    """The manifest's short form: the worst figure of each metric over all outputs (each pooled over samples)."""
+    ms = [r["metrics"] for r in report["results"] if r.get("kind") != "lineage"]
+    lineage = [r["metrics"]["checked"] for r in report["results"] if r.get("kind") == "lineage"]
     agree = [m["argmax_agreement"] for m in ms if m.get("argmax_agreement") is not None]
-    return {"passed": report["passed"], "samples": len({r["sample"] for r in report["results"]}),
+    return {"passed": report["passed"],
+            "samples": report.get("samples", len({r["sample"] for r in report["results"]})),
             "max_abs_diff": max((m["max_abs_diff"] for m in ms), default=0.0),
             "max_rel_diff": max((m["max_rel_diff"] for m in ms), default=0.0),
+            "max_rel_rmse": max((m.get("rel_rmse", 0.0) for m in ms), default=0.0),
             "min_cosine": min((m["cosine"] for m in ms), default=1.0),
             "min_argmax_agreement": min(agree) if agree else None,
+            **({"lineage_checked": lineage[0]} if lineage else {}),
             "thresholds": report["thresholds"]}

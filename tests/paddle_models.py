@@ -73,6 +73,25 @@ def build_ernie(out: Path):
                                 paddle.static.InputSpec([None, None], "int64", "token_type_ids")])
 
 
+def build_two_heads(out: Path):
+    """Two outputs of one shape (class probabilities and scores of a shared trunk): the swapped-outputs fault."""
+    import paddle
+
+    class TwoHeads(paddle.nn.Layer):
+        def __init__(self):
+            super().__init__()
+            self.trunk = paddle.nn.Linear(16, 64)
+            self.a = paddle.nn.Linear(64, 6)
+            self.b = paddle.nn.Linear(64, 6)
+
+        def forward(self, x):
+            h = paddle.nn.functional.relu(self.trunk(x))
+            return paddle.nn.functional.softmax(self.a(h) * 3.0), paddle.tanh(self.b(h))
+
+    paddle.seed(7)
+    _save(TwoHeads(), out, [paddle.static.InputSpec([None, 16], "float32", "x")])
+
+
 def build_legacy(out: Path):
     """A legacy-IR program (*.pdmodel) saved through the old static API."""
     import paddle
@@ -160,7 +179,7 @@ def build_gpt(out: Path):
     tokenizer_from_gguf_fields(read_gguf_tokenizer(gguf_path())).save(out / "tokenizer")
 
 
-BUILDERS = {"llama": build_llama, "gpt": build_gpt, "bert_classifier": build_bert_classifier, "mlp": build_mlp, "encoder": build_encoder, "ernie": build_ernie, "legacy": build_legacy,
+BUILDERS = {"llama": build_llama, "gpt": build_gpt, "bert_classifier": build_bert_classifier, "mlp": build_mlp, "encoder": build_encoder, "ernie": build_ernie, "legacy": build_legacy, "two_heads": build_two_heads,
             "unsupported": build_unsupported}
 
 

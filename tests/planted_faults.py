@@ -1,0 +1,112 @@
+"""Planted faults: ONNX graph edits that break a converted model the way real converter bugs do.
+
+Each takes a ModelProto (not modified) and returns a broken copy, or None where the fault does not apply (swapping
+outputs needs two outputs of one shape). Used by tests/test_planted_faults.py against the gate's defaults.
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+FLOAT_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16}
+ACTIVATIONS = {"Relu", "HardSwish", "HardSigmoid", "Sigmoid", "Gelu", "Tanh", "Clip", "LeakyRelu", "Erf", "Swish",
+               "Softplus", "PRelu", "BatchNormalization"}
+
+
+def _rename_everywhere(graph, old: str, new: str) -> None:
+    for node in graph.node:
+        node.input[:] = [new if x == old else x for x in node.input]
+        node.output[:] = [new if x == old else x for x in node.output]
+
+
+def _wrap_output(model, index: int, op: str, operand: np.ndarray | None):
+    """output_k := op(output_k, operand) by renaming the producer's tensor."""
+    m = copy.deepcopy(model)
+    g = m.graph
+    out = g.output[index]
+    pre = out.name + "__planted"
+    _rename_everywhere(g, out.name, pre)
+    inputs = [pre]
+    if operand is not None:
+        dtype = FLOAT_TYPES[out.type.tensor_type.elem_type]
+        g.initializer.append(numpy_helper.from_array(np.asarray(operand, dtype), out.name + "__operand"))
+        inputs.append(out.name + "__operand")
+    g.node.append(helper.make_node(op, inputs, [out.name], name=f"planted_{op}"))
+    return m
+
+
+def output_times_zero(model, ref: np.ndarray, index: int = 0):
+    return _wrap_output(model, index, "Mul", np.zeros((), np.float32))
+
+
+def output_plus_c(model, ref: np.ndarray, index: int = 0):
+    """A constant offset of half the reference's standard deviation."""
+    return _wrap_output(model, index, "Add", np.float32(0.5 * np.std(ref)))
+
+
+def _float_initializers(model) -> list:
+    """Float weights of some size that are not constant (a zero-initialized bias scaled by 1.01 is unchanged)."""
+    return [t for t in model.graph.initializer if t.data_type in FLOAT_TYPES and np.prod(t.dims) >= 16
+            and np.ptp(numpy_helper.to_array(t)) > 0]
+
+
+def weight_perturbed(model, ref: np.ndarray, rel: float = 0.01):
+    """The largest floating weight (or, in a dynamically quantized model, the scale of a quantized weight when no
+    float weight of size remains) scaled by 1 + rel."""
+    m = copy.deepcopy(model)
+    weights = _float_initializers(m)
+    if not weights:      # INT8 with every weight quantized: its scales are the floats that carry the weight
+        weights = [t for t in m.graph.initializer if t.data_type in FLOAT_TYPES and t.name.endswith("_scale")]
+    t = max(weights, key=lambda t: int(np.prod(t.dims)))
+    w = numpy_helper.to_array(t)
+    t.CopyFrom(numpy_helper.from_array((w.astype(np.float64) * (1 + rel)).astype(w.dtype), t.name))
+    return m
+
+
+def outputs_swapped(model, ref: np.ndarray):
+    """The first two graph outputs of one shape exchange their values (a mis-ordered fetch list)."""
+    m = copy.deepcopy(model)
+    g = m.graph
+    if len(g.output) < 2:
+        return None
+    a, b = g.output[0].name, g.output[1].name
+    _rename_everywhere(g, a, a + "__planted")
+    _rename_everywhere(g, b, b + "__planted")
+    g.node.extend([helper.make_node("Identity", [b + "__planted"], [a], name="planted_swap_a"),
+                   helper.make_node("Identity", [a + "__planted"], [b], name="planted_swap_b")])
+    return m
+
+
+def _bypass_candidates(graph) -> list:
+    inits = {t.name for t in graph.initializer}
+    consts = {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    outputs = {o.name for o in graph.output}
+    act = lambda x: x and x not in inits and x not in consts  # noqa: E731
+    residual = [n for n in graph.node if n.op_type == "Add" and len(n.input) == 2 and all(act(x) for x in n.input)
+                and n.output[0] not in outputs]
+    if residual:
+        return residual
+    return [n for n in graph.node if n.op_type in ACTIVATIONS and act(n.input[0]) and n.output[0] not in outputs]
+
+
+def block_skipped(model, ref: np.ndarray):
+    """The middle residual block bypassed (its Add -> the skip input), or the middle activation where a model
+    has no residual adds: consumers are rewired to the node's input."""
+    m = copy.deepcopy(model)
+    g = m.graph
+    cands = _bypass_candidates(g)
+    if not cands:
+        return None
+    node = cands[len(cands) // 2]
+    src, dst = node.input[0], node.output[0]
+    g.node.remove(node)
+    for n in g.node:
+        n.input[:] = [src if x == dst else x for x in n.input]
+    return m
+
+
+FAULTS = {"output x 0": output_times_zero, "output + c": output_plus_c, "weight x 1.01": weight_perturbed,
+          "outputs swapped": outputs_swapped, "block skipped": block_skipped}

