@@ -326,8 +326,9 @@ def advance(dec: Decoder, tokens: np.ndarray) -> None:
     """A chooser's state update outside the sampler kernel (beam search): tokens become the next input and the
     decoder's positions move one on."""
     dec.next_ids[:, 0] = dec.xp.asarray(tokens)
-    if dec.seqlens is not None:
-        dec.seqlens += 1
+    seqlens = dec.seqlens
+    if seqlens is not None:
+        seqlens += 1                                   # in place: the decoder's bound buffer
 
 
 # ----------------------------------------------------------------------------- the step API

@@ -101,9 +101,10 @@ def test_cli_generate_stream_sampling_and_jsonl(llm_bundles, tmp_path, capsys):
 
 def test_cli_generate_bad_input(llm_bundles, tmp_path, capsys):
     _, dest, _ = llm_bundles["llama"]
-    cases = [(["--prompt", ""], "empty prompt"), (["--prompt", "x", "--max-new-tokens", "0"], "max_new_tokens"),
-             (["--prompt", "x", "--top-p", "0"], "top_p"), (["--prompt", "x", "--repetition-penalty", "-1"],
-                                                           "repetition_penalty"),
+    cases = [(["--prompt", ""], "empty prompt"), (["--prompt", "x", "--max-new-tokens", "0"], "--max-new-tokens"),
+             (["--prompt", "x", "--top-p", "0"], "--top-p"), (["--prompt", "x", "--repetition-penalty", "-1"],
+                                                             "--repetition-penalty"),
+             (["--prompt", "x", "--num-beams", "100000"], "num_beams must be in 1..32"),
              (["--prompt", "x " * 300, "--max-new-tokens", "8"], "exceeds the model's context")]
     for extra, msg in cases:
         assert main(["-q", "generate", str(dest), *extra]) == 2
