@@ -18,7 +18,6 @@ import datetime as _dt
 import logging
 import math
 import os
-import shutil
 from dataclasses import dataclass, field, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -106,7 +105,8 @@ class ReleaseReport:
 
 
 # ---------------------------------------------------------------------------------------------------------- decision
-def decide(candidates: list[dict], budget: float, tie_margin: float, speed_key: str, higher_is_faster: bool) -> str | None:
+def decide(candidates: list[dict], budget: float, tie_margin: float, speed_key: str,
+           higher_is_faster: bool) -> str | None:
     """The release rule on measured candidates ({precision, delta, <speed_key>, gate_passed}); marks
     `within_budget` on each and returns the chosen precision (None: none fits)."""
     fits = []
@@ -182,7 +182,7 @@ def convert_candidates(conversion, run) -> tuple[ConvertResult, dict[str, dict]]
             gate[e.precision] = {"passed": False, "error": str(e)}
             if e.precision == "fp32" or e.precision not in precisions:
                 raise
-            log.warning("%s fails the conversion gate: not a release candidate", e.precision)
+            log.warning("not a release candidate (converting the others again): %s", e)
             precisions.remove(e.precision)
             continue
         for prec, s in (res.manifest.validation or {}).items():
@@ -331,6 +331,26 @@ def _record_in_manifest(bundle: Path, release: dict) -> None:
 
 
 # -------------------------------------------------------------------------------------------------------------- run
+def candidates(asked: list[str], gate: dict[str, dict], measured: dict[str, dict],
+               skipped: dict[str, str]) -> list[dict]:
+    """One evidence record per candidate: its gate figures and, when it ran on the device, its measurement."""
+    out = []
+    for p in dict.fromkeys(asked):
+        g = gate.get(p, {"passed": False, "error": "not converted"})
+        c = {"precision": p, "gate_passed": bool(g.get("passed")), **measured.get(p, {"delta": None}),
+             "gate": {k: v for k, v in g.items() if k != "passed"}}
+        if not c["gate_passed"]:
+            c["note"] = "failed the conversion gate"
+        elif p in skipped:
+            c["note"] = skipped[p]
+        out.append(c)
+    return out
+
+
+def _host(device: str) -> str:
+    return (gpu_names() or ["GPU"])[0].split(",")[0] if device == "gpu" else f"{cpu_name()} ({usable_cores()} cores)"
+
+
 def _user_paths(conversion) -> tuple[Path, ...]:
     if isinstance(conversion, ConvertConfig):
         return conversion.user_paths()
@@ -379,21 +399,11 @@ def run_release(cfg: ReleaseConfig) -> ReleaseReport:
             else:
                 raw[dev], rows = measure_classifier(cfg, stage, dev, run_precs)
             by = {r["precision"]: r for r in rows}
-            cands = []
-            for p in dict.fromkeys(candidates_asked):
-                g = gate.get(p, {"passed": False, "error": "not converted"})
-                c = {"precision": p, "gate_passed": bool(g.get("passed")), **by.get(p, {"delta": None})}
-                c["gate"] = {k: v for k, v in g.items() if k != "passed"}
-                if not c["gate_passed"]:
-                    c["note"] = "failed the conversion gate"
-                elif p in skipped:
-                    c["note"] = skipped[p]
-                cands.append(c)
+            cands = candidates(candidates_asked, gate, by, skipped)
             chosen = decide(cands, cfg.budget, cfg.tie_margin, *(("tokens_per_s", True) if cfg.is_llm
                                                                  else ("ms_per_sample", False)))
-            host = (gpu_names() or ["GPU"])[0].split(",")[0] if dev == "gpu" else f"{cpu_name()} ({usable_cores()} cores)"
-            devices_out[dev] = {"chosen": chosen, "baseline": by["fp32"], "candidates": cands, "host": host,
-                                **base_info}
+            devices_out[dev] = {"chosen": chosen, "baseline": by["fp32"], "candidates": cands,
+                                "host": _host(dev), **base_info}
             log.info("%s: chosen %s", dev, chosen or "none (no candidate within budget)")
         samples = (sum(len(w) for w in measured_on) if cfg.is_llm
                    else min(cfg.limit or len(measured_on.texts), len(measured_on.texts)))
