@@ -114,6 +114,8 @@ class ConvertConfig:
     validate: bool = True
     overwrite: bool = False
     inputs_npz: Path | None = None                 # user sample inputs; generated from the specs when None
+    inputs_recorded: bool = False                  # inputs_npz was recorded by a caller (convert-llm), not given by
+    #                                                the user: a sample onnxruntime rejects is then ours (exit 4)
     samples: SampleConfig = SampleConfig()
     output_names: tuple[str, ...] | None = None    # default: named after the producing operator
     thresholds: dict[str, Thresholds] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
@@ -196,6 +198,10 @@ def check_against_specs(config: ConvertConfig, info: dict) -> list[dict[str, np.
             _check_shape(f"sample {i} input {spec['name']!r}" + (f" in {config.inputs_npz}" if config.inputs_npz
                                                                    else ""), s[spec["name"]].shape, spec)
     return samples
+
+
+def _user_inputs(config: ConvertConfig) -> bool:
+    return config.inputs_npz is not None and not config.inputs_recorded
 
 
 def _sample_tokenizer(config: ConvertConfig):
@@ -303,7 +309,7 @@ def _convert(config: ConvertConfig, more_sources: tuple[Path, ...]) -> ConvertRe
             bar.set_postfix_str("paddle reference")
             refs = paddle_reference(source, samples, work) if config.validate else None
             if refs is not None:
-                check_signal(refs, out_specs, user_inputs=config.inputs_npz is not None)
+                check_signal(refs, out_specs, user_inputs=_user_inputs(config))
             bar.update()
 
             reports: dict[str, dict] = {}
@@ -320,7 +326,7 @@ def _convert(config: ConvertConfig, more_sources: tuple[Path, ...]) -> ConvertRe
                     bar.set_postfix_str(f"validate {prec}")
                     thr = config.thresholds.get(prec, DEFAULT_THRESHOLDS[prec])
                     reports[prec] = validate(prec, files[prec], samples, refs, out_specs, thr,
-                                             user_inputs=config.inputs_npz is not None, fp32_model=files["fp32"])
+                                             user_inputs=_user_inputs(config), fp32_model=files["fp32"])
                     s = summary(reports[prec])
                     log.info("%s passed: max_rel_diff=%.3g cosine=%.6f argmax=%s", prec, s["max_rel_diff"],
                              s["min_cosine"], s["min_argmax_agreement"])

@@ -146,6 +146,7 @@ def _convert_llm(config: LLMConvertConfig) -> ConvertResult:
         return convert(ConvertConfig(
             source=work / "static", output=config.output, precisions=config.precisions, opset=config.opset,
             validate=config.validate, overwrite=config.overwrite, inputs_npz=work / "steps.npz",
+            inputs_recorded=True,
             output_names=OUTPUT_NAMES, thresholds=config.thresholds,
             int8=Int8Options(weight_only=True, block_size=config.block_size),
             int4=Int4Options(block_size=config.block_size),
