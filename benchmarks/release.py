@@ -262,6 +262,8 @@ def markdown(report: dict) -> str:
              f"({report['dataset']['samples']} {'tokens' if llm else 'samples'}); {report['date']}; "
              f"paddle2ort {report['paddle2ort']}. Tie rule: a more exact precision within "
              f"{report['tie_margin'] * 100:.0f}% of the fastest is preferred.", ""]
+    if report.get("reason"):
+        lines += ["Nothing was measured:", "", "```", report["reason"], "```", ""]
     for dev, d in report["devices"].items():
         lines += [f"## {dev.upper()}: {d['host']} — chosen: **{d['chosen'] or 'none'}**", "",
                   f"| precision | gate | {qual} | delta ({report['budget_unit']}) | {speed} | within budget |",
@@ -310,7 +312,9 @@ def write_report(report: dict, out_dir: Path) -> dict[str, Path]:
     paths = {"json": out_dir / "report.json", "md": out_dir / "report.md", "png": out_dir / "report.png"}
     write_json(paths["json"], report)
     atomic_write(paths["md"], markdown(report))
-    if module_available("matplotlib"):
+    if not report["devices"]:
+        paths.pop("png")
+    elif module_available("matplotlib"):
         with atomic_path(paths["png"], suffix=".png") as tmp:
             plot(report, tmp)
     else:
@@ -367,59 +371,66 @@ def run_release(cfg: ReleaseConfig) -> ReleaseReport:
     conversion, measured_on = (_check_llm(cfg) if cfg.is_llm else _check_classifier(cfg))
     sources = (*_user_paths(conversion), cfg.dataset_dir)       # never inside what --overwrite replaces
     check_destination(conversion.output, conversion.overwrite, sources)
-    dataset = {"dir": str(cfg.dataset_dir), "split": cfg.split, "sha256": _dataset_files(cfg)}
-    candidates_asked = list(cfg.conversion.precisions)
+    info = {"budget": cfg.budget, "budget_unit": cfg.unit, "tie_margin": cfg.tie_margin,
+            "dataset": {"dir": str(cfg.dataset_dir), "split": cfg.split, "sha256": _dataset_files(cfg)},
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "paddle2ort": _paddle2ort_version()}
+    asked = list(cfg.conversion.precisions)
     if cfg.is_llm:
-        from paddle2ort.convert.llm import convert_llm as run_convert
+        from paddle2ort.convert.llm import convert_llm
+
+        def run_convert(c):
+            return convert_llm(c)
     else:
-        run_convert = convert
+        def run_convert(c):
+            return convert(c, sources)
 
     with staged_bundle(conversion.output, conversion.overwrite, sources) as stage:
         inner = stage / "converted"
         try:
-            res, gate = convert_candidates(replace(conversion, output=inner, overwrite=False),
-                                           lambda c: run_convert(c, sources) if not cfg.is_llm else run_convert(c))
+            res, gate = convert_candidates(replace(conversion, output=inner, overwrite=False), run_convert)
         except ValidationError as e:           # FP32 failed its gate: nothing can be released
+            report = _report(cfg, conversion.source.name, info, {}, {}, measured_on, reason=str(e))
+            if cfg.report_dir:
+                write_report(report, cfg.report_dir)
             raise NoPrecisionFitsError(f"no precision can be released: FP32 fails the conversion gate, so there "
-                                       f"is no baseline to judge the others against.\n{e}", {"gate": {
-                                           "fp32": {"passed": False, "error": str(e)}}}) from e
+                                       f"is no baseline to judge the others against.\n{e}", report) from e
         for entry in inner.iterdir():          # the converted bundle becomes the staged release bundle
             os.rename(entry, stage / entry.name)
         inner.rmdir()
-        passed = [p for p in candidates_asked + ["fp32"] if gate.get(p, {}).get("passed")]
-        env = environment()
-        date = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        base_info = {"budget": cfg.budget, "budget_unit": cfg.unit, "tie_margin": cfg.tie_margin,
-                     "dataset": dataset, "date": date, "paddle2ort": _paddle2ort_version()}
-        devices_out, raw = {}, {}
+        passed = [p for p in asked + ["fp32"] if gate.get(p, {}).get("passed")]
+        decisions, raw = {}, {}
         for dev in devices:
             run_precs, skipped = _device_precisions(cfg, dev, passed)
-            if cfg.is_llm:
-                raw[dev], rows = measure_llm(cfg, stage, dev, run_precs, measured_on)
-            else:
-                raw[dev], rows = measure_classifier(cfg, stage, dev, run_precs)
+            raw[dev], rows = (measure_llm(cfg, stage, dev, run_precs, measured_on) if cfg.is_llm
+                              else measure_classifier(cfg, stage, dev, run_precs))
             by = {r["precision"]: r for r in rows}
-            cands = candidates(candidates_asked, gate, by, skipped)
-            chosen = decide(cands, cfg.budget, cfg.tie_margin, *(("tokens_per_s", True) if cfg.is_llm
-                                                                 else ("ms_per_sample", False)))
-            devices_out[dev] = {"chosen": chosen, "baseline": by["fp32"], "candidates": cands,
-                                "host": _host(dev), **base_info}
+            cands = candidates(asked, gate, by, skipped)
+            chosen = decide(cands, cfg.budget, cfg.tie_margin,
+                            *(("tokens_per_s", True) if cfg.is_llm else ("ms_per_sample", False)))
+            decisions[dev] = {"chosen": chosen, "baseline": by["fp32"], "candidates": cands, "host": _host(dev),
+                              **info}
             log.info("%s: chosen %s", dev, chosen or "none (no candidate within budget)")
-        samples = (sum(len(w) for w in measured_on) if cfg.is_llm
-                   else min(cfg.limit or len(measured_on.texts), len(measured_on.texts)))
-        report = {"kind": "text-generation" if cfg.is_llm else "text-classification",
-                  "bundle": res.manifest.name, "passed": all(d["chosen"] for d in devices_out.values()),
-                  **{k: v for k, v in base_info.items() if k != "dataset"},
-                  "dataset": {**dataset, "samples": samples}, "devices": devices_out,
-                  "measurements": raw, "environment": env}
+        report = _report(cfg, res.manifest.name, info, decisions, raw, measured_on)
         extra_paths = write_report(report, cfg.report_dir) if cfg.report_dir else {}
         if not report["passed"]:
             raise NoPrecisionFitsError(_failure_message(report), report)
         paths = write_report(report, stage / REPORT_DIR)
-        _record_in_manifest(stage, {dev: {k: v for k, v in d.items()} for dev, d in devices_out.items()})
+        _record_in_manifest(stage, decisions)
     final = {k: conversion.output / REPORT_DIR / p.name for k, p in paths.items()}
-    return ReleaseReport(bundle=conversion.output, chosen={d: v["chosen"] for d, v in devices_out.items()},
+    return ReleaseReport(bundle=conversion.output, chosen={d: v["chosen"] for d, v in decisions.items()},
                          report=report, files={**final, **{f"report_dir_{k}": p for k, p in extra_paths.items()}})
+
+
+def _report(cfg: ReleaseConfig, name: str, info: dict, decisions: dict, raw: dict, measured_on,
+            reason: str | None = None) -> dict:
+    samples = (sum(len(w) for w in measured_on) if cfg.is_llm
+               else min(cfg.limit or len(measured_on.texts), len(measured_on.texts)))
+    return {"kind": "text-generation" if cfg.is_llm else "text-classification", "bundle": name,
+            "passed": bool(decisions) and all(d["chosen"] for d in decisions.values()),
+            **({"reason": reason} if reason else {}),
+            **{k: v for k, v in info.items() if k != "dataset"}, "dataset": {**info["dataset"], "samples": samples},
+            "devices": decisions, "measurements": raw, "environment": environment()}
 
 
 def _failure_message(report: dict) -> str:

@@ -176,9 +176,12 @@ def test_no_precision_fits_exits_3_and_writes_nothing(tiny_models, dataset, tmp_
     out, reports = tmp_path / "bundle", tmp_path / "ci"
     # FP32 failing its gate leaves no baseline: nothing can be released
     assert main(release_args(tiny_models("bert_classifier"), out, dataset, "--precision", "fp32,int8",
-                             "--threshold", "fp32.max_rel_diff=0")) == 3
+                             "--threshold", "fp32.max_rel_diff=0", "--report-dir", str(reports))) == 3
     err = capsys.readouterr().err
     assert "FP32 fails the conversion gate" in err and "max_rel_diff" in err
+    report = json.loads((reports / "report.json").read_text())
+    assert report["passed"] is False and report["devices"] == {} and "max_rel_diff" in report["reason"]
+    assert "Nothing was measured" in (reports / "report.md").read_text()
     assert not out.exists() and not any(p.name.startswith(".bundle") for p in tmp_path.iterdir())
 
 
