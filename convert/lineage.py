@@ -59,21 +59,26 @@ def _floating(a: np.ndarray) -> bool:
     return a.dtype in (np.float32, np.float16, np.float64) and a.size > 1
 
 
-def _dequantized(q: np.ndarray, scale: np.ndarray, zp: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+def _dequantized(q: np.ndarray, scale: np.ndarray, zp: np.ndarray,
+                 ref: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray] | None:
     """((q - zp) * scale, scale) broadcast to q's shape, a per-channel scale on the axis of its length; None if
-    no axis fits."""
+    no axis fits. When several axes have that length (a square weight), the one closest to `ref` (the FP32
+    weight) is the quantizer's channel axis."""
     q = q.astype(np.float64)
     scale, zp = scale.astype(np.float64), zp.astype(np.float64)
     if scale.size == 1:
         s = np.full(q.shape, float(scale.reshape(())))
         return (q - float(zp.reshape(()))) * s, s
+    found = []
     for axis in range(q.ndim):
         if q.shape[axis] == scale.size:
             shape = [1] * q.ndim
             shape[axis] = scale.size
             s = np.broadcast_to(scale.reshape(shape), q.shape)
-            return (q - zp.reshape(shape)) * s, s
-    return None
+            found.append(((q - zp.reshape(shape)) * s, s))
+    if len(found) > 1 and ref is not None and ref.shape == q.shape:
+        return min(found, key=lambda d: float(np.abs(d[0] - ref.astype(np.float64)).max()))
+    return found[0] if found else None
 
 
 def _folded(ref_model, ref: dict[str, np.ndarray], names: set[str]) -> dict[str, np.ndarray]:
@@ -165,7 +170,7 @@ def check_lineage(precision: str, fp32_path: Path, variant_path: Path) -> dict:
                     tol = np.zeros_like(w64)
                 err = np.abs(v - w64) - tol
             elif name in quantized and all(f"{name}{s}" in var for s in ("_scale", "_zero_point")):
-                got = _dequantized(var[f"{name}_quantized"], var[f"{name}_scale"], var[f"{name}_zero_point"])
+                got = _dequantized(var[f"{name}_quantized"], var[f"{name}_scale"], var[f"{name}_zero_point"], w)
                 if got is None or got[0].shape != w.shape:
                     violations.append(f"quantized weight {name!r} has shape {list(var[name + '_quantized'].shape)}"
                                       f" vs FP32 {list(w.shape)}")
