@@ -82,6 +82,14 @@ def test_decide_none_fits_with_a_planted_drop_at_budget_zero():
     assert not any(x["within_budget"] for x in c)
 
 
+def test_what_runs_on_each_device(tmp_path, dataset):
+    from paddle2ort.benchmarks.release import _device_precisions
+    clf = ReleaseConfig(conversion=ConvertConfig(source=tmp_path, output=tmp_path / "o"), dataset_dir=dataset)
+    assert _device_precisions(clf, "cpu", ["fp16", "int8", "fp32"]) == (["fp32", "fp16", "int8"], {})
+    on_gpu, skipped = _device_precisions(clf, "gpu", ["fp16", "int8", "fp32"])
+    assert on_gpu == ["fp32", "fp16"] and "CPU" in skipped["int8"]     # dynamic INT8 is no GPU configuration
+
+
 def test_a_precision_failing_its_gate_is_dropped_and_the_rest_converted(tmp_path):
     calls = []
 
