@@ -104,8 +104,7 @@ def check_destination(dest: Path, overwrite: bool, sources: tuple[Path, ...] = (
                             "choose an output path you can write to")
 
 
-def _staging_re(name: str) -> re.Pattern:
-    return re.compile(rf"\.{re.escape(name)}\.(?:staging|old)-(?P<pid>\d+)(?:-[A-Za-z0-9_]+)?")
+STAGING_RE = re.compile(r"\..+\.staging-(?P<pid>\d+)-[A-Za-z0-9_]+")   # ours: .NAME.staging-PID-XXXX (never .old-)
 
 
 @contextlib.contextmanager
@@ -123,7 +122,7 @@ def staged_bundle(dest: Path, overwrite: bool, sources: tuple[Path, ...] = (), o
         created.append(p)
         p = p.parent
     dest.parent.mkdir(parents=True, exist_ok=True)
-    sweep_stale(dest.parent, _staging_re(dest.name))
+    sweep_stale(dest.parent, STAGING_RE)              # those of killed runs (any bundle name in this directory)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-{os.getpid()}-", dir=dest.parent))
     staging.chmod(0o755)                 # mkdtemp makes it 0700; a deploy bundle is read by other users
     try:

@@ -10,7 +10,7 @@ import pytest
 from onnx import numpy_helper
 
 from paddle2ort.convert import export as export_stage
-from paddle2ort.convert.cli import main
+from paddle2ort.cli import main
 from paddle2ort.convert.paddle_proc import run_worker
 from paddle2ort.convert.errors import ConversionError
 
@@ -33,6 +33,14 @@ def test_perturbed_weight_fails_validation_with_exit_3(tiny_models, tmp_path, ca
     weight.CopyFrom(numpy_helper.from_array(w, weight.name))
     onnx.save(model, str(path))
     capsys.readouterr()
+    assert main(["-q", "validate", str(out), "--source", str(src)]) == 2          # the checksum catches it first
+    assert "model.fp32.onnx" in capsys.readouterr().err
+    import json                                  # a tamperer who also rewrites the manifest: the gate catches it
+    from paddle2ort.runtime.manifest import sha256_file
+    m = json.loads((out / "manifest.json").read_text())
+    m["files"]["model.fp32.onnx"] = {"sha256": sha256_file(path), "size_bytes": path.stat().st_size}
+    m["models"]["fp32"]["sha256"] = sha256_file(path)
+    (out / "manifest.json").write_text(json.dumps(m))
     assert main(["-q", "validate", str(out), "--source", str(src)]) == 3
     msg = capsys.readouterr().err
     assert "fp32" in msg and "'softmax'" in msg and "max_abs_diff=" in msg
@@ -44,7 +52,7 @@ def test_silent_paddle2onnx_failure_is_exit_4(tiny_models, tmp_path, monkeypatch
         save_file.write_bytes(payload)
         log = workdir / "export.log"
         log.write_text("paddle2onnx: pretend everything went fine\n")
-        return log
+        return log, []
 
     monkeypatch.setattr(export_stage, "run_paddle2onnx", fake_export)
     out = tmp_path / "b"
@@ -155,7 +163,7 @@ def test_help_documents_exit_codes(capsys):
 
 
 def test_runtime_never_imports_paddle():
-    code = ("import sys, paddle2ort.runtime, paddle2ort.convert.cli, paddle2ort.tokenization, "
+    code = ("import sys, paddle2ort.runtime, paddle2ort.cli, paddle2ort.tokenization, "
             "paddle2ort.runtime.llm, paddle2ort.runtime.generation, paddle2ort.runtime.pipelines, "
             "paddle2ort.tokenization.bpe, paddle2ort.benchmarks.classifier, paddle2ort.benchmarks.llm, "
             "paddle2ort.benchmarks.perplexity, paddle2ort.convert.llm; "

@@ -1,0 +1,114 @@
+"""A killed conversion leaves nothing running and nothing behind: SIGTERM unwinds like Ctrl-C (staging and temp
+dirs removed, the Paddle worker killed); after SIGKILL the worker dies with its parent and the next run sweeps the
+dead run's staging and temp dirs. Real conversions of a tiny model in child processes."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+CLI = "paddle2ort.cli" if importlib.util.find_spec("paddle2ort.cli") else "paddle2ort.convert.cli"
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; PR_SET_PDEATHSIG is Linux")
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(d.name))
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def wait_for(cond, timeout: float, what: str):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def start_convert(src: Path, out: Path, tmpdir: Path) -> tuple[subprocess.Popen, int]:
+    """Start a conversion and return it once its Paddle worker runs (and the staging dir exists)."""
+    env = dict(os.environ, TMPDIR=str(tmpdir))
+    proc = subprocess.Popen([sys.executable, "-m", CLI, "-q", "convert", str(src), "-o", str(out)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    worker = wait_for(lambda: next(iter(children(proc.pid)), None) or (proc.poll() is not None and -1), 120,
+                      "the Paddle worker to start")
+    assert worker != -1, proc.communicate()
+    assert list(out.parent.glob(f".{out.name}.staging-*")) and list(tmpdir.glob("paddle2ort-*"))
+    return proc, worker
+
+
+def test_sigterm_cleans_up_like_ctrl_c(tiny_models, tmp_path):
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    out = tmp_path / "bundle"
+    proc, worker = start_convert(tiny_models("mlp"), out, tmpdir)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode in (130, 143, -signal.SIGTERM), err
+    assert "Traceback" not in err
+    wait_for(lambda: not alive(worker), 2.0, "the worker to die")
+    assert not out.exists() and not list(tmp_path.glob(".bundle.staging-*"))
+    assert not list(tmpdir.glob("paddle2ort-*"))
+
+
+def test_sigkill_orphans_nothing_and_next_run_sweeps(tiny_models, tmp_path):
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    out = tmp_path / "bundle"
+    proc, worker = start_convert(tiny_models("mlp"), out, tmpdir)
+    proc.kill()
+    proc.communicate(timeout=30)
+    # at once (the worker just started: left alone it would run on for seconds importing Paddle) -> no orphan
+    wait_for(lambda: not alive(worker), 1.0, "the worker to die with its parent")
+    stale = list(tmp_path.glob(".bundle.staging-*")) + list(tmpdir.glob("paddle2ort-*"))
+    assert stale                                    # SIGKILL leaves no chance to clean up ...
+    user = tmp_path / ".notes.staging-old"          # ... names that are not ours are never touched
+    user.mkdir()
+    env = dict(os.environ, TMPDIR=str(tmpdir))
+    r = subprocess.run([sys.executable, "-m", CLI, "-q", "convert", str(tiny_models("mlp")), "-o",
+                        str(tmp_path / "other")], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert not any(p.exists() for p in stale)       # ... the next run sweeps the dead run's dirs
+    assert user.is_dir() and not out.exists() and (tmp_path / "other" / "manifest.json").is_file()
+    assert not list(tmpdir.glob("paddle2ort-*"))
+
+
+def test_sweep_keeps_live_runs(tmp_path):
+    from paddle2ort.convert.paddle_proc import WORKDIR_RE, sweep_stale
+    live = tmp_path / f"paddle2ort-{os.getppid()}-abcdef12"
+    dead_pid = wait_for(lambda: _dead_pid(), 5, "a free pid")
+    dead = tmp_path / f"paddle2ort-llm-{dead_pid}-abcdef12"
+    mine = tmp_path / f"paddle2ort-notes-{dead_pid}"           # not our pattern (no random suffix)
+    for d in (live, dead, mine):
+        d.mkdir()
+    assert sweep_stale(tmp_path, WORKDIR_RE) == [dead]
+    assert live.is_dir() and mine.is_dir() and not dead.exists()
+
+
+def _dead_pid() -> int | None:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid if not alive(p.pid) else None
