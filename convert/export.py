@@ -48,8 +48,16 @@ def _load_failure(producer: str, error: Exception) -> str:
         if pattern.search(text):
             return (f"onnxruntime cannot load the model {producer} wrote: {where} is invalid. Cause: {cause}. "
                     f"Next step: {step}. [{type(error).__name__}: {text.strip()}]")
+    if "fp16" in producer:
+        op = m.group(2) if m else "OP"
+        step = (f"keep {op} in FP32 (--fp16-block-ops with {op} added to the default list), or leave fp16 out "
+                "of --precision")
+    elif producer == "paddle2onnx":
+        step = "retry with another --opset, or report the node"
+    else:
+        step = "leave this precision out of --precision, or report the node"
     return (f"onnxruntime cannot load the model {producer} wrote: {where} is invalid "
-            f"({type(error).__name__}: {text.strip()}). Next step: retry with another --opset, or report the node")
+            f"({type(error).__name__}: {text.strip()}). Next step: {step}")
 
 
 def check_onnx_file(path: Path, log_path: Path | None = None, producer: str = "paddle2onnx"):

@@ -175,3 +175,30 @@ def test_broken_program_file_is_not_blamed_on_the_params(tiny_models, tmp_path, 
     err = capsys.readouterr().err
     assert "program file" in err and "model.json" in err and "params file was not read" in err
     assert not (tmp_path / "b").exists()
+
+
+def test_resize_empty_inputs_omitted_so_the_fp16_pass_keeps_a_loadable_graph(tmp_path):
+    """paddle2onnx's Resize(X, roi=[], scales=[], sizes): the FP16 pass casts the empty tensors and onnxruntime
+    then sees both scales and sizes (EISeg HRNet18). With the inputs omitted, the FP16 model loads and agrees."""
+    from paddle2ort.convert.precision import to_fp16
+    from paddle2ort.convert.repair import resize_inputs
+
+    def model():
+        g = h.make_graph([h.make_node("Resize", ["x", "empty", "empty", "sizes"], ["y"], mode="linear")], "g",
+                         [h.make_tensor_value_info("x", T.FLOAT, [1, 1, 4, 4])],
+                         [h.make_tensor_value_info("y", T.FLOAT, [1, 1, 8, 8])],
+                         [h.make_tensor("empty", T.FLOAT, [0], []), h.make_tensor("sizes", T.INT64, [4], [1, 1, 8, 8])])
+        return h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    x = {"x": np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)}
+    (ref,) = _session(model()).run(None, x)
+    broken, fixed = tmp_path / "broken.onnx", tmp_path / "fixed.onnx"
+    onnx.save(model(), str(broken))
+    to_fp16(broken, tmp_path / "broken16.onnx")
+    with pytest.raises(Exception, match="sizes.*scales|scales.*sizes"):
+        ort.InferenceSession(str(tmp_path / "broken16.onnx"), providers=["CPUExecutionProvider"])
+    m = model()
+    assert repair_onnx(m) == [{"name": resize_inputs.NAME, "count": 2}]
+    onnx.save(m, str(fixed))
+    to_fp16(fixed, tmp_path / "fixed16.onnx")
+    (y,) = ort.InferenceSession(str(tmp_path / "fixed16.onnx"), providers=["CPUExecutionProvider"]).run(None, x)
+    np.testing.assert_allclose(y, ref, rtol=1e-2, atol=1e-2)

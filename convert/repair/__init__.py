@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
-from . import concat_rank, f64_attrs, output_shapes
+from . import concat_rank, f64_attrs, output_shapes, resize_inputs
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,7 @@ REPAIRS = (
     Repair(f64_attrs.NAME, "program", f64_attrs.apply, f64_attrs.DEFECT),
     Repair(concat_rank.NAME, "onnx", concat_rank.apply, concat_rank.DEFECT),
     Repair(output_shapes.NAME, "onnx", output_shapes.apply, output_shapes.DEFECT),
+    Repair(resize_inputs.NAME, "onnx", resize_inputs.apply, resize_inputs.DEFECT),
 )
 
 
