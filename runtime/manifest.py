@@ -184,9 +184,12 @@ class Manifest:
     files: dict[str, dict] = field(default_factory=dict)   # every bundle file but this one -> {sha256, size_bytes}
 
     def to_json(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["labels"] = list(self.labels) if self.labels is not None else None
-        return d
+        """Plain JSON types (lists, not tuples): what from_json reads back."""
+        def plain(x):
+            if isinstance(x, dict):
+                return {k: plain(v) for k, v in x.items()}
+            return [plain(v) for v in x] if isinstance(x, (list, tuple)) else x
+        return plain(dataclasses.asdict(self))
 
     @classmethod
     def from_json(cls, d) -> "Manifest":

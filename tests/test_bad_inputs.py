@@ -112,7 +112,7 @@ class W:
     def manifest(self, bundle: Path, edit: Callable[[dict], object]) -> Path:
         m = json.loads((bundle / "manifest.json").read_text())
         new = edit(m)
-        (bundle / "manifest.json").write_text(json.dumps(m if new is None else new))
+        (bundle / "manifest.json").write_text(json.dumps(new if isinstance(new, list) else m))
         return bundle
 
     @staticmethod
@@ -670,3 +670,118 @@ def test_bad_input(c: Case, shared, tmp_path):
 def test_suite_is_large_and_names_are_unique():
     assert len(CASES) >= 120
     assert len({c.id for c in CASES}) == len(CASES)
+
+
+# ---------------------------------------------------------------------- library level: JSONL jobs, chat templates
+class FakeGenerator:
+    """Duck-typed TextGenerator: ids = word lengths, one new token; optional failure on a prompt's first id."""
+
+    def __init__(self, context: int = 16, fail_on: int | None = None):
+        from types import SimpleNamespace
+        self.model = SimpleNamespace(max_context=context)
+        self.tokenizer = SimpleNamespace(decode=lambda ids: " ".join(map(str, ids)))
+        self.fail_on, self.batches = fail_on, []
+
+    def stop_ids(self, cfg):
+        return cfg
+
+    def prompt_ids(self, text, chat=False):
+        return [len(w) for w in text.split()]
+
+    def generate_token_ids(self, ids, cfg):
+        self.batches.append([list(i) for i in ids])
+        if any(i[0] == self.fail_on for i in ids):
+            raise RuntimeError("device lost")
+        return [[sum(i)] for i in ids]
+
+    @staticmethod
+    def _cut(text, cfg):
+        return text
+
+
+def _job_file(tmp_path, prompts):
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps({"src": p}) + "\n" for p in prompts))
+    return path
+
+
+def test_jsonl_too_long_prompt_fails_before_the_first_batch(tmp_path):
+    from types import SimpleNamespace
+
+    from paddle2ort.runtime.errors import BadInputError
+    from paddle2ort.runtime.jobs import run_jsonl_job
+    gen = FakeGenerator(context=8)
+    src = _job_file(tmp_path, ["a b", "c d", "w " * 10])
+    with pytest.raises(BadInputError, match=r"in\.jsonl:3: prompt \(10 tokens\)"):
+        run_jsonl_job(gen, src, tmp_path / "out.jsonl", SimpleNamespace(max_new_tokens=2), batch_size=1)
+    assert gen.batches == [] and not (tmp_path / "out.jsonl").exists()
+
+
+def test_jsonl_failure_keeps_finished_results_and_a_rerun_resumes(tmp_path):
+    from types import SimpleNamespace
+
+    from paddle2ort.runtime.errors import Paddle2OrtError
+    from paddle2ort.runtime.jobs import run_jsonl_job
+    cfg = SimpleNamespace(max_new_tokens=2)
+    src, out = _job_file(tmp_path, ["a", "bb", "ccc", "dddd"]), tmp_path / "out.jsonl"
+    with pytest.raises(Paddle2OrtError, match="line 3") as e:
+        run_jsonl_job(FakeGenerator(fail_on=3), src, out, cfg, batch_size=1)
+    assert "2 finished result(s) kept" in str(e.value)
+    kept = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["line"], r["src"], r["output"]) for r in kept] == [(1, "a", "1"), (2, "bb", "2")]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    gen = FakeGenerator()
+    assert run_jsonl_job(gen, src, out, cfg, batch_size=8) == 4
+    assert gen.batches == [[[3], [4]]]                                     # only what was missing
+    assert [json.loads(line)["output"] for line in out.read_text().splitlines()] == ["1", "2", "3", "4"]
+    src.write_text(src.read_text().replace('"bb"', '"xyz"'))              # a changed line is not reused
+    gen = FakeGenerator()
+    run_jsonl_job(gen, src, out, cfg)
+    assert gen.batches == [[[3]]]
+
+
+def test_jsonl_output_that_is_not_ours_is_never_replaced(tmp_path):
+    from types import SimpleNamespace
+
+    from paddle2ort.runtime.errors import BadInputError
+    from paddle2ort.runtime.jobs import run_jsonl_job
+    out = tmp_path / "out.jsonl"
+    out.write_text("my notes\n")
+    with pytest.raises(BadInputError, match="not results"):
+        run_jsonl_job(FakeGenerator(), _job_file(tmp_path, ["a"]), out, SimpleNamespace(max_new_tokens=1))
+    assert out.read_text() == "my notes\n"
+
+
+HF_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'assistant' and loop.first %}"
+               "{{ raise_exception('Conversation must start with user') }}{% endif %}"
+               "<|{{ m['role'] }}|>{{ m['content'] | tojson }}{% endfor %}"
+               "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+@pytest.mark.parametrize("template,fragment", [
+    ("{% if %}", "syntax error"),
+    ("{{ ''.__class__.__mro__[1].__subclasses__() }}", "sandbox"),
+    ("{{ cycler.__init__.__globals__ }}", "sandbox"),
+    ("{{ nope.attr }}", "undefined"),
+    ("{{ 1 / 0 }}", "ZeroDivisionError"),
+    ("{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}", "longer than"),
+    ("{% for i in range(99999) %}{{ 'x' * 99 }}{% endfor %}", "output passed"),
+    ("{{ 'x' * 10**12 }}", "would build"),
+    ("{{ 2 ** 99999999 }}", "exponent"),
+    ("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", "recursed"),
+    ("", "empty"),
+])
+def test_chat_template_problems_are_bad_input(template, fragment):
+    from paddle2ort.runtime.errors import BadInputError
+    from paddle2ort.tokenization.chat_template import render_chat_template
+    with pytest.raises(BadInputError, match=fragment):
+        render_chat_template(template, max_seconds=0.5, max_output=100_000, messages=[{"role": "user", "content": "hi"}])
+
+
+def test_chat_template_hf_helpers():
+    from paddle2ort.runtime.errors import BadInputError
+    from paddle2ort.tokenization.chat_template import render_chat_template
+    out = render_chat_template(HF_TEMPLATE, messages=[{"role": "user", "content": "héllo"}], add_generation_prompt=True)
+    assert out == '<|user|>"héllo"<|assistant|>'
+    with pytest.raises(BadInputError, match="must start with user"):
+        render_chat_template(HF_TEMPLATE, messages=[{"role": "assistant", "content": "x"}])

@@ -1,0 +1,231 @@
+"""Bundles cannot be fooled and --overwrite cannot destroy: every file checksummed and verified on load, paths
+confined to the bundle, every malformed manifest field a BundleError naming it, and replacement refused for anything
+that is not our bundle. Synthetic bundles (no Paddle): fast."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from paddle2ort.convert.bundle import check_destination, check_overwrite, staged_bundle
+from paddle2ort.runtime.errors import BadInputError, BundleError
+from paddle2ort.runtime.manifest import (MANIFEST_NAME, SCHEMA_VERSION, Manifest, ModelFile, TensorSpec, file_entries,
+                                         load_bundle, sha256_file)
+
+pytestmark = pytest.mark.unit
+
+
+def make_bundle(root: Path, tokenizer: bool = True) -> Path:
+    """A bundle as the converter writes it (the model bytes are opaque to the manifest checks)."""
+    root.mkdir(parents=True)
+    (root / "model.fp32.onnx").write_bytes(b"onnx model bytes")
+    (root / "validation.json").write_text("{}")
+    (root / "validation_inputs.npz").write_bytes(b"npz bytes")
+    if tokenizer:
+        (root / "tokenizer").mkdir()
+        (root / "tokenizer" / "tokenizer.json").write_text('{"model": {"vocab": {"good": 1, "bad": 2}}}')
+        (root / "tokenizer" / "vocab.txt").write_text("[PAD]\ngood\nbad\n")
+    f = root / "model.fp32.onnx"
+    m = Manifest(schema_version=SCHEMA_VERSION, name="tiny", task="text-classification", labels=("neg", "pos"),
+                 inputs=(TensorSpec("input_ids", "int64", ("batch", "sequence")),),
+                 outputs=(TensorSpec("logits", "float32", ("batch", 2)),), opset=17,
+                 models={"fp32": ModelFile("fp32", f.name, sha256_file(f), f.stat().st_size)},
+                 source={}, versions={}, tokenizer={"kind": "wordpiece", "vocab_file": "tokenizer/vocab.txt",
+                                                    "tokenizer_file": "tokenizer/tokenizer.json"} if tokenizer else None,
+                 files=file_entries(root))
+    (root / MANIFEST_NAME).write_text(json.dumps(m.to_json()))
+    return root
+
+
+def edit_manifest(root: Path, fn) -> Path:
+    m = json.loads((root / MANIFEST_NAME).read_text())
+    new = fn(m)
+    (root / MANIFEST_NAME).write_text(json.dumps(new if isinstance(new, list) else m))
+    return root
+
+
+# ------------------------------------------------------------------------------------------ checksums, verify on load
+def test_every_file_is_listed_and_reads_back(tmp_path):
+    b = load_bundle(make_bundle(tmp_path / "b"))
+    assert b.verified
+    assert set(b.manifest.files) == {"model.fp32.onnx", "validation.json", "validation_inputs.npz",
+                                     "tokenizer/tokenizer.json", "tokenizer/vocab.txt"}
+    assert b.model_path("fp32") == tmp_path / "b" / "model.fp32.onnx"
+
+
+@pytest.mark.parametrize("rel", ["model.fp32.onnx", "tokenizer/tokenizer.json", "tokenizer/vocab.txt",
+                                 "validation_inputs.npz", "validation.json"])
+def test_changed_file_fails_load_by_default(tmp_path, rel):
+    root = make_bundle(tmp_path / "b")
+    p = root / rel
+    p.write_bytes(p.read_bytes().replace(b"good", b"baad") + b" ")           # e.g. two vocab entries swapped
+    with pytest.raises(BundleError, match=rel.replace(".", r"\.")):
+        load_bundle(root)
+
+
+def test_added_and_missing_files_fail(tmp_path):
+    root = make_bundle(tmp_path / "b")
+    (root / "extra.onnx").write_bytes(b"x")
+    with pytest.raises(BundleError, match="extra.onnx"):
+        load_bundle(root)
+    (root / "extra.onnx").unlink()
+    (root / "tokenizer" / "vocab.txt").unlink()
+    with pytest.raises(BundleError, match="vocab.txt"):
+        load_bundle(root)
+
+
+def test_opting_out_still_checks_the_model_used(tmp_path):
+    root = make_bundle(tmp_path / "b")
+    (root / "validation.json").write_text('{"edited": true}')
+    b = load_bundle(root, verify=False)                      # explicit opt-out: loads
+    assert b.model_path("fp32").is_file()
+    (root / "model.fp32.onnx").write_bytes(b"swapped model")
+    with pytest.raises(BundleError, match="model.fp32.onnx"):
+        b.model_path("fp32")
+
+
+# ---------------------------------------------------------------------------------------------- paths confined
+@pytest.mark.parametrize("path", ["../outside/evil.onnx", "/etc/passwd", "a/../../x.onnx", "~/x.onnx", ""])
+def test_model_path_must_stay_inside(tmp_path, path):
+    root = make_bundle(tmp_path / "b")
+
+    def move(m):
+        m["files"][path] = m["files"].pop("model.fp32.onnx")
+        m["models"]["fp32"]["file"] = path
+    edit_manifest(root, move)
+    with pytest.raises(BundleError, match="inside the bundle"):
+        load_bundle(root, verify=False)
+
+
+def test_symlink_out_of_the_bundle_is_refused(tmp_path):
+    root = make_bundle(tmp_path / "b")
+    outside = tmp_path / "outside.onnx"
+    outside.write_bytes((root / "model.fp32.onnx").read_bytes())     # same bytes, same sha256
+    (root / "model.fp32.onnx").unlink()
+    (root / "model.fp32.onnx").symlink_to(outside)
+    with pytest.raises(BundleError, match="outside the bundle"):
+        load_bundle(root)
+
+
+# ----------------------------------------------------------------------------------------- malformed manifests
+def _set(key, value):
+    return lambda m: m.__setitem__(key, value)
+
+
+MALFORMED = {
+    "top-level-list": (lambda m: [m], "JSON object"),
+    "models-list": (_set("models", [{"file": "model.fp32.onnx"}]), "'models'"),
+    "models-empty": (_set("models", {}), "'models'"),
+    "outputs-empty": (_set("outputs", []), "'outputs'"),
+    "inputs-not-list": (_set("inputs", {"name": "x"}), "'inputs'"),
+    "tensor-extra-key": (lambda m: m["inputs"][0].update(layout="NCHW"), "inputs\\[0\\]"),
+    "dtype-unknown": (lambda m: m["outputs"][0].update(dtype="float33"), "outputs\\[0\\].dtype"),
+    "dim-bool": (lambda m: m["outputs"][0].update(shape=["batch", True]), "shape\\[1\\]"),
+    "name-int": (_set("name", 5), "'name'"),
+    "opset-bool": (_set("opset", True), "'opset'"),
+    "labels-dup": (_set("labels", ["a", "a"]), "'labels'"),
+    "labels-vs-classes": (_set("labels", ["a", "b", "c"]), "'labels'"),
+    "unknown-top-key": (_set("surprise", 1), "surprise"),
+    "tokenizer-unknown-key": (lambda m: m["tokenizer"].update(evil=1), "'tokenizer'"),
+    "tokenizer-kind": (lambda m: m["tokenizer"].update(kind="unigram"), "tokenizer.kind"),
+    "tokenizer-max-len": (lambda m: m["tokenizer"].update(max_seq_length="128"), "tokenizer.max_seq_length"),
+    "sha-short": (lambda m: m["models"]["fp32"].update(sha256="ab"), "sha256"),
+    "size-str": (lambda m: m["files"]["validation.json"].update(size_bytes="2"), "size_bytes"),
+    "files-missing": (lambda m: m.pop("files"), "files"),
+    "files-model-unlisted": (lambda m: m["files"].pop("model.fp32.onnx"), "models.fp32.file"),
+    "files-lists-manifest": (lambda m: m["files"].update({MANIFEST_NAME: m["files"]["validation.json"]}),
+                             "manifest.json"),
+    "options-list": (lambda m: m["models"]["fp32"].update(options=[]), "options"),
+    "extra-list": (_set("extra", []), "'extra'"),
+    "fused-no-spec": (_set("extra", {"fused": {"fp16": {"file": "f.onnx", "sha256": "0" * 64, "options": {}}}}),
+                      "extra.fused.fp16"),
+    "schema-old": (_set("schema_version", 1), "schema_version"),
+}
+
+
+@pytest.mark.parametrize("name", list(MALFORMED))
+def test_malformed_field_is_a_bundle_error_naming_it(tmp_path, name):
+    fn, field = MALFORMED[name]
+    root = edit_manifest(make_bundle(tmp_path / "b"), fn)
+    with pytest.raises(BundleError, match=field) as e:
+        load_bundle(root)
+    assert e.value.exit_code == 2
+
+
+def test_manifest_round_trips(tmp_path):
+    m = load_bundle(make_bundle(tmp_path / "b")).manifest
+    assert Manifest.from_json(copy.deepcopy(m.to_json())) == m
+
+
+# ----------------------------------------------------------------------------------------------------- overwrite
+@pytest.fixture
+def in_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_overwrite_replaces_only_our_bundles(in_dir):
+    bundle = make_bundle(in_dir / "b")
+    check_overwrite(bundle)                               # ours: fine
+    (in_dir / "empty").mkdir()
+    check_overwrite(in_dir / "empty")                     # nothing to lose: fine
+    user = in_dir / "thesis"
+    user.mkdir()
+    (user / "thesis.txt").write_text("four years")
+    with pytest.raises(BadInputError, match="not a paddle2ort bundle"):
+        check_overwrite(user)
+    (bundle / "notes.txt").write_text("mine")
+    with pytest.raises(BadInputError, match="notes.txt"):
+        check_overwrite(bundle)
+
+
+def test_overwrite_never_the_source_cwd_home_or_root(in_dir, monkeypatch):
+    bundle = make_bundle(in_dir / "b")
+    src = bundle / "model.fp32.onnx"
+    with pytest.raises(BadInputError, match="source model"):
+        check_overwrite(bundle, (src,))
+    with pytest.raises(BadInputError, match="source model"):
+        check_overwrite(bundle, (bundle,))
+    with pytest.raises(BadInputError, match="working directory"):
+        check_overwrite(Path("."))
+    with pytest.raises(BadInputError, match="working directory"):
+        check_overwrite(in_dir.parent)
+    monkeypatch.setenv("HOME", str(bundle))
+    with pytest.raises(BadInputError, match="home directory"):
+        check_overwrite(bundle)
+    with pytest.raises(BadInputError, match="root directory"):
+        check_overwrite(Path("/"))
+
+
+def test_refused_overwrite_is_checked_before_any_work(in_dir):
+    user = in_dir / "mine"
+    user.mkdir()
+    (user / "thesis.txt").write_text("x")
+    ran = []
+    with pytest.raises(BadInputError):
+        with staged_bundle(user, overwrite=True):
+            ran.append(1)
+    assert not ran and (user / "thesis.txt").read_text() == "x"
+    assert sorted(p.name for p in in_dir.iterdir()) == ["mine"]        # no staging dir left
+
+
+def test_staged_bundle_replaces_an_old_bundle_atomically(in_dir):
+    old = make_bundle(in_dir / "b")
+    with staged_bundle(old, overwrite=True) as stage:
+        make_bundle(stage / "x")                       # something to write
+        (stage / "marker").write_text("new")
+    assert (old / "marker").read_text() == "new"
+    assert sorted(p.name for p in in_dir.iterdir()) == ["b"]
+
+
+def test_no_overwrite_flag_refuses_existing(in_dir):
+    make_bundle(in_dir / "b")
+    with pytest.raises(BadInputError, match="--overwrite"):
+        check_destination(in_dir / "b", overwrite=False)
+    (in_dir / "f").write_text("x")
+    with pytest.raises(BadInputError, match="not a directory"):
+        check_destination(in_dir / "f", overwrite=True)
+    assert os.path.exists(in_dir / "f")
