@@ -21,7 +21,7 @@ log = logging.getLogger("paddle2ort")
 
 # In help order. "release" is helper-owned (paddle2ort.cli.release); tolerated as absent until it lands.
 COMMAND_MODULES = ("convert", "convert_llm", "zoo", "classify", "generate", "bench", "bench_llm", "perplexity",
-                   "release")
+                   "release", "serve")
 OPTIONAL_MODULES = {"release"}
 
 

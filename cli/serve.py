@@ -1,0 +1,87 @@
+"""`paddle2ort serve`: over paddle2ort.runtime.serving (OpenAI-compatible HTTP server, in-flight batching)."""
+from __future__ import annotations
+
+import logging
+import socket
+from pathlib import Path
+
+from paddle2ort.runtime.errors import BadInputError
+
+from .common import _typed, check_exists, command, nonneg_float, nonneg_int, positive_int
+
+log = logging.getLogger("paddle2ort.cli")
+
+SERVE_MODULES = ("fastapi", "uvicorn", "prometheus_client")
+_port = _typed("port", int, lambda v: 1 <= v <= 65535, "a TCP port in 1..65535")
+
+
+def check_port(host: str, port: int) -> None:
+    """Bind-test before loading models: a busy port is one clear error, not uvicorn's traceback."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise BadInputError(f"cannot listen on {host}:{port} ({e.strerror}); pick another --port or --host") \
+                from None
+
+
+def run(args) -> int:
+    import importlib.util
+    missing = [m for m in SERVE_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise BadInputError(f"serve needs {', '.join(missing)}: pip install 'paddle2ort[serve]'")
+    for b in args.bundles:
+        check_exists(b, "BUNDLE")
+    check_port(args.host, args.port)
+    import uvicorn
+
+    from paddle2ort.runtime.serving.app import ServeConfig, create_app, load_models
+    from paddle2ort.runtime.serving.metrics import ServingMetrics
+
+    cfg = ServeConfig(max_batch=args.max_batch, max_queue=args.max_queue, retry_after=args.retry_after,
+                      default_max_tokens=args.default_max_tokens, classify_max_wait_ms=args.classify_wait_ms,
+                      classify_max_texts=args.classify_batch)
+    metrics = ServingMetrics()
+    models = load_models(args.bundles, cfg, metrics, args.device, args.precision, args.threads, args.device_id)
+    app = create_app(models, cfg, metrics)
+    log.info("listening on http://%s:%d (models: %s); SIGTERM or Ctrl-C drains the requests in flight",
+             args.host, args.port, ", ".join(models))
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_config=None,
+                                           log_level="warning", access_log=False,
+                                           timeout_graceful_shutdown=args.drain_timeout or None))
+    server.run()
+    return 0
+
+
+def register(sub) -> None:
+    g = command(sub, "serve", "serve bundles over HTTP (OpenAI-compatible API, in-flight batching)",
+                "paddle2ort serve bundles/smollm2 bundles/sentiment --port 8000 --max-batch 16\n"
+                "curl localhost:8000/v1/chat/completions -H 'Content-Type: application/json' \\\n"
+                "  -d '{\"model\": \"smollm2\", \"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}]}'",
+                description="Serve text-generation bundles on OpenAI's /v1/completions and /v1/chat/completions "
+                            "(streaming, continuous batching of concurrent requests) and text-classification "
+                            "bundles on /v1/classify (micro-batched), with /v1/models, /health and Prometheus "
+                            "/metrics. A model's name is its bundle directory's name. Needs the serve extra.")
+    g.add_argument("bundles", type=Path, nargs="+", metavar="BUNDLE", help="bundle directories to serve")
+    g.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    g.add_argument("--port", type=_port, default=8000, help="TCP port")
+    g.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="where onnxruntime runs")
+    g.add_argument("--device-id", type=nonneg_int, default=0, help="CUDA device with --device gpu")
+    g.add_argument("--precision", help="which model of each bundle (fp32, fp16, int8, int4); default: the one "
+                   "`paddle2ort release` chose for --device, else fp32")
+    g.add_argument("--threads", type=nonneg_int, default=0, help="intra-op threads (0: onnxruntime's choice)")
+    g.add_argument("--max-batch", type=positive_int, default=16,
+                   help="rows one decode step advances at most (in-flight batch size)")
+    g.add_argument("--max-queue", type=nonneg_int, default=64,
+                   help="requests waiting for a slot per model; more are answered 429 with Retry-After")
+    g.add_argument("--retry-after", type=positive_int, default=1, help="seconds, in 429/503 answers")
+    g.add_argument("--default-max-tokens", type=positive_int, default=256,
+                   help="new tokens of a chat completion that gives no max_tokens")
+    g.add_argument("--classify-wait-ms", type=nonneg_float, default=10.0,
+                   help="how long a classify request waits for others to share its batch")
+    g.add_argument("--classify-batch", type=positive_int, default=64, help="texts a classifier batch at most")
+    g.add_argument("--drain-timeout", type=nonneg_float, default=60.0,
+                   help="on SIGTERM, seconds to let requests in flight finish (0: no limit)")
+    g.set_defaults(func=run)

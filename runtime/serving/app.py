@@ -1,0 +1,390 @@
+"""The HTTP server of `paddle2ort serve`: an OpenAI-compatible API over text-generation bundles (in-flight
+batching, scheduler.py) and /v1/classify over text-classification bundles (micro-batched, classify.py), on
+FastAPI + uvicorn, with /health and Prometheus /metrics.
+
+A request names a model by the name the server gave a loaded bundle (its directory name); nothing a request
+carries is ever used as a path."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import secrets
+import time
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from paddle2ort.runtime.errors import BadInputError, BundleError
+from paddle2ort.runtime.generation import GenerationConfig
+
+from .classify import MicroBatcher
+from .metrics import CONTENT_TYPE_LATEST, ServingMetrics
+from .openai_schema import DEFAULT_COMPLETION_TOKENS, ChatRequest, ClassifyRequest, CompletionRequest
+from .scheduler import Engine, Event, QueueFull, ShuttingDown
+
+log = logging.getLogger(__name__)
+
+_UNION_TAG = re.compile(r"^(str|int|float|bool|none|list\[.*\]|dict\[.*\]|[\w-]+\[.*\])$")
+ROUTES = ("/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/classify", "/health", "/metrics")
+DISCONNECT_POLL_S = 0.25
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    max_batch: int = 16                 # rows (choices) one decode step advances at most
+    max_queue: int = 64                 # requests waiting for a slot, per model; more -> 429
+    retry_after: int = 1                # seconds, in 429/503 answers
+    default_max_tokens: int = 256       # chat completions without max_tokens (bounded by the context)
+    classify_max_wait_ms: float = 10.0  # how long the first waiting classify request waits for company
+    classify_max_texts: int = 64        # texts a classifier batch at most
+    max_classify_inputs: int = 256      # texts one /v1/classify request at most
+
+    def __post_init__(self):
+        for name in ("max_batch", "retry_after", "default_max_tokens", "classify_max_texts", "max_classify_inputs"):
+            if getattr(self, name) < 1:
+                raise BadInputError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_queue < 0 or self.classify_max_wait_ms < 0:
+            raise BadInputError("max_queue and classify_max_wait_ms must be >= 0")
+
+
+@dataclass
+class Served:
+    """One loaded bundle under its public name."""
+    name: str
+    task: str
+    path: Path
+    created: int = field(default_factory=lambda: int(time.time()))
+    generator: Any = None               # runtime.llm.TextGenerator
+    engine: Engine | None = None
+    classifier: Any = None              # runtime.pipelines.TextClassifier
+    batcher: MicroBatcher | None = None
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 kind: str = "invalid_request_error", headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+        self.headers = headers or {}
+
+
+def error_response(e: ApiError) -> JSONResponse:
+    return JSONResponse({"error": {"message": e.message, "type": e.kind, "param": e.param, "code": e.code}},
+                        status_code=e.status, headers=e.headers)
+
+
+# ----------------------------------------------------------------------------- loading
+def load_models(bundles: list[Path], cfg: ServeConfig, metrics: ServingMetrics, device: str = "cpu",
+                precision: str | None = None, threads: int = 0, device_id: int = 0) -> dict[str, Served]:
+    """Load every bundle before the server binds (a bad bundle is an error now, not on the first request)."""
+    from paddle2ort.runtime.manifest import load_bundle
+    from paddle2ort.runtime.selection import default_precision
+    from paddle2ort.runtime.session import SessionOptions
+
+    names: dict[str, Path] = {}
+    for b in bundles:
+        name = Path(b).resolve().name
+        if name in names:
+            raise BadInputError(f"two bundles would be served as {name!r} ({names[name]} and {b}): a model's name is "
+                                "its directory's name, so rename one directory")
+        names[name] = Path(b)
+    session = SessionOptions(device=device, device_id=device_id, intra_op_threads=threads)
+    out: dict[str, Served] = {}
+    for name, path in names.items():
+        m = load_bundle(path, verify=False).manifest
+        prec = precision or default_precision(load_bundle(path, verify=False), device)
+        if m.task == "text-generation":
+            from paddle2ort.runtime.llm import TextGenerator
+            gen = TextGenerator(path, precision=prec, session=session, graph="generic")
+            eng = Engine(gen.model, gen.tokenizer, gen.default_stop_ids, gen.max_context, cfg.max_batch,
+                         cfg.max_queue, cfg.retry_after, metrics, name)
+            out[name] = Served(name, m.task, path, generator=gen, engine=eng)
+        elif m.task == "text-classification":
+            from paddle2ort.runtime.pipelines import TextClassifier
+            clf = TextClassifier(path, precision=prec, session=session)
+            out[name] = Served(name, m.task, path, classifier=clf, batcher=MicroBatcher(
+                clf, cfg.classify_max_texts, cfg.classify_max_wait_ms / 1000, cfg.max_queue, cfg.retry_after,
+                metrics, name))
+        else:
+            raise BundleError(f"bundle {path} has task {m.task!r}: serve runs text-generation and "
+                              "text-classification bundles")
+        log.info("serving %s (%s) as %r", path, m.task, name)
+    return out
+
+
+# ----------------------------------------------------------------------------- the app
+def create_app(models: dict[str, Served], cfg: ServeConfig = ServeConfig(),
+               metrics: ServingMetrics | None = None) -> FastAPI:
+    metrics = metrics or ServingMetrics()
+    state = {"draining": False}
+
+    @asynccontextmanager
+    async def lifespan(app):
+        for s in models.values():
+            if s.engine is not None:
+                s.engine.start()
+            if s.batcher is not None:
+                s.batcher.start()
+        yield
+        state["draining"] = True                # uvicorn has finished the requests in flight (SIGTERM drain)
+        for s in models.values():
+            if s.engine is not None:
+                await asyncio.to_thread(s.engine.stop)
+            if s.batcher is not None:
+                await s.batcher.stop()
+        log.info("server stopped: every admitted request was answered")
+
+    app = FastAPI(title="paddle2ort", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.models, app.state.metrics, app.state.config = models, metrics, cfg
+    app.add_middleware(_MetricsMiddleware, metrics=metrics)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        return error_response(validation_error(exc))
+
+    @app.exception_handler(ApiError)
+    async def _api(request: Request, exc: ApiError):
+        return error_response(exc)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.exception("%s %s failed", request.method, request.url.path)
+        return error_response(ApiError(500, f"internal error: {type(exc).__name__}: {exc}", kind="server_error"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        return error_response(ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
+                                       code="not_found" if exc.status_code == 404 else None))
+
+    def model_for(name: str, task: str) -> Served:
+        s = models.get(name)
+        if s is None:
+            raise ApiError(404, f"model {name!r} does not exist; this server has: {', '.join(sorted(models))}",
+                           "model", "model_not_found")
+        if s.task != task:
+            raise ApiError(400, f"model {name!r} is a {s.task} model; this route needs a {task} model",
+                           "model", "wrong_task")
+        return s
+
+    @app.get("/health")
+    async def health():
+        body = {"status": "draining" if state["draining"] else "ok",
+                "models": {n: {"task": s.task, **({"active_rows": s.engine.active, "queued": s.engine.queued}
+                                                  if s.engine else {})} for n, s in models.items()}}
+        return JSONResponse(body, status_code=503 if state["draining"] else 200)
+
+    @app.get("/metrics")
+    async def prometheus():
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def list_models():
+        return {"object": "list", "data": [{"id": n, "object": "model", "created": s.created,
+                                            "owned_by": "paddle2ort", "task": s.task} for n, s in models.items()]}
+
+    @app.get("/v1/models/{name}")
+    async def get_model(name: str):
+        s = models.get(name)
+        if s is None:
+            raise ApiError(404, f"model {name!r} does not exist", "model", "model_not_found")
+        return {"id": s.name, "object": "model", "created": s.created, "owned_by": "paddle2ort", "task": s.task}
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request):
+        s = model_for(body.model, "text-generation")
+        ids = s.generator.tokenizer.encode(body.prompt)
+        return await run_generation(s, ids, body, body.max_tokens or DEFAULT_COMPLETION_TOKENS, request, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: ChatRequest, request: Request):
+        s = model_for(body.model, "text-generation")
+        tok = s.generator.tokenizer
+        msgs = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
+        try:
+            ids = tok.encode(tok.apply_chat_template(msgs, add_generation_prompt=True))
+        except BadInputError as e:
+            raise ApiError(400, str(e), "messages") from e
+        limit = s.engine.max_context
+        default = cfg.default_max_tokens if limit is None else max(1, min(cfg.default_max_tokens, limit - len(ids)))
+        return await run_generation(s, ids, body, body.new_tokens(default), request, chat=True)
+
+    @app.post("/v1/classify")
+    async def classify(body: ClassifyRequest):
+        s = model_for(body.model, "text-classification")
+        if len(body.input) > cfg.max_classify_inputs:
+            raise ApiError(400, f"input has {len(body.input)} texts; at most {cfg.max_classify_inputs} a request",
+                           "input")
+        try:
+            rows = await s.batcher.classify(body.input)
+        except QueueFull as e:
+            raise ApiError(429, str(e), code="queue_full", kind="server_busy",
+                           headers={"Retry-After": str(e.retry_after)}) from e
+        except ShuttingDown as e:
+            raise ApiError(503, str(e), code="shutting_down", kind="server_busy",
+                           headers={"Retry-After": str(cfg.retry_after)}) from e
+        return {"object": "list", "model": s.name, "data": [{"index": i, **r} for i, r in enumerate(rows)],
+                "usage": {"input_texts": len(rows)}}
+
+    return app
+
+
+def validation_error(exc: RequestValidationError) -> ApiError:
+    """FastAPI's 422 as a 400 naming the first bad field (OpenAI's error shape)."""
+    errs = exc.errors()
+    first = errs[0] if errs else {"loc": (), "msg": "invalid request"}
+    loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+    if first.get("type") == "json_invalid":
+        return ApiError(400, f"the request body is not valid JSON: {first.get('msg')}", None, "invalid_json")
+    # union members add their type name to the path (e.g. prompt.str): keep the field's path only
+    loc = [x for x in loc if not _UNION_TAG.match(x)]
+    param = ".".join(loc) or None
+    msg = first.get("msg", "invalid value")
+    more = f" (and {len(errs) - 1} more problem{'s' if len(errs) > 2 else ''})" if len(errs) > 1 else ""
+    return ApiError(400, f"{param or 'body'}: {msg}{more}", param, "invalid_value")
+
+
+def generation_config(body, max_tokens: int) -> GenerationConfig:
+    sampling = body.temperature > 0 and body.top_k != 1
+    seed = body.seed if body.seed is not None or not sampling else secrets.randbits(63)
+    try:
+        return GenerationConfig(max_new_tokens=max_tokens, min_new_tokens=max_tokens if body.ignore_eos else 0,
+                                do_sample=sampling, temperature=body.temperature if sampling else 1.0,
+                                top_k=body.top_k, top_p=body.top_p, repetition_penalty=body.repetition_penalty,
+                                stop_strings=tuple(body.stop), seed=seed)
+    except BadInputError as e:
+        raise ApiError(400, str(e)) from e
+
+
+async def run_generation(s: Served, ids: list[int], body, max_tokens: int, request: Request, chat: bool):
+    cfg = generation_config(body, max_tokens)
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[Event] = asyncio.Queue()
+
+    def sink(ev: Event) -> None:          # engine thread -> this request's event loop
+        loop.call_soon_threadsafe(events.put_nowait, ev)
+
+    try:
+        req = s.engine.submit(ids, cfg, sink, body.n)
+    except BadInputError as e:
+        raise ApiError(400, str(e), "max_tokens" if "max_tokens" in str(e) else None) from e
+    except QueueFull as e:
+        raise ApiError(429, str(e), code="queue_full", kind="server_busy",
+                       headers={"Retry-After": str(e.retry_after)}) from e
+    except ShuttingDown as e:
+        raise ApiError(503, str(e), code="shutting_down", kind="server_busy",
+                       headers={"Retry-After": str(s.engine.retry_after)}) from e
+    rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+    created = int(time.time())
+    if body.stream:
+        gen = _sse(s, req, events, rid, created, len(ids), chat, body.include_usage(), body.n)
+        return _CancellingStream(gen, on_close=lambda: s.engine.cancel(req), media_type="text/event-stream")
+    texts, reasons = [""] * body.n, [None] * body.n
+    try:
+        while sum(r is not None for r in reasons) < body.n:
+            try:
+                ev = await asyncio.wait_for(events.get(), DISCONNECT_POLL_S)
+            except asyncio.TimeoutError:
+                if await request.is_disconnected():
+                    s.engine.cancel(req)
+                    return Response(status_code=499)
+                continue
+            if ev.kind == "error":
+                raise ApiError(500, ev.text, kind="server_error")
+            if ev.kind == "delta":
+                texts[ev.index] += ev.text
+            else:
+                reasons[ev.index] = ev.finish_reason
+    finally:
+        s.engine.cancel(req)              # a no-op once every choice is done; frees the slots otherwise
+    usage = {"prompt_tokens": len(ids), "completion_tokens": req.completion_tokens,
+             "total_tokens": len(ids) + req.completion_tokens}
+    if chat:
+        choices = [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": r,
+                    "logprobs": None} for i, (t, r) in enumerate(zip(texts, reasons))]
+        return {"id": rid, "object": "chat.completion", "created": created, "model": s.name, "choices": choices,
+                "usage": usage}
+    choices = [{"index": i, "text": t, "finish_reason": r, "logprobs": None}
+               for i, (t, r) in enumerate(zip(texts, reasons))]
+    return {"id": rid, "object": "text_completion", "created": created, "model": s.name, "choices": choices,
+            "usage": usage}
+
+
+async def _sse(s: Served, req, events: asyncio.Queue, rid: str, created: int, prompt_tokens: int, chat: bool,
+               include_usage: bool, n: int):
+    obj = "chat.completion.chunk" if chat else "text_completion"
+
+    def chunk(choices, usage=None) -> str:
+        body = {"id": rid, "object": obj, "created": created, "model": s.name, "choices": choices}
+        if include_usage:
+            body["usage"] = usage
+        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+    if chat:
+        yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+                     for i in range(n)])
+    done = 0
+    while done < n:
+        ev = await events.get()
+        if ev.kind == "error":
+            yield f"data: {json.dumps({'error': {'message': ev.text, 'type': 'server_error'}})}\n\n"
+            return
+        if ev.kind == "delta":
+            c = ({"index": ev.index, "delta": {"content": ev.text}, "finish_reason": None} if chat else
+                 {"index": ev.index, "text": ev.text, "finish_reason": None, "logprobs": None})
+        else:
+            done += 1
+            c = ({"index": ev.index, "delta": {}, "finish_reason": ev.finish_reason} if chat else
+                 {"index": ev.index, "text": "", "finish_reason": ev.finish_reason, "logprobs": None})
+        yield chunk([c])
+    if include_usage:
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": req.completion_tokens,
+                 "total_tokens": prompt_tokens + req.completion_tokens}
+        yield chunk([], usage)
+    yield "data: [DONE]\n\n"
+
+
+class _CancellingStream(StreamingResponse):
+    """A streaming answer that cancels its generation however it ends (finished, client gone, server error)."""
+
+    def __init__(self, content, on_close, **kw):
+        super().__init__(content, **kw)
+        self.on_close = on_close
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.on_close()
+            await self.body_iterator.aclose()
+
+
+class _MetricsMiddleware:
+    """Requests by route and status, and latency to the last byte (pure ASGI: streaming passes through)."""
+
+    def __init__(self, app, metrics: ServingMetrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0, status = time.perf_counter(), [500]
+        route = scope["path"] if scope["path"] in ROUTES else "other"
+
+        async def wrapped(msg):
+            if msg["type"] == "http.response.start":
+                status[0] = msg["status"]
+            await send(msg)
+
+        try:
+            await self.app(scope, receive, wrapped)
+        finally:
+            self.metrics.request(route, status[0], time.perf_counter() - t0)

@@ -1,0 +1,118 @@
+"""Request bodies of the OpenAI-compatible routes (pydantic; FastAPI validates them, our handler turns a failure
+into 400 naming the field). Fields the OpenAI API defines but this server does not act on are accepted and
+ignored (clients send them by default); fields that would change the answer and are not supported are refused."""
+from __future__ import annotations
+
+from typing import Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_STOP_STRINGS = 4           # as the OpenAI API
+DEFAULT_COMPLETION_TOKENS = 16  # /v1/completions' default max_tokens in the OpenAI API
+
+
+class _Sampling(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0, allow_inf_nan=False)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, allow_inf_nan=False)
+    top_k: int = Field(default=0, ge=0)                       # extension (vLLM's name); 0 = off
+    repetition_penalty: float = Field(default=1.0, gt=0.0, allow_inf_nan=False)   # extension
+    ignore_eos: bool = False                                  # extension (vLLM's name): run to max_tokens
+    n: int = Field(default=1, ge=1)
+    stop: Union[str, list[str], None] = Field(default=None, validate_default=True)
+    seed: int | None = Field(default=None, ge=0, lt=2 ** 64)
+    stream: bool = False
+    stream_options: dict | None = None
+    logprobs: Union[bool, int, None] = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, v):
+        stops = [v] if isinstance(v, str) else (v or [])
+        if len(stops) > MAX_STOP_STRINGS:
+            raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings")
+        if any(not s for s in stops):
+            raise ValueError("stop strings must not be empty")
+        return tuple(stops)
+
+    @field_validator("logprobs")
+    @classmethod
+    def _no_logprobs(cls, v):
+        if v:
+            raise ValueError("logprobs are not supported by this server")
+        return v
+
+    def include_usage(self) -> bool:
+        return bool((self.stream_options or {}).get("include_usage"))
+
+
+class CompletionRequest(_Sampling):
+    prompt: Union[str, list[str]]
+    echo: bool = False
+    suffix: str | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, v):
+        if isinstance(v, list):
+            if len(v) != 1:
+                raise ValueError("give one prompt per request (a list of exactly one string)")
+            v = v[0]
+        if not v.strip():
+            raise ValueError("the prompt is empty")
+        return v
+
+    @field_validator("echo")
+    @classmethod
+    def _no_echo(cls, v):
+        if v:
+            raise ValueError("echo is not supported by this server")
+        return v
+
+    @field_validator("suffix")
+    @classmethod
+    def _no_suffix(cls, v):
+        if v:
+            raise ValueError("suffix (insertion) is not supported by this server")
+        return v
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Union[str, list[TextPart]]
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
+class ChatRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+
+    def new_tokens(self, default: int) -> int:
+        return self.max_completion_tokens or self.max_tokens or default
+
+
+class ClassifyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1)
+    input: Union[str, list[str]]
+
+    @field_validator("input")
+    @classmethod
+    def _texts(cls, v):
+        texts = [v] if isinstance(v, str) else v
+        if not texts:
+            raise ValueError("give at least one text")
+        return texts
