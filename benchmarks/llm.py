@@ -62,8 +62,16 @@ def run_one_onnx(bundle: Path, precision: str, batch: int, prompt_len: int, new_
 def run_llm_bench(cfg: LLMBenchConfig) -> dict:
     from paddle2ort.runtime.manifest import load_bundle
     from paddle2ort.tokenization.bpe import BPETokenizer
+    from paddle2ort.runtime.errors import BadInputError, BundleError
     bundle = load_bundle(cfg.bundle)
-    precisions = cfg.precisions or tuple(bundle.manifest.models)
+    m = bundle.manifest
+    if m.task != "text-generation" or "llm" not in m.extra:          # checked before any row is timed
+        raise BundleError(f"bundle {cfg.bundle} is not a text-generation bundle (task={m.task!r})")
+    precisions = cfg.precisions or tuple(m.models)
+    missing = [p for p in precisions if p not in m.models]
+    if missing:
+        raise BadInputError(f"bundle {cfg.bundle} has no {', '.join(missing)} model (it has: {', '.join(m.models)}); "
+                            f"convert with --precision {','.join(missing)}")
     threads = cfg.threads or usable_cores()
     rows = []
     from tqdm.auto import tqdm
