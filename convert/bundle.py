@@ -68,8 +68,8 @@ def check_overwrite(dest: Path, sources: tuple[Path, ...] = (), owned=foreign_en
         for src in sources:
             s = _real(src)
             if s == real or s.is_relative_to(real):
-                why = (f"it is the source model {src}" if s == real else
-                       f"it holds the source model {src}")
+                why = (f"it is the input {src} (the source model or a file you gave)" if s == real else
+                       f"it holds the input {src} (the source model or a file you gave)")
                 break
     if why is None:
         extra = owned(dest)
@@ -80,8 +80,8 @@ def check_overwrite(dest: Path, sources: tuple[Path, ...] = (), owned=foreign_en
             shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
             why = f"it holds files that are not part of the {kind} ({shown})"
     if why:
-        raise BadInputError(f"refusing to replace {dest}: {why}. Only a {kind} that paddle2ort wrote is "
-                            "replaced; choose a new -o path (or move your files away first)")
+        raise BadInputError(f"output {dest} exists and will not be replaced: {why}. --overwrite replaces only a "
+                            f"{kind} that paddle2ort wrote; choose a new -o path (or move your files away first)")
 
 
 def check_destination(dest: Path, overwrite: bool, sources: tuple[Path, ...] = (), owned=foreign_entries,
@@ -89,11 +89,11 @@ def check_destination(dest: Path, overwrite: bool, sources: tuple[Path, ...] = (
     """Fail before any work if the bundle cannot be written where asked (or would replace what it must not)."""
     if dest.exists() and not dest.is_dir():
         raise BadInputError(f"output path {dest} exists and is not a directory; choose another -o path")
-    if dest.exists() and not overwrite:
-        raise BadInputError(f"output bundle {dest} already exists; pass --overwrite to replace it "
-                            "(the old bundle is kept until the new one has passed validation)")
     if dest.exists():
-        check_overwrite(dest, sources, owned, kind)
+        check_overwrite(dest, sources, owned, kind)      # what must never be replaced, with or without --overwrite
+        if not overwrite:
+            raise BadInputError(f"output {kind} {dest} already exists; pass --overwrite to replace it "
+                                f"(the old {kind} is kept until the new one has passed validation)")
     if not dest.name or dest.name in (".", ".."):
         raise BadInputError(f"output path {dest} has no directory name; give the bundle directory, e.g. -o bundle")
     anchor = dest.parent

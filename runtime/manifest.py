@@ -22,14 +22,8 @@ MANIFEST_NAME = "manifest.json"
 VALIDATION_NAME = "validation.json"
 PRECISION_NAMES = ("fp32", "fp16", "int8", "int4")
 IO_DTYPES = ("float32", "float16")
-TOKENIZER_KEYS = {  # kind -> keys its section may hold (what the converter writes)
-    "wordpiece": {"kind", "do_lower_case", "max_seq_length", "vocab_file", "tokenizer_file", "pad_token",
-                  "cls_token", "sep_token", "unk_token"},
-    "bpe": {"kind", "files", "eos_token_id", "pad_token_id"},
-}
+BPE_TOKENIZER_KEYS = {"kind", "files", "eos_token_id", "pad_token_id"}    # what convert-llm writes
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_TOP_KEYS = {"schema_version", "name", "task", "labels", "inputs", "outputs", "opset", "models", "source",
-             "versions", "validation", "tokenizer", "extra", "created_at", "files"}
 
 
 def _fail(fieldname: str, problem: str) -> BundleError:
@@ -85,7 +79,7 @@ class TensorSpec:
     def from_json(cls, d, fieldname: str = "tensor") -> "TensorSpec":
         import numpy as np
         _typed(d, dict, fieldname, "an object {name, dtype, shape}")
-        _keys(d, {"name", "dtype", "shape"}, {"name", "dtype", "shape"}, fieldname)
+        _keys(d, {f.name for f in dataclasses.fields(cls)}, {"name", "dtype", "shape"}, fieldname)
         name = _typed(d["name"], str, f"{fieldname}.name", "a str")
         if not name:
             raise _fail(f"{fieldname}.name", "is empty")
@@ -130,10 +124,12 @@ def _check_tokenizer(tok) -> dict | None:
     if tok is None:
         return None
     _typed(tok, dict, "tokenizer", "an object or null")
+    from paddle2ort.tokenization.base import TokenizerConfig     # the wordpiece section is its dataclass
+    known = {"wordpiece": {f.name for f in dataclasses.fields(TokenizerConfig)}, "bpe": BPE_TOKENIZER_KEYS}
     kind = tok.get("kind", "wordpiece")
-    if kind not in TOKENIZER_KEYS:
-        raise _fail("tokenizer.kind", f"is {kind!r}; known kinds: {sorted(TOKENIZER_KEYS)}")
-    _keys(tok, TOKENIZER_KEYS[kind], set(), "tokenizer")
+    if kind not in known:
+        raise _fail("tokenizer.kind", f"is {kind!r}; known kinds: {sorted(known)}")
+    _keys(tok, known[kind], set(), "tokenizer")
     for key in ("vocab_file", "tokenizer_file"):
         if key in tok:
             check_relpath(tok[key], f"tokenizer.{key}")
@@ -158,7 +154,7 @@ def _check_fused(extra: dict) -> None:
     for prec, e in fused.items():
         f = f"extra.fused.{prec}"
         _typed(e, dict, f, "an object")
-        _keys(e, {"file", "sha256", "size_bytes", "options", "validation"}, {"file", "sha256", "options"}, f)
+        _keys(e, set(e), {"file", "sha256", "options"}, f)
         check_relpath(e["file"], f"{f}.file")
         _sha(e["sha256"], f"{f}.sha256")
         _typed(e["options"], dict, f"{f}.options", "an object")
@@ -202,7 +198,8 @@ class Manifest:
             raise BundleError(
                 f"manifest schema_version {version!r} is not supported (this paddle2ort reads {SCHEMA_VERSION}); "
                 "re-convert the model with this version of paddle2ort")
-        _keys(d, _TOP_KEYS, {"name", "inputs", "outputs", "opset", "models", "files"}, "(top level)")
+        _keys(d, {f.name for f in dataclasses.fields(cls)}, {"name", "inputs", "outputs", "opset", "models", "files"},
+              "(top level)")
         name = _typed(d["name"], str, "name", "a str")
         task = d.get("task")
         if task is not None:
