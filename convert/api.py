@@ -17,6 +17,7 @@ from paddle2ort.runtime.manifest import (MANIFEST_NAME, SCHEMA_VERSION, VALIDATI
 from . import export as export_stage
 from .bundle import staged_bundle, write_json
 from .errors import BadInputError, UnsupportedOperatorsError, ValidationError
+from .fusion import fuse_for_bundle
 from .graph import _IDENT, rename_and_annotate, share_duplicate_weights
 from .paddle_proc import make_workdir, run_worker, sigterm_as_interrupt
 from .precision import PRECISIONS, FP16Options, Int4Options, Int8Options, make_variant
@@ -128,6 +129,7 @@ class ConvertConfig:
     extra_files: dict[str, Path] = field(default_factory=dict)   # bundle-relative name -> file/dir to copy in
     tokenizer: dict | None = None                  # manifest's tokenizer section (files listed in extra_files)
     extra: dict = field(default_factory=dict)
+    fuse: bool = True                              # transformer encoders: fused graph (convert/fusion/)
 
     def __post_init__(self):
         object.__setattr__(self, "source", Path(self.source))
@@ -301,6 +303,8 @@ def _convert(config: ConvertConfig, more_sources: tuple[Path, ...]) -> ConvertRe
             saved = share_duplicate_weights(model)
             if saved >= 1e6:
                 log.info("shared %.1f MB of duplicated constant weights", saved / 1e6)
+            model, fusions, int8_opts = (fuse_for_bundle(model, config.int8) if config.fuse
+                                         else (model, {}, config.int8))
             files = {"fp32": stage / "model.fp32.onnx"}
             onnx.save(model, str(files["fp32"]))
             export_stage.check_onnx_file(files["fp32"], producer="output renaming")
@@ -318,7 +322,7 @@ def _convert(config: ConvertConfig, more_sources: tuple[Path, ...]) -> ConvertRe
                 if prec != "fp32":
                     bar.set_postfix_str(prec)
                     files[prec] = stage / f"model.{prec}.onnx"
-                    options[prec] = make_variant(prec, files["fp32"], files[prec], config.fp16, config.int8,
+                    options[prec] = make_variant(prec, files["fp32"], files[prec], config.fp16, int8_opts,
                                                  config.int4)
                     export_stage.check_onnx_file(files[prec], producer=f"the {prec} pass")
                 bar.update()
@@ -352,7 +356,7 @@ def _convert(config: ConvertConfig, more_sources: tuple[Path, ...]) -> ConvertRe
                 versions=_versions(info),
                 validation={p: summary(r) for p, r in reports.items()} if config.validate else None,
                 tokenizer=config.tokenizer,
-                extra=dict(config.extra),
+                extra={**config.extra, **({"fusions": fusions} if fusions else {})},
                 created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 files=file_entries(stage),
             )

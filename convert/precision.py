@@ -211,7 +211,9 @@ def to_int8(src: Path, dst: Path, opts: Int8Options = Int8Options()) -> dict:
             # symbolic shape inference fails on paddle2onnx graphs; ONNX shape inference is enough here
             quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
             quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8, per_channel=opts.per_channel,
-                             reduce_range=opts.reduce_range, op_types_to_quantize=list(opts.op_types))
+                             reduce_range=opts.reduce_range, op_types_to_quantize=list(opts.op_types),
+                             # fused graphs: contrib-op outputs have no inferred type; they are float
+                             extra_options={"DefaultTensorType": 1})
         except Exception as e:  # noqa: BLE001
             raise ConversionError(f"INT8 dynamic quantization failed ({type(e).__name__}: {e})") from e
     import onnx

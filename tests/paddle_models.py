@@ -137,6 +137,37 @@ def build_bert_classifier(out: Path):
                                     for n in ("input_ids", "token_type_ids", "attention_mask")])
 
 
+def build_geometry(out: Path, family: str, hidden: int, heads: int):
+    """A 2-layer encoder of a given width and head count (the fusion tests): `bert` is the zoo classifier's
+    architecture (an attention_mask input), `ernie` PaddleNLP's ERNIE classifier (its mask built from pad ids)."""
+    import paddle
+    paddle.seed(5)
+    if family == "bert":
+        from paddle2ort.convert.zoo.minilm_sentiment import make_model
+        cfg = {"vocab_size": 120, "hidden_size": hidden, "num_hidden_layers": 2, "num_attention_heads": heads,
+               "intermediate_size": 2 * hidden, "hidden_act": "gelu", "max_position_embeddings": 128,
+               "type_vocab_size": 2, "layer_norm_eps": 1e-12, "pad_token_id": 0}
+        _save(make_model(cfg, 3), out, [paddle.static.InputSpec([None, None], "int64", n)
+                                        for n in ("input_ids", "token_type_ids", "attention_mask")])
+        return
+    from paddlenlp.transformers import ErnieConfig, ErnieForSequenceClassification
+    cfg = ErnieConfig(vocab_size=120, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=heads,
+                      intermediate_size=2 * hidden, max_position_embeddings=128, type_vocab_size=2, num_labels=3,
+                      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = ErnieForSequenceClassification(cfg)
+
+    class Wrapper(paddle.nn.Layer):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, token_type_ids):
+            return self.m(input_ids=input_ids, token_type_ids=token_type_ids)
+
+    _save(Wrapper(model), out, [paddle.static.InputSpec([None, None], "int64", "input_ids"),
+                                paddle.static.InputSpec([None, None], "int64", "token_type_ids")])
+
+
 def build_llama(out: Path):
     """A tiny LLaMA (GQA 4/2, random weights) with SmolLM2's 49,152-token vocabulary, saved with save_pretrained,
     plus the SmolLM2 tokenizer built from the real GGUF in out/tokenizer."""
@@ -181,6 +212,9 @@ def build_gpt(out: Path):
 
 BUILDERS = {"llama": build_llama, "gpt": build_gpt, "bert_classifier": build_bert_classifier, "mlp": build_mlp, "encoder": build_encoder, "ernie": build_ernie, "legacy": build_legacy, "two_heads": build_two_heads,
             "unsupported": build_unsupported}
+# fusion tests: f"{family}_h{hidden}_n{heads}"
+BUILDERS.update({f"{fam}_h{h}_n{n}": (lambda out, fam=fam, h=h, n=n: build_geometry(out, fam, h, n))
+                 for fam in ("bert", "ernie") for h, n in ((32, 2), (32, 4), (64, 2), (64, 4))})
 
 
 def text_image(width: int, height: int, lines: list[str]) -> np.ndarray:

@@ -1,0 +1,138 @@
+"""Fusion pass (convert/fusion/) on the graphs paddle2onnx writes: tiny BERT/ERNIE encoders at several geometries.
+
+Fused vs unfused numerics on padded batches (both mask forms), what fused and how many, the conversion gate on the
+fused bundle, and models that are not encoders left as they were.
+"""
+import collections
+
+import numpy as np
+import onnx
+import pytest
+
+from paddle2ort.convert import ConvertConfig, convert
+from paddle2ort.convert.fusion import fuse_attention, fuse_encoder, quantizable_attention
+from paddle2ort.convert.validate import thresholds_with_overrides
+from paddle2ort.runtime import load_bundle
+from paddle2ort.runtime.session import create_session
+
+LAYERS = 2      # tests/paddle_models.py build_geometry
+
+
+@pytest.fixture(scope="module")
+def unfused(tiny_models, tmp_path_factory):
+    """kind -> the FP32 ONNX paddle2onnx wrote (renamed, not fused), converted once per module."""
+    cache = {}
+
+    def get(kind: str) -> onnx.ModelProto:
+        if kind not in cache:
+            out = tmp_path_factory.mktemp("unfused") / kind
+            convert(ConvertConfig(source=tiny_models(kind), output=out, validate=False, fuse=False))
+            cache[kind] = onnx.load(str(out / "model.fp32.onnx"))
+        return cache[kind]
+    return get
+
+
+def _feeds(model: onnx.ModelProto, batch: int, seq: int, seed: int) -> dict[str, np.ndarray]:
+    """Token ids with right padding of varying length (row 0 unpadded, others padded to 1..seq-1 tokens)."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1, 120, (batch, seq)).astype(np.int64)
+    for r in range(1, batch):
+        ids[r, int(rng.integers(1, seq)):] = 0
+    names = [i.name for i in model.graph.input]
+    feeds = {"input_ids": ids, "token_type_ids": np.zeros_like(ids), "attention_mask": (ids != 0).astype(np.int64)}
+    return {n: feeds[n] for n in names}
+
+
+def _run(model: onnx.ModelProto, feeds: dict) -> np.ndarray:
+    import onnxruntime as ort
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)[0]
+
+
+def _close(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest difference relative to the output's spread (the gate's pooled figure)."""
+    return float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-12))
+
+
+@pytest.mark.parametrize("kind", ["bert_h32_n2", "bert_h64_n4", "ernie_h32_n4", "ernie_h64_n2"])
+def test_fused_equals_unfused(unfused, kind):
+    model = unfused(kind)
+    fused, counts = fuse_encoder(model)
+    onnx.checker.check_model(fused)
+    ops = collections.Counter(n.op_type for n in fused.graph.node)
+    # what fused: every attention block, both residual layer norms of each layer, each layer's bias + GELU
+    assert counts["Attention"] == ops["Attention"] == LAYERS
+    assert ops["Softmax"] == 0 and ops["MatMul"] <= 3 * LAYERS + 2        # Q/K/V and scores MatMuls are gone
+    assert counts["SkipLayerNormalization"] + counts.get("EmbedLayerNormalization", 0) >= 2 * LAYERS
+    assert counts["BiasGelu"] == LAYERS
+    assert quantizable_attention(fused)                                  # masks went in as mask_index
+    assert any(n.op_type == "Softmax" for n in model.graph.node)        # the input model is left as it was
+    for batch, seq, seed in ((1, 7, 0), (4, 16, 1), (3, 33, 2)):
+        feeds = _feeds(model, batch, seq, seed)
+        ref, got = _run(model, feeds), _run(fused, feeds)
+        assert got.shape == ref.shape
+        assert _close(ref, got) <= 1e-4, (batch, seq)
+
+
+@pytest.mark.parametrize("kind", ["bert_h64_n2", "ernie_h32_n2"])
+def test_attention_bias_form_equals_unfused(unfused, kind):
+    """The general mask form (additive attention_bias, any mask values) gives the same numbers."""
+    import copy
+    model = unfused(kind)
+    fused = copy.deepcopy(model)
+    assert fuse_attention(fused, use_mask_index=False) == LAYERS
+    assert not quantizable_attention(fused)                   # QAttention would drop attention_bias: not quantized
+    feeds = _feeds(model, 3, 12, 3)
+    assert _close(_run(model, feeds), _run(fused, feeds)) <= 1e-4
+
+
+def test_padding_is_masked_after_fusion(unfused):
+    """A padded row gives the logits of the same tokens unpadded (the mask reaches the fused op)."""
+    fused, _ = fuse_encoder(unfused("bert_h32_n4"))
+    feeds = _feeds(fused, 1, 6, 4)
+    padded = {k: np.concatenate([v, np.zeros((1, 5), v.dtype)], axis=1) for k, v in feeds.items()}
+    a, b = _run(fused, feeds), _run(fused, padded)
+    assert _close(a, b) <= 1e-4
+
+
+def test_mask_free_encoder_fuses(unfused):
+    """paddle.nn.TransformerEncoder without a mask: attention fused with no mask input."""
+    model = unfused("encoder")
+    fused, counts = fuse_encoder(model)
+    att = [n for n in fused.graph.node if n.op_type == "Attention"]
+    assert counts["Attention"] == len(att) == 2 and all(len(n.input) == 3 for n in att)
+    feeds = {"input_ids": np.random.default_rng(5).integers(0, 50, (2, 9)).astype(np.int64)}
+    assert _close(_run(model, feeds), _run(fused, feeds)) <= 1e-4
+
+
+def test_non_encoder_left_alone(unfused):
+    model = unfused("mlp")
+    fused, counts = fuse_encoder(model)
+    assert "Attention" not in counts
+
+
+def test_fused_bundle_through_the_gate(tiny_models, tmp_path):
+    """The default conversion fuses, records what fused, and every precision passes the gate on the fused graph."""
+    out = tmp_path / "bundle"
+    res = convert(ConvertConfig(source=tiny_models("bert_h64_n4"), output=out, precisions=("fp32", "fp16", "int8"),
+                                # random tiny weights: near-constant logits that INT8 noise dominates
+                                thresholds=thresholds_with_overrides({"int8.min_cosine": 0.0,
+                                                                      "int8.min_argmax_agreement": 0.0})))
+    m = res.manifest
+    assert m.extra["fusions"]["Attention"] == LAYERS
+    assert all(m.validation[p]["passed"] for p in ("fp32", "fp16", "int8"))
+    assert m.validation["fp32"]["max_rel_diff"] <= 1e-4                 # fused FP32 vs Paddle
+    assert "Attention" in m.models["int8"].options["op_types"]
+    int8 = onnx.load(str(out / m.models["int8"].file))
+    assert any(n.op_type == "QAttention" for n in int8.graph.node)
+    assert load_bundle(out, verify=True).manifest == m
+    sess = create_session(out / m.models["fp16"].file)
+    feeds = _feeds(int8, 2, 10, 6)
+    assert sess.run(None, feeds)[0].shape == (2, 3)
+
+
+def test_fuse_off_keeps_paddle2onnx_graph(tiny_models, tmp_path):
+    out = tmp_path / "plain"
+    res = convert(ConvertConfig(source=tiny_models("ernie_h32_n2"), output=out, fuse=False, validate=False))
+    assert "fusions" not in res.manifest.extra
+    assert not any(n.op_type == "Attention" for n in onnx.load(str(out / "model.fp32.onnx")).graph.node)
