@@ -338,8 +338,16 @@ def task_export_llm(args: dict) -> dict:
         np.savez(tmp, **{f"{i}/{k}": v for i, f in enumerate(feeds) for k, v in f.items()})
     return {"family": fam.name, "architecture": arch, "num_layers": dec.num_layers, "kv_heads": dec.kv_heads,
             "head_dim": dec.head_dim, "vocab_size": c.vocab_size, "hidden_size": c.hidden_size,
-            "max_context": int(getattr(c, "max_position_embeddings", 2048)), "num_samples": len(feeds),
+            "max_context": max_context(c), "num_samples": len(feeds),
             "generated": generated, "paddle_version": paddle.__version__}
+
+
+def max_context(c) -> int:
+    """Positions the export is exact for: the model's, capped at a sliding attention window (Mistral) since the
+    exported attention is full."""
+    n = int(getattr(c, "max_position_embeddings", 2048))
+    window = getattr(c, "sliding_window", None)
+    return min(n, int(window)) if isinstance(window, int) and window > 0 else n
 
 
 def task_generate_llm(args: dict) -> dict:

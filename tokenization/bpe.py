@@ -12,12 +12,35 @@ from .errors import BadInputError, BundleError
 
 log = logging.getLogger(__name__)
 
+# llama.cpp's pre-split regexes (llama-vocab.cpp), by the tokenizer.ggml.pre names that select them
+LLAMA3_REGEX = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
+                r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_REGEX = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"
+               r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def _split_then_bytes(regex: str):
+    """llama.cpp's regex split, then bytes -> GPT-2 byte symbols without a second split (as HF's Llama-3 and
+    Qwen2 tokenizer.json files do)."""
+    def build(pt):
+        from tokenizers import Regex
+        return pt.Sequence([pt.Split(Regex(regex), behavior="isolated", invert=False),
+                            pt.ByteLevel(add_prefix_space=False, use_regex=False)])
+    return build
+
+
 # llama.cpp pre-tokenizer names -> the HF pre-tokenizer sequence that splits text the same way.
 # "smollm": every digit alone, then the GPT-2 byte-level regex (llama.cpp LLAMA_VOCAB_PRE_TYPE_SMOLLM).
 PRE_TOKENIZERS = {
     "smollm": lambda pt: pt.Sequence([pt.Digits(individual_digits=True),
                                       pt.ByteLevel(add_prefix_space=False, use_regex=True)]),
     "gpt2": lambda pt: pt.ByteLevel(add_prefix_space=False, use_regex=True),
+    "gpt-2": lambda pt: pt.ByteLevel(add_prefix_space=False, use_regex=True),
+    "llama-bpe": _split_then_bytes(LLAMA3_REGEX),        # Llama 3 (also "smaug-bpe", "dbrx")
+    "smaug-bpe": _split_then_bytes(LLAMA3_REGEX),
+    "dbrx": _split_then_bytes(LLAMA3_REGEX),
+    "qwen2": _split_then_bytes(QWEN2_REGEX),              # Qwen2 / Qwen2.5 (also "deepseek-r1-qwen")
+    "deepseek-r1-qwen": _split_then_bytes(QWEN2_REGEX),
 }
 CONTROL = 3          # GGUF token_type of special (control) tokens
 
@@ -27,7 +50,12 @@ def tokenizer_from_gguf_fields(tok: dict) -> "BPETokenizer":
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
     if tok.get("ggml.model") != "gpt2":
-        raise BadInputError(f"GGUF tokenizer model {tok.get('ggml.model')!r} is not byte-level BPE ('gpt2')")
+        raise BadInputError(f"GGUF tokenizer model {tok.get('ggml.model')!r} is not byte-level BPE ('gpt2'); "
+                            "SentencePiece ('llama') GGUF tokenizers are not rebuilt: pass the model's "
+                            "tokenizer.json instead")
+    for key in ("ggml.tokens", "ggml.token_type", "ggml.merges"):
+        if not tok.get(key):
+            raise BadInputError(f"the GGUF has no tokenizer.{key} field; its BPE tokenizer cannot be rebuilt")
     pre = tok.get("ggml.pre", "gpt2")
     if pre not in PRE_TOKENIZERS:
         raise BadInputError(f"GGUF pre-tokenizer {pre!r} is not supported (known: {sorted(PRE_TOKENIZERS)})")

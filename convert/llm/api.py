@@ -116,12 +116,37 @@ def convert_llm(config: LLMConvertConfig) -> ConvertResult:
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
+def check_family(cfg: dict, config: LLMConvertConfig) -> str:
+    """The export family from config.json, before any worker starts (exit 2 naming the supported ones)."""
+    from .families import FUSED_FORM, UnsupportedFamily, family_name
+    try:
+        family = family_name(cfg)
+    except UnsupportedFamily as e:
+        raise BadInputError(f"{config.source / 'config.json'}: {e}") from e
+    if config.fused and FUSED_FORM.get(family) is None:
+        raise BadInputError(f"the fused decoder does not cover the {family} family; leave out --fused "
+                            "(the generic graph exports it)")
+    return family
+
+
+def check_vocab(tok, cfg: dict, config: LLMConvertConfig) -> None:
+    """Every tokenizer id must index the model's embedding (a larger model vocabulary is padding, allowed)."""
+    n = cfg.get("vocab_size")
+    if isinstance(n, int) and tok.vocab_size > n:
+        raise BadInputError(f"tokenizer {config.tokenizer} has {tok.vocab_size} tokens but the model "
+                            f"{config.source} has a vocabulary of {n}: they are not the same model's; pass the "
+                            "model's own tokenizer")
+
+
 def _convert_llm(config: LLMConvertConfig) -> ConvertResult:
     from paddle2ort.tokenization.bpe import BPETokenizer
 
-    check_source(config.source)
+    cfg = check_source(config.source)
+    family = check_family(cfg, config)
     check_destination(config.output, config.overwrite, (config.source, config.tokenizer))
     tok = BPETokenizer.load(config.tokenizer)
+    check_vocab(tok, cfg, config)
+    log.info("%s: the %s family", config.source, family)
     prompts = [tok.encode(p) for p in config.prompts]
     work = make_workdir("llm")
     try:

@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from .families import Family, family_for
+from .families import FAMILIES, Family, family_name
 
 
 def load_llm(model_dir: str):
@@ -17,11 +17,27 @@ def load_llm(model_dir: str):
 
     paddle.set_device("cpu")
     with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
-        arch = (json.load(f).get("architectures") or [None])[0]
-    fam = family_for(arch)
+        cfg = json.load(f)
+    fam = FAMILIES[family_name(cfg)]
+    arch = (cfg.get("architectures") or [fam.model_class])[0]
     model = getattr(T, fam.model_class).from_pretrained(model_dir, dtype="float32")
+    if fam.prepare is not None:
+        fam.prepare(model, raw_state(model_dir))
     model.eval()
     return model, fam, arch
+
+
+def raw_state(model_dir: str) -> dict[str, np.ndarray]:
+    """The saved weights by name (safetensors or pdparams), including those the PaddleNLP class does not hold."""
+    import glob
+    state = {}
+    for path in sorted(glob.glob(os.path.join(model_dir, "*.safetensors"))):
+        from safetensors.numpy import load_file
+        state.update(load_file(path))
+    for path in sorted(glob.glob(os.path.join(model_dir, "*.pdparams"))):
+        import paddle
+        state.update({k: np.asarray(v) for k, v in paddle.load(path, return_numpy=True).items()})
+    return state
 
 
 def greedy(model, ids: list[int], n: int, stop_ids=()) -> list[int]:

@@ -22,6 +22,8 @@ class Family:
     patches: Callable[[object], contextlib.AbstractContextManager]   # model -> context manager
     kv_heads: Callable                       # config -> number of K/V heads
     head_dim: Callable                       # config -> per-head size
+    prepare: Callable | None = None          # (model, state dict) -> None: extra parameters / math the PaddleNLP
+    #                                          class lacks, applied at load time (so the reference has them too)
 
 
 @contextlib.contextmanager
@@ -118,17 +120,71 @@ def _gpt_step(layer, h, position_ids, mask, pk, pv):
     return h, k, v
 
 
+# ---------------------------------------------------------------- Qwen2: LLaMA + q/k/v biases
+def _qwen2_prepare(model, state):
+    """PaddleNLP 2.8.1's LLaMA attention has no biases: give q/k/v Linear layers biases (Qwen2's only difference
+    from LLaMA's math) and load them from the state dict (`from_pretrained` dropped them as unexpected keys)."""
+    import paddle
+    for i, layer in enumerate(model.llama.layers):
+        for n in ("q_proj", "k_proj", "v_proj"):
+            lin = getattr(layer.self_attn, n)
+            key = f"llama.layers.{i}.self_attn.{n}.bias"
+            if key not in state:
+                raise KeyError(f"Qwen2 weights need {key} (q/k/v biases); the state dict has none")
+            lin.bias = lin.create_parameter([lin.weight.shape[1]], is_bias=True)
+            lin.bias.set_value(paddle.to_tensor(state[key], dtype=lin.weight.dtype))
+
+
+def _llama_kv(c):
+    return c.num_key_value_heads or c.num_attention_heads
+
+
+def _llama_head(c):
+    return c.hidden_size // c.num_attention_heads
+
+
 FAMILIES = {
     "llama": Family("llama", "LlamaForCausalLM", _llama_parts, _llama_step, _llama_patches,
-                    kv_heads=lambda c: c.num_key_value_heads or c.num_attention_heads,
-                    head_dim=lambda c: c.hidden_size // c.num_attention_heads),
+                    kv_heads=_llama_kv, head_dim=_llama_head),
+    # Mistral is LLaMA's math plus a sliding attention window: exact while the context fits the window (the
+    # bundle's max_context is capped at it)
+    "mistral": Family("mistral", "LlamaForCausalLM", _llama_parts, _llama_step, _llama_patches,
+                      kv_heads=_llama_kv, head_dim=_llama_head),
+    "qwen2": Family("qwen2", "LlamaForCausalLM", _llama_parts, _llama_step, _llama_patches,
+                    kv_heads=_llama_kv, head_dim=_llama_head, prepare=_qwen2_prepare),
     "gpt": Family("gpt", "GPTForCausalLM", _gpt_parts, _gpt_step, _gpt_patches,
                   kv_heads=lambda c: c.num_attention_heads, head_dim=lambda c: c.hidden_size // c.num_attention_heads),
 }
-ARCHITECTURES = {"LlamaForCausalLM": "llama", "GPTForCausalLM": "gpt", "GPTLMHeadModel": "gpt"}
+# config.json "architectures" (HF and PaddleNLP names) and "model_type" -> family: read before any worker starts
+ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2",
+                 "GPTForCausalLM": "gpt", "GPTLMHeadModel": "gpt", "GPT2LMHeadModel": "gpt"}
+MODEL_TYPES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "gpt": "gpt", "gpt2": "gpt"}
+# the fused decoder's form of each family: (fused family, q/k/v biases); None = generic export only
+FUSED_FORM = {"llama": ("llama", False), "mistral": ("llama", False), "qwen2": ("llama", True), "gpt": ("gpt", False)}
+
+
+class UnsupportedFamily(KeyError):
+    """config.json names an architecture no adapter exports (the CLI's exit 2)."""
+
+    def __str__(self):
+        return self.args[0]
+
+
+def supported() -> str:
+    return ", ".join(sorted(ARCHITECTURES))
+
+
+def family_name(cfg: dict) -> str:
+    """The family of a config.json dict, from `architectures` (first entry) or else `model_type`; no Paddle."""
+    archs = cfg.get("architectures") or []
+    arch = archs[0] if isinstance(archs, list) and archs else None
+    if arch in ARCHITECTURES:
+        return ARCHITECTURES[arch]
+    if arch is None and cfg.get("model_type") in MODEL_TYPES:
+        return MODEL_TYPES[cfg["model_type"]]
+    named = f"architecture {arch!r}" if arch else f"model_type {cfg.get('model_type')!r}"
+    raise UnsupportedFamily(f"{named} has no export adapter (supported: {supported()})")
 
 
 def family_for(architecture: str) -> Family:
-    if architecture not in ARCHITECTURES:
-        raise KeyError(f"architecture {architecture!r} has no export adapter (supported: {sorted(ARCHITECTURES)})")
-    return FAMILIES[ARCHITECTURES[architecture]]
+    return FAMILIES[family_name({"architectures": [architecture]})]

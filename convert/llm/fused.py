@@ -55,8 +55,13 @@ class DecoderSpec:
     @classmethod
     def from_config(cls, cfg: dict, qkv_bias: bool = False, family: str = "llama") -> "DecoderSpec":
         """From a PaddleNLP / HF config.json dict (LLaMA / Qwen2 style, or PaddleNLP GPT with family="gpt")."""
-        if family not in ("llama", "gpt"):
-            raise BadInputError(f"fused decoder family must be llama or gpt, got {family!r}")
+        from .families import FUSED_FORM
+        if family not in ("llama", "gpt"):            # an export family (qwen2, mistral, ...) -> its fused form
+            if FUSED_FORM.get(family) is None:
+                raise BadInputError(f"the fused decoder does not cover the {family!r} family (fused forms: "
+                                    f"{', '.join(k for k, v in FUSED_FORM.items() if v)})")
+            family, bias = FUSED_FORM[family]
+            qkv_bias = qkv_bias or bias
         if family == "gpt" and not cfg.get("normalize_before", True):
             raise BadInputError("the fused GPT decoder is pre-LayerNorm (GPT-2); this config is post-norm")
         for key in ("rope_scaling", "rope_scaling_type"):
@@ -329,12 +334,30 @@ def skip_norm(node, op: str, x: str, residual: str, params: list[str], name: str
     return outs[0], outs[3]
 
 
-def save_model(model, path: Path) -> None:
-    """Atomic save; weights go to an external data file beside the model when the proto would pass 2 GB."""
+EXTERNAL_DATA_BYTES = 1_800_000_000   # protobuf refuses to serialize a message over 2 GiB; keep a margin for the graph
+
+
+def initializer_bytes(model) -> int:
+    """Bytes of the model's initializer data, counted without serializing the proto (`ByteSize()` serializes it,
+    which is what fails on a proto over 2 GiB)."""
+    from onnx.helper import tensor_dtype_to_np_dtype
+    total = 0
+    for t in model.graph.initializer:
+        if t.raw_data:
+            total += len(t.raw_data)
+        else:
+            n = int(np.prod(t.dims)) if len(t.dims) else 1
+            total += n * tensor_dtype_to_np_dtype(t.data_type).itemsize
+    return total
+
+
+def save_model(model, path: Path, threshold: int | None = None) -> None:
+    """Atomic save; weights go to one external data file beside the model (`NAME.onnx.data`) when they pass
+    `threshold` bytes (decided from the initializers' sizes: the proto itself cannot be measured past 2 GiB)."""
     import onnx
     from paddle2ort.runtime.files import atomic_path
     path = Path(path)
-    big = model.ByteSize() > 1_800_000_000
+    big = initializer_bytes(model) > (EXTERNAL_DATA_BYTES if threshold is None else threshold)
     with atomic_path(path) as tmp:
         if big:
             data = path.name + ".data"
