@@ -27,6 +27,20 @@ def check_port(host: str, port: int) -> None:
                 from None
 
 
+def _draining_server(uvicorn):
+    class DrainingServer(uvicorn.Server):
+        """SIGTERM/Ctrl-C: stop accepting, finish the requests in flight, exit 0 (uvicorn 0.54 would re-raise
+        the signal after its graceful shutdown, so a drained server would look killed)."""
+
+        def handle_exit(self, sig, frame) -> None:
+            if not self.should_exit:
+                log.info("signal %d: draining the requests in flight, then exiting", sig)
+            super().handle_exit(sig, frame)
+            self._captured_signals.clear()
+
+    return DrainingServer
+
+
 def run(args) -> int:
     import importlib.util
     missing = [m for m in SERVE_MODULES if importlib.util.find_spec(m) is None]
@@ -48,7 +62,7 @@ def run(args) -> int:
     app = create_app(models, cfg, metrics)
     log.info("listening on http://%s:%d (models: %s); SIGTERM or Ctrl-C drains the requests in flight",
              args.host, args.port, ", ".join(models))
-    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_config=None,
+    server = _draining_server(uvicorn)(uvicorn.Config(app, host=args.host, port=args.port, log_config=None,
                                            log_level="warning", access_log=False,
                                            timeout_graceful_shutdown=args.drain_timeout or None))
     server.run()

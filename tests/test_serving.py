@@ -1,0 +1,336 @@
+"""`paddle2ort serve`: the official openai client unchanged, in-flight batching (tokens under concurrency = alone),
+bad input (400 naming the field, 404 for anything that is not a loaded model), a bounded queue (429 +
+Retry-After), a client that goes away frees its slot, SIGTERM drains, micro-batched classification, metrics.
+Servers run uvicorn in a thread on a free localhost port (the SIGTERM test: `paddle2ort serve` in a subprocess)."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+httpx = pytest.importorskip("httpx")
+openai = pytest.importorskip("openai")
+
+from paddle2ort.runtime.generation import GenerationConfig  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """create_app over load_models, served by uvicorn on a thread."""
+
+    def __init__(self, bundles, **cfg):
+        import uvicorn
+        from paddle2ort.runtime.serving.app import ServeConfig, create_app, load_models
+        from paddle2ort.runtime.serving.metrics import ServingMetrics
+        self.cfg = ServeConfig(**cfg)
+        self.metrics = ServingMetrics()
+        self.models = load_models(bundles, self.cfg, self.metrics, threads=1)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(create_app(self.models, self.cfg, self.metrics), host="127.0.0.1",
+                                                    port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        t0 = time.monotonic()
+        while not self.server.started:
+            assert time.monotonic() - t0 < 30, "server did not start"
+            time.sleep(0.02)
+
+    def close(self):
+        self.server.should_exit = True
+        self.thread.join(30)
+
+    def post(self, path, **kw):
+        return httpx.post(self.url + path, timeout=60, **kw)
+
+
+@pytest.fixture(scope="module")
+def llama(llm_bundles, tmp_path_factory):
+    """The tiny LLaMA bundle under the name `llama` (a model's name is its directory's name)."""
+    import shutil
+    dest = tmp_path_factory.mktemp("serve") / "llama"
+    shutil.copytree(llm_bundles["llama"][1], dest)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def server(llama, clf_bundle):
+    s = Server([llama, clf_bundle], max_batch=8, max_queue=8, classify_max_wait_ms=100)
+    yield s
+    s.close()
+
+
+def chat(model="llama", content="Hello", **kw):
+    return {"model": model, "messages": [{"role": "user", "content": content}], **kw}
+
+
+def test_the_openai_client_works_unchanged(server):
+    c = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    assert {m.id for m in c.models.list().data} == {"llama", "bundle"}
+    r = c.chat.completions.create(model="llama", messages=[{"role": "user", "content": "Hi there"}], max_tokens=8,
+                                  temperature=0)
+    ch = r.choices[0]
+    assert ch.finish_reason in ("stop", "length") and ch.message.role == "assistant"
+    assert r.usage.completion_tokens == (8 if ch.finish_reason == "length" else r.usage.completion_tokens)
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    # the prompt is the bundle's chat template, rendered and tokenized
+    tok = server.models["llama"].generator.tokenizer
+    want = tok.encode(tok.apply_chat_template([{"role": "user", "content": "Hi there"}]))
+    assert r.usage.prompt_tokens == len(want)
+    # streaming (SSE) gives the same text as the non-streamed answer, then the usage chunk
+    parts, usage, reasons = [], None, []
+    for chunk in c.chat.completions.create(model="llama", messages=[{"role": "user", "content": "Hi there"}],
+                                           max_tokens=8, temperature=0, stream=True,
+                                           stream_options={"include_usage": True}):
+        if chunk.usage:
+            usage = chunk.usage
+        for cc in chunk.choices:
+            parts.append(cc.delta.content or "")
+            reasons.append(cc.finish_reason)
+    assert "".join(parts) == ch.message.content and reasons[-1] == ch.finish_reason
+    assert usage.completion_tokens == r.usage.completion_tokens
+    # completions: sampling with a seed reproduces; n choices draw differently; length ends as "length"
+    a = c.completions.create(model="llama", prompt="Once upon a time", max_tokens=6, temperature=0.9, seed=11, n=2,
+                             extra_body={"ignore_eos": True})
+    b = c.completions.create(model="llama", prompt="Once upon a time", max_tokens=6, temperature=0.9, seed=11, n=2,
+                             extra_body={"ignore_eos": True})
+    assert [x.text for x in a.choices] == [x.text for x in b.choices]
+    assert a.choices[0].text != a.choices[1].text
+    assert {x.finish_reason for x in a.choices} == {"length"} and a.usage.completion_tokens == 12
+
+
+def test_stop_strings_cut_the_text_and_finish_with_stop(server):
+    base = server.post("/v1/completions", json={"model": "llama", "prompt": "The", "max_tokens": 12,
+                                                "temperature": 0, "ignore_eos": True}).json()
+    text = base["choices"][0]["text"]
+    stop = text[3:6] if len(text) > 6 else text[-2:]          # a piece of what greedy decoding will write
+    r = server.post("/v1/completions", json={"model": "llama", "prompt": "The", "max_tokens": 12, "temperature": 0,
+                                             "ignore_eos": True, "stop": [stop]}).json()
+    assert r["choices"][0]["finish_reason"] == "stop"
+    assert r["choices"][0]["text"] == text[:text.index(stop)]
+
+
+def test_concurrent_requests_share_steps_and_get_what_they_get_alone(server):
+    bodies = [chat(content=f"Question {i}: " + "tell me more " * i, max_tokens=10 + 3 * i, temperature=0,
+                   ignore_eos=True) for i in range(5)]
+    bodies += [chat(content="Sample please", max_tokens=12, temperature=0.8, top_p=0.9, seed=5, ignore_eos=True),
+               chat(content="Stop early", max_tokens=12, temperature=0, ignore_eos=True, stop=["e"])]
+    alone = [server.post("/v1/chat/completions", json=b).json() for b in bodies]
+    eng = server.models["llama"].engine
+    steps = eng.steps
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        together = list(pool.map(lambda b: server.post("/v1/chat/completions", json=b).json(), bodies))
+    steps = eng.steps - steps
+    for a, t in zip(alone, together):
+        assert t["choices"][0]["message"]["content"] == a["choices"][0]["message"]["content"]
+        assert t["choices"][0]["finish_reason"] == a["choices"][0]["finish_reason"]
+        assert t["usage"] == a["usage"]
+    # one request alone takes (tokens - 1) decode steps (its first token comes from the prefill); together they
+    # shared steps
+    solo_steps = sum(a["usage"]["completion_tokens"] - 1 for a in alone)
+    assert steps < 0.75 * solo_steps, (steps, solo_steps)
+
+
+def test_a_request_joins_a_running_batch_at_a_step_boundary(server):
+    """Engine level: B is admitted while A decodes; both equal their solo runs; A's steps carried B's row."""
+    from paddle2ort.runtime.serving.scheduler import Engine, generate_alone
+    g = server.models["llama"].generator
+    cfg = GenerationConfig(max_new_tokens=24, min_new_tokens=24)
+    pa, pb = g.tokenizer.encode("A long first prompt with several words"), g.tokenizer.encode("B")
+    want = [generate_alone(g.model, g.tokenizer, g.default_stop_ids, p, cfg, g.max_context) for p in (pa, pb)]
+    eng = Engine(g.model, g.tokenizer, g.default_stop_ids, g.max_context, max_batch=4).start()
+    outs = {0: [], 1: []}
+    done = {0: threading.Event(), 1: threading.Event()}
+    started_b = threading.Event()
+
+    def sink(k):
+        def put(ev):
+            outs[k].append(ev)
+            if k == 0 and sum(e.kind == "delta" for e in outs[0]) == 5:
+                started_b.set()
+            if ev.kind != "delta":
+                done[k].set()
+        return put
+
+    try:
+        eng.submit(pa, cfg, sink(0))
+        assert started_b.wait(30)
+        eng.submit(pb, cfg, sink(1))
+        assert done[0].wait(60) and done[1].wait(60)
+    finally:
+        eng.stop()
+    got = [("".join(e.text for e in outs[k] if e.kind == "delta"), outs[k][-1].finish_reason) for k in (0, 1)]
+    assert got == want
+    assert eng.steps < 2 * 23                     # B's 23 decode steps rode on A's, not after them
+    assert eng.active == 0 and eng.length == 0    # both rows left; the cache is empty
+
+
+@pytest.mark.parametrize("body,status,param", [
+    (b"{not json", 400, None),
+    ({"model": "llama"}, 400, "messages"),
+    (chat(temperature=-1), 400, "temperature"),
+    (chat(top_p=0), 400, "top_p"),
+    (chat(max_tokens=0), 400, "max_tokens"),
+    (chat(n=0), 400, "n"),
+    (chat(stop=["a", "b", "c", "d", "e"]), 400, "stop"),
+    (chat(stop=[""]), 400, "stop"),
+    (chat(seed=-3), 400, "seed"),
+    ({"model": "llama", "messages": [{"role": "robot", "content": "x"}]}, 400, "messages.0.role"),
+    ({"model": "llama", "messages": []}, 400, "messages"),
+    (chat(max_tokens=100000), 400, "max_tokens"),
+    (chat(n=99), 400, None),
+    (chat(model="bundle"), 400, "model"),
+    (chat(model="../../../../etc/passwd"), 404, "model"),
+    (chat(model="/etc/passwd"), 404, "model"),
+    (chat(model="llama/../llama"), 404, "model"),
+])
+def test_bad_requests_are_400_naming_the_field(server, body, status, param):
+    kw = {"content": body, "headers": {"content-type": "application/json"}} if isinstance(body, bytes) else \
+        {"json": body}
+    r = server.post("/v1/chat/completions", **kw)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["param"] == param and err["message"]
+    if param:
+        assert param.split(".")[0] in err["message"]
+
+
+def test_bad_completions_and_classify_requests(server):
+    assert server.post("/v1/completions", json={"model": "llama", "prompt": ""}).json()["error"]["param"] == "prompt"
+    assert server.post("/v1/completions", json={"model": "llama", "prompt": "x", "echo": True}).status_code == 400
+    r = server.post("/v1/classify", json={"model": "llama", "input": ["x"]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "model"
+    r = server.post("/v1/classify", json={"model": "bundle", "input": []})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "input"
+    assert httpx.get(server.url + "/v1/models/..%2F..%2Fetc%2Fpasswd").status_code == 404
+
+
+def test_classify_is_micro_batched_and_equals_the_pipeline(server, clf_bundle):
+    from paddle2ort.runtime.numeric import softmax
+    texts = ["great movie", "awful", "it was fine I guess", "", "meh " * 40, "love it", "worst ever", "ok"]
+    clf = server.models["bundle"].classifier
+    want = softmax(clf.predict_logits(texts))
+    reg = server.metrics.registry
+
+    def seen(what):
+        return reg.get_sample_value(f"paddle2ort_classify_batch_texts_{what}", {"model": "bundle"}) or 0.0
+
+    batches, n = seen("count"), seen("sum")
+    with ThreadPoolExecutor(len(texts)) as pool:
+        rows = list(pool.map(lambda t: server.post("/v1/classify", json={"model": "bundle", "input": t}).json(),
+                             texts))
+    got = np.array([[r["data"][0]["scores"][lab] for lab in clf.labels] for r in rows])
+    np.testing.assert_allclose(got, want, atol=1e-4)     # padding differs between batchings: tiny float noise
+    assert [r["data"][0]["label"] for r in rows] == [clf.labels[i] for i in got.argmax(-1)]
+    batches = seen("count") - batches
+    assert seen("sum") - n == len(texts)
+    assert batches < len(texts)                     # requests shared batches
+
+
+def test_a_full_queue_answers_429_with_retry_after(llama):
+    s = Server([llama], max_batch=1, max_queue=1, retry_after=3)
+    try:
+        body = chat(max_tokens=40, temperature=0, ignore_eos=True)
+        with ThreadPoolExecutor(6) as pool:
+            rs = list(pool.map(lambda _: s.post("/v1/chat/completions", json=body), range(6)))
+        codes = sorted(r.status_code for r in rs)
+        assert 429 in codes and 200 in codes and set(codes) <= {200, 429}
+        busy = [r for r in rs if r.status_code == 429]
+        assert all(r.headers["retry-after"] == "3" and r.json()["error"]["code"] == "queue_full" for r in busy)
+        ok = [r.json() for r in rs if r.status_code == 200]
+        assert all(o["usage"]["completion_tokens"] == 40 for o in ok)
+        assert f'route="/v1/chat/completions",status="429"' in httpx.get(s.url + "/metrics").text
+    finally:
+        s.close()
+
+
+def test_a_client_that_goes_away_frees_its_slot(server):
+    eng = server.models["llama"].engine
+    with httpx.Client(timeout=60) as c:
+        with c.stream("POST", server.url + "/v1/chat/completions",
+                      json=chat(max_tokens=200, temperature=0, ignore_eos=True, stream=True)) as r:
+            assert r.status_code == 200
+            lines = r.iter_lines()
+            got = [next(lines) for _ in range(6)]
+            assert any(x.startswith("data: ") for x in got)
+            assert eng.active == 1
+    t0 = time.monotonic()
+    while eng.active:                              # cancelled at the next step boundary, long before 200 tokens
+        assert time.monotonic() - t0 < 10, "the slot was not freed"
+        time.sleep(0.05)
+    health = httpx.get(server.url + "/health").json()
+    assert health["models"]["llama"]["active_rows"] == 0
+
+
+def test_metrics_name_every_family(server):
+    server.post("/v1/chat/completions", json=chat(max_tokens=3, temperature=0))
+    text = httpx.get(server.url + "/metrics").text
+    for name in ("paddle2ort_requests_total", "paddle2ort_request_latency_seconds_bucket",
+                 "paddle2ort_time_to_first_token_seconds_bucket", "paddle2ort_generated_tokens_per_second",
+                 "paddle2ort_generated_tokens_total", "paddle2ort_queue_depth", "paddle2ort_batch_occupancy",
+                 "paddle2ort_decode_step_rows_bucket"):
+        assert name in text, name
+    assert httpx.get(server.url + "/health").json()["status"] == "ok"
+
+
+def test_sigterm_drains_the_requests_in_flight_then_exits(llama):
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "paddle2ort.cli", "serve", str(llama), "--port", str(port),
+                             "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        t0 = time.monotonic()
+        while True:
+            assert proc.poll() is None, proc.stdout.read().decode()
+            assert time.monotonic() - t0 < 60, "serve did not start"
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        events = []
+        with httpx.Client(timeout=60) as c:
+            with c.stream("POST", url + "/v1/completions", json={"model": "llama", "prompt": "Drain", "stream": True,
+                                                                 "max_tokens": 60, "temperature": 0,
+                                                                 "ignore_eos": True}) as r:
+                for line in r.iter_lines():
+                    if not line.startswith("data: "):
+                        continue
+                    events.append(line[6:])
+                    if len(events) == 2:
+                        proc.send_signal(signal.SIGTERM)
+        assert events[-1] == "[DONE]"
+        last = json.loads(events[-2])["choices"][0]
+        assert last["finish_reason"] == "length"          # the request ran to its end after SIGTERM
+        assert proc.wait(60) == 0
+        with pytest.raises(httpx.TransportError):
+            httpx.get(url + "/health", timeout=1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_serve_refuses_a_non_servable_bundle_and_a_busy_port(tmp_path, llama, capsys):
+    from paddle2ort.cli import main
+    assert main(["serve", str(tmp_path / "missing")]) == 2
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert main(["serve", str(llama), "--port", str(port)]) == 2
+    assert "pick another --port" in capsys.readouterr().err
