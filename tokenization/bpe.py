@@ -62,7 +62,11 @@ def tokenizer_from_gguf_fields(tok: dict) -> "BPETokenizer":
     tokens, types = list(tok["ggml.tokens"]), list(tok["ggml.token_type"])
     vocab = {t: i for i, t in enumerate(tokens)}
     merges = [tuple(m.split(" ", 1)) for m in tok["ggml.merges"]]
-    hf = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
+    try:
+        hf = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
+    except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception on inconsistent merges
+        raise BadInputError(f"the GGUF's BPE vocabulary and merges do not fit together ({e}); the file is "
+                            "damaged or mixes two tokenizers") from e
     hf.pre_tokenizer = PRE_TOKENIZERS[pre](pre_tokenizers)
     hf.decoder = decoders.ByteLevel()
     hf.add_special_tokens([AddedToken(t, special=True, normalized=False)

@@ -186,15 +186,20 @@ def _gpt2(r, t: dict, tok: dict) -> tuple[str, dict, dict]:
 def read_gguf(path: Path) -> GGUFModel:
     """The GGUF's architecture, config, PaddleNLP state dict (dequantized float32) and tokenizer fields."""
     r = open_gguf(path)
-    arch = _field(r, "general.architecture")
-    if arch not in ARCHS:
-        raise BadInputError(f"{path} holds a {arch!r} model; import-gguf reads {', '.join(ARCHS)} "
-                            "(LLaMA-architecture files include Mistral)")
+    arch = check_arch(path, r)
     tok = tokenizer_fields(r)
     check_vocab(path, tok, r)
     t = dequantized(r)
     family, cfg, sd = _gpt2(r, t, tok) if arch == "gpt2" else _llama_like(r, arch, t, tok)
     return GGUFModel(arch, family, cfg, sd, tok)
+
+
+def check_arch(path: Path, reader) -> str:
+    arch = _field(reader, "general.architecture")
+    if arch not in ARCHS:
+        raise BadInputError(f"{path} holds a {arch!r} model; import-gguf reads {', '.join(ARCHS)} "
+                            "(LLaMA-architecture files include Mistral)")
+    return arch
 
 
 def check_vocab(path: Path, tok: dict, reader) -> None:
@@ -242,7 +247,10 @@ def import_gguf(path: Path, out: Path, overwrite: bool = False) -> GGUFModel:
     path, out = Path(path), Path(out)
     check_destination(out, overwrite, (path,), owned=import_entries, kind="GGUF import")
     r = open_gguf(path)
-    tokenizer = tokenizer_from_gguf_fields(tokenizer_fields(r))      # unsupported tokenizers fail before dequantizing
+    check_arch(path, r)
+    fields = tokenizer_fields(r)
+    check_vocab(path, fields, r)
+    tokenizer = tokenizer_from_gguf_fields(fields)      # unsupported tokenizers fail before anything is dequantized
     del r
     model = read_gguf(path)
     types = sorted({t.tensor_type.name for t in open_gguf(path).tensors})
