@@ -11,7 +11,8 @@ from .errors import BadInputError, BundleError
 from .generation import softmax
 from .manifest import load_bundle
 from .selection import default_precision
-from .session import Runner, SessionOptions, create_session
+from .buckets import BucketRunner, BucketSpec, batch_buckets
+from .session import CUDA, Runner, SessionOptions, create_session
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,12 @@ class TextClassifier:
         self.session = create_session(self.bundle.model_path(self.precision, verify=True), session)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_name = m.outputs[0].name
-        self.runner = Runner(self.session, [self.output_name], session.device_id)
+        if self.session.get_providers()[0] == CUDA:     # static shape buckets, IO binding, a CUDA graph each
+            self.runner = BucketRunner(self.bundle.model_path(self.precision), [self.output_name], session,
+                                       BucketSpec.for_max_length(self.max_seq_length, batch_buckets(batch_size)),
+                                       pad_values={"input_ids": self.tokenizer.pad_id})
+        else:
+            self.runner = Runner(self.session, [self.output_name], session.device_id)
 
     def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
         enc = self.tokenizer.batch_encode(texts, max_length=self.max_seq_length)

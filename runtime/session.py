@@ -40,6 +40,7 @@ class SessionOptions:
     cuda_options: tuple[tuple[str, str], ...] = ()  # more CUDA provider options, e.g. (("sdpa_kernel", "1"),)
     user_compute_stream: int | None = None          # CUDA: run on this stream (a cudaStream_t address)
     log_severity: int = 3                # onnxruntime's log level: 0 verbose .. 4 fatal
+    free_dimensions: tuple[tuple[str, int], ...] = ()   # symbolic dims fixed, e.g. (("batch", 8),): static shapes
 
     def __post_init__(self):
         if isinstance(self.cuda_options, dict):
@@ -59,6 +60,9 @@ class SessionOptions:
                                     f"got {v!r}")
         if not isinstance(self.log_severity, int) or not 0 <= self.log_severity <= 4:
             raise BadInputError(f"log_severity must be in 0..4, got {self.log_severity!r}")
+        if not all(isinstance(n, str) and isinstance(v, int) and not isinstance(v, bool) and v > 0
+                   for n, v in self.free_dimensions):
+            raise BadInputError(f"free_dimensions must be (name, size > 0) pairs, got {self.free_dimensions!r}")
         if self.user_compute_stream is not None and (not isinstance(self.user_compute_stream, int)
                                                      or self.user_compute_stream <= 0):
             raise BadInputError(f"user_compute_stream must be a stream address (int > 0), got "
@@ -136,6 +140,8 @@ def ort_session_options(opts: SessionOptions):
     so.intra_op_num_threads = opts.intra_op_threads
     so.inter_op_num_threads = opts.inter_op_threads
     so.log_severity_level = opts.log_severity
+    for name, size in opts.free_dimensions:
+        so.add_free_dimension_override_by_name(name, size)
     return so
 
 
