@@ -34,13 +34,6 @@ def _raise_terminated(signum, frame):
     raise Terminated(f"terminated by {signal.Signals(signum).name}")
 
 
-def install_sigterm_handler() -> None:
-    """Process-wide: SIGTERM raises Terminated (a KeyboardInterrupt), so every `finally` cleans up. Main thread only;
-    a handler the embedding application installed is kept."""
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _raise_terminated)
-
-
 @contextlib.contextmanager
 def sigterm_as_interrupt():
     """For the duration of a library call: SIGTERM unwinds like KeyboardInterrupt (then the old handler is back)."""
