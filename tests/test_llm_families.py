@@ -1,0 +1,102 @@
+"""The family registry (convert/llm/families.py): the family is read from config.json before any worker starts;
+an unsupported one is exit 2 at once naming the supported ones. Each family that exports: a tiny random-weight
+model (a GGUF written with gguf.GGUFWriter, imported with import-gguf) through convert-llm, i.e. Paddle parity of
+the prefill + decode steps through the gate, generic and (where the family fits it) fused."""
+import json
+import time
+
+import pytest
+
+from paddle2ort.cli import main
+from paddle2ort.convert.llm.families import ARCHITECTURES, FUSED_FORM, UnsupportedFamily, family_name
+
+from gguf_models import train_bpe, write_gguf
+
+# causal LMs PaddleNLP 2.8.1 ships with no adapter yet (issue 14.1)
+NOT_YET = ("QWenForCausalLM", "MixtralForCausalLM", "BloomForCausalLM", "ChatGLMForCausalLM",
+           "ChatGLMv2ForCausalLM", "OPTForCausalLM", "GPTJForCausalLM", "CodeGenForCausalLM", "RWForCausalLM",
+           "GemmaForCausalLM")
+
+
+def model_dir(tmp_path, cfg: dict):
+    d = tmp_path / "model"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(cfg))
+    (d / "model_state.pdparams").write_bytes(b"x")
+    return d
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    from paddle2ort.tokenization.bpe import tokenizer_from_gguf_fields
+    tokens, types, merges = train_bpe()
+    tok = tokenizer_from_gguf_fields({"ggml.model": "gpt2", "ggml.pre": "qwen2", "ggml.tokens": tokens,
+                                      "ggml.token_type": types, "ggml.merges": merges,
+                                      "ggml.bos_token_id": 0, "ggml.eos_token_id": 2})
+    out = tmp_path_factory.mktemp("tok") / "tokenizer"
+    tok.save(out)
+    return out
+
+
+@pytest.mark.parametrize("arch", NOT_YET)
+def test_unsupported_family_is_exit_2_before_any_worker(tmp_path, tokenizer_dir, capsys, monkeypatch, arch):
+    import paddle2ort.convert.llm.api as api
+
+    def no_worker(*a, **k):
+        raise AssertionError("a Paddle worker started")
+    monkeypatch.setattr(api, "run_worker", no_worker)
+    src = model_dir(tmp_path, {"architectures": [arch], "vocab_size": 1000})
+    t0 = time.perf_counter()
+    assert main(["convert-llm", str(src), "--tokenizer", str(tokenizer_dir), "-o", str(tmp_path / "b")]) == 2
+    assert time.perf_counter() - t0 < 10
+    err = capsys.readouterr().err
+    assert arch in err and "LlamaForCausalLM" in err and "Qwen2ForCausalLM" in err
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.unit
+def test_family_from_architectures_or_model_type():
+    assert family_name({"architectures": ["Qwen2ForCausalLM"], "model_type": "llama"}) == "qwen2"
+    assert family_name({"model_type": "mistral"}) == "mistral"
+    assert family_name({"architectures": ["GPT2LMHeadModel"]}) == "gpt"
+    with pytest.raises(UnsupportedFamily, match="model_type 'bloom'"):
+        family_name({"model_type": "bloom"})
+    assert set(FUSED_FORM) == set(ARCHITECTURES.values())
+
+
+def test_tokenizer_larger_than_the_model_vocabulary_is_exit_2(tmp_path, tokenizer_dir, capsys):
+    src = model_dir(tmp_path, {"architectures": ["LlamaForCausalLM"], "vocab_size": 300})
+    assert main(["convert-llm", str(src), "--tokenizer", str(tokenizer_dir), "-o", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "500 tokens" in err and "vocabulary of 300" in err
+
+
+# ---------------------------------------------------------------- Paddle parity through the gate, per family
+CASES = {  # name: (GGUF architecture, sliding window, the family it must land in, tensor types)
+    "llama": ("llama", None, "llama", {"blk.0.ffn_down.weight": "Q8_0", "blk.1.attn_q.weight": "Q6_K"}),
+    "mistral": ("llama", 48, "mistral", {}),
+    "qwen2": ("qwen2", None, "qwen2", {"blk.1.ffn_up.weight": "Q4_K"}),
+    "gpt2": ("gpt2", None, "gpt", {"blk.0.attn_qkv.weight": "Q5_0"}),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_family_exports_with_paddle_parity(tmp_path, case):
+    import gguf
+    from paddle2ort.convert.llm import LLMConvertConfig, convert_llm
+    arch, window, family, types = CASES[case]
+    path = tmp_path / f"{case}.gguf"
+    write_gguf(path, arch, sliding_window=window, pre="gpt2" if arch == "gpt2" else "llama-bpe",
+               types={k: gguf.GGMLQuantizationType[v] for k, v in types.items()})
+    assert main(["import-gguf", str(path), "-o", str(tmp_path / "imp")]) == 0
+    fused = ("fp32",) if FUSED_FORM[family] else ()
+    res = convert_llm(LLMConvertConfig(source=tmp_path / "imp" / "model", tokenizer=tmp_path / "imp" / "tokenizer",
+                                       output=tmp_path / "bundle", fused=fused))
+    llm = res.manifest.extra["llm"]
+    assert llm["family"] == family
+    gate = res.manifest.validation["fp32"]           # prefill + decode steps replayed against Paddle's
+    assert gate["passed"] and gate["samples"] >= 4 and gate["min_cosine"] > 0.9999
+    if fused:
+        assert res.manifest.extra["fused"]["fp32"]["validation"]["passed"]
+    if window:
+        assert llm["max_context"] == window       # the export's full attention is exact within the window only
