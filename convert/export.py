@@ -98,7 +98,24 @@ def repair_file(path: Path) -> list[dict]:
     return done
 
 
+# paddle2onnx 2.1.0 fails to parse a parameters file over 2 GiB (measured: a 2.25 GB embedding ends in
+# "ValueError: vector::_M_default_append" while parsing; 1.95 GB exports); its external-data writer is never reached
+PADDLE2ONNX_MAX_PARAMS = 2 ** 31 - 1
+
+
+def check_params_size(params_bytes: int, what: str) -> None:
+    """Before any export: paddle2onnx cannot read more than 2 GiB of parameters."""
+    if params_bytes > PADDLE2ONNX_MAX_PARAMS:
+        raise ConversionError(f"{what} holds {params_bytes / 1e9:.2f} GB of parameters; paddle2onnx 2.1.0 cannot "
+                              f"read a parameters file over 2 GiB ({PADDLE2ONNX_MAX_PARAMS / 1e9:.2f} GB), so the "
+                              "generic export cannot convert it. For a causal LM, the fused decoder "
+                              "(paddle2ort.convert.llm.fused.build_variant) has no such limit (external data)")
+
+
 def export(source: ModelSource, save_file: Path, opset: int, workdir: Path) -> ExportResult:
+    params = Path(source.params_file) if source.params_file else None
+    if params is not None and params.is_file():
+        check_params_size(params.stat().st_size, str(params))
     log_path, repairs = run_paddle2onnx(source, save_file, opset, workdir)
     if save_file.is_file() and save_file.stat().st_size:
         repairs = repairs + repair_file(save_file)

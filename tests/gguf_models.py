@@ -127,7 +127,7 @@ def dequantizable_types() -> list:
 
 
 def write_gguf(path: Path, arch: str, *, types=None, pre: str = "qwen2", seed: int = 0, sliding_window: int | None = None,
-               tokenizer=None, drop_tokens: int = 0) -> dict[str, np.ndarray]:
+               tokenizer=None, drop_tokens: int = 0, rope_freqs: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Write a tiny GGUF; `types`: 2-D tensor name -> GGMLQuantizationType (default F32; norms/biases stay F32).
     -> the HF-layout float weights it was written from."""
     import gguf
@@ -162,6 +162,8 @@ def write_gguf(path: Path, arch: str, *, types=None, pre: str = "qwen2", seed: i
         qtype = (types or {}).get(name, T.F32) if a.ndim == 2 else T.F32
         data = encode_tensor(qtype, a, seed + i)
         w.add_tensor(name, data, raw_dtype=qtype if qtype not in (T.F32, T.F16) else None)
+    if rope_freqs is not None:               # Llama-3.1-style rope scaling, as llama.cpp stores it
+        w.add_tensor("rope_freqs.weight", np.asarray(rope_freqs, np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

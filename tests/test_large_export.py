@@ -79,3 +79,79 @@ def test_fused_decoder_over_2gib_is_written_with_external_data(tmp_path):
     assert got.shape == (len(PROMPT), big.vocab_size) and np.isfinite(got).all()
     np.testing.assert_allclose(got[:, :1000], prompt_logits(tmp_path / "small.onnx", spec_with_vocab(1000)),
                                rtol=1e-5, atol=1e-5)
+
+
+def sparse_file(path, size: int):
+    """A file of `size` bytes that takes no disk space (a hole): enough for the size checks."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return path
+
+
+@pytest.mark.unit
+def test_generic_export_refuses_params_over_2gib_before_paddle2onnx(tmp_path, monkeypatch):
+    from paddle2ort.convert import export as export_stage
+    from paddle2ort.convert.errors import ConversionError
+    from paddle2ort.convert.source import ModelSource
+
+    def never(*a, **k):
+        raise AssertionError("paddle2onnx ran")
+    monkeypatch.setattr(export_stage, "run_paddle2onnx", never)
+    (tmp_path / "m.json").write_text("{}")
+    src = ModelSource("pir", tmp_path / "m.json", sparse_file(tmp_path / "m.pdiparams", TWO_GIB + 1))
+    with pytest.raises(ConversionError, match="over 2 GiB"):
+        export_stage.export(src, tmp_path / "raw.onnx", 17, tmp_path)
+    assert not (tmp_path / "raw.onnx").exists()
+
+
+def test_convert_llm_over_2gib_is_exit_4_before_the_worker(tmp_path, capsys, monkeypatch):
+    import json
+    import time
+
+    import paddle2ort.convert.llm.api as api
+    from paddle2ort.cli import main
+    from paddle2ort.tokenization.bpe import tokenizer_from_gguf_fields
+    from gguf_models import train_bpe
+
+    def never(*a, **k):
+        raise AssertionError("a Paddle worker started")
+    monkeypatch.setattr(api, "run_worker", never)
+    tokens, types, merges = train_bpe()
+    tokenizer_from_gguf_fields({"ggml.model": "gpt2", "ggml.tokens": tokens, "ggml.token_type": types,
+                                "ggml.merges": merges, "ggml.bos_token_id": 0, "ggml.eos_token_id": 2}
+                               ).save(tmp_path / "tok")
+    src = tmp_path / "model"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "vocab_size": 49152,
+                                                 "dtype": "bfloat16"}))
+    sparse_file(src / "model.safetensors", TWO_GIB // 2 + 1)          # bfloat16: twice that in float32
+    t0 = time.perf_counter()
+    assert main(["convert-llm", str(src), "--tokenizer", str(tmp_path / "tok"), "-o", str(tmp_path / "b")]) == 4
+    assert time.perf_counter() - t0 < 10
+    assert "over 2 GiB" in capsys.readouterr().err and not (tmp_path / "b").exists()
+
+
+def test_fused_external_data_is_covered_by_the_bundle_checksums(tiny_models, tmp_path, monkeypatch):
+    """Forced external data (threshold 0) through convert-llm --fused: the .data file is in the manifest's files,
+    the bundle loads and generates, and a changed byte in it fails the checksum check."""
+    from paddle2ort.convert.llm import LLMConvertConfig, convert_llm
+    from paddle2ort.runtime.errors import BundleError
+    from paddle2ort.runtime.llm import TextGenerator
+    from paddle2ort.runtime.manifest import load_bundle
+    monkeypatch.setattr(fused, "EXTERNAL_DATA_BYTES", 0)
+    src = tiny_models("llama")
+    dest = tmp_path / "bundle"
+    res = convert_llm(LLMConvertConfig(source=src / "model", tokenizer=src / "tokenizer", output=dest,
+                                       fused=("fp32",)))
+    assert "fused/decoder.fp32.onnx.data" in res.manifest.files
+    assert res.manifest.extra["fused"]["fp32"]["validation"]["passed"]
+    from paddle2ort.runtime.generation import GenerationConfig
+    cfg = GenerationConfig(max_new_tokens=4, min_new_tokens=4)
+    # the gate above replayed Paddle's steps through the external-data file; here the bundle loads and decodes
+    assert len(TextGenerator(dest, graph="fused").generate_ids(["The capital of France is"], cfg)[0]) == 4
+    data = dest / "fused" / "decoder.fp32.onnx.data"
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    with pytest.raises(BundleError, match="decoder.fp32.onnx.data"):
+        load_bundle(dest)

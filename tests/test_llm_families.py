@@ -5,10 +5,12 @@ the prefill + decode steps through the gate, generic and (where the family fits 
 import json
 import time
 
+import numpy as np
 import pytest
 
 from paddle2ort.cli import main
-from paddle2ort.convert.llm.families import ARCHITECTURES, FUSED_FORM, UnsupportedFamily, family_name
+from paddle2ort.convert.llm.families import (ARCHITECTURES, FUSED_FORM, UnsupportedFamily, family_name,
+                                             rope_freq_factors)
 
 from gguf_models import train_bpe, write_gguf
 
@@ -72,24 +74,43 @@ def test_tokenizer_larger_than_the_model_vocabulary_is_exit_2(tmp_path, tokenize
 
 
 # ---------------------------------------------------------------- Paddle parity through the gate, per family
-CASES = {  # name: (GGUF architecture, sliding window, the family it must land in, tensor types)
-    "llama": ("llama", None, "llama", {"blk.0.ffn_down.weight": "Q8_0", "blk.1.attn_q.weight": "Q6_K"}),
-    "mistral": ("llama", 48, "mistral", {}),
-    "qwen2": ("qwen2", None, "qwen2", {"blk.1.ffn_up.weight": "Q4_K"}),
-    "gpt2": ("gpt2", None, "gpt", {"blk.0.attn_qkv.weight": "Q5_0"}),
+CASES = {  # name: (GGUF architecture, sliding window, the family it must land in, tensor types, rope factors)
+    "llama": ("llama", None, "llama", {"blk.0.ffn_down.weight": "Q8_0", "blk.1.attn_q.weight": "Q6_K"}, False),
+    "llama3-rope": ("llama", None, "llama", {}, True),
+    "mistral": ("llama", 48, "mistral", {}, False),
+    "qwen2": ("qwen2", None, "qwen2", {"blk.1.ffn_up.weight": "Q4_K"}, False),
+    "gpt2": ("gpt2", None, "gpt", {"blk.0.attn_qkv.weight": "Q5_0"}, False),
 }
+
+
+def rope_factors() -> np.ndarray:
+    head_dim = 256 // 4
+    cfg = {"rope_theta": 10000.0, "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                                   "high_freq_factor": 4.0, "original_max_position_embeddings": 16}}
+    return np.asarray(rope_freq_factors(cfg, head_dim), np.float32)
+
+
+def test_llama3_rope_factors_scale_only_the_long_wavelengths():
+    f = rope_factors()
+    inv = 1.0 / 10000.0 ** (np.arange(0, 64, 2) / 64)
+    wavelen = 2 * np.pi / inv
+    np.testing.assert_allclose(f[wavelen < 16 / 4], 1.0)          # high frequencies kept
+    np.testing.assert_allclose(f[wavelen > 16 / 1], 8.0)          # low frequencies divided by the factor
+    mid = f[(wavelen >= 4) & (wavelen <= 16)]
+    assert mid.size and ((mid > 1.0) & (mid < 8.0)).all()
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_family_exports_with_paddle_parity(tmp_path, case):
     import gguf
     from paddle2ort.convert.llm import LLMConvertConfig, convert_llm
-    arch, window, family, types = CASES[case]
+    arch, window, family, types, rope = CASES[case]
     path = tmp_path / f"{case}.gguf"
     write_gguf(path, arch, sliding_window=window, pre="gpt2" if arch == "gpt2" else "llama-bpe",
-               types={k: gguf.GGMLQuantizationType[v] for k, v in types.items()})
+               types={k: gguf.GGMLQuantizationType[v] for k, v in types.items()},
+               rope_freqs=rope_factors() if rope else None)
     assert main(["import-gguf", str(path), "-o", str(tmp_path / "imp")]) == 0
-    fused = ("fp32",) if FUSED_FORM[family] else ()
+    fused = ("fp32",) if FUSED_FORM[family] and not rope else ()
     res = convert_llm(LLMConvertConfig(source=tmp_path / "imp" / "model", tokenizer=tmp_path / "imp" / "tokenizer",
                                        output=tmp_path / "bundle", fused=fused))
     llm = res.manifest.extra["llm"]
@@ -100,3 +121,17 @@ def test_family_exports_with_paddle_parity(tmp_path, case):
         assert res.manifest.extra["fused"]["fp32"]["validation"]["passed"]
     if window:
         assert llm["max_context"] == window       # the export's full attention is exact within the window only
+
+
+def test_llama3_rope_scaling_changes_paddles_answer(tmp_path):
+    """The factors reach Paddle's rotary tables (the reference the gate compares against): same weights with and
+    without them give different log-likelihoods."""
+    from paddle2ort.convert.llm.reference import paddle_nll
+    window = [[5, 17, 90, 33, 250, 7, 61, 12, 400, 3, 88, 19, 27, 301, 45, 9, 77, 150, 2, 66]]
+    nll = []
+    for rope in (False, True):
+        path = tmp_path / f"r{rope}.gguf"
+        write_gguf(path, "llama", rope_freqs=rope_factors() if rope else None)
+        assert main(["import-gguf", str(path), "-o", str(tmp_path / f"imp{rope}")]) == 0
+        nll.append(paddle_nll(tmp_path / f"imp{rope}" / "model", window)[0])
+    assert abs(nll[0] - nll[1]) > 1e-4 * abs(nll[0])

@@ -126,7 +126,19 @@ def check_family(cfg: dict, config: LLMConvertConfig) -> str:
     if config.fused and FUSED_FORM.get(family) is None:
         raise BadInputError(f"the fused decoder does not cover the {family} family; leave out --fused "
                             "(the generic graph exports it)")
+    scaled = [k for k in ("rope_scaling", "rope_scaling_type", "rope_freq_factors") if cfg.get(k)]
+    if config.fused and scaled:
+        raise BadInputError(f"config.json has {scaled[0]}: the fused decoder computes plain rotary only; leave out "
+                            "--fused (the generic graph exports scaled rotary)")
     return family
+
+
+def check_size(source: Path, cfg: dict) -> None:
+    """The generic export's float32 parameters must fit paddle2onnx (2 GiB): checked before the worker."""
+    from ..export import check_params_size
+    stored = {"float16": 2, "bfloat16": 2}.get(str(cfg.get("dtype") or cfg.get("torch_dtype") or ""), 4)
+    files = [*source.glob("*.pdparams"), *source.glob("*.safetensors")]
+    check_params_size(sum(f.stat().st_size for f in files) * 4 // stored, f"{source} (as float32)")
 
 
 def check_vocab(tok, cfg: dict, config: LLMConvertConfig) -> None:
@@ -146,6 +158,7 @@ def _convert_llm(config: LLMConvertConfig) -> ConvertResult:
     check_destination(config.output, config.overwrite, (config.source, config.tokenizer))
     tok = BPETokenizer.load(config.tokenizer)
     check_vocab(tok, cfg, config)
+    check_size(config.source, cfg)
     log.info("%s: the %s family", config.source, family)
     prompts = [tok.encode(p) for p in config.prompts]
     work = make_workdir("llm")

@@ -22,7 +22,7 @@ def load_llm(model_dir: str):
     arch = (cfg.get("architectures") or [fam.model_class])[0]
     model = getattr(T, fam.model_class).from_pretrained(model_dir, dtype="float32")
     if fam.prepare is not None:
-        fam.prepare(model, raw_state(model_dir))
+        fam.prepare(model, model_dir)
     model.eval()
     return model, fam, arch
 

@@ -22,7 +22,7 @@ class Family:
     patches: Callable[[object], contextlib.AbstractContextManager]   # model -> context manager
     kv_heads: Callable                       # config -> number of K/V heads
     head_dim: Callable                       # config -> per-head size
-    prepare: Callable | None = None          # (model, state dict) -> None: extra parameters / math the PaddleNLP
+    prepare: Callable | None = None          # (model, model_dir) -> None: extra parameters / math the PaddleNLP
     #                                          class lacks, applied at load time (so the reference has them too)
 
 
@@ -120,11 +120,52 @@ def _gpt_step(layer, h, position_ids, mask, pk, pv):
     return h, k, v
 
 
-# ---------------------------------------------------------------- Qwen2: LLaMA + q/k/v biases
-def _qwen2_prepare(model, state):
-    """PaddleNLP 2.8.1's LLaMA attention has no biases: give q/k/v Linear layers biases (Qwen2's only difference
-    from LLaMA's math) and load them from the state dict (`from_pretrained` dropped them as unexpected keys)."""
+# ---------------------------------------------------------------- Llama-3 rope scaling (per-frequency factors)
+def rope_freq_factors(cfg: dict, head_dim: int) -> list[float] | None:
+    """Divisors of the rotary inverse frequencies: config `rope_freq_factors` (as a GGUF's rope_freqs.weight
+    stores them) or HF's `rope_scaling` {"rope_type": "llama3", factor, low_freq_factor, high_freq_factor,
+    original_max_position_embeddings} (transformers' _compute_llama3_parameters). None: plain rotary."""
+    if cfg.get("rope_freq_factors"):
+        return [float(x) for x in cfg["rope_freq_factors"]]
+    rs = cfg.get("rope_scaling")
+    if not isinstance(rs, dict) or rs.get("rope_type", rs.get("type")) != "llama3":
+        return None
+    import numpy as np
+    theta = float(cfg.get("rope_theta", 10000.0))
+    inv = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    factor, lo, hi = float(rs["factor"]), float(rs["low_freq_factor"]), float(rs["high_freq_factor"])
+    old = float(rs["original_max_position_embeddings"])
+    wavelen = 2 * math.pi / inv
+    scaled = np.where(wavelen > old / lo, inv / factor, inv)
+    smooth = (old / wavelen - lo) / (hi - lo)
+    medium = (wavelen >= old / hi) & (wavelen <= old / lo)
+    scaled = np.where(medium, (1 - smooth) * scaled / factor + smooth * scaled, scaled)
+    return (inv / scaled).tolist()
+
+
+def _llama_prepare(model, model_dir):
+    """Llama-3-style rope scaling, which PaddleNLP 2.8.1's LLaMA does not compute: its rotary tables rebuilt from
+    the scaled inverse frequencies (every layer's rotary embedding)."""
     import paddle
+    c = model.config
+    factors = rope_freq_factors(c.to_dict(), c.hidden_size // c.num_attention_heads)
+    if factors is None:
+        return
+    for layer in model.llama.layers:
+        rot = layer.self_attn.rotary_emb
+        rot.inv_freq = rot.inv_freq / paddle.to_tensor(factors, dtype="float32")
+        rot._set_cos_sin_cache(rot.max_position_embeddings)
+
+
+# ---------------------------------------------------------------- Qwen2: LLaMA + q/k/v biases
+def _qwen2_prepare(model, model_dir):
+    """PaddleNLP 2.8.1's LLaMA attention has no biases: give q/k/v Linear layers biases (Qwen2's only difference
+    from LLaMA's math) and load them from the saved weights (`from_pretrained` dropped them as unexpected keys)."""
+    import paddle
+
+    from .eager import raw_state
+    _llama_prepare(model, model_dir)
+    state = raw_state(model_dir)
     for i, layer in enumerate(model.llama.layers):
         for n in ("q_proj", "k_proj", "v_proj"):
             lin = getattr(layer.self_attn, n)
@@ -145,11 +186,11 @@ def _llama_head(c):
 
 FAMILIES = {
     "llama": Family("llama", "LlamaForCausalLM", _llama_parts, _llama_step, _llama_patches,
-                    kv_heads=_llama_kv, head_dim=_llama_head),
+                    kv_heads=_llama_kv, head_dim=_llama_head, prepare=_llama_prepare),
     # Mistral is LLaMA's math plus a sliding attention window: exact while the context fits the window (the
     # bundle's max_context is capped at it)
     "mistral": Family("mistral", "LlamaForCausalLM", _llama_parts, _llama_step, _llama_patches,
-                      kv_heads=_llama_kv, head_dim=_llama_head),
+                      kv_heads=_llama_kv, head_dim=_llama_head, prepare=_llama_prepare),
     "qwen2": Family("qwen2", "LlamaForCausalLM", _llama_parts, _llama_step, _llama_patches,
                     kv_heads=_llama_kv, head_dim=_llama_head, prepare=_qwen2_prepare),
     "gpt": Family("gpt", "GPTForCausalLM", _gpt_parts, _gpt_step, _gpt_patches,

@@ -64,7 +64,7 @@ class DecoderSpec:
             qkv_bias = qkv_bias or bias
         if family == "gpt" and not cfg.get("normalize_before", True):
             raise BadInputError("the fused GPT decoder is pre-LayerNorm (GPT-2); this config is post-norm")
-        for key in ("rope_scaling", "rope_scaling_type"):
+        for key in ("rope_scaling", "rope_scaling_type", "rope_freq_factors"):
             if cfg.get(key):
                 raise BadInputError(f"config has {key}={cfg[key]!r}: scaled rotary is not supported by the fused "
                                     "decoder; use the generic export (paddle2ort convert-llm)")

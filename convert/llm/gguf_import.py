@@ -106,9 +106,6 @@ def _llama_like(r, arch: str, t: dict, tok: dict) -> tuple[str, dict, dict]:
     if key_len is not None and int(key_len) != hidden // heads:
         raise BadInputError(f"head size {key_len} != hidden {hidden} / {heads} heads: PaddleNLP 2.8.1's LLaMA "
                             "cannot hold this model")
-    if "rope_freqs.weight" in t:
-        raise BadInputError("the GGUF has rope_freqs.weight (Llama-3.1-style rope scaling), which PaddleNLP "
-                            "2.8.1's LLaMA does not compute; not importable")
     window = _field(r, p + "attention.sliding_window")
     family = "mistral" if window else ("qwen2" if arch == "qwen2" else "llama")
     cfg = {"architectures": [HF_ARCHITECTURE[family]], "model_type": "llama",
@@ -127,6 +124,8 @@ def _llama_like(r, arch: str, t: dict, tok: dict) -> tuple[str, dict, dict]:
         cfg.update(rope_scaling_type="linear", rope_scaling_factor=float(_required(r, p + "rope.scaling.factor")))
     if window:
         cfg["sliding_window"] = int(window)
+    if "rope_freqs.weight" in t:             # Llama-3.1-style rope scaling: per-frequency divisors
+        cfg["rope_freq_factors"] = [float(x) for x in t["rope_freqs.weight"].reshape(-1)]
     permute = arch == "llama"                 # llama.cpp permutes q/k of LLaMA-converted models only
     q = (lambda w: unpermute_rotary(w, heads)) if permute else (lambda w: w)
     k = (lambda w: unpermute_rotary(w, kv)) if permute else (lambda w: w)
