@@ -44,7 +44,7 @@ test-tokenizer-py310: install-py310
 
 # Tiers: unit (no Paddle, no assets, < 1 min) < fast (adds tiny Paddle models) < test (adds the real models).
 test-unit: install
-	$(PY) -m pytest -q -m unit
+	$(PY) -m pytest -q -m "unit and not slow"
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"

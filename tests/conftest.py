@@ -1,6 +1,7 @@
 """Shared fixtures and the test tiers.
 
-Tiers (markers): `unit` - no Paddle (not even spawned), no asset packages, seconds (`make test-unit`);
+Tiers (markers): `unit` - no Paddle (not even spawned), no asset packages, seconds (`make test-unit` runs
+`unit and not slow`);
 unmarked - tiny Paddle models built inline (tests/paddle_models.py), converted once a session;
 `slow` - real models from pip-installed assets; `gpu` - an NVIDIA GPU. `make test` runs all but gpu-less skips.
 """
@@ -17,12 +18,15 @@ HERE = Path(__file__).parent
 PADDLE_FIXTURES = {"tiny_models", "clf_bundle", "llm_bundles"}
 # Modules of other parts whose every test is a unit test (files that say so themselves carry `pytestmark`).
 UNIT_MODULES = {"test_generation_unit.py", "test_validate_unit.py", "test_kernels.py"}
+# ... except these (no Paddle, but tens of seconds: they run in the full suite)
+NOT_UNIT = {"test_cuda_sources_compile_with_nvcc"}          # nvcc over every .cu source
 
 
 @pytest.hookimpl(tryfirst=True)             # before `-m` selects on the markers
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if item.path.name in UNIT_MODULES and not any(item.get_closest_marker(m) for m in ("slow", "gpu")):
+        if (item.path.name in UNIT_MODULES and item.originalname not in NOT_UNIT
+                and not any(item.get_closest_marker(m) for m in ("slow", "gpu"))):
             item.add_marker(pytest.mark.unit)
         if item.get_closest_marker("unit") is not None:
             heavy = PADDLE_FIXTURES.intersection(getattr(item, "fixturenames", ()))
