@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import importlib.util
 import json
 import logging
 import shutil
@@ -24,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 from paddle2ort.convert import ConvertConfig, convert
-from paddle2ort.convert.errors import Paddle2OrtError, ValidationError
+from paddle2ort.convert.errors import BadInputError, Paddle2OrtError, ValidationError
 from paddle2ort.convert.precision import FP16Options
 from paddle2ort.convert.validate import summary
 
@@ -56,10 +55,12 @@ class Asset:
     fp16_remedy: tuple[str, ...] = ()   # op types also kept in FP32, tried when the default FP16 is refused
 
     def path(self) -> Path | None:
-        spec = importlib.util.find_spec(self.package)
-        if spec is None or not spec.submodule_search_locations:
+        """The model folder, None when the asset package is not installed."""
+        from paddle2ort.runtime.files import asset_path
+        try:
+            return asset_path(self.package, *self.parts)
+        except BadInputError:
             return None
-        return Path(list(spec.submodule_search_locations)[0]).joinpath(*self.parts)
 
 
 CORPUS = (
