@@ -42,8 +42,8 @@ def _draining_server(uvicorn):
 
 
 def run(args) -> int:
-    import importlib.util
-    missing = [m for m in SERVE_MODULES if importlib.util.find_spec(m) is None]
+    from paddle2ort.runtime.files import module_available
+    missing = [m for m in SERVE_MODULES if not module_available(m)]
     if missing:
         raise BadInputError(f"serve needs {', '.join(missing)}: pip install 'paddle2ort[serve]'")
     for b in args.bundles:
