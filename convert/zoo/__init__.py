@@ -54,8 +54,8 @@ def check_output(out: Path) -> None:
 def build(name: str, out: Path, force: bool = False) -> Path:
     if name not in ZOO:
         raise BadInputError(f"unknown zoo model {name!r}; available: {', '.join(ZOO)}")
-    import importlib.util
-    if importlib.util.find_spec("paddle") is None:
+    from paddle2ort.runtime.files import module_available
+    if not module_available("paddle"):
         raise BadInputError("zoo build needs Paddle, which is not installed here (a runtime-only install); install "
                             "the converter side: pip install 'paddle2ort[convert]'")
     if force or not is_current(out, _build_key(name)):
