@@ -317,12 +317,12 @@ def task_export_llm(args: dict) -> dict:
     import numpy as np
     import paddle
 
-    from paddle2ort.convert.llm.eager import EagerDecoder, load_llm
+    from paddle2ort.convert.llm.eager import EagerDecoder, load_export_model
     from paddle2ort.convert.llm.wrapper import input_specs, make_wrapper
     from paddle2ort.runtime.generation import GenerationConfig, generate
 
     try:
-        model, fam, arch = load_llm(args["model_dir"])
+        model, fam, arch = load_export_model(args["model_dir"])
     except KeyError as e:
         raise BadInput(str(e)) from e
     c = model.config
@@ -414,10 +414,10 @@ def task_state_llm(args: dict) -> dict:
     decoder's input (convert.llm.fused builds the graph outside Paddle)."""
     import numpy as np
 
-    from paddle2ort.convert.llm.eager import load_llm
+    from paddle2ort.convert.llm.eager import load_export_model
 
     try:
-        model, fam, arch = load_llm(args["model_dir"])
+        model, fam, arch = load_export_model(args["model_dir"])
     except KeyError as e:
         raise BadInput(str(e)) from e
     state = {k: v.numpy().astype(np.float32) for k, v in model.state_dict().items()}

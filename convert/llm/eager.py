@@ -27,6 +27,28 @@ def load_llm(model_dir: str):
     return model, fam, arch
 
 
+REMAP_RTOL = 1e-4        # max |logits difference| / max |logits| between a family's class and its remapped form
+
+
+def load_export_model(model_dir: str):
+    """load_llm, then a family exported through another class of the same math (Family.remap) is remapped and
+    checked: its logits on a fixed random sequence must equal the original class's. -> (model, family, arch)."""
+    import paddle
+    model, fam, arch = load_llm(model_dir)
+    if fam.remap is None:
+        return model, fam, arch
+    out, name = fam.remap(model)
+    ids = paddle.to_tensor(np.random.default_rng(0).integers(0, model.config.vocab_size, (1, 12)))
+    with paddle.no_grad():
+        a, b = (m(ids, return_dict=False) for m in (model, out))
+    a, b = (x[0] if isinstance(x, (tuple, list)) else x for x in (a, b))
+    diff = float((a - b).abs().max()) / max(float(a.abs().max()), 1e-12)
+    if not diff <= REMAP_RTOL:
+        raise RuntimeError(f"{arch} remapped onto the {name} family differs from PaddleNLP's class: max relative "
+                           f"logit difference {diff:.3g} > {REMAP_RTOL}")
+    return out, FAMILIES[name], arch
+
+
 def raw_state(model_dir: str) -> dict[str, np.ndarray]:
     """The saved weights by name (safetensors or pdparams), including those the PaddleNLP class does not hold."""
     import glob

@@ -24,6 +24,8 @@ class Family:
     head_dim: Callable                       # config -> per-head size
     prepare: Callable | None = None          # (model, model_dir) -> None: extra parameters / math the PaddleNLP
     #                                          class lacks, applied at load time (so the reference has them too)
+    remap: Callable | None = None            # model -> (model of the same math in another family's class, that
+    #                                          family's name): exported instead, its logits checked against these
 
 
 @contextlib.contextmanager
@@ -161,19 +163,9 @@ def _llama_prepare(model, model_dir):
 def _qwen2_prepare(model, model_dir):
     """PaddleNLP 2.8.1's LLaMA attention has no biases: give q/k/v Linear layers biases (Qwen2's only difference
     from LLaMA's math) and load them from the saved weights (`from_pretrained` dropped them as unexpected keys)."""
-    import paddle
-
     from .eager import raw_state
     _llama_prepare(model, model_dir)
-    state = raw_state(model_dir)
-    for i, layer in enumerate(model.llama.layers):
-        for n in ("q_proj", "k_proj", "v_proj"):
-            lin = getattr(layer.self_attn, n)
-            key = f"llama.layers.{i}.self_attn.{n}.bias"
-            if key not in state:
-                raise KeyError(f"Qwen2 weights need {key} (q/k/v biases); the state dict has none")
-            lin.bias = lin.create_parameter([lin.weight.shape[1]], is_bias=True)
-            lin.bias.set_value(paddle.to_tensor(state[key], dtype=lin.weight.dtype))
+    _add_qkv_biases(model, raw_state(model_dir))
 
 
 def _llama_kv(c):
@@ -182,6 +174,57 @@ def _llama_kv(c):
 
 def _llama_head(c):
     return c.hidden_size // c.num_attention_heads
+
+
+# ---------------------------------------------------------------- Qwen (v1): exported as Qwen2 (LLaMA + biases)
+def _add_qkv_biases(model, biases: dict) -> None:
+    """q/k/v biases on PaddleNLP LLaMA's bias-free attention Linear layers (key: llama.layers.N.self_attn.X.bias)."""
+    import paddle
+    for i, layer in enumerate(model.llama.layers):
+        for n in ("q_proj", "k_proj", "v_proj"):
+            lin = getattr(layer.self_attn, n)
+            key = f"llama.layers.{i}.self_attn.{n}.bias"
+            if key not in biases:
+                raise KeyError(f"Qwen2 weights need {key} (q/k/v biases); the state dict has none")
+            lin.bias = lin.create_parameter([lin.weight.shape[1]], is_bias=True)
+            lin.bias.set_value(paddle.to_tensor(biases[key], dtype=lin.weight.dtype))
+
+
+def _qwen_remap(model):
+    """QWenForCausalLM -> LlamaForCausalLM + q/k/v biases (the qwen2 family): the same math (RMSNorm, half-rotation
+    rotary, SiLU-gated MLP with w2 as the gate) while the context stays within `seq_length`, beyond which Qwen
+    switches on dynamic NTK and logn attention (the bundle's max_context is capped there)."""
+    import paddle
+    from paddlenlp.transformers import LlamaConfig, LlamaForCausalLM
+    c = model.config
+    if getattr(c, "rotary_pct", 1.0) != 1.0 or not getattr(c, "no_bias", True):
+        raise KeyError("this Qwen config (partial rotary or output biases) has no export adapter")
+    h = c.hidden_size
+    cfg = LlamaConfig(vocab_size=c.vocab_size, hidden_size=h, intermediate_size=c.intermediate_size // 2,
+                      num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
+                      num_key_value_heads=c.num_attention_heads, rms_norm_eps=c.layer_norm_epsilon,
+                      rope_theta=float(c.rotary_emb_base), max_position_embeddings=int(c.seq_length),
+                      tie_word_embeddings=False, use_flash_attention=False, use_fused_rms_norm=False,
+                      use_fused_rope=False, dtype="float32")
+    src = {k: v.numpy() for k, v in model.state_dict().items()}
+    sd = {"llama.embed_tokens.weight": src["qwen.wte.weight"], "llama.norm.weight": src["qwen.ln_f.weight"],
+          "lm_head.weight": src["lm_head.weight"]}
+    for i in range(c.num_hidden_layers):
+        q, n = f"qwen.h.{i}.", f"llama.layers.{i}."
+        w, b = src[q + "attn.c_attn.weight"], src[q + "attn.c_attn.bias"]
+        for j, x in enumerate("qkv"):
+            sd[n + f"self_attn.{x}_proj.weight"] = w[:, j * h:(j + 1) * h]
+            sd[n + f"self_attn.{x}_proj.bias"] = b[j * h:(j + 1) * h]
+        sd.update({n + "self_attn.o_proj.weight": src[q + "attn.c_proj.weight"],
+                   n + "input_layernorm.weight": src[q + "ln_1.weight"],
+                   n + "post_attention_layernorm.weight": src[q + "ln_2.weight"],
+                   n + "mlp.gate_proj.weight": src[q + "mlp.w2.weight"], n + "mlp.up_proj.weight": src[q + "mlp.w1.weight"],
+                   n + "mlp.down_proj.weight": src[q + "mlp.c_proj.weight"]})
+    out = LlamaForCausalLM(cfg)
+    _add_qkv_biases(out, sd)
+    out.set_state_dict({k: paddle.to_tensor(v) for k, v in sd.items() if not k.endswith("_proj.bias")})
+    out.eval()
+    return out, "qwen2"
 
 
 FAMILIES = {
@@ -193,15 +236,19 @@ FAMILIES = {
                       kv_heads=_llama_kv, head_dim=_llama_head, prepare=_llama_prepare),
     "qwen2": Family("qwen2", "LlamaForCausalLM", _llama_parts, _llama_step, _llama_patches,
                     kv_heads=_llama_kv, head_dim=_llama_head, prepare=_qwen2_prepare),
+    "qwen": Family("qwen", "QWenForCausalLM", _llama_parts, _llama_step, _llama_patches,
+                   kv_heads=lambda c: c.num_attention_heads, head_dim=_llama_head, remap=_qwen_remap),
     "gpt": Family("gpt", "GPTForCausalLM", _gpt_parts, _gpt_step, _gpt_patches,
                   kv_heads=lambda c: c.num_attention_heads, head_dim=lambda c: c.hidden_size // c.num_attention_heads),
 }
 # config.json "architectures" (HF and PaddleNLP names) and "model_type" -> family: read before any worker starts
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2",
+                 "QWenForCausalLM": "qwen", "QWenLMHeadModel": "qwen",
                  "GPTForCausalLM": "gpt", "GPTLMHeadModel": "gpt", "GPT2LMHeadModel": "gpt"}
-MODEL_TYPES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "gpt": "gpt", "gpt2": "gpt"}
+MODEL_TYPES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen": "qwen", "gpt": "gpt", "gpt2": "gpt"}
 # the fused decoder's form of each family: (fused family, q/k/v biases); None = generic export only
-FUSED_FORM = {"llama": ("llama", False), "mistral": ("llama", False), "qwen2": ("llama", True), "gpt": ("gpt", False)}
+FUSED_FORM = {"llama": ("llama", False), "mistral": ("llama", False), "qwen2": ("llama", True), "qwen": ("llama", True),
+              "gpt": ("gpt", False)}
 
 
 class UnsupportedFamily(KeyError):
