@@ -334,3 +334,21 @@ def test_serve_refuses_a_non_servable_bundle_and_a_busy_port(tmp_path, llama, ca
         port = s.getsockname()[1]
         assert main(["serve", str(llama), "--port", str(port)]) == 2
     assert "pick another --port" in capsys.readouterr().err
+
+
+def test_the_batch_bound_holds_when_requests_arrive_together(server):
+    """max_batch 1 = one request at a time, even when several wait at once (each takes its own decode steps)."""
+    from paddle2ort.runtime.serving.scheduler import Engine
+    g = server.models["llama"].generator
+    cfg = GenerationConfig(max_new_tokens=6, min_new_tokens=6)
+    eng = Engine(g.model, g.tokenizer, g.default_stop_ids, g.max_context, max_batch=1, max_queue=8)
+    done = threading.Semaphore(0)
+    for i in range(3):                       # all queued before the engine thread starts
+        eng.submit(g.tokenizer.encode(f"prompt {i}"), cfg, lambda ev: ev.kind == "done" and done.release())
+    eng.start()
+    try:
+        for _ in range(3):
+            assert done.acquire(timeout=60)
+    finally:
+        eng.stop()
+    assert eng.steps == 3 * 5

@@ -29,7 +29,7 @@ from paddle2ort.runtime.generation import GenerationConfig
 from .classify import MicroBatcher
 from .metrics import CONTENT_TYPE_LATEST, ServingMetrics
 from .openai_schema import DEFAULT_COMPLETION_TOKENS, ChatRequest, ClassifyRequest, CompletionRequest
-from .scheduler import Engine, Event, QueueFull, ShuttingDown
+from .scheduler import Engine, Event, QueueFull, ShuttingDown, _call_each
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +129,14 @@ def create_app(models: dict[str, Served], cfg: ServeConfig = ServeConfig(),
 
     @asynccontextmanager
     async def lifespan(app):
+        loop = asyncio.get_running_loop()
+
+        def post(items) -> None:           # a step's events: one wake-up of this loop, not one per token
+            loop.call_soon_threadsafe(_call_each, items)
+
         for s in models.values():
             if s.engine is not None:
+                s.engine.post = post
                 s.engine.start()
             if s.batcher is not None:
                 s.batcher.start()
@@ -266,14 +272,10 @@ def generation_config(body, max_tokens: int) -> GenerationConfig:
 
 async def run_generation(s: Served, ids: list[int], body, max_tokens: int, request: Request, chat: bool):
     cfg = generation_config(body, max_tokens)
-    loop = asyncio.get_running_loop()
     events: asyncio.Queue[Event] = asyncio.Queue()
 
-    def sink(ev: Event) -> None:          # engine thread -> this request's event loop
-        loop.call_soon_threadsafe(events.put_nowait, ev)
-
     try:
-        req = s.engine.submit(ids, cfg, sink, body.n)
+        req = s.engine.submit(ids, cfg, events.put_nowait, body.n)      # called on this loop (engine.post)
     except BadInputError as e:
         raise ApiError(400, str(e), "max_tokens" if "max_tokens" in str(e) else None) from e
     except QueueFull as e:

@@ -109,6 +109,10 @@ class Engine:
         self.running = False
         self.thread: threading.Thread | None = None
         self.steps = 0
+        self.outbox: list[tuple[Callable, Event]] = []
+        # how a step's events reach the requests: one call a step (the server posts them to its event loop in one
+        # wake-up); default: each sink called on the engine thread
+        self.post: Callable[[list[tuple[Callable, Event]]], None] = _call_each
 
     # ------------------------------------------------------------------ public (any thread)
     def start(self) -> "Engine":
@@ -183,9 +187,10 @@ class Engine:
                     self.cv.wait(0.5)
                 if not self.running:
                     return
-                joining = []
-                while self.waiting and not self._rows_busy(self.waiting[0].n):
+                joining, taken = [], len(self.rows)
+                while self.waiting and taken + self.waiting[0].n <= self.max_batch:
                     joining.append(self.waiting.popleft())
+                    taken += joining[-1].n
             try:
                 for req in joining:
                     if not req.cancelled:
@@ -197,9 +202,10 @@ class Engine:
             except Exception as e:                     # a model failure ends the requests in flight, not the server
                 log.exception("generation step failed")
                 for s in self.rows:
-                    s.request.sink(Event("error", s.index, text=f"generation failed: {e}"))
+                    self._send(s.request, Event("error", s.index, text=f"generation failed: {e}"))
                 self.rows = []
                 self._reset()
+            self._flush()
             with self.cv:
                 self._gauges()
 
@@ -254,8 +260,19 @@ class Engine:
         self.length = t + 1
         self.steps += 1
         lg = logits[:, -1]
+        greedy: dict[tuple, list[int]] = {}        # greedy rows without a penalty: one twin call per stop setting
         for r, q in enumerate(self.rows):
-            self._choose(q, lg[r:r + 1])
+            if q.finish_reason is None and not q.cfg.sampling and q.seen is None:
+                greedy.setdefault((q.step < q.cfg.min_new_tokens, q.cfg.stop_token_ids), []).append(r)
+            else:
+                self._choose(q, lg[r:r + 1])
+        for idx in greedy.values():
+            first = self.rows[idx[0]]
+            nxt = np.zeros((len(idx), 1), np.int64)
+            kernels.sample_rows(lg[idx], None, first.cfg.sampler_params(first.step, self.pad_id), nxt,
+                                stop_ids=first.stop_arr)
+            for j, r in enumerate(idx):
+                self._accept(self.rows[r], int(nxt[j, 0]))
         if self.metrics is not None:
             self.metrics.step(b, self.max_batch, b, time.perf_counter() - t0, self.name)
 
@@ -266,7 +283,9 @@ class Engine:
         nxt = np.zeros((1, 1), np.int64)
         kernels.sample_rows(logits, None, q.cfg.sampler_params(q.step, self.pad_id), nxt, seen=q.seen,
                             stop_ids=q.stop_arr)                       # stop ids suppressed before min_new_tokens
-        tok = int(nxt[0, 0])
+        self._accept(q, int(nxt[0, 0]))
+
+    def _accept(self, q: Sequence, tok: int) -> None:
         q.step += 1
         req = q.request
         if req.first_token is None:
@@ -295,14 +314,14 @@ class Engine:
 
     def _emit(self, q: Sequence, text: str) -> None:
         if len(text) > q.sent:
-            q.request.sink(Event("delta", q.index, text=text[q.sent:]))
+            self._send(q.request, Event("delta", q.index, text=text[q.sent:]))
             q.sent = len(text)
 
     def _finish(self, q: Sequence, reason: str) -> None:
         q.finish_reason = reason
         req = q.request
         req.done += 1
-        req.sink(Event("done", q.index, finish_reason=reason, completion_tokens=len(q.ids)))
+        self._send(req, Event("done", q.index, finish_reason=reason, completion_tokens=len(q.ids)))
         if self.metrics is not None:
             self.metrics.tokens(self.name, len(q.ids))
 
@@ -327,9 +346,22 @@ class Engine:
         cache[:t - lead] = self.cache[lead:t][:, :, :, keep]
         self.cache, self.mask, self.length = cache, mask[:, lead:], t - lead
 
+    def _send(self, req: Request, ev: Event) -> None:
+        self.outbox.append((req.sink, ev))
+
+    def _flush(self) -> None:
+        if self.outbox:
+            out, self.outbox = self.outbox, []
+            self.post(out)
+
     def _gauges(self) -> None:
         if self.metrics is not None:
             self.metrics.load(self.name, len(self.waiting), len(self.rows), self.max_batch)
+
+
+def _call_each(items: list[tuple[Callable, Event]]) -> None:
+    for sink, ev in items:
+        sink(ev)
 
 
 def _choice_seed(seed: int | None, i: int) -> int | None:

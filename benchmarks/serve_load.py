@@ -1,0 +1,333 @@
+"""Load benchmark of `paddle2ort serve` (localhost only, bounded in requests and time).
+
+For each mode - continuous (in-flight batching, --max-batch 32) and one-request-at-a-time (--max-batch 1) - a
+`paddle2ort serve` subprocess on 127.0.0.1 takes C concurrent chat clients (C in --clients): each sends
+--requests streamed chat completions (greedy, --max-tokens tokens, ignore_eos so every request has the same work)
+and, before each, one malformed request that must be answered 400. Per (mode, C): aggregate tokens/s (completion
+tokens / wall time), p50/p95 latency and time to first token, failed valid requests, bad requests answered 400.
+Targets (computed here): continuous at 16 clients >= 4x the tokens/s of 1 client; zero failed valid requests.
+
+    python -m paddle2ort.benchmarks.serve_load --bundle out/smollm2 --out benchmarks/results/serve
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as _dt
+import json
+import logging
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .env import environment
+
+log = logging.getLogger(__name__)
+
+MODES = {"continuous": 32, "one-at-a-time": 1}          # mode -> --max-batch
+TARGET_SPEEDUP_16 = 4.0
+BAD_BODIES = [                                          # malformed requests mixed into the load: each must be 400
+    lambda model: {"model": model},                                                       # no messages
+    lambda model: {"model": model, "messages": [{"role": "user", "content": "x"}], "temperature": -1},
+    lambda model: {"model": model, "messages": [{"role": "robot", "content": "x"}]},
+    lambda model: {"model": model, "messages": [{"role": "user", "content": "x"}], "max_tokens": 0},
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(bundle: Path, max_batch: int, threads: int, max_queue: int) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "paddle2ort.cli", "-q", "serve", str(bundle), "--port", str(port),
+                             "--max-batch", str(max_batch), "--max-queue", str(max_queue), "--threads", str(threads)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    import httpx
+    t0 = time.monotonic()
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"serve exited {proc.returncode}: {proc.stderr.read().decode()[-2000:]}")
+        if time.monotonic() - t0 > 120:
+            proc.kill()
+            raise RuntimeError("serve did not answer /health within 120 s")
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            time.sleep(0.1)
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+async def one_chat(client, url: str, model: str, prompt: str, max_tokens: int) -> dict:
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+            "temperature": 0, "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+    t0 = time.perf_counter()
+    ttft, tokens, reason = None, 0, None
+    try:
+        async with client.stream("POST", url + "/v1/chat/completions", json=body) as r:
+            if r.status_code != 200:
+                return {"ok": False, "status": r.status_code, "error": (await r.aread()).decode()[:200]}
+            async for line in r.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                ev = json.loads(line[6:])
+                if "error" in ev:
+                    return {"ok": False, "status": 200, "error": ev["error"]["message"]}
+                for c in ev.get("choices", []):
+                    if ttft is None and c["delta"].get("content"):
+                        ttft = time.perf_counter() - t0
+                    reason = c.get("finish_reason") or reason
+                if ev.get("usage"):
+                    tokens = ev["usage"]["completion_tokens"]
+    except Exception as e:                                # noqa: BLE001  (a transport failure is a failed request)
+        return {"ok": False, "status": None, "error": f"{type(e).__name__}: {e}"}
+    lat = time.perf_counter() - t0
+    ok = reason == "length" and tokens == max_tokens
+    return {"ok": ok, "status": 200, "latency_s": lat, "ttft_s": ttft if ttft is not None else lat,
+            "tokens": tokens, "error": None if ok else f"finish_reason {reason}, {tokens} tokens"}
+
+
+async def run_clients(url: str, model: str, clients: int, requests: int, max_tokens: int, deadline: float) -> dict:
+    import httpx
+    limits = httpx.Limits(max_connections=clients * 2, max_keepalive_connections=clients * 2)
+    results, bad = [], []
+    async with httpx.AsyncClient(timeout=300, limits=limits) as client:
+        async def worker(c: int):
+            for k in range(requests):
+                if time.monotonic() > deadline:
+                    return
+                r = await client.post(url + "/v1/chat/completions",
+                                      json=BAD_BODIES[(c + k) % len(BAD_BODIES)](model))
+                bad.append(r.status_code == 400 and "error" in r.json())
+                results.append(await one_chat(client, url, model, f"Client {c}, question {k}: tell me about "
+                                              f"{['rivers', 'stars', 'bread', 'music'][(c + k) % 4]}.", max_tokens))
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(c) for c in range(clients)))
+        wall = time.perf_counter() - t0
+    ok = [r for r in results if r["ok"]]
+    lat = np.array([r["latency_s"] for r in ok]) if ok else np.zeros(1)
+    ttft = np.array([r["ttft_s"] for r in ok]) if ok else np.zeros(1)
+    tokens = sum(r["tokens"] for r in ok)
+    return {"clients": clients, "requests": len(results), "failed_valid": len(results) - len(ok),
+            "failures": [r["error"] for r in results if not r["ok"]][:5],
+            "bad_requests": len(bad), "bad_answered_400": sum(bad), "wall_s": wall, "completion_tokens": tokens,
+            "tokens_per_s": tokens / wall, "latency_p50_s": float(np.percentile(lat, 50)),
+            "latency_p95_s": float(np.percentile(lat, 95)), "ttft_p50_s": float(np.percentile(ttft, 50)),
+            "ttft_p95_s": float(np.percentile(ttft, 95))}
+
+
+def engine_rows(bundle: Path, clients: list[int], max_tokens: int, threads: int) -> list[dict]:
+    """The scheduler alone, in this process (no HTTP, no SSE, no client): C chat requests submitted at once to an
+    engine of --max-batch 32 and of 1. Isolates what batching buys from the per-token HTTP work, which on a
+    CPU-starved box competes with the model for the same cores. Also checks each request's greedy tokens are the
+    same in both modes."""
+    import threading
+
+    from paddle2ort.runtime.generation import GenerationConfig
+    from paddle2ort.runtime.llm import TextGenerator
+    from paddle2ort.runtime.serving.scheduler import Engine
+    from paddle2ort.runtime.session import SessionOptions
+
+    gen = TextGenerator(bundle, session=SessionOptions(intra_op_threads=threads))
+    cfg = GenerationConfig(max_new_tokens=max_tokens, min_new_tokens=max_tokens)
+    rows, texts = [], {}
+    for mode, max_batch in MODES.items():
+        for c in clients:
+            prompts = [gen.prompt_ids(f"Client {i}: tell me about {['rivers', 'stars', 'bread', 'music'][i % 4]}.",
+                                      chat=True) for i in range(c)]
+            eng = Engine(gen.model, gen.tokenizer, gen.default_stop_ids, gen.max_context, max_batch, c)
+            out = [[] for _ in range(c)]
+            left, done = [c], threading.Event()
+
+            def sink(i):
+                def put(ev):
+                    out[i].append(ev)
+                    if ev.kind != "delta":
+                        left[0] -= 1
+                        if not left[0]:
+                            done.set()
+                return put
+
+            eng.start()
+            t0 = time.perf_counter()
+            for i, p in enumerate(prompts):
+                eng.submit(p, cfg, sink(i))
+            done.wait()
+            wall = time.perf_counter() - t0
+            eng.stop()
+            texts[mode, c] = ["".join(e.text for e in o if e.kind == "delta") for o in out]
+            rows.append({"mode": mode, "clients": c, "steps": eng.steps, "wall_s": wall,
+                         "tokens_per_s": c * max_tokens / wall})
+            log.info("engine only, %s, %d requests: %.0f tokens/s (%d steps)", mode, c, c * max_tokens / wall,
+                     eng.steps)
+    for r in rows:
+        r["same_text_as_one_at_a_time"] = texts[r["mode"], r["clients"]] == texts["one-at-a-time", r["clients"]]
+    return rows
+
+
+def verdicts(rows: list[dict], engine: list[dict] | None = None) -> list[dict]:
+    def tps(mode, c):
+        return next((r["tokens_per_s"] for r in rows if r["mode"] == mode and r["clients"] == c), None)
+    out = []
+    one, sixteen = tps("continuous", 1), tps("continuous", 16)
+    if one and sixteen:
+        ratio = sixteen / one
+        out.append({"target": f"continuous batching: tokens/s at 16 clients >= {TARGET_SPEEDUP_16:g}x 1 client",
+                    "measured": f"{ratio:.2f}x ({sixteen:.0f} vs {one:.0f} tokens/s)",
+                    "met": ratio >= TARGET_SPEEDUP_16})
+    failed = sum(r["failed_valid"] for r in rows)
+    out.append({"target": "zero failed valid requests", "measured": f"{failed} failed of "
+                f"{sum(r['requests'] for r in rows)}", "met": failed == 0})
+    bad_ok = sum(r["bad_answered_400"] for r in rows)
+    bad = sum(r["bad_requests"] for r in rows)
+    out.append({"target": "every malformed request answered 400", "measured": f"{bad_ok} of {bad}",
+                "met": bad_ok == bad})
+    if engine:
+        e1 = next((r["tokens_per_s"] for r in engine if r["mode"] == "continuous" and r["clients"] == 1), None)
+        e16 = next((r["tokens_per_s"] for r in engine if r["mode"] == "continuous" and r["clients"] == 16), None)
+        if e1 and e16:
+            out.append({"target": f"scheduler alone (no HTTP): tokens/s at 16 requests >= {TARGET_SPEEDUP_16:g}x 1",
+                        "measured": f"{e16 / e1:.2f}x ({e16:.0f} vs {e1:.0f} tokens/s)",
+                        "met": e16 / e1 >= TARGET_SPEEDUP_16})
+        same = all(r["same_text_as_one_at_a_time"] for r in engine)
+        out.append({"target": "greedy text under batching = one-at-a-time (scheduler alone)",
+                    "measured": "same for every request" if same else "differs", "met": same})
+    p95 = max((r["ttft_p95_s"] for r in rows if r["mode"] == "continuous" and r["clients"] == 16), default=None)
+    if p95 is not None:
+        out.append({"target": "p95 TTFT at 16 clients (stated)", "measured": f"{p95 * 1000:.0f} ms", "met": None})
+    return out
+
+
+def markdown(res: dict) -> str:
+    c, env = res["config"], res["environment"]
+    lines = [f"# `paddle2ort serve` under load: {res['bundle']}", "",
+             f"Run {res['created_at']} (commit {env.get('git_commit')}); CPU {env['cpu']}, {env['usable_cores']} usable "
+             f"cores, --threads {c['threads']}. {c['note']}", "",
+             f"Each client: {c['requests']} streamed chat completions of {c['max_tokens']} tokens (greedy, "
+             "ignore_eos), each after one malformed request (must be 400). Continuous = in-flight batching "
+             "(--max-batch 32); one-at-a-time = --max-batch 1.", "",
+             "| mode | clients | requests | failed | bad->400 | tokens/s | p50 latency s | p95 latency s | "
+             "p50 TTFT ms | p95 TTFT ms | vs one-at-a-time |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in res["rows"]:
+        base = next((x for x in res["rows"] if x["mode"] == "one-at-a-time" and x["clients"] == r["clients"]), None)
+        vs = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x" if base and r["mode"] == "continuous" else "-"
+        lines.append(f"| {r['mode']} | {r['clients']} | {r['requests']} | {r['failed_valid']} | "
+                     f"{r['bad_answered_400']}/{r['bad_requests']} | {r['tokens_per_s']:.0f} | "
+                     f"{r['latency_p50_s']:.2f} | {r['latency_p95_s']:.2f} | {r['ttft_p50_s'] * 1000:.0f} | "
+                     f"{r['ttft_p95_s'] * 1000:.0f} | {vs} |")
+    if res.get("engine_rows"):
+        lines += ["", "## The scheduler alone (same process, no HTTP/SSE/client work)", "",
+                  "| mode | concurrent requests | decode steps | tokens/s | vs one-at-a-time | same text |",
+                  "|---|---|---|---|---|---|"]
+        for r in res["engine_rows"]:
+            base = next(x for x in res["engine_rows"] if x["mode"] == "one-at-a-time" and x["clients"] == r["clients"])
+            lines.append(f"| {r['mode']} | {r['clients']} | {r['steps']} | {r['tokens_per_s']:.0f} | "
+                         f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x | {r['same_text_as_one_at_a_time']} |")
+    lines += ["", "## Targets (computed from the rows above)", "", "| target | measured | verdict |", "|---|---|---|"]
+    for v in res["verdicts"]:
+        lines.append(f"| {v['target']} | {v['measured']} | "
+                     f"{'stated' if v['met'] is None else 'met' if v['met'] else 'MISSED'} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(res: dict, path: Path) -> bool:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed: no plot written (pip install 'paddle2ort[bench]')")
+        return False
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    for mode, color in (("continuous", "#4c72b0"), ("one-at-a-time", "#dd8452")):
+        rows = [r for r in res["rows"] if r["mode"] == mode]
+        xs = [r["clients"] for r in rows]
+        a.plot(xs, [r["tokens_per_s"] for r in rows], "o-", color=color, label=mode)
+        b.plot(xs, [r["ttft_p95_s"] * 1000 for r in rows], "o-", color=color, label=mode)
+    for ax, t in ((a, "aggregate tokens/s (higher is better)"), (b, "p95 time to first token, ms (lower is better)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent chat clients")
+        ax.set_title(t, fontsize=10)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    b.set_yscale("log")
+    env = res["environment"]
+    fig.suptitle(f"paddle2ort serve, {res['bundle']} on {env['cpu']} ({env['usable_cores']} cores, shared)",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    from paddle2ort.runtime.files import atomic_write
+    from paddle2ort.runtime.manifest import load_bundle
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle", type=Path, required=True, help="a text-generation bundle")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/serve"))
+    ap.add_argument("--clients", default="1,4,16,32", help="comma list of concurrent client counts")
+    ap.add_argument("--requests", type=int, default=2, help="chat requests per client per configuration")
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads of the server")
+    ap.add_argument("--time-limit", type=float, default=600, help="seconds for the whole run (clients stop "
+                    "sending new requests past it)")
+    ap.add_argument("--note", default="", help="a line stating how to read the numbers (shared box, model, ...)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)          # not a line per request
+    clients = [int(x) for x in args.clients.split(",")]
+    if args.requests < 1 or args.max_tokens < 1 or any(c < 1 for c in clients) or max(clients) > 64:
+        ap.error("--requests, --max-tokens and each client count must be >= 1 (clients <= 64)")
+    model = args.bundle.resolve().name
+    deadline = time.monotonic() + args.time_limit
+    rows = []
+    for mode, max_batch in MODES.items():
+        proc, url = start_server(args.bundle, max_batch, args.threads, max_queue=2 * max(clients))
+        try:
+            asyncio.run(run_clients(url, model, 1, 1, 4, deadline))              # warm-up (not recorded)
+            for c in clients:
+                r = {"mode": mode, **asyncio.run(run_clients(url, model, c, args.requests, args.max_tokens,
+                                                             deadline))}
+                log.info("%s, %d clients: %.0f tokens/s, p95 TTFT %.0f ms, %d failed", mode, c, r["tokens_per_s"],
+                         r["ttft_p95_s"] * 1000, r["failed_valid"])
+                rows.append(r)
+        finally:
+            stop_server(proc)
+    llm = load_bundle(args.bundle, verify=False).manifest.extra.get("llm", {})
+    res = {"benchmark": "serve-load", "bundle": model,
+           "model": {k: llm.get(k) for k in ("family", "num_layers", "hidden_size", "kv_heads", "vocab_size")},
+           "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+           "config": {"clients": clients, "requests": args.requests, "max_tokens": args.max_tokens,
+                      "threads": args.threads, "modes": MODES, "note": args.note,
+                      "time_limit_s": args.time_limit, "timed_out": time.monotonic() > deadline},
+           "rows": rows, "environment": environment()}
+    res["engine_rows"] = engine_rows(args.bundle, clients, args.max_tokens, args.threads)
+    res["verdicts"] = verdicts(rows, res["engine_rows"])
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write(args.out / "serve.json", json.dumps(res, indent=1) + "\n")
+    atomic_write(args.out / "serve.md", markdown(res))
+    plot(res, args.out / "serve.png")
+    print(markdown(res))
+    return 0 if all(v["met"] is not False for v in res["verdicts"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
