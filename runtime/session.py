@@ -162,7 +162,14 @@ def create_session(model: str | Path | bytes, opts: SessionOptions = SessionOpti
         opts = replace(opts, device="cpu", providers=rest or None)
         wants_cuda = False
     src = model if isinstance(model, bytes) else str(model)
-    sess = ort.InferenceSession(src, sess_options=ort_session_options(opts), providers=providers_for(opts))
+    try:
+        sess = ort.InferenceSession(src, sess_options=ort_session_options(opts), providers=providers_for(opts))
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own pybind error types
+        if isinstance(model, bytes) or type(e).__name__ not in ("InvalidProtobuf", "InvalidGraph", "NoSuchFile"):
+            raise
+        from .errors import BundleError
+        raise BundleError(f"onnxruntime cannot load the model file {model} ({type(e).__name__}: "
+                          f"{str(e).strip()[:300]}); it is not a valid ONNX model: re-convert the bundle") from e
     active = sess.get_providers()
     if wants_cuda and (not active or active[0] != CUDA):
         msg = f"CUDA provider requested but the session runs on {active}: CUDA libraries failed to load"

@@ -558,6 +558,14 @@ def gen(w, *extra, bundle=None):
     return ["generate", str(bundle or w.bundle("llm")), *extra]
 
 
+def _model_is(w, which, rel):
+    """A hostile bundle whose manifest names another of its (checksummed) files as the model."""
+    def edit(m):
+        m["models"]["fp32"]["file"] = rel
+        m["models"]["fp32"]["sha256"] = m["files"][rel]["sha256"]
+    return w.manifest(w.bundle(which), edit)
+
+
 def _jsonl(w, *lines):
     return w.text("in.jsonl", "".join(line + "\n" for line in lines))
 
@@ -593,6 +601,8 @@ case("generate-device-gpu-absent", 2, "cuda", lambda w: gen(w, "--prompt", "hi",
 case("generate-prompt-too-long", 2, "context", lambda w: gen(w, "--prompt", "word " * 400, "--max-new-tokens", "8"))
 case("generate-model-tampered", 2, "model.fp32.onnx", lambda w: [(w.bundle("llm") / "model.fp32.onnx").write_bytes(b"x"), *gen(w, "--prompt", "hi")][1:])
 case("generate-tokenizer-tampered", 2, "tokenizer", lambda w: [(w.bundle("llm") / "tokenizer" / "tokenizer_config.json").write_text("{}"), *gen(w, "--prompt", "hi")][1:])
+case("generate-model-not-onnx", 2, "not a valid onnx model", lambda w: gen(w, "--prompt", "hi", bundle=_model_is(w, "llm", "validation.json")))
+case("classify-model-not-onnx", 2, "not a valid onnx model", lambda w: cls(w, "--text", "hi", bundle=_model_is(w, "clf", "tokenizer/vocab.txt")))
 case("jsonl-missing", 2, "in.jsonl", lambda w: gen(w, "--data-file", str(w.p("in.jsonl")), "--output-file", str(w.p("o.jsonl"))))
 case("jsonl-bad-json-line-2", 2, "in.jsonl:2", lambda w: gen(w, "--data-file", str(_jsonl(w, '{"src": "a"}', '{"src": ')), "--output-file", str(w.p("o.jsonl"))))
 case("jsonl-no-src-line-1", 2, "in.jsonl:1", lambda w: gen(w, "--data-file", str(_jsonl(w, '{"text": "a"}')), "--output-file", str(w.p("o.jsonl"))))
