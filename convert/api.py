@@ -17,7 +17,7 @@ from paddle2ort.runtime.manifest import (MANIFEST_NAME, SCHEMA_VERSION, VALIDATI
 from . import export as export_stage
 from .bundle import staged_bundle, write_json
 from .errors import BadInputError, UnsupportedOperatorsError, ValidationError
-from .fusion import fuse_for_bundle
+from .fusion import OrtFusionOptions, fuse_for_bundle
 from .graph import _IDENT, rename_and_annotate, share_duplicate_weights
 from .paddle_proc import make_workdir, run_worker, sigterm_as_interrupt
 from .precision import PRECISIONS, FP16Options, Int4Options, Int8Options, make_variant
@@ -130,6 +130,7 @@ class ConvertConfig:
     tokenizer: dict | None = None                  # manifest's tokenizer section (files listed in extra_files)
     extra: dict = field(default_factory=dict)
     fuse: bool = True                              # transformer encoders: fused graph (convert/fusion/)
+    fusion: OrtFusionOptions = OrtFusionOptions()  # which of onnxruntime's fusion families it applies
 
     def __post_init__(self):
         object.__setattr__(self, "source", Path(self.source))
@@ -159,6 +160,9 @@ class ConvertConfig:
             if not shape or any(isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in shape):
                 raise BadInputError(f"input shape for {name!r} must be positive ints, got {shape}")
         check_thresholds(self.thresholds)
+        if self.task == "text-classification" and not self.labels:
+            raise BadInputError("task text-classification needs the class names: give --labels a,b,c (in the "
+                                "order of the model's output)")
         for rel, src in self.extra_files.items():
             if not Path(src).exists():
                 raise BadInputError(f"file to carry into the bundle {src} does not exist")
@@ -183,8 +187,11 @@ def check_against_specs(config: ConvertConfig, info: dict) -> list[dict[str, np.
         if classes is not None and classes > 0 and classes != len(config.labels):
             raise BadInputError(f"{len(config.labels)} labels given ({', '.join(config.labels)}) but the model's "
                                 f"first output has {classes} classes (shape {shape}); give {classes} labels")
-        if len(shape) < 2 and shape != [-1]:
+        if len(shape) < 2:
             raise BadInputError(f"labels given but the model's first output has shape {shape}, not [batch, classes]")
+    clash = set(config.output_names or ()) & {i["name"] for i in ins}
+    if clash:
+        raise BadInputError(f"output name(s) {sorted(clash)} are also input names; give outputs other names")
     by_name = {i["name"]: i for i in ins}
     for name, shape in (config.samples.input_shapes or {}).items():
         if name not in by_name:
@@ -303,7 +310,7 @@ def _convert(config: ConvertConfig, more_sources: tuple[Path, ...]) -> ConvertRe
             saved = share_duplicate_weights(model)
             if saved >= 1e6:
                 log.info("shared %.1f MB of duplicated constant weights", saved / 1e6)
-            model, fusions, int8_opts = (fuse_for_bundle(model, config.int8) if config.fuse
+            model, fusions, int8_opts = (fuse_for_bundle(model, config.int8, config.fusion) if config.fuse
                                          else (model, {}, config.int8))
             files = {"fp32": stage / "model.fp32.onnx"}
             onnx.save(model, str(files["fp32"]))
