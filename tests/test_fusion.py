@@ -136,3 +136,13 @@ def test_fuse_off_keeps_paddle2onnx_graph(tiny_models, tmp_path):
     res = convert(ConvertConfig(source=tiny_models("ernie_h32_n2"), output=out, fuse=False, validate=False))
     assert "fusions" not in res.manifest.extra
     assert not any(n.op_type == "Attention" for n in onnx.load(str(out / "model.fp32.onnx")).graph.node)
+
+
+def test_family_switches(unfused):
+    """Each onnxruntime family can be left out; attention still fuses and the numbers stay the same."""
+    from paddle2ort.convert.fusion import OrtFusionOptions
+    model = unfused("bert_h32_n2")
+    fused, counts = fuse_encoder(model, OrtFusionOptions(skip_layer_norm=False, bias_gelu=False))
+    assert counts["Attention"] == LAYERS and "SkipLayerNormalization" not in counts and "BiasGelu" not in counts
+    feeds = _feeds(model, 3, 10, 7)
+    assert _close(_run(model, feeds), _run(fused, feeds)) <= 1e-4

@@ -43,14 +43,14 @@ def quantizable_attention(model) -> bool:
     return all(len([i for i in n.input[5:] if i]) == 0 for n in model.graph.node if n.op_type == "Attention")
 
 
-def fuse_for_bundle(model, int8):
+def fuse_for_bundle(model, int8, opts: OrtFusionOptions = OrtFusionOptions()):
     """The conversion's fusion step: (model to bundle, fusion counts for the manifest, INT8 options to use).
 
     The fused graph is kept for transformer encoders (at least one attention block fused); any other model is
     bundled as paddle2onnx wrote it. INT8 then quantizes the fused attention's packed QKV GEMM too (QAttention)."""
     from dataclasses import replace
     try:
-        fused, counts = fuse_encoder(model)
+        fused, counts = fuse_encoder(model, opts)
     except Exception as e:  # noqa: BLE001  (an optimisation: the unfused graph is correct and gets bundled)
         log.warning("graph fusion skipped (%s: %s); the bundle keeps the unfused graph", type(e).__name__, e)
         return model, {}, int8
