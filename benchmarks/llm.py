@@ -16,7 +16,6 @@ import logging
 import resource
 import subprocess
 import sys
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -87,10 +86,10 @@ def run_llm_bench(cfg: LLMBenchConfig) -> dict:
         log.info("onnxruntime %s b%d: TTFT %.0f ms, %.1f ms/step, %.1f tok/s total", prec, b, r["ttft_ms"],
                  r["decode_ms_per_step"], r["decode_tokens_per_s_total"])
     if cfg.paddle_model is not None:
-        from paddle2ort.convert.paddle_proc import run_worker
+        from paddle2ort.convert.paddle_proc import run_worker, workdir
         tok = BPETokenizer.load(bundle.path / "tokenizer")
         for b in tqdm(cfg.batch_sizes, desc="bench-llm paddle", unit="config", leave=False, disable=None):
-            with tempfile.TemporaryDirectory(prefix="paddle2ort-llmbench-") as work:
+            with workdir("llmbench") as work:
                 r = run_worker("bench_llm", {"model_dir": str(cfg.paddle_model), "threads": threads,
                                              "prompts": bench_prompts(tok, b, cfg.prompt_len),
                                              "new_tokens": cfg.new_tokens, "pad_id": tok.pad_token_id}, Path(work))

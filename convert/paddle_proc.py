@@ -79,7 +79,7 @@ def sweep_stale(parent: Path, pattern: re.Pattern) -> list[Path]:
     return removed
 
 
-WORKDIR_RE = re.compile(r"paddle2ort-(?:[a-z]+-)?(?P<pid>\d+)-[A-Za-z0-9_]{6,}")
+WORKDIR_RE = re.compile(r"paddle2ort-(?:[a-z][a-z0-9]*-)?(?P<pid>\d+)-[A-Za-z0-9_]{6,}")
 
 
 def make_workdir(kind: str = "") -> Path:
@@ -87,6 +87,16 @@ def make_workdir(kind: str = "") -> Path:
     sweep_stale(Path(tempfile.gettempdir()), WORKDIR_RE)
     prefix = f"paddle2ort-{kind + '-' if kind else ''}{os.getpid()}-"
     return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+@contextlib.contextmanager
+def workdir(kind: str = ""):
+    """make_workdir as a context manager: removed on exit (also on Ctrl-C/SIGTERM); swept later after SIGKILL."""
+    path = make_workdir(kind)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _die_with_parent(parent_pid: int):

@@ -1,7 +1,6 @@
 """Paddle Inference as a benchmark peer: benchmarks reach Paddle only through this, in the worker process."""
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +8,7 @@ import numpy as np
 from paddle2ort.runtime.errors import BadInputError
 from paddle2ort.runtime.manifest import Manifest, sha256_file
 
-from .paddle_proc import run_worker
+from .paddle_proc import run_worker, workdir
 from .source import ModelSource, locate
 
 
@@ -27,8 +26,7 @@ def matching_source(path: str | Path, manifest: Manifest) -> ModelSource:
 def paddle_inference_bench(source: ModelSource, batches: list[dict[str, np.ndarray]], warmup: int, repeats: int,
                            threads: int, output_index: int = 0) -> tuple[dict, list[np.ndarray]]:
     """Time Paddle Inference (CPU) over `batches`; returns (info with per-rep per-batch `times`, outputs)."""
-    with tempfile.TemporaryDirectory(prefix="paddle2ort-peer-") as work:
-        work = Path(work)
+    with workdir("peer") as work:
         np.savez(work / "batches.npz", **{f"{b}/{n}": a for b, feeds in enumerate(batches) for n, a in feeds.items()})
         info = run_worker("bench", {"model_file": str(source.model_file), "params_file": str(source.params_file),
                                     "batches_npz": str(work / "batches.npz"), "outputs_npz": str(work / "out.npz"),

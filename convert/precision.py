@@ -3,7 +3,6 @@ weight-only INT8 / INT4 (onnxruntime's MatMulNBits, for LLMs)."""
 from __future__ import annotations
 
 import logging
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -205,7 +204,8 @@ def to_int8(src: Path, dst: Path, opts: Int8Options = Int8Options()) -> dict:
     onnxruntime.set_default_logger_severity(3)   # pre-processing sessions warn about every unused initializer
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    with tempfile.TemporaryDirectory(prefix="p2o-int8-") as tmp:
+    from .paddle_proc import workdir
+    with workdir("int8") as tmp:
         pre = Path(tmp) / "pre.onnx"
         try:
             # symbolic shape inference fails on paddle2onnx graphs; ONNX shape inference is enough here
