@@ -112,3 +112,20 @@ def _dead_pid() -> int | None:
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     p.wait()
     return p.pid if not alive(p.pid) else None
+
+
+def test_convert_llm_worker_dies_with_a_killed_parent(tiny_models, tmp_path):
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    src = tiny_models("llama")
+    env = dict(os.environ, TMPDIR=str(tmpdir))
+    proc = subprocess.Popen([sys.executable, "-m", CLI, "-q", "convert-llm", str(src / "model"), "--tokenizer",
+                             str(src / "tokenizer"), "-o", str(tmp_path / "llm")], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    worker = wait_for(lambda: next(iter(children(proc.pid)), None) or (proc.poll() is not None and -1), 120,
+                      "the export worker to start")
+    assert worker != -1, proc.communicate()
+    proc.kill()
+    proc.communicate(timeout=30)
+    wait_for(lambda: not alive(worker), 1.0, "the export worker to die with its parent")
+    assert not (tmp_path / "llm").exists()
