@@ -53,7 +53,8 @@ def tokenizer_files(tokenizer_dir: Path, max_seq_length: int) -> tuple[dict, dic
     from paddle2ort.tokenization import tokenizer_config
     tokenizer_dir = Path(tokenizer_dir)
     if not tokenizer_dir.is_dir():
-        raise BadInputError(f"tokenizer directory {tokenizer_dir} does not exist")
+        raise BadInputError(f"tokenizer directory {tokenizer_dir} " + ("is a file; give the directory holding "
+                            "tokenizer.json and vocab.txt" if tokenizer_dir.exists() else "does not exist"))
     if not (tokenizer_dir / "tokenizer.json").is_file() or not (tokenizer_dir / "vocab.txt").is_file():
         raise BadInputError(f"tokenizer directory {tokenizer_dir} must hold tokenizer.json and vocab.txt")
     if isinstance(max_seq_length, bool) or not isinstance(max_seq_length, int) or not 2 <= max_seq_length <= 1 << 20:
@@ -143,7 +144,9 @@ class ConvertConfig:
                                 f"{MIN_OPSET}..{MAX_OPSET}")
         if self.inputs_npz is not None:
             if not Path(self.inputs_npz).is_file():
-                raise BadInputError(f"sample inputs file {self.inputs_npz} does not exist")
+                raise BadInputError(f"sample inputs file {self.inputs_npz} " + (
+                    "is not a file; give an .npz written by numpy.savez" if Path(self.inputs_npz).exists()
+                    else "does not exist"))
             check_npz(Path(self.inputs_npz))
         if self.labels is not None:
             if not self.labels or not all(isinstance(x, str) and x.strip() for x in self.labels):

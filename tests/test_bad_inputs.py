@@ -304,6 +304,8 @@ case("overwrite-root", 2, "root directory", lambda w: conv(w, "--overwrite", out
 case("overwrite-home", 2, "home directory", _home)
 case("overwrite-holds-inputs", 2, "mine.npz", _inputs_inside_out)
 case("convert-inputs-missing", 2, "does not exist", lambda w: conv(w, "--inputs", str(w.p("none.npz"))))
+case("convert-inputs-is-dir", 2, "not a file", lambda w: conv(w, "--inputs", str(w.p("d").mkdir() or w.p("d"))))
+case("convert-tokenizer-is-file", 2, "is a file", lambda w: conv(w, "--tokenizer", str(w.text("tok.json", "{}"))))
 case("convert-inputs-not-npz", 2, "sample inputs", lambda w: conv(w, "--inputs", str(w.text("a.npz", "hello"))))
 case("convert-inputs-no-arrays", 2, "no arrays", lambda w: conv(w, "--inputs", str(w.npz("e.npz"))))
 case("convert-inputs-zero-rows", 2, "row", lambda w: conv(w, "--inputs", str(w.npz("z.npz", x=X(0, 16)))))
