@@ -88,15 +88,28 @@ def prepare(gen, lines: list[JobLine], path: Path, cfg, src_length: int | None, 
     return ids
 
 
-def load_done(output_file: Path, lines: list[JobLine]) -> dict[int, dict]:
-    """Results a previous run of this job left in output_file: line -> record (only lines whose hash matches)."""
+def job_key(gen, cfg, src_length: int | None, chat: bool) -> str:
+    """What makes two runs the same job (besides the input lines): generation options, prompt handling, model."""
+    import dataclasses
+    opts = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(vars(cfg))
+    bundle = getattr(gen, "bundle", None)
+    model = {p: m.sha256 for p, m in bundle.manifest.models.items()} if bundle is not None else None
+    blob = json.dumps({"cfg": opts, "src_length": src_length, "chat": chat, "model": model,
+                       "precision": getattr(gen, "precision", None), "graph": getattr(gen, "graph", None)},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def load_done(output_file: Path, lines: list[JobLine], key: str = "") -> dict[int, dict]:
+    """Results a previous run of this job left in output_file: line -> record (only lines whose hash matches).
+    Results of another configuration (key) are refused, never mixed in."""
     output_file = Path(output_file)
     if not output_file.exists():
         return {}
     if not output_file.is_file():
         raise BadInputError(f"output file {output_file} exists and is not a file; choose another --output-file")
     by_line = {j.line: j for j in lines}
-    done, foreign = {}, 0
+    done, foreign, other = {}, 0, 0
     try:
         text = output_file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -113,12 +126,18 @@ def load_done(output_file: Path, lines: list[JobLine]) -> dict[int, dict]:
                 and isinstance(rec.get("input_sha256"), str)):
             foreign += 1
             continue
+        if rec.get("job") != key:
+            other += 1
+            continue
         j = by_line.get(rec["line"])
         if j is not None and j.sha256 == rec["input_sha256"]:
             done[j.line] = rec
     if foreign:
         raise BadInputError(f"output file {output_file} exists and holds {foreign} line(s) that are not results of "
                             "a paddle2ort job; it is not replaced: move it away or choose another --output-file")
+    if other:
+        raise BadInputError(f"output file {output_file} holds {other} result(s) of a run with other options (or "
+                            "another model); rerun with the same options to resume, or choose another --output-file")
     return done
 
 
@@ -140,7 +159,8 @@ def run_jsonl_job(gen, data_file: Path, output_file: Path, cfg, batch_size: int 
     lines = read_jsonl_lines(data_file)
     cfg = gen.stop_ids(cfg)
     ids = prepare(gen, lines, data_file, cfg, src_length, chat)
-    done = load_done(output_file, lines)
+    key = job_key(gen, cfg, src_length, chat)
+    done = load_done(output_file, lines, key)
     if done:
         log.info("resuming: %d of %d lines already in %s", len(done), len(lines), output_file)
     todo = [(j, t) for j, t in zip(lines, ids) if j.line not in done]
@@ -163,7 +183,7 @@ def run_jsonl_job(gen, data_file: Path, output_file: Path, cfg, batch_size: int 
             raise Paddle2OrtError(msg) from e
         for (j, _), o in zip(chunk, outs):
             done[j.line] = {"src": j.text, "output": gen._cut(gen.tokenizer.decode(o), cfg), "line": j.line,
-                            "input_sha256": j.sha256}
+                            "input_sha256": j.sha256, "job": key}
         _write_atomic(output_file, [done[k] for k in sorted(done)])
     if not todo:
         _write_atomic(output_file, [done[k] for k in sorted(done)])

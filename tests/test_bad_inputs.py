@@ -734,7 +734,7 @@ def test_jsonl_too_long_prompt_fails_before_the_first_batch(tmp_path):
 def test_jsonl_failure_keeps_finished_results_and_a_rerun_resumes(tmp_path):
     from types import SimpleNamespace
 
-    from paddle2ort.runtime.errors import Paddle2OrtError
+    from paddle2ort.runtime.errors import BadInputError, Paddle2OrtError
     from paddle2ort.runtime.jobs import run_jsonl_job
     cfg = SimpleNamespace(max_new_tokens=2)
     src, out = _job_file(tmp_path, ["a", "bb", "ccc", "dddd"]), tmp_path / "out.jsonl"
@@ -752,6 +752,8 @@ def test_jsonl_failure_keeps_finished_results_and_a_rerun_resumes(tmp_path):
     gen = FakeGenerator()
     run_jsonl_job(gen, src, out, cfg)
     assert gen.batches == [[[3]]]
+    with pytest.raises(BadInputError, match="other options"):              # never mixes two configurations
+        run_jsonl_job(FakeGenerator(), src, out, SimpleNamespace(max_new_tokens=3))
 
 
 def test_jsonl_output_that_is_not_ours_is_never_replaced(tmp_path):
