@@ -16,36 +16,15 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 from pathlib import Path
+
+from paddle2ort.runtime.signals import Terminated, sigterm_as_interrupt  # noqa: F401 - re-exported for convert
 
 from .errors import BadInputError, ConversionError
 
 log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (CI timeouts, process managers) turned into the same unwinding as Ctrl-C."""
-
-
-def _raise_terminated(signum, frame):
-    raise Terminated(f"terminated by {signal.Signals(signum).name}")
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt():
-    """For the duration of a library call: SIGTERM unwinds like KeyboardInterrupt (then the old handler is back)."""
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-        yield
-        return
-    signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def pid_alive(pid: int) -> bool:

@@ -149,7 +149,15 @@ def _write_atomic(path: Path, records: list[dict]) -> None:
 
 def run_jsonl_job(gen, data_file: Path, output_file: Path, cfg, batch_size: int = 8, src_length: int | None = None,
                   chat: bool = False) -> int:
-    """The predictor-style batch job. Returns the number of prompts now in output_file. A rerun resumes."""
+    """The predictor-style batch job. Returns the number of prompts now in output_file. A rerun resumes.
+    SIGTERM stops it like Ctrl-C: the finished batches stay written."""
+    from .signals import sigterm_as_interrupt
+    with sigterm_as_interrupt():
+        return _run_jsonl_job(gen, data_file, output_file, cfg, batch_size, src_length, chat)
+
+
+def _run_jsonl_job(gen, data_file: Path, output_file: Path, cfg, batch_size: int, src_length: int | None,
+                   chat: bool) -> int:
     from tqdm.auto import tqdm
     data_file, output_file = Path(data_file), Path(output_file)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:

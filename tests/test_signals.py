@@ -129,3 +129,33 @@ def test_convert_llm_worker_dies_with_a_killed_parent(tiny_models, tmp_path):
     proc.communicate(timeout=30)
     wait_for(lambda: not alive(worker), 1.0, "the export worker to die with its parent")
     assert not (tmp_path / "llm").exists()
+
+
+@pytest.fixture(scope="module")
+def llm_bundle(tiny_models, tmp_path_factory):
+    from paddle2ort.convert.llm import LLMConvertConfig, convert_llm
+    src = tiny_models("llama")
+    out = tmp_path_factory.mktemp("llm") / "bundle"
+    convert_llm(LLMConvertConfig(source=src / "model", tokenizer=src / "tokenizer", output=out))
+    return out
+
+
+def test_sigterm_keeps_finished_jsonl_results_and_a_rerun_resumes(llm_bundle, tmp_path):
+    import json
+    data, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    data.write_text("".join(json.dumps({"src": f"Story number {i} begins"}) + "\n" for i in range(60)))
+    cmd = [sys.executable, "-m", CLI, "-q", "generate", str(llm_bundle), "--data-file", str(data), "--output-file",
+           str(out), "--batch-size", "1", "--max-new-tokens", "16"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: out.is_file() or proc.poll() is not None, 120, "the first batch")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode in (130, 143), err
+    assert "Traceback" not in err
+    first = [json.loads(line) for line in out.read_text().splitlines()]        # complete lines only
+    assert 1 <= len(first) < 60 and [r["line"] for r in first] == list(range(1, len(first) + 1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.jsonl"]   # no temp file left
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    done = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [x["line"] for x in done] == list(range(1, 61)) and done[:len(first)] == first
