@@ -87,6 +87,7 @@ def check_overwrite(dest: Path, sources: tuple[Path, ...] = (), owned=foreign_en
 def check_destination(dest: Path, overwrite: bool, sources: tuple[Path, ...] = (), owned=foreign_entries,
                       kind: str = "bundle") -> None:
     """Fail before any work if the bundle cannot be written where asked (or would replace what it must not)."""
+    dest = Path(os.path.expanduser(str(dest)))
     if dest.exists() and not dest.is_dir():
         raise BadInputError(f"output path {dest} exists and is not a directory; choose another -o path")
     if dest.exists():
