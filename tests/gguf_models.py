@@ -59,7 +59,9 @@ def hf_weights(arch: str, vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
                       p + "ffn_down.weight": r(h, g["inter"]), p + "ffn_down.bias": r(h)})
         return w
     kv = g["kv_heads"] * d
-    w = {"token_embd.weight": r(vocab, h), "output_norm.weight": one(h), "output.weight": r(vocab, h)}
+    w = {"token_embd.weight": r(vocab, h), "output_norm.weight": one(h)}
+    if arch != "gemma":                      # llama.cpp's Gemma ties the LM head to the embedding
+        w["output.weight"] = r(vocab, h)
     for i in range(g["layers"]):
         p = f"blk.{i}."
         w.update({p + "attn_norm.weight": one(h), p + "ffn_norm.weight": one(h), p + "attn_q.weight": r(h, h),

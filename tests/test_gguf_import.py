@@ -1,4 +1,4 @@
-"""import-gguf: tiny GGUFs written with gguf.GGUFWriter (llama, Mistral = llama + sliding window, qwen2, gpt2) in
+"""import-gguf: tiny GGUFs written with gguf.GGUFWriter (llama, Mistral = llama + sliding window, qwen2, gemma, gpt2) in
 every tensor type the pinned gguf dequantizes; the PaddleNLP weights must be exactly the dequantized tensors in
 PaddleNLP's layout (checked through llama.cpp's own permutation, not our inverse), the tokenizer ids must equal an
 independent BPE (Python `regex` with llama.cpp's pre-split patterns + a plain merge loop) on CJK, digits and code,
@@ -59,7 +59,7 @@ def paddlenlp_view(arch: str, state: dict, name: str) -> np.ndarray:
     return w
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma", "gpt2"])
 @pytest.mark.parametrize("qtype", TYPES, ids=[t.name for t in TYPES])
 def test_every_tensor_type_imports_as_its_dequantized_values(tmp_path, bpe, arch, qtype):
     path = tmp_path / "m.gguf"
@@ -80,7 +80,8 @@ def hf_2d(arch, bpe):
 
 
 @pytest.mark.parametrize("arch,window,family", [("llama", None, "llama"), ("llama", 64, "mistral"),
-                                                ("qwen2", None, "qwen2"), ("gpt2", None, "gpt")])
+                                                ("qwen2", None, "qwen2"), ("gemma", None, "gemma"),
+                                                ("gpt2", None, "gpt")])
 def test_f32_import_is_exact_and_names_the_family(tmp_path, bpe, arch, window, family):
     path = tmp_path / "m.gguf"
     hf = write_gguf(path, arch, tokenizer=bpe, sliding_window=window)
@@ -98,7 +99,9 @@ def test_f32_import_is_exact_and_names_the_family(tmp_path, bpe, arch, window, f
     # HF layout in, PaddleNLP [in, out] out: q/k come back un-permuted
     np.testing.assert_array_equal(m.state["llama.layers.1.self_attn.q_proj.weight"], hf["blk.1.attn_q.weight"].T)
     np.testing.assert_array_equal(m.state["llama.layers.0.self_attn.k_proj.weight"], hf["blk.0.attn_k.weight"].T)
-    np.testing.assert_array_equal(m.state["lm_head.weight"], hf["output.weight"].T)
+    head = hf["token_embd.weight"] if arch == "gemma" else hf["output.weight"]     # Gemma: tied in the GGUF
+    np.testing.assert_array_equal(m.state["lm_head.weight"], head.T)
+    assert m.config["tie_word_embeddings"] is False      # the LM head is saved as its own weight
     biases = [k for k in m.state if k.endswith("_proj.bias")]
     assert (len(biases) == 3 * GEOMETRY["layers"]) == (arch == "qwen2")
 

@@ -12,12 +12,13 @@ from paddle2ort.cli import main
 from paddle2ort.convert.llm.families import (ARCHITECTURES, FUSED_FORM, UnsupportedFamily, family_name,
                                              rope_freq_factors)
 
+from paddle2ort.convert.llm.gguf_import import read_gguf
+
 from gguf_models import train_bpe, write_gguf
 
 # causal LMs PaddleNLP 2.8.1 ships with no adapter yet (issue 14.1)
-NOT_YET = ("QWenForCausalLM", "MixtralForCausalLM", "BloomForCausalLM", "ChatGLMForCausalLM",
-           "ChatGLMv2ForCausalLM", "OPTForCausalLM", "GPTJForCausalLM", "CodeGenForCausalLM", "RWForCausalLM",
-           "GemmaForCausalLM")
+NOT_YET = ("MixtralForCausalLM", "BloomForCausalLM", "ChatGLMForCausalLM",
+           "ChatGLMv2ForCausalLM", "OPTForCausalLM", "GPTJForCausalLM", "CodeGenForCausalLM", "RWForCausalLM")
 
 
 def model_dir(tmp_path, cfg: dict):
@@ -80,6 +81,7 @@ CASES = {  # name: (GGUF architecture, sliding window, the family it must land i
     "mistral": ("llama", 48, "mistral", {}, False),
     "qwen2": ("qwen2", None, "qwen2", {"blk.1.ffn_up.weight": "Q4_K"}, False),
     "gpt2": ("gpt2", None, "gpt", {"blk.0.attn_qkv.weight": "Q5_0"}, False),
+    "gemma": ("gemma", None, "gemma", {"blk.1.ffn_gate.weight": "Q8_0"}, False),
 }
 
 
@@ -121,6 +123,35 @@ def test_family_exports_with_paddle_parity(tmp_path, case):
         assert res.manifest.extra["fused"]["fp32"]["validation"]["passed"]
     if window:
         assert llm["max_context"] == window       # the export's full attention is exact within the window only
+    if case == "gemma":
+        check_gemma_first_token(tmp_path / "bundle", read_gguf(path))
+
+
+def check_gemma_first_token(bundle, gg):
+    """Gemma's math written out in NumPy (embedding x sqrt(H), RMSNorm with the stored 1 + w gains, one position:
+    attention returns v, tanh-GELU gate), against the exported graph's logits for a one-token prompt."""
+    import onnxruntime as ort
+    s, c = gg.state, gg.config
+    h_dim, heads, kvh, layers = c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"], \
+        c["num_hidden_layers"]
+    rms = lambda x, w: x / np.sqrt((x * x).mean() + c["rms_norm_eps"]) * w  # noqa: E731
+    gelu = lambda x: 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))  # noqa: E731
+    tok = 7
+    x = s["llama.embed_tokens.weight"][tok].astype(np.float64) * np.sqrt(h_dim)
+    for i in range(layers):
+        p = f"llama.layers.{i}."
+        n = rms(x, s[p + "input_layernorm.weight"])
+        v = (n @ s[p + "self_attn.v_proj.weight"]).reshape(kvh, -1)
+        x = x + np.repeat(v, heads // kvh, axis=0).reshape(-1) @ s[p + "self_attn.o_proj.weight"]
+        n = rms(x, s[p + "post_attention_layernorm.weight"])
+        x = x + (gelu(n @ s[p + "mlp.gate_proj.weight"]) * (n @ s[p + "mlp.up_proj.weight"])) @ \
+            s[p + "mlp.down_proj.weight"]
+    want = rms(x, s["llama.norm.weight"]) @ s["lm_head.weight"]
+    sess = ort.InferenceSession(str(bundle / "model.fp32.onnx"), providers=["CPUExecutionProvider"])
+    past = np.zeros((0, layers, 2, 1, kvh, h_dim // heads), np.float32)
+    got = sess.run(["logits"], {"input_ids": np.array([[tok]]), "attention_mask": np.array([[1]]),
+                                "position_ids": np.array([[0]]), "past_key_values": past})[0][0, 0]
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3 * np.abs(want).max())
 
 
 def test_llama3_rope_scaling_changes_paddles_answer(tmp_path):

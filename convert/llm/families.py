@@ -4,6 +4,13 @@ A family names its PaddleNLP class, how to reach embedding / decoder layers / fi
 layer is called with a (key, value) past, and the patches its modeling code needs to trace into a static graph
 with dynamic batch / sequence / past lengths. Patches swap module attributes inside a context manager and are
 undone afterwards; the model code itself is never copied.
+
+One registry (FAMILIES, with ARCHITECTURES / MODEL_TYPES naming them): the parent reads config.json's
+`architectures` / `model_type` with `family_name` (no Paddle) before any worker starts. Families PaddleNLP 2.8.1
+lacks are mapped onto a class of the same math: Mistral = LLaMA (exact within the sliding window), Qwen2 = LLaMA +
+q/k/v biases, Gemma = LLaMA + tanh-GELU gate + scaled embedding (`prepare` hooks, applied at load time so the Paddle
+reference has them too); Qwen v1 is exported as Qwen2 through a checked `remap`. Llama-3 rope scaling rebuilds
+LLaMA's rotary tables.
 """
 from __future__ import annotations
 
@@ -176,6 +183,31 @@ def _llama_head(c):
     return c.hidden_size // c.num_attention_heads
 
 
+# ---------------------------------------------------------------- Gemma: LLaMA + GeGLU + scaled embedding
+def _gemma_prepare(model, model_dir):
+    """Gemma on PaddleNLP's LLaMA (Gemma is not in PaddleNLP 2.8.1): the MLP gate through tanh-GELU instead of SiLU
+    and the token embedding multiplied by sqrt(hidden) (folded into the embedding weight here; the LM head is a
+    separate, unscaled weight). RMSNorm gains are stored as llama.cpp stores them (1 + w), so LLaMA's RMSNorm is
+    Gemma's."""
+    import types
+
+    import paddle
+    _llama_prepare(model, model_dir)
+
+    def geglu_forward(self, x):
+        g = self.gate_proj(x)
+        # tanh-GELU spelled out: paddle2onnx 2.1.0 exports gelu(approximate=True) as the erf form
+        g = 0.5 * g * (1.0 + paddle.tanh(0.7978845608028654 * (g + 0.044715 * g * g * g)))
+        return self.down_proj(g * self.up_proj(x))
+
+    for layer in model.llama.layers:
+        layer.mlp.forward = types.MethodType(geglu_forward, layer.mlp)
+    emb = model.llama.embed_tokens.weight
+    if model.lm_head.weight is emb:
+        raise KeyError("Gemma needs an untied LM head weight (llama.cpp's tied embedding is saved twice on import)")
+    emb.set_value(emb * paddle.to_tensor(math.sqrt(model.config.hidden_size), dtype=emb.dtype))
+
+
 # ---------------------------------------------------------------- Qwen (v1): exported as Qwen2 (LLaMA + biases)
 def _add_qkv_biases(model, biases: dict) -> None:
     """q/k/v biases on PaddleNLP LLaMA's bias-free attention Linear layers (key: llama.layers.N.self_attn.X.bias)."""
@@ -236,6 +268,8 @@ FAMILIES = {
                       kv_heads=_llama_kv, head_dim=_llama_head, prepare=_llama_prepare),
     "qwen2": Family("qwen2", "LlamaForCausalLM", _llama_parts, _llama_step, _llama_patches,
                     kv_heads=_llama_kv, head_dim=_llama_head, prepare=_qwen2_prepare),
+    "gemma": Family("gemma", "LlamaForCausalLM", _llama_parts, _llama_step, _llama_patches,
+                    kv_heads=_llama_kv, head_dim=_llama_head, prepare=_gemma_prepare),
     "qwen": Family("qwen", "QWenForCausalLM", _llama_parts, _llama_step, _llama_patches,
                    kv_heads=lambda c: c.num_attention_heads, head_dim=_llama_head, remap=_qwen_remap),
     "gpt": Family("gpt", "GPTForCausalLM", _gpt_parts, _gpt_step, _gpt_patches,
@@ -243,12 +277,13 @@ FAMILIES = {
 }
 # config.json "architectures" (HF and PaddleNLP names) and "model_type" -> family: read before any worker starts
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2",
-                 "QWenForCausalLM": "qwen", "QWenLMHeadModel": "qwen",
+                 "QWenForCausalLM": "qwen", "QWenLMHeadModel": "qwen", "GemmaForCausalLM": "gemma",
                  "GPTForCausalLM": "gpt", "GPTLMHeadModel": "gpt", "GPT2LMHeadModel": "gpt"}
-MODEL_TYPES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen": "qwen", "gpt": "gpt", "gpt2": "gpt"}
+MODEL_TYPES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen": "qwen", "gemma": "gemma", "gpt": "gpt",
+               "gpt2": "gpt"}
 # the fused decoder's form of each family: (fused family, q/k/v biases); None = generic export only
 FUSED_FORM = {"llama": ("llama", False), "mistral": ("llama", False), "qwen2": ("llama", True), "qwen": ("llama", True),
-              "gpt": ("gpt", False)}
+              "gpt": ("gpt", False), "gemma": None}
 
 
 class UnsupportedFamily(KeyError):
@@ -272,7 +307,3 @@ def family_name(cfg: dict) -> str:
         return MODEL_TYPES[cfg["model_type"]]
     named = f"architecture {arch!r}" if arch else f"model_type {cfg.get('model_type')!r}"
     raise UnsupportedFamily(f"{named} has no export adapter (supported: {supported()})")
-
-
-def family_for(architecture: str) -> Family:
-    return FAMILIES[family_name({"architectures": [architecture]})]

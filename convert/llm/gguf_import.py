@@ -8,6 +8,7 @@ needed) and rebuilds the tokenizer from the GGUF's vocabulary, merges, pre-token
 Architectures (general.architecture) -> export family (convert/llm/families.py):
   llama  -> llama (mistral when the file has a sliding window): undo llama.cpp's rotary permutation of q/k
   qwen2  -> qwen2 (LLaMA + q/k/v biases; llama.cpp does not permute Qwen2's q/k)
+  gemma  -> gemma (LLaMA + tanh-GELU gate + sqrt(hidden) embedding scale; llama.cpp stores RMSNorm gains as 1 + w)
   gpt2   -> gpt   (PaddleNLP GPTForCausalLM: fused qkv split into q/k/v, tied LM head)
 """
 from __future__ import annotations
@@ -23,9 +24,9 @@ from paddle2ort.runtime.errors import BadInputError
 
 log = logging.getLogger(__name__)
 
-ARCHS = ("llama", "qwen2", "gpt2")
+ARCHS = ("llama", "qwen2", "gemma", "gpt2")
 HF_ARCHITECTURE = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
-                   "gpt": "GPTForCausalLM"}
+                   "gemma": "GemmaForCausalLM", "gpt": "GPTForCausalLM"}
 
 
 @dataclass
@@ -107,7 +108,7 @@ def _llama_like(r, arch: str, t: dict, tok: dict) -> tuple[str, dict, dict]:
         raise BadInputError(f"head size {key_len} != hidden {hidden} / {heads} heads: PaddleNLP 2.8.1's LLaMA "
                             "cannot hold this model")
     window = _field(r, p + "attention.sliding_window")
-    family = "mistral" if window else ("qwen2" if arch == "qwen2" else "llama")
+    family = "mistral" if window else (arch if arch in ("qwen2", "gemma") else "llama")
     cfg = {"architectures": [HF_ARCHITECTURE[family]], "model_type": "llama",
            "vocab_size": int(_take(t, "token_embd.weight").shape[0]), "hidden_size": hidden,
            "intermediate_size": int(_required(r, p + "feed_forward_length")),
@@ -115,7 +116,7 @@ def _llama_like(r, arch: str, t: dict, tok: dict) -> tuple[str, dict, dict]:
            "num_key_value_heads": kv, "rms_norm_eps": float(_required(r, p + "attention.layer_norm_rms_epsilon")),
            "rope_theta": float(_field(r, p + "rope.freq_base", 10000.0)),
            "max_position_embeddings": int(_field(r, p + "context_length", 2048)),
-           "tie_word_embeddings": "output.weight" not in t, **_special_ids(tok),
+           "tie_word_embeddings": "output.weight" not in t and arch != "gemma", **_special_ids(tok),
            "use_flash_attention": False, "use_fused_rms_norm": False, "use_fused_rope": False, "dtype": "float32"}
     scaling = _field(r, p + "rope.scaling.type")
     if scaling and scaling != "none":
