@@ -132,20 +132,151 @@ def run(zoo_dir: Path, work: Path, warmup: int = 8, repeats: int = 5, threads: i
             "environment": env, "rows": rows}
 
 
-def markdown(res: dict) -> str:
-    lines = [f"# Encoder fusion on the CPU ({res['config']['threads']} threads, {res['environment']['cpu']})",
-             "", f"{res['dataset']['samples']} dev examples, batch 32, median of {res['config']['repeats']} passes, "
-             "configurations interleaved (the host was shared with other jobs: compare rows, not absolute figures).",
-             "", "| configuration | accuracy | ms/sample | passes (s) |", "|---|---|---|---|"]
+def rows_table(res: dict) -> str:
+    """The rows as a Markdown table (the results README embeds it through verdicts.TABLES)."""
+    lines = ["| configuration | fused | accuracy | ms/sample | vs unfused | passes (s) |", "|---|---|---|---|---|---|"]
+    base = {r["precision"]: r["ms_per_sample"] for r in res["rows"] if r.get("variant") == "unfused"}
     for r in res["rows"]:
-        lines.append(f"| {r['name']} | {100 * r['accuracy']:.2f}% | {r['ms_per_sample']:.3f} | "
-                     f"{', '.join(f'{t:.2f}' for t in r['pass_times_s'])} |")
-    fus = next((r["fusions"] for r in res["rows"] if r.get("variant") == "fused"), {})
-    lines += ["", "Fused: " + ", ".join(f"{k} {v}" for k, v in fus.items()), ""]
+        fus = ", ".join(f"{k} {v}" for k, v in r.get("fusions", {}).items()) or "-"
+        vs = f"{base[r['precision']] / r['ms_per_sample']:.2f}x" if r["system"] == "onnxruntime" else "-"
+        lines.append(f"| {r['name']} | {fus} | {100 * r['accuracy']:.2f}% | {r['ms_per_sample']:.3f} | {vs} | "
+                     f"{', '.join(f'{t:.1f}' for t in r['pass_times_s'])} |")
     return "\n".join(lines)
 
 
+def markdown(res: dict) -> str:
+    return "\n".join([f"# Encoder fusion on the CPU ({res['config']['threads']} threads, {res['environment']['cpu']})",
+                      "", f"{res['dataset']['samples']} dev examples, batch 32, median of {res['config']['repeats']} "
+                      "passes, configurations interleaved (the host was shared with other jobs: compare rows of one "
+                      "run, not absolute figures).", "", rows_table(res), ""])
+
+
+# ------------------------------------------------------------------ GPU (issue 17.2/17.3, partial)
+def write_skeleton(fp32_model: Path, dst: Path) -> None:
+    """FP16 copy of a converted FP32 graph with its large weights left out (`fill_random_weights` restores them on
+    the GPU host). The GPU run's skeletons: the MiniLM-L6-geometry classifier (tests/paddle_models.py's
+    bert_classifier architecture at hidden 384, 6 layers, 12 heads) converted with and without fusion."""
+    import tempfile
+
+    import onnx
+
+    from paddle2ort.convert.precision import to_fp16
+    with tempfile.TemporaryDirectory() as tmp:
+        half = Path(tmp) / "half.onnx"
+        to_fp16(fp32_model, half)
+        onnx.save(onnx.load(str(half)), str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
+                  location=dst.stem + ".weights", size_threshold=4096)
+    (dst.parent / (dst.stem + ".weights")).unlink()
+
+
+def fill_random_weights(src: Path, dst: Path, seed: int = 0) -> None:
+    """A graph saved without its large weights (external data left behind) -> the same graph with N(0, 0.02)
+    weights: the timing does not depend on the values, and 64 MiB is all that travels to the lent GPU."""
+    import onnx
+    from onnx import external_data_helper, helper
+    m = onnx.load(str(src), load_external_data=False)
+    rng = np.random.default_rng(seed)
+    for t in m.graph.initializer:
+        if external_data_helper.uses_external_data(t):
+            arr = (rng.standard_normal(list(t.dims)) * 0.02).astype(helper.tensor_dtype_to_np_dtype(t.data_type))
+            del t.external_data[:]
+            t.data_location = onnx.TensorProto.DEFAULT
+            t.raw_data = arr.tobytes()
+    onnx.save(m, str(dst))
+
+
+def _median_ms(fn, warmup: int = 10, n: int = 50, sync=None) -> float:
+    for _ in range(warmup):
+        fn()
+    if sync:
+        sync()
+    ts = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts)) * 1e3
+
+
+def gpu_run(skeletons: Path, batches=(1, 8, 32), seq: int = 128, torch_peers: bool = True) -> dict:
+    """Ours (fused and unfused FP16; IO binding on a dynamic session vs a static bucket with a CUDA graph) and
+    torch (eager, torch.compile default / reduce-overhead) at MiniLM-L6 geometry, batch x 128, random weights."""
+    import onnxruntime as ort
+
+    from paddle2ort.runtime.buckets import BucketRunner, BucketSpec
+    from paddle2ort.runtime.session import create_session
+    rows, checks = [], {}
+    rng = np.random.default_rng(1)
+    work = Path("/tmp/encoder-gpu")
+    work.mkdir(exist_ok=True)
+    opts = SessionOptions(device="gpu")
+    for skel in sorted(skeletons.glob("*.onnx")):
+        model = work / skel.name
+        fill_random_weights(skel, model)
+        sess = create_session(model, opts)
+        out = sess.get_outputs()[0].name
+        buckets = BucketRunner(model, [out], opts, BucketSpec((seq,), tuple(batches)))
+        for b in batches:
+            ids = rng.integers(1000, 30000, (b, seq)).astype(np.int64)
+            mask = np.ones_like(ids)
+            mask[b // 2:, seq // 2:] = 0
+            feeds = {"input_ids": ids, "token_type_ids": np.zeros_like(ids), "attention_mask": mask}
+            binding = sess.io_binding()
+            for k, v in feeds.items():
+                binding.bind_ortvalue_input(k, ort.OrtValue.ortvalue_from_numpy(v, "cuda", 0))
+            binding.bind_output(out, "cuda", 0)
+            sess.run_with_iobinding(binding)
+            ref = binding.copy_outputs_to_cpu()[0]
+            got = buckets(feeds)[0]                       # fills the bucket's bound buffers, captures the graph
+            checks[f"{skel.stem} b{b}"] = float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-6))
+            rows.append({"system": f"ours {skel.stem} IO binding", "batch": b, "seq": seq,
+                         "ms": _median_ms(lambda: sess.run_with_iobinding(binding))})
+            rows.append({"system": f"ours {skel.stem} CUDA graph bucket", "batch": b, "seq": seq,
+                         "ms": _median_ms(lambda: buckets.run_bound(b, seq)),
+                         "cuda_graph": buckets.cuda_graph})
+            log.info("%s", rows[-2:])
+    if torch_peers:
+        import torch
+        from transformers import BertConfig, BertModel
+        cfg = BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                         intermediate_size=1536)
+        net = BertModel(cfg).half().cuda().eval()
+        for mode in ("eager", "default", "reduce-overhead"):
+            fn = net if mode == "eager" else torch.compile(net, mode=mode)
+            for b in batches:
+                if mode != "eager" and b != 32:
+                    continue
+                ids = torch.randint(1000, 30000, (b, seq), device="cuda")
+                mask = torch.ones_like(ids)
+                mask[b // 2:, seq // 2:] = 0
+                with torch.inference_mode():
+                    ms = _median_ms(lambda: fn(input_ids=ids, attention_mask=mask), sync=torch.cuda.synchronize)
+                rows.append({"system": f"torch {mode} fp16", "batch": b, "seq": seq, "ms": ms})
+                log.info("%s", rows[-1])
+    env = environment()
+    return {"benchmark": "encoder-gpu", "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "geometry": "MiniLM-L6 (6 layers, hidden 384, 12 heads), random weights, FP16, median of 50",
+            "environment": env, "rows": rows, "max_rel_diff_cuda_graph_vs_io_binding": checks}
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        import sys
+        argv = sys.argv[1:]
+    if argv[:1] == ["gpu"]:
+        ap = argparse.ArgumentParser(description="GPU part")
+        ap.add_argument("skeletons", type=Path)
+        ap.add_argument("--out", type=Path, required=True)
+        ap.add_argument("--no-torch", action="store_true")
+        a = ap.parse_args(argv[1:])
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        res = gpu_run(a.skeletons, torch_peers=not a.no_torch)
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps(res, indent=1))
+        print(json.dumps(res["rows"], indent=0), json.dumps(res["max_rel_diff_cuda_graph_vs_io_binding"]))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--zoo", type=Path, required=True, help="`paddle2ort zoo build minilm-sentiment` output")
     ap.add_argument("--work", type=Path, required=True, help="where the two bundles are built (reused)")
