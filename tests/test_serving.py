@@ -352,3 +352,23 @@ def test_the_batch_bound_holds_when_requests_arrive_together(server):
     finally:
         eng.stop()
     assert eng.steps == 3 * 5
+
+
+def test_load_benchmark_targets_are_computed_from_its_rows():
+    from paddle2ort.benchmarks.serve_load import markdown, verdicts
+
+    def row(mode, c, tps, base, failed=0):
+        return {"mode": mode, "clients": c, "requests": 2 * c, "failed_valid": failed, "bad_requests": c,
+                "bad_answered_400": c, "tokens_per_s": tps, "adjacent_1_client_tokens_per_s": base,
+                "latency_p50_s": 1.0, "latency_p95_s": 2.0, "ttft_p50_s": 0.1, "ttft_p95_s": 0.3}
+
+    good = [row("continuous", 1, 100, 100), row("continuous", 16, 450, 100), row("one-at-a-time", 16, 100, 100)]
+    v = {x["target"].split(":")[0]: x["met"] for x in verdicts(good)}
+    assert v["continuous batching"] is True and v["zero failed valid requests"] is True
+    bad = [row("continuous", 16, 390, 100, failed=1)]
+    v = {x["target"].split(":")[0]: x["met"] for x in verdicts(bad)}
+    assert v["continuous batching"] is False and v["zero failed valid requests"] is False
+    res = {"bundle": "m", "created_at": "now", "rows": good, "verdicts": verdicts(good),
+           "config": {"threads": 1, "note": "", "requests": 2, "max_tokens": 8},
+           "environment": {"git_commit": "x", "cpu": "cpu", "usable_cores": 2}}
+    assert "4.50x" in markdown(res) and "MISSED" not in markdown(res)
