@@ -17,7 +17,7 @@ from paddle2ort.convert.llm.gguf_import import read_gguf
 from gguf_models import train_bpe, write_gguf
 
 # causal LMs PaddleNLP 2.8.1 ships with no adapter yet (issue 14.1)
-NOT_YET = ("MixtralForCausalLM", "BloomForCausalLM", "ChatGLMForCausalLM",
+NOT_YET = ("BloomForCausalLM", "ChatGLMForCausalLM",
            "ChatGLMv2ForCausalLM", "OPTForCausalLM", "GPTJForCausalLM", "CodeGenForCausalLM", "RWForCausalLM")
 
 
@@ -196,3 +196,83 @@ def test_qwen_v1_exports_as_qwen2_with_paddle_parity(tmp_path, tokenizer_dir):
     llm = res.manifest.extra["llm"]
     assert llm["architecture"] == "QWenForCausalLM" and llm["family"] == "qwen2" and llm["max_context"] == 64
     assert res.manifest.validation["fp32"]["passed"] and res.manifest.extra["fused"]["fp32"]["validation"]["passed"]
+
+
+MIXTRAL_BUILDER = """
+import sys, numpy as np, paddle
+from paddlenlp.transformers import MixtralConfig, MixtralForCausalLM
+paddle.seed(0)
+cfg = MixtralConfig(vocab_size=500, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=128,
+                    rms_norm_eps=1e-5, use_flash_attention=False, use_fused_rms_norm=False, use_fused_rope=False,
+                    eos_token_id=2, pad_token_id=2, bos_token_id=0)
+model = MixtralForCausalLM(cfg)
+model.save_pretrained(sys.argv[1])
+np.savez(sys.argv[1] + "/state.npz", **{k: v.numpy() for k, v in model.state_dict().items()})
+"""
+
+
+def onnx_nll(bundle, llm: dict, window: list[int]) -> float:
+    """Negative log-likelihood of window[1:] from the exported graph (one prefill)."""
+    import onnxruntime as ort
+    sess = ort.InferenceSession(str(bundle / "model.fp32.onnx"), providers=["CPUExecutionProvider"])
+    n = len(window)
+    past = np.zeros((0, llm["num_layers"], 2, 1, llm["kv_heads"], llm["head_dim"]), np.float32)
+    logits = sess.run(["logits"], {"input_ids": np.array([window]), "attention_mask": np.ones((1, n), np.int64),
+                                   "position_ids": np.arange(n)[None], "past_key_values": past})[0][0].astype(np.float64)
+    logp = logits - logits.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    return float(-logp[np.arange(n - 1), window[1:]].sum())
+
+
+def mixtral_first_token_logits(s: dict, tok: int, layers: int, heads: int, kvh: int, eps: float) -> np.ndarray:
+    """Mixtral's math written out in NumPy for a one-token prompt (attention returns v): the MoE picks the top-2
+    experts by softmax(gate), renormalizes their weights and sums their SwiGLU outputs."""
+    rms = lambda x, w: x / np.sqrt((x * x).mean() + eps) * w  # noqa: E731
+    silu = lambda x: x / (1 + np.exp(-x))  # noqa: E731
+    x = s["mixtral.embed_tokens.weight"][tok].astype(np.float64)
+    for i in range(layers):
+        p = f"mixtral.layers.{i}."
+        n = rms(x, s[p + "input_layernorm.weight"])
+        v = (n @ s[p + "self_attn.v_proj.weight"]).reshape(kvh, -1)
+        x = x + np.repeat(v, heads // kvh, axis=0).reshape(-1) @ s[p + "self_attn.o_proj.weight"]
+        n = rms(x, s[p + "post_attention_layernorm.weight"])
+        g = n @ s[p + "block_sparse_moe.gate.weight"]
+        prob = np.exp(g - g.max()) / np.exp(g - g.max()).sum()
+        top = np.argsort(-prob)[:2]
+        moe = 0.0
+        for e in top:
+            q = p + f"block_sparse_moe.experts.{e}."
+            moe = moe + prob[e] / prob[top].sum() * ((silu(n @ s[q + "w1.weight"]) * (n @ s[q + "w3.weight"]))
+                                                     @ s[q + "w2.weight"])
+        x = x + moe
+    return rms(x, s["mixtral.norm.weight"]) @ s["lm_head.weight"]
+
+
+def test_mixtral_exports_with_a_dense_moe(tmp_path, tokenizer_dir):
+    """MixtralForCausalLM: the MoE computed densely (every expert, weighted by its renormalized top-2 routing weight;
+    PaddleNLP 2.8.1's sparse forward fails eagerly), exported generic-only; the gate replays Paddle's steps, the
+    graph's first-token logits equal Mixtral's math in NumPy, and Paddle's own log-likelihood reference runs."""
+    import subprocess
+    import sys
+
+    import onnxruntime as ort
+    from paddle2ort.convert.llm import LLMConvertConfig, convert_llm
+    from paddle2ort.convert.llm.reference import paddle_nll
+    src = tmp_path / "mixtral"
+    subprocess.run([sys.executable, "-c", MIXTRAL_BUILDER, str(src)], check=True, capture_output=True)
+    state = dict(np.load(src / "state.npz"))
+    (src / "state.npz").unlink()
+    res = convert_llm(LLMConvertConfig(source=src, tokenizer=tokenizer_dir, output=tmp_path / "b"))
+    llm = res.manifest.extra["llm"]
+    assert llm["family"] == "mixtral" and res.manifest.validation["fp32"]["passed"]
+    sess = ort.InferenceSession(str(tmp_path / "b" / "model.fp32.onnx"), providers=["CPUExecutionProvider"])
+    past = np.zeros((0, 2, 2, 1, 2, 16), np.float32)
+    got = sess.run(["logits"], {"input_ids": np.array([[7]]), "attention_mask": np.array([[1]]),
+                                "position_ids": np.array([[0]]), "past_key_values": past})[0][0, 0]
+    want = mixtral_first_token_logits(state, 7, layers=2, heads=4, kvh=2, eps=1e-5)
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3 * np.abs(want).max())
+    window = [5, 17, 90, 33, 250, 7, 61, 12, 400, 3, 88, 19, 27, 301, 45, 9]
+    want_nll, count = paddle_nll(src, [window])
+    assert count == len(window) - 1
+    assert abs(onnx_nll(tmp_path / "b", llm, window) - want_nll) <= 1e-4 * abs(want_nll)

@@ -100,6 +100,66 @@ def _llama_step(layer, h, position_ids, mask, pk, pv):
     return h, k, v
 
 
+# ---------------------------------------------------------------- Mixtral (MixtralForCausalLM: LLaMA attention + MoE)
+def _dense_moe(self, hidden_states):
+    """Mixtral's sparse MoE block computed densely: every expert runs, weighted by its renormalized top-k routing
+    weight (0 for unselected experts) — the same sum. PaddleNLP 2.8.1's own forward gathers per-expert index lists
+    (data-dependent shapes: no static trace) and fails eagerly as soon as an expert gets several tokens
+    (`expert(x) * routing_weights[top_x, idx]` is [n, H] * [n]: a broadcast error)."""
+    import paddle
+    import paddle.nn.functional as F
+    logits = self.gate(hidden_states)                                                 # [B, S, E]
+    probs = F.softmax(logits.astype("float32"), axis=-1)
+    top_w, top_i = paddle.topk(probs, self.top_k, axis=-1)                            # [B, S, K]
+    top_w = top_w / top_w.sum(axis=-1, keepdim=True)
+    experts = paddle.arange(self.num_experts, dtype=top_i.dtype)
+    chosen = (top_i.unsqueeze(-1) == experts).astype(top_w.dtype)                     # [B, S, K, E]
+    weight = (chosen * top_w.unsqueeze(-1)).sum(axis=-2).astype(hidden_states.dtype)  # [B, S, E]
+    out = weight[:, :, 0:1] * self.experts[0](hidden_states)
+    for e in range(1, self.num_experts):
+        out = out + weight[:, :, e:e + 1] * self.experts[e](hidden_states)
+    return out, logits
+
+
+def _mixtral_prepare(model, model_dir):
+    import types
+    for layer in model.mixtral.layers:
+        layer.block_sparse_moe.forward = types.MethodType(_dense_moe, layer.block_sparse_moe)
+
+
+def _mixtral_patches(model):
+    """LLaMA's tracing patches on Mixtral's copy of the attention code (the MoE is dense since load: prepare)."""
+    import paddle
+    import paddle.nn.functional as F
+    from paddlenlp.transformers.mixtral import modeling as M
+
+    def sdpa(query_states, config, key_states, value_states, attention_mask, *args, **kwargs):
+        head_dim = query_states.shape[-1]
+        q, k, v = (paddle.transpose(t, [0, 2, 1, 3]) for t in (query_states, key_states, value_states))
+        w = paddle.matmul(q / math.sqrt(head_dim), k, transpose_y=True) + attention_mask
+        w = F.softmax(w.astype("float32"), axis=-1).astype(q.dtype)
+        return paddle.matmul(w, v).transpose([0, 2, 1, 3]).reshape([0, 0, -1])
+
+    def repeat_kv(hidden_states, n_rep):
+        if n_rep == 1:
+            return hidden_states
+        _, _, kvh, d = hidden_states.shape
+        return hidden_states.unsqueeze(-2).tile([1, 1, 1, n_rep, 1]).reshape([0, 0, kvh * n_rep, d])
+
+    def rotary_forward(self, x, seq_len=None):
+        return self.cos_cached.cast(x.dtype), self.sin_cached.cast(x.dtype)
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(_swap(M, scaled_dot_product_attention=sdpa, repeat_kv=repeat_kv))
+    stack.enter_context(_swap(M.MixtralRotaryEmbedding, forward=rotary_forward))
+    return stack
+
+
+def _mixtral_parts(model):
+    body = model.mixtral
+    return (lambda ids, pos: body.embed_tokens(ids)), body.layers, body.norm, model.lm_head
+
+
 # ---------------------------------------------------------------- GPT-2 style (GPTForCausalLM)
 def _gpt_patches(model):
     import paddle
@@ -272,18 +332,21 @@ FAMILIES = {
                     kv_heads=_llama_kv, head_dim=_llama_head, prepare=_gemma_prepare),
     "qwen": Family("qwen", "QWenForCausalLM", _llama_parts, _llama_step, _llama_patches,
                    kv_heads=lambda c: c.num_attention_heads, head_dim=_llama_head, remap=_qwen_remap),
+    "mixtral": Family("mixtral", "MixtralForCausalLM", _mixtral_parts, _llama_step, _mixtral_patches,
+                      kv_heads=_llama_kv, head_dim=_llama_head, prepare=_mixtral_prepare),
     "gpt": Family("gpt", "GPTForCausalLM", _gpt_parts, _gpt_step, _gpt_patches,
                   kv_heads=lambda c: c.num_attention_heads, head_dim=lambda c: c.hidden_size // c.num_attention_heads),
 }
 # config.json "architectures" (HF and PaddleNLP names) and "model_type" -> family: read before any worker starts
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2",
                  "QWenForCausalLM": "qwen", "QWenLMHeadModel": "qwen", "GemmaForCausalLM": "gemma",
+                 "MixtralForCausalLM": "mixtral",
                  "GPTForCausalLM": "gpt", "GPTLMHeadModel": "gpt", "GPT2LMHeadModel": "gpt"}
-MODEL_TYPES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen": "qwen", "gemma": "gemma", "gpt": "gpt",
-               "gpt2": "gpt"}
+MODEL_TYPES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen": "qwen", "gemma": "gemma",
+               "mixtral": "mixtral", "gpt": "gpt", "gpt2": "gpt"}
 # the fused decoder's form of each family: (fused family, q/k/v biases); None = generic export only
 FUSED_FORM = {"llama": ("llama", False), "mistral": ("llama", False), "qwen2": ("llama", True), "qwen": ("llama", True),
-              "gpt": ("gpt", False), "gemma": None}
+              "gpt": ("gpt", False), "gemma": None, "mixtral": None}
 
 
 class UnsupportedFamily(KeyError):
