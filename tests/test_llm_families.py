@@ -18,7 +18,7 @@ from gguf_models import train_bpe, write_gguf
 
 # causal LMs PaddleNLP 2.8.1 ships with no adapter yet (issue 14.1)
 NOT_YET = ("BloomForCausalLM", "ChatGLMForCausalLM",
-           "ChatGLMv2ForCausalLM", "OPTForCausalLM", "GPTJForCausalLM", "CodeGenForCausalLM", "RWForCausalLM")
+           "ChatGLMv2ForCausalLM", "GPTJForCausalLM", "CodeGenForCausalLM", "RWForCausalLM")
 
 
 def model_dir(tmp_path, cfg: dict):
@@ -276,3 +276,31 @@ def test_mixtral_exports_with_a_dense_moe(tmp_path, tokenizer_dir):
     want_nll, count = paddle_nll(src, [window])
     assert count == len(window) - 1
     assert abs(onnx_nll(tmp_path / "b", llm, window) - want_nll) <= 1e-4 * abs(want_nll)
+
+
+OPT_BUILDER = """
+import sys, paddle
+from paddlenlp.transformers import OPTConfig, OPTForCausalLM
+paddle.seed(0)
+cfg = OPTConfig(vocab_size=500, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                max_position_embeddings=128, word_embed_proj_dim=64, hidden_dropout_prob=0.0,
+                attention_probs_dropout_prob=0.0, eos_token_id=2, pad_token_id=2, bos_token_id=0)
+OPTForCausalLM(cfg).save_pretrained(sys.argv[1])
+"""
+
+
+def test_opt_exports_with_paddle_parity(tmp_path, tokenizer_dir):
+    """OPTForCausalLM (learned positions offset by 2, ReLU, pre-LN): the gate replays Paddle's steps, and the
+    graph's log-likelihood of a window equals OPT's own forward (reference.paddle_nll: the unpatched class)."""
+    import subprocess
+    import sys
+    from paddle2ort.convert.llm import LLMConvertConfig, convert_llm
+    from paddle2ort.convert.llm.reference import paddle_nll
+    src = tmp_path / "opt"
+    subprocess.run([sys.executable, "-c", OPT_BUILDER, str(src)], check=True, capture_output=True)
+    res = convert_llm(LLMConvertConfig(source=src, tokenizer=tokenizer_dir, output=tmp_path / "b"))
+    llm = res.manifest.extra["llm"]
+    assert llm["family"] == "opt" and res.manifest.validation["fp32"]["passed"]
+    window = [5, 17, 90, 33, 250, 7, 61, 12, 400, 3, 88, 19, 27, 301, 45, 9]
+    want, _ = paddle_nll(src, [window])
+    assert abs(onnx_nll(tmp_path / "b", llm, window) - want) <= 1e-4 * abs(want)

@@ -160,6 +160,39 @@ def _mixtral_parts(model):
     return (lambda ids, pos: body.embed_tokens(ids)), body.layers, body.norm, model.lm_head
 
 
+# ---------------------------------------------------------------- OPT (OPTForCausalLM)
+def _opt_patches(model):
+    return contextlib.ExitStack()                 # OPT's attention reshapes with 0 dims and traces as it is
+
+
+def _opt_parts(model):
+    import paddle
+    emb, dec = model.opt.embeddings, model.opt.decoder
+
+    def embed(ids, pos):
+        x = emb.word_embeddings(ids)
+        if emb.project_in is not None:
+            x = emb.project_in(x)
+        # OPT's learned positions are offset by 2 (its own forward derives them from the mask the same way)
+        return x + paddle.nn.functional.embedding(pos + emb.position_embeddings.offset,
+                                                  emb.position_embeddings.weight)
+
+    def norm(h):
+        if dec.final_layer_norm is not None:
+            h = dec.final_layer_norm(h)
+        return dec.project_out(h) if dec.project_out is not None else h
+
+    return embed, dec.layers, norm, model.lm_head
+
+
+def _opt_step(layer, h, position_ids, mask, pk, pv):
+    import paddle
+    cache = layer.self_attn.Cache(paddle.transpose(pk, [0, 2, 1, 3]), paddle.transpose(pv, [0, 2, 1, 3]))
+    out = layer(h, h, tgt_mask=mask, use_cache=True, cache=cache)
+    h, new = out[0], out[-1]                      # (hidden, [attention weights,] cache [b, heads, P+S, d])
+    return h, paddle.transpose(new.k, [0, 2, 1, 3]), paddle.transpose(new.v, [0, 2, 1, 3])
+
+
 # ---------------------------------------------------------------- GPT-2 style (GPTForCausalLM)
 def _gpt_patches(model):
     import paddle
@@ -334,19 +367,21 @@ FAMILIES = {
                    kv_heads=lambda c: c.num_attention_heads, head_dim=_llama_head, remap=_qwen_remap),
     "mixtral": Family("mixtral", "MixtralForCausalLM", _mixtral_parts, _llama_step, _mixtral_patches,
                       kv_heads=_llama_kv, head_dim=_llama_head, prepare=_mixtral_prepare),
+    "opt": Family("opt", "OPTForCausalLM", _opt_parts, _opt_step, _opt_patches,
+                  kv_heads=lambda c: c.num_attention_heads, head_dim=_llama_head),
     "gpt": Family("gpt", "GPTForCausalLM", _gpt_parts, _gpt_step, _gpt_patches,
                   kv_heads=lambda c: c.num_attention_heads, head_dim=lambda c: c.hidden_size // c.num_attention_heads),
 }
 # config.json "architectures" (HF and PaddleNLP names) and "model_type" -> family: read before any worker starts
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2",
                  "QWenForCausalLM": "qwen", "QWenLMHeadModel": "qwen", "GemmaForCausalLM": "gemma",
-                 "MixtralForCausalLM": "mixtral",
+                 "MixtralForCausalLM": "mixtral", "OPTForCausalLM": "opt",
                  "GPTForCausalLM": "gpt", "GPTLMHeadModel": "gpt", "GPT2LMHeadModel": "gpt"}
 MODEL_TYPES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen": "qwen", "gemma": "gemma",
-               "mixtral": "mixtral", "gpt": "gpt", "gpt2": "gpt"}
+               "mixtral": "mixtral", "opt": "opt", "gpt": "gpt", "gpt2": "gpt"}
 # the fused decoder's form of each family: (fused family, q/k/v biases); None = generic export only
 FUSED_FORM = {"llama": ("llama", False), "mistral": ("llama", False), "qwen2": ("llama", True), "qwen": ("llama", True),
-              "gpt": ("gpt", False), "gemma": None, "mixtral": None}
+              "gpt": ("gpt", False), "gemma": None, "mixtral": None, "opt": None}
 
 
 class UnsupportedFamily(KeyError):
