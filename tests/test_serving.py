@@ -191,7 +191,7 @@ def test_a_request_joins_a_running_batch_at_a_step_boundary(server):
     ({"model": "llama", "messages": [{"role": "robot", "content": "x"}]}, 400, "messages.0.role"),
     ({"model": "llama", "messages": []}, 400, "messages"),
     (chat(max_tokens=100000), 400, "max_tokens"),
-    (chat(n=99), 400, None),
+    (chat(n=99), 400, "n"),
     (chat(model="bundle"), 400, "model"),
     (chat(model="../../../../etc/passwd"), 404, "model"),
     (chat(model="/etc/passwd"), 404, "model"),

@@ -277,7 +277,9 @@ async def run_generation(s: Served, ids: list[int], body, max_tokens: int, reque
     try:
         req = s.engine.submit(ids, cfg, events.put_nowait, body.n)      # called on this loop (engine.post)
     except BadInputError as e:
-        raise ApiError(400, str(e), "max_tokens" if "max_tokens" in str(e) else None) from e
+        msg = str(e)
+        raise ApiError(400, msg, "n" if msg.startswith("n must") else "max_tokens" if "max_tokens" in msg else
+                       "messages" if chat else "prompt") from e
     except QueueFull as e:
         raise ApiError(429, str(e), code="queue_full", kind="server_busy",
                        headers={"Retry-After": str(e.retry_after)}) from e
