@@ -18,7 +18,7 @@ from gguf_models import train_bpe, write_gguf
 
 # causal LMs PaddleNLP 2.8.1 ships with no adapter yet (issue 14.1)
 NOT_YET = ("BloomForCausalLM", "ChatGLMForCausalLM",
-           "ChatGLMv2ForCausalLM", "GPTJForCausalLM", "CodeGenForCausalLM", "RWForCausalLM")
+           "ChatGLMv2ForCausalLM", "CodeGenForCausalLM", "RWForCausalLM")
 
 
 def model_dir(tmp_path, cfg: dict):
@@ -301,6 +301,35 @@ def test_opt_exports_with_paddle_parity(tmp_path, tokenizer_dir):
     res = convert_llm(LLMConvertConfig(source=src, tokenizer=tokenizer_dir, output=tmp_path / "b"))
     llm = res.manifest.extra["llm"]
     assert llm["family"] == "opt" and res.manifest.validation["fp32"]["passed"]
+    window = [5, 17, 90, 33, 250, 7, 61, 12, 400, 3, 88, 19, 27, 301, 45, 9]
+    want, _ = paddle_nll(src, [window])
+    assert abs(onnx_nll(tmp_path / "b", llm, window) - want) <= 1e-4 * abs(want)
+
+
+GPTJ_BUILDER = """
+import sys, paddle
+from paddlenlp.transformers import GPTJConfig, GPTJForCausalLM
+paddle.seed(0)
+cfg = GPTJConfig(vocab_size=500, n_embd=64, n_layer=2, n_head=4, rotary_dim=8, n_positions=128, n_inner=128,
+                 embd_pdrop=0.0, resid_pdrop=0.0, attn_pdrop=0.0, activation_function="gelu_new",
+                 eos_token_id=2, pad_token_id=2, bos_token_id=0)
+GPTJForCausalLM(cfg).save_pretrained(sys.argv[1])
+"""
+
+
+def test_gptj_exports_with_paddle_parity(tmp_path, tokenizer_dir):
+    """GPTJForCausalLM (parallel attention + MLP, interleaved partial rotary): the block is recomputed from its
+    sublayers with rotary by position_ids; the gate replays Paddle's steps and the graph's log-likelihood of a
+    window equals GPT-J's own forward."""
+    import subprocess
+    import sys
+    from paddle2ort.convert.llm import LLMConvertConfig, convert_llm
+    from paddle2ort.convert.llm.reference import paddle_nll
+    src = tmp_path / "gptj"
+    subprocess.run([sys.executable, "-c", GPTJ_BUILDER, str(src)], check=True, capture_output=True)
+    res = convert_llm(LLMConvertConfig(source=src, tokenizer=tokenizer_dir, output=tmp_path / "b"))
+    llm = res.manifest.extra["llm"]
+    assert llm["family"] == "gptj" and res.manifest.validation["fp32"]["passed"]
     window = [5, 17, 90, 33, 250, 7, 61, 12, 400, 3, 88, 19, 27, 301, 45, 9]
     want, _ = paddle_nll(src, [window])
     assert abs(onnx_nll(tmp_path / "b", llm, window) - want) <= 1e-4 * abs(want)

@@ -193,6 +193,57 @@ def _opt_step(layer, h, position_ids, mask, pk, pv):
     return h, paddle.transpose(new.k, [0, 2, 1, 3]), paddle.transpose(new.v, [0, 2, 1, 3])
 
 
+# ---------------------------------------------------------------- GPT-J (GPTJForCausalLM)
+def _gptj_patches(model):
+    return contextlib.ExitStack()                 # the block is computed by _gptj_step from its sublayers
+
+
+def _gptj_prepare(model, model_dir):
+    """PaddleNLP 2.8.1's GPT-J keeps its causal mask buffer in float32 and uses it as paddle.where's condition,
+    which Paddle 3 refuses (its own forward fails): the buffer as bool, so the Paddle reference runs."""
+    for block in model.transformer.h:
+        block.attn.bias = block.attn.bias.astype("bool")
+
+
+def _gptj_parts(model):
+    t = model.transformer
+    return (lambda ids, pos: t.wte(ids)), t.h, t.ln_f, model.lm_head
+
+
+def _gptj_step(layer, h, position_ids, mask, pk, pv):
+    """One GPT-J block from its sublayers, with rotary angles gathered by position_ids (GPT-J's own attention
+    offsets positions by the cache length, which left padding would shift): parallel attention + MLP on one
+    LayerNorm; interleaved rotary (rotate_every_two) on the first rotary_dim features of q and k."""
+    import paddle
+    a = layer.attn
+    x = layer.ln_1(h)
+    heads, d = a.num_attention_heads, a.head_dim
+    q, k, v = (p(x).reshape([0, 0, heads, d]) for p in (a.q_proj, a.k_proj, a.v_proj))     # [B, S, H, D]
+    r = a.rotary_dim or d
+    import numpy as np
+    # angles per feature (each frequency twice: GPT-J's duplicate_interleave), and rotate_every_two as a constant
+    # [r, r] matrix (out[2i] = -x[2i+1], out[2i+1] = x[2i]): strided slices break paddle2onnx 2.1.0's export
+    inv = np.repeat(1.0 / 10000 ** (np.arange(0, r, 2) / r), 2).astype("float32")
+    swap = np.zeros((r, r), "float32")
+    swap[np.arange(1, r, 2), np.arange(0, r, 2)] = -1.0
+    swap[np.arange(0, r, 2), np.arange(1, r, 2)] = 1.0
+    ang = position_ids.astype("float32").unsqueeze(-1) * paddle.to_tensor(inv)              # [B, S, r]
+    sin, cos = paddle.sin(ang).unsqueeze(2), paddle.cos(ang).unsqueeze(2)                    # [B, S, 1, r]
+    swap_t = paddle.to_tensor(swap)
+
+    def rotate(t):
+        rot, keep = t[:, :, :, :r], t[:, :, :, r:]
+        return paddle.concat([rot * cos + paddle.matmul(rot, swap_t) * sin, keep], axis=-1)
+
+    k = paddle.concat([pk, rotate(k)], axis=1)                                                # [B, P+S, H, D]
+    v = paddle.concat([pv, v], axis=1)
+    qt, kt, vt = (paddle.transpose(t, [0, 2, 1, 3]) for t in (rotate(q), k, v))
+    w = paddle.matmul(qt.astype("float32"), kt.astype("float32"), transpose_y=True) / a.scale_attn + mask
+    w = paddle.nn.functional.softmax(w, axis=-1).astype(vt.dtype)
+    o = a.out_proj(paddle.matmul(w, vt).transpose([0, 2, 1, 3]).reshape([0, 0, heads * d]))
+    return h + o + layer.mlp(x), k, v
+
+
 # ---------------------------------------------------------------- GPT-2 style (GPTForCausalLM)
 def _gpt_patches(model):
     import paddle
@@ -369,6 +420,8 @@ FAMILIES = {
                       kv_heads=_llama_kv, head_dim=_llama_head, prepare=_mixtral_prepare),
     "opt": Family("opt", "OPTForCausalLM", _opt_parts, _opt_step, _opt_patches,
                   kv_heads=lambda c: c.num_attention_heads, head_dim=_llama_head),
+    "gptj": Family("gptj", "GPTJForCausalLM", _gptj_parts, _gptj_step, _gptj_patches,
+                   kv_heads=lambda c: c.num_attention_heads, head_dim=_llama_head, prepare=_gptj_prepare),
     "gpt": Family("gpt", "GPTForCausalLM", _gpt_parts, _gpt_step, _gpt_patches,
                   kv_heads=lambda c: c.num_attention_heads, head_dim=lambda c: c.hidden_size // c.num_attention_heads),
 }
@@ -376,12 +429,14 @@ FAMILIES = {
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2",
                  "QWenForCausalLM": "qwen", "QWenLMHeadModel": "qwen", "GemmaForCausalLM": "gemma",
                  "MixtralForCausalLM": "mixtral", "OPTForCausalLM": "opt",
+                 "GPTJForCausalLM": "gptj",
                  "GPTForCausalLM": "gpt", "GPTLMHeadModel": "gpt", "GPT2LMHeadModel": "gpt"}
 MODEL_TYPES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen": "qwen", "gemma": "gemma",
-               "mixtral": "mixtral", "opt": "opt", "gpt": "gpt", "gpt2": "gpt"}
+               "mixtral": "mixtral", "opt": "opt", "gptj": "gptj", "gpt": "gpt", "gpt2": "gpt"}
 # the fused decoder's form of each family: (fused family, q/k/v biases); None = generic export only
 FUSED_FORM = {"llama": ("llama", False), "mistral": ("llama", False), "qwen2": ("llama", True), "qwen": ("llama", True),
-              "gpt": ("gpt", False), "gemma": None, "mixtral": None, "opt": None}
+              "gpt": ("gpt", False), "gemma": None, "mixtral": None, "opt": None,
+              "gptj": None}
 
 
 class UnsupportedFamily(KeyError):
