@@ -243,7 +243,7 @@ def test_classify_is_micro_batched_and_equals_the_pipeline(server, clf_bundle):
 def test_a_full_queue_answers_429_with_retry_after(llama):
     s = Server([llama], max_batch=1, max_queue=1, retry_after=3)
     try:
-        body = chat(max_tokens=40, temperature=0, ignore_eos=True)
+        body = chat(max_tokens=100, temperature=0, ignore_eos=True)          # long enough to overlap
         with ThreadPoolExecutor(6) as pool:
             rs = list(pool.map(lambda _: s.post("/v1/chat/completions", json=body), range(6)))
         codes = sorted(r.status_code for r in rs)
@@ -251,7 +251,7 @@ def test_a_full_queue_answers_429_with_retry_after(llama):
         busy = [r for r in rs if r.status_code == 429]
         assert all(r.headers["retry-after"] == "3" and r.json()["error"]["code"] == "queue_full" for r in busy)
         ok = [r.json() for r in rs if r.status_code == 200]
-        assert all(o["usage"]["completion_tokens"] == 40 for o in ok)
+        assert all(o["usage"]["completion_tokens"] == 100 for o in ok)
         assert f'route="/v1/chat/completions",status="429"' in httpx.get(s.url + "/metrics").text
     finally:
         s.close()
