@@ -18,7 +18,7 @@ from gguf_models import train_bpe, write_gguf
 
 # causal LMs PaddleNLP 2.8.1 ships with no adapter yet (issue 14.1)
 NOT_YET = ("BloomForCausalLM", "ChatGLMForCausalLM",
-           "ChatGLMv2ForCausalLM", "CodeGenForCausalLM", "RWForCausalLM")
+           "ChatGLMv2ForCausalLM", "RWForCausalLM")
 
 
 def model_dir(tmp_path, cfg: dict):
@@ -317,19 +317,23 @@ GPTJForCausalLM(cfg).save_pretrained(sys.argv[1])
 """
 
 
-def test_gptj_exports_with_paddle_parity(tmp_path, tokenizer_dir):
-    """GPTJForCausalLM (parallel attention + MLP, interleaved partial rotary): the block is recomputed from its
-    sublayers with rotary by position_ids; the gate replays Paddle's steps and the graph's log-likelihood of a
-    window equals GPT-J's own forward."""
+CODEGEN_BUILDER = GPTJ_BUILDER.replace("GPTJConfig", "CodeGenConfig").replace("GPTJForCausalLM", "CodeGenForCausalLM")
+
+
+@pytest.mark.parametrize("family,builder", [("gptj", GPTJ_BUILDER), ("codegen", CODEGEN_BUILDER)])
+def test_gptj_and_codegen_export_with_paddle_parity(tmp_path, tokenizer_dir, family, builder):
+    """GPTJForCausalLM / CodeGenForCausalLM (parallel attention + MLP, interleaved partial rotary; CodeGen's fused
+    qkv in 4 blocks): the block is recomputed from its sublayers with rotary by position_ids; the gate replays
+    Paddle's steps and the graph's log-likelihood of a window equals the class's own forward."""
     import subprocess
     import sys
     from paddle2ort.convert.llm import LLMConvertConfig, convert_llm
     from paddle2ort.convert.llm.reference import paddle_nll
-    src = tmp_path / "gptj"
-    subprocess.run([sys.executable, "-c", GPTJ_BUILDER, str(src)], check=True, capture_output=True)
+    src = tmp_path / family
+    subprocess.run([sys.executable, "-c", builder, str(src)], check=True, capture_output=True)
     res = convert_llm(LLMConvertConfig(source=src, tokenizer=tokenizer_dir, output=tmp_path / "b"))
     llm = res.manifest.extra["llm"]
-    assert llm["family"] == "gptj" and res.manifest.validation["fp32"]["passed"]
+    assert llm["family"] == family and res.manifest.validation["fp32"]["passed"]
     window = [5, 17, 90, 33, 250, 7, 61, 12, 400, 3, 88, 19, 27, 301, 45, 9]
     want, _ = paddle_nll(src, [window])
     assert abs(onnx_nll(tmp_path / "b", llm, window) - want) <= 1e-4 * abs(want)

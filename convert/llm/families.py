@@ -199,10 +199,16 @@ def _gptj_patches(model):
 
 
 def _gptj_prepare(model, model_dir):
-    """PaddleNLP 2.8.1's GPT-J keeps its causal mask buffer in float32 and uses it as paddle.where's condition,
-    which Paddle 3 refuses (its own forward fails): the buffer as bool, so the Paddle reference runs."""
+    """PaddleNLP 2.8.1's GPT-J and CodeGen keep their causal mask buffer in float32 and use it as paddle.where's
+    condition, which Paddle 3 refuses (their own forward fails): the buffer as bool, so the Paddle reference runs."""
+    c = model.config                 # CodeGen's config has only the GPT-2 names (no attribute map)
+    for name, alias in (("num_hidden_layers", "n_layer"), ("num_attention_heads", "n_head"), ("hidden_size", "n_embd"),
+                        ("max_position_embeddings", "n_positions")):
+        if not hasattr(c, name):
+            setattr(c, name, getattr(c, alias))
     for block in model.transformer.h:
-        block.attn.bias = block.attn.bias.astype("bool")
+        name = "causal_mask" if hasattr(block.attn, "causal_mask") else "bias"
+        setattr(block.attn, name, getattr(block.attn, name).astype("bool"))
 
 
 def _gptj_parts(model):
@@ -218,7 +224,11 @@ def _gptj_step(layer, h, position_ids, mask, pk, pv):
     a = layer.attn
     x = layer.ln_1(h)
     heads, d = a.num_attention_heads, a.head_dim
-    q, k, v = (p(x).reshape([0, 0, heads, d]) for p in (a.q_proj, a.k_proj, a.v_proj))     # [B, S, H, D]
+    if hasattr(a, "qkv_proj"):        # CodeGen: one projection laid out as 4 blocks of (q, v, k), heads / 4 each
+        qkv = a.qkv_proj(x).reshape([0, 0, 4, 3, heads // 4 * d])
+        q, v, k = (qkv[:, :, :, j].reshape([0, 0, heads, d]) for j in range(3))
+    else:
+        q, k, v = (p(x).reshape([0, 0, heads, d]) for p in (a.q_proj, a.k_proj, a.v_proj))  # [B, S, H, D]
     r = a.rotary_dim or d
     import numpy as np
     # angles per feature (each frequency twice: GPT-J's duplicate_interleave), and rotate_every_two as a constant
@@ -422,6 +432,8 @@ FAMILIES = {
                   kv_heads=lambda c: c.num_attention_heads, head_dim=_llama_head),
     "gptj": Family("gptj", "GPTJForCausalLM", _gptj_parts, _gptj_step, _gptj_patches,
                    kv_heads=lambda c: c.num_attention_heads, head_dim=_llama_head, prepare=_gptj_prepare),
+    "codegen": Family("codegen", "CodeGenForCausalLM", _gptj_parts, _gptj_step, _gptj_patches,
+                      kv_heads=lambda c: c.num_attention_heads, head_dim=_llama_head, prepare=_gptj_prepare),
     "gpt": Family("gpt", "GPTForCausalLM", _gpt_parts, _gpt_step, _gpt_patches,
                   kv_heads=lambda c: c.num_attention_heads, head_dim=lambda c: c.hidden_size // c.num_attention_heads),
 }
@@ -429,14 +441,15 @@ FAMILIES = {
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2",
                  "QWenForCausalLM": "qwen", "QWenLMHeadModel": "qwen", "GemmaForCausalLM": "gemma",
                  "MixtralForCausalLM": "mixtral", "OPTForCausalLM": "opt",
-                 "GPTJForCausalLM": "gptj",
+                 "GPTJForCausalLM": "gptj", "CodeGenForCausalLM": "codegen",
                  "GPTForCausalLM": "gpt", "GPTLMHeadModel": "gpt", "GPT2LMHeadModel": "gpt"}
 MODEL_TYPES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen": "qwen", "gemma": "gemma",
-               "mixtral": "mixtral", "opt": "opt", "gptj": "gptj", "gpt": "gpt", "gpt2": "gpt"}
+               "mixtral": "mixtral", "opt": "opt", "gptj": "gptj", "codegen": "codegen",
+               "gpt": "gpt", "gpt2": "gpt"}
 # the fused decoder's form of each family: (fused family, q/k/v biases); None = generic export only
 FUSED_FORM = {"llama": ("llama", False), "mistral": ("llama", False), "qwen2": ("llama", True), "qwen": ("llama", True),
               "gpt": ("gpt", False), "gemma": None, "mixtral": None, "opt": None,
-              "gptj": None}
+              "gptj": None, "codegen": None}
 
 
 class UnsupportedFamily(KeyError):
