@@ -17,8 +17,7 @@ from paddle2ort.convert.llm.gguf_import import read_gguf
 from gguf_models import train_bpe, write_gguf
 
 # causal LMs PaddleNLP 2.8.1 ships with no adapter yet (issue 14.1)
-NOT_YET = ("BloomForCausalLM", "ChatGLMForCausalLM",
-           "ChatGLMv2ForCausalLM", "RWForCausalLM")
+NOT_YET = ("BloomForCausalLM", "ChatGLMForCausalLM", "ChatGLMv2ForCausalLM")
 
 
 def model_dir(tmp_path, cfg: dict):
@@ -334,6 +333,37 @@ def test_gptj_and_codegen_export_with_paddle_parity(tmp_path, tokenizer_dir, fam
     res = convert_llm(LLMConvertConfig(source=src, tokenizer=tokenizer_dir, output=tmp_path / "b"))
     llm = res.manifest.extra["llm"]
     assert llm["family"] == family and res.manifest.validation["fp32"]["passed"]
+    window = [5, 17, 90, 33, 250, 7, 61, 12, 400, 3, 88, 19, 27, 301, 45, 9]
+    want, _ = paddle_nll(src, [window])
+    assert abs(onnx_nll(tmp_path / "b", llm, window) - want) <= 1e-4 * abs(want)
+
+
+FALCON_BUILDER = """
+import sys, paddle
+from paddlenlp.transformers import RWConfig, RWForCausalLM
+paddle.seed(0)
+cfg = RWConfig(vocab_size=500, hidden_size=64, n_layer=2, n_head=4, multi_query=MQ, parallel_attn=MQ, bias=False,
+               alibi=False, hidden_dropout=0.0, attention_dropout=0.0, eos_token_id=2, pad_token_id=2,
+               bos_token_id=0)
+RWForCausalLM(cfg).save_pretrained(sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("multi_query", [True, False])
+def test_falcon_exports_with_paddle_parity(tmp_path, tokenizer_dir, multi_query):
+    """RWForCausalLM (Falcon, rotary; multi-query + parallel attention like Falcon-7B, or per-head q|k|v and
+    sequential): the gate replays Paddle's steps and the graph's log-likelihood equals RW's own forward."""
+    import subprocess
+    import sys
+    from paddle2ort.convert.llm import LLMConvertConfig, convert_llm
+    from paddle2ort.convert.llm.reference import paddle_nll
+    src = tmp_path / "rw"
+    subprocess.run([sys.executable, "-c", FALCON_BUILDER.replace("MQ", str(multi_query)), str(src)], check=True,
+                   capture_output=True)
+    res = convert_llm(LLMConvertConfig(source=src, tokenizer=tokenizer_dir, output=tmp_path / "b"))
+    llm = res.manifest.extra["llm"]
+    assert llm["family"] == "falcon" and llm["kv_heads"] == (1 if multi_query else 4)
+    assert res.manifest.validation["fp32"]["passed"]
     window = [5, 17, 90, 33, 250, 7, 61, 12, 400, 3, 88, 19, 27, 301, 45, 9]
     want, _ = paddle_nll(src, [window])
     assert abs(onnx_nll(tmp_path / "b", llm, window) - want) <= 1e-4 * abs(want)

@@ -254,6 +254,53 @@ def _gptj_step(layer, h, position_ids, mask, pk, pv):
     return h + o + layer.mlp(x), k, v
 
 
+# ---------------------------------------------------------------- Falcon (RWForCausalLM, rotary variant)
+def _rw_prepare(model, model_dir):
+    if model.config.alibi:
+        raise KeyError("RWForCausalLM with ALiBi (alibi=true) has no export adapter; the rotary variant exports")
+
+
+def _rw_parts(model):
+    t = model.transformer
+    return (lambda ids, pos: t.word_embeddings(ids)), t.h, t.ln_f, model.lm_head
+
+
+def _rw_step(layer, h, position_ids, mask, pk, pv):
+    """One Falcon block from its sublayers: fused qkv (per head q|k|v, or multi-query: heads q, one k, one v),
+    GPT-NeoX rotary by position_ids (PaddleNLP's own restarts positions at 0 for each cached call), parallel or
+    sequential attention/MLP."""
+    import paddle
+    a = layer.self_attention
+    x = layer.input_layernorm(h)
+    heads, d = a.num_heads, a.head_dim
+    qkv = a.query_key_value(x)
+    if a.multi_query:
+        qkv = qkv.reshape([0, 0, heads + 2, d])
+        q, k, v = qkv[:, :, :heads], qkv[:, :, heads:heads + 1], qkv[:, :, heads + 1:]
+    else:
+        qkv = qkv.reshape([0, 0, heads, 3, d])
+        q, k, v = qkv[:, :, :, 0], qkv[:, :, :, 1], qkv[:, :, :, 2]
+    if layer.config.rotary:
+        inv = 1.0 / (10000 ** (paddle.arange(0, d, 2, dtype="float32") / d))
+        ang = position_ids.astype("float32").unsqueeze(-1) * inv                               # [B, S, d/2]
+        emb = paddle.concat([ang, ang], axis=-1).unsqueeze(2)                                   # [B, S, 1, d]
+        cos, sin = paddle.cos(emb), paddle.sin(emb)
+
+        def rotate(t):
+            return t * cos + paddle.concat([-t[:, :, :, d // 2:], t[:, :, :, :d // 2]], axis=-1) * sin
+        q, k = rotate(q), rotate(k)
+    k = paddle.concat([pk, k], axis=1)                                                          # [B, P+S, KV, D]
+    v = paddle.concat([pv, v], axis=1)
+    qt, kt, vt = (paddle.transpose(t, [0, 2, 1, 3]) for t in (q, k, v))
+    w = paddle.matmul(qt, kt, transpose_y=True) * a.inv_norm_factor + mask                   # KV=1 broadcasts
+    w = paddle.nn.functional.softmax(w.astype("float32"), axis=-1).astype(vt.dtype)
+    out = a.dense(paddle.matmul(w, vt).transpose([0, 2, 1, 3]).reshape([0, 0, heads * d]))
+    if layer.config.parallel_attn:
+        return h + out + layer.mlp(x), k, v
+    r = h + out
+    return r + layer.mlp(layer.post_attention_layernorm(r)), k, v
+
+
 # ---------------------------------------------------------------- GPT-2 style (GPTForCausalLM)
 def _gpt_patches(model):
     import paddle
@@ -434,6 +481,9 @@ FAMILIES = {
                    kv_heads=lambda c: c.num_attention_heads, head_dim=_llama_head, prepare=_gptj_prepare),
     "codegen": Family("codegen", "CodeGenForCausalLM", _gptj_parts, _gptj_step, _gptj_patches,
                       kv_heads=lambda c: c.num_attention_heads, head_dim=_llama_head, prepare=_gptj_prepare),
+    "falcon": Family("falcon", "RWForCausalLM", _rw_parts, _rw_step, _gptj_patches,
+                     kv_heads=lambda c: 1 if c.multi_query else c.n_head, head_dim=lambda c: c.hidden_size // c.n_head,
+                     prepare=_rw_prepare),
     "gpt": Family("gpt", "GPTForCausalLM", _gpt_parts, _gpt_step, _gpt_patches,
                   kv_heads=lambda c: c.num_attention_heads, head_dim=lambda c: c.hidden_size // c.num_attention_heads),
 }
@@ -442,14 +492,15 @@ ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "
                  "QWenForCausalLM": "qwen", "QWenLMHeadModel": "qwen", "GemmaForCausalLM": "gemma",
                  "MixtralForCausalLM": "mixtral", "OPTForCausalLM": "opt",
                  "GPTJForCausalLM": "gptj", "CodeGenForCausalLM": "codegen",
+                 "RWForCausalLM": "falcon",
                  "GPTForCausalLM": "gpt", "GPTLMHeadModel": "gpt", "GPT2LMHeadModel": "gpt"}
 MODEL_TYPES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen": "qwen", "gemma": "gemma",
-               "mixtral": "mixtral", "opt": "opt", "gptj": "gptj", "codegen": "codegen",
+               "mixtral": "mixtral", "opt": "opt", "gptj": "gptj", "codegen": "codegen", "RefinedWeb": "falcon",
                "gpt": "gpt", "gpt2": "gpt"}
 # the fused decoder's form of each family: (fused family, q/k/v biases); None = generic export only
 FUSED_FORM = {"llama": ("llama", False), "mistral": ("llama", False), "qwen2": ("llama", True), "qwen": ("llama", True),
               "gpt": ("gpt", False), "gemma": None, "mixtral": None, "opt": None,
-              "gptj": None, "codegen": None}
+              "gptj": None, "codegen": None, "falcon": None}
 
 
 class UnsupportedFamily(KeyError):
