@@ -17,7 +17,7 @@ from paddle2ort.convert.llm.gguf_import import read_gguf
 from gguf_models import train_bpe, write_gguf
 
 # causal LMs PaddleNLP 2.8.1 ships with no adapter yet (issue 14.1)
-NOT_YET = ("BloomForCausalLM", "ChatGLMForCausalLM", "ChatGLMv2ForCausalLM")
+NOT_YET = ("ChatGLMForCausalLM", "ChatGLMv2ForCausalLM", "BertForMaskedLM")
 
 
 def model_dir(tmp_path, cfg: dict):
@@ -364,6 +364,38 @@ def test_falcon_exports_with_paddle_parity(tmp_path, tokenizer_dir, multi_query)
     llm = res.manifest.extra["llm"]
     assert llm["family"] == "falcon" and llm["kv_heads"] == (1 if multi_query else 4)
     assert res.manifest.validation["fp32"]["passed"]
+    window = [5, 17, 90, 33, 250, 7, 61, 12, 400, 3, 88, 19, 27, 301, 45, 9]
+    want, _ = paddle_nll(src, [window])
+    assert abs(onnx_nll(tmp_path / "b", llm, window) - want) <= 1e-4 * abs(want)
+
+
+BLOOM_BUILDER = """
+import sys, paddle
+from paddlenlp.transformers import BloomConfig, BloomForCausalLM
+paddle.seed(0)
+cfg = BloomConfig(vocab_size=500, hidden_size=64, n_layer=2, n_head=4, hidden_dropout=0.0, attention_dropout=0.0,
+                  use_flash_attention=False, eos_token_id=2, pad_token_id=2, bos_token_id=0)
+model = BloomForCausalLM(cfg)
+with paddle.no_grad():                   # PaddleNLP's Bloom initializes its projections to 0: random weights instead
+    for name, p in model.named_parameters():
+        base = 1.0 if "layernorm" in name and name.endswith("weight") else 0.0
+        p.set_value(base + paddle.randn(p.shape) * 0.05)
+model.save_pretrained(sys.argv[1])
+"""
+
+
+def test_bloom_exports_with_paddle_parity(tmp_path, tokenizer_dir):
+    """BloomForCausalLM (ALiBi, tied head, embedding LayerNorm): the gate replays Paddle's left-padded steps (ALiBi
+    counts real keys only) and the graph's log-likelihood equals Bloom's own forward."""
+    import subprocess
+    import sys
+    from paddle2ort.convert.llm import LLMConvertConfig, convert_llm
+    from paddle2ort.convert.llm.reference import paddle_nll
+    src = tmp_path / "bloom"
+    subprocess.run([sys.executable, "-c", BLOOM_BUILDER, str(src)], check=True, capture_output=True)
+    res = convert_llm(LLMConvertConfig(source=src, tokenizer=tokenizer_dir, output=tmp_path / "b"))
+    llm = res.manifest.extra["llm"]
+    assert llm["family"] == "bloom" and res.manifest.validation["fp32"]["passed"]
     window = [5, 17, 90, 33, 250, 7, 61, 12, 400, 3, 88, 19, 27, 301, 45, 9]
     want, _ = paddle_nll(src, [window])
     assert abs(onnx_nll(tmp_path / "b", llm, window) - want) <= 1e-4 * abs(want)

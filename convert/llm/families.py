@@ -301,6 +301,55 @@ def _rw_step(layer, h, position_ids, mask, pk, pv):
     return r + layer.mlp(layer.post_attention_layernorm(r)), k, v
 
 
+# ---------------------------------------------------------------- Bloom (BloomForCausalLM: ALiBi)
+def _bloom_parts(model):
+    import paddle
+    b = model.bloom
+
+    def embed(ids, pos):
+        # ALiBi needs no positions; the decoder contract's position_ids input stays in the graph as a zero term
+        # (jit.save refuses an input that no output depends on)
+        return b.word_embeddings_layernorm(b.word_embeddings(ids)) + 0.0 * pos.unsqueeze(-1).astype("float32")
+
+    return embed, b.h, b.ln_f, (lambda h: paddle.matmul(h, b.word_embeddings.weight, transpose_y=True))  # tied
+
+
+def _bloom_step(layer, h, position_ids, mask, pk, pv):
+    """One Bloom block from its sublayers. ALiBi: each head adds slope x (key position) to its scores, key
+    positions counted over the real (unpadded) keys as Bloom's build_alibi_tensor does; which keys are real is read
+    from the additive mask's last query row (it sees every real key)."""
+    import paddle
+    from paddlenlp.transformers.bloom.modeling import build_alibi_tensor
+    a = layer.self_attention
+    heads, d = a.num_heads, a.head_dim
+    x = layer.input_layernorm(h)
+    residual = x if layer.apply_residual_connection_post_layernorm else h
+    qkv = a.query_key_value(x).reshape([0, 0, heads, 3, d])
+    q, k, v = qkv[:, :, :, 0], qkv[:, :, :, 1], qkv[:, :, :, 2]
+    k = paddle.concat([pk, k], axis=1)                                                       # [B, P+S, H, D]
+    v = paddle.concat([pv, v], axis=1)
+    valid = (mask[:, 0, -1, :] > -1.0).astype("float32")                                    # [B, T]
+    alibi = build_alibi_tensor(valid, heads, "float32").unsqueeze(2)                        # [B, H, 1, T]
+    qt, kt, vt = (paddle.transpose(t, [0, 2, 1, 3]) for t in (q, k, v))
+    w = paddle.matmul(qt, kt, transpose_y=True) * a.inv_norm_factor + alibi + mask
+    w = paddle.nn.functional.softmax(w, axis=-1)
+    attn = a.dense(paddle.matmul(w, vt).transpose([0, 2, 1, 3]).reshape([0, 0, heads * d])) + residual
+    x = layer.post_attention_layernorm(attn)
+    residual = x if layer.apply_residual_connection_post_layernorm else attn
+    u = layer.mlp.dense_h_to_4h(x)
+    u = u * 0.5 * (1.0 + paddle.tanh(0.79788456 * u * (1 + 0.044715 * u * u)))             # bloom_gelu_forward
+    return layer.mlp.dense_4h_to_h(u) + residual, k, v
+
+
+def _bloom_prepare(model, model_dir):
+    c = model.config
+    if getattr(c, "pretraining_tp", 1) > 1 and getattr(c, "slow_but_exact", False):
+        raise KeyError("Bloom with pretraining_tp > 1 and slow_but_exact has no export adapter")
+    for name, alias in (("num_hidden_layers", "n_layer"), ("num_attention_heads", "n_head")):
+        if not hasattr(c, name):
+            setattr(c, name, getattr(c, alias))
+
+
 # ---------------------------------------------------------------- GPT-2 style (GPTForCausalLM)
 def _gpt_patches(model):
     import paddle
@@ -484,6 +533,9 @@ FAMILIES = {
     "falcon": Family("falcon", "RWForCausalLM", _rw_parts, _rw_step, _gptj_patches,
                      kv_heads=lambda c: 1 if c.multi_query else c.n_head, head_dim=lambda c: c.hidden_size // c.n_head,
                      prepare=_rw_prepare),
+    "bloom": Family("bloom", "BloomForCausalLM", _bloom_parts, _bloom_step, _gptj_patches,
+                    kv_heads=lambda c: c.n_head, head_dim=lambda c: c.hidden_size // c.n_head,
+                    prepare=_bloom_prepare),
     "gpt": Family("gpt", "GPTForCausalLM", _gpt_parts, _gpt_step, _gpt_patches,
                   kv_heads=lambda c: c.num_attention_heads, head_dim=lambda c: c.hidden_size // c.num_attention_heads),
 }
@@ -492,15 +544,16 @@ ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "
                  "QWenForCausalLM": "qwen", "QWenLMHeadModel": "qwen", "GemmaForCausalLM": "gemma",
                  "MixtralForCausalLM": "mixtral", "OPTForCausalLM": "opt",
                  "GPTJForCausalLM": "gptj", "CodeGenForCausalLM": "codegen",
-                 "RWForCausalLM": "falcon",
+                 "RWForCausalLM": "falcon", "BloomForCausalLM": "bloom",
                  "GPTForCausalLM": "gpt", "GPTLMHeadModel": "gpt", "GPT2LMHeadModel": "gpt"}
 MODEL_TYPES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen": "qwen", "gemma": "gemma",
                "mixtral": "mixtral", "opt": "opt", "gptj": "gptj", "codegen": "codegen", "RefinedWeb": "falcon",
+               "bloom": "bloom",
                "gpt": "gpt", "gpt2": "gpt"}
 # the fused decoder's form of each family: (fused family, q/k/v biases); None = generic export only
 FUSED_FORM = {"llama": ("llama", False), "mistral": ("llama", False), "qwen2": ("llama", True), "qwen": ("llama", True),
               "gpt": ("gpt", False), "gemma": None, "mixtral": None, "opt": None,
-              "gptj": None, "codegen": None, "falcon": None}
+              "gptj": None, "codegen": None, "falcon": None, "bloom": None}
 
 
 class UnsupportedFamily(KeyError):
