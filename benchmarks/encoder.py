@@ -2,10 +2,11 @@
 Paddle Inference CPU, on the labelled dev split in one run.
 
 Method: the split is tokenized once into the classifier's length-sorted batches (batch 32); every configuration runs
-exactly these batches. The four onnxruntime configurations are timed interleaved — pass r of each configuration
-runs before pass r+1 of any — so load from other processes on the host falls on all of them alike; ms/sample is the
-median over passes of (pass time / samples). Paddle Inference runs the same batches in its worker process right
-after (same thread count). Accuracy is on the whole split for every row.
+exactly these batches. The onnxruntime configurations are timed interleaved (pass r of each configuration runs
+before pass r+1 of any) so load from other processes on the host falls on all of them alike; ms/sample is the
+median over passes of (pass time / samples). Paddle Inference runs one pass of the same batches in its worker
+process after each round (same thread count, its own warm-up), so it is interleaved at the pass level too.
+Accuracy is on the examples run (the whole split unless --limit).
 
 `python -m paddle2ort.benchmarks.encoder --zoo ZOO_DIR --work DIR --out benchmarks/results/encoder/cpu.json`
 """
@@ -32,15 +33,17 @@ from .env import environment, usable_cores
 
 log = logging.getLogger(__name__)
 
-VARIANTS = ("fused", "fused-noskip", "unfused")
+VARIANTS = ("fused", "fused-noskip", "unfused")   # fused-noskip: without the offline SkipLayerNorm
+# what each variant fuses in its FP32 and INT8 graphs (the bundle default, FusionConfig(), is FP32 fused-noskip
+# and INT8 unfused: the fastest of each in cpu.json)
 PRECISIONS = ("fp32", "int8")
 
 
-def build_bundles(zoo_dir: Path, work: Path) -> dict[str, Path]:
+def build_bundles(zoo_dir: Path, work: Path, variants: tuple[str, ...] = VARIANTS) -> dict[str, Path]:
     """The demo's classifier conversion (FP32 + INT8, gated on dev tweets) with and without the fusion pass."""
     from paddle2ort.convert import ConvertConfig, convert
     from paddle2ort.convert.api import tokenizer_files
-    from paddle2ort.convert.fusion import OrtFusionOptions
+    from paddle2ort.convert.fusion import NO_SKIP, FusionConfig, OrtFusionOptions
     from paddle2ort.convert.precision import Int8Options
     from paddle2ort.convert.validate import thresholds_with_overrides
 
@@ -49,8 +52,11 @@ def build_bundles(zoo_dir: Path, work: Path) -> dict[str, Path]:
     meta = json.loads((zoo_dir / "zoo.json").read_text())
     tokenizer, extra_files = tokenizer_files(zoo_dir / "tokenizer", meta["max_seq_length"])
     samples = dev_samples(zoo_dir, work / "samples.npz")
+    full = OrtFusionOptions()
+    FUSION = {"fused": FusionConfig(fp32=full, int8=full), "fused-noskip": FusionConfig(fp32=NO_SKIP, int8=NO_SKIP),
+              "unfused": FusionConfig()}
     out = {}
-    for variant in VARIANTS:
+    for variant in variants:
         dest = work / variant
         if not (dest / "manifest.json").is_file():
             convert(ConvertConfig(source=zoo_dir / "model", output=dest, precisions=PRECISIONS, overwrite=True,
@@ -59,25 +65,29 @@ def build_bundles(zoo_dir: Path, work: Path) -> dict[str, Path]:
                                   tokenizer=tokenizer, extra_files=extra_files, inputs_npz=samples,
                                   thresholds=thresholds_with_overrides(INT8_GROSS_BOUNDS),
                                   int8=Int8Options(per_channel=True), fuse=variant != "unfused",
-                                  fusion=OrtFusionOptions(skip_layer_norm=variant != "fused-noskip")))
+                                  fusion=FUSION[variant]))
         out[variant] = dest
     return out
 
 
-def interleaved_passes(runs: dict, feeds: list, warmup: int, repeats: int) -> tuple[dict, dict]:
-    """Per configuration: pass times (s) and the outputs of its last pass; passes interleaved across configs."""
+def interleaved_passes(runs: dict, feeds: list, warmup: int, repeats: int, peer=None) -> tuple[dict, dict, list]:
+    """Per configuration: pass times (s) and the outputs of its last pass; passes interleaved across configs.
+    `peer()`: one Paddle Inference pass in its worker (its own warm-up), run after each round of passes."""
     for run in runs.values():
         for b in warmup_order(len(feeds), warmup):
             run(feeds[b])
     times = {k: [] for k in runs}
     outs = {k: [None] * len(feeds) for k in runs}
+    peer_passes = []
     for _ in range(repeats):
         for k, run in runs.items():
             t0 = time.perf_counter()
             for b, f in enumerate(feeds):
                 outs[k][b] = run(f)
             times[k].append(time.perf_counter() - t0)
-    return times, outs
+        if peer is not None:
+            peer_passes.append(peer())
+    return times, outs, peer_passes
 
 
 def _accuracy(data: LabelledSplit, idx: list, outs: list) -> tuple[float, np.ndarray]:
@@ -88,36 +98,40 @@ def _accuracy(data: LabelledSplit, idx: list, outs: list) -> tuple[float, np.nda
 
 
 def run(zoo_dir: Path, work: Path, warmup: int = 8, repeats: int = 5, threads: int = 0,
-        limit: int | None = None, peer: bool = True) -> dict:
-    bundles = build_bundles(zoo_dir, work)
+        limit: int | None = None, peer: bool = True, variants: tuple[str, ...] = ("fused", "unfused")) -> dict:
+    bundles = build_bundles(zoo_dir, work, variants)
     threads = threads or usable_cores()
     data = load_split(zoo_dir / "dataset", "dev")
     if limit:
         data = LabelledSplit(data.name, data.texts[:limit], data.labels[:limit], data.label_names)
     opts = SessionOptions(device="cpu", intra_op_threads=threads)
     clfs = {(v, p): TextClassifier(bundles[v], precision=p, batch_size=32, session=opts)
-            for v in VARIANTS for p in PRECISIONS}
+            for v in variants for p in PRECISIONS}
     idx, feeds = make_batches(next(iter(clfs.values())), data)
     runs = {k: (lambda f, c=c: c.logits(f)) for k, c in clfs.items()}
     log.info("%d dev examples in %d batches; %d configurations interleaved, %d passes, %d threads",
              len(data.texts), len(feeds), len(runs), repeats, threads)
-    times, outs = interleaved_passes(runs, feeds, warmup, repeats)
+    peer_run = None
+    if peer:
+        from paddle2ort.convert.peer import paddle_inference_bench
+        from paddle2ort.convert.source import locate
+        src = locate(zoo_dir / "model")
+        peer_run = lambda: paddle_inference_bench(src, feeds, warmup, 1, threads)   # noqa: E731
+    times, outs, peer_passes = interleaved_passes(runs, feeds, warmup, repeats, peer_run)
     rows, preds = [], {}
     for (v, p), t in times.items():
         acc, preds[(v, p)] = _accuracy(data, idx, outs[(v, p)])
         rows.append({"name": f"{p.upper()}-CPU {v}", "system": "onnxruntime", "variant": v, "precision": p,
                      "accuracy": acc, "ms_per_sample": float(np.median(t)) / len(data.texts) * 1e3,
                      "pass_times_s": t, "fusions": clfs[(v, p)].bundle.manifest.extra.get("fusions", {})})
-    ref = preds[("unfused", "fp32")]
+    ref = preds[(variants[-1], "fp32")]
     for r in rows:
-        r["argmax_agreement_vs_unfused_fp32"] = float((preds[(r["variant"], r["precision"])] == ref).mean())
+        r["argmax_agreement_vs_" + variants[-1] + "_fp32"] = float((preds[(r["variant"], r["precision"])] == ref).mean())
     versions = {}
-    if peer:
-        from paddle2ort.convert.peer import paddle_inference_bench
-        from paddle2ort.convert.source import locate
-        info, pouts = paddle_inference_bench(locate(zoo_dir / "model"), feeds, warmup, repeats, threads)
+    if peer_passes:
+        info, pouts = peer_passes[-1]
         acc, _ = _accuracy(data, idx, pouts)
-        passes = [sum(rep) for rep in info["times"]]
+        passes = [sum(i["times"][0]) for i, _ in peer_passes]
         rows.append({"name": "Paddle-Inference-CPU", "system": "paddle-inference", "variant": "-", "precision": "fp32",
                      "accuracy": acc, "ms_per_sample": float(np.median(passes)) / len(data.texts) * 1e3,
                      "pass_times_s": passes, "notes": {k: info[k] for k in ("onednn", "ir_optim", "threads")}})
@@ -127,7 +141,7 @@ def run(zoo_dir: Path, work: Path, warmup: int = 8, repeats: int = 5, threads: i
     return {"benchmark": "encoder-cpu",
             "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "method": __doc__.split("Method: ")[1].split("\n\n")[0].replace("\n", " "),
-            "dataset": {"split": "dev", "samples": len(data.texts)},
+            "dataset": {"split": "dev", "samples": len(data.texts), "limit": limit},
             "config": {"warmup": warmup, "repeats": repeats, "threads": threads, "batch_size": 32},
             "environment": env, "rows": rows}
 
@@ -261,6 +275,17 @@ def gpu_run(skeletons: Path, batches=(1, 8, 32), seq: int = 128, torch_peers: bo
             "environment": env, "rows": rows, "max_rel_diff_cuda_graph_vs_io_binding": checks}
 
 
+def gpu_table(res: dict) -> str:
+    """The GPU rows as Markdown, with each row's speed relative to torch.compile reduce-overhead at batch 32."""
+    peer = next((r["ms"] for r in res["rows"] if r["system"] == "torch reduce-overhead fp16" and r["batch"] == 32),
+                None)
+    lines = ["| system | batch x seq | ms / batch | reduce-overhead / this (batch 32) |", "|---|---|---|---|"]
+    for r in res["rows"]:
+        rel = f"{peer / r['ms']:.2f}x" if peer and r["batch"] == 32 else "-"
+        lines.append(f"| {r['system']} | {r['batch']} x {r['seq']} | {r['ms']:.3f} | {rel} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         import sys
@@ -285,10 +310,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=8)
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--variants", default="fused,unfused", help=f"comma-separated, of {', '.join(VARIANTS)}")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     a.work.mkdir(parents=True, exist_ok=True)
-    res = run(a.zoo, a.work, a.warmup, a.repeats, limit=a.limit, peer=not a.no_peer)
+    res = run(a.zoo, a.work, a.warmup, a.repeats, limit=a.limit, peer=not a.no_peer,
+              variants=tuple(a.variants.split(",")))
     a.out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(a.out) as f:
         f.write(json.dumps(res, indent=1))

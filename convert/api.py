@@ -17,7 +17,7 @@ from paddle2ort.runtime.manifest import (MANIFEST_NAME, SCHEMA_VERSION, VALIDATI
 from . import export as export_stage
 from .bundle import staged_bundle, write_json
 from .errors import BadInputError, UnsupportedOperatorsError, ValidationError
-from .fusion import OrtFusionOptions, fuse_for_bundle
+from .fusion import FusionConfig, bundle_graphs
 from .graph import _IDENT, rename_and_annotate, share_duplicate_weights
 from .paddle_proc import make_workdir, run_worker, sigterm_as_interrupt
 from .precision import PRECISIONS, FP16Options, Int4Options, Int8Options, make_variant
@@ -131,7 +131,7 @@ class ConvertConfig:
     tokenizer: dict | None = None                  # manifest's tokenizer section (files listed in extra_files)
     extra: dict = field(default_factory=dict)
     fuse: bool = True                              # transformer encoders: fused graph (convert/fusion/)
-    fusion: OrtFusionOptions = OrtFusionOptions()  # which of onnxruntime's fusion families it applies
+    fusion: FusionConfig = FusionConfig()          # per precision: which fusions its graph gets
 
     def __post_init__(self):
         object.__setattr__(self, "source", Path(self.source))
@@ -313,10 +313,15 @@ def _convert(config: ConvertConfig, more_sources: tuple[Path, ...]) -> ConvertRe
             saved = share_duplicate_weights(model)
             if saved >= 1e6:
                 log.info("shared %.1f MB of duplicated constant weights", saved / 1e6)
-            model, fusions, int8_opts = (fuse_for_bundle(model, config.int8, config.fusion) if config.fuse
-                                         else (model, {}, config.int8))
+            fused = bundle_graphs(model, ["fp32", *config.precisions], config.int8,
+                                  config.fusion if config.fuse else FusionConfig(None, None, None, None))
             files = {"fp32": stage / "model.fp32.onnx"}
-            onnx.save(model, str(files["fp32"]))
+            onnx.save(fused.graphs["fp32"], str(files["fp32"]))
+            variant_src = {p: files["fp32"] for p in config.precisions}
+            for p in config.precisions:                # a precision made from a differently fused graph
+                if fused.graphs[p] is not fused.graphs["fp32"]:
+                    variant_src[p] = work / f"source.{p}.onnx"
+                    onnx.save(fused.graphs[p], str(variant_src[p]))
             export_stage.check_onnx_file(files["fp32"], producer="output renaming")
             options = {"fp32": {}}
 
@@ -332,7 +337,7 @@ def _convert(config: ConvertConfig, more_sources: tuple[Path, ...]) -> ConvertRe
                 if prec != "fp32":
                     bar.set_postfix_str(prec)
                     files[prec] = stage / f"model.{prec}.onnx"
-                    options[prec] = make_variant(prec, files["fp32"], files[prec], config.fp16, int8_opts,
+                    options[prec] = make_variant(prec, variant_src[prec], files[prec], config.fp16, fused.int8,
                                                  config.int4)
                     export_stage.check_onnx_file(files[prec], producer=f"the {prec} pass")
                 bar.update()
@@ -340,7 +345,8 @@ def _convert(config: ConvertConfig, more_sources: tuple[Path, ...]) -> ConvertRe
                     bar.set_postfix_str(f"validate {prec}")
                     thr = config.thresholds.get(prec, DEFAULT_THRESHOLDS[prec])
                     reports[prec] = validate(prec, files[prec], samples, refs, out_specs, thr,
-                                             user_inputs=_user_inputs(config), fp32_model=files["fp32"])
+                                             user_inputs=_user_inputs(config),
+                                             fp32_model=variant_src.get(prec, files["fp32"]))   # its FP32 source
                     s = summary(reports[prec])
                     log.info("%s passed: max_rel_diff=%.3g cosine=%.6f argmax=%s", prec, s["max_rel_diff"],
                              s["min_cosine"], s["min_argmax_agreement"])
@@ -366,7 +372,7 @@ def _convert(config: ConvertConfig, more_sources: tuple[Path, ...]) -> ConvertRe
                 versions=_versions(info),
                 validation={p: summary(r) for p, r in reports.items()} if config.validate else None,
                 tokenizer=config.tokenizer,
-                extra={**config.extra, **({"fusions": fusions} if fusions else {})},
+                extra={**config.extra, **({"fusions": fused.fusions} if fused.fusions else {})},
                 created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 files=file_entries(stage),
             )

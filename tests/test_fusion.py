@@ -112,23 +112,39 @@ def test_non_encoder_left_alone(unfused):
 
 
 def test_fused_bundle_through_the_gate(tiny_models, tmp_path):
-    """The default conversion fuses, records what fused, and every precision passes the gate on the fused graph."""
+    """The default conversion fuses each precision as measured best (FP16: everything; FP32: no offline
+    SkipLayerNorm; INT8: unfused), records what fused per precision, and every precision passes the gate."""
     out = tmp_path / "bundle"
     res = convert(ConvertConfig(source=tiny_models("bert_h64_n4"), output=out, precisions=("fp32", "fp16", "int8"),
                                 # random tiny weights: near-constant logits that INT8 noise dominates
                                 thresholds=thresholds_with_overrides({"int8.min_cosine": 0.0,
                                                                       "int8.min_argmax_agreement": 0.0})))
     m = res.manifest
-    assert m.extra["fusions"]["Attention"] == LAYERS
+    fus = m.extra["fusions"]
+    assert fus["fp16"]["Attention"] == fus["fp32"]["Attention"] == LAYERS
+    assert fus["fp16"]["SkipLayerNormalization"] >= 2 * LAYERS and "SkipLayerNormalization" not in fus["fp32"]
+    assert "int8" not in fus
     assert all(m.validation[p]["passed"] for p in ("fp32", "fp16", "int8"))
     assert m.validation["fp32"]["max_rel_diff"] <= 1e-4                 # fused FP32 vs Paddle
-    assert "Attention" in m.models["int8"].options["op_types"]
-    int8 = onnx.load(str(out / m.models["int8"].file))
-    assert any(n.op_type == "QAttention" for n in int8.graph.node)
+    ops = {p: collections.Counter(n.op_type for n in onnx.load(str(out / m.models[p].file)).graph.node)
+           for p in m.models}
+    assert ops["fp16"]["Attention"] == ops["fp32"]["Attention"] == LAYERS and ops["int8"]["Attention"] == 0
     assert load_bundle(out, verify=True).manifest == m
     sess = create_session(out / m.models["fp16"].file)
-    feeds = _feeds(int8, 2, 10, 6)
-    assert sess.run(None, feeds)[0].shape == (2, 3)
+    assert sess.run(None, _feeds(onnx.load(str(out / m.models["fp32"].file)), 2, 10, 6))[0].shape == (2, 3)
+
+
+def test_fused_int8_quantizes_attention(tiny_models, tmp_path):
+    from paddle2ort.convert.fusion import FusionConfig, OrtFusionOptions
+    out = tmp_path / "int8"
+    res = convert(ConvertConfig(source=tiny_models("bert_h32_n2"), output=out, precisions=("int8",),
+                                fusion=FusionConfig(int8=OrtFusionOptions()),
+                                thresholds=thresholds_with_overrides({"int8.min_cosine": 0.0,
+                                                                      "int8.min_argmax_agreement": 0.0})))
+    m = res.manifest
+    assert m.extra["fusions"]["int8"]["Attention"] == LAYERS and m.validation["int8"]["passed"]
+    assert "Attention" in m.models["int8"].options["op_types"]
+    assert any(n.op_type == "QAttention" for n in onnx.load(str(out / m.models["int8"].file)).graph.node)
 
 
 def test_fuse_off_keeps_paddle2onnx_graph(tiny_models, tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import copy
 import logging
+from dataclasses import dataclass
 
 from .attention import fuse_attention
 from .ort_optimizer import OrtFusionOptions, ort_fusions
@@ -18,7 +19,8 @@ log = logging.getLogger(__name__)
 FUSED_OPS = ("Attention", "MultiHeadAttention", "SkipLayerNormalization", "EmbedLayerNormalization", "BiasGelu",
              "FastGelu", "Gelu", "LayerNormalization")
 
-__all__ = ["FUSED_OPS", "OrtFusionOptions", "fuse_encoder", "fuse_for_bundle", "fuse_attention", "ort_fusions"]
+__all__ = ["FUSED_OPS", "NO_SKIP", "BundleGraphs", "FusionConfig", "OrtFusionOptions", "bundle_graphs", "fuse_attention",
+           "fuse_encoder", "ort_fusions", "quantizable_attention"]
 
 
 def _census(model) -> collections.Counter:
@@ -43,19 +45,50 @@ def quantizable_attention(model) -> bool:
     return all(len([i for i in n.input[5:] if i]) == 0 for n in model.graph.node if n.op_type == "Attention")
 
 
-def fuse_for_bundle(model, int8, opts: OrtFusionOptions = OrtFusionOptions()):
-    """The conversion's fusion step: (model to bundle, fusion counts for the manifest, INT8 options to use).
+NO_SKIP = OrtFusionOptions(skip_layer_norm=False)
 
-    The fused graph is kept for transformer encoders (at least one attention block fused); any other model is
-    bundled as paddle2onnx wrote it. INT8 then quantizes the fused attention's packed QKV GEMM too (QAttention)."""
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """Per precision, the fusions its graph gets (None: the graph as paddle2onnx wrote it). The defaults follow
+    the measurements in benchmarks/results/encoder/ (README there): on the GPU (FP16) the whole pass with a CUDA
+    graph is 1.4-2x the unfused graph; on a 2-core CPU FP32 is fastest with Attention + BiasGelu but not the
+    offline SkipLayerNormalization (onnxruntime fuses that itself at load), and INT8 fastest unfused."""
+    fp32: OrtFusionOptions | None = NO_SKIP
+    fp16: OrtFusionOptions | None = OrtFusionOptions()
+    int8: OrtFusionOptions | None = None
+    int4: OrtFusionOptions | None = None
+
+
+@dataclass
+class BundleGraphs:
+    graphs: dict            # precision -> the FP32 graph that precision is made from
+    fusions: dict           # precision -> {fused op: count} (fused precisions only)
+    int8: object            # the INT8 options to use (Attention added when the INT8 graph has quantizable ones)
+
+
+def bundle_graphs(model, precisions, int8, cfg: FusionConfig = FusionConfig()) -> BundleGraphs:
+    """The conversion's fusion step. Fused graphs are kept only for transformer encoders (an attention block
+    fused); any other model is bundled as paddle2onnx wrote it."""
     from dataclasses import replace
-    try:
-        fused, counts = fuse_encoder(model, opts)
-    except Exception as e:  # noqa: BLE001  (an optimisation: the unfused graph is correct and gets bundled)
-        log.warning("graph fusion skipped (%s: %s); the bundle keeps the unfused graph", type(e).__name__, e)
-        return model, {}, int8
-    if not counts.get("Attention"):
-        return model, {}, int8
-    if not int8.weight_only and "Attention" not in int8.op_types and quantizable_attention(fused):
+    graphs, fusions, cache = {}, {}, {}
+    for prec in precisions:
+        opts = getattr(cfg, prec)
+        if opts is None:
+            graphs[prec] = model
+            continue
+        if opts not in cache:
+            try:
+                cache[opts] = fuse_encoder(model, opts)
+            except Exception as e:  # noqa: BLE001  (an optimisation: the unfused graph is correct and gets bundled)
+                log.warning("graph fusion skipped (%s: %s); the bundle keeps the unfused graph", type(e).__name__, e)
+                cache[opts] = (model, {})
+        fused, counts = cache[opts]
+        if counts.get("Attention"):
+            graphs[prec], fusions[prec] = fused, counts
+        else:
+            graphs[prec] = model
+    if "int8" in fusions and not int8.weight_only and "Attention" not in int8.op_types \
+            and quantizable_attention(graphs["int8"]):
         int8 = replace(int8, op_types=(*int8.op_types, "Attention"))
-    return fused, counts, int8
+    return BundleGraphs(graphs, fusions, int8)
