@@ -68,16 +68,18 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:             # argparse: usage errors exit 2, --help exits 0
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    from paddle2ort.runtime.signals import Terminated, sigterm_as_interrupt
     try:
         setup_logging(verbosity(args))
-        with console():                 # log lines go above progress bars, never through them
+        # SIGTERM (CI timeouts, process managers) unwinds like Ctrl-C: staging/temp dirs and partial files go
+        with sigterm_as_interrupt(), console():     # log lines go above progress bars, never through them
             return int(args.func(args) or 0)
     except Paddle2OrtError as e:
         log.error("%s", e)
         return e.exit_code
-    except KeyboardInterrupt:
-        log.error("interrupted")
-        return 130
+    except KeyboardInterrupt as e:
+        log.error("terminated" if isinstance(e, Terminated) else "interrupted")
+        return 143 if isinstance(e, Terminated) else 130
     except (OSError, UnicodeError) as e:
         log.error("%s", BadInputError(str(e)))
         return 2
