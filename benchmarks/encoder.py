@@ -123,7 +123,8 @@ def run(zoo_dir: Path, work: Path, warmup: int = 8, repeats: int = 5, threads: i
         acc, preds[(v, p)] = _accuracy(data, idx, outs[(v, p)])
         rows.append({"name": f"{p.upper()}-CPU {v}", "system": "onnxruntime", "variant": v, "precision": p,
                      "accuracy": acc, "ms_per_sample": float(np.median(t)) / len(data.texts) * 1e3,
-                     "pass_times_s": t, "fusions": clfs[(v, p)].bundle.manifest.extra.get("fusions", {})})
+                     "pass_times_s": t,
+                     "fusions": clfs[(v, p)].bundle.manifest.extra.get("fusions", {}).get(p, {})})
     ref = preds[(variants[-1], "fp32")]
     for r in rows:
         r["argmax_agreement_vs_" + variants[-1] + "_fp32"] = float((preds[(r["variant"], r["precision"])] == ref).mean())
