@@ -127,7 +127,8 @@ def run(zoo_dir: Path, work: Path, warmup: int = 8, repeats: int = 5, threads: i
                      "fusions": clfs[(v, p)].bundle.manifest.extra.get("fusions", {}).get(p, {})})
     ref = preds[(variants[-1], "fp32")]
     for r in rows:
-        r["argmax_agreement_vs_" + variants[-1] + "_fp32"] = float((preds[(r["variant"], r["precision"])] == ref).mean())
+        agree = float((preds[(r["variant"], r["precision"])] == ref).mean())
+        r[f"argmax_agreement_vs_{variants[-1]}_fp32"] = agree
     versions = {}
     if peer_passes:
         info, pouts = peer_passes[-1]

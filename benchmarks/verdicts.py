@@ -22,7 +22,8 @@ from typing import Callable
 RESULTS = Path(__file__).resolve().parent / "results"
 PROJECT_README = Path(__file__).resolve().parent.parent / "README.md"      # the checkout's README (headline block)
 BEGIN, END = "<!-- verdicts:begin -->", "<!-- verdicts:end -->"
-READMES = {"classifier": "classifier/RESULTS.md", "llm": "llm/README.md", "llm-gpu": "llm-gpu/README.md", "encoder": "encoder/README.md"}
+READMES = {"classifier": "classifier/RESULTS.md", "llm": "llm/README.md", "llm-gpu": "llm-gpu/README.md",
+           "encoder": "encoder/README.md"}
 OPS = {">=": operator.ge, "<=": operator.le, "==": operator.eq}
 
 

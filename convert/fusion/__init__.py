@@ -19,8 +19,8 @@ log = logging.getLogger(__name__)
 FUSED_OPS = ("Attention", "MultiHeadAttention", "SkipLayerNormalization", "EmbedLayerNormalization", "BiasGelu",
              "FastGelu", "Gelu", "LayerNormalization")
 
-__all__ = ["FUSED_OPS", "NO_SKIP", "BundleGraphs", "FusionConfig", "OrtFusionOptions", "bundle_graphs", "fuse_attention",
-           "fuse_encoder", "ort_fusions", "quantizable_attention"]
+__all__ = ["FUSED_OPS", "NO_SKIP", "BundleGraphs", "FusionConfig", "OrtFusionOptions", "bundle_graphs",
+           "fuse_attention", "fuse_encoder", "ort_fusions", "quantizable_attention"]
 
 
 def _census(model) -> collections.Counter:
