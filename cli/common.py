@@ -153,7 +153,7 @@ def threshold(s: str) -> tuple[str, float]:
 def add_threshold(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", action="append", type=threshold, default=[], metavar="PREC.METRIC=V",
                    help="override a validation threshold, e.g. fp16.min_cosine=0.995 (metrics: max_rel_diff, "
-                        "min_cosine, min_argmax_agreement; finite, >= 0); repeatable")
+                        "max_rel_rmse, min_cosine, min_argmax_agreement, tie_margin; finite, >= 0); repeatable")
 
 
 # ----------------------------------------------------------------------------- checks before any expensive stage

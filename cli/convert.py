@@ -39,6 +39,7 @@ def run_convert(args) -> int:
         fp16=FP16Options(op_block_list=args.fp16_block_ops) if args.fp16_block_ops is not None else FP16Options(),
         int8=Int8Options(per_channel=args.int8_per_channel, op_types=args.int8_op_types),
         name=args.name, task=args.task, labels=args.labels, tokenizer=tokenizer, extra_files=extra_files,
+        fuse=not args.no_fuse,
     )
     result = convert(cfg)
     m = result.manifest
@@ -92,6 +93,9 @@ def register(sub) -> None:
                    "the built-in list")
     c.add_argument("--int8-per-channel", action="store_true", help="per-channel weight quantization")
     c.add_argument("--int8-op-types", type=csv, default=("MatMul", "Gemm"), help="ONNX op types to quantize")
+    c.add_argument("--no-fuse", action="store_true",
+                   help="keep transformer encoders unfused (default: attention, SkipLayerNorm, BiasGelu and "
+                        "EmbedLayerNorm fused per precision, see convert/fusion/)")
     c.add_argument("--name", help="model name for the manifest (without it: the source directory's name)")
     c.add_argument("--task", help="task recorded in the manifest, e.g. text-classification")
     c.add_argument("--labels", type=csv, help="comma list of class labels for the manifest")
