@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
@@ -33,6 +33,7 @@ from .numeric import log_softmax  # noqa: F401  (re-exported: the scorers import
 log = logging.getLogger(__name__)
 
 MAX_SEED = 2 ** 64
+CACHE_HEADROOM = 64        # positions of KV room added when rows that joined a running batch outgrow the buffer
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,11 @@ class Decoder(Protocol):
     xp: numpy or cupy (where logits, next_ids and the loop state live); stream: the device stream or None.
     After `start(batch)`: next_ids int64 [B, 1] is the next `step`'s input (the chooser writes it); seqlens is
     int32 [B] of per-row positions that the chooser advances by one with each token (or None when `step` tracks
-    positions itself)."""
+    positions itself).
+
+    Rows joining and leaving a running batch (Generator.add_rows / remove_rows, the server's in-flight batching)
+    take two more moves, outside the protocol since not every engine has them: `join(chunks, room) -> logits
+    [k, V]` (prefill new rows, which join the batch) and `leave(keep)` (the other rows' cache is freed)."""
 
     vocab_size: int
     xp: Any
@@ -234,6 +239,8 @@ class CacheDecoder:
         return np.ascontiguousarray(logits[:, -1]), None                            # left padding: last = real
 
     def step(self, real):
+        if self.cache.length == self.cache.buffer.shape[0]:                          # rows that joined: grow
+            self.cache.reserve(CACHE_HEADROOM)
         col = np.ones((self.mask.shape[0], 1), np.int64) if real is None else np.asarray(real, np.int64)[:, None]
         self.mask = np.concatenate([self.mask, col], axis=1)
         pos = (self.mask.sum(-1, keepdims=True) - 1).astype(np.int64)              # [B, 1]
@@ -244,6 +251,48 @@ class CacheDecoder:
     def reorder(self, src):
         self.cache.reorder(src)
         self.mask = self.mask[src]
+
+    def join(self, chunks: Sequence[Sequence[int]], room: int) -> np.ndarray:
+        """In-flight batching: prefill each new row alone (equal prompts once, so a row's cache and logits are
+        what it gets alone), then the rows join the batch at the step boundary, right-aligned (the shorter side
+        left-padded and masked). -> logits [k, V] of each new row's last token."""
+        layers, kvh, d = self.num_layers, self.kv_heads, self.head_dim
+        alone: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        for c in map(tuple, chunks):
+            if c not in alone:
+                ids = np.array([c], np.int64)
+                logits, present = self.forward(ids, np.ones_like(ids), np.arange(len(c), dtype=np.int64)[None],
+                                               np.zeros((0, layers, 2, 1, kvh, d), self.cache_dtype))
+                alone[c] = np.array(logits[0, -1]), present
+        old, t = self.mask.shape
+        t2, k = max([t] + [len(c) for c in chunks]), len(chunks)
+        cache = KVCache.allocate(t2 + max(room, 1), layers, old + k, kvh, d, self.cache_dtype)
+        cache.length = t2
+        cache.buffer[t2 - t:t2, :, :, :old] = self.cache.view()
+        mask = np.zeros((old + k, t2), np.int64)
+        mask[:old, t2 - t:] = self.mask
+        for j, c in enumerate(map(tuple, chunks)):
+            cache.buffer[t2 - len(c):t2, :, :, old + j] = alone[c][1][:, :, :, 0]
+            mask[old + j, t2 - len(c):] = 1
+        self.cache, self.mask = cache, mask
+        self.next_ids = np.concatenate([self.next_ids, np.full((k, 1), self.pad_id, np.int64)])
+        return np.stack([alone[tuple(c)][0] for c in chunks])
+
+    def leave(self, keep: np.ndarray) -> None:
+        """Rows not in `keep` leave at the step boundary: their cache is freed (the buffer is compacted to the kept
+        rows) and time columns no kept row uses are trimmed from the left."""
+        keep = np.asarray(keep, np.int64)
+        if keep.size == 0:
+            self.start(0)
+            return
+        mask = self.mask[keep]
+        lead = int(np.argmax(mask.any(0))) if mask.shape[1] else 0
+        t, cap = self.cache.length, self.cache.buffer.shape[0]
+        cache = KVCache.allocate(cap - lead, self.num_layers, keep.size, self.kv_heads, self.head_dim,
+                                 self.cache_dtype)
+        cache.length = t - lead
+        cache.buffer[:t - lead] = self.cache.buffer[lead:t][:, :, :, keep]
+        self.cache, self.mask, self.next_ids = cache, mask[:, lead:], self.next_ids[keep]
 
     @staticmethod
     def host(a) -> np.ndarray:
@@ -332,6 +381,21 @@ def advance(dec: Decoder, tokens: np.ndarray) -> None:
 
 
 # ----------------------------------------------------------------------------- the step API
+@dataclass
+class RowState:
+    """One row of a generator whose rows join and leave (Generator.add_rows): its own settings and progress."""
+    id: int
+    cfg: GenerationConfig
+    prompt: list
+    seen: np.ndarray | None = None                   # uint8 [1, V] (repetition penalty), None when off
+    stop_arr: np.ndarray | None = None
+    ids: list = field(default_factory=list)          # generated ids (the stop token excluded)
+    step: int = 0
+    finish_reason: str | None = None                 # "stop" (stop id or string) or "length"
+    stop_at: int | None = None                       # where a stop string starts in decode(ids)
+    fresh: Any = None                                # prefill logits [1, V] the next choice reads (just joined)
+
+
 class Generator:
     """One generation over a Decoder, in onnxruntime-genai's manner:
 
@@ -343,13 +407,26 @@ class Generator:
         gen.results()                           # this turn's tokens per row, without the stop token
         gen.append_tokens(next_turn)            # multi-turn: the same cache continues (a new turn of max_new_tokens)
 
+    In-flight batching (the server) is the same step with rows joining and leaving at step boundaries, each row
+    with its own GenerationConfig (sampling settings, seed, stops, lengths):
+
+        ids = gen.add_rows(prompts, cfgs)       # prefill of the new rows, which join the batch
+        gen.generate_next_token()               # one model step for the rows already decoding + every row's choice
+        gen.row(i)                              # RowState: ids, finish_reason, stop_at
+        gen.remove_rows(done_ids)               # finished or cancelled rows leave; their cache is freed
+
+    Each row chooses alone (row 0 of its own kernels.sample_rows call: the Philox counter is (its step, 0), the
+    key its seed), so its tokens do not depend on which other rows share the batch. Rows joining need a decoder
+    with `join`/`leave` (CacheDecoder, the generic graph); the fused graph's cache slots are fixed at start.
+
     Per row: a stop token id (once min_new_tokens are out) or a stop string finishes the row; finished rows emit
     pad. On a device decoder the finished flags are read every `check_every` steps (the only per-step host read
     is the streamed ids)."""
 
-    def __init__(self, decoder, cfg: GenerationConfig, pad_id: int = 0,
+    def __init__(self, decoder, cfg: GenerationConfig | None = None, pad_id: int = 0,
                  decode: Callable[[list[int]], str] | None = None, max_context: int | None = None,
                  check_every: int | None = None):
+        cfg = GenerationConfig() if cfg is None else cfg
         if cfg.num_beams > 1:
             raise BadInputError("the step API does greedy and sampling; beam search is generation.beam_search "
                                 "(generate routes num_beams > 1 there)")
@@ -363,6 +440,9 @@ class Generator:
         self.steps = 0
         self._logits = None
         self._pending = False
+        self._rows: list[RowState] | None = None         # set by add_rows: rows join and leave
+        self._next_row = 0
+        self.model_steps = 0                              # decoder steps run (prefill not counted)
 
     # ------------------------------------------------------------------ turns
     def append_tokens(self, tokens: Sequence[Sequence[int]]) -> None:
@@ -370,6 +450,8 @@ class Generator:
         (after the previous turn's tokens, which stay in the cache); the next generate_next_token chooses from the
         last one. Checked before any model work: ids in the vocabulary, context, memory."""
         dec, cfg = self.dec, self.cfg
+        if self._rows is not None:
+            raise BadInputError("this generator's rows join and leave (add_rows): add rows, not a turn")
         rows = check_tokens(tokens, dec.vocab_size, "prompt" if not self.batch else "appended sequence")
         if not self.batch:
             stop_ids = _stop_array(dec, cfg)
@@ -408,6 +490,8 @@ class Generator:
 
     def generate_next_token(self) -> None:
         """Run the model on the previous step's tokens (none after append_tokens), then choose the next ones."""
+        if self._rows is not None:
+            return self._step_rows()
         if self._logits is None:
             raise BadInputError("append_tokens first: the prompt is the first step")
         if self.is_done():
@@ -429,16 +513,22 @@ class Generator:
             self._done = bool(int(dec.host(self.finished).min()))        # the only host read (every few steps)
 
     def is_done(self) -> bool:
+        if self._rows is not None:
+            return all(r.finish_reason is not None for r in self._rows)
         return self._done
 
     def get_next_tokens(self) -> np.ndarray:
         """The ids chosen by the latest step, on the host [B] (pad for finished rows)."""
+        if self._rows is not None:
+            return self.dec.host(self.dec.next_ids[:, 0]).copy()
         if not self.steps:
             raise BadInputError("no token generated yet: call generate_next_token")
         return self.dec.host(self.dec.next_ids[:, 0]).copy()
 
     def results(self) -> list[list[int]]:
         """This turn's generated ids per row, cut before the first stop token (after a stop string's token)."""
+        if self._rows is not None:
+            return [list(r.ids) for r in self._rows]
         out = []
         for g in self._real_generated():
             if g and g[-1] in self.cfg.stop_token_ids:
@@ -465,6 +555,130 @@ class Generator:
                     live[i] = False
             if new:
                 yield new
+
+    # ------------------------------------------------------------------ rows joining and leaving
+    def add_rows(self, prompts: Sequence[Sequence[int]],
+                 cfgs: Sequence[GenerationConfig] | None = None) -> list[int]:
+        """New rows join at the step boundary: each prompt is prefilled (alone), the next generate_next_token
+        chooses its first token. cfgs: one per prompt (default: the generator's). Checked before any model work.
+        -> the rows' ids (stable while the row lives; batch order is join order)."""
+        dec = self.dec
+        if self._rows is None and self.batch:
+            raise BadInputError("add_rows: this generator runs a fixed batch (append_tokens); use a new Generator")
+        if not (hasattr(dec, "join") and hasattr(dec, "leave")):
+            raise BadInputError(f"{type(dec).__name__} cannot take rows joining a running batch (its cache slots are "
+                                "fixed at start); in-flight batching runs on the generic graph (CacheDecoder)")
+        cfgs = [self.cfg] * len(prompts) if cfgs is None else list(cfgs)
+        if len(cfgs) != len(prompts):
+            raise BadInputError(f"add_rows got {len(prompts)} prompts but {len(cfgs)} configs")
+        rows = check_tokens(prompts, dec.vocab_size)
+        for r, c in zip(rows, cfgs):
+            if c.num_beams > 1:
+                raise BadInputError("rows joining a batch decode greedily or by sampling; beam search is "
+                                    "generation.beam_search")
+            if c.stop_strings and self.decode is None:
+                raise BadInputError("stop strings need a tokenizer to decode with")
+            _stop_array(dec, c)
+            _check_room(dec, len(r), c.max_new_tokens, self.max_context)
+        live = self._rows or []
+        check_memory(dec, len(live) + len(rows), 1, max(map(len, rows)), max(c.max_new_tokens for c in cfgs))
+        if self._rows is None:
+            self._rows = []
+            dec.start(0)
+        with _on_stream(dec):
+            logits = dec.join(rows, max(c.max_new_tokens for c in cfgs))
+        ids = []
+        for j, (r, c) in enumerate(zip(rows, cfgs)):
+            st = RowState(self._next_row, c, r, fresh=logits[j:j + 1])
+            st.stop_arr = np.array(c.stop_token_ids, np.int32) if c.stop_token_ids else None
+            if c.repetition_penalty != 1.0:
+                st.seen = np.zeros((1, dec.vocab_size), np.uint8)
+                st.seen[0, r] = 1
+            self._rows.append(st)
+            ids.append(st.id)
+            self._next_row += 1
+        self.batch = len(self._rows)
+        return ids
+
+    def remove_rows(self, ids: Sequence[int]) -> None:
+        """Rows leave at the step boundary (finished or cancelled): the decoder frees their cache."""
+        if self._rows is None:
+            raise BadInputError("remove_rows: no rows were added (add_rows)")
+        gone = set(ids)
+        unknown = gone - {r.id for r in self._rows}
+        if unknown:
+            raise BadInputError(f"remove_rows: no live rows {sorted(unknown)}")
+        keep = [i for i, r in enumerate(self._rows) if r.id not in gone]
+        self.dec.leave(np.array(keep, np.int64))
+        self._rows = [self._rows[i] for i in keep]
+        self.batch = len(self._rows)
+
+    def row(self, row_id: int) -> RowState:
+        for r in self._rows or []:
+            if r.id == row_id:
+                return r
+        raise BadInputError(f"no live row {row_id}")
+
+    @property
+    def rows(self) -> list[RowState]:
+        """The live rows in batch order."""
+        return list(self._rows or [])
+
+    def _step_rows(self) -> None:
+        """One step of a batch whose rows join and leave: the model runs on the last tokens of the rows that are
+        decoding (rows that just joined or finished are masked), then every live row chooses with its own
+        settings (greedy rows without a penalty grouped: one twin call per stop setting, the result is the same)."""
+        dec = self.dec
+        fed = np.array([r.fresh is None and r.finish_reason is None and r.step > 0 for r in self._rows], bool)
+        logits = None
+        if fed.any():
+            with _on_stream(dec):
+                logits, _ = dec.step(fed)
+            logits = dec.host(logits)
+            self.model_steps += 1
+        greedy: dict[tuple, list[int]] = {}
+        for b, r in enumerate(self._rows):
+            if r.finish_reason is not None:
+                dec.next_ids[b, 0] = self.pad_id
+                continue
+            if r.fresh is None and not fed[b]:
+                continue
+            if not r.cfg.sampling and r.seen is None:
+                greedy.setdefault((r.step < r.cfg.min_new_tokens, r.cfg.stop_token_ids), []).append(b)
+                continue
+            lg = r.fresh if r.fresh is not None else logits[b:b + 1]
+            nxt = np.zeros((1, 1), np.int64)
+            kernels.sample_rows(lg, None, r.cfg.sampler_params(r.step, self.pad_id), nxt, seen=r.seen,
+                                stop_ids=r.stop_arr)
+            self._accept_row(b, r, int(nxt[0, 0]))
+        for idx in greedy.values():
+            first = self._rows[idx[0]]
+            lg = np.concatenate([self._rows[b].fresh if self._rows[b].fresh is not None else logits[b:b + 1]
+                                 for b in idx])
+            nxt = np.zeros((len(idx), 1), np.int64)
+            kernels.sample_rows(lg, None, first.cfg.sampler_params(first.step, self.pad_id), nxt,
+                                stop_ids=first.stop_arr)
+            for j, b in enumerate(idx):
+                self._accept_row(b, self._rows[b], int(nxt[j, 0]))
+        self.steps += 1
+
+    def _accept_row(self, b: int, r: RowState, tok: int) -> None:
+        """A row's chosen token: a stop id (after min_new_tokens), a stop string or its length ends it."""
+        r.fresh = None
+        r.step += 1
+        self.dec.next_ids[b, 0] = tok
+        if tok in r.cfg.stop_token_ids and r.step > r.cfg.min_new_tokens:
+            r.finish_reason = "stop"
+            return
+        r.ids.append(tok)
+        if r.cfg.stop_strings:
+            text = self.decode(r.ids)
+            hits = [i for i in (text.find(s) for s in r.cfg.stop_strings) if i >= 0]
+            if hits:
+                r.finish_reason, r.stop_at = "stop", min(hits)
+                return
+        if r.step >= r.cfg.max_new_tokens:
+            r.finish_reason = "length"
 
     # ------------------------------------------------------------------ helpers
     def _real_generated(self) -> list[list[int]]:
@@ -602,6 +816,6 @@ def beam_search(model, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, 
     return [beams.best(stops, cfg.length_penalty) for beams in state]
 
 
-__all__ = ["Beams", "CacheDecoder", "Decoder", "GenerationConfig", "Generator", "KVCache", "advance",
+__all__ = ["Beams", "CacheDecoder", "Decoder", "GenerationConfig", "Generator", "KVCache", "RowState", "advance",
            "advance_beams", "as_decoder", "beam_search", "check_memory", "check_tokens", "generate",
            "host_bytes_available", "left_pad", "position_ids"]

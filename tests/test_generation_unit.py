@@ -377,3 +377,84 @@ def test_the_device_loop_is_the_same_loop():
         gen.generate_next_token()
     assert gen.results() == [generate(ToyDecoder(vocab=64), [h], GenerationConfig(max_new_tokens=4), 0)[0]
                              for h in gen.history]
+
+
+# ----------------------------------------------------------------------------- rows joining and leaving
+def _alone(prompt, cfg, decode=None):
+    """The reference: the row on a Generator of its own (the fixed-batch path, one row)."""
+    gen = Generator(CacheDecoder.wrap(ToyDecoder()), cfg, pad_id=0, decode=decode)
+    gen.append_tokens([prompt])
+    while not gen.is_done():
+        gen.generate_next_token()
+    return gen.results()[0]
+
+
+def test_rows_joining_and_leaving_get_what_they_get_alone():
+    """Greedy and seeded sampling rows with different settings join a running batch at different steps and leave
+    when done: each row's tokens equal the tokens it gets alone, and a row that leaves frees its cache."""
+    prompts = [[1, 2, 3], [4], [5, 6, 7, 8, 9], [2, 2], [7]]
+    cfgs = [GenerationConfig(max_new_tokens=9),
+            GenerationConfig(max_new_tokens=5, do_sample=True, temperature=0.8, seed=7),
+            GenerationConfig(max_new_tokens=7, do_sample=True, top_k=4, top_p=0.9, seed=123, min_new_tokens=2,
+                             stop_token_ids=(3,)),
+            GenerationConfig(max_new_tokens=6, repetition_penalty=1.5, stop_token_ids=(0, 5)),
+            GenerationConfig(max_new_tokens=8, do_sample=True, temperature=1.3, repetition_penalty=1.2, seed=7)]
+    want = [_alone(p, c) for p, c in zip(prompts, cfgs)]
+    join_at = {0: [0, 1], 2: [2], 3: [3, 4]}                  # step -> rows that join before it
+    dec = CacheDecoder.wrap(ToyDecoder())
+    gen = Generator(dec, pad_id=0)
+    ids, got, sizes = {}, {}, []
+    for step in range(40):
+        new = join_at.get(step, [])
+        if new:
+            for k, i in zip(new, gen.add_rows([prompts[k] for k in new], [cfgs[k] for k in new])):
+                ids[i] = k
+        if not gen.rows:
+            break
+        gen.generate_next_token()
+        done = [r.id for r in gen.rows if r.finish_reason is not None]
+        for r in gen.rows:
+            if r.finish_reason is not None:
+                got[ids[r.id]] = list(r.ids)
+        if done:
+            before = dec.cache.buffer.nbytes
+            gen.remove_rows(done)
+            sizes.append((before, dec.cache.buffer.nbytes, dec.cache.buffer.shape[3], len(gen.rows)))
+    assert [got[k] for k in range(len(prompts))] == want
+    assert all(b == n for _, _, b, n in sizes)                      # the buffer holds only the live rows
+    assert all(after < before for before, after, _, n in sizes if n)  # a leaving row's cache is freed
+    assert gen.rows == [] and dec.cache.length == 0 and dec.mask.shape == (0, 0)
+
+
+def test_a_row_draws_the_same_tokens_whatever_shares_its_batch():
+    """The Philox contract per row: a seeded row's tokens do not depend on its batch position or neighbours."""
+    cfg = GenerationConfig(max_new_tokens=8, do_sample=True, seed=2024)
+    alone = _alone([3, 1], cfg)
+    for others in ([], [[5]], [[6, 7, 8], [9, 9]]):
+        gen = Generator(CacheDecoder.wrap(ToyDecoder()), pad_id=0)
+        rows = gen.add_rows(others + [[3, 1]], [GenerationConfig(max_new_tokens=3, do_sample=True, seed=1)] *
+                            len(others) + [cfg])
+        while not gen.is_done():
+            gen.generate_next_token()
+        assert gen.row(rows[-1]).ids == alone and gen.row(rows[-1]).finish_reason == "length"
+
+
+def test_rows_joining_stop_strings_and_what_cannot_join():
+    decode = lambda ids: "".join(chr(97 + t) for t in ids)        # noqa: E731
+    cfg = GenerationConfig(max_new_tokens=10)
+    full = _alone([1, 2], cfg)
+    stop = decode(full[3:5])
+    gen = Generator(CacheDecoder.wrap(ToyDecoder()), pad_id=0, decode=decode)
+    (i,) = gen.add_rows([[1, 2]], [GenerationConfig(max_new_tokens=10, stop_strings=(stop,))])
+    while not gen.is_done():
+        gen.generate_next_token()
+    r = gen.row(i)
+    assert r.finish_reason == "stop" and decode(r.ids)[:r.stop_at] == decode(full)[:decode(full).find(stop)]
+    with pytest.raises(BadInputError, match="fixed at start"):
+        Generator(ToyFused(ToyDecoder()), pad_id=0).add_rows([[1]])
+    fixed = Generator(CacheDecoder.wrap(ToyDecoder()), cfg, pad_id=0)
+    fixed.append_tokens([[1]])
+    with pytest.raises(BadInputError, match="fixed batch"):
+        fixed.add_rows([[2]])
+    with pytest.raises(BadInputError, match="outside the vocabulary"):
+        Generator(CacheDecoder.wrap(ToyDecoder()), pad_id=0).add_rows([[99]])

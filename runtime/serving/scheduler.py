@@ -1,15 +1,12 @@
-"""In-flight (continuous) batching over the exported graph's contract (runtime.generation's module docstring):
-`forward(input_ids, attention_mask, position_ids, past) -> (logits, present)`, past time-major [T, L, 2, B, KVH, D].
+"""In-flight (continuous) batching: the engine thread drives the one decode loop, runtime.generation.Generator,
+with rows joining and leaving at step boundaries (Generator.add_rows / remove_rows over a CacheDecoder of the
+exported graph's contract, the generic graph; the fused graph's cache slots are fixed at start).
 
-One engine thread owns one batch of rows (at most `max_batch`) and its KV cache:
-  - a new request is prefilled alone (its prompt once, its cache repeated for n > 1 choices), then its rows join
-    the batch at the next step boundary: caches are right-aligned, the shorter side left-padded and masked
-    (positions count real tokens only, as runtime.generation.CacheDecoder does for left-padded batches);
-  - one `forward` a step feeds every row its last token; each row chooses its next one with its own settings
-    (kernels.sample_rows on its logits row: the one token-choice path, its own Philox seed; row 0 of a 1-row call,
-    so a request draws what it would draw alone);
-  - a row that stops (stop token, stop string, max_tokens) or whose client went away leaves at the step boundary;
-    columns no live row uses are trimmed from the left.
+Here: the bounded queue, admission up to `max_batch` rows, cancellation, metrics and event delivery:
+  - a request's n choices join as n rows (prompt prefilled once; choice i draws with seed + i), each with its own
+    settings; the Generator chooses each row's token alone (its tokens do not depend on the batch);
+  - after each step the rows' new tokens become text deltas (held back while a stop string may be forming or a
+    UTF-8 sequence is incomplete); a finished row, or one whose client went away, leaves at the step boundary.
 Written by hand: onnxruntime-genai's continuous batching is not in its Python package, and vLLM's scheduler drives
 its own paged kernels, not an exported ONNX graph.
 """
@@ -22,16 +19,10 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
-import numpy as np
-
-from paddle2ort.runtime import kernels
 from paddle2ort.runtime.errors import BadInputError
-from paddle2ort.runtime.generation import GenerationConfig, check_tokens
+from paddle2ort.runtime.generation import CacheDecoder, GenerationConfig, Generator, check_tokens
 
 log = logging.getLogger(__name__)
-
-CACHE_HEADROOM = 64          # steps of KV room allocated past the current length (grown when used up)
-
 
 class QueueFull(Exception):
     """The waiting queue is at its bound: the caller answers 429 with Retry-After."""
@@ -58,14 +49,12 @@ class Event:
 
 @dataclass
 class Sequence:
-    """One row (one choice of one request)."""
+    """One row (one choice of one request) and what of it has been delivered."""
     request: "Request"
     index: int
     cfg: GenerationConfig
-    seen: np.ndarray | None = None
-    stop_arr: np.ndarray | None = None
-    ids: list = field(default_factory=list)          # generated ids (stop token excluded)
-    next_id: int = 0                                 # the token the next step feeds
+    row_id: int = -1                                 # its Generator row
+    ids: list = field(default_factory=list)          # generated ids delivered (stop token excluded)
     step: int = 0
     sent: int = 0                                    # characters of text already emitted
     finish_reason: str | None = None
@@ -97,13 +86,9 @@ class Engine:
         self.retry_after, self.metrics, self.name = retry_after, metrics, name
         self.pad_id = int(tokenizer.pad_token_id)
         self.vocab = int(model.vocab_size)
-        self.geom = (model.num_layers, 2, model.kv_heads, model.head_dim)
-        self.dtype = np.dtype(getattr(model, "cache_dtype", np.float32))
         self.waiting: collections.deque[Request] = collections.deque()
-        self.rows: list[Sequence] = []
-        self.cache = self._empty(0, 0)
-        self.length = 0
-        self.mask = np.zeros((0, 0), np.int64)
+        self.rows: list[Sequence] = []                 # in the Generator's batch order
+        self.gen = self._generator()
         self.cv = threading.Condition()
         self.accepting = True
         self.running = False
@@ -173,6 +158,12 @@ class Engine:
     def queued(self) -> int:
         return len(self.waiting)
 
+    @property
+    def length(self) -> int:
+        """Cached positions of the running batch (0 once every row has left)."""
+        cache = self.gen.dec.cache
+        return 0 if cache is None else cache.length
+
     # ------------------------------------------------------------------ the loop (engine thread)
     def _rows_busy(self, n: int) -> bool:
         return len(self.rows) + n > self.max_batch
@@ -194,7 +185,7 @@ class Engine:
             try:
                 for req in joining:
                     if not req.cancelled:
-                        self._prefill(req)
+                        self._admit(req)
                 self._leave()
                 if self.rows:
                     self._step()
@@ -204,107 +195,54 @@ class Engine:
                 for s in self.rows:
                     self._send(s.request, Event("error", s.index, text=f"generation failed: {e}"))
                 self.rows = []
-                self._reset()
+                self.gen = self._generator()
             self._flush()
             with self.cv:
                 self._gauges()
 
-    def _empty(self, t: int, b: int) -> np.ndarray:
-        layers, two, kvh, d = self.geom
-        return np.zeros((t, layers, two, b, kvh, d), self.dtype)
+    def _generator(self) -> Generator:
+        return Generator(CacheDecoder.wrap(self.model, self.pad_id), pad_id=self.pad_id, decode=self.tok.decode,
+                         max_context=self.max_context)
 
-    def _reset(self) -> None:
-        self.cache, self.length, self.mask = self._empty(0, 0), 0, np.zeros((0, 0), np.int64)
-
-    def _prefill(self, req: Request) -> None:
-        """Run the prompt alone, choose each choice's first token, join the batch (right-aligned)."""
-        s = len(req.prompt)
-        ids = np.array([req.prompt], np.int64)
-        logits, present = self.model(ids, np.ones_like(ids), np.arange(s, dtype=np.int64)[None], self._empty(0, 1))
+    def _admit(self, req: Request) -> None:
+        """The request's n choices join the batch as n rows (the prompt prefilled once, alone)."""
         seqs = [Sequence(req, i, replace(req.cfg, seed=_choice_seed(req.cfg.seed, i))) for i in range(req.n)]
-        row_logits = np.ascontiguousarray(logits[:, -1])
-        for q in seqs:
-            q.stop_arr = np.array(q.cfg.stop_token_ids, np.int32) if q.cfg.stop_token_ids else None
-            if q.cfg.repetition_penalty != 1.0:
-                q.seen = np.zeros((1, self.vocab), np.uint8)
-                q.seen[0, req.prompt] = 1
-            self._choose(q, row_logits)
-        present = np.repeat(present, req.n, axis=3) if req.n > 1 else present
-        self._join(present, seqs)
-
-    def _join(self, present: np.ndarray, seqs: list[Sequence]) -> None:
-        s, k, b, t = present.shape[0], len(seqs), len(self.rows), self.length
-        t2 = max(t, s)
-        cap = t2 + CACHE_HEADROOM
-        cache = self._empty(cap, b + k)
-        cache[t2 - t:t2, :, :, :b] = self.cache[:t]
-        cache[t2 - s:t2, :, :, b:] = present
-        mask = np.zeros((b + k, t2), np.int64)
-        mask[:b, t2 - t:] = self.mask
-        mask[b:, t2 - s:] = 1
-        self.cache, self.mask, self.length = cache, mask, t2
+        ids = self.gen.add_rows([req.prompt] * req.n, [q.cfg for q in seqs])
+        for q, i in zip(seqs, ids):
+            q.row_id = i
         self.rows += seqs
 
     def _step(self) -> None:
-        b, t = len(self.rows), self.length
-        if t == self.cache.shape[0]:                                   # out of room: grow
-            grown = self._empty(t + CACHE_HEADROOM, b)
-            grown[:t] = self.cache[:t]
-            self.cache = grown
-        self.mask = np.concatenate([self.mask, np.ones((b, 1), np.int64)], axis=1)
-        pos = (self.mask.sum(-1, keepdims=True) - 1).astype(np.int64)
-        ids = np.array([[q.next_id] for q in self.rows], np.int64)
-        t0 = time.perf_counter()
-        logits, present = self.model(ids, self.mask, pos, self.cache[:t])
-        self.cache[t] = present[0]
-        self.length = t + 1
-        self.steps += 1
-        lg = logits[:, -1]
-        greedy: dict[tuple, list[int]] = {}        # greedy rows without a penalty: one twin call per stop setting
-        for r, q in enumerate(self.rows):
-            if q.finish_reason is None and not q.cfg.sampling and q.seen is None:
-                greedy.setdefault((q.step < q.cfg.min_new_tokens, q.cfg.stop_token_ids), []).append(r)
-            else:
-                self._choose(q, lg[r:r + 1])
-        for idx in greedy.values():
-            first = self.rows[idx[0]]
-            nxt = np.zeros((len(idx), 1), np.int64)
-            kernels.sample_rows(lg[idx], None, first.cfg.sampler_params(first.step, self.pad_id), nxt,
-                                stop_ids=first.stop_arr)
-            for j, r in enumerate(idx):
-                self._accept(self.rows[r], int(nxt[j, 0]))
+        """One Generator step (the model on every decoding row, each row's own choice), then the new tokens out."""
+        b, t0, before = len(self.rows), time.perf_counter(), self.gen.model_steps
+        self.gen.generate_next_token()
+        self.steps += self.gen.model_steps - before
+        for q, st in zip(self.rows, self.gen.rows):
+            if q.finish_reason is None and st.step > q.step:
+                self._accept(q, st)
         if self.metrics is not None:
             self.metrics.step(b, self.max_batch, b, time.perf_counter() - t0, self.name)
 
-    def _choose(self, q: Sequence, logits: np.ndarray) -> None:
-        """One row's next token with its own settings; stop token / stop string / length decide its end."""
-        if q.finish_reason is not None:
-            return
-        nxt = np.zeros((1, 1), np.int64)
-        kernels.sample_rows(logits, None, q.cfg.sampler_params(q.step, self.pad_id), nxt, seen=q.seen,
-                            stop_ids=q.stop_arr)                       # stop ids suppressed before min_new_tokens
-        self._accept(q, int(nxt[0, 0]))
-
-    def _accept(self, q: Sequence, tok: int) -> None:
-        q.step += 1
+    def _accept(self, q: Sequence, st) -> None:
+        """A row's new token as events: a stop token / stop string / length ends the choice."""
+        q.step = st.step
         req = q.request
         if req.first_token is None:
             req.first_token = time.perf_counter()
             if self.metrics is not None:
                 self.metrics.ttft(self.name, req.first_token - req.submitted)
-        if tok in q.cfg.stop_token_ids and q.step > q.cfg.min_new_tokens:
+        new = len(st.ids) - len(q.ids)
+        q.ids = list(st.ids)
+        req.completion_tokens += new
+        if st.finish_reason == "stop" and st.stop_at is None:           # a stop token (not delivered)
             self._finish(q, "stop")
             return
-        q.ids.append(tok)
-        q.next_id = tok
-        req.completion_tokens += 1
         text = self.tok.decode(q.ids)
-        stop_at = _find_stop(text, q.cfg.stop_strings, q.sent)
-        if stop_at is not None:
-            self._emit(q, text[:stop_at])
+        if st.stop_at is not None:
+            self._emit(q, text[:st.stop_at])
             self._finish(q, "stop")
             return
-        if q.step >= q.cfg.max_new_tokens:
+        if st.finish_reason == "length":
             self._emit(q, text)
             self._finish(q, "length")
             return
@@ -326,25 +264,18 @@ class Engine:
             self.metrics.tokens(self.name, len(q.ids))
 
     def _leave(self) -> None:
-        """Rows that finished or whose client went away leave; columns no live row uses are trimmed."""
-        keep = [i for i, q in enumerate(self.rows) if q.finish_reason is None and not q.request.cancelled]
-        if len(keep) == len(self.rows):
+        """Rows that finished or whose client went away leave the Generator (their cache is freed)."""
+        gone = [q for q in self.rows if q.finish_reason is not None or q.request.cancelled]
+        if not gone:
             return
-        for q in self.rows:
+        for q in gone:
             if q.request.cancelled and q.finish_reason is None:
                 q.finish_reason = "cancelled"
                 if self.metrics is not None:
                     self.metrics.tokens(self.name, len(q.ids))
-        self.rows = [self.rows[i] for i in keep]
-        if not keep:
-            self._reset()
-            return
-        mask = self.mask[keep]
-        lead = int(np.argmax(mask.any(0)))
-        t = self.length
-        cache = self._empty(t - lead + CACHE_HEADROOM, len(keep))
-        cache[:t - lead] = self.cache[lead:t][:, :, :, keep]
-        self.cache, self.mask, self.length = cache, mask[:, lead:], t - lead
+        left = {q.row_id for q in gone}
+        self.gen.remove_rows(sorted(left))
+        self.rows = [q for q in self.rows if q.row_id not in left]
 
     def _send(self, req: Request, ev: Event) -> None:
         self.outbox.append((req.sink, ev))
@@ -367,16 +298,6 @@ def _call_each(items: list[tuple[Callable, Event]]) -> None:
 def _choice_seed(seed: int | None, i: int) -> int | None:
     """Choice i of a request draws with seed + i (choice 0: the request's seed, as alone)."""
     return None if seed is None else (seed + i) % (2 ** 64)
-
-
-def _find_stop(text: str, stops: tuple[str, ...], sent: int) -> int | None:
-    """Where the first stop string starts in text (searched from what may still be cut), else None."""
-    hits = []
-    for s in stops:
-        i = text.find(s, max(0, sent - len(s)))
-        if i >= 0:
-            hits.append(i)
-    return min(hits) if hits else None
 
 
 def generate_alone(model, tokenizer, stop_ids, prompt: list[int], cfg: GenerationConfig,
