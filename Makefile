@@ -35,8 +35,10 @@ $(VENV310)/.installed: pyproject.toml constraints.txt
 demo: install
 	$(PY) -m paddle2ort.benchmarks.demo --out $(OUT)
 
+# The unit tier first (no Paddle, no assets: fails fast), then everything else; each test runs once.
 test: install install-py310
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "unit and not slow"
+	$(PY) -m pytest -q -m "not (unit and not slow)"
 	$(MAKE) --no-print-directory test-tokenizer-py310
 
 test-tokenizer-py310: install-py310
