@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from paddle2ort.runtime.files import read_json_object
 from paddle2ort.runtime.manifest import (MANIFEST_NAME, SCHEMA_VERSION, VALIDATION_NAME, Manifest, ModelFile,
                                          file_entries, load_bundle, sha256_file)
 
@@ -34,18 +35,6 @@ MIN_OPSET, MAX_OPSET = 7, 21
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 
 
-def _check_json_file(path: Path, what: str) -> dict:
-    import json
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BadInputError(f"{what} {path} is not a readable JSON file ({e}); give the tokenizer's original "
-                            "files") from e
-    if not isinstance(data, dict):
-        raise BadInputError(f"{what} {path} must hold a JSON object, got a JSON {type(data).__name__}")
-    return data
-
-
 def tokenizer_files(tokenizer_dir: Path, max_seq_length: int) -> tuple[dict, dict[str, Path]]:
     """(manifest tokenizer section, extra_files) carrying a WordPiece tokenizer's files (only those) into the bundle."""
     from tokenizers import Tokenizer
@@ -61,7 +50,7 @@ def tokenizer_files(tokenizer_dir: Path, max_seq_length: int) -> tuple[dict, dic
         raise BadInputError(f"max_seq_length must be an int >= 2 (room for [CLS] and [SEP]), got {max_seq_length}")
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         if (tokenizer_dir / name).is_file():
-            _check_json_file(tokenizer_dir / name, "tokenizer file")
+            read_json_object(tokenizer_dir / name, "tokenizer file", "give the tokenizer's original files")
     try:
         Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
     except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception on a bad file

@@ -150,7 +150,6 @@ def staged_bundle(dest: Path, overwrite: bool, sources: tuple[Path, ...] = (), o
 def write_json(path: Path, data: dict) -> None:
     from paddle2ort.runtime.files import atomic_write
     atomic_write(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
-    path.chmod(0o644)               # mkstemp makes it 0600; a deploy bundle is read by other users
 
 
 def _json_default(o):

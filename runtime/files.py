@@ -15,6 +15,12 @@ from typing import IO, Iterator
 from .errors import BadInputError
 
 
+def _umask() -> int:
+    mask = os.umask(0)      # the only portable way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     """A fresh temp path beside `path` (hidden, unique; `suffix` for writers that pick the format by extension:
@@ -22,6 +28,7 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     see the old file or the new one, never half of one."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_umask())    # mkstemp makes it 0600; give it the mode open() would (others read results)
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -46,6 +53,19 @@ def atomic_write(path: str | Path, data: bytes | str) -> Path:
     with atomic_open(path, "wb") as f:
         f.write(data.encode("utf-8") if isinstance(data, str) else data)
     return Path(path)
+
+
+def read_json_object(path: str | Path, what: str, fix: str) -> dict:
+    """The JSON object in `path`, or one BadInputError naming the file, what is wrong and `fix` (how to mend it)."""
+    import json
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BadInputError(f"{what} {path} is not a readable JSON file ({e}); {fix}") from e
+    if not isinstance(data, dict):
+        raise BadInputError(f"{what} {path} must hold a JSON object, got a JSON {type(data).__name__}; {fix}")
+    return data
 
 
 def module_available(name: str) -> bool:

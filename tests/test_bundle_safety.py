@@ -229,3 +229,27 @@ def test_no_overwrite_flag_refuses_existing(in_dir):
     with pytest.raises(BadInputError, match="not a directory"):
         check_destination(in_dir / "f", overwrite=True)
     assert os.path.exists(in_dir / "f")
+
+
+def test_atomic_writes_get_the_mode_open_would_give(tmp_path):
+    """Results, JSONL jobs and bundle files are read by other users: the atomic write must not keep mkstemp's 0600."""
+    from paddle2ort.runtime.files import atomic_open, atomic_write
+    old = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "a.json", "{}")
+        with atomic_open(tmp_path / "b.jsonl") as f:
+            f.write("{}\n")
+    finally:
+        os.umask(old)
+    assert {oct((tmp_path / n).stat().st_mode & 0o777) for n in ("a.json", "b.jsonl")} == {oct(0o644)}
+
+
+@pytest.mark.parametrize("text, fragment", [('{"a": ', "not a readable JSON file"), ("[1]", "JSON object, got a JSON list"),
+                                            (b"\xff\xfe", "not a readable JSON file")])
+def test_read_json_object_names_the_file_the_problem_and_the_fix(tmp_path, text, fragment):
+    from paddle2ort.runtime.files import read_json_object
+    p = tmp_path / "config.json"
+    p.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(BadInputError) as e:
+        read_json_object(p, "model config", "re-save it")
+    assert fragment in str(e.value) and str(p) in str(e.value) and str(e.value).endswith("re-save it")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from paddle2ort.runtime.errors import BadInputError
+from paddle2ort.runtime.files import read_json_object
 from paddle2ort.runtime.progress import busy
 
 from ..api import MAX_OPSET, MIN_OPSET, ConvertConfig, ConvertResult, check_thresholds, convert
@@ -82,13 +83,8 @@ def check_source(path: Path) -> dict:
     if not cfg_path.is_file():
         raise BadInputError(f"{path} is not a PaddleNLP model directory (no config.json); save the model with "
                             "model.save_pretrained(DIR)")
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BadInputError(f"{cfg_path} is not valid JSON ({e}); it is truncated or damaged: re-save the model "
-                            "with model.save_pretrained(DIR)") from e
-    if not isinstance(cfg, dict):
-        raise BadInputError(f"{cfg_path} must hold a JSON object, got a JSON {type(cfg).__name__}")
+    cfg = read_json_object(cfg_path, "model config", "it is truncated or damaged: re-save the model with "
+                           "model.save_pretrained(DIR)")
     if not cfg.get("architectures") and not cfg.get("model_type"):
         raise BadInputError(f"{cfg_path} names no architecture (no \"architectures\" or \"model_type\"); "
                             "re-save the model with model.save_pretrained(DIR)")
