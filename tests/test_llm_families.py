@@ -16,8 +16,8 @@ from paddle2ort.convert.llm.gguf_import import read_gguf
 
 from gguf_models import train_bpe, write_gguf
 
-# causal LMs PaddleNLP 2.8.1 ships with no adapter yet (issue 14.1)
-NOT_YET = ("ChatGLMForCausalLM", "ChatGLMv2ForCausalLM", "BertForMaskedLM")
+# architectures with no adapter: exit 2 naming the supported ones
+NOT_YET = ("BertForMaskedLM", "ChatGLMModel")
 
 
 def model_dir(tmp_path, cfg: dict):
@@ -61,8 +61,9 @@ def test_family_from_architectures_or_model_type():
     assert family_name({"architectures": ["Qwen2ForCausalLM"], "model_type": "llama"}) == "qwen2"
     assert family_name({"model_type": "mistral"}) == "mistral"
     assert family_name({"architectures": ["GPT2LMHeadModel"]}) == "gpt"
-    with pytest.raises(UnsupportedFamily, match="model_type 'chatglm'"):
-        family_name({"model_type": "chatglm"})
+    assert family_name({"model_type": "chatglm_v2"}) == "chatglm2"
+    with pytest.raises(UnsupportedFamily, match="model_type 'baichuan'"):
+        family_name({"model_type": "baichuan"})
     assert set(FUSED_FORM) == set(ARCHITECTURES.values())
 
 
@@ -396,6 +397,61 @@ def test_bloom_exports_with_paddle_parity(tmp_path, tokenizer_dir):
     res = convert_llm(LLMConvertConfig(source=src, tokenizer=tokenizer_dir, output=tmp_path / "b"))
     llm = res.manifest.extra["llm"]
     assert llm["family"] == "bloom" and res.manifest.validation["fp32"]["passed"]
+    window = [5, 17, 90, 33, 250, 7, 61, 12, 400, 3, 88, 19, 27, 301, 45, 9]
+    want, _ = paddle_nll(src, [window])
+    assert abs(onnx_nll(tmp_path / "b", llm, window) - want) <= 1e-4 * abs(want)
+
+
+@pytest.mark.parametrize("cfg", [{"architectures": ["ChatGLMForCausalLM"]}, {"model_type": "chatglm"}])
+def test_chatglm_v1_is_refused_at_config_time_with_the_reason(tmp_path, tokenizer_dir, capsys, monkeypatch, cfg):
+    """ChatGLM v1's GLM attention (bidirectional prompt up to [gMASK], 2-D position ids) does not fit the causal
+    decoder contract: exit 2 from config.json alone, naming why and that v2 exports."""
+    import paddle2ort.convert.llm.api as api
+
+    def no_worker(*a, **k):
+        raise AssertionError("a Paddle worker started")
+    monkeypatch.setattr(api, "run_worker", no_worker)
+    src = model_dir(tmp_path, {**cfg, "vocab_size": 1000})
+    assert main(["convert-llm", str(src), "--tokenizer", str(tokenizer_dir), "-o", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "bidirectional" in err and "2-D position ids" in err and "ChatGLMv2ForCausalLM" in err
+    assert not (tmp_path / "b").exists()
+
+
+GLM2_BUILDER = """
+import sys, paddle
+from paddlenlp.transformers import ChatGLMv2Config, ChatGLMv2ForCausalLM
+paddle.seed(0)
+cfg = ChatGLMv2Config(vocab_size=500, hidden_size=64, ffn_hidden_size=96, kv_channels=16, num_hidden_layers=2,
+                      num_attention_heads=4, multi_query_group_num=2, add_qkv_bias=True, max_sequence_length=128,
+                      eos_token_id=2, pad_token_id=2, bos_token_id=0)
+model = ChatGLMv2ForCausalLM(cfg)
+with paddle.no_grad():
+    for name, p in model.named_parameters():
+        if name.endswith("bias"):
+            p.set_value(paddle.randn(p.shape) * 0.1)     # the q/k/v biases matter: make them non-zero
+model.save_pretrained(sys.argv[1])
+"""
+
+
+def test_chatglm_v2_exports_with_paddle_parity(tmp_path, tokenizer_dir):
+    """ChatGLMv2ForCausalLM (multi-query groups, interleaved rotary on half of each head, SwiGLU, q/k/v biases):
+    generic export only (the fused decoder's attention rotates whole heads: --fused is exit 2 at config time); the
+    gate replays Paddle's prefill + decode steps and the graph's log-likelihood equals the class's own forward."""
+    import subprocess
+    import sys
+    from paddle2ort.convert.llm import LLMConvertConfig, convert_llm
+    from paddle2ort.convert.llm.reference import paddle_nll
+    from paddle2ort.runtime.errors import BadInputError
+    src = tmp_path / "glm2"
+    subprocess.run([sys.executable, "-c", GLM2_BUILDER, str(src)], check=True, capture_output=True)
+    with pytest.raises(BadInputError, match="fused decoder does not cover the chatglm2 family"):
+        convert_llm(LLMConvertConfig(source=src, tokenizer=tokenizer_dir, output=tmp_path / "f", fused=("fp32",)))
+    res = convert_llm(LLMConvertConfig(source=src, tokenizer=tokenizer_dir, output=tmp_path / "b"))
+    llm = res.manifest.extra["llm"]
+    assert llm["family"] == "chatglm2" and llm["kv_heads"] == 2 and llm["max_context"] == 128
+    gate = res.manifest.validation["fp32"]
+    assert gate["passed"] and gate["samples"] >= 4
     window = [5, 17, 90, 33, 250, 7, 61, 12, 400, 3, 88, 19, 27, 301, 45, 9]
     want, _ = paddle_nll(src, [window])
     assert abs(onnx_nll(tmp_path / "b", llm, window) - want) <= 1e-4 * abs(want)

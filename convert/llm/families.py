@@ -216,6 +216,26 @@ def _gptj_parts(model):
     return (lambda ids, pos: t.wte(ids)), t.h, t.ln_f, model.lm_head
 
 
+def _interleaved_rotary(position_ids, r: int, base: float = 10000.0):
+    """Rotary on the first r features of [B, S, H, D] tensors, pairs (x[2i], x[2i+1]) rotated by position_ids x
+    base^(-2i/r) (GPT-J's rotate_every_two, ChatGLM v2's). -> rotate(t). rotate_every_two is a constant [r, r]
+    matrix (out[2i] = -x[2i+1], out[2i+1] = x[2i]): strided slices break paddle2onnx 2.1.0's export."""
+    import numpy as np
+    import paddle
+    inv = np.repeat(1.0 / base ** (np.arange(0, r, 2) / r), 2).astype("float32")    # each frequency twice
+    swap = np.zeros((r, r), "float32")
+    swap[np.arange(1, r, 2), np.arange(0, r, 2)] = -1.0
+    swap[np.arange(0, r, 2), np.arange(1, r, 2)] = 1.0
+    ang = position_ids.astype("float32").unsqueeze(-1) * paddle.to_tensor(inv)              # [B, S, r]
+    sin, cos = paddle.sin(ang).unsqueeze(2), paddle.cos(ang).unsqueeze(2)                    # [B, S, 1, r]
+    swap_t = paddle.to_tensor(swap)
+
+    def rotate(t):
+        rot, keep = t[:, :, :, :r], t[:, :, :, r:]
+        return paddle.concat([rot * cos + paddle.matmul(rot, swap_t) * sin, keep], axis=-1)
+    return rotate
+
+
 def _gptj_step(layer, h, position_ids, mask, pk, pv):
     """One GPT-J block from its sublayers, with rotary angles gathered by position_ids (GPT-J's own attention
     offsets positions by the cache length, which left padding would shift): parallel attention + MLP on one
@@ -229,22 +249,7 @@ def _gptj_step(layer, h, position_ids, mask, pk, pv):
         q, v, k = (qkv[:, :, :, j].reshape([0, 0, heads, d]) for j in range(3))
     else:
         q, k, v = (p(x).reshape([0, 0, heads, d]) for p in (a.q_proj, a.k_proj, a.v_proj))  # [B, S, H, D]
-    r = a.rotary_dim or d
-    import numpy as np
-    # angles per feature (each frequency twice: GPT-J's duplicate_interleave), and rotate_every_two as a constant
-    # [r, r] matrix (out[2i] = -x[2i+1], out[2i+1] = x[2i]): strided slices break paddle2onnx 2.1.0's export
-    inv = np.repeat(1.0 / 10000 ** (np.arange(0, r, 2) / r), 2).astype("float32")
-    swap = np.zeros((r, r), "float32")
-    swap[np.arange(1, r, 2), np.arange(0, r, 2)] = -1.0
-    swap[np.arange(0, r, 2), np.arange(1, r, 2)] = 1.0
-    ang = position_ids.astype("float32").unsqueeze(-1) * paddle.to_tensor(inv)              # [B, S, r]
-    sin, cos = paddle.sin(ang).unsqueeze(2), paddle.cos(ang).unsqueeze(2)                    # [B, S, 1, r]
-    swap_t = paddle.to_tensor(swap)
-
-    def rotate(t):
-        rot, keep = t[:, :, :, :r], t[:, :, :, r:]
-        return paddle.concat([rot * cos + paddle.matmul(rot, swap_t) * sin, keep], axis=-1)
-
+    rotate = _interleaved_rotary(position_ids, a.rotary_dim or d)
     k = paddle.concat([pk, rotate(k)], axis=1)                                                # [B, P+S, H, D]
     v = paddle.concat([pv, v], axis=1)
     qt, kt, vt = (paddle.transpose(t, [0, 2, 1, 3]) for t in (rotate(q), k, v))
@@ -348,6 +353,52 @@ def _bloom_prepare(model, model_dir):
     for name, alias in (("num_hidden_layers", "n_layer"), ("num_attention_heads", "n_head")):
         if not hasattr(c, name):
             setattr(c, name, getattr(c, alias))
+
+
+# ---------------------------------------------------------------- ChatGLM v2 (ChatGLMv2ForCausalLM)
+def _glm2_prepare(model, model_dir):
+    c = model.config
+    if getattr(c, "use_long_sequence_strategies", False):
+        raise KeyError("ChatGLMv2 with use_long_sequence_strategies has no export adapter (plain rotary exports)")
+    if not hasattr(c, "max_position_embeddings"):          # the bundle's max_context: ChatGLM's rotary table size
+        c.max_position_embeddings = c.max_sequence_length
+
+
+def _glm2_parts(model):
+    m = model.chatglm_v2
+    norm = m.encoder.final_layernorm if m.encoder.post_layer_norm else (lambda h: h)
+    return (lambda ids, pos: m.embedding.word_embeddings(ids)), m.encoder.layers, norm, m.output_layer
+
+
+def _glm2_step(layer, h, position_ids, mask, pk, pv):
+    """One ChatGLM v2 block from its sublayers in [B, S, H] layout (PaddleNLP's is [S, B, H] with 4-D reshapes of
+    traced sizes): fused qkv with multi-query groups (heads q, G k, G v), interleaved rotary on the first half of
+    each head by position_ids (PaddleNLP gathers a fixed table), SwiGLU MLP (silu(first half) x second half)."""
+    import paddle
+    a = layer.self_attention
+    heads, d, g = a.num_attention_heads_per_partition, a.hidden_size_per_attention_head, a.multi_query_group_num
+    x = layer.input_layernorm(h)
+    qkv = a.query_key_value(x)
+    q = qkv[:, :, :heads * d].reshape([0, 0, heads, d])
+    k = qkv[:, :, heads * d:(heads + g) * d].reshape([0, 0, g, d])
+    v = qkv[:, :, (heads + g) * d:].reshape([0, 0, g, d])
+    rotate = _interleaved_rotary(position_ids, d // 2)
+    k = paddle.concat([pk, rotate(k)], axis=1)                                                # [B, P+S, G, D]
+    v = paddle.concat([pv, v], axis=1)
+    rep = heads // g                                     # group j serves heads j*rep .. (j+1)*rep - 1, as tile does
+
+    def expand(t):
+        return t.unsqueeze(-2).tile([1, 1, 1, rep, 1]).reshape([0, 0, heads, d]) if rep > 1 else t
+    qt, kt, vt = (paddle.transpose(t, [0, 2, 1, 3]) for t in (rotate(q), expand(k), expand(v)))
+    w = paddle.matmul(qt, kt, transpose_y=True) * (1.0 / math.sqrt(d)) + mask
+    w = paddle.nn.functional.softmax(w.astype("float32"), axis=-1).astype(vt.dtype)
+    out = a.dense(paddle.matmul(w, vt).transpose([0, 2, 1, 3]).reshape([0, 0, heads * d]))
+    r = (x if layer.apply_residual_connection_post_layernorm else h) + out
+    y = layer.post_attention_layernorm(r)
+    u = layer.mlp.dense_h_to_4h(y)
+    f = u.shape[-1] // 2
+    u = paddle.nn.functional.silu(u[:, :, :f]) * u[:, :, f:]
+    return (y if layer.apply_residual_connection_post_layernorm else r) + layer.mlp.dense_4h_to_h(u), k, v
 
 
 # ---------------------------------------------------------------- GPT-2 style (GPTForCausalLM)
@@ -536,6 +587,9 @@ FAMILIES = {
     "bloom": Family("bloom", "BloomForCausalLM", _bloom_parts, _bloom_step, _gptj_patches,
                     kv_heads=lambda c: c.n_head, head_dim=lambda c: c.hidden_size // c.n_head,
                     prepare=_bloom_prepare),
+    "chatglm2": Family("chatglm2", "ChatGLMv2ForCausalLM", _glm2_parts, _glm2_step, _gptj_patches,
+                       kv_heads=lambda c: c.multi_query_group_num,
+                       head_dim=lambda c: c.hidden_size // c.num_attention_heads, prepare=_glm2_prepare),
     "gpt": Family("gpt", "GPTForCausalLM", _gpt_parts, _gpt_step, _gpt_patches,
                   kv_heads=lambda c: c.num_attention_heads, head_dim=lambda c: c.hidden_size // c.num_attention_heads),
 }
@@ -544,16 +598,26 @@ ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "
                  "QWenForCausalLM": "qwen", "QWenLMHeadModel": "qwen", "GemmaForCausalLM": "gemma",
                  "MixtralForCausalLM": "mixtral", "OPTForCausalLM": "opt",
                  "GPTJForCausalLM": "gptj", "CodeGenForCausalLM": "codegen",
-                 "RWForCausalLM": "falcon", "BloomForCausalLM": "bloom",
+                 "RWForCausalLM": "falcon", "BloomForCausalLM": "bloom", "ChatGLMv2ForCausalLM": "chatglm2",
                  "GPTForCausalLM": "gpt", "GPTLMHeadModel": "gpt", "GPT2LMHeadModel": "gpt"}
 MODEL_TYPES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen": "qwen", "gemma": "gemma",
                "mixtral": "mixtral", "opt": "opt", "gptj": "gptj", "codegen": "codegen", "RefinedWeb": "falcon",
-               "bloom": "bloom",
+               "bloom": "bloom", "chatglm_v2": "chatglm2",
                "gpt": "gpt", "gpt2": "gpt"}
 # the fused decoder's form of each family: (fused family, q/k/v biases); None = generic export only
 FUSED_FORM = {"llama": ("llama", False), "mistral": ("llama", False), "qwen2": ("llama", True), "qwen": ("llama", True),
               "gpt": ("gpt", False), "gemma": None, "mixtral": None, "opt": None,
-              "gptj": None, "codegen": None, "falcon": None, "bloom": None}
+              "gptj": None, "codegen": None, "falcon": None, "bloom": None,
+              # ChatGLM v2: rotary on half of each head, interleaved pairs (GroupQueryAttention rotates all of it)
+              "chatglm2": None}
+# causal LMs PaddleNLP ships whose math the KV-cache decoder contract cannot express: refused from config.json
+REFUSED = {
+    "ChatGLMForCausalLM": "ChatGLM v1 (GLM) attends bidirectionally over the prompt up to its [gMASK] token and "
+                          "takes 2-D position ids (position, block position) that depend on where that token is; "
+                          "the exported decoder is causal with one position id per token, so it has no export "
+                          "adapter. ChatGLM v2 (ChatGLMv2ForCausalLM, model_type chatglm_v2) is causal and exports",
+}
+REFUSED_TYPES = {"chatglm": "ChatGLMForCausalLM"}
 
 
 class UnsupportedFamily(KeyError):
@@ -571,6 +635,9 @@ def family_name(cfg: dict) -> str:
     """The family of a config.json dict, from `architectures` (first entry) or else `model_type`; no Paddle."""
     archs = cfg.get("architectures") or []
     arch = archs[0] if isinstance(archs, list) and archs else None
+    refused = arch if arch in REFUSED else REFUSED_TYPES.get(cfg.get("model_type")) if arch is None else None
+    if refused:
+        raise UnsupportedFamily(f"{refused}: {REFUSED[refused]}")
     if arch in ARCHITECTURES:
         return ARCHITECTURES[arch]
     if arch is None and cfg.get("model_type") in MODEL_TYPES:
