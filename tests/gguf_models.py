@@ -35,6 +35,30 @@ def train_bpe(vocab_size: int = 500):
     return tokens, types, merges
 
 
+SPM_CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} "
+                     "[/INST]{% else %}{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}")
+
+
+def train_spm(vocab_size: int = 700, add_space_prefix: bool = True) -> tuple[list, list, list, bytes]:
+    """(tokens, scores, token types, model proto bytes) of a SentencePiece BPE trained on CORPUS with Llama 2's
+    tokenizer settings (identity normalizer, dummy prefix, spaces kept, byte fallback, digits split); the proto
+    loads in sentencepiece as the reference encoder. add_space_prefix=False is Gemma's setting."""
+    import io
+
+    import sentencepiece as spm
+    from sentencepiece import sentencepiece_model_pb2 as pb
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(CORPUS), model_writer=buf, model_type="bpe",
+                                   vocab_size=vocab_size, byte_fallback=True, normalization_rule_name="identity",
+                                   add_dummy_prefix=True, remove_extra_whitespaces=False, split_digits=True,
+                                   character_coverage=1.0, allow_whitespace_only_pieces=True, minloglevel=2)
+    m = pb.ModelProto()
+    m.ParseFromString(buf.getvalue())
+    m.normalizer_spec.add_dummy_prefix = add_space_prefix
+    return ([p.piece for p in m.pieces], [p.score for p in m.pieces], [int(p.type) for p in m.pieces],
+            m.SerializeToString())
+
+
 def llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
     """convert_hf_to_gguf LlamaModel.permute (q/k rows interleaved for llama.cpp's rotary)."""
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
@@ -129,12 +153,21 @@ def dequantizable_types() -> list:
 
 
 def write_gguf(path: Path, arch: str, *, types=None, pre: str = "qwen2", seed: int = 0, sliding_window: int | None = None,
-               tokenizer=None, drop_tokens: int = 0, rope_freqs: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Write a tiny GGUF; `types`: 2-D tensor name -> GGMLQuantizationType (default F32; norms/biases stay F32).
+               tokenizer=None, drop_tokens: int = 0, rope_freqs: np.ndarray | None = None,
+               spm=None) -> dict[str, np.ndarray]:
+    """Write a tiny GGUF; `types`: 2-D tensor name -> GGMLQuantizationType (default F32; norms/biases stay F32);
+    `spm`: train_spm()'s result, written as a SentencePiece ('llama') tokenizer instead of the byte-level BPE.
     -> the HF-layout float weights it was written from."""
     import gguf
     T = gguf.GGMLQuantizationType
-    tokens, ttypes, merges = tokenizer or train_bpe()
+    if spm is not None:
+        from sentencepiece import sentencepiece_model_pb2 as pb
+        tokens, scores, ttypes, proto = spm
+        m = pb.ModelProto()
+        m.ParseFromString(proto)
+        merges = None
+    else:
+        tokens, ttypes, merges = tokenizer or train_bpe()
     g = GEOMETRY
     hf = hf_weights(arch, len(tokens), seed)
     stored = gguf_layout(arch, hf)
@@ -152,14 +185,25 @@ def write_gguf(path: Path, arch: str, *, types=None, pre: str = "qwen2", seed: i
         w.add_rope_freq_base(10000.0)
     if sliding_window:
         w.add_sliding_window(sliding_window)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre(pre)
     w.add_token_list(tokens[:len(tokens) - drop_tokens])
     w.add_token_types(ttypes[:len(tokens) - drop_tokens])
-    w.add_token_merges(merges)
-    w.add_bos_token_id(tokens.index("<|endoftext|>"))
-    w.add_eos_token_id(tokens.index("<|im_end|>"))
-    w.add_chat_template(CHAT_TEMPLATE)
+    if spm is not None:                      # as convert_hf_to_gguf writes a tokenizer.model vocabulary
+        w.add_tokenizer_model("llama")
+        w.add_tokenizer_pre("default")
+        w.add_token_scores(scores[:len(tokens) - drop_tokens])
+        w.add_bos_token_id(1)
+        w.add_eos_token_id(2)
+        w.add_unk_token_id(0)
+        w.add_add_bos_token(True)
+        w.add_add_space_prefix(m.normalizer_spec.add_dummy_prefix)
+        w.add_chat_template(SPM_CHAT_TEMPLATE)
+    else:
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre(pre)
+        w.add_token_merges(merges)
+        w.add_bos_token_id(tokens.index("<|endoftext|>"))
+        w.add_eos_token_id(tokens.index("<|im_end|>"))
+        w.add_chat_template(CHAT_TEMPLATE)
     for i, (name, a) in enumerate(stored.items()):
         qtype = (types or {}).get(name, T.F32) if a.ndim == 2 else T.F32
         data = encode_tensor(qtype, a, seed + i)

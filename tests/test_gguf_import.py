@@ -2,7 +2,8 @@
 every tensor type the pinned gguf dequantizes; the PaddleNLP weights must be exactly the dequantized tensors in
 PaddleNLP's layout (checked through llama.cpp's own permutation, not our inverse), the tokenizer ids must equal an
 independent BPE (Python `regex` with llama.cpp's pre-split patterns + a plain merge loop) on CJK, digits and code,
-and a tokenizer/model vocabulary mismatch is exit 2 naming both sizes."""
+SentencePiece ('llama') GGUF tokenizers must give sentencepiece's own ids (a trained SentencePiece BPE as the
+reference), and a tokenizer/model vocabulary mismatch is exit 2 naming both sizes."""
 import json
 
 import gguf
@@ -14,8 +15,8 @@ from paddle2ort.cli import main
 from paddle2ort.convert.llm.gguf_import import read_gguf
 from paddle2ort.tokenization.bpe import LLAMA3_REGEX, QWEN2_REGEX, tokenizer_from_gguf_fields
 
-from gguf_models import (CHAT_TEMPLATE, GEOMETRY, SPECIALS, dequantizable_types, encode_tensor, gguf_layout,
-                         llama_cpp_permute, train_bpe, write_gguf)
+from gguf_models import (CHAT_TEMPLATE, CORPUS, GEOMETRY, SPECIALS, SPM_CHAT_TEMPLATE, dequantizable_types,
+                         encode_tensor, gguf_layout, llama_cpp_permute, train_bpe, train_spm, write_gguf)
 
 pytestmark = pytest.mark.unit
 T = gguf.GGMLQuantizationType
@@ -208,10 +209,72 @@ def test_pre_tokenizer_ids_equal_an_independent_bpe(bpe, pre):
     assert max(map(len, digits)) <= {"gpt2": 7, "smollm": 1, "llama-bpe": 3, "qwen2": 1}[pre]
 
 
-def test_sentencepiece_gguf_tokenizer_is_refused_with_the_fix(bpe):
+def test_unknown_or_incomplete_gguf_tokenizer_is_refused_with_the_fix(bpe):
     from paddle2ort.tokenization.errors import BadInputError
-    with pytest.raises(BadInputError, match="SentencePiece"):
-        tokenizer_from_gguf_fields({"ggml.model": "llama", "ggml.tokens": bpe[0]})
+    with pytest.raises(BadInputError, match="tokenizer.ggml.scores"):
+        tokenizer_from_gguf_fields({"ggml.model": "llama", "ggml.tokens": bpe[0], "ggml.token_type": bpe[1]})
+    with pytest.raises(BadInputError, match="'bert' is not supported"):
+        tokenizer_from_gguf_fields({"ggml.model": "bert", "ggml.tokens": bpe[0]})
     with pytest.raises(BadInputError, match="not supported"):
         tokenizer_from_gguf_fields({"ggml.model": "gpt2", "ggml.pre": "jais", "ggml.tokens": bpe[0],
                                     "ggml.token_type": bpe[1], "ggml.merges": bpe[2]})
+
+
+# ---------------------------------------------------------------- SentencePiece GGUF tokenizers vs sentencepiece
+SPM_TEXTS = TEXTS + CORPUS[:6] + [
+    "", " ", "   leading and trailing   ", "x  y   z\t\tw\n\n", "\n\n\n", "tabs\tand\nnew\r\nlines",
+    "한국어 텍스트 🙂 👍🏽 🇫🇷",                           # outside the trained vocabulary: byte fallback
+    "digits 1234567890, 3.14159 and 2+2=4", "for i in range(10):\n\tprint(i**2)  # squares",
+    "    def f(x):\n        return x", "中文字符，全角标点！日本語", "nbsp\u00a0em\u2003space", "control \x00\x07 chars",
+    "supercalifragilisticexpialidocious " * 20]
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["space-prefix", "no-space-prefix"])
+def spm_pair(request):
+    """(our tokenizer from the GGUF fields, sentencepiece on the same model); no space prefix = Gemma's setting."""
+    import sentencepiece
+    tokens, scores, types, proto = train_spm(add_space_prefix=request.param)
+    tok = tokenizer_from_gguf_fields({"ggml.model": "llama", "ggml.tokens": tokens, "ggml.scores": scores,
+                                      "ggml.token_type": types, "ggml.bos_token_id": 1, "ggml.eos_token_id": 2,
+                                      "ggml.unknown_token_id": 0, "ggml.add_space_prefix": request.param})
+    return tok, sentencepiece.SentencePieceProcessor(model_proto=proto)
+
+
+def test_sentencepiece_ids_equal_sentencepiece(spm_pair):
+    tok, sp = spm_pair
+    byte_ids = {sp.piece_to_id(f"<0x{b:02X}>") for b in range(256)}
+    used_bytes = False
+    for text in SPM_TEXTS:
+        ids = tok.encode(text, add_bos=False)
+        assert ids == sp.encode(text), repr(text)
+        assert tok.decode(ids) == sp.decode(ids), repr(text)
+        used_bytes |= bool(byte_ids & set(ids))
+    assert used_bytes                                   # byte fallback was exercised
+    assert tok.encode("1234567") == [tok.bos_token_id] + sp.encode("1234567")   # add_bos: llama.cpp's default
+    assert max(len(sp.id_to_piece(i)) for i in sp.encode("1234567")) <= 2      # "▁1" at most: digits split
+
+
+def test_sentencepiece_special_tokens_split_out_like_llama_cpp(spm_pair):
+    """Control tokens in the text are their ids; llama.cpp puts the space prefix at the start and after each."""
+    tok, sp = spm_pair
+    got = tok.encode("hello</s>world<s>", add_bos=False)
+    assert got == sp.encode("hello") + [2] + sp.encode("world") + [1]
+
+
+def test_import_gguf_with_a_sentencepiece_tokenizer(tmp_path, capsys):
+    """A Llama-2-style GGUF (tokenizer.ggml.model 'llama', scores, byte tokens): import-gguf writes a tokenizer
+    with sentencepiece's ids, add_bos and the GGUF's chat template."""
+    import sentencepiece
+    from paddle2ort.tokenization.bpe import BPETokenizer
+    spm = train_spm()
+    path = tmp_path / "llama2.gguf"
+    write_gguf(path, "llama", spm=spm)
+    assert main(["import-gguf", str(path), "-o", str(tmp_path / "out")]) == 0
+    assert json.loads((tmp_path / "out" / "gguf.json").read_text())["pre_tokenizer"] == "spm"
+    tok = BPETokenizer.load(tmp_path / "out" / "tokenizer")
+    sp = sentencepiece.SentencePieceProcessor(model_proto=spm[3])
+    assert (tok.bos_token_id, tok.eos_token_id) == (1, 2) and tok.config["chat_template"] == SPM_CHAT_TEMPLATE
+    text = tok.apply_chat_template([{"role": "user", "content": "Wie geht's? 中文"}])
+    assert text == "<s>[INST] Wie geht's? 中文 [/INST]"
+    assert tok.encode(text, add_bos=False) == [1] + sp.encode("[INST] Wie geht's? 中文 [/INST]")
+    assert tok.encode("机器学习 42") == [1] + sp.encode("机器学习 42")

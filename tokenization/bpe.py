@@ -46,13 +46,16 @@ CONTROL = 3          # GGUF token_type of special (control) tokens
 
 
 def tokenizer_from_gguf_fields(tok: dict) -> "BPETokenizer":
-    """Build from a GGUF's tokenizer.* fields (keys without the 'tokenizer.' prefix)."""
+    """Build from a GGUF's tokenizer.* fields (keys without the 'tokenizer.' prefix): byte-level BPE ('gpt2')
+    here, SentencePiece ('llama') in tokenization/spm.py."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
+    if tok.get("ggml.model") == "llama":
+        from .spm import spm_tokenizer_from_gguf_fields
+        return spm_tokenizer_from_gguf_fields(tok)
     if tok.get("ggml.model") != "gpt2":
-        raise BadInputError(f"GGUF tokenizer model {tok.get('ggml.model')!r} is not byte-level BPE ('gpt2'); "
-                            "SentencePiece ('llama') GGUF tokenizers are not rebuilt: pass the model's "
-                            "tokenizer.json instead")
+        raise BadInputError(f"GGUF tokenizer model {tok.get('ggml.model')!r} is not supported: byte-level BPE "
+                            "('gpt2') and SentencePiece ('llama') are; pass the model's tokenizer.json instead")
     for key in ("ggml.tokens", "ggml.token_type", "ggml.merges"):
         if not tok.get(key):
             raise BadInputError(f"the GGUF has no tokenizer.{key} field; its BPE tokenizer cannot be rebuilt")
