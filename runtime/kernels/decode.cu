@@ -1,0 +1,315 @@
+// The decoder step of LLaMA-family models (RMSNorm, rotary, GQA, SwiGLU) in five kernels a layer, for
+// runtime/kernels/engine.py. Compiled per model geometry with NVRTC: HD (head size), GQA (query heads per K/V
+// head), CHUNK (positions per flash-decoding split) come in as -D options, so every loop over them unrolls.
+// NumPy twins: kernels/engine_reference.py (same arguments, same arithmetic order where it matters).
+//
+// Activations (residual stream, attention output, SwiGLU output) are float32 [B, *]; weights are row-major per
+// output ([N, K]: one output's K inputs contiguous) in one of four formats:
+//   F16 (float16), F32 (float32: the LM head of a float32-head bundle),
+//   Q8 / Q4 (MatMulNBits layout: uint8 [N, K/block, block*bits/8], 4-bit element 2j in the low nibble of byte j;
+//            per block a float16 pair {scale, zero point}: w = (q - zp) * scale, integer or float zero points).
+// A warp computes two output rows over the whole K (16-byte loads per lane, two iterations in flight) for up to
+// BT batch rows (grid.y tiles the batch). No system headers, so NVRTC compiles it as is.
+#ifndef HD
+#define HD 64
+#endif
+#ifndef GQA
+#define GQA 1
+#endif
+#ifndef CHUNK
+#define CHUNK 256
+#endif
+#define BT 8              // batch rows a GEMV block computes (weights are read once per BT rows)
+#define GW 4              // warps per GEMV block
+#define ATT_THREADS 128
+#define NEG_INF __int_as_float(0xff800000)
+
+#define F16 0
+#define F32 1
+#define Q8 2
+#define Q4 3
+
+#define M_RESID 0         // out[b, r] += y            (o-proj, down-proj: the residual add)
+#define M_LOGITS 1        // out[b, r] = y             (LM head)
+#define M_SWIGLU 2        // out[b, j] = silu(y_gate[j]) * y_up[j]: rows j and I + j of the packed gate|up weight
+#define M_QKV 3           // packed q|k|v (+ bias): q rotated -> out, k rotated / v -> the cache at seqlens[b]
+
+__device__ __forceinline__ float h2f(unsigned short h) {
+  float f;
+  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+  return f;
+}
+__device__ __forceinline__ unsigned short f2h(float f) {
+  unsigned short h;
+  asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+  return h;
+}
+
+template <int FMT> struct Fmt;
+template <> struct Fmt<F16> { static constexpr int EPL = 8; };
+template <> struct Fmt<F32> { static constexpr int EPL = 4; };
+template <> struct Fmt<Q8> { static constexpr int EPL = 16; };
+template <> struct Fmt<Q4> { static constexpr int EPL = 32; };
+
+// the 16 bytes holding elements k .. k + EPL - 1 of row r
+template <int FMT>
+__device__ __forceinline__ uint4 load_raw(const unsigned char* w, long long r, int k, int row_bytes) {
+  long long byte = r * row_bytes + (FMT == F16 ? 2LL * k : FMT == F32 ? 4LL * k : FMT == Q8 ? (long long)k : k / 2);
+  return __ldg(reinterpret_cast<const uint4*>(w + byte));
+}
+
+// element e of a raw 16-byte chunk, dequantized with the chunk's block {scale, zero point}
+template <int FMT>
+__device__ __forceinline__ float elem(const uint4& raw, int e, float scale, float zp) {
+  const unsigned int* u = reinterpret_cast<const unsigned int*>(&raw);
+  if (FMT == F16) return h2f((unsigned short)(u[e >> 1] >> ((e & 1) * 16)));
+  if (FMT == F32) return __uint_as_float(u[e]);
+  if (FMT == Q8) return ((float)((u[e >> 2] >> ((e & 3) * 8)) & 0xffu) - zp) * scale;
+  return ((float)((u[e >> 3] >> ((e & 7) * 4)) & 0xfu) - zp) * scale;
+}
+
+__device__ __forceinline__ void block_pair(const unsigned int* sz, long long r, int k, int kb, int qblock,
+                                           float* scale, float* zp) {
+  unsigned int p = __ldg(sz + r * kb + k / qblock);
+  *scale = h2f((unsigned short)(p & 0xffffu));
+  *zp = h2f((unsigned short)(p >> 16));
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// One GEMV over the packed weight W [N, K] for batch rows [blockIdx.y * BT, ...): y[b, r] = sum_k x'[b, k] W[r, k]
+// where x' = x (gamma == nullptr) or RMSNorm(x) * gamma (the norm's 1/rms applied to the dot product).
+// Warp task t (0 .. tasks-1) owns two rows, chosen by MODE (see the M_* defines). Extra per-mode arguments:
+//   M_QKV:    bias (float16 [N] or null), q_out [B, NH*HD], kc / vc this layer's cache [B, KVH, C, HD],
+//             cos / sin float32 [max_pos, HD/2], seqlens [B] (the new token's position), nh, kvh, cap
+//   M_SWIGLU: inter (I)
+//   others:   ldo (out's row stride)
+template <int FMT, int MODE>
+__device__ void gemv(const unsigned char* __restrict__ w, const unsigned int* __restrict__ sz, int kb, int qblock,
+                     int row_bytes, const float* __restrict__ x, const unsigned short* __restrict__ gamma, float eps,
+                     int K, int tasks, int B, float* out, int ldo, int inter, const unsigned short* __restrict__ bias,
+                     unsigned short* kc, unsigned short* vc, const float* __restrict__ cos_t,
+                     const float* __restrict__ sin_t, const int* __restrict__ seqlens, int nh, int kvh, int cap) {
+  constexpr int EPL = Fmt<FMT>::EPL;
+  constexpr int STEP = 32 * EPL;
+  __shared__ float rstd[BT];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int b0 = blockIdx.y * BT;
+  const int nb = min(BT, B - b0);
+  if (gamma != nullptr) {                      // RMSNorm statistics of this block's batch rows
+    for (int b = warp; b < nb; b += GW) {
+      const float* xb = x + (long long)(b0 + b) * K;
+      float s = 0.f;
+      for (int k = lane; k < K; k += 32) s += xb[k] * xb[k];
+      s = warp_sum(s);
+      if (lane == 0) rstd[b] = rsqrtf(s / K + eps);
+    }
+    __syncthreads();
+  }
+  const int t = blockIdx.x * GW + warp;
+  if (t >= tasks) return;
+  long long r0, r1;
+  if (MODE == M_SWIGLU) { r0 = t; r1 = (long long)inter + t; }
+  else if (MODE == M_QKV) { r0 = (long long)(t / (HD / 2)) * HD + t % (HD / 2); r1 = r0 + HD / 2; }
+  else { r0 = 2LL * t; r1 = r0 + 1; }
+
+  float acc0[BT], acc1[BT];
+#pragma unroll
+  for (int b = 0; b < BT; ++b) { acc0[b] = 0.f; acc1[b] = 0.f; }
+  float s0 = 1.f, z0 = 0.f, s1 = 1.f, z1 = 0.f, s2 = 1.f, z2 = 0.f, s3 = 1.f, z3 = 0.f;
+  for (int kbase = 0; kbase < K; kbase += 2 * STEP) {
+    const int ka = kbase + lane * EPL, kb2 = ka + STEP;
+    const bool va = ka < K, vb = kb2 < K;
+    uint4 ra0 = make_uint4(0, 0, 0, 0), ra1 = ra0, rb0 = ra0, rb1 = ra0;
+    if (va) { ra0 = load_raw<FMT>(w, r0, ka, row_bytes); ra1 = load_raw<FMT>(w, r1, ka, row_bytes); }
+    if (vb) { rb0 = load_raw<FMT>(w, r0, kb2, row_bytes); rb1 = load_raw<FMT>(w, r1, kb2, row_bytes); }
+    if (FMT == Q8 || FMT == Q4) {
+      if (va) { block_pair(sz, r0, ka, kb, qblock, &s0, &z0); block_pair(sz, r1, ka, kb, qblock, &s1, &z1); }
+      if (vb) { block_pair(sz, r0, kb2, kb, qblock, &s2, &z2); block_pair(sz, r1, kb2, kb, qblock, &s3, &z3); }
+    }
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      if (half == 0 ? !va : !vb) continue;
+      const int k = half == 0 ? ka : kb2;
+      const uint4& q0 = half == 0 ? ra0 : rb0;
+      const uint4& q1 = half == 0 ? ra1 : rb1;
+      const float sc0 = half == 0 ? s0 : s2, zp0 = half == 0 ? z0 : z2;
+      const float sc1 = half == 0 ? s1 : s3, zp1 = half == 0 ? z1 : z3;
+#pragma unroll
+      for (int c = 0; c < EPL; c += 4) {
+        float w0[4], w1[4], g[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          w0[e] = elem<FMT>(q0, c + e, sc0, zp0);
+          w1[e] = elem<FMT>(q1, c + e, sc1, zp1);
+          g[e] = gamma != nullptr ? h2f(__ldg(gamma + k + c + e)) : 1.f;
+        }
+#pragma unroll
+        for (int b = 0; b < BT; ++b) {
+          if (b < nb) {
+            const float4 xv = __ldg(reinterpret_cast<const float4*>(x + (long long)(b0 + b) * K + k + c));
+            const float xs[4] = {xv.x * g[0], xv.y * g[1], xv.z * g[2], xv.w * g[3]};
+#pragma unroll
+            for (int e = 0; e < 4; ++e) { acc0[b] += w0[e] * xs[e]; acc1[b] += w1[e] * xs[e]; }
+          }
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int b = 0; b < BT; ++b) {
+    if (b >= nb) break;
+    float y0 = warp_sum(acc0[b]), y1 = warp_sum(acc1[b]);
+    if (lane != 0) continue;
+    const int bb = b0 + b;
+    if (gamma != nullptr) { y0 *= rstd[b]; y1 *= rstd[b]; }
+    if (MODE == M_RESID) { out[(long long)bb * ldo + r0] += y0; out[(long long)bb * ldo + r1] += y1; }
+    else if (MODE == M_LOGITS) { out[(long long)bb * ldo + r0] = y0; out[(long long)bb * ldo + r1] = y1; }
+    else if (MODE == M_SWIGLU) { out[(long long)bb * inter + t] = y0 / (1.f + __expf(-y0)) * y1; }
+    else {
+      if (bias != nullptr) { y0 += h2f(bias[r0]); y1 += h2f(bias[r1]); }
+      const int head = t / (HD / 2), d = t % (HD / 2), pos = seqlens[bb];
+      if (head < nh + kvh) {                   // q and k: rotate-half rotary at the row's position
+        const float c = cos_t[(long long)pos * (HD / 2) + d], s = sin_t[(long long)pos * (HD / 2) + d];
+        const float a = y0 * c - y1 * s, e = y1 * c + y0 * s;
+        y0 = a; y1 = e;
+      }
+      if (head < nh) {
+        float* q = out + (long long)bb * nh * HD + head * HD;
+        q[d] = y0; q[d + HD / 2] = y1;
+      } else {
+        const int kh = head < nh + kvh ? head - nh : head - nh - kvh;
+        unsigned short* cache = (head < nh + kvh ? kc : vc) + (((long long)bb * kvh + kh) * cap + pos) * HD;
+        cache[d] = f2h(y0); cache[d + HD / 2] = f2h(y1);
+      }
+    }
+  }
+}
+
+#define GEMV_ENTRY(NAME, FMT, MODE)                                                                              \
+  extern "C" __global__ void __launch_bounds__(GW * 32) NAME(                                                    \
+      const unsigned char* w, const unsigned int* sz, int kb, int qblock, int row_bytes, const float* x,          \
+      const unsigned short* gamma, float eps, int K, int tasks, int B, float* out, int ldo, int inter,            \
+      const unsigned short* bias, unsigned short* kc, unsigned short* vc, const float* cos_t, const float* sin_t, \
+      const int* seqlens, int nh, int kvh, int cap) {                                                            \
+    gemv<FMT, MODE>(w, sz, kb, qblock, row_bytes, x, gamma, eps, K, tasks, B, out, ldo, inter, bias, kc, vc,     \
+                    cos_t, sin_t, seqlens, nh, kvh, cap);                                                         \
+  }
+#define GEMV_ALL(FMTNAME, FMT)                     \
+  GEMV_ENTRY(gemv_resid_##FMTNAME, FMT, M_RESID)   \
+  GEMV_ENTRY(gemv_logits_##FMTNAME, FMT, M_LOGITS) \
+  GEMV_ENTRY(gemv_swiglu_##FMTNAME, FMT, M_SWIGLU) \
+  GEMV_ENTRY(gemv_qkv_##FMTNAME, FMT, M_QKV)
+GEMV_ALL(f16, F16)
+GEMV_ALL(f32, F32)
+GEMV_ALL(q8, Q8)
+GEMV_ALL(q4, Q4)
+
+// resid[b, :] = float(embed[ids[b], :]); grid (B), any block size
+extern "C" __global__ void embed_rows(const unsigned short* __restrict__ table, const long long* __restrict__ ids,
+                                      float* resid, int H) {
+  const long long row = ids[blockIdx.x];
+  for (int k = threadIdx.x; k < H; k += blockDim.x) resid[(long long)blockIdx.x * H + k] = h2f(table[row * H + k]);
+}
+
+// Flash-decoding, split K: block (split s, K/V head kh, batch row b) attends the GQA query heads of kh over
+// positions [s*CHUNK, min((s+1)*CHUNK, seqlens[b]+1)) and writes each head's unnormalized partial output with its
+// max and sum (part_o [B, NH, S, HD], part_ml [B, NH, S, 2]); attn_combine merges the splits.
+extern "C" __global__ void __launch_bounds__(ATT_THREADS) attn_split(
+    const float* __restrict__ q, const unsigned short* __restrict__ kc, const unsigned short* __restrict__ vc,
+    const int* __restrict__ seqlens, float* part_o, float* part_ml, int kvh, int cap, int nsplit, float scale) {
+  constexpr int G = GQA, W = ATT_THREADS / 32, DPL = HD / 32;
+  __shared__ float qs[G][HD];
+  __shared__ float ps[G][CHUNK];
+  __shared__ float red[W][G][HD];
+  const int s = blockIdx.x, kh = blockIdx.y, b = blockIdx.z, nh = kvh * G;
+  const int len = seqlens[b] + 1, t0 = s * CHUNK, t1 = min(len, t0 + CHUNK), n = t1 - t0;
+  if (n <= 0) return;                                   // attn_combine reads only the splits below len
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const float* qb = q + ((long long)b * nh + kh * G) * HD;
+  for (int i = tid; i < G * HD; i += ATT_THREADS) qs[i / HD][i % HD] = qb[i] * scale;
+  __syncthreads();
+  const long long base = ((long long)b * kvh + kh) * cap;
+  for (int i = tid; i < n; i += ATT_THREADS) {          // scores: one position a thread, all G heads
+    const uint4* kr = reinterpret_cast<const uint4*>(kc + (base + t0 + i) * HD);
+    float sc[G];
+#pragma unroll
+    for (int h = 0; h < G; ++h) sc[h] = 0.f;
+#pragma unroll
+    for (int c = 0; c < HD / 8; ++c) {
+      const uint4 raw = __ldg(kr + c);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        const float kf = elem<F16>(raw, e, 1.f, 0.f);
+#pragma unroll
+        for (int h = 0; h < G; ++h) sc[h] += qs[h][c * 8 + e] * kf;
+      }
+    }
+#pragma unroll
+    for (int h = 0; h < G; ++h) ps[h][i] = sc[h];
+  }
+  __syncthreads();
+  for (int h = warp; h < G; h += W) {                   // per head: max, exp, sum over the chunk
+    float m = NEG_INF;
+    for (int i = lane; i < n; i += 32) m = fmaxf(m, ps[h][i]);
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    float l = 0.f;
+    for (int i = lane; i < n; i += 32) { const float p = __expf(ps[h][i] - m); ps[h][i] = p; l += p; }
+    l = warp_sum(l);
+    if (lane == 0) {
+      float* ml = part_ml + (((long long)b * nh + kh * G + h) * nsplit + s) * 2;
+      ml[0] = m; ml[1] = l;
+    }
+  }
+  __syncthreads();
+  float acc[G][DPL];
+#pragma unroll
+  for (int h = 0; h < G; ++h)
+#pragma unroll
+    for (int e = 0; e < DPL; ++e) acc[h][e] = 0.f;
+  for (int i = warp; i < n; i += W) {                   // P @ V: a warp a position, a lane DPL dims
+    const unsigned short* vr = vc + (base + t0 + i) * HD + lane * DPL;
+    float vf[DPL];
+#pragma unroll
+    for (int e = 0; e < DPL; ++e) vf[e] = h2f(vr[e]);
+#pragma unroll
+    for (int h = 0; h < G; ++h) {
+      const float p = ps[h][i];
+#pragma unroll
+      for (int e = 0; e < DPL; ++e) acc[h][e] += p * vf[e];
+    }
+  }
+#pragma unroll
+  for (int h = 0; h < G; ++h)
+#pragma unroll
+    for (int e = 0; e < DPL; ++e) red[warp][h][lane * DPL + e] = acc[h][e];
+  __syncthreads();
+  for (int i = tid; i < G * HD; i += ATT_THREADS) {
+    float v = 0.f;
+#pragma unroll
+    for (int w = 0; w < W; ++w) v += red[w][i / HD][i % HD];
+    part_o[(((long long)b * nh + kh * G + i / HD) * nsplit + s) * HD + i % HD] = v;
+  }
+}
+
+// out[b, h*HD + d] = sum_s e^(m_s - M) o_s[d] / sum_s e^(m_s - M) l_s over the splits that hold positions;
+// grid (NH, B), block HD threads
+extern "C" __global__ void attn_combine(const float* __restrict__ part_o, const float* __restrict__ part_ml,
+                                        const int* __restrict__ seqlens, float* out, int nh, int nsplit) {
+  const int h = blockIdx.x, b = blockIdx.y, d = threadIdx.x;
+  const int used = (seqlens[b] + CHUNK) / CHUNK;        // ceil((seqlens[b] + 1) / CHUNK)
+  const float* ml = part_ml + ((long long)b * nh + h) * nsplit * 2;
+  const float* o = part_o + ((long long)b * nh + h) * nsplit * HD;
+  float m = NEG_INF;
+  for (int s = 0; s < used; ++s) m = fmaxf(m, ml[2 * s]);
+  float num = 0.f, den = 0.f;
+  for (int s = 0; s < used; ++s) {
+    const float f = __expf(ml[2 * s] - m);
+    num += f * o[s * HD + d];
+    den += f * ml[2 * s + 1];
+  }
+  out[((long long)b * nh + h) * HD + d] = num / den;
+}

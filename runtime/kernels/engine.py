@@ -1,0 +1,524 @@
+"""The kernel engine: a bundle's fused-decoder weights run by our own CUDA kernels (decode.cu) behind the one
+step API (`generation.Decoder`), so the one Generator drives it like the onnxruntime fused graph
+(runtime.fused.FusedDecoder), which stays the fallback and the parity oracle.
+
+A decode step is 6 kernels a layer (LLaMA / Qwen2 family: RMSNorm + packed QKV GEMV + bias + rotary + KV append;
+split-K flash-decoding attention and its combine; o-proj + residual; RMSNorm + gate|up GEMV + SwiGLU; down-proj +
+residual) plus the embedding gather and the final norm + LM head, captured in one CUDA graph per batch size and
+replayed; the sampler kernel then writes the next ids and advances the positions in place, as with the fused graph.
+Weights are read as the bundle stores them: float16/float32, or MatMulNBits int8/int4 blocks (scale and integer or
+float zero point per block), never dequantized in memory for the step. The prompt pass (prefill) runs the same math
+as dense matrix products (cuBLAS through CuPy; NumPy on CPU). With NumPy arrays (CPU hosts, CI) every step kernel
+is replaced by its NumPy twin (engine_reference.py).
+
+Shapes: B batch rows, C cache capacity, H hidden, NH / KVH query / key-value heads, D head size, I FFN size.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import BadInputError, DeviceError
+from . import engine_reference as R
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).parent / "decode.cu"
+EPL = {"f16": 8, "f32": 4, "q8": 16, "q4": 32}        # elements a lane loads at once (16 bytes), decode.cu Fmt
+BT, GW, ATT_THREADS = 8, 4, 128                     # decode.cu: batch rows per GEMV block, warps per block
+SHARED_LIMIT = 48 * 1024
+
+
+@dataclass
+class Packed:
+    """One linear layer as the kernels read it: y = x @ W^T with W [N, K]."""
+    fmt: str                       # f16 | f32 | q8 | q4
+    w: Any                         # f16/f32 [N, K]; q8/q4 uint8 [N, K/block * block*bits/8]
+    sz: Any                        # q8/q4: uint32 [N, K/block] = float16 scale | float16 zero point << 16
+    n: int
+    k: int
+    block: int = 0
+
+    @property
+    def kb(self) -> int:
+        return -(-self.k // self.block) if self.block else 0
+
+    @property
+    def row_bytes(self) -> int:
+        return int(self.w.shape[1] * self.w.dtype.itemsize)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.w.nbytes + (self.sz.nbytes if self.sz is not None else 0))
+
+    def dense(self, xp=np, dtype=np.float32):
+        return R.dequantize(self.fmt, self.w, self.sz, self.k, self.block, xp, dtype)
+
+    def to(self, xp) -> "Packed":
+        return Packed(self.fmt, xp.asarray(self.w), None if self.sz is None else xp.asarray(self.sz), self.n,
+                      self.k, self.block)
+
+
+@dataclass
+class Layer:
+    ln1: Any
+    ln2: Any
+    qkv: Packed
+    bias: Any                      # packed q|k|v bias or None
+    o: Packed
+    gate_up: Packed                # rows 0..I-1 gate, I..2I-1 up
+    down: Packed
+
+
+@dataclass
+class Weights:
+    embed: Any                     # [V, H]
+    cos: Any                       # float32 [max_positions, D/2]
+    sin: Any
+    layers: list[Layer]
+    norm: Any
+    head: Packed                   # [V, H]
+
+    def step_bytes(self) -> int:
+        """Bytes of weights one decode step reads (the embedding is gathered row by row)."""
+        per = sum(l.qkv.nbytes + l.o.nbytes + l.gate_up.nbytes + l.down.nbytes + l.ln1.nbytes + l.ln2.nbytes
+                  + (l.bias.nbytes if l.bias is not None else 0) for l in self.layers)
+        return int(per + self.head.nbytes + self.norm.nbytes)
+
+
+def _pair(scales: np.ndarray, zp: np.ndarray | None, n: int, kb: int, bits: int) -> np.ndarray:
+    """{scale, zero point} per block as uint32 (float16 bits each); integer zero points (uint8, 4-bit ones packed
+    two a byte) and float ones alike; no zero points means the MatMulNBits default 2^(bits-1)."""
+    s = np.asarray(scales).astype(np.float16).reshape(n, kb)
+    if zp is None:
+        z = np.full((n, kb), 1 << (bits - 1), np.float16)
+    elif zp.dtype == np.uint8:
+        z8 = zp.reshape(n, -1)
+        if bits == 4:
+            z8 = np.stack([z8 & 0xF, z8 >> 4], -1).reshape(n, -1)
+        z = z8[:, :kb].astype(np.float16)
+    else:
+        z = zp.astype(np.float16).reshape(n, kb)
+    return s.view(np.uint16).astype(np.uint32) | (z.view(np.uint16).astype(np.uint32) << 16)
+
+
+def load_weights(model_path: str | Path, spec: dict) -> Weights:
+    """The fused decoder file's weights (convert.llm.fused names), on the host, in the kernels' layout."""
+    import onnx
+    from onnx import numpy_helper
+    if spec.get("family", "llama") != "llama":
+        raise BadInputError(f"the kernel engine runs the LLaMA/Qwen2 fused decoder; this one is {spec['family']!r}: "
+                            "use the onnxruntime fused decoder (engine='onnxruntime')")
+    m = onnx.load(str(model_path), load_external_data=True)
+    init = {t.name: t for t in m.graph.initializer}
+    arr = functools.lru_cache(maxsize=None)(lambda name: numpy_helper.to_array(init[name]))
+    lin: dict[str, Packed] = {}
+    for node in m.graph.node:
+        name = re.sub(r"_Q\d+$", "", node.name)
+        if node.op_type == "MatMul" and node.input[1] in init:
+            w = arr(node.input[1])
+            fmt = {np.dtype(np.float16): "f16", np.dtype(np.float32): "f32"}[w.dtype]
+            lin[name] = Packed(fmt, np.ascontiguousarray(w.T), None, w.shape[1], w.shape[0])
+        elif node.op_type == "MatMulNBits":
+            a = {x.name: x.i for x in node.attribute}
+            k, n, bits, block = a["K"], a["N"], a["bits"], a["block_size"]
+            if block % EPL[f"q{bits}"]:
+                raise BadInputError(f"{node.name}: block size {block} is below the kernel's {EPL[f'q{bits}']} "
+                                    f"{bits}-bit elements a lane; use the onnxruntime fused decoder")
+            kb = -(-k // block)
+            zp = arr(node.input[3]) if len(node.input) > 3 and node.input[3] else None
+            lin[name] = Packed(f"q{bits}", arr(node.input[1]).reshape(n, -1), _pair(arr(node.input[2]), zp, n, kb,
+                                                                                    bits), n, k, block)
+    need = ["lm_head"] + [f"layers.{i}.{p}" for i in range(spec["num_layers"])
+                          for p in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")]
+    missing = [n for n in need if n not in lin]
+    if missing:
+        raise BadInputError(f"{model_path} is not a LLaMA-family fused decoder the engine can read (no "
+                            f"{', '.join(missing[:4])}); use the onnxruntime fused decoder")
+    layers = []
+    for i in range(spec["num_layers"]):
+        q = f"layers.{i}."
+        layers.append(Layer(ln1=arr(q + "input_layernorm"), ln2=arr(q + "post_attention_layernorm"),
+                            qkv=lin[q + "qkv_proj"], bias=arr(q + "qkv_bias") if q + "qkv_bias" in init else None,
+                            o=lin[q + "o_proj"], gate_up=lin[q + "gate_up_proj"], down=lin[q + "down_proj"]))
+    return Weights(embed=arr("embed_tokens"), cos=arr("cos_cache").astype(np.float32),
+                   sin=arr("sin_cache").astype(np.float32), layers=layers, norm=arr("norm"), head=lin["lm_head"])
+
+
+def check_geometry(spec: dict, weights: Weights) -> None:
+    """What decode.cu assumes, checked once: one clear error naming the fallback."""
+    d, nh, kvh = spec["head_dim"], spec["num_heads"], spec["kv_heads"]
+    bad = []
+    if d % 32 or d > 256:
+        bad.append(f"head size {d} (the attention kernel needs a multiple of 32, at most 256)")
+    if nh % kvh:
+        bad.append(f"{nh} query heads over {kvh} key/value heads")
+    for name, p in [("lm_head", weights.head)] + [(f"layers.{i}.{n}", getattr(l, n)) for i, l in
+                                                   enumerate(weights.layers) for n in ("qkv", "o", "gate_up", "down")]:
+        if p.k % EPL[p.fmt] or (p.n % 2 and name.endswith(("head", "o", "down"))):
+            bad.append(f"{name} [{p.n}, {p.k}] (inputs a multiple of {EPL[p.fmt]}, an even number of outputs)")
+            break
+    if bad:
+        raise BadInputError("the kernel engine cannot run this decoder: " + "; ".join(bad)
+                            + "; use the onnxruntime fused decoder (engine='onnxruntime')")
+
+
+def attention_chunk(spec: dict) -> int:
+    """Positions per flash-decoding split: the largest of 256/128/64 whose shared memory fits the static 48 KiB."""
+    g, d = spec["num_heads"] // spec["kv_heads"], spec["head_dim"]
+    for chunk in (256, 128, 64):
+        if 4 * (g * d + g * chunk + (ATT_THREADS // 32) * g * d) <= SHARED_LIMIT:
+            return chunk
+    raise BadInputError(f"GQA group of {g} heads of size {d} does not fit the attention kernel's shared memory; "
+                        "use the onnxruntime fused decoder")
+
+
+@functools.lru_cache(maxsize=None)
+def compiled(head_dim: int, group: int, chunk: int):
+    """decode.cu for one geometry (NVRTC; CuPy caches the binary on disk)."""
+    from .cuda import cupy
+    cp = cupy()
+    log.info("compiling decode.cu for head size %d, GQA group %d, chunk %d", head_dim, group, chunk)
+    return cp.RawModule(code=SOURCE.read_text(encoding="utf-8"),
+                        options=("-std=c++17", f"-DHD={head_dim}", f"-DGQA={group}", f"-DCHUNK={chunk}"))
+
+
+@dataclass
+class State:
+    """Fixed-address buffers of one batch size (the captured CUDA graph refers to them)."""
+    batch: int
+    cache: Any                     # [L, 2, B, KVH, C, D]
+    ids: Any                       # int64 [B, 1]
+    seqlens: Any                   # int32 [B]: the next token's position
+    logits: Any                    # float32 [B, 1, V]
+    resid: Any = None              # float32 [B, H]
+    q: Any = None                  # float32 [B, NH*D]
+    attn: Any = None
+    act: Any = None                # float32 [B, I]
+    part_o: Any = None             # float32 [B, NH, S, D]
+    part_ml: Any = None            # float32 [B, NH, S, 2]
+    graph: Any = None
+    warm: bool = False
+
+
+class KernelEngine:
+    """generation.Decoder over our kernels. device: "gpu" (CuPy, CUDA graph) or "cpu" (the NumPy twins)."""
+
+    limit_name = "the cache capacity (raise max_length)"
+
+    def __init__(self, model_path: str | Path, spec: dict, device: str = "gpu", max_length: int | None = None,
+                 cuda_graph: bool = True, device_id: int = 0, weights: Weights | None = None,
+                 chunk: int | None = None):
+        self.spec = spec
+        self.num_layers, self.kv_heads, self.head_dim = spec["num_layers"], spec["kv_heads"], spec["head_dim"]
+        self.num_heads, self.hidden, self.inter = spec["num_heads"], spec["hidden_size"], spec["intermediate_size"]
+        self.vocab_size, self.eps = spec["vocab_size"], float(spec["norm_eps"])
+        self.capacity = int(max_length or min(spec["max_positions"], 4096))
+        if self.capacity > spec["max_positions"]:
+            raise BadInputError(f"max_length {self.capacity} exceeds the model's {spec['max_positions']} positions")
+        host = weights or load_weights(model_path, spec)
+        check_geometry(spec, host)
+        self.chunk = min(chunk or 1 << 30, attention_chunk(spec))
+        self.nsplit = -(-self.capacity // self.chunk)
+        self.scale = float(1.0 / np.sqrt(self.head_dim))
+        if device == "gpu":
+            from .cuda import cupy
+            cp = self.xp = cupy()
+            try:
+                cp.cuda.Device(device_id).use()
+            except Exception as e:
+                raise DeviceError(f"no usable CUDA device {device_id} for the kernel engine ({e})") from e
+            self.stream = cp.cuda.Stream(non_blocking=True)
+            self.cache_dtype = np.float16
+            self.w = self._to_device(host)
+            mod = compiled(self.head_dim, self.num_heads // self.kv_heads, self.chunk)
+            self.k = {n: mod.get_function(n) for n in
+                      ["embed_rows", "attn_split", "attn_combine"] +
+                      [f"gemv_{m}_{f}" for m in ("resid", "logits", "swiglu", "qkv") for f in EPL]}
+        else:
+            self.xp, self.stream, self.k = np, None, None
+            self.cache_dtype = np.dtype(host.embed.dtype).type
+            self.w = host
+            self._dense = {}                                # id(Packed) -> float32 [N, K] for the twins
+        self.cuda_graph = cuda_graph and self.xp is not np
+        self.weight_bytes = self.w.step_bytes()
+        self.states: dict[int, State] = {}
+        self.active: State | None = None
+        self.filled = 0
+
+    # ------------------------------------------------------------------ set-up
+    def _to_device(self, h: Weights) -> Weights:
+        xp = self.xp
+        f16 = lambda a: None if a is None else xp.asarray(np.asarray(a, np.float16))  # noqa: E731
+        layers = [Layer(ln1=f16(l.ln1), ln2=f16(l.ln2), qkv=l.qkv.to(xp), bias=f16(l.bias), o=l.o.to(xp),
+                        gate_up=l.gate_up.to(xp), down=l.down.to(xp)) for l in h.layers]
+        return Weights(embed=f16(h.embed), cos=xp.asarray(h.cos), sin=xp.asarray(h.sin), layers=layers,
+                       norm=f16(h.norm), head=h.head.to(xp))
+
+    def state_bytes(self, batch: int, prompt_len: int = 0) -> int:
+        it = np.dtype(self.cache_dtype).itemsize
+        kv = 2 * self.num_layers * batch * self.kv_heads * self.capacity * self.head_dim * it
+        scratch = 4 * batch * (self.vocab_size + 2 * self.hidden + 2 * self.num_heads * self.head_dim + self.inter
+                               + self.num_heads * self.nsplit * (self.head_dim + 2))
+        prompt = 4 * batch * max(prompt_len, 1) * (2 * self.hidden + 2 * self.inter + self.num_heads * max(
+            prompt_len, 1))
+        return kv + scratch + prompt
+
+    def state(self, batch: int) -> State:
+        if batch in self.states:
+            return self.states[batch]
+        if not 1 <= batch <= 1024:
+            raise BadInputError(f"batch size must be in 1..1024, got {batch}")
+        xp = self.xp
+        if xp is not np:
+            need, free = self.state_bytes(batch), self.bytes_available()
+            if need > free:
+                raise DeviceError(f"batch {batch} needs {need / 2**30:.2f} GiB on the GPU for its KV cache (capacity "
+                                  f"{self.capacity} tokens) and buffers, but {free / 2**30:.2f} GiB is free: use a "
+                                  "smaller batch or max_length")
+        nd = self.num_heads * self.head_dim
+        with self.on_stream():
+            st = State(batch=batch, cache=xp.zeros((self.num_layers, 2, batch, self.kv_heads, self.capacity,
+                                                    self.head_dim), self.cache_dtype),
+                       ids=xp.zeros((batch, 1), np.int64), seqlens=xp.zeros(batch, np.int32),
+                       logits=xp.zeros((batch, 1, self.vocab_size), np.float32),
+                       resid=xp.zeros((batch, self.hidden), np.float32), q=xp.zeros((batch, nd), np.float32),
+                       attn=xp.zeros((batch, nd), np.float32), act=xp.zeros((batch, self.inter), np.float32),
+                       part_o=xp.zeros((batch, self.num_heads, self.nsplit, self.head_dim), np.float32),
+                       part_ml=xp.zeros((batch, self.num_heads, self.nsplit, 2), np.float32))
+        self.states[batch] = st
+        return st
+
+    def release(self, batch: int | None = None) -> None:
+        for b in ([batch] if batch is not None else list(self.states)):
+            if self.active is self.states.pop(b, None):
+                self.active = None
+        if self.xp is not np:
+            self.xp.get_default_memory_pool().free_all_blocks()
+
+    # ------------------------------------------------------------------ the step on the device
+    def _gemv(self, mode: str, p: Packed, x, gamma, st: State, out, ldo: int = 0, bias=None, layer: int = 0):
+        i32, null = np.int32, np.uint64(0)
+        tasks = p.n // 2                             # two rows a warp (gate j with up j for SwiGLU)
+        grid = (-(-tasks // GW), -(-st.batch // BT))
+        qkv = mode == "qkv"
+        args = (p.w, p.sz if p.sz is not None else null, i32(p.kb), i32(p.block), i32(p.row_bytes), x,
+                gamma if gamma is not None else null, np.float32(self.eps), i32(p.k), i32(tasks), i32(st.batch),
+                out, i32(ldo), i32(self.inter), bias if bias is not None else null,
+                st.cache[layer, 0] if qkv else null, st.cache[layer, 1] if qkv else null,
+                self.w.cos if qkv else null, self.w.sin if qkv else null, st.seqlens if qkv else null,
+                i32(self.num_heads), i32(self.kv_heads), i32(self.capacity))
+        self.k[f"gemv_{mode}_{p.fmt}"](grid, (GW * 32,), args)
+
+    def _launch(self, st: State) -> None:
+        """The whole decode step as kernel launches on the current stream (what the CUDA graph captures)."""
+        i32, w, b = np.int32, self.w, st.batch
+        self.k["embed_rows"]((b,), (256,), (w.embed, st.ids, st.resid, i32(self.hidden)))
+        for i, layer in enumerate(w.layers):
+            self._gemv("qkv", layer.qkv, st.resid, layer.ln1, st, st.q, bias=layer.bias, layer=i)
+            self.k["attn_split"]((self.nsplit, self.kv_heads, b), (ATT_THREADS,),
+                                 (st.q, st.cache[i, 0], st.cache[i, 1], st.seqlens, st.part_o, st.part_ml,
+                                  i32(self.kv_heads), i32(self.capacity), i32(self.nsplit), np.float32(self.scale)))
+            self.k["attn_combine"]((self.num_heads, b), (self.head_dim,),
+                                   (st.part_o, st.part_ml, st.seqlens, st.attn, i32(self.num_heads),
+                                    i32(self.nsplit)))
+            self._gemv("resid", layer.o, st.attn, None, st, st.resid, ldo=self.hidden)
+            self._gemv("swiglu", layer.gate_up, st.resid, layer.ln2, st, st.act)
+            self._gemv("resid", layer.down, st.act, None, st, st.resid, ldo=self.hidden)
+        self._gemv("logits", w.head, st.resid, w.norm, st, st.logits, ldo=self.vocab_size)
+
+    def _twins(self, st: State) -> None:
+        """The same step with the NumPy twins (CPU hosts, CI)."""
+        w, dense = self.w, self._dense_of
+        st.resid[...] = R.embed_rows(w.embed, st.ids)
+        for i, layer in enumerate(w.layers):
+            R.gemv_qkv(dense(layer.qkv), st.resid, layer.ln1, self.eps, layer.bias, st.q, st.cache[i, 0],
+                       st.cache[i, 1], w.cos, w.sin, st.seqlens, self.num_heads, self.kv_heads)
+            po, pml = R.attn_split(st.q, st.cache[i, 0], st.cache[i, 1], st.seqlens, self.scale, self.chunk,
+                                   self.nsplit)
+            st.attn[...] = R.attn_combine(po, pml, st.seqlens, self.chunk)
+            R.gemv_resid(dense(layer.o), st.attn, st.resid)
+            st.act[...] = R.gemv_swiglu(dense(layer.gate_up), st.resid, layer.ln2, self.eps, self.inter)
+            R.gemv_resid(dense(layer.down), st.act, st.resid)
+        st.logits[:, 0] = R.gemv_logits(dense(w.head), st.resid, w.norm, self.eps)
+
+    def _dense_of(self, p: Packed) -> np.ndarray:
+        key = id(p)
+        if key not in self._dense:
+            self._dense[key] = p.dense()
+        return self._dense[key]
+
+    def decode_one_token(self, st: State):
+        """One token a row from st.ids at positions st.seqlens -> logits float32 [B, 1, V] (the fixed buffer)."""
+        if self.xp is np:
+            self._twins(st)
+            return st.logits
+        with self.stream:
+            if st.graph is not None:
+                st.graph.launch(self.stream)
+            elif not self.cuda_graph or not st.warm:
+                self._launch(st)                       # the first step runs eagerly (modules load, nothing captured)
+                st.warm = True
+            else:
+                self.stream.begin_capture()
+                try:
+                    self._launch(st)
+                finally:
+                    st.graph = self.stream.end_capture()
+                st.graph.launch(self.stream)
+        return st.logits
+
+    # ------------------------------------------------------------------ the prompt pass
+    def _matmul(self, x, p: Packed):
+        """x [M, K] float32 -> x @ W^T float32 (float16 tensor-core GEMM on the device, float32 on the host)."""
+        xp = self.xp
+        if xp is np:
+            return x @ self._dense_of(p).T
+        w = p.w if p.fmt == "f16" else p.dense(xp, np.float16)
+        return (x.astype(np.float16) @ w.T).astype(np.float32)
+
+    def _norm(self, x, gamma):
+        xp = self.xp
+        return x * (1.0 / xp.sqrt((x * x).mean(-1, keepdims=True) + self.eps)) * gamma.astype(np.float32)
+
+    def prefill(self, st: State, prompts: Sequence[Sequence[int]]):
+        """Right-padded prompt pass: fills the cache at positions 0..len-1 -> logits float32 [B, V] of each row's
+        last prompt token."""
+        xp, w = self.xp, self.w
+        lens = np.array([len(p) for p in prompts], np.int64)
+        s, b = int(lens.max()), st.batch
+        if s > self.capacity:
+            raise BadInputError(f"prompt of {s} tokens exceeds the cache capacity {self.capacity}")
+        ids = np.zeros((b, s), np.int64)
+        for i, p in enumerate(prompts):
+            ids[i, :len(p)] = p
+        nh, kvh, d, g = self.num_heads, self.kv_heads, self.head_dim, self.num_heads // self.kv_heads
+        with self.on_stream():
+            x = w.embed[xp.asarray(ids)].astype(np.float32).reshape(b * s, self.hidden)
+            cos, sin = w.cos[:s][None, :, None], w.sin[:s][None, :, None]
+            causal = xp.asarray(np.triu(np.full((s, s), -np.inf, np.float32), 1))
+            for i, layer in enumerate(w.layers):
+                y = self._matmul(self._norm(x, layer.ln1), layer.qkv)
+                if layer.bias is not None:
+                    y = y + layer.bias.astype(np.float32)
+                y = y.reshape(b, s, nh + 2 * kvh, d)
+                qk = R.rotate(y[:, :, :nh + kvh], cos, sin)
+                st.cache[i, 0, :, :, :s] = qk[:, :, nh:].transpose(0, 2, 1, 3).astype(self.cache_dtype)
+                st.cache[i, 1, :, :, :s] = y[:, :, nh + kvh:].transpose(0, 2, 1, 3).astype(self.cache_dtype)
+                q = qk[:, :, :nh].transpose(0, 2, 1, 3)                                   # [B, NH, S, D]
+                attn = xp.empty((b, nh, s, d), np.float32)
+                for r in range(b):
+                    k = xp.repeat(st.cache[i, 0, r, :, :s].astype(np.float32), g, axis=0)  # [NH, S, D]
+                    v = xp.repeat(st.cache[i, 1, r, :, :s].astype(np.float32), g, axis=0)
+                    sc = q[r] @ k.transpose(0, 2, 1) * self.scale + causal
+                    sc = xp.exp(sc - sc.max(-1, keepdims=True))
+                    attn[r] = (sc / sc.sum(-1, keepdims=True)) @ v
+                x = x + self._matmul(attn.transpose(0, 2, 1, 3).reshape(b * s, nh * d), layer.o)
+                gu = self._matmul(self._norm(x, layer.ln2), layer.gate_up)
+                gate, up = gu[:, :self.inter], gu[:, self.inter:]
+                x = x + self._matmul(gate / (1 + xp.exp(-gate)) * up, layer.down)
+            last = x.reshape(b, s, self.hidden)[xp.arange(b), xp.asarray(lens - 1)]
+            logits = self._matmul(self._norm(last, w.norm), w.head)
+            st.seqlens[...] = xp.asarray((lens - 1).astype(np.int32))
+        return logits
+
+    # ------------------------------------------------------------------ the Decoder protocol
+    @property
+    def next_ids(self):
+        return self.active.ids if self.active is not None else None
+
+    @property
+    def seqlens(self):
+        return self.active.seqlens if self.active is not None else None
+
+    def start(self, batch: int) -> None:
+        self.active, self.filled = self.state(batch), 0
+
+    def append(self, chunks: Sequence[Sequence[int]], past: np.ndarray, room: int):
+        """First call (empty cache): the prompt pass. Later turns: the chunks fed as decode steps (as the fused
+        graph's decoder does). -> (logits [B, V] of each row's last token, None)."""
+        st, xp = self.active, self.xp
+        n = np.array([len(c) for c in chunks], np.int64)
+        past = np.asarray(past, np.int64)
+        if int((past + n).max()) + room > self.capacity:
+            raise BadInputError(f"{int((past + n).max())} tokens + {room} new exceed the cache capacity "
+                                f"{self.capacity}; raise max_length or shorten the prompt")
+        if not past.any():
+            logits = self.prefill(st, chunks)
+            self.filled = int(n.max())
+            return logits, None
+        with self.on_stream():
+            last = xp.empty((st.batch, self.vocab_size), np.float32)
+            for j in range(int(n.max())):
+                st.ids[:, 0] = xp.asarray(np.array([c[j] if j < len(c) else 0 for c in chunks], np.int64))
+                st.seqlens[...] = xp.asarray(np.where(j < n, past + j, past + n).astype(np.int32))
+                logits = self.decode_one_token(st)[:, 0]
+                ends = np.nonzero(n - 1 == j)[0]
+                if len(ends):
+                    idx = xp.asarray(ends)
+                    last[idx] = logits[idx]
+            st.seqlens[...] = xp.asarray((past + n - 1).astype(np.int32))
+        self.filled = int((past + n).max())
+        return last, None
+
+    def step(self, real=None):
+        """One token a row from next_ids (a finished row's pads are never attended by its real tokens)."""
+        self.filled += 1
+        return self.decode_one_token(self.active), None
+
+    def reorder(self, src: np.ndarray) -> None:
+        with self.on_stream():
+            idx, f = self.xp.asarray(src), self.filled
+            c = self.active.cache
+            c[:, :, :, :, :f] = c[:, :, idx, :, :f]
+
+    def host(self, a) -> np.ndarray:
+        return a.get(stream=self.stream) if self.xp is not np else np.asarray(a)
+
+    def synchronize(self) -> None:
+        if self.stream is not None:
+            self.stream.synchronize()
+
+    def on_stream(self):
+        return self.stream if self.stream is not None else contextlib.nullcontext()
+
+    def max_tokens(self) -> int:
+        return self.capacity
+
+    def bytes_needed(self, rows: int, prompt_len: int, new_tokens: int) -> int:
+        return self.state_bytes(rows, prompt_len) + rows * (self.vocab_size + 4 * new_tokens)
+
+    def bytes_available(self) -> int:
+        if self.xp is np:
+            from ..generation import host_bytes_available
+            return host_bytes_available()
+        free, _ = self.xp.cuda.runtime.memGetInfo()
+        return int(free + self.xp.get_default_memory_pool().free_bytes()) + sum(
+            self.state_bytes(b) for b in self.states)
+
+
+def open_decoder(model_path: str | Path, spec: dict, engine: str = "auto", device: str = "gpu",
+                 max_length: int | None = None, cuda_graph: bool = True):
+    """The decoder of a fused-decoder file: engine="kernels" (ours), "onnxruntime" (the fused graph) or "auto"
+    (on the GPU ours where CuPy and a device are there and the model fits the kernels, else the fused graph,
+    saying why; on the CPU the fused graph, whose onnxruntime kernels outrun the NumPy twins)."""
+    from ..fused import FusedDecoder
+    from ..session import SessionOptions
+    if engine not in ("auto", "kernels", "onnxruntime"):
+        raise BadInputError(f"engine must be auto, kernels or onnxruntime, got {engine!r}")
+    if engine == "kernels" or (engine == "auto" and device == "gpu"):
+        try:
+            return KernelEngine(model_path, spec, device=device, max_length=max_length, cuda_graph=cuda_graph)
+        except (BadInputError, DeviceError) as e:
+            if engine == "kernels":
+                raise
+            log.info("kernel engine not used (%s): the onnxruntime fused graph runs the decoder", e)
+    return FusedDecoder(model_path, spec, SessionOptions(device=device), max_length=max_length,
+                        cuda_graph=cuda_graph)

@@ -1,0 +1,126 @@
+"""NumPy twins of decode.cu (the kernel engine's step), one function a kernel, same arguments and the same
+float32 arithmetic: the engine runs them on CPU hosts and in CI, the device tests compare each kernel with its twin.
+
+Weights are `Packed` (kernels.engine): row-major per output [N, K] float16/float32, or MatMulNBits blocks with a
+{scale, zero point} pair per block. Activations are float32 [B, *]; the KV cache [B, KVH, C, D] keeps its dtype.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+FORMATS = ("f16", "f32", "q8", "q4")
+
+
+def dequantize(fmt: str, w, sz, k: int, block: int, xp=np, dtype=np.float32):
+    """Packed weight -> [N, K] in `dtype`: w = (q - zp) * scale per block of `block` inputs (MatMulNBits' rule);
+    xp=cupy dequantizes on the device (the engine's prompt pass)."""
+    if fmt in ("f16", "f32"):
+        return w.astype(dtype, copy=False)
+    n = w.shape[0]
+    raw = w.reshape(n, -1)
+    if fmt == "q4":
+        q = xp.empty((n, raw.shape[1] * 2), np.float32)
+        q[:, 0::2], q[:, 1::2] = raw & 0xF, raw >> 4
+    else:
+        q = raw.astype(np.float32)
+    scale = (sz & 0xFFFF).astype(np.uint16).view(np.float16).astype(np.float32)
+    zp = (sz >> 16).astype(np.uint16).view(np.float16).astype(np.float32)
+    q = q.reshape(n, -1, block)
+    return ((q - zp[..., None]) * scale[..., None]).reshape(n, -1)[:, :k].astype(dtype)
+
+
+def rms(x: np.ndarray, eps: float) -> np.ndarray:
+    """1 / rms of each row [B, 1] (the kernels' rsqrt(mean(x^2) + eps))."""
+    x = np.asarray(x, np.float32)
+    return (1.0 / np.sqrt((x * x).mean(-1, keepdims=True) + np.float32(eps))).astype(np.float32)
+
+
+def _dot(dense: np.ndarray, x: np.ndarray, gamma, eps: float) -> np.ndarray:
+    """y = (x * gamma) @ W^T, times 1/rms(x) when gamma is given (the kernels apply the norm to the dot product)."""
+    x = np.asarray(x, np.float32)
+    if gamma is None:
+        return x @ dense.T
+    return (x * np.asarray(gamma, np.float32)) @ dense.T * rms(x, eps)
+
+
+def embed_rows(table: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    return np.asarray(table, np.float32)[np.asarray(ids).reshape(-1)]
+
+
+def gemv_resid(dense: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
+    """out += x @ W^T (o-proj, down-proj)."""
+    out += _dot(dense, x, None, 0.0)
+
+
+def gemv_logits(dense: np.ndarray, x: np.ndarray, gamma, eps: float) -> np.ndarray:
+    """LM head over the final RMSNorm -> float32 [B, V]."""
+    return _dot(dense, x, gamma, eps)
+
+
+def gemv_swiglu(dense: np.ndarray, x: np.ndarray, gamma, eps: float, inter: int) -> np.ndarray:
+    """RMSNorm -> packed gate|up -> silu(gate) * up, float32 [B, I]."""
+    y = _dot(dense, x, gamma, eps)
+    g, u = y[:, :inter], y[:, inter:]
+    return g / (1 + np.exp(-g)) * u
+
+
+def rotate(y: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """Rotate-half rotary of [..., D] at per-row cos/sin [..., D/2]."""
+    h = y.shape[-1] // 2
+    a, b = y[..., :h], y[..., h:]
+    return np.concatenate([a * cos - b * sin, b * cos + a * sin], -1)
+
+
+def gemv_qkv(dense: np.ndarray, x: np.ndarray, gamma, eps: float, bias, q_out: np.ndarray, kc: np.ndarray,
+             vc: np.ndarray, cos: np.ndarray, sin: np.ndarray, seqlens: np.ndarray, nh: int, kvh: int) -> None:
+    """RMSNorm -> packed q|k|v (+ bias) -> rotary on q and k at position seqlens[b]; q to q_out [B, NH*D], k and v
+    written into this layer's cache [B, KVH, C, D] at seqlens[b]."""
+    y = _dot(dense, x, gamma, eps)
+    if bias is not None:
+        y = y + np.asarray(bias, np.float32)
+    b_sz, d = y.shape[0], kc.shape[-1]
+    heads = y.reshape(b_sz, nh + 2 * kvh, d)
+    pos = np.asarray(seqlens, np.int64)
+    c, s = np.asarray(cos, np.float32)[pos][:, None], np.asarray(sin, np.float32)[pos][:, None]
+    qk = rotate(heads[:, :nh + kvh], c, s)
+    q_out[...] = qk[:, :nh].reshape(b_sz, -1)
+    rows = np.arange(b_sz)
+    kc[rows, :, pos] = qk[:, nh:].astype(kc.dtype)
+    vc[rows, :, pos] = heads[:, nh + kvh:].astype(vc.dtype)
+
+
+def attn_split(q: np.ndarray, kc: np.ndarray, vc: np.ndarray, seqlens: np.ndarray, scale: float, chunk: int,
+               nsplit: int) -> tuple[np.ndarray, np.ndarray]:
+    """Flash-decoding partials: per (row, head, split) the unnormalized sum of softmax-numerators times V over the
+    split's positions and its (max, sum). -> part_o [B, NH, S, D], part_ml [B, NH, S, 2] (unused splits zero)."""
+    b_sz, kvh, _, d = kc.shape
+    nh = q.shape[1] // d
+    g = nh // kvh
+    part_o = np.zeros((b_sz, nh, nsplit, d), np.float32)
+    part_ml = np.zeros((b_sz, nh, nsplit, 2), np.float32)
+    qh = np.asarray(q, np.float32).reshape(b_sz, kvh, g, d) * np.float32(scale)
+    for b in range(b_sz):
+        n = int(seqlens[b]) + 1
+        for s in range(-(-n // chunk)):
+            t0, t1 = s * chunk, min(n, (s + 1) * chunk)
+            k = np.asarray(kc[b, :, t0:t1], np.float32)                       # [KVH, T, D]
+            v = np.asarray(vc[b, :, t0:t1], np.float32)
+            sc = np.einsum("hgd,htd->hgt", qh[b], k)
+            m = sc.max(-1, keepdims=True)
+            p = np.exp(sc - m)
+            part_o[b, :, s] = np.einsum("hgt,htd->hgd", p, v).reshape(nh, d)
+            part_ml[b, :, s, 0] = m.reshape(nh)
+            part_ml[b, :, s, 1] = p.sum(-1).reshape(nh)
+    return part_o, part_ml
+
+
+def attn_combine(part_o: np.ndarray, part_ml: np.ndarray, seqlens: np.ndarray, chunk: int) -> np.ndarray:
+    """Merge the splits holding positions -> float32 [B, NH*D]."""
+    b_sz, nh, _, d = part_o.shape
+    out = np.empty((b_sz, nh, d), np.float32)
+    for b in range(b_sz):
+        used = (int(seqlens[b]) + chunk) // chunk
+        m, l_ = part_ml[b, :, :used, 0], part_ml[b, :, :used, 1]
+        f = np.exp(m - m.max(-1, keepdims=True))
+        out[b] = (f[..., None] * part_o[b, :, :used]).sum(1) / (f * l_).sum(-1, keepdims=True)
+    return out.reshape(b_sz, nh * d)

@@ -1,0 +1,137 @@
+"""The kernel engine (runtime/kernels/engine.py) on CPU: its step is the NumPy twins of decode.cu, so these tests
+prove the twins' math against the onnxruntime fused graph (the parity oracle) on tiny random models — FP32,
+weight-only int8 and int4 (float and integer zero points), GQA groups 2 and 3, q/k/v bias, several attention splits,
+later turns and beams — and each twin against a plain formula. The kernels themselves are compared with these twins
+on the GPU (tests/test_engine_gpu.py)."""
+import numpy as np
+import pytest
+
+from paddle2ort.convert.llm.fused import DecoderSpec, build_decoder, build_variant, random_state, save_model
+from paddle2ort.runtime.errors import BadInputError
+from paddle2ort.runtime.fused import FusedDecoder
+from paddle2ort.runtime.generation import Decoder, GenerationConfig, Generator, generate
+from paddle2ort.runtime.kernels import engine_reference as R
+from paddle2ort.runtime.kernels.engine import KernelEngine, Packed, _pair, open_decoder
+from paddle2ort.runtime.session import SessionOptions
+
+pytestmark = pytest.mark.unit
+
+CFG = {"vocab_size": 96, "hidden_size": 192, "intermediate_size": 128, "num_hidden_layers": 2,
+       "num_attention_heads": 6, "num_key_value_heads": 2, "head_dim": 32, "rms_norm_eps": 1e-5,
+       "rope_theta": 10000.0, "max_position_embeddings": 128}
+PROMPTS = [[5, 9, 14, 3, 77, 20, 31], [8, 1], [40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51]]
+
+
+def _build(tmp, precision: str, bias: bool, heads: int = 6):
+    spec = DecoderSpec.from_config({**CFG, "num_attention_heads": heads}, qkv_bias=bias)
+    state = random_state(spec, seed=3, std=0.08)
+    path = tmp / f"{precision}-{bias}-{heads}.onnx"
+    if precision == "fp32":
+        save_model(build_decoder(spec, state, "float32"), path)
+    else:
+        build_variant(spec, state, precision, path, accuracy_level=None, compute_dtype="float32")
+    return path, spec.to_json()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("engine")
+    return {k: _build(tmp, *k) for k in [("fp32", True, 6), ("fp32", False, 4), ("int8", True, 6),
+                                         ("int4", False, 6)]}
+
+
+def _teacher_forced(dec, prompts, steps):
+    """Logits [B, V] after the prompt and after each of `steps` fed tokens (the same tokens for every decoder)."""
+    dec.start(len(prompts))
+    logits, rows = dec.append(prompts, np.zeros(len(prompts), np.int64), steps + 1)
+    out = [np.asarray(logits if rows is None else logits[rows], np.float32).reshape(len(prompts), -1)]
+    for j in range(steps):
+        dec.next_ids[:, 0] = [(7 * j + 3 * b) % 90 + 1 for b in range(len(prompts))]
+        dec.seqlens[...] += 1
+        out.append(np.asarray(dec.step(None)[0], np.float32).reshape(len(prompts), -1))
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("key,tol", [(("fp32", True, 6), 1e-4), (("fp32", False, 4), 1e-4),
+                                     (("int8", True, 6), 2e-3), (("int4", False, 6), 2e-3)])
+def test_engine_logits_match_the_fused_graph(models, key, tol):
+    path, spec = models[key]
+    eng = KernelEngine(path, spec, device="cpu", max_length=40, chunk=8)      # 5 attention splits
+    assert isinstance(eng, Decoder) and eng.nsplit == 5
+    ort = FusedDecoder(path, spec, SessionOptions(device="cpu"), max_length=40)
+    got, want = _teacher_forced(eng, PROMPTS, 10), _teacher_forced(ort, PROMPTS, 10)
+    err = np.abs(got - want).max() / (want.max() - want.min())
+    assert err <= tol, f"{key}: max |engine - onnxruntime| = {err:.2e} of the logits' range"
+
+
+def test_engine_tokens_turns_and_beams_match_the_fused_graph(models):
+    path, spec = models[("fp32", True, 6)]
+    eng = KernelEngine(path, spec, device="cpu", max_length=64, chunk=16)
+    ort = FusedDecoder(path, spec, SessionOptions(device="cpu"), max_length=64)
+    for cfg in (GenerationConfig(max_new_tokens=12), GenerationConfig(max_new_tokens=8, num_beams=3),
+                GenerationConfig(max_new_tokens=10, do_sample=True, top_k=20, seed=11)):
+        assert generate(eng, PROMPTS, cfg, 0) == generate(ort, PROMPTS, cfg, 0), cfg
+    runs = []
+    for dec in (eng, ort):                        # a second turn: the chunks fed as steps after the cached ones
+        gen = Generator(dec, GenerationConfig(max_new_tokens=4), 0)
+        gen.append_tokens(PROMPTS)
+        while not gen.is_done():
+            gen.generate_next_token()
+        first = gen.results()
+        gen.append_tokens([[11, 12], [13], [14, 15, 16]])
+        while not gen.is_done():
+            gen.generate_next_token()
+        runs.append((first, gen.results()))
+    assert runs[0] == runs[1]
+
+
+def test_twins_against_plain_formulas():
+    rng = np.random.default_rng(0)
+    # attention: the split partials merged = one softmax over all positions, per GQA group
+    b, kvh, g, d, cap = 2, 2, 3, 32, 50
+    q = rng.normal(size=(b, kvh * g * d)).astype(np.float32)
+    kc, vc = rng.normal(size=(2, b, kvh, cap, d)).astype(np.float32)
+    seqlens = np.array([37, 4], np.int32)
+    out = R.attn_combine(*R.attn_split(q, kc, vc, seqlens, 0.2, 8, 7), seqlens, 8)
+    for r in range(b):
+        n = seqlens[r] + 1
+        qh = q[r].reshape(kvh, g, d)
+        s = np.einsum("hgd,htd->hgt", qh, kc[r, :, :n]) * 0.2
+        p = np.exp(s - s.max(-1, keepdims=True))
+        want = np.einsum("hgt,htd->hgd", p / p.sum(-1, keepdims=True), vc[r, :, :n]).reshape(-1)
+        np.testing.assert_allclose(out[r], want, rtol=1e-5, atol=1e-6)
+    # int4 blocks with integer (packed uint8) and float zero points: (q - zp) * scale
+    n, k, block = 6, 64, 32
+    qv = rng.integers(0, 16, size=(n, k)).astype(np.uint8)
+    packed = (qv[:, 0::2] | (qv[:, 1::2] << 4)).astype(np.uint8)
+    scale = rng.uniform(0.01, 0.1, size=(n, 2)).astype(np.float16)
+    zi = rng.integers(0, 16, size=(n, 2)).astype(np.uint8)
+    for zp, zf in (((zi[:, 0] | (zi[:, 1] << 4)).astype(np.uint8), zi), (zi.astype(np.float16) + 0.5, zi + 0.5)):
+        got = Packed("q4", packed, _pair(scale, zp, n, 2, 4), n, k, block).dense()
+        want = (qv.reshape(n, 2, block) - np.float16(zf)[..., None].astype(np.float32)) * scale.astype(
+            np.float32)[..., None]
+        np.testing.assert_allclose(got, want.reshape(n, k), rtol=1e-6)
+    # q|k|v: rotary is a rotation (norms kept) and k/v land at the row's position
+    w = rng.normal(size=(5 * 32, 64)).astype(np.float32)
+    x = rng.normal(size=(2, 64)).astype(np.float32)
+    kc, vc = np.zeros((2, 2, 2, 10, 32), np.float32)
+    qo = np.zeros((2, 32), np.float32)
+    ang = rng.uniform(0, 6, size=(10, 16)).astype(np.float32)
+    R.gemv_qkv(w, x, np.ones(64, np.float32), 1e-6, None, qo, kc, vc, np.cos(ang), np.sin(ang), np.array([3, 9]),
+               1, 2)
+    y = x * R.rms(x, 1e-6) @ w.T
+    np.testing.assert_allclose(np.linalg.norm(qo, axis=-1), np.linalg.norm(y[:, :32], axis=-1), rtol=1e-5)
+    np.testing.assert_allclose(vc[1, :, 9], y[1, 96:].reshape(2, 32), rtol=1e-5, atol=1e-5)
+    assert not kc[0, :, :3].any() and not kc[0, :, 4:].any() and kc[0, :, 3].any()
+
+
+def test_engine_refuses_what_the_kernels_do_not_cover(models, tmp_path):
+    path, spec = models[("fp32", True, 6)]
+    with pytest.raises(BadInputError, match="onnxruntime fused decoder"):
+        KernelEngine(path, {**spec, "family": "gpt"}, device="cpu")
+    with pytest.raises(BadInputError, match="exceeds the model's 128 positions"):
+        KernelEngine(path, spec, device="cpu", max_length=4096)
+    assert isinstance(open_decoder(path, spec, device="cpu"), FusedDecoder)         # CPU: the fused graph
+    assert isinstance(open_decoder(path, spec, engine="kernels", device="cpu"), KernelEngine)
+    with pytest.raises(BadInputError, match="engine must be"):
+        open_decoder(path, spec, engine="fast")
