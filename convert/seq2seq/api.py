@@ -1,0 +1,133 @@
+"""PaddleNLP encoder-decoder (save_pretrained dir) -> validated text2text bundle.
+
+Stages: family from config.json (before any worker) -> (worker) the family's encoder and decoder-step wrappers,
+a greedy generation of the wrappers recorded through the runtime's decode loop, Paddle's own generate() on the
+same sources, jit.save of both -> the generic converter twice (paddle2onnx, the gate against Paddle Inference on
+the recorded calls, precisions): the encoder into a nested bundle `encoder/`, the decoder into the bundle itself.
+
+Cross-attention K/V are computed once: the encoder graph outputs every decoder layer's K/V of the source, and the
+decoder step takes them as an input (never recomputed per step).
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from paddle2ort.runtime.errors import BadInputError
+from paddle2ort.runtime.progress import busy
+from paddle2ort.runtime.seq2seq import ENCODER_DIR, TASK
+
+from ..api import MAX_OPSET, MIN_OPSET, ConvertConfig, ConvertResult, check_thresholds, convert
+from ..bundle import check_destination
+from ..llm.api import TOKENIZER_FILES, check_size, check_source, source_fingerprint
+from ..paddle_proc import make_workdir, run_worker, sigterm_as_interrupt
+from ..precision import Int8Options
+from ..validate import LLM_THRESHOLDS, Thresholds
+from .wrapper import DECODER_OUTPUTS, ENCODER_OUTPUTS
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SOURCES = ("translate English to German: The house is wonderful.", "summarize: the cat sat on the mat")
+SEQ2SEQ_PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class Seq2SeqConvertConfig:
+    source: Path                                   # PaddleNLP model dir: config.json + model_state.pdparams
+    output: Path
+    tokenizer: Path                                # tokenizer.json + tokenizer_config.json
+    precisions: tuple[str, ...] = ("fp32",)        # fp32, fp16, int8 (weight-only)
+    opset: int = 17
+    validate: bool = True
+    overwrite: bool = False
+    name: str | None = None
+    sources: tuple[str, ...] = DEFAULT_SOURCES     # validation scenario: a batch of sources
+    decode_steps: int = 4                          # greedy decoder steps recorded after the first
+    thresholds: dict[str, Thresholds] = field(default_factory=lambda: dict(LLM_THRESHOLDS))
+
+    def __post_init__(self):
+        for k in ("source", "output", "tokenizer"):
+            object.__setattr__(self, k, Path(getattr(self, k)))
+        bad = [p for p in self.precisions if p not in SEQ2SEQ_PRECISIONS]
+        if bad or not self.precisions:
+            raise BadInputError(f"unknown precision(s) {bad or '(none)'} for an encoder-decoder; choose from "
+                                f"{', '.join(SEQ2SEQ_PRECISIONS)}")
+        if isinstance(self.opset, bool) or not isinstance(self.opset, int) or not MIN_OPSET <= self.opset <= MAX_OPSET:
+            raise BadInputError(f"opset {self.opset} is out of range; paddle2onnx exports opsets "
+                                f"{MIN_OPSET}..{MAX_OPSET}")
+        if isinstance(self.decode_steps, bool) or not isinstance(self.decode_steps, int) or self.decode_steps < 1:
+            raise BadInputError("decode_steps must be >= 1 (validation covers the first step and later ones)")
+        if not self.sources or not all(isinstance(s, str) and s.strip() for s in self.sources):
+            raise BadInputError("validation sources must be non-empty texts")
+        check_thresholds(self.thresholds)
+
+
+def check_family(cfg: dict, config: Seq2SeqConvertConfig) -> str:
+    from .families import UnsupportedFamily, family_name
+    try:
+        return family_name(cfg)
+    except UnsupportedFamily as e:
+        raise BadInputError(f"{config.source / 'config.json'}: {e}") from e
+
+
+def convert_seq2seq(config: Seq2SeqConvertConfig) -> ConvertResult:
+    """Every input is checked before the Paddle export; SIGTERM unwinds like Ctrl-C (the worker dies with us)."""
+    with sigterm_as_interrupt():
+        return _convert_seq2seq(config)
+
+
+def _convert_seq2seq(config: Seq2SeqConvertConfig) -> ConvertResult:
+    from paddle2ort.tokenization.bpe import BPETokenizer
+
+    from ..llm.api import check_vocab
+    cfg = check_source(config.source)
+    family = check_family(cfg, config)
+    check_destination(config.output, config.overwrite, (config.source, config.tokenizer))
+    tok = BPETokenizer.load(config.tokenizer)
+    check_vocab(tok, cfg, config)
+    check_size(config.source, cfg)
+    eos = cfg.get("eos_token_id", tok.eos_token_id)
+    sources = [tok.encode(s) + [eos] for s in config.sources]
+    log.info("%s: the %s encoder-decoder family", config.source, family)
+    work = make_workdir("seq2seq")
+    try:
+        with busy("export the encoder and the decoder step (Paddle worker)"):
+            info = run_worker("export_seq2seq", {
+                "model_dir": str(config.source), "sources": sources, "decode_steps": config.decode_steps,
+                "encoder_prefix": str(work / "encoder" / "inference"),
+                "decoder_prefix": str(work / "decoder" / "inference"),
+                "encoder_npz": str(work / "encoder.npz"), "decoder_npz": str(work / "decoder.npz")}, work)
+        agree = info["generated"] == info["paddle_generated"]
+        log.info("%s (%s): the wrappers' greedy tokens %s Paddle's generate() on the validation sources",
+                 info["architecture"], family, "equal" if agree else "DIFFER FROM")
+        if not agree:
+            raise BadInputError(f"the {family} export wrappers do not reproduce Paddle's generate() on "
+                                f"{config.source} (ours {info['generated']}, Paddle {info['paddle_generated']}); "
+                                "this model's configuration is outside what the adapter covers")
+        common = dict(precisions=config.precisions, opset=config.opset, validate=config.validate,
+                      inputs_recorded=True, thresholds=config.thresholds, fuse=False,
+                      int8=Int8Options(weight_only=True))
+        with busy("encoder: paddle2onnx + gate"):
+            convert(ConvertConfig(source=work / "encoder", output=work / "encoder_bundle",
+                                  inputs_npz=work / "encoder.npz", output_names=ENCODER_OUTPUTS,
+                                  name=f"{config.name or config.source.name}-encoder", task="text2text-encoder",
+                                  **common))
+        geo = info["geometry"]
+        seq2seq = {**geo, "family": family, "architecture": info["architecture"], "encoder": ENCODER_DIR,
+                   "cross_attention": "K/V computed once by the encoder graph (cross_key_values), a decoder input",
+                   "cache_layout": "self: [time, layer, k|v, batch, head, head_dim], present = new positions; "
+                                   "cross: [layer, k|v, batch, head, source, head_dim]"}
+        extra_files = {f"tokenizer/{n}": config.tokenizer / n for n in TOKENIZER_FILES}
+        extra_files[ENCODER_DIR] = work / "encoder_bundle"
+        return convert(ConvertConfig(
+            source=work / "decoder", output=config.output, inputs_npz=work / "decoder.npz",
+            output_names=DECODER_OUTPUTS, name=config.name or config.source.name, task=TASK,
+            extra_files=extra_files,
+            tokenizer={"kind": "bpe", "files": "tokenizer/tokenizer.json, tokenizer/tokenizer_config.json",
+                       "eos_token_id": eos, "pad_token_id": geo["pad_id"]},
+            extra={"seq2seq": seq2seq, "paddle_source": source_fingerprint(config.source)}, **common,
+        ), sources=(config.source, config.tokenizer))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

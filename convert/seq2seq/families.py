@@ -1,0 +1,49 @@
+"""The encoder-decoder families, one registry read from config.json before any Paddle work (no Paddle import
+here). Each family's Paddle-side adapter (one module a family: t5.py, bart.py) implements
+
+    geometry(config) -> dict        num_layers, heads, head_dim, vocab_size, d_model, decoder_start_id, eos_id,
+                                    pad_id, max_source, max_target (None: unbounded, relative positions)
+    encode(model, input_ids, attention_mask) -> cross_key_values [L, 2, B, H, T, D]
+    decode(model, ids, encoder_mask, past, cross) -> (logits [B, S, V], present [S, L, 2, B, H, D])
+
+(past [P, L, 2, B, H, D] time-major like the causal-LM export; present holds the S new positions only)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Seq2SeqFamily:
+    name: str
+    model_class: str               # paddlenlp.transformers class
+    module: str                    # adapter module in this package
+    model_types: tuple[str, ...]
+    architectures: tuple[str, ...]
+
+
+FAMILIES = {f.name: f for f in (
+    Seq2SeqFamily("t5", "T5ForConditionalGeneration", "t5", ("t5",), ("T5ForConditionalGeneration",)),
+    Seq2SeqFamily("bart", "BartForConditionalGeneration", "bart", ("bart",), ("BartForConditionalGeneration",)),
+)}
+
+
+class UnsupportedFamily(KeyError):
+    def __str__(self):
+        return str(self.args[0])
+
+
+def family_name(cfg: dict) -> str:
+    """The family of a PaddleNLP config.json (architectures first, then model_type)."""
+    archs = cfg.get("architectures") or []
+    for f in FAMILIES.values():
+        if any(a in f.architectures for a in archs) or (not archs and cfg.get("model_type") in f.model_types):
+            return f.name
+    what = archs[0] if archs else cfg.get("model_type")
+    raise UnsupportedFamily(f"{what!r} is not an encoder-decoder family paddle2ort exports; supported: "
+                            + ", ".join(a for f in FAMILIES.values() for a in f.architectures))
+
+
+def adapter(name: str):
+    """The family's Paddle-side module (worker only)."""
+    import importlib
+    return importlib.import_module(f"{__package__}.{FAMILIES[name].module}")

@@ -1,0 +1,36 @@
+"""Tiny random-weight encoder-decoder models with a small byte-level BPE tokenizer trained on given texts: the
+tests' and the seq2seq benchmark's models (quality is not the point; the graphs, the loop and parity are).
+The tokenizer is trained with HF `tokenizers` (its BpeTrainer); the model is built in a Paddle worker."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")           # ids 0..3: bos, pad, eos, unk (BART's order)
+
+
+def train_tokenizer(texts: Sequence[str], vocab_size: int = 320):
+    """-> BPETokenizer (byte-level BPE, SPECIALS first)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from paddle2ort.tokenization.bpe import BPETokenizer
+    hf = Tokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIALS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    hf.train_from_iterator(list(texts), trainer)
+    return BPETokenizer(hf, {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "add_bos_token": False})
+
+
+def build_tiny(family: str, out: Path, texts: Sequence[str], seed: int = 0, std: float = 0.3) -> Path:
+    """out/model (PaddleNLP save_pretrained) + out/tokenizer. -> out."""
+    from ..paddle_proc import run_worker, workdir
+    out = Path(out)
+    tok = train_tokenizer(texts)
+    tok.save(out / "tokenizer")
+    special = {"bos": tok.bos_token_id, "pad": tok.pad_token_id, "eos": tok.eos_token_id}
+    with workdir("tiny") as work:
+        run_worker("build_tiny_seq2seq", {"family": family, "out": str(out / "model"), "vocab_size": tok.vocab_size,
+                                          "special": special, "seed": seed, "std": std}, Path(work))
+    return out

@@ -1,0 +1,210 @@
+"""Encoder-decoder bundles (T5, BART) on the one decode loop: `Seq2SeqDecoder` implements the Decoder protocol of
+runtime.generation, so the one Generator (greedy, sampling) and the one beam search drive it unchanged.
+
+append (the prefill) runs the encoder once on the sources (right-padded) — it returns every decoder layer's
+cross-attention K/V, which stay fixed for the generation (reordered only with the beams) — then the decoder on each
+row's start token; each step feeds one token a row and writes its self-attention K/V into the preallocated
+time-major cache (runtime.generation.KVCache). All rows share the target length, so the decoder needs no padding.
+
+`Text2TextGenerator` is the bundle-driven pipeline (tokenizer + sessions + the loop), the `--task
+text2text-generation` side of `paddle2ort generate`.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .errors import BadInputError, BundleError
+from .generation import GenerationConfig, KVCache, generate, host_bytes_available
+from .manifest import load_bundle
+from .session import SessionOptions, create_session
+
+log = logging.getLogger(__name__)
+
+TASK = "text2text-generation"
+ENCODER_DIR = "encoder"          # the encoder's own (nested, gated) bundle inside a text2text bundle
+
+
+@dataclass(frozen=True)
+class Seq2SeqSpec:
+    """The geometry the loop needs (manifest extra.seq2seq)."""
+    num_layers: int
+    heads: int
+    head_dim: int
+    vocab_size: int
+    decoder_start_id: int
+    eos_id: int
+    pad_id: int
+    max_source: int | None = None           # longest source (learned positions); None: unbounded
+    max_target: int | None = None           # decoder positions (start token included); None: unbounded
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Seq2SeqSpec":
+        try:
+            return cls(**{k: d.get(k) for k in cls.__dataclass_fields__})
+        except TypeError as e:
+            raise BundleError(f"manifest extra.seq2seq is malformed ({e})") from e
+
+
+def right_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """-> ids [B, T], mask [B, T] (0 on the right padding): learned absolute positions (BART) need the real
+    tokens first."""
+    t = max(len(r) for r in rows)
+    ids = np.full((len(rows), t), pad_id, np.int64)
+    mask = np.zeros((len(rows), t), np.int64)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = r
+        mask[i, :len(r)] = 1
+    return ids, mask
+
+
+class Seq2SeqDecoder:
+    """The Decoder protocol over two callables with the exported graphs' contracts:
+    encode(input_ids, attention_mask) -> cross [L, 2, B, H, T, D];
+    decode(ids, encoder_mask, past, cross) -> (logits [B, S, V], present [S, L, 2, B, H, D])."""
+
+    xp, stream, seqlens, next_ids = np, None, None, None
+    limit_name = "the decoder's positions"
+
+    def __init__(self, encode: Callable, decode: Callable, spec: Seq2SeqSpec, cache_dtype=np.float32):
+        self.encode, self.decode, self.spec = encode, decode, spec
+        self.vocab_size, self.cache_dtype = spec.vocab_size, np.dtype(cache_dtype)
+        self.cache: KVCache | None = None
+        self.cross = None
+
+    # the prefix the decoder has seen before its first generated token (no-repeat-ngram counts it, as PaddleNLP's
+    # processors see decoder_input_ids)
+    def target_prefix(self, rows: int) -> list[list[int]]:
+        return [[self.spec.decoder_start_id] for _ in range(rows)]
+
+    def start(self, batch: int) -> None:
+        s = self.spec
+        self.cache = KVCache.allocate(0, s.num_layers, batch, s.heads, s.head_dim, self.cache_dtype)
+        self.cross, self.enc_mask = None, None
+        self.next_ids = np.zeros((batch, 1), np.int64)
+
+    def append(self, chunks, past, room):
+        if self.cross is not None:
+            raise BadInputError("an encoder-decoder generation has one source a row; multi-turn continuation is "
+                                "for causal LMs (start a new generation with the new source)")
+        s = self.spec
+        longest = max(len(c) for c in chunks)
+        if s.max_source is not None and longest > s.max_source:
+            raise BadInputError(f"source of {longest} tokens exceeds the encoder's {s.max_source} positions; "
+                                "shorten it (--src-length)")
+        if s.max_target is not None and room + 1 > s.max_target:
+            raise BadInputError(f"max_new_tokens ({room}) + the start token exceeds the decoder's {s.max_target} "
+                                f"positions; lower max_new_tokens to at most {s.max_target - 1}")
+        ids, self.enc_mask = right_pad(chunks, s.pad_id)
+        self.cross = np.ascontiguousarray(self.encode(ids, self.enc_mask), dtype=self.cache_dtype)
+        self.cache.reserve(1 + room)
+        self.next_ids[:, 0] = s.decoder_start_id
+        return self._run()
+
+    def _run(self):
+        logits, present = self.decode(self.next_ids, self.enc_mask, self.cache.view(), self.cross)
+        self.cache.append(present)
+        return np.ascontiguousarray(logits[:, -1]), None
+
+    def step(self, real):
+        return self._run()              # finished rows decode their pad token; the chooser ignores their logits
+
+    def reorder(self, src):
+        src = np.asarray(src)
+        self.cache.reorder(src)
+        self.cross = self.cross[:, :, src]
+        self.enc_mask = self.enc_mask[src]
+
+    @staticmethod
+    def host(a) -> np.ndarray:
+        return np.asarray(a)
+
+    def max_tokens(self) -> int | None:
+        return None                     # source and target limits are checked apart (append)
+
+    def bytes_needed(self, rows: int, prompt_len: int, new_tokens: int) -> int:
+        s = self.spec
+        per_pos = s.num_layers * 2 * s.heads * s.head_dim * self.cache_dtype.itemsize
+        return rows * (2 * (1 + new_tokens) * per_pos + prompt_len * per_pos + 2 * s.vocab_size * 4)
+
+    @staticmethod
+    def bytes_available() -> int:
+        return host_bytes_available()
+
+
+class OrtSeq2Seq(Seq2SeqDecoder):
+    """The bundle's two onnxruntime sessions as a Seq2SeqDecoder."""
+
+    def __init__(self, encoder_path: str | Path, decoder_path: str | Path, spec: Seq2SeqSpec,
+                 session: SessionOptions = SessionOptions()):
+        self.enc_session = create_session(encoder_path, session)
+        self.dec_session = create_session(decoder_path, session)
+        names = [i.name for i in self.dec_session.get_inputs()]
+        want = ["decoder_input_ids", "encoder_attention_mask", "past_key_values", "cross_key_values"]
+        if names != want:
+            raise BundleError(f"decoder inputs are {names}, not the encoder-decoder contract {want}")
+        super().__init__(self._encode, self._decode, spec)
+
+    def _encode(self, ids, mask):
+        return self.enc_session.run(["cross_key_values"], {"input_ids": ids, "attention_mask": mask})[0]
+
+    def _decode(self, ids, enc_mask, past, cross):
+        return self.dec_session.run(["logits", "present_key_values"], {
+            "decoder_input_ids": ids, "encoder_attention_mask": enc_mask,
+            "past_key_values": np.ascontiguousarray(past, dtype=self.cache_dtype), "cross_key_values": cross})
+
+
+class Text2TextGenerator:
+    """Bundle-driven seq2seq generation: tokenizer + encoder/decoder sessions + the decode loop. Duck-compatible
+    with runtime.llm.TextGenerator where the JSONL job runner needs it (prompt_ids, stop_ids,
+    generate_token_ids, tokenizer, _cut)."""
+
+    graph = "generic"
+
+    def __init__(self, bundle_dir: str | Path, precision: str = "fp32", session: SessionOptions = SessionOptions()):
+        from paddle2ort.tokenization.bpe import BPETokenizer
+
+        self.bundle = load_bundle(bundle_dir)
+        m = self.bundle.manifest
+        if m.task != TASK or "seq2seq" not in m.extra:
+            raise BundleError(f"bundle {bundle_dir} is not a {TASK} bundle (task={m.task!r})")
+        self.spec = Seq2SeqSpec.from_json(m.extra["seq2seq"])
+        self.precision = precision
+        encoder = load_bundle(self.bundle.path / ENCODER_DIR)
+        self.model = OrtSeq2Seq(encoder.model_path(precision, verify=True),
+                                self.bundle.model_path(precision, verify=True), self.spec, session)
+        self.tokenizer = BPETokenizer.load(self.bundle.path / "tokenizer")
+
+    def prompt_ids(self, text: str, chat: bool = False) -> list[int]:
+        if chat:
+            raise BadInputError("--chat renders a chat template for causal LMs; a text2text model takes the source "
+                                "text as it is")
+        if not isinstance(text, str) or not text.strip():
+            raise BadInputError("empty source text: give some text to transform")
+        return self.tokenizer.encode(text) + [self.spec.eos_id]     # sources end with </s>, as in training
+
+    def stop_ids(self, cfg: GenerationConfig) -> GenerationConfig:
+        return cfg if cfg.stop_token_ids else replace(cfg, stop_token_ids=(self.spec.eos_id,))
+
+    def generate_token_ids(self, ids: Sequence[Sequence[int]], cfg: GenerationConfig) -> list[list[int]]:
+        return generate(self.model, ids, self.stop_ids(cfg), self.spec.pad_id, decode=self.tokenizer.decode)
+
+    @staticmethod
+    def _cut(text: str, cfg: GenerationConfig) -> str:
+        for s in cfg.stop_strings:
+            if s in text:
+                text = text[:text.index(s)]
+        return text
+
+    def __call__(self, texts: Sequence[str] | str, cfg: GenerationConfig = GenerationConfig()) -> list[str]:
+        if isinstance(texts, str):
+            texts = [texts]
+        outs = self.generate_token_ids([self.prompt_ids(t) for t in texts], cfg)
+        return [self._cut(self.tokenizer.decode(o), cfg) for o in outs]
+
+
+__all__ = ["OrtSeq2Seq", "Seq2SeqDecoder", "Seq2SeqSpec", "TASK", "Text2TextGenerator", "right_pad"]
