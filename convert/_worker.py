@@ -331,15 +331,25 @@ def task_export_llm(args: dict) -> dict:
         wrapper = make_wrapper(model, fam)
         wrapper.eval()
         dec = EagerDecoder(wrapper, c, fam, record=feeds)
+        if args.get("prefix_npy"):      # PTuning prefix (convert.llm.adapters): the scenario starts from its rows
+            from paddle2ort.runtime.generation import CacheDecoder
+            from paddle2ort.runtime.prefix import to_cache_rows
+            dec = CacheDecoder.wrap(dec, int(args["pad_id"]))
+            dec.set_prefix(to_cache_rows(np.load(args["prefix_npy"])))
         generated = generate(dec, args["prompts"], GenerationConfig(max_new_tokens=int(args["decode_steps"]) + 1),
                              pad_id=int(args["pad_id"]))
         paddle.jit.save(wrapper, args["out_prefix"], input_spec=input_specs(dec.num_layers, dec.kv_heads, dec.head_dim))
     with atomic_path(args["samples_npz"], suffix=".npz") as tmp:
         np.savez(tmp, **{f"{i}/{k}": v for i, f in enumerate(feeds) for k, v in f.items()})
+    extra = {}
+    if args.get("state_npz"):           # the fused decoder's weights, as task_state_llm writes them (one worker)
+        with atomic_path(args["state_npz"], suffix=".npz") as tmp:
+            np.savez(tmp, **{k: v.numpy().astype(np.float32) for k, v in model.state_dict().items()})
+        extra["config"] = c.to_dict()
     return {"family": fam.name, "architecture": arch, "num_layers": dec.num_layers, "kv_heads": dec.kv_heads,
             "head_dim": dec.head_dim, "vocab_size": c.vocab_size, "hidden_size": c.hidden_size,
             "max_context": max_context(c), "num_samples": len(feeds),
-            "generated": generated, "paddle_version": paddle.__version__}
+            "generated": generated, "paddle_version": paddle.__version__, **extra}
 
 
 def max_context(c) -> int:
@@ -434,6 +444,12 @@ TASKS = {"inspect": task_inspect, "reference": task_reference, "export": task_ex
          "resave_fluid": task_resave_fluid,
          "export_llm": task_export_llm, "generate_llm": task_generate_llm, "logprobs_llm": task_logprobs_llm,
          "bench_llm": task_bench_llm, "state_llm": task_state_llm}
+from paddle2ort.convert.seq2seq.worker import TASKS as SEQ2SEQ_TASKS  # noqa: E402  (encoder-decoder tasks)
+
+TASKS.update(SEQ2SEQ_TASKS)
+from paddle2ort.convert.llm.adapters import WORKER_TASKS as ADAPTER_TASKS  # noqa: E402  (LoRA, prefix)
+
+TASKS.update(ADAPTER_TASKS)
 
 
 def main(argv: list[str]) -> int:
