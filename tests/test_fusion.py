@@ -162,3 +162,25 @@ def test_family_switches(unfused):
     assert counts["Attention"] == LAYERS and "SkipLayerNormalization" not in counts and "BiasGelu" not in counts
     feeds = _feeds(model, 3, 10, 7)
     assert _close(_run(model, feeds), _run(fused, feeds)) <= 1e-4
+
+
+@pytest.mark.parametrize("kind", ["bert_h32_n2", "ernie_h64_n2"])
+def test_key_lengths_mask_equals_unfused(unfused, kind):
+    """The 1-D key-lengths mask (what the CUDA fused attention kernels take) gives the unfused numbers on
+    right-padded rows, whether fused that way or rewritten from a fused graph's 2-D mask_index."""
+    import copy
+
+    from paddle2ort.convert.fusion import KEY_LENGTHS, to_key_lengths
+    model = unfused(kind)
+    direct, counts = fuse_encoder(model, KEY_LENGTHS)
+    rewritten, _ = fuse_encoder(model)
+    assert to_key_lengths(rewritten) == counts["Attention"] == LAYERS
+    assert to_key_lengths(copy.deepcopy(rewritten)) == 0                 # nothing left to rewrite
+    for fused in (direct, rewritten):
+        onnx.checker.check_model(fused)
+        masks = {n.input[3] for n in fused.graph.node if n.op_type == "Attention"}
+        assert len(masks) == 1 and fused.graph.node[[n.output[0] for n in fused.graph.node].index(
+            masks.pop())].op_type == "ReduceSum"
+        for batch, seq, seed in ((1, 7, 0), (4, 16, 1)):
+            feeds = _feeds(model, batch, seq, seed)
+            assert _close(_run(model, feeds), _run(fused, feeds)) <= 1e-4, (batch, seq)

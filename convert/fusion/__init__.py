@@ -11,7 +11,7 @@ import copy
 import logging
 from dataclasses import dataclass
 
-from .attention import fuse_attention
+from .attention import MASK_FORMATS, fuse_attention, to_key_lengths
 from .ort_optimizer import OrtFusionOptions, ort_fusions
 
 log = logging.getLogger(__name__)
@@ -19,8 +19,8 @@ log = logging.getLogger(__name__)
 FUSED_OPS = ("Attention", "MultiHeadAttention", "SkipLayerNormalization", "EmbedLayerNormalization", "BiasGelu",
              "FastGelu", "Gelu", "LayerNormalization")
 
-__all__ = ["FUSED_OPS", "NO_SKIP", "BundleGraphs", "FusionConfig", "OrtFusionOptions", "bundle_graphs",
-           "fuse_attention", "fuse_encoder", "ort_fusions", "quantizable_attention"]
+__all__ = ["FUSED_OPS", "KEY_LENGTHS", "NO_SKIP", "BundleGraphs", "FusionConfig", "OrtFusionOptions", "bundle_graphs",
+           "MASK_FORMATS", "fuse_attention", "fuse_encoder", "ort_fusions", "quantizable_attention", "to_key_lengths"]
 
 
 def _census(model) -> collections.Counter:
@@ -31,7 +31,7 @@ def fuse_encoder(model, opts: OrtFusionOptions = OrtFusionOptions()):
     """Return (fused copy of `model`, {fused op: count}); the input model is left as it was."""
     before = _census(model)
     fused = ort_fusions(copy.deepcopy(model), opts)
-    n_attention = fuse_attention(fused)
+    n_attention = fuse_attention(fused, mask_format=opts.attention_mask)
     after = _census(fused)
     counts = {op: after[op] - before[op] for op in FUSED_OPS if after[op] > before[op]}
     if n_attention:
@@ -46,6 +46,7 @@ def quantizable_attention(model) -> bool:
 
 
 NO_SKIP = OrtFusionOptions(skip_layer_norm=False)
+KEY_LENGTHS = OrtFusionOptions(attention_mask="key_lengths")    # the whole pass, the mask as 1-D key lengths
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,11 @@ The additive mask paddle2onnx builds ([B,1,1,T]) becomes, once per mask tensor:
   QAttention (INT8) and the GPU kernels take;
 - otherwise `attention_bias`, expanded to [B,1,S,T] (the op broadcasts batch and heads, not the query axis): exact for
   any mask values.
+`mask_format="key_lengths"` instead gives a 0/1 mask as the 1-D `mask_index` [B] of key lengths (ReduceSum of the
+attend mask): exact only for right-padded rows (every masked key after every attended one), the format
+onnxruntime's own BERT optimizer writes by default (AttentionMaskFormat.MaskIndexEnd) and the only one for which its
+CUDA Attention picks a fused kernel (TensorRT fused MHA / cuDNN SDPA) rather than GEMM + softmax; a 2-D mask never
+gets one. Our tokenizers and bucket padding pad on the right.
 """
 from __future__ import annotations
 
@@ -304,9 +309,32 @@ def mask_chain(g: _Graph, mask: str) -> MaskChain | None:
     return None
 
 
-def _mask_index(model, chain: MaskChain, cache: dict) -> str:
-    """The [B,T] int32 mask (1 = attend) for one MaskChain."""
+MASK_FORMATS = ("mask_index_2d", "key_lengths")
+
+
+def _key_lengths(model, attend: str, cache: dict) -> str:
+    """[B] int32 key lengths = ReduceSum over T of the [B,T] int32 attend mask (right padding assumed)."""
+    from onnx import helper, numpy_helper
+    key = ("lengths", attend)
+    if key in cache:
+        return cache[key]
+    p = f"fusion_attention_lengths_{len(cache)}"
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    if opset >= 13:
+        model.graph.initializer.append(numpy_helper.from_array(np.array([1], np.int64), f"{p}_axes"))
+        node = helper.make_node("ReduceSum", [attend, f"{p}_axes"], [p], name=p, keepdims=0)
+    else:
+        node = helper.make_node("ReduceSum", [attend], [p], name=p, axes=[1], keepdims=0)
+    model.graph.node.append(node)
+    cache[key] = p
+    return p
+
+
+def _mask_index(model, chain: MaskChain, cache: dict, mask_format: str = "mask_index_2d") -> str:
+    """The [B,T] int32 mask (1 = attend) for one MaskChain, or its [B] key lengths (`key_lengths`)."""
     from onnx import TensorProto, helper, numpy_helper
+    if mask_format == "key_lengths":
+        return _key_lengths(model, _mask_index(model, chain, cache), cache)
     key = ("index", chain.source, chain.attend_when)
     if key in cache:
         return cache[key]
@@ -345,12 +373,15 @@ def _bias_expand(model, g: _Graph, mask: str, x: str, cache: dict) -> str:
     return p
 
 
-def fuse_attention(model, use_mask_index: bool = True) -> int:
+def fuse_attention(model, use_mask_index: bool = True, mask_format: str = "mask_index_2d") -> int:
     """Rewrite every matching attention block in place; returns how many were fused. `use_mask_index=False`: every
-    mask goes in as `attention_bias` (the general form)."""
+    mask goes in as `attention_bias` (the general form). `mask_format`: how a 0/1 mask goes in as `mask_index`
+    (MASK_FORMATS; "key_lengths" needs right-padded rows, see the module docstring)."""
     from onnx import helper, numpy_helper
     from onnxruntime.transformers.onnx_model import OnnxModel
 
+    if mask_format not in MASK_FORMATS:
+        raise ValueError(f"mask_format must be one of {MASK_FORMATS}, got {mask_format!r}")
     fused, cache = 0, {}
     while True:
         g = _Graph(model)
@@ -367,7 +398,7 @@ def fuse_attention(model, use_mask_index: bool = True) -> int:
         attrs = {}
         chain = mask_chain(g, m.mask) if m.mask is not None and use_mask_index else None
         if chain is not None:
-            inputs.append(_mask_index(model, chain, cache))
+            inputs.append(_mask_index(model, chain, cache, mask_format))
             attrs["mask_filter_value"] = float(chain.filter_value)
         elif m.mask is not None:
             inputs += ["", "", _bias_expand(model, g, m.mask, m.q.source, cache)]
@@ -386,3 +417,18 @@ def fuse_attention(model, use_mask_index: bool = True) -> int:
         om.topological_sort()
         log.debug("fused %d attention blocks", fused)
     return fused
+
+
+def to_key_lengths(model) -> int:
+    """An already fused graph's 2-D `mask_index` inputs (the ones fuse_attention wrote) -> 1-D key lengths, in place
+    (same caveat: right-padded rows only). Returns how many Attention nodes changed."""
+    from onnxruntime.transformers.onnx_model import OnnxModel
+    cache, changed = {}, 0
+    for node in list(model.graph.node):
+        if node.op_type == "Attention" and node.domain == "com.microsoft" and len(node.input) > 3 \
+                and node.input[3].startswith("fusion_attention_mask_") and len(node.input[3].split("_")) == 4:
+            node.input[3] = _key_lengths(model, node.input[3], cache)
+            changed += 1
+    if changed:
+        OnnxModel(model).topological_sort()
+    return changed

@@ -18,6 +18,9 @@ class OrtFusionOptions:
     bias_gelu: bool = True
     embed_layer_norm: bool = True
     gelu_approximation: bool = False   # FastGelu (tanh approximation): changes numerics, off unless asked
+    # how attention.py feeds a 0/1 mask to Attention: "mask_index_2d" (exact for any mask) or "key_lengths"
+    # (1-D, right padding only; what onnxruntime's CUDA fused attention kernels take)
+    attention_mask: str = "mask_index_2d"
 
 
 def ort_fusions(model, opts: OrtFusionOptions = OrtFusionOptions()):
