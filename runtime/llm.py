@@ -35,6 +35,11 @@ class OrtDecoder(CacheDecoder):
         return logits, present
 
 
+def default_graph(llm: dict, precision: str, session: SessionOptions) -> str:
+    """The bundle's default graph for the session's device at `precision` (manifest llm.default_graph)."""
+    return (llm.get("default_graph") or {}).get("gpu" if session.wants_cuda else "cpu", {}).get(precision, "generic")
+
+
 def bundle_stop_ids(llm: dict, tokenizer) -> tuple[int, ...]:
     """The bundle's stop tokens (`llm.stop_ids`, written by convert-llm from the tokenizer's end-of-sequence and
     end-of-turn tokens); bundles without it: the tokenizer's eos."""
@@ -50,8 +55,9 @@ class TextGenerator:
 
     def __init__(self, bundle_dir: str | Path, precision: str = "fp32", session: SessionOptions = SessionOptions(),
                  graph: str = "generic", max_length: int | None = None):
-        """graph: "generic" (the paddle2onnx export, host KV cache) or "fused" (the fused decoder, on the device
-        with --device gpu); both run the same decode loop (runtime.generation)."""
+        """graph: "generic" (the paddle2onnx export, host KV cache), "fused" (the fused decoder, on the device
+        with --device gpu) or "auto" (the bundle's default graph for the device and precision: llm.default_graph,
+        written by convert-llm; generic where it names none); both run the same decode loop (runtime.generation)."""
         from paddle2ort.tokenization.bpe import BPETokenizer
 
         self.bundle = load_bundle(bundle_dir)
@@ -60,6 +66,8 @@ class TextGenerator:
             raise BundleError(f"bundle {bundle_dir} is not a text-generation bundle (task={m.task!r})")
         self.llm = m.extra["llm"]
         self.tokenizer = BPETokenizer.load(self.bundle.path / "tokenizer")
+        if graph == "auto":
+            graph = default_graph(self.llm, precision, session)
         self.graph = graph
         if graph == "fused":
             from .fused import FusedDecoder
@@ -68,7 +76,7 @@ class TextGenerator:
         elif graph == "generic":
             self.model = OrtDecoder(self.bundle.model_path(precision, verify=True), self.llm, session)
         else:
-            raise BadInputError(f"graph must be 'generic' or 'fused', got {graph!r}")
+            raise BadInputError(f"graph must be 'generic', 'fused' or 'auto', got {graph!r}")
         self.default_stop_ids = bundle_stop_ids(self.llm, self.tokenizer)
 
     @property

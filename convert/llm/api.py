@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PROMPTS = ("The capital of France is", "def fibonacci(n):\n    ")
 LLM_PRECISIONS = ("fp32", "fp16", "int8", "int4")
+DEFAULT_GRAPHS = ("generic", "fused", "auto")
+# The CPU default graph per precision, decided by measurement: the fused decoder decodes faster than the generic
+# graph on the CPU at fp32 and int8 (int8 weights, float32 compute) — benchmarks/results/llm-cpu/ (bench-llm).
+CPU_FUSED = {"fp32": None, "int8": "float32"}      # precision -> compute dtype of its CPU fused graph
 MIN_BLOCK = 16                                     # MatMulNBits: block size a power of two >= 16
 
 
@@ -72,6 +76,10 @@ class LLMConvertConfig:
             raise BadInputError("validation prompts must be non-empty texts")
         if self.fused_head_dtype not in (None, "float32", "float16"):
             raise BadInputError(f"fused head dtype must be float32 or float16, got {self.fused_head_dtype!r}")
+        if self.fused_compute_dtype not in (None, "float32", "float16"):
+            raise BadInputError(f"fused compute dtype must be float32 or float16, got {self.fused_compute_dtype!r}")
+        if self.default_graph not in DEFAULT_GRAPHS:
+            raise BadInputError(f"default graph must be one of {', '.join(DEFAULT_GRAPHS)}, got {self.default_graph!r}")
         check_thresholds(self.thresholds)
 
 
@@ -119,14 +127,37 @@ def check_family(cfg: dict, config: LLMConvertConfig) -> str:
         family = family_name(cfg)
     except UnsupportedFamily as e:
         raise BadInputError(f"{config.source / 'config.json'}: {e}") from e
-    if config.fused and FUSED_FORM.get(family) is None:
+    explicit = config.fused or config.default_graph == "fused"
+    if explicit and FUSED_FORM.get(family) is None:
         raise BadInputError(f"the fused decoder does not cover the {family} family; leave out --fused "
                             "(the generic graph exports it)")
     scaled = [k for k in ("rope_scaling", "rope_scaling_type", "rope_freq_factors") if cfg.get(k)]
-    if config.fused and scaled:
+    if explicit and scaled:
+
         raise BadInputError(f"config.json has {scaled[0]}: the fused decoder computes plain rotary only; leave out "
                             "--fused (the generic graph exports scaled rotary)")
     return family
+
+
+def fused_plan(config: LLMConvertConfig, family: str, cfg: dict) -> tuple[dict[str, str | None], list[str]]:
+    """-> ({precision: compute dtype (None: the precision's own) of each fused graph to build}, [precisions whose
+    CPU default is the fused graph]). Checked before any worker starts."""
+    from .families import FUSED_FORM
+    plan = {p: (config.fused_compute_dtype if p in ("int8", "int4") else None) for p in config.fused}
+    fits = FUSED_FORM.get(family) is not None and not any(
+        cfg.get(k) for k in ("rope_scaling", "rope_scaling_type", "rope_freq_factors"))
+    if config.default_graph == "generic" or not fits:
+        if config.default_graph == "auto":
+            log.info("the %s family has no fused form here: the generic graph is the CPU default", family)
+        return plan, []
+    cpu = [p for p in config.precisions if p in CPU_FUSED]
+    for p in cpu:
+        if p in plan and plan[p] != CPU_FUSED[p]:
+            raise BadInputError(f"--fused {p} builds the float16-compute (GPU) {p} graph, but the CPU default graph "
+                                f"is the float32-compute {p} graph under the same name: add --fused-compute-dtype "
+                                "float32, or pass --default-graph generic to keep the GPU one")
+        plan[p] = CPU_FUSED[p]
+    return plan, cpu
 
 
 def check_size(source: Path, cfg: dict) -> None:
@@ -151,6 +182,7 @@ def _convert_llm(config: LLMConvertConfig) -> ConvertResult:
 
     cfg = check_source(config.source)
     family = check_family(cfg, config)
+    plan, cpu_fused = fused_plan(config, family, cfg)
     check_destination(config.output, config.overwrite, (config.source, config.tokenizer))
     tok = BPETokenizer.load(config.tokenizer)
     check_vocab(tok, cfg, config)
@@ -164,7 +196,7 @@ def _convert_llm(config: LLMConvertConfig) -> ConvertResult:
             info = run_worker("export_llm", {
                 "model_dir": str(config.source), "out_prefix": str(work / "static" / "inference"),
                 "samples_npz": str(work / "steps.npz"), "prompts": prompts, "decode_steps": config.decode_steps,
-                "pad_id": tok.pad_token_id}, work)
+                "pad_id": tok.pad_token_id, **({"state_npz": str(work / "state.npz")} if plan else {})}, work)
         log.info("%s (%s): %d layers, %d KV heads x %d; Paddle greedy on the validation prompts: %s",
                  info["architecture"], info["family"], info["num_layers"], info["kv_heads"], info["head_dim"],
                  [tok.decode(g) for g in info["generated"]])
@@ -174,9 +206,11 @@ def _convert_llm(config: LLMConvertConfig) -> ConvertResult:
         llm["stop_ids"] = stop_token_ids(tok, config.source)
         extra_files = {f"tokenizer/{n}": config.tokenizer / n for n in TOKENIZER_FILES}
         extra = {"llm": llm, "paddle_source": source_fingerprint(config.source)}
-        if config.fused:
-            extra["fused"] = build_fused(config, work, tok.pad_token_id)
+        if plan:
+            extra["fused"] = build_fused(config, work, tok.pad_token_id, plan, info)
             extra_files["fused"] = work / "fused"
+        if cpu_fused:
+            llm["default_graph"] = {"cpu": {p: "fused" for p in cpu_fused}}
         return convert(ConvertConfig(
             source=work / "static", output=config.output, precisions=config.precisions, opset=config.opset,
             validate=config.validate, overwrite=config.overwrite, inputs_npz=work / "steps.npz",
@@ -220,8 +254,11 @@ def stop_token_ids(tok, source: Path) -> list[int]:
     return sorted(ids)
 
 
-def build_fused(config: LLMConvertConfig, work: Path, pad_id: int) -> dict:
+def build_fused(config: LLMConvertConfig, work: Path, pad_id: int, plan: dict[str, str | None] | None = None,
+                export_info: dict | None = None) -> dict:
     """Fused decoder files under work/fused, each gated against Paddle's logits on the recorded scenario.
+    plan: precision -> compute dtype (default: config.fused at their own dtypes); the weights come from the export
+    worker when it saved them (export_info has the config), else from a state_llm worker.
     -> manifest entries {precision: {file, sha256, size_bytes, options, validation}}."""
     import numpy as np
 
@@ -230,19 +267,23 @@ def build_fused(config: LLMConvertConfig, work: Path, pad_id: int) -> dict:
     from ..validate import DEFAULT_THRESHOLDS, summary
     from .fused import DecoderSpec, build_variant, gate, load_steps
 
-    with busy("weights for the fused decoder (Paddle worker)"):
-        info = run_worker("state_llm", {"model_dir": str(config.source), "out_npz": str(work / "state.npz")}, work)
+    plan = {p: None for p in config.fused} if plan is None else plan
+    info = export_info if export_info and "config" in export_info and (work / "state.npz").is_file() else None
+    if info is None:
+        with busy("weights for the fused decoder (Paddle worker)"):
+            info = run_worker("state_llm", {"model_dir": str(config.source), "out_npz": str(work / "state.npz")},
+                              work)
     state = dict(np.load(work / "state.npz"))
     spec = DecoderSpec.from_config(info["config"], family=info["family"])
     steps = load_steps(work / "steps.npz")
     out, entries = work / "fused", {}
-    for prec in config.fused:
+    for prec, compute in plan.items():
         dst = out / f"decoder.{prec}.onnx"
         log.info("fused decoder %s (GroupQueryAttention, SkipSimplifiedLayerNormalization%s)", prec,
                  ", MatMulNBits" if prec in ("int8", "int4") else "")
         head = config.fused_head_dtype or ("float32" if prec == "fp16" else None)
-        opts = build_variant(spec, state, prec, dst, block_size=config.block_size,
-                             head_dtype=head if prec != "fp32" else None)
+        opts = build_variant(spec, state, prec, dst, block_size=config.block_size, compute_dtype=compute,
+                             head_dtype=head if prec != "fp32" and compute != "float32" else None)
         thr = config.thresholds.get(prec, DEFAULT_THRESHOLDS.get(prec))
         report = gate(prec, dst, spec, steps, pad_id, thr) if config.validate else None
         if report:

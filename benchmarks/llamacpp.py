@@ -1,0 +1,183 @@
+"""llama.cpp (through llama-cpp-python) as the CPU decode peer of `bench-llm`, on the same weights as the bundle.
+
+Two halves, one file:
+- in the project's environment: `write_gguf` rewrites the bundle's source GGUF as F32 (its dequantized weights:
+  exactly our FP32 model's) or Q8_0 (those weights quantized by `gguf`'s Q8_0, llama.cpp's 8-bit type); `peer`
+  runs the other half in the benchmark's own environment (`make bench-llamacpp-env` builds llama.cpp from source
+  into .venv-llamacpp; never a project dependency) and returns its rows, or why it was skipped;
+- in that environment (`python benchmarks/llamacpp.py JOB.json`, nothing of paddle2ort imported): one model, the
+  same token ids as ours, timed like runtime.timing.time_generation (TTFT = prompt eval + first argmax; decode =
+  the remaining steps), then greedy ids + each step's top-2 logit margin on the check prompts.
+Written by hand because llama-cpp-python's own `generate` samples with its sampler chain and times nothing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+QTYPES = {"F32": ("ALL_F32", "F32"), "Q8_0": ("MOSTLY_Q8_0", "Q8_0")}     # llama.cpp type -> (file type, tensor type)
+PEER_OF = {"fp32": "F32", "int8": "Q8_0"}                                # our precision -> llama.cpp's at equal bits
+ENV_DIR = ".venv-llamacpp"
+SKIP_FIELDS = ("GGUF.", "general.architecture", "general.file_type")
+
+
+# ------------------------------------------------------------------ the project's side (gguf + subprocess)
+def write_gguf(src: Path, dst: Path, qtype: str) -> Path:
+    """src GGUF -> dst with every tensor dequantized to float32, then (Q8_0) every 2-D weight quantized to Q8_0 as
+    llama.cpp's quantize does (1-D norms stay F32); all metadata copied. Cached: an existing dst is kept."""
+    import gguf
+    if qtype not in QTYPES:
+        raise ValueError(f"llama.cpp peer type must be one of {', '.join(QTYPES)}, got {qtype!r}")
+    dst = Path(dst)
+    if dst.is_file():
+        return dst
+    r = gguf.GGUFReader(str(src))
+    arch = r.fields["general.architecture"].contents()
+    tmp = dst.with_name(dst.name + ".part")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    w = gguf.GGUFWriter(str(tmp), arch)
+    for name, f in r.fields.items():
+        if name.startswith(SKIP_FIELDS):
+            continue
+        sub = f.types[1] if f.types[0] == gguf.GGUFValueType.ARRAY else None
+        w.add_key_value(name, f.contents(), f.types[0], sub)
+    w.add_file_type(getattr(gguf.LlamaFileType, QTYPES[qtype][0]))
+    q8 = gguf.GGMLQuantizationType.Q8_0
+    for t in r.tensors:
+        a = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), np.float32)
+        a = a.reshape(tuple(int(x) for x in reversed(t.shape.tolist())))
+        if qtype == "Q8_0" and a.ndim == 2 and a.shape[-1] % 32 == 0:
+            w.add_tensor(t.name, gguf.quants.quantize(a, q8), raw_dtype=q8)
+        else:
+            w.add_tensor(t.name, a)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    os.replace(tmp, dst)
+    return dst
+
+
+def default_python(root: Path | None = None) -> Path:
+    """The benchmark environment's interpreter: .venv-llamacpp in the checkout (what `make bench-llamacpp-env`
+    builds)."""
+    root = root or Path(__file__).resolve().parent.parent
+    return root / ENV_DIR / "bin" / "python"
+
+
+def importable(python: Path) -> str | None:
+    """None when `python` imports llama_cpp, else the reason (for the skipped row)."""
+    if not Path(python).is_file():
+        return f"no llama.cpp environment ({python} does not exist): run `make bench-llamacpp-env` once"
+    out = subprocess.run([str(python), "-c", "import llama_cpp; print(llama_cpp.__version__)"],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        last = (out.stderr.strip().splitlines() or ["(no error text)"])[-1]
+        return f"llama_cpp is not importable by {python} ({last}): run `make bench-llamacpp-env` once"
+    return None
+
+
+def version(python: Path) -> str:
+    out = subprocess.run([str(python), "-c", "import llama_cpp; print(llama_cpp.__version__)"], capture_output=True,
+                         text=True)
+    return out.stdout.strip()
+
+
+def run_job(python: Path, job: dict, work: Path) -> dict:
+    """One peer configuration in a fresh process of the benchmark environment -> its JSON."""
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / f"job-{job['qtype']}-{os.getpid()}.json"
+    path.write_text(json.dumps(job), encoding="utf-8")
+    try:
+        out = subprocess.run([str(python), str(Path(__file__).resolve()), str(path)], capture_output=True, text=True)
+    finally:
+        path.unlink(missing_ok=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"llama.cpp {job['qtype']} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------ the benchmark environment's side (llama_cpp)
+def _logits(llm) -> np.ndarray:
+    return np.asarray(llm.scores[llm.n_tokens - 1], np.float32)
+
+
+def _open(job: dict):
+    import llama_cpp
+    kw = dict(model_path=job["model"], n_ctx=int(job["n_ctx"]), n_batch=int(job["n_ctx"]),
+              n_ubatch=int(job["n_ctx"]), n_threads=int(job["threads"]), n_threads_batch=int(job["threads"]),
+              logits_all=False, verbose=False)
+    if job.get("kv_f32"):                    # the token check: F32 weights and an F32 KV cache (no f16 rounding)
+        kw.update(type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
+    return llama_cpp.Llama(**kw)
+
+
+def time_one(llm, prompt: list[int], new_tokens: int) -> dict:
+    t0 = time.perf_counter()
+    llm.eval(prompt)
+    tok = int(_logits(llm).argmax())
+    ttft = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    for _ in range(new_tokens - 1):
+        llm.eval([tok])
+        tok = int(_logits(llm).argmax())
+    decode = time.perf_counter() - t1
+    steps = new_tokens - 1
+    return {"batch": 1, "ttft_ms": ttft * 1e3, "decode_ms_per_step": decode / max(steps, 1) * 1e3,
+            "tokens_per_s_per_sequence": steps / decode if decode else float("inf"),
+            "tokens_per_s_total": new_tokens / (ttft + decode),
+            "decode_tokens_per_s_total": steps / decode if decode else float("inf")}
+
+
+def greedy(job: dict, prompt: list[int], new_tokens: int) -> tuple[list[int], list[float]]:
+    """Greedy ids and each step's top-2 logit margin (a fresh context: nothing of another prompt is cached)."""
+    llm = _open(job)
+    ids, margins = [], []
+    llm.eval(prompt)
+    for k in range(new_tokens):
+        lg = _logits(llm)
+        top2 = np.partition(lg, -2)[-2:]
+        ids.append(int(lg.argmax()))
+        margins.append(float(top2[1] - top2[0]))
+        if k + 1 < new_tokens:
+            llm.eval([ids[-1]])
+    del llm
+    return ids, margins
+
+
+def run(job: dict) -> dict:
+    import resource
+    res = {}
+    if job.get("prompts"):
+        p = job["prompts"][0]
+        warm = _open(job)
+        time_one(warm, p[:16], 4)                                              # warm-up (pages, caches)
+        del warm
+        llm = _open(job)                                                       # a fresh, empty cache
+        res.update(time_one(llm, p, int(job["new_tokens"])))
+        del llm
+    if job.get("check"):
+        out = [greedy(job, p, int(job["check_new_tokens"])) for p in job["check"]]
+        res["check"] = {"ids": [o[0] for o in out], "margins": [o[1] for o in out]}
+    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python benchmarks/llamacpp.py JOB.json  (run by `paddle2ort bench-llm`)", file=sys.stderr)
+        return 2
+    job = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+    print(json.dumps(run(job)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""CPU decode (issue 14): convert-llm builds and gates the CPU fused decoder (fp32, and int8 weights with float32
+compute) and records it as the bundle's CPU default graph; `generate --graph auto` runs it; bench-llm measures it beside
+the generic graph; the llama.cpp peer's GGUFs are the bundle's weights, and it is skipped with the reason when
+llama_cpp is not importable (the test suite runs in .venv, not in the benchmark's .venv-llamacpp)."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from paddle2ort.cli import main
+
+from test_llm_tiny import PROMPTS
+
+
+@pytest.fixture(scope="module")
+def cpu_bundle(tiny_models, tmp_path_factory):
+    """The tiny random-weight LLaMA through the CLI with its defaults (--default-graph auto): fp32 + int8."""
+    src = tiny_models("llama")
+    dest = tmp_path_factory.mktemp("cpu_decode") / "bundle"
+    assert main(["-q", "convert-llm", str(src / "model"), "--tokenizer", str(src / "tokenizer"), "-o", str(dest),
+                 "--precision", "fp32,int8"]) == 0
+    return src, dest
+
+
+def test_cli_builds_the_cpu_int8_fused_variant_as_the_default_graph(cpu_bundle):
+    import onnx
+
+    from paddle2ort.runtime.llm import TextGenerator
+    from paddle2ort.runtime.manifest import load_bundle
+    _, dest = cpu_bundle
+    m = load_bundle(dest).manifest
+    assert m.extra["llm"]["default_graph"] == {"cpu": {"fp32": "fused", "int8": "fused"}}
+    assert set(m.models) == {"fp32", "int8"}                       # the generic graphs are built and gated as before
+    e = m.extra["fused"]["int8"]
+    assert e["validation"]["passed"] and e["options"]["compute_dtype"] == "float32"
+    assert e["options"]["weight_only"]["bits"] == 8
+    g = onnx.load(str(dest / e["file"]), load_external_data=False).graph
+    assert {"MatMulNBits", "GroupQueryAttention"} <= {n.op_type for n in g.node}
+    kv = next(i for i in g.input if i.name == "past_key_values.0.key")
+    assert kv.type.tensor_type.elem_type == onnx.TensorProto.FLOAT          # float32 compute: float32 KV cache
+    for prec in ("fp32", "int8"):
+        assert TextGenerator(dest, precision=prec, graph="auto").graph == "fused"
+    assert TextGenerator(dest, graph="generic").graph == "generic"         # still there, by the flag
+
+
+def test_cpu_int8_fused_follows_fp32_tokens_up_to_near_ties(cpu_bundle):
+    """Free-running, the int8 graph may leave the fp32 graph's greedy path only at a step whose fp32 top-2 margin is
+    within 3 standard deviations of the int8 logit error (measured teacher-forced on that path): a near-tie."""
+    from paddle2ort.runtime.generation import GenerationConfig
+    from paddle2ort.runtime.llm import TextGenerator
+    _, dest = cpu_bundle
+    f32, i8 = (TextGenerator(dest, precision=p, graph="auto") for p in ("fp32", "int8"))
+    ids = [f32.tokenizer.encode(p) for p in PROMPTS]
+    cfg = GenerationConfig(max_new_tokens=12)
+    ref, got = f32.generate_token_ids(ids, cfg), i8.generate_token_ids(ids, cfg)
+    bad = []
+    for p, r, g in zip(ids, ref, got):
+        seq = p + r
+        lf, li = (d.model.prompt_logits(d.model.state(1), [seq], 2)[0][len(p) - 1:-1] for d in (f32, i8))
+        eps = 3 * float((li - lf).std())
+        top2 = np.sort(lf, -1)[:, -2:]
+        margins = top2[:, 1] - top2[:, 0]
+        k = next((j for j in range(len(r)) if r[j] != g[j]), None)
+        if k is not None and margins[k] > eps:
+            bad.append((k, float(margins[k]), eps))
+    assert not bad, f"int8 left the fp32 path at clear steps (step, fp32 margin, eps): {bad}"
+
+
+def test_bench_llm_reports_the_users_graph_beside_generic_and_skips_llamacpp(cpu_bundle, tmp_path):
+    from paddle2ort.benchmarks.llm import LLMBenchConfig, markdown, run_llm_bench
+    _, dest = cpu_bundle
+    gguf = tmp_path / "source.gguf"
+    gguf.write_bytes(b"GGUF")                       # never read: the peer is skipped before its GGUFs are written
+    res = run_llm_bench(LLMBenchConfig(bundle=dest, precisions=("fp32",), batch_sizes=(1,), prompt_len=8,
+                                       new_tokens=4, threads=1, gguf=gguf, llamacpp_python=Path(sys.executable)))
+    rows = {(r["graph"], r["users_graph"]) for r in res["rows"]}
+    assert rows == {("generic", False), ("fused", True)}
+    assert all(r["decode_ms_per_step"] > 0 and r["runs"] == 1 for r in res["rows"])
+    skipped = res["peers"]["llama.cpp"]["skipped"]
+    assert "llama_cpp is not importable" in skipped and "make bench-llamacpp-env" in skipped
+    md = markdown(res)
+    assert "fused (users' graph)" in md and "llama.cpp peer skipped: llama_cpp is not importable" in md
+
+
+@pytest.mark.unit
+def test_llamacpp_peer_reason_names_the_missing_environment(tmp_path):
+    from paddle2ort.benchmarks.llamacpp import importable
+    why = importable(tmp_path / "no-venv" / "bin" / "python")
+    assert "does not exist" in why and "make bench-llamacpp-env" in why
+
+
+@pytest.mark.unit
+def test_peer_gguf_holds_the_source_weights_at_f32_and_q8_0(tmp_path):
+    """F32: the source's dequantized tensors exactly; Q8_0: 2-D weights within Q8_0's rounding (half a step of
+    each 32-block's absmax / 127, plus its float16 scale's), 1-D norms exact; metadata (tokenizer included) copied."""
+    gguf = pytest.importorskip("gguf")
+    from gguf_models import write_gguf as tiny_gguf
+
+    from paddle2ort.benchmarks.llamacpp import write_gguf
+    from paddle2ort.convert.llm.gguf_import import dequantized
+    T = gguf.GGMLQuantizationType
+    src = tmp_path / "src.gguf"
+    tiny_gguf(src, "llama", types={"blk.0.attn_q.weight": T.Q4_1, "blk.1.ffn_down.weight": T.Q8_0})
+    want = dequantized(gguf.GGUFReader(str(src)))
+    f32 = gguf.GGUFReader(str(write_gguf(src, tmp_path / "f32.gguf", "F32")))
+    assert {t.name: t.tensor_type for t in f32.tensors} == {n: T.F32 for n in want}
+    for name, a in dequantized(f32).items():
+        np.testing.assert_array_equal(a, want[name])
+    q8 = gguf.GGUFReader(str(write_gguf(src, tmp_path / "q8.gguf", "Q8_0")))
+    assert q8.fields["general.file_type"].contents() == int(gguf.LlamaFileType.MOSTLY_Q8_0)
+    assert q8.fields["tokenizer.ggml.tokens"].contents() == f32.fields["tokenizer.ggml.tokens"].contents()
+    for t, (name, a) in zip(q8.tensors, dequantized(q8).items()):
+        w = want[name]
+        if w.ndim == 1:
+            assert t.tensor_type == T.F32 and np.array_equal(a, w)
+            continue
+        assert t.tensor_type == T.Q8_0
+        step = np.abs(w.reshape(-1, 32)).max(-1, keepdims=True) / 127     # + the float16 scale's rounding
+        assert (np.abs(a - w).reshape(-1, 32) <= step * (0.5 + 127 * 2.0 ** -11) + 1e-7).all()
