@@ -22,25 +22,54 @@ def _shape_arg(s: str) -> tuple[str, tuple[int, ...]]:
     return name, shape
 
 
-def run_convert(args) -> int:
-    require_convert_extra("convert", PADDLE_SIDE)
-    check_exists(args.inputs, "--inputs")
-    check_exists(args.tokenizer, "--tokenizer")
-    from paddle2ort.convert import ConvertConfig, FP16Options, Int8Options, SampleConfig, convert
+def add_conversion_options(c, precision_default: tuple[str, ...] | None = ("fp32",),
+                           precision_help: str = "comma list of fp32,fp16,int8,int4 (int4: weight-only MatMulNBits; "
+                                                 "fp32 is always included as the reference file)",
+                           tokenizer_help: str = "directory with tokenizer.json + vocab.txt to carry in the bundle"
+                           ) -> None:
+    """The options of every command that converts a Paddle inference model into a bundle (convert, release)."""
+    c.add_argument("-o", "--output", type=Path, required=True, help="bundle directory to create")
+    c.add_argument("--precision", type=csv_of(PRECISIONS), default=precision_default, help=precision_help)
+    c.add_argument("--inputs", type=Path, help="sample inputs .npz for the gate (arrays named after the inputs; real "
+                   "samples make INT8 fair); without it, samples are generated from the input specs")
+    c.add_argument("--overwrite", action="store_true",
+                   help="replace an existing bundle (only a paddle2ort bundle, only once the new one passed)")
+    c.add_argument("--output-names", type=csv, help="comma list naming the outputs (without it: after the op "
+                   "producing each, e.g. softmax)")
+    c.add_argument("--int8-per-channel", action="store_true", help="per-channel INT8 weight quantization")
+    c.add_argument("--int8-op-types", type=csv, default=("MatMul", "Gemm"), help="ONNX op types to quantize")
+    c.add_argument("--name", help="model name for the manifest (without it: the source directory's name)")
+    c.add_argument("--labels", type=csv, help="comma list of class labels for the manifest")
+    c.add_argument("--tokenizer", type=Path, help=tokenizer_help)
+    c.add_argument("--max-seq-length", type=positive_int, default=128, help="tokenizer truncation length")
+    add_threshold(c)
+
+
+def conversion_config(args, precisions: tuple[str, ...], **options):
+    """The ConvertConfig of the options `add_conversion_options` added, plus a command's own `options`."""
+    from paddle2ort.convert import ConvertConfig, Int8Options
     from paddle2ort.convert.api import tokenizer_files
     from paddle2ort.convert.validate import thresholds_with_overrides
 
     tokenizer, extra_files = tokenizer_files(args.tokenizer, args.max_seq_length) if args.tokenizer else (None, {})
-    cfg = ConvertConfig(
-        source=args.src, output=args.output, precisions=args.precision, opset=args.opset,
-        validate=not args.no_validate, overwrite=args.overwrite, inputs_npz=args.inputs,
+    return ConvertConfig(source=args.src, output=args.output, precisions=precisions, overwrite=args.overwrite,
+                         inputs_npz=args.inputs, output_names=args.output_names,
+                         thresholds=thresholds_with_overrides(dict(args.threshold)),
+                         int8=Int8Options(per_channel=args.int8_per_channel, op_types=args.int8_op_types),
+                         name=args.name, labels=args.labels, tokenizer=tokenizer, extra_files=extra_files, **options)
+
+
+def run_convert(args) -> int:
+    require_convert_extra("convert", PADDLE_SIDE)
+    check_exists(args.inputs, "--inputs")
+    check_exists(args.tokenizer, "--tokenizer")
+    from paddle2ort.convert import FP16Options, SampleConfig, convert
+
+    cfg = conversion_config(
+        args, args.precision, opset=args.opset, validate=not args.no_validate,
         samples=SampleConfig(seed=args.seed, input_shapes=dict(args.input_shape) or None),
-        output_names=args.output_names, thresholds=thresholds_with_overrides(dict(args.threshold)),
         fp16=FP16Options(op_block_list=args.fp16_block_ops) if args.fp16_block_ops is not None else FP16Options(),
-        int8=Int8Options(per_channel=args.int8_per_channel, op_types=args.int8_op_types),
-        name=args.name, task=args.task, labels=args.labels, tokenizer=tokenizer, extra_files=extra_files,
-        fuse=not args.no_fuse,
-    )
+        task=args.task, fuse=not args.no_fuse)
     result = convert(cfg)
     m = result.manifest
     print(f"bundle: {result.bundle}  (opset {m.opset})")
@@ -73,35 +102,19 @@ def register(sub) -> None:
                             "inputs, and write a bundle directory (atomically). Needs " "the converter side: "
                             "pip install 'paddle2ort[convert]'.")
     c.add_argument("src", type=Path, help="model directory, program file (*.json / *.pdmodel) or path prefix")
-    c.add_argument("-o", "--output", type=Path, required=True, help="bundle directory to create")
-    c.add_argument("--precision", type=csv_of(PRECISIONS), default=("fp32",),
-                   help="comma list of fp32,fp16,int8,int4 (int4: weight-only MatMulNBits; fp32 is always included "
-                        "as the reference file)")
+    add_conversion_options(c)
     c.add_argument("--opset", type=positive_int, default=17,
                    help="ONNX opset to request (paddle2onnx may raise it; the manifest records the one written)")
-    c.add_argument("--inputs", type=Path, help="sample inputs .npz (arrays named after the inputs); without it, "
-                   "samples are generated from the input specs with --seed")
     c.add_argument("--input-shape", type=_shape_arg, action="append", default=[], metavar="NAME:D0,D1,...",
                    help="shape of a generated sample input (dynamic dims: batch 2/1 and size 64/32); repeatable")
     c.add_argument("--seed", type=nonneg_int, default=0, help="seed of the generated sample inputs")
     c.add_argument("--no-validate", action="store_true", help="skip the Paddle-vs-ONNX gate (not for release)")
-    c.add_argument("--overwrite", action="store_true",
-                   help="replace an existing bundle (only a paddle2ort bundle, only once the new one passed)")
-    c.add_argument("--output-names", type=csv, help="comma list naming the outputs (without it: after the op "
-                   "producing each, e.g. softmax)")
     c.add_argument("--fp16-block-ops", type=csv, help="ONNX op types kept in FP32 in the fp16 model, replacing "
                    "the built-in list")
-    c.add_argument("--int8-per-channel", action="store_true", help="per-channel weight quantization")
-    c.add_argument("--int8-op-types", type=csv, default=("MatMul", "Gemm"), help="ONNX op types to quantize")
     c.add_argument("--no-fuse", action="store_true",
                    help="keep transformer encoders unfused (default: attention, SkipLayerNorm, BiasGelu and "
                         "EmbedLayerNorm fused per precision, see convert/fusion/)")
-    c.add_argument("--name", help="model name for the manifest (without it: the source directory's name)")
     c.add_argument("--task", help="task recorded in the manifest, e.g. text-classification")
-    c.add_argument("--labels", type=csv, help="comma list of class labels for the manifest")
-    c.add_argument("--tokenizer", type=Path, help="directory with tokenizer.json + vocab.txt to carry in the bundle")
-    c.add_argument("--max-seq-length", type=positive_int, default=128, help="tokenizer truncation length")
-    add_threshold(c)
     c.set_defaults(func=run_convert)
 
     v = command(sub, "validate", "re-run the Paddle-vs-ONNX gate on an existing bundle",

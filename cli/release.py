@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import (add_threshold, check_exists, check_output_dir, command, csv, csv_of, nonneg_float, nonneg_int,
-                     positive_int, require_convert_extra)
+from .common import (check_exists, check_output_dir, command, csv_of, nonneg_float, nonneg_int, positive_int,
+                     require_convert_extra)
+from .convert import add_conversion_options, conversion_config
 
-PRECISIONS = ("fp32", "fp16", "int8", "int4")
 EXAMPLE = """paddle2ort release inference/ -o bundle/ --dataset-dir data/ --budget 1.0 --tokenizer tok/ \\
     --output-names logits || exit $?      # 0: released; 3: no precision within budget"""
 
@@ -28,14 +28,7 @@ def _conversion(args):
                                 precisions=args.precision or ("fp32", "int8", "int4"), block_size=args.block_size,
                                 overwrite=args.overwrite, name=args.name,
                                 thresholds=thresholds_with_overrides(dict(args.threshold), LLM_THRESHOLDS))
-    from paddle2ort.convert import ConvertConfig, Int8Options
-    from paddle2ort.convert.api import tokenizer_files
-    tokenizer, extra_files = tokenizer_files(args.tokenizer, args.max_seq_length) if args.tokenizer else (None, {})
-    return ConvertConfig(source=args.src, output=args.output, precisions=args.precision or ("fp32", "fp16", "int8"),
-                         overwrite=args.overwrite, inputs_npz=args.inputs, output_names=args.output_names,
-                         thresholds=thresholds_with_overrides(dict(args.threshold)),
-                         int8=Int8Options(per_channel=args.int8_per_channel, op_types=args.int8_op_types),
-                         name=args.name, labels=args.labels, tokenizer=tokenizer, extra_files=extra_files)
+    return conversion_config(args, args.precision or ("fp32", "fp16", "int8"))
 
 
 def run(args) -> int:
@@ -75,32 +68,20 @@ def register(sub) -> None:
                             "written) when no precision fits. Needs pip install 'paddle2ort[convert]'.",
                 exit_note="  3  also: no precision within --budget on some device (the figures are printed)")
     r.add_argument("src", type=Path, help="Paddle inference model (classifier) or PaddleNLP model directory (LLM)")
-    r.add_argument("-o", "--output", type=Path, required=True, help="bundle directory to create")
     r.add_argument("--dataset-dir", type=Path, required=True,
                    help="classifier: label.txt + <split>.txt (text<TAB>label a line); LLM: <split>.txt plain text")
     r.add_argument("--budget", type=nonneg_float, default=1.0,
                    help="quality FP32 may lose: accuracy points (classifier) or perplexity %% (LLM)")
     r.add_argument("--split", default="dev", choices=["dev", "test"], help="which split to measure on")
-    r.add_argument("--precision", type=csv_of(PRECISIONS), help="candidate precisions (default: fp32,fp16,int8 "
-                   "for classifiers, fp32,int8,int4 for LLMs); fp32 is always converted and measured as the baseline")
+    add_conversion_options(r, None, "candidate precisions (default: fp32,fp16,int8 for classifiers, "
+                           "fp32,int8,int4 for LLMs); fp32 is always converted and measured as the baseline",
+                           "classifier: tokenizer.json + vocab.txt; LLM: tokenizer.json + tokenizer_config.json")
     r.add_argument("--device", type=csv_of(("cpu", "gpu")), help="devices to release for (default: cpu, and gpu "
                    "when onnxruntime sees one)")
     r.add_argument("--tie-margin", type=nonneg_float, default=0.05, help="a more exact precision within this "
                    "fraction of the fastest one's speed is preferred")
     r.add_argument("--report-dir", type=Path, help="also write report.{json,md,png} here, pass or fail (CI artifacts)")
-    r.add_argument("--overwrite", action="store_true",
-                   help="replace an existing bundle (only once the new one passed)")
-    r.add_argument("--name", help="model name for the manifest")
-    r.add_argument("--tokenizer", type=Path, help="classifier: tokenizer.json + vocab.txt; LLM: tokenizer.json + "
-                   "tokenizer_config.json")
-    r.add_argument("--max-seq-length", type=positive_int, default=128, help="classifier tokenizer truncation length")
-    r.add_argument("--labels", type=csv, help="class labels (default: the dataset's label.txt; must match it)")
-    r.add_argument("--output-names", type=csv, help="comma list naming the outputs")
-    r.add_argument("--inputs", type=Path, help="gate sample inputs .npz (classifier; real samples make INT8 fair)")
-    r.add_argument("--int8-per-channel", action="store_true", help="per-channel INT8 weight quantization")
-    r.add_argument("--int8-op-types", type=csv, default=("MatMul", "Gemm"), help="ONNX op types to quantize")
     r.add_argument("--block-size", type=positive_int, default=32, help="LLM int8/int4 quantization block")
-    add_threshold(r)
     r.add_argument("--batch-size", type=positive_int, default=32, help="classifier batch size for the timing")
     r.add_argument("--warmup", type=nonneg_int, default=8, help="classifier warm-up batches")
     r.add_argument("--repeats", type=positive_int, default=3, help="timed passes; median reported")
