@@ -20,7 +20,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade "pip==26.3"
-	$(PIP) install -q -c constraints.txt -e ".[convert,cpu,bench,dev,serve]"
+	$(PIP) install -q -c constraints.txt -e ".[convert,cpu,bench,dev,serve,ray]"
 	$(PIP) install -q --no-deps $(ASSETS)
 	touch $@
 

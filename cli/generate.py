@@ -46,6 +46,8 @@ def run(args) -> int:
         raise BadInputError("--src-length applies to --data-file jobs; shorten a --prompt yourself")
     if args.stream and args.data_file:
         raise BadInputError("--stream prints --prompt answers as they come; a --data-file job writes a file")
+    if args.ray is not None and not args.data_file:
+        raise BadInputError("--ray runs --data-file jobs; generate --prompt directly, without --ray")
     check_exists(args.data_file, "--data-file")
     check_output_file(args.output_file, "--output-file")
     cfg = generation_config(args)
@@ -59,6 +61,14 @@ def run(args) -> int:
         from paddle2ort.runtime.selection import DEFAULT_PRECISION, default_precision
         precision = (default_precision(load_bundle(args.bundle, verify=False), args.device)
                      if args.graph != "fused" else DEFAULT_PRECISION)
+    if args.ray is not None:
+        from paddle2ort.runtime.distributed import generate_job
+
+        from .classify import ray_config
+        n = generate_job(args.bundle, args.data_file, args.output_file, cfg, args.batch_size, args.src_length,
+                         args.chat, precision, args.graph, args.device, args.threads, ray_config(args))
+        log.info("%d prompts -> %s", n, args.output_file)
+        return 0
     gen = TextGenerator(args.bundle, precision=precision,
                         session=SessionOptions(device=args.device, device_id=args.device_id,
                                                intra_op_threads=args.threads), graph=args.graph)
@@ -84,7 +94,8 @@ def run(args) -> int:
 def register(sub) -> None:
     g = command(sub, "generate", "generate text with a text-generation bundle",
                 'paddle2ort generate bundles/smollm2 --prompt "What is the capital of France?" --chat --stream\n'
-                "paddle2ort generate bundles/smollm2 --data-file in.jsonl --output-file out.jsonl --max-length 128",
+                "paddle2ort generate bundles/smollm2 --data-file in.jsonl --output-file out.jsonl --max-length 128\n"
+                "paddle2ort generate bundles/smollm2 --data-file in.jsonl --output-file out.jsonl --ray auto",
                 description="Generate text with a text-generation bundle through paddle2ort's decode loop: "
                             "greedy by default; sampling with --temperature/--top-k/--top-p; beam search with "
                             "--num-beams. Runs without Paddle.")
@@ -120,4 +131,6 @@ def register(sub) -> None:
     g.add_argument("--batch-size", type=positive_int, default=8, help="with --data-file: prompts a batch")
     g.add_argument("--src-length", type=positive_int,
                    help="with --data-file: keep at most this many prompt tokens, the last ones (default: all)")
+    from .classify import add_ray_args
+    add_ray_args(g)
     g.set_defaults(func=run)

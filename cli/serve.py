@@ -58,7 +58,8 @@ def run(args) -> int:
                       default_max_tokens=args.default_max_tokens, classify_max_wait_ms=args.classify_wait_ms,
                       classify_max_texts=args.classify_batch)
     metrics = ServingMetrics()
-    models = load_models(args.bundles, cfg, metrics, args.device, args.precision, args.threads, args.device_id)
+    models = load_models(args.bundles, cfg, metrics, args.device, args.precision, args.threads, args.device_id,
+                         args.graph)
     app = create_app(models, cfg, metrics)
     log.info("listening on http://%s:%d (models: %s); SIGTERM or Ctrl-C drains the requests in flight",
              args.host, args.port, ", ".join(models))
@@ -85,6 +86,9 @@ def register(sub) -> None:
     g.add_argument("--device-id", type=nonneg_int, default=0, help="CUDA device with --device gpu")
     g.add_argument("--precision", help="which model of each bundle (fp32, fp16, int8, int4); default: the one "
                    "`paddle2ort release` chose for --device, else fp32")
+    g.add_argument("--graph", default="generic", choices=["generic", "fused"],
+                   help="text-generation decoder: generic (the paddle2onnx export, host KV cache) or fused (the "
+                        "fused decoder; its rows take cache slots on the device; default precision fp16 on gpu)")
     g.add_argument("--threads", type=nonneg_int, default=0, help="intra-op threads (0: onnxruntime's choice)")
     g.add_argument("--max-batch", type=positive_int, default=16,
                    help="rows one decode step advances at most (in-flight batch size)")

@@ -230,14 +230,88 @@ class FusedDecoder:
     # ------------------------------------------------------------------ the Decoder protocol (runtime.generation)
     @property
     def next_ids(self):
+        if self.slot_of is not None:                     # rows joining and leaving: the live rows' ids, on the host
+            return self.row_next
         return self.active.ids if self.active is not None else None
 
     @property
     def seqlens(self):
-        return self.active.seqlens if self.active is not None else None
+        return self.active.seqlens if self.active is not None and self.slot_of is None else None
 
     def start(self, batch: int) -> None:
+        """A fixed batch of `batch` rows; 0: a batch whose rows join and leave (join / leave, cache slots)."""
+        if batch == 0:
+            self.active, self.filled = None, 0
+            self.slot_of, self.row_next, self.slot_pos = [], np.zeros((0, 1), np.int64), {}
+            return
+        self.slot_of = None
         self.active, self.filled = self.state(batch), 0
+
+    # ------------------------------------------------------------------ rows joining and leaving (in-flight batching)
+    row_slots = 16                 # cache slots of a batch whose rows join and leave (the server sets its --max-batch)
+    slot_of: list | None = None    # live row (batch order) -> its cache slot; None: a fixed batch (start(B))
+
+    @property
+    def length(self) -> int:
+        """Cached positions of the longest live row (0 when none; rows joining and leaving)."""
+        return max(self.slot_pos.values(), default=0) if self.slot_of is not None else self.filled
+
+    def join(self, chunks: Sequence[Sequence[int]], room: int) -> np.ndarray:
+        """New rows take free cache slots of the slot state (row_slots rows, allocated once, its decode step one
+        captured CUDA graph): each distinct prompt is prefilled alone (a batch-1 state), its cache copied into the
+        row's slot on the device. -> float32 [k, V] on the host: each new row's last-token logits."""
+        if self.slot_of is None:
+            raise BadInputError("join: this decoder runs a fixed batch; start(0) begins one whose rows join")
+        free = [s for s in range(self.row_slots) if s not in set(self.slot_of)]
+        if len(chunks) > len(free):
+            raise BadInputError(f"{len(chunks)} rows cannot join: {len(free)} of the {self.row_slots} cache slots "
+                                "are free (raise row_slots / --max-batch)")
+        for c in chunks:
+            if len(c) + room > self.capacity:
+                raise BadInputError(f"{len(c)} tokens + {room} new exceed the cache capacity {self.capacity}; "
+                                    "raise max_length or shorten the prompt")
+        st, one = self.state(self.row_slots), self.state(1)
+        self.active = st
+        last, prev = [], None
+        for slot, c in zip(free, map(tuple, chunks)):
+            if c != prev:                                # a request's n choices: one prefill, n slots
+                logits, _ = self.prefill(one, [c], 0)
+                prev, lg = c, self.host(logits[len(c) - 1]).astype(np.float32)
+            last.append(lg)
+            for buf, src in zip(st.kv, one.kv):
+                buf[slot, :, :len(c)] = src[0, :, :len(c)]
+            self.slot_of.append(slot)
+            self.slot_pos[slot] = len(c)
+        self.row_next = np.concatenate([self.row_next, np.zeros((len(chunks), 1), np.int64)])
+        return np.stack(last)
+
+    def leave(self, keep: np.ndarray) -> None:
+        """Rows not in `keep` (indices into the live rows) leave: their slots are free for the next joining rows
+        (nothing is copied: a slot's stale positions are never read, each row attends up to its own length)."""
+        keep = [int(i) for i in np.asarray(keep, np.int64)]
+        for i, slot in enumerate(self.slot_of):
+            if i not in keep:
+                self.slot_pos.pop(slot, None)
+        self.slot_of = [self.slot_of[i] for i in keep]
+        self.row_next = self.row_next[keep]
+
+    def _step_slots(self, fed):
+        """One decode step of the slot state: every live row's id at its own position; only rows that are decoding
+        (fed) advance (the others write a placeholder that their next real token overwrites). Free slots write at
+        position 0, which a joining row's prefill copy replaces. -> logits [k, V] of the live rows (the device)."""
+        st, xp = self.active, self.xp
+        slots = np.array(self.slot_of, np.int64)
+        ids = np.zeros((st.batch, 1), np.int64)
+        pos = np.zeros(st.batch, np.int32)
+        ids[slots] = self.row_next
+        pos[slots] = [self.slot_pos[s] for s in self.slot_of]
+        st.ids[...] = xp.asarray(ids)
+        st.seqlens[...] = xp.asarray(pos)
+        logits = self.decode_one_token(st)[:, 0]
+        fed = np.ones(len(slots), bool) if fed is None else np.asarray(fed, bool)
+        for s in slots[fed]:
+            self.slot_pos[int(s)] += 1
+        return logits[xp.asarray(slots)], None
 
     def append(self, chunks: Sequence[Sequence[int]], past: np.ndarray, room: int):
         """The first call (empty cache): one right-padded prefill. Later turns: the chunks fed as decode steps
@@ -269,7 +343,10 @@ class FusedDecoder:
 
     def step(self, real=None):
         """One token a row from next_ids (the fused graph attends every written position, so `real` is unused:
-        a finished row's pads are never read by its real tokens)."""
+        a finished row's pads are never read by its real tokens). Rows joining and leaving: `real` marks the rows
+        that are decoding (see _step_slots)."""
+        if self.slot_of is not None:
+            return self._step_slots(real)
         self.filled += 1
         return self.decode_one_token(self.active), None
 

@@ -417,7 +417,7 @@ class Generator:
 
     Each row chooses alone (row 0 of its own kernels.sample_rows call: the Philox counter is (its step, 0), the
     key its seed), so its tokens do not depend on which other rows share the batch. Rows joining need a decoder
-    with `join`/`leave` (CacheDecoder, the generic graph); the fused graph's cache slots are fixed at start.
+    with `join`/`leave` (CacheDecoder, the generic graph; FusedDecoder, rows in cache slots on the device).
 
     Per row: a stop token id (once min_new_tokens are out) or a stop string finishes the row; finished rows emit
     pad. On a device decoder the finished flags are read every `check_every` steps (the only per-step host read
@@ -567,7 +567,7 @@ class Generator:
             raise BadInputError("add_rows: this generator runs a fixed batch (append_tokens); use a new Generator")
         if not (hasattr(dec, "join") and hasattr(dec, "leave")):
             raise BadInputError(f"{type(dec).__name__} cannot take rows joining a running batch (its cache slots are "
-                                "fixed at start); in-flight batching runs on the generic graph (CacheDecoder)")
+                                "fixed at start); in-flight batching runs on CacheDecoder or FusedDecoder")
         cfgs = [self.cfg] * len(prompts) if cfgs is None else list(cfgs)
         if len(cfgs) != len(prompts):
             raise BadInputError(f"add_rows got {len(prompts)} prompts but {len(cfgs)} configs")

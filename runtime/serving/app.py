@@ -10,7 +10,6 @@ import asyncio
 import json
 import logging
 import re
-import secrets
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -24,11 +23,11 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from paddle2ort.runtime.errors import BadInputError, BundleError
-from paddle2ort.runtime.generation import GenerationConfig
 
 from .classify import MicroBatcher
 from .metrics import CONTENT_TYPE_LATEST, ServingMetrics
-from .openai_schema import DEFAULT_COMPLETION_TOKENS, ChatRequest, ClassifyRequest, CompletionRequest
+from .openai_schema import (DEFAULT_COMPLETION_TOKENS, ChatRequest, ClassifyRequest, CompletionRequest,
+                            GenerationRequest)
 from .scheduler import Engine, Event, QueueFull, ShuttingDown, _call_each
 
 log = logging.getLogger(__name__)
@@ -84,8 +83,11 @@ def error_response(e: ApiError) -> JSONResponse:
 
 # ----------------------------------------------------------------------------- loading
 def load_models(bundles: list[Path], cfg: ServeConfig, metrics: ServingMetrics, device: str = "cpu",
-                precision: str | None = None, threads: int = 0, device_id: int = 0) -> dict[str, Served]:
-    """Load every bundle before the server binds (a bad bundle is an error now, not on the first request)."""
+                precision: str | None = None, threads: int = 0, device_id: int = 0,
+                graph: str = "generic") -> dict[str, Served]:
+    """Load every bundle before the server binds (a bad bundle is an error now, not on the first request).
+    graph: the text-generation bundles' decoder, "generic" (the paddle2onnx export) or "fused" (the fused decoder,
+    its rows in cache slots on the device)."""
     from paddle2ort.runtime.manifest import load_bundle
     from paddle2ort.runtime.selection import default_precision
     from paddle2ort.runtime.session import SessionOptions
@@ -101,10 +103,13 @@ def load_models(bundles: list[Path], cfg: ServeConfig, metrics: ServingMetrics, 
     out: dict[str, Served] = {}
     for name, path in names.items():
         m = load_bundle(path, verify=False).manifest
-        prec = precision or default_precision(load_bundle(path, verify=False), device)
+        if m.task == "text-generation" and graph == "fused":       # release's choice is of the generic graph
+            prec = precision or ("fp16" if device == "gpu" else "fp32")
+        else:
+            prec = precision or default_precision(load_bundle(path, verify=False), device)
         if m.task == "text-generation":
             from paddle2ort.runtime.llm import TextGenerator
-            gen = TextGenerator(path, precision=prec, session=session, graph="generic")
+            gen = TextGenerator(path, precision=prec, session=session, graph=graph)
             eng = Engine(gen.model, gen.tokenizer, gen.default_stop_ids, gen.max_context, cfg.max_batch,
                          cfg.max_queue, cfg.retry_after, metrics, name)
             out[name] = Served(name, m.task, path, generator=gen, engine=eng)
@@ -208,7 +213,7 @@ def create_app(models: dict[str, Served], cfg: ServeConfig = ServeConfig(),
     async def completions(body: CompletionRequest, request: Request):
         s = model_for(body.model, "text-generation")
         ids = s.generator.tokenizer.encode(body.prompt)
-        return await run_generation(s, ids, body, body.max_tokens or DEFAULT_COMPLETION_TOKENS, request, chat=False)
+        return await run_generation(s, ids, body, body.new_tokens(DEFAULT_COMPLETION_TOKENS), request, chat=False)
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest, request: Request):
@@ -258,20 +263,12 @@ def validation_error(exc: RequestValidationError) -> ApiError:
     return ApiError(400, f"{param or 'body'}: {msg}{more}", param, "invalid_value")
 
 
-def generation_config(body, max_tokens: int) -> GenerationConfig:
-    sampling = body.temperature > 0 and body.top_k != 1
-    seed = body.seed if body.seed is not None or not sampling else secrets.randbits(63)
+async def run_generation(s: Served, ids: list[int], body: GenerationRequest, max_tokens: int, request: Request,
+                         chat: bool):
     try:
-        return GenerationConfig(max_new_tokens=max_tokens, min_new_tokens=max_tokens if body.ignore_eos else 0,
-                                do_sample=sampling, temperature=body.temperature if sampling else 1.0,
-                                top_k=body.top_k, top_p=body.top_p, repetition_penalty=body.repetition_penalty,
-                                stop_strings=tuple(body.stop), seed=seed)
+        cfg = body.generation_config(max_tokens)
     except BadInputError as e:
         raise ApiError(400, str(e)) from e
-
-
-async def run_generation(s: Served, ids: list[int], body, max_tokens: int, request: Request, chat: bool):
-    cfg = generation_config(body, max_tokens)
     events: asyncio.Queue[Event] = asyncio.Queue()
 
     try:

@@ -3,18 +3,28 @@ into 400 naming the field). Fields the OpenAI API defines but this server does n
 ignored (clients send them by default); fields that would change the answer and are not supported are refused."""
 from __future__ import annotations
 
+import secrets
 from typing import Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from paddle2ort.runtime.generation import GenerationConfig
 
 MAX_STOP_STRINGS = 4           # as the OpenAI API
 DEFAULT_COMPLETION_TOKENS = 16  # /v1/completions' default max_tokens in the OpenAI API
 
 
-class _Sampling(BaseModel):
+class ModelRequest(BaseModel):
+    """What every route's body shares: the served model's name."""
     model_config = ConfigDict(extra="ignore")
 
     model: str = Field(min_length=1)
+
+
+class GenerationRequest(ModelRequest):
+    """The fields /v1/completions and /v1/chat/completions share (sampling, stops, n, streaming), and how they
+    become a GenerationConfig; each route adds its input (prompt or messages) and its max_tokens default."""
+
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0, allow_inf_nan=False)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0, allow_inf_nan=False)
@@ -48,8 +58,21 @@ class _Sampling(BaseModel):
     def include_usage(self) -> bool:
         return bool((self.stream_options or {}).get("include_usage"))
 
+    def new_tokens(self, default: int) -> int:
+        return self.max_tokens or default
 
-class CompletionRequest(_Sampling):
+    def generation_config(self, max_tokens: int) -> GenerationConfig:
+        """The request's decoding settings (raises BadInputError on a combination GenerationConfig refuses); a
+        sampling request without a seed gets a fresh one, so its choices still draw independently."""
+        sampling = self.temperature > 0 and self.top_k != 1
+        seed = self.seed if self.seed is not None or not sampling else secrets.randbits(63)
+        return GenerationConfig(max_new_tokens=max_tokens, min_new_tokens=max_tokens if self.ignore_eos else 0,
+                                do_sample=sampling, temperature=self.temperature if sampling else 1.0,
+                                top_k=self.top_k, top_p=self.top_p, repetition_penalty=self.repetition_penalty,
+                                stop_strings=tuple(self.stop), seed=seed)
+
+
+class CompletionRequest(GenerationRequest):
     prompt: Union[str, list[str]]
     echo: bool = False
     suffix: str | None = None
@@ -95,18 +118,17 @@ class ChatMessage(BaseModel):
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
 
 
-class ChatRequest(_Sampling):
+class ChatRequest(GenerationRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
 
     def new_tokens(self, default: int) -> int:
-        return self.max_completion_tokens or self.max_tokens or default
+        return self.max_completion_tokens or super().new_tokens(default)
 
 
-class ClassifyRequest(BaseModel):
+class ClassifyRequest(ModelRequest):
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(min_length=1)
     input: Union[str, list[str]]
 
     @field_validator("input")

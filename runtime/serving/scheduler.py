@@ -1,6 +1,6 @@
 """In-flight (continuous) batching: the engine thread drives the one decode loop, runtime.generation.Generator,
-with rows joining and leaving at step boundaries (Generator.add_rows / remove_rows over a CacheDecoder of the
-exported graph's contract, the generic graph; the fused graph's cache slots are fixed at start).
+with rows joining and leaving at step boundaries (Generator.add_rows / remove_rows over the generic graph's
+CacheDecoder, or the fused graph's FusedDecoder, whose rows take cache slots on the device).
 
 Here: the bounded queue, admission up to `max_batch` rows, cancellation, metrics and event delivery:
   - a request's n choices join as n rows (prompt prefilled once; choice i draws with seed + i), each with its own
@@ -75,7 +75,8 @@ class Request:
 
 class Engine:
     """The continuous-batching loop on its own thread. `model`: a graph-contract callable carrying num_layers,
-    kv_heads, head_dim, vocab_size, cache_dtype (runtime.llm.OrtDecoder); `tokenizer`: encode/decode/pad id."""
+    kv_heads, head_dim, vocab_size, cache_dtype (runtime.llm.OrtDecoder), or a decoder with join/leave
+    (runtime.fused.FusedDecoder: its row_slots become max_batch); `tokenizer`: encode/decode/pad id."""
 
     def __init__(self, model, tokenizer, stop_ids: tuple[int, ...], max_context: int | None, max_batch: int = 16,
                  max_queue: int = 64, retry_after: int = 1, metrics=None, name: str = "model"):
@@ -161,8 +162,10 @@ class Engine:
     @property
     def length(self) -> int:
         """Cached positions of the running batch (0 once every row has left)."""
-        cache = self.gen.dec.cache
-        return 0 if cache is None else cache.length
+        dec = self.gen.dec
+        if hasattr(dec, "slot_of"):                   # the fused graph: the longest live row
+            return dec.length if dec.slot_of is not None else 0
+        return 0 if dec.cache is None else dec.cache.length
 
     # ------------------------------------------------------------------ the loop (engine thread)
     def _rows_busy(self, n: int) -> bool:
@@ -201,8 +204,10 @@ class Engine:
                 self._gauges()
 
     def _generator(self) -> Generator:
-        return Generator(CacheDecoder.wrap(self.model, self.pad_id), pad_id=self.pad_id, decode=self.tok.decode,
-                         max_context=self.max_context)
+        dec = self.model if hasattr(self.model, "join") else CacheDecoder.wrap(self.model, self.pad_id)
+        if hasattr(dec, "row_slots"):                  # the fused graph: one cache slot per row of the batch
+            dec.row_slots = self.max_batch
+        return Generator(dec, pad_id=self.pad_id, decode=self.tok.decode, max_context=self.max_context)
 
     def _admit(self, req: Request) -> None:
         """The request's n choices join the batch as n rows (the prompt prefilled once, alone)."""
