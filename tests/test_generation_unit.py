@@ -389,6 +389,34 @@ def _alone(prompt, cfg, decode=None):
     return gen.results()[0]
 
 
+TIE_EPS = 1e-3      # near-tie epsilon (logits): rows batched with other company may flip a top-2 gap this small
+
+
+def greedy_margins(toy, prompt, ids, cfg):
+    """The reference's top-2 margin at each greedy step (teacher-forced; repetition penalty applied as the sampler
+    does; stop ids count only once min_new_tokens are out)."""
+    from paddle2ort.runtime.kernels.reference import SamplerParams, processed_logits
+    seq = list(prompt) + list(ids[:-1])
+    x = np.array([seq], np.int64)
+    logits = toy(x, np.ones_like(x), np.arange(len(seq))[None], np.zeros((0, 1, 2, 1, 1, 4), np.float32))[0][0]
+    out = []
+    for k in range(len(ids)):
+        seen = np.zeros((1, toy.vocab_size), np.uint8)
+        seen[0, seq[:len(prompt) + k]] = 1
+        lg = processed_logits(logits[len(prompt) - 1 + k][None], seen, np.array(cfg.stop_token_ids, np.int32),
+                              SamplerParams(penalty=cfg.repetition_penalty, suppress_stop=k < cfg.min_new_tokens))
+        top = np.sort(lg[0])
+        out.append(float(top[-1] - top[-2]))
+    return out
+
+
+def same_up_to_a_near_tie(got, want, margins, eps=TIE_EPS) -> bool:
+    """got == want, or got leaves want first at a step whose reference margin is within eps."""
+    k = next((j for j in range(max(len(got), len(want))) if j >= len(got) or j >= len(want) or got[j] != want[j]),
+             None)
+    return k is None or (k < len(margins) and margins[k] <= eps)
+
+
 def test_rows_joining_and_leaving_get_what_they_get_alone():
     """Greedy and seeded sampling rows with different settings join a running batch at different steps and leave
     when done: each row's tokens equal the tokens it gets alone, and a row that leaves frees its cache."""
@@ -420,7 +448,11 @@ def test_rows_joining_and_leaving_get_what_they_get_alone():
             before = dec.cache.buffer.nbytes
             gen.remove_rows(done)
             sizes.append((before, dec.cache.buffer.nbytes, dec.cache.buffer.shape[3], len(gen.rows)))
-    assert [got[k] for k in range(len(prompts))] == want
+    for k, (p, c) in enumerate(zip(prompts, cfgs)):
+        if c.do_sample:                  # a seeded draw flips only within rounding of a CDF edge: compared exactly
+            assert got[k] == want[k], k
+        else:                            # greedy: the same tokens up to a near-tie of the reference
+            assert same_up_to_a_near_tie(got[k], want[k], greedy_margins(ToyDecoder(), p, want[k], c)), k
     assert all(b == n for _, _, b, n in sizes)                      # the buffer holds only the live rows
     assert all(after < before for before, after, _, n in sizes if n)  # a leaving row's cache is freed
     assert gen.rows == [] and dec.cache.length == 0 and dec.mask.shape == (0, 0)
