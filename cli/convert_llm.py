@@ -16,6 +16,8 @@ def run(args) -> int:
                             f">= 16: {', '.join(map(str, BLOCK_SIZES))}")
     check_exists(args.src, "SRC")
     check_exists(args.tokenizer, "--tokenizer")
+    check_exists(args.lora, "--lora")
+    check_exists(args.prefix, "--prefix")
     require_convert_extra("convert-llm", ("paddle", "paddlenlp", "paddle2onnx", "onnx"))
     from paddle2ort.convert.llm import LLMConvertConfig, convert_llm
     from paddle2ort.convert.validate import LLM_THRESHOLDS, thresholds_with_overrides
@@ -25,13 +27,22 @@ def run(args) -> int:
         opset=args.opset, block_size=args.block_size, validate=not args.no_validate, overwrite=args.overwrite,
         name=args.name, thresholds=thresholds_with_overrides(dict(args.threshold), LLM_THRESHOLDS),
         fused=args.fused, fused_head_dtype=args.fused_head_dtype, fused_compute_dtype=args.fused_compute_dtype,
-        default_graph=args.default_graph))
+        default_graph=args.default_graph, lora=args.lora, prefix=args.prefix))
     print(f"bundle: {res.bundle}  (opset {res.manifest.opset})")
     rows = [(p, mf.file, mf.size_bytes, (res.manifest.validation or {}).get(p)) for p, mf in res.manifest.models.items()]
     rows += [(p, e["file"], e["size_bytes"], e["validation"]) for p, e in (res.manifest.extra.get("fused") or {}).items()]
     for prec, file, size, v in rows:
         gate = "not validated" if v is None else f"max_rel_diff {v['max_rel_diff']:.2e}, cosine {v['min_cosine']:.6f}"
         print(f"  {prec:5s} {file:22s} {size / 1e6:8.2f} MB  {gate}")
+    ad = res.manifest.extra.get("adapter")
+    if ad:
+        what = (f"LoRA r={ad['rank']} alpha={ad['alpha']:g} (scaling {ad['scaling']:g}), merged into "
+                f"{ad['merged_modules']} modules" if ad["kind"] == "lora" else
+                f"PTuning prefix of {ad['num_prefix_tokens']} tokens ({ad['file']})")
+        v = ad.get("validation")
+        gate = ("not validated" if v is None else
+                f"vs PaddleNLP max_rel_diff {v['max_rel_diff']:.2e}, cosine {v['min_cosine']:.6f}")
+        print(f"  adapter {ad['dir']}: {what}; {gate}")
     return 0
 
 
@@ -65,6 +76,13 @@ def register(sub) -> None:
                          "decoder of each requested fp32/int8 precision where the family fits it (measured faster: "
                          "benchmarks/results/llm-cpu/) and records it in the manifest; generic keeps the "
                          "paddle2onnx graph, which is built and gated either way")
+    ad = cl.add_mutually_exclusive_group()
+    ad.add_argument("--lora", type=Path, metavar="DIR", help="PaddleNLP LoRA adapter (lora_config.json + "
+                    "lora_model_state.pdparams): merged into the base before the export, checked against "
+                    "PaddleNLP's LoRAModel")
+    ad.add_argument("--prefix", type=Path, metavar="DIR", help="PaddleNLP prefix-tuning adapter (PTuning v2: "
+                    "prefix_config.json + prefix_model_state.pdparams): its cache rows (pre_caches) ship in the "
+                    "bundle and start every generation; checked against PrefixModelForCausalLM")
     cl.add_argument("--opset", type=positive_int, default=17, help="ONNX opset to request")
     cl.add_argument("--no-validate", action="store_true", help="skip the Paddle-vs-ONNX gate (not for release)")
     cl.add_argument("--overwrite", action="store_true",

@@ -327,15 +327,16 @@ def task_export_llm(args: dict) -> dict:
         raise BadInput(str(e)) from e
     c = model.config
     feeds = []
+    from paddle2ort.convert.llm.adapters import export_hook
+    prefix_rows, adapter_info = export_hook(args.get("adapter"), model, fam)     # LoRA check / prefix rows
     with fam.patches(model):
         wrapper = make_wrapper(model, fam)
         wrapper.eval()
         dec = EagerDecoder(wrapper, c, fam, record=feeds)
-        if args.get("prefix_npy"):      # PTuning prefix (convert.llm.adapters): the scenario starts from its rows
+        if prefix_rows is not None:     # PTuning prefix: the recorded scenario starts from its cache rows
             from paddle2ort.runtime.generation import CacheDecoder
-            from paddle2ort.runtime.prefix import to_cache_rows
             dec = CacheDecoder.wrap(dec, int(args["pad_id"]))
-            dec.set_prefix(to_cache_rows(np.load(args["prefix_npy"])))
+            dec.set_prefix(prefix_rows)
         generated = generate(dec, args["prompts"], GenerationConfig(max_new_tokens=int(args["decode_steps"]) + 1),
                              pad_id=int(args["pad_id"]))
         paddle.jit.save(wrapper, args["out_prefix"], input_spec=input_specs(dec.num_layers, dec.kv_heads, dec.head_dim))
@@ -349,7 +350,7 @@ def task_export_llm(args: dict) -> dict:
     return {"family": fam.name, "architecture": arch, "num_layers": dec.num_layers, "kv_heads": dec.kv_heads,
             "head_dim": dec.head_dim, "vocab_size": c.vocab_size, "hidden_size": c.hidden_size,
             "max_context": max_context(c), "num_samples": len(feeds),
-            "generated": generated, "paddle_version": paddle.__version__, **extra}
+            "generated": generated, "paddle_version": paddle.__version__, **extra, **adapter_info}
 
 
 def max_context(c) -> int:
@@ -447,9 +448,6 @@ TASKS = {"inspect": task_inspect, "reference": task_reference, "export": task_ex
 from paddle2ort.convert.seq2seq.worker import TASKS as SEQ2SEQ_TASKS  # noqa: E402  (encoder-decoder tasks)
 
 TASKS.update(SEQ2SEQ_TASKS)
-from paddle2ort.convert.llm.adapters import WORKER_TASKS as ADAPTER_TASKS  # noqa: E402  (LoRA, prefix)
-
-TASKS.update(ADAPTER_TASKS)
 
 
 def main(argv: list[str]) -> int:

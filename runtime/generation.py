@@ -217,6 +217,7 @@ class CacheDecoder:
         self.num_layers, self.kv_heads, self.head_dim = num_layers, kv_heads, head_dim
         self.vocab_size, self.cache_dtype, self.context = vocab_size, np.dtype(cache_dtype), max_context
         self.cache: KVCache | None = None
+        self.prefix, self.prefix_len = None, 0       # PTuning prefix rows every row starts with (set_prefix)
 
     @classmethod
     def wrap(cls, model: Callable, pad_id: int = 0) -> "CacheDecoder":
@@ -224,16 +225,34 @@ class CacheDecoder:
         return cls(model, model.num_layers, model.kv_heads, model.head_dim, model.vocab_size, model.cache_dtype,
                    getattr(model, "max_context", None), pad_id)
 
+    def set_prefix(self, rows: np.ndarray | None) -> None:
+        """PTuning v2 prefix (runtime.prefix): cache rows [P, L, 2, 1, KVH, D] each row starts with, attended to
+        and taking no positions (real tokens count from 0). None: no prefix."""
+        if rows is not None:
+            want = (self.num_layers, 2, 1, self.kv_heads, self.head_dim)
+            if rows.ndim != 6 or rows.shape[1:] != want:
+                raise BadInputError(f"prefix rows are {list(rows.shape)}, not [P, {', '.join(map(str, want))}]")
+            rows = np.ascontiguousarray(rows, self.cache_dtype)
+        self.prefix, self.prefix_len = rows, 0 if rows is None else rows.shape[0]
+
     def start(self, batch: int) -> None:
-        self.cache = KVCache.allocate(0, self.num_layers, batch, self.kv_heads, self.head_dim, self.cache_dtype)
-        self.mask = np.zeros((batch, 0), np.int64)
+        p = self.prefix_len
+        self.cache = KVCache.allocate(p, self.num_layers, batch, self.kv_heads, self.head_dim, self.cache_dtype)
+        if p:
+            self.cache.buffer[:] = self.prefix                                       # broadcast over the batch
+            self.cache.length = p
+        self.mask = np.ones((batch, p), np.int64)
         self.next_ids = np.zeros((batch, 1), np.int64)
+
+    def _positions(self, mask: np.ndarray) -> np.ndarray:
+        """position_ids of every column of mask: real tokens counted, the prefix rows not."""
+        return np.maximum(np.cumsum(mask, axis=-1) - 1 - self.prefix_len, 0).astype(np.int64)
 
     def append(self, chunks, past, room):
         ids, chunk_mask = left_pad(chunks, self.pad_id)
         self.cache.reserve(ids.shape[1] + room)
         self.mask = np.concatenate([self.mask, chunk_mask], axis=1)
-        pos = position_ids(self.mask)[:, -ids.shape[1]:]
+        pos = self._positions(self.mask)[:, -ids.shape[1]:]
         logits, present = self.forward(ids, self.mask, pos, self.cache.view())      # [B, S, V], [S, L, 2, B, ..]
         self.cache.append(present)
         return np.ascontiguousarray(logits[:, -1]), None                            # left padding: last = real
@@ -243,7 +262,7 @@ class CacheDecoder:
             self.cache.reserve(CACHE_HEADROOM)
         col = np.ones((self.mask.shape[0], 1), np.int64) if real is None else np.asarray(real, np.int64)[:, None]
         self.mask = np.concatenate([self.mask, col], axis=1)
-        pos = (self.mask.sum(-1, keepdims=True) - 1).astype(np.int64)              # [B, 1]
+        pos = (self.mask.sum(-1, keepdims=True) - 1 - self.prefix_len).astype(np.int64)    # [B, 1]
         logits, present = self.forward(self.next_ids, self.mask, pos, self.cache.view())
         self.cache.append(present)
         return logits[:, -1], None
@@ -256,16 +275,17 @@ class CacheDecoder:
         """In-flight batching: prefill each new row alone (equal prompts once, so a row's cache and logits are
         what it gets alone), then the rows join the batch at the step boundary, right-aligned (the shorter side
         left-padded and masked). -> logits [k, V] of each new row's last token."""
-        layers, kvh, d = self.num_layers, self.kv_heads, self.head_dim
+        layers, kvh, d, p = self.num_layers, self.kv_heads, self.head_dim, self.prefix_len
         alone: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         for c in map(tuple, chunks):
             if c not in alone:
                 ids = np.array([c], np.int64)
-                logits, present = self.forward(ids, np.ones_like(ids), np.arange(len(c), dtype=np.int64)[None],
-                                               np.zeros((0, layers, 2, 1, kvh, d), self.cache_dtype))
+                past = self.prefix if p else np.zeros((0, layers, 2, 1, kvh, d), self.cache_dtype)
+                logits, present = self.forward(ids, np.ones((1, p + len(c)), np.int64),
+                                               np.arange(len(c), dtype=np.int64)[None], past)
                 alone[c] = np.array(logits[0, -1]), present
         old, t = self.mask.shape
-        t2, k = max([t] + [len(c) for c in chunks]), len(chunks)
+        t2, k = max([t] + [p + len(c) for c in chunks]), len(chunks)
         cache = KVCache.allocate(t2 + max(room, 1), layers, old + k, kvh, d, self.cache_dtype)
         cache.length = t2
         cache.buffer[t2 - t:t2, :, :, :old] = self.cache.view()
@@ -273,7 +293,9 @@ class CacheDecoder:
         mask[:old, t2 - t:] = self.mask
         for j, c in enumerate(map(tuple, chunks)):
             cache.buffer[t2 - len(c):t2, :, :, old + j] = alone[c][1][:, :, :, 0]
-            mask[old + j, t2 - len(c):] = 1
+            if p:
+                cache.buffer[t2 - len(c) - p:t2 - len(c), :, :, old + j] = self.prefix[:, :, :, 0]
+            mask[old + j, t2 - len(c) - p:] = 1
         self.cache, self.mask = cache, mask
         self.next_ids = np.concatenate([self.next_ids, np.full((k, 1), self.pad_id, np.int64)])
         return np.stack([alone[tuple(c)][0] for c in chunks])
@@ -303,7 +325,7 @@ class CacheDecoder:
 
     def bytes_needed(self, rows: int, prompt_len: int, new_tokens: int) -> int:
         # the cache buffer plus the graph's concatenation of past and present (one more copy) and the prompt logits
-        kv = (prompt_len + new_tokens) * self.num_layers * 2 * self.kv_heads * self.head_dim * \
+        kv = (self.prefix_len + prompt_len + new_tokens) * self.num_layers * 2 * self.kv_heads * self.head_dim * \
             self.cache_dtype.itemsize
         return rows * (2 * kv + prompt_len * self.vocab_size * 4 + 2 * self.vocab_size)
 

@@ -78,6 +78,13 @@ class TextGenerator:
         else:
             raise BadInputError(f"graph must be 'generic', 'fused' or 'auto', got {graph!r}")
         self.default_stop_ids = bundle_stop_ids(self.llm, self.tokenizer)
+        adapter = m.extra.get("adapter") or {}
+        if adapter.get("kind") == "prefix":          # PTuning prefix: cache rows every generation starts with
+            from .prefix import load_prefix
+            if not isinstance(self.model, CacheDecoder):
+                raise BadInputError("this bundle's PTuning prefix runs on the generic graph only; use --graph generic")
+            self.model.set_prefix(load_prefix(self.bundle.checked_path(adapter["file"], adapter["file_sha256"]),
+                                              self.llm))
 
     @property
     def max_context(self) -> int:

@@ -161,6 +161,25 @@ def _check_fused(extra: dict) -> None:
         _typed(e["options"].get("spec"), dict, f"{f}.options.spec", "an object (the decoder geometry)")
 
 
+def _check_adapter(extra: dict) -> None:
+    """extra.adapter (convert-llm --lora / --prefix): its kind, the adapter files' sha256 and, for a prefix, the
+    bundle file of its cache rows."""
+    ad = extra.get("adapter")
+    if ad is None:
+        return
+    _typed(ad, dict, "extra.adapter", "an object {kind, sha256, ...}")
+    if ad.get("kind") not in ("lora", "prefix"):
+        raise _fail("extra.adapter.kind", f"is {ad.get('kind')!r}; one of 'lora', 'prefix'")
+    for name, sha in _typed(ad.get("sha256"), dict, "extra.adapter.sha256", "an object {file: sha256}").items():
+        _sha(sha, f"extra.adapter.sha256[{name!r}]")
+    if ad["kind"] == "prefix":
+        check_relpath(ad.get("file"), "extra.adapter.file")
+        _sha(ad.get("file_sha256"), "extra.adapter.file_sha256")
+        n = _typed(ad.get("num_prefix_tokens"), int, "extra.adapter.num_prefix_tokens", "an int")
+        if n < 1:
+            raise _fail("extra.adapter.num_prefix_tokens", f"is {n}, out of range")
+
+
 @dataclass(frozen=True)
 class Manifest:
     schema_version: int
@@ -238,6 +257,7 @@ class Manifest:
                                       f"{last} classes")
         extra = _typed(d.get("extra", {}), dict, "extra", "an object")
         _check_fused(extra)
+        _check_adapter(extra)
         files = _typed(d["files"], dict, "files", "an object {relative path: {sha256, size_bytes}}")
         for rel, e in files.items():
             check_relpath(rel, f"files[{rel!r}]")
@@ -249,7 +269,9 @@ class Manifest:
             raise _fail("files", f"lists {MANIFEST_NAME} itself")
         for where, rel, sha in ([(f"models.{p}", m.file, m.sha256) for p, m in models.items()]
                                 + [(f"extra.fused.{p}", e["file"], e["sha256"])
-                                   for p, e in (extra.get("fused") or {}).items()]):
+                                   for p, e in (extra.get("fused") or {}).items()]
+                                + [("extra.adapter", a["file"], a["file_sha256"])
+                                   for a in [extra.get("adapter") or {}] if a.get("kind") == "prefix"]):
             if files.get(rel, {}).get("sha256") != sha:
                 raise _fail(f"{where}.file", f"names {rel!r}, which `files` does not list with the same sha256")
         validation = d.get("validation")

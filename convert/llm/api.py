@@ -51,9 +51,14 @@ class LLMConvertConfig:
     fused: tuple[str, ...] = ()                    # also build the fused decoder at these precisions (LLaMA family)
     fused_head_dtype: str | None = None            # LM head + logits: None = float32 in the fp16 graph, the graph
     #                                                dtype in int8/int4; "float32" / "float16" force it
+    lora: Path | None = None                       # PaddleNLP LoRA adapter dir, merged before the export (adapters.py)
+    prefix: Path | None = None                     # PaddleNLP prefix-tuning dir: its cache rows ship in the bundle
 
     def __post_init__(self):
         object.__setattr__(self, "source", Path(self.source))
+        for key in ("lora", "prefix"):
+            if getattr(self, key) is not None:
+                object.__setattr__(self, key, Path(getattr(self, key)))
         object.__setattr__(self, "output", Path(self.output))
         object.__setattr__(self, "tokenizer", Path(self.tokenizer))
         from .fused import FUSED_PRECISIONS
@@ -183,7 +188,14 @@ def _convert_llm(config: LLMConvertConfig) -> ConvertResult:
     cfg = check_source(config.source)
     family = check_family(cfg, config)
     plan, cpu_fused = fused_plan(config, family, cfg)
-    check_destination(config.output, config.overwrite, (config.source, config.tokenizer))
+    from .adapters import check_adapter, finish_adapter, prepare_adapter
+    adapter = check_adapter(config.lora, config.prefix, config.source, cfg, family,
+                            bool(config.fused) or config.default_graph == "fused")
+    if config.prefix is not None and plan:
+        log.info("--prefix: the generic graph is the default (the fused decoder takes no prefix cache)")
+        plan, cpu_fused = {}, []
+    check_destination(config.output, config.overwrite,
+                      (config.source, config.tokenizer, *(p for p in (config.lora, config.prefix) if p)))
     tok = BPETokenizer.load(config.tokenizer)
     check_vocab(tok, cfg, config)
     check_size(config.source, cfg)
@@ -191,11 +203,14 @@ def _convert_llm(config: LLMConvertConfig) -> ConvertResult:
     prompts = [tok.encode(p) for p in config.prompts]
     work = make_workdir("llm")
     try:
+        applied = prepare_adapter(adapter, config.source, work, prompts) if adapter else None
+        model_dir = applied.model_dir if applied else config.source
         log.info("exporting %s with an explicit KV cache (Paddle worker)", config.source)
         with busy("export with a KV cache (Paddle worker)"):
             info = run_worker("export_llm", {
-                "model_dir": str(config.source), "out_prefix": str(work / "static" / "inference"),
+                "model_dir": str(model_dir), "out_prefix": str(work / "static" / "inference"),
                 "samples_npz": str(work / "steps.npz"), "prompts": prompts, "decode_steps": config.decode_steps,
+                **({"adapter": applied.export_args} if applied else {}),
                 "pad_id": tok.pad_token_id, **({"state_npz": str(work / "state.npz")} if plan else {})}, work)
         log.info("%s (%s): %d layers, %d KV heads x %d; Paddle greedy on the validation prompts: %s",
                  info["architecture"], info["family"], info["num_layers"], info["kv_heads"], info["head_dim"],
@@ -206,6 +221,9 @@ def _convert_llm(config: LLMConvertConfig) -> ConvertResult:
         llm["stop_ids"] = stop_token_ids(tok, config.source)
         extra_files = {f"tokenizer/{n}": config.tokenizer / n for n in TOKENIZER_FILES}
         extra = {"llm": llm, "paddle_source": source_fingerprint(config.source)}
+        if applied:
+            extra["adapter"], files = finish_adapter(applied, config.thresholds["fp32"], config.validate)
+            extra_files.update(files)
         if plan:
             extra["fused"] = build_fused(config, work, tok.pad_token_id, plan, info)
             extra_files["fused"] = work / "fused"
