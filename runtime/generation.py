@@ -33,6 +33,7 @@ from .numeric import log_softmax  # noqa: F401  (re-exported: the scorers import
 log = logging.getLogger(__name__)
 
 MAX_SEED = 2 ** 64
+BEAM_RULES = ("default", "paddlenlp")
 CACHE_HEADROOM = 64        # positions of KV room added when rows that joined a running batch outgrow the buffer
 
 
@@ -51,9 +52,11 @@ class GenerationConfig:
     num_beams: int = 1
     length_penalty: float = 1.0
     early_stopping: bool = True
+    no_repeat_ngram_size: int = 0    # 0: off; n: no n-gram occurs twice in a row's decoded sequence (host arrays)
+    beam_rules: str = "default"      # "paddlenlp": PaddleNLP's BeamSearchScorer scoring and stopping (advance_beams)
 
     def __post_init__(self):
-        for name in ("max_new_tokens", "min_new_tokens", "top_k", "num_beams"):
+        for name in ("max_new_tokens", "min_new_tokens", "top_k", "num_beams", "no_repeat_ngram_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
                 raise BadInputError(f"{name} must be an integer, got {v!r}")
@@ -71,6 +74,10 @@ class GenerationConfig:
             raise BadInputError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise BadInputError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if self.no_repeat_ngram_size < 0:
+            raise BadInputError(f"no_repeat_ngram_size must be >= 0 (0 = off), got {self.no_repeat_ngram_size}")
+        if self.beam_rules not in BEAM_RULES:
+            raise BadInputError(f"beam_rules must be one of {', '.join(BEAM_RULES)}, got {self.beam_rules!r}")
         if self.repetition_penalty <= 0:
             raise BadInputError(f"repetition_penalty must be > 0 (1.0 = off), got {self.repetition_penalty}")
         if not 1 <= self.num_beams <= kernels.MAX_BEAMS:
@@ -402,6 +409,39 @@ def advance(dec: Decoder, tokens: np.ndarray) -> None:
         seqlens += 1                                   # in place: the decoder's bound buffer
 
 
+# ----------------------------------------------------------------------------- logits processors (host)
+def banned_ngram_tokens(seq: Sequence[int], n: int) -> list[int]:
+    """Tokens that would repeat an n-gram of `seq` (fairseq's / PaddleNLP's NoRepeatNGram): those that followed
+    an earlier occurrence of seq's last n-1 tokens. Nothing is banned before seq holds n-1 tokens."""
+    if n <= 0 or len(seq) + 1 < n:
+        return []
+    tail = tuple(seq[len(seq) - n + 1:]) if n > 1 else ()
+    return sorted({seq[i + n - 1] for i in range(len(seq) - n + 1) if tuple(seq[i:i + n - 1]) == tail})
+
+
+def ngram_ban_mask(seqs: Sequence[Sequence[int]], n: int, vocab: int) -> np.ndarray | None:
+    """bool [B, V]: True where row b may not choose the token (banned_ngram_tokens); None when nothing is."""
+    mask = np.zeros((len(seqs), vocab), bool)
+    for b, s in enumerate(seqs):
+        mask[b, banned_ngram_tokens(s, n)] = True
+    return mask if mask.any() else None
+
+
+def ban_tokens(logits: np.ndarray, rows, mask: np.ndarray | None) -> tuple[np.ndarray, None]:
+    """Each batch row's logits (rows picks them, as in kernels.sample_rows) with banned tokens at -inf."""
+    lg = logits.reshape(-1, logits.shape[-1])
+    lg = np.array(lg[np.asarray(rows)] if rows is not None else lg[:len(mask) if mask is not None else None])
+    if mask is not None:
+        lg[mask] = -np.inf
+    return lg, None
+
+
+def _check_host_processors(dec, cfg: GenerationConfig) -> None:
+    if cfg.no_repeat_ngram_size and dec.xp is not np:
+        raise BadInputError("no_repeat_ngram_size runs on host arrays: use the generic graph (or the fused graph on "
+                            "CPU), not the on-device loop")
+
+
 # ----------------------------------------------------------------------------- the step API
 @dataclass
 class RowState:
@@ -456,6 +496,7 @@ class Generator:
             raise BadInputError("stop strings need a tokenizer to decode with")
         self.dec, self.cfg, self.pad_id, self.decode = as_decoder(decoder, pad_id), cfg, pad_id, decode
         self.max_context = max_context
+        _check_host_processors(self.dec, cfg)
         self.on_device = self.dec.xp is not np
         self.check_every = check_every or (8 if self.on_device else 1)
         self.batch = 0
@@ -521,6 +562,9 @@ class Generator:
         dec = self.dec
         with _on_stream(dec):
             logits, rows = dec.step(self._real) if self._pending else self._logits
+            if self.cfg.no_repeat_ngram_size:
+                mask = ngram_ban_mask(self._ngram_rows(), self.cfg.no_repeat_ngram_size, dec.vocab_size)
+                logits, rows = ban_tokens(logits, rows, mask)
             self._real = None if self.on_device else self.finished == 0             # before this choice
             kernels.sample_rows(logits, rows, self.cfg.sampler_params(self.steps, self.pad_id), dec.next_ids,
                                 seen=self.seen, stop_ids=self.stop_ids, tokens_out=self.tokens, seqlens=dec.seqlens,
@@ -600,6 +644,8 @@ class Generator:
                                     "generation.beam_search")
             if c.stop_strings and self.decode is None:
                 raise BadInputError("stop strings need a tokenizer to decode with")
+            if c.no_repeat_ngram_size:
+                raise BadInputError("rows joining a batch do not take no_repeat_ngram_size; use append_tokens")
             _stop_array(dec, c)
             _check_room(dec, len(r), c.max_new_tokens, self.max_context)
         live = self._rows or []
@@ -703,6 +749,13 @@ class Generator:
             r.finish_reason = "length"
 
     # ------------------------------------------------------------------ helpers
+    def _ngram_rows(self) -> list[list[int]]:
+        """Each row's sequence as no-repeat-ngram sees it: the decoder's own prefix (an encoder-decoder's start
+        token: `target_prefix`) or every real token so far, then this turn's choices."""
+        toks = self.dec.host(self.tokens[:, :self.steps]).tolist() if self.steps else [[] for _ in range(self.batch)]
+        pre = self.dec.target_prefix(self.batch) if hasattr(self.dec, "target_prefix") else self.history
+        return [list(p) + t for p, t in zip(pre, toks)]
+
     def _real_generated(self) -> list[list[int]]:
         """Per row, this turn's tokens up to and including the one that finished it (pads dropped)."""
         toks = self.dec.host(self.tokens[:, :self.steps]).tolist() if self.steps else [[] for _ in range(self.batch)]
@@ -760,9 +813,52 @@ class Beams:
     done: list                     # (length-penalized score, tokens) of finished hypotheses
     finished: bool = False
 
-    def best(self, stops: set, length_penalty: float) -> list[int]:
-        hyps = self.done + [(s / max(len(q), 1) ** length_penalty, q) for s, q in zip(self.scores, self.seqs)]
+    def best(self, stops: set, length_penalty: float, rules: str = "default") -> list[int]:
+        if rules == "paddlenlp":      # a finished prompt keeps only its closed hypotheses (BeamSearchScorer.finalize)
+            live = [] if self.finished else [(gnmt_score(s, len(q), length_penalty), q)
+                                             for s, q in zip(self.scores, self.seqs)]
+            hyps = self.done + live
+        else:
+            hyps = self.done + [(s / max(len(q), 1) ** length_penalty, q) for s, q in zip(self.scores, self.seqs)]
         return [t for t in max(hyps, key=lambda x: x[0])[1] if t not in stops]
+
+
+def gnmt_score(logprob_sum: float, length: int, length_penalty: float) -> float:
+    """PaddleNLP's BeamHypotheses score: sum(logprob) / ((length + 5) / 6) ** length_penalty (GNMT's form), length
+    = generated tokens before the stop token."""
+    return logprob_sum / ((length + 5) / 6) ** length_penalty
+
+
+def _advance_paddlenlp(beams: Beams, cand_s: np.ndarray, cand_i: np.ndarray, vocab: int, cfg: GenerationConfig,
+                       step: int, stops: set) -> list[tuple[int, int, float]] | None:
+    """PaddleNLP 2.8.1's BeamSearchScorer.process: a stop token closes a hypothesis only when ranked among the K
+    best candidates; at most K closed hypotheses are kept (the best); the prompt is done once K are kept and
+    (early_stopping, or the best candidate, scored at the current length, cannot beat the worst kept)."""
+    k, lp, chosen = len(beams.seqs), cfg.length_penalty, []
+    for rank, (s, c) in enumerate(zip(cand_s.tolist(), cand_i.tolist())):
+        if c < 0:
+            break
+        r, t = divmod(c, vocab)
+        if t in stops:
+            if rank < k and step + 1 >= cfg.min_new_tokens:
+                score = gnmt_score(s, len(beams.seqs[r]), lp)
+                if len(beams.done) < k or score > min(d[0] for d in beams.done):
+                    beams.done.append((score, beams.seqs[r] + [t]))
+                    if len(beams.done) > k:
+                        beams.done.remove(min(beams.done, key=lambda d: d[0]))
+            continue
+        chosen.append((r, t, s))
+        if len(chosen) == k:
+            break
+    while len(chosen) < k:
+        chosen.append((chosen[0][0], chosen[0][1], -np.inf) if chosen else (0, 0, -np.inf))
+    if len(beams.done) >= k and (cfg.early_stopping or
+                                 min(d[0] for d in beams.done) >= gnmt_score(float(cand_s[0]), step, lp)):
+        beams.finished = True
+        return None
+    beams.seqs = [beams.seqs[r] + [t] for r, t, _ in chosen]
+    beams.scores = np.array([s for _, _, s in chosen], np.float32)
+    return chosen
 
 
 def advance_beams(beams: Beams, cand_s: np.ndarray, cand_i: np.ndarray, vocab: int, cfg: GenerationConfig,
@@ -770,7 +866,9 @@ def advance_beams(beams: Beams, cand_s: np.ndarray, cand_i: np.ndarray, vocab: i
     """One prompt's step over its 2K best candidates (best first; -1 marks none): a stop token closes a
     hypothesis (scored sum(logprob) / len ** length_penalty), the first K others continue; when fewer than K are
     live the rest are dead copies (score -inf, never expanded). -> (source beam, token, score) x K, or None once
-    early stopping has K finished hypotheses."""
+    early stopping has K finished hypotheses. cfg.beam_rules "paddlenlp": _advance_paddlenlp."""
+    if cfg.beam_rules == "paddlenlp":
+        return _advance_paddlenlp(beams, cand_s, cand_i, vocab, cfg, step, stops)
     chosen = []
     for s, c in zip(cand_s.tolist(), cand_i.tolist()):
         if c < 0:
@@ -799,6 +897,7 @@ def beam_search(model, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, 
     Per step: the beam kernel (its twin on host arrays: log-softmax + each row's 2K best) -> K x 2K candidates per
     prompt to the host, merged to 2K -> cache rows reordered where beams moved -> the next tokens -> one step."""
     dec, k = as_decoder(model, pad_id), cfg.num_beams
+    _check_host_processors(dec, cfg)
     prompts = check_tokens(prompts, dec.vocab_size)
     stop_ids = _stop_array(dec, cfg)
     longest = max(map(len, prompts))
@@ -814,8 +913,14 @@ def beam_search(model, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, 
         logits, ridx = dec.append(rows, np.zeros(n, np.int64), cfg.max_new_tokens)
         for step in range(cfg.max_new_tokens):
             scores = np.concatenate([b.scores if not b.finished else np.full(k, -np.inf, np.float32) for b in state])
+            banned = None
+            if cfg.no_repeat_ngram_size:          # after the log-softmax, as PaddleNLP's processors see log-probs
+                pre = dec.target_prefix(n) if hasattr(dec, "target_prefix") else rows
+                banned = ngram_ban_mask([list(pre[b * k + j]) + state[b].seqs[j] for b in range(len(state))
+                                         for j in range(k)], cfg.no_repeat_ngram_size, vocab)
             cand_s, cand_i = kernels.beam_topk(logits, ridx, xp.asarray(scores), k, seen, stop_ids,
-                                               cfg.repetition_penalty, step < cfg.min_new_tokens, dec.stream)
+                                               cfg.repetition_penalty, step < cfg.min_new_tokens, dec.stream,
+                                               banned=banned)
             cand_s, cand_i = kernels.merge_beams(dec.host(cand_s), dec.host(cand_i), k)     # [B, 2K]
             src, toks = np.arange(n), np.full(n, pad_id, np.int64)
             for b, beams in enumerate(state):
@@ -835,9 +940,10 @@ def beam_search(model, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, 
                 seen[xp.arange(n), xp.asarray(toks)] = 1
             advance(dec, toks)
             logits, ridx = dec.step(None)
-    return [beams.best(stops, cfg.length_penalty) for beams in state]
+    return [beams.best(stops, cfg.length_penalty, cfg.beam_rules) for beams in state]
 
 
-__all__ = ["Beams", "CacheDecoder", "Decoder", "GenerationConfig", "Generator", "KVCache", "RowState", "advance",
-           "advance_beams", "as_decoder", "beam_search", "check_memory", "check_tokens", "generate",
-           "host_bytes_available", "left_pad", "position_ids"]
+__all__ = ["BEAM_RULES", "Beams", "CacheDecoder", "Decoder", "GenerationConfig", "Generator", "KVCache", "RowState",
+           "advance", "advance_beams", "as_decoder", "ban_tokens", "banned_ngram_tokens", "beam_search",
+           "check_memory", "check_tokens", "generate", "gnmt_score", "host_bytes_available", "left_pad",
+           "ngram_ban_mask", "position_ids"]
