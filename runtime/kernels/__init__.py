@@ -30,12 +30,16 @@ def sample_rows(logits, rows, p: SamplerParams, next_ids, seen=None, stop_ids=No
 
 
 def beam_topk(logits, rows, beam_scores, beams: int, seen=None, stop_ids=None, penalty: float = 1.0,
-              suppress_stop: bool = False, stream=None):
+              suppress_stop: bool = False, stream=None, banned=None):
     """Each beam row's 2K best (beam, token) continuations -> (scores [G*K, 2K], flat index k * V + t [G*K, 2K]);
-    merge_beams takes each prompt's 2K best of them."""
+    merge_beams takes each prompt's 2K best of them. banned: bool [G*K, V] of tokens a row may not take (host
+    arrays only: no-repeat-ngram)."""
     if on_device(logits):
+        if banned is not None:
+            raise NotImplementedError("banned tokens (no-repeat-ngram) are a host-array option of beam_topk")
         from . import cuda
         return cuda.beam_topk(logits, rows, beam_scores, beams, seen, stop_ids, penalty, suppress_stop, stream)
     from . import reference
     return reference.beam_topk(logits, rows, beam_scores, beams, seen,
-                               np.zeros(0, np.int32) if stop_ids is None else stop_ids, penalty, suppress_stop)
+                               np.zeros(0, np.int32) if stop_ids is None else stop_ids, penalty, suppress_stop,
+                               banned)

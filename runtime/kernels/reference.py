@@ -126,7 +126,7 @@ def sample_rows(logits: np.ndarray, rows: np.ndarray | None, p: SamplerParams, n
 
 def beam_topk(logits: np.ndarray, rows: np.ndarray | None, beam_scores: np.ndarray, beams: int,
               seen: np.ndarray | None = None, stop_ids: np.ndarray = np.zeros(0, np.int32), penalty: float = 1.0,
-              suppress_stop: bool = False) -> tuple[np.ndarray, np.ndarray]:
+              suppress_stop: bool = False, banned: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Twin of beam_topk_f32/f16: logits [N, V] (rows picks one per beam row, else row i), beam_scores float32
     [G * K] -> each beam row's 2K best candidates (scores float32 [G * K, 2K], flat index int32 k * V + t within
     its prompt), best first, ties to the lower index; candidate = (beam score + penalized logit) -
@@ -143,6 +143,8 @@ def beam_topk(logits: np.ndarray, rows: np.ndarray | None, beam_scores: np.ndarr
         cand = np.where(s == -np.inf, np.float32(-np.inf), (s + x) - lse).astype(np.float32)
     if suppress_stop and len(stop_ids):
         cand[:, stop_ids] = -np.inf                                                   # after the log-softmax
+    if banned is not None:
+        cand[banned] = -np.inf                                                        # idem (no-repeat-ngram)
     if vocab < want:                                                                  # tiny vocabulary: pad
         cand = np.concatenate([cand, np.full((n_rows, want - vocab), -np.inf, np.float32)], axis=1)
     order = np.argsort(-cand, axis=-1, kind="stable")[:, :want]
