@@ -21,7 +21,7 @@ from paddle2ort.runtime.seq2seq import ENCODER_DIR, TASK
 
 from ..api import MAX_OPSET, MIN_OPSET, ConvertConfig, ConvertResult, check_thresholds, convert
 from ..bundle import check_destination
-from ..llm.api import TOKENIZER_FILES, check_size, check_source, source_fingerprint
+from ..llm.api import TOKENIZER_FILES, check_source, source_fingerprint
 from ..paddle_proc import make_workdir, run_worker, sigterm_as_interrupt
 from ..precision import Int8Options
 from ..validate import LLM_THRESHOLDS, Thresholds
@@ -87,7 +87,6 @@ def _convert_seq2seq(config: Seq2SeqConvertConfig) -> ConvertResult:
     check_destination(config.output, config.overwrite, (config.source, config.tokenizer))
     tok = BPETokenizer.load(config.tokenizer)
     check_vocab(tok, cfg, config)
-    check_size(config.source, cfg)
     eos = cfg.get("eos_token_id", tok.eos_token_id)
     sources = [tok.encode(s) + [eos] for s in config.sources]
     log.info("%s: the %s encoder-decoder family", config.source, family)

@@ -23,7 +23,8 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int = 320):
     return BPETokenizer(hf, {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "add_bos_token": False})
 
 
-def build_tiny(family: str, out: Path, texts: Sequence[str], seed: int = 0, std: float = 0.3) -> Path:
+def build_tiny(family: str, out: Path, texts: Sequence[str], seed: int = 0, std: float = 0.5,
+               eos_scale: float = 3.0) -> Path:
     """out/model (PaddleNLP save_pretrained) + out/tokenizer. -> out."""
     from ..paddle_proc import run_worker, workdir
     out = Path(out)
@@ -32,5 +33,6 @@ def build_tiny(family: str, out: Path, texts: Sequence[str], seed: int = 0, std:
     special = {"bos": tok.bos_token_id, "pad": tok.pad_token_id, "eos": tok.eos_token_id}
     with workdir("tiny") as work:
         run_worker("build_tiny_seq2seq", {"family": family, "out": str(out / "model"), "vocab_size": tok.vocab_size,
-                                          "special": special, "seed": seed, "std": std}, Path(work))
+                                          "special": special, "seed": seed, "std": std,
+                                          "eos_scale": eos_scale}, Path(work))
     return out

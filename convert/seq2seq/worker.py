@@ -50,11 +50,12 @@ def _one(src: list[int], pad_id: int):
 
 
 def task_generate_seq2seq(args: dict) -> dict:
-    """Paddle's own generate() (PaddleNLP 2.8.1, use_fast off) on token-id sources: the parity reference."""
+    """Paddle's own generate() (PaddleNLP 2.8.1, use_fast off) on token-id sources, once per options dict: the
+    parity reference."""
     from .eager import load_seq2seq, paddle_generate
     model, _, fam, _ = load_seq2seq(args["model_dir"])
     geo = fam.geometry(model.config)
-    return {"generated": paddle_generate(model, args["sources"], geo["pad_id"], **args["options"])}
+    return {"generated": [paddle_generate(model, args["sources"], geo["pad_id"], **o) for o in args["options"]]}
 
 
 def task_bench_seq2seq(args: dict) -> dict:
@@ -80,7 +81,8 @@ def task_bench_seq2seq(args: dict) -> dict:
 
 def task_build_tiny_seq2seq(args: dict) -> dict:
     """A tiny random-weight T5/BART (PaddleNLP classes, save_pretrained) with the given vocabulary and special ids;
-    matrices redrawn from N(0, std) so random logits are not flat (tests and the benchmark's model)."""
+    matrices redrawn from N(0, std) so random logits are not flat, the eos output row scaled by eos_scale so some
+    rows stop early (tests and the benchmark's model)."""
     import paddle
     import paddlenlp.transformers as T
 
@@ -106,6 +108,10 @@ def task_build_tiny_seq2seq(args: dict) -> dict:
     for p in model.parameters():
         if len(p.shape) >= 2:
             p.set_value(rng.normal(0, std, p.shape).astype("float32"))
+    head = model.t5.shared.weight if fam == "t5" else model.lm_head_weight     # the output rows (T5: tied)
+    w = head.numpy()
+    w[sp["eos"]] *= float(args.get("eos_scale", 1.0))         # eos ends some rows early: stop rules get exercised
+    head.set_value(w)
     model.eval()
     model.save_pretrained(args["out"])
     return {"parameters": int(sum(int(np.prod(p.shape)) for p in model.parameters()))}
