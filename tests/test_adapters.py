@@ -1,6 +1,8 @@
 """Adapters on the tiny random-weight LLaMA (GQA): a PaddleNLP LoRA merged before the export and a PTuning v2
 prefix exported as cache rows, each held to PaddleNLP's own adapter model (LoRAModel / PrefixModelForCausalLM);
 bad adapter input refused before any worker starts."""
+import contextlib
+import io
 import json
 import shutil
 import subprocess
@@ -15,6 +17,7 @@ from paddle2ort.convert.llm.adapters import PRE_CACHES, PREFIX_CONFIG
 from paddle2ort.runtime.errors import BadInputError
 from paddle2ort.runtime.generation import GenerationConfig, generate
 from paddle2ort.runtime.llm import TextGenerator
+from paddle2ort.runtime.manifest import load_bundle
 
 PROMPTS = ["The capital of France is", "def f(x):", "Once upon a time"]
 NEW_TOKENS = 8
@@ -63,10 +66,15 @@ def adapters(tiny_models, tmp_path_factory):
     subprocess.run([sys.executable, "-c", MAKE_ADAPTERS, str(src / "model"), str(src / "tokenizer"), str(root),
                     str(NEW_TOKENS), json.dumps(PROMPTS)], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     out = {"src": src, "root": root, "refs": json.loads((root / "refs.json").read_text())}
-    for kind in ("lora", "prefix"):
-        res = convert_llm(LLMConvertConfig(source=src / "model", tokenizer=src / "tokenizer", output=root / f"b_{kind}",
-                                           **{kind: root / kind}))
-        out[kind] = (root / kind, root / f"b_{kind}", res.manifest)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):           # the LoRA one through the CLI: what it shows
+        assert main(["-q", "convert-llm", str(src / "model"), "--tokenizer", str(src / "tokenizer"),
+                     "-o", str(root / "b_lora"), "--lora", str(root / "lora")]) == 0
+    out["lora"] = (root / "lora", root / "b_lora", load_bundle(root / "b_lora").manifest)
+    out["cli"] = printed.getvalue()
+    res = convert_llm(LLMConvertConfig(source=src / "model", tokenizer=src / "tokenizer", output=root / "b_prefix",
+                                       prefix=root / "prefix"))
+    out["prefix"] = (root / "prefix", root / "b_prefix", res.manifest)
     return out
 
 
@@ -85,9 +93,11 @@ def test_greedy_equals_paddlenlp_with_the_adapter(adapters, kind):
     assert generate(base, ids, cfg, gen.tokenizer.pad_token_id) != want          # the adapter changes the output
 
 
-def test_manifest_records_the_adapters(adapters, capsys):
+def test_manifest_records_the_adapters_and_the_cli_shows_them(adapters):
     lora_dir, _, m = adapters["lora"]
     a = m.extra["adapter"]
+    assert "adapter lora: LoRA r=4 alpha=8 (scaling 2), merged into 6 modules; vs PaddleNLP max_rel_diff" in \
+        adapters["cli"]
     assert (a["kind"], a["rank"], a["alpha"], a["scaling"], a["merged_modules"]) == ("lora", 4, 8.0, 2.0, 6)
     from paddle2ort.runtime.manifest import sha256_file
     assert a["sha256"] == {n: sha256_file(lora_dir / n) for n in ("lora_config.json", "lora_model_state.pdparams")}
@@ -123,8 +133,14 @@ def test_prefix_rows_take_no_positions_and_join_like_alone(adapters):
     assert [generate(dec, [i], cfg, pad)[0] for i in ids] != alone
 
 
-def test_cli_convert_llm_with_adapter_and_bad_adapters(adapters, tmp_path, capsys):
-    """Every bad adapter exits 2 naming the problem before any worker starts (nothing written)."""
+def test_bad_adapters_exit_2_before_any_worker(adapters, tmp_path, capsys, monkeypatch):
+    """Every bad adapter exits 2 naming the problem and the fix before any worker starts (nothing written)."""
+    import paddle2ort.convert.llm.api as llm_api
+
+    def no_worker(task, *_):
+        raise AssertionError(f"worker {task!r} started before the adapter was checked")
+
+    monkeypatch.setattr(llm_api, "run_worker", no_worker)
     src, root = adapters["src"], adapters["root"]
     base = ["-q", "convert-llm", str(src / "model"), "--tokenizer", str(src / "tokenizer"), "-o", str(tmp_path / "b")]
 
@@ -185,3 +201,62 @@ def _edit_state(src, dst, drop=(), **arrays):
     with open(path, "wb") as f:
         pickle.dump(state, f, protocol=4)
     return dst
+
+
+# ----------------------------------------------------------------------------- no Paddle
+class _Recorder:
+    """A graph-contract forward that records its inputs: logits favour token (position + cached rows) % 7."""
+
+    num_layers, kv_heads, head_dim, vocab_size, cache_dtype = 1, 1, 2, 7, np.float32
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, ids, mask, pos, past):
+        self.calls.append((ids.copy(), mask.copy(), pos.copy(), past.copy()))
+        b, s = ids.shape
+        logits = np.zeros((b, s, self.vocab_size), np.float32)
+        logits[np.arange(b)[:, None], np.arange(s)[None], (pos + past.shape[0]) % self.vocab_size] = 1.0
+        return logits, np.ones((s, 1, 2, b, 1, 2), np.float32)
+
+
+@pytest.mark.unit
+def test_prefix_rows_lead_every_row_masked_in_and_take_no_positions():
+    from paddle2ort.runtime.generation import CacheDecoder
+    from paddle2ort.runtime.prefix import to_cache_rows
+    fwd = _Recorder()
+    dec = CacheDecoder.wrap(fwd)
+    pre = np.arange(1 * 2 * 1 * 3 * 2, dtype=np.float32).reshape(1, 2, 1, 3, 2) + 1     # [L, 2, KVH, P=3, D]
+    dec.set_prefix(to_cache_rows(pre))
+    generate(dec, [[4, 5], [6]], GenerationConfig(max_new_tokens=2), pad_id=0)
+    ids, mask, pos, past = fwd.calls[0]                                   # the prefill, left-padded
+    rows = to_cache_rows(pre)[:, :, :, 0]                                 # [P, L, 2, KVH, D]
+    assert past.shape[0] == 3 and all(np.array_equal(past[:, :, :, b], rows) for b in (0, 1))   # every row's
+    assert np.array_equal(rows[1, 0, 1, 0], pre[0, 1, 0, 1])             # row 1 = prefix token 1 of pre_caches
+    assert mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 1]] and pos.tolist() == [[0, 1], [0, 0]]
+    _, mask, pos, past = fwd.calls[1]                                     # a step: positions go on from the prompt
+    assert past.shape[0] == 5 and pos.tolist() == [[2], [1]] and mask.shape == (2, 6)
+    dec.set_prefix(None)
+    fwd.calls.clear()
+    generate(dec, [[4, 5]], GenerationConfig(max_new_tokens=1), pad_id=0)
+    assert fwd.calls[0][3].shape[0] == 0                                  # no prefix: an empty cache again
+    with pytest.raises(BadInputError, match="prefix rows are"):
+        dec.set_prefix(np.zeros((3, 2, 2, 1, 1, 2), np.float32))          # 2 layers for a 1-layer decoder
+
+
+@pytest.mark.unit
+def test_bundle_prefix_file_and_manifest_entry_are_checked(tmp_path):
+    from paddle2ort.runtime.errors import BundleError
+    from paddle2ort.runtime.manifest import _check_adapter
+    from paddle2ort.runtime.prefix import load_prefix
+    llm = {"num_layers": 2, "kv_heads": 2, "head_dim": 16}
+    np.save(tmp_path / "ok.npy", np.zeros((2, 2, 2, 5, 16), np.float32))
+    assert load_prefix(tmp_path / "ok.npy", llm).shape == (5, 2, 2, 1, 2, 16)
+    np.save(tmp_path / "bad.npy", np.zeros((3, 2, 2, 5, 16), np.float32))
+    with pytest.raises(BundleError, match="not a prefix cache"):
+        load_prefix(tmp_path / "bad.npy", llm)
+    with pytest.raises(BundleError, match="extra.adapter.kind"):
+        _check_adapter({"adapter": {"kind": "ia3", "sha256": {}}})
+    with pytest.raises(BundleError, match="extra.adapter.file"):
+        _check_adapter({"adapter": {"kind": "prefix", "sha256": {}, "file": "../x.npy", "file_sha256": "0" * 64,
+                                    "num_prefix_tokens": 5}})
