@@ -105,14 +105,16 @@ def run_job(python: Path, job: dict, work: Path) -> dict:
 
 # ------------------------------------------------------------------ the benchmark environment's side (llama_cpp)
 def _logits(llm) -> np.ndarray:
-    return np.asarray(llm.scores[llm.n_tokens - 1], np.float32)
+    """The last evaluated token's logits, copied (llama-cpp-python 0.3.x keeps `scores` only with logits_all)."""
+    import llama_cpp
+    return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(llm.n_vocab(),)).copy()
 
 
 def _open(job: dict):
     import llama_cpp
     kw = dict(model_path=job["model"], n_ctx=int(job["n_ctx"]), n_batch=int(job["n_ctx"]),
               n_ubatch=int(job["n_ctx"]), n_threads=int(job["threads"]), n_threads_batch=int(job["threads"]),
-              logits_all=False, verbose=False)
+              logits_all=False, verbose=False, flash_attn=bool(job.get("flash_attn", False)))
     if job.get("kv_f32"):                    # the token check: F32 weights and an F32 KV cache (no f16 rounding)
         kw.update(type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
     return llama_cpp.Llama(**kw)
@@ -166,6 +168,9 @@ def run(job: dict) -> dict:
         out = [greedy(job, p, int(job["check_new_tokens"])) for p in job["check"]]
         res["check"] = {"ids": [o[0] for o in out], "margins": [o[1] for o in out]}
     res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    res["settings"] = {"flash_attn": bool(job.get("flash_attn", False)),
+                       "kv_cache": "f32" if job.get("kv_f32") else "f16 (llama.cpp's default)",
+                       "n_threads": int(job["threads"]), "n_batch": int(job["n_ctx"])}
     return res
 
 

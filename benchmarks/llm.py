@@ -99,6 +99,8 @@ def run_llm_bench(cfg: LLMBenchConfig) -> dict:
                for b in cfg.batch_sizes]
     peer = llamacpp_jobs(cfg, precisions, threads, bundle) if cfg.gguf is not None else None
     runs: dict[tuple, list[dict]] = {}
+    import os
+    load = {"start": os.getloadavg()}            # other processes on the box: the run's noise, recorded
     from tqdm.auto import tqdm
     order = [("ort", c) for c in configs] + [("llama.cpp", j["qtype"]) for j in (peer or {}).get("jobs", [])]
     for n in tqdm(range(cfg.repeats), desc="bench-llm rounds", unit="round", leave=False, disable=None):
@@ -113,6 +115,7 @@ def run_llm_bench(cfg: LLMBenchConfig) -> dict:
                 job = next(j for j in peer["jobs"] if j["qtype"] == c)
                 r = run_job(peer["python"], job, peer["work"])
             runs.setdefault((kind, c), []).append(r)
+    load["end"] = os.getloadavg()
     rows = []
     for (prec, g, b) in configs:
         r = _median(runs[("ort", (prec, g, b))])
@@ -121,15 +124,18 @@ def run_llm_bench(cfg: LLMBenchConfig) -> dict:
                  r["decode_ms_per_step"], r["decode_tokens_per_s_total"])
     peers = {}
     if peer is not None:
-        peers["llama.cpp"] = {k: peer[k] for k in ("skipped", "version", "python", "files") if k in peer}
+        peers["llama.cpp"] = {k: str(peer[k]) if isinstance(peer[k], Path) else peer[k]
+                              for k in ("skipped", "version", "python", "files") if k in peer}
         for j in peer.get("jobs", []):
             got = runs[("llama.cpp", j["qtype"])]
             check = got[0].pop("check", None)
             r = _median([{k: v for k, v in x.items() if k != "check"} for x in got])
             if j.get("prompts"):
+                peers["llama.cpp"].setdefault("settings", {})[j["qtype"]] = r.pop("settings", None)
                 rows.append({"system": "llama.cpp", "graph": "llama.cpp", "users_graph": False,
                              "precision": j["precision"], "llamacpp_type": j["qtype"], **r})
             if check is not None:
+                peers["llama.cpp"]["check_settings"] = got[0].get("settings")
                 peers["llama.cpp"]["token_check"] = token_check(cfg, bundle, check, threads)
     if cfg.paddle_model is not None:
         from paddle2ort.convert.paddle_proc import run_worker, workdir
@@ -154,7 +160,26 @@ def run_llm_bench(cfg: LLMBenchConfig) -> dict:
     return {"benchmark": "llm-generation", "bundle": bundle.manifest.name,
             "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "config": {**{k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
-                       "threads": threads}, "rows": rows, "peers": peers, "environment": environment()}
+                       "threads": threads}, "rows": rows, "peers": peers, "cpu": cpu_info(threads),
+            "load_average_1_5_15min": load,
+            "environment": environment()}
+
+
+ISA = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
+       "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16")
+
+
+def cpu_info(threads: int) -> dict:
+    """The CPU the rows ran on: model name (as lscpu prints it), the x86 ISA flags that pick onnxruntime's and
+    llama.cpp's kernels, threads used."""
+    from .env import cpu_name
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((set(ln.split(":", 1)[1].split()) for ln in f if ln.startswith("flags")), set())
+    except OSError:
+        pass
+    return {"model": cpu_name(), "isa": [x for x in ISA if x in flags], "threads": threads}
 
 
 def _run_onnx_config(cfg: LLMBenchConfig, prec: str, graph: str, batch: int, threads: int) -> dict:
@@ -199,8 +224,9 @@ def llamacpp_jobs(cfg: LLMBenchConfig, precisions, threads: int, bundle) -> dict
             continue
         path = llamacpp.write_gguf(cfg.gguf, work / f"{Path(cfg.gguf).stem}.{qtype}.gguf", qtype)
         files[qtype] = path.name
+        # llama.cpp's own default on the CPU (llama-cli / llama-bench: flash attention on where supported, f16 KV)
         jobs.append({**base, "qtype": qtype, "precision": prec, "model": str(path), "n_ctx": n_ctx,
-                     "prompts": bench_prompts(tok, 1, cfg.prompt_len)})
+                     "flash_attn": True, "prompts": bench_prompts(tok, 1, cfg.prompt_len)})
     if cfg.check_prompts:
         path = llamacpp.write_gguf(cfg.gguf, work / f"{Path(cfg.gguf).stem}.F32.gguf", "F32")
         files["F32"] = path.name
@@ -241,14 +267,10 @@ def token_check(cfg: LLMBenchConfig, bundle, check: dict, threads: int) -> dict:
             "clear_divergences": clear, "tie_eps": TIE_EPS, "new_tokens": cfg.check_new_tokens}
 
 
-def markdown(res: dict) -> str:
-    c, env = res["config"], res["environment"]
-    lines = [f"# LLM generation: {res['bundle']} (prompt {c['prompt_len']}, generate {c['new_tokens']}, greedy)", "",
-             f"Run {res['created_at']} (commit {env.get('git_commit')}); CPU {env['cpu']}, {c['threads']} threads; "
-             f"medians of {c.get('repeats', 1)} run(s) a configuration, round-robin. Times on this machine are "
-             "comparable only within this run.", "",
-             "| system | graph | precision | batch | TTFT ms | decode ms/step | tok/s per seq | tok/s total | "
-             "peak RSS MB | decode speed-up vs Paddle | vs llama.cpp (equal bits) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+def rows_table(res: dict) -> str:
+    lines = ["| system | graph | precision | batch | TTFT ms | decode ms/step | tok/s per seq | tok/s total | "
+             "peak RSS MB | decode speed-up vs Paddle | vs llama.cpp (equal bits) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         sp = "-" if r.get("speedup_vs_paddle") is None else f"{r['speedup_vs_paddle']:.2f}x"
         lc = "-" if r.get("speedup_vs_llamacpp") is None else f"{r['speedup_vs_llamacpp']:.2f}x"
@@ -257,6 +279,19 @@ def markdown(res: dict) -> str:
         lines.append(f"| {r['system']} | {graph} | {prec} | {r['batch']} | {r['ttft_ms']:.0f} | "
                      f"{r['decode_ms_per_step']:.1f} | {r['tokens_per_s_per_sequence']:.1f} | "
                      f"{r['decode_tokens_per_s_total']:.1f} | {r['peak_rss_mb']:.0f} | {sp} | {lc} |")
+    return "\n".join(lines)
+
+
+def markdown(res: dict) -> str:
+    c, env = res["config"], res["environment"]
+    cpu = res.get("cpu") or {"model": env["cpu"], "isa": [], "threads": c["threads"]}
+    lines = [f"# LLM generation: {res['bundle']} (prompt {c['prompt_len']}, generate {c['new_tokens']}, greedy)", "",
+             f"Run {res['created_at']} (commit {env.get('git_commit')}); CPU {cpu['model']} "
+             f"({', '.join(cpu['isa']) or 'ISA flags not read'}), {cpu['threads']} threads; medians of "
+             f"{c.get('repeats', 1)} run(s) a configuration, round-robin. Times on this machine are comparable only "
+             "within this run." + (f" Load average (1/5/15 min) at the start {_load(res, 'start')}, at the end "
+                                   f"{_load(res, 'end')}." if res.get("load_average_1_5_15min") else ""), "",
+             rows_table(res)]
     lc = (res.get("peers") or {}).get("llama.cpp")
     if lc is not None and lc.get("skipped"):
         lines += ["", f"llama.cpp peer skipped: {lc['skipped']}"]
@@ -269,6 +304,47 @@ def markdown(res: dict) -> str:
                          f"parting at a near-tie (margin <= {t['tie_eps']}), {len(t['clear_divergences'])} parting at "
                          "a clear step.")
     return "\n".join(lines) + "\n"
+
+
+def _load(res: dict, key: str) -> str:
+    return "/".join(f"{x:.1f}" for x in res["load_average_1_5_15min"][key])
+
+
+def plot(res: dict, path: Path) -> bool:
+    """Decode ms/step and TTFT at batch 1 per system/graph/precision (bars), llama.cpp in orange."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed: no plot written (pip install 'paddle2ort[bench]')")
+        return False
+    from paddle2ort.runtime.files import atomic_path
+    rows = [r for r in res["rows"] if r["batch"] == 1]
+    if not rows:
+        return False
+    names = [f"{r['system'] if r['system'] != 'onnxruntime' else r['graph']}\n{r['precision']}"
+             + (f" ({r['llamacpp_type']})" if r.get("llamacpp_type") else "")
+             + ("\nusers' graph" if r.get("users_graph") else "") for r in rows]
+    colors = ["#dd8452" if r["system"] == "llama.cpp" else "#4c72b0" if r.get("users_graph") else "#a1b4d4"
+              for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(1.2 * len(rows) * 2 + 2, 4.6))
+    for ax, key, label in ((axes[0], "decode_ms_per_step", "decode ms / step"), (axes[1], "ttft_ms", "TTFT ms")):
+        bars = ax.bar(range(len(rows)), [r[key] for r in rows], color=colors)
+        ax.set_xticks(range(len(rows)), names, fontsize=7)
+        for b, r in zip(bars, rows):
+            ax.annotate(f"{r[key]:.1f}", (b.get_x() + b.get_width() / 2, b.get_height()), ha="center",
+                        va="bottom", fontsize=8)
+        ax.set_ylabel(f"{label}, lower is better (batch 1)")
+    cpu = res.get("cpu") or {}
+    fig.suptitle(f"{res['bundle']}: prompt {res['config']['prompt_len']} + {res['config']['new_tokens']} greedy, "
+                 f"{cpu.get('model', '')} x {res['config']['threads']} threads (medians of "
+                 f"{res['config'].get('repeats', 1)})", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,6 +29,8 @@ def run(args) -> int:
                                        check_new_tokens=args.check_new_tokens, repeats=args.repeats))
     md = markdown(res)
     write_results(args.output, "llm", res, md)
+    from paddle2ort.benchmarks.llm import plot
+    plot(res, args.output / "llm.png")
     print(md)
     return 0
 
