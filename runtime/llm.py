@@ -79,6 +79,11 @@ class TextGenerator:
             raise BadInputError(f"graph must be 'generic', 'fused' or 'auto', got {graph!r}")
         self.default_stop_ids = bundle_stop_ids(self.llm, self.tokenizer)
         adapter = m.extra.get("adapter") or {}
+        if adapter:
+            what = (f"LoRA r={adapter.get('rank')} alpha={adapter.get('alpha')}, merged into the weights"
+                    if adapter.get("kind") == "lora" else
+                    f"PTuning prefix of {adapter.get('num_prefix_tokens')} tokens, prepended to every row's cache")
+            log.info("bundle adapter %s: %s", adapter.get("dir"), what)
         if adapter.get("kind") == "prefix":          # PTuning prefix: cache rows every generation starts with
             from .prefix import load_prefix
             if not isinstance(self.model, CacheDecoder):

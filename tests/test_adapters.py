@@ -64,7 +64,8 @@ def adapters(tiny_models, tmp_path_factory):
     src = tiny_models("llama")
     root = tmp_path_factory.mktemp("adapters")
     subprocess.run([sys.executable, "-c", MAKE_ADAPTERS, str(src / "model"), str(src / "tokenizer"), str(root),
-                    str(NEW_TOKENS), json.dumps(PROMPTS)], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                    str(NEW_TOKENS), json.dumps(PROMPTS)], check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.PIPE)
     out = {"src": src, "root": root, "refs": json.loads((root / "refs.json").read_text())}
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):           # the LoRA one through the CLI: what it shows
