@@ -10,9 +10,9 @@
   ships in the bundle; the decode loop starts every row's cache with it (runtime.prefix).
 
 Parent side (no Paddle): the adapter files are read (NumPy-only unpickling) and checked against the base model
-before any worker starts; the merge is NumPy. Worker side (the `adapter_*` tasks of convert._worker): PaddleNLP's
-LoRAModel / PrefixModelForCausalLM wrapping the base are the references the merged model and the exported prefix
-are checked against.
+before any worker starts; the merge is NumPy. Worker side (`export_hook`, run by the export_llm worker on the model
+it exports, so no extra Paddle process): PaddleNLP's LoRAModel / PrefixModelForCausalLM wrapping the base are the
+references the merged model and the exported prefix rows are checked against (`finish_adapter` gates them).
 """
 from __future__ import annotations
 
