@@ -113,9 +113,9 @@ def test_manifest_records_the_adapters_and_the_cli_shows_them(adapters):
     assert m.validation["fp32"]["passed"]
 
 
-def test_prefix_rows_take_no_positions_and_join_like_alone(adapters):
-    """The prefix is attended to and shifts no position: rows joining a running batch (the server's in-flight
-    batching) get what they get alone, and a bundle without the prefix rows generates otherwise."""
+def test_prefix_rows_join_a_running_batch_like_alone(adapters):
+    """With the prefix rows, rows joining a running batch (the server's in-flight batching) get what they get
+    alone; without them the bundle generates otherwise."""
     from paddle2ort.runtime.generation import Generator
     _, bundle, _ = adapters["prefix"]
     gen = TextGenerator(bundle)
@@ -261,3 +261,76 @@ def test_bundle_prefix_file_and_manifest_entry_are_checked(tmp_path):
     with pytest.raises(BundleError, match="extra.adapter.file"):
         _check_adapter({"adapter": {"kind": "prefix", "sha256": {}, "file": "../x.npy", "file_sha256": "0" * 64,
                                     "num_prefix_tokens": 5}})
+
+
+def _pickle(path, state):
+    """paddle.save's format for a state dict: a pickle of NumPy arrays."""
+    import pickle
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        pickle.dump(state, f, protocol=4)
+
+
+@pytest.mark.unit
+def test_adapter_files_are_checked_without_paddle(tmp_path):
+    """The parent reads paddle.save files with NumPy only (any other class in the pickle is refused), merges LoRA
+    as W + A @ B * scaling (rslora: alpha / sqrt(r)), and names each mismatch with its fix."""
+    import pickle
+
+    from paddle2ort.convert.llm.adapters import check_lora, check_prefix, merge_lora
+    base = tmp_path / "base"
+    cfg = {"architectures": ["LlamaForCausalLM"], "num_hidden_layers": 1, "num_attention_heads": 2,
+           "num_key_value_heads": 1, "hidden_size": 8}
+    rng = np.random.default_rng(0)
+    w = {"llama.layers.0.self_attn.q_proj.weight": rng.normal(size=(8, 8)).astype(np.float32),
+         "llama.layers.0.self_attn.k_proj.weight": rng.normal(size=(8, 4)).astype(np.float32)}
+    _pickle(base / "model_state.pdparams", w)
+    (base / "config.json").write_text(json.dumps(cfg))
+    lora = tmp_path / "lora"
+    a, b = rng.normal(size=(8, 2)).astype(np.float32), rng.normal(size=(2, 8)).astype(np.float32)
+    _pickle(lora / "lora_model_state.pdparams", {"llama.layers.0.self_attn.q_proj.lora_A": a,
+                                                 "llama.layers.0.self_attn.q_proj.lora_B": b})
+    (lora / "lora_config.json").write_text(json.dumps({"r": 2, "lora_alpha": 4, "target_modules": ".*q_proj",
+                                                       "rslora": True}))
+    ad = check_lora(lora, base)
+    assert ad.scaling == pytest.approx(4 / np.sqrt(2)) and ad.modules == ("llama.layers.0.self_attn.q_proj",)
+    from safetensors.numpy import load_file
+    merged = load_file(str(merge_lora(ad, base, tmp_path / "merged") / "model.safetensors"))
+    np.testing.assert_allclose(merged["llama.layers.0.self_attn.q_proj.weight"],
+                               w["llama.layers.0.self_attn.q_proj.weight"] + a @ b * ad.scaling, rtol=1e-5, atol=1e-5)
+    assert np.array_equal(merged["llama.layers.0.self_attn.k_proj.weight"], w["llama.layers.0.self_attn.k_proj.weight"])
+    (lora / "lora_config.json").write_text(json.dumps({"r": 2, "target_modules": ".*q_proj", "pissa": True}))
+    with pytest.raises(BadInputError, match="pissa is set"):
+        check_lora(lora, base)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("ran",))
+
+    (lora / "lora_config.json").write_text(json.dumps({"r": 2, "target_modules": ".*q_proj"}))
+    with open(lora / "lora_model_state.pdparams", "wb") as f:
+        pickle.dump({"x": Evil()}, f)
+    with pytest.raises(BadInputError, match="builtins.print, which is not part of a NumPy array"):
+        check_lora(lora, base)
+    (lora / "lora_model_state.pdparams").rename(lora / "lora_model_state.tp00.pdparams")
+    with pytest.raises(BadInputError, match="merge_tensor_parallel=True"):
+        check_lora(lora, base)
+
+    prefix = tmp_path / "prefix"         # with the projection MLP: embedding [P, KVH*D], 2 linears
+    pc = {"num_prefix_tokens": 3, "num_attention_heads": 2, "multi_query_group_num": 1, "num_hidden_layers": 1,
+          "hidden_size": 8, "prefix_projection": True, "prefix_projection_hidden_size": 5}
+    (prefix / "prefix_config.json").parent.mkdir()
+    (prefix / "prefix_config.json").write_text(json.dumps(pc))
+    good = {"0.weight": np.zeros((3, 4)), "1.weight": np.zeros((4, 5)), "1.bias": np.zeros(5),
+            "3.weight": np.zeros((5, 8)), "3.bias": np.zeros(8)}
+    _pickle(prefix / "prefix_model_state.pdparams", good)
+    assert check_prefix(prefix, cfg, "llama", fused=False).pre_caches_shape == (1, 2, 1, 3, 4)
+    _pickle(prefix / "prefix_model_state.pdparams", {**good, "3.weight": np.zeros((5, 16))})
+    with pytest.raises(BadInputError, match="3.weight is \\[5, 16\\]"):
+        check_prefix(prefix, cfg, "llama", fused=False)
+    _pickle(prefix / "prefix_model_state.pdparams", good)
+    np.save(prefix / "pre_caches.npy", np.zeros((1, 2, 1, 4, 4), np.float32))
+    with pytest.raises(BadInputError, match="pre_caches.npy is \\[1, 2, 1, 4, 4\\]"):
+        check_prefix(prefix, cfg, "llama", fused=False)
+    with pytest.raises(BadInputError, match="covers the llama, mistral, qwen2 families"):
+        check_prefix(prefix, cfg, "gpt", fused=False)
