@@ -305,12 +305,12 @@ def _convert(config: ConvertConfig, more_sources: tuple[Path, ...]) -> ConvertRe
             fused = bundle_graphs(model, ["fp32", *config.precisions], config.int8,
                                   config.fusion if config.fuse else FusionConfig(None, None, None, None))
             files = {"fp32": stage / "model.fp32.onnx"}
-            onnx.save(fused.graphs["fp32"], str(files["fp32"]))
+            export_stage.save_onnx(fused.graphs["fp32"], files["fp32"])   # external data past 2 GiB
             variant_src = {p: files["fp32"] for p in config.precisions}
             for p in config.precisions:                # a precision made from a differently fused graph
                 if fused.graphs[p] is not fused.graphs["fp32"]:
                     variant_src[p] = work / f"source.{p}.onnx"
-                    onnx.save(fused.graphs[p], str(variant_src[p]))
+                    export_stage.save_onnx(fused.graphs[p], variant_src[p])
             export_stage.check_onnx_file(files["fp32"], producer="output renaming")
             options = {"fp32": {}}
 

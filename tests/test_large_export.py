@@ -1,6 +1,7 @@
 """Models past protobuf's 2 GiB limit: weights go to an external data file, decided from the initializers' sizes
-(serializing the proto to measure it is what fails), on the fused and the generic paths; the bundle's checksums
-cover the external file."""
+(serializing the proto to measure it is what fails), on the fused and the generic paths (paddle2onnx exports the
+graph with the parameters as inputs, the weights are attached from the parameters file); the bundle's checksums
+cover the external files."""
 import gc
 
 import numpy as np
@@ -81,77 +82,109 @@ def test_fused_decoder_over_2gib_is_written_with_external_data(tmp_path):
                                rtol=1e-5, atol=1e-5)
 
 
-def sparse_file(path, size: int):
-    """A file of `size` bytes that takes no disk space (a hole): enough for the size checks."""
-    with open(path, "wb") as f:
-        f.truncate(size)
-    return path
+EMBED_BUILDER = """
+import sys, paddle
+from paddle.static import InputSpec
+paddle.set_device("cpu")
+class M(paddle.nn.Layer):
+    def __init__(self):
+        super().__init__()
+        self.emb = paddle.nn.Embedding(1000, 64)
+    def forward(self, ids):
+        return self.emb(ids) * 2.0
+paddle.jit.save(M(), sys.argv[1], input_spec=[InputSpec([None, None], "int64", "ids")])
+"""
 
 
-@pytest.mark.unit
-def test_generic_export_refuses_params_over_2gib_before_paddle2onnx(tmp_path, monkeypatch):
-    from paddle2ort.convert import export as export_stage
-    from paddle2ort.convert.errors import ConversionError
-    from paddle2ort.convert.source import ModelSource
-
-    def never(*a, **k):
-        raise AssertionError("paddle2onnx ran")
-    monkeypatch.setattr(export_stage, "run_paddle2onnx", never)
-    (tmp_path / "m.json").write_text("{}")
-    src = ModelSource("pir", tmp_path / "m.json", sparse_file(tmp_path / "m.pdiparams", TWO_GIB + 1))
-    with pytest.raises(ConversionError, match="over 2 GiB"):
-        export_stage.export(src, tmp_path / "raw.onnx", 17, tmp_path)
-    assert not (tmp_path / "raw.onnx").exists()
-
-
-def test_convert_llm_over_2gib_is_exit_4_before_the_worker(tmp_path, capsys, monkeypatch):
+def big_embedding_model(tmp_path, vocab: int, rows: dict[int, np.ndarray]):
+    """A Paddle program (an embedding lookup x 2) whose one parameter is [vocab, 64] float32, written without
+    writing its bytes: the program saved by Paddle with 1,000 rows and its shape patched, the parameters file in
+    Paddle's save_combine layout as a sparse file (a hole reads as zeros) with `rows` written in."""
     import json
-    import time
-
-    import paddle2ort.convert.llm.api as api
-    from paddle2ort.cli import main
-    from paddle2ort.tokenization.bpe import tokenizer_from_gguf_fields
-    from gguf_models import train_bpe
-
-    def never(*a, **k):
-        raise AssertionError("a Paddle worker started")
-    monkeypatch.setattr(api, "run_worker", never)
-    tokens, types, merges = train_bpe()
-    tokenizer_from_gguf_fields({"ggml.model": "gpt2", "ggml.tokens": tokens, "ggml.token_type": types,
-                                "ggml.merges": merges, "ggml.bos_token_id": 0, "ggml.eos_token_id": 2}
-                               ).save(tmp_path / "tok")
-    src = tmp_path / "model"
-    src.mkdir()
-    (src / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "vocab_size": 49152,
-                                                 "dtype": "bfloat16"}))
-    sparse_file(src / "model.safetensors", TWO_GIB // 2 + 1)          # bfloat16: twice that in float32
-    t0 = time.perf_counter()
-    assert main(["convert-llm", str(src), "--tokenizer", str(tmp_path / "tok"), "-o", str(tmp_path / "b")]) == 4
-    assert time.perf_counter() - t0 < 10
-    assert "over 2 GiB" in capsys.readouterr().err and not (tmp_path / "b").exists()
+    import struct
+    import subprocess
+    import sys
+    (tmp_path / "build.py").write_text(EMBED_BUILDER)           # to_static reads the Layer's source file
+    subprocess.run([sys.executable, str(tmp_path / "build.py"), str(tmp_path / "m")], check=True, capture_output=True)
+    program = json.loads((tmp_path / "m.json").read_text())
+    text = json.dumps(program).replace("[1000, 64]", f"[{vocab}, 64]")
+    (tmp_path / "m.json").write_text(text)
+    desc = bytes([0x08, 5]) + b"".join(bytes([0x10]) + _varint(d) for d in (vocab, 64))   # FP32, dims
+    head = struct.pack("<IQIi", 0, 0, 0, len(desc)) + desc
+    with open(tmp_path / "m.pdiparams", "wb") as f:
+        f.write(head)
+        f.truncate(len(head) + vocab * 64 * 4)
+        for r, v in rows.items():
+            f.seek(len(head) + r * 64 * 4)
+            f.write(v.astype("<f4").tobytes())
+    return tmp_path / "m.json"
 
 
-def test_fused_external_data_is_covered_by_the_bundle_checksums(tiny_models, tmp_path, monkeypatch):
-    """Forced external data (threshold 0) through convert-llm --fused: the .data file is in the manifest's files,
-    the bundle loads and generates, and a changed byte in it fails the checksum check."""
+def _varint(n: int) -> bytes:
+    out = b""
+    while n >= 0x80:
+        out, n = out + bytes([n & 0x7F | 0x80]), n >> 7
+    return out + bytes([n])
+
+
+def test_generic_export_over_2gib_keeps_the_weights_apart(tmp_path):
+    """A single 2.15 GB parameter (paddle2onnx 2.1.0 failed parsing one that large: vector::_M_default_append): the
+    program's parameters become inputs for paddle2onnx, then external data copied from the parameters file; the
+    exported graph loads in onnxruntime and looks up the rows written into the parameters file."""
+    import onnxruntime as ort
+    from paddle2ort.convert import export as export_stage
+    from paddle2ort.convert.source import locate
+    vocab = 8_400_000                                             # x 64 x 4 bytes = 2.15 GB > 2 GiB
+    rng = np.random.default_rng(0)
+    rows = {r: rng.standard_normal(64).astype(np.float32) for r in (0, 3_000_001, vocab - 1)}
+    source = locate(big_embedding_model(tmp_path, vocab, rows))
+    assert source.params_file.stat().st_size > TWO_GIB
+    res = export_stage.export(source, tmp_path / "raw.onnx", 17, tmp_path)
+    data = tmp_path / "raw.onnx.data"
+    assert data.stat().st_size == vocab * 64 * 4 and (tmp_path / "raw.onnx").stat().st_size < 100_000
+    assert res.opset_written == 17
+    sess = ort.InferenceSession(str(res.path), providers=["CPUExecutionProvider"])
+    ids = np.array([[0, 3_000_001, vocab - 1, 5]], np.int64)
+    got = sess.run(None, {sess.get_inputs()[0].name: ids})[0][0]
+    want = np.stack([rows[0], rows[3_000_001], rows[vocab - 1], np.zeros(64, np.float32)]) * 2
+    np.testing.assert_array_equal(got, want)
+
+
+def test_external_data_is_covered_by_the_bundle_checksums(tiny_models, tmp_path, monkeypatch):
+    """Both paths forced past their limits (thresholds 0) through convert-llm --fused: the generic graph is exported
+    with its weights kept apart (model.fp32.onnx.data), the fused one writes decoder.fp32.onnx.data; both gates
+    replay Paddle's steps through those files, both are in the manifest's files, the bundle generates with either
+    graph, and a changed byte in either data file fails the checksum check."""
+    from paddle2ort.convert import export as export_stage
     from paddle2ort.convert.llm import LLMConvertConfig, convert_llm
     from paddle2ort.runtime.errors import BundleError
+    from paddle2ort.runtime.generation import GenerationConfig
     from paddle2ort.runtime.llm import TextGenerator
     from paddle2ort.runtime.manifest import load_bundle
     monkeypatch.setattr(fused, "EXTERNAL_DATA_BYTES", 0)
+    monkeypatch.setattr(export_stage, "PADDLE2ONNX_MAX_PARAMS", 0)
+    monkeypatch.setattr(export_stage, "EXTERNAL_DATA_BYTES", 0)
     src = tiny_models("llama")
     dest = tmp_path / "bundle"
     res = convert_llm(LLMConvertConfig(source=src / "model", tokenizer=src / "tokenizer", output=dest,
                                        fused=("fp32",)))
-    assert "fused/decoder.fp32.onnx.data" in res.manifest.files
-    assert res.manifest.extra["fused"]["fp32"]["validation"]["passed"]
-    from paddle2ort.runtime.generation import GenerationConfig
+    assert {"model.fp32.onnx.data", "fused/decoder.fp32.onnx.data"} <= set(res.manifest.files)
+    assert res.manifest.validation["fp32"]["passed"] and res.manifest.extra["fused"]["fp32"]["validation"]["passed"]
+    graph_only = onnx.load(str(dest / "model.fp32.onnx"), load_external_data=False)
+    inline = [t.name for t in graph_only.graph.initializer
+              if t.data_location != onnx.TensorProto.EXTERNAL and len(t.raw_data) > 1024]
+    data, graph = (dest / "model.fp32.onnx.data").stat().st_size, (dest / "model.fp32.onnx").stat().st_size
+    assert not inline and data > 10 * graph
     cfg = GenerationConfig(max_new_tokens=4, min_new_tokens=4)
-    # the gate above replayed Paddle's steps through the external-data file; here the bundle loads and decodes
-    assert len(TextGenerator(dest, graph="fused").generate_ids(["The capital of France is"], cfg)[0]) == 4
-    data = dest / "fused" / "decoder.fp32.onnx.data"
-    raw = bytearray(data.read_bytes())
-    raw[len(raw) // 2] ^= 0xFF
-    data.write_bytes(bytes(raw))
-    with pytest.raises(BundleError, match="decoder.fp32.onnx.data"):
-        load_bundle(dest)
+    gens = {g: TextGenerator(dest, graph=g).generate_ids(["The capital of France is"], cfg)[0]
+            for g in ("generic", "fused")}
+    assert gens["generic"] == gens["fused"] and len(gens["generic"]) == 4
+    for name in ("model.fp32.onnx.data", "fused/decoder.fp32.onnx.data"):
+        data = dest / name
+        raw = bytearray(data.read_bytes())
+        raw[len(raw) // 2] ^= 0xFF
+        data.write_bytes(bytes(raw))
+        with pytest.raises(BundleError, match=name.split("/")[-1]):
+            load_bundle(dest)
+        raw[len(raw) // 2] ^= 0xFF
+        data.write_bytes(bytes(raw))

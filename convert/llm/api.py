@@ -165,14 +165,6 @@ def fused_plan(config: LLMConvertConfig, family: str, cfg: dict) -> tuple[dict[s
     return plan, cpu
 
 
-def check_size(source: Path, cfg: dict) -> None:
-    """The generic export's float32 parameters must fit paddle2onnx (2 GiB): checked before the worker."""
-    from ..export import check_params_size
-    stored = {"float16": 2, "bfloat16": 2}.get(str(cfg.get("dtype") or cfg.get("torch_dtype") or ""), 4)
-    files = [*source.glob("*.pdparams"), *source.glob("*.safetensors")]
-    check_params_size(sum(f.stat().st_size for f in files) * 4 // stored, f"{source} (as float32)")
-
-
 def check_vocab(tok, cfg: dict, config: LLMConvertConfig) -> None:
     """Every tokenizer id must index the model's embedding (a larger model vocabulary is padding, allowed)."""
     n = cfg.get("vocab_size")
@@ -198,7 +190,6 @@ def _convert_llm(config: LLMConvertConfig) -> ConvertResult:
                       (config.source, config.tokenizer, *(p for p in (config.lora, config.prefix) if p)))
     tok = BPETokenizer.load(config.tokenizer)
     check_vocab(tok, cfg, config)
-    check_size(config.source, cfg)
     log.info("%s: the %s family", config.source, family)
     prompts = [tok.encode(p) for p in config.prompts]
     work = make_workdir("llm")
