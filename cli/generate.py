@@ -32,7 +32,8 @@ def generation_config(args):
         max_new_tokens=new_tokens(args), min_new_tokens=args.min_new_tokens, do_sample=sampling,
         temperature=1.0 if args.temperature is None else args.temperature, top_k=args.top_k or 0,
         top_p=1.0 if args.top_p is None else args.top_p, repetition_penalty=args.repetition_penalty,
-        stop_strings=tuple(args.stop), seed=args.seed, num_beams=args.num_beams, length_penalty=args.length_penalty)
+        stop_strings=tuple(args.stop), seed=args.seed, num_beams=args.num_beams, length_penalty=args.length_penalty,
+        no_repeat_ngram_size=args.no_repeat_ngram_size, beam_rules=args.beam_rules)
 
 
 def run(args) -> int:
@@ -61,6 +62,9 @@ def run(args) -> int:
         from paddle2ort.runtime.selection import DEFAULT_PRECISION, default_precision
         precision = (default_precision(load_bundle(args.bundle, verify=False), args.device)
                      if args.graph != "fused" else DEFAULT_PRECISION)
+    if (args.task or _bundle_task(args.bundle)) == "text2text-generation":
+        from .text2text import run_text2text
+        return run_text2text(args, cfg, precision)
     if args.ray is not None:
         from paddle2ort.runtime.distributed import generate_job
 
@@ -91,6 +95,11 @@ def run(args) -> int:
     return 0
 
 
+def _bundle_task(bundle) -> str | None:
+    from paddle2ort.runtime.manifest import load_bundle
+    return load_bundle(bundle, verify=False).manifest.task
+
+
 def register(sub) -> None:
     g = command(sub, "generate", "generate text with a text-generation bundle",
                 'paddle2ort generate bundles/smollm2 --prompt "What is the capital of France?" --chat --stream\n'
@@ -114,6 +123,14 @@ def register(sub) -> None:
     g.add_argument("--repetition-penalty", type=positive_float, default=1.0, help="> 1 discourages repeats; 1 = off")
     g.add_argument("--num-beams", type=positive_int, default=1, help="beam search with this many beams; 1 = off")
     g.add_argument("--length-penalty", type=finite_float, default=1.0, help="beam score = log-prob / length^this")
+    g.add_argument("--beam-rules", default="default", choices=["default", "paddlenlp"],
+                   help="paddlenlp: PaddleNLP generate()'s beam scorer (GNMT length penalty ((len+5)/6)^this, its "
+                        "stopping rule); default: log-prob / length^this")
+    g.add_argument("--no-repeat-ngram-size", type=nonneg_int, default=0,
+                   help="no n-gram of this size occurs twice in an output (0 = off)")
+    g.add_argument("--task", choices=["text-generation", "text2text-generation"],
+                   help="the bundle's task (default: its manifest's); text2text-generation: an encoder-decoder "
+                        "bundle (convert-seq2seq), --prompt is the source text")
     g.add_argument("--stop", action="append", type=nonempty, default=[], help="stop string, not empty (repeatable)")
     g.add_argument("--seed", type=seed_int, help="seed for reproducible sampling, >= 0 (default: fresh entropy)")
     g.add_argument("--precision", help="which model of the bundle (fp32, fp16, int8, int4); default: the one "

@@ -1,0 +1,36 @@
+"""`paddle2ort generate` on a text2text-generation bundle (T5, BART: runtime.seq2seq.Text2TextGenerator):
+--prompt sources print their targets; --data-file runs the predictor-style JSONL job (`{"src": ...}` a line in,
+`{"src", "output"}` a line out, resumable) through the same job runner as causal LMs."""
+from __future__ import annotations
+
+import logging
+
+from paddle2ort.runtime.errors import BadInputError
+
+log = logging.getLogger("paddle2ort.cli")
+
+
+def run_text2text(args, cfg, precision: str) -> int:
+    for flag, given in (("--stream", args.stream), ("--chat", args.chat), ("--graph fused", args.graph == "fused"),
+                        ("--ray", getattr(args, "ray", None) is not None)):
+        if given:
+            raise BadInputError(f"{flag} is for text-generation bundles; a text2text-generation bundle takes "
+                                "--prompt SOURCE or --data-file")
+    from paddle2ort.runtime.jobs import run_jsonl_job
+    from paddle2ort.runtime.progress import busy
+    from paddle2ort.runtime.seq2seq import Text2TextGenerator
+    from paddle2ort.runtime.session import SessionOptions
+
+    gen = Text2TextGenerator(args.bundle, precision=precision,
+                             session=SessionOptions(device=args.device, device_id=args.device_id,
+                                                    intra_op_threads=args.threads))
+    if args.data_file:
+        n = run_jsonl_job(gen, args.data_file, args.output_file, cfg, args.batch_size, args.src_length)
+        log.info("%d sources -> %s", n, args.output_file)
+        return 0
+    with busy(f"generate ({len(args.prompt)} source{'s' if len(args.prompt) > 1 else ''}, "
+              f"<= {cfg.max_new_tokens} tokens)"):
+        outs = gen(args.prompt, cfg)
+    for out in outs:
+        print(out)
+    return 0
