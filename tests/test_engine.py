@@ -133,5 +133,40 @@ def test_engine_refuses_what_the_kernels_do_not_cover(models, tmp_path):
         KernelEngine(path, spec, device="cpu", max_length=4096)
     assert isinstance(open_decoder(path, spec, device="cpu"), FusedDecoder)         # CPU: the fused graph
     assert isinstance(open_decoder(path, spec, engine="kernels", device="cpu"), KernelEngine)
+    assert KernelEngine(path, spec, device="cpu").prefill_by == "kernel engine"
+    with pytest.raises(BadInputError, match="prefill must be"):
+        KernelEngine(path, spec, device="cpu", prefill="fast")
     with pytest.raises(BadInputError, match="engine must be"):
         open_decoder(path, spec, engine="fast")
+
+
+def test_engine_bench_parity_and_verdicts_from_a_run(models):
+    """engine_bench's pure parts on CPU decoders: teacher-forced logits of both engines, the near-tie rule, and the
+    targets computed from a results dict."""
+    from paddle2ort.benchmarks.gpu import engine_bench as E
+    path, spec = models[("fp32", True, 6)]
+    cont = np.array([[(3 * j + b) % 90 + 1 for j in range(6)] for b in range(3)], np.int64)
+    lo = E.forced_logits(KernelEngine(path, spec, device="cpu", max_length=40), PROMPTS, cont)
+    lr = E.forced_logits(FusedDecoder(path, spec, SessionOptions(device="cpu"), max_length=40), PROMPTS, cont)
+    assert lo.shape == (3, 6, 96)
+    m = E.near_tie_mismatches(lo, lr)
+    assert m["decisive_mismatches"] == 0 and m["positions"] == 18
+    flipped = lr.copy()
+    flipped[0, 0, lr[0, 0].argmin()] = lr[0, 0].max() + 1.0            # a decisive flip of the oracle
+    assert E.near_tie_mismatches(lo, flipped)["decisive_mismatches"] == 1
+    row = lambda s, p, b, q, tok, ttft=10.0: {"system": s, "precision": p, "batch": b, "prompt": q, "new": 128,  # noqa
+                                               "tok_s_per_seq": tok, "tok_s_aggregate": tok * b, "ttft_ms": ttft,
+                                               "step_ms": 1e3 / tok, "pct_hbm_roofline": tok / 40}
+    res = {"device": {"gpu": "test"}, "copy_bandwidth_gb_s": 4000.0, "reps": 1,
+           "golden": {"ours_vs_ort_teacher_forced": m},
+           "configs": {"qwen2.5-0.5b": {"rows": [row(E.OURS, "fp16", 1, 128, 2000), row(E.ORT, "fp16", 1, 128, 800),
+                                                 row(E.OURS, "int4", 1, 128, 3000), row(E.OURS, "fp16", 8, 128, 1500),
+                                                 row(E.OURS, "fp16", 1, 2048, 1700, 20.0),
+                                                 row(E.ORT, "fp16", 1, 2048, 700, 25.0)]}}}
+    got = {v["target"].split(",")[0]: (v["value"], v["met"]) for v in E.verdicts(res)}
+    assert got["% of copy bandwidth"] == (50.0, False)
+    assert got["ours / onnxruntime fused graph"] == (2.5, True)
+    assert got["int4 / FP16 tokens/s"] == (1.5, False)
+    assert got["batch-8 aggregate / batch 1"] == (6.0, True)
+    assert got["TTFT ours / onnxruntime fused graph"] == (0.8, True)
+    assert "| ours (kernel engine) | fp16 | 1 | 128+128 |" in E.markdown(res)

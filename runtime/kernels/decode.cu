@@ -8,7 +8,7 @@
 //   F16 (float16), F32 (float32: the LM head of a float32-head bundle),
 //   Q8 / Q4 (MatMulNBits layout: uint8 [N, K/block, block*bits/8], 4-bit element 2j in the low nibble of byte j;
 //            per block a float16 pair {scale, zero point}: w = (q - zp) * scale, integer or float zero points).
-// A warp computes two output rows over the whole K (16-byte loads per lane, two iterations in flight) for up to
+// A warp computes two output rows over the whole K (16-byte loads per lane, UNROLL chunks in flight) for up to
 // BT batch rows (grid.y tiles the batch). No system headers, so NVRTC compiles it as is.
 #ifndef HD
 #define HD 64
@@ -21,6 +21,7 @@
 #endif
 #define BT 8              // batch rows a GEMV block computes (weights are read once per BT rows)
 #define GW 4              // warps per GEMV block
+#define UNROLL 4          // 16-byte chunks of each row a lane loads before using any
 #define ATT_THREADS 128
 #define NEG_INF __int_as_float(0xff800000)
 
@@ -119,33 +120,40 @@ __device__ void gemv(const unsigned char* __restrict__ w, const unsigned int* __
   float acc0[BT], acc1[BT];
 #pragma unroll
   for (int b = 0; b < BT; ++b) { acc0[b] = 0.f; acc1[b] = 0.f; }
-  float s0 = 1.f, z0 = 0.f, s1 = 1.f, z1 = 0.f, s2 = 1.f, z2 = 0.f, s3 = 1.f, z3 = 0.f;
-  for (int kbase = 0; kbase < K; kbase += 2 * STEP) {
-    const int ka = kbase + lane * EPL, kb2 = ka + STEP;
-    const bool va = ka < K, vb = kb2 < K;
-    uint4 ra0 = make_uint4(0, 0, 0, 0), ra1 = ra0, rb0 = ra0, rb1 = ra0;
-    if (va) { ra0 = load_raw<FMT>(w, r0, ka, row_bytes); ra1 = load_raw<FMT>(w, r1, ka, row_bytes); }
-    if (vb) { rb0 = load_raw<FMT>(w, r0, kb2, row_bytes); rb1 = load_raw<FMT>(w, r1, kb2, row_bytes); }
-    if (FMT == Q8 || FMT == Q4) {
-      if (va) { block_pair(sz, r0, ka, kb, qblock, &s0, &z0); block_pair(sz, r1, ka, kb, qblock, &s1, &z1); }
-      if (vb) { block_pair(sz, r0, kb2, kb, qblock, &s2, &z2); block_pair(sz, r1, kb2, kb, qblock, &s3, &z3); }
+  for (int kbase = 0; kbase < K; kbase += UNROLL * STEP) {
+    uint4 raw0[UNROLL], raw1[UNROLL];              // UNROLL chunks of both rows in flight before any math
+    float sc0[UNROLL], zp0[UNROLL], sc1[UNROLL], zp1[UNROLL];
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u) {
+      const int k = kbase + u * STEP + lane * EPL;
+      raw0[u] = raw1[u] = make_uint4(0, 0, 0, 0);
+      sc0[u] = sc1[u] = 1.f;
+      zp0[u] = zp1[u] = 0.f;
+      if (k < K) {
+        raw0[u] = load_raw<FMT>(w, r0, k, row_bytes);
+        raw1[u] = load_raw<FMT>(w, r1, k, row_bytes);
+        if (FMT == Q8 || FMT == Q4) {
+          block_pair(sz, r0, k, kb, qblock, &sc0[u], &zp0[u]);
+          block_pair(sz, r1, k, kb, qblock, &sc1[u], &zp1[u]);
+        }
+      }
     }
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      if (half == 0 ? !va : !vb) continue;
-      const int k = half == 0 ? ka : kb2;
-      const uint4& q0 = half == 0 ? ra0 : rb0;
-      const uint4& q1 = half == 0 ? ra1 : rb1;
-      const float sc0 = half == 0 ? s0 : s2, zp0 = half == 0 ? z0 : z2;
-      const float sc1 = half == 0 ? s1 : s3, zp1 = half == 0 ? z1 : z3;
+    for (int u = 0; u < UNROLL; ++u) {
+      const int k = kbase + u * STEP + lane * EPL;
+      if (k >= K) continue;
 #pragma unroll
       for (int c = 0; c < EPL; c += 4) {
-        float w0[4], w1[4], g[4];
+        float w0[4], w1[4], g[4] = {1.f, 1.f, 1.f, 1.f};
+        if (gamma != nullptr) {
+          const uint2 gr = __ldg(reinterpret_cast<const uint2*>(gamma + k + c));
+          g[0] = h2f((unsigned short)(gr.x & 0xffffu)); g[1] = h2f((unsigned short)(gr.x >> 16));
+          g[2] = h2f((unsigned short)(gr.y & 0xffffu)); g[3] = h2f((unsigned short)(gr.y >> 16));
+        }
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          w0[e] = elem<FMT>(q0, c + e, sc0, zp0);
-          w1[e] = elem<FMT>(q1, c + e, sc1, zp1);
-          g[e] = gamma != nullptr ? h2f(__ldg(gamma + k + c + e)) : 1.f;
+          w0[e] = elem<FMT>(raw0[u], c + e, sc0[u], zp0[u]);
+          w1[e] = elem<FMT>(raw1[u], c + e, sc1[u], zp1[u]);
         }
 #pragma unroll
         for (int b = 0; b < BT; ++b) {
@@ -217,17 +225,19 @@ extern "C" __global__ void embed_rows(const unsigned short* __restrict__ table, 
 
 // Flash-decoding, split K: block (split s, K/V head kh, batch row b) attends the GQA query heads of kh over
 // positions [s*CHUNK, min((s+1)*CHUNK, seqlens[b]+1)) and writes each head's unnormalized partial output with its
-// max and sum (part_o [B, NH, S, HD], part_ml [B, NH, S, 2]); attn_combine merges the splits.
+// max and sum (part_o [B, NH, S, HD], part_ml [B, NH, S, 2]); the last block of (b, kh) merges the splits:
+// out [B, NH*HD] = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s (twins: attn_split, attn_combine).
 extern "C" __global__ void __launch_bounds__(ATT_THREADS) attn_split(
     const float* __restrict__ q, const unsigned short* __restrict__ kc, const unsigned short* __restrict__ vc,
-    const int* __restrict__ seqlens, float* part_o, float* part_ml, int kvh, int cap, int nsplit, float scale) {
-  constexpr int G = GQA, W = ATT_THREADS / 32, DPL = HD / 32;
+    const int* __restrict__ seqlens, float* part_o, float* part_ml, float* out, int* counter, int kvh, int cap,
+    int nsplit, float scale) {
+  constexpr int G = GQA, W = ATT_THREADS / 32;
   __shared__ float qs[G][HD];
   __shared__ float ps[G][CHUNK];
   __shared__ float red[W][G][HD];
   const int s = blockIdx.x, kh = blockIdx.y, b = blockIdx.z, nh = kvh * G;
   const int len = seqlens[b] + 1, t0 = s * CHUNK, t1 = min(len, t0 + CHUNK), n = t1 - t0;
-  if (n <= 0) return;                                   // attn_combine reads only the splits below len
+  if (n <= 0) return;                                   // the merge reads only the splits below len
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const float* qb = q + ((long long)b * nh + kh * G) * HD;
   for (int i = tid; i < G * HD; i += ATT_THREADS) qs[i / HD][i % HD] = qb[i] * scale;
@@ -265,27 +275,35 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) attn_split(
     }
   }
   __syncthreads();
-  float acc[G][DPL];
+  // P @ V: a K/V row is HD/8 lanes of 8 dims (16-byte loads); a warp takes 32/(HD/8) rows at once
+  constexpr int LPR = HD / 8, RPW = 32 / LPR;
+  float acc[G][8];
 #pragma unroll
   for (int h = 0; h < G; ++h)
 #pragma unroll
-    for (int e = 0; e < DPL; ++e) acc[h][e] = 0.f;
-  for (int i = warp; i < n; i += W) {                   // P @ V: a warp a position, a lane DPL dims
-    const unsigned short* vr = vc + (base + t0 + i) * HD + lane * DPL;
-    float vf[DPL];
+    for (int e = 0; e < 8; ++e) acc[h][e] = 0.f;
+  const int sub = lane % LPR;
+#pragma unroll 4
+  for (int i = warp * RPW + lane / LPR; i < n; i += W * RPW) {
+    const uint4 raw = __ldg(reinterpret_cast<const uint4*>(vc + (base + t0 + i) * HD) + sub);
+    float vf[8];
 #pragma unroll
-    for (int e = 0; e < DPL; ++e) vf[e] = h2f(vr[e]);
+    for (int e = 0; e < 8; ++e) vf[e] = elem<F16>(raw, e, 1.f, 0.f);
 #pragma unroll
     for (int h = 0; h < G; ++h) {
       const float p = ps[h][i];
 #pragma unroll
-      for (int e = 0; e < DPL; ++e) acc[h][e] += p * vf[e];
+      for (int e = 0; e < 8; ++e) acc[h][e] += p * vf[e];
     }
   }
 #pragma unroll
   for (int h = 0; h < G; ++h)
 #pragma unroll
-    for (int e = 0; e < DPL; ++e) red[warp][h][lane * DPL + e] = acc[h][e];
+    for (int e = 0; e < 8; ++e) {
+      float v = acc[h][e];
+      for (int o = LPR; o < 32; o <<= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+      if (lane < LPR) red[warp][h][lane * 8 + e] = v;
+    }
   __syncthreads();
   for (int i = tid; i < G * HD; i += ATT_THREADS) {
     float v = 0.f;
@@ -293,23 +311,32 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) attn_split(
     for (int w = 0; w < W; ++w) v += red[w][i / HD][i % HD];
     part_o[(((long long)b * nh + kh * G + i / HD) * nsplit + s) * HD + i % HD] = v;
   }
-}
-
-// out[b, h*HD + d] = sum_s e^(m_s - M) o_s[d] / sum_s e^(m_s - M) l_s over the splits that hold positions;
-// grid (NH, B), block HD threads
-extern "C" __global__ void attn_combine(const float* __restrict__ part_o, const float* __restrict__ part_ml,
-                                        const int* __restrict__ seqlens, float* out, int nh, int nsplit) {
-  const int h = blockIdx.x, b = blockIdx.y, d = threadIdx.x;
-  const int used = (seqlens[b] + CHUNK) / CHUNK;        // ceil((seqlens[b] + 1) / CHUNK)
-  const float* ml = part_ml + ((long long)b * nh + h) * nsplit * 2;
-  const float* o = part_o + ((long long)b * nh + h) * nsplit * HD;
-  float m = NEG_INF;
-  for (int s = 0; s < used; ++s) m = fmaxf(m, ml[2 * s]);
-  float num = 0.f, den = 0.f;
-  for (int s = 0; s < used; ++s) {
-    const float f = __expf(ml[2 * s] - m);
-    num += f * o[s * HD + d];
-    den += f * ml[2 * s + 1];
+  // the last split block of (b, kh) to finish merges the splits (threadFenceReduction pattern; the counter
+  // [B, KVH] resets itself for the next layer and step)
+  __shared__ int is_last;
+  __threadfence();
+  __syncthreads();
+  const int used = (len + CHUNK - 1) / CHUNK;
+  if (tid == 0) {
+    const int done = atomicAdd(counter + b * kvh + kh, 1);
+    is_last = done == used - 1;
+    if (is_last) counter[b * kvh + kh] = 0;
   }
-  out[((long long)b * nh + h) * HD + d] = num / den;
+  __syncthreads();
+  if (!is_last) return;
+  __threadfence();
+  for (int i = tid; i < G * HD; i += ATT_THREADS) {
+    const int h = kh * G + i / HD, d = i % HD;
+    const float* ml = part_ml + ((long long)b * nh + h) * nsplit * 2;
+    const float* o = part_o + ((long long)b * nh + h) * nsplit * HD;
+    float m = NEG_INF;
+    for (int t = 0; t < used; ++t) m = fmaxf(m, __ldcg(ml + 2 * t));
+    float num = 0.f, den = 0.f;
+    for (int t = 0; t < used; ++t) {
+      const float f = __expf(__ldcg(ml + 2 * t) - m);
+      num += f * __ldcg(o + t * HD + d);
+      den += f * __ldcg(ml + 2 * t + 1);
+    }
+    out[((long long)b * nh + h) * HD + d] = num / den;
+  }
 }

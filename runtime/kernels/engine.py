@@ -2,10 +2,11 @@
 step API (`generation.Decoder`), so the one Generator drives it like the onnxruntime fused graph
 (runtime.fused.FusedDecoder), which stays the fallback and the parity oracle.
 
-A decode step is 6 kernels a layer (LLaMA / Qwen2 family: RMSNorm + packed QKV GEMV + bias + rotary + KV append;
-split-K flash-decoding attention and its combine; o-proj + residual; RMSNorm + gate|up GEMV + SwiGLU; down-proj +
-residual) plus the embedding gather and the final norm + LM head, captured in one CUDA graph per batch size and
-replayed; the sampler kernel then writes the next ids and advances the positions in place, as with the fused graph.
+A decode step is 5 kernels a layer (LLaMA / Qwen2 family: RMSNorm + packed QKV GEMV + bias + rotary + KV append;
+split-K flash-decoding attention, its last block a head merging the splits; o-proj + residual; RMSNorm + gate|up
+GEMV + SwiGLU; down-proj + residual) plus the embedding gather and the final norm + LM head, captured in one CUDA
+graph per batch size and replayed; the sampler kernel then writes the next ids and advances the positions in place,
+as with the fused graph.
 Weights are read as the bundle stores them: float16/float32, or MatMulNBits int8/int4 blocks (scale and integer or
 float zero point per block), never dequantized in memory for the step. The prompt pass (prefill) runs the same math
 as dense matrix products (cuBLAS through CuPy; NumPy on CPU). With NumPy arrays (CPU hosts, CI) every step kernel
@@ -156,8 +157,8 @@ def check_geometry(spec: dict, weights: Weights) -> None:
     """What decode.cu assumes, checked once: one clear error naming the fallback."""
     d, nh, kvh = spec["head_dim"], spec["num_heads"], spec["kv_heads"]
     bad = []
-    if d % 32 or d > 256:
-        bad.append(f"head size {d} (the attention kernel needs a multiple of 32, at most 256)")
+    if d % 32 or d > 256 or d & (d - 1):
+        bad.append(f"head size {d} (the attention kernel needs 32, 64, 128 or 256)")
     if nh % kvh:
         bad.append(f"{nh} query heads over {kvh} key/value heads")
     for name, p in [("lm_head", weights.head)] + [(f"layers.{i}.{n}", getattr(l, n)) for i, l in
@@ -171,9 +172,10 @@ def check_geometry(spec: dict, weights: Weights) -> None:
 
 
 def attention_chunk(spec: dict) -> int:
-    """Positions per flash-decoding split: the largest of 256/128/64 whose shared memory fits the static 48 KiB."""
+    """Positions per flash-decoding split: 128 (or 64 where the shared memory of a large group needs it): short
+    contexts still spread over a few blocks a K/V head, long ones over many."""
     g, d = spec["num_heads"] // spec["kv_heads"], spec["head_dim"]
-    for chunk in (256, 128, 64):
+    for chunk in (128, 64):
         if 4 * (g * d + g * chunk + (ATT_THREADS // 32) * g * d) <= SHARED_LIMIT:
             return chunk
     raise BadInputError(f"GQA group of {g} heads of size {d} does not fit the attention kernel's shared memory; "
@@ -190,6 +192,37 @@ def compiled(head_dim: int, group: int, chunk: int):
                         options=("-std=c++17", f"-DHD={head_dim}", f"-DGQA={group}", f"-DCHUNK={chunk}"))
 
 
+def launch_gemv(kern: dict, mode: str, p: Packed, x, gamma, eps: float, batch: int, out, ldo: int = 0,
+                inter: int = 0, bias=None, kc=None, vc=None, cos=None, sin=None, seqlens=None, nh: int = 0,
+                kvh: int = 0, cap: int = 0) -> None:
+    """One decode.cu GEMV (mode resid | logits | swiglu | qkv) on the current stream; arguments as its twin's."""
+    i32, null = np.int32, np.uint64(0)
+    opt = lambda a: null if a is None else a  # noqa: E731
+    tasks = p.n // 2                                  # two rows a warp (gate j with up j for SwiGLU)
+    grid = (-(-tasks // GW), -(-batch // BT))
+    kern[f"gemv_{mode}_{p.fmt}"](grid, (GW * 32,), (
+        p.w, opt(p.sz), i32(p.kb), i32(p.block), i32(p.row_bytes), x, opt(gamma), np.float32(eps), i32(p.k),
+        i32(tasks), i32(batch), out, i32(ldo), i32(inter), opt(bias), opt(kc), opt(vc), opt(cos), opt(sin),
+        opt(seqlens), i32(nh), i32(kvh), i32(cap)))
+
+
+def launch_attention(kern: dict, q, kc, vc, seqlens, part_o, part_ml, out, scale: float, counter) -> None:
+    """attn_split over (splits, K/V heads, rows), its last block a (row, K/V head) merging the splits:
+    q [B, NH*D], kc/vc [B, KVH, C, D] -> out [B, NH*D]; counter int32 [B, KVH] zeros (left zero after)."""
+    b, kvh, cap, d = kc.shape
+    nsplit = part_o.shape[2]
+    i32 = np.int32
+    kern["attn_split"]((nsplit, kvh, b), (ATT_THREADS,), (q, kc, vc, seqlens, part_o, part_ml, out, counter,
+                                                          i32(kvh), i32(cap), i32(nsplit), np.float32(scale)))
+
+
+def kernels(head_dim: int, group: int, chunk: int) -> dict:
+    """decode.cu's kernels for one geometry, by name."""
+    mod = compiled(head_dim, group, chunk)
+    return {n: mod.get_function(n) for n in ["embed_rows", "attn_split"] +
+            [f"gemv_{m}_{f}" for m in ("resid", "logits", "swiglu", "qkv") for f in EPL]}
+
+
 @dataclass
 class State:
     """Fixed-address buffers of one batch size (the captured CUDA graph refers to them)."""
@@ -204,6 +237,7 @@ class State:
     act: Any = None                # float32 [B, I]
     part_o: Any = None             # float32 [B, NH, S, D]
     part_ml: Any = None            # float32 [B, NH, S, 2]
+    counter: Any = None            # int32 [B, KVH]: split blocks done (attention)
     graph: Any = None
     warm: bool = False
 
@@ -215,7 +249,7 @@ class KernelEngine:
 
     def __init__(self, model_path: str | Path, spec: dict, device: str = "gpu", max_length: int | None = None,
                  cuda_graph: bool = True, device_id: int = 0, weights: Weights | None = None,
-                 chunk: int | None = None):
+                 chunk: int | None = None, prefill: str = "auto"):
         self.spec = spec
         self.num_layers, self.kv_heads, self.head_dim = spec["num_layers"], spec["kv_heads"], spec["head_dim"]
         self.num_heads, self.hidden, self.inter = spec["num_heads"], spec["hidden_size"], spec["intermediate_size"]
@@ -238,16 +272,14 @@ class KernelEngine:
             self.stream = cp.cuda.Stream(non_blocking=True)
             self.cache_dtype = np.float16
             self.w = self._to_device(host)
-            mod = compiled(self.head_dim, self.num_heads // self.kv_heads, self.chunk)
-            self.k = {n: mod.get_function(n) for n in
-                      ["embed_rows", "attn_split", "attn_combine"] +
-                      [f"gemv_{m}_{f}" for m in ("resid", "logits", "swiglu", "qkv") for f in EPL]}
+            self.k = kernels(self.head_dim, self.num_heads // self.kv_heads, self.chunk)
         else:
             self.xp, self.stream, self.k = np, None, None
             self.cache_dtype = np.dtype(host.embed.dtype).type
             self.w = host
             self._dense = {}                                # id(Packed) -> float32 [N, K] for the twins
         self.cuda_graph = cuda_graph and self.xp is not np
+        self.prompt_graph = self._prompt_graph(model_path, prefill)
         self.weight_bytes = self.w.step_bytes()
         self.states: dict[int, State] = {}
         self.active: State | None = None
@@ -261,6 +293,31 @@ class KernelEngine:
                         gate_up=l.gate_up.to(xp), down=l.down.to(xp)) for l in h.layers]
         return Weights(embed=f16(h.embed), cos=xp.asarray(h.cos), sin=xp.asarray(h.sin), layers=layers,
                        norm=f16(h.norm), head=h.head.to(xp))
+
+    def _prompt_graph(self, model_path, prefill: str):
+        """The prompt pass: "kernels" (ours, dense products through CuPy), "onnxruntime" (the fused graph's
+        prompt call, cuBLAS + flash attention, writing our cache buffers in place) or "auto" (the fused graph
+        where onnxruntime's CUDA provider loads, else ours). -> the FusedDecoder used for prompts, or None."""
+        if prefill not in ("auto", "kernels", "onnxruntime"):
+            raise BadInputError(f"prefill must be auto, kernels or onnxruntime, got {prefill!r}")
+        if prefill == "kernels" or self.xp is np:
+            return None
+        from ..fused import FusedDecoder
+        from ..session import SessionOptions, gpu_available
+        if prefill == "auto" and not gpu_available():
+            return None
+        try:
+            return FusedDecoder(model_path, self.spec, SessionOptions(device="gpu"), max_length=self.capacity,
+                                cuda_graph=False)
+        except (BadInputError, DeviceError) as e:
+            if prefill == "onnxruntime":
+                raise
+            log.info("prompt pass by the kernel engine (%s)", e)
+            return None
+
+    @property
+    def prefill_by(self) -> str:
+        return "onnxruntime fused graph" if self.prompt_graph is not None else "kernel engine"
 
     def state_bytes(self, batch: int, prompt_len: int = 0) -> int:
         it = np.dtype(self.cache_dtype).itemsize
@@ -292,7 +349,8 @@ class KernelEngine:
                        resid=xp.zeros((batch, self.hidden), np.float32), q=xp.zeros((batch, nd), np.float32),
                        attn=xp.zeros((batch, nd), np.float32), act=xp.zeros((batch, self.inter), np.float32),
                        part_o=xp.zeros((batch, self.num_heads, self.nsplit, self.head_dim), np.float32),
-                       part_ml=xp.zeros((batch, self.num_heads, self.nsplit, 2), np.float32))
+                       part_ml=xp.zeros((batch, self.num_heads, self.nsplit, 2), np.float32),
+                       counter=xp.zeros((batch, self.kv_heads), np.int32))
         self.states[batch] = st
         return st
 
@@ -304,35 +362,20 @@ class KernelEngine:
             self.xp.get_default_memory_pool().free_all_blocks()
 
     # ------------------------------------------------------------------ the step on the device
-    def _gemv(self, mode: str, p: Packed, x, gamma, st: State, out, ldo: int = 0, bias=None, layer: int = 0):
-        i32, null = np.int32, np.uint64(0)
-        tasks = p.n // 2                             # two rows a warp (gate j with up j for SwiGLU)
-        grid = (-(-tasks // GW), -(-st.batch // BT))
-        qkv = mode == "qkv"
-        args = (p.w, p.sz if p.sz is not None else null, i32(p.kb), i32(p.block), i32(p.row_bytes), x,
-                gamma if gamma is not None else null, np.float32(self.eps), i32(p.k), i32(tasks), i32(st.batch),
-                out, i32(ldo), i32(self.inter), bias if bias is not None else null,
-                st.cache[layer, 0] if qkv else null, st.cache[layer, 1] if qkv else null,
-                self.w.cos if qkv else null, self.w.sin if qkv else null, st.seqlens if qkv else null,
-                i32(self.num_heads), i32(self.kv_heads), i32(self.capacity))
-        self.k[f"gemv_{mode}_{p.fmt}"](grid, (GW * 32,), args)
-
     def _launch(self, st: State) -> None:
         """The whole decode step as kernel launches on the current stream (what the CUDA graph captures)."""
-        i32, w, b = np.int32, self.w, st.batch
-        self.k["embed_rows"]((b,), (256,), (w.embed, st.ids, st.resid, i32(self.hidden)))
+        w, b, k = self.w, st.batch, self.k
+        k["embed_rows"]((b,), (256,), (w.embed, st.ids, st.resid, np.int32(self.hidden)))
         for i, layer in enumerate(w.layers):
-            self._gemv("qkv", layer.qkv, st.resid, layer.ln1, st, st.q, bias=layer.bias, layer=i)
-            self.k["attn_split"]((self.nsplit, self.kv_heads, b), (ATT_THREADS,),
-                                 (st.q, st.cache[i, 0], st.cache[i, 1], st.seqlens, st.part_o, st.part_ml,
-                                  i32(self.kv_heads), i32(self.capacity), i32(self.nsplit), np.float32(self.scale)))
-            self.k["attn_combine"]((self.num_heads, b), (self.head_dim,),
-                                   (st.part_o, st.part_ml, st.seqlens, st.attn, i32(self.num_heads),
-                                    i32(self.nsplit)))
-            self._gemv("resid", layer.o, st.attn, None, st, st.resid, ldo=self.hidden)
-            self._gemv("swiglu", layer.gate_up, st.resid, layer.ln2, st, st.act)
-            self._gemv("resid", layer.down, st.act, None, st, st.resid, ldo=self.hidden)
-        self._gemv("logits", w.head, st.resid, w.norm, st, st.logits, ldo=self.vocab_size)
+            launch_gemv(k, "qkv", layer.qkv, st.resid, layer.ln1, self.eps, b, st.q, bias=layer.bias,
+                        kc=st.cache[i, 0], vc=st.cache[i, 1], cos=w.cos, sin=w.sin, seqlens=st.seqlens,
+                        nh=self.num_heads, kvh=self.kv_heads, cap=self.capacity)
+            launch_attention(k, st.q, st.cache[i, 0], st.cache[i, 1], st.seqlens, st.part_o, st.part_ml, st.attn,
+                             self.scale, st.counter)
+            launch_gemv(k, "resid", layer.o, st.attn, None, self.eps, b, st.resid, ldo=self.hidden)
+            launch_gemv(k, "swiglu", layer.gate_up, st.resid, layer.ln2, self.eps, b, st.act, inter=self.inter)
+            launch_gemv(k, "resid", layer.down, st.act, None, self.eps, b, st.resid, ldo=self.hidden)
+        launch_gemv(k, "logits", w.head, st.resid, w.norm, self.eps, b, st.logits, ldo=self.vocab_size)
 
     def _twins(self, st: State) -> None:
         """The same step with the NumPy twins (CPU hosts, CI)."""
@@ -388,9 +431,23 @@ class KernelEngine:
         xp = self.xp
         return x * (1.0 / xp.sqrt((x * x).mean(-1, keepdims=True) + self.eps)) * gamma.astype(np.float32)
 
+    def _prefill_onnxruntime(self, st: State, prompts: Sequence[Sequence[int]]):
+        """The fused graph's prompt call with its K/V outputs bound to our cache (same layout, per layer)."""
+        from ..fused import DecodeState
+        ort = self.prompt_graph
+        fst = DecodeState(batch=st.batch, kv=[st.cache[i, j] for i in range(self.num_layers) for j in (0, 1)],
+                          ids=st.ids, seqlens=st.seqlens, logits=None)
+        self.stream.synchronize()                         # our stream's writes land before onnxruntime's stream reads
+        with ort.on_stream():
+            logits, rows = ort.prefill(fst, prompts, 0)
+        ort.synchronize()
+        return logits, rows
+
     def prefill(self, st: State, prompts: Sequence[Sequence[int]]):
-        """Right-padded prompt pass: fills the cache at positions 0..len-1 -> logits float32 [B, V] of each row's
-        last prompt token."""
+        """Right-padded prompt pass: fills the cache at positions 0..len-1 -> (logits, rows): rows[b] picks row
+        b's last prompt token (None: logits [B, V] hold only those)."""
+        if self.prompt_graph is not None:
+            return self._prefill_onnxruntime(st, prompts)
         xp, w = self.xp, self.w
         lens = np.array([len(p) for p in prompts], np.int64)
         s, b = int(lens.max()), st.batch
@@ -427,7 +484,7 @@ class KernelEngine:
             last = x.reshape(b, s, self.hidden)[xp.arange(b), xp.asarray(lens - 1)]
             logits = self._matmul(self._norm(last, w.norm), w.head)
             st.seqlens[...] = xp.asarray((lens - 1).astype(np.int32))
-        return logits
+        return logits, None
 
     # ------------------------------------------------------------------ the Decoder protocol
     @property
@@ -443,7 +500,7 @@ class KernelEngine:
 
     def append(self, chunks: Sequence[Sequence[int]], past: np.ndarray, room: int):
         """First call (empty cache): the prompt pass. Later turns: the chunks fed as decode steps (as the fused
-        graph's decoder does). -> (logits [B, V] of each row's last token, None)."""
+        graph's decoder does). -> (logits, rows) as generation.Decoder.append says."""
         st, xp = self.active, self.xp
         n = np.array([len(c) for c in chunks], np.int64)
         past = np.asarray(past, np.int64)
@@ -451,9 +508,9 @@ class KernelEngine:
             raise BadInputError(f"{int((past + n).max())} tokens + {room} new exceed the cache capacity "
                                 f"{self.capacity}; raise max_length or shorten the prompt")
         if not past.any():
-            logits = self.prefill(st, chunks)
+            logits, rows = self.prefill(st, chunks)
             self.filled = int(n.max())
-            return logits, None
+            return logits, rows
         with self.on_stream():
             last = xp.empty((st.batch, self.vocab_size), np.float32)
             for j in range(int(n.max())):
