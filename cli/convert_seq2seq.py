@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import add_threshold, check_exists, command, csv_of, require_convert_extra
+from .common import add_threshold, check_exists, command, csv_of, positive_int, require_convert_extra
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -43,7 +43,7 @@ def register(sub) -> None:
                    help="directory with tokenizer.json + tokenizer_config.json (bos/eos/pad tokens)")
     c.add_argument("--precision", type=csv_of(PRECISIONS), default=("fp32",),
                    help="comma list of fp32,fp16,int8 (int8: weight-only MatMulNBits)")
-    c.add_argument("--opset", type=int, default=17, help="ONNX opset")
+    c.add_argument("--opset", type=positive_int, default=17, help="ONNX opset to request")
     c.add_argument("--name", help="bundle name (default: the source directory's name)")
     c.add_argument("--no-validate", action="store_true", help="skip the gate against Paddle")
     c.add_argument("--overwrite", action="store_true", help="replace an existing bundle paddle2ort wrote")
