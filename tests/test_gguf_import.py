@@ -251,6 +251,7 @@ def test_sentencepiece_ids_equal_sentencepiece(spm_pair):
         used_bytes |= bool(byte_ids & set(ids))
     assert used_bytes                                   # byte fallback was exercised
     assert tok.encode("1234567") == [tok.bos_token_id] + sp.encode("1234567")   # add_bos: llama.cpp's default
+    assert tok.encode_batch(SPM_TEXTS[:3]) == [[tok.bos_token_id] + sp.encode(t) for t in SPM_TEXTS[:3]]
     assert max(len(sp.id_to_piece(i)) for i in sp.encode("1234567")) <= 2      # "▁1" at most: digits split
 
 

@@ -358,8 +358,9 @@ def _bloom_prepare(model, model_dir):
 # ---------------------------------------------------------------- ChatGLM v2 (ChatGLMv2ForCausalLM)
 def _glm2_prepare(model, model_dir):
     c = model.config
-    if getattr(c, "use_long_sequence_strategies", False):
-        raise KeyError("ChatGLMv2 with use_long_sequence_strategies has no export adapter (plain rotary exports)")
+    if getattr(c, "use_long_sequence_strategies", False) or getattr(c, "rope_ratio", 1) != 1:
+        raise KeyError("ChatGLMv2 with scaled rotary (use_long_sequence_strategies, rope_ratio) has no export "
+                       "adapter; PaddleNLP 2.8.1 computes plain rotary for the reference, which exports")
     if not hasattr(c, "max_position_embeddings"):          # the bundle's max_context: ChatGLM's rotary table size
         c.max_position_embeddings = c.max_sequence_length
 
