@@ -59,9 +59,24 @@ def onnx_nll(model, windows: list[list[int]], desc: str = "perplexity") -> tuple
     return nll, n
 
 
+def check_adapter(adapter: dict | None, cfg: PerplexityConfig) -> None:
+    """Perplexity windows run without prefix cache rows, and the Paddle row is the base model without its adapter:
+    both would measure something else than the bundle users get, so say so instead."""
+    if not adapter:
+        return
+    if adapter.get("kind") == "prefix":
+        raise BadInputError(f"{cfg.bundle} carries a PTuning prefix (extra.adapter): perplexity windows run without "
+                            "its cache rows; measure the base bundle, or generate with the prefix bundle")
+    if cfg.paddle_model is not None:
+        raise BadInputError(f"{cfg.bundle} has a merged {adapter.get('kind')} adapter: --paddle-model would compare "
+                            "it with the base model without the adapter; drop --paddle-model (the conversion gate "
+                            "already held the merged model to PaddleNLP's adapter model)")
+
+
 def run_perplexity(cfg: PerplexityConfig) -> dict:
     from .texts import play_lines
     first = TextGenerator(cfg.bundle, precision="fp32")     # the reference row, whatever a release chose
+    check_adapter(first.bundle.manifest.extra.get("adapter"), cfg)
     precisions = cfg.precisions or tuple(first.bundle.manifest.models)
     windows = text_windows(first.tokenizer, play_lines(cfg.play), cfg.window, cfg.windows)
     rows = {}

@@ -334,3 +334,17 @@ def test_adapter_files_are_checked_without_paddle(tmp_path):
         check_prefix(prefix, cfg, "llama", fused=False)
     with pytest.raises(BadInputError, match="covers the llama, mistral, qwen2 families"):
         check_prefix(prefix, cfg, "gpt", fused=False)
+
+
+@pytest.mark.unit
+def test_perplexity_refuses_what_it_would_mismeasure(tmp_path):
+    """Perplexity windows run without prefix cache rows and the Paddle row is the base without its adapter: exit 2
+    naming why, instead of a figure of something else."""
+    from paddle2ort.benchmarks.perplexity import PerplexityConfig, check_adapter
+    from paddle2ort.runtime.errors import BadInputError
+    check_adapter(None, PerplexityConfig(bundle=tmp_path, paddle_model=tmp_path))
+    check_adapter({"kind": "lora"}, PerplexityConfig(bundle=tmp_path))             # merged: measured as shipped
+    with pytest.raises(BadInputError, match="prefix"):
+        check_adapter({"kind": "prefix"}, PerplexityConfig(bundle=tmp_path))
+    with pytest.raises(BadInputError, match="--paddle-model"):
+        check_adapter({"kind": "lora"}, PerplexityConfig(bundle=tmp_path, paddle_model=tmp_path))
