@@ -38,8 +38,8 @@ def _close(got, want, tol=2e-3):
 
 
 @pytest.mark.parametrize("fmt", ["f16", "f32", "q8", "q4"])
-@pytest.mark.parametrize("batch", [1, 3, 11])
-def test_gemv_kernels_match_their_twins(fmt, batch):
+@pytest.mark.parametrize("batch,rpw", [(1, 2), (3, 2), (11, 2), (1, 4), (11, 4)])
+def test_gemv_kernels_match_their_twins(fmt, batch, rpw):
     rng = np.random.default_rng(batch)
     hd, nh, kvh, k_in, inter, cap = 64, 7, 1, 576, 160, 40
     kern = kernels(hd, nh // kvh, 256)
@@ -51,16 +51,16 @@ def test_gemv_kernels_match_their_twins(fmt, batch):
     dense, pd = p.dense(), p.to(cp)
     out = rng.normal(size=(batch, 96)).astype(np.float32)
     od = cp.asarray(out)
-    launch_gemv(kern, "resid", pd, xd, None, 1e-6, batch, od, ldo=96)
+    launch_gemv(kern, "resid", pd, xd, None, 1e-6, batch, od, ldo=96, rows_per_warp=rpw)
     R.gemv_resid(dense, x, out)
     _close(od.get(), out)
     od = cp.zeros((batch, 96), cp.float32)
-    launch_gemv(kern, "logits", pd, xd, gd, 1e-6, batch, od, ldo=96)
+    launch_gemv(kern, "logits", pd, xd, gd, 1e-6, batch, od, ldo=96, rows_per_warp=rpw)
     _close(od.get(), R.gemv_logits(dense, x, gamma, 1e-6))
     # gate|up + SwiGLU
     p = _packed(fmt, 2 * inter, k_in, rng)
     od = cp.zeros((batch, inter), cp.float32)
-    launch_gemv(kern, "swiglu", p.to(cp), xd, gd, 1e-6, batch, od, inter=inter)
+    launch_gemv(kern, "swiglu", p.to(cp), xd, gd, 1e-6, batch, od, inter=inter, rows_per_warp=rpw)
     _close(od.get(), R.gemv_swiglu(p.dense(), x, gamma, 1e-6, inter))
     # q|k|v + bias + rotary + cache append at per-row positions
     p = _packed(fmt, (nh + 2 * kvh) * hd, k_in, rng)
@@ -71,7 +71,8 @@ def test_gemv_kernels_match_their_twins(fmt, batch):
     q, kc, vc = np.zeros((batch, nh * hd), np.float32), *np.zeros((2, batch, kvh, cap, hd), np.float16)
     qd, kcd, vcd = cp.asarray(q), cp.asarray(kc), cp.asarray(vc)
     launch_gemv(kern, "qkv", p.to(cp), xd, gd, 1e-6, batch, qd, bias=cp.asarray(bias), kc=kcd, vc=vcd,
-                cos=cp.asarray(cos), sin=cp.asarray(sin), seqlens=cp.asarray(seqlens), nh=nh, kvh=kvh, cap=cap)
+                cos=cp.asarray(cos), sin=cp.asarray(sin), seqlens=cp.asarray(seqlens), nh=nh, kvh=kvh, cap=cap,
+                rows_per_warp=rpw)
     R.gemv_qkv(p.dense(), x, gamma, 1e-6, bias, q, kc, vc, cos, sin, seqlens, nh, kvh)
     _close(qd.get(), q)
     _close(kcd.get(), kc, 5e-3)
@@ -117,7 +118,8 @@ def tiny(tmp_path_factory):
 @pytest.mark.parametrize("name", ["fp16", "int4"])
 def test_engine_on_the_gpu_matches_its_twins(tiny, name):
     tmp, spec = tiny
-    prompts = [list(range(3, 303)), [7, 8, 9], list(range(100, 140))]        # 300 tokens: two attention splits
+    prompts = [list(range(3, 303)), [7, 8, 9], list(range(100, 140)), [5] * 20, list(range(200, 330))]
+    # 300 tokens: three attention splits of 128; five rows: four weight rows a warp
     cfg = GenerationConfig(max_new_tokens=24)
     gpu = KernelEngine(tmp / f"{name}.onnx", spec, device="gpu", max_length=400, prefill="kernels")
     cpu = KernelEngine(tmp / f"{name}.onnx", spec, device="cpu", max_length=400)
@@ -126,15 +128,16 @@ def test_engine_on_the_gpu_matches_its_twins(tiny, name):
     want = generate(cpu, prompts, cfg, 0)
     got = generate(gpu, prompts, cfg, 0)
     assert got == generate(eager, prompts, cfg, 0)                    # the CUDA graph replays the eager step
+    assert gpu.rows_per_warp(len(prompts)) == 4 and gpu.rows_per_warp(1) == 2
     same = sum(a == b for g, w in zip(got, want) for a, b in zip(g, w)) / sum(len(w) for w in want)
     assert same >= 0.9, f"GPU kernels vs CPU twins: {same:.1%} of greedy tokens agree"
     # teacher-forced logits of a few steps
     for dec in (gpu, cpu):
         dec.start(len(prompts))
-        dec.append(prompts, np.zeros(3, np.int64), 8)
+        dec.append(prompts, np.zeros(len(prompts), np.int64), 8)
     for j in range(6):
         for dec in (gpu, cpu):
-            dec.next_ids[:, 0] = dec.xp.asarray(np.array([j + 1, 2 * j + 5, 40 - j], np.int64))
+            dec.next_ids[:, 0] = dec.xp.asarray(np.array([j + 1, 2 * j + 5, 40 - j, 7, 99 - j], np.int64))
             dec.seqlens[...] += 1
         a, b = gpu.host(gpu.step(None)[0]), cpu.step(None)[0]
         _close(a, b, 2e-2)

@@ -99,7 +99,12 @@ def bench_config(name: str, work: Path, systems: list[str], batches, scenarios, 
                         continue
                     prompts = random_prompts(np.random.default_rng(b * 7 + p), b, p, spec.vocab_size,
                                              special_ids(CONFIGS[name]))
-                    r = time_decoder(dec, prompts, n, reps, pad)
+                    try:
+                        r = time_decoder(dec, prompts, n, reps, pad)
+                    except Exception as e:  # noqa: BLE001 - recorded, the other rows still run
+                        log.exception("%s %s b%d %d+%d failed", system, v, b, p, n)
+                        res["skipped"].append(f"{system} {v} b{b} {p}+{n}: {type(e).__name__}: {e}")
+                        continue
                     row = decode_row(system, v, b, r["ttft_ms"], r["decode_s"], new_tokens=n, prompt_tokens=p,
                                      weight_bytes=weights[v], spec=spec.to_json(), bandwidth=bandwidth)
                     row.update(prompt=p, new=n)
@@ -216,7 +221,9 @@ def run(a) -> dict:
             log.exception("golden parity failed")
             res["golden"] = {"error": f"{type(e).__name__}: {e}"}
     scen = [tuple(int(x) for x in s.split(":")) for s in a.scenarios]
+    from .report import write
     for name in a.configs:
+        write(a.out, "engine-bench", res, markdown(res))        # what is done so far survives a time-out
         res["configs"][name] = bench_config(name, work, res["systems"], a.batch, scen, a.reps, bw,
                                             start + a.budget_s)
     res["seconds"] = time.perf_counter() - start

@@ -83,12 +83,13 @@ __device__ __forceinline__ float warp_sum(float v) {
 
 // One GEMV over the packed weight W [N, K] for batch rows [blockIdx.y * BT, ...): y[b, r] = sum_k x'[b, k] W[r, k]
 // where x' = x (gamma == nullptr) or RMSNorm(x) * gamma (the norm's 1/rms applied to the dot product).
-// Warp task t (0 .. tasks-1) owns two rows, chosen by MODE (see the M_* defines). Extra per-mode arguments:
+// Warp task t (0 .. tasks-1) owns R rows (R/2 gate|up or rotary pairs), chosen by MODE (see the M_* defines).
+// Extra per-mode arguments:
 //   M_QKV:    bias (float16 [N] or null), q_out [B, NH*HD], kc / vc this layer's cache [B, KVH, C, HD],
 //             cos / sin float32 [max_pos, HD/2], seqlens [B] (the new token's position), nh, kvh, cap
 //   M_SWIGLU: inter (I)
 //   others:   ldo (out's row stride)
-template <int FMT, int MODE>
+template <int FMT, int MODE, int R>
 __device__ void gemv(const unsigned char* __restrict__ w, const unsigned int* __restrict__ sz, int kb, int qblock,
                      int row_bytes, const float* __restrict__ x, const unsigned short* __restrict__ gamma, float eps,
                      int K, int tasks, int B, float* out, int ldo, int inter, const unsigned short* __restrict__ bias,
@@ -96,6 +97,8 @@ __device__ void gemv(const unsigned char* __restrict__ w, const unsigned int* __
                      const float* __restrict__ sin_t, const int* __restrict__ seqlens, int nh, int kvh, int cap) {
   constexpr int EPL = Fmt<FMT>::EPL;
   constexpr int STEP = 32 * EPL;
+  constexpr int U = UNROLL * 2 / R;             // chunks a row in flight: 2 rows x 4 or 4 rows x 2
+  constexpr int P = R / 2;                       // SwiGLU: gate/up pairs; QKV: rotary pairs (d, d + HD/2)
   __shared__ float rstd[BT];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int b0 = blockIdx.y * BT;
@@ -112,56 +115,62 @@ __device__ void gemv(const unsigned char* __restrict__ w, const unsigned int* __
   }
   const int t = blockIdx.x * GW + warp;
   if (t >= tasks) return;
-  long long r0, r1;
-  if (MODE == M_SWIGLU) { r0 = t; r1 = (long long)inter + t; }
-  else if (MODE == M_QKV) { r0 = (long long)(t / (HD / 2)) * HD + t % (HD / 2); r1 = r0 + HD / 2; }
-  else { r0 = 2LL * t; r1 = r0 + 1; }
-
-  float acc0[BT], acc1[BT];
+  long long rows[R];
 #pragma unroll
-  for (int b = 0; b < BT; ++b) { acc0[b] = 0.f; acc1[b] = 0.f; }
-  for (int kbase = 0; kbase < K; kbase += UNROLL * STEP) {
-    uint4 raw0[UNROLL], raw1[UNROLL];              // UNROLL chunks of both rows in flight before any math
-    float sc0[UNROLL], zp0[UNROLL], sc1[UNROLL], zp1[UNROLL];
+  for (int j = 0; j < P; ++j) {
+    if (MODE == M_SWIGLU) { rows[j] = (long long)P * t + j; rows[P + j] = (long long)inter + P * t + j; }
+    else if (MODE == M_QKV) {
+      rows[j] = (long long)(t / (HD / 2 / P)) * HD + (t % (HD / 2 / P)) * P + j;
+      rows[P + j] = rows[j] + HD / 2;
+    } else { rows[j] = (long long)R * t + j; rows[P + j] = (long long)R * t + P + j; }
+  }
+  float acc[R][BT];
 #pragma unroll
-    for (int u = 0; u < UNROLL; ++u) {
+  for (int j = 0; j < R; ++j)
+#pragma unroll
+    for (int b = 0; b < BT; ++b) acc[j][b] = 0.f;
+  for (int kbase = 0; kbase < K; kbase += U * STEP) {
+    uint4 raw[R][U];                             // every row's U chunks in flight before any math
+    float sc[R][U], zp[R][U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
       const int k = kbase + u * STEP + lane * EPL;
-      raw0[u] = raw1[u] = make_uint4(0, 0, 0, 0);
-      sc0[u] = sc1[u] = 1.f;
-      zp0[u] = zp1[u] = 0.f;
-      if (k < K) {
-        raw0[u] = load_raw<FMT>(w, r0, k, row_bytes);
-        raw1[u] = load_raw<FMT>(w, r1, k, row_bytes);
-        if (FMT == Q8 || FMT == Q4) {
-          block_pair(sz, r0, k, kb, qblock, &sc0[u], &zp0[u]);
-          block_pair(sz, r1, k, kb, qblock, &sc1[u], &zp1[u]);
+#pragma unroll
+      for (int j = 0; j < R; ++j) {
+        raw[j][u] = make_uint4(0, 0, 0, 0);
+        sc[j][u] = 1.f;
+        zp[j][u] = 0.f;
+        if (k < K) {
+          raw[j][u] = load_raw<FMT>(w, rows[j], k, row_bytes);
+          if (FMT == Q8 || FMT == Q4) block_pair(sz, rows[j], k, kb, qblock, &sc[j][u], &zp[j][u]);
         }
       }
     }
 #pragma unroll
-    for (int u = 0; u < UNROLL; ++u) {
+    for (int u = 0; u < U; ++u) {
       const int k = kbase + u * STEP + lane * EPL;
       if (k >= K) continue;
 #pragma unroll
       for (int c = 0; c < EPL; c += 4) {
-        float w0[4], w1[4], g[4] = {1.f, 1.f, 1.f, 1.f};
+        float wv[R][4], g[4] = {1.f, 1.f, 1.f, 1.f};
         if (gamma != nullptr) {
           const uint2 gr = __ldg(reinterpret_cast<const uint2*>(gamma + k + c));
           g[0] = h2f((unsigned short)(gr.x & 0xffffu)); g[1] = h2f((unsigned short)(gr.x >> 16));
           g[2] = h2f((unsigned short)(gr.y & 0xffffu)); g[3] = h2f((unsigned short)(gr.y >> 16));
         }
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          w0[e] = elem<FMT>(raw0[u], c + e, sc0[u], zp0[u]);
-          w1[e] = elem<FMT>(raw1[u], c + e, sc1[u], zp1[u]);
-        }
+        for (int j = 0; j < R; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) wv[j][e] = elem<FMT>(raw[j][u], c + e, sc[j][u], zp[j][u]);
 #pragma unroll
         for (int b = 0; b < BT; ++b) {
           if (b < nb) {
             const float4 xv = __ldg(reinterpret_cast<const float4*>(x + (long long)(b0 + b) * K + k + c));
             const float xs[4] = {xv.x * g[0], xv.y * g[1], xv.z * g[2], xv.w * g[3]};
 #pragma unroll
-            for (int e = 0; e < 4; ++e) { acc0[b] += w0[e] * xs[e]; acc1[b] += w1[e] * xs[e]; }
+            for (int j = 0; j < R; ++j)
+#pragma unroll
+              for (int e = 0; e < 4; ++e) acc[j][b] += wv[j][e] * xs[e];
           }
         }
       }
@@ -170,47 +179,67 @@ __device__ void gemv(const unsigned char* __restrict__ w, const unsigned int* __
 #pragma unroll
   for (int b = 0; b < BT; ++b) {
     if (b >= nb) break;
-    float y0 = warp_sum(acc0[b]), y1 = warp_sum(acc1[b]);
+    float y[R];
+#pragma unroll
+    for (int j = 0; j < R; ++j) y[j] = warp_sum(acc[j][b]);
     if (lane != 0) continue;
     const int bb = b0 + b;
-    if (gamma != nullptr) { y0 *= rstd[b]; y1 *= rstd[b]; }
-    if (MODE == M_RESID) { out[(long long)bb * ldo + r0] += y0; out[(long long)bb * ldo + r1] += y1; }
-    else if (MODE == M_LOGITS) { out[(long long)bb * ldo + r0] = y0; out[(long long)bb * ldo + r1] = y1; }
-    else if (MODE == M_SWIGLU) { out[(long long)bb * inter + t] = y0 / (1.f + __expf(-y0)) * y1; }
-    else {
-      if (bias != nullptr) { y0 += h2f(bias[r0]); y1 += h2f(bias[r1]); }
-      const int head = t / (HD / 2), d = t % (HD / 2), pos = seqlens[bb];
-      if (head < nh + kvh) {                   // q and k: rotate-half rotary at the row's position
-        const float c = cos_t[(long long)pos * (HD / 2) + d], s = sin_t[(long long)pos * (HD / 2) + d];
-        const float a = y0 * c - y1 * s, e = y1 * c + y0 * s;
-        y0 = a; y1 = e;
-      }
-      if (head < nh) {
-        float* q = out + (long long)bb * nh * HD + head * HD;
-        q[d] = y0; q[d + HD / 2] = y1;
-      } else {
-        const int kh = head < nh + kvh ? head - nh : head - nh - kvh;
-        unsigned short* cache = (head < nh + kvh ? kc : vc) + (((long long)bb * kvh + kh) * cap + pos) * HD;
-        cache[d] = f2h(y0); cache[d + HD / 2] = f2h(y1);
+    if (gamma != nullptr)
+#pragma unroll
+      for (int j = 0; j < R; ++j) y[j] *= rstd[b];
+    if (MODE == M_RESID) {
+#pragma unroll
+      for (int j = 0; j < R; ++j) out[(long long)bb * ldo + rows[j]] += y[j];
+    } else if (MODE == M_LOGITS) {
+#pragma unroll
+      for (int j = 0; j < R; ++j) out[(long long)bb * ldo + rows[j]] = y[j];
+    } else if (MODE == M_SWIGLU) {
+#pragma unroll
+      for (int j = 0; j < P; ++j) out[(long long)bb * inter + rows[j]] = y[j] / (1.f + __expf(-y[j])) * y[P + j];
+    } else {
+      const int pos = seqlens[bb];
+#pragma unroll
+      for (int j = 0; j < P; ++j) {
+        float y0 = y[j], y1 = y[P + j];
+        if (bias != nullptr) { y0 += h2f(bias[rows[j]]); y1 += h2f(bias[rows[P + j]]); }
+        const int head = (int)(rows[j] / HD), d = (int)(rows[j] % HD);
+        if (head < nh + kvh) {                   // q and k: rotate-half rotary at the row's position
+          const float c = cos_t[(long long)pos * (HD / 2) + d], s = sin_t[(long long)pos * (HD / 2) + d];
+          const float a = y0 * c - y1 * s, e = y1 * c + y0 * s;
+          y0 = a; y1 = e;
+        }
+        if (head < nh) {
+          float* q = out + (long long)bb * nh * HD + head * HD;
+          q[d] = y0; q[d + HD / 2] = y1;
+        } else {
+          const int kh = head < nh + kvh ? head - nh : head - nh - kvh;
+          unsigned short* cache = (head < nh + kvh ? kc : vc) + (((long long)bb * kvh + kh) * cap + pos) * HD;
+          cache[d] = f2h(y0); cache[d + HD / 2] = f2h(y1);
+        }
       }
     }
   }
 }
 
-#define GEMV_ENTRY(NAME, FMT, MODE)                                                                              \
+#define GEMV_ENTRY(NAME, FMT, MODE, R)                                                                           \
   extern "C" __global__ void __launch_bounds__(GW * 32) NAME(                                                    \
       const unsigned char* w, const unsigned int* sz, int kb, int qblock, int row_bytes, const float* x,          \
       const unsigned short* gamma, float eps, int K, int tasks, int B, float* out, int ldo, int inter,            \
       const unsigned short* bias, unsigned short* kc, unsigned short* vc, const float* cos_t, const float* sin_t, \
       const int* seqlens, int nh, int kvh, int cap) {                                                            \
-    gemv<FMT, MODE>(w, sz, kb, qblock, row_bytes, x, gamma, eps, K, tasks, B, out, ldo, inter, bias, kc, vc,     \
-                    cos_t, sin_t, seqlens, nh, kvh, cap);                                                         \
+    gemv<FMT, MODE, R>(w, sz, kb, qblock, row_bytes, x, gamma, eps, K, tasks, B, out, ldo, inter, bias, kc, vc,  \
+                       cos_t, sin_t, seqlens, nh, kvh, cap);                                                      \
   }
-#define GEMV_ALL(FMTNAME, FMT)                     \
-  GEMV_ENTRY(gemv_resid_##FMTNAME, FMT, M_RESID)   \
-  GEMV_ENTRY(gemv_logits_##FMTNAME, FMT, M_LOGITS) \
-  GEMV_ENTRY(gemv_swiglu_##FMTNAME, FMT, M_SWIGLU) \
-  GEMV_ENTRY(gemv_qkv_##FMTNAME, FMT, M_QKV)
+// two rows a warp (gemv_*) for small batches, four (gemv_*_r4: x read once for 4 rows) for larger ones
+#define GEMV_ALL(FMTNAME, FMT)                              \
+  GEMV_ENTRY(gemv_resid_##FMTNAME, FMT, M_RESID, 2)         \
+  GEMV_ENTRY(gemv_logits_##FMTNAME, FMT, M_LOGITS, 2)       \
+  GEMV_ENTRY(gemv_swiglu_##FMTNAME, FMT, M_SWIGLU, 2)       \
+  GEMV_ENTRY(gemv_qkv_##FMTNAME, FMT, M_QKV, 2)             \
+  GEMV_ENTRY(gemv_resid_##FMTNAME##_r4, FMT, M_RESID, 4)    \
+  GEMV_ENTRY(gemv_logits_##FMTNAME##_r4, FMT, M_LOGITS, 4)  \
+  GEMV_ENTRY(gemv_swiglu_##FMTNAME##_r4, FMT, M_SWIGLU, 4)  \
+  GEMV_ENTRY(gemv_qkv_##FMTNAME##_r4, FMT, M_QKV, 4)
 GEMV_ALL(f16, F16)
 GEMV_ALL(f32, F32)
 GEMV_ALL(q8, Q8)

@@ -194,13 +194,14 @@ def compiled(head_dim: int, group: int, chunk: int):
 
 def launch_gemv(kern: dict, mode: str, p: Packed, x, gamma, eps: float, batch: int, out, ldo: int = 0,
                 inter: int = 0, bias=None, kc=None, vc=None, cos=None, sin=None, seqlens=None, nh: int = 0,
-                kvh: int = 0, cap: int = 0) -> None:
-    """One decode.cu GEMV (mode resid | logits | swiglu | qkv) on the current stream; arguments as its twin's."""
+                kvh: int = 0, cap: int = 0, rows_per_warp: int = 2) -> None:
+    """One decode.cu GEMV (mode resid | logits | swiglu | qkv) on the current stream; arguments as its twin's.
+    rows_per_warp 2 or 4 (4: each activation read serves four weight rows, for larger batches)."""
     i32, null = np.int32, np.uint64(0)
     opt = lambda a: null if a is None else a  # noqa: E731
-    tasks = p.n // 2                                  # two rows a warp (gate j with up j for SwiGLU)
+    tasks = p.n // rows_per_warp                      # gate j with up j for SwiGLU, d with d + D/2 for rotary
     grid = (-(-tasks // GW), -(-batch // BT))
-    kern[f"gemv_{mode}_{p.fmt}"](grid, (GW * 32,), (
+    kern[f"gemv_{mode}_{p.fmt}" + ("_r4" if rows_per_warp == 4 else "")](grid, (GW * 32,), (
         p.w, opt(p.sz), i32(p.kb), i32(p.block), i32(p.row_bytes), x, opt(gamma), np.float32(eps), i32(p.k),
         i32(tasks), i32(batch), out, i32(ldo), i32(inter), opt(bias), opt(kc), opt(vc), opt(cos), opt(sin),
         opt(seqlens), i32(nh), i32(kvh), i32(cap)))
@@ -220,7 +221,7 @@ def kernels(head_dim: int, group: int, chunk: int) -> dict:
     """decode.cu's kernels for one geometry, by name."""
     mod = compiled(head_dim, group, chunk)
     return {n: mod.get_function(n) for n in ["embed_rows", "attn_split"] +
-            [f"gemv_{m}_{f}" for m in ("resid", "logits", "swiglu", "qkv") for f in EPL]}
+            [f"gemv_{m}_{f}{r}" for m in ("resid", "logits", "swiglu", "qkv") for f in EPL for r in ("", "_r4")]}
 
 
 @dataclass
@@ -364,18 +365,28 @@ class KernelEngine:
     # ------------------------------------------------------------------ the step on the device
     def _launch(self, st: State) -> None:
         """The whole decode step as kernel launches on the current stream (what the CUDA graph captures)."""
-        w, b, k = self.w, st.batch, self.k
+        w, b, k, r = self.w, st.batch, self.k, self.rows_per_warp(st.batch)
         k["embed_rows"]((b,), (256,), (w.embed, st.ids, st.resid, np.int32(self.hidden)))
         for i, layer in enumerate(w.layers):
             launch_gemv(k, "qkv", layer.qkv, st.resid, layer.ln1, self.eps, b, st.q, bias=layer.bias,
                         kc=st.cache[i, 0], vc=st.cache[i, 1], cos=w.cos, sin=w.sin, seqlens=st.seqlens,
-                        nh=self.num_heads, kvh=self.kv_heads, cap=self.capacity)
+                        nh=self.num_heads, kvh=self.kv_heads, cap=self.capacity, rows_per_warp=r)
             launch_attention(k, st.q, st.cache[i, 0], st.cache[i, 1], st.seqlens, st.part_o, st.part_ml, st.attn,
                              self.scale, st.counter)
-            launch_gemv(k, "resid", layer.o, st.attn, None, self.eps, b, st.resid, ldo=self.hidden)
-            launch_gemv(k, "swiglu", layer.gate_up, st.resid, layer.ln2, self.eps, b, st.act, inter=self.inter)
-            launch_gemv(k, "resid", layer.down, st.act, None, self.eps, b, st.resid, ldo=self.hidden)
-        launch_gemv(k, "logits", w.head, st.resid, w.norm, self.eps, b, st.logits, ldo=self.vocab_size)
+            launch_gemv(k, "resid", layer.o, st.attn, None, self.eps, b, st.resid, ldo=self.hidden, rows_per_warp=r)
+            launch_gemv(k, "swiglu", layer.gate_up, st.resid, layer.ln2, self.eps, b, st.act, inter=self.inter,
+                        rows_per_warp=r)
+            launch_gemv(k, "resid", layer.down, st.act, None, self.eps, b, st.resid, ldo=self.hidden,
+                        rows_per_warp=r)
+        launch_gemv(k, "logits", w.head, st.resid, w.norm, self.eps, b, st.logits, ldo=self.vocab_size,
+                    rows_per_warp=r)
+
+    def rows_per_warp(self, batch: int) -> int:
+        """4 weight rows a warp from batch 4 on (each activation load serves 4 rows), where every output count
+        allows it; else 2 (more warps for the bandwidth of small batches)."""
+        w = self.w
+        even = all(p.n % 4 == 0 for l in w.layers for p in (l.qkv, l.o, l.gate_up, l.down)) and w.head.n % 4 == 0
+        return 4 if batch >= 4 and even and self.head_dim % 4 == 0 else 2
 
     def _twins(self, st: State) -> None:
         """The same step with the NumPy twins (CPU hosts, CI)."""
