@@ -158,6 +158,138 @@ class OrtSeq2Seq(Seq2SeqDecoder):
             "past_key_values": np.ascontiguousarray(past, dtype=self.cache_dtype), "cross_key_values": cross})
 
 
+@dataclass(frozen=True)
+class PrefixLMSpec:
+    """A prefix LM's geometry (manifest extra.prefix_lm): UNIMO-text."""
+    num_layers: int
+    heads: int
+    head_dim: int
+    vocab_size: int
+    bos_id: int                              # the target's start token, fed after the source
+    pad_id: int
+    eos_id: int
+    max_positions: int | None = None
+    suppress_ids: tuple = ()                 # the model's own never-generated ids (UNIMO: unk, pad, bos)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "PrefixLMSpec":
+        try:
+            kw = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+            return cls(**{**kw, "suppress_ids": tuple(kw.get("suppress_ids", ()))})
+        except TypeError as e:
+            raise BundleError(f"manifest extra.prefix_lm is malformed ({e})") from e
+
+
+def prefix_lm_inputs(rows: Sequence[Sequence[int]], bos_id: int, pad_id: int):
+    """A prefix LM's prefill: each row's source (token type 0, bidirectional among its real tokens) then the
+    target's start token (type 1, sees every real token before it), left-padded; positions count real tokens.
+    -> ids, token types, positions int64 [B, T], additive mask float32 [B, 1, T, T], real int64 [B, T]."""
+    full = [list(r) + [bos_id] for r in rows]
+    t = max(map(len, full))
+    ids = np.full((len(full), t), pad_id, np.int64)
+    real = np.zeros((len(full), t), np.int64)
+    types = np.zeros((len(full), t), np.int64)
+    for b, r in enumerate(full):
+        ids[b, t - len(r):], real[b, t - len(r):] = r, 1
+        types[b, -1] = 1
+    pos = np.maximum(np.cumsum(real, -1) - 1, 0)
+    src = (types == 0)
+    causal = np.tril(np.ones((t, t), bool))
+    allowed = real[:, None, :].astype(bool) & ((src[:, :, None] & src[:, None, :]) | (~src[:, :, None] & causal))
+    allowed |= np.eye(t, dtype=bool)                              # padding rows see themselves: finite softmax
+    return ids, types, pos, ((1.0 - allowed) * -1e4).astype(np.float32)[:, None], real
+
+
+class PrefixLMDecoder:
+    """The Decoder protocol over a prefix-LM step graph `step(ids, token_types, positions, mask, past) -> (logits,
+    present)`: append feeds the sources and the start token (prefix_lm_inputs), each step one target token (type
+    1) that sees every real token before it. The model's suppressed ids get -1e9, as its
+    adjust_logits_during_generation does."""
+
+    xp, stream, seqlens, next_ids = np, None, None, None
+    limit_name = "the model's positions"
+
+    def __init__(self, step: Callable, spec: PrefixLMSpec, cache_dtype=np.float32):
+        self.step_fn, self.spec, self.vocab_size = step, spec, spec.vocab_size
+        self.cache_dtype = np.dtype(cache_dtype)
+        self.cache: KVCache | None = None
+
+    def target_prefix(self, rows: int) -> list[list[int]]:
+        return self._prefix                     # PaddleNLP's processors see source + start token (decoder-only)
+
+    def start(self, batch: int) -> None:
+        s = self.spec
+        self.cache = KVCache.allocate(0, s.num_layers, batch, s.heads, s.head_dim, self.cache_dtype)
+        self.real = None
+        self.next_ids = np.zeros((batch, 1), np.int64)
+
+    def append(self, chunks, past, room):
+        if self.real is not None:
+            raise BadInputError("a prefix-LM generation has one source a row; start a new one for a new source")
+        s = self.spec
+        ids, types, pos, mask, self.real = prefix_lm_inputs(chunks, s.bos_id, s.pad_id)
+        self._prefix = [list(c) + [s.bos_id] for c in chunks]
+        self.cache.reserve(ids.shape[1] + room)
+        self.pos = pos[:, -1:] + 1
+        return self._run(ids, types, pos, mask)
+
+    def _run(self, ids, types, pos, mask):
+        logits, present = self.step_fn(ids, types, pos, mask, self.cache.view())
+        self.cache.append(present)
+        out = np.array(logits[:, -1])
+        if self.spec.suppress_ids:
+            out[:, list(self.spec.suppress_ids)] = -1e9
+        return out, None
+
+    def step(self, real):
+        b = self.real.shape[0]
+        self.real = np.concatenate([self.real, np.ones((b, 1), np.int64)], 1)
+        mask = ((1.0 - self.real) * -1e4).astype(np.float32)[:, None, None, :]
+        out = self._run(self.next_ids, np.ones((b, 1), np.int64), self.pos, mask)
+        self.pos = self.pos + 1
+        return out
+
+    def reorder(self, src):
+        src = np.asarray(src)
+        self.cache.reorder(src)
+        self.real, self.pos = self.real[src], self.pos[src]
+        self._prefix = [self._prefix[i] for i in src]
+
+    @staticmethod
+    def host(a) -> np.ndarray:
+        return np.asarray(a)
+
+    def max_tokens(self) -> int | None:
+        return None if self.spec.max_positions is None else self.spec.max_positions - 1   # the start token
+
+    def bytes_needed(self, rows: int, prompt_len: int, new_tokens: int) -> int:
+        s = self.spec
+        per_pos = s.num_layers * 2 * s.heads * s.head_dim * self.cache_dtype.itemsize
+        return rows * (2 * (prompt_len + 1 + new_tokens) * per_pos + (prompt_len + 1) ** 2 * 4
+                       + (prompt_len + 1) * s.vocab_size * 4)
+
+    @staticmethod
+    def bytes_available() -> int:
+        return host_bytes_available()
+
+
+class OrtPrefixLM(PrefixLMDecoder):
+    """A prefix-LM bundle's onnxruntime session as a PrefixLMDecoder."""
+
+    NAMES = ("input_ids", "token_type_ids", "position_ids", "attention_mask", "past_key_values")
+
+    def __init__(self, model_path: str | Path, spec: PrefixLMSpec, session: SessionOptions = SessionOptions()):
+        self.session = create_session(model_path, session)
+        names = tuple(i.name for i in self.session.get_inputs())
+        if names != self.NAMES:
+            raise BundleError(f"step graph inputs are {list(names)}, not the prefix-LM contract {list(self.NAMES)}")
+        super().__init__(self._step, spec)
+
+    def _step(self, ids, types, pos, mask, past):
+        return self.session.run(["logits", "present_key_values"], dict(zip(self.NAMES, (
+            ids, types, pos, mask, np.ascontiguousarray(past, dtype=self.cache_dtype)))))
+
+
 class Text2TextGenerator:
     """Bundle-driven seq2seq generation: tokenizer + encoder/decoder sessions + the decode loop. Duck-compatible
     with runtime.llm.TextGenerator where the JSONL job runner needs it (prompt_ids, stop_ids,
@@ -170,13 +302,17 @@ class Text2TextGenerator:
 
         self.bundle = load_bundle(bundle_dir)
         m = self.bundle.manifest
-        if m.task != TASK or "seq2seq" not in m.extra:
+        if m.task != TASK or not ({"seq2seq", "prefix_lm"} & set(m.extra)):
             raise BundleError(f"bundle {bundle_dir} is not a {TASK} bundle (task={m.task!r})")
-        self.spec = Seq2SeqSpec.from_json(m.extra["seq2seq"])
         self.precision = precision
-        encoder = load_bundle(self.bundle.path / ENCODER_DIR)
-        self.model = OrtSeq2Seq(encoder.model_path(precision, verify=True),
-                                self.bundle.model_path(precision, verify=True), self.spec, session)
+        if "prefix_lm" in m.extra:                                   # UNIMO-text: one step graph
+            self.spec = PrefixLMSpec.from_json(m.extra["prefix_lm"])
+            self.model = OrtPrefixLM(self.bundle.model_path(precision, verify=True), self.spec, session)
+        else:
+            self.spec = Seq2SeqSpec.from_json(m.extra["seq2seq"])
+            encoder = load_bundle(self.bundle.path / ENCODER_DIR)
+            self.model = OrtSeq2Seq(encoder.model_path(precision, verify=True),
+                                    self.bundle.model_path(precision, verify=True), self.spec, session)
         self.tokenizer = BPETokenizer.load(self.bundle.path / "tokenizer")
 
     def prompt_ids(self, text: str, chat: bool = False) -> list[int]:
@@ -207,4 +343,5 @@ class Text2TextGenerator:
         return [self._cut(self.tokenizer.decode(o), cfg) for o in outs]
 
 
-__all__ = ["OrtSeq2Seq", "Seq2SeqDecoder", "Seq2SeqSpec", "TASK", "Text2TextGenerator", "right_pad"]
+__all__ = ["OrtPrefixLM", "OrtSeq2Seq", "PrefixLMDecoder", "PrefixLMSpec", "Seq2SeqDecoder", "Seq2SeqSpec", "TASK",
+           "Text2TextGenerator", "prefix_lm_inputs", "right_pad"]

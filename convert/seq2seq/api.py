@@ -1,4 +1,4 @@
-"""PaddleNLP encoder-decoder (save_pretrained dir) -> validated text2text bundle.
+"""PaddleNLP encoder-decoder or prefix LM (save_pretrained dir) -> validated text2text bundle.
 
 Stages: family from config.json (before any worker) -> (worker) the family's encoder and decoder-step wrappers,
 a greedy generation of the wrappers recorded through the runtime's decode loop, Paddle's own generate() on the
@@ -84,30 +84,25 @@ def _convert_seq2seq(config: Seq2SeqConvertConfig) -> ConvertResult:
     from ..llm.api import check_vocab
     cfg = check_source(config.source)
     family = check_family(cfg, config)
+    from .families import FAMILIES
     check_destination(config.output, config.overwrite, (config.source, config.tokenizer))
     tok = BPETokenizer.load(config.tokenizer)
     check_vocab(tok, cfg, config)
     eos = cfg.get("eos_token_id", tok.eos_token_id)
     sources = [tok.encode(s) + [eos] for s in config.sources]
-    log.info("%s: the %s encoder-decoder family", config.source, family)
+    log.info("%s: the %s family (%s)", config.source, family, FAMILIES[family].kind)
     work = make_workdir("seq2seq")
     try:
+        if FAMILIES[family].kind == "prefix-lm":
+            return _convert_prefix_lm(config, family, sources, work, eos)
         with busy("export the encoder and the decoder step (Paddle worker)"):
             info = run_worker("export_seq2seq", {
                 "model_dir": str(config.source), "sources": sources, "decode_steps": config.decode_steps,
                 "encoder_prefix": str(work / "encoder" / "inference"),
                 "decoder_prefix": str(work / "decoder" / "inference"),
                 "encoder_npz": str(work / "encoder.npz"), "decoder_npz": str(work / "decoder.npz")}, work)
-        agree = info["generated"] == info["paddle_generated"]
-        log.info("%s (%s): the wrappers' greedy tokens %s Paddle's generate() on the validation sources",
-                 info["architecture"], family, "equal" if agree else "DIFFER FROM")
-        if not agree:
-            raise BadInputError(f"the {family} export wrappers do not reproduce Paddle's generate() on "
-                                f"{config.source} (ours {info['generated']}, Paddle {info['paddle_generated']}); "
-                                "this model's configuration is outside what the adapter covers")
-        common = dict(precisions=config.precisions, opset=config.opset, validate=config.validate,
-                      inputs_recorded=True, thresholds=config.thresholds, fuse=False,
-                      int8=Int8Options(weight_only=True))
+        _check_agree(info, family, config.source)
+        common = _common(config)
         with busy("encoder: paddle2onnx + gate"):
             convert(ConvertConfig(source=work / "encoder", output=work / "encoder_bundle",
                                   inputs_npz=work / "encoder.npz", output_names=ENCODER_OUTPUTS,
@@ -123,10 +118,50 @@ def _convert_seq2seq(config: Seq2SeqConvertConfig) -> ConvertResult:
         return convert(ConvertConfig(
             source=work / "decoder", output=config.output, inputs_npz=work / "decoder.npz",
             output_names=DECODER_OUTPUTS, name=config.name or config.source.name, task=TASK,
-            extra_files=extra_files,
-            tokenizer={"kind": "bpe", "files": "tokenizer/tokenizer.json, tokenizer/tokenizer_config.json",
-                       "eos_token_id": eos, "pad_token_id": geo["pad_id"]},
+            extra_files=extra_files, tokenizer=_tokenizer_section(eos, geo["pad_id"]),
             extra={"seq2seq": seq2seq, "paddle_source": source_fingerprint(config.source)}, **common,
         ), sources=(config.source, config.tokenizer))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _common(config: Seq2SeqConvertConfig) -> dict:
+    return dict(precisions=config.precisions, opset=config.opset, validate=config.validate, inputs_recorded=True,
+                thresholds=config.thresholds, fuse=False, int8=Int8Options(weight_only=True))
+
+
+def _tokenizer_section(eos: int, pad: int) -> dict:
+    return {"kind": "bpe", "files": "tokenizer/tokenizer.json, tokenizer/tokenizer_config.json",
+            "eos_token_id": eos, "pad_token_id": pad}
+
+
+def _check_agree(info: dict, family: str, source: Path) -> None:
+    agree = info["generated"] == info["paddle_generated"]
+    log.info("%s (%s): the export wrappers' greedy tokens %s Paddle's generate() on the validation sources",
+             info["architecture"], family, "equal" if agree else "DIFFER FROM")
+    if not agree:
+        raise BadInputError(f"the {family} export wrappers do not reproduce Paddle's generate() on {source} (ours "
+                            f"{info['generated']}, Paddle {info['paddle_generated']}); this model's configuration "
+                            "is outside what the adapter covers")
+
+
+def _convert_prefix_lm(config: Seq2SeqConvertConfig, family: str, sources: list, work: Path,
+                       eos: int) -> ConvertResult:
+    """A prefix LM (UNIMO-text): one step graph (unimo.py), the runtime writes the prefix-LM mask."""
+    from .unimo import OUTPUTS
+    with busy("export the prefix-LM step (Paddle worker)"):
+        info = run_worker("export_prefix_lm", {
+            "model_dir": str(config.source), "sources": sources, "decode_steps": config.decode_steps,
+            "prefix": str(work / "step" / "inference"), "samples_npz": str(work / "step.npz")}, work)
+    _check_agree(info, family, config.source)
+    geo = info["geometry"]
+    prefix_lm = {**geo, "family": family, "architecture": info["architecture"],
+                 "attention": "bidirectional over the source, causal over the target (the runtime's mask)",
+                 "cache_layout": "[time, layer, k|v, batch, head, head_dim]; present holds the new positions only"}
+    return convert(ConvertConfig(
+        source=work / "step", output=config.output, inputs_npz=work / "step.npz", output_names=OUTPUTS,
+        name=config.name or config.source.name, task=TASK,
+        extra_files={f"tokenizer/{n}": config.tokenizer / n for n in TOKENIZER_FILES},
+        tokenizer=_tokenizer_section(eos, geo["pad_id"]),
+        extra={"prefix_lm": prefix_lm, "paddle_source": source_fingerprint(config.source)}, **_common(config),
+    ), sources=(config.source, config.tokenizer))

@@ -65,3 +65,23 @@ def paddle_generate(model, sources: list[list[int]], pad_id: int, **kw) -> list[
     for r in out.numpy().tolist():
         rows.append(r[:r.index(eos)] if eos in r else r)
     return rows
+
+
+def paddle_generate_prefix_lm(model, sources: list[list[int]], geo: dict, **kw) -> list[list[int]]:
+    """PaddleNLP's generate() on a prefix LM (UNIMO-text), fed the prefill runtime.seq2seq.prefix_lm_inputs
+    builds (source, start token, token types, positions, 4-D mask) — what UNIMOTokenizer.gen_encode gives it."""
+    import paddle
+    from paddle2ort.runtime.seq2seq import prefix_lm_inputs
+    ids, types, pos, mask, _ = prefix_lm_inputs(sources, geo["bos_id"], geo["pad_id"])
+    eos = geo["eos_id"]
+    with paddle.no_grad():
+        out, _ = model.generate(input_ids=paddle.to_tensor(ids), token_type_ids=paddle.to_tensor(types),
+                                position_ids=paddle.to_tensor(pos), attention_mask=paddle.to_tensor(mask),
+                                eos_token_id=eos, pad_token_id=geo["pad_id"], use_fast=False, **kw)
+    return [r[:r.index(eos)] if eos in r else r for r in out.numpy().tolist()]
+
+
+def paddle_generate_any(model, family: str, sources: list[list[int]], geo: dict, options: dict) -> list[list[int]]:
+    if FAMILIES[family].kind == "prefix-lm":
+        return paddle_generate_prefix_lm(model, sources, geo, **options)
+    return paddle_generate(model, sources, geo["pad_id"], **options)

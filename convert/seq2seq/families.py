@@ -6,7 +6,8 @@ here). Each family's Paddle-side adapter (one module a family: t5.py, bart.py) i
     encode(model, input_ids, attention_mask) -> cross_key_values [L, 2, B, H, T, D]
     decode(model, ids, encoder_mask, past, cross) -> (logits [B, S, V], present [S, L, 2, B, H, D])
 
-(past [P, L, 2, B, H, D] time-major like the causal-LM export; present holds the S new positions only)."""
+(past [P, L, 2, B, H, D] time-major like the causal-LM export; present holds the S new positions only).
+A prefix-LM family (kind "prefix-lm", UNIMO-text) has one step graph instead: see unimo.py."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,11 +20,14 @@ class Seq2SeqFamily:
     module: str                    # adapter module in this package
     model_types: tuple[str, ...]
     architectures: tuple[str, ...]
+    kind: str = "encoder-decoder"  # or "prefix-lm": one step graph, bidirectional source (unimo.py's contract)
 
 
 FAMILIES = {f.name: f for f in (
     Seq2SeqFamily("t5", "T5ForConditionalGeneration", "t5", ("t5",), ("T5ForConditionalGeneration",)),
     Seq2SeqFamily("bart", "BartForConditionalGeneration", "bart", ("bart",), ("BartForConditionalGeneration",)),
+    Seq2SeqFamily("unimo", "UNIMOLMHeadModel", "unimo", ("unimo",), ("UNIMOLMHeadModel", "UNIMOForMaskedLM",
+                                                                      "UNIMOForConditionalGeneration"), "prefix-lm"),
 )}
 
 

@@ -30,7 +30,8 @@ def build_tiny(family: str, out: Path, texts: Sequence[str], seed: int = 0, std:
     out = Path(out)
     tok = train_tokenizer(texts)
     tok.save(out / "tokenizer")
-    special = {"bos": tok.bos_token_id, "pad": tok.pad_token_id, "eos": tok.eos_token_id}
+    special = {"bos": tok.bos_token_id, "pad": tok.pad_token_id, "eos": tok.eos_token_id,
+               "unk": tok.hf.token_to_id("<unk>")}
     with workdir("tiny") as work:
         run_worker("build_tiny_seq2seq", {"family": family, "out": str(out / "model"), "vocab_size": tok.vocab_size,
                                           "special": special, "seed": seed, "std": std,

@@ -44,6 +44,40 @@ def task_export_seq2seq(args: dict) -> dict:
             "paddle_generated": reference, "paddle_version": paddle.__version__}
 
 
+def task_export_prefix_lm(args: dict) -> dict:
+    """PaddleNLP prefix LM (UNIMO-text) -> static step program + the gate's samples, recorded from the wrapper
+    driven by the runtime's PrefixLMDecoder (greedy), and Paddle's own generate() on the same sources."""
+    import paddle
+
+    from paddle2ort.runtime.generation import GenerationConfig, generate
+    from paddle2ort.runtime.seq2seq import PrefixLMDecoder, PrefixLMSpec
+
+    from .eager import load_seq2seq, paddle_generate_prefix_lm
+    from .unimo import INPUTS, input_specs, make_wrapper
+
+    model, name, fam, arch = load_seq2seq(args["model_dir"])
+    geo = fam.geometry(model.config)
+    wrapper = make_wrapper(model)
+    wrapper.eval()
+    records = []
+
+    def step(*arrays):
+        with paddle.no_grad():
+            logits, present = wrapper(*(paddle.to_tensor(np.ascontiguousarray(a)) for a in arrays))
+        records.append(dict(zip(INPUTS, (np.array(a) for a in arrays))))
+        return logits.numpy(), present.numpy()
+
+    sources, steps = args["sources"], int(args["decode_steps"])
+    cfg = GenerationConfig(max_new_tokens=steps + 1, stop_token_ids=(geo["eos_id"],), min_new_tokens=steps + 1)
+    generated = generate(PrefixLMDecoder(step, PrefixLMSpec.from_json(geo)), sources, cfg, geo["pad_id"])
+    reference = paddle_generate_prefix_lm(model, sources, geo, decode_strategy="greedy_search",
+                                          max_new_tokens=steps + 1, min_new_tokens=steps + 1)
+    paddle.jit.save(wrapper, args["prefix"], input_spec=input_specs(geo))
+    _save_records(args["samples_npz"], records)
+    return {"family": name, "architecture": arch, "geometry": geo, "generated": generated,
+            "paddle_generated": reference, "paddle_version": paddle.__version__}
+
+
 def _one(src: list[int], pad_id: int):
     from paddle2ort.runtime.seq2seq import right_pad
     return right_pad([src], pad_id)
@@ -52,10 +86,10 @@ def _one(src: list[int], pad_id: int):
 def task_generate_seq2seq(args: dict) -> dict:
     """Paddle's own generate() (PaddleNLP 2.8.1, use_fast off) on token-id sources, once per options dict: the
     parity reference."""
-    from .eager import load_seq2seq, paddle_generate
-    model, _, fam, _ = load_seq2seq(args["model_dir"])
+    from .eager import load_seq2seq, paddle_generate_any
+    model, name, fam, _ = load_seq2seq(args["model_dir"])
     geo = fam.geometry(model.config)
-    return {"generated": [paddle_generate(model, args["sources"], geo["pad_id"], **o) for o in args["options"]]}
+    return {"generated": [paddle_generate_any(model, name, args["sources"], geo, o) for o in args["options"]]}
 
 
 def task_bench_seq2seq(args: dict) -> dict:
@@ -64,17 +98,17 @@ def task_bench_seq2seq(args: dict) -> dict:
 
     import paddle
 
-    from .eager import load_seq2seq, paddle_generate
+    from .eager import load_seq2seq, paddle_generate_any
     paddle.base.core.set_num_threads(int(args["threads"]))
-    model, _, fam, _ = load_seq2seq(args["model_dir"])
+    model, name, fam, _ = load_seq2seq(args["model_dir"])
     geo = fam.geometry(model.config)
     batches, opts = args["batches"], args["options"]
-    paddle_generate(model, batches[0], geo["pad_id"], **opts)                     # warm-up
+    paddle_generate_any(model, name, batches[0], geo, opts)                     # warm-up
     passes, outs = [], None
     for _ in range(int(args["repeats"])):
         t0, outs = time.perf_counter(), []
         for b in batches:
-            outs.append(paddle_generate(model, b, geo["pad_id"], **opts))
+            outs.append(paddle_generate_any(model, name, b, geo, opts))
         passes.append(time.perf_counter() - t0)
     return {"pass_seconds": passes, "generated": outs, "paddle_version": paddle.__version__}
 
@@ -101,6 +135,12 @@ def task_build_tiny_seq2seq(args: dict) -> dict:
             dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, bos_token_id=sp["bos"],
             pad_token_id=sp["pad"], eos_token_id=sp["eos"], decoder_start_token_id=sp["eos"],
             forced_eos_token_id=None))
+    elif fam == "unimo":
+        model = T.UNIMOLMHeadModel(T.UNIMOConfig(
+            vocab_size=v, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, max_position_embeddings=128,
+            type_vocab_size=4, unk_token_id=sp["unk"], pad_token_id=sp["pad"], bos_token_id=sp["bos"],
+            eos_token_id=sp["eos"], mask_token_id=sp["unk"]))
     else:
         raise ValueError(f"no tiny builder for {fam!r}")
     rng = np.random.default_rng(int(args["seed"]))
@@ -108,7 +148,8 @@ def task_build_tiny_seq2seq(args: dict) -> dict:
     for p in model.parameters():
         if len(p.shape) >= 2:
             p.set_value(rng.normal(0, std, p.shape).astype("float32"))
-    head = model.t5.shared.weight if fam == "t5" else model.lm_head_weight     # the output rows (T5: tied)
+    head = {"t5": lambda: model.t5.shared.weight, "bart": lambda: model.lm_head_weight,      # the output rows
+            "unimo": lambda: model.lm_head.decoder_weight}[fam]()                            # (T5: tied)
     w = head.numpy()
     w[sp["eos"]] *= float(args.get("eos_scale", 1.0))         # eos ends some rows early: stop rules get exercised
     head.set_value(w)
@@ -117,5 +158,6 @@ def task_build_tiny_seq2seq(args: dict) -> dict:
     return {"parameters": int(sum(int(np.prod(p.shape)) for p in model.parameters()))}
 
 
-TASKS = {"export_seq2seq": task_export_seq2seq, "generate_seq2seq": task_generate_seq2seq,
+TASKS = {"export_seq2seq": task_export_seq2seq, "export_prefix_lm": task_export_prefix_lm,
+         "generate_seq2seq": task_generate_seq2seq,
          "bench_seq2seq": task_bench_seq2seq, "build_tiny_seq2seq": task_build_tiny_seq2seq}
