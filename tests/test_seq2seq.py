@@ -3,7 +3,8 @@
 Unit: the no-repeat-ngram processor against a brute force, PaddleNLP's beam rules on hand-made candidates, and
 Seq2SeqDecoder over NumPy toy graphs (encoder once, cross K/V follow the beams). Paddle: tiny random-weight models
 built and converted once a module, their ONNX bundles compared with PaddleNLP's own generate() (greedy, min length,
-no-repeat-ngram, beam search with length penalty and both stopping rules), the text2text CLI job."""
+no-repeat-ngram, beam search with length penalty and both stopping rules), BART's and UNIMO-text's export
+wrappers against generate(), the text2text CLI job."""
 from __future__ import annotations
 
 import json
@@ -129,10 +130,37 @@ def test_seq2seq_decoder_on_the_one_loop():
 
 
 @pytest.mark.unit
+def test_prefix_lm_mask_is_bidirectional_over_the_source_causal_over_the_target():
+    from paddle2ort.runtime.seq2seq import PrefixLMDecoder, PrefixLMSpec, prefix_lm_inputs
+    ids, types, pos, mask, real = prefix_lm_inputs([[5, 6, 7], [8]], bos_id=1, pad_id=0)
+    assert ids.tolist() == [[5, 6, 7, 1], [0, 0, 8, 1]] and types.tolist() == [[0, 0, 0, 1], [0, 0, 0, 1]]
+    assert pos.tolist() == [[0, 1, 2, 3], [0, 0, 0, 1]] and mask.shape == (2, 1, 4, 4)
+    seen = mask[:, 0] == 0
+    assert seen[0, :3, :3].all() and not seen[0, :3, 3].any() and seen[0, 3].all()   # sources see each other
+    #                                                         (also ahead), not the target; the start sees all
+    assert seen[1, 2:, 2:].tolist() == [[True, False], [True, True]] and not seen[1, 2:, :2].any()   # nor pads
+    calls = []
+
+    def step(ids, types, pos, mask, past):                    # toy graph: records what the decoder feeds it
+        calls.append((ids.copy(), types.copy(), pos.copy(), mask.copy(), past.shape[0]))
+        b, s_ = ids.shape
+        return np.zeros((b, s_, 6), np.float32), np.zeros((s_, 1, 2, b, 1, 2), np.float32)
+
+    spec = PrefixLMSpec.from_json({"num_layers": 1, "heads": 1, "head_dim": 2, "vocab_size": 6, "bos_id": 1,
+                                   "pad_id": 0, "eos_id": 2, "max_positions": 32, "suppress_ids": [0, 1, 3]})
+    out = generate(PrefixLMDecoder(step, spec), [[5, 4], [4]], GenerationConfig(max_new_tokens=3), 0)
+    assert out == [[2, 2, 2], [2, 2, 2]]                      # suppressed ids never come out (all-zero logits)
+    ids2, types2, pos2, mask2, past2 = calls[1]
+    assert types2.tolist() == [[1], [1]] and pos2.tolist() == [[3], [2]] and past2 == 3
+    assert (mask2[1, 0, 0] == [-1e4, 0, 0, 0]).all()          # a step sees every real token, not the padding
+
+
+@pytest.mark.unit
 def test_family_registry_reads_config():
     from paddle2ort.convert.seq2seq.families import UnsupportedFamily, family_name
     assert family_name({"architectures": ["T5ForConditionalGeneration"]}) == "t5"
     assert family_name({"model_type": "bart"}) == "bart"
+    assert family_name({"architectures": ["UNIMOLMHeadModel"]}) == "unimo"
     with pytest.raises(UnsupportedFamily, match="BartForConditionalGeneration"):
         family_name({"architectures": ["MarianMTModel"]})
 
@@ -194,20 +222,25 @@ def test_t5_bundle_matches_paddle_generate(t5, tmp_path):
     assert min(lengths) < 16 < max(lengths) + 1          # some rows stopped on eos, some ran to the length
 
 
-def test_bart_export_matches_paddle_generate(tmp_path):
-    """BART's adapter (learned positions offset by 2, post-norm, lm_head + final_logits_bias): the export wrappers
-    driven by our loop reproduce PaddleNLP's greedy generate() (the conversion's own gate then holds ONNX to them)."""
+@pytest.mark.parametrize("family", ["bart", "unimo"])
+def test_export_wrappers_match_paddle_generate(family, tmp_path):
+    """BART's adapter (learned positions offset by 2, post-norm, lm_head + final_logits_bias) and UNIMO-text's
+    prefix LM (bidirectional source, causal target, token types, its suppressed ids): the export wrappers driven
+    by our loop reproduce PaddleNLP's greedy generate() (a conversion's own gate then holds ONNX to them)."""
     from paddle2ort.convert.paddle_proc import run_worker
     from paddle2ort.convert.seq2seq.tiny import build_tiny, train_tokenizer
-    src = build_tiny("bart", tmp_path / "src", _texts())
+    src = build_tiny(family, tmp_path / "src", _texts())
     tok = train_tokenizer(_texts())
     sources = [tok.encode(t) + [tok.eos_token_id] for t in _texts()[:6]]
-    info = run_worker("export_seq2seq", {
-        "model_dir": str(src / "model"), "sources": sources, "decode_steps": 10,
-        "encoder_prefix": str(tmp_path / "enc" / "inference"), "decoder_prefix": str(tmp_path / "dec" / "inference"),
-        "encoder_npz": str(tmp_path / "enc.npz"), "decoder_npz": str(tmp_path / "dec.npz")}, tmp_path / "work")
-    assert info["family"] == "bart" and info["generated"] == info["paddle_generated"]
-    assert (tmp_path / "dec" / "inference.json").is_file() or (tmp_path / "dec" / "inference.pdmodel").is_file()
+    out = {"prefix": str(tmp_path / "static" / "inference"), "samples_npz": str(tmp_path / "s.npz")} \
+        if family == "unimo" else {
+        "encoder_prefix": str(tmp_path / "enc" / "inference"), "decoder_prefix": str(tmp_path / "static" / "inference"),
+        "encoder_npz": str(tmp_path / "enc.npz"), "decoder_npz": str(tmp_path / "dec.npz")}
+    task = "export_prefix_lm" if family == "unimo" else "export_seq2seq"
+    info = run_worker(task, {"model_dir": str(src / "model"), "sources": sources, "decode_steps": 8, **out},
+                      tmp_path / "work")
+    assert info["family"] == family and info["generated"] == info["paddle_generated"]
+    assert (tmp_path / "static" / "inference.json").is_file()
 
 
 def test_generate_cli_text2text(t5, tmp_path, capsys):
