@@ -97,16 +97,29 @@ def _accuracy(data: LabelledSplit, idx: list, outs: list) -> tuple[float, np.nda
     return float((pred == np.asarray(data.labels)).mean()), pred
 
 
+# onnxruntime CPU session settings compared: its defaults, and "tuned" = no intra-op spinning and no load-time
+# SkipLayerNormFusion (its CPU SkipLayerNormalization kernel measured slower than LayerNorm + Add on the 2-core EPYC)
+SESSION_SETTINGS = {"default": {}, "tuned": {"intra_op_spinning": False, "disabled_optimizers": ("SkipLayerNormFusion",)}}
+
+
+def _name(v: str, p: str, setting: str) -> str:
+    return f"{p.upper()}-CPU {v}" + ("" if setting == "default" else f" {setting}")
+
+
 def run(zoo_dir: Path, work: Path, warmup: int = 8, repeats: int = 5, threads: int = 0,
-        limit: int | None = None, peer: bool = True, variants: tuple[str, ...] = ("fused", "unfused")) -> dict:
+        limit: int | None = None, peer: bool = True, variants: tuple[str, ...] = ("fused", "unfused"),
+        pairs: tuple[tuple[str, str], ...] | None = None, settings: tuple[str, ...] = ("default",)) -> dict:
+    """`pairs`: (variant, precision) configurations (default: every variant x precision); `settings`: keys of
+    SESSION_SETTINGS, each configuration run with each."""
+    pairs = pairs or tuple((v, p) for v in variants for p in PRECISIONS)
+    variants = tuple(dict.fromkeys(v for v, _ in pairs))
     bundles = build_bundles(zoo_dir, work, variants)
     threads = threads or usable_cores()
     data = load_split(zoo_dir / "dataset", "dev")
     if limit:
         data = LabelledSplit(data.name, data.texts[:limit], data.labels[:limit], data.label_names)
-    opts = SessionOptions(device="cpu", intra_op_threads=threads)
-    clfs = {(v, p): TextClassifier(bundles[v], precision=p, batch_size=32, session=opts)
-            for v in variants for p in PRECISIONS}
+    clfs = {(v, p, st): TextClassifier(bundles[v], precision=p, batch_size=32, session=SessionOptions(
+        device="cpu", intra_op_threads=threads, **SESSION_SETTINGS[st])) for v, p in pairs for st in settings}
     idx, feeds = make_batches(next(iter(clfs.values())), data)
     runs = {k: (lambda f, c=c: c.logits(f)) for k, c in clfs.items()}
     log.info("%d dev examples in %d batches; %d configurations interleaved, %d passes, %d threads",
@@ -119,16 +132,17 @@ def run(zoo_dir: Path, work: Path, warmup: int = 8, repeats: int = 5, threads: i
         peer_run = lambda: paddle_inference_bench(src, feeds, warmup, 1, threads)   # noqa: E731
     times, outs, peer_passes = interleaved_passes(runs, feeds, warmup, repeats, peer_run)
     rows, preds = [], {}
-    for (v, p), t in times.items():
-        acc, preds[(v, p)] = _accuracy(data, idx, outs[(v, p)])
-        rows.append({"name": f"{p.upper()}-CPU {v}", "system": "onnxruntime", "variant": v, "precision": p,
-                     "accuracy": acc, "ms_per_sample": float(np.median(t)) / len(data.texts) * 1e3,
-                     "pass_times_s": t,
-                     "fusions": clfs[(v, p)].bundle.manifest.extra.get("fusions", {}).get(p, {})})
-    ref = preds[(variants[-1], "fp32")]
+    for (v, p, st), t in times.items():
+        acc, preds[(v, p, st)] = _accuracy(data, idx, outs[(v, p, st)])
+        rows.append({"name": _name(v, p, st), "system": "onnxruntime", "variant": v, "precision": p,
+                     "session": st, "session_options": {k: v if not isinstance(v, tuple) else list(v)
+                                                       for k, v in SESSION_SETTINGS[st].items()}, "accuracy": acc,
+                     "ms_per_sample": float(np.median(t)) / len(data.texts) * 1e3, "pass_times_s": t,
+                     "fusions": clfs[(v, p, st)].bundle.manifest.extra.get("fusions", {}).get(p, {})})
+    ref_key = next(k for k in preds if k[1] == "fp32")
     for r in rows:
-        agree = float((preds[(r["variant"], r["precision"])] == ref).mean())
-        r[f"argmax_agreement_vs_{variants[-1]}_fp32"] = agree
+        agree = float((preds[(r["variant"], r["precision"], r["session"])] == preds[ref_key]).mean())
+        r["argmax_agreement_vs_fp32"] = agree
     versions = {}
     if peer_passes:
         info, pouts = peer_passes[-1]
@@ -144,17 +158,20 @@ def run(zoo_dir: Path, work: Path, warmup: int = 8, repeats: int = 5, threads: i
             "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "method": __doc__.split("Method: ")[1].split("\n\n")[0].replace("\n", " "),
             "dataset": {"split": "dev", "samples": len(data.texts), "limit": limit},
-            "config": {"warmup": warmup, "repeats": repeats, "threads": threads, "batch_size": 32},
+            "config": {"warmup": warmup, "repeats": repeats, "threads": threads, "batch_size": 32,
+                       "agreement_reference": _name(*ref_key)},
             "environment": env, "rows": rows}
 
 
 def rows_table(res: dict) -> str:
     """The rows as a Markdown table (the results README embeds it through verdicts.TABLES)."""
     lines = ["| configuration | fused | accuracy | ms/sample | vs unfused | passes (s) |", "|---|---|---|---|---|---|"]
-    base = {r["precision"]: r["ms_per_sample"] for r in res["rows"] if r.get("variant") == "unfused"}
+    base = {(r["precision"], r.get("session")): r["ms_per_sample"] for r in res["rows"]
+            if r.get("variant") == "unfused"}
     for r in res["rows"]:
         fus = ", ".join(f"{k} {v}" for k, v in r.get("fusions", {}).items()) or "-"
-        vs = f"{base[r['precision']] / r['ms_per_sample']:.2f}x" if r["system"] == "onnxruntime" else "-"
+        b = base.get((r["precision"], r.get("session")))
+        vs = f"{b / r['ms_per_sample']:.2f}x" if r["system"] == "onnxruntime" and b else "-"
         lines.append(f"| {r['name']} | {fus} | {100 * r['accuracy']:.2f}% | {r['ms_per_sample']:.3f} | {vs} | "
                      f"{', '.join(f'{t:.1f}' for t in r['pass_times_s'])} |")
     return "\n".join(lines)
@@ -313,11 +330,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--no-peer", action="store_true")
     ap.add_argument("--variants", default="fused,unfused", help=f"comma-separated, of {', '.join(VARIANTS)}")
+    ap.add_argument("--pairs", default=None, help="comma-separated VARIANT:PRECISION (instead of --variants)")
+    ap.add_argument("--settings", default="default", help=f"comma-separated of {', '.join(SESSION_SETTINGS)}")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     a.work.mkdir(parents=True, exist_ok=True)
     res = run(a.zoo, a.work, a.warmup, a.repeats, limit=a.limit, peer=not a.no_peer,
-              variants=tuple(a.variants.split(",")))
+              variants=tuple(a.variants.split(",")),
+              pairs=tuple(tuple(x.split(":")) for x in a.pairs.split(",")) if a.pairs else None,
+              settings=tuple(a.settings.split(",")))
     a.out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(a.out) as f:
         f.write(json.dumps(res, indent=1))

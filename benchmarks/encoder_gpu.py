@@ -229,6 +229,7 @@ def _classifier(bundle: Path, dataset: Path, work: Path, clock: Clock) -> list[d
 
     from paddle2ort.convert.fusion import to_key_lengths
     from paddle2ort.runtime.buckets import BucketRunner
+    from paddle2ort.runtime.manifest import load_bundle
     from paddle2ort.runtime.pipelines import TextClassifier
     from paddle2ort.runtime.session import SessionOptions
     from paddle2ort.runtime.timing import time_passes
@@ -240,7 +241,7 @@ def _classifier(bundle: Path, dataset: Path, work: Path, clock: Clock) -> list[d
     out, preds, idx, feeds = [], {}, None, None
     for name, prec, keylen in (("FP32-GPU", "fp32", False), ("FP16-GPU", "fp16", False),
                                ("FP16-GPU key_lengths", "fp16", True)):
-        if not clock.allow(f"classifier {name}", 20):
+        if prec not in load_bundle(bundle, verify=False).manifest.models or not clock.allow(f"classifier {name}", 20):
             continue
         clf = TextClassifier(bundle, precision=prec, session=opts, batch_size=32)
         if keylen:
@@ -355,7 +356,7 @@ def speedup_vs(res: dict, geom: str, peer: str = REF, batch: int = 32) -> float:
     return peer_ms / ours_best(res, geom, batch)["ms"]
 
 
-def table(res: dict) -> str:
+def gpu_table(res: dict) -> str:
     lines = ["| geometry | system | batch 1 | batch 8 | batch 32 | reduce-overhead / this (b32) |",
              "|---|---|---|---|---|---|"]
     for geom in res["geometries"]:
@@ -370,26 +371,35 @@ def table(res: dict) -> str:
 
 
 def classifier_table(res: dict) -> str:
-    lines = ["| configuration | samples | accuracy | ms/sample | agreement with FP32 | passes (s) |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| configuration | samples | accuracy | ms/sample | CUDA graph | passes (s) |", "|---|---|---|---|---|---|"]
     for r in res.get("classifier", []):
         lines.append(f"| {r['name']} | {r['samples']} | {100 * r['accuracy']:.2f}% | {r['ms_per_sample']:.4f} | "
-                     f"{100 * r.get('argmax_agreement_vs_fp32', float('nan')):.2f}% | "
-                     f"{', '.join(f'{t:.2f}' for t in r['pass_times_s'])} |")
+                     f"{'yes' if r.get('cuda_graph') else 'no'} | {', '.join(f'{t:.2f}' for t in r['pass_times_s'])} |")
     return "\n".join(lines)
+
+
+def summary(res: dict) -> str:
+    """The real classifier's rows and the roofline figure, as Markdown."""
+    parts = [classifier_table(res)]
+    ref = res.get("fp32_reference")
+    if ref:
+        parts += ["", f"FP32 reference: {ref['name']} {100 * ref['accuracy']:.2f}% on the same {ref['samples']} "
+                  f"examples, the same bundle's FP32 model, from `{ref['from']}` (the FP32 model did not travel)."]
+    rf = res.get("roofline") or {}
+    if rf:
+        parts += ["", f"Roofline, BERT-base geometry, batch {rf['batch']} x {rf['seq']}: {rf['gflop_per_forward']:.0f} "
+                  f"GFLOP per forward in {rf['ms']:.3f} ms ({rf['system']}) = {rf['tflops']:.0f} TFLOP/s, "
+                  f"**{rf['percent_of_peak']:.1f}%** of {rf['peak_tflops']} TFLOP/s ({rf['peak_source']}); cuBLAS "
+                  f"8192^3 FP16 measured {res.get('matmul_fp16_tflops_measured', float('nan')):.0f} TFLOP/s in the "
+                  "same run."]
+    return "\n".join(parts)
 
 
 def markdown(res: dict) -> str:
     env = res["environment"]
-    rf = res.get("roofline") or {}
     parts = [f"# Encoders on the GPU ({', '.join(env.get('gpus') or ['GPU'])})", "", "ms per batch of batch x 128 tokens, FP16, "
-             f"median of {res['repeats']}.", "", table(res), "", "## Real classifier (dev split)", "",
-             classifier_table(res), ""]
-    if rf:
-        parts += [f"BERT-base geometry, batch {rf['batch']} x {rf['seq']}: {rf['gflop_per_forward']:.0f} GFLOP per "
-                  f"forward in {rf['ms']:.3f} ms = {rf['tflops']:.0f} TFLOP/s, {rf['percent_of_peak']:.1f}% of "
-                  f"{rf['peak_tflops']} TFLOP/s ({rf['peak_source']}); cuBLAS 8192^3 FP16 on this device: "
-                  f"{res.get('matmul_fp16_tflops_measured', float('nan')):.0f} TFLOP/s.", ""]
+             f"median of {res['repeats']}.", "", gpu_table(res), "", "## Real classifier (dev split)", "",
+             summary(res), ""]
     if res.get("skipped_for_time"):
         parts += ["Not run (device-time budget): " + "; ".join(res["skipped_for_time"]), ""]
     return "\n".join(parts)

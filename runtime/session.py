@@ -32,6 +32,9 @@ class SessionOptions:
     intra_op_threads: int = 0            # 0: onnxruntime's default (one per physical core)
     inter_op_threads: int = 0            # used by execution_mode "parallel"
     execution_mode: str = "sequential"   # sequential | parallel (independent branches on inter_op_threads)
+    intra_op_spinning: bool | None = None   # CPU threads busy-wait between ops (None: onnxruntime's default, on);
+    # off is faster on a host shared with other jobs (benchmarks/results/encoder/)
+    disabled_optimizers: tuple[str, ...] = ()   # onnxruntime graph optimizers not to run, e.g. ("SkipLayerNormFusion",)
     graph_optimization: str = "all"      # disable | basic | extended | all
     providers: tuple[str, ...] | None = None   # explicit provider names, in priority order; overrides `device`
     allow_fallback: bool = False         # CUDA asked for but unavailable -> CPU with a warning instead of an error
@@ -45,6 +48,7 @@ class SessionOptions:
     def __post_init__(self):
         if isinstance(self.cuda_options, dict):
             object.__setattr__(self, "cuda_options", tuple(sorted(self.cuda_options.items())))
+        object.__setattr__(self, "disabled_optimizers", tuple(self.disabled_optimizers))
         if self.providers is not None and not isinstance(self.providers, tuple):
             object.__setattr__(self, "providers", tuple(self.providers))
         if self.device not in ("cpu", "gpu"):
@@ -139,6 +143,8 @@ def ort_session_options(opts: SessionOptions):
                          else ort.ExecutionMode.ORT_SEQUENTIAL)
     so.intra_op_num_threads = opts.intra_op_threads
     so.inter_op_num_threads = opts.inter_op_threads
+    if opts.intra_op_spinning is not None:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if opts.intra_op_spinning else "0")
     so.log_severity_level = opts.log_severity
     for name, size in opts.free_dimensions:
         so.add_free_dimension_override_by_name(name, size)
@@ -163,7 +169,8 @@ def create_session(model: str | Path | bytes, opts: SessionOptions = SessionOpti
         wants_cuda = False
     src = model if isinstance(model, bytes) else str(model)
     try:
-        sess = ort.InferenceSession(src, sess_options=ort_session_options(opts), providers=providers_for(opts))
+        sess = ort.InferenceSession(src, sess_options=ort_session_options(opts), providers=providers_for(opts),
+                                    disabled_optimizers=list(opts.disabled_optimizers) or None)
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own pybind error types
         if isinstance(model, bytes) or type(e).__name__ not in ("InvalidProtobuf", "InvalidGraph", "NoSuchFile"):
             raise

@@ -112,8 +112,8 @@ def test_non_encoder_left_alone(unfused):
 
 
 def test_fused_bundle_through_the_gate(tiny_models, tmp_path):
-    """The default conversion fuses each precision as measured best (FP16: everything; FP32: no offline
-    SkipLayerNorm; INT8: unfused), records what fused per precision, and every precision passes the gate."""
+    """The default conversion fuses each precision as measured best (FP16: everything, the mask as key lengths;
+    FP32: no offline SkipLayerNorm; INT8: unfused), records what fused per precision, and every precision passes the gate."""
     out = tmp_path / "bundle"
     res = convert(ConvertConfig(source=tiny_models("bert_h64_n4"), output=out, precisions=("fp32", "fp16", "int8"),
                                 # random tiny weights: near-constant logits that INT8 noise dominates
@@ -129,6 +129,7 @@ def test_fused_bundle_through_the_gate(tiny_models, tmp_path):
     ops = {p: collections.Counter(n.op_type for n in onnx.load(str(out / m.models[p].file)).graph.node)
            for p in m.models}
     assert ops["fp16"]["Attention"] == ops["fp32"]["Attention"] == LAYERS and ops["int8"]["Attention"] == 0
+    assert ops["fp16"]["ReduceSum"] > ops["fp32"]["ReduceSum"]          # FP16 (GPU): the mask as key lengths
     assert load_bundle(out, verify=True).manifest == m
     sess = create_session(out / m.models["fp16"].file)
     assert sess.run(None, _feeds(onnx.load(str(out / m.models["fp32"].file)), 2, 10, 6))[0].shape == (2, 3)

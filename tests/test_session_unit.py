@@ -81,3 +81,11 @@ def test_cuda_options_reach_the_provider():
 def test_bad_options_are_one_clear_error(kw, msg):
     with pytest.raises(BadInputError, match=msg):
         SessionOptions(**kw)
+
+
+def test_spinning_and_disabled_optimizers_reach_onnxruntime():
+    so = create_session(tiny_model(), SessionOptions(intra_op_spinning=False)).get_session_options()
+    assert so.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert SessionOptions(disabled_optimizers=["SkipLayerNormFusion"]).disabled_optimizers == ("SkipLayerNormFusion",)
+    sess = create_session(tiny_model(), SessionOptions(disabled_optimizers=("SkipLayerNormFusion",)))
+    assert sess.run(None, {"x": np.array([-1.0, 2.0], np.float32)})[0].tolist() == [0.0, 2.0]
