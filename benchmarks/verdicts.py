@@ -100,6 +100,20 @@ def enc_fp16_vs_fp32(res: dict) -> float:
     return abs(100 * (clf({"rows": res["classifier"]}, "FP16-GPU key_lengths")["accuracy"]
                       - res["fp32_reference"]["accuracy"]))
 
+E16_SPEED = "llm-gpu/run10-h200/engine-57f872b/engine-bench.json"       # issue 16: the kernel engine
+E16_PARITY = "llm-gpu/run10-h200/kernels-55410aa/engine-bench.json"
+E16_KERNELS = "llm-gpu/run10-h200/kernels-55410aa/kernel_bench.json"
+
+
+def engine(system: str, variant: str = "fp16", batch: int = 1, prompt: int = 128,
+           key: str = "tok_s_per_seq") -> Callable[[dict], float]:
+    """A figure of the kernel-engine run's Qwen2.5-0.5B config table: system "ours" or "ort" (the fused graph)."""
+    def f(r: dict) -> float:
+        from .gpu.engine_bench import ORT, OURS, row
+        return row(r, "qwen2.5-0.5b", OURS if system == "ours" else ORT, variant, batch, prompt)[key]
+    return f
+
+
 TARGETS: tuple[Target, ...] = (
     # issue 3: the text classifier
     Target(3, "classifier", "INT8-CPU >= 1.5x faster than FP32-CPU (2-core AMD EPYC, AVX2)", "classifier/local-cpu.json",
@@ -155,6 +169,26 @@ TARGETS: tuple[Target, ...] = (
            lambda r: gpu_row(r, OURS_FP16, 8)["tok_s_aggregate"] / gpu_row(r, OURS_FP16, 1)["tok_s_aggregate"]),
     Target(5, "llm-gpu", "batch-8 aggregate >= 5x batch 1, SmolLM2 FP16", GPU_SMOL, ">=", 5.0, "x",
            lambda r: gpu_row(r, OURS_FP16, 8)["tok_s_aggregate"] / gpu_row(r, OURS_FP16, 1)["tok_s_aggregate"]),
+    # issue 16: our own CUDA kernels for the decode step (runtime/kernels/engine.py), one H200 run per file
+    Target(16, "llm-gpu", "kernel engine: decode.cu kernels vs their NumPy twins, worst max relative error",
+           E16_KERNELS, "<=", 1e-3, "", lambda r: max(x["max_rel_err_vs_twin"] for x in r["rows"])),
+    Target(16, "llm-gpu", "kernel engine FP16 greedy = SmolLM2 golden rows (rows identical of 20)", E16_PARITY, "==",
+           20, "", lambda r: r["golden"]["ours_vs_golden"]["identical_rows"]),
+    Target(16, "llm-gpu", "kernel engine vs the fused graph, SmolLM2 golden rows teacher-forced: decisive mismatches",
+           E16_PARITY, "==", 0, "", lambda r: r["golden"]["ours_vs_ort_teacher_forced"]["decisive_mismatches"]),
+    Target(16, "llm-gpu", "kernel engine >= 60% of copy bandwidth, 0.5B FP16 batch 1", E16_SPEED, ">=", 60.0, "%",
+           engine("ours", key="pct_hbm_roofline")),
+    Target(16, "llm-gpu", "kernel engine >= 1.5x the onnxruntime fused graph, 0.5B FP16 batch 1 (genai not run)",
+           E16_SPEED, ">=", 1.5, "x", lambda r: engine("ours")(r) / engine("ort")(r)),
+    Target(16, "llm-gpu", "kernel engine int4 >= 1.8x its FP16, 0.5B batch 1", E16_SPEED, ">=", 1.8, "x",
+           lambda r: engine("ours", "int4")(r) / engine("ours")(r)),
+    Target(16, "llm-gpu", "kernel engine prompt 2,048 + 256 >= 80% of 128 + 128 tokens/s, 0.5B FP16 batch 1",
+           E16_SPEED, ">=", 0.8, "x", lambda r: engine("ours", prompt=2048)(r) / engine("ours")(r)),
+    Target(16, "llm-gpu", "kernel engine batch-8 aggregate >= 6x batch 1, 0.5B FP16", E16_SPEED, ">=", 6.0, "x",
+           lambda r: engine("ours", batch=8, key="tok_s_aggregate")(r) / engine("ours", key="tok_s_aggregate")(r)),
+    Target(16, "llm-gpu", "kernel engine TTFT <= the fused graph's, 0.5B FP16 batch 1, prompt 2,048", E16_SPEED, "<=",
+           1.0, "x", lambda r: engine("ours", prompt=2048, key="ttft_ms")(r) / engine("ort", prompt=2048,
+                                                                                     key="ttft_ms")(r)),
     # issue 17: encoders (fused graphs, buckets, CUDA graphs)
     *(Target(17, "encoder", f">= 1.5x torch.compile reduce-overhead, fused FP16 + CUDA graph, {g} 32 x 128 (H200)",
              ENC_GPU, ">=", 1.5, "x", lambda r, g=g: enc_gpu(r, "torch reduce-overhead fp16", g) / enc_gpu(r, ENC_OURS, g))

@@ -351,7 +351,8 @@ def main(argv=None) -> int:
     res = json.loads((a.dir / "engine-bench.json").read_text())
     res["verdicts"] = verdicts(res)
     write(a.dir, "engine-bench", res, markdown(res))
-    plot(res, a.dir / "engine-bench.png")
+    if res["configs"]:
+        plot(res, a.dir / "engine-bench.png")
     return 0
 
 
