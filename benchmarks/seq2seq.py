@@ -137,15 +137,16 @@ def markdown(res: dict) -> str:
              "its near-flat logits pick other tokens, as the LLM results' int4-margin measurement shows; the gate "
              "holds its logits to cosine >= 0.99).",
              "",
-             "| family | decode | system | precision | total s | samples/s | ms/sample | vs Paddle | rows = Paddle |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| family | decode | system | precision | total s | samples/s | ms/sample | vs Paddle | rows = Paddle "
+             "| new tokens/row |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         peer = next(p for p in res["rows"] if p["system"] == "paddle-dygraph" and p["family"] == r["family"]
                     and p["decode"] == r["decode"])
         same = "-" if r["system"] == "paddle-dygraph" else f"{r['rows_equal_paddle']}/{r['samples']}"
         lines.append(f"| {r['family']} | {r['decode']} | {r['system']} | {r['precision']} | {r['total_s']:.3f} | "
                      f"{r['samples_per_s']:.1f} | {r['ms_per_sample']:.2f} | "
-                     f"{peer['total_s'] / r['total_s']:.2f}x | {same} |")
+                     f"{peer['total_s'] / r['total_s']:.2f}x | {same} | {r['mean_new_tokens']:.1f} |")
     lines += ["", "Regenerate: `python -m paddle2ort.benchmarks.seq2seq` (builds and converts the tiny models "
               "under out/bench-seq2seq on first use)."]
     return "\n".join(lines) + "\n"
