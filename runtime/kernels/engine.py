@@ -112,11 +112,15 @@ def _pair(scales: np.ndarray, zp: np.ndarray | None, n: int, kb: int, bits: int)
 
 def load_weights(model_path: str | Path, spec: dict) -> Weights:
     """The fused decoder file's weights (convert.llm.fused names), on the host, in the kernels' layout."""
-    import onnx
-    from onnx import numpy_helper
     if spec.get("family", "llama") != "llama":
         raise BadInputError(f"the kernel engine runs the LLaMA/Qwen2 fused decoder; this one is {spec['family']!r}: "
                             "use the onnxruntime fused decoder (engine='onnxruntime')")
+    try:                                   # the onnx package reads the initializers (onnxruntime cannot)
+        import onnx
+        from onnx import numpy_helper
+    except ImportError as e:
+        raise DeviceError("the kernel engine reads the bundle's weights with the onnx package: pip install "
+                          "onnx==1.17.0 (or use the onnxruntime fused decoder, engine='onnxruntime')") from e
     m = onnx.load(str(model_path), load_external_data=True)
     init = {t.name: t for t in m.graph.initializer}
     arr = functools.lru_cache(maxsize=None)(lambda name: numpy_helper.to_array(init[name]))
