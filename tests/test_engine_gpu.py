@@ -42,7 +42,7 @@ def _close(got, want, tol=2e-3):
 def test_gemv_kernels_match_their_twins(fmt, batch, rpw):
     rng = np.random.default_rng(batch)
     hd, nh, kvh, k_in, inter, cap = 64, 7, 1, 576, 160, 40
-    kern = kernels(hd, nh // kvh, 256)
+    kern = kernels(hd, nh // kvh, 128)                  # the engine's module for this geometry (compiled once)
     x = rng.normal(size=(batch, k_in)).astype(np.float32)
     gamma = rng.uniform(0.5, 1.5, k_in).astype(np.float16)
     xd, gd = cp.asarray(x), cp.asarray(gamma)
@@ -79,7 +79,7 @@ def test_gemv_kernels_match_their_twins(fmt, batch, rpw):
     _close(vcd.get(), vc, 5e-3)
 
 
-@pytest.mark.parametrize("hd,group,kvh,chunk", [(64, 7, 2, 256), (64, 3, 3, 64), (128, 4, 2, 128), (32, 1, 4, 256)])
+@pytest.mark.parametrize("hd,group,kvh,chunk", [(64, 7, 2, 128), (64, 3, 3, 64), (128, 4, 2, 128)])
 def test_attention_kernels_match_their_twins(hd, group, kvh, chunk):
     rng = np.random.default_rng(hd + group)
     batch, cap = 3, 1100

@@ -6,6 +6,7 @@
 #   engine_gpu.sh all       the above + engine_bench (golden parity when the GGUF is staged, the onnxruntime fused
 #                           graph beside ours when onnxruntime-gpu is installed)  -> $OUT/engine-bench.{json,md}
 # Extra arguments go to engine_bench run. The checkout itself is the package (symlinked as /tmp/p2o/paddle2ort).
+# The GGUF reader (gguf wheel) is installed from .device/whl when install.sh left it out: carry .device/whl.
 set -uo pipefail
 mkdir -p /tmp/p2o && ln -sfn "$PWD" /tmp/p2o/paddle2ort
 export PYTHONPATH=/tmp/site:/tmp/p2o
