@@ -30,7 +30,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--ours", nargs="+", default=["fp16", "int4"], choices=sorted(FUSED_VARIANTS),
                    help="our fused variants (default: %(default)s)")
     b.add_argument("--systems", nargs="+", default=["genai", "hf-eager", "hf-compile"],
-                   help="peers (default: %(default)s; 'none': ours only)")
+                   help="peers (default: %(default)s; 'engine': also our kernel engine on the same files; "
+                        "'none': ours only)")
     b.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="batch sizes (default: %(default)s)")
     b.add_argument("--prompt", type=int, default=128, help="prompt tokens (default: %(default)s)")
     b.add_argument("--new", type=int, default=128, help="new tokens (default: %(default)s)")

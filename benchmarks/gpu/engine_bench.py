@@ -63,6 +63,17 @@ def time_decoder(dec, prompts: np.ndarray, new: int, reps: int, pad: int) -> dic
     return r
 
 
+def time_engine(path: Path, spec: dict, prompts: np.ndarray, new: int, reps: int, pad: int) -> dict:
+    """The kernel engine through the timing loop, one fused file (peer.bench's `--systems engine` rows)."""
+    dec = _decoder(OURS, path, spec, prompts.shape[1] + new)
+    try:
+        r = time_decoder(dec, prompts, new, reps, pad)
+        r["gpu_step_us"] = graph_step_us(dec, prompts.shape[0])
+        return r
+    finally:
+        dec.release()
+
+
 def bench_config(name: str, work: Path, systems: list[str], batches, scenarios, reps: int, bandwidth: float,
                  budget_end: float) -> dict:
     from paddle2ort.convert.llm.fused import DecoderSpec, build_variant, random_state

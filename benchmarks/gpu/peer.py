@@ -265,6 +265,10 @@ def bench(args) -> dict:
                 name = f"ours-{prec}" + ("" if graph else " (no CUDA graph)")
                 attempt(f"{name} b{b}", lambda: add(name, prec, b, time_ours(paths[prec], spec_j, prompts, args.new,
                                                                              args.reps, pad, graph)))
+            if "engine" in args.systems:                 # our kernels on the same file (runtime/kernels/engine.py)
+                from .engine_bench import time_engine
+                attempt(f"ours-engine-{prec} b{b}", lambda: add(f"ours-engine-{prec}", prec, b, time_engine(
+                    paths[prec], spec_j, prompts, args.new, args.reps, pad)))
         if "genai" in args.systems and genai_error is None:
             for name, d in (("onnxruntime-genai", genai_dir), ("onnxruntime-genai (CUDA graph)", genai_graph_dir)):
                 attempt(f"{name} b{b}", lambda: add(name, "fp16", b, time_genai(d, prompts, args.new, args.reps)))
