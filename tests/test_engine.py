@@ -85,6 +85,17 @@ def test_engine_tokens_turns_and_beams_match_the_fused_graph(models):
     assert runs[0] == runs[1]
 
 
+def test_prompt_pass_by_the_fused_graph_writes_the_engine_cache(models):
+    """prefill="onnxruntime" (the default on GPUs): the fused graph's prompt call fills our cache buffers in place,
+    then our steps continue: the same tokens as our own prompt pass."""
+    path, spec = models[("int8", True, 6)]
+    cfg = GenerationConfig(max_new_tokens=10)
+    ort = KernelEngine(path, spec, device="cpu", max_length=40, prefill="onnxruntime")
+    assert ort.prefill_by == "onnxruntime fused graph"
+    assert generate(ort, PROMPTS, cfg, 0) == generate(KernelEngine(path, spec, device="cpu", max_length=40), PROMPTS,
+                                                      cfg, 0)
+
+
 def test_twins_against_plain_formulas():
     rng = np.random.default_rng(0)
     # attention: the split partials merged = one softmax over all positions, per GQA group

@@ -305,14 +305,15 @@ class KernelEngine:
         where onnxruntime's CUDA provider loads, else ours). -> the FusedDecoder used for prompts, or None."""
         if prefill not in ("auto", "kernels", "onnxruntime"):
             raise BadInputError(f"prefill must be auto, kernels or onnxruntime, got {prefill!r}")
-        if prefill == "kernels" or self.xp is np:
+        if prefill == "kernels" or (prefill == "auto" and self.xp is np):
             return None
         from ..fused import FusedDecoder
         from ..session import SessionOptions, gpu_available
         if prefill == "auto" and not gpu_available():
             return None
+        device = "cpu" if self.xp is np else "gpu"            # on the CPU: the twins' cache, filled by onnxruntime
         try:
-            return FusedDecoder(model_path, self.spec, SessionOptions(device="gpu"), max_length=self.capacity,
+            return FusedDecoder(model_path, self.spec, SessionOptions(device=device), max_length=self.capacity,
                                 cuda_graph=False)
         except (BadInputError, DeviceError) as e:
             if prefill == "onnxruntime":
@@ -452,7 +453,7 @@ class KernelEngine:
         ort = self.prompt_graph
         fst = DecodeState(batch=st.batch, kv=[st.cache[i, j] for i in range(self.num_layers) for j in (0, 1)],
                           ids=st.ids, seqlens=st.seqlens, logits=None)
-        self.stream.synchronize()                         # our stream's writes land before onnxruntime's stream reads
+        self.synchronize()                                # our stream's writes land before onnxruntime's stream reads
         with ort.on_stream():
             logits, rows = ort.prefill(fst, prompts, 0)
         ort.synchronize()
