@@ -23,7 +23,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 PROJECT_README = Path(__file__).resolve().parent.parent / "README.md"      # the checkout's README (headline block)
 BEGIN, END = "<!-- verdicts:begin -->", "<!-- verdicts:end -->"
 READMES = {"classifier": "classifier/RESULTS.md", "llm": "llm/README.md", "llm-gpu": "llm-gpu/README.md",
-           "encoder": "encoder/README.md"}
+           "encoder": "encoder/README.md", "serve": "serve/README.md"}
 OPS = {">=": operator.ge, "<=": operator.le, "==": operator.eq}
 
 
@@ -114,6 +114,38 @@ def engine(system: str, variant: str = "fp16", batch: int = 1, prompt: int = 128
     return f
 
 
+SERVE_CPU, SERVE_GPU = "serve/serve.json", "serve/gpu/serve.json"
+
+
+def serve_ratio(rows: str, base: str, clients: int = 16) -> Callable[[dict], float]:
+    """serve_load: continuous tokens/s at `clients` over the 1-client figure measured just before that row."""
+    def f(r: dict) -> float:
+        row = next(x for x in r[rows] if x["mode"] == "continuous" and x["clients"] == clients)
+        return row["tokens_per_s"] / row[base]
+    return f
+
+
+def serve_same_text(r: dict) -> float:
+    """Percent of requests whose greedy text under continuous batching equals their one-at-a-time text."""
+    rows = [x for x in r["engine_rows"] if x["mode"] == "continuous"]
+    return 100 * sum(float(x["same_text_as_one_at_a_time"]) * x["clients"] for x in rows) / sum(
+        x["clients"] for x in rows)
+
+
+E16_SPEED = "llm-gpu/run10-h200/engine-57f872b/engine-bench.json"       # issue 16: the kernel engine
+E16_PARITY = "llm-gpu/run10-h200/kernels-55410aa/engine-bench.json"
+E16_KERNELS = "llm-gpu/run10-h200/kernels-55410aa/kernel_bench.json"
+
+
+def engine(system: str, variant: str = "fp16", batch: int = 1, prompt: int = 128,
+           key: str = "tok_s_per_seq") -> Callable[[dict], float]:
+    """A figure of the kernel-engine run's Qwen2.5-0.5B config table: system "ours" or "ort" (the fused graph)."""
+    def f(r: dict) -> float:
+        from .gpu.engine_bench import ORT, OURS, row
+        return row(r, "qwen2.5-0.5b", OURS if system == "ours" else ORT, variant, batch, prompt)[key]
+    return f
+
+
 TARGETS: tuple[Target, ...] = (
     # issue 3: the text classifier
     Target(3, "classifier", "INT8-CPU >= 1.5x faster than FP32-CPU (2-core AMD EPYC, AVX2)", "classifier/local-cpu.json",
@@ -189,6 +221,21 @@ TARGETS: tuple[Target, ...] = (
     Target(16, "llm-gpu", "kernel engine TTFT <= the fused graph's, 0.5B FP16 batch 1, prompt 2,048", E16_SPEED, "<=",
            1.0, "x", lambda r: engine("ours", prompt=2048, key="ttft_ms")(r) / engine("ort", prompt=2048,
                                                                                      key="ttft_ms")(r)),
+    # issue 15: serving (SmolLM2; CPU: the shared 2-core box over HTTP; GPU: the scheduler alone on an H200)
+    Target(15, "serve", "HTTP on CPU: continuous tokens/s at 16 clients >= 4x 1 client (generic FP32 graph)",
+           SERVE_CPU, ">=", 4.0, "x", serve_ratio("rows", "adjacent_1_client_tokens_per_s")),
+    Target(15, "serve", "CPU, scheduler alone: tokens/s at 16 requests >= 4x 1 request", SERVE_CPU, ">=", 4.0, "x",
+           serve_ratio("engine_rows", "adjacent_1_request_tokens_per_s")),
+    Target(15, "serve", "failed valid requests under load (CPU, HTTP, every client count and mode)", SERVE_CPU, "==",
+           0, "", lambda r: sum(x["failed_valid"] for x in r["rows"])),
+    Target(15, "serve", "malformed requests mixed into the load not answered 400 (CPU)", SERVE_CPU, "==", 0, "",
+           lambda r: sum(x["bad_requests"] - x["bad_answered_400"] for x in r["rows"])),
+    Target(15, "serve", "GPU (H200), fused FP16 decoder in cache slots, scheduler alone: 16 requests >= 8x 1",
+           SERVE_GPU, ">=", 8.0, "x", serve_ratio("engine_rows", "adjacent_1_request_tokens_per_s")),
+    Target(15, "serve", "greedy text under batching = one-at-a-time (GPU, share of requests; near-ties may flip)",
+           SERVE_GPU, ">=", 90.0, "%", serve_same_text),
+    Target(15, "serve", "greedy text under batching = one-at-a-time (CPU, share of requests)", SERVE_CPU, ">=", 90.0,
+           "%", serve_same_text),
     # issue 17: encoders (fused graphs, buckets, CUDA graphs)
     *(Target(17, "encoder", f">= 1.5x torch.compile reduce-overhead, fused FP16 + CUDA graph, {g} 32 x 128 (H200)",
              ENC_GPU, ">=", 1.5, "x", lambda r, g=g: enc_gpu(r, "torch reduce-overhead fp16", g) / enc_gpu(r, ENC_OURS, g))

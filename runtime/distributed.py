@@ -188,18 +188,21 @@ class JobPlan:
     """What the driver needs to check and key a generation job without a session (the tokenizer, the context
     limit, the bundle's stop ids): the attributes of runtime.llm.TextGenerator that runtime.jobs reads."""
 
-    def __init__(self, bundle_dir: Path, precision: str, graph: str):
+    def __init__(self, bundle_dir: Path, precision: str, graph: str, device: str = "cpu"):
         from paddle2ort.tokenization.bpe import BPETokenizer
 
         from .errors import BundleError
-        from .llm import TextGenerator, bundle_stop_ids, fused_model
+        from .llm import TextGenerator, bundle_stop_ids, default_graph, fused_model
         from .manifest import load_bundle
+        from .session import SessionOptions
         self.bundle = load_bundle(bundle_dir)
         m = self.bundle.manifest
         if m.task != "text-generation" or "llm" not in m.extra:
             raise BundleError(f"bundle {bundle_dir} is not a text-generation bundle (task={m.task!r})")
         llm = m.extra["llm"]
         self.tokenizer = BPETokenizer.load(self.bundle.path / "tokenizer")
+        if graph == "auto":                                       # as TextGenerator resolves it
+            graph = default_graph(llm, precision, SessionOptions(device=device))
         self.graph, self.default_stop_ids = graph, bundle_stop_ids(llm, self.tokenizer)
         if graph == "fused":
             _, spec = fused_model(self.bundle, precision)
@@ -229,7 +232,7 @@ def generate_job(bundle: Path, data_file: Path, output_file: Path, cfg, batch_si
         raise BadInputError(f"batch_size must be >= 1, got {batch_size}")
     if output_file.resolve() == data_file.resolve():
         raise BadInputError(f"--output-file {output_file} is the input file; choose another path")
-    plan = JobPlan(bundle, precision, graph)
+    plan = JobPlan(bundle, precision, graph, device)
     lines = read_jsonl_lines(data_file)
     cfg = plan.stop_ids(cfg)
     ids = prepare(plan, lines, data_file, cfg, src_length, chat)
@@ -243,7 +246,7 @@ def generate_job(bundle: Path, data_file: Path, output_file: Path, cfg, batch_si
         if chunks:
             with _Cluster(rcfg) as cl:
                 actors, need = cl.pool(device, len(chunks))
-                ctor = dict(bundle=str(Path(bundle).resolve()), precision=precision, graph=graph,
+                ctor = dict(bundle=str(Path(bundle).resolve()), precision=precision, graph=plan.graph,
                             cfg=dataclasses.asdict(cfg), session=_session(device, threads, rcfg))
                 stream = _stream(cl.ray, [json.dumps([t for _, t in c]) for c in chunks], GenerateActor, ctor,
                                  actors, need)

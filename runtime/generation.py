@@ -701,8 +701,7 @@ class Generator:
         logits = None
         if fed.any():
             with _on_stream(dec):
-                logits, _ = dec.step(fed)
-            logits = dec.host(logits)
+                logits, _ = dec.step(fed)                # stays where the decoder computed it (greedy: argmax there)
             self.model_steps += 1
         greedy: dict[tuple, list[int]] = {}
         for b, r in enumerate(self._rows):
@@ -714,20 +713,23 @@ class Generator:
             if not r.cfg.sampling and r.seen is None:
                 greedy.setdefault((r.step < r.cfg.min_new_tokens, r.cfg.stop_token_ids), []).append(b)
                 continue
-            lg = r.fresh if r.fresh is not None else logits[b:b + 1]
+            lg = r.fresh if r.fresh is not None else dec.host(logits[b:b + 1])
             nxt = np.zeros((1, 1), np.int64)
             kernels.sample_rows(lg, None, r.cfg.sampler_params(r.step, self.pad_id), nxt, seen=r.seen,
                                 stop_ids=r.stop_arr)
             self._accept_row(b, r, int(nxt[0, 0]))
-        for idx in greedy.values():
-            first = self._rows[idx[0]]
-            lg = np.concatenate([self._rows[b].fresh if self._rows[b].fresh is not None else logits[b:b + 1]
-                                 for b in idx])
-            nxt = np.zeros((len(idx), 1), np.int64)
-            kernels.sample_rows(lg, None, first.cfg.sampler_params(first.step, self.pad_id), nxt,
-                                stop_ids=first.stop_arr)
-            for j, b in enumerate(idx):
-                self._accept_row(b, self._rows[b], int(nxt[j, 0]))
+        for (suppress, _), idx in greedy.items():
+            # greedy without a penalty is the argmax of the logits (stop ids masked while suppressed), as the
+            # twin computes it: taken where the logits are, so only the chosen ids reach the host
+            stops = self._rows[idx[0]].stop_arr if suppress else None
+            live = [b for b in idx if self._rows[b].fresh is None]
+            toks = dict(zip(live, _argmax_rows(dec, logits, live, stops))) if live else {}
+            new = [b for b in idx if self._rows[b].fresh is not None]
+            if new:
+                toks.update(zip(new, _argmax_rows(dec, np.concatenate([self._rows[b].fresh for b in new]),
+                                                  None, stops, host=True)))
+            for b in idx:
+                self._accept_row(b, self._rows[b], toks[b])
         self.steps += 1
 
     def _accept_row(self, b: int, r: RowState, tok: int) -> None:
@@ -776,6 +778,20 @@ class Generator:
             if any(s in self.decode(toks[b].tolist()) for s in self.cfg.stop_strings):
                 self._string_stop[b] = self.steps - 1
                 self.finished[b] = 1
+
+
+def _argmax_rows(dec: Decoder, logits, rows: list[int] | None, stops, host: bool = False) -> list[int]:
+    """Greedy ids of logits' rows (all when None), stop ids masked when given; on the decoder's device unless
+    `host` (then NumPy), one small copy of the ids to the host."""
+    xp = np if host else dec.xp
+    with _on_stream(dec):
+        whole = rows is None or (len(rows) == len(logits) and rows == list(range(len(rows))))
+        x = logits if whole else logits[xp.asarray(np.asarray(rows, np.int64))]
+        if stops is not None and len(stops):
+            x = x.astype(np.float32)
+            x[:, xp.asarray(stops)] = -np.inf
+        ids = x.argmax(-1)
+    return [int(t) for t in (ids if host else dec.host(ids))]
 
 
 def _on_stream(dec: Decoder):

@@ -186,9 +186,7 @@ class Engine:
                     joining.append(self.waiting.popleft())
                     taken += joining[-1].n
             try:
-                for req in joining:
-                    if not req.cancelled:
-                        self._admit(req)
+                self._admit([r for r in joining if not r.cancelled])
                 self._leave()
                 if self.rows:
                     self._step()
@@ -197,6 +195,10 @@ class Engine:
                 log.exception("generation step failed")
                 for s in self.rows:
                     self._send(s.request, Event("error", s.index, text=f"generation failed: {e}"))
+                held = {id(s.request) for s in self.rows}
+                for req in joining:                    # requests whose rows never joined are answered too
+                    if id(req) not in held and not req.cancelled:
+                        self._send(req, Event("error", 0, text=f"generation failed: {e}"))
                 self.rows = []
                 self.gen = self._generator()
             self._flush()
@@ -209,10 +211,14 @@ class Engine:
             dec.row_slots = self.max_batch
         return Generator(dec, pad_id=self.pad_id, decode=self.tok.decode, max_context=self.max_context)
 
-    def _admit(self, req: Request) -> None:
-        """The request's n choices join the batch as n rows (the prompt prefilled once, alone)."""
-        seqs = [Sequence(req, i, replace(req.cfg, seed=_choice_seed(req.cfg.seed, i))) for i in range(req.n)]
-        ids = self.gen.add_rows([req.prompt] * req.n, [q.cfg for q in seqs])
+    def _admit(self, reqs: list[Request]) -> None:
+        """The requests' n choices join the batch as rows, all in one add_rows (each prompt prefilled alone, the
+        cache rebuilt once for the lot, not once a request)."""
+        seqs = [Sequence(req, i, replace(req.cfg, seed=_choice_seed(req.cfg.seed, i)))
+                for req in reqs for i in range(req.n)]
+        if not seqs:
+            return
+        ids = self.gen.add_rows([q.request.prompt for q in seqs], [q.cfg for q in seqs])
         for q, i in zip(seqs, ids):
             q.row_id = i
         self.rows += seqs
