@@ -85,9 +85,10 @@ def ppl_change(precision: str, ref: tuple[str, str]) -> Callable[[dict], float]:
 
 OURS_FP16 = "ours-fp16-head32"           # the fused FP16 default: float16 graph, float32 LM head and logits
 GPU_05B, GPU_SMOL = "llm-gpu/run7/bench-qwen2.5-0.5b.json", "llm-gpu/run4/bench-smollm2-135m.json"
-ENC_GPU, ENC_CPU = "encoder/gpu-h200-run2.json", "encoder/cpu.json"
+ENC_GPU, ENC_CPU, ENC_CPU_GRAPHS = "encoder/gpu-h200-run2.json", "encoder/cpu-run3.json", "encoder/cpu.json"
 ENC_OURS = "ours fused fp16 (key_lengths) CUDA graph"      # what FusionConfig() bundles for the GPU
 ENC_FP32, ENC_INT8 = "FP32-CPU fused-noskip", "INT8-CPU unfused"     # what FusionConfig() bundles on the CPU
+ENC_TUNED = " tuned"      # + TextClassifier's CPU session (no spinning, no load-time SkipLayerNormFusion)
 
 
 def enc_gpu(res: dict, system: str, geometry: str, batch: int = 32) -> float:
@@ -242,14 +243,22 @@ TARGETS: tuple[Target, ...] = (
       for g in ("minilm", "ernie_medium", "bert_base")),
     Target(17, "encoder", "FP16-GPU accuracy within 0.2 pt of FP32, real classifier, whole dev split", ENC_GPU, "<=",
            0.2, "pt", enc_fp16_vs_fp32),
-    Target(17, "encoder", "INT8-CPU >= 1.8x FP32-CPU, default bundle (2-core EPYC, shared)", ENC_CPU, ">=", 1.8, "x",
-           lambda r: clf(r, ENC_FP32)["ms_per_sample"] / clf(r, ENC_INT8)["ms_per_sample"]),
-    Target(17, "encoder", "INT8-CPU accuracy drop <= 1.0 pt, default bundle (first 960 dev examples)", ENC_CPU, "<=",
-           1.0, "pt", lambda r: 100 * (clf(r, ENC_FP32)["accuracy"] - clf(r, ENC_INT8)["accuracy"])),
-    Target(17, "encoder", "FP32-CPU >= 1.3x Paddle Inference CPU, default bundle", ENC_CPU, ">=", 1.3, "x",
-           lambda r: clf(r, "Paddle-Inference-CPU")["ms_per_sample"] / clf(r, ENC_FP32)["ms_per_sample"]),
-    Target(17, "encoder", "default FP32-CPU graph (fused, no offline SkipLayerNorm) no slower than unfused", ENC_CPU,
-           ">=", 1.0, "x", lambda r: clf(r, "FP32-CPU unfused")["ms_per_sample"] / clf(r, ENC_FP32)["ms_per_sample"]),
+    Target(17, "encoder", "INT8-CPU >= 1.8x FP32-CPU, default bundle + CPU session (2-core EPYC, shared)", ENC_CPU,
+           ">=", 1.8, "x", lambda r: clf(r, ENC_FP32 + ENC_TUNED)["ms_per_sample"]
+           / clf(r, ENC_INT8 + ENC_TUNED)["ms_per_sample"]),
+    Target(17, "encoder", "INT8-CPU >= 1.8x FP32-CPU, default bundle, onnxruntime's default session", ENC_CPU, ">=",
+           1.8, "x", lambda r: clf(r, ENC_FP32)["ms_per_sample"] / clf(r, ENC_INT8)["ms_per_sample"]),
+    Target(17, "encoder", "INT8-CPU accuracy drop <= 1.0 pt, default bundle + CPU session (first 960 dev examples)",
+           ENC_CPU, "<=", 1.0, "pt", lambda r: 100 * (clf(r, ENC_FP32 + ENC_TUNED)["accuracy"]
+                                                      - clf(r, ENC_INT8 + ENC_TUNED)["accuracy"])),
+    Target(17, "encoder", "INT8-CPU accuracy drop <= 1.0 pt, default bundle, whole dev split (make demo's bench)",
+           "encoder/demo-cpu-bench.json", "<=", 1.0, "pt",
+           lambda r: 100 * (clf(r, "FP32-CPU")["accuracy"] - clf(r, "INT8-CPU")["accuracy"])),
+    Target(17, "encoder", "FP32-CPU >= 1.3x Paddle Inference CPU, default bundle + CPU session", ENC_CPU, ">=", 1.3,
+           "x", lambda r: clf(r, "Paddle-Inference-CPU")["ms_per_sample"] / clf(r, ENC_FP32 + ENC_TUNED)["ms_per_sample"]),
+    Target(17, "encoder", "default FP32-CPU graph (fused, no offline SkipLayerNorm) no slower than unfused",
+           ENC_CPU_GRAPHS, ">=", 1.0, "x",
+           lambda r: clf(r, "FP32-CPU unfused")["ms_per_sample"] / clf(r, ENC_FP32)["ms_per_sample"]),
 )
 
 

@@ -148,3 +148,16 @@ def test_classifier_on_buckets_equals_without(clf_bundle):
     got = clf.predict_logits(texts)
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
     assert (got.argmax(-1) == ref.argmax(-1)).all()
+
+
+@pytest.mark.unit
+def test_cpu_encoder_session_defaults_and_overrides():
+    """The classifier's CPU session: no spinning, no load-time SkipLayerNormFusion, unless the caller chose spinning;
+    GPU and explicit-provider sessions are left as given."""
+    from paddle2ort.runtime.pipelines import cpu_encoder_session
+    tuned = cpu_encoder_session(SessionOptions(intra_op_threads=2, disabled_optimizers=("ConstantFolding",)))
+    assert tuned.intra_op_spinning is False and tuned.intra_op_threads == 2
+    assert tuned.disabled_optimizers == ("ConstantFolding", "SkipLayerNormFusion")
+    for given in (SessionOptions(intra_op_spinning=True), SessionOptions(device="gpu"),
+                  SessionOptions(providers=("CPUExecutionProvider",))):
+        assert cpu_encoder_session(given) == given
