@@ -196,7 +196,10 @@ def strip_parameters(program: dict) -> list[tuple[str, str, tuple[int, ...]]]:
                 if op.get("#") != "p":
                     continue
                 name, tt = op["A"][3], op["O"]["TT"]
-                dtype, shape = PIR_DTYPES[tt["D"][0]["#"]], tuple(tt["D"][1])
+                dtype, shape = PIR_DTYPES.get(tt["D"][0]["#"]), tuple(tt["D"][1])
+                if dtype is None:
+                    raise ConversionError(f"parameter {name} has the type {tt['D'][0]['#']}, which the export "
+                                          "of models past 2 GiB does not carry")
                 ops[i] = {"#": "1.data", "A": [{"AT": {"#": "0.a_str", "D": name}, "N": "name"},
                                                {"AT": {"#": "1.a_intarray", "D": list(shape)}, "N": "shape"},
                                                {"AT": {"#": "1.a_dtype", "D": dtype}, "N": "dtype"},
