@@ -371,7 +371,8 @@ def gpu_table(res: dict) -> str:
 
 
 def classifier_table(res: dict) -> str:
-    lines = ["| configuration | samples | accuracy | ms/sample | CUDA graph | passes (s) |", "|---|---|---|---|---|---|"]
+    lines = ["| configuration | samples | accuracy | ms/sample | CUDA graph | passes (s) |",
+             "|---|---|---|---|---|---|"]
     for r in res.get("classifier", []):
         lines.append(f"| {r['name']} | {r['samples']} | {100 * r['accuracy']:.2f}% | {r['ms_per_sample']:.4f} | "
                      f"{'yes' if r.get('cuda_graph') else 'no'} | {', '.join(f'{t:.2f}' for t in r['pass_times_s'])} |")
@@ -397,7 +398,8 @@ def summary(res: dict) -> str:
 
 def markdown(res: dict) -> str:
     env = res["environment"]
-    parts = [f"# Encoders on the GPU ({', '.join(env.get('gpus') or ['GPU'])})", "", "ms per batch of batch x 128 tokens, FP16, "
+    parts = [f"# Encoders on the GPU ({', '.join(env.get('gpus') or ['GPU'])})", "",
+             "ms per batch of batch x 128 tokens, FP16, "
              f"median of {res['repeats']}.", "", gpu_table(res), "", "## Real classifier (dev split)", "",
              summary(res), ""]
     if res.get("skipped_for_time"):

@@ -239,7 +239,8 @@ TARGETS: tuple[Target, ...] = (
            "%", serve_same_text),
     # issue 17: encoders (fused graphs, buckets, CUDA graphs)
     *(Target(17, "encoder", f">= 1.5x torch.compile reduce-overhead, fused FP16 + CUDA graph, {g} 32 x 128 (H200)",
-             ENC_GPU, ">=", 1.5, "x", lambda r, g=g: enc_gpu(r, "torch reduce-overhead fp16", g) / enc_gpu(r, ENC_OURS, g))
+             ENC_GPU, ">=", 1.5, "x",
+             lambda r, g=g: enc_gpu(r, "torch reduce-overhead fp16", g) / enc_gpu(r, ENC_OURS, g))
       for g in ("minilm", "ernie_medium", "bert_base")),
     Target(17, "encoder", "FP16-GPU accuracy within 0.2 pt of FP32, real classifier, whole dev split", ENC_GPU, "<=",
            0.2, "pt", enc_fp16_vs_fp32),
@@ -255,7 +256,8 @@ TARGETS: tuple[Target, ...] = (
            "encoder/demo-cpu-bench.json", "<=", 1.0, "pt",
            lambda r: 100 * (clf(r, "FP32-CPU")["accuracy"] - clf(r, "INT8-CPU")["accuracy"])),
     Target(17, "encoder", "FP32-CPU >= 1.3x Paddle Inference CPU, default bundle + CPU session", ENC_CPU, ">=", 1.3,
-           "x", lambda r: clf(r, "Paddle-Inference-CPU")["ms_per_sample"] / clf(r, ENC_FP32 + ENC_TUNED)["ms_per_sample"]),
+           "x", lambda r: clf(r, "Paddle-Inference-CPU")["ms_per_sample"]
+           / clf(r, ENC_FP32 + ENC_TUNED)["ms_per_sample"]),
     Target(17, "encoder", "default FP32-CPU graph (fused, no offline SkipLayerNorm) no slower than unfused",
            ENC_CPU_GRAPHS, ">=", 1.0, "x",
            lambda r: clf(r, "FP32-CPU unfused")["ms_per_sample"] / clf(r, ENC_FP32)["ms_per_sample"]),

@@ -113,7 +113,8 @@ def test_non_encoder_left_alone(unfused):
 
 def test_fused_bundle_through_the_gate(tiny_models, tmp_path):
     """The default conversion fuses each precision as measured best (FP16: everything, the mask as key lengths;
-    FP32: no offline SkipLayerNorm; INT8: unfused), records what fused per precision, and every precision passes the gate."""
+    FP32: no offline SkipLayerNorm; INT8: unfused), records what fused per precision, and every precision passes
+    the gate."""
     out = tmp_path / "bundle"
     res = convert(ConvertConfig(source=tiny_models("bert_h64_n4"), output=out, precisions=("fp32", "fp16", "int8"),
                                 # random tiny weights: near-constant logits that INT8 noise dominates
