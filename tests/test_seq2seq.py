@@ -161,6 +161,7 @@ def test_family_registry_reads_config():
     assert family_name({"architectures": ["T5ForConditionalGeneration"]}) == "t5"
     assert family_name({"model_type": "bart"}) == "bart"
     assert family_name({"architectures": ["UNIMOLMHeadModel"]}) == "unimo"
+    assert family_name({"architectures": ["MBartForConditionalGeneration"]}) == "mbart"
     with pytest.raises(UnsupportedFamily, match="BartForConditionalGeneration"):
         family_name({"architectures": ["MarianMTModel"]})
 

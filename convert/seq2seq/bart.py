@@ -1,5 +1,6 @@
-"""BART (PaddleNLP BartForConditionalGeneration): post-norm paddle.nn.Transformer layers, learned positions offset
-by 2, layernorm_embedding, tied-or-not lm_head_weight + final_logits_bias. Attention recomputed from each layer's
+"""BART and mBART (PaddleNLP BartForConditionalGeneration / MBartForConditionalGeneration): paddle.nn.Transformer
+layers (BART post-norm; mBART pre-norm with final LayerNorms), learned positions offset by 2, layernorm_embedding,
+lm_head_weight + final_logits_bias. Attention recomputed from each layer's
 MultiHeadAttention projections (its Cache/StaticCache objects do not cross jit.save as tensors)."""
 from __future__ import annotations
 
@@ -18,11 +19,11 @@ def _proj(attn, x):
 
 
 def encode(model, input_ids, attention_mask):
-    enc = model.bart.get_encoder()(input_ids, attention_mask)
+    enc = model.get_encoder()(input_ids, attention_mask)
     enc = enc if not isinstance(enc, (tuple, list)) else enc[0]
     enc = getattr(enc, "last_hidden_state", enc)
     return stack_cross([(_proj(l.cross_attn, l.cross_attn.k_proj(enc)), _proj(l.cross_attn, l.cross_attn.v_proj(enc)))
-                        for l in model.bart.get_decoder().decoder.layers])
+                        for l in model.get_decoder().decoder.layers])
 
 
 def _block(norm, fn, x, before: bool):
@@ -32,7 +33,7 @@ def _block(norm, fn, x, before: bool):
 
 def decode(model, ids, encoder_mask, past, cross):
     import paddle
-    dec = model.bart.get_decoder()
+    dec = model.get_decoder()
     p, s = paddle.shape(past)[0], paddle.shape(ids)[1]
     pos = paddle.arange(s, dtype="int64") + p.astype("int64") + dec.decoder_embed_positions.offset
     h = dec.embed_tokens(ids) * dec.embed_scale + paddle.nn.functional.embedding(pos, dec.decoder_embed_positions.weight)

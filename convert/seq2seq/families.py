@@ -26,6 +26,7 @@ class Seq2SeqFamily:
 FAMILIES = {f.name: f for f in (
     Seq2SeqFamily("t5", "T5ForConditionalGeneration", "t5", ("t5",), ("T5ForConditionalGeneration",)),
     Seq2SeqFamily("bart", "BartForConditionalGeneration", "bart", ("bart",), ("BartForConditionalGeneration",)),
+    Seq2SeqFamily("mbart", "MBartForConditionalGeneration", "bart", ("mbart",), ("MBartForConditionalGeneration",)),
     Seq2SeqFamily("unimo", "UNIMOLMHeadModel", "unimo", ("unimo",), ("UNIMOLMHeadModel", "UNIMOForMaskedLM",
                                                                       "UNIMOForConditionalGeneration"), "prefix-lm"),
 )}

@@ -128,13 +128,14 @@ def task_build_tiny_seq2seq(args: dict) -> dict:
             vocab_size=v, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
             relative_attention_num_buckets=16, dropout_rate=0.0, pad_token_id=sp["pad"], eos_token_id=sp["eos"],
             bos_token_id=sp["bos"], decoder_start_token_id=sp["pad"]))
-    elif fam == "bart":
-        model = T.BartForConditionalGeneration(T.BartConfig(
+    elif fam in ("bart", "mbart"):
+        model = getattr(T, "MBartForConditionalGeneration" if fam == "mbart" else "BartForConditionalGeneration")(
+            getattr(T, "MBartConfig" if fam == "mbart" else "BartConfig")(
             vocab_size=v, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
             decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=128,
             dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, bos_token_id=sp["bos"],
             pad_token_id=sp["pad"], eos_token_id=sp["eos"], decoder_start_token_id=sp["eos"],
-            forced_eos_token_id=None))
+            forced_eos_token_id=None, scale_embedding=fam == "mbart"))
     elif fam == "unimo":
         model = T.UNIMOLMHeadModel(T.UNIMOConfig(
             vocab_size=v, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
@@ -149,6 +150,7 @@ def task_build_tiny_seq2seq(args: dict) -> dict:
         if len(p.shape) >= 2:
             p.set_value(rng.normal(0, std, p.shape).astype("float32"))
     head = {"t5": lambda: model.t5.shared.weight, "bart": lambda: model.lm_head_weight,      # the output rows
+            "mbart": lambda: model.lm_head_weight,
             "unimo": lambda: model.lm_head.decoder_weight}[fam]()                            # (T5: tied)
     w = head.numpy()
     w[sp["eos"]] *= float(args.get("eos_scale", 1.0))         # eos ends some rows early: stop rules get exercised
