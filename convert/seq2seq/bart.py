@@ -36,7 +36,8 @@ def decode(model, ids, encoder_mask, past, cross):
     dec = model.get_decoder()
     p, s = paddle.shape(past)[0], paddle.shape(ids)[1]
     pos = paddle.arange(s, dtype="int64") + p.astype("int64") + dec.decoder_embed_positions.offset
-    h = dec.embed_tokens(ids) * dec.embed_scale + paddle.nn.functional.embedding(pos, dec.decoder_embed_positions.weight)
+    h = dec.embed_tokens(ids) * dec.embed_scale + \
+        paddle.nn.functional.embedding(pos, dec.decoder_embed_positions.weight)
     h = dec.decoder_layernorm_embedding(h)
     self_bias, cross_bias = causal_bias(p, s), encoder_bias(encoder_mask)
     news = []
