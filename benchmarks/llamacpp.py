@@ -95,7 +95,11 @@ def run_job(python: Path, job: dict, work: Path) -> dict:
     path = work / f"job-{job['qtype']}-{os.getpid()}.json"
     path.write_text(json.dumps(job), encoding="utf-8")
     try:
-        out = subprocess.run([str(python), str(Path(__file__).resolve()), str(path)], capture_output=True, text=True)
+        env = dict(os.environ)
+        if not job.get("spin_wait", True):        # llama.cpp's OpenMP threads sleep at barriers instead of spinning
+            env["OMP_WAIT_POLICY"] = "passive"
+        out = subprocess.run([str(python), str(Path(__file__).resolve()), str(path)], capture_output=True, text=True,
+                             env=env)
     finally:
         path.unlink(missing_ok=True)
     if out.returncode != 0:
@@ -167,10 +171,15 @@ def run(job: dict) -> dict:
     if job.get("check"):
         out = [greedy(job, p, int(job["check_new_tokens"])) for p in job["check"]]
         res["check"] = {"ids": [o[0] for o in out], "margins": [o[1] for o in out]}
-    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    try:                                       # VmHWM: reset by execve (ru_maxrss keeps the forking parent's peak)
+        with open("/proc/self/status", encoding="utf-8") as f:
+            res["peak_rss_mb"] = next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     res["settings"] = {"flash_attn": bool(job.get("flash_attn", False)),
                        "kv_cache": "f32" if job.get("kv_f32") else "f16 (llama.cpp's default)",
-                       "n_threads": int(job["threads"]), "n_batch": int(job["n_ctx"])}
+                       "n_threads": int(job["threads"]), "n_batch": int(job["n_ctx"]),
+                       "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "(unset: active)")}
     return res
 
 

@@ -49,6 +49,10 @@ class LLMBenchConfig:
     check_prompts: tuple[str, ...] = ()            # greedy token check, ours (FP32 users' graph) vs llama.cpp F32
     check_new_tokens: int = 32
     repeats: int = 1                               # runs of each configuration (round-robin); medians reported
+    spin_wait: bool = True                         # False: worker threads sleep between ops, in both engines
+    #                                                (onnxruntime allow_spinning=0, llama.cpp OMP_WAIT_POLICY=passive):
+    #                                                on a host shared with other jobs, spinning threads wait on
+    #                                                descheduled ones at every barrier
 
 
 # Near-tie rule for the token check (logits): ours and llama.cpp F32 may part at a step whose top-2 margin (llama.cpp's,
@@ -67,15 +71,26 @@ def bench_prompts(tokenizer, batch: int, prompt_len: int) -> list[list[int]]:
 
 
 def run_one_onnx(bundle: Path, precision: str, batch: int, prompt_len: int, new_tokens: int, threads: int,
-                 graph: str = "generic") -> dict:
+                 graph: str = "generic", spin_wait: bool = True) -> dict:
     from paddle2ort.runtime.llm import TextGenerator
     from paddle2ort.runtime.session import SessionOptions
-    gen = TextGenerator(bundle, precision=precision, session=SessionOptions(intra_op_threads=threads), graph=graph)
+    so = SessionOptions(intra_op_threads=threads, intra_op_spinning=None if spin_wait else False)
+    gen = TextGenerator(bundle, precision=precision, session=so, graph=graph)
     prompts = bench_prompts(gen.tokenizer, batch, prompt_len)
     time_generation(gen.model, [p[:16] for p in prompts], 4, gen.tokenizer.pad_token_id)     # warm-up
     r = time_generation(gen.model, prompts, new_tokens, gen.tokenizer.pad_token_id)
-    r["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    r["peak_rss_mb"] = peak_rss_mb()
     return r
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS: VmHWM (reset by execve; getrusage's ru_maxrss keeps the forking parent's peak, which
+    made every row of a large benchmark parent read the parent's figure)."""
+    try:
+        with open("/proc/self/status", encoding="utf-8") as f:
+            return next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_llm_bench(cfg: LLMBenchConfig) -> dict:
@@ -184,7 +199,8 @@ def cpu_info(threads: int) -> dict:
 
 def _run_onnx_config(cfg: LLMBenchConfig, prec: str, graph: str, batch: int, threads: int) -> dict:
     out = subprocess.run([sys.executable, "-m", "paddle2ort.benchmarks.llm", "--one", str(cfg.bundle), prec,
-                          str(batch), str(cfg.prompt_len), str(cfg.new_tokens), str(threads), "--graph", graph],
+                          str(batch), str(cfg.prompt_len), str(cfg.new_tokens), str(threads), "--graph", graph,
+                          *(() if cfg.spin_wait else ("--no-spin",))],
                          capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"onnxruntime {graph} {prec} batch {batch} failed:\n{out.stderr[-2000:]}")
@@ -217,7 +233,7 @@ def llamacpp_jobs(cfg: LLMBenchConfig, precisions, threads: int, bundle) -> dict
     work = _peer_dir()
     n_ctx = cfg.prompt_len + cfg.new_tokens + 8
     jobs, files = [], {}
-    base = dict(threads=threads, new_tokens=cfg.new_tokens)
+    base = dict(threads=threads, new_tokens=cfg.new_tokens, spin_wait=cfg.spin_wait)
     for prec in precisions:
         qtype = llamacpp.PEER_OF.get(prec)
         if qtype is None or 1 not in cfg.batch_sizes:
@@ -352,10 +368,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--one", nargs=6, metavar=("BUNDLE", "PRECISION", "BATCH", "PROMPT_LEN", "NEW", "THREADS"),
                     help="internal: run one onnxruntime configuration, print its JSON")
     ap.add_argument("--graph", default="generic", choices=["generic", "fused", "auto"], help="with --one")
+    ap.add_argument("--no-spin", action="store_true", help="with --one: intra-op threads do not spin")
     args = ap.parse_args(argv)
     if args.one:
         b, p, batch, plen, new, thr = args.one
-        print(json.dumps(run_one_onnx(Path(b), p, int(batch), int(plen), int(new), int(thr), args.graph)))
+        print(json.dumps(run_one_onnx(Path(b), p, int(batch), int(plen), int(new), int(thr), args.graph,
+                                      not args.no_spin)))
         return 0
     ap.print_help()
     return 2

@@ -23,7 +23,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 PROJECT_README = Path(__file__).resolve().parent.parent / "README.md"      # the checkout's README (headline block)
 BEGIN, END = "<!-- verdicts:begin -->", "<!-- verdicts:end -->"
 READMES = {"classifier": "classifier/RESULTS.md", "llm": "llm/README.md", "llm-gpu": "llm-gpu/README.md",
-           "encoder": "encoder/README.md", "serve": "serve/README.md"}
+           "encoder": "encoder/README.md", "llm-cpu": "llm-cpu/README.md", "serve": "serve/README.md"}
 OPS = {">=": operator.ge, "<=": operator.le, "==": operator.eq}
 
 
@@ -147,6 +147,21 @@ def engine(system: str, variant: str = "fp16", batch: int = 1, prompt: int = 128
     return f
 
 
+LLM_CPU = "llm-cpu/llm.json"
+
+
+def users_row(res: dict, precision: str, batch: int = 1) -> dict:
+    """bench-llm's row of the graph users get (generate --graph auto) at a precision and batch."""
+    return next(r for r in res["rows"] if r["system"] == "onnxruntime" and r.get("users_graph")
+                and r["precision"] == precision and r["batch"] == batch)
+
+
+def generic_over_users(precision: str, batch: int = 1) -> Callable[[dict], float]:
+    return lambda r: next(x for x in r["rows"] if x["system"] == "onnxruntime" and x["graph"] == "generic" and
+                          x["precision"] == precision and x["batch"] == batch)["decode_ms_per_step"] / users_row(
+        r, precision, batch)["decode_ms_per_step"]
+
+
 TARGETS: tuple[Target, ...] = (
     # issue 3: the text classifier
     Target(3, "classifier", "INT8-CPU >= 1.5x faster than FP32-CPU (2-core AMD EPYC, AVX2)", "classifier/local-cpu.json",
@@ -237,6 +252,23 @@ TARGETS: tuple[Target, ...] = (
            SERVE_GPU, ">=", 90.0, "%", serve_same_text),
     Target(15, "serve", "greedy text under batching = one-at-a-time (CPU, share of requests)", SERVE_CPU, ">=", 90.0,
            "%", serve_same_text),
+    # issue 14: CPU decode against llama.cpp (SmolLM2-135M, same GGUF weights, one run on the shared 2-core box)
+    Target(14, "llm-cpu", "decode >= 1.2x llama.cpp Q8_0: users' int8 graph (int8 weights, float32 compute), b1",
+           LLM_CPU, ">=", 1.2, "x", lambda r: users_row(r, "int8")["speedup_vs_llamacpp"]),
+    Target(14, "llm-cpu", "decode >= 1.2x llama.cpp F32: users' fp32 graph, b1", LLM_CPU, ">=", 1.2, "x",
+           lambda r: users_row(r, "fp32")["speedup_vs_llamacpp"]),
+    Target(14, "llm-cpu", "TTFT <= llama.cpp's (ours / theirs), int8 vs Q8_0, prompt 128", LLM_CPU, "<=", 1.0, "x",
+           lambda r: users_row(r, "int8")["ttft_vs_llamacpp"]),
+    Target(14, "llm-cpu", "TTFT <= llama.cpp's (ours / theirs), fp32 vs F32, prompt 128", LLM_CPU, "<=", 1.0, "x",
+           lambda r: users_row(r, "fp32")["ttft_vs_llamacpp"]),
+    Target(14, "llm-cpu", "golden prompts checked against llama.cpp F32 (greedy, 32 tokens each)", LLM_CPU, ">=", 20,
+           "", lambda r: r["peers"]["llama.cpp"]["token_check"]["rows"]),
+    Target(14, "llm-cpu", "of those, rows parting from llama.cpp F32 at a clear (non-near-tie) step", LLM_CPU, "==",
+           0, "", lambda r: len(r["peers"]["llama.cpp"]["token_check"]["clear_divergences"])),
+    Target(14, "llm-cpu", "CPU default graph (fused) decode vs generic, fp32 b1", LLM_CPU, ">=", 1.0, "x",
+           generic_over_users("fp32")),
+    Target(14, "llm-cpu", "CPU default graph (fused) decode vs generic, int8 b1", LLM_CPU, ">=", 1.0, "x",
+           generic_over_users("int8")),
     # issue 17: encoders (fused graphs, buckets, CUDA graphs)
     *(Target(17, "encoder", f">= 1.5x torch.compile reduce-overhead, fused FP16 + CUDA graph, {g} 32 x 128 (H200)",
              ENC_GPU, ">=", 1.5, "x",
@@ -320,6 +352,8 @@ TABLES: dict[str, dict[str, Callable[[Path], str]]] = {
     "encoder": {"gpu": lambda root: _encoder_table("gpu_table", ENC_GPU, root, "encoder_gpu"),
                 "gpu-classifier": lambda root: _encoder_table("summary", ENC_GPU, root, "encoder_gpu"),
                 "cpu": lambda root: _encoder_table("rows_table", ENC_CPU, root)},
+    "llm-cpu": {"cpu": lambda root: __import__("paddle2ort.benchmarks.llm", fromlist=["rows_table"]).rows_table(
+        _load(LLM_CPU, str(root)))},
 }
 
 

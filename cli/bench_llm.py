@@ -26,7 +26,8 @@ def run(args) -> int:
                                        batch_sizes=args.batch_sizes, prompt_len=args.prompt_len,
                                        new_tokens=args.new_tokens, threads=args.threads, gguf=args.gguf,
                                        llamacpp_python=args.llamacpp_python, check_prompts=prompts,
-                                       check_new_tokens=args.check_new_tokens, repeats=args.repeats))
+                                       check_new_tokens=args.check_new_tokens, repeats=args.repeats,
+                                       spin_wait=not args.no_spin))
     md = markdown(res)
     write_results(args.output, "llm", res, md)
     from paddle2ort.benchmarks.llm import plot
@@ -58,5 +59,7 @@ def register(sub) -> None:
     bl.add_argument("--check-new-tokens", type=positive_int, default=32, help="tokens a check prompt")
     bl.add_argument("--repeats", type=positive_int, default=1, help="runs of every configuration, round-robin; "
                     "medians reported")
+    bl.add_argument("--no-spin", action="store_true", help="worker threads sleep between ops instead of "
+                    "spinning, in onnxruntime and llama.cpp alike (faster on a host shared with other jobs)")
     bl.add_argument("--output", type=Path, default=Path("bench-results"), help="results directory")
     bl.set_defaults(func=run)
