@@ -352,7 +352,8 @@ def _convert(config: ConvertConfig, more_sources: tuple[Path, ...]) -> ConvertRe
                 name=config.name or source.model_file.parent.name or source.model_file.stem,
                 task=config.task, labels=config.labels, inputs=tuple(in_specs), outputs=tuple(out_specs),
                 opset=exp.opset_written,
-                models={p: ModelFile(precision=p, file=f.name, sha256=sha256_file(f), size_bytes=f.stat().st_size,
+                models={p: ModelFile(precision=p, file=f.name, sha256=sha256_file(f),
+                                     size_bytes=export_stage.model_bytes(f),
                                      io_dtype="float32" if (p != "fp16" or config.fp16.keep_io_types) else "float16",
                                      options=options[p])
                         for p, f in files.items()},

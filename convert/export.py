@@ -276,6 +276,12 @@ def initializer_bytes(model) -> int:
     return total
 
 
+def model_bytes(path: Path) -> int:
+    """Size of an ONNX model on disk: the graph file and its external data (`path`.data) when it has one."""
+    data = Path(path).with_name(Path(path).name + ".data")
+    return Path(path).stat().st_size + (data.stat().st_size if data.is_file() else 0)
+
+
 def save_onnx(model, path: Path) -> None:
     """onnx.save, with the weights in `path`.data when they are past protobuf's 2 GiB (a proto that large cannot
     be serialized); an earlier data file of that name is replaced."""

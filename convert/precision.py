@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConversionError
+from .export import save_onnx
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +173,7 @@ def to_weight_only(src: Path, dst: Path, bits: int, block_size: int, accuracy_le
     constants_to_initializers(model)
     head = output_matmul(model) if head_bits and head_bits != bits else None
     out, quantized = quantize_matmuls(model, bits, block_size, accuracy_level, head, head_bits)
-    onnx.save(out, str(dst))
+    save_onnx(out, dst)                 # external data past 2 GiB
     return {"method": "MatMulNBits (RTN, asymmetric)", "bits": bits, "block_size": block_size,
             "zero_points": "float" if bits == 4 else "uint8",
             "accuracy_level": accuracy_level, "quantized_nodes": quantized,
@@ -193,7 +194,7 @@ def to_fp16(src: Path, dst: Path, opts: FP16Options = FP16Options()) -> dict:
     except Exception as e:  # noqa: BLE001
         raise ConversionError(f"FP16 conversion failed ({type(e).__name__}: {e})") from e
     OnnxModel(m16).topological_sort()   # the converter appends its input Casts after their consumers
-    onnx.save(m16, str(dst))
+    save_onnx(m16, dst)
     return {"keep_io_types": opts.keep_io_types, "op_block_list": list(opts.op_block_list)}
 
 
