@@ -2,13 +2,13 @@
 search and a length penalty, reported as total time, samples/s and ms per sample), with Paddle's own generate()
 as the peer row of the same run: same sources, same batches, same thread count, same decoding options.
 
-    python -m paddle2ort.benchmarks.seq2seq [--family t5,bart,unimo] [--work out/bench-seq2seq] [--output DIR]
+    python -m paddle2ort.benchmarks.seq2seq [--family t5,bart,mbart,unimo] [--work out/bench-seq2seq] [--output DIR]
 
 The dataset is committed (benchmarks/results/seq2seq/dataset.jsonl: 32 question-generation pairs, src -> tgt);
-the models are tiny random-weight T5 / BART / UNIMO-text built from it (convert.seq2seq.tiny), so output quality is not the
-point: the figures are the loop's and the graphs' speed, and the rows' token agreement with Paddle. Every pass
-decodes the whole set; the median of --repeats passes is reported (one warm-up batch first). Writes
-results.json (environment, options, rows) and results.md.
+the models are tiny random-weight T5 / BART / mBART / UNIMO-text built from it (convert.seq2seq.tiny), so output
+quality is not the point: the figures are the loop's and the graphs' speed, and the rows' token agreement with
+Paddle. Every pass decodes the whole set; the median of --repeats passes is reported (one warm-up batch first).
+Writes results.json (environment, options, rows) and results.md.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ DECODES = (
 
 @dataclass(frozen=True)
 class Seq2SeqBenchConfig:
-    families: tuple[str, ...] = ("t5", "bart", "unimo")
+    families: tuple[str, ...] = ("t5", "bart", "mbart", "unimo")
     dataset: Path = DATASET
     work: Path = Path("out/bench-seq2seq")
     output: Path = RESULTS
@@ -171,7 +171,7 @@ def run_bench(cfg: Seq2SeqBenchConfig) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--family", default="t5,bart,unimo", help="comma list of t5,bart,unimo")
+    p.add_argument("--family", default="t5,bart,mbart,unimo", help="comma list of t5,bart,mbart,unimo")
     p.add_argument("--work", type=Path, default=Path("out/bench-seq2seq"), help="models and bundles (cached)")
     p.add_argument("--output", type=Path, default=RESULTS, help="where results.json / results.md go")
     p.add_argument("--repeats", type=int, default=3)
