@@ -53,6 +53,10 @@ class LLMConvertConfig:
     #                                                dtype in int8/int4; "float32" / "float16" force it
     lora: Path | None = None                       # PaddleNLP LoRA adapter dir, merged before the export (adapters.py)
     prefix: Path | None = None                     # PaddleNLP prefix-tuning dir: its cache rows ship in the bundle
+    fused_compute_dtype: str | None = None         # int8/int4 fused graphs: None = float16 (GPU), "float32" (CPU)
+    default_graph: str = "generic"                 # the CPU graph the bundle serves: "generic", "fused" (the CPU
+    #                                                fused graph of each of fp32/int8 requested, built and gated),
+    #                                                "auto" (fused where the family fits it; the CLI's default)
 
     def __post_init__(self):
         object.__setattr__(self, "source", Path(self.source))
