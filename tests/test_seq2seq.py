@@ -173,14 +173,19 @@ def _texts() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def t5(tmp_path_factory):
-    """Tiny random-weight T5 built and converted (fp32, gated) once: (model dir, bundle dir)."""
+def tiny(tmp_path_factory):
+    """Tiny random-weight T5, BART and UNIMO-text built once (one Paddle worker): family -> directory."""
+    from paddle2ort.convert.seq2seq.tiny import build_tiny_many
+    return build_tiny_many(("t5", "bart", "unimo"), tmp_path_factory.mktemp("tiny"), _texts())
+
+
+@pytest.fixture(scope="module")
+def t5(tiny, tmp_path_factory):
+    """The tiny T5 converted (fp32, gated) once: (model dir, bundle dir)."""
     from paddle2ort.convert.seq2seq.api import Seq2SeqConvertConfig, convert_seq2seq
-    from paddle2ort.convert.seq2seq.tiny import build_tiny
-    root = tmp_path_factory.mktemp("t5")
-    src = build_tiny("t5", root / "src", _texts())
-    convert_seq2seq(Seq2SeqConvertConfig(source=src / "model", tokenizer=src / "tokenizer", output=root / "bundle"))
-    return src, root / "bundle"
+    src, out = tiny["t5"], tmp_path_factory.mktemp("t5") / "bundle"
+    convert_seq2seq(Seq2SeqConvertConfig(source=src / "model", tokenizer=src / "tokenizer", output=out))
+    return src, out
 
 
 # (ours, PaddleNLP generate() options): greedy; min length + no-repeat-ngram; beams with both stopping rules
@@ -224,14 +229,14 @@ def test_t5_bundle_matches_paddle_generate(t5, tmp_path):
 
 
 @pytest.mark.parametrize("family", ["bart", "unimo"])
-def test_export_wrappers_match_paddle_generate(family, tmp_path):
+def test_export_wrappers_match_paddle_generate(family, tiny, tmp_path):
     """BART's adapter (learned positions offset by 2, post-norm, lm_head + final_logits_bias) and UNIMO-text's
     prefix LM (bidirectional source, causal target, token types, its suppressed ids): the export wrappers driven
     by our loop reproduce PaddleNLP's greedy generate() (a conversion's own gate then holds ONNX to them)."""
     from paddle2ort.convert.paddle_proc import run_worker
-    from paddle2ort.convert.seq2seq.tiny import build_tiny, train_tokenizer
-    src = build_tiny(family, tmp_path / "src", _texts())
-    tok = train_tokenizer(_texts())
+    from paddle2ort.tokenization.bpe import BPETokenizer
+    src = tiny[family]
+    tok = BPETokenizer.load(src / "tokenizer")
     sources = [tok.encode(t) + [tok.eos_token_id] for t in _texts()[:6]]
     out = {"prefix": str(tmp_path / "static" / "inference"), "samples_npz": str(tmp_path / "s.npz")} \
         if family == "unimo" else {

@@ -26,14 +26,24 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int = 320):
 def build_tiny(family: str, out: Path, texts: Sequence[str], seed: int = 0, std: float = 0.5,
                eos_scale: float = 3.0) -> Path:
     """out/model (PaddleNLP save_pretrained) + out/tokenizer. -> out."""
+    return build_tiny_many((family,), Path(out), texts, seed, std, eos_scale, nested=False)[family]
+
+
+def build_tiny_many(families: Sequence[str], root: Path, texts: Sequence[str], seed: int = 0, std: float = 0.5,
+                    eos_scale: float = 3.0, nested: bool = True) -> dict[str, Path]:
+    """Several families in one Paddle worker, one tokenizer: root/FAMILY/{model,tokenizer} (nested=False: root
+    itself, one family). -> family -> its directory."""
     from ..paddle_proc import run_worker, workdir
-    out = Path(out)
+    root = Path(root)
+    dirs = {f: root / f if nested else root for f in families}
     tok = train_tokenizer(texts)
-    tok.save(out / "tokenizer")
+    for d in dirs.values():
+        tok.save(d / "tokenizer")
     special = {"bos": tok.bos_token_id, "pad": tok.pad_token_id, "eos": tok.eos_token_id,
                "unk": tok.hf.token_to_id("<unk>")}
     with workdir("tiny") as work:
-        run_worker("build_tiny_seq2seq", {"family": family, "out": str(out / "model"), "vocab_size": tok.vocab_size,
-                                          "special": special, "seed": seed, "std": std,
-                                          "eos_scale": eos_scale}, Path(work))
-    return out
+        run_worker("build_tiny_seq2seq", {
+            "families": list(families), "outs": [str(d / "model") for d in dirs.values()],
+            "vocab_size": tok.vocab_size, "special": special, "seed": seed, "std": std, "eos_scale": eos_scale},
+            Path(work))
+    return dirs

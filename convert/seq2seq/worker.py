@@ -114,9 +114,14 @@ def task_bench_seq2seq(args: dict) -> dict:
 
 
 def task_build_tiny_seq2seq(args: dict) -> dict:
-    """A tiny random-weight T5/BART (PaddleNLP classes, save_pretrained) with the given vocabulary and special ids;
+    """Tiny random-weight models (families[i] saved to outs[i], PaddleNLP classes, save_pretrained; one Paddle start
+    for all) with the given vocabulary and special ids;
     matrices redrawn from N(0, std) so random logits are not flat, the eos output row scaled by eos_scale so some
     rows stop early (tests and the benchmark's model)."""
+    return {"parameters": [_build_tiny(dict(args, family=f, out=o)) for f, o in zip(args["families"], args["outs"])]}
+
+
+def _build_tiny(args: dict) -> int:
     import paddle
     import paddlenlp.transformers as T
 
@@ -157,7 +162,7 @@ def task_build_tiny_seq2seq(args: dict) -> dict:
     head.set_value(w)
     model.eval()
     model.save_pretrained(args["out"])
-    return {"parameters": int(sum(int(np.prod(p.shape)) for p in model.parameters()))}
+    return int(sum(int(np.prod(p.shape)) for p in model.parameters()))
 
 
 TASKS = {"export_seq2seq": task_export_seq2seq, "export_prefix_lm": task_export_prefix_lm,
