@@ -262,3 +262,10 @@ def test_generate_cli_text2text(t5, tmp_path, capsys):
     assert main(["-q", "generate", str(bundle), "--prompt", "hello", "--max-new-tokens", "4"]) == 0
     assert capsys.readouterr().out.strip()
     assert main(["-q", "generate", str(bundle), "--prompt", "hello", "--chat"]) == 2
+    capsys.readouterr()
+    sampled = []
+    for seed in (1, 1, 2):                             # sampling: one seed, one answer (Philox, as for causal LMs)
+        assert main(["-q", "generate", str(bundle), "--prompt", "hello", "--prompt", "the gate", "--temperature",
+                     "1.5", "--top-k", "50", "--seed", str(seed), "--max-new-tokens", "12"]) == 0
+        sampled.append(capsys.readouterr().out)
+    assert sampled[0] == sampled[1] != sampled[2]
