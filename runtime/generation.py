@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
@@ -54,6 +54,8 @@ class GenerationConfig:
     early_stopping: bool = True
     no_repeat_ngram_size: int = 0    # 0: off; n: no n-gram occurs twice in a row's decoded sequence (host arrays)
     beam_rules: str = "default"      # "paddlenlp": PaddleNLP's BeamSearchScorer scoring and stopping (advance_beams)
+    forced_bos_token_id: int | None = None   # the first generated token where the prefix is one token (forced_token)
+    forced_eos_token_id: int | None = None   # the token at max_new_tokens (forced_token)
 
     def __post_init__(self):
         for name in ("max_new_tokens", "min_new_tokens", "top_k", "num_beams", "no_repeat_ngram_size"):
@@ -95,6 +97,10 @@ class GenerationConfig:
         for t in self.stop_token_ids:
             if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < 0:
                 raise BadInputError(f"stop token ids must be integers >= 0, got {t!r}")
+        for name in ("forced_bos_token_id", "forced_eos_token_id"):
+            t = getattr(self, name)
+            if t is not None and (isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < 0):
+                raise BadInputError(f"{name} must be an integer >= 0 (or None: off), got {t!r}")
 
     @property
     def sampling(self) -> bool:
@@ -436,6 +442,45 @@ def ban_tokens(logits: np.ndarray, rows, mask: np.ndarray | None) -> tuple[np.nd
     return lg, None
 
 
+def forced_token(cfg: GenerationConfig, step: int, prefix_len: int) -> int | None:
+    """The token step `step` (0-based, of this turn) must choose, None when free: PaddleNLP 2.8.1's
+    ForcedBOSTokenLogitsProcessor (the processors' sequence, prefix_len + step tokens, is one token long: an
+    encoder-decoder's first choice) and ForcedEOSTokenLogitsProcessor (the choice at max_new_tokens; it runs
+    after the BOS one, so it wins where both apply)."""
+    if cfg.forced_eos_token_id is not None and step == cfg.max_new_tokens - 1:
+        return int(cfg.forced_eos_token_id)
+    if cfg.forced_bos_token_id is not None and prefix_len + step == 1:
+        return int(cfg.forced_bos_token_id)
+    return None
+
+
+def force_logits(xp, rows: int, vocab: int, token: int):
+    """float32 [rows, V]: -inf but 0 at `token` (greedy picks it; sampling draws it with probability 1)."""
+    out = xp.full((rows, vocab), -np.inf, np.float32)
+    out[:, token] = 0.0
+    return out
+
+
+def forced_candidates(scores: np.ndarray, beams: int, vocab: int, token: int) -> tuple[np.ndarray, np.ndarray]:
+    """A forced step's merged beam candidates [G, 2K] (merge_beams' layout, flat index beam * V + token, -1 none):
+    every live beam continues with `token` at an unchanged score (PaddleNLP forces after the log-softmax: the
+    token's log-probability is 0), best first."""
+    s = scores.reshape(-1, beams)
+    cand_s = np.full((len(s), 2 * beams), -np.inf, np.float32)
+    cand_i = np.full((len(s), 2 * beams), -1, np.int64)
+    for g, row in enumerate(s):
+        live = [j for j in np.argsort(-row, kind="stable") if np.isfinite(row[j])]
+        cand_s[g, :len(live)] = row[live]
+        cand_i[g, :len(live)] = [j * vocab + token for j in live]
+    return cand_s, cand_i
+
+
+def _check_forced(dec, cfg: GenerationConfig) -> None:
+    bad = [t for t in (cfg.forced_bos_token_id, cfg.forced_eos_token_id) if t is not None and t >= dec.vocab_size]
+    if bad:
+        raise BadInputError(f"forced token ids {bad} are outside the vocabulary [0, {dec.vocab_size})")
+
+
 def _check_host_processors(dec, cfg: GenerationConfig) -> None:
     if cfg.no_repeat_ngram_size and dec.xp is not np:
         raise BadInputError("no_repeat_ngram_size runs on host arrays: use the generic graph (or the fused graph on "
@@ -497,6 +542,7 @@ class Generator:
         self.dec, self.cfg, self.pad_id, self.decode = as_decoder(decoder, pad_id), cfg, pad_id, decode
         self.max_context = max_context
         _check_host_processors(self.dec, cfg)
+        _check_forced(self.dec, cfg)
         self.on_device = self.dec.xp is not np
         self.check_every = check_every or (8 if self.on_device else 1)
         self.batch = 0
@@ -548,6 +594,8 @@ class Generator:
         for b, r in enumerate(rows):
             self.history[b] += r
         self.cached += [len(c) for c in chunks]
+        pre = dec.target_prefix(self.batch) if hasattr(dec, "target_prefix") else self.history
+        self._prefix_len = max(map(len, pre))                       # the processors' sequence before this turn
         self.steps, self._pending, self._done, self._real = 0, False, False, None
         self._string_stop = np.full(self.batch, -1)                  # step at which a stop string ended the row
 
@@ -565,8 +613,13 @@ class Generator:
             if self.cfg.no_repeat_ngram_size:
                 mask = ngram_ban_mask(self._ngram_rows(), self.cfg.no_repeat_ngram_size, dec.vocab_size)
                 logits, rows = ban_tokens(logits, rows, mask)
+            params = self.cfg.sampler_params(self.steps, self.pad_id)
+            forced = forced_token(self.cfg, self.steps, self._prefix_len)
+            if forced is not None:                      # after every other processor, as PaddleNLP orders them
+                logits, rows = force_logits(dec.xp, self.batch, dec.vocab_size, forced), None
+                params = replace(params, suppress_stop=False)
             self._real = None if self.on_device else self.finished == 0             # before this choice
-            kernels.sample_rows(logits, rows, self.cfg.sampler_params(self.steps, self.pad_id), dec.next_ids,
+            kernels.sample_rows(logits, rows, params, dec.next_ids,
                                 seen=self.seen, stop_ids=self.stop_ids, tokens_out=self.tokens, seqlens=dec.seqlens,
                                 finished=self.finished, stream=dec.stream)
         self.steps += 1
@@ -709,6 +762,10 @@ class Generator:
                 dec.next_ids[b, 0] = self.pad_id
                 continue
             if r.fresh is None and not fed[b]:
+                continue
+            forced = forced_token(r.cfg, r.step, len(r.prompt))
+            if forced is not None:
+                self._accept_row(b, r, forced)
                 continue
             if not r.cfg.sampling and r.seen is None:
                 greedy.setdefault((r.step < r.cfg.min_new_tokens, r.cfg.stop_token_ids), []).append(b)
@@ -914,6 +971,7 @@ def beam_search(model, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, 
     prompt to the host, merged to 2K -> cache rows reordered where beams moved -> the next tokens -> one step."""
     dec, k = as_decoder(model, pad_id), cfg.num_beams
     _check_host_processors(dec, cfg)
+    _check_forced(dec, cfg)
     prompts = check_tokens(prompts, dec.vocab_size)
     stop_ids = _stop_array(dec, cfg)
     longest = max(map(len, prompts))
@@ -927,17 +985,21 @@ def beam_search(model, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, 
         dec.start(n)
         seen = _seen(dec, cfg, rows)
         logits, ridx = dec.append(rows, np.zeros(n, np.int64), cfg.max_new_tokens)
+        prefix_len = max(map(len, dec.target_prefix(n) if hasattr(dec, "target_prefix") else rows))
         for step in range(cfg.max_new_tokens):
             scores = np.concatenate([b.scores if not b.finished else np.full(k, -np.inf, np.float32) for b in state])
-            banned = None
-            if cfg.no_repeat_ngram_size:          # after the log-softmax, as PaddleNLP's processors see log-probs
+            banned, forced = None, forced_token(cfg, step, prefix_len)
+            if forced is not None:
+                cand_s, cand_i = forced_candidates(scores, k, vocab, forced)
+            elif cfg.no_repeat_ngram_size:          # after the log-softmax, as PaddleNLP's processors see log-probs
                 pre = dec.target_prefix(n) if hasattr(dec, "target_prefix") else rows
                 banned = ngram_ban_mask([list(pre[b * k + j]) + state[b].seqs[j] for b in range(len(state))
                                          for j in range(k)], cfg.no_repeat_ngram_size, vocab)
-            cand_s, cand_i = kernels.beam_topk(logits, ridx, xp.asarray(scores), k, seen, stop_ids,
-                                               cfg.repetition_penalty, step < cfg.min_new_tokens, dec.stream,
-                                               banned=banned)
-            cand_s, cand_i = kernels.merge_beams(dec.host(cand_s), dec.host(cand_i), k)     # [B, 2K]
+            if forced is None:
+                cand_s, cand_i = kernels.beam_topk(logits, ridx, xp.asarray(scores), k, seen, stop_ids,
+                                                   cfg.repetition_penalty, step < cfg.min_new_tokens, dec.stream,
+                                                   banned=banned)
+                cand_s, cand_i = kernels.merge_beams(dec.host(cand_s), dec.host(cand_i), k)     # [B, 2K]
             src, toks = np.arange(n), np.full(n, pad_id, np.int64)
             for b, beams in enumerate(state):
                 if beams.finished:
@@ -961,5 +1023,5 @@ def beam_search(model, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, 
 
 __all__ = ["BEAM_RULES", "Beams", "CacheDecoder", "Decoder", "GenerationConfig", "Generator", "KVCache", "RowState",
            "advance", "advance_beams", "as_decoder", "ban_tokens", "banned_ngram_tokens", "beam_search",
-           "check_memory", "check_tokens", "generate", "gnmt_score", "host_bytes_available", "left_pad",
+           "check_memory", "check_tokens", "force_logits", "forced_candidates", "forced_token", "generate", "gnmt_score", "host_bytes_available", "left_pad",
            "ngram_ban_mask", "position_ids"]

@@ -41,6 +41,8 @@ class Seq2SeqSpec:
     pad_id: int
     max_source: int | None = None           # longest source (learned positions); None: unbounded
     max_target: int | None = None           # decoder positions (start token included); None: unbounded
+    forced_bos_token_id: int | None = None  # the model config's (PaddleNLP generate() applies them): defaults
+    forced_eos_token_id: int | None = None
 
     @classmethod
     def from_json(cls, d: dict) -> "Seq2SeqSpec":
@@ -48,6 +50,17 @@ class Seq2SeqSpec:
             return cls(**{k: d.get(k) for k in cls.__dataclass_fields__})
         except TypeError as e:
             raise BundleError(f"manifest extra.seq2seq is malformed ({e})") from e
+
+    def defaults(self, cfg: GenerationConfig) -> GenerationConfig:
+        return forced_defaults(self, cfg)
+
+
+def forced_defaults(spec, cfg: GenerationConfig) -> GenerationConfig:
+    """cfg with the bundle's forced BOS/EOS ids where cfg leaves them unset (None), as PaddleNLP's generate()
+    falls back to the model config."""
+    kw = {n: getattr(spec, n) for n in ("forced_bos_token_id", "forced_eos_token_id")
+          if getattr(cfg, n) is None and getattr(spec, n, None) is not None}
+    return replace(cfg, **kw) if kw else cfg
 
 
 def right_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -324,7 +337,9 @@ class Text2TextGenerator:
         return self.tokenizer.encode(text) + [self.spec.eos_id]     # sources end with </s>, as in training
 
     def stop_ids(self, cfg: GenerationConfig) -> GenerationConfig:
-        return cfg if cfg.stop_token_ids else replace(cfg, stop_token_ids=(self.spec.eos_id,))
+        """cfg with the model's defaults: eos stops (unless stop ids are given), the forced BOS/EOS ids."""
+        cfg = cfg if cfg.stop_token_ids else replace(cfg, stop_token_ids=(self.spec.eos_id,))
+        return forced_defaults(self.spec, cfg)
 
     def generate_token_ids(self, ids: Sequence[Sequence[int]], cfg: GenerationConfig) -> list[list[int]]:
         return generate(self.model, ids, self.stop_ids(cfg), self.spec.pad_id, decode=self.tokenizer.decode)

@@ -130,6 +130,39 @@ def test_seq2seq_decoder_on_the_one_loop():
 
 
 @pytest.mark.unit
+def test_forced_bos_and_eos_rules():
+    """PaddleNLP's ForcedBOS (the processors' sequence is one token: an encoder-decoder's first choice) and
+    ForcedEOS (the choice at max length, winning where both apply); a forced beam step keeps every live beam's
+    score (the token's log-probability is 0 after PaddleNLP's log-softmax) and drops dead beams."""
+    from paddle2ort.runtime.generation import forced_candidates, forced_token
+    cfg = GenerationConfig(max_new_tokens=4, forced_bos_token_id=9, forced_eos_token_id=1)
+    assert [forced_token(cfg, s, 1) for s in range(4)] == [9, None, None, 1]
+    assert [forced_token(cfg, s, 3) for s in range(4)] == [None, None, None, 1]       # a decoder-only prompt
+    assert forced_token(GenerationConfig(max_new_tokens=1, forced_bos_token_id=9, forced_eos_token_id=1), 0, 1) == 1
+    assert forced_token(GenerationConfig(), 0, 1) is None
+    s, i = forced_candidates(np.array([-1.0, 0.0, -np.inf, -2.0, -3.0, -0.5], np.float32), 3, 10, 4)
+    assert s.tolist() == [[0.0, -1.0] + [-np.inf] * 4, [-0.5, -2.0, -3.0] + [-np.inf] * 3]
+    assert i.tolist() == [[14, 4, -1, -1, -1, -1], [24, 4, 14, -1, -1, -1]]
+    with pytest.raises(BadInputError, match="forced_bos_token_id must be an integer"):
+        GenerationConfig(forced_bos_token_id=-1)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("opts", [{}, {"do_sample": True, "temperature": 1.5, "seed": 3},
+                                  {"num_beams": 3}, {"num_beams": 3, "beam_rules": "paddlenlp"}])
+def test_forced_tokens_in_greedy_sampling_and_beam_search(opts):
+    toy = ToySeq2Seq()
+    src = [[5, 3, 1], [7, 1]]
+    free = generate(toy.decoder(), src, GenerationConfig(max_new_tokens=5, stop_token_ids=(1,), **opts), 0)
+    assert all(len(r) == 5 and r[0] != 10 for r in free)                              # the toy never says eos
+    got = generate(toy.decoder(), src, GenerationConfig(max_new_tokens=5, stop_token_ids=(1,), forced_bos_token_id=10,
+                                                        forced_eos_token_id=1, **opts), 0)
+    assert all(len(r) == 4 and r[0] == 10 for r in got)                               # forced first; eos at the end
+    with pytest.raises(BadInputError, match="outside the vocabulary"):
+        generate(toy.decoder(), src, GenerationConfig(max_new_tokens=5, forced_bos_token_id=99, **opts), 0)
+
+
+@pytest.mark.unit
 def test_prefix_lm_mask_is_bidirectional_over_the_source_causal_over_the_target():
     from paddle2ort.runtime.seq2seq import PrefixLMDecoder, PrefixLMSpec, prefix_lm_inputs
     ids, types, pos, mask, real = prefix_lm_inputs([[5, 6, 7], [8]], bos_id=1, pad_id=0)
@@ -201,11 +234,17 @@ CASES = [
       "min_new_tokens": 2}),
     ({"num_beams": 3, "beam_rules": "paddlenlp", "length_penalty": 1.2, "early_stopping": True},
      {"decode_strategy": "beam_search", "num_beams": 3, "length_penalty": 1.2, "early_stopping": True}),
+    # forced BOS/EOS (BART's and mBART's configs set them; the bundle records the model's): greedy and beams
+    ({"forced_bos_token_id": 7, "forced_eos_token_id": 2},
+     {"decode_strategy": "greedy_search", "forced_bos_token_id": 7, "forced_eos_token_id": 2}),
+    ({"num_beams": 3, "beam_rules": "paddlenlp", "early_stopping": False, "forced_bos_token_id": 7,
+      "forced_eos_token_id": 2},
+     {"decode_strategy": "beam_search", "num_beams": 3, "forced_bos_token_id": 7, "forced_eos_token_id": 2}),
 ]
 
 
 def test_t5_bundle_matches_paddle_generate(t5, tmp_path):
-    """Token-identical to PaddleNLP's generate() on 8 sources x 5 settings (these tiny models' logits have no
+    """Token-identical to PaddleNLP's generate() on 8 sources x 7 settings (these tiny models' logits have no
     near-ties at the chosen tokens: any disagreement here is a fault, not ISA noise)."""
     from paddle2ort.convert.paddle_proc import run_worker
     from paddle2ort.runtime.manifest import load_bundle
@@ -225,6 +264,8 @@ def test_t5_bundle_matches_paddle_generate(t5, tmp_path):
         got = gen.generate_token_ids(ids, GenerationConfig(max_new_tokens=16, **ours))
         assert got == ref, ours
         lengths |= {len(r) for r in ref}
+        if "forced_bos_token_id" in ours:
+            assert {r[0] for r in got} == {7} and max(map(len, got)) < 16, ours         # forced first and last
     assert min(lengths) < 16 < max(lengths) + 1          # some rows stopped on eos, some ran to the length
 
 
@@ -246,6 +287,9 @@ def test_export_wrappers_match_paddle_generate(family, tiny, tmp_path):
     info = run_worker(task, {"model_dir": str(src / "model"), "sources": sources, "decode_steps": 8, **out},
                       tmp_path / "work")
     assert info["family"] == family and info["generated"] == info["paddle_generated"]
+    if family == "bart":                           # BartConfig forces eos at max length: recorded, and obeyed
+        assert info["geometry"]["forced_eos_token_id"] == tok.eos_token_id
+        assert max(map(len, info["generated"])) < 9
     assert (tmp_path / "static" / "inference.json").is_file()
 
 

@@ -21,17 +21,17 @@ def task_export_seq2seq(args: dict) -> dict:
     from paddle2ort.runtime.seq2seq import Seq2SeqDecoder, Seq2SeqSpec
 
     from .eager import EagerSeq2Seq, load_seq2seq, paddle_generate
-    from .wrapper import input_specs, make_wrappers
+    from .wrapper import forced_ids, input_specs, make_wrappers
 
     model, name, fam, arch = load_seq2seq(args["model_dir"])
-    geo = fam.geometry(model.config)
+    geo = {**fam.geometry(model.config), **forced_ids(model.config)}
     enc, dec = make_wrappers(model, fam)
     enc_rec, dec_rec = [], []
     eager = EagerSeq2Seq(enc, dec, enc_rec, dec_rec)
     sources, steps = args["sources"], int(args["decode_steps"])
-    cfg = GenerationConfig(max_new_tokens=steps + 1, stop_token_ids=(geo["eos_id"],))
-    generated = generate(Seq2SeqDecoder(eager.encode, eager.decode, Seq2SeqSpec.from_json(geo)), sources, cfg,
-                         geo["pad_id"])
+    spec = Seq2SeqSpec.from_json(geo)
+    cfg = spec.defaults(GenerationConfig(max_new_tokens=steps + 1, stop_token_ids=(geo["eos_id"],)))
+    generated = generate(Seq2SeqDecoder(eager.encode, eager.decode, spec), sources, cfg, geo["pad_id"])
     eager.encode(*_one(sources[0], geo["pad_id"]))             # a second encoder shape: one row, its own length
     reference = paddle_generate(model, sources, geo["pad_id"], decode_strategy="greedy_search",
                                 max_new_tokens=steps + 1)
@@ -140,7 +140,8 @@ def _build_tiny(args: dict) -> int:
             decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=128,
             dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, bos_token_id=sp["bos"],
             pad_token_id=sp["pad"], eos_token_id=sp["eos"], decoder_start_token_id=sp["eos"],
-            forced_eos_token_id=None, scale_embedding=fam == "mbart"))
+            forced_eos_token_id=sp["eos"], scale_embedding=fam == "mbart"))      # eos forced at max length, as
+                                                                                    # the released configs do
     elif fam == "unimo":
         model = T.UNIMOLMHeadModel(T.UNIMOConfig(
             vocab_size=v, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,

@@ -64,6 +64,20 @@ def stack_cross(kvs):
     return paddle.stack([paddle.stack([k, v]) for k, v in kvs])
 
 
+def forced_ids(c) -> dict:
+    """The model config's forced BOS/EOS ids (PaddleNLP's generate() reads them from it: BartConfig forces eos=2
+    at max length by default, mBART's configs force a language id first), recorded with the geometry."""
+    out = {}
+    for name in ("forced_bos_token_id", "forced_eos_token_id"):
+        v = getattr(c, name, None)
+        if isinstance(v, (list, tuple)):
+            if len(v) != 1:
+                raise ValueError(f"config {name}={v!r}: several forced ids are not supported; set one id")
+            v = v[0]
+        out[name] = None if v is None else int(v)
+    return out
+
+
 def make_wrappers(model, fam):
     """(encoder Layer, decoder Layer) over the family adapter `fam` (a module of this package)."""
     import paddle
