@@ -1,6 +1,6 @@
 """`paddle2ort generate` on a text2text-generation bundle (T5, BART: runtime.seq2seq.Text2TextGenerator):
 --prompt sources print their targets; --data-file runs the predictor-style JSONL job (`{"src": ...}` a line in,
-`{"src", "output"}` a line out, resumable) through the same job runner as causal LMs."""
+`{"src", "tgt"}` a line out, resumable) through the same job runner as causal LMs."""
 from __future__ import annotations
 
 import logging
@@ -25,7 +25,8 @@ def run_text2text(args, cfg, precision: str) -> int:
                              session=SessionOptions(device=args.device, device_id=args.device_id,
                                                     intra_op_threads=args.threads))
     if args.data_file:
-        n = run_jsonl_job(gen, args.data_file, args.output_file, cfg, args.batch_size, args.src_length)
+        n = run_jsonl_job(gen, args.data_file, args.output_file, cfg, args.batch_size, args.src_length,
+                          output_field="tgt")
         log.info("%d sources -> %s", n, args.output_file)
         return 0
     with busy(f"generate ({len(args.prompt)} source{'s' if len(args.prompt) > 1 else ''}, "

@@ -1,4 +1,5 @@
-"""JSONL generation jobs (PaddleNLP predictor format): `{"src": ...}` a line in, `{"src", "output"}` a line out.
+"""JSONL generation jobs (PaddleNLP predictor format): `{"src": ...}` a line in, `{"src", "output"}` a line out
+(the output field is the caller's: text2text bundles write `tgt`, as PaddleNLP's seq2seq data names the target).
 
 Every line is checked before the first batch runs (JSON, prompt field, chat template, length against the model's
 context), and errors name the line. Results are written atomically after every batch, each with its input line
@@ -100,7 +101,7 @@ def job_key(gen, cfg, src_length: int | None, chat: bool) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
-def load_done(output_file: Path, lines: list[JobLine], key: str = "") -> dict[int, dict]:
+def load_done(output_file: Path, lines: list[JobLine], key: str = "", output_field: str = "output") -> dict[int, dict]:
     """Results a previous run of this job left in output_file: line -> record (only lines whose hash matches).
     Results of another configuration (key) are refused, never mixed in."""
     output_file = Path(output_file)
@@ -122,7 +123,7 @@ def load_done(output_file: Path, lines: list[JobLine], key: str = "") -> dict[in
         except json.JSONDecodeError:
             foreign += 1
             continue
-        if not (isinstance(rec, dict) and isinstance(rec.get("line"), int) and "output" in rec
+        if not (isinstance(rec, dict) and isinstance(rec.get("line"), int) and output_field in rec
                 and isinstance(rec.get("input_sha256"), str)):
             foreign += 1
             continue
@@ -148,16 +149,17 @@ def _write_atomic(path: Path, records: list[dict]) -> None:
 
 
 def run_jsonl_job(gen, data_file: Path, output_file: Path, cfg, batch_size: int = 8, src_length: int | None = None,
-                  chat: bool = False) -> int:
+                  chat: bool = False, output_field: str = "output") -> int:
     """The predictor-style batch job. Returns the number of prompts now in output_file. A rerun resumes.
-    SIGTERM stops it like Ctrl-C: the finished batches stay written."""
+    SIGTERM stops it like Ctrl-C: the finished batches stay written. output_field: each record's generated text
+    ("output"; text2text: "tgt")."""
     from .signals import sigterm_as_interrupt
     with sigterm_as_interrupt():
-        return _run_jsonl_job(gen, data_file, output_file, cfg, batch_size, src_length, chat)
+        return _run_jsonl_job(gen, data_file, output_file, cfg, batch_size, src_length, chat, output_field)
 
 
 def _run_jsonl_job(gen, data_file: Path, output_file: Path, cfg, batch_size: int, src_length: int | None,
-                   chat: bool) -> int:
+                   chat: bool, output_field: str = "output") -> int:
     from tqdm.auto import tqdm
     data_file, output_file = Path(data_file), Path(output_file)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -168,7 +170,7 @@ def _run_jsonl_job(gen, data_file: Path, output_file: Path, cfg, batch_size: int
     cfg = gen.stop_ids(cfg)
     ids = prepare(gen, lines, data_file, cfg, src_length, chat)
     key = job_key(gen, cfg, src_length, chat)
-    done = load_done(output_file, lines, key)
+    done = load_done(output_file, lines, key, output_field)
     if done:
         log.info("resuming: %d of %d lines already in %s", len(done), len(lines), output_file)
     todo = [(j, t) for j, t in zip(lines, ids) if j.line not in done]
@@ -190,7 +192,7 @@ def _run_jsonl_job(gen, data_file: Path, output_file: Path, cfg, batch_size: int
                 raise
             raise Paddle2OrtError(msg) from e
         for (j, _), o in zip(chunk, outs):
-            done[j.line] = {"src": j.text, "output": gen._cut(gen.tokenizer.decode(o), cfg), "line": j.line,
+            done[j.line] = {"src": j.text, output_field: gen._cut(gen.tokenizer.decode(o), cfg), "line": j.line,
                             "input_sha256": j.sha256, "job": key}
         _write_atomic(output_file, [done[k] for k in sorted(done)])
     if not todo:

@@ -302,7 +302,10 @@ def test_generate_cli_text2text(t5, tmp_path, capsys):
     assert main(["-q", "generate", str(bundle), "--data-file", str(data), "--output-file", str(out),
                  "--max-new-tokens", "6", "--num-beams", "2", "--beam-rules", "paddlenlp"]) == 0
     rows = [json.loads(ln) for ln in out.read_text(encoding="utf-8").splitlines()]
-    assert [r["src"] for r in rows] == _texts()[:3] and all(isinstance(r["output"], str) for r in rows)
+    assert [r["src"] for r in rows] == _texts()[:3] and all(isinstance(r["tgt"], str) for r in rows)   # src -> tgt
+    assert main(["-q", "generate", str(bundle), "--data-file", str(data), "--output-file", str(out),
+                 "--max-new-tokens", "6", "--num-beams", "2", "--beam-rules", "paddlenlp"]) == 0     # resumes
+    assert [json.loads(ln) for ln in out.read_text(encoding="utf-8").splitlines()] == rows
     assert main(["-q", "generate", str(bundle), "--prompt", "hello", "--max-new-tokens", "4"]) == 0
     assert capsys.readouterr().out.strip()
     assert main(["-q", "generate", str(bundle), "--prompt", "hello", "--chat"]) == 2
