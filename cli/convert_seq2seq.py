@@ -19,7 +19,7 @@ def run(args) -> int:
         source=args.src, output=args.output, tokenizer=args.tokenizer, precisions=args.precision, opset=args.opset,
         validate=not args.no_validate, overwrite=args.overwrite, name=args.name,
         thresholds=thresholds_with_overrides(dict(args.threshold), LLM_THRESHOLDS)))
-    s = res.manifest.extra["seq2seq"]
+    s = res.manifest.extra.get("seq2seq") or res.manifest.extra["prefix_lm"]     # prefix LMs: one step graph
     print(f"bundle: {res.bundle}  ({s['architecture']}: {s['num_layers']} decoder layers, {s['heads']} heads x "
           f"{s['head_dim']}; opset {res.manifest.opset})")
     for prec, mf in res.manifest.models.items():

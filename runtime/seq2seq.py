@@ -173,7 +173,7 @@ class OrtSeq2Seq(Seq2SeqDecoder):
 
 @dataclass(frozen=True)
 class PrefixLMSpec:
-    """A prefix LM's geometry (manifest extra.prefix_lm): UNIMO-text."""
+    """A prefix LM's geometry (manifest extra.prefix_lm): UNIMO-text, ChatGLM v1."""
     num_layers: int
     heads: int
     head_dim: int
@@ -183,12 +183,16 @@ class PrefixLMSpec:
     eos_id: int
     max_positions: int | None = None
     suppress_ids: tuple = ()                 # the model's own never-generated ids (UNIMO: unk, pad, bos)
+    positions: str = "count"                 # "count": token types + counted positions (UNIMO); "glm": ChatGLM v1's
+    mask_ids: tuple = ()                     # 2-D positions, the second input block positions (glm_positions)
+    source_end_id: int | None = None         # the id ending each source (None: eos; ChatGLM v1: [gMASK])
 
     @classmethod
     def from_json(cls, d: dict) -> "PrefixLMSpec":
         try:
             kw = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
-            return cls(**{**kw, "suppress_ids": tuple(kw.get("suppress_ids", ()))})
+            return cls(**{**kw, "suppress_ids": tuple(kw.get("suppress_ids", ())),
+                          "mask_ids": tuple(kw.get("mask_ids", ()))})
         except TypeError as e:
             raise BundleError(f"manifest extra.prefix_lm is malformed ({e})") from e
 
@@ -211,6 +215,23 @@ def prefix_lm_inputs(rows: Sequence[Sequence[int]], bos_id: int, pad_id: int):
     allowed = real[:, None, :].astype(bool) & ((src[:, :, None] & src[:, None, :]) | (~src[:, :, None] & causal))
     allowed |= np.eye(t, dtype=bool)                              # padding rows see themselves: finite softmax
     return ids, types, pos, ((1.0 - allowed) * -1e4).astype(np.float32)[:, None], real
+
+
+def glm_positions(rows: Sequence[Sequence[int]], t: int, mask_ids: Sequence[int]):
+    """ChatGLM v1's 2-D positions of a prefill laid out as prefix_lm_inputs lays it (left-padded to t, the start
+    token last): source tokens count 0.., the start token sits at the row's first mask_ids[0] ([gMASK]), else its
+    first mask_ids[1] ([MASK]), with block position 1; padding 0 (ChatGLMTokenizer._pad's position_ids).
+    -> positions, block positions int64 [B, t]."""
+    pos, block = np.zeros((len(rows), t), np.int64), np.zeros((len(rows), t), np.int64)
+    for b, r in enumerate(rows):
+        r = list(r)
+        mark = next((m for m in mask_ids if m in r), None)
+        if mark is None:
+            raise BadInputError(f"a ChatGLM source needs a mask token (ids {list(mask_ids)}) to generate at; end it "
+                                "with [gMASK]")
+        pos[b, t - 1 - len(r):t - 1] = np.arange(len(r))
+        pos[b, -1], block[b, -1] = r.index(mark), 1
+    return pos, block
 
 
 class PrefixLMDecoder:
@@ -241,9 +262,12 @@ class PrefixLMDecoder:
             raise BadInputError("a prefix-LM generation has one source a row; start a new one for a new source")
         s = self.spec
         ids, types, pos, mask, self.real = prefix_lm_inputs(chunks, s.bos_id, s.pad_id)
+        glm = s.positions == "glm"
+        if glm:                                   # the second input: block positions; targets at the [gMASK]
+            pos, types = glm_positions(chunks, ids.shape[1], s.mask_ids)
         self._prefix = [list(c) + [s.bos_id] for c in chunks]
         self.cache.reserve(ids.shape[1] + room)
-        self.pos = pos[:, -1:] + 1
+        self.pos, self.types = pos[:, -1:] + (not glm), types[:, -1:] + glm    # the first target step's
         return self._run(ids, types, pos, mask)
 
     def _run(self, ids, types, pos, mask):
@@ -258,14 +282,17 @@ class PrefixLMDecoder:
         b = self.real.shape[0]
         self.real = np.concatenate([self.real, np.ones((b, 1), np.int64)], 1)
         mask = ((1.0 - self.real) * -1e4).astype(np.float32)[:, None, None, :]
-        out = self._run(self.next_ids, np.ones((b, 1), np.int64), self.pos, mask)
-        self.pos = self.pos + 1
+        out = self._run(self.next_ids, self.types, self.pos, mask)
+        if self.spec.positions == "glm":
+            self.types = self.types + 1           # GLM: the block position counts, the position stays
+        else:
+            self.pos = self.pos + 1
         return out
 
     def reorder(self, src):
         src = np.asarray(src)
         self.cache.reorder(src)
-        self.real, self.pos = self.real[src], self.pos[src]
+        self.real, self.pos, self.types = self.real[src], self.pos[src], self.types[src]
         self._prefix = [self._prefix[i] for i in src]
 
     @staticmethod
@@ -290,16 +317,18 @@ class OrtPrefixLM(PrefixLMDecoder):
     """A prefix-LM bundle's onnxruntime session as a PrefixLMDecoder."""
 
     NAMES = ("input_ids", "token_type_ids", "position_ids", "attention_mask", "past_key_values")
+    GLM_NAMES = ("input_ids", "block_position_ids", "position_ids", "attention_mask", "past_key_values")
 
     def __init__(self, model_path: str | Path, spec: PrefixLMSpec, session: SessionOptions = SessionOptions()):
         self.session = create_session(model_path, session)
         names = tuple(i.name for i in self.session.get_inputs())
-        if names != self.NAMES:
-            raise BundleError(f"step graph inputs are {list(names)}, not the prefix-LM contract {list(self.NAMES)}")
+        self.names = self.GLM_NAMES if spec.positions == "glm" else self.NAMES
+        if names != self.names:
+            raise BundleError(f"step graph inputs are {list(names)}, not the prefix-LM contract {list(self.names)}")
         super().__init__(self._step, spec)
 
     def _step(self, ids, types, pos, mask, past):
-        return self.session.run(["logits", "present_key_values"], dict(zip(self.NAMES, (
+        return self.session.run(["logits", "present_key_values"], dict(zip(self.names, (
             ids, types, pos, mask, np.ascontiguousarray(past, dtype=self.cache_dtype)))))
 
 
@@ -334,7 +363,8 @@ class Text2TextGenerator:
                                 "text as it is")
         if not isinstance(text, str) or not text.strip():
             raise BadInputError("empty source text: give some text to transform")
-        return self.tokenizer.encode(text) + [self.spec.eos_id]     # sources end with </s>, as in training
+        end = getattr(self.spec, "source_end_id", None)
+        return self.tokenizer.encode(text) + [self.spec.eos_id if end is None else end]   # as in training
 
     def stop_ids(self, cfg: GenerationConfig) -> GenerationConfig:
         """cfg with the model's defaults: eos stops (unless stop ids are given), the forced BOS/EOS ids."""
@@ -359,4 +389,4 @@ class Text2TextGenerator:
 
 
 __all__ = ["OrtPrefixLM", "OrtSeq2Seq", "PrefixLMDecoder", "PrefixLMSpec", "Seq2SeqDecoder", "Seq2SeqSpec", "TASK",
-           "Text2TextGenerator", "prefix_lm_inputs", "right_pad"]
+           "Text2TextGenerator", "glm_positions", "prefix_lm_inputs", "right_pad"]

@@ -615,8 +615,9 @@ FUSED_FORM = {"llama": ("llama", False), "mistral": ("llama", False), "qwen2": (
 REFUSED = {
     "ChatGLMForCausalLM": "ChatGLM v1 (GLM) attends bidirectionally over the prompt up to its [gMASK] token and "
                           "takes 2-D position ids (position, block position) that depend on where that token is; "
-                          "the exported decoder is causal with one position id per token, so it has no export "
-                          "adapter. ChatGLM v2 (ChatGLMv2ForCausalLM, model_type chatglm_v2) is causal and exports",
+                          "the causal decoder export has one position id per token. Convert it with `paddle2ort "
+                          "convert-seq2seq` instead (a prefix-LM text2text bundle: bidirectional prompt, 2-D "
+                          "positions). ChatGLM v2 (ChatGLMv2ForCausalLM, model_type chatglm_v2) is causal and exports",
 }
 REFUSED_TYPES = {"chatglm": "ChatGLMForCausalLM"}
 

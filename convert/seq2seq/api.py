@@ -89,7 +89,8 @@ def _convert_seq2seq(config: Seq2SeqConvertConfig) -> ConvertResult:
     tok = BPETokenizer.load(config.tokenizer)
     check_vocab(tok, cfg, config)
     eos = cfg.get("eos_token_id", tok.eos_token_id)
-    sources = [tok.encode(s) + [eos] for s in config.sources]
+    end = cfg.get(FAMILIES[family].source_end, eos)            # sources end as in training (ChatGLM v1: [gMASK])
+    sources = [tok.encode(s) + [end] for s in config.sources]
     log.info("%s: the %s family (%s)", config.source, family, FAMILIES[family].kind)
     work = make_workdir("seq2seq")
     try:

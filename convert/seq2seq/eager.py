@@ -83,5 +83,5 @@ def paddle_generate_prefix_lm(model, sources: list[list[int]], geo: dict, **kw) 
 
 def paddle_generate_any(model, family: str, sources: list[list[int]], geo: dict, options: dict) -> list[list[int]]:
     if FAMILIES[family].kind == "prefix-lm":
-        return paddle_generate_prefix_lm(model, sources, geo, **options)
+        return getattr(adapter(family), "paddle_generate", paddle_generate_prefix_lm)(model, sources, geo, **options)
     return paddle_generate(model, sources, geo["pad_id"], **options)

@@ -21,6 +21,7 @@ class Seq2SeqFamily:
     model_types: tuple[str, ...]
     architectures: tuple[str, ...]
     kind: str = "encoder-decoder"  # or "prefix-lm": one step graph, bidirectional source (unimo.py's contract)
+    source_end: str = "eos_token_id"   # the config.json id that ends each source (ChatGLM v1: its [gMASK])
 
 
 FAMILIES = {f.name: f for f in (
@@ -29,7 +30,16 @@ FAMILIES = {f.name: f for f in (
     Seq2SeqFamily("mbart", "MBartForConditionalGeneration", "bart", ("mbart",), ("MBartForConditionalGeneration",)),
     Seq2SeqFamily("unimo", "UNIMOLMHeadModel", "unimo", ("unimo",), ("UNIMOLMHeadModel", "UNIMOForMaskedLM",
                                                                       "UNIMOForConditionalGeneration"), "prefix-lm"),
+    # ChatGLM v1 (GLM): bidirectional up to <sop>, 2-D rotary positions (chatglm.py)
+    Seq2SeqFamily("chatglm", "ChatGLMForCausalLM", "chatglm", ("chatglm",), ("ChatGLMForCausalLM",), "prefix-lm",
+                  "gmask_token_id"),
 )}
+
+# configurations of a family that its adapter does not cover: (family, config key, the value it needs, why)
+UNCOVERED = (("chatglm", "position_encoding_2d", True, "1-D GLM positions"),
+             ("chatglm", "pre_seq_len", None, "P-tuning prefix encoders"),
+             ("chatglm", "use_long_sequence_strategies", False, "scaled rotary"),
+             ("chatglm", "activation", "gelu", "GeGLU MLP"))
 
 
 class UnsupportedFamily(KeyError):
@@ -42,6 +52,10 @@ def family_name(cfg: dict) -> str:
     archs = cfg.get("architectures") or []
     for f in FAMILIES.values():
         if any(a in f.architectures for a in archs) or (not archs and cfg.get("model_type") in f.model_types):
+            for _, key, want, what in (u for u in UNCOVERED if u[0] == f.name):
+                if cfg.get(key, want) != want:
+                    raise UnsupportedFamily(f"{f.model_class} with {key}={cfg[key]!r} ({what}) has no export "
+                                            f"adapter; the {f.name} adapter needs {key}={want!r}")
             return f.name
     what = archs[0] if archs else cfg.get("model_type")
     raise UnsupportedFamily(f"{what!r} is not an encoder-decoder family paddle2ort exports; supported: "

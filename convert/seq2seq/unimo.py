@@ -54,8 +54,11 @@ def step(model, input_ids, token_type_ids, position_ids, attention_mask, past):
     return model.lm_head(h), stack_present(news)
 
 
-def make_wrapper(model):
+def make_wrapper(model, step_fn=None):
+    """The step graph's Layer over `step_fn(model, ids, second ids, positions, mask, past)` (default: UNIMO's step;
+    chatglm.py passes its own, the second ids being block positions)."""
     import paddle
+    fn = step_fn or step
 
     class PrefixLMStep(paddle.nn.Layer):
         def __init__(self):
@@ -63,7 +66,7 @@ def make_wrapper(model):
             self.model = model
 
         def forward(self, input_ids, token_type_ids, position_ids, attention_mask, past_key_values):
-            return step(self.model, input_ids, token_type_ids, position_ids, attention_mask, past_key_values)
+            return fn(self.model, input_ids, token_type_ids, position_ids, attention_mask, past_key_values)
 
     return PrefixLMStep()
 

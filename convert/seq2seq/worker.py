@@ -53,26 +53,25 @@ def task_export_prefix_lm(args: dict) -> dict:
     from paddle2ort.runtime.seq2seq import PrefixLMDecoder, PrefixLMSpec
 
     from .eager import load_seq2seq, paddle_generate_prefix_lm
-    from .unimo import INPUTS, input_specs, make_wrapper
 
-    model, name, fam, arch = load_seq2seq(args["model_dir"])
+    model, name, fam, arch = load_seq2seq(args["model_dir"])       # fam: unimo.py or chatglm.py (one contract)
     geo = fam.geometry(model.config)
-    wrapper = make_wrapper(model)
+    wrapper = fam.make_wrapper(model)
     wrapper.eval()
     records = []
 
     def step(*arrays):
         with paddle.no_grad():
             logits, present = wrapper(*(paddle.to_tensor(np.ascontiguousarray(a)) for a in arrays))
-        records.append(dict(zip(INPUTS, (np.array(a) for a in arrays))))
+        records.append(dict(zip(fam.INPUTS, (np.array(a) for a in arrays))))
         return logits.numpy(), present.numpy()
 
     sources, steps = args["sources"], int(args["decode_steps"])
     cfg = GenerationConfig(max_new_tokens=steps + 1, stop_token_ids=(geo["eos_id"],), min_new_tokens=steps + 1)
     generated = generate(PrefixLMDecoder(step, PrefixLMSpec.from_json(geo)), sources, cfg, geo["pad_id"])
-    reference = paddle_generate_prefix_lm(model, sources, geo, decode_strategy="greedy_search",
-                                          max_new_tokens=steps + 1, min_new_tokens=steps + 1)
-    paddle.jit.save(wrapper, args["prefix"], input_spec=input_specs(geo))
+    reference = getattr(fam, "paddle_generate", paddle_generate_prefix_lm)(
+        model, sources, geo, decode_strategy="greedy_search", max_new_tokens=steps + 1, min_new_tokens=steps + 1)
+    paddle.jit.save(wrapper, args["prefix"], input_spec=fam.input_specs(geo))
     _save_records(args["samples_npz"], records)
     return {"family": name, "architecture": arch, "geometry": geo, "generated": generated,
             "paddle_generated": reference, "paddle_version": paddle.__version__}
@@ -148,6 +147,11 @@ def _build_tiny(args: dict) -> int:
             hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, max_position_embeddings=128,
             type_vocab_size=4, unk_token_id=sp["unk"], pad_token_id=sp["pad"], bos_token_id=sp["bos"],
             eos_token_id=sp["eos"], mask_token_id=sp["unk"]))
+    elif fam == "chatglm":             # [gMASK]: the vocabulary's last id (the tiny tokenizer has no such token)
+        model = T.ChatGLMForCausalLM(T.ChatGLMConfig(
+            vocab_size=v, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, inner_hidden_size=64,
+            max_sequence_length=128, bos_token_id=sp["bos"], eos_token_id=sp["eos"], pad_token_id=sp["pad"],
+            mask_token_id=sp["unk"], gmask_token_id=v - 1))
     else:
         raise ValueError(f"no tiny builder for {fam!r}")
     rng = np.random.default_rng(int(args["seed"]))
@@ -157,7 +161,8 @@ def _build_tiny(args: dict) -> int:
             p.set_value(rng.normal(0, std, p.shape).astype("float32"))
     head = {"t5": lambda: model.t5.shared.weight, "bart": lambda: model.lm_head_weight,      # the output rows
             "mbart": lambda: model.lm_head_weight,
-            "unimo": lambda: model.lm_head.decoder_weight}[fam]()                            # (T5: tied)
+            "unimo": lambda: model.lm_head.decoder_weight,
+            "chatglm": lambda: model.lm_head.decoder_weight}[fam]()                            # (T5: tied)
     w = head.numpy()
     w[sp["eos"]] *= float(args.get("eos_scale", 1.0))         # eos ends some rows early: stop rules get exercised
     head.set_value(w)
