@@ -25,7 +25,8 @@ def run(args) -> int:
     for prec, mf in res.manifest.models.items():
         v = (res.manifest.validation or {}).get(prec)
         gate = "not validated" if v is None else f"max_rel_diff {v['max_rel_diff']:.2e}, cosine {v['min_cosine']:.6f}"
-        print(f"  {prec:5s} decoder {mf.file:18s} {mf.size_bytes / 1e6:8.2f} MB  {gate}  (encoder/: its own gate)")
+        own = "  (encoder/: its own gate)" if "seq2seq" in res.manifest.extra else ""       # prefix LMs: one graph
+        print(f"  {prec:5s} decoder {mf.file:18s} {mf.size_bytes / 1e6:8.2f} MB  {gate}{own}")
     return 0
 
 
