@@ -147,7 +147,7 @@ def engine(system: str, variant: str = "fp16", batch: int = 1, prompt: int = 128
     return f
 
 
-LLM_CPU = "llm-cpu/llm.json"
+LLM_CPU, LLM_CPU_B8 = "llm-cpu/llm.json", "llm-cpu/batch8/llm.json"
 
 
 def users_row(res: dict, precision: str, batch: int = 1) -> dict:
@@ -269,6 +269,10 @@ TARGETS: tuple[Target, ...] = (
            generic_over_users("fp32")),
     Target(14, "llm-cpu", "CPU default graph (fused) decode vs generic, int8 b1", LLM_CPU, ">=", 1.0, "x",
            generic_over_users("int8")),
+    Target(14, "llm-cpu", "CPU default graph (fused) decode vs generic, fp32 b8 (separate run)", LLM_CPU_B8, ">=",
+           1.0, "x", generic_over_users("fp32", 8)),
+    Target(14, "llm-cpu", "CPU default graph (fused) decode vs generic, int8 b8 (separate run)", LLM_CPU_B8, ">=",
+           1.0, "x", generic_over_users("int8", 8)),
     # issue 17: encoders (fused graphs, buckets, CUDA graphs)
     *(Target(17, "encoder", f">= 1.5x torch.compile reduce-overhead, fused FP16 + CUDA graph, {g} 32 x 128 (H200)",
              ENC_GPU, ">=", 1.5, "x",
