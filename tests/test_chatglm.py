@@ -47,6 +47,12 @@ def test_glm_positions_mask_and_steps_follow_chatglm_tokenizer_rules():
     for k, (ids, block, pos, mask) in enumerate(calls[1:]):
         assert pos.tolist() == [[2], [0]] and block.tolist() == [[2 + k], [2 + k]]
         assert mask.shape == (2, 1, 1, 7 + k) and (mask[0, 0, 0, :2] < 0).all() and (mask[1, 0, 0] == 0).all()
+    dec = PrefixLMDecoder(step, _spec())                          # beams reorder the 2-D positions with the cache
+    dec.start(2)
+    dec.append(rows, None, 2)
+    dec.reorder([1, 1])
+    dec.step(None)
+    assert calls[-1][2].tolist() == [[0], [0]] and calls[-1][1].tolist() == [[2], [2]]
     with pytest.raises(BadInputError, match=r"\[gMASK\]"):
         generate(PrefixLMDecoder(step, _spec()), [[5, 6]], GenerationConfig(max_new_tokens=2), PAD)
 
