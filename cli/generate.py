@@ -144,7 +144,8 @@ def register(sub) -> None:
                         "kernel on GPU)")
     g.add_argument("--threads", type=nonneg_int, default=0, help="intra-op threads (0: onnxruntime's choice)")
     g.add_argument("--data-file", type=Path, help='JSON lines in ({"src": ...} a line)')
-    g.add_argument("--output-file", type=Path, help='JSON lines out ({"src", "output"} a line), written atomically')
+    g.add_argument("--output-file", type=Path, help='JSON lines out ({"src", "output"} a line; text2text bundles: '
+                   '{"src", "tgt"}), written atomically')
     g.add_argument("--batch-size", type=positive_int, default=8, help="with --data-file: prompts a batch")
     g.add_argument("--src-length", type=positive_int,
                    help="with --data-file: keep at most this many prompt tokens, the last ones (default: all)")

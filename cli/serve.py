@@ -77,7 +77,9 @@ def register(sub) -> None:
                 "  -d '{\"model\": \"smollm2\", \"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}]}'",
                 description="Serve text-generation bundles on OpenAI's /v1/completions and /v1/chat/completions "
                             "(streaming, continuous batching of concurrent requests) and text-classification "
-                            "bundles on /v1/classify (micro-batched), with /v1/models, /health and Prometheus "
+                            "bundles on /v1/classify (micro-batched), text2text-generation bundles (T5, BART, "
+                            "UNIMO-text) on /v1/completions (the prompt is the source; one batch at a time), "
+                            "with /v1/models, /health and Prometheus "
                             "/metrics. A model's name is its bundle directory's name. Needs the serve extra.")
     g.add_argument("bundles", type=Path, nargs="+", metavar="BUNDLE", help="bundle directories to serve")
     g.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")

@@ -1023,5 +1023,5 @@ def beam_search(model, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, 
 
 __all__ = ["BEAM_RULES", "Beams", "CacheDecoder", "Decoder", "GenerationConfig", "Generator", "KVCache", "RowState",
            "advance", "advance_beams", "as_decoder", "ban_tokens", "banned_ngram_tokens", "beam_search",
-           "check_memory", "check_tokens", "force_logits", "forced_candidates", "forced_token", "generate", "gnmt_score", "host_bytes_available", "left_pad",
-           "ngram_ban_mask", "position_ids"]
+           "check_memory", "check_tokens", "force_logits", "forced_candidates", "forced_token", "generate",
+           "gnmt_score", "host_bytes_available", "left_pad", "ngram_ban_mask", "position_ids"]

@@ -316,3 +316,49 @@ def test_generate_cli_text2text(t5, tmp_path, capsys):
                      "1.5", "--top-k", "50", "--seed", str(seed), "--max-new-tokens", "12"]) == 0
         sampled.append(capsys.readouterr().out)
     assert sampled[0] == sampled[1] != sampled[2]
+
+
+@pytest.mark.unit
+def test_text2text_serving_batches():
+    """Equal deterministic settings share a batch (up to max_batch rows, in arrival order); a sampling choice runs
+    alone (its tokens depend on its seed only); finish reasons from the row's length and stop strings."""
+    from paddle2ort.runtime.serving.scheduler import Request
+    from paddle2ort.runtime.serving.text2text import Job, batches, finish_reason
+    g, s = GenerationConfig(max_new_tokens=4), GenerationConfig(max_new_tokens=4, do_sample=True, seed=1)
+    req = Request([5], g, 1, print)
+    cfgs = [g, s, g, GenerationConfig(max_new_tokens=5), g]
+    jobs = [Job(req, i, c) for i, c in enumerate(cfgs)]
+    assert [[j.index for j in b] for b in batches(jobs, 2)] == [[0, 2], [1], [3], [4]]
+    assert finish_reason([1, 2, 3, 4], "abcd", "abcd", g) == "length"
+    assert finish_reason([1, 2], "ab", "ab", g) == finish_reason([1, 2, 3, 4], "abcd", "ab", g) == "stop"
+
+
+def test_serve_text2text_completions(t5):
+    """`serve` on a text2text bundle: /v1/completions takes the prompt as the source; concurrent greedy requests
+    (batched together) answer as each does alone through Text2TextGenerator; a seed reproduces; chat is refused."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from test_serving import Server
+    _, bundle = t5
+    srv = Server([bundle], max_batch=4, max_queue=8)
+    try:
+        gen = srv.models["bundle"].generator
+        srcs = _texts()[:5]
+        want = [gen(t, GenerationConfig(max_new_tokens=8))[0] for t in srcs]
+
+        def ask(t, **kw):
+            r = srv.post("/v1/completions", json={"model": "bundle", "prompt": t, "max_tokens": 8, **kw})
+            assert r.status_code == 200, r.text
+            return r.json()
+
+        with ThreadPoolExecutor(5) as ex:
+            got = list(ex.map(lambda t: ask(t, temperature=0), srcs))
+        assert [g["choices"][0]["text"] for g in got] == want
+        assert [g["usage"]["prompt_tokens"] for g in got] == [len(gen.prompt_ids(t)) for t in srcs]
+        assert all(g["choices"][0]["finish_reason"] in ("stop", "length") for g in got)
+        a, b = (ask("hello", temperature=1.5, top_k=50, seed=7, n=2) for _ in range(2))
+        assert [c["text"] for c in a["choices"]] == [c["text"] for c in b["choices"]]
+        r = srv.post("/v1/chat/completions", json={"model": "bundle", "messages": [{"role": "user", "content": "x"}]})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "wrong_task"
+    finally:
+        srv.close()

@@ -113,6 +113,13 @@ def load_models(bundles: list[Path], cfg: ServeConfig, metrics: ServingMetrics, 
             eng = Engine(gen.model, gen.tokenizer, gen.default_stop_ids, gen.max_context, cfg.max_batch,
                          cfg.max_queue, cfg.retry_after, metrics, name)
             out[name] = Served(name, m.task, path, generator=gen, engine=eng)
+        elif m.task == "text2text-generation":                    # /v1/completions, batch at a time (text2text.py)
+            from paddle2ort.runtime.seq2seq import Text2TextGenerator
+
+            from .text2text import Text2TextEngine
+            gen = Text2TextGenerator(path, precision=prec, session=session)
+            out[name] = Served(name, m.task, path, generator=gen, engine=Text2TextEngine(
+                gen, cfg.max_batch, cfg.max_queue, cfg.retry_after, metrics, name))
         elif m.task == "text-classification":
             from paddle2ort.runtime.pipelines import TextClassifier
             clf = TextClassifier(path, precision=prec, session=session)
@@ -120,8 +127,8 @@ def load_models(bundles: list[Path], cfg: ServeConfig, metrics: ServingMetrics, 
                 clf, cfg.classify_max_texts, cfg.classify_max_wait_ms / 1000, cfg.max_queue, cfg.retry_after,
                 metrics, name))
         else:
-            raise BundleError(f"bundle {path} has task {m.task!r}: serve runs text-generation and "
-                              "text-classification bundles")
+            raise BundleError(f"bundle {path} has task {m.task!r}: serve runs text-generation, "
+                              "text2text-generation and text-classification bundles")
         log.info("serving %s (%s) as %r", path, m.task, name)
     return out
 
@@ -176,14 +183,14 @@ def create_app(models: dict[str, Served], cfg: ServeConfig = ServeConfig(),
         return error_response(ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
                                        code="not_found" if exc.status_code == 404 else None))
 
-    def model_for(name: str, task: str) -> Served:
+    def model_for(name: str, task: str, *more: str) -> Served:
         s = models.get(name)
         if s is None:
             raise ApiError(404, f"model {name!r} does not exist; this server has: {', '.join(sorted(models))}",
                            "model", "model_not_found")
-        if s.task != task:
-            raise ApiError(400, f"model {name!r} is a {s.task} model; this route needs a {task} model",
-                           "model", "wrong_task")
+        if s.task not in (task, *more):
+            raise ApiError(400, f"model {name!r} is a {s.task} model; this route needs a {' or '.join((task, *more))}"
+                           " model", "model", "wrong_task")
         return s
 
     @app.get("/health")
@@ -211,8 +218,14 @@ def create_app(models: dict[str, Served], cfg: ServeConfig = ServeConfig(),
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
-        s = model_for(body.model, "text-generation")
-        ids = s.generator.tokenizer.encode(body.prompt)
+        s = model_for(body.model, "text-generation", "text2text-generation")
+        if s.task == "text2text-generation":           # the prompt is the source (it ends with the model's eos)
+            try:
+                ids = s.generator.prompt_ids(body.prompt)
+            except BadInputError as e:
+                raise ApiError(400, str(e), "prompt") from e
+        else:
+            ids = s.generator.tokenizer.encode(body.prompt)
         return await run_generation(s, ids, body, body.new_tokens(DEFAULT_COMPLETION_TOKENS), request, chat=False)
 
     @app.post("/v1/chat/completions")
