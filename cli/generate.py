@@ -61,7 +61,7 @@ def run(args) -> int:
         from paddle2ort.runtime.manifest import load_bundle
         from paddle2ort.runtime.selection import DEFAULT_PRECISION, default_precision
         precision = (default_precision(load_bundle(args.bundle, verify=False), args.device)
-                     if args.graph != "fused" else DEFAULT_PRECISION)
+                     if args.graph not in ("fused", "kernels") else DEFAULT_PRECISION)
     if (args.task or _bundle_task(args.bundle)) == "text2text-generation":
         from .text2text import run_text2text
         return run_text2text(args, cfg, precision)
@@ -137,11 +137,12 @@ def register(sub) -> None:
                    "`paddle2ort release` chose for --device, else fp32")
     g.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="where onnxruntime runs")
     g.add_argument("--device-id", type=nonneg_int, default=0, help="CUDA device with --device gpu")
-    g.add_argument("--graph", default="auto", choices=["auto", "generic", "fused"],
+    g.add_argument("--graph", default="auto", choices=["auto", "generic", "fused", "kernels"],
                    help="auto: the bundle's default for --device and the precision (convert-llm records the fused "
                         "decoder on the CPU where it was built, else generic); generic: the paddle2onnx export "
                         "(host loop); fused: the fused decoder with the on-device loop (CUDA graphs + sampler "
-                        "kernel on GPU)")
+                        "kernel on GPU); kernels: the fused decoder's weights run by our own CUDA kernels (LLaMA/"
+                        "Qwen2 geometry, --device gpu with CuPy; on the CPU their NumPy twins, slow, for checking)")
     g.add_argument("--threads", type=nonneg_int, default=0, help="intra-op threads (0: onnxruntime's choice)")
     g.add_argument("--data-file", type=Path, help='JSON lines in ({"src": ...} a line)')
     g.add_argument("--output-file", type=Path, help='JSON lines out ({"src", "output"} a line; text2text bundles: '

@@ -56,7 +56,8 @@ class TextGenerator:
     def __init__(self, bundle_dir: str | Path, precision: str = "fp32", session: SessionOptions = SessionOptions(),
                  graph: str = "generic", max_length: int | None = None):
         """graph: "generic" (the paddle2onnx export, host KV cache), "fused" (the fused decoder, on the device
-        with --device gpu) or "auto" (the bundle's default graph for the device and precision: llm.default_graph,
+        with --device gpu), "kernels" (the fused decoder's weights run by our own CUDA kernels, runtime/kernels/
+        engine.py; their NumPy twins on the CPU, for checking) or "auto" (the bundle's default graph for the device and precision: llm.default_graph,
         written by convert-llm; generic where it names none); both run the same decode loop (runtime.generation)."""
         from paddle2ort.tokenization.bpe import BPETokenizer
 
@@ -73,10 +74,15 @@ class TextGenerator:
             from .fused import FusedDecoder
             path, spec = fused_model(self.bundle, precision)
             self.model = FusedDecoder(path, spec, session, max_length=max_length)
+        elif graph == "kernels":            # the fused decoder's weights, run by our CUDA kernels (NumPy twins on CPU)
+            from .kernels.engine import open_decoder
+            path, spec = fused_model(self.bundle, precision)
+            self.model = open_decoder(path, spec, engine="kernels", device="gpu" if session.wants_cuda else "cpu",
+                                      max_length=max_length)
         elif graph == "generic":
             self.model = OrtDecoder(self.bundle.model_path(precision, verify=True), self.llm, session)
         else:
-            raise BadInputError(f"graph must be 'generic', 'fused' or 'auto', got {graph!r}")
+            raise BadInputError(f"graph must be 'generic', 'fused', 'kernels' or 'auto', got {graph!r}")
         self.default_stop_ids = bundle_stop_ids(self.llm, self.tokenizer)
         adapter = m.extra.get("adapter") or {}
         if adapter:

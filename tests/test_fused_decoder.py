@@ -217,3 +217,14 @@ def test_fused_decoder_uses_the_session_factory(llama):
     assert so.intra_op_num_threads == 1 and so.graph_optimization_level.name == "ORT_ENABLE_BASIC"
     assert generate(dec, ids, GenerationConfig(max_new_tokens=4), gen.tokenizer.pad_token_id) == \
         generate(gen.model, ids, GenerationConfig(max_new_tokens=4), gen.tokenizer.pad_token_id)
+
+
+
+def test_kernel_engine_is_reachable_and_refuses_clearly(llama, capsys):
+    """`generate --graph kernels` hands the fused decoder's file to our kernel engine (the engine's parity with the
+    fused graph is tests/test_engine.py); a geometry its kernels do not cover is exit 2 naming it and the fallback."""
+    from paddle2ort.cli import main
+    _, dest, _, _, _ = llama
+    assert main(["generate", str(dest), "--graph", "kernels", "--prompt", "hello", "--max-new-tokens", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "kernel engine" in err and "head size 16" in err and "onnxruntime" in err
