@@ -31,7 +31,7 @@ def run(args) -> int:
 
 
 def register(sub) -> None:
-    c = command(sub, "convert-seq2seq", "PaddleNLP encoder-decoder (T5, BART) -> validated text2text bundle",
+    c = command(sub, "convert-seq2seq", "PaddleNLP encoder-decoder or prefix LM (T5, BART, mBART, UNIMO-text, ChatGLM v1) -> validated text2text bundle",
                 "paddle2ort convert-seq2seq my-t5/ -o bundles/t5 --tokenizer my-t5-tokenizer/ --precision fp32,int8",
                 description="Export a PaddleNLP T5 or BART as an encoder graph (run once a source; it also writes "
                             "every decoder layer's cross-attention K/V) and a decoder-step graph with a "

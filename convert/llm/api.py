@@ -18,6 +18,7 @@ from paddle2ort.runtime.progress import busy
 
 from ..api import MAX_OPSET, MIN_OPSET, ConvertConfig, ConvertResult, check_thresholds, convert
 from ..bundle import check_destination
+from ..export import model_bytes
 from ..paddle_proc import make_workdir, run_worker, sigterm_as_interrupt
 from ..precision import Int4Options, Int8Options
 from ..validate import LLM_THRESHOLDS, Thresholds
@@ -142,7 +143,6 @@ def check_family(cfg: dict, config: LLMConvertConfig) -> str:
                             "(the generic graph exports it)")
     scaled = [k for k in ("rope_scaling", "rope_scaling_type", "rope_freq_factors") if cfg.get(k)]
     if explicit and scaled:
-
         raise BadInputError(f"config.json has {scaled[0]}: the fused decoder computes plain rotary only; leave out "
                             "--fused (the generic graph exports scaled rotary)")
     return family
@@ -302,7 +302,7 @@ def build_fused(config: LLMConvertConfig, work: Path, pad_id: int, plan: dict[st
         if report:
             s = summary(report)
             log.info("fused %s passed: max_rel_diff=%.3g cosine=%.6f", prec, s["max_rel_diff"], s["min_cosine"])
-        entries[prec] = {"file": f"fused/{dst.name}", "sha256": sha256_file(dst), "size_bytes": dst.stat().st_size,
+        entries[prec] = {"file": f"fused/{dst.name}", "sha256": sha256_file(dst), "size_bytes": model_bytes(dst),
                          "options": opts, "validation": summary(report) if report else None}
     (work / "state.npz").unlink()
     return entries
