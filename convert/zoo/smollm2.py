@@ -104,11 +104,13 @@ def build(out: Path, force: bool = False) -> Path:
         return out
     import paddle
     from paddlenlp.transformers import LlamaForCausalLM
+    from paddlenlp.utils.log import logger as paddlenlp_log
 
     from paddle2ort.convert.llm.eager import greedy
     from paddle2ort.tokenization.bpe import tokenizer_from_gguf_fields
 
     paddle.set_device("cpu")
+    paddlenlp_log.set_level("WARNING")  # its own console handler: "Configuration saved in ..." would reach the user
     with staged_zoo(out) as stage:     # built aside, renamed into place when complete
         src = gguf_path()
         cfg, tensors, tok = read_gguf(src)
