@@ -47,7 +47,27 @@ class DecodeState:
     binding: object = None         # decode-step IO binding (built once)
 
 
-class FusedDecoder:
+class DeviceStateMemory:
+    """The memory answers of a decoder whose cache states (self.states: rows -> state, self.state_bytes) live on
+    self.xp (CuPy on the GPU, NumPy on the CPU) with room for self.capacity positions: the fused graph and the
+    kernel engine."""
+
+    def max_tokens(self) -> int:
+        return self.capacity
+
+    def bytes_needed(self, rows: int, prompt_len: int, new_tokens: int) -> int:
+        return self.state_bytes(rows, prompt_len) + rows * (self.vocab_size + 4 * new_tokens)
+
+    def bytes_available(self) -> int:
+        if self.xp is np:
+            return host_bytes_available()
+        free, _ = self.xp.cuda.runtime.memGetInfo()
+        # the states already allocated are reused (or freed by release)
+        return int(free + self.xp.get_default_memory_pool().free_bytes()) + sum(
+            self.state_bytes(b) for b in self.states)
+
+
+class FusedDecoder(DeviceStateMemory):
     """Session + per-batch device state for a fused decoder file. device: "cpu" or "gpu"; cuda_options are extra
     CUDA provider options (e.g. {"sdpa_kernel": 1} to pin an attention kernel)."""
 
@@ -358,16 +378,3 @@ class FusedDecoder:
 
     limit_name = "the cache capacity (raise max_length)"
 
-    def max_tokens(self) -> int:
-        return self.capacity
-
-    def bytes_needed(self, rows: int, prompt_len: int, new_tokens: int) -> int:
-        return self.state_bytes(rows, prompt_len) + rows * (self.vocab_size + 4 * new_tokens)
-
-    def bytes_available(self) -> int:
-        if self.xp is np:
-            return host_bytes_available()
-        free, _ = self.xp.cuda.runtime.memGetInfo()
-        # the states already allocated are reused (or freed by release)
-        return int(free + self.xp.get_default_memory_pool().free_bytes()) + sum(
-            self.state_bytes(b) for b in self.states)

@@ -27,6 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import BadInputError, DeviceError
+from ..fused import DeviceStateMemory
 from . import engine_reference as R
 
 log = logging.getLogger(__name__)
@@ -247,7 +248,7 @@ class State:
     warm: bool = False
 
 
-class KernelEngine:
+class KernelEngine(DeviceStateMemory):
     """generation.Decoder over our kernels. device: "gpu" (CuPy, CUDA graph) or "cpu" (the NumPy twins)."""
 
     limit_name = "the cache capacity (raise max_length)"
@@ -562,19 +563,6 @@ class KernelEngine:
     def on_stream(self):
         return self.stream if self.stream is not None else contextlib.nullcontext()
 
-    def max_tokens(self) -> int:
-        return self.capacity
-
-    def bytes_needed(self, rows: int, prompt_len: int, new_tokens: int) -> int:
-        return self.state_bytes(rows, prompt_len) + rows * (self.vocab_size + 4 * new_tokens)
-
-    def bytes_available(self) -> int:
-        if self.xp is np:
-            from ..generation import host_bytes_available
-            return host_bytes_available()
-        free, _ = self.xp.cuda.runtime.memGetInfo()
-        return int(free + self.xp.get_default_memory_pool().free_bytes()) + sum(
-            self.state_bytes(b) for b in self.states)
 
 
 def open_decoder(model_path: str | Path, spec: dict, engine: str = "auto", device: str = "gpu",
