@@ -133,20 +133,6 @@ def serve_same_text(r: dict) -> float:
         x["clients"] for x in rows)
 
 
-E16_SPEED = "llm-gpu/run10-h200/engine-57f872b/engine-bench.json"       # issue 16: the kernel engine
-E16_PARITY = "llm-gpu/run10-h200/kernels-55410aa/engine-bench.json"
-E16_KERNELS = "llm-gpu/run10-h200/kernels-55410aa/kernel_bench.json"
-
-
-def engine(system: str, variant: str = "fp16", batch: int = 1, prompt: int = 128,
-           key: str = "tok_s_per_seq") -> Callable[[dict], float]:
-    """A figure of the kernel-engine run's Qwen2.5-0.5B config table: system "ours" or "ort" (the fused graph)."""
-    def f(r: dict) -> float:
-        from .gpu.engine_bench import ORT, OURS, row
-        return row(r, "qwen2.5-0.5b", OURS if system == "ours" else ORT, variant, batch, prompt)[key]
-    return f
-
-
 LLM_CPU, LLM_CPU_B8 = "llm-cpu/llm.json", "llm-cpu/batch8/llm.json"
 
 
