@@ -195,6 +195,7 @@ def test_family_registry_reads_config():
     assert family_name({"model_type": "bart"}) == "bart"
     assert family_name({"architectures": ["UNIMOLMHeadModel"]}) == "unimo"
     assert family_name({"architectures": ["MBartForConditionalGeneration"]}) == "mbart"
+    assert family_name({"architectures": ["UnifiedTransformerLMHeadModel"]}) == "unified_transformer"
     with pytest.raises(UnsupportedFamily, match="BartForConditionalGeneration"):
         family_name({"architectures": ["MarianMTModel"]})
 
@@ -209,7 +210,8 @@ def _texts() -> list[str]:
 def tiny(tmp_path_factory):
     """Tiny random-weight T5, BART and UNIMO-text built once (one Paddle worker): family -> directory."""
     from paddle2ort.convert.seq2seq.tiny import build_tiny_many
-    return build_tiny_many(("t5", "bart", "unimo"), tmp_path_factory.mktemp("tiny"), _texts())
+    return build_tiny_many(("t5", "bart", "unimo", "unified_transformer"), tmp_path_factory.mktemp("tiny"),
+                           _texts())
 
 
 @pytest.fixture(scope="module")
@@ -269,21 +271,23 @@ def test_t5_bundle_matches_paddle_generate(t5, tmp_path):
     assert min(lengths) < 16 < max(lengths) + 1          # some rows stopped on eos, some ran to the length
 
 
-@pytest.mark.parametrize("family", ["bart", "unimo"])
+@pytest.mark.parametrize("family", ["bart", "unimo", "unified_transformer"])
 def test_export_wrappers_match_paddle_generate(family, tiny, tmp_path):
     """BART's adapter (learned positions offset by 2, post-norm, lm_head + final_logits_bias) and UNIMO-text's
-    prefix LM (bidirectional source, causal target, token types, its suppressed ids): the export wrappers driven
-    by our loop reproduce PaddleNLP's greedy generate() (a conversion's own gate then holds ONNX to them)."""
+    prefix LM (bidirectional source, causal target, token types, its suppressed ids; UnifiedTransformer through
+    the same adapter: pre-norm, encoder-final LayerNorm): the export wrappers driven by our loop reproduce
+    PaddleNLP's greedy generate() (a conversion's own gate then holds ONNX to them)."""
     from paddle2ort.convert.paddle_proc import run_worker
     from paddle2ort.tokenization.bpe import BPETokenizer
     src = tiny[family]
     tok = BPETokenizer.load(src / "tokenizer")
     sources = [tok.encode(t) + [tok.eos_token_id] for t in _texts()[:6]]
+    prefix_lm = family in ("unimo", "unified_transformer")
     out = {"prefix": str(tmp_path / "static" / "inference"), "samples_npz": str(tmp_path / "s.npz")} \
-        if family == "unimo" else {
+        if prefix_lm else {
         "encoder_prefix": str(tmp_path / "enc" / "inference"), "decoder_prefix": str(tmp_path / "static" / "inference"),
         "encoder_npz": str(tmp_path / "enc.npz"), "decoder_npz": str(tmp_path / "dec.npz")}
-    task = "export_prefix_lm" if family == "unimo" else "export_seq2seq"
+    task = "export_prefix_lm" if prefix_lm else "export_seq2seq"
     info = run_worker(task, {"model_dir": str(src / "model"), "sources": sources, "decode_steps": 8, **out},
                       tmp_path / "work")
     assert info["family"] == family and info["generated"] == info["paddle_generated"]

@@ -30,6 +30,9 @@ FAMILIES = {f.name: f for f in (
     Seq2SeqFamily("mbart", "MBartForConditionalGeneration", "bart", ("mbart",), ("MBartForConditionalGeneration",)),
     Seq2SeqFamily("unimo", "UNIMOLMHeadModel", "unimo", ("unimo",), ("UNIMOLMHeadModel", "UNIMOForMaskedLM",
                                                                       "UNIMOForConditionalGeneration"), "prefix-lm"),
+    # PLATO-style dialogue models: UNIMO's prefix-LM step (unimo.py), pre-norm, no embedding LayerNorm
+    Seq2SeqFamily("unified_transformer", "UnifiedTransformerLMHeadModel", "unimo", ("unified_transformer",),
+                  ("UnifiedTransformerLMHeadModel",), "prefix-lm"),
     # ChatGLM v1 (GLM): bidirectional up to <sop>, 2-D rotary positions (chatglm.py)
     Seq2SeqFamily("chatglm", "ChatGLMForCausalLM", "chatglm", ("chatglm",), ("ChatGLMForCausalLM",), "prefix-lm",
                   "gmask_token_id"),

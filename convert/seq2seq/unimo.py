@@ -1,5 +1,8 @@
 """UNIMO-text (PaddleNLP UNIMOLMHeadModel), a prefix LM: one post-norm paddle.nn.TransformerEncoder stack over
-word + position + token-type embeddings, bidirectional over the source, causal over the target. The step graph:
+word + position + token-type embeddings, bidirectional over the source, causal over the target; also
+UnifiedTransformerLMHeadModel (PLATO dialogue models: pre-norm layers, the final LayerNorm in the encoder, no
+embedding LayerNorm, other suppressed ids). Role ids are not a step-graph input: generation equals PaddleNLP's
+generate() without role_ids (its embeddings then add no role term). The step graph:
 
     input_ids, token_type_ids, position_ids int64 [B, S]; attention_mask fp32 [B, 1, S, P+S] (additive: the caller
     writes the prefix-LM pattern); past_key_values fp32 [P, L, 2, B, H, D]
@@ -15,12 +18,15 @@ OUTPUTS = ("logits", "present_key_values")
 
 
 def geometry(c) -> dict:
+    unified = getattr(c, "model_type", "") == "unified_transformer"
     return {"num_layers": c.num_hidden_layers, "heads": c.num_attention_heads,
             "head_dim": c.hidden_size // c.num_attention_heads, "vocab_size": c.vocab_size,
             "max_positions": c.max_position_embeddings, "pad_id": c.pad_token_id, "bos_id": c.bos_token_id,
             "eos_id": c.eos_token_id, "mask_id": c.mask_token_id,
-            # UNIMOLMHeadModel.adjust_logits_during_generation: these never come out of generate()
-            "suppress_ids": sorted({c.unk_token_id, c.pad_token_id, c.bos_token_id})}
+            # adjust_logits_during_generation: these never come out of generate() (UNIMO: unk, pad, bos;
+            # UnifiedTransformer: unk, bos, mask)
+            "suppress_ids": sorted({c.unk_token_id, c.bos_token_id,
+                                    c.mask_token_id if unified else c.pad_token_id})}
 
 
 def _block(norm, fn, x, before: bool):
@@ -29,8 +35,11 @@ def _block(norm, fn, x, before: bool):
 
 def step(model, input_ids, token_type_ids, position_ids, attention_mask, past):
     import paddle
-    u = model.unimo
-    h = u.encoder_norm(u.embeddings(input_ids, token_type_ids, position_ids))
+    u = model.base_model                                   # .unimo or .unified_transformer
+    h = u.embeddings(input_ids, token_type_ids, position_ids)
+    norm = getattr(u, "encoder_norm", None)                # UNIMO normalizes the embeddings (not in its encoder)
+    if norm is not None:
+        h = norm(h)
     news = []
     for i, layer in enumerate(u.encoder.layers):
         sa, before = layer.self_attn, layer.normalize_before

@@ -147,6 +147,12 @@ def _build_tiny(args: dict) -> int:
             hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, max_position_embeddings=128,
             type_vocab_size=4, unk_token_id=sp["unk"], pad_token_id=sp["pad"], bos_token_id=sp["bos"],
             eos_token_id=sp["eos"], mask_token_id=sp["unk"]))
+    elif fam == "unified_transformer":
+        model = T.UnifiedTransformerLMHeadModel(T.UnifiedTransformerConfig(
+            vocab_size=v, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, normalize_before=True,
+            max_position_embeddings=128, type_vocab_size=4, role_type_size=None, unk_token_id=sp["unk"],
+            pad_token_id=sp["pad"], bos_token_id=sp["bos"], eos_token_id=sp["eos"], mask_token_id=sp["unk"]))
     elif fam == "chatglm":             # [gMASK]: the vocabulary's last id (the tiny tokenizer has no such token)
         model = T.ChatGLMForCausalLM(T.ChatGLMConfig(
             vocab_size=v, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, inner_hidden_size=64,
@@ -162,6 +168,7 @@ def _build_tiny(args: dict) -> int:
     head = {"t5": lambda: model.t5.shared.weight, "bart": lambda: model.lm_head_weight,      # the output rows
             "mbart": lambda: model.lm_head_weight,
             "unimo": lambda: model.lm_head.decoder_weight,
+            "unified_transformer": lambda: model.lm_head.decoder_weight,
             "chatglm": lambda: model.lm_head.decoder_weight}[fam]()                            # (T5: tied)
     w = head.numpy()
     w[sp["eos"]] *= float(args.get("eos_scale", 1.0))         # eos ends some rows early: stop rules get exercised
