@@ -31,6 +31,7 @@ from paddle2ort.runtime.errors import BadInputError
 from paddle2ort.runtime.timing import time_generation
 
 from .env import environment, usable_cores
+from .report import pyplot
 
 log = logging.getLogger(__name__)
 
@@ -328,12 +329,8 @@ def _load(res: dict, key: str) -> str:
 
 def plot(res: dict, path: Path) -> bool:
     """Decode ms/step and TTFT at batch 1 per system/graph/precision (bars), llama.cpp in orange."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.warning("matplotlib is not installed: no plot written (pip install 'paddle2ort[bench]')")
+    plt = pyplot()
+    if plt is None:
         return False
     from paddle2ort.runtime.files import atomic_path
     rows = [r for r in res["rows"] if r["batch"] == 1]

@@ -75,13 +75,21 @@ def headline(rows: list[tuple[dict, dict]]) -> str:
     return "; ".join(parts)
 
 
-def plot(res_list: list[dict], path: Path) -> bool:
+def pyplot():
+    """matplotlib.pyplot on the file backend, or None (with a warning naming the extra) when it is not installed."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         log.warning("matplotlib is not installed: no plot written (pip install 'paddle2ort[bench]')")
+        return None
+    return plt
+
+
+def plot(res_list: list[dict], path: Path) -> bool:
+    plt = pyplot()
+    if plt is None:
         return False
     rows = [(r, res) for res in res_list for r in res["rows"]]
     peer = ["#4c72b0" if r["system"] == "onnxruntime" else "#dd8452" for r, _ in rows]   # peers in orange

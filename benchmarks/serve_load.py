@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .env import environment
+from .report import pyplot
 
 log = logging.getLogger(__name__)
 
@@ -283,12 +284,8 @@ def markdown(res: dict) -> str:
 
 
 def plot(res: dict, path: Path) -> bool:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.warning("matplotlib is not installed: no plot written (pip install 'paddle2ort[bench]')")
+    plt = pyplot()
+    if plt is None:
         return False
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     http = bool(res["rows"])                  # an engine-only run (the GPU's) plots the scheduler's rows
