@@ -394,6 +394,29 @@ def _int4_margin(r: dict) -> str:
             f"{100 * r['real']['top1_agreement']:.1f}% with SmolLM2's")
 
 
+def _targets(*labels: tuple[str, str]) -> Callable[[dict], str]:
+    """Targets' measured values (by exact name) as "label value (met / MISSED: wanted)", from one results file."""
+    def f(r: dict) -> str:
+        by_name = {t.name: t for t in TARGETS}
+        parts = []
+        for label, name in labels:
+            t = by_name[name]
+            m = float(t.measure(r))
+            ok = OPS[t.op](round(m, 9), t.value)
+            parts.append(f"{label} {_fmt(m, t.unit)} ({'met' if ok else 'MISSED'}: {t.wanted()})")
+        return "; ".join(parts)
+    return f
+
+
+def _seq2seq(r: dict) -> str:
+    ours = [x for x in r["rows"] if x["system"] != "paddle-dygraph" and x["precision"] == "fp32"]
+    paddle = {(x["family"], x["decode"]): x["ms_per_sample"] for x in r["rows"] if x["system"] == "paddle-dygraph"}
+    speed = [paddle[(x["family"], x["decode"])] / x["ms_per_sample"] for x in ours]
+    same = sum(x["rows_equal_paddle"] for x in ours), sum(x["samples"] for x in ours)
+    return (f"{min(speed):.1f}-{max(speed):.1f}x Paddle dygraph's ms/sample over {len(ours)} family x decode rows; "
+            f"{same[0]}/{same[1]} outputs equal Paddle's")
+
+
 HEADLINES: tuple[Headline, ...] = (
     Headline("classifier INT8-CPU speed-up over FP32-CPU, 2-core AMD EPYC", "classifier/local-cpu.json",
              "commit fb8275b", _clf_speed("FP32-CPU", "INT8-CPU")),
@@ -408,6 +431,24 @@ HEADLINES: tuple[Headline, ...] = (
              "run7, commit 9346098", _gpu_b1),
     Headline("GPU, SmolLM2 fused FP16 greedy vs Paddle's golden rows, H100", "llm-gpu/run6/check.json",
              "run6, commit 83e0c46", _golden),
+    Headline("SmolLM2 CPU decode vs llama.cpp on the same GGUF weights (2 cores, batch 1, users' graph)", LLM_CPU,
+             "commit 6939e8f", _targets(("int8 vs Q8_0", "decode >= 1.2x llama.cpp Q8_0: users' int8 graph (int8 "
+                                                        "weights, float32 compute), b1"),
+                                       ("fp32 vs F32", "decode >= 1.2x llama.cpp F32: users' fp32 graph, b1"))),
+    Headline("serving SmolLM2, continuous batching, 16 clients vs 1 (CPU over HTTP)", SERVE_CPU, "commit 03d98c0",
+             _targets(("CPU", "HTTP on CPU: continuous tokens/s at 16 clients >= 4x 1 client (generic FP32 graph)"))),
+    Headline("serving SmolLM2 on an H200, fused FP16 decoder in cache slots, 16 requests vs 1", SERVE_GPU,
+             "commit fd5b3fe", _targets(("GPU", "GPU (H200), fused FP16 decoder in cache slots, scheduler alone: 16 "
+                                             "requests >= 8x 1"))),
+    Headline("encoder FP16 (fused, CUDA graph) vs torch.compile reduce-overhead, batch 32 x 128, H200", ENC_GPU,
+             "run2", _targets(*((label, f">= 1.5x torch.compile reduce-overhead, fused FP16 + CUDA graph, {g} 32 x 128 (H200)")
+                       for label, g in (("MiniLM-L6", "minilm"), ("ERNIE-3.0-Medium", "ernie_medium"),
+                                        ("BERT-base", "bert_base"))))),
+    Headline("kernel engine (our CUDA decode kernels) vs the onnxruntime fused graph, 0.5B FP16 batch 1, H200",
+             E16_SPEED, "run10, kernels of 57f872b", _targets(("speed", "kernel engine >= 1.5x the onnxruntime fused "
+                                                          "graph, 0.5B FP16 batch 1 (genai not run)"))),
+    Headline("seq2seq (T5, BART, mBART, UNIMO-text; tiny random weights) vs Paddle dygraph, CPU",
+             "seq2seq/results.json", "commit fc9036e", _seq2seq),
     Headline("int4 vs FP32 top-1 (teacher-forced, CPU): why random-weight int4 rows show 0% agreement",
              "llm-gpu/int4-margin.json", "commit 009384f", _int4_margin),
 )
