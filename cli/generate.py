@@ -33,7 +33,8 @@ def generation_config(args):
         temperature=1.0 if args.temperature is None else args.temperature, top_k=args.top_k or 0,
         top_p=1.0 if args.top_p is None else args.top_p, repetition_penalty=args.repetition_penalty,
         stop_strings=tuple(args.stop), seed=args.seed, num_beams=args.num_beams, length_penalty=args.length_penalty,
-        no_repeat_ngram_size=args.no_repeat_ngram_size, beam_rules=args.beam_rules)
+        no_repeat_ngram_size=args.no_repeat_ngram_size, beam_rules=args.beam_rules,
+        forced_bos_token_id=args.forced_bos_token_id, forced_eos_token_id=args.forced_eos_token_id)
 
 
 def run(args) -> int:
@@ -128,6 +129,11 @@ def register(sub) -> None:
                         "stopping rule); default: log-prob / length^this")
     g.add_argument("--no-repeat-ngram-size", type=nonneg_int, default=0,
                    help="no n-gram of this size occurs twice in an output (0 = off)")
+    g.add_argument("--forced-bos-token-id", type=nonneg_int,
+                   help="the first generated token of an encoder-decoder (mBART-50: the target language's id); "
+                        "default: the bundle's (its model config's)")
+    g.add_argument("--forced-eos-token-id", type=nonneg_int,
+                   help="the token generated at --max-new-tokens; default: the bundle's (BART: eos)")
     g.add_argument("--task", choices=["text-generation", "text2text-generation"],
                    help="the bundle's task (default: its manifest's); text2text-generation: an encoder-decoder "
                         "bundle (convert-seq2seq), --prompt is the source text")

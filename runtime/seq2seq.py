@@ -186,6 +186,8 @@ class PrefixLMSpec:
     positions: str = "count"                 # "count": token types + counted positions (UNIMO); "glm": ChatGLM v1's
     mask_ids: tuple = ()                     # 2-D positions, the second input block positions (glm_positions)
     source_end_id: int | None = None         # the id ending each source (None: eos; ChatGLM v1: [gMASK])
+    forced_bos_token_id: int | None = None   # the model config's (Seq2SeqSpec's): the bundle's defaults
+    forced_eos_token_id: int | None = None
 
     @classmethod
     def from_json(cls, d: dict) -> "PrefixLMSpec":

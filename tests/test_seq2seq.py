@@ -312,6 +312,13 @@ def test_generate_cli_text2text(t5, tmp_path, capsys):
     assert [json.loads(ln) for ln in out.read_text(encoding="utf-8").splitlines()] == rows
     assert main(["-q", "generate", str(bundle), "--prompt", "hello", "--max-new-tokens", "4"]) == 0
     assert capsys.readouterr().out.strip()
+    assert main(["-q", "generate", str(bundle), "--prompt", "hello", "--max-new-tokens", "5",
+                 "--forced-bos-token-id", "7", "--forced-eos-token-id", "2"]) == 0
+    from paddle2ort.runtime.seq2seq import Text2TextGenerator
+    want = Text2TextGenerator(bundle)("hello", GenerationConfig(max_new_tokens=5, forced_bos_token_id=7,
+                                                                forced_eos_token_id=2))
+    assert capsys.readouterr().out.splitlines() == want and want[0].startswith(
+        Text2TextGenerator(bundle).tokenizer.decode([7]))
     assert main(["-q", "generate", str(bundle), "--prompt", "hello", "--chat"]) == 2
     capsys.readouterr()
     sampled = []

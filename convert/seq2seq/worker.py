@@ -50,12 +50,13 @@ def task_export_prefix_lm(args: dict) -> dict:
     import paddle
 
     from paddle2ort.runtime.generation import GenerationConfig, generate
-    from paddle2ort.runtime.seq2seq import PrefixLMDecoder, PrefixLMSpec
+    from paddle2ort.runtime.seq2seq import PrefixLMDecoder, PrefixLMSpec, forced_defaults
 
     from .eager import load_seq2seq, paddle_generate_prefix_lm
+    from .wrapper import forced_ids
 
     model, name, fam, arch = load_seq2seq(args["model_dir"])       # fam: unimo.py or chatglm.py (one contract)
-    geo = fam.geometry(model.config)
+    geo = {**fam.geometry(model.config), **forced_ids(model.config)}
     wrapper = fam.make_wrapper(model)
     wrapper.eval()
     records = []
@@ -67,8 +68,10 @@ def task_export_prefix_lm(args: dict) -> dict:
         return logits.numpy(), present.numpy()
 
     sources, steps = args["sources"], int(args["decode_steps"])
-    cfg = GenerationConfig(max_new_tokens=steps + 1, stop_token_ids=(geo["eos_id"],), min_new_tokens=steps + 1)
-    generated = generate(PrefixLMDecoder(step, PrefixLMSpec.from_json(geo)), sources, cfg, geo["pad_id"])
+    spec = PrefixLMSpec.from_json(geo)
+    cfg = forced_defaults(spec, GenerationConfig(max_new_tokens=steps + 1, stop_token_ids=(geo["eos_id"],),
+                                                 min_new_tokens=steps + 1))
+    generated = generate(PrefixLMDecoder(step, spec), sources, cfg, geo["pad_id"])
     reference = getattr(fam, "paddle_generate", paddle_generate_prefix_lm)(
         model, sources, geo, decode_strategy="greedy_search", max_new_tokens=steps + 1, min_new_tokens=steps + 1)
     paddle.jit.save(wrapper, args["prefix"], input_spec=fam.input_specs(geo))
