@@ -2,7 +2,8 @@
 search and a length penalty, reported as total time, samples/s and ms per sample), with Paddle's own generate()
 as the peer row of the same run: same sources, same batches, same thread count, same decoding options.
 
-    python -m paddle2ort.benchmarks.seq2seq [--family t5,bart,mbart,unimo,unified_transformer] [--work DIR] [--output DIR]
+    python -m paddle2ort.benchmarks.seq2seq [--family t5,bart,mbart,unimo] [--work DIR] [--output DIR]
+    (--family also takes unified_transformer)
 
 The dataset is committed (benchmarks/results/seq2seq/dataset.jsonl: 32 question-generation pairs, src -> tgt);
 the models are tiny random-weight T5 / BART / mBART / UNIMO-text built from it (convert.seq2seq.tiny), so output
@@ -171,7 +172,8 @@ def run_bench(cfg: Seq2SeqBenchConfig) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--family", default="t5,bart,mbart,unimo", help="comma list of t5, bart, mbart, unimo, unified_transformer")
+    p.add_argument("--family", default="t5,bart,mbart,unimo",
+                   help="comma list of t5, bart, mbart, unimo, unified_transformer")
     p.add_argument("--work", type=Path, default=Path("out/bench-seq2seq"), help="models and bundles (cached)")
     p.add_argument("--output", type=Path, default=RESULTS, help="where results.json / results.md go")
     p.add_argument("--repeats", type=int, default=3)
