@@ -1,10 +1,11 @@
 """Encoder-decoder generation (T5, BART) through the one decode loop.
 
-Unit: the no-repeat-ngram processor against a brute force, PaddleNLP's beam rules on hand-made candidates, and
-Seq2SeqDecoder over NumPy toy graphs (encoder once, cross K/V follow the beams). Paddle: tiny random-weight models
+Unit: the no-repeat-ngram processor against a brute force, PaddleNLP's beam rules on hand-made candidates,
+forced BOS/EOS rules and their effect in greedy, sampling and beam search, Seq2SeqDecoder over NumPy toy graphs
+(encoder once, cross K/V follow the beams), the text2text server's batching. Paddle: tiny random-weight models
 built and converted once a module, their ONNX bundles compared with PaddleNLP's own generate() (greedy, min length,
-no-repeat-ngram, beam search with length penalty and both stopping rules), BART's and UNIMO-text's export
-wrappers against generate(), the text2text CLI job."""
+no-repeat-ngram, beam search with length penalty and both stopping rules, forced BOS/EOS), BART's, UNIMO-text's
+and UnifiedTransformer's export wrappers against generate(), the text2text CLI job (src -> tgt) and `serve`."""
 from __future__ import annotations
 
 import json
