@@ -73,37 +73,30 @@ class Request:
     completion_tokens: int = 0
 
 
-class Engine:
-    """The continuous-batching loop on its own thread. `model`: a graph-contract callable carrying num_layers,
-    kv_heads, head_dim, vocab_size, cache_dtype (runtime.llm.OrtDecoder), or a decoder with join/leave
-    (runtime.fused.FusedDecoder: its row_slots become max_batch); `tokenizer`: encode/decode/pad id."""
+class QueuedEngine:
+    """What every serving engine shares: a bounded queue of requests (429 with Retry-After when full, refused once
+    draining), its own thread, stop = drain, cancel. A subclass gives check(), _loop(), active and _rows_busy(n)."""
 
-    def __init__(self, model, tokenizer, stop_ids: tuple[int, ...], max_context: int | None, max_batch: int = 16,
-                 max_queue: int = 64, retry_after: int = 1, metrics=None, name: str = "model"):
+    thread_prefix = "engine"
+
+    def __init__(self, max_batch: int, max_queue: int, retry_after: int, metrics, name: str):
         if max_batch < 1 or max_queue < 0:
             raise BadInputError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch}, {max_queue}")
-        self.model, self.tok, self.stop_ids = model, tokenizer, tuple(stop_ids)
-        self.max_context, self.max_batch, self.max_queue = max_context, max_batch, max_queue
+        self.max_batch, self.max_queue = max_batch, max_queue
         self.retry_after, self.metrics, self.name = retry_after, metrics, name
-        self.pad_id = int(tokenizer.pad_token_id)
-        self.vocab = int(model.vocab_size)
         self.waiting: collections.deque[Request] = collections.deque()
-        self.rows: list[Sequence] = []                 # in the Generator's batch order
-        self.gen = self._generator()
         self.cv = threading.Condition()
         self.accepting = True
         self.running = False
         self.thread: threading.Thread | None = None
-        self.steps = 0
-        self.outbox: list[tuple[Callable, Event]] = []
         # how a step's events reach the requests: one call a step (the server posts them to its event loop in one
         # wake-up); default: each sink called on the engine thread
         self.post: Callable[[list[tuple[Callable, Event]]], None] = _call_each
 
     # ------------------------------------------------------------------ public (any thread)
-    def start(self) -> "Engine":
+    def start(self):
         self.running = True
-        self.thread = threading.Thread(target=self._loop, name=f"engine-{self.name}", daemon=True)
+        self.thread = threading.Thread(target=self._loop, name=f"{self.thread_prefix}-{self.name}", daemon=True)
         self.thread.start()
         return self
 
@@ -114,20 +107,6 @@ class Engine:
             self.cv.notify_all()
         if self.thread is not None:
             self.thread.join(timeout)
-
-    def check(self, prompt: list[int], cfg: GenerationConfig, n: int) -> tuple[list[int], GenerationConfig]:
-        """Checks before queueing (the caller answers 400 on BadInputError): ids, context room, n, stop ids."""
-        prompt = check_tokens([prompt], self.vocab)[0]
-        if not 1 <= n <= self.max_batch:
-            raise BadInputError(f"n must be in 1..{self.max_batch} (this server's --max-batch), got {n}")
-        if cfg.num_beams != 1:
-            raise BadInputError("the server does greedy and sampling decoding; beam search is `paddle2ort generate`")
-        if self.max_context is not None and len(prompt) + cfg.max_new_tokens > self.max_context:
-            raise BadInputError(f"prompt ({len(prompt)} tokens) + max_tokens ({cfg.max_new_tokens}) exceeds the "
-                                f"model's context of {self.max_context} tokens; shorten the prompt or lower max_tokens")
-        if not cfg.stop_token_ids:
-            cfg = replace(cfg, stop_token_ids=self.stop_ids)
-        return prompt, cfg
 
     def submit(self, prompt: list[int], cfg: GenerationConfig, sink: Callable[[Event], None], n: int = 1) -> Request:
         prompt, cfg = self.check(prompt, cfg, n)
@@ -143,7 +122,8 @@ class Engine:
         return req
 
     def cancel(self, req: Request) -> None:
-        """The client went away: its rows leave at the next step boundary (a waiting request is dropped now)."""
+        """The client went away: a waiting request is dropped now; running rows leave at the engine's next
+        boundary (a step of the scheduler, a batch of the batch-at-a-time engine)."""
         with self.cv:
             req.cancelled = True
             if req in self.waiting:
@@ -152,12 +132,48 @@ class Engine:
             self.cv.notify_all()
 
     @property
-    def active(self) -> int:
-        return len(self.rows)
-
-    @property
     def queued(self) -> int:
         return len(self.waiting)
+
+    def _gauges(self) -> None:
+        if self.metrics is not None:
+            self.metrics.load(self.name, len(self.waiting), self.active, self.max_batch)
+
+
+class Engine(QueuedEngine):
+    """The continuous-batching loop on its own thread. `model`: a graph-contract callable carrying num_layers,
+    kv_heads, head_dim, vocab_size, cache_dtype (runtime.llm.OrtDecoder), or a decoder with join/leave
+    (runtime.fused.FusedDecoder: its row_slots become max_batch); `tokenizer`: encode/decode/pad id."""
+
+    def __init__(self, model, tokenizer, stop_ids: tuple[int, ...], max_context: int | None, max_batch: int = 16,
+                 max_queue: int = 64, retry_after: int = 1, metrics=None, name: str = "model"):
+        super().__init__(max_batch, max_queue, retry_after, metrics, name)
+        self.model, self.tok, self.stop_ids = model, tokenizer, tuple(stop_ids)
+        self.max_context = max_context
+        self.pad_id = int(tokenizer.pad_token_id)
+        self.vocab = int(model.vocab_size)
+        self.rows: list[Sequence] = []                 # in the Generator's batch order
+        self.gen = self._generator()
+        self.steps = 0
+        self.outbox: list[tuple[Callable, Event]] = []
+
+    def check(self, prompt: list[int], cfg: GenerationConfig, n: int) -> tuple[list[int], GenerationConfig]:
+        """Checks before queueing (the caller answers 400 on BadInputError): ids, context room, n, stop ids."""
+        prompt = check_tokens([prompt], self.vocab)[0]
+        if not 1 <= n <= self.max_batch:
+            raise BadInputError(f"n must be in 1..{self.max_batch} (this server's --max-batch), got {n}")
+        if cfg.num_beams != 1:
+            raise BadInputError("the server does greedy and sampling decoding; beam search is `paddle2ort generate`")
+        if self.max_context is not None and len(prompt) + cfg.max_new_tokens > self.max_context:
+            raise BadInputError(f"prompt ({len(prompt)} tokens) + max_tokens ({cfg.max_new_tokens}) exceeds the "
+                                f"model's context of {self.max_context} tokens; shorten the prompt or lower max_tokens")
+        if not cfg.stop_token_ids:
+            cfg = replace(cfg, stop_token_ids=self.stop_ids)
+        return prompt, cfg
+
+    @property
+    def active(self) -> int:
+        return len(self.rows)
 
     @property
     def length(self) -> int:
@@ -295,10 +311,6 @@ class Engine:
         if self.outbox:
             out, self.outbox = self.outbox, []
             self.post(out)
-
-    def _gauges(self) -> None:
-        if self.metrics is not None:
-            self.metrics.load(self.name, len(self.waiting), len(self.rows), self.max_batch)
 
 
 def _call_each(items: list[tuple[Callable, Event]]) -> None:

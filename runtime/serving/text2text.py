@@ -10,9 +10,7 @@ layer is the same.
 """
 from __future__ import annotations
 
-import collections
 import logging
-import threading
 import time
 from dataclasses import dataclass, replace
 from typing import Callable
@@ -20,7 +18,7 @@ from typing import Callable
 from paddle2ort.runtime.errors import BadInputError
 from paddle2ort.runtime.generation import GenerationConfig, check_tokens
 
-from .scheduler import Event, QueueFull, Request, ShuttingDown, _call_each, _choice_seed
+from .scheduler import Event, QueuedEngine, Request, _choice_seed
 
 log = logging.getLogger(__name__)
 
@@ -54,37 +52,17 @@ def finish_reason(ids: list[int], text: str, cut: str, cfg: GenerationConfig) ->
     return "stop" if len(cut) < len(text) or len(ids) < cfg.max_new_tokens else "length"
 
 
-class Text2TextEngine:
+class Text2TextEngine(QueuedEngine):
     """The scheduler.Engine interface over a Text2TextGenerator (batch at a time; see the module's note)."""
 
     max_context = None                 # sources and targets are checked apart (check)
 
+    thread_prefix = "text2text"
+
     def __init__(self, gen, max_batch: int = 16, max_queue: int = 64, retry_after: int = 1, metrics=None,
                  name: str = "model"):
-        if max_batch < 1 or max_queue < 0:
-            raise BadInputError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch}, {max_queue}")
-        self.gen, self.max_batch, self.max_queue = gen, max_batch, max_queue
-        self.retry_after, self.metrics, self.name = retry_after, metrics, name
-        self.waiting: collections.deque[Request] = collections.deque()
-        self.cv = threading.Condition()
-        self.accepting, self.running, self.busy = True, False, 0
-        self.thread: threading.Thread | None = None
-        self.post: Callable[[list[tuple[Callable, Event]]], None] = _call_each
-
-    # ------------------------------------------------------------------ public (any thread)
-    def start(self) -> "Text2TextEngine":
-        self.running = True
-        self.thread = threading.Thread(target=self._loop, name=f"text2text-{self.name}", daemon=True)
-        self.thread.start()
-        return self
-
-    def stop(self, timeout: float | None = None) -> None:
-        """Refuse new requests, finish every admitted one, then end the thread."""
-        with self.cv:
-            self.accepting = False
-            self.cv.notify_all()
-        if self.thread is not None:
-            self.thread.join(timeout)
+        super().__init__(max_batch, max_queue, retry_after, metrics, name)
+        self.gen, self.busy = gen, 0
 
     def check(self, prompt: list[int], cfg: GenerationConfig, n: int) -> tuple[list[int], GenerationConfig]:
         """Checks before queueing (the caller answers 400): ids, n, the model's source and target limits."""
@@ -106,34 +84,12 @@ class Text2TextEngine:
                                 f"model's {limit} positions; shorten the prompt or lower max_tokens")
         return prompt, self.gen.stop_ids(cfg)
 
-    def submit(self, prompt: list[int], cfg: GenerationConfig, sink: Callable[[Event], None], n: int = 1) -> Request:
-        prompt, cfg = self.check(prompt, cfg, n)
-        req = Request(prompt, cfg, n, sink)
-        with self.cv:
-            if not self.accepting:
-                raise ShuttingDown("the server is shutting down")
-            if len(self.waiting) >= self.max_queue and (self.waiting or self.busy):
-                raise QueueFull(len(self.waiting), self.retry_after)
-            self.waiting.append(req)
-            self._gauges()
-            self.cv.notify_all()
-        return req
-
-    def cancel(self, req: Request) -> None:
-        """The client went away: a waiting request is dropped; a running batch finishes (its answer unsent)."""
-        with self.cv:
-            req.cancelled = True
-            if req in self.waiting:
-                self.waiting.remove(req)
-                self._gauges()
-
     @property
     def active(self) -> int:
         return self.busy
 
-    @property
-    def queued(self) -> int:
-        return len(self.waiting)
+    def _rows_busy(self, n: int) -> bool:
+        return bool(self.busy)
 
     # ------------------------------------------------------------------ the loop (engine thread)
     def _loop(self) -> None:
@@ -189,10 +145,6 @@ class Text2TextEngine:
         if self.metrics is not None:
             self.metrics.step(len(live), self.max_batch, sum(map(len, ids)), now - t0, self.name)
         self.post(out)
-
-    def _gauges(self) -> None:
-        if self.metrics is not None:
-            self.metrics.load(self.name, len(self.waiting), self.busy, self.max_batch)
 
 
 __all__ = ["Job", "Text2TextEngine", "batches", "finish_reason"]
