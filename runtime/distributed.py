@@ -177,7 +177,7 @@ class GenerateActor:
         for c in batch["chunk"]:
             ids = json.loads(c)
             got = self.gen.generate_token_ids(ids, self.cfg)
-            outs.append(json.dumps([self.gen._cut(self.gen.tokenizer.decode(o), self.cfg) for o in got],
+            outs.append(json.dumps([self.cfg.cut(self.gen.tokenizer.decode(o)) for o in got],
                                    ensure_ascii=False))
         batch = batch[["i"]].copy()
         batch["out"] = outs

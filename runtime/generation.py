@@ -102,6 +102,13 @@ class GenerationConfig:
             if t is not None and (isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < 0):
                 raise BadInputError(f"{name} must be an integer >= 0 (or None: off), got {t!r}")
 
+    def cut(self, text: str) -> str:
+        """`text` up to its first stop string (the stop string itself is not part of the answer)."""
+        for s in self.stop_strings:
+            if s in text:
+                text = text[:text.index(s)]
+        return text
+
     @property
     def sampling(self) -> bool:
         return self.do_sample and self.temperature > 0 and self.top_k != 1

@@ -192,7 +192,7 @@ def _run_jsonl_job(gen, data_file: Path, output_file: Path, cfg, batch_size: int
                 raise
             raise Paddle2OrtError(msg) from e
         for (j, _), o in zip(chunk, outs):
-            done[j.line] = {"src": j.text, output_field: gen._cut(gen.tokenizer.decode(o), cfg), "line": j.line,
+            done[j.line] = {"src": j.text, output_field: cfg.cut(gen.tokenizer.decode(o)), "line": j.line,
                             "input_sha256": j.sha256, "job": key}
         _write_atomic(output_file, [done[k] for k in sorted(done)])
     if not todo:

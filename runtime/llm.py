@@ -132,15 +132,8 @@ class TextGenerator:
                  chat: bool = False) -> list[str]:
         if isinstance(prompts, str):
             prompts = [prompts]
-        outs = [self._cut(self.tokenizer.decode(g), cfg) for g in self.generate_ids(prompts, cfg, chat)]
+        outs = [cfg.cut(self.tokenizer.decode(g)) for g in self.generate_ids(prompts, cfg, chat)]
         return outs
-
-    @staticmethod
-    def _cut(text: str, cfg: GenerationConfig) -> str:
-        for s in cfg.stop_strings:
-            if s in text:
-                text = text[:text.index(s)]
-        return text
 
     def stream(self, prompt: str, cfg: GenerationConfig = GenerationConfig(), chat: bool = False) -> Iterator[str]:
         """Text deltas for one prompt as tokens are produced (stop tokens are not printed; the text stops before
@@ -153,13 +146,13 @@ class TextGenerator:
         dec, text, sent = StreamDecoder(self.tokenizer), "", 0
         for new in gen.stream():
             text += dec.push(new[0][1])
-            cut = self._cut(text, cfg)
+            cut = cfg.cut(text)
             hold = max((len(s) - 1 for s in cfg.stop_strings), default=0)    # a stop string may still be forming
             end = len(cut) if len(cut) < len(text) else max(len(cut) - hold, sent)
             if end > sent:
                 yield cut[sent:end]
                 sent = end
-        cut = self._cut(text, cfg)
+        cut = cfg.cut(text)
         if len(cut) > sent:
             yield cut[sent:]
 

@@ -337,7 +337,7 @@ class OrtPrefixLM(PrefixLMDecoder):
 class Text2TextGenerator:
     """Bundle-driven seq2seq generation: tokenizer + encoder/decoder sessions + the decode loop. Duck-compatible
     with runtime.llm.TextGenerator where the JSONL job runner needs it (prompt_ids, stop_ids,
-    generate_token_ids, tokenizer, _cut)."""
+    generate_token_ids, tokenizer)."""
 
     graph = "generic"
 
@@ -376,18 +376,11 @@ class Text2TextGenerator:
     def generate_token_ids(self, ids: Sequence[Sequence[int]], cfg: GenerationConfig) -> list[list[int]]:
         return generate(self.model, ids, self.stop_ids(cfg), self.spec.pad_id, decode=self.tokenizer.decode)
 
-    @staticmethod
-    def _cut(text: str, cfg: GenerationConfig) -> str:
-        for s in cfg.stop_strings:
-            if s in text:
-                text = text[:text.index(s)]
-        return text
-
     def __call__(self, texts: Sequence[str] | str, cfg: GenerationConfig = GenerationConfig()) -> list[str]:
         if isinstance(texts, str):
             texts = [texts]
         outs = self.generate_token_ids([self.prompt_ids(t) for t in texts], cfg)
-        return [self._cut(self.tokenizer.decode(o), cfg) for o in outs]
+        return [cfg.cut(self.tokenizer.decode(o)) for o in outs]
 
 
 __all__ = ["OrtPrefixLM", "OrtSeq2Seq", "PrefixLMDecoder", "PrefixLMSpec", "Seq2SeqDecoder", "Seq2SeqSpec", "TASK",

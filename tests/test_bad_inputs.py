@@ -21,6 +21,8 @@ from typing import Callable
 import numpy as np
 import pytest
 
+from paddle2ort.runtime.generation import GenerationConfig
+
 CLI = "paddle2ort.cli" if importlib.util.find_spec("paddle2ort.cli") else "paddle2ort.convert.cli"
 TRACEBACK = "Traceback (most recent call last)"
 THIRD_PARTY_TMP = {".ses"}          # onnxruntime's session-id file (kept across runs by design, not ours)
@@ -708,10 +710,6 @@ class FakeGenerator:
             raise RuntimeError("device lost")
         return [[sum(i)] for i in ids]
 
-    @staticmethod
-    def _cut(text, cfg):
-        return text
-
 
 def _job_file(tmp_path, prompts):
     path = tmp_path / "in.jsonl"
@@ -720,23 +718,19 @@ def _job_file(tmp_path, prompts):
 
 
 def test_jsonl_too_long_prompt_fails_before_the_first_batch(tmp_path):
-    from types import SimpleNamespace
-
     from paddle2ort.runtime.errors import BadInputError
     from paddle2ort.runtime.jobs import run_jsonl_job
     gen = FakeGenerator(context=8)
     src = _job_file(tmp_path, ["a b", "c d", "w " * 10])
     with pytest.raises(BadInputError, match=r"in\.jsonl:3: prompt \(10 tokens\)"):
-        run_jsonl_job(gen, src, tmp_path / "out.jsonl", SimpleNamespace(max_new_tokens=2), batch_size=1)
+        run_jsonl_job(gen, src, tmp_path / "out.jsonl", GenerationConfig(max_new_tokens=2), batch_size=1)
     assert gen.batches == [] and not (tmp_path / "out.jsonl").exists()
 
 
 def test_jsonl_failure_keeps_finished_results_and_a_rerun_resumes(tmp_path):
-    from types import SimpleNamespace
-
     from paddle2ort.runtime.errors import BadInputError, Paddle2OrtError
     from paddle2ort.runtime.jobs import run_jsonl_job
-    cfg = SimpleNamespace(max_new_tokens=2)
+    cfg = GenerationConfig(max_new_tokens=2)
     src, out = _job_file(tmp_path, ["a", "bb", "ccc", "dddd"]), tmp_path / "out.jsonl"
     with pytest.raises(Paddle2OrtError, match="line 3") as e:
         run_jsonl_job(FakeGenerator(fail_on=3), src, out, cfg, batch_size=1)
@@ -753,18 +747,16 @@ def test_jsonl_failure_keeps_finished_results_and_a_rerun_resumes(tmp_path):
     run_jsonl_job(gen, src, out, cfg)
     assert gen.batches == [[[3]]]
     with pytest.raises(BadInputError, match="other options"):              # never mixes two configurations
-        run_jsonl_job(FakeGenerator(), src, out, SimpleNamespace(max_new_tokens=3))
+        run_jsonl_job(FakeGenerator(), src, out, GenerationConfig(max_new_tokens=3))
 
 
 def test_jsonl_output_that_is_not_ours_is_never_replaced(tmp_path):
-    from types import SimpleNamespace
-
     from paddle2ort.runtime.errors import BadInputError
     from paddle2ort.runtime.jobs import run_jsonl_job
     out = tmp_path / "out.jsonl"
     out.write_text("my notes\n")
     with pytest.raises(BadInputError, match="not results"):
-        run_jsonl_job(FakeGenerator(), _job_file(tmp_path, ["a"]), out, SimpleNamespace(max_new_tokens=1))
+        run_jsonl_job(FakeGenerator(), _job_file(tmp_path, ["a"]), out, GenerationConfig(max_new_tokens=1))
     assert out.read_text() == "my notes\n"
 
 

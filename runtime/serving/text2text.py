@@ -130,7 +130,7 @@ class Text2TextEngine(QueuedEngine):
         for j, row in zip(live, ids):
             req = j.request
             text = self.gen.tokenizer.decode(row)
-            cut = self.gen._cut(text, cfg)
+            cut = cfg.cut(text)
             req.completion_tokens += len(row)
             if req.first_token is None:
                 req.first_token = now
