@@ -143,7 +143,7 @@ def engine_rows(bundle: Path, clients: list[int], max_tokens: int, threads: int)
     from paddle2ort.runtime.llm import TextGenerator
     from paddle2ort.runtime.session import SessionOptions
 
-    gen = TextGenerator(bundle, session=SessionOptions(intra_op_threads=threads), graph="auto")   # what serve runs
+    gen = TextGenerator(bundle, session=SessionOptions(intra_op_threads=threads))     # generic: what serve runs
     return engine_table(gen.model, gen.tokenizer, gen.default_stop_ids, gen.max_context, clients, max_tokens)
 
 
@@ -369,15 +369,13 @@ def main(argv: list[str] | None = None) -> int:
         for proc, _ in servers.values():
             stop_server(proc)
     rows.sort(key=lambda r: (list(MODES).index(r["mode"]), r["clients"]))
-    from paddle2ort.runtime.llm import default_graph
-    from paddle2ort.runtime.session import SessionOptions
     llm = load_bundle(args.bundle, verify=False).manifest.extra.get("llm", {})
     res = {"benchmark": "serve-load", "bundle": model,
            "model": {k: llm.get(k) for k in ("family", "num_layers", "hidden_size", "kv_heads", "vocab_size")},
            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
            "config": {"clients": clients, "requests": args.requests, "max_tokens": args.max_tokens,
                       "threads": args.threads, "modes": MODES, "note": args.note,
-                      "graph": default_graph(llm, "fp32", SessionOptions()),    # what serve's --graph auto ran
+                      "graph": "generic",                                        # serve's default graph
                       "time_limit_s": args.time_limit, "timed_out": time.monotonic() > deadline},
            "rows": rows, "environment": environment()}
     res["engine_rows"] = engine_rows(args.bundle, clients, args.max_tokens, args.threads)

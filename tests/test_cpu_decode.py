@@ -120,15 +120,15 @@ def test_peer_gguf_holds_the_source_weights_at_f32_and_q8_0(tmp_path):
         assert (np.abs(a - w).reshape(-1, 32) <= step * (0.5 + 127 * 2.0 ** -11) + 1e-7).all()
 
 
-def test_serve_runs_the_graph_generate_runs(cpu_bundle):
-    """serve's default (--graph auto) is the bundle's default graph for the device, as for generate: the fused
-    decoder on this CPU bundle, its rows in cache slots, giving what the same request gets from generate."""
+def test_serve_graph_auto_runs_the_graph_generate_runs(cpu_bundle):
+    """serve --graph auto is the bundle's default graph for the device, as for generate: the fused decoder on this
+    CPU bundle, its rows in cache slots, giving what the same request gets from generate."""
     from paddle2ort.runtime.generation import GenerationConfig
     from paddle2ort.runtime.llm import TextGenerator
     from paddle2ort.runtime.serving.app import ServeConfig, load_models
     from paddle2ort.runtime.serving.metrics import ServingMetrics
     _, dest = cpu_bundle
-    served = load_models([dest], ServeConfig(max_batch=4), ServingMetrics())[dest.name]
+    served = load_models([dest], ServeConfig(max_batch=4), ServingMetrics(), graph="auto")[dest.name]
     assert served.generator.graph == "fused" and hasattr(served.generator.model, "row_slots")
     want = TextGenerator(dest, graph="auto")
     ids = want.tokenizer.encode(PROMPTS[0])
