@@ -85,7 +85,9 @@ def test_fused_decoder_matches_the_golden_outputs(smol):
     """The fused FP32 decoder (GroupQueryAttention, right padding, on-device loop run with the NumPy twins) follows
     Paddle's 20 x 32 greedy tokens up to near-ties, and agrees teacher-forced at every decisive step; its gate and
     the int4 one passed at conversion."""
-    gen = TextGenerator(smol[1], graph="fused")
+    # the cache sized to these rows (prompt + 32 new), not the model's 8,192 positions: 20 rows of the whole context
+    # need ~3.5 GiB, more than a loaded CI host may have free
+    gen = TextGenerator(smol[1], graph="fused", max_length=128)
     fused = gen.bundle.manifest.extra["fused"]
     assert fused["fp32"]["validation"]["max_rel_diff"] <= 1e-4 and fused["int4"]["validation"]["min_cosine"] >= 0.95
     rows = GOLDEN["rows"]
