@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from paddle2ort.runtime.errors import BadInputError
+from paddle2ort.runtime.files import read_json_object
 from paddle2ort.runtime.prefix import PRE_CACHES_LAYOUT
 
 log = logging.getLogger(__name__)
@@ -125,13 +126,7 @@ def load_weights(model_dir: Path, bf16: bool = False) -> dict[str, np.ndarray]:
 def _read_json(path: Path, what: str, fix: str) -> dict:
     if not path.is_file():
         raise BadInputError(f"{path.parent} is not a {what} directory (no {path.name}); {fix}")
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BadInputError(f"{path} is not valid JSON ({e}); {fix}") from e
-    if not isinstance(d, dict):
-        raise BadInputError(f"{path} must hold a JSON object, got a JSON {type(d).__name__}; {fix}")
-    return d
+    return read_json_object(path, f"{what} config", fix)
 
 
 def _weights_file(path: Path, name: str, fix: str) -> Path:
