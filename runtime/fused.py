@@ -10,6 +10,12 @@ except the new ids when streaming (and the finished flags every few steps).
 With NumPy arrays (CPU hosts, CI) the same code runs onnxruntime's CPU kernels and the kernels' NumPy twins.
 
 Shapes: B batch rows, S prompt tokens (right-padded), C cache capacity, V vocabulary.
+
+Cache sizing: `max_length` is the most positions a row may hold (the model's context by default); a state holds what
+its calls need, prompt + new tokens rounded up to a bucket (powers of two from `min_bucket`, capped at max_length),
+and grows on demand to the next bucket (the written positions copied, the old buffers freed). On the GPU each
+allocated state has its own CUDA graph id (a captured graph refers to its buffers' addresses), so a grown state is
+captured anew and the old graph is never replayed.
 """
 from __future__ import annotations
 
@@ -45,6 +51,12 @@ class DecodeState:
     logits: object                 # [B, 1, V]
     total: np.ndarray = None       # int32 scalar on the host: the capacity, the decode steps' total_sequence_length
     binding: object = None         # decode-step IO binding (built once)
+    graph_id: int = -1             # its CUDA graph (one per allocated state: a grown state is a new graph)
+    parts: dict = None             # rows joining and leaving, no CUDA graph: first-k-slots bindings (k -> binding)
+
+    @property
+    def capacity(self) -> int:
+        return int(self.kv[0].shape[2])
 
 
 class DeviceStateMemory:
@@ -58,13 +70,16 @@ class DeviceStateMemory:
     def bytes_needed(self, rows: int, prompt_len: int, new_tokens: int) -> int:
         return self.state_bytes(rows, prompt_len) + rows * (self.vocab_size + 4 * new_tokens)
 
+    def held_bytes(self) -> int:
+        """Bytes of the states allocated now (reused, or freed by release)."""
+        return sum(self.state_bytes(b) for b in self.states)
+
     def bytes_available(self) -> int:
         if self.xp is np:
             return host_bytes_available()
         free, _ = self.xp.cuda.runtime.memGetInfo()
         # the states already allocated are reused (or freed by release)
-        return int(free + self.xp.get_default_memory_pool().free_bytes()) + sum(
-            self.state_bytes(b) for b in self.states)
+        return int(free + self.xp.get_default_memory_pool().free_bytes()) + self.held_bytes()
 
 
 class FusedDecoder(DeviceStateMemory):
@@ -111,6 +126,7 @@ class FusedDecoder(DeviceStateMemory):
         self.states: dict[int, DecodeState] = {}
         self.active: DecodeState | None = None
         self.filled = 0                                    # positions written in the active state (host count)
+        self._graphs = 0                                   # CUDA graph ids given out (one per allocated state)
         import onnxruntime as ort
         self._ort = ort
 
@@ -122,40 +138,86 @@ class FusedDecoder(DeviceStateMemory):
     def _ptr(a) -> int:
         return a.data.ptr if not isinstance(a, np.ndarray) else a.ctypes.data
 
-    def state_bytes(self, batch: int, prompt_len: int = 0) -> int:
+    min_bucket = 256               # the smallest cache capacity a state is given (then powers of two)
+
+    def bucket(self, tokens: int) -> int:
+        """The capacity a state gets for `tokens` positions: the next power of two >= min_bucket, capped at
+        max_length (the caller checks tokens <= max_length)."""
+        c = max(int(self.min_bucket), 1)
+        while c < tokens:
+            c *= 2
+        return min(c, self.capacity)
+
+    def state_bytes(self, batch: int, prompt_len: int = 0, capacity: int | None = None) -> int:
+        """A state of `batch` rows with room for `capacity` positions (default max_length) and its prompt logits."""
         it = np.dtype(self.dtype).itemsize
-        kv = 2 * self.num_layers * batch * self.kv_heads * self.capacity * self.head_dim * it
+        cap = self.capacity if capacity is None else capacity
+        kv = 2 * self.num_layers * batch * self.kv_heads * cap * self.head_dim * it
         return kv + batch * max(prompt_len, 1) * self.vocab_size * it
 
-    def state(self, batch: int) -> DecodeState:
-        if batch in self.states:
-            return self.states[batch]
+    def bytes_needed(self, rows: int, prompt_len: int, new_tokens: int) -> int:
+        cap = self.bucket(min(prompt_len + new_tokens, self.capacity))
+        return self.state_bytes(rows, prompt_len, cap) + rows * (self.vocab_size + 4 * new_tokens)
+
+    def held_bytes(self) -> int:
+        return sum(self.state_bytes(b, 0, st.capacity) for b, st in self.states.items())
+
+    def state(self, batch: int, need: int | None = None, keep: int = 0, shrink: bool = False) -> DecodeState:
+        """The state of `batch` rows with room for `need` positions: the one held when it has the room, else a new
+        one of capacity bucket(need) (None: max_length, for callers that size nothing) that takes the held one's
+        first `keep` positions and replaces it. shrink: also replace a held state larger than bucket(need) (not
+        with CUDA graphs: each new state is a new captured graph, so the states only grow there)."""
+        old = self.states.get(batch)
+        cap = self.capacity if need is None else self.bucket(need)
+        if old is not None and (need is None or old.capacity >= need) and not (
+                shrink and old.capacity > cap and not self.cuda_graph):
+            return old
         if not 1 <= batch <= 1024:
             raise BadInputError(f"batch size must be in 1..1024, got {batch}")
-        need = self.state_bytes(batch)
+        need_b = self.state_bytes(batch, 0, cap)
         xp = self.xp
         if xp is not np:
             free, _ = xp.cuda.runtime.memGetInfo()
             free += xp.get_default_memory_pool().free_bytes()
-            if need > free:
-                per_row = self.state_bytes(1)
-                raise DeviceError(f"batch {batch} needs {need / 2**30:.2f} GiB on the GPU for its KV cache "
-                                  f"(capacity {self.capacity} tokens) and logits, but {free / 2**30:.2f} GiB is free: "
+            if need_b > free:
+                per_row = self.state_bytes(1, 0, cap)
+                raise DeviceError(f"batch {batch} needs {need_b / 2**30:.2f} GiB on the GPU for its KV cache "
+                                  f"(capacity {cap} tokens) and logits, but {free / 2**30:.2f} GiB is free: "
                                   f"use a batch of at most {max(int(free // per_row) - 1, 1)} or a smaller max_length")
         try:
-            shape = (batch, self.kv_heads, self.capacity, self.head_dim)
-            st = DecodeState(batch=batch, kv=[xp.zeros(shape, self.dtype) for _ in range(2 * self.num_layers)],
-                             ids=xp.zeros((batch, 1), np.int64), seqlens=xp.zeros(batch, np.int32),
-                             logits=xp.zeros((batch, 1, self.vocab_size), self.logits_dtype))
+            with self.on_stream():
+                shape = (batch, self.kv_heads, cap, self.head_dim)
+                st = DecodeState(batch=batch, kv=[xp.zeros(shape, self.dtype) for _ in range(2 * self.num_layers)],
+                                 ids=xp.zeros((batch, 1), np.int64), seqlens=xp.zeros(batch, np.int32),
+                                 logits=xp.zeros((batch, 1, self.vocab_size), self.logits_dtype))
+                if old is not None:                    # grown (or shrunk): the written positions and the loop inputs
+                    keep = min(keep, cap, old.capacity)
+                    if keep:
+                        for dst, src in zip(st.kv, old.kv):
+                            dst[:, :, :keep] = src[:, :, :keep]
+                    st.ids[...] = old.ids
+                    st.seqlens[...] = old.seqlens
         except Exception as e:
             if _oom(e):
                 self.release(batch)
                 raise DeviceError(f"out of GPU memory allocating batch {batch}: use a smaller batch or max_length") \
                     from e
             raise
-        st.total = np.array(self.capacity, np.int32)
+        st.total = np.array(cap, np.int32)
         st.binding = self._binding(st, st.ids, st.total, st.logits)
-        self.states[batch] = st
+        self._graphs += 1
+        st.graph_id, st.parts = self._graphs, {}
+        if old is not None:
+            log.debug("batch %d: cache capacity %d -> %d positions", batch, old.capacity, cap)
+            self.synchronize()                         # the copy is done before the old buffers go
+            if self.active is old:
+                self.active = st
+            self.states[batch] = st
+            del old                                    # its buffers go (its CUDA graph is never replayed again)
+            if xp is not np:
+                xp.get_default_memory_pool().free_all_blocks()
+        else:
+            self.states[batch] = st
         return st
 
     def release(self, batch: int | None = None) -> None:
@@ -166,14 +228,17 @@ class FusedDecoder(DeviceStateMemory):
         if self.xp is not np:
             self.xp.get_default_memory_pool().free_all_blocks()
 
-    def _binding(self, st: DecodeState, ids, total: np.ndarray, logits):
+    def _binding(self, st: DecodeState, ids, total: np.ndarray, logits, rows: int | None = None):
+        """IO binding of st's buffers (rows: its first `rows` rows only, views of the same memory)."""
         dev, b = self._dev(), self.session.io_binding()
+        n = st.batch if rows is None else rows
+        seqlens = st.seqlens if rows is None else st.seqlens[:rows]
         b.bind_input("input_ids", dev, self.device_id, np.int64, list(ids.shape), self._ptr(ids))
-        b.bind_input("seqlens_k", dev, self.device_id, np.int32, [st.batch], self._ptr(st.seqlens))
+        b.bind_input("seqlens_k", dev, self.device_id, np.int32, [n], self._ptr(seqlens))
         b.bind_cpu_input("total_sequence_length", total)
         for i in range(self.num_layers):
             for j, kv in enumerate(("key", "value")):
-                buf = st.kv[2 * i + j]
+                buf = st.kv[2 * i + j] if rows is None else st.kv[2 * i + j][:rows]
                 b.bind_input(f"past_key_values.{i}.{kv}", dev, self.device_id, self.dtype, list(buf.shape),
                              self._ptr(buf))
                 b.bind_output(f"present.{i}.{kv}", dev, self.device_id, self.dtype, list(buf.shape), self._ptr(buf))
@@ -200,8 +265,9 @@ class FusedDecoder(DeviceStateMemory):
         xp = self.xp
         lens = np.array([len(p) for p in prompts], np.int32)
         s = int(lens.max())
-        if s > self.capacity:
-            raise BadInputError(f"prompt of {s} tokens exceeds the cache capacity {self.capacity}")
+        cap = int(st.kv[0].shape[2])
+        if s > cap:
+            raise BadInputError(f"prompt of {s} tokens exceeds the cache capacity {cap}")
         ids = np.full((st.batch, s), pad_id, np.int64)
         for i, p in enumerate(prompts):
             ids[i, :len(p)] = p
@@ -227,7 +293,7 @@ class FusedDecoder(DeviceStateMemory):
 
     def decode_one_token(self, st: DecodeState):
         """One token per row from st.ids (written by the sampler). -> logits [B, 1, V] (the bound buffer)."""
-        self._run(st.binding, st.batch)
+        self._run(st.binding, st.graph_id)
         return st.logits
 
     def prompt_logits(self, st: DecodeState, prompts: Sequence[Sequence[int]], pad_id: int) -> list[np.ndarray]:
@@ -265,7 +331,7 @@ class FusedDecoder(DeviceStateMemory):
             self.slot_of, self.row_next, self.slot_pos = [], np.zeros((0, 1), np.int64), {}
             return
         self.slot_of = None
-        self.active, self.filled = self.state(batch), 0
+        self.active, self.filled = self.state(batch, min(self.min_bucket, self.capacity)), 0
 
     # ------------------------------------------------------------------ rows joining and leaving (in-flight batching)
     row_slots = 16                 # cache slots of a batch whose rows join and leave (the server sets its --max-batch)
@@ -277,9 +343,10 @@ class FusedDecoder(DeviceStateMemory):
         return max(self.slot_pos.values(), default=0) if self.slot_of is not None else self.filled
 
     def join(self, chunks: Sequence[Sequence[int]], room: int) -> np.ndarray:
-        """New rows take free cache slots of the slot state (row_slots rows, allocated once, its decode step one
-        captured CUDA graph): each distinct prompt is prefilled alone (a batch-1 state), its cache copied into the
-        row's slot on the device. -> float32 [k, V] on the host: each new row's last-token logits."""
+        """New rows take free cache slots of the slot state (row_slots rows, its decode step one captured CUDA
+        graph; its capacity the longest need of its rows' calls, grown on demand): each distinct prompt is
+        prefilled alone (batch 1) straight into its row's slot. -> float32 [k, V] on the host: each new row's
+        last-token logits."""
         if self.slot_of is None:
             raise BadInputError("join: this decoder runs a fixed batch; start(0) begins one whose rows join")
         free = [s for s in range(self.row_slots) if s not in set(self.slot_of)]
@@ -290,16 +357,22 @@ class FusedDecoder(DeviceStateMemory):
             if len(c) + room > self.capacity:
                 raise BadInputError(f"{len(c)} tokens + {room} new exceed the cache capacity {self.capacity}; "
                                     "raise max_length or shorten the prompt")
-        st, one = self.state(self.row_slots), self.state(1)
+        need = max(len(c) for c in chunks) + room
+        if self.slot_of and self.row_slots in self.states:     # live rows keep their positions (and room)
+            need = max(need, self.states[self.row_slots].capacity)
+        st = self.state(self.row_slots, need, keep=self.length, shrink=not self.slot_of)
         self.active = st
-        last, prev = [], None
+        last, prev, first = [], None, 0
         for slot, c in zip(free, map(tuple, chunks)):
             if c != prev:                                # a request's n choices: one prefill, n slots
+                one = DecodeState(batch=1, kv=[buf[slot:slot + 1] for buf in st.kv], ids=None,
+                                  seqlens=self.xp.zeros(1, np.int32), logits=None)
                 logits, _ = self.prefill(one, [c], 0)
-                prev, lg = c, self.host(logits[len(c) - 1]).astype(np.float32)
+                prev, first, lg = c, slot, self.host(logits[len(c) - 1]).astype(np.float32)
+            else:
+                for buf in st.kv:
+                    buf[slot, :, :len(c)] = buf[first, :, :len(c)]
             last.append(lg)
-            for buf, src in zip(st.kv, one.kv):
-                buf[slot, :, :len(c)] = src[0, :, :len(c)]
             self.slot_of.append(slot)
             self.slot_pos[slot] = len(c)
         self.row_next = np.concatenate([self.row_next, np.zeros((len(chunks), 1), np.int64)])
@@ -318,16 +391,25 @@ class FusedDecoder(DeviceStateMemory):
     def _step_slots(self, fed):
         """One decode step of the slot state: every live row's id at its own position; only rows that are decoding
         (fed) advance (the others write a placeholder that their next real token overwrites). Free slots write at
-        position 0, which a joining row's prefill copy replaces. -> logits [k, V] of the live rows (the device)."""
+        position 0, which a joining row's prefill replaces. Without a CUDA graph the step runs the first k slots
+        only, k = the highest live slot + 1 (rows take the lowest free slots): one live row is a batch-1 step.
+        -> logits [k, V] of the live rows (the device)."""
         st, xp = self.active, self.xp
         slots = np.array(self.slot_of, np.int64)
-        ids = np.zeros((st.batch, 1), np.int64)
-        pos = np.zeros(st.batch, np.int32)
+        k = st.batch if self.cuda_graph or not len(slots) else int(slots.max()) + 1
+        ids = np.zeros((k, 1), np.int64)
+        pos = np.zeros(k, np.int32)
         ids[slots] = self.row_next
         pos[slots] = [self.slot_pos[s] for s in self.slot_of]
-        st.ids[...] = xp.asarray(ids)
-        st.seqlens[...] = xp.asarray(pos)
-        logits = self.decode_one_token(st)[:, 0]
+        st.ids[:k] = xp.asarray(ids)
+        st.seqlens[:k] = xp.asarray(pos)
+        if k == st.batch:
+            logits = self.decode_one_token(st)[:, 0]
+        else:
+            if k not in st.parts:
+                st.parts[k] = self._binding(st, st.ids[:k], st.total, st.logits[:k], rows=k)
+            self._run(st.parts[k], -1)
+            logits = st.logits[:k, 0]
         fed = np.ones(len(slots), bool) if fed is None else np.asarray(fed, bool)
         for s in slots[fed]:
             self.slot_pos[int(s)] += 1
@@ -343,7 +425,10 @@ class FusedDecoder(DeviceStateMemory):
         if int((past + n).max()) + room > self.capacity:
             raise BadInputError(f"{int((past + n).max())} tokens + {room} new exceed the cache capacity "
                                 f"{self.capacity}; raise max_length or shorten the prompt")
-        if not past.any():
+        fresh = not past.any()
+        st = self.active = self.state(st.batch, int((past + n).max()) + room, keep=0 if fresh else self.filled,
+                                      shrink=fresh)
+        if fresh:
             logits, rows = self.prefill(st, chunks, 0)
             self.filled = int(n.max())
             return logits, rows

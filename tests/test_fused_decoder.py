@@ -228,3 +228,81 @@ def test_kernel_engine_is_reachable_and_refuses_clearly(llama, capsys):
     assert main(["generate", str(dest), "--graph", "kernels", "--prompt", "hello", "--max-new-tokens", "3"]) == 2
     err = capsys.readouterr().err
     assert "kernel engine" in err and "head size 16" in err and "onnxruntime" in err
+
+
+def _run_slots(dec, pad, plan, steps=40):
+    """Rows joining a slot batch at given steps ({step: [(prompt, cfg)]}) -> (each row's tokens in join order,
+    the slot state's capacity seen after each join)."""
+    gen = Generator(dec, pad_id=pad)
+    got, order, caps = {}, [], []
+    for step in range(steps):
+        if step in plan:
+            order += gen.add_rows([p for p, _ in plan[step]], [c for _, c in plan[step]])
+            caps.append(dec.active.capacity)
+        if not gen.rows and step > max(plan):
+            break
+        if gen.rows:
+            gen.generate_next_token()
+        done = [r.id for r in gen.rows if r.finish_reason is not None]
+        for r in gen.rows:
+            if r.finish_reason is not None:
+                got[r.id] = list(r.ids)
+        if done:
+            gen.remove_rows(done)
+    return [got[i] for i in order], caps
+
+
+def test_fused_cache_is_sized_to_the_need_and_grows_mid_generation(llama):
+    """A state's KV buffers hold what its calls need (prompt + new tokens, rounded up to a power-of-two bucket,
+    capped at max_length), not max_length: a fixed batch, a later turn that needs more (grown, the written
+    positions copied) and rows joining a slot batch with a longer prompt (the slot state grown while a row is
+    decoding). Tokens equal the same runs on a decoder whose states never grow (one bucket = max_length)."""
+    _, dest, _, ids, gen = llama
+    from paddle2ort.runtime.llm import fused_model
+    path, spec = fused_model(gen.bundle, "fp32")
+    pad, tok = gen.tokenizer.pad_token_id, gen.tokenizer
+    small = FusedDecoder(path, spec, SessionOptions(intra_op_threads=1))            # max_length: the model's 256
+    small.min_bucket = 16
+    whole = FusedDecoder(path, spec, SessionOptions(intra_op_threads=1))
+    assert small.capacity == whole.capacity == spec["max_positions"] == 256 and whole.min_bucket == 256
+    assert [small.bucket(n) for n in (1, 16, 17, 40, 200, 256)] == [16, 16, 32, 64, 256, 256]
+    # a fixed batch: the buffers follow the need (prompt + max_new_tokens), and so does the memory estimate
+    cfg = GenerationConfig(max_new_tokens=4)
+    assert generate(small, ids, cfg, pad) == generate(whole, ids, cfg, pad)
+    longest = max(map(len, ids))
+    st = small.states[len(ids)]
+    assert st.capacity == small.bucket(longest + 4) == 16 and st.kv[0].shape[2] == 16
+    assert small.held_bytes() == small.state_bytes(len(ids), 0, 16) < whole.held_bytes()
+    assert small.bytes_needed(16, longest, 4) < small.bytes_needed(16, longest, 200)         # 16 vs 256 positions
+    # a later turn that needs more: the state grows (a new buffer, a new CUDA graph id), tokens = the un-grown run
+    long_turn = tok.encode(" and then the story went on for a long while, far past the first bucket" * 2)
+    runs = {}
+    for name, dec in (("small", small), ("whole", whole)):
+        g = Generator(dec, GenerationConfig(max_new_tokens=6), pad, max_context=dec.max_tokens())
+        g.append_tokens(ids)
+        while not g.is_done():
+            g.generate_next_token()
+        first, before = g.results(), dec.active
+        g.append_tokens([long_turn] * len(ids))
+        while not g.is_done():
+            g.generate_next_token()
+        runs[name] = (first, g.results(), before, dec.active)
+    first, second, before, after = runs["small"]
+    assert (first, second) == runs["whole"][:2]
+    assert before.capacity == 16 and after.capacity == small.bucket(longest + 6 + len(long_turn) + 6) > 16
+    assert after is small.states[len(ids)] and after.graph_id != before.graph_id
+    assert runs["whole"][2] is runs["whole"][3] and runs["whole"][3].capacity == 256        # never regrown
+    # rows joining and leaving: a short row decodes, a long prompt joins mid-generation and grows the slot state
+    small.row_slots = whole.row_slots = 3
+    long_prompt = tok.encode("Once upon a time there was a very long prompt that needs more room " * 2)
+    plan = {0: [(ids[0], GenerationConfig(max_new_tokens=10, min_new_tokens=10))],
+            3: [(long_prompt, GenerationConfig(max_new_tokens=8, min_new_tokens=8)),
+                (ids[1], GenerationConfig(max_new_tokens=5, min_new_tokens=5))]}
+    got, caps = _run_slots(small, pad, plan)
+    want, caps_whole = _run_slots(whole, pad, plan)
+    assert got == want and [len(t) for t in got] == [10, 8, 5]
+    assert caps == [16, small.bucket(len(long_prompt) + 8)] and caps[1] > 16 and caps_whole == [256, 256]
+    assert small.slot_of == [] and small.held_bytes() < whole.held_bytes()
+    # the limit keeps its meaning: prompt + new tokens beyond max_length is refused, naming the capacity
+    with pytest.raises(BadInputError, match="exceeds the cache capacity"):
+        generate(small, [long_prompt], GenerationConfig(max_new_tokens=256), pad)
