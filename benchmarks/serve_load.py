@@ -6,8 +6,11 @@ For each mode - continuous (in-flight batching, --max-batch 32) and one-request-
 and, before each, one malformed request that must be answered 400. Per (mode, C): aggregate tokens/s (completion
 tokens / wall time), p50/p95 latency and time to first token, failed valid requests, bad requests answered 400.
 Targets (computed here): continuous at 16 clients >= 4x the tokens/s of 1 client; zero failed valid requests.
+--graph picks serve's decoder (default auto: serve's default, the bundle's graph for the device); --compare-graphs
+runs the same rows on other graphs in the same run (recorded under "other_graphs"; the verdicts read --graph's).
 
-    python -m paddle2ort.benchmarks.serve_load --bundle out/smollm2 --out benchmarks/results/serve
+    python -m paddle2ort.benchmarks.serve_load --bundle out/smollm2 --out benchmarks/results/serve \
+        --compare-graphs generic
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import asyncio
 import datetime as _dt
 import json
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -47,10 +51,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(bundle: Path, max_batch: int, threads: int, max_queue: int) -> tuple[subprocess.Popen, str]:
+def start_server(bundle: Path, max_batch: int, threads: int, max_queue: int,
+                 graph: str = "auto") -> tuple[subprocess.Popen, str]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "paddle2ort.cli", "-q", "serve", str(bundle), "--port", str(port),
-                             "--max-batch", str(max_batch), "--max-queue", str(max_queue), "--threads", str(threads)],
+                             "--max-batch", str(max_batch), "--max-queue", str(max_queue), "--threads", str(threads),
+                             "--graph", graph],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     import httpx
@@ -135,7 +141,8 @@ async def run_clients(url: str, model: str, clients: int, requests: int, max_tok
             "ttft_p95_s": float(np.percentile(ttft, 95))}
 
 
-def engine_rows(bundle: Path, clients: list[int], max_tokens: int, threads: int) -> list[dict]:
+def engine_rows(bundle: Path, clients: list[int], max_tokens: int, threads: int, graph: str = "auto",
+                modes: dict | None = None) -> list[dict]:
     """The scheduler alone, in this process (no HTTP, no SSE, no client): C chat requests submitted at once to an
     engine of --max-batch 32 and of 1. Isolates what batching buys from the per-token HTTP work, which on a
     CPU-starved box competes with the model for the same cores. Also compares each request's greedy text in both
@@ -143,20 +150,22 @@ def engine_rows(bundle: Path, clients: list[int], max_tokens: int, threads: int)
     from paddle2ort.runtime.llm import TextGenerator
     from paddle2ort.runtime.session import SessionOptions
 
-    gen = TextGenerator(bundle, session=SessionOptions(intra_op_threads=threads))     # generic: what serve runs
-    return engine_table(gen.model, gen.tokenizer, gen.default_stop_ids, gen.max_context, clients, max_tokens)
+    gen = TextGenerator(bundle, session=SessionOptions(intra_op_threads=threads), graph=graph)   # as serve loads it
+    return engine_table(gen.model, gen.tokenizer, gen.default_stop_ids, gen.max_context, clients, max_tokens, modes)
 
 
-def engine_table(model, tok, stop_ids, max_context, clients: list[int], max_tokens: int) -> list[dict]:
+def engine_table(model, tok, stop_ids, max_context, clients: list[int], max_tokens: int,
+                 modes: dict | None = None) -> list[dict]:
     """Per client count and mode: tokens/s of C requests at once, with the 1-request figure (median of 3) measured
-    just before; the greedy texts of both modes compared."""
+    just before; the greedy texts of both modes compared (where both ran)."""
     from paddle2ort.runtime.generation import GenerationConfig
     cfg = GenerationConfig(max_new_tokens=max_tokens, min_new_tokens=max_tokens)
+    modes = MODES if modes is None else modes
     rows, texts = [], {}
-    for max_batch in MODES.values():                            # warm-up (not recorded; captures CUDA graphs)
+    for max_batch in modes.values():                            # warm-up (not recorded; captures CUDA graphs)
         run_engine(model, tok, stop_ids, max_context, cfg, max_batch, 1)
     for c in clients:
-        for mode, max_batch in MODES.items():
+        for mode, max_batch in modes.items():
             base = float(np.median([run_engine(model, tok, stop_ids, max_context, cfg, max_batch, 1)[0]
                                     for _ in range(3)]))
             tps, steps, texts[mode, c] = run_engine(model, tok, stop_ids, max_context, cfg, max_batch, c)
@@ -165,8 +174,9 @@ def engine_table(model, tok, stop_ids, max_context, clients: list[int], max_toke
             log.info("engine only, %s, %d requests: %.0f tokens/s (%d steps)", mode, c, tps, steps)
     rows.sort(key=lambda r: (list(MODES).index(r["mode"]), r["clients"]))
     for r in rows:
-        a, b = texts[r["mode"], r["clients"]], texts["one-at-a-time", r["clients"]]
-        r["same_text_as_one_at_a_time"] = sum(x == y for x, y in zip(a, b)) / len(a)
+        if ("one-at-a-time", r["clients"]) in texts:
+            a, b = texts[r["mode"], r["clients"]], texts["one-at-a-time", r["clients"]]
+            r["same_text_as_one_at_a_time"] = sum(x == y for x, y in zip(a, b)) / len(a)
     return rows
 
 
@@ -249,8 +259,37 @@ def markdown(res: dict) -> str:
     where = f"GPU {env['gpu']}, host CPU {env['cpu']}" if env.get("gpu") else \
         f"CPU {env['cpu']}, {env['usable_cores']} usable cores"
     lines = [f"# `paddle2ort serve` under load: {res['bundle']}", "",
-             f"Run {res['created_at']} (commit {env.get('git_commit')}); {where}, --threads {c['threads']}. "
-             f"{c['note']}", ""]
+             f"Run {res['created_at']} (commit {env.get('git_commit')}); {where}, --threads {c['threads']}"
+             + (f"; load average (1, 5, 15 min) {load['start']} at the start, {load['end']} at the end"
+                if (load := res.get("load_average")) else "") + f". {c['note']}", ""]
+    if res["rows"]:
+        lines += [f"Serve's decoder: `--graph {c.get('graph_arg', c.get('graph'))}` = the {c.get('graph')} graph.", ""]
+    lines += tables(res, c)
+    for g, other in res.get("other_graphs", {}).items():
+        lines += ["", f"## The same rows on `--graph {g}` (same run, interleaved with the rows above)", ""]
+        lines += tables(other, c)
+    if res.get("other_graphs"):
+        lines += ["", "## Graphs compared (tokens/s; same run)", "", "| rows | mode | clients | " + " | ".join(
+            [c.get("graph", "main")] + list(res["other_graphs"])) + " |", "|---|---|---|" + "---|" * (
+            1 + len(res["other_graphs"]))]
+        for key, what in (("rows", "HTTP"), ("engine_rows", "scheduler")):
+            for r in res.get(key) or []:
+                vals = [r["tokens_per_s"]] + [next((x["tokens_per_s"] for x in o.get(key) or []
+                                                    if x["mode"] == r["mode"] and x["clients"] == r["clients"]), None)
+                                              for o in res["other_graphs"].values()]
+                if any(v is not None for v in vals[1:]):
+                    lines.append(f"| {what} | {r['mode']} | {r['clients']} | " + " | ".join(
+                        "-" if v is None else f"{v:.0f}" for v in vals) + " |")
+    lines += ["", "## Targets (computed from the rows above)", "", "| target | measured | verdict |", "|---|---|---|"]
+    for v in res["verdicts"]:
+        lines.append(f"| {v['target']} | {v['measured']} | "
+                     f"{'stated' if v['met'] is None else 'met' if v['met'] else 'MISSED'} |")
+    return "\n".join(lines) + "\n"
+
+
+def tables(res: dict, c: dict) -> list[str]:
+    """The HTTP rows' and the scheduler rows' tables of one graph."""
+    lines = []
     if res["rows"]:
         lines += [f"Each client: {c['requests']} streamed chat completions of {c['max_tokens']} tokens (greedy, "
                   "ignore_eos), each after one malformed request (must be 400). Continuous = in-flight batching "
@@ -267,20 +306,19 @@ def markdown(res: dict) -> str:
                      f"{r['latency_p50_s']:.2f} | {r['latency_p95_s']:.2f} | {r['ttft_p50_s'] * 1000:.0f} | "
                      f"{r['ttft_p95_s'] * 1000:.0f} | {vs} |")
     if res.get("engine_rows"):
-        lines += ["", "## The scheduler alone (same process, no HTTP/SSE/client work)", "",
+        lines += ["", ("### " if res.get("graph") else "## ") + "The scheduler alone (same process, no HTTP/SSE/client "
+                  "work)", "",
                   "| mode | concurrent requests | decode steps | tokens/s | vs 1 request just before | "
                   "vs one-at-a-time | same greedy text as one-at-a-time |", "|---|---|---|---|---|---|---|"]
         for r in res["engine_rows"]:
-            base = next(x for x in res["engine_rows"] if x["mode"] == "one-at-a-time" and x["clients"] == r["clients"])
+            base = next((x for x in res["engine_rows"] if x["mode"] == "one-at-a-time" and
+                         x["clients"] == r["clients"]), None)
+            same = r.get("same_text_as_one_at_a_time")
             lines.append(f"| {r['mode']} | {r['clients']} | {r['steps']} | {r['tokens_per_s']:.0f} | "
                          f"{r['tokens_per_s'] / r['adjacent_1_request_tokens_per_s']:.2f}x | "
-                         f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x | "
-                         f"{float(r['same_text_as_one_at_a_time']):.0%} |")
-    lines += ["", "## Targets (computed from the rows above)", "", "| target | measured | verdict |", "|---|---|---|"]
-    for v in res["verdicts"]:
-        lines.append(f"| {v['target']} | {v['measured']} | "
-                     f"{'stated' if v['met'] is None else 'met' if v['met'] else 'MISSED'} |")
-    return "\n".join(lines) + "\n"
+                         + (f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x | " if base else "- | ")
+                         + (f"{float(same):.0%} |" if same is not None else "- |"))
+    return lines
 
 
 def plot(res: dict, path: Path) -> bool:
@@ -289,15 +327,19 @@ def plot(res: dict, path: Path) -> bool:
         return False
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     http = bool(res["rows"])                  # an engine-only run (the GPU's) plots the scheduler's rows
-    for mode, color in (("continuous", "#4c72b0"), ("one-at-a-time", "#dd8452")):
-        rows = [r for r in (res["rows"] if http else res["engine_rows"]) if r["mode"] == mode]
-        xs = [r["clients"] for r in rows]
-        a.plot(xs, [r["tokens_per_s"] for r in rows], "o-", color=color, label=mode)
-        if http:
-            b.plot(xs, [r["ttft_p95_s"] * 1000 for r in rows], "o-", color=color, label=mode)
-        else:
-            b.plot(xs, [r["tokens_per_s"] / r["adjacent_1_request_tokens_per_s"] for r in rows], "o-", color=color,
-                   label=mode)
+    graphs = [(res["config"].get("graph", ""), res, "o-")] + [(g, o, "s--") for g, o in
+                                                            res.get("other_graphs", {}).items()]
+    for g, one, style in graphs:
+        tag = f"{g}, " if len(graphs) > 1 else ""
+        for mode, color in (("continuous", "#4c72b0"), ("one-at-a-time", "#dd8452")):
+            rows = [r for r in (one["rows"] if http else one["engine_rows"]) if r["mode"] == mode]
+            xs = [r["clients"] for r in rows]
+            a.plot(xs, [r["tokens_per_s"] for r in rows], style, color=color, label=tag + mode)
+            if http:
+                b.plot(xs, [r["ttft_p95_s"] * 1000 for r in rows], style, color=color, label=tag + mode)
+            else:
+                b.plot(xs, [r["tokens_per_s"] / r["adjacent_1_request_tokens_per_s"] for r in rows], style,
+                       color=color, label=tag + mode)
     second = "p95 time to first token, ms (lower is better)" if http else "tokens/s vs 1 request (higher is better)"
     for ax, t in ((a, "aggregate tokens/s (higher is better)"), (b, second)):
         ax.set_xscale("log", base=2)
@@ -336,6 +378,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--time-limit", type=float, default=600, help="seconds for the whole run (clients stop "
                     "sending new requests past it)")
     ap.add_argument("--note", default="", help="a line stating how to read the numbers (shared box, model, ...)")
+    ap.add_argument("--graph", default="auto", choices=["auto", "generic", "fused"],
+                    help="with --bundle: serve's --graph for the measured rows (default auto, serve's default)")
+    ap.add_argument("--compare-graphs", default="", help="with --bundle: comma list of other --graph values run in "
+                    "the same run (each client count's rows back to back with --graph's)")
+    ap.add_argument("--compare-clients", default="1,16", help="the client counts the compared graphs run (continuous "
+                    "mode only: what a user of serve gets; bounded in time)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)          # not a line per request
@@ -346,40 +394,64 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("give --bundle, or --gguf with --tokenizer")
     if args.gguf:
         return gguf_engine_main(args, clients)
+    graphs = [args.graph] + [g for g in args.compare_graphs.split(",") if g and g != args.graph]
+    if any(g not in ("auto", "generic", "fused") for g in graphs):
+        ap.error("--compare-graphs takes auto, generic and fused")
+    cmp_clients = [int(x) for x in args.compare_clients.split(",") if x]
     model = args.bundle.resolve().name
     deadline = time.monotonic() + args.time_limit
-    rows = []
+    load0 = os.getloadavg()                             # other processes on the shared box: the run's noise
+    rows: dict[str, list] = {g: [] for g in graphs}
     servers = {}
     try:
-        for mode, max_batch in MODES.items():          # both up at once: each client count runs the two modes
-            servers[mode] = start_server(args.bundle, max_batch, args.threads, max_queue=2 * max(clients))
-            asyncio.run(run_clients(servers[mode][1], model, 1, 1, 4, deadline))      # warm-up (not recorded)
+        for g in graphs:
+            for mode, max_batch in MODES.items():      # all up at once: each client count runs every mode and graph
+                if g != args.graph and mode != "continuous":
+                    continue
+                servers[g, mode] = start_server(args.bundle, max_batch, args.threads, max_queue=2 * max(clients),
+                                                graph=g)
+                asyncio.run(run_clients(servers[g, mode][1], model, 1, 1, 4, deadline))   # warm-up (not recorded)
         for c in clients:                               # back to back, under the same background load
-            for mode, (_, url) in servers.items():
+            for (g, mode), (_, url) in servers.items():
+                if g != args.graph and c not in cmp_clients:
+                    continue
                 # the 1-client figure (median of 3) measured right before each row: the box's background load
                 # drifts, so a ratio is taken between neighbours in time, not against a run minutes earlier
                 base = float(np.median([asyncio.run(run_clients(url, model, 1, args.requests, args.max_tokens,
                                                                 deadline))["tokens_per_s"] for _ in range(3)]))
                 r = {"mode": mode, **asyncio.run(run_clients(url, model, c, args.requests, args.max_tokens,
                                                              deadline)), "adjacent_1_client_tokens_per_s": base}
-                log.info("%s, %d clients: %.0f tokens/s, p95 TTFT %.0f ms, %d failed", mode, c, r["tokens_per_s"],
-                         r["ttft_p95_s"] * 1000, r["failed_valid"])
-                rows.append(r)
+                log.info("--graph %s, %s, %d clients: %.0f tokens/s, p95 TTFT %.0f ms, %d failed", g, mode, c,
+                         r["tokens_per_s"], r["ttft_p95_s"] * 1000, r["failed_valid"])
+                rows[g].append(r)
     finally:
         for proc, _ in servers.values():
             stop_server(proc)
-    rows.sort(key=lambda r: (list(MODES).index(r["mode"]), r["clients"]))
+    for g in graphs:
+        rows[g].sort(key=lambda r: (list(MODES).index(r["mode"]), r["clients"]))
+    from paddle2ort.runtime.llm import default_graph
+    from paddle2ort.runtime.session import SessionOptions
     llm = load_bundle(args.bundle, verify=False).manifest.extra.get("llm", {})
+    resolved = {g: default_graph(llm, "fp32", SessionOptions()) if g == "auto" else g for g in graphs}
     res = {"benchmark": "serve-load", "bundle": model,
            "model": {k: llm.get(k) for k in ("family", "num_layers", "hidden_size", "kv_heads", "vocab_size")},
            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
            "config": {"clients": clients, "requests": args.requests, "max_tokens": args.max_tokens,
                       "threads": args.threads, "modes": MODES, "note": args.note,
-                      "graph": "generic",                                        # serve's default graph
+                      "graph": resolved[args.graph], "graph_arg": args.graph,     # what serve's --graph ran
                       "time_limit_s": args.time_limit, "timed_out": time.monotonic() > deadline},
-           "rows": rows, "environment": environment()}
-    res["engine_rows"] = engine_rows(args.bundle, clients, args.max_tokens, args.threads)
-    res["verdicts"] = verdicts(rows, res["engine_rows"])
+           "rows": rows[args.graph]}
+    res["other_graphs"] = {resolved[g]: {"graph": resolved[g], "graph_arg": g, "rows": rows[g]} for g in graphs[1:]}
+    for g in graphs:                                    # the scheduler alone, graph after graph
+        er = engine_rows(args.bundle, clients if g == args.graph else cmp_clients, args.max_tokens, args.threads, g,
+                         None if g == args.graph else {"continuous": MODES["continuous"]})
+        if g == args.graph:
+            res["engine_rows"] = er
+        else:
+            res["other_graphs"][resolved[g]]["engine_rows"] = er
+    res["environment"] = environment()
+    res["load_average"] = {"start": [round(x, 2) for x in load0], "end": [round(x, 2) for x in os.getloadavg()]}
+    res["verdicts"] = verdicts(res["rows"], res["engine_rows"])
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write(args.out / "serve.json", json.dumps(res, indent=1) + "\n")
     atomic_write(args.out / "serve.md", markdown(res))
