@@ -275,21 +275,31 @@ def task_resave_fluid(args: dict) -> dict:
             "feeds": list(feeds), "paddle_version": paddle.__version__}
 
 
+def bench_predictor(model_file: str, params_file: str, threads: int, onednn: bool = True):
+    """A Paddle Inference CPU predictor in its deployment configuration (IR passes, oneDNN when asked and the build
+    has it, else off; `threads` math threads): the benchmarks' peer. -> (predictor, oneDNN on)."""
+    import paddle
+    import paddle.inference as pi
+    cfg = pi.Config(model_file, params_file)
+    cfg.disable_gpu()
+    cfg.switch_ir_optim(True)
+    cfg.set_cpu_math_library_num_threads(int(threads))
+    onednn = bool(onednn) and paddle.base.core.is_compiled_with_mkldnn()
+    if onednn:
+        cfg.enable_mkldnn()
+    elif hasattr(cfg, "disable_mkldnn"):
+        cfg.disable_mkldnn()         # Paddle 3 turns oneDNN on by default on the CPU
+    cfg.disable_glog_info()
+    return pi.create_predictor(cfg), onednn
+
+
 def task_bench(args: dict) -> dict:
     """Paddle Inference on CPU as a benchmark peer: its deployment configuration (IR passes, oneDNN when the build
     has it, the given thread count), timed over the same pre-tokenized batches the ONNX rows use."""
     import numpy as np
     import paddle
-    import paddle.inference as pi
-    cfg = pi.Config(args["model_file"], args["params_file"])
-    cfg.disable_gpu()
-    cfg.switch_ir_optim(True)
-    cfg.set_cpu_math_library_num_threads(int(args["threads"]))
-    onednn = bool(args.get("onednn", True)) and paddle.base.core.is_compiled_with_mkldnn()
-    if onednn:
-        cfg.enable_mkldnn()
-    cfg.disable_glog_info()
-    pred = pi.create_predictor(cfg)
+    pred, onednn = bench_predictor(args["model_file"], args["params_file"], int(args["threads"]),
+                                   bool(args.get("onednn", True)))
     data = np.load(args["batches_npz"])
     nb = int(args["num_batches"])
     batches = [{n: data[f"{b}/{n}"] for n in pred.get_input_names()} for b in range(nb)]

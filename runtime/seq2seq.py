@@ -188,6 +188,7 @@ class PrefixLMSpec:
     source_end_id: int | None = None         # the id ending each source (None: eos; ChatGLM v1: [gMASK])
     forced_bos_token_id: int | None = None   # the model config's (Seq2SeqSpec's): the bundle's defaults
     forced_eos_token_id: int | None = None
+    role_type_size: int | None = None        # UnifiedTransformer's role embeddings: the step graph takes role_ids
 
     @classmethod
     def from_json(cls, d: dict) -> "PrefixLMSpec":
@@ -217,6 +218,38 @@ def prefix_lm_inputs(rows: Sequence[Sequence[int]], bos_id: int, pad_id: int):
     allowed = real[:, None, :].astype(bool) & ((src[:, :, None] & src[:, None, :]) | (~src[:, :, None] & causal))
     allowed |= np.eye(t, dtype=bool)                              # padding rows see themselves: finite softmax
     return ids, types, pos, ((1.0 - allowed) * -1e4).astype(np.float32)[:, None], real
+
+
+NO_ROLE = -1       # a role id that adds no role embedding (PaddleNLP's generate() without role_ids)
+
+
+def role_rows(roles: Sequence[Sequence[int]] | None, rows: Sequence[Sequence[int]], size: int | None) -> list[list[int]]:
+    """Each row's role ids over source + start token, checked: a request gives one role a source token (the start
+    token then takes role 0, as UnifiedTransformerTokenizer's add_start_token_as_response does) or one more (the
+    start token's too); None: NO_ROLE everywhere (Paddle's default: no role term). Rows may repeat a request's
+    (beam search: K rows a source, source-major)."""
+    if roles is None:
+        return [[NO_ROLE] * (len(r) + 1) for r in rows]
+    if not size:
+        raise BadInputError("role ids were given but this model has no role embeddings (role_type_size unset); "
+                            "drop role_ids")
+    roles = [list(x) for x in roles]
+    if not roles or len(rows) % len(roles):
+        raise BadInputError(f"{len(roles)} role-id rows for {len(rows)} sources; give one role-id row a source")
+    k = len(rows) // len(roles)
+    out = []
+    for i, r in enumerate(rows):
+        x = roles[i // k]
+        if len(x) == len(r):
+            x = x + [0]
+        if len(x) != len(r) + 1:
+            raise BadInputError(f"source {i // k}: {len(x)} role ids for {len(r)} tokens; give one a source token "
+                                "(optionally one more for the start token)")
+        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 0 <= v < size for v in x):
+            raise BadInputError(f"source {i // k}: role ids must be integers in [0, {size}) (the model's "
+                                f"role_type_size), got {x}")
+        out.append([int(v) for v in x])
+    return out
 
 
 def glm_positions(rows: Sequence[Sequence[int]], t: int, mask_ids: Sequence[int]):
@@ -249,6 +282,14 @@ class PrefixLMDecoder:
         self.step_fn, self.spec, self.vocab_size = step, spec, spec.vocab_size
         self.cache_dtype = np.dtype(cache_dtype)
         self.cache: KVCache | None = None
+        self.roles = None            # the request's role ids a source (role_rows); None: no role term
+
+    def set_roles(self, roles: Sequence[Sequence[int]] | None) -> None:
+        """The next generation's role ids (one row a source; the model's role_type_size bounds them)."""
+        if roles is not None and not self.spec.role_type_size:
+            raise BadInputError("role ids were given but this model has no role embeddings (role_type_size "
+                                "unset); drop role_ids")
+        self.roles = None if roles is None else [list(r) for r in roles]
 
     def target_prefix(self, rows: int) -> list[list[int]]:
         return self._prefix                     # PaddleNLP's processors see source + start token (decoder-only)
@@ -270,10 +311,17 @@ class PrefixLMDecoder:
         self._prefix = [list(c) + [s.bos_id] for c in chunks]
         self.cache.reserve(ids.shape[1] + room)
         self.pos, self.types = pos[:, -1:] + (not glm), types[:, -1:] + glm    # the first target step's
-        return self._run(ids, types, pos, mask)
+        roles = None
+        if s.role_type_size:                      # left-padded as the ids; targets keep the start token's role
+            roles = np.full(ids.shape, NO_ROLE, np.int64)
+            for b, r in enumerate(role_rows(self.roles, chunks, s.role_type_size)):
+                roles[b, ids.shape[1] - len(r):] = r
+            self.role = roles[:, -1:]
+        return self._run(ids, types, pos, mask, roles)
 
-    def _run(self, ids, types, pos, mask):
-        logits, present = self.step_fn(ids, types, pos, mask, self.cache.view())
+    def _run(self, ids, types, pos, mask, roles=None):
+        extra = () if roles is None else (roles,)
+        logits, present = self.step_fn(ids, types, pos, mask, self.cache.view(), *extra)
         self.cache.append(present)
         out = np.array(logits[:, -1])
         if self.spec.suppress_ids:
@@ -284,7 +332,7 @@ class PrefixLMDecoder:
         b = self.real.shape[0]
         self.real = np.concatenate([self.real, np.ones((b, 1), np.int64)], 1)
         mask = ((1.0 - self.real) * -1e4).astype(np.float32)[:, None, None, :]
-        out = self._run(self.next_ids, self.types, self.pos, mask)
+        out = self._run(self.next_ids, self.types, self.pos, mask, self.role if self.spec.role_type_size else None)
         if self.spec.positions == "glm":
             self.types = self.types + 1           # GLM: the block position counts, the position stays
         else:
@@ -295,6 +343,8 @@ class PrefixLMDecoder:
         src = np.asarray(src)
         self.cache.reorder(src)
         self.real, self.pos, self.types = self.real[src], self.pos[src], self.types[src]
+        if self.spec.role_type_size:
+            self.role = self.role[src]
         self._prefix = [self._prefix[i] for i in src]
 
     @staticmethod
@@ -324,14 +374,15 @@ class OrtPrefixLM(PrefixLMDecoder):
     def __init__(self, model_path: str | Path, spec: PrefixLMSpec, session: SessionOptions = SessionOptions()):
         self.session = create_session(model_path, session)
         names = tuple(i.name for i in self.session.get_inputs())
-        self.names = self.GLM_NAMES if spec.positions == "glm" else self.NAMES
+        self.names = (self.GLM_NAMES if spec.positions == "glm" else self.NAMES) + (
+            ("role_ids",) if spec.role_type_size else ())
         if names != self.names:
             raise BundleError(f"step graph inputs are {list(names)}, not the prefix-LM contract {list(self.names)}")
         super().__init__(self._step, spec)
 
-    def _step(self, ids, types, pos, mask, past):
+    def _step(self, ids, types, pos, mask, past, *roles):
         return self.session.run(["logits", "present_key_values"], dict(zip(self.names, (
-            ids, types, pos, mask, np.ascontiguousarray(past, dtype=self.cache_dtype)))))
+            ids, types, pos, mask, np.ascontiguousarray(past, dtype=self.cache_dtype), *roles))))
 
 
 class Text2TextGenerator:
@@ -373,15 +424,32 @@ class Text2TextGenerator:
         cfg = cfg if cfg.stop_token_ids else replace(cfg, stop_token_ids=(self.spec.eos_id,))
         return forced_defaults(self.spec, cfg)
 
-    def generate_token_ids(self, ids: Sequence[Sequence[int]], cfg: GenerationConfig) -> list[list[int]]:
-        return generate(self.model, ids, self.stop_ids(cfg), self.spec.pad_id, decode=self.tokenizer.decode)
+    def generate_token_ids(self, ids: Sequence[Sequence[int]], cfg: GenerationConfig,
+                           role_ids: Sequence[Sequence[int]] | None = None) -> list[list[int]]:
+        """role_ids: one row a source (a role a source token, optionally one more for the start token) for a model
+        with role embeddings (UnifiedTransformer with role_type_size); None: none, as Paddle's generate()."""
+        if role_ids is not None:
+            if not isinstance(self.model, PrefixLMDecoder):
+                raise BadInputError("role ids are for prefix LMs with role embeddings (UnifiedTransformer), not an "
+                                    "encoder-decoder; drop role_ids")
+            if len(role_ids) != len(ids):
+                raise BadInputError(f"{len(role_ids)} role-id rows for {len(ids)} sources; give one a source")
+            role_rows(role_ids, ids, self.spec.role_type_size)          # checked before any graph runs
+        if isinstance(self.model, PrefixLMDecoder):
+            self.model.set_roles(role_ids)
+        try:
+            return generate(self.model, ids, self.stop_ids(cfg), self.spec.pad_id, decode=self.tokenizer.decode)
+        finally:
+            if isinstance(self.model, PrefixLMDecoder):
+                self.model.set_roles(None)
 
-    def __call__(self, texts: Sequence[str] | str, cfg: GenerationConfig = GenerationConfig()) -> list[str]:
+    def __call__(self, texts: Sequence[str] | str, cfg: GenerationConfig = GenerationConfig(),
+                 role_ids: Sequence[Sequence[int]] | None = None) -> list[str]:
         if isinstance(texts, str):
             texts = [texts]
-        outs = self.generate_token_ids([self.prompt_ids(t) for t in texts], cfg)
+        outs = self.generate_token_ids([self.prompt_ids(t) for t in texts], cfg, role_ids)
         return [cfg.cut(self.tokenizer.decode(o)) for o in outs]
 
 
-__all__ = ["OrtPrefixLM", "OrtSeq2Seq", "PrefixLMDecoder", "PrefixLMSpec", "Seq2SeqDecoder", "Seq2SeqSpec", "TASK",
-           "Text2TextGenerator", "glm_positions", "prefix_lm_inputs", "right_pad"]
+__all__ = ["NO_ROLE", "OrtPrefixLM", "OrtSeq2Seq", "PrefixLMDecoder", "PrefixLMSpec", "Seq2SeqDecoder", "Seq2SeqSpec",
+           "TASK", "Text2TextGenerator", "glm_positions", "prefix_lm_inputs", "right_pad", "role_rows"]

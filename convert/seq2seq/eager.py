@@ -51,6 +51,25 @@ class EagerSeq2Seq:
         return logits.numpy(), present.numpy()
 
 
+TIE_EPS = 1e-3     # the near-tie rule's logit epsilon (tests/test_serving.py TIE_EPS): a gap this small may flip
+
+
+def tie_gaps(generated: list[list[int]], reference: list[list[int]], step_logits: list, eos: int) -> list:
+    """Each greedy row's agreement with the reference: None where equal, else the logit gap, in the logits of our
+    run at the step where it first leaves the reference (step_logits[k] [B, V]: the logits that chose token k; an
+    ended row chose eos), between its token and the reference's. A gap within TIE_EPS is a near-tie."""
+    out = []
+    for b, (g, r) in enumerate(zip(generated, reference)):
+        k = next((j for j in range(max(len(g), len(r))) if j >= len(g) or j >= len(r) or g[j] != r[j]), None)
+        if k is None:
+            out.append(None)
+            continue
+        lg = np.asarray(step_logits[k])[b]
+        x, y = (seq[k] if k < len(seq) else eos for seq in (g, r))
+        out.append(abs(float(lg[x]) - float(lg[y])))
+    return out
+
+
 def paddle_generate(model, sources: list[list[int]], pad_id: int, **kw) -> list[list[int]]:
     """PaddleNLP's own generate() on right-padded sources (its defaults otherwise): generated ids a row, cut at
     the first eos (the eos and any padding dropped)."""
@@ -67,12 +86,19 @@ def paddle_generate(model, sources: list[list[int]], pad_id: int, **kw) -> list[
     return rows
 
 
-def paddle_generate_prefix_lm(model, sources: list[list[int]], geo: dict, **kw) -> list[list[int]]:
+def paddle_generate_prefix_lm(model, sources: list[list[int]], geo: dict, role_ids=None, **kw) -> list[list[int]]:
     """PaddleNLP's generate() on a prefix LM (UNIMO-text), fed the prefill runtime.seq2seq.prefix_lm_inputs
-    builds (source, start token, token types, positions, 4-D mask) — what UNIMOTokenizer.gen_encode gives it."""
+    builds (source, start token, token types, positions, 4-D mask) — what UNIMOTokenizer.gen_encode gives it;
+    role_ids (UnifiedTransformer: one row a source, runtime.seq2seq.role_rows' rules) left-padded with role 0 as
+    its tokenizer pads them; None: generate() without role_ids."""
     import paddle
-    from paddle2ort.runtime.seq2seq import prefix_lm_inputs
+    from paddle2ort.runtime.seq2seq import prefix_lm_inputs, role_rows
     ids, types, pos, mask, _ = prefix_lm_inputs(sources, geo["bos_id"], geo["pad_id"])
+    if role_ids is not None:
+        roles = np.zeros(ids.shape, np.int64)
+        for b, r in enumerate(role_rows(role_ids, sources, geo.get("role_type_size"))):
+            roles[b, ids.shape[1] - len(r):] = r
+        kw["role_ids"] = paddle.to_tensor(roles)
     eos = geo["eos_id"]
     with paddle.no_grad():
         out, _ = model.generate(input_ids=paddle.to_tensor(ids), token_type_ids=paddle.to_tensor(types),

@@ -24,15 +24,17 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int = 320):
 
 
 def build_tiny(family: str, out: Path, texts: Sequence[str], seed: int = 0, std: float = 0.5,
-               eos_scale: float = 3.0) -> Path:
+               eos_scale: float = 3.0, role_type_size: int | None = None) -> Path:
     """out/model (PaddleNLP save_pretrained) + out/tokenizer. -> out."""
-    return build_tiny_many((family,), Path(out), texts, seed, std, eos_scale, nested=False)[family]
+    return build_tiny_many((family,), Path(out), texts, seed, std, eos_scale, nested=False,
+                           role_type_size=role_type_size)[family]
 
 
 def build_tiny_many(families: Sequence[str], root: Path, texts: Sequence[str], seed: int = 0, std: float = 0.5,
-                    eos_scale: float = 3.0, nested: bool = True) -> dict[str, Path]:
+                    eos_scale: float = 3.0, nested: bool = True, role_type_size: int | None = None) -> dict[str, Path]:
     """Several families in one Paddle worker, one tokenizer: root/FAMILY/{model,tokenizer} (nested=False: root
-    itself, one family). -> family -> its directory."""
+    itself, one family). role_type_size: UnifiedTransformer's role embeddings (None: none). -> family -> its
+    directory."""
     from ..paddle_proc import run_worker, workdir
     root = Path(root)
     dirs = {f: root / f if nested else root for f in families}
@@ -44,6 +46,7 @@ def build_tiny_many(families: Sequence[str], root: Path, texts: Sequence[str], s
     with workdir("tiny") as work:
         run_worker("build_tiny_seq2seq", {
             "families": list(families), "outs": [str(d / "model") for d in dirs.values()],
-            "vocab_size": tok.vocab_size, "special": special, "seed": seed, "std": std, "eos_scale": eos_scale},
+            "vocab_size": tok.vocab_size, "special": special, "seed": seed, "std": std, "eos_scale": eos_scale,
+            "role_type_size": role_type_size},
             Path(work))
     return dirs
