@@ -1,9 +1,11 @@
-"""decode.cu compiles for a real geometry wherever nvcc is installed (CI without a GPU included), and every kernel
-the engine launches is an entry of it. Skipped without nvcc (the GPU tests compile it with NVRTC)."""
+"""decode.cu compiles for a real geometry wherever nvcc is installed (CI without a GPU included), module by module
+as the engine compiles it (the attention one, one a weight format), and every kernel the engine launches is an entry
+of its module. Skipped without nvcc (the GPU tests compile it with NVRTC)."""
 import re
 import shutil
 import subprocess
 
+import numpy as np
 import pytest
 
 from paddle2ort.runtime.kernels import engine
@@ -13,13 +15,34 @@ NVCC = shutil.which("nvcc")
 
 @pytest.mark.skipif(NVCC is None, reason="needs nvcc")
 def test_decode_kernels_compile_and_export_what_the_engine_launches(tmp_path):
-    ptx = tmp_path / "decode.ptx"
     # SmolLM2's geometry: head size 64, GQA group 3, the chunk the engine picks
     chunk = engine.attention_chunk({"num_heads": 9, "kv_heads": 3, "head_dim": 64})
-    r = subprocess.run([NVCC, "-std=c++17", "-arch=sm_80", "-DHD=64", "-DGQA=3", f"-DCHUNK={chunk}", "--ptx",
-                        str(engine.SOURCE), "-o", str(ptx)], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    entries = set(re.findall(r"\.entry\s+(\w+)", ptx.read_text()))
-    launched = {"embed_rows", "attn_split"} | {f"gemv_{m}_{f}{s}" for m in ("resid", "logits", "swiglu", "qkv")
-                                               for f in engine.EPL for s in ("", "_r4")}
-    assert launched <= entries, sorted(launched - entries)
+    procs = []
+    for i, opts in enumerate(engine.module_options(64, 3, chunk)):
+        ptx = tmp_path / f"decode{i}.ptx"
+        procs.append((opts, ptx, subprocess.Popen([NVCC, "-std=c++17", "-arch=sm_80", *opts, "--ptx",
+                                                   str(engine.SOURCE), "-o", str(ptx)], stderr=subprocess.PIPE,
+                                                  text=True)))
+    for opts, ptx, proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-2000:]
+        entries = set(re.findall(r"\.entry\s+(\w+)", ptx.read_text()))
+        missing = set(engine.module_names(opts)) - entries
+        assert not missing, sorted(missing)
+
+
+def test_every_plan_names_a_compiled_kernel():
+    """gemv_plan only picks entries decode.cu instantiates (GEMV2_MODE), for the models' shapes and odd ones."""
+    names = {n for f in engine.EPL for n in engine.gemv_names(f)}
+    for fmt in engine.EPL:
+        for mode, n, k in [("qkv", 1152, 896), ("resid", 896, 4864), ("swiglu", 9728, 896), ("logits", 151936, 896),
+                           ("resid", 894, 576), ("logits", 49154, 576), ("qkv", 960, 576)]:
+            p = engine.Packed(fmt, np.zeros((1, 1), np.uint8), None, n, k, 32)
+            for batch in (1, 2, 8, 9):
+                for version in engine.GEMV_VERSIONS:
+                    v1_rows = 4 if batch >= 4 and n % 4 == 0 else 2          # KernelEngine.rows_per_warp
+                    plan = engine.gemv_plan(p, mode, batch, version, 64, v1_rows)
+                    assert plan.name in names and n % plan.r == 0, (fmt, mode, n, batch, version, plan)
+    big = engine.Packed("f16", np.zeros((1, 1), np.uint8), None, 896, 4864)
+    assert engine.gemv_plan(big, "resid", 1).ks == 4          # down-proj of batch 1: K split over 4 warps
+    assert engine.gemv_plan(big, "resid", 8).nb == 8          # batch 8: the weights read once for 8 rows

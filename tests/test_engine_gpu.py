@@ -7,7 +7,8 @@ import pytest
 from paddle2ort.convert.llm.fused import DecoderSpec, build_decoder, build_variant, random_state, save_model
 from paddle2ort.runtime.generation import GenerationConfig, generate
 from paddle2ort.runtime.kernels import engine_reference as R
-from paddle2ort.runtime.kernels.engine import KernelEngine, Packed, _pair, kernels, launch_attention, launch_gemv
+from paddle2ort.runtime.kernels.engine import (V2_SHAPES, KernelEngine, Packed, Plan, _pair, kernels,
+                                               launch_attention, launch_gemv)
 
 cp = pytest.importorskip("cupy")
 try:
@@ -37,12 +38,25 @@ def _close(got, want, tol=2e-3):
     assert err <= tol, f"max |kernel - twin| {err:.2e} of max |twin|"
 
 
+PLANS = [("v1", 2, 1, 8), ("v1", 4, 1, 8)] + [("v2", *shape) for shape in V2_SHAPES]
+
+
+def _plan(version, r, ks, nb):
+    if version == "v1":
+        return lambda mode, fmt: Plan(f"gemv_{mode}_{fmt}" + ("_r4" if r == 4 else ""), r)
+    return lambda mode, fmt: Plan(f"gemv2_{mode}_{fmt}_r{r}_k{ks}_b{nb}", r, ks, nb)
+
+
 @pytest.mark.parametrize("fmt", ["f16", "f32", "q8", "q4"])
-@pytest.mark.parametrize("batch,rpw", [(1, 2), (3, 2), (11, 2), (1, 4), (11, 4)])
-def test_gemv_kernels_match_their_twins(fmt, batch, rpw):
-    rng = np.random.default_rng(batch)
-    hd, nh, kvh, k_in, inter, cap = 64, 7, 1, 576, 160, 40
-    kern = kernels(hd, nh // kvh, 128)                  # the engine's module for this geometry (compiled once)
+@pytest.mark.parametrize("plan", PLANS, ids=lambda p: "{}-r{}-k{}-b{}".format(*p))
+@pytest.mark.parametrize("batch,k_in", [(1, 576), (3, 2080), (11, 576), (1, 2080)])
+def test_gemv_kernels_match_their_twins(fmt, plan, batch, k_in):
+    """Every GEMV entry (v1 and each v2 shape) against its twin; K = 576 (a part chunk) and 2080 (several chunks
+    a warp, a part chunk at the end, K split over warps)."""
+    rng = np.random.default_rng(batch + k_in)
+    hd, nh, kvh, inter, cap = 64, 7, 1, 160, 40
+    kern = kernels(hd, nh // kvh, 128)                  # the engine's modules for this geometry (compiled once)
+    mk = _plan(*plan)
     x = rng.normal(size=(batch, k_in)).astype(np.float32)
     gamma = rng.uniform(0.5, 1.5, k_in).astype(np.float16)
     xd, gd = cp.asarray(x), cp.asarray(gamma)
@@ -51,16 +65,16 @@ def test_gemv_kernels_match_their_twins(fmt, batch, rpw):
     dense, pd = p.dense(), p.to(cp)
     out = rng.normal(size=(batch, 96)).astype(np.float32)
     od = cp.asarray(out)
-    launch_gemv(kern, "resid", pd, xd, None, 1e-6, batch, od, ldo=96, rows_per_warp=rpw)
+    launch_gemv(kern, "resid", pd, xd, None, 1e-6, batch, od, ldo=96, plan=mk("resid", fmt))
     R.gemv_resid(dense, x, out)
     _close(od.get(), out)
     od = cp.zeros((batch, 96), cp.float32)
-    launch_gemv(kern, "logits", pd, xd, gd, 1e-6, batch, od, ldo=96, rows_per_warp=rpw)
+    launch_gemv(kern, "logits", pd, xd, gd, 1e-6, batch, od, ldo=96, plan=mk("logits", fmt))
     _close(od.get(), R.gemv_logits(dense, x, gamma, 1e-6))
     # gate|up + SwiGLU
     p = _packed(fmt, 2 * inter, k_in, rng)
     od = cp.zeros((batch, inter), cp.float32)
-    launch_gemv(kern, "swiglu", p.to(cp), xd, gd, 1e-6, batch, od, inter=inter, rows_per_warp=rpw)
+    launch_gemv(kern, "swiglu", p.to(cp), xd, gd, 1e-6, batch, od, inter=inter, plan=mk("swiglu", fmt))
     _close(od.get(), R.gemv_swiglu(p.dense(), x, gamma, 1e-6, inter))
     # q|k|v + bias + rotary + cache append at per-row positions
     p = _packed(fmt, (nh + 2 * kvh) * hd, k_in, rng)
@@ -72,7 +86,7 @@ def test_gemv_kernels_match_their_twins(fmt, batch, rpw):
     qd, kcd, vcd = cp.asarray(q), cp.asarray(kc), cp.asarray(vc)
     launch_gemv(kern, "qkv", p.to(cp), xd, gd, 1e-6, batch, qd, bias=cp.asarray(bias), kc=kcd, vc=vcd,
                 cos=cp.asarray(cos), sin=cp.asarray(sin), seqlens=cp.asarray(seqlens), nh=nh, kvh=kvh, cap=cap,
-                rows_per_warp=rpw)
+                plan=mk("qkv", fmt))
     R.gemv_qkv(p.dense(), x, gamma, 1e-6, bias, q, kc, vc, cos, sin, seqlens, nh, kvh)
     _close(qd.get(), q)
     _close(kcd.get(), kc, 5e-3)
@@ -83,7 +97,7 @@ def test_gemv_kernels_match_their_twins(fmt, batch, rpw):
 def test_attention_kernels_match_their_twins(hd, group, kvh, chunk):
     rng = np.random.default_rng(hd + group)
     batch, cap = 3, 1100
-    kern = kernels(hd, group, chunk)
+    kern = kernels(hd, group, chunk, fmts=())           # the attention module alone
     nsplit = -(-cap // chunk)
     q = rng.normal(size=(batch, kvh * group * hd)).astype(np.float32)
     kc, vc = rng.normal(size=(2, batch, kvh, cap, hd)).astype(np.float16)
@@ -115,16 +129,17 @@ def tiny(tmp_path_factory):
     return tmp, spec.to_json()
 
 
+@pytest.mark.parametrize("gemv", ["v2", "v1"])
 @pytest.mark.parametrize("name", ["fp16", "int4"])
-def test_engine_on_the_gpu_matches_its_twins(tiny, name):
+def test_engine_on_the_gpu_matches_its_twins(tiny, name, gemv):
     tmp, spec = tiny
     prompts = [list(range(3, 303)), [7, 8, 9], list(range(100, 140)), [5] * 20, list(range(200, 330))]
     # 300 tokens: three attention splits of 128; five rows: four weight rows a warp
     cfg = GenerationConfig(max_new_tokens=24)
-    gpu = KernelEngine(tmp / f"{name}.onnx", spec, device="gpu", max_length=400, prefill="kernels")
+    gpu = KernelEngine(tmp / f"{name}.onnx", spec, device="gpu", max_length=400, prefill="kernels", gemv=gemv)
     cpu = KernelEngine(tmp / f"{name}.onnx", spec, device="cpu", max_length=400)
     eager = KernelEngine(tmp / f"{name}.onnx", spec, device="gpu", max_length=400, cuda_graph=False,
-                         prefill="kernels")
+                         prefill="kernels", gemv=gemv)
     want = generate(cpu, prompts, cfg, 0)
     got = generate(gpu, prompts, cfg, 0)
     assert got == generate(eager, prompts, cfg, 0)                    # the CUDA graph replays the eager step

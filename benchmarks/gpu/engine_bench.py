@@ -25,14 +25,16 @@ VARIANTS = {"fp16": ("fp16", "float32"), "int4": ("int4", None)}     # name -> (
 SCENARIOS = ((128, 128), (2048, 256))
 TIE = 1e-2                     # the fp16 gate's tie margin: a flip where the oracle's top-2 gap < TIE x range is a tie
 OURS, ORT = "ours (kernel engine)", "onnxruntime fused graph"
+OURS_V1 = "ours (kernel engine, v1 GEMVs)"        # the first GEMV kernels beside the default ones (--also-v1)
+GEMV = {OURS: "v2", OURS_V1: "v1"}                # system -> KernelEngine(gemv=...); run() sets OURS's from --gemv
 
 
 def _decoder(system: str, path: Path, spec: dict, capacity: int, prefill: str = "auto"):
     from paddle2ort.runtime.fused import FusedDecoder
     from paddle2ort.runtime.kernels.engine import KernelEngine
     from paddle2ort.runtime.session import SessionOptions
-    if system == OURS:
-        return KernelEngine(path, spec, device="gpu", max_length=capacity, prefill=prefill)
+    if system in GEMV:
+        return KernelEngine(path, spec, device="gpu", max_length=capacity, prefill=prefill, gemv=GEMV[system])
     dec = FusedDecoder(path, spec, session=SessionOptions(device="gpu"), max_length=capacity)
     if dec.session.get_providers()[0] != "CUDAExecutionProvider":
         raise RuntimeError(f"the fused graph runs on {dec.session.get_providers()}, not CUDA")
@@ -119,14 +121,15 @@ def bench_config(name: str, work: Path, systems: list[str], batches, scenarios, 
                     row = decode_row(system, v, b, r["ttft_ms"], r["decode_s"], new_tokens=n, prompt_tokens=p,
                                      weight_bytes=weights[v], spec=spec.to_json(), bandwidth=bandwidth)
                     row.update(prompt=p, new=n)
-                    if system == OURS:
+                    if system != ORT:
                         row["gpu_step_us"] = graph_step_us(dec, b)
                         row["prefill_by"] = dec.prefill_by
+                        row["gemv"] = dec.gemv
                     res["rows"].append(row)
                     tokens[(system, p, b)] = r["tokens"]
                     log.info("%s %s %s b%d %d+%d: %.0f tok/s/seq, %.1f%% of copy bw, TTFT %.1f ms", name, system, v,
                              b, p, n, row["tok_s_per_seq"], row["pct_hbm_roofline"], row["ttft_ms"])
-            if system == OURS:
+            if system != ORT:
                 dec.release()
             del dec
         for (s, p, b), toks in tokens.items():              # random weights: agreement is informative only
@@ -222,8 +225,9 @@ def run(a) -> dict:
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     bw = copy_bandwidth(cp)
-    res = {"device": device_info(), "copy_bandwidth_gb_s": bw / 1e9, "reps": a.reps,
-           "systems": [OURS] + ([ORT] if a.ort else []), "configs": {}}
+    GEMV[OURS] = a.gemv
+    res = {"device": device_info(), "copy_bandwidth_gb_s": bw / 1e9, "reps": a.reps, "gemv": a.gemv,
+           "systems": [OURS] + ([ORT] if a.ort else []) + ([OURS_V1] if a.also_v1 else []), "configs": {}}
     if a.gguf:
         try:
             res["golden"] = golden_parity(Path(a.gguf), Path(a.golden), work, a.ort)
@@ -351,6 +355,8 @@ def main(argv=None) -> int:
     r.add_argument("--no-ort", dest="ort", action="store_false", help="ours only (no onnxruntime-gpu staged)")
     r.add_argument("--budget-s", type=float, default=480, help="skip the remaining timings after this many seconds")
     r.add_argument("--work", default="/tmp/p2o-engine")
+    r.add_argument("--gemv", default="v2", choices=["v2", "v1"], help="the engine's GEMV kernels (decode.cu)")
+    r.add_argument("--also-v1", action="store_true", help="the engine with the v1 GEMVs as a third system")
     p = sub.add_parser("report")
     p.add_argument("dir", type=Path)
     a = ap.parse_args(argv)

@@ -1,24 +1,39 @@
-"""Kernel bench of decode.cu, llm.c dev/cuda style: each kernel at a real model's shapes is first validated against
-its NumPy twin (engine_reference.py), then timed; GB/s counts the bytes it must read (weights, or the K/V of the
-context) beside the device's measured copy bandwidth. Times are GPU time per launch inside a CUDA graph.
+"""Kernel bench of decode.cu, llm.c dev/cuda style, in three steps (benchmarks/device/engine_gpu.sh runs them in this
+order, one device call):
 
-    python -m paddle2ort.runtime.kernels.bench_engine [--config qwen2.5-0.5b smollm2-135m] [--json OUT]
+    python -m paddle2ort.runtime.kernels.bench_engine compile  [--jobs N]      # every module, in parallel processes
+    python -m paddle2ort.runtime.kernels.bench_engine validate [--json OUT]    # every kernel config vs its twin
+    python -m paddle2ort.runtime.kernels.bench_engine time     [--json OUT]    # the engine's plans, timed
+
+`validate` launches every GEMV entry (v1, and v2 in each (rows a warp, K-split warps, batch rows a block) shape) at
+the real models' shapes and the attention kernel, compares each with its NumPy twin (engine_reference.py), prints
+one line a failure and which GEMV versions passed; exit 1 when anything failed (the JSON says what). `time` times the
+plans the engine picks (engine.gemv_plan) of each version inside a CUDA graph; GB/s counts the bytes a kernel must
+read (weights, or the K/V of the context) beside the device's measured copy bandwidth.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+import time
 
 import numpy as np
 
 from . import engine_reference as R
 from .bench import copy_bandwidth
 
+log = logging.getLogger(__name__)
+
 GEOMETRY = {  # hidden, heads, kv heads, head size, FFN, vocab (benchmarks/gpu/common.py CONFIGS)
     "qwen2.5-0.5b": (896, 14, 2, 64, 4864, 151936),
     "smollm2-135m": (576, 9, 3, 64, 1536, 49152),
 }
+TOL, TOL_CACHE = 2e-3, 5e-3      # max |kernel - twin| / max |twin|: float32 outputs; the float16 K/V cache
+# geometries the GPU tests compile (tests/test_engine_gpu.py): (head size, group, chunk, formats)
+LAYERS, HEADS = ("f16", "q8", "q4"), ("f32", "q8")   # what the bundles hold (fp16: float32 head; int4: int8 head)
+TEST_MODULES = [(64, 7, 128, None), (64, 3, 64, ()), (128, 4, 128, ())]
 
 
 def _packed(fmt: str, n: int, k: int, rng):
@@ -56,75 +71,206 @@ def time_graph(cp, fn, launches: int = 20, reps: int = 20) -> float:
 
 
 def _err(got, want) -> float:
-    return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-6))
+    return float(np.abs(np.asarray(got, np.float32) - np.asarray(want, np.float32)).max()
+                 / max(float(np.abs(np.asarray(want, np.float32)).max()), 1e-6))
 
 
-def run(configs=("qwen2.5-0.5b", "smollm2-135m"), batches=(1, 8)) -> dict:
+# ----------------------------------------------------------------------------- compile
+def module_list(configs) -> list[tuple[str, ...]]:
+    """Every decode.cu module the validation, the timing, the GPU tests and the engine on these configs compile."""
+    from .engine import attention_chunk, module_options
+    mods = []
+    for cfg in configs:
+        h, nh, kvh, hd, inter, vocab = GEOMETRY[cfg]
+        mods += module_options(hd, nh // kvh, attention_chunk({"num_heads": nh, "kv_heads": kvh, "head_dim": hd}))
+    for hd, g, chunk, fmts in TEST_MODULES:
+        mods += module_options(hd, g, chunk, *([] if fmts is None else [fmts]))
+    return list(dict.fromkeys(mods))
+
+
+def _compile_one(opts: tuple[str, ...]) -> tuple[tuple[str, ...], float, str | None]:
+    from .engine import compiled
+    t = time.perf_counter()
+    try:
+        compiled(opts)
+        return opts, time.perf_counter() - t, None
+    except Exception as e:  # noqa: BLE001 - reported with the module's options
+        return opts, time.perf_counter() - t, f"{type(e).__name__}: {e}"[-3000:]
+
+
+def compile_all(configs, jobs: int) -> int:
+    """NVRTC is single-threaded: one process a module fills CuPy's disk cache, which every later step reads."""
+    import multiprocessing as mp
+    mods = module_list(configs)
+    t = time.perf_counter()
+    with mp.get_context("spawn").Pool(min(jobs, len(mods))) as pool:
+        results = pool.map(_compile_one, mods)
+    bad = 0
+    for opts, secs, err in results:
+        print(f"{'FAILED' if err else 'ok':6s} {secs:6.1f} s  decode.cu {' '.join(opts)}" + (f"\n{err}" if err else ""))
+        bad += err is not None
+    print(f"{len(mods)} modules in {time.perf_counter() - t:.1f} s, {bad} failed")
+    return 1 if bad else 0
+
+
+# ----------------------------------------------------------------------------- validate
+def _cases(cfg: str, rng):
+    """(mode, label, Packed, gamma?) of one config's products; each format."""
+    h, nh, kvh, hd, inter, vocab = GEOMETRY[cfg]
+    for fmt in ("f16", "f32", "q8", "q4"):
+        yield fmt, "qkv", "norm+qkv+rope", _packed(fmt, (nh + 2 * kvh) * hd, h, rng)
+        yield fmt, "resid", "o+residual", _packed(fmt, h, nh * hd, rng)
+        yield fmt, "swiglu", "norm+gate|up+swiglu", _packed(fmt, 2 * inter, h, rng)
+        yield fmt, "resid", "down+residual", _packed(fmt, h, inter, rng)
+        yield fmt, "logits", "norm+lm_head", _packed(fmt, vocab, h, rng)
+
+
+def _all_plans(p, mode: str, hd: int):
+    from .engine import V2_SHAPES, Plan
+    plans = [Plan(f"gemv_{mode}_{p.fmt}", 2)]
+    if p.n % 4 == 0:
+        plans.append(Plan(f"gemv_{mode}_{p.fmt}_r4", 4))
+    for r, ks, nb in V2_SHAPES:
+        if p.n % r == 0 and (mode != "qkv" or (hd // 2) % (r // 2) == 0):
+            plans.append(Plan(f"gemv2_{mode}_{p.fmt}_r{r}_k{ks}_b{nb}", r, ks, nb))
+    return plans
+
+
+def _runner(cp, kern, mode: str, p, pd, dense, x, gamma, b: int, cfg: str, rng):
+    """-> (launch(plan) -> device outputs, twin outputs, tolerances, bytes read, reset())."""
+    from .engine import launch_gemv
+    h, nh, kvh, hd, inter, vocab = GEOMETRY[cfg]
+    xd, gd = cp.asarray(x), cp.asarray(gamma)
+    if mode == "qkv":
+        cap = 64
+        ang = rng.uniform(0, 6, (cap, hd // 2)).astype(np.float32)
+        pos = rng.integers(0, cap, b).astype(np.int32)
+        bias = (rng.standard_normal(p.n) * 0.1).astype(np.float16)
+        q, kc, vc = np.zeros((b, nh * hd), np.float32), *np.zeros((2, b, kvh, cap, hd), np.float16)
+        R.gemv_qkv(dense, x, gamma, 1e-6, bias, q, kc, vc, np.cos(ang), np.sin(ang), pos, nh, kvh)
+        qd, kcd, vcd = cp.zeros(q.shape, cp.float32), cp.zeros(kc.shape, cp.float16), cp.zeros(vc.shape, cp.float16)
+        args = dict(bias=cp.asarray(bias), kc=kcd, vc=vcd, cos=cp.asarray(np.cos(ang)), sin=cp.asarray(np.sin(ang)),
+                    seqlens=cp.asarray(pos), nh=nh, kvh=kvh, cap=cap)
+
+        def launch(plan):
+            launch_gemv(kern, "qkv", pd, xd, gd, 1e-6, b, qd, plan=plan, **args)
+        return launch, lambda: [qd.get(), kcd.get(), vcd.get()], [q, kc, vc], [TOL, TOL_CACHE, TOL_CACHE], \
+            lambda: (qd.fill(0), kcd.fill(0), vcd.fill(0))
+    if mode == "resid":
+        base = rng.standard_normal((b, p.n)).astype(np.float32)
+        want = base.copy()
+        R.gemv_resid(dense, x, want)
+        od = cp.zeros(base.shape, cp.float32)             # reset() copies base in before each launch
+        return (lambda plan: launch_gemv(kern, "resid", pd, xd, None, 1e-6, b, od, ldo=p.n, plan=plan),
+                lambda: [od.get()], [want], [TOL], lambda: od.set(base))
+    if mode == "swiglu":
+        od = cp.zeros((b, p.n // 2), cp.float32)
+        return (lambda plan: launch_gemv(kern, "swiglu", pd, xd, gd, 1e-6, b, od, inter=p.n // 2, plan=plan),
+                lambda: [od.get()], [R.gemv_swiglu(dense, x, gamma, 1e-6, p.n // 2)], [TOL], lambda: od.fill(0))
+    od = cp.zeros((b, p.n), cp.float32)
+    return (lambda plan: launch_gemv(kern, "logits", pd, xd, gd, 1e-6, b, od, ldo=p.n, plan=plan),
+            lambda: [od.get()], [R.gemv_logits(dense, x, gamma, 1e-6)], [TOL], lambda: od.fill(0))
+
+
+def validate(configs, batches) -> dict:
+    """Every GEMV entry (both versions, every shape) and the attention kernel against their twins."""
     import cupy as cp
 
-    from .engine import attention_chunk, kernels, launch_attention, launch_gemv
+    from .engine import GEMV_VERSIONS, attention_chunk, kernels, launch_attention
+    rng = np.random.default_rng(0)
+    checks, failures = 0, []
+    for cfg in configs:
+        h, nh, kvh, hd, inter, vocab = GEOMETRY[cfg]
+        chunk = attention_chunk({"num_heads": nh, "kv_heads": kvh, "head_dim": hd})
+        kern = kernels(hd, nh // kvh, chunk)
+        for fmt, mode, label, p in _cases(cfg, rng):
+            pd, dense = p.to(cp), p.dense()
+            for b in batches:
+                x = rng.standard_normal((b, p.k)).astype(np.float32)
+                gamma = rng.uniform(0.5, 1.5, p.k).astype(np.float16)
+                launch, got, want, tols, reset = _runner(cp, kern, mode, p, pd, dense, x, gamma, b, cfg, rng)
+                for plan in _all_plans(p, mode, hd):
+                    reset()
+                    checks += 1
+                    try:
+                        launch(plan)
+                        errs = [_err(g, w) for g, w in zip(got(), want)]
+                    except Exception as e:  # noqa: BLE001 - a launch error is a failure of that kernel
+                        errs = [float("inf")]
+                        log.error("%s %s b%d %s: %s", cfg, label, b, plan.name, e)
+                    if any(not (e <= t) for e, t in zip(errs, tols)):
+                        failures.append({"config": cfg, "kernel": label, "batch": b, "entry": plan.name,
+                                         "version": "v1" if plan.name.startswith("gemv_") else "v2",
+                                         "max_rel_err": errs})
+                        print(f"FAILED {cfg} {label} {fmt} b{b} {plan.name}: max rel err {errs}")
+            del pd, dense
+        for b in batches:                                   # split-K flash-decoding, short and long contexts
+            for ctx in (1, 129, 2304):
+                cap = 2304
+                nsplit = -(-cap // chunk)
+                q = rng.standard_normal((b, nh * hd), np.float32)
+                kc, vc = rng.standard_normal((2, b, kvh, cap, hd), np.float32).astype(np.float16)
+                seq = np.minimum(np.arange(b) * 97 + ctx - 1, cap - 1).astype(np.int32)
+                want = R.attn_combine(*R.attn_split(q, kc, vc, seq, hd ** -0.5, chunk, nsplit), seq, chunk)
+                od, cnt = cp.zeros((b, nh * hd), cp.float32), cp.zeros((b, kvh), cp.int32)
+                checks += 1
+                launch_attention(kern, cp.asarray(q), cp.asarray(kc), cp.asarray(vc), cp.asarray(seq),
+                                 cp.zeros((b, nh, nsplit, hd), cp.float32), cp.zeros((b, nh, nsplit, 2), cp.float32),
+                                 od, hd ** -0.5, cnt)
+                err = _err(od.get(), want)
+                if not err <= 1e-3 or cnt.any():
+                    failures.append({"config": cfg, "kernel": f"attention ctx {ctx}", "batch": b, "entry": "attn_split",
+                                     "version": "all", "max_rel_err": [err]})
+                    print(f"FAILED {cfg} attention ctx {ctx} b{b}: max rel err {err:.2e}, counter left {cnt.any()}")
+    bad = {f["version"] for f in failures}
+    passed = [] if "all" in bad else [v for v in GEMV_VERSIONS if v not in bad]
+    print(f"validated {checks} kernel configs: {len(failures)} failed; GEMV versions that pass everywhere: "
+          f"{' '.join(passed) or 'none'}")
+    return {"checks": checks, "failures": failures, "passed_versions": passed, "tolerance": TOL}
+
+
+# ----------------------------------------------------------------------------- time
+def run(configs=("qwen2.5-0.5b", "smollm2-135m"), batches=(1, 8), versions=("v2", "v1")) -> dict:
+    import cupy as cp
+
+    from .engine import attention_chunk, gemv_plan, kernels, launch_attention
     bw = copy_bandwidth(cp)
     name = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
     rows = []
     print(f"{name}: device copy bandwidth {bw / 1e9:.0f} GB/s (read + write)")
-    print(f"{'config':13s} {'kernel':24s} {'B':>2s} {'us':>8s} {'GB/s':>7s} {'% copy':>6s}  max rel err vs twin")
+    print(f"{'config':13s} {'kernel':24s} {'B':>2s} {'ver':3s} {'us':>7s} {'GB/s':>6s} {'% copy':>6s}  "
+          f"{'rel err':7s}  entry")
     rng = np.random.default_rng(0)
     for cfg in configs:
         h, nh, kvh, hd, inter, vocab = GEOMETRY[cfg]
-        spec = {"num_heads": nh, "kv_heads": kvh, "head_dim": hd}
-        chunk = attention_chunk(spec)
+        chunk = attention_chunk({"num_heads": nh, "kv_heads": kvh, "head_dim": hd})
         kern = kernels(hd, nh // kvh, chunk)
 
-        def record(kernel, b, nbytes, fn, err):
+        def record(kernel, b, version, entry, nbytes, fn, err):
             us = time_graph(cp, fn)
             gbs = nbytes / (us / 1e6) / 1e9
-            print(f"{cfg:13s} {kernel:24s} {b:2d} {us:8.1f} {gbs:7.0f} {100 * gbs * 1e9 / bw:5.1f}%  {err:.1e}")
-            rows.append({"config": cfg, "kernel": kernel, "batch": b, "us": us, "bytes": nbytes, "gb_per_s": gbs,
-                         "pct_copy_bw": 100 * gbs * 1e9 / bw, "max_rel_err_vs_twin": err})
+            print(f"{cfg:13s} {kernel:24s} {b:2d} {version:3s} {us:7.1f} {gbs:6.0f} {100 * gbs * 1e9 / bw:5.1f}%  "
+                  f"{err:.1e}  {entry}")
+            rows.append({"config": cfg, "kernel": kernel, "batch": b, "version": version, "entry": entry, "us": us,
+                         "bytes": nbytes, "gb_per_s": gbs, "pct_copy_bw": 100 * gbs * 1e9 / bw,
+                         "max_rel_err_vs_twin": err})
 
+        for fmt, mode, label, p in _cases(cfg, rng):
+            if fmt not in (HEADS if mode == "logits" else LAYERS):
+                continue          # the bundles' products: f16 / q8 / q4 layers; f32 (fp16 bundle) / q8 (int4) head
+            pd, dense = p.to(cp), p.dense()
+            for b in batches:
+                x = rng.standard_normal((b, p.k)).astype(np.float32)
+                gamma = rng.uniform(0.5, 1.5, p.k).astype(np.float16)
+                launch, got, want, tols, reset = _runner(cp, kern, mode, p, pd, dense, x, gamma, b, cfg, rng)
+                for v in versions:
+                    plan = gemv_plan(p, mode, b, v, hd, 4 if b >= 4 else 2)
+                    reset()
+                    launch(plan)
+                    err = _err(got()[0], want[0])
+                    record(f"{label} {fmt}", b, v, plan.name, p.nbytes, lambda: launch(plan), err)
+            del pd, dense
         for b in batches:
-            rpw = 4 if b >= 4 else 2                       # as the engine picks
-            x = rng.standard_normal((b, max(h, inter)), np.float32)
-            gamma = rng.uniform(0.5, 1.5, h).astype(np.float16)
-            xh, xi = cp.asarray(x[:, :h]), cp.asarray(x[:, :inter])
-            gd = cp.asarray(gamma)
-            for fmt in ("f16", "q8", "q4"):
-                # RMSNorm + q|k|v + bias + rotary + KV append
-                p = _packed(fmt, (nh + 2 * kvh) * hd, h, rng)
-                pd, cap = p.to(cp), 64
-                ang = rng.uniform(0, 6, (cap, hd // 2)).astype(np.float32)
-                pos = rng.integers(0, cap, b).astype(np.int32)
-                q, kc, vc = np.zeros((b, nh * hd), np.float32), *np.zeros((2, b, kvh, cap, hd), np.float16)
-                qd, kcd, vcd = cp.asarray(q), cp.asarray(kc), cp.asarray(vc)
-                args = dict(bias=None, kc=kcd, vc=vcd, cos=cp.asarray(np.cos(ang)), sin=cp.asarray(np.sin(ang)),
-                            seqlens=cp.asarray(pos), nh=nh, kvh=kvh, cap=cap)
-                fn = lambda: launch_gemv(kern, "qkv", pd, xh, gd, 1e-6, b, qd, rows_per_warp=rpw, **args)  # noqa: E731
-                fn()
-                R.gemv_qkv(p.dense(), x[:, :h], gamma, 1e-6, None, q, kc, vc, np.cos(ang), np.sin(ang), pos, nh, kvh)
-                record(f"norm+qkv+rope {fmt}", b, p.nbytes, fn, _err(qd.get(), q))
-                # RMSNorm + gate|up + SwiGLU
-                p = _packed(fmt, 2 * inter, h, rng)
-                pd, od = p.to(cp), cp.zeros((b, inter), cp.float32)
-                fn = lambda: launch_gemv(kern, "swiglu", pd, xh, gd, 1e-6, b, od, inter=inter,  # noqa: E731
-                                         rows_per_warp=rpw)
-                fn()
-                record(f"norm+gate|up+swiglu {fmt}", b, p.nbytes, fn,
-                       _err(od.get(), R.gemv_swiglu(p.dense(), x[:, :h], gamma, 1e-6, inter)))
-                # down + residual (validated once: the timing loop keeps adding)
-                p = _packed(fmt, h, inter, rng)
-                pd, od = p.to(cp), cp.zeros((b, h), cp.float32)
-                launch_gemv(kern, "resid", pd, xi, None, 1e-6, b, od, ldo=h, rows_per_warp=rpw)
-                err = _err(od.get(), x[:, :inter] @ p.dense().T)
-                record(f"down+residual {fmt}", b, p.nbytes,
-                       lambda: launch_gemv(kern, "resid", pd, xi, None, 1e-6, b, od, ldo=h, rows_per_warp=rpw), err)
-            for fmt in ("f32", "q8"):                      # the LM head: float32 (fp16 bundle) / int8 (int4 bundle)
-                p = _packed(fmt, vocab, h, rng)
-                pd, od = p.to(cp), cp.zeros((b, vocab), cp.float32)
-                fn = lambda: launch_gemv(kern, "logits", pd, xh, gd, 1e-6, b, od, ldo=vocab,  # noqa: E731
-                                         rows_per_warp=rpw)
-                fn()
-                record(f"norm+lm_head {fmt}", b, p.nbytes, fn,
-                       _err(od.get(), R.gemv_logits(p.dense(), x[:, :h], gamma, 1e-6)))
             for ctx in (256, 2304):                        # split-K flash-decoding over the context
                 nsplit = -(-ctx // chunk)
                 q = rng.standard_normal((b, nh * hd), np.float32)
@@ -137,20 +283,51 @@ def run(configs=("qwen2.5-0.5b", "smollm2-135m"), batches=(1, 8)) -> dict:
                 fn = lambda: launch_attention(kern, dq, dk, dv, ds, po, pml, od, hd ** -0.5, cnt)  # noqa: E731
                 fn()
                 want = R.attn_combine(*R.attn_split(q, kc, vc, seq, hd ** -0.5, chunk, nsplit), seq, chunk)
-                record(f"attention ctx {ctx}", b, kc.nbytes + vc.nbytes, fn, _err(od.get(), want))
-    return {"device": name, "copy_bandwidth_gb_s": bw / 1e9, "rows": rows}
+                record(f"attention ctx {ctx}", b, "-", "attn_split", kc.nbytes + vc.nbytes, fn, _err(od.get(), want))
+    return {"device": name, "copy_bandwidth_gb_s": bw / 1e9, "rows": rows, "step_us": step_estimate(rows)}
+
+
+def step_estimate(rows) -> dict:
+    """Per config, batch, GEMV version and bundle (fp16: f16 layers + float32 head; int4: int4 layers + int8
+    head): the timed kernels of one decode step summed (layers x (q|k|v, attention over 256 positions, o, gate|up,
+    down) + head) -> microseconds, what a step takes with no gaps between kernels."""
+    layers = {"qwen2.5-0.5b": 24, "smollm2-135m": 30}
+    us = {(r["config"], r["kernel"], r["batch"], r["version"]): r["us"] for r in rows}
+    out = {}
+    for cfg, b, v in sorted({(r["config"], r["batch"], r["version"]) for r in rows if r["version"] != "-"}):
+        for bundle, fmt, head in (("fp16", "f16", "f32"), ("int4", "q4", "q8")):
+            try:
+                per_layer = us[(cfg, "attention ctx 256", b, "-")] + sum(
+                    us[(cfg, f"{k} {fmt}", b, v)] for k in ("norm+qkv+rope", "o+residual", "norm+gate|up+swiglu",
+                                                             "down+residual"))
+                out[f"{cfg} {bundle} b{b} {v}"] = layers[cfg] * per_layer + us[(cfg, f"norm+lm_head {head}", b, v)]
+            except KeyError:
+                continue
+    return out
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ap = argparse.ArgumentParser(prog="python -m paddle2ort.runtime.kernels.bench_engine", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("step", nargs="?", default="time", choices=("compile", "validate", "time"))
     ap.add_argument("--config", nargs="+", default=list(GEOMETRY), choices=sorted(GEOMETRY))
-    ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--batch", type=int, nargs="+", help="default: 1 3 8 (validate), 1 8 (time)")
+    ap.add_argument("--versions", nargs="+", default=["v2", "v1"], choices=["v2", "v1"])
+    ap.add_argument("--jobs", type=int, default=8, help="compile: processes")
     ap.add_argument("--json")
     a = ap.parse_args(argv)
-    res = run(a.config, a.batch)
+    if a.step == "compile":
+        return compile_all(a.config, a.jobs)
+    if a.step == "validate":
+        res = validate(a.config, a.batch or [1, 3, 8])
+    else:
+        res = run(a.config, a.batch or [1, 8], a.versions)
     if a.json:
         from ..files import atomic_write
         atomic_write(a.json, json.dumps(res, indent=2))
+    if a.step == "validate":
+        return 1 if res["failures"] else 0
     return 0 if all(r["max_rel_err_vs_twin"] <= 1e-2 for r in res["rows"]) else 1
 
 

@@ -19,6 +19,12 @@
 #ifndef CHUNK
 #define CHUNK 256
 #endif
+#ifndef FMTS
+#define FMTS 15           // bit f: the GEMVs of format f (F16 .. Q4 below); the engine compiles one format a module
+#endif
+#ifndef WITH_ATTN
+#define WITH_ATTN 1       // embed_rows and attn_split (the module that depends on GQA and CHUNK)
+#endif
 #define BT 8              // batch rows a GEMV block computes (weights are read once per BT rows)
 #define GW 4              // warps per GEMV block
 #define UNROLL 4          // 16-byte chunks of each row a lane loads before using any
@@ -240,11 +246,251 @@ __device__ void gemv(const unsigned char* __restrict__ w, const unsigned int* __
   GEMV_ENTRY(gemv_logits_##FMTNAME##_r4, FMT, M_LOGITS, 4)  \
   GEMV_ENTRY(gemv_swiglu_##FMTNAME##_r4, FMT, M_SWIGLU, 4)  \
   GEMV_ENTRY(gemv_qkv_##FMTNAME##_r4, FMT, M_QKV, 4)
-GEMV_ALL(f16, F16)
-GEMV_ALL(f32, F32)
-GEMV_ALL(q8, Q8)
-GEMV_ALL(q4, Q4)
+// ---------------------------------------------------------------------------------------------------------------
+// GEMV v2 (the engine's default; gemv above stays as the fallback, engine gemv="v1"). Same arguments, same twins.
+//  - KS warps of a block split K of the same rows (deterministic: a fixed-order sum through shared memory), so the
+//    small-N products (o-proj, down-proj) of batch 1 run 4x the warps instead of a few blocks an SM;
+//  - the RMSNorm statistics come out of the main loop (each lane squares the x it loads anyway): no prologue pass
+//    over x and no barrier before the first weight load;
+//  - int8/int4: the block's {scale, zero point} factored out of the 16-byte chunk (a chunk lies in one block):
+//    sum_e (q_e - zp) s x_e = s (sum_e q_e x_e - zp sum_e x_e); q_e as a float by the 2^23 trick (no I2F);
+//  - NB batch rows a block (1: batch 1 keeps its registers for loads in flight; 8: weights read once per 8 rows).
+template <int FMT>
+__device__ __forceinline__ float qcode(const uint4& raw, int e) {
+  const unsigned int* u = reinterpret_cast<const unsigned int*>(&raw);
+  const unsigned int v = FMT == Q8 ? (u[e >> 2] >> ((e & 3) * 8)) & 0xffu : (u[e >> 3] >> ((e & 7) * 4)) & 0xfu;
+  return __uint_as_float(v | 0x4b000000u) - 8388608.f;
+}
 
+template <int MODE, int R>
+__device__ __forceinline__ void store_rows(float* y, const long long* rows, int bb, float* out, int ldo, int inter,
+                                           const unsigned short* __restrict__ bias, unsigned short* kc,
+                                           unsigned short* vc, const float* __restrict__ cos_t,
+                                           const float* __restrict__ sin_t, const int* __restrict__ seqlens, int nh,
+                                           int kvh, int cap) {
+  constexpr int P = R / 2;
+  if (MODE == M_RESID) {
+#pragma unroll
+    for (int j = 0; j < R; ++j) out[(long long)bb * ldo + rows[j]] += y[j];
+  } else if (MODE == M_LOGITS) {
+#pragma unroll
+    for (int j = 0; j < R; ++j) out[(long long)bb * ldo + rows[j]] = y[j];
+  } else if (MODE == M_SWIGLU) {
+#pragma unroll
+    for (int j = 0; j < P; ++j) out[(long long)bb * inter + rows[j]] = y[j] / (1.f + __expf(-y[j])) * y[P + j];
+  } else {
+    const int pos = seqlens[bb];
+#pragma unroll
+    for (int j = 0; j < P; ++j) {
+      float y0 = y[j], y1 = y[P + j];
+      if (bias != nullptr) { y0 += h2f(bias[rows[j]]); y1 += h2f(bias[rows[P + j]]); }
+      const int head = (int)(rows[j] / HD), d = (int)(rows[j] % HD);
+      if (head < nh + kvh) {
+        const float c = cos_t[(long long)pos * (HD / 2) + d], s = sin_t[(long long)pos * (HD / 2) + d];
+        const float a = y0 * c - y1 * s, e = y1 * c + y0 * s;
+        y0 = a; y1 = e;
+      }
+      if (head < nh) {
+        float* q = out + (long long)bb * nh * HD + head * HD;
+        q[d] = y0; q[d + HD / 2] = y1;
+      } else {
+        const int kh = head < nh + kvh ? head - nh : head - nh - kvh;
+        unsigned short* cache = (head < nh + kvh ? kc : vc) + (((long long)bb * kvh + kh) * cap + pos) * HD;
+        cache[d] = f2h(y0); cache[d + HD / 2] = f2h(y1);
+      }
+    }
+  }
+}
+
+// grid (ceil(tasks / (GW / KS)), ceil(B / NB)), block GW warps; warp w works on task blockIdx.x * GW/KS + w/KS and
+// on the chunks w%KS, w%KS + KS, ... of K (a chunk: 32 lanes x 16 bytes)
+template <int FMT, int MODE, int R, int KS, int NB>
+__device__ void gemv2(const unsigned char* __restrict__ w, const unsigned int* __restrict__ sz, int kb, int qblock,
+                      int row_bytes, const float* __restrict__ x, const unsigned short* __restrict__ gamma, float eps,
+                      int K, int tasks, int B, float* out, int ldo, int inter,
+                      const unsigned short* __restrict__ bias, unsigned short* kc, unsigned short* vc,
+                      const float* __restrict__ cos_t, const float* __restrict__ sin_t,
+                      const int* __restrict__ seqlens, int nh, int kvh, int cap) {
+  constexpr int EPL = Fmt<FMT>::EPL;
+  constexpr int STEP = 32 * EPL;
+  constexpr int U = UNROLL * 2 / R;
+  constexpr int P = R / 2;
+  constexpr bool QUANT = FMT == Q8 || FMT == Q4;
+  __shared__ float red[KS > 1 ? GW : 1][R + 1][NB];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int ks = warp % KS;
+  const int t = blockIdx.x * (GW / KS) + warp / KS;
+  const bool live = t < tasks;
+  const int b0 = blockIdx.y * NB;
+  const int nb = min(NB, B - b0);
+  const bool norm = gamma != nullptr;
+  const int nchunks = (K + STEP - 1) / STEP;
+  long long rows[R];
+#pragma unroll
+  for (int j = 0; j < P; ++j) {
+    if (MODE == M_SWIGLU) { rows[j] = (long long)P * t + j; rows[P + j] = (long long)inter + P * t + j; }
+    else if (MODE == M_QKV) {
+      rows[j] = (long long)(t / (HD / 2 / P)) * HD + (t % (HD / 2 / P)) * P + j;
+      rows[P + j] = rows[j] + HD / 2;
+    } else { rows[j] = (long long)R * t + j; rows[P + j] = (long long)R * t + P + j; }
+  }
+  float acc[R][NB], ss[NB];
+#pragma unroll
+  for (int b = 0; b < NB; ++b) {
+    ss[b] = 0.f;
+#pragma unroll
+    for (int j = 0; j < R; ++j) acc[j][b] = 0.f;
+  }
+  if (live) {
+    for (int c0 = ks; c0 < nchunks; c0 += KS * U) {
+      uint4 raw[R][U];
+      float sc[R][U], zp[R][U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int ci = c0 + u * KS;
+        const int k = ci * STEP + lane * EPL;
+#pragma unroll
+        for (int j = 0; j < R; ++j) {
+          raw[j][u] = make_uint4(0, 0, 0, 0);
+          sc[j][u] = 1.f;
+          zp[j][u] = 0.f;
+          if (ci < nchunks && k < K) {
+            raw[j][u] = load_raw<FMT>(w, rows[j], k, row_bytes);
+            if (QUANT) block_pair(sz, rows[j], k, kb, qblock, &sc[j][u], &zp[j][u]);
+          }
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int ci = c0 + u * KS;
+        const int k = ci * STEP + lane * EPL;
+        if (ci >= nchunks || k >= K) continue;
+        float dq[R][NB], sx[NB];                     // QUANT: this chunk's sum q x per row, sum x
+#pragma unroll
+        for (int b = 0; b < NB; ++b) {
+          sx[b] = 0.f;
+#pragma unroll
+          for (int j = 0; j < R; ++j) dq[j][b] = 0.f;
+        }
+#pragma unroll
+        for (int c = 0; c < EPL; c += 4) {
+          float wv[R][4], g[4] = {1.f, 1.f, 1.f, 1.f};
+          if (norm) {
+            const uint2 gr = __ldg(reinterpret_cast<const uint2*>(gamma + k + c));
+            g[0] = h2f((unsigned short)(gr.x & 0xffffu)); g[1] = h2f((unsigned short)(gr.x >> 16));
+            g[2] = h2f((unsigned short)(gr.y & 0xffffu)); g[3] = h2f((unsigned short)(gr.y >> 16));
+          }
+#pragma unroll
+          for (int j = 0; j < R; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e)
+              wv[j][e] = QUANT ? qcode<FMT>(raw[j][u], c + e) : elem<FMT>(raw[j][u], c + e, 1.f, 0.f);
+#pragma unroll
+          for (int b = 0; b < NB; ++b) {
+            if (b < nb) {
+              const float4 xv = __ldg(reinterpret_cast<const float4*>(x + (long long)(b0 + b) * K + k + c));
+              if (norm) ss[b] += xv.x * xv.x + xv.y * xv.y + xv.z * xv.z + xv.w * xv.w;
+              const float xs[4] = {xv.x * g[0], xv.y * g[1], xv.z * g[2], xv.w * g[3]};
+              if (QUANT) sx[b] += (xs[0] + xs[1]) + (xs[2] + xs[3]);
+#pragma unroll
+              for (int j = 0; j < R; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  if (QUANT) dq[j][b] += wv[j][e] * xs[e];
+                  else acc[j][b] += wv[j][e] * xs[e];
+                }
+            }
+          }
+        }
+        if (QUANT) {
+#pragma unroll
+          for (int j = 0; j < R; ++j)
+#pragma unroll
+            for (int b = 0; b < NB; ++b) acc[j][b] += sc[j][u] * (dq[j][b] - zp[j][u] * sx[b]);
+        }
+      }
+    }
+  }
+  // sums over the lanes, then over the KS warps of the task (fixed order)
+#pragma unroll
+  for (int b = 0; b < NB; ++b) {
+    if (norm) ss[b] = warp_sum(ss[b]);
+#pragma unroll
+    for (int j = 0; j < R; ++j) acc[j][b] = warp_sum(acc[j][b]);
+  }
+  if (KS > 1) {
+    if (lane == 0) {
+#pragma unroll
+      for (int b = 0; b < NB; ++b) {
+        red[warp][R][b] = ss[b];
+#pragma unroll
+        for (int j = 0; j < R; ++j) red[warp][j][b] = acc[j][b];
+      }
+    }
+    __syncthreads();
+    if (ks != 0) return;
+#pragma unroll
+    for (int o = 1; o < KS; ++o)
+#pragma unroll
+      for (int b = 0; b < NB; ++b) {
+        ss[b] += red[warp + o][R][b];
+#pragma unroll
+        for (int j = 0; j < R; ++j) acc[j][b] += red[warp + o][j][b];
+      }
+  }
+  if (!live || lane != 0) return;
+#pragma unroll
+  for (int b = 0; b < NB; ++b) {
+    if (b >= nb) break;
+    const float r = norm ? rsqrtf(ss[b] / K + eps) : 1.f;
+    float y[R];
+#pragma unroll
+    for (int j = 0; j < R; ++j) y[j] = acc[j][b] * r;
+    store_rows<MODE, R>(y, rows, b0 + b, out, ldo, inter, bias, kc, vc, cos_t, sin_t, seqlens, nh, kvh, cap);
+  }
+}
+
+#define GEMV2_ENTRY(FMTNAME, FMT, MODENAME, MODE, R, KS, NB)                                                     \
+  extern "C" __global__ void __launch_bounds__(GW * 32) gemv2_##MODENAME##_##FMTNAME##_r##R##_k##KS##_b##NB(     \
+      const unsigned char* w, const unsigned int* sz, int kb, int qblock, int row_bytes, const float* x,          \
+      const unsigned short* gamma, float eps, int K, int tasks, int B, float* out, int ldo, int inter,            \
+      const unsigned short* bias, unsigned short* kc, unsigned short* vc, const float* cos_t, const float* sin_t, \
+      const int* seqlens, int nh, int kvh, int cap) {                                                            \
+    gemv2<FMT, MODE, R, KS, NB>(w, sz, kb, qblock, row_bytes, x, gamma, eps, K, tasks, B, out, ldo, inter, bias, \
+                                kc, vc, cos_t, sin_t, seqlens, nh, kvh, cap);                                     \
+  }
+// the (rows a warp, K-split warps, batch rows a block) the engine picks from (engine.py gemv_plan)
+#define GEMV2_MODE(FMTNAME, FMT, MODENAME, MODE)         \
+  GEMV2_ENTRY(FMTNAME, FMT, MODENAME, MODE, 2, 1, 1)     \
+  GEMV2_ENTRY(FMTNAME, FMT, MODENAME, MODE, 2, 4, 1)     \
+  GEMV2_ENTRY(FMTNAME, FMT, MODENAME, MODE, 4, 1, 1)     \
+  GEMV2_ENTRY(FMTNAME, FMT, MODENAME, MODE, 4, 4, 1)     \
+  GEMV2_ENTRY(FMTNAME, FMT, MODENAME, MODE, 4, 1, 8)     \
+  GEMV2_ENTRY(FMTNAME, FMT, MODENAME, MODE, 4, 4, 8)
+#define GEMV2_ALL(FMTNAME, FMT)                   \
+  GEMV2_MODE(FMTNAME, FMT, resid, M_RESID)        \
+  GEMV2_MODE(FMTNAME, FMT, logits, M_LOGITS)      \
+  GEMV2_MODE(FMTNAME, FMT, swiglu, M_SWIGLU)      \
+  GEMV2_MODE(FMTNAME, FMT, qkv, M_QKV)
+
+#if FMTS & (1 << F16)
+GEMV_ALL(f16, F16)
+GEMV2_ALL(f16, F16)
+#endif
+#if FMTS & (1 << F32)
+GEMV_ALL(f32, F32)
+GEMV2_ALL(f32, F32)
+#endif
+#if FMTS & (1 << Q8)
+GEMV_ALL(q8, Q8)
+GEMV2_ALL(q8, Q8)
+#endif
+#if FMTS & (1 << Q4)
+GEMV_ALL(q4, Q4)
+GEMV2_ALL(q4, Q4)
+#endif
+
+#if WITH_ATTN
 // resid[b, :] = float(embed[ids[b], :]); grid (B), any block size
 extern "C" __global__ void embed_rows(const unsigned short* __restrict__ table, const long long* __restrict__ ids,
                                       float* resid, int H) {
@@ -369,3 +615,4 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) attn_split(
     out[((long long)b * nh + h) * HD + d] = num / den;
   }
 }
+#endif  // WITH_ATTN

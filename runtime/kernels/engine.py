@@ -187,26 +187,84 @@ def attention_chunk(spec: dict) -> int:
                         "use the onnxruntime fused decoder")
 
 
+FORMAT_BIT = {"f16": 0, "f32": 1, "q8": 2, "q4": 3}     # decode.cu F16 .. Q4 (the FMTS bit of a format)
+GEMV_VERSIONS = ("v2", "v1")
+MODES = ("resid", "logits", "swiglu", "qkv")
+V2_SHAPES = ((2, 1, 1), (2, 4, 1), (4, 1, 1), (4, 4, 1), (4, 1, 8), (4, 4, 8))  # decode.cu GEMV2_MODE (R, KS, NB)
+
+
 @functools.lru_cache(maxsize=None)
-def compiled(head_dim: int, group: int, chunk: int):
-    """decode.cu for one geometry (NVRTC; CuPy caches the binary on disk)."""
+def compiled(options: tuple[str, ...]):
+    """decode.cu with these -D options (NVRTC; CuPy caches the binary on disk), compiled now."""
     from .cuda import cupy
     cp = cupy()
-    log.info("compiling decode.cu for head size %d, GQA group %d, chunk %d", head_dim, group, chunk)
-    return cp.RawModule(code=SOURCE.read_text(encoding="utf-8"),
-                        options=("-std=c++17", f"-DHD={head_dim}", f"-DGQA={group}", f"-DCHUNK={chunk}"))
+    log.info("compiling decode.cu %s", " ".join(options))
+    mod = cp.RawModule(code=SOURCE.read_text(encoding="utf-8"), options=("-std=c++17",) + options)
+    mod.get_function(module_names(options)[0])            # RawModule compiles lazily: now, so errors surface here
+    return mod
+
+
+def module_options(head_dim: int, group: int, chunk: int, fmts: Sequence[str] = tuple(EPL)) -> list[tuple]:
+    """The modules of one geometry: the attention one (depends on D, the GQA group, the chunk) and one a weight
+    format (depends on D only: shared between models of one head size, compiled in parallel by bench_engine)."""
+    mods = [(f"-DHD={head_dim}", f"-DGQA={group}", f"-DCHUNK={chunk}", "-DFMTS=0", "-DWITH_ATTN=1")]
+    return mods + [(f"-DHD={head_dim}", f"-DFMTS={1 << FORMAT_BIT[f]}", "-DWITH_ATTN=0") for f in fmts]
+
+
+def gemv_names(fmt: str) -> list[str]:
+    """Every GEMV entry of one format (v1: gemv_*, v2: gemv2_*_r{R}_k{KS}_b{NB})."""
+    return ([f"gemv_{m}_{fmt}{r}" for m in MODES for r in ("", "_r4")]
+            + [f"gemv2_{m}_{fmt}_r{r}_k{k}_b{b}" for m in MODES for r, k, b in V2_SHAPES])
+
+
+def module_names(options: tuple[str, ...]) -> list[str]:
+    if "-DWITH_ATTN=1" in options:
+        return ["embed_rows", "attn_split"]
+    bits = int(next(o for o in options if o.startswith("-DFMTS="))[7:])
+    return [n for f, bit in FORMAT_BIT.items() if bits >> bit & 1 for n in gemv_names(f)]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one GEMV launches: the kernel, weight rows a warp (R), warps splitting K (KS), batch rows a block (NB)."""
+    name: str
+    r: int
+    ks: int = 1
+    nb: int = BT
+
+
+def gemv_plan(p: Packed, mode: str, batch: int, version: str = "v2", head_dim: int = 64, v1_rows: int = 2) -> Plan:
+    """The engine's choice for one product. v2: batch 1 one row a block, else 8 (weights read once for 8 rows);
+    4 weight rows a warp for int8/int4 (each activation load serves 4 rows) and from batch 2, else 2; 4 warps split
+    K where one warp would loop (more chunks than it keeps in flight) and the rows alone give few warps.
+    v1 (the first kernels): v1_rows rows a warp (KernelEngine.rows_per_warp)."""
+    if version == "v1":
+        return Plan(f"gemv_{mode}_{p.fmt}" + ("_r4" if v1_rows == 4 else ""), v1_rows)
+    if version != "v2":
+        raise BadInputError(f"gemv must be one of {', '.join(GEMV_VERSIONS)}, got {version!r}")
+    nb = 1 if batch == 1 else 8
+    r = 4 if nb == 8 or p.fmt in ("q8", "q4") else 2
+    fits = lambda r: p.n % r == 0 and (mode != "qkv" or (head_dim // 2) % (r // 2) == 0)  # noqa: E731
+    if not fits(r):
+        if nb == 8:
+            return gemv_plan(p, mode, batch, "v1", head_dim, 2)
+        r = 2
+    chunks, in_flight = -(-p.k // (32 * EPL[p.fmt])), 8 // r
+    ks = 4 if chunks > in_flight and (p.n // r) * -(-batch // nb) <= 4096 else 1
+    return Plan(f"gemv2_{mode}_{p.fmt}_r{r}_k{ks}_b{nb}", r, ks, nb)
 
 
 def launch_gemv(kern: dict, mode: str, p: Packed, x, gamma, eps: float, batch: int, out, ldo: int = 0,
                 inter: int = 0, bias=None, kc=None, vc=None, cos=None, sin=None, seqlens=None, nh: int = 0,
-                kvh: int = 0, cap: int = 0, rows_per_warp: int = 2) -> None:
+                kvh: int = 0, cap: int = 0, rows_per_warp: int = 2, plan: Plan | None = None) -> None:
     """One decode.cu GEMV (mode resid | logits | swiglu | qkv) on the current stream; arguments as its twin's.
-    rows_per_warp 2 or 4 (4: each activation read serves four weight rows, for larger batches)."""
+    plan: which kernel (gemv_plan); without one the v1 kernel with rows_per_warp 2 or 4 rows a warp."""
     i32, null = np.int32, np.uint64(0)
     opt = lambda a: null if a is None else a  # noqa: E731
-    tasks = p.n // rows_per_warp                      # gate j with up j for SwiGLU, d with d + D/2 for rotary
-    grid = (-(-tasks // GW), -(-batch // BT))
-    kern[f"gemv_{mode}_{p.fmt}" + ("_r4" if rows_per_warp == 4 else "")](grid, (GW * 32,), (
+    plan = plan or Plan(f"gemv_{mode}_{p.fmt}" + ("_r4" if rows_per_warp == 4 else ""), rows_per_warp)
+    tasks = p.n // plan.r                             # gate j with up j for SwiGLU, d with d + D/2 for rotary
+    grid = (-(-tasks // (GW // plan.ks)), -(-batch // plan.nb))
+    kern[plan.name](grid, (GW * 32,), (
         p.w, opt(p.sz), i32(p.kb), i32(p.block), i32(p.row_bytes), x, opt(gamma), np.float32(eps), i32(p.k),
         i32(tasks), i32(batch), out, i32(ldo), i32(inter), opt(bias), opt(kc), opt(vc), opt(cos), opt(sin),
         opt(seqlens), i32(nh), i32(kvh), i32(cap)))
@@ -222,11 +280,13 @@ def launch_attention(kern: dict, q, kc, vc, seqlens, part_o, part_ml, out, scale
                                                           i32(kvh), i32(cap), i32(nsplit), np.float32(scale)))
 
 
-def kernels(head_dim: int, group: int, chunk: int) -> dict:
-    """decode.cu's kernels for one geometry, by name."""
-    mod = compiled(head_dim, group, chunk)
-    return {n: mod.get_function(n) for n in ["embed_rows", "attn_split"] +
-            [f"gemv_{m}_{f}{r}" for m in ("resid", "logits", "swiglu", "qkv") for f in EPL for r in ("", "_r4")]}
+def kernels(head_dim: int, group: int, chunk: int, fmts: Sequence[str] = tuple(EPL)) -> dict:
+    """decode.cu's kernels for one geometry and these weight formats, by name."""
+    out = {}
+    for opts in module_options(head_dim, group, chunk, fmts):
+        mod = compiled(opts)
+        out.update((n, mod.get_function(n)) for n in module_names(opts))
+    return out
 
 
 @dataclass
@@ -255,8 +315,10 @@ class KernelEngine(DeviceStateMemory):
 
     def __init__(self, model_path: str | Path, spec: dict, device: str = "gpu", max_length: int | None = None,
                  cuda_graph: bool = True, device_id: int = 0, weights: Weights | None = None,
-                 chunk: int | None = None, prefill: str = "auto"):
-        self.spec = spec
+                 chunk: int | None = None, prefill: str = "auto", gemv: str = "v2"):
+        if gemv not in GEMV_VERSIONS:
+            raise BadInputError(f"gemv must be one of {', '.join(GEMV_VERSIONS)}, got {gemv!r}")
+        self.spec, self.gemv = spec, gemv
         self.num_layers, self.kv_heads, self.head_dim = spec["num_layers"], spec["kv_heads"], spec["head_dim"]
         self.num_heads, self.hidden, self.inter = spec["num_heads"], spec["hidden_size"], spec["intermediate_size"]
         self.vocab_size, self.eps = spec["vocab_size"], float(spec["norm_eps"])
@@ -278,7 +340,9 @@ class KernelEngine(DeviceStateMemory):
             self.stream = cp.cuda.Stream(non_blocking=True)
             self.cache_dtype = np.float16
             self.w = self._to_device(host)
-            self.k = kernels(self.head_dim, self.num_heads // self.kv_heads, self.chunk)
+            fmts = sorted({p.fmt for p in [host.head] + [getattr(l, n) for l in host.layers
+                                                         for n in ("qkv", "o", "gate_up", "down")]})
+            self.k = kernels(self.head_dim, self.num_heads // self.kv_heads, self.chunk, fmts)
         else:
             self.xp, self.stream, self.k = np, None, None
             self.cache_dtype = np.dtype(host.embed.dtype).type
@@ -371,21 +435,27 @@ class KernelEngine(DeviceStateMemory):
     # ------------------------------------------------------------------ the step on the device
     def _launch(self, st: State) -> None:
         """The whole decode step as kernel launches on the current stream (what the CUDA graph captures)."""
-        w, b, k, r = self.w, st.batch, self.k, self.rows_per_warp(st.batch)
+        w, b, k = self.w, st.batch, self.k
+        plan = functools.partial(self.plan, batch=b)
         k["embed_rows"]((b,), (256,), (w.embed, st.ids, st.resid, np.int32(self.hidden)))
         for i, layer in enumerate(w.layers):
             launch_gemv(k, "qkv", layer.qkv, st.resid, layer.ln1, self.eps, b, st.q, bias=layer.bias,
                         kc=st.cache[i, 0], vc=st.cache[i, 1], cos=w.cos, sin=w.sin, seqlens=st.seqlens,
-                        nh=self.num_heads, kvh=self.kv_heads, cap=self.capacity, rows_per_warp=r)
+                        nh=self.num_heads, kvh=self.kv_heads, cap=self.capacity, plan=plan(layer.qkv, "qkv"))
             launch_attention(k, st.q, st.cache[i, 0], st.cache[i, 1], st.seqlens, st.part_o, st.part_ml, st.attn,
                              self.scale, st.counter)
-            launch_gemv(k, "resid", layer.o, st.attn, None, self.eps, b, st.resid, ldo=self.hidden, rows_per_warp=r)
+            launch_gemv(k, "resid", layer.o, st.attn, None, self.eps, b, st.resid, ldo=self.hidden,
+                        plan=plan(layer.o, "resid"))
             launch_gemv(k, "swiglu", layer.gate_up, st.resid, layer.ln2, self.eps, b, st.act, inter=self.inter,
-                        rows_per_warp=r)
+                        plan=plan(layer.gate_up, "swiglu"))
             launch_gemv(k, "resid", layer.down, st.act, None, self.eps, b, st.resid, ldo=self.hidden,
-                        rows_per_warp=r)
+                        plan=plan(layer.down, "resid"))
         launch_gemv(k, "logits", w.head, st.resid, w.norm, self.eps, b, st.logits, ldo=self.vocab_size,
-                    rows_per_warp=r)
+                    plan=plan(w.head, "logits"))
+
+    def plan(self, p: Packed, mode: str, batch: int) -> Plan:
+        """The kernel of one product at this batch size (gemv_plan with the engine's version)."""
+        return gemv_plan(p, mode, batch, self.gemv, self.head_dim, self.rows_per_warp(batch))
 
     def rows_per_warp(self, batch: int) -> int:
         """4 weight rows a warp from batch 4 on (each activation load serves 4 rows), where every output count
