@@ -223,7 +223,8 @@ def prefix_lm_inputs(rows: Sequence[Sequence[int]], bos_id: int, pad_id: int):
 NO_ROLE = -1       # a role id that adds no role embedding (PaddleNLP's generate() without role_ids)
 
 
-def role_rows(roles: Sequence[Sequence[int]] | None, rows: Sequence[Sequence[int]], size: int | None) -> list[list[int]]:
+def role_rows(roles: Sequence[Sequence[int]] | None, rows: Sequence[Sequence[int]],
+              size: int | None) -> list[list[int]]:
     """Each row's role ids over source + start token, checked: a request gives one role a source token (the start
     token then takes role 0, as UnifiedTransformerTokenizer's add_start_token_as_response does) or one more (the
     start token's too); None: NO_ROLE everywhere (Paddle's default: no role term). Rows may repeat a request's
