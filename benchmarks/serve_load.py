@@ -333,6 +333,8 @@ def plot(res: dict, path: Path) -> bool:
         tag = f"{g}, " if len(graphs) > 1 else ""
         for mode, color in (("continuous", "#4c72b0"), ("one-at-a-time", "#dd8452")):
             rows = [r for r in (one["rows"] if http else one["engine_rows"]) if r["mode"] == mode]
+            if not rows:
+                continue
             xs = [r["clients"] for r in rows]
             a.plot(xs, [r["tokens_per_s"] for r in rows], style, color=color, label=tag + mode)
             if http:
@@ -367,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
                     "(float32 head) built here from this GGUF (the GPU machine has no Paddle); needs --tokenizer")
     ap.add_argument("--tokenizer", type=Path, help="with --gguf: the model's tokenizer directory")
     ap.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="with --gguf: where the decoder runs")
-    ap.add_argument("--max-length", type=int, default=1024, help="with --gguf: the decoder's cache capacity")
+    ap.add_argument("--max-length", type=int, default=1024, help="with --gguf: the most positions a row may hold "
+                    "(the cache states hold what the rows need, grown on demand)")
     ap.add_argument("--target", type=float, help="speed-up at 16 clients to reach (default: 4 on cpu, 8 on gpu)")
     ap.add_argument("--commit", help="the commit measured, when this checkout has no git (the device's copy)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/serve"))
@@ -382,8 +385,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="with --bundle: serve's --graph for the measured rows (default auto, serve's default)")
     ap.add_argument("--compare-graphs", default="", help="with --bundle: comma list of other --graph values run in "
                     "the same run (each client count's rows back to back with --graph's)")
-    ap.add_argument("--compare-clients", default="1,16", help="the client counts the compared graphs run (continuous "
-                    "mode only: what a user of serve gets; bounded in time)")
+    ap.add_argument("--compare-clients", default="1,16", help="the client counts the compared graphs' scheduler rows "
+                    "run (continuous mode only: what a user of serve gets; bounded in time)")
+    ap.add_argument("--compare-http-clients", help="the client counts the compared graphs' HTTP rows run (default: "
+                    "--compare-clients; '' for none)")
+    ap.add_argument("--engine-clients", help="the client counts of the scheduler rows (default: --clients)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)          # not a line per request
@@ -398,6 +404,9 @@ def main(argv: list[str] | None = None) -> int:
     if any(g not in ("auto", "generic", "fused") for g in graphs):
         ap.error("--compare-graphs takes auto, generic and fused")
     cmp_clients = [int(x) for x in args.compare_clients.split(",") if x]
+    cmp_http = cmp_clients if args.compare_http_clients is None else [
+        int(x) for x in args.compare_http_clients.split(",") if x]
+    eng_clients = clients if args.engine_clients is None else [int(x) for x in args.engine_clients.split(",") if x]
     model = args.bundle.resolve().name
     deadline = time.monotonic() + args.time_limit
     load0 = os.getloadavg()                             # other processes on the shared box: the run's noise
@@ -406,14 +415,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for g in graphs:
             for mode, max_batch in MODES.items():      # all up at once: each client count runs every mode and graph
-                if g != args.graph and mode != "continuous":
+                if g != args.graph and (mode != "continuous" or not cmp_http):
                     continue
                 servers[g, mode] = start_server(args.bundle, max_batch, args.threads, max_queue=2 * max(clients),
                                                 graph=g)
                 asyncio.run(run_clients(servers[g, mode][1], model, 1, 1, 4, deadline))   # warm-up (not recorded)
         for c in clients:                               # back to back, under the same background load
             for (g, mode), (_, url) in servers.items():
-                if g != args.graph and c not in cmp_clients:
+                if g != args.graph and c not in cmp_http:
                     continue
                 # the 1-client figure (median of 3) measured right before each row: the box's background load
                 # drifts, so a ratio is taken between neighbours in time, not against a run minutes earlier
@@ -437,13 +446,15 @@ def main(argv: list[str] | None = None) -> int:
            "model": {k: llm.get(k) for k in ("family", "num_layers", "hidden_size", "kv_heads", "vocab_size")},
            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
            "config": {"clients": clients, "requests": args.requests, "max_tokens": args.max_tokens,
-                      "threads": args.threads, "modes": MODES, "note": args.note,
+                      "threads": args.threads, "modes": MODES, "note": args.note, "engine_clients": eng_clients,
+                      "compare_clients": cmp_clients, "compare_http_clients": cmp_http,
                       "graph": resolved[args.graph], "graph_arg": args.graph,     # what serve's --graph ran
                       "time_limit_s": args.time_limit, "timed_out": time.monotonic() > deadline},
            "rows": rows[args.graph]}
     res["other_graphs"] = {resolved[g]: {"graph": resolved[g], "graph_arg": g, "rows": rows[g]} for g in graphs[1:]}
+    log.info("HTTP rows done; the scheduler rows next")
     for g in graphs:                                    # the scheduler alone, graph after graph
-        er = engine_rows(args.bundle, clients if g == args.graph else cmp_clients, args.max_tokens, args.threads, g,
+        er = engine_rows(args.bundle, eng_clients if g == args.graph else cmp_clients, args.max_tokens, args.threads, g,
                          None if g == args.graph else {"continuous": MODES["continuous"]})
         if g == args.graph:
             res["engine_rows"] = er
