@@ -8,7 +8,9 @@ onnxruntime-optimizer rows replay a static (batch, 128) bucket's CUDA graph on i
 buffers (`BucketRunner.run_bound`: no host copies); torch rows time the module call plus a synchronize. Random
 weights (N(0, 0.02)): the timing does not depend on the values. The real classifier runs the demo bundle on the
 whole dev split through TextClassifier (length-sorted batches of 32, sequence buckets, CUDA graphs), model time
-only, median of passes.
+only, median of passes. At batch 32 ours also runs with each CUDA `sdpa_kernel` choice and length-split (the padded
+half of the rows in a (16, 64) bucket beside a (16, 128) one: 3,072 positions computed, not 4,096; flagged
+`equal_work: False` and left out of the verdicts, which compare equal work).
 
 Two steps, since the GPU host has no Paddle:
     python -m paddle2ort.benchmarks.encoder_gpu prepare --source minilm=DIR ... --out .device/enc/skeletons  # here
@@ -104,38 +106,92 @@ def _median_ms(fn, repeats: int, sync=None, warmup: int = 10) -> float:
     return med(fn, warmup, repeats, sync)
 
 
-def _ours(skeletons: Path, work: Path, repeats: int, clock: Clock, rows: list, checks: dict) -> None:
+def _feeds(b: int) -> dict:
+    ids = np.random.default_rng(b).integers(1000, 30000, (b, SEQ)).astype(np.int64)
+    mask_arr = _rows_mask(b)
+    ids[mask_arr == 0] = 0
+    return {"input_ids": ids, "token_type_ids": np.zeros_like(ids), "attention_mask": mask_arr}
+
+
+def _rel(a: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.abs(np.asarray(a, np.float32) - ref).max() / max(np.abs(ref).max(), 1e-6))
+
+
+# CUDA provider `sdpa_kernel` values tried on the fused graph at batch 32 (a bit mask of attention backends: flash,
+# memory-efficient, TensorRT fused MHA, cuDNN flash, in onnxruntime's AttentionBackend order); 0 = its own choice
+SDPA_KERNELS = ("1", "2", "4", "8")
+SPLIT = ((SEQ // 2, SEQ), (16, 32))     # the length-split rows: 16 x 128 + 16 x 64 at batch 32
+
+
+def _ours(skeletons: Path, work: Path, repeats: int, clock: Clock, rows: list, checks: dict,
+          masks: tuple[str, ...] = ("key_lengths",), variants: bool = False) -> None:
+    """Ours per geometry: the fused FP16 graph in a static (batch, 128) bucket replaying its CUDA graph. `variants`:
+    at batch 32 also each SDPA_KERNELS choice, and the length-split path (`BucketRunner(split_lengths=True)`: the
+    rows padded from position 64 run as a (16, 64) bucket beside a (16, 128) one, so the padding is not computed;
+    flagged `equal_work: False`, since the torch rows compute all 4,096 positions)."""
+    import onnx
+
     from paddle2ort.runtime.buckets import BucketRunner, BucketSpec
     from paddle2ort.runtime.session import SessionOptions
 
     from .encoder import fill_random_weights
     opts = SessionOptions(device="gpu")
     for geom in GEOMETRIES:
-        ref = {}
-        for mask in MASKS:
+        for mask in masks:
             skel = skeletons / f"{geom}_{mask}.onnx"
-            if not skel.is_file() or not clock.allow(f"ours {geom} {mask}", 15):
+            if not skel.is_file() or not clock.allow(f"ours {geom} {mask}{' variants' * variants}", 15):
                 continue
             model = work / skel.name
-            fill_random_weights(skel, model, seed=0)          # same seed: the two mask formats share weights
-            import onnx
+            if not model.is_file():
+                fill_random_weights(skel, model, seed=0)      # same seed: the mask formats share weights
             output = onnx.load(str(skel), load_external_data=False).graph.output[0].name
-            runner = BucketRunner(model, [output], opts, BucketSpec((SEQ,), BATCHES))
-            for b in BATCHES:
-                ids = np.random.default_rng(b).integers(1000, 30000, (b, SEQ)).astype(np.int64)
-                mask_arr = _rows_mask(b)
-                ids[mask_arr == 0] = 0
-                feeds = {"input_ids": ids, "token_type_ids": np.zeros_like(ids), "attention_mask": mask_arr}
-                out = runner(feeds)[0]                           # fills the bound buffers, captures the graph
-                if mask == MASKS[0]:
-                    ref[b] = out
-                else:
-                    checks[f"{geom} b{b} {mask} vs {MASKS[0]}"] = float(
-                        np.abs(out - ref[b]).max() / max(np.abs(ref[b]).max(), 1e-6))
-                rows.append({"system": f"ours fused fp16 ({mask}) CUDA graph", "geometry": geom, "batch": b,
-                             "seq": SEQ, "ms": _median_ms(lambda: runner.run_bound(b, SEQ), repeats),
+            system = f"ours fused fp16 ({mask}) CUDA graph"
+            if not variants:
+                runner = BucketRunner(model, [output], opts, BucketSpec((SEQ,), BATCHES))
+                for b in BATCHES:
+                    out = runner(_feeds(b))[0]                   # fills the bound buffers, captures the graph
+                    np.save(work / f"ref_{geom}_{mask}_b{b}.npy", out)
+                    for other in MASKS:                            # the other mask format, when it ran first
+                        ref = work / f"ref_{geom}_{other}_b{b}.npy"
+                        if other != mask and ref.is_file():
+                            checks[f"{geom} b{b} {mask} vs {other}"] = _rel(out, np.load(ref))
+                    rows.append({"system": system, "geometry": geom, "batch": b, "seq": SEQ,
+                                 "ms": _median_ms(lambda: runner.run_bound(b, SEQ), repeats),
+                                 "cuda_graph": runner.cuda_graph})
+                    log.info("%s", rows[-1])
+                continue
+            ref = np.load(work / f"ref_{geom}_{mask}_b32.npy")
+            try:
+                split = BucketRunner(model, [output], opts, BucketSpec(*SPLIT), split_lengths=True)
+                checks[f"{geom} b32 {mask} length-split vs one bucket"] = _rel(split(_feeds(32))[0], ref)
+                if set(split.buckets) != {(16, SEQ), (16, SEQ // 2)}:
+                    raise RuntimeError(f"the rows did not split as planned: {sorted(split.buckets)}")
+
+                def both():
+                    split.run_bound(16, SEQ)
+                    split.run_bound(16, SEQ // 2)
+                rows.append({"system": f"{system}, length-split buckets 16x128 + 16x64", "geometry": geom,
+                             "batch": 32, "seq": SEQ, "ms": _median_ms(both, repeats), "cuda_graph": split.cuda_graph,
+                             "equal_work": False, "tokens_computed": 16 * SEQ + 16 * SEQ // 2})
+                log.info("%s", rows[-1])
+                del split
+            except Exception as e:  # noqa: BLE001  (reported in checks; the other rows still run)
+                checks[f"{geom} b32 {mask} length-split"] = f"{type(e).__name__}: {str(e)[:200]}"
+            for k in SDPA_KERNELS:
+                if not clock.allow(f"ours {geom} {mask} sdpa_kernel={k}", 8):
+                    continue
+                try:
+                    runner = BucketRunner(model, [output], SessionOptions(device="gpu", cuda_options=(
+                        ("sdpa_kernel", k),)), BucketSpec((SEQ,), (32,)))
+                    checks[f"{geom} b32 {mask} sdpa_kernel={k} vs default"] = _rel(runner(_feeds(32))[0], ref)
+                except Exception as e:  # noqa: BLE001  (a backend the op cannot use here is reported, not fatal)
+                    checks[f"{geom} b32 {mask} sdpa_kernel={k}"] = f"{type(e).__name__}: {str(e)[:200]}"
+                    continue
+                rows.append({"system": f"{system} sdpa_kernel={k}", "geometry": geom, "batch": 32, "seq": SEQ,
+                             "ms": _median_ms(lambda: runner.run_bound(32, SEQ), repeats),
                              "cuda_graph": runner.cuda_graph})
                 log.info("%s", rows[-1])
+                del runner
 
 
 def _torch_model(geom: str, attn: str = "sdpa"):
@@ -292,7 +348,8 @@ def roofline(rows: list[dict], geom: str = "bert_base", batch: int = 32) -> dict
     """% of the dense FP16 peak the fastest of ours reaches on `geom` at batch x 128."""
     layers, hidden, _, inter, _ = GEOMETRIES[geom]
     flops = encoder_flops(layers, hidden, inter, batch, SEQ)
-    ours = [r for r in rows if r["system"].startswith("ours") and r["geometry"] == geom and r["batch"] == batch]
+    ours = [r for r in rows if r["system"].startswith("ours") and r["geometry"] == geom and r["batch"] == batch
+            and r.get("equal_work", True)]
     if not ours:
         return {}
     best = min(ours, key=lambda r: r["ms"])
@@ -327,14 +384,18 @@ def run(skeletons: Path, bundle: Path | None, dataset: Path | None, out: Path, r
     res["fusions"] = json.loads(fus.read_text()) if fus.is_file() else {}
     _ours(skeletons, work, repeats, clock, res["rows"], res["checks"])
     save()
+    _torch(repeats, clock, res["rows"], ("eager", "reduce-overhead"))     # the target's reference next
+    save()
+    _ours(skeletons, work, repeats, clock, res["rows"], res["checks"], variants=True)
+    res["roofline"] = roofline(res["rows"])
+    save()
     if bundle is not None and dataset is not None:
         res["classifier"] = _classifier(bundle, dataset, work, clock)
         save()
-    res["roofline"] = roofline(res["rows"])
-    _torch(repeats, clock, res["rows"], ("eager", "reduce-overhead"))     # the target's reference first
-    save()
     res["notes"]["onnxruntime_optimizer"] = {}
     _ort_optimizer(work, repeats, clock, res["rows"], res["notes"]["onnxruntime_optimizer"])
+    save()
+    _ours(skeletons, work, repeats, clock, res["rows"], res["checks"], masks=("mask_index_2d",))
     save()
     _torch(repeats, clock, res["rows"], ("default",))
     save()
@@ -345,9 +406,10 @@ def run(skeletons: Path, bundle: Path | None, dataset: Path | None, out: Path, r
 REF = "torch reduce-overhead fp16"
 
 
-def ours_best(res: dict, geom: str, batch: int = 32) -> dict:
+def ours_best(res: dict, geom: str, batch: int = 32, equal_work: bool = True) -> dict:
+    """Our fastest row; `equal_work`: only rows that compute every position the torch rows do (not length-split)."""
     return min((r for r in res["rows"] if r["system"].startswith("ours") and r["geometry"] == geom
-                and r["batch"] == batch), key=lambda r: r["ms"])
+                and r["batch"] == batch and (r.get("equal_work", True) or not equal_work)), key=lambda r: r["ms"])
 
 
 def speedup_vs(res: dict, geom: str, peer: str = REF, batch: int = 32) -> float:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from paddle2ort.runtime.buckets import (BucketRunner, BucketSpec, bucket_for, length_sorted_batches, pad_to_bucket,
-                                        plan_batches)
+                                        plan_batches, row_lengths, split_by_length)
 from paddle2ort.runtime.errors import BadInputError
 from paddle2ort.runtime.session import SessionOptions, create_session
 
@@ -125,6 +125,38 @@ def test_bucket_runner_equals_plain_run(tmp_path):
     again = runner.buckets[(4, 16)].runs
     runner(_ragged_feeds(rng, 3, 9))                                 # the same bucket is reused, not rebuilt
     assert runner.buckets[(4, 16)].runs == again + 1
+
+
+@pytest.mark.unit
+def test_split_by_length_only_when_it_saves_tokens():
+    spec = BucketSpec((64, 128), (1, 8, 16, 32))
+    groups = split_by_length([128] * 16 + [64] * 16, spec)          # the GPU bench's rows: 3,072 tokens, not 4,096
+    assert [(len(g.indices), g.batch, g.seq) for g in groups] == [(16, 16, 64), (16, 16, 128)]
+    assert groups[0].indices.tolist() == list(range(16, 32))
+    assert split_by_length([128] * 16 + [64] * 16, BucketSpec((64, 128), (1, 8, 32))) is None   # 16 rows -> 32
+    assert split_by_length([128] * 16 + [64] * 16, spec, call_cost_tokens=1024) is None
+    assert split_by_length([100, 120], spec) is None                 # one sequence bucket
+
+
+@pytest.mark.unit
+def test_row_lengths_from_mask_or_pad_ids():
+    mask = np.array([[1, 1, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0]])
+    assert row_lengths({"attention_mask": mask}).tolist() == [2, 4, 1]
+    assert row_lengths({"input_ids": np.array([[5, 1, 1], [5, 6, 7]])}, {"input_ids": 1}).tolist() == [1, 3]
+    assert row_lengths({"x": mask}) is None
+
+
+@pytest.mark.unit
+def test_split_runner_equals_plain_run(tmp_path):
+    model = _pooling_model(tmp_path / "m.onnx")
+    plain = create_session(model)
+    runner = BucketRunner(model, ["logits"], SessionOptions(), BucketSpec((8, 16, 32), (1, 4, 8)),
+                          split_lengths=True)
+    rng = np.random.default_rng(3)
+    for n, width in ((2, 30), (8, 32), (19, 31)):
+        feeds = _ragged_feeds(rng, n, width)
+        np.testing.assert_allclose(runner(feeds)[0], plain.run(["logits"], feeds)[0], rtol=1e-5, atol=1e-6)
+    assert len({s for _, s in runner.buckets}) > 1                  # rows of one batch ran in several buckets
 
 
 @pytest.mark.unit
