@@ -252,8 +252,8 @@ __device__ void gemv(const unsigned char* __restrict__ w, const unsigned int* __
 //    small-N products (o-proj, down-proj) of batch 1 run 4x the warps instead of a few blocks an SM;
 //  - the RMSNorm statistics come out of the main loop (each lane squares the x it loads anyway): no prologue pass
 //    over x and no barrier before the first weight load;
-//  - int8/int4: the block's {scale, zero point} factored out of the 16-byte chunk (a chunk lies in one block):
-//    sum_e (q_e - zp) s x_e = s (sum_e q_e x_e - zp sum_e x_e); q_e as a float by the 2^23 trick (no I2F);
+//  - int8/int4: q_e as a float by the 2^23 trick (no I2F); at batch 1 the block's {scale, zero point} factored
+//    out of the 16-byte chunk (a chunk lies in one block): sum_e (q_e - zp) s x_e = s (sum_e q_e x_e - zp sum_e x_e);
 //  - NB batch rows a block (1: batch 1 keeps its registers for loads in flight; 8: weights read once per 8 rows).
 template <int FMT>
 __device__ __forceinline__ float qcode(const uint4& raw, int e) {
@@ -316,6 +316,7 @@ __device__ void gemv2(const unsigned char* __restrict__ w, const unsigned int* _
   constexpr int U = UNROLL * 2 / R;
   constexpr int P = R / 2;
   constexpr bool QUANT = FMT == Q8 || FMT == Q4;
+  constexpr bool FACTOR = QUANT && NB == 1;      // NB 8: dequantize each element once for 8 rows (fewer registers)
   __shared__ float red[KS > 1 ? GW : 1][R + 1][NB];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int ks = warp % KS;
@@ -365,7 +366,7 @@ __device__ void gemv2(const unsigned char* __restrict__ w, const unsigned int* _
         const int ci = c0 + u * KS;
         const int k = ci * STEP + lane * EPL;
         if (ci >= nchunks || k >= K) continue;
-        float dq[R][NB], sx[NB];                     // QUANT: this chunk's sum q x per row, sum x
+        float dq[R][NB], sx[NB];                     // FACTOR: this chunk's sum q x per row, sum x
 #pragma unroll
         for (int b = 0; b < NB; ++b) {
           sx[b] = 0.f;
@@ -384,25 +385,27 @@ __device__ void gemv2(const unsigned char* __restrict__ w, const unsigned int* _
           for (int j = 0; j < R; ++j)
 #pragma unroll
             for (int e = 0; e < 4; ++e)
-              wv[j][e] = QUANT ? qcode<FMT>(raw[j][u], c + e) : elem<FMT>(raw[j][u], c + e, 1.f, 0.f);
+              wv[j][e] = FACTOR ? qcode<FMT>(raw[j][u], c + e)
+                       : QUANT ? (qcode<FMT>(raw[j][u], c + e) - zp[j][u]) * sc[j][u]
+                               : elem<FMT>(raw[j][u], c + e, 1.f, 0.f);
 #pragma unroll
           for (int b = 0; b < NB; ++b) {
             if (b < nb) {
               const float4 xv = __ldg(reinterpret_cast<const float4*>(x + (long long)(b0 + b) * K + k + c));
               if (norm) ss[b] += xv.x * xv.x + xv.y * xv.y + xv.z * xv.z + xv.w * xv.w;
               const float xs[4] = {xv.x * g[0], xv.y * g[1], xv.z * g[2], xv.w * g[3]};
-              if (QUANT) sx[b] += (xs[0] + xs[1]) + (xs[2] + xs[3]);
+              if (FACTOR) sx[b] += (xs[0] + xs[1]) + (xs[2] + xs[3]);
 #pragma unroll
               for (int j = 0; j < R; ++j)
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
-                  if (QUANT) dq[j][b] += wv[j][e] * xs[e];
+                  if (FACTOR) dq[j][b] += wv[j][e] * xs[e];
                   else acc[j][b] += wv[j][e] * xs[e];
                 }
             }
           }
         }
-        if (QUANT) {
+        if (FACTOR) {
 #pragma unroll
           for (int j = 0; j < R; ++j)
 #pragma unroll
