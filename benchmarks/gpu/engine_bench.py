@@ -26,6 +26,7 @@ SCENARIOS = ((128, 128), (2048, 256))
 TIE = 1e-2                     # the fp16 gate's tie margin: a flip where the oracle's top-2 gap < TIE x range is a tie
 OURS, ORT = "ours (kernel engine)", "onnxruntime fused graph"
 OURS_V1 = "ours (kernel engine, v1 GEMVs)"        # the first GEMV kernels beside the default ones (--also-v1)
+SHORT = {OURS: "ours", OURS_V1: "ours, v1 GEMVs", ORT: "onnxruntime"}   # plot legend
 GEMV = {OURS: "v2", OURS_V1: "v1"}                # system -> KernelEngine(gemv=...); run() sets OURS's from --gemv
 
 
@@ -330,7 +331,7 @@ def plot(res: dict, path: Path) -> None:
         for i, (s, p) in enumerate(series):
             ys = [next((r["tok_s_aggregate"] for r in rows if (r["system"], r["precision"], r["batch"], r["prompt"])
                         == (s, p, b, q)), 0) for b, q in keys]
-            ax.bar(np.arange(len(keys)) + i * width, ys, width, label=f"{s.split(' (')[0]} {p}")
+            ax.bar(np.arange(len(keys)) + i * width, ys, width, label=f"{SHORT.get(s, s)} {p}")
         ax.set_xticks(np.arange(len(keys)) + 0.4 - width / 2, [f"b{b}, {q}+" for b, q in keys])
         ax.set_ylabel("decode tokens/s (aggregate)")
         ax.set_title(f"{name} — {res['device']['gpu']}")
