@@ -88,12 +88,13 @@ def register(sub) -> None:
     g.add_argument("--device-id", type=nonneg_int, default=0, help="CUDA device with --device gpu")
     g.add_argument("--precision", help="which model of each bundle (fp32, fp16, int8, int4); default: the one "
                    "`paddle2ort release` chose for --device, else fp32")
-    g.add_argument("--graph", default="generic", choices=["generic", "fused", "auto"],
-                   help="text-generation decoder: generic (the paddle2onnx export, host KV cache), fused (the "
-                        "fused decoder; its rows take cache slots on the device, each sized to the model's whole "
-                        "context; default precision fp16 on gpu) or auto (the bundle's default graph, as "
-                        "`generate` runs it). The default stays generic: on the CPU the fused slots of a long-"
-                        "context model outgrow memory at 16+ concurrent rows (benchmarks/results/serve/README.md)")
+    g.add_argument("--graph", default="auto", choices=["auto", "generic", "fused"],
+                   help="text-generation decoder: auto (the default: each bundle's default graph for --device and "
+                        "the precision, as `generate` runs it: the fused decoder on the CPU where convert-llm "
+                        "recorded it, else generic), generic (the paddle2onnx export, host KV cache) or fused (the "
+                        "fused decoder; its rows take cache slots on the device, sized to what the rows need and "
+                        "grown on demand; default precision fp16 on gpu). Why auto: "
+                        "benchmarks/results/serve/README.md")
     g.add_argument("--threads", type=nonneg_int, default=0, help="intra-op threads (0: onnxruntime's choice)")
     g.add_argument("--max-batch", type=positive_int, default=16,
                    help="rows one decode step advances at most (in-flight batch size)")

@@ -84,11 +84,11 @@ def error_response(e: ApiError) -> JSONResponse:
 # ----------------------------------------------------------------------------- loading
 def load_models(bundles: list[Path], cfg: ServeConfig, metrics: ServingMetrics, device: str = "cpu",
                 precision: str | None = None, threads: int = 0, device_id: int = 0,
-                graph: str = "generic") -> dict[str, Served]:
+                graph: str = "auto") -> dict[str, Served]:
     """Load every bundle before the server binds (a bad bundle is an error now, not on the first request).
-    graph: the text-generation bundles' decoder, "generic" (the paddle2onnx export), "fused" (the fused decoder, its
-    rows in cache slots on the device) or "auto" (each bundle's default for the device and precision, the graph
-    `generate` runs)."""
+    graph: the text-generation bundles' decoder, "auto" (each bundle's default for the device and precision, the
+    graph `generate` runs), "generic" (the paddle2onnx export) or "fused" (the fused decoder, its rows in cache
+    slots on the device)."""
     from paddle2ort.runtime.manifest import load_bundle
     from paddle2ort.runtime.selection import default_precision
     from paddle2ort.runtime.session import SessionOptions
