@@ -303,6 +303,12 @@ def test_fused_cache_is_sized_to_the_need_and_grows_mid_generation(llama):
     assert got == want and [len(t) for t in got] == [10, 8, 5]
     assert caps == [16, small.bucket(len(long_prompt) + 8)] and caps[1] > 16 and caps_whole == [256, 256]
     assert small.slot_of == [] and small.held_bytes() < whole.held_bytes()
+    # the GPU's way (one CUDA graph per state: every slot stepped, a state never shrinks): the same tokens
+    small.cuda_graph = True
+    got_graph, caps_graph = _run_slots(small, pad, plan)
+    small.cuda_graph = False
+    assert got_graph == want and caps_graph == [caps[1], caps[1]]
+    assert _run_slots(small, pad, plan) == (want, caps)          # without graphs an idle slot state shrinks again
     # the limit keeps its meaning: prompt + new tokens beyond max_length is refused, naming the capacity
     with pytest.raises(BadInputError, match="exceeds the cache capacity"):
         generate(small, [long_prompt], GenerationConfig(max_new_tokens=256), pad)
