@@ -110,7 +110,8 @@ def _name(v: str, p: str, setting: str) -> str:
 
 def run(zoo_dir: Path, work: Path, warmup: int = 8, repeats: int = 5, threads: int = 0,
         limit: int | None = None, peer: bool = True, variants: tuple[str, ...] = ("fused", "unfused"),
-        pairs: tuple[tuple[str, str], ...] | None = None, settings: tuple[str, ...] = ("default",)) -> dict:
+        pairs: tuple[tuple[str, str], ...] | None = None, settings: tuple[str, ...] = ("default",),
+        peer_extra_threads: tuple[int, ...] = (1,)) -> dict:
     """`pairs`: (variant, precision) configurations (default: every variant x precision); `settings`: keys of
     SESSION_SETTINGS, each configuration run with each."""
     pairs = pairs or tuple((v, p) for v in variants for p in PRECISIONS)
@@ -131,7 +132,9 @@ def run(zoo_dir: Path, work: Path, warmup: int = 8, repeats: int = 5, threads: i
         from paddle2ort.convert.peer import paddle_inference_bench
         from paddle2ort.convert.source import locate
         src = locate(zoo_dir / "model")
-        peer_run = lambda: paddle_inference_bench(src, feeds, warmup, 1, threads)   # noqa: E731
+        # Paddle's deployment setting (`threads` math threads) and, to check that is its best on this host, 1 thread
+        peer_threads = tuple(dict.fromkeys((threads, *peer_extra_threads)))
+        peer_run = lambda: {t: paddle_inference_bench(src, feeds, warmup, 1, t) for t in peer_threads}  # noqa: E731
     times, outs, peer_passes = interleaved_passes(runs, feeds, warmup, repeats, peer_run)
     rows, preds = [], {}
     for (v, p, st), t in times.items():
@@ -146,11 +149,12 @@ def run(zoo_dir: Path, work: Path, warmup: int = 8, repeats: int = 5, threads: i
         agree = float((preds[(r["variant"], r["precision"], r["session"])] == preds[ref_key]).mean())
         r["argmax_agreement_vs_fp32"] = agree
     versions = {}
-    if peer_passes:
-        info, pouts = peer_passes[-1]
+    for t in (peer_passes[-1] if peer_passes else {}):
+        info, pouts = peer_passes[-1][t]
         acc, _ = _accuracy(data, idx, pouts)
-        passes = [sum(i["times"][0]) for i, _ in peer_passes]
-        rows.append({"name": "Paddle-Inference-CPU", "system": "paddle-inference", "variant": "-", "precision": "fp32",
+        passes = [sum(p[t][0]["times"][0]) for p in peer_passes]
+        rows.append({"name": "Paddle-Inference-CPU" + ("" if t == threads else f" {t} thread{'s' * (t > 1)}"),
+                     "system": "paddle-inference", "variant": "-", "precision": "fp32",
                      "accuracy": acc, "ms_per_sample": float(np.median(passes)) / len(data.texts) * 1e3,
                      "pass_times_s": passes, "notes": {k: info[k] for k in ("onednn", "ir_optim", "threads")}})
         versions["paddlepaddle"] = info["paddle_version"]
@@ -159,7 +163,10 @@ def run(zoo_dir: Path, work: Path, warmup: int = 8, repeats: int = 5, threads: i
     return {"benchmark": "encoder-cpu",
             "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "method": __doc__.split("Method: ")[1].split("\n\n")[0].replace("\n", " "),
-            "dataset": {"split": "dev", "samples": len(data.texts), "limit": limit},
+            "dataset": {"split": "dev", "samples": len(data.texts), "limit": limit,
+                        "batching": "TextClassifier.batches: sorted by token count, each batch padded to its longest",
+                        "tokens": int(sum(f["attention_mask"].sum() for f in feeds)),
+                        "positions_run": int(sum(f["attention_mask"].size for f in feeds))},
             "config": {"warmup": warmup, "repeats": repeats, "threads": threads, "batch_size": 32,
                        "agreement_reference": _name(*ref_key)},
             "environment": env, "rows": rows}
@@ -184,6 +191,31 @@ def markdown(res: dict) -> str:
                       "", f"{res['dataset']['samples']} dev examples, batch 32, median of {res['config']['repeats']} "
                       "passes, configurations interleaved (the host was shared with other jobs: compare rows of one "
                       "run, not absolute figures).", "", rows_table(res), ""])
+
+
+def plot(res: dict, dst: Path) -> bool:
+    """ms/sample per configuration (Paddle Inference in orange), with the pass times as dots."""
+    from .report import pyplot
+    plt = pyplot()
+    if plt is None:
+        return False
+    rows = res["rows"]
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.5))
+    y = np.arange(len(rows))
+    ax.barh(y, [r["ms_per_sample"] for r in rows],
+            color=["#dd8452" if r["system"] != "onnxruntime" else "#4c72b0" for r in rows])
+    for i, r in enumerate(rows):
+        ax.plot([t / res["dataset"]["samples"] * 1e3 for t in r["pass_times_s"]], [i] * len(r["pass_times_s"]),
+                "k.", ms=4)
+    ax.set_yticks(y, [r["name"] for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("ms per sample (median of passes; dots: each pass; lower is better)")
+    ax.set_title(f"MiniLM classifier on the CPU ({res['config']['threads']} threads, {res['environment']['cpu']}, "
+                 f"{res['dataset']['samples']} dev examples)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(dst, dpi=110)
+    plt.close(fig)
+    return True
 
 
 # ------------------------------------------------------------------ GPU (issue 17.2/17.3, partial)
@@ -346,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         f.write(json.dumps(res, indent=1))
     with atomic_open(a.out.with_suffix(".md")) as f:
         f.write(markdown(res))
+    plot(res, a.out.with_suffix(".png"))
     print(markdown(res))
     return 0
 

@@ -85,7 +85,7 @@ def ppl_change(precision: str, ref: tuple[str, str]) -> Callable[[dict], float]:
 
 OURS_FP16 = "ours-fp16-head32"           # the fused FP16 default: float16 graph, float32 LM head and logits
 GPU_05B, GPU_SMOL = "llm-gpu/run7/bench-qwen2.5-0.5b.json", "llm-gpu/run4/bench-smollm2-135m.json"
-ENC_GPU, ENC_CPU, ENC_CPU_GRAPHS = "encoder/gpu-h200-run2.json", "encoder/cpu-run3.json", "encoder/cpu.json"
+ENC_GPU, ENC_CPU, ENC_CPU_GRAPHS = "encoder/gpu-h200-run2.json", "encoder/cpu-run4.json", "encoder/cpu.json"
 ENC_OURS = "ours fused fp16 (key_lengths) CUDA graph"      # what FusionConfig() bundles for the GPU
 ENC_FP32, ENC_INT8 = "FP32-CPU fused-noskip", "INT8-CPU unfused"     # what FusionConfig() bundles on the CPU
 ENC_TUNED = " tuned"      # + TextClassifier's CPU session (no spinning, no load-time SkipLayerNormFusion)
@@ -277,8 +277,9 @@ TARGETS: tuple[Target, ...] = (
     Target(17, "encoder", "INT8-CPU accuracy drop <= 1.0 pt, default bundle, whole dev split (make demo's bench)",
            "encoder/demo-cpu-bench.json", "<=", 1.0, "pt",
            lambda r: 100 * (clf(r, "FP32-CPU")["accuracy"] - clf(r, "INT8-CPU")["accuracy"])),
-    Target(17, "encoder", "FP32-CPU >= 1.3x Paddle Inference CPU, default bundle + CPU session", ENC_CPU, ">=", 1.3,
-           "x", lambda r: clf(r, "Paddle-Inference-CPU")["ms_per_sample"]
+    Target(17, "encoder", "FP32-CPU >= 1.3x Paddle Inference CPU (its faster thread count), default bundle + CPU "
+           "session", ENC_CPU, ">=", 1.3, "x",
+           lambda r: min(x["ms_per_sample"] for x in r["rows"] if x["system"] == "paddle-inference")
            / clf(r, ENC_FP32 + ENC_TUNED)["ms_per_sample"]),
     Target(17, "encoder", "default FP32-CPU graph (fused, no offline SkipLayerNorm) no slower than unfused",
            ENC_CPU_GRAPHS, ">=", 1.0, "x",
