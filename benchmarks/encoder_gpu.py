@@ -382,6 +382,9 @@ def run(skeletons: Path, bundle: Path | None, dataset: Path | None, out: Path, r
         res["notes"]["matmul"] = str(e)[:200]
     fus = skeletons / "fusions.json"
     res["fusions"] = json.loads(fus.read_text()) if fus.is_file() else {}
+    ref = skeletons.parent / "fp32_reference.json"     # the carried bundle's FP32 accuracy, measured on the CPU
+    if ref.is_file():
+        res["fp32_reference"] = json.loads(ref.read_text())
     _ours(skeletons, work, repeats, clock, res["rows"], res["checks"])
     save()
     _torch(repeats, clock, res["rows"], ("eager", "reduce-overhead"))     # the target's reference next

@@ -2,7 +2,8 @@
 # Here: put what benchmarks/device/encoder_gpu.sh needs into .device/enc (carried as one path, < 60 MiB): the demo
 # classifier bundle's FP16 model (manifest trimmed to FP16: only that model travels), the dev split, and the skeletons
 # `python -m paddle2ort.benchmarks.encoder_gpu prepare` wrote to .device/enc/skeletons. onnxruntime-gpu is staged on
-# the device separately (../shared/device/README.md).
+# the device separately (../shared/device/README.md). .device/enc/fp32_reference.json, when there, is the same bundle's
+# FP32 accuracy on the dev split measured here (the FP16 accuracy verdict's reference; the FP32 model does not travel).
 # usage: encoder_payload.sh BUNDLE_DIR DATASET_DIR
 set -euo pipefail
 BUNDLE=$1 DATASET=$2
