@@ -312,3 +312,42 @@ def test_fused_cache_is_sized_to_the_need_and_grows_mid_generation(llama):
     # the limit keeps its meaning: prompt + new tokens beyond max_length is refused, naming the capacity
     with pytest.raises(BadInputError, match="exceeds the cache capacity"):
         generate(small, [long_prompt], GenerationConfig(max_new_tokens=256), pad)
+
+
+def test_fused_rows_joining_together_prefill_as_batches(llama):
+    """Rows that join at the same step boundary are prefilled in right-padded batches of similar length (straight
+    into consecutive free slots, or into a group state copied into scattered ones; a request's n choices share one
+    prefill): each row's tokens equal the run where every prompt is prefilled alone, up to a near-tie."""
+    from test_serving import first_clear_divergence, teacher_margins
+    _, dest, _, ids, gen = llama
+    from paddle2ort.runtime.llm import fused_model
+    path, spec = fused_model(gen.bundle, "fp32")
+    pad, tok = gen.tokenizer.pad_token_id, gen.tokenizer
+    prompts = ids + [tok.encode("Hello there, friend"), tok.encode("x y z w"), tok.encode("Once upon a time, in")]
+    short = GenerationConfig(max_new_tokens=3, min_new_tokens=3)
+    long = GenerationConfig(max_new_tokens=9, min_new_tokens=9)
+    # 4 slots; step 0: three prompts, the shortest twice (n choices): slots 0-2 in length order, the 2nd choice 3;
+    # the rows in slots 1 and 3 leave first, so the two rows joining together at step 5 take scattered slots
+    order = sorted(range(3), key=lambda i: len(prompts[i]))
+    first = [(prompts[order[0]], long), (prompts[order[0]], short), (prompts[order[1]], short),
+             (prompts[order[2]], long)]
+    plan = {0: first, 5: [(prompts[3], long), (prompts[4], short)], 8: [(prompts[5], short)]}
+    runs = {}
+    for budget in (0, 4096):                          # 0: every prompt prefilled alone (the one-at-a-time join)
+        dec = FusedDecoder(path, spec, SessionOptions(intra_op_threads=1), max_length=64)
+        dec.row_slots, dec.prefill_positions = 4, budget
+        calls, prefill = [], dec.prefill
+        dec.prefill = lambda st, ps, p: (calls.append((st.batch, st.capacity)), prefill(st, ps, p))[1]
+        runs[budget] = _run_slots(dec, pad, plan)[0], calls
+    (alone, calls_alone), (batched, calls) = runs[0], runs[4096]
+    assert [b for b, _ in calls_alone] == [1] * 6
+    # step 0: the three distinct prompts in one batch into slots 0-2 (the 4th row a copy of its choice's slot);
+    # step 5: two prompts into scattered slots through a group state of their length; step 8: one alone
+    assert [b for b, _ in calls] == [3, 2, 1]
+    assert calls[0][1] == calls[2][1] == 64 > calls[1][1] == max(len(prompts[3]), len(prompts[4]))
+    ref = FusedDecoder(path, spec, SessionOptions(intra_op_threads=1), max_length=64)
+    logits_of = lambda t: ref.prompt_logits(ref.state(1), [t], pad)[0]          # noqa: E731
+    rows = [p for p, _ in first] + [prompts[3], prompts[4], prompts[5]]
+    assert [len(t) for t in alone] == [9, 3, 3, 9, 9, 3, 3]
+    for p, got, want in zip(rows, batched, alone):
+        assert first_clear_divergence(got, want, teacher_margins(logits_of, p, want)) is None, (got, want)

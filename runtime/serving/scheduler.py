@@ -228,8 +228,9 @@ class Engine(QueuedEngine):
         return Generator(dec, pad_id=self.pad_id, decode=self.tok.decode, max_context=self.max_context)
 
     def _admit(self, reqs: list[Request]) -> None:
-        """The requests' n choices join the batch as rows, all in one add_rows (each prompt prefilled alone, the
-        cache rebuilt once for the lot, not once a request)."""
+        """The requests' n choices join the batch as rows, all in one add_rows (the cache rebuilt once for the lot,
+        not once a request; the fused decoder prefills the lot's prompts in right-padded batches of similar length,
+        FusedDecoder.prefill_groups)."""
         seqs = [Sequence(req, i, replace(req.cfg, seed=_choice_seed(req.cfg.seed, i)))
                 for req in reqs for i in range(req.n)]
         if not seqs:
