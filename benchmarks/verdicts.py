@@ -436,7 +436,7 @@ HEADLINES: tuple[Headline, ...] = (
              "commit 6939e8f", _targets(("int8 vs Q8_0", "decode >= 1.2x llama.cpp Q8_0: users' int8 graph (int8 "
                                                         "weights, float32 compute), b1"),
                                        ("fp32 vs F32", "decode >= 1.2x llama.cpp F32: users' fp32 graph, b1"))),
-    Headline("serving SmolLM2, continuous batching, 16 clients vs 1 (CPU over HTTP)", SERVE_CPU, "commit ef94280",
+    Headline("serving SmolLM2, continuous batching, 16 clients vs 1 (CPU over HTTP)", SERVE_CPU, "commit fb20f4e",
              _targets(("CPU", "HTTP on CPU: continuous tokens/s at 16 clients >= 4x 1 client (fused FP32 graph)"))),
     Headline("serving SmolLM2 on an H200, fused FP16 decoder in cache slots, 16 requests vs 1", SERVE_GPU,
              "run2, commit 73bcec3", _targets(("GPU", "GPU (H200), fused FP16 decoder in cache slots, scheduler alone: 16 "
