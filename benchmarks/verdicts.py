@@ -85,7 +85,7 @@ def ppl_change(precision: str, ref: tuple[str, str]) -> Callable[[dict], float]:
 
 OURS_FP16 = "ours-fp16-head32"           # the fused FP16 default: float16 graph, float32 LM head and logits
 GPU_05B, GPU_SMOL = "llm-gpu/run7/bench-qwen2.5-0.5b.json", "llm-gpu/run4/bench-smollm2-135m.json"
-ENC_GPU, ENC_CPU, ENC_CPU_GRAPHS = "encoder/gpu-h200-run2.json", "encoder/cpu-run4.json", "encoder/cpu.json"
+ENC_GPU, ENC_CPU, ENC_CPU_GRAPHS = "encoder/gpu-h200-run3.json", "encoder/cpu-run4.json", "encoder/cpu.json"
 ENC_OURS = "ours fused fp16 (key_lengths) CUDA graph"      # what FusionConfig() bundles for the GPU
 ENC_FP32, ENC_INT8 = "FP32-CPU fused-noskip", "INT8-CPU unfused"     # what FusionConfig() bundles on the CPU
 ENC_TUNED = " tuned"      # + TextClassifier's CPU session (no spinning, no load-time SkipLayerNormFusion)
@@ -101,9 +101,9 @@ def enc_fp16_vs_fp32(res: dict) -> float:
     return abs(100 * (clf({"rows": res["classifier"]}, "FP16-GPU key_lengths")["accuracy"]
                       - res["fp32_reference"]["accuracy"]))
 
-E16_SPEED = "llm-gpu/run10-h200/engine-57f872b/engine-bench.json"       # issue 16: the kernel engine
-E16_PARITY = "llm-gpu/run10-h200/kernels-55410aa/engine-bench.json"
-E16_KERNELS = "llm-gpu/run10-h200/kernels-55410aa/kernel_bench.json"
+E16_SPEED = "llm-gpu/run11-h200/engine-bench.json"       # issue 16: the kernel engine
+E16_PARITY = "llm-gpu/run11-h200/engine-bench.json"
+E16_KERNELS = "llm-gpu/run11-h200/kernel_bench.json"
 
 
 def engine(system: str, variant: str = "fp16", batch: int = 1, prompt: int = 128,
@@ -442,11 +442,11 @@ HEADLINES: tuple[Headline, ...] = (
              "run2, commit 73bcec3", _targets(("GPU", "GPU (H200), fused FP16 decoder in cache slots, scheduler alone: 16 "
                                              "requests >= 8x 1"))),
     Headline("encoder FP16 (fused, CUDA graph) vs torch.compile reduce-overhead, batch 32 x 128, H200", ENC_GPU,
-             "run2", _targets(*((label, f">= 1.5x torch.compile reduce-overhead, fused FP16 + CUDA graph, {g} 32 x 128 (H200)")
+             "run3", _targets(*((label, f">= 1.5x torch.compile reduce-overhead, fused FP16 + CUDA graph, {g} 32 x 128 (H200)")
                        for label, g in (("MiniLM-L6", "minilm"), ("ERNIE-3.0-Medium", "ernie_medium"),
                                         ("BERT-base", "bert_base"))))),
     Headline("kernel engine (our CUDA decode kernels) vs the onnxruntime fused graph, 0.5B FP16 batch 1, H200",
-             E16_SPEED, "run10, kernels of 57f872b", _targets(("speed", "kernel engine >= 1.5x the onnxruntime fused "
+             E16_SPEED, "run11, v2 kernels of 27195e8 (tree f6d5d24)", _targets(("speed", "kernel engine >= 1.5x the onnxruntime fused "
                                                           "graph, 0.5B FP16 batch 1 (genai not run)"))),
     Headline("seq2seq (T5, BART, mBART, UNIMO-text; tiny random weights) vs Paddle Inference, CPU",
              "seq2seq/results.json", "commit 23bf174", _seq2seq),
