@@ -439,7 +439,7 @@ HEADLINES: tuple[Headline, ...] = (
     Headline("serving SmolLM2, continuous batching, 16 clients vs 1 (CPU over HTTP)", SERVE_CPU, "commit fb20f4e",
              _targets(("CPU", "HTTP on CPU: continuous tokens/s at 16 clients >= 4x 1 client (fused FP32 graph)"))),
     Headline("serving SmolLM2 on an H200, fused FP16 decoder in cache slots, 16 requests vs 1", SERVE_GPU,
-             "run3, commit f6d5d24", _targets(("GPU", "GPU (H200), fused FP16 decoder in cache slots, scheduler alone: 16 "
+             "run4, tree 032b247 + gpu_min_bucket", _targets(("GPU", "GPU (H200), fused FP16 decoder in cache slots, scheduler alone: 16 "
                                              "requests >= 8x 1"))),
     Headline("encoder FP16 (fused, CUDA graph) vs torch.compile reduce-overhead, batch 32 x 128, H200", ENC_GPU,
              "run3", _targets(*((label, f">= 1.5x torch.compile reduce-overhead, fused FP16 + CUDA graph, {g} 32 x 128 (H200)")

@@ -138,12 +138,15 @@ class FusedDecoder(DeviceStateMemory):
     def _ptr(a) -> int:
         return a.data.ptr if not isinstance(a, np.ndarray) else a.ctypes.data
 
-    min_bucket = 256               # the smallest cache capacity a state is given (then powers of two)
+    min_bucket = 256               # the smallest cache capacity a state is given (then powers of two), CPU
+    # on CUDA: with 256-position slot states, batched greedy text parted from one-at-a-time for 54% of SmolLM2 serve
+    # requests on an H200 (onnxruntime 1.31 GQA), with 1,024 none did (benchmarks/results/serve/gpu/README.md)
+    gpu_min_bucket = 1024
 
     def bucket(self, tokens: int) -> int:
         """The capacity a state gets for `tokens` positions: the next power of two >= min_bucket, capped at
         max_length (the caller checks tokens <= max_length)."""
-        c = max(int(self.min_bucket), 1)
+        c = max(int(self.min_bucket if self.xp is np else self.gpu_min_bucket), 1)
         while c < tokens:
             c *= 2
         return min(c, self.capacity)
