@@ -1,8 +1,9 @@
 """Parent side of the Paddle worker: run one task in a child process and turn its fate into a typed result.
 
-Also the process hygiene of a conversion: SIGTERM is handled like Ctrl-C (the same cleanup runs), the worker
-dies with its parent (Linux PR_SET_PDEATHSIG), and work directories carry their owner's pid so the next run
-sweeps those of runs that were killed (SIGKILL leaves no chance to clean up).
+Tasks run warm (forkserver.py: a fork of a process that has imported Paddle) or, with PADDLE2ORT_WORKER=spawn and
+off Linux, as a fresh `python -m`. Also the process hygiene of a conversion: SIGTERM is handled like Ctrl-C (the same
+cleanup runs), the worker dies with its parent (Linux PR_SET_PDEATHSIG), and work directories carry their owner's
+pid so the next run sweeps those of runs that were killed (SIGKILL leaves no chance to clean up).
 """
 from __future__ import annotations
 
@@ -14,17 +15,15 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 from paddle2ort.runtime.signals import Terminated, sigterm_as_interrupt  # noqa: F401 - re-exported for convert
 
+from . import forkserver
 from .errors import BadInputError, ConversionError
 
 log = logging.getLogger(__name__)
-
-PR_SET_PDEATHSIG = 1
 
 
 def pid_alive(pid: int) -> bool:
@@ -78,17 +77,6 @@ def workdir(kind: str = ""):
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _die_with_parent(parent_pid: int):
-    """preexec_fn: the child gets SIGKILL when its parent dies (Linux); if the parent is already gone, exit."""
-    def preexec():
-        with contextlib.suppress(Exception):
-            import ctypes
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent_pid:
-            os._exit(1)
-    return preexec
-
-
 def log_tail(path: Path, lines: int = 25) -> str:
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
@@ -98,33 +86,41 @@ def log_tail(path: Path, lines: int = 25) -> str:
     return "\n".join(keep[-lines:])
 
 
+# Worker tasks that need Paddle (and paddle2onnx) only; the others import PaddleNLP too. The warm process imports
+# what a task needs before forking it, so the next task of the kind starts without the import.
+PADDLE_ONLY_TASKS = frozenset({"inspect", "reference", "export", "bench", "resave_fluid"})
+
+
+def preload_for(task: str) -> tuple[str, ...]:
+    return ("paddle2onnx",) if task in PADDLE_ONLY_TASKS else ("paddle2onnx", "paddlenlp.transformers")
+
+
+WORKER_MODULE = "paddle2ort.convert._worker"      # `python -m` target of every task (a .py path works too)
+
+
 def run_worker(task: str, args: dict, workdir: Path, timeout_s: float = 3600) -> dict:
     """Run `paddle2ort.convert._worker TASK` in a child process; its stdout/stderr go to WORKDIR/TASK.log."""
     workdir.mkdir(parents=True, exist_ok=True)
     in_path, out_path, log_path = workdir / f"{task}.in.json", workdir / f"{task}.out.json", workdir / f"{task}.log"
     in_path.write_text(json.dumps(args), encoding="utf-8")
     out_path.unlink(missing_ok=True)
-    env = dict(os.environ, POLYGRAPHY_AUTOINSTALL_DEPS="0", PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "paddle2ort.convert._worker", task, str(in_path), str(out_path)]
-    log.debug("running %s", " ".join(cmd))
-    preexec = _die_with_parent(os.getpid()) if sys.platform.startswith("linux") else None
-    with open(log_path, "w", encoding="utf-8") as logf:
-        try:
-            # run() kills the child on any exception here (KeyboardInterrupt/Terminated included)
-            proc = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, timeout=timeout_s,
-                                  stdin=subprocess.DEVNULL, preexec_fn=preexec)
-        except subprocess.TimeoutExpired as e:
-            raise ConversionError(f"paddle worker task {task!r} timed out after {timeout_s:.0f}s",
-                                  log_tail(log_path)) from e
-    if proc.returncode < 0:
-        sig = signal.Signals(-proc.returncode).name
+    log.debug("running worker task %s (%s)", task, in_path)
+    log_path.write_text("", encoding="utf-8")
+    try:
+        returncode = forkserver.run_module([WORKER_MODULE, task, str(in_path), str(out_path)],
+                                           log_path, timeout_s, preload=preload_for(task))
+    except subprocess.TimeoutExpired as e:
+        raise ConversionError(f"paddle worker task {task!r} timed out after {timeout_s:.0f}s",
+                              log_tail(log_path)) from e
+    if returncode < 0:
+        sig = signal.Signals(-returncode).name
         raise ConversionError(f"the Paddle/paddle2onnx process crashed ({sig}) during {task!r}", log_tail(log_path))
     if not out_path.is_file():
         tail = log_tail(log_path)
         if "No module named 'paddle" in tail:
             raise BadInputError("this command needs Paddle, which is not installed here (a runtime-only install); "
                                 "install the converter side: pip install 'paddle2ort[convert]'")
-        raise ConversionError(f"paddle worker task {task!r} exited with code {proc.returncode} and no result", tail)
+        raise ConversionError(f"paddle worker task {task!r} exited with code {returncode} and no result", tail)
     result = json.loads(out_path.read_text(encoding="utf-8"))
     if not result.get("ok"):
         if result.get("kind") == "bad_input":

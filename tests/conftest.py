@@ -5,7 +5,6 @@ Tiers (markers): `unit` - no Paddle (not even spawned), no asset packages, secon
 unmarked - tiny Paddle models built inline (tests/paddle_models.py), converted once a session;
 `slow` - real models from pip-installed assets; `gpu` - an NVIDIA GPU. `make test` runs all but gpu-less skips.
 """
-import subprocess
 import sys
 from pathlib import Path
 
@@ -53,12 +52,27 @@ def tiny_models(tmp_path_factory):
     def get(kind: str) -> Path:
         if kind not in cache:
             out = root / kind
-            subprocess.run([sys.executable, str(HERE / "paddle_models.py"), kind, str(out)], check=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            run_python(str(HERE / "paddle_models.py"), kind, str(out))
             cache[kind] = out
         return cache[kind]
 
     return get
+
+
+def run_python(*argv, stdout: bool = False, timeout: float = 600,
+               preload=("paddle", "paddlenlp.transformers")) -> str:
+    """`python ARGV` (`-c CODE ARGS`, `script.py ARGS` or `module ARGS`) in a warm fork (convert.forkserver): Paddle
+    and PaddleNLP are imported once a session, not once a model builder. Fails the test with the child's output on
+    a non-zero exit; returns its stdout when asked (stderr apart)."""
+    import tempfile
+    from paddle2ort.convert import forkserver
+    with tempfile.TemporaryDirectory(prefix="p2o-run-") as d:
+        log, out = Path(d) / "log", Path(d) / "stdout"
+        code = forkserver.run_module(list(argv), log, timeout, preload=preload, stdout_path=out if stdout else None)
+        text = out.read_text(encoding="utf-8") if stdout and out.exists() else ""
+        if code != 0:
+            raise AssertionError(f"python {str(argv[0])[:60]!r}... exited {code}:\n{log.read_text()[-3000:]}")
+        return text
 
 
 def asset_dir(package: str, *parts: str) -> Path:

@@ -5,8 +5,6 @@ import contextlib
 import io
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -18,6 +16,7 @@ from paddle2ort.runtime.errors import BadInputError
 from paddle2ort.runtime.generation import GenerationConfig, generate
 from paddle2ort.runtime.llm import TextGenerator
 from paddle2ort.runtime.manifest import load_bundle
+from conftest import run_python
 
 PROMPTS = ["The capital of France is", "def f(x):", "Once upon a time"]
 NEW_TOKENS = 8
@@ -63,9 +62,8 @@ def adapters(tiny_models, tmp_path_factory):
     """The tiny LLaMA, a LoRA and a prefix adapter of it, and a bundle converted with each."""
     src = tiny_models("llama")
     root = tmp_path_factory.mktemp("adapters")
-    subprocess.run([sys.executable, "-c", MAKE_ADAPTERS, str(src / "model"), str(src / "tokenizer"), str(root),
-                    str(NEW_TOKENS), json.dumps(PROMPTS)], check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.PIPE)
+    run_python("-c", MAKE_ADAPTERS, str(src / "model"), str(src / "tokenizer"), str(root), str(NEW_TOKENS),
+               json.dumps(PROMPTS))
     out = {"src": src, "root": root, "refs": json.loads((root / "refs.json").read_text())}
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):           # the LoRA one through the CLI: what it shows

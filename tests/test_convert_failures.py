@@ -3,6 +3,8 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -71,24 +73,42 @@ def test_unsupported_operators_listed_with_counts(tiny_models, tmp_path, capsys)
     assert not out.exists()
 
 
-def test_worker_crash_is_reported(tmp_path, monkeypatch):
-    """A SIGABRT in the child (what paddle2onnx does on C++ errors) becomes a ConversionError, not a dead parent."""
-    fake = tmp_path / "fakepkg"
-    fake.mkdir()
-    (fake / "abort_worker.py").write_text(textwrap.dedent("""
+@pytest.mark.parametrize("mode", ["fork", "spawn"])
+def test_worker_crash_is_reported(tmp_path, monkeypatch, mode):
+    """A SIGABRT in the child (what paddle2onnx does on C++ errors) becomes a ConversionError, not a dead parent;
+    in the warm (fork) mode the server survives it and runs the next task."""
+    from paddle2ort.convert import paddle_proc
+    script = tmp_path / "abort_worker.py"
+    script.write_text(textwrap.dedent("""
         import os, sys
-        print("F1123 fatal: mapper exploded", flush=True)
+        print("F1123 fatal: mapper exploded", sys.argv[1], flush=True)
         os.abort()
     """))
-    real_run = subprocess.run
+    monkeypatch.setenv("PADDLE2ORT_WORKER", mode)
+    monkeypatch.setattr(paddle_proc, "WORKER_MODULE", str(script))
+    for attempt in range(2):
+        with pytest.raises(ConversionError) as e:
+            run_worker("export", {}, tmp_path / f"work{attempt}")
+        assert "SIGABRT" in str(e.value) and "mapper exploded export" in str(e.value)
 
-    def run(cmd, **kw):
-        return real_run([sys.executable, str(fake / "abort_worker.py")], **kw)
 
-    monkeypatch.setattr(subprocess, "run", run)
-    with pytest.raises(ConversionError) as e:
-        run_worker("export", {}, tmp_path / "work")
-    assert "SIGABRT" in str(e.value) and "mapper exploded" in str(e.value)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("mode", ["fork", "spawn"])
+def test_worker_timeout_kills_the_task(tmp_path, monkeypatch, mode):
+    from paddle2ort.convert import paddle_proc
+    script = tmp_path / "hang.py"
+    pidfile = tmp_path / "pid"
+    script.write_text(f"import os, time\nopen({str(pidfile)!r}, 'w').write(str(os.getpid()))\ntime.sleep(600)\n")
+    monkeypatch.setenv("PADDLE2ORT_WORKER", mode)
+    monkeypatch.setattr(paddle_proc, "WORKER_MODULE", str(script))
+    with pytest.raises(ConversionError, match="timed out after 3s"):
+        run_worker("export", {}, tmp_path / "work", timeout_s=3)
+    pid = int(pidfile.read_text())
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower() \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
 
 
 # ---- bad input: exit 2, one clear message, no output directory ----

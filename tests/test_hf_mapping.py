@@ -1,8 +1,6 @@
 """HF LLaMA/Qwen2 state dict -> PaddleNLP LlamaForCausalLM: names, shapes and transposes, on a tiny random
 HF-style state dict whose names and [out, in] layout are written here from HF's convention."""
 import json
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -11,6 +9,7 @@ import pytest
 from paddle2ort.convert.llm.fused import DecoderSpec, check_state, expected_weights
 from paddle2ort.convert.llm.hf_mapping import hf_to_paddlenlp
 from paddle2ort.runtime.errors import BadInputError
+from conftest import run_python
 
 # every dimension distinct, so a missing or extra transpose shows as a shape mismatch
 CFG = dict(vocab_size=96, hidden_size=64, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
@@ -108,10 +107,8 @@ def test_the_mapped_state_loads_into_a_paddlenlp_llama(tmp_path):
     hf = hf_state(qkv_bias=False)
     pd = hf_to_paddlenlp(hf)
     np.savez(tmp_path / "sd.npz", **pd)
-    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(CFG), str(tmp_path / "sd.npz")],
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    res = json.loads(out.stdout.strip().splitlines()[-1])
+    out = run_python("-c", CHILD, json.dumps(CFG), str(tmp_path / "sd.npz"), stdout=True)
+    res = json.loads(out.strip().splitlines()[-1])
     assert {k: tuple(v) for k, v in res["own"].items()} == {k: v.shape for k, v in pd.items()}
     assert all(res["loaded_equal"].values())
     x = np.array(res["x"], np.float32)

@@ -12,6 +12,7 @@ from paddle2ort.convert.llm import fused
 from paddle2ort.convert.llm.fused import DecoderSpec, build_variant, initializer_bytes, random_state
 from paddle2ort.runtime.fused import FusedDecoder
 from paddle2ort.runtime.session import SessionOptions
+from conftest import run_python
 
 TWO_GIB = 2 ** 31
 PROMPT = [3, 17, 250, 999]
@@ -102,10 +103,8 @@ def big_embedding_model(tmp_path, vocab: int, rows: dict[int, np.ndarray]):
     Paddle's save_combine layout as a sparse file (a hole reads as zeros) with `rows` written in."""
     import json
     import struct
-    import subprocess
-    import sys
     (tmp_path / "build.py").write_text(EMBED_BUILDER)           # to_static reads the Layer's source file
-    subprocess.run([sys.executable, str(tmp_path / "build.py"), str(tmp_path / "m")], check=True, capture_output=True)
+    run_python(str(tmp_path / "build.py"), str(tmp_path / "m"))
     program = json.loads((tmp_path / "m.json").read_text())
     text = json.dumps(program).replace("[1000, 64]", f"[{vocab}, 64]")
     (tmp_path / "m.json").write_text(text)

@@ -15,6 +15,7 @@ from paddle2ort.convert.llm.families import (ARCHITECTURES, FUSED_FORM, Unsuppor
 from paddle2ort.convert.llm.gguf_import import read_gguf
 
 from gguf_models import train_bpe, write_gguf
+from conftest import run_python
 
 # architectures with no adapter: exit 2 naming the supported ones
 NOT_YET = ("BertForMaskedLM", "ChatGLMModel")
@@ -187,10 +188,8 @@ model.save_pretrained(sys.argv[1])
 def test_qwen_v1_exports_as_qwen2_with_paddle_parity(tmp_path, tokenizer_dir):
     """QWenForCausalLM (PaddleNLP 2.8.1) is exported as LLaMA + q/k/v biases; the worker checks the remapped
     model's logits against QWen's own class, then the gate replays Paddle's steps (generic and fused)."""
-    import subprocess
-    import sys
     from paddle2ort.convert.llm import LLMConvertConfig, convert_llm
-    subprocess.run([sys.executable, "-c", QWEN_BUILDER, str(tmp_path / "qwen")], check=True, capture_output=True)
+    run_python("-c", QWEN_BUILDER, str(tmp_path / "qwen"))
     res = convert_llm(LLMConvertConfig(source=tmp_path / "qwen", tokenizer=tokenizer_dir, output=tmp_path / "b",
                                        fused=("fp32",)))
     llm = res.manifest.extra["llm"]
@@ -253,14 +252,12 @@ def test_mixtral_exports_with_a_dense_moe(tmp_path, tokenizer_dir):
     """MixtralForCausalLM: the MoE computed densely (every expert, weighted by its renormalized top-2 routing weight;
     PaddleNLP 2.8.1's sparse forward fails eagerly), exported generic-only; the gate replays Paddle's steps, the
     graph's first-token logits equal Mixtral's math in NumPy, and Paddle's own log-likelihood reference runs."""
-    import subprocess
-    import sys
 
     import onnxruntime as ort
     from paddle2ort.convert.llm import LLMConvertConfig, convert_llm
     from paddle2ort.convert.llm.reference import paddle_nll
     src = tmp_path / "mixtral"
-    subprocess.run([sys.executable, "-c", MIXTRAL_BUILDER, str(src)], check=True, capture_output=True)
+    run_python("-c", MIXTRAL_BUILDER, str(src))
     state = dict(np.load(src / "state.npz"))
     (src / "state.npz").unlink()
     res = convert_llm(LLMConvertConfig(source=src, tokenizer=tokenizer_dir, output=tmp_path / "b"))
@@ -292,12 +289,10 @@ OPTForCausalLM(cfg).save_pretrained(sys.argv[1])
 def test_opt_exports_with_paddle_parity(tmp_path, tokenizer_dir):
     """OPTForCausalLM (learned positions offset by 2, ReLU, pre-LN): the gate replays Paddle's steps, and the
     graph's log-likelihood of a window equals OPT's own forward (reference.paddle_nll: the unpatched class)."""
-    import subprocess
-    import sys
     from paddle2ort.convert.llm import LLMConvertConfig, convert_llm
     from paddle2ort.convert.llm.reference import paddle_nll
     src = tmp_path / "opt"
-    subprocess.run([sys.executable, "-c", OPT_BUILDER, str(src)], check=True, capture_output=True)
+    run_python("-c", OPT_BUILDER, str(src))
     res = convert_llm(LLMConvertConfig(source=src, tokenizer=tokenizer_dir, output=tmp_path / "b"))
     llm = res.manifest.extra["llm"]
     assert llm["family"] == "opt" and res.manifest.validation["fp32"]["passed"]
@@ -325,12 +320,10 @@ def test_gptj_and_codegen_export_with_paddle_parity(tmp_path, tokenizer_dir, fam
     """GPTJForCausalLM / CodeGenForCausalLM (parallel attention + MLP, interleaved partial rotary; CodeGen's fused
     qkv in 4 blocks): the block is recomputed from its sublayers with rotary by position_ids; the gate replays
     Paddle's steps and the graph's log-likelihood of a window equals the class's own forward."""
-    import subprocess
-    import sys
     from paddle2ort.convert.llm import LLMConvertConfig, convert_llm
     from paddle2ort.convert.llm.reference import paddle_nll
     src = tmp_path / family
-    subprocess.run([sys.executable, "-c", builder, str(src)], check=True, capture_output=True)
+    run_python("-c", builder, str(src))
     res = convert_llm(LLMConvertConfig(source=src, tokenizer=tokenizer_dir, output=tmp_path / "b"))
     llm = res.manifest.extra["llm"]
     assert llm["family"] == family and res.manifest.validation["fp32"]["passed"]
@@ -354,13 +347,10 @@ RWForCausalLM(cfg).save_pretrained(sys.argv[1])
 def test_falcon_exports_with_paddle_parity(tmp_path, tokenizer_dir, multi_query):
     """RWForCausalLM (Falcon, rotary; multi-query + parallel attention like Falcon-7B, or per-head q|k|v and
     sequential): the gate replays Paddle's steps and the graph's log-likelihood equals RW's own forward."""
-    import subprocess
-    import sys
     from paddle2ort.convert.llm import LLMConvertConfig, convert_llm
     from paddle2ort.convert.llm.reference import paddle_nll
     src = tmp_path / "rw"
-    subprocess.run([sys.executable, "-c", FALCON_BUILDER.replace("MQ", str(multi_query)), str(src)], check=True,
-                   capture_output=True)
+    run_python("-c", FALCON_BUILDER.replace("MQ", str(multi_query)), str(src))
     res = convert_llm(LLMConvertConfig(source=src, tokenizer=tokenizer_dir, output=tmp_path / "b"))
     llm = res.manifest.extra["llm"]
     assert llm["family"] == "falcon" and llm["kv_heads"] == (1 if multi_query else 4)
@@ -388,12 +378,10 @@ model.save_pretrained(sys.argv[1])
 def test_bloom_exports_with_paddle_parity(tmp_path, tokenizer_dir):
     """BloomForCausalLM (ALiBi, tied head, embedding LayerNorm): the gate replays Paddle's left-padded steps (ALiBi
     counts real keys only) and the graph's log-likelihood equals Bloom's own forward."""
-    import subprocess
-    import sys
     from paddle2ort.convert.llm import LLMConvertConfig, convert_llm
     from paddle2ort.convert.llm.reference import paddle_nll
     src = tmp_path / "bloom"
-    subprocess.run([sys.executable, "-c", BLOOM_BUILDER, str(src)], check=True, capture_output=True)
+    run_python("-c", BLOOM_BUILDER, str(src))
     res = convert_llm(LLMConvertConfig(source=src, tokenizer=tokenizer_dir, output=tmp_path / "b"))
     llm = res.manifest.extra["llm"]
     assert llm["family"] == "bloom" and res.manifest.validation["fp32"]["passed"]
@@ -438,13 +426,11 @@ def test_chatglm_v2_exports_with_paddle_parity(tmp_path, tokenizer_dir):
     """ChatGLMv2ForCausalLM (multi-query groups, interleaved rotary on half of each head, SwiGLU, q/k/v biases):
     generic export only (the fused decoder's attention rotates whole heads: --fused is exit 2 at config time); the
     gate replays Paddle's prefill + decode steps and the graph's log-likelihood equals the class's own forward."""
-    import subprocess
-    import sys
     from paddle2ort.convert.llm import LLMConvertConfig, convert_llm
     from paddle2ort.convert.llm.reference import paddle_nll
     from paddle2ort.runtime.errors import BadInputError
     src = tmp_path / "glm2"
-    subprocess.run([sys.executable, "-c", GLM2_BUILDER, str(src)], check=True, capture_output=True)
+    run_python("-c", GLM2_BUILDER, str(src))
     with pytest.raises(BadInputError, match="fused decoder does not cover the chatglm2 family"):
         convert_llm(LLMConvertConfig(source=src, tokenizer=tokenizer_dir, output=tmp_path / "f", fused=("fp32",)))
     res = convert_llm(LLMConvertConfig(source=src, tokenizer=tokenizer_dir, output=tmp_path / "b"))

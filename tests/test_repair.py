@@ -2,8 +2,6 @@
 the right values afterwards), leaves graphs without it untouched, and the converter names what it applied."""
 import ast
 import json
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -18,6 +16,7 @@ from paddle2ort.convert._worker import _export_failure
 from paddle2ort.cli import main
 from paddle2ort.convert.errors import ConversionError
 from paddle2ort.convert.repair import concat_rank, f64_attrs, output_shapes, repair_onnx, repair_program
+from conftest import run_python
 
 
 def _session(model):
@@ -154,8 +153,7 @@ _FLUID = textwrap.dedent("""
 @pytest.mark.parametrize("layout", ["combined", "per-variable"])
 def test_paddle1_directory_is_resaved_and_converted(tiny_models, tmp_path, capsys, layout):
     src = tmp_path / "fluid"
-    listing = subprocess.run([sys.executable, "-c", _FLUID, str(tiny_models("legacy")), str(src), layout],
-                             check=True, capture_output=True, text=True).stdout
+    listing = run_python("-c", _FLUID, str(tiny_models("legacy")), str(src), layout, stdout=True)
     assert "__model__" in listing and ("__params__" in listing) == (layout == "combined")
     out = tmp_path / "b"
     assert main(["-q", "convert", str(src), "-o", str(out)]) == 0

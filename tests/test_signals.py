@@ -30,6 +30,23 @@ def children(pid: int) -> list[int]:
     return out
 
 
+def descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        kids = children(todo.pop())
+        out += kids
+        todo += kids
+    return out
+
+
+def task_tree(pid: int):
+    """The processes under a conversion once its Paddle task runs: [server, task] warm (fork mode), [worker]
+    in spawn mode; None before that."""
+    from paddle2ort.convert import forkserver
+    tree = descendants(pid)
+    return tree if len(tree) >= (2 if forkserver.enabled() else 1) else None
+
+
 def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -48,28 +65,28 @@ def wait_for(cond, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def start_convert(src: Path, out: Path, tmpdir: Path) -> tuple[subprocess.Popen, int]:
-    """Start a conversion and return it once its Paddle worker runs (and the staging dir exists)."""
+def start_convert(src: Path, out: Path, tmpdir: Path) -> tuple[subprocess.Popen, list[int]]:
+    """Start a conversion and return it once its Paddle task runs (and the staging dir exists), with the
+    processes under it."""
     env = dict(os.environ, TMPDIR=str(tmpdir))
     proc = subprocess.Popen([sys.executable, "-m", CLI, "-q", "convert", str(src), "-o", str(out)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    worker = wait_for(lambda: next(iter(children(proc.pid)), None) or (proc.poll() is not None and -1), 120,
-                      "the Paddle worker to start")
-    assert worker != -1, proc.communicate()
+    tree = wait_for(lambda: task_tree(proc.pid) or (proc.poll() is not None and -1), 120, "the Paddle task to start")
+    assert tree != -1, proc.communicate()
     assert list(out.parent.glob(f".{out.name}.staging-*")) and list(tmpdir.glob("paddle2ort-*"))
-    return proc, worker
+    return proc, tree
 
 
 def test_sigterm_cleans_up_like_ctrl_c(tiny_models, tmp_path):
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
     out = tmp_path / "bundle"
-    proc, worker = start_convert(tiny_models("mlp"), out, tmpdir)
+    proc, tree = start_convert(tiny_models("mlp"), out, tmpdir)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err                      # like Ctrl-C, with the SIGTERM exit code
     assert "Traceback" not in err
-    wait_for(lambda: not alive(worker), 2.0, "the worker to die")
+    wait_for(lambda: not any(map(alive, tree)), 2.0, "the worker to die")
     assert not out.exists() and not list(tmp_path.glob(".bundle.staging-*"))
     assert not list(tmpdir.glob("paddle2ort-*"))
 
@@ -78,11 +95,11 @@ def test_sigkill_orphans_nothing_and_next_run_sweeps(tiny_models, tmp_path):
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
     out = tmp_path / "bundle"
-    proc, worker = start_convert(tiny_models("mlp"), out, tmpdir)
+    proc, tree = start_convert(tiny_models("mlp"), out, tmpdir)
     proc.kill()
     proc.communicate(timeout=30)
     # at once (the worker just started: left alone it would run on for seconds importing Paddle) -> no orphan
-    wait_for(lambda: not alive(worker), 1.0, "the worker to die with its parent")
+    wait_for(lambda: not any(map(alive, tree)), 1.0, "the worker to die with its parent")
     stale = list(tmp_path.glob(".bundle.staging-*")) + list(tmpdir.glob("paddle2ort-*"))
     assert stale                                    # SIGKILL leaves no chance to clean up ...
     user = tmp_path / ".notes.staging-old"          # ... names that are not ours are never touched
@@ -122,12 +139,11 @@ def test_convert_llm_worker_dies_with_a_killed_parent(tiny_models, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", CLI, "-q", "convert-llm", str(src / "model"), "--tokenizer",
                              str(src / "tokenizer"), "-o", str(tmp_path / "llm")], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    worker = wait_for(lambda: next(iter(children(proc.pid)), None) or (proc.poll() is not None and -1), 120,
-                      "the export worker to start")
-    assert worker != -1, proc.communicate()
+    tree = wait_for(lambda: task_tree(proc.pid) or (proc.poll() is not None and -1), 120, "the export task to start")
+    assert tree != -1, proc.communicate()
     proc.kill()
     proc.communicate(timeout=30)
-    wait_for(lambda: not alive(worker), 1.0, "the export worker to die with its parent")
+    wait_for(lambda: not any(map(alive, tree)), 1.0, "the export task to die with its parent")
     assert not (tmp_path / "llm").exists()
 
 
