@@ -28,6 +28,7 @@ OURS, ORT = "ours (kernel engine)", "onnxruntime fused graph"
 OURS_V1 = "ours (kernel engine, v1 GEMVs)"        # the first GEMV kernels beside the default ones (--also-v1)
 SHORT = {OURS: "ours", OURS_V1: "ours, v1 GEMVs", ORT: "onnxruntime"}   # plot legend
 GEMV = {OURS: "v2", OURS_V1: "v1"}                # system -> KernelEngine(gemv=...); run() sets OURS's from --gemv
+CHUNK: dict = {"chunk": None}                     # KernelEngine(chunk=...): run() sets it from --chunk
 
 
 def _decoder(system: str, path: Path, spec: dict, capacity: int, prefill: str = "auto"):
@@ -35,7 +36,8 @@ def _decoder(system: str, path: Path, spec: dict, capacity: int, prefill: str = 
     from paddle2ort.runtime.kernels.engine import KernelEngine
     from paddle2ort.runtime.session import SessionOptions
     if system in GEMV:
-        return KernelEngine(path, spec, device="gpu", max_length=capacity, prefill=prefill, gemv=GEMV[system])
+        return KernelEngine(path, spec, device="gpu", max_length=capacity, prefill=prefill, gemv=GEMV[system],
+                            chunk=CHUNK["chunk"])
     dec = FusedDecoder(path, spec, session=SessionOptions(device="gpu"), max_length=capacity)
     if dec.session.get_providers()[0] != "CUDAExecutionProvider":
         raise RuntimeError(f"the fused graph runs on {dec.session.get_providers()}, not CUDA")
@@ -226,8 +228,9 @@ def run(a) -> dict:
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     bw = copy_bandwidth(cp)
-    GEMV[OURS] = a.gemv
+    GEMV[OURS], CHUNK["chunk"] = a.gemv, a.chunk
     res = {"device": device_info(), "copy_bandwidth_gb_s": bw / 1e9, "reps": a.reps, "gemv": a.gemv,
+           "attention_chunk": a.chunk or "engine default",
            "systems": [OURS] + ([ORT] if a.ort else []) + ([OURS_V1] if a.also_v1 else []), "configs": {}}
     if a.gguf:
         try:
@@ -358,6 +361,7 @@ def main(argv=None) -> int:
     r.add_argument("--work", default="/tmp/p2o-engine")
     r.add_argument("--gemv", default="v2", choices=["v2", "v1"], help="the engine's GEMV kernels (decode.cu)")
     r.add_argument("--also-v1", action="store_true", help="the engine with the v1 GEMVs as a third system")
+    r.add_argument("--chunk", type=int, help="positions a flash-decoding split (default: the engine's choice)")
     p = sub.add_parser("report")
     p.add_argument("dir", type=Path)
     a = ap.parse_args(argv)

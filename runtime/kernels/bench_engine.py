@@ -4,6 +4,7 @@ order, one device call):
     python -m paddle2ort.runtime.kernels.bench_engine compile  [--jobs N]      # every module, in parallel processes
     python -m paddle2ort.runtime.kernels.bench_engine validate [--json OUT]    # every kernel config vs its twin
     python -m paddle2ort.runtime.kernels.bench_engine time     [--json OUT]    # the engine's plans, timed
+    python -m paddle2ort.runtime.kernels.bench_engine attention [--json OUT]   # flash-decoding split size sweep
 
 `validate` launches every GEMV entry (v1, and v2 in each (rows a warp, K-split warps, batch rows a block) shape) at
 the real models' shapes and the attention kernel, compares each with its NumPy twin (engine_reference.py), prints
@@ -291,6 +292,51 @@ def run(configs=("qwen2.5-0.5b", "smollm2-135m"), batches=(1, 8), versions=("v2"
     return {"device": name, "copy_bandwidth_gb_s": bw / 1e9, "rows": rows, "step_us": step_estimate(rows)}
 
 
+def attention_sweep(configs=("qwen2.5-0.5b", "smollm2-135m"), batches=(1, 8), chunks=(16, 32, 64, 128),
+                    contexts=(128, 256, 1024, 2304), capacity: int = 4096) -> dict:
+    """The flash-decoding split size, measured: attn_split at each chunk (positions a block) against its twin, then
+    timed in a CUDA graph, with the engine's grid (capacity / chunk splits, those past the context exit at once)."""
+    import cupy as cp
+
+    from .engine import SHARED_LIMIT, ATT_THREADS, kernels, launch_attention
+    name = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
+    rows, rng = [], np.random.default_rng(0)
+    print(f"{name}: attention split sweep, capacity {capacity}")
+    for cfg in configs:
+        h, nh, kvh, hd, inter, vocab = GEOMETRY[cfg]
+        g = nh // kvh
+        for chunk in chunks:
+            if 4 * (g * hd + g * chunk + (ATT_THREADS // 32) * g * hd) > SHARED_LIMIT:
+                continue
+            kern = kernels(hd, g, chunk, fmts=())
+            nsplit = -(-capacity // chunk)
+            for b in batches:
+                for ctx in contexts:
+                    q = rng.standard_normal((b, nh * hd), np.float32)
+                    kc, vc = rng.standard_normal((2, b, kvh, capacity, hd), np.float32).astype(np.float16)
+                    seq = np.full(b, ctx - 1, np.int32)
+                    args = [cp.asarray(q), cp.asarray(kc), cp.asarray(vc), cp.asarray(seq),
+                            cp.zeros((b, nh, nsplit, hd), cp.float32), cp.zeros((b, nh, nsplit, 2), cp.float32),
+                            cp.zeros((b, nh * hd), cp.float32)]
+                    cnt = cp.zeros((b, kvh), cp.int32)
+                    fn = lambda: launch_attention(kern, *args, hd ** -0.5, cnt)  # noqa: E731
+                    fn()
+                    want = R.attn_combine(*R.attn_split(q, kc, vc, seq, hd ** -0.5, chunk, nsplit), seq, chunk)
+                    err = _err(args[-1].get(), want)
+                    us = time_graph(cp, fn) if err <= 1e-3 and not cnt.any() else float("nan")
+                    nbytes = 2 * b * kvh * ctx * hd * 2
+                    print(f"{cfg:13s} chunk {chunk:3d} b{b} ctx {ctx:5d}: {us:7.2f} us  {nbytes / us / 1e3:7.0f} GB/s"
+                          f"  err {err:.1e}")
+                    rows.append({"config": cfg, "chunk": chunk, "batch": b, "ctx": ctx, "us": us, "bytes": nbytes,
+                                 "max_rel_err_vs_twin": err})
+    best = {}
+    for r in rows:
+        key = f"{r['config']} b{r['batch']} ctx {r['ctx']}"
+        if r["us"] == r["us"] and (key not in best or r["us"] < best[key]["us"]):
+            best[key] = {"chunk": r["chunk"], "us": r["us"]}
+    return {"device": name, "capacity": capacity, "rows": rows, "best": best}
+
+
 def step_estimate(rows) -> dict:
     """Per config, batch, GEMV version and bundle (fp16: f16 layers + float32 head; int4: int4 layers + int8
     head): the timed kernels of one decode step summed (layers x (q|k|v, attention over 256 positions, o, gate|up,
@@ -314,7 +360,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ap = argparse.ArgumentParser(prog="python -m paddle2ort.runtime.kernels.bench_engine", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", nargs="?", default="time", choices=("compile", "validate", "time"))
+    ap.add_argument("step", nargs="?", default="time", choices=("compile", "validate", "time", "attention"))
     ap.add_argument("--config", nargs="+", default=list(GEOMETRY), choices=sorted(GEOMETRY))
     ap.add_argument("--batch", type=int, nargs="+", help="default: 1 3 8 (validate), 1 8 (time)")
     ap.add_argument("--versions", nargs="+", default=["v2", "v1"], choices=["v2", "v1"], help="GEMV versions")
@@ -325,6 +371,8 @@ def main(argv=None) -> int:
         return compile_all(a.config, a.jobs)
     if a.step == "validate":
         res = validate(a.config, a.batch or [1, 3, 8], a.versions)
+    elif a.step == "attention":
+        res = attention_sweep(a.config, a.batch or [1, 8])
     else:
         res = run(a.config, a.batch or [1, 8], a.versions)
     if a.json:
