@@ -528,6 +528,7 @@ class Generator:
         gen.generate_next_token()               # one model step for the rows already decoding + every row's choice
         gen.row(i)                              # RowState: ids, finish_reason, stop_at
         gen.remove_rows(done_ids)               # finished or cancelled rows leave; their cache is freed
+        gen.remove_finished()                   # the same for every finished row; returns them
 
     Each row chooses alone (row 0 of its own kernels.sample_rows call: the Philox counter is (its step, 0), the
     key its seed), so its tokens do not depend on which other rows share the batch. Rows joining need a decoder
@@ -740,6 +741,14 @@ class Generator:
         self.dec.leave(np.array(keep, np.int64))
         self._rows = [self._rows[i] for i in keep]
         self.batch = len(self._rows)
+
+    def remove_finished(self) -> list[RowState]:
+        """The rows that finished (a stop or the length limit) leave at the step boundary, as remove_rows does;
+        returns them (their ids and finish_reason)."""
+        done = [r for r in self._rows or [] if r.finish_reason is not None]
+        if done:
+            self.remove_rows([r.id for r in done])
+        return done
 
     def row(self, row_id: int) -> RowState:
         for r in self._rows or []:

@@ -243,12 +243,7 @@ def _run_slots(dec, pad, plan, steps=40):
             break
         if gen.rows:
             gen.generate_next_token()
-        done = [r.id for r in gen.rows if r.finish_reason is not None]
-        for r in gen.rows:
-            if r.finish_reason is not None:
-                got[r.id] = list(r.ids)
-        if done:
-            gen.remove_rows(done)
+        got.update((r.id, list(r.ids)) for r in gen.remove_finished())
     return [got[i] for i in order], caps
 
 

@@ -440,13 +440,11 @@ def test_rows_joining_and_leaving_get_what_they_get_alone():
         if not gen.rows:
             break
         gen.generate_next_token()
-        done = [r.id for r in gen.rows if r.finish_reason is not None]
-        for r in gen.rows:
-            if r.finish_reason is not None:
-                got[ids[r.id]] = list(r.ids)
+        before = dec.cache.buffer.nbytes
+        done = gen.remove_finished()
+        got.update((ids[r.id], list(r.ids)) for r in done)
+        assert all(r.finish_reason in ("stop", "length") for r in done) and not any(r in gen.rows for r in done)
         if done:
-            before = dec.cache.buffer.nbytes
-            gen.remove_rows(done)
             sizes.append((before, dec.cache.buffer.nbytes, dec.cache.buffer.shape[3], len(gen.rows)))
     for k, (p, c) in enumerate(zip(prompts, cfgs)):
         if c.do_sample:                  # a seeded draw flips only within rounding of a CDF edge: compared exactly

@@ -469,12 +469,7 @@ def test_fused_decoder_rows_join_and_leave_in_cache_slots(llama):
             break
         if gen.rows:
             gen.generate_next_token()
-        done = [r.id for r in gen.rows if r.finish_reason is not None]
-        for r in gen.rows:
-            if r.finish_reason is not None:
-                got[ids[r.id]] = list(r.ids)
-        if done:
-            gen.remove_rows(done)
+        got.update((ids[r.id], list(r.ids)) for r in gen.remove_finished())
     assert sorted(got) == [0, 1, 2, 3] and slots_seen == {0, 1}        # two slots served four rows
     for k in (0, 1, 3):
         assert first_clear_divergence(got[k], want[k], margins[k]) is None, (k, got[k], want[k])

@@ -87,6 +87,48 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+// The epilogue of every GEMV (v1 and v2): row results y[R] of batch row bb into `out` (MODE: residual add, logits,
+// SwiGLU of gate/up pairs, or q|k|v with bias + rotary, k/v into the float16 cache at the row's position).
+template <int MODE, int R>
+__device__ __forceinline__ void store_rows(float* y, const long long* rows, int bb, float* out, int ldo, int inter,
+                                           const unsigned short* __restrict__ bias, unsigned short* kc,
+                                           unsigned short* vc, const float* __restrict__ cos_t,
+                                           const float* __restrict__ sin_t, const int* __restrict__ seqlens, int nh,
+                                           int kvh, int cap) {
+  constexpr int P = R / 2;
+  if (MODE == M_RESID) {
+#pragma unroll
+    for (int j = 0; j < R; ++j) out[(long long)bb * ldo + rows[j]] += y[j];
+  } else if (MODE == M_LOGITS) {
+#pragma unroll
+    for (int j = 0; j < R; ++j) out[(long long)bb * ldo + rows[j]] = y[j];
+  } else if (MODE == M_SWIGLU) {
+#pragma unroll
+    for (int j = 0; j < P; ++j) out[(long long)bb * inter + rows[j]] = y[j] / (1.f + __expf(-y[j])) * y[P + j];
+  } else {
+    const int pos = seqlens[bb];
+#pragma unroll
+    for (int j = 0; j < P; ++j) {
+      float y0 = y[j], y1 = y[P + j];
+      if (bias != nullptr) { y0 += h2f(bias[rows[j]]); y1 += h2f(bias[rows[P + j]]); }
+      const int head = (int)(rows[j] / HD), d = (int)(rows[j] % HD);
+      if (head < nh + kvh) {
+        const float c = cos_t[(long long)pos * (HD / 2) + d], s = sin_t[(long long)pos * (HD / 2) + d];
+        const float a = y0 * c - y1 * s, e = y1 * c + y0 * s;
+        y0 = a; y1 = e;
+      }
+      if (head < nh) {
+        float* q = out + (long long)bb * nh * HD + head * HD;
+        q[d] = y0; q[d + HD / 2] = y1;
+      } else {
+        const int kh = head < nh + kvh ? head - nh : head - nh - kvh;
+        unsigned short* cache = (head < nh + kvh ? kc : vc) + (((long long)bb * kvh + kh) * cap + pos) * HD;
+        cache[d] = f2h(y0); cache[d + HD / 2] = f2h(y1);
+      }
+    }
+  }
+}
+
 // One GEMV over the packed weight W [N, K] for batch rows [blockIdx.y * BT, ...): y[b, r] = sum_k x'[b, k] W[r, k]
 // where x' = x (gamma == nullptr) or RMSNorm(x) * gamma (the norm's 1/rms applied to the dot product).
 // Warp task t (0 .. tasks-1) owns R rows (R/2 gate|up or rotary pairs), chosen by MODE (see the M_* defines).
@@ -193,37 +235,7 @@ __device__ void gemv(const unsigned char* __restrict__ w, const unsigned int* __
     if (gamma != nullptr)
 #pragma unroll
       for (int j = 0; j < R; ++j) y[j] *= rstd[b];
-    if (MODE == M_RESID) {
-#pragma unroll
-      for (int j = 0; j < R; ++j) out[(long long)bb * ldo + rows[j]] += y[j];
-    } else if (MODE == M_LOGITS) {
-#pragma unroll
-      for (int j = 0; j < R; ++j) out[(long long)bb * ldo + rows[j]] = y[j];
-    } else if (MODE == M_SWIGLU) {
-#pragma unroll
-      for (int j = 0; j < P; ++j) out[(long long)bb * inter + rows[j]] = y[j] / (1.f + __expf(-y[j])) * y[P + j];
-    } else {
-      const int pos = seqlens[bb];
-#pragma unroll
-      for (int j = 0; j < P; ++j) {
-        float y0 = y[j], y1 = y[P + j];
-        if (bias != nullptr) { y0 += h2f(bias[rows[j]]); y1 += h2f(bias[rows[P + j]]); }
-        const int head = (int)(rows[j] / HD), d = (int)(rows[j] % HD);
-        if (head < nh + kvh) {                   // q and k: rotate-half rotary at the row's position
-          const float c = cos_t[(long long)pos * (HD / 2) + d], s = sin_t[(long long)pos * (HD / 2) + d];
-          const float a = y0 * c - y1 * s, e = y1 * c + y0 * s;
-          y0 = a; y1 = e;
-        }
-        if (head < nh) {
-          float* q = out + (long long)bb * nh * HD + head * HD;
-          q[d] = y0; q[d + HD / 2] = y1;
-        } else {
-          const int kh = head < nh + kvh ? head - nh : head - nh - kvh;
-          unsigned short* cache = (head < nh + kvh ? kc : vc) + (((long long)bb * kvh + kh) * cap + pos) * HD;
-          cache[d] = f2h(y0); cache[d + HD / 2] = f2h(y1);
-        }
-      }
-    }
+    store_rows<MODE, R>(y, rows, bb, out, ldo, inter, bias, kc, vc, cos_t, sin_t, seqlens, nh, kvh, cap);
   }
 }
 
@@ -260,46 +272,6 @@ __device__ __forceinline__ float qcode(const uint4& raw, int e) {
   const unsigned int* u = reinterpret_cast<const unsigned int*>(&raw);
   const unsigned int v = FMT == Q8 ? (u[e >> 2] >> ((e & 3) * 8)) & 0xffu : (u[e >> 3] >> ((e & 7) * 4)) & 0xfu;
   return __uint_as_float(v | 0x4b000000u) - 8388608.f;
-}
-
-template <int MODE, int R>
-__device__ __forceinline__ void store_rows(float* y, const long long* rows, int bb, float* out, int ldo, int inter,
-                                           const unsigned short* __restrict__ bias, unsigned short* kc,
-                                           unsigned short* vc, const float* __restrict__ cos_t,
-                                           const float* __restrict__ sin_t, const int* __restrict__ seqlens, int nh,
-                                           int kvh, int cap) {
-  constexpr int P = R / 2;
-  if (MODE == M_RESID) {
-#pragma unroll
-    for (int j = 0; j < R; ++j) out[(long long)bb * ldo + rows[j]] += y[j];
-  } else if (MODE == M_LOGITS) {
-#pragma unroll
-    for (int j = 0; j < R; ++j) out[(long long)bb * ldo + rows[j]] = y[j];
-  } else if (MODE == M_SWIGLU) {
-#pragma unroll
-    for (int j = 0; j < P; ++j) out[(long long)bb * inter + rows[j]] = y[j] / (1.f + __expf(-y[j])) * y[P + j];
-  } else {
-    const int pos = seqlens[bb];
-#pragma unroll
-    for (int j = 0; j < P; ++j) {
-      float y0 = y[j], y1 = y[P + j];
-      if (bias != nullptr) { y0 += h2f(bias[rows[j]]); y1 += h2f(bias[rows[P + j]]); }
-      const int head = (int)(rows[j] / HD), d = (int)(rows[j] % HD);
-      if (head < nh + kvh) {
-        const float c = cos_t[(long long)pos * (HD / 2) + d], s = sin_t[(long long)pos * (HD / 2) + d];
-        const float a = y0 * c - y1 * s, e = y1 * c + y0 * s;
-        y0 = a; y1 = e;
-      }
-      if (head < nh) {
-        float* q = out + (long long)bb * nh * HD + head * HD;
-        q[d] = y0; q[d + HD / 2] = y1;
-      } else {
-        const int kh = head < nh + kvh ? head - nh : head - nh - kvh;
-        unsigned short* cache = (head < nh + kvh ? kc : vc) + (((long long)bb * kvh + kh) * cap + pos) * HD;
-        cache[d] = f2h(y0); cache[d + HD / 2] = f2h(y1);
-      }
-    }
-  }
 }
 
 // grid (ceil(tasks / (GW / KS)), ceil(B / NB)), block GW warps; warp w works on task blockIdx.x * GW/KS + w/KS and
