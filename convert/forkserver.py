@@ -43,6 +43,11 @@ def _die_with(parent_pid: int) -> None:
         os._exit(1)
 
 
+def _task_env() -> dict:
+    """The environment of every task: the caller's, with paddle2onnx's run-time pip installs off."""
+    return dict(os.environ, POLYGRAPHY_AUTOINSTALL_DEPS="0", PYTHONUNBUFFERED="1")
+
+
 def enabled() -> bool:
     mode = os.environ.get(ENV_MODE, "fork").strip().lower()
     if mode not in ("fork", "spawn"):
@@ -160,10 +165,9 @@ class ForkServer:
 
     def __init__(self):
         parent = os.getpid()
-        env = dict(os.environ, POLYGRAPHY_AUTOINSTALL_DEPS="0", PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen([sys.executable, "-m", "paddle2ort.convert.forkserver"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     env=env, preexec_fn=lambda: _die_with(parent))
+                                     env=_task_env(), preexec_fn=lambda: _die_with(parent))
         self.owner = parent
         self.lock = threading.Lock()
         self._buf = b""
@@ -200,7 +204,7 @@ class ForkServer:
         timeout_s (the child is killed first)."""
         req = {"argv": [str(a) for a in argv], "log": str(log_path), "cwd": os.getcwd(),
                "stdout": str(stdout_path) if stdout_path else None,
-               "env": dict(os.environ, POLYGRAPHY_AUTOINSTALL_DEPS="0", PYTHONUNBUFFERED="1"),
+               "env": _task_env(),
                "preload": list(preload)}
         deadline = time.monotonic() + timeout_s
         pid = None
@@ -212,14 +216,8 @@ class ForkServer:
                 raise ServerGone(f"the warm Paddle process is gone: {e}") from e
             pid = self._read(deadline)["pid"]
             return self._read(deadline)["returncode"]
-        except TaskTimeout:
-            if pid is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            self.close()                           # a clean slate for the next task
-            raise
-        except BaseException:                      # Ctrl-C, SIGTERM, ServerGone: no task is left running
-            if pid is not None:
+        except BaseException:                      # time-out, Ctrl-C, SIGTERM, ServerGone: no task is left running,
+            if pid is not None:                    # and the next task gets a clean server
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             self.close()
@@ -241,14 +239,6 @@ def server() -> ForkServer | None:
         return _SERVER
 
 
-def shutdown() -> None:
-    global _SERVER
-    with _SERVER_LOCK:
-        if _SERVER is not None and _SERVER.owner == os.getpid():
-            _SERVER.close()
-        _SERVER = None
-
-
 def run_module(argv: list[str], log_path: Path, timeout_s: float, preload=(), stdout_path=None) -> int:
     """`python -m argv[0] argv[1:]` (or `python script.py ...`, or `python -c CODE ...`) with output to log_path
     (stdout to stdout_path when given), warm when possible. Returns the exit status (negative: killed by that
@@ -266,7 +256,7 @@ def run_module(argv: list[str], log_path: Path, timeout_s: float, preload=(), st
             srv.lock.release()
     first = str(argv[0])
     cmd = [sys.executable, *([] if first.endswith(".py") or first == "-c" else ["-m"]), *map(str, argv)]
-    env = dict(os.environ, POLYGRAPHY_AUTOINSTALL_DEPS="0", PYTHONUNBUFFERED="1")
+    env = _task_env()
     parent = os.getpid()
     preexec = (lambda: _die_with(parent)) if sys.platform.startswith("linux") else None
     with open(log_path, "a", encoding="utf-8") as logf, \

@@ -1,6 +1,6 @@
 """Parent side of the Paddle worker: run one task in a child process and turn its fate into a typed result.
 
-Tasks run warm (forkserver.py: a fork of a process that has imported Paddle) or, with PADDLE2ORT_WORKER=spawn and
+Tasks run warm (forkserver.py: a fork of a process that has imported Paddle) or, with PADDLE2ORT_WORKER=spawn or
 off Linux, as a fresh `python -m`. Also the process hygiene of a conversion: SIGTERM is handled like Ctrl-C (the same
 cleanup runs), the worker dies with its parent (Linux PR_SET_PDEATHSIG), and work directories carry their owner's
 pid so the next run sweeps those of runs that were killed (SIGKILL leaves no chance to clean up).

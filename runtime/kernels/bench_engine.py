@@ -298,7 +298,7 @@ def attention_sweep(configs=("qwen2.5-0.5b", "smollm2-135m"), batches=(1, 8), ch
     timed in a CUDA graph, with the engine's grid (capacity / chunk splits, those past the context exit at once)."""
     import cupy as cp
 
-    from .engine import SHARED_LIMIT, ATT_THREADS, kernels, launch_attention
+    from .engine import attention_fits, kernels, launch_attention
     name = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
     rows, rng = [], np.random.default_rng(0)
     print(f"{name}: attention split sweep, capacity {capacity}")
@@ -306,7 +306,7 @@ def attention_sweep(configs=("qwen2.5-0.5b", "smollm2-135m"), batches=(1, 8), ch
         h, nh, kvh, hd, inter, vocab = GEOMETRY[cfg]
         g = nh // kvh
         for chunk in chunks:
-            if 4 * (g * hd + g * chunk + (ATT_THREADS // 32) * g * hd) > SHARED_LIMIT:
+            if not attention_fits(g, hd, chunk):
                 continue
             kern = kernels(hd, g, chunk, fmts=())
             nsplit = -(-capacity // chunk)

@@ -180,12 +180,18 @@ def check_geometry(spec: dict, weights: Weights) -> None:
                             + "; use the onnxruntime fused decoder (engine='onnxruntime')")
 
 
+def attention_fits(group: int, head_dim: int, chunk: int) -> bool:
+    """attn_split's float32 shared arrays (q [G][HD], scores [G][CHUNK], per-warp sums [W][G][HD]) fit a block."""
+    return 4 * (group * head_dim + group * chunk + (ATT_THREADS // 32) * group * head_dim) <= SHARED_LIMIT
+
+
 def attention_chunk(spec: dict) -> int:
     """Positions per flash-decoding split: 128 (or 64 where the shared memory of a large group needs it): short
-    contexts still spread over a few blocks a K/V head, long ones over many."""
+    contexts still spread over a few blocks a K/V head, long ones over many (benchmarks/results/llm-gpu/
+    attn-chunk-h200: smaller splits do not make short contexts faster)."""
     g, d = spec["num_heads"] // spec["kv_heads"], spec["head_dim"]
     for chunk in (128, 64):
-        if 4 * (g * d + g * chunk + (ATT_THREADS // 32) * g * d) <= SHARED_LIMIT:
+        if attention_fits(g, d, chunk):
             return chunk
     raise BadInputError(f"GQA group of {g} heads of size {d} does not fit the attention kernel's shared memory; "
                         "use the onnxruntime fused decoder")
