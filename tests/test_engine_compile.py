@@ -1,6 +1,8 @@
 """decode.cu compiles for a real geometry wherever nvcc is installed (CI without a GPU included), module by module
 as the engine compiles it (the attention one, one a weight format), and every kernel the engine launches is an entry
-of its module. Skipped without nvcc (the GPU tests compile it with NVRTC)."""
+of its module that takes part in programmatic dependent launch (sm_90: each entry triggers its dependents and waits
+for its predecessor, which is what makes the engine's pdl launch safe). Skipped without nvcc (the GPU tests compile
+it with NVRTC)."""
 import re
 import shutil
 import subprocess
@@ -20,7 +22,7 @@ def test_decode_kernels_compile_and_export_what_the_engine_launches(tmp_path):
     procs = []
     for i, opts in enumerate(engine.module_options(64, 3, chunk)):
         ptx = tmp_path / f"decode{i}.ptx"
-        procs.append((opts, ptx, subprocess.Popen([NVCC, "-std=c++17", "-arch=sm_80", *opts, "--ptx",
+        procs.append((opts, ptx, subprocess.Popen([NVCC, "-std=c++17", "-arch=sm_90", *opts, "--ptx",
                                                    str(engine.SOURCE), "-o", str(ptx)], stderr=subprocess.PIPE,
                                                   text=True)))
     for opts, ptx, proc in procs:
@@ -29,6 +31,10 @@ def test_decode_kernels_compile_and_export_what_the_engine_launches(tmp_path):
         entries = set(re.findall(r"\.entry\s+(\w+)", ptx.read_text()))
         missing = set(engine.module_names(opts)) - entries
         assert not missing, sorted(missing)
+        bodies = re.split(r"\.entry\s+", ptx.read_text())[1:]
+        no_pdl = [b.split("(", 1)[0] for b in bodies
+                  if "griddepcontrol.wait" not in b or "griddepcontrol.launch_dependents" not in b]
+        assert len(bodies) == len(entries) and not no_pdl, no_pdl
 
 
 def test_every_plan_names_a_compiled_kernel():

@@ -158,6 +158,31 @@ def test_engine_on_the_gpu_matches_its_twins(tiny, name, gemv):
         _close(a, b, 2e-2)
 
 
+@pytest.mark.parametrize("name", ["fp16", "int4"])
+def test_programmatic_dependent_launch_changes_no_bit(tiny, name):
+    """pdl=True (the default from sm_90): the same kernels in the same order, each allowed to start while the
+    previous one ends -> the same logits bit for bit as plain stream order, in the CUDA graph and eagerly."""
+    from paddle2ort.runtime.kernels import pdl
+    if not pdl.supported(cp):
+        pytest.skip("programmatic dependent launch needs compute capability 9.0+")
+    tmp, spec = tiny
+    prompts = [list(range(3, 303)), [7, 8, 9], list(range(100, 140))]
+    outs = []
+    for kw in ({"pdl": True}, {"pdl": False}, {"pdl": True, "cuda_graph": False}):
+        dec = KernelEngine(tmp / f"{name}.onnx", spec, device="gpu", max_length=400, prefill="kernels", **kw)
+        assert dec.pdl is kw["pdl"]
+        dec.start(len(prompts))
+        dec.append(prompts, np.zeros(len(prompts), np.int64), 8)
+        steps = []
+        for j in range(8):
+            dec.next_ids[:, 0] = dec.xp.asarray(np.array([j + 1, 2 * j + 5, 40 - j], np.int64))
+            dec.seqlens[...] += 1
+            steps.append(dec.host(dec.step(None)[0]).copy())
+        outs.append(np.stack(steps))
+        dec.release()
+    assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])
+
+
 def test_prompt_pass_by_the_fused_graph_fills_our_cache(tiny):
     """prefill="onnxruntime": the fused graph's prompt call writes our cache in place; the tokens follow ours."""
     from paddle2ort.runtime.session import gpu_available

@@ -16,6 +16,7 @@
 #                                                                                                     engine_tests.txt
 # Usage: engine_gpu.sh [all|validate|kernels] [extra engine_bench run arguments]
 # ENGINE_GPU_BUDGET_S (default 450): the whole call's seconds; each step's limit comes out of what is left.
+# ENGINE_ALSO_V1=0: no v1-GEMV system in step 4 (extra arguments such as --also-no-pdl add others).
 set -uo pipefail
 mkdir -p /tmp/p2o && ln -sfn "$PWD" /tmp/p2o/paddle2ort
 export PYTHONPATH=/tmp/site:/tmp/p2o
@@ -67,7 +68,7 @@ say "4. engine bench: ours vs the onnxruntime fused graph"
 $PY -c "import gguf" 2>/dev/null || $PY -m pip install -q --no-index --no-deps --target /tmp/site .device/whl/gguf-*.whl \
   2>/dev/null || true
 ARGS=(--gemv "$gemv" --configs qwen2.5-0.5b smollm2-135m)
-[[ " $passed " == *" v1 "* && "$gemv" = v2 ]] && ARGS+=(--also-v1)
+[[ " $passed " == *" v1 "* && "$gemv" = v2 && "${ENGINE_ALSO_V1:-1}" != 0 ]] && ARGS+=(--also-v1)
 if ls /tmp/stage/gguf.part* >/dev/null 2>&1; then
   [ -f /tmp/smollm2.gguf ] || cat /tmp/stage/gguf.part* > /tmp/smollm2.gguf
   ARGS+=(--gguf /tmp/smollm2.gguf)

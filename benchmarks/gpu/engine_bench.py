@@ -26,8 +26,11 @@ SCENARIOS = ((128, 128), (2048, 256))
 TIE = 1e-2                     # the fp16 gate's tie margin: a flip where the oracle's top-2 gap < TIE x range is a tie
 OURS, ORT = "ours (kernel engine)", "onnxruntime fused graph"
 OURS_V1 = "ours (kernel engine, v1 GEMVs)"        # the first GEMV kernels beside the default ones (--also-v1)
-SHORT = {OURS: "ours", OURS_V1: "ours, v1 GEMVs", ORT: "onnxruntime"}   # plot legend
-GEMV = {OURS: "v2", OURS_V1: "v1"}                # system -> KernelEngine(gemv=...); run() sets OURS's from --gemv
+OURS_NO_PDL = "ours (kernel engine, no PDL)"      # the default kernels launched without programmatic dependent launch
+SHORT = {OURS: "ours", OURS_V1: "ours, v1 GEMVs", OURS_NO_PDL: "ours, no PDL", ORT: "onnxruntime"}   # plot legend
+# system -> KernelEngine options; run() sets OURS's from --gemv / --pdl
+ENGINE = {OURS: {"gemv": "v2", "pdl": None}, OURS_V1: {"gemv": "v1", "pdl": None},
+          OURS_NO_PDL: {"gemv": "v2", "pdl": False}}
 CHUNK: dict = {"chunk": None}                     # KernelEngine(chunk=...): run() sets it from --chunk
 
 
@@ -35,9 +38,9 @@ def _decoder(system: str, path: Path, spec: dict, capacity: int, prefill: str = 
     from paddle2ort.runtime.fused import FusedDecoder
     from paddle2ort.runtime.kernels.engine import KernelEngine
     from paddle2ort.runtime.session import SessionOptions
-    if system in GEMV:
-        return KernelEngine(path, spec, device="gpu", max_length=capacity, prefill=prefill, gemv=GEMV[system],
-                            chunk=CHUNK["chunk"])
+    if system in ENGINE:
+        return KernelEngine(path, spec, device="gpu", max_length=capacity, prefill=prefill, chunk=CHUNK["chunk"],
+                            **ENGINE[system])
     dec = FusedDecoder(path, spec, session=SessionOptions(device="gpu"), max_length=capacity)
     if dec.session.get_providers()[0] != "CUDAExecutionProvider":
         raise RuntimeError(f"the fused graph runs on {dec.session.get_providers()}, not CUDA")
@@ -127,7 +130,7 @@ def bench_config(name: str, work: Path, systems: list[str], batches, scenarios, 
                     if system != ORT:
                         row["gpu_step_us"] = graph_step_us(dec, b)
                         row["prefill_by"] = dec.prefill_by
-                        row["gemv"] = dec.gemv
+                        row["gemv"], row["pdl"] = dec.gemv, dec.pdl
                     res["rows"].append(row)
                     tokens[(system, p, b)] = r["tokens"]
                     log.info("%s %s %s b%d %d+%d: %.0f tok/s/seq, %.1f%% of copy bw, TTFT %.1f ms", name, system, v,
@@ -228,10 +231,12 @@ def run(a) -> dict:
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     bw = copy_bandwidth(cp)
-    GEMV[OURS], CHUNK["chunk"] = a.gemv, a.chunk
+    ENGINE[OURS] = {"gemv": a.gemv, "pdl": {"auto": None, "on": True, "off": False}[a.pdl]}
+    CHUNK["chunk"] = a.chunk
     res = {"device": device_info(), "copy_bandwidth_gb_s": bw / 1e9, "reps": a.reps, "gemv": a.gemv,
-           "attention_chunk": a.chunk or "engine default",
-           "systems": [OURS] + ([ORT] if a.ort else []) + ([OURS_V1] if a.also_v1 else []), "configs": {}}
+           "pdl": a.pdl, "attention_chunk": a.chunk or "engine default",
+           "systems": [OURS] + ([ORT] if a.ort else []) + ([OURS_NO_PDL] if a.also_no_pdl else [])
+           + ([OURS_V1] if a.also_v1 else []), "configs": {}}
     if a.gguf:
         try:
             res["golden"] = golden_parity(Path(a.gguf), Path(a.golden), work, a.ort)
@@ -360,7 +365,11 @@ def main(argv=None) -> int:
     r.add_argument("--budget-s", type=float, default=480, help="skip the remaining timings after this many seconds")
     r.add_argument("--work", default="/tmp/p2o-engine")
     r.add_argument("--gemv", default="v2", choices=["v2", "v1"], help="the engine's GEMV kernels (decode.cu)")
-    r.add_argument("--also-v1", action="store_true", help="the engine with the v1 GEMVs as a third system")
+    r.add_argument("--also-v1", action="store_true", help="the engine with the v1 GEMVs as another system")
+    r.add_argument("--pdl", default="auto", choices=["auto", "on", "off"],
+                   help="programmatic dependent launch of the engine's kernels (auto: on from compute capability 9.0)")
+    r.add_argument("--also-no-pdl", action="store_true",
+                   help="the engine launched without programmatic dependent launch as another system")
     r.add_argument("--chunk", type=int, help="positions a flash-decoding split (default: the engine's choice)")
     p = sub.add_parser("report")
     p.add_argument("dir", type=Path)

@@ -31,6 +31,21 @@
 #define ATT_THREADS 128
 #define NEG_INF __int_as_float(0xff800000)
 
+// Programmatic dependent launch (engine pdl=True, sm_90+: kernels/pdl.py). Every kernel calls PDL_WAIT before its
+// first read of anything an earlier kernel writes and before any write of its own (it returns once the previous
+// kernel has completed and its memory is visible; only static data, the weights, is touched before), and PDL_LAUNCH
+// once its main loads are issued (the next kernel of the step may then be scheduled, prefetch its weights and wait).
+// Without the launch attribute, or below sm_90, both are no-ops.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define PDL_LAUNCH() asm volatile("griddepcontrol.launch_dependents;" ::: "memory")
+#define PDL_WAIT() asm volatile("griddepcontrol.wait;" ::: "memory")
+#define PREFETCH_L2(p) asm volatile("prefetch.global.L2 [%0];" ::"l"(p))
+#else
+#define PDL_LAUNCH()
+#define PDL_WAIT()
+#define PREFETCH_L2(p)
+#endif
+
 #define F16 0
 #define F32 1
 #define Q8 2
@@ -60,9 +75,12 @@ template <> struct Fmt<Q4> { static constexpr int EPL = 32; };
 
 // the 16 bytes holding elements k .. k + EPL - 1 of row r
 template <int FMT>
+__device__ __forceinline__ const unsigned char* raw_ptr(const unsigned char* w, long long r, int k, int row_bytes) {
+  return w + r * row_bytes + (FMT == F16 ? 2LL * k : FMT == F32 ? 4LL * k : FMT == Q8 ? (long long)k : k / 2);
+}
+template <int FMT>
 __device__ __forceinline__ uint4 load_raw(const unsigned char* w, long long r, int k, int row_bytes) {
-  long long byte = r * row_bytes + (FMT == F16 ? 2LL * k : FMT == F32 ? 4LL * k : FMT == Q8 ? (long long)k : k / 2);
-  return __ldg(reinterpret_cast<const uint4*>(w + byte));
+  return __ldg(reinterpret_cast<const uint4*>(raw_ptr<FMT>(w, r, k, row_bytes)));
 }
 
 // element e of a raw 16-byte chunk, dequantized with the chunk's block {scale, zero point}
@@ -148,6 +166,7 @@ __device__ void gemv(const unsigned char* __restrict__ w, const unsigned int* __
   constexpr int U = UNROLL * 2 / R;             // chunks a row in flight: 2 rows x 4 or 4 rows x 2
   constexpr int P = R / 2;                       // SwiGLU: gate/up pairs; QKV: rotary pairs (d, d + HD/2)
   __shared__ float rstd[BT];
+  PDL_WAIT();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int b0 = blockIdx.y * BT;
   const int nb = min(BT, B - b0);
@@ -224,6 +243,7 @@ __device__ void gemv(const unsigned char* __restrict__ w, const unsigned int* __
       }
     }
   }
+  PDL_LAUNCH();                                  // the weights are read: the next kernel may start
 #pragma unroll
   for (int b = 0; b < BT; ++b) {
     if (b >= nb) break;
@@ -307,6 +327,18 @@ __device__ void gemv2(const unsigned char* __restrict__ w, const unsigned int* _
       rows[P + j] = rows[j] + HD / 2;
     } else { rows[j] = (long long)R * t + j; rows[P + j] = (long long)R * t + P + j; }
   }
+  if (live) {                                    // the first chunks' weights into L2 while the previous kernel ends
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int ci = ks + u * KS;
+      const int k = ci * STEP + lane * EPL;
+      if (ci < nchunks && k < K)
+#pragma unroll
+        for (int j = 0; j < R; ++j)
+          PREFETCH_L2(raw_ptr<FMT>(w, rows[j], k, row_bytes));
+    }
+  }
+  PDL_WAIT();
   float acc[R][NB], ss[NB];
 #pragma unroll
   for (int b = 0; b < NB; ++b) {
@@ -386,6 +418,7 @@ __device__ void gemv2(const unsigned char* __restrict__ w, const unsigned int* _
       }
     }
   }
+  PDL_LAUNCH();                                  // the weights are read: the next kernel may start
   // sums over the lanes, then over the KS warps of the task (fixed order)
 #pragma unroll
   for (int b = 0; b < NB; ++b) {
@@ -469,6 +502,8 @@ GEMV2_ALL(q4, Q4)
 // resid[b, :] = float(embed[ids[b], :]); grid (B), any block size
 extern "C" __global__ void embed_rows(const unsigned short* __restrict__ table, const long long* __restrict__ ids,
                                       float* resid, int H) {
+  PDL_LAUNCH();
+  PDL_WAIT();
   const long long row = ids[blockIdx.x];
   for (int k = threadIdx.x; k < H; k += blockDim.x) resid[(long long)blockIdx.x * H + k] = h2f(table[row * H + k]);
 }
@@ -476,7 +511,8 @@ extern "C" __global__ void embed_rows(const unsigned short* __restrict__ table, 
 // Flash-decoding, split K: block (split s, K/V head kh, batch row b) attends the GQA query heads of kh over
 // positions [s*CHUNK, min((s+1)*CHUNK, seqlens[b]+1)) and writes each head's unnormalized partial output with its
 // max and sum (part_o [B, NH, S, HD], part_ml [B, NH, S, 2]); the last block of (b, kh) merges the splits:
-// out [B, NH*HD] = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s (twins: attn_split, attn_combine).
+// out [B, NH*HD] = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s (twins: attn_split, attn_combine). A context of
+// one split (len <= CHUNK) skips the partials and the merge: out = o / l, what the merge computes for it.
 extern "C" __global__ void __launch_bounds__(ATT_THREADS) attn_split(
     const float* __restrict__ q, const unsigned short* __restrict__ kc, const unsigned short* __restrict__ vc,
     const int* __restrict__ seqlens, float* part_o, float* part_ml, float* out, int* counter, int kvh, int cap,
@@ -485,14 +521,24 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) attn_split(
   __shared__ float qs[G][HD];
   __shared__ float ps[G][CHUNK];
   __shared__ float red[W][G][HD];
+  __shared__ float ls[G];
   const int s = blockIdx.x, kh = blockIdx.y, b = blockIdx.z, nh = kvh * G;
+  // seqlens is written before the step (the sampler), the cache rows below the new one by earlier steps: both may be
+  // read before PDL_WAIT; the split's K and V rows go into L2 while the QKV kernel writes the new one
   const int len = seqlens[b] + 1, t0 = s * CHUNK, t1 = min(len, t0 + CHUNK), n = t1 - t0;
+  const long long base = ((long long)b * kvh + kh) * cap;
+  for (int i = threadIdx.x; i < n; i += ATT_THREADS)
+#pragma unroll
+    for (int c = 0; c < HD * 2; c += 128) {
+      PREFETCH_L2(reinterpret_cast<const unsigned char*>(kc + (base + t0 + i) * HD) + c);
+      PREFETCH_L2(reinterpret_cast<const unsigned char*>(vc + (base + t0 + i) * HD) + c);
+    }
+  PDL_WAIT();
   if (n <= 0) return;                                   // the merge reads only the splits below len
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const float* qb = q + ((long long)b * nh + kh * G) * HD;
   for (int i = tid; i < G * HD; i += ATT_THREADS) qs[i / HD][i % HD] = qb[i] * scale;
   __syncthreads();
-  const long long base = ((long long)b * kvh + kh) * cap;
   for (int i = tid; i < n; i += ATT_THREADS) {          // scores: one position a thread, all G heads
     const uint4* kr = reinterpret_cast<const uint4*>(kc + (base + t0 + i) * HD);
     float sc[G];
@@ -522,9 +568,11 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) attn_split(
     if (lane == 0) {
       float* ml = part_ml + (((long long)b * nh + kh * G + h) * nsplit + s) * 2;
       ml[0] = m; ml[1] = l;
+      ls[h] = l;
     }
   }
   __syncthreads();
+  PDL_LAUNCH();                                  // K is read, V next: the next kernel may start
   // P @ V: a K/V row is HD/8 lanes of 8 dims (16-byte loads); a warp takes 32/(HD/8) rows at once
   constexpr int LPR = HD / 8, RPW = 32 / LPR;
   float acc[G][8];
@@ -555,18 +603,22 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) attn_split(
       if (lane < LPR) red[warp][h][lane * 8 + e] = v;
     }
   __syncthreads();
+  const int used = (len + CHUNK - 1) / CHUNK;
   for (int i = tid; i < G * HD; i += ATT_THREADS) {
     float v = 0.f;
 #pragma unroll
     for (int w = 0; w < W; ++w) v += red[w][i / HD][i % HD];
-    part_o[(((long long)b * nh + kh * G + i / HD) * nsplit + s) * HD + i % HD] = v;
+    if (used == 1)                                      // one split: the merge below is e^0 = 1 times o and l
+      out[((long long)b * nh + kh * G + i / HD) * HD + i % HD] = v / ls[i / HD];
+    else
+      part_o[(((long long)b * nh + kh * G + i / HD) * nsplit + s) * HD + i % HD] = v;
   }
+  if (used == 1) return;
   // the last split block of (b, kh) to finish merges the splits (threadFenceReduction pattern; the counter
   // [B, KVH] resets itself for the next layer and step)
   __shared__ int is_last;
   __threadfence();
   __syncthreads();
-  const int used = (len + CHUNK - 1) / CHUNK;
   if (tid == 0) {
     const int done = atomicAdd(counter + b * kvh + kh, 1);
     is_last = done == used - 1;
@@ -580,8 +632,10 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) attn_split(
     const float* ml = part_ml + ((long long)b * nh + h) * nsplit * 2;
     const float* o = part_o + ((long long)b * nh + h) * nsplit * HD;
     float m = NEG_INF;
+#pragma unroll 4
     for (int t = 0; t < used; ++t) m = fmaxf(m, __ldcg(ml + 2 * t));
     float num = 0.f, den = 0.f;
+#pragma unroll 4
     for (int t = 0; t < used; ++t) {
       const float f = __expf(__ldcg(ml + 2 * t) - m);
       num += f * __ldcg(o + t * HD + d);

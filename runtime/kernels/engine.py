@@ -290,12 +290,17 @@ def launch_attention(kern: dict, q, kc, vc, seqlens, part_o, part_ml, out, scale
                                                           i32(kvh), i32(cap), i32(nsplit), np.float32(scale)))
 
 
-def kernels(head_dim: int, group: int, chunk: int, fmts: Sequence[str] = tuple(EPL)) -> dict:
-    """decode.cu's kernels for one geometry and these weight formats, by name."""
+def kernels(head_dim: int, group: int, chunk: int, fmts: Sequence[str] = tuple(EPL), pdl: bool = False) -> dict:
+    """decode.cu's kernels for one geometry and these weight formats, by name; pdl: each launched with
+    programmatic stream serialization (kernels/pdl.py), called the same way."""
     out = {}
     for opts in module_options(head_dim, group, chunk, fmts):
         mod = compiled(opts)
         out.update((n, mod.get_function(n)) for n in module_names(opts))
+    if pdl:
+        from . import pdl as P
+        from .cuda import cupy
+        out = {n: P.PdlKernel(f, cupy()) for n, f in out.items()}
     return out
 
 
@@ -325,7 +330,7 @@ class KernelEngine(DeviceStateMemory):
 
     def __init__(self, model_path: str | Path, spec: dict, device: str = "gpu", max_length: int | None = None,
                  cuda_graph: bool = True, device_id: int = 0, weights: Weights | None = None,
-                 chunk: int | None = None, prefill: str = "auto", gemv: str = "v2"):
+                 chunk: int | None = None, prefill: str = "auto", gemv: str = "v2", pdl: bool | None = None):
         if gemv not in GEMV_VERSIONS:
             raise BadInputError(f"gemv must be one of {', '.join(GEMV_VERSIONS)}, got {gemv!r}")
         self.spec, self.gemv = spec, gemv
@@ -352,9 +357,11 @@ class KernelEngine(DeviceStateMemory):
             self.w = self._to_device(host)
             fmts = sorted({p.fmt for p in [host.head] + [getattr(l, n) for l in host.layers
                                                          for n in ("qkv", "o", "gate_up", "down")]})
-            self.k = kernels(self.head_dim, self.num_heads // self.kv_heads, self.chunk, fmts)
+            from . import pdl as P
+            self.pdl = P.supported(cp) if pdl is None else bool(pdl)
+            self.k = kernels(self.head_dim, self.num_heads // self.kv_heads, self.chunk, fmts, self.pdl)
         else:
-            self.xp, self.stream, self.k = np, None, None
+            self.xp, self.stream, self.k, self.pdl = np, None, None, False
             self.cache_dtype = np.dtype(host.embed.dtype).type
             self.w = host
             self._dense = {}                                # id(Packed) -> float32 [N, K] for the twins
