@@ -62,7 +62,9 @@ def test_fused_decoder_over_2gib_is_written_with_external_data(tmp_path):
     big = spec_with_vocab(4_300_000)
     state = random_state(spec_with_vocab(1000), seed=2)
     rng = np.random.default_rng(3)
-    embed = rng.standard_normal((big.vocab_size, big.hidden_size), dtype=np.float32) * np.float32(0.05)
+    # rows past 1,000 repeat one random 65,536-row block (drawing all 4.3M rows took 4 s of this test)
+    block = rng.standard_normal((65_536, big.hidden_size), dtype=np.float32) * np.float32(0.05)
+    embed = np.resize(block, (big.vocab_size, big.hidden_size))
     embed[:1000] = state["llama.embed_tokens.weight"]
     small_state = dict(state)
     state["llama.embed_tokens.weight"] = embed
