@@ -365,6 +365,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, nargs="+", help="default: 1 3 8 (validate), 1 8 (time)")
     ap.add_argument("--versions", nargs="+", default=["v2", "v1"], choices=["v2", "v1"], help="GEMV versions")
     ap.add_argument("--jobs", type=int, default=8, help="compile: processes")
+    ap.add_argument("--chunks", type=int, nargs="+", default=[16, 32, 64, 128, 256],
+                    help="attention: positions a split to sweep (those whose shared memory fits)")
     ap.add_argument("--json")
     a = ap.parse_args(argv)
     if a.step == "compile":
@@ -372,7 +374,7 @@ def main(argv=None) -> int:
     if a.step == "validate":
         res = validate(a.config, a.batch or [1, 3, 8], a.versions)
     elif a.step == "attention":
-        res = attention_sweep(a.config, a.batch or [1, 8])
+        res = attention_sweep(a.config, a.batch or [1, 8], tuple(a.chunks))
     else:
         res = run(a.config, a.batch or [1, 8], a.versions)
     if a.json:

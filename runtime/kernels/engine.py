@@ -342,7 +342,11 @@ class KernelEngine(DeviceStateMemory):
             raise BadInputError(f"max_length {self.capacity} exceeds the model's {spec['max_positions']} positions")
         host = weights or load_weights(model_path, spec)
         check_geometry(spec, host)
-        self.chunk = min(chunk or 1 << 30, attention_chunk(spec))
+        self.chunk = int(chunk or attention_chunk(spec))
+        if not attention_fits(self.num_heads // self.kv_heads, self.head_dim, self.chunk):
+            raise BadInputError(f"an attention split of {self.chunk} positions does not fit the kernel's shared "
+                                f"memory for this geometry; leave chunk unset (the engine picks "
+                                f"{attention_chunk(spec)})")
         self.nsplit = -(-self.capacity // self.chunk)
         self.scale = float(1.0 / np.sqrt(self.head_dim))
         if device == "gpu":
