@@ -20,7 +20,9 @@ def load_llm(model_dir: str):
         cfg = json.load(f)
     fam = FAMILIES[family_name(cfg)]
     arch = (cfg.get("architectures") or [fam.model_class])[0]
-    model = getattr(T, fam.model_class).from_pretrained(model_dir, dtype="float32")
+    # low_cpu_mem_usage: the weights are created from the checkpoint, not randomly initialized first and then
+    # overwritten (SmolLM2-135M: 6.5 s -> 1.5 s a load); the same parameters and buffers, checked equal for every family
+    model = getattr(T, fam.model_class).from_pretrained(model_dir, dtype="float32", low_cpu_mem_usage=True)
     if fam.prepare is not None:
         fam.prepare(model, model_dir)
     model.eval()
