@@ -82,11 +82,42 @@ class DeviceStateMemory:
         return int(free + self.xp.get_default_memory_pool().free_bytes()) + self.held_bytes()
 
 
+def without_head(model_path: str | Path) -> bytes | None:
+    """The fused decoder with its LM head cut off, for a prompt pass whose caller computes the last rows' logits
+    itself (the kernel engine): output "logits" becomes the head's input, the final-norm hidden state [B, S, H], so
+    the prompt call neither multiplies every position by the vocabulary (2,048 x 151,936 for a Qwen2.5 prompt) nor
+    holds B x S x V logits. Cut with onnx by hand (a node and its weights removed, an Identity to the output): no
+    library trims a graph at a named node. None where the weights live outside the file (> 2 GB: the full graph
+    serves, as a serialized proto cannot exceed 2 GB)."""
+    import onnx
+    from onnx import TensorProto, helper
+    m = onnx.load(str(model_path), load_external_data=False)
+    if any(t.data_location == TensorProto.EXTERNAL for t in m.graph.initializer):
+        return None
+    head = [n for n in m.graph.node if "logits" in n.output]
+    if len(head) != 1 or head[0].op_type not in ("MatMul", "MatMulNBits"):
+        raise BadInputError(f"{model_path}: no single LM head (MatMul / MatMulNBits) writes 'logits'; not a fused "
+                            "decoder of convert-llm")
+    head = head[0]
+    inits = {t.name: t for t in m.graph.initializer}
+    # the activation's type: MatMul's is its weight's; MatMulNBits' is its scales'
+    elem = inits[head.input[1] if head.op_type == "MatMul" else head.input[2]].data_type
+    m.graph.node.remove(head)
+    m.graph.node.append(helper.make_node("Identity", [head.input[0]], ["logits"], name="prompt_hidden"))
+    used = {i for n in m.graph.node for i in n.input}
+    keep = [t for t in m.graph.initializer if t.name in used]
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(keep)
+    out = next(o for o in m.graph.output if o.name == "logits")
+    out.CopyFrom(helper.make_tensor_value_info("logits", elem, ["batch", "sequence", "hidden"]))
+    return m.SerializeToString()
+
+
 class FusedDecoder(DeviceStateMemory):
     """Session + per-batch device state for a fused decoder file. device: "cpu" or "gpu"; cuda_options are extra
     CUDA provider options (e.g. {"sdpa_kernel": 1} to pin an attention kernel)."""
 
-    def __init__(self, model_path: str | Path, spec: dict, session: SessionOptions = SessionOptions(),
+    def __init__(self, model_path: str | Path | bytes, spec: dict, session: SessionOptions = SessionOptions(),
                  max_length: int | None = None, cuda_graph: bool = True):
         self.spec, self.device_id = spec, session.device_id
         self.num_layers, self.kv_heads, self.head_dim = spec["num_layers"], spec["kv_heads"], spec["head_dim"]
@@ -114,13 +145,15 @@ class FusedDecoder(DeviceStateMemory):
             self.session = create_session(model_path, session)
         except Exception as e:
             if session.wants_cuda and "graph capture" in str(e):
-                raise DeviceError(f"{Path(model_path).name} has nodes onnxruntime's CUDA provider does not run (its "
+                name = "the fused decoder" if isinstance(model_path, bytes) else Path(model_path).name
+                raise DeviceError(f"{name} has nodes onnxruntime's CUDA provider does not run (its "
                                   "GroupQueryAttention is float16/bfloat16 only, so a float32 fused decoder is a CPU "
                                   "graph): use the fp16 or int4 fused decoder on the GPU") from e
             raise
         types = {i.name: i.type for i in self.session.get_inputs()}
         if "past_key_values.0.key" not in types or "seqlens_k" not in types:
-            raise BadInputError(f"{model_path} is not a fused decoder (inputs: {', '.join(types)})")
+            name = "the model" if isinstance(model_path, bytes) else model_path
+            raise BadInputError(f"{name} is not a fused decoder (inputs: {', '.join(types)})")
         self.dtype = _ORT_TYPES[types["past_key_values.0.key"]]                       # KV cache
         self.logits_dtype = _ORT_TYPES[{o.name: o.type for o in self.session.get_outputs()}["logits"]]
         self.states: dict[int, DecodeState] = {}

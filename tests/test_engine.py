@@ -181,3 +181,37 @@ def test_engine_bench_parity_and_verdicts_from_a_run(models):
     assert got["batch-8 aggregate / batch 1"] == (6.0, True)
     assert got["TTFT ours / onnxruntime fused graph"] == (0.8, True)
     assert "| ours (kernel engine) | fp16 | 1 | 128+128 |" in E.markdown(res)
+
+
+@pytest.mark.parametrize("key", [("fp32", True, 6), ("int4", False, 6)])
+def test_prompt_graph_without_its_head_outputs_the_heads_input(models, key):
+    """fused.without_head (the kernel engine's GPU prompt pass): 'logits' become the final-norm hidden states, and
+    those times the LM head (as the engine reads it from the same file) are the full graph's logits."""
+    from paddle2ort.runtime.fused import without_head
+    from paddle2ort.runtime.kernels.engine import load_weights
+    path, spec = models[key]
+    cut = without_head(path)
+    full = FusedDecoder(path, spec, max_length=40)
+    hidden = FusedDecoder(cut, dict(spec, vocab_size=spec["hidden_size"]), max_length=40)
+    want, rows = full.prefill(full.state(3), PROMPTS, 0)
+    got, rows2 = hidden.prefill(hidden.state(3), PROMPTS, 0)
+    assert got.shape == (3 * max(map(len, PROMPTS)), spec["hidden_size"]) and np.array_equal(rows, rows2)
+    head = load_weights(path, spec).head.dense()                         # [V, H]
+    tol = 1e-4 if key[0] == "fp32" else 2e-3               # the quantized head: onnxruntime's block kernel
+    np.testing.assert_allclose(np.asarray(got[rows], np.float32) @ head.T, want[rows], rtol=0,
+                               atol=tol * np.abs(want[rows]).max())
+    import onnx
+    kept = {t.name for t in onnx.load_from_string(cut).graph.initializer}
+    assert not {n for n in kept if n.startswith("lm_head")}               # the head's weights are not loaded
+
+
+def test_without_head_refuses_a_graph_without_one(tmp_path):
+    from onnx import TensorProto, helper, save
+
+    from paddle2ort.runtime.fused import without_head
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["logits"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1])])
+    save(helper.make_model(g), tmp_path / "m.onnx")
+    with pytest.raises(BadInputError, match="no single LM head"):
+        without_head(tmp_path / "m.onnx")

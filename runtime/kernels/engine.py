@@ -370,6 +370,7 @@ class KernelEngine(DeviceStateMemory):
             self.w = host
             self._dense = {}                                # id(Packed) -> float32 [N, K] for the twins
         self.cuda_graph = cuda_graph and self.xp is not np
+        self.prompt_hidden = False                          # the prompt graph stops before the LM head (GPU)
         self.prompt_graph = self._prompt_graph(model_path, prefill)
         self.weight_bytes = self.w.step_bytes()
         self.states: dict[int, State] = {}
@@ -387,20 +388,27 @@ class KernelEngine(DeviceStateMemory):
 
     def _prompt_graph(self, model_path, prefill: str):
         """The prompt pass: "kernels" (ours, dense products through CuPy), "onnxruntime" (the fused graph's
-        prompt call, cuBLAS + flash attention, writing our cache buffers in place) or "auto" (the fused graph
+        prompt call, cuBLAS + flash attention, writing our cache buffers in place; on the GPU cut before its LM
+        head (fused.without_head), our head kernel then computes each row's last logits) or "auto" (the fused graph
         where onnxruntime's CUDA provider loads, else ours). -> the FusedDecoder used for prompts, or None."""
         if prefill not in ("auto", "kernels", "onnxruntime"):
             raise BadInputError(f"prefill must be auto, kernels or onnxruntime, got {prefill!r}")
         if prefill == "kernels" or (prefill == "auto" and self.xp is np):
             return None
-        from ..fused import FusedDecoder
+        from ..fused import FusedDecoder, without_head
         from ..session import SessionOptions, gpu_available
         if prefill == "auto" and not gpu_available():
             return None
         device = "cpu" if self.xp is np else "gpu"            # on the CPU: the twins' cache, filled by onnxruntime
+        model, spec = model_path, self.spec
+        if self.xp is not np:             # our LM head kernel computes the last rows' logits: the graph stops before
+            cut = without_head(model_path)
+            if cut is not None:
+                model, spec = cut, dict(self.spec, vocab_size=self.hidden)
         try:
-            return FusedDecoder(model_path, self.spec, SessionOptions(device=device), max_length=self.capacity,
-                                cuda_graph=False)
+            dec = FusedDecoder(model, spec, SessionOptions(device=device), max_length=self.capacity, cuda_graph=False)
+            self.prompt_hidden = model is not model_path
+            return dec
         except (BadInputError, DeviceError) as e:
             if prefill == "onnxruntime":
                 raise
@@ -549,7 +557,14 @@ class KernelEngine(DeviceStateMemory):
         with ort.on_stream():
             logits, rows = ort.prefill(fst, prompts, 0)
         ort.synchronize()
-        return logits, rows
+        if not self.prompt_hidden:
+            return logits, rows
+        with self.on_stream():                            # "logits" are the final-norm hidden states: our LM head
+            x = logits[rows].astype(np.float32)           # on each row's last prompt position, [B, H]
+            out = self.xp.empty((st.batch, self.vocab_size), np.float32)
+            launch_gemv(self.k, "logits", self.w.head, x, None, self.eps, st.batch, out, ldo=self.vocab_size,
+                        plan=self.plan(self.w.head, "logits", st.batch))
+        return out, None
 
     def prefill(self, st: State, prompts: Sequence[Sequence[int]]):
         """Right-padded prompt pass: fills the cache at positions 0..len-1 -> (logits, rows): rows[b] picks row
