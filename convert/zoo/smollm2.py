@@ -104,6 +104,7 @@ def build(out: Path, force: bool = False) -> Path:
         return out
     import paddle
     from paddlenlp.transformers import LlamaForCausalLM
+    from paddlenlp.transformers.model_utils import no_init_weights
     from paddlenlp.utils.log import logger as paddlenlp_log
 
     from paddle2ort.convert.llm.eager import greedy
@@ -117,7 +118,8 @@ def build(out: Path, force: bool = False) -> Path:
         log.info("GGUF read and dequantized: %d tensors, %d layers, GQA %d/%d", len(tensors),
                  cfg["num_hidden_layers"], cfg["num_attention_heads"], cfg["num_key_value_heads"])
         config = llama_config(cfg, tok)
-        model = LlamaForCausalLM(config)
+        with no_init_weights():         # every weight is set from the GGUF below: PaddleNLP's random init took 4 s
+            model = LlamaForCausalLM(config)
         sd = to_paddlenlp(cfg, tensors)
         missing = set(model.state_dict()) - set(sd)
         if missing:
