@@ -168,13 +168,26 @@ def build_geometry(out: Path, family: str, hidden: int, heads: int):
                                 paddle.static.InputSpec([None, None], "int64", "token_type_ids")])
 
 
+def smollm2_tokenizer(dest: Path) -> None:
+    """SmolLM2's tokenizer, built from the real GGUF, saved in dest. Reading the GGUF's vocabulary takes ~3 s: the
+    tiny LLaMA and GPT share one build, kept beside their directories (the session's tiny-model root)."""
+    import os
+    import shutil
+    from paddle2ort.convert.zoo.smollm2 import gguf_path, read_gguf_tokenizer
+    from paddle2ort.tokenization.bpe import tokenizer_from_gguf_fields
+    shared = dest.parent.parent / "_smollm2_tokenizer"
+    if not shared.is_dir():
+        stage = shared.with_name(f"{shared.name}.{os.getpid()}")
+        tokenizer_from_gguf_fields(read_gguf_tokenizer(gguf_path())).save(stage)
+        os.replace(stage, shared)
+    shutil.copytree(shared, dest)
+
+
 def build_llama(out: Path):
     """A tiny LLaMA (GQA 4/2, random weights) with SmolLM2's 49,152-token vocabulary, saved with save_pretrained,
     plus the SmolLM2 tokenizer built from the real GGUF in out/tokenizer."""
     import paddle
     from paddlenlp.transformers import LlamaConfig, LlamaForCausalLM
-    from paddle2ort.convert.zoo.smollm2 import gguf_path, read_gguf_tokenizer
-    from paddle2ort.tokenization.bpe import tokenizer_from_gguf_fields
 
     paddle.seed(5)
     cfg = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -187,15 +200,13 @@ def build_llama(out: Path):
             if len(p.shape) == 2:
                 p.set_value(paddle.randn(p.shape) * 0.5)
     model.save_pretrained(str(out / "model"))
-    tokenizer_from_gguf_fields(read_gguf_tokenizer(gguf_path())).save(out / "tokenizer")
+    smollm2_tokenizer(out / "tokenizer")
 
 
 def build_gpt(out: Path):
     """A tiny GPT-2-style PaddleNLP GPTForCausalLM (random weights), the second export family."""
     import paddle
     from paddlenlp.transformers import GPTConfig, GPTForCausalLM
-    from paddle2ort.convert.zoo.smollm2 import gguf_path, read_gguf_tokenizer
-    from paddle2ort.tokenization.bpe import tokenizer_from_gguf_fields
 
     paddle.seed(6)
     cfg = GPTConfig(vocab_size=49152, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -207,7 +218,7 @@ def build_gpt(out: Path):
             if len(p.shape) == 2:
                 p.set_value(paddle.randn(p.shape) * 0.15)
     model.save_pretrained(str(out / "model"))
-    tokenizer_from_gguf_fields(read_gguf_tokenizer(gguf_path())).save(out / "tokenizer")
+    smollm2_tokenizer(out / "tokenizer")
 
 
 BUILDERS = {"llama": build_llama, "gpt": build_gpt, "bert_classifier": build_bert_classifier, "mlp": build_mlp, "encoder": build_encoder, "ernie": build_ernie, "legacy": build_legacy, "two_heads": build_two_heads,
