@@ -6,15 +6,17 @@ A decode step is 5 kernels a layer (LLaMA / Qwen2 family: RMSNorm + packed QKV G
 split-K flash-decoding attention, its last block a head merging the splits; o-proj + residual; RMSNorm + gate|up
 GEMV + SwiGLU; down-proj + residual) plus the embedding gather and the final norm + LM head, captured in one CUDA
 graph per batch size and replayed; the sampler kernel then writes the next ids and advances the positions in place,
-as with the fused graph.
+as with the fused graph. On sm_90+ every step kernel is launched with programmatic dependent launch (kernels/pdl.py:
+it may start while the previous one ends and waits in the kernel before its first dependent read).
 Weights are read as the bundle stores them: float16/float32, or MatMulNBits int8/int4 blocks (scale and integer or
 float zero point per block), never dequantized in memory for the step. Two GEMV generations (`gemv=`): "v2" (the
 default: K split over a block's warps for small-N products, the norm's statistics from the main loop, int8/int4 scale
 and zero point factored out of each chunk, one batch row a block at batch 1) and "v1" (the first kernels, kept as
 the fallback); gemv_plan picks the entry a product launches. decode.cu is compiled one module a weight format (they
-depend on the head size only) plus one for attention (head size, GQA group, chunk). The prompt pass (prefill) runs the same math
-as dense matrix products (cuBLAS through CuPy; NumPy on CPU). With NumPy arrays (CPU hosts, CI) every step kernel
-is replaced by its NumPy twin (engine_reference.py).
+depend on the head size only) plus one for attention (head size, GQA group, chunk). The prompt pass (prefill) is the
+fused graph's prompt call cut before its LM head where onnxruntime's CUDA provider loads (our head kernel then
+computes the last rows' logits), else the same math as dense matrix products (cuBLAS through CuPy; NumPy on CPU).
+With NumPy arrays (CPU hosts, CI) every step kernel is replaced by its NumPy twin (engine_reference.py).
 
 Shapes: B batch rows, C cache capacity, H hidden, NH / KVH query / key-value heads, D head size, I FFN size.
 """
