@@ -38,3 +38,34 @@ def test_kernel_arguments_marshal_by_type():
     assert pdl.pad3((5,)) == (5, 1, 1) and pdl.pad3((2, 3, 4)) == (2, 3, 4)
     with pytest.raises(DeviceError):
         pdl.pad3(())
+
+
+def test_auto_mode_falls_back_to_plain_launches_when_the_driver_refuses():
+    """KernelEngine(pdl=None) probes one real launch; a refusal (DeviceError from cuLaunchKernelEx) -> False."""
+    from types import SimpleNamespace
+
+    from paddle2ort.runtime.kernels.engine import KernelEngine
+
+    class Stream:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+        def synchronize(self):
+            pass
+
+    calls = []
+
+    def refused(grid, block, args):
+        calls.append(args)
+        raise DeviceError("cuLaunchKernelEx with programmatic stream serialization failed (CUresult 1)")
+
+    eng = SimpleNamespace(xp=np, stream=Stream(), hidden=8, w=SimpleNamespace(embed=np.zeros((4, 8), np.float16)),
+                          k={"embed_rows": refused})
+    assert KernelEngine._pdl_launches(eng) is False and len(calls) == 1
+    eng.k = {"embed_rows": lambda grid, block, args: calls.append(args)}
+    assert KernelEngine._pdl_launches(eng) is True
+    table, ids, scratch, h = calls[-1]
+    assert ids.dtype == np.int64 and scratch.shape == (1, 8) and scratch.dtype == np.float32 and h == 8

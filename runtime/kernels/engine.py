@@ -366,6 +366,9 @@ class KernelEngine(DeviceStateMemory):
             from . import pdl as P
             self.pdl = P.supported(cp) if pdl is None else bool(pdl)
             self.k = kernels(self.head_dim, self.num_heads // self.kv_heads, self.chunk, fmts, self.pdl)
+            if pdl is None and self.pdl and not self._pdl_launches():
+                self.pdl = False
+                self.k = kernels(self.head_dim, self.num_heads // self.kv_heads, self.chunk, fmts)
         else:
             self.xp, self.stream, self.k, self.pdl = np, None, None, False
             self.cache_dtype = np.dtype(host.embed.dtype).type
@@ -380,6 +383,21 @@ class KernelEngine(DeviceStateMemory):
         self.filled = 0
 
     # ------------------------------------------------------------------ set-up
+    def _pdl_launches(self) -> bool:
+        """pdl=None (auto): one real launch (the embedding gather of one row into a scratch buffer) with the
+        attribute; a driver that refuses it (virtualized or shared GPUs may) leaves the engine on plain launches."""
+        xp = self.xp
+        try:
+            with self.stream:
+                self.k["embed_rows"]((1,), (256,), (self.w.embed, xp.zeros(1, np.int64),
+                                                    xp.empty((1, self.hidden), np.float32), np.int32(self.hidden)))
+            self.stream.synchronize()
+            return True
+        except Exception as e:  # noqa: BLE001 - any refusal means: launch without the attribute
+            log.warning("programmatic dependent launch refused (%s): the kernel engine launches in plain stream "
+                        "order", e)
+            return False
+
     def _to_device(self, h: Weights) -> Weights:
         xp = self.xp
         f16 = lambda a: None if a is None else xp.asarray(np.asarray(a, np.float16))  # noqa: E731
