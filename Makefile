@@ -51,15 +51,17 @@ test-unit: install
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
-# llama.cpp as the CPU decode peer of bench-llm: its own venv, built from source once (10-30 min on 2 cores),
+# llama.cpp as the CPU decode peer of bench-llm: its own venv, built from source once (9 min on 2 cores),
 # never a project dependency. bench-llm runs benchmarks/llamacpp.py with $(VENV_LLAMACPP)/bin/python.
+# LLAVA_BUILD=OFF: the bindings' multimodal library (mtmd) is imported only by the llava chat handlers the
+# benchmark never uses, and it was most of the build time.
 VENV_LLAMACPP := .venv-llamacpp
 LLAMACPP_PIN  := llama-cpp-python==0.3.36
 bench-llamacpp-env: $(VENV_LLAMACPP)/.installed
 
 $(VENV_LLAMACPP)/.installed:
 	$(PYTHON) -m venv $(VENV_LLAMACPP)
-	CMAKE_BUILD_PARALLEL_LEVEL=$${CMAKE_BUILD_PARALLEL_LEVEL:-2} CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_CURL=OFF" \
+	CMAKE_BUILD_PARALLEL_LEVEL=$${CMAKE_BUILD_PARALLEL_LEVEL:-2} CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAVA_BUILD=OFF" \
 	  nice -n 19 $(VENV_LLAMACPP)/bin/pip install -q --no-cache-dir "$(LLAMACPP_PIN)" "numpy==2.4.6"
 	touch $@
 

@@ -44,6 +44,7 @@ class SessionOptions:
     user_compute_stream: int | None = None          # CUDA: run on this stream (a cudaStream_t address)
     log_severity: int = 3                # onnxruntime's log level: 0 verbose .. 4 fatal
     free_dimensions: tuple[tuple[str, int], ...] = ()   # symbolic dims fixed, e.g. (("batch", 8),): static shapes
+    profile_prefix: str | None = None    # onnxruntime's profiler on: a JSON trace at PREFIX_<time>.json (end_profiling)
 
     def __post_init__(self):
         if isinstance(self.cuda_options, dict):
@@ -148,6 +149,9 @@ def ort_session_options(opts: SessionOptions):
     so.log_severity_level = opts.log_severity
     for name, size in opts.free_dimensions:
         so.add_free_dimension_override_by_name(name, size)
+    if opts.profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = str(opts.profile_prefix)
     return so
 
 

@@ -134,3 +134,39 @@ def test_serve_graph_auto_runs_the_graph_generate_runs(cpu_bundle):
     ids = want.tokenizer.encode(PROMPTS[0])
     cfg = GenerationConfig(max_new_tokens=6)
     assert served.generator.generate_token_ids([ids], cfg) == want.generate_token_ids([ids], cfg)
+
+
+def test_decode_profile_counts_the_users_graph_operators_per_step(cpu_bundle):
+    """benchmarks.llm_profile: onnxruntime's profiler over the decode loop; per step the fused graph runs one packed
+    QKV, o, gate|up and down MatMul per layer and the LM head, and one GroupQueryAttention per layer."""
+    from paddle2ort.benchmarks.llm_profile import markdown, profile_bundle
+    from paddle2ort.runtime.manifest import load_bundle
+    _, dest = cpu_bundle
+    layers = load_bundle(dest).manifest.extra["fused"]["fp32"]["options"]["spec"]["num_layers"]
+    r = profile_bundle(dest, "fp32", prompt_len=24, new_tokens=6, threads=1)
+    ops = {o["op"]: o for o in r["ops"]}
+    assert r["decode_steps"] == 5 and r["graph"] == "auto"
+    assert ops["MatMul"]["calls_per_step"] == 4 * layers + 1
+    assert ops["GroupQueryAttention"]["calls_per_step"] == layers
+    assert 0 < r["kernel_us_per_step"] <= r["step_us_median"] * 1.5
+    assert abs(sum(o["share_of_kernels"] for o in r["ops"]) - 1) < 1e-9
+    assert "| MatMul |" in markdown(r)
+
+
+@pytest.mark.unit
+def test_decode_profile_takes_only_the_last_runs_kernels():
+    from paddle2ort.benchmarks.llm_profile import op_time_per_step
+    from paddle2ort.runtime.errors import BadInputError
+
+    def node(op, ts, dur):
+        return {"cat": "Node", "name": f"n_{ts}_kernel_time", "ts": ts, "dur": dur, "args": {"op_name": op}}
+    ev = [{"name": "model_run", "ts": 0, "dur": 100}, node("MatMul", 10, 90),          # the prompt pass: left out
+          {"name": "model_run", "ts": 200, "dur": 50}, node("MatMul", 205, 20), node("Add", 230, 10),
+          {"name": "model_run", "ts": 300, "dur": 70}, node("MatMul", 305, 40), node("Add", 350, 10),
+          {"cat": "Node", "name": "n_fence_before", "ts": 310, "dur": 5}]                     # not a kernel event
+    r = op_time_per_step(ev, 2)
+    assert r["decode_steps"] == 2 and r["step_us_median"] == 60
+    assert [(o["op"], o["us_per_step"], o["calls_per_step"]) for o in r["ops"]] == [("MatMul", 30, 1), ("Add", 10, 1)]
+    assert r["kernel_us_per_step"] == 40 and r["outside_kernels_us_per_step"] == 20
+    with pytest.raises(BadInputError, match="3 model runs"):
+        op_time_per_step(ev, 4)
