@@ -342,11 +342,34 @@ def _int4_margin_table(root: Path) -> str:
     return "\n".join(lines)
 
 
+def _engine_kernels_table(root: Path, config: str = "qwen2.5-0.5b") -> str:
+    """The kernel engine's per-layer GEMVs and LM head at batch 1 (the engine's v2 GEMVs), FP16 beside int4 (its
+    head int8), from the kernel bench: µs, % of copy bandwidth, and the per-layer sum; the step from the same file."""
+    r = _load(E16_KERNELS, str(root))
+    rows = {(x["kernel"], x["batch"], x["version"]): x for x in r["rows"] if x["config"] == config}
+    layer = ("norm+qkv+rope", "o+residual", "norm+gate|up+swiglu", "down+residual")
+    variants = (("fp16", "f16", "norm+lm_head f32"), ("int4", "q4", "norm+lm_head q8"))
+    lines = ["| kernel | " + " | ".join(f"{v} µs | {v} % copy bw" for v, _, _ in variants) + " |",
+             "|---|" + "---:|---:|" * len(variants)]
+    for k in layer:
+        cells = [rows[(f"{k} {f}", 1, "v2")] for _, f, _ in variants]
+        lines.append(f"| {k.replace('|', '&#124;')} | " + " | ".join(f"{c['us']:.1f} | {c['pct_copy_bw']:.1f}%"
+                                                              for c in cells) + " |")
+    sums = [sum(rows[(f"{k} {f}", 1, "v2")]["us"] for k in layer) for _, f, _ in variants]
+    lines.append("| one layer's four GEMVs | " + " | ".join(f"{v:.1f} | " for v in sums) + " |")
+    heads = [rows[(h, 1, "v2")] for _, _, h in variants]
+    lines.append("| LM head (fp16: float32 head; int4: int8 head) | "
+                 + " | ".join(f"{c['us']:.1f} | {c['pct_copy_bw']:.1f}%" for c in heads) + " |")
+    steps = [r["step_us"][f"{config} {v} b1 v2"] for v, _, _ in variants]
+    lines.append("| whole step (CUDA graph) | " + " | ".join(f"{v:.0f} | " for v in steps) + " |")
+    return "\n".join(lines)
+
+
 # generated tables of figures: README -> {name: JSON root -> Markdown}; markers <!-- table:NAME:begin/end -->
 TABLES: dict[str, dict[str, Callable[[Path], str]]] = {
     "llm-gpu": {"run7-qwen2.5-0.5b": _peer_table("llm-gpu/run7/bench-qwen2.5-0.5b.json"),
                 "run4-smollm2-135m": _peer_table("llm-gpu/run4/bench-smollm2-135m.json"),
-                "int4-margin": _int4_margin_table},
+                "int4-margin": _int4_margin_table, "engine-kernels": _engine_kernels_table},
     "encoder": {"gpu": lambda root: _encoder_table("gpu_table", ENC_GPU, root, "encoder_gpu"),
                 "gpu-classifier": lambda root: _encoder_table("summary", ENC_GPU, root, "encoder_gpu"),
                 "cpu": lambda root: _encoder_table("rows_table", ENC_CPU, root)},
