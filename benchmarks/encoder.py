@@ -29,7 +29,7 @@ from paddle2ort.runtime.timing import warmup_order
 
 from .classifier import make_batches
 from .dataset import LabelledSplit, load_split
-from .env import environment, usable_cores
+from .env import cpu_info, environment, usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,10 @@ def run(zoo_dir: Path, work: Path, warmup: int = 8, repeats: int = 5, threads: i
         # Paddle's deployment setting (`threads` math threads) and, to check that is its best on this host, 1 thread
         peer_threads = tuple(dict.fromkeys((threads, *peer_extra_threads)))
         peer_run = lambda: {t: paddle_inference_bench(src, feeds, warmup, 1, t) for t in peer_threads}  # noqa: E731
+    import os
+    load = {"start": list(os.getloadavg())}      # other processes on the host: the run's noise, recorded
     times, outs, peer_passes = interleaved_passes(runs, feeds, warmup, repeats, peer_run)
+    load["end"] = list(os.getloadavg())
     rows, preds = [], {}
     for (v, p, st), t in times.items():
         acc, preds[(v, p, st)] = _accuracy(data, idx, outs[(v, p, st)])
@@ -160,6 +163,8 @@ def run(zoo_dir: Path, work: Path, warmup: int = 8, repeats: int = 5, threads: i
         versions["paddlepaddle"] = info["paddle_version"]
     env = environment()
     env["versions"].update(versions)
+    env["load_average"] = {**load, "note": "os.getloadavg() (1, 5, 15 min) before and after the timed passes"}
+    env["cpu_simd_flags"] = cpu_info(threads)["isa"]
     return {"benchmark": "encoder-cpu",
             "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "method": __doc__.split("Method: ")[1].split("\n\n")[0].replace("\n", " "),
@@ -187,10 +192,14 @@ def rows_table(res: dict) -> str:
 
 
 def markdown(res: dict) -> str:
-    return "\n".join([f"# Encoder fusion on the CPU ({res['config']['threads']} threads, {res['environment']['cpu']})",
+    env = res["environment"]
+    load = env.get("load_average")
+    loaded = (f"load average {load['start'][0]:.1f} at the start, {load['end'][0]:.1f} at the end"
+              if load and "start" in load and "end" in load else "load not recorded")
+    return "\n".join([f"# Encoder fusion on the CPU ({res['config']['threads']} threads, {env['cpu']})",
                       "", f"{res['dataset']['samples']} dev examples, batch 32, median of {res['config']['repeats']} "
-                      "passes, configurations interleaved (the host was shared with other jobs: compare rows of one "
-                      "run, not absolute figures).", "", rows_table(res), ""])
+                      f"passes, configurations interleaved; {loaded} (compare rows of one run, not absolute "
+                      "figures).", "", rows_table(res), ""])
 
 
 def plot(res: dict, dst: Path) -> bool:

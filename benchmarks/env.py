@@ -64,3 +64,19 @@ def environment() -> dict:
                                                "onnx", "paddlenlp", "cupy-cuda13x", "torch") if _version(d)},
         "onnxruntime_providers": providers, "git_commit": git_commit(),
     }
+
+
+ISA = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
+       "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16")
+
+
+def cpu_info(threads: int) -> dict:
+    """The CPU the rows ran on: model name (as lscpu prints it), the x86 ISA flags that pick onnxruntime's and
+    llama.cpp's kernels, threads used."""
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((set(ln.split(":", 1)[1].split()) for ln in f if ln.startswith("flags")), set())
+    except OSError:
+        pass
+    return {"model": cpu_name(), "isa": [x for x in ISA if x in flags], "threads": threads}

@@ -30,7 +30,7 @@ from pathlib import Path
 from paddle2ort.runtime.errors import BadInputError
 from paddle2ort.runtime.timing import time_generation
 
-from .env import environment, usable_cores
+from .env import cpu_info, environment, usable_cores
 from .report import pyplot
 
 log = logging.getLogger(__name__)
@@ -179,23 +179,6 @@ def run_llm_bench(cfg: LLMBenchConfig) -> dict:
                        "threads": threads}, "rows": rows, "peers": peers, "cpu": cpu_info(threads),
             "load_average_1_5_15min": load,
             "environment": environment()}
-
-
-ISA = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
-       "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16")
-
-
-def cpu_info(threads: int) -> dict:
-    """The CPU the rows ran on: model name (as lscpu prints it), the x86 ISA flags that pick onnxruntime's and
-    llama.cpp's kernels, threads used."""
-    from .env import cpu_name
-    flags: set[str] = set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = next((set(ln.split(":", 1)[1].split()) for ln in f if ln.startswith("flags")), set())
-    except OSError:
-        pass
-    return {"model": cpu_name(), "isa": [x for x in ISA if x in flags], "threads": threads}
 
 
 def _run_onnx_config(cfg: LLMBenchConfig, prec: str, graph: str, batch: int, threads: int) -> dict:

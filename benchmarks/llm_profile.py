@@ -58,8 +58,8 @@ def profile_bundle(bundle: Path, precision: str, prompt_len: int = 128, new_toke
     from paddle2ort.runtime.session import SessionOptions
     from paddle2ort.runtime.timing import time_generation
 
-    from .env import environment, usable_cores
-    from .llm import bench_prompts, cpu_info
+    from .env import cpu_info, environment, usable_cores
+    from .llm import bench_prompts
     if new_tokens < 2:
         raise BadInputError("--new-tokens must be at least 2 (the first token comes from the prompt pass)")
     threads = threads or usable_cores()

@@ -26,8 +26,9 @@ class Prediction:
 
 def cpu_encoder_session(opts: SessionOptions) -> SessionOptions:
     """On the CPU, unless the caller set `intra_op_spinning`: no intra-op spinning and no load-time
-    SkipLayerNormFusion (faster in every configuration of benchmarks/results/encoder/cpu-run3.json: FP32 1.3x,
-    INT8 2x on a shared 2-core host)."""
+    SkipLayerNormFusion — 1.3x (FP32) to 2x (INT8) faster on a shared 2-core host (benchmarks/results/encoder/
+    cpu-run3.json), 7-12% slower on an idle one (cpu-run5.json): the bounded loss is taken for the large gain.
+    intra_op_spinning=True gives onnxruntime's defaults."""
     if opts.device != "cpu" or opts.providers or opts.intra_op_spinning is not None:
         return opts
     return replace(opts, intra_op_spinning=False,
