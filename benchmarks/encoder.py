@@ -16,6 +16,7 @@ import argparse
 import datetime as _dt
 import json
 import logging
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -135,7 +136,6 @@ def run(zoo_dir: Path, work: Path, warmup: int = 8, repeats: int = 5, threads: i
         # Paddle's deployment setting (`threads` math threads) and, to check that is its best on this host, 1 thread
         peer_threads = tuple(dict.fromkeys((threads, *peer_extra_threads)))
         peer_run = lambda: {t: paddle_inference_bench(src, feeds, warmup, 1, t) for t in peer_threads}  # noqa: E731
-    import os
     load = {"start": list(os.getloadavg())}      # other processes on the host: the run's noise, recorded
     times, outs, peer_passes = interleaved_passes(runs, feeds, warmup, repeats, peer_run)
     load["end"] = list(os.getloadavg())
