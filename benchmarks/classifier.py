@@ -24,7 +24,7 @@ from paddle2ort.runtime.session import SessionOptions
 from paddle2ort.runtime.timing import time_passes
 
 from .dataset import LabelledSplit, load_split
-from .env import environment, usable_cores
+from .env import cpu_info, environment, usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +160,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     for r in rows:
         r.notes.pop("_pred")
     env = environment()
+    env["cpu_simd_flags"] = cpu_info(threads)["isa"]
     if peer_info:
         env["versions"]["paddlepaddle"] = peer_info["paddle_version"]
     return {

@@ -131,3 +131,26 @@ def test_plot_headline_states_the_ratios_of_the_rows():
               "ms_per_sample": 6.0}, {})]
     assert headline(rows) == "INT8-CPU 1.50x faster than FP32; FP32-CPU 1.25x slower than Paddle-Inference-CPU"
     assert headline(rows[:1]) == ""
+
+
+@pytest.mark.unit
+def test_report_says_when_a_missed_int8_speed_row_is_the_cpus():
+    from paddle2ort.benchmarks.report import isa_note, markdown
+    rows = [{"name": "FP32-CPU", "ms_per_sample": 3.0, "accuracy": 0.80, "tokenize_ms_per_sample": 0.1,
+             "p50_batch_ms": 1.0, "p90_batch_ms": 2.0, "throughput": 10.0, "argmax_agreement_vs_fp32": 1.0,
+             "device": "cpu"},
+            {"name": "INT8-CPU", "ms_per_sample": 2.5, "accuracy": 0.80, "tokenize_ms_per_sample": 0.1,
+             "p50_batch_ms": 1.0, "p90_batch_ms": 2.0, "throughput": 12.0, "argmax_agreement_vs_fp32": 1.0,
+             "device": "cpu"}]
+    env = {"versions": {}, "cpu": "x", "usable_cores": 2, "gpus": [], "git_commit": None}
+
+    def res(flags, ms_int8=2.5):
+        rs = [dict(rows[0]), dict(rows[1], ms_per_sample=ms_int8)]
+        return {"benchmark": "b", "bundle": {"name": "m"}, "dataset": {"split": "dev", "samples": 2},
+                "created_at": "t", "config": {"threads": 2, "batch_size": 32, "warmup": 1, "repeats": 1},
+                "environment": {**env, **({} if flags is None else {"cpu_simd_flags": flags})},
+                "rows": rs, "targets": evaluate_targets(rs)}
+    assert "no int8 dot-product instructions" in markdown(res(["avx2", "fma"]))       # 1.2x on AVX2: the note
+    assert isa_note(res(["avx2", "avx512_vnni"])) is None                             # a VNNI host: no excuse
+    assert isa_note(res(["avx2"], ms_int8=1.0)) is None                               # target met: nothing to say
+    assert isa_note(res(None)) is None                                                # flags not recorded
