@@ -6,7 +6,7 @@ runs the bundle's users' graph (`generate --graph auto`; `--graph generic` the p
 loop — a warm-up generation, then one prompt of `--prompt-len` tokens and `--new-tokens` greedy tokens, batch 1 —
 with onnxruntime's profiler on, and writes per operator type the kernel microseconds and calls of one decode step
 (medians are not taken: sums over the decode steps / steps), beside the step's wall time in the profiler
-(`llm-profile.json` / `.md`). The aggregation is written here because onnxruntime's profiler writes raw events only
+(`llm-profile-PRECISION[-GRAPH].json` / `.md` in `--output`). The aggregation is written here because onnxruntime's profiler writes raw events only
 (a Chrome trace); the trace is deleted after it is read.
 """
 from __future__ import annotations
@@ -21,8 +21,6 @@ from collections import defaultdict
 from pathlib import Path
 
 from paddle2ort.runtime.errors import BadInputError
-
-log = logging.getLogger(__name__)
 
 
 def op_time_per_step(events: list[dict], decode_runs: int) -> dict:
@@ -90,8 +88,8 @@ def markdown(r: dict) -> str:
              f"onnxruntime's profiler over {r['decode_steps']} decode steps, {r['threads']} threads, spinning "
              f"{'on (default)' if r['spin_wait'] else 'off'}; CPU {(r.get('cpu') or {}).get('model', '?')}. "
              f"Step (profiler's model_run, median) {r['step_us_median'] / 1e3:.2f} ms; node kernels "
-             f"{r['kernel_us_per_step'] / 1e3:.2f} ms a step; outside the kernels (executor, allocation) "
-             f"{r['outside_kernels_us_per_step'] / 1e3:.2f} ms. The loop's own ms/step with the profiler on: "
+             f"{r['kernel_us_per_step'] / 1e3:.2f} ms a step; outside the kernels (executor, allocation; mean "
+             f"step minus kernels) {r['outside_kernels_us_per_step'] / 1e3:.2f} ms. The loop's own ms/step with the profiler on: "
              f"{r['decode_ms_per_step_profiled_loop']:.2f}.",
              "", "| operator | µs / step | calls / step | share of kernel time |", "|---|---|---|---|"]
     lines += [f"| {o['op']} | {o['us_per_step']:,.0f} | {o['calls_per_step']:.0f} | {100 * o['share_of_kernels']:.1f}% |"

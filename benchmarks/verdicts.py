@@ -136,6 +136,9 @@ def serve_same_text(r: dict) -> float:
 LLM_CPU, LLM_CPU_B8 = "llm-cpu/llm.json", "llm-cpu/batch8/llm.json"
 # the AVX2 (no VNNI) box, quiet: each engine's default thread waits (spin, then sleep) / both sleeping at barriers
 LLM_CPU_AVX2, LLM_CPU_AVX2_SLEEP = "llm-cpu/avx2-defaults/llm.json", "llm-cpu/avx2-no-spin/llm.json"
+# the runs judged against llama.cpp (file, box and thread waits, run), each alone; targets and headlines name them alike
+LLM_CPU_PEER_RUNS = ((LLM_CPU, "AVX-512 box, both sleeping at barriers", "commit 6939e8f"),
+                     (LLM_CPU_AVX2, "AVX2 box, each engine's default waits", "commit 35f0243"))
 
 
 def users_row(res: dict, precision: str, batch: int = 1) -> dict:
@@ -243,8 +246,7 @@ TARGETS: tuple[Target, ...] = (
     # issue 14: CPU decode against llama.cpp (SmolLM2-135M, same GGUF weights, 2 threads, batch 1). Two boxes, each
     # run judged alone: the AVX-512 box under load with both engines' threads sleeping at barriers (llm.json), and
     # the quiet AVX2 box with each engine's default waits (avx2-defaults/), the setting users run.
-    *(t for file, box in ((LLM_CPU, "AVX-512 box, both sleeping at barriers"),
-                          (LLM_CPU_AVX2, "AVX2 box, each engine's default waits"))
+    *(t for file, box, _ in LLM_CPU_PEER_RUNS
       for t in (
         Target(14, "llm-cpu", f"decode >= 1.2x llama.cpp Q8_0: users' int8 graph (int8 weights, float32 compute), b1"
                f" ({box})", file, ">=", 1.2, "x", lambda r: users_row(r, "int8")["speedup_vs_llamacpp"]),
@@ -469,8 +471,7 @@ HEADLINES: tuple[Headline, ...] = (
                file, run, _targets(("int8 vs Q8_0", "decode >= 1.2x llama.cpp Q8_0: users' int8 graph (int8 "
                                                    f"weights, float32 compute), b1 ({box})"),
                                    ("fp32 vs F32", f"decode >= 1.2x llama.cpp F32: users' fp32 graph, b1 ({box})")))
-      for file, box, run in ((LLM_CPU_AVX2, "AVX2 box, each engine's default waits", "commit 35f0243"),
-                             (LLM_CPU, "AVX-512 box, both sleeping at barriers", "commit 6939e8f"))),
+      for file, box, run in reversed(LLM_CPU_PEER_RUNS)),
     Headline("serving SmolLM2, continuous batching, 16 clients vs 1 (CPU over HTTP)", SERVE_CPU, "commit fb20f4e",
              _targets(("CPU", "HTTP on CPU: continuous tokens/s at 16 clients >= 4x 1 client (fused FP32 graph)"))),
     Headline("serving SmolLM2 on an H200, fused FP16 decoder in cache slots, 16 requests vs 1", SERVE_GPU,
