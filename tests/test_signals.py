@@ -55,13 +55,13 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def wait_for(cond, timeout: float, what: str):
+def wait_for(cond, timeout: float, what: str, every: float = 0.1):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         value = cond()
         if value:
             return value
-        time.sleep(0.1)
+        time.sleep(every)
     raise AssertionError(f"timed out waiting for {what}")
 
 
@@ -71,7 +71,9 @@ def start_convert(src: Path, out: Path, tmpdir: Path) -> tuple[subprocess.Popen,
     env = dict(os.environ, TMPDIR=str(tmpdir))
     proc = subprocess.Popen([sys.executable, "-m", CLI, "-q", "convert", str(src), "-o", str(out)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    tree = wait_for(lambda: task_tree(proc.pid) or (proc.poll() is not None and -1), 120, "the Paddle task to start")
+    # warm (fork mode), a tiny model's Paddle tasks each run for only 10-70 ms: poll every 2 ms to see one running
+    tree = wait_for(lambda: task_tree(proc.pid) or (proc.poll() is not None and -1), 120, "the Paddle task to start",
+                    every=0.002)
     assert tree != -1, proc.communicate()
     assert list(out.parent.glob(f".{out.name}.staging-*")) and list(tmpdir.glob("paddle2ort-*"))
     return proc, tree
