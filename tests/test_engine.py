@@ -104,6 +104,9 @@ def test_twins_against_plain_formulas():
     kc, vc = rng.normal(size=(2, b, kvh, cap, d)).astype(np.float32)
     seqlens = np.array([37, 4], np.int32)
     out = R.attn_combine(*R.attn_split(q, kc, vc, seqlens, 0.2, 8, 7), seqlens, 8)
+    for groups in (1, 3, 16):            # attention v2's twin: lane groups with online softmaxes, merged per split
+        online = R.attn_combine(*R.attn_online(q, kc, vc, seqlens, 0.2, 8, 7, groups), seqlens, 8)
+        np.testing.assert_allclose(online, out, rtol=1e-5, atol=1e-6)
     for r in range(b):
         n = seqlens[r] + 1
         qh = q[r].reshape(kvh, g, d)
@@ -215,3 +218,30 @@ def test_without_head_refuses_a_graph_without_one(tmp_path):
     save(helper.make_model(g), tmp_path / "m.onnx")
     with pytest.raises(BadInputError, match="no single LM head"):
         without_head(tmp_path / "m.onnx")
+
+
+def test_attention_version_follows_the_geometry():
+    """v2 (attn_online) where a lane group tiles a warp and a GQA group of <= 8 heads fits its registers; else v1;
+    an explicit choice the geometry cannot run is one clear error. The CPU engine runs the chosen kernel's twin."""
+    from paddle2ort.runtime.kernels.engine import attention_version, attention_versions, module_names
+    assert attention_version(7, 64) == "v2" and attention_version(8, 256) == "v2"
+    assert attention_version(16, 128) == "v1" and attention_version(4, 96) == "v1"       # 12 lanes a row
+    assert attention_versions(9, 64) == ["v1"] and attention_versions(3, 64) == ["v2", "v1"]
+    assert attention_version(7, 64, "v1") == "v1"
+    with pytest.raises(BadInputError, match="attention v2 needs"):
+        attention_version(16, 64, "v2")
+    with pytest.raises(BadInputError, match="attention must be one of"):
+        attention_version(7, 64, "v3")
+    opts = ("-DHD=64", "-DGQA=7", "-DCHUNK=128", "-DFMTS=0", "-DWITH_ATTN=1")
+    assert "attn_online" in module_names(opts)
+    assert "attn_online" not in module_names(("-DHD=64", "-DGQA=12", "-DCHUNK=64", "-DFMTS=0", "-DWITH_ATTN=1"))
+
+
+@pytest.mark.parametrize("attention", ["v2", "v1"])
+def test_both_attention_twins_give_the_fused_graphs_tokens(models, attention):
+    path, spec = models[("fp32", True, 6)]
+    cfg = GenerationConfig(max_new_tokens=6)
+    eng = KernelEngine(path, spec, device="cpu", max_length=40, chunk=8, attention=attention)
+    assert eng.attention == attention
+    ort = FusedDecoder(path, spec, SessionOptions(device="cpu"), max_length=40)
+    assert generate(eng, PROMPTS, cfg, 0) == generate(ort, PROMPTS, cfg, 0)

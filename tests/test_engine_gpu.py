@@ -7,8 +7,8 @@ import pytest
 from paddle2ort.convert.llm.fused import DecoderSpec, build_decoder, build_variant, random_state, save_model
 from paddle2ort.runtime.generation import GenerationConfig, generate
 from paddle2ort.runtime.kernels import engine_reference as R
-from paddle2ort.runtime.kernels.engine import (V2_SHAPES, KernelEngine, Packed, Plan, _pair, kernels,
-                                               launch_attention, launch_gemv)
+from paddle2ort.runtime.kernels.engine import (V2_SHAPES, KernelEngine, Packed, Plan, _pair, attention_twin,
+                                               kernels, launch_attention, launch_gemv)
 
 cp = pytest.importorskip("cupy")
 try:
@@ -93,8 +93,10 @@ def test_gemv_kernels_match_their_twins(fmt, plan, batch, k_in):
     _close(vcd.get(), vc, 5e-3)
 
 
-@pytest.mark.parametrize("hd,group,kvh,chunk", [(64, 7, 2, 128), (64, 3, 3, 64), (128, 4, 2, 128)])
-def test_attention_kernels_match_their_twins(hd, group, kvh, chunk):
+@pytest.mark.parametrize("version", ["v2", "v1"])
+@pytest.mark.parametrize("hd,group,kvh,chunk", [(64, 7, 2, 128), (64, 3, 3, 64), (128, 4, 2, 128), (256, 8, 1, 64),
+                                                (64, 1, 4, 128)])
+def test_attention_kernels_match_their_twins(hd, group, kvh, chunk, version):
     rng = np.random.default_rng(hd + group)
     batch, cap = 3, 1100
     kern = kernels(hd, group, chunk, fmts=())           # the attention module alone
@@ -106,11 +108,12 @@ def test_attention_kernels_match_their_twins(hd, group, kvh, chunk):
     part_ml = cp.zeros((batch, kvh * group, nsplit, 2), cp.float32)
     out = cp.zeros((batch, kvh * group * hd), cp.float32)
     counter = cp.zeros((batch, kvh), cp.int32)
-    want = R.attn_combine(*R.attn_split(q, kc, vc, seqlens, hd ** -0.5, chunk, nsplit), seqlens, chunk)
+    want = R.attn_combine(*attention_twin(version, hd)(q, kc, vc, seqlens, hd ** -0.5, chunk, nsplit), seqlens,
+                          chunk)
     for _ in range(2):                                   # the split counter resets itself: a second launch agrees
         out[...] = 0
         launch_attention(kern, cp.asarray(q), cp.asarray(kc), cp.asarray(vc), cp.asarray(seqlens), part_o, part_ml,
-                         out, hd ** -0.5, counter)
+                         out, hd ** -0.5, counter, version)
         _close(out.get(), want, 1e-4)
         assert not counter.any()
 
@@ -129,17 +132,18 @@ def tiny(tmp_path_factory):
     return tmp, spec.to_json()
 
 
-@pytest.mark.parametrize("gemv", ["v2", "v1"])
+@pytest.mark.parametrize("gemv,attention", [("v2", "v2"), ("v1", "v2"), ("v2", "v1")])
 @pytest.mark.parametrize("name", ["fp16", "int4"])
-def test_engine_on_the_gpu_matches_its_twins(tiny, name, gemv):
+def test_engine_on_the_gpu_matches_its_twins(tiny, name, gemv, attention):
     tmp, spec = tiny
     prompts = [list(range(3, 303)), [7, 8, 9], list(range(100, 140)), [5] * 20, list(range(200, 330))]
     # 300 tokens: three attention splits of 128; five rows: four weight rows a warp
     cfg = GenerationConfig(max_new_tokens=24)
-    gpu = KernelEngine(tmp / f"{name}.onnx", spec, device="gpu", max_length=400, prefill="kernels", gemv=gemv)
-    cpu = KernelEngine(tmp / f"{name}.onnx", spec, device="cpu", max_length=400)
+    gpu = KernelEngine(tmp / f"{name}.onnx", spec, device="gpu", max_length=400, prefill="kernels", gemv=gemv,
+                       attention=attention)
+    cpu = KernelEngine(tmp / f"{name}.onnx", spec, device="cpu", max_length=400, attention=attention)
     eager = KernelEngine(tmp / f"{name}.onnx", spec, device="gpu", max_length=400, cuda_graph=False,
-                         prefill="kernels", gemv=gemv)
+                         prefill="kernels", gemv=gemv, attention=attention)
     want = generate(cpu, prompts, cfg, 0)
     got = generate(gpu, prompts, cfg, 0)
     assert got == generate(eager, prompts, cfg, 0)                    # the CUDA graph replays the eager step

@@ -4,14 +4,15 @@
 # GGUF parts in /tmp/stage when golden-row parity is wanted; carry .device/whl for the gguf wheel):
 #   1. compile  every decode.cu module, one process a module (CuPy's disk cache serves every later step)  compile.txt
 #   2. validate every kernel config against its NumPy twin: every GEMV entry of both versions (v1, v2 in each shape)
-#               at the real shapes, batch 1/3/8, and the attention kernel                            validate.{json,txt}
-#               FAIL FAST: a compile error, a failing attention kernel or both GEMV versions failing end the call
-#               here (exit 3, the failing kernels named); v2 failing alone leaves the engine on v1 (said in the log)
+#               at the real shapes, batch 1/3/8, and both attention kernels                         validate.{json,txt}
+#               FAIL FAST: a compile error, both attention kernels or both GEMV versions failing end the call
+#               here (exit 3, the failing kernels named); a v2 failing alone leaves the engine on v1 (said in the log)
 #   3. time     the engine's kernel plans of both versions inside CUDA graphs, GB/s beside the copy bandwidth
 #                                                                                               kernel_bench.{json,txt}
 #   4. engine   ours vs the onnxruntime fused graph on the same fused files: Qwen2.5-0.5B config and SmolLM2
 #               (random weights), FP16 (float32 head) and int4, batch 1 and 8, prompt 128+128 and 2048+256;
-#               ours with the v1 GEMVs as a third system while time is left                  engine-bench.{json,md}
+#               ours with the v1 GEMVs as a third system while time is left (and what extra arguments add, e.g.
+#               --also-no-pdl, --also-attention-v1)                                          engine-bench.{json,md}
 #   5. tests    tests/test_engine_gpu.py (twin vs kernel, engine vs twins, CUDA graph vs eager) in the time left
 #                                                                                                     engine_tests.txt
 # Usage: engine_gpu.sh [all|validate|kernels] [extra engine_bench run arguments]
@@ -49,11 +50,15 @@ grep -hE "^FAILED|^validated|Error" "$OUT"/validate-v2.txt "$OUT"/validate-v1.tx
 passed=$(for v in v2 v1; do $PY -c "import json, sys; sys.exit('$v' not in json.load(open('$OUT/validate-$v.json'))\
 ['passed_versions'])" 2>/dev/null && printf '%s ' $v; done)
 passed=${passed% }
-[ -n "$passed" ] || fail "kernel validation: no GEMV version passes everywhere, or the attention kernel fails, or \
-it did not finish: see validate-v2.txt / validate-v1.txt; nothing is timed"
+attn=$($PY -c "import json; a = [set(json.load(open('$OUT/validate-' + v + '.json'))['passed_attention']) \
+for v in ('v2', 'v1')]; print(' '.join(v for v in ('v2', 'v1') if all(v in x for x in a)))" 2>/dev/null)
+[ -n "$passed" ] && [ -n "$attn" ] || fail "kernel validation: no GEMV version passes everywhere ('$passed'), or \
+no attention kernel does ('$attn'), or it did not finish: see validate-v2.txt / validate-v1.txt; nothing is timed"
 gemv=${passed%% *}
 say "GEMV versions valid everywhere: $passed; the engine runs $gemv"
 [ "$gemv" = v2 ] || say "WARNING: the v2 GEMVs failed validation (validate-v2.json lists them): timing v1 only"
+say "attention versions valid everywhere: $attn"
+[[ " $attn " == *" v2 "* ]] || say "WARNING: attention v2 (attn_online) failed validation: the engine runs v1"
 [ "$what" = validate ] && exit 0
 
 say "3. kernel timing (the engine's plans, CUDA graphs)"
@@ -68,6 +73,7 @@ say "4. engine bench: ours vs the onnxruntime fused graph"
 $PY -c "import gguf" 2>/dev/null || $PY -m pip install -q --no-index --no-deps --target /tmp/site .device/whl/gguf-*.whl \
   2>/dev/null || true
 ARGS=(--gemv "$gemv" --configs qwen2.5-0.5b smollm2-135m)
+[[ " $attn " == *" v2 "* ]] || ARGS+=(--attention v1)
 [[ " $passed " == *" v1 "* && "$gemv" = v2 && "${ENGINE_ALSO_V1:-1}" != 0 ]] && ARGS+=(--also-v1)
 if ls /tmp/stage/gguf.part* >/dev/null 2>&1; then
   [ -f /tmp/smollm2.gguf ] || cat /tmp/stage/gguf.part* > /tmp/smollm2.gguf

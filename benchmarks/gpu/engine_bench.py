@@ -27,10 +27,12 @@ TIE = 1e-2                     # the fp16 gate's tie margin: a flip where the or
 OURS, ORT = "ours (kernel engine)", "onnxruntime fused graph"
 OURS_V1 = "ours (kernel engine, v1 GEMVs)"        # the first GEMV kernels beside the default ones (--also-v1)
 OURS_NO_PDL = "ours (kernel engine, no PDL)"      # the default kernels launched without programmatic dependent launch
-SHORT = {OURS: "ours", OURS_V1: "ours, v1 GEMVs", OURS_NO_PDL: "ours, no PDL", ORT: "onnxruntime"}   # plot legend
-# system -> KernelEngine options; run() sets OURS's from --gemv / --pdl
-ENGINE = {OURS: {"gemv": "v2", "pdl": None}, OURS_V1: {"gemv": "v1", "pdl": None},
-          OURS_NO_PDL: {"gemv": "v2", "pdl": False}}
+OURS_ATT_V1 = "ours (kernel engine, v1 attention)"   # the three-phase attention kernel beside attn_online
+SHORT = {OURS: "ours", OURS_V1: "ours, v1 GEMVs", OURS_NO_PDL: "ours, no PDL", OURS_ATT_V1: "ours, v1 attention",
+         ORT: "onnxruntime"}                                                                    # plot legend
+# system -> KernelEngine options; run() sets OURS's from --gemv / --pdl / --attention
+ENGINE = {OURS: {"gemv": "v2", "pdl": None, "attention": None}, OURS_V1: {"gemv": "v1", "pdl": None},
+          OURS_NO_PDL: {"gemv": "v2", "pdl": False}, OURS_ATT_V1: {"gemv": "v2", "pdl": None, "attention": "v1"}}
 CHUNK: dict = {"chunk": None}                     # KernelEngine(chunk=...): run() sets it from --chunk
 
 
@@ -231,12 +233,13 @@ def run(a) -> dict:
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     bw = copy_bandwidth(cp)
-    ENGINE[OURS] = {"gemv": a.gemv, "pdl": {"auto": None, "on": True, "off": False}[a.pdl]}
+    ENGINE[OURS] = {"gemv": a.gemv, "pdl": {"auto": None, "on": True, "off": False}[a.pdl],
+                    "attention": None if a.attention == "auto" else a.attention}
     CHUNK["chunk"] = a.chunk
     res = {"device": device_info(), "copy_bandwidth_gb_s": bw / 1e9, "reps": a.reps, "gemv": a.gemv,
-           "pdl": a.pdl, "attention_chunk": a.chunk or "engine default",
+           "pdl": a.pdl, "attention": a.attention, "attention_chunk": a.chunk or "engine default",
            "systems": [OURS] + ([ORT] if a.ort else []) + ([OURS_NO_PDL] if a.also_no_pdl else [])
-           + ([OURS_V1] if a.also_v1 else []), "configs": {}}
+           + ([OURS_V1] if a.also_v1 else []) + ([OURS_ATT_V1] if a.also_attention_v1 else []), "configs": {}}
     if a.gguf:
         try:
             res["golden"] = golden_parity(Path(a.gguf), Path(a.golden), work, a.ort)
@@ -371,6 +374,10 @@ def main(argv=None) -> int:
     r.add_argument("--also-no-pdl", action="store_true",
                    help="the engine launched without programmatic dependent launch as another system")
     r.add_argument("--chunk", type=int, help="positions a flash-decoding split (default: the engine's choice)")
+    r.add_argument("--attention", default="auto", choices=["auto", "v2", "v1"],
+                   help="the engine's attention kernel (auto: v2, attn_online, where the GQA group fits it)")
+    r.add_argument("--also-attention-v1", action="store_true",
+                   help="the engine with the v1 (three-phase) attention kernel as another system")
     p = sub.add_parser("report")
     p.add_argument("dir", type=Path)
     a = ap.parse_args(argv)

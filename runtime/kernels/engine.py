@@ -12,7 +12,9 @@ Weights are read as the bundle stores them: float16/float32, or MatMulNBits int8
 float zero point per block), never dequantized in memory for the step. Two GEMV generations (`gemv=`): "v2" (the
 default: K split over a block's warps for small-N products, the norm's statistics from the main loop, int8/int4 scale
 and zero point factored out of each chunk, one batch row a block at batch 1) and "v1" (the first kernels, kept as
-the fallback); gemv_plan picks the entry a product launches. decode.cu is compiled one module a weight format (they
+the fallback); gemv_plan picks the entry a product launches. Two attention kernels (`attention=`): "v2"
+(attn_online: one pass, an online softmax per lane group; the default where the GQA group fits it) and "v1"
+(attn_split: scores, softmax and P @ V in three phases). decode.cu is compiled one module a weight format (they
 depend on the head size only) plus one for attention (head size, GQA group, chunk). The prompt pass (prefill) is the
 fused graph's prompt call cut before its LM head where onnxruntime's CUDA provider loads (our head kernel then
 computes the last rows' logits), else the same math as dense matrix products (cuBLAS through CuPy; NumPy on CPU).
@@ -182,9 +184,37 @@ def check_geometry(spec: dict, weights: Weights) -> None:
                             + "; use the onnxruntime fused decoder (engine='onnxruntime')")
 
 
+ATTENTION_VERSIONS = ("v2", "v1")
+ATTENTION_KERNEL = {"v2": "attn_online", "v1": "attn_split"}     # decode.cu entries
+
+
 def attention_fits(group: int, head_dim: int, chunk: int) -> bool:
     """attn_split's float32 shared arrays (q [G][HD], scores [G][CHUNK], per-warp sums [W][G][HD]) fit a block."""
     return 4 * (group * head_dim + group * chunk + (ATT_THREADS // 32) * group * head_dim) <= SHARED_LIMIT
+
+
+def online_attention_fits(group: int, head_dim: int) -> bool:
+    """decode.cu ATTN_V2_FITS: attn_online's lane groups (head_dim / 8 lanes) tile a warp, and a GQA group of at
+    most 8 heads keeps q, the running sums and the output in registers (its shared merge buffer then fits)."""
+    return head_dim % 8 == 0 and 32 % (head_dim // 8) == 0 and group <= 8
+
+
+def attention_versions(group: int, head_dim: int) -> list[str]:
+    """The attention kernels a geometry can run, the default first."""
+    return ["v2", "v1"] if online_attention_fits(group, head_dim) else ["v1"]
+
+
+def attention_version(group: int, head_dim: int, version: str | None = None) -> str:
+    """The attention kernel a geometry runs: v2 (attn_online, one pass) where it fits, else v1 (attn_split);
+    an explicit version is checked."""
+    if version is None:
+        return "v2" if online_attention_fits(group, head_dim) else "v1"
+    if version not in ATTENTION_VERSIONS:
+        raise BadInputError(f"attention must be one of {', '.join(ATTENTION_VERSIONS)}, got {version!r}")
+    if version == "v2" and not online_attention_fits(group, head_dim):
+        raise BadInputError(f"attention v2 needs a GQA group of at most 8 heads of a size dividing 256 (got {group} "
+                            f"of {head_dim}); use attention='v1' or leave it unset")
+    return version
 
 
 def attention_chunk(spec: dict) -> int:
@@ -231,7 +261,8 @@ def gemv_names(fmt: str) -> list[str]:
 
 def module_names(options: tuple[str, ...]) -> list[str]:
     if "-DWITH_ATTN=1" in options:
-        return ["embed_rows", "attn_split"]
+        d = {o[2:].split("=")[0]: int(o.split("=")[1]) for o in options if o.startswith("-D") and "=" in o}
+        return ["embed_rows", "attn_split"] + (["attn_online"] if online_attention_fits(d["GQA"], d["HD"]) else [])
     bits = int(next(o for o in options if o.startswith("-DFMTS="))[7:])
     return [n for f, bit in FORMAT_BIT.items() if bits >> bit & 1 for n in gemv_names(f)]
 
@@ -282,14 +313,22 @@ def launch_gemv(kern: dict, mode: str, p: Packed, x, gamma, eps: float, batch: i
         opt(seqlens), i32(nh), i32(kvh), i32(cap)))
 
 
-def launch_attention(kern: dict, q, kc, vc, seqlens, part_o, part_ml, out, scale: float, counter) -> None:
-    """attn_split over (splits, K/V heads, rows), its last block a (row, K/V head) merging the splits:
-    q [B, NH*D], kc/vc [B, KVH, C, D] -> out [B, NH*D]; counter int32 [B, KVH] zeros (left zero after)."""
+def attention_twin(version: str, head_dim: int):
+    """The NumPy twin of attention `version`: (q, kc, vc, seqlens, scale, chunk, nsplit) -> (part_o, part_ml)."""
+    if version == "v1":
+        return R.attn_split
+    return functools.partial(R.attn_online, groups=(ATT_THREADS // 32) * (32 // (head_dim // 8)))
+
+
+def launch_attention(kern: dict, q, kc, vc, seqlens, part_o, part_ml, out, scale: float, counter,
+                     version: str = "v1") -> None:
+    """attn_split (v1) or attn_online (v2) over (splits, K/V heads, rows), its last block a (row, K/V head) merging
+    the splits: q [B, NH*D], kc/vc [B, KVH, C, D] -> out [B, NH*D]; counter int32 [B, KVH] zeros (left zero)."""
     b, kvh, cap, d = kc.shape
     nsplit = part_o.shape[2]
     i32 = np.int32
-    kern["attn_split"]((nsplit, kvh, b), (ATT_THREADS,), (q, kc, vc, seqlens, part_o, part_ml, out, counter,
-                                                          i32(kvh), i32(cap), i32(nsplit), np.float32(scale)))
+    kern[ATTENTION_KERNEL[version]]((nsplit, kvh, b), (ATT_THREADS,), (
+        q, kc, vc, seqlens, part_o, part_ml, out, counter, i32(kvh), i32(cap), i32(nsplit), np.float32(scale)))
 
 
 def kernels(head_dim: int, group: int, chunk: int, fmts: Sequence[str] = tuple(EPL), pdl: bool = False) -> dict:
@@ -332,7 +371,8 @@ class KernelEngine(DeviceStateMemory):
 
     def __init__(self, model_path: str | Path, spec: dict, device: str = "gpu", max_length: int | None = None,
                  cuda_graph: bool = True, device_id: int = 0, weights: Weights | None = None,
-                 chunk: int | None = None, prefill: str = "auto", gemv: str = "v2", pdl: bool | None = None):
+                 chunk: int | None = None, prefill: str = "auto", gemv: str = "v2", pdl: bool | None = None,
+                 attention: str | None = None):
         if gemv not in GEMV_VERSIONS:
             raise BadInputError(f"gemv must be one of {', '.join(GEMV_VERSIONS)}, got {gemv!r}")
         self.spec, self.gemv = spec, gemv
@@ -350,6 +390,7 @@ class KernelEngine(DeviceStateMemory):
                                 f"memory for this geometry; leave chunk unset (the engine picks "
                                 f"{attention_chunk(spec)})")
         self.nsplit = -(-self.capacity // self.chunk)
+        self.attention = attention_version(self.num_heads // self.kv_heads, self.head_dim, attention)
         self.scale = float(1.0 / np.sqrt(self.head_dim))
         if device == "gpu":
             from .cuda import cupy
@@ -492,7 +533,7 @@ class KernelEngine(DeviceStateMemory):
                         kc=st.cache[i, 0], vc=st.cache[i, 1], cos=w.cos, sin=w.sin, seqlens=st.seqlens,
                         nh=self.num_heads, kvh=self.kv_heads, cap=self.capacity, plan=plan(layer.qkv, "qkv"))
             launch_attention(k, st.q, st.cache[i, 0], st.cache[i, 1], st.seqlens, st.part_o, st.part_ml, st.attn,
-                             self.scale, st.counter)
+                             self.scale, st.counter, self.attention)
             launch_gemv(k, "resid", layer.o, st.attn, None, self.eps, b, st.resid, ldo=self.hidden,
                         plan=plan(layer.o, "resid"))
             launch_gemv(k, "swiglu", layer.gate_up, st.resid, layer.ln2, self.eps, b, st.act, inter=self.inter,
@@ -520,8 +561,8 @@ class KernelEngine(DeviceStateMemory):
         for i, layer in enumerate(w.layers):
             R.gemv_qkv(dense(layer.qkv), st.resid, layer.ln1, self.eps, layer.bias, st.q, st.cache[i, 0],
                        st.cache[i, 1], w.cos, w.sin, st.seqlens, self.num_heads, self.kv_heads)
-            po, pml = R.attn_split(st.q, st.cache[i, 0], st.cache[i, 1], st.seqlens, self.scale, self.chunk,
-                                   self.nsplit)
+            po, pml = attention_twin(self.attention, self.head_dim)(st.q, st.cache[i, 0], st.cache[i, 1],
+                                                                     st.seqlens, self.scale, self.chunk, self.nsplit)
             st.attn[...] = R.attn_combine(po, pml, st.seqlens, self.chunk)
             R.gemv_resid(dense(layer.o), st.attn, st.resid)
             st.act[...] = R.gemv_swiglu(dense(layer.gate_up), st.resid, layer.ln2, self.eps, self.inter)

@@ -114,6 +114,40 @@ def attn_split(q: np.ndarray, kc: np.ndarray, vc: np.ndarray, seqlens: np.ndarra
     return part_o, part_ml
 
 
+def attn_online(q: np.ndarray, kc: np.ndarray, vc: np.ndarray, seqlens: np.ndarray, scale: float, chunk: int,
+                nsplit: int, groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """attn_split's partials as decode.cu attn_online computes them: in each split, lane group g of `groups` takes
+    positions g, g + groups, ... one at a time with an online softmax (running max m, sum l, output o rescaled by
+    e^(m_old - m_new)); the groups then merge with weights e^(m_g - M), M the largest m_g."""
+    b_sz, kvh, _, d = kc.shape
+    nh = q.shape[1] // d
+    g = nh // kvh
+    part_o = np.zeros((b_sz, nh, nsplit, d), np.float32)
+    part_ml = np.zeros((b_sz, nh, nsplit, 2), np.float32)
+    qh = np.asarray(q, np.float32).reshape(b_sz, kvh, g, d) * np.float32(scale)
+    for b in range(b_sz):
+        n = int(seqlens[b]) + 1
+        for s in range(-(-n // chunk)):
+            t0, t1 = s * chunk, min(n, (s + 1) * chunk)
+            m = np.full((groups, kvh, g), -np.inf, np.float32)
+            l_ = np.zeros((groups, kvh, g), np.float32)
+            o = np.zeros((groups, kvh, g, d), np.float32)
+            for t in range(t0, t1):
+                gi = (t - t0) % groups
+                sc = np.einsum("hgd,hd->hg", qh[b], np.asarray(kc[b, :, t], np.float32))
+                mn = np.maximum(m[gi], sc)
+                c, p_ = np.exp(m[gi] - mn), np.exp(sc - mn)
+                l_[gi] = l_[gi] * c + p_
+                o[gi] = o[gi] * c[..., None] + p_[..., None] * np.asarray(vc[b, :, t], np.float32)[:, None, :]
+                m[gi] = mn
+            mx = m.max(0)
+            f = np.exp(m - mx)                                                 # empty groups: e^-inf = 0
+            part_o[b, :, s] = (f[..., None] * o).sum(0).reshape(nh, d)
+            part_ml[b, :, s, 0] = mx.reshape(nh)
+            part_ml[b, :, s, 1] = (f * l_).sum(0).reshape(nh)
+    return part_o, part_ml
+
+
 def attn_combine(part_o: np.ndarray, part_ml: np.ndarray, seqlens: np.ndarray, chunk: int) -> np.ndarray:
     """Merge the splits holding positions -> float32 [B, NH*D]."""
     b_sz, nh, _, d = part_o.shape
