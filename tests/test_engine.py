@@ -221,20 +221,25 @@ def test_without_head_refuses_a_graph_without_one(tmp_path):
 
 
 def test_attention_version_follows_the_geometry():
-    """v2 (attn_online) where a lane group tiles a warp and a GQA group of <= 8 heads fits its registers; else v1;
-    an explicit choice the geometry cannot run is one clear error. The CPU engine runs the chosen kernel's twin."""
-    from paddle2ort.runtime.kernels.engine import attention_version, attention_versions, module_names
-    assert attention_version(7, 64) == "v2" and attention_version(8, 256) == "v2"
-    assert attention_version(16, 128) == "v1" and attention_version(4, 96) == "v1"       # 12 lanes a row
-    assert attention_versions(9, 64) == ["v1"] and attention_versions(3, 64) == ["v2", "v1"]
+    """v2 (attn_online) wherever a lane group (head size / 8 lanes) tiles a warp, any GQA group (a block takes a
+    slice of <= 4 heads); else v1; v1 only where its shared memory fits the split; an explicit choice the geometry
+    cannot run is one clear error. The CPU engine runs the chosen kernel's twin."""
+    from paddle2ort.runtime.kernels.engine import (attention_chunk, attention_version, attention_versions,
+                                                   head_slices, module_names)
+    assert attention_version(7, 64) == "v2" and attention_version(16, 256) == "v2"
+    assert attention_version(4, 96) == "v1"                                              # 12 lanes a row
+    assert attention_versions(3, 64) == ["v2", "v1"] and attention_versions(4, 96) == ["v1"]
+    assert attention_versions(32, 128, 128) == ["v2"]                 # v1's scores [G][CHUNK] would not fit
+    assert [head_slices(g) for g in (1, 4, 5, 7, 8, 16)] == [1, 1, 2, 2, 2, 4]
+    assert attention_chunk({"num_heads": 32, "kv_heads": 1, "head_dim": 128}) == 128
     assert attention_version(7, 64, "v1") == "v1"
     with pytest.raises(BadInputError, match="attention v2 needs"):
-        attention_version(16, 64, "v2")
+        attention_version(4, 96, "v2")
     with pytest.raises(BadInputError, match="attention must be one of"):
         attention_version(7, 64, "v3")
-    opts = ("-DHD=64", "-DGQA=7", "-DCHUNK=128", "-DFMTS=0", "-DWITH_ATTN=1")
-    assert "attn_online" in module_names(opts)
-    assert "attn_online" not in module_names(("-DHD=64", "-DGQA=12", "-DCHUNK=64", "-DFMTS=0", "-DWITH_ATTN=1"))
+    assert {"attn_online", "attn_split"} <= set(module_names(("-DHD=64", "-DGQA=7", "-DCHUNK=128", "-DFMTS=0",
+                                                               "-DWITH_ATTN=1")))
+    assert "attn_split" not in module_names(("-DHD=128", "-DGQA=32", "-DCHUNK=128", "-DFMTS=0", "-DWITH_ATTN=1"))
 
 
 @pytest.mark.parametrize("attention", ["v2", "v1"])

@@ -95,6 +95,7 @@ def test_gemv_kernels_match_their_twins(fmt, plan, batch, k_in):
 
 @pytest.mark.parametrize("version", ["v2", "v1"])
 @pytest.mark.parametrize("hd,group,kvh,chunk", [(64, 7, 2, 128), (64, 3, 3, 64), (128, 4, 2, 128), (256, 8, 1, 64),
+                                                (128, 16, 2, 64),
                                                 (64, 1, 4, 128)])
 def test_attention_kernels_match_their_twins(hd, group, kvh, chunk, version):
     rng = np.random.default_rng(hd + group)
@@ -107,7 +108,7 @@ def test_attention_kernels_match_their_twins(hd, group, kvh, chunk, version):
     part_o = cp.zeros((batch, kvh * group, nsplit, hd), cp.float32)
     part_ml = cp.zeros((batch, kvh * group, nsplit, 2), cp.float32)
     out = cp.zeros((batch, kvh * group * hd), cp.float32)
-    counter = cp.zeros((batch, kvh), cp.int32)
+    counter = cp.zeros((batch, kvh * group), cp.int32)
     want = R.attn_combine(*attention_twin(version, hd)(q, kc, vc, seqlens, hd ** -0.5, chunk, nsplit), seqlens,
                           chunk)
     for _ in range(2):                                   # the split counter resets itself: a second launch agrees

@@ -218,8 +218,8 @@ def validate(configs, batches, versions=("v2", "v1")) -> dict:
                 kc, vc = rng.standard_normal((2, b, kvh, cap, hd), np.float32).astype(np.float16)
                 seq = np.minimum(np.arange(b) * 97 + ctx - 1, cap - 1).astype(np.int32)
                 want = R.attn_combine(*R.attn_split(q, kc, vc, seq, hd ** -0.5, chunk, nsplit), seq, chunk)
-                for av in attention_versions(nh // kvh, hd):
-                    od, cnt = cp.zeros((b, nh * hd), cp.float32), cp.zeros((b, kvh), cp.int32)
+                for av in attention_versions(nh // kvh, hd, chunk):
+                    od, cnt = cp.zeros((b, nh * hd), cp.float32), cp.zeros((b, nh), cp.int32)
                     checks += 1
                     launch_attention(kern, cp.asarray(q), cp.asarray(kc), cp.asarray(vc), cp.asarray(seq),
                                      cp.zeros((b, nh, nsplit, hd), cp.float32),
@@ -292,9 +292,9 @@ def run(configs=("qwen2.5-0.5b", "smollm2-135m"), batches=(1, 8), versions=("v2"
                 po, pml = cp.zeros((b, nh, nsplit, hd), cp.float32), cp.zeros((b, nh, nsplit, 2), cp.float32)
                 od = cp.zeros((b, nh * hd), cp.float32)
                 dq, dk, dv, ds = cp.asarray(q), cp.asarray(kc), cp.asarray(vc), cp.asarray(seq)
-                cnt = cp.zeros((b, kvh), cp.int32)
+                cnt = cp.zeros((b, nh), cp.int32)
                 want = R.attn_combine(*R.attn_split(q, kc, vc, seq, hd ** -0.5, chunk, nsplit), seq, chunk)
-                for av in attention_versions(nh // kvh, hd):
+                for av in attention_versions(nh // kvh, hd, chunk):
                     fn = functools.partial(launch_attention, kern, dq, dk, dv, ds, po, pml, od, hd ** -0.5, cnt, av)
                     od.fill(0)
                     fn()
@@ -330,9 +330,9 @@ def attention_sweep(configs=("qwen2.5-0.5b", "smollm2-135m"), batches=(1, 8), ch
                     args = [cp.asarray(q), cp.asarray(kc), cp.asarray(vc), cp.asarray(seq),
                             cp.zeros((b, nh, nsplit, hd), cp.float32), cp.zeros((b, nh, nsplit, 2), cp.float32),
                             cp.zeros((b, nh * hd), cp.float32)]
-                    cnt = cp.zeros((b, kvh), cp.int32)
+                    cnt = cp.zeros((b, nh), cp.int32)
                     want = R.attn_combine(*R.attn_split(q, kc, vc, seq, hd ** -0.5, chunk, nsplit), seq, chunk)
-                    for av in attention_versions(g, hd):
+                    for av in attention_versions(g, hd, chunk):
                         fn = functools.partial(launch_attention, kern, *args, hd ** -0.5, cnt, av)
                         args[-1].fill(0)
                         fn()

@@ -508,26 +508,25 @@ extern "C" __global__ void embed_rows(const unsigned short* __restrict__ table, 
   for (int k = threadIdx.x; k < H; k += blockDim.x) resid[(long long)blockIdx.x * H + k] = h2f(table[row * H + k]);
 }
 
-// The last split block of (b, kh) to finish merges the splits (threadFenceReduction pattern; the counter [B, KVH]
-// resets itself for the next layer and step): out [B, NH*HD] = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s.
-// Called by every thread of a split block after its partials are written.
-__device__ __forceinline__ void split_merge(const float* part_o, const float* part_ml, float* out, int* counter,
-                                            int b, int kh, int kvh, int nh, int nsplit, int used) {
-  constexpr int G = GQA;
+// The last split block of a (row b, heads [head0, head0 + nheads)) to finish merges the splits (threadFenceReduction
+// pattern; its counter slot resets itself for the next layer and step): out [B, NH*HD] = sum_s e^(m_s - M) o_s /
+// sum_s e^(m_s - M) l_s. Called by every thread of a split block after its partials are written.
+__device__ __forceinline__ void split_merge(const float* part_o, const float* part_ml, float* out, int* slot, int b,
+                                            int head0, int nheads, int nh, int nsplit, int used) {
   const int tid = threadIdx.x;
   __shared__ int is_last;
   __threadfence();
   __syncthreads();
   if (tid == 0) {
-    const int done = atomicAdd(counter + b * kvh + kh, 1);
+    const int done = atomicAdd(slot, 1);
     is_last = done == used - 1;
-    if (is_last) counter[b * kvh + kh] = 0;
+    if (is_last) *slot = 0;
   }
   __syncthreads();
   if (!is_last) return;
   __threadfence();
-  for (int i = tid; i < G * HD; i += ATT_THREADS) {
-    const int h = kh * G + i / HD, d = i % HD;
+  for (int i = tid; i < nheads * HD; i += blockDim.x) {
+    const int h = head0 + i / HD, d = i % HD;
     const float* ml = part_ml + ((long long)b * nh + h) * nsplit * 2;
     const float* o = part_o + ((long long)b * nh + h) * nsplit * HD;
     float m = NEG_INF;
@@ -549,6 +548,8 @@ __device__ __forceinline__ void split_merge(const float* part_o, const float* pa
 // max and sum (part_o [B, NH, S, HD], part_ml [B, NH, S, 2]); the last block of (b, kh) merges the splits:
 // out [B, NH*HD] = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s (twins: attn_split, attn_combine). A context of
 // one split (len <= CHUNK) skips the partials and the merge: out = o / l, what the merge computes for it.
+#define ATTN_V1_FITS (4 * (GQA * HD + GQA * CHUNK + (ATT_THREADS / 32) * GQA * HD) <= 48 * 1024)
+#if ATTN_V1_FITS
 extern "C" __global__ void __launch_bounds__(ATT_THREADS) attn_split(
     const float* __restrict__ q, const unsigned short* __restrict__ kc, const unsigned short* __restrict__ vc,
     const int* __restrict__ seqlens, float* part_o, float* part_ml, float* out, int* counter, int kvh, int cap,
@@ -650,30 +651,38 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) attn_split(
       part_o[(((long long)b * nh + kh * G + i / HD) * nsplit + s) * HD + i % HD] = v;
   }
   if (used == 1) return;
-  split_merge(part_o, part_ml, out, counter, b, kh, kvh, nh, nsplit, used);
+  split_merge(part_o, part_ml, out, counter + b * kvh + kh, b, kh * G, G, nh, nsplit, used);
 }
+#endif  // ATTN_V1_FITS (engine.attention_fits)
 
-// Attention v2 (the engine's default where ATTN_V2_FITS): the same split, partials and merge as attn_split, in one
-// pass. A lane group (HD/8 lanes, 8 dims each, 16-byte K and V loads) takes positions g, g + NG, ... of the split
-// with an online softmax per GQA head (running max m, sum l, unnormalized output); q stays in registers, the next
-// position's K and V are loaded before the current one is used, and the NG groups merge once through shared memory.
-// attn_split's three phases (scores to shared memory, softmax by warps, P @ V with a cross-lane reduction) each
-// paid a round of latency: 10 us over 256 positions on an H200 (run12 kernel table). Twin: reference.attn_online.
+// Attention v2 (the engine's default where ATTN_V2_FITS): the same splits, partials and merge as attn_split, in one
+// pass, with more blocks: block (split s, K/V head kh x head slice hs, row b) of ATT2_THREADS threads attends the
+// ATT_HPB query heads hs*HPB .. of kh's GQA group (ATT_HS slices of at most 4 heads: fewer serial heads a thread).
+// A lane group (HD/8 lanes, 8 dims each, 16-byte K and V loads) takes positions g, g + NG, ... of the split with an
+// online softmax per head (running max m, sum l, unnormalized output); q stays in registers, the next position's K
+// and V are loaded before the current one is used; the NG groups merge once through shared memory, each group's
+// weight e^(m_g - M) computed once. attn_split's three phases (scores to shared memory, softmax by warps, P @ V with
+// a cross-lane reduction) each paid a round of latency. Twin: reference.attn_online. The split counter has a slot
+// per (row, K/V head, slice): counter [B, KVH * HS] (the engine allocates [B, NH]).
+#define ATT2_THREADS 256
 #define ATT_LPR (HD / 8)
-#define ATT_NG ((ATT_THREADS / 32) * (32 / ATT_LPR))
-#define ATTN_V2_FITS (HD % 8 == 0 && 32 % ATT_LPR == 0 && GQA <= 8)
+#define ATT_NG ((ATT2_THREADS / 32) * (32 / ATT_LPR))
+#define ATT_HS ((GQA + 3) / 4)
+#define ATT_HPB ((GQA + ATT_HS - 1) / ATT_HS)
+#define ATTN_V2_FITS (HD % 8 == 0 && 32 % ATT_LPR == 0)
 #if ATTN_V2_FITS
-extern "C" __global__ void __launch_bounds__(ATT_THREADS) attn_online(
+extern "C" __global__ void __launch_bounds__(ATT2_THREADS) attn_online(
     const float* __restrict__ q, const unsigned short* __restrict__ kc, const unsigned short* __restrict__ vc,
     const int* __restrict__ seqlens, float* part_o, float* part_ml, float* out, int* counter, int kvh, int cap,
     int nsplit, float scale) {
-  constexpr int G = GQA, LPR = ATT_LPR, RPW = 32 / LPR, NG = ATT_NG;
-  __shared__ float so[NG][G][HD];                      // each group's unnormalized output, max and sum
-  __shared__ float sm[NG][G], sl[NG][G];
-  const int s = blockIdx.x, kh = blockIdx.y, b = blockIdx.z, nh = kvh * G;
+  constexpr int G = GQA, HPB = ATT_HPB, HS = ATT_HS, LPR = ATT_LPR, RPW = 32 / LPR, NG = ATT_NG, ROW = HD / 8;
+  __shared__ float so[NG][HPB][HD];                    // each group's unnormalized output, max and sum
+  __shared__ float sm[NG][HPB], sl[NG][HPB], sf[NG][HPB], smx[HPB];
+  const int s = blockIdx.x, kh = blockIdx.y / HS, hs = blockIdx.y % HS, b = blockIdx.z, nh = kvh * G;
+  const int h0 = kh * G + hs * HPB, nhb = min(HPB, G - hs * HPB);   // this block's first head, its head count
   const int len = seqlens[b] + 1, t0 = s * CHUNK, t1 = min(len, t0 + CHUNK), n = t1 - t0;
   const long long base = ((long long)b * kvh + kh) * cap;
-  for (int i = threadIdx.x; i < n; i += ATT_THREADS)
+  for (int i = threadIdx.x; i < n; i += ATT2_THREADS)
 #pragma unroll
     for (int c = 0; c < HD * 2; c += 128) {
       PREFETCH_L2(reinterpret_cast<const unsigned char*>(kc + (base + t0 + i) * HD) + c);
@@ -683,12 +692,15 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) attn_online(
   if (n <= 0) return;                                   // the merge reads only the splits below len
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int sub = lane % LPR, grp = warp * RPW + lane / LPR;
-  float qr[G][8], m[G], l[G], acc[G][8];
-  const float* qb = q + ((long long)b * nh + kh * G) * HD + sub * 8;
+  float qr[HPB][8], m[HPB], l[HPB], acc[HPB][8];
+  const float* qb = q + ((long long)b * nh + h0) * HD + sub * 8;
 #pragma unroll
-  for (int h = 0; h < G; ++h) {
-    const float4 a = *reinterpret_cast<const float4*>(qb + h * HD);
-    const float4 c = *reinterpret_cast<const float4*>(qb + h * HD + 4);
+  for (int h = 0; h < HPB; ++h) {
+    float4 a = make_float4(0.f, 0.f, 0.f, 0.f), c = a;
+    if (h < nhb) {
+      a = *reinterpret_cast<const float4*>(qb + h * HD);
+      c = *reinterpret_cast<const float4*>(qb + h * HD + 4);
+    }
     qr[h][0] = a.x * scale; qr[h][1] = a.y * scale; qr[h][2] = a.z * scale; qr[h][3] = a.w * scale;
     qr[h][4] = c.x * scale; qr[h][5] = c.y * scale; qr[h][6] = c.z * scale; qr[h][7] = c.w * scale;
     m[h] = NEG_INF; l[h] = 0.f;
@@ -697,7 +709,6 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) attn_online(
   }
   const uint4* kr = reinterpret_cast<const uint4*>(kc + (base + t0) * HD) + sub;
   const uint4* vr = reinterpret_cast<const uint4*>(vc + (base + t0) * HD) + sub;
-  constexpr int ROW = HD / 8;                           // uint4 a K/V row
   int i = warp * RPW + lane / LPR;                      // a warp's groups step together (full-mask shuffles)
   uint4 kn = make_uint4(0, 0, 0, 0), vn = kn;
   if (i < n) { kn = __ldg(kr + (long long)i * ROW); vn = __ldg(vr + (long long)i * ROW); }
@@ -705,11 +716,11 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) attn_online(
     const uint4 kraw = kn, vraw = vn;
     const bool ok = i < n;
     if (i + NG < n) { kn = __ldg(kr + (long long)(i + NG) * ROW); vn = __ldg(vr + (long long)(i + NG) * ROW); }
-    float kf[8], vf[8], sc[G];
+    float kf[8], vf[8], sc[HPB];
 #pragma unroll
     for (int e = 0; e < 8; ++e) { kf[e] = elem<F16>(kraw, e, 1.f, 0.f); vf[e] = elem<F16>(vraw, e, 1.f, 0.f); }
 #pragma unroll
-    for (int h = 0; h < G; ++h) {
+    for (int h = 0; h < HPB; ++h) {
       float d = 0.f;
 #pragma unroll
       for (int e = 0; e < 8; ++e) d += qr[h][e] * kf[e];
@@ -718,10 +729,10 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) attn_online(
 #pragma unroll
     for (int o = 1; o < LPR; o <<= 1)
 #pragma unroll
-      for (int h = 0; h < G; ++h) sc[h] += __shfl_xor_sync(0xffffffffu, sc[h], o);
+      for (int h = 0; h < HPB; ++h) sc[h] += __shfl_xor_sync(0xffffffffu, sc[h], o);
     if (ok) {
 #pragma unroll
-      for (int h = 0; h < G; ++h) {
+      for (int h = 0; h < HPB; ++h) {
         const float mn = fmaxf(m[h], sc[h]);
         const float c = __expf(m[h] - mn), p = __expf(sc[h] - mn);
         l[h] = l[h] * c + p;
@@ -733,35 +744,40 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) attn_online(
   }
   PDL_LAUNCH();                                  // K and V are read: the next kernel may start
 #pragma unroll
-  for (int h = 0; h < G; ++h) {
+  for (int h = 0; h < HPB; ++h) {
 #pragma unroll
     for (int e = 0; e < 8; ++e) so[grp][h][sub * 8 + e] = acc[h][e];
     if (sub == 0) { sm[grp][h] = m[h]; sl[grp][h] = l[h]; }
   }
   __syncthreads();
-  const int used = (len + CHUNK - 1) / CHUNK;
-  for (int j = tid; j < G * HD; j += ATT_THREADS) {     // the groups merged: e^(m_g - M) weights, M their max
-    const int h = j / HD, d = j % HD;
+  for (int j = tid; j < NG * HPB; j += ATT2_THREADS) {  // each group's weight e^(m_g - M), M the heads' largest m
+    const int g = j / HPB, h = j % HPB;
     float mx = NEG_INF;
 #pragma unroll
-    for (int g = 0; g < NG; ++g) mx = fmaxf(mx, sm[g][h]);
+    for (int o = 0; o < NG; ++o) mx = fmaxf(mx, sm[o][h]);
+    sf[g][h] = __expf(sm[g][h] - mx);                  // a group without positions: e^-inf = 0
+    if (g == 0) smx[h] = mx;
+  }
+  __syncthreads();
+  const int used = (len + CHUNK - 1) / CHUNK;
+  for (int j = tid; j < nhb * HD; j += ATT2_THREADS) {
+    const int h = j / HD, d = j % HD;
     float num = 0.f, den = 0.f;
 #pragma unroll
     for (int g = 0; g < NG; ++g) {
-      const float f = __expf(sm[g][h] - mx);           // a group without positions: e^-inf = 0
-      num += f * so[g][h][d];
-      den += f * sl[g][h];
+      num += sf[g][h] * so[g][h][d];
+      den += sf[g][h] * sl[g][h];
     }
-    const long long row = (long long)b * nh + kh * G + h;
+    const long long row = (long long)b * nh + h0 + h;
     if (used == 1) {                                    // one split: the merge below is e^0 = 1 times o and l
       out[row * HD + d] = num / den;
     } else {
       part_o[(row * nsplit + s) * HD + d] = num;
-      if (d == 0) { part_ml[(row * nsplit + s) * 2] = mx; part_ml[(row * nsplit + s) * 2 + 1] = den; }
+      if (d == 0) { part_ml[(row * nsplit + s) * 2] = smx[h]; part_ml[(row * nsplit + s) * 2 + 1] = den; }
     }
   }
   if (used == 1) return;
-  split_merge(part_o, part_ml, out, counter, b, kh, kvh, nh, nsplit, used);
+  split_merge(part_o, part_ml, out, counter + (b * kvh + kh) * HS + hs, b, h0, nhb, nh, nsplit, used);
 }
 #endif  // ATTN_V2_FITS
 #endif  // WITH_ATTN

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).parent / "decode.cu"
 EPL = {"f16": 8, "f32": 4, "q8": 16, "q4": 32}        # elements a lane loads at once (16 bytes), decode.cu Fmt
 BT, GW, ATT_THREADS = 8, 4, 128                     # decode.cu: batch rows per GEMV block, warps per block
+ATT2_THREADS = 256                                  # decode.cu attn_online's block
 SHARED_LIMIT = 48 * 1024
 
 
@@ -194,14 +195,20 @@ def attention_fits(group: int, head_dim: int, chunk: int) -> bool:
 
 
 def online_attention_fits(group: int, head_dim: int) -> bool:
-    """decode.cu ATTN_V2_FITS: attn_online's lane groups (head_dim / 8 lanes) tile a warp, and a GQA group of at
-    most 8 heads keeps q, the running sums and the output in registers (its shared merge buffer then fits)."""
-    return head_dim % 8 == 0 and 32 % (head_dim // 8) == 0 and group <= 8
+    """decode.cu ATTN_V2_FITS: attn_online's lane groups (head_dim / 8 lanes) tile a warp (any GQA group: a block
+    takes a slice of at most 4 of its heads)."""
+    return head_dim % 8 == 0 and 32 % (head_dim // 8) == 0
 
 
-def attention_versions(group: int, head_dim: int) -> list[str]:
-    """The attention kernels a geometry can run, the default first."""
-    return ["v2", "v1"] if online_attention_fits(group, head_dim) else ["v1"]
+def head_slices(group: int) -> int:
+    """decode.cu ATT_HS: attn_online blocks a K/V head (slices of at most 4 of its GQA group's query heads)."""
+    return -(-group // 4)
+
+
+def attention_versions(group: int, head_dim: int, chunk: int = 128) -> list[str]:
+    """The attention kernels a geometry can run at this split size, the default first."""
+    return ((["v2"] if online_attention_fits(group, head_dim) else [])
+            + (["v1"] if attention_fits(group, head_dim, chunk) else []))
 
 
 def attention_version(group: int, head_dim: int, version: str | None = None) -> str:
@@ -212,16 +219,18 @@ def attention_version(group: int, head_dim: int, version: str | None = None) -> 
     if version not in ATTENTION_VERSIONS:
         raise BadInputError(f"attention must be one of {', '.join(ATTENTION_VERSIONS)}, got {version!r}")
     if version == "v2" and not online_attention_fits(group, head_dim):
-        raise BadInputError(f"attention v2 needs a GQA group of at most 8 heads of a size dividing 256 (got {group} "
-                            f"of {head_dim}); use attention='v1' or leave it unset")
+        raise BadInputError(f"attention v2 needs a head size of 8 x a power of two up to 256, got {head_dim}; use "
+                            "attention='v1' or leave it unset")
     return version
 
 
-def attention_chunk(spec: dict) -> int:
-    """Positions per flash-decoding split: 128 (or 64 where the shared memory of a large group needs it): short
-    contexts still spread over a few blocks a K/V head, long ones over many (benchmarks/results/llm-gpu/
-    attn-chunk-h200: smaller splits do not make short contexts faster)."""
+def attention_chunk(spec: dict, version: str | None = None) -> int:
+    """Positions per flash-decoding split: 128 (for v1, 64 where the shared memory of a large group needs it; v2's
+    does not depend on it): short contexts still spread over a few blocks a K/V head, long ones over many
+    (benchmarks/results/llm-gpu/attn-chunk-h200: smaller splits do not make short contexts faster)."""
     g, d = spec["num_heads"] // spec["kv_heads"], spec["head_dim"]
+    if attention_version(g, d, version) == "v2":
+        return 128
     for chunk in (128, 64):
         if attention_fits(g, d, chunk):
             return chunk
@@ -262,7 +271,8 @@ def gemv_names(fmt: str) -> list[str]:
 def module_names(options: tuple[str, ...]) -> list[str]:
     if "-DWITH_ATTN=1" in options:
         d = {o[2:].split("=")[0]: int(o.split("=")[1]) for o in options if o.startswith("-D") and "=" in o}
-        return ["embed_rows", "attn_split"] + (["attn_online"] if online_attention_fits(d["GQA"], d["HD"]) else [])
+        return (["embed_rows"] + (["attn_split"] if attention_fits(d["GQA"], d["HD"], d["CHUNK"]) else [])
+                + (["attn_online"] if online_attention_fits(d["GQA"], d["HD"]) else []))
     bits = int(next(o for o in options if o.startswith("-DFMTS="))[7:])
     return [n for f, bit in FORMAT_BIT.items() if bits >> bit & 1 for n in gemv_names(f)]
 
@@ -317,17 +327,21 @@ def attention_twin(version: str, head_dim: int):
     """The NumPy twin of attention `version`: (q, kc, vc, seqlens, scale, chunk, nsplit) -> (part_o, part_ml)."""
     if version == "v1":
         return R.attn_split
-    return functools.partial(R.attn_online, groups=(ATT_THREADS // 32) * (32 // (head_dim // 8)))
+    return functools.partial(R.attn_online, groups=(ATT2_THREADS // 32) * (32 // (head_dim // 8)))
 
 
 def launch_attention(kern: dict, q, kc, vc, seqlens, part_o, part_ml, out, scale: float, counter,
                      version: str = "v1") -> None:
-    """attn_split (v1) or attn_online (v2) over (splits, K/V heads, rows), its last block a (row, K/V head) merging
-    the splits: q [B, NH*D], kc/vc [B, KVH, C, D] -> out [B, NH*D]; counter int32 [B, KVH] zeros (left zero)."""
+    """attn_split (v1: grid splits x K/V heads x rows) or attn_online (v2: splits x K/V heads x head slices x
+    rows), the last block of each (row, heads) merging the splits: q [B, NH*D], kc/vc [B, KVH, C, D] -> out
+    [B, NH*D]; counter int32 [B, NH] zeros (a slot a block column; left zero)."""
     b, kvh, cap, d = kc.shape
     nsplit = part_o.shape[2]
     i32 = np.int32
-    kern[ATTENTION_KERNEL[version]]((nsplit, kvh, b), (ATT_THREADS,), (
+    grid, threads = (nsplit, kvh, b), ATT_THREADS
+    if version == "v2":
+        grid, threads = (nsplit, kvh * head_slices(part_o.shape[1] // kvh), b), ATT2_THREADS
+    kern[ATTENTION_KERNEL[version]](grid, (threads,), (
         q, kc, vc, seqlens, part_o, part_ml, out, counter, i32(kvh), i32(cap), i32(nsplit), np.float32(scale)))
 
 
@@ -359,7 +373,7 @@ class State:
     act: Any = None                # float32 [B, I]
     part_o: Any = None             # float32 [B, NH, S, D]
     part_ml: Any = None            # float32 [B, NH, S, 2]
-    counter: Any = None            # int32 [B, KVH]: split blocks done (attention)
+    counter: Any = None            # int32 [B, NH]: split blocks done, a slot a (K/V head, head slice) (attention)
     graph: Any = None
     warm: bool = False
 
@@ -384,13 +398,13 @@ class KernelEngine(DeviceStateMemory):
             raise BadInputError(f"max_length {self.capacity} exceeds the model's {spec['max_positions']} positions")
         host = weights or load_weights(model_path, spec)
         check_geometry(spec, host)
-        self.chunk = int(chunk or attention_chunk(spec))
-        if not attention_fits(self.num_heads // self.kv_heads, self.head_dim, self.chunk):
+        self.attention = attention_version(self.num_heads // self.kv_heads, self.head_dim, attention)
+        self.chunk = int(chunk or attention_chunk(spec, self.attention))
+        if self.attention == "v1" and not attention_fits(self.num_heads // self.kv_heads, self.head_dim, self.chunk):
             raise BadInputError(f"an attention split of {self.chunk} positions does not fit the kernel's shared "
                                 f"memory for this geometry; leave chunk unset (the engine picks "
-                                f"{attention_chunk(spec)})")
+                                f"{attention_chunk(spec, 'v1')})")
         self.nsplit = -(-self.capacity // self.chunk)
-        self.attention = attention_version(self.num_heads // self.kv_heads, self.head_dim, attention)
         self.scale = float(1.0 / np.sqrt(self.head_dim))
         if device == "gpu":
             from .cuda import cupy
@@ -511,7 +525,7 @@ class KernelEngine(DeviceStateMemory):
                        attn=xp.zeros((batch, nd), np.float32), act=xp.zeros((batch, self.inter), np.float32),
                        part_o=xp.zeros((batch, self.num_heads, self.nsplit, self.head_dim), np.float32),
                        part_ml=xp.zeros((batch, self.num_heads, self.nsplit, 2), np.float32),
-                       counter=xp.zeros((batch, self.kv_heads), np.int32))
+                       counter=xp.zeros((batch, self.num_heads), np.int32))
         self.states[batch] = st
         return st
 
