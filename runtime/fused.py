@@ -53,6 +53,7 @@ class DecodeState:
     binding: object = None         # decode-step IO binding (built once)
     graph_id: int = -1             # its CUDA graph (one per allocated state: a grown state is a new graph)
     parts: dict = None             # rows joining and leaving, no CUDA graph: first-k-slots bindings (k -> binding)
+    picks: np.ndarray = None       # int64 [B, 1] zeros: a step's logit_positions (the CPU graph, head_at_positions)
 
     @property
     def capacity(self) -> int:
@@ -82,6 +83,27 @@ class DeviceStateMemory:
         return int(free + self.xp.get_default_memory_pool().free_bytes()) + self.held_bytes()
 
 
+def _embedded(model_path: str | Path):
+    """The fused decoder's ModelProto, or None where its weights live outside the file (> 2 GB: a serialized proto
+    cannot hold them, so the graph is served as it is)."""
+    import onnx
+    from onnx import TensorProto
+    m = onnx.load(str(model_path), load_external_data=False)
+    return None if any(t.data_location == TensorProto.EXTERNAL for t in m.graph.initializer) else m
+
+
+def _lm_head(m, where) -> tuple[object, int]:
+    """The node writing "logits" (MatMul, or MatMulNBits for weight-only quantized graphs) and the element type of
+    its activation (MatMul's is its weight's; MatMulNBits' is its scales')."""
+    head = [n for n in m.graph.node if "logits" in n.output]
+    if len(head) != 1 or head[0].op_type not in ("MatMul", "MatMulNBits"):
+        raise BadInputError(f"{where}: no single LM head (MatMul / MatMulNBits) writes 'logits'; not a fused "
+                            "decoder of convert-llm")
+    head = head[0]
+    inits = {t.name: t for t in m.graph.initializer}
+    return head, inits[head.input[1] if head.op_type == "MatMul" else head.input[2]].data_type
+
+
 def without_head(model_path: str | Path) -> bytes | None:
     """The fused decoder with its LM head cut off, for a prompt pass whose caller computes the last rows' logits
     itself (the kernel engine): output "logits" becomes the head's input, the final-norm hidden state [B, S, H], so
@@ -89,19 +111,11 @@ def without_head(model_path: str | Path) -> bytes | None:
     holds B x S x V logits. Cut with onnx by hand (a node and its weights removed, an Identity to the output): no
     library trims a graph at a named node. None where the weights live outside the file (> 2 GB: the full graph
     serves, as a serialized proto cannot exceed 2 GB)."""
-    import onnx
-    from onnx import TensorProto, helper
-    m = onnx.load(str(model_path), load_external_data=False)
-    if any(t.data_location == TensorProto.EXTERNAL for t in m.graph.initializer):
+    from onnx import helper
+    m = _embedded(model_path)
+    if m is None:
         return None
-    head = [n for n in m.graph.node if "logits" in n.output]
-    if len(head) != 1 or head[0].op_type not in ("MatMul", "MatMulNBits"):
-        raise BadInputError(f"{model_path}: no single LM head (MatMul / MatMulNBits) writes 'logits'; not a fused "
-                            "decoder of convert-llm")
-    head = head[0]
-    inits = {t.name: t for t in m.graph.initializer}
-    # the activation's type: MatMul's is its weight's; MatMulNBits' is its scales'
-    elem = inits[head.input[1] if head.op_type == "MatMul" else head.input[2]].data_type
+    head, elem = _lm_head(m, model_path)
     m.graph.node.remove(head)
     m.graph.node.append(helper.make_node("Identity", [head.input[0]], ["logits"], name="prompt_hidden"))
     used = {i for n in m.graph.node for i in n.input}
@@ -113,9 +127,112 @@ def without_head(model_path: str | Path) -> bytes | None:
     return m.SerializeToString()
 
 
+def _varint(buf, i: int) -> tuple[int, int]:
+    v = shift = 0
+    while True:
+        b = buf[i]
+        v, i, shift = v | (b & 0x7F) << shift, i + 1, shift + 7
+        if b < 0x80:
+            return v, i
+
+
+def _fields(buf, start: int, end: int):
+    """The protobuf fields of the message buf[start:end], payloads unread: (number, tag offset, payload offset,
+    payload end) each."""
+    i = start
+    while i < end:
+        tag = i
+        key, i = _varint(buf, i)
+        kind = key & 7
+        if kind == 2:
+            n, i = _varint(buf, i)
+            j = i + n
+        elif kind in (1, 5):
+            j = i + (8 if kind == 1 else 4)
+        elif kind == 0:
+            j = _varint(buf, i)[1]
+        else:
+            raise BadInputError(f"not an ONNX model file (protobuf wire type {kind} at byte {tag})")
+        yield key >> 3, tag, i, j
+        i = j
+
+
+def _light_tensor(buf, start: int, end: int, location: str, min_bytes: int):
+    """The TensorProto at buf[start:end]; raw data of min_bytes or more stays in the file: an external-data
+    reference to its bytes there."""
+    from onnx import TensorProto
+    fields = list(_fields(buf, start, end))
+    raw = next(((at, e) for num, _, at, e in fields if num == 9), None)           # raw_data
+    if raw is None or raw[1] - raw[0] < min_bytes:
+        return TensorProto.FromString(bytes(buf[start:end]))
+    t = TensorProto.FromString(b"".join(bytes(buf[tag:e]) for num, tag, _, e in fields if num != 9))
+    t.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", raw[0]), ("length", raw[1] - raw[0])):
+        t.external_data.add(key=key, value=str(value))
+    return t
+
+
+def light_model(path: str | Path, min_bytes: int = 4096):
+    """The ModelProto of an ONNX file with its weights left in the file (each large initializer an external-data
+    reference to its bytes there, relative to the file's real folder: symbolic links resolved), read without loading
+    them (the file mapped, only message headers touched): a graph edited at load keeps its weights where they are,
+    onnxruntime reads them from the file (SessionOptions.external_data_dir), and neither Python nor the session keeps
+    a second copy (onnx.load + SerializeToString held SmolLM2's fp32 weights twice more, and the session kept the
+    bytes)."""
+    import mmap
+    import onnx
+    path = Path(path).resolve()                  # its folder: the one onnxruntime checks each location against
+    model, graph, inits = [], [], []
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        for num, tag, at, end in _fields(buf, 0, len(buf)):
+            if num != 7:                                                          # ModelProto.graph
+                model.append(bytes(buf[tag:end]))
+                continue
+            for gnum, gtag, gat, gend in _fields(buf, at, end):
+                if gnum == 5:                                                     # GraphProto.initializer
+                    inits.append(_light_tensor(buf, gat, gend, path.name, min_bytes))
+                else:
+                    graph.append(bytes(buf[gtag:gend]))
+    m = onnx.ModelProto.FromString(b"".join(model))
+    m.graph.ParseFromString(b"".join(graph))
+    m.graph.initializer.extend(inits)
+    return m
+
+
+def head_at_positions(model: str | Path | bytes) -> bytes:
+    """The fused decoder whose LM head runs only at the positions a new input names, in one graph (its weights
+    loaded once, one session call a step): "logit_positions" int64 [B, P] (row b's positions, 0..S-1) gathers the
+    final-norm hidden state [B, S, H] to [B, P, H] (GatherND, batch_dims 1) before the head, so "logits" is
+    [B, P, V]. A prompt pass asks for each row's last position only (llama.cpp's way: the head is ~21% of SmolLM2's
+    prompt FLOPs at every position), teacher forcing for all of them, a decode step for its one token. From a file,
+    the weights stay there (light_model: load it with external_data_dir = the file's folder)."""
+    import onnx
+    from onnx import TensorProto, helper
+    m = onnx.load_from_string(model) if isinstance(model, bytes) else light_model(model)
+    head, _ = _lm_head(m, "the fused decoder" if isinstance(model, bytes) else model)
+    hidden, nd, picked = head.input[0], "logit_positions_nd", "logit_positions_hidden"
+    m.graph.initializer.append(onnx.numpy_helper.from_array(np.array([-1], np.int64), "logit_positions_axes"))
+    gather = [helper.make_node("Unsqueeze", ["logit_positions", "logit_positions_axes"], [nd], name=nd),
+              helper.make_node("GatherND", [hidden, nd], [picked], name=picked, batch_dims=1)]
+    moved = onnx.NodeProto()
+    moved.CopyFrom(head)
+    moved.input[0] = picked
+    m.graph.node.remove(head)                  # the head last (it feeds nothing): the nodes stay in order
+    m.graph.node.extend(gather + [moved])
+    m.graph.input.append(helper.make_tensor_value_info("logit_positions", TensorProto.INT64, ["batch", "positions"]))
+    out = next(o for o in m.graph.output if o.name == "logits")
+    out.type.tensor_type.shape.dim[1].dim_param = "positions"
+    return m.SerializeToString()
+
+
 class FusedDecoder(DeviceStateMemory):
     """Session + per-batch device state for a fused decoder file. device: "cpu" or "gpu"; cuda_options are extra
-    CUDA provider options (e.g. {"sdpa_kernel": 1} to pin an attention kernel)."""
+    CUDA provider options (e.g. {"sdpa_kernel": 1} to pin an attention kernel).
+
+    On the CPU the graph is loaded with its LM head at chosen positions (head_at_positions): a prompt pass for
+    generation computes only each row's last logits; prompt_logits still gets every position's."""
+
+    positions_head = True          # CPU: load the graph through head_at_positions (False: the file's graph as is)
 
     def __init__(self, model_path: str | Path | bytes, spec: dict, session: SessionOptions = SessionOptions(),
                  max_length: int | None = None, cuda_graph: bool = True):
@@ -140,6 +257,7 @@ class FusedDecoder(DeviceStateMemory):
         else:
             self.xp, self.stream = np, None
             cuda_graph = False
+            model_path, session = self._positions_graph(model_path, session)
         self.cuda_graph = cuda_graph
         try:
             self.session = create_session(model_path, session)
@@ -156,12 +274,27 @@ class FusedDecoder(DeviceStateMemory):
             raise BadInputError(f"{name} is not a fused decoder (inputs: {', '.join(types)})")
         self.dtype = _ORT_TYPES[types["past_key_values.0.key"]]                       # KV cache
         self.logits_dtype = _ORT_TYPES[{o.name: o.type for o in self.session.get_outputs()}["logits"]]
+        self.picked_head = "logit_positions" in types      # the LM head runs at the positions bound there
         self.states: dict[int, DecodeState] = {}
         self.active: DecodeState | None = None
         self.filled = 0                                    # positions written in the active state (host count)
         self._graphs = 0                                   # CUDA graph ids given out (one per allocated state)
         import onnxruntime as ort
         self._ort = ort
+
+    def _positions_graph(self, model_path, session: SessionOptions):
+        """The CPU graph and its session options: head_at_positions of the model where it has a head (its weights
+        read from its file), else the model as it is."""
+        if not self.positions_head:
+            return model_path, session
+        try:
+            graph = head_at_positions(model_path)
+        except Exception as e:  # noqa: BLE001 - no head (a graph cut by without_head) or no model: create_session
+            log.debug("the graph runs as it is: %s", e)        # says what is wrong with the file
+            return model_path, session
+        if isinstance(model_path, bytes):
+            return graph, session
+        return graph, replace(session, external_data_dir=str(Path(model_path).resolve().parent))
 
     # ------------------------------------------------------------------ buffers
     def _dev(self) -> str:
@@ -225,7 +358,8 @@ class FusedDecoder(DeviceStateMemory):
                 shape = (batch, self.kv_heads, cap, self.head_dim)
                 st = DecodeState(batch=batch, kv=[xp.zeros(shape, self.dtype) for _ in range(2 * self.num_layers)],
                                  ids=xp.zeros((batch, 1), np.int64), seqlens=xp.zeros(batch, np.int32),
-                                 logits=xp.zeros((batch, 1, self.vocab_size), self.logits_dtype))
+                                 logits=xp.zeros((batch, 1, self.vocab_size), self.logits_dtype),
+                                 picks=np.zeros((batch, 1), np.int64) if self.picked_head else None)
                 if old is not None:                    # grown (or shrunk): the written positions and the loop inputs
                     keep = min(keep, cap, old.capacity)
                     if keep:
@@ -264,14 +398,17 @@ class FusedDecoder(DeviceStateMemory):
         if self.xp is not np:
             self.xp.get_default_memory_pool().free_all_blocks()
 
-    def _binding(self, st: DecodeState, ids, total: np.ndarray, logits, rows: int | None = None):
-        """IO binding of st's buffers (rows: its first `rows` rows only, views of the same memory)."""
+    def _binding(self, st: DecodeState, ids, total: np.ndarray, logits, rows: int | None = None, picks=None):
+        """IO binding of st's buffers (rows: its first `rows` rows only, views of the same memory); picks: the
+        logit_positions of a graph that has them (default: a step's, st.picks)."""
         dev, b = self._dev(), self.session.io_binding()
         n = st.batch if rows is None else rows
         seqlens = st.seqlens if rows is None else st.seqlens[:rows]
         b.bind_input("input_ids", dev, self.device_id, np.int64, list(ids.shape), self._ptr(ids))
         b.bind_input("seqlens_k", dev, self.device_id, np.int32, [n], self._ptr(seqlens))
         b.bind_cpu_input("total_sequence_length", total)
+        if self.picked_head:
+            b.bind_cpu_input("logit_positions", st.picks[:n] if picks is None else picks)
         for i in range(self.num_layers):
             for j, kv in enumerate(("key", "value")):
                 buf = st.kv[2 * i + j] if rows is None else st.kv[2 * i + j][:rows]
@@ -296,8 +433,10 @@ class FusedDecoder(DeviceStateMemory):
             raise
 
     # ------------------------------------------------------------------ the two graph calls
-    def prefill(self, st: DecodeState, prompts: Sequence[Sequence[int]], pad_id: int):
-        """Right-padded prompt run: fills the cache. -> (logits [B*S, V], rows int32 [B]: each row's last token)."""
+    def prefill(self, st: DecodeState, prompts: Sequence[Sequence[int]], pad_id: int, last_only: bool = False):
+        """Right-padded prompt run: fills the cache. -> (logits [N, V], rows int32 [B]: logits[rows[b]] is row b's
+        last token's). N = B*S, every position; with last_only on a graph whose head runs at chosen positions (the
+        CPU's), N = B: only each row's last position went through the LM head (rows 0..B-1)."""
         xp = self.xp
         lens = np.array([len(p) for p in prompts], np.int32)
         s = int(lens.max())
@@ -310,22 +449,27 @@ class FusedDecoder(DeviceStateMemory):
         ids_d = xp.asarray(ids)
         st.seqlens[...] = xp.asarray(lens - 1)
         total = np.array(s, np.int32)
+        last = last_only and self.picked_head
+        at = 1 if last else s                              # positions a row through the LM head
+        picks = None
+        if self.picked_head:                               # the last ones, or all
+            picks = (lens[:, None] - 1 if last else np.tile(np.arange(s), (st.batch, 1))).astype(np.int64)
         it = np.dtype(self.logits_dtype).itemsize
         if xp is not np:
             free, _ = xp.cuda.runtime.memGetInfo()
-            if st.batch * s * self.vocab_size * it > free:
+            if st.batch * at * self.vocab_size * it > free:
                 raise DeviceError(f"the prompt logits of batch {st.batch} x {s} tokens do not fit in GPU memory; "
                                   "use a smaller batch or shorter prompts")
         try:
-            logits = xp.empty((st.batch, s, self.vocab_size), self.logits_dtype)
+            logits = xp.empty((st.batch, at, self.vocab_size), self.logits_dtype)
         except Exception as e:
             if _oom(e):
                 raise DeviceError(f"out of GPU memory for the prompt logits of batch {st.batch} x {s}: use a "
                                   "smaller batch or shorter prompts") from e
             raise
-        self._run(self._binding(st, ids_d, total, logits), -1)
-        rows = xp.asarray(np.arange(st.batch, dtype=np.int32) * s + lens - 1)
-        return logits.reshape(st.batch * s, self.vocab_size), rows
+        self._run(self._binding(st, ids_d, total, logits, picks=picks), -1)
+        rows = xp.asarray(np.arange(st.batch, dtype=np.int32) * at + (0 if last else lens - 1))
+        return logits.reshape(st.batch * at, self.vocab_size), rows
 
     def decode_one_token(self, st: DecodeState):
         """One token per row from st.ids (written by the sampler). -> logits [B, 1, V] (the bound buffer)."""
@@ -379,9 +523,10 @@ class FusedDecoder(DeviceStateMemory):
         return max(self.slot_pos.values(), default=0) if self.slot_of is not None else self.filled
 
     # positions (rows x longest prompt, right-padded) a batched prefill of joining rows may run at once: small on the
-    # CPU, where the graph's logits for every prompt position ([rows*S, V]) dominate a large group's memory traffic
-    # (SmolLM2, 16 prompts of 30-60 tokens, 1 thread: alone 3.7 s, groups of ~4 by length 3.05 s, one batch of 16
-    # 4.4 s); the GPU takes the whole join at once up to gpu_prefill_positions
+    # CPU, tuned when its graph still computed logits at every prompt position ([rows*S, V], which dominated a large
+    # group's memory traffic; not re-tuned since head_at_positions) (SmolLM2, 16 prompts of 30-60 tokens, 1 thread:
+    # alone 3.7 s, groups of ~4 by length 3.05 s, one batch of 16 4.4 s); the GPU takes the whole join at once up to
+    # gpu_prefill_positions
     prefill_positions = 256
     gpu_prefill_positions = 8192
     prefill_pad = 0.25             # most padding a group may add (share of its positions)
@@ -444,7 +589,7 @@ class FusedDecoder(DeviceStateMemory):
             kv = ([buf[slots[0]:slots[0] + k] for buf in st.kv] if direct else
                   [xp.zeros((k, self.kv_heads, s, self.head_dim), self.dtype) for _ in st.kv])
             one = DecodeState(batch=k, kv=kv, ids=None, seqlens=xp.zeros(k, np.int32), logits=None)
-            logits, rows = self.prefill(one, ps, 0)
+            logits, rows = self.prefill(one, ps, 0, last_only=True)
             lg = self.host(logits[rows]).astype(np.float32)
             if not direct:
                 idx = xp.asarray(np.array(slots, np.int64))
@@ -513,7 +658,7 @@ class FusedDecoder(DeviceStateMemory):
         st = self.active = self.state(st.batch, int((past + n).max()) + room, keep=0 if fresh else self.filled,
                                       shrink=fresh)
         if fresh:
-            logits, rows = self.prefill(st, chunks, 0)
+            logits, rows = self.prefill(st, chunks, 0, last_only=True)
             self.filled = int(n.max())
             return logits, rows
         last = xp.empty((st.batch, self.vocab_size), self.logits_dtype)

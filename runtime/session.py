@@ -45,6 +45,7 @@ class SessionOptions:
     log_severity: int = 3                # onnxruntime's log level: 0 verbose .. 4 fatal
     free_dimensions: tuple[tuple[str, int], ...] = ()   # symbolic dims fixed, e.g. (("batch", 8),): static shapes
     profile_prefix: str | None = None    # onnxruntime's profiler on: a JSON trace at PREFIX_<time>.json (end_profiling)
+    external_data_dir: str | None = None  # a model given as bytes: the folder its external-data locations are in
 
     def __post_init__(self):
         if isinstance(self.cuda_options, dict):
@@ -152,6 +153,8 @@ def ort_session_options(opts: SessionOptions):
     if opts.profile_prefix:
         so.enable_profiling = True
         so.profile_file_prefix = str(opts.profile_prefix)
+    if opts.external_data_dir:
+        so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(opts.external_data_dir))
     return so
 
 

@@ -332,7 +332,7 @@ def test_fused_rows_joining_together_prefill_as_batches(llama):
         dec = FusedDecoder(path, spec, SessionOptions(intra_op_threads=1), max_length=64)
         dec.row_slots, dec.prefill_positions = 4, budget
         calls, prefill = [], dec.prefill
-        dec.prefill = lambda st, ps, p: (calls.append((st.batch, st.capacity)), prefill(st, ps, p))[1]
+        dec.prefill = lambda st, ps, p, **kw: (calls.append((st.batch, st.capacity)), prefill(st, ps, p, **kw))[1]
         runs[budget] = _run_slots(dec, pad, plan)[0], calls
     (alone, calls_alone), (batched, calls) = runs[0], runs[4096]
     assert [b for b, _ in calls_alone] == [1] * 6
