@@ -101,9 +101,9 @@ def enc_fp16_vs_fp32(res: dict) -> float:
     return abs(100 * (clf({"rows": res["classifier"]}, "FP16-GPU key_lengths")["accuracy"]
                       - res["fp32_reference"]["accuracy"]))
 
-E16_SPEED = "llm-gpu/run15-h200/engine-bench.json"       # issue 16: the kernel engine
-E16_PARITY = "llm-gpu/run15-h200/engine-bench.json"
-E16_KERNELS = "llm-gpu/run15-h200/kernel_bench.json"
+E16_SPEED = "llm-gpu/run16-h200/engine-bench.json"       # issue 16: the kernel engine
+E16_PARITY = "llm-gpu/run16-h200/engine-bench.json"
+E16_KERNELS = "llm-gpu/run16-h200/kernel_bench.json"
 
 
 def engine(system: str, variant: str = "fp16", batch: int = 1, prompt: int = 128,
@@ -482,7 +482,7 @@ HEADLINES: tuple[Headline, ...] = (
                        for label, g in (("MiniLM-L6", "minilm"), ("ERNIE-3.0-Medium", "ernie_medium"),
                                         ("BERT-base", "bert_base"))))),
     Headline("kernel engine (our CUDA decode kernels) vs the onnxruntime fused graph, 0.5B FP16 batch 1, H200",
-             E16_SPEED, "run15, attention v2 (tree cbbe00b)",
+             E16_SPEED, "run16, attention v2 (tree 29813d8)",
              _targets(("speed", "kernel engine >= 1.5x the onnxruntime fused graph, 0.5B FP16 batch 1 (genai not run)"))),
     Headline("seq2seq (T5, BART, mBART, UNIMO-text; tiny random weights) vs Paddle Inference, CPU",
              "seq2seq/results.json", "commit 23bf174", _seq2seq),
