@@ -508,6 +508,27 @@ extern "C" __global__ void embed_rows(const unsigned short* __restrict__ table, 
   for (int k = threadIdx.x; k < H; k += blockDim.x) resid[(long long)blockIdx.x * H + k] = h2f(table[row * H + k]);
 }
 
+// Split s of row b's K/V head kh: -> n, its positions (<= 0: past the row's context); len the row's context, t0 the
+// split's first position, base the head's first cache row. seqlens is written before the step (the sampler) and the
+// cache rows below the new one by earlier steps: the split's K and V rows go into L2 (the block's threads in turn)
+// before PDL_WAIT, while the QKV kernel writes the new one.
+__device__ __forceinline__ int split_rows(const unsigned short* kc, const unsigned short* vc, const int* seqlens,
+                                          int b, int kh, int kvh, int cap, int s, int& len, int& t0,
+                                          long long& base) {
+  len = seqlens[b] + 1;
+  t0 = s * CHUNK;
+  base = ((long long)b * kvh + kh) * cap;
+  const int n = min(len, t0 + CHUNK) - t0;
+  for (int i = threadIdx.x; i < n; i += blockDim.x)
+#pragma unroll
+    for (int c = 0; c < HD * 2; c += 128) {
+      PREFETCH_L2(reinterpret_cast<const unsigned char*>(kc + (base + t0 + i) * HD) + c);
+      PREFETCH_L2(reinterpret_cast<const unsigned char*>(vc + (base + t0 + i) * HD) + c);
+    }
+  PDL_WAIT();
+  return n;
+}
+
 // The last split block of a (row b, heads [head0, head0 + nheads)) to finish merges the splits (threadFenceReduction
 // pattern; its counter slot resets itself for the next layer and step): out [B, NH*HD] = sum_s e^(m_s - M) o_s /
 // sum_s e^(m_s - M) l_s. Called by every thread of a split block after its partials are written.
@@ -560,17 +581,9 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) attn_split(
   __shared__ float red[W][G][HD];
   __shared__ float ls[G];
   const int s = blockIdx.x, kh = blockIdx.y, b = blockIdx.z, nh = kvh * G;
-  // seqlens is written before the step (the sampler), the cache rows below the new one by earlier steps: both may be
-  // read before PDL_WAIT; the split's K and V rows go into L2 while the QKV kernel writes the new one
-  const int len = seqlens[b] + 1, t0 = s * CHUNK, t1 = min(len, t0 + CHUNK), n = t1 - t0;
-  const long long base = ((long long)b * kvh + kh) * cap;
-  for (int i = threadIdx.x; i < n; i += ATT_THREADS)
-#pragma unroll
-    for (int c = 0; c < HD * 2; c += 128) {
-      PREFETCH_L2(reinterpret_cast<const unsigned char*>(kc + (base + t0 + i) * HD) + c);
-      PREFETCH_L2(reinterpret_cast<const unsigned char*>(vc + (base + t0 + i) * HD) + c);
-    }
-  PDL_WAIT();
+  int len, t0;
+  long long base;
+  const int n = split_rows(kc, vc, seqlens, b, kh, kvh, cap, s, len, t0, base);
   if (n <= 0) return;                                   // the merge reads only the splits below len
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const float* qb = q + ((long long)b * nh + kh * G) * HD;
@@ -680,15 +693,9 @@ extern "C" __global__ void __launch_bounds__(ATT2_THREADS) attn_online(
   __shared__ float sm[NG][HPB], sl[NG][HPB], sf[NG][HPB], smx[HPB];
   const int s = blockIdx.x, kh = blockIdx.y / HS, hs = blockIdx.y % HS, b = blockIdx.z, nh = kvh * G;
   const int h0 = kh * G + hs * HPB, nhb = min(HPB, G - hs * HPB);   // this block's first head, its head count
-  const int len = seqlens[b] + 1, t0 = s * CHUNK, t1 = min(len, t0 + CHUNK), n = t1 - t0;
-  const long long base = ((long long)b * kvh + kh) * cap;
-  for (int i = threadIdx.x; i < n; i += ATT2_THREADS)
-#pragma unroll
-    for (int c = 0; c < HD * 2; c += 128) {
-      PREFETCH_L2(reinterpret_cast<const unsigned char*>(kc + (base + t0 + i) * HD) + c);
-      PREFETCH_L2(reinterpret_cast<const unsigned char*>(vc + (base + t0 + i) * HD) + c);
-    }
-  PDL_WAIT();
+  int len, t0;
+  long long base;
+  const int n = split_rows(kc, vc, seqlens, b, kh, kvh, cap, s, len, t0, base);
   if (n <= 0) return;                                   // the merge reads only the splits below len
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int sub = lane % LPR, grp = warp * RPW + lane / LPR;

@@ -89,29 +89,38 @@ def gemv_qkv(dense: np.ndarray, x: np.ndarray, gamma, eps: float, bias, q_out: n
     vc[rows, :, pos] = heads[:, nh + kvh:].astype(vc.dtype)
 
 
-def attn_split(q: np.ndarray, kc: np.ndarray, vc: np.ndarray, seqlens: np.ndarray, scale: float, chunk: int,
-               nsplit: int) -> tuple[np.ndarray, np.ndarray]:
-    """Flash-decoding partials: per (row, head, split) the unnormalized sum of softmax-numerators times V over the
-    split's positions and its (max, sum). -> part_o [B, NH, S, D], part_ml [B, NH, S, 2] (unused splits zero)."""
+def _split_partials(q: np.ndarray, kc: np.ndarray, vc: np.ndarray, seqlens: np.ndarray, scale: float, chunk: int,
+                    nsplit: int, one_split) -> tuple[np.ndarray, np.ndarray]:
+    """The flash-decoding partials, split by split: one_split(qh [KVH, G, D], k, v [KVH, T, D] float32) -> (o
+    [KVH, G, D] unnormalized, m, l [KVH, G]) for the split's positions. -> part_o [B, NH, S, D], part_ml
+    [B, NH, S, 2] (max, sum; unused splits zero)."""
     b_sz, kvh, _, d = kc.shape
     nh = q.shape[1] // d
-    g = nh // kvh
     part_o = np.zeros((b_sz, nh, nsplit, d), np.float32)
     part_ml = np.zeros((b_sz, nh, nsplit, 2), np.float32)
-    qh = np.asarray(q, np.float32).reshape(b_sz, kvh, g, d) * np.float32(scale)
+    qh = np.asarray(q, np.float32).reshape(b_sz, kvh, nh // kvh, d) * np.float32(scale)
     for b in range(b_sz):
         n = int(seqlens[b]) + 1
         for s in range(-(-n // chunk)):
             t0, t1 = s * chunk, min(n, (s + 1) * chunk)
-            k = np.asarray(kc[b, :, t0:t1], np.float32)                       # [KVH, T, D]
-            v = np.asarray(vc[b, :, t0:t1], np.float32)
-            sc = np.einsum("hgd,htd->hgt", qh[b], k)
-            m = sc.max(-1, keepdims=True)
-            p = np.exp(sc - m)
-            part_o[b, :, s] = np.einsum("hgt,htd->hgd", p, v).reshape(nh, d)
+            o, m, l_ = one_split(qh[b], np.asarray(kc[b, :, t0:t1], np.float32), np.asarray(vc[b, :, t0:t1],
+                                                                                            np.float32))
+            part_o[b, :, s] = o.reshape(nh, d)
             part_ml[b, :, s, 0] = m.reshape(nh)
-            part_ml[b, :, s, 1] = p.sum(-1).reshape(nh)
+            part_ml[b, :, s, 1] = l_.reshape(nh)
     return part_o, part_ml
+
+
+def attn_split(q: np.ndarray, kc: np.ndarray, vc: np.ndarray, seqlens: np.ndarray, scale: float, chunk: int,
+               nsplit: int) -> tuple[np.ndarray, np.ndarray]:
+    """Flash-decoding partials: per (row, head, split) the unnormalized sum of softmax-numerators times V over the
+    split's positions and its (max, sum). -> part_o [B, NH, S, D], part_ml [B, NH, S, 2] (unused splits zero)."""
+    def one_split(qh, k, v):
+        sc = np.einsum("hgd,htd->hgt", qh, k)
+        m = sc.max(-1, keepdims=True)
+        p = np.exp(sc - m)
+        return np.einsum("hgt,htd->hgd", p, v), m[..., 0], p.sum(-1)
+    return _split_partials(q, kc, vc, seqlens, scale, chunk, nsplit, one_split)
 
 
 def attn_online(q: np.ndarray, kc: np.ndarray, vc: np.ndarray, seqlens: np.ndarray, scale: float, chunk: int,
@@ -119,33 +128,22 @@ def attn_online(q: np.ndarray, kc: np.ndarray, vc: np.ndarray, seqlens: np.ndarr
     """attn_split's partials as decode.cu attn_online computes them: in each split, lane group g of `groups` takes
     positions g, g + groups, ... one at a time with an online softmax (running max m, sum l, output o rescaled by
     e^(m_old - m_new)); the groups then merge with weights e^(m_g - M), M the largest m_g."""
-    b_sz, kvh, _, d = kc.shape
-    nh = q.shape[1] // d
-    g = nh // kvh
-    part_o = np.zeros((b_sz, nh, nsplit, d), np.float32)
-    part_ml = np.zeros((b_sz, nh, nsplit, 2), np.float32)
-    qh = np.asarray(q, np.float32).reshape(b_sz, kvh, g, d) * np.float32(scale)
-    for b in range(b_sz):
-        n = int(seqlens[b]) + 1
-        for s in range(-(-n // chunk)):
-            t0, t1 = s * chunk, min(n, (s + 1) * chunk)
-            m = np.full((groups, kvh, g), -np.inf, np.float32)
-            l_ = np.zeros((groups, kvh, g), np.float32)
-            o = np.zeros((groups, kvh, g, d), np.float32)
-            for t in range(t0, t1):
-                gi = (t - t0) % groups
-                sc = np.einsum("hgd,hd->hg", qh[b], np.asarray(kc[b, :, t], np.float32))
-                mn = np.maximum(m[gi], sc)
-                c, p_ = np.exp(m[gi] - mn), np.exp(sc - mn)
-                l_[gi] = l_[gi] * c + p_
-                o[gi] = o[gi] * c[..., None] + p_[..., None] * np.asarray(vc[b, :, t], np.float32)[:, None, :]
-                m[gi] = mn
-            mx = m.max(0)
-            f = np.exp(m - mx)                                                 # empty groups: e^-inf = 0
-            part_o[b, :, s] = (f[..., None] * o).sum(0).reshape(nh, d)
-            part_ml[b, :, s, 0] = mx.reshape(nh)
-            part_ml[b, :, s, 1] = (f * l_).sum(0).reshape(nh)
-    return part_o, part_ml
+    def one_split(qh, k, v):
+        m = np.full((groups,) + qh.shape[:2], -np.inf, np.float32)
+        l_ = np.zeros_like(m)
+        o = np.zeros((groups,) + qh.shape, np.float32)
+        for t in range(k.shape[1]):
+            gi = t % groups
+            sc = np.einsum("hgd,hd->hg", qh, k[:, t])
+            mn = np.maximum(m[gi], sc)
+            c, p_ = np.exp(m[gi] - mn), np.exp(sc - mn)
+            l_[gi] = l_[gi] * c + p_
+            o[gi] = o[gi] * c[..., None] + p_[..., None] * v[:, t][:, None, :]
+            m[gi] = mn
+        mx = m.max(0)
+        f = np.exp(m - mx)                                                     # empty groups: e^-inf = 0
+        return (f[..., None] * o).sum(0), mx, (f * l_).sum(0)
+    return _split_partials(q, kc, vc, seqlens, scale, chunk, nsplit, one_split)
 
 
 def attn_combine(part_o: np.ndarray, part_ml: np.ndarray, seqlens: np.ndarray, chunk: int) -> np.ndarray:
