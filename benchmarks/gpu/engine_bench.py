@@ -375,7 +375,7 @@ def main(argv=None) -> int:
                    help="the engine launched without programmatic dependent launch as another system")
     r.add_argument("--chunk", type=int, help="positions a flash-decoding split (default: the engine's choice)")
     r.add_argument("--attention", default="auto", choices=["auto", "v2", "v1"],
-                   help="the engine's attention kernel (auto: v2, attn_online, where the GQA group fits it)")
+                   help="the engine's attention kernel (auto: v2, attn_online, where the head size fits it)")
     r.add_argument("--also-attention-v1", action="store_true",
                    help="the engine with the v1 (three-phase) attention kernel as another system")
     p = sub.add_parser("report")

@@ -13,7 +13,7 @@ float zero point per block), never dequantized in memory for the step. Two GEMV 
 default: K split over a block's warps for small-N products, the norm's statistics from the main loop, int8/int4 scale
 and zero point factored out of each chunk, one batch row a block at batch 1) and "v1" (the first kernels, kept as
 the fallback); gemv_plan picks the entry a product launches. Two attention kernels (`attention=`): "v2"
-(attn_online: one pass, an online softmax per lane group; the default where the GQA group fits it) and "v1"
+(attn_online: one pass, an online softmax per lane group; the default where the head size fits it) and "v1"
 (attn_split: scores, softmax and P @ V in three phases). decode.cu is compiled one module a weight format (they
 depend on the head size only) plus one for attention (head size, GQA group, chunk). The prompt pass (prefill) is the
 fused graph's prompt call cut before its LM head where onnxruntime's CUDA provider loads (our head kernel then
