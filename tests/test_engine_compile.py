@@ -52,3 +52,30 @@ def test_every_plan_names_a_compiled_kernel():
     big = engine.Packed("f16", np.zeros((1, 1), np.uint8), None, 896, 4864)
     assert engine.gemv_plan(big, "resid", 1).ks == 4          # down-proj of batch 1: K split over 4 warps
     assert engine.gemv_plan(big, "resid", 8).nb == 8          # batch 8: the weights read once for 8 rows
+    # v3: 56 tasks of 16 rows over 152 steps of 32 inputs: K split until the grid has 2,048 warps or a warp 2 steps
+    assert engine.gemv_plan(big, "resid", 1, "v3") == engine.Plan("gemv3_resid_f16_k16", 16, 16, 8)
+    assert engine.gemv_plan(big, "resid", 1, "v3").warps == 16
+    gate_up = engine.Packed("q4", np.zeros((1, 1), np.uint8), None, 9728, 896)
+    assert engine.gemv_plan(gate_up, "swiglu", 8, "v3").name == "gemv3_swiglu_q4_k2"     # 7 steps of 128 inputs
+    head = engine.Packed("f32", np.zeros((1, 1), np.float32), None, 151936, 896)
+    assert engine.gemv_plan(head, "logits", 1, "v3").version == "v2"      # a float32 head stays on v2
+    odd = engine.Packed("f16", np.zeros((1, 1), np.uint8), None, 894, 576)
+    assert engine.gemv_plan(odd, "resid", 8, "v3") == engine.gemv_plan(odd, "resid", 8, "v2")  # 894: not 16 a task
+
+
+def test_the_v3_twin_keeps_large_activations_in_float16_range():
+    """The v3 GEMVs feed float16(x * gamma * A16) to the tensor cores: residual-stream outliers far past float16's
+    range (65,504) stay finite, and the result tracks the float32 twin to float16 rounding."""
+    from paddle2ort.runtime.kernels import engine_reference as R
+    rng = np.random.default_rng(3)
+    w = (rng.standard_normal((64, 256)) * 0.05).astype(np.float16).astype(np.float32)
+    x = rng.standard_normal((3, 256)).astype(np.float32)
+    x[:, 7] = [3e5, -2e5, 9e4]                                  # outlier features: x * gamma overflows float16
+    gamma = rng.uniform(0.5, 1.5, 256).astype(np.float16)
+    with np.errstate(over="ignore"):
+        assert np.isinf((x * gamma.astype(np.float32)).astype(np.float16)).any()
+    for got, want in [(R.gemv_logits(w, x, gamma, 1e-6, a16=True), R.gemv_logits(w, x, gamma, 1e-6)),
+                      (R.gemv_swiglu(w, x, gamma, 1e-6, 32, a16=True), R.gemv_swiglu(w, x, gamma, 1e-6, 32))]:
+        assert np.isfinite(got).all()
+        err = np.abs(got - want).max() / np.abs(want).max()
+        assert 0 < err < 2e-3, err                            # float16 rounding: not exact, not more

@@ -7,8 +7,8 @@ import pytest
 from paddle2ort.convert.llm.fused import DecoderSpec, build_decoder, build_variant, random_state, save_model
 from paddle2ort.runtime.generation import GenerationConfig, generate
 from paddle2ort.runtime.kernels import engine_reference as R
-from paddle2ort.runtime.kernels.engine import (V2_SHAPES, KernelEngine, Packed, Plan, _pair, attention_twin,
-                                               kernels, launch_attention, launch_gemv)
+from paddle2ort.runtime.kernels.engine import (V2_SHAPES, V3_FORMATS, V3_SPLITS, KernelEngine, Packed, Plan, _pair,
+                                               attention_twin, kernels, launch_attention, launch_gemv)
 
 cp = pytest.importorskip("cupy")
 try:
@@ -32,18 +32,26 @@ def _packed(fmt: str, n: int, k: int, rng, block: int = 32) -> Packed:
     return Packed(fmt, w, _pair(scale, zp, n, kb, 8 if fmt == "q8" else 4), n, k, block)
 
 
+def _dense(p: Packed, a16: bool) -> np.ndarray:
+    """The twin's weight: float32, or (v3) rounded to float16 as the kernel dequantizes it."""
+    return p.dense(np, np.float16).astype(np.float32) if a16 else p.dense()
+
+
 def _close(got, want, tol=2e-3):
     got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
     err = np.abs(got - want).max() / max(np.abs(want).max(), 1e-6)
     assert err <= tol, f"max |kernel - twin| {err:.2e} of max |twin|"
 
 
-PLANS = [("v1", 2, 1, 8), ("v1", 4, 1, 8)] + [("v2", *shape) for shape in V2_SHAPES]
+PLANS = ([("v1", 2, 1, 8), ("v1", 4, 1, 8)] + [("v2", *shape) for shape in V2_SHAPES]
+         + [("v3", 16, ks, 8) for ks in V3_SPLITS])
 
 
 def _plan(version, r, ks, nb):
     if version == "v1":
         return lambda mode, fmt: Plan(f"gemv_{mode}_{fmt}" + ("_r4" if r == 4 else ""), r)
+    if version == "v3":
+        return lambda mode, fmt: Plan(f"gemv3_{mode}_{fmt}_k{ks}", r, ks, nb)
     return lambda mode, fmt: Plan(f"gemv2_{mode}_{fmt}_r{r}_k{ks}_b{nb}", r, ks, nb)
 
 
@@ -51,8 +59,12 @@ def _plan(version, r, ks, nb):
 @pytest.mark.parametrize("plan", PLANS, ids=lambda p: "{}-r{}-k{}-b{}".format(*p))
 @pytest.mark.parametrize("batch,k_in", [(1, 576), (3, 2080), (11, 576), (1, 2080)])
 def test_gemv_kernels_match_their_twins(fmt, plan, batch, k_in):
-    """Every GEMV entry (v1 and each v2 shape) against its twin; K = 576 (a part chunk) and 2080 (several chunks
-    a warp, a part chunk at the end, K split over warps)."""
+    """Every GEMV entry (v1, each v2 shape, each v3 K split) against its twin (v3: the a16 twins, float16
+    activations and weights); K = 576 (a part chunk) and 2080 (several chunks a warp, a part chunk at the end, K
+    split over warps)."""
+    if plan[0] == "v3" and fmt not in V3_FORMATS:
+        pytest.skip("v3 takes float16 / int8 / int4 weights (a float32 head stays on v2)")
+    a16 = plan[0] == "v3"
     rng = np.random.default_rng(batch + k_in)
     hd, nh, kvh, inter, cap = 64, 7, 1, 160, 40
     kern = kernels(hd, nh // kvh, 128)                  # the engine's modules for this geometry (compiled once)
@@ -62,20 +74,20 @@ def test_gemv_kernels_match_their_twins(fmt, plan, batch, k_in):
     xd, gd = cp.asarray(x), cp.asarray(gamma)
     # residual add and LM head (odd K tiles: 576 = 2.25 x 256)
     p = _packed(fmt, 96, k_in, rng)
-    dense, pd = p.dense(), p.to(cp)
+    dense, pd = _dense(p, a16), p.to(cp)
     out = rng.normal(size=(batch, 96)).astype(np.float32)
     od = cp.asarray(out)
     launch_gemv(kern, "resid", pd, xd, None, 1e-6, batch, od, ldo=96, plan=mk("resid", fmt))
-    R.gemv_resid(dense, x, out)
+    R.gemv_resid(dense, x, out, a16)
     _close(od.get(), out)
     od = cp.zeros((batch, 96), cp.float32)
     launch_gemv(kern, "logits", pd, xd, gd, 1e-6, batch, od, ldo=96, plan=mk("logits", fmt))
-    _close(od.get(), R.gemv_logits(dense, x, gamma, 1e-6))
+    _close(od.get(), R.gemv_logits(dense, x, gamma, 1e-6, a16))
     # gate|up + SwiGLU
     p = _packed(fmt, 2 * inter, k_in, rng)
     od = cp.zeros((batch, inter), cp.float32)
     launch_gemv(kern, "swiglu", p.to(cp), xd, gd, 1e-6, batch, od, inter=inter, plan=mk("swiglu", fmt))
-    _close(od.get(), R.gemv_swiglu(p.dense(), x, gamma, 1e-6, inter))
+    _close(od.get(), R.gemv_swiglu(_dense(p, a16), x, gamma, 1e-6, inter, a16))
     # q|k|v + bias + rotary + cache append at per-row positions
     p = _packed(fmt, (nh + 2 * kvh) * hd, k_in, rng)
     bias = (rng.normal(size=p.n) * 0.1).astype(np.float16)
@@ -87,7 +99,7 @@ def test_gemv_kernels_match_their_twins(fmt, plan, batch, k_in):
     launch_gemv(kern, "qkv", p.to(cp), xd, gd, 1e-6, batch, qd, bias=cp.asarray(bias), kc=kcd, vc=vcd,
                 cos=cp.asarray(cos), sin=cp.asarray(sin), seqlens=cp.asarray(seqlens), nh=nh, kvh=kvh, cap=cap,
                 plan=mk("qkv", fmt))
-    R.gemv_qkv(p.dense(), x, gamma, 1e-6, bias, q, kc, vc, cos, sin, seqlens, nh, kvh)
+    R.gemv_qkv(_dense(p, a16), x, gamma, 1e-6, bias, q, kc, vc, cos, sin, seqlens, nh, kvh, a16)
     _close(qd.get(), q)
     _close(kcd.get(), kc, 5e-3)
     _close(vcd.get(), vc, 5e-3)
@@ -133,7 +145,7 @@ def tiny(tmp_path_factory):
     return tmp, spec.to_json()
 
 
-@pytest.mark.parametrize("gemv,attention", [("v2", "v2"), ("v1", "v2"), ("v2", "v1")])
+@pytest.mark.parametrize("gemv,attention", [("v3", "v2"), ("v2", "v2"), ("v1", "v2"), ("v2", "v1")])
 @pytest.mark.parametrize("name", ["fp16", "int4"])
 def test_engine_on_the_gpu_matches_its_twins(tiny, name, gemv, attention):
     tmp, spec = tiny

@@ -3,21 +3,24 @@
 # everything under $OUT (onnxruntime-gpu in /tmp/site as benchmarks/results/llm-gpu/README.md stages it; the SmolLM2
 # GGUF parts in /tmp/stage when golden-row parity is wanted; carry .device/whl for the gguf wheel):
 #   1. compile  every decode.cu module, one process a module (CuPy's disk cache serves every later step)  compile.txt
-#   2. validate every kernel config against its NumPy twin: every GEMV entry of both versions (v1, v2 in each shape)
-#               at the real shapes, batch 1/3/8, and both attention kernels                         validate.{json,txt}
-#               FAIL FAST: a compile error, both attention kernels or both GEMV versions failing end the call
-#               here (exit 3, the failing kernels named); a v2 failing alone leaves the engine on v1 (said in the log)
-#   3. time     the engine's kernel plans of both versions inside CUDA graphs, GB/s beside the copy bandwidth
+#   2. validate every kernel config against its NumPy twin: every GEMV entry of the three versions (v1, v2 in each
+#               shape, v3 in each K split) at the real shapes, batch 1/3/8, and both attention kernels
+#                                                                                                validate.{json,txt}
+#               FAIL FAST: a compile error, both attention kernels or every GEMV version failing end the call
+#               here (exit 3, the failing kernels named); the engine runs the newest version that passes (said in
+#               the log)
+#   3. time     the engine's kernel plans of each valid version inside CUDA graphs, GB/s beside the copy bandwidth
 #                                                                                               kernel_bench.{json,txt}
 #   4. engine   ours vs the onnxruntime fused graph on the same fused files: Qwen2.5-0.5B config and SmolLM2
 #               (random weights), FP16 (float32 head) and int4, batch 1 and 8, prompt 128+128 and 2048+256;
-#               ours with the v1 GEMVs as a third system while time is left (and what extra arguments add, e.g.
-#               --also-no-pdl, --also-attention-v1)                                          engine-bench.{json,md}
+#               ours with the previous GEMV version (v2 beside v3, else v1 beside v2) as a third system while time
+#               is left (and what extra arguments add, e.g. --also-no-pdl, --also-attention-v1)
+#                                                                                           engine-bench.{json,md}
 #   5. tests    tests/test_engine_gpu.py (twin vs kernel, engine vs twins, CUDA graph vs eager) in the time left
 #                                                                                                     engine_tests.txt
 # Usage: engine_gpu.sh [all|validate|kernels] [extra engine_bench run arguments]
 # ENGINE_GPU_BUDGET_S (default 450): the whole call's seconds; each step's limit comes out of what is left.
-# ENGINE_ALSO_V1=0: no v1-GEMV system in step 4 (extra arguments such as --also-no-pdl add others).
+# ENGINE_ALSO_V1=0: no previous-GEMV-version system in step 4 (extra arguments such as --also-no-pdl add others).
 set -uo pipefail
 mkdir -p /tmp/p2o && ln -sfn "$PWD" /tmp/p2o/paddle2ort
 export PYTHONPATH=/tmp/site:/tmp/p2o
@@ -41,22 +44,22 @@ rc=$?; tail -12 "$OUT/compile.txt"
 
 say "2. validate every kernel config against its twin (one process a GEMV version, in parallel)"
 vt=$(( $(left) < 150 ? $(left) : 150 ))
-for v in v2 v1; do
+for v in v3 v2 v1; do
   timeout $vt $PY -m paddle2ort.runtime.kernels.bench_engine validate --versions $v \
     --json "$OUT/validate-$v.json" > "$OUT/validate-$v.txt" 2>&1 &
 done
 wait
-grep -hE "^FAILED|^validated|Error" "$OUT"/validate-v2.txt "$OUT"/validate-v1.txt | head -40
-passed=$(for v in v2 v1; do $PY -c "import json, sys; sys.exit('$v' not in json.load(open('$OUT/validate-$v.json'))\
+grep -hE "^FAILED|^validated|Error" "$OUT"/validate-v3.txt "$OUT"/validate-v2.txt "$OUT"/validate-v1.txt | head -40
+passed=$(for v in v3 v2 v1; do $PY -c "import json, sys; sys.exit('$v' not in json.load(open('$OUT/validate-$v.json'))\
 ['passed_versions'])" 2>/dev/null && printf '%s ' $v; done)
 passed=${passed% }
 attn=$($PY -c "import json; a = [set(json.load(open('$OUT/validate-' + v + '.json'))['passed_attention']) \
-for v in ('v2', 'v1')]; print(' '.join(v for v in ('v2', 'v1') if all(v in x for x in a)))" 2>/dev/null)
+for v in ('v3', 'v2', 'v1')]; print(' '.join(v for v in ('v2', 'v1') if all(v in x for x in a)))" 2>/dev/null)
 [ -n "$passed" ] && [ -n "$attn" ] || fail "kernel validation: no GEMV version passes everywhere ('$passed'), or \
-no attention kernel does ('$attn'), or it did not finish: see validate-v2.txt / validate-v1.txt; nothing is timed"
+no attention kernel does ('$attn'), or it did not finish: see validate-v*.txt; nothing is timed"
 gemv=${passed%% *}
 say "GEMV versions valid everywhere: $passed; the engine runs $gemv"
-[ "$gemv" = v2 ] || say "WARNING: the v2 GEMVs failed validation (validate-v2.json lists them): timing v1 only"
+[ "$gemv" = v3 ] || say "WARNING: the v3 GEMVs failed validation (validate-v3.json lists them): the engine runs $gemv"
 say "attention versions valid everywhere: $attn"
 [[ " $attn " == *" v2 "* ]] || say "WARNING: attention v2 (attn_online) failed validation: the engine runs v1"
 [ "$what" = validate ] && exit 0
@@ -74,7 +77,8 @@ $PY -c "import gguf" 2>/dev/null || $PY -m pip install -q --no-index --no-deps -
   2>/dev/null || true
 ARGS=(--gemv "$gemv" --configs qwen2.5-0.5b smollm2-135m)
 [[ " $attn " == *" v2 "* ]] || ARGS+=(--attention v1)
-[[ " $passed " == *" v1 "* && "$gemv" = v2 && "${ENGINE_ALSO_V1:-1}" != 0 ]] && ARGS+=(--also-v1)
+prev=$(echo "$passed" | cut -d' ' -f2 -s)       # the next valid version: the engine's previous kernels
+[[ -n "$prev" && "${ENGINE_ALSO_V1:-1}" != 0 ]] && ARGS+=(--also-$prev)
 if ls /tmp/stage/gguf.part* >/dev/null 2>&1; then
   [ -f /tmp/smollm2.gguf ] || cat /tmp/stage/gguf.part* > /tmp/smollm2.gguf
   ARGS+=(--gguf /tmp/smollm2.gguf)

@@ -128,18 +128,25 @@ def _cases(cfg: str, rng):
 
 
 def _all_plans(p, mode: str, hd: int):
-    from .engine import V2_SHAPES, Plan
+    from .engine import V2_SHAPES, V3_SPLITS, Plan, v3_fits
     plans = [Plan(f"gemv_{mode}_{p.fmt}", 2)]
     if p.n % 4 == 0:
         plans.append(Plan(f"gemv_{mode}_{p.fmt}_r4", 4))
     for r, ks, nb in V2_SHAPES:
         if p.n % r == 0 and (mode != "qkv" or (hd // 2) % (r // 2) == 0):
             plans.append(Plan(f"gemv2_{mode}_{p.fmt}_r{r}_k{ks}_b{nb}", r, ks, nb))
+    if v3_fits(p, mode, hd):
+        plans += [Plan(f"gemv3_{mode}_{p.fmt}_k{ks}", 16, ks, 8) for ks in V3_SPLITS]
     return plans
 
 
-def _runner(cp, kern, mode: str, p, pd, dense, x, gamma, b: int, cfg: str, rng):
-    """-> (launch(plan) -> device outputs, twin outputs, tolerances, bytes read, reset())."""
+def _dense(p) -> dict:
+    """The twins' weights: float32 (v1, v2) and float16-rounded (v3: a16 twins)."""
+    return {False: p.dense(), True: p.dense(np, np.float16).astype(np.float32)}
+
+
+def _runner(cp, kern, mode: str, p, pd, dense: dict, x, gamma, b: int, cfg: str, rng):
+    """-> (launch(plan), device outputs(), {a16: twin outputs} (a16: the v3 twins), tolerances, reset())."""
     from .engine import launch_gemv
     h, nh, kvh, hd, inter, vocab = GEOMETRY[cfg]
     xd, gd = cp.asarray(x), cp.asarray(gamma)
@@ -148,33 +155,39 @@ def _runner(cp, kern, mode: str, p, pd, dense, x, gamma, b: int, cfg: str, rng):
         ang = rng.uniform(0, 6, (cap, hd // 2)).astype(np.float32)
         pos = rng.integers(0, cap, b).astype(np.int32)
         bias = (rng.standard_normal(p.n) * 0.1).astype(np.float16)
-        q, kc, vc = np.zeros((b, nh * hd), np.float32), *np.zeros((2, b, kvh, cap, hd), np.float16)
-        R.gemv_qkv(dense, x, gamma, 1e-6, bias, q, kc, vc, np.cos(ang), np.sin(ang), pos, nh, kvh)
+        want = {}
+        for a16, dw in dense.items():
+            q, kc, vc = np.zeros((b, nh * hd), np.float32), *np.zeros((2, b, kvh, cap, hd), np.float16)
+            R.gemv_qkv(dw, x, gamma, 1e-6, bias, q, kc, vc, np.cos(ang), np.sin(ang), pos, nh, kvh, a16)
+            want[a16] = [q, kc, vc]
         qd, kcd, vcd = cp.zeros(q.shape, cp.float32), cp.zeros(kc.shape, cp.float16), cp.zeros(vc.shape, cp.float16)
         args = dict(bias=cp.asarray(bias), kc=kcd, vc=vcd, cos=cp.asarray(np.cos(ang)), sin=cp.asarray(np.sin(ang)),
                     seqlens=cp.asarray(pos), nh=nh, kvh=kvh, cap=cap)
 
         def launch(plan):
             launch_gemv(kern, "qkv", pd, xd, gd, 1e-6, b, qd, plan=plan, **args)
-        return launch, lambda: [qd.get(), kcd.get(), vcd.get()], [q, kc, vc], [TOL, TOL_CACHE, TOL_CACHE], \
+        return launch, lambda: [qd.get(), kcd.get(), vcd.get()], want, [TOL, TOL_CACHE, TOL_CACHE], \
             lambda: (qd.fill(0), kcd.fill(0), vcd.fill(0))
     if mode == "resid":
         base = rng.standard_normal((b, p.n)).astype(np.float32)
-        want = base.copy()
-        R.gemv_resid(dense, x, want)
+        want = {a16: base.copy() for a16 in dense}
+        for a16, dw in dense.items():
+            R.gemv_resid(dw, x, want[a16], a16)
         od = cp.zeros(base.shape, cp.float32)             # reset() copies base in before each launch
         return (lambda plan: launch_gemv(kern, "resid", pd, xd, None, 1e-6, b, od, ldo=p.n, plan=plan),
-                lambda: [od.get()], [want], [TOL], lambda: od.set(base))
+                lambda: [od.get()], {a: [w] for a, w in want.items()}, [TOL], lambda: od.set(base))
     if mode == "swiglu":
         od = cp.zeros((b, p.n // 2), cp.float32)
         return (lambda plan: launch_gemv(kern, "swiglu", pd, xd, gd, 1e-6, b, od, inter=p.n // 2, plan=plan),
-                lambda: [od.get()], [R.gemv_swiglu(dense, x, gamma, 1e-6, p.n // 2)], [TOL], lambda: od.fill(0))
+                lambda: [od.get()], {a: [R.gemv_swiglu(dw, x, gamma, 1e-6, p.n // 2, a)] for a, dw in dense.items()},
+                [TOL], lambda: od.fill(0))
     od = cp.zeros((b, p.n), cp.float32)
     return (lambda plan: launch_gemv(kern, "logits", pd, xd, gd, 1e-6, b, od, ldo=p.n, plan=plan),
-            lambda: [od.get()], [R.gemv_logits(dense, x, gamma, 1e-6)], [TOL], lambda: od.fill(0))
+            lambda: [od.get()], {a: [R.gemv_logits(dw, x, gamma, 1e-6, a)] for a, dw in dense.items()}, [TOL],
+            lambda: od.fill(0))
 
 
-def validate(configs, batches, versions=("v2", "v1")) -> dict:
+def validate(configs, batches, versions=("v3", "v2", "v1")) -> dict:
     """Every GEMV entry of these versions (every shape) and the attention kernel against their twins. Run one
     version a process (engine_gpu.sh does): a kernel that faults leaves CUDA's context unusable for what follows."""
     import cupy as cp
@@ -188,25 +201,25 @@ def validate(configs, batches, versions=("v2", "v1")) -> dict:
         chunk = attention_chunk({"num_heads": nh, "kv_heads": kvh, "head_dim": hd})
         kern = kernels(hd, nh // kvh, chunk)
         for fmt, mode, label, p in _cases(cfg, rng):
-            pd, dense = p.to(cp), p.dense()
+            pd, dense = p.to(cp), _dense(p)
             for b in batches:
                 x = rng.standard_normal((b, p.k)).astype(np.float32)
                 gamma = rng.uniform(0.5, 1.5, p.k).astype(np.float16)
                 launch, got, want, tols, reset = _runner(cp, kern, mode, p, pd, dense, x, gamma, b, cfg, rng)
                 for plan in _all_plans(p, mode, hd):
-                    if ("v1" if plan.name.startswith("gemv_") else "v2") not in versions:
+                    if plan.version not in versions:
                         continue
                     reset()
                     checks += 1
                     try:
                         launch(plan)
-                        errs = [_err(g, w) for g, w in zip(got(), want)]
+                        errs = [_err(g, w) for g, w in zip(got(), want[plan.version == "v3"])]
                     except Exception as e:  # noqa: BLE001 - a launch error is a failure of that kernel
                         errs = [float("inf")]
                         log.error("%s %s b%d %s: %s", cfg, label, b, plan.name, e)
                     if any(not (e <= t) for e, t in zip(errs, tols)):
                         failures.append({"config": cfg, "kernel": label, "batch": b, "entry": plan.name,
-                                         "version": "v1" if plan.name.startswith("gemv_") else "v2",
+                                         "version": plan.version,
                                          "max_rel_err": errs})
                         print(f"FAILED {cfg} {label} {fmt} b{b} {plan.name}: max rel err {errs}")
             del pd, dense
@@ -243,7 +256,7 @@ def validate(configs, batches, versions=("v2", "v1")) -> dict:
 
 
 # ----------------------------------------------------------------------------- time
-def run(configs=("qwen2.5-0.5b", "smollm2-135m"), batches=(1, 8), versions=("v2", "v1")) -> dict:
+def run(configs=("qwen2.5-0.5b", "smollm2-135m"), batches=(1, 8), versions=("v3", "v2", "v1")) -> dict:
     import cupy as cp
 
     from .engine import ATTENTION_KERNEL, attention_chunk, attention_versions, gemv_plan, kernels, launch_attention
@@ -271,7 +284,7 @@ def run(configs=("qwen2.5-0.5b", "smollm2-135m"), batches=(1, 8), versions=("v2"
         for fmt, mode, label, p in _cases(cfg, rng):
             if fmt not in (HEADS if mode == "logits" else LAYERS):
                 continue          # the bundles' products: f16 / q8 / q4 layers; f32 (fp16 bundle) / q8 (int4) head
-            pd, dense = p.to(cp), p.dense()
+            pd, dense = p.to(cp), _dense(p)
             for b in batches:
                 x = rng.standard_normal((b, p.k)).astype(np.float32)
                 gamma = rng.uniform(0.5, 1.5, p.k).astype(np.float16)
@@ -280,7 +293,7 @@ def run(configs=("qwen2.5-0.5b", "smollm2-135m"), batches=(1, 8), versions=("v2"
                     plan = gemv_plan(p, mode, b, v, hd, 4 if b >= 4 else 2)
                     reset()
                     launch(plan)
-                    err = _err(got()[0], want[0])
+                    err = _err(got()[0], want[plan.version == "v3"][0])
                     record(f"{label} {fmt}", b, v, plan.name, p.nbytes, lambda: launch(plan), err)
             del pd, dense
         for b in batches:
@@ -364,7 +377,7 @@ def step_estimate(rows) -> dict:
             attn[(cfg, b)] = min(t, attn.get((cfg, b), t))
     out = {}
     for cfg, b, v in sorted({(r["config"], r["batch"], r["version"]) for r in rows
-                             if r["version"] in ("v1", "v2")}):
+                             if r["version"] in ("v1", "v2", "v3")}):
         for bundle, fmt, head in (("fp16", "f16", "f32"), ("int4", "q4", "q8")):
             try:
                 per_layer = attn[(cfg, b)] + sum(
@@ -383,7 +396,8 @@ def main(argv=None) -> int:
     ap.add_argument("step", nargs="?", default="time", choices=("compile", "validate", "time", "attention"))
     ap.add_argument("--config", nargs="+", default=list(GEOMETRY), choices=sorted(GEOMETRY))
     ap.add_argument("--batch", type=int, nargs="+", help="default: 1 3 8 (validate), 1 8 (time)")
-    ap.add_argument("--versions", nargs="+", default=["v2", "v1"], choices=["v2", "v1"], help="GEMV versions")
+    ap.add_argument("--versions", nargs="+", default=["v3", "v2", "v1"], choices=["v3", "v2", "v1"],
+                    help="GEMV versions")
     ap.add_argument("--jobs", type=int, default=8, help="compile: processes")
     ap.add_argument("--chunks", type=int, nargs="+", default=[16, 32, 64, 128, 256],
                     help="attention: positions a split to sweep (those whose shared memory fits)")

@@ -481,9 +481,197 @@ __device__ void gemv2(const unsigned char* __restrict__ w, const unsigned int* _
   GEMV2_MODE(FMTNAME, FMT, swiglu, M_SWIGLU)      \
   GEMV2_MODE(FMTNAME, FMT, qkv, M_QKV)
 
+// ------------------------------------------------------------------------------------------------------------
+// v3: tensor-core GEMV (W16A16, W8A16, W4A16; float32 accumulation), mma.sync m16n8k16, sm_80+. A warp task is 16
+// weight rows (rows g and g + 8 of lane group g = lane / 4 form a pair: gate|up, a rotary pair, or rows 16t + g and
+// 16t + 8 + g) times 8 batch rows (grid.y tiles the batch; at batch 1 seven columns are zero, the cost is the weight
+// read either way). Lane (g, q = lane % 4) loads 16 bytes of rows g and g + 8 at k = step * 4 EPL + q EPL and the
+// same EPL activations of batch row g: a permutation of k inside the mma fragments (the dot product does not care)
+// that gives every lane 16 contiguous bytes a row. The activations enter as float16: xh = half(x * gamma * A16)
+// (A16 = 2^-6 keeps x * gamma, before the norm's 1/rms, inside float16's range; y is scaled back), int8/int4
+// weights dequantized to float16 as float32 (q - zp) * scale rounded once (the twin's rule: engine_reference
+// gemv_* with a16=True). KS warps of a block split K (block: max(GW, KS) warps); U steps a warp in flight.
+#define A16 0.015625f
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+#define HAS_MMA 1
+#else
+#define HAS_MMA 0
+#endif
+
+__device__ __forceinline__ unsigned pack_h2(float lo, float hi) {
+  unsigned r;
+  asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  return r;
+}
+
+__device__ __forceinline__ void mma_16816(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0,
+                                          unsigned b1) {
+#if HAS_MMA
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+               "{%0,%1,%2,%3};"
+               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+               : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#else
+  __trap();
+#endif
+}
+
+// elements 4m + 2h, 4m + 2h + 1 of a raw 16-byte chunk as a float16 pair (low: the first)
+template <int FMT>
+__device__ __forceinline__ unsigned wpair(const uint4& raw, int m, int h, float scale, float zp) {
+  const unsigned int* u = reinterpret_cast<const unsigned int*>(&raw);
+  if (FMT == F16) return u[2 * m + h];
+  const int e = 4 * m + 2 * h;
+  return pack_h2((qcode<FMT>(raw, e) - zp) * scale, (qcode<FMT>(raw, e + 1) - zp) * scale);
+}
+
+template <int FMT> struct V3;
+template <> struct V3<F16> { static constexpr int U = 4; };
+template <> struct V3<Q8> { static constexpr int U = 4; };
+template <> struct V3<Q4> { static constexpr int U = 2; };
+
+template <int FMT, int MODE, int KS>
+__device__ void gemv3(const unsigned char* __restrict__ w, const unsigned int* __restrict__ sz, int kb, int qblock,
+                      int row_bytes, const float* __restrict__ x, const unsigned short* __restrict__ gamma, float eps,
+                      int K, int tasks, int B, float* out, int ldo, int inter,
+                      const unsigned short* __restrict__ bias, unsigned short* kc, unsigned short* vc,
+                      const float* __restrict__ cos_t, const float* __restrict__ sin_t,
+                      const int* __restrict__ seqlens, int nh, int kvh, int cap) {
+  constexpr int EPL = Fmt<FMT>::EPL;
+  constexpr int KSTEP = 4 * EPL;                 // k of one warp step (two rows x 16 bytes a lane)
+  constexpr int M = EPL / 4;                     // mma k16 tiles a step
+  constexpr int U = V3<FMT>::U;
+  constexpr int W = KS > GW ? KS : GW;
+  constexpr bool QUANT = FMT == Q8 || FMT == Q4;
+  __shared__ float red[KS > 1 ? W : 1][32][5];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, q = lane & 3;
+  const int ks = warp % KS;
+  const int t = blockIdx.x * (W / KS) + warp / KS;
+  const bool live = t < tasks;
+  const int b0 = blockIdx.y * 8;
+  const int nb = min(8, B - b0);
+  const bool norm = gamma != nullptr;
+  const int nsteps = (K + KSTEP - 1) / KSTEP;
+  long long r0, r1;
+  if (MODE == M_SWIGLU) { r0 = 8LL * t + g; r1 = (long long)inter + 8LL * t + g; }
+  else if (MODE == M_QKV) { r0 = (long long)(t / (HD / 16)) * HD + (t % (HD / 16)) * 8 + g; r1 = r0 + HD / 2; }
+  else { r0 = 16LL * t + g; r1 = r0 + 8; }
+  if (live) {                                    // the first steps' weights into L2 while the previous kernel ends
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int k = (ks + u * KS) * KSTEP + q * EPL;
+      if (k < K) { PREFETCH_L2(raw_ptr<FMT>(w, r0, k, row_bytes)); PREFETCH_L2(raw_ptr<FMT>(w, r1, k, row_bytes)); }
+    }
+  }
+  PDL_WAIT();
+  float c[4] = {0.f, 0.f, 0.f, 0.f}, ss = 0.f;
+  if (live) {
+    const float* xb = x + (long long)(b0 + g) * K;
+    for (int s0 = ks; s0 < nsteps; s0 += KS * U) {
+      uint4 ra[U], rb[U];
+      float sa[U], za[U], sb[U], zb[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int k = (s0 + u * KS) * KSTEP + q * EPL;
+        ra[u] = rb[u] = make_uint4(0, 0, 0, 0);
+        sa[u] = za[u] = sb[u] = zb[u] = 0.f;     // a lane past K: zero weights (and zero activations below)
+        if (k < K) {
+          ra[u] = load_raw<FMT>(w, r0, k, row_bytes);
+          rb[u] = load_raw<FMT>(w, r1, k, row_bytes);
+          if (QUANT) {
+            block_pair(sz, r0, k, kb, qblock, &sa[u], &za[u]);
+            block_pair(sz, r1, k, kb, qblock, &sb[u], &zb[u]);
+          }
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (s0 + u * KS >= nsteps) break;        // warp-uniform: every lane runs each mma
+        const int k = (s0 + u * KS) * KSTEP + q * EPL;
+        float xs[EPL];
+#pragma unroll
+        for (int e = 0; e < EPL; ++e) xs[e] = 0.f;
+        if (g < nb && k < K) {
+#pragma unroll
+          for (int e = 0; e < EPL; e += 4) {
+            const float4 v = __ldg(reinterpret_cast<const float4*>(xb + k + e));
+            xs[e] = v.x; xs[e + 1] = v.y; xs[e + 2] = v.z; xs[e + 3] = v.w;
+          }
+          if (norm) {
+#pragma unroll
+            for (int e = 0; e < EPL; e += 4) {
+              const uint2 gr = __ldg(reinterpret_cast<const uint2*>(gamma + k + e));
+              ss += xs[e] * xs[e] + xs[e + 1] * xs[e + 1] + xs[e + 2] * xs[e + 2] + xs[e + 3] * xs[e + 3];
+              xs[e] *= h2f((unsigned short)(gr.x & 0xffffu)); xs[e + 1] *= h2f((unsigned short)(gr.x >> 16));
+              xs[e + 2] *= h2f((unsigned short)(gr.y & 0xffffu)); xs[e + 3] *= h2f((unsigned short)(gr.y >> 16));
+            }
+          }
+        }
+#pragma unroll
+        for (int m = 0; m < M; ++m) {
+          const unsigned bx0 = pack_h2(xs[4 * m] * A16, xs[4 * m + 1] * A16);
+          const unsigned bx1 = pack_h2(xs[4 * m + 2] * A16, xs[4 * m + 3] * A16);
+          mma_16816(c, wpair<FMT>(ra[u], m, 0, sa[u], za[u]), wpair<FMT>(rb[u], m, 0, sb[u], zb[u]),
+                    wpair<FMT>(ra[u], m, 1, sa[u], za[u]), wpair<FMT>(rb[u], m, 1, sb[u], zb[u]), bx0, bx1);
+        }
+      }
+    }
+  }
+  PDL_LAUNCH();
+  ss += __shfl_xor_sync(0xffffffffu, ss, 1);     // batch row g's sum of squares, in each lane of group g
+  ss += __shfl_xor_sync(0xffffffffu, ss, 2);
+  if (KS > 1) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) red[warp][lane][i] = c[i];
+    red[warp][lane][4] = ss;
+    __syncthreads();
+    if (ks != 0) return;
+#pragma unroll
+    for (int o = 1; o < KS; ++o) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) c[i] += red[warp + o][lane][i];
+      ss += red[warp + o][lane][4];
+    }
+  }
+  if (!live) return;
+  // c[j], c[2 + j]: rows r0, r1 of batch row 2q + j; its sum of squares is in lane (2q + j) * 4
+  const float ssj[2] = {__shfl_sync(0xffffffffu, ss, 8 * q), __shfl_sync(0xffffffffu, ss, 8 * q + 4)};
+  const long long rows[2] = {r0, r1};
+#pragma unroll
+  for (int j = 0; j < 2; ++j) {
+    const int n = 2 * q + j;
+    if (n >= nb) break;
+    const float r = (norm ? rsqrtf(ssj[j] / K + eps) : 1.f) * (1.f / A16);
+    float y[2] = {c[j] * r, c[2 + j] * r};
+    store_rows<MODE, 2>(y, rows, b0 + n, out, ldo, inter, bias, kc, vc, cos_t, sin_t, seqlens, nh, kvh, cap);
+  }
+}
+
+#define GEMV3_ENTRY(FMTNAME, FMT, MODENAME, MODE, KS)                                                             \
+  extern "C" __global__ void __launch_bounds__((KS > GW ? KS : GW) * 32) gemv3_##MODENAME##_##FMTNAME##_k##KS(    \
+      const unsigned char* w, const unsigned int* sz, int kb, int qblock, int row_bytes, const float* x,          \
+      const unsigned short* gamma, float eps, int K, int tasks, int B, float* out, int ldo, int inter,            \
+      const unsigned short* bias, unsigned short* kc, unsigned short* vc, const float* cos_t, const float* sin_t, \
+      const int* seqlens, int nh, int kvh, int cap) {                                                            \
+    gemv3<FMT, MODE, KS>(w, sz, kb, qblock, row_bytes, x, gamma, eps, K, tasks, B, out, ldo, inter, bias, kc, vc, \
+                         cos_t, sin_t, seqlens, nh, kvh, cap);                                                    \
+  }
+// the K-split warps the engine picks from (engine.py gemv_plan, V3_SPLITS)
+#define GEMV3_MODE(FMTNAME, FMT, MODENAME, MODE)                                                           \
+  GEMV3_ENTRY(FMTNAME, FMT, MODENAME, MODE, 1) GEMV3_ENTRY(FMTNAME, FMT, MODENAME, MODE, 2)                \
+  GEMV3_ENTRY(FMTNAME, FMT, MODENAME, MODE, 4) GEMV3_ENTRY(FMTNAME, FMT, MODENAME, MODE, 8)                \
+  GEMV3_ENTRY(FMTNAME, FMT, MODENAME, MODE, 16)
+#define GEMV3_ALL(FMTNAME, FMT)                   \
+  GEMV3_MODE(FMTNAME, FMT, resid, M_RESID)        \
+  GEMV3_MODE(FMTNAME, FMT, logits, M_LOGITS)      \
+  GEMV3_MODE(FMTNAME, FMT, swiglu, M_SWIGLU)      \
+  GEMV3_MODE(FMTNAME, FMT, qkv, M_QKV)
+
 #if FMTS & (1 << F16)
 GEMV_ALL(f16, F16)
 GEMV2_ALL(f16, F16)
+GEMV3_ALL(f16, F16)
 #endif
 #if FMTS & (1 << F32)
 GEMV_ALL(f32, F32)
@@ -492,10 +680,12 @@ GEMV2_ALL(f32, F32)
 #if FMTS & (1 << Q8)
 GEMV_ALL(q8, Q8)
 GEMV2_ALL(q8, Q8)
+GEMV3_ALL(q8, Q8)
 #endif
 #if FMTS & (1 << Q4)
 GEMV_ALL(q4, Q4)
 GEMV2_ALL(q4, Q4)
+GEMV3_ALL(q4, Q4)
 #endif
 
 #if WITH_ATTN

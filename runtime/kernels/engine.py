@@ -9,10 +9,12 @@ graph per batch size and replayed; the sampler kernel then writes the next ids a
 as with the fused graph. On sm_90+ every step kernel is launched with programmatic dependent launch (kernels/pdl.py:
 it may start while the previous one ends and waits in the kernel before its first dependent read).
 Weights are read as the bundle stores them: float16/float32, or MatMulNBits int8/int4 blocks (scale and integer or
-float zero point per block), never dequantized in memory for the step. Two GEMV generations (`gemv=`): "v2" (the
-default: K split over a block's warps for small-N products, the norm's statistics from the main loop, int8/int4 scale
-and zero point factored out of each chunk, one batch row a block at batch 1) and "v1" (the first kernels, kept as
-the fallback); gemv_plan picks the entry a product launches. Two attention kernels (`attention=`): "v2"
+float zero point per block), never dequantized in memory for the step. Three GEMV generations (`gemv=`): "v3"
+(tensor cores, sm_80+: mma.sync on 16 weight rows x 8 batch rows, activations rounded to float16 (W16A16 / W8A16 /
+W4A16), v2 where a product does not fit it), "v2" (the default: float32 activations, K split over a block's warps for
+small-N products, the norm's statistics from the main loop, int8/int4 scale and zero point factored out of each
+chunk, one batch row a block at batch 1) and "v1" (the first kernels, kept as the fallback); gemv_plan picks the
+entry a product launches. Two attention kernels (`attention=`): "v2"
 (attn_online: one pass, an online softmax per lane group; the default where the head size fits it) and "v1"
 (attn_split: scores, softmax and P @ V in three phases). decode.cu is compiled one module a weight format (they
 depend on the head size only) plus one for attention (head size, GQA group, chunk). The prompt pass (prefill) is the
@@ -239,7 +241,9 @@ def attention_chunk(spec: dict, version: str | None = None) -> int:
 
 
 FORMAT_BIT = {"f16": 0, "f32": 1, "q8": 2, "q4": 3}     # decode.cu F16 .. Q4 (the FMTS bit of a format)
-GEMV_VERSIONS = ("v2", "v1")
+GEMV_VERSIONS = ("v3", "v2", "v1")
+V3_FORMATS = ("f16", "q8", "q4")                      # decode.cu gemv3: float16 activations into mma.sync
+V3_SPLITS = (1, 2, 4, 8, 16)                          # decode.cu GEMV3_MODE: K-split warps a task
 MODES = ("resid", "logits", "swiglu", "qkv")
 V2_SHAPES = ((2, 1, 1), (2, 4, 1), (4, 1, 1), (4, 4, 1), (4, 1, 8), (4, 4, 8))  # decode.cu GEMV2_MODE (R, KS, NB)
 
@@ -265,7 +269,8 @@ def module_options(head_dim: int, group: int, chunk: int, fmts: Sequence[str] = 
 def gemv_names(fmt: str) -> list[str]:
     """Every GEMV entry of one format (v1: gemv_*, v2: gemv2_*_r{R}_k{KS}_b{NB})."""
     return ([f"gemv_{m}_{fmt}{r}" for m in MODES for r in ("", "_r4")]
-            + [f"gemv2_{m}_{fmt}_r{r}_k{k}_b{b}" for m in MODES for r, k, b in V2_SHAPES])
+            + [f"gemv2_{m}_{fmt}_r{r}_k{k}_b{b}" for m in MODES for r, k, b in V2_SHAPES]
+            + ([f"gemv3_{m}_{fmt}_k{k}" for m in MODES for k in V3_SPLITS] if fmt in V3_FORMATS else []))
 
 
 def module_names(options: tuple[str, ...]) -> list[str]:
@@ -285,14 +290,44 @@ class Plan:
     ks: int = 1
     nb: int = BT
 
+    @property
+    def warps(self) -> int:
+        """Warps a block: GW, or KS where more warps split K (v3)."""
+        return max(GW, self.ks)
+
+    @property
+    def version(self) -> str:
+        return "v1" if self.name.startswith("gemv_") else "v" + self.name[4]
+
+
+def v3_fits(p: Packed, mode: str, head_dim: int) -> bool:
+    """gemv3's shapes: a float16/int8/int4 weight, 16 rows a warp task (8 gate|up or rotary pairs), K in 16-byte
+    chunks."""
+    return (p.fmt in V3_FORMATS and p.n % 16 == 0 and p.k % EPL[p.fmt] == 0
+            and (mode != "qkv" or (head_dim // 2) % 8 == 0))
+
+
+def v3_split(tasks: int, steps: int, batch: int) -> int:
+    """K-split warps a v3 task: doubled while the grid has fewer than 2,048 warps and each warp keeps >= 2 steps."""
+    ks, tiles = 1, -(-batch // 8)
+    while ks < V3_SPLITS[-1] and tasks * ks * tiles < 2048 and steps >= 4 * ks:
+        ks *= 2
+    return ks
+
 
 def gemv_plan(p: Packed, mode: str, batch: int, version: str = "v2", head_dim: int = 64, v1_rows: int = 2) -> Plan:
-    """The engine's choice for one product. v2: batch 1 one row a block, else 8 (weights read once for 8 rows);
+    """The engine's choice for one product. v3 (tensor cores, float16 activations) where the weight's format and
+    shape fit it, else v2. v2: batch 1 one row a block, else 8 (weights read once for 8 rows);
     4 weight rows a warp for int8/int4 (each activation load serves 4 rows) and from batch 2, else 2; 4 warps split
     K where one warp would loop (more chunks than it keeps in flight) and the rows alone give few warps.
     v1 (the first kernels): v1_rows rows a warp (KernelEngine.rows_per_warp)."""
     if version == "v1":
         return Plan(f"gemv_{mode}_{p.fmt}" + ("_r4" if v1_rows == 4 else ""), v1_rows)
+    if version == "v3":
+        if not v3_fits(p, mode, head_dim):
+            return gemv_plan(p, mode, batch, "v2", head_dim, v1_rows)
+        ks = v3_split(p.n // 16, -(-p.k // (4 * EPL[p.fmt])), batch)
+        return Plan(f"gemv3_{mode}_{p.fmt}_k{ks}", 16, ks, 8)
     if version != "v2":
         raise BadInputError(f"gemv must be one of {', '.join(GEMV_VERSIONS)}, got {version!r}")
     nb = 1 if batch == 1 else 8
@@ -316,8 +351,8 @@ def launch_gemv(kern: dict, mode: str, p: Packed, x, gamma, eps: float, batch: i
     opt = lambda a: null if a is None else a  # noqa: E731
     plan = plan or Plan(f"gemv_{mode}_{p.fmt}" + ("_r4" if rows_per_warp == 4 else ""), rows_per_warp)
     tasks = p.n // plan.r                             # gate j with up j for SwiGLU, d with d + D/2 for rotary
-    grid = (-(-tasks // (GW // plan.ks)), -(-batch // plan.nb))
-    kern[plan.name](grid, (GW * 32,), (
+    grid = (-(-tasks // (plan.warps // plan.ks)), -(-batch // plan.nb))
+    kern[plan.name](grid, (plan.warps * 32,), (
         p.w, opt(p.sz), i32(p.kb), i32(p.block), i32(p.row_bytes), x, opt(gamma), np.float32(eps), i32(p.k),
         i32(tasks), i32(batch), out, i32(ldo), i32(inter), opt(bias), opt(kc), opt(vc), opt(cos), opt(sin),
         opt(seqlens), i32(nh), i32(kvh), i32(cap)))
@@ -416,6 +451,11 @@ class KernelEngine(DeviceStateMemory):
             self.stream = cp.cuda.Stream(non_blocking=True)
             self.cache_dtype = np.float16
             self.w = self._to_device(host)
+            cc = int(cp.cuda.Device().compute_capability)
+            if self.gemv == "v3" and cc < 80:
+                log.warning("the v3 GEMVs need tensor-core mma.sync (sm_80+), this GPU is sm_%d: the engine runs v2",
+                            cc)
+                self.gemv = "v2"
             fmts = sorted({p.fmt for p in [host.head] + [getattr(l, n) for l in host.layers
                                                          for n in ("qkv", "o", "gate_up", "down")]})
             from . import pdl as P

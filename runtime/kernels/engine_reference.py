@@ -35,31 +35,36 @@ def rms(x: np.ndarray, eps: float) -> np.ndarray:
     return (1.0 / np.sqrt((x * x).mean(-1, keepdims=True) + np.float32(eps))).astype(np.float32)
 
 
-def _dot(dense: np.ndarray, x: np.ndarray, gamma, eps: float) -> np.ndarray:
-    """y = (x * gamma) @ W^T, times 1/rms(x) when gamma is given (the kernels apply the norm to the dot product)."""
+A16 = np.float32(2.0 ** -6)        # decode.cu gemv3: x * gamma * A16 rounded to float16 (kept in float16's range)
+
+
+def _dot(dense: np.ndarray, x: np.ndarray, gamma, eps: float, a16: bool = False) -> np.ndarray:
+    """y = (x * gamma) @ W^T, times 1/rms(x) when gamma is given (the kernels apply the norm to the dot product).
+    a16 (the v3 GEMVs): the activations enter as float16(x * gamma * A16) and y is scaled back by 1 / A16; `dense`
+    is then the float16-rounded weight (dequantize(..., dtype=float16))."""
     x = np.asarray(x, np.float32)
-    if gamma is None:
-        return x @ dense.T
-    return (x * np.asarray(gamma, np.float32)) @ dense.T * rms(x, eps)
+    xg = x if gamma is None else x * np.asarray(gamma, np.float32)
+    y = ((xg * A16).astype(np.float16).astype(np.float32) @ dense.T) * np.float32(1 / A16) if a16 else xg @ dense.T
+    return y if gamma is None else y * rms(x, eps)
 
 
 def embed_rows(table: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return np.asarray(table, np.float32)[np.asarray(ids).reshape(-1)]
 
 
-def gemv_resid(dense: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
+def gemv_resid(dense: np.ndarray, x: np.ndarray, out: np.ndarray, a16: bool = False) -> None:
     """out += x @ W^T (o-proj, down-proj)."""
-    out += _dot(dense, x, None, 0.0)
+    out += _dot(dense, x, None, 0.0, a16)
 
 
-def gemv_logits(dense: np.ndarray, x: np.ndarray, gamma, eps: float) -> np.ndarray:
+def gemv_logits(dense: np.ndarray, x: np.ndarray, gamma, eps: float, a16: bool = False) -> np.ndarray:
     """LM head over the final RMSNorm -> float32 [B, V]."""
-    return _dot(dense, x, gamma, eps)
+    return _dot(dense, x, gamma, eps, a16)
 
 
-def gemv_swiglu(dense: np.ndarray, x: np.ndarray, gamma, eps: float, inter: int) -> np.ndarray:
+def gemv_swiglu(dense: np.ndarray, x: np.ndarray, gamma, eps: float, inter: int, a16: bool = False) -> np.ndarray:
     """RMSNorm -> packed gate|up -> silu(gate) * up, float32 [B, I]."""
-    y = _dot(dense, x, gamma, eps)
+    y = _dot(dense, x, gamma, eps, a16)
     g, u = y[:, :inter], y[:, inter:]
     return g / (1 + np.exp(-g)) * u
 
@@ -72,10 +77,11 @@ def rotate(y: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
 
 
 def gemv_qkv(dense: np.ndarray, x: np.ndarray, gamma, eps: float, bias, q_out: np.ndarray, kc: np.ndarray,
-             vc: np.ndarray, cos: np.ndarray, sin: np.ndarray, seqlens: np.ndarray, nh: int, kvh: int) -> None:
+             vc: np.ndarray, cos: np.ndarray, sin: np.ndarray, seqlens: np.ndarray, nh: int, kvh: int,
+             a16: bool = False) -> None:
     """RMSNorm -> packed q|k|v (+ bias) -> rotary on q and k at position seqlens[b]; q to q_out [B, NH*D], k and v
     written into this layer's cache [B, KVH, C, D] at seqlens[b]."""
-    y = _dot(dense, x, gamma, eps)
+    y = _dot(dense, x, gamma, eps, a16)
     if bias is not None:
         y = y + np.asarray(bias, np.float32)
     b_sz, d = y.shape[0], kc.shape[-1]
