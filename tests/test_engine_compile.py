@@ -79,3 +79,18 @@ def test_the_v3_twin_keeps_large_activations_in_float16_range():
         assert np.isfinite(got).all()
         err = np.abs(got - want).max() / np.abs(want).max()
         assert 0 < err < 2e-3, err                            # float16 rounding: not exact, not more
+
+
+def test_auto_gemv_keeps_the_faster_plan_and_ignores_noise():
+    """gemv="auto" (KernelEngine._tune): per product the plan timed fastest; a later candidate within 3% of the
+    best does not displace it (noise), and a candidate listed twice is timed once."""
+    v3, v2 = engine.Plan("gemv3_resid_f16_k4", 16, 4, 8), engine.Plan("gemv2_resid_f16_r2_k1_b1", 2, 1, 1)
+    us = {("down", v3.name): 7.1, ("down", v2.name): 4.9, ("o", v3.name): 3.0, ("o", v2.name): 2.95}
+    calls = []
+
+    def time_us(key, plan):
+        calls.append((key, plan.name))
+        return us[(key, plan.name)]
+    got = engine.pick_fastest({"down": [v3, v2], "o": [v3, v2, v3]}, time_us)
+    assert got == {"down": v2, "o": v3}
+    assert len(calls) == len(set(calls)) == 4

@@ -24,11 +24,10 @@ def _packed(fmt: str, n: int, k: int, rng, block: int = 32) -> Packed:
                       None, n, k)
     kb = k // block
     scale = rng.uniform(0.005, 0.03, size=(n, kb)).astype(np.float16)
-    if fmt == "q8":
-        w, zp = rng.integers(0, 256, size=(n, k), dtype=np.uint8), rng.integers(100, 156, (n, kb)).astype(np.uint8)
-    else:
-        w, zp = rng.integers(0, 256, size=(n, k // 2), dtype=np.uint8), rng.uniform(5, 10, (n, kb)).astype(
-            np.float16)
+    w = rng.integers(0, 256, size=(n, k if fmt == "q8" else k // 2), dtype=np.uint8)
+    lo, hi = (100, 156) if fmt == "q8" else (5, 10)
+    zp = rng.uniform(lo, hi, (n, kb))               # integer zero points in half the blocks, float ones in the rest
+    zp = np.where(rng.random((n, kb)) < 0.5, np.rint(zp), zp).astype(np.float16)    # (v3 takes both paths)
     return Packed(fmt, w, _pair(scale, zp, n, kb, 8 if fmt == "q8" else 4), n, k, block)
 
 
@@ -145,7 +144,7 @@ def tiny(tmp_path_factory):
     return tmp, spec.to_json()
 
 
-@pytest.mark.parametrize("gemv,attention", [("v3", "v2"), ("v2", "v2"), ("v1", "v2"), ("v2", "v1")])
+@pytest.mark.parametrize("gemv,attention", [("auto", "v2"), ("v3", "v2"), ("v2", "v2"), ("v1", "v2"), ("v2", "v1")])
 @pytest.mark.parametrize("name", ["fp16", "int4"])
 def test_engine_on_the_gpu_matches_its_twins(tiny, name, gemv, attention):
     tmp, spec = tiny
@@ -159,6 +158,7 @@ def test_engine_on_the_gpu_matches_its_twins(tiny, name, gemv, attention):
                          prefill="kernels", gemv=gemv, attention=attention)
     want = generate(cpu, prompts, cfg, 0)
     got = generate(gpu, prompts, cfg, 0)
+    eager.chosen = gpu.chosen                                          # auto: the plans the first engine timed
     assert got == generate(eager, prompts, cfg, 0)                    # the CUDA graph replays the eager step
     assert gpu.rows_per_warp(len(prompts)) == 4 and gpu.rows_per_warp(1) == 2
     same = sum(a == b for g, w in zip(got, want) for a, b in zip(g, w)) / sum(len(w) for w in want)
@@ -175,8 +175,9 @@ def test_engine_on_the_gpu_matches_its_twins(tiny, name, gemv, attention):
         _close(a, b, 2e-2)
 
 
+@pytest.mark.parametrize("gemv", ["v3", "v2"])
 @pytest.mark.parametrize("name", ["fp16", "int4"])
-def test_programmatic_dependent_launch_changes_no_bit(tiny, name):
+def test_programmatic_dependent_launch_changes_no_bit(tiny, name, gemv):
     """pdl=True (the default from sm_90): the same kernels in the same order, each allowed to start while the
     previous one ends -> the same logits bit for bit as plain stream order, in the CUDA graph and eagerly."""
     from paddle2ort.runtime.kernels import pdl
@@ -186,7 +187,8 @@ def test_programmatic_dependent_launch_changes_no_bit(tiny, name):
     prompts = [list(range(3, 303)), [7, 8, 9], list(range(100, 140))]
     outs = []
     for kw in ({"pdl": True}, {"pdl": False}, {"pdl": True, "cuda_graph": False}):
-        dec = KernelEngine(tmp / f"{name}.onnx", spec, device="gpu", max_length=400, prefill="kernels", **kw)
+        dec = KernelEngine(tmp / f"{name}.onnx", spec, device="gpu", max_length=400, prefill="kernels", gemv=gemv,
+                           **kw)
         assert dec.pdl is kw["pdl"]
         dec.start(len(prompts))
         dec.append(prompts, np.zeros(len(prompts), np.int64), 8)

@@ -27,13 +27,15 @@ TIE = 1e-2                     # the fp16 gate's tie margin: a flip where the or
 OURS, ORT = "ours (kernel engine)", "onnxruntime fused graph"
 OURS_V1 = "ours (kernel engine, v1 GEMVs)"        # the first GEMV kernels beside the default ones (--also-v1)
 OURS_V2 = "ours (kernel engine, v2 GEMVs)"        # float32-activation GEMVs beside the tensor-core v3 (--also-v2)
+OURS_V3 = "ours (kernel engine, v3 GEMVs)"        # the tensor-core GEMVs everywhere they fit (--also-v3)
 OURS_NO_PDL = "ours (kernel engine, no PDL)"      # the default kernels launched without programmatic dependent launch
 OURS_ATT_V1 = "ours (kernel engine, v1 attention)"   # the three-phase attention kernel beside attn_online
-SHORT = {OURS: "ours", OURS_V1: "ours, v1 GEMVs", OURS_V2: "ours, v2 GEMVs", OURS_NO_PDL: "ours, no PDL",
+SHORT = {OURS: "ours", OURS_V1: "ours, v1 GEMVs", OURS_V2: "ours, v2 GEMVs", OURS_V3: "ours, v3 GEMVs",
+         OURS_NO_PDL: "ours, no PDL",
          OURS_ATT_V1: "ours, v1 attention", ORT: "onnxruntime"}                                                                    # plot legend
 # system -> KernelEngine options; run() sets OURS's from --gemv / --pdl / --attention, and the variants from OURS's
 ENGINE = {OURS: {"gemv": "v2", "pdl": None, "attention": None}, OURS_V1: {"gemv": "v1", "pdl": None},
-          OURS_V2: {"gemv": "v2", "pdl": None}, OURS_NO_PDL: {"gemv": "v2", "pdl": False},
+          OURS_V2: {"gemv": "v2", "pdl": None}, OURS_V3: {"gemv": "v3", "pdl": None}, OURS_NO_PDL: {"gemv": "v2", "pdl": False},
           OURS_ATT_V1: {"gemv": "v2", "pdl": None, "attention": "v1"}}
 CHUNK: dict = {"chunk": None}                     # KernelEngine(chunk=...): run() sets it from --chunk
 
@@ -135,6 +137,8 @@ def bench_config(name: str, work: Path, systems: list[str], batches, scenarios, 
                         row["gpu_step_us"] = graph_step_us(dec, b)
                         row["prefill_by"] = dec.prefill_by
                         row["gemv"], row["pdl"] = dec.gemv, dec.pdl
+                        if dec.gemv == "auto":
+                            row["gemv_plans"] = {k: v for k, v in dec.plans_chosen().items() if k.endswith(f" b{b}")}
                     res["rows"].append(row)
                     tokens[(system, p, b)] = r["tokens"]
                     log.info("%s %s %s b%d %d+%d: %.0f tok/s/seq, %.1f%% of copy bw, TTFT %.1f ms", name, system, v,
@@ -240,11 +244,12 @@ def run(a) -> dict:
     ENGINE[OURS_NO_PDL] = dict(ENGINE[OURS], pdl=False)
     ENGINE[OURS_ATT_V1] = dict(ENGINE[OURS], attention="v1")
     ENGINE[OURS_V2] = dict(ENGINE[OURS], gemv="v2")
+    ENGINE[OURS_V3] = dict(ENGINE[OURS], gemv="v3")
     CHUNK["chunk"] = a.chunk
     res = {"device": device_info(), "copy_bandwidth_gb_s": bw / 1e9, "reps": a.reps, "gemv": a.gemv,
            "pdl": a.pdl, "attention": a.attention, "attention_chunk": a.chunk or "engine default",
            "systems": [OURS] + ([ORT] if a.ort else []) + ([OURS_NO_PDL] if a.also_no_pdl else [])
-           + ([OURS_V2] if a.also_v2 else []) + ([OURS_V1] if a.also_v1 else [])
+           + ([OURS_V3] if a.also_v3 else []) + ([OURS_V2] if a.also_v2 else []) + ([OURS_V1] if a.also_v1 else [])
            + ([OURS_ATT_V1] if a.also_attention_v1 else []), "configs": {}}
     if a.gguf:
         try:
@@ -373,7 +378,9 @@ def main(argv=None) -> int:
     r.add_argument("--no-ort", dest="ort", action="store_false", help="ours only (no onnxruntime-gpu staged)")
     r.add_argument("--budget-s", type=float, default=480, help="skip the remaining timings after this many seconds")
     r.add_argument("--work", default="/tmp/p2o-engine")
-    r.add_argument("--gemv", default="v2", choices=["v3", "v2", "v1"], help="the engine's GEMV kernels (decode.cu)")
+    r.add_argument("--gemv", default="auto", choices=["auto", "v3", "v2", "v1"],
+                   help="the engine's GEMV kernels (decode.cu; auto: per product and batch, the faster of v3 and v2)")
+    r.add_argument("--also-v3", action="store_true", help="the engine with the v3 GEMVs as another system")
     r.add_argument("--also-v2", action="store_true", help="the engine with the v2 GEMVs as another system")
     r.add_argument("--also-v1", action="store_true", help="the engine with the v1 GEMVs as another system")
     r.add_argument("--pdl", default="auto", choices=["auto", "on", "off"],

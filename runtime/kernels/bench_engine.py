@@ -45,10 +45,10 @@ def _packed(fmt: str, n: int, k: int, rng):
             np.float16 if fmt == "f16" else np.float32), None, n, k)
     kb = k // 32
     scale = rng.uniform(0.002, 0.01, (n, kb)).astype(np.float16)
-    if fmt == "q8":
-        w, zp = rng.integers(0, 256, (n, k), dtype=np.uint8), rng.integers(120, 136, (n, kb)).astype(np.uint8)
-    else:
-        w, zp = rng.integers(0, 256, (n, k // 2), dtype=np.uint8), rng.uniform(6, 9, (n, kb)).astype(np.float16)
+    w = rng.integers(0, 256, (n, k if fmt == "q8" else k // 2), dtype=np.uint8)
+    mid = 128 if fmt == "q8" else 8
+    zp = rng.uniform(mid - 2, mid + 2, (n, kb))     # integer zero points (MatMulNBits' uint8) in half the blocks,
+    zp = np.where(rng.random((n, kb)) < 0.5, np.rint(zp), zp).astype(np.float16)   # float ones in the others
     return Packed(fmt, w, _pair(scale, zp, n, kb, 8 if fmt == "q8" else 4), n, k, 32)
 
 

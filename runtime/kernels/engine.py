@@ -242,6 +242,7 @@ def attention_chunk(spec: dict, version: str | None = None) -> int:
 
 FORMAT_BIT = {"f16": 0, "f32": 1, "q8": 2, "q4": 3}     # decode.cu F16 .. Q4 (the FMTS bit of a format)
 GEMV_VERSIONS = ("v3", "v2", "v1")
+GEMV_CHOICES = ("auto",) + GEMV_VERSIONS              # auto: per product and batch size, the faster of v3 and v2
 V3_FORMATS = ("f16", "q8", "q4")                      # decode.cu gemv3: float16 activations into mma.sync
 V3_SPLITS = (1, 2, 4, 8, 16)                          # decode.cu GEMV3_MODE: K-split warps a task
 MODES = ("resid", "logits", "swiglu", "qkv")
@@ -342,6 +343,20 @@ def gemv_plan(p: Packed, mode: str, batch: int, version: str = "v2", head_dim: i
     return Plan(f"gemv2_{mode}_{p.fmt}_r{r}_k{ks}_b{nb}", r, ks, nb)
 
 
+def pick_fastest(candidates: dict, time_us, margin: float = 0.03) -> dict:
+    """{key: [Plan, ...]} -> {key: the plan timed fastest}: time_us(key, plan) -> microseconds; a later candidate
+    must beat the best so far by `margin` (timing noise does not flip a choice between kernels of equal speed)."""
+    out = {}
+    for key, plans in candidates.items():
+        best, best_us = None, float("inf")
+        for plan in dict.fromkeys(plans):
+            us = time_us(key, plan)
+            if best is None or us < best_us * (1 - margin):
+                best, best_us = plan, us
+        out[key] = best
+    return out
+
+
 def launch_gemv(kern: dict, mode: str, p: Packed, x, gamma, eps: float, batch: int, out, ldo: int = 0,
                 inter: int = 0, bias=None, kc=None, vc=None, cos=None, sin=None, seqlens=None, nh: int = 0,
                 kvh: int = 0, cap: int = 0, rows_per_warp: int = 2, plan: Plan | None = None) -> None:
@@ -420,10 +435,11 @@ class KernelEngine(DeviceStateMemory):
 
     def __init__(self, model_path: str | Path, spec: dict, device: str = "gpu", max_length: int | None = None,
                  cuda_graph: bool = True, device_id: int = 0, weights: Weights | None = None,
-                 chunk: int | None = None, prefill: str = "auto", gemv: str = "v2", pdl: bool | None = None,
+                 chunk: int | None = None, prefill: str = "auto", gemv: str = "auto", pdl: bool | None = None,
                  attention: str | None = None):
-        if gemv not in GEMV_VERSIONS:
-            raise BadInputError(f"gemv must be one of {', '.join(GEMV_VERSIONS)}, got {gemv!r}")
+        if gemv not in GEMV_CHOICES:
+            raise BadInputError(f"gemv must be one of {', '.join(GEMV_CHOICES)}, got {gemv!r}")
+        self.chosen: dict[tuple, Plan] = {}                 # gemv="auto": (batch, fmt, N, K, mode) -> the plan timed
         self.spec, self.gemv = spec, gemv
         self.num_layers, self.kv_heads, self.head_dim = spec["num_layers"], spec["kv_heads"], spec["head_dim"]
         self.num_heads, self.hidden, self.inter = spec["num_heads"], spec["hidden_size"], spec["intermediate_size"]
@@ -452,7 +468,7 @@ class KernelEngine(DeviceStateMemory):
             self.cache_dtype = np.float16
             self.w = self._to_device(host)
             cc = int(cp.cuda.Device().compute_capability)
-            if self.gemv == "v3" and cc < 80:
+            if self.gemv in ("v3", "auto") and cc < 80:
                 log.warning("the v3 GEMVs need tensor-core mma.sync (sm_80+), this GPU is sm_%d: the engine runs v2",
                             cc)
                 self.gemv = "v2"
@@ -567,6 +583,8 @@ class KernelEngine(DeviceStateMemory):
                        part_ml=xp.zeros((batch, self.num_heads, self.nsplit, 2), np.float32),
                        counter=xp.zeros((batch, self.num_heads), np.int32))
         self.states[batch] = st
+        if self.gemv == "auto" and xp is not np:
+            self._tune(st)
         return st
 
     def release(self, batch: int | None = None) -> None:
@@ -577,29 +595,75 @@ class KernelEngine(DeviceStateMemory):
             self.xp.get_default_memory_pool().free_all_blocks()
 
     # ------------------------------------------------------------------ the step on the device
+    def _gemvs(self, st: State, i: int | None) -> list[tuple[Packed, str, dict]]:
+        """Layer i's four products (None: the LM head) as (weight, mode, launch_gemv's buffers) on st's buffers."""
+        w = self.w
+        if i is None:
+            return [(w.head, "logits", dict(x=st.resid, gamma=w.norm, out=st.logits, ldo=self.vocab_size))]
+        layer = w.layers[i]
+        return [(layer.qkv, "qkv", dict(x=st.resid, gamma=layer.ln1, out=st.q, bias=layer.bias, kc=st.cache[i, 0],
+                                        vc=st.cache[i, 1], cos=w.cos, sin=w.sin, seqlens=st.seqlens,
+                                        nh=self.num_heads, kvh=self.kv_heads, cap=self.capacity)),
+                (layer.o, "resid", dict(x=st.attn, gamma=None, out=st.resid, ldo=self.hidden)),
+                (layer.gate_up, "swiglu", dict(x=st.resid, gamma=layer.ln2, out=st.act, inter=self.inter)),
+                (layer.down, "resid", dict(x=st.act, gamma=None, out=st.resid, ldo=self.hidden))]
+
+    def _gemv(self, st: State, p: Packed, mode: str, bufs: dict, plan: Plan | None = None) -> None:
+        launch_gemv(self.k, mode, p, eps=self.eps, batch=st.batch, plan=plan or self.plan(p, mode, st.batch), **bufs)
+
     def _launch(self, st: State) -> None:
         """The whole decode step as kernel launches on the current stream (what the CUDA graph captures)."""
-        w, b, k = self.w, st.batch, self.k
-        plan = functools.partial(self.plan, batch=b)
-        k["embed_rows"]((b,), (256,), (w.embed, st.ids, st.resid, np.int32(self.hidden)))
-        for i, layer in enumerate(w.layers):
-            launch_gemv(k, "qkv", layer.qkv, st.resid, layer.ln1, self.eps, b, st.q, bias=layer.bias,
-                        kc=st.cache[i, 0], vc=st.cache[i, 1], cos=w.cos, sin=w.sin, seqlens=st.seqlens,
-                        nh=self.num_heads, kvh=self.kv_heads, cap=self.capacity, plan=plan(layer.qkv, "qkv"))
-            launch_attention(k, st.q, st.cache[i, 0], st.cache[i, 1], st.seqlens, st.part_o, st.part_ml, st.attn,
-                             self.scale, st.counter, self.attention)
-            launch_gemv(k, "resid", layer.o, st.attn, None, self.eps, b, st.resid, ldo=self.hidden,
-                        plan=plan(layer.o, "resid"))
-            launch_gemv(k, "swiglu", layer.gate_up, st.resid, layer.ln2, self.eps, b, st.act, inter=self.inter,
-                        plan=plan(layer.gate_up, "swiglu"))
-            launch_gemv(k, "resid", layer.down, st.act, None, self.eps, b, st.resid, ldo=self.hidden,
-                        plan=plan(layer.down, "resid"))
-        launch_gemv(k, "logits", w.head, st.resid, w.norm, self.eps, b, st.logits, ldo=self.vocab_size,
-                    plan=plan(w.head, "logits"))
+        w, b = self.w, st.batch
+        self.k["embed_rows"]((b,), (256,), (w.embed, st.ids, st.resid, np.int32(self.hidden)))
+        for i in range(self.num_layers):
+            qkv, *rest = self._gemvs(st, i)
+            self._gemv(st, *qkv)
+            launch_attention(self.k, st.q, st.cache[i, 0], st.cache[i, 1], st.seqlens, st.part_o, st.part_ml,
+                             st.attn, self.scale, st.counter, self.attention)
+            for call in rest:
+                self._gemv(st, *call)
+        self._gemv(st, *self._gemvs(st, None)[0])
+
+    @staticmethod
+    def _key(p: Packed, mode: str, batch: int) -> tuple:
+        return batch, p.fmt, p.n, p.k, mode
 
     def plan(self, p: Packed, mode: str, batch: int) -> Plan:
-        """The kernel of one product at this batch size (gemv_plan with the engine's version)."""
+        """The kernel of one product at this batch size: gemv_plan with the engine's version, or (gemv="auto") the
+        plan _tune timed fastest for this shape and batch (v3 until it has)."""
+        if self.gemv == "auto":
+            chosen = self.chosen.get(self._key(p, mode, batch))
+            return chosen or gemv_plan(p, mode, batch, "v3", self.head_dim, self.rows_per_warp(batch))
         return gemv_plan(p, mode, batch, self.gemv, self.head_dim, self.rows_per_warp(batch))
+
+    def _tune(self, st: State) -> None:
+        """gemv="auto", once a batch size (its buffers are new; the prompt pass and the step rewrite every one the
+        timing writes): each distinct product (format, N, K, mode) not chosen before timed with its v3 and v2 plans,
+        10 launches in a CUDA graph replayed 10 times, the faster kept (pick_fastest; engines that must compute
+        alike share one `chosen` dict). v3 (tensor cores) wins from batch 2 on and
+        loses at batch 1 where its float16 conversions cost more than the weights it reads (run17-h200)."""
+        from .bench_engine import time_graph
+        self.synchronize()                                  # the buffers are zeroed on the engine's stream
+        calls: dict[tuple, tuple] = {}
+        for i in [*range(self.num_layers), None]:
+            for p, mode, bufs in self._gemvs(st, i):
+                calls.setdefault(self._key(p, mode, st.batch), (p, mode, bufs))
+        cands = {key: [gemv_plan(p, mode, st.batch, v, self.head_dim, self.rows_per_warp(st.batch))
+                       for v in ("v3", "v2")] for key, (p, mode, _) in calls.items() if key not in self.chosen}
+        timed = {}
+
+        def time_us(key, plan):
+            p, mode, bufs = calls[key]
+            timed[(key, plan.name)] = time_graph(self.xp, lambda: self._gemv(st, p, mode, bufs, plan), 10, 10)
+            return timed[(key, plan.name)]
+        self.chosen.update(pick_fastest(cands, time_us))
+        self.synchronize()
+        log.info("GEMV plans for batch %d: %s", st.batch, "; ".join(
+            f"{m} {f} {n}x{k}: {self.chosen[(b, f, n, k, m)].name}" for (b, f, n, k, m) in calls))
+
+    def plans_chosen(self) -> dict[str, str]:
+        """What gemv="auto" picked: '<mode> <fmt> NxK b<batch>' -> kernel entry."""
+        return {f"{m} {f} {n}x{k} b{b}": plan.name for (b, f, n, k, m), plan in self.chosen.items()}
 
     def rows_per_warp(self, batch: int) -> int:
         """4 weight rows a warp from batch 4 on (each activation load serves 4 rows), where every output count
