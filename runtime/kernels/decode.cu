@@ -557,7 +557,7 @@ __device__ __forceinline__ unsigned wpair(const uint4& raw, int m, int h, const 
     if (FMT == Q8) {
       q2 = __byte_perm(u[m], 0x64646464u, h ? 0x4342u : 0x4140u);
     } else {
-      const unsigned v = u[m >> 1] >> (16 * (m & 1) + 8 * h);
+      const unsigned v = (u[m >> 1] >> (16 * (m & 1) + 8 * h)) & 0xffu;   // nibbles e (low), e + 1
       q2 = ((v | (v << 12)) & 0x000f000fu) | 0x64006400u;
     }
     return hmul2(hsub2(q2, b.zh), b.sh);
