@@ -26,8 +26,9 @@ def _packed(fmt: str, n: int, k: int, rng, block: int = 32) -> Packed:
     scale = rng.uniform(0.005, 0.03, size=(n, kb)).astype(np.float16)
     w = rng.integers(0, 256, size=(n, k if fmt == "q8" else k // 2), dtype=np.uint8)
     lo, hi = (100, 156) if fmt == "q8" else (5, 10)
-    zp = rng.uniform(lo, hi, (n, kb))               # integer zero points in half the blocks, float ones in the rest
-    zp = np.where(rng.random((n, kb)) < 0.5, np.rint(zp), zp).astype(np.float16)    # (v3 takes both paths)
+    zp = rng.uniform(lo, hi, (n, kb))               # integer zero points in the 1st and 3rd quarters of the rows,
+    whole = (np.arange(n) * 4 // n) % 2 == 0        # float ones in the others (v3's two decode paths)
+    zp = np.where(whole[:, None], np.rint(zp), zp).astype(np.float16)
     return Packed(fmt, w, _pair(scale, zp, n, kb, 8 if fmt == "q8" else 4), n, k, block)
 
 

@@ -38,7 +38,7 @@ LAYERS, HEADS = ("f16", "q8", "q4"), ("f32", "q8")   # what the bundles hold (fp
 TEST_MODULES = [(64, 7, 128, None), (64, 3, 64, ()), (128, 4, 128, ())]
 
 
-def _packed(fmt: str, n: int, k: int, rng):
+def _packed(fmt: str, n: int, k: int, rng, mixed: bool = True):
     from .engine import Packed, _pair
     if fmt in ("f16", "f32"):
         return Packed(fmt, (rng.standard_normal((n, k), np.float32) * 0.05).astype(
@@ -47,8 +47,10 @@ def _packed(fmt: str, n: int, k: int, rng):
     scale = rng.uniform(0.002, 0.01, (n, kb)).astype(np.float16)
     w = rng.integers(0, 256, (n, k if fmt == "q8" else k // 2), dtype=np.uint8)
     mid = 128 if fmt == "q8" else 8
-    zp = rng.uniform(mid - 2, mid + 2, (n, kb))     # integer zero points (MatMulNBits' uint8) in half the blocks,
-    zp = np.where(rng.random((n, kb)) < 0.5, np.rint(zp), zp).astype(np.float16)   # float ones in the others
+    zp = rng.uniform(mid - 2, mid + 2, (n, kb))     # integer zero points (MatMulNBits' uint8) in the 1st and 3rd
+    whole = (np.arange(n) * 4 // n) % 2 == 0        # quarters of the rows, float ones in the others (v3: both
+    whole |= not mixed                              # decode paths, whole warp tasks of each); timing: integer ones
+    zp = np.where(whole[:, None], np.rint(zp), zp).astype(np.float16)
     return Packed(fmt, w, _pair(scale, zp, n, kb, 8 if fmt == "q8" else 4), n, k, 32)
 
 
@@ -116,15 +118,15 @@ def compile_all(configs, jobs: int) -> int:
 
 
 # ----------------------------------------------------------------------------- validate
-def _cases(cfg: str, rng):
+def _cases(cfg: str, rng, mixed: bool = True):
     """(mode, label, Packed, gamma?) of one config's products; each format."""
     h, nh, kvh, hd, inter, vocab = GEOMETRY[cfg]
     for fmt in ("f16", "f32", "q8", "q4"):
-        yield fmt, "qkv", "norm+qkv+rope", _packed(fmt, (nh + 2 * kvh) * hd, h, rng)
-        yield fmt, "resid", "o+residual", _packed(fmt, h, nh * hd, rng)
-        yield fmt, "swiglu", "norm+gate|up+swiglu", _packed(fmt, 2 * inter, h, rng)
-        yield fmt, "resid", "down+residual", _packed(fmt, h, inter, rng)
-        yield fmt, "logits", "norm+lm_head", _packed(fmt, vocab, h, rng)
+        yield fmt, "qkv", "norm+qkv+rope", _packed(fmt, (nh + 2 * kvh) * hd, h, rng, mixed)
+        yield fmt, "resid", "o+residual", _packed(fmt, h, nh * hd, rng, mixed)
+        yield fmt, "swiglu", "norm+gate|up+swiglu", _packed(fmt, 2 * inter, h, rng, mixed)
+        yield fmt, "resid", "down+residual", _packed(fmt, h, inter, rng, mixed)
+        yield fmt, "logits", "norm+lm_head", _packed(fmt, vocab, h, rng, mixed)
 
 
 def _all_plans(p, mode: str, hd: int):
@@ -281,7 +283,7 @@ def run(configs=("qwen2.5-0.5b", "smollm2-135m"), batches=(1, 8), versions=("v3"
                          "bytes": nbytes, "gb_per_s": gbs, "pct_copy_bw": 100 * gbs * 1e9 / bw,
                          "max_rel_err_vs_twin": err})
 
-        for fmt, mode, label, p in _cases(cfg, rng):
+        for fmt, mode, label, p in _cases(cfg, rng, mixed=False):
             if fmt not in (HEADS if mode == "logits" else LAYERS):
                 continue          # the bundles' products: f16 / q8 / q4 layers; f32 (fp16 bundle) / q8 (int4) head
             pd, dense = p.to(cp), _dense(p)

@@ -547,12 +547,15 @@ __device__ __forceinline__ QBlock qblock_of(const unsigned int* sz, long long r,
   return b;
 }
 
-// elements 4m + 2h, 4m + 2h + 1 of a raw 16-byte chunk as a float16 pair (low: the first)
-template <int FMT>
+// elements 4m + 2h, 4m + 2h + 1 of a raw 16-byte chunk as a float16 pair (low: the first); H2: the block's zero
+// point is an integer (QBlock.zi), decoded on float16 pairs, else in float32. The caller picks H2 for a whole warp
+// step (a vote), so the two paths do not run predicated side by side (with a per-pair branch, run19-h200 timed v3
+// int8/int4 ~1.5x slower than run17-h200's float32 decode).
+template <int FMT, bool H2>
 __device__ __forceinline__ unsigned wpair(const uint4& raw, int m, int h, const QBlock& b) {
   const unsigned int* u = reinterpret_cast<const unsigned int*>(&raw);
   if (FMT == F16) return u[2 * m + h];
-  if (b.zi) {
+  if (H2) {
     unsigned q2;                                 // {1024 + q_e, 1024 + q_e+1} as float16 bits
     if (FMT == Q8) {
       q2 = __byte_perm(u[m], 0x64646464u, h ? 0x4342u : 0x4140u);
@@ -649,12 +652,23 @@ __device__ void gemv3(const unsigned char* __restrict__ w, const unsigned int* _
             }
           }
         }
+        unsigned bx[M][2];
 #pragma unroll
         for (int m = 0; m < M; ++m) {
-          const unsigned bx0 = pack_h2(xs[4 * m] * A16, xs[4 * m + 1] * A16);
-          const unsigned bx1 = pack_h2(xs[4 * m + 2] * A16, xs[4 * m + 3] * A16);
-          mma_16816(c, wpair<FMT>(ra[u], m, 0, qa[u]), wpair<FMT>(rb[u], m, 0, qb[u]), wpair<FMT>(ra[u], m, 1, qa[u]),
-                    wpair<FMT>(rb[u], m, 1, qb[u]), bx0, bx1);
+          bx[m][0] = pack_h2(xs[4 * m] * A16, xs[4 * m + 1] * A16);
+          bx[m][1] = pack_h2(xs[4 * m + 2] * A16, xs[4 * m + 3] * A16);
+        }
+        if (!QUANT || __all_sync(0xffffffffu, qa[u].zi && qb[u].zi)) {   // every block of the step: integer zp
+#pragma unroll
+          for (int m = 0; m < M; ++m)
+            mma_16816(c, wpair<FMT, true>(ra[u], m, 0, qa[u]), wpair<FMT, true>(rb[u], m, 0, qb[u]),
+                      wpair<FMT, true>(ra[u], m, 1, qa[u]), wpair<FMT, true>(rb[u], m, 1, qb[u]), bx[m][0], bx[m][1]);
+        } else {
+#pragma unroll
+          for (int m = 0; m < M; ++m)
+            mma_16816(c, wpair<FMT, false>(ra[u], m, 0, qa[u]), wpair<FMT, false>(rb[u], m, 0, qb[u]),
+                      wpair<FMT, false>(ra[u], m, 1, qa[u]), wpair<FMT, false>(rb[u], m, 1, qb[u]), bx[m][0],
+                      bx[m][1]);
         }
       }
     }
