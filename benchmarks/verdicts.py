@@ -101,9 +101,9 @@ def enc_fp16_vs_fp32(res: dict) -> float:
     return abs(100 * (clf({"rows": res["classifier"]}, "FP16-GPU key_lengths")["accuracy"]
                       - res["fp32_reference"]["accuracy"]))
 
-E16_SPEED = "llm-gpu/run16-h200/engine-bench.json"       # issue 16: the kernel engine
-E16_PARITY = "llm-gpu/run16-h200/engine-bench.json"
-E16_KERNELS = "llm-gpu/run16-h200/kernel_bench.json"
+E16_SPEED = "llm-gpu/run19-h200/engine-bench.json"       # issue 16: the kernel engine (gemv auto, v3 beside v2)
+E16_PARITY = "llm-gpu/run19-h200/engine-bench.json"
+E16_KERNELS = "llm-gpu/run20-h200/kernel_bench.json"     # HEAD's kernels (run20 had no onnxruntime-gpu staged)
 
 
 def engine(system: str, variant: str = "fp16", batch: int = 1, prompt: int = 128,
@@ -348,25 +348,28 @@ def _int4_margin_table(root: Path) -> str:
 
 
 def _engine_kernels_table(root: Path, config: str = "qwen2.5-0.5b") -> str:
-    """The kernel engine's per-layer GEMVs and LM head at batch 1 (the engine's v2 GEMVs), FP16 beside int4 (its
-    head int8), from the kernel bench: µs, % of copy bandwidth, and the per-layer sum; the step from the same file."""
+    """The kernel engine's per-layer GEMVs and LM head, v2 beside v3 (tensor cores), at batch 1 and 8, FP16 beside
+    int4 (its head int8), from the kernel bench: µs (% of copy bandwidth at batch 1), the per-layer sums and the
+    step estimate from the same file. gemv="auto" runs the faster of the two per product and batch."""
     r = _load(E16_KERNELS, str(root))
     rows = {(x["kernel"], x["batch"], x["version"]): x for x in r["rows"] if x["config"] == config}
     layer = ("norm+qkv+rope", "o+residual", "norm+gate|up+swiglu", "down+residual")
     variants = (("fp16", "f16", "norm+lm_head f32"), ("int4", "q4", "norm+lm_head q8"))
-    lines = ["| kernel | " + " | ".join(f"{v} µs | {v} % copy bw" for v, _, _ in variants) + " |",
-             "|---|" + "---:|---:|" * len(variants)]
+    cols = [(v, f, h, b, ver) for v, f, h in variants for b in (1, 8) for ver in ("v2", "v3")]
+    lines = ["| kernel | " + " | ".join(f"{v} b{b} {ver}" for v, _, _, b, ver in cols) + " |",
+             "|---|" + "---:|" * len(cols)]
+
+    def cell(x, b):
+        return f"{x['us']:.1f}" + (f" ({x['pct_copy_bw']:.0f}%)" if b == 1 else "")
     for k in layer:
-        cells = [rows[(f"{k} {f}", 1, "v2")] for _, f, _ in variants]
-        lines.append(f"| {k.replace('|', '&#124;')} | " + " | ".join(f"{c['us']:.1f} | {c['pct_copy_bw']:.1f}%"
-                                                              for c in cells) + " |")
-    sums = [sum(rows[(f"{k} {f}", 1, "v2")]["us"] for k in layer) for _, f, _ in variants]
-    lines.append("| one layer's four GEMVs | " + " | ".join(f"{v:.1f} | " for v in sums) + " |")
-    heads = [rows[(h, 1, "v2")] for _, _, h in variants]
-    lines.append("| LM head (fp16: float32 head; int4: int8 head) | "
-                 + " | ".join(f"{c['us']:.1f} | {c['pct_copy_bw']:.1f}%" for c in heads) + " |")
-    steps = [r["step_us"][f"{config} {v} b1 v2"] for v, _, _ in variants]
-    lines.append("| whole step (CUDA graph) | " + " | ".join(f"{v:.0f} | " for v in steps) + " |")
+        lines.append(f"| {k.replace('|', '&#124;')} | " + " | ".join(cell(rows[(f"{k} {f}", b, ver)], b)
+                                                              for _, f, _, b, ver in cols) + " |")
+    lines.append("| one layer's four GEMVs | " + " | ".join(
+        f"{sum(rows[(f'{k} {f}', b, ver)]['us'] for k in layer):.1f}" for _, f, _, b, ver in cols) + " |")
+    lines.append("| LM head (fp16: float32 head, v2 only; int4: int8 head) | "
+                 + " | ".join(cell(rows[(h, b, ver)], b) for _, _, h, b, ver in cols) + " |")
+    lines.append("| whole step estimate | " + " | ".join(f"{r['step_us'][f'{config} {v} b{b} {ver}']:.0f}"
+                                                       for v, _, _, b, ver in cols) + " |")
     return "\n".join(lines)
 
 
@@ -486,7 +489,7 @@ HEADLINES: tuple[Headline, ...] = (
                        for label, g in (("MiniLM-L6", "minilm"), ("ERNIE-3.0-Medium", "ernie_medium"),
                                         ("BERT-base", "bert_base"))))),
     Headline("kernel engine (our CUDA decode kernels) vs the onnxruntime fused graph, 0.5B FP16 batch 1, H200",
-             E16_SPEED, "run16, attention v2 (tree 29813d8)",
+             E16_SPEED, "run19, GEMVs auto: per product the faster of v3 (tensor cores) and v2 (tree ab227f4)",
              _targets(("speed", "kernel engine >= 1.5x the onnxruntime fused graph, 0.5B FP16 batch 1 (genai not run)"))),
     Headline("seq2seq (T5, BART, mBART, UNIMO-text; tiny random weights) vs Paddle Inference, CPU",
              "seq2seq/results.json", "commit 23bf174", _seq2seq),
