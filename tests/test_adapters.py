@@ -17,20 +17,32 @@ from paddle2ort.runtime.generation import GenerationConfig, generate
 from paddle2ort.runtime.llm import TextGenerator
 from paddle2ort.runtime.manifest import load_bundle
 from conftest import run_python
+from near_tie import clear_divergences, greedy_reference, same_up_to_a_near_tie
 
 PROMPTS = ["The capital of France is", "def f(x):", "Once upon a time"]
 NEW_TOKENS = 8
 
 # PaddleNLP's own peft classes make the adapters, and their greedy continuations of PROMPTS (LoRAModel unmerged,
-# PrefixModelForCausalLM; full recompute, one prompt at a time) are the references. In a child process: Paddle
-# stays out of the test process.
+# PrefixModelForCausalLM; full recompute, one prompt at a time: convert.llm.eager.greedy's loop, with each step's
+# top-2 margin and the logits' range for the near-tie rule) are the references. In a child process: Paddle stays out
+# of the test process.
 MAKE_ADAPTERS = r"""
-import json, sys, paddle
+import json, sys, numpy as np, paddle
 from paddlenlp.transformers import LlamaForCausalLM
 from paddlenlp.peft import LoRAConfig, LoRAModel, PrefixConfig, PrefixModelForCausalLM
 from paddlenlp.peft.prefix.utils import llama_postprocess_past_key_value
-from paddle2ort.convert.llm.eager import greedy
 from paddle2ort.tokenization.bpe import BPETokenizer
+def greedy(model, ids, n):
+    seq, margins, spread = list(ids), [], 0.0
+    with paddle.no_grad():
+        for _ in range(n):
+            lg = model(paddle.to_tensor([seq]), return_dict=False)
+            lg = (lg[0] if isinstance(lg, (tuple, list)) else lg)[0, -1].numpy()
+            top = np.sort(lg)
+            margins.append(float(top[-1] - top[-2]))
+            spread = max(spread, float(top[-1] - top[0]))
+            seq.append(int(lg.argmax()))
+    return {"ids": seq[len(ids):], "margins": margins, "range": spread}
 src, tok, out, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 prompts = [BPETokenizer.load(tok).encode(p) for p in json.loads(sys.argv[5])]
 paddle.set_device("cpu")
@@ -80,13 +92,18 @@ def adapters(tiny_models, tmp_path_factory):
 @pytest.mark.parametrize("kind", ["lora", "prefix"])
 def test_greedy_equals_paddlenlp_with_the_adapter(adapters, kind):
     """Batched (left-padded) and one at a time, the bundle's greedy tokens are PaddleNLP's adapter model's
-    (LoRAModel unmerged / PrefixModelForCausalLM, full recompute): our merge / prefix rows, not theirs."""
+    (LoRAModel unmerged / PrefixModelForCausalLM, full recompute): our merge / prefix rows, not theirs; up to a
+    near-tie of PaddleNLP's (tests/near_tie.py)."""
     gen = TextGenerator(adapters[kind][1])
     ids = [gen.tokenizer.encode(p) for p in PROMPTS]
-    want = adapters["refs"][kind]
+    refs = adapters["refs"][kind]
+    want, margins = [r["ids"] for r in refs], [r["margins"] for r in refs]
+    # the adapter's gate holds our logits to PaddleNLP's within 1e-4 (max_rel_diff): 1e-3 of the range is plenty
+    eps = 1e-3 * max(r["range"] for r in refs)
     cfg = GenerationConfig(max_new_tokens=NEW_TOKENS)
-    assert generate(gen.model, ids, cfg, gen.tokenizer.pad_token_id) == want
-    assert [generate(gen.model, [i], cfg, gen.tokenizer.pad_token_id)[0] for i in ids] == want
+    for got in (generate(gen.model, ids, cfg, gen.tokenizer.pad_token_id),
+                [generate(gen.model, [i], cfg, gen.tokenizer.pad_token_id)[0] for i in ids]):
+        assert not clear_divergences(got, want, margins, eps), (got, want)
     base = TextGenerator(adapters["prefix"][1]).model          # the prefix bundle without its rows: the base model
     base.set_prefix(None)
     assert generate(base, ids, cfg, gen.tokenizer.pad_token_id) != want          # the adapter changes the output
@@ -120,14 +137,17 @@ def test_prefix_rows_join_a_running_batch_like_alone(adapters):
     dec, pad = gen.model, gen.tokenizer.pad_token_id
     ids = [gen.tokenizer.encode(p) for p in PROMPTS]
     cfg = GenerationConfig(max_new_tokens=6)
-    alone = [generate(dec, [i], cfg, pad)[0] for i in ids]
+    # one graph, other batches (a row joins one of three) and other shapes: 1e-3 of the logit range
+    refs = [greedy_reference(dec, [i], cfg, pad, 1e-3) for i in ids]
+    alone = [w[0] for w, _, _ in refs]                                     # generate(dec, [i], cfg, pad)[0]
     g = Generator(dec, cfg, pad)
     g.add_rows(ids[:1])
     g.generate_next_token()
     g.add_rows(ids[1:])
     while not g.is_done():
         g.generate_next_token()
-    assert g.results() == alone
+    assert all(same_up_to_a_near_tie(r, w[0], m[0], eps) for r, (w, m, eps) in zip(g.results(), refs)), \
+        (g.results(), alone)
     dec.set_prefix(None)
     assert [generate(dec, [i], cfg, pad)[0] for i in ids] != alone
 

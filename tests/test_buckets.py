@@ -8,6 +8,8 @@ from paddle2ort.runtime.buckets import (BucketRunner, BucketSpec, bucket_for, le
 from paddle2ort.runtime.errors import BadInputError
 from paddle2ort.runtime.session import SessionOptions, create_session
 
+from near_tie import top2_margins
+
 
 @pytest.mark.unit
 @pytest.mark.parametrize("n,expect", [(1, 16), (16, 16), (17, 32), (100, 128), (256, 256)])
@@ -179,7 +181,10 @@ def test_classifier_on_buckets_equals_without(clf_bundle):
                               pad_values={"input_ids": clf.tokenizer.pad_id})
     got = clf.predict_logits(texts)
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
-    assert (got.argmax(-1) == ref.argmax(-1)).all()
+    # the labels: the plain runner's, except where its top-2 margin is a near-tie (tests/near_tie.py); the bound
+    # above lets a logit move 1e-4 of its size + 1e-5, so a flip needs a margin within twice that
+    eps = 2 * (1e-4 * float(np.abs(ref).max()) + 1e-5)
+    assert ((got.argmax(-1) == ref.argmax(-1)) | (top2_margins(ref) <= eps)).all()
 
 
 @pytest.mark.unit

@@ -10,6 +10,7 @@ import pytest
 
 from paddle2ort.cli import main
 
+from near_tie import clear_divergences, greedy_reference
 from test_llm_tiny import PROMPTS
 
 
@@ -133,7 +134,10 @@ def test_serve_graph_auto_runs_the_graph_generate_runs(cpu_bundle):
     want = TextGenerator(dest, graph="auto")
     ids = want.tokenizer.encode(PROMPTS[0])
     cfg = GenerationConfig(max_new_tokens=6)
-    assert served.generator.generate_token_ids([ids], cfg) == want.generate_token_ids([ids], cfg)
+    # one graph, other shapes (the server's cache slots vs a fixed batch of one): 1e-3 of the logit range
+    ref, margins, eps = greedy_reference(want.model, [ids], cfg, want.tokenizer.pad_token_id, 1e-3)
+    got = served.generator.generate_token_ids([ids], cfg)
+    assert not clear_divergences(got, ref, margins, eps), (got, ref)         # up to a near-tie (tests/near_tie.py)
 
 
 def test_decode_profile_counts_the_users_graph_operators_per_step(cpu_bundle):

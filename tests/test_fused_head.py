@@ -10,6 +10,9 @@ from paddle2ort.runtime.fused import FusedDecoder, head_at_positions, without_he
 from paddle2ort.runtime.generation import GenerationConfig, generate
 from paddle2ort.runtime.session import SessionOptions
 
+from near_tie import (NearTieBeams, beam_clear_divergences, clear_divergences, fused_logits_of, teacher_forced_logits,
+                      teacher_forced_margins)
+
 pytestmark = pytest.mark.unit
 
 CFG = {"vocab_size": 120, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
@@ -73,10 +76,24 @@ def test_prompt_logits_and_full_prefill_keep_every_position(model):
 
 
 def test_greedy_tokens_and_steps_match_the_whole_graph(model):
+    """Greedy and beam tokens, batched and one prompt at a time, are the whole graph's up to a near-tie of the whole
+    graph's (tests/near_tie.py): the head at other positions runs other GEMM shapes, which another ISA's kernels
+    may round otherwise; the logits themselves are held to 1e-5 below."""
     picked, whole = _pair(model)
-    for cfg in (GenerationConfig(max_new_tokens=10), GenerationConfig(max_new_tokens=6, num_beams=2)):
-        assert generate(picked, PROMPTS, cfg, 0) == generate(whole, PROMPTS, cfg, 0), cfg
-        assert [generate(picked, [p], cfg, 0)[0] for p in PROMPTS] == generate(whole, PROMPTS, cfg, 0)
+    cfg = GenerationConfig(max_new_tokens=10)
+    want = generate(whole, PROMPTS, cfg, 0)
+    logits_of = fused_logits_of(whole)
+    # the two heads' logits agree within 1e-5 of their max (the tests above): 1e-3 of the logit range is plenty
+    eps = 1e-3 * float(np.ptp(np.concatenate([teacher_forced_logits(logits_of, p, w) for p, w in zip(PROMPTS, want)])))
+    margins = [teacher_forced_margins(logits_of, p, w, eps) for p, w in zip(PROMPTS, want)]
+    for got in (generate(picked, PROMPTS, cfg, 0), [generate(picked, [p], cfg, 0)[0] for p in PROMPTS]):
+        assert not clear_divergences(got, want, margins, eps), (got, want, margins)
+    cfg = GenerationConfig(max_new_tokens=6, num_beams=2)
+    with NearTieBeams() as rec:
+        want = generate(whole, PROMPTS, cfg, 0)
+    beam_margins = rec.margins()
+    for got in (generate(picked, PROMPTS, cfg, 0), [generate(picked, [p], cfg, 0)[0] for p in PROMPTS]):
+        assert not beam_clear_divergences(got, want, beam_margins, eps), (got, want, beam_margins)
     outs = []
     for dec in (picked, whole):                                 # teacher-forced steps: the bound [B, 1, V] logits
         dec.start(len(PROMPTS))
@@ -85,7 +102,7 @@ def test_greedy_tokens_and_steps_match_the_whole_graph(model):
         for j in range(5):
             dec.next_ids[:, 0] = [(5 * j + 3 * b) % 100 + 1 for b in range(len(PROMPTS))]
             dec.seqlens[...] += 1
-            got.append(np.asarray(dec.step(None)[0], np.float32).reshape(len(PROMPTS), -1))
+            got.append(np.array(dec.step(None)[0], np.float32).reshape(len(PROMPTS), -1))
         outs.append(np.stack(got))
     _close(*outs)
 

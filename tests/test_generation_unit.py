@@ -10,6 +10,8 @@ from paddle2ort.runtime.errors import BadInputError
 from paddle2ort.runtime.generation import (CacheDecoder, Decoder, GenerationConfig, Generator, KVCache, beam_search,
                                            check_memory, generate, left_pad, position_ids)
 
+from near_tie import same_up_to_a_near_tie
+
 
 class ToyDecoder:
     """A bigram model with the exported graph's contract. The cache stores each token's embedding; logits at a
@@ -410,13 +412,6 @@ def greedy_margins(toy, prompt, ids, cfg):
     return out
 
 
-def same_up_to_a_near_tie(got, want, margins, eps=TIE_EPS) -> bool:
-    """got == want, or got leaves want first at a step whose reference margin is within eps."""
-    k = next((j for j in range(max(len(got), len(want))) if j >= len(got) or j >= len(want) or got[j] != want[j]),
-             None)
-    return k is None or (k < len(margins) and margins[k] <= eps)
-
-
 def test_rows_joining_and_leaving_get_what_they_get_alone():
     """Greedy and seeded sampling rows with different settings join a running batch at different steps and leave
     when done: each row's tokens equal the tokens it gets alone, and a row that leaves frees its cache."""
@@ -450,7 +445,8 @@ def test_rows_joining_and_leaving_get_what_they_get_alone():
         if c.do_sample:                  # a seeded draw flips only within rounding of a CDF edge: compared exactly
             assert got[k] == want[k], k
         else:                            # greedy: the same tokens up to a near-tie of the reference
-            assert same_up_to_a_near_tie(got[k], want[k], greedy_margins(ToyDecoder(), p, want[k], c)), k
+            assert same_up_to_a_near_tie(got[k], want[k], greedy_margins(ToyDecoder(), p, want[k], c),
+                                         TIE_EPS), k
     assert all(b == n for _, _, b, n in sizes)                      # the buffer holds only the live rows
     assert all(after < before for before, after, _, n in sizes if n)  # a leaving row's cache is freed
     assert gen.rows == [] and dec.cache.length == 0 and dec.mask.shape == (0, 0)

@@ -12,6 +12,8 @@ from paddle2ort.runtime.errors import BadInputError
 from paddle2ort.runtime.generation import GenerationConfig, generate
 from paddle2ort.runtime.llm import TextGenerator
 
+from near_tie import clear_divergences, paddle_margins
+
 PROMPTS = ["The capital of France is", "def f(x):", "Once upon a time"]
 
 
@@ -27,13 +29,18 @@ def test_export_gate_and_manifest(llm_bundles, kind):
 
 @pytest.mark.parametrize("kind", ["llama", "gpt"])
 def test_greedy_is_token_identical_to_paddle(llm_bundles, kind):
+    """Batched and one at a time, the bundle's greedy tokens are Paddle's, up to a near-tie of Paddle's (another
+    ISA's kernels may flip a top-2 gap within rounding: tests/near_tie.py)."""
     src, dest, _ = llm_bundles[kind]
     gen = TextGenerator(dest)
     ids = [gen.tokenizer.encode(p) for p in PROMPTS]
     want = paddle_greedy(src / "model", ids, 10)          # Paddle dygraph, full recompute, one prompt at a time
+    # the export's gate holds its logits to Paddle's within 1e-4 (max_rel_diff): 1e-3 of the logit range is plenty
+    margins, eps = paddle_margins(src / "model", ids, want, 1e-3)
     cfg = GenerationConfig(max_new_tokens=10)
-    assert generate(gen.model, ids, cfg, gen.tokenizer.pad_token_id) == want          # batched, left-padded
-    assert [generate(gen.model, [i], cfg, gen.tokenizer.pad_token_id)[0] for i in ids] == want
+    for got in (generate(gen.model, ids, cfg, gen.tokenizer.pad_token_id),           # batched, left-padded
+                [generate(gen.model, [i], cfg, gen.tokenizer.pad_token_id)[0] for i in ids]):
+        assert not clear_divergences(got, want, margins, eps), (got, want)     # equal up to a near-tie of Paddle's
 
 
 def test_weight_only_models_are_quantized_and_run(llm_bundles):
