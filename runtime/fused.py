@@ -318,11 +318,14 @@ class FusedDecoder(DeviceStateMemory):
         return min(c, self.capacity)
 
     def state_bytes(self, batch: int, prompt_len: int = 0, capacity: int | None = None) -> int:
-        """A state of `batch` rows with room for `capacity` positions (default max_length) and its prompt logits."""
+        """A state of `batch` rows with room for `capacity` positions (default max_length) and its generation's
+        prompt logits: each row's last position where the head runs at chosen positions (the CPU graph, prefill
+        last_only), else every position."""
         it = np.dtype(self.dtype).itemsize
         cap = self.capacity if capacity is None else capacity
         kv = 2 * self.num_layers * batch * self.kv_heads * cap * self.head_dim * it
-        return kv + batch * max(prompt_len, 1) * self.vocab_size * it
+        at = 1 if self.picked_head else max(prompt_len, 1)
+        return kv + batch * at * self.vocab_size * np.dtype(self.logits_dtype).itemsize
 
     def bytes_needed(self, rows: int, prompt_len: int, new_tokens: int) -> int:
         cap = self.bucket(min(prompt_len + new_tokens, self.capacity))

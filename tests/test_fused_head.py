@@ -63,6 +63,16 @@ def test_prompt_pass_computes_only_each_rows_last_logits(model):
         _close(st_p, st_w)                                                     # the same cache written
 
 
+def test_memory_estimates_count_the_prompt_logits_generation_holds(model):
+    """Admission (bytes_needed) counts B x V prompt logits where the head runs at each row's last position, and
+    B x S x V where the whole graph computes every position: the rest of the state is the same."""
+    picked, whole = _pair(model)
+    row = CFG["vocab_size"] * np.dtype(picked.logits_dtype).itemsize
+    assert picked.state_bytes(3, 40) == picked.state_bytes(3, 1) == whole.state_bytes(3, 1)
+    assert whole.state_bytes(3, 40) - whole.state_bytes(3, 1) == 3 * 39 * row
+    assert whole.bytes_needed(3, 40, 8) - picked.bytes_needed(3, 40, 8) == 3 * 39 * row
+
+
 def test_prompt_logits_and_full_prefill_keep_every_position(model):
     picked, whole = _pair(model)
     for got, want in zip(picked.prompt_logits(picked.state(4), PROMPTS, 0),
