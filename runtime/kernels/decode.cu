@@ -147,6 +147,23 @@ __device__ __forceinline__ void store_rows(float* y, const long long* rows, int 
   }
 }
 
+// The one argument list of every GEMV (v1, v2, v3; engine.py launch_gemv passes it): the device functions' (with
+// __restrict__), the entries', and the call from an entry to its device function.
+#define GEMV_PARAMS                                                                                                 \
+  const unsigned char* __restrict__ w, const unsigned int* __restrict__ sz, int kb, int qblock, int row_bytes,     \
+      const float* __restrict__ x, const unsigned short* __restrict__ gamma, float eps, int K, int tasks, int B,   \
+      float* out, int ldo, int inter, const unsigned short* __restrict__ bias, unsigned short* kc,                  \
+      unsigned short* vc, const float* __restrict__ cos_t, const float* __restrict__ sin_t,                         \
+      const int* __restrict__ seqlens, int nh, int kvh, int cap
+#define GEMV_ENTRY_PARAMS                                                                                           \
+  const unsigned char* w, const unsigned int* sz, int kb, int qblock, int row_bytes, const float* x,                \
+      const unsigned short* gamma, float eps, int K, int tasks, int B, float* out, int ldo, int inter,              \
+      const unsigned short* bias, unsigned short* kc, unsigned short* vc, const float* cos_t, const float* sin_t,   \
+      const int* seqlens, int nh, int kvh, int cap
+#define GEMV_ARGS \
+  w, sz, kb, qblock, row_bytes, x, gamma, eps, K, tasks, B, out, ldo, inter, bias, kc, vc, cos_t, sin_t, seqlens, nh, \
+      kvh, cap
+
 // One GEMV over the packed weight W [N, K] for batch rows [blockIdx.y * BT, ...): y[b, r] = sum_k x'[b, k] W[r, k]
 // where x' = x (gamma == nullptr) or RMSNorm(x) * gamma (the norm's 1/rms applied to the dot product).
 // Warp task t (0 .. tasks-1) owns R rows (R/2 gate|up or rotary pairs), chosen by MODE (see the M_* defines).
@@ -156,11 +173,7 @@ __device__ __forceinline__ void store_rows(float* y, const long long* rows, int 
 //   M_SWIGLU: inter (I)
 //   others:   ldo (out's row stride)
 template <int FMT, int MODE, int R>
-__device__ void gemv(const unsigned char* __restrict__ w, const unsigned int* __restrict__ sz, int kb, int qblock,
-                     int row_bytes, const float* __restrict__ x, const unsigned short* __restrict__ gamma, float eps,
-                     int K, int tasks, int B, float* out, int ldo, int inter, const unsigned short* __restrict__ bias,
-                     unsigned short* kc, unsigned short* vc, const float* __restrict__ cos_t,
-                     const float* __restrict__ sin_t, const int* __restrict__ seqlens, int nh, int kvh, int cap) {
+__device__ void gemv(GEMV_PARAMS) {
   constexpr int EPL = Fmt<FMT>::EPL;
   constexpr int STEP = 32 * EPL;
   constexpr int U = UNROLL * 2 / R;             // chunks a row in flight: 2 rows x 4 or 4 rows x 2
@@ -260,13 +273,8 @@ __device__ void gemv(const unsigned char* __restrict__ w, const unsigned int* __
 }
 
 #define GEMV_ENTRY(NAME, FMT, MODE, R)                                                                           \
-  extern "C" __global__ void __launch_bounds__(GW * 32) NAME(                                                    \
-      const unsigned char* w, const unsigned int* sz, int kb, int qblock, int row_bytes, const float* x,          \
-      const unsigned short* gamma, float eps, int K, int tasks, int B, float* out, int ldo, int inter,            \
-      const unsigned short* bias, unsigned short* kc, unsigned short* vc, const float* cos_t, const float* sin_t, \
-      const int* seqlens, int nh, int kvh, int cap) {                                                            \
-    gemv<FMT, MODE, R>(w, sz, kb, qblock, row_bytes, x, gamma, eps, K, tasks, B, out, ldo, inter, bias, kc, vc,  \
-                       cos_t, sin_t, seqlens, nh, kvh, cap);                                                      \
+  extern "C" __global__ void __launch_bounds__(GW * 32) NAME(GEMV_ENTRY_PARAMS) { \
+    gemv<FMT, MODE, R>(GEMV_ARGS);                                               \
   }
 // two rows a warp (gemv_*) for small batches, four (gemv_*_r4: x read once for 4 rows) for larger ones
 #define GEMV_ALL(FMTNAME, FMT)                              \
@@ -297,12 +305,7 @@ __device__ __forceinline__ float qcode(const uint4& raw, int e) {
 // grid (ceil(tasks / (GW / KS)), ceil(B / NB)), block GW warps; warp w works on task blockIdx.x * GW/KS + w/KS and
 // on the chunks w%KS, w%KS + KS, ... of K (a chunk: 32 lanes x 16 bytes)
 template <int FMT, int MODE, int R, int KS, int NB>
-__device__ void gemv2(const unsigned char* __restrict__ w, const unsigned int* __restrict__ sz, int kb, int qblock,
-                      int row_bytes, const float* __restrict__ x, const unsigned short* __restrict__ gamma, float eps,
-                      int K, int tasks, int B, float* out, int ldo, int inter,
-                      const unsigned short* __restrict__ bias, unsigned short* kc, unsigned short* vc,
-                      const float* __restrict__ cos_t, const float* __restrict__ sin_t,
-                      const int* __restrict__ seqlens, int nh, int kvh, int cap) {
+__device__ void gemv2(GEMV_PARAMS) {
   constexpr int EPL = Fmt<FMT>::EPL;
   constexpr int STEP = 32 * EPL;
   constexpr int U = UNROLL * 2 / R;
@@ -459,13 +462,9 @@ __device__ void gemv2(const unsigned char* __restrict__ w, const unsigned int* _
 }
 
 #define GEMV2_ENTRY(FMTNAME, FMT, MODENAME, MODE, R, KS, NB)                                                     \
-  extern "C" __global__ void __launch_bounds__(GW * 32) gemv2_##MODENAME##_##FMTNAME##_r##R##_k##KS##_b##NB(     \
-      const unsigned char* w, const unsigned int* sz, int kb, int qblock, int row_bytes, const float* x,          \
-      const unsigned short* gamma, float eps, int K, int tasks, int B, float* out, int ldo, int inter,            \
-      const unsigned short* bias, unsigned short* kc, unsigned short* vc, const float* cos_t, const float* sin_t, \
-      const int* seqlens, int nh, int kvh, int cap) {                                                            \
-    gemv2<FMT, MODE, R, KS, NB>(w, sz, kb, qblock, row_bytes, x, gamma, eps, K, tasks, B, out, ldo, inter, bias, \
-                                kc, vc, cos_t, sin_t, seqlens, nh, kvh, cap);                                     \
+  extern "C" __global__ void __launch_bounds__(GW * 32)                             \
+      gemv2_##MODENAME##_##FMTNAME##_r##R##_k##KS##_b##NB(GEMV_ENTRY_PARAMS) {       \
+    gemv2<FMT, MODE, R, KS, NB>(GEMV_ARGS);                                          \
   }
 // the (rows a warp, K-split warps, batch rows a block) the engine picks from (engine.py gemv_plan)
 #define GEMV2_MODE(FMTNAME, FMT, MODENAME, MODE)         \
@@ -490,7 +489,8 @@ __device__ void gemv2(const unsigned char* __restrict__ w, const unsigned int* _
 // that gives every lane 16 contiguous bytes a row. The activations enter as float16: xh = half(x * gamma * A16)
 // (A16 = 2^-6 keeps x * gamma, before the norm's 1/rms, inside float16's range; y is scaled back), int8/int4
 // weights dequantized to float16 as float32 (q - zp) * scale rounded once (the twin's rule: engine_reference
-// gemv_* with a16=True; on float16 pairs where the zero point is an integer, see QBlock). KS warps of a block split K (block: max(GW, KS) warps); U steps a warp in flight.
+// gemv_* with a16=True; on float16 pairs where the zero point is an integer, see QBlock). KS warps of a block split
+// K (block: max(GW, KS) warps); U steps a warp in flight.
 #define A16 0.015625f
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
 #define HAS_MMA 1
@@ -575,12 +575,7 @@ template <> struct V3<Q8> { static constexpr int U = 4; };
 template <> struct V3<Q4> { static constexpr int U = 2; };
 
 template <int FMT, int MODE, int KS>
-__device__ void gemv3(const unsigned char* __restrict__ w, const unsigned int* __restrict__ sz, int kb, int qblock,
-                      int row_bytes, const float* __restrict__ x, const unsigned short* __restrict__ gamma, float eps,
-                      int K, int tasks, int B, float* out, int ldo, int inter,
-                      const unsigned short* __restrict__ bias, unsigned short* kc, unsigned short* vc,
-                      const float* __restrict__ cos_t, const float* __restrict__ sin_t,
-                      const int* __restrict__ seqlens, int nh, int kvh, int cap) {
+__device__ void gemv3(GEMV_PARAMS) {
   constexpr int EPL = Fmt<FMT>::EPL;
   constexpr int KSTEP = 4 * EPL;                 // k of one warp step (two rows x 16 bytes a lane)
   constexpr int M = EPL / 4;                     // mma k16 tiles a step
@@ -704,13 +699,9 @@ __device__ void gemv3(const unsigned char* __restrict__ w, const unsigned int* _
 }
 
 #define GEMV3_ENTRY(FMTNAME, FMT, MODENAME, MODE, KS)                                                             \
-  extern "C" __global__ void __launch_bounds__((KS > GW ? KS : GW) * 32) gemv3_##MODENAME##_##FMTNAME##_k##KS(    \
-      const unsigned char* w, const unsigned int* sz, int kb, int qblock, int row_bytes, const float* x,          \
-      const unsigned short* gamma, float eps, int K, int tasks, int B, float* out, int ldo, int inter,            \
-      const unsigned short* bias, unsigned short* kc, unsigned short* vc, const float* cos_t, const float* sin_t, \
-      const int* seqlens, int nh, int kvh, int cap) {                                                            \
-    gemv3<FMT, MODE, KS>(w, sz, kb, qblock, row_bytes, x, gamma, eps, K, tasks, B, out, ldo, inter, bias, kc, vc, \
-                         cos_t, sin_t, seqlens, nh, kvh, cap);                                                    \
+  extern "C" __global__ void __launch_bounds__((KS > GW ? KS : GW) * 32)            \
+      gemv3_##MODENAME##_##FMTNAME##_k##KS(GEMV_ENTRY_PARAMS) {                      \
+    gemv3<FMT, MODE, KS>(GEMV_ARGS);                                                 \
   }
 // the K-split warps the engine picks from (engine.py gemv_plan, V3_SPLITS)
 #define GEMV3_MODE(FMTNAME, FMT, MODENAME, MODE)                                                           \
