@@ -14,7 +14,7 @@ HERE = Path(__file__).parent
 
 # Fixtures that build or convert Paddle models: a test using any of them (directly or through another fixture)
 # is not a unit test.
-PADDLE_FIXTURES = {"tiny_models", "clf_bundle", "llm_bundles"}
+PADDLE_FIXTURES = {"tiny_models", "clf_bundle", "llm_bundle", "llm_bundles"}
 # Modules of other parts whose every test is a unit test (files that say so themselves carry `pytestmark`).
 UNIT_MODULES = {"test_generation_unit.py", "test_validate_unit.py", "test_kernels.py"}
 # ... except these (no Paddle, but tens of seconds: they run in the full suite)
@@ -96,6 +96,17 @@ def clf_bundle(tiny_models, tmp_path_factory):
                  "--threshold", "int8.min_cosine=0", "--task", "text-classification",
                  "--labels", "negative,neutral,positive", "--output-names", "logits", "--tokenizer", str(tok),
                  "--max-seq-length", "64"]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def llm_bundle(tiny_models, tmp_path_factory):
+    """The tiny random-weight LLaMA converted with convert_llm's defaults (fp32, the generic graph only, default
+    gate), once a session: test_signals.py and test_bad_inputs.py share it. Read-only: copy it to change it."""
+    from paddle2ort.convert.llm import LLMConvertConfig, convert_llm
+    src = tiny_models("llama")
+    out = tmp_path_factory.mktemp("llm") / "bundle"
+    convert_llm(LLMConvertConfig(source=src / "model", tokenizer=src / "tokenizer", output=out))
     return out
 
 

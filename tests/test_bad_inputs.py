@@ -64,13 +64,8 @@ class Shared:
         return self._get("clf_bundle", make)
 
     def llm_bundle(self) -> Path:
-        def make():
-            from paddle2ort.convert.llm import LLMConvertConfig, convert_llm
-            src = self.model("llama")
-            out = self.root / "llm_bundle"
-            convert_llm(LLMConvertConfig(source=src / "model", tokenizer=src / "tokenizer", output=out))
-            return out
-        return self._get("llm_bundle", make)
+        """The tiny LLaMA with convert_llm's defaults (fp32 generic only): conftest's, shared with test_signals."""
+        return self.request.getfixturevalue("llm_bundle")
 
 
 @dataclass

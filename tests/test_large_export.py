@@ -55,22 +55,30 @@ def test_external_data_file_gives_the_same_logits(tmp_path):
 @pytest.mark.slow
 @pytest.mark.unit
 def test_fused_decoder_over_2gib_is_written_with_external_data(tmp_path):
-    """A one-layer decoder with a 4.3M-token vocabulary (embedding + LM head = 2.2 GB in fp32): the proto cannot
-    be serialized (`ByteSize()` raised EncodeError before), so the weights go to decoder.onnx.data. Its logits on
-    the first 1,000 tokens equal those of the same layers with the vocabulary cut to 1,000 (the hidden state does
-    not depend on the vocabulary size)."""
-    big = spec_with_vocab(4_300_000)
-    state = random_state(spec_with_vocab(1000), seed=2)
+    """A one-layer decoder with a 4.3M-token vocabulary (embedding + untied LM head = 2.2 GB in fp32): the proto
+    cannot be serialized (`ByteSize()` raised EncodeError before), so the weights go to decoder.onnx.data. Its
+    logits on the first and on the last 1,000 tokens equal those of the same layers with the vocabulary cut to
+    those 1,000 tokens (the hidden state does not depend on the vocabulary size); the head columns that make them
+    are 64 stripes across the whole head, which ends in the data file past 2 GiB."""
+    big, small = spec_with_vocab(4_300_000), spec_with_vocab(1000)
+    v, h = big.vocab_size, big.hidden_size
+    # One 1.1 GB buffer is both the embedding [V, 64] and the LM head [64, V] (two views: filling 1.1 GB and
+    # transposing it into the tied head took ~20 s of this test). Zeros (untouched pages, never written by the
+    # test) except what the compared logits read, random: the prompt's embedding rows (< 1,000) and the head's
+    # first and last 1,000 columns. A misplaced read lands on zeros or on other rows, never on a copy.
+    buf = np.zeros(v * h, np.float32)
+    embed, head = buf.reshape(v, h), buf.reshape(h, v)
     rng = np.random.default_rng(3)
-    # rows past 1,000 repeat one random 65,536-row block (drawing all 4.3M rows took 4 s of this test)
-    block = rng.standard_normal((65_536, big.hidden_size), dtype=np.float32) * np.float32(0.05)
-    embed = np.resize(block, (big.vocab_size, big.hidden_size))
-    embed[:1000] = state["llama.embed_tokens.weight"]
-    small_state = dict(state)
-    state["llama.embed_tokens.weight"] = embed
-    build_variant(spec_with_vocab(1000), small_state, "fp32", tmp_path / "small.onnx")
-    build_variant(big, state, "fp32", tmp_path / "decoder.onnx")
-    del state, embed
+    embed[:1000] = rng.standard_normal((1000, h), dtype=np.float32) * np.float32(0.05)
+    head[:, :1000] = rng.standard_normal((h, 1000), dtype=np.float32) * np.float32(0.05)
+    head[:, -1000:] = rng.standard_normal((h, 1000), dtype=np.float32) * np.float32(0.05)
+    layers = random_state(small, seed=2)
+    for name, cols in (("first", slice(0, 1000)), ("last", slice(v - 1000, v))):
+        build_variant(small, {**layers, "llama.embed_tokens.weight": embed[:1000].copy(),
+                              "lm_head.weight": head[:, cols].copy()}, "fp32", tmp_path / f"{name}.onnx")
+    build_variant(big, {**layers, "llama.embed_tokens.weight": embed, "lm_head.weight": head}, "fp32",
+                  tmp_path / "decoder.onnx")
+    del buf, embed, head
     gc.collect()
     data = tmp_path / "decoder.onnx.data"
     assert data.stat().st_size > TWO_GIB
@@ -78,11 +86,14 @@ def test_fused_decoder_over_2gib_is_written_with_external_data(tmp_path):
     graph_only = onnx.load(str(tmp_path / "decoder.onnx"), load_external_data=False)
     external = [t for t in graph_only.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
     assert {e.value for t in external for e in t.external_data if e.key == "location"} == {"decoder.onnx.data"}
+    head_at = {e.key: int(e.value) for t in external if t.name == "lm_head" for e in t.external_data
+               if e.key in ("offset", "length")}
+    assert head_at["offset"] + head_at["length"] > TWO_GIB        # the compared stripes are read past 2 GiB too
     del graph_only
     got = prompt_logits(tmp_path / "decoder.onnx", big)
     assert got.shape == (len(PROMPT), big.vocab_size) and np.isfinite(got).all()
-    np.testing.assert_allclose(got[:, :1000], prompt_logits(tmp_path / "small.onnx", spec_with_vocab(1000)),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got[:, :1000], prompt_logits(tmp_path / "first.onnx", small), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got[:, -1000:], prompt_logits(tmp_path / "last.onnx", small), rtol=1e-5, atol=1e-5)
 
 
 EMBED_BUILDER = """

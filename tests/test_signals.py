@@ -149,15 +149,6 @@ def test_convert_llm_worker_dies_with_a_killed_parent(tiny_models, tmp_path):
     assert not (tmp_path / "llm").exists()
 
 
-@pytest.fixture(scope="module")
-def llm_bundle(tiny_models, tmp_path_factory):
-    from paddle2ort.convert.llm import LLMConvertConfig, convert_llm
-    src = tiny_models("llama")
-    out = tmp_path_factory.mktemp("llm") / "bundle"
-    convert_llm(LLMConvertConfig(source=src / "model", tokenizer=src / "tokenizer", output=out))
-    return out
-
-
 def test_sigterm_keeps_finished_jsonl_results_and_a_rerun_resumes(llm_bundle, tmp_path):
     import json
     data, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
