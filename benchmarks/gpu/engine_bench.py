@@ -31,12 +31,9 @@ OURS_V3 = "ours (kernel engine, v3 GEMVs)"        # the tensor-core GEMVs everyw
 OURS_NO_PDL = "ours (kernel engine, no PDL)"      # the default kernels launched without programmatic dependent launch
 OURS_ATT_V1 = "ours (kernel engine, v1 attention)"   # the three-phase attention kernel beside attn_online
 SHORT = {OURS: "ours", OURS_V1: "ours, v1 GEMVs", OURS_V2: "ours, v2 GEMVs", OURS_V3: "ours, v3 GEMVs",
-         OURS_NO_PDL: "ours, no PDL",
-         OURS_ATT_V1: "ours, v1 attention", ORT: "onnxruntime"}                                                                    # plot legend
+         OURS_NO_PDL: "ours, no PDL", OURS_ATT_V1: "ours, v1 attention", ORT: "onnxruntime"}  # plot legend
 # system -> KernelEngine options; run() sets OURS's from --gemv / --pdl / --attention, and the variants from OURS's
-ENGINE = {OURS: {"gemv": "v2", "pdl": None, "attention": None}, OURS_V1: {"gemv": "v1", "pdl": None},
-          OURS_V2: {"gemv": "v2", "pdl": None}, OURS_V3: {"gemv": "v3", "pdl": None}, OURS_NO_PDL: {"gemv": "v2", "pdl": False},
-          OURS_ATT_V1: {"gemv": "v2", "pdl": None, "attention": "v1"}}
+ENGINE = {OURS: {"gemv": "auto", "pdl": None, "attention": None}, OURS_V1: {"gemv": "v1", "pdl": None}}
 CHUNK: dict = {"chunk": None}                     # KernelEngine(chunk=...): run() sets it from --chunk
 
 

@@ -6,8 +6,9 @@ order, one device call):
     python -m paddle2ort.runtime.kernels.bench_engine time     [--json OUT]    # the engine's plans, timed
     python -m paddle2ort.runtime.kernels.bench_engine attention [--json OUT]   # flash-decoding split size sweep
 
-`validate` launches every GEMV entry (v1, and v2 in each (rows a warp, K-split warps, batch rows a block) shape) at
-the real models' shapes and the attention kernel, compares each with its NumPy twin (engine_reference.py), prints
+`validate` launches every GEMV entry (v1, v2 in each (rows a warp, K-split warps, batch rows a block) shape, v3 in
+each K split) at the real models' shapes and the attention kernel, compares each with its NumPy twin
+(engine_reference.py; v3's: the a16 twins, integer and float zero points), prints
 one line a failure and which GEMV versions passed; exit 1 when anything failed (the JSON says what). `time` times the
 plans the engine picks (engine.gemv_plan) of each version inside a CUDA graph; GB/s counts the bytes a kernel must
 read (weights, or the K/V of the context) beside the device's measured copy bandwidth.

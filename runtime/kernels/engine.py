@@ -11,10 +11,11 @@ it may start while the previous one ends and waits in the kernel before its firs
 Weights are read as the bundle stores them: float16/float32, or MatMulNBits int8/int4 blocks (scale and integer or
 float zero point per block), never dequantized in memory for the step. Three GEMV generations (`gemv=`): "v3"
 (tensor cores, sm_80+: mma.sync on 16 weight rows x 8 batch rows, activations rounded to float16 (W16A16 / W8A16 /
-W4A16), v2 where a product does not fit it), "v2" (the default: float32 activations, K split over a block's warps for
+W4A16), v2 where a product does not fit it), "v2" (float32 activations, K split over a block's warps for
 small-N products, the norm's statistics from the main loop, int8/int4 scale and zero point factored out of each
 chunk, one batch row a block at batch 1) and "v1" (the first kernels, kept as the fallback); gemv_plan picks the
-entry a product launches. Two attention kernels (`attention=`): "v2"
+entry a product launches. The default "auto" times v3 and v2 per product at a batch size's first use and keeps the
+faster (KernelEngine._tune). Two attention kernels (`attention=`): "v2"
 (attn_online: one pass, an online softmax per lane group; the default where the head size fits it) and "v1"
 (attn_split: scores, softmax and P @ V in three phases). decode.cu is compiled one module a weight format (they
 depend on the head size only) plus one for attention (head size, GQA group, chunk). The prompt pass (prefill) is the
@@ -268,7 +269,7 @@ def module_options(head_dim: int, group: int, chunk: int, fmts: Sequence[str] = 
 
 
 def gemv_names(fmt: str) -> list[str]:
-    """Every GEMV entry of one format (v1: gemv_*, v2: gemv2_*_r{R}_k{KS}_b{NB})."""
+    """Every GEMV entry of one format (v1: gemv_*, v2: gemv2_*_r{R}_k{KS}_b{NB}, v3: gemv3_*_k{KS})."""
     return ([f"gemv_{m}_{fmt}{r}" for m in MODES for r in ("", "_r4")]
             + [f"gemv2_{m}_{fmt}_r{r}_k{k}_b{b}" for m in MODES for r, k, b in V2_SHAPES]
             + ([f"gemv3_{m}_{fmt}_k{k}" for m in MODES for k in V3_SPLITS] if fmt in V3_FORMATS else []))
@@ -640,8 +641,8 @@ class KernelEngine(DeviceStateMemory):
         """gemv="auto", once a batch size (its buffers are new; the prompt pass and the step rewrite every one the
         timing writes): each distinct product (format, N, K, mode) not chosen before timed with its v3 and v2 plans,
         10 launches in a CUDA graph replayed 10 times, the faster kept (pick_fastest; engines that must compute
-        alike share one `chosen` dict). v3 (tensor cores) wins from batch 2 on and
-        loses at batch 1 where its float16 conversions cost more than the weights it reads (run17-h200)."""
+        alike share one `chosen` dict). On an H200 v3 (tensor cores) wins every product from batch 2 on and
+        most lose at batch 1, where its float16 conversions cost about what it saves (run20-h200)."""
         from .bench_engine import time_graph
         self.synchronize()                                  # the buffers are zeroed on the engine's stream
         calls: dict[tuple, tuple] = {}
@@ -650,12 +651,10 @@ class KernelEngine(DeviceStateMemory):
                 calls.setdefault(self._key(p, mode, st.batch), (p, mode, bufs))
         cands = {key: [gemv_plan(p, mode, st.batch, v, self.head_dim, self.rows_per_warp(st.batch))
                        for v in ("v3", "v2")] for key, (p, mode, _) in calls.items() if key not in self.chosen}
-        timed = {}
 
         def time_us(key, plan):
             p, mode, bufs = calls[key]
-            timed[(key, plan.name)] = time_graph(self.xp, lambda: self._gemv(st, p, mode, bufs, plan), 10, 10)
-            return timed[(key, plan.name)]
+            return time_graph(self.xp, lambda: self._gemv(st, p, mode, bufs, plan), 10, 10)
         self.chosen.update(pick_fastest(cands, time_us))
         self.synchronize()
         log.info("GEMV plans for batch %d: %s", st.batch, "; ".join(
