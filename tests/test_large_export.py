@@ -52,6 +52,59 @@ def test_external_data_file_gives_the_same_logits(tmp_path):
                                   prompt_logits(tmp_path / "embedded.onnx", spec))
 
 
+def files_in(folder) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.unit
+def test_external_data_is_written_byte_for_byte_as_onnx_save_writes_it(tmp_path, monkeypatch):
+    """The fused path writes the data file itself (build_variant streams the arrays, save_model the protos' bytes):
+    model and data file are byte for byte what onnx.save(save_as_external_data=True) writes (same order, offsets,
+    small tensors inline), for both dtypes and the GPT form; saving again over them replaces, never appends."""
+    import dataclasses
+    monkeypatch.setattr(fused, "EXTERNAL_DATA_BYTES", 0)
+    llama = spec_with_vocab(1000)
+    for n, (spec, dtype, prec) in enumerate([(llama, "float32", "fp32"), (llama, "float16", "fp16"),
+                                             (dataclasses.replace(llama, family="gpt", kv_heads=4, qkv_bias=True),
+                                              "float32", "fp32")]):
+        state = random_state(spec, seed=4)
+        want, by_variant, by_save = (tmp_path / f"{n}{k}" for k in "abc")
+        for d in (want, by_variant, by_save):
+            d.mkdir()
+        onnx.save(fused.build_decoder(spec, state, dtype), str(want / "m.onnx"), save_as_external_data=True,
+                  all_tensors_to_one_file=True, location="m.onnx.data")
+        for _ in range(2):
+            build_variant(spec, state, prec, by_variant / "m.onnx")
+            fused.save_model(fused.build_decoder(spec, state, dtype), by_save / "m.onnx")
+        assert files_in(by_variant) == files_in(by_save) == files_in(want)
+        assert len(files_in(want)["m.onnx.data"]) > 10 * len(files_in(want)["m.onnx"])
+
+
+@pytest.mark.unit
+def test_a_failed_external_save_leaves_the_previous_files(tmp_path, monkeypatch):
+    """Model and data file are written to temp files renamed when both are complete: a failure while writing the
+    data or the graph leaves the previous export as it was, and no temp file."""
+    monkeypatch.setattr(fused, "EXTERNAL_DATA_BYTES", 0)
+    spec = spec_with_vocab(1000)
+    build_variant(spec, random_state(spec, seed=1), "fp32", tmp_path / "m.onnx")
+    before = files_in(tmp_path)
+    assert set(before) == {"m.onnx", "m.onnx.data"}
+    other = random_state(spec, seed=2)
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+    with monkeypatch.context() as m:
+        m.setattr(onnx, "save", boom)                         # the data file is complete, the graph fails
+        with pytest.raises(OSError, match="disk full"):
+            build_variant(spec, other, "fp32", tmp_path / "m.onnx")
+    assert files_in(tmp_path) == before
+    model, weights = fused.decoder_graph(spec, other, "float32")
+    weights[-1] = (weights[-1][0], weights[-1][1].T)           # not C-contiguous: its write fails mid-file
+    with pytest.raises((BufferError, ValueError)):
+        fused.save_graph(model, weights, tmp_path / "m.onnx")
+    assert files_in(tmp_path) == before
+
+
 @pytest.mark.slow
 @pytest.mark.unit
 def test_fused_decoder_over_2gib_is_written_with_external_data(tmp_path):

@@ -20,7 +20,10 @@ graph from the cache state); the Paddle side (worker) or a GGUF/HF reader produc
 """
 from __future__ import annotations
 
+import itertools
 import logging
+import math
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -169,8 +172,25 @@ def build_decoder(spec: DecoderSpec, state: dict[str, np.ndarray], dtype: str = 
     head_dtype="float32" on a float16 graph computes the LM head and the logits in float32: float16 logits of
     magnitude 16-32 are 1/64 apart, so near-ties become exact ties (SmolLM2: CPU 19/20 -> 20/20 golden rows,
     H100 16/20 -> 20/20)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    return attach(*decoder_graph(spec, state, dtype, head_dtype))
+
+
+def tensor_header(t, name: str, arr: np.ndarray):
+    """Fill TensorProto `t` (added in place: `initializer.extend` would copy it) with `arr`'s name, shape and type,
+    as numpy_helper.from_array does, but not its data; -> t."""
+    from onnx.helper import np_dtype_to_tensor_dtype
+    t.dims.extend(arr.shape)
+    t.name = name
+    t.data_type = np_dtype_to_tensor_dtype(arr.dtype)
+    return t
+
+
+def decoder_graph(spec: DecoderSpec, state: dict[str, np.ndarray], dtype: str = "float16",
+                  head_dtype: str | None = None) -> tuple:
+    """-> (onnx.ModelProto of the fused decoder without initializers, [(name, array)]: its initializers in graph
+    order, C-contiguous little-endian arrays not yet copied into protobuf). build_decoder attaches them;
+    build_variant streams the large ones straight to the external data file."""
+    from onnx import TensorProto, helper
 
     if dtype not in ("float16", "float32"):
         raise BadInputError(f"fused decoder dtype must be float16 or float32, got {dtype!r}")
@@ -180,9 +200,9 @@ def build_decoder(spec: DecoderSpec, state: dict[str, np.ndarray], dtype: str = 
     inits, nodes = [], []
 
     def w(name: str, arr: np.ndarray, dtype=None) -> str:
-        inits.append(numpy_helper.from_array(np.ascontiguousarray(arr, dtype=dtype or np_t), name))
+        inits.append((name, np.ascontiguousarray(arr, dtype=np.dtype(dtype or np_t).newbyteorder("<"))))
         return name
-    w.raw = inits.append                       # a non-float initializer, as is
+    w.raw = lambda name, arr: inits.append((name, arr))     # a small non-float initializer, as is
 
     def node(op, ins, outs, name, domain="", **attrs):
         nodes.append(helper.make_node(op, ins, outs, name=name, domain=domain, **attrs))
@@ -213,16 +233,15 @@ def build_decoder(spec: DecoderSpec, state: dict[str, np.ndarray], dtype: str = 
         for kv in ("key", "value"):
             inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kv}", elem, kv_shape))
             outputs.append(helper.make_tensor_value_info(f"present.{i}.{kv}", elem, kv_shape))
-    graph = helper.make_graph(nodes, "paddle2ort_fused_decoder", inputs, outputs, inits)
+    graph = helper.make_graph(nodes, "paddle2ort_fused_decoder", inputs, outputs)
     model = helper.make_model(graph, producer_name="paddle2ort.fused",
                               opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)])
     model.ir_version = 8
-    return model
+    return model, inits
 
 
 def _llama_layers(spec: DecoderSpec, state, w, node, np_t, linear) -> str:
     """RMSNorm -> packed QKV -> GQA (rotary inside) -> o -> SkipRMSNorm -> gate|up -> SwiGLU -> down, per layer."""
-    from onnx import numpy_helper
     cos, sin = _rotary_cache(spec, np_t)
     w("cos_cache", cos)
     w("sin_cache", sin)
@@ -251,7 +270,7 @@ def _llama_layers(spec: DecoderSpec, state, w, node, np_t, linear) -> str:
         gu_w = np.concatenate([state[p + "mlp.gate_proj.weight"], state[p + "mlp.up_proj.weight"]], axis=1)
         gu = linear(x, q + "gate_up_proj", gu_w)
         if i == 0:
-            w.raw(numpy_helper.from_array(np.array([spec.intermediate_size] * 2, np.int64), "split_sizes"))
+            w.raw("split_sizes", np.array([spec.intermediate_size] * 2, "<i8"))
         node("Split", [gu, "split_sizes"], [q + "gate", q + "up"], q + "split", axis=-1)
         sig = node("Sigmoid", [q + "gate"], [q + "sig"], q + "sigmoid")
         silu = node("Mul", [q + "gate", sig], [q + "silu"], q + "silu")
@@ -271,10 +290,9 @@ def _gpt_layers(spec: DecoderSpec, state, w, node, np_t, linear) -> str:
     as heads) -> out_proj -> SkipLayerNorm (bias folded) -> linear1 -> FastGelu (tanh, bias folded) -> linear2.
     Positions come from the cache state: 0..S-1 for a prompt call, seqlens_k (the past length) for a step, computed
     on the device without shape operators."""
-    from onnx import numpy_helper
-    w.raw(numpy_helper.from_array(np.array(1, np.int64), "one"))
-    w.raw(numpy_helper.from_array(np.array(0, np.int64), "zero"))
-    w.raw(numpy_helper.from_array(np.array([1], np.int64), "axis1"))
+    w.raw("one", np.array(1, "<i8"))
+    w.raw("zero", np.array(0, "<i8"))
+    w.raw("axis1", np.array([1], "<i8"))
     # no Shape/Range (onnxruntime places shape arithmetic on the CPU, which rules out CUDA-graph capture):
     # ones [B, S] -> CumSum - 1 = 0..S-1, ReduceSum = S per row
     ones = node("Add", [node("Mul", ["input_ids", "zero"], ["pos.zeros"], "pos.zeros"), "one"], ["pos.ones"],
@@ -335,35 +353,121 @@ def skip_norm(node, op: str, x: str, residual: str, params: list[str], name: str
 
 
 EXTERNAL_DATA_BYTES = 1_800_000_000   # protobuf refuses to serialize a message over 2 GiB; keep a margin for the graph
+# onnx.save(save_as_external_data=True, size_threshold=1024) moves a tensor out when sys.getsizeof(raw_data) >= 1024,
+# the bytes object's header included: 991 bytes of data and up. Kept, so the data file has onnx.save's layout.
+EXTERNAL_MIN_BYTES = 1024 - sys.getsizeof(b"")
 
 
 def initializer_bytes(model) -> int:
-    """Bytes of the model's initializer data, counted without serializing the proto (`ByteSize()` serializes it,
-    which is what fails on a proto over 2 GiB)."""
+    """Bytes of the model's initializer data, counted from their shapes and types: neither serializing the proto
+    (`ByteSize()` serializes it, which is what fails on a proto over 2 GiB) nor reading raw_data (protobuf hands out
+    a fresh copy of the bytes on every read)."""
+    return sum(_data_bytes(t) for t in model.graph.initializer)
+
+
+def _data_bytes(t) -> int:
+    from onnx import TensorProto
     from onnx.helper import tensor_dtype_to_np_dtype
-    total = 0
-    for t in model.graph.initializer:
-        if t.raw_data:
-            total += len(t.raw_data)
-        else:
-            n = int(np.prod(t.dims)) if len(t.dims) else 1
-            total += n * tensor_dtype_to_np_dtype(t.data_type).itemsize
-    return total
+    n = math.prod(t.dims)
+    if t.data_type in (TensorProto.INT4, TensorProto.UINT4, getattr(TensorProto, "FLOAT4E2M1", -1)):
+        return (n + 1) // 2                     # two 4-bit values a byte
+    return n * tensor_dtype_to_np_dtype(t.data_type).itemsize
 
 
 def save_model(model, path: Path, threshold: int | None = None) -> None:
     """Atomic save; weights go to one external data file beside the model (`NAME.onnx.data`) when they pass
-    `threshold` bytes (decided from the initializers' sizes: the proto itself cannot be measured past 2 GiB)."""
+    `threshold` bytes (decided from the initializers' sizes: the proto itself cannot be measured past 2 GiB).
+    Written that way, the model's initializers are left pointing at the data file, as onnx.save leaves them."""
+    save_graph(model, [], path, threshold)
+
+
+def save_graph(model, weights: list, path: Path, threshold: int | None = None) -> None:
+    """save_model for a model with initializers still to attach: `weights` [(name, C-contiguous little-endian
+    array)], appended after model.graph.initializer (decoder_graph's output). Past the threshold each array is
+    written from its own memory into the data file, never copied into the proto; below it they are attached and the
+    model saved in one file."""
     import onnx
     from paddle2ort.runtime.files import atomic_path
     path = Path(path)
-    big = initializer_bytes(model) > (EXTERNAL_DATA_BYTES if threshold is None else threshold)
-    with atomic_path(path) as tmp:
-        if big:
-            data = path.name + ".data"
-            onnx.save(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True, location=data)
+    limit = EXTERNAL_DATA_BYTES if threshold is None else threshold
+    if initializer_bytes(model) + sum(arr.nbytes for _, arr in weights) <= limit:
+        with atomic_path(path) as tmp:
+            onnx.save(attach(model, weights), str(tmp))
+        return
+    external = [t.name for t in _initializers(model.graph) if t.data_location == onnx.TensorProto.EXTERNAL]
+    if external:
+        raise BadInputError(f"cannot save {path.name}: initializer {external[0]!r} is already external data "
+                            "(load the model with its external data to save it again)")
+    _save_with_data(model, path, itertools.chain(_raw_blobs(model.graph), _array_blobs(model.graph, weights)))
+
+
+def attach(model, weights: list):
+    """Append `weights` [(name, array)] to the model's initializers, each built in place (one copy of its bytes
+    into the proto); -> model."""
+    for name, arr in weights:
+        tensor_header(model.graph.initializer.add(), name, arr).raw_data = arr.tobytes()
+    return model
+
+
+def _initializers(graph):
+    """The graph's initializers and its subgraphs', in the order onnx.save visits them."""
+    yield from graph.initializer
+    for node in graph.node:
+        for a in node.attribute:
+            for sub in [a.g] if a.type == a.GRAPH else a.graphs if a.type == a.GRAPHS else []:
+                yield from _initializers(sub)
+
+
+def _raw_blobs(graph):
+    """(tensor, its raw_data) for each initializer that onnx.save would move out (raw_data of EXTERNAL_MIN_BYTES or
+    more); raw_data is read once (each read is a copy) and dropped before the next tensor's."""
+    for t in _initializers(graph):
+        if t.HasField("raw_data"):
+            raw = t.raw_data
+            if len(raw) >= EXTERNAL_MIN_BYTES:
+                yield t, raw
+
+
+def _array_blobs(graph, weights: list):
+    """Append `weights` to the graph's initializers as _raw_blobs sees them: large arrays as (tensor without data,
+    the array's own memory), small ones attached inline."""
+    for name, arr in weights:
+        t = tensor_header(graph.initializer.add(), name, arr)
+        if arr.nbytes >= EXTERNAL_MIN_BYTES:
+            yield t, memoryview(arr)
         else:
-            onnx.save(model, str(tmp))
+            t.raw_data = arr.tobytes()
+
+
+def _save_with_data(model, path: Path, blobs) -> None:
+    """Write `blobs` [(tensor, bytes-like)] back to back into NAME.onnx.data beside `path` (onnx.save's layout: in
+    order, no padding), point each tensor at its bytes (location, offset, length) and write the graph. Both files
+    are written to temp files and renamed when both are complete, the data file first; on failure neither appears."""
+    import onnx
+    from paddle2ort.runtime.files import atomic_path
+    location = path.name + ".data"
+    placed = []
+    with atomic_path(path) as tmp, atomic_path(path.with_name(location)) as tmp_data:
+        with open(tmp_data, "wb") as f:
+            for t, blob in blobs:
+                offset = f.tell()
+                f.write(blob)
+                placed.append((t, offset, f.tell() - offset))
+        for t, offset, length in placed:
+            t.ClearField("raw_data")
+            _point_at(t, location, offset, length)
+        onnx.save(model, str(tmp))
+    log.info("wrote %s with %d tensors (%d bytes) in %s", path, len(placed), sum(n for *_, n in placed), location)
+
+
+def _point_at(t, location: str, offset: int, length: int) -> None:
+    """What onnx.external_data_helper.set_external_data records (it insists on raw_data being present)."""
+    from onnx import TensorProto
+    del t.external_data[:]
+    t.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", offset), ("length", length)):
+        entry = t.external_data.add()
+        entry.key, entry.value = key, str(value)
 
 
 def build_variant(spec: DecoderSpec, state: dict[str, np.ndarray], precision: str, dst: Path,
@@ -375,13 +479,14 @@ def build_variant(spec: DecoderSpec, state: dict[str, np.ndarray], precision: st
     if precision not in FUSED_PRECISIONS:
         raise BadInputError(f"fused precision must be one of {FUSED_PRECISIONS}, got {precision!r}")
     dtype = compute_dtype or ("float32" if precision == "fp32" else "float16")
-    model = build_decoder(spec, state, dtype, head_dtype)
+    model, weights = decoder_graph(spec, state, dtype, head_dtype)
     opts = {"graph": "fused", "compute_dtype": dtype, "head_dtype": head_dtype or dtype, "spec": spec.to_json()}
     if precision in ("int8", "int4"):
-        model, q = quantize_weights(model, 8 if precision == "int8" else 4, block_size, accuracy_level, head_bits)
-        opts["weight_only"] = q
+        model, q = quantize_weights(attach(model, weights), 8 if precision == "int8" else 4, block_size,
+                                    accuracy_level, head_bits)
+        opts["weight_only"], weights = q, []
     dst.parent.mkdir(parents=True, exist_ok=True)
-    save_model(model, dst)
+    save_graph(model, weights, dst)
     return opts
 
 
