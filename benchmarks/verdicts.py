@@ -103,7 +103,7 @@ def enc_fp16_vs_fp32(res: dict) -> float:
 
 E16_SPEED = "llm-gpu/run19-h200/engine-bench.json"       # issue 16: the kernel engine (gemv auto, v3 beside v2)
 E16_PARITY = "llm-gpu/run19-h200/engine-bench.json"
-E16_KERNELS = "llm-gpu/run20-h200/kernel_bench.json"     # HEAD's kernels (run20 had no onnxruntime-gpu staged)
+E16_KERNELS = "llm-gpu/run22-h200/kernel_bench.json"     # HEAD's kernels (run22 had no onnxruntime-gpu staged)
 
 
 def engine(system: str, variant: str = "fp16", batch: int = 1, prompt: int = 128,

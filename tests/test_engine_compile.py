@@ -94,3 +94,52 @@ def test_auto_gemv_keeps_the_faster_plan_and_ignores_noise():
     got = engine.pick_fastest({"down": [v3, v2], "o": [v3, v2, v3]}, time_us)
     assert got == {"down": v2, "o": v3}
     assert len(calls) == len(set(calls)) == 4
+
+
+@pytest.mark.skipif(NVCC is None, reason="needs nvcc")
+@pytest.mark.parametrize("fmt", ["f16", "q4"])
+def test_persistent_step_compiles_and_reads_its_own_writes_coherently(tmp_path, fmt):
+    """The persistent step module, with the options the engine compiles it with: one `step_layers` entry that
+    waits for its predecessor (launched with PDL), has the grid barrier's acquire loads, and reads every float32
+    activation it writes between phases through L2 (ld.global.cg), never the non-coherent path (ld.global.nc)."""
+    from paddle2ort.runtime.kernels import persistent
+    opts = persistent.options(64, 7, 128, fmt, {"qkv": 8, "o": 8, "gate_up": 2, "down": 8})
+    ptx = tmp_path / "step.ptx"
+    r = subprocess.run([NVCC, "-std=c++17", "-arch=sm_90", *opts, "--ptx", str(engine.SOURCE), "-o", str(ptx)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    body = next(b for b in re.split(r"\.entry\s+", ptx.read_text())[1:] if b.startswith("step_layers"))
+    assert "griddepcontrol.wait" in body and "ld.acquire.gpu" in body
+    assert "ld.global.cg.v4.f32" in body and "ld.global.nc.v4.f32" not in body
+
+
+def test_persistent_step_splits_spread_every_product_over_the_grid():
+    """persistent.split on an H200's 132 SMs at batch 1 (Qwen2.5-0.5B): small products split K over a block's 8
+    warps and then over blocks, the wide gate|up over 2 warps; no split leaves a warp without a K step."""
+    from paddle2ort.runtime.kernels import persistent as S
+    assert S.split(72, 28, 1, 132) == (8, 2)           # q|k|v f16: 72 tasks of 16 rows, 28 steps of 32 inputs
+    assert S.split(608, 28, 1, 132) == (2, 1)          # gate|up: 608 tasks fill 132 x 8 warps with 2 a task
+    assert S.split(56, 152, 1, 132) == (8, 4)          # down: 56 tasks over 4 blocks each
+    assert S.split(72, 7, 1, 132) == (4, 1)            # q|k|v int4: 7 steps of 128 inputs
+    for tasks, steps, batch in [(1, 1, 1), (3, 2, 9), (9728 // 16, 7, 8), (56, 152, 16), (4, 1000, 1)]:
+        ks, ksl = S.split(tasks, steps, batch, 132)
+        assert ks in (1, 2, 4, 8) and ksl & (ksl - 1) == 0 and ks * ksl <= max(steps, 1)
+
+
+def test_persistent_step_says_why_it_does_not_fit():
+    """persistent.unfit: None for uniform v3-shaped layers; else a reason (old GPU, attention v1, mixed formats)."""
+    from paddle2ort.runtime.kernels import persistent as S
+
+    def layer(fmt="f16", block=0):
+        p = lambda n, k: engine.Packed(fmt, np.zeros((1, 1), np.uint8), None, n, k, block)  # noqa: E731
+        return engine.Layer(ln1=None, ln2=None, qkv=p(1152, 896), bias=None, o=p(896, 896), gate_up=p(9728, 896),
+                            down=p(896, 4864))
+    assert S.unfit([layer(), layer()], 64, True, 90) is None
+    assert "8.0" in S.unfit([layer()], 64, True, 75)
+    assert "attention v1" in S.unfit([layer()], 64, False, 90)
+    assert "formats" in S.unfit([layer(), layer("q4", 32)], 64, True, 90)
+    odd = layer()
+    odd.o = engine.Packed("f16", np.zeros((1, 1), np.uint8), None, 894, 896)
+    assert "v3" in S.unfit([odd], 64, True, 90)
+    with pytest.raises(engine.BadInputError, match="step must be one of"):
+        engine.KernelEngine("-", {}, step="fast")

@@ -6,15 +6,19 @@
 #   2. validate every kernel config against its NumPy twin: every GEMV entry of the three versions (v1, v2 in each
 #               shape, v3 in each K split) at the real shapes, batch 1/3/8, and both attention kernels
 #                                                                                                validate.{json,txt}
+#               and the persistent step (one kernel, grid barriers) against the kernel-a-phase step
+#                                                                                      validate-step.{json,txt}
 #               FAIL FAST: a compile error, both attention kernels or every GEMV version failing end the call
 #               here (exit 3, the failing kernels named); the engine runs the newest version that passes (said in
 #               the log)
 #   3. time     the engine's kernel plans of each valid version inside CUDA graphs, GB/s beside the copy bandwidth
 #                                                                                               kernel_bench.{json,txt}
+#               and a grid barrier against a kernel boundary (the persistent step's phase cost)  barrier.{json,txt}
 #   4. engine   ours vs the onnxruntime fused graph on the same fused files: Qwen2.5-0.5B config and SmolLM2
 #               (random weights), FP16 (float32 head) and int4, batch 1 and 8, prompt 128+128 and 2048+256;
 #               ours with the previous GEMV version (v2 beside v3, else v1 beside v2) as a third system while time
-#               is left (and what extra arguments add, e.g. --also-no-pdl, --also-attention-v1)
+#               is left (and what extra arguments add, e.g. --also-no-pdl, --also-attention-v1); the persistent
+#               step (every layer in one kernel) as another system where it validated
 #                                                                                           engine-bench.{json,md}
 #   5. tests    tests/test_engine_gpu.py (twin vs kernel, engine vs twins, CUDA graph vs eager) in the time left
 #                                                                                                     engine_tests.txt
@@ -48,7 +52,13 @@ for v in v3 v2 v1; do
   timeout $vt $PY -m paddle2ort.runtime.kernels.bench_engine validate --versions $v \
     --json "$OUT/validate-$v.json" > "$OUT/validate-$v.txt" 2>&1 &
 done
+timeout $vt $PY -m paddle2ort.runtime.kernels.bench_engine validate-step --json "$OUT/validate-step.json" \
+  > "$OUT/validate-step.txt" 2>&1 &
 wait
+grep -hE "^FAILED|^validated" "$OUT/validate-step.txt" | head -20
+step_ok=1
+$PY -c "import json, sys; sys.exit(not json.load(open('$OUT/validate-step.json'))['passed'])" 2>/dev/null || {
+  step_ok=0; say "WARNING: the persistent step failed validation (validate-step.txt): it is not timed"; }
 grep -hE "^FAILED|^validated|Error" "$OUT"/validate-v3.txt "$OUT"/validate-v2.txt "$OUT"/validate-v1.txt | head -40
 passed=$(for v in v3 v2 v1; do $PY -c "import json, sys; sys.exit('$v' not in json.load(open('$OUT/validate-$v.json'))\
 ['passed_versions'])" 2>/dev/null && printf '%s ' $v; done)
@@ -71,12 +81,15 @@ timeout $(( $(left) < 120 ? $(left) : 120 )) $PY -m paddle2ort.runtime.kernels.b
 rc=$?; grep -v "INFO" "$OUT/kernel_bench.txt" | tail -70
 $PY -c "import json; print(json.dumps(json.load(open('$OUT/kernel_bench.json'))['step_us'], indent=0))" 2>/dev/null
 [ $rc -eq 0 ] || say "kernel timing rc $rc (see kernel_bench.txt)"
+timeout 60 $PY -m paddle2ort.runtime.kernels.bench_engine barrier --json "$OUT/barrier.json" > "$OUT/barrier.txt" 2>&1
+grep "MB a round" "$OUT/barrier.txt"
 [ "$what" = kernels ] && exit 0
 
 say "4. engine bench: ours vs the onnxruntime fused graph"
 $PY -c "import gguf" 2>/dev/null || $PY -m pip install -q --no-index --no-deps --target /tmp/site .device/whl/gguf-*.whl \
   2>/dev/null || true
 ARGS=(--gemv "$gemv" --configs qwen2.5-0.5b smollm2-135m)
+[ "$step_ok" = 1 ] && [ "$gemv" != v2 ] && ARGS+=(--also-persistent-step)
 [[ " $attn " == *" v2 "* ]] || ARGS+=(--attention v1)
 prev=$(echo "$passed" | cut -d' ' -f2 -s)       # the next valid version: the engine's previous kernels
 if [ "$gemv" = auto ]; then

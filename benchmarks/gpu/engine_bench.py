@@ -30,8 +30,10 @@ OURS_V2 = "ours (kernel engine, v2 GEMVs)"        # float32-activation GEMVs bes
 OURS_V3 = "ours (kernel engine, v3 GEMVs)"        # the tensor-core GEMVs everywhere they fit (--also-v3)
 OURS_NO_PDL = "ours (kernel engine, no PDL)"      # the default kernels launched without programmatic dependent launch
 OURS_ATT_V1 = "ours (kernel engine, v1 attention)"   # the three-phase attention kernel beside attn_online
+OURS_PERSISTENT = "ours (kernel engine, persistent step)"   # every layer in one kernel (persistent.py)
 SHORT = {OURS: "ours", OURS_V1: "ours, v1 GEMVs", OURS_V2: "ours, v2 GEMVs", OURS_V3: "ours, v3 GEMVs",
-         OURS_NO_PDL: "ours, no PDL", OURS_ATT_V1: "ours, v1 attention", ORT: "onnxruntime"}  # plot legend
+         OURS_NO_PDL: "ours, no PDL", OURS_ATT_V1: "ours, v1 attention", OURS_PERSISTENT: "ours, persistent step",
+         ORT: "onnxruntime"}  # plot legend
 # system -> KernelEngine options; run() sets OURS's from --gemv / --pdl / --attention, and the variants from OURS's
 ENGINE = {OURS: {"gemv": "auto", "pdl": None, "attention": None}, OURS_V1: {"gemv": "v1", "pdl": None}}
 CHUNK: dict = {"chunk": None}                     # KernelEngine(chunk=...): run() sets it from --chunk
@@ -136,6 +138,10 @@ def bench_config(name: str, work: Path, systems: list[str], batches, scenarios, 
                         row["gemv"], row["pdl"] = dec.gemv, dec.pdl
                         if dec.gemv == "auto":
                             row["gemv_plans"] = {k: v for k, v in dec.plans_chosen().items() if k.endswith(f" b{b}")}
+                        st = dec.states.get(b)
+                        row["step"] = "persistent" if st is not None and st.step is not None else "kernels"
+                        if b in dec.steps_timed:
+                            row["step_timed_us"] = dec.steps_timed[b]
                     res["rows"].append(row)
                     tokens[(system, p, b)] = r["tokens"]
                     log.info("%s %s %s b%d %d+%d: %.0f tok/s/seq, %.1f%% of copy bw, TTFT %.1f ms", name, system, v,
@@ -237,17 +243,19 @@ def run(a) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     bw = copy_bandwidth(cp)
     ENGINE[OURS] = {"gemv": a.gemv, "pdl": {"auto": None, "on": True, "off": False}[a.pdl],
-                    "attention": None if a.attention == "auto" else a.attention}
+                    "attention": None if a.attention == "auto" else a.attention, "step": a.step}
+    ENGINE[OURS_PERSISTENT] = dict(ENGINE[OURS], step="persistent")
     ENGINE[OURS_NO_PDL] = dict(ENGINE[OURS], pdl=False)
     ENGINE[OURS_ATT_V1] = dict(ENGINE[OURS], attention="v1")
     ENGINE[OURS_V2] = dict(ENGINE[OURS], gemv="v2")
     ENGINE[OURS_V3] = dict(ENGINE[OURS], gemv="v3")
     CHUNK["chunk"] = a.chunk
-    res = {"device": device_info(), "copy_bandwidth_gb_s": bw / 1e9, "reps": a.reps, "gemv": a.gemv,
+    res = {"device": device_info(), "copy_bandwidth_gb_s": bw / 1e9, "reps": a.reps, "gemv": a.gemv, "step": a.step,
            "pdl": a.pdl, "attention": a.attention, "attention_chunk": a.chunk or "engine default",
            "systems": [OURS] + ([ORT] if a.ort else []) + ([OURS_NO_PDL] if a.also_no_pdl else [])
            + ([OURS_V3] if a.also_v3 else []) + ([OURS_V2] if a.also_v2 else []) + ([OURS_V1] if a.also_v1 else [])
-           + ([OURS_ATT_V1] if a.also_attention_v1 else []), "configs": {}}
+           + ([OURS_ATT_V1] if a.also_attention_v1 else []) + ([OURS_PERSISTENT] if a.also_persistent_step else []),
+           "configs": {}}
     if a.gguf:
         try:
             res["golden"] = golden_parity(Path(a.gguf), Path(a.golden), work, a.ort)
@@ -387,6 +395,10 @@ def main(argv=None) -> int:
     r.add_argument("--chunk", type=int, help="positions a flash-decoding split (default: the engine's choice)")
     r.add_argument("--attention", default="auto", choices=["auto", "v2", "v1"],
                    help="the engine's attention kernel (auto: v2, attn_online, where the head size fits it)")
+    r.add_argument("--step", default="kernels", choices=["kernels", "persistent", "auto"],
+                   help="the engine's layers: a kernel a phase, one persistent kernel, or auto (the faster, timed)")
+    r.add_argument("--also-persistent-step", action="store_true",
+                   help="the engine with every layer in one persistent kernel (step='persistent') as another system")
     r.add_argument("--also-attention-v1", action="store_true",
                    help="the engine with the v1 (three-phase) attention kernel as another system")
     p = sub.add_parser("report")

@@ -5,6 +5,9 @@ order, one device call):
     python -m paddle2ort.runtime.kernels.bench_engine validate [--json OUT]    # every kernel config vs its twin
     python -m paddle2ort.runtime.kernels.bench_engine time     [--json OUT]    # the engine's plans, timed
     python -m paddle2ort.runtime.kernels.bench_engine attention [--json OUT]   # flash-decoding split size sweep
+    python -m paddle2ort.runtime.kernels.bench_engine validate-step [--json OUT]  # the persistent step vs the
+                                                                                 # kernel-a-phase step
+    python -m paddle2ort.runtime.kernels.bench_engine barrier [--json OUT]     # a grid barrier vs a kernel boundary
 
 `validate` launches every GEMV entry (v1, v2 in each (rows a warp, K-split warps, batch rows a block) shape, v3 in
 each K split) at the real models' shapes and the attention kernel, compares each with its NumPy twin
@@ -258,6 +261,114 @@ def validate(configs, batches, versions=("v3", "v2", "v1")) -> dict:
             "passed_attention": att, "tolerance": TOL}
 
 
+def random_weights(cfg: str, fmt: str, layers: int, rng, vocab: int = 1024, max_positions: int = 4096):
+    """(spec, host Weights) of a decoder at a real geometry's layer shapes (`layers` layers, a small vocabulary:
+    the LM head is the same kernel in both steps), every product in `fmt` with integer and float zero points."""
+    from .engine import Layer, Weights
+    h, nh, kvh, hd, inter, _ = GEOMETRY[cfg]
+    f16 = lambda *shape: rng.uniform(0.5, 1.5, shape).astype(np.float16)  # noqa: E731
+    ls = [Layer(ln1=f16(h), ln2=f16(h), qkv=_packed(fmt, (nh + 2 * kvh) * hd, h, rng),
+                bias=(rng.standard_normal((nh + 2 * kvh) * hd) * 0.1).astype(np.float16),
+                o=_packed(fmt, h, nh * hd, rng), gate_up=_packed(fmt, 2 * inter, h, rng),
+                down=_packed(fmt, h, inter, rng)) for _ in range(layers)]
+    ang = np.arange(max_positions)[:, None] * 1e4 ** (-np.arange(hd // 2) / (hd // 2))
+    w = Weights(embed=(rng.standard_normal((vocab, h)) * 0.5).astype(np.float16), cos=np.cos(ang).astype(np.float32),
+                sin=np.sin(ang).astype(np.float32), layers=ls, norm=f16(h), head=_packed("f16", vocab, h, rng))
+    spec = {"num_layers": layers, "num_heads": nh, "kv_heads": kvh, "head_dim": hd, "hidden_size": h,
+            "intermediate_size": inter, "vocab_size": vocab, "norm_eps": 1e-6, "max_positions": max_positions}
+    return spec, w
+
+
+def validate_step(configs, batches, fmts=("f16", "q8", "q4"), layers: int = 3, steps: int = 4) -> dict:
+    """The persistent step (one kernel, grid barriers) against the kernel-a-phase step with the same v3 GEMVs, from
+    the same prompt pass: the logits and the K/V cache of a few teacher-forced steps, batch 1/3/8, contexts that
+    take one and several attention splits; plus the persistent step replayed twice gives the same bits (its
+    split-K sums have a fixed order)."""
+    from ..generation import advance
+    from .engine import KernelEngine
+    rng = np.random.default_rng(1)
+    checks, failures, splits = 0, [], {}
+    for cfg in configs:
+        for fmt in fmts:
+            spec, w = random_weights(cfg, fmt, layers, rng)
+            for b in batches:
+                lens = [300, 5, 140, 77, 1, 260, 33, 129][:b]
+                prompts = [list(rng.integers(0, spec["vocab_size"], n)) for n in lens]
+                ids = rng.integers(0, spec["vocab_size"], (steps, b))          # teacher-forced, the same for all
+                outs = {}
+                for name, kw in (("persistent", {"step": "persistent"}), ("kernels", {"step": "kernels"}),
+                                 ("again", {"step": "persistent"})):
+                    label = f"{cfg} {fmt} b{b} {name}"
+                    checks += 1
+                    try:
+                        dec = KernelEngine("-", spec, device="gpu", max_length=512, weights=w, prefill="kernels",
+                                           gemv="v3", **kw)
+                        dec.start(b)
+                        dec.append(prompts, np.zeros(b, np.int64), steps + 1)
+                        got = []
+                        for j in range(steps):
+                            with dec.on_stream():      # the engine's stream: it does not wait for others
+                                advance(dec, ids[j])
+                            got.append(dec.host(dec.step(None)[0]).copy())
+                        st = dec.states[b]
+                        if name != "kernels" and st.step is None:
+                            raise RuntimeError("the engine did not run the persistent step")
+                        splits[f"{cfg} {fmt} b{b}"] = st.step.splits if st.step is not None else None
+                        outs[name] = (np.stack(got), dec.host(st.cache).astype(np.float32))
+                        dec.release()
+                    except Exception as e:  # noqa: BLE001 - a launch error is a failure of the persistent step
+                        log.error("%s: %s", label, e)
+                        failures.append({"case": label, "error": f"{type(e).__name__}: {e}"})
+                        print(f"FAILED {label}: {type(e).__name__}: {e}")
+                        break
+                else:
+                    (lp, cp_), (lk, ck), (la, ca) = outs["persistent"], outs["kernels"], outs["again"]
+                    errs = {"logits": _err(lp, lk), "cache": _err(cp_, ck)}
+                    same = bool(np.array_equal(lp, la) and np.array_equal(cp_, ca))
+                    if not (errs["logits"] <= TOL and errs["cache"] <= TOL_CACHE and same):
+                        failures.append({"case": f"{cfg} {fmt} b{b}", "max_rel_err": errs, "deterministic": same})
+                        print(f"FAILED {cfg} {fmt} b{b}: persistent vs kernels {errs}, deterministic {same}")
+    print(f"validated the persistent step in {checks} runs: {len(failures)} failed")
+    return {"checks": checks, "failures": failures, "passed": not failures, "tolerance": TOL,
+            "tolerance_cache": TOL_CACHE, "splits": {k: v for k, v in splits.items()}}
+
+
+def barrier_bench(phases: int = 120, sizes_mb=(0.0, 0.8, 4.0)) -> dict:
+    """What a phase boundary costs: `phases` rounds of a phase's least work (decode.cu probe_round: every thread
+    reads its share of a weight of `mb` MB) in one persistent kernel with the persistent step's grid_sync
+    (barrier_probe, one block an SM) against the same round as a kernel launched `phases` times back to back in a
+    CUDA graph (phase_probe; plain and with programmatic dependent launch, the kernel-a-phase step's launches).
+    -> microseconds a round of each."""
+    import cupy as cp
+
+    from . import pdl as P
+    from .engine import compiled
+    from .persistent import WARPS, options
+    mod = compiled(options(64, 7, 128, "f16", {"qkv": 8, "o": 8, "gate_up": 2, "down": 8}))
+    blocks = int(cp.cuda.Device().attributes["MultiProcessorCount"])
+    probe = P.PdlKernel(mod.get_function("barrier_probe"), cp, pdl=False, cooperative=True)
+    phase = mod.get_function("phase_probe")
+    chained = P.PdlKernel(phase, cp) if P.supported(cp) else None
+    x, bar, i32 = cp.zeros(2048, cp.float32), cp.zeros(1, cp.uint32), np.int32
+    rows = []
+    for mb in sizes_mb:
+        n = max(1, int(mb * 2 ** 20 / 4))
+        w = cp.ones(n, cp.float32)
+        grid, block = (blocks,), (WARPS * 32,)
+        row = {"weight_mb": mb, "phases": phases, "blocks": blocks,
+               "grid_barrier_us": time_graph(cp, lambda: probe(grid, block, (x, w, i32(n), bar, i32(phases))), 2,
+                                             10) / phases,
+               "kernel_us": time_graph(cp, lambda: [phase(grid, block, (x, w, i32(n))) for _ in range(phases)], 2,
+                                       10) / phases}
+        if chained is not None:
+            row["kernel_pdl_us"] = time_graph(cp, lambda: [chained(grid, block, (x, w, i32(n))) for _ in
+                                                           range(phases)], 2, 10) / phases
+        rows.append(row)
+        print(f"{mb:4.1f} MB a round: grid barrier {row['grid_barrier_us']:.2f} us, kernel {row['kernel_us']:.2f} us"
+              + (f", kernel with PDL {row['kernel_pdl_us']:.2f} us" if "kernel_pdl_us" in row else ""))
+    return {"device": cp.cuda.runtime.getDeviceProperties(0)["name"].decode(), "rows": rows}
+
+
 # ----------------------------------------------------------------------------- time
 def run(configs=("qwen2.5-0.5b", "smollm2-135m"), batches=(1, 8), versions=("v3", "v2", "v1")) -> dict:
     import cupy as cp
@@ -396,7 +507,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ap = argparse.ArgumentParser(prog="python -m paddle2ort.runtime.kernels.bench_engine", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", nargs="?", default="time", choices=("compile", "validate", "time", "attention"))
+    ap.add_argument("step", nargs="?", default="time",
+                    choices=("compile", "validate", "validate-step", "time", "attention", "barrier"))
     ap.add_argument("--config", nargs="+", default=list(GEOMETRY), choices=sorted(GEOMETRY))
     ap.add_argument("--batch", type=int, nargs="+", help="default: 1 3 8 (validate), 1 8 (time)")
     ap.add_argument("--versions", nargs="+", default=["v3", "v2", "v1"], choices=["v3", "v2", "v1"],
@@ -410,6 +522,10 @@ def main(argv=None) -> int:
         return compile_all(a.config, a.jobs)
     if a.step == "validate":
         res = validate(a.config, a.batch or [1, 3, 8], a.versions)
+    elif a.step == "validate-step":
+        res = validate_step(a.config, a.batch or [1, 3, 8])
+    elif a.step == "barrier":
+        res = barrier_bench()
     elif a.step == "attention":
         res = attention_sweep(a.config, a.batch or [1, 8], tuple(a.chunks))
     else:
@@ -417,8 +533,10 @@ def main(argv=None) -> int:
     if a.json:
         from ..files import atomic_write
         atomic_write(a.json, json.dumps(res, indent=2))
-    if a.step == "validate":
+    if a.step in ("validate", "validate-step"):
         return 1 if res["failures"] else 0
+    if a.step == "barrier":
+        return 0
     return 0 if all(r["max_rel_err_vs_twin"] <= 1e-2 for r in res["rows"]) else 1
 
 

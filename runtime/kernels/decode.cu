@@ -25,6 +25,12 @@
 #ifndef WITH_ATTN
 #define WITH_ATTN 1       // embed_rows and attn_split (the module that depends on GQA and CHUNK)
 #endif
+#ifndef COHERENT
+#define COHERENT 0        // 1: the persistent step kernel (WITH_STEP), which reads activations it wrote itself
+#endif
+#ifndef WITH_STEP
+#define WITH_STEP 0
+#endif
 #define BT 8              // batch rows a GEMV block computes (weights are read once per BT rows)
 #define GW 4              // warps per GEMV block
 #define UNROLL 4          // 16-byte chunks of each row a lane loads before using any
@@ -100,6 +106,31 @@ __device__ __forceinline__ void block_pair(const unsigned int* sz, long long r, 
   *zp = h2f((unsigned short)(p >> 16));
 }
 
+// Activations and the K/V cache: in the persistent step kernel (COHERENT) the step itself writes them between its
+// phases, so they are read from L2 (ld.global.cg), never through the non-coherent read-only path or a stale L1
+// line; the kernel-a-phase step keeps its loads as they were.
+__device__ __forceinline__ float4 ld_act4(const float* p) {
+#if COHERENT
+  return __ldcg(reinterpret_cast<const float4*>(p));
+#else
+  return __ldg(reinterpret_cast<const float4*>(p));
+#endif
+}
+__device__ __forceinline__ float4 ld_q4(const float* p) {
+#if COHERENT
+  return __ldcg(reinterpret_cast<const float4*>(p));
+#else
+  return *reinterpret_cast<const float4*>(p);
+#endif
+}
+__device__ __forceinline__ uint4 ld_kv(const uint4* p) {
+#if COHERENT
+  return __ldcg(p);
+#else
+  return __ldg(p);
+#endif
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
@@ -116,7 +147,11 @@ __device__ __forceinline__ void store_rows(float* y, const long long* rows, int 
   constexpr int P = R / 2;
   if (MODE == M_RESID) {
 #pragma unroll
-    for (int j = 0; j < R; ++j) out[(long long)bb * ldo + rows[j]] += y[j];
+    for (int j = 0; j < R; ++j) {
+      float* o = out + (long long)bb * ldo + rows[j];
+      if (COHERENT) *o = __ldcg(o) + y[j];
+      else *o += y[j];
+    }
   } else if (MODE == M_LOGITS) {
 #pragma unroll
     for (int j = 0; j < R; ++j) out[(long long)bb * ldo + rows[j]] = y[j];
@@ -574,24 +609,29 @@ template <> struct V3<F16> { static constexpr int U = 4; };
 template <> struct V3<Q8> { static constexpr int U = 4; };
 template <> struct V3<Q4> { static constexpr int U = 2; };
 
-template <int FMT, int MODE, int KS>
-__device__ void gemv3(GEMV_PARAMS) {
+// Block (bx, by) of W warps: W / KS tasks. Its K steps are slice `slice` of `ksl` (1: all of K); with ksl > 1
+// the ksl blocks of a task write their partial sums to gpart and the last to finish (a counter a task and batch
+// tile in gcnt, left zero) adds them in slice order and stores (the step kernel's split-K across blocks: the same
+// sums in a fixed order whichever block ends last). red: shared [W][32][5] where KS > 1.
+template <int FMT, int MODE, int KS, int W>
+__device__ void gemv3(GEMV_PARAMS, int bx, int by, float (*red)[32][5], int slice, int ksl, float* gpart,
+                      int* gcnt) {
   constexpr int EPL = Fmt<FMT>::EPL;
   constexpr int KSTEP = 4 * EPL;                 // k of one warp step (two rows x 16 bytes a lane)
   constexpr int M = EPL / 4;                     // mma k16 tiles a step
   constexpr int U = V3<FMT>::U;
-  constexpr int W = KS > GW ? KS : GW;
   constexpr bool QUANT = FMT == Q8 || FMT == Q4;
-  __shared__ float red[KS > 1 ? W : 1][32][5];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, q = lane & 3;
   const int ks = warp % KS;
-  const int t = blockIdx.x * (W / KS) + warp / KS;
+  const int t = bx * (W / KS) + warp / KS;
   const bool live = t < tasks;
-  const int b0 = blockIdx.y * 8;
+  const int b0 = by * 8;
   const int nb = min(8, B - b0);
   const bool norm = gamma != nullptr;
-  const int nsteps = (K + KSTEP - 1) / KSTEP;
+  const int per = ((K + KSTEP - 1) / KSTEP + ksl - 1) / ksl;
+  const int sbeg = slice * per;
+  const int nsteps = min((K + KSTEP - 1) / KSTEP, sbeg + per);   // this slice's steps: [sbeg, nsteps)
   long long r0, r1;
   if (MODE == M_SWIGLU) { r0 = 8LL * t + g; r1 = (long long)inter + 8LL * t + g; }
   else if (MODE == M_QKV) { r0 = (long long)(t / (HD / 16)) * HD + (t % (HD / 16)) * 8 + g; r1 = r0 + HD / 2; }
@@ -599,15 +639,18 @@ __device__ void gemv3(GEMV_PARAMS) {
   if (live) {                                    // the first steps' weights into L2 while the previous kernel ends
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const int k = (ks + u * KS) * KSTEP + q * EPL;
-      if (k < K) { PREFETCH_L2(raw_ptr<FMT>(w, r0, k, row_bytes)); PREFETCH_L2(raw_ptr<FMT>(w, r1, k, row_bytes)); }
+      const int k = (sbeg + ks + u * KS) * KSTEP + q * EPL;
+      if (sbeg + ks + u * KS < nsteps && k < K) {
+        PREFETCH_L2(raw_ptr<FMT>(w, r0, k, row_bytes));
+        PREFETCH_L2(raw_ptr<FMT>(w, r1, k, row_bytes));
+      }
     }
   }
   PDL_WAIT();
   float c[4] = {0.f, 0.f, 0.f, 0.f}, ss = 0.f;
   if (live) {
     const float* xb = x + (long long)(b0 + g) * K;
-    for (int s0 = ks; s0 < nsteps; s0 += KS * U) {
+    for (int s0 = sbeg + ks; s0 < nsteps; s0 += KS * U) {
       uint4 ra[U], rb[U];
       QBlock qa[U], qb[U];
 #pragma unroll
@@ -615,7 +658,7 @@ __device__ void gemv3(GEMV_PARAMS) {
         const int k = (s0 + u * KS) * KSTEP + q * EPL;
         ra[u] = rb[u] = make_uint4(0, 0, 0, 0);
         qa[u] = qb[u] = QBlock{0.f, 0.f, 0u, 0x64006400u, true};   // a lane past K: zero weights (and activations)
-        if (k < K) {
+        if (s0 + u * KS < nsteps && k < K) {
           ra[u] = load_raw<FMT>(w, r0, k, row_bytes);
           rb[u] = load_raw<FMT>(w, r1, k, row_bytes);
           if (QUANT) {
@@ -634,7 +677,7 @@ __device__ void gemv3(GEMV_PARAMS) {
         if (g < nb && k < K) {
 #pragma unroll
           for (int e = 0; e < EPL; e += 4) {
-            const float4 v = __ldg(reinterpret_cast<const float4*>(xb + k + e));
+            const float4 v = ld_act4(xb + k + e);
             xs[e] = v.x; xs[e + 1] = v.y; xs[e + 2] = v.z; xs[e + 3] = v.w;
           }
           if (norm) {
@@ -685,6 +728,29 @@ __device__ void gemv3(GEMV_PARAMS) {
     }
   }
   if (!live) return;
+  if (ksl > 1) {                                 // split-K across blocks: the last block of the task adds them up
+    const long long slot = (long long)by * tasks + t;
+    float* mine = gpart + ((slot * ksl + slice) * 32 + lane) * 5;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) mine[i] = c[i];
+    mine[4] = ss;
+    __threadfence();
+    __syncwarp();
+    int last = 0;
+    if (lane == 0) last = atomicAdd(gcnt + slot, 1) == ksl - 1;
+    if (!__shfl_sync(0xffffffffu, last, 0)) return;
+    __threadfence();
+    ss = 0.f;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) c[i] = 0.f;
+    for (int s = 0; s < ksl; ++s) {
+      const float* p = gpart + ((slot * ksl + s) * 32 + lane) * 5;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) c[i] += __ldcg(p + i);
+      ss += __ldcg(p + 4);
+    }
+    if (lane == 0) gcnt[slot] = 0;
+  }
   // c[j], c[2 + j]: rows r0, r1 of batch row 2q + j; its sum of squares is in lane (2q + j) * 4
   const float ssj[2] = {__shfl_sync(0xffffffffu, ss, 8 * q), __shfl_sync(0xffffffffu, ss, 8 * q + 4)};
   const long long rows[2] = {r0, r1};
@@ -698,10 +764,12 @@ __device__ void gemv3(GEMV_PARAMS) {
   }
 }
 
+#define V3W(KS) ((KS) > GW ? (KS) : GW)          // warps a v3 block: GW, or KS where more warps split K
 #define GEMV3_ENTRY(FMTNAME, FMT, MODENAME, MODE, KS)                                                             \
-  extern "C" __global__ void __launch_bounds__((KS > GW ? KS : GW) * 32)            \
-      gemv3_##MODENAME##_##FMTNAME##_k##KS(GEMV_ENTRY_PARAMS) {                      \
-    gemv3<FMT, MODE, KS>(GEMV_ARGS);                                                 \
+  extern "C" __global__ void __launch_bounds__(V3W(KS) * 32)                                                     \
+      gemv3_##MODENAME##_##FMTNAME##_k##KS(GEMV_ENTRY_PARAMS) {                                                  \
+    __shared__ float red[KS > 1 ? V3W(KS) : 1][32][5];                                                           \
+    gemv3<FMT, MODE, KS, V3W(KS)>(GEMV_ARGS, blockIdx.x, blockIdx.y, red, 0, 1, nullptr, nullptr);               \
   }
 // the K-split warps the engine picks from (engine.py gemv_plan, V3_SPLITS)
 #define GEMV3_MODE(FMTNAME, FMT, MODENAME, MODE)                                                           \
@@ -920,14 +988,23 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) attn_split(
 #define ATT_HPB ((GQA + ATT_HS - 1) / ATT_HS)
 #define ATTN_V2_FITS (HD % 8 == 0 && 32 % ATT_LPR == 0)
 #if ATTN_V2_FITS
-extern "C" __global__ void __launch_bounds__(ATT2_THREADS) attn_online(
-    const float* __restrict__ q, const unsigned short* __restrict__ kc, const unsigned short* __restrict__ vc,
-    const int* __restrict__ seqlens, float* part_o, float* part_ml, float* out, int* counter, int kvh, int cap,
-    int nsplit, float scale) {
+struct AttnShared {                                    // each group's unnormalized output, max and sum
+  float so[ATT_NG][ATT_HPB][HD];
+  float sm[ATT_NG][ATT_HPB], sl[ATT_NG][ATT_HPB], sf[ATT_NG][ATT_HPB], smx[ATT_HPB];
+};
+#define ATTN_PARAMS                                                                                               \
+  const float* __restrict__ q, const unsigned short* __restrict__ kc, const unsigned short* __restrict__ vc,      \
+      const int* __restrict__ seqlens, float* part_o, float* part_ml, float* out, int* counter, int kvh, int cap, \
+      int nsplit, float scale
+// block (split s, K/V head x head slice y, row b) of ATT2_THREADS threads
+__device__ void attn_online_block(ATTN_PARAMS, int s, int y, int b, AttnShared& sh) {
   constexpr int G = GQA, HPB = ATT_HPB, HS = ATT_HS, LPR = ATT_LPR, RPW = 32 / LPR, NG = ATT_NG, ROW = HD / 8;
-  __shared__ float so[NG][HPB][HD];                    // each group's unnormalized output, max and sum
-  __shared__ float sm[NG][HPB], sl[NG][HPB], sf[NG][HPB], smx[HPB];
-  const int s = blockIdx.x, kh = blockIdx.y / HS, hs = blockIdx.y % HS, b = blockIdx.z, nh = kvh * G;
+  float (&so)[NG][HPB][HD] = sh.so;
+  float (&sm)[NG][HPB] = sh.sm;
+  float (&sl)[NG][HPB] = sh.sl;
+  float (&sf)[NG][HPB] = sh.sf;
+  float (&smx)[HPB] = sh.smx;
+  const int kh = y / HS, hs = y % HS, nh = kvh * G;
   const int h0 = kh * G + hs * HPB, nhb = min(HPB, G - hs * HPB);   // this block's first head, its head count
   int len, t0;
   long long base;
@@ -941,8 +1018,8 @@ extern "C" __global__ void __launch_bounds__(ATT2_THREADS) attn_online(
   for (int h = 0; h < HPB; ++h) {
     float4 a = make_float4(0.f, 0.f, 0.f, 0.f), c = a;
     if (h < nhb) {
-      a = *reinterpret_cast<const float4*>(qb + h * HD);
-      c = *reinterpret_cast<const float4*>(qb + h * HD + 4);
+      a = ld_q4(qb + h * HD);
+      c = ld_q4(qb + h * HD + 4);
     }
     qr[h][0] = a.x * scale; qr[h][1] = a.y * scale; qr[h][2] = a.z * scale; qr[h][3] = a.w * scale;
     qr[h][4] = c.x * scale; qr[h][5] = c.y * scale; qr[h][6] = c.z * scale; qr[h][7] = c.w * scale;
@@ -954,11 +1031,11 @@ extern "C" __global__ void __launch_bounds__(ATT2_THREADS) attn_online(
   const uint4* vr = reinterpret_cast<const uint4*>(vc + (base + t0) * HD) + sub;
   int i = warp * RPW + lane / LPR;                      // a warp's groups step together (full-mask shuffles)
   uint4 kn = make_uint4(0, 0, 0, 0), vn = kn;
-  if (i < n) { kn = __ldg(kr + (long long)i * ROW); vn = __ldg(vr + (long long)i * ROW); }
+  if (i < n) { kn = ld_kv(kr + (long long)i * ROW); vn = ld_kv(vr + (long long)i * ROW); }
   for (int i0 = warp * RPW; i0 < n; i0 += NG, i += NG) {
     const uint4 kraw = kn, vraw = vn;
     const bool ok = i < n;
-    if (i + NG < n) { kn = __ldg(kr + (long long)(i + NG) * ROW); vn = __ldg(vr + (long long)(i + NG) * ROW); }
+    if (i + NG < n) { kn = ld_kv(kr + (long long)(i + NG) * ROW); vn = ld_kv(vr + (long long)(i + NG) * ROW); }
     float kf[8], vf[8], sc[HPB];
 #pragma unroll
     for (int e = 0; e < 8; ++e) { kf[e] = elem<F16>(kraw, e, 1.f, 0.f); vf[e] = elem<F16>(vraw, e, 1.f, 0.f); }
@@ -1022,5 +1099,178 @@ extern "C" __global__ void __launch_bounds__(ATT2_THREADS) attn_online(
   if (used == 1) return;
   split_merge(part_o, part_ml, out, counter + (b * kvh + kh) * HS + hs, b, h0, nhb, nh, nsplit, used);
 }
+extern "C" __global__ void __launch_bounds__(ATT2_THREADS) attn_online(ATTN_PARAMS) {
+  __shared__ AttnShared sh;
+  attn_online_block(q, kc, vc, seqlens, part_o, part_ml, out, counter, kvh, cap, nsplit, scale, blockIdx.x,
+                    blockIdx.y, blockIdx.z, sh);
+}
 #endif  // ATTN_V2_FITS
 #endif  // WITH_ATTN
+
+// ------------------------------------------------------------------------------------------------------------
+// The persistent step (engine step="persistent"): every layer of a decode step in one kernel of one block an SM
+// (all resident: launched cooperatively), the five phases of a layer (norm + QKV + rotary + append; attention;
+// o-proj + residual; norm + gate|up + SwiGLU; down + residual) separated by grid barriers instead of kernel
+// boundaries, the embedding gather first; the LM head stays its own kernel. Each phase runs the kernel-a-phase
+// step's device code (gemv3 with W = 8 warps a block, attn_online_block) over "virtual blocks" strided across the
+// grid, so it computes what those kernels compute; a GEMV may also split K across ksl blocks (partials added in a
+// fixed order by the last block, gemv3). Before each barrier every thread prefetches its share of the next
+// product's weights into L2 (they do not depend on the step), so the weight stream continues across barriers.
+// -D options: STEP_FMT (the layers' weight format), KS_QKV / KS_O / KS_GU / KS_DN (K-split warps of each
+// product's virtual block, 1..8), COHERENT=1 (activations read from L2, see ld_act4).
+#if WITH_STEP && WITH_ATTN && ATTN_V2_FITS
+#ifndef STEP_FMT
+#define STEP_FMT F16
+#endif
+#ifndef KS_QKV
+#define KS_QKV 8
+#endif
+#ifndef KS_O
+#define KS_O 8
+#endif
+#ifndef KS_GU
+#define KS_GU 2
+#endif
+#ifndef KS_DN
+#define KS_DN 8
+#endif
+#define STEP_WARPS 8
+#if STEP_WARPS * 32 != ATT2_THREADS
+#error "the persistent step runs attn_online_block: its block must have ATT2_THREADS threads"
+#endif
+
+struct StepLayer {               // one layer, as engine.py step_table writes it (8-byte fields)
+  const unsigned char* w[4];     // qkv, o, gate|up, down
+  const unsigned int* sz[4];     // their {scale, zero point} blocks (null: float16)
+  const unsigned short* ln1;
+  const unsigned short* ln2;
+  const unsigned short* bias;    // q|k|v bias or null
+  unsigned short* kc;            // this layer's K and V cache [B, KVH, C, HD]
+  unsigned short* vc;
+};
+
+__device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
+  unsigned v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+// Every block of the grid waits here until all have arrived (cooperative groups' grid barrier): one atomic add a
+// block on bar[0], the first block adding 2^31 - (blocks - 1) and the others 1, so the adds of one barrier flip the
+// top bit once and leave the rest as it was (no reset, any number of barriers and launches); each block's thread 0
+// then polls the bit. A release fence before the add, an acquire load when polling, __syncthreads around.
+__device__ __forceinline__ void grid_sync(unsigned* bar) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    const unsigned add = blockIdx.x == 0 ? 0x80000000u - (gridDim.x - 1) : 1u;
+    __threadfence();
+    const unsigned old = atomicAdd(bar, add);
+    while (((old ^ ld_acquire(bar)) & 0x80000000u) == 0) {
+    }
+    __threadfence();
+  }
+  __syncthreads();
+}
+
+// this thread's share of `bytes` at p into L2 (128-byte lines strided over the grid)
+__device__ __forceinline__ void prefetch_share(const void* p, long long bytes) {
+  if (p == nullptr) return;
+  const char* c = static_cast<const char*>(p);
+  const long long stride = (long long)gridDim.x * blockDim.x * 128;
+  for (long long o = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * 128; o < bytes; o += stride)
+    PREFETCH_L2(c + o);
+}
+
+template <int FMT, int MODE, int KS>
+__device__ __forceinline__ void step_gemv(GEMV_PARAMS, int ksl, float (*red)[32][5], float* gpart, int* gcnt) {
+  constexpr int TPB = STEP_WARPS / KS;           // tasks a virtual block
+  const int groups = (tasks + TPB - 1) / TPB, nvb = groups * ksl * ((B + 7) / 8);
+  for (int vb = blockIdx.x; vb < nvb; vb += gridDim.x) {
+    const int rest = vb / ksl;
+    gemv3<FMT, MODE, KS, STEP_WARPS>(GEMV_ARGS, rest % groups, rest / groups, red, vb % ksl, ksl, gpart, gcnt);
+    __syncthreads();                             // red is the next virtual block's
+  }
+}
+
+// The barrier's cost (bench_engine barrier): `phases` rounds of a phase's least work (every thread reads n floats of
+// w and writes one float) separated by grid_sync; phase_probe is one round as a kernel, launched back to back (with
+// programmatic dependent launch) for the kernel-a-phase step's boundary.
+__device__ __forceinline__ void probe_round(float* x, const float* __restrict__ w, int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  float a = __ldcg(x + i % 1024);
+  for (int k = i; k < n; k += gridDim.x * blockDim.x) a += __ldg(w + k);
+  x[1024 + (i * 7) % 1024] = a;
+}
+extern "C" __global__ void __launch_bounds__(STEP_WARPS * 32, 1) barrier_probe(float* x, const float* w, int n,
+                                                                              unsigned* bar, int phases) {
+  for (int p = 0; p < phases; ++p) {
+    probe_round(x, w, n);
+    grid_sync(bar);
+  }
+}
+extern "C" __global__ void __launch_bounds__(STEP_WARPS * 32) phase_probe(float* x, const float* w, int n) {
+  PDL_WAIT();
+  probe_round(x, w, n);
+  PDL_LAUNCH();
+}
+
+// dims: per product (qkv, o, gate|up, down) {N, K, blocks a row (kb), row bytes, K slices (ksl)}
+extern "C" __global__ void __launch_bounds__(STEP_WARPS * 32, 1) step_layers(
+    const StepLayer* __restrict__ layers, int nlayers, const int* __restrict__ dims, int qblock,
+    const unsigned short* __restrict__ embed, const long long* __restrict__ ids, const float* __restrict__ cos_t,
+    const float* __restrict__ sin_t, const int* __restrict__ seqlens, float* resid, float* q, float* attn,
+    float* act, float* part_o, float* part_ml, int* counter, float* gpart, int* gcnt, unsigned* bar, int B, int H,
+    int inter, int nh, int kvh, int cap, int nsplit, float eps, float scale) {
+  __shared__ float red[STEP_WARPS][32][5];
+  __shared__ AttnShared ash;
+  int n[4], kk[4], kb[4], rb[4], ksl[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    n[i] = dims[5 * i]; kk[i] = dims[5 * i + 1]; kb[i] = dims[5 * i + 2]; rb[i] = dims[5 * i + 3];
+    ksl[i] = dims[5 * i + 4];
+  }
+  prefetch_share(layers[0].w[0], (long long)n[0] * rb[0]);
+  PDL_WAIT();
+  for (int b = blockIdx.x; b < B; b += gridDim.x) {
+    const long long row = ids[b];
+    for (int k = threadIdx.x; k < H; k += blockDim.x) resid[(long long)b * H + k] = h2f(embed[row * H + k]);
+  }
+  grid_sync(bar);
+  const int natt = nsplit * kvh * ATT_HS * B;
+  for (int l = 0; l < nlayers; ++l) {
+    const StepLayer L = layers[l];
+    step_gemv<STEP_FMT, M_QKV, KS_QKV>(L.w[0], L.sz[0], kb[0], qblock, rb[0], resid, L.ln1, eps, kk[0], n[0] / 16,
+                                       B, q, 0, 0, L.bias, L.kc, L.vc, cos_t, sin_t, seqlens, nh, kvh, cap, ksl[0],
+                                       red, gpart, gcnt);
+    prefetch_share(L.w[1], (long long)n[1] * rb[1]);
+    prefetch_share(L.sz[1], (long long)n[1] * kb[1] * 4);
+    grid_sync(bar);
+    for (int vb = blockIdx.x; vb < natt; vb += gridDim.x) {
+      attn_online_block(q, L.kc, L.vc, seqlens, part_o, part_ml, attn, counter, kvh, cap, nsplit, scale,
+                        vb % nsplit, (vb / nsplit) % (kvh * ATT_HS), vb / (nsplit * kvh * ATT_HS), ash);
+      __syncthreads();
+    }
+    prefetch_share(L.w[2], (long long)n[2] * rb[2]);
+    prefetch_share(L.sz[2], (long long)n[2] * kb[2] * 4);
+    grid_sync(bar);
+    step_gemv<STEP_FMT, M_RESID, KS_O>(L.w[1], L.sz[1], kb[1], qblock, rb[1], attn, nullptr, eps, kk[1], n[1] / 16,
+                                       B, resid, H, 0, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nh,
+                                       kvh, cap, ksl[1], red, gpart, gcnt);
+    prefetch_share(L.w[3], (long long)n[3] * rb[3]);
+    prefetch_share(L.sz[3], (long long)n[3] * kb[3] * 4);
+    grid_sync(bar);
+    step_gemv<STEP_FMT, M_SWIGLU, KS_GU>(L.w[2], L.sz[2], kb[2], qblock, rb[2], resid, L.ln2, eps, kk[2],
+                                         n[2] / 16, B, act, 0, inter, nullptr, nullptr, nullptr, nullptr, nullptr,
+                                         nullptr, nh, kvh, cap, ksl[2], red, gpart, gcnt);
+    if (l + 1 < nlayers) {
+      prefetch_share(layers[l + 1].w[0], (long long)n[0] * rb[0]);
+      prefetch_share(layers[l + 1].sz[0], (long long)n[0] * kb[0] * 4);
+    }
+    grid_sync(bar);
+    step_gemv<STEP_FMT, M_RESID, KS_DN>(L.w[3], L.sz[3], kb[3], qblock, rb[3], act, nullptr, eps, kk[3], n[3] / 16,
+                                        B, resid, H, 0, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nh,
+                                        kvh, cap, ksl[3], red, gpart, gcnt);
+    grid_sync(bar);
+  }
+}
+#endif  // WITH_STEP

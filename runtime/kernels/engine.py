@@ -6,8 +6,11 @@ A decode step is 5 kernels a layer (LLaMA / Qwen2 family: RMSNorm + packed QKV G
 split-K flash-decoding attention, its last block a head merging the splits; o-proj + residual; RMSNorm + gate|up
 GEMV + SwiGLU; down-proj + residual) plus the embedding gather and the final norm + LM head, captured in one CUDA
 graph per batch size and replayed; the sampler kernel then writes the next ids and advances the positions in place,
-as with the fused graph. On sm_90+ every step kernel is launched with programmatic dependent launch (kernels/pdl.py:
-it may start while the previous one ends and waits in the kernel before its first dependent read).
+as with the fused graph. `step="persistent"` (or "auto": where it times faster at a batch size's first use) runs all
+layers in one persistent kernel instead, the phases separated by grid barriers (persistent.py: on an H200 it is
+1.9x slower, so it is not the default; llm-gpu/run22-h200). On sm_90+ every step
+kernel is launched with programmatic dependent launch (kernels/pdl.py: it may start while the previous one ends and
+waits in the kernel before its first dependent read).
 Weights are read as the bundle stores them: float16/float32, or MatMulNBits int8/int4 blocks (scale and integer or
 float zero point per block), never dequantized in memory for the step. Three GEMV generations (`gemv=`): "v3"
 (tensor cores, sm_80+: mma.sync on 16 weight rows x 8 batch rows, activations rounded to float16 (W16A16 / W8A16 /
@@ -40,6 +43,7 @@ import numpy as np
 from ..errors import BadInputError, DeviceError
 from ..fused import DeviceStateMemory
 from . import engine_reference as R
+from . import persistent as S
 
 log = logging.getLogger(__name__)
 
@@ -425,6 +429,7 @@ class State:
     part_o: Any = None             # float32 [B, NH, S, D]
     part_ml: Any = None            # float32 [B, NH, S, 2]
     counter: Any = None            # int32 [B, NH]: split blocks done, a slot a (K/V head, head slice) (attention)
+    step: Any = None               # persistent.StepPlan where this batch size runs the persistent step
     graph: Any = None
     warm: bool = False
 
@@ -437,11 +442,14 @@ class KernelEngine(DeviceStateMemory):
     def __init__(self, model_path: str | Path, spec: dict, device: str = "gpu", max_length: int | None = None,
                  cuda_graph: bool = True, device_id: int = 0, weights: Weights | None = None,
                  chunk: int | None = None, prefill: str = "auto", gemv: str = "auto", pdl: bool | None = None,
-                 attention: str | None = None):
+                 attention: str | None = None, step: str = "kernels"):
         if gemv not in GEMV_CHOICES:
             raise BadInputError(f"gemv must be one of {', '.join(GEMV_CHOICES)}, got {gemv!r}")
+        if step not in S.STEP_CHOICES:
+            raise BadInputError(f"step must be one of {', '.join(S.STEP_CHOICES)}, got {step!r}")
         self.chosen: dict[tuple, Plan] = {}                 # gemv="auto": (batch, fmt, N, K, mode) -> the plan timed
-        self.spec, self.gemv = spec, gemv
+        self.steps_timed: dict[int, dict] = {}              # step="auto": batch -> both steps' microseconds
+        self.spec, self.gemv, self.step_mode = spec, gemv, step
         self.num_layers, self.kv_heads, self.head_dim = spec["num_layers"], spec["kv_heads"], spec["head_dim"]
         self.num_heads, self.hidden, self.inter = spec["num_heads"], spec["hidden_size"], spec["intermediate_size"]
         self.vocab_size, self.eps = spec["vocab_size"], float(spec["norm_eps"])
@@ -586,7 +594,41 @@ class KernelEngine(DeviceStateMemory):
         self.states[batch] = st
         if self.gemv == "auto" and xp is not np:
             self._tune(st)
+        if xp is not np:
+            st.step = self._persistent(st)
         return st
+
+    def _persistent(self, st: State):
+        """The persistent step for st's batch size (persistent.py), or None for the kernel-a-phase step: step=
+        "persistent" requires it; "auto" times both (whole steps in CUDA graphs) and keeps it where it is faster by
+        3%, and where it cannot run (unfit geometry, a GPU or driver that refuses the cooperative launch) says why
+        and keeps the kernels."""
+        if self.step_mode == "kernels":
+            return None
+        if self.gemv not in ("v3", "auto"):
+            if self.step_mode == "persistent":
+                raise BadInputError(f"the persistent step runs the v3 GEMVs, the engine was asked for {self.gemv}: "
+                                    "use gemv='v3' or 'auto', or step='kernels'")
+            return None
+        from .bench_engine import time_graph
+        try:
+            sp = S.plan(self, st, self.xp)
+            if self.step_mode == "persistent":
+                return sp
+            self.synchronize()
+            us = {"kernels": time_graph(self.xp, lambda: self._launch_layers(st), 3, 5),
+                  "persistent": time_graph(self.xp, lambda: sp.launch(self, st), 3, 5)}
+        except Exception as e:  # noqa: BLE001 - auto: any refusal keeps the kernel-a-phase step
+            if self.step_mode == "persistent":
+                raise
+            log.info("batch %d: the kernel-a-phase step (the persistent one does not run here: %s)", st.batch, e)
+            return None
+        self.synchronize()
+        faster = us["persistent"] < us["kernels"] * (1 - 0.03)
+        self.steps_timed[st.batch] = dict(us, chosen="persistent" if faster else "kernels")
+        log.info("batch %d: persistent step %.1f us, kernel-a-phase %.1f us: the %s one", st.batch,
+                 us["persistent"], us["kernels"], self.steps_timed[st.batch]["chosen"])
+        return sp if faster else None
 
     def release(self, batch: int | None = None) -> None:
         for b in ([batch] if batch is not None else list(self.states)):
@@ -613,7 +655,16 @@ class KernelEngine(DeviceStateMemory):
         launch_gemv(self.k, mode, p, eps=self.eps, batch=st.batch, plan=plan or self.plan(p, mode, st.batch), **bufs)
 
     def _launch(self, st: State) -> None:
-        """The whole decode step as kernel launches on the current stream (what the CUDA graph captures)."""
+        """The whole decode step as kernel launches on the current stream (what the CUDA graph captures): the
+        layers by the persistent kernel or a kernel a phase, then the final norm + LM head."""
+        if st.step is not None:
+            st.step.launch(self, st)
+        else:
+            self._launch_layers(st)
+        self._gemv(st, *self._gemvs(st, None)[0])
+
+    def _launch_layers(self, st: State) -> None:
+        """The embedding gather and every layer, five kernels a layer."""
         w, b = self.w, st.batch
         self.k["embed_rows"]((b,), (256,), (w.embed, st.ids, st.resid, np.int32(self.hidden)))
         for i in range(self.num_layers):
@@ -623,7 +674,6 @@ class KernelEngine(DeviceStateMemory):
                              st.attn, self.scale, st.counter, self.attention)
             for call in rest:
                 self._gemv(st, *call)
-        self._gemv(st, *self._gemvs(st, None)[0])
 
     @staticmethod
     def _key(p: Packed, mode: str, batch: int) -> tuple:

@@ -26,6 +26,7 @@ from ..errors import DeviceError
 log = logging.getLogger(__name__)
 
 PROGRAMMATIC_STREAM_SERIALIZATION = 6      # cuda.h CUlaunchAttributeID
+COOPERATIVE = 2                            # every block resident at once, or the launch fails (grid barriers)
 
 
 class LaunchAttribute(ctypes.Structure):
@@ -87,19 +88,23 @@ def supported(cp) -> bool:
 
 
 class PdlKernel:
-    """A CuPy kernel (RawKernel, or the cupy.cuda.function.Function under it) called like one — kern(grid, block, args) on CuPy's current
-    stream — but launched with programmatic stream serialization."""
+    """A CuPy kernel (RawKernel, or the cupy.cuda.function.Function under it) called like one — kern(grid, block,
+    args) on CuPy's current stream — but launched with programmatic stream serialization (pdl) and/or as a
+    cooperative launch (every block resident at once: the persistent step's grid barriers)."""
 
-    def __init__(self, fn, cp):
+    def __init__(self, fn, cp, pdl: bool = True, cooperative: bool = False):
         self.fn, self.cp = getattr(fn, "kernel", fn), cp       # RawKernel.kernel: the loaded CUfunction
-        self._attr = LaunchAttribute(id=PROGRAMMATIC_STREAM_SERIALIZATION, value=1)
+        ids = [PROGRAMMATIC_STREAM_SERIALIZATION] * pdl + [COOPERATIVE] * cooperative
+        self._attr = (LaunchAttribute * max(len(ids), 1))(*[LaunchAttribute(id=i, value=1) for i in ids])
+        self._nattr = len(ids)
 
     def __call__(self, grid, block, args, shared_mem: int = 0) -> None:
         vals = [kernel_arg(a) for a in args]
         params = (ctypes.c_void_p * len(vals))(*[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in vals])
         cfg = LaunchConfig(*pad3(grid), *pad3(block), int(shared_mem),
-                           ctypes.c_void_p(self.cp.cuda.get_current_stream().ptr), ctypes.pointer(self._attr), 1)
+                           ctypes.c_void_p(self.cp.cuda.get_current_stream().ptr),
+                           ctypes.cast(self._attr, ctypes.POINTER(LaunchAttribute)), self._nattr)
         rc = _driver()(ctypes.byref(cfg), ctypes.c_void_p(self.fn.ptr), params, None)
         if rc:
-            raise DeviceError(f"cuLaunchKernelEx with programmatic stream serialization failed (CUresult {rc}); "
-                              "run the kernel engine with pdl=False")
+            raise DeviceError(f"cuLaunchKernelEx (attributes {[a.id for a in self._attr[:self._nattr]]}) failed "
+                              f"(CUresult {rc}); run the kernel engine with pdl=False / step='kernels'")
