@@ -110,7 +110,6 @@ def test_cuda_sources_compile_with_nvcc(tmp_path):
         assert r.returncode == 0, f"{src.name} does not compile:\n{r.stderr}"
 
 
-
 # ------------------------------------------------------------------------------------------- device
 def _cupy_gpu():
     try:

@@ -127,7 +127,7 @@ def plan(eng, st, cp) -> StepPlan:
     fn = compiled(opts).get_function("step_layers")
     try:
         fits = cp.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(fn.ptr, WARPS * 32, 0)
-    except AttributeError:             # a CuPy without the occupancy call: the cooperative launch checks it
+    except (AttributeError, TypeError):  # a CuPy without the occupancy call: the cooperative launch checks it
         fits = 1
     if fits < 1:
         raise DeviceError("the persistent step's block does not fit an SM on this GPU; use step='kernels'")
