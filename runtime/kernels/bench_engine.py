@@ -330,7 +330,7 @@ def validate_step(configs, batches, fmts=("f16", "q8", "q4"), layers: int = 3, s
                         print(f"FAILED {cfg} {fmt} b{b}: persistent vs kernels {errs}, deterministic {same}")
     print(f"validated the persistent step in {checks} runs: {len(failures)} failed")
     return {"checks": checks, "failures": failures, "passed": not failures, "tolerance": TOL,
-            "tolerance_cache": TOL_CACHE, "splits": {k: v for k, v in splits.items()}}
+            "tolerance_cache": TOL_CACHE, "splits": splits}
 
 
 def barrier_bench(phases: int = 120, sizes_mb=(0.0, 0.8, 4.0)) -> dict:
