@@ -313,7 +313,8 @@ def validate_step(configs, batches, fmts=("f16", "q8", "q4"), layers: int = 3, s
                         st = dec.states[b]
                         if name != "kernels" and st.step is None:
                             raise RuntimeError("the engine did not run the persistent step")
-                        splits[f"{cfg} {fmt} b{b}"] = st.step.splits if st.step is not None else None
+                        if st.step is not None:
+                            splits[f"{cfg} {fmt} b{b}"] = st.step.splits
                         outs[name] = (np.stack(got), dec.host(st.cache).astype(np.float32))
                         dec.release()
                     except Exception as e:  # noqa: BLE001 - a launch error is a failure of the persistent step

@@ -1114,8 +1114,9 @@ extern "C" __global__ void __launch_bounds__(ATT2_THREADS) attn_online(ATTN_PARA
 // boundaries, the embedding gather first; the LM head stays its own kernel. Each phase runs the kernel-a-phase
 // step's device code (gemv3 with W = 8 warps a block, attn_online_block) over "virtual blocks" strided across the
 // grid, so it computes what those kernels compute; a GEMV may also split K across ksl blocks (partials added in a
-// fixed order by the last block, gemv3). Before each barrier every thread prefetches its share of the next
-// product's weights into L2 (they do not depend on the step), so the weight stream continues across barriers.
+// fixed order by the last block, gemv3). Before a barrier every thread prefetches its share of a later product's
+// weights into L2 (they do not depend on the step): o-proj after QKV, gate|up after attention, down after o-proj,
+// the next layer's QKV after gate|up, so the weight stream continues across barriers.
 // -D options: STEP_FMT (the layers' weight format), KS_QKV / KS_O / KS_GU / KS_DN (K-split warps of each
 // product's virtual block, 1..8), COHERENT=1 (activations read from L2, see ld_act4).
 #if WITH_STEP && WITH_ATTN && ATTN_V2_FITS
@@ -1139,7 +1140,7 @@ extern "C" __global__ void __launch_bounds__(ATT2_THREADS) attn_online(ATTN_PARA
 #error "the persistent step runs attn_online_block: its block must have ATT2_THREADS threads"
 #endif
 
-struct StepLayer {               // one layer, as engine.py step_table writes it (8-byte fields)
+struct StepLayer {               // one layer, as persistent.py table() writes it (8-byte fields)
   const unsigned char* w[4];     // qkv, o, gate|up, down
   const unsigned int* sz[4];     // their {scale, zero point} blocks (null: float16)
   const unsigned short* ln1;
@@ -1179,6 +1180,12 @@ __device__ __forceinline__ void prefetch_share(const void* p, long long bytes) {
   const long long stride = (long long)gridDim.x * blockDim.x * 128;
   for (long long o = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * 128; o < bytes; o += stride)
     PREFETCH_L2(c + o);
+}
+
+// product i's weights and {scale, zero point} blocks (N rows of rb bytes, kb blocks a row), prefetch_share each
+__device__ __forceinline__ void prefetch_product(const StepLayer& L, int i, int n, int rb, int kb) {
+  prefetch_share(L.w[i], (long long)n * rb);
+  prefetch_share(L.sz[i], (long long)n * kb * 4);
 }
 
 template <int FMT, int MODE, int KS>
@@ -1242,30 +1249,24 @@ extern "C" __global__ void __launch_bounds__(STEP_WARPS * 32, 1) step_layers(
     step_gemv<STEP_FMT, M_QKV, KS_QKV>(L.w[0], L.sz[0], kb[0], qblock, rb[0], resid, L.ln1, eps, kk[0], n[0] / 16,
                                        B, q, 0, 0, L.bias, L.kc, L.vc, cos_t, sin_t, seqlens, nh, kvh, cap, ksl[0],
                                        red, gpart, gcnt);
-    prefetch_share(L.w[1], (long long)n[1] * rb[1]);
-    prefetch_share(L.sz[1], (long long)n[1] * kb[1] * 4);
+    prefetch_product(L, 1, n[1], rb[1], kb[1]);
     grid_sync(bar);
     for (int vb = blockIdx.x; vb < natt; vb += gridDim.x) {
       attn_online_block(q, L.kc, L.vc, seqlens, part_o, part_ml, attn, counter, kvh, cap, nsplit, scale,
                         vb % nsplit, (vb / nsplit) % (kvh * ATT_HS), vb / (nsplit * kvh * ATT_HS), ash);
       __syncthreads();
     }
-    prefetch_share(L.w[2], (long long)n[2] * rb[2]);
-    prefetch_share(L.sz[2], (long long)n[2] * kb[2] * 4);
+    prefetch_product(L, 2, n[2], rb[2], kb[2]);
     grid_sync(bar);
     step_gemv<STEP_FMT, M_RESID, KS_O>(L.w[1], L.sz[1], kb[1], qblock, rb[1], attn, nullptr, eps, kk[1], n[1] / 16,
                                        B, resid, H, 0, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nh,
                                        kvh, cap, ksl[1], red, gpart, gcnt);
-    prefetch_share(L.w[3], (long long)n[3] * rb[3]);
-    prefetch_share(L.sz[3], (long long)n[3] * kb[3] * 4);
+    prefetch_product(L, 3, n[3], rb[3], kb[3]);
     grid_sync(bar);
     step_gemv<STEP_FMT, M_SWIGLU, KS_GU>(L.w[2], L.sz[2], kb[2], qblock, rb[2], resid, L.ln2, eps, kk[2],
                                          n[2] / 16, B, act, 0, inter, nullptr, nullptr, nullptr, nullptr, nullptr,
                                          nullptr, nh, kvh, cap, ksl[2], red, gpart, gcnt);
-    if (l + 1 < nlayers) {
-      prefetch_share(layers[l + 1].w[0], (long long)n[0] * rb[0]);
-      prefetch_share(layers[l + 1].sz[0], (long long)n[0] * kb[0] * 4);
-    }
+    if (l + 1 < nlayers) prefetch_product(layers[l + 1], 0, n[0], rb[0], kb[0]);
     grid_sync(bar);
     step_gemv<STEP_FMT, M_RESID, KS_DN>(L.w[3], L.sz[3], kb[3], qblock, rb[3], act, nullptr, eps, kk[3], n[3] / 16,
                                         B, resid, H, 0, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nh,
