@@ -63,6 +63,37 @@ def test_every_plan_names_a_compiled_kernel():
     assert engine.gemv_plan(odd, "resid", 8, "v3") == engine.gemv_plan(odd, "resid", 8, "v2")  # 894: not 16 a task
 
 
+def test_auto_gemv_candidates_are_compiled_entries_that_leave_every_warp_work():
+    """gemv="auto" also times the v3 splits of K over warps and blocks (v3_plans): each names an entry decode.cu
+    instantiates, none splits K into more parts than the product has 16-byte steps a lane, the block-split ones only
+    where decode.cu has them (not the LM head), and split_scratch sizes their partial sums for the widest."""
+    names = {n for f in engine.EPL for n in engine.gemv_names(f)}
+    for fmt in engine.V3_FORMATS:
+        for mode, n, k in [("qkv", 1152, 896), ("resid", 896, 4864), ("swiglu", 9728, 896), ("logits", 49152, 576),
+                           ("resid", 576, 576)]:
+            p = engine.Packed(fmt, np.zeros((1, 1), np.uint8), None, n, k, 32)
+            plans = engine.v3_plans(p, mode, 1, 64)
+            steps = -(-k // (4 * engine.EPL[fmt]))
+            assert plans and all(pl.name in names and pl.ks * pl.ksl <= max(steps, 1) for pl in plans), (fmt, mode)
+            assert any(pl.ksl > 1 for pl in plans) == (mode != "logits" and steps >= 8), (fmt, mode, steps)
+            part, cnt = engine.split_scratch(np, [(p, pl) for pl in plans], 9)        # batch 9: two tiles
+            widest = max(pl.ksl for pl in plans)
+            if widest > 1:
+                assert part.size >= 2 * (n // 16) * widest * 160
+                assert cnt.size >= 2 * (n // 16) and not cnt.any()
+    q4 = engine.Packed("q4", np.zeros((1, 1), np.uint8), None, 1152, 896, 32)        # 7 steps of 128 inputs
+    assert {(pl.ks, pl.ksl) for pl in engine.v3_plans(q4, "qkv", 1, 64)} == {(1, 1), (2, 1), (4, 1)}
+    odd = engine.Packed("f16", np.zeros((1, 1), np.uint8), None, 894, 576)
+    assert engine.v3_plans(odd, "resid", 1, 64) == []                            # 894 rows: not 16 a task
+
+
+def test_a_block_split_gemv_refuses_to_launch_without_its_scratch():
+    p = engine.Packed("f16", np.zeros((896, 4864), np.float16), None, 896, 4864)
+    plan = engine.Plan("gemv3s_resid_f16_k16", 16, 16, 8, 4)
+    with pytest.raises(engine.BadInputError, match="split_scratch"):
+        engine.launch_gemv({}, "resid", p, None, None, 1e-6, 1, None, plan=plan)
+
+
 def test_the_v3_twin_keeps_large_activations_in_float16_range():
     """The v3 GEMVs feed float16(x * gamma * A16) to the tensor cores: residual-stream outliers far past float16's
     range (65,504) stay finite, and the result tracks the float32 twin to float16 rounding."""

@@ -134,7 +134,7 @@ def _cases(cfg: str, rng, mixed: bool = True):
 
 
 def _all_plans(p, mode: str, hd: int):
-    from .engine import V2_SHAPES, V3_SPLITS, Plan, v3_fits
+    from .engine import V2_SHAPES, V3_SPLITS, V3S_MODES, V3S_SLICES, V3S_SPLITS, Plan, v3_fits
     plans = [Plan(f"gemv_{mode}_{p.fmt}", 2)]
     if p.n % 4 == 0:
         plans.append(Plan(f"gemv_{mode}_{p.fmt}_r4", 4))
@@ -143,6 +143,9 @@ def _all_plans(p, mode: str, hd: int):
             plans.append(Plan(f"gemv2_{mode}_{p.fmt}_r{r}_k{ks}_b{nb}", r, ks, nb))
     if v3_fits(p, mode, hd):
         plans += [Plan(f"gemv3_{mode}_{p.fmt}_k{ks}", 16, ks, 8) for ks in V3_SPLITS]
+        if mode in V3S_MODES:
+            plans += [Plan(f"gemv3s_{mode}_{p.fmt}_k{ks}", 16, ks, 8, ksl) for ks in V3S_SPLITS
+                      for ksl in (*V3S_SLICES, 3)]          # 3: slices of unequal length
     return plans
 
 
@@ -153,9 +156,12 @@ def _dense(p) -> dict:
 
 def _runner(cp, kern, mode: str, p, pd, dense: dict, x, gamma, b: int, cfg: str, rng):
     """-> (launch(plan), device outputs(), {a16: twin outputs} (a16: the v3 twins), tolerances, reset())."""
-    from .engine import launch_gemv
+    from .engine import Plan, split_scratch
+    from .engine import launch_gemv as _launch
     h, nh, kvh, hd, inter, vocab = GEOMETRY[cfg]
     xd, gd = cp.asarray(x), cp.asarray(gamma)
+    scratch = split_scratch(cp, [(p, Plan("any", 16, 1, 8, 4))], b)     # room for 16-row tasks in 4 slices
+    launch_gemv = functools.partial(_launch, scratch=scratch)
     if mode == "qkv":
         cap = 64
         ang = rng.uniform(0, 6, (cap, hd // 2)).astype(np.float32)
@@ -307,8 +313,7 @@ def validate_step(configs, batches, fmts=("f16", "q8", "q4"), layers: int = 3, s
                         dec.append(prompts, np.zeros(b, np.int64), steps + 1)
                         got = []
                         for j in range(steps):
-                            with dec.on_stream():      # the engine's stream: it does not wait for others
-                                advance(dec, ids[j])
+                            advance(dec, ids[j])       # on the engine's stream (advance's own)
                             got.append(dec.host(dec.step(None)[0]).copy())
                         st = dec.states[b]
                         if name != "kernels" and st.step is None:
@@ -374,7 +379,8 @@ def barrier_bench(phases: int = 120, sizes_mb=(0.0, 0.8, 4.0)) -> dict:
 def run(configs=("qwen2.5-0.5b", "smollm2-135m"), batches=(1, 8), versions=("v3", "v2", "v1")) -> dict:
     import cupy as cp
 
-    from .engine import ATTENTION_KERNEL, attention_chunk, attention_versions, gemv_plan, kernels, launch_attention
+    from .engine import (ATTENTION_KERNEL, attention_chunk, attention_versions, auto_plans, gemv_plan, kernels,
+                         launch_attention, pick_fastest)
     bw = copy_bandwidth(cp)
     name = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
     rows = []
@@ -410,6 +416,18 @@ def run(configs=("qwen2.5-0.5b", "smollm2-135m"), batches=(1, 8), versions=("v3"
                     launch(plan)
                     err = _err(got()[0], want[plan.version == "v3"][0])
                     record(f"{label} {fmt}", b, v, plan.name, p.nbytes, lambda: launch(plan), err)
+                if "v3" in versions and "v2" in versions:     # what gemv="auto" picks (KernelEngine._tune)
+                    cands = auto_plans(p, mode, b, hd, 4 if b >= 4 else 2)
+                    errs = {}
+                    for plan in cands:                       # each candidate validated before any is timed
+                        reset()
+                        launch(plan)
+                        errs[plan] = _err(got()[0], want[plan.version == "v3"][0])
+                    ok = [c for c in cands if errs[c] <= TOL]
+                    best = pick_fastest({0: ok}, lambda _, plan: time_graph(cp, lambda: launch(plan)))[0] if ok \
+                        else cands[0]
+                    record(f"{label} {fmt}", b, "auto", best.name + (f" x{best.ksl}" if best.ksl > 1 else ""),
+                           p.nbytes, lambda: launch(best), errs[best])
             del pd, dense
         for b in batches:
             for ctx in (256, 2304):                        # split-K flash-decoding over the context
@@ -480,10 +498,10 @@ def attention_sweep(configs=("qwen2.5-0.5b", "smollm2-135m"), batches=(1, 8), ch
 
 
 def step_estimate(rows) -> dict:
-    """Per config, batch, GEMV version and bundle (fp16: f16 layers + float32 head; int4: int4 layers + int8
-    head): the timed kernels of one decode step summed (layers x (q|k|v, attention over 256 positions, o, gate|up,
-    down) + head) -> microseconds, what a step takes with no gaps between kernels. Attention: the fastest version
-    timed (a2, a1; "-" in files from before attention v2)."""
+    """Per config, batch, GEMV version ("auto": the plan KernelEngine._tune would pick) and bundle (fp16: f16
+    layers + float32 head; int4: int4 layers + int8 head): the timed kernels of one decode step summed (layers x
+    (q|k|v, attention over 256 positions, o, gate|up, down) + head) -> microseconds, what a step takes with no gaps
+    between kernels. Attention: the fastest version timed (a2, a1; "-" in files from before attention v2)."""
     layers = {"qwen2.5-0.5b": 24, "smollm2-135m": 30}
     us = {(r["config"], r["kernel"], r["batch"], r["version"]): r["us"] for r in rows}
     attn = {}
@@ -492,7 +510,7 @@ def step_estimate(rows) -> dict:
             attn[(cfg, b)] = min(t, attn.get((cfg, b), t))
     out = {}
     for cfg, b, v in sorted({(r["config"], r["batch"], r["version"]) for r in rows
-                             if r["version"] in ("v1", "v2", "v3")}):
+                             if r["version"] in ("v1", "v2", "v3", "auto")}):
         for bundle, fmt, head in (("fp16", "f16", "f32"), ("int4", "q4", "q8")):
             try:
                 per_layer = attn[(cfg, b)] + sum(

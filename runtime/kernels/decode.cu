@@ -771,16 +771,33 @@ __device__ void gemv3(GEMV_PARAMS, int bx, int by, float (*red)[32][5], int slic
     __shared__ float red[KS > 1 ? V3W(KS) : 1][32][5];                                                           \
     gemv3<FMT, MODE, KS, V3W(KS)>(GEMV_ARGS, blockIdx.x, blockIdx.y, red, 0, 1, nullptr, nullptr);               \
   }
-// the K-split warps the engine picks from (engine.py gemv_plan, V3_SPLITS)
+// K split across blocks as well (gemv3s_*): grid.z = the slices a task (ksl); a task's blocks write their partial
+// sums to gpart and the last to finish adds them in slice order (gemv3 above: deterministic whichever ends last),
+// its counter in gcnt (a slot a task and batch tile, zero before and after). For products with few row tasks
+// (a 0.5B layer's o / down / QKV: 56-72 tasks of 16 rows) the K split over warps alone leaves most SMs idle or a
+// warp several dependent rounds of loads (int4: 7 steps of 128 inputs for K = 896).
+#define GEMV3S_ENTRY(FMTNAME, FMT, MODENAME, MODE, KS)                                                            \
+  extern "C" __global__ void __launch_bounds__(V3W(KS) * 32)                                                     \
+      gemv3s_##MODENAME##_##FMTNAME##_k##KS(GEMV_ENTRY_PARAMS, float* gpart, int* gcnt) {                        \
+    __shared__ float red[KS > 1 ? V3W(KS) : 1][32][5];                                                           \
+    gemv3<FMT, MODE, KS, V3W(KS)>(GEMV_ARGS, blockIdx.x, blockIdx.y, red, blockIdx.z, gridDim.z, gpart, gcnt);   \
+  }
+// the K-split warps the engine picks from (engine.py gemv_plan, V3_SPLITS; V3S_SPLITS with block slices)
 #define GEMV3_MODE(FMTNAME, FMT, MODENAME, MODE)                                                           \
   GEMV3_ENTRY(FMTNAME, FMT, MODENAME, MODE, 1) GEMV3_ENTRY(FMTNAME, FMT, MODENAME, MODE, 2)                \
   GEMV3_ENTRY(FMTNAME, FMT, MODENAME, MODE, 4) GEMV3_ENTRY(FMTNAME, FMT, MODENAME, MODE, 8)                \
   GEMV3_ENTRY(FMTNAME, FMT, MODENAME, MODE, 16)
+#define GEMV3S_MODE(FMTNAME, FMT, MODENAME, MODE)                                                          \
+  GEMV3S_ENTRY(FMTNAME, FMT, MODENAME, MODE, 4) GEMV3S_ENTRY(FMTNAME, FMT, MODENAME, MODE, 8)              \
+  GEMV3S_ENTRY(FMTNAME, FMT, MODENAME, MODE, 16)
 #define GEMV3_ALL(FMTNAME, FMT)                   \
   GEMV3_MODE(FMTNAME, FMT, resid, M_RESID)        \
   GEMV3_MODE(FMTNAME, FMT, logits, M_LOGITS)      \
   GEMV3_MODE(FMTNAME, FMT, swiglu, M_SWIGLU)      \
-  GEMV3_MODE(FMTNAME, FMT, qkv, M_QKV)
+  GEMV3_MODE(FMTNAME, FMT, qkv, M_QKV)            \
+  GEMV3S_MODE(FMTNAME, FMT, resid, M_RESID)       \
+  GEMV3S_MODE(FMTNAME, FMT, swiglu, M_SWIGLU)     \
+  GEMV3S_MODE(FMTNAME, FMT, qkv, M_QKV)
 
 #if FMTS & (1 << F16)
 GEMV_ALL(f16, F16)

@@ -250,6 +250,9 @@ GEMV_VERSIONS = ("v3", "v2", "v1")
 GEMV_CHOICES = ("auto",) + GEMV_VERSIONS              # auto: per product and batch size, the faster of v3 and v2
 V3_FORMATS = ("f16", "q8", "q4")                      # decode.cu gemv3: float16 activations into mma.sync
 V3_SPLITS = (1, 2, 4, 8, 16)                          # decode.cu GEMV3_MODE: K-split warps a task
+V3S_SPLITS = (4, 8, 16)                               # decode.cu GEMV3S_MODE: the same, K also split across blocks
+V3S_MODES = ("resid", "swiglu", "qkv")                # (gemv3s_*: not the LM head, whose rows fill the GPU anyway)
+V3S_SLICES = (2, 4)                                   # blocks a task's K is split over, tried by gemv="auto"
 MODES = ("resid", "logits", "swiglu", "qkv")
 V2_SHAPES = ((2, 1, 1), (2, 4, 1), (4, 1, 1), (4, 4, 1), (4, 1, 8), (4, 4, 8))  # decode.cu GEMV2_MODE (R, KS, NB)
 
@@ -276,7 +279,8 @@ def gemv_names(fmt: str) -> list[str]:
     """Every GEMV entry of one format (v1: gemv_*, v2: gemv2_*_r{R}_k{KS}_b{NB}, v3: gemv3_*_k{KS})."""
     return ([f"gemv_{m}_{fmt}{r}" for m in MODES for r in ("", "_r4")]
             + [f"gemv2_{m}_{fmt}_r{r}_k{k}_b{b}" for m in MODES for r, k, b in V2_SHAPES]
-            + ([f"gemv3_{m}_{fmt}_k{k}" for m in MODES for k in V3_SPLITS] if fmt in V3_FORMATS else []))
+            + ([f"gemv3_{m}_{fmt}_k{k}" for m in MODES for k in V3_SPLITS]
+               + [f"gemv3s_{m}_{fmt}_k{k}" for m in V3S_MODES for k in V3S_SPLITS] if fmt in V3_FORMATS else []))
 
 
 def module_names(options: tuple[str, ...]) -> list[str]:
@@ -290,11 +294,13 @@ def module_names(options: tuple[str, ...]) -> list[str]:
 
 @dataclass(frozen=True)
 class Plan:
-    """How one GEMV launches: the kernel, weight rows a warp (R), warps splitting K (KS), batch rows a block (NB)."""
+    """How one GEMV launches: the kernel, weight rows a warp (R), warps splitting K (KS), batch rows a block (NB),
+    blocks splitting K (KSL: gemv3s_* entries, grid.z; their partial sums go through split_scratch's buffers)."""
     name: str
     r: int
     ks: int = 1
     nb: int = BT
+    ksl: int = 1
 
     @property
     def warps(self) -> int:
@@ -311,6 +317,37 @@ def v3_fits(p: Packed, mode: str, head_dim: int) -> bool:
     chunks."""
     return (p.fmt in V3_FORMATS and p.n % 16 == 0 and p.k % EPL[p.fmt] == 0
             and (mode != "qkv" or (head_dim // 2) % 8 == 0))
+
+
+def v3_plans(p: Packed, mode: str, batch: int, head_dim: int) -> list[Plan]:
+    """Every v3 launch of one product that does real work: each K split over warps (V3_SPLITS), and for the
+    split-K modes each split over warps x blocks (V3S_SPLITS x V3S_SLICES) that leaves every warp a step of K
+    (gemv="auto" times them; empty where the product does not fit v3)."""
+    if not v3_fits(p, mode, head_dim):
+        return []
+    steps = -(-p.k // (4 * EPL[p.fmt]))
+    plans = [Plan(f"gemv3_{mode}_{p.fmt}_k{ks}", 16, ks, 8) for ks in V3_SPLITS if ks == 1 or ks <= steps]
+    if mode in V3S_MODES:
+        plans += [Plan(f"gemv3s_{mode}_{p.fmt}_k{ks}", 16, ks, 8, ksl) for ks in V3S_SPLITS for ksl in V3S_SLICES
+                  if ks * ksl <= steps]
+    return plans
+
+
+def auto_plans(p: Packed, mode: str, batch: int, head_dim: int, v1_rows: int) -> list[Plan]:
+    """What gemv="auto" times for one product, in its order: v3's heuristic plan, the v2 plan, then every other v3
+    split (v3_plans); pick_fastest keeps the first unless a later one wins by its margin."""
+    return [gemv_plan(p, mode, batch, v, head_dim, v1_rows) for v in ("v3", "v2")] + v3_plans(p, mode, batch, head_dim)
+
+
+def split_scratch(xp, plans: Sequence[tuple[Packed, Plan]], batch: int) -> tuple[Any, Any]:
+    """The buffers of the block-split plans among `plans` ((weight, plan) pairs) at this batch size: float32
+    partial sums (a task, batch tile and slice: 32 lanes x 5) and int32 counters (a task and batch tile; zero, and
+    left zero by every launch). One pair serves a whole step: its launches run one after another."""
+    tiles = -(-batch // 8)
+    split = [(p, plan) for p, plan in plans if plan.ksl > 1]
+    slots = max([tiles * (p.n // plan.r) for p, plan in split], default=1)
+    part = max([tiles * (p.n // plan.r) * plan.ksl * 160 for p, plan in split], default=1)
+    return xp.zeros(part, np.float32), xp.zeros(slots, np.int32)
 
 
 def v3_split(tasks: int, steps: int, batch: int) -> int:
@@ -364,18 +401,24 @@ def pick_fastest(candidates: dict, time_us, margin: float = 0.03) -> dict:
 
 def launch_gemv(kern: dict, mode: str, p: Packed, x, gamma, eps: float, batch: int, out, ldo: int = 0,
                 inter: int = 0, bias=None, kc=None, vc=None, cos=None, sin=None, seqlens=None, nh: int = 0,
-                kvh: int = 0, cap: int = 0, rows_per_warp: int = 2, plan: Plan | None = None) -> None:
+                kvh: int = 0, cap: int = 0, rows_per_warp: int = 2, plan: Plan | None = None,
+                scratch: tuple | None = None) -> None:
     """One decode.cu GEMV (mode resid | logits | swiglu | qkv) on the current stream; arguments as its twin's.
-    plan: which kernel (gemv_plan); without one the v1 kernel with rows_per_warp 2 or 4 rows a warp."""
+    plan: which kernel (gemv_plan); without one the v1 kernel with rows_per_warp 2 or 4 rows a warp. scratch:
+    split_scratch's (partials, counters), for a plan that splits K across blocks (ksl > 1)."""
     i32, null = np.int32, np.uint64(0)
     opt = lambda a: null if a is None else a  # noqa: E731
     plan = plan or Plan(f"gemv_{mode}_{p.fmt}" + ("_r4" if rows_per_warp == 4 else ""), rows_per_warp)
     tasks = p.n // plan.r                             # gate j with up j for SwiGLU, d with d + D/2 for rotary
-    grid = (-(-tasks // (plan.warps // plan.ks)), -(-batch // plan.nb))
-    kern[plan.name](grid, (plan.warps * 32,), (
-        p.w, opt(p.sz), i32(p.kb), i32(p.block), i32(p.row_bytes), x, opt(gamma), np.float32(eps), i32(p.k),
-        i32(tasks), i32(batch), out, i32(ldo), i32(inter), opt(bias), opt(kc), opt(vc), opt(cos), opt(sin),
-        opt(seqlens), i32(nh), i32(kvh), i32(cap)))
+    grid = (-(-tasks // (plan.warps // plan.ks)), -(-batch // plan.nb), plan.ksl)
+    args = (p.w, opt(p.sz), i32(p.kb), i32(p.block), i32(p.row_bytes), x, opt(gamma), np.float32(eps), i32(p.k),
+            i32(tasks), i32(batch), out, i32(ldo), i32(inter), opt(bias), opt(kc), opt(vc), opt(cos), opt(sin),
+            opt(seqlens), i32(nh), i32(kvh), i32(cap))
+    if plan.ksl > 1:
+        if scratch is None:
+            raise BadInputError(f"{plan.name} splits K over {plan.ksl} blocks: pass split_scratch's buffers")
+        args += tuple(scratch)
+    kern[plan.name](grid, (plan.warps * 32,), args)
 
 
 def attention_twin(version: str, head_dim: int):
@@ -430,6 +473,7 @@ class State:
     part_ml: Any = None            # float32 [B, NH, S, 2]
     counter: Any = None            # int32 [B, NH]: split blocks done, a slot a (K/V head, head slice) (attention)
     step: Any = None               # persistent.StepPlan where this batch size runs the persistent step
+    scratch: Any = None            # split_scratch's (partials, counters) for GEMV plans that split K over blocks
     graph: Any = None
     warm: bool = False
 
@@ -595,6 +639,9 @@ class KernelEngine(DeviceStateMemory):
         if self.gemv == "auto" and xp is not np:
             self._tune(st)
         if xp is not np:
+            with self.on_stream():
+                st.scratch = split_scratch(xp, [(p, self.plan(p, mode, batch)) for i in [*range(self.num_layers), None]
+                                                for p, mode, _ in self._gemvs(st, i)], batch)
             st.step = self._persistent(st)
         return st
 
@@ -652,7 +699,8 @@ class KernelEngine(DeviceStateMemory):
                 (layer.down, "resid", dict(x=st.act, gamma=None, out=st.resid, ldo=self.hidden))]
 
     def _gemv(self, st: State, p: Packed, mode: str, bufs: dict, plan: Plan | None = None) -> None:
-        launch_gemv(self.k, mode, p, eps=self.eps, batch=st.batch, plan=plan or self.plan(p, mode, st.batch), **bufs)
+        launch_gemv(self.k, mode, p, eps=self.eps, batch=st.batch, plan=plan or self.plan(p, mode, st.batch),
+                    scratch=st.scratch, **bufs)
 
     def _launch(self, st: State) -> None:
         """The whole decode step as kernel launches on the current stream (what the CUDA graph captures): the
@@ -689,18 +737,23 @@ class KernelEngine(DeviceStateMemory):
 
     def _tune(self, st: State) -> None:
         """gemv="auto", once a batch size (its buffers are new; the prompt pass and the step rewrite every one the
-        timing writes): each distinct product (format, N, K, mode) not chosen before timed with its v3 and v2 plans,
-        10 launches in a CUDA graph replayed 10 times, the faster kept (pick_fastest; engines that must compute
-        alike share one `chosen` dict). On an H200 v3 (tensor cores) wins every product from batch 2 on and
-        most lose at batch 1, where its float16 conversions cost about what it saves (run20-h200)."""
+        timing writes): each distinct product (format, N, K, mode) not chosen before timed with its v3 plan
+        (gemv_plan), its v2 plan and every other v3 split of K over warps and blocks (v3_plans), 10 launches in a
+        CUDA graph replayed 10 times, the fastest kept (pick_fastest: a later one must win by 3%; engines that must
+        compute alike share one `chosen` dict). On an H200 v3 (tensor cores) wins every product from batch 2 on;
+        at batch 1 v2 wins most FP16 products, v3 split over 4-8 warps (int8 down: also over 4 blocks) the int4
+        and int8 ones (run26-h200 kernel_bench.json, "auto" rows)."""
         from .bench_engine import time_graph
-        self.synchronize()                                  # the buffers are zeroed on the engine's stream
         calls: dict[tuple, tuple] = {}
         for i in [*range(self.num_layers), None]:
             for p, mode, bufs in self._gemvs(st, i):
                 calls.setdefault(self._key(p, mode, st.batch), (p, mode, bufs))
-        cands = {key: [gemv_plan(p, mode, st.batch, v, self.head_dim, self.rows_per_warp(st.batch))
-                       for v in ("v3", "v2")] for key, (p, mode, _) in calls.items() if key not in self.chosen}
+        cands = {key: auto_plans(p, mode, st.batch, self.head_dim, self.rows_per_warp(st.batch))
+                 for key, (p, mode, _) in calls.items() if key not in self.chosen}
+        with self.on_stream():
+            st.scratch = split_scratch(self.xp, [(calls[key][0], plan) for key, plans in cands.items()
+                                                 for plan in plans], st.batch)
+        self.synchronize()                                  # the buffers are zeroed on the engine's stream
 
         def time_us(key, plan):
             p, mode, bufs = calls[key]

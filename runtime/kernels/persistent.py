@@ -112,7 +112,7 @@ def plan(eng, st, cp) -> StepPlan:
     """Compile (cached) and set up the persistent step for st's batch size on the engine's device; raises
     BadInputError where it does not fit (unfit) and DeviceError where the GPU cannot keep one block an SM."""
     from . import pdl as P
-    from .engine import EPL, compiled
+    from .engine import EPL, Plan, compiled, split_scratch
     from ..errors import DeviceError
     dev = cp.cuda.Device()
     why = unfit(eng.w.layers, eng.head_dim, eng.attention == "v2", int(dev.compute_capability))
@@ -131,11 +131,9 @@ def plan(eng, st, cp) -> StepPlan:
         fits = 1
     if fits < 1:
         raise DeviceError("the persistent step's block does not fit an SM on this GPU; use step='kernels'")
-    tiles = -(-st.batch // 8)
     dims = np.array([[p.n, p.k, p.kb, p.row_bytes, splits[n][1]] for n, p in prods.items()], np.int32)
-    part = max((p.n // 16) * tiles * splits[n][1] for n, p in prods.items()) * 32 * 5
+    gpart, gcnt = split_scratch(cp, [(p, Plan(n, 16, splits[n][0], 8, splits[n][1])) for n, p in prods.items()],
+                                st.batch)               # 16-row tasks (gemv3), as the kernel-a-phase GEMVs' buffers
     return StepPlan(kern=P.PdlKernel(fn, cp, pdl=eng.pdl, cooperative=True), grid=blocks,
                     table=table(cp, eng.w.layers, st.cache), dims=cp.asarray(dims.reshape(-1)),
-                    qblock=int(layer.qkv.block), gpart=cp.zeros(part, cp.float32),
-                    gcnt=cp.zeros(max(p.n // 16 for p in prods.values()) * tiles, cp.int32),
-                    bar=cp.zeros(1, cp.uint32), splits=splits)
+                    qblock=int(layer.qkv.block), gpart=gpart, gcnt=gcnt, bar=cp.zeros(1, cp.uint32), splits=splits)
