@@ -688,10 +688,12 @@ class FusedDecoder(DeviceStateMemory):
         return self.decode_one_token(self.active), None
 
     def reorder(self, src: np.ndarray) -> None:
-        """Beam search: batch row i takes the cache of row src[i] (the positions written so far)."""
-        idx = self.xp.asarray(src)
-        for buf in self.active.kv:
-            buf[:, :, :self.filled] = buf[idx, :, :self.filled]
+        """Beam search: batch row i takes the cache of row src[i] (the positions written so far), on the decoder's
+        stream (the next step waits for it whoever calls)."""
+        with self.on_stream():
+            idx = self.xp.asarray(src)
+            for buf in self.active.kv:
+                buf[:, :, :self.filled] = buf[idx, :, :self.filled]
 
     limit_name = "the cache capacity (raise max_length)"
 

@@ -414,12 +414,14 @@ def _seen(dec: Decoder, cfg: GenerationConfig, rows: Sequence[Sequence[int]]):
 
 
 def advance(dec: Decoder, tokens: np.ndarray) -> None:
-    """A chooser's state update outside the sampler kernel (beam search): tokens become the next input and the
-    decoder's positions move one on."""
-    dec.next_ids[:, 0] = dec.xp.asarray(tokens)
-    seqlens = dec.seqlens
-    if seqlens is not None:
-        seqlens += 1                                   # in place: the decoder's bound buffer
+    """A chooser's state update outside the sampler kernel (beam search, teacher forcing): tokens become the next
+    input and the decoder's positions move one on. Written on the decoder's own stream (a GPU decoder's stream does
+    not wait for CuPy's default one: written there, the next step could read the old ids), whoever calls it."""
+    with _on_stream(dec):
+        dec.next_ids[:, 0] = dec.xp.asarray(tokens)
+        seqlens = dec.seqlens
+        if seqlens is not None:
+            seqlens += 1                               # in place: the decoder's bound buffer
 
 
 # ----------------------------------------------------------------------------- logits processors (host)

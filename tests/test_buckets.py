@@ -96,7 +96,8 @@ def _pooling_model(path):
                                               for n in ("input_ids", "attention_mask")],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3]),
                                helper.make_tensor_value_info("hidden", TensorProto.FLOAT, [*dims, 4])], inits)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)  # any onnxruntime
+    onnx.save(model, str(path))
     return path
 
 

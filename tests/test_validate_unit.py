@@ -188,7 +188,8 @@ def _reshape_model(path):
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 6])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
         [helper.make_tensor("shape", TensorProto.INT64, [2], [2, 3])])
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)  # any onnxruntime
+    onnx.save(model, str(path))
     return path
 
 
