@@ -101,9 +101,9 @@ def enc_fp16_vs_fp32(res: dict) -> float:
     return abs(100 * (clf({"rows": res["classifier"]}, "FP16-GPU key_lengths")["accuracy"]
                       - res["fp32_reference"]["accuracy"]))
 
-E16_SPEED = "llm-gpu/run19-h200/engine-bench.json"       # issue 16: the kernel engine (gemv auto, v3 beside v2)
-E16_PARITY = "llm-gpu/run19-h200/engine-bench.json"
-E16_KERNELS = "llm-gpu/run22-h200/kernel_bench.json"     # HEAD's kernels (run22 had no onnxruntime-gpu staged)
+E16_SPEED = "llm-gpu/run26-h200/engine-bench.json"       # issue 16: the kernel engine (gemv auto: every v3 split, v2)
+E16_PARITY = "llm-gpu/run26-h200/engine-bench.json"
+E16_KERNELS = "llm-gpu/run26-h200/kernel_bench.json"     # the same run's kernel table (auto: what the engine picks)
 
 
 def engine(system: str, variant: str = "fp16", batch: int = 1, prompt: int = 128,
@@ -348,14 +348,15 @@ def _int4_margin_table(root: Path) -> str:
 
 
 def _engine_kernels_table(root: Path, config: str = "qwen2.5-0.5b") -> str:
-    """The kernel engine's per-layer GEMVs and LM head, v2 beside v3 (tensor cores), at batch 1 and 8, FP16 beside
-    int4 (its head int8), from the kernel bench: µs (% of copy bandwidth at batch 1), the per-layer sums and the
-    step estimate from the same file. gemv="auto" runs the faster of the two per product and batch."""
+    """The kernel engine's per-layer GEMVs and LM head, v2 beside v3 (tensor cores, K split by v3's heuristic) and
+    auto (what gemv="auto" runs: the fastest of v2 and every v3 split of K over warps and blocks), at batch 1 and 8,
+    FP16 beside int4 (its head int8), from the kernel bench: µs (% of copy bandwidth at batch 1), the per-layer sums
+    and the step estimate from the same file."""
     r = _load(E16_KERNELS, str(root))
     rows = {(x["kernel"], x["batch"], x["version"]): x for x in r["rows"] if x["config"] == config}
     layer = ("norm+qkv+rope", "o+residual", "norm+gate|up+swiglu", "down+residual")
     variants = (("fp16", "f16", "norm+lm_head f32"), ("int4", "q4", "norm+lm_head q8"))
-    cols = [(v, f, h, b, ver) for v, f, h in variants for b in (1, 8) for ver in ("v2", "v3")]
+    cols = [(v, f, h, b, ver) for v, f, h in variants for b in (1, 8) for ver in ("v2", "v3", "auto")]
     lines = ["| kernel | " + " | ".join(f"{v} b{b} {ver}" for v, _, _, b, ver in cols) + " |",
              "|---|" + "---:|" * len(cols)]
 
@@ -489,7 +490,7 @@ HEADLINES: tuple[Headline, ...] = (
                        for label, g in (("MiniLM-L6", "minilm"), ("ERNIE-3.0-Medium", "ernie_medium"),
                                         ("BERT-base", "bert_base"))))),
     Headline("kernel engine (our CUDA decode kernels) vs the onnxruntime fused graph, 0.5B FP16 batch 1, H200",
-             E16_SPEED, "run19, GEMVs auto: per product the faster of v3 (tensor cores) and v2 (tree ab227f4)",
+             E16_SPEED, "run26, GEMVs auto: per product the fastest of v2 and every v3 split of K (tree 9a0d13c)",
              _targets(("speed", "kernel engine >= 1.5x the onnxruntime fused graph, 0.5B FP16 batch 1 (genai not run)"))),
     Headline("seq2seq (T5, BART, mBART, UNIMO-text; tiny random weights) vs Paddle Inference, CPU",
              "seq2seq/results.json", "commit 23bf174", _seq2seq),
