@@ -158,11 +158,14 @@ LLM_CPU, LLM_CPU_B8 = "llm-cpu/llm.json", "llm-cpu/batch8/llm.json"
 # the AVX2 (no VNNI) box, quiet: each engine's default thread waits (spin, then sleep) / both sleeping at barriers
 LLM_CPU_AVX2, LLM_CPU_AVX2_SLEEP = "llm-cpu/avx2-defaults/llm.json", "llm-cpu/avx2-no-spin/llm.json"
 LLM_CPU_AVX2_LAST = "llm-cpu/avx2-lastrow/llm.json"     # the same box and waits, the LM head at the last prompt row
+LLM_CPU_VNNI = "llm-cpu/avx512-defaults/llm.json"       # a quiet AVX-512 VNNI box, default waits, head at the last row
 # the runs judged against llama.cpp (file, box and thread waits, run), each alone; targets and headlines name them alike
 LLM_CPU_PEER_RUNS = ((LLM_CPU, "AVX-512 box, both sleeping at barriers", "commit 6939e8f"),
                      (LLM_CPU_AVX2, "AVX2 box, each engine's default waits", "commit 35f0243"),
                      (LLM_CPU_AVX2_LAST, "AVX2 box, default waits, prompt logits at the last row only",
-                      "commit f6c690c"))
+                      "commit f6c690c"),
+                     (LLM_CPU_VNNI, "quiet AVX-512 VNNI box, default waits, prompt logits at the last row only",
+                      "commit 16b4017"))
 
 
 def users_row(res: dict, precision: str, batch: int = 1) -> dict:
@@ -401,7 +404,8 @@ TABLES: dict[str, dict[str, Callable[[Path], str]]] = {
     "llm-cpu": {name: lambda root, f=f: __import__("paddle2ort.benchmarks.llm", fromlist=["rows_table"]).rows_table(
         _load(f, str(root))) for name, f in (("cpu", LLM_CPU), ("avx2-defaults", LLM_CPU_AVX2),
                                              ("avx2-no-spin", LLM_CPU_AVX2_SLEEP),
-                                             ("avx2-lastrow", LLM_CPU_AVX2_LAST))},
+                                             ("avx2-lastrow", LLM_CPU_AVX2_LAST),
+                                             ("avx512-defaults", LLM_CPU_VNNI))},
 }
 
 
