@@ -67,16 +67,22 @@ def environment() -> dict:
 
 
 ISA = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
-       "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16")
+       "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16",
+       "asimd", "asimddp", "i8mm", "bf16", "sve", "sve2")          # aarch64 (its cpuinfo says "Features")
+
+
+def cpu_flags(cpuinfo: str) -> set[str]:
+    """The first flags line of a /proc/cpuinfo text: x86's "flags", aarch64's "Features"."""
+    return next((set(ln.split(":", 1)[1].split()) for ln in cpuinfo.splitlines()
+                 if ln.split(":", 1)[0].strip() in ("flags", "Features") and ":" in ln), set())
 
 
 def cpu_info(threads: int) -> dict:
-    """The CPU the rows ran on: model name (as lscpu prints it), the x86 ISA flags that pick onnxruntime's and
+    """The CPU the rows ran on: model name (as lscpu prints it), the ISA flags that pick onnxruntime's and
     llama.cpp's kernels, threads used."""
-    flags: set[str] = set()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = next((set(ln.split(":", 1)[1].split()) for ln in f if ln.startswith("flags")), set())
+            flags = cpu_flags(f.read())
     except OSError:
-        pass
+        flags = set()
     return {"model": cpu_name(), "isa": [x for x in ISA if x in flags], "threads": threads}

@@ -44,7 +44,8 @@ def targets_table(targets: list[dict]) -> str:
     return "\n".join(lines)
 
 
-INT8_DOT = ("avx512_vnni", "avx_vnni", "amx_int8")    # the x86 int8 dot-product instructions MLAS's INT8 GEMM uses
+# the int8 dot-product instructions MLAS's INT8 GEMM uses: x86 VNNI / AMX, aarch64 SDOT/UDOT and I8MM
+INT8_DOT = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
 
 
 def isa_note(res: dict) -> str | None:

@@ -154,3 +154,15 @@ def test_report_says_when_a_missed_int8_speed_row_is_the_cpus():
     assert isa_note(res(["avx2", "avx512_vnni"])) is None                             # a VNNI host: no excuse
     assert isa_note(res(["avx2"], ms_int8=1.0)) is None                               # target met: nothing to say
     assert isa_note(res(None)) is None                                                # flags not recorded
+    assert isa_note(res(["asimd", "asimddp"])) is None                                # aarch64 with SDOT/UDOT
+    assert "no int8 dot-product instructions" in (isa_note(res(["asimd"])) or "")     # aarch64 without them
+
+
+@pytest.mark.unit
+def test_cpu_flags_read_x86_and_aarch64_cpuinfo():
+    from paddle2ort.benchmarks.env import ISA, cpu_flags
+    x86 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse4_2 avx2 fma avx512_vnni\nbugs\t\t: x\n"
+    arm = "processor\t: 0\nBogoMIPS\t: 243.75\nFeatures\t: fp asimd asimddp i8mm bf16 sve\nCPU part\t: 0xd40\n"
+    assert [f for f in ISA if f in cpu_flags(x86)] == ["sse4_2", "avx2", "fma", "avx512_vnni"]
+    assert [f for f in ISA if f in cpu_flags(arm)] == ["asimd", "asimddp", "i8mm", "bf16", "sve"]
+    assert cpu_flags("processor\t: 0\n") == set()
