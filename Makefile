@@ -1,7 +1,11 @@
 # paddle2ort — two commands do everything on a fresh machine:
 #   make demo   set-up + the main job on the embedded default
 #   make test   set-up + the test suite (make test-unit: the unit tier alone, under a minute)
-PYTHON ?= python3
+# The pinned environment (constraints.txt) needs Python 3.11: numpy 2.4.6 has wheels for >= 3.11 only, onnxoptimizer
+# 0.3.13 (paddle2onnx 2.1.0 requires it) for <= 3.11, onnx 1.17.0 and paddle2onnx 2.1.0 none for 3.13. python3 when it
+# is 3.11, else a 3.11 found on disk, else python3 (the set-up then stops at once, naming the fix).
+PYTHON311 := $(firstword $(wildcard $(HOME)/.pyenv/versions/3.11.*/bin/python /root/.pyenv/versions/3.11.*/bin/python /usr/bin/python3.11 /usr/local/bin/python3.11))
+PYTHON ?= $(if $(shell python3 -c 'import sys; print(sys.version_info[:2] == (3, 11) or "")' 2>/dev/null),python3,$(or $(PYTHON311),python3))
 # FastTokenizer (fast-tokenizer-python) has wheels for Python <= 3.10 only: its parity test runs in a 3.10 venv.
 PYTHON310 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.10.*/bin/python /root/.pyenv/versions/3.10.*/bin/python /usr/bin/python3.10 /usr/local/bin/python3.10) python3.10)
 # A host without Python 3.10 skips that one check, saying so (CI's image has it); everything else still runs.
@@ -20,6 +24,10 @@ OUT    ?= out
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null || { \
+	  echo "error: the pinned environment needs Python 3.11 and $(PYTHON) is $$($(PYTHON) --version 2>/dev/null || echo 'not found')" \
+	       "(numpy 2.4.6 needs >= 3.11; onnxoptimizer 0.3.13, which paddle2onnx 2.1.0 needs, has wheels for <= 3.11)." \
+	       "Install Python 3.11, or name one: make $(MAKECMDGOALS) PYTHON=/path/to/python3.11" >&2; exit 2; }
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade "pip==26.3"
 	$(PIP) install -q -c constraints.txt -e ".[convert,cpu,bench,dev,serve,ray]"
