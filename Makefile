@@ -5,7 +5,9 @@
 # 0.3.13 (paddle2onnx 2.1.0 requires it) for <= 3.11, onnx 1.17.0 and paddle2onnx 2.1.0 none for 3.13. python3 when it
 # is 3.11, else a 3.11 found on disk, else python3 (the set-up then stops at once, naming the fix).
 PYTHON311 := $(firstword $(wildcard $(HOME)/.pyenv/versions/3.11.*/bin/python /root/.pyenv/versions/3.11.*/bin/python /usr/bin/python3.11 /usr/local/bin/python3.11))
-PYTHON ?= $(if $(shell python3 -c 'import sys; print(sys.version_info[:2] == (3, 11) or "")' 2>/dev/null),python3,$(or $(PYTHON311),python3))
+ifndef PYTHON              # as ?=, but expanded once here, not at every recipe line that names $(PYTHON)
+PYTHON := $(if $(shell python3 -c 'import sys; print(sys.version_info[:2] == (3, 11) or "")' 2>/dev/null),python3,$(or $(PYTHON311),python3))
+endif
 # FastTokenizer (fast-tokenizer-python) has wheels for Python <= 3.10 only: its parity test runs in a 3.10 venv.
 PYTHON310 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.10.*/bin/python /root/.pyenv/versions/3.10.*/bin/python /usr/bin/python3.10 /usr/local/bin/python3.10) python3.10)
 # A host without Python 3.10 skips that one check, saying so (CI's image has it); everything else still runs.
