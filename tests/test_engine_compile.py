@@ -16,11 +16,15 @@ NVCC = shutil.which("nvcc")
 
 
 @pytest.mark.skipif(NVCC is None, reason="needs nvcc")
-def test_decode_kernels_compile_and_export_what_the_engine_launches(tmp_path):
+@pytest.mark.parametrize("pipeline", [False, True])
+def test_decode_kernels_compile_and_export_what_the_engine_launches(tmp_path, pipeline):
+    """pipeline=True (PIPE) as well: there every entry's wait is at once followed by its trigger, so the next kernel
+    launches one kernel ahead and no further (the trigger never comes before the wait, except in embed_rows, the
+    step's first kernel)."""
     # SmolLM2's geometry: head size 64, GQA group 3, the chunk the engine picks
     chunk = engine.attention_chunk({"num_heads": 9, "kv_heads": 3, "head_dim": 64})
     procs = []
-    for i, opts in enumerate(engine.module_options(64, 3, chunk)):
+    for i, opts in enumerate(engine.module_options(64, 3, chunk, pipeline=pipeline)):
         ptx = tmp_path / f"decode{i}.ptx"
         procs.append((opts, ptx, subprocess.Popen([NVCC, "-std=c++17", "-arch=sm_90", *opts, "--ptx",
                                                    str(engine.SOURCE), "-o", str(ptx)], stderr=subprocess.PIPE,
@@ -35,6 +39,10 @@ def test_decode_kernels_compile_and_export_what_the_engine_launches(tmp_path):
         no_pdl = [b.split("(", 1)[0] for b in bodies
                   if "griddepcontrol.wait" not in b or "griddepcontrol.launch_dependents" not in b]
         assert len(bodies) == len(entries) and not no_pdl, no_pdl
+        if pipeline:
+            late = [b.split("(", 1)[0] for b in bodies if not b.startswith("embed_rows")
+                    and not re.search(r"griddepcontrol\.wait;\s*griddepcontrol\.launch_dependents;", b)]
+            assert not late, late
 
 
 def test_every_plan_names_a_compiled_kernel():

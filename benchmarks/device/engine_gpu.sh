@@ -24,7 +24,8 @@
 #                                                                                                     engine_tests.txt
 # Usage: engine_gpu.sh [all|validate|kernels] [extra engine_bench run arguments]
 # ENGINE_GPU_BUDGET_S (default 450): the whole call's seconds; each step's limit comes out of what is left.
-# ENGINE_ALSO_V1=0: no previous-GEMV-version system in step 4 (extra arguments such as --also-no-pdl add others).
+# ENGINE_ALSO_V1=0: no previous-GEMV-version system in step 4 (extra arguments such as --also-no-pdl or
+# --also-pipeline add others); ENGINE_ALSO_PERSISTENT=0: no persistent-step system (it is still validated).
 set -uo pipefail
 mkdir -p /tmp/p2o && ln -sfn "$PWD" /tmp/p2o/paddle2ort
 export PYTHONPATH=/tmp/site:/tmp/p2o
@@ -89,7 +90,7 @@ say "4. engine bench: ours vs the onnxruntime fused graph"
 $PY -c "import gguf" 2>/dev/null || $PY -m pip install -q --no-index --no-deps --target /tmp/site .device/whl/gguf-*.whl \
   2>/dev/null || true
 ARGS=(--gemv "$gemv" --configs qwen2.5-0.5b smollm2-135m)
-[ "$step_ok" = 1 ] && [ "$gemv" != v2 ] && ARGS+=(--also-persistent-step)
+[ "$step_ok" = 1 ] && [ "$gemv" != v2 ] && [ "${ENGINE_ALSO_PERSISTENT:-1}" != 0 ] && ARGS+=(--also-persistent-step)
 [[ " $attn " == *" v2 "* ]] || ARGS+=(--attention v1)
 prev=$(echo "$passed" | cut -d' ' -f2 -s)       # the next valid version: the engine's previous kernels
 if [ "$gemv" = auto ]; then

@@ -31,8 +31,10 @@ OURS_V3 = "ours (kernel engine, v3 GEMVs)"        # the tensor-core GEMVs everyw
 OURS_NO_PDL = "ours (kernel engine, no PDL)"      # the default kernels launched without programmatic dependent launch
 OURS_ATT_V1 = "ours (kernel engine, v1 attention)"   # the three-phase attention kernel beside attn_online
 OURS_PERSISTENT = "ours (kernel engine, persistent step)"   # every layer in one kernel (persistent.py)
+OURS_PIPE = "ours (kernel engine, pipelined launch)"   # each kernel launched one kernel ahead (pipeline=True)
 SHORT = {OURS: "ours", OURS_V1: "ours, v1 GEMVs", OURS_V2: "ours, v2 GEMVs", OURS_V3: "ours, v3 GEMVs",
          OURS_NO_PDL: "ours, no PDL", OURS_ATT_V1: "ours, v1 attention", OURS_PERSISTENT: "ours, persistent step",
+         OURS_PIPE: "ours, pipelined launch",
          ORT: "onnxruntime"}  # plot legend
 # system -> KernelEngine options; run() sets OURS's from --gemv / --pdl / --attention, and the variants from OURS's
 ENGINE = {OURS: {"gemv": "auto", "pdl": None, "attention": None}, OURS_V1: {"gemv": "v1", "pdl": None}}
@@ -135,7 +137,7 @@ def bench_config(name: str, work: Path, systems: list[str], batches, scenarios, 
                     if system != ORT:
                         row["gpu_step_us"] = graph_step_us(dec, b)
                         row["prefill_by"] = dec.prefill_by
-                        row["gemv"], row["pdl"] = dec.gemv, dec.pdl
+                        row["gemv"], row["pdl"], row["pipeline"] = dec.gemv, dec.pdl, dec.pipeline
                         if dec.gemv == "auto":
                             row["gemv_plans"] = {k: v for k, v in dec.plans_chosen().items() if k.endswith(f" b{b}")}
                         st = dec.states.get(b)
@@ -152,6 +154,9 @@ def bench_config(name: str, work: Path, systems: list[str], batches, scenarios, 
         for (s, p, b), toks in tokens.items():              # random weights: agreement is informative only
             if s == OURS and (ORT, p, b) in tokens:
                 res["parity"][f"{v} b{b} {p}+"] = agreement(toks, tokens[(ORT, p, b)])
+            elif s in ENGINE and s != OURS and (OURS, p, b) in tokens:   # a variant of ours against ours
+                res.setdefault("variant_parity", {})[f"{SHORT[s]} {v} b{b} {p}+"] = agreement(
+                    toks, tokens[(OURS, p, b)])
     return res
 
 
@@ -246,6 +251,7 @@ def run(a) -> dict:
                     "attention": None if a.attention == "auto" else a.attention, "step": a.step}
     ENGINE[OURS_PERSISTENT] = dict(ENGINE[OURS], step="persistent")
     ENGINE[OURS_NO_PDL] = dict(ENGINE[OURS], pdl=False)
+    ENGINE[OURS_PIPE] = dict(ENGINE[OURS], pipeline=True)
     ENGINE[OURS_ATT_V1] = dict(ENGINE[OURS], attention="v1")
     ENGINE[OURS_V2] = dict(ENGINE[OURS], gemv="v2")
     ENGINE[OURS_V3] = dict(ENGINE[OURS], gemv="v3")
@@ -254,7 +260,8 @@ def run(a) -> dict:
            "pdl": a.pdl, "attention": a.attention, "attention_chunk": a.chunk or "engine default",
            "systems": [OURS] + ([ORT] if a.ort else []) + ([OURS_NO_PDL] if a.also_no_pdl else [])
            + ([OURS_V3] if a.also_v3 else []) + ([OURS_V2] if a.also_v2 else []) + ([OURS_V1] if a.also_v1 else [])
-           + ([OURS_ATT_V1] if a.also_attention_v1 else []) + ([OURS_PERSISTENT] if a.also_persistent_step else []),
+           + ([OURS_ATT_V1] if a.also_attention_v1 else []) + ([OURS_PERSISTENT] if a.also_persistent_step else [])
+           + ([OURS_PIPE] if a.also_pipeline else []),
            "configs": {}}
     if a.gguf:
         try:
@@ -339,6 +346,10 @@ def markdown(res: dict) -> str:
             lines += ["", "Greedy token agreement ours vs the fused graph (random weights: near-ties abound, "
                       "informative only): " + "; ".join(f"{k} {v['token_agreement']:.1%}"
                                                          for k, v in c["parity"].items())]
+        if c.get("variant_parity"):
+            lines += ["", "Greedy token agreement of each variant of ours with ours (the same arithmetic launched "
+                      "differently agrees fully; other GEMV plans may flip near-ties): "
+                      + "; ".join(f"{k} {v['token_agreement']:.1%}" for k, v in c["variant_parity"].items())]
         for s in c.get("skipped", []):
             lines.append(f"- skipped: {s}")
     return "\n".join(lines) + "\n"
@@ -399,6 +410,8 @@ def main(argv=None) -> int:
                    help="the engine's layers: a kernel a phase, one persistent kernel, or auto (the faster, timed)")
     r.add_argument("--also-persistent-step", action="store_true",
                    help="the engine with every layer in one persistent kernel (step='persistent') as another system")
+    r.add_argument("--also-pipeline", action="store_true",
+                   help="the engine with each kernel launched one kernel ahead (pipeline=True) as another system")
     r.add_argument("--also-attention-v1", action="store_true",
                    help="the engine with the v1 (three-phase) attention kernel as another system")
     p = sub.add_parser("report")

@@ -25,6 +25,12 @@
 #ifndef WITH_ATTN
 #define WITH_ATTN 1       // embed_rows and attn_split (the module that depends on GQA and CHUNK)
 #endif
+#ifndef PIPE
+#define PIPE 0            // 1: the engine's pipeline=True (see PDL_WAIT below and prefetch_all)
+#endif
+#ifndef PF_BYTES
+#define PF_BYTES (24 << 20)   // PIPE: a product up to this many weight bytes is prefetched whole (two fit in L2)
+#endif
 #ifndef COHERENT
 #define COHERENT 0        // 1: the persistent step kernel (WITH_STEP), which reads activations it wrote itself
 #endif
@@ -42,9 +48,17 @@
 // kernel has completed and its memory is visible; only static data, the weights, is touched before), and PDL_LAUNCH
 // once its main loads are issued (the next kernel of the step may then be scheduled, prefetch its weights and wait).
 // Without the launch attribute, or below sm_90, both are no-ops.
+// PIPE (engine pipeline=True): PDL_WAIT also lets the next kernel launch at once, so it is scheduled while this one
+// computes and prefetches all of its weights (gemv2/gemv3 prefetch_all, up to PF_BYTES a product): the weights of
+// kernel n+1 stream from memory into L2 while kernel n runs on its own, prefetched the same way. One kernel ahead,
+// never more: the trigger comes after this kernel's wait, i.e. once the kernel before it has completed.
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 #define PDL_LAUNCH() asm volatile("griddepcontrol.launch_dependents;" ::: "memory")
+#if PIPE
+#define PDL_WAIT() asm volatile("griddepcontrol.wait;\n\tgriddepcontrol.launch_dependents;" ::: "memory")
+#else
 #define PDL_WAIT() asm volatile("griddepcontrol.wait;" ::: "memory")
+#endif
 #define PREFETCH_L2(p) asm volatile("prefetch.global.L2 [%0];" ::"l"(p))
 #else
 #define PDL_LAUNCH()
@@ -104,6 +118,12 @@ __device__ __forceinline__ void block_pair(const unsigned int* sz, long long r, 
   unsigned int p = __ldg(sz + r * kb + k / qblock);
   *scale = h2f((unsigned short)(p & 0xffffu));
   *zp = h2f((unsigned short)(p >> 16));
+}
+
+// PIPE: whether a GEMV prefetches all of its weights before its wait (not the LM head, whose rows fill the GPU and
+// whose weights would not fit L2 beside the layer's), else the first steps'
+__device__ __forceinline__ bool prefetch_all(int mode, long long bytes) {
+  return PIPE && mode != M_LOGITS && bytes <= PF_BYTES;
 }
 
 // Activations and the K/V cache: in the persistent step kernel (COHERENT) the step itself writes them between its
@@ -366,11 +386,10 @@ __device__ void gemv2(GEMV_PARAMS) {
     } else { rows[j] = (long long)R * t + j; rows[P + j] = (long long)R * t + P + j; }
   }
   if (live) {                                    // the first chunks' weights into L2 while the previous kernel ends
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int ci = ks + u * KS;
+    const int lim = prefetch_all(MODE, (long long)tasks * R * row_bytes) ? nchunks : min(nchunks, ks + U * KS);
+    for (int ci = ks; ci < lim; ci += KS) {      // (PIPE: all of them, while the previous kernel runs)
       const int k = ci * STEP + lane * EPL;
-      if (ci < nchunks && k < K)
+      if (k < K)
 #pragma unroll
         for (int j = 0; j < R; ++j)
           PREFETCH_L2(raw_ptr<FMT>(w, rows[j], k, row_bytes));
@@ -637,12 +656,17 @@ __device__ void gemv3(GEMV_PARAMS, int bx, int by, float (*red)[32][5], int slic
   else if (MODE == M_QKV) { r0 = (long long)(t / (HD / 16)) * HD + (t % (HD / 16)) * 8 + g; r1 = r0 + HD / 2; }
   else { r0 = 16LL * t + g; r1 = r0 + 8; }
   if (live) {                                    // the first steps' weights into L2 while the previous kernel ends
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int k = (sbeg + ks + u * KS) * KSTEP + q * EPL;
-      if (sbeg + ks + u * KS < nsteps && k < K) {
+    const bool all = prefetch_all(MODE, (long long)tasks * 16 * row_bytes);
+    const int lim = all ? nsteps : min(nsteps, sbeg + ks + U * KS);
+    for (int s = sbeg + ks; s < lim; s += KS) {  // (PIPE: all of them and their blocks' {scale, zero point})
+      const int k = s * KSTEP + q * EPL;
+      if (k < K) {
         PREFETCH_L2(raw_ptr<FMT>(w, r0, k, row_bytes));
         PREFETCH_L2(raw_ptr<FMT>(w, r1, k, row_bytes));
+        if (QUANT && all) {
+          PREFETCH_L2(sz + r0 * kb + k / qblock);
+          PREFETCH_L2(sz + r1 * kb + k / qblock);
+        }
       }
     }
   }

@@ -10,7 +10,8 @@ as with the fused graph. `step="persistent"` (or "auto": where it times faster a
 layers in one persistent kernel instead, the phases separated by grid barriers (persistent.py: on an H200 it is
 1.9x slower, so it is not the default; llm-gpu/run22-h200). On sm_90+ every step
 kernel is launched with programmatic dependent launch (kernels/pdl.py: it may start while the previous one ends and
-waits in the kernel before its first dependent read).
+waits in the kernel before its first dependent read); `pipeline=True` launches it one whole kernel ahead, so a
+layer GEMV's weights stream into L2 while the kernel before it computes (decode.cu PIPE; same arithmetic).
 Weights are read as the bundle stores them: float16/float32, or MatMulNBits int8/int4 blocks (scale and integer or
 float zero point per block), never dequantized in memory for the step. Three GEMV generations (`gemv=`): "v3"
 (tensor cores, sm_80+: mma.sync on 16 weight rows x 8 batch rows, activations rounded to float16 (W16A16 / W8A16 /
@@ -268,11 +269,15 @@ def compiled(options: tuple[str, ...]):
     return mod
 
 
-def module_options(head_dim: int, group: int, chunk: int, fmts: Sequence[str] = tuple(EPL)) -> list[tuple]:
+def module_options(head_dim: int, group: int, chunk: int, fmts: Sequence[str] = tuple(EPL),
+                   pipeline: bool = False) -> list[tuple]:
     """The modules of one geometry: the attention one (depends on D, the GQA group, the chunk) and one a weight
-    format (depends on D only: shared between models of one head size, compiled in parallel by bench_engine)."""
-    mods = [(f"-DHD={head_dim}", f"-DGQA={group}", f"-DCHUNK={chunk}", "-DFMTS=0", "-DWITH_ATTN=1")]
-    return mods + [(f"-DHD={head_dim}", f"-DFMTS={1 << FORMAT_BIT[f]}", "-DWITH_ATTN=0") for f in fmts]
+    format (depends on D only: shared between models of one head size, compiled in parallel by bench_engine).
+    pipeline: compiled with decode.cu's PIPE (each kernel lets the next launch once its own wait is over, and a
+    layer GEMV prefetches all its weights while it waits): the same arithmetic, launched one kernel ahead."""
+    pipe = ("-DPIPE=1",) if pipeline else ()
+    mods = [(f"-DHD={head_dim}", f"-DGQA={group}", f"-DCHUNK={chunk}", "-DFMTS=0", "-DWITH_ATTN=1") + pipe]
+    return mods + [(f"-DHD={head_dim}", f"-DFMTS={1 << FORMAT_BIT[f]}", "-DWITH_ATTN=0") + pipe for f in fmts]
 
 
 def gemv_names(fmt: str) -> list[str]:
@@ -443,11 +448,12 @@ def launch_attention(kern: dict, q, kc, vc, seqlens, part_o, part_ml, out, scale
         q, kc, vc, seqlens, part_o, part_ml, out, counter, i32(kvh), i32(cap), i32(nsplit), np.float32(scale)))
 
 
-def kernels(head_dim: int, group: int, chunk: int, fmts: Sequence[str] = tuple(EPL), pdl: bool = False) -> dict:
+def kernels(head_dim: int, group: int, chunk: int, fmts: Sequence[str] = tuple(EPL), pdl: bool = False,
+            pipeline: bool = False) -> dict:
     """decode.cu's kernels for one geometry and these weight formats, by name; pdl: each launched with
-    programmatic stream serialization (kernels/pdl.py), called the same way."""
+    programmatic stream serialization (kernels/pdl.py), called the same way; pipeline: module_options'."""
     out = {}
-    for opts in module_options(head_dim, group, chunk, fmts):
+    for opts in module_options(head_dim, group, chunk, fmts, pipeline):
         mod = compiled(opts)
         out.update((n, mod.get_function(n)) for n in module_names(opts))
     if pdl:
@@ -486,7 +492,7 @@ class KernelEngine(DeviceStateMemory):
     def __init__(self, model_path: str | Path, spec: dict, device: str = "gpu", max_length: int | None = None,
                  cuda_graph: bool = True, device_id: int = 0, weights: Weights | None = None,
                  chunk: int | None = None, prefill: str = "auto", gemv: str = "auto", pdl: bool | None = None,
-                 attention: str | None = None, step: str = "kernels"):
+                 attention: str | None = None, step: str = "kernels", pipeline: bool = False):
         if gemv not in GEMV_CHOICES:
             raise BadInputError(f"gemv must be one of {', '.join(GEMV_CHOICES)}, got {gemv!r}")
         if step not in S.STEP_CHOICES:
@@ -529,12 +535,14 @@ class KernelEngine(DeviceStateMemory):
                                                          for n in ("qkv", "o", "gate_up", "down")]})
             from . import pdl as P
             self.pdl = P.supported(cp) if pdl is None else bool(pdl)
-            self.k = kernels(self.head_dim, self.num_heads // self.kv_heads, self.chunk, fmts, self.pdl)
+            self.pipeline = bool(pipeline) and self.pdl     # without PDL there is no next kernel to launch early
+            self.k = kernels(self.head_dim, self.num_heads // self.kv_heads, self.chunk, fmts, self.pdl,
+                             self.pipeline)
             if pdl is None and self.pdl and not self._pdl_launches():
-                self.pdl = False
+                self.pdl = self.pipeline = False
                 self.k = kernels(self.head_dim, self.num_heads // self.kv_heads, self.chunk, fmts)
         else:
-            self.xp, self.stream, self.k, self.pdl = np, None, None, False
+            self.xp, self.stream, self.k, self.pdl, self.pipeline = np, None, None, False, False
             self.cache_dtype = np.dtype(host.embed.dtype).type
             self.w = host
             self._dense = {}                                # id(Packed) -> float32 [N, K] for the twins
