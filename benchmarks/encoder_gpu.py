@@ -405,6 +405,124 @@ def run(skeletons: Path, bundle: Path | None, dataset: Path | None, out: Path, r
     return res
 
 
+# ------------------------------------------------------------------ where the time goes (profile)
+CATEGORIES = (("attention", r"fmha|flash|attention|mha|softmax"),
+              ("gemm", r"gemm|cutlass|nvjet|xmma|cublas|matmul|addmm|bmm|_mm_|sm90_|sm80_|s16816|hmma"),
+              ("layernorm", r"layer_?norm|layernorm|rms"),
+              ("gelu", r"gelu|erf"),
+              ("copy", r"memcpy|memset|copy"))
+
+
+def kernel_category(name: str) -> str:
+    """A kernel's family by its name (attention before GEMM: the memory-efficient attention kernels are CUTLASS's);
+    "other" for the rest (element-wise, reductions, transposes, the embedding)."""
+    import re
+    n = name.lower()
+    return next((cat for cat, pat in CATEGORIES if re.search(pat, n)), "other")
+
+
+def linear_flops(geom: str, batch: int = 32) -> float:
+    """Multiply-adds x 2 of the dense layers alone (QKV, output, FFN): what the GEMM kernels compute."""
+    layers, hidden, _, inter, _ = GEOMETRIES[geom]
+    t = batch * SEQ
+    return float(layers * (2 * t * hidden * 4 * hidden + 2 * 2 * t * hidden * inter))
+
+
+def _profile_calls(fn, sync, calls: int) -> dict:
+    """CUPTI kernel records through torch.profiler (it sees onnxruntime's kernels and CUDA-graph replays too):
+    per call, the GPU-busy time, the kernels, their time by family and the ten longest."""
+    from torch.profiler import ProfilerActivity, profile
+    for _ in range(5):
+        fn()
+    sync()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        sync()
+    kernels = {}
+    for e in prof.key_averages():
+        t = getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
+        if t and e.count:
+            kernels[e.key[:120]] = {"count_per_call": e.count / calls, "us_per_call": t / calls,
+                                    "category": kernel_category(e.key)}
+    cats: dict = {}
+    for k in kernels.values():
+        c = cats.setdefault(k["category"], {"us_per_call": 0.0, "kernels_per_call": 0.0})
+        c["us_per_call"] += k["us_per_call"]
+        c["kernels_per_call"] += k["count_per_call"]
+    return {"gpu_busy_us_per_call": sum(k["us_per_call"] for k in kernels.values()),
+            "kernels_per_call": sum(k["count_per_call"] for k in kernels.values()), "by_category": cats,
+            "top_kernels": dict(sorted(kernels.items(), key=lambda kv: -kv[1]["us_per_call"])[:10])}
+
+
+def profile_run(skeletons: Path, out: Path, geoms: tuple[str, ...] = ("bert_base",), batch: int = 32,
+                repeats: int = 50, calls: int = 20, target: float = 1.5) -> dict:
+    """Per geometry, batch x 128 FP16: ours (the fused graph, key-length mask, its bucket's CUDA graph replayed, and
+    the same session without the graph) and torch.compile reduce-overhead, each timed (median wall) and profiled
+    (kernels by family) in one process; then what 1.5x reduce-overhead leaves for each family of ours: the GEMM
+    time alone against the whole budget, computed here."""
+    import onnx
+    import torch
+
+    from paddle2ort.runtime.buckets import BucketRunner, BucketSpec
+    from paddle2ort.runtime.session import SessionOptions
+
+    from .encoder import fill_random_weights
+    from .env import environment
+    work = Path("/tmp/encoder-gpu")
+    work.mkdir(exist_ok=True)
+    res = {"benchmark": "encoder-gpu-profile", "batch": batch, "seq": SEQ, "repeats": repeats,
+           "profiled_calls": calls, "target_vs_reduce_overhead": target, "environment": environment(),
+           "geometries": {}}
+    for geom in geoms:
+        skel = skeletons / f"{geom}_key_lengths.onnx"
+        model = work / skel.name
+        if not model.is_file():
+            fill_random_weights(skel, model, seed=0)
+        output = onnx.load(str(skel), load_external_data=False).graph.output[0].name
+        g: dict = {"systems": {}}
+        for graph in (True, False):
+            runner = BucketRunner(model, [output], SessionOptions(device="gpu"), BucketSpec((SEQ,), (batch,)),
+                                  cuda_graph=graph)
+            runner(_feeds(batch))                                # binds the buffers (and captures the graph)
+            name = f"ours fused fp16 (key_lengths){' CUDA graph' if graph else ', no CUDA graph'}"
+            fn = lambda: runner.run_bound(batch, SEQ)  # noqa: E731
+            sync = torch.cuda.synchronize
+            g["systems"][name] = {"wall_ms": _median_ms(fn, repeats, sync=sync), **_profile_calls(fn, sync, calls)}
+            log.info("%s %s: %s", geom, name, {k: v for k, v in g["systems"][name].items() if k != "top_kernels"})
+            del runner
+        net = _torch_model(geom).half().cuda()
+        fn_t = torch.compile(net, mode="reduce-overhead", dynamic=False)
+        ids = torch.randint(1000, 30000, (batch, SEQ), device="cuda")
+        mask = torch.from_numpy(_rows_mask(batch)).cuda()
+        with torch.inference_mode():
+            call = lambda: fn_t(input_ids=ids, attention_mask=mask)  # noqa: E731
+            g["systems"][REF] = {"wall_ms": _median_ms(call, repeats, sync=torch.cuda.synchronize),
+                                 **_profile_calls(call, torch.cuda.synchronize, calls)}
+        log.info("%s %s: %s", geom, REF, {k: v for k, v in g["systems"][REF].items() if k != "top_kernels"})
+        del net, fn_t
+        torch.cuda.empty_cache()
+        ours = g["systems"]["ours fused fp16 (key_lengths) CUDA graph"]
+        ref = g["systems"][REF]
+        gemm_us = ours["by_category"].get("gemm", {}).get("us_per_call", 0.0)
+        budget_us = 1e3 * ref["wall_ms"] / target
+        g["analysis"] = {
+            "ours_vs_reduce_overhead": ref["wall_ms"] / ours["wall_ms"],
+            "target_wall_us": budget_us,
+            "ours_gemm_us": gemm_us,
+            "ours_gemm_tflops": linear_flops(geom, batch) / (gemm_us * 1e-6) / 1e12 if gemm_us else None,
+            "reduce_overhead_gemm_us": ref["by_category"].get("gemm", {}).get("us_per_call", 0.0),
+            "ours_non_gemm_us": ours["gpu_busy_us_per_call"] - gemm_us,
+            "ours_idle_us": 1e3 * ours["wall_ms"] - ours["gpu_busy_us_per_call"],
+            "gemm_alone_over_target": gemm_us > budget_us,
+            "non_gemm_budget_us": budget_us - gemm_us,
+        }
+        log.info("%s analysis: %s", geom, g["analysis"])
+        res["geometries"][geom] = g
+        out.write_text(json.dumps(res, indent=1))
+    return res
+
+
 # ------------------------------------------------------------------ reports
 REF = "torch reduce-overhead fp16"
 
@@ -506,6 +624,11 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", type=Path, required=True)
     r.add_argument("--repeats", type=int, default=50)
     r.add_argument("--budget-s", type=float, default=200.0)
+    f = sub.add_parser("profile", help="there: where the time of ours and of reduce-overhead goes (CUPTI)")
+    f.add_argument("skeletons", type=Path)
+    f.add_argument("--geometry", action="append", choices=sorted(GEOMETRIES), help="default: bert_base")
+    f.add_argument("--batch", type=int, default=32)
+    f.add_argument("--out", type=Path, required=True)
     w = sub.add_parser("report", help="Markdown + plot beside a results JSON")
     w.add_argument("json", type=Path)
     a = ap.parse_args(argv)
@@ -521,6 +644,10 @@ def main(argv: list[str] | None = None) -> int:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         res = run(a.skeletons, a.bundle, a.dataset, a.out, a.repeats, a.budget_s)
         print(markdown(res))
+    elif a.cmd == "profile":
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        res = profile_run(a.skeletons, a.out, tuple(a.geometry or ("bert_base",)), a.batch)
+        print(json.dumps({g: v["analysis"] for g, v in res["geometries"].items()}, indent=1))
     else:
         res = json.loads(a.json.read_text())
         a.json.with_suffix(".md").write_text(markdown(res))

@@ -176,3 +176,20 @@ def test_gpt2_check_runs_on_the_cpu(tmp_path):
     assert out["geometry"].startswith("GPT (2 x 32, vocab 96)")
     assert "GPT-2 fused decoder" in report.check_markdown({"device": {"gpu": "cpu", "versions": {}}, "golden": "g",
                                                            "prompts": 0, "max_new_tokens": 0, "gpt2": out})
+
+
+def test_encoder_profile_sorts_kernels_into_families_and_counts_the_dense_flops():
+    """The encoder profile's kernel families (names of onnxruntime's, cuBLAS's and inductor's kernels) and the
+    GEMM FLOPs it divides by: attention before GEMM (memory-efficient attention kernels are CUTLASS's)."""
+    from paddle2ort.benchmarks.encoder_gpu import encoder_flops, kernel_category, linear_flops
+    cases = {"fmha_cutlassF_f16_aligned_64x64_rf_sm80": "attention", "flash_fwd_kernel<...>": "attention",
+             "sm90_xmma_gemm_f16f16_f16f32_f32_tn_n": "gemm", "nvjet_hsh_256x128_64x4_1x2_h_bz_coopA_NTN": "gemm",
+             "triton_tem_fused_addmm_gelu_3": "gemm",
+             "void onnxruntime::cuda::SkipLayerNormKernelSmall<half>": "layernorm",
+             "triton_per_fused_native_layer_norm_2": "layernorm", "BiasGeluKernel<half>": "gelu",
+             "Memcpy DtoD (Device -> Device)": "copy", "void at::native::vectorized_elementwise_kernel<4>": "other"}
+    assert {n: kernel_category(n) for n in cases} == cases
+    # BERT-base, 32 x 128: the dense layers are all of encoder_flops but Q.K^T and P.V
+    t, h, i, layers = 32 * 128, 768, 3072, 12
+    assert linear_flops("bert_base") == layers * (8 * t * h * h + 4 * t * h * i)
+    assert encoder_flops(layers, h, i, 32, 128) - linear_flops("bert_base") == layers * 4 * 32 * 128 * 128 * h
