@@ -86,6 +86,7 @@ def ppl_change(precision: str, ref: tuple[str, str]) -> Callable[[dict], float]:
 OURS_FP16 = "ours-fp16-head32"           # the fused FP16 default: float16 graph, float32 LM head and logits
 GPU_05B, GPU_SMOL = "llm-gpu/run7/bench-qwen2.5-0.5b.json", "llm-gpu/run4/bench-smollm2-135m.json"
 ENC_GPU, ENC_CPU, ENC_CPU_GRAPHS = "encoder/gpu-h200-run3.json", "encoder/cpu-run5.json", "encoder/cpu.json"
+ENC_GPU_PROFILE = "encoder/gpu-h200-profile.json"   # issue 17: BERT-base b32 kernels by family (CUPTI), ours vs reduce-overhead
 ENC_OURS = "ours fused fp16 (key_lengths) CUDA graph"      # what FusionConfig() bundles for the GPU
 ENC_FP32, ENC_INT8 = "FP32-CPU fused-noskip", "INT8-CPU unfused"     # what FusionConfig() bundles on the CPU
 ENC_TUNED = " tuned"      # + TextClassifier's CPU session (no spinning, no load-time SkipLayerNormFusion)
@@ -126,6 +127,8 @@ def enc_fp16_vs_fp32(res: dict) -> float:
 E16_SPEED = "llm-gpu/run26-h200/engine-bench.json"       # issue 16: the kernel engine (gemv auto: every v3 split, v2)
 E16_PARITY = "llm-gpu/run26-h200/engine-bench.json"
 E16_KERNELS = "llm-gpu/run26-h200/kernel_bench.json"     # the same run's kernel table (auto: what the engine picks)
+E16_PIPELINE = "llm-gpu/run27-h200/engine-bench.json"  # pipelined launch (pipeline=True) beside ours, one run
+E16_VALIDATE = "llm-gpu/run28-h200"        # every kernel config and the persistent step validated (no timing)
 
 
 def engine(system: str, variant: str = "fp16", batch: int = 1, prompt: int = 128,
@@ -239,6 +242,9 @@ TARGETS: tuple[Target, ...] = (
     # issue 16: our own CUDA kernels for the decode step (runtime/kernels/engine.py), one H200 run per file
     Target(16, "llm-gpu", "kernel engine: decode.cu kernels vs their NumPy twins, worst max relative error",
            E16_KERNELS, "<=", 1e-3, "", lambda r: max(x["max_rel_err_vs_twin"] for x in r["rows"])),
+    Target(16, "llm-gpu", "kernel engine: the persistent step (block-split scratch) vs the kernel-a-phase step, "
+           "runs outside tolerance of 54", E16_VALIDATE + "/validate-step.json", "==", 0, "",
+           lambda r: len(r["failures"]) if r["checks"] == 54 else float("nan")),
     Target(16, "llm-gpu", "kernel engine FP16 greedy = SmolLM2 golden rows (rows identical of 20)", E16_PARITY, "==",
            20, "", lambda r: r["golden"]["ours_vs_golden"]["identical_rows"]),
     Target(16, "llm-gpu", "kernel engine vs the fused graph, SmolLM2 golden rows teacher-forced: decisive mismatches",
@@ -399,7 +405,9 @@ def _engine_kernels_table(root: Path, config: str = "qwen2.5-0.5b") -> str:
 TABLES: dict[str, dict[str, Callable[[Path], str]]] = {
     "llm-gpu": {"run7-qwen2.5-0.5b": _peer_table("llm-gpu/run7/bench-qwen2.5-0.5b.json"),
                 "run4-smollm2-135m": _peer_table("llm-gpu/run4/bench-smollm2-135m.json"),
-                "int4-margin": _int4_margin_table, "engine-kernels": _engine_kernels_table},
+                "int4-margin": _int4_margin_table, "engine-kernels": _engine_kernels_table,
+                "engine-pipeline": lambda root: __import__("paddle2ort.benchmarks.gpu.engine_bench", fromlist=[
+                    "variant_table"]).variant_table(_load(E16_PIPELINE, str(root)))},
     "encoder": {"gpu": lambda root: _encoder_table("gpu_table", ENC_GPU, root, "encoder_gpu"),
                 "gpu-classifier": lambda root: _encoder_table("summary", ENC_GPU, root, "encoder_gpu"),
                 "cpu": lambda root: _encoder_table("rows_table", ENC_CPU, root),
@@ -407,7 +415,8 @@ TABLES: dict[str, dict[str, Callable[[Path], str]]] = {
                 "cpu-run5-first": lambda root: _encoder_table("rows_table", "encoder/cpu-run5-first.json", root),
                 "cpu-run6": lambda root: _encoder_table("rows_table", ENC_CPU_VNNI, root),
                 "cpu-run6-second": lambda root: _encoder_table("rows_table", ENC_CPU_VNNI_2, root),
-                "cpu-run6-graphs": lambda root: _encoder_table("rows_table", ENC_CPU_VNNI_GRAPHS, root)},
+                "cpu-run6-graphs": lambda root: _encoder_table("rows_table", ENC_CPU_VNNI_GRAPHS, root),
+                "gpu-profile": lambda root: _encoder_table("profile_table", ENC_GPU_PROFILE, root, "encoder_gpu")},
     "llm-cpu": {name: lambda root, f=f: __import__("paddle2ort.benchmarks.llm", fromlist=["rows_table"]).rows_table(
         _load(f, str(root))) for name, f in (("cpu", LLM_CPU), ("avx2-defaults", LLM_CPU_AVX2),
                                              ("avx2-no-spin", LLM_CPU_AVX2_SLEEP),
@@ -477,6 +486,15 @@ def _targets(*labels: tuple[str, str]) -> Callable[[dict], str]:
     return f
 
 
+def _enc_profile(r: dict) -> str:
+    g = r["geometries"]["bert_base"]
+    a, sys = g["analysis"], g["systems"]
+    ours, ref = sys["ours fused fp16 (key_lengths) CUDA graph"], sys["torch reduce-overhead fp16"]
+    return (f"GPU busy {ours['gpu_busy_us_per_call']:,.0f} µs a call (reduce-overhead {ref['gpu_busy_us_per_call']:,.0f}"
+            f" µs, idle {1e3 * ref['wall_ms'] - ref['gpu_busy_us_per_call']:,.0f} µs); GEMMs {a['ours_gemm_us']:,.0f} "
+            f"µs, the rest {a['ours_non_gemm_us']:,.0f} µs where 1.5x leaves {a['non_gemm_budget_us']:,.0f}")
+
+
 def _seq2seq(r: dict) -> str:
     ours = [x for x in r["rows"] if x["system"] == "onnxruntime" and x["precision"] == "fp32"]
     peer = {(x["family"], x["decode"]): x["ms_per_sample"] for x in r["rows"] if x["system"] == "paddle-inference"}
@@ -514,6 +532,8 @@ HEADLINES: tuple[Headline, ...] = (
              "run3", _targets(*((label, f">= 1.5x torch.compile reduce-overhead, fused FP16 + CUDA graph, {g} 32 x 128 (H200)")
                        for label, g in (("MiniLM-L6", "minilm"), ("ERNIE-3.0-Medium", "ernie_medium"),
                                         ("BERT-base", "bert_base"))))),
+    Headline("encoder GPU profile, BERT-base FP16 batch 32 x 128, H200: where ours and reduce-overhead spend a call",
+             ENC_GPU_PROFILE, "run28, tree of c7aa8d9", _enc_profile),
     *(Headline(f"encoder CPU, real MiniLM classifier, 960 dev examples, default bundle + CPU session ({box})", file,
                run, _targets(("INT8 vs FP32", f"INT8-CPU >= 1.8x FP32-CPU, default bundle + CPU session ({box})"),
                              ("FP32 vs Paddle Inference", "FP32-CPU >= 1.3x Paddle Inference CPU (its faster thread "

@@ -31,6 +31,9 @@ mkdir -p /tmp/p2o && ln -sfn "$PWD" /tmp/p2o/paddle2ort
 export PYTHONPATH=/tmp/site:/tmp/p2o
 : "${OUT:=/tmp/engine-gpu-out}"
 mkdir -p "$OUT"
+# one archive of everything beside $OUT, however the call ends: a device call returns at most 8 files (run27 lost its
+# validation and kernel files that way); with OUT=$OUT/runN the archive sorts first among them
+trap 'tar czf "$OUT.tgz" -C "$(dirname "$OUT")" "$(basename "$OUT")" 2>/dev/null' EXIT
 what="${1:-all}"; shift || true
 BUDGET=${ENGINE_GPU_BUDGET_S:-450}
 PY=${PYTHON:-python3}

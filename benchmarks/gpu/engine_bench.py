@@ -355,6 +355,25 @@ def markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def variant_table(res: dict, variant: str = OURS_PIPE) -> str:
+    """Ours beside one variant of ours from the same run, every config / weights / batch / scenario row: decode
+    tokens/s a sequence, the captured step's GPU time alone, and the variant's speed over ours."""
+    lines = [f"| config | weights | batch | prompt+new | ours tok/s | {SHORT[variant]} tok/s | ratio | ours GPU µs/step "
+             f"| {SHORT[variant]} GPU µs/step |", "|---|---|---:|---|---:|---:|---:|---:|---:|"]
+    for name in res["configs"]:
+        for base in res["configs"][name]["rows"]:
+            if base["system"] != OURS:
+                continue
+            v = row(res, name, variant, base["precision"], base["batch"], base["prompt"])
+            if v is None:
+                continue
+            lines.append(f"| {name} | {base['precision']} | {base['batch']} | {base['prompt']}+{base['new']} | "
+                         f"{base['tok_s_per_seq']:,.0f} | {v['tok_s_per_seq']:,.0f} | "
+                         f"{v['tok_s_per_seq'] / base['tok_s_per_seq']:.3f} | {base.get('gpu_step_us') or 0:.0f} | "
+                         f"{v.get('gpu_step_us') or 0:.0f} |")
+    return "\n".join(lines)
+
+
 def plot(res: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
