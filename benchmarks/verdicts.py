@@ -128,6 +128,7 @@ E16_SPEED = "llm-gpu/run26-h200/engine-bench.json"       # issue 16: the kernel 
 E16_PARITY = "llm-gpu/run26-h200/engine-bench.json"
 E16_KERNELS = "llm-gpu/run26-h200/kernel_bench.json"     # the same run's kernel table (auto: what the engine picks)
 E16_PIPELINE = "llm-gpu/run27-h200/engine-bench.json"  # pipelined launch (pipeline=True) beside ours, one run
+E16_PEERS = "llm-gpu/run29-h200/bench-qwen2.5-0.5b.json"  # the engine beside genai (with / without CUDA graph), HF
 E16_VALIDATE = "llm-gpu/run28-h200"        # every kernel config and the persistent step validated (no timing)
 
 
@@ -253,6 +254,11 @@ TARGETS: tuple[Target, ...] = (
            engine("ours", key="pct_hbm_roofline")),
     Target(16, "llm-gpu", "kernel engine >= 1.5x the onnxruntime fused graph, 0.5B FP16 batch 1 (genai not run)",
            E16_SPEED, ">=", 1.5, "x", lambda r: engine("ours")(r) / engine("ort")(r)),
+    Target(16, "llm-gpu", "kernel engine >= 1.5x onnxruntime-genai with CUDA graph, 0.5B FP16 batch 1 (one run)",
+           E16_PEERS, ">=", 1.5, "x", ratio("ours-engine-fp16-head32", "onnxruntime-genai (CUDA graph)")),
+    Target(16, "llm-gpu", "kernel engine TTFT <= onnxruntime-genai's (its faster configuration), 0.5B FP16 batch 1, "
+           "prompt 128", E16_PEERS, "<=", 1.0, "x", lambda r: gpu_row(r, "ours-engine-fp16-head32", 1)["ttft_ms"]
+           / min(gpu_row(r, g, 1)["ttft_ms"] for g in ("onnxruntime-genai", "onnxruntime-genai (CUDA graph)"))),
     Target(16, "llm-gpu", "kernel engine int4 >= 1.8x its FP16, 0.5B batch 1", E16_SPEED, ">=", 1.8, "x",
            lambda r: engine("ours", "int4")(r) / engine("ours")(r)),
     Target(16, "llm-gpu", "kernel engine prompt 2,048 + 256 >= 80% of 128 + 128 tokens/s, 0.5B FP16 batch 1",
@@ -543,6 +549,11 @@ HEADLINES: tuple[Headline, ...] = (
     Headline("kernel engine (our CUDA decode kernels) vs the onnxruntime fused graph, 0.5B FP16 batch 1, H200",
              E16_SPEED, "run26, GEMVs auto: per product the fastest of v2 and every v3 split of K (tree 9a0d13c)",
              _targets(("speed", "kernel engine >= 1.5x the onnxruntime fused graph, 0.5B FP16 batch 1 (genai not run)"))),
+    Headline("kernel engine vs onnxruntime-genai (its best configuration), 0.5B FP16 batch 1, H200, one run", E16_PEERS,
+             "run29, tree of d8efbd1", _targets(
+                 ("decode", "kernel engine >= 1.5x onnxruntime-genai with CUDA graph, 0.5B FP16 batch 1 (one run)"),
+                 ("TTFT", "kernel engine TTFT <= onnxruntime-genai's (its faster configuration), 0.5B FP16 batch 1, "
+                          "prompt 128"))),
     Headline("seq2seq (T5, BART, mBART, UNIMO-text; tiny random weights) vs Paddle Inference, CPU",
              "seq2seq/results.json", "commit 23bf174", _seq2seq),
     Headline("int4 vs FP32 top-1 (teacher-forced, CPU): why random-weight int4 rows show 0% agreement",
