@@ -397,6 +397,75 @@ def plot(res: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def profile_ttft(config: str, work: Path, out: Path, prompt: int = 128, reps: int = 10) -> dict:
+    """Where the first token's time goes, batch 1: for ours (the kernel engine) and the onnxruntime fused graph on
+    the same FP16 (float32 head) file, the median wall time of the prompt pass (Generator.append_tokens, the device
+    synchronized) and of the first sampled token after it, and over `reps` first tokens the GPU-busy time and the
+    kernels (CUPTI through torch.profiler): a wall far above the GPU time is host work (binding, launches)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from paddle2ort.convert.llm.fused import DecoderSpec, build_variant, random_state
+    from paddle2ort.runtime.generation import GenerationConfig, Generator
+
+    from .peer import HF_INIT_STD
+    c = dict(CONFIGS[config])
+    arch = c.pop("arch")
+    spec = DecoderSpec.from_config(c, qkv_bias=arch == "qwen2")
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / f"{config}.fused.fp16.onnx"
+    if not path.exists():
+        build_variant(spec, random_state(spec, seed=0, std=HF_INIT_STD), "fp16", path, head_dtype="float32")
+    pad = pad_id(CONFIGS[config])
+    rows = random_prompts(np.random.default_rng(7), 1, prompt, spec.vocab_size, special_ids(CONFIGS[config])).tolist()
+    res = {"config": config, "prompt": prompt, "batch": 1, "reps": reps, "device": None, "systems": {}}
+    for system in (OURS, ORT):
+        dec = _decoder(system, path, spec.to_json(), prompt + 8)
+        cfg = GenerationConfig(max_new_tokens=4)
+        times = {"prompt_pass_ms": [], "first_token_ms": []}
+
+        def once(record=True):
+            gen = Generator(dec, cfg, pad)
+            t0 = time.perf_counter()
+            gen.append_tokens(rows)
+            dec.synchronize()
+            t1 = time.perf_counter()
+            gen.generate_next_token()
+            dec.synchronize()
+            t2 = time.perf_counter()
+            if record:
+                times["prompt_pass_ms"].append(1e3 * (t1 - t0))
+                times["first_token_ms"].append(1e3 * (t2 - t1))
+        for _ in range(3):
+            once(False)
+        for _ in range(reps):
+            once()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(reps):
+                once(False)
+            torch.cuda.synchronize()
+        kernels = {}
+        for e in prof.key_averages():
+            t = getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
+            if t and e.count:
+                kernels[e.key[:100]] = {"count": e.count / reps, "us": t / reps}
+        med = {k: float(np.median(v)) for k, v in times.items()}
+        res["systems"][system] = {
+            **med, "ttft_ms": med["prompt_pass_ms"] + med["first_token_ms"],
+            "gpu_busy_us": sum(k["us"] for k in kernels.values()),
+            "kernels": sum(k["count"] for k in kernels.values()),
+            "prefill_by": getattr(dec, "prefill_by", None),
+            "top_kernels": dict(sorted(kernels.items(), key=lambda kv: -kv[1]["us"])[:12])}
+        log.info("%s: %s", system, {k: v for k, v in res["systems"][system].items() if k != "top_kernels"})
+        if system != ORT:
+            dec.release()
+        del dec
+    from .common import device_info
+    res["device"] = device_info()
+    out.write_text(json.dumps(res, indent=1))
+    return res
+
+
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ap = argparse.ArgumentParser(prog="python -m paddle2ort.benchmarks.gpu.engine_bench", description=__doc__,
@@ -433,9 +502,19 @@ def main(argv=None) -> int:
                    help="the engine with each kernel launched one kernel ahead (pipeline=True) as another system")
     r.add_argument("--also-attention-v1", action="store_true",
                    help="the engine with the v1 (three-phase) attention kernel as another system")
+    t = sub.add_parser("ttft", help="where the first token's time goes (prompt pass, first step; GPU-busy, kernels)")
+    t.add_argument("--config", default="qwen2.5-0.5b", choices=sorted(CONFIGS))
+    t.add_argument("--prompt", type=int, default=128)
+    t.add_argument("--work", default="/tmp/p2o-engine")
+    t.add_argument("--out", type=Path, required=True, help="the JSON written")
     p = sub.add_parser("report")
     p.add_argument("dir", type=Path)
     a = ap.parse_args(argv)
+    if a.cmd == "ttft":
+        res = profile_ttft(a.config, Path(a.work), a.out, a.prompt)
+        print(json.dumps({s: {k: v for k, v in r.items() if k != "top_kernels"} for s, r in res["systems"].items()},
+                         indent=1))
+        return 0
     from .report import write
     if a.cmd == "run":
         res = run(a)
