@@ -230,6 +230,33 @@ def test_prompt_pass_by_the_fused_graph_fills_our_cache(tiny):
     assert same >= 0.9, f"prompt pass by onnxruntime vs ours: {same:.1%} of greedy tokens agree"
 
 
+def test_captured_prompt_pass_matches_the_plain_one(tiny):
+    """prompt_graphs=True: the prompt pass right-padded to its length bucket and replayed as a CUDA graph gives the
+    plain prompt pass's last logits (other GEMM shapes: within float16 rounding), for one row and for a batch of
+    unequal rows, in two buckets of one engine, and the same bits on every replay."""
+    from paddle2ort.runtime.kernels.engine import prompt_bucket
+    from paddle2ort.runtime.session import gpu_available
+    if not gpu_available():
+        pytest.skip("needs onnxruntime's CUDA provider")
+    tmp, spec = tiny
+    plain = KernelEngine(tmp / "fp16.onnx", spec, device="gpu", max_length=300, prefill="onnxruntime")
+    graphed = KernelEngine(tmp / "fp16.onnx", spec, device="gpu", max_length=300, prefill="onnxruntime",
+                           prompt_graphs=True)
+    assert graphed.prompt_graphs and not plain.prompt_graphs
+    assert prompt_bucket(10, 300) == 16 and prompt_bucket(100, 300) == 128 and prompt_bucket(600, 4096) is None
+    for prompts in ([list(range(5, 15))], [list(range(3, 103))], [list(range(5, 15)), list(range(40, 140))]):
+        outs = []
+        for dec in [plain] + [graphed] * 4:           # onnxruntime warms up, captures, then replays
+            dec.start(len(prompts))
+            logits, rows = dec.append(prompts, np.zeros(len(prompts), np.int64), 8)
+            outs.append(dec.host(logits).astype(np.float32))
+        _close(outs[1], outs[0], 2e-2)
+        assert all(np.array_equal(outs[-1], o) for o in outs[2:]), "replays of the captured prompt pass differ"
+    assert set(graphed.states[1].prompts) == {16, 128} and set(graphed.states[2].prompts) == {128}
+    plain.release()
+    graphed.release()
+
+
 @pytest.mark.parametrize("name", ["fp16", "int4"])
 def test_persistent_step_matches_the_kernel_a_phase_step(tiny, name):
     """step="persistent" (every layer in one kernel, grid barriers) against step="kernels" with the same v3 GEMVs:

@@ -193,6 +193,16 @@ def check_geometry(spec: dict, weights: Weights) -> None:
                             + "; use the onnxruntime fused decoder (engine='onnxruntime')")
 
 
+PROMPT_BUCKETS = (16, 32, 64, 128, 256, 512)   # prompt_graphs: padded lengths whose prompt pass is a CUDA graph
+
+
+def prompt_bucket(n: int, capacity: int) -> int | None:
+    """The padded length a prompt of n tokens runs at with prompt_graphs (None: longer than the largest bucket or
+    the cache, so it runs as it is: such a pass is GPU-bound, not launch-bound)."""
+    b = next((b for b in PROMPT_BUCKETS if b >= n), None)
+    return b if b is not None and b <= capacity else None
+
+
 ATTENTION_VERSIONS = ("v2", "v1")
 ATTENTION_KERNEL = {"v2": "attn_online", "v1": "attn_split"}     # decode.cu entries
 
@@ -482,6 +492,7 @@ class State:
     scratch: Any = None            # split_scratch's (partials, counters) for GEMV plans that split K over blocks
     graph: Any = None
     warm: bool = False
+    prompts: dict = field(default_factory=dict)   # prompt_graphs: padded length -> (ids, hidden, binding, graph id)
 
 
 class KernelEngine(DeviceStateMemory):
@@ -492,7 +503,8 @@ class KernelEngine(DeviceStateMemory):
     def __init__(self, model_path: str | Path, spec: dict, device: str = "gpu", max_length: int | None = None,
                  cuda_graph: bool = True, device_id: int = 0, weights: Weights | None = None,
                  chunk: int | None = None, prefill: str = "auto", gemv: str = "auto", pdl: bool | None = None,
-                 attention: str | None = None, step: str = "kernels", pipeline: bool = False):
+                 attention: str | None = None, step: str = "kernels", pipeline: bool = False,
+                 prompt_graphs: bool = False):
         if gemv not in GEMV_CHOICES:
             raise BadInputError(f"gemv must be one of {', '.join(GEMV_CHOICES)}, got {gemv!r}")
         if step not in S.STEP_CHOICES:
@@ -547,6 +559,7 @@ class KernelEngine(DeviceStateMemory):
             self.w = host
             self._dense = {}                                # id(Packed) -> float32 [N, K] for the twins
         self.cuda_graph = cuda_graph and self.xp is not np
+        self.prompt_graphs = bool(prompt_graphs) and self.cuda_graph    # the prompt pass replayed per length bucket
         self.prompt_hidden = False                          # the prompt graph stops before the LM head (GPU)
         self.prompt_graph = self._prompt_graph(model_path, prefill)
         self.weight_bytes = self.w.step_bytes()
@@ -598,8 +611,10 @@ class KernelEngine(DeviceStateMemory):
             if cut is not None:
                 model, spec = cut, dict(self.spec, vocab_size=self.hidden)
         try:
-            dec = FusedDecoder(model, spec, SessionOptions(device=device), max_length=self.capacity, cuda_graph=False)
+            dec = FusedDecoder(model, spec, SessionOptions(device=device), max_length=self.capacity,
+                               cuda_graph=self.prompt_graphs and model is not model_path)
             self.prompt_hidden = model is not model_path
+            self.prompt_graphs = self.prompt_graphs and self.prompt_hidden and not dec.picked_head
             return dec
         except (BadInputError, DeviceError) as e:
             if prefill == "onnxruntime":
@@ -840,6 +855,9 @@ class KernelEngine(DeviceStateMemory):
         """The fused graph's prompt call with its K/V outputs bound to our cache (same layout, per layer)."""
         from ..fused import DecodeState
         ort = self.prompt_graph
+        bucket = prompt_bucket(max(len(p) for p in prompts), self.capacity) if self.prompt_graphs else None
+        if bucket is not None:
+            return self._prefill_bucket(st, prompts, bucket)
         fst = DecodeState(batch=st.batch, kv=[st.cache[i, j] for i in range(self.num_layers) for j in (0, 1)],
                           ids=st.ids, seqlens=st.seqlens, logits=None)
         self.synchronize()                                # our stream's writes land before onnxruntime's stream reads
@@ -853,6 +871,41 @@ class KernelEngine(DeviceStateMemory):
             out = self.xp.empty((st.batch, self.vocab_size), np.float32)
             launch_gemv(self.k, "logits", self.w.head, x, None, self.eps, st.batch, out, ldo=self.vocab_size,
                         plan=self.plan(self.w.head, "logits", st.batch))
+        return out, None
+
+    def _prefill_bucket(self, st: State, prompts: Sequence[Sequence[int]], bucket: int):
+        """prompt_graphs: the cut fused graph's prompt call on prompts right-padded to `bucket` positions, its
+        inputs and outputs bound once to fixed buffers (the ids, the hidden states, our cache, our seqlens), captured
+        as a CUDA graph at its first use and replayed after (onnxruntime's gpu_graph_id), so its ~15 kernels a layer
+        cost one launch; then our head kernel on each row's last prompt position. The padded positions are computed
+        and written to the cache past each row's end, as for the shorter rows of any right-padded batch: a decode
+        step writes position len before anything attends to it."""
+        from ..fused import DecodeState
+        ort, xp, b = self.prompt_graph, self.xp, st.batch
+        lens = np.array([len(p) for p in prompts], np.int64)
+        ids = np.zeros((b, bucket), np.int64)
+        for i, p in enumerate(prompts):
+            ids[i, :len(p)] = p
+        if bucket not in st.prompts:
+            ids_d = xp.zeros((b, bucket), np.int64)
+            hidden = xp.zeros((b, bucket, self.hidden), ort.logits_dtype)
+            fst = DecodeState(batch=b, kv=[st.cache[i, j] for i in range(self.num_layers) for j in (0, 1)],
+                              ids=st.ids, seqlens=st.seqlens, logits=None)
+            total = np.array(bucket, np.int32)
+            ort._graphs += 1
+            st.prompts[bucket] = (ids_d, hidden, ort._binding(fst, ids_d, total, hidden), ort._graphs, total)
+        ids_d, hidden, binding, gid, _ = st.prompts[bucket]
+        self.synchronize()                                # our stream's writes land before onnxruntime's stream reads
+        with ort.on_stream():
+            ids_d[...] = xp.asarray(ids)
+            st.seqlens[...] = xp.asarray((lens - 1).astype(np.int32))
+            ort._run(binding, gid)
+        ort.synchronize()
+        with self.on_stream():
+            x = hidden[xp.arange(b), xp.asarray(lens - 1)].astype(np.float32)       # [B, H]
+            out = xp.empty((b, self.vocab_size), np.float32)
+            launch_gemv(self.k, "logits", self.w.head, x, None, self.eps, b, out, ldo=self.vocab_size,
+                        plan=self.plan(self.w.head, "logits", b))
         return out, None
 
     def prefill(self, st: State, prompts: Sequence[Sequence[int]]):
