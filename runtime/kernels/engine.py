@@ -24,7 +24,8 @@ faster (KernelEngine._tune). Two attention kernels (`attention=`): "v2"
 (attn_split: scores, softmax and P @ V in three phases). decode.cu is compiled one module a weight format (they
 depend on the head size only) plus one for attention (head size, GQA group, chunk). The prompt pass (prefill) is the
 fused graph's prompt call cut before its LM head where onnxruntime's CUDA provider loads (our head kernel then
-computes the last rows' logits), else the same math as dense matrix products (cuBLAS through CuPy; NumPy on CPU).
+computes the last rows' logits; `prompt_graphs=True`: padded to a length bucket and replayed as a CUDA graph), else the
+same math as dense matrix products (cuBLAS through CuPy; NumPy on CPU).
 With NumPy arrays (CPU hosts, CI) every step kernel is replaced by its NumPy twin (engine_reference.py).
 
 Shapes: B batch rows, C cache capacity, H hidden, NH / KVH query / key-value heads, D head size, I FFN size.
