@@ -421,6 +421,17 @@ class FusedDecoder(DeviceStateMemory):
         b.bind_output("logits", dev, self.device_id, self.logits_dtype, list(logits.shape), self._ptr(logits))
         return b
 
+    def bind_call(self, st: DecodeState, ids, total: np.ndarray, out):
+        """A call bound once to fixed buffers (st's cache and seqlens, `ids`, the output `out`; `total` the
+        total_sequence_length it always runs at), for replay as its own CUDA graph (with cuda_graph=True): ->
+        (binding, graph id) for run_bound. The caller writes new values into the same buffers before each run."""
+        self._graphs += 1
+        return self._binding(st, ids, total, out), self._graphs
+
+    def run_bound(self, binding, graph_id: int) -> None:
+        """Run a bind_call binding: captured as CUDA graph `graph_id` at its first runs, replayed after."""
+        self._run(binding, graph_id)
+
     def _run(self, binding, graph_id: int) -> None:
         ro = self._ort.RunOptions()
         if self.xp is not np:

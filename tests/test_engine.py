@@ -296,7 +296,7 @@ def test_both_attention_twins_give_the_fused_graphs_tokens(models, attention):
 
 def test_prompt_buckets_pad_up_and_stop_at_the_cache():
     """prompt_graphs' padded lengths: the smallest bucket that holds the prompt, none past the largest bucket or
-    the cache (those run as they are); on a CPU host the option is off (no CUDA graphs)."""
+    the cache (those run as they are)."""
     from paddle2ort.runtime.kernels.engine import PROMPT_BUCKETS, prompt_bucket
     assert [prompt_bucket(n, 4096) for n in (1, 16, 17, 128, 129, 512)] == [16, 16, 32, 128, 256, 512]
     assert prompt_bucket(513, 4096) is None and prompt_bucket(100, 120) is None

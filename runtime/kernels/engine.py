@@ -892,15 +892,14 @@ class KernelEngine(DeviceStateMemory):
             hidden = xp.zeros((b, bucket, self.hidden), ort.logits_dtype)
             fst = DecodeState(batch=b, kv=[st.cache[i, j] for i in range(self.num_layers) for j in (0, 1)],
                               ids=st.ids, seqlens=st.seqlens, logits=None)
-            total = np.array(bucket, np.int32)
-            ort._graphs += 1
-            st.prompts[bucket] = (ids_d, hidden, ort._binding(fst, ids_d, total, hidden), ort._graphs, total)
+            total = np.array(bucket, np.int32)                 # held: the binding refers to it
+            st.prompts[bucket] = (ids_d, hidden, *ort.bind_call(fst, ids_d, total, hidden), total)
         ids_d, hidden, binding, gid, _ = st.prompts[bucket]
         self.synchronize()                                # our stream's writes land before onnxruntime's stream reads
         with ort.on_stream():
             ids_d[...] = xp.asarray(ids)
             st.seqlens[...] = xp.asarray((lens - 1).astype(np.int32))
-            ort._run(binding, gid)
+            ort.run_bound(binding, gid)
         ort.synchronize()
         with self.on_stream():
             x = hidden[xp.arange(b), xp.asarray(lens - 1)].astype(np.float32)       # [B, H]
