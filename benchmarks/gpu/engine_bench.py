@@ -80,9 +80,11 @@ def time_decoder(dec, prompts: np.ndarray, new: int, reps: int, pad: int) -> dic
     return r
 
 
-def time_engine(path: Path, spec: dict, prompts: np.ndarray, new: int, reps: int, pad: int) -> dict:
-    """The kernel engine through the timing loop, one fused file (peer.bench's `--systems engine` rows)."""
-    dec = _decoder(OURS, path, spec, prompts.shape[1] + new)
+def time_engine(path: Path, spec: dict, prompts: np.ndarray, new: int, reps: int, pad: int,
+                system: str = OURS) -> dict:
+    """The kernel engine (or a variant of it, a key of ENGINE) through the timing loop, one fused file
+    (peer.bench's `--systems engine` / `engine-prompt-graphs` rows)."""
+    dec = _decoder(system, path, spec, prompts.shape[1] + new)
     try:
         r = time_decoder(dec, prompts, new, reps, pad)
         r["gpu_step_us"] = graph_step_us(dec, prompts.shape[0])
