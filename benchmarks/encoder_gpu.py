@@ -432,6 +432,8 @@ def _profile_calls(fn, sync, calls: int) -> dict:
     """CUPTI kernel records through torch.profiler (it sees onnxruntime's kernels and CUDA-graph replays too):
     per call, the GPU-busy time, the kernels, their time by family and the ten longest."""
     from torch.profiler import ProfilerActivity, profile
+
+    from .gpu.common import kernel_times
     for _ in range(5):
         fn()
     sync()
@@ -439,12 +441,8 @@ def _profile_calls(fn, sync, calls: int) -> dict:
         for _ in range(calls):
             fn()
         sync()
-    kernels = {}
-    for e in prof.key_averages():
-        t = getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
-        if t and e.count:
-            kernels[e.key[:120]] = {"count_per_call": e.count / calls, "us_per_call": t / calls,
-                                    "category": kernel_category(e.key)}
+    kernels = {k[:120]: {"count_per_call": n, "us_per_call": us, "category": kernel_category(k)}
+               for k, (n, us) in kernel_times(prof, calls).items()}
     cats: dict = {}
     for k in kernels.values():
         c = cats.setdefault(k["category"], {"us_per_call": 0.0, "kernels_per_call": 0.0})

@@ -193,3 +193,16 @@ def test_encoder_profile_sorts_kernels_into_families_and_counts_the_dense_flops(
     t, h, i, layers = 32 * 128, 768, 3072, 12
     assert linear_flops("bert_base") == layers * (8 * t * h * h + 4 * t * h * i)
     assert encoder_flops(layers, h, i, 32, 128) - linear_flops("bert_base") == layers * 4 * 32 * 128 * 128 * h
+
+
+def test_kernel_times_keep_device_kernels_per_call():
+    """The profiles' one reader of torch.profiler's averages: device kernels per call, names cut to `width`, host
+    events (no device time) left out."""
+    from types import SimpleNamespace as E
+
+    from paddle2ort.benchmarks.gpu.common import kernel_times
+    prof = E(key_averages=lambda: [E(key="nvjet_gemm_long_name", count=8, self_device_time_total=40.0),
+                                    E(key="cudaLaunchKernel", count=8, self_device_time_total=0),
+                                    E(key="old_torch_kernel", count=4, self_cuda_time_total=12.0)])
+    assert kernel_times(prof, 4) == {"nvjet_gemm_long_name": (2.0, 10.0), "old_torch_kernel": (1.0, 3.0)}
+    assert set(kernel_times(prof, 4, 5)) == {"nvjet", "old_t"}

@@ -93,3 +93,15 @@ def device_info() -> dict:
             vers[mod] = None
     info["versions"] = vers
     return info
+
+
+def kernel_times(prof, calls: int, width: int | None = None) -> dict[str, tuple[float, float]]:
+    """The CUDA kernels of a torch.profiler run (CUPTI: onnxruntime's, CuPy's and CUDA-graph replays too), per
+    call: {name[:width]: (launches, microseconds)} (width None: whole names); host-side events (no device time)
+    left out."""
+    out = {}
+    for e in prof.key_averages():
+        t = getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
+        if t and e.count:
+            out[e.key[:width]] = (e.count / calls, t / calls)
+    return out

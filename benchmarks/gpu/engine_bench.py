@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import CONFIGS, agreement, pad_id, random_prompts, special_ids
+from .common import CONFIGS, agreement, kernel_times, pad_id, random_prompts, special_ids
 
 log = logging.getLogger(__name__)
 
@@ -363,8 +363,9 @@ def markdown(res: dict) -> str:
 def variant_table(res: dict, variant: str = OURS_PIPE) -> str:
     """Ours beside one variant of ours from the same run, every config / weights / batch / scenario row: decode
     tokens/s a sequence, the captured step's GPU time alone, and the variant's speed over ours."""
-    lines = [f"| config | weights | batch | prompt+new | ours tok/s | {SHORT[variant]} tok/s | ratio | ours GPU µs/step "
-             f"| {SHORT[variant]} GPU µs/step |", "|---|---|---:|---|---:|---:|---:|---:|---:|"]
+    v_name = SHORT[variant]
+    lines = [f"| config | weights | batch | prompt+new | ours tok/s | {v_name} tok/s | ratio | ours GPU µs/step "
+             f"| {v_name} GPU µs/step |", "|---|---|---:|---|---:|---:|---:|---:|---:|"]
     for name in res["configs"]:
         for base in res["configs"][name]["rows"]:
             if base["system"] != OURS:
@@ -450,11 +451,7 @@ def profile_ttft(config: str, work: Path, out: Path, prompt: int = 128, reps: in
             for _ in range(reps):
                 once(False)
             torch.cuda.synchronize()
-        kernels = {}
-        for e in prof.key_averages():
-            t = getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
-            if t and e.count:
-                kernels[e.key[:100]] = {"count": e.count / reps, "us": t / reps}
+        kernels = {k: {"count": n, "us": us} for k, (n, us) in kernel_times(prof, reps, 100).items()}
         med = {k: float(np.median(v)) for k, v in times.items()}
         res["systems"][system] = {
             **med, "ttft_ms": med["prompt_pass_ms"] + med["first_token_ms"],

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import CONFIGS, FUSED_VARIANTS, agreement, device_info, median, pad_id, random_prompts, special_ids
+from .common import (CONFIGS, FUSED_VARIANTS, agreement, device_info, kernel_times, median, pad_id, random_prompts,
+                     special_ids)
 from .genai_config import genai_with_cuda_graph
 from .roofline import decode_row, initializer_bytes, op_counts, row_weight_bytes
 
@@ -128,11 +129,7 @@ def profile_ours(path: Path, spec: dict, prompts: np.ndarray, pad: int, steps: i
             gen.generate_next_token()
         dec.synchronize()
         wall = time.perf_counter() - t0
-    kernels = {}
-    for e in prof.key_averages():
-        t = getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
-        if t and e.count:
-            kernels[e.key[:90]] = {"count_per_step": e.count / steps, "us_per_step": t / steps}
+    kernels = {k: {"count_per_step": n, "us_per_step": us} for k, (n, us) in kernel_times(prof, steps, 90).items()}
     dec.release()
     busy = sum(k["us_per_step"] for k in kernels.values())
     top = dict(sorted(kernels.items(), key=lambda kv: -kv[1]["us_per_step"])[:15])

@@ -854,25 +854,32 @@ class KernelEngine(DeviceStateMemory):
 
     def _prefill_onnxruntime(self, st: State, prompts: Sequence[Sequence[int]]):
         """The fused graph's prompt call with its K/V outputs bound to our cache (same layout, per layer)."""
-        from ..fused import DecodeState
         ort = self.prompt_graph
         bucket = prompt_bucket(max(len(p) for p in prompts), self.capacity) if self.prompt_graphs else None
         if bucket is not None:
             return self._prefill_bucket(st, prompts, bucket)
-        fst = DecodeState(batch=st.batch, kv=[st.cache[i, j] for i in range(self.num_layers) for j in (0, 1)],
-                          ids=st.ids, seqlens=st.seqlens, logits=None)
         self.synchronize()                                # our stream's writes land before onnxruntime's stream reads
         with ort.on_stream():
-            logits, rows = ort.prefill(fst, prompts, 0)
+            logits, rows = ort.prefill(self._prompt_state(st), prompts, 0)
         ort.synchronize()
         if not self.prompt_hidden:
             return logits, rows
-        with self.on_stream():                            # "logits" are the final-norm hidden states: our LM head
-            x = logits[rows].astype(np.float32)           # on each row's last prompt position, [B, H]
-            out = self.xp.empty((st.batch, self.vocab_size), np.float32)
-            launch_gemv(self.k, "logits", self.w.head, x, None, self.eps, st.batch, out, ldo=self.vocab_size,
-                        plan=self.plan(self.w.head, "logits", st.batch))
-        return out, None
+        with self.on_stream():                            # "logits" are the final-norm hidden states
+            return self._head_of(st, logits[rows].astype(np.float32)), None
+
+    def _prompt_state(self, st: State):
+        """st's buffers as the fused graph's DecodeState: its K/V outputs bound to our cache (same layout, per
+        layer), our ids and seqlens."""
+        from ..fused import DecodeState
+        return DecodeState(batch=st.batch, kv=[st.cache[i, j] for i in range(self.num_layers) for j in (0, 1)],
+                           ids=st.ids, seqlens=st.seqlens, logits=None)
+
+    def _head_of(self, st: State, x):
+        """Our LM head on each row's last prompt position (float32 [B, H], on our stream) -> logits [B, V]."""
+        out = self.xp.empty((st.batch, self.vocab_size), np.float32)
+        launch_gemv(self.k, "logits", self.w.head, x, None, self.eps, st.batch, out, ldo=self.vocab_size,
+                    plan=self.plan(self.w.head, "logits", st.batch))
+        return out
 
     def _prefill_bucket(self, st: State, prompts: Sequence[Sequence[int]], bucket: int):
         """prompt_graphs: the cut fused graph's prompt call on prompts right-padded to `bucket` positions, its
@@ -881,7 +888,6 @@ class KernelEngine(DeviceStateMemory):
         cost one launch; then our head kernel on each row's last prompt position. The padded positions are computed
         and written to the cache past each row's end, as for the shorter rows of any right-padded batch: a decode
         step writes position len before anything attends to it."""
-        from ..fused import DecodeState
         ort, xp, b = self.prompt_graph, self.xp, st.batch
         lens = np.array([len(p) for p in prompts], np.int64)
         ids = np.zeros((b, bucket), np.int64)
@@ -890,10 +896,8 @@ class KernelEngine(DeviceStateMemory):
         if bucket not in st.prompts:
             ids_d = xp.zeros((b, bucket), np.int64)
             hidden = xp.zeros((b, bucket, self.hidden), ort.logits_dtype)
-            fst = DecodeState(batch=b, kv=[st.cache[i, j] for i in range(self.num_layers) for j in (0, 1)],
-                              ids=st.ids, seqlens=st.seqlens, logits=None)
             total = np.array(bucket, np.int32)                 # held: the binding refers to it
-            st.prompts[bucket] = (ids_d, hidden, *ort.bind_call(fst, ids_d, total, hidden), total)
+            st.prompts[bucket] = (ids_d, hidden, *ort.bind_call(self._prompt_state(st), ids_d, total, hidden), total)
         ids_d, hidden, binding, gid, _ = st.prompts[bucket]
         self.synchronize()                                # our stream's writes land before onnxruntime's stream reads
         with ort.on_stream():
@@ -902,11 +906,7 @@ class KernelEngine(DeviceStateMemory):
             ort.run_bound(binding, gid)
         ort.synchronize()
         with self.on_stream():
-            x = hidden[xp.arange(b), xp.asarray(lens - 1)].astype(np.float32)       # [B, H]
-            out = xp.empty((b, self.vocab_size), np.float32)
-            launch_gemv(self.k, "logits", self.w.head, x, None, self.eps, b, out, ldo=self.vocab_size,
-                        plan=self.plan(self.w.head, "logits", b))
-        return out, None
+            return self._head_of(st, hidden[xp.arange(b), xp.asarray(lens - 1)].astype(np.float32)), None
 
     def prefill(self, st: State, prompts: Sequence[Sequence[int]]):
         """Right-padded prompt pass: fills the cache at positions 0..len-1 -> (logits, rows): rows[b] picks row
