@@ -231,7 +231,7 @@ def test_prompt_pass_by_the_fused_graph_fills_our_cache(tiny):
 
 
 def test_captured_prompt_pass_matches_the_plain_one(tiny):
-    """prompt_graphs=True: the prompt pass right-padded to its length bucket and replayed as a CUDA graph gives the
+    """prompt_graphs (the default): the prompt pass right-padded to its length bucket and replayed as a CUDA graph gives the
     plain prompt pass's last logits (other GEMM shapes: within float16 rounding), for one row and for a batch of
     unequal rows, in two buckets of one engine, and the same bits on every replay."""
     from paddle2ort.runtime.kernels.engine import prompt_bucket
@@ -239,9 +239,9 @@ def test_captured_prompt_pass_matches_the_plain_one(tiny):
     if not gpu_available():
         pytest.skip("needs onnxruntime's CUDA provider")
     tmp, spec = tiny
-    plain = KernelEngine(tmp / "fp16.onnx", spec, device="gpu", max_length=300, prefill="onnxruntime")
-    graphed = KernelEngine(tmp / "fp16.onnx", spec, device="gpu", max_length=300, prefill="onnxruntime",
-                           prompt_graphs=True)
+    plain = KernelEngine(tmp / "fp16.onnx", spec, device="gpu", max_length=300, prefill="onnxruntime",
+                         prompt_graphs=False)
+    graphed = KernelEngine(tmp / "fp16.onnx", spec, device="gpu", max_length=300, prefill="onnxruntime")
     assert graphed.prompt_graphs and not plain.prompt_graphs
     assert prompt_bucket(10, 300) == 16 and prompt_bucket(100, 300) == 128 and prompt_bucket(600, 4096) is None
     for prompts in ([list(range(5, 15))], [list(range(3, 103))], [list(range(5, 15)), list(range(40, 140))]):

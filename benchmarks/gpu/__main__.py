@@ -31,7 +31,7 @@ def parser() -> argparse.ArgumentParser:
                    help="our fused variants (default: %(default)s)")
     b.add_argument("--systems", nargs="+", default=["genai", "hf-eager", "hf-compile"],
                    help="peers (default: %(default)s; 'engine': also our kernel engine on the same files; "
-                        "'engine-prompt-graphs': the engine with its prompt pass captured per length bucket; "
+                        "'engine-plain-prompt': the engine with its prompt pass launched as it is (prompt_graphs=False); "
                         "'none': ours only)")
     b.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="batch sizes (default: %(default)s)")
     b.add_argument("--prompt", type=int, default=128, help="prompt tokens (default: %(default)s)")

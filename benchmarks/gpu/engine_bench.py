@@ -32,14 +32,14 @@ OURS_NO_PDL = "ours (kernel engine, no PDL)"      # the default kernels launched
 OURS_ATT_V1 = "ours (kernel engine, v1 attention)"   # the three-phase attention kernel beside attn_online
 OURS_PERSISTENT = "ours (kernel engine, persistent step)"   # every layer in one kernel (persistent.py)
 OURS_PIPE = "ours (kernel engine, pipelined launch)"   # each kernel launched one kernel ahead (pipeline=True)
-OURS_PG = "ours (kernel engine, prompt graphs)"   # the prompt pass captured per padded length (prompt_graphs=True)
+OURS_PLAIN = "ours (kernel engine, plain prompt pass)"   # the prompt pass launched as it is (prompt_graphs=False)
 SHORT = {OURS: "ours", OURS_V1: "ours, v1 GEMVs", OURS_V2: "ours, v2 GEMVs", OURS_V3: "ours, v3 GEMVs",
          OURS_NO_PDL: "ours, no PDL", OURS_ATT_V1: "ours, v1 attention", OURS_PERSISTENT: "ours, persistent step",
-         OURS_PIPE: "ours, pipelined launch", OURS_PG: "ours, prompt graphs",
+         OURS_PIPE: "ours, pipelined launch", OURS_PLAIN: "ours, plain prompt pass",
          ORT: "onnxruntime"}  # plot legend
 # system -> KernelEngine options; run() sets OURS's from --gemv / --pdl / --attention, and the variants from OURS's
 ENGINE = {OURS: {"gemv": "auto", "pdl": None, "attention": None}, OURS_V1: {"gemv": "v1", "pdl": None}}
-ENGINE[OURS_PG] = dict(ENGINE[OURS], prompt_graphs=True)
+ENGINE[OURS_PLAIN] = dict(ENGINE[OURS], prompt_graphs=False)
 CHUNK: dict = {"chunk": None}                     # KernelEngine(chunk=...): run() sets it from --chunk
 
 
@@ -83,7 +83,7 @@ def time_decoder(dec, prompts: np.ndarray, new: int, reps: int, pad: int) -> dic
 def time_engine(path: Path, spec: dict, prompts: np.ndarray, new: int, reps: int, pad: int,
                 system: str = OURS) -> dict:
     """The kernel engine (or a variant of it, a key of ENGINE) through the timing loop, one fused file
-    (peer.bench's `--systems engine` / `engine-prompt-graphs` rows)."""
+    (peer.bench's `--systems engine` / `engine-plain-prompt` rows)."""
     dec = _decoder(system, path, spec, prompts.shape[1] + new)
     try:
         r = time_decoder(dec, prompts, new, reps, pad)
@@ -256,7 +256,7 @@ def run(a) -> dict:
     ENGINE[OURS_PERSISTENT] = dict(ENGINE[OURS], step="persistent")
     ENGINE[OURS_NO_PDL] = dict(ENGINE[OURS], pdl=False)
     ENGINE[OURS_PIPE] = dict(ENGINE[OURS], pipeline=True)
-    ENGINE[OURS_PG] = dict(ENGINE[OURS], prompt_graphs=True)
+    ENGINE[OURS_PLAIN] = dict(ENGINE[OURS], prompt_graphs=False)
     ENGINE[OURS_ATT_V1] = dict(ENGINE[OURS], attention="v1")
     ENGINE[OURS_V2] = dict(ENGINE[OURS], gemv="v2")
     ENGINE[OURS_V3] = dict(ENGINE[OURS], gemv="v3")
@@ -266,7 +266,7 @@ def run(a) -> dict:
            "systems": [OURS] + ([ORT] if a.ort else []) + ([OURS_NO_PDL] if a.also_no_pdl else [])
            + ([OURS_V3] if a.also_v3 else []) + ([OURS_V2] if a.also_v2 else []) + ([OURS_V1] if a.also_v1 else [])
            + ([OURS_ATT_V1] if a.also_attention_v1 else []) + ([OURS_PERSISTENT] if a.also_persistent_step else [])
-           + ([OURS_PIPE] if a.also_pipeline else []) + ([OURS_PG] if a.also_prompt_graphs else []),
+           + ([OURS_PIPE] if a.also_pipeline else []) + ([OURS_PLAIN] if a.also_plain_prompt else []),
            "configs": {}}
     if a.gguf:
         try:
@@ -426,7 +426,7 @@ def profile_ttft(config: str, work: Path, out: Path, prompt: int = 128, reps: in
     rows = random_prompts(np.random.default_rng(7), 1, prompt, spec.vocab_size, special_ids(CONFIGS[config])).tolist()
     res = {"config": config, "prompt": prompt, "batch": 1, "reps": reps, "device": None, "systems": {}}
     first = {}                                          # the prompt's last logits of each engine variant
-    for system in (OURS, OURS_PG, ORT):
+    for system in (OURS_PLAIN, OURS, ORT):
         dec = _decoder(system, path, spec.to_json(), prompt + 8)
         cfg = GenerationConfig(max_new_tokens=4)
         times = {"prompt_pass_ms": [], "first_token_ms": []}
@@ -466,7 +466,7 @@ def profile_ttft(config: str, work: Path, out: Path, prompt: int = 128, reps: in
             first[system] = dec.host(logits).astype(np.float32).ravel()
             dec.release()
         del dec
-    a, b = first[OURS], first[OURS_PG]
+    a, b = first[OURS_PLAIN], first[OURS]
     res["prompt_graphs_vs_plain"] = {"max_abs_diff_over_range": float(np.abs(a - b).max() / np.ptp(a)),
                                      "same_argmax": bool(a.argmax() == b.argmax())}
     log.info("prompt graphs vs the plain prompt pass: %s", res["prompt_graphs_vs_plain"])
@@ -510,9 +510,8 @@ def main(argv=None) -> int:
                    help="the engine with every layer in one persistent kernel (step='persistent') as another system")
     r.add_argument("--also-pipeline", action="store_true",
                    help="the engine with each kernel launched one kernel ahead (pipeline=True) as another system")
-    r.add_argument("--also-prompt-graphs", action="store_true",
-                   help="the engine with its prompt pass captured per padded length (prompt_graphs=True) as another "
-                        "system")
+    r.add_argument("--also-plain-prompt", action="store_true",
+                   help="the engine with its prompt pass launched as it is (prompt_graphs=False) as another system")
     r.add_argument("--also-attention-v1", action="store_true",
                    help="the engine with the v1 (three-phase) attention kernel as another system")
     t = sub.add_parser("ttft", help="where the first token's time goes (prompt pass, first step; GPU-busy, kernels)")

@@ -266,10 +266,12 @@ def bench(args) -> dict:
                 from .engine_bench import time_engine
                 attempt(f"ours-engine-{prec} b{b}", lambda: add(f"ours-engine-{prec}", prec, b, time_engine(
                     paths[prec], spec_j, prompts, args.new, args.reps, pad)))
-            if "engine-prompt-graphs" in args.systems:   # the same with its prompt pass captured per length bucket
-                from .engine_bench import OURS_PG, time_engine
-                attempt(f"ours-engine-pg-{prec} b{b}", lambda: add(f"ours-engine-pg-{prec}", prec, b, time_engine(
-                    paths[prec], spec_j, prompts, args.new, args.reps, pad, OURS_PG)))
+            if "engine-plain-prompt" in args.systems:    # the same with its prompt pass launched as it is
+                from .engine_bench import OURS_PLAIN, time_engine
+                attempt(f"ours-engine-plain-{prec} b{b}", lambda: add(f"ours-engine-plain-{prec}", prec, b,
+                                                                      time_engine(paths[prec], spec_j, prompts,
+                                                                                  args.new, args.reps, pad,
+                                                                                  OURS_PLAIN)))
         if "genai" in args.systems and genai_error is None:
             for name, d in (("onnxruntime-genai", genai_dir), ("onnxruntime-genai (CUDA graph)", genai_graph_dir)):
                 attempt(f"{name} b{b}", lambda: add(name, "fp16", b, time_genai(d, prompts, args.new, args.reps)))
