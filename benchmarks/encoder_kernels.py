@@ -1,0 +1,171 @@
+"""Our kernel encoder (runtime/kernels/encoder.KernelEncoder: cuBLASLt epilogue GEMMs + encoder.cu, one CUDA graph
+a shape) against PyTorch on the same weights, in one run (issue 17's GPU target, measured before the encoder is put
+behind the bundle and the classifier).
+
+Per geometry (MiniLM-L6, ERNIE-3.0-Medium, BERT-base): transformers' BertModel with its random initialisation
+(N(0, 0.02)), FP16; our encoder gets the same weights (`weights_from_bert`). Parity first: the last hidden states of
+both on the same right-padded rows (the GPU encoder table's rows: the second half of a batch padded from position
+64), judged on the unpadded positions by the max and mean absolute difference over the range of torch's output (our
+GELU is the tanh form, BertModel's the erf form). Then ms per batch of batch x 128 tokens, median of `--repeats`
+calls after 10 warm-up: ours replaying its CUDA graph on inputs already in its buffers (as the ONNX rows of the GPU
+encoder table do), torch eager and torch.compile(mode="reduce-overhead") (module call + synchronize).
+
+    python -m paddle2ort.benchmarks.encoder_kernels run --out DIR     # there (GPU)
+    python -m paddle2ort.benchmarks.encoder_kernels report DIR/kernel-encoder.json
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .encoder_gpu import BATCHES, GEOMETRIES, SEQ, _median_ms, _rows_mask, _torch_model
+
+log = logging.getLogger(__name__)
+
+OURS = "ours kernel encoder fp16 CUDA graph"
+REF = "torch reduce-overhead fp16"
+PARITY_MAX, PARITY_MEAN = 2e-2, 2e-3      # of torch's output range, on the unpadded positions
+
+
+def weights_from_bert(net):
+    """A transformers BertModel's weights as EncoderWeights (float16): Q, K, V packed into one [H, 3H] product,
+    every nn.Linear's [out, in] weight transposed to the GEMM's [in, out]."""
+    from paddle2ort.runtime.kernels.encoder import EncoderWeights, Layer
+    sd = {k: v.detach().float().cpu().numpy().astype(np.float16) for k, v in net.state_dict().items()}
+    emb, cfg = "embeddings.", net.config
+
+    def lin(p):
+        return np.ascontiguousarray(sd[p + ".weight"].T), sd[p + ".bias"]
+
+    layers = []
+    for i in range(cfg.num_hidden_layers):
+        p = f"encoder.layer.{i}."
+        q, k, v = (lin(p + f"attention.self.{n}") for n in ("query", "key", "value"))
+        wo, bo = lin(p + "attention.output.dense")
+        w1, b1 = lin(p + "intermediate.dense")
+        w2, b2 = lin(p + "output.dense")
+        layers.append(Layer(np.ascontiguousarray(np.concatenate([q[0], k[0], v[0]], 1)),
+                            np.concatenate([q[1], k[1], v[1]]), wo, bo,
+                            (sd[p + "attention.output.LayerNorm.weight"], sd[p + "attention.output.LayerNorm.bias"]),
+                            w1, b1, w2, b2, (sd[p + "output.LayerNorm.weight"], sd[p + "output.LayerNorm.bias"])))
+    return EncoderWeights(sd[emb + "word_embeddings.weight"], sd[emb + "position_embeddings.weight"],
+                          sd[emb + "token_type_embeddings.weight"],
+                          (sd[emb + "LayerNorm.weight"], sd[emb + "LayerNorm.bias"]), layers,
+                          cfg.num_attention_heads, float(cfg.layer_norm_eps))
+
+
+def _inputs(b: int):
+    ids = np.random.default_rng(b).integers(1000, 30000, (b, SEQ)).astype(np.int64)
+    mask = _rows_mask(b)
+    ids[mask == 0] = 0
+    return ids, mask
+
+
+def parity(ours: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> dict:
+    keep = mask.astype(bool)
+    d = np.abs(ours.astype(np.float32) - ref.astype(np.float32))[keep]
+    rng = float(np.ptp(ref.astype(np.float32)[keep]))
+    return {"max_abs_over_range": float(d.max() / rng), "mean_abs_over_range": float(d.mean() / rng),
+            "ok": bool(d.max() / rng <= PARITY_MAX and d.mean() / rng <= PARITY_MEAN)}
+
+
+def run(out: Path, repeats: int, geometries: list[str], compile_torch: bool = True) -> dict:
+    import torch
+
+    from paddle2ort.runtime.kernels.encoder import KernelEncoder
+
+    from .gpu.common import device_info
+    res = {"benchmark": "kernel encoder vs PyTorch (issue 17)", "device": device_info(), "seq": SEQ,
+           "repeats": repeats, "rows": [], "parity": {}, "parity_limits": [PARITY_MAX, PARITY_MEAN],
+           "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    for geom in geometries:
+        torch.manual_seed(0)
+        net = _torch_model(geom).half().cuda()
+        enc = KernelEncoder(weights_from_bert(net))
+        ids, mask = _inputs(8)
+        with torch.inference_mode():
+            ref = net(input_ids=torch.from_numpy(ids).cuda(),
+                      attention_mask=torch.from_numpy(mask).cuda()).last_hidden_state.float().cpu().numpy()
+        got = enc.forward(ids, mask.sum(1))
+        res["parity"][geom] = parity(enc.xp.asnumpy(got), ref, mask)
+        log.info("%s parity vs torch: %s", geom, res["parity"][geom])
+        for b in BATCHES:
+            ids, mask = _inputs(b)
+            buf = enc.load(ids, mask.sum(1))
+            ms = _median_ms(lambda: enc.run(b, SEQ), repeats, sync=buf.stream.synchronize)
+            res["rows"].append({"system": OURS, "geometry": geom, "batch": b, "seq": SEQ, "ms": ms})
+            log.info("%s", res["rows"][-1])
+        for mode in ("eager", "reduce-overhead") if compile_torch else ("eager",):
+            fn = net if mode == "eager" else torch.compile(net, mode=mode, dynamic=False)
+            ids, mask = _inputs(32)
+            ti, tm = torch.from_numpy(ids).cuda(), torch.from_numpy(mask).cuda()
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                ms = _median_ms(lambda: fn(input_ids=ti, attention_mask=tm), repeats, sync=torch.cuda.synchronize)
+            res["rows"].append({"system": f"torch {mode} fp16", "geometry": geom, "batch": 32, "seq": SEQ, "ms": ms,
+                                "first_call_and_timing_s": round(time.perf_counter() - t0, 1)})
+            log.info("%s", res["rows"][-1])
+        del net, enc
+        torch.cuda.empty_cache()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "kernel-encoder.json").write_text(json.dumps(res, indent=1))
+    return res
+
+
+def speedup(res: dict, geom: str, peer: str = REF, batch: int = 32) -> float:
+    """peer ms / ours ms at batch x 128 (> 1: ours faster)."""
+    row = {(r["system"], r["geometry"], r["batch"]): r["ms"] for r in res["rows"]}
+    return row[(peer, geom, batch)] / row[(OURS, geom, batch)]
+
+
+def report(res: dict) -> str:
+    lines = [f"# Kernel encoder vs PyTorch ({res['device'].get('gpu', 'GPU')})", "",
+             f"ms per batch of batch x {res['seq']} tokens, FP16, median of {res['repeats']}; the same weights in "
+             "both (BertModel's random initialisation).", "",
+             "| geometry | system | batch 1 | batch 8 | batch 32 | reduce-overhead / this (b32) |",
+             "|---|---|---:|---:|---:|---:|"]
+    row = {(r["system"], r["geometry"], r["batch"]): r["ms"] for r in res["rows"]}
+    for geom in dict.fromkeys(r["geometry"] for r in res["rows"]):
+        for system in dict.fromkeys(r["system"] for r in res["rows"] if r["geometry"] == geom):
+            cells = [f"{row[(system, geom, b)]:.3f}" if (system, geom, b) in row else "-" for b in BATCHES]
+            ratio = (f"{row[(REF, geom, 32)] / row[(system, geom, 32)]:.2f}x"
+                     if (REF, geom, 32) in row and (system, geom, 32) in row else "-")
+            lines.append(f"| {geom} | {system} | {' | '.join(cells)} | {ratio} |")
+    lines += ["", "Parity with torch on the same weights and rows (unpadded positions; limits: max "
+              f"{res['parity_limits'][0]:g}, mean {res['parity_limits'][1]:g} of torch's output range):", "",
+              "| geometry | max abs diff / range | mean abs diff / range | within |", "|---|---:|---:|---|"]
+    for geom, p in res["parity"].items():
+        lines.append(f"| {geom} | {p['max_abs_over_range']:.2e} | {p['mean_abs_over_range']:.2e} | "
+                     f"{'yes' if p['ok'] else 'NO'} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m paddle2ort.benchmarks.encoder_kernels", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="there (GPU): parity with torch, then the timings")
+    r.add_argument("--out", type=Path, required=True)
+    r.add_argument("--repeats", type=int, default=50)
+    r.add_argument("--geometries", nargs="+", default=list(GEOMETRIES), choices=list(GEOMETRIES))
+    r.add_argument("--no-compile", action="store_true", help="skip torch.compile (eager only)")
+    w = sub.add_parser("report", help="Markdown beside a results JSON")
+    w.add_argument("json", type=Path)
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if a.cmd == "run":
+        res = run(a.out, a.repeats, a.geometries, not a.no_compile)
+        (a.out / "kernel-encoder.md").write_text(report(res))
+        return 0 if all(p["ok"] for p in res["parity"].values()) else 1
+    a.json.with_suffix(".md").write_text(report(json.loads(a.json.read_text())))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

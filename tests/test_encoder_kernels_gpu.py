@@ -1,0 +1,53 @@
+"""encoder.cu's kernels and the KernelEncoder on the GPU against their NumPy twins (runtime/kernels/encoder.py), and
+the captured CUDA graph against the launched pass. Skipped without CuPy and a CUDA device."""
+import numpy as np
+import pytest
+
+from paddle2ort.runtime.kernels import encoder as E
+
+cp = pytest.importorskip("cupy")
+try:
+    HAVE_GPU = cp.cuda.runtime.getDeviceCount() > 0
+except Exception:                                        # no driver
+    HAVE_GPU = False
+pytestmark = pytest.mark.skipif(not HAVE_GPU, reason="needs a CUDA device")
+
+
+def _rel(got, want):
+    return float(np.abs(cp.asnumpy(got).astype(np.float32) - want).max() / max(np.abs(want).max(), 1e-6))
+
+
+@pytest.mark.parametrize("b, s, nh, d, lens", [(2, 128, 12, 64, [128, 64]), (3, 100, 4, 32, [100, 1, 0]),
+                                                (1, 200, 2, 128, [131]), (4, 16, 12, 32, [16, 3, 8, 15]),
+                                                (2, 64, 6, 64, [64, 63])])
+def test_attention_kernel_matches_its_twin(b, s, nh, d, lens):
+    rng = np.random.default_rng(s + d)
+    qkv = rng.normal(size=(b * s, 3 * nh * d)).astype(np.float16)
+    out = cp.zeros((b * s, nh * d), np.float16)
+    E.launch_attention(cp.asarray(qkv), cp.asarray(np.array(lens, np.int32)), out, nh, s, 1 / np.sqrt(d))
+    want = E.attention_reference(qkv, np.array(lens), nh, 1 / np.sqrt(d))
+    assert _rel(out, want) < 1e-2
+
+
+@pytest.mark.parametrize("rows, h", [(37, 384), (256, 768), (5, 1024), (3, 8)])
+def test_layer_norm_kernel_matches_its_twin(rows, h):
+    rng = np.random.default_rng(h)
+    x, g, b = (rng.normal(1, 3, size=(rows, h)).astype(np.float16), rng.normal(size=h).astype(np.float16),
+               rng.normal(size=h).astype(np.float16))
+    out = cp.zeros((rows, h), np.float16)
+    E.launch_layer_norm(cp.asarray(x), cp.asarray(g), cp.asarray(b), out, 1e-12)
+    assert _rel(out, E.layer_norm_reference(x, g, b, 1e-12)) < 5e-3
+
+
+@pytest.mark.parametrize("hidden, heads", [(384, 12), (768, 12)])
+def test_the_encoder_matches_its_twin_and_its_graph_the_launched_pass(hidden, heads):
+    w = E.random_weights(layers=2, hidden=hidden, heads=heads, inter=4 * hidden, vocab=1000, positions=512, std=0.05)
+    rng = np.random.default_rng(hidden)
+    ids, lens = rng.integers(0, 1000, (4, 128)), np.array([128, 64, 1, 100])
+    want = E.forward_reference(w, ids, lens).reshape(4, 128, -1)
+    graphed = E.KernelEncoder(w)
+    got = cp.asnumpy(graphed.forward(ids, lens)).astype(np.float32)
+    assert np.abs(got - want).max() < 3e-2 * np.abs(want).max()
+    again = cp.asnumpy(graphed.forward(ids, lens))                # the replay
+    launched = cp.asnumpy(E.KernelEncoder(w, cuda_graph=False).forward(ids, lens))
+    assert np.array_equal(again, got.astype(np.float16)) and np.array_equal(launched, again)
