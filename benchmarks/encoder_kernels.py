@@ -29,6 +29,7 @@ from .encoder_gpu import BATCHES, GEOMETRIES, SEQ, _median_ms, _rows_mask, _torc
 log = logging.getLogger(__name__)
 
 OURS = "ours kernel encoder fp16 CUDA graph"
+OURS_AW8 = "ours kernel encoder fp16 CUDA graph, 8-warp attention blocks"
 REF = "torch reduce-overhead fp16"
 PARITY_MAX, PARITY_MEAN = 2e-2, 2e-3      # of torch's output range, on the unpadded positions
 
@@ -95,12 +96,17 @@ def run(out: Path, repeats: int, geometries: list[str], compile_torch: bool = Tr
         got = enc.forward(ids, mask.sum(1))
         res["parity"][geom] = parity(enc.xp.asnumpy(got), ref, mask)
         log.info("%s parity vs torch: %s", geom, res["parity"][geom])
-        for b in BATCHES:
-            ids, mask = _inputs(b)
-            buf = enc.load(ids, mask.sum(1))
-            ms = _median_ms(lambda: enc.run(b, SEQ), repeats, sync=buf.stream.synchronize)
-            res["rows"].append({"system": OURS, "geometry": geom, "batch": b, "seq": SEQ, "ms": ms})
-            log.info("%s", res["rows"][-1])
+        for system, e in ((OURS, enc), (OURS_AW8, KernelEncoder(enc.host, attention_warps=8))):
+            for b in BATCHES:
+                ids, mask = _inputs(b)
+                buf = e.load(ids, mask.sum(1))
+                ms = _median_ms(lambda: e.run(b, SEQ), repeats, sync=buf.stream.synchronize)
+                res["rows"].append({"system": system, "geometry": geom, "batch": b, "seq": SEQ, "ms": ms})
+                log.info("%s", res["rows"][-1])
+            if system == OURS:
+                res.setdefault("breakdown", {})[geom] = breakdown(e, 32, res["rows"][-1]["ms"])
+                log.info("%s breakdown: %s", geom, res["breakdown"][geom])
+            del e
         for mode in ("eager", "reduce-overhead") if compile_torch else ("eager",):
             fn = net if mode == "eager" else torch.compile(net, mode=mode, dynamic=False)
             ids, mask = _inputs(32)
@@ -116,6 +122,32 @@ def run(out: Path, repeats: int, geometries: list[str], compile_torch: bool = Tr
     out.mkdir(parents=True, exist_ok=True)
     (out / "kernel-encoder.json").write_text(json.dumps(res, indent=1))
     return res
+
+
+def breakdown(enc, batch: int, forward_ms: float) -> dict:
+    """Each kernel of a forward at batch x SEQ timed alone in a CUDA graph of 50 calls on the bound buffers (one
+    layer's, times the layers), beside the forward: what is left is the gaps between the kernels of the graph."""
+    from paddle2ort.runtime.kernels import encoder as E
+
+    from .encoder_epilogue import _time
+    buf, w, lt, l = enc.buffers(batch, SEQ), enc.w, enc.lt, enc.w.layers[0]
+    cp, n = enc.xp, len(enc.w.layers)
+    parts = {
+        "embed + LayerNorm": (1, lambda: E.launch_embed(buf.ids, buf.types, w, buf.tmp, buf.x, SEQ)),
+        "QKV GEMM (bias)": (n, lambda: lt(buf.x, l.wqkv, buf.qkv, bias=l.bqkv, epilogue="bias")),
+        "attention": (n, lambda: E.launch_attention(buf.qkv, buf.lens, buf.att, enc.num_heads, SEQ, enc.scale,
+                                                    enc.attention_warps)),
+        "O GEMM (bias + residual)": (n, lambda: lt(buf.att, l.wo, buf.tmp, bias=l.bo, residual=buf.x,
+                                                   epilogue="bias")),
+        "LayerNorm (x2)": (2 * n, lambda: E.launch_layer_norm(buf.tmp, *l.ln1, buf.att, enc.eps)),
+        "FFN-up GEMM (bias + GELU)": (n, lambda: lt(buf.x, l.w1, buf.ff, bias=l.b1, epilogue="gelu_bias")),
+        "FFN-down GEMM (bias + residual)": (n, lambda: lt(buf.ff, l.w2, buf.tmp, bias=l.b2, residual=buf.x,
+                                                          epilogue="bias")),
+    }
+    us = {k: times * _time(cp, fn, 50, 7)[0] for k, (times, fn) in parts.items()}
+    total = sum(us.values())
+    return {"batch": batch, "us_per_forward": us, "kernels_sum_us": total, "forward_us": 1e3 * forward_ms,
+            "gaps_us": 1e3 * forward_ms - total}
 
 
 def speedup(res: dict, geom: str, peer: str = REF, batch: int = 32) -> float:
@@ -143,6 +175,11 @@ def report(res: dict) -> str:
     for geom, p in res["parity"].items():
         lines.append(f"| {geom} | {p['max_abs_over_range']:.2e} | {p['mean_abs_over_range']:.2e} | "
                      f"{'yes' if p['ok'] else 'NO'} |")
+    for geom, bd in res.get("breakdown", {}).items():
+        lines += ["", f"{geom}, batch {bd['batch']}: each kernel alone in a CUDA graph, per forward (us): "
+                  + ", ".join(f"{k} {v:.0f}" for k, v in bd["us_per_forward"].items())
+                  + f"; sum {bd['kernels_sum_us']:.0f} against the forward's {bd['forward_us']:.0f} "
+                  f"(gaps and cache effects: {bd['gaps_us']:.0f})."]
     return "\n".join(lines) + "\n"
 
 

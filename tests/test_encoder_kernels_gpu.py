@@ -17,14 +17,15 @@ def _rel(got, want):
     return float(np.abs(cp.asnumpy(got).astype(np.float32) - want).max() / max(np.abs(want).max(), 1e-6))
 
 
+@pytest.mark.parametrize("warps", E.ATTENTION_WARPS)
 @pytest.mark.parametrize("b, s, nh, d, lens", [(2, 128, 12, 64, [128, 64]), (3, 100, 4, 32, [100, 1, 0]),
                                                 (1, 200, 2, 128, [131]), (4, 16, 12, 32, [16, 3, 8, 15]),
                                                 (2, 64, 6, 64, [64, 63])])
-def test_attention_kernel_matches_its_twin(b, s, nh, d, lens):
+def test_attention_kernel_matches_its_twin(b, s, nh, d, lens, warps):
     rng = np.random.default_rng(s + d)
     qkv = rng.normal(size=(b * s, 3 * nh * d)).astype(np.float16)
     out = cp.zeros((b * s, nh * d), np.float16)
-    E.launch_attention(cp.asarray(qkv), cp.asarray(np.array(lens, np.int32)), out, nh, s, 1 / np.sqrt(d))
+    E.launch_attention(cp.asarray(qkv), cp.asarray(np.array(lens, np.int32)), out, nh, s, 1 / np.sqrt(d), warps)
     want = E.attention_reference(qkv, np.array(lens), nh, 1 / np.sqrt(d))
     assert _rel(out, want) < 1e-2
 

@@ -8,7 +8,9 @@
 #define HD 64
 #endif
 #define KB 64               // keys a block loads per step
-#define AW 4                // warps per attention block, 16 queries each
+#ifndef AW
+#define AW 4                // warps per attention block, 16 queries each (a -D option: 4 or 8)
+#endif
 #define LN_VPL 4            // layer_norm: up to 4 x 8 float16 a lane (hidden size <= 1024)
 #define P2O_NEG_INF __int_as_float(0xff800000)
 
@@ -134,7 +136,7 @@ extern "C" __global__ void embed_layer_norm_f16(const long long* __restrict__ id
 // Multi-head attention straight from the packed QKV product (no bias pass, no transpose: the bias rode the GEMM's
 // epilogue and the heads are read where the GEMM wrote them). qkv [B*S, 3H] (Q | K | V, head h at h*HD in each),
 // lens [B]: keys at positions >= lens[b] are masked (right padding, onnxruntime's 1-D key-length mask_index);
-// out [B*S, H]. Grid (B * NH, ceil(S / 64)), AW warps a block, 16 queries a warp; keys in steps of KB through
+// out [B*S, H]. Grid (B * NH, ceil(S / (16 AW))), AW warps a block, 16 queries a warp; keys in steps of KB through
 // shared memory with an online softmax (flash attention, tensor cores: mma.sync m16n8k16, float32 accumulation).
 // Fragment layouts (g = lane / 4, t = lane % 4): A row g / g+8, columns 2t, 2t+1 (+8); B rows 2t, 2t+1 (+8),
 // column g; C rows g / g+8, columns 2t, 2t+1. The score tile's C fragments are the A fragments of P @ V.
