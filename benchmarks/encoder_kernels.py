@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 
 OURS = "ours kernel encoder fp16 CUDA graph"
 OURS_AW8 = "ours kernel encoder fp16 CUDA graph, 8-warp attention blocks"
+OURS_KB128 = "ours kernel encoder fp16 CUDA graph, 128-key attention steps"
+OURS_UNTUNED = "ours kernel encoder fp16 CUDA graph, cuBLASLt heuristic's first algorithm"
+VARIANTS = {OURS: {}, OURS_UNTUNED: {"gemm_tune": False}, OURS_AW8: {"attention_warps": 8},
+            OURS_KB128: {"attention_keys": 128}}
 REF = "torch reduce-overhead fp16"
 PARITY_MAX, PARITY_MEAN = 2e-2, 2e-3      # of torch's output range, on the unpadded positions
 
@@ -96,7 +100,10 @@ def run(out: Path, repeats: int, geometries: list[str], compile_torch: bool = Tr
         got = enc.forward(ids, mask.sum(1))
         res["parity"][geom] = parity(enc.xp.asnumpy(got), ref, mask)
         log.info("%s parity vs torch: %s", geom, res["parity"][geom])
-        for system, e in ((OURS, enc), (OURS_AW8, KernelEncoder(enc.host, attention_warps=8))):
+        for system, opts in VARIANTS.items():
+            if opts.get("attention_keys", 64) > 64 and enc.host.head_dim > 64:
+                continue
+            e = enc if system == OURS else KernelEncoder(enc.host, **opts)
             for b in BATCHES:
                 ids, mask = _inputs(b)
                 buf = e.load(ids, mask.sum(1))
@@ -104,6 +111,9 @@ def run(out: Path, repeats: int, geometries: list[str], compile_torch: bool = Tr
                 res["rows"].append({"system": system, "geometry": geom, "batch": b, "seq": SEQ, "ms": ms})
                 log.info("%s", res["rows"][-1])
             if system == OURS:
+                res.setdefault("gemm_tuning", {})[geom] = [
+                    {"T": k[0], "N": k[1], "K": k[2], "epilogue": k[3], "residual": k[4], **v}
+                    for k, v in e.lt.tuned.items()]
                 res.setdefault("breakdown", {})[geom] = breakdown(e, 32, res["rows"][-1]["ms"])
                 log.info("%s breakdown: %s", geom, res["breakdown"][geom])
             del e
@@ -136,7 +146,7 @@ def breakdown(enc, batch: int, forward_ms: float) -> dict:
         "embed + LayerNorm": (1, lambda: E.launch_embed(buf.ids, buf.types, w, buf.tmp, buf.x, SEQ)),
         "QKV GEMM (bias)": (n, lambda: lt(buf.x, l.wqkv, buf.qkv, bias=l.bqkv, epilogue="bias")),
         "attention": (n, lambda: E.launch_attention(buf.qkv, buf.lens, buf.att, enc.num_heads, SEQ, enc.scale,
-                                                    enc.attention_warps)),
+                                                    enc.attention_warps, enc.attention_keys)),
         "O GEMM (bias + residual)": (n, lambda: lt(buf.att, l.wo, buf.tmp, bias=l.bo, residual=buf.x,
                                                    epilogue="bias")),
         "LayerNorm (x2)": (2 * n, lambda: E.launch_layer_norm(buf.tmp, *l.ln1, buf.att, enc.eps)),

@@ -99,10 +99,10 @@ def test_unfit_geometries_are_refused_by_name(hidden, heads, match):
 
 @pytest.mark.skipif(NVCC is None, reason="needs nvcc")
 def test_encoder_kernels_compile_for_every_head_size(tmp_path):
-    for hd, aw in [(hd, 4) for hd in E.HEAD_DIMS] + [(64, 8)]:
-        ptx = tmp_path / f"enc{hd}-{aw}.ptx"
-        r = subprocess.run([NVCC, "-std=c++17", "-arch=sm_90", f"-DHD={hd}", f"-DAW={aw}", "--ptx", str(E.SOURCE),
-                            "-o", str(ptx)], capture_output=True, text=True, timeout=300)
+    for hd, aw, kb in [(hd, 4, 64) for hd in E.HEAD_DIMS] + [(64, 8, 64), (64, 4, 128), (32, 8, 128)]:
+        ptx = tmp_path / f"enc{hd}-{aw}-{kb}.ptx"
+        r = subprocess.run([NVCC, "-std=c++17", "-arch=sm_90", f"-DHD={hd}", f"-DAW={aw}", f"-DKB={kb}", "--ptx",
+                            str(E.SOURCE), "-o", str(ptx)], capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-2000:]
         entries = set(re.findall(r"\.entry\s+(\w+)", ptx.read_text()))
         assert entries == {"layer_norm_f16", "embed_layer_norm_f16", "attention_qkv_f16"}

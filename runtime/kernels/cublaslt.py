@@ -117,12 +117,19 @@ def _ok(status: int, what: str) -> None:
         raise DeviceError(f"cuBLASLt {what} failed with status {status}")
 
 
-class LtMatmul:
-    """out = act(x @ w + bias) [+ residual] on the GPU, one cuBLASLt call; a plan (descriptors + the heuristic's
-    algorithm) per (T, N, K, epilogue, residual or not), made at first use. Capturable in a CUDA graph: the bias
-    pointer is a descriptor attribute, so a plan is made per bias buffer as well."""
+TUNE_CANDIDATES = 8       # tune=True: the heuristic's first 8 algorithms, each timed in a CUDA graph of 10 calls
 
-    def __init__(self):
+
+class LtMatmul:
+    """out = act(x @ w + bias) [+ residual] on the GPU, one cuBLASLt call; a plan (descriptors + an algorithm) per
+    (T, N, K, epilogue, residual or not), made at first use: tune=True times the heuristic's first TUNE_CANDIDATES
+    algorithms on the call's own buffers (not when the output is the residual: the timing would overwrite it) and
+    keeps the fastest, else the heuristic's first. Make plans outside a graph capture (a first launched pass);
+    afterwards the calls are capturable: the bias pointer is a descriptor attribute, so a plan is per bias buffer."""
+
+    def __init__(self, tune: bool = True):
+        self.tune = tune
+        self.tuned: dict[tuple, dict] = {}                # plan key -> {"us": [per candidate], "chosen": i}
         from .cuda import cupy
         self.cp = cp = cupy()
         self.lib = _lib()
@@ -133,9 +140,7 @@ class LtMatmul:
         self._alpha, self._one, self._zero = ctypes.c_float(1.0), ctypes.c_float(1.0), ctypes.c_float(0.0)
 
     def _plan(self, t: int, n: int, k: int, epilogue: str, residual: bool, bias_ptr: int):
-        key = (t, n, k, epilogue, residual, bias_ptr)
-        if key in self.plans:
-            return self.plans[key]
+        """-> (descriptor, layouts, the heuristic's usable algorithms, best first)."""
         lib, vp = self.lib, ctypes.c_void_p
         desc = vp()
         _ok(lib.cublasLtMatmulDescCreate(ctypes.byref(desc), CUBLAS_COMPUTE_32F, CUDA_R_32F), "matmul desc")
@@ -158,13 +163,50 @@ class LtMatmul:
         ws = ctypes.c_uint64(WORKSPACE_BYTES)
         _ok(lib.cublasLtMatmulPreferenceSetAttribute(pref, PREF_MAX_WORKSPACE_BYTES, ctypes.byref(ws), 8),
             "workspace preference")
-        result, found = _Heuristic(), ctypes.c_int(0)
-        _ok(lib.cublasLtMatmulAlgoGetHeuristic(self.handle, desc, *layouts, pref, 1, ctypes.byref(result),
+        results, found = (_Heuristic * TUNE_CANDIDATES)(), ctypes.c_int(0)
+        _ok(lib.cublasLtMatmulAlgoGetHeuristic(self.handle, desc, *layouts, pref, TUNE_CANDIDATES, results,
                                                ctypes.byref(found)), "heuristic")
-        if found.value < 1:
+        ok = [r for r in results[:found.value] if r.state == 0]
+        if not ok:
             raise DeviceError(f"cuBLASLt has no algorithm for ({t} x {k}) @ ({k} x {n}) with epilogue {epilogue}")
-        self.plans[key] = plan = (desc, layouts, result)
-        return plan
+        return desc, layouts, ok
+
+    def _launch(self, desc, layouts, algo, x, w, out, c, beta, stream_ptr) -> None:
+        la, lb, lc, ld = layouts
+        _ok(self.lib.cublasLtMatmul(self.handle, desc, ctypes.byref(self._alpha), w.data.ptr, la, x.data.ptr, lb,
+                                    ctypes.byref(beta), c.data.ptr, lc, out.data.ptr, ld, ctypes.byref(algo),
+                                    self.workspace.data.ptr, WORKSPACE_BYTES, stream_ptr), "matmul")
+
+    def _pick(self, key, desc, layouts, ok, x, w, out, c, beta) -> _Heuristic:
+        """The fastest candidate on these buffers: each in a CUDA graph of 10 calls, median of 3 replays."""
+        cp = self.cp
+        s = cp.cuda.Stream(non_blocking=True)
+        us = []
+        for cand in ok:
+            try:
+                self._launch(desc, layouts, cand.algo, x, w, out, c, beta, s.ptr)
+                s.begin_capture()
+                try:
+                    for _ in range(10):
+                        self._launch(desc, layouts, cand.algo, x, w, out, c, beta, s.ptr)
+                finally:
+                    g = s.end_capture()
+                g.launch(s)
+                times = []
+                for _ in range(3):
+                    a, b = cp.cuda.Event(), cp.cuda.Event()
+                    a.record(s)
+                    g.launch(s)
+                    b.record(s)
+                    b.synchronize()
+                    times.append(cp.cuda.get_elapsed_time(a, b) * 100.0)     # ms for 10 calls -> us a call
+                us.append(float(np.median(times)))
+            except Exception:  # noqa: BLE001 - a candidate that fails to run or capture is not chosen
+                s.synchronize()
+                us.append(float("inf"))
+        best = int(np.argmin(us))
+        self.tuned[key] = {"us": us, "chosen": best}
+        return ok[best]
 
     def __call__(self, x, w, out, bias=None, residual=None, epilogue: str = "none", stream=None):
         """x [T, K], w [K, N], out [T, N] (float16, C-contiguous CuPy arrays); bias [N]; residual [T, N] (may be
@@ -174,12 +216,17 @@ class LtMatmul:
         for name, a in (("x", x), ("w", w), ("out", out), ("bias", bias), ("residual", residual)):
             if a is not None and (a.dtype != np.float16 or not a.flags.c_contiguous):
                 raise BadInputError(f"{name} must be a C-contiguous float16 array, got {a.dtype}")
-        desc, (la, lb, lc, ld), result = self._plan(t, n, k, epilogue, residual is not None,
-                                                    0 if bias is None else int(bias.data.ptr))
+        key = (t, n, k, epilogue, residual is not None, 0 if bias is None else int(bias.data.ptr))
         c = residual if residual is not None else out
         beta = self._one if residual is not None else self._zero
-        s = (stream or self.cp.cuda.get_current_stream()).ptr
-        _ok(self.lib.cublasLtMatmul(self.handle, desc, ctypes.byref(self._alpha), w.data.ptr, la, x.data.ptr, lb,
-                                    ctypes.byref(beta), c.data.ptr, lc, out.data.ptr, ld, ctypes.byref(result.algo),
-                                    self.workspace.data.ptr, WORKSPACE_BYTES, s), "matmul")
+        stream = stream or self.cp.cuda.get_current_stream()
+        if key not in self.plans:
+            desc, layouts, ok = self._plan(*key)
+            chosen = ok[0]
+            if self.tune and len(ok) > 1 and c.data.ptr != out.data.ptr:
+                stream.synchronize()                        # the inputs are written before they are timed on
+                chosen = self._pick(key, desc, layouts, ok, x, w, out, c, beta)
+            self.plans[key] = (desc, layouts, chosen)
+        desc, layouts, chosen = self.plans[key]
+        self._launch(desc, layouts, chosen.algo, x, w, out, c, beta, stream.ptr)
         return out

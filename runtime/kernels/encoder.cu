@@ -7,7 +7,9 @@
 #ifndef HD
 #define HD 64
 #endif
-#define KB 64               // keys a block loads per step
+#ifndef KB
+#define KB 64               // keys a block loads per step (a -D option: 64 or 128; 128 only for HD <= 64, shared)
+#endif
 #ifndef AW
 #define AW 4                // warps per attention block, 16 queries each (a -D option: 4 or 8)
 #endif
