@@ -37,6 +37,19 @@ __device__ __forceinline__ float lane_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
 }
+__device__ __forceinline__ unsigned smem_addr(const void* p) {
+  unsigned r;
+  asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(r) : "l"(p));
+  return r;
+}
+// Four 8x8 float16 tiles of shared memory, transposed: lanes 8i..8i+7 give the row addresses of tile i, and each
+// lane gets, of every tile, the elements (rows 2t, 2t + 1; column g): an mma B fragment read from a row-major
+// [k][n] array (rows = k).
+__device__ __forceinline__ void ldsm_x4_trans(unsigned* r, unsigned addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
 __device__ __forceinline__ void mma16816(float* c, const unsigned* a, unsigned b0, unsigned b1) {
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
   asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
@@ -226,13 +239,15 @@ extern "C" __global__ void __launch_bounds__(AW * 32)
     for (int kc = 0; kc < KB / 16; ++kc) {
       const unsigned pa[4] = {pack2(s[2 * kc][0], s[2 * kc][1]), pack2(s[2 * kc][2], s[2 * kc][3]),
                               pack2(s[2 * kc + 1][0], s[2 * kc + 1][1]), pack2(s[2 * kc + 1][2], s[2 * kc + 1][3])};
-      const int r = kc * 16 + 2 * t;
+      // V's B fragments for two column tiles at a time: tiles (keys 0-7, d), (keys 8-15, d), (0-7, d + 1),
+      // (8-15, d + 1) of this 16-key chunk; lane l addresses row kc*16 + l % 16 of column tile d + l / 16
+      const unsigned row = smem_addr(&vs[kc * 16 + (lane & 15)][(lane >> 4) * 8]);
 #pragma unroll
-      for (int d = 0; d < HD / 8; ++d) {
-        const int c = d * 8 + g;
-        const unsigned b0 = (unsigned)vs[r][c] | ((unsigned)vs[r + 1][c] << 16);
-        const unsigned b1 = (unsigned)vs[r + 8][c] | ((unsigned)vs[r + 9][c] << 16);
-        mma16816(o[d], pa, b0, b1);
+      for (int d = 0; d < HD / 8; d += 2) {
+        unsigned b[4];
+        ldsm_x4_trans(b, row + d * 8 * 2);
+        mma16816(o[d], pa, b[0], b[1]);
+        mma16816(o[d + 1], pa, b[2], b[3]);
       }
     }
   }
