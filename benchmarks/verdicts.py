@@ -86,6 +86,7 @@ def ppl_change(precision: str, ref: tuple[str, str]) -> Callable[[dict], float]:
 OURS_FP16 = "ours-fp16-head32"           # the fused FP16 default: float16 graph, float32 LM head and logits
 GPU_05B, GPU_SMOL = "llm-gpu/run7/bench-qwen2.5-0.5b.json", "llm-gpu/run4/bench-smollm2-135m.json"
 ENC_GPU, ENC_CPU, ENC_CPU_GRAPHS = "encoder/gpu-h200-run3.json", "encoder/cpu-run5.json", "encoder/cpu.json"
+ENC_KERNELS = "encoder/kernel-encoder-run39/kernel-encoder.json"   # our kernel encoder beside torch, one run
 ENC_GPU_PROFILE = "encoder/gpu-h200-profile.json"   # issue 17: BERT-base b32 kernels by family (CUPTI), ours vs reduce-overhead
 ENC_OURS = "ours fused fp16 (key_lengths) CUDA graph"      # what FusionConfig() bundles for the GPU
 ENC_FP32, ENC_INT8 = "FP32-CPU fused-noskip", "INT8-CPU unfused"     # what FusionConfig() bundles on the CPU
@@ -314,6 +315,13 @@ TARGETS: tuple[Target, ...] = (
              ENC_GPU, ">=", 1.5, "x",
              lambda r, g=g: enc_gpu(r, "torch reduce-overhead fp16", g) / enc_gpu(r, ENC_OURS, g))
       for g in ("minilm", "ernie_medium", "bert_base")),
+    *(Target(17, "encoder", f">= 1.5x torch.compile reduce-overhead, kernel encoder (cuBLASLt epilogue GEMMs + our "
+             f"attention, CUDA graph; BertModel's random weights, not yet behind the bundle), {g} 32 x 128 (H200)",
+             ENC_KERNELS, ">=", 1.5, "x",
+             lambda r, g=g: __import__("paddle2ort.benchmarks.encoder_kernels", fromlist=["speedup"]).speedup(r, g))
+      for g in ("minilm", "ernie_medium", "bert_base")),
+    Target(17, "encoder", "kernel encoder vs BertModel on the same weights: geometries outside the parity limits",
+           ENC_KERNELS, "==", 0, "", lambda r: sum(not p["ok"] for p in r["parity"].values())),
     Target(17, "encoder", "FP16-GPU accuracy within 0.2 pt of FP32, real classifier, whole dev split", ENC_GPU, "<=",
            0.2, "pt", enc_fp16_vs_fp32),
     *enc_cpu_targets(ENC_CPU, "2-core EPYC, AVX2"),
@@ -423,7 +431,8 @@ TABLES: dict[str, dict[str, Callable[[Path], str]]] = {
                 "cpu-run6": lambda root: _encoder_table("rows_table", ENC_CPU_VNNI, root),
                 "cpu-run6-second": lambda root: _encoder_table("rows_table", ENC_CPU_VNNI_2, root),
                 "cpu-run6-graphs": lambda root: _encoder_table("rows_table", ENC_CPU_VNNI_GRAPHS, root),
-                "gpu-profile": lambda root: _encoder_table("profile_table", ENC_GPU_PROFILE, root, "encoder_gpu")},
+                "gpu-profile": lambda root: _encoder_table("profile_table", ENC_GPU_PROFILE, root, "encoder_gpu"),
+                "kernel-encoder": lambda root: _encoder_table("report", ENC_KERNELS, root, "encoder_kernels")},
     "llm-cpu": {name: lambda root, f=f: __import__("paddle2ort.benchmarks.llm", fromlist=["rows_table"]).rows_table(
         _load(f, str(root))) for name, f in (("cpu", LLM_CPU), ("avx2-defaults", LLM_CPU_AVX2),
                                              ("avx2-no-spin", LLM_CPU_AVX2_SLEEP),
@@ -539,6 +548,13 @@ HEADLINES: tuple[Headline, ...] = (
              "run3", _targets(*((label, f">= 1.5x torch.compile reduce-overhead, fused FP16 + CUDA graph, {g} 32 x 128 (H200)")
                        for label, g in (("MiniLM-L6", "minilm"), ("ERNIE-3.0-Medium", "ernie_medium"),
                                         ("BERT-base", "bert_base"))))),
+    Headline("kernel encoder (cuBLASLt epilogues + our attention, CUDA graph) vs torch.compile reduce-overhead, "
+             "batch 32 x 128, H200, one run", ENC_KERNELS, "run39, tree of 6171b61",
+             _targets(*((label, f">= 1.5x torch.compile reduce-overhead, kernel encoder (cuBLASLt epilogue GEMMs + our "
+                                f"attention, CUDA graph; BertModel's random weights, not yet behind the bundle), {g} "
+                                "32 x 128 (H200)")
+                        for label, g in (("MiniLM-L6", "minilm"), ("ERNIE-3.0-Medium", "ernie_medium"),
+                                         ("BERT-base", "bert_base"))))),
     Headline("encoder GPU profile, BERT-base FP16 batch 32 x 128, H200: where ours and reduce-overhead spend a call",
              ENC_GPU_PROFILE, "run28, tree of c7aa8d9", _enc_profile),
     *(Headline(f"encoder CPU, real MiniLM classifier, 960 dev examples, default bundle + CPU session ({box})", file,
