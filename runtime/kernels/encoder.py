@@ -45,28 +45,37 @@ class Layer:
 
 @dataclass
 class EncoderWeights:
-    word: np.ndarray        # [V, H]
-    pos: np.ndarray         # [P, H]
-    types: np.ndarray       # [TV, H]
-    emb_ln: tuple[np.ndarray, np.ndarray]
+    """word / pos / types / emb_ln None: the caller computes the embeddings (forward's `hidden0`), e.g. onnxruntime
+    running a graph's own embedding ops."""
+    word: np.ndarray | None         # [V, H]
+    pos: np.ndarray | None          # [P, H]
+    types: np.ndarray | None        # [TV, H]
+    emb_ln: tuple[np.ndarray, np.ndarray] | None
     layers: list[Layer]
     num_heads: int
     eps: float = 1e-12
 
     @property
     def hidden(self) -> int:
-        return self.word.shape[1]
+        return self.layers[0].wqkv.shape[0]
+
+    @property
+    def embeds(self) -> bool:
+        return self.word is not None
 
     @property
     def head_dim(self) -> int:
         return self.hidden // self.num_heads
 
-    def check(self) -> None:
+    def check(self, gpu: bool = True) -> None:
+        """Shapes that disagree, and (gpu) geometries the kernels do not take (the twins take any): BadInputError."""
         h, nh = self.hidden, self.num_heads
-        if h % nh or self.head_dim not in HEAD_DIMS:
+        if h % nh:
+            raise BadInputError(f"hidden {h} is not a multiple of its {nh} heads")
+        if gpu and self.head_dim not in HEAD_DIMS:
             raise BadInputError(f"hidden {h} / {nh} heads = head size {h / nh:g}: the attention kernel takes "
                                 f"{', '.join(map(str, HEAD_DIMS))}")
-        if h % 8 or h > MAX_HIDDEN:
+        if gpu and (h % 8 or h > MAX_HIDDEN):
             raise BadInputError(f"hidden size {h}: the LayerNorm kernel takes multiples of 8 up to {MAX_HIDDEN}")
         for i, l in enumerate(self.layers):
             shapes = {"wqkv": (l.wqkv.shape, (h, 3 * h)), "wo": (l.wo.shape, (h, h)),
@@ -76,8 +85,9 @@ class EncoderWeights:
                 raise BadInputError(f"layer {i}: {', '.join(bad)}")
 
     def astype(self, dtype) -> "EncoderWeights":
-        c = lambda a: np.ascontiguousarray(a, dtype)   # noqa: E731
-        return EncoderWeights(c(self.word), c(self.pos), c(self.types), tuple(map(c, self.emb_ln)),
+        c = lambda a: None if a is None else np.ascontiguousarray(a, dtype)   # noqa: E731
+        return EncoderWeights(c(self.word), c(self.pos), c(self.types),
+                              tuple(map(c, self.emb_ln)) if self.emb_ln else None,
                               [Layer(c(l.wqkv), c(l.bqkv), c(l.wo), c(l.bo), tuple(map(c, l.ln1)), c(l.w1), c(l.b1),
                                      c(l.w2), c(l.b2), tuple(map(c, l.ln2))) for l in self.layers],
                               self.num_heads, self.eps)
@@ -134,12 +144,12 @@ def attention_reference(qkv: np.ndarray, lens: np.ndarray, num_heads: int, scale
     return o.transpose(0, 2, 1, 3).reshape(t, h)
 
 
-def forward_reference(w: EncoderWeights, ids: np.ndarray, lens: np.ndarray, types: np.ndarray | None = None
-                      ) -> np.ndarray:
+def forward_reference(w: EncoderWeights, ids: np.ndarray, lens: np.ndarray, types: np.ndarray | None = None,
+                      hidden0: np.ndarray | None = None) -> np.ndarray:
     """The whole stack as the device computes it (float16 rounding where a float16 buffer is written) ->
-    [B*S, H] float32."""
+    [B*S, H] float32. hidden0 [B, S, H]: the embeddings, where the weights have none."""
     scale = 1.0 / np.sqrt(w.head_dim)
-    x = f16(embed_reference(ids, types, w))
+    x = f16(embed_reference(ids, types, w) if w.embeds else np.asarray(hidden0).reshape(-1, w.hidden))
     for l in w.layers:
         qkv = f16(matmul_reference(x, l.wqkv, l.bqkv, None, "bias"))
         att = f16(attention_reference(qkv, lens, w.num_heads, scale))
@@ -204,7 +214,7 @@ class KernelEncoder:
 
     def __init__(self, weights: EncoderWeights, device: str = "gpu", cuda_graph: bool = True,
                  attention_warps: int = 4, attention_keys: int = 64, gemm_tune: bool = True):
-        weights.check()
+        weights.check(gpu=device == "gpu")
         if attention_warps not in ATTENTION_WARPS:
             raise BadInputError(f"attention_warps must be one of {ATTENTION_WARPS}, got {attention_warps}")
         if attention_keys not in ATTENTION_KEYS or (attention_keys > 64 and weights.head_dim > 64):
@@ -227,15 +237,15 @@ class KernelEncoder:
         self.shapes: dict[tuple[int, int], Buffers] = {}
 
     def _to_device(self, w: EncoderWeights) -> EncoderWeights:
-        d = self.xp.asarray
-        return EncoderWeights(d(w.word), d(w.pos), d(w.types), tuple(map(d, w.emb_ln)),
+        d = lambda a: None if a is None else self.xp.asarray(a)   # noqa: E731
+        return EncoderWeights(d(w.word), d(w.pos), d(w.types), tuple(map(d, w.emb_ln)) if w.emb_ln else None,
                               [Layer(d(l.wqkv), d(l.bqkv), d(l.wo), d(l.bo), tuple(map(d, l.ln1)), d(l.w1), d(l.b1),
                                      d(l.w2), d(l.b2), tuple(map(d, l.ln2))) for l in w.layers], w.num_heads, w.eps)
 
     def buffers(self, batch: int, seq: int) -> Buffers:
         if (batch, seq) in self.shapes:
             return self.shapes[(batch, seq)]
-        if seq > self.w.pos.shape[0]:
+        if self.w.embeds and seq > self.w.pos.shape[0]:
             raise BadInputError(f"sequence length {seq} exceeds the model's {self.w.pos.shape[0]} positions")
         cp, t, h = self.xp, batch * seq, self.w.hidden
         inter = self.w.layers[0].w1.shape[1]
@@ -248,7 +258,8 @@ class KernelEncoder:
 
     def _launch(self, buf: Buffers, seq: int) -> None:
         w, lt = self.w, self.lt
-        launch_embed(buf.ids, buf.types, w, buf.tmp, buf.x, seq)
+        if w.embeds:
+            launch_embed(buf.ids, buf.types, w, buf.tmp, buf.x, seq)
         for l in w.layers:
             lt(buf.x, l.wqkv, buf.qkv, bias=l.bqkv, epilogue="bias")
             launch_attention(buf.qkv, buf.lens, buf.att, self.num_heads, seq, self.scale, self.attention_warps,
@@ -259,8 +270,12 @@ class KernelEncoder:
             lt(buf.ff, l.w2, buf.tmp, bias=l.b2, residual=buf.x, epilogue="bias")
             launch_layer_norm(buf.tmp, *l.ln2, buf.x, self.eps)
 
-    def load(self, ids: np.ndarray, lens: np.ndarray, types: np.ndarray | None = None) -> Buffers:
-        """Copy a batch into its shape's bound buffers, on the shape's stream (outside the timed replay)."""
+    def load(self, ids: np.ndarray, lens: np.ndarray, types: np.ndarray | None = None,
+             hidden0: np.ndarray | None = None) -> Buffers:
+        """Copy a batch into its shape's bound buffers, on the shape's stream (outside the timed replay); hidden0:
+        the embeddings, where the weights have none (the layers overwrite x, so every run loads it)."""
+        if not self.w.embeds and hidden0 is None:
+            raise BadInputError("these weights have no embeddings: pass hidden0, the embedded input [B, S, H]")
         batch, seq = ids.shape
         buf = self.buffers(batch, seq)
         if buf.stream is None:
@@ -270,6 +285,9 @@ class KernelEncoder:
             buf.types.set(np.ascontiguousarray(np.zeros_like(ids) if types is None else types, np.int64),
                           stream=buf.stream)
             buf.lens.set(np.ascontiguousarray(lens, np.int32), stream=buf.stream)
+            if not self.w.embeds:
+                buf.x.set(np.ascontiguousarray(np.asarray(hidden0).reshape(buf.x.shape), np.float16),
+                          stream=buf.stream)
         return buf
 
     def run(self, batch: int, seq: int) -> None:
@@ -291,14 +309,17 @@ class KernelEncoder:
                     buf.graph = buf.stream.end_capture()
             buf.graph.launch(buf.stream)
 
-    def forward(self, ids: np.ndarray, lens: np.ndarray, types: np.ndarray | None = None):
+    def forward(self, ids: np.ndarray, lens: np.ndarray, types: np.ndarray | None = None,
+                hidden0: np.ndarray | None = None):
         ids = np.asarray(ids)
         if ids.ndim != 2:
             raise BadInputError(f"ids must be [batch, seq], got shape {ids.shape}")
         batch, seq = ids.shape
         if self.xp is np:
-            return forward_reference(self.w, ids, np.asarray(lens), types).reshape(batch, seq, -1)
-        buf = self.load(ids, lens, types)
+            if not self.w.embeds and hidden0 is None:
+                raise BadInputError("these weights have no embeddings: pass hidden0, the embedded input [B, S, H]")
+            return forward_reference(self.w, ids, np.asarray(lens), types, hidden0).reshape(batch, seq, -1)
+        buf = self.load(ids, lens, types, hidden0)
         self.run(batch, seq)
         buf.stream.synchronize()
         return buf.x.reshape(batch, seq, -1)
