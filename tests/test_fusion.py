@@ -218,3 +218,19 @@ def test_kernel_encoder_runs_the_fused_graph_as_onnxruntime_does(unfused, kind, 
     onnx.save(partial, str(tmp_path / "partial.onnx"))
     with pytest.raises(BadInputError, match="EmbedLayerNormalization|SkipLayerNormalization"):
         read_encoder(tmp_path / "partial.onnx")
+
+
+def test_kernel_encoder_reads_a_converted_bundle(clf_bundle):
+    """A bundle as `paddle2ort convert` writes it: its FP16 model (fused, found through the manifest) read into the
+    kernel encoder, whose twins + the cut models give the FP32 model's logits within FP16 rounding."""
+    from paddle2ort.runtime.kernels.encoder_graph import GraphEncoder
+    m = load_bundle(clf_bundle, verify=True).manifest
+    enc = GraphEncoder(clf_bundle / m.models["fp16"].file, device="cpu")
+    assert enc.graph.float_type is np.float16 and enc.graph.weights.embeds
+    fp32 = onnx.load(str(clf_bundle / m.models["fp32"].file))
+    feeds = _feeds(fp32, 3, 12, 4)
+    got, want = enc.run(feeds)[0], _run(fp32, feeds)
+    assert got.shape == want.shape and _close(want, got) <= 2e-2
+    top2 = np.sort(want, 1)[:, -2:]
+    near_tie = top2[:, 1] - top2[:, 0] < 1e-2 * np.ptp(want)           # the gate's tie rule, row by row
+    assert ((got.argmax(1) == want.argmax(1)) | near_tie).all()
