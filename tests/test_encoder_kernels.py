@@ -190,3 +190,28 @@ def test_report_and_speedup_read_the_rows():
     md = report(res)
     assert f"| bert_base | {OURS} | 0.300 | 0.600 | 1.500 | 1.60x |" in md
     assert f"| bert_base | {REF} | - | - | 2.400 | 1.00x |" in md and "| bert_base | 1.00e-03 | 1.00e-04 | yes |" in md
+
+
+@pytest.mark.parametrize("head", ["cls", "mean"])
+def test_graph_encoder_runs_an_inline_fused_graph_as_onnxruntime_does(tmp_path, head):
+    """A fused encoder graph built inline (tests/encoder_graphs.py): GraphEncoder's twins + the cut prefix and head
+    give onnxruntime's logits of the whole graph; with the padding attended they would not."""
+    import onnx
+    import onnxruntime as ort
+
+    from encoder_graphs import fused_encoder_model, padded_feeds
+    from paddle2ort.runtime.kernels.encoder_graph import GraphEncoder
+    w = E.random_weights(layers=2, hidden=64, heads=2, inter=128, vocab=60, positions=32, std=0.1, seed=3)
+    onnx.save(fused_encoder_model(w, head=head), str(tmp_path / "m.onnx"))
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    enc = GraphEncoder(tmp_path / "m.onnx", device="cpu")
+    g = enc.graph
+    assert len(g.weights.layers) == 2 and g.weights.embeds and g.head_inputs[0] == g.hidden
+    for batch, seq, seed in ((1, 9, 0), (4, 16, 1)):
+        feeds = padded_feeds(batch, seq, 60, seed)
+        want, got = sess.run(None, feeds)[0], enc.run(feeds)[0]
+        assert np.abs(got - want).max() <= 5e-3 * np.abs(want).max(), (batch, seq)
+    feeds = padded_feeds(4, 16, 60, 1)
+    unmasked = E.KernelEncoder(w, device="cpu").forward(feeds["input_ids"], np.full(4, 16))
+    masked = E.KernelEncoder(w, device="cpu").forward(feeds["input_ids"], feeds["attention_mask"].sum(1))
+    assert np.abs(unmasked[1:, 0] - masked[1:, 0]).max() > 1e-2      # the padding reaches the [CLS] rows if attended

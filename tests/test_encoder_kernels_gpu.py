@@ -54,3 +54,24 @@ def test_the_encoder_matches_its_twin_and_its_graph_the_launched_pass(hidden, he
     again = cp.asnumpy(graphed.forward(ids, lens))                # the replay
     launched = cp.asnumpy(E.KernelEncoder(w, cuda_graph=False).forward(ids, lens))
     assert np.array_equal(again, got.astype(np.float16)) and np.array_equal(launched, again)
+
+
+@pytest.mark.parametrize("head", ["cls", "mean"])
+def test_graph_encoder_on_the_gpu_matches_its_twins(tmp_path, head):
+    """GraphEncoder on an inline FP16 fused graph (tests/encoder_graphs.py): the GPU kernels + the cut head give the
+    twins' logits, and onnxruntime's own run of the whole graph where its CUDA provider loads."""
+    import onnx
+    import onnxruntime as ort
+
+    from encoder_graphs import fused_encoder_model, padded_feeds
+    from paddle2ort.runtime.kernels.encoder_graph import GraphEncoder
+    w = E.random_weights(layers=2, hidden=256, heads=4, inter=512, vocab=500, positions=128, std=0.05, seed=5)
+    onnx.save(fused_encoder_model(w, head=head, dtype=np.float16), str(tmp_path / "m.onnx"))
+    gpu, cpu = GraphEncoder(tmp_path / "m.onnx"), GraphEncoder(tmp_path / "m.onnx", device="cpu")
+    feeds = padded_feeds(8, 64, 500, 2)
+    got, twin = gpu.run(feeds)[0], cpu.run(feeds)[0]
+    assert np.abs(got - twin).max() <= 1e-2 * np.abs(twin).max()
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CUDAExecutionProvider"])
+        want = sess.run(None, feeds)[0]
+        assert np.abs(got - want).max() <= 2e-2 * np.abs(want).max()
