@@ -22,7 +22,6 @@ measurement.
 """
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import json
 import logging
@@ -208,19 +207,15 @@ def report(path: Path) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m paddle2ort.benchmarks.encoder_epilogue", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("run", help="there (GPU): validate, then time every product in each form")
-    r.add_argument("--out", type=Path, required=True)
-    r.add_argument("--calls", type=int, default=50)
-    r.add_argument("--repeats", type=int, default=7)
-    r.add_argument("--geometries", nargs="+", default=list(GEOMETRIES), choices=list(GEOMETRIES))
-    r.add_argument("--profile", type=Path, help="encoder_gpu profile JSON (BERT-base): adds the projection")
-    w = sub.add_parser("report", help="Markdown beside a results JSON")
-    w.add_argument("json", type=Path)
-    a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .gpu.common import run_report_args
+
+    def run_args(r):
+        r.add_argument("--calls", type=int, default=50)
+        r.add_argument("--repeats", type=int, default=7)
+        r.add_argument("--geometries", nargs="+", default=list(GEOMETRIES), choices=list(GEOMETRIES))
+        r.add_argument("--profile", type=Path, help="encoder_gpu profile JSON (BERT-base): adds the projection")
+    a = run_report_args("paddle2ort.benchmarks.encoder_epilogue", __doc__,
+                        "there (GPU): validate, then time every product in each form", run_args, argv)
     if a.cmd == "run":
         res = run(a.out, a.calls, a.repeats, a.geometries)
         if a.profile and "bert_base" in res["layers"]:

@@ -15,7 +15,6 @@ encoder table do), torch eager and torch.compile(mode="reduce-overhead") (module
 """
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import json
 import logging
@@ -194,18 +193,14 @@ def report(res: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m paddle2ort.benchmarks.encoder_kernels", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("run", help="there (GPU): parity with torch, then the timings")
-    r.add_argument("--out", type=Path, required=True)
-    r.add_argument("--repeats", type=int, default=50)
-    r.add_argument("--geometries", nargs="+", default=list(GEOMETRIES), choices=list(GEOMETRIES))
-    r.add_argument("--no-compile", action="store_true", help="skip torch.compile (eager only)")
-    w = sub.add_parser("report", help="Markdown beside a results JSON")
-    w.add_argument("json", type=Path)
-    a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .gpu.common import run_report_args
+
+    def run_args(r):
+        r.add_argument("--repeats", type=int, default=50)
+        r.add_argument("--geometries", nargs="+", default=list(GEOMETRIES), choices=list(GEOMETRIES))
+        r.add_argument("--no-compile", action="store_true", help="skip torch.compile (eager only)")
+    a = run_report_args("paddle2ort.benchmarks.encoder_kernels", __doc__,
+                        "there (GPU): parity with torch, then the timings", run_args, argv)
     if a.cmd == "run":
         res = run(a.out, a.repeats, a.geometries, not a.no_compile)
         (a.out / "kernel-encoder.md").write_text(report(res))

@@ -4,13 +4,9 @@ import numpy as np
 import pytest
 
 from paddle2ort.runtime.kernels.cublaslt import LtMatmul, matmul_reference
+from cuda_device import cupy_and_device
 
-cp = pytest.importorskip("cupy")
-try:
-    HAVE_GPU = cp.cuda.runtime.getDeviceCount() > 0
-except Exception:                                        # no driver
-    HAVE_GPU = False
-pytestmark = pytest.mark.skipif(not HAVE_GPU, reason="needs a CUDA device")
+cp, pytestmark = cupy_and_device()
 
 
 def _close(got, want):

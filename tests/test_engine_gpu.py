@@ -11,13 +11,9 @@ from paddle2ort.runtime.kernels import engine_reference as R
 from paddle2ort.runtime.kernels.engine import (V2_SHAPES, V3_FORMATS, V3_SPLITS, V3S_SPLITS, KernelEngine, Packed, Plan,
                                                _pair, attention_twin, kernels, launch_attention, split_scratch)
 from paddle2ort.runtime.kernels.engine import launch_gemv as _launch_gemv
+from cuda_device import cupy_and_device
 
-cp = pytest.importorskip("cupy")
-try:
-    HAVE_GPU = cp.cuda.runtime.getDeviceCount() > 0
-except Exception:                                        # no driver
-    HAVE_GPU = False
-pytestmark = pytest.mark.skipif(not HAVE_GPU, reason="needs a CUDA device")
+cp, pytestmark = cupy_and_device()
 
 
 def _packed(fmt: str, n: int, k: int, rng, block: int = 32) -> Packed:

@@ -105,3 +105,22 @@ def kernel_times(prof, calls: int, width: int | None = None) -> dict[str, tuple[
         if t and e.count:
             out[e.key[:width]] = (e.count / calls, t / calls)
     return out
+
+
+def run_report_args(prog: str, doc: str, run_help: str, add_run_args, argv=None):
+    """The device benchmarks' two-command CLI: `run --out DIR ...` (there, on the GPU; add_run_args(parser) adds
+    the rest) and `report JSON` (Markdown beside a results JSON). -> the parsed args, logging configured."""
+    import argparse
+    import logging
+    from pathlib import Path
+    ap = argparse.ArgumentParser(prog=f"python -m {prog}", description=doc,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help=run_help)
+    r.add_argument("--out", type=Path, required=True)
+    add_run_args(r)
+    w = sub.add_parser("report", help="Markdown beside a results JSON")
+    w.add_argument("json", type=Path)
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return a
