@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -206,7 +206,6 @@ class Buffers:
     ff: object
     graph: object = None
     stream: object = None
-    extra: dict = field(default_factory=dict)
 
 
 class KernelEncoder:
