@@ -159,6 +159,38 @@ def breakdown(enc, batch: int, forward_ms: float) -> dict:
             "gaps_us": 1e3 * forward_ms - total}
 
 
+def classifier(bundle: Path, dataset: Path) -> list[dict]:
+    """The real classifier on the whole dev split, FP16, in one run: TextClassifier as it ships (onnxruntime's fused
+    graph in shape buckets, CUDA graphs) and with encoder="kernels" (the same buckets on our kernel encoder);
+    accuracy, ms/sample (median of 3 timed passes) and argmax agreement between the two."""
+    from paddle2ort.runtime.pipelines import TextClassifier
+    from paddle2ort.runtime.session import SessionOptions
+    from paddle2ort.runtime.timing import time_passes
+
+    from .classifier import make_batches
+    from .dataset import load_split
+    data = load_split(dataset, "dev")
+    rows, preds, idx, feeds = [], {}, None, None
+    for name, encoder in (("FP16-GPU onnxruntime", "onnxruntime"), ("FP16-GPU kernel encoder", "kernels")):
+        clf = TextClassifier(bundle, precision="fp16", session=SessionOptions(device="gpu"), batch_size=32,
+                             encoder=encoder)
+        if feeds is None:
+            idx, feeds = make_batches(clf, data)
+        times, outs = time_passes(clf.logits, feeds, 8, 3)
+        pred = np.zeros(len(data.texts), np.int64)
+        for i, o in zip(idx, outs):
+            pred[i] = np.asarray(o).argmax(-1)
+        preds[name] = pred
+        passes = [sum(t) for t in times]
+        rows.append({"name": name, "samples": len(data.texts),
+                     "accuracy": float((pred == np.asarray(data.labels)).mean()),
+                     "ms_per_sample": float(np.median(passes)) / len(data.texts) * 1e3, "pass_times_s": passes})
+        log.info("%s", rows[-1])
+    for r in rows:
+        r["argmax_agreement_vs_onnxruntime"] = float((preds[r["name"]] == preds["FP16-GPU onnxruntime"]).mean())
+    return rows
+
+
 def speedup(res: dict, geom: str, peer: str = REF, batch: int = 32) -> float:
     """peer ms / ours ms at batch x 128 (> 1: ours faster)."""
     row = {(r["system"], r["geometry"], r["batch"]): r["ms"] for r in res["rows"]}
@@ -184,6 +216,12 @@ def report(res: dict) -> str:
     for geom, p in res["parity"].items():
         lines.append(f"| {geom} | {p['max_abs_over_range']:.2e} | {p['mean_abs_over_range']:.2e} | "
                      f"{'yes' if p['ok'] else 'NO'} |")
+    if res.get("classifier"):
+        lines += ["", "Real classifier, dev split, FP16 (one run):", "",
+                  "| configuration | samples | accuracy | ms/sample | argmax agreement vs onnxruntime |",
+                  "|---|---:|---:|---:|---:|"]
+        lines += [f"| {r['name']} | {r['samples']} | {100 * r['accuracy']:.2f}% | {r['ms_per_sample']:.4f} | "
+                  f"{100 * r['argmax_agreement_vs_onnxruntime']:.2f}% |" for r in res["classifier"]]
     for geom, bd in res.get("breakdown", {}).items():
         lines += ["", f"{geom}, batch {bd['batch']}: each kernel alone in a CUDA graph, per forward (us): "
                   + ", ".join(f"{k} {v:.0f}" for k, v in bd["us_per_forward"].items())
@@ -199,10 +237,16 @@ def main(argv=None) -> int:
         r.add_argument("--repeats", type=int, default=50)
         r.add_argument("--geometries", nargs="+", default=list(GEOMETRIES), choices=list(GEOMETRIES))
         r.add_argument("--no-compile", action="store_true", help="skip torch.compile (eager only)")
+        r.add_argument("--bundle", type=Path, help="a classifier bundle with a fused FP16 model: also the real "
+                       "classifier, onnxruntime vs the kernel encoder (needs --dataset)")
+        r.add_argument("--dataset", type=Path, help="its dataset directory (dev split)")
     a = run_report_args("paddle2ort.benchmarks.encoder_kernels", __doc__,
                         "there (GPU): parity with torch, then the timings", run_args, argv)
     if a.cmd == "run":
         res = run(a.out, a.repeats, a.geometries, not a.no_compile)
+        if a.bundle and a.dataset:
+            res["classifier"] = classifier(a.bundle, a.dataset)
+            (a.out / "kernel-encoder.json").write_text(json.dumps(res, indent=1))
         (a.out / "kernel-encoder.md").write_text(report(res))
         return 0 if all(p["ok"] for p in res["parity"].values()) else 1
     a.json.with_suffix(".md").write_text(report(json.loads(a.json.read_text())))

@@ -43,7 +43,10 @@ class TextClassifier:
     """
 
     def __init__(self, bundle_dir: str | Path, precision: str | None = None, session: SessionOptions = SessionOptions(),
-                 tokenizer_backend: str = "hf", max_seq_length: int | None = None, batch_size: int = 32):
+                 tokenizer_backend: str = "hf", max_seq_length: int | None = None, batch_size: int = 32,
+                 encoder: str = "onnxruntime"):
+        """encoder="kernels" (GPU, experimental): the bundle's fused FP16 encoder runs on our kernels
+        (runtime/kernels/encoder_graph.KernelRunner) in the same shape buckets, onnxruntime runs the head."""
         from paddle2ort.tokenization import load_tokenizer
 
         self.bundle = load_bundle(bundle_dir)
@@ -52,6 +55,8 @@ class TextClassifier:
             raise BundleError(f"bundle {bundle_dir} is not a text classifier (task={m.task!r}, labels={m.labels})")
         if batch_size < 1:
             raise BadInputError(f"batch_size must be >= 1, got {batch_size}")
+        if encoder not in ("onnxruntime", "kernels"):
+            raise BadInputError(f"encoder must be 'onnxruntime' or 'kernels', got {encoder!r}")
         self.labels = m.labels
         self.tokenizer = load_tokenizer(self.bundle.path, backend=tokenizer_backend)
         self.max_seq_length = max_seq_length or self.tokenizer.cfg.max_seq_length
@@ -61,9 +66,17 @@ class TextClassifier:
         self.session = create_session(self.bundle.model_path(self.precision, verify=True), session)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_name = m.outputs[0].name
-        if self.session.get_providers()[0] == CUDA:     # static shape buckets, IO binding, a CUDA graph each
-            self.runner = BucketRunner(self.bundle.model_path(self.precision), [self.output_name], session,
-                                       BucketSpec.for_max_length(self.max_seq_length, batch_buckets(batch_size)),
+        spec = BucketSpec.for_max_length(self.max_seq_length, batch_buckets(batch_size))
+        if encoder == "kernels":
+            if self.session.get_providers()[0] != CUDA:
+                raise BadInputError("encoder='kernels' runs on a CUDA GPU (this session runs on "
+                                    f"{self.session.get_providers()[0]}): use SessionOptions(device='gpu') on a GPU "
+                                    "host, or the default encoder='onnxruntime'")
+            from .kernels.encoder_graph import KernelRunner
+            self.runner = KernelRunner(self.bundle.model_path(self.precision), spec,
+                                       pad_values={"input_ids": self.tokenizer.pad_id})
+        elif self.session.get_providers()[0] == CUDA:     # static shape buckets, IO binding, a CUDA graph each
+            self.runner = BucketRunner(self.bundle.model_path(self.precision), [self.output_name], session, spec,
                                        pad_values={"input_ids": self.tokenizer.pad_id})
         else:
             self.runner = Runner(self.session, [self.output_name], session.device_id)

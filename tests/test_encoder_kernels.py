@@ -190,6 +190,9 @@ def test_report_and_speedup_read_the_rows():
     md = report(res)
     assert f"| bert_base | {OURS} | 0.300 | 0.600 | 1.500 | 1.60x |" in md
     assert f"| bert_base | {REF} | - | - | 2.400 | 1.00x |" in md and "| bert_base | 1.00e-03 | 1.00e-04 | yes |" in md
+    res["classifier"] = [{"name": "FP16-GPU kernel encoder", "samples": 3815, "accuracy": 0.7305,
+                          "ms_per_sample": 0.0121, "argmax_agreement_vs_onnxruntime": 0.999}]
+    assert "| FP16-GPU kernel encoder | 3815 | 73.05% | 0.0121 | 99.90% |" in report(res)
 
 
 @pytest.mark.parametrize("head", ["cls", "mean"])

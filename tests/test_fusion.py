@@ -234,3 +234,25 @@ def test_kernel_encoder_reads_a_converted_bundle(clf_bundle):
     top2 = np.sort(want, 1)[:, -2:]
     near_tie = top2[:, 1] - top2[:, 0] < 1e-2 * np.ptp(want)           # the gate's tie rule, row by row
     assert ((got.argmax(1) == want.argmax(1)) | near_tie).all()
+
+
+def test_classifier_kernel_encoder_option(clf_bundle):
+    """TextClassifier(encoder="kernels") refuses a CPU session by name (it runs on a CUDA GPU); its runner, on the
+    twins, pads a batch to its bucket and gives the FP32 model's logits within FP16 rounding."""
+    from paddle2ort.runtime.buckets import BucketSpec
+    from paddle2ort.runtime.errors import BadInputError
+    from paddle2ort.runtime.kernels.encoder_graph import KernelRunner
+    from paddle2ort.runtime.pipelines import TextClassifier
+    with pytest.raises(BadInputError, match="runs on a CUDA GPU"):
+        TextClassifier(clf_bundle, encoder="kernels")
+    with pytest.raises(BadInputError, match="encoder must be"):
+        TextClassifier(clf_bundle, encoder="cuda")
+    m = load_bundle(clf_bundle).manifest
+    runner = KernelRunner(clf_bundle / m.models["fp16"].file, BucketSpec.for_max_length(32, (1, 8)), device="cpu")
+    fp32 = onnx.load(str(clf_bundle / m.models["fp32"].file))
+    seen, run = [], runner.encoder.run
+    runner.encoder.run = lambda f: (seen.append(f["input_ids"].shape), run(f))[1]
+    feeds = _feeds(fp32, 3, 11, 5)                   # 3 rows of 11 tokens -> the (8, 16) bucket
+    got, want = runner(feeds)[0], _run(fp32, feeds)
+    assert got.shape == want.shape == (3, 3) and _close(want, got) <= 2e-2
+    assert seen == [(8, 16)]

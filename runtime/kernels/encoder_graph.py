@@ -175,3 +175,25 @@ class GraphEncoder:
         head_feeds = {self.graph.hidden: hidden}
         head_feeds.update({n: np.asarray(feeds[n]) for n in self.graph.head_inputs[1:]})
         return self.head.run(None, head_feeds)
+
+
+class KernelRunner:
+    """session.Runner's call shape (feeds -> [logits]) over GraphEncoder, with the feeds padded to their (batch,
+    sequence) bucket (runtime/buckets.py), so each bucket is one captured CUDA graph of the kernel encoder. For
+    models whose outputs lead with the batch axis (classifiers)."""
+
+    def __init__(self, model: str | Path, spec, pad_values: dict[str, int] | None = None, device: str = "gpu"):
+        self.encoder = GraphEncoder(model, device)
+        self.spec, self.pad_values = spec, pad_values
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        from ..buckets import bucket_for, pad_to_bucket, sequence_length
+        n, length = next(iter(feeds.values())).shape[0], sequence_length(feeds)
+        seq, most = bucket_for(length, self.spec.seq), self.spec.batch[-1]
+        parts = []
+        for s in range(0, n, most):
+            chunk = {k: v[s:s + most] for k, v in feeds.items()}
+            rows = next(iter(chunk.values())).shape[0]
+            batch = bucket_for(rows, self.spec.batch)
+            parts.append([o[:rows] for o in self.encoder.run(pad_to_bucket(chunk, batch, seq, self.pad_values))])
+        return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
