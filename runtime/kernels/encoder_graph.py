@@ -169,12 +169,25 @@ class GraphEncoder:
                                     "encoder's key lengths need it; pad on the right, as the bundle's tokenizer does")
         pre = self.prefix.run(None, {n: np.asarray(feeds[n]) for n in self.graph.prefix_inputs})
         lens, hidden0 = np.asarray(pre[0]).astype(np.int64), (pre[1] if len(pre) > 1 else None)
-        hidden = self.encoder.forward(ids, lens, feeds.get("token_type_ids"), hidden0)
+        hidden = self.encoder.forward(ids, lens, feeds.get("token_type_ids"), hidden0)   # synchronized
+        rest = {n: np.asarray(feeds[n]) for n in self.graph.head_inputs[1:]}
         xp = self.encoder.xp
+        if xp is not np and self.head.get_providers()[0] == "CUDAExecutionProvider":
+            # the head reads our device buffer (no copy through the host); its outputs (logits) come back
+            if hidden.dtype != self.graph.float_type:
+                hidden = hidden.astype(self.graph.float_type)
+                xp.cuda.get_current_stream().synchronize()      # before onnxruntime's own stream reads it
+            b = self.head.io_binding()
+            b.bind_input(self.graph.hidden, "cuda", hidden.device.id, self.graph.float_type, list(hidden.shape),
+                         hidden.data.ptr)
+            for n, v in rest.items():
+                b.bind_cpu_input(n, v)
+            for o in self.head.get_outputs():
+                b.bind_output(o.name, "cpu")
+            self.head.run_with_iobinding(b)
+            return b.copy_outputs_to_cpu()
         hidden = np.asarray(hidden if xp is np else xp.asnumpy(hidden), self.graph.float_type)
-        head_feeds = {self.graph.hidden: hidden}
-        head_feeds.update({n: np.asarray(feeds[n]) for n in self.graph.head_inputs[1:]})
-        return self.head.run(None, head_feeds)
+        return self.head.run(None, {self.graph.hidden: hidden, **rest})
 
 
 class KernelRunner:
