@@ -13,17 +13,18 @@ def _rel(got, want):
     return float(np.abs(cp.asnumpy(got).astype(np.float32) - want).max() / max(np.abs(want).max(), 1e-6))
 
 
-@pytest.mark.parametrize("warps, keys", [(4, 64), (8, 64), (4, 128), (8, 128)])
+@pytest.mark.parametrize("warps, keys, stages", [(4, 64, 1), (8, 64, 1), (4, 128, 1), (8, 128, 1), (4, 64, 2),
+                                                 (8, 64, 2)])
 @pytest.mark.parametrize("b, s, nh, d, lens", [(2, 128, 12, 64, [128, 64]), (3, 100, 4, 32, [100, 1, 0]),
                                                 (1, 200, 2, 128, [131]), (4, 16, 12, 32, [16, 3, 8, 15]),
                                                 (2, 64, 6, 64, [64, 63])])
-def test_attention_kernel_matches_its_twin(b, s, nh, d, lens, warps, keys):
-    if keys > 64 and d > 64:
-        pytest.skip("128-key steps need head size <= 64 (shared memory)")
+def test_attention_kernel_matches_its_twin(b, s, nh, d, lens, warps, keys, stages):
+    if (keys > 64 or stages > 1) and d > 64:
+        pytest.skip("128-key steps and 2 K/V stages need head size <= 64 (shared memory)")
     rng = np.random.default_rng(s + d)
     qkv = rng.normal(size=(b * s, 3 * nh * d)).astype(np.float16)
     out = cp.zeros((b * s, nh * d), np.float16)
-    E.launch_attention(cp.asarray(qkv), cp.asarray(np.array(lens, np.int32)), out, nh, s, 1 / np.sqrt(d), warps, keys)
+    E.launch_attention(cp.asarray(qkv), cp.asarray(np.array(lens, np.int32)), out, nh, s, 1 / np.sqrt(d), warps, keys, stages)
     want = E.attention_reference(qkv, np.array(lens), nh, 1 / np.sqrt(d))
     assert _rel(out, want) < 1e-2
 

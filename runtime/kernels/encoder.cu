@@ -13,6 +13,9 @@
 #ifndef AW
 #define AW 4                // warps per attention block, 16 queries each (a -D option: 4 or 8)
 #endif
+#ifndef KV_STAGES
+#define KV_STAGES 1         // 2: the next key step's K/V loads (cp.async) overlap this step's math (HD <= 64, KB 64)
+#endif
 #define LN_VPL 4            // layer_norm: up to 4 x 8 float16 a lane (hidden size <= 1024)
 #define P2O_NEG_INF __int_as_float(0xff800000)
 
@@ -49,6 +52,10 @@ __device__ __forceinline__ void ldsm_x4_trans(unsigned* r, unsigned addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(addr));
+}
+// 16 bytes global -> shared without passing through registers; src_bytes 0 fills the 16 bytes with zeros.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, unsigned src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_addr(dst)), "l"(src), "r"(src_bytes));
 }
 __device__ __forceinline__ void mma16816(float* c, const unsigned* a, unsigned b0, unsigned b1) {
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
@@ -158,8 +165,8 @@ extern "C" __global__ void embed_layer_norm_f16(const long long* __restrict__ id
 extern "C" __global__ void __launch_bounds__(AW * 32)
     attention_qkv_f16(const half_t* __restrict__ qkv, const int* __restrict__ lens, half_t* __restrict__ out, int S,
                       int NH, float scale) {
-  __shared__ __align__(16) half_t ks[KB][HD + 8];
-  __shared__ __align__(16) half_t vs[KB][HD + 8];
+  __shared__ __align__(16) half_t ks[KV_STAGES][KB][HD + 8];
+  __shared__ __align__(16) half_t vs[KV_STAGES][KB][HD + 8];
   const int bh = blockIdx.x, b = bh / NH, h = bh % NH, H = NH * HD, ld = 3 * H;
   const int warp = threadIdx.x / 32, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int q0 = blockIdx.y * (AW * 16) + warp * 16;
@@ -182,28 +189,55 @@ extern "C" __global__ void __launch_bounds__(AW * 32)
 #pragma unroll
   for (int d = 0; d < HD / 8; ++d) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.f;
   float m0 = P2O_NEG_INF, m1 = P2O_NEG_INF, l0 = 0.f, l1 = 0.f;      // rows g and g + 8
-  for (int k0 = 0; k0 < len; k0 += KB) {
-    __syncthreads();
-    for (int i = threadIdx.x; i < KB * HD / 8; i += AW * 32) {       // 16-byte chunks of the K and V rows
+  // the key step starting at k0 into stage st: 16-byte chunks of the K and V rows, zeros past the sequence
+  auto load = [&](int st, int k0) {
+    for (int i = threadIdx.x; i < KB * HD / 8; i += AW * 32) {
       const int r = i / (HD / 8), c = (i % (HD / 8)) * 8, key = k0 + r;
+      const half_t* src = qkv + (base + min(key, S - 1)) * ld + h * HD + c;
+#if KV_STAGES > 1
+      const unsigned n = key < S ? 16u : 0u;
+      cp_async16(&ks[st][r][c], src + H, n);
+      cp_async16(&vs[st][r][c], src + 2 * H, n);
+#else
       uint4 kv = make_uint4(0, 0, 0, 0), vv = kv;
       if (key < S) {
-        const half_t* src = qkv + (base + key) * ld + h * HD + c;
         kv = *(const uint4*)(src + H);
         vv = *(const uint4*)(src + 2 * H);
       }
-      *(uint4*)&ks[r][c] = kv;
-      *(uint4*)&vs[r][c] = vv;
+      *(uint4*)&ks[st][r][c] = kv;
+      *(uint4*)&vs[st][r][c] = vv;
+#endif
+    }
+#if KV_STAGES > 1
+    asm volatile("cp.async.commit_group;");
+#endif
+  };
+#if KV_STAGES > 1
+  if (len > 0) load(0, 0);
+#endif
+  for (int k0 = 0, step = 0; k0 < len; k0 += KB, ++step) {
+    const int st = KV_STAGES > 1 ? (step & 1) : 0;
+#if KV_STAGES > 1
+    if (k0 + KB < len) {                 // the next step's loads in flight while this one computes
+      load(st ^ 1, k0 + KB);
+      asm volatile("cp.async.wait_group 1;");
+    } else {
+      asm volatile("cp.async.wait_group 0;");
     }
     __syncthreads();
+#else
+    __syncthreads();
+    load(0, k0);
+    __syncthreads();
+#endif
     float s[KB / 8][4];
 #pragma unroll
     for (int n = 0; n < KB / 8; ++n) {
       s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
 #pragma unroll
       for (int kc = 0; kc < HD / 16; ++kc)
-        mma16816(s[n], qa[kc], *(const unsigned*)&ks[n * 8 + g][kc * 16 + 2 * t],
-                 *(const unsigned*)&ks[n * 8 + g][kc * 16 + 8 + 2 * t]);
+        mma16816(s[n], qa[kc], *(const unsigned*)&ks[st][n * 8 + g][kc * 16 + 2 * t],
+                 *(const unsigned*)&ks[st][n * 8 + g][kc * 16 + 8 + 2 * t]);
     }
     float mx0 = P2O_NEG_INF, mx1 = P2O_NEG_INF;
 #pragma unroll
@@ -241,7 +275,7 @@ extern "C" __global__ void __launch_bounds__(AW * 32)
                               pack2(s[2 * kc + 1][0], s[2 * kc + 1][1]), pack2(s[2 * kc + 1][2], s[2 * kc + 1][3])};
       // V's B fragments for two column tiles at a time: tiles (keys 0-7, d), (keys 8-15, d), (0-7, d + 1),
       // (8-15, d + 1) of this 16-key chunk; lane l addresses row kc*16 + l % 16 of column tile d + l / 16
-      const unsigned row = smem_addr(&vs[kc * 16 + (lane & 15)][(lane >> 4) * 8]);
+      const unsigned row = smem_addr(&vs[st][kc * 16 + (lane & 15)][(lane >> 4) * 8]);
 #pragma unroll
       for (int d = 0; d < HD / 8; d += 2) {
         unsigned b[4];
@@ -250,6 +284,9 @@ extern "C" __global__ void __launch_bounds__(AW * 32)
         mma16816(o[d + 1], pa, b[2], b[3]);
       }
     }
+#if KV_STAGES > 1
+    __syncthreads();                     // every warp is done with stage st before the next prefetch reuses it
+#endif
   }
   l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
   l0 += __shfl_xor_sync(0xffffffffu, l0, 2);

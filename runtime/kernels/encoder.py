@@ -27,6 +27,7 @@ MAX_HIDDEN = 1024                  # layer_norm: 4 x 8 float16 a lane
 ROWS_PER_BLOCK = 8                 # layer_norm / embed: a warp a row
 ATTENTION_WARPS = (4, 8)           # attention_qkv_f16's AW: 16 queries a warp, a block's warps share its K/V loads
 ATTENTION_KEYS = (64, 128)         # its KB: keys a step (128: one step for sequences <= 128; head size <= 64)
+ATTENTION_STAGES = (1, 2)          # its KV_STAGES: 2 overlaps the next step's K/V loads (cp.async; head <= 64, KB 64)
 
 
 @dataclass
@@ -161,12 +162,14 @@ def forward_reference(w: EncoderWeights, ids: np.ndarray, lens: np.ndarray, type
 
 # ------------------------------------------------------------------ the device
 @functools.lru_cache(maxsize=None)
-def compiled(head_dim: int, warps: int = 4, keys: int = 64):
+def compiled(head_dim: int, warps: int = 4, keys: int = 64, stages: int = 1):
     from .cuda import cupy
     cp = cupy()
-    log.info("compiling encoder.cu for head size %d, %d attention warps, %d keys a step", head_dim, warps, keys)
+    log.info("compiling encoder.cu for head size %d, %d attention warps, %d keys a step, %d K/V stages", head_dim,
+             warps, keys, stages)
     mod = cp.RawModule(code=SOURCE.read_text(encoding="utf-8"),
-                       options=("-std=c++17", f"-DHD={head_dim}", f"-DAW={warps}", f"-DKB={keys}"))
+                       options=("-std=c++17", f"-DHD={head_dim}", f"-DAW={warps}", f"-DKB={keys}",
+                                f"-DKV_STAGES={stages}"))
     mod.get_function("attention_qkv_f16")               # compiles now, so errors surface here
     return mod
 
@@ -186,10 +189,11 @@ def launch_embed(ids, types, w, scratch, out, seq: int) -> None:
          np.int32(t), np.int32(seq), np.int32(h), np.float32(w.eps)))
 
 
-def launch_attention(qkv, lens, out, num_heads: int, seq: int, scale: float, warps: int = 4, keys: int = 64) -> None:
+def launch_attention(qkv, lens, out, num_heads: int, seq: int, scale: float, warps: int = 4, keys: int = 64,
+                     stages: int = 1) -> None:
     t, h = out.shape
     batch, per_block = t // seq, 16 * warps
-    compiled(h // num_heads, warps, keys).get_function("attention_qkv_f16")(
+    compiled(h // num_heads, warps, keys, stages).get_function("attention_qkv_f16")(
         (batch * num_heads, (seq + per_block - 1) // per_block), (32 * warps,),
         (qkv, lens, out, np.int32(seq), np.int32(num_heads), np.float32(scale)))
 
@@ -212,14 +216,20 @@ class KernelEncoder:
     """forward(ids, lens[, types]) -> last hidden states [B, S, H] (float16 on the GPU; float32 twins on CPU)."""
 
     def __init__(self, weights: EncoderWeights, device: str = "gpu", cuda_graph: bool = True,
-                 attention_warps: int = 4, attention_keys: int = 64, gemm_tune: bool = True):
+                 attention_warps: int = 4, attention_keys: int = 64, attention_stages: int = 1,
+                 gemm_tune: bool = True):
         weights.check(gpu=device == "gpu")
         if attention_warps not in ATTENTION_WARPS:
             raise BadInputError(f"attention_warps must be one of {ATTENTION_WARPS}, got {attention_warps}")
         if attention_keys not in ATTENTION_KEYS or (attention_keys > 64 and weights.head_dim > 64):
             raise BadInputError(f"attention_keys must be one of {ATTENTION_KEYS} (128 for head sizes <= 64), got "
                                 f"{attention_keys} at head size {weights.head_dim}")
+        if attention_stages not in ATTENTION_STAGES or (attention_stages > 1 and (
+                weights.head_dim > 64 or attention_keys > 64)):
+            raise BadInputError(f"attention_stages must be one of {ATTENTION_STAGES} (2 for head sizes <= 64 with "
+                                f"64-key steps), got {attention_stages}")
         self.attention_warps, self.attention_keys, self.host = attention_warps, attention_keys, weights
+        self.attention_stages = attention_stages
         self.num_heads, self.eps = weights.num_heads, weights.eps
         self.scale = float(1.0 / np.sqrt(weights.head_dim))
         if device == "gpu":
@@ -228,7 +238,7 @@ class KernelEncoder:
             self.xp = cp = cupy()
             self.w = self._to_device(weights.astype(np.float16))
             self.lt = LtMatmul(tune=gemm_tune)
-            compiled(weights.head_dim, attention_warps, attention_keys)
+            compiled(weights.head_dim, attention_warps, attention_keys, attention_stages)
             compiled(64)
         else:
             self.xp, self.w, self.lt = np, weights, None
@@ -262,7 +272,7 @@ class KernelEncoder:
         for l in w.layers:
             lt(buf.x, l.wqkv, buf.qkv, bias=l.bqkv, epilogue="bias")
             launch_attention(buf.qkv, buf.lens, buf.att, self.num_heads, seq, self.scale, self.attention_warps,
-                             self.attention_keys)
+                             self.attention_keys, self.attention_stages)
             lt(buf.att, l.wo, buf.tmp, bias=l.bo, residual=buf.x, epilogue="bias")
             launch_layer_norm(buf.tmp, *l.ln1, buf.x, self.eps)
             lt(buf.x, l.w1, buf.ff, bias=l.b1, epilogue="gelu_bias")
