@@ -12,8 +12,9 @@ geometry and in one run, each of a layer's four products at batch 32 x 128 token
 - `gemm`: the cuBLASLt GEMM with no epilogue (the floor).
 
 Every (product, form) is validated against the NumPy twin before it is timed; timings are CUDA-event medians of
-`--repeats` replays of a CUDA graph of `--calls` back-to-back calls (GPU time: run33 timed host launches and measured
-~20 us a call for every MiniLM product, the launch cost, not the GEMM). The per-layer sums are measured; the whole-call projection
+`--repeats` replays of a CUDA graph of `--calls` back-to-back calls (GPU time: run33 timed host launches and
+measured ~20 us a call for every MiniLM product, the launch cost, not the GEMM). The per-layer sums are measured;
+the whole-call projection
 (`projection`) swaps the profile's BiasGelu and GEMM time for these sums and is labelled as arithmetic, not a
 measurement.
 
@@ -186,7 +187,8 @@ def report(path: Path) -> str:
         lines.append(f"| {g} | {p} ({r['epilogue']}{' + residual' if r['residual'] else ''}) | {r['N']} x {r['K']} "
                      f"| {r['us']:.1f} | {e['us'] if e else float('nan'):.1f} | {m['us'] if m else float('nan'):.1f} "
                      f"| {r['us'] / e['us'] if e else float('nan'):.2f}x |")
-    lines += ["", "The separate pass is CuPy's generic elementwise kernel (broadcast bias, float16 element by element), "
+    lines += ["", "The separate pass is CuPy's generic elementwise kernel (broadcast bias, float16 element by "
+              "element), "
               "slower than onnxruntime's BiasGelu (20 us a BERT-base layer in the run28 profile against ~63 here), "
               "so `separate / epilogue` overstates the gain; what this run measures fairly is the epilogue's cost over "
               "the GEMM alone (`epilogue` - `GEMM alone`).",

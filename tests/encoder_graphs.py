@@ -19,8 +19,8 @@ def fused_encoder_model(w, classes: int = 3, head: str = "cls", dtype=np.float32
               helper.make_node("Cast", ["token_type_ids"], ["types32"], to=TensorProto.INT32),
               helper.make_node("EmbedLayerNormalization",
                                ["ids32", "types32", c("word", w.word), c("pos", w.pos), c("types", w.types),
-                                c("emb_g", w.emb_ln[0]), c("emb_b", w.emb_ln[1])], ["x0", "x0_mask_index"], domain="com.microsoft",
-                               epsilon=w.eps),
+                                c("emb_g", w.emb_ln[0]), c("emb_b", w.emb_ln[1])], ["x0", "x0_mask_index"],
+                               domain="com.microsoft", epsilon=w.eps),
               helper.make_node("Cast", ["attention_mask"], ["mask32"], to=TensorProto.INT32),
               helper.make_node("ReduceSum", ["mask32", c("axes", np.array([1], np.int64), cast=False)], ["lens"],
                                keepdims=0)]

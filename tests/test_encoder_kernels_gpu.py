@@ -24,7 +24,8 @@ def test_attention_kernel_matches_its_twin(b, s, nh, d, lens, warps, keys, stage
     rng = np.random.default_rng(s + d)
     qkv = rng.normal(size=(b * s, 3 * nh * d)).astype(np.float16)
     out = cp.zeros((b * s, nh * d), np.float16)
-    E.launch_attention(cp.asarray(qkv), cp.asarray(np.array(lens, np.int32)), out, nh, s, 1 / np.sqrt(d), warps, keys, stages)
+    E.launch_attention(cp.asarray(qkv), cp.asarray(np.array(lens, np.int32)), out, nh, s, 1 / np.sqrt(d), warps, keys,
+                       stages)
     want = E.attention_reference(qkv, np.array(lens), nh, 1 / np.sqrt(d))
     assert _rel(out, want) < 1e-2
 
