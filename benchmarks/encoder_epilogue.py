@@ -14,9 +14,8 @@ geometry and in one run, each of a layer's four products at batch 32 x 128 token
 Every (product, form) is validated against the NumPy twin before it is timed; timings are CUDA-event medians of
 `--repeats` replays of a CUDA graph of `--calls` back-to-back calls (GPU time: run33 timed host launches and
 measured ~20 us a call for every MiniLM product, the launch cost, not the GEMM). The per-layer sums are measured;
-the whole-call projection
-(`projection`) swaps the profile's BiasGelu and GEMM time for these sums and is labelled as arithmetic, not a
-measurement.
+the whole-call projection (`projection`) swaps the profile's BiasGelu and GEMM time for these sums and is labelled as
+arithmetic, not a measurement.
 
     python -m paddle2ort.benchmarks.encoder_epilogue run --out DIR      # there (GPU)
     python -m paddle2ort.benchmarks.encoder_epilogue report DIR/epilogue.json
