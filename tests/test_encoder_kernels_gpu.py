@@ -73,3 +73,19 @@ def test_graph_encoder_on_the_gpu_matches_its_twins(tmp_path, head):
         sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CUDAExecutionProvider"])
         want = sess.run(None, feeds)[0]
         assert np.abs(got - want).max() <= 2e-2 * np.abs(want).max()
+
+
+def test_weights_without_embeddings_take_the_embedded_input_on_every_run():
+    """A graph whose embeddings stay in onnxruntime (GraphEncoder's prefix): the layers start from hidden0 on the
+    first call (launched, then captured and replayed) and on every replay after it."""
+    from dataclasses import replace
+    w = replace(E.random_weights(layers=2, hidden=128, heads=4, inter=256, vocab=10, positions=64, std=0.05, seed=9),
+                word=None, pos=None, types=None, emb_ln=None)
+    rng = np.random.default_rng(9)
+    ids, lens = np.zeros((2, 32), np.int64), np.array([32, 20])
+    h0 = rng.normal(size=(2, 32, 128)).astype(np.float16)
+    want = E.forward_reference(w, ids, lens, hidden0=h0).reshape(2, 32, -1)
+    enc = E.KernelEncoder(w)
+    for _ in range(3):
+        got = cp.asnumpy(enc.forward(ids, lens, hidden0=h0)).astype(np.float32)
+        assert np.abs(got - want).max() < 3e-2 * np.abs(want).max()

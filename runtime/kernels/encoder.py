@@ -208,6 +208,7 @@ class Buffers:
     qkv: object
     att: object
     ff: object
+    x0: object = None       # the embedded input, where the weights have no embeddings (copied into x each run)
     graph: object = None
     stream: object = None
 
@@ -261,7 +262,7 @@ class KernelEncoder:
         z = lambda *s: cp.zeros(s, np.float16)   # noqa: E731
         buf = Buffers(ids=cp.zeros((batch, seq), np.int64), types=cp.zeros((batch, seq), np.int64),
                       lens=cp.zeros(batch, np.int32), x=z(t, h), tmp=z(t, h), qkv=z(t, 3 * h), att=z(t, h),
-                      ff=z(t, inter))
+                      ff=z(t, inter), x0=None if self.w.embeds else z(t, h))
         self.shapes[(batch, seq)] = buf
         return buf
 
@@ -269,6 +270,8 @@ class KernelEncoder:
         w, lt = self.w, self.lt
         if w.embeds:
             launch_embed(buf.ids, buf.types, w, buf.tmp, buf.x, seq)
+        else:                                   # every pass starts from the loaded input (the layers overwrite x)
+            self.xp.copyto(buf.x, buf.x0)
         for l in w.layers:
             lt(buf.x, l.wqkv, buf.qkv, bias=l.bqkv, epilogue="bias")
             launch_attention(buf.qkv, buf.lens, buf.att, self.num_heads, seq, self.scale, self.attention_warps,
@@ -282,7 +285,7 @@ class KernelEncoder:
     def load(self, ids: np.ndarray, lens: np.ndarray, types: np.ndarray | None = None,
              hidden0: np.ndarray | None = None) -> Buffers:
         """Copy a batch into its shape's bound buffers, on the shape's stream (outside the timed replay); hidden0:
-        the embeddings, where the weights have none (the layers overwrite x, so every run loads it)."""
+        the embeddings, where the weights have none."""
         if not self.w.embeds and hidden0 is None:
             raise BadInputError("these weights have no embeddings: pass hidden0, the embedded input [B, S, H]")
         batch, seq = ids.shape
@@ -295,8 +298,8 @@ class KernelEncoder:
                           stream=buf.stream)
             buf.lens.set(np.ascontiguousarray(lens, np.int32), stream=buf.stream)
             if not self.w.embeds:
-                buf.x.set(np.ascontiguousarray(np.asarray(hidden0).reshape(buf.x.shape), np.float16),
-                          stream=buf.stream)
+                buf.x0.set(np.ascontiguousarray(np.asarray(hidden0).reshape(buf.x0.shape), np.float16),
+                           stream=buf.stream)
         return buf
 
     def run(self, batch: int, seq: int) -> None:
