@@ -288,9 +288,8 @@ def _classifier(bundle: Path, dataset: Path, work: Path, clock: Clock) -> list[d
     from paddle2ort.runtime.manifest import load_bundle
     from paddle2ort.runtime.pipelines import TextClassifier
     from paddle2ort.runtime.session import SessionOptions
-    from paddle2ort.runtime.timing import time_passes
 
-    from .classifier import make_batches
+    from .classifier import make_batches, timed_predictions
     from .dataset import load_split
     data = load_split(dataset, "dev")
     opts = SessionOptions(device="gpu")
@@ -309,12 +308,8 @@ def _classifier(bundle: Path, dataset: Path, work: Path, clock: Clock) -> list[d
             clf.runner = BucketRunner(path, old.output_names, opts, old.spec, old.pad_values)
         if feeds is None:
             idx, feeds = make_batches(clf, data)
-        times, outs = time_passes(clf.logits, feeds, 8, 3)
-        pred = np.zeros(len(data.texts), np.int64)
-        for i, o in zip(idx, outs):
-            pred[i] = np.asarray(o).argmax(-1)
+        pred, passes = timed_predictions(clf, len(data.texts), idx, feeds)
         preds[name] = pred
-        passes = [sum(t) for t in times]
         row = {"name": name, "precision": prec, "samples": len(data.texts),
                "accuracy": float((pred == np.asarray(data.labels)).mean()),
                "ms_per_sample": float(np.median(passes)) / len(data.texts) * 1e3, "pass_times_s": passes,

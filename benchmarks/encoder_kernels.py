@@ -166,9 +166,8 @@ def classifier(bundle: Path, dataset: Path) -> list[dict]:
     accuracy, ms/sample (median of 3 timed passes) and argmax agreement between the two."""
     from paddle2ort.runtime.pipelines import TextClassifier
     from paddle2ort.runtime.session import SessionOptions
-    from paddle2ort.runtime.timing import time_passes
 
-    from .classifier import make_batches
+    from .classifier import make_batches, timed_predictions
     from .dataset import load_split
     data = load_split(dataset, "dev")
     rows, preds, idx, feeds = [], {}, None, None
@@ -177,12 +176,8 @@ def classifier(bundle: Path, dataset: Path) -> list[dict]:
                              encoder=encoder)
         if feeds is None:
             idx, feeds = make_batches(clf, data)
-        times, outs = time_passes(clf.logits, feeds, 8, 3)
-        pred = np.zeros(len(data.texts), np.int64)
-        for i, o in zip(idx, outs):
-            pred[i] = np.asarray(o).argmax(-1)
+        pred, passes = timed_predictions(clf, len(data.texts), idx, feeds)
         preds[name] = pred
-        passes = [sum(t) for t in times]
         rows.append({"name": name, "samples": len(data.texts),
                      "accuracy": float((pred == np.asarray(data.labels)).mean()),
                      "ms_per_sample": float(np.median(passes)) / len(data.texts) * 1e3, "pass_times_s": passes})

@@ -228,3 +228,14 @@ def test_graph_encoder_runs_an_inline_fused_graph_as_onnxruntime_does(tmp_path, 
     unmasked = E.KernelEncoder(w, device="cpu").forward(feeds["input_ids"], np.full(4, 16))
     masked = E.KernelEncoder(w, device="cpu").forward(feeds["input_ids"], feeds["attention_mask"].sum(1))
     assert np.abs(unmasked[1:, 0] - masked[1:, 0]).max() > 1e-2      # the padding reaches the [CLS] rows if attended
+
+
+def test_timed_predictions_put_each_batch_back_in_text_order():
+    from types import SimpleNamespace
+
+    from paddle2ort.benchmarks.classifier import timed_predictions
+    idx = [np.array([2, 0]), np.array([1])]
+    feeds = [{"x": np.array([[0.0, 1.0], [1.0, 0.0]])}, {"x": np.array([[0.0, 1.0]])}]
+    clf = SimpleNamespace(logits=lambda f: f["x"])
+    pred, passes = timed_predictions(clf, 3, idx, feeds)
+    assert pred.tolist() == [0, 1, 1] and len(passes) == 3 and all(p >= 0 for p in passes)
