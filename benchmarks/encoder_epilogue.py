@@ -44,44 +44,15 @@ def products(hidden: int, inter: int) -> dict[str, tuple[int, int, str, bool]]:
             "ffn_up": (hidden, inter, "gelu_bias", False), "ffn_down": (inter, hidden, "bias", True)}
 
 
-def check_close(got: np.ndarray, want: np.ndarray) -> float:
-    return float(np.abs(got.astype(np.float32) - want).max() / max(float(np.abs(want).max()), 1e-6))
-
-
-def _time(cp, fn, calls: int, repeats: int) -> tuple[float, bool]:
-    """Median microseconds per call of `calls` back-to-back calls captured in one CUDA graph (GPU time, no host
-    launch cost: the encoder replays its layers as a graph too), CUDA events around `repeats` replays. -> (us,
-    True), or the same timed eagerly (host launches included) and False where the capture is refused."""
-    s = cp.cuda.Stream(non_blocking=True)
-    with s:
-        for _ in range(3):
-            fn()
-        s.synchronize()
-        graph = None
-        try:
-            s.begin_capture()
-            try:
-                for _ in range(calls):
-                    fn()
-            finally:
-                graph = s.end_capture()
-        except Exception as e:  # noqa: BLE001 - a library that cannot be captured is timed eagerly, flagged
-            log.warning("capture refused (%s): timed eagerly", e)
-            graph = None
-        run = graph.launch if graph is not None else (lambda _s: [fn() for _ in range(calls)])
-        run(s)
-        out = []
-        for _ in range(repeats):
-            a, b = cp.cuda.Event(), cp.cuda.Event()
-            a.record(s)
-            run(s)
-            b.record(s)
-            b.synchronize()
-            out.append(1e3 * cp.cuda.get_elapsed_time(a, b) / calls)
-    return float(np.median(out)), graph is not None
+def median_graph_us(cp, fn, calls: int, repeats: int) -> float:
+    """Median of `repeats` trials, each one replay of `calls` back-to-back calls captured in a CUDA graph
+    (runtime/kernels/bench_engine.time_graph: GPU time, no host launch cost): microseconds per call."""
+    from paddle2ort.runtime.kernels.bench_engine import time_graph
+    return float(np.median([time_graph(cp, fn, calls, 1) for _ in range(repeats)]))
 
 
 def run(out: Path, calls: int, repeats: int, geometries: list[str]) -> dict:
+    from paddle2ort.runtime.kernels.bench_engine import rel_err
     from paddle2ort.runtime.kernels.cublaslt import LtMatmul, matmul_reference
     from paddle2ort.runtime.kernels.cuda import cupy
 
@@ -129,17 +100,17 @@ def run(out: Path, calls: int, repeats: int, geometries: list[str]) -> dict:
                 fn()
                 cp.cuda.Device().synchronize()
                 want = twins[form]
-                err = check_close(cp.asnumpy(o), want)
+                err = rel_err(cp.asnumpy(o), want)
                 row = {"geometry": geom, "product": name, "form": form, "T": t, "N": n, "K": k, "epilogue": epi,
                        "residual": with_res, "max_rel_err_vs_twin": err}
                 if not err <= TOL:
                     res["failures"].append(row)
                     log.error("%s %s %s: %.2e off its twin, not timed", geom, name, form, err)
                     continue
-                us, graphed = _time(cp, fn, calls, repeats)
+                us = median_graph_us(cp, fn, calls, repeats)
                 flops = 2.0 * t * n * k
                 out_bytes = t * n * 2 * (1 + with_res)        # what the epilogue has to read besides the product
-                row.update(us=us, cuda_graph=graphed, tflops=flops / us / 1e6, epilogue_bytes=out_bytes)
+                row.update(us=us, cuda_graph=True, tflops=flops / us / 1e6, epilogue_bytes=out_bytes)
                 res["rows"].append(row)
                 log.info("%-12s %-8s %-9s %8.1f us  %6.1f TFLOP/s  err %.1e", geom, name, form, us, row["tflops"],
                          err)

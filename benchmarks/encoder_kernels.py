@@ -139,7 +139,7 @@ def breakdown(enc, batch: int, forward_ms: float) -> dict:
     layer's, times the layers), beside the forward: what is left is the gaps between the kernels of the graph."""
     from paddle2ort.runtime.kernels import encoder as E
 
-    from .encoder_epilogue import _time
+    from .encoder_epilogue import median_graph_us
     buf, w, lt, l = enc.buffers(batch, SEQ), enc.w, enc.lt, enc.w.layers[0]
     cp, n = enc.xp, len(enc.w.layers)
     parts = {
@@ -154,7 +154,7 @@ def breakdown(enc, batch: int, forward_ms: float) -> dict:
         "FFN-down GEMM (bias + residual)": (n, lambda: lt(buf.ff, l.w2, buf.tmp, bias=l.b2, residual=buf.x,
                                                           epilogue="bias")),
     }
-    us = {k: times * _time(cp, fn, 50, 7)[0] for k, (times, fn) in parts.items()}
+    us = {k: times * median_graph_us(cp, fn, 50, 7) for k, (times, fn) in parts.items()}
     total = sum(us.values())
     return {"batch": batch, "us_per_forward": us, "kernels_sum_us": total, "forward_us": 1e3 * forward_ms,
             "gaps_us": 1e3 * forward_ms - total}

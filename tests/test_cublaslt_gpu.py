@@ -4,13 +4,14 @@ import numpy as np
 import pytest
 
 from paddle2ort.runtime.kernels.cublaslt import LtMatmul, matmul_reference
+from paddle2ort.runtime.kernels.bench_engine import rel_err
 from cuda_device import cupy_and_device
 
 cp, pytestmark = cupy_and_device()
 
 
 def _close(got, want):
-    return float(np.abs(cp.asnumpy(got).astype(np.float32) - want).max() / np.abs(want).max())
+    return rel_err(cp.asnumpy(got), want)
 
 
 @pytest.mark.parametrize("t, n, k", [(256, 384, 128), (100, 96, 72), (4096, 3072, 768)])

@@ -4,13 +4,14 @@ import numpy as np
 import pytest
 
 from paddle2ort.runtime.kernels import encoder as E
+from paddle2ort.runtime.kernels.bench_engine import rel_err
 from cuda_device import cupy_and_device
 
 cp, pytestmark = cupy_and_device()
 
 
 def _rel(got, want):
-    return float(np.abs(cp.asnumpy(got).astype(np.float32) - want).max() / max(np.abs(want).max(), 1e-6))
+    return rel_err(cp.asnumpy(got), want)
 
 
 @pytest.mark.parametrize("warps, keys, stages", [(4, 64, 1), (8, 64, 1), (4, 128, 1), (8, 128, 1), (4, 64, 2),

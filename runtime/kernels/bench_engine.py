@@ -78,7 +78,8 @@ def time_graph(cp, fn, launches: int = 20, reps: int = 20) -> float:
     return cp.cuda.get_elapsed_time(start, end) / (launches * reps) * 1e3
 
 
-def _err(got, want) -> float:
+def rel_err(got, want) -> float:
+    """Largest |got - want| over the largest |want| (float32): how validations judge a kernel against its twin."""
     return float(np.abs(np.asarray(got, np.float32) - np.asarray(want, np.float32)).max()
                  / max(float(np.abs(np.asarray(want, np.float32)).max()), 1e-6))
 
@@ -225,7 +226,7 @@ def validate(configs, batches, versions=("v3", "v2", "v1")) -> dict:
                     checks += 1
                     try:
                         launch(plan)
-                        errs = [_err(g, w) for g, w in zip(got(), want[plan.version == "v3"])]
+                        errs = [rel_err(g, w) for g, w in zip(got(), want[plan.version == "v3"])]
                     except Exception as e:  # noqa: BLE001 - a launch error is a failure of that kernel
                         errs = [float("inf")]
                         log.error("%s %s b%d %s: %s", cfg, label, b, plan.name, e)
@@ -250,7 +251,7 @@ def validate(configs, batches, versions=("v3", "v2", "v1")) -> dict:
                                      cp.zeros((b, nh, nsplit, hd), cp.float32),
                                      cp.zeros((b, nh, nsplit, 2), cp.float32), od, hd ** -0.5, cnt, av)
                     got = od.get()
-                    err = max(_err(got, want), _err(got, R.attn_combine(*attention_twin(av, hd)(
+                    err = max(rel_err(got, want), rel_err(got, R.attn_combine(*attention_twin(av, hd)(
                         q, kc, vc, seq, hd ** -0.5, chunk, nsplit), seq, chunk)) if ctx < 200 else 0.0)
                     if not err <= 1e-3 or cnt.any():
                         failures.append({"config": cfg, "kernel": f"attention ctx {ctx}", "batch": b,
@@ -329,7 +330,7 @@ def validate_step(configs, batches, fmts=("f16", "q8", "q4"), layers: int = 3, s
                         break
                 else:
                     (lp, cp_), (lk, ck), (la, ca) = outs["persistent"], outs["kernels"], outs["again"]
-                    errs = {"logits": _err(lp, lk), "cache": _err(cp_, ck)}
+                    errs = {"logits": rel_err(lp, lk), "cache": rel_err(cp_, ck)}
                     same = bool(np.array_equal(lp, la) and np.array_equal(cp_, ca))
                     if not (errs["logits"] <= TOL and errs["cache"] <= TOL_CACHE and same):
                         failures.append({"case": f"{cfg} {fmt} b{b}", "max_rel_err": errs, "deterministic": same})
@@ -414,7 +415,7 @@ def run(configs=("qwen2.5-0.5b", "smollm2-135m"), batches=(1, 8), versions=("v3"
                     plan = gemv_plan(p, mode, b, v, hd, 4 if b >= 4 else 2)
                     reset()
                     launch(plan)
-                    err = _err(got()[0], want[plan.version == "v3"][0])
+                    err = rel_err(got()[0], want[plan.version == "v3"][0])
                     record(f"{label} {fmt}", b, v, plan.name, p.nbytes, lambda: launch(plan), err)
                 if "v3" in versions and "v2" in versions:     # what gemv="auto" picks (KernelEngine._tune)
                     cands = auto_plans(p, mode, b, hd, 4 if b >= 4 else 2)
@@ -422,7 +423,7 @@ def run(configs=("qwen2.5-0.5b", "smollm2-135m"), batches=(1, 8), versions=("v3"
                     for plan in cands:                       # each candidate validated before any is timed
                         reset()
                         launch(plan)
-                        errs[plan] = _err(got()[0], want[plan.version == "v3"][0])
+                        errs[plan] = rel_err(got()[0], want[plan.version == "v3"][0])
                     ok = [c for c in cands if errs[c] <= TOL]
                     best = pick_fastest({0: ok}, lambda _, plan: time_graph(cp, lambda: launch(plan)))[0] if ok \
                         else cands[0]
@@ -445,7 +446,7 @@ def run(configs=("qwen2.5-0.5b", "smollm2-135m"), batches=(1, 8), versions=("v3"
                     od.fill(0)
                     fn()
                     record(f"attention ctx {ctx}", b, f"a{av[1:]}", ATTENTION_KERNEL[av], kc.nbytes + vc.nbytes, fn,
-                           _err(od.get(), want))
+                           rel_err(od.get(), want))
     return {"device": name, "copy_bandwidth_gb_s": bw / 1e9, "rows": rows, "step_us": step_estimate(rows)}
 
 
@@ -482,7 +483,7 @@ def attention_sweep(configs=("qwen2.5-0.5b", "smollm2-135m"), batches=(1, 8), ch
                         fn = functools.partial(launch_attention, kern, *args, hd ** -0.5, cnt, av)
                         args[-1].fill(0)
                         fn()
-                        err = _err(args[-1].get(), want)
+                        err = rel_err(args[-1].get(), want)
                         us = time_graph(cp, fn) if err <= 1e-3 and not cnt.any() else float("nan")
                         nbytes = 2 * b * kvh * ctx * hd * 2
                         print(f"{cfg:13s} attention {av} chunk {chunk:3d} b{b} ctx {ctx:5d}: {us:7.2f} us  "

@@ -178,31 +178,16 @@ class LtMatmul:
                                     self.workspace.data.ptr, WORKSPACE_BYTES, stream_ptr), "matmul")
 
     def _pick(self, key, desc, layouts, ok, x, w, out, c, beta) -> _Heuristic:
-        """The fastest candidate on these buffers: each in a CUDA graph of 10 calls, median of 3 replays."""
-        cp = self.cp
-        s = cp.cuda.Stream(non_blocking=True)
+        """The fastest candidate on these buffers, each timed as 10 calls in a CUDA graph replayed 3 times
+        (bench_engine.time_graph)."""
+        from .bench_engine import time_graph
         us = []
         for cand in ok:
             try:
-                self._launch(desc, layouts, cand.algo, x, w, out, c, beta, s.ptr)
-                s.begin_capture()
-                try:
-                    for _ in range(10):
-                        self._launch(desc, layouts, cand.algo, x, w, out, c, beta, s.ptr)
-                finally:
-                    g = s.end_capture()
-                g.launch(s)
-                times = []
-                for _ in range(3):
-                    a, b = cp.cuda.Event(), cp.cuda.Event()
-                    a.record(s)
-                    g.launch(s)
-                    b.record(s)
-                    b.synchronize()
-                    times.append(cp.cuda.get_elapsed_time(a, b) * 100.0)     # ms for 10 calls -> us a call
-                us.append(float(np.median(times)))
+                us.append(time_graph(self.cp, lambda: self._launch(desc, layouts, cand.algo, x, w, out, c, beta,
+                                                                   self.cp.cuda.get_current_stream().ptr), 10, 3))
             except Exception:  # noqa: BLE001 - a candidate that fails to run or capture is not chosen
-                s.synchronize()
+                self.cp.cuda.Device().synchronize()
                 us.append(float("inf"))
         best = int(np.argmin(us))
         self.tuned[key] = {"us": us, "chosen": best}

@@ -282,12 +282,15 @@ class KernelEncoder:
             lt(buf.ff, l.w2, buf.tmp, bias=l.b2, residual=buf.x, epilogue="bias")
             launch_layer_norm(buf.tmp, *l.ln2, buf.x, self.eps)
 
+    def _need_hidden0(self, hidden0) -> None:
+        if not self.w.embeds and hidden0 is None:
+            raise BadInputError("these weights have no embeddings: pass hidden0, the embedded input [B, S, H]")
+
     def load(self, ids: np.ndarray, lens: np.ndarray, types: np.ndarray | None = None,
              hidden0: np.ndarray | None = None) -> Buffers:
         """Copy a batch into its shape's bound buffers, on the shape's stream (outside the timed replay); hidden0:
         the embeddings, where the weights have none."""
-        if not self.w.embeds and hidden0 is None:
-            raise BadInputError("these weights have no embeddings: pass hidden0, the embedded input [B, S, H]")
+        self._need_hidden0(hidden0)
         batch, seq = ids.shape
         buf = self.buffers(batch, seq)
         if buf.stream is None:
@@ -328,8 +331,7 @@ class KernelEncoder:
             raise BadInputError(f"ids must be [batch, seq], got shape {ids.shape}")
         batch, seq = ids.shape
         if self.xp is np:
-            if not self.w.embeds and hidden0 is None:
-                raise BadInputError("these weights have no embeddings: pass hidden0, the embedded input [B, S, H]")
+            self._need_hidden0(hidden0)
             return forward_reference(self.w, ids, np.asarray(lens), types, hidden0).reshape(batch, seq, -1)
         buf = self.load(ids, lens, types, hidden0)
         self.run(batch, seq)

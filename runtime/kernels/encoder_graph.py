@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..buckets import BucketRunner
 from ..errors import BadInputError
 from .encoder import EncoderWeights, Layer
 
@@ -190,23 +191,19 @@ class GraphEncoder:
         return self.head.run(None, {self.graph.hidden: hidden, **rest})
 
 
-class KernelRunner:
-    """session.Runner's call shape (feeds -> [logits]) over GraphEncoder, with the feeds padded to their (batch,
-    sequence) bucket (runtime/buckets.py), so each bucket is one captured CUDA graph of the kernel encoder. For
-    models whose outputs lead with the batch axis (classifiers)."""
+class KernelRunner(BucketRunner):
+    """BucketRunner (its chunking, bucket padding, length splits and output cuts) with each (batch, sequence) bucket
+    run by GraphEncoder instead of a static onnxruntime session: one captured CUDA graph of the kernel encoder a
+    bucket, onnxruntime for the prefix and the head."""
 
     def __init__(self, model: str | Path, spec, pad_values: dict[str, int] | None = None, device: str = "gpu"):
         self.encoder = GraphEncoder(model, device)
-        self.spec, self.pad_values = spec, pad_values
+        super().__init__(model, [o.name for o in self.encoder.head.get_outputs()], spec=spec, pad_values=pad_values,
+                         cuda_graph=self.encoder.encoder.cuda_graph)
 
-    def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        from ..buckets import bucket_for, pad_to_bucket, sequence_length
-        n, length = next(iter(feeds.values())).shape[0], sequence_length(feeds)
-        seq, most = bucket_for(length, self.spec.seq), self.spec.batch[-1]
-        parts = []
-        for s in range(0, n, most):
-            chunk = {k: v[s:s + most] for k, v in feeds.items()}
-            rows = next(iter(chunk.values())).shape[0]
-            batch = bucket_for(rows, self.spec.batch)
-            parts.append([o[:rows] for o in self.encoder.run(pad_to_bucket(chunk, batch, seq, self.pad_values))])
-        return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+    def bucket(self, batch: int, seq: int):
+        """The bucket's call: padded feeds -> the outputs (GraphEncoder keeps a graph a shape)."""
+        return self.encoder.run
+
+    def run_bound(self, batch: int, seq: int) -> None:
+        raise BadInputError("the kernel encoder binds its buffers inside GraphEncoder: call the runner with feeds")
