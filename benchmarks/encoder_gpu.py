@@ -639,20 +639,25 @@ def markdown(res: dict) -> str:
 
 
 def plot(res: dict, dst: Path) -> None:
+    bars_at_batch(res["rows"], list(res["geometries"]),
+                  f"Encoders on {', '.join(res['environment'].get('gpus') or ['GPU'])}", dst)
+
+
+def bars_at_batch(rows: list[dict], geoms: list[str], title: str, dst: Path, batch: int = 32) -> None:
+    """ms per batch of each system at one batch size, grouped by geometry (rows: system / geometry / batch / ms)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    geoms = list(res["geometries"])
-    systems = list(dict.fromkeys(r["system"] for r in res["rows"] if r["batch"] == 32))
+    systems = list(dict.fromkeys(r["system"] for r in rows if r["batch"] == batch))
     fig, ax = plt.subplots(figsize=(10, 4.5))
     w = 0.8 / max(len(systems), 1)
     for i, s in enumerate(systems):
-        ms = [next((r["ms"] for r in res["rows"] if r["system"] == s and r["geometry"] == g and r["batch"] == 32),
+        ms = [next((r["ms"] for r in rows if r["system"] == s and r["geometry"] == g and r["batch"] == batch),
                    np.nan) for g in geoms]
         ax.bar(np.arange(len(geoms)) + i * w, ms, w, label=s)
     ax.set_xticks(np.arange(len(geoms)) + w * (len(systems) - 1) / 2, geoms)
-    ax.set_ylabel("ms per batch (32 x 128, FP16; lower is better)")
-    ax.set_title(f"Encoders on {', '.join(res['environment'].get('gpus') or ['GPU'])}")
+    ax.set_ylabel(f"ms per batch ({batch} x 128, FP16; lower is better)")
+    ax.set_title(title)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(dst, dpi=110)

@@ -226,6 +226,12 @@ def report(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(res: dict, dst: Path) -> None:
+    from .encoder_gpu import bars_at_batch
+    bars_at_batch(res["rows"], list(dict.fromkeys(r["geometry"] for r in res["rows"])),
+                  f"Kernel encoder vs PyTorch ({res['device'].get('gpu', 'GPU')})", dst)
+
+
 def main(argv=None) -> int:
     from .gpu.common import run_report_args
 
@@ -244,8 +250,11 @@ def main(argv=None) -> int:
             res["classifier"] = classifier(a.bundle, a.dataset)
             (a.out / "kernel-encoder.json").write_text(json.dumps(res, indent=1))
         (a.out / "kernel-encoder.md").write_text(report(res))
+        plot(res, a.out / "kernel-encoder.png")
         return 0 if all(p["ok"] for p in res["parity"].values()) else 1
-    a.json.with_suffix(".md").write_text(report(json.loads(a.json.read_text())))
+    res = json.loads(a.json.read_text())
+    a.json.with_suffix(".md").write_text(report(res))
+    plot(res, a.json.with_suffix(".png"))
     return 0
 
 

@@ -230,6 +230,34 @@ def test_graph_encoder_runs_an_inline_fused_graph_as_onnxruntime_does(tmp_path, 
     assert np.abs(unmasked[1:, 0] - masked[1:, 0]).max() > 1e-2      # the padding reaches the [CLS] rows if attended
 
 
+def test_graph_cuts_need_no_shape_inference_from_the_extractor(tmp_path, monkeypatch):
+    """onnx after 1.17 extracts only names the model already types (its Extractor no longer infers shapes; an H200
+    run failed on "lens" so): read_encoder types every cut tensor itself, whichever onnx is installed."""
+    import onnx
+    import onnx.utils
+
+    from encoder_graphs import fused_encoder_model
+    from paddle2ort.runtime.kernels.encoder_graph import read_encoder
+
+    class TypedOnly(onnx.utils.Extractor):
+        def extract_model(self, input_names, output_names):
+            g = self.model.graph
+            typed = {v.name for v in list(g.value_info) + list(g.input) + list(g.output)}
+            untyped = [n for n in list(input_names) + list(output_names) if n not in typed]
+            assert not untyped, f"not in value_info: {untyped}"
+            return super().extract_model(input_names, output_names)
+
+        def __init__(self, model):
+            super().__init__(model)
+            self.model = model          # what a later onnx keeps: the model as given, not its inferred copy
+
+    monkeypatch.setattr(onnx.utils, "Extractor", TypedOnly)
+    w = E.random_weights(layers=1, hidden=64, heads=2, inter=128, vocab=60, positions=32, std=0.1, seed=3)
+    onnx.save(fused_encoder_model(w, head="cls"), str(tmp_path / "m.onnx"))
+    g = read_encoder(tmp_path / "m.onnx")
+    assert g.prefix_inputs and g.head_inputs[0] == g.hidden
+
+
 def test_timed_predictions_put_each_batch_back_in_text_order():
     from types import SimpleNamespace
 

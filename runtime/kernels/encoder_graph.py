@@ -120,14 +120,18 @@ def read_encoder(path: str | Path) -> EncoderGraph:
     model = onnx.load(str(path))
     weights, hidden, info = _walk(model)
     ftype = np.float16 if weights.layers[0].wqkv.dtype == np.float16 else np.float32
+    # every cut tensor typed: onnx 1.17's Extractor infers shapes itself, later ones only read value_info; the
+    # inference does not know the contrib ops, so what it leaves untyped is typed here (Attention's mask_index: int32)
+    model = onnx.shape_inference.infer_shapes(model)
     g = model.graph
-    # the cut tensors' types (onnx's shape inference does not know the contrib ops)
     known = {v.name for v in list(g.value_info) + list(g.input) + list(g.output)}
-    for name in (hidden, info["start"]):
+    float_type = TensorProto.FLOAT16 if ftype is np.float16 else TensorProto.FLOAT
+    for name, elem, shape in ((hidden, float_type, ["batch", "sequence", weights.hidden]),
+                              (info["start"], float_type, ["batch", "sequence", weights.hidden]),
+                              (info["lengths"], TensorProto.INT32, ["batch"])):
         if name not in known:
-            g.value_info.append(helper.make_tensor_value_info(
-                name, TensorProto.FLOAT16 if ftype is np.float16 else TensorProto.FLOAT,
-                ["batch", "sequence", weights.hidden]))
+            g.value_info.append(helper.make_tensor_value_info(name, elem, shape))
+            known.add(name)
     inputs = [i.name for i in g.input]
 
     def cut(first: list[str], outputs: list[str]):
