@@ -149,7 +149,7 @@ def run_bench(cfg: BenchConfig) -> dict:
         times, outs = time_passes(lambda f: clf.logits(f), feeds, cfg.warmup, cfg.repeats)
         row = _row(f"{prec.upper()}-{suffix}", "onnxruntime", prec, cfg.device, data, idx, outs, times, tok_ms,
                    len(data.label_names))
-        row.notes["provider"] = clf.session.get_providers()[0]
+        row.notes["provider"] = clf.provider
         rows.append(row)
         log.info("%s: accuracy %.4f, %.3f ms/sample", row.name, row.accuracy, row.ms_per_sample)
     peer_info = None

@@ -160,20 +160,31 @@ def breakdown(enc, batch: int, forward_ms: float) -> dict:
             "gaps_us": 1e3 * forward_ms - total}
 
 
-def classifier(bundle: Path, dataset: Path) -> list[dict]:
+CLASSIFIER_SYSTEMS = {      # row name -> (TextClassifier's encoder, GraphEncoder's head mode)
+    "FP16-GPU onnxruntime": ("onnxruntime", None),
+    "FP16-GPU kernel encoder": ("kernels", "graphs"),
+    "FP16-GPU kernel encoder, head without CUDA graph (static buckets)": ("kernels", "static"),
+    "FP16-GPU kernel encoder, dynamic head session (run40's)": ("kernels", "dynamic"),
+}
+
+
+def classifier(bundle: Path, dataset: Path, repeats: int = 50) -> tuple[list[dict], dict]:
     """The real classifier on the whole dev split, FP16, in one run: TextClassifier as it ships (onnxruntime's fused
-    graph in shape buckets, CUDA graphs) and with encoder="kernels" (the same buckets on our kernel encoder);
-    accuracy, ms/sample (median of 3 timed passes) and argmax agreement between the two."""
+    graph in shape buckets, CUDA graphs) and with encoder="kernels" (the same buckets on our kernel encoder, the head
+    each of GraphEncoder's ways); accuracy, ms/sample (median of 3 timed passes) and argmax agreement with the
+    default -> (rows, the per-stage times of one batch: classifier_stages)."""
     from paddle2ort.runtime.pipelines import TextClassifier
     from paddle2ort.runtime.session import SessionOptions
 
     from .classifier import make_batches, timed_predictions
     from .dataset import load_split
     data = load_split(dataset, "dev")
-    rows, preds, idx, feeds = [], {}, None, None
-    for name, encoder in (("FP16-GPU onnxruntime", "onnxruntime"), ("FP16-GPU kernel encoder", "kernels")):
+    rows, preds, idx, feeds, clfs = [], {}, None, None, {}
+    for name, (encoder, head) in CLASSIFIER_SYSTEMS.items():
         clf = TextClassifier(bundle, precision="fp16", session=SessionOptions(device="gpu"), batch_size=32,
                              encoder=encoder)
+        if head is not None:
+            clf.runner.encoder.head_mode = head
         if feeds is None:
             idx, feeds = make_batches(clf, data)
         pred, passes = timed_predictions(clf, len(data.texts), idx, feeds)
@@ -181,10 +192,42 @@ def classifier(bundle: Path, dataset: Path) -> list[dict]:
         rows.append({"name": name, "samples": len(data.texts),
                      "accuracy": float((pred == np.asarray(data.labels)).mean()),
                      "ms_per_sample": float(np.median(passes)) / len(data.texts) * 1e3, "pass_times_s": passes})
+        if head is not None:
+            rows[-1]["head_mode_used"] = clf.runner.encoder.head_mode
         log.info("%s", rows[-1])
+        clfs[name] = clf
+    ref = next(iter(CLASSIFIER_SYSTEMS))
     for r in rows:
-        r["argmax_agreement_vs_onnxruntime"] = float((preds[r["name"]] == preds["FP16-GPU onnxruntime"]).mean())
-    return rows
+        r["argmax_agreement_vs_onnxruntime"] = float((preds[r["name"]] == preds[ref]).mean())
+    stages = classifier_stages(clfs[ref], clfs["FP16-GPU kernel encoder"], feeds, repeats)
+    return rows, stages
+
+
+def classifier_stages(ort_clf, kernel_clf, feeds: list[dict], repeats: int) -> dict:
+    """Where one batch's time goes (the median-length batch of the split, padded to its bucket; ms, median of
+    `repeats`, each call synchronized): onnxruntime's bucket (copies in, one graph replay, copies out) against the
+    kernel path's stages: the prefix (key lengths, CPU), the encoder (copies in, replay, synchronize), the head in
+    each of GraphEncoder's ways, and GraphEncoder.run whole."""
+    from paddle2ort.runtime.buckets import bucket_for, pad_to_bucket
+    from paddle2ort.runtime.kernels.encoder_graph import HEADS
+    runner, ge = kernel_clf.runner, kernel_clf.runner.encoder
+    f = feeds[len(feeds) // 2]
+    n, length = f["input_ids"].shape
+    batch, seq = bucket_for(n, runner.spec.batch), bucket_for(length, runner.spec.seq)
+    f = pad_to_bucket(f, batch, seq, runner.pad_values)
+    lens, hidden0 = ge.run_prefix(f)
+    hidden = ge.encoder.forward(f["input_ids"], lens, f.get("token_type_ids"), hidden0)
+    rest = {k: f[k] for k in ge.graph.head_inputs[1:]}
+    ort_bucket = ort_clf.runner.bucket(batch, seq)
+    ms = {"onnxruntime bucket (whole model)": _median_ms(lambda: ort_bucket(f), repeats),
+          "kernel path: prefix (key lengths, CPU)": _median_ms(lambda: ge.run_prefix(f), repeats),
+          "kernel path: encoder (copies in, replay, synchronize)": _median_ms(
+              lambda: ge.encoder.forward(f["input_ids"], lens, f.get("token_type_ids"), hidden0), repeats)}
+    for mode in HEADS:
+        ge.head_mode = mode
+        ms[f"kernel path: head ({mode})"] = _median_ms(lambda: ge.run_head(hidden, rest), repeats)
+        ms[f"kernel path: GraphEncoder.run, head {mode}"] = _median_ms(lambda: ge.run(f), repeats)
+    return {"batch": batch, "seq": seq, "rows": n, "length": length, "repeats": repeats, "ms": ms}
 
 
 def speedup(res: dict, geom: str, peer: str = REF, batch: int = 32) -> float:
@@ -218,6 +261,11 @@ def report(res: dict) -> str:
                   "|---|---:|---:|---:|---:|"]
         lines += [f"| {r['name']} | {r['samples']} | {100 * r['accuracy']:.2f}% | {r['ms_per_sample']:.4f} | "
                   f"{100 * r['argmax_agreement_vs_onnxruntime']:.2f}% |" for r in res["classifier"]]
+    if res.get("classifier_stages"):
+        st = res["classifier_stages"]
+        lines += ["", f"One batch of the dev split ({st['rows']} rows of up to {st['length']} tokens, its bucket "
+                  f"{st['batch']} x {st['seq']}), ms, median of {st['repeats']}, each call synchronized:", "",
+                  "| stage | ms |", "|---|---:|"] + [f"| {k} | {v:.3f} |" for k, v in st["ms"].items()]
     for geom, bd in res.get("breakdown", {}).items():
         lines += ["", f"{geom}, batch {bd['batch']}: each kernel alone in a CUDA graph, per forward (us): "
                   + ", ".join(f"{k} {v:.0f}" for k, v in bd["us_per_forward"].items())
@@ -247,7 +295,7 @@ def main(argv=None) -> int:
     if a.cmd == "run":
         res = run(a.out, a.repeats, a.geometries, not a.no_compile)
         if a.bundle and a.dataset:
-            res["classifier"] = classifier(a.bundle, a.dataset)
+            res["classifier"], res["classifier_stages"] = classifier(a.bundle, a.dataset)
             (a.out / "kernel-encoder.json").write_text(json.dumps(res, indent=1))
         (a.out / "kernel-encoder.md").write_text(report(res))
         plot(res, a.out / "kernel-encoder.png")

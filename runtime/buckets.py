@@ -147,18 +147,24 @@ def sequence_length(feeds: dict[str, np.ndarray]) -> int:
     return lengths.pop()
 
 
-class _Bucket:
+class StaticBucket:
     """One static-shape session with its inputs and outputs bound to fixed buffers (a CUDA graph on CUDA)."""
 
-    def __init__(self, model: Path, opts: SessionOptions, dims: tuple[str, str], batch: int, seq: int,
-                 output_names: list[str], cuda_graph: bool):
+    def __init__(self, model: Path | bytes, opts: SessionOptions, dims: tuple[str, str], batch: int, seq: int,
+                 output_names: list[str], cuda_graph: bool, device_inputs: dict[str, tuple] | None = None):
+        """device_inputs: {name: (pointer, shape, numpy dtype)}, inputs read in place from device memory that
+        outlives the bucket at a fixed address (a CUDA graph replays the address it captured)."""
         import onnxruntime as ort
         self.session = create_session(model, replace(opts, enable_cuda_graph=cuda_graph,
                                                      free_dimensions=((dims[0], batch), (dims[1], seq))))
         device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
         self.binding = self.session.io_binding()
         self.inputs = {}
+        for name, (ptr, shape, dtype) in (device_inputs or {}).items():
+            self.binding.bind_input(name, "cuda", opts.device_id, dtype, list(shape), ptr)
         for i in self.session.get_inputs():
+            if i.name in (device_inputs or {}):
+                continue
             dtype = np.int64 if i.type == "tensor(int64)" else np.int32 if i.type == "tensor(int32)" else np.float32
             v = ort.OrtValue.ortvalue_from_shape_and_type([batch, seq], dtype, device, opts.device_id)
             self.binding.bind_ortvalue_input(i.name, v)
@@ -175,7 +181,7 @@ class _Bucket:
                                                           else np.float32, device, opts.device_id)
             self.binding.bind_ortvalue_output(name, v)
             self.outputs.append(v)
-        self.runs = 0
+        self.runs, self.cuda_graph = 0, cuda_graph
 
     def run(self) -> None:
         self.session.run_with_iobinding(self.binding)
@@ -186,6 +192,21 @@ class _Bucket:
             v.update_inplace(np.ascontiguousarray(feeds[name]))
         self.run()
         return [np.array(o.numpy(), copy=True) for o in self.outputs]   # the buffers are reused
+
+
+def static_bucket(model: Path | bytes, opts: SessionOptions, dims: tuple[str, str], batch: int, seq: int,
+                  output_names: list[str], cuda_graph: bool, device_inputs: dict[str, tuple] | None = None
+                  ) -> StaticBucket:
+    """A StaticBucket, in a CUDA graph where asked and onnxruntime accepts the capture (it refuses when a node is not
+    on CUDA: then without one, logged; the bucket's .cuda_graph says which)."""
+    try:
+        return StaticBucket(model, opts, dims, batch, seq, output_names, cuda_graph, device_inputs)
+    except Exception as e:  # noqa: BLE001  (onnxruntime's own pybind error types)
+        if not cuda_graph:
+            raise
+        log.warning("CUDA graph capture refused for %s (%s); its buckets run with IO binding only",
+                    model.name if isinstance(model, Path) else "the model", str(e).splitlines()[0][:200])
+        return StaticBucket(model, opts, dims, batch, seq, output_names, False, device_inputs)
 
 
 class BucketRunner:
@@ -212,23 +233,16 @@ class BucketRunner:
         self.dims = dims
         self.seq_outputs = set(seq_outputs)
         self.cuda_graph = opts.wants_cuda if cuda_graph is None else cuda_graph
-        self.buckets: dict[tuple[int, int], _Bucket] = {}
+        self.buckets: dict[tuple[int, int], StaticBucket] = {}
 
-    def bucket(self, batch: int, seq: int) -> _Bucket:
+    def bucket(self, batch: int, seq: int) -> StaticBucket:
         """The (batch, seq) bucket's bound session, created on first use."""
         key = (batch, seq)
         if key not in self.buckets:
             log.debug("bucket batch=%d seq=%d: static session%s", batch, seq, " + CUDA graph" * self.cuda_graph)
-            try:
-                self.buckets[key] = _Bucket(self.model, self.opts, self.dims, batch, seq, self.output_names,
-                                            self.cuda_graph)
-            except Exception as e:  # noqa: BLE001  (onnxruntime refuses capture when a node is not on CUDA)
-                if not self.cuda_graph:
-                    raise
-                log.warning("CUDA graph capture refused for %s (%s); buckets run with IO binding only",
-                            self.model.name, str(e).splitlines()[0][:200])
-                self.cuda_graph = False
-                self.buckets[key] = _Bucket(self.model, self.opts, self.dims, batch, seq, self.output_names, False)
+            self.buckets[key] = static_bucket(self.model, self.opts, self.dims, batch, seq, self.output_names,
+                                              self.cuda_graph)
+            self.cuda_graph = self.buckets[key].cuda_graph
         return self.buckets[key]
 
     def run_bound(self, batch: int, seq: int) -> None:

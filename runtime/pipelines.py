@@ -63,19 +63,23 @@ class TextClassifier:
         self.batch_size = batch_size
         self.precision = precision or default_precision(self.bundle, session.device)   # None: the released one
         session = cpu_encoder_session(session)
+        # the whole model's session: the device check (and the fallback to CPU) before anything else; on the GPU
+        # the buckets build their own, so it is dropped there and the weights are not held twice
         self.session = create_session(self.bundle.model_path(self.precision, verify=True), session)
         self.input_names = [i.name for i in self.session.get_inputs()]
+        self.provider = self.session.get_providers()[0]
         self.output_name = m.outputs[0].name
         spec = BucketSpec.for_max_length(self.max_seq_length, batch_buckets(batch_size))
+        if encoder == "kernels" and self.provider != CUDA:
+            raise BadInputError(f"encoder='kernels' runs on a CUDA GPU (this session runs on {self.provider}): use "
+                                "SessionOptions(device='gpu') on a GPU host, or the default encoder='onnxruntime'")
+        if self.provider == CUDA:
+            self.session = None
         if encoder == "kernels":
-            if self.session.get_providers()[0] != CUDA:
-                raise BadInputError("encoder='kernels' runs on a CUDA GPU (this session runs on "
-                                    f"{self.session.get_providers()[0]}): use SessionOptions(device='gpu') on a GPU "
-                                    "host, or the default encoder='onnxruntime'")
             from .kernels.encoder_graph import KernelRunner
             self.runner = KernelRunner(self.bundle.model_path(self.precision), spec,
                                        pad_values={"input_ids": self.tokenizer.pad_id})
-        elif self.session.get_providers()[0] == CUDA:     # static shape buckets, IO binding, a CUDA graph each
+        elif self.provider == CUDA:     # static shape buckets, IO binding, a CUDA graph each
             self.runner = BucketRunner(self.bundle.model_path(self.precision), [self.output_name], session, spec,
                                        pad_values={"input_ids": self.tokenizer.pad_id})
         else:

@@ -203,6 +203,10 @@ def test_report_and_speedup_read_the_rows():
     res["classifier"] = [{"name": "FP16-GPU kernel encoder", "samples": 3815, "accuracy": 0.7305,
                           "ms_per_sample": 0.0121, "argmax_agreement_vs_onnxruntime": 0.999}]
     assert "| FP16-GPU kernel encoder | 3815 | 73.05% | 0.0121 | 99.90% |" in report(res)
+    res["classifier_stages"] = {"batch": 32, "seq": 64, "rows": 32, "length": 41, "repeats": 50,
+                                "ms": {"onnxruntime bucket (whole model)": 0.31}}
+    assert "(32 rows of up to 41 tokens, its bucket 32 x 64)" in report(res)
+    assert "| onnxruntime bucket (whole model) | 0.310 |" in report(res)
 
 
 @pytest.mark.parametrize("head", ["cls", "mean"])
@@ -256,6 +260,29 @@ def test_graph_cuts_need_no_shape_inference_from_the_extractor(tmp_path, monkeyp
     onnx.save(fused_encoder_model(w, head="cls"), str(tmp_path / "m.onnx"))
     g = read_encoder(tmp_path / "m.onnx")
     assert g.prefix_inputs and g.head_inputs[0] == g.hidden
+
+
+def test_classifier_stages_time_each_stage_of_the_median_batch(tmp_path):
+    """encoder_kernels.classifier_stages on the CPU (twins, onnxruntime's CPU provider): the median-length batch
+    padded to its bucket, every stage and head way timed, the kernel path's outputs those of onnxruntime's bucket."""
+    import onnx
+    from types import SimpleNamespace
+
+    from encoder_graphs import fused_encoder_model, padded_feeds
+    from paddle2ort.benchmarks.encoder_kernels import classifier_stages
+    from paddle2ort.runtime.buckets import BucketRunner, BucketSpec, batch_buckets, bucket_for
+    from paddle2ort.runtime.kernels.encoder_graph import HEADS, KernelRunner
+    w = E.random_weights(layers=1, hidden=64, heads=2, inter=128, vocab=60, positions=64, std=0.1, seed=4)
+    onnx.save(fused_encoder_model(w), str(tmp_path / "m.onnx"))
+    spec = BucketSpec.for_max_length(64, batch_buckets(8))
+    kernels = KernelRunner(tmp_path / "m.onnx", spec, pad_values={"input_ids": 0}, device="cpu")
+    ort = BucketRunner(tmp_path / "m.onnx", kernels.output_names, spec=spec, pad_values={"input_ids": 0})
+    feeds = [padded_feeds(3, n, 60, n) for n in (5, 20, 40)]
+    st = classifier_stages(SimpleNamespace(runner=ort), SimpleNamespace(runner=kernels), feeds, repeats=3)
+    assert (st["rows"], st["length"], st["batch"], st["seq"]) == (3, 20, bucket_for(3, spec.batch), 32)
+    assert len(st["ms"]) == 3 + 2 * len(HEADS) and all(v > 0 for v in st["ms"].values())
+    got, want = kernels(feeds[1])[0], ort(feeds[1])[0]
+    assert got.shape == (3, 3) and np.abs(got - want).max() <= 5e-3 * np.abs(want).max()
 
 
 def test_timed_predictions_put_each_batch_back_in_text_order():

@@ -70,6 +70,15 @@ def test_graph_encoder_on_the_gpu_matches_its_twins(tmp_path, head):
     feeds = padded_feeds(8, 64, 500, 2)
     got, twin = gpu.run(feeds)[0], cpu.run(feeds)[0]
     assert np.abs(got - twin).max() <= 1e-2 * np.abs(twin).max()
+    # the head's ways: its bucket (CUDA graph where onnxruntime captures it) reads the encoder's buffer in place,
+    # on every call of the shape and after another shape's; the dynamic session gives the same logits (to its rounding)
+    other = padded_feeds(4, 32, 500, 3)
+    dyn = GraphEncoder(tmp_path / "m.onnx", head="dynamic")
+    for f in (feeds, other, feeds, other):
+        a, b = gpu.run(f)[0], dyn.run(f)[0]
+        assert np.abs(a - b).max() <= 1e-3 * np.abs(b).max(), f["input_ids"].shape   # static shapes: other kernels
+    assert {k[:2] for k in gpu.head_buckets} == {(8, 64), (4, 32)} and not dyn.head_buckets
+    assert head == "mean" or gpu.head_mode == "graphs"      # a [CLS] head is all on CUDA: captured
     if "CUDAExecutionProvider" in ort.get_available_providers():
         sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CUDAExecutionProvider"])
         want = sess.run(None, feeds)[0]

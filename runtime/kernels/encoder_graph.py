@@ -10,6 +10,7 @@ BadInputError naming the node where the walk stopped: the caller keeps onnxrunti
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,9 @@ import numpy as np
 from ..buckets import BucketRunner
 from ..errors import BadInputError
 from .encoder import EncoderWeights, Layer
+
+log = logging.getLogger(__name__)
+HEADS = ("graphs", "static", "dynamic")      # GraphEncoder's ways to run the head on the GPU
 
 
 @dataclass
@@ -30,6 +34,7 @@ class EncoderGraph:
     prefix: bytes                # the graph's inputs -> the key lengths [B] (and, with no embedding fusion, the
     prefix_inputs: list[str]     #   first layer's input), run by onnxruntime: the graph says what its mask is
     lengths: str                 # the Attention nodes' 1-D key-length input
+    dims: tuple[str, str] = ("batch", "sequence")   # the names of the graph's batch and sequence dimensions
 
 
 def _walk(model) -> tuple[EncoderWeights, str, dict]:
@@ -126,9 +131,11 @@ def read_encoder(path: str | Path) -> EncoderGraph:
     g = model.graph
     known = {v.name for v in list(g.value_info) + list(g.input) + list(g.output)}
     float_type = TensorProto.FLOAT16 if ftype is np.float16 else TensorProto.FLOAT
-    for name, elem, shape in ((hidden, float_type, ["batch", "sequence", weights.hidden]),
-                              (info["start"], float_type, ["batch", "sequence", weights.hidden]),
-                              (info["lengths"], TensorProto.INT32, ["batch"])):
+    ids_dims = [d.dim_param for d in g.input[0].type.tensor_type.shape.dim] if g.input else []
+    dims = (ids_dims[0] or "batch", ids_dims[1] or "sequence") if len(ids_dims) == 2 else ("batch", "sequence")
+    for name, elem, shape in ((hidden, float_type, [*dims, weights.hidden]),
+                              (info["start"], float_type, [*dims, weights.hidden]),
+                              (info["lengths"], TensorProto.INT32, [dims[0]])):
         if name not in known:
             g.value_info.append(helper.make_tensor_value_info(name, elem, shape))
             known.add(name)
@@ -146,16 +153,21 @@ def read_encoder(path: str | Path) -> EncoderGraph:
     if hidden not in head_inputs:
         raise BadInputError("the graph's outputs do not read the last encoder layer's output")
     prefix, prefix_inputs = cut([], [info["lengths"]] + ([] if weights.embeds else [info["start"]]))
-    return EncoderGraph(weights, head, head_inputs, hidden, ftype, prefix, prefix_inputs, info["lengths"])
+    return EncoderGraph(weights, head, head_inputs, hidden, ftype, prefix, prefix_inputs, info["lengths"], dims)
 
 
 class GraphEncoder:
     """A fused encoder bundle model run as the kernel encoder (its twins on "cpu") + onnxruntime for the rest:
     run(feeds) -> the graph's outputs, the feeds being the model's own inputs. The key lengths (and the embeddings,
     where they are not fused) come from the graph's own ops (the prefix model); an attention_mask given must be
-    right padding (a row's ones first), the form 1-D key lengths assume."""
+    right padding (a row's ones first), the form 1-D key lengths assume.
 
-    def __init__(self, path: str | Path, device: str = "gpu"):
+    head (GPU): "graphs", the head as one static onnxruntime session a (batch, seq) shape (a bucket of
+    runtime/buckets) reading the kernel encoder's output buffer of that shape in place, in onnxruntime's CUDA graph;
+    "static", the same buckets without the graph (what "graphs" falls back to where onnxruntime refuses the
+    capture); "dynamic", one session for every shape with the buffer bound each call."""
+
+    def __init__(self, path: str | Path, device: str = "gpu", head: str = "graphs"):
         import onnxruntime as ort
 
         from .encoder import KernelEncoder
@@ -164,6 +176,26 @@ class GraphEncoder:
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "gpu" else ["CPUExecutionProvider"]
         self.head = ort.InferenceSession(self.graph.head, providers=providers)
         self.prefix = ort.InferenceSession(self.graph.prefix, providers=["CPUExecutionProvider"])
+        if head not in HEADS:
+            raise BadInputError(f"head must be one of {HEADS}, got {head!r}")
+        self.head_mode = head
+        self.head_buckets: dict[tuple[int, int, bool], object] = {}    # (batch, seq, in a CUDA graph)
+
+    def head_bucket(self, hidden):
+        """The head's static session for hidden's (batch, seq), its input bound to hidden's buffer (the kernel
+        encoder keeps one a shape, so the address a CUDA graph captured stays valid)."""
+        from ..buckets import static_bucket
+        from ..session import SessionOptions
+        batch, seq = hidden.shape[:2]
+        key = (batch, seq, self.head_mode == "graphs")
+        if key not in self.head_buckets:
+            bound = {self.graph.hidden: (hidden.data.ptr, hidden.shape, self.graph.float_type)}
+            self.head_buckets[key] = static_bucket(
+                self.graph.head, SessionOptions(device="gpu", device_id=hidden.device.id), self.graph.dims, batch, seq,
+                [o.name for o in self.head.get_outputs()], key[2], bound)
+            if key[2] and not self.head_buckets[key].cuda_graph:
+                self.head_mode = "static"
+        return self.head_buckets[key]
 
     def run(self, feeds: dict) -> list[np.ndarray]:
         ids = np.asarray(feeds["input_ids"])
@@ -172,12 +204,22 @@ class GraphEncoder:
             if not np.array_equal(mask, np.arange(ids.shape[1])[None, :] < mask.sum(1)[:, None]):
                 raise BadInputError("attention_mask is not right padding (each row's ones first): the kernel "
                                     "encoder's key lengths need it; pad on the right, as the bundle's tokenizer does")
-        pre = self.prefix.run(None, {n: np.asarray(feeds[n]) for n in self.graph.prefix_inputs})
-        lens, hidden0 = np.asarray(pre[0]).astype(np.int64), (pre[1] if len(pre) > 1 else None)
+        lens, hidden0 = self.run_prefix(feeds)
         hidden = self.encoder.forward(ids, lens, feeds.get("token_type_ids"), hidden0)   # synchronized
-        rest = {n: np.asarray(feeds[n]) for n in self.graph.head_inputs[1:]}
+        return self.run_head(hidden, {n: np.asarray(feeds[n]) for n in self.graph.head_inputs[1:]})
+
+    def run_prefix(self, feeds: dict) -> tuple[np.ndarray, np.ndarray | None]:
+        """The graph's own key lengths [B] (and the embedded input, where the embeddings are not fused)."""
+        pre = self.prefix.run(None, {n: np.asarray(feeds[n]) for n in self.graph.prefix_inputs})
+        return np.asarray(pre[0]).astype(np.int64), (pre[1] if len(pre) > 1 else None)
+
+    def run_head(self, hidden, rest: dict) -> list[np.ndarray]:
+        """The head on the last layer's output (the encoder's device buffer on the GPU) -> the graph's outputs."""
         xp = self.encoder.xp
-        if xp is not np and self.head.get_providers()[0] == "CUDAExecutionProvider":
+        on_gpu = xp is not np and self.head.get_providers()[0] == "CUDAExecutionProvider"
+        if on_gpu and self.head_mode != "dynamic" and hidden.dtype == self.graph.float_type:
+            return self.head_bucket(hidden)(rest)
+        if on_gpu:
             # the head reads our device buffer (no copy through the host); its outputs (logits) come back
             if hidden.dtype != self.graph.float_type:
                 hidden = hidden.astype(self.graph.float_type)
