@@ -86,7 +86,7 @@ def ppl_change(precision: str, ref: tuple[str, str]) -> Callable[[dict], float]:
 OURS_FP16 = "ours-fp16-head32"           # the fused FP16 default: float16 graph, float32 LM head and logits
 GPU_05B, GPU_SMOL = "llm-gpu/run7/bench-qwen2.5-0.5b.json", "llm-gpu/run4/bench-smollm2-135m.json"
 ENC_GPU, ENC_CPU, ENC_CPU_GRAPHS = "encoder/gpu-h200-run3.json", "encoder/cpu-run5.json", "encoder/cpu.json"
-ENC_KERNELS = "encoder/kernel-encoder-run40/kernel-encoder.json"   # our kernel encoder beside torch, one run
+ENC_KERNELS = "encoder/kernel-encoder-run41/kernel-encoder.json"   # our kernel encoder beside torch, one run
 ENC_GPU_PROFILE = "encoder/gpu-h200-profile.json"   # issue 17: BERT-base b32 kernels by family (CUPTI), ours vs reduce-overhead
 ENC_OURS = "ours fused fp16 (key_lengths) CUDA graph"      # what FusionConfig() bundles for the GPU
 ENC_FP32, ENC_INT8 = "FP32-CPU fused-noskip", "INT8-CPU unfused"     # what FusionConfig() bundles on the CPU
@@ -549,7 +549,7 @@ HEADLINES: tuple[Headline, ...] = (
                        for label, g in (("MiniLM-L6", "minilm"), ("ERNIE-3.0-Medium", "ernie_medium"),
                                         ("BERT-base", "bert_base"))))),
     Headline("kernel encoder (cuBLASLt epilogues + our attention, CUDA graph) vs torch.compile reduce-overhead, "
-             "batch 32 x 128, H200, one run", ENC_KERNELS, "run40, tree of 99025f5",
+             "batch 32 x 128, H200, one run", ENC_KERNELS, "run41, tree of 9dcd6d6",
              _targets(*((label, f">= 1.5x torch.compile reduce-overhead, kernel encoder (cuBLASLt epilogue GEMMs + our "
                                 f"attention, CUDA graph; BertModel's random weights, not yet behind the bundle), {g} "
                                 "32 x 128 (H200)")

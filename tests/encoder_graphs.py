@@ -58,7 +58,8 @@ def fused_encoder_model(w, classes: int = 3, head: str = "cls", dtype=np.float32
            for n in ("input_ids", "token_type_ids", "attention_mask")]
     out = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])]
     g = helper.make_graph(nodes, "fused_encoder", ins, out, inits)
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
+                             ir_version=8)      # what onnxruntime 1.17+ reads, whichever onnx writes it
 
 
 def padded_feeds(batch: int, seq: int, vocab: int, seed: int) -> dict:

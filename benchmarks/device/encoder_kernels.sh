@@ -17,7 +17,9 @@ mkdir -p "$OUT"
 python3 -c "import onnxruntime as o, sys; p = o.get_available_providers(); print(o.__version__, p); \
 sys.exit(0 if 'CUDAExecutionProvider' in p else 'onnxruntime-gpu is not in /tmp/site: run the staging calls first')"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/nvidia-smi.txt"
-git log -1 --format=%H > "$OUT/commit.txt" 2>/dev/null || true
+# the device's copy of .git can lag the working tree it received: record a digest of the sources instead, which
+# `bash benchmarks/device/source_digest.sh` on a checkout reproduces
+bash benchmarks/device/source_digest.sh > "$OUT/source-digest.txt"
 python3 -m pytest -q -p no:cacheprovider tests/test_encoder_kernels_gpu.py tests/test_cublaslt_gpu.py \
   > "$OUT/gpu-tests.log" 2>&1 || true
 tail -3 "$OUT/gpu-tests.log"
