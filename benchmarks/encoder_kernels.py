@@ -209,7 +209,7 @@ def classifier_stages(ort_clf, kernel_clf, feeds: list[dict], repeats: int) -> d
     kernel path's stages: the prefix (key lengths, CPU), the encoder (copies in, replay, synchronize), the head in
     each of GraphEncoder's ways, and GraphEncoder.run whole."""
     from paddle2ort.runtime.buckets import bucket_for, pad_to_bucket
-    from paddle2ort.runtime.kernels.encoder_graph import HEADS
+    from paddle2ort.runtime.kernels.encoder_graph import HEADS, check_right_padding
     runner, ge = kernel_clf.runner, kernel_clf.runner.encoder
     f = feeds[len(feeds) // 2]
     n, length = f["input_ids"].shape
@@ -220,9 +220,17 @@ def classifier_stages(ort_clf, kernel_clf, feeds: list[dict], repeats: int) -> d
     rest = {k: f[k] for k in ge.graph.head_inputs[1:]}
     ort_bucket = ort_clf.runner.bucket(batch, seq)
     ms = {"onnxruntime bucket (whole model)": _median_ms(lambda: ort_bucket(f), repeats),
+          "kernel path: right-padding check": _median_ms(lambda: check_right_padding(f), repeats),
           "kernel path: prefix (key lengths, CPU)": _median_ms(lambda: ge.run_prefix(f), repeats),
           "kernel path: encoder (copies in, replay, synchronize)": _median_ms(
               lambda: ge.encoder.forward(f["input_ids"], lens, f.get("token_type_ids"), hidden0), repeats)}
+    if ge.encoder.xp is not np:         # the encoder stage's two halves
+        stream = ge.encoder.buffers(batch, seq).stream
+        ms["kernel path: encoder, copies in"] = _median_ms(
+            lambda: ge.encoder.load(f["input_ids"], lens, f.get("token_type_ids"), hidden0), repeats,
+            sync=stream.synchronize)
+        ms["kernel path: encoder, graph replay"] = _median_ms(lambda: ge.encoder.run(batch, seq), repeats,
+                                                              sync=stream.synchronize)
     for mode in HEADS:
         ge.head_mode = mode
         ms[f"kernel path: head ({mode})"] = _median_ms(lambda: ge.run_head(hidden, rest), repeats)

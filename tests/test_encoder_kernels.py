@@ -280,7 +280,7 @@ def test_classifier_stages_time_each_stage_of_the_median_batch(tmp_path):
     feeds = [padded_feeds(3, n, 60, n) for n in (5, 20, 40)]
     st = classifier_stages(SimpleNamespace(runner=ort), SimpleNamespace(runner=kernels), feeds, repeats=3)
     assert (st["rows"], st["length"], st["batch"], st["seq"]) == (3, 20, bucket_for(3, spec.batch), 32)
-    assert len(st["ms"]) == 3 + 2 * len(HEADS) and all(v > 0 for v in st["ms"].values())
+    assert len(st["ms"]) == 4 + 2 * len(HEADS) and all(v > 0 for v in st["ms"].values())
     got, want = kernels(feeds[1])[0], ort(feeds[1])[0]
     assert got.shape == (3, 3) and np.abs(got - want).max() <= 5e-3 * np.abs(want).max()
 

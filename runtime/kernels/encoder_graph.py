@@ -156,6 +156,15 @@ def read_encoder(path: str | Path) -> EncoderGraph:
     return EncoderGraph(weights, head, head_inputs, hidden, ftype, prefix, prefix_inputs, info["lengths"], dims)
 
 
+def check_right_padding(feeds: dict) -> None:
+    """An attention_mask given must be right padding (each row's ones first): 1-D key lengths say nothing else."""
+    if "attention_mask" in feeds:
+        mask = np.asarray(feeds["attention_mask"]) != 0
+        if not np.array_equal(mask, np.arange(mask.shape[1])[None, :] < mask.sum(1)[:, None]):
+            raise BadInputError("attention_mask is not right padding (each row's ones first): the kernel encoder's "
+                                "key lengths need it; pad on the right, as the bundle's tokenizer does")
+
+
 class GraphEncoder:
     """A fused encoder bundle model run as the kernel encoder (its twins on "cpu") + onnxruntime for the rest:
     run(feeds) -> the graph's outputs, the feeds being the model's own inputs. The key lengths (and the embeddings,
@@ -199,11 +208,7 @@ class GraphEncoder:
 
     def run(self, feeds: dict) -> list[np.ndarray]:
         ids = np.asarray(feeds["input_ids"])
-        if "attention_mask" in feeds:
-            mask = np.asarray(feeds["attention_mask"]) != 0
-            if not np.array_equal(mask, np.arange(ids.shape[1])[None, :] < mask.sum(1)[:, None]):
-                raise BadInputError("attention_mask is not right padding (each row's ones first): the kernel "
-                                    "encoder's key lengths need it; pad on the right, as the bundle's tokenizer does")
+        check_right_padding(feeds)
         lens, hidden0 = self.run_prefix(feeds)
         hidden = self.encoder.forward(ids, lens, feeds.get("token_type_ids"), hidden0)   # synchronized
         return self.run_head(hidden, {n: np.asarray(feeds[n]) for n in self.graph.head_inputs[1:]})
