@@ -211,7 +211,6 @@ class Buffers:
     x0: object = None       # the embedded input, where the weights have no embeddings (copied into x each run)
     graph: object = None
     stream: object = None
-    staged: dict = None     # pinned host buffers, one a loaded input: the copies in are asynchronous
 
 
 class KernelEncoder:
@@ -296,18 +295,14 @@ class KernelEncoder:
         buf = self.buffers(batch, seq)
         if buf.stream is None:
             buf.stream = self.xp.cuda.Stream(non_blocking=True)
-        if buf.staged is None:
-            from cupyx import empty_pinned
-            buf.staged = {k: empty_pinned(getattr(buf, k).shape, getattr(buf, k).dtype)
-                          for k in ("ids", "types", "lens") + (() if self.w.embeds else ("x0",))}
-        buf.stream.synchronize()            # the last copies from the staged buffers are done before they change
-        buf.staged["ids"][...] = ids
-        buf.staged["types"][...] = 0 if types is None else types
-        buf.staged["lens"][...] = lens
-        if not self.w.embeds:
-            buf.staged["x0"][...] = np.asarray(hidden0).reshape(buf.x0.shape)
-        for k, host in buf.staged.items():
-            getattr(buf, k).set(host, stream=buf.stream)
+        with buf.stream:
+            buf.ids.set(np.ascontiguousarray(ids, np.int64), stream=buf.stream)
+            buf.types.set(np.ascontiguousarray(np.zeros_like(ids) if types is None else types, np.int64),
+                          stream=buf.stream)
+            buf.lens.set(np.ascontiguousarray(lens, np.int32), stream=buf.stream)
+            if not self.w.embeds:
+                buf.x0.set(np.ascontiguousarray(np.asarray(hidden0).reshape(buf.x0.shape), np.float16),
+                           stream=buf.stream)
         return buf
 
     def run(self, batch: int, seq: int) -> None:
