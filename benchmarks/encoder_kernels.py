@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import tempfile
 import time
 from pathlib import Path
 
@@ -35,6 +36,8 @@ OURS_KV2 = "ours kernel encoder fp16 CUDA graph, K/V loads overlapped (2 stages)
 VARIANTS = {OURS: {}, OURS_UNTUNED: {"gemm_tune": False}, OURS_AW8: {"attention_warps": 8},
             OURS_KB128: {"attention_keys": 128}, OURS_KV2: {"attention_stages": 2}}
 REF = "torch reduce-overhead fp16"
+GRAPH_ORT = "fused FP16 graph: onnxruntime, CUDA-graph bucket (host feeds to host logits)"
+GRAPH_OURS = "fused FP16 graph: kernel path (GraphEncoder, head in its CUDA graph; host to host)"
 PARITY_MAX, PARITY_MEAN = 2e-2, 2e-3      # of torch's output range, on the unpadded positions
 
 
@@ -63,6 +66,37 @@ def weights_from_bert(net):
                           sd[emb + "token_type_embeddings.weight"],
                           (sd[emb + "LayerNorm.weight"], sd[emb + "LayerNorm.bias"]), layers,
                           cfg.num_attention_heads, float(cfg.layer_norm_eps))
+
+
+def graph_rows(geom: str, w, work: Path, repeats: int, device: str = "gpu",
+               batches: tuple[int, ...] = BATCHES) -> tuple[list[dict], dict]:
+    """The same weights as the fused FP16 graph a bundle holds (benchmarks/encoder_graphs: the fusion pass's form,
+    a [CLS] head): onnxruntime's static bucket in its CUDA graph (TextClassifier's default on the GPU) against the
+    kernel path (KernelRunner: GraphEncoder, the head in its own CUDA graph), each call host feeds to host logits,
+    batch x SEQ -> (rows, {batch: the kernel path's max |logit diff| / onnxruntime's logit range})."""
+    import onnx
+
+    from paddle2ort.runtime.buckets import BucketRunner, BucketSpec
+    from paddle2ort.runtime.kernels.encoder_graph import KernelRunner
+    from paddle2ort.runtime.session import SessionOptions
+
+    from .encoder_graphs import fused_encoder_model
+    path = work / f"{geom}.fused.fp16.onnx"
+    onnx.save(fused_encoder_model(w, head="cls", dtype=np.float16), str(path))
+    spec, pad = BucketSpec(seq=(SEQ,), batch=tuple(batches)), {"input_ids": 0}
+    runners = {GRAPH_ORT: BucketRunner(path, ["logits"], SessionOptions(device=device), spec, pad_values=pad),
+               GRAPH_OURS: KernelRunner(path, spec, pad_values=pad, device=device)}
+    rows, agree = [], {}
+    for b in batches:
+        ids, mask = _inputs(b)
+        feeds = {"input_ids": ids, "token_type_ids": np.zeros_like(ids), "attention_mask": mask.astype(np.int64)}
+        want, got = (runners[k](feeds)[0] for k in (GRAPH_ORT, GRAPH_OURS))
+        agree[b] = float(np.abs(got - want).max() / max(float(np.ptp(want)), 1e-12))
+        for system, runner in runners.items():
+            rows.append({"system": system, "geometry": geom, "batch": b, "seq": SEQ,
+                         "ms": _median_ms(lambda: runner(feeds), repeats)})
+            log.info("%s", rows[-1])
+    return rows, agree
 
 
 def _inputs(b: int):
@@ -117,6 +151,9 @@ def run(out: Path, repeats: int, geometries: list[str], compile_torch: bool = Tr
                 res.setdefault("breakdown", {})[geom] = breakdown(e, 32, res["rows"][-1]["ms"])
                 log.info("%s breakdown: %s", geom, res["breakdown"][geom])
             del e
+        with tempfile.TemporaryDirectory() as work:
+            rows, res.setdefault("graph_agreement", {})[geom] = graph_rows(geom, enc.host, Path(work), repeats)
+            res["rows"] += rows
         for mode in ("eager", "reduce-overhead") if compile_torch else ("eager",):
             fn = net if mode == "eager" else torch.compile(net, mode=mode, dynamic=False)
             ids, mask = _inputs(32)
@@ -263,6 +300,11 @@ def report(res: dict) -> str:
     for geom, p in res["parity"].items():
         lines.append(f"| {geom} | {p['max_abs_over_range']:.2e} | {p['mean_abs_over_range']:.2e} | "
                      f"{'yes' if p['ok'] else 'NO'} |")
+    if res.get("graph_agreement"):
+        lines += ["", "The fused-graph rows (the same weights as the ONNX graph a bundle holds): the kernel path's logits "
+                  "against onnxruntime's, max |diff| / onnxruntime's logit range: " + "; ".join(
+                      f"{geom} " + ", ".join(f"b{b} {v:.1e}" for b, v in a.items())
+                      for geom, a in res["graph_agreement"].items()) + "."]
     if res.get("classifier"):
         lines += ["", "Real classifier, dev split, FP16 (one run):", "",
                   "| configuration | samples | accuracy | ms/sample | argmax agreement vs onnxruntime |",

@@ -207,16 +207,18 @@ def test_report_and_speedup_read_the_rows():
                                 "ms": {"onnxruntime bucket (whole model)": 0.31}}
     assert "(32 rows of up to 41 tokens, its bucket 32 x 64)" in report(res)
     assert "| onnxruntime bucket (whole model) | 0.310 |" in report(res)
+    res["graph_agreement"] = {"bert_base": {"1": 1e-3, "32": 2e-3}}
+    assert "bert_base b1 1.0e-03, b32 2.0e-03." in report(res)
 
 
 @pytest.mark.parametrize("head", ["cls", "mean"])
 def test_graph_encoder_runs_an_inline_fused_graph_as_onnxruntime_does(tmp_path, head):
-    """A fused encoder graph built inline (tests/encoder_graphs.py): GraphEncoder's twins + the cut prefix and head
+    """A fused encoder graph built inline (benchmarks/encoder_graphs.py): GraphEncoder's twins + the cut prefix and head
     give onnxruntime's logits of the whole graph; with the padding attended they would not."""
     import onnx
     import onnxruntime as ort
 
-    from encoder_graphs import fused_encoder_model, padded_feeds
+    from paddle2ort.benchmarks.encoder_graphs import fused_encoder_model, padded_feeds
     from paddle2ort.runtime.kernels.encoder_graph import GraphEncoder
     w = E.random_weights(layers=2, hidden=64, heads=2, inter=128, vocab=60, positions=32, std=0.1, seed=3)
     onnx.save(fused_encoder_model(w, head=head), str(tmp_path / "m.onnx"))
@@ -240,7 +242,7 @@ def test_graph_cuts_need_no_shape_inference_from_the_extractor(tmp_path, monkeyp
     import onnx
     import onnx.utils
 
-    from encoder_graphs import fused_encoder_model
+    from paddle2ort.benchmarks.encoder_graphs import fused_encoder_model
     from paddle2ort.runtime.kernels.encoder_graph import read_encoder
 
     class TypedOnly(onnx.utils.Extractor):
@@ -268,7 +270,7 @@ def test_classifier_stages_time_each_stage_of_the_median_batch(tmp_path):
     import onnx
     from types import SimpleNamespace
 
-    from encoder_graphs import fused_encoder_model, padded_feeds
+    from paddle2ort.benchmarks.encoder_graphs import fused_encoder_model, padded_feeds
     from paddle2ort.benchmarks.encoder_kernels import classifier_stages
     from paddle2ort.runtime.buckets import BucketRunner, BucketSpec, batch_buckets, bucket_for
     from paddle2ort.runtime.kernels.encoder_graph import HEADS, KernelRunner
@@ -283,6 +285,18 @@ def test_classifier_stages_time_each_stage_of_the_median_batch(tmp_path):
     assert len(st["ms"]) == 4 + 2 * len(HEADS) and all(v > 0 for v in st["ms"].values())
     got, want = kernels(feeds[1])[0], ort(feeds[1])[0]
     assert got.shape == (3, 3) and np.abs(got - want).max() <= 5e-3 * np.abs(want).max()
+
+
+def test_graph_rows_time_both_runners_on_the_same_fused_graph(tmp_path):
+    """encoder_kernels.graph_rows on the CPU (onnxruntime's CPU provider, the kernels' twins): a row per runner and
+    batch, and the two runners' logits agree on the padded rows."""
+    from paddle2ort.benchmarks.encoder_kernels import GRAPH_ORT, GRAPH_OURS, graph_rows
+    w = E.random_weights(layers=1, hidden=64, heads=2, inter=128, vocab=30000, positions=128, std=0.1, seed=6)
+    rows, agree = graph_rows("tiny", w, tmp_path, repeats=2, device="cpu", batches=(1, 2))
+    assert [(r["system"], r["batch"]) for r in rows] == [(GRAPH_ORT, 1), (GRAPH_OURS, 1), (GRAPH_ORT, 2),
+                                                        (GRAPH_OURS, 2)]
+    assert all(r["ms"] > 0 and r["geometry"] == "tiny" for r in rows)
+    assert set(agree) == {1, 2} and max(agree.values()) < 5e-3
 
 
 def test_timed_predictions_put_each_batch_back_in_text_order():

@@ -57,12 +57,12 @@ def test_the_encoder_matches_its_twin_and_its_graph_the_launched_pass(hidden, he
 
 @pytest.mark.parametrize("head", ["cls", "mean"])
 def test_graph_encoder_on_the_gpu_matches_its_twins(tmp_path, head):
-    """GraphEncoder on an inline FP16 fused graph (tests/encoder_graphs.py): the GPU kernels + the cut head give the
+    """GraphEncoder on an inline FP16 fused graph (benchmarks/encoder_graphs.py): the GPU kernels + the cut head give the
     twins' logits, and onnxruntime's own run of the whole graph where its CUDA provider loads."""
     import onnx
     import onnxruntime as ort
 
-    from encoder_graphs import fused_encoder_model, padded_feeds
+    from paddle2ort.benchmarks.encoder_graphs import fused_encoder_model, padded_feeds
     from paddle2ort.runtime.kernels.encoder_graph import GraphEncoder
     w = E.random_weights(layers=2, hidden=256, heads=4, inter=512, vocab=500, positions=128, std=0.05, seed=5)
     onnx.save(fused_encoder_model(w, head=head, dtype=np.float16), str(tmp_path / "m.onnx"))

@@ -1,7 +1,7 @@
-"""Fused encoder ONNX graphs built inline from EncoderWeights (no Paddle): the form the fusion pass writes
-(EmbedLayerNormalization, then Attention with 1-D key lengths from ReduceSum(attention_mask), MatMul,
-SkipLayerNormalization with the O bias, MatMul, BiasGelu, MatMul, SkipLayerNormalization with the FFN bias), and a
-head: the [CLS] row (Gather) or the masked mean, then a classifier."""
+"""Fused encoder ONNX graphs built inline from EncoderWeights, no Paddle (the tests and encoder_kernels use them):
+the form the fusion pass writes (EmbedLayerNormalization, then Attention with 1-D key lengths from
+ReduceSum(attention_mask), MatMul, SkipLayerNormalization with the O bias, MatMul, BiasGelu, MatMul,
+SkipLayerNormalization with the FFN bias), and a head: the [CLS] row (Gather) or the masked mean, then a classifier."""
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
