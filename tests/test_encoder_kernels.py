@@ -92,10 +92,14 @@ def test_the_stack_twin_is_bert_within_float16_rounding():
 
 def test_attention_options_are_checked_by_name():
     w = E.random_weights(layers=1, hidden=256, heads=2, inter=256, vocab=4, positions=4)      # head size 128
-    for opts, match in (({"attention_keys": 128}, "attention_keys"), ({"attention_stages": 2}, "attention_stages"),
-                        ({"attention_warps": 3}, "attention_warps")):
+    A = E.AttentionConfig
+    for cfg, match in ((A(keys=128), "attention keys 128 needs head size <= 64"),
+                       (A(stages=2), "attention stages 2 needs head size <= 64"),
+                       (A(warps=3), "attention warps must be one of"), (A(keys=16), "attention keys must be one of"),
+                       (A(min_blocks=3), "attention min_blocks must be one of")):
         with pytest.raises(BadInputError, match=match):
-            E.KernelEncoder(w, device="cpu", **opts)
+            E.KernelEncoder(w, device="cpu", attention=cfg)
+    E.KernelEncoder(w, device="cpu", attention=A(keys=32, min_blocks=6))
 
 
 @pytest.mark.parametrize("hidden, heads, match", [(96, 4, "head size 24"), (2048, 16, "multiples of 8 up to")])
@@ -108,12 +112,15 @@ def test_unfit_geometries_are_refused_by_name(hidden, heads, match):
 
 @pytest.mark.skipif(NVCC is None, reason="needs nvcc")
 def test_encoder_kernels_compile_for_every_head_size(tmp_path):
-    for hd, aw, kb, st in [(hd, 4, 64, 1) for hd in E.HEAD_DIMS] + [(64, 8, 64, 1), (64, 4, 128, 1), (32, 8, 128, 1),
-                                                                    (64, 4, 64, 2), (32, 8, 64, 2)]:
-        ptx = tmp_path / f"enc{hd}-{aw}-{kb}-{st}.ptx"
-        r = subprocess.run([NVCC, "-std=c++17", "-arch=sm_90", f"-DHD={hd}", f"-DAW={aw}", f"-DKB={kb}",
-                            f"-DKV_STAGES={st}", "--ptx", str(E.SOURCE), "-o", str(ptx)], capture_output=True,
-                           text=True, timeout=300)
+    A = E.AttentionConfig
+    for hd, cfg in [(hd, A()) for hd in E.HEAD_DIMS] + [
+            (64, A(warps=8)), (64, A(keys=128)), (32, A(warps=8, keys=128)), (64, A(stages=2)),
+            (32, A(warps=8, stages=2)), (64, A(keys=32, min_blocks=5)), (64, A(keys=32, min_blocks=6)),
+            (128, A(keys=32, min_blocks=4)), (64, A(keys=32, stages=2, min_blocks=5))]:
+        cfg.check(hd)
+        ptx = tmp_path / f"enc{hd}-{cfg.warps}-{cfg.keys}-{cfg.stages}-{cfg.min_blocks}.ptx"
+        r = subprocess.run([NVCC, *cfg.options(hd), "-arch=sm_90", "--ptx", str(E.SOURCE), "-o", str(ptx)],
+                           capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-2000:]
         entries = set(re.findall(r"\.entry\s+(\w+)", ptx.read_text()))
         assert entries == {"layer_norm_f16", "embed_layer_norm_f16", "attention_qkv_f16"}

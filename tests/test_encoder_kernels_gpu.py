@@ -14,19 +14,24 @@ def _rel(got, want):
     return rel_err(cp.asnumpy(got), want)
 
 
-@pytest.mark.parametrize("warps, keys, stages", [(4, 64, 1), (8, 64, 1), (4, 128, 1), (8, 128, 1), (4, 64, 2),
-                                                 (8, 64, 2)])
+A = E.AttentionConfig
+
+
+@pytest.mark.parametrize("cfg", [A(), A(warps=8), A(keys=128), A(warps=8, keys=128), A(stages=2), A(warps=8, stages=2),
+                                 A(keys=32, min_blocks=5), A(keys=32, min_blocks=6), A(keys=32, stages=2, min_blocks=5)],
+                         ids=repr)
 @pytest.mark.parametrize("b, s, nh, d, lens", [(2, 128, 12, 64, [128, 64]), (3, 100, 4, 32, [100, 1, 0]),
                                                 (1, 200, 2, 128, [131]), (4, 16, 12, 32, [16, 3, 8, 15]),
                                                 (2, 64, 6, 64, [64, 63])])
-def test_attention_kernel_matches_its_twin(b, s, nh, d, lens, warps, keys, stages):
-    if (keys > 64 or stages > 1) and d > 64:
-        pytest.skip("128-key steps and 2 K/V stages need head size <= 64 (shared memory)")
+def test_attention_kernel_matches_its_twin(b, s, nh, d, lens, cfg):
+    try:
+        cfg.check(d)
+    except E.BadInputError as e:
+        pytest.skip(f"not a configuration for head size {d}: {e}")
     rng = np.random.default_rng(s + d)
     qkv = rng.normal(size=(b * s, 3 * nh * d)).astype(np.float16)
     out = cp.zeros((b * s, nh * d), np.float16)
-    E.launch_attention(cp.asarray(qkv), cp.asarray(np.array(lens, np.int32)), out, nh, s, 1 / np.sqrt(d), warps, keys,
-                       stages)
+    E.launch_attention(cp.asarray(qkv), cp.asarray(np.array(lens, np.int32)), out, nh, s, 1 / np.sqrt(d), cfg)
     want = E.attention_reference(qkv, np.array(lens), nh, 1 / np.sqrt(d))
     assert _rel(out, want) < 1e-2
 

@@ -8,10 +8,13 @@
 #define HD 64
 #endif
 #ifndef KB
-#define KB 64               // keys a block loads per step (a -D option: 64 or 128; 128 only for HD <= 64, shared)
+#define KB 64               // keys a block loads per step (a -D option: 32, 64 or 128; 128 only for HD <= 64, shared)
 #endif
 #ifndef AW
 #define AW 4                // warps per attention block, 16 queries each (a -D option: 4 or 8)
+#endif
+#ifndef MINB
+#define MINB 1              // attention blocks an SM asked of __launch_bounds__ (caps a thread's registers)
 #endif
 #ifndef KV_STAGES
 #define KV_STAGES 1         // 2: the next key step's K/V loads (cp.async) overlap this step's math (HD <= 64, KB 64)
@@ -162,7 +165,7 @@ extern "C" __global__ void embed_layer_norm_f16(const long long* __restrict__ id
 // shared memory with an online softmax (flash attention, tensor cores: mma.sync m16n8k16, float32 accumulation).
 // Fragment layouts (g = lane / 4, t = lane % 4): A row g / g+8, columns 2t, 2t+1 (+8); B rows 2t, 2t+1 (+8),
 // column g; C rows g / g+8, columns 2t, 2t+1. The score tile's C fragments are the A fragments of P @ V.
-extern "C" __global__ void __launch_bounds__(AW * 32)
+extern "C" __global__ void __launch_bounds__(AW * 32, MINB)
     attention_qkv_f16(const half_t* __restrict__ qkv, const int* __restrict__ lens, half_t* __restrict__ out, int S,
                       int NH, float scale) {
   __shared__ __align__(16) half_t ks[KV_STAGES][KB][HD + 8];

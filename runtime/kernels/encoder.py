@@ -26,8 +26,36 @@ HEAD_DIMS = (32, 64, 128)          # attention_qkv_f16's HD: multiples of 16 who
 MAX_HIDDEN = 1024                  # layer_norm: 4 x 8 float16 a lane
 ROWS_PER_BLOCK = 8                 # layer_norm / embed: a warp a row
 ATTENTION_WARPS = (4, 8)           # attention_qkv_f16's AW: 16 queries a warp, a block's warps share its K/V loads
-ATTENTION_KEYS = (64, 128)         # its KB: keys a step (128: one step for sequences <= 128; head size <= 64)
-ATTENTION_STAGES = (1, 2)          # its KV_STAGES: 2 overlaps the next step's K/V loads (cp.async; head <= 64, KB 64)
+ATTENTION_KEYS = (32, 64, 128)     # its KB: keys a step (128: one step for sequences <= 128; head size <= 64)
+ATTENTION_STAGES = (1, 2)          # its KV_STAGES: 2 overlaps the next step's K/V loads (cp.async; head <= 64, KB <= 64)
+ATTENTION_MIN_BLOCKS = (1, 4, 5, 6, 8)   # its MINB: __launch_bounds__' blocks an SM (caps the registers a thread)
+
+
+@dataclass(frozen=True)
+class AttentionConfig:
+    """attention_qkv_f16's compile-time shape: warps a block, keys a step, K/V stages, and the blocks an SM asked of
+    the register allocator (1: no cap; 5 / 6 at 4 warps cap a thread at 96 / 80 registers, which puts BERT-base's
+    768 blocks of 32 x 128 in about one wave of an H200's 132 SMs instead of 1.45)."""
+    warps: int = 4
+    keys: int = 64
+    stages: int = 1
+    min_blocks: int = 1
+
+    def check(self, head_dim: int) -> None:
+        for name, value, allowed in (("warps", self.warps, ATTENTION_WARPS), ("keys", self.keys, ATTENTION_KEYS),
+                                     ("stages", self.stages, ATTENTION_STAGES),
+                                     ("min_blocks", self.min_blocks, ATTENTION_MIN_BLOCKS)):
+            if value not in allowed:
+                raise BadInputError(f"attention {name} must be one of {allowed}, got {value}")
+        if self.keys > 64 and head_dim > 64:
+            raise BadInputError(f"attention keys {self.keys} needs head size <= 64 (shared memory), got {head_dim}")
+        if self.stages > 1 and (head_dim > 64 or self.keys > 64):
+            raise BadInputError(f"attention stages {self.stages} needs head size <= 64 and <= 64 keys a step, got "
+                                f"head size {head_dim}, {self.keys} keys")
+
+    def options(self, head_dim: int) -> tuple[str, ...]:
+        return ("-std=c++17", f"-DHD={head_dim}", f"-DAW={self.warps}", f"-DKB={self.keys}",
+                f"-DKV_STAGES={self.stages}", f"-DMINB={self.min_blocks}")
 
 
 @dataclass
@@ -162,14 +190,11 @@ def forward_reference(w: EncoderWeights, ids: np.ndarray, lens: np.ndarray, type
 
 # ------------------------------------------------------------------ the device
 @functools.lru_cache(maxsize=None)
-def compiled(head_dim: int, warps: int = 4, keys: int = 64, stages: int = 1):
+def compiled(head_dim: int, attention: AttentionConfig = AttentionConfig()):
     from .cuda import cupy
     cp = cupy()
-    log.info("compiling encoder.cu for head size %d, %d attention warps, %d keys a step, %d K/V stages", head_dim,
-             warps, keys, stages)
-    mod = cp.RawModule(code=SOURCE.read_text(encoding="utf-8"),
-                       options=("-std=c++17", f"-DHD={head_dim}", f"-DAW={warps}", f"-DKB={keys}",
-                                f"-DKV_STAGES={stages}"))
+    log.info("compiling encoder.cu for head size %d, attention %s", head_dim, attention)
+    mod = cp.RawModule(code=SOURCE.read_text(encoding="utf-8"), options=attention.options(head_dim))
     mod.get_function("attention_qkv_f16")               # compiles now, so errors surface here
     return mod
 
@@ -189,12 +214,12 @@ def launch_embed(ids, types, w, scratch, out, seq: int) -> None:
          np.int32(t), np.int32(seq), np.int32(h), np.float32(w.eps)))
 
 
-def launch_attention(qkv, lens, out, num_heads: int, seq: int, scale: float, warps: int = 4, keys: int = 64,
-                     stages: int = 1) -> None:
+def launch_attention(qkv, lens, out, num_heads: int, seq: int, scale: float,
+                     attention: AttentionConfig = AttentionConfig()) -> None:
     t, h = out.shape
-    batch, per_block = t // seq, 16 * warps
-    compiled(h // num_heads, warps, keys, stages).get_function("attention_qkv_f16")(
-        (batch * num_heads, (seq + per_block - 1) // per_block), (32 * warps,),
+    batch, per_block = t // seq, 16 * attention.warps
+    compiled(h // num_heads, attention).get_function("attention_qkv_f16")(
+        (batch * num_heads, (seq + per_block - 1) // per_block), (32 * attention.warps,),
         (qkv, lens, out, np.int32(seq), np.int32(num_heads), np.float32(scale)))
 
 
@@ -217,20 +242,10 @@ class KernelEncoder:
     """forward(ids, lens[, types]) -> last hidden states [B, S, H] (float16 on the GPU; float32 twins on CPU)."""
 
     def __init__(self, weights: EncoderWeights, device: str = "gpu", cuda_graph: bool = True,
-                 attention_warps: int = 4, attention_keys: int = 64, attention_stages: int = 1,
-                 gemm_tune: bool = True):
+                 attention: AttentionConfig = AttentionConfig(), gemm_tune: bool = True):
         weights.check(gpu=device == "gpu")
-        if attention_warps not in ATTENTION_WARPS:
-            raise BadInputError(f"attention_warps must be one of {ATTENTION_WARPS}, got {attention_warps}")
-        if attention_keys not in ATTENTION_KEYS or (attention_keys > 64 and weights.head_dim > 64):
-            raise BadInputError(f"attention_keys must be one of {ATTENTION_KEYS} (128 for head sizes <= 64), got "
-                                f"{attention_keys} at head size {weights.head_dim}")
-        if attention_stages not in ATTENTION_STAGES or (attention_stages > 1 and (
-                weights.head_dim > 64 or attention_keys > 64)):
-            raise BadInputError(f"attention_stages must be one of {ATTENTION_STAGES} (2 for head sizes <= 64 with "
-                                f"64-key steps), got {attention_stages}")
-        self.attention_warps, self.attention_keys, self.host = attention_warps, attention_keys, weights
-        self.attention_stages = attention_stages
+        attention.check(weights.head_dim)
+        self.attention, self.host = attention, weights
         self.num_heads, self.eps = weights.num_heads, weights.eps
         self.scale = float(1.0 / np.sqrt(weights.head_dim))
         if device == "gpu":
@@ -239,7 +254,7 @@ class KernelEncoder:
             self.xp = cp = cupy()
             self.w = self._to_device(weights.astype(np.float16))
             self.lt = LtMatmul(tune=gemm_tune)
-            compiled(weights.head_dim, attention_warps, attention_keys, attention_stages)
+            compiled(weights.head_dim, attention)
             compiled(64)
         else:
             self.xp, self.w, self.lt = np, weights, None
@@ -274,8 +289,7 @@ class KernelEncoder:
             self.xp.copyto(buf.x, buf.x0)
         for l in w.layers:
             lt(buf.x, l.wqkv, buf.qkv, bias=l.bqkv, epilogue="bias")
-            launch_attention(buf.qkv, buf.lens, buf.att, self.num_heads, seq, self.scale, self.attention_warps,
-                             self.attention_keys, self.attention_stages)
+            launch_attention(buf.qkv, buf.lens, buf.att, self.num_heads, seq, self.scale, self.attention)
             lt(buf.att, l.wo, buf.tmp, bias=l.bo, residual=buf.x, epilogue="bias")
             launch_layer_norm(buf.tmp, *l.ln1, buf.x, self.eps)
             lt(buf.x, l.w1, buf.ff, bias=l.b1, epilogue="gelu_bias")
