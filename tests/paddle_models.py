@@ -137,6 +137,30 @@ def build_bert_classifier(out: Path):
                                     for n in ("input_ids", "token_type_ids", "attention_mask")])
 
 
+def build_ernie_medium(out: Path):
+    """ERNIE 3.0 Medium's geometry (6 layers, hidden 768, 12 heads, FFN 3072, vocabulary 40,000), random weights,
+    PaddleNLP's [CLS]-pooled sequence classifier: the source benchmarks/first_row measures."""
+    import paddle
+    from paddlenlp.transformers import ErnieConfig, ErnieForSequenceClassification
+    paddle.seed(6)
+    model = ErnieForSequenceClassification(ErnieConfig(
+        vocab_size=40000, hidden_size=768, num_hidden_layers=6, num_attention_heads=12, intermediate_size=3072,
+        max_position_embeddings=2048, type_vocab_size=4, num_labels=3, hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0))
+    model.eval()
+
+    class Wrapper(paddle.nn.Layer):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, token_type_ids):
+            return self.m(input_ids=input_ids, token_type_ids=token_type_ids)
+
+    _save(Wrapper(model), out, [paddle.static.InputSpec([None, None], "int64", "input_ids"),
+                                paddle.static.InputSpec([None, None], "int64", "token_type_ids")])
+
+
 def build_geometry(out: Path, family: str, hidden: int, heads: int):
     """A 2-layer encoder of a given width and head count (the fusion tests): `bert` is the zoo classifier's
     architecture (an attention_mask input), `ernie` PaddleNLP's ERNIE classifier (its mask built from pad ids)."""
@@ -221,7 +245,7 @@ def build_gpt(out: Path):
     smollm2_tokenizer(out / "tokenizer")
 
 
-BUILDERS = {"llama": build_llama, "gpt": build_gpt, "bert_classifier": build_bert_classifier, "mlp": build_mlp, "encoder": build_encoder, "ernie": build_ernie, "legacy": build_legacy, "two_heads": build_two_heads,
+BUILDERS = {"ernie_medium": build_ernie_medium, "llama": build_llama, "gpt": build_gpt, "bert_classifier": build_bert_classifier, "mlp": build_mlp, "encoder": build_encoder, "ernie": build_ernie, "legacy": build_legacy, "two_heads": build_two_heads,
             "unsupported": build_unsupported}
 # fusion tests: f"{family}_h{hidden}_n{heads}"
 BUILDERS.update({f"{fam}_h{h}_n{n}": (lambda out, fam=fam, h=h, n=n: build_geometry(out, fam, h, n))

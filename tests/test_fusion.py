@@ -256,3 +256,86 @@ def test_classifier_kernel_encoder_option(clf_bundle):
     got, want = runner(feeds)[0], _run(fp32, feeds)
     assert got.shape == want.shape == (3, 3) and _close(want, got) <= 2e-2
     assert seen == [(8, 16)]
+
+
+def test_first_row_pass_runs_a_cls_classifiers_last_layer_at_row_zero(tiny_models, unfused, tmp_path):
+    """PaddleNLP's ERNIE classifier pools [CLS]: the conversion runs its last layer at row 0 (one Attention fewer to
+    fuse, the last layer's Q / O / FFN on one row), says so in the manifest, and the logits are the whole graph's;
+    the kernel encoder then takes the other layers and leaves the pruned one to the head."""
+    from paddle2ort.convert.fusion import FusionConfig, prune_to_first_row
+    from paddle2ort.runtime.kernels.encoder_graph import GraphEncoder
+    whole = unfused("ernie_h64_n2")
+    out = tmp_path / "b"
+    m = convert(ConvertConfig(source=tiny_models("ernie_h64_n2"), output=out, precisions=("fp32", "fp16"))).manifest
+    assert m.extra["last_layer_first_row"] is True and all(m.validation[p]["passed"] for p in ("fp32", "fp16"))
+    assert m.extra["fusions"]["fp32"]["Attention"] == m.extra["fusions"]["fp16"]["Attention"] == LAYERS - 1
+    pruned = onnx.load(str(out / m.models["fp32"].file))
+    for batch, seq, seed in ((1, 7, 0), (4, 20, 1)):
+        feeds = _feeds(whole, batch, seq, seed)
+        assert _close(_run(whole, feeds), _run(pruned, feeds)) <= 1e-5
+    g = GraphEncoder(out / m.models["fp16"].file, device="cpu")
+    feeds = _feeds(whole, 3, 12, 2)
+    assert len(g.graph.weights.layers) == LAYERS - 1
+    assert _close(_run(whole, feeds), g.run(feeds)[0]) <= 1e-2
+    # off by name, and the unfused form of a conversion without fusion keeps every row
+    assert prune_to_first_row(whole, None)[1] and not prune_to_first_row(pruned, None)[1]
+    off = convert(ConvertConfig(source=tiny_models("ernie_h64_n2"), output=tmp_path / "off",
+                                fusion=FusionConfig(first_row=False))).manifest
+    assert "last_layer_first_row" not in off.extra and off.extra["fusions"]["fp32"]["Attention"] == LAYERS
+
+
+def test_first_row_pass_leaves_other_readers_whole(unfused):
+    """Mean pooling (the zoo's BERT classifier) reads every row; a graph that also outputs the hidden states reads
+    them whole: neither is rewritten."""
+    from onnx import helper
+
+    from paddle2ort.convert.fusion import first_row, prune_to_first_row
+    assert first_row.plan(unfused("bert_h32_n2")) is None
+    model = onnx.ModelProto()
+    model.CopyFrom(unfused("ernie_h32_n4"))
+    assert first_row.plan(model) is not None
+    g = first_row._Graph(model)
+    last = next(n.input[0] for n in model.graph.node if first_row._row0_selection(g, n))
+    model.graph.output.append(helper.make_tensor_value_info(last, onnx.TensorProto.FLOAT, None))
+    plan = first_row.plan
+    assert plan(model) is None and prune_to_first_row(model, None) == (model, False)
+
+
+def test_first_row_pass_keeps_the_graph_whole_when_its_self_check_fails(unfused, monkeypatch):
+    """The pass proves itself on the samples: a rewrite that slices the keys instead of the queries (a stand-in for
+    any form it misreads) gives other logits, so the original graph is kept. (The tiny model's Q and K weights are
+    scaled up: random ones attend almost uniformly, where the keys hardly matter.)"""
+    from onnx import numpy_helper
+
+    from paddle2ort.convert.fusion import first_row
+    model = onnx.ModelProto()
+    model.CopyFrom(unfused("ernie_h32_n4"))
+    x, q_mm, residual = first_row.plan(model)
+    k_mm = next(n for n in model.graph.node if n.op_type == "MatMul" and x in n.input and n is not q_mm)
+    for t in model.graph.initializer:
+        if t.name in (q_mm.input[1], k_mm.input[1]):
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * 30, t.name))
+    monkeypatch.setattr(first_row, "plan", lambda m: (x, k_mm, residual))
+    samples = [_feeds(model, 2, 9, 3)]
+    assert first_row.prune_to_first_row(model, samples) == (model, False)
+    monkeypatch.undo()
+    pruned, done = first_row.prune_to_first_row(model, samples)
+    assert done and _close(_run(model, samples[0]), _run(pruned, samples[0])) <= 1e-5
+
+
+def test_first_row_benchmark_converts_both_ways_and_times_them(tiny_models, tmp_path):
+    """benchmarks/first_row on a tiny ERNIE: two gated bundles (the pass off / on), rows for each variant,
+    precision and length, the two variants' logits the same, and the Markdown reads the rows; a mean-pooled source
+    is refused by name (the pass does not apply to it)."""
+    from paddle2ort.benchmarks import first_row as B
+    dirs = B.convert_both(tiny_models("ernie_h32_n4"), tmp_path, ("fp32",))
+    rows, agree = B.time_both(dirs, ("fp32",), 2, (8, 16), 2, 1, max_id=100)
+    assert [(r["seq"], r["variant"]) for r in rows] == [(8, B.VARIANTS[0]), (8, B.VARIANTS[1]),
+                                                        (16, B.VARIANTS[0]), (16, B.VARIANTS[1])]
+    assert agree["fp32"] <= 1e-5 and all(r["ms"] > 0 and len(r["runs_ms"]) == 2 for r in rows)
+    res = {"model": "tiny", "cpu": {"model": "cpu", "isa": ["avx2"]}, "threads": 1, "batch": 2, "repeats": 2,
+           "rows": rows, "agreement": agree}
+    md = B.report(res)
+    assert md.count("| fp32 |") == 2 and set(B.speedups(res)["fp32"]) == {8, 16}
+    with pytest.raises(RuntimeError, match="did not apply"):
+        B.convert_both(tiny_models("bert_h32_n2"), tmp_path / "bert", ("fp32",))

@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 
 from .attention import MASK_FORMATS, fuse_attention, to_key_lengths
+from .first_row import prune_to_first_row
 from .ort_optimizer import OrtFusionOptions, ort_fusions
 
 log = logging.getLogger(__name__)
@@ -20,7 +21,8 @@ FUSED_OPS = ("Attention", "MultiHeadAttention", "SkipLayerNormalization", "Embed
              "FastGelu", "Gelu", "LayerNormalization")
 
 __all__ = ["FUSED_OPS", "KEY_LENGTHS", "NO_SKIP", "BundleGraphs", "FusionConfig", "OrtFusionOptions", "bundle_graphs",
-           "MASK_FORMATS", "fuse_attention", "fuse_encoder", "ort_fusions", "quantizable_attention", "to_key_lengths"]
+           "MASK_FORMATS", "fuse_attention", "fuse_encoder", "ort_fusions", "prune_to_first_row", "quantizable_attention",
+           "to_key_lengths"]
 
 
 def _census(model) -> collections.Counter:
@@ -56,11 +58,13 @@ class FusionConfig:
     graph is 1.4-2x the unfused graph, and the mask as 1-D key lengths (right padding, as our tokenizers and
     buckets pad) another 1.3-1.5x at batch 32 (a fused attention kernel instead of GEMM + softmax); on a 2-core CPU
     FP32 is fastest with Attention + BiasGelu but not the offline SkipLayerNormalization (onnxruntime fuses that
-    itself at load), and INT8 fastest unfused."""
+    itself at load), and INT8 fastest unfused. first_row: every precision's last encoder layer at row 0 where the
+    outputs read only that row (a [CLS]-pooled classifier; first_row.py)."""
     fp32: OrtFusionOptions | None = NO_SKIP
     fp16: OrtFusionOptions | None = KEY_LENGTHS
     int8: OrtFusionOptions | None = None
     int4: OrtFusionOptions | None = None
+    first_row: bool = True
 
 
 @dataclass
@@ -68,13 +72,19 @@ class BundleGraphs:
     graphs: dict            # precision -> the FP32 graph that precision is made from
     fusions: dict           # precision -> {fused op: count} (fused precisions only)
     int8: object            # the INT8 options to use (Attention added when the INT8 graph has quantizable ones)
+    first_row: bool = False  # every graph's last encoder layer runs at row 0 (first_row.py)
 
 
-def bundle_graphs(model, precisions, int8, cfg: FusionConfig = FusionConfig()) -> BundleGraphs:
+def bundle_graphs(model, precisions, int8, cfg: FusionConfig = FusionConfig(),
+                  samples: list[dict] | None = None) -> BundleGraphs:
     """The conversion's fusion step. Fused graphs are kept only for transformer encoders (an attention block
-    fused); any other model is bundled as paddle2onnx wrote it."""
+    fused); any other model is bundled as paddle2onnx wrote it. samples: the conversion's own, for the first-row
+    pass's self-check."""
     from dataclasses import replace
     graphs, fusions, cache = {}, {}, {}
+    first_row = False
+    if cfg.first_row:
+        model, first_row = prune_to_first_row(model, samples)
     for prec in precisions:
         opts = getattr(cfg, prec)
         if opts is None:
@@ -94,4 +104,4 @@ def bundle_graphs(model, precisions, int8, cfg: FusionConfig = FusionConfig()) -
     if "int8" in fusions and not int8.weight_only and "Attention" not in int8.op_types \
             and quantizable_attention(graphs["int8"]):
         int8 = replace(int8, op_types=(*int8.op_types, "Attention"))
-    return BundleGraphs(graphs, fusions, int8)
+    return BundleGraphs(graphs, fusions, int8, first_row)

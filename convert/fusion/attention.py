@@ -160,6 +160,7 @@ class Match:
     mask: str | None          # the additive mask tensor added to the scores ([B,1,1,T] or broadcastable)
     output: str               # the final Reshape's output: the Attention node's output
     nodes: tuple              # every node the Attention node replaces
+    q_matmul: object = None   # the Q projection's MatMul (X · Wq)
 
 
 def match_at(g: _Graph, softmax) -> Match | None:
@@ -238,7 +239,7 @@ def match_at(g: _Graph, softmax) -> Match | None:
     inner = [n for n in nodes if n is not cur]
     if not all(g.single_use(n) for n in inner):                     # an intermediate is used elsewhere: leave it
         return None
-    return Match(qp, kp, vp, scale, mask, cur.output[0], tuple(nodes))
+    return Match(qp, kp, vp, scale, mask, cur.output[0], tuple(nodes), qn[-1])
 
 
 _BOOL_OPS = ("Equal", "Not", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "IsNaN")
