@@ -84,21 +84,24 @@ def speedups(res: dict) -> dict[str, dict[int, float]]:
             for p in dict.fromkeys(r["precision"] for r in res["rows"])}
 
 
-def report(res: dict) -> str:
-    sp = speedups(res)
-    cpu = res["cpu"]
-    lines = [f"# The first-row pass on {res['model']} ({cpu['model']}, {', '.join(cpu['isa'][-4:])}; "
-             f"{res['threads']} threads)", "",
-             f"ms per batch of {res['batch']}, median of {res['repeats']} interleaved runs, the classifier's CPU "
-             "session; both bundles from one source, each precision through the gate.", "",
-             "| precision | seq | whole graph ms | last layer at row 0 ms | speed-up | logits max diff / range |",
+def table(res: dict) -> str:
+    lines = ["| precision | seq | whole graph ms | last layer at row 0 ms | speed-up | logits max diff / range |",
              "|---|---:|---:|---:|---:|---:|"]
     ms = {(r["precision"], r["seq"], r["variant"]): r["ms"] for r in res["rows"]}
-    for p, by_seq in sp.items():
+    for p, by_seq in speedups(res).items():
         for s, x in by_seq.items():
             lines.append(f"| {p} | {s} | {ms[(p, s, VARIANTS[0])]:.2f} | {ms[(p, s, VARIANTS[1])]:.2f} | {x:.2f}x | "
                          f"{res['agreement'][p]:.1e} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines)
+
+
+def report(res: dict) -> str:
+    cpu = res["cpu"]
+    return "\n".join([f"# The first-row pass on {res['model']} ({cpu['model']}, {', '.join(cpu['isa'][-4:])}; "
+                      f"{res['threads']} threads)", "",
+                      f"ms per batch of {res['batch']}, median of {res['repeats']} interleaved runs, the classifier's "
+                      "CPU session; both bundles from one source, each precision through the gate.", "",
+                      table(res)]) + "\n"
 
 
 def plot(res: dict, dst: Path) -> None:

@@ -86,6 +86,7 @@ def ppl_change(precision: str, ref: tuple[str, str]) -> Callable[[dict], float]:
 OURS_FP16 = "ours-fp16-head32"           # the fused FP16 default: float16 graph, float32 LM head and logits
 GPU_05B, GPU_SMOL = "llm-gpu/run7/bench-qwen2.5-0.5b.json", "llm-gpu/run4/bench-smollm2-135m.json"
 ENC_GPU, ENC_CPU, ENC_CPU_GRAPHS = "encoder/gpu-h200-run3.json", "encoder/cpu-run5.json", "encoder/cpu.json"
+ENC_FIRST_ROW = "encoder/first-row/first-row.json"   # the first-row pass, with and without, one CPU run
 ENC_KERNELS = "encoder/kernel-encoder-run41/kernel-encoder.json"   # our kernel encoder beside torch, one run
 ENC_GPU_PROFILE = "encoder/gpu-h200-profile.json"   # issue 17: BERT-base b32 kernels by family (CUPTI), ours vs reduce-overhead
 ENC_OURS = "ours fused fp16 (key_lengths) CUDA graph"      # what FusionConfig() bundles for the GPU
@@ -432,7 +433,8 @@ TABLES: dict[str, dict[str, Callable[[Path], str]]] = {
                 "cpu-run6-second": lambda root: _encoder_table("rows_table", ENC_CPU_VNNI_2, root),
                 "cpu-run6-graphs": lambda root: _encoder_table("rows_table", ENC_CPU_VNNI_GRAPHS, root),
                 "gpu-profile": lambda root: _encoder_table("profile_table", ENC_GPU_PROFILE, root, "encoder_gpu"),
-                "kernel-encoder": lambda root: _encoder_table("report", ENC_KERNELS, root, "encoder_kernels")},
+                "kernel-encoder": lambda root: _encoder_table("report", ENC_KERNELS, root, "encoder_kernels"),
+                "first-row": lambda root: _encoder_table("table", ENC_FIRST_ROW, root, "first_row")},
     "llm-cpu": {name: lambda root, f=f: __import__("paddle2ort.benchmarks.llm", fromlist=["rows_table"]).rows_table(
         _load(f, str(root))) for name, f in (("cpu", LLM_CPU), ("avx2-defaults", LLM_CPU_AVX2),
                                              ("avx2-no-spin", LLM_CPU_AVX2_SLEEP),
