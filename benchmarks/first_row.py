@@ -23,14 +23,14 @@ VARIANTS = ("whole graph", "last layer at row 0")
 
 
 def convert_both(source: Path, out: Path, precisions: tuple[str, ...]) -> dict[str, Path]:
-    """variant -> bundle directory (converted with FusionConfig(first_row=...), every precision gated)."""
+    """variant -> bundle directory (FusionConfig(first_row=...) every precision or none, each gated)."""
     from paddle2ort.convert import ConvertConfig, convert
     from paddle2ort.convert.fusion import FusionConfig
     dirs = {}
     for variant, on in zip(VARIANTS, (False, True)):
         d = out / ("bundle-first-row" if on else "bundle-whole")
         m = convert(ConvertConfig(source=source, output=d, precisions=precisions, overwrite=True,
-                                  fusion=FusionConfig(first_row=on))).manifest
+                                  fusion=FusionConfig(first_row=precisions if on else ()))).manifest
         if bool(m.extra.get("last_layer_first_row")) != on:
             raise RuntimeError(f"{source}: the first-row pass {'did not apply' if on else 'applied'}; a [CLS]-pooled "
                                "encoder classifier is what this benchmark measures")

@@ -303,7 +303,7 @@ def _convert(config: ConvertConfig, more_sources: tuple[Path, ...]) -> ConvertRe
             if saved >= 1e6:
                 log.info("shared %.1f MB of duplicated constant weights", saved / 1e6)
             fused = bundle_graphs(model, ["fp32", *config.precisions], config.int8,
-                                  config.fusion if config.fuse else FusionConfig(None, None, None, None, False),
+                                  config.fusion if config.fuse else FusionConfig(None, None, None, None, ()),
                                   samples)
             files = {"fp32": stage / "model.fp32.onnx"}
             export_stage.save_onnx(fused.graphs["fp32"], files["fp32"])   # external data past 2 GiB
@@ -364,7 +364,7 @@ def _convert(config: ConvertConfig, more_sources: tuple[Path, ...]) -> ConvertRe
                 validation={p: summary(r) for p, r in reports.items()} if config.validate else None,
                 tokenizer=config.tokenizer,
                 extra={**config.extra, **({"fusions": fused.fusions} if fused.fusions else {}),
-                       **({"last_layer_first_row": True} if fused.first_row else {})},
+                       **({"last_layer_first_row": list(fused.first_row)} if fused.first_row else {})},
                 created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 files=file_entries(stage),
             )

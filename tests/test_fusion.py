@@ -266,8 +266,10 @@ def test_first_row_pass_runs_a_cls_classifiers_last_layer_at_row_zero(tiny_model
     from paddle2ort.runtime.kernels.encoder_graph import GraphEncoder
     whole = unfused("ernie_h64_n2")
     out = tmp_path / "b"
-    m = convert(ConvertConfig(source=tiny_models("ernie_h64_n2"), output=out, precisions=("fp32", "fp16"))).manifest
-    assert m.extra["last_layer_first_row"] is True and all(m.validation[p]["passed"] for p in ("fp32", "fp16"))
+    m = convert(ConvertConfig(source=tiny_models("ernie_h64_n2"), output=out, precisions=("fp32", "fp16"),
+                              fusion=FusionConfig(first_row=("fp32", "fp16")))).manifest
+    assert m.extra["last_layer_first_row"] == ["fp32", "fp16"]
+    assert all(m.validation[p]["passed"] for p in ("fp32", "fp16"))
     assert m.extra["fusions"]["fp32"]["Attention"] == m.extra["fusions"]["fp16"]["Attention"] == LAYERS - 1
     pruned = onnx.load(str(out / m.models["fp32"].file))
     for batch, seq, seed in ((1, 7, 0), (4, 20, 1)):
@@ -280,8 +282,14 @@ def test_first_row_pass_runs_a_cls_classifiers_last_layer_at_row_zero(tiny_model
     # off by name, and the unfused form of a conversion without fusion keeps every row
     assert prune_to_first_row(whole, None)[1] and not prune_to_first_row(pruned, None)[1]
     off = convert(ConvertConfig(source=tiny_models("ernie_h64_n2"), output=tmp_path / "off",
-                                fusion=FusionConfig(first_row=False))).manifest
+                                fusion=FusionConfig(first_row=()))).manifest
     assert "last_layer_first_row" not in off.extra and off.extra["fusions"]["fp32"]["Attention"] == LAYERS
+    # the defaults: the CPU precisions only; FP16 (the GPU's) keeps the whole layer until measured there
+    d = convert(ConvertConfig(source=tiny_models("ernie_h64_n2"), output=tmp_path / "d",
+                              precisions=("fp32", "fp16", "int8"))).manifest
+    assert d.extra["last_layer_first_row"] == ["fp32", "int8"]
+    assert d.extra["fusions"]["fp32"]["Attention"] == LAYERS - 1 and d.extra["fusions"]["fp16"]["Attention"] == LAYERS
+    assert all(d.validation[p]["passed"] for p in ("fp32", "fp16", "int8"))
 
 
 def test_first_row_pass_leaves_other_readers_whole(unfused):

@@ -58,13 +58,15 @@ class FusionConfig:
     graph is 1.4-2x the unfused graph, and the mask as 1-D key lengths (right padding, as our tokenizers and
     buckets pad) another 1.3-1.5x at batch 32 (a fused attention kernel instead of GEMM + softmax); on a 2-core CPU
     FP32 is fastest with Attention + BiasGelu but not the offline SkipLayerNormalization (onnxruntime fuses that
-    itself at load), and INT8 fastest unfused. first_row: every precision's last encoder layer at row 0 where the
-    outputs read only that row (a [CLS]-pooled classifier; first_row.py)."""
+    itself at load), and INT8 fastest unfused. first_row: the precisions whose last encoder layer runs at row 0
+    where the outputs read only that row (a [CLS]-pooled classifier; first_row.py): the CPU ones, where it measured
+    1.11-1.18x (benchmarks/results/encoder/first-row/); FP16 (the GPU's) keeps the whole layer until measured there
+    (the row-0 layer is a dozen small unfused kernels in place of the fused ones)."""
     fp32: OrtFusionOptions | None = NO_SKIP
     fp16: OrtFusionOptions | None = KEY_LENGTHS
     int8: OrtFusionOptions | None = None
     int4: OrtFusionOptions | None = None
-    first_row: bool = True
+    first_row: tuple[str, ...] = ("fp32", "int8", "int4")
 
 
 @dataclass
@@ -72,7 +74,7 @@ class BundleGraphs:
     graphs: dict            # precision -> the FP32 graph that precision is made from
     fusions: dict           # precision -> {fused op: count} (fused precisions only)
     int8: object            # the INT8 options to use (Attention added when the INT8 graph has quantizable ones)
-    first_row: bool = False  # every graph's last encoder layer runs at row 0 (first_row.py)
+    first_row: tuple = ()    # the precisions whose last encoder layer runs at row 0 (first_row.py)
 
 
 def bundle_graphs(model, precisions, int8, cfg: FusionConfig = FusionConfig(),
@@ -82,26 +84,27 @@ def bundle_graphs(model, precisions, int8, cfg: FusionConfig = FusionConfig(),
     pass's self-check."""
     from dataclasses import replace
     graphs, fusions, cache = {}, {}, {}
-    first_row = False
-    if cfg.first_row:
-        model, first_row = prune_to_first_row(model, samples)
+    wanted = [p for p in dict.fromkeys(precisions) if p in cfg.first_row]
+    pruned, done = prune_to_first_row(model, samples) if wanted else (model, False)
     for prec in precisions:
+        src = pruned if done and prec in wanted else model
         opts = getattr(cfg, prec)
         if opts is None:
-            graphs[prec] = model
+            graphs[prec] = src
             continue
-        if opts not in cache:
+        key = (opts, src is pruned)
+        if key not in cache:
             try:
-                cache[opts] = fuse_encoder(model, opts)
+                cache[key] = fuse_encoder(src, opts)
             except Exception as e:  # noqa: BLE001  (an optimisation: the unfused graph is correct and gets bundled)
                 log.warning("graph fusion skipped (%s: %s); the bundle keeps the unfused graph", type(e).__name__, e)
-                cache[opts] = (model, {})
-        fused, counts = cache[opts]
+                cache[key] = (src, {})
+        fused, counts = cache[key]
         if counts.get("Attention"):
             graphs[prec], fusions[prec] = fused, counts
         else:
-            graphs[prec] = model
+            graphs[prec] = src
     if "int8" in fusions and not int8.weight_only and "Attention" not in int8.op_types \
             and quantizable_attention(graphs["int8"]):
         int8 = replace(int8, op_types=(*int8.op_types, "Attention"))
-    return BundleGraphs(graphs, fusions, int8, first_row)
+    return BundleGraphs(graphs, fusions, int8, tuple(wanted) if done else ())
