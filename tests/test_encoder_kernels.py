@@ -214,8 +214,8 @@ def test_report_and_speedup_read_the_rows():
                                 "ms": {"onnxruntime bucket (whole model)": 0.31}}
     assert "(32 rows of up to 41 tokens, its bucket 32 x 64)" in report(res)
     assert "| onnxruntime bucket (whole model) | 0.310 |" in report(res)
-    res["graph_agreement"] = {"bert_base": {"1": 1e-3, "32": 2e-3}}
-    assert "bert_base b1 1.0e-03, b32 2.0e-03." in report(res)
+    res["graph_agreement"] = {"bert_base": {"kernels": {"1": 1e-3, "32": 2e-3}}}
+    assert "- bert_base, kernels: b1 1.0e-03, b32 2.0e-03" in report(res)
 
 
 @pytest.mark.parametrize("head", ["cls", "mean"])
@@ -271,6 +271,30 @@ def test_graph_cuts_need_no_shape_inference_from_the_extractor(tmp_path, monkeyp
     assert g.prefix_inputs and g.head_inputs[0] == g.hidden
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_the_first_row_form_of_a_fused_graph_gives_its_logits(tmp_path, dtype):
+    """encoder_graphs' first_row form (the last layer at row 0, as convert/fusion/first_row.py leaves it) gives the
+    whole graph's logits (peaked attention: weights at std 0.3), and the kernel encoder takes the fused layers
+    before it, the head the row-0 layer."""
+    import onnx
+    import onnxruntime as ort
+
+    from paddle2ort.benchmarks.encoder_graphs import fused_encoder_model, padded_feeds
+    from paddle2ort.runtime.kernels.encoder_graph import GraphEncoder
+    w = E.random_weights(layers=2, hidden=64, heads=2, inter=128, vocab=60, positions=32, std=0.3, seed=3)
+    whole, row0 = fused_encoder_model(w, dtype=dtype), fused_encoder_model(w, dtype=dtype, first_row=True)
+    feeds = padded_feeds(4, 16, 60, 1)
+    want, got = (ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+                 for m in (whole, row0))
+    assert np.abs(got - want).max() <= (1e-5 if dtype == np.float32 else 3e-3) * np.ptp(want)
+    onnx.save(row0, str(tmp_path / "row0.onnx"))
+    g = GraphEncoder(tmp_path / "row0.onnx", device="cpu")
+    assert len(g.graph.weights.layers) == 1
+    assert np.abs(g.run(feeds)[0] - want).max() <= 3e-3 * np.ptp(want)
+    with pytest.raises(ValueError, match="needs the \\[CLS\\] head"):
+        fused_encoder_model(w, head="mean", first_row=True)
+
+
 def test_classifier_stages_time_each_stage_of_the_median_batch(tmp_path):
     """encoder_kernels.classifier_stages on the CPU (twins, onnxruntime's CPU provider): the median-length batch
     padded to its bucket, every stage and head way timed, the kernel path's outputs those of onnxruntime's bucket."""
@@ -297,13 +321,13 @@ def test_classifier_stages_time_each_stage_of_the_median_batch(tmp_path):
 def test_graph_rows_time_both_runners_on_the_same_fused_graph(tmp_path):
     """encoder_kernels.graph_rows on the CPU (onnxruntime's CPU provider, the kernels' twins): a row per runner and
     batch, and the two runners' logits agree on the padded rows."""
-    from paddle2ort.benchmarks.encoder_kernels import GRAPH_ORT, GRAPH_OURS, graph_rows
-    w = E.random_weights(layers=1, hidden=64, heads=2, inter=128, vocab=30000, positions=128, std=0.1, seed=6)
-    rows, agree = graph_rows("tiny", w, tmp_path, repeats=2, device="cpu", batches=(1, 2))
-    assert [(r["system"], r["batch"]) for r in rows] == [(GRAPH_ORT, 1), (GRAPH_OURS, 1), (GRAPH_ORT, 2),
-                                                        (GRAPH_OURS, 2)]
+    from paddle2ort.benchmarks import encoder_kernels as K
+    w = E.random_weights(layers=2, hidden=64, heads=2, inter=128, vocab=30000, positions=128, std=0.1, seed=6)
+    rows, agree = K.graph_rows("tiny", w, tmp_path, repeats=2, device="cpu", batches=(1, 2))
+    systems = [K.GRAPH_ORT, K.GRAPH_OURS, K.GRAPH_ORT_ROW0, K.GRAPH_OURS_ROW0]
+    assert [(r["system"], r["batch"]) for r in rows] == [(s, b) for b in (1, 2) for s in systems]
     assert all(r["ms"] > 0 and r["geometry"] == "tiny" for r in rows)
-    assert set(agree) == {1, 2} and max(agree.values()) < 5e-3
+    assert set(agree) == set(systems[1:]) and all(set(a) == {1, 2} and max(a.values()) < 5e-3 for a in agree.values())
 
 
 def test_timed_predictions_put_each_batch_back_in_text_order():

@@ -60,7 +60,7 @@ def test_the_encoder_matches_its_twin_and_its_graph_the_launched_pass(hidden, he
     assert np.array_equal(again, got.astype(np.float16)) and np.array_equal(launched, again)
 
 
-@pytest.mark.parametrize("head", ["cls", "mean"])
+@pytest.mark.parametrize("head", ["cls", "mean", "cls-row0"])
 def test_graph_encoder_on_the_gpu_matches_its_twins(tmp_path, head):
     """GraphEncoder on an inline FP16 fused graph (benchmarks/encoder_graphs.py): the GPU kernels + the cut head give the
     twins' logits, and onnxruntime's own run of the whole graph where its CUDA provider loads."""
@@ -70,7 +70,8 @@ def test_graph_encoder_on_the_gpu_matches_its_twins(tmp_path, head):
     from paddle2ort.benchmarks.encoder_graphs import fused_encoder_model, padded_feeds
     from paddle2ort.runtime.kernels.encoder_graph import GraphEncoder
     w = E.random_weights(layers=2, hidden=256, heads=4, inter=512, vocab=500, positions=128, std=0.05, seed=5)
-    onnx.save(fused_encoder_model(w, head=head, dtype=np.float16), str(tmp_path / "m.onnx"))
+    onnx.save(fused_encoder_model(w, head=head.split("-")[0], dtype=np.float16, first_row=head.endswith("row0")),
+              str(tmp_path / "m.onnx"))    # cls-row0: the last layer at row 0 (the head runs it)
     gpu, cpu = GraphEncoder(tmp_path / "m.onnx"), GraphEncoder(tmp_path / "m.onnx", device="cpu")
     feeds = padded_feeds(8, 64, 500, 2)
     got, twin = gpu.run(feeds)[0], cpu.run(feeds)[0]
@@ -83,7 +84,7 @@ def test_graph_encoder_on_the_gpu_matches_its_twins(tmp_path, head):
         a, b = gpu.run(f)[0], dyn.run(f)[0]
         assert np.abs(a - b).max() <= 1e-3 * np.abs(b).max(), f["input_ids"].shape   # static shapes: other kernels
     assert {k[:2] for k in gpu.head_buckets} == {(8, 64), (4, 32)} and not dyn.head_buckets
-    assert head == "mean" or gpu.head_mode == "graphs"      # a [CLS] head is all on CUDA: captured
+    assert head != "cls" or gpu.head_mode == "graphs"      # a [CLS] head is all on CUDA: captured
     if "CUDAExecutionProvider" in ort.get_available_providers():
         sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CUDAExecutionProvider"])
         want = sess.run(None, feeds)[0]
