@@ -51,15 +51,15 @@ def build_encoder(out: Path):
     _save(Encoder(), out, [paddle.static.InputSpec([None, None], "int64", "input_ids")])
 
 
-def build_ernie(out: Path):
+def _save_ernie(out: Path, seed: int, **cfg):
+    """PaddleNLP's [CLS]-pooled ErnieForSequenceClassification (3 labels, no dropout) of config `cfg`, random
+    weights from `seed`, saved with inputs input_ids and token_type_ids (its mask built from pad ids)."""
     import paddle
     from paddlenlp.transformers import ErnieConfig, ErnieForSequenceClassification
 
-    paddle.seed(3)
-    cfg = ErnieConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                      intermediate_size=64, max_position_embeddings=128, type_vocab_size=2, num_labels=3,
-                      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    model = ErnieForSequenceClassification(cfg)
+    paddle.seed(seed)
+    model = ErnieForSequenceClassification(ErnieConfig(**cfg, num_labels=3, hidden_dropout_prob=0.0,
+                                                       attention_probs_dropout_prob=0.0))
 
     class Wrapper(paddle.nn.Layer):        # InputSpec names must equal forward's argument names
         def __init__(self, m):
@@ -71,6 +71,18 @@ def build_ernie(out: Path):
 
     _save(Wrapper(model), out, [paddle.static.InputSpec([None, None], "int64", "input_ids"),
                                 paddle.static.InputSpec([None, None], "int64", "token_type_ids")])
+
+
+def build_ernie(out: Path):
+    _save_ernie(out, 3, vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                intermediate_size=64, max_position_embeddings=128, type_vocab_size=2)
+
+
+def build_ernie_medium(out: Path):
+    """ERNIE 3.0 Medium's geometry (6 layers, hidden 768, 12 heads, FFN 3072, vocabulary 40,000), random weights:
+    the source benchmarks/first_row measures."""
+    _save_ernie(out, 6, vocab_size=40000, hidden_size=768, num_hidden_layers=6, num_attention_heads=12,
+                intermediate_size=3072, max_position_embeddings=2048, type_vocab_size=4)
 
 
 def build_two_heads(out: Path):
@@ -137,30 +149,6 @@ def build_bert_classifier(out: Path):
                                     for n in ("input_ids", "token_type_ids", "attention_mask")])
 
 
-def build_ernie_medium(out: Path):
-    """ERNIE 3.0 Medium's geometry (6 layers, hidden 768, 12 heads, FFN 3072, vocabulary 40,000), random weights,
-    PaddleNLP's [CLS]-pooled sequence classifier: the source benchmarks/first_row measures."""
-    import paddle
-    from paddlenlp.transformers import ErnieConfig, ErnieForSequenceClassification
-    paddle.seed(6)
-    model = ErnieForSequenceClassification(ErnieConfig(
-        vocab_size=40000, hidden_size=768, num_hidden_layers=6, num_attention_heads=12, intermediate_size=3072,
-        max_position_embeddings=2048, type_vocab_size=4, num_labels=3, hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0))
-    model.eval()
-
-    class Wrapper(paddle.nn.Layer):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, input_ids, token_type_ids):
-            return self.m(input_ids=input_ids, token_type_ids=token_type_ids)
-
-    _save(Wrapper(model), out, [paddle.static.InputSpec([None, None], "int64", "input_ids"),
-                                paddle.static.InputSpec([None, None], "int64", "token_type_ids")])
-
-
 def build_geometry(out: Path, family: str, hidden: int, heads: int):
     """A 2-layer encoder of a given width and head count (the fusion tests): `bert` is the zoo classifier's
     architecture (an attention_mask input), `ernie` PaddleNLP's ERNIE classifier (its mask built from pad ids)."""
@@ -174,22 +162,8 @@ def build_geometry(out: Path, family: str, hidden: int, heads: int):
         _save(make_model(cfg, 3), out, [paddle.static.InputSpec([None, None], "int64", n)
                                         for n in ("input_ids", "token_type_ids", "attention_mask")])
         return
-    from paddlenlp.transformers import ErnieConfig, ErnieForSequenceClassification
-    cfg = ErnieConfig(vocab_size=120, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=heads,
-                      intermediate_size=2 * hidden, max_position_embeddings=128, type_vocab_size=2, num_labels=3,
-                      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    model = ErnieForSequenceClassification(cfg)
-
-    class Wrapper(paddle.nn.Layer):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, input_ids, token_type_ids):
-            return self.m(input_ids=input_ids, token_type_ids=token_type_ids)
-
-    _save(Wrapper(model), out, [paddle.static.InputSpec([None, None], "int64", "input_ids"),
-                                paddle.static.InputSpec([None, None], "int64", "token_type_ids")])
+    _save_ernie(out, 5, vocab_size=120, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=heads,
+                intermediate_size=2 * hidden, max_position_embeddings=128, type_vocab_size=2)
 
 
 def smollm2_tokenizer(dest: Path) -> None:
