@@ -456,6 +456,12 @@ class Headline:
     value: Callable[[dict], str]         # the loaded JSON -> the figure as README prints it
 
 
+def _first_row_speedups(r: dict) -> str:
+    from .first_row import speedups
+    return "; ".join(f"{p.upper()} {min(x.values()):.2f}-{max(x.values()):.2f}x at {min(x)}-{max(x)} tokens"
+                     for p, x in speedups(r).items())
+
+
 def _clf_speed(a: str, b: str) -> Callable[[dict], str]:
     return lambda r: (f"{clf(r, a)['ms_per_sample'] / clf(r, b)['ms_per_sample']:.2f}x "
                       f"({clf(r, b)['ms_per_sample']:.2f} vs {clf(r, a)['ms_per_sample']:.2f} ms/sample)")
@@ -550,6 +556,9 @@ HEADLINES: tuple[Headline, ...] = (
              "run3", _targets(*((label, f">= 1.5x torch.compile reduce-overhead, fused FP16 + CUDA graph, {g} 32 x 128 (H200)")
                        for label, g in (("MiniLM-L6", "minilm"), ("ERNIE-3.0-Medium", "ernie_medium"),
                                         ("BERT-base", "bert_base"))))),
+    Headline("first-row pass, a [CLS]-pooled classifier (ERNIE-3.0-Medium geometry), CPU, 2 threads, batch 32: "
+             "the last layer at row 0 vs the whole graph", ENC_FIRST_ROW, "one run, 2-core EPYC AVX-512 VNNI",
+             _first_row_speedups),
     Headline("kernel encoder (cuBLASLt epilogues + our attention, CUDA graph) vs torch.compile reduce-overhead, "
              "batch 32 x 128, H200, one run", ENC_KERNELS, "run41, tree of 9dcd6d6",
              _targets(*((label, f">= 1.5x torch.compile reduce-overhead, kernel encoder (cuBLASLt epilogue GEMMs + our "
