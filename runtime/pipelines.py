@@ -57,11 +57,17 @@ class TextClassifier:
             raise BadInputError(f"batch_size must be >= 1, got {batch_size}")
         if encoder not in ("onnxruntime", "kernels"):
             raise BadInputError(f"encoder must be 'onnxruntime' or 'kernels', got {encoder!r}")
+        if encoder == "kernels" and not session.wants_cuda:
+            raise BadInputError(f"encoder='kernels' runs on a CUDA GPU (this session asks for {session.device}): use "
+                                "SessionOptions(device='gpu') on a GPU host, or the default encoder='onnxruntime'")
         self.labels = m.labels
         self.tokenizer = load_tokenizer(self.bundle.path, backend=tokenizer_backend)
         self.max_seq_length = max_seq_length or self.tokenizer.cfg.max_seq_length
         self.batch_size = batch_size
         self.precision = precision or default_precision(self.bundle, session.device)   # None: the released one
+        if encoder == "kernels" and self.precision != "fp16":
+            raise BadInputError(f"encoder='kernels' runs the bundle's FP16 graph (the one fused for the GPU), not "
+                                f"{self.precision!r}: pass precision='fp16' or leave it to the GPU default")
         session = cpu_encoder_session(session)
         # the whole model's session: the device check (and the fallback to CPU) before anything else; on the GPU
         # the buckets build their own, so it is dropped there and the weights are not held twice

@@ -237,14 +237,17 @@ def test_kernel_encoder_reads_a_converted_bundle(clf_bundle):
 
 
 def test_classifier_kernel_encoder_option(clf_bundle):
-    """TextClassifier(encoder="kernels") refuses a CPU session by name (it runs on a CUDA GPU); its runner, on the
-    twins, pads a batch to its bucket and gives the FP32 model's logits within FP16 rounding."""
+    """TextClassifier(encoder="kernels") refuses a CPU session by name (it runs on a CUDA GPU) and a precision
+    other than FP16 (checked before any session is built); its runner, on the twins, pads a batch to its bucket and gives the FP32 model's logits within FP16 rounding."""
     from paddle2ort.runtime.buckets import BucketSpec
     from paddle2ort.runtime.errors import BadInputError
     from paddle2ort.runtime.kernels.encoder_graph import KernelRunner
     from paddle2ort.runtime.pipelines import TextClassifier
+    from paddle2ort.runtime.session import SessionOptions
     with pytest.raises(BadInputError, match="runs on a CUDA GPU"):
         TextClassifier(clf_bundle, encoder="kernels")
+    with pytest.raises(BadInputError, match="runs the bundle's FP16 graph .* not 'fp32'"):
+        TextClassifier(clf_bundle, encoder="kernels", precision="fp32", session=SessionOptions(device="gpu"))
     with pytest.raises(BadInputError, match="encoder must be"):
         TextClassifier(clf_bundle, encoder="cuda")
     m = load_bundle(clf_bundle).manifest
