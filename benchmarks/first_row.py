@@ -20,6 +20,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 VARIANTS = ("whole graph", "last layer at row 0")
+PEER = "Paddle Inference CPU (FP32)"
 
 
 def convert_both(source: Path, out: Path, precisions: tuple[str, ...]) -> dict[str, Path]:
@@ -76,6 +77,22 @@ def time_both(dirs: dict[str, Path], precisions: tuple[str, ...], batch: int, se
     return rows, agree
 
 
+def time_peer(source: Path, names: list[str], batch: int, seqs: tuple[int, ...], repeats: int, threads: int,
+              max_id: int = 1000) -> list[dict]:
+    """Paddle Inference (its CPU deployment setting, convert/peer) on the same batches as time_both, after it."""
+    from paddle2ort.convert.peer import paddle_inference_bench
+    from paddle2ort.convert.source import locate
+    rows = []
+    for seq in seqs:
+        info, _ = paddle_inference_bench(locate(source), [_feeds(names, batch, seq, seq, max_id)], 1, repeats, threads)
+        ts = [rep[0] for rep in info["times"]]
+        rows.append({"precision": "fp32", "batch": batch, "seq": seq, "variant": PEER, "ms": 1e3 * float(np.median(ts)),
+                     "runs_ms": [round(1e3 * t, 3) for t in ts],
+                     "notes": {k: info[k] for k in ("onednn", "ir_optim", "threads") if k in info}})
+        log.info("%s", {k: rows[-1][k] for k in ("precision", "seq", "variant", "ms")})
+    return rows
+
+
 def speedups(res: dict) -> dict[str, dict[int, float]]:
     """{precision: {seq: whole ms / first-row ms}} (> 1: the pass is faster)."""
     ms = {(r["precision"], r["seq"], r["variant"]): r["ms"] for r in res["rows"]}
@@ -84,14 +101,28 @@ def speedups(res: dict) -> dict[str, dict[int, float]]:
             for p in dict.fromkeys(r["precision"] for r in res["rows"])}
 
 
+def versus_peer(res: dict) -> dict[str, dict[int, float]]:
+    """{variant: {seq: Paddle Inference ms / our FP32 ms}} where the run timed the peer (> 1: ours faster)."""
+    ms = {(r["precision"], r["seq"], r["variant"]): r["ms"] for r in res["rows"]}
+    seqs = [r["seq"] for r in res["rows"] if r["variant"] == PEER]
+    return {v: {s: ms[("fp32", s, PEER)] / ms[("fp32", s, v)] for s in seqs} for v in VARIANTS} if seqs else {}
+
+
 def table(res: dict) -> str:
-    lines = ["| precision | seq | whole graph ms | last layer at row 0 ms | speed-up | logits max diff / range |",
-             "|---|---:|---:|---:|---:|---:|"]
+    peer = versus_peer(res)
+    lines = ["| precision | seq | whole graph ms | last layer at row 0 ms | speed-up | logits max diff / range |"
+             + (" Paddle Inference ms | vs Paddle: whole / row 0 |" if peer else ""),
+             "|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if peer else "")]
     ms = {(r["precision"], r["seq"], r["variant"]): r["ms"] for r in res["rows"]}
     for p, by_seq in speedups(res).items():
         for s, x in by_seq.items():
+            extra = ""
+            if peer and p == "fp32" and s in peer[VARIANTS[0]]:
+                extra = (f" {ms[(p, s, PEER)]:.2f} | {peer[VARIANTS[0]][s]:.2f}x / {peer[VARIANTS[1]][s]:.2f}x |")
+            elif peer:
+                extra = " - | - |"
             lines.append(f"| {p} | {s} | {ms[(p, s, VARIANTS[0])]:.2f} | {ms[(p, s, VARIANTS[1])]:.2f} | {x:.2f}x | "
-                         f"{res['agreement'][p]:.1e} |")
+                         f"{res['agreement'][p]:.1e} |" + extra)
     return "\n".join(lines)
 
 
@@ -132,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--seqs", default="32,64,128")
     r.add_argument("--repeats", type=int, default=15)
     r.add_argument("--threads", type=int, default=2)
+    r.add_argument("--peer", action="store_true", help="also Paddle Inference CPU (FP32) on the same batches")
     w = sub.add_parser("report", help="Markdown and plot beside a results JSON")
     w.add_argument("json", type=Path)
     a = ap.parse_args(argv)
@@ -141,8 +173,12 @@ def main(argv: list[str] | None = None) -> int:
         precisions = tuple(a.precisions.split(","))
         a.out.mkdir(parents=True, exist_ok=True)
         dirs = convert_both(a.source, a.out, precisions)
-        rows, agree = time_both(dirs, precisions, a.batch, tuple(int(s) for s in a.seqs.split(",")), a.repeats,
-                                a.threads)
+        seqs = tuple(int(s) for s in a.seqs.split(","))
+        rows, agree = time_both(dirs, precisions, a.batch, seqs, a.repeats, a.threads)
+        if a.peer:
+            from paddle2ort.runtime import load_bundle
+            names = [i.name for i in load_bundle(dirs[VARIANTS[0]]).manifest.inputs]
+            rows += time_peer(a.source, names, a.batch, seqs, a.repeats, a.threads)
         res = {"benchmark": "first-row pass (convert/fusion/first_row.py)", "model": a.source.name,
                "cpu": cpu_info(a.threads), "environment": environment(), "threads": a.threads, "batch": a.batch, "repeats": a.repeats, "rows": rows,
                "agreement": agree, "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}

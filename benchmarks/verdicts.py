@@ -457,9 +457,12 @@ class Headline:
 
 
 def _first_row_speedups(r: dict) -> str:
-    from .first_row import speedups
-    return "; ".join(f"{p.upper()} {min(x.values()):.2f}-{max(x.values()):.2f}x at {min(x)}-{max(x)} tokens"
-                     for p, x in speedups(r).items())
+    from .first_row import VARIANTS, speedups, versus_peer
+    span = lambda x: f"{min(x.values()):.2f}-{max(x.values()):.2f}x"   # noqa: E731
+    text = "; ".join(f"{p.upper()} {span(x)} at {min(x)}-{max(x)} tokens" for p, x in speedups(r).items())
+    peer = versus_peer(r)
+    return text + (f"; FP32 vs Paddle Inference CPU: whole graph {span(peer[VARIANTS[0]])}, last layer at row 0 "
+                   f"{span(peer[VARIANTS[1]])}" if peer else "")
 
 
 def _clf_speed(a: str, b: str) -> Callable[[dict], str]:

@@ -347,6 +347,11 @@ def test_first_row_benchmark_converts_both_ways_and_times_them(tiny_models, tmp_
     res = {"model": "tiny", "cpu": {"model": "cpu", "isa": ["avx2"]}, "threads": 1, "batch": 2, "repeats": 2,
            "rows": rows, "agreement": agree}
     md = B.report(res)
-    assert md.count("| fp32 |") == 2 and set(B.speedups(res)["fp32"]) == {8, 16}
+    assert md.count("| fp32 |") == 2 and set(B.speedups(res)["fp32"]) == {8, 16} and "Paddle" not in B.table(res)
+    ms = {r["variant"]: r["ms"] for r in rows if r["seq"] == 8}
+    res["rows"] = rows + [{"precision": "fp32", "batch": 2, "seq": 8, "variant": B.PEER, "ms": 2 * ms[B.VARIANTS[1]]}]
+    peer = B.versus_peer(res)
+    assert peer[B.VARIANTS[1]] == {8: 2.0} and f"| {2 * ms[B.VARIANTS[1]]:.2f} | " in B.table(res)
+    assert "| fp32 | 16 |" in B.table(res) and B.table(res).count(" - | - |") == 1     # 16 tokens: no peer row
     with pytest.raises(RuntimeError, match="did not apply"):
         B.convert_both(tiny_models("bert_h32_n2"), tmp_path / "bert", ("fp32",))
