@@ -1,9 +1,10 @@
 """The first-row pass measured (convert/fusion/first_row.py): one Paddle [CLS]-pooled classifier converted with and
 without it (each precision through the gate), both timed on the CPU in one run, interleaved, with the classifier's
-CPU session; the logits of the two compared on the same batches.
+CPU session; the logits of the two compared on the same batches; with --peer, Paddle Inference CPU (FP32) on the
+same batches after them.
 
     python -m paddle2ort.benchmarks.first_row run SRC --out DIR [--precisions fp32,int8] [--batch 32]
-        [--seqs 32,64,128] [--repeats 15] [--threads 2]
+        [--seqs 32,64,128] [--repeats 15] [--threads 2] [--peer]
     python -m paddle2ort.benchmarks.first_row report DIR/first-row.json
 """
 from __future__ import annotations
