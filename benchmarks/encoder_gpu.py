@@ -214,16 +214,22 @@ def _torch(repeats: int, clock: Clock, rows: list, modes: tuple[str, ...]) -> No
             fn = net if mode == "eager" else torch.compile(net, mode=mode, dynamic=False)
             for b in (BATCHES if mode == "eager" else (32,)):
                 ids = torch.randint(1000, 30000, (b, SEQ), device="cuda")
-                mask = torch.from_numpy(_rows_mask(b)).cuda()
-                with torch.inference_mode():
-                    t0 = time.perf_counter()
-                    ms = _median_ms(lambda: fn(input_ids=ids, attention_mask=mask), repeats,
-                                    sync=torch.cuda.synchronize)
-                rows.append({"system": f"torch {mode} fp16", "geometry": geom, "batch": b, "seq": SEQ, "ms": ms,
-                             "first_call_and_timing_s": round(time.perf_counter() - t0, 1)})
-                log.info("%s", rows[-1])
+                rows.append(torch_row(fn, mode, geom, ids, torch.from_numpy(_rows_mask(b)).cuda(), repeats))
             del net, fn
             torch.cuda.empty_cache()
+
+
+def torch_row(fn, mode: str, geom: str, ids, mask, repeats: int) -> dict:
+    """One torch row: `fn` (BertModel eager, or torch.compile'd as `mode`) on device ids / mask [b, SEQ], median ms
+    of `repeats` synchronized calls, and the seconds its first call (compilation, graph capture) and timing took."""
+    import torch
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        ms = _median_ms(lambda: fn(input_ids=ids, attention_mask=mask), repeats, sync=torch.cuda.synchronize)
+    row = {"system": f"torch {mode} fp16", "geometry": geom, "batch": int(ids.shape[0]), "seq": SEQ, "ms": ms,
+           "first_call_and_timing_s": round(time.perf_counter() - t0, 1)}
+    log.info("%s", row)
+    return row
 
 
 def _ort_optimizer(work: Path, repeats: int, clock: Clock, rows: list, notes: dict) -> None:

@@ -19,7 +19,6 @@ import datetime as _dt
 import json
 import logging
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,7 @@ import numpy as np
 from paddle2ort.runtime.errors import BadInputError
 from paddle2ort.runtime.kernels.encoder import AttentionConfig
 
-from .encoder_gpu import BATCHES, GEOMETRIES, SEQ, _median_ms, _rows_mask, _torch_model
+from .encoder_gpu import BATCHES, GEOMETRIES, SEQ, _median_ms, _rows_mask, _torch_model, torch_row
 
 log = logging.getLogger(__name__)
 
@@ -173,13 +172,8 @@ def run(out: Path, repeats: int, geometries: list[str], compile_torch: bool = Tr
         for mode in ("eager", "reduce-overhead") if compile_torch else ("eager",):
             fn = net if mode == "eager" else torch.compile(net, mode=mode, dynamic=False)
             ids, mask = _inputs(32)
-            ti, tm = torch.from_numpy(ids).cuda(), torch.from_numpy(mask).cuda()
-            t0 = time.perf_counter()
-            with torch.inference_mode():
-                ms = _median_ms(lambda: fn(input_ids=ti, attention_mask=tm), repeats, sync=torch.cuda.synchronize)
-            res["rows"].append({"system": f"torch {mode} fp16", "geometry": geom, "batch": 32, "seq": SEQ, "ms": ms,
-                                "first_call_and_timing_s": round(time.perf_counter() - t0, 1)})
-            log.info("%s", res["rows"][-1])
+            res["rows"].append(torch_row(fn, mode, geom, torch.from_numpy(ids).cuda(), torch.from_numpy(mask).cuda(),
+                                         repeats))
         del net, enc
         torch.cuda.empty_cache()
     out.mkdir(parents=True, exist_ok=True)
@@ -232,14 +226,14 @@ def classifier(bundle: Path, dataset: Path, repeats: int = 50) -> tuple[list[dic
     from .classifier import make_batches, timed_predictions
     from .dataset import load_split
     data = load_split(dataset, "dev")
-    rows, preds, idx, feeds, clfs = [], {}, None, None, {}
+    clfs = {encoder: TextClassifier(bundle, precision="fp16", session=SessionOptions(device="gpu"), batch_size=32,
+                                    encoder=encoder) for encoder in ("onnxruntime", "kernels")}
+    idx, feeds = make_batches(clfs["onnxruntime"], data)
+    rows, preds = [], {}
     for name, (encoder, head) in CLASSIFIER_SYSTEMS.items():
-        clf = TextClassifier(bundle, precision="fp16", session=SessionOptions(device="gpu"), batch_size=32,
-                             encoder=encoder)
+        clf = clfs[encoder]                 # one kernel encoder for the head ways, switched between timed passes
         if head is not None:
             clf.runner.encoder.head_mode = head
-        if feeds is None:
-            idx, feeds = make_batches(clf, data)
         pred, passes = timed_predictions(clf, len(data.texts), idx, feeds)
         preds[name] = pred
         rows.append({"name": name, "samples": len(data.texts),
@@ -248,12 +242,10 @@ def classifier(bundle: Path, dataset: Path, repeats: int = 50) -> tuple[list[dic
         if head is not None:
             rows[-1]["head_mode_used"] = clf.runner.encoder.head_mode
         log.info("%s", rows[-1])
-        clfs[name] = clf
     ref = next(iter(CLASSIFIER_SYSTEMS))
     for r in rows:
         r["argmax_agreement_vs_onnxruntime"] = float((preds[r["name"]] == preds[ref]).mean())
-    stages = classifier_stages(clfs[ref], clfs["FP16-GPU kernel encoder"], feeds, repeats)
-    return rows, stages
+    return rows, classifier_stages(clfs["onnxruntime"], clfs["kernels"], feeds, repeats)
 
 
 def classifier_stages(ort_clf, kernel_clf, feeds: list[dict], repeats: int) -> dict:

@@ -83,10 +83,11 @@ def time_peer(source: Path, names: list[str], batch: int, seqs: tuple[int, ...],
     """Paddle Inference (its CPU deployment setting, convert/peer) on the same batches as time_both, after it."""
     from paddle2ort.convert.peer import paddle_inference_bench
     from paddle2ort.convert.source import locate
+    batches = [_feeds(names, batch, seq, seq, max_id) for seq in seqs]      # one worker, one model load
+    info, _ = paddle_inference_bench(locate(source), batches, len(batches), repeats, threads)
     rows = []
-    for seq in seqs:
-        info, _ = paddle_inference_bench(locate(source), [_feeds(names, batch, seq, seq, max_id)], 1, repeats, threads)
-        ts = [rep[0] for rep in info["times"]]
+    for i, seq in enumerate(seqs):
+        ts = [rep[i] for rep in info["times"]]
         rows.append({"precision": "fp32", "batch": batch, "seq": seq, "variant": PEER, "ms": 1e3 * float(np.median(ts)),
                      "runs_ms": [round(1e3 * t, 3) for t in ts],
                      "notes": {k: info[k] for k in ("onednn", "ir_optim", "threads") if k in info}})

@@ -348,6 +348,9 @@ def test_first_row_benchmark_converts_both_ways_and_times_them(tiny_models, tmp_
            "rows": rows, "agreement": agree}
     md = B.report(res)
     assert md.count("| fp32 |") == 2 and set(B.speedups(res)["fp32"]) == {8, 16} and "Paddle" not in B.table(res)
+    peer = B.time_peer(tiny_models("ernie_h32_n4"), ["input_ids", "token_type_ids"], 2, (8, 16), 2, 1, max_id=100)
+    assert [(r["seq"], r["variant"]) for r in peer] == [(8, B.PEER), (16, B.PEER)]
+    assert all(r["ms"] > 0 and len(r["runs_ms"]) == 2 for r in peer)
     ms = {r["variant"]: r["ms"] for r in rows if r["seq"] == 8}
     res["rows"] = rows + [{"precision": "fp32", "batch": 2, "seq": 8, "variant": B.PEER, "ms": 2 * ms[B.VARIANTS[1]]}]
     peer = B.versus_peer(res)

@@ -79,7 +79,8 @@ def plan(model):
         log.debug("first-row pass: no attention block feeds the row-0 selection")
         return None
     # the last layer: the attention block whose input comes after every other block's output
-    m = next((m for m in matches if all(o.output in _upstream(g, m.q.source) for o in matches if o is not m)), None)
+    m = next((m for m in matches for up in [_upstream(g, m.q.source)]
+              if all(o.output in up for o in matches if o is not m)), None)
     if m is None:
         return None
     x = m.q.source
