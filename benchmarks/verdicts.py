@@ -560,7 +560,7 @@ HEADLINES: tuple[Headline, ...] = (
                        for label, g in (("MiniLM-L6", "minilm"), ("ERNIE-3.0-Medium", "ernie_medium"),
                                         ("BERT-base", "bert_base"))))),
     Headline("first-row pass, a [CLS]-pooled classifier (ERNIE-3.0-Medium geometry), CPU, 2 threads, batch 32: "
-             "the last layer at row 0 vs the whole graph", ENC_FIRST_ROW, "one run, 2-core EPYC AVX-512 VNNI",
+             "the last layer at row 0 vs the whole graph", ENC_FIRST_ROW, "third run, commit fca28a8, 2-core EPYC AVX-512 VNNI",
              _first_row_speedups),
     Headline("kernel encoder (cuBLASLt epilogues + our attention, CUDA graph) vs torch.compile reduce-overhead, "
              "batch 32 x 128, H200, one run", ENC_KERNELS, "run41, tree of 9dcd6d6",
