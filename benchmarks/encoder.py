@@ -34,6 +34,7 @@ from paddle2ort.runtime.timing import warmup_order
 from .classifier import make_batches
 from .dataset import LabelledSplit, load_split
 from .env import cpu_info, environment, usable_cores
+from .gemm_floor import PEAK_SHAPE
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,17 @@ SESSION_SETTINGS = {"default": {"intra_op_spinning": True},
 FLOOR = "products-floor"      # the runs key of a graph's products floor (gemm_floor.Floor)
 
 
+def floors_for(clfs: dict, feeds: list, threads: int) -> dict:
+    """{(variant, precision): the products floor of that classifier's graph}, its inputs drawn for `feeds`."""
+    from .gemm_floor import Floor
+    out = {}
+    for (v, p, _), clf in clfs.items():
+        if (v, p) not in out:
+            out[(v, p)] = Floor(clf.bundle.model_path(p), threads)
+            out[(v, p)].prepare(feeds)
+    return out
+
+
 def _name(v: str, p: str, setting: str) -> str:
     return f"{p.upper()}-CPU {v}" + ("" if setting == "default" else f" {setting}")
 
@@ -132,14 +144,8 @@ def run(zoo_dir: Path, work: Path, warmup: int = 8, repeats: int = 5, threads: i
         device="cpu", intra_op_threads=threads, **SESSION_SETTINGS[st])) for v, p in pairs for st in settings}
     idx, feeds = make_batches(next(iter(clfs.values())), data)
     runs = {k: (lambda f, c=c: c.logits(f)) for k, c in clfs.items()}
-    floors = {}
-    if floor:
-        from .gemm_floor import Floor
-        for v, p in pairs:
-            clf = next(c for (cv, cp, _), c in clfs.items() if (cv, cp) == (v, p))
-            floors[(v, p)] = Floor(clf.bundle.manifest.model_path(p), threads)
-            floors[(v, p)].prepare(feeds)
-            runs[(v, p, FLOOR)] = floors[(v, p)].run
+    floors = floors_for(clfs, feeds, threads) if floor else {}
+    runs.update({(v, p, FLOOR): fl.run for (v, p), fl in floors.items()})
     log.info("%d dev examples in %d batches; %d configurations interleaved, %d passes, %d threads",
              len(data.texts), len(feeds), len(runs), repeats, threads)
     peer_run = None
@@ -151,7 +157,9 @@ def run(zoo_dir: Path, work: Path, warmup: int = 8, repeats: int = 5, threads: i
         peer_threads = tuple(dict.fromkeys((threads, *peer_extra_threads)))
         peer_run = lambda: {t: paddle_inference_bench(src, feeds, warmup, 1, t) for t in peer_threads}  # noqa: E731
     load = {"start": list(os.getloadavg())}      # other processes on the host: the run's noise, recorded
+    peaks = _peaks(threads) if floor else []
     times, outs, peer_passes = interleaved_passes(runs, feeds, warmup, repeats, peer_run)
+    peaks += _peaks(threads) if floor else []
     load["end"] = list(os.getloadavg())
     rows, preds = [], {}
     ms = lambda t: float(np.median(t)) / len(data.texts) * 1e3     # noqa: E731
@@ -205,7 +213,15 @@ def run(zoo_dir: Path, work: Path, warmup: int = 8, repeats: int = 5, threads: i
                         "positions_run": int(sum(f["attention_mask"].size for f in feeds))},
             "config": {"warmup": warmup, "repeats": repeats, "threads": threads, "batch_size": 32,
                        "agreement_reference": _name(*ref_key)},
-            "environment": env, "rows": rows}
+            "environment": env, "rows": rows,
+            **({"peaks": {"shape_mkn": list(PEAK_SHAPE), "before_and_after_the_passes": peaks,
+                          "note": "GFLOP/s of one large product per op (gemm_floor.peak), timed before and after "
+                                  "the passes; the best of the two is the host's rate"}} if floor else {})}
+
+
+def _peaks(threads: int) -> list[dict]:
+    from .gemm_floor import peak
+    return [{"MatMul": peak(threads), "MatMulInteger": peak(threads, "MatMulInteger")}]
 
 
 def rows_table(res: dict) -> str:
@@ -241,24 +257,35 @@ def ceilings(res: dict, session: str = "tuned") -> list[dict]:
                     "measured": best["ms_per_sample"] / ours["fp32"]["ms_per_sample"],
                     "ceiling": best["ms_per_sample"] / floor["fp32"]["ms_per_sample"],
                     "floor_share": floor["fp32"]["ms_per_sample"] / ours["fp32"]["ms_per_sample"],
-                    "floor": floor["fp32"]["name"], "peer": best["name"]})
+                    "floor": floor["fp32"]["name"], "peer": best["name"],
+                    "floor_vs_peak": _vs_peak(res, floor["fp32"], "MatMul")})
     if {"fp32", "int8"} <= floor.keys() & ours.keys():
         out.append({"ratio": "INT8 vs FP32", "wanted": 1.8,
                     "measured": ours["fp32"]["ms_per_sample"] / ours["int8"]["ms_per_sample"],
                     "ceiling": ours["fp32"]["ms_per_sample"] / floor["int8"]["ms_per_sample"],
                     "floor_share": floor["int8"]["ms_per_sample"] / ours["int8"]["ms_per_sample"],
-                    "floor": floor["int8"]["name"], "peer": ours["fp32"]["name"]})
+                    "floor": floor["int8"]["name"], "peer": ours["fp32"]["name"],
+                    "floor_vs_peak": _vs_peak(res, floor["int8"], "MatMulInteger")})
     return out
+
+
+def _vs_peak(res: dict, floor: dict, op: str) -> float | None:
+    """The floor's rate over the host's large-product rate for its weight op (the best of the run's two timings);
+    the INT8 floor mixes float32 attention products in, so its figure is a blend."""
+    peaks = [p[op] for p in res.get("peaks", {}).get("before_and_after_the_passes", [])]
+    return floor["gflop_per_s"] / max(peaks) if peaks else None
 
 
 def ceiling_table(res: dict) -> str:
     """`ceilings` as Markdown: a ceiling under the wanted ratio means the target needs faster products than these
     kernels give on this host, not less overhead around them."""
-    lines = ["| ratio | wanted | measured | ceiling (products alone) | products' share of ours | reachable with these "
-             "kernels |", "|---|---|---|---|---|---|"]
+    m, k, n = res.get("peaks", {}).get("shape_mkn", PEAK_SHAPE)
+    lines = ["| ratio | wanted | measured | ceiling (products alone) | products' share of ours | products' rate vs one "
+             f"{m}x{k}x{n} product | reachable with these kernels |", "|---|---|---|---|---|---|---|"]
     for c in ceilings(res):
+        vs = f"{100 * c['floor_vs_peak']:.0f}%" if c.get("floor_vs_peak") else "-"
         lines.append(f"| {c['ratio']} | {c['wanted']:.2f}x | {c['measured']:.2f}x | {c['ceiling']:.2f}x | "
-                     f"{100 * c['floor_share']:.0f}% | {'yes' if c['ceiling'] >= c['wanted'] else '**no**'} |")
+                     f"{100 * c['floor_share']:.0f}% | {vs} | {'yes' if c['ceiling'] >= c['wanted'] else '**no**'} |")
     return "\n".join(lines)
 
 

@@ -213,3 +213,39 @@ class Floor:
         kinds = {"weight GEMMs": sum(p.weight is not None for p in self.products),
                  "activation products": sum(p.weight is None for p in self.products)}
         return {"products": len(self.products), **kinds, "ops": sorted({p.op for p in self.products})}
+
+
+PEAK_SHAPE = (2048, 1024, 1024)           # M, K, N: large enough that a GEMM kernel runs at its own best rate
+
+
+def peak(threads: int, op: str = "MatMul", spinning: bool = True, shape: tuple = PEAK_SHAPE, runs: int = 15) -> float:
+    """GFLOP/s (2 per multiply-add) of one large product through onnxruntime's `op` (MatMul float32, MatMulInteger
+    u8 x s8) with these threads: the rate the floor's products would run at if their shapes cost nothing. Median of
+    `runs` after 3 warm-ups."""
+    import time
+
+    import onnxruntime as ort
+    m, k, n = shape
+    rng = np.random.default_rng(0)
+    if op == "MatMulInteger":
+        a, w = rng.integers(0, 256, (m, k), dtype=np.uint8), rng.integers(-127, 128, (k, n), dtype=np.int8)
+        elem, out_elem = TensorProto.UINT8, TensorProto.INT32
+    else:
+        a, w = rng.standard_normal((m, k), dtype=np.float32), rng.standard_normal((k, n), dtype=np.float32)
+        elem, out_elem = TensorProto.FLOAT, TensorProto.FLOAT
+    g = helper.make_graph([helper.make_node(op, ["a", "w"], ["y"])], "peak",
+                          [helper.make_tensor_value_info("a", elem, [m, k])],
+                          [helper.make_tensor_value_info("y", out_elem, [m, n])], [numpy_helper.from_array(w, "w")])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    sess = ort.InferenceSession(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+                                .SerializeToString(), so, providers=["CPUExecutionProvider"])
+    times = []
+    for i in range(runs + 3):
+        t0 = time.perf_counter()
+        sess.run(None, {"a": a})
+        if i >= 3:
+            times.append(time.perf_counter() - t0)
+    return 2 * m * k * n / float(np.median(times)) / 1e9
+

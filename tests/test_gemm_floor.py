@@ -10,8 +10,6 @@ from paddle2ort.benchmarks.encoder_graphs import fused_encoder_model
 from paddle2ort.benchmarks.gemm_floor import Floor, FloorError, flops, products
 from paddle2ort.runtime.kernels.encoder import random_weights
 
-pytestmark = pytest.mark.unit
-
 GEOMETRIES = [dict(layers=2, hidden=64, heads=4, inter=128), dict(layers=1, hidden=96, heads=3, inter=80)]
 
 
@@ -27,6 +25,7 @@ def model(g: dict, path, classes: int = 3):
     return w
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("g", GEOMETRIES, ids=lambda g: f"h{g['hidden']}x{g['layers']}")
 def test_products_and_flops_match_the_geometry(g, tmp_path):
     model(g, tmp_path / "m.onnx", classes=5)
@@ -39,6 +38,7 @@ def test_products_and_flops_match_the_geometry(g, tmp_path):
     assert flops(prods, symbols, [(1, 7), (4, 33)]) == expected_flops(g, 1, 7, 5) + expected_flops(g, 4, 33, 5)
 
 
+@pytest.mark.unit
 def test_skeleton_computes_the_graphs_products(tmp_path):
     g = GEOMETRIES[0]
     w = model(g, tmp_path / "m.onnx")
@@ -55,6 +55,7 @@ def test_skeleton_computes_the_graphs_products(tmp_path):
     assert floor.gflop([feed]) * 1e9 == pytest.approx(expected_flops(g, 3, 11, 3))
 
 
+@pytest.mark.unit
 def test_int8_products_keep_the_weights_and_zero_points(tmp_path):
     from onnxruntime.quantization import QuantType, quantize_dynamic
     g = GEOMETRIES[0]
@@ -82,6 +83,7 @@ def test_int8_products_keep_the_weights_and_zero_points(tmp_path):
     assert floor.gflop([feed]) * 1e9 == expected_flops(g, 2, 5, 3)
 
 
+@pytest.mark.unit
 def test_refuses_what_it_does_not_model(tmp_path):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "sequence"])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
@@ -98,6 +100,7 @@ def test_refuses_what_it_does_not_model(tmp_path):
         products(relu)
 
 
+@pytest.mark.unit
 def test_ceilings_from_a_run():
     """The ceiling is the peer's time over the products floor; a ceiling under the wanted ratio says 'no'."""
     from paddle2ort.benchmarks.encoder import ceiling_table, ceilings, rows_table
@@ -115,6 +118,31 @@ def test_ceilings_from_a_run():
     assert fp32["floor_share"] == pytest.approx(3.0 / 3.6) and fp32["peer"] == "Paddle"
     assert int8["measured"] == pytest.approx(2.4) and int8["ceiling"] == pytest.approx(3.6)
     table = ceiling_table(res).splitlines()
-    assert "| 1.25x | 83% | **no** |" in table[2] and "| 3.60x | 67% | yes |" in table[3]
+    assert "| 1.25x | 83% | - | **no** |" in table[2] and "| 3.60x | 67% | - | yes |" in table[3]
+    res["peaks"] = {"shape_mkn": [8, 8, 8], "before_and_after_the_passes": [{"MatMul": 200.0, "MatMulInteger": 500.0},
+                                                                            {"MatMul": 215.0, "MatMulInteger": 400.0}]}
+    res["rows"][3]["gflop_per_s"] = 250.0
+    table = ceiling_table(res).splitlines()
+    assert "8x8x8 product" in table[0] and "| 83% | 100% | **no** |" in table[2] and "| 67% | 50% | yes |" in table[3]
     assert "| FP32 floor | - | - | 3.000 | - | 215 |" in rows_table(res)
     assert ceilings({"rows": res["rows"][:2]}) == []
+
+
+def test_floor_of_converted_bundles(clf_bundle):
+    """paddle2onnx's graphs as the converter leaves them (FP32 and per-channel INT8 of a tiny BERT classifier): the
+    floor finds their products (attention's included) and times them on the classifier's own batches."""
+    from paddle2ort.benchmarks.encoder import floors_for
+    from paddle2ort.runtime.pipelines import TextClassifier
+    from paddle2ort.runtime.session import SessionOptions
+    clfs = {("v", p, "default"): TextClassifier(clf_bundle, precision=p, session=SessionOptions(device="cpu"))
+            for p in ("fp32", "int8")}
+    feeds = [clfs[("v", "fp32", "default")].encode(t) for t in (["short"], ["a somewhat longer text", "and another"])]
+    floors = floors_for(clfs, feeds, threads=1)
+    fp32, int8 = floors[("v", "fp32")], floors[("v", "int8")]
+    assert fp32.summary()["activation products"] == int8.summary()["activation products"] > 0
+    assert fp32.summary()["weight GEMMs"] > 0 and int8.summary()["ops"] == ["MatMul", "MatMulInteger"]
+    assert fp32.gflop(feeds) > 0
+    assert fp32.gflop(feeds) == pytest.approx(int8.gflop(feeds))    # the same math, whatever the precision
+    for fl in (fp32, int8):
+        for f in feeds:
+            fl.run(f)
