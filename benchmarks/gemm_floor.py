@@ -18,10 +18,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-PRODUCT_OPS = ("MatMul", "MatMulInteger", "Attention")
-# products this module does not model: a graph holding one fails loudly instead of reporting a floor without it
+PRODUCT_OPS = ("MatMul", "MatMulInteger", "MatMulNBits", "Attention")
+# products this module does not model: a graph holding one fails loudly instead of reporting a floor without it,
+# unless the caller leaves that op out by name (`skip`: a decoder's GroupQueryAttention, whose cost is the context's)
 UNMODELLED = ("Gemm", "FusedMatMul", "QAttention", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QLinearMatMul",
-              "MatMulNBits", "QGemm", "Conv", "ConvInteger", "MultiHeadAttention", "GroupQueryAttention")
+              "QGemm", "Conv", "ConvInteger", "MultiHeadAttention", "GroupQueryAttention")
 
 
 class FloorError(ValueError):
@@ -30,13 +31,15 @@ class FloorError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Product:
-    """One matrix product: A (a_dims) x B (b_dims), dims symbolic ('batch', 'sequence') or ints. `weight`: B's
-    initializer name (a weight GEMM), else B is an activation (attention's products)."""
-    op: str                                  # MatMul | MatMulInteger
+    """One matrix product: A (a_dims) x B (b_dims, [K, N]), dims symbolic ('batch', 'sequence') or ints. `weight`:
+    B's initializer name (a weight GEMM), else B is an activation (attention's products). `node`: the graph's own
+    node for a weight product, which the skeleton runs as it is (attributes, scales, zero points) on its own A."""
+    op: str                                  # MatMul | MatMulInteger | MatMulNBits
     a_dims: tuple
     b_dims: tuple
     weight: str | None
-    b_zero_point: str | None = None          # MatMulInteger: the weight's zero point initializer
+    b_zero_point: str | None = None          # MatMulInteger / MatMulNBits: the weight's zero point initializer
+    node: onnx.NodeProto | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def shapes(self, batch: int, seq: int, symbols: dict) -> tuple[tuple, tuple]:
         return _concrete(self.a_dims, batch, seq, symbols), _concrete(self.b_dims, batch, seq, symbols)
@@ -69,13 +72,14 @@ def _dims(t) -> tuple:
     return tuple(d.dim_param if d.dim_param else d.dim_value for d in t.type.tensor_type.shape.dim)
 
 
-def products(model: onnx.ModelProto) -> tuple[list[Product], dict]:
-    """The graph's products and its input symbols {'batch': name, 'sequence': name} (the first input's two dims)."""
+def products(model: onnx.ModelProto, skip: tuple[str, ...] = ()) -> tuple[list[Product], dict]:
+    """The graph's products and its input symbols {'batch': name, 'sequence': name} (the first input's two dims);
+    ops named in `skip` are left out (the floor is then that much lower)."""
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-    bad = sorted({n.op_type for n in model.graph.node if n.op_type in UNMODELLED})
+    bad = sorted({n.op_type for n in model.graph.node if n.op_type in UNMODELLED and n.op_type not in skip})
     if bad:
         raise FloorError(f"the graph holds {', '.join(bad)}, which the floor does not model (it times "
-                         f"{', '.join(PRODUCT_OPS)})")
+                         f"{', '.join(PRODUCT_OPS)}; skip= leaves an op out by name)")
     first = _dims(model.graph.input[0])
     if len(first) != 2 or not all(isinstance(d, str) and d for d in first):
         raise FloorError(f"the first input {model.graph.input[0].name!r} is not [batch, sequence] with symbolic "
@@ -86,7 +90,7 @@ def products(model: onnx.ModelProto) -> tuple[list[Product], dict]:
     inits = {t.name: tuple(t.dims) for t in model.graph.initializer}
     out = []
     for n in inferred.graph.node:
-        if n.op_type not in PRODUCT_OPS:
+        if n.op_type not in PRODUCT_OPS or n.op_type in skip:
             continue
         a = shapes.get(n.input[0])
         if not a:
@@ -103,11 +107,16 @@ def products(model: onnx.ModelProto) -> tuple[list[Product], dict]:
                     Product("MatMul", (bs, heads, s, s), (bs, heads, s, h // heads), None)]
             continue
         weight = n.input[1] if n.input[1] in inits else None
-        b = inits[weight] if weight else shapes.get(n.input[1])
+        if n.op_type == "MatMulNBits":         # B packed [N, blocks, bytes]: K and N are attributes
+            attrs = {x.name: x.i for x in n.attribute}
+            b = (attrs["K"], attrs["N"])
+        else:
+            b = inits[weight] if weight else shapes.get(n.input[1])
         if not b:
             raise FloorError(f"no inferred shape for {n.op_type} {n.name!r}'s input {n.input[1]!r}")
-        zp = n.input[3] if n.op_type == "MatMulInteger" and len(n.input) > 3 and n.input[3] in inits else None
-        out.append(Product(n.op_type, tuple(a), tuple(b), weight, zp))
+        zp = next((n.input[i] for op, i in (("MatMulInteger", 3), ("MatMulNBits", 3))
+                   if n.op_type == op and len(n.input) > i and n.input[i] in inits), None)
+        out.append(Product(n.op_type, tuple(a), tuple(b), weight, zp, node=n if weight else None))
     if not out:
         raise FloorError("the graph computes no matrix product")
     return out, symbols
@@ -140,22 +149,34 @@ def skeleton(model: onnx.ModelProto, prods: list[Product], symbols: dict) -> onn
     for i, p in enumerate(prods):
         elem = TensorProto.UINT8 if p.op == "MatMulInteger" else TensorProto.FLOAT
         a = graph_input(p.a_dims, elem)
-        b = p.weight if p.weight else graph_input(p.b_dims, elem)
-        if p.weight:
-            used[p.weight] = inits[p.weight]
-        node_in = [a, b]
-        if p.op == "MatMulInteger":
-            used["azp"] = numpy_helper.from_array(np.array(128, np.uint8), "azp")
-            node_in.append("azp")
-            if p.b_zero_point:
-                used[p.b_zero_point] = inits[p.b_zero_point]
-                node_in.append(p.b_zero_point)
         y = f"y{i}"
-        nodes.append(helper.make_node(p.op, node_in, [y]))
+        if p.node is None:                   # an activation product (or one synthesized from Attention's weights)
+            b = p.weight if p.weight else graph_input(p.b_dims, elem)
+            if p.weight:
+                used[p.weight] = inits[p.weight]
+            nodes.append(helper.make_node(p.op, [a, b], [y]))
+        else:                                # the graph's own node on the skeleton's A
+            node_in = [a, *p.node.input[1:]]
+            if p.op == "MatMulInteger" and len(node_in) > 2 and node_in[2] and node_in[2] not in inits:
+                used["azp"] = numpy_helper.from_array(np.array(128, np.uint8), "azp")   # A's zero point: dynamic
+                node_in[2] = "azp"
+            for name in node_in[1:]:
+                if name and name in inits:
+                    used[name] = inits[name]
+                elif name and name != "azp":
+                    raise FloorError(f"{p.op} {p.node.name!r}: input {name!r} is neither A nor an initializer")
+            copy = onnx.NodeProto()
+            copy.CopyFrom(p.node)
+            del copy.input[:]
+            copy.input.extend(node_in)
+            del copy.output[:]
+            copy.output.append(y)
+            nodes.append(copy)
         outs.append(helper.make_tensor_value_info(y, TensorProto.INT32 if p.op == "MatMulInteger" else TensorProto.FLOAT,
                                                   None))
     g = helper.make_graph(nodes, "products", list(ins.values()), outs, list(used.values()))
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
+                          ir_version=8)
     m.metadata_props.add(key="symbols", value=f"{symbols['batch']},{symbols['sequence']}")
     return m
 
@@ -164,10 +185,11 @@ class Floor:
     """The products of one graph, timed on given batches: `run(feed)` runs the skeleton at that feed's (batch,
     sequence) on inputs drawn once (`outputs(feed)` returns what it computes); `gflop(feeds)` counts the FLOPs of those batches."""
 
-    def __init__(self, model_path, threads: int, spinning: bool = True, seed: int = 0):
+    def __init__(self, model_path, threads: int, spinning: bool = True, seed: int = 0, skip: tuple[str, ...] = ()):
         import onnxruntime as ort
         model = onnx.load(str(model_path))
-        self.products, self.symbols = products(model)
+        self.skip = tuple(skip)
+        self.products, self.symbols = products(model, skip)
         self.model = skeleton(model, self.products, self.symbols)
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
@@ -212,7 +234,8 @@ class Floor:
     def summary(self) -> dict:
         kinds = {"weight GEMMs": sum(p.weight is not None for p in self.products),
                  "activation products": sum(p.weight is None for p in self.products)}
-        return {"products": len(self.products), **kinds, "ops": sorted({p.op for p in self.products})}
+        return {"products": len(self.products), **kinds, "ops": sorted({p.op for p in self.products}),
+                "left_out": list(self.skip)}
 
 
 PEAK_SHAPE = (2048, 1024, 1024)           # M, K, N: large enough that a GEMM kernel runs at its own best rate
@@ -248,4 +271,38 @@ def peak(threads: int, op: str = "MatMul", spinning: bool = True, shape: tuple =
         if i >= 3:
             times.append(time.perf_counter() - t0)
     return 2 * m * k * n / float(np.median(times)) / 1e9
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m paddle2ort.benchmarks.gemm_floor MODEL --batch B --seq S`: one shape's floor, as JSON on stdout
+    (bench-llm runs it in a fresh process beside its other configurations)."""
+    import argparse
+    import json
+    import time
+    from pathlib import Path
+    ap = argparse.ArgumentParser(description="time an ONNX graph's matrix products alone at one (batch, sequence)")
+    ap.add_argument("model", type=Path)
+    ap.add_argument("--batch", type=int, required=True)
+    ap.add_argument("--seq", type=int, required=True)
+    ap.add_argument("--threads", type=int, required=True)
+    ap.add_argument("--calls", type=int, default=64, help="timed calls (the median is reported)")
+    ap.add_argument("--warmup", type=int, default=8)
+    ap.add_argument("--skip", action="append", default=[], help="an op to leave out (repeatable)")
+    ap.add_argument("--no-spin", action="store_true", help="intra-op threads do not spin")
+    a = ap.parse_args(argv)
+    fl = Floor(a.model, a.threads, spinning=not a.no_spin, skip=tuple(a.skip))
+    feed = {"shape": np.zeros((a.batch, a.seq), np.int64)}
+    for _ in range(a.warmup):
+        fl.run(feed)
+    times = []
+    for _ in range(a.calls):
+        t0 = time.perf_counter()
+        fl.run(feed)
+        times.append(time.perf_counter() - t0)
+    print(json.dumps({"ms": float(np.median(times)) * 1e3, "gflop": fl.gflop([feed]), **fl.summary()}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
 

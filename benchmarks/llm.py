@@ -50,6 +50,7 @@ class LLMBenchConfig:
     check_prompts: tuple[str, ...] = ()            # greedy token check, ours (FP32 users' graph) vs llama.cpp F32
     check_new_tokens: int = 32
     repeats: int = 1                               # runs of each configuration (round-robin); medians reported
+    floor: bool = True                             # the users' fused graph's weight products alone (gemm_floor)
     spin_wait: bool = True                         # False: worker threads sleep between ops, in both engines
     #                                                (onnxruntime allow_spinning=0, llama.cpp OMP_WAIT_POLICY=passive):
     #                                                on a host shared with other jobs, spinning threads wait on
@@ -118,7 +119,9 @@ def run_llm_bench(cfg: LLMBenchConfig) -> dict:
     import os
     load = {"start": os.getloadavg()}            # other processes on the box: the run's noise, recorded
     from tqdm.auto import tqdm
-    order = [("ort", c) for c in configs] + [("llama.cpp", j["qtype"]) for j in (peer or {}).get("jobs", [])]
+    floors = [(p, b) for p in precisions if users[p] == "fused" for b in cfg.batch_sizes] if cfg.floor else []
+    order = ([("ort", c) for c in configs] + [("floor", f) for f in floors]
+             + [("llama.cpp", j["qtype"]) for j in (peer or {}).get("jobs", [])])
     for n in tqdm(range(cfg.repeats), desc="bench-llm rounds", unit="round", leave=False, disable=None):
         for kind, c in order:
             if n and c == "F32-check":          # the token check is not timed: once
@@ -126,6 +129,8 @@ def run_llm_bench(cfg: LLMBenchConfig) -> dict:
             if kind == "ort":
                 prec, g, b = c
                 r = _run_onnx_config(cfg, prec, g, b, threads)
+            elif kind == "floor":
+                r = _run_floor(cfg, bundle, *c, threads)
             else:
                 from .llamacpp import run_job
                 job = next(j for j in peer["jobs"] if j["qtype"] == c)
@@ -138,6 +143,11 @@ def run_llm_bench(cfg: LLMBenchConfig) -> dict:
         rows.append({"system": "onnxruntime", "graph": g, "users_graph": g == users[prec], "precision": prec, **r})
         log.info("onnxruntime %s %s b%d: TTFT %.0f ms, %.1f ms/step, %.1f tok/s total", g, prec, b, r["ttft_ms"],
                  r["decode_ms_per_step"], r["decode_tokens_per_s_total"])
+    for prec, b in floors:
+        got = runs[("floor", (prec, b))]
+        rows.append({"system": "products-floor", "graph": "fused: weight products alone", "users_graph": False,
+                     "precision": prec, "batch": b, "decode_ms_per_step": statistics.median(x["ms"] for x in got),
+                     "runs": len(got), **{k: got[0][k] for k in ("gflop", "products", "ops", "left_out")}})
     peers = {}
     if peer is not None:
         peers["llama.cpp"] = {k: str(peer[k]) if isinstance(peer[k], Path) else peer[k]
@@ -173,6 +183,8 @@ def run_llm_bench(cfg: LLMBenchConfig) -> dict:
         if lc is not None and r["system"] == "onnxruntime":
             r["speedup_vs_llamacpp"] = lc["decode_ms_per_step"] / r["decode_ms_per_step"]
             r["ttft_vs_llamacpp"] = r["ttft_ms"] / lc["ttft_ms"]
+        elif lc is not None and r["system"] == "products-floor":    # the best our graph's products allow
+            r["ceiling_vs_llamacpp"] = lc["decode_ms_per_step"] / r["decode_ms_per_step"]
     return {"benchmark": "llm-generation", "bundle": bundle.manifest.name,
             "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "config": {**{k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
@@ -188,6 +200,19 @@ def _run_onnx_config(cfg: LLMBenchConfig, prec: str, graph: str, batch: int, thr
                          capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"onnxruntime {graph} {prec} batch {batch} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _run_floor(cfg: LLMBenchConfig, bundle, prec: str, batch: int, threads: int) -> dict:
+    """One decode step's weight products (batch rows, one position each) of the fused graph, alone, in a fresh
+    process; GroupQueryAttention is left out (its cost is the context's), so this is a lower bound of a step."""
+    from paddle2ort.runtime.llm import fused_model
+    path, _ = fused_model(bundle, prec)
+    out = subprocess.run([sys.executable, "-m", "paddle2ort.benchmarks.gemm_floor", str(path), "--batch", str(batch),
+                          "--seq", "1", "--threads", str(threads), "--skip", "GroupQueryAttention",
+                          *(() if cfg.spin_wait else ("--no-spin",))], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"products floor {prec} batch {batch} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -271,14 +296,18 @@ def rows_table(res: dict) -> str:
     lines = ["| system | graph | precision | batch | TTFT ms | decode ms/step | tok/s per seq | tok/s total | "
              "peak RSS MB | decode speed-up vs Paddle | vs llama.cpp (equal bits) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    def f(r, k, fmt):
+        return "-" if r.get(k) is None else format(r[k], fmt)
     for r in res["rows"]:
         sp = "-" if r.get("speedup_vs_paddle") is None else f"{r['speedup_vs_paddle']:.2f}x"
         lc = "-" if r.get("speedup_vs_llamacpp") is None else f"{r['speedup_vs_llamacpp']:.2f}x"
+        if r.get("ceiling_vs_llamacpp") is not None:
+            lc = f"at most {r['ceiling_vs_llamacpp']:.2f}x"
         graph = r.get("graph", "generic") + (" (users' graph)" if r.get("users_graph") else "")
         prec = r["precision"] + (f" ({r['llamacpp_type']})" if r.get("llamacpp_type") else "")
-        lines.append(f"| {r['system']} | {graph} | {prec} | {r['batch']} | {r['ttft_ms']:.0f} | "
-                     f"{r['decode_ms_per_step']:.1f} | {r['tokens_per_s_per_sequence']:.1f} | "
-                     f"{r['decode_tokens_per_s_total']:.1f} | {r['peak_rss_mb']:.0f} | {sp} | {lc} |")
+        lines.append(f"| {r['system']} | {graph} | {prec} | {r['batch']} | {f(r, 'ttft_ms', '.0f')} | "
+                     f"{r['decode_ms_per_step']:.1f} | {f(r, 'tokens_per_s_per_sequence', '.1f')} | "
+                     f"{f(r, 'decode_tokens_per_s_total', '.1f')} | {f(r, 'peak_rss_mb', '.0f')} | {sp} | {lc} |")
     return "\n".join(lines)
 
 

@@ -27,7 +27,7 @@ def run(args) -> int:
                                        new_tokens=args.new_tokens, threads=args.threads, gguf=args.gguf,
                                        llamacpp_python=args.llamacpp_python, check_prompts=prompts,
                                        check_new_tokens=args.check_new_tokens, repeats=args.repeats,
-                                       spin_wait=not args.no_spin))
+                                       spin_wait=not args.no_spin, floor=not args.no_floor))
     md = markdown(res)
     write_results(args.output, "llm", res, md)
     from paddle2ort.benchmarks.llm import plot
@@ -61,5 +61,7 @@ def register(sub) -> None:
                     "medians reported")
     bl.add_argument("--no-spin", action="store_true", help="worker threads sleep between ops instead of "
                     "spinning, in onnxruntime and llama.cpp alike (faster on a host shared with other jobs)")
+    bl.add_argument("--no-floor", action="store_true", help="skip the products-floor rows (the users' fused graph's "
+                    "weight products alone, a decode step's lower bound)")
     bl.add_argument("--output", type=Path, default=Path("bench-results"), help="results directory")
     bl.set_defaults(func=run)

@@ -2,6 +2,7 @@
 compute) and records it as the bundle's CPU default graph; `generate --graph auto` runs it; bench-llm measures it beside
 the generic graph; the llama.cpp peer's GGUFs are the bundle's weights, and it is skipped with the reason when
 llama_cpp is not importable (the test suite runs in .venv, not in the benchmark's .venv-llamacpp)."""
+import json
 import sys
 from pathlib import Path
 
@@ -75,13 +76,20 @@ def test_bench_llm_reports_the_users_graph_beside_generic_and_skips_llamacpp(cpu
     gguf.write_bytes(b"GGUF")                       # never read: the peer is skipped before its GGUFs are written
     res = run_llm_bench(LLMBenchConfig(bundle=dest, precisions=("fp32",), batch_sizes=(1,), prompt_len=8,
                                        new_tokens=4, threads=1, gguf=gguf, llamacpp_python=Path(sys.executable)))
-    rows = {(r["graph"], r["users_graph"]) for r in res["rows"]}
-    assert rows == {("generic", False), ("fused", True)}
+    rows = {(r["system"], r["graph"], r["users_graph"]) for r in res["rows"]}
+    assert rows == {("onnxruntime", "generic", False), ("onnxruntime", "fused", True),
+                    ("products-floor", "fused: weight products alone", False)}
     assert all(r["decode_ms_per_step"] > 0 and r["runs"] == 1 for r in res["rows"])
+    floor = next(r for r in res["rows"] if r["system"] == "products-floor")
+    fused = next(r for r in res["rows"] if r["users_graph"])
+    assert floor["left_out"] == ["GroupQueryAttention"] and floor["ops"] == ["MatMul"] and floor["gflop"] > 0
+    layers = json.loads((dest / "manifest.json").read_text())["extra"]["llm"]["num_layers"]
+    assert floor["products"] == 4 * layers + 1          # QKV, O, gate/up, down a layer; the LM head
     skipped = res["peers"]["llama.cpp"]["skipped"]
     assert "llama_cpp is not importable" in skipped and "make bench-llamacpp-env" in skipped
     md = markdown(res)
     assert "fused (users' graph)" in md and "llama.cpp peer skipped: llama_cpp is not importable" in md
+    assert "| products-floor | fused: weight products alone | fp32 | 1 | - |" in md
 
 
 @pytest.mark.unit
