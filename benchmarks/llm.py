@@ -340,7 +340,8 @@ def _load(res: dict, key: str) -> str:
 
 
 def plot(res: dict, path: Path) -> bool:
-    """Decode ms/step and TTFT at batch 1 per system/graph/precision (bars), llama.cpp in orange."""
+    """Decode ms/step and TTFT at batch 1 per system/graph/precision (bars), llama.cpp in orange, the products
+    floor in grey."""
     plt = pyplot()
     if plt is None:
         return False
@@ -348,16 +349,20 @@ def plot(res: dict, path: Path) -> bool:
     rows = [r for r in res["rows"] if r["batch"] == 1]
     if not rows:
         return False
-    names = [f"{r['system'] if r['system'] != 'onnxruntime' else r['graph']}\n{r['precision']}"
-             + (f" ({r['llamacpp_type']})" if r.get("llamacpp_type") else "")
-             + ("\nusers' graph" if r.get("users_graph") else "") for r in rows]
-    colors = ["#dd8452" if r["system"] == "llama.cpp" else "#4c72b0" if r.get("users_graph") else "#a1b4d4"
-              for r in rows]
+    def name(r):
+        return (f"{r['system'] if r['system'] != 'onnxruntime' else r['graph']}\n{r['precision']}"
+                + (f" ({r['llamacpp_type']})" if r.get("llamacpp_type") else "")
+                + ("\nusers' graph" if r.get("users_graph") else ""))
+
+    def color(r):
+        return {"llama.cpp": "#dd8452", "products-floor": "#999999"}.get(
+            r["system"], "#4c72b0" if r.get("users_graph") else "#a1b4d4")
     fig, axes = plt.subplots(1, 2, figsize=(1.2 * len(rows) * 2 + 2, 4.6))
     for ax, key, label in ((axes[0], "decode_ms_per_step", "decode ms / step"), (axes[1], "ttft_ms", "TTFT ms")):
-        bars = ax.bar(range(len(rows)), [r[key] for r in rows], color=colors)
-        ax.set_xticks(range(len(rows)), names, fontsize=7)
-        for b, r in zip(bars, rows):
+        rs = [r for r in rows if r.get(key) is not None]      # the products floor has no TTFT
+        bars = ax.bar(range(len(rs)), [r[key] for r in rs], color=[color(r) for r in rs])
+        ax.set_xticks(range(len(rs)), [name(r) for r in rs], fontsize=7)
+        for b, r in zip(bars, rs):
             ax.annotate(f"{r[key]:.1f}", (b.get_x() + b.get_width() / 2, b.get_height()), ha="center",
                         va="bottom", fontsize=8)
         ax.set_ylabel(f"{label}, lower is better (batch 1)")

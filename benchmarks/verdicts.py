@@ -168,13 +168,16 @@ LLM_CPU, LLM_CPU_B8 = "llm-cpu/llm.json", "llm-cpu/batch8/llm.json"
 LLM_CPU_AVX2, LLM_CPU_AVX2_SLEEP = "llm-cpu/avx2-defaults/llm.json", "llm-cpu/avx2-no-spin/llm.json"
 LLM_CPU_AVX2_LAST = "llm-cpu/avx2-lastrow/llm.json"     # the same box and waits, the LM head at the last prompt row
 LLM_CPU_VNNI = "llm-cpu/avx512-defaults/llm.json"       # a quiet AVX-512 VNNI box, default waits, head at the last row
+LLM_CPU_FLOOR = "llm-cpu/avx512-floor/llm.json"         # the same box and command, with the products-floor rows
 # the runs judged against llama.cpp (file, box and thread waits, run), each alone; targets and headlines name them alike
 LLM_CPU_PEER_RUNS = ((LLM_CPU, "AVX-512 box, both sleeping at barriers", "commit 6939e8f"),
                      (LLM_CPU_AVX2, "AVX2 box, each engine's default waits", "commit 35f0243"),
                      (LLM_CPU_AVX2_LAST, "AVX2 box, default waits, prompt logits at the last row only",
                       "commit f6c690c"),
                      (LLM_CPU_VNNI, "quiet AVX-512 VNNI box, default waits, prompt logits at the last row only",
-                      "commit 16b4017"))
+                      "commit 16b4017"),
+                     (LLM_CPU_FLOOR, "AVX-512 VNNI box, default waits, run with the products floor",
+                      "commit 23e4e62"))
 
 
 def users_row(res: dict, precision: str, batch: int = 1) -> dict:
@@ -443,7 +446,8 @@ TABLES: dict[str, dict[str, Callable[[Path], str]]] = {
         _load(f, str(root))) for name, f in (("cpu", LLM_CPU), ("avx2-defaults", LLM_CPU_AVX2),
                                              ("avx2-no-spin", LLM_CPU_AVX2_SLEEP),
                                              ("avx2-lastrow", LLM_CPU_AVX2_LAST),
-                                             ("avx512-defaults", LLM_CPU_VNNI))},
+                                             ("avx512-defaults", LLM_CPU_VNNI),
+                                             ("avx512-floor", LLM_CPU_FLOOR))},
 }
 
 
@@ -472,6 +476,20 @@ def _first_row_speedups(r: dict) -> str:
 def _clf_speed(a: str, b: str) -> Callable[[dict], str]:
     return lambda r: (f"{clf(r, a)['ms_per_sample'] / clf(r, b)['ms_per_sample']:.2f}x "
                       f"({clf(r, b)['ms_per_sample']:.2f} vs {clf(r, a)['ms_per_sample']:.2f} ms/sample)")
+
+
+def _llm_ceilings(r: dict) -> str:
+    """Per precision: our step, the weight products' floor, llama.cpp's step, and the ceiling (theirs / floor)."""
+    out = []
+    for x in r["rows"]:
+        if x["system"] == "products-floor" and x.get("ceiling_vs_llamacpp") is not None:
+            ours, lc = users_row(r, x["precision"], x["batch"]), next(
+                y for y in r["rows"] if y["system"] == "llama.cpp" and y["precision"] == x["precision"]
+                and y["batch"] == x["batch"])
+            out.append(f"{x['precision']}: ours {ours['decode_ms_per_step']:.1f} ms a step, its weight products alone "
+                       f"{x['decode_ms_per_step']:.1f}, llama.cpp {lc['llamacpp_type']} {lc['decode_ms_per_step']:.1f}"
+                       f": at most {x['ceiling_vs_llamacpp']:.2f}x")
+    return "; ".join(out)
 
 
 def _llm_speedups(r: dict) -> str:
@@ -562,6 +580,8 @@ HEADLINES: tuple[Headline, ...] = (
                                                    f"weights, float32 compute), b1 ({box})"),
                                    ("fp32 vs F32", f"decode >= 1.2x llama.cpp F32: users' fp32 graph, b1 ({box})")))
       for file, box, run in reversed(LLM_CPU_PEER_RUNS)),
+    Headline("SmolLM2 CPU decode, the same run: the ceiling onnxruntime's products allow (the users' fused graph's "
+             "weight products alone, llama.cpp's step over them)", LLM_CPU_FLOOR, "commit 23e4e62", _llm_ceilings),
     Headline("serving SmolLM2, continuous batching, 16 clients vs 1 (CPU over HTTP)", SERVE_CPU, "commit fb20f4e",
              _targets(("CPU", "HTTP on CPU: continuous tokens/s at 16 clients >= 4x 1 client (fused FP32 graph)"))),
     Headline("serving SmolLM2 on an H200, fused FP16 decoder in cache slots, 16 requests vs 1", SERVE_GPU,
