@@ -1,9 +1,10 @@
-"""The matrix-product floor of an encoder graph on its batches (issue 17.4): how long the products alone take.
+"""The matrix-product floor of a graph on its batches (issues 17.4 and 14): how long the products alone take.
 
 Every matrix product the graph computes (the weight GEMMs, attention's two batched products a head, the head's
 GEMM) is read from the graph with onnxruntime's symbolic shape inference, evaluated at each batch's (batch, sequence),
-and run as the same onnxruntime operators (MatMul, MatMulInteger with the bundle's own weights and zero points) in
-one standalone "skeleton" graph with nothing else in it. Its time is what the model would take if everything but the
+and run as the same onnxruntime operators (MatMul, MatMulInteger, MatMulNBits: the graph's own nodes, with the
+bundle's weights, scales and zero points) in one standalone "skeleton" graph with nothing else in it; a decoder's
+GroupQueryAttention can be left out by name (`skip`), making the floor a lower bound of a step. Its time is what the model would take if everything but the
 products were free, on this host and this onnxruntime; with the FLOP count it turns "FP32 x 1.3 Paddle" or "INT8 x
 1.8 FP32" into a ceiling a run can compute: peer time / floor time is the best ratio the graph can reach with these
 kernels. Written here because no library counts a graph's products per shape (onnx-tool and the profilers count
