@@ -184,3 +184,18 @@ def test_decode_profile_takes_only_the_last_runs_kernels():
     assert r["kernel_us_per_step"] == 40 and r["outside_kernels_us_per_step"] == 20
     with pytest.raises(BadInputError, match="3 model runs"):
         op_time_per_step(ev, 4)
+
+
+def test_bench_llm_leaves_out_a_floor_it_cannot_model_before_timing(cpu_bundle, monkeypatch):
+    """A fused graph holding a product gemm_floor does not model: its floor is left out with the reason, read from
+    the graph before any configuration is timed, and the other precision keeps its floor."""
+    from paddle2ort.benchmarks import gemm_floor
+    from paddle2ort.benchmarks.llm import LLMBenchConfig, _floors
+    from paddle2ort.runtime.manifest import load_bundle
+    _, dest = cpu_bundle
+    monkeypatch.setattr(gemm_floor, "UNMODELLED", gemm_floor.UNMODELLED + ("MatMul",))   # as if MatMul were unknown
+    floors, skipped = _floors(LLMBenchConfig(bundle=dest, batch_sizes=(1, 8)), load_bundle(dest), ("fp32", "int8"),
+                              {"fp32": "fused", "int8": "fused"})
+    assert floors == [("int8", 1), ("int8", 8)]
+    assert list(skipped) == ["fp32"] and "MatMul, which the floor does not model" in skipped["fp32"]
+    assert _floors(LLMBenchConfig(bundle=dest, floor=False), load_bundle(dest), ("fp32",), {"fp32": "fused"}) == ([], {})
