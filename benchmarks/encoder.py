@@ -112,14 +112,22 @@ SESSION_SETTINGS = {"default": {"intra_op_spinning": True},
 FLOOR = "products-floor"      # the runs key of a graph's products floor (gemm_floor.Floor)
 
 
-def floors_for(clfs: dict, feeds: list, threads: int) -> dict:
-    """{(variant, precision): the products floor of that classifier's graph}, its inputs drawn for `feeds`."""
-    from .gemm_floor import Floor
+def floors_for(clfs: dict, feeds: list, threads: int, skipped: dict | None = None) -> dict:
+    """{(variant, precision): the products floor of that classifier's graph}, its inputs drawn for `feeds`; a graph
+    holding a product gemm_floor does not model gets none (the reason in `skipped`, a warning)."""
+    from .gemm_floor import Floor, FloorError
     out = {}
     for (v, p, _), clf in clfs.items():
-        if (v, p) not in out:
+        if (v, p) in out or f"{v}:{p}" in (skipped or {}):
+            continue
+        try:
             out[(v, p)] = Floor(clf.bundle.model_path(p), threads)
-            out[(v, p)].prepare(feeds)
+        except FloorError as e:
+            log.warning("products floor of %s %s left out: %s", v, p, e)
+            if skipped is not None:
+                skipped[f"{v}:{p}"] = str(e)
+            continue
+        out[(v, p)].prepare(feeds)
     return out
 
 
@@ -144,7 +152,8 @@ def run(zoo_dir: Path, work: Path, warmup: int = 8, repeats: int = 5, threads: i
         device="cpu", intra_op_threads=threads, **SESSION_SETTINGS[st])) for v, p in pairs for st in settings}
     idx, feeds = make_batches(next(iter(clfs.values())), data)
     runs = {k: (lambda f, c=c: c.logits(f)) for k, c in clfs.items()}
-    floors = floors_for(clfs, feeds, threads) if floor else {}
+    floor_skipped: dict = {}
+    floors = floors_for(clfs, feeds, threads, floor_skipped) if floor else {}
     runs.update({(v, p, FLOOR): fl.run for (v, p), fl in floors.items()})
     log.info("%d dev examples in %d batches; %d configurations interleaved, %d passes, %d threads",
              len(data.texts), len(feeds), len(runs), repeats, threads)
@@ -214,6 +223,7 @@ def run(zoo_dir: Path, work: Path, warmup: int = 8, repeats: int = 5, threads: i
             "config": {"warmup": warmup, "repeats": repeats, "threads": threads, "batch_size": 32,
                        "agreement_reference": _name(*ref_key)},
             "environment": env, "rows": rows,
+            **({"floor_skipped": floor_skipped} if floor_skipped else {}),
             **({"peaks": {"shape_mkn": list(PEAK_SHAPE), "before_and_after_the_passes": peaks,
                           "note": "GFLOP/s of one large product per op (gemm_floor.peak), timed before and after "
                                   "the passes; the best of the two is the host's rate"}} if floor else {})}

@@ -146,3 +146,9 @@ def test_floor_of_converted_bundles(clf_bundle):
     for fl in (fp32, int8):
         for f in feeds:
             fl.run(f)
+    skipped = {}                                  # a product the floor does not model: that graph gets none
+    import paddle2ort.benchmarks.gemm_floor as gf
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(gf, "UNMODELLED", gf.UNMODELLED + ("MatMulInteger",))
+        assert list(floors_for(clfs, feeds, threads=1, skipped=skipped)) == [("v", "fp32")]
+    assert list(skipped) == ["v:int8"] and "MatMulInteger, which the floor does not model" in skipped["v:int8"]
