@@ -196,6 +196,44 @@ def run(bundle: Path, threads: int, steps: int = 30, rounds: int = 5, seed: int 
             "environment": environment()}
 
 
+def markdown(res: dict) -> str:
+    ms, gb = res["ms_per_step"], res["gb_per_s"]
+    lines = [f"# int8 GEMV, ours vs MatMulNBits ({res['threads']} threads, {res['cpu']['model']}, {res['isa']})", "",
+             f"One decode step's {res['products']} weight products as calls, median of "
+             f"{len(res['round_medians_ms']['ours'])} interleaved rounds; read bandwidth "
+             f"{res['read_bandwidth_gb_per_s']:.1f} GB/s; twin check worst relative error "
+             f"{res['validation_worst_rel_error']:.1e}.", "",
+             "| kernel | ms a step | GB/s |", "|---|---|---|",
+             *(f"| {k} | {ms[k]:.2f} | {gb[k]:.1f} |" for k in ("ours", "MatMulNBits")), "",
+             "Ours by shape (weights from memory, quantization included):", "",
+             "| K x N | products a step | µs a call | GB/s |", "|---|---|---|---|",
+             *(f"| {x['k']} x {x['n']} | {x['count']} | {x['us_per_call']:.1f} | {x['gb_per_s']:.1f} |"
+               for x in res["per_shape"])]
+    return "\n".join(lines) + "\n"
+
+
+def plot(res: dict, dst: Path) -> bool:
+    """Our kernel's GB/s by shape beside MatMulNBits' whole-step rate and the read bandwidth."""
+    from .report import pyplot
+    plt = pyplot()
+    if plt is None:
+        return False
+    rows = res["per_shape"]
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    ax.bar(range(len(rows)), [x["gb_per_s"] for x in rows], color="#4c72b0", label="ours, by shape")
+    ax.axhline(res["read_bandwidth_gb_per_s"], color="k", ls="--", lw=1, label="read bandwidth")
+    ax.axhline(res["gb_per_s"]["MatMulNBits"], color="#dd8452", lw=1.5, label="MatMulNBits, whole step")
+    ax.axhline(res["gb_per_s"]["ours"], color="#4c72b0", lw=1.5, ls=":", label="ours, whole step")
+    ax.set_xticks(range(len(rows)), [f"{x['k']}x{x['n']}" for x in rows], fontsize=8)
+    ax.set_ylabel("GB/s of weights read (higher is better)")
+    ax.set_title(f"int8 GEMV, {res['threads']} threads, {res['isa']}", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(dst, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("bundle", type=Path, help="a SmolLM2-style bundle with a fused int8 decoder (convert-llm)")
@@ -207,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     res = run(a.bundle, a.threads, rounds=a.rounds)
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "cpu-gemv.json").write_text(json.dumps(res, indent=1))
+    (a.out / "cpu-gemv.md").write_text(markdown(res))
+    plot(res, a.out / "cpu-gemv.png")
     print(json.dumps({k: res[k] for k in ("isa", "ms_per_step", "gb_per_s", "read_bandwidth_gb_per_s",
                                            "ours_vs_MatMulNBits", "validation_worst_rel_error", "per_shape")},
                      indent=1))

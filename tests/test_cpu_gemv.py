@@ -34,3 +34,15 @@ def test_kernel_matches_its_twin(march, tmp_path):
     if want:
         assert so.gemv_q8_isa().decode() == want
     assert validate(so, SHAPES, np.random.default_rng(0)) <= 1e-5
+
+
+def test_report_of_the_committed_run():
+    """The committed exploratory run renders (the README quotes its figures)."""
+    import json
+    from pathlib import Path
+
+    from paddle2ort.benchmarks.cpu_gemv import markdown
+    res = json.loads((Path(__file__).parents[1] / "benchmarks/results/llm-cpu/avx512-gemv/cpu-gemv.json").read_text())
+    md = markdown(res)
+    assert "| 576 x 49152 | 1 |" in md and f"| MatMulNBits | {res['ms_per_step']['MatMulNBits']:.2f} |" in md
+    assert res["validation_worst_rel_error"] <= 1e-5 and res["products"] == sum(x["count"] for x in res["per_shape"])
