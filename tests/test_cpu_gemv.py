@@ -8,7 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from paddle2ort.benchmarks.cpu_gemv import build, validate
+from paddle2ort.benchmarks.cpu_gemv import Chain, Q8, build, check_chain, validate
 
 pytestmark = pytest.mark.unit
 SHAPES = [(64, 5), (576, 96), (1536, 33), (32, 1)]        # K a multiple of 32; N not one of 4
@@ -33,7 +33,11 @@ def test_kernel_matches_its_twin(march, tmp_path):
     want = {"x86-64": "scalar", "x86-64-v3": "avx2"}.get(march)
     if want:
         assert so.gemv_q8_isa().decode() == want
-    assert validate(so, SHAPES, np.random.default_rng(0)) <= 1e-5
+    rng = np.random.default_rng(0)
+    assert validate(so, SHAPES, rng) <= 1e-5
+    mats = [Q8(so, k, n, rng) for k, n in SHAPES * 2]          # the step in one parallel region: the same bits
+    xs = {k: rng.standard_normal(k).astype(np.float32) for k, _ in SHAPES}
+    check_chain(Chain(so, mats, xs), mats, xs)
 
 
 def test_report_of_the_committed_run():
@@ -45,4 +49,5 @@ def test_report_of_the_committed_run():
     res = json.loads((Path(__file__).parents[1] / "benchmarks/results/llm-cpu/avx512-gemv/cpu-gemv.json").read_text())
     md = markdown(res)
     assert "| 576 x 49152 | 1 |" in md and f"| MatMulNBits | {res['ms_per_step']['MatMulNBits']:.2f} |" in md
+    assert f"| ours, one parallel region | {res['ms_per_step']['ours, one parallel region']:.2f} |" in md
     assert res["validation_worst_rel_error"] <= 1e-5 and res["products"] == sum(x["count"] for x in res["per_shape"])

@@ -90,3 +90,19 @@ void gemv_q8(const int8_t *w, const float *sw, const int8_t *xq, const float *sx
     for (int r = 0; r < n; r++)
         y[r] = row_dot(w + (int64_t)r * k, sw + (int64_t)r * nb, xq, sx, nb);
 }
+
+// A whole step's products in one OpenMP parallel region, as an engine would run them: for each product one thread
+// quantizes its input (x[i], k[i] floats) while the others wait at the barrier, then the rows split over the team;
+// no call, fork or join between products. Pointers are arrays of `count`.
+void gemv_q8_chain(int count, const int8_t *const *w, const float *const *sw, const float *const *x,
+                   int8_t *const *xq, float *const *sx, const int *n, const int *k, float *const *y) {
+#pragma omp parallel
+    for (int i = 0; i < count; i++) {
+        int nb = k[i] / QK;
+#pragma omp single
+        quantize_q8(x[i], k[i], xq[i], sx[i]);
+#pragma omp for schedule(static)
+        for (int r = 0; r < n[i]; r++)
+            y[i][r] = row_dot(w[i] + (int64_t)r * k[i], sw[i] + (int64_t)r * nb, xq[i], sx[i], nb);
+    }
+}
