@@ -162,7 +162,9 @@ def test_decode_profile_counts_the_users_graph_operators_per_step(cpu_bundle):
     assert r["decode_steps"] == 5 and r["graph"] == "auto"
     assert ops["MatMul"]["calls_per_step"] == 4 * layers + 1
     assert ops["GroupQueryAttention"]["calls_per_step"] == layers
-    assert 0 < r["kernel_us_per_step"] <= r["step_us_median"] * 1.5
+    # the kernels run inside their step: their mean is at most the mean step (not its median: one slow step on a
+    # loaded host lifts the mean alone; this compared with 1.5x the median and failed so under a parallel suite)
+    assert r["kernel_us_per_step"] > 0 and r["outside_kernels_us_per_step"] >= -1.0     # µs rounding of the trace
     assert abs(sum(o["share_of_kernels"] for o in r["ops"]) - 1) < 1e-9
     assert "| MatMul |" in markdown(r)
 
