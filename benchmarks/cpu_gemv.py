@@ -159,16 +159,12 @@ def read_bandwidth(nbytes: int, threads: int, runs: int = 10) -> float:
     """GB/s of numpy reading a buffer of `nbytes` (a sum over int64 views, split over `threads` numpy threads via
     concurrent.futures: numpy releases the GIL in reductions)."""
     from concurrent.futures import ThreadPoolExecutor
+    from paddle2ort.runtime.timing import median_ms
     buf = np.ones(nbytes // 8, np.int64)
     parts = np.array_split(buf, threads)
-    times = []
     with ThreadPoolExecutor(threads) as ex:
-        for i in range(runs + 2):
-            t0 = time.perf_counter()
-            list(ex.map(np.sum, parts))
-            if i >= 2:
-                times.append(time.perf_counter() - t0)
-    return nbytes / float(np.median(times)) / 1e9
+        ms = median_ms(lambda: list(ex.map(np.sum, parts)), warmup=2, n=runs)
+    return nbytes / ms / 1e6
 
 
 def run(bundle: Path, threads: int, steps: int = 30, rounds: int = 5, seed: int = 0) -> dict:
@@ -176,6 +172,8 @@ def run(bundle: Path, threads: int, steps: int = 30, rounds: int = 5, seed: int 
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))   # read when the library's OpenMP runtime starts
     from paddle2ort.runtime.llm import fused_model
     from paddle2ort.runtime.manifest import load_bundle
+
+    from paddle2ort.runtime.timing import median_ms
 
     from .env import cpu_info, environment
     from .gemm_floor import Floor
@@ -200,25 +198,17 @@ def run(bundle: Path, threads: int, steps: int = 30, rounds: int = 5, seed: int 
 
         def theirs():
             floor.run(feed)
-        for f in (ours, chain, theirs):
-            for _ in range(5):
-                f()
         times = {"ours": [], "ours, one parallel region": [], "MatMulNBits": []}
-        for _ in range(rounds):
+        for r in range(rounds):                  # round-robin; each round's step median (5 warm-up steps first)
             for name, f in (("ours", ours), ("ours, one parallel region", chain), ("MatMulNBits", theirs)):
-                t = []
-                for _ in range(steps):
-                    t0 = time.perf_counter()
-                    f()
-                    t.append(time.perf_counter() - t0)
-                times[name].append(float(np.median(t)))
+                times[name].append(median_ms(f, warmup=5 if r == 0 else 0, n=steps))
         per_shape = shape_rates(so, shapes, rng)
         bw = read_bandwidth(ours_bytes, threads)
-    ms = {k: 1e3 * float(np.median(v)) for k, v in times.items()}
+    ms = {k: float(np.median(v)) for k, v in times.items()}
     nbits_bytes = sum(t.ByteSize() for t in floor.model.graph.initializer)
     return {"benchmark": "cpu-gemv-q8", "bundle": str(bundle), "threads": threads, "isa": isa,
             "products": len(shapes), "validation_worst_rel_error": worst,
-            "ms_per_step": ms, "round_medians_ms": {k: [1e3 * x for x in v] for k, v in times.items()},
+            "ms_per_step": ms, "round_medians_ms": times,
             "weight_bytes": {"ours": ours_bytes, "MatMulNBits": nbits_bytes},
             "gb_per_s": {**{k: ours_bytes / v / 1e6 for k, v in ms.items() if k != "MatMulNBits"},
                          "MatMulNBits": nbits_bytes / ms["MatMulNBits"] / 1e6},

@@ -29,7 +29,7 @@ import numpy as np
 from paddle2ort.runtime.files import atomic_open
 from paddle2ort.runtime.pipelines import TextClassifier
 from paddle2ort.runtime.session import SessionOptions
-from paddle2ort.runtime.timing import warmup_order
+from paddle2ort.runtime.timing import median_ms, warmup_order
 
 from .classifier import make_batches
 from .dataset import LabelledSplit, load_split
@@ -117,9 +117,7 @@ def floors_for(clfs: dict, feeds: list, threads: int, skipped: dict | None = Non
     holding a product gemm_floor does not model gets none (the reason in `skipped`, a warning)."""
     from .gemm_floor import Floor, FloorError
     out = {}
-    for (v, p, _), clf in clfs.items():
-        if (v, p) in out or f"{v}:{p}" in (skipped or {}):
-            continue
+    for (v, p), clf in {k[:2]: c for k, c in clfs.items()}.items():      # one floor a graph, whatever its sessions
         try:
             out[(v, p)] = Floor(clf.bundle.model_path(p), threads)
         except FloorError as e:
@@ -180,6 +178,9 @@ def run(zoo_dir: Path, work: Path, warmup: int = 8, repeats: int = 5, threads: i
             "name": f"{p.upper()}-CPU {v} products floor", "system": "products-floor", "variant": v, "precision": p,
             "ms_per_sample": ms(t), "pass_times_s": t, "gflop_per_pass": gflop,
             "gflop_per_s": gflop / float(np.median(t)), **fl.summary()}
+    # Paddle's FLOPs: those of our FP32 graph where it does the same math (not where the first-row pass pruned it)
+    paddle_gflop = next((f["gflop_per_pass"] for (v, p), f in floor_rows.items() if p == "fp32" and "fp32" not in
+                         clfs[(v, p, settings[0])].bundle.manifest.extra.get("last_layer_first_row", ())), None)
     for (v, p, st), t in times.items():
         acc, preds[(v, p, st)] = _accuracy(data, idx, outs[(v, p, st)])
         rows.append({"name": _name(v, p, st), "system": "onnxruntime", "variant": v, "precision": p,
@@ -205,10 +206,8 @@ def run(zoo_dir: Path, work: Path, warmup: int = 8, repeats: int = 5, threads: i
                      "system": "paddle-inference", "variant": "-", "precision": "fp32",
                      "accuracy": acc, "ms_per_sample": float(np.median(passes)) / len(data.texts) * 1e3,
                      "pass_times_s": passes, "notes": {k: info[k] for k in ("onednn", "ir_optim", "threads")}})
-        fp32 = next((f for (v, p), f in floor_rows.items() if p == "fp32" and "fp32" not in clfs[
-            next(k for k in clfs if k[:2] == (v, p))].bundle.manifest.extra.get("last_layer_first_row", ())), None)
-        if fp32:         # the same math as our FP32 graph on the same batches (not so where its last layer is pruned)
-            rows[-1]["gflop_per_s"] = fp32["gflop_per_pass"] / float(np.median(passes))
+        if paddle_gflop is not None:
+            rows[-1]["gflop_per_s"] = paddle_gflop / float(np.median(passes))
         versions["paddlepaddle"] = info["paddle_version"]
     env = environment()
     env["versions"].update(versions)
@@ -373,21 +372,6 @@ def fill_random_weights(src: Path, dst: Path, seed: int = 0) -> None:
     onnx.save(m, str(dst))
 
 
-def _median_ms(fn, warmup: int = 10, n: int = 50, sync=None) -> float:
-    for _ in range(warmup):
-        fn()
-    if sync:
-        sync()
-    ts = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        if sync:
-            sync()
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts)) * 1e3
-
-
 def gpu_run(skeletons: Path, batches=(1, 8, 32), seq: int = 128, torch_peers: bool = True) -> dict:
     """Ours (fused and unfused FP16; IO binding on a dynamic session vs a static bucket with a CUDA graph) and
     torch (eager, torch.compile default / reduce-overhead) at MiniLM-L6 geometry, batch x 128, random weights."""
@@ -420,9 +404,9 @@ def gpu_run(skeletons: Path, batches=(1, 8, 32), seq: int = 128, torch_peers: bo
             got = buckets(feeds)[0]                       # fills the bucket's bound buffers, captures the graph
             checks[f"{skel.stem} b{b}"] = float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-6))
             rows.append({"system": f"ours {skel.stem} IO binding", "batch": b, "seq": seq,
-                         "ms": _median_ms(lambda: sess.run_with_iobinding(binding))})
+                         "ms": median_ms(lambda: sess.run_with_iobinding(binding))})
             rows.append({"system": f"ours {skel.stem} CUDA graph bucket", "batch": b, "seq": seq,
-                         "ms": _median_ms(lambda: buckets.run_bound(b, seq)),
+                         "ms": median_ms(lambda: buckets.run_bound(b, seq)),
                          "cuda_graph": buckets.cuda_graph})
             log.info("%s", rows[-2:])
     if torch_peers:
@@ -440,7 +424,7 @@ def gpu_run(skeletons: Path, batches=(1, 8, 32), seq: int = 128, torch_peers: bo
                 mask = torch.ones_like(ids)
                 mask[b // 2:, seq // 2:] = 0
                 with torch.inference_mode():
-                    ms = _median_ms(lambda: fn(input_ids=ids, attention_mask=mask), sync=torch.cuda.synchronize)
+                    ms = median_ms(lambda: fn(input_ids=ids, attention_mask=mask), sync=torch.cuda.synchronize)
                 rows.append({"system": f"torch {mode} fp16", "batch": b, "seq": seq, "ms": ms})
                 log.info("%s", rows[-1])
     env = environment()

@@ -102,7 +102,7 @@ def _rows_mask(batch: int) -> np.ndarray:
 
 
 def _median_ms(fn, repeats: int, sync=None, warmup: int = 10) -> float:
-    from .encoder import _median_ms as med
+    from paddle2ort.runtime.timing import median_ms as med
     return med(fn, warmup, repeats, sync)
 
 

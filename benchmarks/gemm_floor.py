@@ -39,8 +39,14 @@ class Product:
     a_dims: tuple
     b_dims: tuple
     weight: str | None
-    b_zero_point: str | None = None          # MatMulInteger / MatMulNBits: the weight's zero point initializer
     node: onnx.NodeProto | None = dataclasses.field(default=None, compare=False, repr=False)
+
+    @property
+    def b_zero_point(self) -> str | None:
+        """MatMulInteger / MatMulNBits: the weight's zero point (the node's fourth input), if it has one."""
+        n = self.node
+        return (n.input[3] or None) if n is not None and n.op_type in ("MatMulInteger", "MatMulNBits") \
+            and len(n.input) > 3 else None
 
     def shapes(self, batch: int, seq: int, symbols: dict) -> tuple[tuple, tuple]:
         return _concrete(self.a_dims, batch, seq, symbols), _concrete(self.b_dims, batch, seq, symbols)
@@ -115,9 +121,7 @@ def products(model: onnx.ModelProto, skip: tuple[str, ...] = ()) -> tuple[list[P
             b = inits[weight] if weight else shapes.get(n.input[1])
         if not b:
             raise FloorError(f"no inferred shape for {n.op_type} {n.name!r}'s input {n.input[1]!r}")
-        zp = next((n.input[i] for op, i in (("MatMulInteger", 3), ("MatMulNBits", 3))
-                   if n.op_type == op and len(n.input) > i and n.input[i] in inits), None)
-        out.append(Product(n.op_type, tuple(a), tuple(b), weight, zp, node=n if weight else None))
+        out.append(Product(n.op_type, tuple(a), tuple(b), weight, node=n if weight else None))
     if not out:
         raise FloorError("the graph computes no matrix product")
     return out, symbols
@@ -187,15 +191,11 @@ class Floor:
     sequence) on inputs drawn once (`outputs(feed)` returns what it computes); `gflop(feeds)` counts the FLOPs of those batches."""
 
     def __init__(self, model_path, threads: int, spinning: bool = True, seed: int = 0, skip: tuple[str, ...] = ()):
-        import onnxruntime as ort
         model = onnx.load(str(model_path))
         self.skip = tuple(skip)
         self.products, self.symbols = products(model, skip)
         self.model = skeleton(model, self.products, self.symbols)
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-        self.session = ort.InferenceSession(self.model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        self.session = _cpu_session(self.model, threads, spinning)
         self._rng = np.random.default_rng(seed)
         self._inputs: dict[tuple[int, int], dict] = {}
 
@@ -227,7 +227,7 @@ class Floor:
 
     def run(self, feed: dict) -> None:
         """The timed call: the products' outputs are dropped (a pass over a split would otherwise hold them all)."""
-        self.session.run(None, self.inputs(*self.shape_of(feed)))
+        self.outputs(feed)
 
     def gflop(self, feeds: list[dict]) -> float:
         return flops(self.products, self.symbols, [self.shape_of(f) for f in feeds]) / 1e9
@@ -239,6 +239,12 @@ class Floor:
                 "left_out": list(self.skip)}
 
 
+def _cpu_session(model: onnx.ModelProto, threads: int, spinning: bool):
+    from paddle2ort.runtime.session import SessionOptions, create_session
+    return create_session(model.SerializeToString(), SessionOptions(device="cpu", intra_op_threads=threads,
+                                                                    intra_op_spinning=spinning))
+
+
 PEAK_SHAPE = (2048, 1024, 1024)           # M, K, N: large enough that a GEMM kernel runs at its own best rate
 
 
@@ -246,9 +252,7 @@ def peak(threads: int, op: str = "MatMul", spinning: bool = True, shape: tuple =
     """GFLOP/s (2 per multiply-add) of one large product through onnxruntime's `op` (MatMul float32, MatMulInteger
     u8 x s8) with these threads: the rate the floor's products would run at if their shapes cost nothing. Median of
     `runs` after 3 warm-ups."""
-    import time
-
-    import onnxruntime as ort
+    from paddle2ort.runtime.timing import median_ms
     m, k, n = shape
     rng = np.random.default_rng(0)
     if op == "MatMulInteger":
@@ -260,18 +264,9 @@ def peak(threads: int, op: str = "MatMul", spinning: bool = True, shape: tuple =
     g = helper.make_graph([helper.make_node(op, ["a", "w"], ["y"])], "peak",
                           [helper.make_tensor_value_info("a", elem, [m, k])],
                           [helper.make_tensor_value_info("y", out_elem, [m, n])], [numpy_helper.from_array(w, "w")])
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    sess = ort.InferenceSession(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-                                .SerializeToString(), so, providers=["CPUExecutionProvider"])
-    times = []
-    for i in range(runs + 3):
-        t0 = time.perf_counter()
-        sess.run(None, {"a": a})
-        if i >= 3:
-            times.append(time.perf_counter() - t0)
-    return 2 * m * k * n / float(np.median(times)) / 1e9
+    sess = _cpu_session(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), threads,
+                        spinning)
+    return 2 * m * k * n / median_ms(lambda: sess.run(None, {"a": a}), warmup=3, n=runs) / 1e6
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -279,8 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     (bench-llm runs it in a fresh process beside its other configurations)."""
     import argparse
     import json
-    import time
     from pathlib import Path
+
+    from paddle2ort.runtime.timing import median_ms
     ap = argparse.ArgumentParser(description="time an ONNX graph's matrix products alone at one (batch, sequence)")
     ap.add_argument("model", type=Path)
     ap.add_argument("--batch", type=int, required=True)
@@ -293,14 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     fl = Floor(a.model, a.threads, spinning=not a.no_spin, skip=tuple(a.skip))
     feed = {"shape": np.zeros((a.batch, a.seq), np.int64)}
-    for _ in range(a.warmup):
-        fl.run(feed)
-    times = []
-    for _ in range(a.calls):
-        t0 = time.perf_counter()
-        fl.run(feed)
-        times.append(time.perf_counter() - t0)
-    print(json.dumps({"ms": float(np.median(times)) * 1e3, "gflop": fl.gflop([feed]), **fl.summary()}))
+    ms = median_ms(lambda: fl.run(feed), warmup=a.warmup, n=a.calls)
+    print(json.dumps({"ms": ms, "gflop": fl.gflop([feed]), **fl.summary()}))
     return 0
 
 

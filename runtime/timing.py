@@ -31,6 +31,23 @@ def time_passes(run: Callable, feeds: Sequence, warmup: int, repeats: int) -> tu
     return times, outs
 
 
+def median_ms(fn: Callable, warmup: int = 10, n: int = 50, sync: Callable | None = None) -> float:
+    """Median milliseconds of `n` calls of `fn()` after `warmup` untimed ones; `sync()` (a device synchronize)
+    closes each timed call."""
+    for _ in range(warmup):
+        fn()
+    if sync:
+        sync()
+    ts = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts)) * 1e3
+
+
 def time_generation(model, prompts: list[list[int]], new_tokens: int, pad_id: int) -> dict:
     """Greedy generation of exactly `new_tokens` a row (no stop token) through the decode loop, timed:
     TTFT = prefill + first token choice; decode = the remaining steps (one token per row each)."""
