@@ -35,39 +35,25 @@ void quantize_q8(const float *x, int k, int8_t *xq, float *sx) {
     }
 }
 
+#if defined(__AVX2__)
+// one block's integer dot product, as 8 int32 partial sums
+static inline __m256i dot_block(const int8_t *w, const int8_t *xq) {
+    __m256i wv = _mm256_loadu_si256((const __m256i *)w), xv = _mm256_loadu_si256((const __m256i *)xq);
+    __m256i u = _mm256_sign_epi8(wv, wv), v = _mm256_sign_epi8(xv, wv);
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, v);
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, v), _mm256_set1_epi16(1));
+#endif
+}
+#endif
+
 static inline float row_dot(const int8_t *w, const float *sw, const int8_t *xq, const float *sx, int nb) {
 #if defined(__AVX2__)
-    __m256 acc = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps();
-    int b = 0;
-    for (; b + 1 < nb; b += 2) {           // two blocks an iteration, two accumulators: more loads in flight
-        __m256i w0 = _mm256_loadu_si256((const __m256i *)(w + b * QK));
-        __m256i w1 = _mm256_loadu_si256((const __m256i *)(w + (b + 1) * QK));
-        __m256i x0 = _mm256_loadu_si256((const __m256i *)(xq + b * QK));
-        __m256i x1 = _mm256_loadu_si256((const __m256i *)(xq + (b + 1) * QK));
-        __m256i u0 = _mm256_sign_epi8(w0, w0), v0 = _mm256_sign_epi8(x0, w0);
-        __m256i u1 = _mm256_sign_epi8(w1, w1), v1 = _mm256_sign_epi8(x1, w1);
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-        __m256i d0 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), u0, v0);
-        __m256i d1 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), u1, v1);
-#else
-        __m256i d0 = _mm256_madd_epi16(_mm256_maddubs_epi16(u0, v0), _mm256_set1_epi16(1));
-        __m256i d1 = _mm256_madd_epi16(_mm256_maddubs_epi16(u1, v1), _mm256_set1_epi16(1));
-#endif
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d0), _mm256_set1_ps(sw[b] * sx[b]), acc);
-        acc2 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d1), _mm256_set1_ps(sw[b + 1] * sx[b + 1]), acc2);
-    }
-    acc = _mm256_add_ps(acc, acc2);
-    for (; b < nb; b++) {
-        __m256i wv = _mm256_loadu_si256((const __m256i *)(w + b * QK));
-        __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + b * QK));
-        __m256i u = _mm256_sign_epi8(wv, wv), v = _mm256_sign_epi8(xv, wv);
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-        __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, v);
-#else
-        __m256i dot = _mm256_madd_epi16(_mm256_maddubs_epi16(u, v), _mm256_set1_epi16(1));
-#endif
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(sw[b] * sx[b]), acc);
-    }
+    __m256 acc = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++)
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_block(w + b * QK, xq + b * QK)),
+                              _mm256_set1_ps(sw[b] * sx[b]), acc);
     __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
     h = _mm_add_ps(h, _mm_movehl_ps(h, h));
     h = _mm_add_ss(h, _mm_movehdup_ps(h));
