@@ -139,8 +139,8 @@ def prune_to_first_row(model, samples: list[dict] | None = None):
 
 
 def _same_outputs(a, b, samples: list[dict]) -> bool:
-    import onnxruntime as ort
-    sa, sb = (ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]) for m in (a, b))
+    from paddle2ort.runtime.session import SessionOptions, create_session
+    sa, sb = (create_session(m.SerializeToString(), SessionOptions(device="cpu")) for m in (a, b))
     names = [i.name for i in sa.get_inputs()]
     for feeds in samples[:4]:
         f = {n: feeds[n] for n in names if n in feeds}
