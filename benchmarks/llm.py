@@ -19,6 +19,7 @@ import argparse
 import datetime as _dt
 import json
 import logging
+import os
 import resource
 import statistics
 import subprocess
@@ -51,6 +52,7 @@ class LLMBenchConfig:
     check_new_tokens: int = 32
     repeats: int = 1                               # runs of each configuration (round-robin); medians reported
     floor: bool = True                             # the users' fused graph's weight products alone (gemm_floor)
+    kernels: bool = True                           # rows of the fused decoder run by the compiled CPU step
     spin_wait: bool = True                         # False: worker threads sleep between ops, in both engines
     #                                                (onnxruntime allow_spinning=0, llama.cpp OMP_WAIT_POLICY=passive):
     #                                                on a host shared with other jobs, spinning threads wait on
@@ -76,13 +78,25 @@ def run_one_onnx(bundle: Path, precision: str, batch: int, prompt_len: int, new_
                  graph: str = "generic", spin_wait: bool = True) -> dict:
     from paddle2ort.runtime.llm import TextGenerator
     from paddle2ort.runtime.session import SessionOptions
+    if not spin_wait:       # the compiled CPU step's OpenMP threads sleep at barriers too (read when libgomp loads)
+        os.environ["OMP_WAIT_POLICY"] = "passive"
     so = SessionOptions(intra_op_threads=threads, intra_op_spinning=None if spin_wait else False)
     gen = TextGenerator(bundle, precision=precision, session=so, graph=graph)
     prompts = bench_prompts(gen.tokenizer, batch, prompt_len)
     time_generation(gen.model, [p[:16] for p in prompts], 4, gen.tokenizer.pad_token_id)     # warm-up
     r = time_generation(gen.model, prompts, new_tokens, gen.tokenizer.pad_token_id)
     r["peak_rss_mb"] = peak_rss_mb()
+    r["decoder"] = describe_decoder(gen.model)
     return r
+
+
+def describe_decoder(dec) -> str:
+    """What ran the decode step: the compiled CPU step (its ISA and threads), or the onnxruntime graph's class."""
+    step = getattr(dec, "native", None)
+    if step is not None:
+        from paddle2ort.runtime.kernels.cpu import isa
+        return f"compiled CPU step ({isa()}, {step.threads} threads; prompt pass: {dec.prefill_by})"
+    return type(dec).__name__
 
 
 def peak_rss_mb() -> float:
@@ -112,11 +126,13 @@ def run_llm_bench(cfg: LLMBenchConfig) -> dict:
     from paddle2ort.runtime.llm import default_graph
     from paddle2ort.runtime.session import SessionOptions
     users = {p: default_graph(m.extra["llm"], p, SessionOptions(device="cpu")) for p in precisions}
-    configs = [(prec, g, b) for prec in precisions for g in dict.fromkeys(("generic", users[prec]))
+    fused = m.extra.get("fused") or {}
+    configs = [(prec, g, b) for prec in precisions
+               for g in dict.fromkeys(("generic", users[prec]) + (("kernels",) if cfg.kernels and prec in fused
+                                                                   else ()))
                for b in cfg.batch_sizes]
     peer = llamacpp_jobs(cfg, precisions, threads, bundle) if cfg.gguf is not None else None
     runs: dict[tuple, list[dict]] = {}
-    import os
     load = {"start": os.getloadavg()}            # other processes on the box: the run's noise, recorded
     from tqdm.auto import tqdm
     floors, floor_skipped = _floors(cfg, bundle, precisions, users)
@@ -140,8 +156,10 @@ def run_llm_bench(cfg: LLMBenchConfig) -> dict:
     rows = []
     for (prec, g, b) in configs:
         r = _median(runs[("ort", (prec, g, b))])
-        rows.append({"system": "onnxruntime", "graph": g, "users_graph": g == users[prec], "precision": prec, **r})
-        log.info("onnxruntime %s %s b%d: TTFT %.0f ms, %.1f ms/step, %.1f tok/s total", g, prec, b, r["ttft_ms"],
+        rows.append({"system": STEP_SYSTEM if g == "kernels" else "onnxruntime", "graph": g,
+                     "users_graph": g == users[prec], "precision": prec, **r})
+        log.info("%s %s %s b%d: TTFT %.0f ms, %.1f ms/step, %.1f tok/s total", rows[-1]["system"], g, prec, b,
+                 r["ttft_ms"],
                  r["decode_ms_per_step"], r["decode_tokens_per_s_total"])
     for prec, b in floors:
         got = runs[("floor", (prec, b))]
@@ -180,7 +198,7 @@ def run_llm_bench(cfg: LLMBenchConfig) -> dict:
         r["speedup_vs_paddle"] = (base["decode_ms_per_step"] / r["decode_ms_per_step"]) if base else None
         lc = next((x for x in rows if x["system"] == "llama.cpp" and x["precision"] == r["precision"]
                    and x["batch"] == r["batch"]), None)
-        if lc is not None and r["system"] == "onnxruntime":
+        if lc is not None and r["system"] in ("onnxruntime", STEP_SYSTEM):
             r["speedup_vs_llamacpp"] = lc["decode_ms_per_step"] / r["decode_ms_per_step"]
             r["ttft_vs_llamacpp"] = r["ttft_ms"] / lc["ttft_ms"]
         elif lc is not None and r["system"] == "products-floor":    # the best our graph's products allow
@@ -204,6 +222,7 @@ def _run_onnx_config(cfg: LLMBenchConfig, prec: str, graph: str, batch: int, thr
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+STEP_SYSTEM = "compiled-step"              # rows of graph "kernels": the fused decoder's weights, our CPU step
 FLOOR_SKIP = ("GroupQueryAttention",)       # left out of a decode step's floor: its cost is the context's
 
 
@@ -293,7 +312,6 @@ def llamacpp_jobs(cfg: LLMBenchConfig, precisions, threads: int, bundle) -> dict
 
 def _peer_dir() -> Path:
     """Where the peer's GGUFs are cached between runs (they are derived data: F32 ~4x the Q4 source)."""
-    import os
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "paddle2ort" / "llamacpp"
 
 
@@ -410,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--one", nargs=6, metavar=("BUNDLE", "PRECISION", "BATCH", "PROMPT_LEN", "NEW", "THREADS"),
                     help="internal: run one onnxruntime configuration, print its JSON")
-    ap.add_argument("--graph", default="generic", choices=["generic", "fused", "auto"], help="with --one")
+    ap.add_argument("--graph", default="generic", choices=["generic", "fused", "kernels", "auto"], help="with --one")
     ap.add_argument("--no-spin", action="store_true", help="with --one: intra-op threads do not spin")
     args = ap.parse_args(argv)
     if args.one:

@@ -27,7 +27,8 @@ def run(args) -> int:
                                        new_tokens=args.new_tokens, threads=args.threads, gguf=args.gguf,
                                        llamacpp_python=args.llamacpp_python, check_prompts=prompts,
                                        check_new_tokens=args.check_new_tokens, repeats=args.repeats,
-                                       spin_wait=not args.no_spin, floor=not args.no_floor))
+                                       spin_wait=not args.no_spin, floor=not args.no_floor,
+                                       kernels=not args.no_kernels))
     md = markdown(res)
     write_results(args.output, "llm", res, md)
     from paddle2ort.benchmarks.llm import plot
@@ -63,5 +64,7 @@ def register(sub) -> None:
                     "spinning, in onnxruntime and llama.cpp alike (faster on a host shared with other jobs)")
     bl.add_argument("--no-floor", action="store_true", help="skip the products-floor rows (the users' fused graph's "
                     "weight products alone, a decode step's lower bound)")
+    bl.add_argument("--no-kernels", action="store_true", help="skip the compiled-step rows (the fused decoder's "
+                    "weights run by our compiled CPU step, graph 'kernels')")
     bl.add_argument("--output", type=Path, default=Path("bench-results"), help="results directory")
     bl.set_defaults(func=run)

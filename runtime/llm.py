@@ -56,8 +56,9 @@ class TextGenerator:
     def __init__(self, bundle_dir: str | Path, precision: str = "fp32", session: SessionOptions = SessionOptions(),
                  graph: str = "generic", max_length: int | None = None):
         """graph: "generic" (the paddle2onnx export, host KV cache), "fused" (the fused decoder, on the device
-        with --device gpu), "kernels" (the fused decoder's weights run by our own CUDA kernels, runtime/kernels/
-        engine.py; their NumPy twins on the CPU, for checking) or "auto" (the bundle's default graph for the device and precision: llm.default_graph,
+        with --device gpu), "kernels" (the fused decoder's weights run by our own kernels, runtime/kernels/
+        engine.py: CUDA on the GPU; on the CPU the compiled step, kernels/cpu_step.c, where the host's C compiler
+        builds it, else the onnxruntime fused graph) or "auto" (the bundle's default graph for the device and precision: llm.default_graph,
         written by convert-llm; generic where it names none); both run the same decode loop (runtime.generation)."""
         from paddle2ort.tokenization.bpe import BPETokenizer
 
@@ -74,11 +75,12 @@ class TextGenerator:
             from .fused import FusedDecoder
             path, spec = fused_model(self.bundle, precision)
             self.model = FusedDecoder(path, spec, session, max_length=max_length)
-        elif graph == "kernels":            # the fused decoder's weights, run by our CUDA kernels (NumPy twins on CPU)
+        elif graph == "kernels":    # the fused decoder's weights run by our kernels: CUDA, or the compiled CPU step
             from .kernels.engine import open_decoder
             path, spec = fused_model(self.bundle, precision)
-            self.model = open_decoder(path, spec, engine="kernels", device="gpu" if session.wants_cuda else "cpu",
-                                      max_length=max_length)
+            gpu = session.wants_cuda            # CPU: the compiled step where it builds, else the fused graph
+            self.model = open_decoder(path, spec, engine="kernels" if gpu else "auto", device="gpu" if gpu else "cpu",
+                                      max_length=max_length, session=session)
         elif graph == "generic":
             self.model = OrtDecoder(self.bundle.model_path(precision, verify=True), self.llm, session)
         else:

@@ -78,8 +78,11 @@ def test_bench_llm_reports_the_users_graph_beside_generic_and_skips_llamacpp(cpu
                                        new_tokens=4, threads=1, gguf=gguf, llamacpp_python=Path(sys.executable)))
     rows = {(r["system"], r["graph"], r["users_graph"]) for r in res["rows"]}
     assert rows == {("onnxruntime", "generic", False), ("onnxruntime", "fused", True),
-                    ("products-floor", "fused: weight products alone", False)}
+                    ("compiled-step", "kernels", False), ("products-floor", "fused: weight products alone", False)}
     assert all(r["decode_ms_per_step"] > 0 and r["runs"] == 1 for r in res["rows"])
+    step = next(r for r in res["rows"] if r["system"] == "compiled-step")      # the fused graph where no compiler
+    assert step["decoder"].startswith("compiled CPU step (") or step["decoder"] == "FusedDecoder"
+    assert "| compiled-step | kernels | fp32 | 1 |" in markdown(res)
     floor = next(r for r in res["rows"] if r["system"] == "products-floor")
     fused = next(r for r in res["rows"] if r["users_graph"])
     assert floor["left_out"] == ["GroupQueryAttention"] and floor["ops"] == ["MatMul"] and floor["gflop"] > 0

@@ -43,6 +43,16 @@ def models(tmp_path_factory):
                                          ("int4", False, 6)]}
 
 
+def _compiles() -> bool:
+    from paddle2ort.runtime.errors import DeviceError
+    from paddle2ort.runtime.kernels import cpu
+    try:
+        cpu.load()
+        return True
+    except DeviceError:
+        return False
+
+
 def _teacher_forced(dec, prompts, steps):
     """Logits [B, V] after the prompt and after each of `steps` fed tokens (the same tokens for every decoder)."""
     dec.start(len(prompts))
@@ -59,7 +69,7 @@ def _teacher_forced(dec, prompts, steps):
                                      (("int8", True, 6), 2e-3), (("int4", False, 6), 2e-3)])
 def test_engine_logits_match_the_fused_graph(models, key, tol):
     path, spec = models[key]
-    eng = KernelEngine(path, spec, device="cpu", max_length=40, chunk=8)      # 5 attention splits
+    eng = KernelEngine(path, spec, device="cpu", max_length=40, chunk=8, native=False)      # 5 splits
     assert isinstance(eng, Decoder) and eng.nsplit == 5
     ort = FusedDecoder(path, spec, SessionOptions(device="cpu"), max_length=40)
     got, want = _teacher_forced(eng, PROMPTS, 10), _teacher_forced(ort, PROMPTS, 10)
@@ -85,7 +95,7 @@ def test_engine_tokens_turns_and_beams_match_the_fused_graph(models):
     """The engine's greedy and beam tokens (and a second turn's) are the fused graph's up to a near-tie of the fused
     graph's (tests/near_tie.py); seeded sampling is compared exactly."""
     path, spec = models[("fp32", True, 6)]
-    eng = KernelEngine(path, spec, device="cpu", max_length=64, chunk=16)
+    eng = KernelEngine(path, spec, device="cpu", max_length=64, chunk=16, native=False)
     ort = FusedDecoder(path, spec, SessionOptions(device="cpu"), max_length=64)
     cfg = GenerationConfig(max_new_tokens=12)
     want, margins, eps = _greedy_reference(ort, cfg)
@@ -124,9 +134,9 @@ def test_prompt_pass_by_the_fused_graph_writes_the_engine_cache(models):
     then our steps continue: the same tokens as our own prompt pass."""
     path, spec = models[("int8", True, 6)]
     cfg = GenerationConfig(max_new_tokens=10)
-    ort = KernelEngine(path, spec, device="cpu", max_length=40, prefill="onnxruntime")
+    ort = KernelEngine(path, spec, device="cpu", max_length=40, prefill="onnxruntime", native=False)
     assert ort.prefill_by == "onnxruntime fused graph"
-    own = KernelEngine(path, spec, device="cpu", max_length=40)
+    own = KernelEngine(path, spec, device="cpu", max_length=40, native=False)
     want = generate(own, PROMPTS, cfg, 0)
     logits = stepped_logits(own, PROMPTS, want)                  # our prompt pass's path, stepped as it decodes
     # int8: onnxruntime's and the twins' logits part by <= 2e-3 of the range (logits test): a flip needs twice that
@@ -185,9 +195,10 @@ def test_engine_refuses_what_the_kernels_do_not_cover(models, tmp_path):
         KernelEngine(path, {**spec, "family": "gpt"}, device="cpu")
     with pytest.raises(BadInputError, match="exceeds the model's 128 positions"):
         KernelEngine(path, spec, device="cpu", max_length=4096)
-    assert isinstance(open_decoder(path, spec, device="cpu"), FusedDecoder)         # CPU: the fused graph
+    # CPU, auto: the compiled step where the host builds it (tests/test_cpu_step.py), else the fused graph
+    assert isinstance(open_decoder(path, spec, device="cpu"), KernelEngine if _compiles() else FusedDecoder)
     assert isinstance(open_decoder(path, spec, engine="kernels", device="cpu"), KernelEngine)
-    assert KernelEngine(path, spec, device="cpu").prefill_by == "kernel engine"
+    assert KernelEngine(path, spec, device="cpu", native=False).prefill_by == "kernel engine"
     with pytest.raises(BadInputError, match="prefill must be"):
         KernelEngine(path, spec, device="cpu", prefill="fast")
     with pytest.raises(BadInputError, match="engine must be"):
@@ -200,7 +211,7 @@ def test_engine_bench_parity_and_verdicts_from_a_run(models):
     from paddle2ort.benchmarks.gpu import engine_bench as E
     path, spec = models[("fp32", True, 6)]
     cont = np.array([[(3 * j + b) % 90 + 1 for j in range(6)] for b in range(3)], np.int64)
-    lo = E.forced_logits(KernelEngine(path, spec, device="cpu", max_length=40), PROMPTS, cont)
+    lo = E.forced_logits(KernelEngine(path, spec, device="cpu", max_length=40, native=False), PROMPTS, cont)
     lr = E.forced_logits(FusedDecoder(path, spec, SessionOptions(device="cpu"), max_length=40), PROMPTS, cont)
     assert lo.shape == (3, 6, 96)
     m = E.near_tie_mismatches(lo, lr)
@@ -286,7 +297,7 @@ def test_attention_version_follows_the_geometry():
 def test_both_attention_twins_give_the_fused_graphs_tokens(models, attention):
     path, spec = models[("fp32", True, 6)]
     cfg = GenerationConfig(max_new_tokens=6)
-    eng = KernelEngine(path, spec, device="cpu", max_length=40, chunk=8, attention=attention)
+    eng = KernelEngine(path, spec, device="cpu", max_length=40, chunk=8, attention=attention, native=False)
     assert eng.attention == attention
     ort = FusedDecoder(path, spec, SessionOptions(device="cpu"), max_length=40)
     want, margins, eps = _greedy_reference(ort, cfg)

@@ -241,13 +241,18 @@ def test_fused_decoder_uses_the_session_factory(llama):
 
 
 def test_kernel_engine_is_reachable_and_refuses_clearly(llama, capsys):
-    """`generate --graph kernels` hands the fused decoder's file to our kernel engine (the engine's parity with the
-    fused graph is tests/test_engine.py); a geometry its kernels do not cover is exit 2 naming it and the fallback."""
+    """`generate --graph kernels` hands the fused decoder's file to our kernel engine (its parity with the fused
+    graph: tests/test_engine.py, tests/test_cpu_step.py): on the CPU the compiled step where the host builds it,
+    else the fused graph; a geometry the CUDA kernels do not cover is refused naming it and the fallback."""
     from paddle2ort.cli import main
-    _, dest, _, _, _ = llama
-    assert main(["generate", str(dest), "--graph", "kernels", "--prompt", "hello", "--max-new-tokens", "3"]) == 2
-    err = capsys.readouterr().err
-    assert "kernel engine" in err and "head size 16" in err and "onnxruntime" in err
+    from paddle2ort.runtime.kernels.engine import check_geometry, load_weights
+    from paddle2ort.runtime.llm import fused_model
+    _, dest, _, _, gen = llama
+    assert main(["generate", str(dest), "--graph", "kernels", "--prompt", "hello", "--max-new-tokens", "3"]) == 0
+    assert capsys.readouterr().out.strip()
+    path, spec = fused_model(gen.bundle, "fp32")
+    with pytest.raises(BadInputError, match="head size 16.*onnxruntime"):
+        check_geometry(spec, load_weights(path, spec))
 
 
 def _run_slots(dec, pad, plan, steps=40):

@@ -34,6 +34,7 @@ Shapes: B batch rows, C cache capacity, H hidden, NH / KVH query / key-value hea
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import re
@@ -506,7 +507,7 @@ class KernelEngine(DeviceStateMemory):
                  cuda_graph: bool = True, device_id: int = 0, weights: Weights | None = None,
                  chunk: int | None = None, prefill: str = "auto", gemv: str = "auto", pdl: bool | None = None,
                  attention: str | None = None, step: str = "kernels", pipeline: bool = False,
-                 prompt_graphs: bool = True):
+                 prompt_graphs: bool = True, native: bool | None = None, session=None):
         if gemv not in GEMV_CHOICES:
             raise BadInputError(f"gemv must be one of {', '.join(GEMV_CHOICES)}, got {gemv!r}")
         if step not in S.STEP_CHOICES:
@@ -521,7 +522,8 @@ class KernelEngine(DeviceStateMemory):
         if self.capacity > spec["max_positions"]:
             raise BadInputError(f"max_length {self.capacity} exceeds the model's {spec['max_positions']} positions")
         host = weights or load_weights(model_path, spec)
-        check_geometry(spec, host)
+        if device == "gpu":                # decode.cu's limits; the twins and the compiled CPU step check their own
+            check_geometry(spec, host)
         self.attention = attention_version(self.num_heads // self.kv_heads, self.head_dim, attention)
         self.chunk = int(chunk or attention_chunk(spec, self.attention))
         if self.attention == "v1" and not attention_fits(self.num_heads // self.kv_heads, self.head_dim, self.chunk):
@@ -537,7 +539,7 @@ class KernelEngine(DeviceStateMemory):
                 cp.cuda.Device(device_id).use()
             except Exception as e:
                 raise DeviceError(f"no usable CUDA device {device_id} for the kernel engine ({e})") from e
-            self.stream = cp.cuda.Stream(non_blocking=True)
+            self.stream, self.native = cp.cuda.Stream(non_blocking=True), None
             self.cache_dtype = np.float16
             self.w = self._to_device(host)
             cc = int(cp.cuda.Device().compute_capability)
@@ -560,16 +562,31 @@ class KernelEngine(DeviceStateMemory):
             self.cache_dtype = np.dtype(host.embed.dtype).type
             self.w = host
             self._dense = {}                                # id(Packed) -> float32 [N, K] for the twins
+            self.native = self._native(native, session.intra_op_threads if session is not None else None)
         self.cuda_graph = cuda_graph and self.xp is not np
         self.prompt_graphs = bool(prompt_graphs) and self.cuda_graph    # the prompt pass replayed per length bucket
         self.prompt_hidden = False                          # the prompt graph stops before the LM head (GPU)
-        self.prompt_graph = self._prompt_graph(model_path, prefill)
+        self.prompt_graph = self._prompt_graph(model_path, prefill, session)
         self.weight_bytes = self.w.step_bytes()
         self.states: dict[int, State] = {}
         self.active: State | None = None
         self.filled = 0
 
     # ------------------------------------------------------------------ set-up
+    def _native(self, native: bool | None, threads: int | None):
+        """CPU: the compiled step (kernels/cpu.py) -- native=True requires it, None uses it where it builds and
+        fits this decoder (else the NumPy twins, saying why), False runs the twins."""
+        if native is False:
+            return None
+        from . import cpu
+        try:
+            return cpu.CpuStep(self, threads)
+        except (BadInputError, DeviceError) as e:
+            if native:
+                raise
+            log.info("the compiled CPU step is not used (%s): the NumPy twins run the step", e)
+            return None
+
     def _pdl_launches(self) -> bool:
         """pdl=None (auto): one real launch (the embedding gather of one row into a scratch buffer) with the
         attribute; a driver that refuses it (virtualized or shared GPUs may) leaves the engine on plain launches."""
@@ -593,18 +610,18 @@ class KernelEngine(DeviceStateMemory):
         return Weights(embed=f16(h.embed), cos=xp.asarray(h.cos), sin=xp.asarray(h.sin), layers=layers,
                        norm=f16(h.norm), head=h.head.to(xp))
 
-    def _prompt_graph(self, model_path, prefill: str):
+    def _prompt_graph(self, model_path, prefill: str, session=None):
         """The prompt pass: "kernels" (ours, dense products through CuPy), "onnxruntime" (the fused graph's
         prompt call, cuBLAS + flash attention, writing our cache buffers in place; on the GPU cut before its LM
         head (fused.without_head), our head kernel then computes each row's last logits) or "auto" (the fused graph
         where onnxruntime's CUDA provider loads, else ours). -> the FusedDecoder used for prompts, or None."""
         if prefill not in ("auto", "kernels", "onnxruntime"):
             raise BadInputError(f"prefill must be auto, kernels or onnxruntime, got {prefill!r}")
-        if prefill == "kernels" or (prefill == "auto" and self.xp is np):
+        if prefill == "kernels" or (prefill == "auto" and self.xp is np and self.native is None):
             return None
         from ..fused import FusedDecoder, without_head
         from ..session import SessionOptions, gpu_available
-        if prefill == "auto" and not gpu_available():
+        if prefill == "auto" and self.xp is not np and not gpu_available():
             return None
         device = "cpu" if self.xp is np else "gpu"            # on the CPU: the twins' cache, filled by onnxruntime
         model, spec = model_path, self.spec
@@ -613,7 +630,8 @@ class KernelEngine(DeviceStateMemory):
             if cut is not None:
                 model, spec = cut, dict(self.spec, vocab_size=self.hidden)
         try:
-            dec = FusedDecoder(model, spec, SessionOptions(device=device), max_length=self.capacity,
+            so = SessionOptions(device=device) if session is None else dataclasses.replace(session, device=device)
+            dec = FusedDecoder(model, spec, so, max_length=self.capacity,
                                cuda_graph=self.prompt_graphs and model is not model_path)
             self.prompt_hidden = model is not model_path
             self.prompt_graphs = self.prompt_graphs and self.prompt_hidden and not dec.picked_head
@@ -799,20 +817,23 @@ class KernelEngine(DeviceStateMemory):
         even = all(p.n % 4 == 0 for l in w.layers for p in (l.qkv, l.o, l.gate_up, l.down)) and w.head.n % 4 == 0
         return 4 if batch >= 4 and even and self.head_dim % 4 == 0 else 2
 
-    def _twins(self, st: State) -> None:
-        """The same step with the NumPy twins (CPU hosts, CI)."""
+    def _twins(self, st: State, a8: bool = False) -> None:
+        """The same step with the NumPy twins (CPU hosts, CI). a8: int8 products quantize their input as the
+        compiled CPU step does (cpu_step.c), the twin it is checked against."""
         w, dense = self.w, self._dense_of
+        q8 = lambda p: a8 and p.fmt == "q8"          # noqa: E731
         st.resid[...] = R.embed_rows(w.embed, st.ids)
         for i, layer in enumerate(w.layers):
             R.gemv_qkv(dense(layer.qkv), st.resid, layer.ln1, self.eps, layer.bias, st.q, st.cache[i, 0],
-                       st.cache[i, 1], w.cos, w.sin, st.seqlens, self.num_heads, self.kv_heads)
+                       st.cache[i, 1], w.cos, w.sin, st.seqlens, self.num_heads, self.kv_heads, a8=q8(layer.qkv))
             po, pml = attention_twin(self.attention, self.head_dim)(st.q, st.cache[i, 0], st.cache[i, 1],
                                                                      st.seqlens, self.scale, self.chunk, self.nsplit)
             st.attn[...] = R.attn_combine(po, pml, st.seqlens, self.chunk)
-            R.gemv_resid(dense(layer.o), st.attn, st.resid)
-            st.act[...] = R.gemv_swiglu(dense(layer.gate_up), st.resid, layer.ln2, self.eps, self.inter)
-            R.gemv_resid(dense(layer.down), st.act, st.resid)
-        st.logits[:, 0] = R.gemv_logits(dense(w.head), st.resid, w.norm, self.eps)
+            R.gemv_resid(dense(layer.o), st.attn, st.resid, a8=q8(layer.o))
+            st.act[...] = R.gemv_swiglu(dense(layer.gate_up), st.resid, layer.ln2, self.eps, self.inter,
+                                        a8=q8(layer.gate_up))
+            R.gemv_resid(dense(layer.down), st.act, st.resid, a8=q8(layer.down))
+        st.logits[:, 0] = R.gemv_logits(dense(w.head), st.resid, w.norm, self.eps, a8=q8(w.head))
 
     def _dense_of(self, p: Packed) -> np.ndarray:
         key = id(p)
@@ -823,7 +844,10 @@ class KernelEngine(DeviceStateMemory):
     def decode_one_token(self, st: State):
         """One token a row from st.ids at positions st.seqlens -> logits float32 [B, 1, V] (the fixed buffer)."""
         if self.xp is np:
-            self._twins(st)
+            if self.native is not None:
+                self.native(st)
+            else:
+                self._twins(st)
             return st.logits
         with self.stream:
             if st.graph is not None:
@@ -861,7 +885,7 @@ class KernelEngine(DeviceStateMemory):
             return self._prefill_bucket(st, prompts, bucket)
         self.synchronize()                                # our stream's writes land before onnxruntime's stream reads
         with ort.on_stream():
-            logits, rows = ort.prefill(self._prompt_state(st), prompts, 0)
+            logits, rows = ort.prefill(self._prompt_state(st), prompts, 0, last_only=not self.prompt_hidden)
         ort.synchronize()
         if not self.prompt_hidden:
             return logits, rows
@@ -1015,20 +1039,24 @@ class KernelEngine(DeviceStateMemory):
 
 
 def open_decoder(model_path: str | Path, spec: dict, engine: str = "auto", device: str = "gpu",
-                 max_length: int | None = None, cuda_graph: bool = True):
-    """The decoder of a fused-decoder file: engine="kernels" (ours), "onnxruntime" (the fused graph) or "auto"
-    (on the GPU ours where CuPy and a device are there and the model fits the kernels, else the fused graph,
-    saying why; on the CPU the fused graph, whose onnxruntime kernels outrun the NumPy twins)."""
+                 max_length: int | None = None, cuda_graph: bool = True, session=None):
+    """The decoder of a fused-decoder file: engine="kernels" (ours: CUDA kernels on the GPU; on the CPU the compiled
+    step where it builds and fits, else the NumPy twins), "onnxruntime" (the fused graph) or "auto" (ours where it
+    runs: on the GPU where CuPy and a device are there and the model fits the kernels, on the CPU where the compiled
+    step builds and fits; else the fused graph, saying why -- never the twins, which onnxruntime outruns).
+    session: the SessionOptions of the onnxruntime sessions (the prompt pass's, the fallback's) and, on the CPU, the
+    compiled step's threads (intra_op_threads; 0: every usable core)."""
     from ..fused import FusedDecoder
     from ..session import SessionOptions
     if engine not in ("auto", "kernels", "onnxruntime"):
         raise BadInputError(f"engine must be auto, kernels or onnxruntime, got {engine!r}")
-    if engine == "kernels" or (engine == "auto" and device == "gpu"):
+    so = SessionOptions(device=device) if session is None else dataclasses.replace(session, device=device)
+    if engine in ("kernels", "auto"):
         try:
-            return KernelEngine(model_path, spec, device=device, max_length=max_length, cuda_graph=cuda_graph)
+            return KernelEngine(model_path, spec, device=device, max_length=max_length, cuda_graph=cuda_graph,
+                                native=True if engine == "auto" and device == "cpu" else None, session=so)
         except (BadInputError, DeviceError) as e:
             if engine == "kernels":
                 raise
             log.info("kernel engine not used (%s): the onnxruntime fused graph runs the decoder", e)
-    return FusedDecoder(model_path, spec, SessionOptions(device=device), max_length=max_length,
-                        cuda_graph=cuda_graph)
+    return FusedDecoder(model_path, spec, so, max_length=max_length, cuda_graph=cuda_graph)

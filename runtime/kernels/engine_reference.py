@@ -38,12 +38,29 @@ def rms(x: np.ndarray, eps: float) -> np.ndarray:
 A16 = np.float32(2.0 ** -6)        # decode.cu gemv3: x * gamma * A16 rounded to float16 (kept in float16's range)
 
 
-def _dot(dense: np.ndarray, x: np.ndarray, gamma, eps: float, a16: bool = False) -> np.ndarray:
+QK = 32                            # cpu_step.c: int8 products quantize their input a block of 32 at a time
+
+
+def quantize_a8(x: np.ndarray) -> np.ndarray:
+    """x [..., K] (K a multiple of 32) as cpu_step.c's int8 products read it, dequantized: per block of 32,
+    round(x / s) * s with s = max|x| / 127 (ggml Q8_0's rule). The C sums exact integer dot products of these
+    integers, so its product equals dequantized weights times this, up to float32 summation order."""
+    x = np.asarray(x, np.float32)
+    b = x.reshape(-1, QK)
+    s = np.abs(b).max(1, keepdims=True) / np.float32(127)
+    inv = np.where(s > 0, np.float32(1) / np.where(s > 0, s, 1), 0).astype(np.float32)
+    return (np.rint(b * inv) * s).astype(np.float32).reshape(x.shape)
+
+
+def _dot(dense: np.ndarray, x: np.ndarray, gamma, eps: float, a16: bool = False, a8: bool = False) -> np.ndarray:
     """y = (x * gamma) @ W^T, times 1/rms(x) when gamma is given (the kernels apply the norm to the dot product).
     a16 (the v3 GEMVs): the activations enter as float16(x * gamma * A16) and y is scaled back by 1 / A16; `dense`
-    is then the float16-rounded weight (dequantize(..., dtype=float16))."""
+    is then the float16-rounded weight (dequantize(..., dtype=float16)). a8 (cpu_step.c's int8 products): the
+    activations enter as quantize_a8(x * gamma)."""
     x = np.asarray(x, np.float32)
     xg = x if gamma is None else x * np.asarray(gamma, np.float32)
+    if a8:
+        xg = quantize_a8(xg)
     y = ((xg * A16).astype(np.float16).astype(np.float32) @ dense.T) * np.float32(1 / A16) if a16 else xg @ dense.T
     return y if gamma is None else y * rms(x, eps)
 
@@ -52,19 +69,21 @@ def embed_rows(table: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return np.asarray(table, np.float32)[np.asarray(ids).reshape(-1)]
 
 
-def gemv_resid(dense: np.ndarray, x: np.ndarray, out: np.ndarray, a16: bool = False) -> None:
+def gemv_resid(dense: np.ndarray, x: np.ndarray, out: np.ndarray, a16: bool = False, a8: bool = False) -> None:
     """out += x @ W^T (o-proj, down-proj)."""
-    out += _dot(dense, x, None, 0.0, a16)
+    out += _dot(dense, x, None, 0.0, a16, a8)
 
 
-def gemv_logits(dense: np.ndarray, x: np.ndarray, gamma, eps: float, a16: bool = False) -> np.ndarray:
+def gemv_logits(dense: np.ndarray, x: np.ndarray, gamma, eps: float, a16: bool = False,
+                a8: bool = False) -> np.ndarray:
     """LM head over the final RMSNorm -> float32 [B, V]."""
-    return _dot(dense, x, gamma, eps, a16)
+    return _dot(dense, x, gamma, eps, a16, a8)
 
 
-def gemv_swiglu(dense: np.ndarray, x: np.ndarray, gamma, eps: float, inter: int, a16: bool = False) -> np.ndarray:
+def gemv_swiglu(dense: np.ndarray, x: np.ndarray, gamma, eps: float, inter: int, a16: bool = False,
+                a8: bool = False) -> np.ndarray:
     """RMSNorm -> packed gate|up -> silu(gate) * up, float32 [B, I]."""
-    y = _dot(dense, x, gamma, eps, a16)
+    y = _dot(dense, x, gamma, eps, a16, a8)
     g, u = y[:, :inter], y[:, inter:]
     return g / (1 + np.exp(-g)) * u
 
@@ -78,10 +97,10 @@ def rotate(y: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
 
 def gemv_qkv(dense: np.ndarray, x: np.ndarray, gamma, eps: float, bias, q_out: np.ndarray, kc: np.ndarray,
              vc: np.ndarray, cos: np.ndarray, sin: np.ndarray, seqlens: np.ndarray, nh: int, kvh: int,
-             a16: bool = False) -> None:
+             a16: bool = False, a8: bool = False) -> None:
     """RMSNorm -> packed q|k|v (+ bias) -> rotary on q and k at position seqlens[b]; q to q_out [B, NH*D], k and v
     written into this layer's cache [B, KVH, C, D] at seqlens[b]."""
-    y = _dot(dense, x, gamma, eps, a16)
+    y = _dot(dense, x, gamma, eps, a16, a8)
     if bias is not None:
         y = y + np.asarray(bias, np.float32)
     b_sz, d = y.shape[0], kc.shape[-1]

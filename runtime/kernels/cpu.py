@@ -1,0 +1,224 @@
+"""The kernel engine's compiled CPU step (cpu_step.c): built once per host with the host's C compiler and OpenMP,
+cached, loaded through ctypes, and bound to a KernelEngine's weights and one batch size's buffers.
+
+The runtime does not require a compiler: without one (or without OpenMP) `load()` raises DeviceError naming the
+missing piece, and the engine's "auto" choice falls back to the onnxruntime fused graph, saying why. The library is
+compiled for this host's ISA (-march=native), so its cache key holds the source, the compiler's version and the
+CPU's flags: a home directory shared between hosts never loads another host's build.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import BadInputError, DeviceError
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).parent / "cpu_step.c"
+FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC", "-std=c11")
+FMT = {"f32": 0, "q8": 1}
+
+
+def cache_dir() -> Path:
+    """$PADDLE2ORT_CACHE, else $XDG_CACHE_HOME/paddle2ort, else ~/.cache/paddle2ort."""
+    root = os.environ.get("PADDLE2ORT_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or
+                                                       Path.home() / ".cache") / "paddle2ort"
+    return Path(root) / "kernels"
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def compiler() -> str:
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        raise DeviceError("the compiled CPU step needs a C compiler with OpenMP (cc or gcc on PATH, or $CC); "
+                          "without one the onnxruntime fused graph runs the decoder")
+    return cc
+
+
+PHASES = ("embed", "qkv", "-", "attention", "o-proj", "gate|up", "down", "head")
+
+
+@functools.lru_cache(maxsize=None)
+def load(profile: bool = False, march: str = "native") -> ctypes.CDLL:
+    """Build (at most once per host and source) and load the step library; profile: the build that adds each
+    phase's seconds up (phase_seconds), for the benchmark's breakdown; march: the ISA compiled for (native: this
+    host's; the tests also build x86-64-v3, AVX2 without VNNI, and x86-64, the scalar code)."""
+    cc = compiler()
+    flags = FLAGS + (f"-march={march}",) + (("-DP2O_PROFILE",) if profile else ())
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        raise DeviceError(f"the C compiler {cc} does not run ({e})") from e
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), version, " ".join(flags), _cpu_flags()]).encode())
+    lib = cache_dir() / f"cpu_step-{key.hexdigest()[:16]}.so"
+    if not lib.exists():
+        lib.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=lib.parent) as tmp:      # built aside, renamed whole: no half file
+            out = Path(tmp) / lib.name
+            r = subprocess.run([cc, *flags, str(SOURCE), "-o", str(out), "-lm"], capture_output=True, text=True)
+            if r.returncode:
+                raise DeviceError(f"building the compiled CPU step with {cc} failed (exit {r.returncode}): "
+                                  f"{r.stderr.strip()[-600:]}")
+            os.replace(out, lib)
+        log.info("built the compiled CPU step: %s", lib)
+    so = ctypes.CDLL(str(lib))
+    so.p2o_isa.restype = ctypes.c_char_p
+    so.p2o_work_floats.restype = ctypes.c_int64
+    so.p2o_work_floats.argtypes = [ctypes.c_int32] * 5
+    so.p2o_step.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    so.p2o_step.restype = None
+    return so
+
+
+def isa(so: ctypes.CDLL | None = None) -> str:
+    return (so or load()).p2o_isa().decode()
+
+
+def phase_seconds(so: ctypes.CDLL, reset: bool = True) -> dict[str, float]:
+    """A profile build's seconds per phase since the last reset (thread 0's view, each phase's barrier included)."""
+    arr = (ctypes.c_double * len(PHASES)).in_dll(so, "p2o_phase_seconds")
+    out = dict(zip(PHASES, list(arr)))
+    if reset:
+        ctypes.memset(arr, 0, ctypes.sizeof(arr))
+    return out
+
+
+class Lin(ctypes.Structure):
+    _fields_ = [("fmt", ctypes.c_int32), ("n", ctypes.c_int32), ("k", ctypes.c_int32), ("block", ctypes.c_int32),
+                ("w", ctypes.c_void_p), ("scale", ctypes.c_void_p), ("zero", ctypes.c_void_p),
+                ("bias", ctypes.c_void_p)]
+
+
+class LayerW(ctypes.Structure):
+    _fields_ = [("ln1", ctypes.c_void_p), ("ln2", ctypes.c_void_p), ("qkv", Lin), ("o", Lin), ("gate_up", Lin),
+                ("down", Lin)]
+
+
+class Model(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_int32) for n in ("layers", "hidden", "inter", "nh", "kvh", "d", "vocab", "capacity",
+                                                "max_k")] + \
+               [("eps", ctypes.c_float), ("scale", ctypes.c_float)] + \
+               [(n, ctypes.c_void_p) for n in ("embed", "cos", "sin", "norm")] + \
+               [("head", Lin), ("layer", ctypes.POINTER(LayerW))]
+
+
+class StateC(ctypes.Structure):
+    _fields_ = [("batch", ctypes.c_int32), ("threads", ctypes.c_int32)] + \
+               [(n, ctypes.c_void_p) for n in ("ids", "seqlens", "cache", "logits", "resid", "qkv", "act", "part",
+                                               "work", "xq")]
+
+
+def _f32(a) -> np.ndarray:
+    return np.ascontiguousarray(a, np.float32)
+
+
+def check_fits(eng) -> None:
+    """What cpu_step.c reads, checked once: one clear error naming the fallback."""
+    w, bad = eng.w, []
+    if eng.head_dim % 2 or eng.num_heads % eng.kv_heads:
+        bad.append(f"head size {eng.head_dim} with {eng.num_heads} query heads over {eng.kv_heads} key/value heads "
+                   "(it needs an even head size and whole GQA groups)")
+    if np.dtype(w.embed.dtype) != np.float32:
+        bad.append(f"a {np.dtype(w.embed.dtype).name} embedding (it reads float32)")
+    for name, p in [("lm_head", w.head)] + [(f"layers.{i}.{n}", getattr(l, n)) for i, l in enumerate(w.layers)
+                                             for n in ("qkv", "o", "gate_up", "down")]:
+        if p.fmt not in FMT:
+            bad.append(f"{name} is {p.fmt} (it reads float32 and 8-bit MatMulNBits weights)")
+        elif p.fmt == "q8" and (p.k % 32 or p.block % 32 or (p.block // 32) & (p.block // 32 - 1)):
+            bad.append(f"{name}: {p.k} inputs in blocks of {p.block} (it needs inputs a multiple of 32 and a "
+                       "power-of-two multiple of 32 a block)")
+        if bad:
+            break
+    if bad:
+        raise BadInputError("the compiled CPU step cannot run this decoder: " + "; ".join(bad)
+                            + "; use the onnxruntime fused decoder (engine='onnxruntime')")
+
+
+class CpuStep:
+    """cpu_step.c's p2o_step bound to an engine's host weights (kept alive here) for one batch size's State."""
+
+    def __init__(self, eng, threads: int | None = None, profile: bool = False, march: str = "native"):
+        w = eng.w
+        check_fits(eng)
+        self.so = load(profile, march)
+        self.threads = int(threads or len(os.sched_getaffinity(0)))
+        self._keep: list[Any] = []
+        layers = (LayerW * len(w.layers))()
+        for i, l in enumerate(w.layers):
+            layers[i] = LayerW(self._ptr(_f32(l.ln1)), self._ptr(_f32(l.ln2)), self._lin(l.qkv, l.bias),
+                               self._lin(l.o), self._lin(l.gate_up), self._lin(l.down))
+        self._keep.append(layers)
+        self.max_k = max(max(p.k for p in (l.qkv, l.o, l.gate_up, l.down)) for l in w.layers)
+        self.max_k = max(self.max_k, w.head.k)
+        self.model = Model(eng.num_layers, eng.hidden, eng.inter, eng.num_heads, eng.kv_heads, eng.head_dim,
+                           eng.vocab_size, eng.capacity, self.max_k, eng.eps, eng.scale,
+                           self._ptr(_f32(w.embed)), self._ptr(_f32(w.cos)), self._ptr(_f32(w.sin)),
+                           self._ptr(_f32(w.norm)), self._lin(w.head), layers)
+        self.eng = eng
+        self.bound: dict[int, tuple] = {}
+
+    def _ptr(self, a: np.ndarray) -> int:
+        self._keep.append(a)
+        return a.ctypes.data
+
+    def _lin(self, p, bias=None) -> Lin:
+        """A product as the C reads it; int8 blocks' {scale, zero point} pairs split into two float16 arrays (a
+        row's scales then load 8 at a time)."""
+        w = np.ascontiguousarray(p.w)
+        scale = zero = None
+        if p.sz is not None:
+            sz = np.asarray(p.sz, np.uint32)
+            scale, zero = self._ptr((sz & 0xFFFF).astype(np.uint16)), self._ptr((sz >> 16).astype(np.uint16))
+        return Lin(FMT[p.fmt], p.n, p.k, p.block or 0, self._ptr(w), scale, zero,
+                   None if bias is None else self._ptr(_f32(bias)))
+
+    def _state(self, st) -> tuple:
+        """st's buffers (and the step's scratch) as the C State; built once per batch size."""
+        if st.batch not in self.bound:
+            e, b = self.eng, st.batch
+            for name in ("cache", "logits", "resid", "act"):
+                a = getattr(st, name)
+                if a.dtype != np.float32 or not a.flags.c_contiguous:
+                    raise BadInputError(f"the compiled CPU step needs a float32 C-contiguous {name} buffer")
+            qkv = np.zeros((b, (e.num_heads + 2 * e.kv_heads) * e.head_dim), np.float32)
+            part = np.zeros((self.threads, b, e.num_heads, e.head_dim + 2), np.float32)
+            work = np.zeros(self.threads * self.so.p2o_work_floats(b, self.max_k, e.capacity, e.head_dim,
+                                                                   e.num_heads // e.kv_heads), np.float32)
+            xq = np.zeros(self.threads * b * self.max_k, np.int8)
+            ids = np.zeros(b, np.int64)
+            c = StateC(b, self.threads, ids.ctypes.data, st.seqlens.ctypes.data, st.cache.ctypes.data,
+                       st.logits.ctypes.data, st.resid.ctypes.data, qkv.ctypes.data, st.act.ctypes.data,
+                       part.ctypes.data, work.ctypes.data, xq.ctypes.data)
+            self.bound[b] = (c, ids, qkv, part, work, xq, st)
+        return self.bound[st.batch]
+
+    def __call__(self, st) -> None:
+        c, ids, *_ = self._state(st)
+        ids[:] = st.ids.reshape(-1)
+        if int(ids.min()) < 0 or int(ids.max()) >= self.eng.vocab_size:        # the C indexes the embedding
+            raise BadInputError(f"token ids must be in 0..{self.eng.vocab_size - 1}, got {ids.tolist()}")
+        pos = st.seqlens
+        if pos.dtype != np.int32 or int(pos.min()) < 0 or int(pos.max()) >= self.eng.capacity:
+            raise BadInputError(f"positions must be int32 in 0..{self.eng.capacity - 1} (the cache capacity)")
+        self.so.p2o_step(ctypes.byref(self.model), ctypes.byref(c))

@@ -1,0 +1,183 @@
+"""The compiled CPU step (runtime/kernels/cpu_step.c through kernels/cpu.py) against its NumPy twin (the engine's
+twins with int8 products quantizing their input, engine_reference.quantize_a8) and against the onnxruntime fused
+graph, on tiny random LLaMA/Qwen2-family decoders: FP32 and weight-only int8 (blocks of 32 and 64, integer zero
+points), q/k/v bias, GQA groups 1-3, rows at different positions, 1-3 threads, and every ISA path this host can run
+(native, x86-64-v3 = AVX2 without VNNI, x86-64 = scalar). Skipped without a C compiler, as the engine then is."""
+import numpy as np
+import pytest
+
+from paddle2ort.convert.llm.fused import DecoderSpec, build_decoder, build_variant, random_state, save_model
+from paddle2ort.runtime.errors import BadInputError, DeviceError
+from paddle2ort.runtime.fused import FusedDecoder
+from paddle2ort.runtime.kernels import cpu
+from paddle2ort.runtime.kernels import engine_reference as R
+from paddle2ort.runtime.kernels.engine import KernelEngine, open_decoder
+from paddle2ort.runtime.session import SessionOptions
+
+pytestmark = pytest.mark.unit
+
+try:
+    cpu.load()
+except DeviceError as e:                                     # no compiler: the engine falls back, nothing to test
+    pytest.skip(f"the compiled CPU step does not build here: {e}", allow_module_level=True)
+
+# hidden 256 and FFN 384: 8 and 12 blocks of 32 a row, so the 8-at-a-time scale pass and its scalar tail both run
+CFG = {"vocab_size": 120, "hidden_size": 256, "intermediate_size": 384, "num_hidden_layers": 2,
+       "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 32, "rms_norm_eps": 1e-5,
+       "rope_theta": 10000.0, "max_position_embeddings": 128}
+PROMPTS = [[5, 9, 14, 3, 77, 20, 31], [8, 1], [40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53]]
+
+
+def _build(tmp, precision: str, bias: bool, kv_heads: int, block: int = 32):
+    spec = DecoderSpec.from_config({**CFG, "num_key_value_heads": kv_heads}, qkv_bias=bias)
+    state = random_state(spec, seed=5, std=0.08)
+    path = tmp / f"{precision}-{bias}-{kv_heads}-{block}.onnx"
+    if precision == "fp32":
+        save_model(build_decoder(spec, state, "float32"), path)
+    else:
+        build_variant(spec, state, precision, path, block_size=block, accuracy_level=None, compute_dtype="float32")
+    return path, spec.to_json()
+
+
+KEYS = [("fp32", True, 4), ("fp32", False, 8), ("int8", True, 4), ("int8", False, 8), ("int8", True, 2, 64)]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cpu_step")
+    return {k: _build(tmp, *k) for k in KEYS + [("int4", False, 4)]}
+
+
+def _ids(j: int, rows: int) -> list[int]:
+    return [(7 * j + 3 * b) % 110 + 1 for b in range(rows)]
+
+
+def _prefilled(path, spec, **kw) -> KernelEngine:
+    """An engine after our own prompt pass (NumPy, the same for every engine compared) on PROMPTS."""
+    eng = KernelEngine(path, spec, device="cpu", max_length=48, prefill="kernels", **kw)
+    eng.start(len(PROMPTS))
+    eng.append(PROMPTS, np.zeros(len(PROMPTS), np.int64), 20)
+    return eng
+
+
+def _errors(got, want) -> np.ndarray:
+    return (np.abs(np.asarray(got, np.float64) - want) / np.ptp(want)).reshape(-1)
+
+
+def _step_pair(ours, twin, j: int) -> tuple[np.ndarray, np.ndarray]:
+    """One teacher-forced step of both engines from the same cache (the twin gets ours first): errors of the
+    logits and of the cache (the k, v appended) over their ranges."""
+    for e in (ours, twin):
+        e.active.ids[:, 0] = _ids(j, len(PROMPTS))
+        e.active.seqlens[...] += 1
+    twin.active.cache[...] = ours.active.cache
+    got = np.array(ours.step(None)[0], np.float32)
+    twin._twins(twin.active, a8=True)
+    return _errors(got, twin.active.logits), _errors(ours.active.cache, twin.active.cache)
+
+
+def _check(errs: list, fmt: str) -> None:
+    """float32 products: float32 agreement everywhere. int8 products: both sides quantize inputs that differ in
+    their last bits (another summation order), so now and then a value within that of a .5 boundary rounds the
+    other way -- one unit of its block's scale -- and moves its row's later outputs a little (measured: 2 of 8 steps,
+    up to 5e-3 of the range): the typical element still agrees to float32, and most elements exactly so."""
+    e = np.concatenate(errs)
+    assert np.median(e) <= 1e-6, f"median {np.median(e):.1e} of the range"
+    assert e.max() <= (1e-5 if fmt == "fp32" else 2e-2), f"worst {e.max():.1e} of the range"
+    assert (e > 1e-5).mean() <= 0.25, f"{(e > 1e-5).mean():.0%} of the elements off by > 1e-5 of the range"
+
+
+def _compare(path, spec, steps: int = 12, march: str | None = None, **kw) -> None:
+    ours, twin = _prefilled(path, spec, **kw), _prefilled(path, spec, native=False)
+    if march is not None:
+        ours.native = cpu.CpuStep(ours, march=march)
+    assert ours.native is not None and twin.native is None
+    logits, cache = zip(*[_step_pair(ours, twin, j) for j in range(steps)])
+    fmt = "fp32" if "fp32" in path.name else "int8"
+    _check(list(logits), fmt)
+    _check(list(cache), fmt)
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_compiled_step_matches_its_twin(models, key):
+    _compare(*models[key])
+
+
+@pytest.mark.parametrize("march", ["x86-64-v3", "x86-64"])
+def test_every_isa_path_matches_the_twin(models, march):
+    """The AVX2 (int16-widened products, no VNNI) and scalar code paths (this host runs both)."""
+    assert cpu.isa(cpu.load(march=march)) == {"x86-64-v3": "avx2", "x86-64": "scalar"}[march]
+    for key in (("int8", True, 4), ("fp32", False, 8), ("int8", True, 2, 64)):
+        _compare(*models[key], steps=4, march=march)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_thread_counts_agree(models, threads):
+    """Attention splits each row's positions over the threads and merges the partials: any count, same logits."""
+    path, spec = models[("int8", True, 4)]
+    eng = _prefilled(path, spec)
+    eng.native = cpu.CpuStep(eng, threads=threads)
+    assert eng.native.threads == threads
+    ref, errs = _prefilled(path, spec), []
+    for j in range(6):
+        for e in (eng, ref):
+            e.active.ids[:, 0] = _ids(j, len(PROMPTS))
+            e.active.seqlens[...] += 1
+        ref.active.cache[...] = eng.active.cache
+        got, want = np.array(eng.step(None)[0]), np.array(ref.step(None)[0])
+        errs.append(_errors(got, want))
+    _check(errs, "int8")
+
+
+def test_quantize_a8_is_blockwise_round_to_nearest():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(3, 64)).astype(np.float32)
+    x[1, :32] = 0                                                    # an all-zero block stays zero
+    got = R.quantize_a8(x).reshape(3, 2, 32)
+    s = np.abs(x).reshape(3, 2, 32).max(-1, keepdims=True) / 127
+    q = got / np.where(s > 0, s, 1)
+    np.testing.assert_allclose(q, np.rint(q), atol=1e-3)             # integers times the block's scale
+    assert np.abs(q).max() <= 127 + 1e-3 and not got[1, 0].any()
+    assert np.abs(got - x.reshape(3, 2, 32)).max() <= s.max() / 2 + 1e-7
+
+
+def test_fp32_step_matches_the_fused_graph(models):
+    """Our prompt pass by onnxruntime (the CPU default with the compiled step), our steps after it: the fused
+    graph's logits, teacher-forced."""
+    path, spec = models[("fp32", True, 4)]
+    eng = KernelEngine(path, spec, device="cpu", max_length=48)
+    assert eng.prefill_by == "onnxruntime fused graph" and eng.native is not None
+    ort = FusedDecoder(path, spec, SessionOptions(device="cpu"), max_length=48)
+    out = []
+    for dec in (eng, ort):
+        dec.start(len(PROMPTS))
+        logits, rows = dec.append(PROMPTS, np.zeros(len(PROMPTS), np.int64), 10)
+        seq = [np.asarray(logits if rows is None else logits[rows], np.float32).reshape(len(PROMPTS), -1)]
+        for j in range(8):
+            dec.next_ids[:, 0] = _ids(j, len(PROMPTS))
+            dec.seqlens[...] += 1
+            seq.append(np.array(dec.step(None)[0], np.float32).reshape(len(PROMPTS), -1))
+        out.append(np.stack(seq))
+    assert np.abs(out[0] - out[1]).max() <= 1e-4 * np.ptp(out[1])
+
+
+def test_what_the_compiled_step_refuses(models, monkeypatch):
+    path, spec = models[("int4", False, 4)]
+    with pytest.raises(BadInputError, match="is q4 .*onnxruntime fused decoder"):
+        KernelEngine(path, spec, device="cpu", native=True)
+    assert KernelEngine(path, spec, device="cpu").native is None                  # auto: the twins, saying why
+    assert isinstance(open_decoder(path, spec, device="cpu"), FusedDecoder)        # users: the fused graph
+    path, spec = models[("int8", True, 4)]
+    eng = _prefilled(path, spec)
+    eng.active.ids[0, 0] = spec["vocab_size"]
+    with pytest.raises(BadInputError, match="token ids must be in"):
+        eng.step(None)
+    cpu.load.cache_clear()
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    monkeypatch.setenv("PADDLE2ORT_CACHE", str(path.parent / "empty-cache"))
+    try:
+        with pytest.raises(DeviceError, match="fails|does not run"):
+            cpu.load()
+        assert isinstance(open_decoder(path, spec, device="cpu"), FusedDecoder)    # no compiler: the fused graph
+    finally:
+        cpu.load.cache_clear()
