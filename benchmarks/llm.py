@@ -181,6 +181,9 @@ def run_llm_bench(cfg: LLMBenchConfig) -> dict:
             if check is not None:
                 peers["llama.cpp"]["check_settings"] = got[0].get("settings")
                 peers["llama.cpp"]["token_check"] = token_check(cfg, bundle, check, threads)
+                if cfg.kernels and "fp32" in fused:         # the compiled step's FP32 tokens, the same check
+                    peers["llama.cpp"]["token_check_compiled_step"] = token_check(cfg, bundle, check, threads,
+                                                                                  "kernels")
     if cfg.paddle_model is not None:
         from paddle2ort.convert.paddle_proc import run_worker, workdir
         tok = BPETokenizer.load(bundle.path / "tokenizer")
@@ -315,14 +318,14 @@ def _peer_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "paddle2ort" / "llamacpp"
 
 
-def token_check(cfg: LLMBenchConfig, bundle, check: dict, threads: int) -> dict:
-    """Our FP32 users' graph, greedy one prompt at a time, against llama.cpp F32 (F32 KV cache): rows identical,
-    rows parting at a near-tie (llama.cpp's top-2 margin <= TIE_EPS on the shared prefix), rows parting at a clear
-    step (the failures)."""
+def token_check(cfg: LLMBenchConfig, bundle, check: dict, threads: int, graph: str = "auto") -> dict:
+    """Our FP32 users' graph (or `graph`), greedy one prompt at a time, against llama.cpp F32 (F32 KV cache): rows
+    identical, rows parting at a near-tie (llama.cpp's top-2 margin <= TIE_EPS on the shared prefix), rows parting
+    at a clear step (the failures)."""
     from paddle2ort.runtime.generation import GenerationConfig
     from paddle2ort.runtime.llm import TextGenerator
     from paddle2ort.runtime.session import SessionOptions
-    gen = TextGenerator(bundle.path, precision="fp32", session=SessionOptions(intra_op_threads=threads), graph="auto")
+    gen = TextGenerator(bundle.path, precision="fp32", session=SessionOptions(intra_op_threads=threads), graph=graph)
     gcfg = GenerationConfig(max_new_tokens=cfg.check_new_tokens)
     ours = [gen.generate_token_ids([gen.tokenizer.encode(p)], gcfg)[0] for p in cfg.check_prompts]
     same, ties, clear = 0, [], []
@@ -335,7 +338,8 @@ def token_check(cfg: LLMBenchConfig, bundle, check: dict, threads: int) -> dict:
         else:
             k = len(o) if k is None else k
             clear.append({"row": i, "step": k, "margin": margins[min(k, len(margins) - 1)]})
-    return {"graph": gen.graph, "rows": len(ours), "identical_rows": same, "near_tie_rows": ties,
+    return {"graph": gen.graph, "decoder": describe_decoder(gen.model), "rows": len(ours), "identical_rows": same,
+            "near_tie_rows": ties,
             "clear_divergences": clear, "tie_eps": TIE_EPS, "new_tokens": cfg.check_new_tokens}
 
 
@@ -373,12 +377,12 @@ def markdown(res: dict) -> str:
         lines += ["", f"llama.cpp peer skipped: {lc['skipped']}"]
     elif lc is not None:
         lines += ["", f"llama.cpp peer: llama-cpp-python {lc.get('version')} ({', '.join(lc.get('files', {}).values())})"]
-        t = lc.get("token_check")
-        if t:
-            lines.append(f"Greedy tokens, ours ({t['graph']} FP32) vs llama.cpp F32 (F32 KV cache), {t['rows']} "
-                         f"prompts x {t['new_tokens']}: {t['identical_rows']} identical, {len(t['near_tie_rows'])} "
-                         f"parting at a near-tie (margin <= {t['tie_eps']}), {len(t['clear_divergences'])} parting at "
-                         "a clear step.")
+        for t in (lc.get("token_check"), lc.get("token_check_compiled_step")):
+            if t:
+                lines.append(f"Greedy tokens, ours ({t['graph']} FP32) vs llama.cpp F32 (F32 KV cache), {t['rows']} "
+                             f"prompts x {t['new_tokens']}: {t['identical_rows']} identical, "
+                             f"{len(t['near_tie_rows'])} parting at a near-tie (margin <= {t['tie_eps']}), "
+                             f"{len(t['clear_divergences'])} parting at a clear step.")
     return "\n".join(lines) + "\n"
 
 
