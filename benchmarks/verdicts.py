@@ -182,8 +182,8 @@ LLM_CPU_PEER_RUNS = ((LLM_CPU, "AVX-512 box, both sleeping at barriers", "commit
 
 def users_row(res: dict, precision: str, batch: int = 1) -> dict:
     """bench-llm's row of the graph users get (generate --graph auto) at a precision and batch."""
-    return next(r for r in res["rows"] if r["system"] == "onnxruntime" and r.get("users_graph")
-                and r["precision"] == precision and r["batch"] == batch)
+    return next(r for r in res["rows"] if r.get("users_graph") and r["precision"] == precision
+                and r["batch"] == batch)
 
 
 def generic_over_users(precision: str, batch: int = 1) -> Callable[[dict], float]:

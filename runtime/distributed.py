@@ -204,9 +204,9 @@ class JobPlan:
         if graph == "auto":                                       # as TextGenerator resolves it
             graph = default_graph(llm, precision, SessionOptions(device=device))
         self.graph, self.default_stop_ids = graph, bundle_stop_ids(llm, self.tokenizer)
-        if graph == "fused":
+        if graph in ("fused", "kernels"):
             _, spec = fused_model(self.bundle, precision)
-            self.context = min(spec["max_positions"], 4096)      # FusedDecoder's capacity without max_length
+            self.context = min(spec["max_positions"], 4096)      # the fused decoders' capacity without max_length
         else:
             self.bundle.model_path(precision, verify=False)       # a missing precision: the bundle's error, now
             self.context = llm["max_context"]

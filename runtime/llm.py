@@ -35,9 +35,18 @@ class OrtDecoder(CacheDecoder):
         return logits, present
 
 
-def default_graph(llm: dict, precision: str, session: SessionOptions) -> str:
-    """The bundle's default graph for the session's device at `precision` (manifest llm.default_graph)."""
-    return (llm.get("default_graph") or {}).get("gpu" if session.wants_cuda else "cpu", {}).get(precision, "generic")
+def default_graph(llm: dict, precision: str, session: SessionOptions, compiled_step: bool = True) -> str:
+    """The bundle's default graph for the session's device at `precision` (manifest llm.default_graph). On the CPU
+    a fused default runs as "kernels" -- the fused decoder's weights through the compiled CPU step, faster than
+    onnxruntime's fused graph (benchmarks/results/llm-cpu/avx512-step) -- where this host builds that step
+    (kernels/cpu.py: a C compiler with OpenMP) and compiled_step allows it (False where the caller needs the
+    onnxruntime graph: the server's in-flight batching takes its cache slots, the profiler reads its session). A
+    decoder the step does not cover (int4) runs the fused graph."""
+    g = (llm.get("default_graph") or {}).get("gpu" if session.wants_cuda else "cpu", {}).get(precision, "generic")
+    if g == "fused" and not session.wants_cuda and compiled_step:
+        from .kernels.cpu import available
+        return "kernels" if available() else g
+    return g
 
 
 def bundle_stop_ids(llm: dict, tokenizer) -> tuple[int, ...]:
@@ -54,12 +63,14 @@ class TextGenerator:
     """Bundle-driven generation: tokenizer (with chat template) + decoder + the decode loop."""
 
     def __init__(self, bundle_dir: str | Path, precision: str = "fp32", session: SessionOptions = SessionOptions(),
-                 graph: str = "generic", max_length: int | None = None):
+                 graph: str = "generic", max_length: int | None = None, compiled_step: bool = True):
         """graph: "generic" (the paddle2onnx export, host KV cache), "fused" (the fused decoder, on the device
         with --device gpu), "kernels" (the fused decoder's weights run by our own kernels, runtime/kernels/
         engine.py: CUDA on the GPU; on the CPU the compiled step, kernels/cpu_step.c, where the host's C compiler
         builds it, else the onnxruntime fused graph) or "auto" (the bundle's default graph for the device and precision: llm.default_graph,
-        written by convert-llm; generic where it names none); both run the same decode loop (runtime.generation)."""
+        written by convert-llm, generic where it names none; on the CPU its fused decoder runs as "kernels" where the
+        compiled step builds and compiled_step allows it: default_graph); all run the same decode loop
+        (runtime.generation)."""
         from paddle2ort.tokenization.bpe import BPETokenizer
 
         self.bundle = load_bundle(bundle_dir)
@@ -69,7 +80,7 @@ class TextGenerator:
         self.llm = m.extra["llm"]
         self.tokenizer = BPETokenizer.load(self.bundle.path / "tokenizer")
         if graph == "auto":
-            graph = default_graph(self.llm, precision, session)
+            graph = default_graph(self.llm, precision, session, compiled_step)
         self.graph = graph
         if graph == "fused":
             from .fused import FusedDecoder

@@ -41,25 +41,31 @@ def test_cli_builds_the_cpu_int8_fused_variant_as_the_default_graph(cpu_bundle):
     assert {"MatMulNBits", "GroupQueryAttention"} <= {n.op_type for n in g.node}
     kv = next(i for i in g.input if i.name == "past_key_values.0.key")
     assert kv.type.tensor_type.elem_type == onnx.TensorProto.FLOAT          # float32 compute: float32 KV cache
-    for prec in ("fp32", "int8"):
-        assert TextGenerator(dest, precision=prec, graph="auto").graph == "fused"
+    from paddle2ort.runtime.kernels.cpu import available
+    for prec in ("fp32", "int8"):          # the fused decoder, run by the compiled CPU step where the host builds it
+        gen = TextGenerator(dest, precision=prec, graph="auto")
+        assert gen.graph == ("kernels" if available() else "fused")
+        assert (getattr(gen.model, "native", None) is not None) == available()
+        assert TextGenerator(dest, precision=prec, graph="auto", compiled_step=False).graph == "fused"
     assert TextGenerator(dest, graph="generic").graph == "generic"         # still there, by the flag
 
 
-def test_cpu_int8_fused_follows_fp32_tokens_up_to_near_ties(cpu_bundle):
-    """Free-running, the int8 graph may leave the fp32 graph's greedy path only at a step whose fp32 top-2 margin is
-    within 3 standard deviations of the int8 logit error (measured teacher-forced on that path): a near-tie."""
+@pytest.mark.parametrize("graph", ["fused", "kernels"])
+def test_cpu_int8_fused_follows_fp32_tokens_up_to_near_ties(cpu_bundle, graph):
+    """Free-running, the int8 decoder may leave the fp32 one's greedy path only at a step whose fp32 top-2 margin
+    is within 3 standard deviations of the int8 logit error (measured teacher-forced on that path, the way each
+    decodes): a near-tie. Both runners of the fused decoder: onnxruntime's graph and the compiled CPU step."""
     from paddle2ort.runtime.generation import GenerationConfig
     from paddle2ort.runtime.llm import TextGenerator
+    from near_tie import stepped_logits
     _, dest = cpu_bundle
-    f32, i8 = (TextGenerator(dest, precision=p, graph="auto") for p in ("fp32", "int8"))
+    f32, i8 = (TextGenerator(dest, precision=p, graph=graph) for p in ("fp32", "int8"))
     ids = [f32.tokenizer.encode(p) for p in PROMPTS]
     cfg = GenerationConfig(max_new_tokens=12)
     ref, got = f32.generate_token_ids(ids, cfg), i8.generate_token_ids(ids, cfg)
     bad = []
     for p, r, g in zip(ids, ref, got):
-        seq = p + r
-        lf, li = (d.model.prompt_logits(d.model.state(1), [seq], 2)[0][len(p) - 1:-1] for d in (f32, i8))
+        lf, li = (stepped_logits(d.model, [p], [r])[0] for d in (f32, i8))
         eps = 3 * float((li - lf).std())
         top2 = np.sort(lf, -1)[:, -2:]
         margins = top2[:, 1] - top2[:, 0]
@@ -77,12 +83,14 @@ def test_bench_llm_reports_the_users_graph_beside_generic_and_skips_llamacpp(cpu
     res = run_llm_bench(LLMBenchConfig(bundle=dest, precisions=("fp32",), batch_sizes=(1,), prompt_len=8,
                                        new_tokens=4, threads=1, gguf=gguf, llamacpp_python=Path(sys.executable)))
     rows = {(r["system"], r["graph"], r["users_graph"]) for r in res["rows"]}
-    assert rows == {("onnxruntime", "generic", False), ("onnxruntime", "fused", True),
-                    ("compiled-step", "kernels", False), ("products-floor", "fused: weight products alone", False)}
+    from paddle2ort.runtime.kernels.cpu import available
+    step = available()                  # the users' graph: the compiled step where the host builds it, else fused
+    assert rows == {("onnxruntime", "generic", False), ("onnxruntime", "fused", not step),
+                    ("compiled-step", "kernels", step), ("products-floor", "fused: weight products alone", False)}
     assert all(r["decode_ms_per_step"] > 0 and r["runs"] == 1 for r in res["rows"])
-    step = next(r for r in res["rows"] if r["system"] == "compiled-step")      # the fused graph where no compiler
-    assert step["decoder"].startswith("compiled CPU step (") or step["decoder"] == "FusedDecoder"
-    assert "| compiled-step | kernels | fp32 | 1 |" in markdown(res)
+    srow = next(r for r in res["rows"] if r["system"] == "compiled-step")      # the fused graph where no compiler
+    assert srow["decoder"].startswith("compiled CPU step (") == step
+    assert "| compiled-step | kernels" in markdown(res)
     floor = next(r for r in res["rows"] if r["system"] == "products-floor")
     fused = next(r for r in res["rows"] if r["users_graph"])
     assert floor["left_out"] == ["GroupQueryAttention"] and floor["ops"] == ["MatMul"] and floor["gflop"] > 0
@@ -91,7 +99,7 @@ def test_bench_llm_reports_the_users_graph_beside_generic_and_skips_llamacpp(cpu
     skipped = res["peers"]["llama.cpp"]["skipped"]
     assert "llama_cpp is not importable" in skipped and "make bench-llamacpp-env" in skipped
     md = markdown(res)
-    assert "fused (users' graph)" in md and "llama.cpp peer skipped: llama_cpp is not importable" in md
+    assert f"{'kernels' if step else 'fused'} (users' graph)" in md and "llama.cpp peer skipped: llama_cpp is not importable" in md
     assert "| products-floor | fused: weight products alone | fp32 | 1 | - |" in md
     from paddle2ort.benchmarks.llm import plot
     assert plot(res, tmp_path / "llm.png") and (tmp_path / "llm.png").stat().st_size > 0
@@ -199,8 +207,7 @@ def test_bench_llm_leaves_out_a_floor_it_cannot_model_before_timing(cpu_bundle, 
     from paddle2ort.runtime.manifest import load_bundle
     _, dest = cpu_bundle
     monkeypatch.setattr(gemm_floor, "UNMODELLED", gemm_floor.UNMODELLED + ("MatMul",))   # as if MatMul were unknown
-    floors, skipped = _floors(LLMBenchConfig(bundle=dest, batch_sizes=(1, 8)), load_bundle(dest), ("fp32", "int8"),
-                              {"fp32": "fused", "int8": "fused"})
+    floors, skipped = _floors(LLMBenchConfig(bundle=dest, batch_sizes=(1, 8)), load_bundle(dest), ("fp32", "int8"))
     assert floors == [("int8", 1), ("int8", 8)]
     assert list(skipped) == ["fp32"] and "MatMul, which the floor does not model" in skipped["fp32"]
-    assert _floors(LLMBenchConfig(bundle=dest, floor=False), load_bundle(dest), ("fp32",), {"fp32": "fused"}) == ([], {})
+    assert _floors(LLMBenchConfig(bundle=dest, floor=False), load_bundle(dest), ("fp32",)) == ([], {})

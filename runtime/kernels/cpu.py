@@ -91,6 +91,16 @@ def load(profile: bool = False, march: str = "native") -> ctypes.CDLL:
     return so
 
 
+def available() -> bool:
+    """Whether the compiled step builds and loads on this host (built once; the reason logged where not)."""
+    try:
+        load()
+        return True
+    except DeviceError as e:
+        log.info("the compiled CPU step is not available: %s", e)
+        return False
+
+
 def isa(so: ctypes.CDLL | None = None) -> str:
     return (so or load()).p2o_isa().decode()
 

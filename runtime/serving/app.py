@@ -110,7 +110,8 @@ def load_models(bundles: list[Path], cfg: ServeConfig, metrics: ServingMetrics, 
             prec = precision or default_precision(load_bundle(path, verify=False), device)
         if m.task == "text-generation":
             from paddle2ort.runtime.llm import TextGenerator
-            gen = TextGenerator(path, precision=prec, session=session, graph=graph)
+            # in-flight batching takes the fused graph's cache slots: not the compiled CPU step
+            gen = TextGenerator(path, precision=prec, session=session, graph=graph, compiled_step=False)
             eng = Engine(gen.model, gen.tokenizer, gen.default_stop_ids, gen.max_context, cfg.max_batch,
                          cfg.max_queue, cfg.retry_after, metrics, name)
             out[name] = Served(name, m.task, path, generator=gen, engine=eng)
