@@ -169,6 +169,7 @@ LLM_CPU_AVX2, LLM_CPU_AVX2_SLEEP = "llm-cpu/avx2-defaults/llm.json", "llm-cpu/av
 LLM_CPU_AVX2_LAST = "llm-cpu/avx2-lastrow/llm.json"     # the same box and waits, the LM head at the last prompt row
 LLM_CPU_VNNI = "llm-cpu/avx512-defaults/llm.json"       # a quiet AVX-512 VNNI box, default waits, head at the last row
 LLM_CPU_FLOOR = "llm-cpu/avx512-floor/llm.json"         # the same box and command, with the products-floor rows
+LLM_CPU_STEP = "llm-cpu/avx512-step/llm.json"           # the same box and command, the compiled CPU step the users' graph
 # the runs judged against llama.cpp (file, box and thread waits, run), each alone; targets and headlines name them alike
 LLM_CPU_PEER_RUNS = ((LLM_CPU, "AVX-512 box, both sleeping at barriers", "commit 6939e8f"),
                      (LLM_CPU_AVX2, "AVX2 box, each engine's default waits", "commit 35f0243"),
@@ -177,7 +178,9 @@ LLM_CPU_PEER_RUNS = ((LLM_CPU, "AVX-512 box, both sleeping at barriers", "commit
                      (LLM_CPU_VNNI, "quiet AVX-512 VNNI box, default waits, prompt logits at the last row only",
                       "commit 16b4017"),
                      (LLM_CPU_FLOOR, "AVX-512 VNNI box, default waits, run with the products floor",
-                      "commit 23e4e62"))
+                      "commit 23e4e62"),
+                     (LLM_CPU_STEP, "AVX-512 VNNI box, default waits, the compiled CPU step as the users' graph",
+                      "commit a4ba374"))
 
 
 def users_row(res: dict, precision: str, batch: int = 1) -> dict:
@@ -295,7 +298,7 @@ TARGETS: tuple[Target, ...] = (
     # the quiet AVX2 box with each engine's default waits (avx2-defaults/), the setting users run.
     *(t for file, box, _ in LLM_CPU_PEER_RUNS
       for t in (
-        Target(14, "llm-cpu", f"decode >= 1.2x llama.cpp Q8_0: users' int8 graph (int8 weights, float32 compute), b1"
+        Target(14, "llm-cpu", f"decode >= 1.2x llama.cpp Q8_0: users' int8 graph (int8 weights), b1"
                f" ({box})", file, ">=", 1.2, "x", lambda r: users_row(r, "int8")["speedup_vs_llamacpp"]),
         Target(14, "llm-cpu", f"decode >= 1.2x llama.cpp F32: users' fp32 graph, b1 ({box})", file, ">=", 1.2, "x",
                lambda r: users_row(r, "fp32")["speedup_vs_llamacpp"]),
@@ -447,7 +450,8 @@ TABLES: dict[str, dict[str, Callable[[Path], str]]] = {
                                              ("avx2-no-spin", LLM_CPU_AVX2_SLEEP),
                                              ("avx2-lastrow", LLM_CPU_AVX2_LAST),
                                              ("avx512-defaults", LLM_CPU_VNNI),
-                                             ("avx512-floor", LLM_CPU_FLOOR))},
+                                             ("avx512-floor", LLM_CPU_FLOOR),
+                                             ("avx512-step", LLM_CPU_STEP))},
 }
 
 
@@ -577,7 +581,7 @@ HEADLINES: tuple[Headline, ...] = (
              "run6, commit 83e0c46", _golden),
     *(Headline(f"SmolLM2 CPU decode vs llama.cpp on the same GGUF weights (2 cores, batch 1, users' graph; {box})",
                file, run, _targets(("int8 vs Q8_0", "decode >= 1.2x llama.cpp Q8_0: users' int8 graph (int8 "
-                                                   f"weights, float32 compute), b1 ({box})"),
+                                                   f"weights), b1 ({box})"),
                                    ("fp32 vs F32", f"decode >= 1.2x llama.cpp F32: users' fp32 graph, b1 ({box})")))
       for file, box, run in reversed(LLM_CPU_PEER_RUNS)),
     Headline("SmolLM2 CPU decode, the same run: the ceiling onnxruntime's products allow (the users' fused graph's "

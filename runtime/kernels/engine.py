@@ -27,7 +27,10 @@ fused graph's prompt call cut before its LM head where onnxruntime's CUDA provid
 computes the last rows' logits; padded to a length bucket and replayed as a CUDA graph unless `prompt_graphs=False`:
 run32 measured TTFT 6.0 -> 2.9 ms at prompt 128), else the
 same math as dense matrix products (cuBLAS through CuPy; NumPy on CPU).
-With NumPy arrays (CPU hosts, CI) every step kernel is replaced by its NumPy twin (engine_reference.py).
+On the CPU (NumPy arrays) the step is the compiled CPU step (cpu_step.c through kernels/cpu.py: the whole step in
+one OpenMP parallel region, float32 and int8 weights as stored, int8 products on int8-quantized inputs; built once
+per host where a C compiler with OpenMP is there, `native=`), its prompt pass the fused graph's; else, and in the
+tests that check them, every step kernel is replaced by its NumPy twin (engine_reference.py).
 
 Shapes: B batch rows, C cache capacity, H hidden, NH / KVH query / key-value heads, D head size, I FFN size.
 """
@@ -499,7 +502,9 @@ class State:
 
 
 class KernelEngine(DeviceStateMemory):
-    """generation.Decoder over our kernels. device: "gpu" (CuPy, CUDA graph) or "cpu" (the NumPy twins)."""
+    """generation.Decoder over our kernels. device: "gpu" (CuPy, CUDA graph) or "cpu" (the compiled CPU step where
+    it builds and fits, else the NumPy twins; native=False: the twins). session: SessionOptions of the prompt
+    pass's onnxruntime session and, on the CPU, the compiled step's threads (intra_op_threads, 0: every core)."""
 
     limit_name = "the cache capacity (raise max_length)"
 
