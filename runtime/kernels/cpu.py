@@ -60,10 +60,12 @@ PHASES = ("embed", "qkv", "-", "attention", "o-proj", "gate|up", "down", "head")
 
 
 @functools.lru_cache(maxsize=None)
-def load(profile: bool = False, march: str = "native") -> ctypes.CDLL:
+def load(profile: bool = False, march: str | None = None) -> ctypes.CDLL:
     """Build (at most once per host and source) and load the step library; profile: the build that adds each
-    phase's seconds up (phase_seconds), for the benchmark's breakdown; march: the ISA compiled for (native: this
-    host's; the tests also build x86-64-v3, AVX2 without VNNI, and x86-64, the scalar code)."""
+    phase's seconds up (phase_seconds), for the benchmark's breakdown; march: the ISA compiled for (default
+    $PADDLE2ORT_CPU_MARCH, else native: this host's; x86-64-v3 is AVX2 without VNNI, x86-64 the scalar code, which
+    the tests build too, and a benchmark can run on an AVX-512 host)."""
+    march = march or os.environ.get("PADDLE2ORT_CPU_MARCH") or "native"
     cc = compiler()
     flags = FLAGS + (f"-march={march}",) + (("-DP2O_PROFILE",) if profile else ())
     try:
@@ -168,7 +170,7 @@ def check_fits(eng) -> None:
 class CpuStep:
     """cpu_step.c's p2o_step bound to an engine's host weights (kept alive here) for one batch size's State."""
 
-    def __init__(self, eng, threads: int | None = None, profile: bool = False, march: str = "native"):
+    def __init__(self, eng, threads: int | None = None, profile: bool = False, march: str | None = None):
         w = eng.w
         check_fits(eng)
         self.so = load(profile, march)
