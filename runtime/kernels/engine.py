@@ -36,6 +36,7 @@ Shapes: B batch rows, C cache capacity, H hidden, NH / KVH query / key-value hea
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -147,7 +148,17 @@ def load_weights(model_path: str | Path, spec: dict) -> Weights:
                           "onnx==1.17.0 (or use the onnxruntime fused decoder, engine='onnxruntime')") from e
     m = onnx.load(str(model_path), load_external_data=True)
     init = {t.name: t for t in m.graph.initializer}
-    arr = functools.lru_cache(maxsize=None)(lambda name: numpy_helper.to_array(init[name]))
+    uses = collections.Counter(i for n in m.graph.node for i in n.input if i in init)
+    got: dict[str, np.ndarray] = {}
+
+    def arr(name: str) -> np.ndarray:
+        """An initializer as an array; its bytes leave the proto as they are read, so the load holds about one
+        copy of the weights at a time, not the proto's, the arrays' and the transposes' at once."""
+        if name not in got:
+            got[name] = numpy_helper.to_array(init[name])
+            init[name].ClearField("raw_data")
+        return got[name]
+
     lin: dict[str, Packed] = {}
     for node in m.graph.node:
         name = re.sub(r"_Q\d+$", "", node.name)
@@ -155,6 +166,9 @@ def load_weights(model_path: str | Path, spec: dict) -> Weights:
             w = arr(node.input[1])
             fmt = {np.dtype(np.float16): "f16", np.dtype(np.float32): "f32"}[w.dtype]
             lin[name] = Packed(fmt, np.ascontiguousarray(w.T), None, w.shape[1], w.shape[0])
+            uses[node.input[1]] -= 1
+            if not uses[node.input[1]]:
+                del got[node.input[1]]                    # only its transpose is kept
         elif node.op_type == "MatMulNBits":
             a = {x.name: x.i for x in node.attribute}
             k, n, bits, block = a["K"], a["N"], a["bits"], a["block_size"]
