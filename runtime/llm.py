@@ -67,10 +67,10 @@ class TextGenerator:
         """graph: "generic" (the paddle2onnx export, host KV cache), "fused" (the fused decoder, on the device
         with --device gpu), "kernels" (the fused decoder's weights run by our own kernels, runtime/kernels/
         engine.py: CUDA on the GPU; on the CPU the compiled step, kernels/cpu_step.c, where the host's C compiler
-        builds it, else the onnxruntime fused graph) or "auto" (the bundle's default graph for the device and precision: llm.default_graph,
-        written by convert-llm, generic where it names none; on the CPU its fused decoder runs as "kernels" where the
-        compiled step builds and compiled_step allows it: default_graph); all run the same decode loop
-        (runtime.generation)."""
+        builds it, else the onnxruntime fused graph) or "auto" (the bundle's default graph for the device and
+        precision: llm.default_graph, written by convert-llm, generic where it names none; on the CPU its fused
+        decoder runs as "kernels" where the compiled step builds and compiled_step allows it: default_graph); all
+        run the same decode loop (runtime.generation)."""
         from paddle2ort.tokenization.bpe import BPETokenizer
 
         self.bundle = load_bundle(bundle_dir)

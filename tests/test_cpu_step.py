@@ -1,7 +1,7 @@
 """The compiled CPU step (runtime/kernels/cpu_step.c through kernels/cpu.py) against its NumPy twin (the engine's
 twins with int8 products quantizing their input, engine_reference.quantize_a8) and against the onnxruntime fused
 graph, on tiny random LLaMA/Qwen2-family decoders: FP32 and weight-only int8 (blocks of 32 and 64, integer zero
-points), q/k/v bias, GQA groups 1-3, rows at different positions, 1-3 threads, and every ISA path this host can run
+points), q/k/v bias, GQA groups 1-4, heads of 32 and 64, rows at different positions, 1-3 threads, and every ISA path this host can run
 (native, x86-64-v3 = AVX2 without VNNI, x86-64 = scalar). Skipped without a C compiler, as the engine then is."""
 import numpy as np
 import pytest
@@ -28,10 +28,12 @@ CFG = {"vocab_size": 120, "hidden_size": 256, "intermediate_size": 384, "num_hid
 PROMPTS = [[5, 9, 14, 3, 77, 20, 31], [8, 1], [40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53]]
 
 
-def _build(tmp, precision: str, bias: bool, kv_heads: int, block: int = 32):
-    spec = DecoderSpec.from_config({**CFG, "num_key_value_heads": kv_heads}, qkv_bias=bias)
+def _build(tmp, precision: str, bias: bool, kv_heads: int, block: int = 32, head_dim: int = 32):
+    cfg = {**CFG, "num_key_value_heads": kv_heads, "head_dim": head_dim,
+           "num_attention_heads": CFG["hidden_size"] // head_dim}
+    spec = DecoderSpec.from_config(cfg, qkv_bias=bias)
     state = random_state(spec, seed=5, std=0.08)
-    path = tmp / f"{precision}-{bias}-{kv_heads}-{block}.onnx"
+    path = tmp / f"{precision}-{bias}-{kv_heads}-{block}-{head_dim}.onnx"
     if precision == "fp32":
         save_model(build_decoder(spec, state, "float32"), path)
     else:
@@ -39,7 +41,10 @@ def _build(tmp, precision: str, bias: bool, kv_heads: int, block: int = 32):
     return path, spec.to_json()
 
 
-KEYS = [("fp32", True, 4), ("fp32", False, 8), ("int8", True, 4), ("int8", False, 8), ("int8", True, 2, 64)]
+# (precision, q/k/v bias, kv heads[, block, head size]): GQA groups 1, 2 and 4; a head of 64 takes the attention's
+# register-blocked path, 32 its general one
+KEYS = [("fp32", True, 4), ("fp32", False, 8), ("int8", True, 4), ("int8", False, 8), ("int8", True, 2, 64),
+        ("fp32", True, 2, 32, 64), ("int8", False, 1, 32, 64)]
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +112,7 @@ def test_compiled_step_matches_its_twin(models, key):
 def test_every_isa_path_matches_the_twin(models, march):
     """The AVX2 (int16-widened products, no VNNI) and scalar code paths (this host runs both)."""
     assert cpu.isa(cpu.load(march=march)) == {"x86-64-v3": "avx2", "x86-64": "scalar"}[march]
-    for key in (("int8", True, 4), ("fp32", False, 8), ("int8", True, 2, 64)):
+    for key in (("int8", True, 4), ("fp32", False, 8), ("int8", True, 2, 64), ("fp32", True, 2, 32, 64)):
         _compare(*models[key], steps=4, march=march)
 
 
@@ -181,3 +186,32 @@ def test_what_the_compiled_step_refuses(models, monkeypatch):
         assert isinstance(open_decoder(path, spec, device="cpu"), FusedDecoder)    # no compiler: the fused graph
     finally:
         cpu.load.cache_clear()
+
+
+def test_batch_size_picks_the_step(models):
+    """cpu_step="auto": the compiled step up to NATIVE_ROWS rows, beyond them onnxruntime's fused step bound to the
+    engine's own buffers (the prompt pass's graph): then exactly the fused graph's logits."""
+    from paddle2ort.runtime.kernels.engine import NATIVE_ROWS
+    path, spec = models[("int8", True, 4)]
+    prompts = PROMPTS[:NATIVE_ROWS + 1]
+    ort = FusedDecoder(path, spec, SessionOptions(device="cpu"), max_length=48)
+    for rows, how, chosen in ((1, "auto", "native"), (len(prompts), "auto", "onnxruntime"),
+                              (len(prompts), "native", "native"), (1, "onnxruntime", "onnxruntime")):
+        eng = KernelEngine(path, spec, device="cpu", max_length=48, cpu_step=how)
+        out = []
+        for dec in (eng, ort):
+            dec.start(rows)
+            dec.append(prompts[:rows], np.zeros(rows, np.int64), 10)
+            seq = []
+            for j in range(4):
+                dec.next_ids[:, 0] = _ids(j, rows)
+                dec.seqlens[...] += 1
+                seq.append(np.array(dec.step(None)[0], np.float32).reshape(rows, -1))
+            out.append(np.stack(seq))
+        assert eng.active.cpu_step == chosen, (rows, how)
+        if chosen == "onnxruntime":
+            np.testing.assert_array_equal(out[0], out[1])
+        else:                                       # int8 inputs quantized: near, not equal (the twin tests)
+            assert np.abs(out[0] - out[1]).max() <= 2e-2 * np.ptp(out[1])
+    with pytest.raises(BadInputError, match="cpu_step must be one of"):
+        KernelEngine(path, spec, device="cpu", cpu_step="fast")

@@ -27,7 +27,7 @@ from ..errors import BadInputError, DeviceError
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).parent / "cpu_step.c"
-FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC", "-std=c11")
+FLAGS = ("-O3", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC", "-std=c11")   # no errno: sqrtf, rintf inline
 FMT = {"f32": 0, "q8": 1}
 
 
@@ -141,6 +141,24 @@ class StateC(ctypes.Structure):
                                                "work", "xq")]
 
 
+def physical_cores() -> int:
+    """Cores this process may run on, a hyperthread pair counted once (onnxruntime's default thread count; a
+    memory-bound step gains nothing from a core's second thread and pays its barriers)."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+    cores = set()
+    for c in cpus:
+        topo = Path(f"/sys/devices/system/cpu/cpu{c}/topology")
+        try:
+            cores.add((topo.joinpath("physical_package_id").read_text().strip(),
+                       topo.joinpath("core_id").read_text().strip()))
+        except OSError:
+            cores.add(("cpu", str(c)))                       # no topology: every CPU a core
+    return max(1, len(cores))
+
+
 def _f32(a) -> np.ndarray:
     return np.ascontiguousarray(a, np.float32)
 
@@ -174,7 +192,7 @@ class CpuStep:
         w = eng.w
         check_fits(eng)
         self.so = load(profile, march)
-        self.threads = int(threads or len(os.sched_getaffinity(0)))
+        self.threads = int(threads or physical_cores())
         self._keep: list[Any] = []
         layers = (LayerW * len(w.layers))()
         for i, l in enumerate(w.layers):

@@ -230,14 +230,18 @@ static void prepare(Act *a, const Lin *L, const float *x, const float *gamma, fl
         if (L->fmt != FMT_Q8) continue;
         for (int j = 0; j < k / QK; j++) {
             const float *v = nb + j * QK;
-            float amax = 0.f;
-            for (int i = 0; i < QK; i++) amax = fmaxf(amax, fabsf(v[i]));
+            float amax = 0.f;                       // plain compares and rintf: loops the compiler vectorizes
+            for (int i = 0; i < QK; i++) {
+                float a = fabsf(v[i]);
+                amax = a > amax ? a : amax;
+            }
             float s = amax / 127.f, inv = s > 0.f ? 1.f / s : 0.f;
             int32_t sum = 0;
             int8_t *q = xqbuf + (int64_t)b * k + j * QK;
             for (int i = 0; i < QK; i++) {
-                q[i] = (int8_t)lrintf(v[i] * inv);
-                sum += q[i];
+                int32_t r = (int32_t)rintf(v[i] * inv);   // round half to even, as numpy's rint
+                q[i] = (int8_t)r;
+                sum += r;
             }
             sx[b * (k / QK) + j] = s;
             sumx[b * (k / QK) + j] = (float)sum;
@@ -266,10 +270,11 @@ static inline float row(const Lin *L, const Act *a, int64_t r, int b) {
 }
 
 // ------------------------------------------------------------------------------------------ attention
-// e^x for x <= 0: 2^(x log2 e) as 2^n 2^f, f in [-0.5, 0.5], 2^f by its degree-6 Taylor polynomial (relative error
-// ~1e-7, below float32's rounding); written in plain float arithmetic so the compiler vectorizes the loop.
-static inline float exp_neg(float x) {
-    x = x < -87.f ? -87.f : x;
+// e^x for x in [-87, 88] (clamped there): 2^(x log2 e) as 2^n 2^f, f in [-0.5, 0.5], 2^f by its degree-6 Taylor
+// polynomial (relative error ~1e-7, float32's rounding); plain float arithmetic, so loops over it vectorize and
+// no libm call is made (SwiGLU takes one a gate value).
+static inline float exp_approx(float x) {
+    x = x < -87.f ? -87.f : (x > 88.f ? 88.f : x);
     float t = x * 1.44269504088896341f;
     float n = rintf(t), f = (t - n) * 0.693147180559945309f;
     float p = 1.f + f * (1.f + f * (0.5f + f * (1.f / 6 + f * (1.f / 24 + f * (1.f / 120 + f * (1.f / 720))))));
@@ -294,6 +299,70 @@ static inline float *cache_at(const Model *m, const State *s, int l, int kv, int
            + (int64_t)pos * m->d;
 }
 
+// scores[t] = k_t . q * scale for t in [t0, t1); eight keys at a time, their eight dot products reduced together
+static void key_scores(const float *kc, int t0, int t1, int D, const float *q, float scale, float *scores) {
+    int t = t0;
+#if defined(__AVX2__) && defined(__FMA__)
+    if (D % 8 == 0) {
+        for (; t + 8 <= t1; t += 8) {
+            const float *k = kc + (int64_t)t * D;
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+            for (int i = 0; i < D; i += 8) {
+                __m256 qv = _mm256_loadu_ps(q + i);
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(k + i), qv, a0);
+                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(k + D + i), qv, a1);
+                a2 = _mm256_fmadd_ps(_mm256_loadu_ps(k + 2 * D + i), qv, a2);
+                a3 = _mm256_fmadd_ps(_mm256_loadu_ps(k + 3 * D + i), qv, a3);
+                a4 = _mm256_fmadd_ps(_mm256_loadu_ps(k + 4 * D + i), qv, a4);
+                a5 = _mm256_fmadd_ps(_mm256_loadu_ps(k + 5 * D + i), qv, a5);
+                a6 = _mm256_fmadd_ps(_mm256_loadu_ps(k + 6 * D + i), qv, a6);
+                a7 = _mm256_fmadd_ps(_mm256_loadu_ps(k + 7 * D + i), qv, a7);
+            }
+            __m256 h0 = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+            __m256 h1 = _mm256_hadd_ps(_mm256_hadd_ps(a4, a5), _mm256_hadd_ps(a6, a7));
+            __m256 sum = _mm256_add_ps(_mm256_permute2f128_ps(h0, h1, 0x20), _mm256_permute2f128_ps(h0, h1, 0x31));
+            _mm256_storeu_ps(scores + t, _mm256_mul_ps(sum, _mm256_set1_ps(scale)));
+        }
+    }
+#endif
+    for (; t < t1; t++) scores[t] = dot_f32(kc + (int64_t)t * D, q, D) * scale;
+}
+
+// o[D] = sum_t p[t] v_t for t in [t0, t1); a head of 64 (or a multiple) accumulates in eight registers
+static void weighted_values(const float *vc, int t0, int t1, int D, const float *p, float *o) {
+#if defined(__AVX2__) && defined(__FMA__)
+    if (D % 64 == 0) {
+        for (int i0 = 0; i0 < D; i0 += 64) {
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+            for (int t = t0; t < t1; t++) {
+                const float *v = vc + (int64_t)t * D + i0;
+                __m256 pv = _mm256_set1_ps(p[t]);
+                a0 = _mm256_fmadd_ps(pv, _mm256_loadu_ps(v), a0);
+                a1 = _mm256_fmadd_ps(pv, _mm256_loadu_ps(v + 8), a1);
+                a2 = _mm256_fmadd_ps(pv, _mm256_loadu_ps(v + 16), a2);
+                a3 = _mm256_fmadd_ps(pv, _mm256_loadu_ps(v + 24), a3);
+                a4 = _mm256_fmadd_ps(pv, _mm256_loadu_ps(v + 32), a4);
+                a5 = _mm256_fmadd_ps(pv, _mm256_loadu_ps(v + 40), a5);
+                a6 = _mm256_fmadd_ps(pv, _mm256_loadu_ps(v + 48), a6);
+                a7 = _mm256_fmadd_ps(pv, _mm256_loadu_ps(v + 56), a7);
+            }
+            _mm256_storeu_ps(o + i0, a0);
+            _mm256_storeu_ps(o + i0 + 8, a1);
+            _mm256_storeu_ps(o + i0 + 16, a2);
+            _mm256_storeu_ps(o + i0 + 24, a3);
+            _mm256_storeu_ps(o + i0 + 32, a4);
+            _mm256_storeu_ps(o + i0 + 40, a5);
+            _mm256_storeu_ps(o + i0 + 48, a6);
+            _mm256_storeu_ps(o + i0 + 56, a7);
+        }
+        return;
+    }
+#endif
+    for (int i = 0; i < D; i++) o[i] = 0.f;
+    for (int t = t0; t < t1; t++)
+        for (int i = 0; i < D; i++) o[i] += p[t] * vc[(int64_t)t * D + i];
+}
+
 // Flash-decoding over threads: each thread takes its share of every row's positions, for every head, and leaves a
 // partial (max m, sum l, unnormalized output o [D]) per (row, head); combine() merges the threads' partials. A kv
 // head's G query heads are scored together, so its keys and values are read once. The thread holding the row's new
@@ -312,26 +381,17 @@ static void attend_share(const Model *m, const State *s, int l, int tid, int nt,
             for (int g = 0; g < G; g++) rotate(y + (kv * G + g) * D, qr + g * D, c, sn, D);
             float *part = s->part + (((int64_t)tid * s->batch + b) * NH + kv * G) * (D + 2);
             for (int g = 0; g < G; g++) {
-                float *sc = scores + (int64_t)g * m->capacity, *o = part + (int64_t)g * (D + 2) + 2, mx = -INFINITY;
+                float *sc = scores + (int64_t)g * m->capacity, *o = part + (int64_t)g * (D + 2) + 2;
+                key_scores(kc, t0, t1, D, qr + g * D, m->scale, sc);
+                float mx = -INFINITY, sum = 0.f;
+                for (int t = t0; t < t1; t++) mx = sc[t] > mx ? sc[t] : mx;
                 for (int t = t0; t < t1; t++) {
-                    sc[t] = dot_f32(kc + (int64_t)t * D, qr + g * D, D) * m->scale;
-                    mx = sc[t] > mx ? sc[t] : mx;
-                }
-                float sum = 0.f;
-                for (int t = t0; t < t1; t++) {
-                    sc[t] = exp_neg(sc[t] - mx);
+                    sc[t] = exp_approx(sc[t] - mx);
                     sum += sc[t];
                 }
                 part[(int64_t)g * (D + 2)] = mx;
                 part[(int64_t)g * (D + 2) + 1] = sum;
-                for (int i = 0; i < D; i++) o[i] = 0.f;
-            }
-            for (int t = t0; t < t1; t++) {
-                const float *v = vc + (int64_t)t * D;
-                for (int g = 0; g < G; g++) {
-                    float p = scores[(int64_t)g * m->capacity + t], *o = part + (int64_t)g * (D + 2) + 2;
-                    for (int i = 0; i < D; i++) o[i] += p * v[i];
-                }
+                weighted_values(vc, t0, t1, D, sc, o);
             }
         }
     }
@@ -409,7 +469,7 @@ void p2o_step(const Model *m, const State *s) {
             for (int r = 0; r < I; r++)
                 for (int b = 0; b < B; b++) {
                     float g = row(&L->gate_up, &a, r, b), u = row(&L->gate_up, &a, r + I, b);
-                    s->act[(int64_t)b * I + r] = g / (1.f + expf(-g)) * u;
+                    s->act[(int64_t)b * I + r] = g / (1.f + exp_approx(-g)) * u;
                 }
             MARK(5);
             prepare(&a, &L->down, s->act, NULL, m->eps, B, buf, xq, m->max_k);

@@ -213,6 +213,8 @@ def check_geometry(spec: dict, weights: Weights) -> None:
                             + "; use the onnxruntime fused decoder (engine='onnxruntime')")
 
 
+CPU_STEPS = ("auto", "native", "onnxruntime")    # KernelEngine(cpu_step=): what runs a CPU batch size's step
+NATIVE_ROWS = 2                                  # cpu_step="auto": the compiled step up to this many rows
 PROMPT_BUCKETS = (16, 32, 64, 128, 256, 512)   # prompt_graphs: padded lengths whose prompt pass is a CUDA graph
 
 
@@ -513,12 +515,15 @@ class State:
     graph: Any = None
     warm: bool = False
     prompts: dict = field(default_factory=dict)   # prompt_graphs: padded length -> (ids, hidden, binding, graph id)
+    cpu_step: str | None = None    # CPU: what runs this batch size's step ("native", "onnxruntime" or "twins")
+    ort_step: Any = None           # CPU: (the fused graph's decode-step IO binding over these buffers, its state)
 
 
 class KernelEngine(DeviceStateMemory):
     """generation.Decoder over our kernels. device: "gpu" (CuPy, CUDA graph) or "cpu" (the compiled CPU step where
     it builds and fits, else the NumPy twins; native=False: the twins). session: SessionOptions of the prompt
-    pass's onnxruntime session and, on the CPU, the compiled step's threads (intra_op_threads, 0: every core)."""
+    pass's onnxruntime session and, on the CPU, the compiled step's threads (intra_op_threads, 0: one per physical
+    core)."""
 
     limit_name = "the cache capacity (raise max_length)"
 
@@ -526,11 +531,14 @@ class KernelEngine(DeviceStateMemory):
                  cuda_graph: bool = True, device_id: int = 0, weights: Weights | None = None,
                  chunk: int | None = None, prefill: str = "auto", gemv: str = "auto", pdl: bool | None = None,
                  attention: str | None = None, step: str = "kernels", pipeline: bool = False,
-                 prompt_graphs: bool = True, native: bool | None = None, session=None):
+                 prompt_graphs: bool = True, native: bool | None = None, session=None, cpu_step: str = "auto"):
         if gemv not in GEMV_CHOICES:
             raise BadInputError(f"gemv must be one of {', '.join(GEMV_CHOICES)}, got {gemv!r}")
         if step not in S.STEP_CHOICES:
             raise BadInputError(f"step must be one of {', '.join(S.STEP_CHOICES)}, got {step!r}")
+        if cpu_step not in CPU_STEPS:
+            raise BadInputError(f"cpu_step must be one of {', '.join(CPU_STEPS)}, got {cpu_step!r}")
+        self.cpu_step = cpu_step
         self.chosen: dict[tuple, Plan] = {}                 # gemv="auto": (batch, fmt, N, K, mode) -> the plan timed
         self.steps_timed: dict[int, dict] = {}              # step="auto": batch -> both steps' microseconds
         self.spec, self.gemv, self.step_mode = spec, gemv, step
@@ -854,6 +862,31 @@ class KernelEngine(DeviceStateMemory):
             R.gemv_resid(dense(layer.down), st.act, st.resid, a8=q8(layer.down))
         st.logits[:, 0] = R.gemv_logits(dense(w.head), st.resid, w.norm, self.eps, a8=q8(w.head))
 
+    def _choose_cpu_step(self, st: State) -> str:
+        """CPU: what runs st's batch size, chosen at its first step. The compiled step where it is built; with the
+        fused graph there too (the prompt pass's, its decode step bound to these same buffers), cpu_step="auto"
+        keeps the compiled step up to NATIVE_ROWS rows and onnxruntime's step beyond: a row a step is a chain of
+        matrix-vector products, where one parallel region wins, several rows are small matrix products, where
+        onnxruntime's GEMMs win (SmolLM2 on this project's 2-core box, ms a step compiled / onnxruntime, one try
+        each: int8 b1 6.5 / 8.5, b2 8.5 / 9.6, b4 12.9 / 12.2, b8 29 / 23; fp32 b2 18.0 / 22.5, b4 26.5 / 23.8, b8
+        55 / 30). Timing both at a batch size's first use was tried and dropped: right after the prompt pass
+        onnxruntime's spinning threads slow the compiled step's, and the choice flipped between runs."""
+        if self.native is None:
+            st.cpu_step = "twins"
+            return st.cpu_step
+        if self.prompt_graph is not None and (self.cpu_step == "onnxruntime" or (
+                self.cpu_step == "auto" and st.batch > NATIVE_ROWS)):
+            from ..fused import DecodeState
+            ort = self.prompt_graph
+            ds = DecodeState(batch=st.batch, kv=[st.cache[i, j] for i in range(self.num_layers) for j in (0, 1)],
+                             ids=st.ids, seqlens=st.seqlens, logits=st.logits, total=np.array(self.capacity, np.int32),
+                             picks=np.zeros((st.batch, 1), np.int64) if ort.picked_head else None)
+            st.ort_step = (ort.bind_call(ds, st.ids, ds.total, st.logits)[0], ds)     # ds: what it binds, held
+        st.cpu_step = "native" if st.ort_step is None else "onnxruntime"
+        log.info("batch %d: the %s decode step", st.batch, "compiled" if st.cpu_step == "native" else
+                 "onnxruntime fused graph's")
+        return st.cpu_step
+
     def _dense_of(self, p: Packed) -> np.ndarray:
         key = id(p)
         if key not in self._dense:
@@ -863,8 +896,11 @@ class KernelEngine(DeviceStateMemory):
     def decode_one_token(self, st: State):
         """One token a row from st.ids at positions st.seqlens -> logits float32 [B, 1, V] (the fixed buffer)."""
         if self.xp is np:
-            if self.native is not None:
+            how = st.cpu_step or self._choose_cpu_step(st)
+            if how == "native":
                 self.native(st)
+            elif how == "onnxruntime":
+                self.prompt_graph.run_bound(st.ort_step[0], -1)
             else:
                 self._twins(st)
             return st.logits
@@ -1064,7 +1100,7 @@ def open_decoder(model_path: str | Path, spec: dict, engine: str = "auto", devic
     runs: on the GPU where CuPy and a device are there and the model fits the kernels, on the CPU where the compiled
     step builds and fits; else the fused graph, saying why -- never the twins, which onnxruntime outruns).
     session: the SessionOptions of the onnxruntime sessions (the prompt pass's, the fallback's) and, on the CPU, the
-    compiled step's threads (intra_op_threads; 0: every usable core)."""
+    compiled step's threads (intra_op_threads; 0: one per physical core)."""
     from ..fused import FusedDecoder
     from ..session import SessionOptions
     if engine not in ("auto", "kernels", "onnxruntime"):
