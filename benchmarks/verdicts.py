@@ -170,6 +170,9 @@ LLM_CPU_AVX2_LAST = "llm-cpu/avx2-lastrow/llm.json"     # the same box and waits
 LLM_CPU_VNNI = "llm-cpu/avx512-defaults/llm.json"       # a quiet AVX-512 VNNI box, default waits, head at the last row
 LLM_CPU_FLOOR = "llm-cpu/avx512-floor/llm.json"         # the same box and command, with the products-floor rows
 LLM_CPU_STEP = "llm-cpu/avx512-step/llm.json"           # the same box and command, the compiled CPU step the users' graph
+LLM_CPU_STEP2, LLM_CPU_STEP3 = "llm-cpu/avx512-step2/llm.json", "llm-cpu/avx512-step3/llm.json"   # its re-runs
+LLM_CPU_AVX2_PATH = "llm-cpu/avx2-path/llm.json"        # the step built for AVX2 (x86-64-v3) on that box
+LLM_CPU_STEP_BATCH = "llm-cpu/step-batch/llm.json"      # batch 2 and 8, the compiled step's users' graph
 # the runs judged against llama.cpp (file, box and thread waits, run), each alone; targets and headlines name them alike
 LLM_CPU_PEER_RUNS = ((LLM_CPU, "AVX-512 box, both sleeping at barriers", "commit 6939e8f"),
                      (LLM_CPU_AVX2, "AVX2 box, each engine's default waits", "commit 35f0243"),
@@ -180,7 +183,11 @@ LLM_CPU_PEER_RUNS = ((LLM_CPU, "AVX-512 box, both sleeping at barriers", "commit
                      (LLM_CPU_FLOOR, "AVX-512 VNNI box, default waits, run with the products floor",
                       "commit 23e4e62"),
                      (LLM_CPU_STEP, "AVX-512 VNNI box, default waits, the compiled CPU step as the users' graph",
-                      "commit a4ba374"))
+                      "commit a4ba374"),
+                     (LLM_CPU_STEP2, "AVX-512 VNNI box, the compiled step, second run", "commit ccdd699"),
+                     (LLM_CPU_AVX2_PATH, "AVX-512 VNNI box, the compiled step built for AVX2 (x86-64-v3) against "
+                      "llama.cpp's AVX-512 build", "commit ccdd699"),
+                     (LLM_CPU_STEP3, "AVX-512 VNNI box, the compiled step, third run", "commit cf118f6"))
 
 
 def users_row(res: dict, precision: str, batch: int = 1) -> dict:
@@ -191,6 +198,12 @@ def users_row(res: dict, precision: str, batch: int = 1) -> dict:
 
 def generic_over_users(precision: str, batch: int = 1) -> Callable[[dict], float]:
     return lambda r: next(x for x in r["rows"] if x["system"] == "onnxruntime" and x["graph"] == "generic" and
+                          x["precision"] == precision and x["batch"] == batch)["decode_ms_per_step"] / users_row(
+        r, precision, batch)["decode_ms_per_step"]
+
+
+def fused_over_users(precision: str, batch: int) -> Callable[[dict], float]:
+    return lambda r: next(x for x in r["rows"] if x["system"] == "onnxruntime" and x["graph"] == "fused" and
                           x["precision"] == precision and x["batch"] == batch)["decode_ms_per_step"] / users_row(
         r, precision, batch)["decode_ms_per_step"]
 
@@ -318,6 +331,10 @@ TARGETS: tuple[Target, ...] = (
            1.0, "x", generic_over_users("fp32", 8)),
     Target(14, "llm-cpu", "CPU default graph (fused) decode vs generic, int8 b8 (separate run)", LLM_CPU_B8, ">=",
            1.0, "x", generic_over_users("int8", 8)),
+    # the users' graph with the compiled step (batch 2: the step; batch 8: onnxruntime's step on the engine's cache)
+    # against onnxruntime's fused graph alone: the default is the faster one at every batch size measured
+    *(Target(14, "llm-cpu", f"CPU users' graph (compiled step) decode vs onnxruntime's fused graph, {p} b{b}",
+             LLM_CPU_STEP_BATCH, ">=", 1.0, "x", fused_over_users(p, b)) for p in ("fp32", "int8") for b in (2, 8)),
     # issue 17: encoders (fused graphs, buckets, CUDA graphs)
     *(Target(17, "encoder", f">= 1.5x torch.compile reduce-overhead, fused FP16 + CUDA graph, {g} 32 x 128 (H200)",
              ENC_GPU, ">=", 1.5, "x",
@@ -451,7 +468,9 @@ TABLES: dict[str, dict[str, Callable[[Path], str]]] = {
                                              ("avx2-lastrow", LLM_CPU_AVX2_LAST),
                                              ("avx512-defaults", LLM_CPU_VNNI),
                                              ("avx512-floor", LLM_CPU_FLOOR),
-                                             ("avx512-step", LLM_CPU_STEP))},
+                                             ("avx512-step", LLM_CPU_STEP), ("avx512-step2", LLM_CPU_STEP2),
+                                             ("avx512-step3", LLM_CPU_STEP3), ("avx2-path", LLM_CPU_AVX2_PATH),
+                                             ("step-batch", LLM_CPU_STEP_BATCH))},
 }
 
 

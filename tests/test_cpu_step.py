@@ -215,3 +215,20 @@ def test_batch_size_picks_the_step(models):
             assert np.abs(out[0] - out[1]).max() <= 2e-2 * np.ptp(out[1])
     with pytest.raises(BadInputError, match="cpu_step must be one of"):
         KernelEngine(path, spec, device="cpu", cpu_step="fast")
+
+
+def test_a_remade_state_is_bound_afresh(models):
+    """release() drops a batch size's buffers; the next state of that size has new ones, which the step must
+    write (not the freed ones)."""
+    path, spec = models[("fp32", True, 4)]
+    eng = _prefilled(path, spec)
+    first = eng.active
+    eng.release()
+    eng2 = _prefilled(path, spec)                   # reference: a fresh engine, same prompts
+    eng.start(len(PROMPTS))
+    eng.append(PROMPTS, np.zeros(len(PROMPTS), np.int64), 20)
+    assert eng.active is not first
+    for e in (eng, eng2):
+        e.active.ids[:, 0] = _ids(0, len(PROMPTS))
+        e.active.seqlens[...] += 1
+    np.testing.assert_allclose(np.array(eng.step(None)[0]), np.array(eng2.step(None)[0]), rtol=1e-5, atol=1e-5)

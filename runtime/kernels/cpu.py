@@ -56,7 +56,7 @@ def compiler() -> str:
     return cc
 
 
-PHASES = ("embed", "qkv", "-", "attention", "o-proj", "gate|up", "down", "head")
+PHASES = ("embed", "qkv", "attention", "o-proj", "gate|up", "down", "head")      # cpu_step.c MARK(0..6)
 
 
 @functools.lru_cache(maxsize=None)
@@ -87,7 +87,7 @@ def load(profile: bool = False, march: str | None = None) -> ctypes.CDLL:
     so = ctypes.CDLL(str(lib))
     so.p2o_isa.restype = ctypes.c_char_p
     so.p2o_work_floats.restype = ctypes.c_int64
-    so.p2o_work_floats.argtypes = [ctypes.c_int32] * 5
+    so.p2o_work_floats.argtypes = [ctypes.c_int32] * 4
     so.p2o_step.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
     so.p2o_step.restype = None
     return so
@@ -224,8 +224,9 @@ class CpuStep:
                    None if bias is None else self._ptr(_f32(bias)))
 
     def _state(self, st) -> tuple:
-        """st's buffers (and the step's scratch) as the C State; built once per batch size."""
-        if st.batch not in self.bound:
+        """st's buffers (and the step's scratch) as the C State; built once per state (a released and re-made
+        state of the same batch size has new buffers)."""
+        if st.batch not in self.bound or self.bound[st.batch][-1] is not st:
             e, b = self.eng, st.batch
             for name in ("cache", "logits", "resid", "act"):
                 a = getattr(st, name)
@@ -233,8 +234,8 @@ class CpuStep:
                     raise BadInputError(f"the compiled CPU step needs a float32 C-contiguous {name} buffer")
             qkv = np.zeros((b, (e.num_heads + 2 * e.kv_heads) * e.head_dim), np.float32)
             part = np.zeros((self.threads, b, e.num_heads, e.head_dim + 2), np.float32)
-            work = np.zeros(self.threads * self.so.p2o_work_floats(b, self.max_k, e.capacity, e.head_dim,
-                                                                   e.num_heads // e.kv_heads), np.float32)
+            floats = self.so.p2o_work_floats(b, self.max_k, e.capacity, e.num_heads // e.kv_heads)
+            work = np.zeros(self.threads * floats, np.float32)
             xq = np.zeros(self.threads * b * self.max_k, np.int8)
             ids = np.zeros(b, np.int64)
             c = StateC(b, self.threads, ids.ctypes.data, st.seqlens.ctypes.data, st.cache.ctypes.data,

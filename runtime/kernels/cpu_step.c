@@ -8,7 +8,8 @@
 //   embed     resid[b] = embed[ids[b]]
 //   a layer   qkv    = (x * ln1) @ Wqkv^T * rms(x) + bias                 (x = resid[b])
 //             k, v   -> rotary on k, appended to the cache at seqlens[b]; rotary on q
-//             attn   = softmax(q k^T * scale) v  over positions 0..seqlens[b]   (GQA: head h reads kv head h / group)
+//             attn   = softmax(q k^T * scale) v  over positions 0..seqlens[b]   (GQA: head h reads kv head h / group;
+//                      the positions split over the threads, their partial softmaxes merged before the o-proj)
 //             resid += attn @ Wo^T
 //             act    = silu(g) * u,  [g | u] = (resid * ln2) @ Wgu^T * rms(resid)
 //             resid += act @ Wdown^T
@@ -73,7 +74,7 @@ const char *p2o_isa(void) {
 }
 
 // a thread's scratch: scores [G, C], rotated queries [NH D], merged attention [B, NH D], then prepare()'s buffer
-int64_t p2o_work_floats(int32_t batch, int32_t max_k, int32_t capacity, int32_t d, int32_t group) {
+int64_t p2o_work_floats(int32_t batch, int32_t max_k, int32_t capacity, int32_t group) {
     return (int64_t)group * capacity + (int64_t)max_k + (int64_t)batch * max_k + (int64_t)batch * max_k
            + 2 * (int64_t)batch * (max_k / QK) + batch + max_k / QK;
 }
@@ -421,8 +422,8 @@ static void combine(const Model *m, const State *s, int nt, float *out) {
 
 // ------------------------------------------------------------------------------------------ the step
 // Built with -DP2O_PROFILE (kernels/cpu.py profile build), thread 0 adds each phase's seconds, barrier included,
-// to p2o_phase_seconds: embed, qkv, (unused), attention, o-proj, gate|up, down, head.
-#define P2O_PHASES 8
+// to p2o_phase_seconds: embed, qkv, attention, o-proj, gate|up, down, head.
+#define P2O_PHASES 7
 double p2o_phase_seconds[P2O_PHASES];
 #ifdef P2O_PROFILE
 #define MARK(i) do { if (tid == 0) { double t_ = omp_get_wtime(); p2o_phase_seconds[i] += t_ - t0_; t0_ = t_; } } while (0)
@@ -436,7 +437,7 @@ void p2o_step(const Model *m, const State *s) {
 #pragma omp parallel num_threads(s->threads)
     {
         int tid = omp_get_thread_num(), nt = omp_get_num_threads();
-        float *work = s->work + (int64_t)tid * p2o_work_floats(B, m->max_k, m->capacity, D, NH / KVH);
+        float *work = s->work + (int64_t)tid * p2o_work_floats(B, m->max_k, m->capacity, NH / KVH);
         float *scores = work, *qr = scores + (int64_t)(NH / KVH) * m->capacity, *merged = qr + NH * D;
         float *buf = merged + (int64_t)B * NH * D;
         int8_t *xq = s->xq + (int64_t)tid * B * m->max_k;
@@ -457,13 +458,13 @@ void p2o_step(const Model *m, const State *s) {
             MARK(1);
             attend_share(m, s, l, tid, nt, qr, scores);
 #pragma omp barrier
-            MARK(3);
+            MARK(2);
             combine(m, s, nt, merged);
             prepare(&a, &L->o, merged, NULL, m->eps, B, buf, xq, m->max_k);
 #pragma omp for schedule(static)
             for (int r = 0; r < H; r++)
                 for (int b = 0; b < B; b++) s->resid[(int64_t)b * H + r] += row(&L->o, &a, r, b);
-            MARK(4);
+            MARK(3);
             prepare(&a, &L->gate_up, s->resid, L->ln2, m->eps, B, buf, xq, m->max_k);
 #pragma omp for schedule(static)
             for (int r = 0; r < I; r++)
@@ -471,17 +472,17 @@ void p2o_step(const Model *m, const State *s) {
                     float g = row(&L->gate_up, &a, r, b), u = row(&L->gate_up, &a, r + I, b);
                     s->act[(int64_t)b * I + r] = g / (1.f + exp_approx(-g)) * u;
                 }
-            MARK(5);
+            MARK(4);
             prepare(&a, &L->down, s->act, NULL, m->eps, B, buf, xq, m->max_k);
 #pragma omp for schedule(static)
             for (int r = 0; r < H; r++)
                 for (int b = 0; b < B; b++) s->resid[(int64_t)b * H + r] += row(&L->down, &a, r, b);
-            MARK(6);
+            MARK(5);
         }
         prepare(&a, &m->head, s->resid, m->norm, m->eps, B, buf, xq, m->max_k);
 #pragma omp for schedule(static)
         for (int r = 0; r < m->vocab; r++)
             for (int b = 0; b < B; b++) s->logits[(int64_t)b * m->vocab + r] = row(&m->head, &a, r, b);
-        MARK(7);
+        MARK(6);
     }
 }
