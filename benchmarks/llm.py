@@ -127,7 +127,8 @@ def run_llm_bench(cfg: LLMBenchConfig) -> dict:
     threads = cfg.threads or usable_cores()
     from paddle2ort.runtime.llm import default_graph
     from paddle2ort.runtime.session import SessionOptions
-    users = {p: default_graph(m.extra["llm"], p, SessionOptions(device="cpu")) for p in precisions}
+    users = {p: default_graph(m.extra["llm"], p, SessionOptions(device="cpu"), fused=m.extra.get("fused"))
+             for p in precisions}
     fused = m.extra.get("fused") or {}
     configs = [(prec, g, b) for prec in precisions for g in _graphs(cfg, users[prec], prec in fused)
                for b in cfg.batch_sizes]
@@ -181,7 +182,8 @@ def run_llm_bench(cfg: LLMBenchConfig) -> dict:
             if check is not None:
                 peers["llama.cpp"]["check_settings"] = got[0].get("settings")
                 peers["llama.cpp"]["token_check"] = token_check(cfg, bundle, check, threads)
-                ufp32 = users.get("fp32") or default_graph(m.extra["llm"], "fp32", SessionOptions(device="cpu"))
+                ufp32 = users.get("fp32") or default_graph(m.extra["llm"], "fp32", SessionOptions(device="cpu"),
+                                                           fused=fused)
                 others = [g for g in _graphs(cfg, "generic", "fp32" in fused) if g not in ("generic", ufp32)]
                 if others:                                  # the other fused FP32 graphs' tokens, the same check
                     peers["llama.cpp"]["token_check_other_graphs"] = {

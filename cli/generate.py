@@ -145,11 +145,14 @@ def register(sub) -> None:
     g.add_argument("--device-id", type=nonneg_int, default=0, help="CUDA device with --device gpu")
     g.add_argument("--graph", default="auto", choices=["auto", "generic", "fused", "kernels"],
                    help="auto: the bundle's default for --device and the precision (convert-llm records the fused "
-                        "decoder on the CPU where it was built, else generic); generic: the paddle2onnx export "
-                        "(host loop); fused: the fused decoder with the on-device loop (CUDA graphs + sampler "
-                        "kernel on GPU); kernels: the fused decoder's weights run by our own CUDA kernels (LLaMA/"
-                        "Qwen2 geometry, --device gpu with CuPy; on the CPU their NumPy twins, slow, for checking)")
-    g.add_argument("--threads", type=nonneg_int, default=0, help="intra-op threads (0: onnxruntime's choice)")
+                        "decoder on the CPU where it was built, else generic; on the CPU that fused decoder runs as "
+                        "kernels where this host compiles our step); generic: the paddle2onnx export (host loop); "
+                        "fused: onnxruntime's fused decoder graph (on the GPU with CUDA graphs and the sampler "
+                        "kernel); kernels: the fused decoder's weights run by our own kernels (LLaMA/Qwen2 family): "
+                        "CUDA with --device gpu and CuPy, on the CPU the compiled step (built once with the host's C "
+                        "compiler and OpenMP; without them onnxruntime's fused graph)")
+    g.add_argument("--threads", type=nonneg_int, default=0, help="intra-op threads, and the compiled CPU step's "
+                   "(0: one per physical core)")
     g.add_argument("--data-file", type=Path, help='JSON lines in ({"src": ...} a line)')
     g.add_argument("--output-file", type=Path, help='JSON lines out ({"src", "output"} a line; text2text bundles: '
                    '{"src", "tgt"}), written atomically')

@@ -202,7 +202,7 @@ class JobPlan:
         llm = m.extra["llm"]
         self.tokenizer = BPETokenizer.load(self.bundle.path / "tokenizer")
         if graph == "auto":                                       # as TextGenerator resolves it
-            graph = default_graph(llm, precision, SessionOptions(device=device))
+            graph = default_graph(llm, precision, SessionOptions(device=device), fused=m.extra.get("fused"))
         self.graph, self.default_stop_ids = graph, bundle_stop_ids(llm, self.tokenizer)
         if graph in ("fused", "kernels"):
             _, spec = fused_model(self.bundle, precision)

@@ -35,17 +35,19 @@ class OrtDecoder(CacheDecoder):
         return logits, present
 
 
-def default_graph(llm: dict, precision: str, session: SessionOptions, compiled_step: bool = True) -> str:
+def default_graph(llm: dict, precision: str, session: SessionOptions, compiled_step: bool = True,
+                  fused: dict | None = None) -> str:
     """The bundle's default graph for the session's device at `precision` (manifest llm.default_graph). On the CPU
     a fused default runs as "kernels" -- the fused decoder's weights through the compiled CPU step, faster than
     onnxruntime's fused graph (benchmarks/results/llm-cpu/avx512-step) -- where this host builds that step
     (kernels/cpu.py: a C compiler with OpenMP) and compiled_step allows it (False where the caller needs the
     onnxruntime graph: the server's in-flight batching takes its cache slots, the profiler reads its session). A
-    decoder the step does not cover (int4) runs the fused graph."""
+    decoder the step does not read (int4; fused: manifest.extra.fused, whose options say so) runs the fused graph."""
     g = (llm.get("default_graph") or {}).get("gpu" if session.wants_cuda else "cpu", {}).get(precision, "generic")
     if g == "fused" and not session.wants_cuda and compiled_step:
-        from .kernels.cpu import available
-        return "kernels" if available() else g
+        from .kernels.cpu import available, reads
+        options = ((fused or {}).get(precision) or {}).get("options")
+        return "kernels" if (options is None or reads(options)) and available() else g
     return g
 
 
@@ -80,7 +82,7 @@ class TextGenerator:
         self.llm = m.extra["llm"]
         self.tokenizer = BPETokenizer.load(self.bundle.path / "tokenizer")
         if graph == "auto":
-            graph = default_graph(self.llm, precision, session, compiled_step)
+            graph = default_graph(self.llm, precision, session, compiled_step, m.extra.get("fused"))
         self.graph = graph
         if graph == "fused":
             from .fused import FusedDecoder

@@ -244,3 +244,21 @@ def test_a_remade_state_is_bound_afresh(models):
         e.active.ids[:, 0] = _ids(0, len(PROMPTS))
         e.active.seqlens[...] += 1
     np.testing.assert_allclose(np.array(eng.step(None)[0]), np.array(eng2.step(None)[0]), rtol=1e-5, atol=1e-5)
+
+
+def test_the_default_graph_is_the_step_only_for_decoders_it_reads(models):
+    """runtime.llm.default_graph reads the manifest's fused options before any weights are loaded: an int4 (or
+    float16-compute) fused default stays onnxruntime's graph; a float32 / int8 one runs as "kernels"."""
+    from paddle2ort.runtime.llm import default_graph
+    llm = {"default_graph": {"cpu": {"fp32": "fused", "int8": "fused", "int4": "fused"}}}
+    wo = {"bits": 8, "block_size": 32, "head_bits": 8}
+    fused = {"fp32": {"options": {"compute_dtype": "float32"}},
+             "int8": {"options": {"compute_dtype": "float32", "weight_only": wo}},
+             "int4": {"options": {"compute_dtype": "float32", "weight_only": {**wo, "bits": 4}}}}
+    cpu_so = SessionOptions(device="cpu")
+    assert [default_graph(llm, p, cpu_so, fused=fused) for p in ("fp32", "int8", "int4")] == \
+        ["kernels", "kernels", "fused"]
+    assert default_graph(llm, "int8", cpu_so, compiled_step=False, fused=fused) == "fused"
+    f16 = {"fp32": {"options": {"compute_dtype": "float16"}}}
+    assert default_graph(llm, "fp32", cpu_so, fused=f16) == "fused"
+    assert not cpu.reads({"compute_dtype": "float32", "weight_only": {**wo, "block_size": 96}})

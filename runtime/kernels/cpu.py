@@ -103,6 +103,17 @@ def available() -> bool:
         return False
 
 
+def reads(options: dict) -> bool:
+    """Whether a fused decoder the manifest describes (manifest.extra.fused[precision].options) is one the step
+    reads, judged before its weights are loaded: the LLaMA/Qwen2 family at float32 compute, float32 or 8-bit
+    weights in blocks of a power-of-two multiple of 32 (check_fits then checks the weights themselves)."""
+    wo = options.get("weight_only") or {}
+    block = int(wo.get("block_size", 32))
+    return (options.get("spec", {}).get("family", "llama") == "llama" and options.get("compute_dtype") == "float32"
+            and wo.get("bits", 8) == 8 and block % 32 == 0 and not (block // 32) & (block // 32 - 1)
+            and wo.get("head_bits", 8) == 8)
+
+
 def isa(so: ctypes.CDLL | None = None) -> str:
     return (so or load()).p2o_isa().decode()
 

@@ -881,7 +881,7 @@ class KernelEngine(DeviceStateMemory):
                              picks=np.zeros((st.batch, 1), np.int64) if ort.picked_head else None)
             st.ort_step = (ort.bind_call(ds, st.ids, ds.total, st.logits)[0], ds)     # ds: what it binds, held
         st.cpu_step = "onnxruntime" if st.ort_step is not None else "native" if self.native is not None else "twins"
-        log.info("batch %d: the %s decode step", st.batch, {"native": "compiled", "twins": "NumPy twins'",
+        log.debug("batch %d: the %s decode step", st.batch, {"native": "compiled", "twins": "NumPy twins'",
                                                                "onnxruntime": "onnxruntime fused graph's"}[st.cpu_step])
         return st.cpu_step
 
