@@ -93,10 +93,13 @@ def run_one_onnx(bundle: Path, precision: str, batch: int, prompt_len: int, new_
 
 
 def describe_decoder(dec) -> str:
-    """What ran the decode step: the compiled CPU step (its ISA and threads), or the onnxruntime graph's class."""
+    """What ran the decode step (after a generation): the compiled CPU step (its ISA and threads), onnxruntime's
+    fused step inside the kernel engine (a batch over NATIVE_ROWS), or the onnxruntime graph's class."""
     step = getattr(dec, "native", None)
     if step is not None:
         from paddle2ort.runtime.kernels.cpu import isa
+        if getattr(getattr(dec, "active", None), "cpu_step", None) == "onnxruntime":
+            return f"kernel engine, onnxruntime's fused step at this batch size (prompt pass: {dec.prefill_by})"
         return f"compiled CPU step ({isa()}, {step.threads} threads; prompt pass: {dec.prefill_by})"
     return type(dec).__name__
 
