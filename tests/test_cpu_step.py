@@ -190,6 +190,15 @@ def test_what_the_compiled_step_refuses(models, monkeypatch):
     with pytest.raises(BadInputError, match="token ids must be in"):
         eng.step(None)
     cpu.load.cache_clear()
+    blocked = path.parent / "not-a-folder"
+    blocked.write_text("")                                 # the cache folder cannot be made: an error, then fallback
+    monkeypatch.setenv("PADDLE2ORT_CACHE", str(blocked))
+    try:
+        with pytest.raises(DeviceError, match="PADDLE2ORT_CACHE"):
+            cpu.load()
+        assert not cpu.available()
+    finally:
+        cpu.load.cache_clear()
     monkeypatch.setenv("CC", "/nonexistent/cc")
     monkeypatch.setenv("PADDLE2ORT_CACHE", str(path.parent / "empty-cache"))
     try:

@@ -74,17 +74,21 @@ def load(profile: bool = False, march: str | None = None) -> ctypes.CDLL:
         raise DeviceError(f"the C compiler {cc} does not run ({e})") from e
     key = hashlib.sha256("\0".join([SOURCE.read_text(), version, " ".join(flags), _cpu_flags()]).encode())
     lib = cache_dir() / f"cpu_step-{key.hexdigest()[:16]}.so"
-    if not lib.exists():
-        lib.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=lib.parent) as tmp:      # built aside, renamed whole: no half file
-            out = Path(tmp) / lib.name
-            r = subprocess.run([cc, *flags, str(SOURCE), "-o", str(out), "-lm"], capture_output=True, text=True)
-            if r.returncode:
-                raise DeviceError(f"building the compiled CPU step with {cc} failed (exit {r.returncode}): "
-                                  f"{r.stderr.strip()[-600:]}")
-            os.replace(out, lib)
-        log.info("built the compiled CPU step: %s", lib)
-    so = ctypes.CDLL(str(lib))
+    try:
+        if not lib.exists():
+            lib.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=lib.parent) as tmp:  # built aside, renamed whole: no half file
+                out = Path(tmp) / lib.name
+                r = subprocess.run([cc, *flags, str(SOURCE), "-o", str(out), "-lm"], capture_output=True, text=True)
+                if r.returncode:
+                    raise DeviceError(f"building the compiled CPU step with {cc} failed (exit {r.returncode}): "
+                                      f"{r.stderr.strip()[-600:]}")
+                os.replace(out, lib)
+            log.info("built the compiled CPU step: %s", lib)
+        so = ctypes.CDLL(str(lib))
+    except OSError as e:                  # an unwritable cache folder, a library the loader refuses
+        raise DeviceError(f"the compiled CPU step could not be built or loaded at {lib} ({e}); set "
+                          "PADDLE2ORT_CACHE to a writable folder") from e
     so.p2o_isa.restype = ctypes.c_char_p
     so.p2o_work_floats.restype = ctypes.c_int64
     so.p2o_work_floats.argtypes = [ctypes.c_int32] * 4
