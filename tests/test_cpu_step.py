@@ -1,8 +1,9 @@
 """The compiled CPU step (runtime/kernels/cpu_step.c through kernels/cpu.py) against its NumPy twin (the engine's
 twins with int8 products quantizing their input, engine_reference.quantize_a8) and against the onnxruntime fused
 graph, on tiny random LLaMA/Qwen2-family decoders: FP32 and weight-only int8 (blocks of 32 and 64, integer zero
-points), q/k/v bias, GQA groups 1-4, heads of 32 and 64, rows at different positions, 1-3 threads, and every ISA path this host can run
-(native, x86-64-v3 = AVX2 without VNNI, x86-64 = scalar). Skipped without a C compiler, as the engine then is."""
+points), q/k/v bias, GQA groups 1-4, heads of 32 and 64, rows at different positions, 1-3 threads, and every ISA
+path this host can run (native, x86-64-v3 = AVX2 without VNNI, x86-64 = scalar). Skipped without a C compiler, as the
+engine then is."""
 import platform
 
 import numpy as np
@@ -15,6 +16,8 @@ from paddle2ort.runtime.kernels import cpu
 from paddle2ort.runtime.kernels import engine_reference as R
 from paddle2ort.runtime.kernels.engine import KernelEngine, open_decoder
 from paddle2ort.runtime.session import SessionOptions
+
+from test_engine import _teacher_forced
 
 pytestmark = pytest.mark.unit
 
@@ -165,17 +168,8 @@ def test_fp32_step_matches_the_fused_graph(models):
     eng = KernelEngine(path, spec, device="cpu", max_length=48)
     assert eng.prefill_by == "onnxruntime fused graph" and eng.native is not None
     ort = FusedDecoder(path, spec, SessionOptions(device="cpu"), max_length=48)
-    out = []
-    for dec in (eng, ort):
-        dec.start(len(PROMPTS))
-        logits, rows = dec.append(PROMPTS, np.zeros(len(PROMPTS), np.int64), 10)
-        seq = [np.asarray(logits if rows is None else logits[rows], np.float32).reshape(len(PROMPTS), -1)]
-        for j in range(8):
-            dec.next_ids[:, 0] = _ids(j, len(PROMPTS))
-            dec.seqlens[...] += 1
-            seq.append(np.array(dec.step(None)[0], np.float32).reshape(len(PROMPTS), -1))
-        out.append(np.stack(seq))
-    assert np.abs(out[0] - out[1]).max() <= 1e-4 * np.ptp(out[1])
+    got, want = (_teacher_forced(dec, PROMPTS, 8) for dec in (eng, ort))
+    assert np.abs(got - want).max() <= 1e-4 * np.ptp(want)
 
 
 def test_what_the_compiled_step_refuses(models, monkeypatch):
@@ -219,16 +213,7 @@ def test_batch_size_picks_the_step(models):
     for rows, how, chosen in ((1, "auto", "native"), (len(prompts), "auto", "onnxruntime"),
                               (len(prompts), "native", "native"), (1, "onnxruntime", "onnxruntime")):
         eng = KernelEngine(path, spec, device="cpu", max_length=48, cpu_step=how)
-        out = []
-        for dec in (eng, ort):
-            dec.start(rows)
-            dec.append(prompts[:rows], np.zeros(rows, np.int64), 10)
-            seq = []
-            for j in range(4):
-                dec.next_ids[:, 0] = _ids(j, rows)
-                dec.seqlens[...] += 1
-                seq.append(np.array(dec.step(None)[0], np.float32).reshape(rows, -1))
-            out.append(np.stack(seq))
+        out = [_teacher_forced(dec, prompts[:rows], 4)[1:] for dec in (eng, ort)]     # the steps' logits
         assert eng.active.cpu_step == chosen, (rows, how)
         if chosen == "onnxruntime":
             np.testing.assert_array_equal(out[0], out[1])

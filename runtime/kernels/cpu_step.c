@@ -202,7 +202,7 @@ typedef struct {
     const int8_t *xq;
     const float *sx, *sumx, *rms;
     float *sc;                         // k / 32 floats of scratch for dot_q8
-    int k, shift;
+    int shift;
 } Act;
 
 static void prepare(Act *a, const Lin *L, const float *x, const float *gamma, float eps, int batch, float *buf,
@@ -211,7 +211,6 @@ static void prepare(Act *a, const Lin *L, const float *x, const float *gamma, fl
     float *xn = buf, *sx = buf + (int64_t)batch * max_k, *sumx = sx + (int64_t)batch * (max_k / QK);
     float *rms = sumx + (int64_t)batch * (max_k / QK);
     a->sc = rms + batch;
-    a->k = k;
     a->shift = 0;
     if (L->fmt == FMT_Q8)
         while ((QK << a->shift) < L->block) a->shift++;
@@ -225,12 +224,11 @@ static void prepare(Act *a, const Lin *L, const float *x, const float *gamma, fl
             for (int i = 0; i < k; i++) nb[i] = xb[i] * gamma[i];
         } else {
             rms[b] = 1.f;
-            if (L->fmt == FMT_F32) continue;
-            memcpy(nb, xb, sizeof(float) * k);
         }
         if (L->fmt != FMT_Q8) continue;
+        const float *src = gamma ? nb : xb;            // without a norm the input is quantized where it lies
         for (int j = 0; j < k / QK; j++) {
-            const float *v = nb + j * QK;
+            const float *v = src + j * QK;
             float amax = 0.f;                       // plain compares and rintf: loops the compiler vectorizes
             for (int i = 0; i < QK; i++) {
                 float a = fabsf(v[i]);

@@ -868,17 +868,17 @@ class KernelEngine(DeviceStateMemory):
         the compiled step up to NATIVE_ROWS rows and onnxruntime's beyond; otherwise the compiled step where it is
         built, else the NumPy twins (native=False asks for them). A row a step is a chain of
         matrix-vector products, where one parallel region wins, several rows are small matrix products, where
-        onnxruntime's GEMMs win (SmolLM2 on this project's 2-core box, ms a step compiled / onnxruntime, one try
-        each: int8 b1 6.5 / 8.5, b2 8.5 / 9.6, b4 12.9 / 12.2, b8 29 / 23; fp32 b2 18.0 / 22.5, b4 26.5 / 23.8, b8
-        55 / 30). Timing both at a batch size's first use was tried and dropped: right after the prompt pass
-        onnxruntime's spinning threads slow the compiled step's, and the choice flipped between runs."""
+        onnxruntime's GEMMs win (SmolLM2 on the 2-core AVX-512 VNNI box, ms a step compiled / onnxruntime's step,
+        timed by hand in session 20 on the step committed in cf118f6, one try each, not a results file: int8 b1
+        6.5 / 8.5, b2 8.5 / 9.6, b4 12.9 / 12.2, b8 29 / 23; fp32 b2 18.0 / 22.5, b4 26.5 / 23.8, b8 55 / 30; the
+        rule's result against the fused graph alone is benchmarks/results/llm-cpu/step-batch/). Timing both at a
+        batch size's first use was tried and dropped: right after the prompt pass onnxruntime's spinning threads
+        slow the compiled step's, and the choice flipped between runs."""
         if self.prompt_graph is not None and (self.cpu_step == "onnxruntime" or (
                 self.cpu_step == "auto" and st.batch > NATIVE_ROWS and self.native is not None)):
-            from ..fused import DecodeState
             ort = self.prompt_graph
-            ds = DecodeState(batch=st.batch, kv=[st.cache[i, j] for i in range(self.num_layers) for j in (0, 1)],
-                             ids=st.ids, seqlens=st.seqlens, logits=st.logits, total=np.array(self.capacity, np.int32),
-                             picks=np.zeros((st.batch, 1), np.int64) if ort.picked_head else None)
+            ds = dataclasses.replace(self._prompt_state(st), logits=st.logits, total=np.array(self.capacity, np.int32),
+                                     picks=np.zeros((st.batch, 1), np.int64) if ort.picked_head else None)
             st.ort_step = (ort.bind_call(ds, st.ids, ds.total, st.logits)[0], ds)     # ds: what it binds, held
         st.cpu_step = "onnxruntime" if st.ort_step is not None else "native" if self.native is not None else "twins"
         log.debug("batch %d: the %s decode step", st.batch, {"native": "compiled", "twins": "NumPy twins'",
