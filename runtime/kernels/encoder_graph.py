@@ -180,14 +180,14 @@ class GraphEncoder:
     capture); "dynamic", one session for every shape with the buffer bound each call."""
 
     def __init__(self, path: str | Path, device: str = "gpu", head: str = "graphs"):
-        import onnxruntime as ort
-
+        from ..session import SessionOptions, create_session
         from .encoder import KernelEncoder
         self.graph = read_encoder(path)
         self.encoder = KernelEncoder(self.graph.weights, device=device)
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "gpu" else ["CPUExecutionProvider"]
-        self.head = ort.InferenceSession(self.graph.head, providers=providers)
-        self.prefix = ort.InferenceSession(self.graph.prefix, providers=["CPUExecutionProvider"])
+        # the head on the GPU the kernel encoder's buffers are on (CuPy's current device), not always device 0
+        device_id = self.encoder.xp.cuda.Device().id if device == "gpu" else 0
+        self.head = create_session(self.graph.head, SessionOptions(device=device, device_id=device_id))
+        self.prefix = create_session(self.graph.prefix, SessionOptions())
         if head not in HEADS:
             raise BadInputError(f"head must be one of {HEADS}, got {head!r}")
         self.head_mode = head
