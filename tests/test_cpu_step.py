@@ -179,6 +179,11 @@ def test_what_the_compiled_step_refuses(models, monkeypatch):
     assert KernelEngine(path, spec, device="cpu").native is None                  # auto: the twins, saying why
     assert isinstance(open_decoder(path, spec, device="cpu"), FusedDecoder)        # users: the fused graph
     path, spec = models[("int8", True, 4)]
+    eng = KernelEngine(path, spec, device="cpu", native=False)
+    sz = eng.w.layers[1].down.sz                        # a float zero point (MatMulNBits allows them): it reads bytes
+    sz[0, 0] = (sz[0, 0] & 0xFFFF) | (int(np.float16(3.5).view(np.uint16)) << 16)
+    with pytest.raises(BadInputError, match="layers.1.down has zero points that are not whole numbers"):
+        cpu.check_fits(eng)
     eng = _prefilled(path, spec)
     eng.active.ids[0, 0] = spec["vocab_size"]
     with pytest.raises(BadInputError, match="token ids must be in"):

@@ -178,6 +178,19 @@ def _f32(a) -> np.ndarray:
     return np.ascontiguousarray(a, np.float32)
 
 
+def _split_pairs(sz) -> tuple[np.ndarray, np.ndarray]:
+    """engine.Packed's uint32 {float16 scale, float16 zero point} pairs as float16 scale bits (uint16) and uint8
+    zero points (the zero points' float16 values taken exactly where they are whole numbers in 0..255)."""
+    sz = np.asarray(sz, np.uint32)
+    zero = (sz >> 16).astype(np.uint16).view(np.float16).astype(np.float32)
+    return (sz & 0xFFFF).astype(np.uint16), zero.astype(np.uint8)
+
+
+def _byte_zero_points(sz) -> bool:
+    zero = (np.asarray(sz, np.uint32) >> 16).astype(np.uint16).view(np.float16).astype(np.float32)
+    return bool(np.all((zero >= 0) & (zero <= 255) & (zero == np.round(zero))))
+
+
 def check_fits(eng) -> None:
     """What cpu_step.c reads, checked once: one clear error naming the fallback."""
     w, bad = eng.w, []
@@ -193,6 +206,9 @@ def check_fits(eng) -> None:
         elif p.fmt == "q8" and (p.k % 32 or p.block % 32 or (p.block // 32) & (p.block // 32 - 1)):
             bad.append(f"{name}: {p.k} inputs in blocks of {p.block} (it needs inputs a multiple of 32 and a "
                        "power-of-two multiple of 32 a block)")
+        elif p.fmt == "q8" and not _byte_zero_points(p.sz):
+            bad.append(f"{name} has zero points that are not whole numbers in 0..255 (float zero points; it reads "
+                       "MatMulNBits' uint8 ones)")
         if bad:
             break
     if bad:
@@ -228,13 +244,12 @@ class CpuStep:
         return a.ctypes.data
 
     def _lin(self, p, bias=None) -> Lin:
-        """A product as the C reads it; int8 blocks' {scale, zero point} pairs split into two float16 arrays (a
-        row's scales then load 8 at a time)."""
+        """A product as the C reads it; int8 blocks' {scale, zero point} pairs split into float16 scales and uint8
+        zero points (a row's scales then load 8 at a time; check_fits saw that the zero points are whole bytes)."""
         w = np.ascontiguousarray(p.w)
         scale = zero = None
         if p.sz is not None:
-            sz = np.asarray(p.sz, np.uint32)
-            scale, zero = self._ptr((sz & 0xFFFF).astype(np.uint16)), self._ptr((sz >> 16).astype(np.uint16))
+            scale, zero = (self._ptr(a) for a in _split_pairs(p.sz))
         return Lin(FMT[p.fmt], p.n, p.k, p.block or 0, self._ptr(w), scale, zero,
                    None if bias is None else self._ptr(_f32(bias)))
 

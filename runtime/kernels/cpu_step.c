@@ -14,8 +14,8 @@
 //             act    = silu(g) * u,  [g | u] = (resid * ln2) @ Wgu^T * rms(resid)
 //             resid += act @ Wdown^T
 //   head      logits = (resid * norm) @ Whead^T * rms(resid)
-// Weights: float32 [N, K] row-major, or MatMulNBits 8-bit blocks (uint8 q, a float16 scale and zero point a block of
-// `block` inputs, block a power-of-two multiple of 32): w = (q - zp) * scale. Int8 products quantize their input
+// Weights: float32 [N, K] row-major, or MatMulNBits 8-bit blocks (uint8 q, a float16 scale and a uint8 zero point a
+// block of `block` inputs, block a power-of-two multiple of 32): w = (q - zp) * scale. Int8 products quantize their input
 // a block of 32 at a time (xq = round(x / s), s = max|x| / 127: ggml Q8_0's and MatMulNBits accuracy_level 4's rule)
 // and sum exact integer dot products: y = sum_j s_w s_x (q . xq - zp sum(xq)).
 #include <math.h>
@@ -32,7 +32,9 @@ enum { FMT_F32 = 0, FMT_Q8 = 1 };
 typedef struct {
     int32_t fmt, n, k, block;          // y [n] = W [n, k] x
     const void *w;                     // float32 [n, k] | uint8 [n, ceil(k / block) * block]
-    const uint16_t *scale, *zero;      // Q8: float16 [n, ceil(k / block)] each: a block's scale and zero point
+    const uint16_t *scale;             // Q8: float16 [n, ceil(k / block)]: a block's scale
+    const uint8_t *zero;               // Q8: uint8 [n, ceil(k / block)]: its zero point (1 byte, not 2: a step
+                                       // reads 3 bytes of scale and zero point a block of 32, not 4)
     const float *bias;                 // [n] or NULL
 } Lin;
 
@@ -152,7 +154,7 @@ static inline float hsum8(__m256 v) {
 // sum_j s_w s_x (q . xq - zp sum(xq)) over the k / 32 sub-blocks; `shift`: log2(block / 32). First the sub-blocks'
 // scales s_w s_x (8 at a time from the float16 scales where a block is 32) and the zero-point term, then the integer
 // dot products, each scaled into two float accumulators.
-static inline float dot_q8(const uint8_t *w, const uint16_t *ws, const uint16_t *wz, int shift, const int8_t *xq,
+static inline float dot_q8(const uint8_t *w, const uint16_t *ws, const uint8_t *wz, int shift, const int8_t *xq,
                            const float *sx, const float *sumx, int k, float *sc) {
     int nsub = k / QK, j = 0;
     float corr = 0.f;
@@ -162,8 +164,8 @@ static inline float dot_q8(const uint8_t *w, const uint16_t *ws, const uint16_t 
         for (; j + 8 <= nsub; j += 8) {
             __m256 s = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(ws + j))),
                                      _mm256_loadu_ps(sx + j));
-            cv = _mm256_fmadd_ps(_mm256_mul_ps(s, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(wz + j)))),
-                                 _mm256_loadu_ps(sumx + j), cv);
+            __m256 z = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(wz + j))));
+            cv = _mm256_fmadd_ps(_mm256_mul_ps(s, z), _mm256_loadu_ps(sumx + j), cv);
             _mm256_storeu_ps(sc + j, s);
         }
         corr = hsum8(cv);
@@ -171,7 +173,7 @@ static inline float dot_q8(const uint8_t *w, const uint16_t *ws, const uint16_t 
 #endif
     for (; j < nsub; j++) {
         sc[j] = h2f(ws[j >> shift]) * sx[j];
-        corr += sc[j] * h2f(wz[j >> shift]) * sumx[j];
+        corr += sc[j] * (float)wz[j >> shift] * sumx[j];
     }
 #if defined(__AVX2__)
     __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
