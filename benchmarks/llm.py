@@ -65,7 +65,7 @@ class LLMBenchConfig:
 # on the shared prefix) is at most this; tests/test_llm_real.py TIE_EPS["fp32"] holds FP32 graphs to the same.
 TIE_EPS = 0.02
 TIMED = ("ttft_ms", "decode_ms_per_step", "tokens_per_s_per_sequence", "tokens_per_s_total",
-         "decode_tokens_per_s_total", "peak_rss_mb")
+         "decode_tokens_per_s_total", "peak_rss_mb", "step_read_gbs", "host_read_gbs")
 
 
 def bench_prompts(tokenizer, batch: int, prompt_len: int) -> list[list[int]]:
@@ -89,7 +89,21 @@ def run_one_onnx(bundle: Path, precision: str, batch: int, prompt_len: int, new_
     r = time_generation(gen.model, prompts, new_tokens, gen.tokenizer.pad_token_id)
     r["peak_rss_mb"] = peak_rss_mb()
     r["decoder"] = describe_decoder(gen.model)
+    r.update(step_roofline(gen.model, batch, prompt_len, new_tokens, r["decode_ms_per_step"], threads))
     return r
+
+
+def step_roofline(dec, batch: int, prompt_len: int, new_tokens: int, ms_per_step: float, threads: int) -> dict:
+    """Where the compiled CPU step ran: the bytes a step reads at the decode's mean position, the rate that makes at
+    the measured step time, and this host's read bandwidth measured right after in the same process (the roofline
+    of a memory-bound step); {} for other decoders."""
+    step = getattr(dec, "native", None)
+    if step is None or getattr(getattr(dec, "active", None), "cpu_step", None) != "native":
+        return {}
+    from paddle2ort.runtime.kernels.cpu import read_bandwidth
+    nbytes = step.step_bytes([prompt_len + (new_tokens - 1) // 2] * batch)
+    return {"step_read_mb": nbytes / 1e6, "step_read_gbs": nbytes / (ms_per_step / 1e3) / 1e9,
+            "host_read_gbs": read_bandwidth(threads)}
 
 
 def describe_decoder(dec) -> str:
@@ -371,6 +385,15 @@ def rows_table(res: dict) -> str:
         lines.append(f"| {r['system']} | {graph} | {prec} | {r['batch']} | {f(r, 'ttft_ms', '.0f')} | "
                      f"{r['decode_ms_per_step']:.1f} | {f(r, 'tokens_per_s_per_sequence', '.1f')} | "
                      f"{f(r, 'decode_tokens_per_s_total', '.1f')} | {f(r, 'peak_rss_mb', '.0f')} | {sp} | {lc} |")
+    roof = [r for r in res["rows"] if r.get("step_read_gbs")]
+    if roof:
+        lines.append("")
+    for r in roof:
+        lines.append(f"- {r['system']} {r['precision']} b{r['batch']}: a step reads {r['step_read_mb']:.0f} MB "
+                     f"(weights, and the KV cache at the mean position), {r['step_read_gbs']:.1f} GB/s at the "
+                     f"median step time = {r['step_read_gbs'] / r['host_read_gbs']:.0%} of this box's read "
+                     f"bandwidth, {r['host_read_gbs']:.1f} GB/s with {res['config']['threads']} threads, measured "
+                     "in the same processes")
     return "\n".join(lines)
 
 

@@ -173,6 +173,8 @@ LLM_CPU_STEP = "llm-cpu/avx512-step/llm.json"           # the same box and comma
 LLM_CPU_STEP2, LLM_CPU_STEP3 = "llm-cpu/avx512-step2/llm.json", "llm-cpu/avx512-step3/llm.json"   # its re-runs
 LLM_CPU_AVX2_PATH = "llm-cpu/avx2-path/llm.json"        # the step built for AVX2 (x86-64-v3) on that box
 LLM_CPU_STEP_BATCH = "llm-cpu/step-batch/llm.json"      # batch 2 and 8, the compiled step's users' graph
+LLM_CPU_STEP4 = "llm-cpu/avx512-step4/llm.json"         # the compiled step reading uint8 zero points (35 bytes a block)
+LLM_CPU_STEP5 = "llm-cpu/avx512-step5/llm.json"         # its re-run
 # the runs judged against llama.cpp (file, box and thread waits, run), each alone; targets and headlines name them alike
 LLM_CPU_PEER_RUNS = ((LLM_CPU, "AVX-512 box, both sleeping at barriers", "commit 6939e8f"),
                      (LLM_CPU_AVX2, "AVX2 box, each engine's default waits", "commit 35f0243"),
@@ -187,7 +189,11 @@ LLM_CPU_PEER_RUNS = ((LLM_CPU, "AVX-512 box, both sleeping at barriers", "commit
                      (LLM_CPU_STEP2, "AVX-512 VNNI box, the compiled step, second run", "commit ccdd699"),
                      (LLM_CPU_AVX2_PATH, "AVX-512 VNNI box, the compiled step built for AVX2 (x86-64-v3) against "
                       "llama.cpp's AVX-512 build", "commit ccdd699"),
-                     (LLM_CPU_STEP3, "AVX-512 VNNI box, the compiled step, third run", "commit cf118f6"))
+                     (LLM_CPU_STEP3, "AVX-512 VNNI box, the compiled step, third run", "commit cf118f6"),
+                     (LLM_CPU_STEP4, "AVX-512 VNNI box, the compiled step reading byte zero points, fourth run",
+                      "commit 0461e30"),
+                     (LLM_CPU_STEP5, "AVX-512 VNNI box, the compiled step reading byte zero points, fifth run",
+                      "commit 0461e30"))
 
 
 def users_row(res: dict, precision: str, batch: int = 1) -> dict:
@@ -470,7 +476,8 @@ TABLES: dict[str, dict[str, Callable[[Path], str]]] = {
                                              ("avx512-floor", LLM_CPU_FLOOR),
                                              ("avx512-step", LLM_CPU_STEP), ("avx512-step2", LLM_CPU_STEP2),
                                              ("avx512-step3", LLM_CPU_STEP3), ("avx2-path", LLM_CPU_AVX2_PATH),
-                                             ("step-batch", LLM_CPU_STEP_BATCH))},
+                                             ("step-batch", LLM_CPU_STEP_BATCH), ("avx512-step4", LLM_CPU_STEP4),
+                                             ("avx512-step5", LLM_CPU_STEP5))},
 }
 
 

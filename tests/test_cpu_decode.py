@@ -90,6 +90,9 @@ def test_bench_llm_reports_the_users_graph_beside_generic_and_skips_llamacpp(cpu
     assert all(r["decode_ms_per_step"] > 0 and r["runs"] == 1 for r in res["rows"])
     srow = next(r for r in res["rows"] if r["system"] == "compiled-step")      # the fused graph where no compiler
     assert srow["decoder"].startswith("compiled CPU step (") == step
+    if step:        # the roofline: the bytes a step reads, its rate, this host's read bandwidth in the same process
+        assert srow["step_read_mb"] > 0 and 0 < srow["step_read_gbs"] and 0 < srow["host_read_gbs"] < 10_000
+        assert "of this box's read bandwidth" in markdown(res)
     assert "| compiled-step | kernels" in markdown(res)
     floor = next(r for r in res["rows"] if r["system"] == "products-floor")
     fused = next(r for r in res["rows"] if r["users_graph"])

@@ -208,6 +208,22 @@ def test_what_the_compiled_step_refuses(models, monkeypatch):
         cpu.load.cache_clear()
 
 
+@pytest.mark.parametrize("key", [("fp32", True, 4), ("int8", False, 8)])
+def test_step_bytes_count_what_the_step_reads(models, key):
+    """The benchmark's roofline: a step reads its products' weights as the C gets them (int8: the blocks, a float16
+    scale and a uint8 zero point each), and each row's keys and values up to its position."""
+    path, spec = models[key]
+    eng = KernelEngine(path, spec, device="cpu", native=True)
+    step, w = eng.native, eng.w
+    prods = [p for l in w.layers for p in (l.qkv, l.o, l.gate_up, l.down)] + [w.head]
+    want = sum(p.w.nbytes + (p.sz.size * 3 if p.sz is not None else 0) for p in prods)
+    small = sum(l.ln1.nbytes + l.ln2.nbytes + (l.bias.nbytes if l.bias is not None else 0) for l in w.layers)
+    kv_per_position = eng.num_layers * 2 * eng.kv_heads * eng.head_dim * 4
+    assert step.step_bytes([0]) == want + small + 2 * eng.hidden * 4 + kv_per_position
+    assert step.step_bytes([9, 3]) - step.step_bytes([0, 0]) == 12 * kv_per_position
+    assert cpu.read_bandwidth(1, mib=16, repeats=2) > 0.1                  # GB/s: a pass over 16 MiB took < 0.2 s
+
+
 def test_batch_size_picks_the_step(models):
     """cpu_step="auto": the compiled step up to NATIVE_ROWS rows, beyond them onnxruntime's fused step bound to the
     engine's own buffers (the prompt pass's graph): then exactly the fused graph's logits."""

@@ -94,7 +94,19 @@ def load(profile: bool = False, march: str | None = None) -> ctypes.CDLL:
     so.p2o_work_floats.argtypes = [ctypes.c_int32] * 4
     so.p2o_step.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
     so.p2o_step.restype = None
+    so.p2o_read_seconds.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32]
+    so.p2o_read_seconds.restype = ctypes.c_double
     return so
+
+
+def read_bandwidth(threads: int | None = None, mib: int = 256, repeats: int = 5) -> float:
+    """This host's read bandwidth in GB/s as `threads` threads see it (the best of `repeats` passes over a buffer of
+    `mib` MiB, far larger than any cache): the roofline a memory-bound decode step is measured against."""
+    so = load()
+    buf = np.ones(mib << 20, np.uint8)               # written once: its pages are real before the timed passes
+    secs = min(so.p2o_read_seconds(buf.ctypes.data, buf.nbytes, int(threads or physical_cores()))
+               for _ in range(repeats))
+    return buf.nbytes / secs / 1e9
 
 
 def available() -> bool:
@@ -238,6 +250,19 @@ class CpuStep:
                            self._ptr(_f32(w.norm)), self._lin(w.head), layers)
         self.eng = eng
         self.bound: dict[int, tuple] = {}
+
+    def step_bytes(self, positions) -> int:
+        """Bytes one step reads from memory with rows at `positions`: every product's weights as the C reads them
+        (float32; or uint8 blocks with a float16 scale and a uint8 zero point each), the norms and biases, each
+        row's embedding and its keys and values up to its position (float32)."""
+        e, w = self.eng, self.eng.w
+
+        def lin(p) -> int:
+            return p.n * p.k * 4 if p.fmt == "f32" else p.n * p.kb * (p.block + 3)
+        per = sum(lin(l.qkv) + lin(l.o) + lin(l.gate_up) + lin(l.down) + 2 * e.hidden * 4
+                  + (l.bias.size * 4 if l.bias is not None else 0) for l in w.layers)
+        kv = sum(e.num_layers * 2 * e.kv_heads * (int(p) + 1) * e.head_dim * 4 for p in positions)
+        return int(per + lin(w.head) + e.hidden * 4 * (1 + len(positions)) + kv)
 
     def _ptr(self, a: np.ndarray) -> int:
         self._keep.append(a)

@@ -81,6 +81,30 @@ int64_t p2o_work_floats(int32_t batch, int32_t max_k, int32_t capacity, int32_t 
            + 2 * (int64_t)batch * (max_k / QK) + batch + max_k / QK;
 }
 
+// The host's read bandwidth, the roofline a step is judged against: `threads` threads each sum their share of buf
+// (bytes a multiple of 64) with the widest loads this build has; returns the seconds of the pass (the sum goes to
+// p2o_read_sink, so the compiler keeps the loads).
+volatile int64_t p2o_read_sink;
+double p2o_read_seconds(const uint8_t *buf, int64_t bytes, int32_t threads) {
+    int64_t lines = bytes / 64, total = 0;
+    double t0 = omp_get_wtime();
+#pragma omp parallel for schedule(static) num_threads(threads) reduction(+:total)
+    for (int64_t i = 0; i < lines; i++) {
+#if defined(__AVX2__)
+        __m256i a = _mm256_add_epi64(_mm256_loadu_si256((const __m256i *)(buf + i * 64)),
+                                     _mm256_loadu_si256((const __m256i *)(buf + i * 64 + 32)));
+        total += _mm256_extract_epi64(a, 0);
+#else
+        int64_t v[8];
+        memcpy(v, buf + i * 64, 64);
+        total += v[0] + v[1] + v[2] + v[3] + v[4] + v[5] + v[6] + v[7];
+#endif
+    }
+    double t = omp_get_wtime() - t0;
+    p2o_read_sink = total;
+    return t;
+}
+
 static inline float h2f(uint16_t h) {
 #if defined(__F16C__)
     return _cvtsh_ss(h);
