@@ -175,6 +175,7 @@ LLM_CPU_AVX2_PATH = "llm-cpu/avx2-path/llm.json"        # the step built for AVX
 LLM_CPU_STEP_BATCH = "llm-cpu/step-batch/llm.json"      # batch 2 and 8, the compiled step's users' graph
 LLM_CPU_STEP4 = "llm-cpu/avx512-step4/llm.json"         # the compiled step reading uint8 zero points (35 bytes a block)
 LLM_CPU_STEP5 = "llm-cpu/avx512-step5/llm.json"         # its re-run
+LLM_CPU_STEP6 = "llm-cpu/avx512-step6/llm.json"         # a third, with the roofline lines
 # the runs judged against llama.cpp (file, box and thread waits, run), each alone; targets and headlines name them alike
 LLM_CPU_PEER_RUNS = ((LLM_CPU, "AVX-512 box, both sleeping at barriers", "commit 6939e8f"),
                      (LLM_CPU_AVX2, "AVX2 box, each engine's default waits", "commit 35f0243"),
@@ -193,7 +194,9 @@ LLM_CPU_PEER_RUNS = ((LLM_CPU, "AVX-512 box, both sleeping at barriers", "commit
                      (LLM_CPU_STEP4, "AVX-512 VNNI box, the compiled step reading byte zero points, fourth run",
                       "commit 0461e30"),
                      (LLM_CPU_STEP5, "AVX-512 VNNI box, the compiled step reading byte zero points, fifth run",
-                      "commit 0461e30"))
+                      "commit 0461e30"),
+                     (LLM_CPU_STEP6, "AVX-512 VNNI box, the compiled step reading byte zero points, sixth run",
+                      "commit 29dea1d"))
 
 
 def users_row(res: dict, precision: str, batch: int = 1) -> dict:
@@ -477,7 +480,7 @@ TABLES: dict[str, dict[str, Callable[[Path], str]]] = {
                                              ("avx512-step", LLM_CPU_STEP), ("avx512-step2", LLM_CPU_STEP2),
                                              ("avx512-step3", LLM_CPU_STEP3), ("avx2-path", LLM_CPU_AVX2_PATH),
                                              ("step-batch", LLM_CPU_STEP_BATCH), ("avx512-step4", LLM_CPU_STEP4),
-                                             ("avx512-step5", LLM_CPU_STEP5))},
+                                             ("avx512-step5", LLM_CPU_STEP5), ("avx512-step6", LLM_CPU_STEP6))},
 }
 
 
