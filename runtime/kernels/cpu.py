@@ -190,16 +190,18 @@ def _f32(a) -> np.ndarray:
     return np.ascontiguousarray(a, np.float32)
 
 
+def _zero_points(sz) -> np.ndarray:
+    """The float16 zero points of engine.Packed's uint32 {float16 scale, float16 zero point} pairs, as float32."""
+    return (np.asarray(sz, np.uint32) >> 16).astype(np.uint16).view(np.float16).astype(np.float32)
+
+
 def _split_pairs(sz) -> tuple[np.ndarray, np.ndarray]:
-    """engine.Packed's uint32 {float16 scale, float16 zero point} pairs as float16 scale bits (uint16) and uint8
-    zero points (the zero points' float16 values taken exactly where they are whole numbers in 0..255)."""
-    sz = np.asarray(sz, np.uint32)
-    zero = (sz >> 16).astype(np.uint16).view(np.float16).astype(np.float32)
-    return (sz & 0xFFFF).astype(np.uint16), zero.astype(np.uint8)
+    """The pairs as float16 scale bits (uint16) and uint8 zero points (exact where _byte_zero_points holds)."""
+    return (np.asarray(sz, np.uint32) & 0xFFFF).astype(np.uint16), _zero_points(sz).astype(np.uint8)
 
 
 def _byte_zero_points(sz) -> bool:
-    zero = (np.asarray(sz, np.uint32) >> 16).astype(np.uint16).view(np.float16).astype(np.float32)
+    zero = _zero_points(sz)
     return bool(np.all((zero >= 0) & (zero <= 255) & (zero == np.round(zero))))
 
 
