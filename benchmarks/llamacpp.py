@@ -89,6 +89,24 @@ def version(python: Path) -> str:
     return out.stdout.strip()
 
 
+def system_info(python: Path) -> dict:
+    """What the llama.cpp library was built for (llama_print_system_info): {"text": its line, "cpu": the CPU
+    features it reports on (AVX2, AVX512, AVX512_VNNI, ...)}, so a run names the peer's ISA beside ours."""
+    out = subprocess.run([str(python), "-c", "import llama_cpp; print(llama_cpp.llama_print_system_info().decode())"],
+                         capture_output=True, text=True)
+    return parse_system_info(out.stdout.strip())
+
+
+def parse_system_info(text: str) -> dict:
+    """'CPU : SSE3 = 1 | AVX2 = 1 | AVX512 = 0 | ... |' -> {"text": text, "cpu": ["SSE3", "AVX2"]} (features = 1)."""
+    cpu = []
+    for part in text.replace(":", "|").split("|"):
+        key, eq, val = part.partition("=")
+        if eq and val.strip() == "1" and key.strip().isupper():
+            cpu.append(key.strip())
+    return {"text": text, "cpu": cpu}
+
+
 def run_job(python: Path, job: dict, work: Path) -> dict:
     """One peer configuration in a fresh process of the benchmark environment -> its JSON."""
     work.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,7 @@ from pathlib import Path
 
 
 from paddle2ort.runtime.errors import BadInputError
+from paddle2ort.runtime.kernels.cpu import target_march
 from paddle2ort.runtime.timing import time_generation
 
 from .env import cpu_info, environment, usable_cores
@@ -187,7 +188,7 @@ def run_llm_bench(cfg: LLMBenchConfig) -> dict:
     peers = {}
     if peer is not None:
         peers["llama.cpp"] = {k: str(peer[k]) if isinstance(peer[k], Path) else peer[k]
-                              for k in ("skipped", "version", "python", "files") if k in peer}
+                              for k in ("skipped", "version", "system_info", "python", "files") if k in peer}
         for j in peer.get("jobs", []):
             got = runs[("llama.cpp", j["qtype"])]
             check = got[0].pop("check", None)
@@ -231,6 +232,7 @@ def run_llm_bench(cfg: LLMBenchConfig) -> dict:
             "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "config": {**{k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
                        "threads": threads}, "rows": rows, "peers": peers, "cpu": cpu_info(threads),
+            "cpu_step_march": target_march(),      # the ISA our compiled step was built for (-march=)
             **({"floor_skipped": floor_skipped} if floor_skipped else {}),
             "load_average_1_5_15min": load,
             "environment": environment()}
@@ -336,7 +338,8 @@ def llamacpp_jobs(cfg: LLMBenchConfig, precisions, threads: int, bundle) -> dict
         jobs.append({**base, "qtype": "F32-check", "precision": "fp32", "model": str(path), "kv_f32": True,
                      "n_ctx": max(map(len, ids)) + cfg.check_new_tokens + 8, "prompts": [], "check": ids,
                      "check_new_tokens": cfg.check_new_tokens})
-    return {"jobs": jobs, "python": python, "work": work, "files": files, "version": llamacpp.version(python)}
+    return {"jobs": jobs, "python": python, "work": work, "files": files, "version": llamacpp.version(python),
+            "system_info": llamacpp.system_info(python)}
 
 
 def _peer_dir() -> Path:
@@ -411,7 +414,10 @@ def markdown(res: dict) -> str:
     if lc is not None and lc.get("skipped"):
         lines += ["", f"llama.cpp peer skipped: {lc['skipped']}"]
     elif lc is not None:
-        lines += ["", f"llama.cpp peer: llama-cpp-python {lc.get('version')} ({', '.join(lc.get('files', {}).values())})"]
+        lines += ["", f"llama.cpp peer: llama-cpp-python {lc.get('version')} ({', '.join(lc.get('files', {}).values())})"
+                      + (f", built for {', '.join(lc['system_info']['cpu']) or 'no SIMD'}" if lc.get("system_info") else "")
+                      + (f"; our compiled step built for -march={res['cpu_step_march']}"
+                         if res.get("cpu_step_march") else "")]
         for t in [lc.get("token_check"), *(lc.get("token_check_other_graphs") or {}).values()]:
             if t:
                 lines.append(f"Greedy tokens, ours ({t['graph']} FP32) vs llama.cpp F32 (F32 KV cache), {t['rows']} "

@@ -190,7 +190,10 @@ def to_fp16(src: Path, dst: Path, opts: FP16Options = FP16Options()) -> dict:
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
     from onnxruntime.transformers.onnx_model import OnnxModel
 
-    model = onnx.load(str(src))
+    from .export import EXTERNAL_DATA_BYTES, model_bytes
+    # past protobuf's 2 GiB the converter gets the path: it then infers shapes with infer_shapes_path, where
+    # infer_shapes would serialize the whole proto
+    model = str(src) if model_bytes(src) > EXTERNAL_DATA_BYTES else onnx.load(str(src))
     block = sorted(set(DEFAULT_OP_BLOCK_LIST) | set(opts.op_block_list))
     try:
         m16 = convert_float_to_float16(model, keep_io_types=opts.keep_io_types, op_block_list=block)
@@ -208,14 +211,23 @@ def to_int8(src: Path, dst: Path, opts: Int8Options = Int8Options()) -> dict:
     onnxruntime.set_default_logger_severity(3)   # pre-processing sessions warn about every unused initializer
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    from .export import EXTERNAL_DATA_BYTES, model_bytes
     from .paddle_proc import workdir
+    # past protobuf's 2 GiB the intermediate and the result keep their weights in `NAME.data` beside them (the
+    # result is about a quarter of the source, so it is external only when its source was past 4x the limit)
+    large_pre, large_out = (model_bytes(src) > EXTERNAL_DATA_BYTES * k for k in (1, 4))
+    data = Path(dst).with_name(Path(dst).name + ".data")
+    if data.exists():
+        data.unlink()
     with workdir("int8") as tmp:
         pre = Path(tmp) / "pre.onnx"
         try:
             # symbolic shape inference fails on paddle2onnx graphs; ONNX shape inference is enough here
-            quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+            quant_pre_process(str(src), str(pre), skip_symbolic_shape=True, save_as_external_data=large_pre,
+                              all_tensors_to_one_file=True, external_data_location="pre.onnx.data")
             quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8, per_channel=opts.per_channel,
                              reduce_range=opts.reduce_range, op_types_to_quantize=list(opts.op_types),
+                             use_external_data_format=large_out,
                              # fused graphs: contrib-op outputs have no inferred type; they are float
                              extra_options={"DefaultTensorType": 1})
         except Exception as e:  # noqa: BLE001

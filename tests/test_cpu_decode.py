@@ -3,6 +3,7 @@ compute) and records it as the bundle's CPU default graph; `generate --graph aut
 the generic graph; the llama.cpp peer's GGUFs are the bundle's weights, and it is skipped with the reason when
 llama_cpp is not importable (the test suite runs in .venv, not in the benchmark's .venv-llamacpp)."""
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -88,6 +89,7 @@ def test_bench_llm_reports_the_users_graph_beside_generic_and_skips_llamacpp(cpu
     assert rows == {("onnxruntime", "generic", False), ("onnxruntime", "fused", not step),
                     ("compiled-step", "kernels", step), ("products-floor", "fused: weight products alone", False)}
     assert all(r["decode_ms_per_step"] > 0 and r["runs"] == 1 for r in res["rows"])
+    assert res["cpu_step_march"] == (os.environ.get("PADDLE2ORT_CPU_MARCH") or "native")     # the ISA it ran
     srow = next(r for r in res["rows"] if r["system"] == "compiled-step")      # the fused graph where no compiler
     assert srow["decoder"].startswith("compiled CPU step (") == step
     if step:        # the roofline: the bytes a step reads, its rate, this host's read bandwidth in the same process
@@ -215,3 +217,12 @@ def test_bench_llm_leaves_out_a_floor_it_cannot_model_before_timing(cpu_bundle, 
     assert floors == [("int8", 1), ("int8", 8)]
     assert list(skipped) == ["fp32"] and "MatMul, which the floor does not model" in skipped["fp32"]
     assert _floors(LLMBenchConfig(bundle=dest, floor=False), load_bundle(dest), ("fp32",)) == ([], {})
+
+
+def test_llamacpp_system_info_names_the_features_it_was_built_for():
+    """The peer's ISA goes into the run beside ours: the features llama.cpp reports as 1, nothing reported as 0."""
+    from paddle2ort.benchmarks.llamacpp import parse_system_info
+    line = "CPU : SSE3 = 1 | AVX2 = 1 | F16C = 1 | AVX512 = 0 | AVX512_VNNI = 0 | OPENMP = 1 | "
+    info = parse_system_info(line)
+    assert info == {"text": line, "cpu": ["SSE3", "AVX2", "F16C", "OPENMP"]}
+    assert parse_system_info("") == {"text": "", "cpu": []}

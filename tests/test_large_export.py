@@ -253,3 +253,67 @@ def test_external_data_is_covered_by_the_bundle_checksums(tiny_models, tmp_path,
             load_bundle(dest)
         raw[len(raw) // 2] ^= 0xFF
         data.write_bytes(bytes(raw))
+
+
+def two_matmuls(tmp_path, rng):
+    """x @ w1 -> Relu -> @ w2, saved twice: tmp_path/small/src.onnx (weights in the proto) and tmp_path/large/src.onnx
+    (weights in src.onnx.data, as a source past 2 GiB has them)."""
+    from onnx import TensorProto, helper, numpy_helper
+    w1, w2 = (numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), n) for n in ("w1", "w2"))
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+                               helper.make_node("MatMul", ["r", "w2"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 64])], [w1, w2])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    (tmp_path / "small").mkdir()
+    (tmp_path / "large").mkdir()
+    onnx.save(model, str(tmp_path / "small" / "src.onnx"))
+    onnx.save_model(model, str(tmp_path / "large" / "src.onnx"), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="src.onnx.data", size_threshold=0)
+
+
+@pytest.mark.unit
+def test_dynamic_int8_of_a_model_past_the_limit_keeps_its_weights_apart(tmp_path, monkeypatch):
+    """INT8 dynamic quantization of a source past the limit (forced: threshold 0; the source itself with external
+    data): the pre-processed model and the result keep their weights in `NAME.data`, and the result computes what
+    the in-proto quantization of the same source computes."""
+    import onnxruntime as ort
+    from paddle2ort.convert import export as export_stage
+    from paddle2ort.convert.precision import to_int8
+    rng = np.random.default_rng(0)
+    two_matmuls(tmp_path, rng)
+    to_int8(tmp_path / "small" / "src.onnx", tmp_path / "small" / "int8.onnx")
+    monkeypatch.setattr(export_stage, "EXTERNAL_DATA_BYTES", 0)
+    info = to_int8(tmp_path / "large" / "src.onnx", tmp_path / "large" / "int8.onnx")
+    assert info["quantized_nodes"] == 2
+    data = tmp_path / "large" / "int8.onnx.data"
+    assert data.stat().st_size >= 2 * 64 * 64          # both int8 weights live there
+    assert not (tmp_path / "small" / "int8.onnx.data").exists()
+    x = rng.standard_normal((3, 64)).astype(np.float32)
+    got, want = (ort.InferenceSession(str(tmp_path / d / "int8.onnx"), providers=["CPUExecutionProvider"])
+                 .run(None, {"x": x})[0] for d in ("large", "small"))
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.unit
+def test_fp16_of_a_model_past_the_limit_converts_from_its_path(tmp_path, monkeypatch):
+    """FP16 of a source past the limit (forced) goes through infer_shapes_path (infer_shapes serializes the proto,
+    which fails past 2 GiB); its weights go to `NAME.data` and it computes what the in-proto conversion computes."""
+    import onnxruntime as ort
+    from paddle2ort.convert import export as export_stage
+    from paddle2ort.convert.precision import to_fp16
+    rng = np.random.default_rng(1)
+    two_matmuls(tmp_path, rng)
+    to_fp16(tmp_path / "small" / "src.onnx", tmp_path / "small" / "fp16.onnx")
+    monkeypatch.setattr(export_stage, "EXTERNAL_DATA_BYTES", 0)
+    seen = []
+    import onnxruntime.transformers.float16 as f16
+    real = f16.convert_float_to_float16
+    monkeypatch.setattr(f16, "convert_float_to_float16", lambda m, **kw: seen.append(type(m)) or real(m, **kw))
+    to_fp16(tmp_path / "large" / "src.onnx", tmp_path / "large" / "fp16.onnx")
+    assert seen == [str]
+    assert (tmp_path / "large" / "fp16.onnx.data").stat().st_size >= 2 * 64 * 64 * 2
+    x = rng.standard_normal((3, 64)).astype(np.float32)
+    got, want = (ort.InferenceSession(str(tmp_path / d / "fp16.onnx"), providers=["CPUExecutionProvider"])
+                 .run(None, {"x": x})[0] for d in ("large", "small"))
+    np.testing.assert_array_equal(got, want)

@@ -59,15 +59,19 @@ def compiler() -> str:
 PHASES = ("embed", "qkv", "attention", "o-proj", "gate|up", "down", "head")      # cpu_step.c MARK(0..6)
 
 
+def target_march(requested: str | None = None) -> str:
+    """The ISA the step is compiled for: `requested`, else $PADDLE2ORT_CPU_MARCH, else native (this host's)."""
+    return requested or os.environ.get("PADDLE2ORT_CPU_MARCH") or "native"
+
+
 @functools.lru_cache(maxsize=None)
 def load(profile: bool = False, march: str | None = None) -> ctypes.CDLL:
     """Build (at most once per host and source) and load the step library; profile: the build that adds each
     phase's seconds up (phase_seconds), for the benchmark's breakdown; march: the ISA compiled for (default
     $PADDLE2ORT_CPU_MARCH, else native: this host's; x86-64-v3 is AVX2 without VNNI, x86-64 the scalar code, which
     the tests build too, and a benchmark can run on an AVX-512 host)."""
-    march = march or os.environ.get("PADDLE2ORT_CPU_MARCH") or "native"
     cc = compiler()
-    flags = FLAGS + (f"-march={march}",) + (("-DP2O_PROFILE",) if profile else ())
+    flags = FLAGS + (f"-march={target_march(march)}",) + (("-DP2O_PROFILE",) if profile else ())
     try:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as e:
