@@ -176,6 +176,8 @@ LLM_CPU_STEP_BATCH = "llm-cpu/step-batch/llm.json"      # batch 2 and 8, the com
 LLM_CPU_STEP4 = "llm-cpu/avx512-step4/llm.json"         # the compiled step reading uint8 zero points (35 bytes a block)
 LLM_CPU_STEP5 = "llm-cpu/avx512-step5/llm.json"         # its re-run
 LLM_CPU_STEP6 = "llm-cpu/avx512-step6/llm.json"         # a third, with the roofline lines
+# both sides built for AVX2 on that box: our step -march=x86-64-v3, llama.cpp with GGML_NATIVE=OFF and AVX-512 off
+LLM_CPU_AVX2_BOTH, LLM_CPU_AVX2_BOTH2 = "llm-cpu/avx2-both/llm.json", "llm-cpu/avx2-both2/llm.json"
 # the runs judged against llama.cpp (file, box and thread waits, run), each alone; targets and headlines name them alike
 LLM_CPU_PEER_RUNS = ((LLM_CPU, "AVX-512 box, both sleeping at barriers", "commit 6939e8f"),
                      (LLM_CPU_AVX2, "AVX2 box, each engine's default waits", "commit 35f0243"),
@@ -196,7 +198,11 @@ LLM_CPU_PEER_RUNS = ((LLM_CPU, "AVX-512 box, both sleeping at barriers", "commit
                      (LLM_CPU_STEP5, "AVX-512 VNNI box, the compiled step reading byte zero points, fifth run",
                       "commit 0461e30"),
                      (LLM_CPU_STEP6, "AVX-512 VNNI box, the compiled step reading byte zero points, sixth run",
-                      "commit 29dea1d"))
+                      "commit 29dea1d"),
+                     (LLM_CPU_AVX2_BOTH, "AVX-512 VNNI box, our step and llama.cpp both built for AVX2",
+                      "commit 09512c8"),
+                     (LLM_CPU_AVX2_BOTH2, "AVX-512 VNNI box, our step and llama.cpp both built for AVX2, second run",
+                      "commit 09512c8"))
 
 
 def users_row(res: dict, precision: str, batch: int = 1) -> dict:
@@ -480,7 +486,8 @@ TABLES: dict[str, dict[str, Callable[[Path], str]]] = {
                                              ("avx512-step", LLM_CPU_STEP), ("avx512-step2", LLM_CPU_STEP2),
                                              ("avx512-step3", LLM_CPU_STEP3), ("avx2-path", LLM_CPU_AVX2_PATH),
                                              ("step-batch", LLM_CPU_STEP_BATCH), ("avx512-step4", LLM_CPU_STEP4),
-                                             ("avx512-step5", LLM_CPU_STEP5), ("avx512-step6", LLM_CPU_STEP6))},
+                                             ("avx512-step5", LLM_CPU_STEP5), ("avx512-step6", LLM_CPU_STEP6),
+                                             ("avx2-both", LLM_CPU_AVX2_BOTH), ("avx2-both2", LLM_CPU_AVX2_BOTH2))},
 }
 
 
