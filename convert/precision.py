@@ -214,8 +214,10 @@ def to_int8(src: Path, dst: Path, opts: Int8Options = Int8Options()) -> dict:
     from .export import EXTERNAL_DATA_BYTES, model_bytes
     from .paddle_proc import workdir
     # past protobuf's 2 GiB the intermediate and the result keep their weights in `NAME.data` beside them (the
-    # result is about a quarter of the source, so it is external only when its source was past 4x the limit)
+    # result is about a quarter of the source, so it is external only when its source was past 4x the limit); a
+    # source with external data keeps it in the intermediate too (its optimizer pass would look for the source's)
     large_pre, large_out = (model_bytes(src) > EXTERNAL_DATA_BYTES * k for k in (1, 4))
+    large_pre = large_pre or Path(src).with_name(Path(src).name + ".data").is_file()
     data = Path(dst).with_name(Path(dst).name + ".data")
     if data.exists():
         data.unlink()

@@ -276,13 +276,15 @@ def two_matmuls(tmp_path, rng):
 def test_dynamic_int8_of_a_model_past_the_limit_keeps_its_weights_apart(tmp_path, monkeypatch):
     """INT8 dynamic quantization of a source past the limit (forced: threshold 0; the source itself with external
     data): the pre-processed model and the result keep their weights in `NAME.data`, and the result computes what
-    the in-proto quantization of the same source computes."""
+    the in-proto quantization of the same source computes; so does a small source whose weights are external."""
     import onnxruntime as ort
     from paddle2ort.convert import export as export_stage
     from paddle2ort.convert.precision import to_int8
     rng = np.random.default_rng(0)
     two_matmuls(tmp_path, rng)
     to_int8(tmp_path / "small" / "src.onnx", tmp_path / "small" / "int8.onnx")
+    to_int8(tmp_path / "large" / "src.onnx", tmp_path / "large" / "in-proto.onnx")     # external source, small
+    assert not (tmp_path / "large" / "in-proto.onnx.data").exists()
     monkeypatch.setattr(export_stage, "EXTERNAL_DATA_BYTES", 0)
     info = to_int8(tmp_path / "large" / "src.onnx", tmp_path / "large" / "int8.onnx")
     assert info["quantized_nodes"] == 2
@@ -290,9 +292,11 @@ def test_dynamic_int8_of_a_model_past_the_limit_keeps_its_weights_apart(tmp_path
     assert data.stat().st_size >= 2 * 64 * 64          # both int8 weights live there
     assert not (tmp_path / "small" / "int8.onnx.data").exists()
     x = rng.standard_normal((3, 64)).astype(np.float32)
-    got, want = (ort.InferenceSession(str(tmp_path / d / "int8.onnx"), providers=["CPUExecutionProvider"])
-                 .run(None, {"x": x})[0] for d in ("large", "small"))
+    got, inproto, want = (ort.InferenceSession(str(tmp_path / f), providers=["CPUExecutionProvider"])
+                          .run(None, {"x": x})[0] for f in ("large/int8.onnx", "large/in-proto.onnx",
+                                                             "small/int8.onnx"))
     np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(inproto, want)
 
 
 @pytest.mark.unit
