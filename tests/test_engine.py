@@ -303,3 +303,30 @@ def test_prompt_buckets_pad_up_and_stop_at_the_cache():
     assert [prompt_bucket(n, 4096) for n in (1, 16, 17, 128, 129, 512)] == [16, 16, 32, 128, 256, 512]
     assert prompt_bucket(513, 4096) is None and prompt_bucket(100, 120) is None
     assert list(PROMPT_BUCKETS) == sorted(PROMPT_BUCKETS)
+
+
+def _pages_present(a: np.ndarray) -> np.ndarray:
+    """Which of a's 4 KiB pages are mapped (/proc/self/pagemap's present bit, readable without privileges)."""
+    first, last = a.ctypes.data // 4096, (a.ctypes.data + a.nbytes - 1) // 4096
+    with open("/proc/self/pagemap", "rb") as f:
+        f.seek(first * 8)
+        ents = np.frombuffer(f.read((last - first + 1) * 8), np.uint64)
+    return (ents >> np.uint64(63)).astype(bool)
+
+
+def test_host_cache_commits_only_the_positions_written():
+    """The CPU cache is zeros whose pages are mapped as positions are written, 4 KiB at a time: writing the first
+    positions of every (layer, K/V, row, head) slice maps about a page a slice, not the whole cache (numpy's huge
+    pages did: a 7-token prompt committed a 4,096-position cache at batch 8)."""
+    from paddle2ort.runtime.kernels.engine import cache_zeros
+    shape = (2, 2, 2, 3, 4096, 64)                        # 24 slices of 1 MiB
+    cache = cache_zeros(shape, np.float32)
+    assert cache.shape == shape and cache.dtype == np.float32 and cache.flags.writeable and cache.flags.c_contiguous
+    cache[..., :5, :] = 1.0                               # 5 positions = 1,280 bytes at the start of each slice
+    assert float(cache[..., :5, :].sum()) == 24 * 5 * 64
+    import os
+    if not os.access("/proc/self/pagemap", os.R_OK):
+        pytest.skip("no /proc/self/pagemap to read on this host")
+    present = _pages_present(cache)
+    assert present.sum() <= 2 * 24, f"{present.sum()} of {present.size} pages mapped for 24 slices' first positions"
+    assert float(cache[..., 5:, :].max()) == 0.0          # the rest reads as zeros
