@@ -306,8 +306,10 @@ def test_prompt_buckets_pad_up_and_stop_at_the_cache():
 
 
 def _pages_present(a: np.ndarray) -> np.ndarray:
-    """Which of a's 4 KiB pages are mapped (/proc/self/pagemap's present bit, readable without privileges)."""
-    first, last = a.ctypes.data // 4096, (a.ctypes.data + a.nbytes - 1) // 4096
+    """Which of a's base pages (4 KiB on x86-64) are mapped (/proc/self/pagemap's present bit, readable without
+    privileges)."""
+    import mmap
+    first, last = a.ctypes.data // mmap.PAGESIZE, (a.ctypes.data + a.nbytes - 1) // mmap.PAGESIZE
     with open("/proc/self/pagemap", "rb") as f:
         f.seek(first * 8)
         ents = np.frombuffer(f.read((last - first + 1) * 8), np.uint64)
