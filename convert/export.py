@@ -276,9 +276,14 @@ def initializer_bytes(model) -> int:
     return total
 
 
+def data_file(path: Path) -> Path:
+    """Where a model's external weights live: one file beside it, `NAME.onnx.data`."""
+    return Path(path).with_name(Path(path).name + ".data")
+
+
 def model_bytes(path: Path) -> int:
     """Size of an ONNX model on disk: the graph file and its external data (`path`.data) when it has one."""
-    data = Path(path).with_name(Path(path).name + ".data")
+    data = data_file(path)
     return Path(path).stat().st_size + (data.stat().st_size if data.is_file() else 0)
 
 
@@ -287,7 +292,7 @@ def save_onnx(model, path: Path) -> None:
     be serialized); an earlier data file of that name is replaced."""
     import onnx
     path = Path(path)
-    data = path.with_name(path.name + ".data")
+    data = data_file(path)
     if data.exists():
         data.unlink()
     if initializer_bytes(model) > EXTERNAL_DATA_BYTES:
@@ -321,7 +326,7 @@ def export_weights_apart(source: ModelSource, save_file: Path, opset: int, workd
     model = onnx.load(str(save_file))
     from .repair import repair_onnx
     repairs = repairs + repair_onnx(model)
-    attach_weights(model, names, Path(source.params_file), save_file.with_name(save_file.name + ".data"))
+    attach_weights(model, names, Path(source.params_file), data_file(save_file))
     onnx.save(model, str(save_file))                        # the graph alone: the weights are already external
     return ExportResult(save_file, opset, opset, log_path, repairs)
 

@@ -211,16 +211,15 @@ def to_int8(src: Path, dst: Path, opts: Int8Options = Int8Options()) -> dict:
     onnxruntime.set_default_logger_severity(3)   # pre-processing sessions warn about every unused initializer
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from .export import EXTERNAL_DATA_BYTES, model_bytes
+    from .export import EXTERNAL_DATA_BYTES, data_file, model_bytes
     from .paddle_proc import workdir
     # past protobuf's 2 GiB the intermediate and the result keep their weights in `NAME.data` beside them (the
     # result is about a quarter of the source, so it is external only when its source was past 4x the limit); a
     # source with external data keeps it in the intermediate too (its optimizer pass would look for the source's)
-    large_pre, large_out = (model_bytes(src) > EXTERNAL_DATA_BYTES * k for k in (1, 4))
-    large_pre = large_pre or Path(src).with_name(Path(src).name + ".data").is_file()
-    data = Path(dst).with_name(Path(dst).name + ".data")
-    if data.exists():
-        data.unlink()
+    size = model_bytes(src)
+    large_pre = size > EXTERNAL_DATA_BYTES or data_file(src).is_file()
+    large_out = size > 4 * EXTERNAL_DATA_BYTES
+    data_file(dst).unlink(missing_ok=True)
     with workdir("int8") as tmp:
         pre = Path(tmp) / "pre.onnx"
         try:
