@@ -1,6 +1,7 @@
 """`paddle2ort import-gguf FILE -o DIR`: over paddle2ort.convert.llm.gguf_import (llama.cpp GGUF -> PaddleNLP)."""
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 from .common import check_exists, command
@@ -10,9 +11,10 @@ def run(args) -> int:
     check_exists(args.file, "FILE")
     from paddle2ort.convert.llm.gguf_import import import_gguf
     model = import_gguf(args.file, args.output, overwrite=args.overwrite)
-    print(f"{args.file.name}: {model.arch} -> the {model.family} family; Paddle model in {args.output / 'model'}, "
-          f"tokenizer in {args.output / 'tokenizer'}\nnext: paddle2ort convert-llm {args.output / 'model'} "
-          f"--tokenizer {args.output / 'tokenizer'} -o BUNDLE")
+    model_dir, tok_dir = args.output / "model", args.output / "tokenizer"
+    print(f"{args.file.name}: {model.arch} -> the {model.family} family; Paddle model in {model_dir}, "
+          f"tokenizer in {tok_dir}\nnext: paddle2ort convert-llm {shlex.quote(str(model_dir))} "
+          f"--tokenizer {shlex.quote(str(tok_dir))} -o BUNDLE")
     return 0
 
 

@@ -15,6 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from paddle2ort.runtime.files import current_umask
 from paddle2ort.runtime.manifest import MANIFEST_NAME, VALIDATION_NAME
 
 from .errors import BadInputError
@@ -125,9 +126,10 @@ def staged_bundle(dest: Path, overwrite: bool, sources: tuple[Path, ...] = (), o
     dest.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale(dest.parent, STAGING_RE)              # those of killed runs (any bundle name in this directory)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-{os.getpid()}-", dir=dest.parent))
-    staging.chmod(0o755)                 # mkdtemp makes it 0700; a deploy bundle is read by other users
+    staging.chmod(0o777 & ~current_umask())     # mkdtemp makes it 0700; a deploy bundle is read by other users
     try:
         yield staging
+        _readable_modes(staging)
         old = None
         if dest.exists():
             if not overwrite:   # appeared while we worked
@@ -145,6 +147,20 @@ def staged_bundle(dest: Path, overwrite: bool, sources: tuple[Path, ...] = (), o
             with contextlib.suppress(OSError):
                 d.rmdir()
         raise
+
+
+def _readable_modes(root: Path) -> None:
+    """Give every file and folder under `root` the read (and folder search) bits open() and mkdir() would: some
+    writers create 0600 files (safetensors' save_file, tempfile), and a bundle is read by other users."""
+    mask = current_umask()
+    for d, dirs, files in os.walk(root):
+        for name in dirs:
+            p = os.path.join(d, name)
+            os.chmod(p, os.stat(p).st_mode & 0o7777 | (0o555 & ~mask))
+        for name in files:
+            p = os.path.join(d, name)
+            if not os.path.islink(p):
+                os.chmod(p, os.stat(p).st_mode & 0o7777 | (0o444 & ~mask))
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -15,7 +15,7 @@ from typing import IO, Iterator
 from .errors import BadInputError
 
 
-def _umask() -> int:
+def current_umask() -> int:
     mask = os.umask(0)      # the only portable way to read it is to set it
     os.umask(mask)
     return mask
@@ -28,7 +28,7 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     see the old file or the new one, never half of one."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.fchmod(fd, 0o666 & ~_umask())    # mkstemp makes it 0600; give it the mode open() would (others read results)
+    os.fchmod(fd, 0o666 & ~current_umask())    # mkstemp makes it 0600; give it the mode open() would (others read results)
     os.close(fd)
     tmp = Path(tmp)
     try:

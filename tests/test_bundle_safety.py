@@ -244,6 +244,27 @@ def test_atomic_writes_get_the_mode_open_would_give(tmp_path):
     assert {oct((tmp_path / n).stat().st_mode & 0o777) for n in ("a.json", "b.jsonl")} == {oct(0o644)}
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_published_bundle_has_the_modes_the_umask_gives(in_dir, umask):
+    """Some writers make 0600 files (safetensors' save_file, mkstemp) and mkdtemp a 0700 folder: the published bundle
+    gets the read bits open() and mkdir() would give under the user's umask, no more (a 077 user keeps it private)."""
+    old = os.umask(umask)
+    try:
+        with staged_bundle(in_dir / "b", overwrite=False) as stage:
+            (stage / "sub").mkdir(mode=0o700)
+            for f in (stage / "model.safetensors", stage / "sub" / "x.onnx"):
+                f.write_text("w")
+                f.chmod(0o600)
+            (stage / "run.sh").write_text("#!/bin/sh\n")
+            (stage / "run.sh").chmod(0o700)
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in [in_dir / "b", *(in_dir / "b").rglob("*")]}
+    want_file, want_dir = 0o666 & ~umask & 0o644 | 0o600, 0o777 & ~umask & 0o755 | 0o700
+    assert modes == {"b": want_dir, "sub": want_dir, "model.safetensors": want_file, "x.onnx": want_file,
+                     "run.sh": 0o700 | (0o444 & ~umask)}   # read bits added, never execute
+
+
 @pytest.mark.parametrize("text, fragment", [('{"a": ', "not a readable JSON file"), ("[1]", "JSON object, got a JSON list"),
                                             (b"\xff\xfe", "not a readable JSON file")])
 def test_read_json_object_names_the_file_the_problem_and_the_fix(tmp_path, text, fragment):

@@ -5,6 +5,8 @@ independent BPE (Python `regex` with llama.cpp's pre-split patterns + a plain me
 SentencePiece ('llama') GGUF tokenizers must give sentencepiece's own ids (a trained SentencePiece BPE as the
 reference), and a tokenizer/model vocabulary mismatch is exit 2 naming both sizes."""
 import json
+import os
+import shlex
 
 import gguf
 import numpy as np
@@ -110,8 +112,18 @@ def test_f32_import_is_exact_and_names_the_family(tmp_path, bpe, arch, window, f
 def test_import_gguf_cli_writes_model_tokenizer_and_chat_template(tmp_path, bpe, capsys):
     path = tmp_path / "m.gguf"
     write_gguf(path, "qwen2", tokenizer=bpe, types={"blk.0.ffn_up.weight": T.Q4_K, "blk.1.attn_v.weight": T.Q8_0})
-    assert main(["import-gguf", str(path), "-o", str(tmp_path / "out")]) == 0
-    assert "qwen2 family" in capsys.readouterr().out
+    assert main(["import-gguf", str(path), "-o", str(tmp_path / "my out")]) == 0
+    out = capsys.readouterr().out
+    assert "qwen2 family" in out
+    # the printed next step runs as pasted into a shell, even where the folder's name has a space
+    hint = shlex.split(out.split("next: ", 1)[1])
+    assert hint[:3] == ["paddle2ort", "convert-llm", str(tmp_path / "my out" / "model")]
+    # every file is readable as open() would have made it (safetensors writes 0600), so others can convert it
+    mask = os.umask(0)
+    os.umask(mask)
+    for f in (tmp_path / "my out").rglob("*"):
+        assert f.stat().st_mode & 0o444 & ~mask == 0o444 & ~mask, f
+    (tmp_path / "my out").rename(tmp_path / "out")
     meta = json.loads((tmp_path / "out" / "gguf.json").read_text())
     assert meta["tensor_types"] == ["F32", "Q4_K", "Q8_0"] and meta["pre_tokenizer"] == "qwen2"
     cfg = json.loads((tmp_path / "out" / "model" / "config.json").read_text())
