@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -64,6 +65,11 @@ class SessionOptions:
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise BadInputError(f"{name} must be an integer >= 0 (threads: 0 means onnxruntime's default), "
                                     f"got {v!r}")
+            if name != "device_id" and v > max_threads():
+                raise BadInputError(f"{name}={v} is more than this host takes ({max_threads()}: {THREADS_PER_CPU} "
+                                    f"per CPU, at least 64; it has {os.cpu_count()} CPUs): threads past the cores only "
+                                    f"wait on each other, and thousands exhaust the host's thread limit; pass at most "
+                                    f"{max_threads()} (0: onnxruntime's default, one per physical core)")
         if not isinstance(self.log_severity, int) or not 0 <= self.log_severity <= 4:
             raise BadInputError(f"log_severity must be in 0..4, got {self.log_severity!r}")
         if not all(isinstance(n, str) and isinstance(v, int) and not isinstance(v, bool) and v > 0
@@ -99,6 +105,14 @@ class SessionOptions:
 def available_providers() -> list[str]:
     import onnxruntime as ort
     return list(ort.get_available_providers())
+
+
+THREADS_PER_CPU = 8          # a thread count past this many per logical CPU is a typo, not a setting
+
+
+def max_threads() -> int:
+    """The most threads a session option accepts on this host (generous: oversubscription is the user's choice)."""
+    return max(64, THREADS_PER_CPU * (os.cpu_count() or 1))
 
 
 def gpu_available() -> bool:

@@ -77,10 +77,18 @@ def test_cuda_options_reach_the_provider():
     ({"providers": ("FooExecutionProvider",)}, "unknown execution provider"), ({"providers": ()}, "providers"),
     ({"cuda_options": {"bogus": 1}}, "unknown CUDA provider option 'bogus'"),
     ({"cuda_options": {"enable_cuda_graph": "1"}}, "SessionOptions.enable_cuda_graph"),
-    ({"user_compute_stream": -5}, "user_compute_stream"), ({"log_severity": 9}, "log_severity")])
+    ({"user_compute_stream": -5}, "user_compute_stream"), ({"log_severity": 9}, "log_severity"),
+    ({"intra_op_threads": 99999}, "intra_op_threads=99999 is more than"), ({"inter_op_threads": 10**6}, "at most")])
 def test_bad_options_are_one_clear_error(kw, msg):
     with pytest.raises(BadInputError, match=msg):
         SessionOptions(**kw)
+
+
+def test_thread_counts_up_to_the_cap_are_kept():
+    """Oversubscription is the user's choice up to the cap; only counts past it (a typo that would start thousands of
+    threads and hang the host) are refused."""
+    from paddle2ort.runtime.session import max_threads
+    assert SessionOptions(intra_op_threads=max_threads()).intra_op_threads == max_threads() >= 64
 
 
 def test_spinning_and_disabled_optimizers_reach_onnxruntime():
