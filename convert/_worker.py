@@ -94,6 +94,21 @@ def _int_upper_bound(value, depth: int = 0) -> int | None:
     return None
 
 
+# errno texts of a host out of resources (EAGAIN from pthread_create, ENOMEM): not a damaged model file
+RESOURCE_ERRORS = ("Resource temporarily unavailable", "Cannot allocate memory", "std::bad_alloc")
+
+
+def load_error(e: BaseException, model_file: str, params_file: str) -> Exception:
+    """What Paddle failing to load a model means: a host out of memory or threads (RuntimeError: exit 4, run again),
+    else files that do not go together (BadInput: exit 2, re-copy them)."""
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    if isinstance(e, MemoryError) or any(m in str(e) for m in RESOURCE_ERRORS):
+        return RuntimeError(f"the host ran out of memory or threads while Paddle loaded the model ({first}); free "
+                            "some (other jobs, OMP_NUM_THREADS) and run again")
+    return BadInput(f"Paddle cannot load the model: the params file {params_file} is truncated, corrupt or does not "
+                    f"belong to {model_file} ({first}); re-save or re-copy both files together")
+
+
 def task_inspect(args: dict) -> dict:
     import paddle
     import paddle2onnx
@@ -104,9 +119,7 @@ def task_inspect(args: dict) -> dict:
     try:
         _make_predictor(args["model_file"], args["params_file"])
     except Exception as e:  # noqa: BLE001 - Paddle raises RuntimeError/ValueError/OSError variously
-        raise BadInput(f"Paddle cannot load the model: the params file {args['params_file']} is truncated, "
-                       f"corrupt or does not belong to {args['model_file']} ({str(e).strip().splitlines()[0]}); "
-                       "re-save or re-copy both files together") from e
+        raise load_error(e, args["model_file"], args["params_file"]) from e
     prog = _load_program(args["model_file"])
     supported = set(p2o.get_all_supported_operators_pir())
     ops, unsupported = Counter(), Counter()

@@ -130,6 +130,19 @@ def test_truncated_params(tiny_models, tmp_path, capsys):
     assert "truncated" in capsys.readouterr().err and not (tmp_path / "b").exists()
 
 
+@pytest.mark.parametrize("error, kind", [
+    (RuntimeError("(PreconditionNotMet) The size of params file does not match"), "BadInput"),
+    (OSError(11, "Resource temporarily unavailable"), "RuntimeError"),       # pthread_create's EAGAIN: no threads left
+    (RuntimeError("std::bad_alloc"), "RuntimeError"), (MemoryError(), "RuntimeError")])
+def test_a_host_out_of_resources_is_not_blamed_on_the_model_files(error, kind):
+    """Paddle failing to load for want of threads or memory is exit 4 'run again', never exit 2 'your params file is
+    truncated' (a run beside a thread-hungry job was told its good model was corrupt)."""
+    from paddle2ort.convert._worker import load_error
+    got = load_error(error, "m/model.json", "m/model.pdiparams")
+    assert type(got).__name__ == kind
+    assert ("truncated" in str(got)) == (kind == "BadInput") and ("ran out" in str(got)) == (kind != "BadInput")
+
+
 def test_directory_with_two_models(tiny_models, tmp_path, capsys):
     src = tmp_path / "m"
     shutil.copytree(tiny_models("mlp"), src)
