@@ -88,6 +88,14 @@ class LLMConvertConfig:
             raise BadInputError(f"fused head dtype must be float32 or float16, got {self.fused_head_dtype!r}")
         if self.fused_compute_dtype not in (None, "float32", "float16"):
             raise BadInputError(f"fused compute dtype must be float32 or float16, got {self.fused_compute_dtype!r}")
+        # an option with no graph to act on would be ignored without a word
+        if self.fused_compute_dtype is not None and not {"int8", "int4"} & set(self.fused):
+            raise BadInputError("--fused-compute-dtype sets the compute dtype of the --fused int8/int4 graphs, and "
+                                "none is requested: add --fused int8 (or int4), or leave the option out (the CPU "
+                                "default graph computes in float32 either way)")
+        if self.fused_head_dtype is not None and not {"fp16", "int8", "int4"} & set(self.fused):
+            raise BadInputError("--fused-head-dtype sets the LM head of the --fused fp16/int8/int4 graphs, and none is "
+                                "requested: add --fused fp16 (or int8, int4), or leave the option out")
         if self.default_graph not in DEFAULT_GRAPHS:
             raise BadInputError(f"default graph must be one of {', '.join(DEFAULT_GRAPHS)}, got {self.default_graph!r}")
         check_thresholds(self.thresholds)
