@@ -11,7 +11,7 @@ log = logging.getLogger("paddle2ort.cli")
 
 
 def run(args) -> int:
-    check_output_dir(args.output, "--output")
+    check_output_dir(args.output, "--output", stem="results")
     check_exists(args.dataset_dir, "--dataset-dir")
     if args.paddle_model is not None:
         check_exists(args.paddle_model, "--paddle-model")

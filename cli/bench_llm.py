@@ -9,7 +9,7 @@ from .perplexity import write_results
 
 
 def run(args) -> int:
-    check_output_dir(args.output, "--output")
+    check_output_dir(args.output, "--output", stem="llm")
     if args.paddle_model is not None:
         check_exists(args.paddle_model, "--paddle-model")
         require_convert_extra("bench-llm --paddle-model", ("paddle", "paddlenlp"))

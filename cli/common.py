@@ -170,15 +170,32 @@ def check_exists(path: Path | None, option: str) -> None:
         raise BadInputError(f"{option} {path} does not exist")
 
 
-def check_output_dir(path: Path, option: str) -> None:
-    """A results directory we may create/write: not an existing file, its nearest existing ancestor writable."""
+def check_output_dir(path: Path, option: str, stem: str | None = None) -> None:
+    """A results directory we may create/write: not an existing file, its nearest existing ancestor writable, and
+    (with `stem`) no STEM.json/.md/.png in it that an earlier run of ours did not write: those would be replaced."""
     if path.exists() and not path.is_dir():
         raise BadInputError(f"{option} {path} is a file, not a directory; give a directory for the results")
+    if stem is not None and path.is_dir():
+        found = [path / f"{stem}.{ext}" for ext in ("json", "md", "png") if (path / f"{stem}.{ext}").exists()]
+        if found and not _our_results(path / f"{stem}.json"):
+            raise BadInputError(f"{option} {path} holds {', '.join(p.name for p in found)}, which this command "
+                                f"writes, and {stem}.json is not a paddle2ort results file: they are not replaced. "
+                                "Give another directory, or move those files")
     probe = path
     while not probe.exists():
         probe = probe.parent
     if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
         raise BadInputError(f"{option} {path}: {probe} is not a writable directory")
+
+
+def _our_results(path: Path) -> bool:
+    """Whether `path` is a results JSON paddle2ort wrote (every one records its environment's versions)."""
+    import json
+    try:
+        res = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(res, dict) and isinstance(res.get("environment"), dict) and "versions" in res["environment"]
 
 
 def check_output_file(path: Path | None, option: str) -> None:

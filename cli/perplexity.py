@@ -18,7 +18,7 @@ def run(args) -> int:
     if args.window < 2:
         from paddle2ort.runtime.errors import BadInputError
         raise BadInputError(f"--window must be >= 2 tokens (one predicted token a window), got {args.window}")
-    check_output_dir(args.output, "--output")
+    check_output_dir(args.output, "--output", stem="perplexity")
     if args.paddle_model is not None:
         check_exists(args.paddle_model, "--paddle-model")
         require_convert_extra("perplexity --paddle-model", ("paddle", "paddlenlp"))

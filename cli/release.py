@@ -37,7 +37,7 @@ def run(args) -> int:
     check_exists(args.tokenizer, "--tokenizer")
     check_exists(args.inputs, "--inputs")
     if args.report_dir is not None:
-        check_output_dir(args.report_dir, "--report-dir")
+        check_output_dir(args.report_dir, "--report-dir", stem="report")
     from paddle2ort.benchmarks.release import NoPrecisionFitsError, ReleaseConfig, markdown, run_release
 
     cfg = ReleaseConfig(conversion=_conversion(args), dataset_dir=args.dataset_dir, budget=args.budget,

@@ -491,6 +491,8 @@ case("bench-repeats-zero", 2, "repeats", lambda w: bench(w, "--repeats", "0"))
 case("bench-limit-zero", 2, "limit", lambda w: bench(w, "--limit", "0"))
 case("bench-precision-absent", 2, "int4", lambda w: bench(w, "--precision", "int4"))
 case("bench-output-is-file", 2, "res", lambda w: w.text("res", "mine") and bench(w))
+case("bench-output-holds-their-results", 2, "not a paddle2ort results file", lambda w: w.text("res/results.json", '{"mine": 1}') and bench(w))
+case("bench-output-holds-their-plot", 2, "results.png", lambda w: w.text("res/results.png", b"\x89PNG") and bench(w))
 case("bench-paddle-model-missing", 2, "does not exist", lambda w: bench(w, "--paddle-model", str(w.p("none"))))
 case("bench-paddle-model-other", 2, "converted from", lambda w: bench(w, "--paddle-model", str(w.shared.model("mlp"))))
 case("bench-not-classifier", 2, "labels", lambda w: ["bench", str(w.bundle()), "--dataset-dir", str(_dataset(w)), "--output", str(w.p("res"))])
@@ -637,6 +639,7 @@ case("perplexity-windows-zero", 2, "windows", lambda w: ppl(w, "--windows", "0")
 case("perplexity-precision-absent", 2, "int4", lambda w: ppl(w, "--precision", "int4"))
 case("perplexity-paddle-model-missing", 2, "none", lambda w: ppl(w, "--paddle-model", str(w.p("none"))))
 case("perplexity-output-is-file", 2, "res", lambda w: w.text("res", "mine") and ppl(w))
+case("perplexity-output-holds-their-results", 2, "perplexity.md", lambda w: w.text("res/perplexity.md", "# my notes") and ppl(w))
 case("bench-llm-bundle-missing", 2, "does not exist", lambda w: bllm(w, bundle=w.p("none")))
 case("bench-llm-not-llm", 2, "text-generation", lambda w: bllm(w, bundle=w.bundle()))
 case("bench-llm-batch-zero", 2, "batch", lambda w: bllm(w, "--batch-sizes", "0"))
@@ -645,6 +648,7 @@ case("bench-llm-prompt-len-zero", 2, "prompt-len", lambda w: bllm(w, "--prompt-l
 case("bench-llm-new-tokens-zero", 2, "new-tokens", lambda w: bllm(w, "--new-tokens", "0"))
 case("bench-llm-paddle-model-missing", 2, "none", lambda w: bllm(w, "--paddle-model", str(w.p("none"))))
 case("bench-llm-output-is-file", 2, "res", lambda w: w.text("res", "mine") and bllm(w))
+case("bench-llm-output-holds-their-results", 2, "llm.json", lambda w: w.text("res/llm.json", "[1, 2]") and bllm(w))
 case("bench-llm-precision-absent", 2, "int4", lambda w: bllm(w, "--precision", "int4"))
 
 
@@ -812,3 +816,17 @@ def test_chat_template_hf_helpers():
     assert out == '<|user|>"héllo"<|assistant|>'
     with pytest.raises(BadInputError, match="must start with user"):
         render_chat_template(HF_TEMPLATE, messages=[{"role": "assistant", "content": "x"}])
+
+
+def test_a_results_directory_of_ours_is_rewritten(tmp_path):
+    """A rerun into the same --output replaces our own results; anything else under those names is refused."""
+    from paddle2ort.benchmarks.env import environment
+    from paddle2ort.cli.common import check_output_dir
+    from paddle2ort.runtime.errors import BadInputError
+    (tmp_path / "llm.json").write_text(json.dumps({"benchmark": "llm-generation", "environment": environment()}))
+    (tmp_path / "llm.png").write_bytes(b"\x89PNG")
+    check_output_dir(tmp_path, "--output", stem="llm")
+    check_output_dir(tmp_path, "--output", stem="results")                 # nothing of that name: nothing to replace
+    (tmp_path / "llm.json").write_text(json.dumps({"environment": "mine"}))
+    with pytest.raises(BadInputError, match="llm.json, llm.png"):
+        check_output_dir(tmp_path, "--output", stem="llm")
