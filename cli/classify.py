@@ -6,7 +6,7 @@ from pathlib import Path
 
 from paddle2ort.runtime.errors import BadInputError
 
-from .common import check_output_file, command, nonneg_int, positive_int
+from .common import check_output_file, command, jsonl_with_keys, nonneg_int, positive_int
 
 CHUNK_BATCHES = 16          # texts go to the classifier in chunks of this many batches: progress between chunks
 
@@ -56,7 +56,7 @@ def run(args) -> int:
         raise BadInputError("give texts with --text (repeatable) or --input FILE (one text a line), not both")
     if args.ray is not None and not args.input:
         raise BadInputError("--ray runs --input FILE jobs; classify --text directly, without --ray")
-    check_output_file(args.output, "--output")
+    check_output_file(args.output, "--output", inputs=(args.input,), ours=jsonl_with_keys("text", "label", "score"))
     texts = list(args.text) if args.text else read_texts(args.input)
     if args.ray is not None:
         from paddle2ort.runtime.distributed import classify_job

@@ -198,7 +198,10 @@ def _our_results(path: Path) -> bool:
     return isinstance(res, dict) and isinstance(res.get("environment"), dict) and "versions" in res["environment"]
 
 
-def check_output_file(path: Path | None, option: str) -> None:
+def check_output_file(path: Path | None, option: str, inputs: tuple[Path | None, ...] = (),
+                      ours: Callable[[Path], bool] | None = None) -> None:
+    """A file we may write: its folder exists and is writable; it is none of `inputs`; and an existing one is
+    replaced only where `ours(path)` says an earlier run wrote it."""
     if path is None:
         return
     if path.is_dir():
@@ -208,3 +211,29 @@ def check_output_file(path: Path | None, option: str) -> None:
         raise BadInputError(f"{option} {path}: directory {parent} does not exist; create it first")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise BadInputError(f"{option} {path}: directory {parent} is not writable")
+    for src in inputs:
+        if src is not None and (path.resolve() == src.resolve() or
+                                (path.exists() and src.exists() and os.path.samefile(path, src))):
+            raise BadInputError(f"{option} {path} is the input file {src}: writing it would destroy the input; "
+                                "choose another path")
+    if ours is not None and path.is_file() and path.stat().st_size and not ours(path):
+        raise BadInputError(f"{option} {path} exists and is not an output of this command: it is not replaced. "
+                            "Choose another path, or move the file")
+
+
+def jsonl_with_keys(*keys: str) -> Callable[[Path], bool]:
+    """`ours` for check_output_file: every non-blank line a JSON object holding `keys`."""
+    import json
+
+    def ours(path: Path) -> bool:
+        try:
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    if line.strip():
+                        rec = json.loads(line)
+                        if not (isinstance(rec, dict) and all(k in rec for k in keys)):
+                            return False
+        except (OSError, ValueError):
+            return False
+        return True
+    return ours

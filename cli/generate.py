@@ -51,7 +51,7 @@ def run(args) -> int:
     if args.ray is not None and not args.data_file:
         raise BadInputError("--ray runs --data-file jobs; generate --prompt directly, without --ray")
     check_exists(args.data_file, "--data-file")
-    check_output_file(args.output_file, "--output-file")
+    check_output_file(args.output_file, "--output-file", inputs=(args.data_file,))
     cfg = generation_config(args)
     from paddle2ort.runtime.llm import TextGenerator, run_jsonl_job
     from paddle2ort.runtime.progress import busy
