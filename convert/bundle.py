@@ -81,8 +81,8 @@ def check_overwrite(dest: Path, sources: tuple[Path, ...] = (), owned=foreign_en
             shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
             why = f"it holds files that are not part of the {kind} ({shown})"
     if why:
-        raise BadInputError(f"output {dest} exists and will not be replaced: {why}. --overwrite replaces only a "
-                            f"{kind} that paddle2ort wrote; choose a new -o path (or move your files away first)")
+        raise BadInputError(f"output {dest} exists and will not be replaced: {why}. Only a {kind} that paddle2ort "
+                            "wrote is ever replaced; choose a new -o path (or move your files away first)")
 
 
 def check_destination(dest: Path, overwrite: bool, sources: tuple[Path, ...] = (), owned=foreign_entries,
