@@ -19,7 +19,7 @@ from paddle2ort.runtime.files import current_umask
 from paddle2ort.runtime.manifest import MANIFEST_NAME, VALIDATION_NAME
 
 from .errors import BadInputError
-from .paddle_proc import sweep_stale
+from .paddle_proc import run_token, sweep_stale
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +89,18 @@ def check_destination(dest: Path, overwrite: bool, sources: tuple[Path, ...] = (
                       kind: str = "bundle") -> None:
     """Fail before any work if the bundle cannot be written where asked (or would replace what it must not)."""
     dest = Path(os.path.expanduser(str(dest)))
+    if len(os.fsencode(dest.name)) > 255:
+        raise BadInputError(f"output name {dest.name[:40]}... is {len(os.fsencode(dest.name))} bytes; a file name "
+                            "holds at most 255: choose a shorter -o path")
+    if dest.is_symlink():
+        raise BadInputError(f"output {dest} is a symbolic link (to {os.readlink(dest)}): a {kind} replaces its folder "
+                            "whole, which would replace the link, not what it points to; give the folder itself, or "
+                            "a new path, and point the link at it after")
     if dest.exists() and not dest.is_dir():
         raise BadInputError(f"output path {dest} exists and is not a directory; choose another -o path")
+    if dest.is_dir() and os.path.ismount(dest):
+        raise BadInputError(f"output {dest} is a mount point: a {kind} is written beside its folder and renamed into "
+                            f"place, which a mount point cannot take; give a folder inside it, e.g. -o {dest / 'bundle'}")
     if dest.exists():
         check_overwrite(dest, sources, owned, kind)      # what must never be replaced, with or without --overwrite
         if not overwrite:
@@ -106,7 +116,9 @@ def check_destination(dest: Path, overwrite: bool, sources: tuple[Path, ...] = (
                             "choose an output path you can write to")
 
 
-STAGING_RE = re.compile(r"\..+\.staging-(?P<pid>\d+)-[A-Za-z0-9_]+")   # ours: .NAME.staging-PID-XXXX (never .old-)
+# ours: .NAME.staging-PID-TOKEN-XXXX (never .old-); NAME cut to NAME_IN_TEMP characters so the whole stays a legal name
+STAGING_RE = re.compile(r"\..+\.staging-(?P<pid>\d+)-(?:(?P<token>[0-9a-f]{8})-)?[A-Za-z0-9_]+")
+NAME_IN_TEMP = 64
 
 
 @contextlib.contextmanager
@@ -123,11 +135,13 @@ def staged_bundle(dest: Path, overwrite: bool, sources: tuple[Path, ...] = (), o
     while not p.exists():
         created.append(p)
         p = p.parent
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    sweep_stale(dest.parent, STAGING_RE)              # those of killed runs (any bundle name in this directory)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-{os.getpid()}-", dir=dest.parent))
-    staging.chmod(0o777 & ~current_umask())     # mkdtemp makes it 0700; a deploy bundle is read by other users
+    staging = None
     try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        sweep_stale(dest.parent, STAGING_RE)              # those of killed runs (any bundle name in this directory)
+        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name[:NAME_IN_TEMP]}.staging-{os.getpid()}-{run_token()}-",
+                                        dir=dest.parent))
+        staging.chmod(0o777 & ~current_umask())     # mkdtemp makes it 0700; a deploy bundle is read by other users
         yield staging
         _readable_modes(staging)
         old = None
@@ -135,14 +149,15 @@ def staged_bundle(dest: Path, overwrite: bool, sources: tuple[Path, ...] = (), o
             if not overwrite:   # appeared while we worked
                 raise BadInputError(f"output bundle {dest} appeared during conversion; pass --overwrite")
             check_overwrite(dest, sources, owned, kind)
-            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+            old = dest.with_name(f".{dest.name[:NAME_IN_TEMP]}.old-{os.getpid()}")
             os.rename(dest, old)
         os.rename(staging, dest)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         log.info("bundle written to %s", dest)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
         for d in created:          # innermost first
             with contextlib.suppress(OSError):
                 d.rmdir()

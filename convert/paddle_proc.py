@@ -3,19 +3,24 @@
 Tasks run warm (forkserver.py: a fork of a process that has imported Paddle) or, with PADDLE2ORT_WORKER=spawn or
 off Linux, as a fresh `python -m`. Also the process hygiene of a conversion: SIGTERM is handled like Ctrl-C (the same
 cleanup runs), the worker dies with its parent (Linux PR_SET_PDEATHSIG), and work directories carry their owner's
-pid so the next run sweeps those of runs that were killed (SIGKILL leaves no chance to clean up).
+pid (and a token of the host and PID namespace it means something in) so the next run sweeps those of runs that
+were killed (SIGKILL leaves no chance to clean up), and never a live run's in another container.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import json
 import logging
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from paddle2ort.runtime.signals import Terminated, sigterm_as_interrupt  # noqa: F401 - re-exported for convert
@@ -36,8 +41,25 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=None)
+def run_token() -> str:
+    """8 hex digits naming this host's boot and PID namespace: a PID in a temp or staging name means something only
+    where this token matches (two containers sharing a volume or /tmp see each other's PIDs as dead)."""
+    parts = [socket.gethostname()]
+    for path in ("/proc/sys/kernel/random/boot_id",):
+        with contextlib.suppress(OSError):
+            parts.append(Path(path).read_text().strip())
+    with contextlib.suppress(OSError):
+        parts.append(os.readlink("/proc/self/ns/pid"))
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:8]
+
+
+STALE_AFTER_S = 7 * 24 * 3600      # a run dir of another host or namespace untouched this long is a dead run's
+
+
 def sweep_stale(parent: Path, pattern: re.Pattern) -> list[Path]:
-    """Remove directories in `parent` whose name matches `pattern` (group 'pid') and whose owner pid is dead."""
+    """Remove directories in `parent` whose name matches `pattern` (groups 'pid' and 'token') of dead runs: ours
+    (this host and PID namespace: `run_token()`) whose pid is gone, or another's left untouched for STALE_AFTER_S."""
     removed = []
     try:
         entries = list(parent.iterdir())
@@ -48,8 +70,15 @@ def sweep_stale(parent: Path, pattern: re.Pattern) -> list[Path]:
         if not m or not p.is_dir() or p.is_symlink():
             continue
         pid = int(m.group("pid"))
-        if pid == os.getpid() or pid_alive(pid):
-            continue
+        if m.group("token") == run_token():
+            if pid == os.getpid() or pid_alive(pid):
+                continue
+        else:
+            try:
+                if time.time() - p.stat().st_mtime < STALE_AFTER_S:
+                    continue
+            except OSError:
+                continue
         shutil.rmtree(p, ignore_errors=True)
         if not p.exists():
             removed.append(p)
@@ -57,13 +86,13 @@ def sweep_stale(parent: Path, pattern: re.Pattern) -> list[Path]:
     return removed
 
 
-WORKDIR_RE = re.compile(r"paddle2ort-(?:[a-z][a-z0-9]*-)?(?P<pid>\d+)-[A-Za-z0-9_]{6,}")
+WORKDIR_RE = re.compile(r"paddle2ort-(?:[a-z][a-z0-9]*-)?(?P<pid>\d+)-(?:(?P<token>[0-9a-f]{8})-)?[A-Za-z0-9_]{6,}")
 
 
 def make_workdir(kind: str = "") -> Path:
-    """A fresh temp dir `paddle2ort-[KIND-]PID-XXXXXX`; first sweeps those of dead runs."""
+    """A fresh temp dir `paddle2ort-[KIND-]PID-TOKEN-XXXXXX`; first sweeps those of dead runs."""
     sweep_stale(Path(tempfile.gettempdir()), WORKDIR_RE)
-    prefix = f"paddle2ort-{kind + '-' if kind else ''}{os.getpid()}-"
+    prefix = f"paddle2ort-{kind + '-' if kind else ''}{os.getpid()}-{run_token()}-"
     return Path(tempfile.mkdtemp(prefix=prefix))
 
 

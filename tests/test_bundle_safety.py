@@ -274,3 +274,24 @@ def test_read_json_object_names_the_file_the_problem_and_the_fix(tmp_path, text,
     with pytest.raises(BadInputError) as e:
         read_json_object(p, "model config", "re-save it")
     assert fragment in str(e.value) and str(p) in str(e.value) and str(e.value).endswith("re-save it")
+
+
+def test_a_symlinked_or_mounted_output_is_refused_before_any_work(in_dir, monkeypatch):
+    """`current -> releases/v3` would be replaced by a folder (the link gone, its target keeping the old bundle); a
+    dangling link fails at the final rename; a mount point (a docker volume) cannot be renamed onto: each is one
+    clear error up front, naming the fix."""
+    target = make_bundle(in_dir / "v3")
+    (in_dir / "current").symlink_to(target)
+    (in_dir / "dangling").symlink_to(in_dir / "nowhere")
+    for link in ("current", "dangling"):
+        for overwrite in (False, True):
+            with pytest.raises(BadInputError, match="symbolic link"):
+                check_destination(in_dir / link, overwrite=overwrite)
+    assert (in_dir / "current").is_symlink() and (target / MANIFEST_NAME).is_file()
+    volume = make_bundle(in_dir / "volume")
+    monkeypatch.setattr(os.path, "ismount", lambda p: Path(p) == volume)
+    with pytest.raises(BadInputError, match="mount point.*-o .*volume/bundle"):
+        check_destination(volume, overwrite=True)
+    check_destination(volume / "bundle", overwrite=False)       # a folder inside it is fine
+    with pytest.raises(BadInputError, match="255"):
+        check_destination(in_dir / ("b" * 256), overwrite=False)

@@ -116,15 +116,42 @@ def test_sigkill_orphans_nothing_and_next_run_sweeps(tiny_models, tmp_path):
 
 
 def test_sweep_keeps_live_runs(tmp_path):
-    from paddle2ort.convert.paddle_proc import WORKDIR_RE, sweep_stale
-    live = tmp_path / f"paddle2ort-{os.getppid()}-abcdef12"
+    from paddle2ort.convert.paddle_proc import STALE_AFTER_S, WORKDIR_RE, run_token, sweep_stale
+    tok = run_token()
+    live = tmp_path / f"paddle2ort-{os.getppid()}-{tok}-abcdef12"
     dead_pid = wait_for(lambda: _dead_pid(), 5, "a free pid")
-    dead = tmp_path / f"paddle2ort-llm-{dead_pid}-abcdef12"
+    dead = tmp_path / f"paddle2ort-llm-{dead_pid}-{tok}-abcdef12"
     mine = tmp_path / f"paddle2ort-notes-{dead_pid}"           # not our pattern (no random suffix)
-    for d in (live, dead, mine):
+    # a live run in another container sharing this folder: its pid means nothing here, so it is kept ...
+    other = tmp_path / f"paddle2ort-{dead_pid}-{'0' * 8 if tok != '0' * 8 else '1' * 8}-abcdef12"
+    older = tmp_path / f"paddle2ort-{dead_pid}-abcdef12"        # ... as is one named before the token (fresh)
+    abandoned = tmp_path / f"paddle2ort-llm-{dead_pid}-ffffffff-abcdef12"   # ... until untouched for a week
+    for d in (live, dead, mine, other, older, abandoned):
         d.mkdir()
-    assert sweep_stale(tmp_path, WORKDIR_RE) == [dead]
-    assert live.is_dir() and mine.is_dir() and not dead.exists()
+    week_ago = time.time() - STALE_AFTER_S - 60
+    os.utime(abandoned, (week_ago, week_ago))
+    assert sorted(sweep_stale(tmp_path, WORKDIR_RE)) == sorted([dead] + ([abandoned] if tok != "ffffffff" else []))
+    assert live.is_dir() and mine.is_dir() and other.is_dir() and older.is_dir() and not dead.exists()
+
+
+def test_staging_names_stay_legal_and_a_failed_start_leaves_no_parents(tmp_path, monkeypatch):
+    """A 240-character bundle name (legal) still stages (the staging name cuts it), and a failure before the staging
+    folder exists removes the parents it created."""
+    from paddle2ort.convert import bundle
+    from paddle2ort.convert.bundle import STAGING_RE, staged_bundle
+    dest = tmp_path / "new" / "sub" / ("b" * 240)
+    with staged_bundle(dest, overwrite=False) as stage:
+        assert STAGING_RE.fullmatch(stage.name) and len(stage.name) < 255
+        (stage / "manifest.json").write_text("{}")
+    assert (dest / "manifest.json").is_file()
+
+    def no_temp(*a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(bundle.tempfile, "mkdtemp", no_temp)
+    with pytest.raises(OSError):
+        with staged_bundle(tmp_path / "p" / "q" / "b", overwrite=False):
+            pass
+    assert not (tmp_path / "p").exists()
 
 
 def _dead_pid() -> int | None:
