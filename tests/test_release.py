@@ -216,6 +216,7 @@ def test_no_candidate_within_budget_exits_3_with_the_figures_and_a_report(tiny_m
     (lambda d, a: a.extend(["--budget", "nan"]), "--budget"),
     (lambda d, a: a.extend(["--budget", "-1"]), "--budget"),
     (lambda d, a: a.extend(["--labels", "a,b,c"]), "differ from"),
+    (lambda d, a: a.extend(["--report-dir", a[a.index("-o") + 1] + "/ci-report"]), "is inside the output bundle"),
 ])
 def test_bad_input_is_refused_before_any_conversion(tiny_models, dataset, tmp_path, capsys, change, message):
     args = release_args(tiny_models("bert_classifier"), tmp_path / "o", dataset)
