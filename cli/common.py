@@ -128,24 +128,22 @@ def csv_ints(s: str) -> tuple[int, ...]:
     return tuple(positive_int(x) for x in csv(s))
 
 
-THRESHOLD_METRICS = ("max_rel_diff", "min_cosine", "min_argmax_agreement")
-
-
 def threshold(s: str) -> tuple[str, float]:
     """PREC.METRIC=V: V finite and >= 0; cosine and agreement at most 1 (a bound that can never be met, or NaN
     that is never compared, would turn the gate into a coin or switch it off)."""
+    from paddle2ort.convert.metrics import METRICS         # the gate's own list: the CLI takes every metric it judges
     key, sep, value = s.partition("=")
     prec, dot, metric = key.partition(".")
-    if not sep or not dot or not prec or metric not in THRESHOLD_METRICS:
+    if not sep or not dot or not prec or metric not in METRICS:
         raise argparse.ArgumentTypeError(f"want PRECISION.METRIC=NUMBER with METRIC one of "
-                                         f"{', '.join(THRESHOLD_METRICS)}, got {s!r}")
+                                         f"{', '.join(METRICS)}, got {s!r}")
     try:
         v = float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{key} wants a number, got {value!r}") from None
     if not math.isfinite(v) or v < 0:
         raise argparse.ArgumentTypeError(f"{key} must be a finite number >= 0, got {value!r}")
-    if metric != "max_rel_diff" and v > 1:
+    if metric.startswith("min_") and v > 1:
         raise argparse.ArgumentTypeError(f"{key} must be in [0, 1], got {value!r}")
     return key, v
 

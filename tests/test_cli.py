@@ -245,3 +245,17 @@ def test_no_numeric_option_takes_nan_or_inf(argv, action, value, capsys):
     parser = dict(COMMANDS)[argv]
     assert main([*argv, *_required_argv(parser), f"{action.option_strings[-1]}={value}"]) == 2
     assert action.option_strings[-1] in capsys.readouterr().err
+
+
+def test_every_gated_metric_can_be_overridden_from_the_cli():
+    """--threshold takes each metric the gate judges (int8 has no max_rel_diff bound: its rel_rmse is what a user
+    tunes) and refuses what it does not."""
+    import argparse
+    from paddle2ort.cli.common import threshold
+    from paddle2ort.convert.metrics import METRICS
+    for m in METRICS:
+        assert threshold(f"int8.{m}=0.5") == (f"int8.{m}", 0.5)
+    assert threshold("fp16.tie_margin=2") == ("fp16.tie_margin", 2.0)        # a margin is not a fraction
+    for bad in ("int8.min_cosine=1.5", "int8.rmse=0.1", "int8.max_rel_rmse=nan", "int8.max_rel_rmse=-1"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            threshold(bad)
