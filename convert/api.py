@@ -376,6 +376,19 @@ def _convert(config: ConvertConfig, more_sources: tuple[Path, ...]) -> ConvertRe
     return ConvertResult(config.output, manifest, reports)
 
 
+def check_same_source(recorded: dict, source, source_path: Path) -> None:
+    """The gate's bounds hold between a bundle and the model it came from: another model (a retrained or re-exported
+    one) would fail the gate as if the bundle were broken. The manifest's sha256 of the source files say which."""
+    want = recorded.get("sha256") or {}
+    got = source.describe()["sha256"]
+    if want and got != want:
+        diff = sorted(n for n in set(want) | set(got) if want.get(n) != got.get(n))
+        shown = ", ".join(f"{n} ({(got.get(n) or 'absent')[:12]} here, {(want.get(n) or 'absent')[:12]} in the "
+                          f"manifest)" for n in diff[:3])
+        raise BadInputError(f"SRC {source_path} is not the Paddle model this bundle was converted from: {shown}. "
+                            "Pass the model the bundle came from (its manifest's source.sha256), or convert this one")
+
+
 def revalidate(bundle_dir: Path, source_path: Path, thresholds: dict[str, Thresholds] | None = None) -> dict:
     """Re-run the gate on an existing bundle against its Paddle source (release pipelines, tampering checks).
     Every file's sha256 is checked first: a changed, missing or added file fails (BundleError, exit 2)."""
@@ -383,6 +396,7 @@ def revalidate(bundle_dir: Path, source_path: Path, thresholds: dict[str, Thresh
     check_thresholds(thresholds)
     bundle = load_bundle(bundle_dir, verify=True)
     source = locate(source_path)
+    check_same_source(bundle.manifest.source, source, source_path)
     with sigterm_as_interrupt():
         work = make_workdir()
         try:

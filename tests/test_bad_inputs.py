@@ -387,6 +387,7 @@ def _set(key, value):
 case("validate-bundle-missing", 2, "does not exist", lambda w: val(w, w.p("none")))
 case("validate-not-a-bundle", 2, "manifest.json", lambda w: val(w, w.p("d").mkdir() or w.p("d")))
 case("validate-source-missing", 2, "does not exist", lambda w: val(w, w.bundle(), source=w.p("none")))
+case("validate-other-source", 2, "not the paddle model this bundle was converted from", lambda w: val(w, w.bundle(), source=w.shared.model("two_heads")))
 case("validate-threshold-nan", 2, "nan", lambda w: val(w, w.bundle(), "--threshold", "fp32.max_rel_diff=nan"))
 case("validate-model-changed", 2, "model.fp32.onnx", lambda w: _tamper(w, "model.fp32.onnx"))
 case("validate-model-missing", 2, "model.fp32.onnx", lambda w: (w.bundle() / "model.fp32.onnx").unlink() or val(w, w.bundle()))
