@@ -334,9 +334,12 @@ def _convert(config: ConvertConfig, more_sources: tuple[Path, ...]) -> ConvertRe
                 if config.validate:
                     bar.set_postfix_str(f"validate {prec}")
                     thr = config.thresholds.get(prec, DEFAULT_THRESHOLDS[prec])
-                    reports[prec] = validate(prec, files[prec], samples, refs, out_specs, thr,
-                                             user_inputs=_user_inputs(config),
-                                             fp32_model=variant_src.get(prec, files["fp32"]))   # its FP32 source
+                    try:
+                        reports[prec] = validate(prec, files[prec], samples, refs, out_specs, thr,
+                                                 user_inputs=_user_inputs(config),
+                                                 fp32_model=variant_src.get(prec, files["fp32"]))   # its FP32 source
+                    except ValidationError as e:
+                        raise (e.with_hint(FP16_HINT) if prec == "fp16" else e)
                     s = summary(reports[prec])
                     log.info("%s passed: max_rel_diff=%.3g cosine=%.6f argmax=%s", prec, s["max_rel_diff"],
                              s["min_cosine"], s["min_argmax_agreement"])
@@ -374,6 +377,11 @@ def _convert(config: ConvertConfig, more_sources: tuple[Path, ...]) -> ConvertRe
             bar.close()
             shutil.rmtree(work, ignore_errors=True)
     return ConvertResult(config.output, manifest, reports)
+
+
+FP16_HINT = ("FP16 failing where FP32 passes is usually one operator type overflowing or losing precision in float16 "
+             "(BatchNormalization with large running variances, Exp/Pow/ReduceSum over wide ranges): keep it in FP32 "
+             "with --fp16-block-ops OP[,OP] and convert again, or leave fp16 out of --precision.")
 
 
 def check_same_source(recorded: dict, source, source_path: Path) -> None:

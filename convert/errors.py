@@ -45,9 +45,16 @@ class ValidationError(Paddle2OrtError):
                 f"  output {f['output']!r} (sample {f['sample']}): {'; '.join(f['violations'])} "
                 f"[max_abs_diff={m['max_abs_diff']:.3g}, max_rel_diff={m['max_rel_diff']:.3g}, "
                 f"cosine={m['cosine']:.6f}, argmax_agreement={m['argmax_agreement']}]")
-        lines.append("Thresholds can be overridden (--threshold PRECISION.METRIC=VALUE) if this difference is expected.")
-        super().__init__("\n".join(lines))
+        self._body = lines
+        super().__init__("\n".join(lines + [self.OVERRIDE]))
         self.report: dict | None = None
+
+    OVERRIDE = "Thresholds can be overridden (--threshold PRECISION.METRIC=VALUE) if this difference is expected."
+
+    def with_hint(self, hint: str) -> "ValidationError":
+        """Put the likely fix before the generic threshold advice."""
+        self.args = ("\n".join(self._body + [hint, self.OVERRIDE]),)
+        return self
 
     def with_report(self, report: dict) -> "ValidationError":
         self.report = report

@@ -203,3 +203,14 @@ def test_runtime_never_imports_paddle():
             "bad = [m for m in sys.modules if m.split('.')[0] in ('paddle', 'paddle2onnx', 'paddlenlp')]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_failing_fp16_names_the_block_list_fix(tiny_models, tmp_path, capsys):
+    """FP16 failing where FP32 passes is mostly one op type overflowing: the error names --fp16-block-ops before the
+    generic threshold advice (a real PP-OCRv4 det needs BatchNormalization kept in FP32)."""
+    assert _convert(tiny_models("mlp"), tmp_path / "b", "--precision", "fp32,fp16",
+                    "--threshold", "fp16.max_rel_diff=0") == 3
+    err = capsys.readouterr().err
+    assert "fp16: ONNX output does not match Paddle" in err
+    assert err.index("--fp16-block-ops") < err.index("Thresholds can be overridden")
+    assert not (tmp_path / "b").exists()
