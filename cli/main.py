@@ -81,8 +81,26 @@ def main(argv: list[str] | None = None) -> int:
         log.error("terminated" if isinstance(e, Terminated) else "interrupted")
         return 143 if isinstance(e, Terminated) else 130
     except (OSError, UnicodeError) as e:
-        log.error("%s", BadInputError(str(e)))
+        log.error("%s", BadInputError(os_error_message(e)))
         return 2
+
+
+def os_error_message(e: BaseException) -> str:
+    """An OSError as a user can act on it: which path, and for a full disk which folders the run writes."""
+    import errno
+    import os
+    import tempfile
+    if not isinstance(e, OSError):
+        return str(e)
+    where = e.filename if e.filename is not None else None
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"no space left on the disk holding {where if where is not None else 'a folder this run writes'} "
+                f"({e.strerror}): free some, or write to another disk (-o / --output for results, TMPDIR for the "
+                f"temporary files, now {tempfile.gettempdir()})")
+    text = str(e)
+    if where is not None and os.fspath(where) not in text:
+        text = f"{text}: {where}"
+    return text
 
 
 if __name__ == "__main__":

@@ -157,6 +157,9 @@ def run_worker(task: str, args: dict, workdir: Path, timeout_s: float = 3600) ->
         if "No module named 'paddle" in str(result.get("message")):
             raise BadInputError("this command needs Paddle, which is not installed here (a runtime-only install); "
                                 "install the converter side: pip install 'paddle2ort[convert]'")
+        if "No space left on device" in str(result.get("message")):
+            raise BadInputError(f"the {task} task ran out of disk space ({result.get('message')}): free some, or "
+                                f"point TMPDIR at a disk with room (its files go to {tempfile.gettempdir()})")
         raise ConversionError(f"{task} failed: {result.get('message')}", log_tail(log_path))
     result["log_path"] = str(log_path)
     return result

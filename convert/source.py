@@ -128,4 +128,7 @@ def locate(path: str | Path) -> ModelSource:
         p = path.with_name(path.name + suffix)
         if p.is_file():
             return locate(p)
+    if path.exists():                     # a device, a pipe or a socket: neither a folder nor a file
+        raise BadInputError(f"{path} is neither a directory nor a regular file; pass a Paddle model directory or "
+                            "program file")
     raise BadInputError(f"{path} does not exist; pass a Paddle model directory or program file")

@@ -338,9 +338,12 @@ class Bundle:
         path = self.resolve(file)
         if self.verified and self.manifest.files.get(file, {}).get("sha256") == sha256:
             return path
-        if not path.is_file() or sha256_file(path) != sha256:
-            raise BundleError(f"bundle {self.path}: {file} changed or is missing since conversion (sha256 "
-                              "differs from manifest.json); re-convert the model")
+        if not path.is_file():
+            raise BundleError(f"bundle {self.path}: {file} is missing; copy the bundle again whole, or re-convert "
+                              "the model")
+        if sha256_file(path) != sha256:
+            raise BundleError(f"bundle {self.path}: {file} changed since conversion (its sha256 differs from "
+                              "manifest.json); copy the bundle again whole, or re-convert the model")
         return path
 
     def verify_checksums(self) -> list[str]:
@@ -348,8 +351,10 @@ class Bundle:
         bad = []
         for rel, e in self.manifest.files.items():
             p = self.resolve(rel, f"files[{rel!r}]")
-            if not p.is_file() or p.stat().st_size != e["size_bytes"] or sha256_file(p) != e["sha256"]:
-                bad.append(rel)
+            if not p.is_file():
+                bad.append(f"{rel} (missing)")
+            elif p.stat().st_size != e["size_bytes"] or sha256_file(p) != e["sha256"]:
+                bad.append(f"{rel} (changed: its sha256 differs from the manifest's)")
         for p in sorted(self.path.rglob("*")):
             rel = p.relative_to(self.path).as_posix()
             if (p.is_file() or p.is_symlink()) and rel != MANIFEST_NAME and rel not in self.manifest.files:
@@ -378,7 +383,7 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
     if verify:
         bad = bundle.verify_checksums()
         if bad:
-            raise BundleError(f"bundle {path}: files changed, missing or added since conversion: {', '.join(bad)} "
-                              "(sha256 differs from manifest.json); re-convert the model")
+            raise BundleError(f"bundle {path}: files changed, missing or added since conversion: {', '.join(bad)}; "
+                              "copy the bundle again whole, or re-convert the model")
         bundle = dataclasses.replace(bundle, verified=True)
     return bundle

@@ -270,6 +270,7 @@ def _tok_dir(w, tokenizer_json: str | None = "{}", vocab: bool = True):
 X = lambda *shape, dtype=np.float32: np.ones(shape, dtype)  # noqa: E731
 
 case("convert-src-missing", 2, "does not exist", lambda w: conv(w, src=w.p("nope")))
+case("convert-src-device", 2, "neither a directory nor a regular file", lambda w: conv(w, src="/dev/null"))
 case("convert-src-empty-dir", 2, "no paddle model", lambda w: conv(w, src=w.p("e").mkdir() or w.p("e")))
 case("convert-src-text-file", 2, "not a paddle model", lambda w: conv(w, src=w.text("notes.txt", "hi")))
 case("convert-src-json-not-pir", 2, "not a paddle pir program", lambda w: conv(w, src=w.text("m.json", '{"a": 1}')))

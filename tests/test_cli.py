@@ -259,3 +259,16 @@ def test_every_gated_metric_can_be_overridden_from_the_cli():
     for bad in ("int8.min_cosine=1.5", "int8.rmse=0.1", "int8.max_rel_rmse=nan", "int8.max_rel_rmse=-1"):
         with pytest.raises(argparse.ArgumentTypeError):
             threshold(bad)
+
+
+def test_os_errors_name_the_path_and_for_a_full_disk_the_fix():
+    import errno
+    from paddle2ort.cli.main import os_error_message
+    full = os_error_message(OSError(errno.ENOSPC, "No space left on device", "/data/out/model.onnx"))
+    assert "/data/out/model.onnx" in full and "TMPDIR" in full and "free some" in full
+    assert "TMPDIR" in os_error_message(OSError(errno.ENOSPC, "No space left on device"))
+    assert os_error_message(OSError(errno.EACCES, "Permission denied", "/x")) == "[Errno 13] Permission denied: '/x'"
+    gone = OSError(errno.ENOENT, "No such file or directory")
+    gone.filename = "/y"
+    assert os_error_message(gone).endswith("/y'")
+    assert os_error_message(UnicodeDecodeError("utf-8", b"\xff", 0, 1, "bad")).startswith("'utf-8'")
