@@ -339,7 +339,8 @@ def _convert(config: ConvertConfig, more_sources: tuple[Path, ...]) -> ConvertRe
                                                  user_inputs=_user_inputs(config),
                                                  fp32_model=variant_src.get(prec, files["fp32"]))   # its FP32 source
                     except ValidationError as e:
-                        raise (e.with_hint(FP16_HINT) if prec == "fp16" else e)
+                        hint = gate_hint(prec, e, files[prec], _user_inputs(config))
+                        raise (e.with_hint(hint) if hint else e)
                     s = summary(reports[prec])
                     log.info("%s passed: max_rel_diff=%.3g cosine=%.6f argmax=%s", prec, s["max_rel_diff"],
                              s["min_cosine"], s["min_argmax_agreement"])
@@ -382,6 +383,23 @@ def _convert(config: ConvertConfig, more_sources: tuple[Path, ...]) -> ConvertRe
 FP16_HINT = ("FP16 failing where FP32 passes is usually one operator type overflowing or losing precision in float16 "
              "(BatchNormalization with large running variances, Exp/Pow/ReduceSum over wide ranges): keep it in FP32 "
              "with --fp16-block-ops OP[,OP] and convert again, or leave fp16 out of --precision.")
+
+
+def gate_hint(precision: str, e: ValidationError, model_path: Path, user_inputs: bool) -> str | None:
+    """The likely fix of a failed gate, where the failure says which."""
+    import onnx
+
+    from .repair.output_shapes import data_dependent_outputs
+    selected = []
+    if not user_inputs:
+        graph = onnx.load(str(model_path), load_external_data=False).graph
+        selected = sorted({f["output"] for f in e.failures} & data_dependent_outputs(graph))
+    if selected:
+        return (f"{', '.join(map(repr, selected))} select(s) a data-dependent set of rows (NMS, top-k): on generated "
+                "random inputs that selection is meaningless and breaks ties differently. Validate on real inputs: "
+                "--inputs FILE.npz with arrays named after the model's inputs (a preprocessed image and the real "
+                "values of its companion inputs).")
+    return FP16_HINT if precision == "fp16" else None
 
 
 def check_same_source(recorded: dict, source, source_path: Path) -> None:

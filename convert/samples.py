@@ -125,8 +125,13 @@ def make_samples(inputs: list[dict], cfg: SampleConfig, tokenizer=None) -> list[
     if unknown:
         raise BadInputError(f"--input-shape names unknown input(s) {sorted(unknown)}; the model's inputs are "
                             f"{[i['name'] for i in inputs]}")
+    # an input exported with a batch of 1 (a detector's scale_factor [1, 2] beside image [-1, 3, H, W]) ties every
+    # input's batch to 1: a batch-2 image beside it is a feed Paddle itself never gets
+    leading = [tuple(fixed[i["name"]])[:1] if i["name"] in fixed else tuple(i["shape"][:1]) for i in inputs]
+    tied = 1 if (1,) in leading and any(d and d[0] < 0 for d in leading) else None
     samples = []
     for k, (batch, dyn, hw) in enumerate(zip(cfg.batch_sizes, cfg.dynamic_sizes, cfg.image_sizes)):
+        batch = tied or batch
         sample = {}
         if tokenizer is not None and any(s["name"] == "input_ids" for s in inputs):
             ids = next(s for s in inputs if s["name"] == "input_ids")

@@ -123,6 +123,13 @@ def test_make_samples_seeded_shapes_and_id_ranges():
     assert all(np.array_equal(a[k], b[k]) for a, b in zip(s1, s2) for k in a)
     fixed = make_samples(specs, SampleConfig(input_shapes={"img": (1, 3, 32, 96)}))
     assert fixed[0]["img"].shape == (1, 3, 32, 96)
+    assert [x["ids"].shape[0] for x in fixed] == [1, 1]           # the batch follows the input fixed at 1
+    # a detector exported with scale_factor [1, 2] beside image [-1, 3, H, W]: every sample is batch 1, as Paddle's
+    # own feed is (batch 2 images beside it fail in onnxruntime, and the conversion was blamed)
+    det = [{"name": "image", "dtype": "float32", "shape": [-1, 3, 416, 416]},
+           {"name": "scale_factor", "dtype": "float32", "shape": [1, 2]}]
+    assert [(x["image"].shape, x["scale_factor"].shape) for x in make_samples(det, SampleConfig())] == \
+        [((1, 3, 416, 416), (1, 2))] * 2
     with pytest.raises(BadInputError, match="unknown input"):
         make_samples(specs, SampleConfig(input_shapes={"nope": (1,)}))
     with pytest.raises(BadInputError, match="zero-row"):
@@ -230,3 +237,29 @@ def test_validation_error_names_output_and_figures():
                                   "metrics": {"max_abs_diff": 1.0, "max_rel_diff": 0.5, "cosine": 0.5,
                                               "argmax_agreement": 0.25}}])
     assert "logits" in str(e) and "max_abs_diff=1" in str(e) and e.exit_code == 3
+
+
+def test_a_failed_gate_names_its_likely_fix(tmp_path):
+    """Rows an NMS/TopK selects on random generated inputs: --inputs; FP16 failing: --fp16-block-ops; else nothing
+    beyond the generic threshold advice."""
+    import onnx
+    from onnx import TensorProto, helper
+    from paddle2ort.convert.api import gate_hint
+    from paddle2ort.convert.errors import ValidationError
+    g = helper.make_graph(
+        [helper.make_node("TopK", ["x", "k"], ["top", "idx"], axis=1), helper.make_node("Relu", ["x"], ["dense"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("top", "dense")],
+        [helper.make_tensor("k", TensorProto.INT64, [1], [3])])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(g), str(path))
+
+    def failed(output):
+        return ValidationError("fp32", [{"output": output, "sample": 0, "violations": ["x"], "metrics": {
+            "max_abs_diff": 1.0, "max_rel_diff": 1.0, "cosine": 0.5, "argmax_agreement": None}}])
+    assert "--inputs" in gate_hint("fp32", failed("top"), path, user_inputs=False)
+    assert gate_hint("fp32", failed("top"), path, user_inputs=True) is None      # real inputs already
+    assert gate_hint("fp32", failed("dense"), path, user_inputs=False) is None
+    assert "--fp16-block-ops" in gate_hint("fp16", failed("dense"), path, user_inputs=False)
+    msg = str(failed("dense").with_hint("HINT"))
+    assert msg.index("HINT") < msg.index("Thresholds can be overridden")

@@ -16,7 +16,7 @@ DATA_DEPENDENT_OPS = {"NonMaxSuppression", "NonZero", "Unique", "Compress", "Top
 PREFIX = "data_dependent_"
 
 
-def _data_dependent(graph: onnx.GraphProto) -> set[str]:
+def data_dependent_outputs(graph: onnx.GraphProto) -> set[str]:
     """Graph outputs with a data-dependent operator among their ancestors."""
     producer = {o: n for n in graph.node for o in n.output}
     found = set()
@@ -37,7 +37,7 @@ def _data_dependent(graph: onnx.GraphProto) -> set[str]:
 
 def apply(model: onnx.ModelProto) -> int:
     graph = model.graph
-    suspects = [o for o in graph.output if o.name in _data_dependent(graph)
+    suspects = [o for o in graph.output if o.name in data_dependent_outputs(graph)
                 and any(d.HasField("dim_value") for d in o.type.tensor_type.shape.dim)]
     if not suspects:
         return 0
