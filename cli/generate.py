@@ -27,7 +27,8 @@ def new_tokens(args) -> int:
 
 def generation_config(args):
     from paddle2ort.runtime.generation import GenerationConfig
-    sampling = any(v is not None for v in (args.top_k, args.top_p)) or (args.temperature or 0) > 0
+    # a sampling option at its "off" value (--top-k 0, --top-p 1) keeps greedy decoding, as its help says
+    sampling = (args.top_k or 0) > 0 or (args.top_p is not None and args.top_p < 1) or (args.temperature or 0) > 0
     return GenerationConfig(
         max_new_tokens=new_tokens(args), min_new_tokens=args.min_new_tokens, do_sample=sampling,
         temperature=1.0 if args.temperature is None else args.temperature, top_k=args.top_k or 0,

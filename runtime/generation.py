@@ -48,7 +48,7 @@ class GenerationConfig:
     repetition_penalty: float = 1.0  # 1.0: off; CTRL-style, must be > 0
     stop_token_ids: tuple[int, ...] = ()
     stop_strings: tuple[str, ...] = ()
-    seed: int | None = None          # Philox key: in [0, 2**64)
+    seed: int | None = None          # Philox key: in [0, 2**64); None: fresh entropy for each generation (seeded())
     num_beams: int = 1
     length_penalty: float = 1.0
     early_stopping: bool = True
@@ -108,6 +108,14 @@ class GenerationConfig:
             if s in text:
                 text = text[:text.index(s)]
         return text
+
+    def seeded(self) -> "GenerationConfig":
+        """This config with a seed where it samples: its own, else a fresh one drawn now (a generation without a
+        seed must not repeat the last one's draws; the job key still sees seed None, so a resumed job matches)."""
+        if self.seed is not None or not self.sampling:
+            return self
+        import secrets
+        return replace(self, seed=secrets.randbits(63))
 
     @property
     def sampling(self) -> bool:
@@ -549,7 +557,7 @@ class Generator:
                                 "(generate routes num_beams > 1 there)")
         if cfg.stop_strings and decode is None:
             raise BadInputError("stop strings need a tokenizer to decode with")
-        self.dec, self.cfg, self.pad_id, self.decode = as_decoder(decoder, pad_id), cfg, pad_id, decode
+        self.dec, self.cfg, self.pad_id, self.decode = as_decoder(decoder, pad_id), cfg.seeded(), pad_id, decode
         self.max_context = max_context
         _check_host_processors(self.dec, cfg)
         _check_forced(self.dec, cfg)
@@ -697,7 +705,7 @@ class Generator:
         if not (hasattr(dec, "join") and hasattr(dec, "leave")):
             raise BadInputError(f"{type(dec).__name__} cannot take rows joining a running batch (its cache slots are "
                                 "fixed at start); in-flight batching runs on CacheDecoder or FusedDecoder")
-        cfgs = [self.cfg] * len(prompts) if cfgs is None else list(cfgs)
+        cfgs = [self.cfg] * len(prompts) if cfgs is None else [c.seeded() for c in cfgs]
         if len(cfgs) != len(prompts):
             raise BadInputError(f"add_rows got {len(prompts)} prompts but {len(cfgs)} configs")
         rows = check_tokens(prompts, dec.vocab_size)

@@ -484,3 +484,26 @@ def test_rows_joining_stop_strings_and_what_cannot_join():
         fixed.add_rows([[2]])
     with pytest.raises(BadInputError, match="outside the vocabulary"):
         Generator(CacheDecoder.wrap(ToyDecoder()), pad_id=0).add_rows([[99]])
+
+
+def test_sampling_without_a_seed_draws_fresh_entropy_each_generation():
+    """No seed: each generation samples differently (it was seed 0 every time, so every run printed the same
+    'random' text); a seed reproduces; greedy needs none."""
+    cfg = GenerationConfig(max_new_tokens=12, do_sample=True, temperature=1.5)
+    runs = {tuple(generate(ToyDecoder(vocab=64, seed=3), [[1, 2, 3]], cfg, 0)[0]) for _ in range(4)}
+    assert len(runs) > 1
+    seeded = GenerationConfig(max_new_tokens=12, do_sample=True, temperature=1.5, seed=11)
+    assert len({tuple(generate(ToyDecoder(vocab=64, seed=3), [[1, 2, 3]], seeded, 0)[0]) for _ in range(3)}) == 1
+    assert cfg.seed is None and cfg.seeded().seed is not None and seeded.seeded() is seeded
+    assert GenerationConfig().seeded().seed is None                              # greedy: nothing to seed
+
+
+@pytest.mark.parametrize("argv, sampling", [
+    ([], False), (["--top-k", "0"], False), (["--top-p", "1"], False), (["--temperature", "0"], False),
+    (["--top-k", "5"], True), (["--top-p", "0.9"], True), (["--temperature", "0.7"], True)])
+def test_off_values_of_sampling_options_keep_greedy(argv, sampling):
+    """--top-k 0 and --top-p 1 are documented as off: they must not switch greedy decoding to sampling."""
+    from paddle2ort.cli.generate import generation_config
+    from paddle2ort.cli.main import build_parser
+    args = build_parser().parse_args(["generate", "B", "--prompt", "hi", *argv])
+    assert generation_config(args).sampling is sampling
