@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .errors import BadInputError, Paddle2OrtError
 from .files import atomic_open
+from .textio import split_lines
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ FORMAT_HINT = 'one JSON object a line, e.g. {"src": "your prompt"}'
 @dataclass(frozen=True)
 class JobLine:
     line: int                 # 1-based line number in the input file
-    text: str                 # the prompt
+    text: str | tuple[str, ...]   # the prompt, or a conversation (user, assistant, ..., user turns: --chat)
     sha256: str               # of the raw input line (what a resumed run must match)
 
 
@@ -46,11 +47,14 @@ def read_jsonl_lines(path: Path) -> list[JobLine]:
         except json.JSONDecodeError as e:
             raise BadInputError(f"{path}:{no} is not valid JSON ({e.msg}); {FORMAT_HINT}") from e
         text = obj.get("src", obj.get("prompt")) if isinstance(obj, dict) else None
-        if isinstance(text, list):
-            text = text[-1] if text else None
-        if not isinstance(text, str):
+        if isinstance(text, list):          # PaddleNLP's predictor: a conversation, turns from the user's first
+            if not text or not all(isinstance(t, str) and t.strip() for t in text) or len(text) % 2 == 0:
+                raise BadInputError(f"{path}:{no}: a list \"src\" is a conversation: an odd number of non-empty "
+                                    "turns, user first and last (user, assistant, ..., user)")
+            text = tuple(text) if len(text) > 1 else text[0]
+        if not isinstance(text, (str, tuple)):
             raise BadInputError(f"{path}:{no} has no string field \"src\" (or \"prompt\")")
-        if not text.strip():
+        if isinstance(text, str) and not text.strip():
             raise BadInputError(f"{path}:{no} has an empty prompt; remove the line or give it text")
         out.append(JobLine(no, text, _line_hash(line)))
     if not out:
@@ -75,10 +79,17 @@ def prepare(gen, lines: list[JobLine], path: Path, cfg, src_length: int | None, 
     limit = _context_limit(gen)
     ids = []
     for j in lines:
+        if isinstance(j.text, tuple) and not chat:
+            raise BadInputError(f"{path}:{j.line} is a conversation (a list \"src\" of {len(j.text)} turns): pass "
+                                "--chat so its turns go through the model's chat template")
         try:
             t = gen.prompt_ids(j.text, chat)
         except BadInputError as e:
             raise BadInputError(f"{path}:{j.line}: {e}") from None
+        if src_length and chat and len(t) > src_length:
+            raise BadInputError(f"{path}:{j.line}: the chat prompt is {len(t)} tokens with its template, over "
+                                f"--src-length {src_length}; a templated prompt is not cut (its end is the template's "
+                                "tail, the same for every line): shorten the message or raise --src-length")
         if src_length:
             t = t[-src_length:]                 # keep the end: what the model continues from
         if limit is not None and len(t) + cfg.max_new_tokens > limit:
@@ -115,7 +126,7 @@ def load_done(output_file: Path, lines: list[JobLine], key: str = "", output_fie
         text = output_file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise BadInputError(f"output file {output_file} exists and cannot be read ({e}); move it away") from e
-    for raw in text.splitlines():
+    for raw in split_lines(text):
         if not raw.strip():
             continue
         try:

@@ -131,13 +131,22 @@ class TextGenerator:
         return Generator(self.model, self.stop_ids(cfg), self.tokenizer.pad_token_id, self.tokenizer.decode,
                          self.max_context)
 
-    def prompt_ids(self, prompt: str, chat: bool = False, system: str | None = None) -> list[int]:
-        if not isinstance(prompt, str) or not prompt.strip():
+    def prompt_ids(self, prompt: str | Sequence[str], chat: bool = False, system: str | None = None) -> list[int]:
+        """Token ids of a prompt; with chat, through the chat template, where `prompt` may be a conversation (turns
+        from the user's first: user, assistant, ..., user)."""
+        turns = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not turns or not all(isinstance(t, str) and t.strip() for t in turns):
             raise BadInputError("empty prompt: give some text to continue (or a question with --chat)")
-        if chat:
-            msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-            prompt = self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True)
-        return self.tokenizer.encode(prompt)
+        if not chat:
+            if len(turns) > 1:
+                raise BadInputError("a conversation (several turns) goes through the chat template: pass --chat")
+            return self.tokenizer.encode(turns[0])
+        if len(turns) % 2 == 0:
+            raise BadInputError(f"a conversation of {len(turns)} turns ends with the assistant's; it must end with "
+                                "the user's (user, assistant, ..., user)")
+        msgs = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(turns)]
+        return self.tokenizer.encode(self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True))
 
     def generate_ids(self, prompts: Sequence[str], cfg: GenerationConfig, chat: bool = False) -> list[list[int]]:
         cfg = self.stop_ids(cfg)

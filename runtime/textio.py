@@ -6,8 +6,16 @@ from pathlib import Path
 from .errors import BadInputError
 
 
+def split_lines(text: str) -> list[str]:
+    """Lines as a text file has them: split at \\n (\\r\\n and \\r too), never inside a line at U+2028, U+0085, a
+    form feed or the other separators str.splitlines() also breaks at (a JSON string may hold them raw)."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return lines[:-1] if lines[-1] == "" else lines       # a final newline ends the last line, it opens none
+
+
 def read_utf8_lines(path: str | Path, missing_hint: str = "") -> list[str]:
-    """Lines of a UTF-8 text file; BadInputError names a missing/unreadable file or the first bad line."""
+    """Lines of a UTF-8 text file (a leading byte-order mark dropped); BadInputError names a missing/unreadable
+    file or the first bad line."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -16,7 +24,7 @@ def read_utf8_lines(path: str | Path, missing_hint: str = "") -> list[str]:
     except OSError as e:
         raise BadInputError(f"cannot read {path}: {e.strerror}") from e
     try:
-        return raw.decode("utf-8").splitlines()
+        return split_lines(raw.decode("utf-8-sig"))
     except UnicodeDecodeError as e:
         line = raw[:e.start].count(b"\n") + 1
         raise BadInputError(f"{path}:{line} is not valid UTF-8 (byte {e.start}: {raw[e.start:e.start + 4]!r}); "

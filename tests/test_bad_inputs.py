@@ -835,3 +835,44 @@ def test_a_results_directory_of_ours_is_rewritten(tmp_path):
     (tmp_path / "llm.json").write_text(json.dumps({"environment": "mine"}))
     with pytest.raises(BadInputError, match="llm.json, llm.png"):
         check_output_dir(tmp_path, "--output", stem="llm")
+
+
+def test_jsonl_conversations_go_through_the_chat_template(tmp_path):
+    """A list "src" (PaddleNLP's predictor: a conversation) was cut to its last turn without a word: now its turns
+    are the chat template's messages with --chat, refused without it; a templated prompt over --src-length is
+    refused, not cut to the template's tail."""
+    from types import SimpleNamespace
+    from paddle2ort.runtime.errors import BadInputError
+    from paddle2ort.runtime.jobs import prepare, read_jsonl_lines
+    from paddle2ort.runtime.llm import TextGenerator
+    path = _job_file(tmp_path, [["Hi", "Hello! How can I help?", "Tell me a joke"], ["solo"], "plain"])
+    lines = read_jsonl_lines(path)
+    assert [j.text for j in lines] == [("Hi", "Hello! How can I help?", "Tell me a joke"), "solo", "plain"]
+    with pytest.raises(BadInputError, match="in.jsonl:1 is a conversation.*--chat"):
+        prepare(FakeGenerator(context=64), lines, path, GenerationConfig(max_new_tokens=1), None, chat=False)
+    seen = []
+    tok = SimpleNamespace(apply_chat_template=lambda msgs, add_generation_prompt: seen.append(msgs) or
+                          "".join(f"<{m['role']}>{m['content']}" for m in msgs), encode=lambda text: list(text.encode()))
+    gen = SimpleNamespace(tokenizer=tok, model=SimpleNamespace(max_context=4096))
+    gen.prompt_ids = lambda text, chat=False: TextGenerator.prompt_ids(gen, text, chat)
+    ids = prepare(gen, lines, path, GenerationConfig(max_new_tokens=1), None, chat=True)
+    assert [m["role"] for m in seen[0]] == ["user", "assistant", "user"] and seen[0][2]["content"] == "Tell me a joke"
+    assert bytes(ids[0]).decode().endswith("<user>Tell me a joke")
+    with pytest.raises(BadInputError, match="over --src-length 5"):
+        prepare(gen, lines, path, GenerationConfig(max_new_tokens=1), 5, chat=True)
+    for bad in ([], ["Hi", "Hello"], ["Hi", ""], ["Hi", 3, "x"]):
+        with pytest.raises(BadInputError, match="conversation"):
+            read_jsonl_lines(_job_file(tmp_path, [bad]))
+
+
+def test_text_lines_split_only_at_newlines_and_drop_a_bom(tmp_path):
+    """U+2028, U+0085 and a form feed inside a text (or raw inside a JSON string) stay in their line; a UTF-8 BOM
+    is not part of the first text; CRLF and CR end lines."""
+    from paddle2ort.runtime.jobs import read_jsonl_lines
+    from paddle2ort.runtime.textio import read_utf8_lines
+    p = tmp_path / "t.txt"
+    p.write_bytes("\ufefffirst\u2028part\r\nsecond\x0cpage\u0085x\rthird\n".encode())
+    assert read_utf8_lines(p) == ["first\u2028part", "second\x0cpage\u0085x", "third"]
+    j = tmp_path / "in.jsonl"
+    j.write_bytes(("\ufeff" + json.dumps({"src": "a\u2028b"}, ensure_ascii=False) + "\n").encode())
+    assert [x.text for x in read_jsonl_lines(j)] == ["a\u2028b"]
