@@ -74,14 +74,26 @@ def check_adapter(adapter: dict | None, cfg: PerplexityConfig) -> None:
 
 
 def run_perplexity(cfg: PerplexityConfig) -> dict:
+    from paddle2ort.runtime.manifest import load_bundle
+
     from .texts import play_lines
-    first = TextGenerator(cfg.bundle, precision="fp32")     # the reference row, whatever a release chose
+    manifest = load_bundle(cfg.bundle, verify=False).manifest          # every option checked before any model runs
+    precisions = cfg.precisions or tuple(manifest.models)
+    absent = [p for p in precisions if p not in manifest.models]
+    if absent:
+        raise BadInputError(f"{cfg.bundle} has no {', '.join(absent)} model (it has: {', '.join(manifest.models)}); "
+                            "pass --precision with those")
+    context = (manifest.extra.get("llm") or {}).get("max_context")
+    if isinstance(context, int) and cfg.window > context:
+        raise BadInputError(f"--window {cfg.window} is longer than the model's context of {context} tokens; pass "
+                            f"--window {context} or less")
+    ref = "fp32" if "fp32" in precisions else precisions[0]       # the reference row, whatever a release chose
+    first = TextGenerator(cfg.bundle, precision=ref)
     check_adapter(first.bundle.manifest.extra.get("adapter"), cfg)
-    precisions = cfg.precisions or tuple(first.bundle.manifest.models)
     windows = text_windows(first.tokenizer, play_lines(cfg.play), cfg.window, cfg.windows)
     rows = {}
     for prec in precisions:
-        gen = first if prec == "fp32" else TextGenerator(cfg.bundle, precision=prec)
+        gen = first if prec == ref else TextGenerator(cfg.bundle, precision=prec)
         nll, n = onnx_nll(gen.model, windows, desc=f"perplexity {prec}")
         rows[prec] = {"system": "onnxruntime", "precision": prec, "nll": nll, "tokens": n,
                       "perplexity": float(np.exp(nll / n))}

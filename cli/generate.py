@@ -61,9 +61,10 @@ def run(args) -> int:
     precision = args.precision
     if precision is None:   # what `paddle2ort release` chose for this device (generic graph), else fp32
         from paddle2ort.runtime.manifest import load_bundle
-        from paddle2ort.runtime.selection import DEFAULT_PRECISION, default_precision
-        precision = (default_precision(load_bundle(args.bundle, verify=False), args.device)
-                     if args.graph not in ("fused", "kernels") else DEFAULT_PRECISION)
+        from paddle2ort.runtime.selection import default_precision
+        bundle = load_bundle(args.bundle, verify=False)
+        fused = tuple(bundle.manifest.extra.get("fused") or ()) if args.graph in ("fused", "kernels") else None
+        precision = default_precision(bundle, args.device, available=fused or None)
     if (args.task or _bundle_task(args.bundle)) == "text2text-generation":
         from .text2text import run_text2text
         return run_text2text(args, cfg, precision)

