@@ -84,7 +84,8 @@ def run(args) -> int:
         log.info("%d prompts -> %s", n, args.output_file)
         return 0
     if args.stream:
-        for p in args.prompt:
+        for i, p in enumerate(args.prompt):
+            sys.stdout.write(answer_header(i, args.prompt))
             for delta in gen.stream(p, cfg, chat=args.chat):
                 sys.stdout.write(delta)
                 sys.stdout.flush()
@@ -93,9 +94,21 @@ def run(args) -> int:
     with busy(f"generate ({len(args.prompt)} prompt{'s' if len(args.prompt) > 1 else ''}, "
               f"<= {cfg.max_new_tokens} tokens)"):
         outs = gen(args.prompt, cfg, chat=args.chat)
-    for out in outs:
-        print(out)
+    print_answers(args.prompt, outs)
     return 0
+
+
+def answer_header(i: int, prompts: list[str]) -> str:
+    """With several prompts, a line before each answer saying whose it is (answers may span lines); none for one."""
+    if len(prompts) < 2:
+        return ""
+    shown = " ".join(prompts[i].split())
+    return f"--- [{i + 1}/{len(prompts)}] {shown[:60] + '...' if len(shown) > 60 else shown}\n"
+
+
+def print_answers(prompts: list[str], outs: list[str]) -> None:
+    for i, out in enumerate(outs):
+        sys.stdout.write(answer_header(i, prompts) + out + "\n")
 
 
 def _bundle_task(bundle) -> str | None:

@@ -32,6 +32,6 @@ def run_text2text(args, cfg, precision: str) -> int:
     with busy(f"generate ({len(args.prompt)} source{'s' if len(args.prompt) > 1 else ''}, "
               f"<= {cfg.max_new_tokens} tokens)"):
         outs = gen(args.prompt, cfg)
-    for out in outs:
-        print(out)
+    from .generate import print_answers
+    print_answers(args.prompt, outs)
     return 0

@@ -273,3 +273,12 @@ def test_os_errors_name_the_path_and_for_a_full_disk_the_fix():
     gone.filename = "/y"
     assert os_error_message(gone).endswith("/y'")
     assert os_error_message(UnicodeDecodeError("utf-8", b"\xff", 0, 1, "bad")).startswith("'utf-8'")
+
+
+def test_several_answers_are_told_apart(capsys):
+    """One prompt: its answer alone (scripts pipe it); several: a header before each, since answers span lines."""
+    from paddle2ort.cli.generate import print_answers
+    print_answers(["Capital of France?"], [" Paris.\n\nYes."])
+    assert capsys.readouterr().out == " Paris.\n\nYes.\n"
+    print_answers(["Capital of France?", "1+1=\n?"], [" Paris.\n\n", " 2"])
+    assert capsys.readouterr().out == "--- [1/2] Capital of France?\n Paris.\n\n\n--- [2/2] 1+1= ?\n 2\n"
