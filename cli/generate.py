@@ -78,7 +78,8 @@ def run(args) -> int:
         return 0
     gen = TextGenerator(args.bundle, precision=precision,
                         session=SessionOptions(device=args.device, device_id=args.device_id,
-                                               intra_op_threads=args.threads), graph=args.graph)
+                                               intra_op_threads=args.threads),
+                        graph=args.graph, max_length=args.max_context)
     if args.data_file:
         n = run_jsonl_job(gen, args.data_file, args.output_file, cfg, args.batch_size, args.src_length, args.chat)
         log.info("%d prompts -> %s", n, args.output_file)
@@ -166,6 +167,9 @@ def register(sub) -> None:
                         "kernel); kernels: the fused decoder's weights run by our own kernels (LLaMA/Qwen2 family): "
                         "CUDA with --device gpu and CuPy, on the CPU the compiled step (built once with the host's C "
                         "compiler and OpenMP; without them onnxruntime's fused graph)")
+    g.add_argument("--max-context", type=positive_int, help="tokens the fused decoder's cache holds, prompt + new "
+                   "tokens (the fused and kernels graphs; default: the model's positions up to 4096, which bounds "
+                   "the cache memory; up to the model's positions)")
     g.add_argument("--threads", type=nonneg_int, default=0, help="intra-op threads, and the compiled CPU step's "
                    "(0: one per physical core)")
     g.add_argument("--data-file", type=Path, help='JSON lines in ({"src": ...} a line)')

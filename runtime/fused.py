@@ -706,5 +706,6 @@ class FusedDecoder(DeviceStateMemory):
             for buf in self.active.kv:
                 buf[:, :, :self.filled] = buf[idx, :, :self.filled]
 
-    limit_name = "the cache capacity (raise max_length)"
+    limit_name = "the cache capacity"
+    limit_fix = "raise the capacity up to the model's positions (generate --max-context N; max_length=N)"
 

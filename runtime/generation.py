@@ -400,8 +400,9 @@ def _check_room(dec: Decoder, longest: int, new_tokens: int, max_context: int | 
     limit = min(x for x in (dec.max_tokens(), max_context, 1 << 62) if x is not None)
     if longest + new_tokens > limit:
         what = getattr(dec, "limit_name", "the model's context")
+        fix = getattr(dec, "limit_fix", None) if limit == dec.max_tokens() else None
         raise BadInputError(f"prompt ({longest} tokens) + max_new_tokens ({new_tokens}) exceeds {what} of {limit} "
-                            "tokens; shorten the prompt or lower max_new_tokens")
+                            f"tokens; shorten the prompt, lower max_new_tokens{', or ' + fix if fix else ''}")
 
 
 def _stop_array(dec: Decoder, cfg: GenerationConfig):

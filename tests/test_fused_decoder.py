@@ -97,8 +97,13 @@ def test_fused_loop_streams_stops_and_samples_reproducibly(llama):
 def test_fused_bad_input(llama, tmp_path):
     _, dest, m, ids, _ = llama
     fused = TextGenerator(dest, graph="fused", max_length=16)
-    with pytest.raises(BadInputError, match="exceeds the cache capacity"):
+    with pytest.raises(BadInputError, match="exceeds the cache capacity of 16 tokens.*--max-context"):
         fused.generate_token_ids(ids, GenerationConfig(max_new_tokens=15))
+    from paddle2ort.cli import main            # --max-context is the capacity: 15 new tokens fit in 32, not in 8
+    assert main(["-q", "generate", str(dest), "--graph", "fused", "--prompt", "hello", "--max-new-tokens", "15",
+                 "--max-context", "8"]) == 2
+    assert main(["-q", "generate", str(dest), "--graph", "fused", "--prompt", "hello", "--max-new-tokens", "15",
+                 "--max-context", "32"]) == 0
     with pytest.raises(BadInputError, match="beam search"):
         Generator(fused.model, GenerationConfig(num_beams=2), 2)
     with pytest.raises(BundleError, match="no fused 'int8' decoder"):

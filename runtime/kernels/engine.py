@@ -540,7 +540,8 @@ class KernelEngine(DeviceStateMemory):
     pass's onnxruntime session and, on the CPU, the compiled step's threads (intra_op_threads, 0: one per physical
     core)."""
 
-    limit_name = "the cache capacity (raise max_length)"
+    limit_name = "the cache capacity"
+    limit_fix = "raise the capacity up to the model's positions (generate --max-context N; max_length=N)"
 
     def __init__(self, model_path: str | Path, spec: dict, device: str = "gpu", max_length: int | None = None,
                  cuda_graph: bool = True, device_id: int = 0, weights: Weights | None = None,
