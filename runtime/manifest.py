@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .errors import BundleError
+from .errors import BadInputError, BundleError
 
 SCHEMA_VERSION = 2
 MANIFEST_NAME = "manifest.json"
@@ -327,9 +327,13 @@ class Bundle:
     def model_path(self, precision: str, verify: bool = True) -> Path:
         """Path of one precision's model; with verify, its sha256 is checked against the manifest first."""
         if precision not in self.manifest.models:
-            raise BundleError(
-                f"bundle {self.path} has no {precision!r} model (it has: {', '.join(self.manifest.models)}); "
-                f"convert with --precision {precision}")
+            have = ", ".join(self.manifest.models)
+            if precision not in PRECISION_NAMES:
+                hint = (f"precision names are lowercase: {precision.lower()}" if precision.lower() in PRECISION_NAMES
+                        else f"precisions are {', '.join(PRECISION_NAMES)}")
+                raise BadInputError(f"unknown precision {precision!r}: {hint} (this bundle has: {have})")
+            raise BundleError(f"bundle {self.path} has no {precision!r} model (it has: {have}); pick one of those, or "
+                              f"convert with --precision {precision}")
         mf = self.manifest.models[precision]
         return self.checked_path(mf.file, mf.sha256) if verify else self.resolve(mf.file)
 
@@ -367,6 +371,8 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
     where the load time matters more than tamper detection (the used model is still checked by model_path)."""
     path = Path(path)
     mpath = path / MANIFEST_NAME
+    if path.is_file():
+        raise BundleError(f"{path} is a file; give the bundle directory (the folder holding {MANIFEST_NAME})")
     if not path.is_dir():
         raise BundleError(f"bundle directory {path} does not exist; create one with `paddle2ort convert SRC -o {path}`")
     if not mpath.is_file():

@@ -456,6 +456,8 @@ case("classify-input-empty", 2, "no texts", lambda w: cls(w, "--input", str(w.te
 case("classify-input-bad-utf8", 2, "utf-8", lambda w: cls(w, "--input", str(w.text("t.txt", b"ok\n\xff\xfe bad\n"))))
 case("classify-input-is-dir", 2, "t", lambda w: cls(w, "--input", str(w.p("t").mkdir() or w.p("t"))))
 case("classify-precision-unknown", 2, "fp64", lambda w: cls(w, "--text", "hi", "--precision", "fp64"))
+case("classify-precision-uppercase", 2, "lowercase: fp32", lambda w: cls(w, "--text", "hi", "--precision", "FP32"))
+case("classify-bundle-is-manifest-file", 2, "is a file; give the bundle directory", lambda w: cls(w, "--text", "hi", bundle=w.bundle("clf") / "manifest.json"))
 case("classify-precision-absent", 2, "int4", lambda w: cls(w, "--text", "hi", "--precision", "int4"))
 case("classify-batch-size-zero", 2, "batch", lambda w: cls(w, "--text", "hi", "--batch-size", "0"))
 case("classify-threads-negative", 2, "threads", lambda w: cls(w, "--text", "hi", "--threads", "-1"))
