@@ -817,6 +817,14 @@ def test_chat_template_problems_are_bad_input(template, fragment):
         render_chat_template(template, max_seconds=0.5, max_output=100_000, messages=[{"role": "user", "content": "hi"}])
 
 
+def test_an_oversized_message_is_blamed_not_the_template():
+    from paddle2ort.runtime.errors import BadInputError
+    from paddle2ort.tokenization.chat_template import render_chat_template
+    with pytest.raises(BadInputError, match="the messages hold 100001 characters") as e:
+        render_chat_template(HF_TEMPLATE, max_output=100_000, messages=[{"role": "user", "content": "x" * 100_001}])
+    assert "hostile" not in str(e.value)
+
+
 def test_chat_template_hf_helpers():
     from paddle2ort.runtime.errors import BadInputError
     from paddle2ort.tokenization.chat_template import render_chat_template

@@ -91,6 +91,11 @@ def render_chat_template(template: str, max_seconds: float = MAX_SECONDS, max_ou
     if len(template) > MAX_TEMPLATE_CHARS:
         raise BadInputError(f"the chat template is {len(template)} characters (limit {MAX_TEMPLATE_CHARS}); "
                             "it is not a chat template")
+    content = sum(len(m.get("content") or "") if isinstance(m, dict) and isinstance(m.get("content") or "", str)
+                  else 0 for m in variables.get("messages") or ())
+    if content > max_output:                       # the user's messages, not the template, are past the limit
+        raise BadInputError(f"the messages hold {content} characters, over the {max_output} a rendered chat prompt "
+                            "may have; shorten them (a model's context holds far fewer tokens anyway)")
     env = _environment(max_output)
     try:
         compiled = env.from_string(template)
