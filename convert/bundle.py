@@ -98,11 +98,12 @@ def check_destination(dest: Path, overwrite: bool, sources: tuple[Path, ...] = (
                             "a new path, and point the link at it after")
     if dest.exists() and not dest.is_dir():
         raise BadInputError(f"output path {dest} exists and is not a directory; choose another -o path")
-    if dest.is_dir() and os.path.ismount(dest):
-        raise BadInputError(f"output {dest} is a mount point: a {kind} is written beside its folder and renamed into "
-                            f"place, which a mount point cannot take; give a folder inside it, e.g. -o {dest / 'bundle'}")
     if dest.exists():
         check_overwrite(dest, sources, owned, kind)      # what must never be replaced, with or without --overwrite
+        if dest.is_dir() and os.path.ismount(dest):
+            raise BadInputError(f"output {dest} is a mount point: a {kind} is written beside its folder and renamed "
+                                "into place, which a mount point cannot take; give a folder inside it, e.g. -o "
+                                f"{dest / 'bundle'}")
         if not overwrite:
             raise BadInputError(f"output {kind} {dest} already exists; pass --overwrite to replace it "
                                 f"(the old {kind} is kept until the new one has passed validation)")
