@@ -1,18 +1,37 @@
 """`paddle2ort serve`: over paddle2ort.runtime.serving (OpenAI-compatible HTTP server, in-flight batching)."""
 from __future__ import annotations
 
+import argparse
 import logging
 import socket
 from pathlib import Path
 
 from paddle2ort.runtime.errors import BadInputError
 
-from .common import _typed, check_exists, command, nonneg_float, nonneg_int, positive_int
+from .common import _typed, check_exists, command, nonneg_float, nonneg_int, positive_float, positive_int
 
 log = logging.getLogger("paddle2ort.cli")
 
 SERVE_MODULES = ("fastapi", "uvicorn", "prometheus_client")
 _port = _typed("port", int, lambda v: 1 <= v <= 65535, "a TCP port in 1..65535")
+EVERY_INTERFACE = ("0.0.0.0", "::")
+
+
+def _host(s: str) -> str:
+    """--host: an empty one is refused (an unset variable in `--host "$HOST"` would otherwise listen on every
+    interface, where the user most likely meant this machine only)."""
+    if not s.strip():
+        raise argparse.ArgumentTypeError("an empty host is refused: give 127.0.0.1 (this machine only) or 0.0.0.0 "
+                                         "(every interface)")
+    return s.strip()
+
+
+def server_url(host: str, port: int) -> str:
+    """Where the server listens, as a URL a client can use (an IPv6 address in brackets); on every interface, the
+    local URL, said so."""
+    if host in EVERY_INTERFACE:
+        return f"every interface ({host}) on port {port}: http://127.0.0.1:{port} from this machine"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def check_port(host: str, port: int) -> None:
@@ -56,13 +75,13 @@ def run(args) -> int:
 
     cfg = ServeConfig(max_batch=args.max_batch, max_queue=args.max_queue, retry_after=args.retry_after,
                       default_max_tokens=args.default_max_tokens, classify_max_wait_ms=args.classify_wait_ms,
-                      classify_max_texts=args.classify_batch)
+                      classify_max_texts=args.classify_batch, max_body_bytes=int(args.max_body_mb * 1_000_000))
     metrics = ServingMetrics()
     models = load_models(args.bundles, cfg, metrics, args.device, args.precision, args.threads, args.device_id,
                          args.graph)
     app = create_app(models, cfg, metrics)
-    log.info("listening on http://%s:%d (models: %s); SIGTERM or Ctrl-C drains the requests in flight",
-             args.host, args.port, ", ".join(models))
+    log.info("listening on %s (models: %s); SIGTERM or Ctrl-C drains the requests in flight",
+             server_url(args.host, args.port), ", ".join(models))
     server = _draining_server(uvicorn)(uvicorn.Config(app, host=args.host, port=args.port, log_config=None,
                                            log_level="warning", access_log=False,
                                            timeout_graceful_shutdown=args.drain_timeout or None))
@@ -82,7 +101,9 @@ def register(sub) -> None:
                             "with /v1/models, /health and Prometheus "
                             "/metrics. A model's name is its bundle directory's name. Needs the serve extra.")
     g.add_argument("bundles", type=Path, nargs="+", metavar="BUNDLE", help="bundle directories to serve")
-    g.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    g.add_argument("--host", type=_host, default="127.0.0.1",
+                   help="address to listen on: 127.0.0.1 (the default) this machine only, 0.0.0.0 every interface; "
+                        "an empty host is refused")
     g.add_argument("--port", type=_port, default=8000, help="TCP port")
     g.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="where onnxruntime runs")
     g.add_argument("--device-id", type=nonneg_int, default=0, help="CUDA device with --device gpu")
@@ -106,6 +127,9 @@ def register(sub) -> None:
     g.add_argument("--classify-wait-ms", type=nonneg_float, default=10.0,
                    help="how long a classify request waits for others to share its batch")
     g.add_argument("--classify-batch", type=positive_int, default=64, help="texts a classifier batch at most")
+    g.add_argument("--max-body-mb", type=positive_float, default=4.0,
+                   help="largest request body accepted, in MB (10^6 bytes); a larger one is answered 413 before it "
+                        "is parsed")
     g.add_argument("--drain-timeout", type=nonneg_float, default=60.0,
                    help="on SIGTERM, seconds to let requests in flight finish (0: no limit)")
     g.set_defaults(func=run)

@@ -28,20 +28,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class Server:
-    """create_app over load_models, served by uvicorn on a thread."""
+class AppServer:
+    """An app served by uvicorn on a thread, on a free localhost port."""
 
-    def __init__(self, bundles, **cfg):
+    def __init__(self, app):
         import uvicorn
-        from paddle2ort.runtime.serving.app import ServeConfig, create_app, load_models
-        from paddle2ort.runtime.serving.metrics import ServingMetrics
-        self.cfg = ServeConfig(**cfg)
-        self.metrics = ServingMetrics()
-        self.models = load_models(bundles, self.cfg, self.metrics, threads=1)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(create_app(self.models, self.cfg, self.metrics), host="127.0.0.1",
-                                                    port=self.port, log_level="warning"))
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         t0 = time.monotonic()
@@ -55,6 +49,18 @@ class Server:
 
     def post(self, path, **kw):
         return httpx.post(self.url + path, timeout=60, **kw)
+
+
+class Server(AppServer):
+    """create_app over load_models, served by uvicorn on a thread."""
+
+    def __init__(self, bundles, **cfg):
+        from paddle2ort.runtime.serving.app import ServeConfig, create_app, load_models
+        from paddle2ort.runtime.serving.metrics import ServingMetrics
+        self.cfg = ServeConfig(**cfg)
+        self.metrics = ServingMetrics()
+        self.models = load_models(bundles, self.cfg, self.metrics, threads=1)
+        super().__init__(create_app(self.models, self.cfg, self.metrics))
 
 
 @pytest.fixture(scope="module")
@@ -385,6 +391,260 @@ def test_load_benchmark_targets_are_computed_from_its_rows():
            "config": {"threads": 1, "note": "", "requests": 2, "max_tokens": 8},
            "environment": {"git_commit": "x", "cpu": "cpu", "usable_cores": 2}}
     assert "4.50x" in markdown(res) and "MISSED" not in markdown(res)
+
+
+# ----------------------------------------------------------------------------- the HTTP layer over a fake engine
+# The server's own behaviour (limits, what runs off the event loop, disconnects, what a body may hold) does not need
+# a model: a fake tokenizer and a fake engine of the scheduler's interface, so these run in seconds, without Paddle.
+TINY_TEMPLATE = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}<assistant>"
+
+
+class FakeTokenizer:
+    """A character a token; the chat template is rendered by the real bounded renderer; each encode takes `delay`
+    seconds (time.sleep: it blocks an event loop that calls it, not a worker thread)."""
+    pad_token_id = 0
+
+    def __init__(self, delay: float = 0.0):
+        self.delay, self.calls = delay, 0
+
+    def encode(self, text):
+        self.calls += 1
+        time.sleep(self.delay)
+        return [1 + ord(c) % 50 for c in text]
+
+    def decode(self, ids):
+        return "x" * len(ids)
+
+    def apply_chat_template(self, messages, add_generation_prompt=True):
+        from paddle2ort.tokenization.chat_template import render_chat_template
+        self.calls += 1
+        return render_chat_template(TINY_TEMPLATE, messages=messages)
+
+
+class FakeEngine:
+    """scheduler.Engine's interface to the server: each choice gets an "x" every `token_s` seconds from a thread
+    until max_new_tokens (finish "length") or cancel; `active` counts the rows not yet left."""
+    retry_after = 1
+
+    def __init__(self, max_context: int | None = 64, token_s: float = 0.005):
+        self.max_context = self.prompt_limit = max_context
+        self.token_s, self.active, self.queued, self.cancels = token_s, 0, 0, 0
+        from paddle2ort.runtime.serving.scheduler import _call_each
+        self.post = _call_each
+
+    def start(self):
+        return self
+
+    def stop(self):
+        pass
+
+    def submit(self, prompt, cfg, sink, n=1):
+        from paddle2ort.runtime.errors import BadInputError
+        from paddle2ort.runtime.serving.scheduler import Request
+        if self.max_context is not None and len(prompt) + cfg.max_new_tokens > self.max_context:
+            raise BadInputError(f"prompt + max_tokens exceeds the model's context of {self.max_context} tokens")
+        req = Request(prompt, cfg, n, sink)
+        self.active += n
+        threading.Thread(target=self._run, args=(req,), daemon=True).start()
+        return req
+
+    def cancel(self, req):
+        self.cancels += not req.cancelled and req.done < req.n
+        req.cancelled = True
+
+    def _run(self, req):
+        from paddle2ort.runtime.serving.scheduler import Event
+        for _ in range(req.cfg.max_new_tokens):
+            if req.cancelled:
+                break
+            time.sleep(self.token_s)
+            req.completion_tokens += req.n
+            self.post([(req.sink, Event("delta", i, text="x")) for i in range(req.n)])
+        else:
+            req.done = req.n
+            self.post([(req.sink, Event("done", i, finish_reason="length")) for i in range(req.n)])
+        self.active -= req.n
+
+
+def fake_server(tokenizer=None, engine=None, **cfg) -> AppServer:
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from paddle2ort.runtime.serving.app import ServeConfig, Served, create_app
+    gen = SimpleNamespace(tokenizer=tokenizer or FakeTokenizer())
+    s = Served("fake", "text-generation", Path("fake"), generator=gen, engine=engine or FakeEngine())
+    srv = AppServer(create_app({"fake": s}, ServeConfig(**cfg)))
+    srv.served = s
+    return srv
+
+
+@pytest.fixture(scope="module")
+def fake():
+    s = fake_server()
+    yield s
+    s.close()
+
+
+def fake_chat(content="Hello", **kw):
+    return {"model": "fake", "messages": [{"role": "user", "content": content}], "max_tokens": 4, **kw}
+
+
+@pytest.mark.unit
+def test_a_body_over_the_limit_is_413_before_it_is_read_or_parsed():
+    s = fake_server(max_body_bytes=2000)
+    try:
+        tok = s.served.generator.tokenizer
+        r = s.post("/v1/completions", json={"model": "fake", "prompt": "x" * 5000})       # Content-Length says so
+        assert r.status_code == 413, r.text
+        err = r.json()["error"]
+        assert err["code"] == "body_too_large" and "2000 bytes" in err["message"] and "--max-body-mb" in err["message"]
+        body = json.dumps({"model": "fake", "prompt": "x" * 5000}).encode()
+        r = s.post("/v1/completions", content=iter([body[:1000], body[1000:]]),               # chunked: counted
+                   headers={"content-type": "application/json"})
+        assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+        assert tok.calls == 0                                                                 # nothing tokenized
+        r = s.post("/v1/completions", json={"model": "fake", "prompt": "x" * 20, "max_tokens": 3})
+        assert r.status_code == 200 and r.json()["choices"][0]["text"] == "xxx"
+        r = s.post("/v1/completions", content=iter([body[:100]]), headers={"content-type": "application/json"})
+        assert r.status_code == 400                                   # a chunked body under the limit gets through
+    finally:
+        s.close()
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("route,body", [("/v1/completions", {"model": "fake", "prompt": "slow", "max_tokens": 2}),
+                                        ("/v1/chat/completions", fake_chat("slow", max_tokens=2))])
+def test_tokenizing_does_not_stall_the_event_loop(route, body):
+    s = fake_server(tokenizer=FakeTokenizer(delay=2.0))
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            slow = pool.submit(s.post, route, json=body)
+            time.sleep(0.3)                                   # the request is being tokenized now
+            t0 = time.monotonic()
+            assert httpx.get(s.url + "/health", timeout=10).status_code == 200
+            waited = time.monotonic() - t0
+            assert slow.result().status_code == 200
+        assert waited < 1.0, f"/health waited {waited:.2f} s behind a tokenization"       # 1.7 s on the loop
+    finally:
+        s.close()
+
+
+@pytest.mark.unit
+def test_a_prompt_that_cannot_fit_the_context_is_refused_untokenized(fake):
+    from paddle2ort.runtime.serving.app import FALLBACK_TOKEN_CHARS
+    tok = fake.served.generator.tokenizer
+    calls, chars = tok.calls, 64 * FALLBACK_TOKEN_CHARS + 1                   # the fake's context: 64 tokens
+    r = fake.post("/v1/completions", json={"model": "fake", "prompt": "x" * chars})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+    assert r.json()["error"]["code"] == "context_length_exceeded" and "64 tokens" in r.json()["error"]["message"]
+    r = fake.post("/v1/chat/completions", json=fake_chat("x" * chars))
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+    assert tok.calls == calls
+
+
+@pytest.mark.unit
+def test_a_huge_chat_message_is_blamed_on_its_size_not_on_the_template():
+    from paddle2ort.tokenization.chat_template import MAX_OUTPUT_CHARS
+    s = fake_server(engine=FakeEngine(max_context=None), max_body_bytes=10_000_000)        # no context bound known
+    try:
+        r = s.post("/v1/chat/completions", json=fake_chat("y" * (MAX_OUTPUT_CHARS + 10)))
+        assert r.status_code == 400
+        err = r.json()["error"]
+        assert err["param"] == "messages" and f"{MAX_OUTPUT_CHARS + 10} characters" in err["message"], err
+        assert "template is broken" not in err["message"] and s.served.generator.tokenizer.calls == 0
+    finally:
+        s.close()
+
+
+@pytest.mark.unit
+def test_a_non_streaming_client_that_goes_away_frees_its_slot():
+    s = fake_server(engine=FakeEngine(max_context=None))
+    try:
+        eng = s.served.engine
+        with pytest.raises(httpx.ReadTimeout):                   # ~10 s of tokens; the client gives up after 0.5 s
+            httpx.post(s.url + "/v1/completions", timeout=0.5,
+                       json={"model": "fake", "prompt": "Hi", "max_tokens": 2000, "ignore_eos": True})
+        t0 = time.monotonic()
+        while eng.active:                       # tokens flow all along: the disconnect is still noticed
+            assert time.monotonic() - t0 < 2, "the slot was not freed while tokens were flowing"
+            time.sleep(0.05)
+        assert eng.cancels == 1
+        assert httpx.get(s.url + "/health").json()["models"]["fake"]["active_rows"] == 0
+    finally:
+        s.close()
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("field,value", [
+    ("frequency_penalty", 0.5), ("presence_penalty", -1), ("logit_bias", {"50256": -100}), ("best_of", 3),
+    ("response_format", {"type": "json_object"}), ("tools", [{"type": "function", "function": {"name": "f"}}]),
+    ("tool_choice", "required"), ("tool_choice", {"type": "function", "function": {"name": "f"}}),
+    ("functions", [{"name": "f"}]), ("function_call", {"name": "f"}), ("top_logprobs", 2),
+])
+def test_fields_that_would_change_the_answer_are_refused(fake, field, value):
+    for route, body in (("/v1/chat/completions", fake_chat()), ("/v1/completions", {"model": "fake", "prompt": "x"})):
+        r = fake.post(route, json={**body, field: value})
+        assert r.status_code == 400, (route, r.text)
+        err = r.json()["error"]
+        assert err["param"] == field and err["message"].startswith(f"{field} is not supported"), err
+        if field.endswith("_penalty"):
+            assert "repetition_penalty is supported" in err["message"]
+
+
+@pytest.mark.unit
+def test_the_neutral_values_of_unsupported_fields_are_accepted(fake):
+    neutral = {"frequency_penalty": 0, "presence_penalty": 0.0, "logit_bias": {}, "best_of": 2, "n": 2,
+               "response_format": {"type": "text"}, "tools": [], "tool_choice": "none", "functions": None,
+               "function_call": "auto", "top_logprobs": 0, "user": "u", "metadata": {"k": "v"}}
+    r = fake.post("/v1/chat/completions", json=fake_chat(**neutral))
+    assert r.status_code == 200, r.text
+    assert len(r.json()["choices"]) == 2
+    r = fake.post("/v1/completions", json={"model": "fake", "prompt": "x", "best_of": 1, "logit_bias": None})
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("field,value", [
+    ("max_tokens", "8"), ("max_tokens", True), ("max_tokens", 2.0), ("n", True), ("stream", "yes"), ("stream", 1),
+    ("temperature", "0.5"), ("temperature", False), ("seed", True), ("ignore_eos", "true"), ("top_k", "4"),
+    ("max_completion_tokens", True),
+])
+def test_field_types_are_strict(fake, field, value):
+    r = fake.post("/v1/chat/completions", json=fake_chat(**{field: value}))
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == field and field in err["message"], err
+
+
+@pytest.mark.unit
+def test_integers_are_numbers(fake):                    # what the openai client sends for temperature=0
+    r = fake.post("/v1/chat/completions", json=fake_chat(temperature=0, top_p=1, repetition_penalty=1))
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.unit
+def test_a_body_that_is_not_a_json_object_says_what_the_body_must_be(fake):
+    r = fake.post("/v1/completions", data={"model": "fake", "prompt": "x"})        # curl -d without -H
+    assert r.status_code == 400
+    msg = r.json()["error"]["message"]
+    assert "JSON object" in msg and "Content-Type: application/json" in msg
+    assert "application/x-www-form-urlencoded" in msg, msg
+    r = fake.post("/v1/completions", json=["a", "list"])
+    assert r.status_code == 400 and "JSON object" in r.json()["error"]["message"]
+    r = fake.post("/v1/completions", headers={"content-type": "application/json"})          # no body at all
+    assert r.status_code == 400 and "JSON object" in r.json()["error"]["message"], r.text
+
+
+@pytest.mark.unit
+def test_serve_refuses_an_empty_host_and_logs_a_usable_url(tmp_path, capsys):
+    from paddle2ort.cli import main
+    from paddle2ort.cli.serve import server_url
+    assert main(["serve", str(tmp_path), "--host", ""]) == 2
+    err = capsys.readouterr().err
+    assert "empty host" in err and "0.0.0.0" in err and "127.0.0.1" in err
+    assert server_url("127.0.0.1", 8000) == "http://127.0.0.1:8000"
+    assert server_url("::1", 8000) == "http://[::1]:8000"
+    assert "http://127.0.0.1:8000 " in server_url("0.0.0.0", 8000) and "every interface" in server_url("::", 8)
 
 
 # ----------------------------------------------------------------------------- the near-tie rule

@@ -20,9 +20,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from paddle2ort.runtime.errors import BadInputError, BundleError
+from paddle2ort.tokenization.chat_template import MAX_OUTPUT_CHARS as TEMPLATE_OUTPUT_CHARS
 
 from .classify import MicroBatcher
 from .metrics import CONTENT_TYPE_LATEST, ServingMetrics
@@ -34,7 +36,10 @@ log = logging.getLogger(__name__)
 
 _UNION_TAG = re.compile(r"^(str|int|float|bool|none|list\[.*\]|dict\[.*\]|[\w-]+\[.*\])$")
 ROUTES = ("/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/classify", "/health", "/metrics")
-DISCONNECT_POLL_S = 0.25
+DISCONNECT_POLL_S = 0.5          # a non-streamed answer checks this often (wall time) that its client is still there
+MAX_BODY_BYTES = 4_000_000       # ServeConfig.max_body_bytes' default: a request body over it is refused (413)
+FALLBACK_TOKEN_CHARS = 256       # characters a token may stand for, where the tokenizer shows no vocabulary
+JSON_BODY_HINT = "the request body must be a JSON object, sent with Content-Type: application/json"
 
 
 @dataclass(frozen=True)
@@ -46,9 +51,11 @@ class ServeConfig:
     classify_max_wait_ms: float = 10.0  # how long the first waiting classify request waits for company
     classify_max_texts: int = 64        # texts a classifier batch at most
     max_classify_inputs: int = 256      # texts one /v1/classify request at most
+    max_body_bytes: int = MAX_BODY_BYTES  # a request body over this is refused (413) before it is read or parsed
 
     def __post_init__(self):
-        for name in ("max_batch", "retry_after", "default_max_tokens", "classify_max_texts", "max_classify_inputs"):
+        for name in ("max_batch", "retry_after", "default_max_tokens", "classify_max_texts", "max_classify_inputs",
+                     "max_body_bytes"):
             if getattr(self, name) < 1:
                 raise BadInputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_queue < 0 or self.classify_max_wait_ms < 0:
@@ -66,6 +73,7 @@ class Served:
     engine: Engine | None = None
     classifier: Any = None              # runtime.pipelines.TextClassifier
     batcher: MicroBatcher | None = None
+    token_chars: int = FALLBACK_TOKEN_CHARS   # most characters one token stands for (create_app: token_chars())
 
 
 class ApiError(Exception):
@@ -165,11 +173,15 @@ def create_app(models: dict[str, Served], cfg: ServeConfig = ServeConfig(),
 
     app = FastAPI(title="paddle2ort", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.models, app.state.metrics, app.state.config = models, metrics, cfg
-    app.add_middleware(_MetricsMiddleware, metrics=metrics)
+    app.add_middleware(_BodyLimitMiddleware, limit=cfg.max_body_bytes)
+    app.add_middleware(_MetricsMiddleware, metrics=metrics)       # outermost: it counts the 413s too
+    for s in models.values():
+        if s.generator is not None:
+            s.token_chars = token_chars(s.generator.tokenizer)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
-        return error_response(validation_error(exc))
+        return error_response(validation_error(exc, request.headers.get("content-type")))
 
     @app.exception_handler(ApiError)
     async def _api(request: Request, exc: ApiError):
@@ -221,22 +233,29 @@ def create_app(models: dict[str, Served], cfg: ServeConfig = ServeConfig(),
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
         s = model_for(body.model, "text-generation", "text2text-generation")
-        if s.task == "text2text-generation":           # the prompt is the source (it ends with the model's eos)
-            try:
-                ids = s.generator.prompt_ids(body.prompt)
-            except BadInputError as e:
-                raise ApiError(400, str(e), "prompt") from e
-        else:
-            ids = s.generator.tokenizer.encode(body.prompt)
+        check_prompt_size(s, len(body.prompt), "the prompt", "prompt")
+        # tokenizing runs on a worker thread: a long prompt does not stall the event loop (/health, other requests)
+        try:
+            if s.task == "text2text-generation":       # the prompt is the source (it ends with the model's eos)
+                ids = await run_in_threadpool(s.generator.prompt_ids, body.prompt)
+            else:
+                ids = await run_in_threadpool(encode, s.generator.tokenizer, body.prompt)
+        except BadInputError as e:
+            raise ApiError(400, str(e), "prompt") from e
         return await run_generation(s, ids, body, body.new_tokens(DEFAULT_COMPLETION_TOKENS), request, chat=False)
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest, request: Request):
         s = model_for(body.model, "text-generation")
-        tok = s.generator.tokenizer
         msgs = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
-        try:
-            ids = tok.encode(tok.apply_chat_template(msgs, add_generation_prompt=True))
+        chars = sum(len(m["content"]) for m in msgs)
+        check_prompt_size(s, chars, "the messages' content", "messages")
+        if chars > TEMPLATE_OUTPUT_CHARS:              # refused before a worker thread renders it, as the renderer would
+            raise ApiError(400, f"the messages' content is {chars} characters, more than the {TEMPLATE_OUTPUT_CHARS} "
+                           "a rendered conversation may have (the chat template's output bound); shorten the "
+                           "messages", "messages", "context_length_exceeded")
+        try:                                            # templating and tokenizing: on a worker thread, as above
+            ids = await run_in_threadpool(chat_ids, s.generator.tokenizer, msgs)
         except BadInputError as e:
             raise ApiError(400, str(e), "messages") from e
         limit = s.engine.max_context
@@ -263,8 +282,9 @@ def create_app(models: dict[str, Served], cfg: ServeConfig = ServeConfig(),
     return app
 
 
-def validation_error(exc: RequestValidationError) -> ApiError:
-    """FastAPI's 422 as a 400 naming the first bad field (OpenAI's error shape)."""
+def validation_error(exc: RequestValidationError, content_type: str | None = None) -> ApiError:
+    """FastAPI's 422 as a 400 naming the first bad field (OpenAI's error shape); a body that is not a JSON object
+    (often: sent without Content-Type: application/json, so not parsed as JSON) says what the body must be."""
     errs = exc.errors()
     first = errs[0] if errs else {"loc": (), "msg": "invalid request"}
     loc = [str(x) for x in first.get("loc", ()) if x != "body"]
@@ -274,8 +294,45 @@ def validation_error(exc: RequestValidationError) -> ApiError:
     loc = [x for x in loc if not _UNION_TAG.match(x)]
     param = ".".join(loc) or None
     msg = first.get("msg", "invalid value")
+    if first.get("type") == "value_error":      # our validators' messages, without pydantic's "Value error, "
+        msg = str((first.get("ctx") or {}).get("error") or msg)
     more = f" (and {len(errs) - 1} more problem{'s' if len(errs) > 2 else ''})" if len(errs) > 1 else ""
-    return ApiError(400, f"{param or 'body'}: {msg}{more}", param, "invalid_value")
+    if param is None and first.get("type") in ("model_attributes_type", "dict_type", "model_type", "missing"):
+        sent = f"this request's Content-Type: {content_type}" if content_type else "this request has no Content-Type"
+        return ApiError(400, f"body: {msg}{more}; {JSON_BODY_HINT} ({sent})", None, "invalid_body")
+    said = msg if param and msg.startswith(param) else f"{param or 'body'}: {msg}"     # "logprobs are not ..."
+    return ApiError(400, f"{said}{more}", param, "invalid_value")
+
+
+# ----------------------------------------------------------------------------- prompts
+def token_chars(tok) -> int:
+    """The most characters of text one token of `tok` stands for: twice its longest vocabulary entry (a normalizer
+    may fold a few characters into one), or FALLBACK_TOKEN_CHARS where the tokenizer shows no vocabulary."""
+    hf = getattr(tok, "hf", None)                     # tokenization.bpe.BPETokenizer: the HF tokenizers object
+    vocab = hf.get_vocab() if hf is not None and hasattr(hf, "get_vocab") else None
+    return 2 * max(map(len, vocab)) if vocab else FALLBACK_TOKEN_CHARS
+
+
+def check_prompt_size(s: Served, chars: int, what: str, param: str) -> None:
+    """A prompt whose characters cannot fit the model's context is refused before it is tokenized (a request
+    bigger than the context costs no tokenizer time); one that may fit is checked in tokens by the engine."""
+    limit = s.engine.prompt_limit
+    if limit is not None and chars > limit * s.token_chars:
+        raise ApiError(400, f"{what} is {chars} characters: more than the model's context of {limit} tokens can hold "
+                       f"(a token of this model's tokenizer covers at most {s.token_chars} characters); shorten it",
+                       param, "context_length_exceeded")
+
+
+def encode(tok, text: str) -> list[int]:
+    """Token ids of `text` (called on a worker thread): through encode_batch where the tokenizer has it, as the HF
+    tokenizers library releases the GIL there (not in encode), so the event loop runs meanwhile."""
+    batch = getattr(tok, "encode_batch", None)
+    return batch([text])[0] if batch is not None else tok.encode(text)
+
+
+def chat_ids(tok, msgs: list[dict]) -> list[int]:
+    """Token ids of a conversation through the model's chat template (called on a worker thread)."""
+    return encode(tok, tok.apply_chat_template(msgs, add_generation_prompt=True))
 
 
 async def run_generation(s: Served, ids: list[int], body: GenerationRequest, max_tokens: int, request: Request,
@@ -303,24 +360,13 @@ async def run_generation(s: Served, ids: list[int], body: GenerationRequest, max
     if body.stream:
         gen = _sse(s, req, events, rid, created, len(ids), chat, body.include_usage(), body.n)
         return _CancellingStream(gen, on_close=lambda: s.engine.cancel(req), media_type="text/event-stream")
-    texts, reasons = [""] * body.n, [None] * body.n
     try:
-        while sum(r is not None for r in reasons) < body.n:
-            try:
-                ev = await asyncio.wait_for(events.get(), DISCONNECT_POLL_S)
-            except asyncio.TimeoutError:
-                if await request.is_disconnected():
-                    s.engine.cancel(req)
-                    return Response(status_code=499)
-                continue
-            if ev.kind == "error":
-                raise ApiError(500, ev.text, kind="server_error")
-            if ev.kind == "delta":
-                texts[ev.index] += ev.text
-            else:
-                reasons[ev.index] = ev.finish_reason
+        got = await _gather(events, body.n, request)
     finally:
         s.engine.cancel(req)              # a no-op once every choice is done; frees the slots otherwise
+    if got is None:                       # the client went away: its rows leave at the next step boundary
+        return Response(status_code=499)
+    texts, reasons = got
     usage = {"prompt_tokens": len(ids), "completion_tokens": req.completion_tokens,
              "total_tokens": len(ids) + req.completion_tokens}
     if chat:
@@ -332,6 +378,39 @@ async def run_generation(s: Served, ids: list[int], body: GenerationRequest, max
                for i, (t, r) in enumerate(zip(texts, reasons))]
     return {"id": rid, "object": "text_completion", "created": created, "model": s.name, "choices": choices,
             "usage": usage}
+
+
+async def _gather(events: asyncio.Queue, n: int, request: Request) -> tuple[list[str], list] | None:
+    """The n choices' texts and finish reasons of a non-streamed answer, or None once its client has gone away:
+    checked every DISCONNECT_POLL_S of wall time, whether tokens are flowing or not."""
+    loop = asyncio.get_running_loop()
+    texts, reasons = [""] * n, [None] * n
+    check_at = loop.time() + DISCONNECT_POLL_S
+    while sum(r is not None for r in reasons) < n:
+        ev = await _next_event(events, check_at - loop.time())
+        if loop.time() >= check_at:
+            if await request.is_disconnected():
+                return None
+            check_at = loop.time() + DISCONNECT_POLL_S
+        if ev is None:
+            continue
+        if ev.kind == "error":
+            raise ApiError(500, ev.text, kind="server_error")
+        if ev.kind == "delta":
+            texts[ev.index] += ev.text
+        else:
+            reasons[ev.index] = ev.finish_reason
+    return texts, reasons
+
+
+async def _next_event(events: asyncio.Queue, timeout: float) -> Event | None:
+    """The next event, waiting at most `timeout` seconds (None: none came)."""
+    if not events.empty():
+        return events.get_nowait()
+    try:
+        return await asyncio.wait_for(events.get(), max(timeout, 0.0))
+    except asyncio.TimeoutError:
+        return None
 
 
 async def _sse(s: Served, req, events: asyncio.Queue, rid: str, created: int, prompt_tokens: int, chat: bool,
@@ -381,6 +460,59 @@ class _CancellingStream(StreamingResponse):
         finally:
             self.on_close()
             await self.body_iterator.aclose()
+
+
+class _BodyLimitMiddleware:
+    """Refuses a request body over `limit` bytes with 413 before any of it is parsed: at once when its
+    Content-Length says so, else as soon as the bytes received pass the limit. The body (at most `limit` bytes) is
+    read here, then handed to the app; later receive() calls (a client's disconnect) pass through."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = _content_length(scope)
+        if declared is not None and declared > self.limit:
+            return await self._refuse(scope, receive, send, f"{declared} bytes")
+        parts, size, more = [], 0, True
+        while more:
+            msg = await receive()
+            if msg["type"] != "http.request":          # the client went away before its body was in
+                return
+            parts.append(msg.get("body", b""))
+            size += len(parts[-1])
+            if size > self.limit:
+                return await self._refuse(scope, receive, send, f"more than {self.limit} bytes")
+            more = msg.get("more_body", False)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": b"".join(parts), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope, receive, send, size: str) -> None:
+        log.info("%s %s: refused a request body of %s (limit %d bytes)", scope["method"], scope["path"], size,
+                    self.limit)
+        msg = (f"the request body is {size}; this server accepts at most {self.limit} bytes ({self.limit / 1e6:g} MB, "
+               "serve --max-body-mb)")
+        await error_response(ApiError(413, msg, None, "body_too_large"))(scope, receive, send)
+
+
+def _content_length(scope) -> int | None:
+    for k, v in scope.get("headers", ()):
+        if k == b"content-length":
+            try:
+                return int(v)
+            except ValueError:
+                return None
+    return None
 
 
 class _MetricsMiddleware:

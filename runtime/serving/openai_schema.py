@@ -1,22 +1,46 @@
 """Request bodies of the OpenAI-compatible routes (pydantic; FastAPI validates them, our handler turns a failure
 into 400 naming the field). Fields the OpenAI API defines but this server does not act on are accepted and
-ignored (clients send them by default); fields that would change the answer and are not supported are refused."""
+ignored (clients send them by default: user, metadata, store, ...); fields that would change the answer and are not
+supported are refused (400 naming the field) unless they carry their neutral value (a penalty of 0, an empty
+logit_bias, no tools, response_format text, ...).
+
+Validation is strict: a JSON boolean is not a number, a string is not a number or a boolean (pydantic's lax mode
+would read "max_tokens": "8" as 8, true as 1 and "stream": "yes" as true); an integer is a number."""
 from __future__ import annotations
 
 import secrets
-from typing import Literal, Union
+from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from paddle2ort.runtime.generation import GenerationConfig
 
 MAX_STOP_STRINGS = 4           # as the OpenAI API
 DEFAULT_COMPLETION_TOKENS = 16  # /v1/completions' default max_tokens in the OpenAI API
 
+_PENALTY = ("only 0 (off); repetition_penalty is supported instead (CTRL-style: it lowers the logits of tokens "
+            "already in the prompt or the answer; 1.0 = off, > 1 discourages repeats)")
+UNSUPPORTED = {   # field -> what this server accepts of it, and what it offers instead
+    "frequency_penalty": _PENALTY,
+    "presence_penalty": _PENALTY,
+    "logit_bias": "only an empty map (no per-token bias)",
+    "best_of": "only null, 1 or equal to n (each of the n choices is returned; none is ranked)",
+    "response_format": 'only {"type": "text"} (no JSON mode or JSON schema)',
+    "tools": "only an empty list (no tool calls)",
+    "tool_choice": 'only "none" or "auto" without tools (no tool calls)',
+    "functions": "only an empty list (no function calls)",
+    "function_call": 'only "none" or "auto" without functions (no function calls)',
+    "top_logprobs": "only 0 (logprobs are not supported)",
+}
+
+
+def unsupported(name: str) -> str:
+    return f"{name} is not supported by this server: {UNSUPPORTED[name]}"
+
 
 class ModelRequest(BaseModel):
     """What every route's body shares: the served model's name."""
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     model: str = Field(min_length=1)
 
@@ -37,6 +61,17 @@ class GenerationRequest(ModelRequest):
     stream: bool = False
     stream_options: dict | None = None
     logprobs: Union[bool, int, None] = None
+    top_logprobs: int | None = None
+    # OpenAI fields that would change the answer: refused unless neutral (_unsupported)
+    frequency_penalty: float | None = Field(default=None, allow_inf_nan=False)
+    presence_penalty: float | None = Field(default=None, allow_inf_nan=False)
+    logit_bias: dict[str, Any] | None = None
+    best_of: int | None = None
+    response_format: dict[str, Any] | None = None
+    tools: list[Any] | None = None
+    tool_choice: Union[str, dict[str, Any], None] = None
+    functions: list[Any] | None = None
+    function_call: Union[str, dict[str, Any], None] = None
 
     @field_validator("stop")
     @classmethod
@@ -53,6 +88,34 @@ class GenerationRequest(ModelRequest):
     def _no_logprobs(cls, v):
         if v:
             raise ValueError("logprobs are not supported by this server")
+        return v
+
+    @field_validator("top_logprobs", "frequency_penalty", "presence_penalty", "logit_bias", "tools", "functions")
+    @classmethod
+    def _neutral_only(cls, v, info: ValidationInfo):
+        if v:                                   # None, 0, {} and [] change nothing
+            raise ValueError(unsupported(info.field_name))
+        return v
+
+    @field_validator("tool_choice", "function_call")
+    @classmethod
+    def _no_tool_calls(cls, v, info: ValidationInfo):
+        if v not in (None, "none", "auto"):     # with no tools, "auto" calls none
+            raise ValueError(unsupported(info.field_name))
+        return v
+
+    @field_validator("response_format")
+    @classmethod
+    def _text_only(cls, v):
+        if v and v.get("type") != "text":
+            raise ValueError(unsupported("response_format"))
+        return v
+
+    @field_validator("best_of")
+    @classmethod
+    def _best_of_n(cls, v, info: ValidationInfo):
+        if v is not None and v not in (1, info.data.get("n", 1)):
+            raise ValueError(unsupported("best_of"))
         return v
 
     def include_usage(self) -> bool:

@@ -176,6 +176,11 @@ class Engine(QueuedEngine):
         return len(self.rows)
 
     @property
+    def prompt_limit(self) -> int | None:
+        """Most tokens a prompt may have (None: no bound known); the server refuses a longer one untokenized."""
+        return self.max_context
+
+    @property
     def length(self) -> int:
         """Cached positions of the running batch (0 once every row has left)."""
         dec = self.gen.dec

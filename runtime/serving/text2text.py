@@ -88,6 +88,13 @@ class Text2TextEngine(QueuedEngine):
     def active(self) -> int:
         return self.busy
 
+    @property
+    def prompt_limit(self) -> int | None:
+        """Most source tokens a prompt may have (None: no bound known); the server refuses a longer one
+        untokenized."""
+        limits = (getattr(self.gen.spec, "max_source", None), self.gen.model.max_tokens())
+        return min((x for x in limits if x is not None), default=None)
+
     def _rows_busy(self, n: int) -> bool:
         return bool(self.busy)
 
