@@ -373,6 +373,20 @@ def test_the_batch_bound_holds_when_requests_arrive_together(server):
     assert eng.steps == 3 * 5
 
 
+def test_a_prompt_past_the_context_names_the_prompt_not_max_tokens(server):
+    """A prompt the context cannot hold is the prompt's fault (param prompt/messages), whatever max_tokens is; only a
+    prompt that fits with a max_tokens that does not names max_tokens. Both are context_length_exceeded."""
+    g = server.models["llama"].generator
+    long = " ".join(["word"] * (2 * g.max_context))
+    r = server.post("/v1/completions", json={"model": "llama", "prompt": long, "max_tokens": 1})
+    err = r.json()["error"]
+    assert r.status_code == 400 and err["param"] == "prompt" and err["code"] == "context_length_exceeded", err
+    assert "max_tokens" not in err["message"]
+    r = server.post("/v1/completions", json={"model": "llama", "prompt": "hi", "max_tokens": 10 * g.max_context})
+    err = r.json()["error"]
+    assert r.status_code == 400 and err["param"] == "max_tokens" and err["code"] == "context_length_exceeded", err
+
+
 def test_load_benchmark_targets_are_computed_from_its_rows():
     from paddle2ort.benchmarks.serve_load import markdown, verdicts
 

@@ -348,7 +348,8 @@ async def run_generation(s: Served, ids: list[int], body: GenerationRequest, max
     except BadInputError as e:
         msg = str(e)
         raise ApiError(400, msg, "n" if msg.startswith("n must") else "max_tokens" if "max_tokens" in msg else
-                       "messages" if chat else "prompt") from e
+                       "messages" if chat else "prompt",
+                       "context_length_exceeded" if "model's context" in msg else None) from e
     except QueueFull as e:
         raise ApiError(429, str(e), code="queue_full", kind="server_busy",
                        headers={"Retry-After": str(e.retry_after)}) from e

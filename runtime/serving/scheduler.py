@@ -164,6 +164,9 @@ class Engine(QueuedEngine):
             raise BadInputError(f"n must be in 1..{self.max_batch} (this server's --max-batch), got {n}")
         if cfg.num_beams != 1:
             raise BadInputError("the server does greedy and sampling decoding; beam search is `paddle2ort generate`")
+        if self.max_context is not None and len(prompt) >= self.max_context:      # no room for one new token
+            raise BadInputError(f"the prompt is {len(prompt)} tokens, and the model's context holds "
+                                f"{self.max_context} (with the answer); shorten it")
         if self.max_context is not None and len(prompt) + cfg.max_new_tokens > self.max_context:
             raise BadInputError(f"prompt ({len(prompt)} tokens) + max_tokens ({cfg.max_new_tokens}) exceeds the "
                                 f"model's context of {self.max_context} tokens; shorten the prompt or lower max_tokens")
