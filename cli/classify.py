@@ -88,7 +88,7 @@ def register(sub) -> None:
                             "Runs without Paddle.")
     k.add_argument("bundle", type=Path, help="the bundle directory")
     k.add_argument("--text", action="append", default=[], help="a text to classify (repeatable)")
-    k.add_argument("--input", type=Path, help="UTF-8 file, one text a line")
+    k.add_argument("--input", type=Path, help="UTF-8 file, one text a line (-: standard input)")
     k.add_argument("--output", type=Path, help="write JSON lines to this file instead of stdout")
     k.add_argument("--precision", help="which model of the bundle (fp32, fp16, int8); default: the one "
                    "`paddle2ort release` chose for --device, else fp32")

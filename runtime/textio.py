@@ -1,6 +1,7 @@
 """Reading user text files: one place for the UTF-8 check and its error (file:line, the bytes, the fix)."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from .errors import BadInputError
@@ -14,11 +15,11 @@ def split_lines(text: str) -> list[str]:
 
 
 def read_utf8_lines(path: str | Path, missing_hint: str = "") -> list[str]:
-    """Lines of a UTF-8 text file (a leading byte-order mark dropped); BadInputError names a missing/unreadable
-    file or the first bad line."""
+    """Lines of a UTF-8 text file ("-": standard input; a leading byte-order mark dropped); BadInputError names a
+    missing/unreadable file or the first bad line."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        raw = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()      # "-": standard input
     except FileNotFoundError as e:
         raise BadInputError(f"{path} is missing" + (f": {missing_hint}" if missing_hint else "")) from e
     except OSError as e:

@@ -876,7 +876,7 @@ def test_jsonl_conversations_go_through_the_chat_template(tmp_path):
             read_jsonl_lines(_job_file(tmp_path, [bad]))
 
 
-def test_text_lines_split_only_at_newlines_and_drop_a_bom(tmp_path):
+def test_text_lines_split_only_at_newlines_and_drop_a_bom(tmp_path, monkeypatch):
     """U+2028, U+0085 and a form feed inside a text (or raw inside a JSON string) stay in their line; a UTF-8 BOM
     is not part of the first text; CRLF and CR end lines."""
     from paddle2ort.runtime.jobs import read_jsonl_lines
@@ -887,3 +887,7 @@ def test_text_lines_split_only_at_newlines_and_drop_a_bom(tmp_path):
     j = tmp_path / "in.jsonl"
     j.write_bytes(("\ufeff" + json.dumps({"src": "a\u2028b"}, ensure_ascii=False) + "\n").encode())
     assert [x.text for x in read_jsonl_lines(j)] == ["a\u2028b"]
+    import io
+    import sys
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("from\nstdin\n".encode())))
+    assert read_utf8_lines("-") == ["from", "stdin"]                     # "-": standard input
