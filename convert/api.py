@@ -62,6 +62,9 @@ def tokenizer_files(tokenizer_dir: Path, max_seq_length: int) -> tuple[dict, dic
 
 def check_thresholds(thresholds: dict) -> None:
     """NaN/inf or out-of-range gate figures would switch the gate off (NaN compares false) or fail every model."""
+    if not isinstance(thresholds, dict) or not all(isinstance(t, Thresholds) for t in thresholds.values()):
+        raise BadInputError("thresholds must map a precision to a Thresholds, e.g. {'fp32': Thresholds(min_cosine="
+                            "0.9999)} (or start from thresholds_with_overrides({'fp32.min_cosine': 0.9999}))")
     for prec, thr in thresholds.items():
         for f in fields(thr):
             v = getattr(thr, f.name)
@@ -125,10 +128,17 @@ class ConvertConfig:
     def __post_init__(self):
         object.__setattr__(self, "source", Path(self.source))
         object.__setattr__(self, "output", Path(self.output))
+        for name in ("precisions", "labels", "output_names"):     # a bare string would be read letter by letter
+            v = getattr(self, name)
+            if isinstance(v, str) or (v is not None and not isinstance(v, (tuple, list))):
+                raise BadInputError(f"{name} must be a tuple of strings, got {type(v).__name__} {v!r} (e.g. "
+                                    f"{name}=({v!r},) or a tuple of several)")
         bad = [p for p in self.precisions if p not in PRECISIONS]
         if bad or not self.precisions:
             raise BadInputError(f"unknown precision(s) {bad or '(none)'}; choose from {', '.join(PRECISIONS)}")
-        if isinstance(self.opset, bool) or not isinstance(self.opset, int) or not MIN_OPSET <= self.opset <= MAX_OPSET:
+        if isinstance(self.opset, bool) or not isinstance(self.opset, int):
+            raise BadInputError(f"opset must be an integer, got {type(self.opset).__name__} {self.opset!r}")
+        if not MIN_OPSET <= self.opset <= MAX_OPSET:
             raise BadInputError(f"opset {self.opset} is out of range; paddle2onnx exports opsets "
                                 f"{MIN_OPSET}..{MAX_OPSET}")
         if self.inputs_npz is not None:

@@ -58,6 +58,16 @@ class GenerationConfig:
     forced_eos_token_id: int | None = None   # the token at max_new_tokens (forced_token)
 
     def __post_init__(self):
+        # one stop string or id given bare is that one, not its letters (stop_strings="Paris" stopped at "P")
+        if isinstance(self.stop_strings, str):
+            object.__setattr__(self, "stop_strings", (self.stop_strings,))
+        if isinstance(self.stop_token_ids, (int, np.integer)) and not isinstance(self.stop_token_ids, bool):
+            object.__setattr__(self, "stop_token_ids", (int(self.stop_token_ids),))
+        for name in ("stop_strings", "stop_token_ids"):
+            v = getattr(self, name)
+            if not isinstance(v, (tuple, list)):
+                raise BadInputError(f"{name} must be a tuple (or list), got {type(v).__name__} {v!r}")
+            object.__setattr__(self, name, tuple(v))
         for name in ("max_new_tokens", "min_new_tokens", "top_k", "num_beams", "no_repeat_ngram_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)):

@@ -61,6 +61,19 @@ def bundle_stop_ids(llm: dict, tokenizer) -> tuple[int, ...]:
     return tuple(sorted({int(i) for i in ids}))
 
 
+def check_prompts(prompts) -> list:
+    """A prompt (str) or a batch of them (each a str, or with chat a conversation: a sequence of str turns), as a
+    list; anything else is one BadInputError naming what was given."""
+    if isinstance(prompts, str):
+        return [prompts]
+    if isinstance(prompts, (list, tuple)) and prompts and all(
+            isinstance(p, str) or (isinstance(p, (list, tuple)) and all(isinstance(t, str) for t in p))
+            for p in prompts):
+        return list(prompts)
+    what = "an empty batch" if isinstance(prompts, (list, tuple)) else f"{type(prompts).__name__} {prompts!r:.60}"
+    raise BadInputError(f"prompts must be a text or a non-empty list of texts, got {what}")
+
+
 class TextGenerator:
     """Bundle-driven generation: tokenizer (with chat template) + decoder + the decode loop."""
 
@@ -149,14 +162,16 @@ class TextGenerator:
         return self.tokenizer.encode(self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True))
 
     def generate_ids(self, prompts: Sequence[str], cfg: GenerationConfig, chat: bool = False) -> list[list[int]]:
+        prompts = check_prompts(prompts)
+        if not isinstance(cfg, GenerationConfig):
+            raise BadInputError(f"cfg must be a GenerationConfig, got {type(cfg).__name__} (e.g. "
+                                "GenerationConfig(max_new_tokens=32))")
         cfg = self.stop_ids(cfg)
         return self.generate_token_ids([self.prompt_ids(p, chat) for p in prompts], cfg)
 
     def __call__(self, prompts: Sequence[str] | str, cfg: GenerationConfig = GenerationConfig(),
                  chat: bool = False) -> list[str]:
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        outs = [cfg.cut(self.tokenizer.decode(g)) for g in self.generate_ids(prompts, cfg, chat)]
+        outs = [cfg.cut(self.tokenizer.decode(g)) for g in self.generate_ids(check_prompts(prompts), cfg, chat)]
         return outs
 
     def stream(self, prompt: str, cfg: GenerationConfig = GenerationConfig(), chat: bool = False) -> Iterator[str]:

@@ -507,3 +507,23 @@ def test_off_values_of_sampling_options_keep_greedy(argv, sampling):
     from paddle2ort.cli.main import build_parser
     args = build_parser().parse_args(["generate", "B", "--prompt", "hi", *argv])
     assert generation_config(args).sampling is sampling
+
+
+def test_a_bare_stop_string_or_id_is_one_stop_not_its_letters():
+    """stop_strings="Paris" stopped at the first "P", "a", "r", ... (five one-letter stops); a bare id was a
+    TypeError deep inside; anything else is one BadInputError."""
+    cfg = GenerationConfig(stop_strings="Paris", stop_token_ids=5)
+    assert cfg.stop_strings == ("Paris",) and cfg.stop_token_ids == (5,)
+    assert cfg.cut("The capital is Paris.") == "The capital is "
+    assert GenerationConfig(stop_strings=["a", "b"]).stop_strings == ("a", "b")
+    for bad in ({"stop_strings": {"x"}}, {"stop_token_ids": 2.5}, {"stop_token_ids": True}):
+        with pytest.raises(BadInputError, match="stop"):
+            GenerationConfig(**bad)
+
+
+def test_the_library_refuses_what_is_not_a_prompt_or_a_config():
+    from paddle2ort.runtime.llm import check_prompts
+    assert check_prompts("hi") == ["hi"] and check_prompts(("a", ["u", "a", "u"])) == ["a", ["u", "a", "u"]]
+    for bad in (None, 5, b"hi", [], ["ok", 3], {"src": "x"}):
+        with pytest.raises(BadInputError, match="prompts must be a text"):
+            check_prompts(bad)

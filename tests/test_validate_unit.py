@@ -263,3 +263,18 @@ def test_a_failed_gate_names_its_likely_fix(tmp_path):
     assert "--fp16-block-ops" in gate_hint("fp16", failed("dense"), path, user_inputs=False)
     msg = str(failed("dense").with_hint("HINT"))
     assert msg.index("HINT") < msg.index("Thresholds can be overridden")
+
+
+def test_convert_config_refuses_bare_strings_and_wrong_types_before_any_work(tmp_path):
+    """labels="abc" ran a whole conversion and then blamed a 'damaged' manifest; output_names="logits" was read as
+    six names; opset "17" was called out of range; thresholds of plain dicts were a TypeError from dataclasses."""
+    from paddle2ort.convert.api import ConvertConfig
+    base = {"source": tmp_path, "output": tmp_path / "b"}
+    for kw, fragment in [({"labels": "abc"}, "labels must be a tuple"),
+                         ({"output_names": "logits"}, "output_names must be a tuple"),
+                         ({"precisions": "fp32"}, "precisions must be a tuple"),
+                         ({"opset": "17"}, "opset must be an integer"),
+                         ({"opset": 3}, "out of range"),
+                         ({"thresholds": {"fp32": {"min_cosine": 0.9}}}, "Thresholds")]:
+        with pytest.raises(BadInputError, match=fragment):
+            ConvertConfig(**base, **kw)
