@@ -17,16 +17,32 @@ def is_llm_source(src: Path) -> bool:
             and (any(src.glob("*.pdparams")) or any(src.glob("*.safetensors"))))
 
 
+# (flag, argparse dest, default): options a classifier release reads and an LLM release would ignore
+CLASSIFIER_ONLY = (("--labels", "labels", None), ("--inputs", "inputs", None),
+                   ("--output-names", "output_names", None), ("--int8-per-channel", "int8_per_channel", False),
+                   ("--int8-full-range", "int8_full_range", False),
+                   ("--int8-op-types", "int8_op_types", ("MatMul", "Gemm")),
+                   ("--max-seq-length", "max_seq_length", 128), ("--batch-size", "batch_size", 32),
+                   ("--warmup", "warmup", 8), ("--limit", "limit", None))
+
+
 def _conversion(args):
     from paddle2ort.convert.validate import LLM_THRESHOLDS, thresholds_with_overrides
     if is_llm_source(args.src):
         from paddle2ort.convert.llm import LLMConvertConfig
+        from paddle2ort.runtime.errors import BadInputError
         if args.tokenizer is None:
-            from paddle2ort.runtime.errors import BadInputError
             raise BadInputError("an LLM release needs --tokenizer DIR (tokenizer.json + tokenizer_config.json)")
+        given = [flag for flag, dest, default in CLASSIFIER_ONLY if getattr(args, dest) != default]
+        if given:
+            raise BadInputError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to classifier "
+                                f"releases; {args.src} is an LLM (PaddleNLP model directory): leave "
+                                f"{'it' if len(given) == 1 else 'them'} out (LLM options: --window, --windows, "
+                                "--new-tokens, --block-size)")
+        # the graph `generate` runs on the CPU is the one convert-llm builds by default (fused where it fits)
         return LLMConvertConfig(source=args.src, output=args.output, tokenizer=args.tokenizer,
                                 precisions=args.precision or ("fp32", "int8", "int4"), block_size=args.block_size,
-                                overwrite=args.overwrite, name=args.name,
+                                overwrite=args.overwrite, name=args.name, default_graph="auto",
                                 thresholds=thresholds_with_overrides(dict(args.threshold), LLM_THRESHOLDS))
     return conversion_config(args, args.precision or ("fp32", "fp16", "int8"))
 

@@ -265,9 +265,14 @@ def test_llm_release_judges_perplexity_on_the_users_text(tiny_models, tmp_path, 
     assert by["int8"]["delta"] == pytest.approx((by["int8"]["perplexity"] / by["fp32"]["perplexity"] - 1) * 100)
     assert all(c["tokens_per_s"] > 0 for c in by.values())
     assert rel["chosen"] in by and by[rel["chosen"]]["within_budget"]
+    # the released bundle carries the CPU default graph convert-llm builds (the fused decoder, where it fits)
+    assert set(load_bundle(out).manifest.extra["llm"]["default_graph"]["cpu"]) == {"fp32", "int8"}
     # generate without --precision runs the released model
     assert main(["generate", str(out), "--prompt", "To be", "--max-new-tokens", "2"]) == 0
     assert f"using {rel['chosen']}: the precision `paddle2ort release` chose for cpu" in capsys.readouterr().err
+    # classifier-only options are refused for an LLM, not ignored
+    assert main(args + ["--labels", "a,b", "--max-seq-length", "7", "--overwrite"]) == 2
+    assert "--labels, --max-seq-length apply to classifier releases" in capsys.readouterr().err
     # too little text for the perplexity windows is refused before converting
     assert main(args + ["--windows", "500", "--overwrite"]) == 2
     assert "fewer than 500 windows" in capsys.readouterr().err
