@@ -317,6 +317,14 @@ def test_adapter_files_are_checked_without_paddle(tmp_path):
     np.testing.assert_allclose(merged["llama.layers.0.self_attn.q_proj.weight"],
                                w["llama.layers.0.self_attn.q_proj.weight"] + a @ b * ad.scaling, rtol=1e-5, atol=1e-5)
     assert np.array_equal(merged["llama.layers.0.self_attn.k_proj.weight"], w["llama.layers.0.self_attn.k_proj.weight"])
+    nan_b = b.copy()
+    nan_b[0, 0] = np.nan                 # a diverged adapter: refused here, not at the gate naming a temp file
+    _pickle(lora / "lora_model_state.pdparams", {"llama.layers.0.self_attn.q_proj.lora_A": a,
+                                                 "llama.layers.0.self_attn.q_proj.lora_B": nan_b})
+    with pytest.raises(BadInputError, match="q_proj.lora_B hold NaN or Inf"):
+        check_lora(lora, base)
+    _pickle(lora / "lora_model_state.pdparams", {"llama.layers.0.self_attn.q_proj.lora_A": a,
+                                                 "llama.layers.0.self_attn.q_proj.lora_B": b})
     (lora / "lora_config.json").write_text(json.dumps({"r": 2, "target_modules": ".*q_proj", "pissa": True}))
     with pytest.raises(BadInputError, match="pissa is set"):
         check_lora(lora, base)

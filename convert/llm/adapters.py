@@ -255,6 +255,15 @@ def check_lora(path: Path, source: Path) -> LoraAdapter:
     if stray:
         raise BadInputError(f"{path / LORA_WEIGHTS} has LoRA weights for {stray[0]}, which target_modules "
                             f"{list(pats)} do not name: the config and the weights are from different adapters")
+    import numpy as np
+    bad = [k for k, v in _unpickle(_weights_file(path, LORA_WEIGHTS, LORA_FIX)).items()
+           if isinstance(v, np.ndarray) and v.dtype.kind == "f" and not np.isfinite(v).all()]
+    if bad:                               # merged, they would fail the gate on NaN inputs, naming a temp file
+        raise BadInputError(f"{path / LORA_WEIGHTS}: {bad[0]}{f' and {len(bad) - 1} more' if len(bad) > 1 else ''} "
+                            "hold NaN or Inf values: the adapter's training diverged or the file is damaged; use a "
+                            "finite checkpoint")
+    if alpha == 0:
+        log.warning("%s: lora_alpha is 0, so the merged adapter changes nothing (scaling 0)", path / LORA_CONFIG)
     return LoraAdapter(path, r, float(alpha), lora_scaling(alpha, r, rslora), rslora, pats, tuple(sorted(mods)),
                        tuple(sorted(replaced)))
 
