@@ -261,6 +261,8 @@ def generate_job(bundle: Path, data_file: Path, output_file: Path, cfg, batch_si
                     raise Paddle2OrtError(f"{data_file}: generation on Ray failed ({type(e).__name__}: "
                                           f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}); {kept}; "
                                           "rerun the same command to resume") from e
+                finally:         # zip leaves the stream suspended in Ray Data's iterator: close it while Ray is up
+                    stream.close()
         else:
             _write_atomic(output_file, [done[k] for k in sorted(done)])
     return len(done)
