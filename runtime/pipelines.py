@@ -53,8 +53,9 @@ class TextClassifier:
         m = self.bundle.manifest
         if m.task != "text-classification" or not m.labels:
             raise BundleError(f"bundle {bundle_dir} is not a text classifier (task={m.task!r}, labels={m.labels})")
-        if batch_size < 1:
-            raise BadInputError(f"batch_size must be >= 1, got {batch_size}")
+        for name, v in (("batch_size", batch_size), ("max_seq_length", max_seq_length)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise BadInputError(f"{name} must be an integer >= 1, got {v!r}")
         if encoder not in ("onnxruntime", "kernels"):
             raise BadInputError(f"encoder must be 'onnxruntime' or 'kernels', got {encoder!r}")
         if encoder == "kernels" and not session.wants_cuda:
@@ -96,7 +97,17 @@ class TextClassifier:
         return {n: enc[n] for n in self.input_names}
 
     def logits(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        return self.runner(feeds)[0]
+        try:
+            return self.runner(feeds)[0]
+        except Exception as e:  # noqa: BLE001 - onnxruntime's errors are plain RuntimeErrors (InvalidArgument, ...)
+            length = max((a.shape[-1] for a in feeds.values() if a.ndim == 2), default=0)
+            converted = self.tokenizer.cfg.max_seq_length
+            past_table = "out of range" in str(e) or "must be within" in str(e)      # a Gather's index check
+            if length > converted and past_table:
+                raise BadInputError(f"the model cannot take {length} tokens (max_seq_length={self.max_seq_length}; "
+                                    f"the bundle was converted for {converted}): its position table ends before "
+                                    "that; lower max_seq_length") from e
+            raise
 
     def batches(self, texts: list[str]):
         """Yield (indices, texts) in batches of batch_size sorted by token count: each batch pads to its longest

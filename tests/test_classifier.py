@@ -71,3 +71,15 @@ def test_bundle_without_tokenizer_is_refused(tiny_models, tmp_path):
                  "text-classification", "--labels", "a,b,c"]) == 0
     with pytest.raises(BundleError, match="no tokenizer"):
         TextClassifier(out)
+
+
+def test_a_max_seq_length_past_the_position_table_is_one_clear_error(clf_bundle):
+    """max_seq_length beyond the model's positions was a raw onnxruntime Gather error; 0 or a string a TypeError."""
+    from paddle2ort.runtime.errors import BadInputError
+    from paddle2ort.runtime.pipelines import TextClassifier
+    clf = TextClassifier(clf_bundle, max_seq_length=100_000)
+    with pytest.raises(BadInputError, match="position table ends before that; lower max_seq_length"):
+        clf(["hello " * 5000])
+    for bad in ({"max_seq_length": 0}, {"batch_size": "8"}, {"batch_size": 0}):
+        with pytest.raises(BadInputError, match="must be an integer >= 1"):
+            TextClassifier(clf_bundle, **bad)
