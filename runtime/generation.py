@@ -400,6 +400,10 @@ def check_memory(dec: Decoder, batch: int, beams: int, prompt_len: int, new_toke
         return
     fit = int(free // max(dec.bytes_needed(1, prompt_len, new_tokens), 1))
     what = f"batch {batch} x {beams} beams = {rows} rows" if beams > 1 else f"batch {batch}"
+    if fit < 1:
+        raise BadInputError(f"one row of {prompt_len} + {new_tokens} tokens needs {need / rows / 2**30:.2f} GiB (KV "
+                            f"cache, logits, attention), but {free / 2**30:.2f} GiB is available: shorten the prompt "
+                            "(source) or lower the new tokens")
     fix = (f"use num_beams <= {max(fit // batch, 0)}" if beams > 1 else f"use a batch of at most {fit}")
     raise BadInputError(f"{what} of {prompt_len} + {new_tokens} tokens need {need / 2**30:.2f} GiB for the KV cache "
                         f"and logits, but {free / 2**30:.2f} GiB is available: at most {fit} rows fit; {fix}, fewer "

@@ -142,11 +142,17 @@ class Seq2SeqDecoder:
     def bytes_needed(self, rows: int, prompt_len: int, new_tokens: int) -> int:
         s = self.spec
         per_pos = s.num_layers * 2 * s.heads * s.head_dim * self.cache_dtype.itemsize
-        return rows * (2 * (1 + new_tokens) * per_pos + prompt_len * per_pos + 2 * s.vocab_size * 4)
+        # the encoder's attention over the source: a [heads, S, S] float32 score matrix a row, held with its
+        # softmax and (T5) the position bias: quadratic in S (a 10k-token source needs GBs; it was OOM-killed)
+        attention = ENCODER_SCORE_COPIES * s.heads * prompt_len * prompt_len * 4
+        return rows * (2 * (1 + new_tokens) * per_pos + prompt_len * per_pos + 2 * s.vocab_size * 4 + attention)
 
     @staticmethod
     def bytes_available() -> int:
         return host_bytes_available()
+
+
+ENCODER_SCORE_COPIES = 3     # scores, softmax, position bias: what onnxruntime holds at once for one encoder layer
 
 
 class OrtSeq2Seq(Seq2SeqDecoder):

@@ -506,3 +506,22 @@ def test_serve_text2text_completions(t5):
         assert r.status_code == 400 and r.json()["error"]["code"] == "wrong_task"
     finally:
         srv.close()
+
+
+@pytest.mark.unit
+def test_a_source_whose_encoder_attention_cannot_fit_is_refused_before_encoding(monkeypatch):
+    """The encoder's attention is quadratic in the source (T5: no learned positions bound it): a 10k-token source
+    was OOM-killed (exit 137, no message); it is now one BadInputError naming the fix, before any encoder work."""
+    from paddle2ort.runtime.errors import BadInputError
+    from paddle2ort.runtime.generation import check_memory
+    from paddle2ort.runtime.seq2seq import Seq2SeqDecoder, Seq2SeqSpec
+    encoded = []
+    dec = Seq2SeqDecoder(lambda ids, mask: encoded.append(ids), None,
+                         Seq2SeqSpec(num_layers=2, heads=8, head_dim=64, vocab_size=32128, decoder_start_id=0,
+                                     eos_id=1, pad_id=0))
+    assert dec.bytes_needed(1, 4000, 8) > 4 * 8 * 4000 ** 2 * 2                # quadratic in the source
+    monkeypatch.setattr(dec, "bytes_available", lambda: 4 << 30)
+    check_memory(dec, 1, 1, 1000, 8)                                           # ~0.1 GB: fits
+    with pytest.raises(BadInputError, match="one row of 10000 \\+ 8 tokens needs .* shorten the prompt"):
+        check_memory(dec, 1, 1, 10_000, 8)
+    assert not encoded
