@@ -57,6 +57,21 @@ def _ray():
     return ray
 
 
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A HOST:PORT (or ray://HOST:PORT) where nothing accepts a connection is refused at once: ray.init retries a
+    closed local port for ever (`auto` and other forms are left to Ray)."""
+    import socket
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as e:
+        raise BadInputError(f"nothing answers at {address} ({e.strerror or e}); start the cluster with `ray start "
+                            "--head` there, or give its address (auto, HOST:6379, ray://HOST:10001)") from None
+
+
 class _Cluster:
     """Connected to Ray for the block; a Ray started here is shut down at its end."""
 
@@ -70,6 +85,7 @@ class _Cluster:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         kw = dict(include_dashboard=False, configure_logging=False, log_to_driver=False)
         if self.cfg.address:
+            check_reachable(self.cfg.address)
             try:
                 ray.init(address=self.cfg.address, **kw)
             except (ConnectionError, RuntimeError, ValueError) as e:

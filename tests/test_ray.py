@@ -59,3 +59,19 @@ def test_ray_options_are_checked_before_any_work(tmp_path, capsys):
     assert "--ray runs --input FILE jobs" in capsys.readouterr().err
     assert main(["generate", str(tmp_path), "--prompt", "x", "--ray"]) == 2
     assert "--ray runs --data-file jobs" in capsys.readouterr().err
+
+
+def test_a_cluster_address_where_nothing_listens_is_refused_at_once():
+    """ray.init retried a closed local port for ever (the job hung until killed)."""
+    import socket
+    import time
+    from paddle2ort.runtime.distributed import check_reachable
+    with socket.socket() as s:                       # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.monotonic()
+    for addr in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        with pytest.raises(BadInputError, match=f"nothing answers at {addr}"):
+            check_reachable(addr)
+    assert time.monotonic() - t0 < 10
+    check_reachable("auto")                          # Ray's own forms are Ray's to resolve
