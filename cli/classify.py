@@ -37,7 +37,8 @@ def add_ray_args(p) -> None:
                    help="run the job on Ray Data over an actor pool of sessions (one per GPU, or per "
                         "--ray-cpus-per-actor cores), order kept; no ADDRESS: a local Ray started here; "
                         "ADDRESS (auto, HOST:6379, ray://HOST:10001): join that cluster (the bundle at the same path "
-                        "on every node). Needs the ray extra")
+                        "on every node). Needs the ray extra (ray:// also Ray Client: pip install "
+                        "'ray[client]==2.60.0')")
     p.add_argument("--ray-cpus-per-actor", type=positive_int, default=4,
                    help="with --ray --device cpu: cores (and intra-op threads) of each actor's session")
 

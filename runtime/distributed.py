@@ -9,7 +9,8 @@ still run, and are written as the single-process job writes them (classify: one 
 atomically after every chunk, with the same job key and line hashes, so a rerun - with or without Ray - resumes).
 
 With no address a local Ray is started here (no dashboard, no usage stats) and shut down at the end; with one
-(`auto`, `HOST:6379`, `ray://HOST:10001`) the job joins that cluster, whose nodes must have paddle2ort installed
+(`auto`, `HOST:6379`, `ray://HOST:10001`: Ray Client, pip install 'ray[client]==2.60.0', which the ray extra does
+not pin) the job joins that cluster, whose nodes must have paddle2ort installed
 and the bundle at the same path. A Ray already initialised in this process is used as is.
 
 Ray is imported only here, and only when a job asks for it: the runtime works without it (`pip install
