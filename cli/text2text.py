@@ -11,7 +11,9 @@ log = logging.getLogger("paddle2ort.cli")
 
 
 def run_text2text(args, cfg, precision: str) -> int:
-    for flag, given in (("--stream", args.stream), ("--chat", args.chat), ("--graph fused", args.graph == "fused"),
+    for flag, given in (("--stream", args.stream), ("--chat", args.chat),
+                        (f"--graph {args.graph}", args.graph in ("fused", "kernels")),
+                        ("--max-context", getattr(args, "max_context", None) is not None),
                         ("--ray", getattr(args, "ray", None) is not None)):
         if given:
             raise BadInputError(f"{flag} is for text-generation bundles; a text2text-generation bundle takes "

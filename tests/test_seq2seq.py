@@ -447,6 +447,9 @@ def test_generate_cli_text2text(t5, tmp_path, capsys):
     assert capsys.readouterr().out.splitlines() == want and want[0].startswith(
         Text2TextGenerator(bundle).tokenizer.decode([7]))
     assert main(["-q", "generate", str(bundle), "--prompt", "hello", "--chat"]) == 2
+    for extra in (["--graph", "kernels"], ["--max-context", "10"]):        # refused, not ignored
+        assert main(["-q", "generate", str(bundle), "--prompt", "hello", *extra]) == 2
+        assert f"{extra[0]} " in capsys.readouterr().err
     capsys.readouterr()
     sampled = []
     for seed in (1, 1, 2):                             # sampling: one seed, one answer (Philox, as for causal LMs)
