@@ -448,6 +448,10 @@ def _failure_message(report: dict) -> str:
             else:
                 lines.append(f"    {c['precision']}: delta {c['delta']:+.3f} {report['budget_unit']} "
                              f"(budget {report['budget']})")
-    lines.append("Raise --budget, add a more exact precision to --precision, or fix the model; nothing was written "
-                 "at the bundle path.")
+    measured = any(c.get("delta") is not None for d in report["devices"].values() if not d["chosen"]
+                   for c in d["candidates"])
+    lines.append(("Raise --budget, add a more exact precision to --precision, or fix the model" if measured else
+                  "No candidate was measured (each failed before: see above), so --budget cannot help: add a "
+                  "precision that converts (fp32 is the exact one) to --precision, or fix the model")
+                 + "; nothing was written at the bundle path.")
     return "\n".join(lines)

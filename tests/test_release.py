@@ -201,6 +201,7 @@ def test_no_candidate_within_budget_exits_3_with_the_figures_and_a_report(tiny_m
     captured = capsys.readouterr()
     assert "no precision fits the budget of 0.0 accuracy points on cpu" in captured.err
     assert "int8: failed the conversion gate" in captured.err and "FP32 baseline accuracy" in captured.err
+    assert "--budget cannot help" in captured.err and "Raise --budget" not in captured.err    # nothing was measured
     assert "FAILED (exit 3)" in captured.out
     assert not out.exists() and not any(p.name.startswith(".bundle") for p in tmp_path.iterdir())
     report = json.loads((reports / "report.json").read_text())
