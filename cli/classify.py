@@ -39,8 +39,9 @@ def add_ray_args(p) -> None:
                         "ADDRESS (auto, HOST:6379, ray://HOST:10001): join that cluster (the bundle at the same path "
                         "on every node). Needs the ray extra (ray:// also Ray Client: pip install "
                         "'ray[client]==2.60.0')")
-    p.add_argument("--ray-cpus-per-actor", type=positive_int, default=4,
-                   help="with --ray --device cpu: cores (and intra-op threads) of each actor's session")
+    p.add_argument("--ray-cpus-per-actor", type=positive_int, default=None,
+                   help="with --ray --device cpu: cores (and intra-op threads) of each actor's session (default: 4, "
+                        "or the cluster's cores where it has fewer)")
 
 
 def ray_config(args):

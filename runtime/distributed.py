@@ -32,16 +32,20 @@ log = logging.getLogger(__name__)
 INSTALL_HINT = "pip install 'paddle2ort[ray]'"
 
 
+DEFAULT_CPUS_PER_ACTOR = 4
+
+
 @dataclass(frozen=True)
 class RayConfig:
     address: str | None = None            # None or "": start a local Ray; else the cluster to join
-    cpus_per_actor: int = 4               # CPU jobs: one session per this many cores (its intra-op threads)
+    cpus_per_actor: int | None = None     # CPU jobs: one session per this many cores (its intra-op threads);
+    #                                       None: DEFAULT_CPUS_PER_ACTOR, or the cluster's CPUs where it has fewer
     num_cpus: int | None = None           # local start only: cores Ray may use (default: all)
     max_actors: int | None = None         # at most this many sessions (default: as many as the cluster holds)
 
     def __post_init__(self):
-        if isinstance(self.cpus_per_actor, bool) or not isinstance(self.cpus_per_actor, int) or \
-                self.cpus_per_actor < 1:
+        if self.cpus_per_actor is not None and (isinstance(self.cpus_per_actor, bool) or
+                                                not isinstance(self.cpus_per_actor, int) or self.cpus_per_actor < 1):
             raise BadInputError(f"cpus_per_actor must be >= 1, got {self.cpus_per_actor}")
         for name in ("num_cpus", "max_actors"):
             v = getattr(self, name)
@@ -112,10 +116,11 @@ class _Cluster:
                                     "use --device cpu")
         else:
             cpus = int(res.get("CPU", 0))
-            n, need = cpus // self.cfg.cpus_per_actor, {"num_cpus": self.cfg.cpus_per_actor}
+            per = self.cfg.cpus_per_actor or max(min(DEFAULT_CPUS_PER_ACTOR, cpus), 1)
+            n, need = cpus // per, {"num_cpus": per}
             if n < 1:
-                raise BadInputError(f"the Ray cluster has {cpus} CPUs, fewer than one actor's "
-                                    f"{self.cfg.cpus_per_actor} (--ray-cpus-per-actor): lower it")
+                raise BadInputError(f"the Ray cluster has {cpus} CPUs, fewer than one actor's {per} "
+                                    "(--ray-cpus-per-actor): lower it")
         n = min(n, chunks, self.cfg.max_actors or n)
         log.info("Ray: %d actor%s (%s each) over %d chunk%s", n, "s" if n > 1 else "",
                  ", ".join(f"{k[4:]}={v}" for k, v in need.items()), chunks, "s" if chunks > 1 else "")
@@ -138,9 +143,9 @@ def _stream(ray, chunks: list[str], actor_cls, ctor: dict, actors: int, need: di
         yield json.loads(row["out"])
 
 
-def _session(device: str, threads: int, cfg: RayConfig) -> dict:
+def _session(device: str, threads: int, need: dict) -> dict:
     return dict(device=device, device_id=0,            # Ray gives each GPU actor one visible device
-                intra_op_threads=threads or (cfg.cpus_per_actor if device == "cpu" else 0))
+                intra_op_threads=threads or int(need.get("num_cpus", 0)))     # a CPU actor: its cores
 
 
 # ----------------------------------------------------------------------------- classify
@@ -171,7 +176,7 @@ def classify_job(bundle: Path, texts: list[str], chunk_size: int, precision: str
     with _Cluster(cfg) as cl:
         actors, need = cl.pool(device, len(chunks))
         ctor = dict(bundle=str(Path(bundle).resolve()), precision=precision, batch_size=batch_size,
-                    session=_session(device, threads, cfg))
+                    session=_session(device, threads, need))
         for got in _stream(cl.ray, chunks, ClassifyActor, ctor, actors, need):
             out += [(label, float(score)) for label, score in got]
     return out
@@ -264,7 +269,7 @@ def generate_job(bundle: Path, data_file: Path, output_file: Path, cfg, batch_si
             with _Cluster(rcfg) as cl:
                 actors, need = cl.pool(device, len(chunks))
                 ctor = dict(bundle=str(Path(bundle).resolve()), precision=precision, graph=plan.graph,
-                            cfg=dataclasses.asdict(cfg), session=_session(device, threads, rcfg))
+                            cfg=dataclasses.asdict(cfg), session=_session(device, threads, need))
                 stream = _stream(cl.ray, [json.dumps([t for _, t in c]) for c in chunks], GenerateActor, ctor,
                                  actors, need)
                 try:

@@ -75,3 +75,19 @@ def test_a_cluster_address_where_nothing_listens_is_refused_at_once():
             check_reachable(addr)
     assert time.monotonic() - t0 < 10
     check_reachable("auto")                          # Ray's own forms are Ray's to resolve
+
+
+def test_the_default_actor_size_fits_a_small_cluster():
+    """Without --ray-cpus-per-actor an actor takes 4 cores, or all of a smaller cluster's (the README's example
+    failed on a 2-core box); an explicit size the cluster cannot hold is refused naming the option."""
+    from types import SimpleNamespace
+    from paddle2ort.runtime.distributed import RayConfig, _Cluster, _session
+    for cpus, want in ((2, (1, {"num_cpus": 2})), (16, (4, {"num_cpus": 4}))):
+        cl = _Cluster(RayConfig())
+        cl.ray = SimpleNamespace(cluster_resources=lambda cpus=cpus: {"CPU": cpus})
+        assert cl.pool("cpu", chunks=8) == want
+    assert _session("cpu", 0, {"num_cpus": 2})["intra_op_threads"] == 2
+    cl = _Cluster(RayConfig(cpus_per_actor=4))
+    cl.ray = SimpleNamespace(cluster_resources=lambda: {"CPU": 2})
+    with pytest.raises(BadInputError, match="--ray-cpus-per-actor"):
+        cl.pool("cpu", chunks=8)
