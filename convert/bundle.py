@@ -140,8 +140,12 @@ def staged_bundle(dest: Path, overwrite: bool, sources: tuple[Path, ...] = (), o
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         sweep_stale(dest.parent, STAGING_RE)              # those of killed runs (any bundle name in this directory)
-        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name[:NAME_IN_TEMP]}.staging-{os.getpid()}-{run_token()}-",
-                                        dir=dest.parent))
+        try:
+            staging = Path(tempfile.mkdtemp(prefix=f".{dest.name[:NAME_IN_TEMP]}.staging-{os.getpid()}-"
+                                                   f"{run_token()}-", dir=dest.parent))
+        except OSError as e:             # a folder that takes no new entries (/proc, a read-only mount, a full disk)
+            raise BadInputError(f"cannot write the {kind} {dest}: {dest.parent} takes no new folder "
+                                f"({e.strerror}); choose an -o path on a writable disk") from e
         staging.chmod(0o777 & ~current_umask())     # mkdtemp makes it 0700; a deploy bundle is read by other users
         yield staging
         _readable_modes(staging)

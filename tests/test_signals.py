@@ -148,7 +148,8 @@ def test_staging_names_stay_legal_and_a_failed_start_leaves_no_parents(tmp_path,
     def no_temp(*a, **k):
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(bundle.tempfile, "mkdtemp", no_temp)
-    with pytest.raises(OSError):
+    from paddle2ort.runtime.errors import BadInputError
+    with pytest.raises(BadInputError, match="takes no new folder .No space left on device.; choose an -o path"):
         with staged_bundle(tmp_path / "p" / "q" / "b", overwrite=False):
             pass
     assert not (tmp_path / "p").exists()
