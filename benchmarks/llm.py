@@ -73,7 +73,8 @@ def bench_prompts(tokenizer, batch: int, prompt_len: int) -> list[list[int]]:
     from .texts import play_lines
     ids = tokenizer.encode("\n".join(play_lines()))
     if len(ids) < prompt_len * batch:
-        raise BadInputError("not enough text for the prompts")
+        raise BadInputError(f"the benchmark text holds {len(ids)} tokens, fewer than {batch} prompts of "
+                            f"{prompt_len}: lower --prompt-len or the batch size")
     return [ids[i * prompt_len:(i + 1) * prompt_len] for i in range(batch)]
 
 
@@ -145,6 +146,14 @@ def run_llm_bench(cfg: LLMBenchConfig) -> dict:
     threads = cfg.threads or usable_cores()
     from paddle2ort.runtime.llm import default_graph
     from paddle2ort.runtime.session import SessionOptions
+    SessionOptions(intra_op_threads=threads)            # the rows' own check, here: before any child process
+    context = m.extra["llm"].get("max_context")
+    if isinstance(context, int) and cfg.prompt_len + cfg.new_tokens > context:
+        raise BadInputError(f"--prompt-len {cfg.prompt_len} + --new-tokens {cfg.new_tokens} exceeds the model's "
+                            f"context of {context} tokens; lower them")
+    tok = BPETokenizer.load(bundle.path / "tokenizer")
+    for b in cfg.batch_sizes:
+        bench_prompts(tok, b, cfg.prompt_len)           # enough text for every batch's prompts
     users = {p: default_graph(m.extra["llm"], p, SessionOptions(device="cpu"), fused=m.extra.get("fused"))
              for p in precisions}
     fused = m.extra.get("fused") or {}
@@ -238,13 +247,22 @@ def run_llm_bench(cfg: LLMBenchConfig) -> dict:
             "environment": environment()}
 
 
+def child_failed(what: str, stderr: str) -> Exception:
+    """A timed child's failure: its bad-input error as ours (exit 2, the message alone), else the child's output."""
+    last = next((ln for ln in reversed(stderr.strip().splitlines()) if ln.strip()), "")
+    kind, sep, msg = last.partition(": ")
+    if sep and kind.rsplit(".", 1)[-1] in ("BadInputError", "BundleError"):
+        return BadInputError(f"{what}: {msg}")
+    return RuntimeError(f"{what} failed:\n{stderr[-2000:]}")
+
+
 def _run_onnx_config(cfg: LLMBenchConfig, prec: str, graph: str, batch: int, threads: int) -> dict:
     out = subprocess.run([sys.executable, "-m", "paddle2ort.benchmarks.llm", "--one", str(cfg.bundle), prec,
                           str(batch), str(cfg.prompt_len), str(cfg.new_tokens), str(threads), "--graph", graph,
                           *(() if cfg.spin_wait else ("--no-spin",))],
                          capture_output=True, text=True)
     if out.returncode != 0:
-        raise RuntimeError(f"onnxruntime {graph} {prec} batch {batch} failed:\n{out.stderr[-2000:]}")
+        raise child_failed(f"onnxruntime {graph} {prec} batch {batch}", out.stderr)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -291,7 +309,7 @@ def _run_floor(cfg: LLMBenchConfig, bundle, prec: str, batch: int, threads: int)
                           "--seq", "1", "--threads", str(threads), *(a for op in FLOOR_SKIP for a in ("--skip", op)),
                           *(() if cfg.spin_wait else ("--no-spin",))], capture_output=True, text=True)
     if out.returncode != 0:
-        raise RuntimeError(f"products floor {prec} batch {batch} failed:\n{out.stderr[-2000:]}")
+        raise child_failed(f"products floor {prec} batch {batch}", out.stderr)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -656,6 +656,8 @@ case("bench-llm-prompt-len-zero", 2, "prompt-len", lambda w: bllm(w, "--prompt-l
 case("bench-llm-new-tokens-zero", 2, "new-tokens", lambda w: bllm(w, "--new-tokens", "0"))
 case("bench-llm-paddle-model-missing", 2, "none", lambda w: bllm(w, "--paddle-model", str(w.p("none"))))
 case("bench-llm-output-is-file", 2, "res", lambda w: w.text("res", "mine") and bllm(w))
+case("bench-llm-threads-huge", 2, "intra_op_threads=100000", lambda w: bllm(w, "--threads", "100000"))
+case("bench-llm-prompt-past-context", 2, "exceeds the model's context", lambda w: bllm(w, "--prompt-len", "100000", "--new-tokens", "1"))
 case("bench-llm-output-holds-their-results", 2, "llm.json", lambda w: w.text("res/llm.json", "[1, 2]") and bllm(w))
 case("bench-llm-precision-absent", 2, "int4", lambda w: bllm(w, "--precision", "int4"))
 
@@ -891,3 +893,15 @@ def test_text_lines_split_only_at_newlines_and_drop_a_bom(tmp_path, monkeypatch)
     import sys
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("from\nstdin\n".encode())))
     assert read_utf8_lines("-") == ["from", "stdin"]                     # "-": standard input
+
+
+def test_a_timed_childs_bad_input_is_ours():
+    """bench-llm's rows run in child processes: a bad-input error there is exit 2 with its message, not exit 1 with
+    two tracebacks."""
+    from paddle2ort.benchmarks.llm import child_failed
+    from paddle2ort.runtime.errors import BadInputError
+    err = child_failed("onnxruntime fused int8 batch 8", "Traceback (most recent call last):\n  ...\n"
+                       "paddle2ort.tokenization.errors.BadInputError: prompt (9000 tokens) exceeds the cache\n")
+    assert isinstance(err, BadInputError) and str(err) == ("onnxruntime fused int8 batch 8: prompt (9000 tokens) "
+                                                           "exceeds the cache")
+    assert isinstance(child_failed("x", "Traceback\nMemoryError\n"), RuntimeError)
