@@ -151,9 +151,7 @@ def run_llm_bench(cfg: LLMBenchConfig) -> dict:
     if isinstance(context, int) and cfg.prompt_len + cfg.new_tokens > context:
         raise BadInputError(f"--prompt-len {cfg.prompt_len} + --new-tokens {cfg.new_tokens} exceeds the model's "
                             f"context of {context} tokens; lower them")
-    tok = BPETokenizer.load(bundle.path / "tokenizer")
-    for b in cfg.batch_sizes:
-        bench_prompts(tok, b, cfg.prompt_len)           # enough text for every batch's prompts
+    bench_prompts(BPETokenizer.load(bundle.path / "tokenizer"), max(cfg.batch_sizes), cfg.prompt_len)   # text enough
     users = {p: default_graph(m.extra["llm"], p, SessionOptions(device="cpu"), fused=m.extra.get("fused"))
              for p in precisions}
     fused = m.extra.get("fused") or {}

@@ -88,19 +88,12 @@ def main(argv: list[str] | None = None) -> int:
 def os_error_message(e: BaseException) -> str:
     """An OSError as a user can act on it: which path, and for a full disk which folders the run writes."""
     import errno
-    import os
     import tempfile
-    if not isinstance(e, OSError):
-        return str(e)
-    where = e.filename if e.filename is not None else None
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return (f"no space left on the disk holding {where if where is not None else 'a folder this run writes'} "
-                f"({e.strerror}): free some, or write to another disk (-o / --output for results, TMPDIR for the "
-                f"temporary files, now {tempfile.gettempdir()})")
-    text = str(e)
-    if where is not None and os.fspath(where) not in text:
-        text = f"{text}: {where}"
-    return text
+    if not isinstance(e, OSError) or e.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return str(e)                   # an OSError's text names its path where it has one
+    where = e.filename if e.filename is not None else "a folder this run writes"
+    return (f"no space left on the disk holding {where} ({e.strerror}): free some, or write to another disk "
+            f"(-o / --output for results, TMPDIR for the temporary files, now {tempfile.gettempdir()})")
 
 
 if __name__ == "__main__":

@@ -46,9 +46,8 @@ def run_token() -> str:
     """8 hex digits naming this host's boot and PID namespace: a PID in a temp or staging name means something only
     where this token matches (two containers sharing a volume or /tmp see each other's PIDs as dead)."""
     parts = [socket.gethostname()]
-    for path in ("/proc/sys/kernel/random/boot_id",):
-        with contextlib.suppress(OSError):
-            parts.append(Path(path).read_text().strip())
+    with contextlib.suppress(OSError):
+        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
     with contextlib.suppress(OSError):
         parts.append(os.readlink("/proc/self/ns/pid"))
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:8]

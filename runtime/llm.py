@@ -171,7 +171,7 @@ class TextGenerator:
 
     def __call__(self, prompts: Sequence[str] | str, cfg: GenerationConfig = GenerationConfig(),
                  chat: bool = False) -> list[str]:
-        outs = [cfg.cut(self.tokenizer.decode(g)) for g in self.generate_ids(check_prompts(prompts), cfg, chat)]
+        outs = [cfg.cut(self.tokenizer.decode(g)) for g in self.generate_ids(prompts, cfg, chat)]   # checks them
         return outs
 
     def stream(self, prompt: str, cfg: GenerationConfig = GenerationConfig(), chat: bool = False) -> Iterator[str]:
