@@ -2,16 +2,21 @@
 
 `--overwrite` replaces only a paddle2ort bundle (our manifest inside, no foreign files), and never the source
 model, a directory holding it, the working directory (or one above it), the home directory or `/`.
-Staging dirs carry the owner's pid (`.NAME.staging-PID-XXXX`): the next run sweeps those of killed runs.
+Staging dirs carry the owner's pid (`.NAME.staging-PID-XXXX`): the next run sweeps those of killed runs. An old
+bundle is swapped for the new in one step where the kernel can (renameat2 RENAME_EXCHANGE); elsewhere it is moved
+aside first and put back if anything stops the second rename, or by the next run if the process was killed there.
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import json
 import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -19,7 +24,7 @@ from paddle2ort.runtime.files import current_umask
 from paddle2ort.runtime.manifest import MANIFEST_NAME, VALIDATION_NAME
 
 from .errors import BadInputError
-from .paddle_proc import run_token, sweep_stale
+from .paddle_proc import pid_alive, run_token, sweep_stale
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +135,7 @@ def staged_bundle(dest: Path, overwrite: bool, sources: tuple[Path, ...] = (), o
     dest = Path(os.path.expanduser(str(dest)))
     if dest.name in ("", ".", ".."):
         dest = Path(os.path.abspath(dest))
+    _restore_interrupted(dest)
     check_destination(dest, overwrite, sources, owned, kind)
     created = []
     p = dest.parent
@@ -149,16 +155,14 @@ def staged_bundle(dest: Path, overwrite: bool, sources: tuple[Path, ...] = (), o
         staging.chmod(0o777 & ~current_umask())     # mkdtemp makes it 0700; a deploy bundle is read by other users
         yield staging
         _readable_modes(staging)
-        old = None
         if dest.exists():
             if not overwrite:   # appeared while we worked
                 raise BadInputError(f"output bundle {dest} appeared during conversion; pass --overwrite")
             check_overwrite(dest, sources, owned, kind)
-            old = dest.with_name(f".{dest.name[:NAME_IN_TEMP]}.old-{os.getpid()}")
-            os.rename(dest, old)
-        os.rename(staging, dest)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            _replace(staging, dest)                  # staging now holds the old bundle, removed below
+            shutil.rmtree(staging, ignore_errors=True)
+        else:
+            os.rename(staging, dest)
         log.info("bundle written to %s", dest)
     except BaseException:
         if staging is not None:
@@ -167,6 +171,68 @@ def staged_bundle(dest: Path, overwrite: bool, sources: tuple[Path, ...] = (), o
             with contextlib.suppress(OSError):
                 d.rmdir()
         raise
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one step: Linux renameat2(RENAME_EXCHANGE), which Python's os does not wrap.
+    False where the platform, C library or filesystem lacks it (the caller falls back to two renames)."""
+    if sys.platform != "linux":
+        return False
+    fn = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if fn is None:                                            # glibc < 2.28, musl
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if fn(_AT_FDCWD, os.fsencode(str(a)), _AT_FDCWD, os.fsencode(str(b)), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _old_name(dest: Path, pid: int) -> Path:
+    return dest.with_name(f".{dest.name[:NAME_IN_TEMP]}.old-{pid}-{run_token()}")
+
+
+def _replace(new: Path, dest: Path) -> None:
+    """Put directory `new` at `dest` and the directory that was there at `new`, never leaving `dest` empty-handed:
+    one atomic exchange, else dest moved aside (.NAME.old-PID-TOKEN) and moved back if the second rename fails."""
+    if _exchange(new, dest):
+        return
+    old = _old_name(dest, os.getpid())
+    os.rename(dest, old)
+    try:
+        os.rename(new, dest)
+    except BaseException:
+        os.rename(old, dest)
+        raise
+    os.rename(old, new)
+
+
+def _restore_interrupted(dest: Path) -> None:
+    """A run of this host killed between the two renames of `_replace` left the previous bundle at
+    .NAME.old-PID-TOKEN: put it back where nothing took its place, else remove it (the new bundle was published)."""
+    if len(dest.name) > NAME_IN_TEMP:            # a cut name may be another bundle's: leave it
+        return
+    prefix = f".{dest.name}.old-"
+    token = run_token()
+    try:
+        entries = [p for p in dest.parent.iterdir() if p.name.startswith(prefix)]
+    except OSError:
+        return
+    for p in entries:
+        pid, _, tok = p.name[len(prefix):].partition("-")
+        if tok != token or not pid.isdigit() or pid_alive(int(pid)) or not p.is_dir() or p.is_symlink():
+            continue
+        if not os.path.lexists(dest):
+            os.rename(p, dest)
+            log.warning("restored %s: a run killed while replacing it had moved it to %s", dest, p.name)
+        else:
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def _readable_modes(root: Path) -> None:

@@ -16,6 +16,10 @@ from .errors import BadInputError
 # A reference whose spread is below this fraction of its magnitude is constant up to float rounding: no error
 # relative to its spread can be measured, and no broken model can be told from a working one on these samples.
 FLAT_SPREAD = 1e-6
+# An output its producer bounds (Sigmoid, Softmax, Tanh: convert.value_range) needs samples on which it moves over
+# at least this fraction of its range: its FP32 kernels round to ~1e-7 absolute, so a probability that stays near 0
+# on every sample (a detector shown a blank image) has a spread no larger than that rounding.
+RANGE_FLOOR = 1e-2
 
 
 @dataclass(frozen=True)

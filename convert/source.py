@@ -116,8 +116,8 @@ def locate(path: str | Path) -> ModelSource:
             return _pair(progs[0])
         if path.suffix == ".json":
             if not _is_pir_json(path):
-                raise BadInputError(f"{path} is a JSON file but not a Paddle PIR program (no \"magic\":\"pir\" header); "
-                                    "pass the model's program file (e.g. inference.json or model.json)")
+                raise BadInputError(f"{path} is a JSON file but not a Paddle PIR program (no \"magic\":\"pir\" "
+                                    "header); pass the model's program file (e.g. inference.json or model.json)")
             return _pair(path)
         if path.suffix == ".pdmodel":
             return _pair(path)

@@ -18,8 +18,8 @@ from paddle2ort.runtime.session import SessionOptions, create_session
 
 from .errors import BadInputError, ConversionError, ValidationError
 from .lineage import check_lineage
-from .metrics import (DEFAULT_THRESHOLDS, LLM_THRESHOLDS, METRICS, Thresholds, compare, compare_pooled,  # noqa: F401
-                      thresholds_with_overrides, top2_margin, violations)
+from .metrics import (DEFAULT_THRESHOLDS, LLM_THRESHOLDS, METRICS, RANGE_FLOOR, Thresholds,  # noqa: F401
+                      compare, compare_pooled, thresholds_with_overrides, top2_margin, violations)
 from .samples import SampleConfig, load_samples, make_samples  # noqa: F401
 
 log = logging.getLogger(__name__)
@@ -71,21 +71,33 @@ def run_onnx(model_path: Path, samples: list[dict[str, np.ndarray]], precision: 
     return outs
 
 
-def check_signal(refs: list[list[np.ndarray]], outputs: list[TensorSpec], user_inputs: bool) -> None:
-    """Refuse samples on which some float output of the reference is flat: no broken model could be told from a
-    working one on them."""
+def check_signal(refs: list[list[np.ndarray]], outputs: list[TensorSpec], user_inputs: bool,
+                 bounded: dict[str, tuple[str, float]] | None = None) -> None:
+    """Refuse samples on which some float output of the reference is flat, or an output its producer bounds
+    (`bounded`: convert.value_range.output_value_ranges) moves over less than RANGE_FLOOR of its range: no broken
+    model could be told from a working one on them."""
+    whose = "your --inputs" if user_inputs else f"the {len(refs)} generated samples"
+    fix = ("Pass real inputs with --inputs FILE.npz (arrays named after the model's inputs, e.g. a preprocessed image "
+           "or tokenized text)")
     for j, spec in enumerate(outputs):
         rs = [r[j] for r in refs]
         if not np.issubdtype(rs[0].dtype, np.floating):
             continue
         m = compare_pooled(rs, rs, class_axis=False)
         if not m["signal"]:
-            whose = "your --inputs" if user_inputs else f"the {len(refs)} generated samples"
             raise BadInputError(
                 f"Paddle's output {spec.name!r} is constant on {whose} (every value {rs[0].ravel()[0]:.3g}, spread "
                 f"{m['spread']:.3g}): the gate cannot tell a broken conversion from a good one on these inputs. "
-                "Pass real inputs with --inputs FILE.npz (arrays named after the model's inputs, e.g. a "
-                "preprocessed image or tokenized text).")
+                f"{fix}.")
+        op, width = (bounded or {}).get(spec.name, (None, 0.0))
+        if op and m["spread"] < RANGE_FLOOR * width:
+            lo, hi = (min(float(np.nanmin(r)) for r in rs), max(float(np.nanmax(r)) for r in rs))
+            raise BadInputError(
+                f"Paddle's output {spec.name!r} (a {op}, bounded to a range of {width:g}) stays within "
+                f"{lo:.3g}..{hi:.3g} on {whose}: it moves over less than {RANGE_FLOOR:.0%} of its range, and its "
+                "FP32 kernels round by ~1e-7, so the gate cannot tell a broken conversion from a good one on these "
+                f"inputs. {fix} on which this output varies (e.g. an image with the objects or text the model "
+                "detects).")
 
 
 def judge(precision: str, compared: list[dict], thr: Thresholds, samples: int, **extra) -> dict:

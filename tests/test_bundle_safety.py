@@ -4,8 +4,11 @@ that is not our bundle. Synthetic bundles (no Paddle): fast."""
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -328,3 +331,51 @@ def test_a_damaged_zoo_build_is_not_taken_as_cached(tmp_path):
     assert not is_current(out, "k/v1")
     (out / "zoo.json").write_text(json.dumps({"build_key": "k/v1"}))          # a build from before the file list
     assert not is_current(out, "k/v1")
+
+
+def test_replacing_a_bundle_never_leaves_its_path_empty(tmp_path, monkeypatch):
+    """The old bundle was renamed aside and then the new one in: a failure (or a kill) between the two renames left
+    no bundle at -o. Linux swaps the two in one step; elsewhere a failed second rename puts the old one back, and a
+    run killed there has its previous bundle restored by the next run."""
+    import shutil
+
+    import paddle2ort.convert.bundle as bundle
+    template = make_bundle(tmp_path / "template")
+    out = tmp_path / "out"
+    dest = make_bundle(out / "b")
+    inode = lambda: dest.stat().st_ino                                      # noqa: E731 - which bundle is there
+
+    def publish():
+        with staged_bundle(dest, overwrite=True) as stage:
+            shutil.copytree(template, stage, dirs_exist_ok=True)
+    if sys.platform == "linux":
+        calls, real = [], bundle._exchange
+        monkeypatch.setattr(bundle, "_exchange", lambda a, b: calls.append(real(a, b)) or calls[-1])
+        before = inode()
+        publish()
+        assert len(calls) == 1 and inode() != before        # True, or False on a filesystem without it
+        assert sorted(p.name for p in out.iterdir()) == ["b"]
+    monkeypatch.setattr(bundle, "_exchange", lambda a, b: False)           # a platform without the exchange
+    real_rename = os.rename
+
+    def second_rename_fails(src, dst):
+        if ".staging-" in str(src):
+            raise OSError(errno.EIO, "I/O error")
+        return real_rename(src, dst)
+    monkeypatch.setattr(bundle.os, "rename", second_rename_fails)
+    before = inode()
+    with pytest.raises(OSError, match="I/O error"):
+        publish()
+    monkeypatch.setattr(bundle.os, "rename", real_rename)
+    assert inode() == before and sorted(p.name for p in out.iterdir()) == ["b"]
+    publish()                                                               # the two renames, both succeeding
+    assert inode() != before and sorted(p.name for p in out.iterdir()) == ["b"]
+    # killed between the renames: the previous bundle sits at .b.old-PID-TOKEN and nothing at b
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    aside = bundle._old_name(dest, int(dead.stdout))
+    before = inode()
+    real_rename(dest, aside)
+    with pytest.raises(BadInputError, match="--overwrite"):                # it is back, so -o exists again
+        with staged_bundle(dest, overwrite=False):
+            pass
+    assert inode() == before and sorted(p.name for p in out.iterdir()) == ["b"]
