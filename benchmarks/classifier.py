@@ -42,7 +42,7 @@ class BenchConfig:
     repeats: int = 3                            # timed passes over the split
     threads: int = 0                            # 0: all usable cores (the same for onnxruntime and Paddle)
     paddle_model: Path | None = None            # the Paddle source: adds the Paddle-Inference-CPU peer row
-    limit: int | None = None                    # first N examples only (quick runs)
+    limit: int | None = None                    # N examples spread evenly over the split (quick runs)
     tokenizer_backend: str = "hf"
 
     def __post_init__(self):
@@ -105,6 +105,13 @@ def _row(name, system, precision, device, data, idx, outs, times, tok_ms, n_labe
     return row
 
 
+def spread_subset(total: int, n: int) -> list[int]:
+    """`n` of `total` row indices spread evenly, in order (every total/n-th): a split sorted by label (as many are)
+    is still sampled across its classes, where its first n rows would be one class."""
+    n = min(n, total)
+    return [i * total // n for i in range(n)]
+
+
 def run_bench(cfg: BenchConfig) -> dict:
     """Run every configuration; returns the results dict (also what `write_results` stores)."""
     from tqdm.auto import tqdm
@@ -115,8 +122,10 @@ def run_bench(cfg: BenchConfig) -> dict:
     if list(m.labels or []) != data.label_names:
         raise BadInputError(f"label.txt {data.label_names} does not match the bundle's labels {list(m.labels or [])}"
                             " (same names, same order)")
-    if cfg.limit:
-        data = LabelledSplit(data.name, data.texts[:cfg.limit], data.labels[:cfg.limit], data.label_names)
+    if cfg.limit and cfg.limit < len(data.texts):
+        keep = spread_subset(len(data.texts), cfg.limit)
+        data = LabelledSplit(data.name, [data.texts[i] for i in keep], [data.labels[i] for i in keep],
+                             data.label_names)
     precisions = cfg.precisions or tuple(p for p in m.models if not (cfg.device == "gpu" and p == "int8"))
     missing = [p for p in precisions if p not in m.models]
     if missing:

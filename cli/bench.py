@@ -50,6 +50,6 @@ def register(sub) -> None:
     b.add_argument("--threads", type=nonneg_int, default=0,
                    help="CPU threads for every system (0: all usable cores)")
     b.add_argument("--paddle-model", type=Path, help="the bundle's Paddle source: adds the Paddle Inference CPU row")
-    b.add_argument("--limit", type=positive_int, help="first N examples only (quick runs; default: all)")
+    b.add_argument("--limit", type=positive_int, help="N examples spread evenly over the split (quick runs; default: all)")
     b.add_argument("--output", type=Path, default=Path("bench-results"), help="results directory")
     b.set_defaults(func=run)

@@ -107,7 +107,7 @@ def register(sub) -> None:
     r.add_argument("--batch-size", type=positive_int, default=32, help="classifier batch size for the timing")
     r.add_argument("--warmup", type=nonneg_int, default=8, help="classifier warm-up batches")
     r.add_argument("--repeats", type=positive_int, default=3, help="timed passes; median reported")
-    r.add_argument("--limit", type=positive_int, help="classifier: first N examples of the split only")
+    r.add_argument("--limit", type=positive_int, help="classifier: N examples spread evenly over the split only")
     r.add_argument("--threads", type=nonneg_int, default=0, help="CPU threads (0: all usable cores)")
     r.add_argument("--window", type=positive_int, default=128, help="LLM perplexity window in tokens")
     r.add_argument("--windows", type=positive_int, default=8, help="LLM perplexity windows")

@@ -55,6 +55,21 @@ def test_bench_rows_match_the_pipeline_and_paddle(clf_bundle, tiny_models, datas
     assert text.count("| INT8-CPU |") == 2
 
 
+@pytest.mark.unit
+def test_limit_samples_the_whole_split_not_its_first_rows():
+    """--limit N took the first N rows: on a split sorted by label (the zoo's dev.txt is) it measured one class."""
+    from paddle2ort.benchmarks.classifier import spread_subset
+    labels = [0] * 500 + [1] * 300 + [2] * 200                       # sorted by label
+    for n in (3, 10, 100, 999):
+        keep = spread_subset(len(labels), n)
+        assert len(keep) == len(set(keep)) == n and keep == sorted(keep) and keep[-1] < len(labels)
+        if n >= 10:
+            assert {labels[i] for i in keep} == {0, 1, 2}
+            counts = np.bincount([labels[i] for i in keep], minlength=3) / n
+            assert np.allclose(counts, [0.5, 0.3, 0.2], atol=1 / n + 1e-9)   # each class in its share
+    assert spread_subset(5, 10) == [0, 1, 2, 3, 4]
+
+
 def test_bench_cli_writes_results(clf_bundle, dataset, tmp_path, capsys):
     out = tmp_path / "res"
     assert main(["-q", "bench", str(clf_bundle), "--dataset-dir", str(dataset), "--precision", "fp32",
