@@ -266,8 +266,15 @@ def test_llm_release_judges_perplexity_on_the_users_text(tiny_models, tmp_path, 
     assert by["int8"]["delta"] == pytest.approx((by["int8"]["perplexity"] / by["fp32"]["perplexity"] - 1) * 100)
     assert all(c["tokens_per_s"] > 0 for c in by.values())
     assert rel["chosen"] in by and by[rel["chosen"]]["within_budget"]
-    # the released bundle carries the CPU default graph convert-llm builds (the fused decoder, where it fits)
-    assert set(load_bundle(out).manifest.extra["llm"]["default_graph"]["cpu"]) == {"fp32", "int8"}
+    # the released bundle carries the CPU default graph convert-llm builds (the fused decoder, where it fits), and
+    # each precision was timed on that graph, the one generate and serve run (it was the generic one)
+    from paddle2ort.runtime.llm import default_graph
+    from paddle2ort.runtime.session import SessionOptions
+    m = load_bundle(out).manifest
+    assert set(m.extra["llm"]["default_graph"]["cpu"]) == {"fp32", "int8"}
+    for p, c in by.items():
+        assert c["graph"] == default_graph(m.extra["llm"], p, SessionOptions(device="cpu"), fused=m.extra.get("fused"))
+    assert by["fp32"]["graph"] != "generic"
     # generate without --precision runs the released model
     assert main(["generate", str(out), "--prompt", "To be", "--max-new-tokens", "2"]) == 0
     assert f"using {rel['chosen']}: the precision `paddle2ort release` chose for cpu" in capsys.readouterr().err
