@@ -36,6 +36,8 @@ def ort_fusions(model, opts: OrtFusionOptions = OrtFusionOptions()):
     options.enable_shape_inference = False      # symbolic shape inference fails on paddle2onnx graphs
     bert = BertOnnxModel(model, num_heads=0, hidden_size=0)      # 0: read from the graph where needed
     logging.getLogger("onnxruntime.transformers").setLevel(logging.WARNING)
+    # its modules also log under their bare names; this one warns that the shape inference we turned off is off
+    logging.getLogger("fusion_skiplayernorm").setLevel(logging.ERROR)
     bert.optimize(options)
     bert.topological_sort()
     return bert.model
