@@ -3,6 +3,7 @@ Paddle 1.x inference directory (`__model__` with `__params__` or with one file p
 re-saves as a legacy model in the work directory (Paddle's own loader and saver, in the worker)."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,6 +88,31 @@ def _pair(model_file: Path) -> ModelSource:
     return ModelSource(fmt, model_file, params)
 
 
+def _checkpoint_hint(path: Path) -> str:
+    """A PaddleNLP checkpoint (config.json beside *.pdparams / *.safetensors: save_pretrained's output) is no
+    inference program: name the command that converts it, from config.json's architectures / model_type."""
+    if not (path / "config.json").is_file() or not (any(path.glob("*.pdparams")) or any(path.glob("*.safetensors"))):
+        return ""
+    try:
+        cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        cfg = None
+    if isinstance(cfg, dict):
+        from .llm import families as llm
+        from .seq2seq import families as s2s
+        # seq2seq first: ChatGLM v1 is refused by convert-llm and converted by convert-seq2seq
+        for family, command in ((s2s, "convert-seq2seq"), (llm, "convert-llm")):
+            try:
+                family.family_name(cfg)
+            except family.UnsupportedFamily:
+                continue
+            return (f". {path} is a PaddleNLP checkpoint (config.json + weights) of a model that `paddle2ort "
+                    f"{command} {path} --tokenizer TOKENIZER_DIR -o BUNDLE` converts")
+    return (f". {path} is a PaddleNLP training checkpoint (config.json + weights), not an inference model: export "
+            "one first (model = paddle.jit.to_static(model, input_spec=[...]); paddle.jit.save(model, "
+            "'inference/model')) and convert that directory")
+
+
 def locate(path: str | Path) -> ModelSource:
     """Find the model in `path` (a program file, a params file, a path prefix, or a directory)."""
     path = Path(path)
@@ -101,7 +127,7 @@ def locate(path: str | Path) -> ModelSource:
             raise BadInputError(
                 f"no Paddle model in {path}: expected a PIR program (*.json) or a legacy program (*.pdmodel) with "
                 f"its *.pdiparams, or a Paddle 1.x directory (__model__ with __params__ or per-variable files); "
-                f"found: {found}")
+                f"found: {found}{_checkpoint_hint(path)}")
         if len(candidates) > 1:
             raise BadInputError(
                 f"{path} holds {len(candidates)} Paddle models ({', '.join(p.name for p in candidates)}); "

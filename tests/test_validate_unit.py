@@ -1,4 +1,6 @@
 """Units of the validation gate: metrics, thresholds, sample generation, names. No Paddle needed."""
+import json
+
 import numpy as np
 import pytest
 
@@ -278,6 +280,24 @@ def test_onnxruntime_sigmoid_rounds_absolutely_near_zero():
     x = np.linspace(-14, 14, 20001).astype(np.float32)
     err = np.abs(sess.run(None, {"x": x})[0].astype(np.float64) - 1 / (1 + np.exp(-x.astype(np.float64))))
     assert err.max() < 1e-2 * 1e-4          # 1% of the range, times FP32's max_rel_diff: far above the rounding
+
+
+@pytest.mark.parametrize("arch, command", [("LlamaForCausalLM", "convert-llm"), ("Qwen2ForCausalLM", "convert-llm"),
+                                           ("ChatGLMForCausalLM", "convert-seq2seq"),
+                                           ("T5ForConditionalGeneration", "convert-seq2seq"),
+                                           ("ErnieForSequenceClassification", "paddle.jit.save")])
+def test_a_paddlenlp_checkpoint_is_pointed_at_the_command_that_converts_it(tmp_path, arch, command):
+    """`convert` on save_pretrained's output (config.json + model_state.pdparams) said only "no Paddle model"."""
+    from paddle2ort.convert.source import locate
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": [arch]}))
+    (tmp_path / "model_state.pdparams").write_bytes(b"weights")
+    with pytest.raises(BadInputError, match="no Paddle model") as e:
+        locate(tmp_path)
+    assert command in str(e.value)
+    (tmp_path / "model_state.pdparams").unlink()                             # no weights: no checkpoint claimed
+    with pytest.raises(BadInputError) as e:
+        locate(tmp_path)
+    assert "PaddleNLP" not in str(e.value) and command not in str(e.value)
 
 
 def test_names():
