@@ -106,11 +106,11 @@ def _checkpoint_hint(path: Path) -> str:
                 family.family_name(cfg)
             except family.UnsupportedFamily:
                 continue
-            return (f". {path} is a PaddleNLP checkpoint (config.json + weights) of a model that `paddle2ort "
-                    f"{command} {path} --tokenizer TOKENIZER_DIR -o BUNDLE` converts")
-    return (f". {path} is a PaddleNLP training checkpoint (config.json + weights), not an inference model: export "
-            "one first (model = paddle.jit.to_static(model, input_spec=[...]); paddle.jit.save(model, "
-            "'inference/model')) and convert that directory")
+            return (f". {path} is a checkpoint (config.json + weights) of a model that `paddle2ort {command} {path} "
+                    "--tokenizer TOKENIZER_DIR -o BUNDLE` converts (a PaddleNLP model directory)")
+    return (f". {path} is a model checkpoint (config.json + weights, save_pretrained's output), not an inference "
+            "model: load it in PaddleNLP and export one (model = paddle.jit.to_static(model, input_spec=[...]); "
+            "paddle.jit.save(model, 'inference/model')), then convert that directory")
 
 
 def locate(path: str | Path) -> ModelSource:

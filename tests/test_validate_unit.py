@@ -297,7 +297,7 @@ def test_a_paddlenlp_checkpoint_is_pointed_at_the_command_that_converts_it(tmp_p
     (tmp_path / "model_state.pdparams").unlink()                             # no weights: no checkpoint claimed
     with pytest.raises(BadInputError) as e:
         locate(tmp_path)
-    assert "PaddleNLP" not in str(e.value) and command not in str(e.value)
+    assert "config.json + weights" not in str(e.value) and command not in str(e.value)
 
 
 def test_names():
