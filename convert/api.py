@@ -25,7 +25,6 @@ from .precision import PRECISIONS, FP16Options, Int4Options, Int8Options, make_v
 from .source import ModelSource, locate, prepare
 from .validate import (DEFAULT_THRESHOLDS, SampleConfig, Thresholds, check_signal, load_samples, make_samples,
                        summary, validate)
-from .value_range import output_value_ranges
 
 log = logging.getLogger(__name__)
 
@@ -329,7 +328,7 @@ def _convert(config: ConvertConfig, more_sources: tuple[Path, ...]) -> ConvertRe
             bar.set_postfix_str("paddle reference")
             refs = paddle_reference(source, samples, work) if config.validate else None
             if refs is not None:
-                check_signal(refs, out_specs, user_inputs=_user_inputs(config), bounded=output_value_ranges(model))
+                check_signal(refs, out_specs, user_inputs=_user_inputs(config))
             bar.update()
 
             reports: dict[str, dict] = {}

@@ -16,10 +16,12 @@ from .errors import BadInputError
 # A reference whose spread is below this fraction of its magnitude is constant up to float rounding: no error
 # relative to its spread can be measured, and no broken model can be told from a working one on these samples.
 FLAT_SPREAD = 1e-6
-# An output its producer bounds (Sigmoid, Softmax, Tanh: convert.value_range) needs samples on which it moves over
-# at least this fraction of its range: its FP32 kernels round to ~1e-7 absolute, so a probability that stays near 0
-# on every sample (a detector shown a blank image) has a spread no larger than that rounding.
-RANGE_FLOOR = 1e-2
+# An output that moves over less than this fraction of its scale on the samples (its largest value; for a Sigmoid,
+# Softmax or Tanh output, that op's range: convert.value_range) cannot be judged where it fails: FP32 rounds such
+# values by ~1e-7 of that scale, as much as max_rel_diff's 1e-4 of the spread, so a probability that stays near 0 on
+# every sample (a detector shown a blank image) fails a good conversion. Such a failure is the samples' (exit 2,
+# asking for --inputs), not the conversion's (exit 3).
+JUDGED_SPREAD = 1e-2
 
 
 @dataclass(frozen=True)

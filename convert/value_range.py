@@ -1,9 +1,9 @@
 """The value range a graph output's producer guarantees: Sigmoid and Softmax write [0, 1], Tanh [-1, 1].
 
-The gate needs samples on which such an output moves over at least metrics.RANGE_FLOOR of this range:
-onnxruntime's FP32 Sigmoid and Tanh are accurate to ~1e-7 absolute, not relative, so on samples where a
-probability stays near 0 or 1 (a detector shown a blank image) that rounding is as large as the output's spread, and
-no error bound relative to the spread can tell a broken conversion from a good one.
+A gate failure of such an output on samples where it moves over less than metrics.JUDGED_SPREAD of this range is the
+samples' fault (exit 2): onnxruntime's FP32 Sigmoid and Tanh are accurate to ~1e-7 absolute, not relative, near the
+ends of their range, so where a probability stays near 0 or 1 (a detector shown a blank image) that rounding is as
+large as the output's spread, and no error bound relative to the spread can tell a broken conversion from a good one.
 Read from the graph, never from output names. onnx only; nothing here runs a model.
 """
 from __future__ import annotations

@@ -73,15 +73,13 @@ def test_user_supplied_inputs(tiny_models, tmp_path):
     assert res.manifest.validation["fp32"]["samples"] == 1
 
 
-def test_inputs_on_which_a_bounded_output_hardly_moves_are_refused(tiny_models, tmp_path, capsys):
-    """The MLP's softmax on inputs near 0 stays within ~1e-5 of uniform: exit 2 naming the output and the fix (the
-    bound is read from the exported graph), nothing written."""
-    npz, out = tmp_path / "in.npz", tmp_path / "b"
+def test_an_output_that_hardly_moves_but_matches_is_not_refused(tiny_models, tmp_path):
+    """The MLP's softmax on inputs near 0 stays within ~1e-5 of uniform: the gate cannot judge it finely there, but
+    where the conversion matches anyway it passes (only a failure on such inputs is sent back for better ones)."""
+    npz = tmp_path / "in.npz"
     np.savez(npz, x=(1e-4 * np.random.default_rng(0).standard_normal((4, 16))).astype(np.float32))
-    assert main(["-q", "convert", str(tiny_models("mlp")), "-o", str(out), "--inputs", str(npz)]) == 2
-    err = capsys.readouterr().err
-    assert "(a Softmax, bounded to a range of 1)" in err and "moves over less than 1%" in err and "--inputs" in err
-    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["in.npz"]
+    res = convert(ConvertConfig(source=tiny_models("mlp"), output=tmp_path / "b", inputs_npz=npz))
+    assert res.manifest.validation["fp32"]["passed"]
 
 
 def test_cli_convert_and_revalidate(tiny_models, tmp_path, capsys):

@@ -244,25 +244,58 @@ def test_bounded_outputs_are_read_from_the_graph():
     assert output_value_ranges(helper.make_model(g)) == {"prob": ("Sigmoid", 1.0), "both": ("Tanh", 2.0)}
 
 
-def test_a_bounded_output_that_hardly_moves_stops_the_gate():
+def _elementwise_model(path, op: str, zeroed: bool = False):
+    """y = op(x) (op "Identity" or "Sigmoid"), or that times 0: a converted model and its planted fault."""
+    import onnx
+    from onnx import TensorProto, helper
+    nodes = [helper.make_node(op, ["x"], ["z" if zeroed else "y"])]
+    inits = []
+    if zeroed:
+        nodes.append(helper.make_node("Mul", ["z", "zero"], ["y"]))
+        inits.append(helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]))
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(path))
+    return path
+
+
+def test_a_failure_on_an_output_that_hardly_moves_is_the_samples_fault(tmp_path):
     """A detector shown a blank image: its Sigmoid map stays ~1e-6, where onnxruntime's FP32 Sigmoid rounds by
-    ~1e-7 absolute. The gate used to fail a correct conversion (exit 3) on such inputs; with nothing to tell a broken
-    model from a good one it now asks for inputs on which the output varies (exit 2). One percent of the range is
-    enough signal, and unbounded outputs of the same values keep the plain flatness rule."""
-    from paddle2ort.convert.validate import check_signal
+    ~1e-7 absolute. The gate failed the correct conversion with exit 3; a failure on an output that moves over less
+    than 1% of its scale (a bounded op's range, else its largest value) is now exit 2 asking for inputs on which it
+    varies, and the same fault where the output varies stays the conversion's (exit 3). Nothing passes that failed."""
+    from paddle2ort.convert.validate import validate
     from paddle2ort.runtime.manifest import TensorSpec
-    spec = [TensorSpec("prob", "float32", ("batch", 1, "h", "w"))]
-    x = np.linspace(-14, -12, 64).reshape(1, 1, 8, 8)
-    blank = [[(1 / (1 + np.exp(-x))).astype(np.float32)]]
-    with pytest.raises(BadInputError, match=r"'prob' \(a Sigmoid.*moves over less than 1%.*--inputs") as e:
-        check_signal(blank, spec, user_inputs=True, bounded={"prob": ("Sigmoid", 1.0)})
-    assert e.value.exit_code == 2 and "your --inputs" in str(e.value)
-    check_signal(blank, spec, user_inputs=True)                                  # not known to be bounded
-    varied = [[np.linspace(0.2, 0.215, 64, dtype=np.float32).reshape(1, 1, 8, 8)]]
-    check_signal(varied, spec, user_inputs=False, bounded={"prob": ("Sigmoid", 1.0)})
-    with pytest.raises(BadInputError, match="generated samples"):
-        check_signal([[np.full((1, 1, 8, 8), 0.5, np.float32) + varied[0][0] * 1e-3]], spec, user_inputs=False,
-                     bounded={"prob": ("Tanh", 2.0)})
+    spec, thr = [TensorSpec("y", "float32", (1, 64))], DEFAULT_THRESHOLDS["fp32"]
+    sig = lambda x: (1 / (1 + np.exp(-x.astype(np.float64)))).astype(np.float32)      # noqa: E731
+    blank = np.linspace(-14, -12, 64, dtype=np.float32)[None]
+    good, zeroed = _elementwise_model(tmp_path / "g.onnx", "Sigmoid"), _elementwise_model(tmp_path / "z.onnx",
+                                                                                          "Sigmoid", zeroed=True)
+    try:                          # this host's Sigmoid kernel may round that far or not: pass or exit 2, never exit 3
+        validate("fp32", good, [{"x": blank}], [[sig(blank)]], spec, thr, user_inputs=True)
+    except BadInputError as e:
+        assert "cannot judge" in str(e)
+    # a reference 1e-7 off (another host's rounding): the samples' fault, exit 2
+    with pytest.raises(BadInputError, match=r"your --inputs: output 'y' moves over .* the range of its Sigmoid "
+                                            r"\(1\).*--inputs") as e:
+        validate("fp32", good, [{"x": blank}], [[sig(blank) + np.float32(1e-7)]], spec, thr, user_inputs=True)
+    assert e.value.exit_code == 2
+    varied = np.linspace(-4, 4, 64, dtype=np.float32)[None]                  # where it varies, 1e-7 passes
+    validate("fp32", good, [{"x": varied}], [[sig(varied) + np.float32(1e-7)]], spec, thr)
+    for x in (blank, varied):                 # output x 0 fails on either (exit 3: the Mul leaves no bound to read)
+        with pytest.raises(ValidationError):
+            validate("fp32", zeroed, [{"x": x}], [[sig(x)]], spec, thr)
+    # not bounded: a value near 1000 that moves by 0.01 is judged against its magnitude
+    ident = _elementwise_model(tmp_path / "i.onnx", "Identity")
+    near = (1000 + np.linspace(0, 0.01, 64))[None].astype(np.float32)
+    off = np.nextafter(near, np.float32(np.inf))                            # one ulp apart: ~6e-5
+    with pytest.raises(BadInputError, match=r"generated samples: output 'y' .* its largest absolute value \(1e\+03\)"):
+        validate("fp32", ident, [{"x": near}], [[off]], spec, thr)
+    wide = (1000 + np.linspace(0, 100, 64))[None].astype(np.float32)
+    with pytest.raises(ValidationError):
+        validate("fp32", ident, [{"x": wide}], [[wide + 0.5]], spec, thr)
 
 
 def test_onnxruntime_sigmoid_rounds_absolutely_near_zero():
