@@ -424,7 +424,9 @@ class Text2TextGenerator:
         if not isinstance(text, str) or not text.strip():
             raise BadInputError("empty source text: give some text to transform")
         end = getattr(self.spec, "source_end_id", None)
-        return self.tokenizer.encode(text) + [self.spec.eos_id if end is None else end]   # as in training
+        # encode_batch: the tokenizers library releases the GIL there (not in encode), so a server's event loop
+        # runs while a long source is tokenized on its worker thread
+        return self.tokenizer.encode_batch([text])[0] + [self.spec.eos_id if end is None else end]   # as in training
 
     def stop_ids(self, cfg: GenerationConfig) -> GenerationConfig:
         """cfg with the model's defaults: eos stops (unless stop ids are given), the forced BOS/EOS ids."""

@@ -528,3 +528,22 @@ def test_a_source_whose_encoder_attention_cannot_fit_is_refused_before_encoding(
     with pytest.raises(BadInputError, match="one row of 10000 \\+ 8 tokens needs .* shorten the prompt"):
         check_memory(dec, 1, 1, 10_000, 8)
     assert not encoded
+
+
+def test_a_source_is_tokenized_where_the_gil_is_released():
+    """The server tokenizes a text2text prompt on a worker thread through prompt_ids: it went through encode, which
+    holds the GIL (the tokenizers library releases it in encode_batch only), stalling the event loop meanwhile."""
+    from types import SimpleNamespace
+
+    from paddle2ort.runtime.seq2seq import Text2TextGenerator
+
+    class Tok:
+        def encode(self, text):
+            raise AssertionError("encode holds the GIL")
+
+        def encode_batch(self, texts):
+            return [[len(t)] for t in texts]
+    gen = SimpleNamespace(tokenizer=Tok(), spec=SimpleNamespace(eos_id=2, source_end_id=None))
+    assert Text2TextGenerator.prompt_ids(gen, "a source") == [8, 2]
+    with pytest.raises(BadInputError, match="empty source"):
+        Text2TextGenerator.prompt_ids(gen, "  ")
