@@ -40,7 +40,9 @@ class PerplexityConfig:
 def text_windows(tokenizer, lines: list[str], window: int, count: int) -> list[list[int]]:
     ids = tokenizer.encode("\n".join(lines))
     if len(ids) < window * count:
-        raise BadInputError(f"the text has {len(ids)} tokens, fewer than {count} windows of {window}")
+        fit = len(ids) // window
+        fix = f"pass --windows {fit} or less" if fit else f"pass --window {len(ids)} or less"
+        raise BadInputError(f"the text has {len(ids)} tokens, fewer than {count} windows of {window}; {fix}")
     return [ids[i * window:(i + 1) * window] for i in range(count)]
 
 

@@ -3,12 +3,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import add_threshold, check_exists, command, csv_of, positive_int, require_convert_extra
+from paddle2ort.runtime.errors import BadInputError
+
+from .common import add_threshold, check_exists, command, csv_of, nonempty, positive_int, require_convert_extra
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
+def check_thresholds(args) -> None:
+    """--threshold must reach the gate: refused with --no-validate or for a precision not converted."""
+    if args.threshold and args.no_validate:
+        raise BadInputError("--threshold sets the validation gate, which --no-validate skips: drop one of them")
+    unused = sorted({k.partition(".")[0] for k, _ in args.threshold} - set(args.precision))
+    if unused:
+        raise BadInputError(f"--threshold names {', '.join(unused)}, which is not converted (--precision "
+                            f"{','.join(args.precision)}); add it to --precision or drop that --threshold")
+
+
 def run(args) -> int:
+    check_thresholds(args)
     check_exists(args.src, "SRC")
     check_exists(args.tokenizer, "--tokenizer")
     require_convert_extra("convert-seq2seq", ("paddle", "paddlenlp", "paddle2onnx", "onnx"))
@@ -31,7 +44,8 @@ def run(args) -> int:
 
 
 def register(sub) -> None:
-    c = command(sub, "convert-seq2seq", "PaddleNLP encoder-decoder or prefix LM (T5, BART, mBART, UNIMO-text, ChatGLM v1) -> validated text2text bundle",
+    c = command(sub, "convert-seq2seq", "PaddleNLP encoder-decoder or prefix LM (T5, BART, mBART, UNIMO-text, "
+                "ChatGLM v1) -> validated text2text bundle",
                 "paddle2ort convert-seq2seq my-t5/ -o bundles/t5 --tokenizer my-t5-tokenizer/ --precision fp32,int8",
                 description="Export a PaddleNLP T5 or BART as an encoder graph (run once a source; it also writes "
                             "every decoder layer's cross-attention K/V) and a decoder-step graph with a "
@@ -45,7 +59,7 @@ def register(sub) -> None:
     c.add_argument("--precision", type=csv_of(PRECISIONS), default=("fp32",),
                    help="comma list of fp32,fp16,int8 (int8: weight-only MatMulNBits)")
     c.add_argument("--opset", type=positive_int, default=17, help="ONNX opset to request")
-    c.add_argument("--name", help="bundle name (default: the source directory's name)")
+    c.add_argument("--name", type=nonempty, help="bundle name (default: the source directory's name)")
     c.add_argument("--no-validate", action="store_true", help="skip the gate against Paddle")
     c.add_argument("--overwrite", action="store_true", help="replace an existing bundle paddle2ort wrote")
     add_threshold(c)

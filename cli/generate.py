@@ -177,7 +177,8 @@ def register(sub) -> None:
                    '{"src", "tgt"}), written atomically')
     g.add_argument("--batch-size", type=positive_int, default=8, help="with --data-file: prompts a batch")
     g.add_argument("--src-length", type=positive_int,
-                   help="with --data-file: keep at most this many prompt tokens, the last ones (default: all)")
+                   help="with --data-file: keep at most this many prompt tokens, the last ones (a text2text "
+                        "source: its first ones and its end token) (default: all)")
     from .classify import add_ray_args
     add_ray_args(g)
     g.set_defaults(func=run)

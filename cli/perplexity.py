@@ -18,6 +18,9 @@ def run(args) -> int:
     if args.window < 2:
         from paddle2ort.runtime.errors import BadInputError
         raise BadInputError(f"--window must be >= 2 tokens (one predicted token a window), got {args.window}")
+    if args.precision and len(set(args.precision)) != len(args.precision):
+        from paddle2ort.runtime.errors import BadInputError
+        raise BadInputError(f"--precision {','.join(args.precision)} names a precision twice; name each once")
     check_output_dir(args.output, "--output", stem="perplexity")
     if args.paddle_model is not None:
         check_exists(args.paddle_model, "--paddle-model")

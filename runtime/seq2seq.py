@@ -108,7 +108,7 @@ class Seq2SeqDecoder:
         longest = max(len(c) for c in chunks)
         if s.max_source is not None and longest > s.max_source:
             raise BadInputError(f"source of {longest} tokens exceeds the encoder's {s.max_source} positions; "
-                                "shorten it (--src-length)")
+                                f"shorten it (a --data-file job: --src-length {s.max_source})")
         if s.max_target is not None and room + 1 > s.max_target:
             raise BadInputError(f"max_new_tokens ({room}) + the start token exceeds the decoder's {s.max_target} "
                                 f"positions; lower max_new_tokens to at most {s.max_target - 1}")
@@ -361,6 +361,11 @@ class PrefixLMDecoder:
     def max_tokens(self) -> int | None:
         return None if self.spec.max_positions is None else self.spec.max_positions - 1   # the start token
 
+    @property
+    def max_context(self) -> int | None:
+        """Source + new tokens at most (the JSONL job checks every line against it before the first batch)."""
+        return self.max_tokens()
+
     def bytes_needed(self, rows: int, prompt_len: int, new_tokens: int) -> int:
         s = self.spec
         per_pos = s.num_layers * 2 * s.heads * s.head_dim * self.cache_dtype.itemsize
@@ -399,8 +404,17 @@ class Text2TextGenerator:
 
     graph = "generic"
 
-    def __init__(self, bundle_dir: str | Path, precision: str = "fp32", session: SessionOptions = SessionOptions()):
+    def __init__(self, bundle_dir: str | Path, precision: str = "fp32", session: SessionOptions = SessionOptions(),
+                 src_length: int | None = None):
+        """src_length: a longer source keeps its first src_length - 1 tokens and its end token (the head: a T5 task
+        prefix such as "summarize:" stays, as the model's tokenizer truncates); None: sources are not cut."""
         from paddle2ort.tokenization.bpe import BPETokenizer
+
+        if src_length is not None and (isinstance(src_length, bool) or not isinstance(src_length, int)
+                                       or src_length < 2):
+            raise BadInputError(f"src_length must be >= 2 for a text2text model (a source token and the end token), "
+                                f"got {src_length}")
+        self.src_length = src_length
 
         self.bundle = load_bundle(bundle_dir)
         m = self.bundle.manifest
@@ -426,7 +440,11 @@ class Text2TextGenerator:
         end = getattr(self.spec, "source_end_id", None)
         # encode_batch: the tokenizers library releases the GIL there (not in encode), so a server's event loop
         # runs while a long source is tokenized on its worker thread
-        return self.tokenizer.encode_batch([text])[0] + [self.spec.eos_id if end is None else end]   # as in training
+        ids = self.tokenizer.encode_batch([text])[0]
+        keep = getattr(self, "src_length", None)
+        if keep is not None:
+            ids = ids[:keep - 1]                  # the head; the end token follows, as the tokenizer truncates
+        return ids + [self.spec.eos_id if end is None else end]   # as in training
 
     def stop_ids(self, cfg: GenerationConfig) -> GenerationConfig:
         """cfg with the model's defaults: eos stops (unless stop ids are given), the forced BOS/EOS ids."""

@@ -120,8 +120,8 @@ def _convert_seq2seq(config: Seq2SeqConvertConfig) -> ConvertResult:
             source=work / "decoder", output=config.output, inputs_npz=work / "decoder.npz",
             output_names=DECODER_OUTPUTS, name=config.name or config.source.name, task=TASK,
             extra_files=extra_files, tokenizer=_tokenizer_section(eos, geo["pad_id"]),
-            extra={"seq2seq": seq2seq, "paddle_source": source_fingerprint(config.source)}, **common,
-        ), sources=(config.source, config.tokenizer))
+            extra={"seq2seq": seq2seq, "paddle_source": source_fingerprint(config.source)}, overwrite=config.overwrite,
+            **common), sources=(config.source, config.tokenizer))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -171,5 +171,5 @@ def _convert_prefix_lm(config: Seq2SeqConvertConfig, family: str, sources: list,
         name=config.name or config.source.name, task=TASK,
         extra_files={f"tokenizer/{n}": config.tokenizer / n for n in TOKENIZER_FILES},
         tokenizer=_tokenizer_section(eos, geo["pad_id"]),
-        extra={"prefix_lm": prefix_lm, "paddle_source": source_fingerprint(config.source)}, **_common(config),
-    ), sources=(config.source, config.tokenizer))
+        extra={"prefix_lm": prefix_lm, "paddle_source": source_fingerprint(config.source)}, overwrite=config.overwrite,
+        **_common(config)), sources=(config.source, config.tokenizer))
