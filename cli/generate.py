@@ -51,9 +51,18 @@ def run(args) -> int:
         raise BadInputError("--stream prints --prompt answers as they come; a --data-file job writes a file")
     if args.ray is not None and not args.data_file:
         raise BadInputError("--ray runs --data-file jobs; generate --prompt directly, without --ray")
+    beam_only = [f for f, on in (("--length-penalty", args.length_penalty != 1.0),
+                                 ("--beam-rules", args.beam_rules != "default")) if on]
+    if beam_only and args.num_beams == 1:
+        raise BadInputError(f"{' and '.join(beam_only)} shape{'s' if len(beam_only) == 1 else ''} beam search, "
+                            "which is off (--num-beams 1): add --num-beams N (N > 1) or drop "
+                            f"{'it' if len(beam_only) == 1 else 'them'}")
     check_exists(args.data_file, "--data-file")
     check_output_file(args.output_file, "--output-file", inputs=(args.data_file,))
     cfg = generation_config(args)
+    if args.seed is not None and not cfg.do_sample:
+        log.warning("--seed %d has no effect: %s decoding is deterministic (sampling needs --temperature, --top-k "
+                    "or --top-p)", args.seed, "beam-search" if cfg.num_beams > 1 else "greedy")
     from paddle2ort.runtime.llm import TextGenerator, run_jsonl_job
     from paddle2ort.runtime.progress import busy
     from paddle2ort.runtime.session import SessionOptions

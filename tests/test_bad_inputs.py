@@ -595,6 +595,8 @@ case("generate-top-p-above-1", 2, "top-p", lambda w: gen(w, "--prompt", "hi", "-
 case("generate-top-p-nan", 2, "top-p", lambda w: gen(w, "--prompt", "hi", "--top-p", "nan"))
 case("generate-top-k-negative", 2, "top-k", lambda w: gen(w, "--prompt", "hi", "--top-k", "-3"))
 case("generate-repetition-penalty-zero", 2, "repetition", lambda w: gen(w, "--prompt", "hi", "--repetition-penalty", "0"))
+case("generate-length-penalty-without-beams", 2, "--num-beams n", lambda w: gen(w, "--prompt", "hi", "--length-penalty", "2"))
+case("generate-beam-rules-without-beams", 2, "beam search, which is off", lambda w: gen(w, "--prompt", "hi", "--beam-rules", "paddlenlp"))
 case("generate-num-beams-zero", 2, "beams", lambda w: gen(w, "--prompt", "hi", "--num-beams", "0"))
 case("generate-num-beams-huge", 2, "beams", lambda w: gen(w, "--prompt", "hi", "--num-beams", "100000"))
 case("generate-length-penalty-nan", 2, "length-penalty", lambda w: gen(w, "--prompt", "hi", "--length-penalty", "nan"))

@@ -94,7 +94,7 @@ def test_fused_loop_streams_stops_and_samples_reproducibly(llama):
     assert text == gen.tokenizer.decode(alone)
 
 
-def test_fused_bad_input(llama, tmp_path):
+def test_fused_bad_input(llama, tmp_path, capsys):
     _, dest, m, ids, _ = llama
     fused = TextGenerator(dest, graph="fused", max_length=16)
     with pytest.raises(BadInputError, match="exceeds the cache capacity of 16 tokens.*--max-context"):
@@ -104,6 +104,10 @@ def test_fused_bad_input(llama, tmp_path):
                  "--max-context", "8"]) == 2
     assert main(["-q", "generate", str(dest), "--graph", "fused", "--prompt", "hello", "--max-new-tokens", "15",
                  "--max-context", "32"]) == 0
+    # a seed with greedy decoding is said to do nothing (not refused: harmless, and scripts pass one always)
+    capsys.readouterr()
+    assert main(["generate", str(dest), "--prompt", "hello", "--max-new-tokens", "2", "--seed", "3"]) == 0
+    assert "--seed 3 has no effect: greedy decoding" in capsys.readouterr().err
     with pytest.raises(BadInputError, match="beam search"):
         Generator(fused.model, GenerationConfig(num_beams=2), 2)
     with pytest.raises(BundleError, match="no fused 'int8' decoder"):
