@@ -118,6 +118,9 @@ def run_bench(cfg: BenchConfig) -> dict:
 
     bundle = load_bundle(cfg.bundle)
     m = bundle.manifest
+    if m.task != "text-classification" or not m.labels:       # before the dataset is read and blamed
+        raise BadInputError(f"bundle {cfg.bundle} is not a text classifier (task={m.task!r}, labels={m.labels}): "
+                            "bench measures text-classification bundles (bench-llm: text-generation ones)")
     data = load_split(cfg.dataset_dir, cfg.split)
     if list(m.labels or []) != data.label_names:
         raise BadInputError(f"label.txt {data.label_names} does not match the bundle's labels {list(m.labels or [])}"

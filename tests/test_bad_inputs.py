@@ -488,6 +488,7 @@ def bench(w, *extra, ds=None):
             *extra]
 
 
+case("bench-not-a-classifier", 2, "not a text classifier", lambda w: ["bench", str(w.bundle("mlp")), "--dataset-dir", str(_dataset(w)), "--output", str(w.p("res"))])
 case("bench-dataset-missing", 2, "ds", lambda w: bench(w, ds=w.p("ds")))
 case("bench-no-label-file", 2, "label.txt", lambda w: bench(w, ds=_dataset(w, labels=None)))
 case("bench-line-no-tab", 2, "dev.txt", lambda w: bench(w, ds=_dataset(w, "good positive\n")))
