@@ -16,10 +16,10 @@ from .errors import BadInputError
 # A reference whose spread is below this fraction of its magnitude is constant up to float rounding: no error
 # relative to its spread can be measured, and no broken model can be told from a working one on these samples.
 FLAT_SPREAD = 1e-6
-# An output that moves over less than this fraction of its scale on the samples (its largest value; for a Sigmoid,
-# Softmax or Tanh output, that op's range: convert.value_range) cannot be judged where it fails: FP32 rounds such
-# values by ~1e-7 of that scale, as much as max_rel_diff's 1e-4 of the spread, so a probability that stays near 0 on
-# every sample (a detector shown a blank image) fails a good conversion. Such a failure is the samples' (exit 2,
+# An output that moves over less than this fraction of its scale on the samples (its largest absolute value; for a
+# Sigmoid, Softmax or Tanh output, that op's range: convert.value_range) cannot be judged where it fails: FP32 rounds
+# such values by ~1e-7 of that scale, as much as max_rel_diff's 1e-4 of the spread, so a probability that stays near
+# 0 on every sample (a detector shown a blank image) fails a good conversion. Such a failure is the samples' (exit 2,
 # asking for --inputs), not the conversion's (exit 3).
 JUDGED_SPREAD = 1e-2
 

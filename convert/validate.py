@@ -95,15 +95,15 @@ def check_signal(refs: list[list[np.ndarray]], outputs: list[TensorSpec], user_i
 def unjudged(e: ValidationError, bounded: dict[str, tuple[str, float]], samples: int,
              user_inputs: bool) -> BadInputError | None:
     """The samples' fault, not the conversion's: every output that failed moves over less than JUDGED_SPREAD of its
-    scale on them -- its largest value, or for an output a Sigmoid, Softmax or Tanh bounds (`bounded`:
+    scale on them -- its largest absolute value, or for an output a Sigmoid, Softmax or Tanh bounds (`bounded`:
     convert.value_range) that op's range, where its kernels round in absolute terms (onnxruntime's FP32 Sigmoid by
     ~1e-7 near 0). Float rounding of the scale is then as large as the output varies, and no bound relative to its
     spread can tell a good conversion from a broken one. Other failures, and such outputs that pass, are judged."""
     rows = []
     for f in e.failures:
         m = f["metrics"]
-        if "spread" not in m or "magnitude" not in m:
-            return None                       # a shape mismatch, the lineage row: the conversion's
+        if "spread" not in m or "magnitude" not in m or m.get("nonfinite"):
+            return None                       # a shape mismatch, NaN/Inf, the lineage row: the conversion's
         op, width = bounded.get(f["output"], (None, 0.0))
         scale = max(m["magnitude"], width)
         if m["spread"] >= JUDGED_SPREAD * scale:

@@ -293,6 +293,9 @@ def test_a_failure_on_an_output_that_hardly_moves_is_the_samples_fault(tmp_path)
     off = np.nextafter(near, np.float32(np.inf))                            # one ulp apart: ~6e-5
     with pytest.raises(BadInputError, match=r"generated samples: output 'y' .* its largest absolute value \(1e\+03\)"):
         validate("fp32", ident, [{"x": near}], [[off]], spec, thr)
+    with pytest.raises(ValidationError, match="NaN"):                      # NaN/Inf stay the conversion's
+        validate("fp32", ident, [{"x": np.where(np.arange(64) == 3, np.nan, near).astype(np.float32)}], [[off]],
+                 spec, thr)
     wide = (1000 + np.linspace(0, 100, 64))[None].astype(np.float32)
     with pytest.raises(ValidationError):
         validate("fp32", ident, [{"x": wide}], [[wide + 0.5]], spec, thr)
