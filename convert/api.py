@@ -191,6 +191,15 @@ def check_against_specs(config: ConvertConfig, info: dict) -> list[dict[str, np.
                                 f"first output has {classes} classes (shape {shape}); give {classes} labels")
         if len(shape) < 2:
             raise BadInputError(f"labels given but the model's first output has shape {shape}, not [batch, classes]")
+    if config.task == "text-classification":
+        from paddle2ort.tokenization.base import FEEDS
+        odd = [f"{i['name']} {i['dtype']}{list(i['shape'])}" for i in ins
+               if i["name"] not in FEEDS or not str(i["dtype"]).startswith("int")]
+        if odd:
+            raise BadInputError(f"task text-classification runs the model on a tokenizer's outputs "
+                                f"({', '.join(FEEDS)}; int64), but this model takes {', '.join(odd)}: it is not a "
+                                "text classifier. Convert it without --task/--labels (or release only text "
+                                "classifiers)")
     clash = set(config.output_names or ()) & {i["name"] for i in ins}
     if clash:
         raise BadInputError(f"output name(s) {sorted(clash)} are also input names; give outputs other names")

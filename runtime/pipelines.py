@@ -74,6 +74,10 @@ class TextClassifier:
         # the buckets build their own, so it is dropped there and the weights are not held twice
         self.session = create_session(self.bundle.model_path(self.precision, verify=True), session)
         self.input_names = [i.name for i in self.session.get_inputs()]
+        from paddle2ort.tokenization.base import FEEDS
+        if not set(self.input_names) <= set(FEEDS):
+            raise BundleError(f"bundle {bundle_dir}'s model takes {self.input_names}, not token ids: a text "
+                              f"classifier's inputs are among {list(FEEDS)} (what its tokenizer gives)")
         self.provider = self.session.get_providers()[0]
         self.output_name = m.outputs[0].name
         spec = BucketSpec.for_max_length(self.max_seq_length, batch_buckets(batch_size))

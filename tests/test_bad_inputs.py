@@ -330,6 +330,7 @@ case("convert-threshold-text", 2, "threshold", lambda w: conv(w, "--threshold", 
 case("convert-labels-vs-classes", 2, "5 classes", lambda w: conv(w, "--labels", "neg,pos"))
 case("convert-output-name-is-input", 2, "input name", lambda w: conv(w, "--output-names", "x"))
 case("convert-classifier-without-labels", 2, "--labels", lambda w: conv(w, "--task", "text-classification"))
+case("convert-text-task-on-an-image-model", 2, "not a text classifier", lambda w: conv(w, "--task", "text-classification", "--labels", "a,b,c,d,e"))
 case("convert-labels-dup", 2, "unique", lambda w: conv(w, "--labels", "a,a,b,c,d"))
 case("convert-labels-empty", 2, "label", lambda w: conv(w, "--labels", ","))
 case("convert-tokenizer-missing", 2, "tokenizer", lambda w: conv(w, "--tokenizer", str(w.p("no_tok"))))

@@ -16,6 +16,10 @@ log = logging.getLogger(__name__)
 BACKENDS = ("hf", "fast", "paddlenlp")
 
 
+# what batch_encode gives a text classifier: a model's inputs must be among these (int64, [batch, sequence])
+FEEDS = ("input_ids", "token_type_ids", "attention_mask")
+
+
 @dataclass(frozen=True)
 class TokenizerConfig:
     """What any backend needs to reproduce the ids: stored in the manifest's `tokenizer` section."""
@@ -82,7 +86,7 @@ class Tokenizer:
         for i, x in enumerate(ids):
             out[i, :len(x)] = x
             mask[i, :len(x)] = 1
-        return {"input_ids": out, "token_type_ids": np.zeros_like(out), "attention_mask": mask}
+        return {"input_ids": out, "token_type_ids": np.zeros_like(out), "attention_mask": mask}   # = FEEDS
 
     def _check(self, text) -> str:
         if not isinstance(text, str):
