@@ -207,7 +207,7 @@ def measure_classifier(cfg: ReleaseConfig, bundle: Path, device: str, precisions
 def measure_llm(cfg: ReleaseConfig, bundle: Path, device: str, precisions: list[str], windows) -> tuple[dict, list]:
     import numpy as np
 
-    from paddle2ort.runtime.llm import TextGenerator
+    from paddle2ort.runtime.llm import TextGenerator, default_graph
     from paddle2ort.runtime.session import SessionOptions
 
     from .llm import time_generation
@@ -219,9 +219,9 @@ def measure_llm(cfg: ReleaseConfig, bundle: Path, device: str, precisions: list[
         gen = TextGenerator(bundle, precision=prec, session=session)
         nll, n = onnx_nll(gen.model, windows)          # the generic graph's full-window logits; same weights
         # timed on the graph `generate` and `serve` run by default (the fused decoder / compiled step where built)
-        timed = TextGenerator(bundle, precision=prec, session=session, graph="auto")
-        if timed.graph != "generic":
-            del gen
+        graph = default_graph(gen.llm, prec, session, fused=gen.bundle.manifest.extra.get("fused"))
+        timed = gen if graph == "generic" else TextGenerator(bundle, precision=prec, session=session, graph=graph)
+        del gen
         pad = timed.tokenizer.pad_token_id
         prompt = [windows[0][:min(32, len(windows[0]))]]
         time_generation(timed.model, prompt, cfg.new_tokens, pad)          # warm-up: the same shapes as timed

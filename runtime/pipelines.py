@@ -53,6 +53,10 @@ class TextClassifier:
         m = self.bundle.manifest
         if m.task != "text-classification" or not m.labels:
             raise BundleError(f"bundle {bundle_dir} is not a text classifier (task={m.task!r}, labels={m.labels})")
+        from paddle2ort.tokenization.base import FEEDS
+        if not {i.name for i in m.inputs} <= set(FEEDS):
+            raise BundleError(f"bundle {bundle_dir}'s model takes {[i.name for i in m.inputs]}, not token ids: a text "
+                              f"classifier's inputs are among {list(FEEDS)} (what its tokenizer gives)")
         for name, v in (("batch_size", batch_size), ("max_seq_length", max_seq_length)):
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise BadInputError(f"{name} must be an integer >= 1, got {v!r}")
@@ -74,10 +78,6 @@ class TextClassifier:
         # the buckets build their own, so it is dropped there and the weights are not held twice
         self.session = create_session(self.bundle.model_path(self.precision, verify=True), session)
         self.input_names = [i.name for i in self.session.get_inputs()]
-        from paddle2ort.tokenization.base import FEEDS
-        if not set(self.input_names) <= set(FEEDS):
-            raise BundleError(f"bundle {bundle_dir}'s model takes {self.input_names}, not token ids: a text "
-                              f"classifier's inputs are among {list(FEEDS)} (what its tokenizer gives)")
         self.provider = self.session.get_providers()[0]
         self.output_name = m.outputs[0].name
         spec = BucketSpec.for_max_length(self.max_seq_length, batch_buckets(batch_size))

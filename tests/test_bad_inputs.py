@@ -450,6 +450,7 @@ def _clf_vocab_swapped(w):
 
 case("classify-bundle-missing", 2, "does not exist", lambda w: cls(w, "--text", "hi", bundle=w.p("none")))
 case("classify-not-classifier", 2, "classifier", lambda w: cls(w, "--text", "hi", bundle=w.bundle()))
+case("classify-image-model-as-classifier", 2, "not token ids", lambda w: cls(w, "--text", "hi", bundle=w.manifest(w.bundle(), lambda m: m.update(task="text-classification", labels=list("abcde")))))
 case("classify-text-and-input", 2, "--text", lambda w: cls(w, "--text", "hi", "--input", str(w.text("t.txt", "a\n"))))
 case("classify-no-texts", 2, "--text", lambda w: cls(w))
 case("classify-input-missing", 2, "t.txt", lambda w: cls(w, "--input", str(w.p("t.txt"))))
