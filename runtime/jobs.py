@@ -77,11 +77,12 @@ def prepare(gen, lines: list[JobLine], path: Path, cfg, src_length: int | None, 
     if src_length is not None and (isinstance(src_length, bool) or not isinstance(src_length, int) or src_length < 1):
         raise BadInputError(f"src_length must be a positive number of tokens, got {src_length}")
     limit = _context_limit(gen)
+    source_limit = getattr(gen, "source_limit", None)       # an encoder's positions (text2text)
     ids = []
     for j in lines:
         if isinstance(j.text, tuple) and not chat:
-            raise BadInputError(f"{path}:{j.line} is a conversation (a list \"src\" of {len(j.text)} turns): pass "
-                                "--chat so its turns go through the model's chat template")
+            fix = getattr(gen, "conversation_fix", "pass --chat so its turns go through the model's chat template")
+            raise BadInputError(f"{path}:{j.line} is a conversation (a list \"src\" of {len(j.text)} turns): {fix}")
         try:
             t = gen.prompt_ids(j.text, chat)
         except BadInputError as e:
@@ -90,8 +91,11 @@ def prepare(gen, lines: list[JobLine], path: Path, cfg, src_length: int | None, 
             raise BadInputError(f"{path}:{j.line}: the chat prompt is {len(t)} tokens with its template, over "
                                 f"--src-length {src_length}; a templated prompt is not cut (its end is the template's "
                                 "tail, the same for every line): shorten the message or raise --src-length")
-        if src_length:
+        if src_length:                          # (a text2text generator's prompt_ids kept a source's head already)
             t = t[-src_length:]                 # keep the end: what the model continues from
+        if source_limit is not None and len(t) > source_limit:
+            raise BadInputError(f"{path}:{j.line}: the source is {len(t)} tokens, over the encoder's {source_limit} "
+                                f"positions; shorten it, or pass --src-length {source_limit} (keeps its first tokens)")
         if limit is not None and len(t) + cfg.max_new_tokens > limit:
             raise BadInputError(f"{path}:{j.line}: prompt ({len(t)} tokens) + max_new_tokens ({cfg.max_new_tokens}) "
                                 f"exceeds the model's context of {limit} tokens; shorten the prompt, pass "

@@ -431,6 +431,14 @@ class Text2TextGenerator:
                                     self.bundle.model_path(precision, verify=True), self.spec, session)
         self.tokenizer = BPETokenizer.load(self.bundle.path / "tokenizer")
 
+    # what a JSONL job (runtime.jobs.prepare) says of a list "src" line, and checks every source against first
+    conversation_fix = 'a text2text model takes one source text a line: give "src" as a string'
+
+    @property
+    def source_limit(self) -> int | None:
+        """The encoder's positions: most tokens a source may have (None: no bound known, e.g. a prefix LM)."""
+        return getattr(self.spec, "max_source", None)
+
     def prompt_ids(self, text: str, chat: bool = False) -> list[int]:
         if chat:
             raise BadInputError("--chat renders a chat template for causal LMs; a text2text model takes the source "
