@@ -70,7 +70,7 @@ class Text2TextEngine(QueuedEngine):
         prompt = check_tokens([prompt], dec.vocab_size, "source")[0]
         if not 1 <= n <= self.max_batch:
             raise BadInputError(f"n must be in 1..{self.max_batch} (this server's --max-batch), got {n}")
-        src_limit = getattr(spec, "max_source", None)
+        src_limit = self.gen.source_limit
         if src_limit is not None and len(prompt) > src_limit:
             raise BadInputError(f"prompt ({len(prompt)} tokens) exceeds the encoder's {src_limit} positions; "
                                 "shorten the prompt")
@@ -92,7 +92,7 @@ class Text2TextEngine(QueuedEngine):
     def prompt_limit(self) -> int | None:
         """Most source tokens a prompt may have (None: no bound known); the server refuses a longer one
         untokenized."""
-        limits = (getattr(self.gen.spec, "max_source", None), self.gen.model.max_tokens())
+        limits = (self.gen.source_limit, self.gen.model.max_tokens())
         return min((x for x in limits if x is not None), default=None)
 
     def _rows_busy(self, n: int) -> bool:
