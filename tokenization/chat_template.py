@@ -80,6 +80,16 @@ class _Deadline:
         return self._local
 
 
+def check_message_chars(messages, max_output: int = MAX_OUTPUT_CHARS) -> None:
+    """Messages whose content alone is past the rendered prompt's bound are refused, blaming them (not the
+    template): the renderer checks this first, and a server before it hands the rendering to a worker thread."""
+    content = sum(len(m.get("content") or "") if isinstance(m, dict) and isinstance(m.get("content") or "", str)
+                  else 0 for m in messages)
+    if content > max_output:
+        raise BadInputError(f"the messages hold {content} characters, over the {max_output} a rendered chat prompt "
+                            "may have; shorten them (a model's context holds far fewer tokens anyway)")
+
+
 def render_chat_template(template: str, max_seconds: float = MAX_SECONDS, max_output: int = MAX_OUTPUT_CHARS,
                          **variables) -> str:
     """Render `template` with `variables` (messages, add_generation_prompt, bos_token, ...), bounded in time and
@@ -91,11 +101,7 @@ def render_chat_template(template: str, max_seconds: float = MAX_SECONDS, max_ou
     if len(template) > MAX_TEMPLATE_CHARS:
         raise BadInputError(f"the chat template is {len(template)} characters (limit {MAX_TEMPLATE_CHARS}); "
                             "it is not a chat template")
-    content = sum(len(m.get("content") or "") if isinstance(m, dict) and isinstance(m.get("content") or "", str)
-                  else 0 for m in variables.get("messages") or ())
-    if content > max_output:                       # the user's messages, not the template, are past the limit
-        raise BadInputError(f"the messages hold {content} characters, over the {max_output} a rendered chat prompt "
-                            "may have; shorten them (a model's context holds far fewer tokens anyway)")
+    check_message_chars(variables.get("messages") or (), max_output)
     env = _environment(max_output)
     try:
         compiled = env.from_string(template)

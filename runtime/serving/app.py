@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from paddle2ort.runtime.errors import BadInputError, BundleError
-from paddle2ort.tokenization.chat_template import MAX_OUTPUT_CHARS as TEMPLATE_OUTPUT_CHARS
+from paddle2ort.tokenization.chat_template import check_message_chars
 
 from .classify import MicroBatcher
 from .metrics import CONTENT_TYPE_LATEST, ServingMetrics
@@ -250,10 +250,10 @@ def create_app(models: dict[str, Served], cfg: ServeConfig = ServeConfig(),
         msgs = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
         chars = sum(len(m["content"]) for m in msgs)
         check_prompt_size(s, chars, "the messages' content", "messages")
-        if chars > TEMPLATE_OUTPUT_CHARS:              # refused before a worker thread renders it, as the renderer would
-            raise ApiError(400, f"the messages' content is {chars} characters, more than the {TEMPLATE_OUTPUT_CHARS} "
-                           "a rendered conversation may have (the chat template's output bound); shorten the "
-                           "messages", "messages", "context_length_exceeded")
+        try:                                    # refused before a worker thread renders it, as the renderer would
+            check_message_chars(msgs)
+        except BadInputError as e:
+            raise ApiError(400, str(e), "messages", "context_length_exceeded") from e
         try:                                            # templating and tokenizing: on a worker thread, as above
             ids = await run_in_threadpool(chat_ids, s.generator.tokenizer, msgs)
         except BadInputError as e:
