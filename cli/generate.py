@@ -67,14 +67,14 @@ def run(args) -> int:
     from paddle2ort.runtime.progress import busy
     from paddle2ort.runtime.session import SessionOptions
 
+    from paddle2ort.runtime.manifest import load_bundle
+    bundle = load_bundle(args.bundle, verify=False)     # its task and default precision (files checked when run)
     precision = args.precision
     if precision is None:   # what `paddle2ort release` chose for this device (generic graph), else fp32
-        from paddle2ort.runtime.manifest import load_bundle
         from paddle2ort.runtime.selection import default_precision
-        bundle = load_bundle(args.bundle, verify=False)
         fused = tuple(bundle.manifest.extra.get("fused") or ()) if args.graph in ("fused", "kernels") else None
         precision = default_precision(bundle, args.device, available=fused or None)
-    if (args.task or _bundle_task(args.bundle)) == "text2text-generation":
+    if (args.task or bundle.manifest.task) == "text2text-generation":
         from .text2text import run_text2text
         return run_text2text(args, cfg, precision)
     if args.ray is not None:
@@ -119,11 +119,6 @@ def answer_header(i: int, prompts: list[str]) -> str:
 def print_answers(prompts: list[str], outs: list[str]) -> None:
     for i, out in enumerate(outs):
         sys.stdout.write(answer_header(i, prompts) + out + "\n")
-
-
-def _bundle_task(bundle) -> str | None:
-    from paddle2ort.runtime.manifest import load_bundle
-    return load_bundle(bundle, verify=False).manifest.task
 
 
 def register(sub) -> None:
