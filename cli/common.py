@@ -163,7 +163,10 @@ def require_convert_extra(command_name: str, modules: tuple[str, ...] = ("paddle
                             f"{'is' if len(missing) == 1 else 'are'} not installed): {CONVERT_EXTRA}")
 
 
-def check_exists(path: Path | None, option: str) -> None:
+def check_exists(path: Path | None, option: str, stdin: bool = False) -> None:
+    """stdin: the option reads "-" as standard input (not a path to check)."""
+    if stdin and path is not None and str(path) == "-":
+        return
     if path is not None and not path.exists():
         raise BadInputError(f"{option} {path} does not exist")
 

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from paddle2ort.runtime.errors import BadInputError
+from paddle2ort.runtime.jobs import DEFAULT_BATCH as JOB_BATCH
 
 from .common import (check_exists, check_output_file, command, finite_float, nonneg_float, nonneg_int, nonempty,
                      positive_float, positive_int, probability, seed_int)
@@ -57,8 +58,11 @@ def run(args) -> int:
         raise BadInputError(f"{' and '.join(beam_only)} shape{'s' if len(beam_only) == 1 else ''} beam search, "
                             "which is off (--num-beams 1): add --num-beams N (N > 1) or drop "
                             f"{'it' if len(beam_only) == 1 else 'them'}")
-    check_exists(args.data_file, "--data-file")
-    check_output_file(args.output_file, "--output-file", inputs=(args.data_file,))
+    if args.batch_size is not None and args.stream:
+        raise BadInputError("--batch-size does not apply to --stream, which answers one prompt at a time; drop one")
+    check_exists(args.data_file, "--data-file", stdin=True)
+    check_output_file(args.output_file, "--output-file",
+                      inputs=(args.data_file,) if args.data_file and str(args.data_file) != "-" else ())
     cfg = generation_config(args)
     if args.seed is not None and not cfg.do_sample:
         log.warning("--seed %d has no effect: %s decoding is deterministic (sampling needs --temperature, --top-k "
@@ -81,7 +85,7 @@ def run(args) -> int:
         from paddle2ort.runtime.distributed import generate_job
 
         from .classify import ray_config
-        n = generate_job(args.bundle, args.data_file, args.output_file, cfg, args.batch_size, args.src_length,
+        n = generate_job(args.bundle, args.data_file, args.output_file, cfg, batch_size(args), args.src_length,
                          args.chat, precision, args.graph, args.device, args.threads, ray_config(args))
         log.info("%d prompts -> %s", n, args.output_file)
         return 0
@@ -90,7 +94,7 @@ def run(args) -> int:
                                                intra_op_threads=args.threads),
                         graph=args.graph, max_length=args.max_context)
     if args.data_file:
-        n = run_jsonl_job(gen, args.data_file, args.output_file, cfg, args.batch_size, args.src_length, args.chat)
+        n = run_jsonl_job(gen, args.data_file, args.output_file, cfg, batch_size(args), args.src_length, args.chat)
         log.info("%d prompts -> %s", n, args.output_file)
         return 0
     if args.stream:
@@ -103,9 +107,20 @@ def run(args) -> int:
         return 0
     with busy(f"generate ({len(args.prompt)} prompt{'s' if len(args.prompt) > 1 else ''}, "
               f"<= {cfg.max_new_tokens} tokens)"):
-        outs = gen(args.prompt, cfg, chat=args.chat)
+        outs = in_batches(lambda ps: gen(ps, cfg, chat=args.chat), args.prompt, args.batch_size)
     print_answers(args.prompt, outs)
     return 0
+
+
+def batch_size(args) -> int:
+    """--batch-size, else a job's default (JOB_BATCH)."""
+    return JOB_BATCH if args.batch_size is None else args.batch_size
+
+
+def in_batches(run_batch, prompts: list, size: int | None) -> list:
+    """Answers of `prompts`, `size` at a time (None: all in one batch)."""
+    size = size or len(prompts)
+    return [o for s in range(0, len(prompts), size) for o in run_batch(prompts[s:s + size])]
 
 
 def answer_header(i: int, prompts: list[str]) -> str:
@@ -176,10 +191,11 @@ def register(sub) -> None:
                    "the cache memory; up to the model's positions)")
     g.add_argument("--threads", type=nonneg_int, default=0, help="intra-op threads, and the compiled CPU step's "
                    "(0: one per physical core)")
-    g.add_argument("--data-file", type=Path, help='JSON lines in ({"src": ...} a line)')
+    g.add_argument("--data-file", type=Path, help='JSON lines in ({"src": ...} a line; -: standard input)')
     g.add_argument("--output-file", type=Path, help='JSON lines out ({"src", "output"} a line; text2text bundles: '
                    '{"src", "tgt"}), written atomically')
-    g.add_argument("--batch-size", type=positive_int, default=8, help="with --data-file: prompts a batch")
+    g.add_argument("--batch-size", type=positive_int, help=f"prompts a batch (default: {JOB_BATCH} with --data-file, "
+                   "every --prompt in one batch)")
     g.add_argument("--src-length", type=positive_int,
                    help="with --data-file: keep at most this many prompt tokens, the last ones (a text2text "
                         "source: its first ones and its end token) (default: all)")

@@ -26,19 +26,20 @@ def run_text2text(args, cfg, precision: str) -> int:
     from paddle2ort.runtime.seq2seq import Text2TextGenerator
     from paddle2ort.runtime.session import SessionOptions
 
+    from .generate import batch_size, in_batches, print_answers
+
     gen = Text2TextGenerator(args.bundle, precision=precision,
                              session=SessionOptions(device=args.device, device_id=args.device_id,
                                                     intra_op_threads=args.threads),
                              src_length=args.src_length if args.data_file else None)
     if args.data_file:                # every line is checked (a list, the encoder's positions) before the first batch
-        n = run_jsonl_job(gen, args.data_file, args.output_file, cfg, args.batch_size, args.src_length,
+        n = run_jsonl_job(gen, args.data_file, args.output_file, cfg, batch_size(args), args.src_length,
                           output_field="tgt")
         log.info("%d sources -> %s", n, args.output_file)
         return 0
     with busy(f"generate ({len(args.prompt)} source{'s' if len(args.prompt) > 1 else ''}, "
               f"<= {cfg.max_new_tokens} tokens)"):
-        outs = gen(args.prompt, cfg)
-    from .generate import print_answers
+        outs = in_batches(lambda ps: gen(ps, cfg), args.prompt, args.batch_size)
     print_answers(args.prompt, outs)
     return 0
 

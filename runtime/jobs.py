@@ -163,8 +163,11 @@ def _write_atomic(path: Path, records: list[dict]) -> None:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
-def run_jsonl_job(gen, data_file: Path, output_file: Path, cfg, batch_size: int = 8, src_length: int | None = None,
-                  chat: bool = False, output_field: str = "output") -> int:
+DEFAULT_BATCH = 8           # prompts a batch in a job
+
+
+def run_jsonl_job(gen, data_file: Path, output_file: Path, cfg, batch_size: int = DEFAULT_BATCH,
+                  src_length: int | None = None, chat: bool = False, output_field: str = "output") -> int:
     """The predictor-style batch job. Returns the number of prompts now in output_file. A rerun resumes.
     SIGTERM stops it like Ctrl-C: the finished batches stay written. output_field: each record's generated text
     ("output"; text2text: "tgt")."""

@@ -600,6 +600,7 @@ case("generate-top-k-negative", 2, "top-k", lambda w: gen(w, "--prompt", "hi", "
 case("generate-repetition-penalty-zero", 2, "repetition", lambda w: gen(w, "--prompt", "hi", "--repetition-penalty", "0"))
 case("generate-length-penalty-without-beams", 2, "--num-beams n", lambda w: gen(w, "--prompt", "hi", "--length-penalty", "2"))
 case("generate-beam-rules-without-beams", 2, "beam search, which is off", lambda w: gen(w, "--prompt", "hi", "--beam-rules", "paddlenlp"))
+case("generate-batch-size-with-stream", 2, "--batch-size does not apply to --stream", lambda w: gen(w, "--prompt", "hi", "--stream", "--batch-size", "2"))
 case("generate-num-beams-zero", 2, "beams", lambda w: gen(w, "--prompt", "hi", "--num-beams", "0"))
 case("generate-num-beams-huge", 2, "beams", lambda w: gen(w, "--prompt", "hi", "--num-beams", "100000"))
 case("generate-length-penalty-nan", 2, "length-penalty", lambda w: gen(w, "--prompt", "hi", "--length-penalty", "nan"))

@@ -94,6 +94,33 @@ def test_fused_loop_streams_stops_and_samples_reproducibly(llama):
     assert text == gen.tokenizer.decode(alone)
 
 
+def test_generate_batch_size_with_prompts_and_a_job_from_stdin(llama, tmp_path, capsys, monkeypatch):
+    """--batch-size splits several --prompt into batches;
+    --data-file - reads the job from standard input (and resumes from its lines' hashes like a file's)."""
+    import io
+    import json
+
+    from paddle2ort.cli import main
+    _, dest, *_ = llama
+    argv = ["-q", "generate", str(dest), "--prompt", "hello", "--prompt", "the cat sat", "--prompt", "a b c",
+            "--max-new-tokens", "4"]
+    from paddle2ort.runtime.llm import TextGenerator
+    sizes, call = [], TextGenerator.__call__
+    monkeypatch.setattr(TextGenerator, "__call__", lambda self, ps, *a, **k: sizes.append(len(ps)) or call(self, ps, *a,
+                                                                                                            **k))
+    capsys.readouterr()
+    assert main(argv) == 0 and sizes == [3]
+    assert main(argv + ["--batch-size", "2"]) == 0 and sizes == [3, 2, 1]
+    assert capsys.readouterr().out.count("--- [") == 6          # every prompt answered, under its header, both times
+    lines = '{"src": "hello"}\n{"src": "a b c"}\n'
+    out = tmp_path / "out.jsonl"
+    for _ in range(2):                                              # the second run finds both lines done
+        monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(lines.encode())))
+        assert main(["-q", "generate", str(dest), "--data-file", "-", "--output-file", str(out),
+                     "--max-new-tokens", "4", "--batch-size", "1"]) == 0
+        assert [r["src"] for r in map(json.loads, out.read_text().splitlines())] == ["hello", "a b c"]
+
+
 def test_fused_bad_input(llama, tmp_path, capsys):
     _, dest, m, ids, _ = llama
     fused = TextGenerator(dest, graph="fused", max_length=16)
