@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 from paddle2ort.convert import ConvertConfig, convert
-from paddle2ort.convert.errors import BadInputError, Paddle2OrtError, ValidationError
+from paddle2ort.convert.errors import BadInputError, NothingToQuantizeError, Paddle2OrtError, ValidationError
 from paddle2ort.convert.precision import FP16Options
 from paddle2ort.convert.validate import summary
 
@@ -104,6 +104,9 @@ def run_one(asset: Asset, precision: str, work: Path, inputs_npz: Path | None, f
     try:
         res = convert(ConvertConfig(source=asset.path(), output=work / f"{asset.name}.{precision}", overwrite=True,
                                     precisions=precisions, inputs_npz=inputs_npz, name=asset.name, fp16=fp16))
+    except NothingToQuantizeError as e:           # INT8 does not apply: no op of the kinds it rewrites
+        return {"passed": None, "not_applicable": str(e).split(" (")[0], "exit_code": e.exit_code,
+                "seconds": round(time.perf_counter() - t0, 1)}
     except ValidationError as e:
         fig = _figures(summary(e.report)) if e.report else {"passed": False}
         fig["passed"] = False
@@ -144,13 +147,16 @@ def run_asset(asset: Asset, precisions: tuple[str, ...], work: Path) -> dict:
                 remedy.pop(key, None)
             r["remedy"] = {"fp16_block_ops_added": list(asset.fp16_remedy), **remedy}
         shutil.rmtree(work / f"{asset.name}.{p}", ignore_errors=True)
-        log.info("%s %s: %s", asset.name, p, "passed" if r.get("passed") else r.get("error", "failed"))
+        log.info("%s %s: %s", asset.name, p,
+                 "passed" if r.get("passed") else r.get("not_applicable") or r.get("error", "failed"))
     return row
 
 
 def _cell(r: dict | None) -> str:
     if r is None:
         return "-"
+    if r.get("not_applicable"):
+        return "n/a (no MatMul/Gemm: INT8 would be the FP32 model)"
     if r.get("passed"):
         extra = f", argmax {r['min_argmax_agreement']:.3f}" if r.get("min_argmax_agreement") is not None else ""
         if r.get("quantized_nodes") == 0:

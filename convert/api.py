@@ -21,7 +21,7 @@ from .errors import BadInputError, UnsupportedOperatorsError, ValidationError
 from .fusion import FusionConfig, bundle_graphs
 from .graph import _IDENT, rename_and_annotate, share_duplicate_weights
 from .paddle_proc import make_workdir, run_worker, sigterm_as_interrupt
-from .precision import PRECISIONS, FP16Options, Int4Options, Int8Options, make_variant
+from .precision import PRECISIONS, FP16Options, Int4Options, Int8Options, check_quantizable, make_variant
 from .source import ModelSource, locate, prepare
 from .validate import (DEFAULT_THRESHOLDS, SampleConfig, Thresholds, check_signal, load_samples, make_samples,
                        summary, validate)
@@ -324,6 +324,8 @@ def _convert(config: ConvertConfig, more_sources: tuple[Path, ...]) -> ConvertRe
             fused = bundle_graphs(model, ["fp32", *config.precisions], config.int8,
                                   config.fusion if config.fuse else FusionConfig(None, None, None, None, ()),
                                   samples)
+            if "int8" in config.precisions:        # before the FP32 file, Paddle's reference and the gate
+                check_quantizable(fused.graphs["int8"], fused.int8)
             files = {"fp32": stage / "model.fp32.onnx"}
             export_stage.save_onnx(fused.graphs["fp32"], files["fp32"])   # external data past 2 GiB
             variant_src = {p: files["fp32"] for p in config.precisions}

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from paddle2ort.runtime.errors import BadInputError, Paddle2OrtError
 
-__all__ = ["BadInputError", "ConversionError", "Paddle2OrtError", "UnsupportedOperatorsError", "ValidationError"]
+__all__ = ["BadInputError", "ConversionError", "NothingToQuantizeError", "Paddle2OrtError", "UnsupportedOperatorsError",
+           "ValidationError"]
 
 
 class ConversionError(Paddle2OrtError):
@@ -16,6 +17,10 @@ class ConversionError(Paddle2OrtError):
         if log_tail:
             message = f"{message}\n--- last lines of the converter log ---\n{log_tail}"
         super().__init__(message)
+
+
+class NothingToQuantizeError(BadInputError):
+    """INT8 was asked of a model with none of the op types dynamic quantization rewrites (exit 2, before any gate)."""
 
 
 class UnsupportedOperatorsError(ConversionError):

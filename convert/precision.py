@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConversionError
+from .errors import ConversionError, NothingToQuantizeError
 from .export import save_onnx
 
 log = logging.getLogger(__name__)
@@ -202,6 +202,20 @@ def to_fp16(src: Path, dst: Path, opts: FP16Options = FP16Options()) -> dict:
     OnnxModel(m16).topological_sort()   # the converter appends its input Casts after their consumers
     save_onnx(m16, dst)
     return {"keep_io_types": opts.keep_io_types, "op_block_list": list(opts.op_block_list)}
+
+
+def check_quantizable(model, opts: Int8Options) -> None:
+    """Before any quantization: dynamic INT8 rewrites only opts.op_types; a graph with none of them would come out
+    as its FP32 self under the name int8 (a conv net at the default MatMul/Gemm)."""
+    from collections import Counter
+    ops = Counter(n.op_type for n in model.graph.node)
+    if opts.weight_only or any(ops[t] for t in opts.op_types):
+        return
+    top = ", ".join(f"{t} {c}" for t, c in ops.most_common(4))
+    raise NothingToQuantizeError(f"int8: dynamic INT8 quantizes {'/'.join(opts.op_types)} nodes and this model has none (its "
+                                 f"most frequent ops: {top}), so model.int8.onnx would be the FP32 model under another name. "
+                                 "Drop int8 from --precision, or name op types it has with --int8-op-types (e.g. "
+                                 "Conv; the gate judges the result)")
 
 
 def to_int8(src: Path, dst: Path, opts: Int8Options = Int8Options()) -> dict:

