@@ -41,6 +41,17 @@ def write_gguf(src: Path, dst: Path, qtype: str) -> Path:
     arch = r.fields["general.architecture"].contents()
     tmp = dst.with_name(dst.name + ".part")
     dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _write_peer(gguf, r, arch, tmp, qtype)
+        os.replace(tmp, dst)
+    except BaseException:                           # a failed or interrupted write leaves no half-written .part
+        tmp.unlink(missing_ok=True)
+        raise
+    return dst
+
+
+def _write_peer(gguf, r, arch: str, tmp: Path, qtype: str) -> None:
+    """write_gguf's body: reader `r`'s metadata and tensors, as F32 or Q8_0, into `tmp`."""
     w = gguf.GGUFWriter(str(tmp), arch)
     for name, f in r.fields.items():
         if name.startswith(SKIP_FIELDS):
@@ -60,8 +71,42 @@ def write_gguf(src: Path, dst: Path, qtype: str) -> Path:
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    os.replace(tmp, dst)
-    return dst
+
+
+def peer_name(src: Path, qtype: str) -> str:
+    """The cached peer GGUF's file name: the source's stem and a fingerprint of the source file itself (its
+    resolved path, size and mtime), so another model's GGUF of the same name, or the source rewritten in place,
+    never reuses a conversion of the old one."""
+    import hashlib
+    st = src.stat()
+    key = f"{src.resolve()}\0{st.st_size}\0{st.st_mtime_ns}".encode()
+    return f"{src.stem}.{hashlib.sha256(key).hexdigest()[:12]}.{qtype}.gguf"
+
+
+def check_source_gguf(path: Path, llm: dict) -> None:
+    """--gguf is a GGUF of the bundle's model (vocabulary, layers, width as the manifest's llm entry records), checked
+    before anything is dequantized; BadInputError naming what differs."""
+    from paddle2ort.convert.llm.gguf_import import open_gguf
+    from paddle2ort.runtime.errors import BadInputError
+    try:
+        r = open_gguf(path)
+    except BadInputError as e:
+        raise BadInputError(f"--gguf {e}; pass the GGUF the bundle was built from") from e
+
+    def field(key):
+        f = r.fields.get(key)
+        return None if f is None else f.contents()
+    arch = field("general.architecture")
+    emb = next((t for t in r.tensors if t.name == "token_embd.weight"), None)
+    if emb is None:
+        raise BadInputError(f"--gguf {path} has no token_embd.weight tensor; pass the GGUF the bundle was built from")
+    got = {"vocab_size": int(emb.shape.tolist()[-1]), "num_layers": field(f"{arch}.block_count"),
+           "hidden_size": field(f"{arch}.embedding_length")}
+    bad = [f"{k} {v} (the bundle's: {llm[k]})" for k, v in got.items()
+           if v is not None and llm.get(k) is not None and int(v) != int(llm[k])]
+    if bad:
+        raise BadInputError(f"--gguf {path} is not the bundle's model: its {', '.join(bad)}; pass the GGUF the bundle "
+                            "was built from")
 
 
 def default_python(root: Path | None = None) -> Path:

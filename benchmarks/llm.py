@@ -78,6 +78,51 @@ def bench_prompts(tokenizer, batch: int, prompt_len: int) -> list[list[int]]:
     return [ids[i * prompt_len:(i + 1) * prompt_len] for i in range(batch)]
 
 
+def check_prompts_fit(cfg: LLMBenchConfig, tokenizer, context, models) -> None:
+    """The token check's prompts, before anything runs: the bundle has the FP32 model they run on, and each prompt
+    with --check-new-tokens fits the model's context."""
+    if not cfg.check_prompts:
+        return
+    if "fp32" not in models:
+        raise BadInputError(f"--check-prompts compares our FP32 model with llama.cpp F32, and bundle {cfg.bundle} "
+                            f"has no fp32 model (it has: {', '.join(models)}); convert with --precision fp32 too, "
+                            "or leave out --check-prompts")
+    if not isinstance(context, int):
+        return
+    n, i = max((len(tokenizer.encode(p)), i) for i, p in enumerate(cfg.check_prompts))
+    if n + cfg.check_new_tokens > context:
+        raise BadInputError(f"check prompt {i + 1} ({cfg.check_prompts[i][:40]!r}) is {n} tokens: with "
+                            f"--check-new-tokens {cfg.check_new_tokens} it exceeds the model's context of {context} "
+                            "tokens; shorten it or lower --check-new-tokens")
+
+
+def check_peer_has_rows(cfg: LLMBenchConfig, precisions) -> None:
+    """--gguf gives the llama.cpp peer something to run: a token check, or a batch-1 row at a precision it has."""
+    from .llamacpp import PEER_OF
+    has_prec = any(p in PEER_OF for p in precisions)
+    if cfg.check_prompts or (1 in cfg.batch_sizes and has_prec):
+        return
+    fix = [f for f, ok in (("add 1 to --batch-sizes", 1 in cfg.batch_sizes),
+                           (f"add {' or '.join(PEER_OF)} to --precision", has_prec)) if not ok]
+    raise BadInputError(f"--gguf adds llama.cpp rows at batch 1 for {', '.join(PEER_OF)} only, and this run times "
+                        f"{','.join(precisions)} at batch {','.join(map(str, cfg.batch_sizes))}: "
+                        f"{' and '.join(fix)}, or leave out --gguf")
+
+
+def check_paddle_model(path: Path, llm: dict) -> None:
+    """--paddle-model is a PaddleNLP model directory of the bundle's shape, before any row is timed (the Paddle rows
+    run last, on the bundle's token ids)."""
+    from paddle2ort.convert.llm.api import check_source
+    cfg = check_source(path)
+    bad = [f"{key} {cfg[key]} (the bundle's: {llm[ours]})"
+           for key, ours in (("vocab_size", "vocab_size"), ("num_hidden_layers", "num_layers"),
+                             ("hidden_size", "hidden_size"))
+           if cfg.get(key) is not None and llm.get(ours) is not None and cfg[key] != llm[ours]]
+    if bad:
+        raise BadInputError(f"--paddle-model {path} is not the bundle's source model: its {', '.join(bad)}; pass "
+                            "the PaddleNLP model the bundle was converted from")
+
+
 def run_one_onnx(bundle: Path, precision: str, batch: int, prompt_len: int, new_tokens: int, threads: int,
                  graph: str = "generic", spin_wait: bool = True) -> dict:
     from paddle2ort.runtime.llm import TextGenerator
@@ -141,8 +186,11 @@ def run_llm_bench(cfg: LLMBenchConfig) -> dict:
     precisions = cfg.precisions or tuple(m.models)
     missing = [p for p in precisions if p not in m.models]
     if missing:
+        cased = {p: p.lower() for p in missing if p.lower() in m.models}
+        fix = (f"precision names are lower case: --precision {','.join(cased.get(p, p) for p in precisions)}"
+               if cased else f"convert with --precision {','.join(missing)}")
         raise BadInputError(f"bundle {cfg.bundle} has no {', '.join(missing)} model (it has: {', '.join(m.models)}); "
-                            f"convert with --precision {','.join(missing)}")
+                            + fix)
     threads = cfg.threads or usable_cores()
     from paddle2ort.runtime.llm import default_graph
     from paddle2ort.runtime.session import SessionOptions
@@ -151,7 +199,16 @@ def run_llm_bench(cfg: LLMBenchConfig) -> dict:
     if isinstance(context, int) and cfg.prompt_len + cfg.new_tokens > context:
         raise BadInputError(f"--prompt-len {cfg.prompt_len} + --new-tokens {cfg.new_tokens} exceeds the model's "
                             f"context of {context} tokens; lower them")
-    bench_prompts(BPETokenizer.load(bundle.path / "tokenizer"), max(cfg.batch_sizes), cfg.prompt_len)   # text enough
+    if cfg.new_tokens < 2:                  # time_generation: TTFT is token 1, the decode figures time the others
+        raise BadInputError(f"--new-tokens must be >= 2, got {cfg.new_tokens}: the first new token is the prompt "
+                            "pass's (TTFT); decode ms/step and tokens/s time the tokens after it")
+    tok = BPETokenizer.load(bundle.path / "tokenizer")
+    bench_prompts(tok, max(cfg.batch_sizes), cfg.prompt_len)                                       # text enough
+    check_prompts_fit(cfg, tok, context, m.models)
+    if cfg.gguf is not None:
+        check_peer_has_rows(cfg, precisions)
+    if cfg.paddle_model is not None:
+        check_paddle_model(cfg.paddle_model, m.extra["llm"])
     users = {p: default_graph(m.extra["llm"], p, SessionOptions(device="cpu"), fused=m.extra.get("fused"))
              for p in precisions}
     fused = m.extra.get("fused") or {}
@@ -333,6 +390,7 @@ def llamacpp_jobs(cfg: LLMBenchConfig, precisions, threads: int, bundle) -> dict
     if why is not None:
         log.warning("llama.cpp peer skipped: %s", why)
         return {"skipped": why, "python": str(python)}
+    llamacpp.check_source_gguf(Path(cfg.gguf), bundle.manifest.extra["llm"])     # before anything is dequantized
     tok = BPETokenizer.load(bundle.path / "tokenizer")
     work = _peer_dir()
     n_ctx = cfg.prompt_len + cfg.new_tokens + 8
@@ -342,13 +400,13 @@ def llamacpp_jobs(cfg: LLMBenchConfig, precisions, threads: int, bundle) -> dict
         qtype = llamacpp.PEER_OF.get(prec)
         if qtype is None or 1 not in cfg.batch_sizes:
             continue
-        path = llamacpp.write_gguf(cfg.gguf, work / f"{Path(cfg.gguf).stem}.{qtype}.gguf", qtype)
+        path = llamacpp.write_gguf(cfg.gguf, work / llamacpp.peer_name(Path(cfg.gguf), qtype), qtype)
         files[qtype] = path.name
         # llama.cpp's own default on the CPU (llama-cli / llama-bench: flash attention on where supported, f16 KV)
         jobs.append({**base, "qtype": qtype, "precision": prec, "model": str(path), "n_ctx": n_ctx,
                      "flash_attn": True, "prompts": bench_prompts(tok, 1, cfg.prompt_len)})
     if cfg.check_prompts:
-        path = llamacpp.write_gguf(cfg.gguf, work / f"{Path(cfg.gguf).stem}.F32.gguf", "F32")
+        path = llamacpp.write_gguf(cfg.gguf, work / llamacpp.peer_name(Path(cfg.gguf), "F32"), "F32")
         files["F32"] = path.name
         ids = [tok.encode(p) for p in cfg.check_prompts]
         jobs.append({**base, "qtype": "F32-check", "precision": "fp32", "model": str(path), "kv_f32": True,

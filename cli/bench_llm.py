@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from paddle2ort.runtime.errors import BadInputError
+from paddle2ort.runtime.textio import read_utf8_lines
+
 from .common import (check_exists, check_output_dir, command, csv, csv_ints, nonneg_int, positive_int,
                      require_convert_extra)
 from .perplexity import write_results
@@ -10,17 +13,33 @@ from .perplexity import write_results
 
 def run(args) -> int:
     check_output_dir(args.output, "--output", stem="llm")
+    out, bundle = args.output.expanduser().resolve(), args.bundle.expanduser().resolve()
+    if out == bundle or out.is_relative_to(bundle):
+        raise BadInputError(f"--output {args.output} is inside the bundle {args.bundle}: files added to a bundle "
+                            "make it fail its integrity check; give a folder outside it, e.g. --output bench-results")
+    for option, items in (("--precision", args.precision), ("--batch-sizes", args.batch_sizes)):
+        if items and len(set(items)) != len(items):
+            raise BadInputError(f"{option} {','.join(map(str, items))} names an item twice; name each once")
     if args.paddle_model is not None:
         check_exists(args.paddle_model, "--paddle-model")
         require_convert_extra("bench-llm --paddle-model", ("paddle", "paddlenlp"))
     check_exists(args.gguf, "--gguf")
+    check_exists(args.llamacpp_python, "--llamacpp-python")
     check_exists(args.check_prompts, "--check-prompts")
-    if args.check_prompts is not None and args.gguf is None:
-        from paddle2ort.runtime.errors import BadInputError
-        raise BadInputError("--check-prompts compares with llama.cpp: pass --gguf (the bundle's source GGUF) too")
+    for option, value in (("--check-prompts", args.check_prompts), ("--llamacpp-python", args.llamacpp_python)):
+        if value is not None and args.gguf is None:
+            raise BadInputError(f"{option} is for the llama.cpp peer: pass --gguf (the bundle's source GGUF) too")
+    if args.gguf is not None:
+        require_convert_extra("bench-llm --gguf", ("gguf",))
     prompts = ()
     if args.check_prompts is not None:
-        prompts = tuple(ln for ln in args.check_prompts.read_text(encoding="utf-8").splitlines() if ln.strip())
+        if args.check_prompts.is_dir():
+            raise BadInputError(f"--check-prompts {args.check_prompts} is a directory; give a text file, a prompt "
+                                "a line")
+        prompts = tuple(ln for ln in read_utf8_lines(args.check_prompts) if ln.strip())
+        if not prompts:
+            raise BadInputError(f"--check-prompts {args.check_prompts} holds no prompt (it is empty, or every line "
+                                "is blank); write a prompt a line")
     from paddle2ort.benchmarks.llm import LLMBenchConfig, markdown, run_llm_bench
     res = run_llm_bench(LLMBenchConfig(bundle=args.bundle, paddle_model=args.paddle_model, precisions=args.precision,
                                        batch_sizes=args.batch_sizes, prompt_len=args.prompt_len,
@@ -32,7 +51,8 @@ def run(args) -> int:
     md = markdown(res)
     write_results(args.output, "llm", res, md)
     from paddle2ort.benchmarks.llm import plot
-    plot(res, args.output / "llm.png")
+    if not plot(res, args.output / "llm.png"):         # no batch-1 row, or no matplotlib: no plot of this run
+        (args.output / "llm.png").unlink(missing_ok=True)   # (an earlier run's: check_output_dir made sure it is ours)
     print(md)
     return 0
 
@@ -54,7 +74,7 @@ def register(sub) -> None:
                     "bits (F32 for fp32, Q8_0 for int8; batch 1) from its weights, run in .venv-llamacpp (`make "
                     "bench-llamacpp-env`); skipped with the reason when llama_cpp is not importable there")
     bl.add_argument("--llamacpp-python", type=Path, help="the llama.cpp environment's python "
-                    "(default: .venv-llamacpp/bin/python in the checkout)")
+                    "(default: .venv-llamacpp/bin/python in the checkout; needs --gguf)")
     bl.add_argument("--check-prompts", type=Path, help="text file, a prompt a line: greedy tokens of our FP32 "
                     "users' graph vs llama.cpp F32, near-tie aware (needs --gguf)")
     bl.add_argument("--check-new-tokens", type=positive_int, default=32, help="tokens a check prompt")
