@@ -110,9 +110,11 @@ def job_key(gen, cfg, src_length: int | None, chat: bool) -> str:
     opts = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(vars(cfg))
     bundle = getattr(gen, "bundle", None)
     model = {p: m.sha256 for p, m in bundle.manifest.models.items()} if bundle is not None else None
-    blob = json.dumps({"cfg": opts, "src_length": src_length, "chat": chat, "model": model,
-                       "precision": getattr(gen, "precision", None), "graph": getattr(gen, "graph", None)},
-                      sort_keys=True, default=str)
+    key = {"cfg": opts, "src_length": src_length, "chat": chat, "model": model,
+           "precision": getattr(gen, "precision", None), "graph": getattr(gen, "graph", None)}
+    if src_length is not None and getattr(gen, "source_limit", None) is not None:
+        key["src_cut"] = "head+end"     # a text2text source keeps its head and end token (it kept its tail before)
+    blob = json.dumps(key, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 

@@ -69,6 +69,18 @@ def test_a_cut_source_keeps_its_head_and_end_token():
 
 
 @pytest.mark.unit
+def test_a_job_cut_the_old_way_is_not_resumed():
+    """A text2text job's output written when --src-length kept the source's tail is another job (its key differs), so
+    a rerun never mixes those targets with head-cut ones; a causal LM's key and an uncut job's are as they were."""
+    from paddle2ort.runtime.generation import GenerationConfig
+    from paddle2ort.runtime.jobs import job_key
+    cfg = GenerationConfig(max_new_tokens=4)
+    t2t, llm = SimpleNamespace(source_limit=512), SimpleNamespace()
+    assert job_key(t2t, cfg, 8, False) != job_key(llm, cfg, 8, False)
+    assert job_key(t2t, cfg, None, False) == job_key(llm, cfg, None, False)
+
+
+@pytest.mark.unit
 def test_a_prefix_lm_context_reaches_the_job_check():
     """The JSONL job checks prompt + new tokens against model.max_context before the first batch: a prefix LM had
     none, so a too-long line failed when its batch came, after the lines before it were generated."""
