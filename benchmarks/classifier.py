@@ -130,9 +130,12 @@ def run_bench(cfg: BenchConfig) -> dict:
         data = LabelledSplit(data.name, [data.texts[i] for i in keep], [data.labels[i] for i in keep],
                              data.label_names)
     precisions = cfg.precisions or tuple(p for p in m.models if not (cfg.device == "gpu" and p == "int8"))
-    missing = [p for p in precisions if p not in m.models]
-    if missing:
-        raise BadInputError(f"bundle has no {missing} model(s); it has {sorted(m.models)}")
+    if not precisions:                  # an int8-only bundle on the GPU
+        raise BadInputError(f"bundle {cfg.bundle} has only {', '.join(m.models)} models, which --device gpu leaves "
+                            "out (onnxruntime runs dynamic INT8 on the CPU): pass --device cpu, or --precision int8 "
+                            "to time them on the GPU anyway")
+    from .llm import check_precisions
+    check_precisions(cfg.bundle, precisions, m.models)
     peer_src = None
     if cfg.paddle_model is not None:        # checked (exists, is the bundle's source) before anything is timed
         from paddle2ort.convert.peer import matching_source

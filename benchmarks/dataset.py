@@ -38,7 +38,8 @@ def load_split(dataset_dir: str | Path, split: str = "dev") -> LabelledSplit:
         raise BadInputError(f"split must be one of {SPLITS}, got {split!r}")
     d = Path(dataset_dir)
     if not d.is_dir():
-        raise BadInputError(f"dataset directory {d} does not exist")
+        raise BadInputError(f"dataset directory {d} " + ("is a file; give the folder holding label.txt and dev.txt/"
+                                                         "test.txt" if d.exists() else "does not exist"))
     names = read_labels(d)
     index = {n: i for i, n in enumerate(names)}
     path = d / f"{split}.txt"

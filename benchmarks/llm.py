@@ -109,6 +109,21 @@ def check_peer_has_rows(cfg: LLMBenchConfig, precisions) -> None:
                         f"{' and '.join(fix)}, or leave out --gguf")
 
 
+def check_precisions(bundle: Path, precisions, models) -> None:
+    """Every precision asked for is a model of the bundle (bench, bench-llm and perplexity, before anything runs)."""
+    missing = [p for p in precisions if p not in models]
+    if missing:
+        cased = {p: p.lower() for p in missing if p.lower() in models}
+        asked = ",".join(dict.fromkeys(cased.get(p, p) for p in precisions))
+        from paddle2ort.runtime.manifest import PRECISION_NAMES
+        unknown = [p for p in missing if p.lower() not in PRECISION_NAMES]
+        fix = (f"precision names are lower case: --precision {asked}" if cased
+               else f"{', '.join(unknown)}: not a precision name ({', '.join(PRECISION_NAMES)}); pass the bundle's"
+               if unknown else f"convert with --precision {','.join(p.lower() for p in missing)}")
+        raise BadInputError(f"bundle {bundle} has no {', '.join(missing)} model (it has: {', '.join(models)}); "
+                            + fix)
+
+
 def check_paddle_model(path: Path, llm: dict) -> None:
     """--paddle-model is a PaddleNLP model directory of the bundle's shape, before any row is timed (the Paddle rows
     run last, on the bundle's token ids)."""
@@ -184,13 +199,7 @@ def run_llm_bench(cfg: LLMBenchConfig) -> dict:
     if m.task != "text-generation" or "llm" not in m.extra:          # checked before any row is timed
         raise BundleError(f"bundle {cfg.bundle} is not a text-generation bundle (task={m.task!r})")
     precisions = cfg.precisions or tuple(m.models)
-    missing = [p for p in precisions if p not in m.models]
-    if missing:
-        cased = {p: p.lower() for p in missing if p.lower() in m.models}
-        fix = (f"precision names are lower case: --precision {','.join(cased.get(p, p) for p in precisions)}"
-               if cased else f"convert with --precision {','.join(missing)}")
-        raise BadInputError(f"bundle {cfg.bundle} has no {', '.join(missing)} model (it has: {', '.join(m.models)}); "
-                            + fix)
+    check_precisions(cfg.bundle, precisions, m.models)
     threads = cfg.threads or usable_cores()
     from paddle2ort.runtime.llm import default_graph
     from paddle2ort.runtime.session import SessionOptions

@@ -17,6 +17,7 @@ from paddle2ort.runtime.numeric import log_softmax
 from paddle2ort.runtime.llm import TextGenerator
 
 from .env import environment
+from .llm import check_paddle_model, check_precisions
 
 log = logging.getLogger(__name__)
 
@@ -81,14 +82,14 @@ def run_perplexity(cfg: PerplexityConfig) -> dict:
     from .texts import play_lines
     manifest = load_bundle(cfg.bundle, verify=False).manifest          # every option checked before any model runs
     precisions = cfg.precisions or tuple(manifest.models)
-    absent = [p for p in precisions if p not in manifest.models]
-    if absent:
-        raise BadInputError(f"{cfg.bundle} has no {', '.join(absent)} model (it has: {', '.join(manifest.models)}); "
-                            "pass --precision with those")
-    context = (manifest.extra.get("llm") or {}).get("max_context")
+    check_precisions(cfg.bundle, precisions, manifest.models)
+    llm = manifest.extra.get("llm")
+    context = (llm or {}).get("max_context")
     if isinstance(context, int) and cfg.window > context:
         raise BadInputError(f"--window {cfg.window} is longer than the model's context of {context} tokens; pass "
                             f"--window {context} or less")
+    if cfg.paddle_model is not None and isinstance(llm, dict):    # another bundle's task: TextGenerator says so
+        check_paddle_model(cfg.paddle_model, llm)
     ref = "fp32" if "fp32" in precisions else precisions[0]       # the reference row, whatever a release chose
     first = TextGenerator(cfg.bundle, precision=ref)
     check_adapter(first.bundle.manifest.extra.get("adapter"), cfg)

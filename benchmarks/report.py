@@ -137,8 +137,8 @@ def write_results(res: dict, out_dir: Path, stem: str = "results") -> dict[str, 
     paths = {"json": out_dir / f"{stem}.json", "md": out_dir / f"{stem}.md", "png": out_dir / f"{stem}.png"}
     atomic_write(paths["json"], json.dumps(res, indent=2) + "\n")
     atomic_write(paths["md"], markdown(res))
-    if not plot([res], paths["png"]):
-        paths.pop("png")
+    if not plot([res], paths["png"]):       # no matplotlib: an earlier run's plot (ours: check_output_dir) goes
+        paths.pop("png").unlink(missing_ok=True)
     return paths
 
 

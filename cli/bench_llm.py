@@ -12,11 +12,7 @@ from .perplexity import write_results
 
 
 def run(args) -> int:
-    check_output_dir(args.output, "--output", stem="llm")
-    out, bundle = args.output.expanduser().resolve(), args.bundle.expanduser().resolve()
-    if out == bundle or out.is_relative_to(bundle):
-        raise BadInputError(f"--output {args.output} is inside the bundle {args.bundle}: files added to a bundle "
-                            "make it fail its integrity check; give a folder outside it, e.g. --output bench-results")
+    check_output_dir(args.output, "--output", stem="llm", bundle=args.bundle)
     for option, items in (("--precision", args.precision), ("--batch-sizes", args.batch_sizes)):
         if items and len(set(items)) != len(items):
             raise BadInputError(f"{option} {','.join(map(str, items))} names an item twice; name each once")

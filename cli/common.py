@@ -171,9 +171,15 @@ def check_exists(path: Path | None, option: str, stdin: bool = False) -> None:
         raise BadInputError(f"{option} {path} does not exist")
 
 
-def check_output_dir(path: Path, option: str, stem: str | None = None) -> None:
+def check_output_dir(path: Path, option: str, stem: str | None = None, bundle: Path | None = None) -> None:
     """A results directory we may create/write: not an existing file, its nearest existing ancestor writable, and
-    (with `stem`) no STEM.json/.md/.png in it that an earlier run of ours did not write: those would be replaced."""
+    (with `stem`) no STEM.json/.md/.png in it that an earlier run of ours did not write: those would be replaced;
+    (with `bundle`) not the bundle measured nor a folder inside it: a file added to a bundle fails its check."""
+    home = bundle.expanduser().resolve() if bundle is not None else None
+    if home is not None and path.expanduser().resolve().is_relative_to(home):
+        beside = Path(os.path.relpath(home.parent / f"{home.name}-results"))
+        raise BadInputError(f"{option} {path} is inside the bundle {bundle}: files added to a bundle make it fail "
+                            f"its integrity check; give a folder outside it, e.g. {option} {beside}")
     if path.exists() and not path.is_dir():
         raise BadInputError(f"{option} {path} is a file, not a directory; give a directory for the results")
     if stem is not None and path.is_dir():

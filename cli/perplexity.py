@@ -21,7 +21,7 @@ def run(args) -> int:
     if args.precision and len(set(args.precision)) != len(args.precision):
         from paddle2ort.runtime.errors import BadInputError
         raise BadInputError(f"--precision {','.join(args.precision)} names a precision twice; name each once")
-    check_output_dir(args.output, "--output", stem="perplexity")
+    check_output_dir(args.output, "--output", stem="perplexity", bundle=args.bundle)
     if args.paddle_model is not None:
         check_exists(args.paddle_model, "--paddle-model")
         require_convert_extra("perplexity --paddle-model", ("paddle", "paddlenlp"))

@@ -13,11 +13,14 @@ from .source import ModelSource, locate
 
 
 def matching_source(path: str | Path, manifest: Manifest) -> ModelSource:
-    """Locate the Paddle model and check it is the one the bundle was converted from (same checksums)."""
+    """Locate the Paddle model and check it is the one the bundle was converted from (same checksums, file by role:
+    another model's files need not be named like the source's)."""
     src = locate(path)
-    want = (manifest.source or {}).get("sha256", {})
-    for f in (src.model_file, src.params_file):
-        if f.name in want and sha256_file(f) != want[f.name]:
+    recorded = manifest.source or {}
+    want = recorded.get("sha256", {})
+    for f, role in ((src.model_file, "model_file"), (src.params_file, "params_file")):
+        name = f.name if f is not None and f.name in want else recorded.get(role)
+        if f is not None and name in want and sha256_file(f) != want[name]:
             raise BadInputError(f"{f} is not the model bundle {manifest.name!r} was converted from (sha256 differs "
                                 "from the manifest); pass the original Paddle model with --paddle-model")
     return src

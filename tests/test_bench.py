@@ -130,7 +130,7 @@ def test_bench_cli_bad_input(clf_bundle, tiny_models, dataset, capsys):
     assert "does not match the bundle's labels" in capsys.readouterr().err
     (dataset / "label.txt").write_text("\n".join(LABELS), encoding="utf-8")
     assert main(["-q", "bench", str(clf_bundle), "--dataset-dir", str(dataset), "--precision", "bf16"]) == 2
-    assert "bundle has no ['bf16']" in capsys.readouterr().err
+    assert "has no bf16 model" in capsys.readouterr().err
     # a Paddle model that is not the bundle's source is refused before any timing
     assert main(["-q", "bench", str(clf_bundle), "--dataset-dir", str(dataset),
                  "--paddle-model", str(tiny_models("mlp"))]) == 2
