@@ -89,12 +89,12 @@ def run_convert(args) -> int:
 def run_validate(args) -> int:
     require_convert_extra("validate", PADDLE_SIDE)
     from paddle2ort.convert import revalidate
-    from paddle2ort.convert.validate import summary, thresholds_with_overrides
+    from paddle2ort.convert.validate import summary
 
-    reports = revalidate(args.bundle, args.source, thresholds_with_overrides(dict(args.threshold)))
+    reports = revalidate(args.bundle, args.source, overrides=dict(args.threshold))
     for prec, rep in reports.items():
         s = summary(rep)
-        print(f"{prec:5s} passed: max_rel_diff {s['max_rel_diff']:.2e}, cosine {s['min_cosine']:.6f}")
+        print(f"{prec:10s} passed: max_rel_diff {s['max_rel_diff']:.2e}, cosine {s['min_cosine']:.6f}")
     return 0
 
 

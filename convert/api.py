@@ -423,11 +423,11 @@ def gate_hint(precision: str, e: ValidationError, model_path: Path, user_inputs:
     return FP16_HINT if precision == "fp16" else None
 
 
-def check_same_source(recorded: dict, source, source_path: Path) -> None:
+def check_same_source(recorded: dict, got: dict[str, str], source_path: Path) -> None:
     """The gate's bounds hold between a bundle and the model it came from: another model (a retrained or re-exported
-    one) would fail the gate as if the bundle were broken. The manifest's sha256 of the source files say which."""
+    one) would fail the gate as if the bundle were broken. The manifest's sha256 of the source files say which
+    (`got`: file name -> sha256 of the files at source_path)."""
     want = recorded.get("sha256") or {}
-    got = source.describe()["sha256"]
     if want and got != want:
         diff = sorted(n for n in set(want) | set(got) if want.get(n) != got.get(n))
         shown = ", ".join(f"{n} ({(got.get(n) or 'absent')[:12]} here, {(want.get(n) or 'absent')[:12]} in the "
@@ -436,17 +436,35 @@ def check_same_source(recorded: dict, source, source_path: Path) -> None:
                             "Pass the model the bundle came from (its manifest's source.sha256), or convert this one")
 
 
-def revalidate(bundle_dir: Path, source_path: Path, thresholds: dict[str, Thresholds] | None = None) -> dict:
+def revalidate(bundle_dir: Path, source_path: Path, thresholds: dict[str, Thresholds] | None = None,
+               overrides: dict[str, float] | None = None) -> dict:
     """Re-run the gate on an existing bundle against its Paddle source (release pipelines, tampering checks).
-    Every file's sha256 is checked first: a changed, missing or added file fails (BundleError, exit 2)."""
-    thresholds = thresholds or dict(DEFAULT_THRESHOLDS)
-    check_thresholds(thresholds)
+    Every file's sha256 is checked first: a changed, missing or added file fails (BundleError, exit 2). A
+    text-generation bundle's source is its PaddleNLP checkpoint, exported again as convert-llm did; its fused
+    decoders are judged too (reports "fused-PREC"). thresholds: default those the bundle's converter gates with
+    (convert-llm's for a text-generation bundle); overrides: {"PREC.METRIC": value} on top."""
     bundle = load_bundle(bundle_dir, verify=True)
-    source = locate(source_path)
-    check_same_source(bundle.manifest.source, source, source_path)
+    m = bundle.manifest
+    llm = m.task == "text-generation" and "llm" in m.extra
+    from .metrics import LLM_THRESHOLDS, thresholds_with_overrides
+    thresholds = thresholds_with_overrides(overrides or {}, thresholds or (LLM_THRESHOLDS if llm else None))
+    check_thresholds(thresholds)
+    if m.task == "text2text-generation":
+        raise BadInputError(f"bundle {bundle_dir} is a text2text-generation bundle: `validate` re-runs the gate of "
+                            "`convert` and `convert-llm` bundles; convert-seq2seq's gate runs as it converts: convert "
+                            "the model again (--overwrite) to re-check it")
+    if llm:                                 # a PaddleNLP checkpoint: exported again as convert-llm did
+        from .llm.api import check_llm_source
+        check_llm_source(m, Path(source_path))
+    else:
+        source = locate(source_path)
+        check_same_source(m.source, source.describe()["sha256"], source_path)
     with sigterm_as_interrupt():
         work = make_workdir()
         try:
+            if llm:
+                from .llm.api import reexport
+                source = locate(reexport(m, Path(source_path), bundle.path / SAMPLES_NAME, work))
             source = prepare(source, work)
             info = inspect(source, work)
             samples_path = bundle.path / SAMPLES_NAME
@@ -464,6 +482,12 @@ def revalidate(bundle_dir: Path, source_path: Path, thresholds: dict[str, Thresh
                 except ValidationError as e:
                     reports[prec] = e.report
                     failed.append(e)
+            if llm and m.extra.get("fused"):    # the fused decoders, on Paddle's logits of the same recorded steps
+                from .llm.api import regate_fused
+                for prec, rep in regate_fused(bundle, samples, refs, thresholds).items():
+                    reports[f"fused-{prec}"] = rep.report if isinstance(rep, ValidationError) else rep
+                    if isinstance(rep, ValidationError):
+                        failed.append(rep)
             if failed:
                 raise failed[0]
             return reports

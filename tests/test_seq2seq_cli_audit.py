@@ -179,3 +179,12 @@ def test_a_conversation_line_names_the_text2text_fix(bundles, tmp_path, capsys):
     assert main(["-q", "generate", str(bundle), "--data-file", str(data), "--output-file", str(out),
                  "--src-length", "1"]) == 2
     assert "--src-length 2 or more" in capsys.readouterr().err
+
+
+def test_validate_names_the_way_to_recheck_a_text2text_bundle(bundles, capsys):
+    """`validate` re-runs convert's and convert-llm's gates; a text2text bundle said its checkpoint was "no Paddle
+    model" (the checkpoint hint of `convert`): now one message naming how to re-check it, before any worker."""
+    from paddle2ort.cli import main
+    src, bundle = bundles["t5"]
+    assert main(["-q", "validate", str(bundle), "--source", str(src / "model")]) == 2
+    assert "convert the model again (--overwrite) to re-check it" in capsys.readouterr().err

@@ -129,6 +129,53 @@ def source_fingerprint(path: Path) -> dict:
     return {"dir": path.name, "config": check_source(path), "sha256": {w.name: sha256_file(w) for w in weights}}
 
 
+def check_llm_source(manifest, source: Path) -> None:
+    """`validate` of a text-generation bundle: SOURCE is the checkpoint it was converted from (sha256 of the weights
+    the manifest records), and the bundle holds no adapter (the source alone is not what was exported)."""
+    adapter = manifest.extra.get("adapter")
+    if adapter:
+        kind = adapter.get("kind", "an adapter") if isinstance(adapter, dict) else "an adapter"
+        raise BadInputError(f"bundle {manifest.name!r} was converted with an adapter applied ({kind}): `validate` "
+                            "exports the source alone; run convert-llm again with the same --lora/--prefix "
+                            "(--overwrite) to re-check it")
+    from ..api import check_same_source
+    check_same_source(manifest.extra.get("paddle_source") or {}, source_fingerprint(source)["sha256"], source)
+
+
+def reexport(manifest, source: Path, samples_npz: Path, work: Path) -> Path:
+    """The checkpoint exported with a KV cache again, as convert-llm's worker did (the gate then runs Paddle's
+    static program on the bundle's recorded steps); -> the static model's directory."""
+    import numpy as np
+    with np.load(samples_npz) as d:     # any in-vocabulary prompt: the worker's own steps are not the gate's
+        prompt = [int(d["0/input_ids"][0, -1])]
+    pad = int((manifest.tokenizer or {}).get("pad_token_id") or 0)
+    with busy("export with a KV cache (Paddle worker)"):
+        run_worker("export_llm", {"model_dir": str(source), "out_prefix": str(work / "static" / "inference"),
+                                  "samples_npz": str(work / "worker-steps.npz"), "prompts": [prompt],
+                                  "decode_steps": 0, "pad_id": pad}, work)
+    return work / "static"
+
+
+def regate_fused(bundle, samples: list[dict], refs: list[list], thresholds: dict) -> dict:
+    """The bundle's fused decoders judged on the recorded steps against Paddle's logits `refs` (the static
+    program's first output): precision -> report, or the ValidationError it failed with."""
+    from ..errors import ValidationError
+    from ..validate import DEFAULT_THRESHOLDS
+    from .fused import DecoderSpec, gate
+    m = bundle.manifest
+    steps = [{**s, "ref_logits": r[0]} for s, r in zip(samples, refs)]
+    pad = int((m.tokenizer or {}).get("pad_token_id") or 0)
+    out = {}
+    for prec, entry in m.extra["fused"].items():
+        spec = DecoderSpec(**entry["options"]["spec"])
+        try:
+            out[prec] = gate(prec, bundle.path / entry["file"], spec, steps, pad,
+                             thresholds.get(prec, DEFAULT_THRESHOLDS[prec]))
+        except ValidationError as e:
+            out[prec] = e
+    return out
+
+
 def convert_llm(config: LLMConvertConfig) -> ConvertResult:
     """Every input is checked before the Paddle export; SIGTERM unwinds like Ctrl-C (the worker dies with us)."""
     with sigterm_as_interrupt():
