@@ -12,6 +12,8 @@ from paddle2ort.runtime.errors import BadInputError
 from paddle2ort.runtime.pipelines import TextClassifier
 from paddle2ort.runtime.timing import warmup_order
 
+from near_tie import top2_margins
+
 LABELS = ["negative", "neutral", "positive"]
 TEXTS = ["driverless cars scare me", "i love my new car", "the bus is late again", "",
          "google builds a car", "traffic was fine today " * 20, "not sure about robots", "ok"]
@@ -35,10 +37,15 @@ def test_bench_rows_match_the_pipeline_and_paddle(clf_bundle, tiny_models, datas
     assert set(rows) == {"FP32-CPU", "FP16-CPU", "INT8-CPU", "Paddle-Inference-CPU"}
     # accuracy is what the pipeline predicts, computed independently here
     clf = TextClassifier(clf_bundle, batch_size=3)
-    want = float(np.mean([p.label_id == i % 3 for i, p in enumerate(clf(TEXTS))]))
-    assert rows["FP32-CPU"]["accuracy"] == pytest.approx(want)
-    # Paddle Inference (IR passes + oneDNN) predicts the same classes on the same batches
-    assert rows["Paddle-Inference-CPU"]["argmax_agreement_vs_fp32"] == 1.0
+    logits = clf.predict_logits(TEXTS)
+    assert [p.label_id for p in clf(TEXTS)] == logits.argmax(-1).tolist()
+    want = float(np.mean(logits.argmax(-1) == np.arange(len(TEXTS)) % 3))
+    # the bench's threads, or Paddle Inference's kernels (IR passes + oneDNN, chosen per ISA), may flip a class only
+    # at a near-tie: a row whose top-2 margin is within the FP32 gate's tie margin (1e-3 of the logits' spread; the
+    # gate holds onnxruntime to Paddle within 1e-4 of it). None is, on these texts: then every class is the same.
+    ties = int((top2_margins(logits) <= 1e-3 * np.ptp(logits)).sum())
+    assert abs(rows["FP32-CPU"]["accuracy"] - want) <= ties / len(TEXTS) + 1e-9
+    assert rows["Paddle-Inference-CPU"]["argmax_agreement_vs_fp32"] >= 1 - ties / len(TEXTS) - 1e-9
     for r in rows.values():
         assert r["samples"] == len(TEXTS) and len(r["pass_times_s"]) == 2
         assert r["ms_per_sample"] == pytest.approx(np.median(r["pass_times_s"]) / len(TEXTS) * 1e3)

@@ -9,6 +9,8 @@ from paddle2ort.runtime.errors import BundleError, DeviceError
 from paddle2ort.runtime.pipelines import TextClassifier
 from paddle2ort.runtime.session import SessionOptions
 
+from near_tie import top2_margins
+
 
 
 def test_pipeline_matches_direct_session_and_sorts_back(clf_bundle):
@@ -16,10 +18,14 @@ def test_pipeline_matches_direct_session_and_sorts_back(clf_bundle):
     texts = ["a much longer sentence about driverless cars " * 3, "short", "medium length text", ""]
     preds = clf(texts)
     assert [p.label for p in preds] and all(p.label in clf.labels for p in preds)
-    # each text alone gives the same answer as in a length-sorted, padded batch
-    for t, p in zip(texts, preds):
+    # each text alone gives the same answer as in a length-sorted, padded batch: other GEMM shapes, which another
+    # ISA's kernels may round otherwise (~1e-7 here), so the label may differ only at a near-tie of the batch's
+    # logits: a top-2 margin within 1e-4 of their largest magnitude (none here: the smallest is ~7e-3 of it)
+    logits = clf.predict_logits(texts)
+    ties = top2_margins(logits) <= 1e-4 * np.abs(logits).max()
+    for t, p, tie in zip(texts, preds, ties):
         alone = clf(t)[0]
-        assert alone.label == p.label and alone.score == pytest.approx(p.score, abs=1e-5)
+        assert (alone.label == p.label or tie) and alone.score == pytest.approx(p.score, abs=1e-5)
     fp16 = TextClassifier(clf_bundle, precision="fp16")
     assert np.allclose(fp16.predict_logits(texts), clf.predict_logits(texts), atol=1e-2)
 

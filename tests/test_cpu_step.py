@@ -74,27 +74,60 @@ def _errors(got, want) -> np.ndarray:
     return (np.abs(np.asarray(got, np.float64) - want) / np.ptp(want)).reshape(-1)
 
 
-def _step_pair(ours, twin, j: int) -> tuple[np.ndarray, np.ndarray]:
+def _step_pair(ours, twin, j: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One teacher-forced step of both engines from the same cache (the twin gets ours first): errors of the
-    logits and of the cache (the k, v appended) over their ranges."""
+    logits and of the cache (the k, v appended) over their ranges, and per row how near the twin's int8 product
+    inputs came to a rounding boundary (a8_tie_distance; inf without int8 products)."""
     for e in (ours, twin):
         e.active.ids[:, 0] = _ids(j, len(PROMPTS))
         e.active.seqlens[...] += 1
     twin.active.cache[...] = ours.active.cache
     got = np.array(ours.step(None)[0], np.float32)
-    twin._twins(twin.active, a8=True)
-    return _errors(got, twin.active.logits), _errors(ours.active.cache, twin.active.cache)
+    near, quantize = np.full(len(PROMPTS), np.inf), R.quantize_a8
+
+    def recorded(x):
+        nonlocal near
+        near = np.minimum(near, a8_tie_distance(x))
+        return quantize(x)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(R, "quantize_a8", recorded)
+        twin._twins(twin.active, a8=True)
+    return _errors(got, twin.active.logits), _errors(ours.active.cache, twin.active.cache), near
 
 
-def _check(errs: list, fmt: str) -> None:
-    """float32 products: float32 agreement everywhere. int8 products: both sides quantize inputs that differ in
-    their last bits (another summation order), so now and then a value within that of a .5 boundary rounds the
-    other way -- one unit of its block's scale -- and moves its row's later outputs a little (measured: 2 of 8 steps,
-    up to 5e-3 of the range): the typical element still agrees to float32, and most elements exactly so."""
-    e = np.concatenate(errs)
+def a8_tie_distance(x) -> np.ndarray:
+    """Per row of x [B, K]: the smallest distance, in units of its block's scale, of an element of x / scale (as
+    quantize_a8 computes it) to a .5 rounding boundary: where another summation order may round it the other way."""
+    b = np.asarray(x, np.float32).reshape(len(x), -1, R.QK)
+    s = np.abs(b).max(-1, keepdims=True) / np.float32(127)
+    u = b * np.where(s > 0, np.float32(1) / np.where(s > 0, s, 1), 0).astype(np.float32)
+    return np.abs(np.abs(u - np.floor(u)) - 0.5).reshape(len(x), -1).min(-1)
+
+
+# The near-tie rule of int8 products: both sides quantize inputs that differ in their last bits (another summation
+# order, another ISA's or BLAS's), so an input within that of a .5 boundary may round the other way -- one unit of
+# its block's scale -- and move its row's later outputs a little (up to ~9e-3 of the range). The two sides' inputs
+# part by ~1e-6 of their block's max, times 127 in scale units: the rows that moved had their twin's nearest input
+# at most 9.9e-5 of a unit from a boundary (measured on AVX-512 VNNI, AVX2 and scalar paths, 432 row-steps); 3e-4
+# leaves room for other hosts' sums. A row-step further from every boundary must agree to float32.
+A8_TIE = 3e-4
+
+
+def _check(errs: list, fmt: str, near: list | None = None) -> None:
+    """float32 products: float32 agreement everywhere. int8 products: the typical element still agrees to float32,
+    the worst is one rounding flip's effect, and (near: per step, each row's a8_tie_distance) only a row-step whose
+    inputs came within A8_TIE of a rounding boundary may part by more than float32 rounding; without `near`, at
+    most a quarter of the elements do (the cache: only each row's new position can)."""
+    e = np.concatenate([x.reshape(-1) for x in errs])
     assert np.median(e) <= 1e-6, f"median {np.median(e):.1e} of the range"
     assert e.max() <= (1e-5 if fmt == "fp32" else 2e-2), f"worst {e.max():.1e} of the range"
-    assert (e > 1e-5).mean() <= 0.25, f"{(e > 1e-5).mean():.0%} of the elements off by > 1e-5 of the range"
+    if near is None:
+        assert (e > 1e-5).mean() <= 0.25, f"{(e > 1e-5).mean():.0%} of the elements off by > 1e-5 of the range"
+        return
+    clear = [(j, r, float(d[r]), float(x.reshape(len(d), -1)[r].max())) for j, (x, d) in enumerate(zip(errs, near))
+             for r in range(len(d)) if x.reshape(len(d), -1)[r].max() > 1e-5 and d[r] > A8_TIE]
+    assert not clear, f"row-steps off by > 1e-5 of the range with no input near a rounding boundary " \
+                      f"(step, row, distance, error): {clear}"
 
 
 def _compare(path, spec, steps: int = 12, march: str | None = None, **kw) -> None:
@@ -102,9 +135,9 @@ def _compare(path, spec, steps: int = 12, march: str | None = None, **kw) -> Non
     if march is not None:
         ours.native = cpu.CpuStep(ours, march=march)
     assert ours.native is not None and twin.native is None
-    logits, cache = zip(*[_step_pair(ours, twin, j) for j in range(steps)])
+    logits, cache, near = zip(*[_step_pair(ours, twin, j) for j in range(steps)])
     fmt = "fp32" if "fp32" in path.name else "int8"
-    _check(list(logits), fmt)
+    _check(list(logits), fmt, list(near))
     _check(list(cache), fmt)
 
 
@@ -128,7 +161,7 @@ def test_every_isa_path_matches_the_twin(models, march):
         pytest.skip(f"this host does not run {march} code")
     assert cpu.isa(cpu.load(march=march)) == {"x86-64-v3": "avx2", "x86-64": "scalar"}[march]
     for key in (("int8", True, 4), ("fp32", False, 8), ("int8", True, 2, 64), ("fp32", True, 2, 32, 64)):
-        _compare(*models[key], steps=4, march=march)
+        _compare(*models[key], march=march)
 
 
 @pytest.mark.parametrize("threads", [1, 3])

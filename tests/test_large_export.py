@@ -13,6 +13,7 @@ from paddle2ort.convert.llm.fused import DecoderSpec, build_variant, initializer
 from paddle2ort.runtime.fused import FusedDecoder
 from paddle2ort.runtime.session import SessionOptions
 from conftest import run_python
+from near_tie import clear_divergences, greedy_reference
 
 TWO_GIB = 2 ** 31
 PROMPT = [3, 17, 250, 999]
@@ -240,10 +241,16 @@ def test_external_data_is_covered_by_the_bundle_checksums(tiny_models, tmp_path,
               if t.data_location != onnx.TensorProto.EXTERNAL and len(t.raw_data) > 1024]
     data, graph = (dest / "model.fp32.onnx.data").stat().st_size, (dest / "model.fp32.onnx").stat().st_size
     assert not inline and data > 10 * graph
-    cfg = GenerationConfig(max_new_tokens=4, min_new_tokens=4)
-    gens = {g: TextGenerator(dest, graph=g).generate_ids(["The capital of France is"], cfg)[0]
-            for g in ("generic", "fused")}
-    assert gens["generic"] == gens["fused"] and len(gens["generic"]) == 4
+    # two graphs (another ISA's kernels may round them otherwise): the fused one's greedy tokens are the generic
+    # one's up to a near-tie of the generic one's (tests/near_tie.py); both gated within 1e-4 of Paddle's logits,
+    # 1e-3 of the logit range is plenty
+    gens = {g: TextGenerator(dest, graph=g) for g in ("generic", "fused")}
+    ids = [gens["generic"].prompt_ids("The capital of France is")]
+    cfg = GenerationConfig(max_new_tokens=4)
+    want, margins, eps = greedy_reference(gens["generic"].model, ids, cfg, gens["generic"].tokenizer.pad_token_id,
+                                          1e-3)
+    got = gens["fused"].generate_token_ids(ids, cfg)
+    assert len(want[0]) == 4 and not clear_divergences(got, want, margins, eps), (got, want)
     for name in ("model.fp32.onnx.data", "fused/decoder.fp32.onnx.data"):
         data = dest / name
         raw = bytearray(data.read_bytes())
