@@ -211,7 +211,8 @@ def test_programmatic_dependent_launch_changes_no_bit(tiny, name, gemv):
 
 
 def test_prompt_pass_by_the_fused_graph_fills_our_cache(tiny):
-    """prefill="onnxruntime": the fused graph's prompt call writes our cache in place; the tokens follow ours."""
+    """prefill="onnxruntime": the fused graph's prompt call writes our cache in place; the tokens follow ours up to
+    a near tie of ours (the prompt passes' float16 sums differ by rounding, which moves with the GPU's kernels)."""
     from paddle2ort.runtime.session import gpu_available
     if not gpu_available():
         pytest.skip("needs onnxruntime's CUDA provider")
@@ -221,9 +222,10 @@ def test_prompt_pass_by_the_fused_graph_fills_our_cache(tiny):
     ort = KernelEngine(tmp / "fp16.onnx", spec, device="gpu", max_length=300, prefill="onnxruntime")
     ours = KernelEngine(tmp / "fp16.onnx", spec, device="gpu", max_length=300, prefill="kernels")
     assert ort.prefill_by == "onnxruntime fused graph" and ort.prompt_hidden     # cut before the LM head
-    a, b = generate(ort, prompts, cfg, 0), generate(ours, prompts, cfg, 0)
-    same = sum(x == y for g, w in zip(a, b) for x, y in zip(g, w)) / sum(len(w) for w in b)
-    assert same >= 0.9, f"prompt pass by onnxruntime vs ours: {same:.1%} of greedy tokens agree"
+    got, want = generate(ort, prompts, cfg, 0), generate(ours, prompts, cfg, 0)
+    logits = stepped_logits(ours, prompts, want)          # our prompt pass's margins on its own path
+    eps = 2e-2 * max(float(np.ptp(lg)) for lg in logits)  # float16 prompt passes in other kernels (_close's 2e-2)
+    assert not clear_divergences(got, want, [path_margins(lg, row, eps) for lg, row in zip(logits, want)], eps)
 
 
 def test_captured_prompt_pass_matches_the_plain_one(tiny):
