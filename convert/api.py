@@ -456,6 +456,9 @@ def revalidate(bundle_dir: Path, source_path: Path, thresholds: dict[str, Thresh
     if llm:                                 # a PaddleNLP checkpoint: exported again as convert-llm did
         from .llm.api import check_llm_source
         check_llm_source(m, Path(source_path))
+        if not (bundle.path / SAMPLES_NAME).is_file():
+            raise BadInputError(f"bundle {bundle_dir} has no {SAMPLES_NAME} (the recorded steps its gate ran on): "
+                                "convert the model again with convert-llm (--overwrite) to re-check it")
     else:
         source = locate(source_path)
         check_same_source(m.source, source.describe()["sha256"], source_path)
