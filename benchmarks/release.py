@@ -24,11 +24,11 @@ from pathlib import Path
 
 from paddle2ort.convert.api import ConvertConfig, ConvertResult, convert
 from paddle2ort.convert.bundle import check_destination, staged_bundle, write_json
-from paddle2ort.convert.errors import ValidationError
+from paddle2ort.convert.errors import LabelCountError, NothingToQuantizeError, ValidationError
 from paddle2ort.runtime.errors import BadInputError, DeviceError, Paddle2OrtError
 from paddle2ort.runtime.files import atomic_path, atomic_write, module_available
 from paddle2ort.runtime.manifest import MANIFEST_NAME, Manifest, sha256_file
-from paddle2ort.runtime.session import gpu_available
+from paddle2ort.runtime.session import SessionOptions, gpu_available
 
 from .env import cpu_name, environment, gpu_names, usable_cores
 
@@ -86,6 +86,7 @@ class ReleaseConfig:
                 raise BadInputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.warmup < 0 or self.threads < 0 or (self.limit is not None and self.limit < 1):
             raise BadInputError("warmup and threads must be >= 0 and limit >= 1")
+        SessionOptions(intra_op_threads=self.threads)       # past what this host takes: exit 2 before converting
 
     @property
     def is_llm(self) -> bool:
@@ -157,16 +158,45 @@ def _check_llm(cfg: ReleaseConfig):
 
     conv = cfg.conversion
     if not cfg.dataset_dir.is_dir():
-        raise BadInputError(f"dataset directory {cfg.dataset_dir} does not exist")
+        raise BadInputError(f"dataset directory {cfg.dataset_dir} " + (
+            f"is a file; give the folder holding {cfg.split}.txt" if cfg.dataset_dir.exists() else "does not exist"))
     lines = [ln for ln in read_utf8_lines(cfg.dataset_dir / f"{cfg.split}.txt",
                                           "an LLM release reads plain text from DATASET/<split>.txt")
              if ln.strip()]
     if not lines:
         raise BadInputError(f"{cfg.dataset_dir}/{cfg.split}.txt has no text")
-    check_source(conv.source)
+    check_context(cfg, context_bound(check_source(conv.source)))      # checked again once converted
     tok = BPETokenizer.load(conv.tokenizer)
     windows = text_windows(tok, lines, cfg.window, cfg.windows)       # too little text: exit 2, before converting
     return replace(conv, validate=True), windows
+
+
+def context_bound(config: dict) -> int | None:
+    """From a PaddleNLP config.json, a bound the bundle's context will not exceed (convert/_worker.py max_context:
+    the positions of LLaMA and most, CodeGen's n_positions, ChatGLM's max_sequence_length, QWen's seq_length, capped
+    at a sliding window); None: not told. PaddleNLP writes seq_length into every config: QWen's only it bounds."""
+    from paddle2ort.convert.llm.families import UnsupportedFamily, family_name
+    try:
+        qwen = family_name(config) == "qwen"
+    except UnsupportedFamily:                  # the conversion says so, first thing
+        return None
+    keys = ("max_position_embeddings", "n_positions", "max_sequence_length", *(("seq_length",) if qwen else ()))
+    return max((config[k] for k in keys if isinstance(config.get(k), int)), default=None)
+
+
+def check_context(cfg: ReleaseConfig, context: int | None) -> None:
+    """The perplexity windows and the timed generation (a prompt of up to 32 tokens + --new-tokens) fit the
+    model's context (None: not known yet)."""
+    if context is None:
+        return
+    if cfg.window > context:
+        raise BadInputError(f"--window {cfg.window} is longer than the model's context of {context} tokens; pass "
+                            f"--window {context} or less")
+    prompt = min(32, cfg.window)
+    if prompt + cfg.new_tokens > context:
+        fix = (f"--new-tokens {context - prompt}" if context > prompt else f"--window {context - cfg.new_tokens}")
+        raise BadInputError(f"--new-tokens {cfg.new_tokens} after the {prompt}-token prompt of the speed run exceed "
+                            f"the model's context of {context} tokens; pass {fix} or less")
 
 
 # -------------------------------------------------------------------------------------------------------- conversion
@@ -184,6 +214,13 @@ def convert_candidates(conversion, run) -> tuple[ConvertResult, dict[str, dict]]
                 raise
             log.warning("not a release candidate (converting the others again): %s", e)
             precisions.remove(e.precision)
+            continue
+        except NothingToQuantizeError as e:      # int8 of a model without the ops it rewrites: no such candidate
+            if "int8" not in precisions:
+                raise
+            gate["int8"] = {"passed": False, "error": str(e), "note": "not made: nothing in the model INT8 rewrites"}
+            log.warning("not a release candidate (converting the others again): %s", e)
+            precisions.remove("int8")
             continue
         for prec, s in (res.manifest.validation or {}).items():
             gate[prec] = {"passed": True, **s}
@@ -317,14 +354,13 @@ def write_report(report: dict, out_dir: Path) -> dict[str, Path]:
     paths = {"json": out_dir / "report.json", "md": out_dir / "report.md", "png": out_dir / "report.png"}
     write_json(paths["json"], report)
     atomic_write(paths["md"], markdown(report))
-    if not report["devices"]:
-        paths.pop("png")
-    elif module_available("matplotlib"):
+    if report["devices"] and module_available("matplotlib"):
         with atomic_path(paths["png"], suffix=".png") as tmp:
             plot(report, tmp)
     else:
-        log.warning("matplotlib is not installed: no plot written (pip install 'paddle2ort[bench]')")
-        paths.pop("png")
+        if report["devices"]:
+            log.warning("matplotlib is not installed: no plot written (pip install 'paddle2ort[bench]')")
+        paths.pop("png").unlink(missing_ok=True)     # an earlier run's plot (ours: check_output_dir) is not this one
     return paths
 
 
@@ -347,9 +383,9 @@ def candidates(asked: list[str], gate: dict[str, dict], measured: dict[str, dict
     for p in dict.fromkeys(asked):
         g = gate.get(p, {"passed": False, "error": "not converted"})
         c = {"precision": p, "gate_passed": bool(g.get("passed")), **measured.get(p, {"delta": None}),
-             "gate": {k: v for k, v in g.items() if k != "passed"}}
+             "gate": {k: v for k, v in g.items() if k not in ("passed", "note")}}
         if not c["gate_passed"]:
-            c["note"] = "failed the conversion gate"
+            c["note"] = g.get("note", "failed the conversion gate")
         elif p in skipped:
             c["note"] = skipped[p]
         out.append(c)
@@ -373,6 +409,10 @@ def run_release(cfg: ReleaseConfig) -> ReleaseReport:
     if "gpu" in devices and not gpu_available():
         raise DeviceError("--device gpu: onnxruntime sees no CUDA device on this host; use --device cpu "
                           "(or run the release on a GPU host with onnxruntime-gpu)")
+    if not cfg.is_llm and "gpu" in devices and set(cfg.conversion.precisions) == {"int8"}:
+        raise BadInputError("the only candidate, int8, is never released for the GPU (onnxruntime runs dynamic INT8 "
+                            "on the CPU), so the GPU would get no precision: add fp16 or fp32 to --precision, or pass "
+                            "--device cpu")
     conversion, measured_on = (_check_llm(cfg) if cfg.is_llm else _check_classifier(cfg))
     sources = (*_user_paths(conversion), cfg.dataset_dir)       # never inside what --overwrite replaces
     check_destination(conversion.output, conversion.overwrite, sources)
@@ -388,7 +428,13 @@ def run_release(cfg: ReleaseConfig) -> ReleaseReport:
             return convert_llm(c)
     else:
         def run_convert(c):
-            return convert(c, sources)
+            try:
+                return convert(c, sources)
+            except LabelCountError as e:           # the labels are the dataset's (--labels must equal them)
+                raise BadInputError(
+                    f"{cfg.dataset_dir / 'label.txt'} lists {len(e.labels)} labels ({', '.join(e.labels)}) but the "
+                    f"model's first output has {e.classes} classes (shape {e.shape}): the dataset is not this "
+                    f"model's; give a dataset whose label.txt names its {e.classes} classes, in output order") from None
 
     with staged_bundle(conversion.output, conversion.overwrite, sources) as stage:
         inner = stage / "converted"
@@ -400,6 +446,8 @@ def run_release(cfg: ReleaseConfig) -> ReleaseReport:
                 write_report(report, cfg.report_dir)
             raise NoPrecisionFitsError(f"no precision can be released: FP32 fails the conversion gate, so there "
                                        f"is no baseline to judge the others against.\n{e}", report) from e
+        if cfg.is_llm:                         # the context the export made (config.json gave a bound only)
+            check_context(cfg, (res.manifest.extra.get("llm") or {}).get("max_context"))
         for entry in inner.iterdir():          # the converted bundle becomes the staged release bundle
             os.rename(entry, stage / entry.name)
         inner.rmdir()
@@ -417,11 +465,14 @@ def run_release(cfg: ReleaseConfig) -> ReleaseReport:
                               **info}
             log.info("%s: chosen %s", dev, chosen or "none (no candidate within budget)")
         report = _report(cfg, res.manifest.name, info, decisions, raw, measured_on)
-        extra_paths = write_report(report, cfg.report_dir) if cfg.report_dir else {}
         if not report["passed"]:
+            if cfg.report_dir:
+                write_report(report, cfg.report_dir)
             raise NoPrecisionFitsError(_failure_message(report), report)
         paths = write_report(report, stage / REPORT_DIR)
         _record_in_manifest(stage, decisions)
+    # once the bundle is in place: a run stopped before never leaves a PASSED report without its bundle
+    extra_paths = write_report(report, cfg.report_dir) if cfg.report_dir else {}
     final = {k: conversion.output / REPORT_DIR / p.name for k, p in paths.items()}
     return ReleaseReport(bundle=conversion.output, chosen={d: v["chosen"] for d, v in decisions.items()},
                          report=report, files={**final, **{f"report_dir_{k}": p for k, p in extra_paths.items()}})

@@ -96,6 +96,7 @@ finite_float = _typed("finite_float", float, lambda v: True, "a finite number")
 nonneg_float = _typed("nonneg_float", float, lambda v: v >= 0, "a finite number >= 0")
 positive_float = _typed("positive_float", float, lambda v: v > 0, "a finite number > 0")
 probability = _typed("probability", float, lambda v: 0 < v <= 1, "a number in (0, 1]")
+fraction = _typed("fraction", float, lambda v: 0 <= v < 1, "a fraction in [0, 1), e.g. 0.05 for 5%")
 
 
 def nonempty(s: str) -> str:

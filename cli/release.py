@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import (check_exists, check_output_dir, command, csv_of, nonneg_float, nonneg_int, positive_int,
-                     require_convert_extra)
+from .common import (check_exists, check_output_dir, command, csv_of, fraction, nonneg_float, nonneg_int,
+                     positive_int, require_convert_extra)
 from .convert import add_conversion_options, conversion_config
 
 EXAMPLE = """paddle2ort release inference/ -o bundle/ --dataset-dir data/ --budget 1.0 --tokenizer tok/ \\
@@ -24,6 +24,19 @@ CLASSIFIER_ONLY = (("--labels", "labels", None), ("--inputs", "inputs", None),
                    ("--int8-op-types", "int8_op_types", ("MatMul", "Gemm")),
                    ("--max-seq-length", "max_seq_length", 128), ("--batch-size", "batch_size", 32),
                    ("--warmup", "warmup", 8), ("--limit", "limit", None))
+# and those an LLM release reads and a classifier release would ignore
+LLM_ONLY = (("--block-size", "block_size", 32), ("--window", "window", 128), ("--windows", "windows", 8),
+            ("--new-tokens", "new_tokens", 32))
+
+
+def _refuse_other_kind(args, options, kind: str, src_is: str, theirs: str) -> None:
+    """Options of the other kind of release: refused by name, never ignored without a word."""
+    given = [flag for flag, dest, default in options if getattr(args, dest) != default]
+    if given:
+        from paddle2ort.runtime.errors import BadInputError
+        one = len(given) == 1
+        raise BadInputError(f"{', '.join(given)} appl{'ies' if one else 'y'} to {kind} releases; {args.src} is "
+                            f"{src_is}: leave {'it' if one else 'them'} out ({theirs})")
 
 
 def _conversion(args):
@@ -33,17 +46,15 @@ def _conversion(args):
         from paddle2ort.runtime.errors import BadInputError
         if args.tokenizer is None:
             raise BadInputError("an LLM release needs --tokenizer DIR (tokenizer.json + tokenizer_config.json)")
-        given = [flag for flag, dest, default in CLASSIFIER_ONLY if getattr(args, dest) != default]
-        if given:
-            raise BadInputError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to classifier "
-                                f"releases; {args.src} is an LLM (PaddleNLP model directory): leave "
-                                f"{'it' if len(given) == 1 else 'them'} out (LLM options: --window, --windows, "
-                                "--new-tokens, --block-size)")
+        _refuse_other_kind(args, CLASSIFIER_ONLY, "classifier", "an LLM (PaddleNLP model directory)",
+                           "LLM options: --window, --windows, --new-tokens, --block-size")
         # the graph `generate` runs on the CPU is the one convert-llm builds by default (fused where it fits)
         return LLMConvertConfig(source=args.src, output=args.output, tokenizer=args.tokenizer,
                                 precisions=args.precision or ("fp32", "int8", "int4"), block_size=args.block_size,
                                 overwrite=args.overwrite, name=args.name, default_graph="auto",
                                 thresholds=thresholds_with_overrides(dict(args.threshold), LLM_THRESHOLDS))
+    _refuse_other_kind(args, LLM_ONLY, "LLM", "a Paddle inference model (a text-classifier release)",
+                       "classifier options: --batch-size, --warmup, --limit, --max-seq-length")
     return conversion_config(args, args.precision or ("fp32", "fp16", "int8"))
 
 
@@ -100,7 +111,7 @@ def register(sub) -> None:
                            "classifier: tokenizer.json + vocab.txt; LLM: tokenizer.json + tokenizer_config.json")
     r.add_argument("--device", type=csv_of(("cpu", "gpu")), help="devices to release for (default: cpu, and gpu "
                    "when onnxruntime sees one)")
-    r.add_argument("--tie-margin", type=nonneg_float, default=0.05, help="a more exact precision within this "
+    r.add_argument("--tie-margin", type=fraction, default=0.05, help="a more exact precision within this "
                    "fraction of the fastest one's speed is preferred")
     r.add_argument("--report-dir", type=Path, help="also write report.{json,md,png} here, pass or fail (CI artifacts)")
     r.add_argument("--block-size", type=positive_int, default=32, help="LLM int8/int4 quantization block")

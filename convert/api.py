@@ -17,7 +17,7 @@ from paddle2ort.runtime.manifest import (MANIFEST_NAME, SCHEMA_VERSION, VALIDATI
 
 from . import export as export_stage
 from .bundle import staged_bundle, write_json
-from .errors import BadInputError, UnsupportedOperatorsError, ValidationError
+from .errors import BadInputError, LabelCountError, UnsupportedOperatorsError, ValidationError
 from .fusion import FusionConfig, bundle_graphs
 from .graph import _IDENT, rename_and_annotate, share_duplicate_weights
 from .paddle_proc import make_workdir, run_worker, sigterm_as_interrupt
@@ -187,8 +187,9 @@ def check_against_specs(config: ConvertConfig, info: dict) -> list[dict[str, np.
         shape = outs[0]["shape"] if outs else []
         classes = shape[-1] if len(shape) >= 2 else None
         if classes is not None and classes > 0 and classes != len(config.labels):
-            raise BadInputError(f"{len(config.labels)} labels given ({', '.join(config.labels)}) but the model's "
-                                f"first output has {classes} classes (shape {shape}); give {classes} labels")
+            raise LabelCountError(f"{len(config.labels)} labels given ({', '.join(config.labels)}) but the model's "
+                                  f"first output has {classes} classes (shape {shape}); give {classes} labels",
+                                  config.labels, classes, shape)
         if len(shape) < 2:
             raise BadInputError(f"labels given but the model's first output has shape {shape}, not [batch, classes]")
     if config.task == "text-classification":

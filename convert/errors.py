@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from paddle2ort.runtime.errors import BadInputError, Paddle2OrtError
 
-__all__ = ["BadInputError", "ConversionError", "NothingToQuantizeError", "Paddle2OrtError", "UnsupportedOperatorsError",
-           "ValidationError"]
+__all__ = ["BadInputError", "ConversionError", "LabelCountError", "NothingToQuantizeError", "Paddle2OrtError",
+           "UnsupportedOperatorsError", "ValidationError"]
 
 
 class ConversionError(Paddle2OrtError):
@@ -21,6 +21,14 @@ class ConversionError(Paddle2OrtError):
 
 class NothingToQuantizeError(BadInputError):
     """INT8 was asked of a model with none of the op types dynamic quantization rewrites (exit 2, before any gate)."""
+
+
+class LabelCountError(BadInputError):
+    """The class labels given are not as many as the model's classes (exit 2, after the cheap inspect stage)."""
+
+    def __init__(self, message: str, labels: tuple[str, ...] = (), classes: int = 0, shape: list = ()):
+        super().__init__(message)
+        self.labels, self.classes, self.shape = tuple(labels), classes, shape
 
 
 class UnsupportedOperatorsError(ConversionError):

@@ -98,6 +98,8 @@ class LLMConvertConfig:
                                 "requested: add --fused fp16 (or int8, int4), or leave the option out")
         if self.default_graph not in DEFAULT_GRAPHS:
             raise BadInputError(f"default graph must be one of {', '.join(DEFAULT_GRAPHS)}, got {self.default_graph!r}")
+        if self.name is not None and (not self.name.strip() or "\n" in self.name):     # as ConvertConfig, up front
+            raise BadInputError(f"model name must be a non-empty single line, got {self.name!r}")
         check_thresholds(self.thresholds)
 
 
