@@ -696,6 +696,27 @@ def in_process(argv: list[str], cwd: str, env: dict, tmpdir: Path, monkeypatch, 
     return code, cap.err + cap.out
 
 
+def refused_up_front(argv, fragment: str, shared, tmp_path: Path, monkeypatch, capsys, **env_extra) -> str:
+    """The audits' runner: CLI case `argv(w)` in this process must end in exit 2 naming `fragment`, without a
+    traceback, the work directory unchanged and nothing of ours left in TMPDIR; -> its output, for the caller's own
+    checks (what must not have run)."""
+    work, tmpdir = tmp_path / "work", tmp_path / "tmpdir"
+    work.mkdir()
+    tmpdir.mkdir()
+    env = dict(os.environ, TMPDIR=str(tmpdir), PYTHONUNBUFFERED="1", **env_extra)
+    w = W(work, shared, env)
+    args = [str(a) for a in argv(w)]
+    cwd = env.pop("__cwd__", str(work))
+    before = snapshot(work)
+    code, out = in_process(args, cwd, env, tmpdir, monkeypatch, capsys)
+    assert TRACEBACK not in out, out[-3000:]
+    assert code == 2, f"exit {code} (want 2):\n{out[-3000:]}"
+    assert fragment.lower() in out.lower(), f"{fragment!r} not in:\n{out[-3000:]}"
+    assert snapshot(work) == before, "the work directory changed"
+    assert not [p for p in tmpdir.iterdir() if p.name not in THIRD_PARTY_TMP]
+    return out
+
+
 @pytest.mark.parametrize("c", CASES, ids=[c.id for c in CASES])
 def test_bad_input(c: Case, shared, tmp_path, monkeypatch, capsys):
     work, tmpdir = tmp_path / "work", tmp_path / "tmpdir"

@@ -7,14 +7,13 @@ the llama.cpp environment is a stub whose `import llama_cpp` works, so the peer'
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from test_bad_inputs import THIRD_PARTY_TMP, TRACEBACK, W, bllm, in_process, shared, snapshot  # noqa: F401 (fixture)
+from test_bad_inputs import W, bllm, refused_up_front, shared  # noqa: F401 (fixture)
 
 
 def fake_llamacpp(root: Path) -> Path:
@@ -83,20 +82,9 @@ CASES = [   # (id, fragment expected in the output, argv)
 
 @pytest.mark.parametrize("cid,fragment,argv", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_refused_up_front(cid, fragment, argv, shared, tmp_path, monkeypatch, capsys):  # noqa: F811
-    work, tmpdir = tmp_path / "work", tmp_path / "tmpdir"
-    work.mkdir()
-    tmpdir.mkdir()
-    env = dict(os.environ, TMPDIR=str(tmpdir), PYTHONUNBUFFERED="1", XDG_CACHE_HOME=str(tmp_path / "cache"))
-    w = W(work, shared, env)
-    args = [str(a) for a in argv(w)]
-    before = snapshot(work)
-    code, out = in_process(args, str(work), env, tmpdir, monkeypatch, capsys)
-    assert TRACEBACK not in out, out[-3000:]
-    assert code == 2, f"exit {code} (want 2):\n{out[-3000:]}"
-    assert fragment.lower() in out.lower(), f"{fragment!r} not in:\n{out[-3000:]}"
+    out = refused_up_front(argv, fragment, shared, tmp_path, monkeypatch, capsys,
+                           XDG_CACHE_HOME=str(tmp_path / "cache"))
     assert "INFO paddle2ort.benchmarks.llm" not in out, "a row was timed before the refusal"
-    assert snapshot(work) == before, "the work directory changed"
-    assert not [p for p in tmpdir.iterdir() if p.name not in THIRD_PARTY_TMP]
     assert not list((tmp_path / "cache").glob("paddle2ort/llamacpp/*"))       # no peer GGUF was written
 
 

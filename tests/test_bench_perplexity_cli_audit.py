@@ -10,8 +10,7 @@ import os
 
 import pytest
 
-from test_bad_inputs import (THIRD_PARTY_TMP, TRACEBACK, W, _dataset, bench, in_process, ppl,  # noqa: F401
-                             shared, snapshot)                                                   # (fixture)
+from test_bad_inputs import W, _dataset, bench, ppl, refused_up_front, shared  # noqa: F401 (fixture)
 
 
 def _int8_only(w: W):
@@ -67,21 +66,8 @@ CASES = [   # (id, fragment expected in the output, argv)
 
 @pytest.mark.parametrize("cid,fragment,argv", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_refused_up_front(cid, fragment, argv, shared, tmp_path, monkeypatch, capsys):  # noqa: F811
-    work, tmpdir = tmp_path / "work", tmp_path / "tmpdir"
-    work.mkdir()
-    tmpdir.mkdir()
-    env = dict(os.environ, TMPDIR=str(tmpdir), PYTHONUNBUFFERED="1")
-    w = W(work, shared, env)
-    args = [str(a) for a in argv(w)]
-    cwd = env.pop("__cwd__", str(work))
-    before = snapshot(work)
-    code, out = in_process(args, cwd, env, tmpdir, monkeypatch, capsys)
-    assert TRACEBACK not in out, out[-3000:]
-    assert code == 2, f"exit {code} (want 2):\n{out[-3000:]}"
-    assert fragment.lower() in out.lower(), f"{fragment!r} not in:\n{out[-3000:]}"
+    out = refused_up_front(argv, fragment, shared, tmp_path, monkeypatch, capsys)
     assert "INFO paddle2ort.benchmarks." not in out, "a row was scored or timed before the refusal"
-    assert snapshot(work) == before, "the work directory changed"
-    assert not [p for p in tmpdir.iterdir() if p.name not in THIRD_PARTY_TMP]
 
 
 def test_the_bundles_source_named_otherwise_is_its_peer(shared, tmp_path):

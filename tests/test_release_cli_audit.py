@@ -9,13 +9,12 @@ Cases run in this process through test_bad_inputs' runner pieces (its W world, s
 from __future__ import annotations
 
 import json
-import os
 import shutil
 
 import pytest
 
 from conftest import run_python
-from test_bad_inputs import THIRD_PARTY_TMP, TRACEBACK, W, in_process, shared, snapshot  # noqa: F401 (fixture)
+from test_bad_inputs import TRACEBACK, W, refused_up_front, shared  # noqa: F401 (fixture)
 from test_release import release_args, write_dataset
 
 from paddle2ort.cli import main
@@ -88,22 +87,10 @@ CASES = [   # (id, fragment expected in the output, whether the conversion may h
 @pytest.mark.parametrize("cid,fragment,converts,argv", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_refused_up_front(cid, fragment, converts, argv, shared, tmp_path, monkeypatch,  # noqa: F811
                                        capsys):
-    work, tmpdir = tmp_path / "work", tmp_path / "tmpdir"
-    work.mkdir()
-    tmpdir.mkdir()
-    env = dict(os.environ, TMPDIR=str(tmpdir), PYTHONUNBUFFERED="1")
-    w = W(work, shared, env)
-    args = [str(a) for a in argv(w)]
-    before = snapshot(work)
-    code, out = in_process(args, str(work), env, tmpdir, monkeypatch, capsys)
-    assert TRACEBACK not in out, out[-3000:]
-    assert code == 2, f"exit {code} (want 2):\n{out[-3000:]}"
-    assert fragment.lower() in out.lower(), f"{fragment!r} not in:\n{out[-3000:]}"
+    out = refused_up_front(argv, fragment, shared, tmp_path, monkeypatch, capsys)
     if not converts:
         assert "paddle2ort.convert" not in out, f"converted before the refusal:\n{out[-3000:]}"
     assert "paddle2ort.benchmarks.classifier" not in out, "measured before the refusal"
-    assert snapshot(work) == before, "the work directory changed"
-    assert not [p for p in tmpdir.iterdir() if p.name not in THIRD_PARTY_TMP]
 
 
 # a text classifier whose layers are an embedding and a convolution: nothing dynamic INT8 rewrites (MatMul/Gemm)
