@@ -212,7 +212,10 @@ def check_quantizable(model, opts: Int8Options) -> None:
     if opts.weight_only:
         return
     g = model.graph
-    consts = {t.name for t in g.initializer} | {o for n in g.node if n.op_type == "Constant" for o in n.output}
+    consts = {t.name for t in g.initializer}    # and what is computed from constants alone (Transpose(W), Cast(W)):
+    for n in g.node:                            # the pre-processing before quantization folds those into weights
+        if n.op_type == "Constant" or (n.input and all(i in consts or not i for i in n.input)):
+            consts.update(n.output)
     ops = Counter(n.op_type for n in g.node)
     if any(n.op_type in opts.op_types and any(i in consts for i in n.input) for n in g.node):
         return

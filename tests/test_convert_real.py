@@ -87,6 +87,11 @@ def test_what_dynamic_int8_can_quantize():
         return helper.make_model(helper.make_graph([node], "g", [x], [y], inits))
 
     check_quantizable(model(True), Int8Options())
+    folded = model(True)                        # MatMul(x, Transpose(w)): a weight once constants are folded
+    t = helper.make_node("Transpose", ["w"], ["wt"])
+    folded.graph.node[0].input[1] = "wt"
+    folded.graph.node.insert(0, t)
+    check_quantizable(folded, Int8Options())
     check_quantizable(model(False), Int8Options(weight_only=True))
     with pytest.raises(NothingToQuantizeError, match="its 1 MatMul/Gemm multiply activations"):
         check_quantizable(model(False), Int8Options())
