@@ -156,7 +156,7 @@ def _cell(r: dict | None) -> str:
     if r is None:
         return "-"
     if r.get("not_applicable"):
-        return "n/a (no MatMul/Gemm: INT8 would be the FP32 model)"
+        return "n/a (no MatMul/Gemm with a weight: INT8 would be the FP32 model)"
     if r.get("passed"):
         extra = f", argmax {r['min_argmax_agreement']:.3f}" if r.get("min_argmax_agreement") is not None else ""
         if r.get("quantized_nodes") == 0:
