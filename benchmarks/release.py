@@ -315,7 +315,8 @@ def markdown(report: dict) -> str:
             s = c.get("tokens_per_s") if llm else c.get("ms_per_sample")
             ss = "-" if s is None else (f"{s:.1f}" if llm else f"{s:.3f}")
             delta = "-" if c.get("delta") is None else f"{c['delta']:+.3f}"
-            gate = "passed" if c["gate_passed"] else "**failed**"
+            gate = ("passed" if c["gate_passed"] else
+                    "n/a" if str(c.get("note", "")).startswith("not made") else "**failed**")
             mark = "yes" if c["within_budget"] else ("no" if c.get("delta") is not None else
                                                      f"no ({c.get('note', 'not measured')})")
             name = f"**{c['precision']}**" if c["precision"] == d["chosen"] else c["precision"]

@@ -121,6 +121,7 @@ def test_int8_of_a_model_without_the_ops_it_rewrites_is_no_candidate(tmp_path, c
     assert main(release_args(src, out, write_dataset(tmp_path / "data"), "--output-names", "logits")) == 0
     printed = capsys.readouterr().out
     assert "released: cpu -> " in printed and "not made: nothing in the model INT8 rewrites" in printed
+    assert "| int8 | n/a |" in printed and "**failed**" not in printed      # not made is not a failed gate
     by = {c["precision"]: c for c in json.loads((out / "manifest.json").read_text())["extra"]["release"]["cpu"]
           ["candidates"]}
     assert set(by) == {"fp32", "fp16", "int8"} and by["fp32"]["gate_passed"] and by["fp16"]["gate_passed"]
