@@ -25,6 +25,9 @@ def run(args) -> int:
     for option, value in (("--check-prompts", args.check_prompts), ("--llamacpp-python", args.llamacpp_python)):
         if value is not None and args.gguf is None:
             raise BadInputError(f"{option} is for the llama.cpp peer: pass --gguf (the bundle's source GGUF) too")
+    if args.check_new_tokens is not None and args.check_prompts is None:
+        raise BadInputError("--check-new-tokens sets the token check's length: pass --check-prompts FILE (and "
+                            "--gguf) too, or leave it out")
     if args.gguf is not None:
         require_convert_extra("bench-llm --gguf", ("gguf",))
     prompts = ()
@@ -41,9 +44,10 @@ def run(args) -> int:
                                        batch_sizes=args.batch_sizes, prompt_len=args.prompt_len,
                                        new_tokens=args.new_tokens, threads=args.threads, gguf=args.gguf,
                                        llamacpp_python=args.llamacpp_python, check_prompts=prompts,
-                                       check_new_tokens=args.check_new_tokens, repeats=args.repeats,
-                                       spin_wait=not args.no_spin, floor=not args.no_floor,
-                                       kernels=not args.no_kernels))
+                                       repeats=args.repeats, spin_wait=not args.no_spin, floor=not args.no_floor,
+                                       kernels=not args.no_kernels,
+                                       **({"check_new_tokens": args.check_new_tokens} if args.check_new_tokens
+                                          else {})))
     md = markdown(res)
     write_results(args.output, "llm", res, md)
     from paddle2ort.benchmarks.llm import plot
@@ -73,7 +77,8 @@ def register(sub) -> None:
                     "(default: .venv-llamacpp/bin/python in the checkout; needs --gguf)")
     bl.add_argument("--check-prompts", type=Path, help="text file, a prompt a line: greedy tokens of our FP32 "
                     "users' graph vs llama.cpp F32, near-tie aware (needs --gguf)")
-    bl.add_argument("--check-new-tokens", type=positive_int, default=32, help="tokens a check prompt")
+    bl.add_argument("--check-new-tokens", type=positive_int, help="tokens a check prompt (with --check-prompts; "
+                    "default: LLMBenchConfig's, 32)")
     bl.add_argument("--repeats", type=positive_int, default=1, help="runs of every configuration, round-robin; "
                     "medians reported")
     bl.add_argument("--no-spin", action="store_true", help="worker threads sleep between ops instead of "

@@ -70,6 +70,7 @@ CASES = [   # (id, fragment expected in the output, argv)
     ("llamacpp-python-missing", "--llamacpp-python",
      lambda w: bllm(w, "--gguf", w.text("m.gguf", "x"), "--llamacpp-python", w.p("no-venv/bin/python"))),
     ("llamacpp-python-without-gguf", "pass --gguf", lambda w: bllm(w, "--llamacpp-python", sys.executable)),
+    ("check-new-tokens-without-prompts", "pass --check-prompts", lambda w: bllm(w, "--check-new-tokens", "8")),
     ("output-inside-the-bundle", "inside the bundle",
      lambda w: ["bench-llm", w.bundle("llm"), "--output", w.bundle("llm"), "--batch-sizes", "1"]),
     ("paddle-model-not-a-model", "not a paddlenlp model directory",
