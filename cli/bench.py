@@ -4,17 +4,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from paddle2ort.runtime.errors import BadInputError
-
-from .common import (check_exists, check_output_dir, command, csv, nonneg_int, positive_int,
+from .common import (check_exists, check_output_dir, check_unique, command, csv, nonneg_int, positive_int,
                      require_convert_extra)
 
 log = logging.getLogger("paddle2ort.cli")
 
 
 def run(args) -> int:
-    if args.precision and len(set(args.precision)) != len(args.precision):
-        raise BadInputError(f"--precision {','.join(args.precision)} names a precision twice; name each once")
+    check_unique("--precision", args.precision, "a precision")
     check_output_dir(args.output, "--output", stem="results", bundle=args.bundle)
     check_exists(args.dataset_dir, "--dataset-dir")
     if args.paddle_model is not None:

@@ -6,16 +6,15 @@ from pathlib import Path
 from paddle2ort.runtime.errors import BadInputError
 from paddle2ort.runtime.textio import read_utf8_lines
 
-from .common import (check_exists, check_output_dir, command, csv, csv_ints, nonneg_int, positive_int,
-                     require_convert_extra)
+from .common import (check_exists, check_output_dir, check_unique, command, csv, csv_ints, nonneg_int,
+                     positive_int, require_convert_extra)
 from .perplexity import write_results
 
 
 def run(args) -> int:
     check_output_dir(args.output, "--output", stem="llm", bundle=args.bundle)
-    for option, items in (("--precision", args.precision), ("--batch-sizes", args.batch_sizes)):
-        if items and len(set(items)) != len(items):
-            raise BadInputError(f"{option} {','.join(map(str, items))} names an item twice; name each once")
+    check_unique("--precision", args.precision)
+    check_unique("--batch-sizes", args.batch_sizes)
     if args.paddle_model is not None:
         check_exists(args.paddle_model, "--paddle-model")
         require_convert_extra("bench-llm --paddle-model", ("paddle", "paddlenlp"))
@@ -46,8 +45,7 @@ def run(args) -> int:
                                        llamacpp_python=args.llamacpp_python, check_prompts=prompts,
                                        repeats=args.repeats, spin_wait=not args.no_spin, floor=not args.no_floor,
                                        kernels=not args.no_kernels,
-                                       **({"check_new_tokens": args.check_new_tokens} if args.check_new_tokens
-                                          else {})))
+                                       check_new_tokens=args.check_new_tokens or LLMBenchConfig.check_new_tokens))
     md = markdown(res)
     write_results(args.output, "llm", res, md)
     from paddle2ort.benchmarks.llm import plot

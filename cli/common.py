@@ -164,6 +164,12 @@ def require_convert_extra(command_name: str, modules: tuple[str, ...] = ("paddle
                             f"{'is' if len(missing) == 1 else 'are'} not installed): {CONVERT_EXTRA}")
 
 
+def check_unique(option: str, items, what: str = "an item") -> None:
+    """A comma list that names something twice (bench, bench-llm and perplexity's --precision, --batch-sizes)."""
+    if items and len(set(items)) != len(items):
+        raise BadInputError(f"{option} {','.join(map(str, items))} names {what} twice; name each once")
+
+
 def check_exists(path: Path | None, option: str, stdin: bool = False) -> None:
     """stdin: the option reads "-" as standard input (not a path to check)."""
     if stdin and path is not None and str(path) == "-":

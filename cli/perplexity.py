@@ -4,7 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import check_exists, check_output_dir, command, csv, positive_int, require_convert_extra
+from .common import (check_exists, check_output_dir, check_unique, command, csv, positive_int,
+                     require_convert_extra)
 
 
 def write_results(out_dir: Path, stem: str, res: dict, md: str) -> None:
@@ -18,9 +19,7 @@ def run(args) -> int:
     if args.window < 2:
         from paddle2ort.runtime.errors import BadInputError
         raise BadInputError(f"--window must be >= 2 tokens (one predicted token a window), got {args.window}")
-    if args.precision and len(set(args.precision)) != len(args.precision):
-        from paddle2ort.runtime.errors import BadInputError
-        raise BadInputError(f"--precision {','.join(args.precision)} names a precision twice; name each once")
+    check_unique("--precision", args.precision, "a precision")
     check_output_dir(args.output, "--output", stem="perplexity", bundle=args.bundle)
     if args.paddle_model is not None:
         check_exists(args.paddle_model, "--paddle-model")

@@ -60,6 +60,12 @@ def tokenizer_files(tokenizer_dir: Path, max_seq_length: int) -> tuple[dict, dic
     return tokenizer_config(tokenizer_dir, max_seq_length).to_json(), files
 
 
+def check_name(name: str | None) -> None:
+    """The manifest's model name (convert and convert-llm): None (the source's name) or a non-empty single line."""
+    if name is not None and (not name.strip() or "\n" in name):
+        raise BadInputError(f"model name must be a non-empty single line, got {name!r}")
+
+
 def check_thresholds(thresholds: dict) -> None:
     """NaN/inf or out-of-range gate figures would switch the gate off (NaN compares false) or fail every model."""
     if not isinstance(thresholds, dict) or not all(isinstance(t, Thresholds) for t in thresholds.values()):
@@ -168,8 +174,7 @@ class ConvertConfig:
         for rel, src in self.extra_files.items():
             if not Path(src).exists():
                 raise BadInputError(f"file to carry into the bundle {src} does not exist")
-        if self.name is not None and (not self.name.strip() or "\n" in self.name):
-            raise BadInputError(f"model name must be a non-empty single line, got {self.name!r}")
+        check_name(self.name)
 
     def user_paths(self) -> tuple[Path, ...]:
         """Everything the user gave as input: never inside what --overwrite replaces."""

@@ -16,7 +16,8 @@ from paddle2ort.runtime.errors import BadInputError
 from paddle2ort.runtime.files import read_json_object
 from paddle2ort.runtime.progress import busy
 
-from ..api import MAX_OPSET, MIN_OPSET, ConvertConfig, ConvertResult, check_thresholds, convert
+from ..api import (MAX_OPSET, MIN_OPSET, ConvertConfig, ConvertResult, check_name, check_same_source, check_thresholds,
+                   convert)
 from ..bundle import check_destination
 from ..export import model_bytes
 from ..paddle_proc import make_workdir, run_worker, sigterm_as_interrupt
@@ -98,8 +99,7 @@ class LLMConvertConfig:
                                 "requested: add --fused fp16 (or int8, int4), or leave the option out")
         if self.default_graph not in DEFAULT_GRAPHS:
             raise BadInputError(f"default graph must be one of {', '.join(DEFAULT_GRAPHS)}, got {self.default_graph!r}")
-        if self.name is not None and (not self.name.strip() or "\n" in self.name):     # as ConvertConfig, up front
-            raise BadInputError(f"model name must be a non-empty single line, got {self.name!r}")
+        check_name(self.name)                   # up front, as ConvertConfig does
         check_thresholds(self.thresholds)
 
 
@@ -140,7 +140,6 @@ def check_llm_source(manifest, source: Path) -> None:
         raise BadInputError(f"bundle {manifest.name!r} was converted with an adapter applied ({kind}): `validate` "
                             "exports the source alone; run convert-llm again with the same --lora/--prefix "
                             "(--overwrite) to re-check it")
-    from ..api import check_same_source
     check_same_source(manifest.extra.get("paddle_source") or {}, source_fingerprint(source)["sha256"], source)
 
 
