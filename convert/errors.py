@@ -1,10 +1,12 @@
 """Typed converter errors. Exit codes: 2 bad input, 3 validation failed, 4 conversion failed."""
 from __future__ import annotations
 
+import re
+
 from paddle2ort.runtime.errors import BadInputError, Paddle2OrtError
 
-__all__ = ["BadInputError", "ConversionError", "LabelCountError", "NothingToQuantizeError", "Paddle2OrtError",
-           "UnsupportedOperatorsError", "ValidationError"]
+__all__ = ["BadInputError", "ConversionError", "LabelCountError", "NothingToQuantizeError", "OperatorFormError",
+           "Paddle2OrtError", "UnsupportedOperatorsError", "ValidationError"]
 
 
 class ConversionError(Paddle2OrtError):
@@ -41,6 +43,34 @@ class UnsupportedOperatorsError(ConversionError):
             f"{len(self.ops)} operator type(s) in the Paddle program are not supported by paddle2onnx "
             f"{paddle2onnx_version}: {listing}. Rewrite those layers with supported ops before export "
             "(e.g. replace fused ops by their primitive form), or register a custom op mapping.")
+
+
+# paddle2onnx's mapper refusing one use of an operator it supports (an attribute it has no ONNX form for), as its
+# log says before it aborts: "[ERROR][Paddle2ONNX] [OP: pd_op.conv2d] Cannot support input with NHWC format."
+_REFUSAL = re.compile(r"\[ERROR\]\[Paddle2ONNX\] \[OP: ([\w.]+)\] (.+)")
+
+
+class OperatorFormError(ConversionError):
+    """paddle2onnx supports the operator but not the form this model uses it in (NHWC convolutions, a stride past
+    the kernel...): it names each refusal in its log, then aborts; this error lists those, not the abort."""
+
+    def __init__(self, refusals: dict[str, list[str]], paddle2onnx_version: str = ""):
+        self.refusals = refusals
+        listing = "; ".join(f"{op}: {' / '.join(why)}" for op, why in refusals.items())
+        super().__init__(
+            f"paddle2onnx {paddle2onnx_version} supports the operator type(s) but not the form this model uses: "
+            f"{listing}. Re-export the model with those layers in a form it converts (e.g. data_format='NCHW' for "
+            "convolutions), or rewrite them with other ops.".replace("paddle2onnx  ", "paddle2onnx "))
+
+    @staticmethod
+    def from_log(text: str, paddle2onnx_version: str = "") -> "OperatorFormError | None":
+        """The refusals paddle2onnx logged, or None where it logged none (another crash)."""
+        found: dict[str, list[str]] = {}
+        for op, why in _REFUSAL.findall(text):
+            why = why.strip().rstrip(".")
+            if why not in found.setdefault(op, []):
+                found[op].append(why)
+        return OperatorFormError(found, paddle2onnx_version) if found else None
 
 
 class ValidationError(Paddle2OrtError):

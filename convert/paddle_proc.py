@@ -26,7 +26,7 @@ from pathlib import Path
 from paddle2ort.runtime.signals import Terminated, sigterm_as_interrupt  # noqa: F401 - re-exported for convert
 
 from . import forkserver
-from .errors import BadInputError, ConversionError
+from .errors import BadInputError, ConversionError, OperatorFormError
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,20 @@ def workdir(kind: str = ""):
         shutil.rmtree(path, ignore_errors=True)
 
 
+def _refusals(log_path: Path):
+    """paddle2onnx's refusals of an operator's form in the task's log (OperatorFormError), else None."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        text = log_path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    try:
+        p2o = version("paddle2onnx")
+    except PackageNotFoundError:
+        p2o = ""
+    return OperatorFormError.from_log(text, p2o)
+
+
 def log_tail(path: Path, lines: int = 25) -> str:
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
@@ -140,6 +154,9 @@ def run_worker(task: str, args: dict, workdir: Path, timeout_s: float = 3600) ->
     except subprocess.TimeoutExpired as e:
         raise ConversionError(f"paddle worker task {task!r} timed out after {timeout_s:.0f}s",
                               log_tail(log_path)) from e
+    refused = _refusals(log_path) if returncode != 0 or not out_path.is_file() else None
+    if refused is not None:
+        raise refused
     if returncode < 0:
         sig = signal.Signals(-returncode).name
         raise ConversionError(f"the Paddle/paddle2onnx process crashed ({sig}) during {task!r}", log_tail(log_path))

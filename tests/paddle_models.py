@@ -135,6 +135,73 @@ def build_unsupported(out: Path):
     _save(Odd(), out, [paddle.static.InputSpec([None, 4], "float32", "x")])
 
 
+def build_nhwc_conv(out: Path):
+    """A channels-last convolution (ConvBERT's form): paddle2onnx 2.1.0 supports conv2d, not with NHWC input, and
+    aborts after logging that refusal."""
+    import paddle
+
+    class ChannelsLast(paddle.nn.Layer):
+        def __init__(self):
+            super().__init__()
+            self.conv = paddle.nn.Conv2D(4, 8, 3, padding=1, data_format="NHWC")
+
+        def forward(self, x):
+            return paddle.nn.functional.relu(self.conv(x)).mean(axis=[1, 2])
+
+    paddle.seed(2)
+    _save(ChannelsLast(), out, [paddle.static.InputSpec([None, 8, 8, 4], "float32", "x")])
+
+
+# PaddleNLP 2.8.1 sequence-classification families, each at a tiny size with random weights (tests/
+# test_encoder_families.py). Built from XConfig(**TINY_NLP): what a family does not read, it ignores.
+NLP_FAMILIES = ("Bert", "Ernie", "ErnieGram", "ErnieM", "Roberta", "Albert", "Electra", "DistilBert", "TinyBert",
+                "Skep", "RoFormer", "RoFormerv2", "MPNet", "DebertaV2", "MobileBert", "SqueezeBert", "MegatronBert",
+                "Nystromformer", "LayoutLM", "ConvBert", "FNet")
+TINY_NLP = dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                max_position_embeddings=128, type_vocab_size=2, num_labels=3, hidden_dropout_prob=0.0,
+                attention_probs_dropout_prob=0.0, embedding_size=32, num_classes=3, pad_token_id=0)
+
+
+def _logits(out):
+    return out[0] if isinstance(out, (tuple, list)) else (out.logits if hasattr(out, "logits") else out)
+
+
+def _nlp_wrappers():
+    import paddle
+
+    class Ids(paddle.nn.Layer):             # InputSpec names must equal forward's argument names
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids):
+            return _logits(self.m(input_ids=input_ids))
+
+    class IdsTypes(Ids):
+        def forward(self, input_ids, token_type_ids):
+            return _logits(self.m(input_ids=input_ids, token_type_ids=token_type_ids))
+
+    return Ids, IdsTypes
+
+
+def build_nlp_family(out: Path, family: str):
+    """PaddleNLP's {family}ForSequenceClassification, tiny, saved with input_ids (and token_type_ids where its
+    forward takes them), as a user exports a fine-tuned classifier."""
+    import inspect
+
+    import paddle
+    import paddlenlp.transformers as T
+
+    paddle.seed(1)
+    model = getattr(T, f"{family}ForSequenceClassification")(getattr(T, f"{family}Config")(**TINY_NLP))
+    model.eval()
+    types = "token_type_ids" in inspect.signature(model.forward).parameters
+    ids, ids_types = _nlp_wrappers()
+    names = ("input_ids", "token_type_ids") if types else ("input_ids",)
+    _save((ids_types if types else ids)(model), out, [paddle.static.InputSpec([None, None], "int64", n)
+                                                      for n in names])
+
+
 def build_bert_classifier(out: Path):
     """The zoo classifier's architecture (PaddleNLP BERT + masked mean pooling + head) at a tiny size, with
     MiniLM's 30,522-token vocabulary so the real tokenizer files drive it."""
@@ -220,7 +287,8 @@ def build_gpt(out: Path):
 
 
 BUILDERS = {"ernie_medium": build_ernie_medium, "llama": build_llama, "gpt": build_gpt, "bert_classifier": build_bert_classifier, "mlp": build_mlp, "encoder": build_encoder, "ernie": build_ernie, "legacy": build_legacy, "two_heads": build_two_heads,
-            "unsupported": build_unsupported}
+            "unsupported": build_unsupported, "nhwc_conv": build_nhwc_conv}
+BUILDERS.update({f"nlp_{fam}": (lambda out, fam=fam: build_nlp_family(out, fam)) for fam in NLP_FAMILIES})
 # fusion tests: f"{family}_h{hidden}_n{heads}"
 BUILDERS.update({f"{fam}_h{h}_n{n}": (lambda out, fam=fam, h=h, n=n: build_geometry(out, fam, h, n))
                  for fam in ("bert", "ernie") for h, n in ((32, 2), (32, 4), (64, 2), (64, 4))})

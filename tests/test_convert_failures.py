@@ -73,6 +73,33 @@ def test_unsupported_operators_listed_with_counts(tiny_models, tmp_path, capsys)
     assert not out.exists()
 
 
+def test_an_operator_form_paddle2onnx_refuses_is_named_not_the_abort(tiny_models, tmp_path, capsys):
+    """conv2d is supported, NHWC conv2d is not: paddle2onnx logs the refusal, then aborts (SIGABRT). The error is
+    the refusal and the fix, not the abort and a C++ stack."""
+    out = tmp_path / "b"
+    assert _convert(tiny_models("nhwc_conv"), out) == 4
+    err = capsys.readouterr().err
+    assert "pd_op.conv2d: Cannot support input with NHWC format" in err and "data_format='NCHW'" in err
+    assert "SIGABRT" not in err and "C++ Traceback" not in err
+    assert not out.exists()
+
+
+@pytest.mark.unit
+def test_operator_form_refusals_read_from_the_log():
+    from paddle2ort.convert.errors import OperatorFormError
+    log = ("[Paddle2ONNX] Start parsing the Paddle model file...\n"
+           "[ERROR][Paddle2ONNX] [OP: pd_op.conv2d] Cannot support input with NHWC format.\n"
+           "[ERROR][Paddle2ONNX] [OP: pd_op.conv2d] Cannot support input with NHWC format.\n"
+           "[ERROR][Paddle2ONNX] [OP: pd_op.pool2d] Adaptive pooling with this output size is not supported\n"
+           "[ERROR][Paddle2ONNX] There are unsupported features.\n")
+    e = OperatorFormError.from_log(log, "2.1.0")
+    assert e.refusals == {"pd_op.conv2d": ["Cannot support input with NHWC format"],
+                          "pd_op.pool2d": ["Adaptive pooling with this output size is not supported"]}
+    assert e.exit_code == 4 and "paddle2onnx 2.1.0 supports" in str(e)
+    assert OperatorFormError.from_log("F1123 fatal: mapper exploded\n[ERROR][Paddle2ONNX] There are unsupported "
+                                      "features.\n") is None          # no operator named: the crash stays a crash
+
+
 @pytest.mark.parametrize("mode", ["fork", "spawn"])
 def test_worker_crash_is_reported(tmp_path, monkeypatch, mode):
     """A SIGABRT in the child (what paddle2onnx does on C++ errors) becomes a ConversionError, not a dead parent;
