@@ -286,8 +286,10 @@ def build_gpt(out: Path):
     smollm2_tokenizer(out / "tokenizer")
 
 
-BUILDERS = {"ernie_medium": build_ernie_medium, "llama": build_llama, "gpt": build_gpt, "bert_classifier": build_bert_classifier, "mlp": build_mlp, "encoder": build_encoder, "ernie": build_ernie, "legacy": build_legacy, "two_heads": build_two_heads,
-            "unsupported": build_unsupported, "nhwc_conv": build_nhwc_conv}
+BUILDERS = {"ernie_medium": build_ernie_medium, "llama": build_llama, "gpt": build_gpt,
+            "bert_classifier": build_bert_classifier, "mlp": build_mlp, "encoder": build_encoder, "ernie": build_ernie,
+            "legacy": build_legacy, "two_heads": build_two_heads, "unsupported": build_unsupported,
+            "nhwc_conv": build_nhwc_conv}
 BUILDERS.update({f"nlp_{fam}": (lambda out, fam=fam: build_nlp_family(out, fam)) for fam in NLP_FAMILIES})
 # fusion tests: f"{family}_h{hidden}_n{heads}"
 BUILDERS.update({f"{fam}_h{h}_n{n}": (lambda out, fam=fam, h=h, n=n: build_geometry(out, fam, h, n))
