@@ -15,6 +15,9 @@ log = logging.getLogger("paddle2ort.cli")
 SERVE_MODULES = ("fastapi", "uvicorn", "prometheus_client")
 _port = _typed("port", int, lambda v: 1 <= v <= 65535, "a TCP port in 1..65535")
 EVERY_INTERFACE = ("0.0.0.0", "::")
+# defaults of the options that act on some tasks only (ignored_options warns where one is set and does nothing)
+DEFAULT_MAX_BATCH, DEFAULT_MAX_TOKENS, DEFAULT_CLASSIFY_WAIT_MS, DEFAULT_CLASSIFY_BATCH = 16, 256, 10.0, 64
+GENERATION_TASKS = ("text-generation", "text2text-generation")
 
 
 def _host(s: str) -> str:
@@ -44,6 +47,28 @@ def check_port(host: str, port: int) -> None:
         except OSError as e:
             raise BadInputError(f"cannot listen on {host}:{port} ({e.strerror}); pick another --port or --host") \
                 from None
+
+
+def ignored_options(args, tasks: set[str]) -> list[str]:
+    """The options given that change nothing for the bundles served (each a sentence naming the option)."""
+    out = []
+    if args.device == "cpu" and args.device_id != 0:
+        out.append(f"--device-id {args.device_id} has no effect: it picks the CUDA device with --device gpu")
+    if "text-generation" not in tasks and args.graph != "auto":
+        out.append(f"--graph {args.graph} has no effect: it picks the decoder of text-generation bundles, and none "
+                   "is served")
+    if not tasks & set(GENERATION_TASKS) and args.max_batch != DEFAULT_MAX_BATCH:
+        out.append(f"--max-batch {args.max_batch} has no effect: it bounds the text-generation batch, and only "
+                   "classifiers are served (their batch is --classify-batch)")
+    if "text-generation" not in tasks and args.default_max_tokens != DEFAULT_MAX_TOKENS:
+        out.append(f"--default-max-tokens {args.default_max_tokens} has no effect: it is the default of chat "
+                   "completions, which need a text-generation bundle, and none is served")
+    if "text-classification" not in tasks:
+        for opt, v, d in (("--classify-wait-ms", args.classify_wait_ms, DEFAULT_CLASSIFY_WAIT_MS),
+                          ("--classify-batch", args.classify_batch, DEFAULT_CLASSIFY_BATCH)):
+            if v != d:
+                out.append(f"{opt} {v:g} has no effect: it acts on text-classification bundles, and none is served")
+    return out
 
 
 def _draining_server(uvicorn):
@@ -79,6 +104,8 @@ def run(args) -> int:
     metrics = ServingMetrics()
     models = load_models(args.bundles, cfg, metrics, args.device, args.precision, args.threads, args.device_id,
                          args.graph)
+    for note in ignored_options(args, {s.task for s in models.values()}):
+        log.warning("%s", note)
     app = create_app(models, cfg, metrics)
     log.info("listening on %s (models: %s); SIGTERM or Ctrl-C drains the requests in flight",
              server_url(args.host, args.port), ", ".join(models))
@@ -117,16 +144,17 @@ def register(sub) -> None:
                         "grown on demand; default precision fp16 on gpu). Why auto: "
                         "benchmarks/results/serve/README.md")
     g.add_argument("--threads", type=nonneg_int, default=0, help="intra-op threads (0: onnxruntime's choice)")
-    g.add_argument("--max-batch", type=positive_int, default=16,
+    g.add_argument("--max-batch", type=positive_int, default=DEFAULT_MAX_BATCH,
                    help="rows one decode step advances at most (in-flight batch size)")
     g.add_argument("--max-queue", type=nonneg_int, default=64,
                    help="requests waiting for a slot per model; more are answered 429 with Retry-After")
     g.add_argument("--retry-after", type=positive_int, default=1, help="seconds, in 429/503 answers")
-    g.add_argument("--default-max-tokens", type=positive_int, default=256,
+    g.add_argument("--default-max-tokens", type=positive_int, default=DEFAULT_MAX_TOKENS,
                    help="new tokens of a chat completion that gives no max_tokens")
-    g.add_argument("--classify-wait-ms", type=nonneg_float, default=10.0,
+    g.add_argument("--classify-wait-ms", type=nonneg_float, default=DEFAULT_CLASSIFY_WAIT_MS,
                    help="how long a classify request waits for others to share its batch")
-    g.add_argument("--classify-batch", type=positive_int, default=64, help="texts a classifier batch at most")
+    g.add_argument("--classify-batch", type=positive_int, default=DEFAULT_CLASSIFY_BATCH,
+                   help="texts a classifier batch at most")
     g.add_argument("--max-body-mb", type=positive_float, default=4.0,
                    help="largest request body accepted, in MB (10^6 bytes); a larger one is answered 413 before it "
                         "is parsed")

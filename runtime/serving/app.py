@@ -39,7 +39,10 @@ ROUTES = ("/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/classify
 DISCONNECT_POLL_S = 0.5          # a non-streamed answer checks this often (wall time) that its client is still there
 MAX_BODY_BYTES = 4_000_000       # ServeConfig.max_body_bytes' default: a request body over it is refused (413)
 FALLBACK_TOKEN_CHARS = 256       # characters a token may stand for, where the tokenizer shows no vocabulary
+CUT_OFF_ANSWER_S = 5.0          # at shutdown, how long requests cut off at the drain limit may take to say so
 JSON_BODY_HINT = "the request body must be a JSON object, sent with Content-Type: application/json"
+PARSE_FAILED = "There was an error parsing the body"       # FastAPI's 400 detail for a body json.loads refused
+SERVABLE = ("text-generation", "text2text-generation", "text-classification")
 
 
 @dataclass(frozen=True)
@@ -105,13 +108,23 @@ def load_models(bundles: list[Path], cfg: ServeConfig, metrics: ServingMetrics, 
     for b in bundles:
         name = Path(b).resolve().name
         if name in names:
+            if names[name].resolve() == Path(b).resolve():
+                raise BadInputError(f"bundle {b} is named twice; name each bundle once")
             raise BadInputError(f"two bundles would be served as {name!r} ({names[name]} and {b}): a model's name is "
                                 "its directory's name, so rename one directory")
         names[name] = Path(b)
+    # every manifest is checked before any model loads: a bad last bundle is not found after minutes of loading
+    manifests = {name: load_bundle(path, verify=False).manifest for name, path in names.items()}
+    for name, m in manifests.items():
+        if m.task not in SERVABLE:
+            what = f"has task {m.task!r}" if m.task else "records no task (an image or raw-tensor model)"
+            raise BundleError(f"bundle {names[name]} {what}: serve runs {', '.join(SERVABLE)} bundles only; "
+                              "leave this one out (a text classifier converted without --task: convert it again "
+                              "with --task text-classification)")
     session = SessionOptions(device=device, device_id=device_id, intra_op_threads=threads)
     out: dict[str, Served] = {}
     for name, path in names.items():
-        m = load_bundle(path, verify=False).manifest
+        m = manifests[name]
         if m.task == "text-generation" and graph == "fused":       # release's choice is of the generic graph
             prec = precision or ("fp16" if device == "gpu" else "fp32")
         else:
@@ -130,15 +143,12 @@ def load_models(bundles: list[Path], cfg: ServeConfig, metrics: ServingMetrics, 
             gen = Text2TextGenerator(path, precision=prec, session=session)
             out[name] = Served(name, m.task, path, generator=gen, engine=Text2TextEngine(
                 gen, cfg.max_batch, cfg.max_queue, cfg.retry_after, metrics, name))
-        elif m.task == "text-classification":
+        else:                                                       # text-classification (SERVABLE, above)
             from paddle2ort.runtime.pipelines import TextClassifier
             clf = TextClassifier(path, precision=prec, session=session)
             out[name] = Served(name, m.task, path, classifier=clf, batcher=MicroBatcher(
                 clf, cfg.classify_max_texts, cfg.classify_max_wait_ms / 1000, cfg.max_queue, cfg.retry_after,
                 metrics, name))
-        else:
-            raise BundleError(f"bundle {path} has task {m.task!r}: serve runs text-generation, "
-                              "text2text-generation and text-classification bundles")
         log.info("serving %s (%s) as %r", path, m.task, name)
     return out
 
@@ -147,7 +157,7 @@ def load_models(bundles: list[Path], cfg: ServeConfig, metrics: ServingMetrics, 
 def create_app(models: dict[str, Served], cfg: ServeConfig = ServeConfig(),
                metrics: ServingMetrics | None = None) -> FastAPI:
     metrics = metrics or ServingMetrics()
-    state = {"draining": False}
+    state = {"draining": False, "cut_off": 0, "in_flight": 0}
 
     @asynccontextmanager
     async def lifespan(app):
@@ -169,10 +179,19 @@ def create_app(models: dict[str, Served], cfg: ServeConfig = ServeConfig(),
                 await asyncio.to_thread(s.engine.stop)
             if s.batcher is not None:
                 await s.batcher.stop()
-        log.info("server stopped: every admitted request was answered")
+        t0 = time.monotonic()              # requests cut off at the drain limit are still writing their answers
+        while state["in_flight"] and time.monotonic() - t0 < CUT_OFF_ANSWER_S:
+            await asyncio.sleep(0.01)
+        if state["cut_off"]:
+            log.warning("server stopped: %d request(s) in flight were cut off at the drain limit (serve "
+                        "--drain-timeout) and told so (503, or an error event ending a stream); the others were "
+                        "answered", state["cut_off"])
+        else:
+            log.info("server stopped: every admitted request was answered")
 
     app = FastAPI(title="paddle2ort", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.models, app.state.metrics, app.state.config = models, metrics, cfg
+    app.add_middleware(_CutOffMiddleware, state=state, retry_after=cfg.retry_after)
     app.add_middleware(_BodyLimitMiddleware, limit=cfg.max_body_bytes)
     app.add_middleware(_MetricsMiddleware, metrics=metrics)       # outermost: it counts the 413s too
     for s in models.values():
@@ -194,8 +213,13 @@ def create_app(models: dict[str, Served], cfg: ServeConfig = ServeConfig(),
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 400 and exc.detail == PARSE_FAILED:    # not UTF-8, or nested past json's recursion
+            return error_response(ApiError(400, "the request body could not be parsed: it is not UTF-8 or it is "
+                                           f"nested too deeply for a JSON parser; {JSON_BODY_HINT}", None,
+                                           "invalid_json"))
         return error_response(ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
-                                       code="not_found" if exc.status_code == 404 else None))
+                                       code="not_found" if exc.status_code == 404 else None,
+                                       headers=dict(exc.headers or {})))        # 405's Allow
 
     def model_for(name: str, task: str, *more: str) -> Served:
         s = models.get(name)
@@ -461,6 +485,57 @@ class _CancellingStream(StreamingResponse):
         finally:
             self.on_close()
             await self.body_iterator.aclose()
+
+
+class _CutOffMiddleware:
+    """A request still in flight when the drain limit passes (serve --drain-timeout: uvicorn then cancels its task)
+    is answered 503 in the API's error shape, or, where its stream has begun, ends with an error event; not
+    uvicorn's plain-text 500 and a traceback. Its rows were freed by the route's own cleanup (engine.cancel)."""
+
+    def __init__(self, app, state: dict, retry_after: int):
+        self.app, self.state, self.retry_after = app, state, retry_after
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started: list[dict] = []
+
+        async def watched(msg):
+            if msg["type"] == "http.response.start":
+                started.append(msg)
+            await send(msg)
+
+        self.state["in_flight"] += 1
+        try:
+            await self._answer(scope, receive, send, watched, started)
+        finally:
+            self.state["in_flight"] -= 1
+
+    async def _answer(self, scope, receive, send, watched, started: list[dict]) -> None:
+        try:
+            await self.app(scope, receive, watched)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and hasattr(task, "uncancel"):
+                task.uncancel()                     # answered here: the cancellation is handled
+            self.state["cut_off"] += 1
+            log.warning("%s %s: cut off at the drain limit (serve --drain-timeout)", scope["method"], scope["path"])
+            msg = ("the server shut down before this request finished (its drain limit, serve --drain-timeout, "
+                   "passed); send it again")
+            if not started:
+                await error_response(ApiError(503, msg, None, "shutting_down", "server_busy",
+                                              {"Retry-After": str(self.retry_after)}))(scope, receive, send)
+                return
+            sse = any(k == b"content-type" and v.startswith(b"text/event-stream")
+                      for k, v in started[0].get("headers", ()))
+            err = {"error": {"message": msg, "type": "server_busy", "param": None, "code": "shutting_down"}}
+            try:
+                if sse:
+                    await send({"type": "http.response.body", "body": f"data: {json.dumps(err)}\n\n".encode(),
+                                "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            except OSError:                         # the client has gone too
+                pass
 
 
 class _BodyLimitMiddleware:

@@ -32,6 +32,7 @@ class MicroBatcher:
         self.queue: asyncio.Queue[_Job] | None = None
         self.task: asyncio.Task | None = None
         self.accepting = True
+        self.busy = False                   # a batch is running (its requests are not waiting)
 
     def start(self) -> None:
         self.queue = asyncio.Queue()
@@ -47,8 +48,11 @@ class MicroBatcher:
     async def classify(self, texts: list[str]) -> list[dict]:
         if not self.accepting:
             raise ShuttingDown("the server is shutting down")
-        if self.queue.qsize() >= self.max_queue:
-            raise QueueFull(self.queue.qsize(), self.retry_after)
+        waiting = self.queue.qsize()
+        # as the generation engines: max_queue bounds the requests waiting behind a busy classifier (0: none wait)
+        # and never refuses one an idle classifier takes now
+        if waiting >= self.max_queue and (waiting or self.busy):
+            raise QueueFull(waiting, self.retry_after, self.max_queue)
         fut = asyncio.get_running_loop().create_future()
         await self.queue.put(_Job(list(texts), fut))
         return await fut
@@ -71,6 +75,7 @@ class MicroBatcher:
                 n += len(job.texts)
             texts = [t for j in jobs for t in j.texts]
             try:
+                self.busy = True
                 probs = await loop.run_in_executor(None, self._probs, texts)
                 start = 0
                 for j in jobs:
@@ -84,6 +89,7 @@ class MicroBatcher:
                     if not j.future.done():
                         j.future.set_exception(e)
             finally:
+                self.busy = False
                 for _ in jobs:
                     self.queue.task_done()
             if self.metrics is not None:

@@ -5,7 +5,8 @@ supported are refused (400 naming the field) unless they carry their neutral val
 logit_bias, no tools, response_format text, ...).
 
 Validation is strict: a JSON boolean is not a number, a string is not a number or a boolean (pydantic's lax mode
-would read "max_tokens": "8" as 8, true as 1 and "stream": "yes" as true); an integer is a number."""
+would read "max_tokens": "8" as 8, true as 1 and "stream": "yes" as true); an integer is a number. A null is
+the field's default, as in the OpenAI API (whose fields are nullable: some clients send "temperature": null)."""
 from __future__ import annotations
 
 import secrets
@@ -17,6 +18,10 @@ from paddle2ort.runtime.generation import GenerationConfig
 
 MAX_STOP_STRINGS = 4           # as the OpenAI API
 DEFAULT_COMPLETION_TOKENS = 16  # /v1/completions' default max_tokens in the OpenAI API
+SAMPLING_EPS = 1e-5            # a temperature below this is greedy (as vLLM): logits / 1e-300 overflow to NaN
+PENALTY_RANGE = (0.01, 100.0)  # repetition_penalty: logits / or * the penalty stay finite in float32
+# fields a null stands for the default of (the OpenAI API's fields are nullable)
+NULL_IS_DEFAULT = ("temperature", "top_p", "top_k", "repetition_penalty", "ignore_eos", "n", "stream")
 
 _PENALTY = ("only 0 (off); repetition_penalty is supported instead (CTRL-style: it lowers the logits of tokens "
             "already in the prompt or the answer; 1.0 = off, > 1 discourages repeats)")
@@ -38,6 +43,17 @@ def unsupported(name: str) -> str:
     return f"{name} is not supported by this server: {UNSUPPORTED[name]}"
 
 
+def check_text(v: str, what: str) -> str:
+    """Text the tokenizer can take: valid Unicode (JSON's "\\ud800" is a lone surrogate, which no UTF-8 tokenizer
+    encodes)."""
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{what} holds an unpaired UTF-16 surrogate ({v[e.start]!r} at character {e.start}), which "
+                         "is not text; send valid Unicode") from None
+    return v
+
+
 class ModelRequest(BaseModel):
     """What every route's body shares: the served model's name."""
     model_config = ConfigDict(extra="ignore", strict=True)
@@ -53,7 +69,8 @@ class GenerationRequest(ModelRequest):
     temperature: float = Field(default=1.0, ge=0.0, le=2.0, allow_inf_nan=False)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0, allow_inf_nan=False)
     top_k: int = Field(default=0, ge=0)                       # extension (vLLM's name); 0 = off
-    repetition_penalty: float = Field(default=1.0, gt=0.0, allow_inf_nan=False)   # extension
+    repetition_penalty: float = Field(default=1.0, ge=PENALTY_RANGE[0], le=PENALTY_RANGE[1],
+                                      allow_inf_nan=False)   # extension
     ignore_eos: bool = False                                  # extension (vLLM's name): run to max_tokens
     n: int = Field(default=1, ge=1)
     stop: Union[str, list[str], None] = Field(default=None, validate_default=True)
@@ -72,6 +89,11 @@ class GenerationRequest(ModelRequest):
     tool_choice: Union[str, dict[str, Any], None] = None
     functions: list[Any] | None = None
     function_call: Union[str, dict[str, Any], None] = None
+
+    @field_validator(*NULL_IS_DEFAULT, mode="before")
+    @classmethod
+    def _null_is_default(cls, v, info: ValidationInfo):
+        return cls.model_fields[info.field_name].default if v is None else v
 
     @field_validator("stop")
     @classmethod
@@ -127,7 +149,7 @@ class GenerationRequest(ModelRequest):
     def generation_config(self, max_tokens: int) -> GenerationConfig:
         """The request's decoding settings (raises BadInputError on a combination GenerationConfig refuses); a
         sampling request without a seed gets a fresh one, so its choices still draw independently."""
-        sampling = self.temperature > 0 and self.top_k != 1
+        sampling = self.temperature >= SAMPLING_EPS and self.top_k != 1
         seed = self.seed if self.seed is not None or not sampling else secrets.randbits(63)
         return GenerationConfig(max_new_tokens=max_tokens, min_new_tokens=max_tokens if self.ignore_eos else 0,
                                 do_sample=sampling, temperature=self.temperature if sampling else 1.0,
@@ -140,6 +162,14 @@ class CompletionRequest(GenerationRequest):
     echo: bool = False
     suffix: str | None = None
 
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _not_token_ids(cls, v):
+        if isinstance(v, list) and any(isinstance(x, (int, list)) and not isinstance(x, bool) for x in v):
+            raise ValueError("a prompt of token ids is not supported by this server: send the prompt as text (a "
+                             "string)")
+        return v
+
     @field_validator("prompt")
     @classmethod
     def _one_prompt(cls, v):
@@ -149,7 +179,7 @@ class CompletionRequest(GenerationRequest):
             v = v[0]
         if not v.strip():
             raise ValueError("the prompt is empty")
-        return v
+        return check_text(v, "the prompt")
 
     @field_validator("echo")
     @classmethod
@@ -176,6 +206,29 @@ class ChatMessage(BaseModel):
 
     role: Literal["system", "developer", "user", "assistant"]
     content: Union[str, list[TextPart]]
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _content(cls, v, info: ValidationInfo):
+        """What a message's content may be, said plainly (not pydantic's union errors): null only for an assistant
+        (the OpenAI API's tool-call turns; here: empty), a list only of text parts."""
+        if v is None:
+            if info.data.get("role") == "assistant":
+                return ""
+            raise ValueError("content is null: give the message's text (a string, or a list of text parts)")
+        if isinstance(v, list):
+            kinds = [p.get("type") if isinstance(p, dict) else type(p).__name__ for p in v]
+            other = sorted({str(k) for k in kinds if k != "text"})
+            if other:
+                raise ValueError(f"content parts of type {', '.join(other)} are not supported by this server: send "
+                                 "text (a string, or parts {\"type\": \"text\", \"text\": ...})")
+        return v
+
+    @field_validator("content")
+    @classmethod
+    def _valid_text(cls, v):
+        check_text(v if isinstance(v, str) else "".join(p.text for p in v), "content")
+        return v
 
     def text(self) -> str:
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)

@@ -27,8 +27,10 @@ log = logging.getLogger(__name__)
 class QueueFull(Exception):
     """The waiting queue is at its bound: the caller answers 429 with Retry-After."""
 
-    def __init__(self, depth: int, retry_after: int):
-        super().__init__(f"server busy: {depth} requests are waiting (the queue's bound); retry in {retry_after} s")
+    def __init__(self, depth: int, retry_after: int, bound: int | None = None):
+        said = f"{depth} requests are waiting for a slot" if depth else "every slot is taken"
+        limit = f"the queue's bound, serve --max-queue, is {bound}" if bound is not None else "the queue's bound"
+        super().__init__(f"server busy: {said} ({limit}); retry in {retry_after} s")
         self.retry_after = retry_after
 
 
@@ -75,7 +77,7 @@ class Request:
 
 class QueuedEngine:
     """What every serving engine shares: a bounded queue of requests (429 with Retry-After when full, refused once
-    draining), its own thread, stop = drain, cancel. A subclass gives check(), _loop(), active and _rows_busy(n)."""
+    draining), its own thread, stop = drain, cancel. A subclass gives check(), _loop(), active and _rows_free()."""
 
     thread_prefix = "engine"
 
@@ -114,8 +116,9 @@ class QueuedEngine:
         with self.cv:
             if not self.accepting:
                 raise ShuttingDown("the server is shutting down")
-            if len(self.waiting) >= self.max_queue and (self.waiting or self._rows_busy(n)):
-                raise QueueFull(len(self.waiting), self.retry_after)
+            behind = self._behind([r.n for r in self.waiting] + [n])
+            if behind > self.max_queue:
+                raise QueueFull(behind - 1, self.retry_after, self.max_queue)
             self.waiting.append(req)
             self._gauges()
             self.cv.notify_all()
@@ -134,6 +137,17 @@ class QueuedEngine:
     @property
     def queued(self) -> int:
         return len(self.waiting)
+
+    def _behind(self, rows: list[int]) -> int:
+        """How many of these queued requests (rows each, in order) wait for a slot: those the next boundary does not
+        admit (admission is in order: one that does not fit holds back those after it). A request the free rows
+        take at the next boundary is not waiting for a slot, so --max-queue 0 still admits while rows are free."""
+        free = self._rows_free()
+        for i, k in enumerate(rows):
+            if k > free:
+                return len(rows) - i
+            free -= k
+        return 0
 
     def _gauges(self) -> None:
         if self.metrics is not None:
@@ -192,8 +206,8 @@ class Engine(QueuedEngine):
         return 0 if dec.cache is None else dec.cache.length
 
     # ------------------------------------------------------------------ the loop (engine thread)
-    def _rows_busy(self, n: int) -> bool:
-        return len(self.rows) + n > self.max_batch
+    def _rows_free(self) -> int:
+        return self.max_batch - len(self.rows)
 
     def _loop(self) -> None:
         while True:

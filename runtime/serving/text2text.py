@@ -95,8 +95,8 @@ class Text2TextEngine(QueuedEngine):
         limits = (self.gen.source_limit, self.gen.model.max_tokens())
         return min((x for x in limits if x is not None), default=None)
 
-    def _rows_busy(self, n: int) -> bool:
-        return bool(self.busy)
+    def _rows_free(self) -> int:
+        return 0 if self.busy else self.max_batch          # batch at a time: the next batch takes up to max_batch
 
     # ------------------------------------------------------------------ the loop (engine thread)
     def _loop(self) -> None:
