@@ -33,6 +33,8 @@ from .numeric import log_softmax  # noqa: F401  (re-exported: the scorers import
 log = logging.getLogger(__name__)
 
 MAX_SEED = 2 ** 64
+SAMPLING_EPS = 1e-5        # a temperature below this decodes greedily (as vLLM): logits / 1e-300 overflow to NaN
+PENALTY_RANGE = (0.01, 100.0)   # repetition_penalty: logits divided or multiplied by it stay finite in float32
 BEAM_RULES = ("default", "paddlenlp")
 CACHE_HEADROOM = 64        # positions of KV room added when rows that joined a running batch outgrow the buffer
 
@@ -90,8 +92,10 @@ class GenerationConfig:
             raise BadInputError(f"no_repeat_ngram_size must be >= 0 (0 = off), got {self.no_repeat_ngram_size}")
         if self.beam_rules not in BEAM_RULES:
             raise BadInputError(f"beam_rules must be one of {', '.join(BEAM_RULES)}, got {self.beam_rules!r}")
-        if self.repetition_penalty <= 0:
-            raise BadInputError(f"repetition_penalty must be > 0 (1.0 = off), got {self.repetition_penalty}")
+        if not PENALTY_RANGE[0] <= self.repetition_penalty <= PENALTY_RANGE[1]:
+            raise BadInputError(f"repetition_penalty must be in {PENALTY_RANGE[0]}..{PENALTY_RANGE[1]:g} (1.0 = off; "
+                                "past that range logits divided or multiplied by it leave float32), got "
+                                f"{self.repetition_penalty}")
         if not 1 <= self.num_beams <= kernels.MAX_BEAMS:
             raise BadInputError(f"num_beams must be in 1..{kernels.MAX_BEAMS} (the beam kernel's limit; memory may "
                                 f"bound it lower), got {self.num_beams}")
@@ -129,7 +133,7 @@ class GenerationConfig:
 
     @property
     def sampling(self) -> bool:
-        return self.do_sample and self.temperature > 0 and self.top_k != 1
+        return self.do_sample and self.temperature >= SAMPLING_EPS and self.top_k != 1
 
     def sampler_params(self, step: int, pad_id: int) -> kernels.SamplerParams:
         """The kernels' view of this config at `step` of a turn (the Philox counter and min_new_tokens)."""

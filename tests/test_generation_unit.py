@@ -205,6 +205,12 @@ def test_sampling_reproducible_and_top_k_1_is_greedy():
     greedy = generate(m, [[1, 2]], GenerationConfig(max_new_tokens=8), 0)
     k1 = generate(m, [[1, 2]], GenerationConfig(max_new_tokens=8, do_sample=True, top_k=1, seed=1), 0)
     assert k1 == greedy
+    for t in (1e-300, 1e-40, 1e-6):             # logits / t leave float32 (NaN, a wrong or empty answer): greedy
+        tiny = GenerationConfig(max_new_tokens=8, do_sample=True, temperature=t, seed=1)
+        assert not tiny.sampling and generate(m, [[1, 2]], tiny, 0) == greedy
+    for p in (1e-300, 1e-3, 1e3, 1e300):       # a penalty that takes logits out of float32 is refused
+        with pytest.raises(BadInputError, match="repetition_penalty must be in 0.01..100"):
+            GenerationConfig(repetition_penalty=p)
     s = lambda seed: generate(m, [[1, 2]], GenerationConfig(max_new_tokens=8, do_sample=True, temperature=1.5,  # noqa
                                                             top_p=0.9, seed=seed), 0)
     assert s(7) == s(7) and s(2 ** 64 - 1) == s(2 ** 64 - 1)

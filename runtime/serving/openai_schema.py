@@ -14,12 +14,10 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from paddle2ort.runtime.generation import GenerationConfig
+from paddle2ort.runtime.generation import PENALTY_RANGE, SAMPLING_EPS, GenerationConfig
 
 MAX_STOP_STRINGS = 4           # as the OpenAI API
 DEFAULT_COMPLETION_TOKENS = 16  # /v1/completions' default max_tokens in the OpenAI API
-SAMPLING_EPS = 1e-5            # a temperature below this is greedy (as vLLM): logits / 1e-300 overflow to NaN
-PENALTY_RANGE = (0.01, 100.0)  # repetition_penalty: logits / or * the penalty stay finite in float32
 # fields a null stands for the default of (the OpenAI API's fields are nullable)
 NULL_IS_DEFAULT = ("temperature", "top_p", "top_k", "repetition_penalty", "ignore_eos", "n", "stream")
 
