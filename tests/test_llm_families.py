@@ -3,7 +3,6 @@ an unsupported one is exit 2 at once naming the supported ones. Each family that
 model (a GGUF written with gguf.GGUFWriter, imported with import-gguf) through convert-llm, i.e. Paddle parity of
 the prefill + decode steps through the gate, generic and (where the family fits it) fused."""
 import json
-import time
 
 import numpy as np
 import pytest
@@ -49,9 +48,7 @@ def test_unsupported_family_is_exit_2_before_any_worker(tmp_path, tokenizer_dir,
         raise AssertionError("a Paddle worker started")
     monkeypatch.setattr(api, "run_worker", no_worker)
     src = model_dir(tmp_path, {"architectures": [arch], "vocab_size": 1000})
-    t0 = time.perf_counter()
     assert main(["convert-llm", str(src), "--tokenizer", str(tokenizer_dir), "-o", str(tmp_path / "b")]) == 2
-    assert time.perf_counter() - t0 < 10
     err = capsys.readouterr().err
     assert arch in err and "LlamaForCausalLM" in err and "Qwen2ForCausalLM" in err
     assert not (tmp_path / "b").exists()
