@@ -66,11 +66,18 @@ def run(args) -> int:
     if args.report_dir is not None:
         check_output_dir(args.report_dir, "--report-dir", stem="report")
         out, rep = args.output.expanduser().resolve(), args.report_dir.expanduser().resolve()
+        from paddle2ort.runtime.errors import BadInputError
         if rep == out or rep.is_relative_to(out):
-            from paddle2ort.runtime.errors import BadInputError
             raise BadInputError(f"--report-dir {args.report_dir} is inside the output bundle {args.output}, which is "
                                 "written whole at the end (the bundle keeps its own copy of the report); give a "
                                 "folder outside it, e.g. --report-dir ci-report")
+        src = args.src.expanduser().resolve()
+        src = src if src.is_dir() else src.parent
+        if rep == src or rep.is_relative_to(src):
+            # report.json beside inference.json would make the model folder hold two programs for the next convert
+            raise BadInputError(f"--report-dir {args.report_dir} is inside the source model folder {src}, which "
+                                "release reads and leaves as it is; give a folder outside it, e.g. --report-dir "
+                                "ci-report")
     from paddle2ort.benchmarks.release import NoPrecisionFitsError, ReleaseConfig, markdown, run_release
 
     cfg = ReleaseConfig(conversion=_conversion(args), dataset_dir=args.dataset_dir, budget=args.budget,

@@ -76,6 +76,9 @@ CASES = [   # (id, fragment expected in the output, whether the conversion may h
      lambda w: llm_rel(w, "--new-tokens", "1000")),
     ("llm-window-past-the-exported-context", "--window 300 is longer than the model's context of 256 tokens", True,
      lambda w: llm_rel(w, "--window", "300", "--windows", "1", src=_llm_src_with_a_larger_bound(w))),
+    # report.json beside the model's inference.json: the folder would hold two programs for the next convert
+    ("report-dir-in-the-source", "is inside the source model folder", False,
+     lambda w: rel(w, "--report-dir", w.shared.model("bert_classifier") / "ci")),
     ("llm-dataset-dir-is-a-file", "text.txt is a file; give the folder holding dev.txt", False,
      lambda w: _dataset_is_a_file(llm_rel(w), w)),
     ("llm-name-empty", "model name must be a non-empty single line, got ''", False, lambda w: llm_rel(w, "--name", "")),
