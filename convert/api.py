@@ -5,7 +5,7 @@ import datetime as _dt
 import logging
 import math
 import shutil
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,29 +35,41 @@ MIN_OPSET, MAX_OPSET = 7, 21
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 
 
-def tokenizer_files(tokenizer_dir: Path, max_seq_length: int) -> tuple[dict, dict[str, Path]]:
-    """(manifest tokenizer section, extra_files) carrying a WordPiece tokenizer's files (only those) into the bundle."""
+def tokenizer_files(tokenizer_dir: Path, max_seq_length: int) -> tuple[dict, dict[str, Path | bytes]]:
+    """(manifest tokenizer section, extra_files) carrying a WordPiece tokenizer's files (only those) into the bundle.
+    A directory PaddleNLP's save_pretrained wrote (vocab.txt + tokenizer_config.json, no tokenizer.json) gets its
+    tokenizer.json made from the vocabulary (tokenization/wordpiece.py)."""
     from tokenizers import Tokenizer
 
     from paddle2ort.tokenization import tokenizer_config
     tokenizer_dir = Path(tokenizer_dir)
     if not tokenizer_dir.is_dir():
         raise BadInputError(f"tokenizer directory {tokenizer_dir} " + ("is a file; give the directory holding "
-                            "tokenizer.json and vocab.txt" if tokenizer_dir.exists() else "does not exist"))
-    if not (tokenizer_dir / "tokenizer.json").is_file() or not (tokenizer_dir / "vocab.txt").is_file():
-        raise BadInputError(f"tokenizer directory {tokenizer_dir} must hold tokenizer.json and vocab.txt")
+                            "vocab.txt (and tokenizer.json)" if tokenizer_dir.exists() else "does not exist"))
+    if not (tokenizer_dir / "vocab.txt").is_file():
+        raise BadInputError(f"tokenizer directory {tokenizer_dir} must hold vocab.txt (the WordPiece vocabulary; "
+                            "tokenizer.json too where there is one): give the folder the tokenizer was saved to")
     if isinstance(max_seq_length, bool) or not isinstance(max_seq_length, int) or not 2 <= max_seq_length <= 1 << 20:
         raise BadInputError(f"max_seq_length must be an int >= 2 (room for [CLS] and [SEP]), got {max_seq_length}")
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         if (tokenizer_dir / name).is_file():
             read_json_object(tokenizer_dir / name, "tokenizer file", "give the tokenizer's original files")
+    cfg = tokenizer_config(tokenizer_dir, max_seq_length)
+    files: dict[str, Path | bytes] = {f"tokenizer/{n}": tokenizer_dir / n for n in TOKENIZER_FILES
+                                      if (tokenizer_dir / n).is_file()}
+    if not (tokenizer_dir / "tokenizer.json").is_file():
+        from paddle2ort.tokenization.wordpiece import wordpiece_json
+        made = wordpiece_json(tokenizer_dir / "vocab.txt", cfg)
+        log.info("tokenizer: %s has no tokenizer.json; made one from vocab.txt (WordPiece, lower case %s)",
+                 tokenizer_dir, cfg.do_lower_case)
+        files["tokenizer/tokenizer.json"] = made.encode("utf-8")
+        return cfg.to_json(), files
     try:
         Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
     except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception on a bad file
         raise BadInputError(f"tokenizer file {tokenizer_dir / 'tokenizer.json'} cannot be loaded by HF tokenizers "
                             f"({e}); give the tokenizer's original tokenizer.json") from e
-    files = {f"tokenizer/{n}": tokenizer_dir / n for n in TOKENIZER_FILES if (tokenizer_dir / n).is_file()}
-    return tokenizer_config(tokenizer_dir, max_seq_length).to_json(), files
+    return cfg.to_json(), files
 
 
 def check_name(name: str | None) -> None:
@@ -125,7 +137,8 @@ class ConvertConfig:
     name: str | None = None
     task: str | None = None
     labels: tuple[str, ...] | None = None
-    extra_files: dict[str, Path] = field(default_factory=dict)   # bundle-relative name -> file/dir to copy in
+    extra_files: dict[str, Path | bytes] = field(default_factory=dict)   # bundle-relative name -> file/dir to
+    #                                                copy in, or the bytes of a file made for the bundle
     tokenizer: dict | None = None                  # manifest's tokenizer section (files listed in extra_files)
     extra: dict = field(default_factory=dict)
     fuse: bool = True                              # transformer encoders: fused graph (convert/fusion/)
@@ -172,14 +185,14 @@ class ConvertConfig:
             raise BadInputError("task text-classification needs the class names: give --labels a,b,c (in the "
                                 "order of the model's output)")
         for rel, src in self.extra_files.items():
-            if not Path(src).exists():
+            if not isinstance(src, bytes) and not Path(src).exists():
                 raise BadInputError(f"file to carry into the bundle {src} does not exist")
         check_name(self.name)
 
     def user_paths(self) -> tuple[Path, ...]:
         """Everything the user gave as input: never inside what --overwrite replaces."""
         return (self.source, *([Path(self.inputs_npz)] if self.inputs_npz else []),
-                *(Path(p) for p in self.extra_files.values()))
+                *(Path(p) for p in self.extra_files.values() if not isinstance(p, bytes)))
 
 
 def check_against_specs(config: ConvertConfig, info: dict) -> list[dict[str, np.ndarray]]:
@@ -214,8 +227,14 @@ def check_against_specs(config: ConvertConfig, info: dict) -> list[dict[str, np.
         if name not in by_name:
             raise BadInputError(f"--input-shape names unknown input {name!r}; the model's inputs are {list(by_name)}")
         _check_shape(f"--input-shape {name}", tuple(shape), by_name[name])
+    tokenizer = _sample_tokenizer(config)
+    rows = by_name.get("input_ids", {}).get("int_high")
+    if tokenizer is not None and rows and tokenizer.vocab_size > rows:
+        raise BadInputError(f"the tokenizer's vocabulary has {tokenizer.vocab_size} tokens but the model's input_ids "
+                            f"index an embedding of {rows} rows: it is not this model's tokenizer (its ids past "
+                            f"{rows - 1} would index no row). Give the tokenizer the model was trained with")
     samples = (load_samples(config.inputs_npz, ins) if config.inputs_npz
-               else make_samples(ins, config.samples, _sample_tokenizer(config)))
+               else make_samples(ins, config.samples, tokenizer))
     for i, s in enumerate(samples):
         if all(a.size == 0 for a in s.values()):
             raise BadInputError(f"sample {i}" + (f" in {config.inputs_npz}" if config.inputs_npz else "")
@@ -232,12 +251,14 @@ def _user_inputs(config: ConvertConfig) -> bool:
 
 def _sample_tokenizer(config: ConvertConfig):
     """The bundle's WordPiece tokenizer, so generated token ids are real sentences (None without one)."""
-    tok_dir = config.extra_files.get("tokenizer")
-    if not config.tokenizer or tok_dir is None or config.tokenizer.get("kind", "wordpiece") != "wordpiece":
+    made = config.extra_files.get("tokenizer/tokenizer.json")
+    if not config.tokenizer or made is None or config.tokenizer.get("kind", "wordpiece") != "wordpiece":
         return None
-    from paddle2ort.tokenization import load_tokenizer
-    from paddle2ort.tokenization.base import TokenizerConfig
-    return load_tokenizer(tok_dir, cfg=TokenizerConfig(**config.tokenizer))
+    from paddle2ort.tokenization.base import HFTokenizer, TokenizerConfig
+    cfg = TokenizerConfig(**config.tokenizer)
+    if isinstance(made, bytes):                     # made from vocab.txt for the bundle (tokenizer_files)
+        return HFTokenizer(cfg, Path("."), json_text=made.decode("utf-8"))
+    return HFTokenizer(replace(cfg, tokenizer_file=Path(made).name), Path(made).parent)
 
 
 def _check_shape(what: str, shape: tuple, spec: dict) -> None:
@@ -377,7 +398,10 @@ def _convert(config: ConvertConfig, more_sources: tuple[Path, ...]) -> ConvertRe
             for rel, src in config.extra_files.items():
                 dst = stage / rel
                 dst.parent.mkdir(parents=True, exist_ok=True)
-                (shutil.copytree if Path(src).is_dir() else shutil.copy2)(src, dst)
+                if isinstance(src, bytes):
+                    dst.write_bytes(src)
+                else:
+                    (shutil.copytree if Path(src).is_dir() else shutil.copy2)(src, dst)
             write_json(stage / VALIDATION_NAME, {"validated": config.validate, "reports": reports})
             manifest = Manifest(
                 schema_version=SCHEMA_VERSION,

@@ -44,10 +44,14 @@ def tokenizer_config(tokenizer_dir: Path, max_seq_length: int, prefix: str = "to
     p = tokenizer_dir / "tokenizer_config.json"
     if p.is_file():
         tc = json.loads(p.read_text(encoding="utf-8"))
+    def token(name: str, default: str) -> str:      # "[PAD]", or {"content": "[PAD]", ...} as newer files write
+        v = tc.get(name, default)
+        return v.get("content", default) if isinstance(v, dict) else v if isinstance(v, str) else default
+
     return TokenizerConfig(do_lower_case=bool(tc.get("do_lower_case", True)), max_seq_length=max_seq_length,
                            vocab_file=f"{prefix}/vocab.txt", tokenizer_file=f"{prefix}/tokenizer.json",
-                           pad_token=tc.get("pad_token", "[PAD]"), cls_token=tc.get("cls_token", "[CLS]"),
-                           sep_token=tc.get("sep_token", "[SEP]"), unk_token=tc.get("unk_token", "[UNK]"))
+                           pad_token=token("pad_token", "[PAD]"), cls_token=token("cls_token", "[CLS]"),
+                           sep_token=token("sep_token", "[SEP]"), unk_token=token("unk_token", "[UNK]"))
 
 
 class Tokenizer:
@@ -123,20 +127,28 @@ def bert_clean(text: str) -> str:
 class HFTokenizer(Tokenizer):
     backend = "hf"
 
-    def __init__(self, cfg: TokenizerConfig, root: Path):
+    def __init__(self, cfg: TokenizerConfig, root: Path, json_text: str | None = None):
+        """`json_text`: the tokenizer.json's content where it is not a file yet (a conversion's made one)."""
         from tokenizers import Tokenizer as _T
         path = root / cfg.tokenizer_file
-        if not path.is_file():
+        if json_text is not None:
+            self._tok = _T.from_str(json_text)
+        elif not path.is_file():
             raise BundleError(f"tokenizer file {path} is missing; the bundle must carry its tokenizer "
                               "(convert with the tokenizer directory)")
-        try:
-            self._tok = _T.from_file(str(path))
-        except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception on a bad file
-            raise BundleError(f"tokenizer file {path} cannot be loaded ({e}); re-convert with the original "
-                              "tokenizer files") from e
+        else:
+            try:
+                self._tok = _T.from_file(str(path))
+            except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception on a bad file
+                raise BundleError(f"tokenizer file {path} cannot be loaded ({e}); re-convert with the original "
+                                  "tokenizer files") from e
         self._tok.no_padding()
         self._tok.no_truncation()
         super().__init__(cfg, root)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
 
     def _token_id(self, token: str) -> int:
         i = self._tok.token_to_id(token)
