@@ -25,7 +25,9 @@ def _shape_arg(s: str) -> tuple[str, tuple[int, ...]]:
 def add_conversion_options(c, precision_default: tuple[str, ...] | None = ("fp32",),
                            precision_help: str = "comma list of fp32,fp16,int8,int4 (int4: weight-only MatMulNBits; "
                                                  "fp32 is always included as the reference file)",
-                           tokenizer_help: str = "directory with tokenizer.json + vocab.txt to carry in the bundle"
+                           tokenizer_help: str = "WordPiece tokenizer directory to carry in the bundle: vocab.txt "
+                                                 "(+ tokenizer.json; without one, as PaddleNLP's save_pretrained "
+                                                 "writes it, it is made from vocab.txt)"
                            ) -> None:
     """The options of every command that converts a Paddle inference model into a bundle (convert, release)."""
     c.add_argument("-o", "--output", type=Path, required=True, help="bundle directory to create")

@@ -115,7 +115,7 @@ def register(sub) -> None:
     r.add_argument("--split", default="dev", choices=["dev", "test"], help="which split to measure on")
     add_conversion_options(r, None, "candidate precisions (default: fp32,fp16,int8 for classifiers, "
                            "fp32,int8,int4 for LLMs); fp32 is always converted and measured as the baseline",
-                           "classifier: tokenizer.json + vocab.txt; LLM: tokenizer.json + tokenizer_config.json")
+                           "classifier: vocab.txt (+ tokenizer.json); LLM: tokenizer.json + tokenizer_config.json")
     r.add_argument("--device", type=csv_of(("cpu", "gpu")), help="devices to release for (default: cpu, and gpu "
                    "when onnxruntime sees one)")
     r.add_argument("--tie-margin", type=fraction, default=0.05, help="a more exact precision within this "
