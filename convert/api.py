@@ -20,6 +20,9 @@ from .bundle import staged_bundle, write_json
 from .errors import BadInputError, LabelCountError, UnsupportedOperatorsError, ValidationError
 from .fusion import FusionConfig, bundle_graphs
 from .graph import _IDENT, rename_and_annotate, share_duplicate_weights
+from .ocr import TASK as OCR_TASK
+from .ocr import CLASSES_FILE as OCR_CLASSES_FILE
+from .ocr import ctc_labels, paddlex_dictionary
 from .paddle_proc import make_workdir, run_worker, sigterm_as_interrupt
 from .precision import PRECISIONS, FP16Options, Int4Options, Int8Options, check_quantizable, make_variant
 from .source import ModelSource, locate, prepare
@@ -137,6 +140,8 @@ class ConvertConfig:
     name: str | None = None
     task: str | None = None
     labels: tuple[str, ...] | None = None
+    characters: tuple[str, ...] | None = None      # task text-recognition: the CTC character dictionary (None: a
+    #                                                PaddleX export's config.json says it; convert/ocr.py)
     extra_files: dict[str, Path | bytes] = field(default_factory=dict)   # bundle-relative name -> file/dir to
     #                                                copy in, or the bytes of a file made for the bundle
     tokenizer: dict | None = None                  # manifest's tokenizer section (files listed in extra_files)
@@ -147,7 +152,7 @@ class ConvertConfig:
     def __post_init__(self):
         object.__setattr__(self, "source", Path(self.source))
         object.__setattr__(self, "output", Path(self.output))
-        for name in ("precisions", "labels", "output_names"):     # a bare string would be read letter by letter
+        for name in ("precisions", "labels", "output_names", "characters"):   # a bare string: read letter by letter
             v = getattr(self, name)
             if isinstance(v, str) or (v is not None and not isinstance(v, (tuple, list))):
                 raise BadInputError(f"{name} must be a tuple of strings, got {type(v).__name__} {v!r} (e.g. "
@@ -168,7 +173,7 @@ class ConvertConfig:
             check_npz(Path(self.inputs_npz))
         if self.labels is not None:
             if not self.labels or not all(isinstance(x, str) and x.strip() for x in self.labels):
-                raise BadInputError(f"labels must be non-empty strings, got {list(self.labels)}")
+                raise BadInputError(f"labels must be non-empty strings, got {list(self.labels)!r:.300}")
             if len(set(self.labels)) != len(self.labels):
                 raise BadInputError("labels must be unique")
         if self.output_names is not None:
@@ -181,6 +186,9 @@ class ConvertConfig:
             if not shape or any(isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in shape):
                 raise BadInputError(f"input shape for {name!r} must be positive ints, got {shape}")
         check_thresholds(self.thresholds)
+        if self.characters is not None and (self.task not in (None, OCR_TASK) or self.labels is not None):
+            raise BadInputError("a character dictionary is for task text-recognition (the labels are made from it): "
+                                "give either the dictionary or --labels, and no other --task")
         if self.task == "text-classification" and not self.labels:
             raise BadInputError("task text-classification needs the class names: give --labels a,b,c (in the "
                                 "order of the model's output)")
@@ -193,6 +201,36 @@ class ConvertConfig:
         """Everything the user gave as input: never inside what --overwrite replaces."""
         return (self.source, *([Path(self.inputs_npz)] if self.inputs_npz else []),
                 *(Path(p) for p in self.extra_files.values() if not isinstance(p, bytes)))
+
+
+def recognizer_labels(config: ConvertConfig, info: dict) -> ConvertConfig:
+    """Task text-recognition (convert/ocr.py): the bundle carries the CTC classes (blank, the dictionary given or a
+    PaddleX export's config.json, the space) as a file; such a config.json also makes a recognizer converted
+    without --task one."""
+    chars, where = config.characters, "the one given"
+    if chars is None and config.task in (None, OCR_TASK) and config.labels is None:
+        folder = config.source if config.source.is_dir() else config.source.parent
+        chars, where = paddlex_dictionary(folder), f"{folder / 'config.json'}"
+        if chars is None and config.task == OCR_TASK:
+            raise BadInputError("task text-recognition needs the recognizer's character dictionary: --labels-file "
+                                "DICT.txt (PaddleOCR's rec_char_dict_path, one character a line); a PaddleX export "
+                                "carries it in config.json")
+        if chars is not None:
+            log.info("text recognizer: %d-character CTC dictionary from %s", len(chars), where)
+    if chars is None:
+        return config
+    shape = info["outputs"][0]["shape"] if info["outputs"] else []
+    if len(shape) != 3 or shape[-1] <= 0:
+        raise BadInputError(f"a CTC text recognizer's first output is [batch, time, classes]; this model's is {shape}"
+                            ": it is not a text recognizer (convert it without --task text-recognition)")
+    classes = ctc_labels(chars, shape[-1], where)
+    import json
+    space = len(classes) == len(chars) + 2
+    return replace(config, task=OCR_TASK, characters=None,
+                   extra={**config.extra, "ocr": {"decode": "ctc", "blank": 0, "classes": OCR_CLASSES_FILE,
+                                                  "space_class": space}},
+                   extra_files={**config.extra_files,
+                                OCR_CLASSES_FILE: json.dumps(classes, ensure_ascii=False).encode("utf-8")})
 
 
 def check_against_specs(config: ConvertConfig, info: dict) -> list[dict[str, np.ndarray]]:
@@ -331,6 +369,7 @@ def _convert(config: ConvertConfig, more_sources: tuple[Path, ...]) -> ConvertRe
             bar.set_postfix_str("inspect")
             source = prepare(source, work)         # a Paddle 1.x directory is re-saved as a legacy model first
             info = inspect(source, work)
+            config = recognizer_labels(config, info)
             samples = check_against_specs(config, info)
             log.info("%s model %s: %d inputs, %d outputs, %d ops, all supported by paddle2onnx %s",
                      source.format, source.model_file.name, len(info["inputs"]), len(info["outputs"]),

@@ -1,0 +1,159 @@
+"""Text recognition over a bundle (PP-OCR's CTC recognizers): image lines -> text, with PaddleOCR's own
+preprocessing and CTC decoding, everything read from the bundle (convert/ocr.py records the classes).
+
+Preprocessing is PaddleOCR's `resize_norm_img` (rec): each line resized to the model's height keeping its aspect
+ratio, scaled to [-1, 1], right-padded with zeros to the batch's width (at least height * 320 / 48, as PaddleOCR);
+lines are batched by aspect ratio. Decoding is its CTCLabelDecode: argmax a time step, repeats merged, blanks
+dropped; the score is the mean probability of the characters kept.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BadInputError, BundleError
+from .manifest import load_bundle
+from .selection import default_precision
+from .session import Runner, SessionOptions, create_session
+
+log = logging.getLogger(__name__)
+
+TASK = "text-recognition"
+MIN_RATIO = 320 / 48          # PaddleOCR's rec_image_shape 3,48,320: a batch is never narrower than this ratio
+MAX_WIDTH = 3200              # widest input PaddleX declares for these models (trt_dynamic_shapes); wider is squeezed
+
+
+@dataclass(frozen=True)
+class Recognition:
+    text: str
+    score: float              # mean probability of the characters read (0 when none)
+
+
+def resize_bilinear(img: np.ndarray, height: int, width: int) -> np.ndarray:
+    """OpenCV's INTER_LINEAR (half-pixel centres, no antialiasing), which PaddleOCR's preprocessing uses, on an
+    HxWxC array -> float32. By hand: Pillow's bilinear filter antialiases when it shrinks (other pixels than
+    PaddleOCR fed the model), and OpenCV would be a large dependency for one resize."""
+    def axis(n_out: int, n_in: int):
+        x = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
+        lo = np.floor(x).astype(np.int64)
+        return lo, np.minimum(lo + 1, n_in - 1), (x - lo).astype(np.float32)
+
+    y0, y1, fy = axis(height, img.shape[0])
+    x0, x1, fx = axis(width, img.shape[1])
+    a = img.astype(np.float32)
+    fx = fx[None, :, None]
+    top = a[y0][:, x0] * (1 - fx) + a[y0][:, x1] * fx
+    bottom = a[y1][:, x0] * (1 - fx) + a[y1][:, x1] * fx
+    return top * (1 - fy)[:, None, None] + bottom * fy[:, None, None]
+
+
+def as_rgb(image, index: int) -> np.ndarray:
+    """An image as HxWx3 uint8 RGB: a numpy array (HxW gray, HxWx3 RGB, HxWx4 RGBA), or a file path / PIL image
+    (read with Pillow, which is then needed)."""
+    if isinstance(image, (str, Path)) or hasattr(image, "convert"):
+        try:
+            from PIL import Image
+        except ImportError:
+            raise BadInputError("reading image files needs Pillow (pip install pillow); or pass the images as "
+                                "HxWx3 uint8 RGB numpy arrays") from None
+        try:
+            img = image if hasattr(image, "convert") else Image.open(image)
+            return np.asarray(img.convert("RGB"))
+        except (OSError, ValueError) as e:
+            raise BadInputError(f"image #{index + 1} ({image}) cannot be read as an image ({e})") from e
+    a = np.asarray(image)
+    if a.ndim == 2:
+        a = np.repeat(a[:, :, None], 3, axis=2)
+    if a.ndim != 3 or a.shape[2] not in (3, 4) or a.dtype != np.uint8 or min(a.shape[:2]) < 1:
+        raise BadInputError(f"image #{index + 1} is {a.dtype}{list(a.shape)}; give HxWx3 uint8 RGB (HxW gray or "
+                            "HxWx4 RGBA are taken too)")
+    return a[:, :, :3]
+
+
+def normalize_line(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
+    """One line as PaddleOCR feeds it: BGR (its models were trained on OpenCV's channel order), resized to
+    `height` keeping the aspect ratio (at most `width`), (x / 255 - 0.5) / 0.5, zero-padded to `width`. -> 3xHxW"""
+    h, w = rgb.shape[:2]
+    resized_w = min(width, math.ceil(height * w / h))
+    x = resize_bilinear(rgb[:, :, ::-1], height, resized_w)
+    x = np.rint(x).clip(0, 255)                      # OpenCV's resize gives uint8 pixels back
+    out = np.zeros((3, height, width), np.float32)
+    out[:, :, :resized_w] = (x.transpose(2, 0, 1) / 255.0 - 0.5) / 0.5
+    return out
+
+
+def ctc_decode(probs: np.ndarray, classes: list[str], blank: int = 0) -> list[Recognition]:
+    """[batch, time, classes] probabilities -> text per row (repeats merged, blanks dropped)."""
+    ids, best = probs.argmax(-1), probs.max(-1)
+    out = []
+    for row_ids, row_p in zip(ids, best):
+        keep = row_ids != blank
+        keep[1:] &= row_ids[1:] != row_ids[:-1]
+        text = "".join(classes[i] for i in row_ids[keep])
+        out.append(Recognition(text, float(row_p[keep].mean()) if keep.any() else 0.0))
+    return out
+
+
+class TextRecognizer:
+    """Bundle-driven text-line recognition: `recognizer(images) -> [Recognition(text, score)]`."""
+
+    def __init__(self, bundle_dir: str | Path, precision: str | None = None, session: SessionOptions = SessionOptions(),
+                 batch_size: int = 6):
+        from .pipelines import scales_activations_per_batch
+        self.bundle = load_bundle(bundle_dir)
+        m = self.bundle.manifest
+        ocr = (m.extra or {}).get("ocr")
+        if m.task != TASK or not isinstance(ocr, dict) or ocr.get("decode") != "ctc":
+            raise BundleError(f"bundle {bundle_dir} is not a text recognizer (task={m.task!r}): give a bundle "
+                              "converted from a CTC recognizer (PP-OCR rec; --task text-recognition --labels-file "
+                              "DICT, or a PaddleX export)")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise BadInputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        self.classes = self._classes(ocr)
+        self.blank = int(ocr.get("blank", 0))
+        spec = m.inputs[0]
+        if len(m.inputs) != 1 or len(spec.shape) != 4 or not isinstance(spec.shape[2], int) or spec.shape[1] != 3:
+            raise BundleError(f"bundle {bundle_dir}'s model takes {[(i.name, list(i.shape)) for i in m.inputs]}; a "
+                              "text recognizer takes one [batch, 3, height, width] image with a fixed height")
+        self.input_name, self.height = spec.name, spec.shape[2]
+        self.precision = precision or default_precision(self.bundle, session.device)
+        entry = m.models.get(self.precision)
+        self.batch_size = 1 if entry is not None and scales_activations_per_batch(entry.options) else batch_size
+        self.session = create_session(self.bundle.model_path(self.precision, verify=True), session)
+        self.runner = Runner(self.session, [m.outputs[0].name], session.device_id)
+
+    def _classes(self, ocr: dict) -> list[str]:
+        path = self.bundle.path / str(ocr.get("classes", ""))
+        try:
+            classes = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise BundleError(f"bundle {self.bundle.path} has no readable class list {ocr.get('classes')!r} ({e}); "
+                              "convert the recognizer again") from e
+        if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+            raise BundleError(f"{path} is not a list of strings; convert the recognizer again")
+        return classes
+
+    def __call__(self, images) -> list[Recognition]:
+        if isinstance(images, (str, Path)) or (isinstance(images, np.ndarray) and images.ndim in (2, 3)
+                                               and images.dtype == np.uint8):
+            images = [images]
+        rgb = [as_rgb(im, i) for i, im in enumerate(images)]
+        order = sorted(range(len(rgb)), key=lambda i: rgb[i].shape[1] / rgb[i].shape[0])
+        out: list[Recognition | None] = [None] * len(rgb)
+        for s in range(0, len(order), self.batch_size):
+            idx = order[s:s + self.batch_size]
+            ratio = max(MIN_RATIO, *(rgb[i].shape[1] / rgb[i].shape[0] for i in idx))
+            width = min(MAX_WIDTH, int(self.height * ratio))
+            batch = np.stack([normalize_line(rgb[i], self.height, width) for i in idx])
+            probs = self.runner({self.input_name: batch})[0]
+            if probs.ndim != 3 or probs.shape[-1] != len(self.classes):
+                raise BundleError(f"bundle {self.bundle.path}'s {self.precision} model gives {list(probs.shape)}, "
+                                  f"not [batch, time, {len(self.classes)}] (its class list): convert it again")
+            for i, r in zip(idx, ctc_decode(probs, self.classes, self.blank)):
+                out[i] = r
+        return out
