@@ -3,17 +3,40 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from paddle2ort.runtime.errors import BadInputError
+
 from .common import add_threshold, check_exists, command, csv_of, positive_int, require_convert_extra
 
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
 BLOCK_SIZES = (16, 32, 64, 128, 256)        # MatMulNBits: a power of two >= 16
+DEFAULT_BLOCK_SIZE = 32
+
+
+def check_options(args) -> None:
+    """Options that would be accepted and then ignored: --block-size with no int8/int4 graph to quantize,
+    --threshold with --no-validate or for a precision no graph is built at."""
+    quantized = {"int8", "int4"} & {*args.precision, *args.fused}
+    if args.block_size is not None and args.block_size not in BLOCK_SIZES:
+        raise BadInputError(f"--block-size {args.block_size} is not supported; MatMulNBits takes a power of two "
+                            f">= 16: {', '.join(map(str, BLOCK_SIZES))}")
+    if args.block_size is None:
+        args.block_size = DEFAULT_BLOCK_SIZE
+    elif not quantized:
+        raise BadInputError(f"--block-size {args.block_size} sets the int8/int4 quantization block, and no int8 or "
+                            "int4 graph is built: add int8 (or int4) to --precision or --fused, or leave the option "
+                            "out")
+    if args.threshold and args.no_validate:
+        raise BadInputError("--threshold sets the validation gate, which --no-validate skips: drop one of them")
+    built = {*args.precision, *args.fused, *(("fp32",) if args.lora or args.prefix else ())}
+    unused = sorted({k.partition(".")[0] for k, _ in args.threshold} - built)
+    if unused:
+        raise BadInputError(f"--threshold names {', '.join(unused)}, and no graph is built at it (--precision "
+                            f"{','.join(args.precision)}{' --fused ' + ','.join(args.fused) if args.fused else ''}): "
+                            "add it to --precision or --fused, or drop that --threshold")
 
 
 def run(args) -> int:
-    if args.block_size not in BLOCK_SIZES:
-        from paddle2ort.runtime.errors import BadInputError
-        raise BadInputError(f"--block-size {args.block_size} is not supported; MatMulNBits takes a power of two "
-                            f">= 16: {', '.join(map(str, BLOCK_SIZES))}")
+    check_options(args)
     check_exists(args.src, "SRC")
     check_exists(args.tokenizer, "--tokenizer")
     check_exists(args.lora, "--lora")
@@ -29,8 +52,9 @@ def run(args) -> int:
         fused=args.fused, fused_head_dtype=args.fused_head_dtype, fused_compute_dtype=args.fused_compute_dtype,
         default_graph=args.default_graph, lora=args.lora, prefix=args.prefix))
     print(f"bundle: {res.bundle}  (opset {res.manifest.opset})")
-    rows = [(p, mf.file, mf.size_bytes, (res.manifest.validation or {}).get(p)) for p, mf in res.manifest.models.items()]
-    rows += [(p, e["file"], e["size_bytes"], e["validation"]) for p, e in (res.manifest.extra.get("fused") or {}).items()]
+    m = res.manifest
+    rows = [(p, mf.file, mf.size_bytes, (m.validation or {}).get(p)) for p, mf in m.models.items()]
+    rows += [(p, e["file"], e["size_bytes"], e["validation"]) for p, e in (m.extra.get("fused") or {}).items()]
     for prec, file, size, v in rows:
         gate = "not validated" if v is None else f"max_rel_diff {v['max_rel_diff']:.2e}, cosine {v['min_cosine']:.6f}"
         print(f"  {prec:5s} {file:22s} {size / 1e6:8.2f} MB  {gate}")
@@ -60,8 +84,9 @@ def register(sub) -> None:
                     "tokenizer_config.json (e.g. from `paddle2ort zoo build smollm2-135m`)")
     cl.add_argument("--precision", type=csv_of(PRECISIONS), default=("fp32",),
                     help="comma list of fp32,fp16,int8,int4 (int8/int4: weight-only MatMulNBits)")
-    cl.add_argument("--block-size", type=positive_int, default=32,
-                    help=f"int8/int4 quantization block, one of {','.join(map(str, BLOCK_SIZES))}")
+    cl.add_argument("--block-size", type=positive_int,
+                    help=f"int8/int4 quantization block, one of {','.join(map(str, BLOCK_SIZES))} (default: "
+                         f"{DEFAULT_BLOCK_SIZE}; only with int8/int4 in --precision or --fused)")
     cl.add_argument("--fused", type=csv_of(PRECISIONS), default=(),
                     help="also build the fused decoder (GroupQueryAttention, MatMulNBits; LLaMA family) at these "
                          "precisions: fp32 (CPU), fp16, int8, int4 (GPU), each gated against Paddle")

@@ -234,11 +234,25 @@ def check_vocab(tok, cfg: dict, config: LLMConvertConfig) -> None:
                             "model's own tokenizer")
 
 
+def check_tokenizer_dir(path: Path) -> None:
+    """--tokenizer: a directory with both files (BPETokenizer.load's own message speaks of a bundle)."""
+    if not path.is_dir():
+        raise BadInputError(f"--tokenizer {path} is not a directory; give the directory holding "
+                            f"{' and '.join(TOKENIZER_FILES)}")
+    missing = [n for n in TOKENIZER_FILES if not (path / n).is_file()]
+    if missing:
+        raise BadInputError(f"--tokenizer {path} has no {' and no '.join(missing)}; give the model's tokenizer "
+                            f"directory (both {' and '.join(TOKENIZER_FILES)}, e.g. from `paddle2ort import-gguf` "
+                            "or `paddle2ort zoo build`)")
+
+
 def _convert_llm(config: LLMConvertConfig) -> ConvertResult:
     from paddle2ort.tokenization.bpe import BPETokenizer
 
+    from .source_checks import check_chat_template, check_config_fields, check_weights
     cfg = check_source(config.source)
     family = check_family(cfg, config)
+    check_config_fields(cfg, config.source / "config.json", family)
     plan, cpu_fused = fused_plan(config, family, cfg)
     from .adapters import check_adapter, finish_adapter, prepare_adapter
     adapter = check_adapter(config.lora, config.prefix, config.source, cfg, family,
@@ -248,8 +262,11 @@ def _convert_llm(config: LLMConvertConfig) -> ConvertResult:
         plan, cpu_fused = {}, []
     check_destination(config.output, config.overwrite,
                       (config.source, config.tokenizer, *(p for p in (config.lora, config.prefix) if p)))
+    check_tokenizer_dir(config.tokenizer)
     tok = BPETokenizer.load(config.tokenizer)
     check_vocab(tok, cfg, config)
+    check_chat_template(tok, config.tokenizer)
+    check_weights(config.source, cfg)
     log.info("%s: the %s family", config.source, family)
     prompts = [tok.encode(p) for p in config.prompts]
     work = make_workdir("llm")

@@ -2,16 +2,70 @@
 export wrapper run eagerly behind the runtime's decoder contract."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 
 import numpy as np
 
 from .families import FAMILIES, Family, family_name
 
 
+class CheckpointMismatch(KeyError):
+    """The weights do not fill the model config.json describes (the workers' exit 2, as an unsupported family)."""
+
+    def __str__(self):
+        return self.args[0]
+
+
+# checkpoint keys a family's `prepare` reads itself (PaddleNLP's class reports them as unexpected)
+CONSUMED = {"qwen2": re.compile(r"\.self_attn\.[qkv]_proj\.bias$")}
+
+
+@contextlib.contextmanager
+def _loading_report(report: dict):
+    """PaddleNLP's from_pretrained logs the weights it could not place and goes on: with low_cpu_mem_usage a missing
+    weight stays an empty tensor, a weight of another shape replaces the parameter, an unexpected one is dropped.
+    Its own lists (and the shapes config.json gives each parameter) are kept in `report` for check_loaded."""
+    from paddlenlp.transformers.model_utils import PretrainedModel
+    original = PretrainedModel.__dict__["_load_pretrained_model"]
+
+    def load(cls, *args, **kwargs):
+        model = kwargs["model"] if "model" in kwargs else args[0]
+        report["expected"] = {n: tuple(t.shape) for n, t in model.state_dict().items()}
+        out = original.__func__(cls, *args, **kwargs)
+        report["unexpected"] = list(out[2])
+        return out
+    PretrainedModel._load_pretrained_model = classmethod(load)
+    try:
+        yield
+    finally:
+        PretrainedModel._load_pretrained_model = original
+
+
+def check_loaded(model, fam: Family, model_dir: str, report: dict) -> None:
+    """Every parameter filled from the checkpoint at the shape config.json gives it, and no weight left over."""
+    state = model.state_dict()
+    empty = [n for n, t in state.items() if not t._is_initialized()]
+    expected = report.get("expected", {})
+    reshaped = [f"{n} {list(t.shape)} (config.json: {list(expected[n])})" for n, t in state.items()
+                if n in expected and tuple(t.shape) != expected[n]]
+    consumed = CONSUMED.get(fam.name)
+    unused = sorted(k for k in report.get("unexpected", ()) if consumed is None or not consumed.search(k))
+    fix = ("the config and the weights are not the same model's; put the model's own config.json beside its "
+           "weights (or re-save the model with model.save_pretrained(DIR))")
+    for what, names in (("it lacks", empty), ("these have another shape", reshaped),
+                        ("it holds weights the model has no place for", unused)):
+        if names:
+            shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+            raise CheckpointMismatch(f"the checkpoint in {model_dir} does not fit the model its config.json "
+                                     f"describes: {what} {shown}; {fix}")
+
+
 def load_llm(model_dir: str):
-    """-> (model in eval mode, its Family, architecture name). KeyError names an unsupported architecture."""
+    """-> (model in eval mode, its Family, architecture name). KeyError names an unsupported architecture or a
+    checkpoint that does not fill the model its config.json describes."""
     import paddle
     import paddlenlp.transformers as T
 
@@ -22,7 +76,10 @@ def load_llm(model_dir: str):
     arch = (cfg.get("architectures") or [fam.model_class])[0]
     # low_cpu_mem_usage: the weights are created from the checkpoint, not randomly initialized first and then
     # overwritten (SmolLM2-135M: 6.5 s -> 1.5 s a load); the same parameters and buffers, checked equal for every family
-    model = getattr(T, fam.model_class).from_pretrained(model_dir, dtype="float32", low_cpu_mem_usage=True)
+    report: dict = {}
+    with _loading_report(report):
+        model = getattr(T, fam.model_class).from_pretrained(model_dir, dtype="float32", low_cpu_mem_usage=True)
+    check_loaded(model, fam, model_dir, report)
     if fam.prepare is not None:
         fam.prepare(model, model_dir)
     model.eval()
