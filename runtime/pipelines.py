@@ -17,6 +17,22 @@ from .session import CUDA, Runner, SessionOptions, create_session
 log = logging.getLogger(__name__)
 
 
+NOT_A_CLASSIFIER_FIX = {
+    "text-generation": "run it with `paddle2ort generate` (or `serve`), or give a text-classification bundle",
+    "text2text-generation": "run it with `paddle2ort generate` (or `serve`), or give a text-classification bundle",
+    "text-classification": "its manifest names no labels: convert it again with --labels",
+    None: "give a text-classification bundle (a classifier converted without --task: convert it again with "
+          "--task text-classification --labels ...)",
+}
+
+
+def scales_activations_per_batch(options: dict) -> bool:
+    """Whether a model's options record onnxruntime's dynamic quantization (convert/precision.py: weight_type):
+    its DynamicQuantizeLinear takes one activation scale over the whole batch, padding included, so a row's
+    logits move with its batch-mates (up to a quarter of the logits' scale on the MiniLM sentiment bundle)."""
+    return isinstance(options, dict) and "weight_type" in options
+
+
 @dataclass(frozen=True)
 class Prediction:
     label: str
@@ -44,15 +60,20 @@ class TextClassifier:
 
     def __init__(self, bundle_dir: str | Path, precision: str | None = None, session: SessionOptions = SessionOptions(),
                  tokenizer_backend: str = "hf", max_seq_length: int | None = None, batch_size: int = 32,
-                 encoder: str = "onnxruntime"):
+                 encoder: str = "onnxruntime", rows_alone: bool = False):
         """encoder="kernels" (GPU, experimental): the bundle's fused FP16 encoder runs on our kernels
-        (runtime/kernels/encoder_graph.KernelRunner) in the same shape buckets, onnxruntime runs the head."""
+        (runtime/kernels/encoder_graph.KernelRunner) in the same shape buckets, onnxruntime runs the head.
+        rows_alone: a dynamically quantized model (batch_dependent: one activation scale a batch) runs each text
+        alone, so its answer is the text's alone, at about half its batched throughput (INT8 alone is then about
+        FP32's speed in batches). Off by default: a batch job's answers then depend (within quantization noise) on
+        the texts batched together; the server never batches one client's texts with another's for such models."""
         from paddle2ort.tokenization import load_tokenizer
 
         self.bundle = load_bundle(bundle_dir)
         m = self.bundle.manifest
         if m.task != "text-classification" or not m.labels:
-            raise BundleError(f"bundle {bundle_dir} is not a text classifier (task={m.task!r}, labels={m.labels})")
+            raise BundleError(f"bundle {bundle_dir} is not a text classifier (task={m.task!r}, labels={m.labels}): "
+                              f"{NOT_A_CLASSIFIER_FIX.get(m.task, NOT_A_CLASSIFIER_FIX[None])}")
         from paddle2ort.tokenization.base import FEEDS
         if not {i.name for i in m.inputs} <= set(FEEDS):
             raise BundleError(f"bundle {bundle_dir}'s model takes {[i.name for i in m.inputs]}, not token ids: a text "
@@ -70,6 +91,12 @@ class TextClassifier:
         self.max_seq_length = max_seq_length or self.tokenizer.cfg.max_seq_length
         self.batch_size = batch_size
         self.precision = precision or default_precision(self.bundle, session.device)   # None: the released one
+        entry = m.models.get(self.precision)
+        self.batch_dependent = entry is not None and scales_activations_per_batch(entry.options)
+        self.rows_alone = bool(rows_alone) and self.batch_dependent
+        if self.rows_alone:
+            log.debug("%s model %s: each text runs alone (its activations are quantized per batch)",
+                      self.precision, entry.file)
         if encoder == "kernels" and self.precision != "fp16":
             raise BadInputError(f"encoder='kernels' runs the bundle's FP16 graph (the one fused for the GPU), not "
                                 f"{self.precision!r}: pass precision='fp16' or leave it to the GPU default")
@@ -115,17 +142,25 @@ class TextClassifier:
 
     def batches(self, texts: list[str]):
         """Yield (indices, texts) in batches of batch_size sorted by token count: each batch pads to its longest
-        row (sorting by characters left a third of the dev split's positions padding: benchmarks/results/encoder)."""
+        row (sorting by characters left a third of the dev split's positions padding: benchmarks/results/encoder).
+        A dynamically quantized model (rows_alone) gets one text a batch: its answer is then the text's alone."""
         ids = self.tokenizer.batch_encode(list(texts), max_length=self.max_seq_length, return_numpy=False)["input_ids"]
         order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
-        for s in range(0, len(order), self.batch_size):
-            idx = order[s:s + self.batch_size]
+        step = 1 if self.rows_alone else self.batch_size
+        for s in range(0, len(order), step):
+            idx = order[s:s + step]
             yield idx, [texts[i] for i in idx]
 
     def predict_logits(self, texts: list[str]) -> np.ndarray:
         out = np.zeros((len(texts), len(self.labels)), np.float32)
         for idx, chunk in self.batches(texts):
-            out[idx] = self.logits(self.encode(chunk))
+            got = self.logits(self.encode(chunk))
+            if got.ndim != 2 or got.shape[-1] != len(self.labels):
+                raise BundleError(f"bundle {self.bundle.path}'s {self.precision} model gives logits of shape "
+                                  f"{list(got.shape)} for {len(chunk)} text(s), but its manifest names "
+                                  f"{len(self.labels)} labels ({', '.join(self.labels)}): the labels do not match "
+                                  "the model; re-convert with the model's --labels")
+            out[idx] = got
         return out
 
     def __call__(self, texts: list[str] | str) -> list[Prediction]:

@@ -7,6 +7,10 @@ from pathlib import Path
 from .errors import BadInputError
 
 
+UTF16_32_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32LE"), (b"\x00\x00\xfe\xff", "UTF-32BE"),
+                 (b"\xff\xfe", "UTF-16LE"), (b"\xfe\xff", "UTF-16BE"))      # longest first: FF FE opens both LEs
+
+
 def split_lines(text: str) -> list[str]:
     """Lines as a text file has them: split at \\n (\\r\\n and \\r too), never inside a line at U+2028, U+0085, a
     form feed or the other separators str.splitlines() also breaks at (a JSON string may hold them raw)."""
@@ -24,9 +28,14 @@ def read_utf8_lines(path: str | Path, missing_hint: str = "") -> list[str]:
         raise BadInputError(f"{path} is missing" + (f": {missing_hint}" if missing_hint else "")) from e
     except OSError as e:
         raise BadInputError(f"cannot read {path}: {e.strerror}") from e
+    name = "standard input" if str(path) == "-" else str(path)
+    for bom, encoding in UTF16_32_BOMS:           # a UTF-16/32 file's NULs would pass as text: name the encoding
+        if raw.startswith(bom):
+            raise BadInputError(f"{name} is {encoding} (it starts with the byte-order mark {bom.hex(' ')}), not "
+                                f"UTF-8; re-encode it as UTF-8, e.g. iconv -f {encoding} -t UTF-8")
     try:
         return split_lines(raw.decode("utf-8-sig"))
     except UnicodeDecodeError as e:
         line = raw[:e.start].count(b"\n") + 1
-        raise BadInputError(f"{path}:{line} is not valid UTF-8 (byte {e.start}: {raw[e.start:e.start + 4]!r}); "
+        raise BadInputError(f"{name}:{line} is not valid UTF-8 (byte {e.start}: {raw[e.start:e.start + 4]!r}); "
                             "re-encode the file as UTF-8") from e

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from paddle2ort.runtime.errors import BadInputError
-
 from .base import TokenizerConfig
+from .errors import BadInputError
 
 
 def read_vocab(vocab_file: Path) -> list[str]:

@@ -29,7 +29,7 @@ from paddle2ort.tokenization.chat_template import check_message_chars
 from .classify import MicroBatcher
 from .metrics import CONTENT_TYPE_LATEST, ServingMetrics
 from .openai_schema import (DEFAULT_COMPLETION_TOKENS, ChatRequest, ClassifyRequest, CompletionRequest,
-                            GenerationRequest)
+                            GenerationRequest, check_text)
 from .scheduler import Engine, Event, QueueFull, ShuttingDown, _call_each
 
 log = logging.getLogger(__name__)
@@ -290,10 +290,19 @@ def create_app(models: dict[str, Served], cfg: ServeConfig = ServeConfig(),
     async def classify(body: ClassifyRequest):
         s = model_for(body.model, "text-classification")
         if len(body.input) > cfg.max_classify_inputs:
-            raise ApiError(400, f"input has {len(body.input)} texts; at most {cfg.max_classify_inputs} a request",
-                           "input")
+            raise ApiError(400, f"input has {len(body.input)} texts; at most {cfg.max_classify_inputs} a request: "
+                           "split them over several requests", "input", "invalid_value")
+        for i, text in enumerate(body.input):          # JSON's "\ud800": no tokenizer text (it would drop it)
+            try:
+                check_text(text, f"input[{i}]")
+            except ValueError as e:
+                raise ApiError(400, str(e), "input", "invalid_value") from None
         try:
             rows = await s.batcher.classify(body.input)
+        except BundleError:                             # the served bundle's fault, not the request's: a 500
+            raise
+        except BadInputError as e:                      # what the model cannot take (e.g. past its positions)
+            raise ApiError(400, str(e), "input", "invalid_value") from e
         except QueueFull as e:
             raise ApiError(429, str(e), code="queue_full", kind="server_busy",
                            headers={"Retry-After": str(e.retry_after)}) from e

@@ -63,7 +63,9 @@ class MicroBatcher:
             jobs = [await self.queue.get()]
             n = len(jobs[0].texts)
             deadline = time.monotonic() + self.max_wait_s            # the bounded wait for more requests
-            while n < self.max_texts:
+            # a dynamically quantized model's answers move with their batch-mates: one client's answers must not
+            # depend on another client's texts, so such a model runs one request a batch
+            while n < self.max_texts and not getattr(self.clf, "batch_dependent", False):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
@@ -84,16 +86,32 @@ class MicroBatcher:
                     if not j.future.done():
                         j.future.set_result(self._answers(rows))
             except Exception as e:                            # noqa: BLE001  (a failed batch fails its requests)
-                log.exception("classifier batch failed")
-                for j in jobs:
-                    if not j.future.done():
-                        j.future.set_exception(e)
+                if len(jobs) == 1:
+                    log.exception("classifier batch failed")
+                    if not jobs[0].future.done():
+                        jobs[0].future.set_exception(e)
+                else:                   # one request's texts must not fail the others batched with it: each alone
+                    log.warning("a batch of %d requests failed (%s: %s); running each alone", len(jobs),
+                                type(e).__name__, e)
+                    await self._each_alone(loop, jobs)
             finally:
                 self.busy = False
                 for _ in jobs:
                     self.queue.task_done()
             if self.metrics is not None:
                 self.metrics.classify_batch.labels(self.name).observe(len(texts))
+
+    async def _each_alone(self, loop, jobs: list[_Job]) -> None:
+        for j in jobs:
+            try:
+                rows = await loop.run_in_executor(None, self._probs, j.texts)
+            except Exception as e:                            # noqa: BLE001  (this request's own failure)
+                log.exception("classifier request failed")
+                if not j.future.done():
+                    j.future.set_exception(e)
+            else:
+                if not j.future.done():
+                    j.future.set_result(self._answers(rows))
 
     def _probs(self, texts: list[str]) -> np.ndarray:
         return softmax(self.clf.predict_logits(texts)).astype(np.float32)
