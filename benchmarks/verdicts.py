@@ -88,6 +88,7 @@ GPU_05B, GPU_SMOL = "llm-gpu/run7/bench-qwen2.5-0.5b.json", "llm-gpu/run4/bench-
 ENC_GPU, ENC_CPU, ENC_CPU_GRAPHS = "encoder/gpu-h200-run3.json", "encoder/cpu-run5.json", "encoder/cpu.json"
 ENC_FIRST_ROW = "encoder/first-row/first-row.json"   # the first-row pass, with and without, one CPU run
 ENC_KERNELS = "encoder/kernel-encoder-run41/kernel-encoder.json"   # our kernel encoder beside torch, one run
+ENC_KERNELS_H100 = "encoder/kernel-encoder-run42-h100/kernel-encoder.json"   # the same bench on an H100 (run42)
 ENC_GPU_PROFILE = "encoder/gpu-h200-profile.json"   # issue 17: BERT-base b32 kernels by family (CUPTI), ours vs reduce-overhead
 ENC_OURS = "ours fused fp16 (key_lengths) CUDA graph"      # what FusionConfig() bundles for the GPU
 ENC_FP32, ENC_INT8 = "FP32-CPU fused-noskip", "INT8-CPU unfused"     # what FusionConfig() bundles on the CPU
@@ -128,6 +129,7 @@ def enc_fp16_vs_fp32(res: dict) -> float:
                       - res["fp32_reference"]["accuracy"]))
 
 E16_SPEED = "llm-gpu/run26-h200/engine-bench.json"       # issue 16: the kernel engine (gemv auto: every v3 split, v2)
+E16_SPEED_H100 = "llm-gpu/run43-h100/engine-bench.json"  # the same bench on an H100 (run43, tree of 50d5391)
 E16_PARITY = "llm-gpu/run26-h200/engine-bench.json"
 E16_KERNELS = "llm-gpu/run26-h200/kernel_bench.json"     # the same run's kernel table (auto: what the engine picks)
 E16_PIPELINE = "llm-gpu/run27-h200/engine-bench.json"  # pipelined launch (pipeline=True) beside ours, one run
@@ -309,6 +311,18 @@ TARGETS: tuple[Target, ...] = (
     Target(16, "llm-gpu", "kernel engine TTFT <= the fused graph's, 0.5B FP16 batch 1, prompt 2,048", E16_SPEED, "<=",
            1.0, "x", lambda r: engine("ours", prompt=2048, key="ttft_ms")(r) / engine("ort", prompt=2048,
                                                                                      key="ttft_ms")(r)),
+    # the same targets on an H100 (run43): the engine's own ratios on another card
+    Target(16, "llm-gpu", "kernel engine >= 60% of copy bandwidth, 0.5B FP16 batch 1 (H100)", E16_SPEED_H100, ">=",
+           60.0, "%", engine("ours", key="pct_hbm_roofline")),
+    Target(16, "llm-gpu", "kernel engine >= 1.5x the onnxruntime fused graph, 0.5B FP16 batch 1 (H100)",
+           E16_SPEED_H100, ">=", 1.5, "x", lambda r: engine("ours")(r) / engine("ort")(r)),
+    Target(16, "llm-gpu", "kernel engine int4 >= 1.8x its FP16, 0.5B batch 1 (H100)", E16_SPEED_H100, ">=", 1.8, "x",
+           lambda r: engine("ours", "int4")(r) / engine("ours")(r)),
+    Target(16, "llm-gpu", "kernel engine prompt 2,048 + 256 >= 80% of 128 + 128 tokens/s, 0.5B FP16 batch 1 (H100)",
+           E16_SPEED_H100, ">=", 0.8, "x", lambda r: engine("ours", prompt=2048)(r) / engine("ours")(r)),
+    Target(16, "llm-gpu", "kernel engine batch-8 aggregate >= 6x batch 1, 0.5B FP16 (H100)", E16_SPEED_H100, ">=",
+           6.0, "x", lambda r: engine("ours", batch=8, key="tok_s_aggregate")(r)
+           / engine("ours", key="tok_s_aggregate")(r)),
     # issue 15: serving (SmolLM2; CPU: the shared 2-core box over HTTP; GPU: the scheduler alone on an H200)
     Target(15, "serve", "HTTP on CPU: continuous tokens/s at 16 clients >= 4x 1 client (fused FP32 graph)",
            SERVE_CPU, ">=", 4.0, "x", serve_ratio("rows", "adjacent_1_client_tokens_per_s")),
@@ -376,6 +390,12 @@ TARGETS: tuple[Target, ...] = (
       for g in ("minilm", "ernie_medium", "bert_base")),
     Target(17, "encoder", "kernel encoder vs BertModel on the same weights: geometries outside the parity limits",
            ENC_KERNELS, "==", 0, "", lambda r: sum(not p["ok"] for p in r["parity"].values())),
+    *(Target(17, "encoder", f">= 1.5x torch.compile reduce-overhead, kernel encoder, {g} 32 x 128 (H100, run42)",
+             ENC_KERNELS_H100, ">=", 1.5, "x",
+             lambda r, g=g: __import__("paddle2ort.benchmarks.encoder_kernels", fromlist=["speedup"]).speedup(r, g))
+      for g in ("minilm", "ernie_medium", "bert_base")),
+    Target(17, "encoder", "kernel encoder vs BertModel on the same weights: geometries outside the parity limits "
+           "(H100, run42)", ENC_KERNELS_H100, "==", 0, "", lambda r: sum(not p["ok"] for p in r["parity"].values())),
     Target(17, "encoder", "FP16-GPU accuracy within 0.2 pt of FP32, real classifier, whole dev split", ENC_GPU, "<=",
            0.2, "pt", enc_fp16_vs_fp32),
     *enc_cpu_targets(ENC_CPU, "2-core EPYC, AVX2"),
