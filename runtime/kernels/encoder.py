@@ -239,10 +239,16 @@ class Buffers:
 
 
 class KernelEncoder:
-    """forward(ids, lens[, types]) -> last hidden states [B, S, H] (float16 on the GPU; float32 twins on CPU)."""
+    """forward(ids, lens[, types]) -> last hidden states [B, S, H] (float16 on the GPU; float32 twins on CPU).
+
+    gemm_tune: time the cuBLASLt heuristic's first algorithms on each GEMM alone and keep the fastest. Off by
+    default: in the whole forward the heuristic's first algorithm was as fast or faster in 5 of 6 geometry x card
+    runs (BERT-base b32 1.572 vs 1.595 ms on an H200, 1.578 vs 1.669 on an H100: benchmarks/results/encoder/
+    kernel-encoder-run41, -run42-h100), a GEMM timed alone on buffers that stay in L2 not being the GEMM in the
+    forward, whose weights arrive from HBM."""
 
     def __init__(self, weights: EncoderWeights, device: str = "gpu", cuda_graph: bool = True,
-                 attention: AttentionConfig = AttentionConfig(), gemm_tune: bool = True):
+                 attention: AttentionConfig = AttentionConfig(), gemm_tune: bool = False):
         weights.check(gpu=device == "gpu")
         attention.check(weights.head_dim)
         self.attention, self.host = attention, weights
