@@ -9,7 +9,8 @@ from pathlib import Path
 
 from paddle2ort.runtime.errors import BadInputError
 
-from .common import check_output_file, command, jsonl_with_keys, nonneg_int, positive_int
+from .common import (add_bundle_session_options, check_output_file, command, jsonl_with_keys, positive_int,
+                     session_options)
 
 log = logging.getLogger(__name__)
 CHUNK_BATCHES = 16          # texts go to the classifier in chunks of this many batches: progress between chunks
@@ -145,7 +146,6 @@ def ray_config(args):
 
 def run(args) -> int:
     from paddle2ort.runtime.pipelines import TextClassifier
-    from paddle2ort.runtime.session import SessionOptions
 
     if bool(args.text) == bool(args.input):
         raise BadInputError("give texts with --text (repeatable) or --input FILE (one text a line), not both")
@@ -164,9 +164,7 @@ def run(args) -> int:
                                             args.batch_size, args.device, args.threads, ray_config(args)))])
     else:
         clf = TextClassifier(args.bundle, precision=args.precision, batch_size=args.batch_size,
-                             rows_alone=args.rows_alone,
-                             session=SessionOptions(device=args.device, device_id=args.device_id,
-                                                    intra_op_threads=args.threads))
+                             rows_alone=args.rows_alone, session=session_options(args))
         chunks = ((chunk, [(p.label, p.score) for p in preds])
                   for chunk, preds in classify_chunks(clf, texts, show_progress=args.input is not None))
     return write_output(chunks, args.output)
@@ -185,11 +183,7 @@ def register(sub) -> None:
     k.add_argument("--input", type=Path, help="UTF-8 file, one text a line (-: standard input)")
     k.add_argument("--output", type=Path, help="write JSON lines to this file instead of stdout (-: stdout; a "
                    "FIFO or a device such as /dev/null: written into as results come)")
-    k.add_argument("--precision", help="which model of the bundle (fp32, fp16, int8); default: the one "
-                   "`paddle2ort release` chose for --device, else fp32")
-    k.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="where onnxruntime runs")
-    k.add_argument("--device-id", type=nonneg_int, default=0, help="CUDA device with --device gpu")
-    k.add_argument("--threads", type=nonneg_int, default=0, help="intra-op threads (0: onnxruntime's choice)")
+    add_bundle_session_options(k)
     k.add_argument("--batch-size", type=positive_int, default=32, help="texts a batch")
     k.add_argument("--rows-alone", action="store_true",
                    help="a dynamically quantized (INT8) model classifies each text alone: its answer then does not "

@@ -170,6 +170,21 @@ def check_unique(option: str, items, what: str = "an item") -> None:
         raise BadInputError(f"{option} {','.join(map(str, items))} names {what} twice; name each once")
 
 
+def add_bundle_session_options(p) -> None:
+    """--precision, --device, --device-id, --threads of the commands that run one bundle's model (classify,
+    recognize); session_options(args) turns them into SessionOptions."""
+    p.add_argument("--precision", help="which model of the bundle (fp32, fp16, int8); default: the one "
+                   "`paddle2ort release` chose for --device, else fp32")
+    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="where onnxruntime runs")
+    p.add_argument("--device-id", type=nonneg_int, default=0, help="CUDA device with --device gpu")
+    p.add_argument("--threads", type=nonneg_int, default=0, help="intra-op threads (0: onnxruntime's choice)")
+
+
+def session_options(args):
+    from paddle2ort.runtime.session import SessionOptions
+    return SessionOptions(device=args.device, device_id=args.device_id, intra_op_threads=args.threads)
+
+
 def check_exists(path: Path | None, option: str, stdin: bool = False) -> None:
     """stdin: the option reads "-" as standard input (not a path to check)."""
     if stdin and path is not None and str(path) == "-":

@@ -6,20 +6,18 @@ from pathlib import Path
 
 from paddle2ort.runtime.errors import BadInputError
 
-from .common import check_exists, command, nonneg_int, positive_int
+from .common import add_bundle_session_options, check_exists, command, positive_int, session_options
 
 
 def run(args) -> int:
     from paddle2ort.runtime.ocr import TextRecognizer
-    from paddle2ort.runtime.session import SessionOptions
 
     for image in args.images:
         check_exists(image, "IMAGE")
         if image.is_dir():
             raise BadInputError(f"IMAGE {image} is a directory; give image files (e.g. {image}/*.png)")
     rec = TextRecognizer(args.bundle, precision=args.precision, batch_size=args.batch_size,
-                         session=SessionOptions(device=args.device, device_id=args.device_id,
-                                                intra_op_threads=args.threads))
+                         session=session_options(args))
     for image, r in zip(args.images, rec(list(args.images))):
         print(json.dumps({"image": str(image), "text": r.text, "score": round(r.score, 6)}, ensure_ascii=False))
     return 0
@@ -35,10 +33,6 @@ def register(sub) -> None:
                             "stdout. Reading image files needs Pillow. Runs without Paddle.")
     r.add_argument("bundle", type=Path, help="the bundle directory")
     r.add_argument("images", type=Path, nargs="+", metavar="IMAGE", help="text-line image files")
-    r.add_argument("--precision", help="which model of the bundle (fp32, fp16, int8); default: the one "
-                   "`paddle2ort release` chose for --device, else fp32")
-    r.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="where onnxruntime runs")
-    r.add_argument("--device-id", type=nonneg_int, default=0, help="CUDA device with --device gpu")
-    r.add_argument("--threads", type=nonneg_int, default=0, help="intra-op threads (0: onnxruntime's choice)")
+    add_bundle_session_options(r)
     r.add_argument("--batch-size", type=positive_int, default=6, help="lines a batch (PaddleOCR's default: 6)")
     r.set_defaults(func=run)

@@ -5,7 +5,6 @@ and the CLI refuses a bundle it cannot serve before loading any model and warns 
 Everything runs over a fake tokenizer and engine (the HTTP layer's contract), in seconds, without Paddle."""
 import asyncio
 import json
-import socket
 import threading
 import time
 from pathlib import Path
@@ -16,6 +15,8 @@ import pytest
 
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
+
+from http_server import AppServer, free_port  # noqa: E402 (after the skips: uvicorn and httpx)
 
 pytestmark = pytest.mark.unit
 
@@ -83,37 +84,16 @@ class FakeEngine:
         self.active -= req.n
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class FakeServer:
+class FakeServer(AppServer):
     """create_app over a fake model, served by uvicorn on a thread (drain: uvicorn's graceful-shutdown limit)."""
 
     def __init__(self, engine=None, drain_s=None, **cfg):
-        import uvicorn
-
         from paddle2ort.runtime.serving.app import ServeConfig, Served, create_app
         self.tok, self.engine = FakeTokenizer(), engine or FakeEngine()
         served = Served("fake", "text-generation", Path("fake"), generator=SimpleNamespace(tokenizer=self.tok),
                         engine=self.engine)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(create_app({"fake": served}, ServeConfig(**cfg)),
-                                                    host="127.0.0.1", port=self.port, log_level="critical",
-                                                    timeout_graceful_shutdown=drain_s))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        t0 = time.monotonic()
-        while not self.server.started:
-            assert time.monotonic() - t0 < 30, "server did not start"
-            time.sleep(0.02)
-
-    def close(self):
-        self.server.should_exit = True
-        self.thread.join(30)
+        super().__init__(create_app({"fake": served}, ServeConfig(**cfg)), log_level="critical",
+                         timeout_graceful_shutdown=drain_s)
 
     def post(self, path, **kw):
         return httpx.post(self.url + path, timeout=30, **kw)

@@ -19,36 +19,8 @@ pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
 
+from http_server import AppServer, free_port  # noqa: E402
 from paddle2ort.runtime.generation import GenerationConfig  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class AppServer:
-    """An app served by uvicorn on a thread, on a free localhost port."""
-
-    def __init__(self, app):
-        import uvicorn
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        t0 = time.monotonic()
-        while not self.server.started:
-            assert time.monotonic() - t0 < 30, "server did not start"
-            time.sleep(0.02)
-
-    def close(self):
-        self.server.should_exit = True
-        self.thread.join(30)
-
-    def post(self, path, **kw):
-        return httpx.post(self.url + path, timeout=60, **kw)
 
 
 class Server(AppServer):
