@@ -1,4 +1,5 @@
-"""A FastAPI app served by uvicorn on a thread, on a free localhost port (the serving tests' server)."""
+"""The serving tests' pieces: a FastAPI app served by uvicorn on a thread on a free localhost port, and a fake
+generation engine behind the real app."""
 import socket
 import threading
 import time
@@ -34,3 +35,50 @@ class AppServer:
 
     def post(self, path, **kw):
         return httpx.post(self.url + path, timeout=60, **kw)
+
+
+class FakeEngine:
+    """scheduler.Engine's interface to the server: each choice gets an "x" every `token_s` seconds from a thread
+    until max_new_tokens (finish "length") or cancel; `active` counts the rows not yet left, `configs` holds every
+    request's GenerationConfig."""
+    retry_after = 1
+
+    def __init__(self, max_context: int | None = 64, token_s: float = 0.005):
+        self.max_context = self.prompt_limit = max_context
+        self.token_s, self.active, self.queued, self.cancels, self.configs = token_s, 0, 0, 0, []
+        from paddle2ort.runtime.serving.scheduler import _call_each
+        self.post = _call_each
+
+    def start(self):
+        return self
+
+    def stop(self):
+        pass
+
+    def submit(self, prompt, cfg, sink, n=1):
+        from paddle2ort.runtime.errors import BadInputError
+        from paddle2ort.runtime.serving.scheduler import Request
+        if self.max_context is not None and len(prompt) + cfg.max_new_tokens > self.max_context:
+            raise BadInputError(f"prompt + max_tokens exceeds the model's context of {self.max_context} tokens")
+        self.configs.append(cfg)
+        req = Request(prompt, cfg, n, sink)
+        self.active += n
+        threading.Thread(target=self._run, args=(req,), daemon=True).start()
+        return req
+
+    def cancel(self, req):
+        self.cancels += not req.cancelled and req.done < req.n
+        req.cancelled = True
+
+    def _run(self, req):
+        from paddle2ort.runtime.serving.scheduler import Event
+        for _ in range(req.cfg.max_new_tokens):
+            if req.cancelled:
+                break
+            time.sleep(self.token_s)
+            req.completion_tokens += req.n
+            self.post([(req.sink, Event("delta", i, text="x")) for i in range(req.n)])
+        else:
+            req.done = req.n
+            self.post([(req.sink, Event("done", i, finish_reason="length")) for i in range(req.n)])
+        self.active -= req.n

@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
-from http_server import AppServer, free_port  # noqa: E402 (after the skips: uvicorn and httpx)
+from http_server import AppServer, FakeEngine, free_port  # noqa: E402 (after the skips: uvicorn, httpx)
 
 pytestmark = pytest.mark.unit
 
@@ -42,46 +42,6 @@ class FakeTokenizer:
         self.calls += 1
         return render_chat_template("{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}<assistant>",
                                     messages=messages)
-
-
-class FakeEngine:
-    """The scheduler's interface: each choice gets an "x" every `token_s` seconds until max_new_tokens or cancel."""
-    retry_after = 1
-
-    def __init__(self, max_context=64, token_s=0.005):
-        self.max_context = self.prompt_limit = max_context
-        self.token_s, self.active, self.queued, self.configs = token_s, 0, 0, []
-        from paddle2ort.runtime.serving.scheduler import _call_each
-        self.post = _call_each
-
-    def start(self):
-        return self
-
-    def stop(self):
-        pass
-
-    def submit(self, prompt, cfg, sink, n=1):
-        from paddle2ort.runtime.serving.scheduler import Request
-        self.configs.append(cfg)
-        req = Request(prompt, cfg, n, sink)
-        self.active += n
-        threading.Thread(target=self._run, args=(req,), daemon=True).start()
-        return req
-
-    def cancel(self, req):
-        req.cancelled = True
-
-    def _run(self, req):
-        from paddle2ort.runtime.serving.scheduler import Event
-        for _ in range(req.cfg.max_new_tokens):
-            if req.cancelled:
-                break
-            time.sleep(self.token_s)
-            req.completion_tokens += req.n
-            self.post([(req.sink, Event("delta", i, text="x")) for i in range(req.n)])
-        else:
-            self.post([(req.sink, Event("done", i, finish_reason="length")) for i in range(req.n)])
-        self.active -= req.n
 
 
 class FakeServer(AppServer):
