@@ -202,6 +202,20 @@ def build_nlp_family(out: Path, family: str):
                                                       for n in names])
 
 
+# paddle.vision's classification families (tests/test_vision_families.py): random weights, 10 classes, 64 x 64 input
+VISION_FAMILIES = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small", "shufflenet_v2_x0_25", "squeezenet1_1",
+                   "resnet18")
+
+
+def build_vision(out: Path, name: str):
+    """paddle.vision.models.<name>(num_classes=10) in eval mode, saved with a [batch, 3, 64, 64] image input."""
+    import paddle
+    import paddle.vision.models as M
+
+    paddle.seed(0)
+    _save(getattr(M, name)(num_classes=10), out, [paddle.static.InputSpec([None, 3, 64, 64], "float32", "x")])
+
+
 def build_bert_classifier(out: Path):
     """The zoo classifier's architecture (PaddleNLP BERT + masked mean pooling + head) at a tiny size, with
     MiniLM's 30,522-token vocabulary so the real tokenizer files drive it."""
@@ -291,6 +305,7 @@ BUILDERS = {"ernie_medium": build_ernie_medium, "llama": build_llama, "gpt": bui
             "legacy": build_legacy, "two_heads": build_two_heads, "unsupported": build_unsupported,
             "nhwc_conv": build_nhwc_conv}
 BUILDERS.update({f"nlp_{fam}": (lambda out, fam=fam: build_nlp_family(out, fam)) for fam in NLP_FAMILIES})
+BUILDERS.update({f"vision_{name}": (lambda out, name=name: build_vision(out, name)) for name in VISION_FAMILIES})
 # fusion tests: f"{family}_h{hidden}_n{heads}"
 BUILDERS.update({f"{fam}_h{h}_n{n}": (lambda out, fam=fam, h=h, n=n: build_geometry(out, fam, h, n))
                  for fam in ("bert", "ernie") for h, n in ((32, 2), (32, 4), (64, 2), (64, 4))})
