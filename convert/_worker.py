@@ -517,8 +517,12 @@ def main(argv: list[str]) -> int:
     except BadInput as e:
         result, code = {"ok": False, "kind": "bad_input", "message": str(e)}, 1
     except Exception as e:  # noqa: BLE001 - reported to the parent as a typed error
-        traceback.print_exc()
-        result, code = {"ok": False, "kind": "error", "message": f"{type(e).__name__}: {e}"}, 1
+        from paddle2ort.convert.llm.eager import CheckpointMismatch
+        if isinstance(e, CheckpointMismatch):             # weights that do not fill config.json's model, in any task
+            result, code = {"ok": False, "kind": "bad_input", "message": str(e)}, 1
+        else:
+            traceback.print_exc()
+            result, code = {"ok": False, "kind": "error", "message": f"{type(e).__name__}: {e}"}, 1
     atomic_write(out_path, json.dumps(result))
     return code
 

@@ -272,3 +272,23 @@ def test_every_family_checkpoint_layout_passes_the_weight_checks(tmp_path):
             check_weights(d, {"n_layer": 2, "vocab_size": 10})
         with pytest.raises(BadInputError, match="has 10 rows"):
             check_weights(d, {"n_layer": 3, "vocab_size": 11})
+
+
+@pytest.mark.unit
+def test_a_checkpoint_mismatch_is_bad_input_in_every_worker_task(tmp_path, monkeypatch):
+    """The generate / logprobs / bench workers load the checkpoint too: its mismatch is exit 2 there as well (the
+    worker's own KeyError mapping lives in the export tasks only)."""
+    import json as _json
+
+    from paddle2ort.convert import _worker
+    from paddle2ort.convert.llm.eager import CheckpointMismatch
+
+    def task(args):
+        raise CheckpointMismatch("the checkpoint in m does not fit the model its config.json describes: it lacks w")
+
+    monkeypatch.setitem(_worker.TASKS, "fake_llm_task", task)
+    (tmp_path / "in.json").write_text("{}")
+    assert _worker.main(["fake_llm_task", str(tmp_path / "in.json"), str(tmp_path / "out.json")]) == 1
+    out = _json.loads((tmp_path / "out.json").read_text())
+    assert out == {"ok": False, "kind": "bad_input",
+                   "message": "the checkpoint in m does not fit the model its config.json describes: it lacks w"}
