@@ -13,6 +13,9 @@ def run(args) -> int:
     from paddle2ort.runtime.ocr import TextRecognizer
 
     for image in args.images:
+        if not image.exists() and any(c in str(image) for c in "*?["):
+            raise BadInputError(f"IMAGE {image} does not exist: a pattern that matched no file reaches us as "
+                                "written; check the folder and the pattern (e.g. *.png vs *.jpg)")
         check_exists(image, "IMAGE")
         if image.is_dir():
             raise BadInputError(f"IMAGE {image} is a directory; give image files (e.g. {image}/*.png)")
@@ -30,7 +33,10 @@ def register(sub) -> None:
                 description="Read each image (one cropped text line, as a detector's box gives it) with a CTC "
                             "text-recognition bundle: PaddleOCR's preprocessing and CTC decoding, the character "
                             'classes from the bundle. One JSON object an image ({"image", "text", "score"}) on '
-                            "stdout. Reading image files needs Pillow. Runs without Paddle.")
+                            "stdout. A line 1.5 times as tall as wide is taken for a rotated one (read turned "
+                            "either way, the better reading kept). Every image is read before any text is "
+                            "printed: one that cannot be stops the run (exit 2, naming it). Reading image files "
+                            "needs Pillow. Runs without Paddle.")
     r.add_argument("bundle", type=Path, help="the bundle directory")
     r.add_argument("images", type=Path, nargs="+", metavar="IMAGE", help="text-line image files")
     add_bundle_session_options(r)

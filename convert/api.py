@@ -518,6 +518,11 @@ def revalidate(bundle_dir: Path, source_path: Path, thresholds: dict[str, Thresh
     from .metrics import LLM_THRESHOLDS, thresholds_with_overrides
     thresholds = thresholds_with_overrides(overrides or {}, thresholds or (LLM_THRESHOLDS if llm else None))
     check_thresholds(thresholds)
+    gated = {*m.models, *((m.extra.get("fused") or {}) if llm else {})}
+    stray = sorted({k.partition(".")[0] for k in (overrides or {})} - gated)
+    if stray:                               # a bound on a model the bundle lacks would be accepted and never used
+        raise BadInputError(f"--threshold names {', '.join(stray)}, which bundle {bundle_dir} has no model of (it "
+                            f"has: {', '.join(sorted(gated))}); override the bounds of those it has")
     if m.task == "text2text-generation":
         raise BadInputError(f"bundle {bundle_dir} is a text2text-generation bundle: `validate` re-runs the gate of "
                             "`convert` and `convert-llm` bundles; convert-seq2seq's gate runs as it converts: convert "
@@ -549,11 +554,11 @@ def revalidate(bundle_dir: Path, source_path: Path, thresholds: dict[str, Thresh
                     reports[prec] = validate(prec, bundle.model_path(prec), samples, refs,
                                              list(bundle.manifest.outputs),
                                              thresholds.get(prec, DEFAULT_THRESHOLDS[prec]),
-                                             fp32_model=bundle.model_path("fp32") if "fp32" in bundle.manifest.models
-                                             else None)
+                                             fp32_model=_lineage_reference(bundle, prec))
                 except ValidationError as e:
                     reports[prec] = e.report
-                    failed.append(e)
+                    hint = _recorded_bounds_hint(bundle, prec, thresholds.get(prec, DEFAULT_THRESHOLDS[prec]))
+                    failed.append(e.with_hint(hint) if hint else e)
             if llm and m.extra.get("fused"):    # the fused decoders, on Paddle's logits of the same recorded steps
                 from .llm.api import regate_fused
                 for prec, rep in regate_fused(bundle, samples, refs, thresholds).items():
@@ -565,3 +570,38 @@ def revalidate(bundle_dir: Path, source_path: Path, thresholds: dict[str, Thresh
             return reports
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _recorded_bounds_hint(bundle, precision: str, used: Thresholds) -> str | None:
+    """A failed re-run judged with other bounds than the bundle passed its conversion gate with (convert's
+    --threshold, recorded in validation.json): name them. Not taken on their own: the bundle is what is checked,
+    and a loosened bound of its own must not pass it."""
+    try:
+        recorded = read_json_object(bundle.path / VALIDATION_NAME, "validation report", "convert again")
+        rec = recorded["reports"][precision]["thresholds"]
+    except (BadInputError, KeyError, TypeError):
+        return None
+    diff = [f"{precision}.{f.name}={rec[f.name]}" for f in fields(used) if f.name != "allow_nonfinite"
+            and f.name in rec and rec[f.name] is not None and rec[f.name] != getattr(used, f.name)]
+    if not diff:
+        return None
+    return (f"The bundle passed its conversion gate with other bounds ({', '.join(diff)}, in its {VALIDATION_NAME}): "
+            f"this run used the defaults or your --threshold. To re-run the gate it passed, give "
+            + " ".join(f"--threshold {d}" for d in diff) + ".")
+
+
+def _lineage_reference(bundle, precision: str) -> Path | None:
+    """The FP32 model a variant's weights and nodes are checked against: the bundle's own, where the variant was
+    made from that graph. A variant made from a differently fused or pruned FP32 graph (convert/fusion: FP16 gets
+    the whole encoder pass, INT8 none; the CPU precisions the first-row layer) was checked at conversion against
+    that graph, which the bundle does not carry: its outputs are still judged against Paddle, its lineage is not
+    (against the bundle's FP32 file every node fused otherwise would read as missing)."""
+    m = bundle.manifest
+    if "fp32" not in m.models:
+        return None
+    fusions, first_row = m.extra.get("fusions") or {}, m.extra.get("last_layer_first_row") or []
+    if fusions.get(precision) != fusions.get("fp32") or (precision in first_row) != ("fp32" in first_row):
+        log.info("%s: made from a differently fused FP32 graph than the bundle's model.fp32.onnx; its outputs are "
+                 "judged against Paddle, its weights and nodes were checked at conversion", precision)
+        return None
+    return bundle.model_path("fp32")

@@ -5,6 +5,12 @@ Preprocessing is PaddleOCR's `resize_norm_img` (rec): each line resized to the m
 ratio, scaled to [-1, 1], right-padded with zeros to the batch's width (at least height * 320 / 48, as PaddleOCR);
 lines are batched by aspect ratio. Decoding is its CTCLabelDecode: argmax a time step, repeats merged, blanks
 dropped; the score is the mean probability of the characters kept.
+
+Images are read as PaddleOCR reads them (cv2.imread): the EXIF orientation applied, 16-bit samples scaled to 8 bits
+(Pillow's own conversion clips them: anti-aliased text turned black-and-white). A line at least 1.5 times as tall
+as wide is a rotated line, which PaddleOCR's crop (get_rotate_crop_image) turns before recognition: it is read as
+given and turned a quarter each way, and the reading with the highest score kept (upright text whatever way the
+line was turned; a tall crop of one character still read as given).
 """
 from __future__ import annotations
 
@@ -26,6 +32,8 @@ log = logging.getLogger(__name__)
 TASK = "text-recognition"
 MIN_RATIO = 320 / 48          # PaddleOCR's rec_image_shape 3,48,320: a batch is never narrower than this ratio
 MAX_WIDTH = 3200              # widest input PaddleX declares for these models (trt_dynamic_shapes); wider is squeezed
+TALL = 1.5                    # height / width from which a line is a rotated one (PaddleOCR's get_rotate_crop_image)
+MAX_BATCH_BYTES = 256 << 20   # one batch's input at most (a huge --batch-size of wide lines: split, not GiBs)
 
 
 @dataclass(frozen=True)
@@ -52,26 +60,55 @@ def resize_bilinear(img: np.ndarray, height: int, width: int) -> np.ndarray:
     return top * (1 - fy)[:, None, None] + bottom * fy[:, None, None]
 
 
+def _pil_rgb(img) -> np.ndarray:
+    """A PIL image -> HxWx3 uint8 RGB as OpenCV's imread gives it: EXIF orientation applied, 16/32-bit gray scaled
+    to 8 bits (not clipped), the first frame of an animation (with a warning: the others are not read)."""
+    from PIL import ImageOps
+    if getattr(img, "n_frames", 1) > 1:
+        log.warning("%s has %d frames; reading the first only", getattr(img, "filename", "") or "an image",
+                    img.n_frames)
+    img = ImageOps.exif_transpose(img)
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        a = np.asarray(img).astype(np.float64)
+        if img.mode.startswith("I;16") or a.max(initial=0) > 255:      # 16-bit samples: 65535 is white
+            a = a / 257.0
+        gray = np.rint(a).clip(0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    return np.asarray(img.convert("RGB"))
+
+
+def _is_pil(image) -> bool:
+    return hasattr(image, "convert") and hasattr(image, "mode")
+
+
 def as_rgb(image, index: int) -> np.ndarray:
-    """An image as HxWx3 uint8 RGB: a numpy array (HxW gray, HxWx3 RGB, HxWx4 RGBA), or a file path / PIL image
-    (read with Pillow, which is then needed)."""
-    if isinstance(image, (str, Path)) or hasattr(image, "convert"):
+    """An image as HxWx3 uint8 RGB: a numpy array (HxW or HxWx1 gray, HxWx3 RGB, HxWx4 RGBA), or a file path / PIL
+    image (read with Pillow, which is then needed)."""
+    if isinstance(image, (str, Path)) or _is_pil(image):
         try:
             from PIL import Image
         except ImportError:
             raise BadInputError("reading image files needs Pillow (pip install pillow); or pass the images as "
                                 "HxWx3 uint8 RGB numpy arrays") from None
         try:
-            img = image if hasattr(image, "convert") else Image.open(image)
-            return np.asarray(img.convert("RGB"))
-        except (OSError, ValueError) as e:
-            raise BadInputError(f"image #{index + 1} ({image}) cannot be read as an image ({e})") from e
-    a = np.asarray(image)
-    if a.ndim == 2:
+            if _is_pil(image):
+                return _pil_rgb(image)
+            with Image.open(image) as img:
+                return _pil_rgb(img)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            raise BadInputError(f"image #{index + 1} ({image}) cannot be read as an image ({e}); give image files "
+                                "Pillow reads (PNG, JPEG, BMP, TIFF, ...), or leave that one out") from e
+    a = np.asarray(image) if isinstance(image, np.ndarray) else None
+    if a is not None and a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    if a is not None and a.ndim == 2:
         a = np.repeat(a[:, :, None], 3, axis=2)
-    if a.ndim != 3 or a.shape[2] not in (3, 4) or a.dtype != np.uint8 or min(a.shape[:2]) < 1:
-        raise BadInputError(f"image #{index + 1} is {a.dtype}{list(a.shape)}; give HxWx3 uint8 RGB (HxW gray or "
-                            "HxWx4 RGBA are taken too)")
+    if a is None or a.ndim != 3 or a.shape[2] not in (3, 4) or a.dtype != np.uint8 or min(a.shape[:2]) < 1:
+        got = f"{a.dtype}{list(a.shape)}" if a is not None else type(image).__name__
+        hint = ("; floats in [0, 1]: (x * 255).round().astype(np.uint8)" if a is not None and a.dtype.kind == "f"
+                else "")
+        raise BadInputError(f"image #{index + 1} is {got}; give HxWx3 uint8 RGB (HxW gray or HxWx4 RGBA are taken "
+                            f"too), a PIL image or an image file's path{hint}")
     return a[:, :, :3]
 
 
@@ -128,27 +165,61 @@ class TextRecognizer:
         self.runner = Runner(self.session, [m.outputs[0].name], session.device_id)
 
     def _classes(self, ocr: dict) -> list[str]:
-        path = self.bundle.path / str(ocr.get("classes", ""))
+        rel = ocr.get("classes")
+        if not isinstance(rel, str) or rel not in self.bundle.manifest.files:
+            raise BundleError(f"bundle {self.bundle.path}'s manifest names the class list {rel!r}, which is not one "
+                              "of the bundle's checksummed files; convert the recognizer again")
+        path = self.bundle.checked_path(rel, self.bundle.manifest.files[rel]["sha256"])
         try:
             classes = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
-            raise BundleError(f"bundle {self.bundle.path} has no readable class list {ocr.get('classes')!r} ({e}); "
+            raise BundleError(f"bundle {self.bundle.path} has no readable class list {rel!r} ({e}); "
                               "convert the recognizer again") from e
         if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
             raise BundleError(f"{path} is not a list of strings; convert the recognizer again")
         return classes
 
     def __call__(self, images) -> list[Recognition]:
-        if isinstance(images, (str, Path)) or (isinstance(images, np.ndarray) and images.ndim in (2, 3)
-                                               and images.dtype == np.uint8):
+        """`images`: one image or a list of them (file paths, PIL images, HxWx3 uint8 RGB arrays); an NxHxWxC
+        array is N images. -> one Recognition an image, in order."""
+        if isinstance(images, (str, Path)) or _is_pil(images) or (isinstance(images, np.ndarray)
+                                                                 and images.ndim in (2, 3)):
             images = [images]
+        elif isinstance(images, np.ndarray) and images.ndim != 4:
+            raise BadInputError(f"images is an array of shape {list(images.shape)}; give one HxWx3 uint8 RGB image, "
+                                "an NxHxWx3 batch or a list of images")
+        try:
+            images = list(images)
+        except TypeError:
+            raise BadInputError(f"images must be an image or a list of images (file paths, PIL images, HxWx3 "
+                                f"uint8 RGB arrays), got {type(images).__name__}") from None
         rgb = [as_rgb(im, i) for i, im in enumerate(images)]
+        # each line as given, and a rotated line (tall) also turned a quarter each way: the best reading is kept
+        views, owner = [], []
+        for i, a in enumerate(rgb):
+            turns = (a, np.rot90(a, 1), np.rot90(a, -1)) if a.shape[0] >= TALL * a.shape[1] else (a,)
+            views += turns
+            owner += [i] * len(turns)
+        read = self._read(views)
+        out: list[Recognition | None] = [None] * len(rgb)
+        for i, r in zip(owner, read):
+            if out[i] is None or r.score > out[i].score:
+                out[i] = r
+        return out
+
+    def _read(self, rgb: list[np.ndarray]) -> list[Recognition]:
         order = sorted(range(len(rgb)), key=lambda i: rgb[i].shape[1] / rgb[i].shape[0])
         out: list[Recognition | None] = [None] * len(rgb)
-        for s in range(0, len(order), self.batch_size):
-            idx = order[s:s + self.batch_size]
-            ratio = max(MIN_RATIO, *(rgb[i].shape[1] / rgb[i].shape[0] for i in idx))
-            width = min(MAX_WIDTH, int(self.height * ratio))
+        s = 0
+        while s < len(order):
+            idx = [order[s]]
+            while s + len(idx) < len(order) and len(idx) < self.batch_size:
+                nxt = order[s + len(idx)]   # the widest so far (sorted): the batch's width with it
+                if (len(idx) + 1) * self._width([nxt, *idx], rgb) * self.height * 12 > MAX_BATCH_BYTES:
+                    break
+                idx.append(nxt)
+            s += len(idx)
+            width = self._width(idx, rgb)
             batch = np.stack([normalize_line(rgb[i], self.height, width) for i in idx])
             probs = self.runner({self.input_name: batch})[0]
             if probs.ndim != 3 or probs.shape[-1] != len(self.classes):
@@ -157,3 +228,7 @@ class TextRecognizer:
             for i, r in zip(idx, ctc_decode(probs, self.classes, self.blank)):
                 out[i] = r
         return out
+
+    def _width(self, idx: list[int], rgb: list[np.ndarray]) -> int:
+        ratio = max(MIN_RATIO, *(rgb[i].shape[1] / rgb[i].shape[0] for i in idx))
+        return min(MAX_WIDTH, int(self.height * ratio))
