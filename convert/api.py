@@ -501,7 +501,7 @@ def check_same_source(recorded: dict, got: dict[str, str], source_path: Path) ->
         diff = sorted(n for n in set(want) | set(got) if want.get(n) != got.get(n))
         shown = ", ".join(f"{n} ({(got.get(n) or 'absent')[:12]} here, {(want.get(n) or 'absent')[:12]} in the "
                           f"manifest)" for n in diff[:3])
-        raise BadInputError(f"SRC {source_path} is not the Paddle model this bundle was converted from: {shown}. "
+        raise BadInputError(f"--source {source_path} is not the Paddle model this bundle was converted from: {shown}. "
                             "Pass the model the bundle came from (its manifest's source.sha256), or convert this one")
 
 
