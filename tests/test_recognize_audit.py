@@ -17,15 +17,7 @@ from paddle2ort.runtime.ocr import TextRecognizer, as_rgb
 PIL = pytest.importorskip("PIL")
 from PIL import Image  # noqa: E402
 
-
-def cer(got: str, want: str) -> float:
-    prev = list(range(len(want) + 1))
-    for i, a in enumerate(got, 1):
-        cur = [i]
-        for j, b in enumerate(want, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a != b)))
-        prev = cur
-    return prev[-1] / max(len(want), 1)
+from test_ocr import cer  # noqa: E402  (character error rate, as the OCR tests judge text)
 
 
 def _gradient_line() -> np.ndarray:
