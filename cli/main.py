@@ -20,7 +20,7 @@ from .common import EXIT_CODES, HelpFormatter, global_options, short_usage
 log = logging.getLogger("paddle2ort")
 
 # In help order. "release" is helper-owned (paddle2ort.cli.release); tolerated as absent until it lands.
-COMMAND_MODULES = ("convert", "convert_llm", "convert_seq2seq", "import_gguf", "zoo", "classify", "recognize",
+COMMAND_MODULES = ("convert", "convert_llm", "convert_seq2seq", "import_gguf", "zoo", "classify", "recognize", "ocr",
                    "generate", "bench", "bench_llm", "perplexity", "release", "serve")
 OPTIONAL_MODULES = {"release"}
 

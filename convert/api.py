@@ -22,7 +22,8 @@ from .fusion import FusionConfig, bundle_graphs
 from .graph import _IDENT, rename_and_annotate, share_duplicate_weights
 from .ocr import TASK as OCR_TASK
 from .ocr import CLASSES_FILE as OCR_CLASSES_FILE
-from .ocr import ctc_labels, paddlex_dictionary
+from .ocr import DB_DEFAULTS, ctc_labels, paddlex_detector, paddlex_dictionary
+from .ocr import DET_TASK as OCR_DET_TASK
 from .paddle_proc import make_workdir, run_worker, sigterm_as_interrupt
 from .precision import PRECISIONS, FP16Options, Int4Options, Int8Options, check_quantizable, make_variant
 from .source import ModelSource, locate, prepare
@@ -203,11 +204,21 @@ class ConvertConfig:
                 *(Path(p) for p in self.extra_files.values() if not isinstance(p, bytes)))
 
 
-def recognizer_labels(config: ConvertConfig, info: dict) -> ConvertConfig:
-    """Task text-recognition (convert/ocr.py): the bundle carries the CTC classes (blank, the dictionary given or a
-    PaddleX export's config.json, the space) as a file; such a config.json also makes a recognizer converted
-    without --task one."""
+def ocr_settings(config: ConvertConfig, info: dict) -> ConvertConfig:
+    """The OCR tasks (convert/ocr.py). text-detection: the DB detector's pre- and post-processing settings in the
+    manifest (a PaddleX export's config.json, else PaddleOCR's defaults). text-recognition: the bundle carries the
+    CTC classes (blank, the dictionary given or a PaddleX export's, the space) as a file. A PaddleX config.json
+    also makes a detector or recognizer converted without --task one."""
     chars, where = config.characters, "the one given"
+    if config.task in (None, OCR_DET_TASK) and chars is None and config.labels is None:
+        folder = config.source if config.source.is_dir() else config.source.parent
+        det = paddlex_detector(folder) or (dict(DB_DEFAULTS) if config.task == OCR_DET_TASK else None)
+        if det is not None:
+            shape = info["outputs"][0]["shape"] if info["outputs"] else []
+            if len(shape) != 4 or shape[1] != 1:
+                raise BadInputError(f"a DB text detector's first output is a [batch, 1, height, width] probability "
+                                    f"map; this model's is {shape}: convert it without --task text-detection")
+            return replace(config, task=OCR_DET_TASK, extra={**config.extra, "ocr": det})
     if chars is None and config.task in (None, OCR_TASK) and config.labels is None:
         folder = config.source if config.source.is_dir() else config.source.parent
         chars, where = paddlex_dictionary(folder), f"{folder / 'config.json'}"
@@ -369,7 +380,7 @@ def _convert(config: ConvertConfig, more_sources: tuple[Path, ...]) -> ConvertRe
             bar.set_postfix_str("inspect")
             source = prepare(source, work)         # a Paddle 1.x directory is re-saved as a legacy model first
             info = inspect(source, work)
-            config = recognizer_labels(config, info)
+            config = ocr_settings(config, info)
             samples = check_against_specs(config, info)
             log.info("%s model %s: %d inputs, %d outputs, %d ops, all supported by paddle2onnx %s",
                      source.format, source.model_file.name, len(info["inputs"]), len(info["outputs"]),

@@ -19,6 +19,11 @@ from paddle2ort.runtime.errors import BadInputError
 log = logging.getLogger(__name__)
 
 TASK = "text-recognition"
+DET_TASK = "text-detection"
+# PaddleOCR's DB detector defaults (tools/infer/utility.py): the longest side resized to 960 (a multiple of 32),
+# ImageNet mean/std on the BGR image, probability threshold 0.3, box score 0.6, boxes grown by 1.5 x area / perimeter
+DB_DEFAULTS = {"post": "db", "resize_long": 960, "thresh": 0.3, "box_thresh": 0.6, "unclip_ratio": 1.5,
+               "max_candidates": 1000, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 BLANK = "<blank>"          # class 0's label (never emitted: CTC's "no character here")
 CLASSES_FILE = "ocr/classes.json"   # in the bundle: the output's classes in order (a JSON list: any character)
 
@@ -71,3 +76,30 @@ def ctc_labels(characters: tuple[str, ...], classes: int, where: str) -> tuple[s
     raise BadInputError(f"the character dictionary ({where}) has {n} entries but the model's output has {classes} "
                         f"classes: a CTC recognizer has {n + 1} (blank + dictionary) or {n + 2} (and a space). It is "
                         "not this model's dictionary: give the one it was trained with")
+
+
+def paddlex_detector(model_dir: Path) -> dict | None:
+    """A PaddleX DB text detector's settings (config.json: PostProcess DBPostProcess, PreProcess DetResizeForTest /
+    NormalizeImage) over PaddleOCR's defaults, None when the folder has no such config."""
+    p = Path(model_dir) / "config.json"
+    try:
+        cfg = json.loads(p.read_text(encoding="utf-8")) if p.is_file() else None
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    post = cfg.get("PostProcess") if isinstance(cfg, dict) else None
+    if not isinstance(post, dict) or post.get("name") != "DBPostProcess":
+        return None
+    out = dict(DB_DEFAULTS)
+    for k in ("thresh", "box_thresh", "unclip_ratio", "max_candidates"):
+        if isinstance(post.get(k), (int, float)) and not isinstance(post.get(k), bool) and post[k] > 0:
+            out[k] = post[k]
+    for op in (cfg.get("PreProcess") or {}).get("transform_ops") or []:
+        if isinstance(op, dict) and isinstance(op.get("DetResizeForTest"), dict):
+            long = op["DetResizeForTest"].get("resize_long", op["DetResizeForTest"].get("limit_side_len"))
+            if isinstance(long, int) and long >= 32:
+                out["resize_long"] = long
+        if isinstance(op, dict) and isinstance(op.get("NormalizeImage"), dict):
+            norm = op["NormalizeImage"]
+            if all(isinstance(norm.get(k), list) and len(norm[k]) == 3 for k in ("mean", "std")):
+                out["mean"], out["std"] = [float(v) for v in norm["mean"]], [float(v) for v in norm["std"]]
+    return out

