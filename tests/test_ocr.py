@@ -173,3 +173,9 @@ def test_a_rendered_page_is_read_line_by_line(tmp_path, capsys):
     # a classifier or a recognizer is not a detector
     assert main(["-q", "ocr", "--det", str(rec), "--rec", str(rec), str(tmp_path / "page.png")]) == 2
     assert "is not a text detector" in capsys.readouterr().err
+    # an unreadable file anywhere in the list: one error before any page is read, nothing printed
+    (tmp_path / "bad.png").write_text("not an image")
+    assert main(["-q", "ocr", "--det", str(det), "--rec", str(rec), str(tmp_path / "page.png"),
+                 str(tmp_path / "bad.png")]) == 2
+    out = capsys.readouterr()
+    assert "image #2" in out.err and "bad.png" in out.err and out.out == ""
