@@ -164,6 +164,22 @@ def test_validate_refuses_an_adapter_bundle_with_the_fix(tmp_path):
         check_llm_source(SimpleNamespace(name="b", extra={"adapter": {"kind": "lora"}}), tmp_path)
 
 
+def test_validate_names_a_source_that_is_no_paddlenlp_model(tmp_path):
+    """`validate` of an LLM bundle against a Paddle inference model folder, or a config.json of no LLM: the source is
+    named as the wrong one (it said the config "names no architecture; re-save with save_pretrained")."""
+    import json
+    from types import SimpleNamespace
+
+    from paddle2ort.convert.llm.api import check_llm_source
+    m = SimpleNamespace(name="b", extra={"paddle_source": {"sha256": {"model.pdparams": "0" * 64}}})
+    (tmp_path / "inference.json").write_text("{}")
+    with pytest.raises(BadInputError, match="is not a PaddleNLP model directory .* pass that directory"):
+        check_llm_source(m, tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"PostProcess": {"name": "CTCLabelDecode"}}))
+    with pytest.raises(BadInputError, match="is not the PaddleNLP model text-generation bundle 'b' was converted from"):
+        check_llm_source(m, tmp_path)
+
+
 def test_fused_bad_input(llama, tmp_path, capsys):
     _, dest, m, ids, _ = llama
     fused = TextGenerator(dest, graph="fused", max_length=16)

@@ -140,7 +140,16 @@ def check_llm_source(manifest, source: Path) -> None:
         raise BadInputError(f"bundle {manifest.name!r} was converted with an adapter applied ({kind}): `validate` "
                             "exports the source alone; run convert-llm again with the same --lora/--prefix "
                             "(--overwrite) to re-check it")
-    check_same_source(manifest.extra.get("paddle_source") or {}, source_fingerprint(source)["sha256"], source)
+    if not (source.is_dir() and (source / "config.json").is_file()):
+        raise BadInputError(f"--source {source} is not a PaddleNLP model directory (config.json and weights), which "
+                            f"text-generation bundle {manifest.name!r} was converted from: pass that directory (the "
+                            "one convert-llm read)")
+    try:
+        fingerprint = source_fingerprint(source)
+    except BadInputError as e:
+        raise BadInputError(f"--source {source} is not the PaddleNLP model text-generation bundle {manifest.name!r} "
+                            f"was converted from ({e})") from None
+    check_same_source(manifest.extra.get("paddle_source") or {}, fingerprint["sha256"], source)
 
 
 def reexport(manifest, source: Path, samples_npz: Path, work: Path) -> Path:
