@@ -82,3 +82,17 @@ class FakeEngine:
             req.done = req.n
             self.post([(req.sink, Event("done", i, finish_reason="length")) for i in range(req.n)])
         self.active -= req.n
+
+
+def fake_server(tokenizer, engine=None, uvicorn_config: dict | None = None, **cfg) -> AppServer:
+    """create_app over one fake text-generation model ("fake": `tokenizer`, `engine` or a FakeEngine), served;
+    `srv.served`, `srv.tok` and `srv.engine` are its pieces. cfg: ServeConfig's fields."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from paddle2ort.runtime.serving.app import ServeConfig, Served, create_app
+    s = Served("fake", "text-generation", Path("fake"), generator=SimpleNamespace(tokenizer=tokenizer),
+               engine=engine or FakeEngine())
+    srv = AppServer(create_app({"fake": s}, ServeConfig(**cfg)), **(uvicorn_config or {}))
+    srv.served, srv.tok, srv.engine = s, tokenizer, s.engine
+    return srv

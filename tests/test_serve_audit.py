@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
-from http_server import AppServer, FakeEngine, free_port  # noqa: E402 (after the skips: uvicorn, httpx)
+from http_server import AppServer, FakeEngine, fake_server, free_port  # noqa: E402 (after the skips)
 
 pytestmark = pytest.mark.unit
 
@@ -44,24 +44,14 @@ class FakeTokenizer:
                                     messages=messages)
 
 
-class FakeServer(AppServer):
+def audit_server(engine=None, drain_s=None, **cfg) -> AppServer:
     """create_app over a fake model, served by uvicorn on a thread (drain: uvicorn's graceful-shutdown limit)."""
-
-    def __init__(self, engine=None, drain_s=None, **cfg):
-        from paddle2ort.runtime.serving.app import ServeConfig, Served, create_app
-        self.tok, self.engine = FakeTokenizer(), engine or FakeEngine()
-        served = Served("fake", "text-generation", Path("fake"), generator=SimpleNamespace(tokenizer=self.tok),
-                        engine=self.engine)
-        super().__init__(create_app({"fake": served}, ServeConfig(**cfg)), log_level="critical",
-                         timeout_graceful_shutdown=drain_s)
-
-    def post(self, path, **kw):
-        return httpx.post(self.url + path, timeout=30, **kw)
+    return fake_server(FakeTokenizer(), engine, {"log_level": "critical", "timeout_graceful_shutdown": drain_s}, **cfg)
 
 
 @pytest.fixture(scope="module")
 def fake():
-    s = FakeServer()
+    s = audit_server()
     yield s
     s.close()
 
@@ -184,7 +174,7 @@ def test_requests_cut_off_at_the_drain_limit_are_told_so():
     """Past --drain-timeout uvicorn cancels the requests in flight: a non-streamed one got a plain-text
     "Internal Server Error" (a traceback in the log), a stream was cut mid-body, and the log said every request was
     answered. Now: 503 in the API's shape (Retry-After), a stream's last event is the error, the log counts them."""
-    s = FakeServer(engine=FakeEngine(max_context=None, token_s=0.01), drain_s=0.5, retry_after=4)
+    s = audit_server(engine=FakeEngine(max_context=None, token_s=0.01), drain_s=0.5, retry_after=4)
     got = {}
 
     def plain():

@@ -20,6 +20,7 @@ httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
 
 from http_server import AppServer, FakeEngine, free_port  # noqa: E402
+from http_server import fake_server as serve_fake  # noqa: E402
 from paddle2ort.runtime.generation import GenerationConfig  # noqa: E402
 
 
@@ -408,15 +409,7 @@ class FakeTokenizer:
 
 
 def fake_server(tokenizer=None, engine=None, **cfg) -> AppServer:
-    from pathlib import Path
-    from types import SimpleNamespace
-
-    from paddle2ort.runtime.serving.app import ServeConfig, Served, create_app
-    gen = SimpleNamespace(tokenizer=tokenizer or FakeTokenizer())
-    s = Served("fake", "text-generation", Path("fake"), generator=gen, engine=engine or FakeEngine())
-    srv = AppServer(create_app({"fake": s}, ServeConfig(**cfg)))
-    srv.served = s
-    return srv
+    return serve_fake(tokenizer or FakeTokenizer(), engine, **cfg)
 
 
 @pytest.fixture(scope="module")
