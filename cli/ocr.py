@@ -4,35 +4,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from paddle2ort.runtime.errors import BadInputError
-
-from .common import add_bundle_session_options, check_exists, command, session_options
-
-
-def check_image(path: Path, index: int) -> None:
-    """Every file is a readable image before any model loads (its header: a page a time is decoded later), so a bad
-    one is the whole run's one error, not a stop after some pages were printed."""
-    try:
-        from PIL import Image
-    except ImportError:
-        raise BadInputError("reading image files needs Pillow (pip install 'paddle2ort[ocr]')") from None
-    try:
-        with Image.open(path) as img:
-            img.verify()
-    except Exception as e:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError, DecompressionBombError...
-        raise BadInputError(f"image #{index + 1} ({path}) cannot be read as an image ({e}); give image files Pillow "
-                            "reads (PNG, JPEG, BMP, TIFF, ...), or leave that one out") from e
+from .common import add_bundle_session_options, command, session_options
 
 
 def run(args) -> int:
-    from paddle2ort.runtime.ocr import TextRecognizer
+    from paddle2ort.runtime.ocr import TextRecognizer, check_image_files
     from paddle2ort.runtime.ocr_det import PageReader, TextDetector
 
-    for i, image in enumerate(args.images):
-        check_exists(image, "IMAGE")
-        if image.is_dir():
-            raise BadInputError(f"IMAGE {image} is a directory; give image files (e.g. {image}/*.png)")
-        check_image(image, i)
+    check_image_files(args.images)
     session = session_options(args)
     page = PageReader(TextDetector(args.det, precision=args.det_precision, session=session),
                       TextRecognizer(args.rec, precision=args.precision, session=session))

@@ -4,21 +4,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from paddle2ort.runtime.errors import BadInputError
-
-from .common import add_bundle_session_options, check_exists, command, positive_int, session_options
+from .common import add_bundle_session_options, command, positive_int, session_options
 
 
 def run(args) -> int:
-    from paddle2ort.runtime.ocr import TextRecognizer
+    from paddle2ort.runtime.ocr import TextRecognizer, check_image_files
 
-    for image in args.images:
-        if not image.exists() and any(c in str(image) for c in "*?["):
-            raise BadInputError(f"IMAGE {image} does not exist: a pattern that matched no file reaches us as "
-                                "written; check the folder and the pattern (e.g. *.png vs *.jpg)")
-        check_exists(image, "IMAGE")
-        if image.is_dir():
-            raise BadInputError(f"IMAGE {image} is a directory; give image files (e.g. {image}/*.png)")
+    check_image_files(args.images)
     rec = TextRecognizer(args.bundle, precision=args.precision, batch_size=args.batch_size,
                          session=session_options(args))
     for image, r in zip(args.images, rec(list(args.images))):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import logging
 import math
 import shutil
@@ -20,10 +21,10 @@ from .bundle import staged_bundle, write_json
 from .errors import BadInputError, LabelCountError, UnsupportedOperatorsError, ValidationError
 from .fusion import FusionConfig, bundle_graphs
 from .graph import _IDENT, rename_and_annotate, share_duplicate_weights
-from .ocr import TASK as OCR_TASK
 from .ocr import CLASSES_FILE as OCR_CLASSES_FILE
 from .ocr import DB_DEFAULTS, ctc_labels, paddlex_detector, paddlex_dictionary
 from .ocr import DET_TASK as OCR_DET_TASK
+from .ocr import TASK as OCR_TASK
 from .paddle_proc import make_workdir, run_worker, sigterm_as_interrupt
 from .precision import PRECISIONS, FP16Options, Int4Options, Int8Options, check_quantizable, make_variant
 from .source import ModelSource, locate, prepare
@@ -210,17 +211,16 @@ def ocr_settings(config: ConvertConfig, info: dict) -> ConvertConfig:
     CTC classes (blank, the dictionary given or a PaddleX export's, the space) as a file. A PaddleX config.json
     also makes a detector or recognizer converted without --task one."""
     chars, where = config.characters, "the one given"
-    if config.task in (None, OCR_DET_TASK) and chars is None and config.labels is None:
-        folder = config.source if config.source.is_dir() else config.source.parent
+    folder = config.source if config.source.is_dir() else config.source.parent
+    shape = info["outputs"][0]["shape"] if info["outputs"] else []
+    if chars is None and config.labels is None and config.task in (None, OCR_DET_TASK):
         det = paddlex_detector(folder) or (dict(DB_DEFAULTS) if config.task == OCR_DET_TASK else None)
         if det is not None:
-            shape = info["outputs"][0]["shape"] if info["outputs"] else []
             if len(shape) != 4 or shape[1] != 1:
                 raise BadInputError(f"a DB text detector's first output is a [batch, 1, height, width] probability "
                                     f"map; this model's is {shape}: convert it without --task text-detection")
             return replace(config, task=OCR_DET_TASK, extra={**config.extra, "ocr": det})
-    if chars is None and config.task in (None, OCR_TASK) and config.labels is None:
-        folder = config.source if config.source.is_dir() else config.source.parent
+    if chars is None and config.labels is None and config.task in (None, OCR_TASK):
         chars, where = paddlex_dictionary(folder), f"{folder / 'config.json'}"
         if chars is None and config.task == OCR_TASK:
             raise BadInputError("task text-recognition needs the recognizer's character dictionary: --labels-file "
@@ -230,16 +230,13 @@ def ocr_settings(config: ConvertConfig, info: dict) -> ConvertConfig:
             log.info("text recognizer: %d-character CTC dictionary from %s", len(chars), where)
     if chars is None:
         return config
-    shape = info["outputs"][0]["shape"] if info["outputs"] else []
     if len(shape) != 3 or shape[-1] <= 0:
         raise BadInputError(f"a CTC text recognizer's first output is [batch, time, classes]; this model's is {shape}"
                             ": it is not a text recognizer (convert it without --task text-recognition)")
     classes = ctc_labels(chars, shape[-1], where)
-    import json
-    space = len(classes) == len(chars) + 2
     return replace(config, task=OCR_TASK, characters=None,
                    extra={**config.extra, "ocr": {"decode": "ctc", "blank": 0, "classes": OCR_CLASSES_FILE,
-                                                  "space_class": space}},
+                                                  "space_class": len(classes) == len(chars) + 2}},
                    extra_files={**config.extra_files,
                                 OCR_CLASSES_FILE: json.dumps(classes, ensure_ascii=False).encode("utf-8")})
 

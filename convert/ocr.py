@@ -49,18 +49,23 @@ def read_dictionary(path: Path) -> tuple[str, ...]:
     return tuple(lines)
 
 
+def paddlex_post(model_dir: Path, name: str) -> tuple[dict, dict] | None:
+    """(config.json, its PostProcess) of a PaddleX export whose PostProcess is `name`, else None (no such config,
+    another post-processing, or not PaddleX's: a PaddleNLP config, a damaged file, which are not ours to judge)."""
+    p = Path(model_dir) / "config.json"
+    try:
+        cfg = json.loads(p.read_text(encoding="utf-8")) if p.is_file() else None
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    post = cfg.get("PostProcess") if isinstance(cfg, dict) else None
+    return (cfg, post) if isinstance(post, dict) and post.get("name") == name else None
+
+
 def paddlex_dictionary(model_dir: Path) -> tuple[str, ...] | None:
     """The CTC character dictionary of a PaddleX export (config.json beside the program), None when the folder has
     no such config or it is not a CTC recognizer's."""
-    p = Path(model_dir) / "config.json"
-    if not p.is_file():
-        return None
-    try:
-        cfg = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        return None                           # not PaddleX's (a PaddleNLP config, a damaged file): not ours to judge
-    post = cfg.get("PostProcess") if isinstance(cfg, dict) else None
-    chars = post.get("character_dict") if isinstance(post, dict) and post.get("name") == "CTCLabelDecode" else None
+    found = paddlex_post(model_dir, "CTCLabelDecode")
+    chars = found[1].get("character_dict") if found else None
     if not isinstance(chars, list) or not chars or not all(isinstance(c, str) and c for c in chars):
         return None
     return tuple(chars)
@@ -81,14 +86,10 @@ def ctc_labels(characters: tuple[str, ...], classes: int, where: str) -> tuple[s
 def paddlex_detector(model_dir: Path) -> dict | None:
     """A PaddleX DB text detector's settings (config.json: PostProcess DBPostProcess, PreProcess DetResizeForTest /
     NormalizeImage) over PaddleOCR's defaults, None when the folder has no such config."""
-    p = Path(model_dir) / "config.json"
-    try:
-        cfg = json.loads(p.read_text(encoding="utf-8")) if p.is_file() else None
-    except (OSError, UnicodeDecodeError, ValueError):
+    found = paddlex_post(model_dir, "DBPostProcess")
+    if found is None:
         return None
-    post = cfg.get("PostProcess") if isinstance(cfg, dict) else None
-    if not isinstance(post, dict) or post.get("name") != "DBPostProcess":
-        return None
+    cfg, post = found
     out = dict(DB_DEFAULTS)
     for k in ("thresh", "box_thresh", "unclip_ratio", "max_candidates"):
         if isinstance(post.get(k), (int, float)) and not isinstance(post.get(k), bool) and post[k] > 0:

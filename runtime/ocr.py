@@ -81,23 +81,51 @@ def _is_pil(image) -> bool:
     return hasattr(image, "convert") and hasattr(image, "mode")
 
 
+def _pillow():
+    try:
+        from PIL import Image
+    except ImportError:
+        raise BadInputError("reading image files needs Pillow (pip install 'paddle2ort[ocr]'); or pass the images "
+                            "as HxWx3 uint8 RGB numpy arrays") from None
+    return Image
+
+
+def _unreadable(image, index: int, e: Exception) -> BadInputError:
+    return BadInputError(f"image #{index + 1} ({image}) cannot be read as an image ({e}); give image files Pillow "
+                         "reads (PNG, JPEG, BMP, TIFF, ...), or leave that one out")
+
+
+def check_image_files(paths: list[Path]) -> None:
+    """Command-line images, before any model loads: each an existing file whose header Pillow reads (a pattern that
+    matched nothing reaches a command as written). The pixels are decoded later, an image at a time."""
+    Image = _pillow()
+    for i, path in enumerate(paths):
+        path = Path(path)
+        if not path.exists():
+            glob = any(c in str(path) for c in "*?[")
+            raise BadInputError(f"IMAGE {path} does not exist" + (": a pattern that matched no file reaches us as "
+                                "written; check the folder and the pattern (e.g. *.png vs *.jpg)" if glob else ""))
+        if path.is_dir():
+            raise BadInputError(f"IMAGE {path} is a directory; give image files (e.g. {path}/*.png)")
+        try:
+            with Image.open(path) as img:
+                img.verify()
+        except Exception as e:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError, DecompressionBomb...
+            raise _unreadable(path, i, e) from e
+
+
 def as_rgb(image, index: int) -> np.ndarray:
     """An image as HxWx3 uint8 RGB: a numpy array (HxW or HxWx1 gray, HxWx3 RGB, HxWx4 RGBA), or a file path / PIL
     image (read with Pillow, which is then needed)."""
     if isinstance(image, (str, Path)) or _is_pil(image):
-        try:
-            from PIL import Image
-        except ImportError:
-            raise BadInputError("reading image files needs Pillow (pip install pillow); or pass the images as "
-                                "HxWx3 uint8 RGB numpy arrays") from None
+        Image = _pillow()
         try:
             if _is_pil(image):
                 return _pil_rgb(image)
             with Image.open(image) as img:
                 return _pil_rgb(img)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-            raise BadInputError(f"image #{index + 1} ({image}) cannot be read as an image ({e}); give image files "
-                                "Pillow reads (PNG, JPEG, BMP, TIFF, ...), or leave that one out") from e
+            raise _unreadable(image, index, e) from e
     a = np.asarray(image) if isinstance(image, np.ndarray) else None
     if a is not None and a.ndim == 3 and a.shape[2] == 1:
         a = a[:, :, 0]
