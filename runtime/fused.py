@@ -83,6 +83,33 @@ class DeviceStateMemory:
         return int(free + self.xp.get_default_memory_pool().free_bytes()) + self.held_bytes()
 
 
+def check_cache_room(past: np.ndarray, n: np.ndarray, room: int, capacity: int) -> None:
+    """BadInputError unless every row's past + new tokens + `room` to generate fit the cache capacity."""
+    if int((past + n).max()) + room > capacity:
+        raise BadInputError(f"{int((past + n).max())} tokens + {room} new exceed the cache capacity "
+                            f"{capacity}; raise max_length or shorten the prompt")
+
+
+def append_by_steps(dec, st, chunks: Sequence[Sequence[int]], past: np.ndarray, dtype):
+    """A later turn onto a filled cache, the decoder's own step fed one position at a time (row b's tokens at
+    positions past[b]..; a row whose chunk is done writes a placeholder one past its end, which its next token
+    overwrites), so every family's positions come out right; the fused graph and the kernel engine alike.
+    -> each row's logits after its chunk's last token [B, V] (dtype); st.seqlens left at those positions."""
+    xp = dec.xp
+    n = np.array([len(c) for c in chunks], np.int64)
+    last = xp.empty((st.batch, dec.vocab_size), dtype)
+    for j in range(int(n.max())):
+        st.ids[:, 0] = xp.asarray(np.array([c[j] if j < len(c) else 0 for c in chunks], np.int64))
+        st.seqlens[...] = xp.asarray(np.where(j < n, past + j, past + n).astype(np.int32))
+        logits = dec.decode_one_token(st)[:, 0]
+        ends = np.nonzero(n - 1 == j)[0]
+        if len(ends):
+            idx = xp.asarray(ends)
+            last[idx] = logits[idx]
+    st.seqlens[...] = xp.asarray((past + n - 1).astype(np.int32))
+    return last
+
+
 def _embedded(model_path: str | Path):
     """The fused decoder's ModelProto, or None where its weights live outside the file (> 2 GB: a serialized proto
     cannot hold them, so the graph is served as it is)."""
@@ -662,30 +689,17 @@ class FusedDecoder(DeviceStateMemory):
         """The first call (empty cache): one right-padded prefill. Later turns: the chunks fed as decode steps
         (row b's tokens at positions past[b]..; a row whose chunk is done writes a placeholder one past its end,
         which its next token overwrites), so every family's positions come out right. -> (logits, rows)."""
-        st, xp = self.active, self.xp
         n = np.array([len(c) for c in chunks], np.int64)
         past = np.asarray(past, np.int64)
-        if int((past + n).max()) + room > self.capacity:
-            raise BadInputError(f"{int((past + n).max())} tokens + {room} new exceed the cache capacity "
-                                f"{self.capacity}; raise max_length or shorten the prompt")
+        check_cache_room(past, n, room, self.capacity)
         fresh = not past.any()
-        st = self.active = self.state(st.batch, int((past + n).max()) + room, keep=0 if fresh else self.filled,
-                                      shrink=fresh)
+        st = self.active = self.state(self.active.batch, int((past + n).max()) + room,
+                                      keep=0 if fresh else self.filled, shrink=fresh)
         if fresh:
             logits, rows = self.prefill(st, chunks, 0, last_only=True)
             self.filled = int(n.max())
             return logits, rows
-        last = xp.empty((st.batch, self.vocab_size), self.logits_dtype)
-        for j in range(int(n.max())):
-            ids = np.array([c[j] if j < len(c) else 0 for c in chunks], np.int64)
-            st.ids[:, 0] = xp.asarray(ids)
-            st.seqlens[...] = xp.asarray(np.where(j < n, past + j, past + n).astype(np.int32))
-            logits = self.decode_one_token(st)[:, 0]
-            ends = np.nonzero(n - 1 == j)[0]
-            if len(ends):
-                idx = xp.asarray(ends)
-                last[idx] = logits[idx]
-        st.seqlens[...] = xp.asarray((past + n - 1).astype(np.int32))
+        last = append_by_steps(self, st, chunks, past, self.logits_dtype)
         self.filled = int((past + n).max())
         return last, None
 

@@ -49,7 +49,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import BadInputError, DeviceError
-from ..fused import DeviceStateMemory
+from ..fused import DeviceStateMemory, append_by_steps, check_cache_room
 from . import engine_reference as R
 from . import persistent as S
 
@@ -1061,27 +1061,16 @@ class KernelEngine(DeviceStateMemory):
     def append(self, chunks: Sequence[Sequence[int]], past: np.ndarray, room: int):
         """First call (empty cache): the prompt pass. Later turns: the chunks fed as decode steps (as the fused
         graph's decoder does). -> (logits, rows) as generation.Decoder.append says."""
-        st, xp = self.active, self.xp
+        st = self.active
         n = np.array([len(c) for c in chunks], np.int64)
         past = np.asarray(past, np.int64)
-        if int((past + n).max()) + room > self.capacity:
-            raise BadInputError(f"{int((past + n).max())} tokens + {room} new exceed the cache capacity "
-                                f"{self.capacity}; raise max_length or shorten the prompt")
+        check_cache_room(past, n, room, self.capacity)
         if not past.any():
             logits, rows = self.prefill(st, chunks)
             self.filled = int(n.max())
             return logits, rows
         with self.on_stream():
-            last = xp.empty((st.batch, self.vocab_size), np.float32)
-            for j in range(int(n.max())):
-                st.ids[:, 0] = xp.asarray(np.array([c[j] if j < len(c) else 0 for c in chunks], np.int64))
-                st.seqlens[...] = xp.asarray(np.where(j < n, past + j, past + n).astype(np.int32))
-                logits = self.decode_one_token(st)[:, 0]
-                ends = np.nonzero(n - 1 == j)[0]
-                if len(ends):
-                    idx = xp.asarray(ends)
-                    last[idx] = logits[idx]
-            st.seqlens[...] = xp.asarray((past + n - 1).astype(np.int32))
+            last = append_by_steps(self, st, chunks, past, np.float32)
         self.filled = int((past + n).max())
         return last, None
 
