@@ -202,6 +202,21 @@ __device__ __forceinline__ void store_rows(float* y, const long long* rows, int 
   }
 }
 
+// The R weight rows warp task t owns (v1 and v2): SwiGLU P gate rows and their up rows; QKV P rotary pairs
+// (d, d + HD/2) of one head; the other modes R consecutive rows.
+template <int MODE, int R>
+__device__ __forceinline__ void task_rows(int t, int inter, long long* rows) {
+  constexpr int P = R / 2;
+#pragma unroll
+  for (int j = 0; j < P; ++j) {
+    if (MODE == M_SWIGLU) { rows[j] = (long long)P * t + j; rows[P + j] = (long long)inter + P * t + j; }
+    else if (MODE == M_QKV) {
+      rows[j] = (long long)(t / (HD / 2 / P)) * HD + (t % (HD / 2 / P)) * P + j;
+      rows[P + j] = rows[j] + HD / 2;
+    } else { rows[j] = (long long)R * t + j; rows[P + j] = (long long)R * t + P + j; }
+  }
+}
+
 // The one argument list of every GEMV (v1, v2, v3; engine.py launch_gemv passes it): the device functions' (with
 // __restrict__), the entries', and the call from an entry to its device function.
 #define GEMV_PARAMS                                                                                                 \
@@ -251,14 +266,7 @@ __device__ void gemv(GEMV_PARAMS) {
   const int t = blockIdx.x * GW + warp;
   if (t >= tasks) return;
   long long rows[R];
-#pragma unroll
-  for (int j = 0; j < P; ++j) {
-    if (MODE == M_SWIGLU) { rows[j] = (long long)P * t + j; rows[P + j] = (long long)inter + P * t + j; }
-    else if (MODE == M_QKV) {
-      rows[j] = (long long)(t / (HD / 2 / P)) * HD + (t % (HD / 2 / P)) * P + j;
-      rows[P + j] = rows[j] + HD / 2;
-    } else { rows[j] = (long long)R * t + j; rows[P + j] = (long long)R * t + P + j; }
-  }
+  task_rows<MODE, R>(t, inter, rows);
   float acc[R][BT];
 #pragma unroll
   for (int j = 0; j < R; ++j)
@@ -377,14 +385,7 @@ __device__ void gemv2(GEMV_PARAMS) {
   const bool norm = gamma != nullptr;
   const int nchunks = (K + STEP - 1) / STEP;
   long long rows[R];
-#pragma unroll
-  for (int j = 0; j < P; ++j) {
-    if (MODE == M_SWIGLU) { rows[j] = (long long)P * t + j; rows[P + j] = (long long)inter + P * t + j; }
-    else if (MODE == M_QKV) {
-      rows[j] = (long long)(t / (HD / 2 / P)) * HD + (t % (HD / 2 / P)) * P + j;
-      rows[P + j] = rows[j] + HD / 2;
-    } else { rows[j] = (long long)R * t + j; rows[P + j] = (long long)R * t + P + j; }
-  }
+  task_rows<MODE, R>(t, inter, rows);
   if (live) {                                    // the first chunks' weights into L2 while the previous kernel ends
     const int lim = prefetch_all(MODE, (long long)tasks * R * row_bytes) ? nchunks : min(nchunks, ks + U * KS);
     for (int ci = ks; ci < lim; ci += KS) {      // (PIPE: all of them, while the previous kernel runs)
