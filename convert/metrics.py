@@ -155,6 +155,13 @@ def violations(m: dict, thr: Thresholds, exact: bool) -> list[str]:
     v = []
     if m["nonfinite"] and not thr.allow_nonfinite:
         v.append(f"{m['nonfinite']} NaN/Inf values where the reference is finite")
+    if m.get("kind") == "detection_indices":      # which candidates NMS kept: judged through the detection list
+        return v
+    if m.get("kind") == "detection_counts":       # a count of NMS detections: moves with the detections at the cut
+        if m["max_abs_diff"] > m["count_tolerance"]:
+            v.append(f"detection count differs by {m['max_abs_diff']:.3g}, more than the "
+                     f"{m['count_tolerance']} detection(s) at the score cut")
+        return v
     if exact:
         if m["max_abs_diff"] != 0:
             v.append(f"integer output differs (max abs diff {m['max_abs_diff']:.3g})")
@@ -169,6 +176,12 @@ def violations(m: dict, thr: Thresholds, exact: bool) -> list[str]:
     if thr.min_cosine is not None and m["cosine"] < thr.min_cosine:
         v.append(f"cosine {m['cosine']:.6f} < {thr.min_cosine:g}")
     if (thr.min_argmax_agreement is not None and m["argmax_agreement"] is not None
+            and m["argmax_agreement"] < thr.min_argmax_agreement and m.get("kind") == "detections"):
+        d = m["detections"]
+        v.append(f"detection agreement {m['argmax_agreement']:.4f} < {thr.min_argmax_agreement:g}: {d['matched']} "
+                 f"matched (same class, IoU >= {d['match_iou']:g}), {d['missed']} missed, {d['extra']} extra; "
+                 f"{d['at_the_cut']} at the score cut not counted")
+    elif (thr.min_argmax_agreement is not None and m["argmax_agreement"] is not None
             and m["argmax_agreement"] < thr.min_argmax_agreement):
         v.append(f"argmax agreement {m['argmax_agreement']:.4f} < {thr.min_argmax_agreement:g} over "
                  f"{m['argmax_rows']} rows whose reference top-2 margin > {thr.tie_margin:g} x spread "
