@@ -113,6 +113,23 @@ def _checkpoint_hint(path: Path) -> str:
             "paddle.jit.save(model, 'inference/model')), then convert that directory")
 
 
+def _programs(folder: Path) -> list[Path]:
+    """The program files of a folder: *.pdmodel and PIR *.json, not macOS' AppleDouble companions (._name, written
+    beside every file a Mac copies to a foreign disk or zip); where several remain, those with their *.pdiparams."""
+    progs = sorted(p for p in [*folder.glob("*.pdmodel"), *(j for j in folder.glob("*.json") if _is_pir_json(j))]
+                   if not p.name.startswith("._"))
+    paired = [p for p in progs if p.with_suffix(".pdiparams").is_file()]
+    return paired if len(progs) > 1 and paired else progs
+
+
+def _holds_model(folder: Path) -> bool:
+    """Whether locate() would find a model in this folder (no message: a hint for the folder above)."""
+    try:
+        return bool(_programs(folder)) or _fluid_dir(folder) is not None
+    except (OSError, BadInputError):
+        return False
+
+
 def locate(path: str | Path) -> ModelSource:
     """Find the model in `path` (a program file, a params file, a path prefix, or a directory)."""
     path = Path(path)
@@ -121,13 +138,15 @@ def locate(path: str | Path) -> ModelSource:
     if path.is_file() and path.name in {m for m, _ in FLUID_NAMES} and _fluid_dir(path.parent) is not None:
         return _fluid_dir(path.parent)
     if path.is_dir():
-        candidates = sorted([p for p in path.glob("*.pdmodel")] + [p for p in path.glob("*.json") if _is_pir_json(p)])
+        candidates = _programs(path)
         if not candidates:
             found = ", ".join(sorted(p.name for p in path.iterdir())[:20]) or "nothing"
+            below = [d.name for d in sorted(path.iterdir()) if d.is_dir() and _holds_model(d)]
+            where = (f"; a model is in the subfolder(s) {', '.join(below)}: pass that folder" if below else "")
             raise BadInputError(
                 f"no Paddle model in {path}: expected a PIR program (*.json) or a legacy program (*.pdmodel) with "
                 f"its *.pdiparams, or a Paddle 1.x directory (__model__ with __params__ or per-variable files); "
-                f"found: {found}{_checkpoint_hint(path)}")
+                f"found: {found}{where}{_checkpoint_hint(path)}")
         if len(candidates) > 1:
             raise BadInputError(
                 f"{path} holds {len(candidates)} Paddle models ({', '.join(p.name for p in candidates)}); "
