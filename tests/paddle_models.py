@@ -51,6 +51,41 @@ def build_encoder(out: Path):
     _save(Encoder(), out, [paddle.static.InputSpec([None, None], "int64", "input_ids")])
 
 
+def build_detector(out: Path):
+    """A tiny anchor-free detector ending in Paddle's multiclass NMS (as PicoDet / PP-YOLOE deploy): conv features
+    -> per-cell class scores and box distances -> boxes in input pixels / scale_factor -> multiclass_nms3
+    (outputs: the [N, 6] detection list and the kept candidates' indices)."""
+    import paddle
+
+    class Detector(paddle.nn.Layer):
+        def __init__(self, classes=4):
+            super().__init__()
+            self.conv = paddle.nn.Conv2D(3, 16, 3, stride=4, padding=1)
+            self.cls = paddle.nn.Conv2D(16, classes, 1)
+            self.reg = paddle.nn.Conv2D(16, 4, 1)
+
+        def forward(self, image, scale_factor):
+            f = paddle.nn.functional.relu(self.conv(image))
+            h, w = f.shape[2], f.shape[3]
+            scores = paddle.nn.functional.sigmoid(self.cls(f)).flatten(2)                  # [N, C, HW]
+            d = paddle.exp(self.reg(f) * 0.2).flatten(2).transpose([0, 2, 1]) * 4        # [N, HW, 4]
+            ys, xs = paddle.meshgrid(paddle.arange(h, dtype="float32"), paddle.arange(w, dtype="float32"))
+            c = paddle.stack([xs.flatten(), ys.flatten()], -1) * 4 + 2                      # cell centres
+            boxes = paddle.concat([c - d[..., :2], c + d[..., 2:]], -1)
+            boxes = boxes / paddle.concat([scale_factor[:, ::-1], scale_factor[:, ::-1]], -1).unsqueeze(1)
+            out, index, _ = paddle._C_ops.multiclass_nms3(boxes, scores, None, 0.05, 200, 30, 0.5, True, 1.0, -1)
+            return out, index
+
+    paddle.seed(3)
+    det = Detector()
+    rng = np.random.default_rng(3)
+    for name, p in det.named_parameters():        # trained biases are not zero (Paddle initializes them so)
+        if name.endswith("bias"):
+            p.set_value(rng.uniform(-0.5, 0.5, p.shape).astype(np.float32))
+    _save(det, out, [paddle.static.InputSpec([1, 3, 64, 64], "float32", "image"),
+                            paddle.static.InputSpec([1, 2], "float32", "scale_factor")])
+
+
 def _save_ernie(out: Path, seed: int, **cfg):
     """PaddleNLP's [CLS]-pooled ErnieForSequenceClassification (3 labels, no dropout) of config `cfg`, random
     weights from `seed`, saved with inputs input_ids and token_type_ids (its mask built from pad ids)."""
@@ -303,7 +338,7 @@ def build_gpt(out: Path):
 BUILDERS = {"ernie_medium": build_ernie_medium, "llama": build_llama, "gpt": build_gpt,
             "bert_classifier": build_bert_classifier, "mlp": build_mlp, "encoder": build_encoder, "ernie": build_ernie,
             "legacy": build_legacy, "two_heads": build_two_heads, "unsupported": build_unsupported,
-            "nhwc_conv": build_nhwc_conv}
+            "nhwc_conv": build_nhwc_conv, "detector": build_detector}
 BUILDERS.update({f"nlp_{fam}": (lambda out, fam=fam: build_nlp_family(out, fam)) for fam in NLP_FAMILIES})
 BUILDERS.update({f"vision_{name}": (lambda out, name=name: build_vision(out, name)) for name in VISION_FAMILIES})
 # fusion tests: f"{family}_h{hidden}_n{heads}"

