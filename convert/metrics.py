@@ -179,8 +179,9 @@ def violations(m: dict, thr: Thresholds, exact: bool) -> list[str]:
             and m["argmax_agreement"] < thr.min_argmax_agreement and m.get("kind") == "detections"):
         d = m["detections"]
         v.append(f"detection agreement {m['argmax_agreement']:.4f} < {thr.min_argmax_agreement:g}: {d['matched']} "
-                 f"matched (same class, IoU >= {d['match_iou']:g}), {d['missed']} missed, {d['extra']} extra; "
-                 f"{d['at_the_cut']} at the score cut not counted")
+                 f"matched (same class, IoU >= {d['same_iou']:g}), {d['swapped']} a neighbour kept instead (IoU >= "
+                 f"{d['match_iou']:g}), {d['missed']} missed, {d['extra']} extra; {d['at_the_cut']} at the score cut "
+                 "not counted")
     elif (thr.min_argmax_agreement is not None and m["argmax_agreement"] is not None
             and m["argmax_agreement"] < thr.min_argmax_agreement):
         v.append(f"argmax agreement {m['argmax_agreement']:.4f} < {thr.min_argmax_agreement:g} over "
