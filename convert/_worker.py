@@ -18,6 +18,7 @@ from collections import Counter
 os.environ.setdefault("GLOG_minloglevel", "2")
 os.environ["POLYGRAPHY_AUTOINSTALL_DEPS"] = "0"   # paddle2onnx must never pip-install at run time
 
+from paddle2ort.convert.paddle_worker_limits import RESOURCE_ERRORS, math_threads  # noqa: E402
 from paddle2ort.runtime.files import atomic_path, atomic_write  # noqa: E402  (after the env set-up)
 
 log = logging.getLogger("paddle2ort.worker")
@@ -94,17 +95,42 @@ def _int_upper_bound(value, depth: int = 0) -> int | None:
     return None
 
 
-# errno texts of a host out of resources (EAGAIN from pthread_create, ENOMEM): not a damaged model file
-RESOURCE_ERRORS = ("Resource temporarily unavailable", "Cannot allocate memory", "std::bad_alloc")
+
+def unregistered_ops(model_file: str) -> Counter:
+    """Operator types of a legacy program (*.pdmodel / 1.x __model__) that this Paddle does not register (such as
+    1.x's sequence_unpad, gone by Paddle 3.3), with their counts; empty for PIR programs."""
+    if model_file.endswith(".json"):
+        return Counter()
+    from paddle.base import core
+    from paddle.base.proto import framework_pb2
+    desc = framework_pb2.ProgramDesc()
+    with open(model_file, "rb") as f:
+        desc.ParseFromString(f.read())
+    known = {framework_pb2.OpProto.FromString(p).type for p in core.get_all_op_protos()}
+    return Counter(op.type for block in desc.blocks for op in block.ops if op.type not in known)
 
 
 def load_error(e: BaseException, model_file: str, params_file: str) -> Exception:
     """What Paddle failing to load a model means: a host out of memory or threads (RuntimeError: exit 4, run again),
-    else files that do not go together (BadInput: exit 2, re-copy them)."""
+    a program using operators this Paddle no longer has (BadInput: exit 2, re-export it), else files that do not go
+    together (BadInput: exit 2, re-copy them)."""
     first = (str(e).strip().splitlines() or [type(e).__name__])[0]
     if isinstance(e, MemoryError) or any(m in str(e) for m in RESOURCE_ERRORS):
         return RuntimeError(f"the host ran out of memory or threads while Paddle loaded the model ({first}); free "
                             "some (other jobs, OMP_NUM_THREADS) and run again")
+    try:
+        missing = unregistered_ops(model_file) if "is not registered" in str(e) else Counter()
+    except Exception:  # noqa: BLE001 - an unreadable program: the message below is the right one
+        missing = Counter()
+    if missing:
+        import paddle
+        listing = ", ".join(f"{t} (x{n})" for t, n in sorted(missing.items()))
+        example = (" (e.g. padded batches with a length mask instead of sequence_* ops)"
+                   if any(t.startswith("sequence_") for t in missing) else "")
+        return BadInput(f"the model uses {len(missing)} operator type(s) that Paddle {paddle.__version__} does not "
+                        f"have: {listing}; it was saved by an older Paddle that had them, so neither Paddle Inference "
+                        "(the gate's reference) nor paddle2onnx can run it. Re-export it from its training code with "
+                        f"a current Paddle, replacing those layers{example}, then convert the new export")
     return BadInput(f"Paddle cannot load the model: the params file {params_file} is truncated, corrupt or does not "
                     f"belong to {model_file} ({first}); re-save or re-copy both files together")
 
@@ -435,9 +461,9 @@ def task_logprobs_llm(args: dict) -> dict:
     from paddle2ort.runtime.generation import log_softmax
 
     # every core this process may use (Paddle's CPU default is one thread): a full forward of SmolLM2-135M over 256
-    # tokens took 3.6 s on one core, 2.2 s on two; the sums differ from one thread's only in rounding order
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    paddle.base.core.set_num_threads(max(1, cores))
+    # tokens took 3.6 s on one core, 2.2 s on two; the sums differ from one thread's only in rounding order. No
+    # more than the parent's cap (OMP_NUM_THREADS: the cores, within the threads the host allows)
+    paddle.base.core.set_num_threads(math_threads())
     model, _, _ = load_llm(args["model_dir"])
     nll, count = 0.0, 0
     with paddle.no_grad():

@@ -28,6 +28,8 @@ import threading
 import time
 from pathlib import Path
 
+from .paddle_worker_limits import Progress, Stalled, math_thread_env, stall_s
+
 log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
@@ -44,8 +46,9 @@ def _die_with(parent_pid: int) -> None:
 
 
 def _task_env() -> dict:
-    """The environment of every task: the caller's, with paddle2onnx's run-time pip installs off."""
-    return dict(os.environ, POLYGRAPHY_AUTOINSTALL_DEPS="0", PYTHONUNBUFFERED="1")
+    """The environment of every task: the caller's, with paddle2onnx's run-time pip installs off and the math
+    libraries' thread pools capped at the cores and the threads the host allows (paddle_worker_limits)."""
+    return math_thread_env(dict(os.environ, POLYGRAPHY_AUTOINSTALL_DEPS="0", PYTHONUNBUFFERED="1"))
 
 
 def enabled() -> bool:
@@ -160,6 +163,9 @@ class TaskTimeout(RuntimeError):
     pass
 
 
+TaskStalled = Stalled      # a task (or the server preparing it) in which nothing moved for stall_s(): killed
+
+
 class ForkServer:
     """One server process, used by one caller at a time (a lock); `run` is the fork counterpart of subprocess.run."""
 
@@ -183,13 +189,14 @@ class ForkServer:
             with contextlib.suppress(Exception):
                 f.close()
 
-    def _read(self, deadline: float) -> dict:
+    def _read(self, deadline: float, watch: Progress) -> dict:
         fd = self.proc.stdout.fileno()
         while b"\n" not in self._buf:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TaskTimeout
             ready, _, _ = select.select([fd], [], [], min(left, 1.0))
+            watch.check()
             if ready:
                 chunk = os.read(fd, 65536)
                 if not chunk:
@@ -198,10 +205,12 @@ class ForkServer:
         line, self._buf = self._buf.split(b"\n", 1)
         return json.loads(line)
 
-    def run(self, argv: list[str], log_path: Path, timeout_s: float, preload=(), stdout_path=None) -> int:
+    def run(self, argv: list[str], log_path: Path, timeout_s: float, preload=(), stdout_path=None,
+            stall: float | None = None) -> int:
         """Run `python -m argv...` (or a .py script, or `-c CODE`) in a fresh fork; its output goes to log_path
         (stdout to stdout_path when given). Returns the exit status (negative: signal). Raises TaskTimeout after
-        timeout_s (the child is killed first)."""
+        timeout_s, TaskStalled once the server (importing) or the task made no progress for `stall` seconds (the
+        child is killed first)."""
         req = {"argv": [str(a) for a in argv], "log": str(log_path), "cwd": os.getcwd(),
                "stdout": str(stdout_path) if stdout_path else None,
                "env": _task_env(),
@@ -214,8 +223,8 @@ class ForkServer:
                 self.proc.stdin.flush()
             except (BrokenPipeError, OSError) as e:
                 raise ServerGone(f"the warm Paddle process is gone: {e}") from e
-            pid = self._read(deadline)["pid"]
-            return self._read(deadline)["returncode"]
+            pid = self._read(deadline, Progress(self.proc.pid, stall))["pid"]
+            return self._read(deadline, Progress(pid, stall))["returncode"]
         except BaseException:                      # time-out, Ctrl-C, SIGTERM, ServerGone: no task is left running,
             if pid is not None:                    # and the next task gets a clean server
                 with contextlib.suppress(ProcessLookupError):
@@ -242,12 +251,14 @@ def server() -> ForkServer | None:
 def run_module(argv: list[str], log_path: Path, timeout_s: float, preload=(), stdout_path=None) -> int:
     """`python -m argv[0] argv[1:]` (or `python script.py ...`, or `python -c CODE ...`) with output to log_path
     (stdout to stdout_path when given), warm when possible. Returns the exit status (negative: killed by that
-    signal); raises subprocess.TimeoutExpired after timeout_s."""
+    signal); raises subprocess.TimeoutExpired after timeout_s, TaskStalled (killed) after stall_s() seconds in which
+    the task used no CPU and read nothing: a hang (Paddle waiting on a thread that could not start), not work."""
+    stall = stall_s()
     srv = server()
     if srv is not None and srv.lock.acquire(blocking=False):
         try:
             try:
-                return srv.run(argv, log_path, timeout_s, preload, stdout_path)
+                return srv.run(argv, log_path, timeout_s, preload, stdout_path, stall)
             except ServerGone as e:
                 log.debug("%s; running this task in a fresh process", e)
             except TaskTimeout as e:
@@ -261,9 +272,22 @@ def run_module(argv: list[str], log_path: Path, timeout_s: float, preload=(), st
     preexec = (lambda: _die_with(parent)) if sys.platform.startswith("linux") else None
     with open(log_path, "a", encoding="utf-8") as logf, \
             (open(stdout_path, "a", encoding="utf-8") if stdout_path else contextlib.nullcontext(logf)) as outf:
-        # run() kills the child on any exception here (KeyboardInterrupt/Terminated included)
-        return subprocess.run(cmd, stdout=outf, stderr=logf if stdout_path else subprocess.STDOUT, env=env,
-                              timeout=timeout_s, stdin=subprocess.DEVNULL, preexec_fn=preexec).returncode
+        proc = subprocess.Popen(cmd, stdout=outf, stderr=logf if stdout_path else subprocess.STDOUT, env=env,
+                                stdin=subprocess.DEVNULL, preexec_fn=preexec)
+        try:
+            watch, deadline = Progress(proc.pid, stall), time.monotonic() + timeout_s
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise subprocess.TimeoutExpired(cmd, timeout_s)
+                try:
+                    return proc.wait(timeout=min(left, 1.0))
+                except subprocess.TimeoutExpired:
+                    watch.check()
+        except BaseException:          # time-out, stall, Ctrl-C, SIGTERM: no task is left running
+            proc.kill()
+            proc.wait()
+            raise
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ Tasks run warm (forkserver.py: a fork of a process that has imported Paddle) or,
 off Linux, as a fresh `python -m`. Also the process hygiene of a conversion: SIGTERM is handled like Ctrl-C (the same
 cleanup runs), the worker dies with its parent (Linux PR_SET_PDEATHSIG), and work directories carry their owner's
 pid (and a token of the host and PID namespace it means something in) so the next run sweeps those of runs that
-were killed (SIGKILL leaves no chance to clean up), and never a live run's in another container.
+were killed (SIGKILL leaves no chance to clean up), and never a live run's in another container. A worker does not
+start on a host with no room for its threads, and one that hangs (Paddle waiting on a thread that never started) is
+stopped within PADDLE2ORT_WORKER_STALL_S seconds, not at its time-out (paddle_worker_limits.py).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from paddle2ort.runtime.signals import Terminated, sigterm_as_interrupt  # noqa:
 
 from . import forkserver
 from .errors import BadInputError, ConversionError, OperatorFormError
+from .paddle_worker_limits import ENV_STALL, RESOURCE_ERRORS, check_thread_room, thread_room
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +143,23 @@ def preload_for(task: str) -> tuple[str, ...]:
 WORKER_MODULE = "paddle2ort.convert._worker"      # `python -m` target of every task (a .py path works too)
 
 
+def stalled_error(task: str, e: forkserver.TaskStalled, log_path: Path, timeout_s: float) -> ConversionError:
+    room = thread_room()
+    where = f"; now: {room.limit}, room for {room.room} more threads" if room.room is not None else ""
+    threads = "its one thread" if e.threads == 1 else f"its {e.threads} threads all" if e.threads else "all"
+    return ConversionError(
+        f"the Paddle worker task {task!r} hung: no CPU time and no disk reads for {e.idle_s:.0f} s, {threads} "
+        "waiting. Paddle hangs like this when a thread it needs cannot start (the host out of threads: ulimit -u, "
+        f"the container's pids limit{where}); it was stopped instead of waiting out its {timeout_s:.0f} s "
+        "time-out. Stop other jobs of this user or raise the limit, or lower OMP_NUM_THREADS, and run again "
+        f"({ENV_STALL}=SECONDS waits longer for a silent task, 0 never stops one)", log_tail(log_path))
+
+
 def run_worker(task: str, args: dict, workdir: Path, timeout_s: float = 3600) -> dict:
-    """Run `paddle2ort.convert._worker TASK` in a child process; its stdout/stderr go to WORKDIR/TASK.log."""
+    """Run `paddle2ort.convert._worker TASK` in a child process; its stdout/stderr go to WORKDIR/TASK.log.
+    Refused up front when the host has no room for the worker's threads; a worker that hangs (no CPU time for
+    PADDLE2ORT_WORKER_STALL_S seconds: Paddle waiting on a thread that never started) is stopped and reported."""
+    check_thread_room(f"the Paddle worker ({task})")
     workdir.mkdir(parents=True, exist_ok=True)
     in_path, out_path, log_path = workdir / f"{task}.in.json", workdir / f"{task}.out.json", workdir / f"{task}.log"
     in_path.write_text(json.dumps(args), encoding="utf-8")
@@ -154,6 +172,8 @@ def run_worker(task: str, args: dict, workdir: Path, timeout_s: float = 3600) ->
     except subprocess.TimeoutExpired as e:
         raise ConversionError(f"paddle worker task {task!r} timed out after {timeout_s:.0f}s",
                               log_tail(log_path)) from e
+    except forkserver.TaskStalled as e:
+        raise stalled_error(task, e, log_path, timeout_s) from e
     refused = _refusals(log_path) if returncode != 0 or not out_path.is_file() else None
     if refused is not None:
         raise refused
@@ -176,6 +196,12 @@ def run_worker(task: str, args: dict, workdir: Path, timeout_s: float = 3600) ->
         if "No space left on device" in str(result.get("message")):
             raise BadInputError(f"the {task} task ran out of disk space ({result.get('message')}): free some, or "
                                 f"point TMPDIR at a disk with room (its files go to {tempfile.gettempdir()})")
+        if any(m in str(result.get("message")) for m in RESOURCE_ERRORS):
+            room = thread_room()
+            now = f" (now: {room.limit})" if room.room is not None else ""
+            raise ConversionError(f"the {task} task ran out of threads or memory ({result.get('message')}){now}: "
+                                  "stop other jobs, raise the limit (ulimit -u, the container's pids or memory "
+                                  "limit) or lower OMP_NUM_THREADS, and run again", log_tail(log_path))
         raise ConversionError(f"{task} failed: {result.get('message')}", log_tail(log_path))
     result["log_path"] = str(log_path)
     return result

@@ -170,6 +170,46 @@ def test_a_host_out_of_resources_is_not_blamed_on_the_model_files(error, kind):
     assert ("truncated" in str(got)) == (kind == "BadInput") and ("ran out" in str(got)) == (kind != "BadInput")
 
 
+
+# A legacy program whose op Paddle no longer registers (Senta 1.x's sequence_unpad): the relu of build_legacy renamed
+# in its ProgramDesc, as a .pdmodel pair or as a 1.x directory (__model__ + one file per variable).
+_REMOVED_OP = textwrap.dedent("""
+    import shutil, sys
+    from pathlib import Path
+    import paddle
+    from paddle.base.proto import framework_pb2
+    src, out, layout = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+    out.mkdir(parents=True)
+    desc = framework_pb2.ProgramDesc()
+    desc.ParseFromString((src / "model.pdmodel").read_bytes())
+    next(op for op in desc.blocks[0].ops if op.type == "relu").type = "sequence_unpad"
+    if layout == "pdmodel":
+        (out / "model.pdmodel").write_bytes(desc.SerializeToString())
+        shutil.copy(src / "model.pdiparams", out / "model.pdiparams")
+    else:
+        paddle.enable_static()
+        exe = paddle.static.Executor(paddle.CPUPlace())
+        with paddle.pir_utils.OldIrGuard():
+            prog, _, _ = paddle.static.load_inference_model(str(src / "model"), exe)
+            persist = [v for v in prog.list_vars() if v.persistable and v.name not in ("feed", "fetch")]
+            paddle.static.save_vars(exe, str(out), main_program=prog, vars=persist)
+        (out / "__model__").write_bytes(desc.SerializeToString())
+""")
+
+
+@pytest.mark.parametrize("layout", ["pdmodel", "fluid1"])
+def test_an_operator_paddle_no_longer_has_is_named_not_blamed_on_the_params(tiny_models, tmp_path, capsys, layout):
+    """Senta 1.x's model uses sequence_unpad, which Paddle 3 no longer registers: Paddle Inference refuses it with
+    'Operator (sequence_unpad) is not registered'. That is named as such (exit 2, re-export), never as a truncated
+    or mismatched params file (and never by the work directory's re-saved copy of a 1.x directory)."""
+    from conftest import run_python
+    src = tmp_path / "m"
+    run_python("-c", _REMOVED_OP, str(tiny_models("legacy")), str(src), layout)
+    assert _convert(src, tmp_path / "b") == 2
+    err = capsys.readouterr().err
+    assert "does not have: sequence_unpad (x1)" in err and "Re-export" in err
+    assert "truncated" not in err and "fluid1_resaved" not in err and not (tmp_path / "b").exists()
+
 def test_directory_with_two_models(tiny_models, tmp_path, capsys):
     src = tmp_path / "m"
     shutil.copytree(tiny_models("mlp"), src)
