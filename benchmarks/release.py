@@ -9,8 +9,16 @@ A precision that fails the conversion gate is no candidate. Among the candidates
 except that a more exact precision (fp32 > fp16 > int8 > int4) within `tie_margin` of the fastest is preferred:
 timing noise never flips a release to a less exact model.
 
-No precision fits (or FP32 itself fails its gate) -> NoPrecisionFitsError (exit 3), nothing is written at the
-bundle path; the report still goes to `report_dir` when one is given (CI artifacts).
+A candidate whose own conversion crashes (its precision pass, onnxruntime failing on its model) is no candidate
+either: the report names it and why, the others are converted, measured and decided as ever, and the release then
+fails (ReleaseError, exit 4): a crash is a defect to fix, not a verdict on the model.
+
+Nothing is written at the bundle path when the release fails: no precision fits (or FP32 itself fails its gate)
+-> NoPrecisionFitsError (exit 3); a candidate's conversion crashed, or FP32's or the stages every precision shares
+(the export, Paddle's reference) -> ReleaseError (exit 4); a device's measurement failed (its provider, a session)
+-> ReleaseError with that error's code, the other devices measured and decided. Where several happened, the most
+serious code wins (convert.validate.most_serious). The report still goes to `report_dir` when one is given (CI
+artifacts), naming every failure.
 """
 from __future__ import annotations
 
@@ -18,13 +26,17 @@ import datetime as _dt
 import logging
 import math
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from paddle2ort.convert.api import ConvertConfig, ConvertResult, convert
 from paddle2ort.convert.bundle import check_destination, staged_bundle, write_json
-from paddle2ort.convert.errors import LabelCountError, NothingToQuantizeError, ValidationError
+from paddle2ort.convert.errors import (ConversionError, LabelCountError, NothingToQuantizeError, OperatorFormError,
+                                      UnsupportedOperatorsError, ValidationError)
+from paddle2ort.convert.validate import failure_line, most_serious
 from paddle2ort.runtime.errors import BadInputError, DeviceError, Paddle2OrtError
 from paddle2ort.runtime.files import atomic_path, atomic_write, module_available
 from paddle2ort.runtime.manifest import MANIFEST_NAME, Manifest, sha256_file
@@ -39,14 +51,23 @@ REPORT_DIR = "release"                                 # bundle-relative folder 
 DEVICES = ("cpu", "gpu")
 
 
-class NoPrecisionFitsError(Paddle2OrtError):
+class ReleaseError(Paddle2OrtError):
+    """The release failed and wrote nothing at the bundle path; `report` says what was found (its `exit_code`: this
+    error's, the most serious of the failures: 4 a conversion crashed, 3 no precision fits on some device)."""
+
+    exit_code = 4
+
+    def __init__(self, message: str, report: dict, exit_code: int | None = None):
+        super().__init__(message)
+        self.report = report
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class NoPrecisionFitsError(ReleaseError):
     """No candidate precision passed its gate and stayed within the quality budget on some device (exit 3)."""
 
     exit_code = 3
-
-    def __init__(self, message: str, report: dict):
-        super().__init__(message)
-        self.report = report
 
 
 @dataclass(frozen=True)
@@ -201,30 +222,111 @@ def check_context(cfg: ReleaseConfig, context: int | None) -> None:
 
 # -------------------------------------------------------------------------------------------------------- conversion
 def convert_candidates(conversion, run) -> tuple[ConvertResult, dict[str, dict]]:
-    """Convert with every candidate precision; one that fails its gate is dropped (recorded with the figures) and
-    the rest converted again, since `convert` writes all precisions or none. FP32 failing is final (exit 3)."""
+    """Convert with every candidate precision; one that fails its gate, or whose own conversion crashes, is dropped
+    (recorded with the figures or the error: `failure` gate-refused / crashed / not made, `reason` in one line) and
+    the rest converted again, since `convert` writes all precisions or none. FP32 failing its gate is final (exit
+    3), and so is a crash of FP32 or of the stages every precision shares (exit 4): there is no baseline then."""
     precisions = list(conversion.precisions)
     gate: dict[str, dict] = {}
-    while True:
+    isolation = _CrashIsolation(conversion, run)
+    try:
+        while True:
+            try:
+                res = isolation.made(precisions) or run(replace(conversion, precisions=tuple(precisions) or ("fp32",)))
+            except ValidationError as e:             # fused-PREC: the LLM's CPU default graph of PREC is PREC's
+                prec = e.precision.removeprefix("fused-")
+                gate[prec] = {"passed": False, "failure": "gate-refused", "reason": failure_line(e), "error": str(e)}
+                if prec == "fp32" or prec not in precisions:
+                    raise
+                log.warning("not a release candidate (converting the others again): %s", e)
+                precisions.remove(prec)
+                continue
+            except NothingToQuantizeError as e:      # int8 of a model without the ops it rewrites: no such candidate
+                if "int8" not in precisions:
+                    raise
+                gate["int8"] = {"passed": False, "failure": "not made", "reason": failure_line(e), "error": str(e),
+                                "note": "not made: nothing in the model INT8 rewrites"}
+                log.warning("not a release candidate (converting the others again): %s", e)
+                precisions.remove("int8")
+                continue
+            except ConversionError as e:
+                crashed = isolation.crashed(precisions, e)
+                if not crashed:                      # FP32's, or the stages every precision shares
+                    raise
+                for prec, err in crashed.items():
+                    gate[prec] = {"passed": False, "failure": "crashed", "reason": failure_line(err), "error": str(err),
+                                  "note": f"its conversion crashed: {failure_line(err)}"}
+                    log.warning("%s is not a release candidate, its conversion crashed (the others go on): %s", prec,
+                                failure_line(err))
+                    precisions.remove(prec)
+                continue
+            for prec, s in (res.manifest.validation or {}).items():
+                gate[prec] = {"passed": True, **s}
+            return res, gate
+    finally:
+        isolation.close()
+
+
+class _CrashIsolation:
+    """Whose crash a conversion's is: `convert` makes all precisions in one run, so its crash does not say which
+    candidate's pass (or onnxruntime on which model) failed. On a crash only, FP32 is converted with each other
+    candidate alone (and alone where every pair crashed), in a folder of trials beside the output; a trial that
+    converted is kept while the candidates are settled, since the rest converted again may be just its set."""
+
+    def __init__(self, conversion, run):
+        self.conversion, self.run = conversion, run
+        self.root: Path | None = None
+        self.trials: dict[frozenset, tuple[ConvertResult, Path]] = {}
+
+    def crashed(self, precisions: list[str], error: ConversionError) -> dict[str, ConversionError]:
+        """-> candidate -> its crash, for those that crash converted with FP32 alone; {}: FP32's or the shared
+        stages' crash (FP32 alone crashes), the Paddle program's (unsupported operators), or one of converting
+        them together only."""
+        others = [p for p in dict.fromkeys(precisions) if p != "fp32"]
+        if not others or isinstance(error, (UnsupportedOperatorsError, OperatorFormError)):
+            return {}
+        log.warning("the conversion crashed (%s); converting FP32 with each candidate alone to find whose crash it "
+                    "is", failure_line(error))
+        whole, found, fp32_fine = frozenset(["fp32", *others]), {}, False
+        for p in others:
+            crash, fine = (error, False) if frozenset(["fp32", p]) == whole else self._trial(("fp32", p))
+            fp32_fine = fp32_fine or fine
+            if crash is not None:
+                found[p] = crash
+        if found and not fp32_fine and self._trial(("fp32",))[0] is not None:
+            return {}                               # FP32 alone crashes too: the crash is every precision's
+        return found
+
+    def made(self, precisions: list[str]) -> ConvertResult | None:
+        """A trial that converted exactly these precisions, moved to the output (None: there is none)."""
+        trial = self.trials.pop(frozenset(["fp32", *precisions]), None)
+        if trial is None:
+            return None
+        res, path = trial
+        if path.exists():
+            os.rename(path, self.conversion.output)
+        return replace(res, bundle=self.conversion.output)
+
+    def _trial(self, precisions: tuple[str, ...]) -> tuple[ConversionError | None, bool]:
+        """-> (its crash or None, whether FP32 and the shared stages are known to work: it converted, or a candidate
+        other than FP32 failed its gate, which is judged after FP32's; an LLM's fused decoders are judged before)."""
+        if self.root is None:
+            self.root = Path(tempfile.mkdtemp(prefix=".crash-trials-", dir=self.conversion.output.parent))
+        out = self.root / "-".join(precisions)
         try:
-            res = run(replace(conversion, precisions=tuple(precisions) or ("fp32",)))
+            res = self.run(replace(self.conversion, output=out, precisions=precisions, overwrite=False))
+        except ConversionError as e:
+            return e, False
         except ValidationError as e:
-            gate[e.precision] = {"passed": False, "error": str(e)}
-            if e.precision == "fp32" or e.precision not in precisions:
-                raise
-            log.warning("not a release candidate (converting the others again): %s", e)
-            precisions.remove(e.precision)
-            continue
-        except NothingToQuantizeError as e:      # int8 of a model without the ops it rewrites: no such candidate
-            if "int8" not in precisions:
-                raise
-            gate["int8"] = {"passed": False, "error": str(e), "note": "not made: nothing in the model INT8 rewrites"}
-            log.warning("not a release candidate (converting the others again): %s", e)
-            precisions.remove("int8")
-            continue
-        for prec, s in (res.manifest.validation or {}).items():
-            gate[prec] = {"passed": True, **s}
-        return res, gate
+            return None, e.precision in EXACTNESS and e.precision != "fp32"
+        except NothingToQuantizeError:
+            return None, False
+        self.trials[frozenset(precisions)] = (res, out)
+        return None, True
+
+    def close(self) -> None:
+        if self.root is not None:                   # made by mkdtemp here: ours alone
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------------------ measurement
@@ -297,7 +399,8 @@ def _paddle2ort_version() -> str:
 def markdown(report: dict) -> str:
     llm = report["kind"] == "text-generation"
     qual, speed = ("perplexity", "tokens/s") if llm else ("accuracy %", "ms/sample")
-    lines = [f"# Release gate: {report['bundle']} — {'PASSED' if report['passed'] else 'FAILED (exit 3)'}", "",
+    status = "PASSED" if report["passed"] else f"FAILED (exit {report.get('exit_code', 3)})"
+    lines = [f"# Release gate: {report['bundle']} — {status}", "",
              f"Budget: {report['budget']} {report['budget_unit']} vs FP32 on the same data and device; "
              f"dataset `{report['dataset']['dir']}` split `{report['dataset']['split']}` "
              f"({report['dataset']['samples']} {'tokens' if llm else 'samples'}); {report['date']}; "
@@ -305,9 +408,18 @@ def markdown(report: dict) -> str:
              f"{report['tie_margin'] * 100:.0f}% of the fastest is preferred.", ""]
     if report.get("reason"):
         lines += ["Nothing was measured:", "", "```", report["reason"], "```", ""]
+    crashed = {c["precision"]: c["reason"] for d in report["devices"].values() for c in d["candidates"]
+               if c.get("failure") == "crashed"}
+    if crashed:
+        lines += ["Not released: the conversion of " + ", ".join(crashed) + " crashed (a defect to fix first; the "
+                  "others were measured and decided as ever):", ""]
+        lines += [f"- {p}: {why}" for p, why in crashed.items()] + [""]
     for dev, d in report["devices"].items():
-        lines += [f"## {dev.upper()}: {d['host']} — chosen: **{d['chosen'] or 'none'}**", "",
-                  f"| precision | gate | {qual} | delta ({report['budget_unit']}) | {speed} | within budget |",
+        held = " (not released)" if d["chosen"] and not report["passed"] else ""
+        lines += [f"## {dev.upper()}: {d['host']} — chosen: **{d['chosen'] or 'none'}**{held}", ""]
+        if d.get("measurement_failed"):
+            lines += [f"Not measured: {d['measurement_failed']}", ""]
+        lines += [f"| precision | gate | {qual} | delta ({report['budget_unit']}) | {speed} | within budget |",
                   "|---|---|---|---|---|---|"]
         for c in d["candidates"]:
             q = c.get("perplexity") if llm else c.get("accuracy")
@@ -315,9 +427,11 @@ def markdown(report: dict) -> str:
             s = c.get("tokens_per_s") if llm else c.get("ms_per_sample")
             ss = "-" if s is None else (f"{s:.1f}" if llm else f"{s:.3f}")
             delta = "-" if c.get("delta") is None else f"{c['delta']:+.3f}"
-            gate = ("passed" if c["gate_passed"] else
-                    "n/a" if str(c.get("note", "")).startswith("not made") else "**failed**")
+            gate = ("passed" if c["gate_passed"] else "n/a" if c.get("failure") == "not made"
+                    or str(c.get("note", "")).startswith("not made") else
+                    "**crashed**" if c.get("failure") == "crashed" else "**failed**")
             mark = "yes" if c["within_budget"] else ("no" if c.get("delta") is not None else
+                                                     "no (crashed, see above)" if c.get("failure") == "crashed" else
                                                      f"no ({c.get('note', 'not measured')})")
             name = f"**{c['precision']}**" if c["precision"] == d["chosen"] else c["precision"]
             name += f" ({c['graph']} graph)" if c.get("graph") else ""
@@ -379,14 +493,17 @@ def _record_in_manifest(bundle: Path, release: dict) -> None:
 # -------------------------------------------------------------------------------------------------------------- run
 def candidates(asked: list[str], gate: dict[str, dict], measured: dict[str, dict],
                skipped: dict[str, str]) -> list[dict]:
-    """One evidence record per candidate: its gate figures and, when it ran on the device, its measurement."""
+    """One evidence record per candidate: its gate figures and, when it ran on the device, its measurement; one
+    that did not pass says how it failed (`failure`: gate-refused, crashed, not made) and why (`reason`, a line)."""
     out = []
     for p in dict.fromkeys(asked):
         g = gate.get(p, {"passed": False, "error": "not converted"})
         c = {"precision": p, "gate_passed": bool(g.get("passed")), **measured.get(p, {"delta": None}),
-             "gate": {k: v for k, v in g.items() if k not in ("passed", "note")}}
+             "gate": {k: v for k, v in g.items() if k not in ("passed", "note", "failure", "reason")}}
         if not c["gate_passed"]:
             c["note"] = g.get("note", "failed the conversion gate")
+            c["failure"] = g.get("failure", "gate-refused")
+            c["reason"] = g.get("reason", g.get("error", "not converted"))
         elif p in skipped:
             c["note"] = skipped[p]
         out.append(c)
@@ -405,7 +522,8 @@ def _user_paths(conversion) -> tuple[Path, ...]:
 
 def run_release(cfg: ReleaseConfig) -> ReleaseReport:
     """Check inputs (exit 2), convert + gate (3/4), measure, decide, write the bundle atomically with its decision.
-    Raises NoPrecisionFitsError (exit 3) when some device has no precision within budget."""
+    Raises NoPrecisionFitsError (exit 3) when some device has no precision within budget, ReleaseError (exit 4)
+    when a conversion crashed (a candidate's: once the others are measured and decided); nothing is written then."""
     devices = cfg.devices or (("cpu", "gpu") if gpu_available() else ("cpu",))
     if "gpu" in devices and not gpu_available():
         raise DeviceError("--device gpu: onnxruntime sees no CUDA device on this host; use --device cpu "
@@ -442,34 +560,52 @@ def run_release(cfg: ReleaseConfig) -> ReleaseReport:
         try:
             res, gate = convert_candidates(replace(conversion, output=inner, overwrite=False), run_convert)
         except ValidationError as e:           # FP32 failed its gate: nothing can be released
-            report = _report(cfg, conversion.source.name, info, {}, {}, measured_on, reason=str(e))
+            report = _report(cfg, conversion.source.name, info, {}, {}, measured_on, reason=str(e), exit_code=3)
             if cfg.report_dir:
                 write_report(report, cfg.report_dir)
             raise NoPrecisionFitsError(f"no precision can be released: FP32 fails the conversion gate, so there "
                                        f"is no baseline to judge the others against.\n{e}", report) from e
+        except ConversionError as e:           # FP32's conversion, or what every precision shares, crashed
+            report = _report(cfg, conversion.source.name, info, {}, {}, measured_on, reason=str(e),
+                             exit_code=e.exit_code)
+            if cfg.report_dir:
+                write_report(report, cfg.report_dir)
+            raise ReleaseError(f"no precision can be released: the conversion crashed, and no candidate's crashes on "
+                               f"its own (FP32, the baseline, or a stage every precision shares failed).\n{e}", report,
+                               e.exit_code) from e
         if cfg.is_llm:                         # the context the export made (config.json gave a bound only)
             check_context(cfg, (res.manifest.extra.get("llm") or {}).get("max_context"))
         for entry in inner.iterdir():          # the converted bundle becomes the staged release bundle
             os.rename(entry, stage / entry.name)
         inner.rmdir()
         passed = [p for p in asked + ["fp32"] if gate.get(p, {}).get("passed")]
-        decisions, raw = {}, {}
+        decisions, raw, unmeasured = {}, {}, {}
         for dev in devices:
             run_precs, skipped = _device_precisions(cfg, dev, passed)
-            raw[dev], rows = (measure_llm(cfg, stage, dev, run_precs, measured_on) if cfg.is_llm
-                              else measure_classifier(cfg, stage, dev, run_precs))
+            try:
+                raw[dev], rows = (measure_llm(cfg, stage, dev, run_precs, measured_on) if cfg.is_llm
+                                  else measure_classifier(cfg, stage, dev, run_precs))
+            except Paddle2OrtError as e:       # this device's run failed (its session, its provider): not the rest
+                log.warning("%s: the measurement failed (the other devices go on): %s", dev, failure_line(e))
+                unmeasured[dev], rows = e, []
             by = {r["precision"]: r for r in rows}
             cands = candidates(asked, gate, by, skipped)
             chosen = decide(cands, cfg.budget, cfg.tie_margin,
                             *(("tokens_per_s", True) if cfg.is_llm else ("ms_per_sample", False)))
-            decisions[dev] = {"chosen": chosen, "baseline": by["fp32"], "candidates": cands, "host": _host(dev),
+            decisions[dev] = {"chosen": chosen, "baseline": by.get("fp32"), "candidates": cands, "host": _host(dev),
+                              **({"measurement_failed": failure_line(unmeasured[dev])} if dev in unmeasured else {}),
                               **info}
             log.info("%s: chosen %s", dev, chosen or "none (no candidate within budget)")
-        report = _report(cfg, res.manifest.name, info, decisions, raw, measured_on)
+        crashed = {p: g for p, g in gate.items() if g.get("failure") == "crashed"}
+        fits = all(d["chosen"] for dev, d in decisions.items() if dev not in unmeasured)
+        code = most_serious([4 if crashed else 0, 0 if fits else NoPrecisionFitsError.exit_code,
+                             *(e.exit_code for e in unmeasured.values())])
+        report = _report(cfg, res.manifest.name, info, decisions, raw, measured_on, exit_code=code)
         if not report["passed"]:
             if cfg.report_dir:
                 write_report(report, cfg.report_dir)
-            raise NoPrecisionFitsError(_failure_message(report), report)
+            error = NoPrecisionFitsError if code == NoPrecisionFitsError.exit_code else ReleaseError
+            raise error(_failure_message(report, crashed), report, code)
         paths = write_report(report, stage / REPORT_DIR)
         _record_in_manifest(stage, decisions)
     # once the bundle is in place: a run stopped before never leaves a PASSED report without its bundle
@@ -480,21 +616,42 @@ def run_release(cfg: ReleaseConfig) -> ReleaseReport:
 
 
 def _report(cfg: ReleaseConfig, name: str, info: dict, decisions: dict, raw: dict, measured_on,
-            reason: str | None = None) -> dict:
+            reason: str | None = None, exit_code: int = 0) -> dict:
+    """`exit_code`: the release's (0: released); `passed` only where it is 0 and every device has a precision."""
     samples = (sum(len(w) for w in measured_on) if cfg.is_llm
                else min(cfg.limit or len(measured_on.texts), len(measured_on.texts)))
+    passed = not exit_code and bool(decisions) and all(d["chosen"] for d in decisions.values())
     return {"kind": "text-generation" if cfg.is_llm else "text-classification", "bundle": name,
-            "passed": bool(decisions) and all(d["chosen"] for d in decisions.values()),
+            "passed": passed, "exit_code": 0 if passed else exit_code or NoPrecisionFitsError.exit_code,
             **({"reason": reason} if reason else {}),
             **{k: v for k, v in info.items() if k != "dataset"}, "dataset": {**info["dataset"], "samples": samples},
             "devices": decisions, "measurements": raw, "environment": environment()}
 
 
-def _failure_message(report: dict) -> str:
-    lines = [f"no precision fits the budget of {report['budget']} {report['budget_unit']} on "
-             + ", ".join(d for d, v in report["devices"].items() if not v["chosen"]) + ":"]
+def _failure_message(report: dict, crashed: dict[str, dict]) -> str:
+    """Why the release failed: each candidate whose conversion crashed (a line each), then each device without a
+    precision within budget, every candidate's figures or why it has none."""
+    lines = []
+    if crashed:
+        lines += [f"the conversion of {len(crashed)} candidate(s) crashed ({', '.join(crashed)}): a defect to fix "
+                  "before releasing, whatever the others measure:"]
+        lines += [f"  {p}: crashed: {g['reason']}" for p, g in crashed.items()]
+        chosen = {dev: d["chosen"] for dev, d in report["devices"].items() if d["chosen"]}
+        if chosen:
+            lines.append(f"  without {', '.join(crashed)} the release would choose "
+                         + ", ".join(f"{dev} -> {p}" for dev, p in chosen.items())
+                         + " (the figures are in the report); fix the crash, or leave "
+                         + ",".join(crashed) + " out of --precision")
     for dev, d in report["devices"].items():
-        if d["chosen"]:
+        if d.get("measurement_failed"):
+            lines.append(f"{dev}: the measurement failed, so nothing is released for it: {d['measurement_failed']}")
+    short = [dev for dev, d in report["devices"].items() if not d["chosen"] and not d.get("measurement_failed")]
+    if not short:
+        return "\n".join(lines + ["Nothing was written at the bundle path."])
+    lines += [f"no precision fits the budget of {report['budget']} {report['budget_unit']} on "
+              + ", ".join(short) + ":"]
+    for dev, d in report["devices"].items():
+        if dev not in short:
             continue
         b = d["baseline"]
         base = (f"perplexity {b['perplexity']:.4f}" if "perplexity" in b else f"accuracy {b['accuracy'] * 100:.2f}%")
@@ -505,8 +662,7 @@ def _failure_message(report: dict) -> str:
             else:
                 lines.append(f"    {c['precision']}: delta {c['delta']:+.3f} {report['budget_unit']} "
                              f"(budget {report['budget']})")
-    measured = any(c.get("delta") is not None for d in report["devices"].values() if not d["chosen"]
-                   for c in d["candidates"])
+    measured = any(c.get("delta") is not None for dev in short for c in report["devices"][dev]["candidates"])
     lines.append(("Raise --budget, add a more exact precision to --precision, or fix the model" if measured else
                   "No candidate was measured (each failed before: see above), so --budget cannot help: add a "
                   "precision that converts (fp32 is the exact one) to --precision, or fix the model")

@@ -78,7 +78,7 @@ def run(args) -> int:
             raise BadInputError(f"--report-dir {args.report_dir} is inside the source model folder {src}, which "
                                 "release reads and leaves as it is; give a folder outside it, e.g. --report-dir "
                                 "ci-report")
-    from paddle2ort.benchmarks.release import NoPrecisionFitsError, ReleaseConfig, markdown, run_release
+    from paddle2ort.benchmarks.release import ReleaseConfig, ReleaseError, markdown, run_release
 
     cfg = ReleaseConfig(conversion=_conversion(args), dataset_dir=args.dataset_dir, budget=args.budget,
                         split=args.split, devices=args.device, tie_margin=args.tie_margin,
@@ -87,7 +87,7 @@ def run(args) -> int:
                         windows=args.windows, new_tokens=args.new_tokens)
     try:
         res = run_release(cfg)
-    except NoPrecisionFitsError as e:
+    except ReleaseError as e:               # nothing written; exit 3 (no precision fits) or 4 (a crash)
         if e.report.get("devices"):         # figures measured: the table; the error names the rest
             print(markdown(e.report))
         raise
@@ -105,8 +105,12 @@ def register(sub) -> None:
                             "for text classifiers, perplexity % for LLMs), and write the bundle with the decision "
                             "in its manifest (extra.release) and release/report.{json,md,png}. `classify` and "
                             "`generate` then use the chosen precision unless --precision is given. Exit 3 (nothing "
-                            "written) when no precision fits. Needs pip install 'paddle2ort[convert]'.",
-                exit_note="  3  also: no precision within --budget on some device (the figures are printed)")
+                            "written) when no precision fits; exit 4 (nothing written) when a candidate's conversion "
+                            "crashed, once the others are measured and the report names it. Needs pip install "
+                            "'paddle2ort[convert]'.",
+                exit_note="  3  also: no precision within --budget on some device (the figures are printed)\n"
+                          "  4  also: a candidate's conversion crashed (the others' figures are printed); the most "
+                          "serious code wins")
     r.add_argument("src", type=Path, help="Paddle inference model (classifier) or PaddleNLP model directory (LLM)")
     r.add_argument("--dataset-dir", type=Path, required=True,
                    help="classifier: label.txt + <split>.txt (text<TAB>label a line); LLM: <split>.txt plain text")

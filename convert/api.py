@@ -17,8 +17,8 @@ from paddle2ort.runtime.manifest import (MANIFEST_NAME, SCHEMA_VERSION, VALIDATI
                                          file_entries, load_bundle, sha256_file)
 
 from . import export as export_stage
-from .bundle import staged_bundle, write_json
-from .errors import BadInputError, LabelCountError, UnsupportedOperatorsError, ValidationError
+from .bundle import check_outside_inputs, staged_bundle, write_json
+from .errors import BadInputError, ConversionError, LabelCountError, UnsupportedOperatorsError, ValidationError
 from .fusion import FusionConfig, bundle_graphs
 from .graph import _IDENT, rename_and_annotate, share_duplicate_weights
 from .ocr import CLASSES_FILE as OCR_CLASSES_FILE
@@ -28,8 +28,8 @@ from .ocr import TASK as OCR_TASK
 from .paddle_proc import make_workdir, run_worker, sigterm_as_interrupt
 from .precision import PRECISIONS, FP16Options, Int4Options, Int8Options, check_quantizable, make_variant
 from .source import ModelSource, locate, prepare
-from .validate import (DEFAULT_THRESHOLDS, SampleConfig, Thresholds, check_signal, load_samples, make_samples,
-                       summary, validate)
+from .validate import (DEFAULT_THRESHOLDS, GateRerunError, SampleConfig, Thresholds, check_signal, load_samples,
+                       make_samples, summary, validate)
 
 log = logging.getLogger(__name__)
 
@@ -368,6 +368,7 @@ def convert(config: ConvertConfig, sources: tuple[Path, ...] = ()) -> ConvertRes
 
 def _convert(config: ConvertConfig, more_sources: tuple[Path, ...]) -> ConvertResult:
     source = locate(config.source)
+    check_outside_inputs(config.output, [("the source model folder", Path(config.source))], command="convert")
     sources = (*config.user_paths(), *more_sources, *source.user_files)
     steps = 4 + 2 * len(config.precisions)
     with staged_bundle(config.output, config.overwrite, sources) as stage:
@@ -518,8 +519,11 @@ def revalidate(bundle_dir: Path, source_path: Path, thresholds: dict[str, Thresh
     """Re-run the gate on an existing bundle against its Paddle source (release pipelines, tampering checks).
     Every file's sha256 is checked first: a changed, missing or added file fails (BundleError, exit 2). A
     text-generation bundle's source is its PaddleNLP checkpoint, exported again as convert-llm did; its fused
-    decoders are judged too (reports "fused-PREC"). thresholds: default those the bundle's converter gates with
-    (convert-llm's for a text-generation bundle); overrides: {"PREC.METRIC": value} on top."""
+    decoders are judged too (reports "fused-PREC"). Every model is judged whatever another did; the failures (a
+    refused gate, a model onnxruntime cannot load or run, samples a model cannot be judged on) are raised together
+    as GateRerunError (exit code: the most serious of theirs). thresholds: default those the bundle's converter
+    gates with (convert-llm's for a text-generation bundle); overrides: {"PREC.METRIC": value} on top.
+    -> name -> report of every model (all passed)."""
     bundle = load_bundle(bundle_dir, verify=True)
     m = bundle.manifest
     llm = m.task == "text-generation" and "llm" in m.extra
@@ -556,26 +560,25 @@ def revalidate(bundle_dir: Path, source_path: Path, thresholds: dict[str, Thresh
             samples = (load_samples(samples_path, info["inputs"]) if samples_path.is_file()
                        else make_samples(info["inputs"], SampleConfig()))
             refs = paddle_reference(source, samples, work)
-            reports, failed = {}, []
+            passed, failed = {}, {}             # every model judged whatever another did
             for prec in bundle.manifest.models:
+                thr = thresholds.get(prec, DEFAULT_THRESHOLDS[prec])
                 try:
-                    reports[prec] = validate(prec, bundle.model_path(prec), samples, refs,
-                                             list(bundle.manifest.outputs),
-                                             thresholds.get(prec, DEFAULT_THRESHOLDS[prec]),
-                                             fp32_model=_lineage_reference(bundle, prec))
+                    passed[prec] = validate(prec, bundle.model_path(prec), samples, refs,
+                                            list(bundle.manifest.outputs), thr,
+                                            fp32_model=_lineage_reference(bundle, prec))
                 except ValidationError as e:
-                    reports[prec] = e.report
-                    hint = _recorded_bounds_hint(bundle, prec, thresholds.get(prec, DEFAULT_THRESHOLDS[prec]))
-                    failed.append(e.with_hint(hint) if hint else e)
+                    hint = _recorded_bounds_hint(bundle, prec, thr)
+                    failed[prec] = e.with_hint(hint) if hint else e
+                except (ConversionError, BadInputError) as e:   # crashed, or cannot be judged: this model only
+                    failed[prec] = e
             if llm and m.extra.get("fused"):    # the fused decoders, on Paddle's logits of the same recorded steps
                 from .llm.api import regate_fused
                 for prec, rep in regate_fused(bundle, samples, refs, thresholds).items():
-                    reports[f"fused-{prec}"] = rep.report if isinstance(rep, ValidationError) else rep
-                    if isinstance(rep, ValidationError):
-                        failed.append(rep)
+                    (failed if isinstance(rep, Exception) else passed)[f"fused-{prec}"] = rep
             if failed:
-                raise failed[0]
-            return reports
+                raise GateRerunError(Path(bundle_dir), failed, passed)
+            return passed
         finally:
             shutil.rmtree(work, ignore_errors=True)
 

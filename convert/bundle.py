@@ -90,6 +90,24 @@ def check_overwrite(dest: Path, sources: tuple[Path, ...] = (), owned=foreign_en
                             "wrote is ever replaced; choose a new -o path (or move your files away first)")
 
 
+def check_outside_inputs(dest: Path, inputs, option: str = "-o", command: str = "the conversion") -> None:
+    """`dest` (written by `option`) is not a folder the user gave as input, nor inside one: it would be written into
+    the user's model (a second program or checkpoint beside the first for the next run to read, a source whose
+    fingerprint changed) and what `--overwrite` later replaces would sit among the user's files. `inputs`: (what,
+    path) pairs, e.g. ("the source model folder", SRC); files and None are skipped (nothing is written inside a
+    file: check_destination names that)."""
+    real = _real(dest)
+    for what, path in inputs:
+        if path is None or not _real(path).is_dir():
+            continue
+        src = _real(path)
+        if real == src or real.is_relative_to(src):
+            beside = Path(os.path.relpath(src.parent / f"{src.name or 'output'}-bundle"))
+            where = "is" if real == src else "is inside"
+            raise BadInputError(f"{option} {dest} {where} {what} {path}, which {command} reads and leaves as it is; "
+                                f"give a folder outside it, e.g. {option} {beside}")
+
+
 def check_destination(dest: Path, overwrite: bool, sources: tuple[Path, ...] = (), owned=foreign_entries,
                       kind: str = "bundle") -> None:
     """Fail before any work if the bundle cannot be written where asked (or would replace what it must not)."""

@@ -3,6 +3,8 @@
 Figures and thresholds live in .metrics, the inputs in .samples; this module runs the ONNX model, pools each
 output over all samples and judges it. Errors: a sample onnxruntime cannot run is the user's (exit 2) when it came
 from --inputs, ours (exit 4) when we generated it; a reference with no signal stops the gate (exit 2).
+GateRerunError: several models of a bundle failing its gate re-run (convert.api.revalidate, `paddle2ort
+validate`), every one named, the exit code the most serious of theirs.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import numpy as np
 from paddle2ort.runtime.manifest import TensorSpec
 from paddle2ort.runtime.session import SessionOptions, create_session
 
-from .errors import BadInputError, ConversionError, ValidationError
+from .errors import BadInputError, ConversionError, Paddle2OrtError, ValidationError
 from .lineage import check_lineage
 from .metrics import (DEFAULT_THRESHOLDS, LLM_THRESHOLDS, METRICS, JUDGED_SPREAD, Thresholds,  # noqa: F401
                       compare, compare_pooled, thresholds_with_overrides, top2_margin, violations)
@@ -211,3 +213,50 @@ def summary(report: dict) -> dict:
             "min_argmax_agreement": min(agree) if agree else None,
             **({"lineage_checked": lineage[0]} if lineage else {}),
             "thresholds": report["thresholds"]}
+
+
+# ------------------------------------------------------------------------------------------ several failures at once
+SEVERITY = (1, 4, 3, 2)     # exit codes, most serious first: a bug, a crash, a refused gate, bad input
+
+
+def most_serious(codes) -> int:
+    """The exit code of a run that failed in several ways (0: none failed); a code not in SEVERITY comes first."""
+    codes = [c for c in codes if c]
+    return min(codes, key=lambda c: SEVERITY.index(c) if c in SEVERITY else -1) if codes else 0
+
+
+def failure_kind(e: Exception) -> str:
+    """crashed (the conversion or onnxruntime failed: exit 4), gate-refused (exit 3), unusable file (a bundle's
+    model onnxruntime cannot load) or not judged (samples a model cannot be judged on): exit 2."""
+    from paddle2ort.runtime.errors import BundleError
+    return ("gate-refused" if isinstance(e, ValidationError) else "crashed" if isinstance(e, ConversionError)
+            else "unusable file" if isinstance(e, BundleError) else "not judged" if isinstance(e, BadInputError)
+            else "failed")
+
+
+def failure_line(e: Exception, limit: int = 400) -> str:
+    """Why, in one line: a refused gate's broken bounds per output, else the first line of the message (a
+    converter's log tail and the fix advice follow in the full message)."""
+    if isinstance(e, ValidationError) and e.failures:
+        text = "; ".join(f"output {f['output']!r}: {', '.join(f['violations'])}" for f in e.failures)
+    else:
+        text = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+class GateRerunError(Paddle2OrtError):
+    """Models of a bundle failed its gate re-run: each named on a line of its own (precision, kind, why), then each
+    one's full message. `errors`: name -> error; `passed`: name -> report of those that passed; `exit_code`: the
+    most serious of the errors' (4 a model crashed, 3 a gate refused, 2 samples a model cannot be judged on)."""
+
+    def __init__(self, bundle: Path, errors: dict[str, Exception], passed: dict[str, dict]):
+        self.errors, self.passed = dict(errors), dict(passed)
+        self.exit_code = most_serious(getattr(e, "exit_code", 1) for e in self.errors.values())
+        lines = [f"bundle {bundle}: {len(self.errors)} of {len(self.errors) + len(self.passed)} models fail the gate "
+                 f"re-run against Paddle" + (f" ({', '.join(self.passed)} passed)" if self.passed else "") + ":"]
+        lines += [f"  {name}: {failure_kind(e)}: {failure_line(e).removeprefix(f'{name}: ')}"
+                  for name, e in self.errors.items()]
+        for name, e in self.errors.items():
+            text = str(e)
+            lines += ["", text if text.startswith(f"{name}:") else f"{name}: {text}"]
+        super().__init__("\n".join(lines))

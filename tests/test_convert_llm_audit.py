@@ -219,6 +219,56 @@ def test_tokenizer_directory_problems_name_the_option_and_the_file(make, fragmen
     assert "--tokenizer" in out or "tokenizer_config.json" in out
 
 
+# ------------------------------------------------------------------------------------------ -o inside an input
+def _src_link(w):
+    """-o through a symbolic link that points into the source folder."""
+    src = w.llm_src(config=json.dumps(LLAMA))
+    w.p("link").symlink_to(src, target_is_directory=True)
+    return src, w.p("link") / "bundle"
+
+
+@pytest.mark.parametrize("where, fragment", [
+    (lambda w, src, tok: src / "bundle", "is inside the source model folder"),
+    (lambda w, src, tok: src / "a" / "b", "is inside the source model folder"),
+    (lambda w, src, tok: src, "is the source model folder"),
+    (lambda w, src, tok: tok / "bundle", "is inside the --tokenizer folder"),
+    (None, "is inside the source model folder"),
+], ids=["in-src", "deep-in-src", "is-src", "in-tokenizer", "through-a-link"])
+def test_output_inside_an_input_folder_is_refused_before_any_worker(where, fragment, shared, tmp_path, monkeypatch,
+                                                                     capsys):
+    """Before: -o SRC/bundle was accepted: the export ran, the bundle landed in the user's model folder (its
+    staging folder beside the weights during the run), and the next convert of SRC read a model folder that held
+    a bundle. Now exit 2 before any worker, naming both paths and the fix, as release does for --report-dir."""
+    seen = {}
+
+    def argv(w):
+        tok = w.p("tok")
+        tok.mkdir()
+        if where is None:
+            src, out = _src_link(w)
+        else:
+            src = w.llm_src(config=json.dumps(LLAMA))
+            out = where(w, src, tok)
+        seen.update(src=src, tok=tok, out=out)
+        return ["convert-llm", str(src), "-o", str(out), "--tokenizer", str(tok)]
+    out = refused(argv, fragment, shared, tmp_path, monkeypatch, capsys)
+    inside = seen["tok"] if "tokenizer" in fragment else seen["src"]
+    assert f"-o {seen['out']} " in out and f" {inside}, which convert-llm reads" in out, out
+    assert f"give a folder outside it, e.g. -o {inside.name}-bundle" in out, out
+
+
+@pytest.mark.unit
+def test_output_beside_the_inputs_passes_the_check(tmp_path):
+    from paddle2ort.convert.bundle import check_outside_inputs
+    (tmp_path / "src").mkdir()
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "weights.bin").write_bytes(b"")
+    inputs = (("the source model folder", tmp_path / "src"), ("the --tokenizer folder", tmp_path / "tok"),
+              ("the --lora adapter folder", None), ("a file", tmp_path / "weights.bin"))
+    for out in (tmp_path / "bundle", tmp_path / "src-bundle", tmp_path / "srcx" / "b", tmp_path / "weights.bin2"):
+        check_outside_inputs(out, inputs)
+
+
 # ------------------------------------------------------------------------------------------- options then ignored
 @pytest.mark.parametrize("extra, fragment", [
     (["--block-size", "64"], "no int8 or int4 graph is built"),

@@ -103,7 +103,7 @@ CASES = [   # (id, fragment expected in the output, argv)
      lambda w: imp(tiny(w, set_keys={"tokenizer.ggml.token_type": ([1] * 10, V.ARRAY, V.INT32)}), w)),
     ("head-count-a-string", "llama.attention.head_count is 'four'",
      lambda w: imp(tiny(w, set_keys={"llama.attention.head_count": ("four", V.STRING)}), w)),
-    ("heads-do-not-divide-hidden", "not a multiple of its 3 attention heads",
+    ("heads-do-not-divide-hidden", "llama.embedding_length 256 is not divisible by llama.attention.head_count 3",
      lambda w: imp(tiny(w, set_keys={"llama.attention.head_count": (3, V.UINT32)}), w)),
     ("block-count-zero", "block_count is 0", lambda w: imp(tiny(w, set_keys={"llama.block_count": (0, V.UINT32)}), w)),
     ("layer-past-block-count", "blk.1.attn_norm.weight",
@@ -120,6 +120,8 @@ CASES = [   # (id, fragment expected in the output, argv)
                         set_keys={"split.count": (2, V.UINT16), "split.no": (0, V.UINT16)}), w)),
     ("output-inside-the-input-file", "inside the input file",
      lambda w: ["import-gguf", tiny(w), "-o", w.p("m.gguf/x")]),
+    ("output-is-the-folder-of-the-input", "holds the input",            # the same hole convert-llm had: none here
+     lambda w: ["import-gguf", w.p("models").mkdir() or tiny(w, "models/m.gguf"), "-o", w.p("models")]),
 ]
 
 

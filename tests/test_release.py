@@ -2,6 +2,7 @@
 bad input refused before any conversion (exit 2), and pipelines using the released precision by default."""
 import json
 import shutil
+from dataclasses import replace
 
 import pytest
 
@@ -111,6 +112,68 @@ def test_a_precision_failing_its_gate_is_dropped_and_the_rest_converted(tmp_path
     assert calls == [("fp32", "fp16", "int8"), ("fp32", "fp16")]
     assert gate["int8"]["passed"] is False and "cosine 0.9" in gate["int8"]["error"]
     assert gate["fp16"]["passed"] and gate["fp32"]["passed"]
+
+
+def _fake_runs(crashes):
+    """A stand-in for `convert`: crashes (ConversionError) where `crashes(precisions)` says, else converts (every
+    precision passing its gate); records each run's precisions and output."""
+    import types
+
+    from paddle2ort.convert.api import ConvertResult
+    from paddle2ort.convert.errors import ConversionError
+    calls = []
+
+    def run(cfg):
+        calls.append((tuple(cfg.precisions), cfg.output))
+        why = crashes(tuple(cfg.precisions))
+        if why:
+            raise ConversionError(why, log_tail="converter log line 1\nline 2")
+        cfg.output.mkdir()
+        validation = {p: {"passed": True, "max_rel_diff": 1e-6} for p in ("fp32", *cfg.precisions)}
+        return ConvertResult(cfg.output, types.SimpleNamespace(validation=validation), {})
+    return run, calls
+
+
+def test_a_precision_whose_conversion_crashes_is_dropped_and_named(tmp_path):
+    """int8's pass crashes: convert's crash does not say whose it is, so FP32 is converted with each candidate alone
+    (on the crash only); int8 is recorded as crashed with its one-line reason, the rest is the trial that converted
+    (not converted a third time), and no trial folder is left."""
+    from paddle2ort.convert.api import ConvertResult
+    run, calls = _fake_runs(lambda precs: "INT8 dynamic quantization failed (planted)" if "int8" in precs else None)
+    cfg = ConvertConfig(source=tmp_path, output=tmp_path / "o", precisions=("fp32", "fp16", "int8"))
+    res, gate = convert_candidates(cfg, run)
+    assert [c[0] for c in calls] == [("fp32", "fp16", "int8"), ("fp32", "fp16"), ("fp32", "int8")]
+    assert gate["int8"]["passed"] is False and gate["int8"]["failure"] == "crashed"
+    assert gate["int8"]["reason"] == "INT8 dynamic quantization failed (planted)"      # one line: no log tail
+    assert "converter log line 1" in gate["int8"]["error"]
+    assert gate["fp16"]["passed"] and gate["fp32"]["passed"] and "int8" not in res.manifest.validation
+    assert isinstance(res, ConvertResult) and res.bundle == tmp_path / "o" and (tmp_path / "o").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]                         # the trials are gone
+    # the only other candidate crashing: FP32 alone tells the crash is its
+    run, calls = _fake_runs(lambda precs: "the int4 pass wrote an invalid ONNX file" if "int4" in precs else None)
+    res, gate = convert_candidates(replace(cfg, output=tmp_path / "o2", precisions=("int4",)), run)
+    assert [c[0] for c in calls] == [("int4",), ("fp32",)] and gate["int4"]["failure"] == "crashed"
+    assert set(res.manifest.validation) == {"fp32"} and sorted(p.name for p in tmp_path.iterdir()) == ["o", "o2"]
+
+
+def test_a_crash_every_precision_shares_is_final(tmp_path):
+    """The Paddle worker dying (or paddle2onnx refusing an operator) is every precision's: raised as it came, once
+    FP32 alone crashed too (an unsupported operator at once), with no trial folder left."""
+    from paddle2ort.convert.errors import ConversionError, UnsupportedOperatorsError
+    run, calls = _fake_runs(lambda precs: "the Paddle/paddle2onnx process crashed (SIGKILL) during 'reference'")
+    cfg = ConvertConfig(source=tmp_path, output=tmp_path / "o", precisions=("fp32", "fp16", "int8"))
+    with pytest.raises(ConversionError, match="SIGKILL"):
+        convert_candidates(cfg, run)
+    assert [c[0] for c in calls] == [("fp32", "fp16", "int8"), ("fp32", "fp16"), ("fp32", "int8"), ("fp32",)]
+    assert not list(tmp_path.iterdir())
+
+    def unsupported(cfg):
+        calls.append(cfg.precisions)
+        raise UnsupportedOperatorsError({"fancy_op": 2})
+    calls.clear()
+    with pytest.raises(UnsupportedOperatorsError, match="fancy_op"):
+        convert_candidates(cfg, unsupported)
+    assert len(calls) == 1 and not list(tmp_path.iterdir())
 
 
 # ------------------------------------------------------------------------------------------------ end to end
@@ -284,3 +347,142 @@ def test_llm_release_judges_perplexity_on_the_users_text(tiny_models, tmp_path, 
     # too little text for the perplexity windows is refused before converting
     assert main(args + ["--windows", "500", "--overwrite"]) == 2
     assert "fewer than 500 windows" in capsys.readouterr().err
+    # int8 refused by its gate (its fused decoder, the CPU default graph, is judged first): fp32 is released (was:
+    # exit 3, "FP32 fails the conversion gate")
+    other = tmp_path / "llm-fp32"
+    assert main(args[:args.index("-o") + 1] + [str(other)] + args[args.index("-o") + 2:]
+                + ["--threshold", "int8.min_cosine=1", "--budget", "50"]) == 0
+    assert "released: cpu -> fp32" in capsys.readouterr().out
+    by = {c["precision"]: c for c in load_bundle(other).manifest.extra["release"]["cpu"]["candidates"]}
+    assert not by["int8"]["gate_passed"] and by["int8"]["failure"] == "gate-refused"
+    assert "cosine" in by["int8"]["reason"]
+
+
+def _plant_int8_crash(monkeypatch):
+    """int8's quantization pass crashing inside the real conversion (as onnxruntime's quantizer failing does)."""
+    from paddle2ort.convert import api
+    from paddle2ort.convert.errors import ConversionError
+    real = api.make_variant
+
+    def make_variant(precision, *args, **kwargs):
+        if precision == "int8":
+            raise ConversionError("INT8 dynamic quantization failed (RuntimeError: planted)", "quantizer log tail")
+        return real(precision, *args, **kwargs)
+    monkeypatch.setattr(api, "make_variant", make_variant)
+
+
+def test_a_crashed_precision_is_reported_with_the_others_measured_and_exits_4(tiny_models, dataset, tmp_path,
+                                                                             monkeypatch, capsys):
+    """int8's conversion crashing used to end the release there (exit 4, no report, fp32/fp16 never measured): it
+    is named in the report as crashed with its one-line reason, fp32 and fp16 are measured and decided, and the
+    release exits 4 at the end with nothing written at -o and nothing half-written beside it."""
+    _plant_int8_crash(monkeypatch)
+    out, reports = tmp_path / "bundle", tmp_path / "ci"
+    assert main(release_args(tiny_models("bert_classifier"), out, dataset, "--precision", "fp32,fp16,int8",
+                             "--report-dir", str(reports))) == 4
+    captured = capsys.readouterr()
+    assert "  int8: crashed: INT8 dynamic quantization failed (RuntimeError: planted)" in captured.err.splitlines()
+    assert "without int8 the release would choose cpu -> " in captured.err and "Traceback" not in captured.err
+    assert "FAILED (exit 4)" in captured.out and "| int8 | **crashed** |" in captured.out
+    report = json.loads((reports / "report.json").read_text())
+    assert report["passed"] is False and report["exit_code"] == 4
+    by = {c["precision"]: c for c in report["devices"]["cpu"]["candidates"]}
+    assert by["int8"]["failure"] == "crashed" and by["int8"]["delta"] is None and not by["int8"]["within_budget"]
+    assert by["int8"]["reason"] == "INT8 dynamic quantization failed (RuntimeError: planted)"
+    assert "quantizer log tail" in by["int8"]["gate"]["error"]
+    for p in ("fp32", "fp16"):                     # measured as ever
+        assert by[p]["gate_passed"] and by[p]["delta"] is not None and by[p]["ms_per_sample"] > 0
+    assert report["devices"]["cpu"]["chosen"] in ("fp32", "fp16")
+    assert "Not released: the conversion of int8 crashed" in (reports / "report.md").read_text()
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["ci", "data"]
+
+
+def test_a_crash_and_no_precision_within_budget_are_both_named_and_the_crash_code_wins(tiny_models, dataset,
+                                                                                        tmp_path, monkeypatch, capsys):
+    _plant_int8_crash(monkeypatch)
+    out = tmp_path / "bundle"
+    # a compact release (fp32 the baseline only): fp16 refused by its gate, int8 crashed -> no candidate on the CPU
+    assert main(release_args(tiny_models("bert_classifier"), out, dataset, "--precision", "fp16,int8",
+                             "--threshold", "fp16.max_rel_diff=0")) == 4
+    err = capsys.readouterr().err
+    assert "  int8: crashed: INT8 dynamic quantization failed (RuntimeError: planted)" in err.splitlines()
+    assert "no precision fits the budget of 1.0 accuracy points on cpu" in err
+    assert "fp16: failed the conversion gate" in err and "Traceback" not in err
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+def test_a_crash_every_precision_shares_still_writes_the_report(tiny_models, dataset, tmp_path, monkeypatch, capsys):
+    """The Paddle worker dying while it runs the reference: nothing can be released (exit 4, as before), and
+    --report-dir ("pass or fail") now gets the report saying why (it got none)."""
+    from paddle2ort.convert import api
+    from paddle2ort.convert.errors import ConversionError
+
+    def died(*args, **kwargs):
+        raise ConversionError("the Paddle/paddle2onnx process crashed (SIGKILL) during 'reference'", "worker tail")
+    monkeypatch.setattr(api, "paddle_reference", died)
+    out, reports = tmp_path / "bundle", tmp_path / "ci"
+    assert main(release_args(tiny_models("bert_classifier"), out, dataset, "--precision", "fp32,fp16",
+                             "--report-dir", str(reports))) == 4
+    err = capsys.readouterr().err
+    assert "no precision can be released: the conversion crashed" in err and "SIGKILL" in err
+    assert "Traceback" not in err
+    report = json.loads((reports / "report.json").read_text())
+    assert report["passed"] is False and report["exit_code"] == 4 and "SIGKILL" in report["reason"]
+    assert "FAILED (exit 4)" in (reports / "report.md").read_text()
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["ci", "data"]
+
+
+def test_an_llm_candidate_whose_fused_decoder_fails_its_gate_is_dropped_not_blamed_on_fp32(tmp_path):
+    """convert-llm gates the fused decoder (the CPU default graph of fp32 and int8) as fused-PREC: its failing
+    drops PREC like its generic graph failing would (it ended the release as `FP32 fails the conversion gate`)."""
+    calls = []
+
+    class Result:
+        class manifest:
+            validation = {}
+
+    def fake_convert(cfg):
+        calls.append(cfg.precisions)
+        if "int8" in cfg.precisions:
+            raise ValidationError("fused-int8", [{"output": "logits", "sample": 0, "violations": ["cosine 0.9 < 0.98"],
+                                                  "metrics": {"max_abs_diff": 1.0, "max_rel_diff": 0.1,
+                                                              "cosine": 0.9, "argmax_agreement": 0.5}}])
+        Result.manifest.validation = {p: {"passed": True} for p in cfg.precisions}
+        return Result
+
+    cfg = ConvertConfig(source=tmp_path, output=tmp_path / "o", precisions=("fp32", "int8", "int4"))
+    _, gate = convert_candidates(cfg, fake_convert)
+    assert calls == [("fp32", "int8", "int4"), ("fp32", "int4")]
+    assert gate["int8"]["passed"] is False and gate["int8"]["failure"] == "gate-refused"
+    assert gate["int8"]["reason"] == "output 'logits': cosine 0.9 < 0.98" and gate["fp32"]["passed"]
+
+
+def test_a_device_whose_measurement_fails_hides_no_other_device(tiny_models, dataset, tmp_path, monkeypatch, capsys):
+    """The GPU run failing (its provider, a session it cannot make) used to end the release with that error alone:
+    the CPU's figures and decision were lost and --report-dir got nothing. The CPU is measured and decided, the
+    report names the GPU's failure, and the release exits with that error's code, nothing written at -o."""
+    from paddle2ort.benchmarks import release
+    from paddle2ort.runtime.errors import DeviceError
+    real = release.measure_classifier
+
+    def measure(cfg, bundle, device, precisions):
+        if device == "gpu":
+            raise DeviceError("CUDAExecutionProvider failed to create a session: planted")
+        return real(cfg, bundle, device, precisions)
+    monkeypatch.setattr(release, "gpu_available", lambda: True)
+    monkeypatch.setattr(release, "measure_classifier", measure)
+    out, reports = tmp_path / "bundle", tmp_path / "ci"
+    args = release_args(tiny_models("bert_classifier"), out, dataset, "--precision", "fp32,fp16", "--report-dir",
+                        str(reports))
+    args[args.index("--device") + 1] = "cpu,gpu"
+    assert main(args) == DeviceError.exit_code
+    captured = capsys.readouterr()
+    assert "gpu: the measurement failed, so nothing is released for it: CUDAExecutionProvider failed to create a " \
+           "session: planted" in captured.err and "Traceback" not in captured.err
+    report = json.loads((reports / "report.json").read_text())
+    cpu, gpu = report["devices"]["cpu"], report["devices"]["gpu"]
+    assert report["passed"] is False and report["exit_code"] == DeviceError.exit_code
+    assert cpu["chosen"] in ("fp32", "fp16") and all(c["delta"] is not None for c in cpu["candidates"])
+    assert gpu["chosen"] is None and "planted" in gpu["measurement_failed"]
+    assert "Not measured: CUDAExecutionProvider" in captured.out
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["ci", "data"]

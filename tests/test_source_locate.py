@@ -37,3 +37,12 @@ def test_a_folder_above_the_model_names_the_subfolder(tmp_path):
     (tmp_path / "pkg" / "conf").mkdir()
     with pytest.raises(BadInputError, match=r"a model is in the subfolder\(s\) det_model: pass that folder"):
         locate(tmp_path / "pkg")
+
+
+def test_convert_refuses_an_output_inside_the_source_folder(tmp_path):
+    """-o inside SRC would write a second model folder into the user's (checked before Paddle starts)."""
+    from paddle2ort.convert import ConvertConfig, convert
+    src = legacy_pair(tmp_path / "model")
+    with pytest.raises(BadInputError, match=r"-o .*bundle is inside the source model folder .*e\.g\. -o "):
+        convert(ConvertConfig(source=src, output=src / "bundle"))
+    assert sorted(p.name for p in src.iterdir()) == ["inference.pdiparams", "inference.pdmodel"]

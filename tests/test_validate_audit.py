@@ -44,3 +44,42 @@ def test_failed_revalidation_names_the_bounds_the_bundle_passed_with(clf_bundle,
     err = capsys.readouterr().err
     assert rc == 3, err
     assert "passed its conversion gate with other bounds" in err and "--threshold int8.min_cosine=0" in err
+
+
+def test_every_failing_precision_is_named_not_only_the_first(clf_bundle, tiny_models, capsys):
+    """fp16 and int8 both fail: both are named, one line each, and fp32 (which passed) is still printed."""
+    capsys.readouterr()
+    rc = main(["validate", str(clf_bundle), "--source", str(tiny_models("bert_classifier")),
+               "--threshold", "fp16.max_rel_diff=0", "--threshold", "int8.min_cosine=0.999999"])
+    out = capsys.readouterr()
+    assert rc == 3, out.err
+    assert "2 of 3 models fail the gate re-run" in out.err
+    assert "  fp16: gate-refused: output 'logits': max_rel_diff" in out.err       # was: fp16 only
+    assert "  int8: gate-refused: output 'logits': " in out.err and "cosine" in out.err
+    assert "--threshold int8.min_cosine=0" in out.err                          # each one's details still follow
+    assert [ln.split()[0] for ln in out.out.splitlines()] == ["fp32"] and "Traceback" not in out.err
+
+
+def test_a_model_that_crashes_in_onnxruntime_hides_no_other_failure(clf_bundle, tiny_models, monkeypatch, capsys):
+    """int8 failing in onnxruntime (exit 4) after fp16 refused by its gate (exit 3): both named, the most serious
+    code returned, one line each and no traceback (was: the int8 crash alone, fp16's failure never said)."""
+    from paddle2ort.convert import validate
+    from paddle2ort.convert.errors import ConversionError
+    real = validate.run_onnx
+
+    def run_onnx(model_path, samples, precision="fp32", user_inputs=False):
+        if precision == "int8":
+            raise ConversionError("the converted int8 model fails in onnxruntime on generated validation sample 0: "
+                                  "planted")
+        return real(model_path, samples, precision, user_inputs)
+    monkeypatch.setattr(validate, "run_onnx", run_onnx)
+    capsys.readouterr()
+    rc = main(["validate", str(clf_bundle), "--source", str(tiny_models("bert_classifier")),
+               "--threshold", "fp16.max_rel_diff=0"])
+    out = capsys.readouterr()
+    assert rc == 4, out.err
+    lines = out.err.splitlines()
+    assert any(ln.startswith("  fp16: gate-refused: output 'logits': max_rel_diff") for ln in lines), out.err
+    assert "  int8: crashed: the converted int8 model fails in onnxruntime on generated validation sample 0: " \
+           "planted" in lines, out.err
+    assert "fp32" in out.out and "Traceback" not in out.err

@@ -390,3 +390,27 @@ def test_convert_config_refuses_bare_strings_and_wrong_types_before_any_work(tmp
                          ({"thresholds": {"fp32": {"min_cosine": 0.9}}}, "Thresholds")]:
         with pytest.raises(BadInputError, match=fragment):
             ConvertConfig(**base, **kw)
+
+
+def test_several_gate_failures_are_named_one_line_each_with_the_most_serious_code():
+    from paddle2ort.convert.errors import ConversionError
+    from paddle2ort.convert.validate import GateRerunError, failure_line, most_serious
+    assert most_serious([3, 0, 2]) == 3 and most_serious([2, 4, 3]) == 4 and most_serious([0]) == 0
+    assert most_serious([3, 1]) == 1                                   # a bug above all
+    refused = ValidationError("fp16", [{"output": "logits", "sample": 0, "violations": ["cosine 0.9 < 0.99"],
+                                        "metrics": {"max_abs_diff": 1.0, "max_rel_diff": 0.1, "cosine": 0.9,
+                                                    "argmax_agreement": None}}])
+    crashed = ConversionError("onnxruntime cannot load the converted int8 model model.int8.onnx: bad node",
+                              log_tail="line 1\nline 2")
+    unjudged = BadInputError("int4: the gate cannot judge this conversion on the 2 generated samples: ...")
+    assert failure_line(refused) == "output 'logits': cosine 0.9 < 0.99"
+    assert failure_line(crashed) == "onnxruntime cannot load the converted int8 model model.int8.onnx: bad node"
+    assert len(failure_line(BadInputError("x" * 1000))) == 400
+    e = GateRerunError("b", {"fp16": refused, "int8": crashed, "int4": unjudged}, {"fp32": {}})
+    lines = str(e).splitlines()
+    assert lines[:4] == ["bundle b: 3 of 4 models fail the gate re-run against Paddle (fp32 passed):",
+                         "  fp16: gate-refused: output 'logits': cosine 0.9 < 0.99",
+                         "  int8: crashed: onnxruntime cannot load the converted int8 model model.int8.onnx: bad node",
+                         "  int4: not judged: the gate cannot judge this conversion on the 2 generated samples: ..."]
+    assert e.exit_code == 4 and "line 2" in str(e) and "fp16: ONNX output does not match Paddle:" in lines
+    assert GateRerunError("b", {"fp16": refused, "int4": unjudged}, {}).exit_code == 3

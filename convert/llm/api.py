@@ -18,7 +18,7 @@ from paddle2ort.runtime.progress import busy
 
 from ..api import (MAX_OPSET, MIN_OPSET, ConvertConfig, ConvertResult, check_name, check_same_source, check_thresholds,
                    convert)
-from ..bundle import check_destination
+from ..bundle import check_destination, check_outside_inputs
 from ..export import model_bytes
 from ..paddle_proc import make_workdir, run_worker, sigterm_as_interrupt
 from ..precision import Int4Options, Int8Options
@@ -102,6 +102,15 @@ class LLMConvertConfig:
         check_name(self.name)                   # up front, as ConvertConfig does
         check_thresholds(self.thresholds)
 
+    def inputs(self) -> tuple[tuple[str, Path | None], ...]:
+        """The folders the user gave, each with what it is (for messages): -o is never one of them nor inside."""
+        return (("the source model folder", self.source), ("the --tokenizer folder", self.tokenizer),
+                ("the --lora adapter folder", self.lora), ("the --prefix adapter folder", self.prefix))
+
+    def user_paths(self) -> tuple[Path, ...]:
+        """Everything the user gave as input: never inside what --overwrite replaces."""
+        return tuple(p for _, p in self.inputs() if p is not None)
+
 
 def check_source(path: Path) -> dict:
     """The PaddleNLP model directory: config.json (a JSON object naming the architecture) and weights."""
@@ -168,8 +177,9 @@ def reexport(manifest, source: Path, samples_npz: Path, work: Path) -> Path:
 
 def regate_fused(bundle, samples: list[dict], refs: list[list], thresholds: dict) -> dict:
     """The bundle's fused decoders judged on the recorded steps against Paddle's logits `refs` (the static
-    program's first output): precision -> report, or the ValidationError it failed with."""
-    from ..errors import ValidationError
+    program's first output), each whatever another did: precision -> report, or the error it failed with (a refused
+    gate, a crash, samples it cannot be judged on)."""
+    from ..errors import BadInputError, ConversionError, ValidationError
     from ..validate import DEFAULT_THRESHOLDS
     from .fused import DecoderSpec, gate
     m = bundle.manifest
@@ -181,7 +191,7 @@ def regate_fused(bundle, samples: list[dict], refs: list[list], thresholds: dict
         try:
             out[prec] = gate(prec, bundle.path / entry["file"], spec, steps, pad,
                              thresholds.get(prec, DEFAULT_THRESHOLDS[prec]))
-        except ValidationError as e:
+        except (ValidationError, ConversionError, BadInputError) as e:
             out[prec] = e
     return out
 
@@ -269,8 +279,8 @@ def _convert_llm(config: LLMConvertConfig) -> ConvertResult:
     if config.prefix is not None and plan:
         log.info("--prefix: the generic graph is the default (the fused decoder takes no prefix cache)")
         plan, cpu_fused = {}, []
-    check_destination(config.output, config.overwrite,
-                      (config.source, config.tokenizer, *(p for p in (config.lora, config.prefix) if p)))
+    check_outside_inputs(config.output, config.inputs(), command="convert-llm")
+    check_destination(config.output, config.overwrite, config.user_paths())
     check_tokenizer_dir(config.tokenizer)
     tok = BPETokenizer.load(config.tokenizer)
     check_vocab(tok, cfg, config)
@@ -321,7 +331,7 @@ def _convert_llm(config: LLMConvertConfig) -> ConvertResult:
             tokenizer={"kind": "bpe", "files": "tokenizer/tokenizer.json, tokenizer/tokenizer_config.json",
                        "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id},
             extra=extra,
-        ), sources=(config.source, config.tokenizer))
+        ), sources=config.user_paths())
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

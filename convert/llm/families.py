@@ -552,7 +552,8 @@ def _qwen_remap(model):
         sd.update({n + "self_attn.o_proj.weight": src[q + "attn.c_proj.weight"],
                    n + "input_layernorm.weight": src[q + "ln_1.weight"],
                    n + "post_attention_layernorm.weight": src[q + "ln_2.weight"],
-                   n + "mlp.gate_proj.weight": src[q + "mlp.w2.weight"], n + "mlp.up_proj.weight": src[q + "mlp.w1.weight"],
+                   n + "mlp.gate_proj.weight": src[q + "mlp.w2.weight"],
+                   n + "mlp.up_proj.weight": src[q + "mlp.w1.weight"],
                    n + "mlp.down_proj.weight": src[q + "mlp.c_proj.weight"]})
     out = LlamaForCausalLM(cfg)
     _add_qkv_biases(out, sd)

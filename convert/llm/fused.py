@@ -84,7 +84,8 @@ class DecoderSpec:
                    kv_heads=int(cfg.get("num_key_value_heads") or heads),
                    head_dim=head_dim,
                    intermediate_size=int(cfg["intermediate_size"]),
-                   norm_eps=float(cfg.get("layer_norm_eps", 1e-5) if family == "gpt" else cfg.get("rms_norm_eps", 1e-6)),
+                   norm_eps=float(cfg.get("layer_norm_eps", 1e-5) if family == "gpt" else
+                                  cfg.get("rms_norm_eps", 1e-6)),
                    rope_theta=float(cfg.get("rope_theta", 10000.0)),
                    max_positions=int(cfg.get("max_position_embeddings", 2048)),
                    qkv_bias=qkv_bias or family == "gpt", family=family)
@@ -114,7 +115,8 @@ def expected_weights(spec: DecoderSpec) -> dict[str, tuple[int, ...]]:
     h, kv, i_sz, qd = spec.hidden_size, spec.kv_heads * spec.head_dim, spec.intermediate_size, \
         spec.num_heads * spec.head_dim
     if spec.family == "gpt":
-        want = {EMBED["gpt"]: (spec.vocab_size, h), "gpt.embeddings.position_embeddings.weight": (spec.max_positions, h),
+        want = {EMBED["gpt"]: (spec.vocab_size, h),
+                "gpt.embeddings.position_embeddings.weight": (spec.max_positions, h),
                 "gpt.decoder.norm.weight": (h,), "gpt.decoder.norm.bias": (h,)}
         for i in range(spec.num_layers):
             p = f"gpt.decoder.layers.{i}."
@@ -162,7 +164,8 @@ def lm_head(spec: DecoderSpec, state: dict[str, np.ndarray]) -> np.ndarray:
     if w is None or tuple(w.shape) == (spec.vocab_size, spec.hidden_size) != (spec.hidden_size, spec.vocab_size):
         w = (state[EMBED[spec.family]] if w is None else w).T
     if tuple(w.shape) != (spec.hidden_size, spec.vocab_size):
-        raise BadInputError(f"lm_head.weight has shape {tuple(w.shape)}, expected {(spec.hidden_size, spec.vocab_size)}")
+        raise BadInputError(f"lm_head.weight has shape {tuple(w.shape)}, expected "
+                            f"{(spec.hidden_size, spec.vocab_size)}")
     return w
 
 
@@ -326,7 +329,8 @@ def _gpt_layers(spec: DecoderSpec, state, w, node, np_t, linear) -> str:
                     scale=float(1.0 / np.sqrt(spec.head_dim)), local_window_size=-1)
         o = linear(attn, q + "out_proj", g(p + "self_attn.out_proj.weight"))
         x, residual = skip_norm(node, LN, o, residual, [w(q + "ln2.w", g(p + "norm2.weight")),
-                                w(q + "ln2.b", g(p + "norm2.bias")), w(q + "out_proj.b", g(p + "self_attn.out_proj.bias"))],
+                                w(q + "ln2.b", g(p + "norm2.bias")),
+                                w(q + "out_proj.b", g(p + "self_attn.out_proj.bias"))],
                                 q + "ln2", spec.norm_eps)
         h1 = linear(x, q + "linear1", g(p + "linear1.weight"))
         act = node("FastGelu", [h1, w(q + "linear1.b", g(p + "linear1.bias"))], [q + "gelu"], q + "gelu",

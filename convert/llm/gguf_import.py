@@ -24,6 +24,8 @@ import numpy as np
 
 from paddle2ort.runtime.errors import BadInputError
 
+from .source_checks import check_attention_geometry
+
 log = logging.getLogger(__name__)
 
 ARCHS = ("llama", "qwen2", "gemma", "gpt2")
@@ -193,18 +195,15 @@ def _geometry(r, arch: str) -> dict:
     p = arch + "."
     heads = _int(r, p + "attention.head_count")
     hidden = _int(r, p + "embedding_length")
+    kv_key = p + "attention.head_count_kv"
+    kv = _int(r, kv_key, heads) if arch != "gpt2" and _field(r, kv_key) else heads
     g = {"hidden": hidden, "heads": heads, "inter": _int(r, p + "feed_forward_length"),
-         "layers": _int(r, p + "block_count"), "kv": heads}
-    if hidden % heads:
-        raise BadInputError(f"the GGUF's {p}embedding_length {hidden} is not a multiple of its {heads} attention "
-                            "heads (attention.head_count); the file is damaged: download or convert it again")
-    g["head_dim"] = hidden // heads
+         "layers": _int(r, p + "block_count"), "kv": kv}
+    g["head_dim"] = check_attention_geometry((p + "embedding_length", hidden), (p + "attention.head_count", heads),
+                                             (kv_key, kv), where="the GGUF's metadata",
+                                             fix="the file is damaged: download or convert it again")
     if arch == "gpt2":
         return g
-    g["kv"] = _int(r, p + "attention.head_count_kv", heads) if _field(r, p + "attention.head_count_kv") else heads
-    if heads % g["kv"]:
-        raise BadInputError(f"the GGUF's {heads} attention heads are not a multiple of its {g['kv']} key/value heads "
-                            f"({p}attention.head_count_kv); the file is damaged: download or convert it again")
     key_len = _field(r, p + "attention.key_length")
     if key_len is not None and _int(r, p + "attention.key_length") != g["head_dim"]:
         raise BadInputError(f"head size {key_len} != hidden {hidden} / {heads} heads: PaddleNLP 2.8.1's LLaMA "

@@ -47,6 +47,23 @@ def _first(cfg: dict, keys: tuple[str, ...]) -> tuple[str, object] | None:
     return None
 
 
+Size = tuple[str, int]           # (the field's name where the model states it, its value)
+
+
+def check_attention_geometry(hidden: Size | None, heads: Size | None, kv: Size | None, where: str,
+                             fix: str) -> int | None:
+    """What attention needs of the model's sizes, wherever they are stated (config.json, a GGUF's metadata): the
+    hidden size splits into equal heads, the query heads into equal groups per K/V head. A size not stated is
+    None; `where` opens the message (the file), `fix` ends it. -> the head size (None without hidden and heads)."""
+    if hidden and heads and hidden[1] % heads[1]:
+        raise BadInputError(f"{where}: {hidden[0]} {hidden[1]} is not divisible by {heads[0]} {heads[1]}: "
+                            f"attention splits the hidden size into equal heads; {fix}")
+    if heads and kv and heads[1] % kv[1]:
+        raise BadInputError(f"{where}: {heads[0]} {heads[1]} is not a multiple of {kv[0]} {kv[1]}: each K/V "
+                            f"head serves an equal group of query heads; {fix}")
+    return hidden[1] // heads[1] if hidden and heads else None
+
+
 def check_config_fields(cfg: dict, cfg_path: Path, family: str) -> None:
     """The fields every export reads: positive integers that divide as attention needs, finite numbers, booleans
     that are booleans, and a rope scaling this family's export computes."""
@@ -63,13 +80,7 @@ def check_config_fields(cfg: dict, cfg_path: Path, family: str) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise BadInputError(f"{cfg_path}: {key} is {value!r}; it must be an integer >= 1; {fix}")
         ints[role[0]] = (key, value)
-    hidden, heads, kv = (ints.get(r[0]) for r in (HIDDEN, HEADS, KV_HEADS))
-    if hidden and heads and hidden[1] % heads[1]:
-        raise BadInputError(f"{cfg_path}: {hidden[0]} {hidden[1]} is not divisible by {heads[0]} {heads[1]}: "
-                            f"attention splits the hidden size into equal heads; {fix}")
-    if heads and kv and heads[1] % kv[1]:
-        raise BadInputError(f"{cfg_path}: {heads[0]} {heads[1]} is not a multiple of {kv[0]} {kv[1]}: each K/V "
-                            f"head serves an equal group of query heads; {fix}")
+    check_attention_geometry(*(ints.get(r[0]) for r in (HIDDEN, HEADS, KV_HEADS)), where=str(cfg_path), fix=fix)
     for key in BOOLS:
         if cfg.get(key) is not None and not isinstance(cfg[key], bool):
             raise BadInputError(f"{cfg_path}: {key} is {cfg[key]!r}, not true or false (a string such as \"false\" "

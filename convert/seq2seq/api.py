@@ -20,7 +20,7 @@ from paddle2ort.runtime.progress import busy
 from paddle2ort.runtime.seq2seq import ENCODER_DIR, TASK
 
 from ..api import MAX_OPSET, MIN_OPSET, ConvertConfig, ConvertResult, check_thresholds, convert
-from ..bundle import check_destination
+from ..bundle import check_destination, check_outside_inputs
 from ..llm.api import TOKENIZER_FILES, check_source, source_fingerprint
 from ..paddle_proc import make_workdir, run_worker, sigterm_as_interrupt
 from ..precision import Int8Options
@@ -85,6 +85,8 @@ def _convert_seq2seq(config: Seq2SeqConvertConfig) -> ConvertResult:
     cfg = check_source(config.source)
     family = check_family(cfg, config)
     from .families import FAMILIES
+    check_outside_inputs(config.output, [("the source model folder", config.source),
+                                         ("the --tokenizer folder", config.tokenizer)], command="convert-seq2seq")
     check_destination(config.output, config.overwrite, (config.source, config.tokenizer))
     tok = BPETokenizer.load(config.tokenizer)
     check_vocab(tok, cfg, config)
