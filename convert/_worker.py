@@ -110,7 +110,7 @@ def unregistered_ops(model_file: str) -> Counter:
     return Counter(op.type for block in desc.blocks for op in block.ops if op.type not in known)
 
 
-def load_error(e: BaseException, model_file: str, params_file: str) -> Exception:
+def load_error(e: BaseException, model_file: str, params_file: str, origin: str | None = None) -> Exception:
     """What Paddle failing to load a model means: a host out of memory or threads (RuntimeError: exit 4, run again),
     a program using operators this Paddle no longer has (BadInput: exit 2, re-export it), else files that do not go
     together (BadInput: exit 2, re-copy them)."""
@@ -131,6 +131,10 @@ def load_error(e: BaseException, model_file: str, params_file: str) -> Exception
                         f"have: {listing}; it was saved by an older Paddle that had them, so neither Paddle Inference "
                         "(the gate's reference) nor paddle2onnx can run it. Re-export it from its training code with "
                         f"a current Paddle, replacing those layers{example}, then convert the new export")
+    if origin:                                   # model_file/params_file: our re-saved copy of a Paddle 1.x folder
+        return BadInput(f"Paddle cannot load the model of {origin} (a Paddle 1.x folder, re-saved to convert it): its "
+                        f"weight files are truncated, corrupt or do not belong to its program ({first}); re-copy the "
+                        "whole folder")
     return BadInput(f"Paddle cannot load the model: the params file {params_file} is truncated, corrupt or does not "
                     f"belong to {model_file} ({first}); re-save or re-copy both files together")
 
@@ -145,7 +149,7 @@ def task_inspect(args: dict) -> dict:
     try:
         _make_predictor(args["model_file"], args["params_file"])
     except Exception as e:  # noqa: BLE001 - Paddle raises RuntimeError/ValueError/OSError variously
-        raise load_error(e, args["model_file"], args["params_file"]) from e
+        raise load_error(e, args["model_file"], args["params_file"], args.get("origin")) from e
     prog = _load_program(args["model_file"])
     supported = set(p2o.get_all_supported_operators_pir())
     ops, unsupported = Counter(), Counter()

@@ -351,8 +351,9 @@ def paddle_reference(source: ModelSource, samples: list[dict], workdir: Path) ->
 
 
 def inspect(source: ModelSource, workdir: Path) -> dict:
-    info = run_worker("inspect", {"model_file": str(source.model_file), "params_file": str(source.params_file)},
-                      workdir)
+    origin = str(source.original[0].parent) if source.original else None    # a re-saved Paddle 1.x folder's
+    info = run_worker("inspect", {"model_file": str(source.model_file), "params_file": str(source.params_file),
+                                  "origin": origin}, workdir)
     if info["unsupported"]:
         raise UnsupportedOperatorsError(info["unsupported"], info["paddle2onnx_version"])
     return info

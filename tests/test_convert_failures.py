@@ -170,6 +170,16 @@ def test_a_host_out_of_resources_is_not_blamed_on_the_model_files(error, kind):
     assert ("truncated" in str(got)) == (kind == "BadInput") and ("ran out" in str(got)) == (kind != "BadInput")
 
 
+def test_a_resaved_1x_folder_that_fails_to_load_is_named_not_our_copy():
+    """The user gave a Paddle 1.x folder; Paddle loading our re-saved copy of it fails: the message names their
+    folder, never the temporary fluid1_resaved files they never saw."""
+    from paddle2ort.convert._worker import load_error
+    got = load_error(RuntimeError("(PreconditionNotMet) The size of params file does not match"),
+                     "/tmp/paddle2ort-x/fluid1_resaved.pdmodel", "/tmp/paddle2ort-x/fluid1_resaved.pdiparams",
+                     origin="models/senta")
+    assert "models/senta" in str(got) and "fluid1_resaved" not in str(got) and "re-copy the whole folder" in str(got)
+
+
 
 # A legacy program whose op Paddle no longer registers (Senta 1.x's sequence_unpad): the relu of build_legacy renamed
 # in its ProgramDesc, as a .pdmodel pair or as a 1.x directory (__model__ + one file per variable).
