@@ -154,6 +154,18 @@ def build_legacy(out: Path):
         paddle.static.save_inference_model(str(out / "model"), [x], [y], exe, program=main)
 
 
+def save_fluid1_vars(src: Path, out: Path) -> None:
+    """The weights of the legacy model src/model.* into `out` one file per variable, as Paddle 1.x wrote an inference
+    directory by default (the caller writes its __model__)."""
+    import paddle
+    paddle.enable_static()
+    exe = paddle.static.Executor(paddle.CPUPlace())
+    with paddle.pir_utils.OldIrGuard():
+        prog, _, _ = paddle.static.load_inference_model(str(src / "model"), exe)
+        persist = [v for v in prog.list_vars() if v.persistable and v.name not in ("feed", "fetch")]
+        paddle.static.save_vars(exe, str(out), main_program=prog, vars=persist)
+
+
 def build_unsupported(out: Path):
     """Uses two operators paddle2onnx 2.1.0 has no mapper for (lgamma twice, digamma once)."""
     import paddle

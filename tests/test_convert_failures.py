@@ -197,12 +197,9 @@ _REMOVED_OP = textwrap.dedent("""
         (out / "model.pdmodel").write_bytes(desc.SerializeToString())
         shutil.copy(src / "model.pdiparams", out / "model.pdiparams")
     else:
-        paddle.enable_static()
-        exe = paddle.static.Executor(paddle.CPUPlace())
-        with paddle.pir_utils.OldIrGuard():
-            prog, _, _ = paddle.static.load_inference_model(str(src / "model"), exe)
-            persist = [v for v in prog.list_vars() if v.persistable and v.name not in ("feed", "fetch")]
-            paddle.static.save_vars(exe, str(out), main_program=prog, vars=persist)
+        sys.path.insert(0, sys.argv[4])                          # tests/: paddle_models
+        from paddle_models import save_fluid1_vars
+        save_fluid1_vars(src, out)
         (out / "__model__").write_bytes(desc.SerializeToString())
 """)
 
@@ -214,7 +211,7 @@ def test_an_operator_paddle_no_longer_has_is_named_not_blamed_on_the_params(tiny
     or mismatched params file (and never by the work directory's re-saved copy of a 1.x directory)."""
     from conftest import run_python
     src = tmp_path / "m"
-    run_python("-c", _REMOVED_OP, str(tiny_models("legacy")), str(src), layout)
+    run_python("-c", _REMOVED_OP, str(tiny_models("legacy")), str(src), layout, str(Path(__file__).parent))
     assert _convert(src, tmp_path / "b") == 2
     err = capsys.readouterr().err
     assert "does not have: sequence_unpad (x1)" in err and "Re-export" in err

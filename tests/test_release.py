@@ -91,7 +91,9 @@ def test_what_runs_on_each_device(tmp_path, dataset):
     assert on_gpu == ["fp32", "fp16"] and "CPU" in skipped["int8"]     # dynamic INT8 is no GPU configuration
 
 
-def test_a_precision_failing_its_gate_is_dropped_and_the_rest_converted(tmp_path):
+def _gate_refusing(refused: str):
+    """A stand-in for `convert` whose run with int8 fails the gate of `refused` (int8, or fused-int8 for an LLM's
+    CPU default graph); the others pass. -> (convert, the precisions of each run)."""
     calls = []
 
     class Result:
@@ -101,12 +103,17 @@ def test_a_precision_failing_its_gate_is_dropped_and_the_rest_converted(tmp_path
     def fake_convert(cfg):
         calls.append(cfg.precisions)
         if "int8" in cfg.precisions:
-            raise ValidationError("int8", [{"output": "logits", "sample": 0, "violations": ["cosine 0.9 < 0.98"],
-                                            "metrics": {"max_abs_diff": 1.0, "max_rel_diff": 0.1, "cosine": 0.9,
-                                                        "argmax_agreement": 0.5}}])
+            raise ValidationError(refused, [{"output": "logits", "sample": 0, "violations": ["cosine 0.9 < 0.98"],
+                                             "metrics": {"max_abs_diff": 1.0, "max_rel_diff": 0.1, "cosine": 0.9,
+                                                         "argmax_agreement": 0.5}}])
         Result.manifest.validation = {p: {"passed": True, "max_rel_diff": 1e-6} for p in cfg.precisions}
         return Result
 
+    return fake_convert, calls
+
+
+def test_a_precision_failing_its_gate_is_dropped_and_the_rest_converted(tmp_path):
+    fake_convert, calls = _gate_refusing("int8")
     cfg = ConvertConfig(source=tmp_path, output=tmp_path / "o", precisions=("fp32", "fp16", "int8"))
     _, gate = convert_candidates(cfg, fake_convert)
     assert calls == [("fp32", "fp16", "int8"), ("fp32", "fp16")]
@@ -435,21 +442,7 @@ def test_a_crash_every_precision_shares_still_writes_the_report(tiny_models, dat
 def test_an_llm_candidate_whose_fused_decoder_fails_its_gate_is_dropped_not_blamed_on_fp32(tmp_path):
     """convert-llm gates the fused decoder (the CPU default graph of fp32 and int8) as fused-PREC: its failing
     drops PREC like its generic graph failing would (it ended the release as `FP32 fails the conversion gate`)."""
-    calls = []
-
-    class Result:
-        class manifest:
-            validation = {}
-
-    def fake_convert(cfg):
-        calls.append(cfg.precisions)
-        if "int8" in cfg.precisions:
-            raise ValidationError("fused-int8", [{"output": "logits", "sample": 0, "violations": ["cosine 0.9 < 0.98"],
-                                                  "metrics": {"max_abs_diff": 1.0, "max_rel_diff": 0.1,
-                                                              "cosine": 0.9, "argmax_agreement": 0.5}}])
-        Result.manifest.validation = {p: {"passed": True} for p in cfg.precisions}
-        return Result
-
+    fake_convert, calls = _gate_refusing("fused-int8")
     cfg = ConvertConfig(source=tmp_path, output=tmp_path / "o", precisions=("fp32", "int8", "int4"))
     _, gate = convert_candidates(cfg, fake_convert)
     assert calls == [("fp32", "int8", "int4"), ("fp32", "int4")]

@@ -3,6 +3,7 @@ the right values afterwards), leaves graphs without it untouched, and the conver
 import ast
 import json
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -140,12 +141,9 @@ _FLUID = textwrap.dedent("""
     if layout == "combined":
         shutil.copy(src / "model.pdiparams", out / "__params__")     # save_combine format, as 1.x wrote it
     else:                                                            # one file per variable (1.x default)
-        paddle.enable_static()
-        exe = paddle.static.Executor(paddle.CPUPlace())
-        with paddle.pir_utils.OldIrGuard():
-            prog, _, _ = paddle.static.load_inference_model(str(src / "model"), exe)
-            persist = [v for v in prog.list_vars() if v.persistable and v.name not in ("feed", "fetch")]
-            paddle.static.save_vars(exe, str(out), main_program=prog, vars=persist)
+        sys.path.insert(0, sys.argv[4])                          # tests/: paddle_models
+        from paddle_models import save_fluid1_vars
+        save_fluid1_vars(src, out)
     print(sorted(p.name for p in out.iterdir()))
 """)
 
@@ -153,7 +151,8 @@ _FLUID = textwrap.dedent("""
 @pytest.mark.parametrize("layout", ["combined", "per-variable"])
 def test_paddle1_directory_is_resaved_and_converted(tiny_models, tmp_path, capsys, layout):
     src = tmp_path / "fluid"
-    listing = run_python("-c", _FLUID, str(tiny_models("legacy")), str(src), layout, stdout=True)
+    listing = run_python("-c", _FLUID, str(tiny_models("legacy")), str(src), layout, str(Path(__file__).parent),
+                         stdout=True)
     assert "__model__" in listing and ("__params__" in listing) == (layout == "combined")
     out = tmp_path / "b"
     assert main(["-q", "convert", str(src), "-o", str(out)]) == 0
