@@ -22,8 +22,9 @@ from .errors import BadInputError, ConversionError, LabelCountError, Unsupported
 from .fusion import FusionConfig, bundle_graphs
 from .graph import _IDENT, rename_and_annotate, share_duplicate_weights
 from .ocr import CLASSES_FILE as OCR_CLASSES_FILE
-from .ocr import DB_DEFAULTS, ctc_labels, paddlex_detector, paddlex_dictionary
+from .ocr import DB_DEFAULTS, ctc_labels, direction_settings, paddlex_detector, paddlex_dictionary
 from .ocr import DET_TASK as OCR_DET_TASK
+from .ocr import DIR_TASK as OCR_DIR_TASK
 from .ocr import TASK as OCR_TASK
 from .paddle_proc import make_workdir, run_worker, sigterm_as_interrupt
 from .precision import PRECISIONS, FP16Options, Int4Options, Int8Options, check_quantizable, make_variant
@@ -210,6 +211,8 @@ def ocr_settings(config: ConvertConfig, info: dict) -> ConvertConfig:
     manifest (a PaddleX export's config.json, else PaddleOCR's defaults). text-recognition: the bundle carries the
     CTC classes (blank, the dictionary given or a PaddleX export's, the space) as a file. A PaddleX config.json
     also makes a detector or recognizer converted without --task one."""
+    if config.task == OCR_DIR_TASK:          # a text direction classifier (PaddleOCR's cls): convert/ocr.py
+        return direction_settings(config, info)
     chars, where = config.characters, "the one given"
     folder = config.source if config.source.is_dir() else config.source.parent
     shape = info["outputs"][0]["shape"] if info["outputs"] else []

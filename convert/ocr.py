@@ -7,6 +7,10 @@ rec_char_dict_path: one character a line). The bundle carries the classes in out
 as every file; the manifest's extra.ocr names it), so the runtime decodes with the bundle alone; the class count
 the program declares decides whether the space is one of them. Not the manifest's labels: a dictionary holds blank
 characters (U+3000, the space) and repeats, which class labels must not.
+
+Detectors (DB) carry their pre- and post-processing settings in the manifest's extra.ocr; a text direction
+classifier (PaddleOCR's cls, task text-direction) its labels (the manifest's) and extra.ocr: its input size, the
+upside-down class and the score from which a line is turned.
 """
 from __future__ import annotations
 
@@ -20,10 +24,20 @@ log = logging.getLogger(__name__)
 
 TASK = "text-recognition"
 DET_TASK = "text-detection"
-# PaddleOCR's DB detector defaults (tools/infer/utility.py): the longest side resized to 960 (a multiple of 32),
-# ImageNet mean/std on the BGR image, probability threshold 0.3, box score 0.6, boxes grown by 1.5 x area / perimeter
-DB_DEFAULTS = {"post": "db", "resize_long": 960, "thresh": 0.3, "box_thresh": 0.6, "unclip_ratio": 1.5,
-               "max_candidates": 1000, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+DIR_TASK = "text-direction"
+# PaddleOCR 2.x's DB detector defaults (tools/infer/utility.py): det_limit_side_len 960 with det_limit_type "max" (a
+# page longer than 960 px shrunk to it, a smaller one kept at its size: not enlarged), each side then a multiple of
+# 32; ImageNet mean/std on the BGR image, probability threshold 0.3, box score 0.6, boxes grown by 1.5 x area /
+# perimeter. A PaddleX config's DetResizeForTest `resize_long` (the longest side always to it) replaces the limit.
+DB_DEFAULTS = {"post": "db", "limit_side_len": 960, "limit_type": "max", "thresh": 0.3, "box_thresh": 0.6,
+               "unclip_ratio": 1.5, "max_candidates": 1000, "mean": [0.485, 0.456, 0.406],
+               "std": [0.229, 0.224, 0.225]}
+# PaddleOCR 2.x's text direction classifier (ch_ppocr_mobile_v2.0_cls; tools/infer/utility.py): lines resized to
+# cls_image_shape 3,48,192 as the recognizer's (BGR, (x / 255 - 0.5) / 0.5, right-padded), label_list 0,180, a line
+# turned when its label holds "180" with a score above cls_thresh 0.9
+DIR_SHAPE = (3, 48, 192)
+DIR_LABELS = ("0", "180")
+DIR_THRESH = 0.9
 BLANK = "<blank>"          # class 0's label (never emitted: CTC's "no character here")
 CLASSES_FILE = "ocr/classes.json"   # in the bundle: the output's classes in order (a JSON list: any character)
 
@@ -95,12 +109,50 @@ def paddlex_detector(model_dir: Path) -> dict | None:
         if isinstance(post.get(k), (int, float)) and not isinstance(post.get(k), bool) and post[k] > 0:
             out[k] = post[k]
     for op in (cfg.get("PreProcess") or {}).get("transform_ops") or []:
-        if isinstance(op, dict) and isinstance(op.get("DetResizeForTest"), dict):
-            long = op["DetResizeForTest"].get("resize_long", op["DetResizeForTest"].get("limit_side_len"))
-            if isinstance(long, int) and long >= 32:
-                out["resize_long"] = long
+        resize = op.get("DetResizeForTest") if isinstance(op, dict) else None
+        if isinstance(resize, dict):        # PaddleOCR's DetResizeForTest: limit_side_len first, then resize_long
+            side, kind = resize.get("limit_side_len"), resize.get("limit_type", "max")
+            if _side(side) and kind in ("max", "min"):
+                out.update(limit_side_len=side, limit_type=kind)
+            elif _side(resize.get("resize_long")):
+                del out["limit_side_len"], out["limit_type"]
+                out["resize_long"] = resize["resize_long"]
         if isinstance(op, dict) and isinstance(op.get("NormalizeImage"), dict):
             norm = op["NormalizeImage"]
             if all(isinstance(norm.get(k), list) and len(norm[k]) == 3 for k in ("mean", "std")):
                 out["mean"], out["std"] = [float(v) for v in norm["mean"]], [float(v) for v in norm["std"]]
     return out
+
+
+def _side(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 32
+
+
+def direction_settings(config, info: dict):
+    """Task text-direction (PaddleOCR's cls: is a cropped line upside down?): the ConvertConfig with the manifest's
+    labels (--labels, else PaddleOCR's 0,180) and extra.ocr: the input size (the program's own where it fixes one,
+    else PaddleOCR's 48x192), which label means "turn it", and the score a turn needs. `config` is a ConvertConfig
+    (convert/api.py), changed with dataclasses.replace."""
+    from dataclasses import replace
+    ins, outs = info["inputs"], info["outputs"]
+    shape = list(ins[0]["shape"]) if len(ins) == 1 else None
+    if shape is None or len(shape) != 4 or shape[1] != 3:
+        got = [f"{i['name']} {list(i['shape'])}" for i in ins]
+        raise BadInputError(f"a text direction classifier takes one [batch, 3, height, width] image; this model takes "
+                            f"{', '.join(got) or 'nothing'}: convert it without --task text-direction")
+    out_shape = list(outs[0]["shape"]) if outs else []
+    labels = tuple(config.labels) if config.labels is not None else DIR_LABELS
+    if len(out_shape) != 2 or out_shape[1] not in (-1, len(labels)):
+        raise BadInputError(f"a text direction classifier's first output is [batch, {len(labels)}] (scores of "
+                            f"{', '.join(labels)}); this model's is {out_shape}: "
+                            + ("give its labels with --labels" if len(out_shape) == 2 and config.labels is None
+                               else "convert it without --task text-direction"))
+    turn = [x for x in labels if "180" in x]
+    if len(turn) != 1:
+        raise BadInputError(f"the labels {', '.join(labels)} must name exactly one upside-down class (holding "
+                            "\"180\", as PaddleOCR's 0,180): give --labels in the model's output order, e.g. 0,180")
+    h, w = (d if isinstance(d, int) and d > 0 else dflt for d, dflt in zip(shape[2:], DIR_SHAPE[1:]))
+    log.info("text direction classifier: %dx%d input, labels %s, turned from %s > %.2f", h, w, labels, turn[0],
+             DIR_THRESH)
+    return replace(config, labels=labels, extra={**config.extra, "ocr": {
+        "classify": "direction", "image_shape": [3, h, w], "turn": turn[0], "thresh": DIR_THRESH}})

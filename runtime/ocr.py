@@ -11,6 +11,10 @@ Images are read as PaddleOCR reads them (cv2.imread): the EXIF orientation appli
 as wide is a rotated line, which PaddleOCR's crop (get_rotate_crop_image) turns before recognition: it is read as
 given and turned a quarter each way, and the reading with the highest score kept (upright text whatever way the
 line was turned; a tall crop of one character still read as given).
+
+A text direction classifier (PaddleOCR's cls, `TextDirection`; optional) turns upside-down lines before they are
+read: each line resized and normalized as the recognizer's at the classifier's fixed size (48x192), and turned 180
+degrees when the upside-down class scores above the bundle's threshold (PaddleOCR's cls_thresh, 0.9).
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ from .session import Runner, SessionOptions, create_session
 log = logging.getLogger(__name__)
 
 TASK = "text-recognition"
+DIR_TASK = "text-direction"
 MIN_RATIO = 320 / 48          # PaddleOCR's rec_image_shape 3,48,320: a batch is never narrower than this ratio
 MAX_WIDTH = 3200              # widest input PaddleX declares for these models (trt_dynamic_shapes); wider is squeezed
 TALL = 1.5                    # height / width from which a line is a rotated one (PaddleOCR's get_rotate_crop_image)
@@ -40,6 +45,14 @@ MAX_BATCH_BYTES = 256 << 20   # one batch's input at most (a huge --batch-size o
 class Recognition:
     text: str
     score: float              # mean probability of the characters read (0 when none)
+    angle: int = 0            # degrees the image was turned (counterclockwise) before the reading kept
+
+
+@dataclass(frozen=True)
+class Direction:
+    label: str                # the classifier's best class (PaddleOCR's: "0" or "180")
+    score: float
+    turned: bool              # upside down with a score above the threshold: turned 180 degrees before reading
 
 
 def resize_bilinear(img: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -168,8 +181,12 @@ class TextRecognizer:
     """Bundle-driven text-line recognition: `recognizer(images) -> [Recognition(text, score)]`."""
 
     def __init__(self, bundle_dir: str | Path, precision: str | None = None, session: SessionOptions = SessionOptions(),
-                 batch_size: int = 6):
+                 batch_size: int = 6, direction: TextDirection | None = None):
         from .pipelines import scales_activations_per_batch
+        if direction is not None and not isinstance(direction, TextDirection):
+            raise BadInputError(f"direction must be a TextDirection (a text-direction bundle), got "
+                                f"{type(direction).__name__}")
+        self.direction = direction
         self.bundle = load_bundle(bundle_dir)
         m = self.bundle.manifest
         ocr = (m.extra or {}).get("ocr")
@@ -223,16 +240,21 @@ class TextRecognizer:
                                 f"uint8 RGB arrays), got {type(images).__name__}") from None
         rgb = [as_rgb(im, i) for i, im in enumerate(images)]
         # each line as given, and a rotated line (tall) also turned a quarter each way: the best reading is kept
-        views, owner = [], []
+        views, owner, angles = [], [], []
         for i, a in enumerate(rgb):
-            turns = (a, np.rot90(a, 1), np.rot90(a, -1)) if a.shape[0] >= TALL * a.shape[1] else (a,)
-            views += turns
+            tall = a.shape[0] >= TALL * a.shape[1]
+            turns = ((a, 0), (np.rot90(a, 1), 90), (np.rot90(a, -1), 270)) if tall else ((a, 0),)
+            views += [v for v, _ in turns]
+            angles += [g for _, g in turns]
             owner += [i] * len(turns)
+        if getattr(self, "direction", None) is not None:      # upside-down lines (and turned tall ones) righted
+            views, turned = self.direction.upright(views)
+            angles = [(g + 180 * t) % 360 for g, t in zip(angles, turned)]
         read = self._read(views)
         out: list[Recognition | None] = [None] * len(rgb)
-        for i, r in zip(owner, read):
+        for i, r, g in zip(owner, read, angles):
             if out[i] is None or r.score > out[i].score:
-                out[i] = r
+                out[i] = Recognition(r.text, r.score, g)
         return out
 
     def _read(self, rgb: list[np.ndarray]) -> list[Recognition]:
@@ -260,3 +282,66 @@ class TextRecognizer:
     def _width(self, idx: list[int], rgb: list[np.ndarray]) -> int:
         ratio = max(MIN_RATIO, *(rgb[i].shape[1] / rgb[i].shape[0] for i in idx))
         return min(MAX_WIDTH, int(self.height * ratio))
+
+
+class TextDirection:
+    """Bundle-driven text direction classification (PaddleOCR's cls, `paddle2ort convert --task text-direction`):
+    `classifier(images) -> [Direction]`; `classifier.upright(images)` turns the upside-down ones."""
+
+    def __init__(self, bundle_dir: str | Path, precision: str | None = None, session: SessionOptions = SessionOptions(),
+                 batch_size: int = 6, thresh: float | None = None):
+        from .pipelines import scales_activations_per_batch
+        self.bundle = load_bundle(bundle_dir)
+        m = self.bundle.manifest
+        cfg = (m.extra or {}).get("ocr")
+        if m.task != DIR_TASK or not isinstance(cfg, dict) or cfg.get("classify") != "direction":
+            raise BundleError(f"bundle {bundle_dir} is not a text direction classifier (task={m.task!r}): give a "
+                              "bundle converted from PaddleOCR's cls model with --task text-direction")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise BadInputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if thresh is not None and (isinstance(thresh, bool) or not isinstance(thresh, (int, float))
+                                   or not 0 <= thresh < 1):
+            raise BadInputError(f"thresh must be a number in [0, 1), got {thresh!r}")
+        shape, labels = cfg.get("image_shape"), list(m.labels or ())
+        if (not isinstance(shape, list) or len(shape) != 3 or shape[0] != 3
+                or not all(isinstance(d, int) and d > 0 for d in shape) or cfg.get("turn") not in labels
+                or not isinstance(cfg.get("thresh"), (int, float)) or len(m.inputs) != 1):
+            raise BundleError(f"bundle {bundle_dir}'s direction settings {cfg} (labels {labels}) are incomplete: "
+                              "convert it again with --task text-direction")
+        self.labels, self.turn = labels, labels.index(cfg["turn"])
+        self.height, self.width = shape[1], shape[2]
+        self.thresh = float(cfg["thresh"] if thresh is None else thresh)
+        self.input_name = m.inputs[0].name
+        self.precision = precision or default_precision(self.bundle, session.device)
+        entry = m.models.get(self.precision)
+        self.batch_size = 1 if entry is not None and scales_activations_per_batch(entry.options) else batch_size
+        self.runner = Runner(create_session(self.bundle.model_path(self.precision, verify=True), session),
+                             [m.outputs[0].name], session.device_id)
+
+    def __call__(self, images) -> list[Direction]:
+        """`images`: a list of lines (file paths, PIL images, HxWx3 uint8 RGB arrays) -> one Direction a line."""
+        if isinstance(images, (str, Path)) or _is_pil(images) or (isinstance(images, np.ndarray)
+                                                                 and images.ndim in (2, 3)):
+            images = [images]
+        rgb = [as_rgb(im, i) for i, im in enumerate(images)]
+        out: list[Direction] = []
+        for s in range(0, len(rgb), self.batch_size):
+            batch = np.stack([normalize_line(a, self.height, self.width) for a in rgb[s:s + self.batch_size]])
+            probs = self.runner({self.input_name: batch})[0]
+            if probs.ndim != 2 or probs.shape != (len(batch), len(self.labels)):
+                raise BundleError(f"bundle {self.bundle.path}'s {self.precision} model gives {list(probs.shape)}, "
+                                  f"not [batch, {len(self.labels)}] (its labels): convert it again")
+            for row in probs:
+                best = int(row.argmax())
+                out.append(Direction(self.labels[best], float(row[best]),
+                                     best == self.turn and float(row[best]) > self.thresh))
+        return out
+
+    def upright(self, images) -> tuple[list[np.ndarray], list[bool]]:
+        """The lines as HxWx3 RGB arrays, those classified upside down turned 180 degrees; and which were."""
+        rgb = [as_rgb(im, i) for i, im in enumerate(images)]
+        found = self(rgb) if rgb else []
+        turned = [d.turned for d in found]
+        if any(turned):
+            log.debug("text direction: %d of %d line(s) upside down, turned", sum(turned), len(rgb))
+        return [np.rot90(a, 2) if t else a for a, t in zip(rgb, turned)], turned

@@ -2,8 +2,10 @@
 the recognizer (runtime/ocr.py). The settings come from the bundle (convert/ocr.py: a PaddleX config.json, else
 PaddleOCR's defaults).
 
-Preprocessing is PaddleOCR's DetResizeForTest (the longest side to `resize_long`, each side a multiple of 32) and
-NormalizeImage (ImageNet mean/std on the BGR image). Post-processing follows DBPostProcess with axis-aligned boxes:
+Preprocessing is PaddleOCR's DetResizeForTest (PaddleOCR 2.x's limit_side_len/limit_type "max": a page longer
+than the limit shrunk to it, a smaller one kept at its size; a PaddleX config's `resize_long`: the longest side
+always to it; each side then a multiple of 32) and NormalizeImage (ImageNet mean/std on the BGR image).
+Post-processing follows DBPostProcess with axis-aligned boxes:
 the probability map above `thresh`, its connected regions (scipy.ndimage.label: OpenCV's findContours +
 minAreaRect would be a large dependency for this), each region's box scored by the map's mean inside it (kept from
 `box_thresh`), grown by unclip_ratio x area / perimeter on every side, scaled to the image. Text at an angle gets the
@@ -47,13 +49,26 @@ class Line:
     box: Box
     text: str
     score: float
+    angle: int = 0            # degrees the crop was turned (counterclockwise) before the reading kept
 
 
-def det_input(rgb: np.ndarray, resize_long: int, mean, std) -> np.ndarray:
-    """HxWx3 RGB -> [1, 3, H', W'] float32 as PaddleOCR feeds its detector (BGR, sides multiples of 32)."""
-    h, w = rgb.shape[:2]
-    ratio = resize_long / max(h, w)
-    rh, rw = (max(int(round(s * ratio / 32) * 32), 32) for s in (h, w))
+def det_size(h: int, w: int, side: int, limit_type: str | None = None) -> tuple[int, int]:
+    """PaddleOCR's DetResizeForTest: the height and width fed to the detector, each a multiple of 32. limit_type
+    "max": shrunk so that the longest side is at most `side` (never enlarged); "min": enlarged so that the shortest
+    is at least `side`; None (PaddleX's resize_long): the longest side to `side` whatever the image's size."""
+    if limit_type is None:
+        ratio = side / max(h, w)
+        return tuple(max(int(round(s * ratio / 32) * 32), 32) for s in (h, w))
+    if limit_type == "max":
+        ratio = side / max(h, w) if max(h, w) > side else 1.0
+    else:
+        ratio = side / min(h, w) if min(h, w) < side else 1.0
+    return tuple(max(int(round(int(s * ratio) / 32) * 32), 32) for s in (h, w))
+
+
+def det_input(rgb: np.ndarray, resize_long: int, mean, std, limit_type: str | None = None) -> np.ndarray:
+    """HxWx3 RGB -> [1, 3, H', W'] float32 as PaddleOCR feeds its detector (BGR, sides multiples of 32; det_size)."""
+    rh, rw = det_size(rgb.shape[0], rgb.shape[1], resize_long, limit_type)
     x = np.rint(resize_bilinear(rgb[:, :, ::-1], rh, rw)).clip(0, 255) / 255.0
     x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return np.ascontiguousarray(x.transpose(2, 0, 1)[None], dtype=np.float32)
@@ -107,6 +122,12 @@ class TextDetector:
         if m.task != TASK or not isinstance(self.cfg, dict) or self.cfg.get("post") != "db":
             raise BundleError(f"bundle {bundle_dir} is not a text detector (task={m.task!r}): give a bundle converted "
                               "from a DB detector (PP-OCR det; --task text-detection, or a PaddleX export)")
+        self.side = self.cfg.get("limit_side_len", self.cfg.get("resize_long"))
+        self.limit_type = self.cfg.get("limit_type", "max") if "limit_side_len" in self.cfg else None
+        if (isinstance(self.side, bool) or not isinstance(self.side, int) or self.side < 32
+                or self.limit_type not in (None, "max", "min")):
+            raise BundleError(f"bundle {bundle_dir}'s detector settings {self.cfg} give no resize rule (limit_side_len "
+                              "and limit_type max/min, or resize_long, an integer >= 32): convert it again")
         try:
             import scipy.ndimage  # noqa: F401
         except ImportError:
@@ -119,7 +140,7 @@ class TextDetector:
     def __call__(self, image) -> list[Box]:
         rgb = as_rgb(image, 0)
         c = self.cfg
-        prob = self.runner({self.input_name: det_input(rgb, c["resize_long"], c["mean"], c["std"])})[0]
+        prob = self.runner({self.input_name: det_input(rgb, self.side, c["mean"], c["std"], self.limit_type)})[0]
         if prob.ndim != 4 or prob.shape[:2] != (1, 1):
             raise BundleError(f"bundle {self.bundle.path}'s model gives {list(prob.shape)}, not a [1, 1, H, W] "
                               "probability map: convert it again")
@@ -137,4 +158,5 @@ class PageReader:
         rgb = as_rgb(image, 0)
         boxes = self.detector(rgb)
         reads: list[Recognition] = self.recognizer([b.crop(rgb) for b in boxes]) if boxes else []
-        return [Line(b, r.text, r.score) for b, r in zip(boxes, reads) if r.score >= self.drop_score and r.text]
+        return [Line(b, r.text, r.score, r.angle) for b, r in zip(boxes, reads)
+                if r.score >= self.drop_score and r.text]

@@ -153,6 +153,31 @@ def test_db_boxes_are_the_regions_grown_and_scaled_in_reading_order():
     assert np.allclose(x[0, 0], -0.485 / 0.229)    # channel 0 is blue's mean: PaddleOCR's BGR order
 
 
+@pytest.mark.unit
+def test_detector_resize_rules_are_paddleocrs(tmp_path):
+    """PaddleOCR 2.x's default (limit_side_len 960, limit_type max) never enlarges a page: a small page enlarged to
+    960 gave the PP-OCRv3 detector boxes too tight for its recognizer, which then lost the spaces between words."""
+    from paddle2ort.convert.ocr import DB_DEFAULTS, paddlex_detector
+    from paddle2ort.runtime.ocr_det import det_input, det_size
+    assert det_size(200, 400, 960, "max") == (192, 384)              # kept at its size (sides rounded to 32)
+    assert det_size(2000, 1000, 960, "max") == (960, 480)            # shrunk: the longest side 960
+    assert det_size(20, 100, 64, "min") == (64, 320)                 # enlarged: the shortest side 64
+    assert det_size(100, 300, 960) == (320, 960)                     # PaddleX's resize_long: always to 960
+    assert det_input(np.zeros((200, 400, 3), np.uint8), 960, [0.5] * 3, [0.5] * 3, "max").shape == (1, 3, 192, 384)
+    assert (DB_DEFAULTS["limit_side_len"], DB_DEFAULTS["limit_type"]) == (960, "max")
+    assert "resize_long" not in DB_DEFAULTS
+    for resize, want in (({"resize_long": 960}, {"resize_long": 960}),
+                         ({"limit_side_len": 736, "limit_type": "min"}, {"limit_side_len": 736, "limit_type": "min"}),
+                         ({"limit_side_len": 1216}, {"limit_side_len": 1216, "limit_type": "max"}),
+                         (None, {"limit_side_len": 960, "limit_type": "max"})):
+        cfg = {"PostProcess": {"name": "DBPostProcess", "thresh": 0.2},
+               "PreProcess": {"transform_ops": [{"DetResizeForTest": resize}] if resize else []}}
+        (tmp_path / "config.json").write_text(json.dumps(cfg))
+        got = paddlex_detector(tmp_path)
+        assert {k: got[k] for k in ("resize_long", "limit_side_len", "limit_type") if k in got} == want, resize
+        assert got["thresh"] == 0.2
+
+
 @pytest.mark.slow
 def test_a_rendered_page_is_read_line_by_line(tmp_path, capsys):
     from paddle2ort.benchmarks.demo import PAGE, render_page
