@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import socket
+import threading
 from pathlib import Path
 
 from paddle2ort.runtime.errors import BadInputError
@@ -71,12 +72,31 @@ def ignored_options(args, tasks: set[str]) -> list[str]:
     return out
 
 
-def _draining_server(uvicorn):
+def _draining_server(uvicorn, delay_s: float = 0.0):
     class DrainingServer(uvicorn.Server):
-        """SIGTERM/Ctrl-C: stop accepting, finish the requests in flight, exit 0 (uvicorn 0.54 would re-raise
-        the signal after its graceful shutdown, so a drained server would look killed)."""
+        """SIGTERM/Ctrl-C: /health answers 503 "draining" at once; after `delay_s` (serve --drain-delay: a load
+        balancer polling /health stops sending new requests meanwhile, which are still served) stop accepting,
+        finish the requests in flight, exit 0 (uvicorn 0.54 would re-raise the signal after its graceful
+        shutdown, so a drained server would look killed). A second signal during the delay stops at once."""
+
+        pending: threading.Timer | None = None
 
         def handle_exit(self, sig, frame) -> None:
+            drain = getattr(getattr(self.config.app, "state", None), "drain", None)
+            if drain is not None:
+                drain["draining"] = True
+            if delay_s > 0 and self.pending is None and not self.should_exit:
+                log.info("signal %d: /health says draining; still serving for %g s (--drain-delay), then draining "
+                         "the requests in flight and exiting", sig, delay_s)
+                self.pending = threading.Timer(delay_s, self._stop, (sig, frame))
+                self.pending.daemon = True
+                self.pending.start()
+                return
+            if self.pending is not None:
+                self.pending.cancel()
+            self._stop(sig, frame)
+
+        def _stop(self, sig, frame) -> None:
             if not self.should_exit:
                 log.info("signal %d: draining the requests in flight, then exiting", sig)
             super().handle_exit(sig, frame)
@@ -109,7 +129,7 @@ def run(args) -> int:
     app = create_app(models, cfg, metrics)
     log.info("listening on %s (models: %s); SIGTERM or Ctrl-C drains the requests in flight",
              server_url(args.host, args.port), ", ".join(models))
-    server = _draining_server(uvicorn)(uvicorn.Config(app, host=args.host, port=args.port, log_config=None,
+    server = _draining_server(uvicorn, args.drain_delay)(uvicorn.Config(app, host=args.host, port=args.port, log_config=None,
                                            log_level="warning", access_log=False,
                                            timeout_graceful_shutdown=args.drain_timeout or None))
     server.run()
@@ -160,4 +180,7 @@ def register(sub) -> None:
                         "is parsed")
     g.add_argument("--drain-timeout", type=nonneg_float, default=60.0,
                    help="on SIGTERM, seconds to let requests in flight finish (0: no limit)")
+    g.add_argument("--drain-delay", type=nonneg_float, default=0.0,
+                   help="on SIGTERM, seconds to go on serving while /health answers 503 \"draining\" (a load "
+                        "balancer polling it stops routing here) before the drain starts (default 0: at once)")
     g.set_defaults(func=run)

@@ -330,7 +330,7 @@ def test_serve_warns_of_ignored_options(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(app_mod, "load_models", lambda bundles, *a, **k: {
         "clf": SimpleNamespace(task="text-classification", engine=None, batcher=None, generator=None)})
     monkeypatch.setattr(serve_cli, "_draining_server",
-                        lambda uvicorn: lambda config: SimpleNamespace(run=lambda: 0))
+                        lambda uvicorn, delay=0: lambda config: SimpleNamespace(run=lambda: 0))
     assert main(["serve", str(tmp_path), "--port", str(free_port()), "--graph", "fused"]) == 0
     err = capsys.readouterr().err
     assert "WARNING" in err and "--graph fused has no effect" in err, err

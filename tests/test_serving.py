@@ -317,6 +317,38 @@ def test_sigterm_drains_the_requests_in_flight_then_exits(llama):
             proc.wait()
 
 
+def test_drain_delay_says_draining_while_still_serving(llama):
+    """serve --drain-delay: at SIGTERM /health turns 503 "draining" (a load balancer stops routing here) while new
+    requests are still answered; after the delay the server drains and exits 0."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "paddle2ort.cli", "serve", str(llama), "--port", str(port),
+                             "--threads", "1", "--drain-delay", "3"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        t0 = time.monotonic()
+        while True:
+            assert proc.poll() is None, proc.stdout.read().decode()
+            assert time.monotonic() - t0 < 60, "serve did not start"
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        h = httpx.get(url + "/health", timeout=5)
+        assert h.status_code == 503 and h.json()["status"] == "draining"
+        r = httpx.post(url + "/v1/completions", json={"model": "llama", "prompt": "Hi", "max_tokens": 2,
+                                                      "temperature": 0}, timeout=30)
+        assert r.status_code == 200 and r.json()["choices"][0]["text"] is not None
+        assert proc.wait(60) == 0 and time.monotonic() - t0 >= 3
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_serve_refuses_a_non_servable_bundle_and_a_busy_port(tmp_path, llama, capsys):
     from paddle2ort.cli import main
     assert main(["serve", str(tmp_path / "missing")]) == 2

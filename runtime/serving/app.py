@@ -191,6 +191,7 @@ def create_app(models: dict[str, Served], cfg: ServeConfig = ServeConfig(),
 
     app = FastAPI(title="paddle2ort", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.models, app.state.metrics, app.state.config = models, metrics, cfg
+    app.state.drain = state       # serve --drain-delay sets "draining" at SIGTERM, before the server stops accepting
     app.add_middleware(_CutOffMiddleware, state=state, retry_after=cfg.retry_after)
     app.add_middleware(_BodyLimitMiddleware, limit=cfg.max_body_bytes)
     app.add_middleware(_MetricsMiddleware, metrics=metrics)       # outermost: it counts the 413s too
