@@ -27,6 +27,8 @@ from .ocr import DET_TASK as OCR_DET_TASK
 from .ocr import DIR_TASK as OCR_DIR_TASK
 from .ocr import TASK as OCR_TASK
 from .paddle_proc import make_workdir, run_worker, sigterm_as_interrupt
+from .ppdet import TASK as DET_TASK
+from .ppdet import detection_settings, read_infer_cfg
 from .precision import PRECISIONS, FP16Options, Int4Options, Int8Options, check_quantizable, make_variant
 from .source import ModelSource, locate, prepare
 from .validate import (DEFAULT_THRESHOLDS, GateRerunError, SampleConfig, Thresholds, check_signal, load_samples,
@@ -250,7 +252,7 @@ def check_against_specs(config: ConvertConfig, info: dict) -> list[dict[str, np.
     if config.output_names and len(config.output_names) != len(outs):
         raise BadInputError(f"{len(config.output_names)} output name(s) given ({', '.join(config.output_names)}) "
                             f"but the model has {len(outs)} output(s); give exactly {len(outs)}")
-    if config.labels is not None:
+    if config.labels is not None and config.task != DET_TASK:    # a detector's labels: its NMS rows' class ids
         shape = outs[0]["shape"] if outs else []
         classes = shape[-1] if len(shape) >= 2 else None
         if classes is not None and classes > 0 and classes != len(config.labels):
@@ -372,6 +374,7 @@ def convert(config: ConvertConfig, sources: tuple[Path, ...] = ()) -> ConvertRes
 
 def _convert(config: ConvertConfig, more_sources: tuple[Path, ...]) -> ConvertResult:
     source = locate(config.source)
+    ppdet = read_infer_cfg(config, source.model_file.parent)   # PaddleDetection export? before any worker
     check_outside_inputs(config.output, [("the source model folder", Path(config.source))], command="convert")
     sources = (*config.user_paths(), *more_sources, *source.user_files)
     steps = 4 + 2 * len(config.precisions)
@@ -382,7 +385,7 @@ def _convert(config: ConvertConfig, more_sources: tuple[Path, ...]) -> ConvertRe
             bar.set_postfix_str("inspect")
             source = prepare(source, work)         # a Paddle 1.x directory is re-saved as a legacy model first
             info = inspect(source, work)
-            config = ocr_settings(config, info)
+            config = ocr_settings(config, info) if ppdet is None else detection_settings(config, ppdet, info)
             samples = check_against_specs(config, info)
             log.info("%s model %s: %d inputs, %d outputs, %d ops, all supported by paddle2onnx %s",
                      source.format, source.model_file.name, len(info["inputs"]), len(info["outputs"]),
@@ -439,7 +442,7 @@ def _convert(config: ConvertConfig, more_sources: tuple[Path, ...]) -> ConvertRe
                                                  user_inputs=_user_inputs(config),
                                                  fp32_model=variant_src.get(prec, files["fp32"]))   # its FP32 source
                     except ValidationError as e:
-                        hint = gate_hint(prec, e, files[prec], _user_inputs(config))
+                        hint = gate_hint(prec, e, files[prec], _user_inputs(config), config.task == DET_TASK)
                         raise (e.with_hint(hint) if hint else e)
                     s = summary(reports[prec])
                     log.info("%s passed: max_rel_diff=%.3g cosine=%.6f argmax=%s", prec, s["max_rel_diff"],
@@ -488,8 +491,10 @@ FP16_HINT = ("FP16 failing where FP32 passes is usually one operator type overfl
              "with --fp16-block-ops OP[,OP] and convert again, or leave fp16 out of --precision.")
 
 
-def gate_hint(precision: str, e: ValidationError, model_path: Path, user_inputs: bool) -> str | None:
-    """The likely fix of a failed gate, where the failure says which."""
+def gate_hint(precision: str, e: ValidationError, model_path: Path, user_inputs: bool,
+              deployment_feed: bool = False) -> str | None:
+    """The likely fix of a failed gate, where the failure says which. deployment_feed: the samples were built from
+    the export's own preprocessing (a PaddleDetection infer_cfg.yml), not drawn at random."""
     import onnx
 
     from .repair.output_shapes import data_dependent_outputs
@@ -498,8 +503,11 @@ def gate_hint(precision: str, e: ValidationError, model_path: Path, user_inputs:
         graph = onnx.load(str(model_path), load_external_data=False).graph
         selected = sorted({f["output"] for f in e.failures} & data_dependent_outputs(graph))
     if selected:
-        return (f"{', '.join(map(repr, selected))} select(s) a data-dependent set of rows (NMS, top-k): on generated "
-                "random inputs that selection is meaningless and breaks ties differently. Validate on real inputs: "
+        where = ("on the synthetic images built from infer_cfg.yml's preprocessing that selection may hinge on "
+                 "near-ties" if deployment_feed else "on generated random inputs that selection is meaningless and "
+                 "breaks ties differently")
+        return (f"{', '.join(map(repr, selected))} select(s) a data-dependent set of rows (NMS, top-k): {where}. "
+                "Validate on real inputs: "
                 "--inputs FILE.npz with arrays named after the model's inputs (a preprocessed image and the real "
                 "values of its companion inputs).")
     return FP16_HINT if precision == "fp16" else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -41,6 +42,9 @@ class SampleConfig:
     dynamic_sizes: tuple[int, ...] = (64, 32)    # value for the other dynamic dims, per sample
     image_sizes: tuple[tuple[int, int], ...] = ((96, 160), (64, 128))   # (H, W) of dynamic image dims, per sample
     input_shapes: dict | None = None             # name -> fixed shape (overrides the three above)
+    # a model family's own deployment feed, (sample index, batch, rng) -> {input name: array}, used instead of
+    # drawn inputs (convert/ppdet.py: a PaddleDetection export's preprocessed images and their scale factors)
+    feed: Callable[[int, int, np.random.Generator], dict] | None = None
 
     def __post_init__(self):
         n = len(self.batch_sizes)
@@ -62,6 +66,23 @@ def is_image(spec: dict) -> bool:
 def text_like_image(rng: np.random.Generator, h: int, w: int, channels: int) -> np.ndarray:
     """[C, H, W] normalized float32: a light paper-like background with dark glyph-like strokes in text lines,
     a few boxes and rules, mild noise. Pure NumPy (no fonts needed)."""
+    img = _page(rng, h, w)
+    if channels == 1:
+        return ((img - 0.5) / 0.5)[None]
+    rgb = np.stack([img * float(rng.uniform(0.9, 1.0)) for _ in range(3)])
+    return (rgb - _MEAN[:, None, None]) / _STD[:, None, None]
+
+
+def text_like_rgb(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """The same structure as text_like_image as a decoded image file gives it, HxWx3 uint8 RGB: for a model family
+    whose own preprocessing makes the feed (convert/ppdet.py)."""
+    img = _page(rng, h, w)
+    rgb = np.stack([img * float(rng.uniform(0.9, 1.0)) for _ in range(3)], -1)
+    return np.rint(rgb * 255).astype(np.uint8)
+
+
+def _page(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """[H, W] gray in [0, 1]: text_like_image's page."""
     img = np.full((h, w), 0.92, np.float32) + rng.normal(0, 0.02, (h, w)).astype(np.float32)
     img += np.linspace(-0.04, 0.04, w, dtype=np.float32)[None]          # uneven lighting
     line_h = max(6, int(rng.integers(max(6, h // 6), max(7, h // 2.5))))
@@ -87,11 +108,7 @@ def text_like_image(rng: np.random.Generator, h: int, w: int, channels: int) -> 
         y0, x0 = int(rng.integers(0, h - 2)), int(rng.integers(0, w - 2))
         y1, x1 = min(h, y0 + int(rng.integers(2, max(3, h // 3)))), min(w, x0 + int(rng.integers(2, max(3, w // 3))))
         img[y0:y1, x0:x1] = np.minimum(img[y0:y1, x0:x1], float(rng.uniform(0.3, 0.7)))
-    img = np.clip(img, 0, 1)
-    if channels == 1:
-        return ((img - 0.5) / 0.5)[None]
-    rgb = np.stack([img * float(rng.uniform(0.9, 1.0)) for _ in range(3)])
-    return (rgb - _MEAN[:, None, None]) / _STD[:, None, None]
+    return np.clip(img, 0, 1)
 
 
 def _shape(spec: dict, batch: int, dyn: int, hw: tuple[int, int], fixed: dict) -> tuple[int, ...]:
@@ -132,6 +149,9 @@ def make_samples(inputs: list[dict], cfg: SampleConfig, tokenizer=None) -> list[
     samples = []
     for k, (batch, dyn, hw) in enumerate(zip(cfg.batch_sizes, cfg.dynamic_sizes, cfg.image_sizes)):
         batch = tied or batch
+        if cfg.feed is not None:
+            samples.append(cfg.feed(k, batch, rng))
+            continue
         sample = {}
         if tokenizer is not None and any(s["name"] == "input_ids" for s in inputs):
             ids = next(s for s in inputs if s["name"] == "input_ids")

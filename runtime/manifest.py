@@ -250,7 +250,7 @@ class Manifest:
             models[prec] = ModelFile.from_json(mf, f"models.{prec}")
             if models[prec].precision != prec:
                 raise _fail(f"models.{prec}.precision", f"is {models[prec].precision!r}, not {prec!r}")
-        if labels is not None:
+        if labels is not None and task != "object-detection":   # a detector's: its NMS rows' class ids
             last = specs["outputs"][0].shape[-1] if specs["outputs"][0].shape else None
             if isinstance(last, int) and last != len(labels):
                 raise _fail("labels", f"has {len(labels)} labels but output {specs['outputs'][0].name!r} has "
