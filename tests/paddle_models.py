@@ -51,20 +51,26 @@ def build_encoder(out: Path):
     _save(Encoder(), out, [paddle.static.InputSpec([None, None], "int64", "input_ids")])
 
 
-def build_detector(out: Path):
+def build_detector(out: Path, im_shape: bool = False):
     """A tiny anchor-free detector ending in Paddle's multiclass NMS (as PicoDet / PP-YOLOE deploy): conv features
     -> per-cell class scores and box distances -> boxes in input pixels / scale_factor -> multiclass_nms3
-    (outputs: the [N, 6] detection list and the kept candidates' indices)."""
+    (outputs: the [N, 6] detection list and the kept candidates' indices); a 64x64 image, batch 1.
+
+    im_shape: PaddleDetection's full deploy feed (as PP-YOLOE / Faster R-CNN exports): inputs im_shape, image and
+    scale_factor, the boxes then moved by 1% of the original image's size (im_shape / scale_factor: a wrong im_shape
+    shows in the boxes). Not clipped to the image as PaddleDetection does: paddle2onnx 2.1.0 converts that broadcast
+    minimum/maximum into a graph whose detections differ from Paddle's (58 of 60 missed); and a fixed size (a
+    dynamic height and width gave onnxruntime an empty detection list)."""
     import paddle
 
     class Detector(paddle.nn.Layer):
-        def __init__(self, classes=4):
+        def __init__(self, classes):
             super().__init__()
             self.conv = paddle.nn.Conv2D(3, 16, 3, stride=4, padding=1)
             self.cls = paddle.nn.Conv2D(16, classes, 1)
             self.reg = paddle.nn.Conv2D(16, 4, 1)
 
-        def forward(self, image, scale_factor):
+        def detect(self, image, scale_factor, shift=None):
             f = paddle.nn.functional.relu(self.conv(image))
             h, w = f.shape[2], f.shape[3]
             scores = paddle.nn.functional.sigmoid(self.cls(f)).flatten(2)                  # [N, C, HW]
@@ -73,58 +79,29 @@ def build_detector(out: Path):
             c = paddle.stack([xs.flatten(), ys.flatten()], -1) * 4 + 2                      # cell centres
             boxes = paddle.concat([c - d[..., :2], c + d[..., 2:]], -1)
             boxes = boxes / paddle.concat([scale_factor[:, ::-1], scale_factor[:, ::-1]], -1).unsqueeze(1)
+            if shift is not None:
+                boxes = boxes + paddle.concat([shift, shift], -1).unsqueeze(1)
             out, index, _ = paddle._C_ops.multiclass_nms3(boxes, scores, None, 0.05, 200, 30, 0.5, True, 1.0, -1)
             return out, index
 
-    paddle.seed(3)
-    det = Detector()
-    rng = np.random.default_rng(3)
+    class Plain(Detector):
+        def forward(self, image, scale_factor):
+            return self.detect(image, scale_factor)
+
+    class WithShape(Detector):
+        def forward(self, im_shape, image, scale_factor):
+            return self.detect(image, scale_factor, 0.01 * (im_shape / scale_factor)[:, ::-1])   # 1% of w, h
+
+    seed = 4 if im_shape else 3
+    paddle.seed(seed)
+    det = WithShape(3) if im_shape else Plain(4)
+    rng = np.random.default_rng(seed)
     for name, p in det.named_parameters():        # trained biases are not zero (Paddle initializes them so)
         if name.endswith("bias"):
             p.set_value(rng.uniform(-0.5, 0.5, p.shape).astype(np.float32))
-    _save(det, out, [paddle.static.InputSpec([1, 3, 64, 64], "float32", "image"),
-                            paddle.static.InputSpec([1, 2], "float32", "scale_factor")])
-
-
-def build_detector_im_shape(out: Path):
-    """The tiny detector with PaddleDetection's full deploy feed (as PP-YOLOE / Faster R-CNN exports): inputs
-    im_shape, image and scale_factor; boxes divided by scale_factor, then moved by 1% of the original image's size
-    (im_shape / scale_factor: a wrong im_shape shows in the boxes), then multiclass_nms3. Not clipped to the image
-    as PaddleDetection does: paddle2onnx 2.1.0 converts that broadcast minimum/maximum into a graph whose
-    detections differ from Paddle's (58 of 60 missed); and a 64x64 image as the other tiny detector (its dynamic
-    height and width gave onnxruntime an empty detection list)."""
-    import paddle
-
-    class Detector(paddle.nn.Layer):
-        def __init__(self, classes=3):
-            super().__init__()
-            self.conv = paddle.nn.Conv2D(3, 16, 3, stride=4, padding=1)
-            self.cls = paddle.nn.Conv2D(16, classes, 1)
-            self.reg = paddle.nn.Conv2D(16, 4, 1)
-
-        def forward(self, im_shape, image, scale_factor):
-            f = paddle.nn.functional.relu(self.conv(image))
-            h, w = f.shape[2], f.shape[3]
-            scores = paddle.nn.functional.sigmoid(self.cls(f)).flatten(2)                  # [N, C, HW]
-            d = paddle.exp(self.reg(f) * 0.2).flatten(2).transpose([0, 2, 1]) * 4        # [N, HW, 4]
-            ys, xs = paddle.meshgrid(paddle.arange(h, dtype="float32"), paddle.arange(w, dtype="float32"))
-            c = paddle.stack([xs.flatten(), ys.flatten()], -1) * 4 + 2                      # cell centres
-            boxes = paddle.concat([c - d[..., :2], c + d[..., 2:]], -1)
-            boxes = boxes / paddle.concat([scale_factor[:, ::-1], scale_factor[:, ::-1]], -1).unsqueeze(1)
-            origin = (im_shape / scale_factor)[:, ::-1]                                    # [N, 2]: w, h
-            boxes = boxes + 0.01 * paddle.concat([origin, origin], -1).unsqueeze(1)
-            out, index, _ = paddle._C_ops.multiclass_nms3(boxes, scores, None, 0.05, 200, 30, 0.5, True, 1.0, -1)
-            return out, index
-
-    paddle.seed(4)
-    det = Detector()
-    rng = np.random.default_rng(4)
-    for name, p in det.named_parameters():
-        if name.endswith("bias"):
-            p.set_value(rng.uniform(-0.5, 0.5, p.shape).astype(np.float32))
-    _save(det, out, [paddle.static.InputSpec([1, 2], "float32", "im_shape"),
-                     paddle.static.InputSpec([1, 3, 64, 64], "float32", "image"),
-                     paddle.static.InputSpec([1, 2], "float32", "scale_factor")])
+    specs = [paddle.static.InputSpec([1, 3, 64, 64], "float32", "image"),
+             paddle.static.InputSpec([1, 2], "float32", "scale_factor")]
+    _save(det, out, ([paddle.static.InputSpec([1, 2], "float32", "im_shape")] if im_shape else []) + specs)
 
 
 def _save_ernie(out: Path, seed: int, **cfg):
@@ -392,7 +369,7 @@ BUILDERS = {"ernie_medium": build_ernie_medium, "llama": build_llama, "gpt": bui
             "bert_classifier": build_bert_classifier, "mlp": build_mlp, "encoder": build_encoder, "ernie": build_ernie,
             "legacy": build_legacy, "two_heads": build_two_heads, "unsupported": build_unsupported,
             "nhwc_conv": build_nhwc_conv, "detector": build_detector,
-            "detector_im_shape": build_detector_im_shape}
+            "detector_im_shape": lambda out: build_detector(out, im_shape=True)}
 BUILDERS.update({f"nlp_{fam}": (lambda out, fam=fam: build_nlp_family(out, fam)) for fam in NLP_FAMILIES})
 BUILDERS.update({f"vision_{name}": (lambda out, name=name: build_vision(out, name)) for name in VISION_FAMILIES})
 # fusion tests: f"{family}_h{hidden}_n{heads}"

@@ -2,6 +2,7 @@
 bad input (400 naming the field, 404 for anything that is not a loaded model), a bounded queue (429 +
 Retry-After), a client that goes away frees its slot, SIGTERM drains, micro-batched classification, metrics.
 Servers run uvicorn in a thread on a free localhost port (the SIGTERM test: `paddle2ort serve` in a subprocess)."""
+import contextlib
 import json
 import os
 import signal
@@ -278,11 +279,13 @@ def test_metrics_name_every_family(server):
     assert httpx.get(server.url + "/health").json()["status"] == "ok"
 
 
-def test_sigterm_drains_the_requests_in_flight_then_exits(llama):
+@contextlib.contextmanager
+def serve_process(llama, *extra):
+    """`paddle2ort serve LLAMA --port P ...` in a child process, once /health answers 200: -> (process, url)."""
     port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "paddle2ort.cli", "serve", str(llama), "--port", str(port),
-                             "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+                             "--threads", "1", *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
     url = f"http://127.0.0.1:{port}"
     try:
         t0 = time.monotonic()
@@ -294,6 +297,15 @@ def test_sigterm_drains_the_requests_in_flight_then_exits(llama):
                     break
             except httpx.TransportError:
                 time.sleep(0.1)
+        yield proc, url
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_sigterm_drains_the_requests_in_flight_then_exits(llama):
+    with serve_process(llama) as (proc, url):
         events = []
         with httpx.Client(timeout=60) as c:
             with c.stream("POST", url + "/v1/completions", json={"model": "llama", "prompt": "Drain", "stream": True,
@@ -311,30 +323,13 @@ def test_sigterm_drains_the_requests_in_flight_then_exits(llama):
         assert proc.wait(60) == 0
         with pytest.raises(httpx.TransportError):
             httpx.get(url + "/health", timeout=1)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_drain_delay_says_draining_while_still_serving(llama):
     """serve --drain-delay: at SIGTERM /health turns 503 "draining" (a load balancer stops routing here) while new
     requests are still answered; after the delay the server drains and exits 0."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "paddle2ort.cli", "serve", str(llama), "--port", str(port),
-                             "--threads", "1", "--drain-delay", "3"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    url = f"http://127.0.0.1:{port}"
-    try:
+    with serve_process(llama, "--drain-delay", "3") as (proc, url):
         t0 = time.monotonic()
-        while True:
-            assert proc.poll() is None, proc.stdout.read().decode()
-            assert time.monotonic() - t0 < 60, "serve did not start"
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
         proc.send_signal(signal.SIGTERM)
         time.sleep(0.3)
         h = httpx.get(url + "/health", timeout=5)
@@ -343,10 +338,6 @@ def test_drain_delay_says_draining_while_still_serving(llama):
                                                       "temperature": 0}, timeout=30)
         assert r.status_code == 200 and r.json()["choices"][0]["text"] is not None
         assert proc.wait(60) == 0 and time.monotonic() - t0 >= 3
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_serve_refuses_a_non_servable_bundle_and_a_busy_port(tmp_path, llama, capsys):
