@@ -126,6 +126,46 @@ def write_output(chunks, output: Path | None) -> int:
     return 0
 
 
+def partial_path(output: Path) -> Path:
+    """Where --resume keeps the results so far: OUTPUT.partial beside OUTPUT (ours: made by a --resume run)."""
+    return output.with_name(output.name + ".partial")
+
+
+def resume_point(partial: Path, texts: list[str]) -> int:
+    """How many texts the partial results of an earlier --resume run already hold: its complete lines, each the
+    result of the input line of the same number (a line cut off by the kill is dropped from the file)."""
+    data = partial.read_bytes()
+    cut = data.rfind(b"\n") + 1
+    if cut < len(data):
+        with open(partial, "r+b") as f:                  # the line being written when the run stopped
+            f.truncate(cut)
+    fix = f"give the --input that run classified, or delete {partial} (ours, from that run) to start over"
+    try:
+        lines = data[:cut].decode("utf-8").splitlines()
+        rows = [json.loads(x) for x in lines]
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BadInputError(f"{partial} is not the partial results of a classify --resume run ({e}); {fix}") from None
+    if len(rows) > len(texts):
+        raise BadInputError(f"{partial} holds {len(rows)} results but the input has {len(texts)} texts; {fix}")
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict) or row.get("text") != texts[i]:
+            raise BadInputError(f"{partial} line {i + 1} is not the result of input line {i + 1} "
+                                f"({texts[i][:40]!r}); {fix}")
+    return len(rows)
+
+
+def write_resumable(chunks, output: Path, partial: Path) -> int:
+    """--resume: each chunk's lines appended to OUTPUT.partial and flushed as it is classified (a run killed midway
+    loses at most the chunk in flight); OUTPUT appears, by a rename, once every text is classified."""
+    with open(partial, "a", encoding="utf-8") as f:
+        for chunk, preds in chunks:
+            f.write(json_lines(chunk, preds))
+            f.flush()
+            os.fsync(f.fileno())
+    os.replace(partial, output)
+    return 0
+
+
 def add_ray_args(p) -> None:
     """--ray [ADDRESS] and the actor size (classify and generate jobs)."""
     p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
@@ -153,9 +193,23 @@ def run(args) -> int:
         raise BadInputError("--rows-alone is not available with --ray (its actors batch); leave one of them out")
     if args.ray is not None and not args.input:
         raise BadInputError("--ray runs --input FILE jobs; classify --text directly, without --ray")
+    if args.resume and (args.output is None or str(args.output) == "-" or is_stream(args.output)):
+        raise BadInputError("--resume keeps the results so far beside --output FILE (FILE.partial): give --output a "
+                            "regular file path")
     check_texts(args.text)
     check_output(args.output, args.bundle, inputs=(args.input,) if args.input and str(args.input) != "-" else ())
     texts = list(args.text) if args.text else read_texts(args.input)
+    done = 0
+    if args.resume:
+        partial = partial_path(args.output)
+        if partial.is_symlink() or (partial.exists() and not partial.is_file()):
+            raise BadInputError(f"{partial} (where --resume keeps its results) is not a regular file; move it away")
+        done = resume_point(partial, texts) if partial.exists() else 0
+        if done:
+            log.info("resuming: %d of %d texts are classified in %s", done, len(texts), partial)
+        texts = texts[done:]
+        if not texts:                                     # stopped after its last line, before the rename
+            return write_resumable(iter(()), args.output, partial)
     if args.ray is not None:
         from paddle2ort.runtime.distributed import classify_job
         from paddle2ort.runtime.manifest import load_bundle
@@ -167,6 +221,8 @@ def run(args) -> int:
                              rows_alone=args.rows_alone, session=session_options(args))
         chunks = ((chunk, [(p.label, p.score) for p in preds])
                   for chunk, preds in classify_chunks(clf, texts, show_progress=args.input is not None))
+    if args.resume:
+        return write_resumable(chunks, args.output, partial_path(args.output))
     return write_output(chunks, args.output)
 
 
@@ -189,5 +245,9 @@ def register(sub) -> None:
                    help="a dynamically quantized (INT8) model classifies each text alone: its answer then does not "
                         "depend on the texts batched with it (one activation scale a batch), at about half the "
                         "batched speed; no effect on FP32/FP16")
+    k.add_argument("--resume", action="store_true",
+                   help="with --output FILE: results go to FILE.partial as they come (flushed a chunk at a time) and "
+                        "become FILE when all are done; a run stopped midway and started again with --resume "
+                        "continues after the last complete line (the same --input)")
     add_ray_args(k)
     k.set_defaults(func=run)

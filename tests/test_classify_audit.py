@@ -266,3 +266,48 @@ def test_a_text_the_model_cannot_take_is_a_400(client):
     r = post(client, '{"model": "clf", "input": ["too long"]}')
     err = r.json()["error"]
     assert r.status_code == 400 and err["param"] == "input" and "max_seq_length" in err["message"], r.text
+
+
+def test_resume_continues_after_the_last_complete_line(clf_bundle, tmp_path, monkeypatch):
+    """classify --resume: a run stopped midway (a chunk written, the next line cut off) continues from there, the
+    final file equal to one uninterrupted run's; partial results of another input are refused, not overwritten."""
+    from paddle2ort.cli import classify as classify_cli
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
+    whole, out = tmp_path / "whole.jsonl", tmp_path / "out.jsonl"
+    assert main(["-q", "classify", str(clf_bundle), "--input", str(src), "--output", str(whole)]) == 0
+    monkeypatch.setattr(classify_cli, "CHUNK_BATCHES", 1)
+    calls = []
+    real = classify_cli.json_lines
+
+    def dies_on_the_second_chunk(texts, preds):
+        calls.append(len(texts))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(texts, preds)
+
+    monkeypatch.setattr(classify_cli, "json_lines", dies_on_the_second_chunk)
+    args = ["-q", "classify", str(clf_bundle), "--input", str(src), "--output", str(out), "--resume",
+            "--batch-size", "4"]
+    assert main(args) == 130                                  # interrupted: 4 texts kept
+    partial = tmp_path / "out.jsonl.partial"
+    assert not out.exists() and len(partial.read_text().splitlines()) == 4
+    with open(partial, "a", encoding="utf-8") as f:
+        f.write('{"text": "cut of')                            # the line in flight when it died
+    monkeypatch.setattr(classify_cli, "json_lines", real)
+    calls.clear()
+    assert main(args) == 0 and not partial.exists()
+    assert [json.loads(x)["text"] for x in out.read_text().splitlines()] == TEXTS
+    assert [json.loads(x)["label"] for x in out.read_text().splitlines()] == \
+        [json.loads(x)["label"] for x in whole.read_text().splitlines()]
+    other = tmp_path / "other.txt"
+    other.write_text("something else\n" * 3, encoding="utf-8")
+    partial.write_text(out.read_text().splitlines()[0] + "\n", encoding="utf-8")
+    assert main(["-q", "classify", str(clf_bundle), "--input", str(other), "--output", str(tmp_path / "out.jsonl"),
+                 "--resume"]) == 2
+    assert partial.exists()                                    # the user's earlier results are left as they were
+
+
+def test_resume_needs_a_regular_output_file(clf_bundle, capsys):
+    assert main(["-q", "classify", str(clf_bundle), "--text", "hi", "--resume"]) == 2
+    assert "--resume keeps the results so far beside --output FILE" in capsys.readouterr().err
