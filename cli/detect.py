@@ -37,8 +37,9 @@ def register(sub) -> None:
                 "paddle2ort detect bundles/picodet photo.jpg\n"
                 "paddle2ort detect bundles/picodet shots/*.png --threshold 0.3 --output found.jsonl",
                 description="Run an object-detection bundle (converted from a PaddleDetection inference export, a "
-                            "folder with infer_cfg.yml) on each image: the export's preprocessing, its scale_factor / "
-                            "im_shape for the image's size, and its NMS output. One JSON object an image "
+                            "folder with infer_cfg.yml, or PaddleX's inference.yml) on each image: the export's "
+                            "preprocessing, its scale_factor / im_shape for the image's size, and its NMS output. One "
+                            "JSON object an image "
                             '({"image", "detections": [{"label", "class_id", "score", "box": [x0, y0, x1, y1]}]}, '
                             "boxes in the image's pixels, best first) on stdout or --output. Detections scoring "
                             "above the export's draw_threshold are kept (--threshold to change it). Every image is "

@@ -1,5 +1,8 @@
 """PaddleDetection inference exports: a model folder with infer_cfg.yml (tools/export_model.py writes it) becomes a
-bundle of task object-detection that runtime/detect.py runs without Paddle.
+bundle of task object-detection that runtime/detect.py runs without Paddle. PaddleX's detection and layout models
+(PP-DocLayout, PicoDet-S, PP-YOLOE+, RT-DETR: inference.json / .pdiparams) carry the same file under the name
+inference.yml; it is read where it has PaddleDetection's schema (a Preprocess list of typed ops, with arch,
+draw_threshold or label_list), not PaddleClas' or PaddleOCR's (PreProcess, PostProcess), which stay plain models.
 
 infer_cfg.yml says how the deployed model is fed (mode, arch, draw_threshold, the Preprocess ops, label_list); the
 program's inputs are PaddleDetection's deploy contract: `image` [N, 3, H, W], `scale_factor` [N, 2] (resize ratio
@@ -26,6 +29,7 @@ from .samples import text_like_rgb
 log = logging.getLogger(__name__)
 
 CFG_NAME = "infer_cfg.yml"
+PADDLEX_CFG_NAME = "inference.yml"                # PaddleX's name for the same file (beside inference.json)
 FEEDS = ("image", "scale_factor", "im_shape")     # PaddleDetection's deploy inputs
 DEFAULT_DRAW = 0.5
 
@@ -97,23 +101,26 @@ def _op(op: dict, bad) -> dict:
 
 
 def read_infer_cfg(config, folder: Path) -> DetExport | None:
-    """infer_cfg.yml of the source folder, checked; None where there is none (or --task names another task).
+    """infer_cfg.yml (else a PaddleDetection-schema inference.yml) of the source folder, checked; None where there is
+    none (or --task names another task).
     Before any worker: a malformed file, and an op the runtime does not apply unless the user gave --inputs, are
     BadInputError (exit 2) naming the file and what is wrong. `config`: the ConvertConfig (convert/api.py)."""
     path = Path(folder) / CFG_NAME
+    if not path.is_file() and _paddlex_detection_cfg(Path(folder) / PADDLEX_CFG_NAME):
+        path = Path(folder) / PADDLEX_CFG_NAME
     if config.task not in (None, TASK):
         if path.is_file():
             log.info("%s: not read (--task %s)", path, config.task)
         return None
     if not path.is_file():
         if config.task == TASK:
-            raise BadInputError(f"task {TASK} needs PaddleDetection's {CFG_NAME} beside the model ({folder} has "
-                                "none): give the folder tools/export_model.py wrote")
+            raise BadInputError(f"task {TASK} needs PaddleDetection's {CFG_NAME} (PaddleX: {PADDLEX_CFG_NAME}) "
+                                f"beside the model ({folder} has neither): give the folder the export wrote")
         return None
     import yaml
 
     def bad(msg: str) -> BadInputError:
-        return BadInputError(f"{path}: {msg}; give the {CFG_NAME} PaddleDetection's export wrote with this model")
+        return BadInputError(f"{path}: {msg}; give the {path.name} PaddleDetection's export wrote with this model")
     try:
         cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
@@ -149,6 +156,22 @@ def read_infer_cfg(config, folder: Path) -> DetExport | None:
     arch, mode = cfg.get("arch"), cfg.get("mode")
     return DetExport(path, str(arch) if arch is not None else None, str(mode) if mode is not None else None,
                      float(draw), ops, labels, unsupported)
+
+
+def _paddlex_detection_cfg(path: Path) -> bool:
+    """Whether PaddleX's inference.yml at `path` is a PaddleDetection export's config (its Preprocess list of typed
+    ops, with arch, draw_threshold or label_list); PaddleClas' and PaddleOCR's (PreProcess/PostProcess) are not, nor
+    is a file that does not parse (that model is then converted as a plain one, as without the file)."""
+    if not path.is_file():
+        return False
+    import yaml
+    try:
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    pre = cfg.get("Preprocess") if isinstance(cfg, dict) else None
+    return (isinstance(pre, list) and bool(pre) and all(isinstance(op, dict) and "type" in op for op in pre)
+            and any(k in cfg for k in ("arch", "draw_threshold", "label_list")))
 
 
 def _roles(ins: list[dict]) -> tuple[dict[str, str], list[str]]:
@@ -225,7 +248,7 @@ def detection_settings(config, det: DetExport, info: dict):
         if any(d > 0 and g != d for g, d in zip(got[2:], want[2:])):
             raise BadInputError(f"{where}'s Preprocess makes a {got[2]}x{got[3]} image but the program's "
                                 f"{roles['image']} input is fixed at {want[2]}x{want[3]}: it is not this model's "
-                                f"{CFG_NAME}")
+                                f"{det.path.name}")
         if config.samples.input_shapes:
             log.warning("--input-shape is not used: the gate's samples are the deployment feed %s describes", where)
         config = replace(config, samples=replace(config.samples, feed=feed))
@@ -242,5 +265,5 @@ def detection_settings(config, det: DetExport, info: dict):
              det.path.name, det.arch or "arch unknown", len(det.preprocess), len(labels) if labels else "no",
              det.draw_threshold, ", ".join(f"{k}={v}" for k, v in roles.items()))
     return replace(config, task=TASK, labels=labels, extra={**config.extra, "detection": {
-        "source": CFG_NAME, "arch": det.arch, "mode": det.mode, "draw_threshold": det.draw_threshold,
+        "source": det.path.name, "arch": det.arch, "mode": det.mode, "draw_threshold": det.draw_threshold,
         "preprocess": det.preprocess, "inputs": {k: roles.get(k) for k in FEEDS}}})

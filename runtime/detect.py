@@ -1,5 +1,6 @@
 """Object detection over a bundle converted from a PaddleDetection inference export (task object-detection; the
-export's infer_cfg.yml read at conversion by convert/ppdet.py): image -> [Detection(label, score, box)].
+export's infer_cfg.yml, PaddleX's inference.yml, read at conversion by convert/ppdet.py): image -> [Detection(label,
+score, box)].
 
 Preprocessing is PaddleDetection's deploy/python/preprocess.py, the ops recorded in the manifest applied in order to
 the decoded RGB image (as its decode_image gives it: cv2.imdecode, then BGR -> RGB):
@@ -220,7 +221,8 @@ class ObjectDetector:
         cfg = (m.extra or {}).get("detection")
         if m.task != TASK or not isinstance(cfg, dict):
             raise BundleError(f"bundle {bundle_dir} is not an object detector (task={m.task!r}): give a bundle "
-                              "converted from a PaddleDetection inference export (a folder with infer_cfg.yml)")
+                              "converted from a PaddleDetection inference export (a folder with infer_cfg.yml, or "
+                              "PaddleX's inference.yml)")
         if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
                                       or not 0 <= threshold < 1):
             raise BadInputError(f"threshold must be a number in [0, 1), got {threshold!r}")

@@ -221,3 +221,51 @@ def test_real_picodet(tmp_path, capsys):
     for det in rec["detections"]:
         x0, y0, x1, y1 = det["box"]
         assert 0 <= x0 < x1 <= 640 and 0 <= y0 < y1 <= 480 and det["label"] in m["labels"]
+
+
+def _paddlex_export(tiny_models, tmp_path: Path, yml: str) -> Path:
+    """The tiny detector as PaddleX writes its detection and layout models: inference.json / .pdiparams and the
+    PaddleDetection config under the name inference.yml."""
+    src = tmp_path / "paddlex"
+    src.mkdir()
+    for f in Path(tiny_models("detector")).iterdir():
+        shutil.copy(f, src / f.name.replace("model.", "inference."))
+    (src / "inference.yml").write_text(yml)
+    return src
+
+
+def test_paddlex_inference_yml_is_the_detection_config(tiny_models, tmp_path):
+    """PaddleX's PP-DocLayout / PicoDet-S / RT-DETR folders: their inference.yml is read as infer_cfg.yml (before,
+    the model converted as a plain one, the gate fed N(0, 1) scale factors, and `detect` refused the bundle)."""
+    from paddle2ort.runtime.detect import ObjectDetector
+    yml = "Global: {model_name: PicoDet-S}\nmetric: COCO\nuse_dynamic_shape: false\n" + TINY_CFG
+    out = tmp_path / "b"
+    assert main(["-q", "convert", str(_paddlex_export(tiny_models, tmp_path, yml)), "-o", str(out)]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["task"] == "object-detection" and m["labels"] == ["a", "b", "c", "d"]
+    assert m["extra"]["detection"]["source"] == "inference.yml"
+    assert np.allclose(np.load(out / "validation_inputs.npz")["0/scale_factor"], [[1, 1]])
+    assert ObjectDetector(out, threshold=0.05)(_image(80, 100))
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("yml", [
+    "Global: {model_name: PP-LCNet_x1_0}\nPreProcess:\n  transform_ops:\n  - ResizeImage: {resize_short: 256}\n"
+    "PostProcess: {Topk: {topk: 5}}\n",                                          # PaddleClas
+    "Global: {model_name: PP-OCRv5_mobile_det}\nPreProcess:\n  transform_ops:\n"
+    "  - DecodeImage: {channel_first: false}\nPostProcess: {name: DBPostProcess}\n",          # PaddleOCR
+    "Preprocess: [{type: Resize, target_size: [64, 64]\n",                      # not YAML: not ours to judge
+])
+def test_other_inference_yml_is_not_a_detection_config(tmp_path, yml):
+    from types import SimpleNamespace
+
+    from paddle2ort.convert.ppdet import read_infer_cfg
+    (tmp_path / "inference.yml").write_text(yml)
+    assert read_infer_cfg(SimpleNamespace(task=None, inputs_npz=None), tmp_path) is None
+
+
+def test_bad_paddlex_config_names_its_file(tiny_models, tmp_path, capsys):
+    yml = TINY_CFG.replace("draw_threshold: 0.3", "draw_threshold: 2")
+    assert main(["convert", str(_paddlex_export(tiny_models, tmp_path, yml)), "-o", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "inference.yml: draw_threshold must be a number in [0, 1)" in err and "Traceback" not in err

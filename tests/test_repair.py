@@ -16,7 +16,8 @@ from paddle2ort.convert import export as export_stage
 from paddle2ort.convert._worker import _export_failure
 from paddle2ort.cli import main
 from paddle2ort.convert.errors import ConversionError
-from paddle2ort.convert.repair import concat_rank, f64_attrs, output_shapes, repair_onnx, repair_program
+from paddle2ort.convert.repair import (bool_where, concat_rank, f64_attrs, loop_shapes, output_shapes, repair_onnx,
+                                       repair_program)
 from conftest import run_python
 
 
@@ -199,3 +200,48 @@ def test_resize_empty_inputs_omitted_so_the_fp16_pass_keeps_a_loadable_graph(tmp
     to_fp16(fixed, tmp_path / "fixed16.onnx")
     (y,) = ort.InferenceSession(str(tmp_path / "fixed16.onnx"), providers=["CPUExecutionProvider"]).run(None, x)
     np.testing.assert_allclose(y, ref, rtol=1e-2, atol=1e-2)
+
+
+def _paddle_while_loop():
+    """A Paddle while loop as paddle2onnx 2.1 writes it (SLANet-plus): the body declares the iteration count [1] and
+    the [1]-shaped condition and counter 0-d, and the loop flag is chosen by a Where of booleans (select_input)."""
+    body = h.make_graph(
+        [h.make_node("Add", ["i_in", "one"], ["i_next"]), h.make_node("Add", ["acc_in", "acc_in"], ["acc_next"]),
+         h.make_node("Less", ["i_next", "limit"], ["go"]), h.make_node("Where", ["go", "go", "no"], ["flag"])],
+        "body", [h.make_tensor_value_info("iter", T.INT64, [1]), h.make_tensor_value_info("cond_in", T.BOOL, []),
+                 h.make_tensor_value_info("i_in", T.INT64, []), h.make_tensor_value_info("acc_in", T.FLOAT, [1])],
+        [h.make_tensor_value_info("flag", T.BOOL, []), h.make_tensor_value_info("i_next", T.INT64, []),
+         h.make_tensor_value_info("acc_next", T.FLOAT, [1])],
+        [h.make_tensor("one", T.INT64, [1], [1]), h.make_tensor("no", T.BOOL, [1], [False])])
+    g = h.make_graph([h.make_node("Less", ["i0", "limit"], ["c0"]),
+                      h.make_node("Loop", ["", "c0", "i0", "x"], ["i", "acc"], body=body)], "g",
+                     [h.make_tensor_value_info("x", T.FLOAT, [1])],
+                     [h.make_tensor_value_info("i", T.INT64, [1]), h.make_tensor_value_info("acc", T.FLOAT, [1])],
+                     [h.make_tensor("i0", T.INT64, [1], [0]), h.make_tensor("limit", T.INT64, [1], [3])])
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+
+
+def test_paddle_while_loop_loads_and_computes_after_repair():
+    """paddle2onnx's Loop fails onnx's inference in onnxruntime's load (inferred=1 declared=0), and its Where of
+    booleans has no kernel; repaired, the loop runs three times as Paddle's would."""
+    with pytest.raises(Exception, match="Loop|inferred|declared"):
+        _session(_paddle_while_loop())
+    m = _paddle_while_loop()
+    assert repair_onnx(m) == [{"name": loop_shapes.NAME, "count": 5}, {"name": bool_where.NAME, "count": 1}]
+    onnx.checker.check_model(m)
+    i, acc = _session(m).run(None, {"x": np.array([1.5], np.float32)})
+    assert i.tolist() == [3] and acc.tolist() == [12.0]
+    assert repair_onnx(m) == []                                # repaired once: nothing left to change
+
+
+def test_bool_where_alone_computes_in_uint8():
+    g = h.make_graph([h.make_node("Where", ["c", "a", "b"], ["y"])], "g",
+                     [h.make_tensor_value_info(n, T.BOOL, [4]) for n in "cab"],
+                     [h.make_tensor_value_info("y", T.BOOL, [4])])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    with pytest.raises(Exception, match="implementation for Where"):
+        _session(m)
+    assert repair_onnx(m) == [{"name": bool_where.NAME, "count": 1}]
+    feed = {"c": np.array([1, 0, 1, 0], bool), "a": np.array([1, 1, 0, 0], bool), "b": np.array([0, 1, 1, 0], bool)}
+    (y,) = _session(m).run(None, feed)
+    assert y.dtype == bool and y.tolist() == [True, True, False, False]
