@@ -204,6 +204,15 @@ def to_fp16(src: Path, dst: Path, opts: FP16Options = FP16Options()) -> dict:
     return {"keep_io_types": opts.keep_io_types, "op_block_list": list(opts.op_block_list)}
 
 
+def all_graphs(graph):
+    """A graph and every subgraph below it (Loop, If and Scan bodies, nested)."""
+    yield graph
+    for n in graph.node:
+        for a in n.attribute:
+            for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                yield from all_graphs(sub)
+
+
 def check_quantizable(model, opts: Int8Options) -> None:
     """Before any quantization: dynamic INT8 rewrites only opts.op_types nodes with a constant weight (onnxruntime's
     quantizer leaves a product of two activations in FP32); a graph with none would come out as its FP32 self under
@@ -211,15 +220,24 @@ def check_quantizable(model, opts: Int8Options) -> None:
     from collections import Counter
     if opts.weight_only:
         return
-    g = model.graph
-    consts = {t.name for t in g.initializer}    # and what is computed from constants alone (Transpose(W), Cast(W)):
-    for n in g.node:                            # the pre-processing before quantization folds those into weights
+    graphs = list(all_graphs(model.graph))
+    consts = {t.name for g in graphs for t in g.initializer}   # and what is computed from constants alone
+    nodes = [n for g in graphs for n in g.node]                 # (Transpose(W), Cast(W)): the pre-processing
+    for n in nodes:                                             # before quantization folds those into weights
         if n.op_type == "Constant" or (n.input and all(i in consts or not i for i in n.input)):
             consts.update(n.output)
-    ops = Counter(n.op_type for n in g.node)
-    if any(n.op_type in opts.op_types and any(i in consts for i in n.input) for n in g.node):
+    ops = Counter(n.op_type for n in model.graph.node)
+    weighted = lambda ns: [n for n in ns if n.op_type in opts.op_types and any(i in consts for i in n.input)]  # noqa
+    if weighted(model.graph.node):
         return
     kinds = "/".join(opts.op_types)
+    inner = weighted(nodes)
+    if inner:                                   # onnxruntime's dynamic INT8 leaves Loop/If bodies in FP32 (its
+        raise NothingToQuantizeError(           # EnableSubgraph writes an invalid graph for paddle2onnx's loops)
+            f"int8: this model's {len(inner)} {kinds} node(s) with a constant weight are all inside Loop/If bodies "
+            "(a decoding loop), which onnxruntime's dynamic INT8 leaves in FP32, so model.int8.onnx would be the "
+            "FP32 model under another name. Drop int8 from --precision, or name op types the main graph has with "
+            "--int8-op-types (e.g. Conv; the gate judges the result)")
     found = sum(ops[t] for t in opts.op_types)
     top = ", ".join(f"{t} {c}" for t, c in ops.most_common(4))
     raise NothingToQuantizeError(
@@ -259,7 +277,7 @@ def to_int8(src: Path, dst: Path, opts: Int8Options = Int8Options()) -> dict:
         except Exception as e:  # noqa: BLE001
             raise ConversionError(f"INT8 dynamic quantization failed ({type(e).__name__}: {e})") from e
     import onnx
-    quantized = sum(1 for n in onnx.load(str(dst), load_external_data=False).graph.node
+    quantized = sum(1 for g in all_graphs(onnx.load(str(dst), load_external_data=False).graph) for n in g.node
                     if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul", "ConvInteger", "QLinearMatMul"))
     if quantized == 0:
         log.warning("int8: the model has no %s nodes to quantize; model.int8.onnx computes in FP32 "

@@ -97,3 +97,16 @@ def test_what_dynamic_int8_can_quantize():
         check_quantizable(model(False), Int8Options())
     with pytest.raises(NothingToQuantizeError, match="most frequent ops: Relu 1"):
         check_quantizable(model(False, "Relu"), Int8Options())
+    # a decoding loop (SLANet-plus): its products sit in a Loop body, which the dynamic quantizer leaves in FP32
+    looped = model(False, "Relu")
+    body = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["h"]),
+                              helper.make_node("Identity", ["cond"], ["cond_out"])], "body",
+                             [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                              helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+                             [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+                              helper.make_tensor_value_info("h", TensorProto.FLOAT, [2, 2])])
+    looped.graph.initializer.append(numpy_helper.from_array(np.eye(2, dtype=np.float32), "w"))
+    looped.graph.node.append(helper.make_node("Loop", ["", ""], ["hs"], body=body))
+    with pytest.raises(NothingToQuantizeError, match="1 MatMul/Gemm node.s. with a constant weight are all inside "
+                                                     "Loop/If bodies"):
+        check_quantizable(looped, Int8Options())
