@@ -514,12 +514,6 @@ def _host(device: str) -> str:
     return (gpu_names() or ["GPU"])[0].split(",")[0] if device == "gpu" else f"{cpu_name()} ({usable_cores()} cores)"
 
 
-def _user_paths(conversion) -> tuple[Path, ...]:
-    if isinstance(conversion, ConvertConfig):
-        return conversion.user_paths()
-    return (Path(conversion.source), Path(conversion.tokenizer))
-
-
 def run_release(cfg: ReleaseConfig) -> ReleaseReport:
     """Check inputs (exit 2), convert + gate (3/4), measure, decide, write the bundle atomically with its decision.
     Raises NoPrecisionFitsError (exit 3) when some device has no precision within budget, ReleaseError (exit 4)
@@ -533,7 +527,7 @@ def run_release(cfg: ReleaseConfig) -> ReleaseReport:
                             "on the CPU), so the GPU would get no precision: add fp16 or fp32 to --precision, or pass "
                             "--device cpu")
     conversion, measured_on = (_check_llm(cfg) if cfg.is_llm else _check_classifier(cfg))
-    sources = (*_user_paths(conversion), cfg.dataset_dir)       # never inside what --overwrite replaces
+    sources = (*conversion.user_paths(), cfg.dataset_dir)       # never inside what --overwrite replaces
     check_destination(conversion.output, conversion.overwrite, sources)
     info = {"budget": cfg.budget, "budget_unit": cfg.unit, "tie_margin": cfg.tie_margin,
             "dataset": {"dir": str(cfg.dataset_dir), "split": cfg.split, "sha256": _dataset_files(cfg)},
