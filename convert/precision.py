@@ -10,6 +10,7 @@ import numpy as np
 
 from .errors import ConversionError, NothingToQuantizeError
 from .export import save_onnx
+from .repair._shapes import all_graphs
 
 log = logging.getLogger(__name__)
 
@@ -202,15 +203,6 @@ def to_fp16(src: Path, dst: Path, opts: FP16Options = FP16Options()) -> dict:
     OnnxModel(m16).topological_sort()   # the converter appends its input Casts after their consumers
     save_onnx(m16, dst)
     return {"keep_io_types": opts.keep_io_types, "op_block_list": list(opts.op_block_list)}
-
-
-def all_graphs(graph):
-    """A graph and every subgraph below it (Loop, If and Scan bodies, nested)."""
-    yield graph
-    for n in graph.node:
-        for a in n.attribute:
-            for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
-                yield from all_graphs(sub)
 
 
 def check_quantizable(model, opts: Int8Options) -> None:

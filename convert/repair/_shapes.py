@@ -8,6 +8,18 @@ from onnx import helper, shape_inference
 _BIG = 4096          # elements; smaller Constant nodes stay (shape inference may read their values)
 
 
+def all_graphs(graph: onnx.GraphProto):
+    """A graph and every subgraph below it (Loop, If and Scan bodies, nested), the graph first."""
+    yield graph
+    for node in graph.node:
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                yield from all_graphs(a.g)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for g in a.graphs:
+                    yield from all_graphs(g)
+
+
 def _value_info(name: str, tensor) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, tensor.data_type, list(tensor.dims))
 

@@ -8,30 +8,19 @@ from __future__ import annotations
 import onnx
 from onnx import TensorProto, helper
 
-from ._shapes import elem_types
+from ._shapes import all_graphs, elem_types
 
 NAME = "bool_where"
 DEFECT = "paddle2onnx writes Where of bool tensors, which onnxruntime has no kernel for"
 
 
-def _graphs(graph: onnx.GraphProto):
-    yield graph
-    for node in graph.node:
-        for a in node.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                yield from _graphs(a.g)
-            elif a.type == onnx.AttributeProto.GRAPHS:
-                for g in a.graphs:
-                    yield from _graphs(g)
-
-
 def apply(model: onnx.ModelProto) -> int:
-    wheres = [n for g in _graphs(model.graph) for n in g.node if n.op_type == "Where" and len(n.input) == 3]
+    wheres = [n for g in all_graphs(model.graph) for n in g.node if n.op_type == "Where" and len(n.input) == 3]
     if not wheres:
         return 0
     types = elem_types(model.graph, model.opset_import)
     count = 0
-    for g in _graphs(model.graph):
+    for g in all_graphs(model.graph):
         new = []
         for node in g.node:
             if (node.op_type == "Where" and len(node.input) == 3

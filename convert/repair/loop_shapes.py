@@ -9,21 +9,15 @@ from __future__ import annotations
 
 import onnx
 
+from ._shapes import all_graphs
+
 NAME = "loop_body_scalar_shapes"
 DEFECT = "paddle2onnx declares a Loop body's iteration count as [1] and its [1]-shaped loop values as 0-d"
 
 
 def loops(graph: onnx.GraphProto):
     """Every Loop node of the graph and of its subgraphs (If branches, nested Loop bodies)."""
-    for node in graph.node:
-        if node.op_type == "Loop":
-            yield node
-        for a in node.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                yield from loops(a.g)
-            elif a.type == onnx.AttributeProto.GRAPHS:
-                for g in a.graphs:
-                    yield from loops(g)
+    return (n for g in all_graphs(graph) for n in g.node if n.op_type == "Loop")
 
 
 def apply(model: onnx.ModelProto) -> int:
