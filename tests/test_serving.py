@@ -142,13 +142,16 @@ def test_a_request_joins_a_running_batch_at_a_step_boundary(server):
     eng = Engine(g.model, g.tokenizer, g.default_stop_ids, g.max_context, max_batch=4).start()
     outs = {0: [], 1: []}
     done = {0: threading.Event(), 1: threading.Event()}
-    started_b = threading.Event()
+    started_b, b_in = threading.Event(), threading.Event()
 
     def sink(k):
         def put(ev):
             outs[k].append(ev)
             if k == 0 and sum(e.kind == "delta" for e in outs[0]) == 5:
                 started_b.set()
+                # the engine thread waits here (outside its lock) until B is queued: on a loaded host A's other
+                # 19 steps could otherwise all run before this test's thread submits B (46 steps, run after A)
+                assert b_in.wait(30)
             if ev.kind != "delta":
                 done[k].set()
         return put
@@ -157,6 +160,7 @@ def test_a_request_joins_a_running_batch_at_a_step_boundary(server):
         eng.submit(pa, cfg, sink(0))
         assert started_b.wait(30)
         eng.submit(pb, cfg, sink(1))
+        b_in.set()
         assert done[0].wait(60) and done[1].wait(60)
     finally:
         eng.stop()
