@@ -275,8 +275,9 @@ def test_resume_continues_after_the_last_complete_line(clf_bundle, tmp_path, mon
     src = tmp_path / "in.txt"
     src.write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
     whole, out = tmp_path / "whole.jsonl", tmp_path / "out.jsonl"
-    assert main(["-q", "classify", str(clf_bundle), "--input", str(src), "--output", str(whole)]) == 0
-    monkeypatch.setattr(classify_cli, "CHUNK_BATCHES", 1)
+    monkeypatch.setattr(classify_cli, "CHUNK_BATCHES", 1)     # both runs classify the same chunks of 4 texts: a
+    assert main(["-q", "classify", str(clf_bundle), "--input", str(src), "--output", str(whole),   # dynamic-INT8
+                 "--batch-size", "4"]) == 0                   # answer moves with its batch-mates (any host)
     calls = []
     real = classify_cli.json_lines
 
