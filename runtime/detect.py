@@ -28,7 +28,7 @@ import numpy as np
 
 from .errors import BadInputError, BundleError
 from .manifest import load_bundle
-from .ocr import _is_pil, as_rgb
+from .ocr import as_rgb, image_list, resize
 from .selection import default_precision
 from .session import Runner, SessionOptions, create_session
 
@@ -59,62 +59,6 @@ class Prepared:
     scale_factor: tuple[float, float]      # (y, x): resized / original
     im_shape: tuple[float, float]          # (H, W) of the resized image (before any padding)
     offset: tuple[float, float] = (0.0, 0.0)   # (x, y) border a letterbox put before the image, resized pixels
-
-
-def _taps(n_out: int, n_in: int, scale: float, interp: int) -> tuple[np.ndarray, np.ndarray]:
-    """OpenCV's resize along one axis as (indices, weights), each [n_out, taps]: output pixel d reads the input at
-    (d + 0.5) / scale - 0.5 (half-pixel centres, no antialiasing), borders replicated; area: the input span the
-    output pixel covers, each input pixel weighted by its overlap (shrinking; OpenCV's own rule enlarging)."""
-    d = np.arange(n_out, dtype=np.float64)
-    if interp == 0:                                              # nearest: floor(d / scale)
-        idx = np.floor(d / scale).astype(np.int64)[:, None]
-        return np.clip(idx, 0, n_in - 1), np.ones((n_out, 1), np.float32)
-    if interp == 3 and scale < 1:                                # area, shrinking
-        start, end = d / scale, (d + 1) / scale
-        k = int(math.ceil(1 / scale)) + 1
-        idx = np.floor(start).astype(np.int64)[:, None] + np.arange(k)
-        w = np.clip(np.minimum(end[:, None], idx + 1) - np.maximum(start[:, None], idx), 0, None) * scale
-        return np.clip(idx, 0, n_in - 1), w.astype(np.float32)
-    if interp == 3:                                              # area, enlarging: OpenCV's sharpened linear
-        sx = np.floor(d / scale)
-        t = (d + 1) - (sx + 1) * scale
-        t = np.where(t <= 0, 0.0, t - np.floor(t))
-        idx = sx.astype(np.int64)[:, None] + np.arange(2)
-        return np.clip(idx, 0, n_in - 1), np.stack([1 - t, t], 1).astype(np.float32)
-    x = (d + 0.5) / scale - 0.5
-    x0 = np.floor(x)
-    t = (x - x0)[:, None]
-    if interp == 2:                                              # cubic, A = -0.75 (OpenCV)
-        a = -0.75
-        w0 = ((a * (t + 1) - 5 * a) * (t + 1) + 8 * a) * (t + 1) - 4 * a
-        w1 = ((a + 2) * t - (a + 3)) * t * t + 1
-        w2 = ((a + 2) * (1 - t) - (a + 3)) * (1 - t) * (1 - t) + 1
-        w = np.concatenate([w0, w1, w2, 1 - w0 - w1 - w2], 1)
-        offs = np.arange(-1, 3)
-    elif interp == 4:                                            # Lanczos-4: sinc(z) sinc(z / 4), normalized
-        offs = np.arange(-3, 5)
-        z = t - offs[None]
-        w = np.sinc(z) * np.sinc(z / 4)
-        w /= w.sum(1, keepdims=True)
-    else:                                                        # linear
-        w = np.concatenate([1 - t, t], 1)
-        offs = np.arange(2)
-    idx = x0.astype(np.int64)[:, None] + offs[None]
-    return np.clip(idx, 0, n_in - 1), w.astype(np.float32)
-
-
-def resize(img: np.ndarray, out_h: int, out_w: int, fy: float, fx: float, interp: int) -> np.ndarray:
-    """cv2.resize of an HxWxC image to out_h x out_w, the mapping given by the scale factors (cv2.resize(im, None,
-    fx=fx, fy=fy) maps by fx/fy, not by the rounded size). A uint8 image comes back as uint8 pixels (rounded,
-    clipped: OpenCV's saturate_cast), floats as float32."""
-    a = img.astype(np.float32)
-    idx, w = _taps(out_h, img.shape[0], fy, interp)
-    a = np.einsum("ok,okwc->owc", w, a[idx])
-    idx, w = _taps(out_w, img.shape[1], fx, interp)
-    a = np.einsum("ok,hokc->hoc", w, a[:, idx])
-    if img.dtype == np.uint8:
-        return np.rint(a).clip(0, 255).astype(np.uint8)
-    return a
 
 
 def _sized(h: float, w: float) -> tuple[int, int]:
@@ -288,6 +232,4 @@ class ObjectDetector:
         return sorted(found, key=lambda d: -d.score)
 
     def detect_all(self, images) -> list[list[Detection]]:
-        if isinstance(images, (str, Path)) or _is_pil(images) or isinstance(images, np.ndarray):
-            images = [images]
-        return [self(im) for im in images]
+        return [self(im) for im in image_list(images)]

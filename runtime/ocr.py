@@ -55,22 +55,67 @@ class Direction:
     turned: bool              # upside down with a score above the threshold: turned 180 degrees before reading
 
 
+def _taps(n_out: int, n_in: int, scale: float, interp: int) -> tuple[np.ndarray, np.ndarray]:
+    """OpenCV's resize along one axis as (indices, weights), each [n_out, taps]: output pixel d reads the input at
+    (d + 0.5) / scale - 0.5 (half-pixel centres, no antialiasing), borders replicated; area: the input span the
+    output pixel covers, each input pixel weighted by its overlap (shrinking; OpenCV's own rule enlarging)."""
+    d = np.arange(n_out, dtype=np.float64)
+    if interp == 0:                                              # nearest: floor(d / scale)
+        idx = np.floor(d / scale).astype(np.int64)[:, None]
+        return np.clip(idx, 0, n_in - 1), np.ones((n_out, 1), np.float32)
+    if interp == 3 and scale < 1:                                # area, shrinking
+        start, end = d / scale, (d + 1) / scale
+        k = int(math.ceil(1 / scale)) + 1
+        idx = np.floor(start).astype(np.int64)[:, None] + np.arange(k)
+        w = np.clip(np.minimum(end[:, None], idx + 1) - np.maximum(start[:, None], idx), 0, None) * scale
+        return np.clip(idx, 0, n_in - 1), w.astype(np.float32)
+    if interp == 3:                                              # area, enlarging: OpenCV's sharpened linear
+        sx = np.floor(d / scale)
+        t = (d + 1) - (sx + 1) * scale
+        t = np.where(t <= 0, 0.0, t - np.floor(t))
+        idx = sx.astype(np.int64)[:, None] + np.arange(2)
+        return np.clip(idx, 0, n_in - 1), np.stack([1 - t, t], 1).astype(np.float32)
+    x = (d + 0.5) / scale - 0.5
+    x0 = np.floor(x)
+    t = (x - x0)[:, None]
+    if interp == 2:                                              # cubic, A = -0.75 (OpenCV)
+        a = -0.75
+        w0 = ((a * (t + 1) - 5 * a) * (t + 1) + 8 * a) * (t + 1) - 4 * a
+        w1 = ((a + 2) * t - (a + 3)) * t * t + 1
+        w2 = ((a + 2) * (1 - t) - (a + 3)) * (1 - t) * (1 - t) + 1
+        w = np.concatenate([w0, w1, w2, 1 - w0 - w1 - w2], 1)
+        offs = np.arange(-1, 3)
+    elif interp == 4:                                            # Lanczos-4: sinc(z) sinc(z / 4), normalized
+        offs = np.arange(-3, 5)
+        z = t - offs[None]
+        w = np.sinc(z) * np.sinc(z / 4)
+        w /= w.sum(1, keepdims=True)
+    else:                                                        # linear
+        w = np.concatenate([1 - t, t], 1)
+        offs = np.arange(2)
+    idx = x0.astype(np.int64)[:, None] + offs[None]
+    return np.clip(idx, 0, n_in - 1), w.astype(np.float32)
+
+
+def resize(img: np.ndarray, out_h: int, out_w: int, fy: float, fx: float, interp: int) -> np.ndarray:
+    """cv2.resize of an HxWxC image to out_h x out_w, the mapping given by the scale factors (cv2.resize(im, None,
+    fx=fx, fy=fy) maps by fx/fy, not by the rounded size). A uint8 image comes back as uint8 pixels (rounded,
+    clipped: OpenCV's saturate_cast), floats as float32."""
+    a = img.astype(np.float32)
+    idx, w = _taps(out_h, img.shape[0], fy, interp)
+    a = np.einsum("ok,okwc->owc", w, a[idx])
+    idx, w = _taps(out_w, img.shape[1], fx, interp)
+    a = np.einsum("ok,hokc->hoc", w, a[:, idx])
+    if img.dtype == np.uint8:
+        return np.rint(a).clip(0, 255).astype(np.uint8)
+    return a
+
+
 def resize_bilinear(img: np.ndarray, height: int, width: int) -> np.ndarray:
     """OpenCV's INTER_LINEAR (half-pixel centres, no antialiasing), which PaddleOCR's preprocessing uses, on an
-    HxWxC array -> float32. By hand: Pillow's bilinear filter antialiases when it shrinks (other pixels than
-    PaddleOCR fed the model), and OpenCV would be a large dependency for one resize."""
-    def axis(n_out: int, n_in: int):
-        x = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
-        lo = np.floor(x).astype(np.int64)
-        return lo, np.minimum(lo + 1, n_in - 1), (x - lo).astype(np.float32)
-
-    y0, y1, fy = axis(height, img.shape[0])
-    x0, x1, fx = axis(width, img.shape[1])
-    a = img.astype(np.float32)
-    fx = fx[None, :, None]
-    top = a[y0][:, x0] * (1 - fx) + a[y0][:, x1] * fx
-    bottom = a[y1][:, x0] * (1 - fx) + a[y1][:, x1] * fx
-    return top * (1 - fy)[:, None, None] + bottom * fy[:, None, None]
+    HxWxC array -> float32 (not rounded to the input's integers). By hand: Pillow's bilinear filter antialiases when
+    it shrinks (other pixels than PaddleOCR fed the model), and OpenCV would be a large dependency for resizing."""
+    return resize(img.astype(np.float32), height, width, height / img.shape[0], width / img.shape[1], 1)
 
 
 def _pil_rgb(img) -> np.ndarray:
@@ -153,6 +198,21 @@ def as_rgb(image, index: int) -> np.ndarray:
     return a[:, :, :3]
 
 
+def image_list(images) -> list:
+    """One image (a file path, a PIL image, an HxW(xC) array) or several (a list, an NxHxWxC array) -> a list."""
+    if isinstance(images, (str, Path)) or _is_pil(images) or (isinstance(images, np.ndarray)
+                                                             and images.ndim in (2, 3)):
+        return [images]
+    if isinstance(images, np.ndarray) and images.ndim != 4:
+        raise BadInputError(f"images is an array of shape {list(images.shape)}; give one HxWx3 uint8 RGB image, "
+                            "an NxHxWx3 batch or a list of images")
+    try:
+        return list(images)
+    except TypeError:
+        raise BadInputError(f"images must be an image or a list of images (file paths, PIL images, HxWx3 "
+                            f"uint8 RGB arrays), got {type(images).__name__}") from None
+
+
 def normalize_line(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
     """One line as PaddleOCR feeds it: BGR (its models were trained on OpenCV's channel order), resized to
     `height` keeping the aspect ratio (at most `width`), (x / 255 - 0.5) / 0.5, zero-padded to `width`. -> 3xHxW"""
@@ -227,18 +287,7 @@ class TextRecognizer:
     def __call__(self, images) -> list[Recognition]:
         """`images`: one image or a list of them (file paths, PIL images, HxWx3 uint8 RGB arrays); an NxHxWxC
         array is N images. -> one Recognition an image, in order."""
-        if isinstance(images, (str, Path)) or _is_pil(images) or (isinstance(images, np.ndarray)
-                                                                 and images.ndim in (2, 3)):
-            images = [images]
-        elif isinstance(images, np.ndarray) and images.ndim != 4:
-            raise BadInputError(f"images is an array of shape {list(images.shape)}; give one HxWx3 uint8 RGB image, "
-                                "an NxHxWx3 batch or a list of images")
-        try:
-            images = list(images)
-        except TypeError:
-            raise BadInputError(f"images must be an image or a list of images (file paths, PIL images, HxWx3 "
-                                f"uint8 RGB arrays), got {type(images).__name__}") from None
-        rgb = [as_rgb(im, i) for i, im in enumerate(images)]
+        rgb = [as_rgb(im, i) for i, im in enumerate(image_list(images))]
         # each line as given, and a rotated line (tall) also turned a quarter each way: the best reading is kept
         views, owner, angles = [], [], []
         for i, a in enumerate(rgb):
@@ -320,10 +369,7 @@ class TextDirection:
 
     def __call__(self, images) -> list[Direction]:
         """`images`: a list of lines (file paths, PIL images, HxWx3 uint8 RGB arrays) -> one Direction a line."""
-        if isinstance(images, (str, Path)) or _is_pil(images) or (isinstance(images, np.ndarray)
-                                                                 and images.ndim in (2, 3)):
-            images = [images]
-        rgb = [as_rgb(im, i) for i, im in enumerate(images)]
+        rgb = [as_rgb(im, i) for i, im in enumerate(image_list(images))]
         out: list[Direction] = []
         for s in range(0, len(rgb), self.batch_size):
             batch = np.stack([normalize_line(a, self.height, self.width) for a in rgb[s:s + self.batch_size]])
