@@ -82,6 +82,7 @@ def run_convert(args) -> int:
     check_exists(args.inputs, "--inputs")
     check_exists(args.tokenizer, "--tokenizer")
     from paddle2ort.convert import FP16Options, SampleConfig, convert
+    from paddle2ort.convert.validate import gate_text
 
     cfg = conversion_config(
         args, args.precision, opset=args.opset, validate=not args.no_validate,
@@ -93,9 +94,7 @@ def run_convert(args) -> int:
     print(f"bundle: {result.bundle}  (opset {m.opset})")
     for prec, mf in m.models.items():
         v = (m.validation or {}).get(prec)
-        gate = ("not validated" if v is None else
-                f"validated: max_rel_diff {v['max_rel_diff']:.2e}, cosine {v['min_cosine']:.6f}"
-                + (f", argmax {v['min_argmax_agreement']:.4f}" if v["min_argmax_agreement"] is not None else ""))
+        gate = "not validated" if v is None else f"validated: {gate_text(v)}"
         print(f"  {prec:5s} {mf.file:22s} {mf.size_bytes / 1e6:8.2f} MB  {gate}")
     return 0
 
@@ -105,12 +104,12 @@ def run_validate(args) -> int:
     whose exit code is the most serious of theirs."""
     require_convert_extra("validate", PADDLE_SIDE)
     from paddle2ort.convert.api import revalidate
-    from paddle2ort.convert.validate import GateRerunError, summary
+    from paddle2ort.convert.validate import GateRerunError, gate_text, summary
 
     def show(reports: dict) -> None:
         for prec, rep in reports.items():
             s = summary(rep)
-            print(f"{prec:10s} passed: max_rel_diff {s['max_rel_diff']:.2e}, cosine {s['min_cosine']:.6f}")
+            print(f"{prec:10s} passed: {gate_text(s)}")
     try:
         show(revalidate(args.bundle, args.source, overrides=dict(args.threshold)))
     except GateRerunError as e:

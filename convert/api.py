@@ -31,8 +31,8 @@ from .ppdet import TASK as DET_TASK
 from .ppdet import detection_settings, read_infer_cfg
 from .precision import PRECISIONS, FP16Options, Int4Options, Int8Options, check_quantizable, make_variant
 from .source import ModelSource, locate, prepare
-from .validate import (DEFAULT_THRESHOLDS, GateRerunError, SampleConfig, Thresholds, check_signal, load_samples,
-                       make_samples, summary, validate)
+from .validate import (DEFAULT_THRESHOLDS, GateRerunError, SampleConfig, Thresholds, check_signal, gate_text,
+                       load_samples, make_samples, summary, validate)
 
 log = logging.getLogger(__name__)
 
@@ -445,8 +445,7 @@ def _convert(config: ConvertConfig, more_sources: tuple[Path, ...]) -> ConvertRe
                         hint = gate_hint(prec, e, files[prec], _user_inputs(config), config.task == DET_TASK)
                         raise (e.with_hint(hint) if hint else e)
                     s = summary(reports[prec])
-                    log.info("%s passed: max_rel_diff=%.3g cosine=%.6f argmax=%s", prec, s["max_rel_diff"],
-                             s["min_cosine"], s["min_argmax_agreement"])
+                    log.info("%s passed: %s", prec, gate_text(s))
                 bar.update()
 
             _save_samples(stage / SAMPLES_NAME, samples)

@@ -73,6 +73,15 @@ class OperatorFormError(ConversionError):
         return OperatorFormError(found, paddle2onnx_version) if found else None
 
 
+def _figures(m: dict) -> str:
+    """A failed output's figures in one bracket: error figures, or a label output's agreements (convert.labels)."""
+    if m.get("kind") == "labels":
+        return (f"label_agreement={m['argmax_agreement']}, class_agreement={m['class_agreement']}, "
+                f"near_ties={m['near_ties']} of {m['label_rows']}, margins from the {m['margin_scores']} scores")
+    return (f"max_abs_diff={m['max_abs_diff']:.3g}, max_rel_diff={m['max_rel_diff']:.3g}, "
+            f"cosine={m['cosine']:.6f}, argmax_agreement={m['argmax_agreement']}")
+
+
 class ValidationError(Paddle2OrtError):
     """ONNX Runtime's outputs do not match Paddle's within the precision's thresholds."""
 
@@ -84,10 +93,8 @@ class ValidationError(Paddle2OrtError):
         lines = [f"{precision}: ONNX output does not match Paddle:"]
         for f in failures:
             m = f["metrics"]
-            lines.append(
-                f"  output {f['output']!r} (sample {f['sample']}): {'; '.join(f['violations'])} "
-                f"[max_abs_diff={m['max_abs_diff']:.3g}, max_rel_diff={m['max_rel_diff']:.3g}, "
-                f"cosine={m['cosine']:.6f}, argmax_agreement={m['argmax_agreement']}]")
+            lines.append(f"  output {f['output']!r} (sample {f['sample']}): {'; '.join(f['violations'])} "
+                         f"[{_figures(m)}]")
         self._body = lines
         super().__init__("\n".join(lines + [self.OVERRIDE]))
         self.report: dict | None = None

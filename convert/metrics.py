@@ -152,6 +152,9 @@ def violations(m: dict, thr: Thresholds, exact: bool) -> list[str]:
     """Each bound of `thr` that the figures `m` break, in words."""
     if "shape_ref" in m:
         return [f"shape {m['shape_onnx']} != the reference's {m['shape_ref']}"]
+    if m.get("kind") == "labels":                 # an ArgMax's integers: judged as labels (convert.labels)
+        from .labels import label_violations
+        return label_violations(m, thr.min_argmax_agreement)
     v = []
     if m["nonfinite"] and not thr.allow_nonfinite:
         v.append(f"{m['nonfinite']} NaN/Inf values where the reference is finite")

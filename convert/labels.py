@@ -1,0 +1,189 @@
+"""Label outputs — integers an ArgMax computes — compared as labels, not as exact integers.
+
+A PaddleSeg export ends in an argmax by default (`--output_op argmax`: an int32 label map [N, 1, H, W]); classifiers
+are exported with their argmax too. Element by element such an output must match exactly, and no precision does:
+an FP16 or INT8 model, or the same FP32 model on another ISA's kernels, moves the class scores by a little and the
+pixels whose two best scores are that close change label. The gate refused every such conversion (a tiny segmenter
+at INT8: "integer output differs (max abs diff 3)"), and no threshold could be given to accept it.
+
+So the scores the ArgMax reads are fetched too (the candidate model run with that tensor as an extra output), and a
+label counts against the model only where it is decisive: the top-2 margin of the margin scores above tie_margin x
+their spread (the near-tie rule of every argmax agreement here). The margin scores are the bundle's FP32 model's for
+another precision (its labels are held to Paddle's first), the candidate's own for FP32 (an FP32 model matches
+Paddle's scores to 1e-5 of their spread). Judged: the agreement over decisive labels, and the same agreement per
+reference class, averaged over the classes (a model that answers "background" everywhere agrees on most pixels of
+most images and on no other class); a model whose margin scores are constant or not finite is refused. With its own
+scores an FP32 model is also held to its max_rel_diff: a label may differ from Paddle's only where its scores put
+Paddle's label within 2 x max_rel_diff x their spread of its top (a weight off by 1% moves labels just past their
+ties, where the agreement alone cannot see it).
+
+Which outputs are labels is read from the graph (an integer graph output computed by an ArgMax through Cast,
+Identity, Reshape, Squeeze, Unsqueeze or Flatten only, which keep the elements' order), never from output names.
+Written by hand: onnx and onnxruntime compare no label maps, and a segmentation metric library scores a model
+against ground truth, not two models near their ties. NumPy, onnx and onnxruntime only.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .metrics import top2_margin
+
+ORDER_KEEPING = {"Cast", "Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten"}
+MIN_CLASS_LABELS = 20       # a reference class enters the per-class average with at least this many decisive labels
+
+
+@dataclass(frozen=True)
+class LabelSource:
+    """A graph output computed by ArgMax(scores, axis)."""
+
+    output: str
+    scores: str
+    axis: int
+
+
+def label_sources(model) -> dict[str, LabelSource]:
+    """{graph output name: LabelSource} for the integer outputs an ArgMax computes through order-keeping ops."""
+    producer = {o: n for n in model.graph.node for o in n.output if o}
+    found = {}
+    for out in model.graph.output:
+        if out.type.tensor_type.elem_type in (1, 10, 11, 16):          # float, float16, double, bfloat16
+            continue
+        name = out.name
+        node = producer.get(name)
+        while node is not None and node.op_type in ORDER_KEEPING:
+            name = node.input[0]
+            node = producer.get(name)
+        if node is None or node.op_type != "ArgMax":
+            continue
+        attrs = {a.name: a.i for a in node.attribute}
+        found[out.name] = LabelSource(out.name, node.input[0], int(attrs.get("axis", 0)))
+    return found
+
+
+def run_scores(model_path: Path, sources: list[LabelSource], samples: list[dict]) -> list[list[np.ndarray]]:
+    """Per sample, the scores each source's ArgMax reads: the model run with them as extra outputs (a copy
+    written beside it, so external data resolves, and removed)."""
+    import onnx
+
+    from paddle2ort.runtime.session import SessionOptions, create_session
+    model = onnx.load(str(model_path), load_external_data=False)
+    have = {o.name for o in model.graph.output}
+    for s in sources:
+        if s.scores not in have:                # untyped: onnxruntime infers the type (float16 in an FP16 model)
+            model.graph.output.append(onnx.ValueInfoProto(name=s.scores))
+            have.add(s.scores)
+    fd, tmp = tempfile.mkstemp(prefix=".labels-probe-", suffix=".onnx", dir=Path(model_path).parent)
+    os.close(fd)
+    try:
+        onnx.save(model, tmp)
+        sess = create_session(Path(tmp), SessionOptions(device="cpu"))
+        names = [i.name for i in sess.get_inputs()]
+        fetch = [s.scores for s in sources]
+        return [sess.run(fetch, {n: x[n] for n in names}) for x in samples]
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _rows(scores: np.ndarray, axis: int) -> np.ndarray:
+    s = np.asarray(scores, np.float64)
+    return np.moveaxis(s, axis if axis >= 0 else s.ndim + axis, -1).reshape(-1, s.shape[axis])
+
+
+def compare_labels(refs: list[np.ndarray], gots: list[np.ndarray], margin_scores: list[np.ndarray], axis: int,
+                   tie_margin: float, own: bool, max_rel_diff: float | None = None) -> dict | None:
+    """Figures for one label output pooled over the samples; None where the labels do not line up with the
+    scores' rows (compared exactly then). margin_scores: per sample, the scores whose top-2 margins decide which
+    labels are decisive; own: they are the candidate's own (FP32), not the FP32 model's. max_rel_diff (with own
+    scores): the precision's bound on its scores' error; a label that differs from Paddle's where the model's own
+    scores put Paddle's label more than twice that (x their spread) below its top is counted as `inconsistent`:
+    scores within the bound of Paddle's could not differ there."""
+    rows = [_rows(s, axis) for s in margin_scores]
+    if any(np.asarray(r).size != len(s) or np.asarray(g).size != len(s) for r, g, s in zip(refs, gots, rows)):
+        return None
+    ref = np.concatenate([np.asarray(r).ravel() for r in refs]).astype(np.int64)
+    got = np.concatenate([np.asarray(g).ravel() for g in gots]).astype(np.int64)
+    sc = np.concatenate(rows)
+    finite = np.all(np.isfinite(sc), axis=-1)
+    spread = float(sc[finite].max() - sc[finite].min()) if finite.any() else 0.0
+    decisive = finite & (top2_margin(np.nan_to_num(sc)) > tie_margin * spread)
+    agree = ref == got
+    n = int(decisive.sum())
+    per_class = {}
+    for c in np.unique(ref[decisive]):
+        mask = decisive & (ref == c)
+        if mask.sum() >= MIN_CLASS_LABELS:
+            per_class[int(c)] = float(agree[mask].mean())
+    classes = sorted(per_class, key=per_class.get)
+    inconsistent = 0
+    if own and max_rel_diff is not None:
+        flips = np.flatnonzero(finite & ~agree & (ref >= 0) & (ref < sc.shape[1]))
+        gap = sc[flips, got[flips].clip(0, sc.shape[1] - 1)] - sc[flips, ref[flips]]
+        inconsistent = int(np.sum(gap > 2 * max_rel_diff * spread))
+    return {"kind": "labels", "label_rows": int(len(ref)), "argmax_rows": n, "near_ties": int(len(ref) - n),
+            "argmax_agreement": float(agree[decisive].mean()) if n else None,
+            "argmax_agreement_all_rows": float(agree.mean()) if len(ref) else None,
+            "class_agreement": float(np.mean(list(per_class.values()))) if per_class else None,
+            "worst_classes": {c: per_class[c] for c in classes[:3]},
+            "reference_classes": int(len(np.unique(ref))), "score_spread": spread,
+            "margin_scores": "own" if own else "fp32 model",
+            "nonfinite": int((~finite).sum()), "signal": bool(spread > 0 and len(np.unique(ref)) > 1),
+            "inconsistent": inconsistent, "consistency_bound": None if max_rel_diff is None else 2 * max_rel_diff,
+            "max_abs_diff": float(np.abs(ref - got).max()) if len(ref) else 0.0}
+
+
+def label_violations(m: dict, min_agreement: float | None) -> list[str]:
+    """The bounds label figures break, in words (metrics.violations for kind "labels")."""
+    v = []
+    if m["nonfinite"]:
+        v.append(f"{m['nonfinite']} labels read NaN/Inf scores ({m['margin_scores']})")
+    if m["score_spread"] == 0 and m["margin_scores"] == "own":
+        v.append("the scores its ArgMax reads are constant: every label is a tie")
+    if m.get("inconsistent"):
+        v.append(f"{m['inconsistent']} labels differ from Paddle's where the model's own scores put Paddle's label "
+                 f"more than {m['consistency_bound']:g} x their spread below its top (scores within max_rel_diff "
+                 "of Paddle's could not differ there)")
+    if min_agreement is None:
+        return v
+    if m["argmax_agreement"] is not None and m["argmax_agreement"] < min_agreement:
+        v.append(f"label agreement {m['argmax_agreement']:.4f} < {min_agreement:g} over {m['argmax_rows']} labels "
+                 f"whose scores' top-2 margin is clear of a tie ({m['near_ties']} near-ties not judged)")
+    if m["class_agreement"] is not None and m["class_agreement"] < min_agreement:
+        worst = ", ".join(f"class {c} {a:.3f}" for c, a in m["worst_classes"].items())
+        v.append(f"label agreement averaged over the reference's classes {m['class_agreement']:.4f} < "
+                 f"{min_agreement:g} (worst: {worst})")
+    if m["argmax_agreement"] is None and m["max_abs_diff"] != 0:
+        v.append(f"labels differ and none is clear of a tie ({m['label_rows']} near-ties)")
+    return v
+
+
+def label_figures(model, model_path: Path, names: list[str], refs: list[list[np.ndarray]],
+                  got: list[list[np.ndarray]], samples: list[dict], tie_margin: float, margin_model: Path | None,
+                  max_rel_diff: float | None = None) -> dict[int, dict]:
+    """{output index: figures} of the label outputs (none for a graph without them). model: the ModelProto at
+    model_path (without external data); margin_model: the model whose scores decide the near-ties (the bundle's
+    FP32 model), None for the candidate's own; max_rel_diff: the precision's bound (compare_labels)."""
+    import onnx
+    sources = label_sources(model)
+    idx = {j: sources[n] for j, n in enumerate(names) if n in sources}
+    if not idx:
+        return {}
+    own = margin_model is None or Path(margin_model) == Path(model_path)
+    if not own:
+        theirs = label_sources(onnx.load(str(margin_model), load_external_data=False))
+        if any(sources[names[j]].output not in theirs for j in idx):
+            own = True                         # the FP32 model computes these outputs otherwise: judge by its own
+    probe = Path(model_path) if own else Path(margin_model)
+    plan = list(idx.values()) if own else [theirs[s.output] for s in idx.values()]
+    scores = run_scores(probe, plan, samples)
+    out = {}
+    for k, j in enumerate(idx):
+        m = compare_labels([r[j] for r in refs], [g[j] for g in got], [s[k] for s in scores], plan[k].axis,
+                           tie_margin, own, max_rel_diff)
+        if m is not None:
+            out[j] = m
+    return out

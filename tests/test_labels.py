@@ -1,0 +1,137 @@
+"""Label outputs judged as labels (convert.labels): an ArgMax's integers that another precision or ISA moves at
+near-ties pass; what a broken conversion does (zeroed or biased scores, one class everywhere, labels shifted) is
+refused; a reference with one label everywhere cannot be judged (exit 2). onnx + onnxruntime graphs only."""
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from paddle2ort.convert.errors import BadInputError, ValidationError
+from paddle2ort.convert.labels import compare_labels, label_sources
+from paddle2ort.convert.metrics import DEFAULT_THRESHOLDS
+from paddle2ort.convert.validate import gate_text, summary, validate
+from paddle2ort.runtime.manifest import TensorSpec
+
+pytestmark = pytest.mark.unit
+
+C = 5
+
+
+def label_graph(w: np.ndarray, bias: np.ndarray | None = None, after=("Cast",), probs: bool = False,
+                half: bool = False) -> onnx.ModelProto:
+    """x [N, T, 8] -> scores = x @ w (+ bias) [N, T, C] -> ArgMax(axis 2, keepdims) -> `after` ops -> labels;
+    half: the weights rounded to float16 as an FP16 model's are (under another name: not the FP32 weight changed)."""
+    wn = "w16" if half else "w"
+    inits = [numpy_helper.from_array((w.astype(np.float16) if half else w).astype(np.float32), wn),
+             numpy_helper.from_array(np.zeros(C, np.float32) if bias is None else bias.astype(np.float32), "b"),
+             numpy_helper.from_array(np.array([0, -1], np.int64), "flat")]
+    nodes = [helper.make_node("MatMul", ["x", wn], ["xw"]), helper.make_node("Add", ["xw", "b"], ["scores"]),
+             helper.make_node("ArgMax", ["scores"], ["am"], axis=2, keepdims=1)]
+    cur = "am"
+    for i, op in enumerate(after):
+        nxt = "labels" if i == len(after) - 1 else f"t{i}"
+        kw = {"to": TensorProto.INT32} if op == "Cast" else {"perm": [0, 2, 1]} if op == "Transpose" else {}
+        ins = [cur, "flat"] if op == "Reshape" else [cur]
+        nodes.append(helper.make_node(op, ins, [nxt], **kw))
+        cur = nxt
+    outs = [helper.make_tensor_value_info("labels", TensorProto.INT32 if "Cast" in after else TensorProto.INT64,
+                                          None)]
+    if probs:
+        nodes.append(helper.make_node("Softmax", ["scores"], ["probs"], axis=-1))
+        outs.append(helper.make_tensor_value_info("probs", TensorProto.FLOAT, None))
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None, 8])],
+                          outs, inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def reference(w, xs, bias=None):
+    """Paddle's side: labels [N, T, 1] int32 from float64 scores."""
+    b = np.zeros(C) if bias is None else bias
+    return [[np.argmax(x.astype(np.float64) @ w + b, -1)[..., None].astype(np.int32)] for x in xs]
+
+
+@pytest.fixture
+def case(tmp_path):
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((8, C))
+    xs = [(20 * rng.standard_normal((2, 2000, 8))).astype(np.float32) for _ in range(3)]   # float16 ulps ~0.03
+    fp32 = tmp_path / "model.fp32.onnx"
+    onnx.save(label_graph(w), str(fp32))
+    return w, xs, reference(w, xs), fp32
+
+
+def run(tmp_path, name, model, prec, xs, refs, fp32=None):
+    path = tmp_path / name
+    onnx.save(model, str(path))
+    return validate(prec, path, [{"x": x} for x in xs], refs, [TensorSpec("labels", "int32", ["N", "T", 1])],
+                    DEFAULT_THRESHOLDS[prec], fp32_model=fp32)
+
+
+def test_label_sources_read_from_the_graph():
+    w = np.ones((8, C))
+    assert label_sources(label_graph(w))["labels"].scores == "scores"
+    assert label_sources(label_graph(w, after=("Squeeze", "Cast")))["labels"].axis == 2
+    assert label_sources(label_graph(w, after=("Reshape",)))                    # order kept: still labels
+    assert not label_sources(label_graph(w, after=("Transpose",)))              # reordered: compared exactly
+    assert set(label_sources(label_graph(w, probs=True))) == {"labels"}         # a float output is no label
+
+
+def test_near_ties_moved_by_rounding_pass(case, tmp_path):
+    w, xs, refs, fp32 = case
+    rep = run(tmp_path, "own.onnx", onnx.load(str(fp32)), "fp32", xs, refs)
+    assert rep["passed"] and gate_text(summary(rep)).startswith("labels agree")
+    moved = run(tmp_path, "int8.onnx", label_graph(w, half=True), "int8", xs, refs, fp32)
+    m = moved["results"][0]["metrics"]
+    assert m["kind"] == "labels" and m["margin_scores"] == "fp32 model"
+    assert m["argmax_agreement_all_rows"] < 1.0, "the case must move some labels at their ties"
+    assert m["argmax_agreement"] == 1.0 and m["near_ties"] > 0
+
+
+@pytest.mark.parametrize("fault", ["zeroed scores", "class bias", "labels shifted", "other weights"])
+def test_broken_labels_are_refused(case, tmp_path, fault):
+    w, xs, refs, fp32 = case
+    rng = np.random.default_rng(2)
+    model = {"zeroed scores": lambda: label_graph(0 * w),
+             "class bias": lambda: label_graph(w, bias=np.eye(C)[1] * 60.0),      # 15% of the scores' range
+             "labels shifted": lambda: label_graph(w, after=("Cast",)),
+             "other weights": lambda: label_graph(rng.standard_normal(w.shape))}[fault]()
+    if fault == "labels shifted":
+        refs = [[(r[0] + 1) % C] for r in refs]
+    for prec, ref_model in (("fp32", None), ("fp16", fp32), ("int8", fp32)):
+        with pytest.raises(ValidationError, match="label") as e:
+            run(tmp_path, f"{prec}.onnx", model, prec, xs, refs, ref_model)
+        assert "near_ties=" in str(e.value)
+
+
+def test_one_class_everywhere_is_refused_by_the_class_average(tmp_path):
+    """90% of the reference's labels are class 0: a model answering 0 everywhere agrees on 90% of them, and on
+    none of the other classes."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((8, C))
+    bias = np.array([10.0, 0, 0, 0, 0])
+    xs = [rng.standard_normal((2, 400, 8)).astype(np.float32) for _ in range(3)]
+    refs = reference(w, xs, bias)
+    share = np.mean(np.concatenate([r[0].ravel() for r in refs]) == 0)
+    assert share > DEFAULT_THRESHOLDS["int8"].min_argmax_agreement
+    fp32 = tmp_path / "model.fp32.onnx"
+    onnx.save(label_graph(w, bias=bias), str(fp32))
+    with pytest.raises(ValidationError, match="averaged over the reference's classes"):
+        run(tmp_path, "int8.onnx", label_graph(w, bias=bias + np.array([100, 0, 0, 0, 0])), "int8", xs, refs, fp32)
+
+
+def test_a_reference_of_one_label_cannot_be_judged(case, tmp_path):
+    w, xs, refs, fp32 = case
+    with pytest.raises(BadInputError, match="one label on every element"):
+        run(tmp_path, "fp32.onnx", onnx.load(str(fp32)), "fp32", xs, [[np.zeros_like(r[0])] for r in refs])
+
+
+def test_the_probe_leaves_nothing_behind(case, tmp_path):
+    w, xs, refs, fp32 = case
+    before = sorted(p.name for p in tmp_path.iterdir())
+    run(tmp_path, "model.fp32.onnx", onnx.load(str(fp32)), "fp32", xs, refs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_labels_that_do_not_line_up_are_compared_exactly():
+    refs = [np.zeros((2, 3), np.int64)]
+    assert compare_labels(refs, refs, [np.zeros((2, 4, C))], 2, 1e-3, own=True) is None
