@@ -17,8 +17,8 @@ scores an FP32 model is also held to its max_rel_diff: a label may differ from P
 Paddle's label within 2 x max_rel_diff x their spread of its top (a weight off by 1% moves labels just past their
 ties, where the agreement alone cannot see it).
 
-Which outputs are labels is read from the graph (an integer graph output computed by an ArgMax through Cast,
-Identity, Reshape, Squeeze, Unsqueeze or Flatten only, which keep the elements' order), never from output names.
+Which outputs are labels is read from the graph (a graph output computed by an ArgMax through Cast, Identity,
+Reshape, Squeeze, Unsqueeze or Flatten only, which keep the elements' order), never from output names.
 Written by hand: onnx and onnxruntime compare no label maps, and a segmentation metric library scores a model
 against ground truth, not two models near their ties. NumPy, onnx and onnxruntime only.
 """
@@ -47,12 +47,11 @@ class LabelSource:
 
 
 def label_sources(model) -> dict[str, LabelSource]:
-    """{graph output name: LabelSource} for the integer outputs an ArgMax computes through order-keeping ops."""
+    """{graph output name: LabelSource} for the outputs an ArgMax computes through order-keeping ops (a Cast to
+    float included: `paddle.argmax(x).astype("float32")` is labels all the same)."""
     producer = {o: n for n in model.graph.node for o in n.output if o}
     found = {}
     for out in model.graph.output:
-        if out.type.tensor_type.elem_type in (1, 10, 11, 16):          # float, float16, double, bfloat16
-            continue
         name = out.name
         node = producer.get(name)
         while node is not None and node.op_type in ORDER_KEEPING:

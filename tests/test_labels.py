@@ -73,7 +73,10 @@ def test_label_sources_read_from_the_graph():
     assert label_sources(label_graph(w, after=("Squeeze", "Cast")))["labels"].axis == 2
     assert label_sources(label_graph(w, after=("Reshape",)))                    # order kept: still labels
     assert not label_sources(label_graph(w, after=("Transpose",)))              # reordered: compared exactly
-    assert set(label_sources(label_graph(w, probs=True))) == {"labels"}         # a float output is no label
+    assert set(label_sources(label_graph(w, probs=True))) == {"labels"}         # the softmax is no label
+    as_float = label_graph(w)
+    as_float.graph.node[-1].attribute[0].i = TensorProto.FLOAT                  # argmax(x).astype("float32")
+    assert label_sources(as_float)["labels"].scores == "scores"
 
 
 def test_near_ties_moved_by_rounding_pass(case, tmp_path):
