@@ -49,12 +49,8 @@ def check_output(output: Path | None, bundle: Path, inputs: tuple) -> None:
     fails its integrity check: every later load of it is refused)."""
     if output is None or is_stream(output):
         return
-    home = bundle.expanduser().resolve()
-    if home.is_dir() and output.expanduser().resolve().is_relative_to(home):
-        raise BadInputError(f"--output {output} is inside the bundle {bundle}: a file added to a bundle makes it fail "
-                            "its integrity check (every later run refuses it); write the results outside it, e.g. "
-                            f"--output {output.name}")
-    check_output_file(output, "--output", inputs=inputs, ours=jsonl_with_keys("text", "label", "score"))
+    check_output_file(output, "--output", inputs=inputs, ours=jsonl_with_keys("text", "label", "score"),
+                      bundles=(bundle,))
 
 
 def classify_chunks(clf, texts: list[str], show_progress: bool):

@@ -228,11 +228,18 @@ def _our_results(path: Path) -> bool:
 
 
 def check_output_file(path: Path | None, option: str, inputs: tuple[Path | None, ...] = (),
-                      ours: Callable[[Path], bool] | None = None) -> None:
-    """A file we may write: its folder exists and is writable; it is none of `inputs`; and an existing one is
-    replaced only where `ours(path)` says an earlier run wrote it."""
+                      ours: Callable[[Path], bool] | None = None, bundles: tuple[Path, ...] = ()) -> None:
+    """A file we may write: its folder exists and is writable; it is none of `inputs`; it is not inside any of
+    `bundles` (a file added to a bundle fails its integrity check: every later load of it is refused); and an
+    existing one is replaced only where `ours(path)` says an earlier run wrote it."""
     if path is None:
         return
+    for bundle in bundles:
+        home = bundle.expanduser().resolve()
+        if home.is_dir() and path.expanduser().resolve().is_relative_to(home):
+            raise BadInputError(f"{option} {path} is inside the bundle {bundle}: a file added to a bundle makes it "
+                                "fail its integrity check (every later run refuses it); write it outside, e.g. "
+                                f"{option} {path.name}")
     if path.is_dir():
         raise BadInputError(f"{option} {path} is a directory; give a file name")
     parent = path.parent

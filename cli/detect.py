@@ -16,7 +16,8 @@ def run(args) -> int:
     from paddle2ort.runtime.ocr import check_image_files
 
     check_image_files(args.images)
-    check_output_file(args.output, "--output", inputs=tuple(args.images), ours=jsonl_with_keys("image", "detections"))
+    check_output_file(args.output, "--output", inputs=tuple(args.images), ours=jsonl_with_keys("image", "detections"),
+                      bundles=(args.bundle,))
     det = ObjectDetector(args.bundle, precision=args.precision, session=session_options(args),
                          threshold=args.threshold)
     out = open(args.output, "w", encoding="utf-8") if args.output is not None else sys.stdout

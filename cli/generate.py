@@ -62,7 +62,8 @@ def run(args) -> int:
         raise BadInputError("--batch-size does not apply to --stream, which answers one prompt at a time; drop one")
     check_exists(args.data_file, "--data-file", stdin=True)
     check_output_file(args.output_file, "--output-file",
-                      inputs=(args.data_file,) if args.data_file and str(args.data_file) != "-" else ())
+                      inputs=(args.data_file,) if args.data_file and str(args.data_file) != "-" else (),
+                      bundles=(args.bundle,))
     cfg = generation_config(args)
     if args.seed is not None and not cfg.do_sample:
         log.warning("--seed %d has no effect: %s decoding is deterministic (sampling needs --temperature, --top-k "

@@ -13,6 +13,8 @@ from typing import Callable
 
 import numpy as np
 
+from paddle2ort.runtime.arrays import sample_groups
+
 from .errors import BadInputError
 
 # ImageNet normalization (PaddleClas / PP-OCR det); a 1-channel input gets (x - 0.5) / 0.5.
@@ -188,15 +190,7 @@ def load_samples(path: Path, inputs: list[dict]) -> list[dict[str, np.ndarray]]:
         data = dict(np.load(path, allow_pickle=False))
     except Exception as e:  # noqa: BLE001
         raise BadInputError(f"cannot read sample inputs {path} ({e}); pass an .npz written by numpy.savez") from e
-    names = [i["name"] for i in inputs]
-    if all(n in data for n in names):
-        groups = [{n: data[n] for n in names}]
-    else:
-        idx = sorted({k.split("/", 1)[0] for k in data if "/" in k})
-        groups = [{n: data.get(f"{i}/{n}") for n in names} for i in idx]
-    if not groups or any(v is None for g in groups for v in g.values()):
-        raise BadInputError(f"{path} must hold arrays named {names} (or '0/NAME', '1/NAME', ... for several "
-                            f"samples); it has {sorted(data)}")
+    groups = sample_groups(data, [i["name"] for i in inputs], str(path), strict=False)
     for i, g in enumerate(groups):
         for spec in inputs:
             a = g[spec["name"]]
