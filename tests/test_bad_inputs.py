@@ -587,6 +587,7 @@ case("generate-not-llm-bundle", 2, "text-generation", lambda w: gen(w, "--prompt
 case("generate-no-prompt", 2, "--prompt", lambda w: gen(w))
 case("generate-prompt-and-file", 2, "--prompt", lambda w: gen(w, "--prompt", "hi", "--data-file", str(_jsonl(w, '{"src": "a"}')), "--output-file", str(w.p("o.jsonl"))))
 case("generate-data-no-output", 2, "--output-file", lambda w: gen(w, "--data-file", str(_jsonl(w, '{"src": "a"}'))))
+case("generate-output-in-the-bundle", 2, "inside the bundle", lambda w: gen(w, "--data-file", str(_jsonl(w, '{"src": "a"}')), "--output-file", str(w.bundle("llm") / "o.jsonl")))
 case("generate-empty-prompt", 2, "empty prompt", lambda w: gen(w, "--prompt", "   "))
 case("generate-max-new-tokens-zero", 2, "max-new-tokens", lambda w: gen(w, "--prompt", "hi", "--max-new-tokens", "0"))
 case("generate-min-gt-max", 2, "min", lambda w: gen(w, "--prompt", "hi", "--max-new-tokens", "2", "--min-new-tokens", "5"))

@@ -167,6 +167,8 @@ def test_detect_cli(tiny_bundle, tmp_path, capsys):
     assert main(["detect", str(tiny_bundle), str(png), str(bad)]) == 2
     assert "bad.png" in capsys.readouterr().err
     assert main(["detect", str(tiny_bundle), str(png), "--threshold", "1.5"]) == 2
+    assert main(["detect", str(tiny_bundle), str(png), "--output", str(tiny_bundle / "found.jsonl")]) == 2
+    assert "inside the bundle" in capsys.readouterr().err and not (tiny_bundle / "found.jsonl").exists()
 
 
 @pytest.mark.unit
