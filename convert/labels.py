@@ -64,6 +64,25 @@ def label_sources(model) -> dict[str, LabelSource]:
     return found
 
 
+def softmax_axes(model) -> dict[str, int]:
+    """{graph output name: class axis} for outputs a Softmax/LogSoftmax computes (through Cast/Identity only):
+    a segmenter's probabilities [N, C, H, W] have their classes on axis 1, not last, and their argmax agreement is
+    judged there. Opset < 13 softmax (over all axes from `axis` on) counts only where that is the last axis."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    producer = {o: n for n in model.graph.node for o in n.output if o}
+    found = {}
+    for out in model.graph.output:
+        node = producer.get(out.name)
+        while node is not None and node.op_type in ("Cast", "Identity"):
+            node = producer.get(node.input[0])
+        if node is None or node.op_type not in ("Softmax", "LogSoftmax"):
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), -1 if opset >= 13 else 1)
+        if opset >= 13 or axis == -1:
+            found[out.name] = int(axis)
+    return found
+
+
 def run_scores(model_path: Path, sources: list[LabelSource], samples: list[dict]) -> list[list[np.ndarray]]:
     """Per sample, the scores each source's ArgMax reads: the model run with them as extra outputs (a copy
     written beside it, so external data resolves, and removed)."""

@@ -20,7 +20,7 @@ from paddle2ort.runtime.session import SessionOptions, create_session
 
 from .errors import BadInputError, ConversionError, Paddle2OrtError, ValidationError
 from .lineage import check_lineage
-from .labels import label_figures
+from .labels import label_figures, softmax_axes
 from .metrics import (DEFAULT_THRESHOLDS, LLM_THRESHOLDS, METRICS, JUDGED_SPREAD, Thresholds,  # noqa: F401
                       compare, compare_pooled, thresholds_with_overrides, top2_margin, violations)
 from .samples import SampleConfig, load_samples, make_samples  # noqa: F401
@@ -202,11 +202,16 @@ def validate(precision: str, model_path: Path, samples: list[dict], refs: list[l
                            fp32_model if precision != "fp32" else None, thr.max_rel_diff)
     check_label_signal(labels, outputs, len(samples), user_inputs)
     special = {**nms, **labels}
+    softmax = softmax_axes(graph)
     for j, spec in enumerate(outputs):
         rs, gs = [r[j] for r in refs], [g[j] for g in got]
         exact = not np.issubdtype(rs[0].dtype, np.floating) and j not in special
-        m = special[j] if j in special else compare_pooled(rs, gs, has_class_axis(spec) and not exact,
-                                                           thr.tie_margin)
+        classes = has_class_axis(spec)
+        if spec.name in softmax and not exact and all(np.ndim(x) == len(spec.shape) for x in rs + gs):
+            axis = softmax[spec.name] % max(len(spec.shape), 1)      # a Softmax's axis holds the classes
+            rs, gs = [np.moveaxis(x, axis, -1) for x in rs], [np.moveaxis(x, axis, -1) for x in gs]
+            classes = len(spec.shape) >= 2 and rs[0].shape[-1] >= 2
+        m = special[j] if j in special else compare_pooled(rs, gs, classes and not exact, thr.tie_margin)
         compared.append({"output": spec.name, "shape": list(rs[0].shape), "metrics": m, "exact": exact})
     if fp32_model is not None and precision in ("fp16", "int8") and Path(fp32_model) != Path(model_path):
         compared.append(lineage_row(precision, fp32_model, model_path))

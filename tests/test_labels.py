@@ -138,3 +138,22 @@ def test_the_probe_leaves_nothing_behind(case, tmp_path):
 def test_labels_that_do_not_line_up_are_compared_exactly():
     refs = [np.zeros((2, 3), np.int64)]
     assert compare_labels(refs, refs, [np.zeros((2, 4, C))], 2, 1e-3, own=True) is None
+
+
+def test_softmax_outputs_agree_along_their_class_axis(tmp_path):
+    """A segmenter's probabilities [N, C, L]: the argmax agreement is per position over the C classes (the
+    Softmax's axis, read from the graph), not along the last, spatial axis."""
+    from paddle2ort.convert.labels import softmax_axes
+    g = helper.make_graph([helper.make_node("Softmax", ["x"], ["probs"], axis=1)], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, C, 64])],
+                          [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [None, C, 64])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    assert softmax_axes(model) == {"probs": 1}
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    xs = [np.random.default_rng(i).standard_normal((2, C, 64)).astype(np.float32) for i in range(2)]
+    refs = [[np.exp(x) / np.exp(x).sum(1, keepdims=True)] for x in xs]
+    rep = validate("fp32", path, [{"x": x} for x in xs], refs, [TensorSpec("probs", "float32", ["N", C, 64])],
+                   DEFAULT_THRESHOLDS["fp32"])
+    m = rep["results"][0]["metrics"]
+    assert m["argmax_rows"] + m["near_ties"] == 2 * 2 * 64 and m["argmax_agreement"] == 1.0
