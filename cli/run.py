@@ -67,8 +67,8 @@ def register(sub) -> None:
                             "command knows) on the arrays of an .npz file named after its inputs (or I/NAME for "
                             "several samples, as the bundle's validation_inputs.npz holds them). The arrays are "
                             "checked against the manifest before the model runs: names, dtypes (cast within a "
-                            "kind: float64 to float32, int32 to int64), ranks, static sizes and named sizes shared "
-                            "by inputs; every problem is exit 2, named. Each output is printed (its values when "
+                            "kind: float64 to float32, int32 to int64), ranks and static sizes; every problem is "
+                            "exit 2, named. Each output is printed (its values when "
                             "small, else its range or most frequent values); --output writes them all to an .npz "
                             "(all or nothing). Runs without Paddle.")
     r.add_argument("bundle", type=Path, help="the bundle directory")

@@ -1,8 +1,9 @@
 """Any bundle's model on arrays (`paddle2ort run`, `ArrayModel`): a segmenter, an image classifier, a model no task
 pipeline knows. The feeds are checked against the manifest before onnxruntime sees them, each problem named with
 its fix: a missing or unknown input name, another kind of dtype (a uint8 image for a float model is unnormalized,
-not castable), a wrong rank, a static size, a named size ("batch") that two inputs disagree on, integers out of the
-model dtype's range. Within a kind the dtype is cast (float64 -> float32, int32 -> int64).
+not castable), a wrong rank, a static size, integers out of the model dtype's range. Within a kind the dtype is cast
+(float64 -> float32, int32 -> int64). Dynamic dims are not compared between inputs: their names ("batch",
+"height") are the converter's guess; onnxruntime's own refusal is reported with the shapes instead.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def check_feeds(specs: list[TensorSpec], feeds: dict[str, np.ndarray], where: st
                 ([f"has {', '.join(unknown)}, which the model does not take"] if unknown else [])
         raise BadInputError(f"{where}: {'; '.join(parts)}. The model takes {', '.join(describe(s) for s in specs)}: "
                             "name the arrays after its inputs (np.savez(FILE, **{name: array}))")
-    out, sizes, problems = {}, {}, []
+    out, problems = {}, []
     for s in specs:
         a = np.asarray(feeds[s.name])
         want = np.dtype(s.dtype)
@@ -50,13 +51,9 @@ def check_feeds(specs: list[TensorSpec], feeds: dict[str, np.ndarray], where: st
             problems.append(f"{s.name} has {a.ndim} dims {list(a.shape)}, the model takes {len(s.shape)}: "
                             f"[{', '.join(str(d) for d in s.shape)}]")
             continue
-        for axis, (dim, n) in enumerate(zip(s.shape, a.shape)):
-            if isinstance(dim, int) and dim != n:
+        for axis, (dim, n) in enumerate(zip(s.shape, a.shape)):     # (a dynamic dim's name is the converter's
+            if isinstance(dim, int) and dim != n:                        # guess, e.g. "height": not checked)
                 problems.append(f"{s.name} has size {n} on axis {axis}, the model was exported for {dim} there")
-            elif isinstance(dim, str):
-                first = sizes.setdefault(dim, (s.name, n))
-                if first[1] != n:
-                    problems.append(f"{s.name} has {dim}={n} (axis {axis}) but {first[0]} has {dim}={first[1]}")
         if _kind(want) == "int" and a.size and a.dtype != want:
             info = np.iinfo(want)
             if a.min() < info.min or a.max() > info.max:

@@ -94,10 +94,12 @@ def test_check_feeds_names_every_problem_and_casts_within_a_kind():
                              "scale": np.ones((2, 2))})
     assert ok["ids"].dtype == np.int64 and ok["scale"].dtype == np.float32
     with pytest.raises(BadInputError) as e:
-        check_feeds(specs, {"ids": np.ones((2, 5), np.int64), "mask": np.ones((3, 5), np.int64),
+        check_feeds(specs, {"ids": np.ones((2, 5), np.int64), "mask": np.ones((3,), np.int64),
                             "scale": np.ones((2, 3), np.float32)})
-    assert "mask has batch=3 (axis 0) but ids has batch=2" in str(e.value)
+    assert "mask has 1 dims [3], the model takes 2: [batch, seq]" in str(e.value)
     assert "scale has size 3 on axis 1, the model was exported for 2" in str(e.value)
+    check_feeds(specs, {"ids": np.ones((2, 5), np.int64), "mask": np.ones((3, 7), np.int64),   # dim names are
+                        "scale": np.ones((4, 2), np.float32)})                                 # guesses: unchecked
     with pytest.raises(BadInputError, match="beyond int32"):
         check_feeds([TensorSpec("ids", "int32", ("n",))], {"ids": np.array([2 ** 40])})
     with pytest.raises(BadInputError, match=r"ids is float32, the model takes int64"):
