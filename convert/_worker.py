@@ -95,6 +95,24 @@ def _int_upper_bound(value, depth: int = 0) -> int | None:
     return None
 
 
+def _pad_id(value, depth: int = 0) -> int | None:
+    """The id an integer input is compared with to mask padding (PaddleNLP's encoders: attention_mask from
+    input_ids == pad_token_id, a constant), or None."""
+    if depth > 3:
+        return None
+    for op in value.all_used_ops():
+        name = op.name()
+        if name in ("pd_op.equal", "pd_op.not_equal"):
+            for k in (0, 1):
+                src = op.operand_source(k).get_defining_op()
+                if src is not None and src.name() == "pd_op.full" and not op.operand_source(k).is_same(value):
+                    return int(src.attrs()["value"])
+        if name in PASS_THROUGH:
+            found = _pad_id(op.result(0), depth + 1)
+            if found is not None:
+                return found
+    return None
+
 
 def unregistered_ops(model_file: str) -> Counter:
     """Operator types of a legacy program (*.pdmodel / 1.x __model__) that this Paddle does not register (such as
@@ -164,6 +182,7 @@ def task_inspect(args: dict) -> dict:
             spec = {"name": op.attrs()["name"], "dtype": _dtype_name(v.dtype), "shape": [int(d) for d in v.shape]}
             if "int" in spec["dtype"]:
                 spec["int_high"] = _int_upper_bound(v)
+                spec["pad_id"] = _pad_id(v)
             inputs.append(spec)
         elif name == "pd_op.fetch":
             v = op.operand_source(0)

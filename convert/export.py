@@ -31,6 +31,8 @@ def run_paddle2onnx(source: ModelSource, save_file: Path, opset: int, workdir: P
 
 
 _ORT_NODE = re.compile(r"Node \(([^)]*)\) Op \(([^)]*)\)")
+# "Type parameter (T) of Optype (Max) bound to different types (...) in node (Max.0)": the FP16 pass's typing
+_ORT_TYPED = re.compile(r"Optype \((\w+)\) bound to different types .* in node \(([^)]*)\)")
 # onnxruntime load failures paddle2onnx is known to cause: (pattern, cause, next step)
 _KNOWN_LOAD_FAILURES = (
     (re.compile(r"All inputs to Concat must have same rank|axis must be in \[-rank, rank-1\]"),
@@ -43,12 +45,16 @@ _KNOWN_LOAD_FAILURES = (
 def _load_failure(producer: str, error: Exception) -> str:
     text = str(error)
     m = _ORT_NODE.search(text)
-    where = f"node {m.group(1)!r} ({m.group(2)})" if m else "a node"
+    t = None if m else _ORT_TYPED.search(text)
+    where = f"node {m.group(1)!r} ({m.group(2)})" if m else f"node {t.group(2)!r} ({t.group(1)})" if t else "a node"
     for pattern, cause, step in _KNOWN_LOAD_FAILURES:
         if pattern.search(text):
             return (f"onnxruntime cannot load the model {producer} wrote: {where} is invalid. Cause: {cause}. "
                     f"Next step: {step}. [{type(error).__name__}: {text.strip()}]")
-    if "fp16" in producer:
+    if "fp16" in producer and t is not None:     # inputs of two types: a Cast the pass did not place
+        step = ("convert with --no-fuse (the FP16 pass then types every tensor of the unfused graph), or leave "
+                "fp16 out of --precision")
+    elif "fp16" in producer:
         op = m.group(2) if m else "OP"
         step = (f"keep {op} in FP32 (--fp16-block-ops with {op} added to the default list), or leave fp16 out "
                 "of --precision")

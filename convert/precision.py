@@ -184,6 +184,33 @@ def to_weight_only(src: Path, dst: Path, bits: int, block_size: int, accuracy_le
             "head": {"node": head, "bits": head_bits} if head else None}
 
 
+def fused_types(model) -> bool:
+    """Give every tensor of a fused graph its element type (value_info, shapes left out) from onnxruntime's symbolic
+    shape inference, which knows the com.microsoft ops the fusion pass writes; True when it did. The FP16 converter
+    types tensors with ONNX shape inference otherwise, which stops at the first com.microsoft op: it then put no
+    Cast around the ops it keeps in FP32 downstream (a SimCSE head's Max(norm, eps) got an FP16 norm and an FP32
+    eps, and onnxruntime refused the model). False (nothing changed) for a graph without such ops, or where the
+    inference fails (the converter's own typing then, and the load check after it)."""
+    import onnx
+    if not any(n.domain == "com.microsoft" for n in model.graph.node):
+        return False
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+    try:
+        inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=False)
+    except Exception as e:  # noqa: BLE001 - its failures are of any type
+        log.info("fp16: symbolic shape inference failed (%s: %s); typing with ONNX shape inference",
+                 type(e).__name__, e)
+        return False
+    if inferred is None:
+        return False
+    known = {v.name for v in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)}
+    for vi in inferred.graph.value_info:
+        if vi.name and vi.name not in known and vi.type.tensor_type.elem_type != onnx.TensorProto.UNDEFINED:
+            typed = onnx.helper.make_tensor_value_info(vi.name, vi.type.tensor_type.elem_type, None)
+            model.graph.value_info.append(typed)
+    return True
+
+
 def to_fp16(src: Path, dst: Path, opts: FP16Options = FP16Options()) -> dict:
     # onnxruntime.transformers.float16 rather than onnxconverter-common: the latter can emit Cast nodes whose
     # types do not match and the model no longer loads.
@@ -196,8 +223,10 @@ def to_fp16(src: Path, dst: Path, opts: FP16Options = FP16Options()) -> dict:
     # infer_shapes would serialize the whole proto
     model = str(src) if model_bytes(src) > EXTERNAL_DATA_BYTES else onnx.load(str(src))
     block = sorted(set(DEFAULT_OP_BLOCK_LIST) | set(opts.op_block_list))
+    typed = not isinstance(model, str) and fused_types(model)
     try:
-        m16 = convert_float_to_float16(model, keep_io_types=opts.keep_io_types, op_block_list=block)
+        m16 = convert_float_to_float16(model, keep_io_types=opts.keep_io_types, op_block_list=block,
+                                       disable_shape_infer=typed)
     except Exception as e:  # noqa: BLE001
         raise ConversionError(f"FP16 conversion failed ({type(e).__name__}: {e})") from e
     OnnxModel(m16).topological_sort()   # the converter appends its input Casts after their consumers

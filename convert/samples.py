@@ -134,10 +134,35 @@ def _token_arrays(tokenizer, specs: list[dict], batch: int, length: int, offset:
     return {s["name"]: enc[s["name"]].astype(np.dtype(s["dtype"])) for s in specs if s["name"] in enc}
 
 
+TEXT_FEED = ("input_ids", "token_type_ids", "position_ids", "attention_mask")   # a tokenizer's outputs, by name
+
+
+def _text_feed(specs: dict[str, dict], shape: tuple[int, int], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """What a tokenizer feeds an encoder, without one: rows of real-token ids (uniform below the embedding size,
+    never the pad id the graph masks with) right-padded to varied lengths, sentence-pair token types, positions
+    0.., and the attention mask 1 on tokens. Uniform ids and masks put the pad id and mask zeros mid-row, a feed no
+    tokenizer makes, on which a right-padding contract (the FP16 graph's key lengths) is wrong by design."""
+    batch, length = shape
+    lengths = np.array([length] + [int(rng.integers(max(1, length // 2), length + 1)) for _ in range(batch - 1)])
+    real = np.arange(length)[None] < lengths[:, None]
+    ids = specs["input_ids"]
+    high, pad = ids.get("int_high") or 2, ids.get("pad_id")
+    pad = 0 if pad is None else pad                      # PaddleNLP's default pad_token_id
+    avoid = 1 < high and 0 <= pad < high
+    draw = rng.integers(0, high - 1 if avoid else high, shape)
+    feed = {"input_ids": np.where(real, draw + (avoid & (draw >= pad)), pad)}
+    second = np.arange(length)[None] >= (lengths[:, None] + 1) // 2
+    types = (specs.get("token_type_ids") or {}).get("int_high") or 1
+    feed["token_type_ids"] = (real & second & (types > 1)).astype(np.int64)
+    feed["position_ids"] = np.broadcast_to(np.arange(length), shape)
+    feed["attention_mask"] = real
+    return {n: np.ascontiguousarray(feed[n]).astype(np.dtype(s["dtype"])) for n, s in specs.items()}
+
+
 def make_samples(inputs: list[dict], cfg: SampleConfig, tokenizer=None) -> list[dict[str, np.ndarray]]:
     """Seeded inputs from the model's specs: images with rendered structure, token ids from real sentences
-    when `tokenizer` (a paddle2ort.tokenization Tokenizer) is given, else floats ~ N(0,1) and ids uniform below
-    the embedding size."""
+    when `tokenizer` (a paddle2ort.tokenization Tokenizer) is given, else a tokenizer-like feed for the text inputs
+    (_text_feed), floats ~ N(0,1) and other ids uniform below the embedding size."""
     rng = np.random.default_rng(cfg.seed)
     fixed = cfg.input_shapes or {}
     unknown = set(fixed) - {i["name"] for i in inputs}
@@ -164,6 +189,11 @@ def make_samples(inputs: list[dict], cfg: SampleConfig, tokenizer=None) -> list[
                 for n in list(sample):
                     fill = tokenizer.pad_id if n == "input_ids" else 0
                     sample[n] = np.pad(sample[n], ((0, 0), (0, pad)), constant_values=fill)
+        text = {s["name"]: s for s in inputs if s["name"] in TEXT_FEED and len(s["shape"]) == 2}
+        if not sample and "input_ids" in text and np.issubdtype(np.dtype(text["input_ids"]["dtype"]), np.integer):
+            shape = _shape(text["input_ids"], batch, dyn, hw, fixed)
+            if all(_shape(s, batch, dyn, hw, fixed) == shape for s in text.values()):
+                sample.update(_text_feed(text, shape, rng))
         for spec in inputs:
             if spec["name"] in sample:
                 continue

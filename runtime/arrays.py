@@ -107,7 +107,8 @@ def join_samples(outputs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 class ArrayModel:
     """`model(feeds) -> {output name: array}` for a bundle's model at one precision (its checksum verified)."""
 
-    def __init__(self, bundle_dir: str | Path, precision: str | None = None, session: SessionOptions = SessionOptions()):
+    def __init__(self, bundle_dir: str | Path, precision: str | None = None,
+                 session: SessionOptions = SessionOptions()):
         self.bundle = load_bundle(bundle_dir)
         m = self.bundle.manifest
         self.inputs, self.outputs = list(m.inputs), list(m.outputs)

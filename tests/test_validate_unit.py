@@ -414,3 +414,22 @@ def test_several_gate_failures_are_named_one_line_each_with_the_most_serious_cod
                          "  int4: not judged: the gate cannot judge this conversion on the 2 generated samples: ..."]
     assert e.exit_code == 4 and "line 2" in str(e) and "fp16: ONNX output does not match Paddle:" in lines
     assert GateRerunError("b", {"fp16": refused, "int4": unjudged}, {}).exit_code == 3
+
+
+def test_generated_text_feed_is_what_a_tokenizer_makes():
+    """Without a tokenizer the gate's text inputs are still a tokenizer's feed: real-token ids (never the pad id the
+    graph masks with, here RoBERTa's 1) in rows right-padded to varied lengths, the mask 1 on tokens, sentence-pair
+    token types, positions 0.. (uniform ids put the pad id and mask zeros mid-row, which no tokenizer does)."""
+    from paddle2ort.convert.samples import SampleConfig, make_samples
+    spec = lambda n, **kw: {"name": n, "dtype": "int64", "shape": [-1, -1], **kw}   # noqa: E731
+    specs = [spec("input_ids", int_high=50, pad_id=1), spec("token_type_ids", int_high=2), spec("attention_mask"),
+             spec("position_ids", int_high=512)]
+    for s in make_samples(specs, SampleConfig(batch_sizes=(8, 1), dynamic_sizes=(64, 32))):
+        ids, mask = s["input_ids"], s["attention_mask"]
+        assert ids.shape == mask.shape == s["token_type_ids"].shape and ids.dtype == mask.dtype == np.int64
+        assert np.array_equal(mask, (ids != 1).astype(np.int64)) and mask[0].all()
+        lengths = mask.sum(1)
+        assert np.array_equal(mask, (np.arange(ids.shape[1])[None] < lengths[:, None]).astype(np.int64))
+        assert ids.max() < 50 and set(np.unique(s["token_type_ids"][mask == 0])) <= {0}
+        assert np.array_equal(s["position_ids"], np.broadcast_to(np.arange(ids.shape[1]), ids.shape))
+        assert len(lengths) == 1 or len(set(lengths.tolist())) > 1          # varied lengths in a batch
