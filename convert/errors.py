@@ -78,7 +78,8 @@ def _figures(m: dict) -> str:
     if m.get("kind") == "labels":
         return (f"label_agreement={m['argmax_agreement']}, class_agreement={m['class_agreement']}, "
                 f"near_ties={m['near_ties']} of {m['label_rows']}, margins from the {m['margin_scores']} scores")
-    return (f"max_abs_diff={m['max_abs_diff']:.3g}, max_rel_diff={m['max_rel_diff']:.3g}, "
+    return (("in logit space: " if m.get("kind") == "sigmoid logits" else "") +
+            f"max_abs_diff={m['max_abs_diff']:.3g}, max_rel_diff={m['max_rel_diff']:.3g}, "
             f"cosine={m['cosine']:.6f}, argmax_agreement={m['argmax_agreement']}")
 
 

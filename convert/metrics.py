@@ -143,6 +143,43 @@ def argmax_agreement_pooled(refs: list[np.ndarray], gots: list[np.ndarray], eps:
             "near_ties": int(len(rr) - n), "argmax_agreement_all_rows": float(agree.mean()) if len(rr) else None}
 
 
+# onnxruntime's FP32 Sigmoid is accurate to ~1e-7 absolute (measured 9e-8 at p ~ 1e-3), not relative, and float16's
+# smallest step is 6e-8: a logit may differ by this / (p (1 - p)) from rounding alone
+SIGMOID_ABS = 2.5e-7
+# Logits are judged where that rounding is at most 1e-3 (a subtle fault, a weight off by 1%, moves them by more):
+# p in [2.5e-4, 1 - 2.5e-4]. Closer to 0 or 1 (a detector's map on a blank image, ~1e-6) nothing can be judged.
+LOGIT_EDGE = SIGMOID_ABS / 1e-3
+
+
+def compare_logits(refs: list[np.ndarray], gots: list[np.ndarray]) -> dict:
+    """compare_pooled of Sigmoid probabilities in logit space, log(p) - log(1 - p), where probabilities that stay
+    near 0 (a trained UIE's span pointers on text without the answer: every value ~1e-3) still vary: the logits
+    move over units where the probabilities move over 1e-4. The figures are of the error beyond the Sigmoid's own
+    absolute rounding (SIGMOID_ABS / (p (1 - p)) per value: each candidate logit moved that much toward the
+    reference's). Values within LOGIT_EDGE of 0 or 1 in the reference are left out (rounding hides too much of
+    their logits); a candidate value at 0 or 1 where the reference is not gives an infinite logit (non-finite)."""
+    def logit(p):
+        p = np.asarray(p, np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.log(p) - np.log1p(-p)
+    rs, gs = [], []
+    for r, g in zip(refs, gots):
+        r64 = np.asarray(r, np.float64)
+        if r64.shape != np.shape(g):
+            return compare_pooled(refs, gots, False)
+        keep = (r64 > LOGIT_EDGE) & (r64 < 1 - LOGIT_EDGE)
+        p = r64[keep]
+        lr, lg = logit(p), logit(np.asarray(g, np.float64)[keep])
+        d = lg - lr
+        allow = SIGMOID_ABS / (p * (1 - p))
+        rs.append(lr)
+        gs.append(np.where(np.isfinite(d), lr + np.sign(d) * np.maximum(np.abs(d) - allow, 0), lg))
+    m = compare_pooled(rs, gs, False)
+    m.update({"kind": "sigmoid logits", "rounding_allowed": SIGMOID_ABS, "logit_values": int(sum(x.size for x in rs)),
+              "left_out": int(sum(np.size(r) for r in refs) - sum(x.size for x in rs))})
+    return m
+
+
 def compare(ref: np.ndarray, got: np.ndarray, class_axis: bool, tie_margin: float = 1e-2) -> dict:
     """compare_pooled for one array pair."""
     return compare_pooled([ref], [got], class_axis, tie_margin)

@@ -22,7 +22,7 @@ from .errors import BadInputError, ConversionError, Paddle2OrtError, ValidationE
 from .lineage import check_lineage
 from .labels import label_figures, softmax_axes
 from .metrics import (DEFAULT_THRESHOLDS, LLM_THRESHOLDS, METRICS, JUDGED_SPREAD, Thresholds,  # noqa: F401
-                      compare, compare_pooled, thresholds_with_overrides, top2_margin, violations)
+                      compare, compare_logits, compare_pooled, thresholds_with_overrides, top2_margin, violations)
 from .samples import SampleConfig, load_samples, make_samples  # noqa: F401
 from .value_range import output_value_ranges
 
@@ -150,12 +150,6 @@ def lineage_row(precision: str, fp32_model: Path, model_path: Path) -> dict:
             "violations": shown}
 
 
-def bounded_outputs(model_path: Path) -> dict[str, tuple[str, float]]:
-    """{output: (op, width of the range it bounds the output to)} (convert.value_range), from the graph alone."""
-    import onnx
-    return output_value_ranges(onnx.load(str(model_path), load_external_data=False))
-
-
 def detection_figures(model, names: list[str], refs, got, tie_margin: float) -> dict[int, dict]:
     """{output index: figures} of the outputs a NonMaxSuppression computes (convert.detections: compared as sets
     of detections, not element by element); none for a graph without one. model: the ONNX ModelProto."""
@@ -203,6 +197,7 @@ def validate(precision: str, model_path: Path, samples: list[dict], refs: list[l
     check_label_signal(labels, outputs, len(samples), user_inputs)
     special = {**nms, **labels}
     softmax = softmax_axes(graph)
+    bounded = output_value_ranges(graph)
     for j, spec in enumerate(outputs):
         rs, gs = [r[j] for r in refs], [g[j] for g in got]
         exact = not np.issubdtype(rs[0].dtype, np.floating) and j not in special
@@ -212,13 +207,19 @@ def validate(precision: str, model_path: Path, samples: list[dict], refs: list[l
             rs, gs = [np.moveaxis(x, axis, -1) for x in rs], [np.moveaxis(x, axis, -1) for x in gs]
             classes = len(spec.shape) >= 2 and rs[0].shape[-1] >= 2
         m = special[j] if j in special else compare_pooled(rs, gs, classes and not exact, thr.tie_margin)
+        op, width = bounded.get(spec.name, (None, 0.0))
+        if (op == "Sigmoid" and not exact and j not in special and violations(m, thr, False)
+                and m.get("spread", 0.0) < JUDGED_SPREAD * max(m.get("magnitude", 0.0), width)):
+            logits = compare_logits(rs, gs)       # probabilities too flat to judge: their logits still move
+            if logits.get("signal"):
+                m = logits
         compared.append({"output": spec.name, "shape": list(rs[0].shape), "metrics": m, "exact": exact})
     if fp32_model is not None and precision in ("fp16", "int8") and Path(fp32_model) != Path(model_path):
         compared.append(lineage_row(precision, fp32_model, model_path))
     try:
         return judge(precision, compared, thr, len(samples))
     except ValidationError as e:
-        refusal = unjudged(e, bounded_outputs(model_path), len(samples), user_inputs)
+        refusal = unjudged(e, bounded, len(samples), user_inputs)
         if refusal is not None:
             raise refusal from e
         raise

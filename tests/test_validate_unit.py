@@ -433,3 +433,24 @@ def test_generated_text_feed_is_what_a_tokenizer_makes():
         assert ids.max() < 50 and set(np.unique(s["token_type_ids"][mask == 0])) <= {0}
         assert np.array_equal(s["position_ids"], np.broadcast_to(np.arange(ids.shape[1]), ids.shape))
         assert len(lengths) == 1 or len(set(lengths.tolist())) > 1          # varied lengths in a batch
+
+
+def test_flat_probabilities_are_judged_on_their_logits(tmp_path):
+    """A trained UIE's span pointers on text without the answer: every probability ~1e-3, moving over ~4e-4, where
+    onnxruntime's FP32 Sigmoid rounds by ~1e-7 absolute (above 1e-4 of that spread): refused as unjudgeable before.
+    In logit space (metrics.compare_logits: the error beyond the Sigmoid's rounding) the correct conversion passes,
+    and a fault a tenth of a percent in the logits, or zeroed probabilities, fails (exit 3)."""
+    from paddle2ort.convert.validate import validate
+    from paddle2ort.runtime.manifest import TensorSpec
+    spec, thr = [TensorSpec("y", "float32", (1, 64))], DEFAULT_THRESHOLDS["fp32"]
+    sig = lambda x: (1 / (1 + np.exp(-x.astype(np.float64)))).astype(np.float32)      # noqa: E731
+    x = np.linspace(-7.2, -6.8, 64, dtype=np.float32)[None]
+    good = _elementwise_model(tmp_path / "g.onnx", "Sigmoid")
+    rounded = (sig(x) + np.where(np.arange(64) % 2, 1, -1) * np.float32(1e-7)).astype(np.float32)
+    rep = validate("fp32", good, [{"x": x}], [[rounded]], spec, thr)
+    assert rep["results"][0]["metrics"]["kind"] == "sigmoid logits"
+    with pytest.raises(ValidationError, match="in logit space"):
+        validate("fp32", good, [{"x": x}], [[sig(x * np.float32(1.001))]], spec, thr)
+    with pytest.raises(ValidationError):
+        validate("fp32", _elementwise_model(tmp_path / "z.onnx", "Sigmoid", zeroed=True), [{"x": x}], [[sig(x)]],
+                 spec, thr)
