@@ -12,7 +12,11 @@ their spread (the near-tie rule of every argmax agreement here). The margin scor
 another precision (its labels are held to Paddle's first), the candidate's own for FP32 (an FP32 model matches
 Paddle's scores to 1e-5 of their spread). Judged: the agreement over decisive labels, and the same agreement per
 reference class, averaged over the classes (a model that answers "background" everywhere agrees on most pixels of
-most images and on no other class); a model whose margin scores are constant or not finite is refused. With its own
+most images and on no other class); the agreement over all labels, near-ties included, to the same bound (a precision
+may move labels at their ties, not most of them: a random-weight INT8 DeepLabV3P had 91% of its labels within
+int8's tie margin, agreed on those judged, and read a real photo 17% as Paddle did); for FP16/INT8 the scores
+themselves against the FP32 model's, to the precision's rel_rmse and cosine bounds. A model whose margin scores are
+constant or not finite is refused. With its own
 scores an FP32 model is also held to its max_rel_diff: a label may differ from Paddle's only where its scores put
 Paddle's label within 2 x max_rel_diff x their spread of its top (a weight off by 1% moves labels just past their
 ties, where the agreement alone cannot see it).
@@ -31,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .metrics import top2_margin
+from .metrics import compare_pooled, top2_margin
 
 ORDER_KEEPING = {"Cast", "Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten"}
 MIN_CLASS_LABELS = 20       # a reference class enters the per-class average with at least this many decisive labels
@@ -154,8 +158,9 @@ def compare_labels(refs: list[np.ndarray], gots: list[np.ndarray], margin_scores
             "max_abs_diff": float(np.abs(ref - got).max()) if len(ref) else 0.0}
 
 
-def label_violations(m: dict, min_agreement: float | None) -> list[str]:
-    """The bounds label figures break, in words (metrics.violations for kind "labels")."""
+def label_violations(m: dict, thr) -> list[str]:
+    """The bounds (metrics.Thresholds) label figures break, in words (metrics.violations for kind "labels")."""
+    min_agreement = thr.min_argmax_agreement
     v = []
     if m["nonfinite"]:
         v.append(f"{m['nonfinite']} labels read NaN/Inf scores ({m['margin_scores']})")
@@ -165,8 +170,20 @@ def label_violations(m: dict, min_agreement: float | None) -> list[str]:
         v.append(f"{m['inconsistent']} labels differ from Paddle's where the model's own scores put Paddle's label "
                  f"more than {m['consistency_bound']:g} x their spread below its top (scores within max_rel_diff "
                  "of Paddle's could not differ there)")
+    theirs = m.get("scores_vs_fp32")
+    if theirs:
+        if theirs["nonfinite"]:
+            v.append(f"its scores hold {theirs['nonfinite']} NaN/Inf values where the FP32 model's are finite")
+        if thr.max_rel_rmse is not None and theirs["rel_rmse"] > thr.max_rel_rmse:
+            v.append(f"its scores vs the FP32 model's: rel_rmse {theirs['rel_rmse']:.3g} > {thr.max_rel_rmse:g}")
+        if thr.min_cosine is not None and theirs["cosine"] < thr.min_cosine:
+            v.append(f"its scores vs the FP32 model's: cosine {theirs['cosine']:.6f} < {thr.min_cosine:g}")
     if min_agreement is None:
         return v
+    if m["argmax_agreement_all_rows"] is not None and m["argmax_agreement_all_rows"] < min_agreement:
+        v.append(f"agreement over all {m['label_rows']} labels {m['argmax_agreement_all_rows']:.4f} < "
+                 f"{min_agreement:g} (near-ties included: a precision may move the labels at their ties, not "
+                 "this many)")
     if m["argmax_agreement"] is not None and m["argmax_agreement"] < min_agreement:
         v.append(f"label agreement {m['argmax_agreement']:.4f} < {min_agreement:g} over {m['argmax_rows']} labels "
                  f"whose scores' top-2 margin is clear of a tie ({m['near_ties']} near-ties not judged)")
@@ -198,10 +215,14 @@ def label_figures(model, model_path: Path, names: list[str], refs: list[list[np.
     probe = Path(model_path) if own else Path(margin_model)
     plan = list(idx.values()) if own else [theirs[s.output] for s in idx.values()]
     scores = run_scores(probe, plan, samples)
+    mine = None if own else run_scores(Path(model_path), list(idx.values()), samples)
     out = {}
     for k, j in enumerate(idx):
         m = compare_labels([r[j] for r in refs], [g[j] for g in got], [s[k] for s in scores], plan[k].axis,
                            tie_margin, own, max_rel_diff)
         if m is not None:
+            if mine is not None:              # the scores themselves, held to the precision's bounds
+                f = compare_pooled([s[k] for s in scores], [s[k] for s in mine], False)
+                m["scores_vs_fp32"] = {key: f[key] for key in ("max_rel_diff", "rel_rmse", "cosine", "nonfinite")}
             out[j] = m
     return out

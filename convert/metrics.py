@@ -191,7 +191,7 @@ def violations(m: dict, thr: Thresholds, exact: bool) -> list[str]:
         return [f"shape {m['shape_onnx']} != the reference's {m['shape_ref']}"]
     if m.get("kind") == "labels":                 # an ArgMax's integers: judged as labels (convert.labels)
         from .labels import label_violations
-        return label_violations(m, thr.min_argmax_agreement)
+        return label_violations(m, thr)
     v = []
     if m["nonfinite"] and not thr.allow_nonfinite:
         v.append(f"{m['nonfinite']} NaN/Inf values where the reference is finite")

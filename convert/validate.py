@@ -230,7 +230,8 @@ def summary(report: dict) -> dict:
     ms = [r["metrics"] for r in report["results"] if r.get("kind") != "lineage"
           and r["metrics"].get("kind") not in ("detection_counts", "detection_indices")]   # judged by their own rule
     lineage = [r["metrics"]["checked"] for r in report["results"] if r.get("kind") == "lineage"]
-    agree = [m["argmax_agreement"] for m in ms if m.get("argmax_agreement") is not None]
+    agree = [m["argmax_agreement_all_rows" if m.get("kind") == "labels" else "argmax_agreement"] for m in ms]
+    agree = [a for a in agree if a is not None]             # labels: over all of them, as a user reads them
     ms = [m for m in ms if m.get("kind") != "labels"]         # labels have an agreement, no error figures
     return {"passed": report["passed"],
             "samples": report.get("samples", len({r["sample"] for r in report["results"]})),
