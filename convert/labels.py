@@ -72,6 +72,11 @@ def softmax_axes(model) -> dict[str, int]:
     """{graph output name: class axis} for outputs a Softmax/LogSoftmax computes (through Cast/Identity only):
     a segmenter's probabilities [N, C, H, W] have their classes on axis 1, not last, and their argmax agreement is
     judged there. Opset < 13 softmax (over all axes from `axis` on) counts only where that is the last axis."""
+    return {name: s.axis for name, s in softmax_sources(model).items()}
+
+
+def softmax_sources(model) -> dict[str, LabelSource]:
+    """softmax_axes with the logits each Softmax reads (LabelSource.scores)."""
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
     producer = {o: n for n in model.graph.node for o in n.output if o}
     found = {}
@@ -83,8 +88,38 @@ def softmax_axes(model) -> dict[str, int]:
             continue
         axis = next((a.i for a in node.attribute if a.name == "axis"), -1 if opset >= 13 else 1)
         if opset >= 13 or axis == -1:
-            found[out.name] = int(axis)
+            found[out.name] = LabelSource(out.name, node.input[0], int(axis))
     return found
+
+
+def logits_scales(model, model_path: Path, names: list[str], samples: list[dict], failing: set[int],
+                  logits_model: Path | None) -> dict[int, dict]:
+    """{output index: {"spread", "std"} of the logits its Softmax reads} for the `failing` Softmax outputs, read
+    from `logits_model` (the bundle's FP32 model) or the candidate. A softmax passes its logits' absolute error on
+    at most halved (its Jacobian's infinity norm is max 2 p (1 - p) <= 1/2), so where the logits range over tens
+    (a random-weight segmenter on generated images: std 32) an FP32 rounding of 1e-4 of their spread moves the
+    probabilities by more than 1e-4 of theirs (at most 1): their worst error is judged against the logits' spread
+    then (max_rel_diff), their rms error against the logits' std (rel_rmse); their cosine and argmax agreement as
+    they are (a wrong softmax fails those)."""
+    import onnx
+    sources = softmax_sources(model)
+    idx = {j: sources[n] for j, n in enumerate(names) if n in sources and j in failing}
+    if not idx:
+        return {}
+    probe = Path(model_path)
+    if logits_model is not None and Path(logits_model) != probe:
+        theirs = softmax_sources(onnx.load(str(logits_model), load_external_data=False))
+        if all(s.output in theirs for s in idx.values()):
+            probe, idx = Path(logits_model), {j: theirs[s.output] for j, s in idx.items()}
+    scores = run_scores(probe, list(idx.values()), samples)
+    out = {}
+    for k, j in enumerate(idx):
+        z = np.concatenate([np.asarray(s[k], np.float64).ravel() for s in scores])
+        z = z[np.isfinite(z)]
+        if z.size:
+            out[j] = {"spread": float(z.max() - z.min()), "std": float(z.std()),
+                      "from": "fp32 model" if probe != Path(model_path) else "own"}
+    return out
 
 
 def run_scores(model_path: Path, sources: list[LabelSource], samples: list[dict]) -> list[list[np.ndarray]]:

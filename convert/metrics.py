@@ -208,11 +208,14 @@ def violations(m: dict, thr: Thresholds, exact: bool) -> list[str]:
         return v
     what = ("spread" if m.get("signal", True) else "magnitude (the reference is flat)")
     if thr.max_rel_diff is not None and m["max_rel_diff"] > thr.max_rel_diff:
+        scale = (f"the spread {m['logits_scale']['spread']:.3g} of the logits its Softmax reads"
+                 if "logits_scale" in m else f"the reference's {what} {m.get('spread', 0):.3g}")
         v.append(f"max_rel_diff {m['max_rel_diff']:.3g} > {thr.max_rel_diff:g} (max abs diff "
-                 f"{m['max_abs_diff']:.3g} against the reference's {what} {m.get('spread', 0):.3g})")
+                 f"{m['max_abs_diff']:.3g} against {scale})")
     if thr.max_rel_rmse is not None and m["rel_rmse"] > thr.max_rel_rmse:
-        v.append(f"rel_rmse {m['rel_rmse']:.3g} > {thr.max_rel_rmse:g} (rms error / reference std "
-                 f"{m.get('std', 0):.3g})")
+        std = (f"the std {m['logits_scale']['std']:.3g} of the logits its Softmax reads" if "logits_scale" in m
+               else f"reference std {m.get('std', 0):.3g}")
+        v.append(f"rel_rmse {m['rel_rmse']:.3g} > {thr.max_rel_rmse:g} (rms error / {std})")
     if thr.min_cosine is not None and m["cosine"] < thr.min_cosine:
         v.append(f"cosine {m['cosine']:.6f} < {thr.min_cosine:g}")
     if (thr.min_argmax_agreement is not None and m["argmax_agreement"] is not None

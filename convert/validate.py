@@ -20,7 +20,7 @@ from paddle2ort.runtime.session import SessionOptions, create_session
 
 from .errors import BadInputError, ConversionError, Paddle2OrtError, ValidationError
 from .lineage import check_lineage
-from .labels import label_figures, softmax_axes
+from .labels import label_figures, logits_scales, softmax_axes
 from .metrics import (DEFAULT_THRESHOLDS, LLM_THRESHOLDS, METRICS, JUDGED_SPREAD, Thresholds,  # noqa: F401
                       compare, compare_logits, compare_pooled, thresholds_with_overrides, top2_margin, violations)
 from .samples import SampleConfig, load_samples, make_samples  # noqa: F401
@@ -216,6 +216,15 @@ def validate(precision: str, model_path: Path, samples: list[dict], refs: list[l
         compared.append({"output": spec.name, "shape": list(rs[0].shape), "metrics": m, "exact": exact})
     if fp32_model is not None and precision in ("fp16", "int8") and Path(fp32_model) != Path(model_path):
         compared.append(lineage_row(precision, fp32_model, model_path))
+    failing = {j for j, c in enumerate(compared[:len(outputs)]) if j not in special
+               and c["metrics"].get("kind") is None and violations(c["metrics"], thr, c["exact"])}
+    for j, z in logits_scales(graph, model_path, names, samples, failing,
+                              fp32_model if precision != "fp32" else None).items():
+        m = compared[j]["metrics"]
+        if z["spread"] > m.get("spread", 0.0):  # errors against the logits' scale (labels.logits_scales)
+            rms = m["rel_rmse"] * m.get("std", 0.0)
+            m.update({"max_rel_diff": m["max_abs_diff"] / z["spread"], "logits_scale": z,
+                      "rel_rmse": rms / max(z["std"], m.get("std", 0.0)) if z["std"] > 0 else m["rel_rmse"]})
     try:
         return judge(precision, compared, thr, len(samples))
     except ValidationError as e:

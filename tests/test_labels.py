@@ -157,3 +157,32 @@ def test_softmax_outputs_agree_along_their_class_axis(tmp_path):
                    DEFAULT_THRESHOLDS["fp32"])
     m = rep["results"][0]["metrics"]
     assert m["argmax_rows"] + m["near_ties"] == 2 * 2 * 64 and m["argmax_agreement"] == 1.0
+
+
+def test_a_softmax_over_wide_logits_is_held_to_its_logits_bound(tmp_path):
+    """Logits over tens (a random-weight segmenter on generated images): FP32 rounding of 1e-5 of their spread moves
+    the probabilities by more than 1e-4 of theirs (at most 1), and FP32 was refused. The worst error is judged against
+    the logits' spread and std (a softmax halves absolute errors at most); a wrong softmax still fails its cosine."""
+    g = helper.make_graph([helper.make_node("Softmax", ["x"], ["probs"], axis=1)], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, C, 64])],
+                          [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [None, C, 64])])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    xs = []
+    for i in range(2):                       # logits over ~200, the top two of each position within 1 of each other
+        rng = np.random.default_rng(i)
+        x = 30 * rng.standard_normal((2, C, 64))
+        x[:, 0] = x.max(1) + 5
+        x[:, 1] = x[:, 0] + rng.choice([-1, 1], (2, 64)) * rng.uniform(0.1, 1, (2, 64))
+        xs.append(x.astype(np.float32))
+    soft = lambda z: np.exp(z - z.max(1, keepdims=True)) / np.exp(z - z.max(1, keepdims=True)).sum(1, keepdims=True)
+    spec = [TensorSpec("probs", "float32", ["N", C, 64])]
+    jitter = lambda x: 0.01 * np.where(np.arange(C) % 2, 1, -1)[None, :, None] * (np.arange(64) < 2)  # noqa: E731
+    # 4e-5 of the logits' spread, at 2 of 64 positions (as rounding: large at a few, small at most)
+    rounded = [[soft(x.astype(np.float64) + jitter(x)).astype(np.float32)] for x in xs]
+    rep = validate("fp32", path, [{"x": x} for x in xs], rounded, spec, DEFAULT_THRESHOLDS["fp32"])
+    m = rep["results"][0]["metrics"]
+    assert m["max_abs_diff"] > 1e-4 and "logits_scale" in m and m["max_rel_diff"] <= 1e-4
+    wrong = [[soft(np.roll(x, 1, axis=1).astype(np.float64)).astype(np.float32)] for x in xs]
+    with pytest.raises(ValidationError, match="cosine"):
+        validate("fp32", path, [{"x": x} for x in xs], wrong, spec, DEFAULT_THRESHOLDS["fp32"])
