@@ -171,12 +171,19 @@ def task_inspect(args: dict) -> dict:
     prog = _load_program(args["model_file"])
     supported = set(p2o.get_all_supported_operators_pir())
     ops, unsupported = Counter(), Counter()
-    inputs, outputs = [], []
+    inputs, outputs, inexact = [], [], []
     for op in _walk_ops(prog.global_block()):
         name = op.name()
         ops[name] += 1
         if name not in STRUCTURAL and _mapper_name(name) not in supported:
             unsupported[name] += 1
+        if name == "pd_op.pool2d" and op.attrs().get("adaptive"):
+            shape_in, shape_out = list(op.operand_source(0).shape), list(op.result(0).shape)
+            if op.attrs().get("data_format") == "NHWC":
+                shape_in, shape_out = [shape_in[i] for i in (0, 3, 1, 2)], [shape_out[i] for i in (0, 3, 1, 2)]
+            hw, out_hw = [int(d) for d in shape_in[2:]], [int(d) for d in shape_out[2:]]
+            if min(hw + out_hw, default=0) > 0 and any(i % o for i, o in zip(hw, out_hw)):
+                inexact.append({"pooling": op.attrs().get("pooling_type", "avg"), "input": hw, "output": out_hw})
         if name in ("pd_op.data", "pd_op.feed"):
             v = op.result(0)
             spec = {"name": op.attrs()["name"], "dtype": _dtype_name(v.dtype), "shape": [int(d) for d in v.shape]}
@@ -191,7 +198,8 @@ def task_inspect(args: dict) -> dict:
                             "producer": v.get_defining_op().name()})
     outputs.sort(key=lambda o: o["col"])
     return {"paddle_version": paddle.__version__, "paddle2onnx_version": paddle2onnx.__version__,
-            "inputs": inputs, "outputs": outputs, "ops": dict(ops), "unsupported": dict(unsupported)}
+            "inputs": inputs, "outputs": outputs, "ops": dict(ops), "unsupported": dict(unsupported),
+            "inexact_adaptive_pools": inexact}
 
 
 def _check_program_file(model_file: str) -> None:

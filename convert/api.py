@@ -18,7 +18,8 @@ from paddle2ort.runtime.manifest import (MANIFEST_NAME, SCHEMA_VERSION, VALIDATI
 
 from . import export as export_stage
 from .bundle import check_outside_inputs, staged_bundle, write_json
-from .errors import BadInputError, ConversionError, LabelCountError, UnsupportedOperatorsError, ValidationError
+from .errors import (BadInputError, ConversionError, InexactPoolingError, LabelCountError, UnsupportedOperatorsError,
+                     ValidationError)
 from .fusion import FusionConfig, bundle_graphs
 from .graph import _IDENT, rename_and_annotate, share_duplicate_weights
 from .ocr import CLASSES_FILE as OCR_CLASSES_FILE
@@ -361,6 +362,8 @@ def inspect(source: ModelSource, workdir: Path) -> dict:
                                   "origin": origin}, workdir)
     if info["unsupported"]:
         raise UnsupportedOperatorsError(info["unsupported"], info["paddle2onnx_version"])
+    if info.get("inexact_adaptive_pools"):
+        raise InexactPoolingError(info["inexact_adaptive_pools"], info["inputs"], info["paddle2onnx_version"])
     return info
 
 

@@ -1,6 +1,7 @@
 """Typed converter errors. Exit codes: 2 bad input, 3 validation failed, 4 conversion failed."""
 from __future__ import annotations
 
+import math
 import re
 
 from paddle2ort.runtime.errors import BadInputError, Paddle2OrtError
@@ -45,6 +46,28 @@ class UnsupportedOperatorsError(ConversionError):
             "(e.g. replace fused ops by their primitive form), or register a custom op mapping.")
 
 
+class InexactPoolingError(ConversionError):
+    """Adaptive pooling over a map whose size its output size does not divide: paddle2onnx writes every adaptive
+    pool as one fixed-window AveragePool/MaxPool, which is Paddle's pooling only where the bins are all alike."""
+
+    def __init__(self, pools: list[dict], inputs: list[dict], paddle2onnx_version: str = ""):
+        sizes = sorted({(tuple(p["input"]), tuple(p["output"])) for p in pools})
+        listing = ", ".join(f"{'x'.join(map(str, i))} -> {'x'.join(map(str, o))}" for i, o in sizes)
+        need = math.lcm(*(o for _, out in sizes for o in out))
+        image = next((i for i in inputs if len(i["shape"]) == 4 and min(i["shape"][2:]) > 0), None)
+        hint = ""
+        if image is not None:
+            ratio = image["shape"][2] // sizes[0][0][0] if sizes[0][0][0] else 0
+            if ratio and image["shape"][2] == ratio * sizes[0][0][0]:
+                size = need * ratio * max(1, -(-sizes[0][0][0] // need))
+                hint = f" (input {image['name']!r} at {size}x{size}, where the pooled map is {size // ratio})"
+        super().__init__(
+            f"paddle2onnx {paddle2onnx_version} writes adaptive pooling as one fixed window, which differs from "
+            f"Paddle's where the map size is not a multiple of the output size, and this model pools {listing} "
+            f"({len(pools)} place(s)): the ONNX model would compute other values. Re-export it at an input size "
+            f"where every pooled map divides by {need}{hint}.".replace("paddle2onnx  ", "paddle2onnx "))
+
+
 # paddle2onnx's mapper refusing one use of an operator it supports (an attribute it has no ONNX form for), as its
 # log says before it aborts: "[ERROR][Paddle2ONNX] [OP: pd_op.conv2d] Cannot support input with NHWC format."
 _REFUSAL = re.compile(r"\[ERROR\]\[Paddle2ONNX\] \[OP: ([\w.]+)\] (.+)")
@@ -57,10 +80,17 @@ class OperatorFormError(ConversionError):
     def __init__(self, refusals: dict[str, list[str]], paddle2onnx_version: str = ""):
         self.refusals = refusals
         listing = "; ".join(f"{op}: {' / '.join(why)}" for op, why in refusals.items())
+        reasons = " ".join(w for why in refusals.values() for w in why).lower()
+        if "static input shape" in reasons or "static shape" in reasons:
+            fix = ("Re-export the model with a fixed input shape (paddle.static.InputSpec([1, 3, H, W]) instead of "
+                   "None dims; PaddleSeg: tools/export.py --input_shape 1 3 H W), H and W such that every adaptive "
+                   "pooling's input map divides by its output size")
+        else:
+            fix = ("Re-export the model with those layers in a form it converts (e.g. data_format='NCHW' for "
+                   "convolutions), or rewrite them with other ops")
         super().__init__(
             f"paddle2onnx {paddle2onnx_version} supports the operator type(s) but not the form this model uses: "
-            f"{listing}. Re-export the model with those layers in a form it converts (e.g. data_format='NCHW' for "
-            "convolutions), or rewrite them with other ops.".replace("paddle2onnx  ", "paddle2onnx "))
+            f"{listing}. {fix}.".replace("paddle2onnx  ", "paddle2onnx "))
 
     @staticmethod
     def from_log(text: str, paddle2onnx_version: str = "") -> "OperatorFormError | None":

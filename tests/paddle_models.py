@@ -156,6 +156,26 @@ def build_segmenter(out: Path, labels_dtype: str = "int32"):
     _save(seg, out, [paddle.static.InputSpec([None, 3, 48, 48], "float32", "x")])
 
 
+def build_pyramid_pool(out: Path, size: int = 256):
+    """A Fast-SCNN-like pyramid pooling: a stride-32 feature map adaptively pooled to 1, 2, 3 and 6 bins, upsampled
+    and summed, exported at a fixed size (adaptive pooling needs one in paddle2onnx)."""
+    import paddle
+    F = paddle.nn.functional
+
+    class Pyramid(paddle.nn.Layer):
+        def __init__(self):
+            super().__init__()
+            self.down = paddle.nn.Conv2D(3, 8, 32, stride=32)
+            self.pools = paddle.nn.LayerList([paddle.nn.AdaptiveAvgPool2D(b) for b in (1, 2, 3, 6)])
+
+        def forward(self, x):
+            f = self.down(x)
+            return f + sum(F.interpolate(p(f), size=f.shape[2:], mode="bilinear") for p in self.pools)
+
+    paddle.seed(5)
+    _save(Pyramid(), out, [paddle.static.InputSpec([1, 3, size, size], "float32", "x")])
+
+
 def build_ernie(out: Path):
     _save_ernie(out, 3, vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                 intermediate_size=64, max_position_embeddings=128, type_vocab_size=2)
@@ -408,7 +428,8 @@ BUILDERS = {"ernie_medium": build_ernie_medium, "llama": build_llama, "gpt": bui
             "legacy": build_legacy, "two_heads": build_two_heads, "unsupported": build_unsupported,
             "nhwc_conv": build_nhwc_conv, "detector": build_detector,
             "detector_im_shape": lambda out: build_detector(out, im_shape=True), "segmenter": build_segmenter,
-            "segmenter_int64": lambda out: build_segmenter(out, "int64")}
+            "segmenter_int64": lambda out: build_segmenter(out, "int64"), "pyramid_256": build_pyramid_pool,
+            "pyramid_384": lambda out: build_pyramid_pool(out, 384)}
 BUILDERS.update({f"nlp_{fam}": (lambda out, fam=fam: build_nlp_family(out, fam)) for fam in NLP_FAMILIES})
 BUILDERS.update({f"vision_{name}": (lambda out, name=name: build_vision(out, name)) for name in VISION_FAMILIES})
 # fusion tests: f"{family}_h{hidden}_n{heads}"
