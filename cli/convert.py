@@ -130,7 +130,8 @@ def register(sub) -> None:
     c.add_argument("--opset", type=positive_int, default=17,
                    help="ONNX opset to request (paddle2onnx may raise it; the manifest records the one written)")
     c.add_argument("--input-shape", type=_shape_arg, action="append", default=[], metavar="NAME:D0,D1,...",
-                   help="shape of a generated sample input (dynamic dims: batch 2/1 and size 64/32); repeatable")
+                   help="shape of a generated sample input (default dynamic dims: batch 2/1, an image's height x width "
+                   "96x160/64x128, others 64/32); repeatable")
     c.add_argument("--seed", type=nonneg_int, default=0, help="seed of the generated sample inputs")
     c.add_argument("--no-validate", action="store_true", help="skip the Paddle-vs-ONNX gate (not for release)")
     c.add_argument("--fp16-block-ops", type=csv, help="ONNX op types kept in FP32 in the fp16 model, replacing "

@@ -298,12 +298,21 @@ def to_int8(src: Path, dst: Path, opts: Int8Options = Int8Options()) -> dict:
         except Exception as e:  # noqa: BLE001
             raise ConversionError(f"INT8 dynamic quantization failed ({type(e).__name__}: {e})") from e
     import onnx
-    quantized = sum(1 for g in all_graphs(onnx.load(str(dst), load_external_data=False).graph) for n in g.node
-                    if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul", "ConvInteger", "QLinearMatMul"))
+    from collections import Counter
+    kinds = Counter(n.op_type for g in all_graphs(onnx.load(str(dst), load_external_data=False).graph)
+                    for n in g.node)
+    quantized = sum(kinds[k] for k in ("MatMulInteger", "DynamicQuantizeMatMul", "ConvInteger", "QLinearMatMul"))
     if quantized == 0:
         log.warning("int8: the model has no %s nodes to quantize; model.int8.onnx computes in FP32 "
                     "(try --int8-op-types with other op types, and let the gate judge)", "/".join(opts.op_types))
-    return {"weight_type": "QInt8", "per_channel": opts.per_channel, "reduce_range": opts.reduce_range,
+    convs = kinds["ConvInteger"]
+    if convs:               # onnxruntime's dynamic quantizer: ConvInteger weights per tensor whatever per_channel says
+        log.warning("int8: %d convolutions quantized as ConvInteger: per tensor (onnxruntime's dynamic quantizer "
+                    "has no per-channel ConvInteger%s), and onnxruntime's ConvInteger kernels are often slower "
+                    "than its FP32 convolutions on CPU: time both before choosing int8", convs,
+                    ", so --int8-per-channel applies to the MatMul/Gemm weights only" if opts.per_channel else "")
+    return {"weight_type": "QInt8", "per_channel": opts.per_channel and quantized > convs,
+            "per_tensor_convolutions": convs, "reduce_range": opts.reduce_range,
             "op_types": list(opts.op_types), "quantized_nodes": quantized}
 
 
