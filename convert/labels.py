@@ -43,7 +43,7 @@ MIN_CLASS_LABELS = 20       # a reference class enters the per-class average wit
 
 @dataclass(frozen=True)
 class LabelSource:
-    """A graph output computed by ArgMax(scores, axis)."""
+    """A graph output an ArgMax (or, softmax_sources, a Softmax) computes from `scores` along `axis`."""
 
     output: str
     scores: str
