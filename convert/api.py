@@ -446,6 +446,13 @@ def _convert(config: ConvertConfig, more_sources: tuple[Path, ...]) -> ConvertRe
                                                  fp32_model=variant_src.get(prec, files["fp32"]))   # its FP32 source
                     except ValidationError as e:
                         hint = gate_hint(prec, e, files[prec], _user_inputs(config), config.task == DET_TASK)
+                        if reports:             # a bundle ships whole or not at all: say how to get the others
+                            rest = [p for p in order if p != prec]
+                            hint = ((hint + "\n") if hint else "") + (
+                                f"Nothing was written. {', '.join(reports)} passed"
+                                + (f" ({', '.join(p for p in rest if p not in reports)} not yet judged)"
+                                   if len(rest) > len(reports) else "")
+                                + f": convert with --precision {','.join(rest)} for a bundle without {prec}.")
                         raise (e.with_hint(hint) if hint else e)
                     s = summary(reports[prec])
                     log.info("%s passed: %s", prec, gate_text(s))
