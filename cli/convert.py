@@ -142,7 +142,8 @@ def register(sub) -> None:
     c.add_argument("--task", help="task recorded in the manifest: text-classification (with --labels), "
                    "text-recognition (a CTC OCR recognizer, with --labels-file DICT; read from a PaddleX export), "
                    "text-detection (a DB OCR detector), text-direction (PaddleOCR's cls: are lines upside down?); "
-                   "a PaddleDetection export (infer_cfg.yml beside the model) is object-detection by itself")
+                   "a PaddleDetection export (infer_cfg.yml beside the model) is object-detection by itself, a "
+                   "PaddleSeg export (deploy.yaml) semantic-segmentation")
     c.set_defaults(func=run_convert)
 
     v = command(sub, "validate", "re-run the Paddle-vs-ONNX gate on an existing bundle",

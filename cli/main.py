@@ -21,7 +21,7 @@ log = logging.getLogger("paddle2ort")
 
 # In help order. "release" is helper-owned (paddle2ort.cli.release); tolerated as absent until it lands.
 COMMAND_MODULES = ("convert", "convert_llm", "convert_seq2seq", "import_gguf", "zoo", "classify", "recognize", "ocr",
-                   "detect", "run", "generate", "bench", "bench_llm", "perplexity", "release", "serve")
+                   "detect", "segment", "run", "generate", "bench", "bench_llm", "perplexity", "release", "serve")
 OPTIONAL_MODULES = {"release"}
 
 

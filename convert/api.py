@@ -30,6 +30,7 @@ from .ocr import TASK as OCR_TASK
 from .paddle_proc import make_workdir, run_worker, sigterm_as_interrupt
 from .ppdet import TASK as DET_TASK
 from .ppdet import detection_settings, read_infer_cfg
+from .ppseg import read_deploy_yaml, segmentation_settings
 from .precision import PRECISIONS, FP16Options, Int4Options, Int8Options, check_quantizable, make_variant
 from .source import ModelSource, locate, prepare
 from .validate import (DEFAULT_THRESHOLDS, GateRerunError, SampleConfig, Thresholds, check_signal, gate_text,
@@ -378,6 +379,7 @@ def convert(config: ConvertConfig, sources: tuple[Path, ...] = ()) -> ConvertRes
 def _convert(config: ConvertConfig, more_sources: tuple[Path, ...]) -> ConvertResult:
     source = locate(config.source)
     ppdet = read_infer_cfg(config, source.model_file.parent)   # PaddleDetection export? before any worker
+    ppseg = read_deploy_yaml(config, source.model_file.parent) if ppdet is None else None   # PaddleSeg export?
     check_outside_inputs(config.output, [("the source model folder", Path(config.source))], command="convert")
     sources = (*config.user_paths(), *more_sources, *source.user_files)
     steps = 4 + 2 * len(config.precisions)
@@ -388,7 +390,8 @@ def _convert(config: ConvertConfig, more_sources: tuple[Path, ...]) -> ConvertRe
             bar.set_postfix_str("inspect")
             source = prepare(source, work)         # a Paddle 1.x directory is re-saved as a legacy model first
             info = inspect(source, work)
-            config = ocr_settings(config, info) if ppdet is None else detection_settings(config, ppdet, info)
+            config = (detection_settings(config, ppdet, info) if ppdet is not None else
+                      segmentation_settings(config, ppseg, info) if ppseg is not None else ocr_settings(config, info))
             samples = check_against_specs(config, info)
             log.info("%s model %s: %d inputs, %d outputs, %d ops, all supported by paddle2onnx %s",
                      source.format, source.model_file.name, len(info["inputs"]), len(info["outputs"]),

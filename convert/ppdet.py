@@ -25,6 +25,7 @@ from paddle2ort.runtime.detect import INTERP, OPS, TASK, check_ops, preprocess
 from paddle2ort.runtime.errors import BadInputError
 
 from .samples import text_like_rgb
+from .source import read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -117,14 +118,10 @@ def read_infer_cfg(config, folder: Path) -> DetExport | None:
             raise BadInputError(f"task {TASK} needs PaddleDetection's {CFG_NAME} (PaddleX: {PADDLEX_CFG_NAME}) "
                                 f"beside the model ({folder} has neither): give the folder the export wrote")
         return None
-    import yaml
 
     def bad(msg: str) -> BadInputError:
         return BadInputError(f"{path}: {msg}; give the {path.name} PaddleDetection's export wrote with this model")
-    try:
-        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise bad(f"cannot be read as YAML ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+    cfg = read_yaml(path, bad)
     if not isinstance(cfg, dict):
         raise bad(f"is not a mapping of settings (got {type(cfg).__name__})")
     pre = cfg.get("Preprocess")

@@ -177,3 +177,13 @@ def locate(path: str | Path) -> ModelSource:
         raise BadInputError(f"{path} is neither a directory nor a regular file; pass a Paddle model directory or "
                             "program file")
     raise BadInputError(f"{path} does not exist; pass a Paddle model directory or program file")
+
+
+def read_yaml(path: Path, bad) -> object:
+    """A suite's YAML file beside the model (PaddleDetection's infer_cfg.yml, PaddleSeg's deploy.yaml), parsed
+    with PyYAML's safe_load; `bad(message)` makes the error for a file that cannot be read as YAML."""
+    import yaml
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise bad(f"cannot be read as YAML ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
