@@ -522,7 +522,34 @@ def gate_hint(precision: str, e: ValidationError, model_path: Path, user_inputs:
                 "Validate on real inputs: "
                 "--inputs FILE.npz with arrays named after the model's inputs (a preprocessed image and the real "
                 "values of its companion inputs).")
-    return FP16_HINT if precision == "fp16" else None
+    if precision == "fp16":
+        return FP16_HINT + _fp16_block_hint(model_path)
+    if precision == "int8" and _int8_per_tensor(model_path):
+        return ("Dynamic INT8 quantized each weight with one scale (per tensor); weights whose rows differ in range "
+                "lose most there (a random-weight PVTv2 was refused at cosine 0.94 and passed per channel): convert again with "
+                "--int8-per-channel, or leave int8 out of --precision.")
+    return None
+
+
+def _fp16_block_hint(model_path: Path) -> str:
+    """The --fp16-block-ops value that adds BatchNormalization to the list in force, where the FP16 model computes
+    one in float16 (EfficientNet-B0's FP16 cosine 0.955 -> 0.99999 with it kept in FP32)."""
+    import onnx
+    model = onnx.load(str(model_path), load_external_data=False)
+    if not any(n.op_type == "BatchNormalization" for n in model.graph.node):
+        return ""
+    block = [o for o in FP16Options().op_block_list if o != "BatchNormalization"] + ["BatchNormalization"]
+    return f" This model has BatchNormalization in float16; try --fp16-block-ops {','.join(block)}."
+
+
+def _int8_per_tensor(model_path: Path) -> bool:
+    """Whether an INT8 model's quantized weights carry one scale each (not per channel)."""
+    import onnx
+    from onnx import numpy_helper
+    g = onnx.load(str(model_path), load_external_data=False).graph
+    names = {t.name for t in g.initializer}
+    scales = [t for t in g.initializer if t.name.endswith("_scale") and t.name[:-6] + "_quantized" in names]
+    return bool(scales) and all(numpy_helper.to_array(t).size == 1 for t in scales)
 
 
 def check_same_source(recorded: dict, got: dict[str, str], source_path: Path) -> None:

@@ -73,9 +73,7 @@ def rename_and_annotate(model, inputs: list[dict], outputs: list[dict], output_n
         for i, t in enumerate(node.output):
             if t in mapping:
                 node.output[i] = mapping[t]
-        for i, t in enumerate(node.input):
-            if t in mapping:
-                node.input[i] = mapping[t]
+    rename_inputs(graph, mapping)
     for vi in graph.value_info:
         if vi.name in mapping:
             vi.name = mapping[vi.name]
@@ -99,6 +97,69 @@ def rename_and_annotate(model, inputs: list[dict], outputs: list[dict], output_n
         _set_shape(vi, dims)
         out_specs.append(TensorSpec(new, spec["dtype"], tuple(dims)))
     return model, in_specs, out_specs
+
+
+def rename_inputs(graph, mapping: dict[str, str]) -> None:
+    """Rename every use of the names in `mapping` in `graph`, and in the If/Loop/Scan bodies below it that read them
+    from the outer scope (a body that defines a name itself shadows it there). Mutates `graph`."""
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in mapping:
+                node.input[i] = mapping[name]
+        for body in _bodies(node):
+            own = ({i.name for i in body.input} | {t.name for t in body.initializer}
+                   | {o for n in body.node for o in n.output})
+            inner = {k: v for k, v in mapping.items() if k not in own}
+            if inner:
+                rename_inputs(body, inner)
+
+
+def _bodies(node) -> list:
+    from onnx import AttributeProto
+    return [b for a in node.attribute for b in ([a.g] if a.type == AttributeProto.GRAPH else
+                                                list(a.graphs) if a.type == AttributeProto.GRAPHS else [])]
+
+
+def outer_reads(node) -> set[str]:
+    """Names a node's If/Loop/Scan bodies (at any depth) read from the scopes around the node."""
+    out: set[str] = set()
+    for body in _bodies(node):
+        own = {i.name for i in body.input} | {t.name for t in body.initializer} | {o for n in body.node
+                                                                                    for o in n.output}
+        for n in body.node:
+            out |= {i for i in list(n.input) + sorted(outer_reads(n)) if i and i not in own}
+    return out
+
+
+def sort_nodes(graph) -> bool:
+    """Put `graph`'s nodes in topological order counting what their bodies read from outside (onnxruntime's
+    quantizer orders by explicit inputs only: an If turned Loop then ran before the node making a name its body
+    reads, and the file failed the checker). Stable; True where the order changed. Mutates `graph`."""
+    import heapq
+    nodes = list(graph.node)
+    producer = {o: k for k, n in enumerate(nodes) for o in n.output if o}
+    deps = [{producer[x] for x in list(n.input) + sorted(outer_reads(n)) if x in producer and producer[x] != k}
+            for k, n in enumerate(nodes)]
+    users: dict[int, list[int]] = {}
+    for k, ds in enumerate(deps):
+        for d in ds:
+            users.setdefault(d, []).append(k)
+    waiting = [len(ds) for ds in deps]
+    ready = [k for k, w in enumerate(waiting) if w == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        k = heapq.heappop(ready)
+        order.append(k)
+        for u in users.get(k, ()):
+            waiting[u] -= 1
+            if waiting[u] == 0:
+                heapq.heappush(ready, u)
+    if len(order) != len(nodes) or order == list(range(len(nodes))):
+        return False                    # a cycle (left for the checker to name) or already in order
+    del graph.node[:]
+    graph.node.extend(nodes[k] for k in order)
+    return True
 
 
 def share_duplicate_weights(model) -> int:
@@ -129,10 +190,7 @@ def share_duplicate_weights(model) -> int:
         return 0
     del g.initializer[:]
     g.initializer.extend(keep)
-    for node in g.node:
-        for i, name in enumerate(node.input):
-            if name in rename:
-                node.input[i] = rename[name]
+    rename_inputs(g, rename)            # If/Loop bodies read outer weights too (Swin's 54 Ifs)
     for o in g.output:
         if o.name in rename:          # a graph output that is a bare weight: route it through Identity
             g.node.append(onnx_helper_identity(rename[o.name], o.name))

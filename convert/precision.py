@@ -299,8 +299,14 @@ def to_int8(src: Path, dst: Path, opts: Int8Options = Int8Options()) -> dict:
             raise ConversionError(f"INT8 dynamic quantization failed ({type(e).__name__}: {e})") from e
     import onnx
     from collections import Counter
-    kinds = Counter(n.op_type for g in all_graphs(onnx.load(str(dst), load_external_data=False).graph)
-                    for n in g.node)
+
+    from .graph import sort_nodes
+    written = onnx.load(str(dst), load_external_data=False)
+    if any(n.op_type in ("If", "Loop", "Scan") for n in written.graph.node):
+        written = onnx.load(str(dst))
+        if sort_nodes(written.graph):   # the quantizer's order ignores what If/Loop bodies read from outside
+            save_onnx(written, dst)
+    kinds = Counter(n.op_type for g in all_graphs(written.graph) for n in g.node)
     quantized = sum(kinds[k] for k in ("MatMulInteger", "DynamicQuantizeMatMul", "ConvInteger", "QLinearMatMul"))
     if quantized == 0:
         log.warning("int8: the model has no %s nodes to quantize; model.int8.onnx computes in FP32 "

@@ -454,3 +454,59 @@ def test_flat_probabilities_are_judged_on_their_logits(tmp_path):
     with pytest.raises(ValidationError):
         validate("fp32", _elementwise_model(tmp_path / "z.onnx", "Sigmoid", zeroed=True), [{"x": x}], [[sig(x)]],
                  spec, thr)
+
+
+def _if_model(shared_in_body: bool = True):
+    """y = If(cond, then: x + w2, else: x - w2) + w1, where w1 and w2 are equal weights (one is kept when shared)
+    and the bodies read w2 from the outer scope (as Swin's 54 Ifs read paddle2onnx's constants)."""
+    from onnx import TensorProto, helper
+    w = np.arange(4, dtype=np.float32)
+    body = lambda op, name: helper.make_graph(      # noqa: E731
+        [helper.make_node(op, ["x", "w2" if shared_in_body else "w1"], [f"{name}_out"])], name, [],
+        [helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, [4])])
+    g = helper.make_graph(
+        [helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
+         helper.make_node("Greater", ["s", "zero"], ["cond"]),
+         helper.make_node("If", ["cond"], ["b"], then_branch=body("Add", "then"), else_branch=body("Sub", "els")),
+         helper.make_node("Add", ["b", "w1"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+        [helper.make_tensor("w1", TensorProto.FLOAT, [4], w), helper.make_tensor("w2", TensorProto.FLOAT, [4], w),
+         helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_shared_weights_are_renamed_inside_if_bodies_too():
+    """Swin: share_duplicate_weights dropped a duplicate weight an If body read from outside and renamed only the
+    top-level uses; the file failed the checker ("not output of any previous nodes")."""
+    import onnx
+    import onnxruntime as ort
+
+    from paddle2ort.convert.graph import share_duplicate_weights
+    m = _if_model()
+    assert share_duplicate_weights(m) == 16
+    onnx.checker.check_model(m)
+    assert {t.name for t in m.graph.initializer} == {"w1", "zero"}
+    x = np.array([1, -2, 3, 0.5], np.float32)
+    y = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert np.array_equal(y, x + 2 * np.arange(4, dtype=np.float32))
+
+
+def test_nodes_are_sorted_counting_what_bodies_read_from_outside():
+    """onnxruntime's dynamic INT8 quantizer orders nodes by their explicit inputs: an If whose body reads a name
+    made by a later node failed the checker (Swin's INT8). sort_nodes puts that node first; an ordered graph is left
+    as it is."""
+    import onnx
+
+    from paddle2ort.convert.graph import sort_nodes
+    m = _if_model(shared_in_body=True)
+    nodes = list(m.graph.node)
+    extra = onnx.helper.make_node("Identity", ["w1"], ["w2c"])       # made after the If, read inside it
+    m.graph.node[2].attribute[0].g.node[0].input[1] = "w2c"
+    del m.graph.node[:]
+    m.graph.node.extend(nodes + [extra])
+    assert sort_nodes(m.graph)
+    order = [n.op_type for n in m.graph.node]
+    assert order.index("Identity") < order.index("If")
+    onnx.checker.check_model(m)
+    assert not sort_nodes(m.graph)

@@ -38,7 +38,7 @@ def fuse_encoder(model, opts: OrtFusionOptions = OrtFusionOptions()):
     counts = {op: after[op] - before[op] for op in FUSED_OPS if after[op] > before[op]}
     if n_attention:
         counts["Attention"] = n_attention
-    log.info("fusions: %s", ", ".join(f"{k} {v}" for k, v in counts.items()) or "none")
+    log.debug("fusions: %s", ", ".join(f"{k} {v}" for k, v in counts.items()) or "none")
     return fused, counts
 
 
@@ -97,13 +97,17 @@ def bundle_graphs(model, precisions, int8, cfg: FusionConfig = FusionConfig(),
             try:
                 cache[key] = fuse_encoder(src, opts)
             except Exception as e:  # noqa: BLE001  (an optimisation: the unfused graph is correct and gets bundled)
-                log.warning("graph fusion skipped (%s: %s); the bundle keeps the unfused graph", type(e).__name__, e)
+                log.info("%s: graph fusion not applied (%s: %s); the bundle keeps the unfused graph", prec,
+                         type(e).__name__, str(e)[:200])
                 cache[key] = (src, {})
         fused, counts = cache[key]
         if counts.get("Attention"):
             graphs[prec], fusions[prec] = fused, counts
+            log.info("%s fusions: %s", prec, ", ".join(f"{k} {v}" for k, v in counts.items()))
         else:
             graphs[prec] = src
+    if not fusions and any(getattr(cfg, p) is not None for p in precisions):
+        log.info("fusions: none (no transformer-encoder attention block matched): the graphs are bundled unfused")
     if "int8" in fusions and not int8.weight_only and "Attention" not in int8.op_types \
             and quantizable_attention(graphs["int8"]):
         int8 = replace(int8, op_types=(*int8.op_types, "Attention"))
