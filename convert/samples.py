@@ -1,9 +1,10 @@
 """The gate's inputs: realistic samples drawn for each input's modality, or the user's own (.npz), checked up front.
 
 Random N(0, 1) images drive many vision models into saturation (a text detector's map is ~1e-6 everywhere), where
-any broken model looks right; so image inputs get rendered structure (glyph-like dark strokes, boxes and lines on a
-light, slightly noisy background, normalized like ImageNet/PP-OCR) and token ids come from real sentences through
-the bundle's tokenizer when there is one.
+any broken model looks right; so image inputs get rendered structure, pages (glyph-like dark strokes, boxes and
+lines on a light, slightly noisy background) and photo-like scenes (gradients, coloured shapes, texture) in turn,
+normalized like ImageNet/PP-OCR, and token ids come from real sentences through the bundle's tokenizer when there
+is one, else a tokenizer-like feed.
 """
 from __future__ import annotations
 
@@ -73,6 +74,35 @@ def text_like_image(rng: np.random.Generator, h: int, w: int, channels: int) -> 
         return ((img - 0.5) / 0.5)[None]
     rgb = np.stack([img * float(rng.uniform(0.9, 1.0)) for _ in range(3)])
     return (rgb - _MEAN[:, None, None]) / _STD[:, None, None]
+
+
+def scene_like_image(rng: np.random.Generator, h: int, w: int, channels: int) -> np.ndarray:
+    """[C, H, W] normalized float32, a photo-like counterpart of text_like_image: a two-colour gradient, a few
+    coloured ellipses and boxes, blotchy low-frequency texture. A classifier shown only pages gave every sample
+    the same saturated class (a PaddleClas trial): a model ignoring its input would have passed."""
+    img = _scene(rng, h, w)
+    if channels == 1:
+        return ((img.mean(-1) - 0.5) / 0.5)[None]
+    return (img.transpose(2, 0, 1) - _MEAN[:, None, None]) / _STD[:, None, None]
+
+
+def _scene(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """[H, W, 3] RGB in [0, 1]: scene_like_image's picture."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    t = (np.cos(rng.uniform(0, np.pi)) * yy / max(h, 1) + np.sin(rng.uniform(0, np.pi)) * xx / max(w, 1))[..., None]
+    a, b = rng.uniform(0, 1, 3).astype(np.float32), rng.uniform(0, 1, 3).astype(np.float32)
+    img = a + (b - a) * (t - t.min()) / max(float(np.ptp(t)), 1e-6)
+    for _ in range(int(rng.integers(3, 7))):                                  # objects
+        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+        ry, rx = rng.uniform(0.08, 0.35) * h, rng.uniform(0.08, 0.35) * w
+        mask = (((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1) if rng.random() < 0.6 else \
+            ((np.abs(yy - cy) <= ry) & (np.abs(xx - cx) <= rx))
+        img[mask] = rng.uniform(0, 1, 3)
+    grid = rng.normal(0, 0.08, (max(2, h // 16 + 2), max(2, w // 16 + 2), 3)).astype(np.float32)
+    gy = np.minimum((yy / 16).astype(int), grid.shape[0] - 1)
+    gx = np.minimum((xx / 16).astype(int), grid.shape[1] - 1)
+    img = img + grid[gy, gx] + rng.normal(0, 0.02, (h, w, 3)).astype(np.float32)
+    return np.clip(img, 0, 1).astype(np.float32)
 
 
 def text_like_rgb(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -173,7 +203,7 @@ def make_samples(inputs: list[dict], cfg: SampleConfig, tokenizer=None) -> list[
     # input's batch to 1: a batch-2 image beside it is a feed Paddle itself never gets
     leading = [tuple(fixed[i["name"]])[:1] if i["name"] in fixed else tuple(i["shape"][:1]) for i in inputs]
     tied = 1 if (1,) in leading and any(d and d[0] < 0 for d in leading) else None
-    samples = []
+    samples, images = [], 0
     for k, (batch, dyn, hw) in enumerate(zip(cfg.batch_sizes, cfg.dynamic_sizes, cfg.image_sizes)):
         batch = tied or batch
         if cfg.feed is not None:
@@ -203,9 +233,10 @@ def make_samples(inputs: list[dict], cfg: SampleConfig, tokenizer=None) -> list[
                 arr = rng.integers(0, 2, shape).astype(np.bool_)
             elif np.issubdtype(dtype, np.integer):
                 arr = rng.integers(0, spec.get("int_high") or 2, shape).astype(dtype)
-            elif is_image(spec) and shape[2] >= 8 and shape[3] >= 8:
-                arr = np.stack([text_like_image(rng, shape[2], shape[3], shape[1]) for _ in range(shape[0])])
-                arr = arr.astype(dtype)
+            elif is_image(spec) and shape[2] >= 8 and shape[3] >= 8:     # pages and photo-like scenes in turn
+                make = lambda i: (scene_like_image if (images + i) % 2 else text_like_image)  # noqa: E731
+                arr = np.stack([make(i)(rng, shape[2], shape[3], shape[1]) for i in range(shape[0])]).astype(dtype)
+                images += shape[0]
             else:
                 arr = rng.standard_normal(shape).astype(dtype)
             sample[spec["name"]] = arr

@@ -21,7 +21,7 @@ from paddle2ort.runtime.session import SessionOptions, create_session
 from .errors import BadInputError, ConversionError, Paddle2OrtError, ValidationError
 from .lineage import check_lineage
 from .labels import label_figures, logits_scales, softmax_axes
-from .metrics import (DEFAULT_THRESHOLDS, LLM_THRESHOLDS, METRICS, JUDGED_SPREAD, Thresholds,  # noqa: F401
+from .metrics import (DEFAULT_THRESHOLDS, FLAT_SPREAD, LLM_THRESHOLDS, METRICS, JUDGED_SPREAD, Thresholds,  # noqa
                       compare, compare_logits, compare_pooled, thresholds_with_overrides, top2_margin, violations)
 from .samples import SampleConfig, load_samples, make_samples  # noqa: F401
 from .value_range import output_value_ranges
@@ -80,19 +80,28 @@ FIX_INPUTS = ("Pass real inputs with --inputs FILE.npz (arrays named after the m
 
 
 def check_signal(refs: list[list[np.ndarray]], outputs: list[TensorSpec], user_inputs: bool) -> None:
-    """Refuse samples on which some float output of the reference is flat: no broken model could be told from a
+    """Refuse samples on which some float output of the reference is flat, or where an output with a class axis
+    is the same for every input row (a classifier saturated on one class): no broken model could be told from a
     working one on them."""
     for j, spec in enumerate(outputs):
         rs = [r[j] for r in refs]
         if not np.issubdtype(rs[0].dtype, np.floating):
             continue
         m = compare_pooled(rs, rs, class_axis=False)
+        whose = "your --inputs" if user_inputs else f"the {len(refs)} generated samples"
         if not m["signal"]:
-            whose = "your --inputs" if user_inputs else f"the {len(refs)} generated samples"
             raise BadInputError(
                 f"Paddle's output {spec.name!r} is constant on {whose} (every value {rs[0].ravel()[0]:.3g}, spread "
                 f"{m['spread']:.3g}): the gate cannot tell a broken conversion from a good one on these inputs. "
                 f"{FIX_INPUTS}.")
+        rows = [np.asarray(r[b], np.float64) for r in rs if np.ndim(r) >= 2 for b in range(np.shape(r)[0])]
+        if (has_class_axis(spec) and len(rows) > 1 and len({r.shape for r in rows}) == 1
+                and all(np.abs(r - rows[0]).max() <= FLAT_SPREAD * m["spread"] for r in rows[1:])):
+            raise BadInputError(
+                f"Paddle's output {spec.name!r} is the same for every one of the {len(rows)} input rows of {whose} "
+                f"(class {int(np.argmax(rows[0].reshape(-1, rows[0].shape[-1])[0]))} each time): a model that "
+                f"ignores its input could not be told from a working one on these inputs. {FIX_INPUTS}, on which "
+                "the model gives different answers.")
 
 
 def unjudged(e: ValidationError, bounded: dict[str, tuple[str, float]], samples: int,

@@ -510,3 +510,25 @@ def test_nodes_are_sorted_counting_what_bodies_read_from_outside():
     assert order.index("Identity") < order.index("If")
     onnx.checker.check_model(m)
     assert not sort_nodes(m.graph)
+
+
+def test_a_classifier_giving_every_row_one_answer_cannot_be_judged():
+    """PaddleClas trial: on the generated pages every row's softmax was the same saturated class, so a model that
+    ignores its input would pass. Refused (exit 2, asking for inputs); one differing row is enough to judge."""
+    from paddle2ort.convert.validate import check_signal
+    from paddle2ort.runtime.manifest import TensorSpec
+    spec = [TensorSpec("softmax", "float32", ("batch", 10))]
+    same = np.eye(10, dtype=np.float32)[3]
+    with pytest.raises(BadInputError, match=r"same for every one of the 3 input rows .*class 3"):
+        check_signal([[np.stack([same, same])], [same[None]]], spec, user_inputs=False)
+    check_signal([[np.stack([same, np.eye(10, dtype=np.float32)[4]])], [same[None]]], spec, user_inputs=False)
+
+
+def test_generated_images_alternate_pages_and_scenes():
+    """A batch's images are not all pages (a classifier shown only pages answered one class for all of them)."""
+    from paddle2ort.convert.samples import SampleConfig, make_samples
+    s = make_samples([{"name": "x", "dtype": "float32", "shape": [-1, 3, 64, 64]}], SampleConfig())
+    x = s[0]["x"]
+    assert x.shape == (2, 3, 64, 64) and np.isfinite(x).all()
+    chroma = [float(np.abs(img - img.mean(0)).mean()) for img in x]       # pages are grey, scenes coloured
+    assert chroma[1] > 3 * chroma[0]
