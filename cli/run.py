@@ -13,11 +13,15 @@ SHOWN = 16                  # outputs of at most this many values are printed wh
 def npz_of(names: list[str]):
     """`ours` for check_output_file: an .npz holding these outputs (NAME, or I/NAME: an earlier run's output)."""
     def ours(path: Path) -> bool:
+        import zipfile
         try:
-            with np.load(path, allow_pickle=False) as z:
-                keys = [k.split("/", 1)[-1] for k in z.files]
-        except (OSError, ValueError, AttributeError):
+            z = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
             return False
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            return False                        # a single .npy array: not ours
+        with z:
+            keys = [k.split("/", 1)[-1] for k in z.files]
         return bool(keys) and set(keys) == set(names) and len(keys) % len(names) == 0
     return ours
 

@@ -448,7 +448,8 @@ def _convert(config: ConvertConfig, more_sources: tuple[Path, ...]) -> ConvertRe
                                                  user_inputs=_user_inputs(config),
                                                  fp32_model=variant_src.get(prec, files["fp32"]))   # its FP32 source
                     except ValidationError as e:
-                        hint = gate_hint(prec, e, files[prec], _user_inputs(config), config.task == DET_TASK)
+                        hint = gate_hint(prec, e, files[prec], _user_inputs(config), config.task == DET_TASK,
+                                         config.fp16.op_block_list)
                         if reports:             # a bundle ships whole or not at all: say how to get the others
                             rest = [p for p in order if p != prec]
                             hint = ((hint + "\n") if hint else "") + (
@@ -504,7 +505,7 @@ FP16_HINT = ("FP16 failing where FP32 passes is usually one operator type overfl
 
 
 def gate_hint(precision: str, e: ValidationError, model_path: Path, user_inputs: bool,
-              deployment_feed: bool = False) -> str | None:
+              deployment_feed: bool = False, fp16_block: tuple[str, ...] | None = None) -> str | None:
     """The likely fix of a failed gate, where the failure says which. deployment_feed: the samples were built from
     the export's own preprocessing (a PaddleDetection infer_cfg.yml), not drawn at random."""
     import onnx
@@ -523,7 +524,8 @@ def gate_hint(precision: str, e: ValidationError, model_path: Path, user_inputs:
                 "--inputs FILE.npz with arrays named after the model's inputs (a preprocessed image and the real "
                 "values of its companion inputs).")
     if precision == "fp16":
-        return FP16_HINT + _fp16_block_hint(model_path)
+        return FP16_HINT + _fp16_block_hint(model_path, FP16Options().op_block_list if fp16_block is None
+                                            else fp16_block)
     if precision == "int8" and _int8_per_tensor(model_path):
         return ("Dynamic INT8 quantized each weight with one scale (per tensor); weights whose rows differ in range "
                 "lose most there (a random-weight PVTv2 was refused at cosine 0.94 and passed per channel): convert again with "
@@ -531,25 +533,28 @@ def gate_hint(precision: str, e: ValidationError, model_path: Path, user_inputs:
     return None
 
 
-def _fp16_block_hint(model_path: Path) -> str:
-    """The --fp16-block-ops value that adds BatchNormalization to the list in force, where the FP16 model computes
-    one in float16 (EfficientNet-B0's FP16 cosine 0.955 -> 0.99999 with it kept in FP32)."""
+def _fp16_block_hint(model_path: Path, block: tuple[str, ...]) -> str:
+    """The --fp16-block-ops value that adds BatchNormalization to `block` (the list in force), where the FP16 model
+    computes one in float16 (EfficientNet-B0's FP16 cosine 0.955 -> 0.99999 with it kept in FP32)."""
     import onnx
     model = onnx.load(str(model_path), load_external_data=False)
-    if not any(n.op_type == "BatchNormalization" for n in model.graph.node):
+    if "BatchNormalization" in block or not any(n.op_type == "BatchNormalization" for n in model.graph.node):
         return ""
-    block = [o for o in FP16Options().op_block_list if o != "BatchNormalization"] + ["BatchNormalization"]
-    return f" This model has BatchNormalization in float16; try --fp16-block-ops {','.join(block)}."
+    return (f" This model has BatchNormalization in float16; try --fp16-block-ops "
+            f"{','.join(block)},BatchNormalization.")
 
 
 def _int8_per_tensor(model_path: Path) -> bool:
-    """Whether an INT8 model's quantized weights carry one scale each (not per channel)."""
+    """Whether an INT8 model's quantized MatMul/Gemm weights carry one scale each, where --int8-per-channel would
+    give them one a column (ConvInteger weights are per tensor either way: onnxruntime's dynamic quantizer)."""
     import onnx
     from onnx import numpy_helper
     g = onnx.load(str(model_path), load_external_data=False).graph
-    names = {t.name for t in g.initializer}
-    scales = [t for t in g.initializer if t.name.endswith("_scale") and t.name[:-6] + "_quantized" in names]
-    return bool(scales) and all(numpy_helper.to_array(t).size == 1 for t in scales)
+    inits = {t.name: t for t in g.initializer}
+    weights = {i for n in g.node if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for i in n.input
+               if i.endswith("_quantized") and i in inits}
+    scales = [inits.get(w[:-len("_quantized")] + "_scale") for w in weights]
+    return bool(scales) and all(t is not None and numpy_helper.to_array(t).size == 1 for t in scales)
 
 
 def check_same_source(recorded: dict, got: dict[str, str], source_path: Path) -> None:

@@ -112,6 +112,9 @@ def rename_inputs(graph, mapping: dict[str, str]) -> None:
             inner = {k: v for k, v in mapping.items() if k not in own}
             if inner:
                 rename_inputs(body, inner)
+                for out in body.output:     # a body output that is an outer name itself
+                    if out.name in inner:
+                        out.name = inner[out.name]
 
 
 def _bodies(node) -> list:

@@ -151,13 +151,14 @@ SIGMOID_ABS = 2.5e-7
 LOGIT_EDGE = SIGMOID_ABS / 1e-3
 
 
-def compare_logits(refs: list[np.ndarray], gots: list[np.ndarray]) -> dict:
+def compare_logits(refs: list[np.ndarray], gots: list[np.ndarray], half: bool = False) -> dict:
     """compare_pooled of Sigmoid probabilities in logit space, log(p) - log(1 - p), where probabilities that stay
     near 0 (a trained UIE's span pointers on text without the answer: every value ~1e-3) still vary: the logits
     move over units where the probabilities move over 1e-4. The figures are of the error beyond the Sigmoid's own
     absolute rounding (SIGMOID_ABS / (p (1 - p)) per value: each candidate logit moved that much toward the
     reference's). Values within LOGIT_EDGE of 0 or 1 in the reference are left out (rounding hides too much of
-    their logits); a candidate value at 0 or 1 where the reference is not gives an infinite logit (non-finite)."""
+    their logits); a candidate value at 0 or 1 where the reference is not gives an infinite logit (non-finite).
+    half: the candidate computes in float16, whose step near 1 is 4.9e-4: half of it at p joins the allowance."""
     def logit(p):
         p = np.asarray(p, np.float64)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -171,7 +172,8 @@ def compare_logits(refs: list[np.ndarray], gots: list[np.ndarray]) -> dict:
         p = r64[keep]
         lr, lg = logit(p), logit(np.asarray(g, np.float64)[keep])
         d = lg - lr
-        allow = SIGMOID_ABS / (p * (1 - p))
+        step = np.spacing(p.astype(np.float16)).astype(np.float64) / 2 if half else 0.0
+        allow = (SIGMOID_ABS + step) / (p * (1 - p))
         rs.append(lr)
         gs.append(np.where(np.isfinite(d), lr + np.sign(d) * np.maximum(np.abs(d) - allow, 0), lg))
     m = compare_pooled(rs, gs, False)

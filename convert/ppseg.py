@@ -23,7 +23,7 @@ import numpy as np
 from paddle2ort.runtime.errors import BadInputError
 from paddle2ort.runtime.segment import INTERP, OUTPUT_OPS, TASK, TRANSFORMS, check_transforms, preprocess
 
-from .samples import text_like_rgb
+from .samples import scene_like_rgb, text_like_rgb
 from .source import read_yaml
 
 log = logging.getLogger(__name__)
@@ -210,12 +210,14 @@ def _problems(det: SegExport, ins: list[dict], outs: list[dict]) -> tuple[str | 
 
 def deployment_feed(transforms: list[dict], spec: dict, sizes: list[tuple[int, int]]):
     """The gate's feed function (samples.SampleConfig.feed): sample k is `batch` structured images of source size
-    sizes[k] (one size a sample: a batch's images need one shape) preprocessed as runtime/segment.py does."""
+    sizes[k] (one size a sample: a batch's images need one shape), pages and photo-like scenes in turn (on pages
+    alone a segmenter may answer one label everywhere), preprocessed as runtime/segment.py does."""
     fixed_batch = spec["shape"][0] if spec["shape"][0] > 0 else None
 
     def feed(k: int, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         h, w = sizes[k % len(sizes)]
-        images = [preprocess(text_like_rgb(rng, h, w), transforms).image for _ in range(fixed_batch or batch)]
+        draw = lambda i: (scene_like_rgb if (k + i) % 2 else text_like_rgb)(rng, h, w)   # noqa: E731
+        images = [preprocess(draw(i), transforms).image for i in range(fixed_batch or batch)]
         return {spec["name"]: np.stack(images).astype(np.dtype(spec["dtype"]))}
     return feed
 

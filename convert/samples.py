@@ -105,6 +105,11 @@ def _scene(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return np.clip(img, 0, 1).astype(np.float32)
 
 
+def scene_like_rgb(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """scene_like_image as a decoded image file gives it, HxWx3 uint8 RGB (for a suite's own preprocessing)."""
+    return np.rint(_scene(rng, h, w) * 255).astype(np.uint8)
+
+
 def text_like_rgb(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """The same structure as text_like_image as a decoded image file gives it, HxWx3 uint8 RGB: for a model family
     whose own preprocessing makes the feed (convert/ppdet.py)."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BadInputError
+from .errors import BadInputError, DeviceError
 from .manifest import TensorSpec, load_bundle
 from .selection import default_precision
 from .session import Runner, SessionOptions, create_session
@@ -87,14 +87,15 @@ def load_arrays(path: Path, option: str = "--inputs") -> dict[str, np.ndarray]:
     """The arrays of an .npz file (no pickled objects); BadInputError for a file that is none."""
     import zipfile
     try:
-        with np.load(path, allow_pickle=False) as z:
-            if not isinstance(z, np.lib.npyio.NpzFile):
-                raise BadInputError(f"{option} {path} is a single .npy array; save the inputs by name: "
-                                    "np.savez(FILE, **{input_name: array})")
-            return {k: z[k] for k in z.files}
+        z = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
         raise BadInputError(f"{option} {path} is not a readable .npz file ({e}); save the inputs with "
                             "np.savez(FILE, **{input_name: array})") from e
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise BadInputError(f"{option} {path} is a single .npy array; save the inputs by name: "
+                            "np.savez(FILE, **{input_name: array})")
+    with z:
+        return {k: z[k] for k in z.files}
 
 
 def join_samples(outputs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -122,8 +123,15 @@ class ArrayModel:
             got = self.runner(checked)
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own (pybind) exception types
             shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in checked.items())
-            raise BadInputError(f"onnxruntime cannot run the {self.precision} model on {where} ({shapes}): "
-                                f"{str(e).strip().splitlines()[0][:400]}. The exported graph may fix a size these "
-                                "inputs vary: give inputs of the size the model was exported for (the gate's "
-                                "samples, validation_inputs.npz in the bundle, are such inputs)") from e
+            reason = str(e).strip().splitlines()[0][:400] if str(e).strip() else type(e).__name__
+            text = reason.lower()
+            hint = ("The exported graph may fix a size these inputs vary: give inputs of the size the model was "
+                    "exported for (the gate's samples, validation_inputs.npz in the bundle, are such inputs)"
+                    if any(w in text for w in ("dimension", "shape", "broadcast", "size")) else
+                    "An index input may hold values beyond what the model takes (token ids past its vocabulary)"
+                    if "out of bounds" in text or "out of range" in text or "indices" in text else None)
+            msg = f"onnxruntime cannot run the {self.precision} model on {where} ({shapes}): {reason}"
+            if hint is None:                    # not the inputs' fault as far as the message says
+                raise DeviceError(msg) from e
+            raise BadInputError(f"{msg}. {hint}") from e
         return dict(zip((o.name for o in self.outputs), got))

@@ -519,7 +519,7 @@ def test_a_classifier_giving_every_row_one_answer_cannot_be_judged():
     from paddle2ort.runtime.manifest import TensorSpec
     spec = [TensorSpec("softmax", "float32", ("batch", 10))]
     same = np.eye(10, dtype=np.float32)[3]
-    with pytest.raises(BadInputError, match=r"same for every one of the 3 input rows .*class 3"):
+    with pytest.raises(BadInputError, match=r"same for every one of the 3 input rows"):
         check_signal([[np.stack([same, same])], [same[None]]], spec, user_inputs=False)
     check_signal([[np.stack([same, np.eye(10, dtype=np.float32)[4]])], [same[None]]], spec, user_inputs=False)
 
