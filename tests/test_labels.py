@@ -186,3 +186,32 @@ def test_a_softmax_over_wide_logits_is_held_to_its_logits_bound(tmp_path):
     wrong = [[soft(np.roll(x, 1, axis=1).astype(np.float64)).astype(np.float32)] for x in xs]
     with pytest.raises(ValidationError, match="cosine"):
         validate("fp32", path, [{"x": x} for x in xs], wrong, spec, DEFAULT_THRESHOLDS["fp32"])
+
+
+def test_the_probe_runs_on_a_read_only_bundle(case, tmp_path):
+    """`paddle2ort validate` judges a published bundle: the probe copy is written elsewhere (beside the model it
+    failed on a read-only folder, and a killed run left a file that broke the bundle's checksums)."""
+    import os
+    import stat
+    w, xs, refs, fp32 = case
+    home = tmp_path / "bundle"
+    home.mkdir()
+    model = home / "model.fp32.onnx"
+    model.write_bytes(fp32.read_bytes())
+    home.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        rep = validate("fp32", model, [{"x": x} for x in xs], refs, [TensorSpec("labels", "int32", ["N", "T", 1])],
+                       DEFAULT_THRESHOLDS["fp32"])
+        assert rep["passed"] and os.listdir(home) == ["model.fp32.onnx"]
+    finally:
+        home.chmod(stat.S_IRWXU)
+
+
+def test_a_few_labels_are_judged_by_their_decisive_ones(tmp_path):
+    """A classifier exported with its argmax gives the gate 3 labels; one flip at a near-tie is 1 in 3 over all of
+    them, so the agreement over all labels is judged from 100 labels on, the decisive agreement always."""
+    from paddle2ort.convert.labels import label_violations
+    m = compare_labels([np.array([1, 2, 3])], [np.array([1, 2, 4])],
+                       [np.array([[0, 5, 0, 0, 0], [0, 0, 5, 0, 0], [0, 0, 0, 5, 5.001]])], 1, 1e-2, own=False)
+    assert m["near_ties"] == 1 and m["argmax_agreement"] == 1.0 and m["argmax_agreement_all_rows"] < 0.7
+    assert not label_violations(m, DEFAULT_THRESHOLDS["int8"])

@@ -113,3 +113,10 @@ def test_sample_groups_read_numbered_samples_in_order():
     with pytest.raises(BadInputError, match="must hold arrays named"):
         sample_groups({**data, "3/y": np.zeros(1)}, ["x"], "f")
     assert len(sample_groups({**data, "0/y": np.zeros(1)}, ["x"], "f", strict=False)) == 4   # convert --inputs
+
+
+def test_a_single_npy_array_is_named(seg_bundle, tmp_path, capsys):
+    np.save(tmp_path / "x.npy", np.zeros((1, 3, 48, 48), np.float32))
+    assert main(["-q", "run", str(seg_bundle), "--inputs", str(tmp_path / "x.npy")]) == 2
+    err = capsys.readouterr().err
+    assert "is a single .npy array" in err and "Traceback" not in err
