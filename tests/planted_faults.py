@@ -142,3 +142,23 @@ def fault_matrix(case, tmp_path) -> dict[tuple[str, str], str]:
             except ValidationError:
                 out[(fault, prec)] = "caught"
     return out
+
+
+def gate_case(src, out) -> tuple:
+    """(manifest, bundle, the gate's samples, Paddle's references) of the bundle at `out` converted from `src`: the
+    samples from its validation_inputs.npz, the references from Paddle Inference again."""
+    import tempfile
+    from pathlib import Path
+
+    from paddle2ort.convert.api import SAMPLES_NAME, paddle_reference
+    from paddle2ort.convert.source import locate
+    from paddle2ort.convert.validate import load_samples
+    from paddle2ort.runtime.manifest import load_bundle
+    bundle = load_bundle(out)
+    m = bundle.manifest
+    specs = [{"name": i.name, "dtype": i.dtype, "shape": [d if isinstance(d, int) else -1 for d in i.shape]}
+             for i in m.inputs]
+    samples = load_samples(Path(out) / SAMPLES_NAME, specs)
+    with tempfile.TemporaryDirectory() as work:
+        refs = paddle_reference(locate(src), samples, Path(work))
+    return m, bundle, samples, refs

