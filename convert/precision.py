@@ -311,6 +311,12 @@ def to_int8(src: Path, dst: Path, opts: Int8Options = Int8Options()) -> dict:
     if quantized == 0:
         log.warning("int8: the model has no %s nodes to quantize; model.int8.onnx computes in FP32 "
                     "(try --int8-op-types with other op types, and let the gate judge)", "/".join(opts.op_types))
+    float_convs = kinds["Conv"]
+    if 0 < quantized <= 2 and float_convs >= 10 * quantized:     # a conv net whose only GEMM is its head
+        log.warning("int8: only %d weight product(s) quantized; the %d convolutions stay FP32 (--int8-op-types "
+                    "%s): model.int8.onnx computes almost as the FP32 model does and will not be faster; "
+                    "--int8-op-types MatMul,Gemm,Conv quantizes the convolutions too (the gate judges the result)",
+                    quantized, float_convs, ",".join(opts.op_types))
     convs = kinds["ConvInteger"]
     if convs:               # onnxruntime's dynamic quantizer: ConvInteger weights per tensor whatever per_channel says
         log.warning("int8: %d convolutions quantized as ConvInteger: per tensor (onnxruntime's dynamic quantizer "
