@@ -532,3 +532,30 @@ def test_generated_images_alternate_pages_and_scenes():
     assert x.shape == (2, 3, 64, 64) and np.isfinite(x).all()
     chroma = [float(np.abs(img - img.mean(0)).mean()) for img in x]       # pages are grey, scenes coloured
     assert chroma[1] > 3 * chroma[0]
+
+
+def test_lineage_judges_weights_holding_infinities(tmp_path):
+    """SVTR's local-attention masks are weights of -inf: inf - inf made NaN, and a NaN never compares > 0, so a
+    tensor holding one passed the lineage check whole, whatever its other values. -inf kept is fine; a changed
+    value beside it, or a NaN where FP32 has a number, is named."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from paddle2ort.convert.lineage import check_lineage
+
+    def model(path, mask):
+        g = helper.make_graph([helper.make_node("Add", ["x", "mask"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 4])],
+                              [numpy_helper.from_array(mask.astype(np.float32), "mask")])
+        onnx.save(helper.make_model(g), str(path))
+        return path
+    mask = np.triu(np.full((4, 4), -np.inf), 1) + np.arange(16).reshape(4, 4)
+    fp32 = model(tmp_path / "a.onnx", mask)
+    assert not check_lineage("int8", fp32, model(tmp_path / "b.onnx", mask))["violations"]
+    moved = mask.copy()
+    moved[3, 0] += 1
+    assert check_lineage("int8", fp32, model(tmp_path / "c.onnx", moved))["violations"]
+    nan = mask.copy()
+    nan[0, 0] = np.nan
+    assert check_lineage("int8", fp32, model(tmp_path / "d.onnx", nan))["violations"]
