@@ -213,11 +213,13 @@ def image_list(images) -> list:
                             f"uint8 RGB arrays), got {type(images).__name__}") from None
 
 
-def normalize_line(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
+def normalize_line(rgb: np.ndarray, height: int, width: int, stretch: bool = False) -> np.ndarray:
     """One line as PaddleOCR feeds it: BGR (its models were trained on OpenCV's channel order), resized to
-    `height` keeping the aspect ratio (at most `width`), (x / 255 - 0.5) / 0.5, zero-padded to `width`. -> 3xHxW"""
+    `height` keeping the aspect ratio (at most `width`), (x / 255 - 0.5) / 0.5, zero-padded to `width`; stretch: to
+    height x width whatever its ratio (PaddleOCR's resize_norm_img_svtr, for a model whose width is fixed).
+    -> 3xHxW"""
     h, w = rgb.shape[:2]
-    resized_w = min(width, math.ceil(height * w / h))
+    resized_w = width if stretch else min(width, math.ceil(height * w / h))
     x = resize_bilinear(rgb[:, :, ::-1], height, resized_w)
     x = np.rint(x).clip(0, 255)                      # OpenCV's resize gives uint8 pixels back
     out = np.zeros((3, height, width), np.float32)
@@ -263,6 +265,8 @@ class TextRecognizer:
             raise BundleError(f"bundle {bundle_dir}'s model takes {[(i.name, list(i.shape)) for i in m.inputs]}; a "
                               "text recognizer takes one [batch, 3, height, width] image with a fixed height")
         self.input_name, self.height = spec.name, spec.shape[2]
+        # a fixed width (SVTR-tiny's 32 x 100): every line stretched to it, as PaddleOCR does for such models
+        self.fixed_width = spec.shape[3] if isinstance(spec.shape[3], int) and spec.shape[3] > 0 else None
         self.precision = precision or default_precision(self.bundle, session.device)
         entry = m.models.get(self.precision)
         self.batch_size = 1 if entry is not None and scales_activations_per_batch(entry.options) else batch_size
@@ -318,8 +322,9 @@ class TextRecognizer:
                     break
                 idx.append(nxt)
             s += len(idx)
-            width = self._width(idx, rgb)
-            batch = np.stack([normalize_line(rgb[i], self.height, width) for i in idx])
+            width = self.fixed_width or self._width(idx, rgb)
+            batch = np.stack([normalize_line(rgb[i], self.height, width, stretch=self.fixed_width is not None)
+                              for i in idx])
             probs = self.runner({self.input_name: batch})[0]
             if probs.ndim != 3 or probs.shape[-1] != len(self.classes):
                 raise BundleError(f"bundle {self.bundle.path}'s {self.precision} model gives {list(probs.shape)}, "
@@ -329,6 +334,8 @@ class TextRecognizer:
         return out
 
     def _width(self, idx: list[int], rgb: list[np.ndarray]) -> int:
+        if self.fixed_width:
+            return self.fixed_width
         ratio = max(MIN_RATIO, *(rgb[i].shape[1] / rgb[i].shape[0] for i in idx))
         return min(MAX_WIDTH, int(self.height * ratio))
 

@@ -204,3 +204,16 @@ def test_a_rendered_page_is_read_line_by_line(tmp_path, capsys):
                  str(tmp_path / "bad.png")]) == 2
     out = capsys.readouterr()
     assert "image #2" in out.err and "bad.png" in out.err and out.out == ""
+
+
+@pytest.mark.unit
+def test_a_line_for_a_fixed_width_model_is_stretched_to_it():
+    """SVTR-tiny takes 32 x 100 lines: `recognize` built a width from each line's ratio (213) and onnxruntime
+    refused it. A fixed width stretches every line to it, unpadded, as PaddleOCR's resize_norm_img_svtr does."""
+    from paddle2ort.runtime.ocr import normalize_line
+    line = np.full((20, 140, 3), 255, np.uint8)
+    line[:, ::7] = 0
+    x = normalize_line(line, 32, 100, stretch=True)
+    assert x.shape == (3, 32, 100) and (x[:, :, -5:] != 0).any()          # drawn to the last column, not padded
+    padded = normalize_line(line, 32, 400)
+    assert padded.shape == (3, 32, 400) and (padded[:, :, -5:] == 0).all()
