@@ -46,6 +46,7 @@ def _fake_recognizer(batch_size: int) -> TextRecognizer:
     rec = object.__new__(TextRecognizer)
     rec.classes = ["<blank>", *(chr(0x4E00 + i) for i in range(255))]
     rec.blank, rec.height, rec.input_name, rec.batch_size, rec.precision = 0, 16, "x", batch_size, "fp32"
+    rec.fixed_width = None
     rec.bundle = SimpleNamespace(path="fake")
     rec.runner = _FakeModel(len(rec.classes))
     return rec
