@@ -528,8 +528,8 @@ def gate_hint(precision: str, e: ValidationError, model_path: Path, user_inputs:
                                             else fp16_block)
     if precision == "int8" and _int8_per_tensor(model_path):
         return ("Dynamic INT8 quantized each weight with one scale (per tensor); weights whose rows differ in range "
-                "lose most there (a random-weight PVTv2 was refused at cosine 0.94 and passed per channel): convert again with "
-                "--int8-per-channel, or leave int8 out of --precision.")
+                "lose most there (a random-weight PVTv2 was refused at cosine 0.94 and passed per channel): convert "
+                "again with --int8-per-channel, or leave int8 out of --precision.")
     return None
 
 

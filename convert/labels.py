@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .metrics import compare_pooled, top2_margin
+from .metrics import agreement_figures, compare_pooled, top2_margin
 
 ORDER_KEEPING = {"Cast", "Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten"}
 MIN_CLASS_LABELS = 20       # a reference class enters the per-class average with at least this many decisive labels
@@ -180,7 +180,7 @@ def compare_labels(refs: list[np.ndarray], gots: list[np.ndarray], margin_scores
     spread = float(sc[finite].max() - sc[finite].min()) if finite.any() else 0.0
     decisive = finite & (top2_margin(np.nan_to_num(sc)) > tie_margin * spread)
     agree = ref == got
-    n = int(decisive.sum())
+    figures = agreement_figures(agree, decisive)
     per_class = {}
     for c in np.unique(ref[decisive]):
         mask = decisive & (ref == c)
@@ -192,9 +192,7 @@ def compare_labels(refs: list[np.ndarray], gots: list[np.ndarray], margin_scores
         flips = np.flatnonzero(finite & ~agree & (ref >= 0) & (ref < sc.shape[1]))
         gap = sc[flips, got[flips].clip(0, sc.shape[1] - 1)] - sc[flips, ref[flips]]
         inconsistent = int(np.sum(gap > 2 * max_rel_diff * spread))
-    return {"kind": "labels", "label_rows": int(len(ref)), "argmax_rows": n, "near_ties": int(len(ref) - n),
-            "argmax_agreement": float(agree[decisive].mean()) if n else None,
-            "argmax_agreement_all_rows": float(agree.mean()) if len(ref) else None,
+    return {"kind": "labels", "label_rows": int(len(ref)), **figures,
             "class_agreement": float(np.mean(list(per_class.values()))) if per_class else None,
             "worst_classes": {c: per_class[c] for c in classes[:3]},
             "reference_classes": int(len(np.unique(ref))), "score_spread": spread,

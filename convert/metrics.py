@@ -136,11 +136,14 @@ def argmax_agreement_pooled(refs: list[np.ndarray], gots: list[np.ndarray], eps:
     gg = np.concatenate([np.nan_to_num(np.asarray(x, np.float64)).reshape(-1, c) for x in gots])
     ok = np.all(np.isfinite(rr), axis=-1)
     rr, gg = rr[ok], gg[ok]
-    decisive = top2_margin(rr) > eps
+    return agreement_figures(np.argmax(rr, -1) == np.argmax(gg, -1), top2_margin(rr) > eps)
+
+
+def agreement_figures(agree: np.ndarray, decisive: np.ndarray) -> dict:
+    """Agreement over the decisive rows (a near-tie's is not judged) and over all of them, per row booleans."""
     n = int(decisive.sum())
-    agree = np.argmax(rr, -1) == np.argmax(gg, -1)
     return {"argmax_agreement": float(agree[decisive].mean()) if n else None, "argmax_rows": n,
-            "near_ties": int(len(rr) - n), "argmax_agreement_all_rows": float(agree.mean()) if len(rr) else None}
+            "near_ties": int(len(agree) - n), "argmax_agreement_all_rows": float(agree.mean()) if len(agree) else None}
 
 
 # onnxruntime's FP32 Sigmoid is accurate to ~1e-7 absolute (measured 9e-8 at p ~ 1e-3), not relative, and float16's

@@ -25,7 +25,7 @@ from paddle2ort.runtime.detect import INTERP, OPS, TASK, check_ops, preprocess
 from paddle2ort.runtime.errors import BadInputError
 
 from .samples import text_like_rgb
-from .source import read_yaml
+from .source import read_yaml, unknown_ops
 
 log = logging.getLogger(__name__)
 
@@ -127,10 +127,7 @@ def read_infer_cfg(config, folder: Path) -> DetExport | None:
     pre = cfg.get("Preprocess")
     if not isinstance(pre, list) or not pre:
         raise bad("has no Preprocess list (the ops that make the model's input from an image)")
-    for i, op in enumerate(pre):
-        if not isinstance(op, dict) or not isinstance(op.get("type"), str):
-            raise bad(f"Preprocess op {i + 1} is {op!r:.80}, not a mapping with a type")
-    unsupported = tuple(dict.fromkeys(op["type"] for op in pre if op["type"] not in OPS))
+    unsupported = unknown_ops(pre, OPS, "Preprocess op", bad)
     if unsupported and config.inputs_npz is None:
         raise BadInputError(f"{path}: Preprocess op(s) {', '.join(unsupported)} are not ones paddle2ort applies "
                             f"({', '.join(OPS)}), so the gate cannot make this detector's input: give it --inputs "

@@ -24,7 +24,7 @@ from paddle2ort.runtime.errors import BadInputError
 from paddle2ort.runtime.segment import INTERP, OUTPUT_OPS, TASK, TRANSFORMS, check_transforms, preprocess
 
 from .samples import scene_like_rgb, text_like_rgb
-from .source import read_yaml
+from .source import read_yaml, unknown_ops
 
 log = logging.getLogger(__name__)
 
@@ -168,10 +168,7 @@ def read_deploy_yaml(config, folder: Path) -> SegExport | None:
     ops = dep.get("transforms")
     if not isinstance(ops, list):
         raise bad(f"Deploy transforms must be a list of ops (each a mapping with a type), got {ops!r:.80}")
-    for i, t in enumerate(ops):
-        if not isinstance(t, dict) or not isinstance(t.get("type"), str):
-            raise bad(f"Deploy transform {i + 1} is {t!r:.80}, not a mapping with a type")
-    unsupported = tuple(dict.fromkeys(t["type"] for t in ops if t["type"] not in TRANSFORMS))
+    unsupported = unknown_ops(ops, TRANSFORMS, "Deploy transform", bad)
     if unsupported and config.inputs_npz is None:
         raise BadInputError(f"{path}: transform(s) {', '.join(unsupported)} are not ones paddle2ort applies "
                             f"({', '.join(TRANSFORMS)}), so the gate cannot make this segmenter's input: give it "

@@ -70,10 +70,22 @@ def text_like_image(rng: np.random.Generator, h: int, w: int, channels: int) -> 
     """[C, H, W] normalized float32: a light paper-like background with dark glyph-like strokes in text lines,
     a few boxes and rules, mild noise. Pure NumPy (no fonts needed)."""
     img = _page(rng, h, w)
-    if channels == 1:
-        return ((img - 0.5) / 0.5)[None]
-    rgb = np.stack([img * float(rng.uniform(0.9, 1.0)) for _ in range(3)])
-    return (rgb - _MEAN[:, None, None]) / _STD[:, None, None]
+    return ((img - 0.5) / 0.5)[None] if channels == 1 else _normalized(_tinted(rng, img))
+
+
+def _tinted(rng: np.random.Generator, page: np.ndarray) -> np.ndarray:
+    """[H, W] gray -> [H, W, 3], each channel scaled a little (a page's paper is rarely pure gray)."""
+    return np.stack([page * float(rng.uniform(0.9, 1.0)) for _ in range(3)], -1)
+
+
+def _normalized(rgb: np.ndarray) -> np.ndarray:
+    """[H, W, 3] RGB in [0, 1] -> [3, H, W] normalized as ImageNet/PP-OCR models are fed."""
+    return (rgb.transpose(2, 0, 1) - _MEAN[:, None, None]) / _STD[:, None, None]
+
+
+def _uint8(rgb: np.ndarray) -> np.ndarray:
+    """[H, W, 3] in [0, 1] -> the uint8 pixels a decoded image file has."""
+    return np.rint(rgb * 255).astype(np.uint8)
 
 
 def scene_like_image(rng: np.random.Generator, h: int, w: int, channels: int) -> np.ndarray:
@@ -81,9 +93,7 @@ def scene_like_image(rng: np.random.Generator, h: int, w: int, channels: int) ->
     coloured ellipses and boxes, blotchy low-frequency texture. A classifier shown only pages gave every sample
     the same saturated class (a PaddleClas trial): a model ignoring its input would have passed."""
     img = _scene(rng, h, w)
-    if channels == 1:
-        return ((img.mean(-1) - 0.5) / 0.5)[None]
-    return (img.transpose(2, 0, 1) - _MEAN[:, None, None]) / _STD[:, None, None]
+    return ((img.mean(-1) - 0.5) / 0.5)[None] if channels == 1 else _normalized(img)
 
 
 def _scene(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -107,15 +117,13 @@ def _scene(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 
 def scene_like_rgb(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """scene_like_image as a decoded image file gives it, HxWx3 uint8 RGB (for a suite's own preprocessing)."""
-    return np.rint(_scene(rng, h, w) * 255).astype(np.uint8)
+    return _uint8(_scene(rng, h, w))
 
 
 def text_like_rgb(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """The same structure as text_like_image as a decoded image file gives it, HxWx3 uint8 RGB: for a model family
     whose own preprocessing makes the feed (convert/ppdet.py)."""
-    img = _page(rng, h, w)
-    rgb = np.stack([img * float(rng.uniform(0.9, 1.0)) for _ in range(3)], -1)
-    return np.rint(rgb * 255).astype(np.uint8)
+    return _uint8(_tinted(rng, _page(rng, h, w)))
 
 
 def _page(rng: np.random.Generator, h: int, w: int) -> np.ndarray:

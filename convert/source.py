@@ -187,3 +187,12 @@ def read_yaml(path: Path, bad) -> object:
         return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise bad(f"cannot be read as YAML ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+
+
+def unknown_ops(ops: list, known, what: str, bad) -> tuple[str, ...]:
+    """A suite config's op list checked to be mappings with a `type` (`bad(message)` names op N as `what` N);
+    -> the types not in `known`, in order of first use."""
+    for i, op in enumerate(ops):
+        if not isinstance(op, dict) or not isinstance(op.get("type"), str):
+            raise bad(f"{what} {i + 1} is {op!r:.80}, not a mapping with a type")
+    return tuple(dict.fromkeys(op["type"] for op in ops if op["type"] not in known))

@@ -206,6 +206,7 @@ def validate(precision: str, model_path: Path, samples: list[dict], refs: list[l
     special = {**nms, **labels}
     softmax = softmax_axes(graph)
     bounded = output_value_ranges(graph)
+    failing = set()                              # outputs judged element by element that break a bound
     for j, spec in enumerate(outputs):
         rs, gs = [r[j] for r in refs], [g[j] for g in got]
         shape = list(np.shape(rs[0]))
@@ -217,16 +218,17 @@ def validate(precision: str, model_path: Path, samples: list[dict], refs: list[l
             classes = len(spec.shape) >= 2 and rs[0].shape[-1] >= 2
         m = special[j] if j in special else compare_pooled(rs, gs, classes and not exact, thr.tie_margin)
         op, width = bounded.get(spec.name, (None, 0.0))
-        if (op == "Sigmoid" and not exact and j not in special and violations(m, thr, False)
+        broken = j not in special and bool(violations(m, thr, exact))
+        if (op == "Sigmoid" and not exact and broken
                 and m.get("spread", 0.0) < JUDGED_SPREAD * max(m.get("magnitude", 0.0), width)):
             logits = compare_logits(rs, gs, half=precision == "fp16")   # too flat to judge: logits still move
             if logits.get("signal"):
-                m = logits
+                m, broken = logits, False                               # (judged on its logits instead)
+        if broken:
+            failing.add(j)
         compared.append({"output": spec.name, "shape": shape, "metrics": m, "exact": exact})
     if fp32_model is not None and precision in ("fp16", "int8") and Path(fp32_model) != Path(model_path):
         compared.append(lineage_row(precision, fp32_model, model_path))
-    failing = {j for j, c in enumerate(compared[:len(outputs)]) if j not in special
-               and c["metrics"].get("kind") is None and violations(c["metrics"], thr, c["exact"])}
     for j, z in logits_scales(graph, model_path, names, samples, failing,
                               fp32_model if precision != "fp32" else None).items():
         m = compared[j]["metrics"]

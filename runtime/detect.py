@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import BadInputError, BundleError
-from .manifest import load_bundle
+from .manifest import check_recorded_ops, load_bundle
 from .ocr import as_rgb, image_list, resize
 from .selection import default_precision
 from .session import Runner, SessionOptions, create_session
@@ -35,7 +35,11 @@ from .session import Runner, SessionOptions, create_session
 log = logging.getLogger(__name__)
 
 TASK = "object-detection"
-OPS = ("Resize", "LetterBoxResize", "Pad", "PadStride", "NormalizeImage", "Permute")
+# each op the runtime applies, with the fields preprocess() reads
+FIELDS = {"Resize": ("target_size", "keep_ratio", "interp"), "LetterBoxResize": ("target_size",),
+          "Pad": ("size", "fill_value"), "PadStride": ("stride",),
+          "NormalizeImage": ("mean", "std", "is_scale", "norm_type"), "Permute": ()}
+OPS = tuple(FIELDS)
 INTERP = {0: "nearest", 1: "linear", 2: "cubic", 3: "area", 4: "lanczos4"}
 LETTERBOX_FILL = 127.5       # PaddleDetection's LetterBoxResize border colour
 MAX_PIXELS = 1 << 26         # one preprocessed image at most (a target_size typo: refused, not GiBs allocated)
@@ -138,18 +142,7 @@ def preprocess(rgb: np.ndarray, ops: list[dict]) -> Prepared:
 
 def check_ops(ops, where: str, error=BundleError) -> list[dict]:
     """The recorded preprocessing, each op's fields as preprocess() reads them; `error` raised naming `where`."""
-    if not isinstance(ops, list) or not all(isinstance(o, dict) for o in ops):
-        raise error(f"{where}: the preprocessing must be a list of ops, got {ops!r:.200}")
-    for i, op in enumerate(ops):
-        kind, at = op.get("type"), f"{where}: Preprocess op {i + 1} ({op.get('type')!r})"
-        if kind not in OPS:
-            raise error(f"{at} is not one the runtime applies ({', '.join(OPS)})")
-        need = {"Resize": ("target_size", "keep_ratio", "interp"), "LetterBoxResize": ("target_size",),
-                "Pad": ("size", "fill_value"), "PadStride": ("stride",),
-                "NormalizeImage": ("mean", "std", "is_scale", "norm_type"), "Permute": ()}[kind]
-        missing = [k for k in need if k not in op]
-        if missing:
-            raise error(f"{at} lacks {', '.join(missing)}")
+    check_recorded_ops(ops, FIELDS, where, "Preprocess op", error)
     if sum(o["type"] == "Permute" for o in ops) != 1:
         raise error(f"{where}: the preprocessing needs one Permute (HWC -> CHW), as PaddleDetection's exports have")
     return ops

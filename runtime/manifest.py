@@ -26,6 +26,22 @@ BPE_TOKENIZER_KEYS = {"kind", "files", "eos_token_id", "pad_token_id"}    # what
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
+def check_recorded_ops(ops, fields: dict[str, tuple[str, ...]], where: str, what: str, error=BundleError) -> list:
+    """A recorded preprocessing list (a suite's ops as a runtime applies them: extra.detection's Preprocess,
+    extra.segmentation's transforms): a list of mappings, each a known `type` with the `fields[type]` the runtime
+    reads; `error` raised naming `where` and the op (`what` N)."""
+    if not isinstance(ops, list) or not all(isinstance(o, dict) for o in ops):
+        raise error(f"{where}: the {what}s must be a list of ops, got {ops!r:.200}")
+    for i, op in enumerate(ops):
+        kind, at = op.get("type"), f"{where}: {what} {i + 1} ({op.get('type')!r})"
+        if kind not in fields:
+            raise error(f"{at} is not one the runtime applies ({', '.join(fields)})")
+        missing = [k for k in fields[kind] if k not in op]
+        if missing:
+            raise error(f"{at} lacks {', '.join(missing)}")
+    return ops
+
+
 def _fail(fieldname: str, problem: str) -> BundleError:
     return BundleError(f"manifest field {fieldname!r} {problem}; the bundle is damaged or was edited by hand: "
                        "re-convert the model")

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import BadInputError, BundleError
-from .manifest import load_bundle
+from .manifest import check_recorded_ops, load_bundle
 from .ocr import as_rgb, image_list, resize
 from .selection import default_precision
 from .session import Runner, SessionOptions, create_session
@@ -35,13 +35,13 @@ from .session import Runner, SessionOptions, create_session
 log = logging.getLogger(__name__)
 
 TASK = "semantic-segmentation"
-TRANSFORMS = ("Normalize", "Resize", "ResizeByLong", "ResizeByShort", "LimitLong", "Padding")
 INTERP = {"NEAREST": 0, "LINEAR": 1, "CUBIC": 2, "AREA": 3, "LANCZOS4": 4}     # PaddleSeg's names, OpenCV's codes
 OUTPUT_OPS = ("argmax", "softmax", "none")
 MAX_PIXELS = 1 << 26         # one preprocessed image at most (a target_size typo: refused, not GiBs allocated)
 FIELDS = {"Normalize": ("mean", "std"), "Resize": ("target_size", "keep_ratio", "size_divisor", "interp"),
           "ResizeByLong": ("long_size",), "ResizeByShort": ("short_size", "max_size"),
           "LimitLong": ("max_long", "min_long"), "Padding": ("target_size", "im_padding_value")}
+TRANSFORMS = tuple(FIELDS)                   # the transforms the runtime applies, each with the fields it reads
 
 
 @dataclass(frozen=True)
@@ -150,16 +150,7 @@ def restore(labels: np.ndarray, steps) -> np.ndarray:
 
 def check_transforms(transforms, where: str, error=BundleError) -> list[dict]:
     """The recorded transforms, each with the fields preprocess() reads; `error` raised naming `where`."""
-    if not isinstance(transforms, list) or not all(isinstance(o, dict) for o in transforms):
-        raise error(f"{where}: the transforms must be a list of ops, got {transforms!r:.200}")
-    for i, op in enumerate(transforms):
-        kind, at = op.get("type"), f"{where}: transform {i + 1} ({op.get('type')!r})"
-        if kind not in TRANSFORMS:
-            raise error(f"{at} is not one the runtime applies ({', '.join(TRANSFORMS)})")
-        missing = [k for k in FIELDS[kind] if k not in op]
-        if missing:
-            raise error(f"{at} lacks {', '.join(missing)}")
-    return transforms
+    return check_recorded_ops(transforms, FIELDS, where, "transform", error)
 
 
 def labels_of(out: np.ndarray, where: str) -> np.ndarray:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from paddle_models import NLP_INIT_RANGE as INIT_RANGE, TINY_NLP, _save
+from paddle_models import NLP_INIT_RANGE as INIT_RANGE, TINY_NLP, _logits, _save
 
 FAMILIES = ("Ernie", "Bert", "Roberta")
 NER_LABELS = 7                 # B/I of PER, ORG, LOC and O
@@ -64,10 +64,6 @@ def _wrapper(model, names, post):
             ("input_ids", "token_type_ids", "position_ids", "attention_mask"): Full}[tuple(names)](model)
 
 
-def _first(out):
-    return out[0] if isinstance(out, (tuple, list)) else (out.logits if hasattr(out, "logits") else out)
-
-
 def _names(model):
     import inspect
     params = inspect.signature(model.forward).parameters
@@ -84,7 +80,7 @@ def build_token_classification(out: Path, family: str, argmax: bool = False):
     model = getattr(T, f"{family}ForTokenClassification")(_config(family, num_labels=NER_LABELS,
                                                                   num_classes=NER_LABELS))
     model.eval()
-    post = (lambda o: paddle.argmax(_first(o), axis=-1)) if argmax else _first
+    post = (lambda o: paddle.argmax(_logits(o), axis=-1)) if argmax else _logits
     if family == "Roberta":
         # RobertaForTokenClassification.forward does not go through dy2static in PaddleNLP 2.8.1 / Paddle 3.3.1
         # (`len(output) == 1` on an UndefinedVar): its backbone and classifier are called as that forward does
@@ -161,7 +157,7 @@ def build_masked_lm(out: Path, family: str):
     paddle.seed(14)
     model = getattr(T, f"{family}ForMaskedLM")(_config(family))
     model.eval()
-    _save(_wrapper(model, _names(model), _first), out, _specs(_names(model)))
+    _save(_wrapper(model, _names(model), _logits), out, _specs(_names(model)))
 
 
 def build_embedding(out: Path, style: str):
@@ -203,7 +199,7 @@ def build_multi_label(out: Path):
     paddle.seed(16)
     model = ErnieForSequenceClassification(_config("Ernie", num_labels=MULTI_LABELS, num_classes=MULTI_LABELS))
     model.eval()
-    _save(_wrapper(model, ("input_ids", "token_type_ids"), lambda o: paddle.nn.functional.sigmoid(_first(o))),
+    _save(_wrapper(model, ("input_ids", "token_type_ids"), lambda o: paddle.nn.functional.sigmoid(_logits(o))),
           out, _specs(("input_ids", "token_type_ids")))
 
 
