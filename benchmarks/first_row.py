@@ -52,11 +52,11 @@ def time_both(dirs: dict[str, Path], precisions: tuple[str, ...], batch: int, se
     Token ids are drawn from [5, max_id) (within the vocabulary, padding id 0 never drawn)."""
     from paddle2ort.runtime import load_bundle
     from paddle2ort.runtime.pipelines import cpu_encoder_session
-    from paddle2ort.runtime.session import SessionOptions, create_session
+    from paddle2ort.runtime.session import SessionOptions
     opts = cpu_encoder_session(SessionOptions(intra_op_threads=threads))
     rows, agree = [], {}
     for prec in precisions:
-        sess = {v: create_session(load_bundle(d).model_path(prec), opts) for v, d in dirs.items()}
+        sess = {v: load_bundle(d).open_session(prec, opts) for v, d in dirs.items()}
         names = [i.name for i in next(iter(sess.values())).get_inputs()]
         worst = 0.0
         for seq in seqs:

@@ -13,6 +13,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from paddle2ort.runtime.files import read_json_object
+from paddle2ort.runtime.load_probe import highest_loading_level
 from paddle2ort.runtime.manifest import (MANIFEST_NAME, SCHEMA_VERSION, VALIDATION_NAME, Manifest, ModelFile,
                                          file_entries, load_bundle, sha256_file)
 
@@ -479,7 +480,7 @@ def _convert(config: ConvertConfig, more_sources: tuple[Path, ...]) -> ConvertRe
                 models={p: ModelFile(precision=p, file=f.name, sha256=sha256_file(f),
                                      size_bytes=export_stage.model_bytes(f),
                                      io_dtype="float32" if (p != "fp16" or config.fp16.keep_io_types) else "float16",
-                                     options=options[p])
+                                     options=options[p], max_graph_optimization=highest_loading_level(f))
                         for p, f in files.items()},
                 source={**source.describe(), "opset_requested": config.opset, "operators": info["ops"],
                         "repairs": exp.repairs},

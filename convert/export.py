@@ -50,7 +50,7 @@ def _load_failure(producer: str, error: Exception) -> str:
     for pattern, cause, step in _KNOWN_LOAD_FAILURES:
         if pattern.search(text):
             return (f"onnxruntime cannot load the model {producer} wrote: {where} is invalid. Cause: {cause}. "
-                    f"Next step: {step}. [{type(error).__name__}: {text.strip()}]")
+                    f"Next step: {step}. [{_error_name(error)}: {text.strip()}]")
     if "fp16" in producer and t is not None:     # inputs of two types: a Cast the pass did not place
         step = ("convert with --no-fuse (the FP16 pass then types every tensor of the unfused graph), or leave "
                 "fp16 out of --precision")
@@ -63,14 +63,14 @@ def _load_failure(producer: str, error: Exception) -> str:
     else:
         step = "leave this precision out of --precision, or report the node"
     return (f"onnxruntime cannot load the model {producer} wrote: {where} is invalid "
-            f"({type(error).__name__}: {text.strip()}). Next step: {step}")
+            f"({_error_name(error)}: {text.strip()}). Next step: {step}")
 
 
 def check_onnx_file(path: Path, log_path: Path | None = None, producer: str = "paddle2onnx"):
     """paddle2onnx can exit 0 and leave a 0-byte or unloadable file: load, check and open it in onnxruntime."""
     import onnx
 
-    from paddle2ort.runtime.session import SessionOptions, create_session
+    from paddle2ort.runtime.load_probe import probe_levels
 
     tail = log_tail(log_path) if log_path else ""
     if not path.is_file():
@@ -82,11 +82,30 @@ def check_onnx_file(path: Path, log_path: Path | None = None, producer: str = "p
         onnx.checker.check_model(str(path))
     except Exception as e:  # noqa: BLE001 - onnx raises DecodeError/ValidationError/...
         raise ConversionError(f"{producer} wrote an invalid ONNX file ({type(e).__name__}: {e})", tail) from e
-    try:
-        create_session(path, SessionOptions(device="cpu"))
-    except Exception as e:  # noqa: BLE001 - onnxruntime raises Fail/InvalidGraph/...
-        raise ConversionError(_load_failure(producer, e), tail) from e
+    tried = probe_levels(path)                 # in a child: onnxruntime can crash the loading process
+    last = tried[-1]
+    if last.error is not None:
+        raise ConversionError(_load_failure(producer, _OrtError(*last.error)), tail)
+    if not last.ok:
+        import onnxruntime as ort
+        raise ConversionError(
+            f"onnxruntime {ort.__version__} cannot load the model {producer} wrote: "
+            f"{'; '.join(r.describe() for r in tried)}. Nothing was written. Next step: "
+            + ("leave this precision out of --precision" if producer.startswith("the ") else
+               "report the model (onnxruntime's crash, not a wrong graph: the file passed onnx.checker)"), tail)
     return model
+
+
+class _OrtError(Exception):
+    """onnxruntime's error as a child process reported it (type name, message)."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+def _error_name(error: Exception) -> str:
+    return getattr(error, "kind", type(error).__name__)
 
 
 def repair_file(path: Path) -> list[dict]:

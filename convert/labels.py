@@ -132,7 +132,8 @@ def run_scores(model_path: Path, sources: list[LabelSource], samples: list[dict]
 
     import onnx
 
-    from paddle2ort.runtime.session import SessionOptions, create_session
+    from paddle2ort.runtime.load_probe import safe_options
+    from paddle2ort.runtime.session import create_session
     model = onnx.load(str(model_path), load_external_data=False)
     have = {o.name for o in model.graph.output}
     for s in sources:
@@ -148,7 +149,7 @@ def run_scores(model_path: Path, sources: list[LabelSource], samples: list[dict]
             (work / f).parent.mkdir(parents=True, exist_ok=True)
             os.symlink(home / f, work / f)
         onnx.save(model, str(work / "probe.onnx"))
-        sess = create_session(work / "probe.onnx", SessionOptions(device="cpu"))
+        sess = create_session(work / "probe.onnx", safe_options(model_path))   # the model's own safe level
         names = [i.name for i in sess.get_inputs()]
         fetch = [s.scores for s in sources]
         return [sess.run(fetch, {n: x[n] for n in names}) for x in samples]

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from paddle2ort.runtime.manifest import TensorSpec
-from paddle2ort.runtime.session import SessionOptions, create_session
+from paddle2ort.runtime.load_probe import safe_options
+from paddle2ort.runtime.session import create_session
 
 from .errors import BadInputError, ConversionError, Paddle2OrtError, ValidationError
 from .lineage import check_lineage
@@ -49,7 +50,7 @@ def run_onnx(model_path: Path, samples: list[dict[str, np.ndarray]], precision: 
     """Outputs per sample on the CPU. A sample onnxruntime rejects -> BadInputError (the user's --inputs) or
     ConversionError (our generated samples: the converted model is at fault)."""
     try:
-        sess = create_session(model_path, SessionOptions(device="cpu"))
+        sess = create_session(model_path, safe_options(model_path))    # the level a child loaded it at
     except BadInputError:
         raise
     except Exception as e:  # noqa: BLE001 - any onnxruntime load failure of a model we wrote is ours

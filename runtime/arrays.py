@@ -14,7 +14,7 @@ import numpy as np
 from .errors import BadInputError, DeviceError
 from .manifest import TensorSpec, load_bundle
 from .selection import default_precision
-from .session import Runner, SessionOptions, create_session
+from .session import Runner, SessionOptions
 
 
 def _kind(dtype: np.dtype) -> str:
@@ -114,7 +114,7 @@ class ArrayModel:
         m = self.bundle.manifest
         self.inputs, self.outputs = list(m.inputs), list(m.outputs)
         self.precision = precision or default_precision(self.bundle, session.device)
-        self.runner = Runner(create_session(self.bundle.model_path(self.precision, verify=True), session),
+        self.runner = Runner(self.bundle.open_session(self.precision, session),
                              [o.name for o in self.outputs], session.device_id)
 
     def __call__(self, feeds: dict[str, np.ndarray], where: str = "the feeds") -> dict[str, np.ndarray]:

@@ -30,7 +30,7 @@ from .errors import BadInputError, BundleError
 from .manifest import check_recorded_ops, load_bundle
 from .ocr import as_rgb, image_list, resize
 from .selection import default_precision
-from .session import Runner, SessionOptions, create_session
+from .session import Runner, SessionOptions
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ class ObjectDetector:
         self.labels = list(m.labels or ())
         self.boxes_name, self.count_name = self._outputs(m, where)
         self.precision = precision or default_precision(self.bundle, session.device)
-        self.runner = Runner(create_session(self.bundle.model_path(self.precision, verify=True), session),
+        self.runner = Runner(self.bundle.open_session(self.precision, session),
                              [n for n in (self.boxes_name, self.count_name) if n], session.device_id)
 
     @staticmethod

@@ -10,12 +10,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .errors import BadInputError, BundleError
+from .session import OPT_LEVELS, SessionOptions, create_session
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
 MANIFEST_NAME = "manifest.json"
@@ -120,6 +124,9 @@ class ModelFile:
     size_bytes: int
     io_dtype: str = "float32"       # dtype of the float inputs/outputs of this file
     options: dict = field(default_factory=dict)
+    # the highest onnxruntime graph optimization level this file loaded at in the gate, where a higher one crashed
+    # the loading process (runtime.load_probe); None: every level loads
+    max_graph_optimization: str | None = None
 
     @classmethod
     def from_json(cls, d, fieldname: str = "models") -> "ModelFile":
@@ -130,10 +137,14 @@ class ModelFile:
         io_dtype = d.get("io_dtype", "float32")
         if io_dtype not in IO_DTYPES:
             raise _fail(f"{fieldname}.io_dtype", f"is {io_dtype!r}; one of {IO_DTYPES}")
+        level = d.get("max_graph_optimization")
+        if level is not None and level not in OPT_LEVELS:
+            raise _fail(f"{fieldname}.max_graph_optimization", f"is {level!r}; one of {OPT_LEVELS} or null")
         return cls(precision=prec, file=check_relpath(d["file"], f"{fieldname}.file"),
                    sha256=_sha(d["sha256"], f"{fieldname}.sha256"),
                    size_bytes=_size(d["size_bytes"], f"{fieldname}.size_bytes"), io_dtype=io_dtype,
-                   options=_typed(d.get("options", {}), dict, f"{fieldname}.options", "an object"))
+                   options=_typed(d.get("options", {}), dict, f"{fieldname}.options", "an object"),
+                   max_graph_optimization=level)
 
 
 def _check_tokenizer(tok) -> dict | None:
@@ -220,7 +231,11 @@ class Manifest:
             if isinstance(x, dict):
                 return {k: plain(v) for k, v in x.items()}
             return [plain(v) for v in x] if isinstance(x, (list, tuple)) else x
-        return plain(dataclasses.asdict(self))
+        d = plain(dataclasses.asdict(self))
+        for m in d["models"].values():            # written only where a level crashed onnxruntime
+            if m.get("max_graph_optimization") is None:
+                m.pop("max_graph_optimization", None)
+        return d
 
     @classmethod
     def from_json(cls, d) -> "Manifest":
@@ -352,6 +367,20 @@ class Bundle:
                               f"convert with --precision {precision}")
         mf = self.manifest.models[precision]
         return self.checked_path(mf.file, mf.sha256) if verify else self.resolve(mf.file)
+
+    def session_options(self, precision: str, opts: SessionOptions) -> SessionOptions:
+        """`opts` for this precision's model: its graph optimization level capped where the manifest records the
+        highest level the model loaded at (a higher one crashed onnxruntime in the conversion gate)."""
+        cap = self.manifest.models[precision].max_graph_optimization if precision in self.manifest.models else None
+        if cap is None or OPT_LEVELS.index(opts.graph_optimization) <= OPT_LEVELS.index(cap):
+            return opts
+        log.debug("%s: graph optimization %r capped at %r, as the manifest records (a higher level crashed "
+                 "onnxruntime loading this model)", self.manifest.models[precision].file, opts.graph_optimization, cap)
+        return dataclasses.replace(opts, graph_optimization=cap)
+
+    def open_session(self, precision: str, opts: SessionOptions):
+        """onnxruntime session of this precision's model (its checksum checked first), at a level that loads."""
+        return create_session(self.model_path(precision, verify=True), self.session_options(precision, opts))
 
     def checked_path(self, file: str, sha256: str) -> Path:
         """Path of a bundle file after checking it against the sha256 the manifest records for it."""

@@ -29,7 +29,7 @@ import numpy as np
 from .errors import BadInputError, BundleError
 from .manifest import load_bundle
 from .selection import default_precision
-from .session import Runner, SessionOptions, create_session
+from .session import Runner, SessionOptions
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +270,7 @@ class TextRecognizer:
         self.precision = precision or default_precision(self.bundle, session.device)
         entry = m.models.get(self.precision)
         self.batch_size = 1 if entry is not None and scales_activations_per_batch(entry.options) else batch_size
-        self.session = create_session(self.bundle.model_path(self.precision, verify=True), session)
+        self.session = self.bundle.open_session(self.precision, session)
         self.runner = Runner(self.session, [m.outputs[0].name], session.device_id)
 
     def _classes(self, ocr: dict) -> list[str]:
@@ -371,7 +371,7 @@ class TextDirection:
         self.precision = precision or default_precision(self.bundle, session.device)
         entry = m.models.get(self.precision)
         self.batch_size = 1 if entry is not None and scales_activations_per_batch(entry.options) else batch_size
-        self.runner = Runner(create_session(self.bundle.model_path(self.precision, verify=True), session),
+        self.runner = Runner(self.bundle.open_session(self.precision, session),
                              [m.outputs[0].name], session.device_id)
 
     def __call__(self, images) -> list[Direction]:

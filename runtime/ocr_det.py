@@ -23,7 +23,7 @@ from .errors import BadInputError, BundleError
 from .manifest import load_bundle
 from .ocr import Recognition, TextRecognizer, as_rgb, resize_bilinear
 from .selection import default_precision
-from .session import Runner, SessionOptions, create_session
+from .session import Runner, SessionOptions
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ class TextDetector:
             raise BadInputError("text detection needs scipy (pip install 'paddle2ort[ocr]')") from None
         self.input_name = m.inputs[0].name
         self.precision = precision or default_precision(self.bundle, session.device)
-        self.runner = Runner(create_session(self.bundle.model_path(self.precision, verify=True), session),
+        self.runner = Runner(self.bundle.open_session(self.precision, session),
                              [m.outputs[0].name], session.device_id)
 
     def __call__(self, image) -> list[Box]:

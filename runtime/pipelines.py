@@ -12,7 +12,7 @@ from .numeric import softmax
 from .manifest import load_bundle
 from .selection import default_precision
 from .buckets import BucketRunner, BucketSpec, batch_buckets
-from .session import CUDA, Runner, SessionOptions, create_session
+from .session import CUDA, Runner, SessionOptions
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class TextClassifier:
         session = cpu_encoder_session(session)
         # the whole model's session: the device check (and the fallback to CPU) before anything else; on the GPU
         # the buckets build their own, so it is dropped there and the weights are not held twice
-        self.session = create_session(self.bundle.model_path(self.precision, verify=True), session)
+        self.session = self.bundle.open_session(self.precision, session)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.provider = self.session.get_providers()[0]
         self.output_name = m.outputs[0].name

@@ -30,7 +30,7 @@ from .errors import BadInputError, BundleError
 from .manifest import check_recorded_ops, load_bundle
 from .ocr import as_rgb, image_list, resize
 from .selection import default_precision
-from .session import Runner, SessionOptions, create_session
+from .session import Runner, SessionOptions
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ class Segmenter:
         self.precision = precision or default_precision(self.bundle, session.device)
         io = m.models[self.precision].io_dtype if self.precision in m.models else "float32"
         self.dtype = np.dtype(io if self.input.dtype.startswith("float") else self.input.dtype)
-        self.runner = Runner(create_session(self.bundle.model_path(self.precision, verify=True), session),
+        self.runner = Runner(self.bundle.open_session(self.precision, session),
                              [m.outputs[0].name], session.device_id)
 
     def feed(self, rgb: np.ndarray) -> tuple[dict[str, np.ndarray], Prepared]:

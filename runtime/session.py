@@ -11,6 +11,7 @@ from .errors import BadInputError, DeviceError
 log = logging.getLogger(__name__)
 
 _OPT_LEVELS = ("disable", "basic", "extended", "all")
+OPT_LEVELS = _OPT_LEVELS                     # onnxruntime's graph optimization levels, lowest first
 _EXEC_MODES = ("sequential", "parallel")
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"

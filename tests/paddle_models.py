@@ -176,6 +176,32 @@ def build_pyramid_pool(out: Path, size: int = 256):
     _save(Pyramid(), out, [paddle.static.InputSpec([1, 3, size, size], "float32", "x")])
 
 
+def build_crnn(out: Path):
+    """A CRNN text recognizer's shape (PP-OCR's CRNN: conv features, a 2-layer bidirectional LSTM over the columns, a
+    per-column softmax over 37 characters), a 32 x 100 line image: onnxruntime 1.32 crashed (SIGSEGV) loading
+    its FP16 model at graph optimization "all"."""
+    import paddle
+
+    class CRNN(paddle.nn.Layer):
+        def __init__(self, classes: int = 37):
+            super().__init__()
+            self.c1, self.b1 = paddle.nn.Conv2D(3, 16, 3, padding=1), paddle.nn.BatchNorm2D(16)
+            self.c2, self.b2 = paddle.nn.Conv2D(16, 32, 3, padding=1), paddle.nn.BatchNorm2D(32)
+            self.pool = paddle.nn.MaxPool2D(2, 2)
+            self.lstm = paddle.nn.LSTM(32 * 8, 48, num_layers=2, direction="bidirectional")
+            self.fc = paddle.nn.Linear(96, classes)
+
+        def forward(self, x):
+            h = self.pool(paddle.nn.functional.relu(self.b1(self.c1(x))))
+            h = self.pool(paddle.nn.functional.relu(self.b2(self.c2(h))))          # N, 32, 8, W / 4
+            h = h.reshape([0, -1, h.shape[-1]]).transpose([0, 2, 1])                 # N, columns, features
+            h, _ = self.lstm(h)
+            return paddle.nn.functional.softmax(self.fc(h), axis=-1)
+
+    paddle.seed(3)
+    _save(CRNN(), out, [paddle.static.InputSpec([None, 3, 32, 100], "float32", "x")])
+
+
 def build_ernie(out: Path):
     _save_ernie(out, 3, vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                 intermediate_size=64, max_position_embeddings=128, type_vocab_size=2)
@@ -429,7 +455,7 @@ BUILDERS = {"ernie_medium": build_ernie_medium, "llama": build_llama, "gpt": bui
             "nhwc_conv": build_nhwc_conv, "detector": build_detector,
             "detector_im_shape": lambda out: build_detector(out, im_shape=True), "segmenter": build_segmenter,
             "segmenter_int64": lambda out: build_segmenter(out, "int64"), "pyramid_256": build_pyramid_pool,
-            "pyramid_384": lambda out: build_pyramid_pool(out, 384)}
+            "pyramid_384": lambda out: build_pyramid_pool(out, 384), "crnn": build_crnn}
 BUILDERS.update({f"nlp_{fam}": (lambda out, fam=fam: build_nlp_family(out, fam)) for fam in NLP_FAMILIES})
 BUILDERS.update({f"vision_{name}": (lambda out, name=name: build_vision(out, name)) for name in VISION_FAMILIES})
 # fusion tests: f"{family}_h{hidden}_n{heads}"
