@@ -43,6 +43,8 @@ STRUCTURAL = {"pd_op.data", "pd_op.feed", "pd_op.fetch", "builtin.parameter", "b
               "cf.tuple_push", "cf.tuple_pop", "cf.stack_create"}
 # Ops that keep an integer tensor's values, followed when looking for the embedding an id input feeds.
 PASS_THROUGH = {"pd_op.cast", "pd_op.reshape", "pd_op.unsqueeze", "pd_op.squeeze", "pd_op.assign"}
+# ops whose first result holds some of their input's ids, unchanged (an id bound found past them holds before them)
+ID_MOVES = {"pd_op.flatten", "pd_op.transpose", "pd_op.slice", "pd_op.expand", "pd_op.tile", "pd_op.strided_slice"}
 
 
 def _mapper_name(op_name: str) -> str:
@@ -80,15 +82,43 @@ def _load_program(model_file: str):
     return prog
 
 
+def _full_value(value) -> float | None:
+    """The constant a pd_op.full defines, else None."""
+    op = value.get_defining_op() if value is not None else None
+    return op.attrs().get("value") if op is not None and op.name() == "pd_op.full" else None
+
+
+def _lookup_rows(op, value) -> int | None:
+    """The number of valid ids where `op` looks `value` up: an embedding's rows, the table a gather or index_select
+    reads along its axis, a one-hot's class count; None for any other use."""
+    name = op.name()
+    if name == "pd_op.embedding" and op.operand_source(0).is_same(value):
+        return int(op.operand_source(1).shape[0])
+    if name in ("pd_op.gather", "pd_op.index_select") and op.operand_source(1).is_same(value):
+        table = list(op.operand_source(0).shape)
+        axis = (op.attrs().get("axis") if name == "pd_op.index_select" else
+                _full_value(op.operand_source(2)) if op.num_operands() > 2 else 0)
+        if axis is not None and table and -len(table) <= int(axis) < len(table) and table[int(axis)] > 0:
+            return int(table[int(axis)])
+    if name == "pd_op.one_hot" and op.operand_source(0).is_same(value):
+        classes = op.attrs().get("num_classes")
+        classes = classes if classes is not None else (_full_value(op.operand_source(1))
+                                                       if op.num_operands() > 1 else None)
+        if classes is not None and int(classes) > 0:
+            return int(classes)
+    return None
+
+
 def _int_upper_bound(value, depth: int = 0) -> int | None:
-    """Largest valid id + 1 for an integer input: the row count of the embedding table it indexes."""
-    if depth > 3:
+    """Largest valid id + 1 for an integer input: the rows of the table it indexes (embedding, gather,
+    index_select, one_hot), through ops that move ids without changing them."""
+    if depth > 6:
         return None
     for op in value.all_used_ops():
-        name = op.name()
-        if name == "pd_op.embedding" and op.operand_source(0).is_same(value):
-            return int(op.operand_source(1).shape[0])
-        if name in PASS_THROUGH:
+        rows = _lookup_rows(op, value)
+        if rows is not None:
+            return rows
+        if op.name() in PASS_THROUGH or op.name() in ID_MOVES:
             bound = _int_upper_bound(op.result(0), depth + 1)
             if bound is not None:
                 return bound

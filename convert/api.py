@@ -34,8 +34,8 @@ from .ppdet import detection_settings, read_infer_cfg
 from .ppseg import read_deploy_yaml, segmentation_settings
 from .precision import PRECISIONS, FP16Options, Int4Options, Int8Options, check_quantizable, make_variant
 from .source import ModelSource, locate, prepare
-from .validate import (DEFAULT_THRESHOLDS, GateRerunError, SampleConfig, Thresholds, check_signal, gate_text,
-                       load_samples, make_samples, summary, validate)
+from .validate import (DEFAULT_THRESHOLDS, FIX_INPUTS, GateRerunError, SampleConfig, Thresholds, check_signal,
+                       gate_text, load_samples, make_samples, summary, validate)
 
 log = logging.getLogger(__name__)
 
@@ -287,6 +287,14 @@ def check_against_specs(config: ConvertConfig, info: dict) -> list[dict[str, np.
         raise BadInputError(f"the tokenizer's vocabulary has {tokenizer.vocab_size} tokens but the model's input_ids "
                             f"index an embedding of {rows} rows: it is not this model's tokenizer (its ids past "
                             f"{rows - 1} would index no row). Give the tokenizer the model was trained with")
+    if not config.inputs_npz and config.samples.feed is None:
+        blind = [i["name"] for i in ins if "int" in str(i["dtype"]) and not i.get("int_high")
+                 and i["name"] != "attention_mask"             # a tokenizer's 0/1 mask: {0, 1} is its range
+                 and not (tokenizer is not None and i["name"] == "input_ids")]
+        if blind:
+            log.warning("no lookup table found for the ids of input(s) %s (no embedding, gather, index_select or "
+                        "one_hot reads them): the gate's generated samples draw them from {0, 1} only, which "
+                        "exercises little of the model. %s", ", ".join(blind), FIX_INPUTS)
     samples = (load_samples(config.inputs_npz, ins) if config.inputs_npz
                else make_samples(ins, config.samples, tokenizer))
     for i, s in enumerate(samples):

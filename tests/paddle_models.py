@@ -202,6 +202,33 @@ def build_crnn(out: Path):
     _save(CRNN(), out, [paddle.static.InputSpec([None, 3, 32, 100], "float32", "x")])
 
 
+def build_gather_text(out: Path, lookup: bool = True):
+    """A text model whose ids reach their table other than through an embedding op: input_ids flattened and read by
+    a gather from a 97-row table, token_type_ids one-hot over 4 types; lookup=False: the ids only scale a feature
+    (no table at all)."""
+    import paddle
+
+    class GatherText(paddle.nn.Layer):
+        def __init__(self):
+            super().__init__()
+            self.table = self.create_parameter([97, 16])
+            self.types = paddle.nn.Linear(4, 16)
+            self.head = paddle.nn.Linear(16, 3)
+
+        def forward(self, input_ids, token_type_ids):
+            if lookup:
+                rows = paddle.gather(self.table, input_ids.flatten())
+                h = rows.reshape([-1, paddle.shape(input_ids)[1], 16])
+                h = h + self.types(paddle.nn.functional.one_hot(token_type_ids, 4))
+            else:
+                h = (input_ids + token_type_ids).astype("float32").unsqueeze(-1) * self.table[:1]
+            return self.head(paddle.tanh(h).mean(axis=1))
+
+    paddle.seed(5)
+    _save(GatherText(), out, [paddle.static.InputSpec([None, None], "int64", "input_ids"),
+                              paddle.static.InputSpec([None, None], "int64", "token_type_ids")])
+
+
 def build_ernie(out: Path):
     _save_ernie(out, 3, vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                 intermediate_size=64, max_position_embeddings=128, type_vocab_size=2)
@@ -455,7 +482,8 @@ BUILDERS = {"ernie_medium": build_ernie_medium, "llama": build_llama, "gpt": bui
             "nhwc_conv": build_nhwc_conv, "detector": build_detector,
             "detector_im_shape": lambda out: build_detector(out, im_shape=True), "segmenter": build_segmenter,
             "segmenter_int64": lambda out: build_segmenter(out, "int64"), "pyramid_256": build_pyramid_pool,
-            "pyramid_384": lambda out: build_pyramid_pool(out, 384), "crnn": build_crnn}
+            "pyramid_384": lambda out: build_pyramid_pool(out, 384), "crnn": build_crnn,
+            "gather_text": build_gather_text, "no_lookup_text": lambda out: build_gather_text(out, lookup=False)}
 BUILDERS.update({f"nlp_{fam}": (lambda out, fam=fam: build_nlp_family(out, fam)) for fam in NLP_FAMILIES})
 BUILDERS.update({f"vision_{name}": (lambda out, name=name: build_vision(out, name)) for name in VISION_FAMILIES})
 # fusion tests: f"{family}_h{hidden}_n{heads}"
