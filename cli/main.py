@@ -8,6 +8,7 @@ Exit codes: 0 ok, 2 bad input or usage, 3 validation failed, 4 conversion failed
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import importlib
 import logging
 import sys
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:             # argparse: usage errors exit 2, --help exits 0
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     from paddle2ort.runtime.signals import Terminated, sigterm_as_interrupt
+    enable_crash_traceback()
     try:
         setup_logging(verbosity(args))
         # SIGTERM (CI timeouts, process managers) unwinds like Ctrl-C: staging/temp dirs and partial files go
@@ -83,6 +85,16 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, UnicodeError) as e:
         log.error("%s", BadInputError(os_error_message(e)))
         return 2
+
+
+def enable_crash_traceback() -> None:
+    """A native crash (onnxruntime, CUDA) still prints the Python call it died in, instead of an exit 139 alone."""
+    if faulthandler.is_enabled():
+        return
+    try:
+        faulthandler.enable(all_threads=False)
+    except (AttributeError, OSError, ValueError):   # stderr without a file descriptor (an embedding host's)
+        pass
 
 
 def os_error_message(e: BaseException) -> str:

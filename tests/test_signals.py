@@ -196,3 +196,14 @@ def test_sigterm_keeps_finished_jsonl_results_and_a_rerun_resumes(llm_bundle, tm
     assert r.returncode == 0, r.stderr
     done = [json.loads(line) for line in out.read_text().splitlines()]
     assert [x["line"] for x in done] == list(range(1, 61)) and done[:len(first)] == first
+
+
+def test_a_native_crash_in_the_cli_names_the_python_call_it_died_in():
+    """A segfault inside a command (onnxruntime or CUDA code) prints Python's traceback of the call, not exit 139
+    alone (faulthandler, enabled by the CLI)."""
+    code = ("import importlib, os, signal, sys\nm = importlib.import_module('paddle2ort.cli.main')\n"
+            "m.setup_logging = lambda v: os.kill(os.getpid(), signal.SIGSEGV)\n"
+            "sys.exit(m.main(['run', 'bundle', '--inputs', 'x.npz']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGSEGV
+    assert "Segmentation fault" in proc.stderr and "in main" in proc.stderr
