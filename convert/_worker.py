@@ -44,7 +44,8 @@ STRUCTURAL = {"pd_op.data", "pd_op.feed", "pd_op.fetch", "builtin.parameter", "b
 # Ops that keep an integer tensor's values, followed when looking for the embedding an id input feeds.
 PASS_THROUGH = {"pd_op.cast", "pd_op.reshape", "pd_op.unsqueeze", "pd_op.squeeze", "pd_op.assign"}
 # ops whose first result holds some of their input's ids, unchanged (an id bound found past them holds before them)
-ID_MOVES = {"pd_op.flatten", "pd_op.transpose", "pd_op.slice", "pd_op.expand", "pd_op.tile", "pd_op.strided_slice"}
+ID_MOVES = {"pd_op.flatten", "pd_op.transpose", "pd_op.slice", "pd_op.expand", "pd_op.tile", "pd_op.strided_slice",
+            "builtin.combine", "pd_op.concat", "pd_op.stack"}   # slots concatenated before one shared embedding
 
 
 def _mapper_name(op_name: str) -> str:
@@ -125,6 +126,50 @@ def _int_upper_bound(value, depth: int = 0) -> int | None:
     return None
 
 
+# ops a sequence length passes through on its way to a mask (PaddleSpeech subsamples it: ((len - 1) // 2 - 1) // 2)
+LENGTH_ARITH = PASS_THROUGH | ID_MOVES | {"pd_op.scale", "pd_op.floor_divide", "pd_op.divide", "pd_op.subtract",
+                                         "pd_op.add", "pd_op.multiply", "pd_op.floor", "pd_op.ceil", "pd_op.maximum",
+                                         "pd_op.minimum", "pd_op.clip", "pd_op.remainder"}
+COMPARISONS = {"pd_op.less_than", "pd_op.less_equal", "pd_op.greater_than", "pd_op.greater_equal"}
+
+
+def _from_arange(value, depth: int = 0) -> bool:
+    """`value` is positions 0.. (a pd_op.arange, maybe reshaped, cast or broadcast)."""
+    op = value.get_defining_op() if depth <= 6 else None
+    if op is None:
+        return False
+    return op.name() == "pd_op.arange" or (op.name() in PASS_THROUGH | ID_MOVES
+                                           and _from_arange(op.operand_source(0), depth + 1))
+
+
+def _is_length(value, depth: int = 0) -> bool:
+    """An integer input holding sequence lengths: it (after arithmetic) is compared with positions 0.. to build a
+    mask (PaddleSpeech's `arange(T) < len`), or is an RNN's sequence_length, or feeds a sequence_mask."""
+    if depth > 10:
+        return False
+    for op in value.all_used_ops():
+        name = op.name()
+        if name == "pd_op.rnn" and not op.operand_source(0).is_same(value):
+            return True
+        if name == "pd_op.sequence_mask" and op.operand_source(0).is_same(value):
+            return True
+        if name in COMPARISONS:
+            other = op.operand_source(1) if op.operand_source(0).is_same(value) else op.operand_source(0)
+            if _from_arange(other):
+                return True
+        if name in LENGTH_ARITH and _is_length(op.result(0), depth + 1):
+            return True
+    return False
+
+
+def _rnn_lengths(op) -> bool:
+    """A pd_op.rnn given a sequence_length (paddle2onnx 2.1.0 writes the ONNX RNN without it)."""
+    if op.num_operands() < 4:
+        return False
+    v = op.operand_source(3)
+    return v.initialized() and v.get_defining_op() is not None
+
+
 def _pad_id(value, depth: int = 0) -> int | None:
     """The id an integer input is compared with to mask padding (PaddleNLP's encoders: attention_mask from
     input_ids == pad_token_id, a constant), or None."""
@@ -201,12 +246,14 @@ def task_inspect(args: dict) -> dict:
     prog = _load_program(args["model_file"])
     supported = set(p2o.get_all_supported_operators_pir())
     ops, unsupported = Counter(), Counter()
-    inputs, outputs, inexact = [], [], []
+    inputs, outputs, inexact, rnn_lengths = [], [], [], 0
     for op in _walk_ops(prog.global_block()):
         name = op.name()
         ops[name] += 1
         if name not in STRUCTURAL and _mapper_name(name) not in supported:
             unsupported[name] += 1
+        if name == "pd_op.rnn" and _rnn_lengths(op):
+            rnn_lengths += 1
         if name == "pd_op.pool2d" and op.attrs().get("adaptive"):
             shape_in, shape_out = list(op.operand_source(0).shape), list(op.result(0).shape)
             if op.attrs().get("data_format") == "NHWC":
@@ -220,6 +267,7 @@ def task_inspect(args: dict) -> dict:
             if "int" in spec["dtype"]:
                 spec["int_high"] = _int_upper_bound(v)
                 spec["pad_id"] = _pad_id(v)
+                spec["lengths"] = spec["int_high"] is None and len(spec["shape"]) <= 2 and _is_length(v)
             inputs.append(spec)
         elif name == "pd_op.fetch":
             v = op.operand_source(0)
@@ -229,7 +277,7 @@ def task_inspect(args: dict) -> dict:
     outputs.sort(key=lambda o: o["col"])
     return {"paddle_version": paddle.__version__, "paddle2onnx_version": paddle2onnx.__version__,
             "inputs": inputs, "outputs": outputs, "ops": dict(ops), "unsupported": dict(unsupported),
-            "inexact_adaptive_pools": inexact}
+            "inexact_adaptive_pools": inexact, "rnn_sequence_lengths": rnn_lengths}
 
 
 def _check_program_file(model_file: str) -> None:

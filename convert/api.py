@@ -22,7 +22,7 @@ from .bundle import check_outside_inputs, staged_bundle, write_json
 from .errors import (BadInputError, ConversionError, InexactPoolingError, LabelCountError, UnsupportedOperatorsError,
                      ValidationError)
 from .fusion import FusionConfig, bundle_graphs
-from .graph import _IDENT, rename_and_annotate, share_duplicate_weights
+from .graph import _IDENT, rename_and_annotate, shape_only_outputs, share_duplicate_weights
 from .ocr import CLASSES_FILE as OCR_CLASSES_FILE
 from .ocr import DB_DEFAULTS, ctc_labels, direction_settings, paddlex_detector, paddlex_dictionary
 from .ocr import DET_TASK as OCR_DET_TASK
@@ -34,8 +34,8 @@ from .ppdet import detection_settings, read_infer_cfg
 from .ppseg import read_deploy_yaml, segmentation_settings
 from .precision import PRECISIONS, FP16Options, Int4Options, Int8Options, check_quantizable, make_variant
 from .source import ModelSource, locate, prepare
-from .validate import (DEFAULT_THRESHOLDS, FIX_INPUTS, GateRerunError, SampleConfig, Thresholds, check_signal,
-                       gate_text, load_samples, make_samples, summary, validate)
+from .validate import (DEFAULT_THRESHOLDS, FIX_INPUTS, LINEAGE_ROW, GateRerunError, SampleConfig, Thresholds,
+                       check_signal, gate_text, load_samples, make_samples, summary, validate)
 
 log = logging.getLogger(__name__)
 
@@ -289,12 +289,14 @@ def check_against_specs(config: ConvertConfig, info: dict) -> list[dict[str, np.
                             f"{rows - 1} would index no row). Give the tokenizer the model was trained with")
     if not config.inputs_npz and config.samples.feed is None:
         blind = [i["name"] for i in ins if "int" in str(i["dtype"]) and not i.get("int_high")
+                 and not i.get("lengths")                      # drawn from the sequences beside them
                  and i["name"] != "attention_mask"             # a tokenizer's 0/1 mask: {0, 1} is its range
                  and not (tokenizer is not None and i["name"] == "input_ids")]
         if blind:
-            log.warning("no lookup table found for the ids of input(s) %s (no embedding, gather, index_select or "
-                        "one_hot reads them): the gate's generated samples draw them from {0, 1} only, which "
-                        "exercises little of the model. %s", ", ".join(blind), FIX_INPUTS)
+            log.warning("no bound found for the integers of input(s) %s (neither ids a lookup table reads, as "
+                        "far as the inspection follows them, nor lengths compared with positions): the gate's "
+                        "generated samples draw them from {0, 1} only, which exercises little of the model. %s",
+                        ", ".join(blind), FIX_INPUTS)
     samples = (load_samples(config.inputs_npz, ins) if config.inputs_npz
                else make_samples(ins, config.samples, tokenizer))
     for i, s in enumerate(samples):
@@ -415,6 +417,10 @@ def _convert(config: ConvertConfig, more_sources: tuple[Path, ...]) -> ConvertRe
             import onnx
             model, in_specs, out_specs = rename_and_annotate(onnx.load(str(raw)), info["inputs"], info["outputs"],
                                                              list(config.output_names) if config.output_names else None)
+            if info.get("rnn_sequence_lengths") and unbounded_rnns(model.graph):
+                log.warning("paddle2onnx wrote %d RNN layer(s) without the sequence lengths Paddle gives them: the "
+                            "ONNX model is exact only on rows as long as their batch's longest (a padded row runs "
+                            "over its padding)", unbounded_rnns(model.graph))
             saved = share_duplicate_weights(model)
             if saved >= 1e6:
                 log.info("shared %.1f MB of duplicated constant weights", saved / 1e6)
@@ -436,7 +442,11 @@ def _convert(config: ConvertConfig, more_sources: tuple[Path, ...]) -> ConvertRe
             bar.set_postfix_str("paddle reference")
             refs = paddle_reference(source, samples, work) if config.validate else None
             if refs is not None:
-                check_signal(refs, out_specs, user_inputs=_user_inputs(config))
+                fixed = shape_only_outputs(fused.graphs["fp32"].graph)
+                if fixed:
+                    log.info("output(s) %s do not depend on the inputs' values (only their shapes): judged as exact "
+                             "constants", ", ".join(sorted(fixed)))
+                check_signal(refs, out_specs, user_inputs=_user_inputs(config), shape_only=fixed)
             bar.update()
 
             reports: dict[str, dict] = {}
@@ -458,7 +468,7 @@ def _convert(config: ConvertConfig, more_sources: tuple[Path, ...]) -> ConvertRe
                                                  fp32_model=variant_src.get(prec, files["fp32"]))   # its FP32 source
                     except ValidationError as e:
                         hint = gate_hint(prec, e, files[prec], _user_inputs(config), config.task == DET_TASK,
-                                         config.fp16.op_block_list)
+                                         config.fp16.op_block_list, info.get("rnn_sequence_lengths", 0))
                         if reports:             # a bundle ships whole or not at all: say how to get the others
                             rest = [p for p in order if p != prec]
                             hint = ((hint + "\n") if hint else "") + (
@@ -514,12 +524,21 @@ FP16_HINT = ("FP16 failing where FP32 passes is usually one operator type overfl
 
 
 def gate_hint(precision: str, e: ValidationError, model_path: Path, user_inputs: bool,
-              deployment_feed: bool = False, fp16_block: tuple[str, ...] | None = None) -> str | None:
+              deployment_feed: bool = False, fp16_block: tuple[str, ...] | None = None,
+              rnn_lengths: int = 0) -> str | None:
     """The likely fix of a failed gate, where the failure says which. deployment_feed: the samples were built from
-    the export's own preprocessing (a PaddleDetection infer_cfg.yml), not drawn at random."""
+    the export's own preprocessing (a PaddleDetection infer_cfg.yml), not drawn at random; rnn_lengths: how many of
+    the Paddle program's RNN layers take a sequence_length (inspect)."""
     import onnx
 
     from .repair.output_shapes import data_dependent_outputs
+    unbounded = rnn_lengths and unbounded_rnns(onnx.load(str(model_path), load_external_data=False).graph)
+    if unbounded:
+        return (f"paddle2onnx wrote the model's {unbounded} RNN layer(s) without the sequence lengths Paddle gives "
+                f"them ({rnn_lengths} pd_op.rnn with a sequence_length): in ONNX a padded row runs over its padding, "
+                "so it differs from Paddle wherever a row is shorter than its batch's longest (the gate's rows are). "
+                "The export is exact only on full-length rows: to ship it for such inputs (batch 1, or rows of "
+                "equal length), convert with --inputs FILE.npz of full-length rows; padded batches it cannot serve.")
     selected = []
     if not user_inputs:
         graph = onnx.load(str(model_path), load_external_data=False).graph
@@ -535,11 +554,18 @@ def gate_hint(precision: str, e: ValidationError, model_path: Path, user_inputs:
     if precision == "fp16":
         return FP16_HINT + _fp16_block_hint(model_path, FP16Options().op_block_list if fp16_block is None
                                             else fp16_block)
-    if precision == "int8" and _int8_per_tensor(model_path):
+    judged = [f for f in e.failures if f.get("output") != LINEAGE_ROW]     # an output, not the lineage check
+    if precision == "int8" and judged and _int8_per_tensor(model_path):
         return ("Dynamic INT8 quantized each weight with one scale (per tensor); weights whose rows differ in range "
                 "lose most there (a random-weight PVTv2 was refused at cosine 0.94 and passed per channel): convert "
                 "again with --int8-per-channel, or leave int8 out of --precision.")
     return None
+
+
+def unbounded_rnns(graph) -> int:
+    """ONNX RNN/GRU/LSTM nodes without a sequence_lens input (each row runs over the whole sequence axis)."""
+    return sum(1 for n in graph.node if n.op_type in ("RNN", "GRU", "LSTM")
+               and (len(n.input) < 5 or not n.input[4]))
 
 
 def _fp16_block_hint(model_path: Path, block: tuple[str, ...]) -> str:

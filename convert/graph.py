@@ -99,6 +99,25 @@ def rename_and_annotate(model, inputs: list[dict], outputs: list[dict], output_n
     return model, in_specs, out_specs
 
 
+def outputs_from_nodes(graph) -> None:
+    """Every graph output made by a node: an output that is a weight (constant folding makes a PaddleRec DSSM's
+    `ones([n, 1])` of a static n one) or an input passed through gets an Identity. The FP16 pass's output Casts
+    assume a producing node (it left a cycle: "Graph is not a DAG")."""
+    from onnx import helper
+    weights = {t.name: t for t in graph.initializer}
+    inputs = {i.name for i in graph.input} - set(weights)
+    for k, o in enumerate(graph.output):
+        if o.name in weights:
+            held = f"{o.name}.value"
+            rename_inputs(graph, {o.name: held})
+            weights[o.name].name = held
+            graph.node.append(helper.make_node("Identity", [held], [o.name], name=f"{o.name}.identity"))
+        elif o.name in inputs:
+            fresh = f"{o.name}.output{k}"
+            graph.node.append(helper.make_node("Identity", [o.name], [fresh], name=fresh))
+            o.name = fresh
+
+
 def rename_inputs(graph, mapping: dict[str, str]) -> None:
     """Rename every use of the names in `mapping` in `graph`, and in the If/Loop/Scan bodies below it that read them
     from the outer scope (a body that defines a name itself shadows it there). Mutates `graph`."""
@@ -132,6 +151,19 @@ def outer_reads(node) -> set[str]:
         for n in body.node:
             out |= {i for i in list(n.input) + sorted(outer_reads(n)) if i and i not in own}
     return out
+
+
+def shape_only_outputs(graph) -> set[str]:
+    """Graph outputs whose values the inputs' values never reach, only their shapes (Shape/Size cut the flow):
+    a PaddleRec DSSM's `ones([batch, 1])`. Constant on any samples by construction, they are judged exactly
+    against Paddle, not refused as flat samples. Nodes with subgraphs count as reading every input."""
+    dependent = {i.name for i in graph.input} - {t.name for t in graph.initializer}
+    for n in graph.node:                        # topologically sorted (ONNX requires it)
+        if n.op_type in ("Shape", "Size"):
+            continue
+        if _bodies(n) or any(x in dependent for x in n.input):
+            dependent.update(n.output)
+    return {o.name for o in graph.output} - dependent
 
 
 def sort_nodes(graph) -> bool:

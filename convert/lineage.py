@@ -36,14 +36,46 @@ def _dynamic_tensors(graph) -> set[str]:
     return dyn
 
 
+def _noop_sources(g) -> dict[str, str]:
+    """{output: input} of the nodes the optimizer's NoopElimination removes: Identity, Add/Sub of an all-zero
+    constant, Mul/Div by an all-one constant."""
+    from onnx import numpy_helper
+    consts = {t.name: t for t in g.initializer}
+    consts.update({n.output[0]: n.attribute[0].t for n in g.node if n.op_type == "Constant"
+                   and len(n.attribute) == 1 and n.attribute[0].name == "value"})
+    neutral = {"Add": 0.0, "Sub": 0.0, "Mul": 1.0, "Div": 1.0}
+    out = {}
+    for n in g.node:
+        if n.op_type == "Identity" and n.input:
+            out[n.output[0]] = n.input[0]
+        elif n.op_type in neutral and len(n.input) == 2:
+            k = n.input[1] if n.input[1] in consts else n.input[0] if n.op_type in ("Add", "Mul") else None
+            c = numpy_helper.to_array(consts[k]) if k in consts else None
+            if c is not None and c.size and np.all(c == neutral[n.op_type]):
+                out[n.output[0]] = n.input[0] if k == n.input[1] else n.input[1]
+    return out
+
+
 def _kept_nodes(model, precision: str) -> list:
-    """FP32 nodes the precision pass must keep under their name and op type."""
+    """FP32 nodes the precision pass must keep under their name and op type. An Add of a MatMul's result (maybe
+    through no-ops) and a computed tensor is not one: with the no-op gone (a zero bias: NoopElimination) the
+    optimizer's MatMulAddFusion makes the pair one Gemm (a PaddleRec Wide&Deep's wide + deep sum)."""
     g = model.graph
     if precision == "fp16":
         return [n for n in g.node if n.name and n.op_type != "Constant"]
     dyn = _dynamic_tensors(g)
+    producer = {o: n.op_type for n in g.node for o in n.output}
+    noop = _noop_sources(g)
+
+    def from_matmul(x: str) -> bool:
+        for _ in range(8):
+            if x not in noop:
+                break
+            x = noop[x]
+        return producer.get(x) in ("MatMul", "Gemm")
     return [n for n in g.node if n.name and n.op_type in INT8_KEPT_OPS
-            and all(x in dyn for x in (n.input if n.op_type == "Add" else n.input[:1]))]
+            and all(x in dyn for x in (n.input if n.op_type == "Add" else n.input[:1]))
+            and not (n.op_type == "Add" and any(from_matmul(x) for x in n.input))]
 
 
 def _weights(model) -> dict[str, np.ndarray]:

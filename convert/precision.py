@@ -10,6 +10,7 @@ import numpy as np
 
 from .errors import ConversionError, NothingToQuantizeError
 from .export import save_onnx
+from .graph import outputs_from_nodes
 from .repair._shapes import all_graphs
 
 log = logging.getLogger(__name__)
@@ -223,6 +224,8 @@ def to_fp16(src: Path, dst: Path, opts: FP16Options = FP16Options()) -> dict:
     # infer_shapes would serialize the whole proto
     model = str(src) if model_bytes(src) > EXTERNAL_DATA_BYTES else onnx.load(str(src))
     block = sorted(set(DEFAULT_OP_BLOCK_LIST) | set(opts.op_block_list))
+    if not isinstance(model, str):
+        outputs_from_nodes(model.graph)
     typed = not isinstance(model, str) and fused_types(model)
     try:
         m16 = convert_float_to_float16(model, keep_io_types=opts.keep_io_types, op_block_list=block,

@@ -238,7 +238,7 @@ def make_samples(inputs: list[dict], cfg: SampleConfig, tokenizer=None) -> list[
             if all(_shape(s, batch, dyn, hw, fixed) == shape for s in text.values()):
                 sample.update(_text_feed(text, shape, rng))
         for spec in inputs:
-            if spec["name"] in sample:
+            if spec["name"] in sample or spec.get("lengths"):
                 continue
             shape = _shape(spec, batch, dyn, hw, fixed)
             dtype = np.dtype(spec["dtype"])
@@ -253,8 +253,27 @@ def make_samples(inputs: list[dict], cfg: SampleConfig, tokenizer=None) -> list[
             else:
                 arr = rng.standard_normal(shape).astype(dtype)
             sample[spec["name"]] = arr
+        for spec in inputs:
+            if spec["name"] not in sample:              # sequence lengths, once the sequences are drawn
+                sample[spec["name"]] = _lengths(spec, _shape(spec, batch, dyn, hw, fixed), inputs, sample, rng)
         samples.append(sample)
     return samples
+
+
+def _lengths(spec: dict, shape: tuple, inputs: list[dict], sample: dict, rng: np.random.Generator) -> np.ndarray:
+    """Sequence lengths for the sequences drawn beside them (an input the graph compares with positions 0.. or
+    gives an RNN as its sequence_length, convert/_worker._is_length): the first row full, the others between half
+    and the whole of the longest dynamic axis the other inputs have (a speech model's frames), so the gate runs
+    full and padded rows alike. Drawn from {0, 1} they masked out every frame, and a model with broken weights
+    passed."""
+    sizes = [a.shape[ax] for s in inputs if s["name"] in sample and s is not spec
+             for a in [sample[s["name"]]] for ax, d in enumerate(s["shape"]) if ax > 0 and d < 0]
+    sizes = sizes or [a.shape[ax] for s in inputs if s["name"] in sample and s is not spec
+                      for a in [sample[s["name"]]] for ax in range(1, a.ndim)]
+    full = max(sizes, default=1)
+    values = rng.integers(max(1, (full + 1) // 2), full + 1, shape)
+    values.reshape(-1)[:1] = full
+    return values.astype(np.dtype(spec["dtype"]))
 
 
 def load_samples(path: Path, inputs: list[dict]) -> list[dict[str, np.ndarray]]:

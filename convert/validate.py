@@ -20,6 +20,7 @@ from paddle2ort.runtime.load_probe import safe_options
 from paddle2ort.runtime.session import create_session
 
 from .errors import BadInputError, ConversionError, Paddle2OrtError, ValidationError
+from .graph import shape_only_outputs
 from .lineage import check_lineage
 from .labels import label_figures, logits_scales, softmax_axes
 from .metrics import (DEFAULT_THRESHOLDS, FLAT_SPREAD, LLM_THRESHOLDS, METRICS, JUDGED_SPREAD, Thresholds,  # noqa
@@ -80,13 +81,15 @@ FIX_INPUTS = ("Pass real inputs with --inputs FILE.npz (arrays named after the m
               "image or tokenized text)")
 
 
-def check_signal(refs: list[list[np.ndarray]], outputs: list[TensorSpec], user_inputs: bool) -> None:
+def check_signal(refs: list[list[np.ndarray]], outputs: list[TensorSpec], user_inputs: bool,
+                 shape_only: set[str] = frozenset()) -> None:
     """Refuse samples on which some float output of the reference is flat, or where an output with a class axis
     is the same for every input row (a classifier saturated on one class): no broken model could be told from a
-    working one on them."""
+    working one on them. shape_only: outputs the inputs' values never reach (graph.shape_only_outputs), constant
+    by construction and judged exactly."""
     for j, spec in enumerate(outputs):
         rs = [r[j] for r in refs]
-        if not np.issubdtype(rs[0].dtype, np.floating):
+        if not np.issubdtype(rs[0].dtype, np.floating) or spec.name in shape_only:
             continue
         m = compare_pooled(rs, rs, class_axis=False)
         whose = "your --inputs" if user_inputs else f"the {len(refs)} generated samples"
@@ -114,7 +117,7 @@ def unjudged(e: ValidationError, bounded: dict[str, tuple[str, float]], samples:
     rows = []
     for f in e.failures:
         m = f["metrics"]
-        if "spread" not in m or "magnitude" not in m or m.get("nonfinite"):
+        if "spread" not in m or "magnitude" not in m or m.get("nonfinite") or f.get("kind") == "constant":
             return None                       # a shape mismatch, NaN/Inf, the lineage row: the conversion's
         op, width = bounded.get(f["output"], (None, 0.0))
         scale = max(m["magnitude"], width)
@@ -148,12 +151,16 @@ def judge(precision: str, compared: list[dict], thr: Thresholds, samples: int, *
     return report
 
 
+LINEAGE_ROW = "(weights and nodes vs the FP32 model)"
+FP16_CONSTANT = 2.0 ** -11       # a constant output of an FP16 model: its float16 rounding, relative
+
+
 def lineage_row(precision: str, fp32_model: Path, model_path: Path) -> dict:
     """The variant's weights and nodes against the FP32 model's (convert.lineage), as a gate row."""
     lin = check_lineage(precision, fp32_model, model_path)
     v = lin["violations"]
     shown = v[:5] + ([f"... and {len(v) - 5} more"] if len(v) > 5 else [])
-    return {"output": "(weights and nodes vs the FP32 model)", "kind": "lineage", "shape": None,
+    return {"output": LINEAGE_ROW, "kind": "lineage", "shape": None,
             "metrics": {"checked": lin["checked"], "max_abs_diff": lin["worst_abs"], "max_rel_diff": float("nan"),
                         "cosine": float("nan"), "argmax_agreement": None},
             "violations": shown}
@@ -207,6 +214,7 @@ def validate(precision: str, model_path: Path, samples: list[dict], refs: list[l
     special = {**nms, **labels}
     softmax = softmax_axes(graph)
     bounded = output_value_ranges(graph)
+    fixed = shape_only_outputs(graph.graph)
     failing = set()                              # outputs judged element by element that break a bound
     for j, spec in enumerate(outputs):
         rs, gs = [r[j] for r in refs], [g[j] for g in got]
@@ -225,6 +233,15 @@ def validate(precision: str, model_path: Path, samples: list[dict], refs: list[l
             logits = compare_logits(rs, gs, half=precision == "fp16")   # too flat to judge: logits still move
             if logits.get("signal"):
                 m, broken = logits, False                               # (judged on its logits instead)
+        if spec.name in fixed and not exact and j not in special:       # a constant: equal to Paddle's
+            rel = FP16_CONSTANT if precision == "fp16" else 0.0
+            off = max((float(np.max(np.abs(np.asarray(g, np.float64) - r) - rel * np.abs(r), initial=0.0))
+                       if np.shape(g) == np.shape(r) else np.inf for r, g in zip(rs, gs)), default=0.0)
+            compared.append({"output": spec.name, "shape": shape, "metrics": m, "exact": False, "kind": "constant",
+                             "violations": [] if off <= 0 else [
+                                 f"differs from Paddle's by up to {off:.3g} past the precision's rounding, where "
+                                 "its values never depend on the inputs (a constant of their shapes)"]})
+            continue
         if broken:
             failing.add(j)
         compared.append({"output": spec.name, "shape": shape, "metrics": m, "exact": exact})

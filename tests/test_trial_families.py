@@ -1,0 +1,109 @@
+"""Model kinds from helper-58's trial (tests/paddle_trial_models.py: PaddleRec, PaddleSpeech) and what the trial
+found:
+- a speech model's lengths were drawn from {0, 1}: every frame masked out, so an FP32 model with a conv weight x3
+  passed the gate. Lengths (compared with positions 0.., an RNN's sequence_length) are now drawn from the frames
+  beside them, the first row full, and the same planted fault is refused;
+- an RNN paddle2onnx wrote without Paddle's sequence lengths is refused on padded rows with the cause named;
+- INT8 of Wide&Deep / DIN was refused as "node 'Add.10' of the FP32 graph is missing": a zero bias removed by the
+  optimizer, then MatMul + Add fused into a Gemm; the lineage check no longer expects such Adds kept;
+- DeepFM's slots concatenated before one shared embedding: their ids now span the table;
+- DSSM's output `ones([n, 1])` never depends on the inputs: it was refused as flat samples (no --inputs could
+  help) and its FP16 pass crashed; now it is judged as an exact constant."""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import HERE, run_python
+
+
+@pytest.fixture(scope="module")
+def trial_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("paddle_trial_models")
+    built: dict[str, Path] = {}
+
+    def get(kind: str) -> Path:
+        if kind not in built:
+            run_python(str(HERE / "paddle_trial_models.py"), kind, str(root / kind))
+            built[kind] = root / kind
+        return built[kind]
+    return get
+
+
+def _convert(source: Path, out: Path, precisions=("fp32", "fp16", "int8")):
+    from paddle2ort.convert import ConvertConfig, convert
+    return convert(ConvertConfig(source=source, output=out, precisions=precisions))
+
+
+def _plant(bundle: Path, dst: Path, weight: str, factor: float) -> None:
+    """A copy of the bundle with one FP32 weight scaled and the manifest's checksums rewritten to match: a converter
+    that wrote a wrong but self-consistent bundle."""
+    import hashlib
+
+    import onnx
+    from onnx import numpy_helper
+    shutil.copytree(bundle, dst)
+    f = dst / "model.fp32.onnx"
+    m = onnx.load(str(f))
+    t = next(t for t in m.graph.initializer if t.name == weight)
+    t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * np.float32(factor), weight))
+    onnx.save(m, str(f))
+    man = json.loads((dst / "manifest.json").read_text())
+    digest = hashlib.sha256(f.read_bytes()).hexdigest()
+    man["models"]["fp32"].update(sha256=digest, size_bytes=f.stat().st_size)
+    man["files"]["model.fp32.onnx"].update(sha256=digest, size_bytes=f.stat().st_size)
+    (dst / "manifest.json").write_text(json.dumps(man))
+
+
+def test_speech_lengths_span_the_frames_and_a_planted_fault_is_refused(trial_models, tmp_path):
+    from paddle2ort.convert.api import revalidate
+    from paddle2ort.convert.validate import GateRerunError
+    out = tmp_path / "ds2"
+    _convert(trial_models("ds2_mask"), out)
+    with np.load(out / "validation_inputs.npz") as d:
+        for k in [k for k in d.files if k.endswith("/audio_len")]:
+            frames = d[k.replace("audio_len", "audio")].shape[1]
+            assert d[k][0] == frames and (d[k] >= (frames + 1) // 2).all() and (d[k] <= frames).all()
+    _plant(out, tmp_path / "planted", "conv2d_0.w_0", 3.0)
+    with pytest.raises(GateRerunError) as e:
+        revalidate(tmp_path / "planted", trial_models("ds2_mask"))
+    assert "fp32" in str(e.value) and "log_softmax" in str(e.value)
+
+
+def test_an_rnn_exported_without_its_lengths_is_refused_with_the_cause(trial_models, tmp_path, caplog):
+    from paddle2ort.convert.errors import ValidationError
+    with pytest.raises(ValidationError) as e:
+        _convert(trial_models("ds2"), tmp_path / "ds2", ("fp32",))
+    assert "without the sequence lengths" in str(e.value) and "--inputs" in str(e.value)
+    assert "exact only on rows as long as" in caplog.text
+    assert not (tmp_path / "ds2").exists()
+
+
+@pytest.mark.parametrize("kind", ["wide_deep", "din"])
+def test_int8_of_a_zero_bias_fused_into_a_gemm_is_not_refused(trial_models, tmp_path, kind):
+    res = _convert(trial_models(kind), tmp_path / kind)
+    assert set(res.reports) == {"fp32", "fp16", "int8"}
+
+
+def test_slots_concatenated_before_one_embedding_span_its_rows(trial_models, tmp_path):
+    out = tmp_path / "deepfm"
+    _convert(trial_models("deepfm"), out, ("fp32",))
+    with np.load(out / "validation_inputs.npz") as d:
+        ids = np.concatenate([d[k].ravel() for k in d.files if "/C" in k])
+    assert ids.max() > 1000 and len(np.unique(ids)) > 10
+
+
+def test_a_constant_output_is_judged_exactly(trial_models, tmp_path):
+    from paddle2ort.convert.api import revalidate
+    from paddle2ort.convert.validate import GateRerunError
+    out = tmp_path / "dssm"
+    res = _convert(trial_models("dssm"), out)
+    assert set(res.reports) == {"fp32", "fp16", "int8"}
+    kinds = {r["output"]: r.get("kind") for r in res.reports["fp16"]["results"]}
+    assert kinds["full"] == "constant"
+    _plant(out, tmp_path / "planted", "full", 0.0)
+    with pytest.raises(GateRerunError) as e:
+        revalidate(tmp_path / "planted", trial_models("dssm"))
+    assert "never depend on the inputs" in str(e.value)
