@@ -71,6 +71,14 @@ class InexactPoolingError(ConversionError):
 # paddle2onnx's mapper refusing one use of an operator it supports (an attribute it has no ONNX form for), as its
 # log says before it aborts: "[ERROR][Paddle2ONNX] [OP: pd_op.conv2d] Cannot support input with NHWC format."
 _REFUSAL = re.compile(r"\[ERROR\]\[Paddle2ONNX\] \[OP: ([\w.]+)\] (.+)")
+# aborts paddle2onnx logs without naming the op: (pattern, the op form, why)
+_UNNAMED_REFUSALS = (
+    (re.compile(r"Only support data type of FLOAT/DOUBLE/INT32/INT64 in Constant function"),
+     "pd_op.full / full_like of dtype bool", "paddle2onnx writes no bool constant"),
+)
+BOOL_CONSTANT_FIX = ("Re-export the model with its bool constants made as int32 and cast "
+                     "(paddle.full(shape, 1, 'int32').astype('bool') for paddle.full(shape, True); a bool tensor for "
+                     "paddle.to_tensor(False); a tensor, not a Python bool, as paddle.where's or masked_fill's value)")
 
 
 class OperatorFormError(ConversionError):
@@ -81,7 +89,9 @@ class OperatorFormError(ConversionError):
         self.refusals = refusals
         listing = "; ".join(f"{op}: {' / '.join(why)}" for op, why in refusals.items())
         reasons = " ".join(w for why in refusals.values() for w in why).lower()
-        if "static input shape" in reasons or "static shape" in reasons:
+        if any(op == _UNNAMED_REFUSALS[0][1] for op in refusals):
+            fix = BOOL_CONSTANT_FIX
+        elif "static input shape" in reasons or "static shape" in reasons:
             fix = ("Re-export the model with a fixed input shape (paddle.static.InputSpec([1, 3, H, W]) instead of "
                    "None dims; PaddleSeg: tools/export.py --input_shape 1 3 H W), H and W such that every adaptive "
                    "pooling's input map divides by its output size")
@@ -100,6 +110,9 @@ class OperatorFormError(ConversionError):
             why = why.strip().rstrip(".")
             if why not in found.setdefault(op, []):
                 found[op].append(why)
+        for pattern, op, why in _UNNAMED_REFUSALS:
+            if pattern.search(text):
+                found.setdefault(op, [why])
         return OperatorFormError(found, paddle2onnx_version) if found else None
 
 

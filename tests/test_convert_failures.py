@@ -98,6 +98,11 @@ def test_operator_form_refusals_read_from_the_log():
     assert e.exit_code == 4 and "paddle2onnx 2.1.0 supports" in str(e)
     assert OperatorFormError.from_log("F1123 fatal: mapper exploded\n[ERROR][Paddle2ONNX] There are unsupported "
                                       "features.\n") is None          # no operator named: the crash stays a crash
+    # an abort that names no op but one form (a Conformer's bool mask constants, helper-58's trial)
+    e = OperatorFormError.from_log("[ERROR][Paddle2ONNX] Only support data type of FLOAT/DOUBLE/INT32/INT64 in "
+                                   "Constant function.\nAborted\n", "2.1.0")
+    assert list(e.refusals) == ["pd_op.full / full_like of dtype bool"]
+    assert "astype('bool')" in str(e)
 
 
 @pytest.mark.parametrize("mode", ["fork", "spawn"])
