@@ -43,20 +43,24 @@ def _unit_tests_never_import_paddle(request, monkeypatch):
     yield
 
 
-@pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory):
-    """Build each tiny Paddle model once per session (in a child process); returns kind -> directory."""
-    root = tmp_path_factory.mktemp("paddle_models")
+def model_builder(tmp_path_factory, script: str):
+    """kind -> a folder with the model `python tests/SCRIPT KIND DIR` builds (in a child process), built once."""
+    root = tmp_path_factory.mktemp(Path(script).stem)
     cache: dict[str, Path] = {}
 
     def get(kind: str) -> Path:
         if kind not in cache:
-            out = root / kind
-            run_python(str(HERE / "paddle_models.py"), kind, str(out))
-            cache[kind] = out
+            run_python(str(HERE / script), kind, str(root / kind))
+            cache[kind] = root / kind
         return cache[kind]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """Build each tiny Paddle model once per session (in a child process); returns kind -> directory."""
+    return model_builder(tmp_path_factory, "paddle_models.py")
 
 
 def run_python(*argv, stdout: bool = False, timeout: float = 600,

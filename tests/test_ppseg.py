@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import HERE, run_python
+from conftest import model_builder
 
 from paddle2ort.cli import main
 
@@ -35,15 +35,7 @@ NONE_CFG = """Deploy:
 @pytest.fixture(scope="module")
 def seg_models(tmp_path_factory):
     """kind -> a folder with the tiny export (tests/paddle_seg_models.py), built once a module."""
-    root = tmp_path_factory.mktemp("seg_models")
-    cache: dict[str, Path] = {}
-
-    def get(kind: str) -> Path:
-        if kind not in cache:
-            run_python(str(HERE / "paddle_seg_models.py"), kind, str(root / kind))
-            cache[kind] = root / kind
-        return cache[kind]
-    return get
+    return model_builder(tmp_path_factory, "paddle_seg_models.py")
 
 
 def _export(seg_models, tmp_path: Path, kind: str = "seg_argmax", cfg: str | None = ARGMAX_CFG) -> Path:

@@ -21,7 +21,7 @@ import pytest
 from paddle2ort.convert.api import ConvertConfig, convert
 from paddle2ort.convert.errors import ValidationError
 
-from conftest import HERE, run_python
+from conftest import model_builder
 
 PRECISIONS = ("fp32", "fp16", "int8")
 LAYERS = 2                                        # paddle_models.TINY_NLP
@@ -43,16 +43,7 @@ HEADS = {
 @pytest.fixture(scope="session")
 def task_models(tmp_path_factory):
     """Build each task head once a session (a child process); kind -> directory."""
-    root = tmp_path_factory.mktemp("paddle_task_models")
-    cache = {}
-
-    def get(kind: str):
-        if kind not in cache:
-            run_python(str(HERE / "paddle_task_models.py"), kind, str(root / kind))
-            cache[kind] = root / kind
-        return cache[kind]
-
-    return get
+    return model_builder(tmp_path_factory, "paddle_task_models.py")
 
 
 INPUTS = {"uie": ("input_ids", "token_type_ids", "position_ids", "attention_mask"),

@@ -16,20 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import HERE, run_python
+from conftest import model_builder
 
 
 @pytest.fixture(scope="module")
 def trial_models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("paddle_trial_models")
-    built: dict[str, Path] = {}
-
-    def get(kind: str) -> Path:
-        if kind not in built:
-            run_python(str(HERE / "paddle_trial_models.py"), kind, str(root / kind))
-            built[kind] = root / kind
-        return built[kind]
-    return get
+    return model_builder(tmp_path_factory, "paddle_trial_models.py")
 
 
 def _convert(source: Path, out: Path, precisions=("fp32", "fp16", "int8")):
