@@ -100,22 +100,17 @@ def rename_and_annotate(model, inputs: list[dict], outputs: list[dict], output_n
 
 
 def outputs_from_nodes(graph) -> None:
-    """Every graph output made by a node: an output that is a weight (constant folding makes a PaddleRec DSSM's
-    `ones([n, 1])` of a static n one) or an input passed through gets an Identity. The FP16 pass's output Casts
-    assume a producing node (it left a cycle: "Graph is not a DAG")."""
+    """An output that is a weight (constant folding makes a PaddleRec DSSM's `ones([n, 1])` of a static n one)
+    gets a producing Identity, under its own name, the weight renamed. The FP16 pass's output Casts assume a
+    producing node (it left a cycle: "Graph is not a DAG")."""
     from onnx import helper
     weights = {t.name: t for t in graph.initializer}
-    inputs = {i.name for i in graph.input} - set(weights)
-    for k, o in enumerate(graph.output):
+    for o in graph.output:
         if o.name in weights:
             held = f"{o.name}.value"
             rename_inputs(graph, {o.name: held})
             weights[o.name].name = held
             graph.node.append(helper.make_node("Identity", [held], [o.name], name=f"{o.name}.identity"))
-        elif o.name in inputs:
-            fresh = f"{o.name}.output{k}"
-            graph.node.append(helper.make_node("Identity", [o.name], [fresh], name=fresh))
-            o.name = fresh
 
 
 def rename_inputs(graph, mapping: dict[str, str]) -> None:

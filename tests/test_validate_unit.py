@@ -559,3 +559,48 @@ def test_lineage_judges_weights_holding_infinities(tmp_path):
     nan = mask.copy()
     nan[0, 0] = np.nan
     assert check_lineage("int8", fp32, model(tmp_path / "d.onnx", nan))["violations"]
+
+
+def _graph(nodes, inputs, outputs, inits=()):
+    from onnx import TensorProto, helper
+    return helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["n", 1]) for n in inputs],
+                             [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["n", 1]) for n in outputs],
+                             list(inits))
+
+
+def test_outputs_the_input_values_never_reach():
+    """DSSM's `ones([n, 1])`: made from the input's shape only (Shape cuts the flow), so constant on any samples
+    and judged exactly; an output any value reaches is not one, nor one past a node with a body."""
+    from onnx import helper
+    from paddle2ort.convert.graph import shape_only_outputs
+    g = _graph([helper.make_node("Shape", ["x"], ["s"]), helper.make_node("ConstantOfShape", ["s"], ["ones"]),
+                helper.make_node("Relu", ["x"], ["y"])], ["x"], ["ones", "y"])
+    assert shape_only_outputs(g) == {"ones"}
+    body = helper.make_graph([helper.make_node("Identity", ["s"], ["z"])], "b", [], [])
+    g.node.append(helper.make_node("If", ["c"], ["w"], then_branch=body, else_branch=body))
+    g.output.append(helper.make_tensor_value_info("w", 1, None))
+    assert shape_only_outputs(g) == {"ones"}
+
+
+def test_an_output_that_is_a_weight_gets_a_producing_node():
+    import onnx
+    from onnx import helper, numpy_helper
+    from paddle2ort.convert.graph import outputs_from_nodes
+    full = numpy_helper.from_array(np.ones((2, 1), np.float32), "full")
+    g = _graph([helper.make_node("Add", ["x", "full"], ["y"])], ["x"], ["full", "y"], [full])
+    outputs_from_nodes(g)
+    made = {o for n in g.node for o in n.output}
+    assert all(o.name in made for o in g.output)
+    assert [o.name for o in g.output] == ["full", "y"]               # the outputs keep their names
+    assert "full.value" in {t.name for t in g.initializer} and g.node[0].input[1] == "full.value"
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(m)
+
+
+def test_rnns_without_sequence_lengths_are_counted():
+    from onnx import helper
+    from paddle2ort.convert.api import unbounded_rnns
+    g = _graph([helper.make_node("GRU", ["x", "w", "r", "", "", "h"], ["y"], hidden_size=2),
+                helper.make_node("LSTM", ["x", "w", "r", "b", "lens"], ["z"], hidden_size=2),
+                helper.make_node("RNN", ["x", "w", "r"], ["v"], hidden_size=2)], ["x"], ["y"])
+    assert unbounded_rnns(g) == 2
