@@ -309,6 +309,31 @@ def check_against_specs(config: ConvertConfig, info: dict) -> list[dict[str, np.
     return samples
 
 
+SATURATED_SHARE = 0.9       # of a Sigmoid output's values within LOGIT_EDGE of 0 or 1, with fewer than
+JUDGED_VALUES = 64          # values left between: the gate sees little of it (a detector's map keeps thousands)
+
+
+def warn_saturated(refs: list, outputs: list, model, user_inputs: bool) -> None:
+    """Warn where a Sigmoid output is saturated on the samples (a PaddleRec DeepFM on generated ids: every value
+    within 2.5e-4 of 0 or 1) and few of its values are left to judge. Its logits could move by several units
+    there, a fault included, and the probabilities would not show it; FP16 rounds them away. Judged as they are,
+    with this said."""
+    from .metrics import LOGIT_EDGE
+    from .value_range import output_value_ranges
+    sigmoid = {n for n, (op, _) in output_value_ranges(model).items() if op == "Sigmoid"}
+    for j, spec in enumerate(outputs):
+        if spec.name not in sigmoid:
+            continue
+        v = np.concatenate([np.asarray(r[j], np.float64).ravel() for r in refs])
+        saturated = (v <= LOGIT_EDGE) | (v >= 1 - LOGIT_EDGE)
+        share = float(np.mean(saturated)) if v.size else 0.0
+        if share >= SATURATED_SHARE and int((~saturated).sum()) < JUDGED_VALUES:
+            log.warning("Sigmoid output %r is saturated on %s: %.0f%% of its values lie within %.1e of 0 or 1, "
+                        "where a conversion fault moving the logits by units would not show. %s",
+                        spec.name, "your --inputs" if user_inputs else "the generated samples", 100 * share,
+                        LOGIT_EDGE, "Give inputs on which it is less certain." if user_inputs else FIX_INPUTS)
+
+
 def _user_inputs(config: ConvertConfig) -> bool:
     return config.inputs_npz is not None and not config.inputs_recorded
 
@@ -447,6 +472,7 @@ def _convert(config: ConvertConfig, more_sources: tuple[Path, ...]) -> ConvertRe
                     log.info("output(s) %s do not depend on the inputs' values (only their shapes): judged as exact "
                              "constants", ", ".join(sorted(fixed)))
                 check_signal(refs, out_specs, user_inputs=_user_inputs(config), shape_only=fixed)
+                warn_saturated(refs, out_specs, fused.graphs["fp32"], _user_inputs(config))
             bar.update()
 
             reports: dict[str, dict] = {}

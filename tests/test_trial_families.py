@@ -99,3 +99,11 @@ def test_a_constant_output_is_judged_exactly(trial_models, tmp_path):
     with pytest.raises(GateRerunError) as e:
         revalidate(tmp_path / "planted", trial_models("dssm"))
     assert "never depend on the inputs" in str(e.value)
+
+
+def test_a_saturated_sigmoid_head_is_warned_about(trial_models, tmp_path, caplog):
+    """DeepFM on generated ids: every probability within 2.5e-4 of 0 or 1, where the gate sees little."""
+    import logging
+    with caplog.at_level(logging.WARNING, logger="paddle2ort.convert.api"):
+        _convert(trial_models("deepfm"), tmp_path / "deepfm", ("fp32",))
+    assert "is saturated on the generated samples" in caplog.text and "--inputs" in caplog.text
