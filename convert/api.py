@@ -34,6 +34,7 @@ from .ppdet import detection_settings, read_infer_cfg
 from .ppseg import read_deploy_yaml, segmentation_settings
 from .precision import PRECISIONS, FP16Options, Int4Options, Int8Options, check_quantizable, make_variant
 from .source import ModelSource, locate, prepare
+from .value_range import class_axis_outputs
 from .validate import (DEFAULT_THRESHOLDS, FIX_INPUTS, LINEAGE_ROW, GateRerunError, SampleConfig, Thresholds,
                        check_signal, gate_text, load_samples, make_samples, summary, validate)
 
@@ -471,7 +472,8 @@ def _convert(config: ConvertConfig, more_sources: tuple[Path, ...]) -> ConvertRe
                 if fixed:
                     log.info("output(s) %s do not depend on the inputs' values (only their shapes): judged as exact "
                              "constants", ", ".join(sorted(fixed)))
-                check_signal(refs, out_specs, user_inputs=_user_inputs(config), shape_only=fixed)
+                check_signal(refs, out_specs, user_inputs=_user_inputs(config), shape_only=fixed,
+                             scored=class_axis_outputs(fused.graphs["fp32"]))
                 warn_saturated(refs, out_specs, fused.graphs["fp32"], _user_inputs(config))
             bar.update()
 
@@ -565,6 +567,16 @@ def gate_hint(precision: str, e: ValidationError, model_path: Path, user_inputs:
                 "so it differs from Paddle wherever a row is shorter than its batch's longest (the gate's rows are). "
                 "The export is exact only on full-length rows: to ship it for such inputs (batch 1, or rows of "
                 "equal length), convert with --inputs FILE.npz of full-length rows; padded batches it cannot serve.")
+    hard = argmax_fed(onnx.load(str(model_path), load_external_data=False).graph,
+                      {f["output"] for f in e.failures if f.get("output") != LINEAGE_ROW})
+    if hard and precision != "fp32" and all(f["metrics"].get("cosine", 0) >= 0.999 for f in e.failures
+                                            if f["output"] in hard):
+        return (f"{', '.join(map(repr, sorted(hard)))} is computed from an ArgMax's classes by arithmetic (a hard "
+                f"mask: Equal/Cast/Mul...), not judged as labels: where the scores it reads nearly tie, {precision} "
+                "rounding picks the other class and those values jump by the mask's step; the cosine stayed "
+                f"high, so few did. If that is acceptable, stop judging the worst error of the {precision} "
+                f"model's outputs: --threshold {precision}.max_rel_diff=1 (and a looser {precision}.max_rel_rmse if "
+                "the rms error failed too); the cosine stays judged.")
     selected = []
     if not user_inputs:
         graph = onnx.load(str(model_path), load_external_data=False).graph
@@ -586,6 +598,25 @@ def gate_hint(precision: str, e: ValidationError, model_path: Path, user_inputs:
                 "lose most there (a random-weight PVTv2 was refused at cosine 0.94 and passed per channel): convert "
                 "again with --int8-per-channel, or leave int8 out of --precision.")
     return None
+
+
+def argmax_fed(graph, outputs: set[str]) -> set[str]:
+    """Those of `outputs` an ArgMax feeds through further ops (not a label output itself: labels.label_sources
+    judges those)."""
+    producer = {o: n for n in graph.node for o in n.output if o}
+    found = set()
+    for name in outputs:
+        seen, todo = set(), [name]
+        while todo:
+            node = producer.get(todo.pop())
+            if node is None or id(node) in seen:
+                continue
+            seen.add(id(node))
+            if node.op_type == "ArgMax":
+                found.add(name)
+                break
+            todo.extend(i for i in node.input if i)
+    return found
 
 
 def unbounded_rnns(graph) -> int:

@@ -263,7 +263,9 @@ def check_quantizable(model, opts: Int8Options) -> None:
             "FP32 model under another name. Drop int8 from --precision, or name op types the main graph has with "
             "--int8-op-types (e.g. Conv; the gate judges the result)")
     found = sum(ops[t] for t in opts.op_types)
-    top = ", ".join(f"{t} {c}" for t, c in ops.most_common(4))
+    moves = {"Identity", "Reshape", "Cast", "Shape", "Constant", "Squeeze", "Unsqueeze", "Concat", "Slice",
+             "Gather", "Transpose", "Expand"}        # paddle2onnx's plumbing: no computing op to name
+    top = ", ".join(f"{t} {c}" for t, c in [tc for tc in ops.most_common() if tc[0] not in moves][:4])
     raise NothingToQuantizeError(
         f"int8: dynamic INT8 quantizes {kinds} nodes with a constant weight and this model has none "
         f"({f'its {found} {kinds} multiply activations' if found else f'its most frequent ops: {top}'}), so "

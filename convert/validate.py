@@ -26,13 +26,17 @@ from .labels import label_figures, logits_scales, softmax_axes
 from .metrics import (DEFAULT_THRESHOLDS, FLAT_SPREAD, LLM_THRESHOLDS, METRICS, JUDGED_SPREAD, Thresholds,  # noqa
                       compare, compare_logits, compare_pooled, thresholds_with_overrides, top2_margin, violations)
 from .samples import SampleConfig, load_samples, make_samples  # noqa: F401
-from .value_range import output_value_ranges
+from .value_range import class_axis_outputs, output_value_ranges
 
 log = logging.getLogger(__name__)
 
 
-def has_class_axis(spec: TensorSpec) -> bool:
-    return len(spec.shape) >= 2 and isinstance(spec.shape[-1], int) and spec.shape[-1] >= 2
+def has_class_axis(spec: TensorSpec, scored: set[str] | None = None) -> bool:
+    """Whether the output's last axis holds classes (argmax agreement is judged over it): a static size of 2 or
+    more, and for rank 3 or more a producer that scores classes there (`scored`: value_range.class_axis_outputs of
+    the FP32 graph; None: the shape alone)."""
+    shaped = len(spec.shape) >= 2 and isinstance(spec.shape[-1], int) and spec.shape[-1] >= 2
+    return shaped and (scored is None or len(spec.shape) == 2 or spec.name in scored)
 
 
 def _describe(sample: dict[str, np.ndarray]) -> str:
@@ -82,7 +86,7 @@ FIX_INPUTS = ("Pass real inputs with --inputs FILE.npz (arrays named after the m
 
 
 def check_signal(refs: list[list[np.ndarray]], outputs: list[TensorSpec], user_inputs: bool,
-                 shape_only: set[str] = frozenset()) -> None:
+                 shape_only: set[str] = frozenset(), scored: set[str] | None = None) -> None:
     """Refuse samples on which some float output of the reference is flat, or where an output with a class axis
     is the same for every input row (a classifier saturated on one class): no broken model could be told from a
     working one on them. shape_only: outputs the inputs' values never reach (graph.shape_only_outputs), constant
@@ -99,7 +103,7 @@ def check_signal(refs: list[list[np.ndarray]], outputs: list[TensorSpec], user_i
                 f"{m['spread']:.3g}): the gate cannot tell a broken conversion from a good one on these inputs. "
                 f"{FIX_INPUTS}.")
         rows = [np.asarray(r[b], np.float64) for r in rs if np.ndim(r) >= 2 for b in range(np.shape(r)[0])]
-        if (has_class_axis(spec) and len(rows) > 1 and len({r.shape for r in rows}) == 1
+        if (has_class_axis(spec, scored) and len(rows) > 1 and len({r.shape for r in rows}) == 1
                 and all(np.abs(r - rows[0]).max() <= FLAT_SPREAD * m["spread"] for r in rows[1:])):
             raise BadInputError(
                 f"Paddle's output {spec.name!r} is the same for every one of the {len(rows)} input rows of {whose} "
@@ -215,12 +219,15 @@ def validate(precision: str, model_path: Path, samples: list[dict], refs: list[l
     softmax = softmax_axes(graph)
     bounded = output_value_ranges(graph)
     fixed = shape_only_outputs(graph.graph)
+    reference = graph if fp32_model is None or Path(fp32_model) == Path(model_path) else \
+        onnx.load(str(fp32_model), load_external_data=False)
+    scored = class_axis_outputs(reference)             # the FP32 graph's heads (INT8's are quantized products)
     failing = set()                              # outputs judged element by element that break a bound
     for j, spec in enumerate(outputs):
         rs, gs = [r[j] for r in refs], [g[j] for g in got]
         shape = list(np.shape(rs[0]))
         exact = not np.issubdtype(rs[0].dtype, np.floating) and j not in special
-        classes = has_class_axis(spec)
+        classes = has_class_axis(spec, scored)
         if spec.name in softmax and not exact and all(np.ndim(x) == len(spec.shape) for x in rs + gs):
             axis = softmax[spec.name] % max(len(spec.shape), 1)      # a Softmax's axis holds the classes
             rs, gs = [np.moveaxis(x, axis, -1) for x in rs], [np.moveaxis(x, axis, -1) for x in gs]

@@ -39,3 +39,36 @@ def output_value_ranges(model) -> dict[str, tuple[str, float]]:
         return w
 
     return {o.name: w for o in model.graph.output if (w := width(o.name)) is not None}
+
+
+# ops whose last axis scores classes: linear heads (float or quantized) and the normalizations over them
+CLASS_SCORERS = {"MatMul", "Gemm", "Einsum", "MatMulInteger", "MatMulNBits", "DynamicQuantizeMatMul", "QGemm",
+                 "Softmax", "LogSoftmax", "Sigmoid"}
+# ops that keep the last axis where it was: shape moves that leave it last, and elementwise ops with a constant
+KEEPS_LAST_AXIS = {"Identity", "Cast", "Reshape", "Squeeze", "Unsqueeze", "Flatten"}
+WITH_A_CONSTANT = {"Add", "Sub", "Mul", "Div"}
+
+
+def class_axis_outputs(model) -> set[str]:
+    """Outputs of rank 3 or more whose last axis a linear head, Softmax or Sigmoid scores (an OCR recognizer's
+    [N, T, C], a token classifier's [N, T, tags]), found back through ops that keep that axis last. A keypoint
+    model's [N, K, 2] coordinates (a Concat), an image's [N, 3, H, W] (a Conv) and a heatmap are not: an argmax
+    over x and y or over a row of pixels means nothing. (A rank-2 output [N, C] is read as classes as it stands.)"""
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output if o}
+    consts = {t.name for t in g.initializer} | {n.output[0] for n in g.node if n.op_type == "Constant"}
+
+    def scored(name: str, depth: int = 0) -> bool:
+        node = producer.get(name)
+        if node is None or depth > 64:
+            return False
+        if node.op_type in CLASS_SCORERS or (node.domain == "com.microsoft" and node.op_type != "QuickGelu"):
+            return True
+        if node.op_type in KEEPS_LAST_AXIS and node.input:
+            return scored(node.input[0], depth + 1)
+        if node.op_type in WITH_A_CONSTANT and len(node.input) == 2:
+            computed = [i for i in node.input if i not in consts]
+            return len(computed) == 1 and scored(computed[0], depth + 1)
+        return False
+
+    return {o.name for o in g.output if scored(o.name)}

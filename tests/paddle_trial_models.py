@@ -209,7 +209,8 @@ def build_din(out: Path):
 
 def build_dssm(out: Path):
     """PaddleRec models/match/dssm DSSMLayer at inference: query and positive-doc letter-trigram bags [N, trigram_d]
-    through two tanh towers, cosine similarity [N, 1]; and, as its is_infer branch returns, paddle.ones([slice_end, 1])."""
+    through two tanh towers, cosine similarity [N, 1]; and, as its is_infer branch returns,
+    paddle.ones([slice_end, 1])."""
     import paddle
     import paddle.nn as nn
     import paddle.nn.functional as F

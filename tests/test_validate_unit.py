@@ -563,7 +563,8 @@ def test_lineage_judges_weights_holding_infinities(tmp_path):
 
 def _graph(nodes, inputs, outputs, inits=()):
     from onnx import TensorProto, helper
-    return helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["n", 1]) for n in inputs],
+    return helper.make_graph(nodes, "g",
+                             [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["n", 1]) for n in inputs],
                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["n", 1]) for n in outputs],
                              list(inits))
 
@@ -604,3 +605,50 @@ def test_rnns_without_sequence_lengths_are_counted():
                 helper.make_node("LSTM", ["x", "w", "r", "b", "lens"], ["z"], hidden_size=2),
                 helper.make_node("RNN", ["x", "w", "r"], ["v"], hidden_size=2)], ["x"], ["y"])
     assert unbounded_rnns(g) == 2
+
+
+def test_class_axes_are_read_from_the_head_that_scores_them():
+    """An OCR recognizer's [N, T, C] from a linear head (+ bias, reshaped) or a Softmax holds classes; a keypoint
+    model's [N, K, 2] coordinates (a Concat) and an image (a Conv) do not: no argmax agreement is judged there."""
+    from onnx import TensorProto, helper, numpy_helper
+    from paddle2ort.convert.validate import has_class_axis
+    from paddle2ort.convert.value_range import class_axis_outputs
+    from paddle2ort.runtime.manifest import TensorSpec
+    w = numpy_helper.from_array(np.ones((4, 5), np.float32), "w")
+    b = numpy_helper.from_array(np.ones((5,), np.float32), "b")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["mb"]),
+             helper.make_node("Reshape", ["mb", "shape"], ["logits"]),
+             helper.make_node("Softmax", ["x"], ["probs"]),
+             helper.make_node("Concat", ["x", "x"], ["coords"], axis=-1),
+             helper.make_node("Conv", ["x", "k"], ["image"])]
+    out = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("logits", "probs", "coords", "image")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)], out, [w, b])
+    scored = class_axis_outputs(helper.make_model(g))
+    assert scored == {"logits", "probs"}
+    assert has_class_axis(TensorSpec("logits", "float32", ("batch", "t", 5)), scored)
+    assert not has_class_axis(TensorSpec("coords", "float32", ("batch", 17, 2)), scored)
+    assert has_class_axis(TensorSpec("coords", "float32", ("batch", 17, 2)))           # the shape alone
+    assert has_class_axis(TensorSpec("scores", "float32", ("batch", 3)), scored)       # [N, C]: classes as it is
+
+
+def test_a_hard_mask_from_an_argmax_is_named_in_the_refusal(tmp_path):
+    """PP-Matting's hard fusion: argmax -> Equal -> Cast -> Mul -> the output; FP16 flips a near-tie pixel and that
+    pixel jumps by the mask's step. The refusal says so and how to judge it, not BatchNormalization."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from paddle2ort.convert.api import gate_hint
+    one = numpy_helper.from_array(np.array(1, np.int64), "one")
+    nodes = [helper.make_node("ArgMax", ["x"], ["cls"], axis=1, keepdims=1),
+             helper.make_node("Equal", ["cls", "one"], ["is1"]), helper.make_node("Cast", ["is1"], ["m"], to=1),
+             helper.make_node("Mul", ["m", "x"], ["alpha"]), helper.make_node("BatchNormalization", ["x", "s", "b",
+                                                                                                  "mu", "v"], ["bn"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                          [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("alpha", "bn")], [one])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(g), str(path))
+    failure = {"output": "alpha", "sample": 0, "violations": ["max_rel_diff 0.975 > 0.1"],
+               "metrics": {"max_abs_diff": 0.96, "max_rel_diff": 0.975, "cosine": 0.99995, "argmax_agreement": None}}
+    hint = gate_hint("fp16", ValidationError("fp16", [failure]), path, user_inputs=False)
+    assert "computed from an ArgMax's classes" in hint and "--threshold fp16.max_rel_diff=1" in hint
+    failure["metrics"]["cosine"] = 0.9                                 # not a few values: the usual FP16 advice
+    assert "computed from an ArgMax" not in gate_hint("fp16", ValidationError("fp16", [failure]), path, False)
