@@ -89,11 +89,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def enable_crash_traceback() -> None:
     """A native crash (onnxruntime, CUDA) still prints the Python call it died in, instead of an exit 139 alone."""
-    if faulthandler.is_enabled():
+    if faulthandler.is_enabled() or sys.stderr is None:     # no stderr at all (a daemon, pythonw, 2>&-)
         return
     try:
         faulthandler.enable(all_threads=False)
-    except (AttributeError, OSError, ValueError):   # stderr without a file descriptor (an embedding host's)
+    except (AttributeError, OSError, ValueError, RuntimeError):   # stderr without a file descriptor
         pass
 
 

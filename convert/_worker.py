@@ -119,11 +119,20 @@ def _int_upper_bound(value, depth: int = 0) -> int | None:
         rows = _lookup_rows(op, value)
         if rows is not None:
             return rows
-        if op.name() in PASS_THROUGH or op.name() in ID_MOVES:
+        if _moves_ids(op, value):
             bound = _int_upper_bound(op.result(0), depth + 1)
             if bound is not None:
                 return bound
     return None
+
+
+def _moves_ids(op, value) -> bool:
+    """`op` passes `value`'s ids on in its first result: a pass-through or id-moving op reading `value` as its data
+    (operand 0), not as a repeat count or shape (tile(x, repeat_times=ids)); any part of a builtin.combine."""
+    name = op.name()
+    if name == "builtin.combine":
+        return True
+    return name in PASS_THROUGH | ID_MOVES and op.num_operands() > 0 and op.operand_source(0).is_same(value)
 
 
 # ops a sequence length passes through on its way to a mask (PaddleSpeech subsamples it: ((len - 1) // 2 - 1) // 2)
@@ -157,7 +166,8 @@ def _is_length(value, depth: int = 0) -> bool:
             other = op.operand_source(1) if op.operand_source(0).is_same(value) else op.operand_source(0)
             if _from_arange(other):
                 return True
-        if name in LENGTH_ARITH and _is_length(op.result(0), depth + 1):
+        moves = name in PASS_THROUGH | ID_MOVES
+        if ((_moves_ids(op, value) if moves else name in LENGTH_ARITH)) and _is_length(op.result(0), depth + 1):
             return True
     return False
 

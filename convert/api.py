@@ -470,8 +470,8 @@ def _convert(config: ConvertConfig, more_sources: tuple[Path, ...]) -> ConvertRe
             if refs is not None:
                 fixed = shape_only_outputs(fused.graphs["fp32"].graph)
                 if fixed:
-                    log.info("output(s) %s do not depend on the inputs' values (only their shapes): judged as exact "
-                             "constants", ", ".join(sorted(fixed)))
+                    log.info("output(s) %s do not depend on the inputs' values (only their shapes): flat by "
+                             "construction, judged against their magnitude", ", ".join(sorted(fixed)))
                 check_signal(refs, out_specs, user_inputs=_user_inputs(config), shape_only=fixed,
                              scored=class_axis_outputs(fused.graphs["fp32"]))
                 warn_saturated(refs, out_specs, fused.graphs["fp32"], _user_inputs(config))
@@ -560,7 +560,8 @@ def gate_hint(precision: str, e: ValidationError, model_path: Path, user_inputs:
     import onnx
 
     from .repair.output_shapes import data_dependent_outputs
-    unbounded = rnn_lengths and unbounded_rnns(onnx.load(str(model_path), load_external_data=False).graph)
+    unbounded = (precision == "fp32" and rnn_lengths    # FP16/INT8 after FP32 passed: another cause
+                 and unbounded_rnns(onnx.load(str(model_path), load_external_data=False).graph))
     if unbounded:
         return (f"paddle2onnx wrote the model's {unbounded} RNN layer(s) without the sequence lengths Paddle gives "
                 f"them ({rnn_lengths} pd_op.rnn with a sequence_length): in ONNX a padded row runs over its padding, "
@@ -601,9 +602,23 @@ def gate_hint(precision: str, e: ValidationError, model_path: Path, user_inputs:
 
 
 def argmax_fed(graph, outputs: set[str]) -> set[str]:
-    """Those of `outputs` an ArgMax feeds through further ops (not a label output itself: labels.label_sources
-    judges those)."""
+    """Those of `outputs` an ArgMax feeds as a mask: its classes compared (Equal, OneHot, Where...) and the result
+    computed on (PP-Matting's hard fusion). Not an ArgMax used as an index (CLIP's pooling at the last token), nor a
+    label output itself (labels.label_sources judges those)."""
     producer = {o: n for n in graph.node for o in n.output if o}
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+
+    def masks(name: str, depth: int = 0) -> bool:
+        for c in consumers.get(name, []):
+            if c.op_type in ("Equal", "OneHot", "Where", "Less", "Greater", "LessOrEqual", "GreaterOrEqual"):
+                return True
+            if depth < 4 and c.op_type in ("Cast", "Unsqueeze", "Squeeze", "Reshape", "Identity") and \
+                    masks(c.output[0], depth + 1):
+                return True
+        return False
     found = set()
     for name in outputs:
         seen, todo = set(), [name]
@@ -612,7 +627,7 @@ def argmax_fed(graph, outputs: set[str]) -> set[str]:
             if node is None or id(node) in seen:
                 continue
             seen.add(id(node))
-            if node.op_type == "ArgMax":
+            if node.op_type == "ArgMax" and masks(node.output[0]):
                 found.add(name)
                 break
             todo.extend(i for i in node.input if i)

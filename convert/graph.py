@@ -110,6 +110,9 @@ def outputs_from_nodes(graph) -> None:
             held = f"{o.name}.value"
             rename_inputs(graph, {o.name: held})
             weights[o.name].name = held
+            for i in graph.input:               # IR < 4 lists weights among the inputs too
+                if i.name == o.name:
+                    i.name = held
             graph.node.append(helper.make_node("Identity", [held], [o.name], name=f"{o.name}.identity"))
 
 
@@ -148,17 +151,40 @@ def outer_reads(node) -> set[str]:
     return out
 
 
+# ops whose output's shape depends on the values of an input (a count, a shape, repeats, k...)
+VALUE_SHAPED = {"NonZero", "Unique", "NonMaxSuppression", "Compress", "TopK", "Range", "Reshape", "Expand", "Tile",
+                "ConstantOfShape", "Slice", "Pad", "Resize", "Upsample", "OneHot", "Squeeze", "Unsqueeze", "Split",
+                "CenterCropPad", "Loop", "If", "Scan"}
+RANDOM_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli",
+              "Dropout"}
+
+
 def shape_only_outputs(graph) -> set[str]:
     """Graph outputs whose values the inputs' values never reach, only their shapes (Shape/Size cut the flow):
-    a PaddleRec DSSM's `ones([batch, 1])`. Constant on any samples by construction, they are judged exactly
-    against Paddle, not refused as flat samples. Nodes with subgraphs count as reading every input."""
-    dependent = {i.name for i in graph.input} - {t.name for t in graph.initializer}
-    for n in graph.node:                        # topologically sorted (ONNX requires it)
-        if n.op_type in ("Shape", "Size"):
-            continue
-        if _bodies(n) or any(x in dependent for x in n.input):
-            dependent.update(n.output)
-    return {o.name for o in graph.output} - dependent
+    a PaddleRec DSSM's `ones([batch, 1])`. Flat on any samples by construction, they are not refused as flat
+    samples. Conservative: the Shape of a tensor whose shape the inputs' values set (past a NonZero, a Reshape to
+    a computed shape...) carries them; random ops and nodes with subgraphs count as reading the inputs; the
+    result does not depend on the nodes' order."""
+    value = {i.name for i in graph.input} - {t.name for t in graph.initializer}
+    shaped: set[str] = set()                  # tensors whose shape the inputs' values decide
+    changed = True
+    while changed:
+        changed = False
+        for n in graph.node:
+            if n.op_type in ("Shape", "Size"):
+                hit = bool(n.input) and n.input[0] in shaped
+                grows_shape = False
+            else:
+                hit = n.op_type in RANDOM_OPS or bool(_bodies(n)) or any(x in value for x in n.input)
+                grows_shape = any(x in shaped for x in n.input) or (hit and n.op_type in VALUE_SHAPED)
+            for o in n.output:
+                if hit and o not in value:
+                    value.add(o)
+                    changed = True
+                if grows_shape and o not in shaped:
+                    shaped.add(o)
+                    changed = True
+    return {o.name for o in graph.output} - value
 
 
 def sort_nodes(graph) -> bool:

@@ -56,16 +56,28 @@ def _noop_sources(g) -> dict[str, str]:
     return out
 
 
-def _kept_nodes(model, precision: str) -> list:
+def _kept_nodes(model, precision: str, produced: set[str] = frozenset()) -> list:
     """FP32 nodes the precision pass must keep under their name and op type. An Add of a MatMul's result (maybe
-    through no-ops) and a computed tensor is not one: with the no-op gone (a zero bias: NoopElimination) the
-    optimizer's MatMulAddFusion makes the pair one Gemm (a PaddleRec Wide&Deep's wide + deep sum)."""
+    through no-ops) and a computed tensor whose output the variant still computes (`produced`: its nodes'
+    outputs) is not one: with the no-op gone (a zero bias: NoopElimination) the optimizer's MatMulAddFusion makes
+    the pair one Gemm writing that tensor (a PaddleRec Wide&Deep's wide + deep sum). Deleted, it is missing."""
     g = model.graph
     if precision == "fp16":
         return [n for n in g.node if n.name and n.op_type != "Constant"]
     dyn = _dynamic_tensors(g)
     producer = {o: n.op_type for n in g.node for o in n.output}
     noop = _noop_sources(g)
+
+    after = {src: out for out, src in noop.items()}
+
+    def still_computed(x: str) -> bool:          # the tensor, or what no-ops (an Identity) pass it on as
+        for _ in range(8):
+            if x in produced:
+                return True
+            if x not in after:
+                return False
+            x = after[x]
+        return False
 
     def from_matmul(x: str) -> bool:
         for _ in range(8):
@@ -75,7 +87,7 @@ def _kept_nodes(model, precision: str) -> list:
         return producer.get(x) in ("MatMul", "Gemm")
     return [n for n in g.node if n.name and n.op_type in INT8_KEPT_OPS
             and all(x in dyn for x in (n.input if n.op_type == "Add" else n.input[:1]))
-            and not (n.op_type == "Add" and any(from_matmul(x) for x in n.input))]
+            and not (n.op_type == "Add" and still_computed(n.output[0]) and any(from_matmul(x) for x in n.input))]
 
 
 def _weights(model) -> dict[str, np.ndarray]:
@@ -184,7 +196,8 @@ def check_lineage(precision: str, fp32_path: Path, variant_path: Path) -> dict:
         ref.update(_folded(ref_model, ref, quantized - set(ref)))
     if precision in ("fp16", "int8"):
         nodes = {n.name: n.op_type for n in var_model.graph.node}
-        for n in _kept_nodes(ref_model, precision):
+        produced = {o for n in var_model.graph.node for o in n.output}
+        for n in _kept_nodes(ref_model, precision, produced):
             checked += 1
             if nodes.get(n.name) != n.op_type:
                 violations.append(f"node {n.name!r} ({n.op_type}) of the FP32 graph is "

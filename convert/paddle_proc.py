@@ -179,12 +179,14 @@ def run_worker(task: str, args: dict, workdir: Path, timeout_s: float = 3600) ->
         raise refused
     if returncode < 0:
         sig = signal.Signals(-returncode).name
-        if task == "reference" and sig in ("SIGABRT", "SIGSEGV", "SIGFPE"):   # Paddle itself, on the samples
-            raise BadInputError(f"Paddle Inference crashed ({sig}) running the model on the gate's samples (they "
-                                "are its reference): the model does not take inputs like them, e.g. lengths or "
-                                "sizes it cannot handle. Pass --inputs FILE.npz with real inputs (arrays named after "
-                                "the model's inputs), or --input-shape for sizes it takes. Paddle's log ends:\n"
-                                + log_tail(log_path, 12))
+        tail = log_tail(log_path, 12)
+        if (task == "reference" and sig in ("SIGABRT", "SIGSEGV", "SIGFPE")     # Paddle itself, on the samples
+                and not any(m in tail for m in RESOURCE_ERRORS)):                # (not a host out of memory)
+            raise BadInputError(f"Paddle Inference crashed ({sig}) running the model on the gate's samples (the "
+                                "generated ones, your --inputs, or a bundle's recorded ones under `validate`): the "
+                                "model does not take inputs like them, e.g. lengths or sizes it cannot handle. Give "
+                                "--inputs FILE.npz with inputs the model takes (arrays named after its inputs), or "
+                                "--input-shape with sizes it takes. Paddle's log ends:\n" + tail)
         raise ConversionError(f"the Paddle/paddle2onnx process crashed ({sig}) during {task!r}", log_tail(log_path))
     if not out_path.is_file():
         tail = log_tail(log_path)

@@ -12,12 +12,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import Paddle2OrtError
 from .session import OPT_LEVELS, SessionOptions
 
 log = logging.getLogger(__name__)
@@ -67,7 +69,9 @@ def _options_from_json(d: dict) -> SessionOptions:
 def load_in_child(model: str | Path, opts: SessionOptions = SessionOptions()) -> LoadResult:
     """Create the session for `model` with `opts` in a child process; what happened there."""
     arg = json.dumps({"model": str(model), "options": _options_json(opts)})
-    proc = subprocess.run([sys.executable, "-m", __name__, arg], capture_output=True, text=True, check=False)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}   # this process's packages
+    proc = subprocess.run([sys.executable, "-m", __name__, arg], capture_output=True, text=True, check=False,
+                          env=env)
     if proc.returncode < 0:
         return LoadResult(opts.graph_optimization, signal=-proc.returncode)
     line = proc.stdout.strip().splitlines()[-1:] if proc.stdout.strip() else []
@@ -75,9 +79,10 @@ def load_in_child(model: str | Path, opts: SessionOptions = SessionOptions()) ->
         res = json.loads(line[0]) if line else None
     except json.JSONDecodeError:
         res = None
-    if not isinstance(res, dict):
-        log.debug("load probe of %s: exit %d, stderr %s", model, proc.returncode, proc.stderr[-2000:])
-        return LoadResult(opts.graph_optimization, exit_code=proc.returncode)
+    if not isinstance(res, dict):        # the probe itself did not run (no crash seen): load as if it passed
+        log.warning("the child-process load check of %s did not run (exit %d: %s); loading it here unchecked",
+                    Path(model).name, proc.returncode, " ".join(proc.stderr.strip().splitlines()[-3:])[-400:])
+        return LoadResult(opts.graph_optimization, ok=True, exit_code=proc.returncode)
     if res.get("ok"):
         return LoadResult(opts.graph_optimization, ok=True, exit_code=0)
     return LoadResult(opts.graph_optimization, error=(str(res["error"][0]), str(res["error"][1])),
@@ -90,11 +95,15 @@ _LEVELS: dict[tuple, tuple[LoadResult, ...]] = {}
 def probe_levels(model: str | Path, opts: SessionOptions = SessionOptions(device="cpu")) -> tuple[LoadResult, ...]:
     """Child loads from `opts.graph_optimization` down, until one does not crash (it loaded or raised an error the
     caller reports); every result, the last the one to use. Remembered for the file as it is now (path, size,
-    modification time) and the options, so the gate's sessions of one file probe once."""
+    modification time, and those of its external data NAME.onnx.*) and the options, so the gate's sessions of one
+    file probe once."""
     path = Path(model).resolve()
-    st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns, dataclasses.astuple(opts))
+    files = [path, *sorted(path.parent.glob(path.name + ".*"))]     # and its external data (NAME.onnx.data)
+    key = (str(path), tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()),
+           dataclasses.astuple(opts))
     if key not in _LEVELS:
+        if len(_LEVELS) >= 256:                 # a long-lived process (a release pipeline) keeps the newest
+            _LEVELS.pop(next(iter(_LEVELS)))
         results = []
         top = OPT_LEVELS.index(opts.graph_optimization)
         for level in reversed(OPT_LEVELS[:top + 1]):
@@ -109,9 +118,21 @@ def probe_levels(model: str | Path, opts: SessionOptions = SessionOptions(device
     return _LEVELS[key]
 
 
+class LoadCrashError(Paddle2OrtError):
+    """onnxruntime crashes loading the model at every graph optimization level (in a child process)."""
+
+    exit_code = 4
+
+
 def safe_options(model: str | Path, opts: SessionOptions = SessionOptions(device="cpu")) -> SessionOptions:
-    """`opts` at the highest optimization level (up to its own) whose load of `model` does not crash a child."""
-    return dataclasses.replace(opts, graph_optimization=probe_levels(model, opts)[-1].level)
+    """`opts` at the highest optimization level (up to its own) whose load of `model` does not crash a child;
+    LoadCrashError where every level crashed (loading it here would kill this process)."""
+    tried = probe_levels(model, opts)
+    if tried[-1].crashed:
+        import onnxruntime as ort
+        raise LoadCrashError(f"onnxruntime {ort.__version__} cannot load {Path(model).name}: "
+                             f"{'; '.join(r.describe() for r in tried)}")
+    return dataclasses.replace(opts, graph_optimization=tried[-1].level)
 
 
 def highest_loading_level(model: str | Path) -> str | None:

@@ -118,7 +118,8 @@ class TextClassifier:
             self.runner = KernelRunner(self.bundle.model_path(self.precision), spec,
                                        pad_values={"input_ids": self.tokenizer.pad_id})
         elif self.provider == CUDA:     # static shape buckets, IO binding, a CUDA graph each
-            self.runner = BucketRunner(self.bundle.model_path(self.precision), [self.output_name], session, spec,
+            self.runner = BucketRunner(self.bundle.model_path(self.precision), [self.output_name],
+                                       self.bundle.session_options(self.precision, session), spec,
                                        pad_values={"input_ids": self.tokenizer.pad_id})
         else:
             self.runner = Runner(self.session, [self.output_name], session.device_id)

@@ -6,6 +6,7 @@ caps its sessions there. A crash at every level is one ConversionError naming it
 The crashes here are real signals: a stand-in interpreter kills itself with SIGSEGV where the child's options ask
 for a level that "crashes", and runs the real load otherwise; the CRNN test converts the real model kind, and holds
 on onnxruntime versions that crash on it and on those that do not."""
+import json
 import os
 import signal
 import stat
@@ -96,6 +97,8 @@ def test_a_crash_at_every_level_is_one_error_naming_them(tmp_path, monkeypatch, 
     model.write_bytes(tiny_model())
     monkeypatch.setattr(load_probe.sys, "executable",
                         crashing_python(tmp_path, ("all", "extended", "basic", "disable")))
+    with pytest.raises(load_probe.LoadCrashError, match="crashes"):    # never loaded in this process then
+        load_probe.safe_options(model)
     with pytest.raises(ConversionError) as e:
         check_onnx_file(model, producer="the fp16 pass")
     text = str(e.value)
@@ -124,7 +127,9 @@ def test_convert_records_the_level_and_the_runtime_uses_it(tiny_models, tmp_path
     bundle = load_bundle(out)
     assert bundle.manifest.models["fp16"].max_graph_optimization == "extended"
     assert bundle.manifest.models["fp32"].max_graph_optimization is None
-    assert "max_graph_optimization" not in (out / "manifest.json").read_text().split('"fp32"', 1)[1].split("}")[0]
+    written = json.loads((out / "manifest.json").read_text())["models"]
+    assert written["fp16"]["max_graph_optimization"] == "extended"
+    assert "max_graph_optimization" not in written["fp32"]          # written only where a level crashed
     sess = ArrayModel(out, precision="fp16").runner.session
     assert sess.get_session_options().graph_optimization_level.name == "ORT_ENABLE_EXTENDED"
     sess = ArrayModel(out, precision="fp32").runner.session
@@ -150,3 +155,19 @@ def test_a_crnn_converts_to_fp16_whatever_onnxruntime_does_with_it(tiny_models, 
     p32 = ArrayModel(out, precision="fp32")({"x": x})["softmax"]
     assert p16.shape == (2, 25, 37)
     assert np.abs(p16 - p32).max() < 1e-2
+
+
+@pytest.mark.unit
+def test_a_probe_that_cannot_run_is_no_crash(tmp_path, monkeypatch, fresh_probe, caplog):
+    """A child that exits without a result and without a signal (the probe could not start: not a Python, the
+    package not importable) says so and the model is loaded as unchecked, not refused as an onnxruntime crash."""
+    import logging
+    model = tmp_path / "m.onnx"
+    model.write_bytes(tiny_model())
+    fake = tmp_path / "not-python"
+    fake.write_text("#!/bin/sh\necho 'no module named paddle2ort' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(load_probe.sys, "executable", str(fake))
+    with caplog.at_level(logging.WARNING, logger="paddle2ort.runtime.load_probe"):
+        assert load_probe.safe_options(model).graph_optimization == "all"
+    assert "did not run" in caplog.text and "no module named paddle2ort" in caplog.text

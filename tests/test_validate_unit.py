@@ -652,3 +652,50 @@ def test_a_hard_mask_from_an_argmax_is_named_in_the_refusal(tmp_path):
     assert "computed from an ArgMax's classes" in hint and "--threshold fp16.max_rel_diff=1" in hint
     failure["metrics"]["cosine"] = 0.9                                 # not a few values: the usual FP16 advice
     assert "computed from an ArgMax" not in gate_hint("fp16", ValidationError("fp16", [failure]), path, False)
+
+
+def test_an_add_after_a_matmul_may_become_a_gemm_but_not_vanish(tmp_path):
+    """INT8's optimizer fuses MatMul + Add (of two computed tensors, once a zero bias is gone) into one Gemm that
+    writes the Add's tensor: not a missing node. An INT8 file where the Add is simply gone is refused."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from paddle2ort.convert.lineage import check_lineage
+    w = numpy_helper.from_array(np.eye(2, dtype=np.float32), "w")
+
+    def save(nodes, name):
+        g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])], [w])
+        onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / name))
+        return tmp_path / name
+    fp32 = save([helper.make_node("MatMul", ["x", "w"], ["m"], name="mm"),
+                 helper.make_node("Add", ["x", "m"], ["r"], name="residual"),
+                 helper.make_node("Tanh", ["r"], ["y"], name="act")], "fp32.onnx")
+    fused = save([helper.make_node("Gemm", ["x", "w", "x"], ["r"], name="fused"),
+                  helper.make_node("Tanh", ["r"], ["y"], name="act")], "fused.onnx")
+    gone = save([helper.make_node("MatMul", ["x", "w"], ["m"], name="mm"),
+                 helper.make_node("Tanh", ["m"], ["y"], name="act")], "gone.onnx")
+    assert check_lineage("int8", fp32, fused)["violations"] == []
+    assert any("'residual' (Add)" in v for v in check_lineage("int8", fp32, gone)["violations"])
+
+
+def test_an_argmax_used_as_an_index_is_no_hard_mask(tmp_path):
+    """CLIP-style pooling (the hidden state at ArgMax(ids)): no class can flip there; no hard-mask hint."""
+    from onnx import helper
+    from paddle2ort.convert.api import argmax_fed
+    g = helper.make_graph([helper.make_node("ArgMax", ["ids"], ["last"], axis=1),
+                           helper.make_node("Gather", ["h", "last"], ["pooled"]),
+                           helper.make_node("ArgMax", ["x"], ["cls"], axis=1),
+                           helper.make_node("Equal", ["cls", "one"], ["m"]),
+                           helper.make_node("Where", ["m", "x", "h"], ["alpha"])], "g", [], [])
+    assert argmax_fed(g, {"pooled", "alpha"}) == {"alpha"}
+
+
+def test_a_shape_the_input_values_decide_is_not_constant():
+    """The Shape of NonZero(x > 0) depends on x's values; a random op's output too; either order of nodes."""
+    from onnx import helper
+    from paddle2ort.convert.graph import shape_only_outputs
+    g = _graph([helper.make_node("Shape", ["nz"], ["count"]), helper.make_node("NonZero", ["x"], ["nz"]),
+                helper.make_node("RandomNormal", [], ["noise"], shape=[2]),
+                helper.make_node("Shape", ["x"], ["s"]), helper.make_node("ConstantOfShape", ["s"], ["ones"])],
+               ["x"], ["count", "noise", "ones"])
+    assert shape_only_outputs(g) == {"ones"}
