@@ -23,6 +23,7 @@ from .errors import (BadInputError, ConversionError, InexactPoolingError, LabelC
                      ValidationError)
 from .fusion import FusionConfig, bundle_graphs
 from .graph import _IDENT, rename_and_annotate, shape_only_outputs, share_duplicate_weights
+from .labels import mask_sources
 from .ocr import CLASSES_FILE as OCR_CLASSES_FILE
 from .ocr import DB_DEFAULTS, ctc_labels, direction_settings, paddlex_detector, paddlex_dictionary
 from .ocr import DET_TASK as OCR_DET_TASK
@@ -568,8 +569,8 @@ def gate_hint(precision: str, e: ValidationError, model_path: Path, user_inputs:
                 "so it differs from Paddle wherever a row is shorter than its batch's longest (the gate's rows are). "
                 "The export is exact only on full-length rows: to ship it for such inputs (batch 1, or rows of "
                 "equal length), convert with --inputs FILE.npz of full-length rows; padded batches it cannot serve.")
-    hard = argmax_fed(onnx.load(str(model_path), load_external_data=False).graph,
-                      {f["output"] for f in e.failures if f.get("output") != LINEAGE_ROW})
+    hard = set(mask_sources(onnx.load(str(model_path), load_external_data=False),
+                            [f["output"] for f in e.failures if f.get("output") != LINEAGE_ROW]))
     if hard and precision != "fp32" and all(f["metrics"].get("cosine", 0) >= 0.999 for f in e.failures
                                             if f["output"] in hard):
         return (f"{', '.join(map(repr, sorted(hard)))} is computed from an ArgMax's classes by arithmetic (a hard "
@@ -599,39 +600,6 @@ def gate_hint(precision: str, e: ValidationError, model_path: Path, user_inputs:
                 "lose most there (a random-weight PVTv2 was refused at cosine 0.94 and passed per channel): convert "
                 "again with --int8-per-channel, or leave int8 out of --precision.")
     return None
-
-
-def argmax_fed(graph, outputs: set[str]) -> set[str]:
-    """Those of `outputs` an ArgMax feeds as a mask: its classes compared (Equal, OneHot, Where...) and the result
-    computed on (PP-Matting's hard fusion). Not an ArgMax used as an index (CLIP's pooling at the last token), nor a
-    label output itself (labels.label_sources judges those)."""
-    producer = {o: n for n in graph.node for o in n.output if o}
-    consumers: dict[str, list] = {}
-    for n in graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-
-    def masks(name: str, depth: int = 0) -> bool:
-        for c in consumers.get(name, []):
-            if c.op_type in ("Equal", "OneHot", "Where", "Less", "Greater", "LessOrEqual", "GreaterOrEqual"):
-                return True
-            if depth < 4 and c.op_type in ("Cast", "Unsqueeze", "Squeeze", "Reshape", "Identity") and \
-                    masks(c.output[0], depth + 1):
-                return True
-        return False
-    found = set()
-    for name in outputs:
-        seen, todo = set(), [name]
-        while todo:
-            node = producer.get(todo.pop())
-            if node is None or id(node) in seen:
-                continue
-            seen.add(id(node))
-            if node.op_type == "ArgMax" and masks(node.output[0]):
-                found.add(name)
-                break
-            todo.extend(i for i in node.input if i)
-    return found
 
 
 def unbounded_rnns(graph) -> int:

@@ -272,3 +272,71 @@ def label_figures(model, model_path: Path, names: list[str], refs: list[list[np.
                 m["scores_vs_fp32"] = {key: f[key] for key in ("max_rel_diff", "rel_rmse", "cosine", "nonfinite")}
             out[j] = m
     return out
+
+
+MASK_TESTS = {"Equal", "OneHot", "Where", "Less", "Greater", "LessOrEqual", "GreaterOrEqual"}
+
+
+def mask_sources(model, names: list[str]) -> dict[str, LabelSource]:
+    """{output: the ArgMax that feeds it as a mask} for outputs computed from an ArgMax's classes by arithmetic
+    (PP-Matting's hard fusion: argmax -> Equal -> Cast -> Mul -> alpha): its classes compared (MASK_TESTS) and the
+    result computed on. Not an ArgMax used as an index (CLIP's last-token pooling), nor a label output itself."""
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output if o}
+    consumers: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+
+    def masks(name: str, depth: int = 0) -> bool:
+        return any(c.op_type in MASK_TESTS or (depth < 4 and c.op_type in ORDER_KEEPING
+                                                and masks(c.output[0], depth + 1)) for c in consumers.get(name, []))
+    labels = label_sources(model)
+    found = {}
+    for name in names:
+        if name in labels:
+            continue
+        seen, todo = set(), [name]
+        while todo:
+            node = producer.get(todo.pop())
+            if node is None or id(node) in seen:
+                continue
+            seen.add(id(node))
+            if node.op_type == "ArgMax" and masks(node.output[0]):
+                attrs = {a.name: a.i for a in node.attribute}
+                found[name] = LabelSource(name, node.input[0], int(attrs.get("axis", 0)))
+                break
+            todo.extend(i for i in node.input if i)
+    return found
+
+
+def excuse_mask_ties(refs: list[np.ndarray], gots: list[np.ndarray], scores: list[np.ndarray], axis: int,
+                     tie_margin: float, max_share: float) -> dict | None:
+    """Figures of a hard-mask output over the values where the mask's classes are decisive: a value at a position
+    where the top-2 margin of `scores` (the FP32 model's, the ArgMax's input) is within tie_margin x their spread may
+    jump by the mask's step (another class chosen at a near-tie, as an argmax agreement excuses). None where the
+    positions do not line up with the output's values or more than `max_share` of the values would be excused."""
+    z = [np.asarray(s, np.float64) for s in scores]
+    flat = np.concatenate([s.ravel() for s in z])
+    spread = float(flat.max() - flat.min()) if flat.size else 0.0
+    if spread <= 0 or not np.isfinite(spread):
+        return None
+    keep_r, keep_g, excused, total = [], [], 0, 0
+    for r, g, s in zip(refs, gots, z):
+        ax = axis % s.ndim
+        if s.shape[ax] < 2:
+            return None
+        part = np.partition(s, -2, axis=ax)
+        margin = np.take(part, [-1], axis=ax) - np.take(part, [-2], axis=ax)       # keepdims: size 1 on the axis
+        try:
+            tie = np.broadcast_to(margin <= tie_margin * spread, np.shape(r))
+        except ValueError:
+            return None
+        keep_r.append(np.asarray(r)[~tie])
+        keep_g.append(np.asarray(g)[~tie])
+        excused, total = excused + int(tie.sum()), total + tie.size
+    if not total or excused > max_share * total or not sum(k.size for k in keep_r):
+        return None
+    m = compare_pooled([np.concatenate(keep_r)], [np.concatenate(keep_g)], False)
+    m.update({"kind": "hard mask", "near_tie_values_excused": excused, "values": total})
+    return m

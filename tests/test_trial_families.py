@@ -107,3 +107,25 @@ def test_a_saturated_sigmoid_head_is_warned_about(trial_models, tmp_path, caplog
     with caplog.at_level(logging.WARNING, logger="paddle2ort.convert.api"):
         _convert(trial_models("deepfm"), tmp_path / "deepfm", ("fp32",))
     assert "is saturated on the generated samples" in caplog.text and "--inputs" in caplog.text
+
+
+@pytest.fixture(scope="module")
+def vision_trial_models(tmp_path_factory):
+    return model_builder(tmp_path_factory, "paddle_trial_models2.py")
+
+
+def test_a_hard_mask_moves_only_at_its_near_ties(vision_trial_models, tmp_path):
+    """PP-Matting's hard fusion (argmax -> Equal -> Cast -> Mul -> alpha): FP16 picked the other class at 5 near-tie
+    pixels of 36,864 and those alpha values jumped by 1, refusing FP16. Values where the FP32 model's scores nearly
+    tie are excused (at most 1 - min_argmax_agreement of them); a weight off by 10% is still refused."""
+    from paddle2ort.convert.api import revalidate
+    from paddle2ort.convert.validate import GateRerunError
+    out = tmp_path / "matting"
+    res = _convert(vision_trial_models("ppmatting_fixed"), out, ("fp32", "fp16"))
+    alpha = next(r for r in res.reports["fp16"]["results"] if r["output"] == "add")
+    m = alpha["metrics"]
+    assert m.get("kind") != "hard mask" or m["near_tie_values_excused"] <= 0.05 * m["values"]
+    _plant(out, tmp_path / "planted", "conv2d_9.w_0", 1.1)
+    with pytest.raises(GateRerunError) as e:
+        revalidate(tmp_path / "planted", vision_trial_models("ppmatting_fixed"))
+    assert "'add'" in str(e.value)

@@ -681,13 +681,13 @@ def test_an_add_after_a_matmul_may_become_a_gemm_but_not_vanish(tmp_path):
 def test_an_argmax_used_as_an_index_is_no_hard_mask(tmp_path):
     """CLIP-style pooling (the hidden state at ArgMax(ids)): no class can flip there; no hard-mask hint."""
     from onnx import helper
-    from paddle2ort.convert.api import argmax_fed
+    from paddle2ort.convert.labels import mask_sources
     g = helper.make_graph([helper.make_node("ArgMax", ["ids"], ["last"], axis=1),
                            helper.make_node("Gather", ["h", "last"], ["pooled"]),
                            helper.make_node("ArgMax", ["x"], ["cls"], axis=1),
                            helper.make_node("Equal", ["cls", "one"], ["m"]),
                            helper.make_node("Where", ["m", "x", "h"], ["alpha"])], "g", [], [])
-    assert argmax_fed(g, {"pooled", "alpha"}) == {"alpha"}
+    assert set(mask_sources(helper.make_model(g), ["pooled", "alpha"])) == {"alpha"}
 
 
 def test_a_shape_the_input_values_decide_is_not_constant():
