@@ -20,7 +20,7 @@ from paddle2ort.runtime.manifest import (MANIFEST_NAME, SCHEMA_VERSION, VALIDATI
 from . import export as export_stage
 from .bundle import check_outside_inputs, staged_bundle, write_json
 from .errors import (BadInputError, ConversionError, InexactPoolingError, LabelCountError, UnsupportedOperatorsError,
-                     ValidationError)
+                     ValidationError, thresholded)
 from .fusion import FusionConfig, bundle_graphs
 from .graph import _IDENT, rename_and_annotate, shape_only_outputs, share_duplicate_weights
 from .labels import mask_sources
@@ -594,7 +594,7 @@ def gate_hint(precision: str, e: ValidationError, model_path: Path, user_inputs:
     if precision == "fp16":
         return FP16_HINT + _fp16_block_hint(model_path, FP16Options().op_block_list if fp16_block is None
                                             else fp16_block)
-    judged = [f for f in e.failures if f.get("output") != LINEAGE_ROW]     # an output, not the lineage check
+    judged = [f for f in e.failures if f.get("output") != LINEAGE_ROW and thresholded(f)]   # an output's figures
     if precision == "int8" and judged and _int8_per_tensor(model_path):
         return ("Dynamic INT8 quantized each weight with one scale (per tensor); weights whose rows differ in range "
                 "lose most there (a random-weight PVTv2 was refused at cosine 0.94 and passed per channel): convert "

@@ -56,11 +56,14 @@ def _noop_sources(g) -> dict[str, str]:
     return out
 
 
-def _kept_nodes(model, precision: str, produced: set[str] = frozenset()) -> list:
+def _kept_nodes(model, precision: str, produced: set[str] = frozenset(), kept: set[str] = frozenset()) -> list:
     """FP32 nodes the precision pass must keep under their name and op type. An Add of a MatMul's result (maybe
     through no-ops) and a computed tensor whose output the variant still computes (`produced`: its nodes'
     outputs) is not one: with the no-op gone (a zero bias: NoopElimination) the optimizer's MatMulAddFusion makes
-    the pair one Gemm writing that tensor (a PaddleRec Wide&Deep's wide + deep sum). Deleted, it is missing."""
+    the pair one Gemm writing that tensor (a PaddleRec Wide&Deep's wide + deep sum). Deleted, it is missing. Nor is
+    a node identical to another (op, inputs, attributes) where the variant keeps one of them (`kept`: its node
+    names): the optimizer's common-subexpression elimination merges them (HiFiGAN's two resblocks open with the same
+    LeakyReLU of one tensor)."""
     g = model.graph
     if precision == "fp16":
         return [n for n in g.node if n.name and n.op_type != "Constant"]
@@ -85,7 +88,13 @@ def _kept_nodes(model, precision: str, produced: set[str] = frozenset()) -> list
                 break
             x = noop[x]
         return producer.get(x) in ("MatMul", "Gemm")
-    return [n for n in g.node if n.name and n.op_type in INT8_KEPT_OPS
+    twins: dict[tuple, list[str]] = {}
+    for n in g.node:
+        sig = (n.domain, n.op_type, tuple(n.input), tuple(a.SerializeToString() for a in n.attribute))
+        twins.setdefault(sig, []).append(n.name)
+    merged = {name for group in twins.values() if len(group) > 1 and any(t in kept for t in group)
+              for name in group if name not in kept}      # one kept twin stands for the others
+    return [n for n in g.node if n.name and n.op_type in INT8_KEPT_OPS and n.name not in merged
             and all(x in dyn for x in (n.input if n.op_type == "Add" else n.input[:1]))
             and not (n.op_type == "Add" and still_computed(n.output[0]) and any(from_matmul(x) for x in n.input))]
 
@@ -197,7 +206,7 @@ def check_lineage(precision: str, fp32_path: Path, variant_path: Path) -> dict:
     if precision in ("fp16", "int8"):
         nodes = {n.name: n.op_type for n in var_model.graph.node}
         produced = {o for n in var_model.graph.node for o in n.output}
-        for n in _kept_nodes(ref_model, precision, produced):
+        for n in _kept_nodes(ref_model, precision, produced, set(nodes)):
             checked += 1
             if nodes.get(n.name) != n.op_type:
                 violations.append(f"node {n.name!r} ({n.op_type}) of the FP32 graph is "

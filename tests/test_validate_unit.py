@@ -699,3 +699,33 @@ def test_a_shape_the_input_values_decide_is_not_constant():
                 helper.make_node("Shape", ["x"], ["s"]), helper.make_node("ConstantOfShape", ["s"], ["ones"])],
                ["x"], ["count", "noise", "ones"])
     assert shape_only_outputs(g) == {"ones"}
+
+
+def test_twin_nodes_merged_by_the_optimizer_are_not_missing(tmp_path):
+    """HiFiGAN's two resblocks open with the same LeakyReLU of one tensor; INT8's optimizer keeps one of the pair
+    (common-subexpression elimination): not a missing node. Both gone is. A refusal of structure alone does not
+    advise a threshold, which could not move it."""
+    import onnx
+    from onnx import TensorProto, helper
+    from paddle2ort.convert.errors import ValidationError as VE
+    from paddle2ort.convert.lineage import check_lineage
+
+    def save(nodes, name):
+        g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])])
+        onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / name))
+        return tmp_path / name
+    leaky = dict(alpha=0.1)
+    fp32 = save([helper.make_node("LeakyRelu", ["x"], ["a"], name="L1", **leaky),
+                 helper.make_node("LeakyRelu", ["x"], ["b"], name="L7", **leaky),
+                 helper.make_node("Add", ["a", "b"], ["y"], name="sum")], "fp32.onnx")
+    merged = save([helper.make_node("LeakyRelu", ["x"], ["b"], name="L7", **leaky),
+                   helper.make_node("Add", ["b", "b"], ["y"], name="sum")], "merged.onnx")
+    gone = save([helper.make_node("Add", ["x", "x"], ["y"], name="sum")], "gone.onnx")
+    assert check_lineage("int8", fp32, merged)["violations"] == []
+    assert len(check_lineage("int8", fp32, gone)["violations"]) == 2
+    row = {"output": "(weights and nodes vs the FP32 model)", "kind": "lineage", "sample": 0,
+           "violations": ["node 'L1' (LeakyRelu) of the FP32 graph is missing"],
+           "metrics": {"max_abs_diff": 0.0, "max_rel_diff": float("nan"), "cosine": float("nan"),
+                       "argmax_agreement": None}}
+    assert "Thresholds can be overridden" not in str(VE("int8", [row]))
