@@ -135,10 +135,10 @@ def _moves_ids(op, value) -> bool:
     return name in PASS_THROUGH | ID_MOVES and op.num_operands() > 0 and op.operand_source(0).is_same(value)
 
 
-# ops a sequence length passes through on its way to a mask (PaddleSpeech subsamples it: ((len - 1) // 2 - 1) // 2)
-LENGTH_ARITH = PASS_THROUGH | ID_MOVES | {"pd_op.scale", "pd_op.floor_divide", "pd_op.divide", "pd_op.subtract",
-                                         "pd_op.add", "pd_op.multiply", "pd_op.floor", "pd_op.ceil", "pd_op.maximum",
-                                         "pd_op.minimum", "pd_op.clip", "pd_op.remainder"}
+# arithmetic a sequence length passes through on its way to a mask, on either operand (PaddleSpeech subsamples it:
+# ((len - 1) // 2 - 1) // 2); the ops that move ids (_moves_ids) carry it too
+LENGTH_ARITH = {"pd_op.scale", "pd_op.floor_divide", "pd_op.divide", "pd_op.subtract", "pd_op.add", "pd_op.multiply",
+                "pd_op.floor", "pd_op.ceil", "pd_op.maximum", "pd_op.minimum", "pd_op.clip", "pd_op.remainder"}
 COMPARISONS = {"pd_op.less_than", "pd_op.less_equal", "pd_op.greater_than", "pd_op.greater_equal"}
 
 
@@ -166,8 +166,7 @@ def _is_length(value, depth: int = 0) -> bool:
             other = op.operand_source(1) if op.operand_source(0).is_same(value) else op.operand_source(0)
             if _from_arange(other):
                 return True
-        moves = name in PASS_THROUGH | ID_MOVES
-        if ((_moves_ids(op, value) if moves else name in LENGTH_ARITH)) and _is_length(op.result(0), depth + 1):
+        if (_moves_ids(op, value) or name in LENGTH_ARITH) and _is_length(op.result(0), depth + 1):
             return True
     return False
 

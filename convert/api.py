@@ -444,10 +444,11 @@ def _convert(config: ConvertConfig, more_sources: tuple[Path, ...]) -> ConvertRe
             import onnx
             model, in_specs, out_specs = rename_and_annotate(onnx.load(str(raw)), info["inputs"], info["outputs"],
                                                              list(config.output_names) if config.output_names else None)
-            if info.get("rnn_sequence_lengths") and unbounded_rnns(model.graph):
+            unbounded = info.get("rnn_sequence_lengths") and unbounded_rnns(model.graph)
+            if unbounded:
                 log.warning("paddle2onnx wrote %d RNN layer(s) without the sequence lengths Paddle gives them: the "
                             "ONNX model is exact only on rows as long as their batch's longest (a padded row runs "
-                            "over its padding)", unbounded_rnns(model.graph))
+                            "over its padding)", unbounded)
             saved = share_duplicate_weights(model)
             if saved >= 1e6:
                 log.info("shared %.1f MB of duplicated constant weights", saved / 1e6)
@@ -561,16 +562,15 @@ def gate_hint(precision: str, e: ValidationError, model_path: Path, user_inputs:
     import onnx
 
     from .repair.output_shapes import data_dependent_outputs
-    unbounded = (precision == "fp32" and rnn_lengths    # FP16/INT8 after FP32 passed: another cause
-                 and unbounded_rnns(onnx.load(str(model_path), load_external_data=False).graph))
+    model = onnx.load(str(model_path), load_external_data=False)      # the graph: every rule below reads it
+    unbounded = precision == "fp32" and rnn_lengths and unbounded_rnns(model.graph)   # FP16/INT8: another cause
     if unbounded:
         return (f"paddle2onnx wrote the model's {unbounded} RNN layer(s) without the sequence lengths Paddle gives "
                 f"them ({rnn_lengths} pd_op.rnn with a sequence_length): in ONNX a padded row runs over its padding, "
                 "so it differs from Paddle wherever a row is shorter than its batch's longest (the gate's rows are). "
                 "The export is exact only on full-length rows: to ship it for such inputs (batch 1, or rows of "
                 "equal length), convert with --inputs FILE.npz of full-length rows; padded batches it cannot serve.")
-    hard = set(mask_sources(onnx.load(str(model_path), load_external_data=False),
-                            [f["output"] for f in e.failures if f.get("output") != LINEAGE_ROW]))
+    hard = set(mask_sources(model, [f["output"] for f in e.failures if f.get("output") != LINEAGE_ROW]))
     if hard and precision != "fp32" and all(f["metrics"].get("cosine", 0) >= 0.999 for f in e.failures
                                             if f["output"] in hard):
         return (f"{', '.join(map(repr, sorted(hard)))} is computed from an ArgMax's classes by arithmetic (a hard "
@@ -581,8 +581,7 @@ def gate_hint(precision: str, e: ValidationError, model_path: Path, user_inputs:
                 "the rms error failed too); the cosine stays judged.")
     selected = []
     if not user_inputs:
-        graph = onnx.load(str(model_path), load_external_data=False).graph
-        selected = sorted({f["output"] for f in e.failures} & data_dependent_outputs(graph))
+        selected = sorted({f["output"] for f in e.failures} & data_dependent_outputs(model.graph))
     if selected:
         where = ("on the synthetic images built from infer_cfg.yml's preprocessing that selection may hinge on "
                  "near-ties" if deployment_feed else "on generated random inputs that selection is meaningless and "
@@ -592,10 +591,9 @@ def gate_hint(precision: str, e: ValidationError, model_path: Path, user_inputs:
                 "--inputs FILE.npz with arrays named after the model's inputs (a preprocessed image and the real "
                 "values of its companion inputs).")
     if precision == "fp16":
-        return FP16_HINT + _fp16_block_hint(model_path, FP16Options().op_block_list if fp16_block is None
+        return FP16_HINT + _fp16_block_hint(model, FP16Options().op_block_list if fp16_block is None
                                             else fp16_block)
-    judged = [f for f in e.failures if f.get("output") != LINEAGE_ROW and thresholded(f)]   # an output's figures
-    if precision == "int8" and judged and _int8_per_tensor(model_path):
+    if precision == "int8" and any(thresholded(f) for f in e.failures) and _int8_per_tensor(model):
         return ("Dynamic INT8 quantized each weight with one scale (per tensor); weights whose rows differ in range "
                 "lose most there (a random-weight PVTv2 was refused at cosine 0.94 and passed per channel): convert "
                 "again with --int8-per-channel, or leave int8 out of --precision.")
@@ -608,23 +606,20 @@ def unbounded_rnns(graph) -> int:
                and (len(n.input) < 5 or not n.input[4]))
 
 
-def _fp16_block_hint(model_path: Path, block: tuple[str, ...]) -> str:
+def _fp16_block_hint(model, block: tuple[str, ...]) -> str:
     """The --fp16-block-ops value that adds BatchNormalization to `block` (the list in force), where the FP16 model
     computes one in float16 (EfficientNet-B0's FP16 cosine 0.955 -> 0.99999 with it kept in FP32)."""
-    import onnx
-    model = onnx.load(str(model_path), load_external_data=False)
     if "BatchNormalization" in block or not any(n.op_type == "BatchNormalization" for n in model.graph.node):
         return ""
     return (f" This model has BatchNormalization in float16; try --fp16-block-ops "
             f"{','.join(block)},BatchNormalization.")
 
 
-def _int8_per_tensor(model_path: Path) -> bool:
+def _int8_per_tensor(model) -> bool:
     """Whether an INT8 model's quantized MatMul/Gemm weights carry one scale each, where --int8-per-channel would
     give them one a column (ConvInteger weights are per tensor either way: onnxruntime's dynamic quantizer)."""
-    import onnx
     from onnx import numpy_helper
-    g = onnx.load(str(model_path), load_external_data=False).graph
+    g = model.graph
     inits = {t.name: t for t in g.initializer}
     weights = {i for n in g.node if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for i in n.input
                if i.endswith("_quantized") and i in inits}

@@ -86,7 +86,7 @@ def check_onnx_file(path: Path, log_path: Path | None = None, producer: str = "p
     last = tried[-1]
     if last.error is not None:
         raise ConversionError(_load_failure(producer, _OrtError(*last.error)), tail)
-    if not last.ok:
+    if last.crashed:
         import onnxruntime as ort
         raise ConversionError(
             f"onnxruntime {ort.__version__} cannot load the model {producer} wrote: "

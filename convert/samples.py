@@ -264,8 +264,8 @@ def _lengths(spec: dict, shape: tuple, inputs: list[dict], sample: dict, rng: np
     """Sequence lengths for the sequences drawn beside them (an input the graph compares with positions 0.. or
     gives an RNN as its sequence_length, convert/_worker._is_length): the first row full, the others between half
     and the whole of the longest dynamic axis the other inputs have (a speech model's frames; where every size is
-    static, axis 1: [N, T, F]'s T), so the gate runs full and padded rows alike. Drawn from {0, 1} they masked out every frame, and a model with broken weights
-    passed."""
+    static, axis 1: [N, T, F]'s T), so the gate runs full and padded rows alike. Drawn from {0, 1} they masked out
+    every frame, and a model with broken weights passed."""
     sizes = [a.shape[ax] for s in inputs if s["name"] in sample and s is not spec
              for a in [sample[s["name"]]] for ax, d in enumerate(s["shape"]) if ax > 0 and d < 0]
     sizes = sizes or [sample[s["name"]].shape[1] for s in inputs      # static: [N, T, F]'s T, as PaddleSpeech

@@ -33,24 +33,21 @@ class LoadResult:
     ok: bool = False
     error: tuple[str, str] | None = None
     signal: int | None = None
-    exit_code: int | None = None
 
     @property
     def crashed(self) -> bool:
-        return not self.ok and self.error is None
+        return self.signal is not None
 
     def describe(self) -> str:
         if self.ok:
             return f"loads at {self.level!r}"
         if self.error is not None:
             return f"raises {self.error[0]} at {self.level!r}"
-        if self.signal is not None:
-            try:
-                name = signal.Signals(self.signal).name
-            except ValueError:
-                name = f"signal {self.signal}"
-            return f"crashes ({name}) at {self.level!r}"
-        return f"exits {self.exit_code} without a result at {self.level!r}"
+        try:
+            name = signal.Signals(self.signal).name
+        except ValueError:
+            name = f"signal {self.signal}"
+        return f"crashes ({name}) at {self.level!r}"
 
 
 def _options_json(opts: SessionOptions) -> dict:
@@ -82,11 +79,10 @@ def load_in_child(model: str | Path, opts: SessionOptions = SessionOptions()) ->
     if not isinstance(res, dict):        # the probe itself did not run (no crash seen): load as if it passed
         log.warning("the child-process load check of %s did not run (exit %d: %s); loading it here unchecked",
                     Path(model).name, proc.returncode, " ".join(proc.stderr.strip().splitlines()[-3:])[-400:])
-        return LoadResult(opts.graph_optimization, ok=True, exit_code=proc.returncode)
+        return LoadResult(opts.graph_optimization, ok=True)
     if res.get("ok"):
-        return LoadResult(opts.graph_optimization, ok=True, exit_code=0)
-    return LoadResult(opts.graph_optimization, error=(str(res["error"][0]), str(res["error"][1])),
-                      exit_code=proc.returncode)
+        return LoadResult(opts.graph_optimization, ok=True)
+    return LoadResult(opts.graph_optimization, error=(str(res["error"][0]), str(res["error"][1])))
 
 
 _LEVELS: dict[tuple, tuple[LoadResult, ...]] = {}

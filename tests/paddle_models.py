@@ -334,22 +334,47 @@ def _logits(out):
     return out[0] if isinstance(out, (tuple, list)) else (out.logits if hasattr(out, "logits") else out)
 
 
-def _nlp_wrappers():
+def nlp_wrapper(model, names, post=_logits):
+    """A Layer whose forward takes `names` (InputSpec names must equal forward's argument names) and returns
+    post(model(**inputs)). Written out per signature: dy2static reads forward's source."""
     import paddle
 
-    class Ids(paddle.nn.Layer):             # InputSpec names must equal forward's argument names
+    class Ids(paddle.nn.Layer):
         def __init__(self, m):
             super().__init__()
             self.m = m
 
         def forward(self, input_ids):
-            return _logits(self.m(input_ids=input_ids))
+            return post(self.m(input_ids=input_ids))
 
     class IdsTypes(Ids):
         def forward(self, input_ids, token_type_ids):
-            return _logits(self.m(input_ids=input_ids, token_type_ids=token_type_ids))
+            return post(self.m(input_ids=input_ids, token_type_ids=token_type_ids))
 
-    return Ids, IdsTypes
+    class Full(Ids):
+        def forward(self, input_ids, token_type_ids, position_ids, attention_mask):
+            return post(self.m(input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids,
+                               attention_mask=attention_mask))
+
+    class IdsPositions(Ids):
+        def forward(self, input_ids, position_ids):
+            return post(self.m(input_ids=input_ids, position_ids=position_ids))
+
+    return {("input_ids",): Ids, ("input_ids", "token_type_ids"): IdsTypes, ("input_ids", "position_ids"): IdsPositions,
+            ("input_ids", "token_type_ids", "position_ids", "attention_mask"): Full}[tuple(names)](model)
+
+
+def forward_names(model) -> tuple[str, ...]:
+    """The id inputs a PaddleNLP model's forward takes: input_ids, and token_type_ids where it has them."""
+    import inspect
+    params = inspect.signature(model.forward).parameters
+    return ("input_ids", "token_type_ids") if "token_type_ids" in params else ("input_ids",)
+
+
+def id_specs(names) -> list:
+    """int64 [batch, sequence] InputSpecs named `names`."""
+    import paddle
+    return [paddle.static.InputSpec([None, None], "int64", n) for n in names]
 
 
 # PaddleNLP's initializer_range 0.02 leaves a tiny encoder's layers all but idle (2 ERNIE layers keep the hidden
@@ -362,8 +387,6 @@ NLP_INIT_RANGE = 0.1
 def build_nlp_family(out: Path, family: str):
     """PaddleNLP's {family}ForSequenceClassification, tiny, saved with input_ids (and token_type_ids where its
     forward takes them), as a user exports a fine-tuned classifier."""
-    import inspect
-
     import paddle
     import paddlenlp.transformers as T
 
@@ -371,11 +394,7 @@ def build_nlp_family(out: Path, family: str):
     cfg = getattr(T, f"{family}Config")(**{**TINY_NLP, "initializer_range": NLP_INIT_RANGE})
     model = getattr(T, f"{family}ForSequenceClassification")(cfg)
     model.eval()
-    types = "token_type_ids" in inspect.signature(model.forward).parameters
-    ids, ids_types = _nlp_wrappers()
-    names = ("input_ids", "token_type_ids") if types else ("input_ids",)
-    _save((ids_types if types else ids)(model), out, [paddle.static.InputSpec([None, None], "int64", n)
-                                                      for n in names])
+    _save(nlp_wrapper(model, forward_names(model)), out, id_specs(forward_names(model)))
 
 
 # paddle.vision's classification families (tests/test_vision_families.py): random weights, 10 classes, 64 x 64 input

@@ -16,58 +16,16 @@ import sys
 from pathlib import Path
 
 from paddle_models import NLP_INIT_RANGE as INIT_RANGE, TINY_NLP, _logits, _save
+from paddle_models import forward_names as _names, id_specs as _specs, nlp_wrapper as _wrapper
 
 FAMILIES = ("Ernie", "Bert", "Roberta")
 NER_LABELS = 7                 # B/I of PER, ORG, LOC and O
 MULTI_LABELS = 6
 
 
-def _specs(names):
-    import paddle
-    return [paddle.static.InputSpec([None, None], "int64", n) for n in names]
-
-
-
-
 def _config(family: str, **more):
     import paddlenlp.transformers as T
     return getattr(T, f"{family}Config")(**{**TINY_NLP, "initializer_range": INIT_RANGE, **more})
-
-
-def _wrapper(model, names, post):
-    """A Layer whose forward takes `names` (InputSpec names must equal forward's argument names) and returns
-    post(model(**inputs)). Written out per signature: dy2static reads forward's source."""
-    import paddle
-
-    class Ids(paddle.nn.Layer):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, input_ids):
-            return post(self.m(input_ids=input_ids))
-
-    class IdsTypes(Ids):
-        def forward(self, input_ids, token_type_ids):
-            return post(self.m(input_ids=input_ids, token_type_ids=token_type_ids))
-
-    class Full(Ids):
-        def forward(self, input_ids, token_type_ids, position_ids, attention_mask):
-            return post(self.m(input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids,
-                               attention_mask=attention_mask))
-
-    class IdsPositions(Ids):
-        def forward(self, input_ids, position_ids):
-            return post(self.m(input_ids=input_ids, position_ids=position_ids))
-
-    return {("input_ids",): Ids, ("input_ids", "token_type_ids"): IdsTypes, ("input_ids", "position_ids"): IdsPositions,
-            ("input_ids", "token_type_ids", "position_ids", "attention_mask"): Full}[tuple(names)](model)
-
-
-def _names(model):
-    import inspect
-    params = inspect.signature(model.forward).parameters
-    return ("input_ids", "token_type_ids") if "token_type_ids" in params else ("input_ids",)
 
 
 def build_token_classification(out: Path, family: str, argmax: bool = False):
