@@ -7,23 +7,14 @@ import subprocess
 import sys
 from importlib import metadata
 
+from paddle2ort.runtime.host import ISA, cpu_flags, cpu_isa, cpu_name  # noqa: F401 - re-exported
+
 
 def _version(dist: str) -> str | None:
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
         return None
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def usable_cores() -> int:
@@ -66,23 +57,7 @@ def environment() -> dict:
     }
 
 
-ISA = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
-       "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16",
-       "asimd", "asimddp", "i8mm", "bf16", "sve", "sve2")          # aarch64 (its cpuinfo says "Features")
-
-
-def cpu_flags(cpuinfo: str) -> set[str]:
-    """The first flags line of a /proc/cpuinfo text: x86's "flags", aarch64's "Features"."""
-    return next((set(ln.split(":", 1)[1].split()) for ln in cpuinfo.splitlines()
-                 if ln.split(":", 1)[0].strip() in ("flags", "Features") and ":" in ln), set())
-
-
 def cpu_info(threads: int) -> dict:
     """The CPU the rows ran on: model name (as lscpu prints it), the ISA flags that pick onnxruntime's and
     llama.cpp's kernels, threads used."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = cpu_flags(f.read())
-    except OSError:
-        flags = set()
-    return {"model": cpu_name(), "isa": [x for x in ISA if x in flags], "threads": threads}
+    return {"model": cpu_name(), "isa": cpu_isa(), "threads": threads}

@@ -1,12 +1,14 @@
-"""`paddle2ort convert` and `paddle2ort validate`: over paddle2ort.convert.convert / convert.revalidate."""
+"""`paddle2ort convert` and `paddle2ort validate`: over paddle2ort.convert.convert, convert.revalidate and
+convert.hostcheck."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
 from paddle2ort.runtime.errors import BadInputError
+from paddle2ort.runtime.files import module_available
 
-from .common import (add_threshold, check_exists, command, csv, csv_of, nonneg_int, positive_int,
+from .common import (add_threshold, check_exists, check_output_file, command, csv, csv_of, nonneg_int, positive_int,
                      require_convert_extra)
 
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
@@ -101,21 +103,60 @@ def run_convert(args) -> int:
 
 def run_validate(args) -> int:
     """Every model of the bundle judged; those that pass printed, every failure named (one line each) in the error,
-    whose exit code is the most serious of theirs."""
-    require_convert_extra("validate", PADDLE_SIDE)
-    from paddle2ort.convert.api import revalidate
+    whose exit code is the most serious of theirs. With --source against the Paddle model; without it against the
+    Paddle outputs the bundle keeps (no Paddle needed: the gate re-run on a deployment host)."""
     from paddle2ort.convert.validate import GateRerunError, gate_text, summary
+    from paddle2ort.runtime.host import describe_host, host_line
 
     def show(reports: dict) -> None:
         for prec, rep in reports.items():
             s = summary(rep)
             print(f"{prec:10s} passed: {gate_text(s)}")
+    if args.source is not None:
+        require_convert_extra("validate --source", PADDLE_SIDE)
+    elif not module_available("onnx"):      # the gate's rules read the graph; Paddle is not needed
+        raise BadInputError("`paddle2ort validate` without --source needs onnx (not installed here): pip install "
+                            "'paddle2ort[check]' (or give --source on a host with 'paddle2ort[convert]')")
+    check_output_file(args.report, "--report", ours=_our_report, bundles=(args.bundle,))
+    host = describe_host(args.device)
     try:
-        show(revalidate(args.bundle, args.source, overrides=dict(args.threshold)))
+        if args.source is not None:
+            from paddle2ort.convert.api import revalidate
+            reports = revalidate(args.bundle, args.source, overrides=dict(args.threshold), device=args.device)
+        else:
+            from paddle2ort.convert.hostcheck import check_host
+            result = check_host(args.bundle, args.device, overrides=dict(args.threshold))
+            reports = result.reports
+            print(f"gate ran on: {host_line(result.gate_host) if result.gate_host else 'not recorded'}")
+            print(f"re-run here: {host_line(host)}")
     except GateRerunError as e:
         show(e.passed)
+        _report(args.report, args.bundle, host, e.passed, e.errors)
         raise
+    show(reports)
+    _report(args.report, args.bundle, host, reports, {})
     return 0
+
+
+def _our_report(path: Path) -> bool:
+    """An earlier --report of this command (it is replaced; any other file is not)."""
+    import json
+    try:
+        rep = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(rep, dict) and {"bundle", "passed", "host", "models"} <= set(rep)
+
+
+def _report(path: Path | None, bundle: Path, host: dict, passed: dict, failed: dict) -> None:
+    """--report: the re-run's verdict as JSON, for a release pipeline to keep beside its logs."""
+    if path is None:
+        return
+    from paddle2ort.convert.bundle import write_json
+    from paddle2ort.convert.validate import failure_line, summary
+    write_json(path, {"bundle": str(bundle), "passed": not failed, "host": host,
+                      "models": {**{p: summary(r) for p, r in passed.items()},
+                                 **{p: {"passed": False, "error": failure_line(e)} for p, e in failed.items()}}})
 
 
 def register(sub) -> None:
@@ -146,14 +187,21 @@ def register(sub) -> None:
                    "PaddleSeg export (deploy.yaml) semantic-segmentation")
     c.set_defaults(func=run_convert)
 
-    v = command(sub, "validate", "re-run the Paddle-vs-ONNX gate on an existing bundle",
-                "paddle2ort validate bundle/ --source inference/ --threshold fp16.min_cosine=0.995",
-                description="Re-run the Paddle-vs-ONNX gate on an existing bundle against its Paddle source (the "
-                            "bundle's checksums are verified first). Every model is judged: those that pass are "
-                            "printed, each failure is named on a line of its own, and the exit code is the most "
-                            "serious of theirs (4 a model failing in onnxruntime, 3 a refused gate). Needs pip "
-                            "install 'paddle2ort[convert]'.")
+    v = command(sub, "validate", "re-run the Paddle-vs-ONNX gate on an existing bundle (here, or against its source)",
+                "paddle2ort validate bundle/ --device gpu --report gate-here.json",
+                description="Re-run the Paddle-vs-ONNX gate on an existing bundle (the bundle's checksums are "
+                            "verified first). Without --source: against the Paddle outputs on the gate's samples "
+                            "that the bundle keeps, with this host's onnxruntime on its CPU (whose INT8 and FP16 "
+                            "kernels may round otherwise than the converter's) or GPU; needs no Paddle, only onnx. "
+                            "With --source: against the Paddle model itself (needs pip install "
+                            "'paddle2ort[convert]'). Every model is judged: those that pass are printed, each failure "
+                            "is named on a line of its own, and the exit code is the most serious of theirs (4 a "
+                            "model failing in onnxruntime, 3 a refused gate).")
     v.add_argument("bundle", type=Path, help="the bundle directory")
-    v.add_argument("--source", type=Path, required=True, help="the Paddle model the bundle was converted from")
+    v.add_argument("--source", type=Path, help="the Paddle model the bundle was converted from (default: the "
+                   "Paddle outputs the bundle keeps)")
+    v.add_argument("--device", default="cpu", choices=["cpu", "gpu"],
+                   help="where the models run: this host's CPU, or onnxruntime's CUDA provider")
+    v.add_argument("--report", type=Path, help="also write the verdict, figures and host as JSON to this file")
     add_threshold(v)
     v.set_defaults(func=run_validate)

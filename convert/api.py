@@ -13,6 +13,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from paddle2ort.runtime.files import read_json_object
+from paddle2ort.runtime.host import describe_host
 from paddle2ort.runtime.load_probe import highest_loading_level
 from paddle2ort.runtime.manifest import (MANIFEST_NAME, SCHEMA_VERSION, VALIDATION_NAME, Manifest, ModelFile,
                                          file_entries, load_bundle, sha256_file)
@@ -42,6 +43,8 @@ from .validate import (DEFAULT_THRESHOLDS, FIX_INPUTS, LINEAGE_ROW, GateRerunErr
 log = logging.getLogger(__name__)
 
 SAMPLES_NAME = "validation_inputs.npz"
+REFERENCE_NAME = "validation_outputs.npz"      # Paddle's outputs on them (a re-run of the gate without Paddle)
+REFERENCE_MAX_BYTES = 256 * 2**20
 MIN_OPSET, MAX_OPSET = 7, 21
 
 
@@ -384,6 +387,29 @@ def _save_samples(path: Path, samples: list[dict[str, np.ndarray]]) -> None:
     np.savez(path, **{f"{i}/{k}": v for i, s in enumerate(samples) for k, v in s.items()})
 
 
+def _save_references(path: Path, refs: list[list[np.ndarray]]) -> None:
+    """Paddle's outputs on the gate's samples, beside them in the bundle: `paddle2ort validate BUNDLE` re-runs the
+    gate on another host (its CPU's INT8/FP16 kernels, or a GPU) without Paddle. Not kept past REFERENCE_MAX_BYTES
+    (that re-run then needs the Paddle model)."""
+    size = sum(np.asarray(a).nbytes for r in refs for a in r)
+    if size > REFERENCE_MAX_BYTES:
+        log.warning("Paddle's outputs on the gate's samples are %.0f MB (over %d MB): not kept in the bundle, so "
+                    "re-running its gate on another host needs the Paddle model (paddle2ort validate BUNDLE "
+                    "--source MODEL)", size / 1e6, REFERENCE_MAX_BYTES // 2**20)
+        return
+    np.savez(path, **{f"{i}/{j}": np.asarray(a) for i, r in enumerate(refs) for j, a in enumerate(r)})
+
+
+def load_references(path: Path, samples: int, outputs: int) -> list[list[np.ndarray]]:
+    """What _save_references wrote, one list of `outputs` arrays per sample; BadInputError where it is not that."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return [[data[f"{i}/{j}"] for j in range(outputs)] for i in range(samples)]
+    except (OSError, ValueError, KeyError) as e:
+        raise BadInputError(f"{path} does not hold Paddle's {outputs} output(s) on {samples} sample(s) ({e}): the "
+                            "bundle is damaged; convert the model again") from e
+
+
 def paddle_reference(source: ModelSource, samples: list[dict], workdir: Path) -> list[list[np.ndarray]]:
     """Run Paddle Inference (in the worker) on the samples; outputs in fetch order."""
     inp, outp = workdir / "ref_inputs.npz", workdir / "ref_outputs.npz"
@@ -512,6 +538,8 @@ def _convert(config: ConvertConfig, more_sources: tuple[Path, ...]) -> ConvertRe
                 bar.update()
 
             _save_samples(stage / SAMPLES_NAME, samples)
+            if refs is not None:
+                _save_references(stage / REFERENCE_NAME, refs)
             for rel, src in config.extra_files.items():
                 dst = stage / rel
                 dst.parent.mkdir(parents=True, exist_ok=True)
@@ -519,7 +547,8 @@ def _convert(config: ConvertConfig, more_sources: tuple[Path, ...]) -> ConvertRe
                     dst.write_bytes(src)
                 else:
                     (shutil.copytree if Path(src).is_dir() else shutil.copy2)(src, dst)
-            write_json(stage / VALIDATION_NAME, {"validated": config.validate, "reports": reports})
+            write_json(stage / VALIDATION_NAME, {"validated": config.validate, "reports": reports,
+                                                 **({"host": describe_host()} if config.validate else {})})
             manifest = Manifest(
                 schema_version=SCHEMA_VERSION,
                 name=config.name or source.model_file.parent.name or source.model_file.stem,
@@ -641,30 +670,22 @@ def check_same_source(recorded: dict, got: dict[str, str], source_path: Path) ->
 
 
 def revalidate(bundle_dir: Path, source_path: Path, thresholds: dict[str, Thresholds] | None = None,
-               overrides: dict[str, float] | None = None) -> dict:
+               overrides: dict[str, float] | None = None, device: str = "cpu") -> dict:
     """Re-run the gate on an existing bundle against its Paddle source (release pipelines, tampering checks).
     Every file's sha256 is checked first: a changed, missing or added file fails (BundleError, exit 2). A
     text-generation bundle's source is its PaddleNLP checkpoint, exported again as convert-llm did; its fused
     decoders are judged too (reports "fused-PREC"). Every model is judged whatever another did; the failures (a
     refused gate, a model onnxruntime cannot load or run, samples a model cannot be judged on) are raised together
     as GateRerunError (exit code: the most serious of theirs). thresholds: default those the bundle's converter
-    gates with (convert-llm's for a text-generation bundle); overrides: {"PREC.METRIC": value} on top.
+    gates with (convert-llm's for a text-generation bundle); overrides: {"PREC.METRIC": value} on top; device:
+    where the models run ("cpu", or "gpu": onnxruntime's CUDA provider). Without Paddle: convert.hostcheck.
     -> name -> report of every model (all passed)."""
+    if device not in ("cpu", "gpu"):
+        raise BadInputError(f"device must be cpu or gpu, got {device!r}")
     bundle = load_bundle(bundle_dir, verify=True)
     m = bundle.manifest
-    llm = m.task == "text-generation" and "llm" in m.extra
-    from .metrics import LLM_THRESHOLDS, thresholds_with_overrides
-    thresholds = thresholds_with_overrides(overrides or {}, thresholds or (LLM_THRESHOLDS if llm else None))
-    check_thresholds(thresholds)
-    gated = {*m.models, *((m.extra.get("fused") or {}) if llm else {})}
-    stray = sorted({k.partition(".")[0] for k in (overrides or {})} - gated)
-    if stray:                               # a bound on a model the bundle lacks would be accepted and never used
-        raise BadInputError(f"--threshold names {', '.join(stray)}, which bundle {bundle_dir} has no model of (it "
-                            f"has: {', '.join(sorted(gated))}); override the bounds of those it has")
-    if m.task == "text2text-generation":
-        raise BadInputError(f"bundle {bundle_dir} is a text2text-generation bundle: `validate` re-runs the gate of "
-                            "`convert` and `convert-llm` bundles; convert-seq2seq's gate runs as it converts: convert "
-                            "the model again (--overwrite) to re-check it")
+    llm = is_llm_bundle(m)
+    thresholds = rerun_thresholds(bundle, thresholds, overrides)
     if llm:                                 # a PaddleNLP checkpoint: exported again as convert-llm did
         from .llm.api import check_llm_source
         check_llm_source(m, Path(source_path))
@@ -692,7 +713,7 @@ def revalidate(bundle_dir: Path, source_path: Path, thresholds: dict[str, Thresh
                 try:
                     passed[prec] = validate(prec, bundle.model_path(prec), samples, refs,
                                             list(bundle.manifest.outputs), thr,
-                                            fp32_model=_lineage_reference(bundle, prec))
+                                            fp32_model=_lineage_reference(bundle, prec), device=device)
                 except ValidationError as e:
                     hint = _recorded_bounds_hint(bundle, prec, thr)
                     failed[prec] = e.with_hint(hint) if hint else e
@@ -700,13 +721,37 @@ def revalidate(bundle_dir: Path, source_path: Path, thresholds: dict[str, Thresh
                     failed[prec] = e
             if llm and m.extra.get("fused"):    # the fused decoders, on Paddle's logits of the same recorded steps
                 from .llm.api import regate_fused
-                for prec, rep in regate_fused(bundle, samples, refs, thresholds).items():
+                for prec, rep in regate_fused(bundle, samples, refs, thresholds, device).items():
                     (failed if isinstance(rep, Exception) else passed)[f"fused-{prec}"] = rep
             if failed:
                 raise GateRerunError(Path(bundle_dir), failed, passed)
             return passed
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def is_llm_bundle(m) -> bool:
+    return m.task == "text-generation" and "llm" in m.extra
+
+
+def rerun_thresholds(bundle, thresholds: dict[str, Thresholds] | None, overrides: dict[str, float] | None) -> dict:
+    """The bounds a re-run of `bundle`'s gate judges with (its converter's defaults, `overrides` on top), checked
+    with the bundle's kind before anything runs."""
+    m = bundle.manifest
+    from .metrics import LLM_THRESHOLDS, thresholds_with_overrides
+    llm = is_llm_bundle(m)
+    thresholds = thresholds_with_overrides(overrides or {}, thresholds or (LLM_THRESHOLDS if llm else None))
+    check_thresholds(thresholds)
+    gated = {*m.models, *((m.extra.get("fused") or {}) if llm else {})}
+    stray = sorted({k.partition(".")[0] for k in (overrides or {})} - gated)
+    if stray:                               # a bound on a model the bundle lacks would be accepted and never used
+        raise BadInputError(f"--threshold names {', '.join(stray)}, which bundle {bundle.path} has no model of (it "
+                            f"has: {', '.join(sorted(gated))}); override the bounds of those it has")
+    if m.task == "text2text-generation":
+        raise BadInputError(f"bundle {bundle.path} is a text2text-generation bundle: `validate` re-runs the gate of "
+                            "`convert` and `convert-llm` bundles; convert-seq2seq's gate runs as it converts: convert "
+                            "the model again (--overwrite) to re-check it")
+    return thresholds
 
 
 def _recorded_bounds_hint(bundle, precision: str, used: Thresholds) -> str | None:

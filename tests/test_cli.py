@@ -122,7 +122,7 @@ def test_classify_on_an_empty_file_says_there_are_no_texts(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv,name", [
     (["convert", "M", "-o", "O"], "convert"),
-    (["validate", "B", "--source", "M"], "validate"),
+    (["validate", "B", "--source", "M"], "validate --source"),
     (["convert-llm", "M", "-o", "O", "--tokenizer", "T"], "convert-llm"),
     (["zoo", "build", "minilm-sentiment", "-o", "Z"], "zoo build"),
     (["bench", "B", "--dataset-dir", "D", "--paddle-model", "P"], "bench --paddle-model"),

@@ -153,6 +153,12 @@ def test_validate_reruns_the_gate_of_an_llm_bundle(llama, tmp_path, capsys):
     (swapped / "manifest.json").write_text(json.dumps(man))
     assert main(["-q", "validate", str(swapped), "--source", str(src / "model"), *relaxed]) == 3
     assert "fused-fp32" in capsys.readouterr().err
+    # the same judgement without Paddle (the outputs the bundle keeps): passes, and refuses the swapped decoder
+    assert main(["validate", str(dest), *relaxed]) == 0
+    out = capsys.readouterr().out
+    assert all(f"{p} " in out for p in m.models) and all(f"fused-{p} " in out for p in m.extra["fused"]), out
+    assert main(["-q", "validate", str(swapped), *relaxed]) == 3
+    assert "fused-fp32" in capsys.readouterr().err
 
 
 def test_validate_refuses_an_adapter_bundle_with_the_fix(tmp_path):

@@ -175,7 +175,7 @@ def reexport(manifest, source: Path, samples_npz: Path, work: Path) -> Path:
     return work / "static"
 
 
-def regate_fused(bundle, samples: list[dict], refs: list[list], thresholds: dict) -> dict:
+def regate_fused(bundle, samples: list[dict], refs: list[list], thresholds: dict, device: str = "cpu") -> dict:
     """The bundle's fused decoders judged on the recorded steps against Paddle's logits `refs` (the static
     program's first output), each whatever another did: precision -> report, or the error it failed with (a refused
     gate, a crash, samples it cannot be judged on)."""
@@ -190,7 +190,7 @@ def regate_fused(bundle, samples: list[dict], refs: list[list], thresholds: dict
         spec = DecoderSpec(**entry["options"]["spec"])
         try:
             out[prec] = gate(prec, bundle.path / entry["file"], spec, steps, pad,
-                             thresholds.get(prec, DEFAULT_THRESHOLDS[prec]))
+                             thresholds.get(prec, DEFAULT_THRESHOLDS[prec]), device)
         except (ValidationError, ConversionError, BadInputError) as e:
             out[prec] = e
     return out

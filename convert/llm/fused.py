@@ -529,14 +529,16 @@ def replay(decoder, steps: list[dict[str, np.ndarray]], pad_id: int) -> list[tup
     return pairs
 
 
-def gate(precision: str, model_path: Path, spec: DecoderSpec, steps: list[dict], pad_id: int, thr) -> dict:
-    """The fused decoder's logits against Paddle's on the recorded scenario (CPU); ValidationError on failure."""
+def gate(precision: str, model_path: Path, spec: DecoderSpec, steps: list[dict], pad_id: int, thr,
+         device: str = "cpu") -> dict:
+    """The fused decoder's logits against Paddle's on the recorded scenario (on the CPU, or onnxruntime's CUDA
+    provider: device "gpu"); ValidationError on failure."""
     from paddle2ort.runtime.fused import FusedDecoder
     from paddle2ort.runtime.session import SessionOptions
 
     from ..validate import compare_pooled, judge
     longest = int(steps[0]["attention_mask"].sum(-1).max())
-    dec = FusedDecoder(model_path, spec.to_json(), SessionOptions(device="cpu"), max_length=longest + len(steps))
+    dec = FusedDecoder(model_path, spec.to_json(), SessionOptions(device=device), max_length=longest + len(steps))
     pairs = replay(dec, steps, pad_id)
     # pooled over the prefill and every decode step: never one step of a few rows judged alone
     m = compare_pooled([r for r, _ in pairs], [g for _, g in pairs], class_axis=True, tie_margin=thr.tie_margin)
