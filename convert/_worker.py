@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sys
 import traceback
 from collections import Counter
@@ -337,12 +338,27 @@ def task_reference(args: dict) -> dict:
             arr = data[key]
             h.reshape(list(arr.shape))
             h.copy_from_cpu(np.ascontiguousarray(arr))
-        pred.run()
+        try:
+            pred.run()
+        except Exception as e:  # noqa: BLE001 - Paddle's own error types: it refused the inputs, not a crash
+            shapes = ", ".join(f"{n} {data[f'{i}/{n}'].dtype}{list(data[f'{i}/{n}'].shape)}" for n in names_in)
+            raise BadInput(f"Paddle Inference refused sample {i} ({shapes}): {_paddle_error_line(e)}. The model "
+                           "does not take inputs like these (the generated ones, your --inputs, or a bundle's "
+                           "recorded ones under `validate`): give --input-shape NAME:D0,D1,... with sizes it takes, "
+                           "or --inputs FILE.npz with real inputs (arrays named after its inputs)") from e
         for j, name in enumerate(pred.get_output_names()):
             result[f"{i}/{j}"] = pred.get_output_handle(name).copy_to_cpu()
     with atomic_path(args["outputs_npz"], suffix=".npz") as tmp:
         np.savez(tmp, **result)
     return {"num_outputs": len(pred.get_output_names())}
+
+
+def _paddle_error_line(e: Exception) -> str:
+    """The line of a Paddle error that says what is wrong ("InvalidArgumentError: ... expected >= 0 and < 48, but
+    got 48"), without its C++ stack."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    hit = next((ln for ln in lines if re.search(r"\w+Error: ", ln)), lines[0] if lines else type(e).__name__)
+    return re.sub(r"\s*\[Hint:.*$", "", hit)[:400].rstrip(". ")
 
 
 def _translate_to_pir(model_file: str, workdir: str) -> tuple[str, str]:

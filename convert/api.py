@@ -608,10 +608,14 @@ def gate_hint(precision: str, e: ValidationError, model_path: Path, user_inputs:
                 f"high, so few did. If that is acceptable, stop judging the worst error of the {precision} "
                 f"model's outputs: --threshold {precision}.max_rel_diff=1 (and a looser {precision}.max_rel_rmse if "
                 "the rms error failed too); the cosine stays judged.")
-    selected = []
-    if not user_inputs:
-        selected = sorted({f["output"] for f in e.failures} & data_dependent_outputs(model.graph))
-    if selected:
+    selected = sorted({f["output"] for f in e.failures} & data_dependent_outputs(model.graph))
+    if selected and user_inputs and precision != "fp32":
+        return (f"{', '.join(map(repr, selected))} select(s) a data-dependent set of rows (NMS, top-k), judged as "
+                f"sets of detections where they are lists of them: on your inputs {precision} rounding changed which "
+                "rows are selected, or their values, beyond the bounds above (selection amplifies small errors: "
+                "a candidate near the cut leaves, another enters). If that is acceptable, loosen the failing bounds "
+                f"with --threshold {precision}.METRIC=VALUE; else leave {precision} out of --precision.")
+    if selected and not user_inputs:
         where = ("on the synthetic images built from infer_cfg.yml's preprocessing that selection may hinge on "
                  "near-ties" if deployment_feed else "on generated random inputs that selection is meaningless and "
                  "breaks ties differently")

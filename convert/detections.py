@@ -12,8 +12,9 @@ against the agreement with the precision's usual allowance. An unmatched detecti
 where its score is clear of the other list's cut (the near-tie rule: within tie_margin x the reference's score
 spread of that cut it may fall either side on another host).
 
-Which outputs are detection lists is read from the graph (downstream of a NonMaxSuppression node, rank 2, a float
-row of at least 6), never from output names. Written by hand: onnx and onnxruntime compare no detection sets, and
+Which outputs are detection lists is read from the graph (downstream of a NonMaxSuppression or, a DETR's
+post-processing, a TopK node, rank 2, a float row of at least 6 whose first column is whole class ids), never from
+output names. Written by hand: onnx and onnxruntime compare no detection sets, and
 pycocotools' matching scores a model against ground truth, not two models' lists. NumPy and onnx only.
 """
 from __future__ import annotations
@@ -24,11 +25,16 @@ from .metrics import compare_pooled
 
 SAME_IOU = 0.8              # one candidate box, moved by rounding (FP16/INT8 move corners by well under 5% of a side)
 MATCH_IOU = 0.5             # below SAME_IOU, down to this: a neighbour of the same NMS cluster kept instead
+PROBABILITY_FLOOR = 0.1    # a probability score's error is judged against at least this much of its [0, 1] range
 ROW = 6                     # class, score, x1, y1, x2, y2 (extra columns, e.g. a rotated box's, are compared too)
 
 
+SELECTING = ("NonMaxSuppression", "TopK")   # ops that pick a data-dependent set of candidates (a DETR keeps its top k)
+
+
 def nms_outputs(model) -> set[str]:
-    """Names of the graph outputs computed from a NonMaxSuppression node's result (any path)."""
+    """Names of the graph outputs computed from a NonMaxSuppression's or TopK's result (any path): a detector's
+    list of kept candidates (a DETR's post-processing selects its top-k queries with no NMS)."""
     producer = {o: n for n in model.graph.node for o in n.output if o}
     memo: dict[str, bool] = {}
 
@@ -46,7 +52,7 @@ def nms_outputs(model) -> set[str]:
             node = producer.get(cur)
             if node is None:
                 continue
-            if node.op_type == "NonMaxSuppression":
+            if node.op_type in SELECTING:
                 return True
             todo.extend(i for i in node.input if i)
         return False
@@ -60,8 +66,12 @@ def nms_outputs(model) -> set[str]:
 
 
 def is_detection_list(ref: np.ndarray) -> bool:
-    """A float [N, >= 6] array: one detection a row."""
-    return ref.ndim == 2 and ref.shape[1] >= ROW and np.issubdtype(ref.dtype, np.floating)
+    """A float [N, >= 6] array whose first column holds class ids (whole numbers): one detection a row. (Logits
+    [N, C] downstream of a TopK, e.g. a mixture-of-experts router's, are not.)"""
+    if not (ref.ndim == 2 and ref.shape[1] >= ROW and np.issubdtype(ref.dtype, np.floating)):
+        return False
+    ids = ref[:, 0][np.isfinite(ref[:, 0])]
+    return bool(np.all(ids == np.round(ids)))
 
 
 def _corners(b: np.ndarray) -> np.ndarray:
@@ -153,12 +163,28 @@ def compare_detection_lists(refs: list[np.ndarray], gots: list[np.ndarray], tie_
     argmax agreement."""
     d = compare_detections(refs, gots, tie_margin)
     ar, ag = d.pop("aligned_ref"), d.pop("aligned_got")
-    parts = [compare_pooled([ar[:, 1]], [ag[:, 1]], False), compare_pooled([ar[:, 2:]], [ag[:, 2:]], False)]
+    parts = [_probability_scale(compare_pooled([ar[:, 1]], [ag[:, 1]], False), ar[:, 1], ag[:, 1]),
+             compare_pooled([ar[:, 2:]], [ag[:, 2:]], False)]
     m = dict(max(parts, key=lambda p: p["max_rel_diff"]))         # its max_abs_diff and spread go together
     rms = max(parts, key=lambda p: p["rel_rmse"])
     m.update({"rel_rmse": rms["rel_rmse"], "std": rms["std"], "cosine": min(p["cosine"] for p in parts),
               "nonfinite": sum(int(np.sum(~np.isfinite(np.asarray(g, np.float64)))) for g in gots),
               "signal": any(p["signal"] for p in parts), "kind": "detections", **d})
+    return m
+
+
+def _probability_scale(m: dict, ref: np.ndarray, got: np.ndarray) -> dict:
+    """Scores that are probabilities (every reference score in [0, 1]) judged against at least PROBABILITY_FLOOR
+    of that range: a DETR's top-k scores cluster near its best (std 0.039 on a trial RT-DETR), and FP16's 0.0016
+    rms error, which moves no score across any threshold a user sets, read as 4% of that spread."""
+    ok = np.isfinite(ref) & np.isfinite(got)
+    if not ref.size or not ok.any() or not np.all((ref >= 0) & (ref <= 1)) or "shape_ref" in m:
+        return m
+    diff = np.abs(got[ok] - ref[ok])
+    m = dict(m)
+    m["max_rel_diff"] = min(m["max_rel_diff"], float(diff.max()) / PROBABILITY_FLOOR)
+    m["rel_rmse"] = min(m["rel_rmse"], float(np.sqrt(np.mean(diff ** 2))) / PROBABILITY_FLOOR)
+    m["spread"], m["std"] = max(m["spread"], PROBABILITY_FLOOR), max(m["std"], PROBABILITY_FLOOR)
     return m
 
 

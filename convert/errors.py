@@ -118,6 +118,8 @@ class OperatorFormError(ConversionError):
 
 def _figures(m: dict) -> str:
     """A failed output's figures in one bracket: error figures, or a label output's agreements (convert.labels)."""
+    if "checked" in m:                  # the lineage row (convert.lineage): weights and nodes, no output figures
+        return f"{m['checked']} weights and nodes checked, largest excess over rounding {m['max_abs_diff']:.3g}"
     if m.get("kind") == "labels":
         return (f"label_agreement={m['argmax_agreement']}, class_agreement={m['class_agreement']}, "
                 f"near_ties={m['near_ties']} of {m['label_rows']}, margins from the {m['margin_scores']} scores")

@@ -5,7 +5,8 @@ FP16's ~1% noise); these invariants can, on every host alike (no kernels run):
 - fp16: every node of the FP32 graph is kept (same name and op type; the pass only adds Casts) and every FP32
   float weight is in the variant as itself or as its float16 rounding;
 - int8 (dynamic): each quantized weight W_quantized/W_scale/W_zero_point dequantizes to within half a
-  quantization step of the FP32 W; float weights kept under their FP32 name are unchanged; nodes its graph
+  quantization step of the FP32 W; float weights kept under their FP32 name are unchanged, and FP32 tensors its
+  constant folding turned into weights equal their value recomputed from the FP32 weights; nodes its graph
   optimizer never fuses (activations but Relu/Clip/HardSwish, Adds of two computed tensors) are kept. (Fused nodes, e.g.
   BatchNormalization folded into Conv, get new names and weights: those are judged by the outputs alone.)
 Weight-only MatMulNBits variants (int4, LLM int8) are judged by their outputs alone.
@@ -201,8 +202,16 @@ def check_lineage(precision: str, fp32_path: Path, variant_path: Path) -> dict:
     excess: list[tuple[str, np.ndarray]] = []
     checked, worst = 0, 0.0
     quantized = {k[:-len("_quantized")] for k in var if k.endswith("_quantized")}
+    refolded: set[str] = set()
     if precision == "int8":
-        ref.update(_folded(ref_model, ref, quantized - set(ref)))
+        # the int8 pass's constant folding turns FP32 tensors computed from weights alone into constants of the same
+        # name (a reshaped fc weight it then quantizes; Swin's relative-position bias gathered from its table, its
+        # shift masks): each is recomputed from the FP32 weights, so a changed one is caught as a changed weight
+        computed = {o for n in ref_model.graph.node for o in n.output}
+        constants = {k for k in var if k not in ref and k in computed and _floating(var[k])}
+        folded = _folded(ref_model, ref, (quantized - set(ref)) | constants)
+        refolded = set(folded) & constants
+        ref.update(folded)
     if precision in ("fp16", "int8"):
         nodes = {n.name: n.op_type for n in var_model.graph.node}
         produced = {o for n in var_model.graph.node for o in n.output}
@@ -220,6 +229,8 @@ def check_lineage(precision: str, fp32_path: Path, variant_path: Path) -> dict:
                 if var[name].dtype == np.float16 and w.dtype != np.float16:
                     tol = np.maximum(np.abs(w64) * FP16_ULP, FP16_TINY)
                     tol = np.where(np.abs(w64) > 65504, np.inf, tol)
+                elif name in refolded:          # float32 rounding of the fold, in whatever order it computed
+                    tol = 1e-5 * np.abs(w64) + 1e-7 * float(np.abs(w64[np.isfinite(w64)]).max(initial=0.0))
                 else:
                     tol = np.zeros_like(w64)
                 with np.errstate(invalid="ignore"):          # inf - inf: an attention mask's -inf kept as -inf

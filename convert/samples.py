@@ -202,6 +202,16 @@ def _text_feed(specs: dict[str, dict], shape: tuple[int, int], rng: np.random.Ge
     return {n: np.ascontiguousarray(feed[n]).astype(np.dtype(s["dtype"])) for n, s in specs.items()}
 
 
+def _positions_cap(inputs: list[dict], fixed: dict, length: int) -> int:
+    """A text sample's length, at most the rows of the position table a position_ids input indexes (a UIE export
+    with 48 positions was fed 64: Paddle refused it), unless --input-shape fixed the text inputs' sizes."""
+    pos = next((s for s in inputs if s["name"] == "position_ids"), None)
+    if pos is None or pos["name"] in fixed or len(pos["shape"]) != 2 or pos["shape"][1] >= 0:
+        return length
+    table = pos.get("int_high")
+    return min(length, table) if table else length
+
+
 def make_samples(inputs: list[dict], cfg: SampleConfig, tokenizer=None) -> list[dict[str, np.ndarray]]:
     """Seeded inputs from the model's specs: images with rendered structure, token ids from real sentences
     when `tokenizer` (a paddle2ort.tokenization Tokenizer) is given, else a tokenizer-like feed for the text inputs
@@ -225,7 +235,7 @@ def make_samples(inputs: list[dict], cfg: SampleConfig, tokenizer=None) -> list[
         sample = {}
         if tokenizer is not None and any(s["name"] == "input_ids" for s in inputs):
             ids = next(s for s in inputs if s["name"] == "input_ids")
-            length = _shape(ids, batch, dyn, hw, fixed)[1]
+            length = _positions_cap(inputs, fixed, _shape(ids, batch, dyn, hw, fixed)[1])
             sample.update(_token_arrays(tokenizer, inputs, batch, length, offset=k * batch))
             if sample["input_ids"].shape[1] < length:        # pad to the sample's length: dynamic shapes exercised
                 pad = length - sample["input_ids"].shape[1]
@@ -236,7 +246,7 @@ def make_samples(inputs: list[dict], cfg: SampleConfig, tokenizer=None) -> list[
         if not sample and "input_ids" in text and np.issubdtype(np.dtype(text["input_ids"]["dtype"]), np.integer):
             shape = _shape(text["input_ids"], batch, dyn, hw, fixed)
             if all(_shape(s, batch, dyn, hw, fixed) == shape for s in text.values()):
-                sample.update(_text_feed(text, shape, rng))
+                sample.update(_text_feed(text, (shape[0], _positions_cap(inputs, fixed, shape[1])), rng))
         for spec in inputs:
             if spec["name"] in sample or spec.get("lengths"):
                 continue

@@ -171,11 +171,11 @@ def lineage_row(precision: str, fp32_model: Path, model_path: Path) -> dict:
 
 
 def detection_figures(model, names: list[str], refs, got, tie_margin: float) -> dict[int, dict]:
-    """{output index: figures} of the outputs a NonMaxSuppression computes (convert.detections: compared as sets
-    of detections, not element by element); none for a graph without one. model: the ONNX ModelProto."""
-    if not any(n.op_type == "NonMaxSuppression" for n in model.graph.node):
+    """{output index: figures} of the outputs a NonMaxSuppression or TopK selects (convert.detections: detection
+    lists compared as sets, not element by element); none for a graph without one. model: the ONNX ModelProto."""
+    from .detections import SELECTING, compare_nms_outputs
+    if not any(n.op_type in SELECTING for n in model.graph.node):
         return {}
-    from .detections import compare_nms_outputs
     return compare_nms_outputs(model, names, refs, got, tie_margin)
 
 

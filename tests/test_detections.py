@@ -143,3 +143,36 @@ def test_a_neighbour_kept_instead_counts_against_the_agreement_only():
     assert judge(ref, got) == []                # 39 of 40 the same box: within FP16's allowance, no score error
     v = judge(ref, np.stack([_neighbour(r) for r in ref]))
     assert any("40 a neighbour kept instead" in x for x in v), v
+
+
+def topk_graph() -> onnx.ModelProto:
+    """A DETR's post-processing: scores -> TopK -> gather of the kept queries' rows -> a [N, 6] list; beside it a
+    router's logits [N, 8] computed after a TopK too (not a detection list: its first column is no class id)."""
+    nodes = [helper.make_node("TopK", ["scores", "k"], ["vals", "idx"], axis=0),
+             helper.make_node("Gather", ["rows", "idx"], ["dets"], axis=0),
+             helper.make_node("Gather", ["logits_in", "idx"], ["logits"], axis=0)]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [30]),
+                                       helper.make_tensor_value_info("rows", TensorProto.FLOAT, [30, 6]),
+                                       helper.make_tensor_value_info("logits_in", TensorProto.FLOAT, [30, 8])],
+                          [helper.make_tensor_value_info("dets", TensorProto.FLOAT, [None, 6]),
+                           helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 8])],
+                          [helper.make_tensor("k", TensorProto.INT64, [1], [20])])
+    return helper.make_model(g)
+
+
+def test_a_top_k_list_is_judged_as_detections_and_logits_are_not():
+    assert nms_outputs(topk_graph()) == {"dets", "logits"}
+    ref = detections(20)
+    ref[:, 1] = np.linspace(0.95, 0.85, 20)             # a DETR's top-k scores cluster near its best (std ~0.03)
+    logits = np.random.default_rng(0).standard_normal((20, 8)).astype(np.float32)
+    got = ref[np.random.default_rng(1).permutation(20)]
+    got[:, 1] += np.random.default_rng(2).normal(0, 0.0016, 20)          # FP16's error on the trial's RT-DETR
+    figs = compare_nms_outputs(topk_graph(), ["dets", "logits"], [[ref, logits]], [[got, logits]], FP16.tie_margin)
+    assert set(figs) == {0} and figs[0]["kind"] == "detections"     # the logits stay judged element by element
+    assert violations(figs[0], FP16, exact=False) == []
+    off = ref.copy()
+    off[:, 1] -= 0.05                                   # every score lowered by 0.05: refused
+    figs = compare_nms_outputs(topk_graph(), ["dets", "logits"], [[ref, logits]], [[off, logits]], FP16.tie_margin)
+    assert violations(figs[0], FP16, exact=False) != []
+    assert violations(compare_nms_outputs(topk_graph(), ["dets"], [[ref]], [[got]], 0.0)[0],
+                      DEFAULT_THRESHOLDS["fp32"], exact=False) != []    # FP32's bounds still see 0.0016
