@@ -72,7 +72,7 @@ def _check_images(m, shape, what: str):
           f"{sorted(set(y.reshape(n, -1, y.shape[-1]).argmax(-1).ravel().tolist()))[:12]}")
 
 
-# ---------------------------------------------------------------- ViT / DeiT (ppcls/arch/backbone/model_zoo/vision_transformer.py)
+# --- ViT / DeiT (ppcls/arch/backbone/model_zoo/vision_transformer.py)
 
 
 class _Mlp:
@@ -165,7 +165,7 @@ def build_vit(out: Path, distilled: bool = False):
     _save(m, out, [paddle.static.InputSpec([None, 3, 64, 64], "float32", "x")])
 
 
-# ---------------------------------------------------------------- Swin (ppcls/arch/backbone/legendary_models/swin_transformer.py)
+# --- Swin (ppcls/arch/backbone/legendary_models/swin_transformer.py)
 
 
 def _relative_position_index(ws: int) -> np.ndarray:
@@ -306,7 +306,7 @@ def build_swin(out: Path):
     _save(m, out, [paddle.static.InputSpec([None, 3, 64, 64], "float32", "x")])
 
 
-# ---------------------------------------------------------------- RT-DETR (ppdet/modeling/transformers/rtdetr_transformer.py)
+# --- RT-DETR (ppdet/modeling/transformers/rtdetr_transformer.py)
 
 RTDETR_CLASSES = 10
 RTDETR_QUERIES = 30
@@ -520,7 +520,7 @@ def build_rtdetr(out: Path, with_cfg: bool = True, raw: bool = False):
         (out / "infer_cfg.yml").write_text(RTDETR_CFG.format(s=RTDETR_SIZE, labels=labels))
 
 
-# ---------------------------------------------------------------- SVTR (ppocr/modeling/backbones/rec_svtrnet.py)
+# --- SVTR (ppocr/modeling/backbones/rec_svtrnet.py)
 
 SVTR_CLASSES = 97          # blank + 95 printable ASCII + space (PaddleOCR's en_dict with use_space_char)
 
@@ -635,7 +635,7 @@ def build_svtr(out: Path, dynamic: bool = False):
     _save(m, out, [paddle.static.InputSpec([None, 3, 32, None if dynamic else 100], "float32", "x")])
 
 
-# ---------------------------------------------------------------- UIE (paddlenlp/taskflow information_extraction, model UIE)
+# --- UIE (paddlenlp/taskflow information_extraction, model UIE)
 
 
 def _uie_classes():
