@@ -5,7 +5,8 @@ and record the decision with its evidence in the bundle (manifest `extra.release
 Quality budget, relative to FP32 on the same data and device:
 - text classifiers: accuracy drop in points, `(acc_fp32 - acc) * 100 <= budget`;
 - LLM bundles: perplexity increase in percent, `(ppl / ppl_fp32 - 1) * 100 <= budget`.
-A precision that fails the conversion gate is no candidate. Among the candidates within budget the fastest wins,
+A precision that fails the conversion gate is no candidate; on the GPU, one that fails it re-run there is no GPU
+candidate (gate_on_device: the CPU computes most FP16 operators in float32, CUDA in half). Among the candidates within budget the fastest wins,
 except that a more exact precision (fp32 > fp16 > int8 > int4) within `tie_margin` of the fastest is preferred:
 timing noise never flips a release to a less exact model.
 
@@ -377,6 +378,36 @@ def measure_llm(cfg: ReleaseConfig, bundle: Path, device: str, precisions: list[
             "new_tokens": cfg.new_tokens, "threads": threads, "rows": raw}, rows
 
 
+def gate_on_device(bundle: Path, device: str, gate: dict[str, dict], thresholds: dict) -> dict[str, dict]:
+    """The conversion gate judged each model on this host's CPU; on the GPU a model computes otherwise (onnxruntime's
+    CPU provider runs most FP16 operators in float32, CUDA in half precision: an overflow the CPU never sees), so a
+    GPU candidate is judged again there (convert.hostcheck: the bundle's recorded samples and Paddle outputs, the
+    conversion's bounds). -> the gate record per precision for `device` (a model refused there: failure, reason and
+    a note naming the device). A bundle whose Paddle outputs were too large to keep is judged by the CPU's gate, as
+    the log says."""
+    if device != "gpu":
+        return gate
+    from paddle2ort.convert.hostcheck import check_host
+    from paddle2ort.convert.validate import GateRerunError, failure_kind
+    try:
+        check_host(bundle, device, thresholds=thresholds)
+        return gate
+    except GateRerunError as e:
+        failed = e.errors
+    except BadInputError as e:                  # cannot be checked there (no recorded outputs): the CPU's verdict
+        log.warning("%s: the gate was not re-run there (%s); its candidates are those the CPU's gate passed", device,
+                    failure_line(e))
+        return gate
+    out = dict(gate)
+    for name, err in failed.items():
+        prec = name.removeprefix("fused-")      # an LLM's fused decoder is its precision's CPU/GPU default graph
+        if prec in out and out[prec].get("passed"):
+            out[prec] = {**out[prec], "passed": False, "failure": failure_kind(err), "reason": failure_line(err),
+                         "note": f"failed the conversion gate on the {device}: {failure_line(err)}"}
+            log.warning("%s is not a %s candidate: %s", prec, device, failure_line(err))
+    return out
+
+
 def _device_precisions(cfg: ReleaseConfig, device: str, passed: list[str]) -> tuple[list[str], dict[str, str]]:
     """What runs on the device: FP32 (the baseline) + the candidates that passed their gate. Dynamic INT8 of a
     classifier is not run on GPU (its quantize ops run on the CPU there), as in `paddle2ort bench`."""
@@ -575,7 +606,9 @@ def run_release(cfg: ReleaseConfig) -> ReleaseReport:
         passed = [p for p in asked + ["fp32"] if gate.get(p, {}).get("passed")]
         decisions, raw, unmeasured = {}, {}, {}
         for dev in devices:
-            run_precs, skipped = _device_precisions(cfg, dev, passed)
+            dev_gate = gate_on_device(stage, dev, gate, conversion.thresholds)
+            dev_passed = [p for p in passed if dev_gate.get(p, {}).get("passed")]
+            run_precs, skipped = _device_precisions(cfg, dev, dev_passed)
             try:
                 raw[dev], rows = (measure_llm(cfg, stage, dev, run_precs, measured_on) if cfg.is_llm
                                   else measure_classifier(cfg, stage, dev, run_precs))
@@ -583,7 +616,7 @@ def run_release(cfg: ReleaseConfig) -> ReleaseReport:
                 log.warning("%s: the measurement failed (the other devices go on): %s", dev, failure_line(e))
                 unmeasured[dev], rows = e, []
             by = {r["precision"]: r for r in rows}
-            cands = candidates(asked, gate, by, skipped)
+            cands = candidates(asked, dev_gate, by, skipped)
             chosen = decide(cands, cfg.budget, cfg.tie_margin,
                             *(("tokens_per_s", True) if cfg.is_llm else ("ms_per_sample", False)))
             decisions[dev] = {"chosen": chosen, "baseline": by.get("fp32"), "candidates": cands, "host": _host(dev),

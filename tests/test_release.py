@@ -479,3 +479,40 @@ def test_a_device_whose_measurement_fails_hides_no_other_device(tiny_models, dat
     assert gpu["chosen"] is None and "planted" in gpu["measurement_failed"]
     assert "Not measured: CUDAExecutionProvider" in captured.out
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["ci", "data"]
+
+
+def test_a_gpu_candidate_is_judged_by_the_gate_on_the_gpu(tiny_models, dataset, tmp_path, monkeypatch, capsys):
+    """onnxruntime's CPU provider computes most FP16 operators in float32, CUDA in half precision: the gate's CPU
+    verdict does not speak for the GPU. The release re-runs the gate there (convert.hostcheck, the bundle's recorded
+    Paddle outputs) and a precision refused there is no GPU candidate, while the CPU may still release it. (The GPU
+    is simulated: its gate re-run refuses fp16, its measurement runs on the CPU.)"""
+    from paddle2ort.benchmarks import release
+    from paddle2ort.convert import hostcheck
+    from paddle2ort.convert.errors import ValidationError
+    from paddle2ort.convert.validate import GateRerunError
+    real_measure, real_check = release.measure_classifier, hostcheck.check_host
+    seen = []
+
+    def check(bundle, device="cpu", thresholds=None, overrides=None):
+        seen.append(device)
+        if device == "gpu":
+            res = real_check(bundle, "cpu", thresholds)     # every model judged (on the CPU here) ...
+            refused = ValidationError("fp16", [{"output": "logits", "sample": "0..1 pooled", "violations": [
+                "planted: overflow in half precision"], "metrics": {"max_abs_diff": 1.0, "max_rel_diff": 1.0,
+                                                                     "cosine": 0.5, "argmax_agreement": 0.5}}])
+            raise GateRerunError(bundle, {"fp16": refused}, {p: r for p, r in res.reports.items() if p != "fp16"})
+        return real_check(bundle, device, thresholds, overrides)
+    monkeypatch.setattr(release, "gpu_available", lambda: True)
+    monkeypatch.setattr(release, "measure_classifier", lambda cfg, b, d, p: real_measure(cfg, b, "cpu", p))
+    monkeypatch.setattr(hostcheck, "check_host", check)
+    out = tmp_path / "bundle"
+    args = release_args(tiny_models("bert_classifier"), out, dataset, "--precision", "fp32,fp16", "--budget", "100")
+    args[args.index("--device") + 1] = "cpu,gpu"
+    assert main(args) == 0, capsys.readouterr().err
+    assert seen == ["gpu"]                              # the CPU's verdict is the conversion gate's own
+    report = json.loads((out / "release" / "report.json").read_text())
+    gpu = {c["precision"]: c for c in report["devices"]["gpu"]["candidates"]}
+    cpu = {c["precision"]: c for c in report["devices"]["cpu"]["candidates"]}
+    assert gpu["fp16"]["gate_passed"] is False and "on the gpu: " in gpu["fp16"]["note"]
+    assert "planted" in gpu["fp16"]["reason"] and report["devices"]["gpu"]["chosen"] == "fp32"
+    assert cpu["fp16"]["gate_passed"] is True
