@@ -6,9 +6,9 @@ Quality budget, relative to FP32 on the same data and device:
 - text classifiers: accuracy drop in points, `(acc_fp32 - acc) * 100 <= budget`;
 - LLM bundles: perplexity increase in percent, `(ppl / ppl_fp32 - 1) * 100 <= budget`.
 A precision that fails the conversion gate is no candidate; on the GPU, one that fails it re-run there is no GPU
-candidate (gate_on_device: the CPU computes most FP16 operators in float32, CUDA in half). Among the candidates within budget the fastest wins,
-except that a more exact precision (fp32 > fp16 > int8 > int4) within `tie_margin` of the fastest is preferred:
-timing noise never flips a release to a less exact model.
+candidate (gate_on_device: the CPU computes most FP16 operators in float32, CUDA in half). Among the candidates
+within budget the fastest wins, except that a more exact precision (fp32 > fp16 > int8 > int4) within `tie_margin`
+of the fastest is preferred: timing noise never flips a release to a less exact model.
 
 A candidate whose own conversion crashes (its precision pass, onnxruntime failing on its model) is no candidate
 either: the report names it and why, the others are converted, measured and decided as ever, and the release then
