@@ -684,8 +684,7 @@ def revalidate(bundle_dir: Path, source_path: Path, thresholds: dict[str, Thresh
     gates with (convert-llm's for a text-generation bundle); overrides: {"PREC.METRIC": value} on top; device:
     where the models run ("cpu", or "gpu": onnxruntime's CUDA provider). Without Paddle: convert.hostcheck.
     -> name -> report of every model (all passed)."""
-    if device not in ("cpu", "gpu"):
-        raise BadInputError(f"device must be cpu or gpu, got {device!r}")
+    check_gate_device(device)
     bundle = load_bundle(bundle_dir, verify=True)
     m = bundle.manifest
     llm = is_llm_bundle(m)
@@ -711,27 +710,47 @@ def revalidate(bundle_dir: Path, source_path: Path, thresholds: dict[str, Thresh
             samples = (load_samples(samples_path, info["inputs"]) if samples_path.is_file()
                        else make_samples(info["inputs"], SampleConfig()))
             refs = paddle_reference(source, samples, work)
-            passed, failed = {}, {}             # every model judged whatever another did
-            for prec in bundle.manifest.models:
-                thr = thresholds.get(prec, DEFAULT_THRESHOLDS[prec])
-                try:
-                    passed[prec] = validate(prec, bundle.model_path(prec), samples, refs,
-                                            list(bundle.manifest.outputs), thr,
-                                            fp32_model=_lineage_reference(bundle, prec), device=device)
-                except ValidationError as e:
-                    hint = _recorded_bounds_hint(bundle, prec, thr)
-                    failed[prec] = e.with_hint(hint) if hint else e
-                except (ConversionError, BadInputError) as e:   # crashed, or cannot be judged: this model only
-                    failed[prec] = e
-            if llm and m.extra.get("fused"):    # the fused decoders, on Paddle's logits of the same recorded steps
-                from .llm.api import regate_fused
-                for prec, rep in regate_fused(bundle, samples, refs, thresholds, device).items():
-                    (failed if isinstance(rep, Exception) else passed)[f"fused-{prec}"] = rep
-            if failed:
-                raise GateRerunError(Path(bundle_dir), failed, passed)
-            return passed
+            return judge_bundle(bundle, Path(bundle_dir), samples, refs, thresholds, device)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def judge_bundle(bundle, bundle_dir: Path, samples: list[dict], refs: list[list[np.ndarray]], thresholds: dict,
+                 device: str = "cpu") -> dict:
+    """Every model of `bundle` (and a text-generation bundle's fused decoders) judged on `samples` against Paddle's
+    outputs `refs`, each whatever another did, run on `device`: -> name -> report (all passed), else GateRerunError
+    naming every failure (a refused gate, a model onnxruntime cannot load or run, samples it cannot be judged on)."""
+    m = bundle.manifest
+    passed, failed = {}, {}
+    for prec in m.models:
+        thr = thresholds.get(prec, DEFAULT_THRESHOLDS[prec])
+        try:
+            passed[prec] = validate(prec, bundle.model_path(prec), samples, refs, list(m.outputs), thr,
+                                    fp32_model=_lineage_reference(bundle, prec), device=device)
+        except ValidationError as e:
+            hint = _recorded_bounds_hint(bundle, prec, thr)
+            failed[prec] = e.with_hint(hint) if hint else e
+        except (ConversionError, BadInputError) as e:   # crashed, or cannot be judged: this model only
+            failed[prec] = e
+    if is_llm_bundle(m) and m.extra.get("fused"):       # the fused decoders, on Paddle's logits of the same steps
+        from .llm.api import regate_fused
+        for prec, rep in regate_fused(bundle, samples, refs, thresholds, device).items():
+            (failed if isinstance(rep, Exception) else passed)[f"fused-{prec}"] = rep
+    if failed:
+        raise GateRerunError(bundle_dir, failed, passed)
+    return passed
+
+
+def check_gate_device(device: str) -> None:
+    """Where a gate re-run's models run: "cpu", or "gpu" where onnxruntime has a usable CUDA provider."""
+    if device not in ("cpu", "gpu"):
+        raise BadInputError(f"device must be cpu or gpu, got {device!r}")
+    if device == "gpu":
+        from paddle2ort.runtime.session import available_providers, gpu_available
+        if not gpu_available():
+            raise BadInputError("--device gpu: onnxruntime here has no usable CUDA provider (providers: "
+                                f"{', '.join(available_providers())}); install onnxruntime-gpu on a host with an "
+                                "NVIDIA GPU, or check this host's CPU with --device cpu")
 
 
 def is_llm_bundle(m) -> bool:

@@ -16,8 +16,8 @@ from paddle2ort.runtime.files import read_json_object
 from paddle2ort.runtime.host import describe_host
 from paddle2ort.runtime.manifest import VALIDATION_NAME, load_bundle
 
-from .errors import BadInputError, ConversionError, ValidationError
-from .validate import DEFAULT_THRESHOLDS, GateRerunError, Thresholds, load_samples, validate
+from .errors import BadInputError
+from .validate import Thresholds, load_samples
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +35,8 @@ def check_inputs(bundle_dir: Path, device: str = "cpu", thresholds: dict[str, Th
                  overrides: dict[str, float] | None = None):
     """Everything the check needs, refused before any model runs: -> (bundle, thresholds, samples, refs,
     recorded validation report)."""
-    from .api import REFERENCE_NAME, SAMPLES_NAME, load_references, rerun_thresholds
-    if device not in ("cpu", "gpu"):
-        raise BadInputError(f"device must be cpu or gpu, got {device!r}")
-    if device == "gpu":
-        from paddle2ort.runtime.session import available_providers, gpu_available
-        if not gpu_available():
-            raise BadInputError("--device gpu: onnxruntime here has no usable CUDA provider (providers: "
-                                f"{', '.join(available_providers())}); install onnxruntime-gpu on a host with an "
-                                "NVIDIA GPU, or check this host's CPU with --device cpu")
+    from .api import REFERENCE_NAME, SAMPLES_NAME, check_gate_device, load_references, rerun_thresholds
+    check_gate_device(device)
     bundle = load_bundle(bundle_dir, verify=True)      # every file's sha256 first
     thresholds = rerun_thresholds(bundle, thresholds, overrides)
     m = bundle.manifest
@@ -71,27 +64,10 @@ def check_host(bundle_dir: Path, device: str = "cpu", thresholds: dict[str, Thre
     text-generation bundle's fused decoders) judged whatever another did, on this host's CPU or (device "gpu")
     onnxruntime's CUDA provider. The failures are raised together as GateRerunError (exit code: the most serious of
     theirs); BadInputError (exit 2) where the bundle cannot be checked this way, before any model runs."""
-    from .api import _lineage_reference, _recorded_bounds_hint, is_llm_bundle
+    from .api import judge_bundle
     bundle, thresholds, samples, refs, recorded = check_inputs(bundle_dir, device, thresholds, overrides)
-    m = bundle.manifest
     host = describe_host(device)
     log.info("re-running the gate of %s on %d recorded sample(s) here: %s", bundle.path, len(samples),
              host["cpu"] if device == "cpu" else host["provider"])
-    passed, failed = {}, {}
-    for prec in m.models:
-        thr = thresholds.get(prec, DEFAULT_THRESHOLDS[prec])
-        try:
-            passed[prec] = validate(prec, bundle.model_path(prec), samples, refs, list(m.outputs), thr,
-                                    fp32_model=_lineage_reference(bundle, prec), device=device)
-        except ValidationError as e:
-            hint = _recorded_bounds_hint(bundle, prec, thr)
-            failed[prec] = e.with_hint(hint) if hint else e
-        except (ConversionError, BadInputError) as e:   # crashed, or cannot be judged: this model only
-            failed[prec] = e
-    if is_llm_bundle(m) and m.extra.get("fused"):       # the fused decoders, on Paddle's logits of the same steps
-        from .llm.api import regate_fused
-        for prec, rep in regate_fused(bundle, samples, refs, thresholds, device).items():
-            (failed if isinstance(rep, Exception) else passed)[f"fused-{prec}"] = rep
-    if failed:
-        raise GateRerunError(Path(bundle_dir), failed, passed)
+    passed = judge_bundle(bundle, Path(bundle_dir), samples, refs, thresholds, device)
     return HostCheck(bundle.path, host, recorded.get("host"), passed)

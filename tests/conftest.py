@@ -133,3 +133,21 @@ def llm_bundles(tiny_models, tmp_path_factory):
                                                  LLM_THRESHOLDS)))
         out[kind] = (src, dest, res.manifest)
     return out
+
+
+def reseal(bundle: Path) -> Path:
+    """The manifest's `files` listed again from disk with their sha256, and each model's own: what a converter that
+    wrote a wrong but self-consistent bundle (or another host's kernels computing it otherwise) looks like."""
+    import hashlib
+    import json
+    m = json.loads((bundle / "manifest.json").read_text())
+    m["files"] = {}
+    for p in sorted(bundle.rglob("*")):
+        if p.is_file() and p.name != "manifest.json":
+            data = p.read_bytes()
+            m["files"][p.relative_to(bundle).as_posix()] = {"sha256": hashlib.sha256(data).hexdigest(),
+                                                            "size_bytes": len(data)}
+    for mf in m["models"].values():
+        mf["sha256"] = m["files"][mf["file"]]["sha256"]
+    (bundle / "manifest.json").write_text(json.dumps(m))
+    return bundle

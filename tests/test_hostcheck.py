@@ -3,7 +3,6 @@ the bundle keeps Paddle's outputs on the gate's samples; another host's CPU (oth
 judged by the same rules. A host that computes a model otherwise (a weight changed, checksums rewritten: what a
 different kernel's error looks like to the gate) is refused; a bundle that cannot be checked this way is exit 2
 before any model runs."""
-import hashlib
 import json
 import os
 import shutil
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import reseal
 from paddle2ort.cli import main
 
 
@@ -33,21 +33,6 @@ def gated(tiny_models, tmp_path_factory):
 def _copy(bundle: Path, dst: Path) -> Path:
     shutil.copytree(bundle, dst)
     return dst
-
-
-def _reseal(bundle: Path) -> Path:
-    """Every file's sha256 recorded again (what a converter that wrote a wrong but self-consistent bundle does)."""
-    m = json.loads((bundle / "manifest.json").read_text())
-    m["files"] = {}
-    for p in sorted(bundle.rglob("*")):
-        if p.is_file() and p.name != "manifest.json":
-            data = p.read_bytes()
-            m["files"][p.relative_to(bundle).as_posix()] = {"sha256": hashlib.sha256(data).hexdigest(),
-                                                            "size_bytes": len(data)}
-    for mf in m["models"].values():
-        mf["sha256"] = m["files"][mf["file"]]["sha256"]
-    (bundle / "manifest.json").write_text(json.dumps(m))
-    return bundle
 
 
 def _scale_largest_weight(model: Path, factor: float) -> None:
@@ -116,7 +101,7 @@ def test_without_onnx_the_check_names_its_extra(gated, monkeypatch, capsys):
 def test_a_host_computing_a_model_otherwise_is_refused(gated, tmp_path, capsys, prec):
     b = _copy(gated, tmp_path / "b")
     _scale_largest_weight(b / f"model.{prec}.onnx", 1.5)
-    _reseal(b)
+    reseal(b)
     report = tmp_path / "r.json"
     assert main(["-q", "validate", str(b), "--report", str(report)]) == 3
     captured = capsys.readouterr()
@@ -129,7 +114,7 @@ def test_a_host_computing_a_model_otherwise_is_refused(gated, tmp_path, capsys, 
 def test_a_bundle_without_the_recorded_outputs_says_how_to_check_it(gated, tmp_path, capsys):
     b = _copy(gated, tmp_path / "old")
     (b / "validation_outputs.npz").unlink()
-    _reseal(b)
+    reseal(b)
     assert main(["-q", "validate", str(b)]) == 2
     err = capsys.readouterr().err
     assert "validation_outputs.npz" in err and "--source" in err

@@ -10,7 +10,6 @@ PaddleOCR SVTR, PaddleNLP UIE) and what the trial found:
   a sample is exit 2 naming its error and --input-shape / --inputs;
 - onnxruntime's INT8 pre-processing folds Swin's relative-position bias gathers and shift masks into constants: the
   lineage check now recomputes them from the FP32 weights, so a zeroed one in model.int8.onnx is refused."""
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -18,23 +17,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import model_builder
+from conftest import model_builder, reseal
 from paddle2ort.cli import main
 
 
 @pytest.fixture(scope="module")
 def trial(tmp_path_factory):
     return model_builder(tmp_path_factory, "paddle_trial_models4.py")
-
-
-def _reseal(bundle: Path) -> None:
-    m = json.loads((bundle / "manifest.json").read_text())
-    for rel, e in m["files"].items():
-        data = (bundle / rel).read_bytes()
-        e["sha256"], e["size_bytes"] = hashlib.sha256(data).hexdigest(), len(data)
-    for mf in m["models"].values():
-        mf["sha256"] = m["files"][mf["file"]]["sha256"]
-    (bundle / "manifest.json").write_text(json.dumps(m))
 
 
 def _scale(model: Path, name: str, factor: float) -> None:
@@ -60,7 +49,7 @@ def test_a_detr_top_k_list_is_judged_as_detections(trial, tmp_path, capsys):
     g = onnx.load(str(planted / "model.fp32.onnx"), load_external_data=False).graph
     head = [t.name for t in g.initializer if t.name.startswith("linear_") and t.name.endswith(".w_0")]
     _scale(planted / "model.fp32.onnx", max(head, key=lambda n: int(n.split("_")[1].split(".")[0])), 1.1)
-    _reseal(planted)
+    reseal(planted)
     capsys.readouterr()
     assert main(["-q", "validate", str(planted)]) == 3
     assert "fp32" in capsys.readouterr().err
@@ -100,7 +89,7 @@ def test_a_folded_int8_constant_is_checked_against_the_fp32_weights(trial, tmp_p
     assert folded                        # the bias gathers / shift masks the INT8 pre-processing folded
     planted = shutil.copytree(out, tmp_path / "planted")
     _scale(planted / "model.int8.onnx", folded[0], 0.0)
-    _reseal(planted)
+    reseal(planted)
     capsys.readouterr()
     assert main(["-q", "validate", str(planted)]) == 3
     err = capsys.readouterr().err
