@@ -234,6 +234,17 @@ def load_error(e: BaseException, model_file: str, params_file: str, origin: str 
                         f"have: {listing}; it was saved by an older Paddle that had them, so neither Paddle Inference "
                         "(the gate's reference) nor paddle2onnx can run it. Re-export it from its training code with "
                         f"a current Paddle, replacing those layers{example}, then convert the new export")
+    first = _paddle_error_line(e)
+    try:
+        with open(model_file, "rb") as f:       # op types are strings in both program formats
+            quantized = b"quantize" in f.read()
+    except OSError:
+        quantized = False
+    if quantized:
+        return BadInput(f"Paddle Inference cannot load this program ({first}), which holds quantization ops (a "
+                        "paddle.quantization / PaddleSlim export): paddle2onnx cannot export such a program to an INT8 "
+                        "ONNX model either. Convert the float model it was quantized from; --precision int8 makes "
+                        "INT8 with onnxruntime's quantizer, judged by the gate")
     if origin:                                   # model_file/params_file: our re-saved copy of a Paddle 1.x folder
         return BadInput(f"Paddle cannot load the model of {origin} (a Paddle 1.x folder, re-saved to convert it): its "
                         f"weight files are truncated, corrupt or do not belong to its program ({first}); re-copy the "

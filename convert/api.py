@@ -20,8 +20,8 @@ from paddle2ort.runtime.manifest import (MANIFEST_NAME, SCHEMA_VERSION, VALIDATI
 
 from . import export as export_stage
 from .bundle import check_outside_inputs, staged_bundle, write_json
-from .errors import (BadInputError, ConversionError, InexactPoolingError, LabelCountError, UnsupportedOperatorsError,
-                     ValidationError, thresholded)
+from .errors import (BadInputError, ConversionError, InexactPoolingError, LabelCountError, QuantizedProgramError,
+                     UnsupportedOperatorsError, ValidationError, thresholded)
 from .fusion import FusionConfig, bundle_graphs
 from .graph import _IDENT, rename_and_annotate, shape_only_outputs, share_duplicate_weights
 from .labels import mask_sources
@@ -425,6 +425,9 @@ def inspect(source: ModelSource, workdir: Path) -> dict:
     origin = str(source.original[0].parent) if source.original else None    # a re-saved Paddle 1.x folder's
     info = run_worker("inspect", {"model_file": str(source.model_file), "params_file": str(source.params_file),
                                   "origin": origin}, workdir)
+    quantized = {op: n for op, n in info["ops"].items() if "quantize" in op.removeprefix("pd_op.")}
+    if quantized:                   # before the unsupported census: fake-quant ops are there too, with other advice
+        raise QuantizedProgramError(quantized, info["paddle2onnx_version"])
     if info["unsupported"]:
         raise UnsupportedOperatorsError(info["unsupported"], info["paddle2onnx_version"])
     if info.get("inexact_adaptive_pools"):
@@ -579,7 +582,7 @@ def _convert(config: ConvertConfig, more_sources: tuple[Path, ...]) -> ConvertRe
 
 FP16_HINT = ("FP16 failing where FP32 passes is usually one operator type overflowing or losing precision in float16 "
              "(BatchNormalization with large running variances, Exp/Pow/ReduceSum over wide ranges): keep it in FP32 "
-             "with --fp16-block-ops OP[,OP] and convert again, or leave fp16 out of --precision.")
+             "with --fp16-block-ops and convert again, or leave fp16 out of --precision.")
 
 
 def gate_hint(precision: str, e: ValidationError, model_path: Path, user_inputs: bool,
@@ -624,8 +627,16 @@ def gate_hint(precision: str, e: ValidationError, model_path: Path, user_inputs:
                 "--inputs FILE.npz with arrays named after the model's inputs (a preprocessed image and the real "
                 "values of its companion inputs).")
     if precision == "fp16":
-        return FP16_HINT + _fp16_block_hint(model, FP16Options().op_block_list if fp16_block is None
-                                            else fp16_block)
+        block = FP16Options().op_block_list if fp16_block is None else fp16_block
+        return FP16_HINT + (_fp16_block_hint(model, block) or (
+            f" --fp16-block-ops replaces the list in force ({','.join(block)}): give it whole with your op added, "
+            f"--fp16-block-ops {','.join(block)},OP."))
+    convs = sum(n.op_type == "ConvInteger" for n in model.graph.node)
+    if precision == "int8" and any(thresholded(f) for f in e.failures) and convs:
+        return (f"{convs} convolution(s) were quantized (ConvInteger): onnxruntime's dynamic INT8 gives each "
+                "convolution weight one scale whatever --int8-per-channel says, and convolutions lose most there (a "
+                "trial RepVGG: cosine 0.88, 0.89 per channel). Leave Conv out of --int8-op-types (the default "
+                "MatMul,Gemm quantizes the linear layers only), or leave int8 out of --precision.")
     if precision == "int8" and any(thresholded(f) for f in e.failures) and _int8_per_tensor(model):
         return ("Dynamic INT8 quantized each weight with one scale (per tensor); weights whose rows differ in range "
                 "lose most there (a random-weight PVTv2 was refused at cosine 0.94 and passed per channel): convert "

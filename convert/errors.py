@@ -46,6 +46,21 @@ class UnsupportedOperatorsError(ConversionError):
             "(e.g. replace fused ops by their primitive form), or register a custom op mapping.")
 
 
+class QuantizedProgramError(ConversionError):
+    """A Paddle program already quantized (PaddleSlim / paddle.quantization: quantize_linear, dequantize_linear or
+    fake-quant ops): paddle2onnx cannot export it to an INT8 ONNX model that computes as Paddle does."""
+
+    def __init__(self, ops: dict[str, int], paddle2onnx_version: str = ""):
+        self.ops = dict(sorted(ops.items()))
+        listing = ", ".join(f"{name} (x{n})" for name, n in self.ops.items())
+        super().__init__(
+            f"the Paddle program is already quantized ({listing}): paddle2onnx {paddle2onnx_version} writes "
+            "quantize_linear/dequantize_linear only as FP8 at opset 19 (an INT8-quantized program aborts its export; "
+            "an FP8 one computed at cosine 0.16 against Paddle in a trial) and no fake-quant op at all. Convert the "
+            "float model it was quantized from instead: --precision fp32,fp16,int8 makes INT8 with onnxruntime's "
+            "quantizer, and the gate judges each against Paddle.")
+
+
 class InexactPoolingError(ConversionError):
     """Adaptive pooling over a map whose size its output size does not divide: paddle2onnx writes every adaptive
     pool as one fixed-window AveragePool/MaxPool, which is Paddle's pooling only where the bins are all alike."""

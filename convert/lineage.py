@@ -110,7 +110,18 @@ def _weights(model) -> dict[str, np.ndarray]:
 
 
 def _floating(a: np.ndarray) -> bool:
-    return a.dtype in (np.float32, np.float16, np.float64) and a.size > 1
+    """A float weight, scalars included (PP-HGNetV2's learnable-affine scale is one value: x1.01 passed FP16)."""
+    return a.dtype in (np.float32, np.float16, np.float64) and a.size >= 1
+
+
+ATTRIBUTE_KINDS = (1, 2, 3, 6, 7, 8)        # FLOAT, INT, STRING, FLOATS, INTS, STRINGS (not tensors, graphs)
+RETYPING = {"to", "dtype"}                  # what a precision pass retypes (a Cast's target) is not compared
+
+
+def _attributes(node) -> dict:
+    from onnx import helper
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute
+            if a.type in ATTRIBUTE_KINDS and a.name not in RETYPING}
 
 
 def _dequantized(q: np.ndarray, scale: np.ndarray, zp: np.ndarray,
@@ -169,25 +180,38 @@ def _folded(ref_model, ref: dict[str, np.ndarray], names: set[str]) -> dict[str,
     return out
 
 
-def _conv_bn_fused(ref_model, ref: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The weights onnxruntime's ConvBnFusion writes ("ConvBnFusion_W_<conv weight>"), recomputed from the FP32
-    Conv weight and the BatchNormalization after it: W * scale / sqrt(var + epsilon), per output channel."""
+def _conv_fused(ref_model, ref: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The weights onnxruntime's Conv fusions write, recomputed from the FP32 graph: ConvBnFusion's
+    "ConvBnFusion_W_<conv weight>" = W * f and "ConvBnFusion_BN_B_<BN bias>" = (conv bias or 0) * f + B - mean * f,
+    f = scale / sqrt(var + epsilon) per output channel; ConvAddFusion's "ConvAddFusion_Add_B_<addend>" = the
+    constant a bias-less Conv's output is added to, flattened (a RepVGG's bias x1.1 in model.int8.onnx passed)."""
     consumers: dict[str, list] = {}
     for n in ref_model.graph.node:
         for x in n.input:
             consumers.setdefault(x, []).append(n)
-    out = {}
+    out, addends = {}, {}
     for n in ref_model.graph.node:
         if n.op_type != "Conv" or len(n.input) < 2 or n.input[1] not in ref:
             continue
-        bns = [c for c in consumers.get(n.output[0], []) if c.op_type == "BatchNormalization"]
-        if len(bns) != 1 or not all(x in ref for x in bns[0].input[1:5]):
-            continue
-        bn = bns[0]
-        eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
-        scale, var = ref[bn.input[1]].astype(np.float64), ref[bn.input[4]].astype(np.float64)
-        w = ref[n.input[1]].astype(np.float64)
-        out[f"ConvBnFusion_W_{n.input[1]}"] = w * (scale / np.sqrt(var + eps)).reshape([-1] + [1] * (w.ndim - 1))
+        after = consumers.get(n.output[0], [])
+        bns = [c for c in after if c.op_type == "BatchNormalization"]
+        if len(after) == 1 and len(bns) == 1 and all(x in ref for x in bns[0].input[1:5]):
+            bn = bns[0]
+            eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+            scale, b, mean, var = (ref[x].astype(np.float64) for x in bn.input[1:5])
+            f = scale / np.sqrt(var + eps)
+            w = ref[n.input[1]].astype(np.float64)
+            out[f"ConvBnFusion_W_{n.input[1]}"] = w * f.reshape([-1] + [1] * (w.ndim - 1))
+            conv_b = ref[n.input[2]].astype(np.float64) if len(n.input) > 2 and n.input[2] in ref else 0.0
+            out[f"ConvBnFusion_BN_B_{bn.input[2]}"] = conv_b * f + b - mean * f
+        elif len(after) == 1 and after[0].op_type == "Add" and (len(n.input) < 3 or not n.input[2]):
+            other = [x for x in after[0].input if x != n.output[0]]
+            if len(other) == 1:
+                addends[other[0]] = f"ConvAddFusion_Add_B_{other[0]}"
+    values = {**{x: ref[x] for x in addends if x in ref}, **_folded(ref_model, ref, set(addends) - set(ref))}
+    for x, name in addends.items():
+        if x in values:
+            out[name] = np.asarray(values[x], np.float64).reshape(-1)
     return out
 
 
@@ -213,13 +237,19 @@ def check_lineage(precision: str, fp32_path: Path, variant_path: Path) -> dict:
         refolded = set(folded) & constants
         ref.update(folded)
     if precision in ("fp16", "int8"):
-        nodes = {n.name: n.op_type for n in var_model.graph.node}
+        nodes = {n.name: n for n in var_model.graph.node}
         produced = {o for n in var_model.graph.node for o in n.output}
         for n in _kept_nodes(ref_model, precision, produced, set(nodes)):
             checked += 1
-            if nodes.get(n.name) != n.op_type:
+            got = nodes.get(n.name)
+            if got is None or got.op_type != n.op_type:
                 violations.append(f"node {n.name!r} ({n.op_type}) of the FP32 graph is "
-                                  + ("missing" if n.name not in nodes else f"now {nodes[n.name]}"))
+                                  + ("missing" if got is None else f"now {got.op_type}"))
+            elif _attributes(got) != _attributes(n):      # a LayerNormalization's epsilon 1e-6 -> 1e-2 passed FP16
+                want, have = _attributes(n), _attributes(got)
+                diff = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
+                violations.append(f"node {n.name!r} ({n.op_type}) has other attributes than in the FP32 graph: "
+                                  + ", ".join(f"{k} {want.get(k)!r} -> {have.get(k)!r}" for k in diff))
         for name, w in ref.items():
             if not _floating(w):
                 continue
@@ -249,9 +279,10 @@ def check_lineage(precision: str, fp32_path: Path, variant_path: Path) -> dict:
             else:
                 continue
             excess.append((name, err))
-        for name, want in (_conv_bn_fused(ref_model, ref).items() if precision == "int8" else ()):
-            if name not in var or var[name].shape != want.shape:
+        for name, want in (_conv_fused(ref_model, ref).items() if precision == "int8" else ()):
+            if name not in var or var[name].size != want.size:
                 continue
+            want = want.reshape(var[name].shape)
             # float32 rounding of the fold, with room for a different association of its products
             excess.append((name, np.abs(var[name].astype(np.float64) - want)
                            - (1e-5 * np.abs(want) + 1e-7 * np.abs(want).max())))

@@ -232,9 +232,65 @@ def to_fp16(src: Path, dst: Path, opts: FP16Options = FP16Options()) -> dict:
                                        disable_shape_infer=typed)
     except Exception as e:  # noqa: BLE001
         raise ConversionError(f"FP16 conversion failed ({type(e).__name__}: {e})") from e
+    dropped = drop_cast_round_trips(m16.graph, _float32_tensors(m16))
+    if dropped:
+        log.info("fp16: %d float32 -> float16 -> float32 Cast round trip(s) between blocked ops removed", dropped)
     OnnxModel(m16).topological_sort()   # the converter appends its input Casts after their consumers
     save_onnx(m16, dst)
     return {"keep_io_types": opts.keep_io_types, "op_block_list": list(opts.op_block_list)}
+
+
+def _float32_tensors(model) -> set[str]:
+    """Names of the float32 tensors of the main graph that can be told without running it: initializers, inputs,
+    Cast(to=FLOAT) outputs and what onnx's type inference finds (none where it cannot run: a model past 2 GiB)."""
+    import onnx
+    from onnx import TensorProto
+    g = model.graph
+    out = {t.name for t in g.initializer if t.data_type == TensorProto.FLOAT}
+    out |= {v.name for v in g.input if v.type.tensor_type.elem_type == TensorProto.FLOAT}
+    out |= {n.output[0] for n in g.node if n.op_type == "Cast"
+            and any(a.name == "to" and a.i == TensorProto.FLOAT for a in n.attribute)}
+    try:
+        typed = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:  # noqa: BLE001 - too large to serialize, or an op it cannot type: fewer round trips dropped
+        return out
+    return out | {v.name for v in typed.graph.value_info if v.type.tensor_type.elem_type == TensorProto.FLOAT}
+
+
+def drop_cast_round_trips(graph, float32: set[str]) -> int:
+    """Cast(to=FLOAT) of a Cast(to=FLOAT16) of a float32 tensor -> that tensor. onnxruntime's float16 converter
+    casts around each blocked op on its own, so a tensor between two blocked ops (a decomposed LayerNorm's Pow ->
+    ReduceMean) went through float16 and back: a ConvNeXt's Pow of 3.1e5 became inf, which onnxruntime's CPU
+    provider hid by dropping the pair and a native-FP16 provider would not. Only where the first Cast's input is
+    known float32 (types from `float32`); the casts' outputs that are graph outputs or read by a subgraph stay.
+    -> the number of round trips removed."""
+    from onnx import TensorProto
+
+    def to(n):
+        return next((a.i for a in n.attribute if a.name == "to"), None)
+    producer = {o: n for n in graph.node for o in n.output}
+    outputs = {o.name for o in graph.output}
+    inner = {x for sub in list(all_graphs(graph))[1:] for n in sub.node for x in n.input}   # read by a subgraph
+    rename = {}
+    for n in graph.node:
+        if n.op_type != "Cast" or to(n) != TensorProto.FLOAT or n.output[0] in outputs | inner:
+            continue
+        first = producer.get(n.input[0])
+        if first is not None and first.op_type == "Cast" and to(first) == TensorProto.FLOAT16 \
+                and first.input[0] in float32:
+            rename[n.output[0]] = first.input[0]
+    if not rename:
+        return 0
+    for n in graph.node:
+        for i, x in enumerate(n.input):
+            if x in rename:
+                n.input[i] = rename[x]
+    read = {x for n in graph.node for x in n.input} | outputs | inner
+    keep = [n for n in graph.node if not (n.op_type == "Cast" and n.output[0] not in read)
+            or not (n.output[0] in rename or (to(n) == TensorProto.FLOAT16 and n.input[0] in rename.values()))]
+    del graph.node[:]
+    graph.node.extend(keep)
+    return len(rename)
 
 
 def check_quantizable(model, opts: Int8Options) -> None:
@@ -313,9 +369,11 @@ def to_int8(src: Path, dst: Path, opts: Int8Options = Int8Options()) -> dict:
             save_onnx(written, dst)
     kinds = Counter(n.op_type for g in all_graphs(written.graph) for n in g.node)
     quantized = sum(kinds[k] for k in ("MatMulInteger", "DynamicQuantizeMatMul", "ConvInteger", "QLinearMatMul"))
-    if quantized == 0:
-        log.warning("int8: the model has no %s nodes to quantize; model.int8.onnx computes in FP32 "
-                    "(try --int8-op-types with other op types, and let the gate judge)", "/".join(opts.op_types))
+    if quantized == 0:                  # check_quantizable found some, the quantizer took none (a QDQ graph)
+        raise NothingToQuantizeError(
+            f"int8: onnxruntime's dynamic INT8 quantized none of this model's {'/'.join(opts.op_types)} nodes, so "
+            "model.int8.onnx would be the FP32 model under another name. Drop int8 from --precision, or name other "
+            "op types with --int8-op-types (the gate judges the result)")
     float_convs = kinds["Conv"]
     if 0 < quantized <= 2 and float_convs >= 10 * quantized:     # a conv net whose only GEMM is its head
         log.warning("int8: only %d weight product(s) quantized; the %d convolutions stay FP32 (--int8-op-types "
