@@ -686,6 +686,7 @@ def _uie_classes():
             end = F.sigmoid(self.linear_end(x).squeeze(-1))
             return start, end
 
+    UIELite.Layer = Layer                # paddle_trial_models5's quantized encoder reuses it
     return UIELite
 
 

@@ -208,19 +208,13 @@ def _encoder_classes():
     import paddle.nn as nn
     import paddle.nn.functional as F
 
-    class Layer(nn.Layer):
-        """A post-LN encoder layer, attention written out with einsum: paddle 3.3.1 saves no paddle.matmul / bmm
-        as a legacy program ("matmul(): argument (position 1) must be Value, but got Variable", which also stops
-        nn.TransformerEncoderLayer); q/k/v/out projections and the FFN are nn.Linear, which the quantizers wrap."""
+    from paddle_trial_models4 import _uie_classes
 
-        def __init__(self, d, heads, ff):
-            super().__init__()
-            self.h, self.hd = heads, d // heads
-            self.q_proj, self.k_proj, self.v_proj = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
-            self.out_proj = nn.Linear(d, d)
-            self.norm1 = nn.LayerNorm(d, epsilon=1e-12)
-            self.linear1, self.linear2 = nn.Linear(d, ff), nn.Linear(ff, d)
-            self.norm2 = nn.LayerNorm(d, epsilon=1e-12)
+    class Layer(_uie_classes().Layer):
+        """The UIE trial's post-LN encoder layer with its attention written with einsum: paddle 3.3.1 saves no
+        paddle.matmul / bmm as a legacy program ("matmul(): argument (position 1) must be Value, but got
+        Variable", which also stops nn.TransformerEncoderLayer); q/k/v/out projections and the FFN are nn.Linear,
+        which the quantizers wrap."""
 
         def forward(self, x, mask):
             def split(t):
