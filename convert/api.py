@@ -736,8 +736,9 @@ def judge_bundle(bundle, bundle_dir: Path, samples: list[dict], refs: list[list[
     for prec in m.models:
         thr = thresholds.get(prec, DEFAULT_THRESHOLDS[prec])
         try:
+            reference, weights_only = _lineage_reference(bundle, prec)
             passed[prec] = validate(prec, bundle.model_path(prec), samples, refs, list(m.outputs), thr,
-                                    fp32_model=_lineage_reference(bundle, prec), device=device)
+                                    fp32_model=reference, device=device, lineage_weights_only=weights_only)
         except ValidationError as e:
             hint = _recorded_bounds_hint(bundle, prec, thr)
             failed[prec] = e.with_hint(hint) if hint else e
@@ -806,18 +807,18 @@ def _recorded_bounds_hint(bundle, precision: str, used: Thresholds) -> str | Non
             + " ".join(f"--threshold {d}" for d in diff) + ".")
 
 
-def _lineage_reference(bundle, precision: str) -> Path | None:
-    """The FP32 model a variant's weights and nodes are checked against: the bundle's own, where the variant was
-    made from that graph. A variant made from a differently fused or pruned FP32 graph (convert/fusion: FP16 gets
-    the whole encoder pass, INT8 none; the CPU precisions the first-row layer) was checked at conversion against
-    that graph, which the bundle does not carry: its outputs are still judged against Paddle, its lineage is not
-    (against the bundle's FP32 file every node fused otherwise would read as missing)."""
+def _lineage_reference(bundle, precision: str) -> tuple[Path | None, bool]:
+    """The FP32 model a variant's weights and nodes are checked against: the bundle's own, and whether by its weights
+    alone. A variant made from a differently fused or pruned FP32 graph (convert/fusion: FP16 gets the whole encoder
+    pass, INT8 none; the CPU precisions the first-row layer) had its nodes checked at conversion against that graph,
+    which the bundle does not carry; against the bundle's FP32 file its weights still are (the ones both hold under
+    one name, the constants INT8 folds), not its nodes (every node fused otherwise would read as missing)."""
     m = bundle.manifest
     if "fp32" not in m.models:
-        return None
+        return None, False
     fusions, first_row = m.extra.get("fusions") or {}, m.extra.get("last_layer_first_row") or []
-    if fusions.get(precision) != fusions.get("fp32") or (precision in first_row) != ("fp32" in first_row):
-        log.info("%s: made from a differently fused FP32 graph than the bundle's model.fp32.onnx; its outputs are "
-                 "judged against Paddle, its weights and nodes were checked at conversion", precision)
-        return None
-    return bundle.model_path("fp32")
+    other = fusions.get(precision) != fusions.get("fp32") or (precision in first_row) != ("fp32" in first_row)
+    if other:
+        log.info("%s: made from a differently fused FP32 graph than the bundle's model.fp32.onnx; its weights are "
+                 "checked against that file, its nodes were at conversion", precision)
+    return bundle.model_path("fp32"), other

@@ -40,10 +40,20 @@ class UnsupportedOperatorsError(ConversionError):
     def __init__(self, ops: dict[str, int], paddle2onnx_version: str = ""):
         self.ops = dict(sorted(ops.items()))
         listing = ", ".join(f"{name} (x{n})" for name, n in self.ops.items())
+        known = [OPERATOR_HINTS[op] for op in self.ops if op in OPERATOR_HINTS]
         super().__init__(
             f"{len(self.ops)} operator type(s) in the Paddle program are not supported by paddle2onnx "
             f"{paddle2onnx_version}: {listing}. Rewrite those layers with supported ops before export "
-            "(e.g. replace fused ops by their primitive form), or register a custom op mapping.")
+            "(e.g. replace fused ops by their primitive form), or register a custom op mapping."
+            + "".join(f" {h}" for h in known))
+
+
+# what to do about the unsupported operators users meet most, beyond the generic advice
+OPERATOR_HINTS = {
+    "pd_op.viterbi_decode": "viterbi_decode (a CRF's decoding, paddle.text.ViterbiDecoder): export the model up to its "
+                            "emissions and decode outside it with the CRF's transitions, or write the decoding with "
+                            "max / argmax / take_along_axis over the sequence (unrolled to its length).",
+}
 
 
 class QuantizedProgramError(ConversionError):

@@ -89,9 +89,17 @@ def _kept_nodes(model, precision: str, produced: set[str] = frozenset(), kept: s
                 break
             x = noop[x]
         return producer.get(x) in ("MatMul", "Gemm")
+    # value numbering: a node's signature reads its inputs' canonical names, so whole duplicated chains are twins
+    # (LayoutXLM computes its visual embedding twice: Add -> Erf -> ... merged by onnxruntime, chain and all)
     twins: dict[tuple, list[str]] = {}
+    canon: dict[str, str] = {}
+    first: dict[tuple, object] = {}
     for n in g.node:
-        sig = (n.domain, n.op_type, tuple(n.input), tuple(a.SerializeToString() for a in n.attribute))
+        sig = (n.domain, n.op_type, tuple(canon.get(x, x) for x in n.input),
+               tuple(a.SerializeToString() for a in n.attribute))
+        f = first.setdefault(sig, n)
+        for k, o in enumerate(n.output):
+            canon[o] = f.output[k] if f is not n and k < len(f.output) else o
         twins.setdefault(sig, []).append(n.name)
     merged = {name for group in twins.values() if len(group) > 1 and any(t in kept for t in group)
               for name in group if name not in kept}      # one kept twin stands for the others
@@ -182,42 +190,58 @@ def _folded(ref_model, ref: dict[str, np.ndarray], names: set[str]) -> dict[str,
 
 def _conv_fused(ref_model, ref: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The weights onnxruntime's Conv fusions write, recomputed from the FP32 graph: ConvBnFusion's
-    "ConvBnFusion_W_<conv weight>" = W * f and "ConvBnFusion_BN_B_<BN bias>" = (conv bias or 0) * f + B - mean * f,
-    f = scale / sqrt(var + epsilon) per output channel; ConvAddFusion's "ConvAddFusion_Add_B_<addend>" = the
-    constant a bias-less Conv's output is added to, flattened (a RepVGG's bias x1.1 in model.int8.onnx passed)."""
+    "ConvBnFusion_W_<conv weight>" = W * f and "ConvBnFusion_BN_B_<BN bias>" = bias * f + B - mean * f, f = scale /
+    sqrt(var + epsilon) per output channel, the bias the conv's own or the constant paddle2onnx adds after a bias-less
+    Conv (Conv -> Add -> BatchNormalization: ConvAddFusion runs first), else 0; ConvAddFusion's
+    "ConvAddFusion_Add_B_<addend>" = that constant, flattened, where no BatchNormalization follows (a RepVGG's bias
+    x1.1 in model.int8.onnx passed)."""
     consumers: dict[str, list] = {}
     for n in ref_model.graph.node:
         for x in n.input:
             consumers.setdefault(x, []).append(n)
-    out, addends = {}, {}
+
+    def only(x: str, op: str):          # the one consumer of x, past Identity nodes, if it is an `op`
+        after = consumers.get(x, [])
+        while len(after) == 1 and after[0].op_type == "Identity":
+            after = consumers.get(after[0].output[0], [])
+        return after[0] if len(after) == 1 and after[0].op_type == op else None
+    plans = []                           # (conv, addend or None, bn or None)
     for n in ref_model.graph.node:
         if n.op_type != "Conv" or len(n.input) < 2 or n.input[1] not in ref:
             continue
-        after = consumers.get(n.output[0], [])
-        bns = [c for c in after if c.op_type == "BatchNormalization"]
-        if len(after) == 1 and len(bns) == 1 and all(x in ref for x in bns[0].input[1:5]):
-            bn = bns[0]
-            eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
-            scale, b, mean, var = (ref[x].astype(np.float64) for x in bn.input[1:5])
-            f = scale / np.sqrt(var + eps)
-            w = ref[n.input[1]].astype(np.float64)
-            out[f"ConvBnFusion_W_{n.input[1]}"] = w * f.reshape([-1] + [1] * (w.ndim - 1))
-            conv_b = ref[n.input[2]].astype(np.float64) if len(n.input) > 2 and n.input[2] in ref else 0.0
-            out[f"ConvBnFusion_BN_B_{bn.input[2]}"] = conv_b * f + b - mean * f
-        elif len(after) == 1 and after[0].op_type == "Add" and (len(n.input) < 3 or not n.input[2]):
-            other = [x for x in after[0].input if x != n.output[0]]
-            if len(other) == 1:
-                addends[other[0]] = f"ConvAddFusion_Add_B_{other[0]}"
-    values = {**{x: ref[x] for x in addends if x in ref}, **_folded(ref_model, ref, set(addends) - set(ref))}
-    for x, name in addends.items():
-        if x in values:
-            out[name] = np.asarray(values[x], np.float64).reshape(-1)
+        add, addend = only(n.output[0], "Add"), None
+        if add is not None and (len(n.input) < 3 or not n.input[2]):
+            other = [x for x in add.input if x != n.output[0]]
+            addend = other[0] if len(other) == 1 else None
+        bn = only(add.output[0] if addend is not None else n.output[0], "BatchNormalization")
+        if bn is not None and not all(x in ref for x in bn.input[1:5]):
+            bn = None
+        if bn is not None or addend is not None:
+            plans.append((n, addend, bn))
+    wanted = {a for _, a, _ in plans if a is not None}
+    values = {**{x: ref[x] for x in wanted if x in ref}, **_folded(ref_model, ref, wanted - set(ref))}
+    out = {}
+    for n, addend, bn in plans:
+        if addend is not None and addend not in values:
+            continue
+        bias = (np.asarray(values[addend], np.float64).reshape(-1) if addend is not None
+                else ref[n.input[2]].astype(np.float64) if len(n.input) > 2 and n.input[2] in ref else 0.0)
+        if bn is None:
+            out[f"ConvAddFusion_Add_B_{addend}"] = bias
+            continue
+        eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+        scale, b, mean, var = (ref[x].astype(np.float64) for x in bn.input[1:5])
+        f = scale / np.sqrt(var + eps)
+        w = ref[n.input[1]].astype(np.float64)
+        out[f"ConvBnFusion_W_{n.input[1]}"] = w * f.reshape([-1] + [1] * (w.ndim - 1))
+        out[f"ConvBnFusion_BN_B_{bn.input[2]}"] = bias * f + b - mean * f
     return out
 
 
-def check_lineage(precision: str, fp32_path: Path, variant_path: Path) -> dict:
+def check_lineage(precision: str, fp32_path: Path, variant_path: Path, weights_only: bool = False) -> dict:
     """{"checked": weights and nodes verified, "worst_abs": largest weight deviation beyond rounding seen,
-    "violations": [...]} for fp16 and dynamic int8 variants; other variants get checked = 0."""
+    "violations": [...]} for fp16 and dynamic int8 variants; other variants get checked = 0. weights_only: the
+    variant was made from a differently fused FP32 graph than `fp32_path`: no node is expected kept."""
     import onnx
     ref_model = onnx.load(str(fp32_path))
     var_model = onnx.load(str(variant_path))
@@ -239,7 +263,7 @@ def check_lineage(precision: str, fp32_path: Path, variant_path: Path) -> dict:
     if precision in ("fp16", "int8"):
         nodes = {n.name: n for n in var_model.graph.node}
         produced = {o for n in var_model.graph.node for o in n.output}
-        for n in _kept_nodes(ref_model, precision, produced, set(nodes)):
+        for n in ([] if weights_only else _kept_nodes(ref_model, precision, produced, set(nodes))):
             checked += 1
             got = nodes.get(n.name)
             if got is None or got.op_type != n.op_type:

@@ -232,7 +232,7 @@ def make_samples(inputs: list[dict], cfg: SampleConfig, tokenizer=None) -> list[
         if cfg.feed is not None:
             samples.append(cfg.feed(k, batch, rng))
             continue
-        sample = {}
+        sample, tokens = {}, None
         if tokenizer is not None and any(s["name"] == "input_ids" for s in inputs):
             ids = next(s for s in inputs if s["name"] == "input_ids")
             length = _positions_cap(inputs, fixed, _shape(ids, batch, dyn, hw, fixed)[1])
@@ -247,6 +247,9 @@ def make_samples(inputs: list[dict], cfg: SampleConfig, tokenizer=None) -> list[
             shape = _shape(text["input_ids"], batch, dyn, hw, fixed)
             if all(_shape(s, batch, dyn, hw, fixed) == shape for s in text.values()):
                 sample.update(_text_feed(text, (shape[0], _positions_cap(inputs, fixed, shape[1])), rng))
+                pad = text["input_ids"].get("pad_id")
+                real = sample["input_ids"] != (0 if pad is None else pad)
+                tokens = real.sum(axis=1)
         for spec in inputs:
             if spec["name"] in sample or spec.get("lengths"):
                 continue
@@ -254,6 +257,8 @@ def make_samples(inputs: list[dict], cfg: SampleConfig, tokenizer=None) -> list[
             dtype = np.dtype(spec["dtype"])
             if dtype == np.bool_:
                 arr = rng.integers(0, 2, shape).astype(np.bool_)
+            elif np.issubdtype(dtype, np.integer) and len(shape) == 3 and shape[-1] == 4 and spec.get("int_high"):
+                arr = _boxes(rng, shape, spec["int_high"]).astype(dtype)      # a document model's token boxes
             elif np.issubdtype(dtype, np.integer):
                 arr = rng.integers(0, spec.get("int_high") or 2, shape).astype(dtype)
             elif is_image(spec) and shape[2] >= 8 and shape[3] >= 8:     # pages and photo-like scenes in turn
@@ -265,12 +270,23 @@ def make_samples(inputs: list[dict], cfg: SampleConfig, tokenizer=None) -> list[
             sample[spec["name"]] = arr
         for spec in inputs:
             if spec["name"] not in sample:              # sequence lengths, once the sequences are drawn
-                sample[spec["name"]] = _lengths(spec, _shape(spec, batch, dyn, hw, fixed), inputs, sample, rng)
+                sample[spec["name"]] = _lengths(spec, _shape(spec, batch, dyn, hw, fixed), inputs, sample, rng,
+                                                tokens)
         samples.append(sample)
     return samples
 
 
-def _lengths(spec: dict, shape: tuple, inputs: list[dict], sample: dict, rng: np.random.Generator) -> np.ndarray:
+def _boxes(rng: np.random.Generator, shape: tuple, table: int) -> np.ndarray:
+    """[N, L, 4] integer boxes (x0, y0, x1, y1) with x0 <= x1 and y0 <= y1, below the table they index and at most
+    1000 (LayoutLM's normalised page): LayoutXLM / ERNIE-Layout look up x, y, and the width and height x1 - x0,
+    y1 - y0; drawn independently those came out negative and Paddle refused every sample."""
+    top = max(1, min(1000, table - 1))
+    a, b = rng.integers(0, top + 1, shape[:-1] + (2,)), rng.integers(0, top + 1, shape[:-1] + (2,))
+    return np.concatenate([np.minimum(a, b), np.maximum(a, b)], axis=-1)
+
+
+def _lengths(spec: dict, shape: tuple, inputs: list[dict], sample: dict, rng: np.random.Generator,
+             text: np.ndarray | None = None) -> np.ndarray:
     """Sequence lengths for the sequences drawn beside them (an input the graph compares with positions 0.. or
     gives an RNN as its sequence_length, convert/_worker._is_length): the first row full, the others between half
     and the whole of the longest dynamic axis the other inputs have (a speech model's frames; where every size is
@@ -280,6 +296,8 @@ def _lengths(spec: dict, shape: tuple, inputs: list[dict], sample: dict, rng: np
              for a in [sample[s["name"]]] for ax, d in enumerate(s["shape"]) if ax > 0 and d < 0]
     sizes = sizes or [sample[s["name"]].shape[1] for s in inputs      # static: [N, T, F]'s T, as PaddleSpeech
                       if s["name"] in sample and s is not spec and sample[s["name"]].ndim >= 2]
+    if text is not None and len(shape) == 1 and shape[0] == len(text):
+        return text.astype(np.dtype(spec["dtype"]))       # the rows' real tokens: what the text feed padded to
     full = max(sizes, default=1)
     values = rng.integers(max(1, (full + 1) // 2), full + 1, shape)
     values.reshape(-1)[:1] = full

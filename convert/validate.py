@@ -159,9 +159,10 @@ def judge(precision: str, compared: list[dict], thr: Thresholds, samples: int, *
 LINEAGE_ROW = "(weights and nodes vs the FP32 model)"
 
 
-def lineage_row(precision: str, fp32_model: Path, model_path: Path) -> dict:
-    """The variant's weights and nodes against the FP32 model's (convert.lineage), as a gate row."""
-    lin = check_lineage(precision, fp32_model, model_path)
+def lineage_row(precision: str, fp32_model: Path, model_path: Path, weights_only: bool = False) -> dict:
+    """The variant's weights and nodes against the FP32 model's (convert.lineage), as a gate row; weights_only: a
+    variant made from a differently fused FP32 graph (its nodes are other ones, its shared weights are not)."""
+    lin = check_lineage(precision, fp32_model, model_path, weights_only)
     v = lin["violations"]
     shown = v[:5] + ([f"... and {len(v) - 5} more"] if len(v) > 5 else [])
     return {"output": LINEAGE_ROW, "kind": "lineage", "shape": None,
@@ -193,7 +194,7 @@ def check_label_signal(labels: dict[int, dict], outputs: list[TensorSpec], sampl
 
 def validate(precision: str, model_path: Path, samples: list[dict], refs: list[list[np.ndarray]],
              outputs: list[TensorSpec], thr: Thresholds, user_inputs: bool = False,
-             fp32_model: Path | None = None, device: str = "cpu") -> dict:
+             fp32_model: Path | None = None, device: str = "cpu", lineage_weights_only: bool = False) -> dict:
     """Compare every output, pooled over all samples (a NonMaxSuppression's detection lists as sets:
     convert.detections; an ArgMax's labels as labels, near-ties read from `fp32_model`'s scores: convert.labels);
     for an fp16/int8 variant also its lineage from `fp32_model`. Raise ValidationError naming each failing
@@ -250,7 +251,7 @@ def validate(precision: str, model_path: Path, samples: list[dict], refs: list[l
             failing.add(j)
         compared.append({"output": spec.name, "shape": shape, "metrics": m, "exact": exact})
     if fp32_model is not None and precision in ("fp16", "int8") and Path(fp32_model) != Path(model_path):
-        compared.append(lineage_row(precision, fp32_model, model_path))
+        compared.append(lineage_row(precision, fp32_model, model_path, lineage_weights_only))
     hard = mask_sources(graph, [names[j] for j in sorted(failing)]) if failing else {}
     if hard:                                    # hard masks: values at the mask's near-ties excused
         judge_model = Path(fp32_model) if fp32_model is not None and precision != "fp32" else Path(model_path)
