@@ -247,9 +247,8 @@ def make_samples(inputs: list[dict], cfg: SampleConfig, tokenizer=None) -> list[
             shape = _shape(text["input_ids"], batch, dyn, hw, fixed)
             if all(_shape(s, batch, dyn, hw, fixed) == shape for s in text.values()):
                 sample.update(_text_feed(text, (shape[0], _positions_cap(inputs, fixed, shape[1])), rng))
-                pad = text["input_ids"].get("pad_id")
-                real = sample["input_ids"] != (0 if pad is None else pad)
-                tokens = real.sum(axis=1)
+                pad_id = text["input_ids"].get("pad_id")
+                tokens = (sample["input_ids"] != (0 if pad_id is None else pad_id)).sum(axis=1)
         for spec in inputs:
             if spec["name"] in sample or spec.get("lengths"):
                 continue
