@@ -202,10 +202,33 @@ def _text_feed(specs: dict[str, dict], shape: tuple[int, int], rng: np.random.Ge
     return {n: np.ascontiguousarray(feed[n]).astype(np.dtype(s["dtype"])) for n, s in specs.items()}
 
 
-def _positions_cap(inputs: list[dict], fixed: dict, length: int) -> int:
+def _text_groups(inputs: list[dict]) -> dict[str, dict[str, dict]]:
+    """The 2-D inputs a tokenizer would feed, by the text they belong to: prefix -> {role: spec}, the role one of
+    TEXT_FEED read from the name's end ("input_ids", "query_input_ids", "title_token_type_ids"; "query_ids" is a
+    text's input_ids). A two-text model (SimNet, Sentence-BERT) got uniform ids for its prefixed inputs: the pad id
+    mid-row, no right-padding, per-token random token types."""
+    groups: dict[str, dict[str, dict]] = {}
+    for s in inputs:
+        if len(s["shape"]) != 2:
+            continue
+        name = s["name"]
+        role = next((r for r in TEXT_FEED if name == r or name.endswith("_" + r)), None)
+        if role is None and name.endswith("_ids") and not name.endswith(("_type_ids", "_position_ids")):
+            role = "input_ids"                  # query_ids, src_ids
+            prefix = name[:-len("ids")]
+        elif role is None:
+            continue
+        else:
+            prefix = name[:-len(role)]
+        groups.setdefault(prefix, {}).setdefault(role, s)
+    return dict(sorted(groups.items(), key=lambda kv: kv[0] != ""))     # the unprefixed text first
+
+
+def _positions_cap(inputs: list[dict], fixed: dict, length: int, pos: dict | None = None) -> int:
     """A text sample's length, at most the rows of the position table a position_ids input indexes (a UIE export
-    with 48 positions was fed 64: Paddle refused it), unless --input-shape fixed the text inputs' sizes."""
-    pos = next((s for s in inputs if s["name"] == "position_ids"), None)
+    with 48 positions was fed 64: Paddle refused it), unless --input-shape fixed the text inputs' sizes. pos: that
+    input's spec (default: the one named position_ids)."""
+    pos = pos or next((s for s in inputs if s["name"] == "position_ids"), None)
     if pos is None or pos["name"] in fixed or len(pos["shape"]) != 2 or pos["shape"][1] >= 0:
         return length
     table = pos.get("int_high")
@@ -242,13 +265,17 @@ def make_samples(inputs: list[dict], cfg: SampleConfig, tokenizer=None) -> list[
                 for n in list(sample):
                     fill = tokenizer.pad_id if n == "input_ids" else 0
                     sample[n] = np.pad(sample[n], ((0, 0), (0, pad)), constant_values=fill)
-        text = {s["name"]: s for s in inputs if s["name"] in TEXT_FEED and len(s["shape"]) == 2}
-        if not sample and "input_ids" in text and np.issubdtype(np.dtype(text["input_ids"]["dtype"]), np.integer):
+        for prefix, text in (_text_groups(inputs).items() if not sample else ()):
+            if "input_ids" not in text or not np.issubdtype(np.dtype(text["input_ids"]["dtype"]), np.integer):
+                continue
             shape = _shape(text["input_ids"], batch, dyn, hw, fixed)
             if all(_shape(s, batch, dyn, hw, fixed) == shape for s in text.values()):
-                sample.update(_text_feed(text, (shape[0], _positions_cap(inputs, fixed, shape[1])), rng))
+                length = _positions_cap(list(text.values()), fixed, shape[1], text.get("position_ids"))
+                feed = _text_feed(text, (shape[0], length), rng)
+                sample.update({text[role]["name"]: a for role, a in feed.items()})
                 pad_id = text["input_ids"].get("pad_id")
-                tokens = (sample["input_ids"] != (0 if pad_id is None else pad_id)).sum(axis=1)
+                if tokens is None:              # a lengths input counts the first text's tokens
+                    tokens = (feed["input_ids"] != (0 if pad_id is None else pad_id)).sum(axis=1)
         for spec in inputs:
             if spec["name"] in sample or spec.get("lengths"):
                 continue

@@ -95,3 +95,16 @@ def test_a_differently_fused_variant_is_checked_by_its_weights(trial, tmp_path, 
         assert main(["-q", "validate", str(b)]) == 3, name
         err = capsys.readouterr().err
         assert f"weight {name!r} differs" in err or f"weight {name.removesuffix('_scale')!r}" in err, err[-600:]
+
+
+def test_each_text_of_a_two_text_model_gets_a_tokenizer_like_feed(trial, tmp_path):
+    out = tmp_path / "sbert"
+    assert main(["-q", "convert", str(trial("sbert_cos")), "-o", str(out), "--precision", "fp32,fp16"]) == 0
+    with np.load(out / "validation_inputs.npz") as d:
+        ids = {k: d[k] for k in d.files if k.endswith("_input_ids")}
+        types = [d[k] for k in d.files if k.endswith("_token_type_ids")]
+    assert {k.partition("/")[2] for k in ids} == {"query_input_ids", "title_input_ids"}
+    for a in ids.values():                   # right-padded rows (the pad id 0 never mid-row), the first one full
+        real = a != 0
+        assert real[0].all() and all((np.diff(row.astype(int)) <= 0).all() for row in real)
+    assert all(set(np.unique(t)) <= {0, 1} for t in types)
