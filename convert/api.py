@@ -37,6 +37,7 @@ from .ppseg import read_deploy_yaml, segmentation_settings
 from .precision import PRECISIONS, FP16Options, Int4Options, Int8Options, check_quantizable, make_variant
 from .source import ModelSource, locate, prepare
 from .value_range import class_axis_outputs
+from .samples import is_pixels
 from .validate import (DEFAULT_THRESHOLDS, FIX_INPUTS, LINEAGE_ROW, GateRerunError, SampleConfig, Thresholds,
                        check_signal, gate_text, load_samples, make_samples, summary, validate)
 
@@ -295,7 +296,8 @@ def check_against_specs(config: ConvertConfig, info: dict) -> list[dict[str, np.
     if not config.inputs_npz and config.samples.feed is None:
         blind = [i["name"] for i in ins if "int" in str(i["dtype"]) and not i.get("int_high")
                  and not i.get("lengths")                      # drawn from the sequences beside them
-                 and i["name"] != "attention_mask"             # a tokenizer's 0/1 mask: {0, 1} is its range
+                 and not i["name"].endswith("attention_mask")  # a tokenizer's 0/1 mask: {0, 1} is its range
+                 and not is_pixels(i)                          # drawn as 0..255 images
                  and not (tokenizer is not None and i["name"] == "input_ids")]
         if blind:
             log.warning("no bound found for the integers of input(s) %s (neither ids a lookup table reads, as "

@@ -66,6 +66,14 @@ def is_image(spec: dict) -> bool:
     return (np.issubdtype(np.dtype(spec["dtype"]), np.floating) and len(shape) == 4 and shape[1] in (1, 3))
 
 
+def is_pixels(spec: dict) -> bool:
+    """An integer NCHW input with 1 or 3 channels that indexes no table: an image of 0..255 values (ERNIE-Layout's
+    int64 image; drawn from {0, 1} it was black)."""
+    shape = spec["shape"]
+    return (np.issubdtype(np.dtype(spec["dtype"]), np.integer) and len(shape) == 4 and shape[1] in (1, 3)
+            and not spec.get("int_high"))
+
+
 def text_like_image(rng: np.random.Generator, h: int, w: int, channels: int) -> np.ndarray:
     """[C, H, W] normalized float32: a light paper-like background with dark glyph-like strokes in text lines,
     a few boxes and rules, mild noise. Pure NumPy (no fonts needed)."""
@@ -285,6 +293,11 @@ def make_samples(inputs: list[dict], cfg: SampleConfig, tokenizer=None) -> list[
                 arr = rng.integers(0, 2, shape).astype(np.bool_)
             elif np.issubdtype(dtype, np.integer) and len(shape) == 3 and shape[-1] == 4 and spec.get("int_high"):
                 arr = _boxes(rng, shape, spec["int_high"]).astype(dtype)      # a document model's token boxes
+            elif is_pixels(spec) and shape[2] >= 8 and shape[3] >= 8:          # an image of 0..255 integers
+                make = lambda i: (scene_like_rgb if (images + i) % 2 else text_like_rgb)  # noqa: E731
+                arr = np.stack([make(i)(rng, shape[2], shape[3]).transpose(2, 0, 1)[:shape[1]]
+                                for i in range(shape[0])]).astype(dtype)
+                images += shape[0]
             elif np.issubdtype(dtype, np.integer):
                 arr = rng.integers(0, spec.get("int_high") or 2, shape).astype(dtype)
             elif is_image(spec) and shape[2] >= 8 and shape[3] >= 8:     # pages and photo-like scenes in turn

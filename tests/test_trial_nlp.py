@@ -9,6 +9,8 @@ token classifiers, RoFormer, ELECTRA, ERNIE-M, SimNet, Sentence-BERT) and what t
   `validate` checked no weight at all of a variant made from a differently fused FP32 graph (every BERT-shaped
   encoder's FP16 and INT8): planted weight faults passed. Both are now compared with the bundle's FP32 weights;
 - a lengths input was drawn apart from the text feed beside it (30 real tokens, seq_len 25): it now counts them;
+- ERNIE-Layout's int64 image (0..255) was drawn from {0, 1}: integer NCHW inputs no table reads are now pictures;
+- prefixed text inputs (query_input_ids, title_ids) got uniform ids: each text now gets a tokenizer-like feed;
 - viterbi_decode, which paddle2onnx lacks, gets its own advice."""
 import shutil
 from pathlib import Path
@@ -55,6 +57,9 @@ def test_fused_variants_and_folded_convolutions_are_checked_by_their_weights(tri
     out = tmp_path / "layout"
     assert main(["-q", "convert", str(trial("ernie_layout_ner")), "-o", str(out), "--precision",
                  "fp32,fp16,int8"]) == 0
+    with np.load(out / "validation_inputs.npz") as d:     # its int64 image: 0..255 pictures, not {0, 1}
+        images = [d[k] for k in d.files if k.endswith("/image")]
+    assert images and all(a.min() >= 0 and a.max() <= 255 and len(np.unique(a)) > 32 for a in images)
     faults = [("int8", lambda ns: next(n for n in ns if n.startswith("ConvBnFusion_W_")), 1.1),
               ("fp16", lambda ns: max(ns, key=ns.get), 1.01),       # the largest weight (an embedding table)
               ("int8", lambda ns: next(n for n in ns if n.endswith("_scale")), 1.05)]
