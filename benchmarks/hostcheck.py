@@ -70,7 +70,7 @@ def _figures(s: dict) -> dict:
 
 def check_bundle(path: Path, device: str) -> dict:
     """One bundle's gate re-run on `device` here: per model {"gate": figures where it ran, "here": figures here or
-    the error}, and the host the gate ran on."""
+    the error}, and the host the gate ran on; "model" is the bundle's folder name (the manifest's in "name")."""
     from paddle2ort.convert.hostcheck import check_host
     from paddle2ort.runtime.manifest import load_bundle
     m = load_bundle(path).manifest
@@ -82,7 +82,8 @@ def check_bundle(path: Path, device: str) -> dict:
         passed, failed = e.passed, e.errors
         gate_host = json.loads((path / "validation.json").read_text()).get("host")
     except Paddle2OrtError as e:            # the bundle could not be checked at all
-        return {"model": m.name, "device": device, "error": failure_line(e), "exit_code": e.exit_code}
+        return {"model": path.name, "name": m.name, "device": device, "error": failure_line(e),
+                "exit_code": e.exit_code}
     models = {}
     for prec in [*m.models, *((m.extra.get("fused") or {}))]:
         gate = (m.validation or {}).get(prec)
@@ -95,8 +96,8 @@ def check_bundle(path: Path, device: str) -> dict:
             row["here"] = {**(_figures(summary(report)) if report else {}), "passed": False,
                            "error": failure_line(e), "exit_code": getattr(e, "exit_code", 1)}
         models[prec] = row
-    return {"model": m.name, "device": device, "gate_host": gate_host, "seconds": round(time.perf_counter() - t0, 1),
-            "models": models}
+    return {"model": path.name, "name": m.name, "device": device, "gate_host": gate_host,   # the folder: two
+            "seconds": round(time.perf_counter() - t0, 1), "models": models}                   # may share a name
 
 
 def run(bundles: list[Path], devices: tuple[str, ...], results: Path) -> dict:
@@ -129,10 +130,10 @@ def markdown(res: dict) -> str:
     s = res["summary"]
     lines = [f"# The conversion gate re-run on another host ({res['created_at']}, commit "
              f"{res['environment'].get('git_commit')})", "",
-             "Each real Paddle model of the coverage corpus was converted and gated on the converter's host "
-             "(`python -m paddle2ort.benchmarks.hostcheck prepare`); here its bundle's gate is re-run without Paddle "
-             "(`paddle2ort validate BUNDLE`, convert/hostcheck.py) against the Paddle outputs the bundle keeps, "
-             "with the same samples, rules and default bounds.", ""]
+             (res.get("about") or ("Each real Paddle model of the coverage corpus was converted and gated on the "
+                                   "converter's host (`python -m paddle2ort.benchmarks.hostcheck prepare`)"))
+             + "; here its bundle's gate is re-run without Paddle (`paddle2ort validate BUNDLE`, convert/hostcheck.py) "
+             "against the Paddle outputs the bundle keeps, with the same samples, rules and default bounds.", ""]
     lines += [f"- here, {d}: {host_line(h)}" for d, h in res["hosts"].items()]
     gate_hosts = {json.dumps(r.get("gate_host"), sort_keys=True) for r in res["rows"] if r.get("gate_host")}
     lines += [f"- gate ran on: {host_line(json.loads(h))}" for h in sorted(gate_hosts)]
