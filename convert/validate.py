@@ -252,6 +252,11 @@ def validate(precision: str, model_path: Path, samples: list[dict], refs: list[l
         compared.append({"output": spec.name, "shape": shape, "metrics": m, "exact": exact})
     if fp32_model is not None and precision in ("fp16", "int8") and Path(fp32_model) != Path(model_path):
         compared.append(lineage_row(precision, fp32_model, model_path, lineage_weights_only))
+    if fp32_model is not None and precision == "fp16" and Path(fp32_model) != Path(model_path):
+        from .half_range import overflows, range_row
+        checked, over = overflows(Path(fp32_model), Path(model_path), samples)
+        if checked:
+            compared.append(range_row(checked, over))
     hard = mask_sources(graph, [names[j] for j in sorted(failing)]) if failing else {}
     if hard:                                    # hard masks: values at the mask's near-ties excused
         judge_model = Path(fp32_model) if fp32_model is not None and precision != "fp32" else Path(model_path)
@@ -283,7 +288,7 @@ def validate(precision: str, model_path: Path, samples: list[dict], refs: list[l
 
 def summary(report: dict) -> dict:
     """The manifest's short form: the worst figure of each metric over all outputs (each pooled over samples)."""
-    ms = [r["metrics"] for r in report["results"] if r.get("kind") != "lineage"
+    ms = [r["metrics"] for r in report["results"] if r.get("kind") not in ("lineage", "fp16_range")
           and r["metrics"].get("kind") not in ("detection_counts", "detection_indices")]   # judged by their own rule
     lineage = [r["metrics"]["checked"] for r in report["results"] if r.get("kind") == "lineage"]
     agree = [m["argmax_agreement_all_rows" if m.get("kind") == "labels" else "argmax_agreement"] for m in ms]
