@@ -237,9 +237,10 @@ def check_output_file(path: Path | None, option: str, inputs: tuple[Path | None,
     for bundle in bundles:
         home = bundle.expanduser().resolve()
         if home.is_dir() and path.expanduser().resolve().is_relative_to(home):
+            outside = path.name if path.expanduser().resolve() != home else f"{path.name}.json"
             raise BadInputError(f"{option} {path} is inside the bundle {bundle}: a file added to a bundle makes it "
                                 "fail its integrity check (every later run refuses it); write it outside, e.g. "
-                                f"{option} {path.name}")
+                                f"{option} {Path(os.path.relpath(home.parent / outside))}")
     if path.is_dir():
         raise BadInputError(f"{option} {path} is a directory; give a file name")
     parent = path.parent

@@ -104,20 +104,22 @@ def run_convert(args) -> int:
 def run_validate(args) -> int:
     """Every model of the bundle judged; those that pass printed, every failure named (one line each) in the error,
     whose exit code is the most serious of theirs. With --source against the Paddle model; without it against the
-    Paddle outputs the bundle keeps (no Paddle needed: the gate re-run on a deployment host)."""
+    Paddle outputs the bundle keeps (no Paddle needed: the gate re-run on a deployment host). --report gets the
+    verdict whatever stops the run, so an earlier run's never stands for this one."""
+    if args.source is not None:             # before any import of paddle2ort.convert (it imports onnx)
+        require_convert_extra("validate --source", PADDLE_SIDE)
+    elif not module_available("onnx"):      # the gate's rules read the graph; Paddle is not needed
+        raise BadInputError("`paddle2ort validate` without --source needs onnx (not installed here): pip install "
+                            "'paddle2ort[check]' (or give --source on a host with 'paddle2ort[convert]')")
+    check_output_file(args.report, "--report", ours=_our_report, bundles=(args.bundle,))
     from paddle2ort.convert.validate import GateRerunError, gate_text, summary
+    from paddle2ort.runtime.errors import Paddle2OrtError
     from paddle2ort.runtime.host import describe_host, host_line
 
     def show(reports: dict) -> None:
         for prec, rep in reports.items():
             s = summary(rep)
             print(f"{prec:10s} passed: {gate_text(s)}")
-    if args.source is not None:
-        require_convert_extra("validate --source", PADDLE_SIDE)
-    elif not module_available("onnx"):      # the gate's rules read the graph; Paddle is not needed
-        raise BadInputError("`paddle2ort validate` without --source needs onnx (not installed here): pip install "
-                            "'paddle2ort[check]' (or give --source on a host with 'paddle2ort[convert]')")
-    check_output_file(args.report, "--report", ours=_our_report, bundles=(args.bundle,))
     host = describe_host(args.device)
     try:
         if args.source is not None:
@@ -132,6 +134,9 @@ def run_validate(args) -> int:
     except GateRerunError as e:
         show(e.passed)
         _report(args.report, args.bundle, host, e.passed, e.errors)
+        raise
+    except (Paddle2OrtError, KeyboardInterrupt) as e:    # not judged at all: the report says so, not an old verdict
+        _report(args.report, args.bundle, host, {}, {}, error=e)
         raise
     show(reports)
     _report(args.report, args.bundle, host, reports, {})
@@ -148,13 +153,17 @@ def _our_report(path: Path) -> bool:
     return isinstance(rep, dict) and {"bundle", "passed", "host", "models"} <= set(rep)
 
 
-def _report(path: Path | None, bundle: Path, host: dict, passed: dict, failed: dict) -> None:
-    """--report: the re-run's verdict as JSON, for a release pipeline to keep beside its logs."""
+def _report(path: Path | None, bundle: Path, host: dict, passed: dict, failed: dict,
+            error: BaseException | None = None) -> None:
+    """--report: the re-run's verdict as JSON, for a release pipeline to keep beside its logs; `error`: what stopped
+    the run before any model was judged (no verdict on any: passed false)."""
     if path is None:
         return
     from paddle2ort.convert.bundle import write_json
     from paddle2ort.convert.validate import failure_line, summary
-    write_json(path, {"bundle": str(bundle), "passed": not failed, "host": host,
+    write_json(path, {"bundle": str(bundle), "passed": not failed and error is None, "host": host,
+                      **({"error": failure_line(error) if isinstance(error, Exception) else "interrupted",
+                          "exit_code": getattr(error, "exit_code", 130)} if error is not None else {}),
                       "models": {**{p: summary(r) for p, r in passed.items()},
                                  **{p: {"passed": False, "error": failure_line(e)} for p, e in failed.items()}}})
 

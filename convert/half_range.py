@@ -55,13 +55,20 @@ def overflows(fp32_path: Path, fp16_path: Path, samples: list[dict]) -> tuple[in
         return 0, []
     half = half_tensors(onnx.load(str(fp16_path), load_external_data=False))
     ref = onnx.load(str(fp32_path))
-    try:                                # the FP32 graph's own float tensors (a name may hold indices there)
+    try:                                # a name typed otherwise in the FP32 graph (indices) is not watched
         typed = onnx.shape_inference.infer_shapes(ref, strict_mode=False)
-    except Exception:  # noqa: BLE001 - an op it cannot type: nothing checked
-        return 0, []
-    floats = {v.name for v in typed.graph.value_info if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    except Exception:  # noqa: BLE001 - an op it cannot type: every float16 name is taken as float32 there
+        typed = ref
+    other = {v.name for v in typed.graph.value_info
+             if v.type.tensor_type.elem_type not in (0, onnx.TensorProto.FLOAT)}
+    # inference stops at the first contrib op of a fused encoder: an untyped tensor that is float16 in the FP16
+    # graph is float32 in the graph it came from. Only tensors the inputs reach: a constant past the range (a
+    # Clip's 3.4e38 bound) is clamped by the float16 converter itself
+    from .lineage import _dynamic_tensors
+    produced = {o for n in ref.graph.node for o in n.output}
     outputs = {o.name for o in ref.graph.output}
-    watch = sorted(t for t in half if t in floats and t not in outputs)
+    watch = sorted(t for t in half if t in produced and t in _dynamic_tensors(ref.graph)
+                   and t not in other and t not in outputs)
     if not watch:
         return 0, []
     ref.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in watch)
@@ -94,11 +101,12 @@ def range_row(checked: int, over: list[dict]) -> dict:
         from .precision import FP16Options
         block = FP16Options().op_block_list
         add = [op for op in ops if op not in block]
+        keep = (f", or convert again keeping those ops in FP32: --fp16-block-ops {','.join([*block, *add])} (the "
+                "default list with them added; add them to yours if you gave one)" if add else "")
         log.warning("fp16: %d tensor(s) the FP16 model computes in float16 exceed its range (65504) on the samples: "
                     "%s%s. This host's CPU computes them in float32, so its gate cannot see it: where float16 is "
                     "computed natively (CUDA) they may be inf. Judge the FP16 model there (paddle2ort validate "
-                    "BUNDLE --device gpu), or keep those ops in FP32: --fp16-block-ops %s (the default list with "
-                    "them added; add them to yours if you gave one)", len(over), shown, more, ",".join([*block, *add]))
+                    "BUNDLE --device gpu)%s.", len(over), shown, more, keep)
     return {"output": RANGE_ROW, "kind": "fp16_range", "shape": None, "violations": [],
             "metrics": {"checked": checked, "max_abs_diff": max((r["max_abs"] for r in over), default=0.0),
                         "ops": ops, "over": over[:16], "kind": "fp16_range"}}

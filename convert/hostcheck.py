@@ -47,10 +47,11 @@ def check_inputs(bundle_dir: Path, device: str = "cpu", thresholds: dict[str, Th
                             "no judgement to re-run; convert the model again without --no-validate")
     missing = [n for n in (SAMPLES_NAME, REFERENCE_NAME) if not (bundle.path / n).is_file()]
     if missing:
-        raise BadInputError(f"bundle {bundle_dir} has no {' or '.join(missing)} (Paddle's outputs on the gate's "
-                            "samples are kept only by conversions of this version and up to 256 MB): re-run the gate "
-                            f"against the Paddle model instead (paddle2ort validate {bundle_dir} --source MODEL, on a "
-                            "host with the converter side), or convert the model again")
+        what = {SAMPLES_NAME: "the gate's samples", REFERENCE_NAME: "Paddle's outputs on them (kept by current conversions, up to "
+                "256 MB; an older bundle lacks them)"}
+        raise BadInputError(f"bundle {bundle_dir} has no {' and no '.join(f'{n} ({what[n]})' for n in missing)}: "
+                            f"re-run the gate against the Paddle model instead (paddle2ort validate {bundle_dir} "
+                            "--source MODEL, on a host with the converter side), or convert the model again")
     specs = [{"name": s.name, "dtype": s.dtype, "shape": [d if isinstance(d, int) else -1 for d in s.shape]}
              for s in m.inputs]
     samples = load_samples(bundle.path / SAMPLES_NAME, specs)

@@ -252,7 +252,7 @@ def validate(precision: str, model_path: Path, samples: list[dict], refs: list[l
         compared.append({"output": spec.name, "shape": shape, "metrics": m, "exact": exact})
     if fp32_model is not None and precision in ("fp16", "int8") and Path(fp32_model) != Path(model_path):
         compared.append(lineage_row(precision, fp32_model, model_path, lineage_weights_only))
-    if fp32_model is not None and precision == "fp16" and Path(fp32_model) != Path(model_path):
+    if fp32_model is not None and precision == "fp16" and Path(fp32_model) != Path(model_path) and device == "cpu":
         from .half_range import overflows, range_row
         checked, over = overflows(Path(fp32_model), Path(model_path), samples)
         if checked:

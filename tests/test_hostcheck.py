@@ -158,3 +158,22 @@ def test_the_gate_re_runs_on_cuda(gated, capsys):
         pytest.skip("needs an NVIDIA GPU with onnxruntime-gpu")
     assert main(["-q", "validate", str(gated), "--device", "gpu"]) == 0
     assert "CUDAExecutionProvider" in capsys.readouterr().out
+
+
+def test_a_run_stopped_before_judging_leaves_no_old_verdict(gated, tmp_path, capsys):
+    report = tmp_path / "r.json"
+    b = _copy(gated, tmp_path / "b")
+    assert main(["-q", "validate", str(b), "--report", str(report)]) == 0
+    with open(b / "model.fp16.onnx", "ab") as f:          # a changed file: refused before any model runs
+        f.write(b"x")
+    assert main(["-q", "validate", str(b), "--report", str(report)]) == 2
+    rep = json.loads(report.read_text())
+    assert rep["passed"] is False and "model.fp16.onnx" in rep["error"] and rep["exit_code"] == 2
+
+
+def test_a_host_without_onnx_gets_the_message_not_a_traceback(gated):
+    """In a new interpreter: the check for onnx comes before anything imports paddle2ort.convert."""
+    code = ("import sys; sys.modules['onnx'] = None\n"
+            "from paddle2ort.cli import main; sys.exit(main(['-q', 'validate', sys.argv[1]]))")
+    r = subprocess.run([sys.executable, "-c", code, str(gated)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "paddle2ort[check]" in r.stderr and "Traceback" not in r.stderr, r.stderr[-800:]
