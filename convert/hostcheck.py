@@ -47,8 +47,8 @@ def check_inputs(bundle_dir: Path, device: str = "cpu", thresholds: dict[str, Th
                             "no judgement to re-run; convert the model again without --no-validate")
     missing = [n for n in (SAMPLES_NAME, REFERENCE_NAME) if not (bundle.path / n).is_file()]
     if missing:
-        what = {SAMPLES_NAME: "the gate's samples", REFERENCE_NAME: "Paddle's outputs on them (kept by current conversions, up to "
-                "256 MB; an older bundle lacks them)"}
+        what = {SAMPLES_NAME: "the gate's samples",
+                REFERENCE_NAME: "Paddle's outputs on them, kept up to 256 MB; an older bundle lacks them"}
         raise BadInputError(f"bundle {bundle_dir} has no {' and no '.join(f'{n} ({what[n]})' for n in missing)}: "
                             f"re-run the gate against the Paddle model instead (paddle2ort validate {bundle_dir} "
                             "--source MODEL, on a host with the converter side), or convert the model again")
