@@ -378,7 +378,8 @@ def measure_llm(cfg: ReleaseConfig, bundle: Path, device: str, precisions: list[
             "new_tokens": cfg.new_tokens, "threads": threads, "rows": raw}, rows
 
 
-def gate_on_device(bundle: Path, device: str, gate: dict[str, dict], thresholds: dict) -> dict[str, dict]:
+def gate_on_device(bundle: Path, device: str, gate: dict[str, dict], thresholds: dict,
+                   is_llm: bool = False) -> dict[str, dict]:
     """The conversion gate judged each model on this host's CPU; on the GPU a model computes otherwise (onnxruntime's
     CPU provider runs most FP16 operators in float32, CUDA in half precision: an overflow the CPU never sees), so a
     GPU candidate is judged again there (convert.hostcheck: the bundle's recorded samples and Paddle outputs, the
@@ -389,15 +390,16 @@ def gate_on_device(bundle: Path, device: str, gate: dict[str, dict], thresholds:
         return gate
     from paddle2ort.convert.hostcheck import check_host
     from paddle2ort.convert.validate import GateRerunError, failure_kind
+    runs = {p for p, g in gate.items() if g.get("passed") and not (p == "int8" and not is_llm)}   # what runs there
     try:
-        check_host(bundle, device, thresholds=thresholds)
+        check_host(bundle, device, thresholds=thresholds, only=runs)
         return gate
     except GateRerunError as e:
         failed = e.errors
     except BadInputError as e:                  # cannot be checked there (no recorded outputs): the CPU's verdict
         log.warning("%s: the gate was not re-run there (%s); its candidates are those the CPU's gate passed", device,
                     failure_line(e))
-        return gate
+        return {p: {**g, "gpu_gate": f"not run: {failure_line(e)}"} if g.get("passed") else g for p, g in gate.items()}
     out = dict(gate)
     for name, err in failed.items():
         prec = name.removeprefix("fused-")      # an LLM's fused decoder is its precision's CPU/GPU default graph
@@ -405,6 +407,11 @@ def gate_on_device(bundle: Path, device: str, gate: dict[str, dict], thresholds:
             out[prec] = {**out[prec], "passed": False, "failure": failure_kind(err), "reason": failure_line(err),
                          "note": f"failed the conversion gate on the {device}: {failure_line(err)}"}
             log.warning("%s is not a %s candidate: %s", prec, device, failure_line(err))
+    if not out.get("fp32", {}).get("passed"):   # no baseline there: nothing can be judged against FP32 on it
+        for prec, g in out.items():
+            if g.get("passed"):
+                out[prec] = {**g, "passed": False, "failure": "gate-refused", "reason": "FP32 fails the gate on the "
+                             f"{device}: no baseline there", "note": f"FP32 fails the conversion gate on the {device}"}
     return out
 
 
@@ -606,7 +613,7 @@ def run_release(cfg: ReleaseConfig) -> ReleaseReport:
         passed = [p for p in asked + ["fp32"] if gate.get(p, {}).get("passed")]
         decisions, raw, unmeasured = {}, {}, {}
         for dev in devices:
-            dev_gate = gate_on_device(stage, dev, gate, conversion.thresholds)
+            dev_gate = gate_on_device(stage, dev, gate, conversion.thresholds, cfg.is_llm)
             dev_passed = [p for p in passed if dev_gate.get(p, {}).get("passed")]
             run_precs, skipped = _device_precisions(cfg, dev, dev_passed)
             try:

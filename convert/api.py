@@ -729,13 +729,13 @@ def revalidate(bundle_dir: Path, source_path: Path, thresholds: dict[str, Thresh
 
 
 def judge_bundle(bundle, bundle_dir: Path, samples: list[dict], refs: list[list[np.ndarray]], thresholds: dict,
-                 device: str = "cpu") -> dict:
+                 device: str = "cpu", only: set[str] | None = None) -> dict:
     """Every model of `bundle` (and a text-generation bundle's fused decoders) judged on `samples` against Paddle's
     outputs `refs`, each whatever another did, run on `device`: -> name -> report (all passed), else GateRerunError
     naming every failure (a refused gate, a model onnxruntime cannot load or run, samples it cannot be judged on)."""
     m = bundle.manifest
     passed, failed = {}, {}
-    for prec in m.models:
+    for prec in (p for p in m.models if only is None or p in only):     # only: the precisions asked about
         thr = thresholds.get(prec, DEFAULT_THRESHOLDS[prec])
         try:
             reference, weights_only = _lineage_reference(bundle, prec)
@@ -748,7 +748,7 @@ def judge_bundle(bundle, bundle_dir: Path, samples: list[dict], refs: list[list[
             failed[prec] = e
     if is_llm_bundle(m) and m.extra.get("fused"):       # the fused decoders, on Paddle's logits of the same steps
         from .llm.api import regate_fused
-        for prec, rep in regate_fused(bundle, samples, refs, thresholds, device).items():
+        for prec, rep in regate_fused(bundle, samples, refs, thresholds, device, only).items():
             (failed if isinstance(rep, Exception) else passed)[f"fused-{prec}"] = rep
     if failed:
         raise GateRerunError(bundle_dir, failed, passed)

@@ -60,15 +60,16 @@ def check_inputs(bundle_dir: Path, device: str = "cpu", thresholds: dict[str, Th
 
 
 def check_host(bundle_dir: Path, device: str = "cpu", thresholds: dict[str, Thresholds] | None = None,
-               overrides: dict[str, float] | None = None) -> HostCheck:
+               overrides: dict[str, float] | None = None, only: set[str] | None = None) -> HostCheck:
     """Re-run `bundle_dir`'s conversion gate here against the Paddle outputs it keeps: every model (and a
     text-generation bundle's fused decoders) judged whatever another did, on this host's CPU or (device "gpu")
     onnxruntime's CUDA provider. The failures are raised together as GateRerunError (exit code: the most serious of
-    theirs); BadInputError (exit 2) where the bundle cannot be checked this way, before any model runs."""
+    theirs); BadInputError (exit 2) where the bundle cannot be checked this way, before any model runs. only: the
+    precisions to judge (default all)."""
     from .api import judge_bundle
     bundle, thresholds, samples, refs, recorded = check_inputs(bundle_dir, device, thresholds, overrides)
     host = describe_host(device)
     log.info("re-running the gate of %s on %d recorded sample(s) here: %s", bundle.path, len(samples),
              host["cpu"] if device == "cpu" else host["provider"])
-    passed = judge_bundle(bundle, Path(bundle_dir), samples, refs, thresholds, device)
+    passed = judge_bundle(bundle, Path(bundle_dir), samples, refs, thresholds, device, only)
     return HostCheck(bundle.path, host, recorded.get("host"), passed)

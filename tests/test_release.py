@@ -493,7 +493,7 @@ def test_a_gpu_candidate_is_judged_by_the_gate_on_the_gpu(tiny_models, dataset, 
     real_measure, real_check = release.measure_classifier, hostcheck.check_host
     seen = []
 
-    def check(bundle, device="cpu", thresholds=None, overrides=None):
+    def check(bundle, device="cpu", thresholds=None, overrides=None, only=None):
         seen.append(device)
         if device == "gpu":
             res = real_check(bundle, "cpu", thresholds)     # every model judged (on the CPU here) ...

@@ -175,7 +175,8 @@ def reexport(manifest, source: Path, samples_npz: Path, work: Path) -> Path:
     return work / "static"
 
 
-def regate_fused(bundle, samples: list[dict], refs: list[list], thresholds: dict, device: str = "cpu") -> dict:
+def regate_fused(bundle, samples: list[dict], refs: list[list], thresholds: dict, device: str = "cpu",
+                 only: set[str] | None = None) -> dict:
     """The bundle's fused decoders judged on the recorded steps against Paddle's logits `refs` (the static
     program's first output), each whatever another did: precision -> report, or the error it failed with (a refused
     gate, a crash, samples it cannot be judged on)."""
@@ -187,6 +188,8 @@ def regate_fused(bundle, samples: list[dict], refs: list[list], thresholds: dict
     pad = int((m.tokenizer or {}).get("pad_token_id") or 0)
     out = {}
     for prec, entry in m.extra["fused"].items():
+        if only is not None and prec not in only:
+            continue
         spec = DecoderSpec(**entry["options"]["spec"])
         try:
             out[prec] = gate(prec, bundle.path / entry["file"], spec, steps, pad,
