@@ -278,21 +278,8 @@ def build_crf_ernie(out: Path, decoder: str = "op"):
 
 def _export_ids(model, names, post):
     """A Layer taking the id inputs `names` (input_ids, maybe token_type_ids) that returns post(model(...))."""
-    import paddle
-
-    class Ids(paddle.nn.Layer):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, input_ids):
-            return post(self.m(input_ids=input_ids))
-
-    class IdsTypes(Ids):
-        def forward(self, input_ids, token_type_ids):
-            return post(self.m(input_ids=input_ids, token_type_ids=token_type_ids))
-
-    return (IdsTypes if "token_type_ids" in names else Ids)(model)
+    from paddle_models import nlp_wrapper
+    return nlp_wrapper(model, tuple(names), post)
 
 
 def _first(out):
