@@ -740,7 +740,8 @@ def judge_bundle(bundle, bundle_dir: Path, samples: list[dict], refs: list[list[
         try:
             reference, weights_only = _lineage_reference(bundle, prec)
             passed[prec] = validate(prec, bundle.model_path(prec), samples, refs, list(m.outputs), thr,
-                                    fp32_model=reference, device=device, lineage_weights_only=weights_only)
+                                    fp32_model=reference, device=device, lineage_weights_only=weights_only,
+                                    level=m.models[prec].max_graph_optimization or "all")   # what runtimes get
         except ValidationError as e:
             hint = _recorded_bounds_hint(bundle, prec, thr)
             failed[prec] = e.with_hint(hint) if hint else e

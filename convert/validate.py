@@ -51,12 +51,13 @@ def _ort_reason(e: Exception) -> str:
 
 
 def run_onnx(model_path: Path, samples: list[dict[str, np.ndarray]], precision: str = "fp32",
-             user_inputs: bool = False, device: str = "cpu") -> list[list[np.ndarray]]:
+             user_inputs: bool = False, device: str = "cpu", level: str = "all") -> list[list[np.ndarray]]:
     """Outputs per sample on the CPU (or onnxruntime's CUDA provider: device "gpu"). A sample onnxruntime rejects
     -> BadInputError (the user's --inputs) or ConversionError (our generated samples: the converted model is at
     fault)."""
     try:        # the level a child loaded it at
-        sess = create_session(model_path, safe_options(model_path, SessionOptions(device=device)))
+        sess = create_session(model_path, safe_options(model_path, SessionOptions(device=device,
+                                                                                  graph_optimization=level)))
     except BadInputError:
         raise
     except Exception as e:  # noqa: BLE001 - any onnxruntime load failure of a model we wrote is ours
@@ -194,15 +195,17 @@ def check_label_signal(labels: dict[int, dict], outputs: list[TensorSpec], sampl
 
 def validate(precision: str, model_path: Path, samples: list[dict], refs: list[list[np.ndarray]],
              outputs: list[TensorSpec], thr: Thresholds, user_inputs: bool = False,
-             fp32_model: Path | None = None, device: str = "cpu", lineage_weights_only: bool = False) -> dict:
+             fp32_model: Path | None = None, device: str = "cpu", lineage_weights_only: bool = False,
+             level: str = "all") -> dict:
     """Compare every output, pooled over all samples (a NonMaxSuppression's detection lists as sets:
     convert.detections; an ArgMax's labels as labels, near-ties read from `fp32_model`'s scores: convert.labels);
     for an fp16/int8 variant also its lineage from `fp32_model`. Raise ValidationError naming each failing
     output. device: where the judged model runs ("cpu", or "gpu" for onnxruntime's CUDA provider); the FP32 scores
-    near-ties are read from run on the CPU."""
+    near-ties are read from run on the CPU. level: the highest graph optimization it is run at (a bundle's cap:
+    what its users get), lowered where a child's load crashes."""
     if not samples:
         raise BadInputError("the gate needs at least one sample")
-    got = run_onnx(model_path, samples, precision, user_inputs, device)
+    got = run_onnx(model_path, samples, precision, user_inputs, device, level)
     for i, (ref_list, got_list) in enumerate(zip(refs, got)):
         if len(ref_list) != len(got_list):
             raise ValidationError(precision, [{"output": "*", "sample": i, "violations": [

@@ -177,3 +177,21 @@ def test_a_host_without_onnx_gets_the_message_not_a_traceback(gated):
             "from paddle2ort.cli import main; sys.exit(main(['-q', 'validate', sys.argv[1]]))")
     r = subprocess.run([sys.executable, "-c", code, str(gated)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "paddle2ort[check]" in r.stderr and "Traceback" not in r.stderr, r.stderr[-800:]
+
+
+def test_a_model_is_judged_at_the_optimization_level_its_bundle_caps(gated, tmp_path, monkeypatch):
+    """A manifest's max_graph_optimization (a higher level crashed onnxruntime at conversion) is what every runtime
+    loader uses: the re-run judges the model as it will run, not at "all"."""
+    from paddle2ort.convert import validate as v
+    b = _copy(gated, tmp_path / "capped")
+    m = json.loads((b / "manifest.json").read_text())
+    m["models"]["fp16"]["max_graph_optimization"] = "basic"
+    (b / "manifest.json").write_text(json.dumps(m))
+    seen, real = {}, v.create_session
+
+    def create(model, opts):
+        seen[Path(str(model)).name] = opts.graph_optimization
+        return real(model, opts)
+    monkeypatch.setattr(v, "create_session", create)
+    assert main(["-q", "validate", str(b)]) == 0
+    assert seen["model.fp16.onnx"] == "basic" and seen["model.fp32.onnx"] == "all"

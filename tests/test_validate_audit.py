@@ -67,11 +67,11 @@ def test_a_model_that_crashes_in_onnxruntime_hides_no_other_failure(clf_bundle, 
     from paddle2ort.convert.errors import ConversionError
     real = validate.run_onnx
 
-    def run_onnx(model_path, samples, precision="fp32", user_inputs=False, device="cpu"):
+    def run_onnx(model_path, samples, precision="fp32", user_inputs=False, device="cpu", level="all"):
         if precision == "int8":
             raise ConversionError("the converted int8 model fails in onnxruntime on generated validation sample 0: "
                                   "planted")
-        return real(model_path, samples, precision, user_inputs, device)
+        return real(model_path, samples, precision, user_inputs, device, level)
     monkeypatch.setattr(validate, "run_onnx", run_onnx)
     capsys.readouterr()
     rc = main(["validate", str(clf_bundle), "--source", str(tiny_models("bert_classifier")),
