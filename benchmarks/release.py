@@ -379,20 +379,19 @@ def measure_llm(cfg: ReleaseConfig, bundle: Path, device: str, precisions: list[
 
 
 def gate_on_device(bundle: Path, device: str, gate: dict[str, dict], thresholds: dict,
-                   is_llm: bool = False) -> dict[str, dict]:
+                   runs: list[str]) -> dict[str, dict]:
     """The conversion gate judged each model on this host's CPU; on the GPU a model computes otherwise (onnxruntime's
     CPU provider runs most FP16 operators in float32, CUDA in half precision: an overflow the CPU never sees), so a
     GPU candidate is judged again there (convert.hostcheck: the bundle's recorded samples and Paddle outputs, the
-    conversion's bounds). -> the gate record per precision for `device` (a model refused there: failure, reason and
-    a note naming the device). A bundle whose Paddle outputs were too large to keep is judged by the CPU's gate, as
-    the log says."""
+    conversion's bounds); runs: what runs there (_device_precisions). -> the gate record per precision for `device`
+    (a model refused there: failure, reason and a note naming the device). A bundle whose Paddle outputs were too
+    large to keep is judged by the CPU's gate, as the log and its candidates' "gpu_gate" say."""
     if device != "gpu":
         return gate
     from paddle2ort.convert.hostcheck import check_host
     from paddle2ort.convert.validate import GateRerunError, failure_kind
-    runs = {p for p, g in gate.items() if g.get("passed") and not (p == "int8" and not is_llm)}   # what runs there
     try:
-        check_host(bundle, device, thresholds=thresholds, only=runs)
+        check_host(bundle, device, thresholds=thresholds, only=set(runs))
         return gate
     except GateRerunError as e:
         failed = e.errors
@@ -613,9 +612,9 @@ def run_release(cfg: ReleaseConfig) -> ReleaseReport:
         passed = [p for p in asked + ["fp32"] if gate.get(p, {}).get("passed")]
         decisions, raw, unmeasured = {}, {}, {}
         for dev in devices:
-            dev_gate = gate_on_device(stage, dev, gate, conversion.thresholds, cfg.is_llm)
-            dev_passed = [p for p in passed if dev_gate.get(p, {}).get("passed")]
-            run_precs, skipped = _device_precisions(cfg, dev, dev_passed)
+            run_precs, skipped = _device_precisions(cfg, dev, passed)
+            dev_gate = gate_on_device(stage, dev, gate, conversion.thresholds, run_precs)
+            run_precs = [p for p in run_precs if p == "fp32" or dev_gate[p].get("passed")]     # fp32: the baseline
             try:
                 raw[dev], rows = (measure_llm(cfg, stage, dev, run_precs, measured_on) if cfg.is_llm
                                   else measure_classifier(cfg, stage, dev, run_precs))

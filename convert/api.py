@@ -419,8 +419,7 @@ def paddle_reference(source: ModelSource, samples: list[dict], workdir: Path) ->
     res = run_worker("reference", {"model_file": str(source.model_file), "params_file": str(source.params_file),
                                    "inputs_npz": str(inp), "outputs_npz": str(outp),
                                    "num_samples": len(samples)}, workdir)
-    data = np.load(outp)
-    return [[data[f"{i}/{j}"] for j in range(res["num_outputs"])] for i in range(len(samples))]
+    return load_references(outp, len(samples), res["num_outputs"])
 
 
 def inspect(source: ModelSource, workdir: Path) -> dict:

@@ -66,9 +66,8 @@ def overflows(fp32_path: Path, fp16_path: Path, samples: list[dict]) -> tuple[in
     # Clip's 3.4e38 bound) is clamped by the float16 converter itself
     from .lineage import _dynamic_tensors
     produced = {o for n in ref.graph.node for o in n.output}
-    outputs = {o.name for o in ref.graph.output}
-    watch = sorted(t for t in half if t in produced and t in _dynamic_tensors(ref.graph)
-                   and t not in other and t not in outputs)
+    reached = (_dynamic_tensors(ref.graph) & produced) - {o.name for o in ref.graph.output} - other
+    watch = sorted(t for t in half if t in reached)
     if not watch:
         return 0, []
     ref.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in watch)

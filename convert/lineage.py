@@ -117,6 +117,12 @@ def _weights(model) -> dict[str, np.ndarray]:
     return out
 
 
+def _fold_tolerance(want: np.ndarray) -> np.ndarray:
+    """float32 rounding of a value onnxruntime computed from weights (a fold, a fusion), per element, with room for
+    another association of its products."""
+    return 1e-5 * np.abs(want) + 1e-7 * float(np.abs(want[np.isfinite(want)]).max(initial=0.0))
+
+
 def _floating(a: np.ndarray) -> bool:
     """A float weight, scalars included (PP-HGNetV2's learnable-affine scale is one value: x1.01 passed FP16)."""
     return a.dtype in (np.float32, np.float16, np.float64) and a.size >= 1
@@ -269,8 +275,9 @@ def check_lineage(precision: str, fp32_path: Path, variant_path: Path, weights_o
             if got is None or got.op_type != n.op_type:
                 violations.append(f"node {n.name!r} ({n.op_type}) of the FP32 graph is "
                                   + ("missing" if got is None else f"now {got.op_type}"))
-            elif _attributes(got) != _attributes(n):      # a LayerNormalization's epsilon 1e-6 -> 1e-2 passed FP16
-                want, have = _attributes(n), _attributes(got)
+                continue
+            want, have = _attributes(n), _attributes(got)
+            if want != have:                            # a LayerNormalization's epsilon 1e-6 -> 1e-2 passed FP16
                 diff = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
                 violations.append(f"node {n.name!r} ({n.op_type}) has other attributes than in the FP32 graph: "
                                   + ", ".join(f"{k} {want.get(k)!r} -> {have.get(k)!r}" for k in diff))
@@ -284,7 +291,7 @@ def check_lineage(precision: str, fp32_path: Path, variant_path: Path, weights_o
                     tol = np.maximum(np.abs(w64) * FP16_ULP, FP16_TINY)
                     tol = np.where(np.abs(w64) > 65504, np.inf, tol)
                 elif name in refolded:          # float32 rounding of the fold, in whatever order it computed
-                    tol = 1e-5 * np.abs(w64) + 1e-7 * float(np.abs(w64[np.isfinite(w64)]).max(initial=0.0))
+                    tol = _fold_tolerance(w64)
                 else:
                     tol = np.zeros_like(w64)
                 with np.errstate(invalid="ignore"):          # inf - inf: an attention mask's -inf kept as -inf
@@ -309,7 +316,7 @@ def check_lineage(precision: str, fp32_path: Path, variant_path: Path, weights_o
             want = want.reshape(var[name].shape)
             # float32 rounding of the fold, with room for a different association of its products
             excess.append((name, np.abs(var[name].astype(np.float64) - want)
-                           - (1e-5 * np.abs(want) + 1e-7 * np.abs(want).max())))
+                           - _fold_tolerance(want)))
     for name, err in excess:             # err: deviation beyond the rounding the pass may introduce, per value
         checked += 1
         err = np.where(np.isnan(err), np.inf, err)     # a NaN never compares > 0: it would pass the tensor whole

@@ -286,8 +286,7 @@ def drop_cast_round_trips(graph, float32: set[str]) -> int:
             if x in rename:
                 n.input[i] = rename[x]
     read = {x for n in graph.node for x in n.input} | outputs | inner
-    keep = [n for n in graph.node if not (n.op_type == "Cast" and n.output[0] not in read)
-            or not (n.output[0] in rename or (to(n) == TensorProto.FLOAT16 and n.input[0] in rename.values()))]
+    keep = [n for n in graph.node if n.op_type != "Cast" or n.output[0] in read]    # the pairs' casts now unread
     del graph.node[:]
     graph.node.extend(keep)
     return len(rename)

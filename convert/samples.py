@@ -273,7 +273,7 @@ def make_samples(inputs: list[dict], cfg: SampleConfig, tokenizer=None) -> list[
                 for n in list(sample):
                     fill = tokenizer.pad_id if n == "input_ids" else 0
                     sample[n] = np.pad(sample[n], ((0, 0), (0, pad)), constant_values=fill)
-        for prefix, text in (_text_groups(inputs).items() if not sample else ()):
+        for text in (_text_groups(inputs).values() if not sample else ()):
             if "input_ids" not in text or not np.issubdtype(np.dtype(text["input_ids"]["dtype"]), np.integer):
                 continue
             shape = _shape(text["input_ids"], batch, dyn, hw, fixed)
