@@ -785,6 +785,32 @@ def build_interp_bilinear_ac(out: Path):
     _save(Net(), out, [_image_spec("x")])
 
 
+
+def build_float_attrs(out: Path):
+    """conv -> GroupNorm(epsilon=1e-2) over a zero group -> F.pad(value=0.5) -> softplus -> leaky_relu(0.1) -> conv:
+    float attributes Paddle 3.3 writes as float64 and paddle2onnx 2.1.0 misreads (convert/repair/f64_attrs.py): the pad
+    value came out 0 or 1e19 from run to run, the epsilon 0 (the zero group: 0/0), softplus refused at its defaults."""
+    import paddle
+    import paddle.nn as nn
+    import paddle.nn.functional as F
+
+    class Net(nn.Layer):
+        def __init__(self):
+            super().__init__()
+            self.c1 = nn.Conv2D(3, 4, 3, padding=1)
+            self.norm = nn.GroupNorm(2, 8, epsilon=1e-2)
+            self.c2 = nn.Conv2D(8, 3, 3)
+
+        def forward(self, x):
+            y = self.c1(x)
+            y = paddle.concat([y, paddle.zeros_like(y)], 1)            # channels 4..7: a group of zeros
+            y = F.pad(self.norm(y), [1, 1, 1, 1], value=0.5)
+            y = F.leaky_relu(F.softplus(y), 0.1)
+            return self.c2(y)
+
+    paddle.seed(64)
+    _save(Net(), out, [_image_spec("x")])
+
 BUILDERS = {
     "esrgan": build_esrgan,
     "edsr_ps": build_edsr_ps,
@@ -799,6 +825,7 @@ BUILDERS = {
     "midas_small": build_midas_small,
     "blazeface": build_blazeface,
     "interp_nearest": build_interp_nearest,
+    "float_attrs": build_float_attrs,
     "interp_bilinear_ac": build_interp_bilinear_ac,
     "interp_frac": build_interp_frac,
     "interp_frac_bilinear": lambda out: build_interp_frac(out, 1.3, "bilinear"),

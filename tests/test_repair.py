@@ -89,15 +89,17 @@ def _pir_program():
            op("nearest_interp", [attr("scale", "0.a_array", [{"#": "0.a_f64", "D": 2.0}, {"#": "0.a_f64", "D": 2.0}]),
                                  attr("out_h", "0.a_i32", -1)]),
            op("bilinear_interp", [attr("scale", "0.a_array", [])]),
+           op("pad3d", [attr("mode", "0.a_str", "constant"), attr("pad_value", "0.a_f64", 0.5)]),
            op("full", [attr("value", "0.a_f64", 0.5)])]           # float64 by design: left alone
     return {"base_code": {"magic": "pir"}, "program": {"regions": [{"blocks": [{"ops": ops}]}]}}
 
 
 def test_paddle33_float64_attributes_repaired():
     program = _pir_program()
-    assert repair_program(program) == [{"name": f64_attrs.NAME, "count": 2}]
+    assert repair_program(program) == [{"name": f64_attrs.NAME, "count": 3}]
     kinds = {(o["#"], a["N"]): a["AT"] for o in f64_attrs.walk_ops(program) for a in o["A"]}
     assert kinds[("1.leaky_relu", "negative_slope")]["#"] == "0.a_f32"
+    assert kinds[("1.pad3d", "pad_value")] == {"#": "0.a_f32", "D": 0.5}
     assert {e["#"] for e in kinds[("1.nearest_interp", "scale")]["D"]} == {"0.a_f32"}
     assert kinds[("1.full", "value")]["#"] == "0.a_f64"
     assert repair_program(program) == []                            # applied only where the pattern is present

@@ -1,19 +1,26 @@
 """Attributes Paddle >= 3.3 stores as float64 where paddle2onnx 2.1.0 reads float32.
 
-Translating a program to PIR, Paddle 3.3 writes a few attributes as float64 (`0.a_f64`) that Paddle 3.2 wrote as
-float32 (measured on the corpus, same programs under both: leaky_relu `negative_slope` and the *_interp ops' `scale`
-array; every other float attribute kept its type). paddle2onnx 2.1.0 reads them as float32 (pir_parser.cc), so
-  - an array (`scale`) aborts the export: `the 0th elementwise MUST be ir::FloatAttribute`;
-  - a scalar (`negative_slope`) is read as NaN, silently: LeakyRelu(alpha=nan) makes every output NaN.
-Storing them as float32 is what Paddle 3.2 wrote (and slopes/resize factors are float32 values to begin with).
+Translating a program to PIR, Paddle 3.3 writes some float attributes as float64 (`0.a_f64`); paddle2onnx 2.1.0
+reads them as float32 (pir_parser.cc). Measured, op by op (Paddle 3.3.1 x paddle2onnx 2.1.0, tiny models of each op
+with non-default values, every export compared with Paddle):
+  - an array (*_interp `scale`) aborts the export: `the 0th elementwise MUST be ir::FloatAttribute`;
+  - softplus `beta`/`threshold` are misread, so the export refuses even the defaults (`Only support softplus with
+    beta == 1.0 and threshold == 20.0`);
+  - a scalar is read as NaN, 0 or whatever the memory held, silently and differently from run to run: leaky_relu
+    `negative_slope` (NaN: every output NaN), pad3d `pad_value` (F.pad's constant: 0 or 1e19), group_norm
+    `epsilon` (0: a constant group divides by zero).
+Storing them as float32 is what paddle2onnx reads (and these are float32 values in Paddle's kernels). float64 by
+design stays: `full.value` is read as double.
 """
 from __future__ import annotations
 
 NAME = "paddle33_f64_attributes"
-DEFECT = "Paddle >= 3.3 writes leaky_relu.negative_slope / *_interp.scale as float64; paddle2onnx 2.1.0 reads float32"
+DEFECT = ("Paddle >= 3.3 writes some float attributes (pad3d.pad_value, group_norm.epsilon, ...) as float64; "
+          "paddle2onnx 2.1.0 reads float32")
 F64, F32 = "0.a_f64", "0.a_f32"
 # op name (PIR, without the dialect prefix; a leading "*" matches a suffix) -> attribute names
-ATTRIBUTES = {"leaky_relu": ("negative_slope",), "*_interp": ("scale",)}
+ATTRIBUTES = {"leaky_relu": ("negative_slope",), "*_interp": ("scale",), "pad3d": ("pad_value",),
+              "group_norm": ("epsilon",), "softplus": ("beta", "threshold")}
 
 
 def walk_ops(program: dict):
