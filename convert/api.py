@@ -552,6 +552,7 @@ def _convert(config: ConvertConfig, more_sources: tuple[Path, ...]) -> ConvertRe
                 else:
                     (shutil.copytree if Path(src).is_dir() else shutil.copy2)(src, dst)
             write_json(stage / VALIDATION_NAME, {"validated": config.validate, "reports": reports,
+                                                 "samples_from": "inputs" if _user_inputs(config) else "generated",
                                                  **({"host": describe_host()} if config.validate else {})})
             manifest = Manifest(
                 schema_version=SCHEMA_VERSION,
@@ -734,11 +735,12 @@ def judge_bundle(bundle, bundle_dir: Path, samples: list[dict], refs: list[list[
     naming every failure (a refused gate, a model onnxruntime cannot load or run, samples it cannot be judged on)."""
     m = bundle.manifest
     passed, failed = {}, {}
+    given = _samples_given(bundle)
     for prec in (p for p in m.models if only is None or p in only):     # only: the precisions asked about
         thr = thresholds.get(prec, DEFAULT_THRESHOLDS[prec])
         try:
             reference, weights_only = _lineage_reference(bundle, prec)
-            passed[prec] = validate(prec, bundle.model_path(prec), samples, refs, list(m.outputs), thr,
+            passed[prec] = validate(prec, bundle.model_path(prec), samples, refs, list(m.outputs), thr, given,
                                     fp32_model=reference, device=device, lineage_weights_only=weights_only,
                                     level=m.models[prec].max_graph_optimization or "all")   # what runtimes get
         except ValidationError as e:
@@ -807,6 +809,16 @@ def _recorded_bounds_hint(bundle, precision: str, used: Thresholds) -> str | Non
     return (f"The bundle passed its conversion gate with other bounds ({', '.join(diff)}, in its {VALIDATION_NAME}): "
             f"this run used the defaults or your --threshold. To re-run the gate it passed, give "
             + " ".join(f"--threshold {d}" for d in diff) + ".")
+
+
+def _samples_given(bundle) -> bool:
+    """Whether the bundle's gate samples are the user's --inputs (validation.json; a bundle written before it said
+    so: generated), so a refusal on them speaks of the user's inputs, not of generated ones."""
+    try:
+        recorded = read_json_object(bundle.path / VALIDATION_NAME, "validation report", "convert again")
+    except BadInputError:
+        return False
+    return recorded.get("samples_from") == "inputs"
 
 
 def _lineage_reference(bundle, precision: str) -> tuple[Path | None, bool]:

@@ -195,3 +195,24 @@ def test_a_model_is_judged_at_the_optimization_level_its_bundle_caps(gated, tmp_
     monkeypatch.setattr(v, "create_session", create)
     assert main(["-q", "validate", str(b)]) == 0
     assert seen["model.fp16.onnx"] == "basic" and seen["model.fp32.onnx"] == "all"
+
+
+def test_a_bundle_gated_on_the_users_inputs_is_rejudged_as_such(gated, tmp_path, monkeypatch):
+    """validation.json says whose samples the gate ran on: a re-run's refusal then speaks of the user's --inputs
+    (their fix), not of generated samples."""
+    from paddle2ort.convert import api
+    assert json.loads((gated / "validation.json").read_text())["samples_from"] == "generated"
+    b = _copy(gated, tmp_path / "given")
+    v = json.loads((b / "validation.json").read_text())
+    v["samples_from"] = "inputs"
+    (b / "validation.json").write_text(json.dumps(v))
+    seen, real = [], api.validate
+
+    def spy(prec, model, samples, refs, outputs, thr, user_inputs=False, **kw):
+        seen.append(user_inputs)
+        return real(prec, model, samples, refs, outputs, thr, user_inputs, **kw)
+    monkeypatch.setattr(api, "validate", spy)
+    assert main(["-q", "validate", str(reseal(b))]) == 0
+    assert seen and all(seen)
+    seen.clear()
+    assert main(["-q", "validate", str(gated)]) == 0 and seen and not any(seen)
