@@ -16,8 +16,8 @@ from paddle2ort.convert import export as export_stage
 from paddle2ort.convert._worker import _export_failure
 from paddle2ort.cli import main
 from paddle2ort.convert.errors import ConversionError
-from paddle2ort.convert.repair import (bool_where, concat_rank, f64_attrs, loop_shapes, output_shapes, repair_onnx,
-                                       repair_program)
+from paddle2ort.convert.repair import (bool_where, concat_rank, f64_attrs, hardtanh_bounds, loop_shapes,
+                                       output_shapes, repair_onnx, repair_program)
 from conftest import run_python
 
 
@@ -103,6 +103,16 @@ def test_paddle33_float64_attributes_repaired():
     assert {e["#"] for e in kinds[("1.nearest_interp", "scale")]["D"]} == {"0.a_f32"}
     assert kinds[("1.full", "value")]["#"] == "0.a_f64"
     assert repair_program(program) == []                            # applied only where the pattern is present
+
+
+def test_hardtanh_bounds_given_under_the_names_paddle2onnx_reads():
+    program = {"program": {"regions": [{"blocks": [{"ops": [
+        {"#": "1.hardtanh", "A": [{"AT": {"#": "0.a_f32", "D": 0.0}, "N": "t_min"},
+                                  {"AT": {"#": "0.a_f32", "D": 20.0}, "N": "t_max"}], "I": [], "O": []}]}]}]}}
+    assert repair_program(program) == [{"name": hardtanh_bounds.NAME, "count": 1}]
+    attrs = {a["N"]: a["AT"]["D"] for o in f64_attrs.walk_ops(program) for a in o["A"]}
+    assert attrs == {"t_min": 0.0, "t_max": 20.0, "min": 0.0, "max": 20.0}
+    assert repair_program(program) == []
 
 
 def test_float_attribute_abort_is_explained():

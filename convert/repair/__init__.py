@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
-from . import bool_where, concat_rank, f64_attrs, loop_shapes, output_shapes, resize_inputs
+from . import bool_where, concat_rank, f64_attrs, hardtanh_bounds, loop_shapes, output_shapes, resize_inputs
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,7 @@ class Repair:
 
 REPAIRS = (
     Repair(f64_attrs.NAME, "program", f64_attrs.apply, f64_attrs.DEFECT),
+    Repair(hardtanh_bounds.NAME, "program", hardtanh_bounds.apply, hardtanh_bounds.DEFECT),
     Repair(loop_shapes.NAME, "onnx", loop_shapes.apply, loop_shapes.DEFECT),     # first: inference needs it
     Repair(concat_rank.NAME, "onnx", concat_rank.apply, concat_rank.DEFECT),
     Repair(bool_where.NAME, "onnx", bool_where.apply, bool_where.DEFECT),
