@@ -9,8 +9,11 @@ with non-default values, every export compared with Paddle):
   - a scalar is read as NaN, 0 or whatever the memory held, silently and differently from run to run: leaky_relu
     `negative_slope` (NaN: every output NaN), pad3d `pad_value` (F.pad's constant: 0 or 1e19), group_norm
     `epsilon` (0: a constant group divides by zero).
-Storing them as float32 is what paddle2onnx reads (and these are float32 values in Paddle's kernels). float64 by
-design stays: `full.value` is read as double.
+Storing them as float32 is what paddle2onnx reads (and these are float32 values in Paddle's kernels). The list is
+Paddle's own (libpaddle's version patches name the attributes it turned from float to double; a scan of 124 one-op
+programs found no other float64 attribute); legacy programs get it too (convert._worker translates them to PIR
+first). float64 by design stays: `full.value`, `assign_value_.values`, `set_value_.values` are read as double
+(as float32, 2**40 + 3 or 1e200 would change).
 """
 from __future__ import annotations
 
