@@ -396,7 +396,7 @@ def _export_failure(message: str, program: dict) -> str:
         listing = ", ".join(f"{k} (x{n})" for k, n in sorted(sites.items())) or "none found in the program"
         return (f"paddle2onnx cannot read a float64 array attribute ({first}). Attributes stored as float64: "
                 f"{listing}. Cause: Paddle >= 3.3 writes these as float64 while paddle2onnx 2.1.0 reads float32 "
-                "(leaky_relu and *_interp attributes are repaired automatically). Next step: re-save the model with "
+                "(those Paddle's own patches list are repaired automatically). Next step: re-save the model with "
                 "paddlepaddle 3.2.x, or report the operator named above")
     if "Cannot find" in message or "not supported" in message.lower() or "Unimplemented" in message:
         return (f"paddle2onnx has no working mapping for an operator of this program ({first}). Next step: "
@@ -413,7 +413,7 @@ class ExportFailed(Exception):
 def task_export(args: dict) -> dict:
     import paddle2onnx.paddle2onnx_cpp2py_export as c_p2o
 
-    from paddle2ort.convert.repair import repair_program
+    from paddle2ort.convert.repair import repair_exported, repair_program
 
     save_file = args["save_file"]
     workdir = os.path.dirname(os.path.abspath(save_file))
@@ -434,6 +434,9 @@ def task_export(args: dict) -> dict:
                                   True, True, True, {}, "onnxruntime", "", "", False)
     except Exception as e:  # noqa: BLE001 - pybind11 re-raises Paddle's enforce errors as RuntimeError/...
         raise ExportFailed(_export_failure(str(e), program)) from e
+    if onnx_bytes:                              # empty: paddle2onnx's silent failure, for check_onnx_file to name
+        onnx_bytes, paired = repair_exported(program, onnx_bytes)
+        repairs = repairs + paired
     atomic_write(save_file, onnx_bytes)
     return {"save_file": save_file, "repairs": repairs}
 

@@ -2,6 +2,7 @@
 the right values afterwards), leaves graphs without it untouched, and the converter names what it applied."""
 import ast
 import json
+import math
 import textwrap
 from pathlib import Path
 
@@ -16,8 +17,8 @@ from paddle2ort.convert import export as export_stage
 from paddle2ort.convert._worker import _export_failure
 from paddle2ort.cli import main
 from paddle2ort.convert.errors import ConversionError
-from paddle2ort.convert.repair import (bool_where, concat_rank, f64_attrs, hardtanh_bounds, loop_shapes,
-                                       output_shapes, repair_onnx, repair_program)
+from paddle2ort.convert.repair import (bool_where, concat_rank, f64_attrs, gelu_tanh, hardtanh_bounds, loop_shapes,
+                                       output_shapes, repair_exported, repair_onnx, repair_program)
 from conftest import run_python
 
 
@@ -103,6 +104,42 @@ def test_paddle33_float64_attributes_repaired():
     assert {e["#"] for e in kinds[("1.nearest_interp", "scale")]["D"]} == {"0.a_f32"}
     assert kinds[("1.full", "value")]["#"] == "0.a_f64"
     assert repair_program(program) == []                            # applied only where the pattern is present
+
+
+def _erf_gelus(n: int) -> onnx.ModelProto:
+    """n GELUs in a row as paddle2onnx 2.1.0 writes every one: Mul(Mul(x, Add(Erf(Div(x, sqrt 2)), 1)), 0.5)."""
+    from onnx import numpy_helper
+    nodes, inits, x = [], [], "x"
+    for k, v in {"sqrt2": math.sqrt(2.0), "one": 1.0, "half": 0.5}.items():
+        inits.append(numpy_helper.from_array(np.array([v], np.float32), k))
+    for k in range(n):
+        out = f"p2o.pd_op.gelu.{k}.0"
+        nodes += [h.make_node("Div", [x, "sqrt2"], [f"d{k}"]), h.make_node("Erf", [f"d{k}"], [f"e{k}"]),
+                  h.make_node("Add", [f"e{k}", "one"], [f"a{k}"]), h.make_node("Mul", [x, f"a{k}"], [f"m{k}"]),
+                  h.make_node("Mul", [f"m{k}", "half"], [out])]
+        x = out
+    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, [4, 8])],
+                          [h.make_tensor_value_info(x, T.FLOAT, [4, 8])], inits)
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+
+
+def test_a_tanh_gelu_is_exported_as_one():
+    """The program's second of two gelu ops approximates: only its graph becomes the tanh form; the first keeps erf."""
+    def gelu(approximate):
+        return {"#": "1.gelu", "A": [{"AT": {"#": "0.a_bool", "D": approximate}, "N": "approximate"}], "I": [], "O": []}
+    program = {"program": {"regions": [{"blocks": [{"ops": [gelu(False), gelu(True)]}]}]}}
+    assert gelu_tanh.sites(program) == [1]
+    data, done = repair_exported(program, _erf_gelus(2).SerializeToString())
+    assert done == [{"name": gelu_tanh.NAME, "count": 1}]
+    model = onnx.load_from_string(data)
+    onnx.checker.check_model(model)
+    assert [n.op_type for n in model.graph.node].count("Erf") == 1
+    x = np.linspace(-4, 4, 32, dtype=np.float32).reshape(4, 8)
+    erf = np.vectorize(math.erf)
+    want = 0.5 * x * (1 + erf(x / math.sqrt(2)))
+    want = 0.5 * want * (1 + np.tanh(math.sqrt(2 / math.pi) * (want + 0.044715 * want ** 3)))
+    np.testing.assert_allclose(_session(model).run(None, {"x": x})[0], want, atol=1e-6)
+    assert repair_exported({"program": {"regions": [{"blocks": [{"ops": [gelu(False)]}]}]}}, data) == (data, [])
 
 
 def test_hardtanh_bounds_given_under_the_names_paddle2onnx_reads():

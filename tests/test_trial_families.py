@@ -135,7 +135,7 @@ def test_float_attributes_paddle_writes_as_float64_reach_onnx(vision_trial_model
     """A pad value, a GroupNorm epsilon, softplus' beta and a LeakyReLU slope, stored as float64 by Paddle 3.3:
     paddle2onnx 2.1.0 read the pad value as 0 or 1e19 (run to run), the epsilon as 0 (NaN on the zero group) and
     refused softplus. Rewritten to float32 they reach the ONNX graph as written, every time; so do hardtanh's bounds
-    (it clipped at -1..1)."""
+    (it clipped at -1..1) and a tanh GELU (written as the erf one)."""
     import onnx
     from onnx import numpy_helper
     out = tmp_path / "attrs"
@@ -143,7 +143,7 @@ def test_float_attributes_paddle_writes_as_float64_reach_onnx(vision_trial_model
     assert res.reports["fp32"]["passed"]
     repairs = json.loads((out / "manifest.json").read_text())["source"]["repairs"]
     assert {"name": "paddle33_f64_attributes", "count": 5} in repairs
-    assert {"name": "hardtanh_bounds", "count": 1} in repairs
+    assert {"name": "hardtanh_bounds", "count": 1} in repairs and {"name": "gelu_tanh", "count": 1} in repairs
     g = onnx.load(str(out / "model.fp32.onnx")).graph
     consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
     pad = next(n for n in g.node if n.op_type == "Pad")
@@ -153,3 +153,4 @@ def test_float_attributes_paddle_writes_as_float64_reach_onnx(vision_trial_model
     assert eps and np.allclose(eps, 1e-2)
     clip = next(n for n in g.node if n.op_type == "Clip")
     assert [float(consts[i]) for i in clip.input[1:]] == [-0.5, 3.0]
+    assert not any(n.op_type == "Erf" for n in g.node) and any(n.op_type == "Tanh" for n in g.node)

@@ -1,7 +1,9 @@
 """Repairs for paddle2onnx's known defects, one family a file, each applied only where its pattern is present.
 
 Two stages: `program` repairs rewrite the PIR program (JSON) handed to paddle2onnx, in the export worker; `onnx`
-repairs rewrite the exported graph before the load check. Each returns how many sites it changed; the converter
+repairs rewrite the exported graph before the load check. A `pair` repair needs both (which ops of the program
+paddle2onnx mistranslated, fixed in its graph): it runs in the export worker on the bytes paddle2onnx returns, the
+graph parsed only where the program holds its pattern. Each returns how many sites it changed; the converter
 records `[{name, count}]` in the manifest (source.repairs), and the validation gate proves the result against Paddle.
 """
 from __future__ import annotations
@@ -10,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
-from . import bool_where, concat_rank, f64_attrs, hardtanh_bounds, loop_shapes, output_shapes, resize_inputs
+from . import bool_where, concat_rank, f64_attrs, gelu_tanh, hardtanh_bounds, loop_shapes, output_shapes, resize_inputs
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,27 @@ def _run(stage: str, target) -> list[dict]:
 def repair_program(program: dict) -> list[dict]:
     """Apply the program repairs to a PIR program (the parsed JSON); returns [{name, count}] of those applied."""
     return _run("program", program)
+
+
+# pair repairs: (name, sites(program) -> list, apply(model, sites) -> count, defect)
+PAIRS = ((gelu_tanh.NAME, gelu_tanh.sites, gelu_tanh.apply, gelu_tanh.DEFECT),)
+
+
+def repair_exported(program: dict, onnx_bytes: bytes) -> tuple[bytes, list[dict]]:
+    """Apply the pair repairs to paddle2onnx's output for `program`; -> (the bytes, rewritten only where one applied,
+    [{name, count}])."""
+    found = [(name, s, apply, defect) for name, sites, apply, defect in PAIRS if (s := sites(program))]
+    if not found:
+        return onnx_bytes, []
+    import onnx
+    model = onnx.load_from_string(onnx_bytes)
+    done = []
+    for name, s, apply, defect in found:
+        n = apply(model, s)
+        if n:
+            log.info("repair %s: %d site(s) (%s)", name, n, defect)
+            done.append({"name": name, "count": n})
+    return (model.SerializeToString() if done else onnx_bytes), done
 
 
 def repair_onnx(model) -> list[dict]:
