@@ -140,11 +140,13 @@ def compare_detections(refs: list[np.ndarray], gots: list[np.ndarray], tie_margi
         swapped += len(near_pairs)
         left_r = np.setdiff1d(rest_r, [i for i, _ in near_pairs])
         left_g = np.setdiff1d(rest_g, [j for _, j in near_pairs])
-        # an unmatched detection scored within eps of the other list's lowest score sits at the cut: near-tie
-        cut_g = g[:, 1].min() if len(g) else -np.inf      # an empty list has no cut: all the other's count
-        cut_r = r[:, 1].min() if len(r) else -np.inf
-        tie_r = r[left_r, 1] <= cut_g + eps
-        tie_g = g[left_g, 1] <= cut_r + eps
+        # an unmatched detection scored within eps of the cut (the lower of the two lists' lowest scores: a score
+        # threshold's or a keep_top_k's) is a near-tie; one far above it is not (a list cut in half: the lost
+        # half lies between the two lowest scores, not at them)
+        cut = min(g[:, 1].min() if len(g) else -np.inf,     # an empty list has no cut: all the other's count
+                  r[:, 1].min() if len(r) else -np.inf)
+        tie_r = np.abs(r[left_r, 1] - cut) <= eps
+        tie_g = np.abs(g[left_g, 1] - cut) <= eps
         near += int(tie_r.sum() + tie_g.sum())
         missed += int((~tie_r).sum())
         extra += int((~tie_g).sum())
