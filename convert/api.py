@@ -23,7 +23,7 @@ from .bundle import check_outside_inputs, staged_bundle, write_json
 from .errors import (BadInputError, ConversionError, InexactPoolingError, LabelCountError, QuantizedProgramError,
                      UnsupportedOperatorsError, ValidationError, thresholded)
 from .fusion import FusionConfig, bundle_graphs
-from .graph import _IDENT, rename_and_annotate, shape_only_outputs, share_duplicate_weights
+from .graph import _IDENT, pin_unbatchable, rename_and_annotate, shape_only_outputs, share_duplicate_weights
 from .labels import mask_sources
 from .ocr import CLASSES_FILE as OCR_CLASSES_FILE
 from .ocr import DB_DEFAULTS, ctc_labels, direction_settings, paddlex_detector, paddlex_dictionary
@@ -474,6 +474,10 @@ def _convert(config: ConvertConfig, more_sources: tuple[Path, ...]) -> ConvertRe
             import onnx
             model, in_specs, out_specs = rename_and_annotate(onnx.load(str(raw)), info["inputs"], info["outputs"],
                                                              list(config.output_names) if config.output_names else None)
+            in_specs, unbatched = pin_unbatchable(model, in_specs, samples)
+            if unbatched:
+                log.warning("the ONNX graph runs one image/row at a time only (a batch of 2 fails in onnxruntime: "
+                            "%s): the bundle's inputs are pinned to batch 1", unbatched)
             unbounded = info.get("rnn_sequence_lengths") and unbounded_rnns(model.graph)
             if unbounded:
                 log.warning("paddle2onnx wrote %d RNN layer(s) without the sequence lengths Paddle gives them: the "
@@ -587,6 +591,9 @@ FP16_HINT = ("FP16 failing where FP32 passes is usually one operator type overfl
              "with --fp16-block-ops and convert again, or leave fp16 out of --precision.")
 
 
+FP32_SELECTION_FLOOR = 0.9      # an FP32 detection agreement below this is no near-tie: the export selects otherwise
+
+
 def gate_hint(precision: str, e: ValidationError, model_path: Path, user_inputs: bool,
               deployment_feed: bool = False, fp16_block: tuple[str, ...] | None = None,
               rnn_lengths: int = 0) -> str | None:
@@ -613,7 +620,21 @@ def gate_hint(precision: str, e: ValidationError, model_path: Path, user_inputs:
                 f"high, so few did. If that is acceptable, stop judging the worst error of the {precision} "
                 f"model's outputs: --threshold {precision}.max_rel_diff=1 (and a looser {precision}.max_rel_rmse if "
                 "the rms error failed too); the cosine stays judged.")
+    convs = sum(n.op_type == "ConvInteger" for n in model.graph.node)
+    if precision == "int8" and any(thresholded(f) for f in e.failures) and convs:
+        return (f"{convs} convolution(s) were quantized (ConvInteger): onnxruntime's dynamic INT8 gives each "
+                "convolution weight one scale whatever --int8-per-channel says, and convolutions lose most there (a "
+                "trial RepVGG: cosine 0.88, 0.89 per channel). Leave Conv out of --int8-op-types (the default "
+                "MatMul,Gemm quantizes the linear layers only), or leave int8 out of --precision.")
     selected = sorted({f["output"] for f in e.failures} & data_dependent_outputs(model.graph))
+    lost = [f["output"] for f in e.failures if f["output"] in selected
+            and (f["metrics"].get("argmax_agreement") or 1.0) < FP32_SELECTION_FLOOR]
+    if selected and precision == "fp32" and lost:
+        return (f"{', '.join(map(repr, lost))}: the FP32 model selects other rows than Paddle for most of them. FP32 "
+                "rounding moves a candidate at the cut, not most: the export computes the selection otherwise (one "
+                "known case: paddle2onnx 2.1.0 indexes multiclass_nms3's scores wrongly when the program does not "
+                "know the candidate count, i.e. a dynamic input size: export the model with a fixed image size). "
+                "Report the model if it is exported with fixed sizes.")
     if selected and user_inputs and precision != "fp32":
         return (f"{', '.join(map(repr, selected))} select(s) a data-dependent set of rows (NMS, top-k), judged as "
                 f"sets of detections where they are lists of them: on your inputs {precision} rounding changed which "
@@ -633,12 +654,6 @@ def gate_hint(precision: str, e: ValidationError, model_path: Path, user_inputs:
         return FP16_HINT + (_fp16_block_hint(model, block) or (
             f" --fp16-block-ops replaces the list in force ({','.join(block)}): give it whole with your op added, "
             f"--fp16-block-ops {','.join(block)},OP."))
-    convs = sum(n.op_type == "ConvInteger" for n in model.graph.node)
-    if precision == "int8" and any(thresholded(f) for f in e.failures) and convs:
-        return (f"{convs} convolution(s) were quantized (ConvInteger): onnxruntime's dynamic INT8 gives each "
-                "convolution weight one scale whatever --int8-per-channel says, and convolutions lose most there (a "
-                "trial RepVGG: cosine 0.88, 0.89 per channel). Leave Conv out of --int8-op-types (the default "
-                "MatMul,Gemm quantizes the linear layers only), or leave int8 out of --precision.")
     if precision == "int8" and any(thresholded(f) for f in e.failures) and _int8_per_tensor(model):
         return ("Dynamic INT8 quantized each weight with one scale (per tensor); weights whose rows differ in range "
                 "lose most there (a random-weight PVTv2 was refused at cosine 0.94 and passed per channel): convert "

@@ -256,3 +256,32 @@ def share_duplicate_weights(model) -> int:
 def onnx_helper_identity(src: str, dst: str):
     from onnx import helper
     return helper.make_node("Identity", [src], [dst], name=f"share_{dst}")
+
+
+def pin_unbatchable(model, in_specs: list[TensorSpec], samples: list[dict]) -> tuple[list[TensorSpec], str | None]:
+    """Inputs declared with a dynamic batch the graph cannot run: where every input's first dim is dynamic and the
+    gate's samples are all batch 1 (so the gate never runs another), the FP32 graph is run once on sample 0
+    repeated twice; if onnxruntime refuses it (paddle2onnx's multiclass_nms3 concatenates per-image results for
+    one image only), that dim is pinned to 1 in the graph and the specs: a user's batch of 2 then gets a shape
+    error naming it, not a failure inside the graph. -> (specs, onnxruntime's reason, or None where nothing was
+    pinned). Mutates `model`."""
+    import numpy as np
+    names = [s.name for s in in_specs]
+    if (not samples or not in_specs or any(not s.shape or not isinstance(s.shape[0], str) for s in in_specs)
+            or any(np.ndim(x[n]) == 0 or np.shape(x[n])[0] != 1 for x in samples for n in names)
+            or model.ByteSize() > 1_900_000_000):
+        return in_specs, None
+    from paddle2ort.runtime.session import create_session
+    try:
+        sess = create_session(model.SerializeToString())
+    except Exception:  # noqa: BLE001 - a graph that does not load: the load check names it
+        return in_specs, None
+    try:
+        sess.run(None, {n: np.concatenate([samples[0][n]] * 2) for n in names})
+        return in_specs, None
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own (pybind) exception types
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    for vi in model.graph.input:
+        if vi.name in names:
+            vi.type.tensor_type.shape.dim[0].dim_value = 1         # clears the dim_param
+    return [TensorSpec(s.name, s.dtype, (1, *s.shape[1:])) for s in in_specs], reason

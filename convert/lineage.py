@@ -7,8 +7,13 @@ FP16's ~1% noise); these invariants can, on every host alike (no kernels run):
 - int8 (dynamic): each quantized weight W_quantized/W_scale/W_zero_point dequantizes to within half a
   quantization step of the FP32 W; float weights kept under their FP32 name are unchanged, and FP32 tensors its
   constant folding turned into weights equal their value recomputed from the FP32 weights; nodes its graph
-  optimizer never fuses (activations but Relu/Clip/HardSwish, Adds of two computed tensors) are kept. (Fused nodes, e.g.
-  BatchNormalization folded into Conv, get new names and weights: those are judged by the outputs alone.)
+  optimizer never fuses (activations but Relu/Clip/HardSwish, Adds of two computed tensors) are kept; every FP32
+  node it still has (same name, or a quantized Conv/MatMul's `<name>_quant`) keeps its attributes, schema
+  defaults filled in (a ConvInteger's dilation 3 -> 2, a Pad's mode, a LayerNorm's epsilon passed the INT8 bounds).
+  (Fused nodes, e.g. BatchNormalization folded into Conv, get new names and weights: judged by the outputs alone.)
+- both: integer constants kept under their name are unchanged (a temporal shift's Slice bounds: FP16 and INT8's
+  looser output bounds let fold 4 -> 3 channels pass), and a kept node is still read where the FP32 graph reads it
+  (a LeakyReLU rewired out of the graph, its node left unread, passed).
 Weight-only MatMulNBits variants (int4, LLM int8) are judged by their outputs alone.
 """
 from __future__ import annotations
@@ -136,6 +141,110 @@ def _attributes(node) -> dict:
     from onnx import helper
     return {a.name: helper.get_attribute_value(a) for a in node.attribute
             if a.type in ATTRIBUTE_KINDS and a.name not in RETYPING}
+
+
+# ops whose attributes onnxruntime's optimizer rewrites under the node's name (Transpose perms merged, Reshape /
+# Squeeze / Unsqueeze / Slice folded into their neighbours): not compared in INT8
+REWRITTEN_IN_PLACE = {"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Slice"}
+QUANTIZED_AS = {"Conv": "ConvInteger", "MatMul": "MatMulInteger"}
+
+
+def _with_defaults(node, opset: int) -> dict:
+    """A node's attributes with those it leaves out at their schema default (the quantizer writes auto_pad,
+    storage_order, Resize's modes out; paddle2onnx leaves them to their defaults)."""
+    from onnx import defs, helper
+    out = _attributes(node)
+    try:
+        schema = defs.get_schema(node.op_type, opset, node.domain)
+    except Exception:  # noqa: BLE001 - an op onnx does not know (a contrib op): its own attributes only
+        return out
+    for name, a in schema.attributes.items():
+        if name not in out and name not in RETYPING and a.default_value.name:
+            out[name] = helper.get_attribute_value(a.default_value)
+    return out
+
+
+def _pad_fused(ref_model, var_names: set[str]) -> set[str]:
+    """FP32 nodes a Pad feeds that the variant lost: onnxruntime's PadFusion moved its pads into them."""
+    pads = {o for n in ref_model.graph.node if n.op_type == "Pad" and n.name not in var_names for o in n.output}
+    return {n.name for n in ref_model.graph.node if n.input and n.input[0] in pads}
+
+
+def _attribute_violations(ref_model, var_model, skip: set[str]) -> tuple[int, list[str]]:
+    """INT8: every FP32 node the variant still has under its name (or `<name>_quant`, its quantized form) keeps its
+    attributes, both sides' schema defaults filled in. -> (nodes compared, violations). skip: nodes already
+    compared (the kept ones)."""
+    opset = next((o.version for o in ref_model.opset_import if o.domain in ("", "ai.onnx")), 17)
+    var_opset = next((o.version for o in var_model.opset_import if o.domain in ("", "ai.onnx")), opset)
+    nodes = {n.name: n for n in var_model.graph.node if n.name}
+    fused_pads = _pad_fused(ref_model, set(nodes))
+    checked, out = 0, []
+    for n in ref_model.graph.node:
+        if not n.name or n.name in skip or n.op_type in REWRITTEN_IN_PLACE:
+            continue
+        got = nodes.get(n.name)
+        if got is None or got.op_type != n.op_type:
+            got = nodes.get(f"{n.name}_quant")
+            if got is None or got.op_type not in (n.op_type, QUANTIZED_AS.get(n.op_type)):
+                continue
+        want, have = _with_defaults(n, opset), _with_defaults(got, var_opset)
+        if n.name in fused_pads:
+            for k in ("pads", "auto_pad"):
+                want.pop(k, None), have.pop(k, None)
+        checked += 1
+        diff = sorted(k for k in want.keys() & have.keys() if want[k] != have[k])
+        if diff:
+            out.append(f"node {n.name!r} ({n.op_type}) has other attributes than in the FP32 graph: "
+                       + ", ".join(f"{k} {_shown(want[k])} -> {_shown(have[k])}" for k in diff))
+    return checked, out
+
+
+def _shown(v) -> str:
+    """An attribute value as a user reads it (a string attribute is bytes in onnx)."""
+    if isinstance(v, bytes):
+        return repr(v.decode("utf-8", "replace"))
+    if isinstance(v, list):
+        return "[" + ", ".join(_shown(x) for x in v) + "]"
+    return repr(v)
+
+
+def _integer_violations(ref: dict[str, np.ndarray], var: dict[str, np.ndarray]) -> tuple[int, list[str]]:
+    """Integer constants the variant keeps under their FP32 name: unchanged (shapes, slice bounds, axes)."""
+    checked, out = 0, []
+    for name, w in ref.items():
+        if name not in var or not np.issubdtype(w.dtype, np.integer) or not np.issubdtype(var[name].dtype, np.integer):
+            continue
+        checked += 1
+        if var[name].shape != w.shape or not np.array_equal(var[name], w):
+            out.append(f"integer constant {name!r} is {_brief(var[name])}, the FP32 model's {_brief(w)}")
+    return checked, out
+
+
+def _brief(a: np.ndarray) -> str:
+    return str(a.tolist()) if a.size <= 8 else f"shape {list(a.shape)}"
+
+
+def _unread(ref_model, var_model, names: list[str]) -> list[str]:
+    """Kept nodes (`names`) whose outputs the FP32 graph reads and the variant no longer does (rewired around)."""
+    def readers(g) -> set[str]:
+        return {x for n in g.node for x in n.input} | {o.name for o in g.output} | {
+            x for n in g.node for a in n.attribute if a.g.name for x in _subgraph_inputs(a.g)}
+    ref_read, var_read = readers(ref_model.graph), readers(var_model.graph)
+    ref_nodes = {n.name: n for n in ref_model.graph.node}
+    var_nodes = {n.name: n for n in var_model.graph.node}
+    out = []
+    for name in names:
+        n, got = ref_nodes.get(name), var_nodes.get(name)
+        if n is None or got is None or got.op_type != n.op_type:
+            continue
+        if any(o in ref_read for o in n.output) and not any(o in var_read for o in got.output if o):
+            out.append(f"node {name!r} ({n.op_type}) is kept, but nothing reads its output any more")
+    return out
+
+
+def _subgraph_inputs(g) -> set[str]:
+    """Names a subgraph (If/Loop body) reads from its enclosing scope, among others."""
+    return {x for n in g.node for x in n.input}
 
 
 def _dequantized(q: np.ndarray, scale: np.ndarray, zp: np.ndarray,
@@ -269,7 +378,8 @@ def check_lineage(precision: str, fp32_path: Path, variant_path: Path, weights_o
     if precision in ("fp16", "int8"):
         nodes = {n.name: n for n in var_model.graph.node}
         produced = {o for n in var_model.graph.node for o in n.output}
-        for n in ([] if weights_only else _kept_nodes(ref_model, precision, produced, set(nodes))):
+        kept = [] if weights_only else _kept_nodes(ref_model, precision, produced, set(nodes))
+        for n in kept:
             checked += 1
             got = nodes.get(n.name)
             if got is None or got.op_type != n.op_type:
@@ -280,7 +390,16 @@ def check_lineage(precision: str, fp32_path: Path, variant_path: Path, weights_o
             if want != have:                            # a LayerNormalization's epsilon 1e-6 -> 1e-2 passed FP16
                 diff = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
                 violations.append(f"node {n.name!r} ({n.op_type}) has other attributes than in the FP32 graph: "
-                                  + ", ".join(f"{k} {want.get(k)!r} -> {have.get(k)!r}" for k in diff))
+                                  + ", ".join(f"{k} {_shown(want.get(k))} -> {_shown(have.get(k))}" for k in diff))
+        if not weights_only:
+            violations += _unread(ref_model, var_model, [n.name for n in kept])
+            if precision == "int8":
+                n_attr, found = _attribute_violations(ref_model, var_model, {n.name for n in kept})
+                checked += n_attr
+                violations += found
+        n_int, found = _integer_violations(ref, var)
+        checked += n_int
+        violations += found
         for name, w in ref.items():
             if not _floating(w):
                 continue

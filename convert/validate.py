@@ -123,8 +123,9 @@ def unjudged(e: ValidationError, bounded: dict[str, tuple[str, float]], samples:
     rows = []
     for f in e.failures:
         m = f["metrics"]
-        if "spread" not in m or "magnitude" not in m or m.get("nonfinite") or f.get("kind") == "constant":
-            return None                       # a shape mismatch, NaN/Inf, the lineage row: the conversion's
+        if ("spread" not in m or "magnitude" not in m or m.get("nonfinite") or f.get("kind") == "constant"
+                or f.get("exact") or m.get("kind") in ("detection_counts", "detection_indices")):
+            return None     # a shape mismatch, NaN/Inf, the lineage row, integers (no rounding): the conversion's
         op, width = bounded.get(f["output"], (None, 0.0))
         scale = max(m["magnitude"], width)
         if m["spread"] >= JUDGED_SPREAD * scale:
@@ -146,7 +147,8 @@ def judge(precision: str, compared: list[dict], thr: Thresholds, samples: int, *
     for c in compared:
         v = c["violations"] if "violations" in c else violations(c["metrics"], thr, c.get("exact", False))
         row = {"output": c["output"], "sample": pooled, "shape": c.get("shape"), "metrics": c["metrics"],
-               "violations": v, **({"kind": c["kind"]} if "kind" in c else {})}
+               "violations": v, **({"kind": c["kind"]} if "kind" in c else {}),
+               **({"exact": True} if c.get("exact") else {})}
         rows.append(row)
         if v:
             failures.append(row)
