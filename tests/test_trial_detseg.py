@@ -11,8 +11,8 @@ Mish, PP-LiteSeg, DeepLabV3+, SegFormer-B0-tiny) and what the trial found ("defe
   align_corners, or whose LayerNorm epsilon is 1e-1, passed; every node INT8 keeps is compared now
   (lineage._attribute_violations);
 - a multiclass_nms3 over a candidate count the program does not know (any dynamic-size export) is written by
-  paddle2onnx 2.1.0 as scores[class * -1 + box]: FP32 is rightly refused, and the message no longer blames
-  near-ties (gate_hint: an FP32 detection agreement below 0.9 is the export's selection);
+  paddle2onnx 2.1.0 as scores[class * -1 + box]: FP32 was refused (agreement 0.32) blaming near-ties; the index is
+  repaired (repair/nms_score_index.py), and an FP32 detection agreement below 0.9 is no longer called near-ties;
 - an NMS bundle declared a dynamic batch paddle2onnx's multiclass_nms3 cannot run (batch 2: Concat fails): such
   inputs are pinned to batch 1 (graph.pin_unbatchable);
 - the INT8 refusal of a Conv-quantized NMS detector gave the near-tie hint, not the ConvInteger one.
@@ -169,12 +169,11 @@ def test_int8_of_a_conv_quantized_nms_detector_gets_the_convinteger_hint(trial, 
 
 
 def test_nms_over_a_dynamic_candidate_count(trial, tmp_path, capsys):
-    """defect: paddle2onnx indexes the scores with class * -1 + box when the program does not know the candidate
-    count; FP32 is rightly refused (agreement 0.32) but the message says near-ties and asks for real inputs. Fixed:
-    repaired and converted, or refused naming the converter's NMS index, not near-ties."""
-    code = _convert(trial("ppyoloe_dynnms"), tmp_path / "b", "fp32")
-    err = capsys.readouterr().err
-    assert code == 0 or (code in (3, 4) and "near-ties" not in err and "paddle2onnx" in err)
+    """paddle2onnx indexes the scores with class * -1 + box when the program does not know the candidate count (FP32
+    was refused at agreement 0.32): repaired (repair/nms_score_index.py), it converts and matches Paddle."""
+    assert _convert(trial("ppyoloe_dynnms"), tmp_path / "b", "fp32") == 0
+    repairs = json.loads((tmp_path / "b" / "manifest.json").read_text())["source"]["repairs"]
+    assert {"name": "nms_score_index", "count": 1} in repairs
 
 
 def test_matrix_nms_is_exit_4_naming_the_operator(trial, tmp_path, capsys):

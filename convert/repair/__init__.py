@@ -12,7 +12,8 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
-from . import bool_where, concat_rank, f64_attrs, gelu_tanh, hardtanh_bounds, loop_shapes, output_shapes, resize_inputs
+from . import (bool_where, concat_rank, f64_attrs, gelu_tanh, hardtanh_bounds, loop_shapes, nms_score_index, output_shapes,
+               resize_inputs)
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ REPAIRS = (
     Repair(bool_where.NAME, "onnx", bool_where.apply, bool_where.DEFECT),
     Repair(output_shapes.NAME, "onnx", output_shapes.apply, output_shapes.DEFECT),
     Repair(resize_inputs.NAME, "onnx", resize_inputs.apply, resize_inputs.DEFECT),
+    Repair(nms_score_index.NAME, "onnx", nms_score_index.apply, nms_score_index.DEFECT),
 )
 
 
