@@ -3,7 +3,7 @@
 paddle2onnx and Paddle abort the whole process (SIGABRT) on C++ errors, so every call into them happens here;
 the parent reads OUT.json, or reports the crash with the tail of this process's log.
 Tasks: inspect (program, specs, operator support), reference (Paddle Inference outputs), export (paddle2onnx),
-bench (Paddle Inference CPU timing as a benchmark peer).
+bench (Paddle Inference CPU timing as a benchmark peer), parameters (the weights Paddle loads, for the FP32 check).
 """
 from __future__ import annotations
 
@@ -364,6 +364,66 @@ def task_reference(args: dict) -> dict:
     return {"num_outputs": len(pred.get_output_names())}
 
 
+def _program_parameters(model_file: str, exe, scope) -> list[str]:
+    """Load the model's parameters into `scope` as Paddle Inference does (load_inference_model: legacy *.pdmodel
+    under the old IR, PIR *.json) -> their names, in the program's order."""
+    import paddle
+    prefix = os.path.splitext(model_file)[0]
+    with paddle.static.scope_guard(scope):
+        if model_file.endswith(".pdmodel"):
+            dense = paddle.base.core.VarDesc.VarType.LOD_TENSOR
+            with paddle.pir_utils.OldIrGuard():
+                prog, _, _ = paddle.static.load_inference_model(prefix, exe)
+                return [v.name for v in prog.list_vars() if v.persistable and v.type == dense]   # not feed/fetch
+        prog, _, _ = paddle.static.load_inference_model(prefix, exe)
+        return [op.attrs()["parameter_name"] for op in _walk_ops(prog.global_block())
+                if op.name() == "builtin.parameter"]
+
+
+def task_parameters(args: dict) -> dict:
+    """The model's parameters as Paddle loads them, one tensor at a time (the scope holds the only full copy):
+    into `out_npz` (name -> array) where the params file is at most `max_npz_bytes`, else as the sha256 of each
+    tensor's raw bytes (C order, the host's little-endian), returned with its dtype and shape under "digests".
+    The parent (convert.paddle_params) compares them with the FP32 ONNX model's same-named weights."""
+    import hashlib
+    import zipfile
+
+    import numpy as np
+    import paddle
+    paddle.enable_static()
+    model_file, params_file = args["model_file"], args["params_file"]
+    exe, scope = paddle.static.Executor(paddle.CPUPlace()), paddle.static.Scope()
+    try:
+        names = _program_parameters(model_file, exe, scope)
+    except Exception as e:  # noqa: BLE001 - Paddle raises RuntimeError/ValueError/OSError variously
+        raise load_error(e, model_file, params_file, args.get("origin")) from e
+    size = os.path.getsize(params_file) if params_file and os.path.isfile(params_file) else 0
+    digests = size > int(args.get("max_npz_bytes", 2 * 10 ** 9))
+    digest, written, missing = {}, 0, []
+    with contextlib.ExitStack() as stack:
+        if not digests:
+            tmp = stack.enter_context(atomic_path(args["out_npz"], suffix=".npz"))
+            zf = stack.enter_context(zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True))
+        for name in dict.fromkeys(names):                       # once each, in the program's order
+            var = scope.find_var(name)
+            if var is None or not var.get_tensor()._is_initialized():
+                missing.append(name)
+                continue
+            arr = np.ascontiguousarray(np.array(var.get_tensor()))     # a copy of this one tensor only
+            if digests:
+                digest[name] = {"dtype": arr.dtype.name, "shape": list(arr.shape),
+                                "sha256": hashlib.sha256(memoryview(arr).cast("B")).hexdigest()}
+            else:
+                with zf.open(name + ".npy", "w", force_zip64=True) as f:
+                    np.lib.format.write_array(f, arr, allow_pickle=False)
+            written += arr.nbytes
+            del arr
+    log.info("%d parameters, %.1f MB, %s", len(names) - len(missing), written / 1e6,
+             "as sha256 digests" if digests else f"written to {args['out_npz']}")
+    return {"count": len(names) - len(missing), "bytes": written, "missing": missing,
+            **({"digests": digest} if digests else {"npz": args["out_npz"]})}
+
+
 def _paddle_error_line(e: Exception) -> str:
     """The line of a Paddle error that says what is wrong ("InvalidArgumentError: ... expected >= 0 and < 48, but
     got 48"), without its C++ stack."""
@@ -672,7 +732,7 @@ class BadInput(Exception):
 
 
 TASKS = {"inspect": task_inspect, "reference": task_reference, "export": task_export, "bench": task_bench,
-         "resave_fluid": task_resave_fluid,
+         "resave_fluid": task_resave_fluid, "parameters": task_parameters,
          "export_llm": task_export_llm, "generate_llm": task_generate_llm, "logprobs_llm": task_logprobs_llm,
          "bench_llm": task_bench_llm, "state_llm": task_state_llm}
 from paddle2ort.convert.seq2seq.worker import TASKS as SEQ2SEQ_TASKS  # noqa: E402  (encoder-decoder tasks)

@@ -24,6 +24,7 @@ from .errors import (BadInputError, ConversionError, InexactPoolingError, LabelC
                      UnsupportedOperatorsError, ValidationError, thresholded)
 from .fusion import FusionConfig, bundle_graphs
 from .graph import _IDENT, pin_unbatchable, rename_and_annotate, shape_only_outputs, share_duplicate_weights
+from .paddle_params import gate_parameters, paddle_parameters
 from .labels import mask_sources
 from .ocr import CLASSES_FILE as OCR_CLASSES_FILE
 from .ocr import DB_DEFAULTS, ctc_labels, direction_settings, paddlex_detector, paddlex_dictionary
@@ -503,6 +504,7 @@ def _convert(config: ConvertConfig, more_sources: tuple[Path, ...]) -> ConvertRe
 
             bar.set_postfix_str("paddle reference")
             refs = paddle_reference(source, samples, work) if config.validate else None
+            params = paddle_parameters(source, work) if config.validate else None   # FP32 weights: bit for bit
             if refs is not None:
                 fixed = shape_only_outputs(fused.graphs["fp32"].graph)
                 if fixed:
@@ -527,9 +529,13 @@ def _convert(config: ConvertConfig, more_sources: tuple[Path, ...]) -> ConvertRe
                     bar.set_postfix_str(f"validate {prec}")
                     thr = config.thresholds.get(prec, DEFAULT_THRESHOLDS[prec])
                     try:
+                        row = (gate_parameters(prec, files[prec], params, thr, len(samples))
+                               if prec == "fp32" and params is not None else None)
                         reports[prec] = validate(prec, files[prec], samples, refs, out_specs, thr,
                                                  user_inputs=_user_inputs(config),
                                                  fp32_model=variant_src.get(prec, files["fp32"]))   # its FP32 source
+                        if row is not None:
+                            reports[prec]["results"].append(row)
                     except ValidationError as e:
                         hint = gate_hint(prec, e, files[prec], _user_inputs(config), config.task == DET_TASK,
                                          config.fp16.op_block_list, info.get("rnn_sequence_lengths", 0))
@@ -738,13 +744,14 @@ def revalidate(bundle_dir: Path, source_path: Path, thresholds: dict[str, Thresh
             samples = (load_samples(samples_path, info["inputs"]) if samples_path.is_file()
                        else make_samples(info["inputs"], SampleConfig()))
             refs = paddle_reference(source, samples, work)
-            return judge_bundle(bundle, Path(bundle_dir), samples, refs, thresholds, device)
+            params = None if llm else paddle_parameters(source, work)
+            return judge_bundle(bundle, Path(bundle_dir), samples, refs, thresholds, device, params=params)
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
 
 def judge_bundle(bundle, bundle_dir: Path, samples: list[dict], refs: list[list[np.ndarray]], thresholds: dict,
-                 device: str = "cpu", only: set[str] | None = None) -> dict:
+                 device: str = "cpu", only: set[str] | None = None, params=None) -> dict:
     """Every model of `bundle` (and a text-generation bundle's fused decoders) judged on `samples` against Paddle's
     outputs `refs`, each whatever another did, run on `device`: -> name -> report (all passed), else GateRerunError
     naming every failure (a refused gate, a model onnxruntime cannot load or run, samples it cannot be judged on)."""
@@ -755,9 +762,13 @@ def judge_bundle(bundle, bundle_dir: Path, samples: list[dict], refs: list[list[
         thr = thresholds.get(prec, DEFAULT_THRESHOLDS[prec])
         try:
             reference, weights_only = _lineage_reference(bundle, prec)
+            row = (gate_parameters(prec, bundle.model_path(prec), params, thr, len(samples))
+                   if prec == "fp32" and params is not None else None)     # --source: Paddle's parameters at hand
             passed[prec] = validate(prec, bundle.model_path(prec), samples, refs, list(m.outputs), thr, given,
                                     fp32_model=reference, device=device, lineage_weights_only=weights_only,
                                     level=m.models[prec].max_graph_optimization or "all")   # what runtimes get
+            if row is not None:
+                passed[prec]["results"].append(row)
         except ValidationError as e:
             hint = _recorded_bounds_hint(bundle, prec, thr)
             failed[prec] = e.with_hint(hint) if hint else e

@@ -133,7 +133,7 @@ def log_tail(path: Path, lines: int = 25) -> str:
 
 # Worker tasks that need Paddle (and paddle2onnx) only; the others import PaddleNLP too. The warm process imports
 # what a task needs before forking it, so the next task of the kind starts without the import.
-PADDLE_ONLY_TASKS = frozenset({"inspect", "reference", "export", "bench", "resave_fluid"})
+PADDLE_ONLY_TASKS = frozenset({"inspect", "reference", "export", "bench", "resave_fluid", "parameters"})
 
 
 def preload_for(task: str) -> tuple[str, ...]:
