@@ -456,8 +456,8 @@ def _export_failure(message: str, program: dict) -> str:
         listing = ", ".join(f"{k} (x{n})" for k, n in sorted(sites.items())) or "none found in the program"
         return (f"paddle2onnx cannot read a float64 array attribute ({first}). Attributes stored as float64: "
                 f"{listing}. Cause: Paddle >= 3.3 writes these as float64 while paddle2onnx 2.1.0 reads float32 "
-                "(those Paddle's own patches list are repaired automatically). Next step: re-save the model with "
-                "paddlepaddle 3.2.x, or report the operator named above")
+                "(the attributes Paddle's own float-to-double patches list are repaired automatically). Next step: "
+                "re-save the model with paddlepaddle 3.2.x, or report the operator named above")
     if "Cannot find" in message or "not supported" in message.lower() or "Unimplemented" in message:
         return (f"paddle2onnx has no working mapping for an operator of this program ({first}). Next step: "
                 "rewrite that layer with supported operators before export, or convert with another "
