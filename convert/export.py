@@ -246,7 +246,10 @@ def attach_weights(model, names: list[tuple[str, str, tuple[int, ...]]], params:
         raise ConversionError(f"{params} holds {len(index)} tensors but the program declares {len(names)} "
                               "parameters; the program and its parameters file do not belong together")
     inputs = {i.name: i for i in model.graph.input}
-    with open(params, "rb") as src, open(data, "wb") as dst:
+    # unbuffered: _copy_sparse moves the descriptor's offset with os.lseek (SEEK_DATA / SEEK_HOLE), which a buffered
+    # reader does not see: its next read past its buffer came from where lseek left the descriptor (a llama's rotary
+    # table came out of the >2 GiB path with other bytes; the FP32 weight check against Paddle's parameters found it)
+    with open(params, "rb", buffering=0) as src, open(data, "wb") as dst:
         for (name, dtype, shape), t in zip(names, index):
             if (t.dtype, t.shape) != (dtype, shape):
                 raise ConversionError(f"parameter {name} is {dtype} {list(shape)} in the program but {t.dtype} "
@@ -267,7 +270,8 @@ def attach_weights(model, names: list[tuple[str, str, tuple[int, ...]]], params:
 
 def _copy_sparse(src, dst, n: int, chunk: int = 1 << 24) -> None:
     """Copy n bytes from src's position to dst's; the source's holes stay holes (as cp --sparse=auto keeps them:
-    found with SEEK_DATA, so a sparse source costs nothing to copy)."""
+    found with SEEK_DATA, so a sparse source costs nothing to copy). src must be unbuffered (open(..., buffering=0)):
+    the descriptor's offset is moved under it."""
     import errno
     import os
     pos, end = src.tell(), src.tell() + n

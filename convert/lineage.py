@@ -144,8 +144,11 @@ def _attributes(node) -> dict:
 
 
 # ops whose attributes onnxruntime's optimizer rewrites under the node's name (Transpose perms merged, Reshape /
-# Squeeze / Unsqueeze / Slice folded into their neighbours): not compared in INT8
+# Squeeze / Unsqueeze / Slice folded into their neighbours): not compared in INT8; nor are axes anywhere (its
+# transpose optimizer pushes a Transpose through a Split, a Concat, a reduction and renumbers their axis: an ERNIE
+# QA head's Split axis 2 -> 0)
 REWRITTEN_IN_PLACE = {"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Slice"}
+AXES = {"axis", "axes", "perm"}
 QUANTIZED_AS = {"Conv": "ConvInteger", "MatMul": "MatMulInteger"}
 
 
@@ -188,6 +191,8 @@ def _attribute_violations(ref_model, var_model, skip: set[str]) -> tuple[int, li
             if got is None or got.op_type not in (n.op_type, QUANTIZED_AS.get(n.op_type)):
                 continue
         want, have = _with_defaults(n, opset), _with_defaults(got, var_opset)
+        for k in AXES:
+            want.pop(k, None), have.pop(k, None)
         if n.name in fused_pads:
             for k in ("pads", "auto_pad"):
                 want.pop(k, None), have.pop(k, None)

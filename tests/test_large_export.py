@@ -216,6 +216,30 @@ def test_generic_export_over_2gib_keeps_the_weights_apart(tmp_path):
     np.testing.assert_array_equal(got, want)
 
 
+def test_sparse_copy_takes_each_region_whatever_was_read_before(tmp_path):
+    """attach_weights copies each parameter's bytes from the parameters file at its offset; _copy_sparse moves the
+    descriptor with SEEK_DATA/SEEK_HOLE. Through a buffered reader, tensors read after small ones (the buffer holding
+    more than they were) came out with other bytes (a llama's rotary table from the 2 GiB path: zeros where Paddle
+    has -1); through an unbuffered one (what attach_weights opens) every tensor is its own bytes, in any order."""
+    from paddle2ort.convert.export import _copy_sparse
+    rng = np.random.default_rng(1)
+    regions, off = [], 0
+    for n in [256] * 5 + [16384] * 4:                             # five norm weights, then four tables
+        off += 64                                                  # each tensor's header
+        regions.append((off, n))
+        off += n
+    blob = rng.integers(0, 256, off, dtype=np.uint8).tobytes()
+    src = tmp_path / "params"
+    src.write_bytes(blob)
+    for order in (list(range(len(regions))), [8, 0, 6, 5, 1, 7]):
+        dst = tmp_path / "data"
+        with open(src, "rb", buffering=0) as s, open(dst, "wb") as d:
+            for k in order:
+                s.seek(regions[k][0])
+                _copy_sparse(s, d, regions[k][1])
+        assert dst.read_bytes() == b"".join(blob[regions[k][0]:sum(regions[k])] for k in order)
+
+
 def test_external_data_is_covered_by_the_bundle_checksums(tiny_models, tmp_path, monkeypatch):
     """Both paths forced past their limits (thresholds 0) through convert-llm --fused: the generic graph is exported
     with its weights kept apart (model.fp32.onnx.data), the fused one writes decoder.fp32.onnx.data; both gates

@@ -51,6 +51,7 @@ def _plant(bundle: Path, dst: Path, weight: str, factor: float) -> None:
 
 def test_speech_lengths_span_the_frames_and_a_planted_fault_is_refused(trial_models, tmp_path):
     from paddle2ort.convert.api import revalidate
+    from paddle2ort.convert.hostcheck import check_host
     from paddle2ort.convert.validate import GateRerunError
     out = tmp_path / "ds2"
     _convert(trial_models("ds2_mask"), out)
@@ -59,9 +60,12 @@ def test_speech_lengths_span_the_frames_and_a_planted_fault_is_refused(trial_mod
             frames = d[k.replace("audio_len", "audio")].shape[1]
             assert d[k][0] == frames and (d[k] >= (frames + 1) // 2).all() and (d[k] <= frames).all()
     _plant(out, tmp_path / "planted", "conv2d_0.w_0", 3.0)
-    with pytest.raises(GateRerunError) as e:
-        revalidate(tmp_path / "planted", trial_models("ds2_mask"))
+    with pytest.raises(GateRerunError) as e:                   # the outputs on the recorded samples see it
+        check_host(tmp_path / "planted")
     assert "fp32" in str(e.value) and "log_softmax" in str(e.value)
+    with pytest.raises(GateRerunError) as e:                   # and, Paddle at hand, the weight itself
+        revalidate(tmp_path / "planted", trial_models("ds2_mask"))
+    assert "'conv2d_0.w_0'" in str(e.value) and "differs from Paddle's parameter" in str(e.value)
 
 
 def test_an_rnn_exported_without_its_lengths_is_refused_with_the_cause(trial_models, tmp_path, caplog):
