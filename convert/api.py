@@ -770,10 +770,15 @@ def judge_bundle(bundle, bundle_dir: Path, samples: list[dict], refs: list[list[
             if row is not None:
                 passed[prec]["results"].append(row)
         except ValidationError as e:
-            hint = _recorded_bounds_hint(bundle, prec, thr)
-            failed[prec] = e.with_hint(hint) if hint else e
+            failed[prec] = e
         except (ConversionError, BadInputError) as e:   # crashed, or cannot be judged: this model only
             failed[prec] = e
+    for prec, e in failed.items():
+        if isinstance(e, ValidationError):
+            hints = [h for h in (_recorded_bounds_hint(bundle, prec, thresholds.get(prec, DEFAULT_THRESHOLDS[prec])),
+                                 _changed_fp32_hint(prec, e, passed, params is not None)) if h]
+            if hints:
+                e.with_hint("\n".join(hints))
     if is_llm_bundle(m) and m.extra.get("fused"):       # the fused decoders, on Paddle's logits of the same steps
         from .llm.api import regate_fused
         for prec, rep in regate_fused(bundle, samples, refs, thresholds, device, only).items():
@@ -781,6 +786,18 @@ def judge_bundle(bundle, bundle_dir: Path, samples: list[dict], refs: list[list[
     if failed:
         raise GateRerunError(bundle_dir, failed, passed)
     return passed
+
+
+def _changed_fp32_hint(precision: str, e: ValidationError, passed: dict, params_checked: bool) -> str | None:
+    """A variant whose copies of the FP32 weights differ from model.fp32.onnx while the FP32 model passed its outputs:
+    the variant may be the changed file, or model.fp32.onnx (a change below its output bounds). Say how to tell."""
+    weights = any(f.get("kind") == "lineage" and any(v.startswith("weight ") for v in f["violations"])
+                  for f in e.failures)
+    if precision == "fp32" or "fp32" not in passed or not weights or params_checked:
+        return None
+    return (f"The {precision} model's weights differ from model.fp32.onnx's, which passed on its outputs: either "
+            f"file may be the changed one (a change in the FP32 file below its output bounds shows only here). "
+            "`paddle2ort validate BUNDLE --source MODEL_DIR` compares the FP32 weights with Paddle's parameters.")
 
 
 def check_gate_device(device: str) -> None:

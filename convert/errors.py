@@ -143,6 +143,9 @@ class OperatorFormError(ConversionError):
 
 def _figures(m: dict) -> str:
     """A failed output's figures in one bracket: error figures, or a label output's agreements (convert.labels)."""
+    if m.get("kind") == "parameters":   # the FP32 weights against Paddle's parameters (convert.paddle_params)
+        return (f"{m['checked']} of {m['parameters']} parameters compared bit for bit, largest difference "
+                f"{m['max_abs_diff']:.3g}")
     if "checked" in m:                  # the lineage row (convert.lineage): weights and nodes, no output figures
         return f"{m['checked']} weights and nodes checked, largest excess over rounding {m['max_abs_diff']:.3g}"
     if m.get("kind") == "labels":
@@ -169,11 +172,13 @@ class ValidationError(Paddle2OrtError):
         lines = [f"{precision}: ONNX output does not match Paddle:"]
         for f in failures:
             m = f["metrics"]
-            lines.append(f"  output {f['output']!r} (sample {f['sample']}): {'; '.join(f['violations'])} "
-                         f"[{_figures(m)}]")
+            where = "" if f.get("kind") == "lineage" else f" (sample {f['sample']})"   # weights: no samples
+            lines.append(f"  output {f['output']!r}{where}: {'; '.join(f['violations'])} [{_figures(m)}]")
         self._body = lines
-        # a threshold moves only figures: not a missing node or changed weight (the lineage check), not a shape
-        self._override = [self.OVERRIDE] if any(thresholded(f) for f in failures) else []
+        # a threshold moves only figures: not a missing node or changed weight (the lineage check), not a shape;
+        # and none is worth moving where a weight or node is changed as well
+        self._override = ([self.OVERRIDE] if any(thresholded(f) for f in failures)
+                          and not any(f.get("kind") == "lineage" for f in failures) else [])
         super().__init__("\n".join(lines + self._override))
         self.report: dict | None = None
 

@@ -259,29 +259,31 @@ def onnx_helper_identity(src: str, dst: str):
 
 
 def pin_unbatchable(model, in_specs: list[TensorSpec], samples: list[dict]) -> tuple[list[TensorSpec], str | None]:
-    """Inputs declared with a dynamic batch the graph cannot run: where every input's first dim is dynamic and the
-    gate's samples are all batch 1 (so the gate never runs another), the FP32 graph is run once on sample 0
-    repeated twice; if onnxruntime refuses it (paddle2onnx's multiclass_nms3 concatenates per-image results for
-    one image only), that dim is pinned to 1 in the graph and the specs: a user's batch of 2 then gets a shape
-    error naming it, not a failure inside the graph. -> (specs, onnxruntime's reason, or None where nothing was
-    pinned). Mutates `model`."""
+    """Inputs declared with a dynamic batch the graph cannot run: where every input's first dim is dynamic or a static
+    1 (PaddleDetection's scale_factor [1, 2]) and the gate's samples are all batch 1 (so the gate never runs
+    another), the FP32 graph is run once on sample 0 with the dynamic inputs repeated twice; if onnxruntime refuses
+    it (paddle2onnx's multiclass_nms3 concatenates per-image results for one image only), that dim is pinned to 1 in
+    the graph and the specs: a user's batch of 2 then gets a shape error naming it, not a failure inside the graph.
+    -> (specs, onnxruntime's reason, or None where nothing was pinned). Mutates `model`."""
     import numpy as np
     names = [s.name for s in in_specs]
-    if (not samples or not in_specs or any(not s.shape or not isinstance(s.shape[0], str) for s in in_specs)
+    batched = [s.name for s in in_specs if s.shape and isinstance(s.shape[0], str)]
+    if (not samples or not batched or any(s.name not in batched and (not s.shape or s.shape[0] != 1)
+                                          for s in in_specs)        # a static batch of 1 (scale_factor [1, 2]) stays
             or any(np.ndim(x[n]) == 0 or np.shape(x[n])[0] != 1 for x in samples for n in names)
             or model.ByteSize() > 1_900_000_000):
         return in_specs, None
-    from paddle2ort.runtime.session import create_session
-    try:
-        sess = create_session(model.SerializeToString())
+    from paddle2ort.runtime.session import SessionOptions, create_session
+    try:                        # basic: the fusions that crash onnxruntime on some graphs are the later levels'
+        sess = create_session(model.SerializeToString(), SessionOptions(graph_optimization="basic"))
     except Exception:  # noqa: BLE001 - a graph that does not load: the load check names it
         return in_specs, None
     try:
-        sess.run(None, {n: np.concatenate([samples[0][n]] * 2) for n in names})
+        sess.run(None, {n: np.concatenate([samples[0][n]] * 2) if n in batched else samples[0][n] for n in names})
         return in_specs, None
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own (pybind) exception types
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     for vi in model.graph.input:
-        if vi.name in names:
+        if vi.name in batched:
             vi.type.tensor_type.shape.dim[0].dim_value = 1         # clears the dim_param
-    return [TensorSpec(s.name, s.dtype, (1, *s.shape[1:])) for s in in_specs], reason
+    return [TensorSpec(s.name, s.dtype, (1, *s.shape[1:])) if s.name in batched else s for s in in_specs], reason

@@ -199,7 +199,9 @@ def _attribute_violations(ref_model, var_model, skip: set[str]) -> tuple[int, li
         checked += 1
         diff = sorted(k for k in want.keys() & have.keys() if want[k] != have[k])
         if diff:
-            out.append(f"node {n.name!r} ({n.op_type}) has other attributes than in the FP32 graph: "
+            whose = (f"node {got.name!r} ({got.op_type})" if got.name == n.name
+                     else f"node {got.name!r} ({got.op_type}, the FP32 graph's {n.name!r} {n.op_type})")
+            out.append(f"{whose} has other attributes than in the FP32 graph: "
                        + ", ".join(f"{k} {_shown(want[k])} -> {_shown(have[k])}" for k in diff))
     return checked, out
 

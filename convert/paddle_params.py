@@ -202,7 +202,8 @@ def parameters_row(check: dict) -> dict:
     v = check["violations"]
     shown = v[:SHOWN] + ([f"... and {len(v) - SHOWN} more"] if len(v) > SHOWN else [])
     return {"output": PARAMETERS_ROW, "kind": "lineage", "sample": None, "shape": None,   # no sample: the weights
-            "metrics": {"checked": check["checked"], "max_abs_diff": check["worst_abs"],
+            "metrics": {"kind": "parameters", "parameters": check["parameters"], "checked": check["checked"],
+                        "max_abs_diff": check["worst_abs"],
                         "max_rel_diff": float("nan"), "cosine": float("nan"), "argmax_agreement": None,
                         "skipped_renamed": check["skipped_renamed"], "skipped_reshaped": check["skipped_reshaped"],
                         "skipped_retyped": check["skipped_retyped"]},

@@ -236,3 +236,33 @@ def test_int8_lineage_sees_resize_and_layernorm_attributes(segformer, tmp_path, 
     only, and the INT8 bounds are wider than the fault."""
     code, err = _validate(_planted(segformer, tmp_path / "p", "int8", _attr(node, attr, value)), capsys)
     assert code == 3 and "int8: gate-refused" in err
+
+
+def test_a_graph_that_runs_one_image_at_a_time_is_pinned_to_batch_1():
+    """A real PicoDet's scale_factor is a static [1, 2] beside its dynamic image: the batch-2 trial repeats only the
+    dynamic inputs, and a graph that cannot run it (here a Concat of the two) gets batch 1 in graph and specs; one
+    that can keeps its dynamic batch."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from paddle2ort.convert.graph import pin_unbatchable
+    from paddle2ort.runtime.manifest import TensorSpec
+
+    def model(op):
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])
+        s = helper.make_tensor_value_info("s", TensorProto.FLOAT, [1, 2])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 5 if op == "Concat" else 3])
+        node = (helper.make_node("Concat", ["x", "s"], ["y"], axis=1) if op == "Concat"
+                else helper.make_node("ReduceSum", ["s"], ["r"], keepdims=0))
+        nodes = [node] if op == "Concat" else [node, helper.make_node("Add", ["x", "r"], ["y"])]
+        return helper.make_model(helper.make_graph(nodes, "g", [x, s], [y]),
+                                 opset_imports=[helper.make_opsetid("", 17)])
+    specs = [TensorSpec("x", "float32", ("batch", 3)), TensorSpec("s", "float32", (1, 2))]
+    sample = [{"x": np.ones((1, 3), np.float32), "s": np.ones((1, 2), np.float32)}]
+    m = model("Concat")
+    pinned, reason = pin_unbatchable(m, specs, sample)
+    assert reason and [s.shape for s in pinned] == [(1, 3), (1, 2)]
+    assert m.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+    onnx.checker.check_model(m)
+    kept, reason = pin_unbatchable(model("Add"), specs, sample)
+    assert reason is None and kept == specs
