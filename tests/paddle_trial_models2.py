@@ -813,6 +813,29 @@ def build_float_attrs(out: Path):
     paddle.seed(64)
     _save(Net(), out, [_image_spec("x")])
 
+
+def build_roi_align(out: Path, aligned: bool = False):
+    """conv -> paddle.vision.ops.roi_align(aligned=False, spatial_scale 0.5, sampling_ratio 2) over given boxes, as
+    PaddleDetection's older RoIAlign heads: paddle2onnx 2.1.0 writes RoiAlign without its coordinate mode, which
+    from opset 16 defaults to aligned (convert/repair/roi_align_mode.py)."""
+    import paddle
+    import paddle.nn as nn
+    from paddle.vision.ops import roi_align
+
+    class Net(nn.Layer):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2D(3, 8, 3, padding=1)
+
+        def forward(self, x, boxes, num):
+            return roi_align(self.c(x), boxes, num, output_size=4, spatial_scale=0.5, sampling_ratio=2,
+                             aligned=aligned)
+
+    paddle.seed(65)
+    _save(Net(), out, [paddle.static.InputSpec([1, 3, 32, 32], "float32", "x"),
+                       paddle.static.InputSpec([None, 4], "float32", "boxes"),
+                       paddle.static.InputSpec([1], "int32", "num")])
+
 BUILDERS = {
     "esrgan": build_esrgan,
     "edsr_ps": build_edsr_ps,
@@ -828,6 +851,8 @@ BUILDERS = {
     "blazeface": build_blazeface,
     "interp_nearest": build_interp_nearest,
     "float_attrs": build_float_attrs,
+    "roi_align": build_roi_align,
+    "roi_align_aligned": lambda out: build_roi_align(out, True),
     "interp_bilinear_ac": build_interp_bilinear_ac,
     "interp_frac": build_interp_frac,
     "interp_frac_bilinear": lambda out: build_interp_frac(out, 1.3, "bilinear"),

@@ -158,3 +158,24 @@ def test_float_attributes_paddle_writes_as_float64_reach_onnx(vision_trial_model
     clip = next(n for n in g.node if n.op_type == "Clip")
     assert [float(consts[i]) for i in clip.input[1:]] == [-0.5, 3.0]
     assert not any(n.op_type == "Erf" for n in g.node) and any(n.op_type == "Tanh" for n in g.node)
+
+
+@pytest.mark.parametrize("kind, repaired", [("roi_align", 1), ("roi_align_aligned", 0)])
+def test_roi_align_samples_where_paddle_does(vision_trial_models, tmp_path, kind, repaired):
+    """roi_align(aligned=False) was exported in opset 17's default half_pixel mode (Paddle's aligned=True): cosine
+    0.49 against Paddle on valid boxes. The program's flag now sets each RoiAlign's mode; both forms match."""
+    from paddle2ort.convert import ConvertConfig, convert
+    rng = np.random.default_rng(0)
+    boxes = [np.array([[2, 2, 20, 20], [5, 3, 30, 25], [0, 0, 31, 31]], np.float32),
+             np.array([[1, 4, 12, 28], [7, 7, 9, 9]], np.float32)]
+    feed = {}
+    for i, b in enumerate(boxes):
+        feed.update({f"{i}/x": rng.standard_normal((1, 3, 32, 32)).astype(np.float32), f"{i}/boxes": b,
+                     f"{i}/num": np.array([len(b)], np.int32)})
+    np.savez(tmp_path / "in.npz", **feed)
+    out = tmp_path / "b"
+    res = convert(ConvertConfig(source=vision_trial_models(kind), output=out, precisions=("fp32",),
+                                inputs_npz=tmp_path / "in.npz"))
+    assert res.reports["fp32"]["passed"]
+    repairs = json.loads((out / "manifest.json").read_text())["source"]["repairs"]
+    assert ({"name": "roi_align_mode", "count": 1} in repairs) == bool(repaired)

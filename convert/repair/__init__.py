@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import (bool_where, concat_rank, f64_attrs, gelu_tanh, hardtanh_bounds, loop_shapes, nms_score_index, output_shapes,
-               resize_inputs)
+               resize_inputs, roi_align_mode)
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,8 @@ def repair_program(program: dict) -> list[dict]:
 
 
 # pair repairs: (name, sites(program) -> list, apply(model, sites) -> count, defect)
-PAIRS = ((gelu_tanh.NAME, gelu_tanh.sites, gelu_tanh.apply, gelu_tanh.DEFECT),)
+PAIRS = ((gelu_tanh.NAME, gelu_tanh.sites, gelu_tanh.apply, gelu_tanh.DEFECT),
+         (roi_align_mode.NAME, roi_align_mode.sites, roi_align_mode.apply, roi_align_mode.DEFECT))
 
 
 def repair_exported(program: dict, onnx_bytes: bytes) -> tuple[bytes, list[dict]]:
