@@ -193,10 +193,11 @@ def markdown(res: dict) -> str:
         cells = [_cell(row["results"].get(p)) for p in precisions]
         lines.append(f"| {row['model']} ({row['what']}) | {row['package']} | {row.get('format', '-')} | {opcol} | "
                      + " | ".join(cells) + f" | {rep} |")
-    from paddle2ort.convert.repair import REPAIRS
+    from paddle2ort.convert.repair import PAIRS, REPAIRS
     lines += ["", "Repairs (convert/repair/, one file each; named in each bundle's manifest under source.repairs; "
               "the gate proves each repaired model against Paddle):"]
     lines += [f"- {r.name} ({r.stage}): {r.defect}" for r in REPAIRS]
+    lines += [f"- {name} (program + onnx): {defect}" for name, _, _, defect in PAIRS]
     lines.append("")
     return "\n".join(lines)
 
