@@ -787,11 +787,12 @@ def build_interp_bilinear_ac(out: Path):
 
 
 def build_float_attrs(out: Path):
-    """conv -> GroupNorm(epsilon=1e-2) over a zero group -> F.pad(value=0.5) -> softplus -> leaky_relu(0.1) -> conv ->
-    gelu(approximate=True) -> hardtanh(-0.5, 3): float attributes Paddle 3.3 writes as float64 and paddle2onnx 2.1.0 misreads (convert/repair/
-    f64_attrs.py: the pad value came out 0 or 1e19 from run to run, the epsilon 0 (the zero group: 0/0), softplus
-    refused at its defaults), hardtanh's bounds, which it read under other names (Clip(-1, 1): hardtanh_bounds), and the tanh GELU it wrote in
-    its erf form (gelu_tanh)."""
+    """conv -> GroupNorm(epsilon=1e-2) over a zero group -> F.pad(value=0.5) -> softplus -> leaky_relu(0.1) ->
+    thresholded_relu(0.2, value 0.05) -> conv -> gelu(approximate=True) -> hardtanh(-0.5, 3): float attributes
+    Paddle 3.3 writes as float64 and paddle2onnx 2.1.0 misreads (convert/repair/f64_attrs.py: the pad value came
+    out 0 or 1e19 from run to run, the epsilon 0 (the zero group: 0/0), softplus refused at its defaults),
+    hardtanh's bounds, which it read under other names (Clip(-1, 1): hardtanh_bounds), the tanh GELU it wrote in its
+    erf form (gelu_tanh) and thresholded_relu's value it left out (thresholded_relu_value)."""
     import paddle
     import paddle.nn as nn
     import paddle.nn.functional as F
@@ -807,7 +808,7 @@ def build_float_attrs(out: Path):
             y = self.c1(x)
             y = paddle.concat([y, paddle.zeros_like(y)], 1)            # channels 4..7: a group of zeros
             y = F.pad(self.norm(y), [1, 1, 1, 1], value=0.5)
-            y = F.leaky_relu(F.softplus(y), 0.1)
+            y = F.thresholded_relu(F.leaky_relu(F.softplus(y), 0.1), 0.2, 0.05)
             return F.hardtanh(F.gelu(self.c2(y), approximate=True), -0.5, 3.0)
 
     paddle.seed(64)

@@ -18,7 +18,8 @@ from paddle2ort.convert._worker import _export_failure
 from paddle2ort.cli import main
 from paddle2ort.convert.errors import ConversionError
 from paddle2ort.convert.repair import (bool_where, concat_rank, f64_attrs, gelu_tanh, hardtanh_bounds, loop_shapes,
-                                       output_shapes, repair_exported, repair_onnx, repair_program)
+                                       output_shapes, repair_exported, repair_onnx, repair_program,
+                                       thresholded_relu_value)
 from conftest import run_python
 
 
@@ -140,6 +141,27 @@ def test_a_tanh_gelu_is_exported_as_one():
     want = 0.5 * want * (1 + np.tanh(math.sqrt(2 / math.pi) * (want + 0.044715 * want ** 3)))
     np.testing.assert_allclose(_session(model).run(None, {"x": x})[0], want, atol=1e-6)
     assert repair_exported({"program": {"regions": [{"blocks": [{"ops": [gelu(False)]}]}]}}, data) == (data, [])
+
+
+def test_thresholded_relu_keeps_its_value():
+    """Paddle's thresholded_relu gives `value` below the threshold, ONNX's ThresholdedRelu 0: the program's second op
+    has value 0.1, so only the second node becomes Where(x > threshold, x, 0.1)."""
+    def op(value):
+        return {"#": "1.thresholded_relu", "I": [], "O": [],
+                "A": [{"AT": {"#": "0.a_f32", "D": 0.3}, "N": "threshold"},
+                      {"AT": {"#": "0.a_f32", "D": value}, "N": "value"}]}
+    program = {"program": {"regions": [{"blocks": [{"ops": [op(0.0), op(0.1)]}]}]}}
+    assert thresholded_relu_value.sites(program) == [0.0, pytest.approx(0.1)]
+    nodes = [h.make_node("ThresholdedRelu", ["x"], ["a"], alpha=0.3),
+             h.make_node("ThresholdedRelu", ["a"], ["y"], alpha=0.3)]
+    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, [8])],
+                     [h.make_tensor_value_info("y", T.FLOAT, [8])])
+    data, done = repair_exported(program, h.make_model(g, opset_imports=[h.make_opsetid("", 17)]).SerializeToString())
+    assert done == [{"name": thresholded_relu_value.NAME, "count": 1}]
+    x = np.linspace(-1, 1, 8, dtype=np.float32)
+    a = np.where(x > np.float32(0.3), x, 0)
+    want = np.where(a > np.float32(0.3), a, np.float32(0.1))
+    np.testing.assert_array_equal(_session(onnx.load_from_string(data)).run(None, {"x": x})[0], want)
 
 
 def test_hardtanh_bounds_given_under_the_names_paddle2onnx_reads():

@@ -139,7 +139,7 @@ def test_float_attributes_paddle_writes_as_float64_reach_onnx(vision_trial_model
     """A pad value, a GroupNorm epsilon, softplus' beta and a LeakyReLU slope, stored as float64 by Paddle 3.3:
     paddle2onnx 2.1.0 read the pad value as 0 or 1e19 (run to run), the epsilon as 0 (NaN on the zero group) and
     refused softplus. Rewritten to float32 they reach the ONNX graph as written, every time; so do hardtanh's bounds
-    (it clipped at -1..1) and a tanh GELU (written as the erf one)."""
+    (it clipped at -1..1), a tanh GELU (written as the erf one) and thresholded_relu's value (left out)."""
     import onnx
     from onnx import numpy_helper
     out = tmp_path / "attrs"
@@ -148,6 +148,7 @@ def test_float_attributes_paddle_writes_as_float64_reach_onnx(vision_trial_model
     repairs = json.loads((out / "manifest.json").read_text())["source"]["repairs"]
     assert {"name": "paddle33_f64_attributes", "count": 5} in repairs
     assert {"name": "hardtanh_bounds", "count": 1} in repairs and {"name": "gelu_tanh", "count": 1} in repairs
+    assert {"name": "thresholded_relu_value", "count": 1} in repairs
     g = onnx.load(str(out / "model.fp32.onnx")).graph
     consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
     pad = next(n for n in g.node if n.op_type == "Pad")

@@ -12,8 +12,8 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
-from . import (bool_where, concat_rank, f64_attrs, gelu_tanh, hardtanh_bounds, loop_shapes, nms_score_index, output_shapes,
-               resize_inputs, roi_align_mode)
+from . import (bool_where, concat_rank, f64_attrs, gelu_tanh, hardtanh_bounds, loop_shapes, nms_score_index,
+               output_shapes, resize_inputs, roi_align_mode, thresholded_relu_value)
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,9 @@ def repair_program(program: dict) -> list[dict]:
 
 # pair repairs: (name, sites(program) -> list, apply(model, sites) -> count, defect)
 PAIRS = ((gelu_tanh.NAME, gelu_tanh.sites, gelu_tanh.apply, gelu_tanh.DEFECT),
-         (roi_align_mode.NAME, roi_align_mode.sites, roi_align_mode.apply, roi_align_mode.DEFECT))
+         (roi_align_mode.NAME, roi_align_mode.sites, roi_align_mode.apply, roi_align_mode.DEFECT),
+         (thresholded_relu_value.NAME, thresholded_relu_value.sites, thresholded_relu_value.apply,
+          thresholded_relu_value.DEFECT))
 
 
 def repair_exported(program: dict, onnx_bytes: bytes) -> tuple[bytes, list[dict]]:
