@@ -233,9 +233,10 @@ def _brief(a: np.ndarray) -> str:
 
 def _unread(ref_model, var_model, names: list[str]) -> list[str]:
     """Kept nodes (`names`) whose outputs the FP32 graph reads and the variant no longer does (rewired around)."""
-    def readers(g) -> set[str]:
-        return {x for n in g.node for x in n.input} | {o.name for o in g.output} | {
-            x for n in g.node for a in n.attribute if a.g.name for x in _subgraph_inputs(a.g)}
+    from .repair._shapes import all_graphs
+
+    def readers(g) -> set[str]:                  # subgraphs (If/Loop bodies) read from the enclosing scope too
+        return {x for sub in all_graphs(g) for n in sub.node for x in n.input} | {o.name for o in g.output}
     ref_read, var_read = readers(ref_model.graph), readers(var_model.graph)
     ref_nodes = {n.name: n for n in ref_model.graph.node}
     var_nodes = {n.name: n for n in var_model.graph.node}
@@ -247,11 +248,6 @@ def _unread(ref_model, var_model, names: list[str]) -> list[str]:
         if any(o in ref_read for o in n.output) and not any(o in var_read for o in got.output if o):
             out.append(f"node {name!r} ({n.op_type}) is kept, but nothing reads its output any more")
     return out
-
-
-def _subgraph_inputs(g) -> set[str]:
-    """Names a subgraph (If/Loop body) reads from its enclosing scope, among others."""
-    return {x for n in g.node for x in n.input}
 
 
 def _dequantized(q: np.ndarray, scale: np.ndarray, zp: np.ndarray,

@@ -52,22 +52,12 @@ def paddle_parameters(source, workdir: Path, max_npz_bytes: int = NPZ_LIMIT) -> 
     return np.load(res["npz"], allow_pickle=False)
 
 
-def _graphs(graph):
-    """`graph` and every subgraph of its nodes (If/Loop/Scan bodies), depth first."""
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.g.ByteSize():
-                yield from _graphs(attr.g)
-            for g in attr.graphs:
-                yield from _graphs(g)
-
-
 def onnx_weights(model) -> dict:
     """name -> TensorProto of every weight of the model: initializers and Constant nodes' tensors (paddle2onnx's
     form), in the main graph and its subgraphs."""
     out = {}
-    for g in _graphs(model.graph):
+    from .repair._shapes import all_graphs
+    for g in all_graphs(model.graph):
         for t in g.initializer:
             out.setdefault(t.name, t)
         for n in g.node:

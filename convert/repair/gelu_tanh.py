@@ -8,19 +8,15 @@ from __future__ import annotations
 
 import math
 
+from ._program import attr, top_ops
+
 NAME = "gelu_tanh"
 DEFECT = "paddle2onnx 2.1.0 exports gelu(approximate=True) in its erf form"
 
 
 def sites(program: dict) -> list[int]:
     """k of each top-block gelu op whose `approximate` is true (paddle2onnx's output name p2o.pd_op.gelu.k.0)."""
-    try:
-        ops = program["program"]["regions"][0]["blocks"][0]["ops"]
-    except (KeyError, IndexError, TypeError):
-        return []
-    gelus = [op for op in ops if isinstance(op, dict) and op.get("#") == "1.gelu"]
-    return [k for k, op in enumerate(gelus)
-            if any(a.get("N") == "approximate" and a.get("AT", {}).get("D") is True for a in op.get("A", []))]
+    return [k for k, op in enumerate(top_ops(program, "gelu")) if attr(op, "approximate") is True]
 
 
 def apply(model, ks: list[int]) -> int:

@@ -6,18 +6,15 @@ of the graph (paddle2onnx maps the top block's ops in order, one node each) gets
 aligned=False, half_pixel for True. A pair repair (the program and the exported graph), in the export worker."""
 from __future__ import annotations
 
+from ._program import attr, top_ops
+
 NAME = "roi_align_mode"
 DEFECT = "paddle2onnx 2.1.0 writes RoiAlign without coordinate_transformation_mode (aligned=False read as True)"
 
 
 def sites(program: dict) -> list[bool]:
     """Each top-block roi_align op's `aligned`, in program order, where any is False (else [])."""
-    try:
-        ops = program["program"]["regions"][0]["blocks"][0]["ops"]
-    except (KeyError, IndexError, TypeError):
-        return []
-    flags = [any(a.get("N") == "aligned" and a.get("AT", {}).get("D") is True for a in op.get("A", []))
-             for op in ops if isinstance(op, dict) and op.get("#") == "1.roi_align"]
+    flags = [attr(op, "aligned") is True for op in top_ops(program, "roi_align")]
     return flags if not all(flags) else []
 
 

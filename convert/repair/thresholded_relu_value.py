@@ -5,21 +5,16 @@ graph (paddle2onnx maps the top block's ops in order, one node each) becomes Whe
 A pair repair (the program and the exported graph), in the export worker."""
 from __future__ import annotations
 
+from ._program import attr, top_ops
+
 NAME = "thresholded_relu_value"
 DEFECT = "paddle2onnx 2.1.0 exports thresholded_relu without its value (0 below the threshold)"
 
 
 def sites(program: dict) -> list[float]:
     """Each top-block thresholded_relu op's `value`, in program order, where any is not 0 (else [])."""
-    try:
-        ops = program["program"]["regions"][0]["blocks"][0]["ops"]
-    except (KeyError, IndexError, TypeError):
-        return []
-    values = []
-    for op in ops:
-        if isinstance(op, dict) and op.get("#") == "1.thresholded_relu":
-            v = next((a.get("AT", {}).get("D") for a in op.get("A", []) if a.get("N") == "value"), 0.0)
-            values.append(float(v) if isinstance(v, (int, float)) else 0.0)
+    values = [attr(op, "value", 0.0) for op in top_ops(program, "thresholded_relu")]
+    values = [float(v) if isinstance(v, (int, float)) else 0.0 for v in values]
     return values if any(values) else []
 
 
